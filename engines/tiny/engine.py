@@ -1,0 +1,164 @@
+"""The `tiny` engine: streams of avatar frames, generated chunk by chunk, batched across streams.
+
+A stream keeps its last K latent frames; each call to `sample_chunks` runs the few-step
+sampler once for a whole batch of streams and appends T new latent frames to each. The
+emotion can change between chunks: the next chunk starts from the previous frames, so the
+avatar moves into the new emotion instead of cutting to it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from engines.backends.base import TinyBackend
+from engines.sampler import ShortcutFlowSampler
+from engines.tiny.model import TinyConfig
+from engines.tiny.weights import Manifest, load_manifest
+
+
+@dataclass
+class StreamState:
+    """Everything one avatar stream carries between chunks."""
+
+    avatar_key: str
+    ref: np.ndarray  # (C, H, W) reference latent
+    ctx: np.ndarray  # (K*C, H, W) latents of the last K frames
+    emotion: int
+    intensity: float
+    rng: np.random.Generator
+    frames_done: int = 0
+    meta: dict = field(default_factory=dict)
+
+
+def avatar_cache_key(avatar) -> str:
+    """A stable key for an avatar given as index, name, params dict or AvatarParams."""
+    import json
+
+    from tools.avatar_world import get_avatar
+    return json.dumps(get_avatar(avatar).to_dict(), sort_keys=True)
+
+
+class TinyEngine:
+    """Generates 640x360 RGBA frames of an avatar showing an emotion, chunk by chunk."""
+
+    def __init__(self, backend: TinyBackend, manifest: Manifest, steps: int = 2):
+        self.backend = backend
+        self.manifest = manifest
+        self.cfg: TinyConfig = manifest.config
+        self.sampler = ShortcutFlowSampler(steps=steps, min_shortcut=self.cfg.min_shortcut)
+        self._refs: dict[str, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, weights_dir: str | Path | None = None, backend: str = "onnxruntime", steps: int = 2,
+             threads: int | None = None, device: str | None = None, **backend_options) -> "TinyEngine":
+        """Load shipped (or given) weights onto a backend: onnxruntime, torch or tensorrt."""
+        from engines.backends import create_backend
+        manifest = load_manifest(weights_dir)
+        be = create_backend(backend, manifest, threads=threads, device=device, **backend_options)
+        return cls(be, manifest, steps=steps)
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def emotions(self) -> tuple[str, ...]:
+        return self.cfg.emotions
+
+    @property
+    def steps(self) -> int:
+        return self.sampler.steps
+
+    @steps.setter
+    def steps(self, n: int) -> None:
+        self.sampler.set_timesteps(n)
+
+    @property
+    def weights_hash(self) -> str:
+        return self.manifest.weights_hash
+
+    def emotion_index(self, emotion: str | int) -> int:
+        if isinstance(emotion, (int, np.integer)):
+            if not 0 <= int(emotion) < len(self.emotions):
+                raise ValueError(f"emotion index {emotion} out of range 0..{len(self.emotions) - 1}")
+            return int(emotion)
+        try:
+            return self.emotions.index(emotion)
+        except ValueError:
+            raise ValueError(f"unknown emotion {emotion!r}; known: {', '.join(self.emotions)}") from None
+
+    # -- streams --------------------------------------------------------------------------
+    def reference_latent(self, avatar) -> np.ndarray:
+        """The avatar's identity latent, computed once per avatar."""
+        key = avatar_cache_key(avatar)
+        with self._lock:
+            ref = self._refs.get(key)
+        if ref is None:
+            from engines.tiny.reference import reference_frame
+            ref = self.backend.encode(reference_frame(avatar)[None])[0]
+            with self._lock:
+                self._refs[key] = ref
+        return ref
+
+    def start_stream(self, avatar, emotion: str | int = "idle", intensity: float = 1.0, seed: int = 0,
+                     ctx: np.ndarray | None = None) -> StreamState:
+        """A new stream at rest (context = the reference frame), or continuing a given context."""
+        ref = self.reference_latent(avatar)
+        K = self.cfg.context_frames
+        if ctx is None:
+            ctx = np.concatenate([ref] * K, axis=0)
+        return StreamState(avatar_cache_key(avatar), ref, ctx.astype(np.float32, copy=True),
+                           self.emotion_index(emotion), float(np.clip(intensity, 0.0, 1.0)),
+                           np.random.default_rng(seed))
+
+    def set_emotion(self, state: StreamState, emotion: str | int, intensity: float | None = None) -> None:
+        state.emotion = self.emotion_index(emotion)
+        if intensity is not None:
+            state.intensity = float(np.clip(intensity, 0.0, 1.0))
+
+    def sample_chunks(self, states: list[StreamState]) -> np.ndarray:
+        """One sampler run for all streams: returns latents (B, T, C, H, W), advances contexts."""
+        cfg = self.cfg
+        C, T, K = cfg.latent_channels, cfg.chunk_frames, cfg.context_frames
+        H, W = cfg.latent_hw
+        B = len(states)
+        x = np.stack([s.rng.standard_normal((T * C, H, W), dtype=np.float32) for s in states])
+        ctx = np.stack([s.ctx for s in states])
+        ref = np.stack([s.ref for s in states])
+        emo = np.array([s.emotion for s in states], dtype=np.int64)
+        inten = np.array([s.intensity for s in states], dtype=np.float32)
+        d = np.full((B,), self.sampler.model_step_size, dtype=np.float32)
+        for t in self.sampler.timesteps:
+            v = self.backend.denoise(x, np.full((B,), t, dtype=np.float32), d, ctx, ref, emo, inten)
+            x = self.sampler.step(v, t, x)
+        lat = x.reshape(B, T, C, H, W)
+        for s, chunk in zip(states, lat):
+            s.ctx = chunk[T - K:].reshape(K * C, H, W).copy()
+            s.frames_done += T
+        return lat
+
+    def decode(self, latents: np.ndarray, batch: int = 8) -> np.ndarray:
+        """Latent frames (N, C, H, W) -> RGBA uint8 frames (N, 360, 640, 4)."""
+        out = [self.backend.decode(np.ascontiguousarray(latents[i:i + batch], dtype=np.float32))
+               for i in range(0, len(latents), batch)]
+        return np.concatenate(out) if out else np.zeros((0, self.cfg.height, self.cfg.width, 4), np.uint8)
+
+    def next_chunk(self, states: list[StreamState]) -> list[np.ndarray]:
+        """The next T frames of each stream, (T, 360, 640, 4) uint8 each."""
+        lat = self.sample_chunks(states)
+        B, T = lat.shape[:2]
+        frames = self.decode(lat.reshape(B * T, *lat.shape[2:]))
+        return [frames[i * T:(i + 1) * T] for i in range(B)]
+
+    def generate_clip(self, avatar, emotion: str | int, n_frames: int, seed: int = 0,
+                      intensity: float = 1.0, warmup_chunks: int = 1) -> np.ndarray:
+        """n_frames of one avatar in one emotion; the first chunks (leaving rest) are skipped."""
+        st = self.start_stream(avatar, emotion, intensity, seed)
+        for _ in range(warmup_chunks):
+            self.sample_chunks([st])
+        chunks = []
+        while sum(len(c) for c in chunks) < n_frames:
+            chunks.append(self.next_chunk([st])[0])
+        return np.concatenate(chunks)[:n_frames]

@@ -1,0 +1,290 @@
+"""The `tiny` engine's networks: a frame autoencoder and a chunk denoiser.
+
+The autoencoder maps a 640x360 RGBA frame (padded to 640x384 so it divides by 16) to a
+16x24x40 latent; the denoiser is a small conditional U-Net that predicts the flow-matching
+velocity of the next chunk of latent frames given the previous frames, the avatar's
+reference latent, the emotion and its intensity, the time t and the shortcut step size d.
+Both are plain torch modules; serving goes through engines.backends.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+EMOTIONS: tuple[str, ...] = (
+    "idle", "listening", "happy", "excited", "surprised", "sad",
+    "angry", "laughing", "love", "confused", "sleepy",
+)
+
+
+@dataclass
+class TinyConfig:
+    """Everything that fixes the shapes of the networks; stored in the weights manifest."""
+
+    height: int = 360
+    width: int = 640
+    pad_height: int = 384  # 384 and 640 divide by 16
+    latent_channels: int = 16
+    downsample: int = 16
+    chunk_frames: int = 4  # frames generated per sampler call (0.5 s at 8 fps)
+    context_frames: int = 2  # previous frames the denoiser sees
+    fps: int = 8
+    emotions: tuple[str, ...] = EMOTIONS
+    enc_channels: tuple[int, ...] = (32, 64, 128, 128)
+    dec_channels: tuple[int, ...] = (128, 64, 32, 16)
+    den_channels: tuple[int, ...] = (96, 160, 192)
+    cond_dim: int = 256
+    min_shortcut: float = 1.0 / 32  # smallest shortcut step the denoiser was trained for
+    # Per-channel latent statistics, measured after autoencoder training; the denoiser and
+    # the exported graphs work on normalized latents.
+    latent_mean: list[float] = field(default_factory=lambda: [0.0] * 16)
+    latent_std: list[float] = field(default_factory=lambda: [1.0] * 16)
+
+    @property
+    def latent_hw(self) -> tuple[int, int]:
+        return self.pad_height // self.downsample, self.width // self.downsample
+
+    @property
+    def pad_top(self) -> int:
+        return (self.pad_height - self.height) // 2
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["emotions"] = list(self.emotions)
+        for k in ("enc_channels", "dec_channels", "den_channels"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TinyConfig":
+        d = dict(d)
+        for k in ("emotions", "enc_channels", "dec_channels", "den_channels"):
+            if k in d:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+
+class ResBlock(nn.Module):
+    """Norm-free residual block: cheap on a 2-core CPU, stable at this size."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.a = nn.Conv2d(ch, ch, 3, padding=1)
+        self.b = nn.Conv2d(ch, ch, 3, padding=1)
+        nn.init.zeros_(self.b.weight)
+        nn.init.zeros_(self.b.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.b(F.silu(self.a(F.silu(x))))
+
+
+class Encoder(nn.Module):
+    """RGBA in [-1, 1] (premultiplied), (B, 4, 384, 640) -> raw latents (B, C, 24, 40)."""
+
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        c = cfg.enc_channels
+        layers: list[nn.Module] = [nn.Conv2d(4, c[0], 3, stride=2, padding=1)]
+        for i in range(1, len(c)):
+            layers += [ResBlock(c[i - 1]), nn.Conv2d(c[i - 1], c[i], 3, stride=2, padding=1)]
+        layers += [ResBlock(c[-1]), nn.SiLU(), nn.Conv2d(c[-1], cfg.latent_channels, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """Raw latents (B, C, 24, 40) -> premultiplied RGBA in [-1, 1], (B, 4, 384, 640).
+
+    Upsampling is conv + pixel shuffle, and the widest layers run at the lowest resolution,
+    because this network runs once per output frame on the CPU.
+    """
+
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        c = cfg.dec_channels
+        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, c[0], 3, padding=1), ResBlock(c[0])]
+        for i in range(1, len(c)):
+            layers += [nn.SiLU(), nn.Conv2d(c[i - 1], 4 * c[i], 3, padding=1), nn.PixelShuffle(2)]
+            if i == 1:
+                layers += [nn.SiLU(), nn.Conv2d(c[i], c[i], 3, padding=1)]
+        layers += [nn.SiLU(), nn.Conv2d(c[-1], 4 * 4, 3, padding=1), nn.PixelShuffle(2)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of a scalar in [0, 1] (scaled to 0..1000 like diffusion models)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = (t.float() * 1000.0)[:, None] * freqs[None]
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=1)
+
+
+class CondResBlock(nn.Module):
+    """Residual block with GroupNorm and FiLM from the conditioning vector."""
+
+    def __init__(self, cin: int, cout: int, cond_dim: int):
+        super().__init__()
+        self.n1 = nn.GroupNorm(8, cin)
+        self.c1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.film = nn.Linear(cond_dim, 2 * cout)
+        self.n2 = nn.GroupNorm(8, cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, padding=1)
+        nn.init.zeros_(self.c2.weight)
+        nn.init.zeros_(self.c2.bias)
+        self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        h = self.c1(F.silu(self.n1(x)))
+        scale, shift = self.film(cond)[:, :, None, None].chunk(2, dim=1)
+        h = self.n2(h) * (1 + scale) + shift
+        h = self.c2(F.silu(h))
+        return self.skip(x) + h
+
+
+class Attention(nn.Module):
+    """Self-attention over the coarsest grid (6x10 = 60 tokens): lets the whole body agree."""
+
+    def __init__(self, ch: int, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(8, ch)
+        self.qkv = nn.Conv2d(ch, 3 * ch, 1)
+        self.out = nn.Conv2d(ch, ch, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        att = torch.softmax(torch.einsum("bhdn,bhdm->bhnm", q, k) / math.sqrt(c // self.heads), dim=-1)
+        y = torch.einsum("bhnm,bhdm->bhdn", att, v).reshape(b, c, h, w)
+        return x + self.out(y)
+
+
+class Denoiser(nn.Module):
+    """Predicts the velocity of the next chunk's latents (rectified flow, shortcut-conditioned).
+
+    Inputs (latents normalized per channel):
+      x (B, T*C, H, W) noisy chunk at time t (t=0 noise, t=1 data); t, d (B,) in [0, 1];
+      ctx (B, K*C, H, W) the previous K frames; ref (B, C, H, W) the avatar's reference frame;
+      emotion (B,) int64; intensity (B,) float in [0, 1].
+    """
+
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        self.cfg = cfg
+        C, T, K = cfg.latent_channels, cfg.chunk_frames, cfg.context_frames
+        ch = cfg.den_channels
+        cd = cfg.cond_dim
+        self.emotion_emb = nn.Embedding(len(cfg.emotions), cd)
+        self.cond_mlp = nn.Sequential(nn.Linear(3 * 128 + cd, cd), nn.SiLU(), nn.Linear(cd, cd))
+        self.inp = nn.Conv2d(T * C + K * C + C, ch[0], 3, padding=1)
+        self.down = nn.ModuleList()
+        self.downsample = nn.ModuleList()
+        for i, c in enumerate(ch):
+            cin = ch[i - 1] if i else ch[0]
+            self.down.append(nn.ModuleList([CondResBlock(cin, c, cd), CondResBlock(c, c, cd)]))
+            if i < len(ch) - 1:
+                self.downsample.append(nn.Conv2d(c, c, 3, stride=2, padding=1))
+        self.mid = nn.ModuleList([CondResBlock(ch[-1], ch[-1], cd), CondResBlock(ch[-1], ch[-1], cd)])
+        self.attn = Attention(ch[-1])
+        self.up = nn.ModuleList()
+        self.upsample = nn.ModuleList()
+        for i in reversed(range(len(ch) - 1)):
+            self.upsample.append(nn.Conv2d(ch[i + 1], ch[i], 3, padding=1))
+            self.up.append(nn.ModuleList([CondResBlock(2 * ch[i], ch[i], cd), CondResBlock(ch[i], ch[i], cd)]))
+        self.out_norm = nn.GroupNorm(8, ch[0])
+        self.out = nn.Conv2d(ch[0], T * C, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x, t, d, ctx, ref, emotion, intensity):
+        cond = torch.cat([
+            timestep_embedding(t, 128), timestep_embedding(d, 128),
+            timestep_embedding(intensity, 128), self.emotion_emb(emotion),
+        ], dim=1)
+        cond = self.cond_mlp(cond)
+        h = self.inp(torch.cat([x, ctx, ref], dim=1))
+        skips = []
+        for i, blocks in enumerate(self.down):
+            for blk in blocks:
+                h = blk(h, cond)
+            if i < len(self.downsample):
+                skips.append(h)
+                h = self.downsample[i](h)
+        h = self.mid[0](h, cond)
+        h = self.attn(h)
+        h = self.mid[1](h, cond)
+        for up, blocks in zip(self.upsample, self.up):
+            h = up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
+            h = torch.cat([h, skips.pop()], dim=1)
+            for blk in blocks:
+                h = blk(h, cond)
+        return self.out(F.silu(self.out_norm(h)))
+
+
+# --- frame <-> tensor conversions shared by training, export and the torch backend ---------
+
+def frames_to_tensor(frames: torch.Tensor, cfg: TinyConfig) -> torch.Tensor:
+    """uint8 (B, H, W, 4) straight-alpha RGBA -> premultiplied float (B, 4, pad_H, W) in [-1, 1]."""
+    x = frames.permute(0, 3, 1, 2).float() / 255.0
+    rgb, a = x[:, :3] * x[:, 3:4], x[:, 3:4]
+    x = torch.cat([rgb, a], dim=1) * 2 - 1
+    pad = cfg.pad_top
+    return F.pad(x, (0, 0, pad, cfg.pad_height - cfg.height - pad), value=-1.0)
+
+
+def tensor_to_frames(x: torch.Tensor, cfg: TinyConfig) -> torch.Tensor:
+    """Premultiplied float (B, 4, pad_H, W) in [-1, 1] -> uint8 (B, H, W, 4) straight-alpha RGBA."""
+    x = ((x[:, :, cfg.pad_top:cfg.pad_top + cfg.height] + 1) * 0.5).clamp(0, 1)
+    a = x[:, 3:4]
+    rgb = (x[:, :3] / a.clamp(min=1.0 / 255)).clamp(0, 1)
+    out = torch.cat([rgb, a], dim=1) * 255.0 + 0.5
+    return out.to(torch.uint8).permute(0, 2, 3, 1)
+
+
+class LatentNorm(nn.Module):
+    """Per-channel normalization of latents, baked into the exported graphs."""
+
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(cfg.latent_mean, dtype=torch.float32)[None, :, None, None])
+        self.register_buffer("std", torch.tensor(cfg.latent_std, dtype=torch.float32)[None, :, None, None])
+
+    def normalize(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.mean) / self.std
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.std + self.mean
+
+
+class FrameEncoder(nn.Module):
+    """uint8 RGBA frames -> normalized latents: the graph the backends serve."""
+
+    def __init__(self, cfg: TinyConfig, encoder: Encoder):
+        super().__init__()
+        self.cfg, self.encoder, self.norm = cfg, encoder, LatentNorm(cfg)
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return self.norm.normalize(self.encoder(frames_to_tensor(frames, self.cfg)))
+
+
+class FrameDecoder(nn.Module):
+    """Normalized latents -> uint8 RGBA frames (B, 360, 640, 4): the graph the backends serve."""
+
+    def __init__(self, cfg: TinyConfig, decoder: Decoder):
+        super().__init__()
+        self.cfg, self.decoder, self.norm = cfg, decoder, LatentNorm(cfg)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return tensor_to_frames(self.decoder(self.norm.denormalize(z)), self.cfg)

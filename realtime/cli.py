@@ -1,0 +1,135 @@
+"""The `avatarcast` command: render, bench, eval (and, later, serve)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from realtime.settings import Settings
+
+ENGINE_FLAGS = ("engine", "backend", "steps", "threads", "device", "weights")
+
+
+def parse_schedule(spec: str, seconds: float) -> list[tuple[str, float]]:
+    """'happy' or 'idle:1,happy:3,sad:2' -> [(emotion, seconds), ...]; a bare name fills --seconds."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    if not parts:
+        raise ValueError("empty --emotion")
+    if len(parts) == 1 and ":" not in parts[0]:
+        return [(parts[0], seconds)]
+    out = []
+    for p in parts:
+        name, _, dur = p.partition(":")
+        try:
+            out.append((name, float(dur)))
+        except ValueError:
+            raise ValueError(f"bad schedule item {p!r}: use emotion:seconds") from None
+    return out
+
+
+def parse_avatar(s: str):
+    """An index, a built-in name, a JSON object, or a path to a JSON file of AvatarParams."""
+    if s.isdigit():
+        return int(s)
+    if s.lstrip().startswith("{"):
+        return json.loads(s)
+    p = Path(s)
+    if p.suffix == ".json" and p.exists():
+        return json.loads(p.read_text())
+    return s
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from tools.render_clip import parse_color, write_video
+
+    settings = Settings.from_args(args)
+    schedule = parse_schedule(args.emotion, args.seconds)
+    avatar = parse_avatar(args.avatar)
+    fps = 8
+    t0 = time.perf_counter()
+    if args.renderer:
+        from tools.avatar_world import get_avatar, render_sequence
+        segs = [(e, max(1, round(s * fps)), args.intensity) for e, s in schedule]
+        frames, _ = render_sequence(get_avatar(avatar), segs, seed=args.seed)
+        label = "renderer"
+    else:
+        import numpy as np
+
+        from engines.tiny.engine import TinyEngine
+        engine = TinyEngine.load(**settings.engine_kwargs())
+        st = engine.start_stream(avatar, schedule[0][0], args.intensity, args.seed)
+        engine.sample_chunks([st])  # leave the rest pose before the clip starts
+        chunks = []
+        for emotion, secs in schedule:
+            engine.set_emotion(st, emotion, args.intensity)
+            need = max(1, round(secs * fps))
+            got = 0
+            while got < need:
+                c = engine.next_chunk([st])[0]
+                chunks.append(c[: need - got])
+                got += len(chunks[-1])
+        frames = np.concatenate(chunks)
+        label = f"tiny/{settings.backend}/{settings.steps} steps"
+    gen_s = time.perf_counter() - t0
+    out = write_video(frames, args.output, fps=fps, background=parse_color(args.background))
+    print(f"wrote {out} ({len(frames)} frames, {label}, generated in {gen_s:.2f}s = "
+          f"{len(frames) / max(gen_s, 1e-9):.1f} fps)")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "engine":
+        from tools.bench_engine import main as bench_main
+        return bench_main(args.rest) or 0
+    print(f"unknown benchmark {args.what!r}", file=sys.stderr)
+    return 2
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from tools.eval.evaluate import main as eval_main
+    return eval_main(args.rest) or 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="avatarcast", description="A cartoon avatar that reacts, live, to what a person says.")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("render", help="generate a clip of an avatar showing an emotion")
+    r.add_argument("--avatar", default="0", help="built-in index or name, AvatarParams JSON, or a .json file")
+    r.add_argument("--emotion", default="happy", help="an emotion, or a schedule like idle:1,happy:3,sad:2")
+    r.add_argument("--seconds", type=float, default=4.0)
+    r.add_argument("--intensity", type=float, default=1.0)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--background", default="#f5f0e6", help="background for formats without alpha")
+    r.add_argument("--renderer", action="store_true", help="draw with the procedural renderer instead of the model")
+    r.add_argument("-o", "--output", required=True, help=".mp4, .webm (alpha), .gif, or folder/ for PNGs")
+    Settings.add_arguments(r, ENGINE_FLAGS)
+    r.set_defaults(func=cmd_render)
+
+    b = sub.add_parser("bench", help="benchmarks: engine", add_help=False)
+    b.add_argument("what", choices=["engine"])
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(func=cmd_bench)
+
+    e = sub.add_parser("eval", help="evaluate the engine with the emotion classifier", add_help=False)
+    e.add_argument("rest", nargs=argparse.REMAINDER)
+    e.set_defaults(func=cmd_eval)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"avatarcast: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
