@@ -248,11 +248,13 @@ class StreamingTranscriber:
         pre_roll_ms: int = 200,
         post_roll_ms: int = 150,
         max_utterance_s: float = 15.0,
+        sticky_language: bool = True,
         on_event: Callable[[VadEvent], None] | None = None,
     ) -> None:
         from faster_whisper.vad import get_vad_model
 
         self.transcriber = transcriber
+        self._language_arg = language
         self.language = language
         self.task = task
         self.threshold = threshold
@@ -265,6 +267,9 @@ class StreamingTranscriber:
         self._pre_roll = _ms(pre_roll_ms)
         self._post_roll = _ms(post_roll_ms)
         self._max_utterance = int(max_utterance_s * SAMPLE_RATE)
+        # language detection is a second encoder pass (about +1 s for "base" on 2 cores): once a
+        # final names the language confidently, reuse it for the rest of the stream
+        self.sticky_language = sticky_language
         self.on_event = on_event
         # the ONNX session is shared process-wide (read-only, thread-safe); the LSTM state is ours
         self._vad = get_vad_model().session
@@ -272,6 +277,7 @@ class StreamingTranscriber:
 
     def reset(self) -> None:
         """Forget all audio and state, as if the stream had just opened."""
+        self.language = self._language_arg
         self._h = np.zeros((1, 1, 128), dtype=np.float32)
         self._c = np.zeros((1, 1, 128), dtype=np.float32)
         self._context = np.zeros(_VAD_CONTEXT, dtype=np.float32)
@@ -421,6 +427,14 @@ class StreamingTranscriber:
             audio = utt.audio()
             stop = min(audio.size, end_sample + self._post_roll - utt.audio_start_sample)
             transcript = self._transcribe(audio[: max(stop, 0)])
+        if (
+            self.sticky_language
+            and self.language is None
+            and transcript is not None
+            and transcript.text
+            and transcript.language_probability >= 0.8
+        ):
+            self.language = transcript.language
         events.append(self._emit(VadEvent("final", utt.index, at_s, start_s, end_s, transcript, reused)))
         return events
 

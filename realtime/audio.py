@@ -155,10 +155,7 @@ def _open_source(source: object, max_bytes: int) -> BinaryIO | str:
             raise AudioDecodeError("too_large", f"{n} bytes > max {max_bytes}")
         return io.BytesIO(bytes(source))
     if isinstance(source, (str, os.PathLike)):
-        try:
-            n = os.path.getsize(source)
-        except OSError as exc:
-            raise AudioDecodeError("empty", f"cannot read {os.fspath(source)!r}: {exc.strerror}") from exc
+        n = os.path.getsize(source)  # a missing file is the caller's bug: let OSError say so
         if n == 0:
             raise AudioDecodeError("empty", f"{os.fspath(source)!r} is empty")
         if n > max_bytes:
