@@ -366,8 +366,12 @@ def train_denoiser(args, cfg: TinyConfig, device, deadline: float) -> None:
         # context noise: the model must tolerate its own imperfect previous chunk
         sig = torch.rand(ctx.shape[0], 1, 1, 1, device=device, generator=gen) * 0.2
         ctx = ctx + sig * torch.randn(ctx.shape, device=device, generator=gen)
+        lr = args.den_lr * min(1.0, (local + 1) / warm)
+        if args.den_cosine:  # anneal over what is left of this chunk: sharper final weights
+            prog = min(1.0, (time.time() - t0) / max(1.0, deadline - t0))
+            lr *= 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * prog))
         for g in opt.param_groups:
-            g["lr"] = args.den_lr * min(1.0, (local + 1) / warm)
+            g["lr"] = lr
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss, lf, lb = shortcut_loss(model, x1, ctx, ref, emo, inten, cfg, gen)
         opt.zero_grad(set_to_none=True)
@@ -405,6 +409,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ae-lr", type=float, default=3e-4)
     ap.add_argument("--den-batch", type=int, default=128)
     ap.add_argument("--den-lr", type=float, default=2e-4)
+    ap.add_argument("--den-cosine", action="store_true", help="cosine-anneal the lr over this chunk")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
