@@ -191,7 +191,8 @@ def train_ae(args, cfg: TinyConfig, device, deadline: float) -> None:
     log = LossLog(ck / "ae_loss.json")
     gen = torch.Generator(device=device).manual_seed(step)
     t0 = time.time()
-    while time.time() < deadline:
+    first = step
+    while time.time() < deadline or step - first < args.min_steps:
         idx = torch.randint(0, len(frames), (args.ae_batch,), device=device, generator=gen)
         x = frames_to_tensor(frames[idx], cfg).contiguous(memory_format=torch.channels_last)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -230,13 +231,15 @@ def train_ae(args, cfg: TinyConfig, device, deadline: float) -> None:
 def build_latents(args, cfg: TinyConfig, device) -> dict:
     """Encode every training clip (rendered on the fly) and each avatar's reference frame."""
     ae = torch.load(Path(args.ckpt) / "ae.pt", map_location=device)
-    key = f"latents_{args.random_avatars}_{args.variants}_{ae['step']}.pt"
+    key = f"latents_{args.random_avatars}_{args.variants}_{args.clip_limit}_{ae['step']}.pt"
     cache = Path(args.work) / key
     if cache.exists():
         return torch.load(cache, map_location="cpu")
     enc = Encoder(cfg).to(device).eval()
     enc.load_state_dict(ae["encoder"])
     specs = clip_specs(args.random_avatars, args.variants, seed=0)
+    if args.clip_limit:  # smoke runs: a spread of the clips, not just the first avatar's
+        specs = specs[:: max(1, len(specs) // args.clip_limit)][: args.clip_limit]
     C, (H, W) = cfg.latent_channels, cfg.latent_hw
     lat = torch.empty((len(specs), CLIP_FRAMES, C, H, W), dtype=torch.float16)
     labels = torch.empty((len(specs), CLIP_FRAMES), dtype=torch.long)
@@ -361,7 +364,7 @@ def train_denoiser(args, cfg: TinyConfig, device, deadline: float) -> None:
     warm = 200  # Adam moments restart with each chunk of training
     t0 = time.time()
     local = 0
-    while time.time() < deadline:
+    while time.time() < deadline or local < args.min_steps:
         x1, ctx, ref, emo, inten = sampler.batch(args.den_batch, gen)
         # context noise: the model must tolerate its own imperfect previous chunk
         sig = torch.rand(ctx.shape[0], 1, 1, 1, device=device, generator=gen) * 0.2
@@ -411,6 +414,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--den-lr", type=float, default=2e-4)
     ap.add_argument("--den-cosine", action="store_true", help="cosine-anneal the lr over this chunk")
     ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--clip-limit", type=int, default=0, help="train the denoiser on at most N clips (smoke runs)")
+    ap.add_argument("--min-steps", type=int, default=1, help="steps each stage makes even past the deadline")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)

@@ -43,7 +43,7 @@ from typing import Sequence
 import numpy as np
 
 from engines.backends.base import BackendError
-from engines.tiny.model import TinyConfig
+from engines.tiny.config import TinyConfig
 from engines.tiny.weights import ONNX_FILES, Manifest, load_manifest
 
 TRT_MODULES = ("tensorrt", "tensorrt_rtx")
@@ -66,10 +66,12 @@ def import_tensorrt(module: str | None = None):
     for n in names:
         if n not in TRT_MODULES:
             raise BackendError(f"unknown TensorRT module {n!r}; use one of {', '.join(TRT_MODULES)}")
-        try:
-            return importlib.import_module(n), n
-        except Exception as e:  # ImportError, or OSError when a shared library is missing
-            errors.append(f"`import {n}` failed: {type(e).__name__}: {e}")
+        # the tensorrt-rtx-cu13-bindings wheel names its package tensorrt_rtx_bindings
+        for mod_name in (n, "tensorrt_rtx_bindings") if n == "tensorrt_rtx" else (n,):
+            try:
+                return importlib.import_module(mod_name), n
+            except Exception as e:  # ImportError, or OSError when a shared library is missing
+                errors.append(f"`import {mod_name}` failed: {type(e).__name__}: {e}")
     raise BackendError(
         "the tensorrt backend needs NVIDIA TensorRT's Python bindings, but " + "; ".join(errors)
         + ". Install TensorRT (pip install tensorrt-cu13, or tensorrt-cu12 for CUDA 12) or TensorRT-RTX "

@@ -16,7 +16,7 @@ import numpy as np
 
 from engines.backends.base import TinyBackend
 from engines.sampler import ShortcutFlowSampler
-from engines.tiny.model import TinyConfig
+from engines.tiny.config import TinyConfig
 from engines.tiny.weights import Manifest, load_manifest
 
 

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from engines.tiny.model import TinyConfig
+from engines.tiny.config import TinyConfig
 
 DEFAULT_DIR = Path(__file__).parent / "weights"
 MANIFEST = "manifest.json"
