@@ -8,5 +8,5 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   for p in espeak-ng sox; do dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"; done
   if [ -n "$need" ]; then apt-get update -qq && apt-get install -y -qq $need >/dev/null; fi
 fi
-python3 -m pip install -q -e '.[dev]'
+bash tools/install.sh dev
 python3 -m pytest -q "$@"
