@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from engines.tiny.reference import reference_frame
 from engines.tiny.model import (
@@ -100,6 +99,14 @@ class LossLog:
     def add(self, **row) -> None:
         self.rows.append(row)
 
+    def tick(self, tag: str, step: int, local: int, t0: float, **losses: float) -> None:
+        """Log every 25 steps, print every 500 (ms/step over this run's steps only)."""
+        if step % 25 == 0:
+            self.add(step=step, time=time.time() - t0, **losses)
+        if step % 500 == 0:
+            shown = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
+            print(f"[{tag}] step {step} {shown} {(time.time() - t0) / max(1, local) * 1000:.0f} ms/step", flush=True)
+
     def save(self) -> None:
         self.path.write_text(json.dumps(self.rows))
         try:
@@ -137,7 +144,7 @@ def half_state(sd: dict) -> dict:
 
 # --- data --------------------------------------------------------------------------------
 
-def render_all(specs: list[ClipSpec], workers: int, cache: Path | None, keep_every: int = 1):
+def render_all(specs: list[ClipSpec], workers: int):
     """Render clips in worker processes; yields (index, frames uint8 (T,H,W,4), labels)."""
     with Pool(workers) as pool:
         for i, (frames, labels) in enumerate(pool.imap(render_spec, specs, chunksize=2)):
@@ -156,7 +163,7 @@ def load_ae_frames(args, cfg: TinyConfig, device) -> torch.Tensor:
         chosen = [specs[i] for i in pick]
         t0 = time.time()
         out = np.empty((len(chosen) * 12, cfg.height, cfg.width, 4), np.uint8)
-        for i, frames, _ in render_all(chosen, args.workers, None):
+        for i, frames, _ in render_all(chosen, args.workers):
             out[i * 12:(i + 1) * 12] = frames[::2][:12]
         print(f"[ae] rendered {len(out)} frames in {time.time() - t0:.0f}s", flush=True)
         np.save(cache, out)
@@ -209,11 +216,7 @@ def train_ae(args, cfg: TinyConfig, device, deadline: float) -> None:
         torch.nn.utils.clip_grad_norm_(list(enc.parameters()) + list(dec.parameters()), 1.0)
         opt.step()
         step += 1
-        if step % 25 == 0:
-            log.add(step=step, time=time.time() - t0, rec=rec.item(), edge=edge.item())
-        if step % 500 == 0:
-            print(f"[ae] step {step} rec {rec.item():.4f} edge {edge.item():.4f} "
-                  f"{(time.time() - t0) / max(1, len(log.rows)) / 25 * 1000:.0f} ms/step", flush=True)
+        log.tick("ae", step, step - first, t0, rec=rec.item(), edge=edge.item())
     save_small({"encoder": enc.state_dict(), "decoder": dec.state_dict(), "step": step}, state)
     log.save()
     with torch.no_grad():  # a side-by-side to look at
@@ -244,7 +247,7 @@ def build_latents(args, cfg: TinyConfig, device) -> dict:
     lat = torch.empty((len(specs), CLIP_FRAMES, C, H, W), dtype=torch.float16)
     labels = torch.empty((len(specs), CLIP_FRAMES), dtype=torch.long)
     t0 = time.time()
-    for i, frames, lab in render_all(specs, args.workers, None):
+    for i, frames, lab in render_all(specs, args.workers):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             z = enc(frames_to_tensor(torch.from_numpy(frames).to(device), cfg))
         lat[i] = z.float().half().cpu()
@@ -294,7 +297,7 @@ class ChunkSampler:
         self.device = device
 
     def batch(self, n: int, gen: torch.Generator):
-        cfg, T, K = self.cfg, self.cfg.chunk_frames, self.cfg.context_frames
+        T, K = self.cfg.chunk_frames, self.cfg.context_frames
         p = self.pairs[torch.randint(0, len(self.pairs), (n,), device=self.device, generator=gen)]
         clip, s = p[:, 0], p[:, 1]
         tidx = s[:, None] + torch.arange(T, device=self.device)[None]
@@ -387,11 +390,7 @@ def train_denoiser(args, cfg: TinyConfig, device, deadline: float) -> None:
                 pe.lerp_(pm, 1 - decay)
         step += 1
         local += 1
-        if step % 25 == 0:
-            log.add(step=step, time=time.time() - t0, flow=lf.item(), shortcut=lb.item())
-        if step % 500 == 0:
-            print(f"[den] step {step} flow {lf.item():.4f} shortcut {lb.item():.4f} "
-                  f"{(time.time() - t0) / local * 1000:.0f} ms/step", flush=True)
+        log.tick("den", step, local, t0, flow=lf.item(), shortcut=lb.item())
     save_small({"model": half_state(model.state_dict()), "step": step}, ck / "den.pt")
     save_small({"model": half_state(ema.state_dict()), "step": step}, ck / "den_ema.pt")
     log.save()
