@@ -94,6 +94,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return eval_main(args.rest) or 0
 
 
+def cmd_precompute(args: argparse.Namespace) -> int:
+    from realtime.precompute import main as precompute_main
+    return precompute_main(args.rest) or 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="avatarcast", description="A cartoon avatar that reacts, live, to what a person says.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -118,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate the engine with the emotion classifier", add_help=False)
     e.add_argument("rest", nargs=argparse.REMAINDER)
     e.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("precompute", help="fill the emotion templates' latents cache", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_precompute)
     return ap
 
 
