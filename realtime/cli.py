@@ -89,16 +89,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 2
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    from tools.eval.evaluate import main as eval_main
-    return eval_main(args.rest) or 0
-
-
-def cmd_precompute(args: argparse.Namespace) -> int:
-    from realtime.precompute import main as precompute_main
-    return precompute_main(args.rest) or 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="avatarcast", description="A cartoon avatar that reacts, live, to what a person says.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -120,18 +110,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_bench)
 
-    e = sub.add_parser("eval", help="evaluate the engine with the emotion classifier", add_help=False)
-    e.add_argument("rest", nargs=argparse.REMAINDER)
-    e.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("precompute", help="fill the emotion templates' latents cache", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_precompute)
+    # listed for --help; main() hands their arguments to their own parsers
+    sub.add_parser("eval", help="evaluate the engine with the emotion classifier (see: avatarcast eval --help)")
+    sub.add_parser("precompute", help="fill the emotion templates' latents cache (see: avatarcast precompute --help)")
     return ap
+
+
+# Subcommands whose own parser takes every flag: argparse's REMAINDER cannot start with an option.
+PASSTHROUGH = {"eval": "tools.eval.evaluate", "precompute": "realtime.precompute"}
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASSTHROUGH:
+        import importlib
+        return importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
