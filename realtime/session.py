@@ -1,0 +1,806 @@
+"""One avatar stream's logic as a sans-I/O state machine: inputs in, frame plans and events out.
+
+No sockets, no asyncio, no threads, no clock reads: every method takes `now` (seconds on the
+caller's monotonic clock), so the whole behaviour is tested with plain calls. Transports
+(WebSocket, WebRTC) and the scheduler are adapters around it:
+
+- inputs: on_speech_start / on_partial / on_speech_end / on_final / on_cue / on_clip_received /
+  on_say / on_emotion / on_close;
+- `plan(now)` -> the FrameRequests due now (at most one: a late loop drops frames, never bursts);
+- `chunk_requests()` -> ChunkRequests for the template cache and the sampler (<= 2 sampler
+  chunks queued ahead of the one playing);
+- `on_frame_sent(frame, now)` -> stamps the utterance timeline (TTFF/TTER);
+- `events()` -> the SessionEvents to send to the client.
+
+States: idle -> listening (speech) -> thinking (speech ended, cue unknown; listening pose)
+-> reacting (cache chunk, then sampler chunks) -> idle after the emotion's hold time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from realtime.emotion import TEMPLATE_EMOTIONS, EmotionCue
+from realtime.messages import (
+    REACTION_SOURCES,
+    ChunkRequest,
+    CueDecision,
+    FrameRequest,
+    SessionEvent,
+    VideoFrame,
+)
+
+STATES = ("idle", "listening", "thinking", "reacting", "closed")
+STAGES = ("decode", "vad", "asr", "emotion", "cache", "sample", "decode_frames", "encode", "send")
+CUE_SOURCES = ("asr", "text", "explicit")
+# a cue may replace a playing reaction only if its source ranks at least as high
+_RANK = {"asr": 0, "text": 1, "explicit": 2}
+REACTION_EMOTIONS = tuple(e for e in TEMPLATE_EMOTIONS if e != "listening")
+_EPS = 1e-9
+
+
+# --- frame clock ---------------------------------------------------------------------------
+
+
+class FrameClock:
+    """pts <-> time at a fixed rate; frame k is due at t0 + k/fps, computed, never accumulated."""
+
+    def __init__(self, t0: float, fps: int = 8, late_tolerance_s: float | None = None) -> None:
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        self.t0 = float(t0)
+        self.fps = int(fps)
+        self.time_base = Fraction(1, self.fps)
+        self.late_tolerance_s = 0.5 / self.fps if late_tolerance_s is None else float(late_tolerance_s)
+        self._next = 0  # first index not yet handed out by due()
+        self.dropped = 0  # frames skipped because due() was called too late for them
+        self.late_sent = 0  # frames sent more than late_tolerance_s after their due time
+        self.max_late_s = 0.0
+        self._unreported: tuple[int, int] | None = None  # (first dropped index, count) since take_late()
+
+    def time_of(self, index: int) -> float:
+        return self.t0 + index / self.fps
+
+    def pts_of(self, index: int) -> int:
+        return index  # pts counts frames in 1/fps units from the stream start
+
+    def index_at(self, now: float) -> int:
+        """The newest frame index due at `now` (-1 before t0)."""
+        return math.floor((now - self.t0) * self.fps + _EPS)
+
+    @property
+    def next_index(self) -> int:
+        """The first frame index due() has not handed out yet."""
+        return self._next
+
+    def upcoming(self, now: float) -> int:
+        """The index the next due() call will hand out (a new state shows from this frame)."""
+        return max(self._next, self.index_at(now))
+
+    def due(self, now: float) -> list[int]:
+        """Frame indices to send now: at most one (the newest due); older missed ones are dropped."""
+        k = self.index_at(now)
+        if k < self._next:
+            return []
+        missed = k - self._next
+        if missed:
+            self.dropped += missed
+            first = self._next if self._unreported is None else self._unreported[0]
+            count = missed + (0 if self._unreported is None else self._unreported[1])
+            self._unreported = (first, count)
+        self._next = k + 1
+        return [k]
+
+    def report_sent(self, index: int, now: float) -> float:
+        """Record that frame `index` went out at `now`; returns how late it was (s, >= 0)."""
+        late = max(0.0, now - self.time_of(index))
+        self.max_late_s = max(self.max_late_s, late)
+        if late > self.late_tolerance_s + _EPS:
+            self.late_sent += 1
+        return late
+
+    def take_late(self) -> tuple[int, int] | None:
+        """(first dropped index, count) since the last call, or None."""
+        r, self._unreported = self._unreported, None
+        return r
+
+
+# --- utterance timeline --------------------------------------------------------------------
+
+
+def _ms(x: float | None) -> float | None:
+    return None if x is None else round(x * 1000.0, 3)
+
+
+class UtteranceTimeline:
+    """Stage stamps of one input turn, and TTFF/TTER once its frames are marked sent.
+
+    The origin is the end of speech (live audio) or the moment the clip / text / explicit emotion
+    arrived. A decision by a partial transcript is provisional: the report waits for the final's
+    cue (or for the turn to be finished) so TTER measures the emotion that was finally inferred.
+    """
+
+    def __init__(self, utterance: int, kind: str, origin: float | None = None) -> None:
+        self.utterance = utterance
+        self.kind = kind  # "speech" | "clip" | "say" | "explicit"
+        self.origin = origin
+        self.onset: float | None = None
+        self.stamps: dict[str, tuple[float | None, float]] = {}
+        self.emotion: str | None = None  # latest decided label
+        self.decided_by: str | None = None
+        self.first_decided_by: str | None = None
+        self.first_frame_t: float | None = None
+        self.first_frame_source: str | None = None
+        self.emotion_frame_t: dict[str, float] = {}  # first send time per label (<= len(REACTION_EMOTIONS))
+        self.reported = False
+
+    def stamp(self, stage: str, end: float, start: float | None = None, *, keep: bool = False) -> None:
+        """Stage `stage` finished at `end` (started at `start`, or when the stage before it ended)."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+        if keep and stage in self.stamps:
+            return
+        self.stamps[stage] = (start, end)
+
+    def decide(self, label: str, decided_by: str) -> None:
+        self.emotion = label
+        self.decided_by = decided_by
+        if self.first_decided_by is None:
+            self.first_decided_by = decided_by
+
+    @property
+    def settled(self) -> bool:
+        """True once the decision cannot be revised by a later cue of this turn."""
+        return self.decided_by is not None and self.decided_by != "partial"
+
+    @property
+    def ttff_s(self) -> float | None:
+        if self.first_frame_t is None or self.origin is None:
+            return None
+        return self.first_frame_t - self.origin
+
+    @property
+    def tter_s(self) -> float | None:
+        if self.emotion is None or self.origin is None:
+            return None
+        t = self.emotion_frame_t.get(self.emotion)
+        return None if t is None else t - self.origin
+
+    def on_frame_sent(self, frame: VideoFrame | FrameRequest, now: float) -> SessionEvent | None:
+        """Note a sent frame; returns the latency event when this turn's TTER becomes known."""
+        if self.reported or frame.utterance != self.utterance:
+            return None
+        counts = frame.source in REACTION_SOURCES or (frame.source == "idle" and self.emotion == "idle")
+        if not counts:
+            return None
+        if self.first_frame_t is None:
+            self.first_frame_t = now
+            self.first_frame_source = frame.source
+            for stage, (start, end) in (getattr(frame, "stamps", None) or {}).items():
+                if stage in STAGES:
+                    self.stamp(stage, end, start, keep=True)
+            self.stamp("send", now, keep=True)
+        self.emotion_frame_t.setdefault(frame.emotion, now)
+        return self.maybe_report(now)
+
+    def maybe_report(self, now: float) -> SessionEvent | None:
+        if not self.reported and self.settled and self.tter_s is not None:
+            return self.report(now)
+        return None
+
+    def report(self, now: float) -> SessionEvent | None:
+        """The latency event (once); None if it was already reported."""
+        if self.reported:
+            return None
+        self.reported = True
+        return SessionEvent("latency", self.payload(), now)
+
+    def payload(self) -> dict:
+        stages_ms: dict[str, float] = {}
+        at_ms: dict[str, float] = {}
+        prev_end = self.origin
+        for stage in STAGES:
+            if stage not in self.stamps:
+                continue
+            start, end = self.stamps[stage]
+            if start is None:
+                start = prev_end if prev_end is not None and prev_end <= end else end
+            stages_ms[stage] = _ms(end - start)
+            if self.origin is not None:
+                at_ms[stage] = _ms(end - self.origin)
+            prev_end = end if prev_end is None else max(prev_end, end)
+        return {
+            "utterance": self.utterance,
+            "kind": self.kind,
+            "origin_t": self.origin,
+            "ttff_ms": _ms(self.ttff_s),
+            "tter_ms": _ms(self.tter_s),
+            "emotion": self.emotion,
+            "decided_by": self.decided_by,
+            "first_decided_by": self.first_decided_by,
+            "first_frame_source": self.first_frame_source,
+            "stages_ms": stages_ms,  # how long each stage took
+            "at_ms": at_ms,  # when each stage finished, from the origin (negative: before it)
+        }
+
+
+# --- session -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Knobs of one session; defaults match the shipped templates and the 8 fps stream."""
+
+    fps: int = 8
+    chunk_frames: int = 4
+    max_chunks_ahead: int = 2  # sampler chunks requested beyond the one playing
+    hold_s: Mapping[str, float] = field(default_factory=dict)  # per emotion; default_hold_s otherwise
+    default_hold_s: float = 3.5
+    cached_emotions: frozenset[str] | None = None  # emotions with a cached first chunk (None: all)
+    partial_min_confidence: float = 0.6  # a partial transcript's cue must be this sure to decide
+    thinking_timeout_s: float = 4.0  # no cue this long after speech ends: back to idle
+    listening_intensity: float = 0.4
+    idle_intensity: float = 0.2
+    late_tolerance_s: float | None = None  # None: half a frame
+    max_events: int = 256  # undrained events beyond this drop the oldest
+    max_chunk_requests: int = 64
+    max_timelines: int = 8
+
+    @classmethod
+    def from_templates(cls, templates: Mapping[str, object], cached: Iterable[str] | None = None,
+                       **kw: object) -> SessionConfig:
+        """Hold times from templates.load_templates(); `cached` from the LatentsCache contents."""
+        hold = {name: float(t.hold_seconds) for name, t in templates.items()}
+        return cls(hold_s=hold, cached_emotions=None if cached is None else frozenset(cached), **kw)
+
+    def hold_chunks(self, emotion: str) -> int:
+        hold = self.hold_s.get(emotion, self.default_hold_s)
+        if hold <= 0:
+            hold = self.default_hold_s
+        return max(1, math.ceil(hold * self.fps / self.chunk_frames - _EPS))
+
+    def has_cache(self, emotion: str) -> bool:
+        return self.cached_emotions is None or emotion in self.cached_emotions
+
+
+@dataclass
+class _Segment:
+    """One emotion inside a reaction, from chunk `start_chunk` on."""
+
+    start_chunk: int
+    emotion: str
+    intensity: float
+    from_cache: bool
+    source: str
+    utterance: int
+
+
+@dataclass
+class _Reaction:
+    id: int
+    start_frame: int
+    end_chunk: int  # first chunk not played: the return to idle
+    segments: list[_Segment]
+    next_request: int = 0  # next chunk to request
+    revisions: dict[int, int] = field(default_factory=dict)  # chunk -> latest revision (queued only)
+    playing: int = -1  # chunk of the last planned frame
+
+    def segment(self, chunk: int) -> _Segment:
+        for seg in reversed(self.segments):
+            if seg.start_chunk <= chunk:
+                return seg
+        return self.segments[0]
+
+
+@dataclass
+class _Turn:
+    """Session-side facts about one input turn (speech utterance, clip, say, explicit)."""
+
+    id: int
+    kind: str
+    timeline: UtteranceTimeline
+    speech_open: bool = False
+    ended: bool = False
+    final: bool = False
+    early_cue: CueDecision | None = None  # a confident partial cue held until speech ends
+
+
+class Session:
+    """The avatar's brain for one stream: pure state machine, every input stamped with `now`."""
+
+    def __init__(self, t0: float, config: SessionConfig | None = None, session_id: str = "") -> None:
+        self.config = config or SessionConfig()
+        self.session_id = session_id
+        self.clock = FrameClock(t0, self.config.fps, self.config.late_tolerance_s)
+        self._state = "idle"
+        self._state_since = float(t0)
+        self._events: deque[SessionEvent] = deque(maxlen=self.config.max_events)
+        self._chunks: deque[ChunkRequest] = deque(maxlen=self.config.max_chunk_requests)
+        self._seq = 0
+        self.events_dropped = 0
+        self._turn_count = 0
+        self._turns: OrderedDict[int, _Turn] = OrderedDict()  # bounded by max_timelines
+        self._speech: int | None = None  # the latest speech/clip turn
+        self._say: int | None = None  # a say turn waiting for its text cue
+        self._clip_pending: int | None = None  # clip turn waiting for its first speech_start
+        self._reaction: _Reaction | None = None
+        self._reaction_count = 0
+        self._idle_turn: int | None = None  # a turn whose decision was "idle" (its idle frames count)
+        self._partial_text = ""
+        self.frames_planned = 0
+
+    # -- read-only views --
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    @property
+    def closed(self) -> bool:
+        return self._state == "closed"
+
+    @property
+    def utterance(self) -> int | None:
+        """The latest speech (or clip) turn id."""
+        return self._speech
+
+    @property
+    def emotion(self) -> str:
+        """What the avatar shows on the next frame."""
+        return self.next_frame_source(self.clock.next_index).emotion
+
+    def timeline(self, utterance: int) -> UtteranceTimeline | None:
+        turn = self._turns.get(utterance)
+        return None if turn is None else turn.timeline
+
+    # -- drains --
+
+    def events(self) -> list[SessionEvent]:
+        """Take the events produced since the last call."""
+        out = list(self._events)
+        self._events.clear()
+        return out
+
+    def chunk_requests(self) -> list[ChunkRequest]:
+        """Take the cache/sampler work requested since the last call (check is_current before running)."""
+        out = list(self._chunks)
+        self._chunks.clear()
+        return out
+
+    def is_current(self, req: ChunkRequest) -> bool:
+        """Whether a chunk request is still wanted (not superseded by a switch, barge-in or the end)."""
+        r = self._reaction
+        if r is None or self._state != "reacting" or req.reaction != r.id:
+            return False
+        return r.playing <= req.chunk < r.end_chunk and r.revisions.get(req.chunk, 0) == req.revision
+
+    # -- inputs --
+
+    def on_speech_start(self, now: float) -> int | None:
+        """VAD onset: the very next due frame shows the listening pose. Returns the turn id."""
+        if self.closed:
+            return None
+        cur = self._turns.get(self._speech) if self._speech is not None else None
+        if cur is not None and cur.speech_open:
+            return cur.id  # duplicate onset
+        if self._clip_pending is not None and self._clip_pending in self._turns:
+            turn = self._turns[self._clip_pending]
+            self._clip_pending = None
+        else:
+            if cur is not None:
+                self._finish_turn(cur, now)  # its final can no longer apply: a new turn began
+            turn = self._new_turn("speech", None, now)
+        turn.speech_open = True
+        turn.timeline.onset = now
+        self._speech = turn.id
+        self._partial_text = ""
+        self._stop_reaction(now)
+        self._set_state("listening", now)
+        return turn.id
+
+    def on_partial(self, text: str, now: float, *, utterance: int | None = None) -> None:
+        if self.closed:
+            return
+        turn = self._speech_turn(utterance, now, implicit=utterance is None)
+        if turn is None or turn.final:
+            return  # stale: that turn already has its final
+        self._partial_text = text
+        self._emit("transcript_partial", {"text": text, "utterance": turn.id}, now)
+
+    def on_speech_end(self, now: float, *, utterance: int | None = None) -> None:
+        if self.closed:
+            return
+        turn = self._speech_turn(utterance, now, implicit=utterance is None)
+        if turn is None or turn.ended:
+            return
+        self._end_speech(turn, now, implied=False)
+
+    def on_final(self, text: str, now: float, *, utterance: int | None = None) -> None:
+        if self.closed:
+            return
+        turn = self._speech_turn(utterance, now, implicit=utterance is None)
+        if turn is None or turn.final:
+            return  # stale or duplicate final
+        if not turn.ended:
+            self._end_speech(turn, now, implied=True)  # a final implies the speech ended
+        turn.final = True
+        turn.timeline.stamp("asr", now, keep=True)
+        self._partial_text = ""
+        self._emit("transcript_final", {"text": text, "utterance": turn.id, "source": turn.kind}, now)
+
+    def on_cue(self, cue: EmotionCue, now: float, source: str = "asr", *, utterance: int | None = None,
+               decided_by: str | None = None) -> None:
+        """An emotion cue. asr: for the latest speech turn (decided_by partial until its final arrived);
+        text: for the pending say; explicit: overrides everything."""
+        if self.closed:
+            return
+        if source not in CUE_SOURCES:
+            self._error("bad_cue_source", f"cue source must be one of {CUE_SOURCES}, got {source!r}", now)
+            return
+        if cue.label not in REACTION_EMOTIONS:
+            self._error("unknown_emotion", f"no template for emotion {cue.label!r}", now)
+            return
+        if source == "asr":
+            turn = self._turns.get(self._speech) if self._speech is not None else None
+            if turn is None or (utterance is not None and utterance != turn.id):
+                self._error("stale_cue", "asr cue for no current utterance; ignored", now, utterance=utterance)
+                return
+            decided_by = decided_by or ("final" if turn.final else "partial")
+        elif source == "text":
+            turn = self._turns.get(self._say) if self._say is not None else None
+            if turn is None:
+                turn = self._new_turn("say", now, now)
+            self._say = None
+            decided_by = "text"
+        else:
+            turn = self._new_turn("explicit", now, now)
+            decided_by = "explicit"
+        if source == "asr" and turn.timeline.reported:
+            self._error("stale_cue", "asr cue for a finished utterance; ignored", now, utterance=turn.id)
+            return
+        self._decide(CueDecision(cue, now, source, decided_by, turn.id), turn, now)
+
+    def on_emotion(self, label: str, intensity: float, now: float) -> None:
+        """An explicit emotion from the app: overrides inferred cues."""
+        x = float(intensity)
+        if not math.isfinite(x):
+            if not self.closed:
+                self._error("bad_intensity", f"intensity must be a number in 0..1, got {intensity!r}", now)
+            return
+        x = min(max(x, 0.0), 1.0)
+        self.on_cue(EmotionCue(label, x, 1.0, {label: 1.0}), now, "explicit")
+
+    def on_say(self, text: str, now: float) -> int | None:
+        """Text for the avatar (a chat reply); its cue follows through on_cue(source="text")."""
+        if self.closed:
+            return None
+        turn = self._new_turn("say", now, now)
+        self._say = turn.id
+        self._emit("transcript_final", {"text": text, "utterance": turn.id, "source": "say"}, now)
+        if self._state == "idle":
+            self._set_state("thinking", now)
+        return turn.id
+
+    def on_clip_received(self, now: float) -> int | None:
+        """A whole clip arrived: TTFF/TTER count from now; the avatar takes the listening pose."""
+        if self.closed:
+            return None
+        cur = self._turns.get(self._speech) if self._speech is not None else None
+        if cur is not None:
+            self._finish_turn(cur, now)
+        turn = self._new_turn("clip", now, now)
+        self._speech = turn.id
+        self._clip_pending = turn.id
+        self._stop_reaction(now)
+        self._set_state("thinking", now)
+        return turn.id
+
+    def on_close(self, now: float) -> None:
+        if self.closed:
+            return
+        for turn in list(self._turns.values()):
+            self._finish_turn(turn, now)
+        self._reaction = None
+        self._set_state("closed", now)
+
+    def stamp(self, stage: str, end: float, start: float | None = None, *, utterance: int | None = None) -> None:
+        """Record a pipeline stage (decode, vad, asr, ...) for a turn (default: the latest speech turn)."""
+        key = self._speech if utterance is None else utterance
+        turn = self._turns.get(key) if key is not None else None
+        if turn is not None:
+            turn.timeline.stamp(stage, end, start)
+
+    # -- frames --
+
+    def next_frame_source(self, frame_index: int) -> FrameRequest:
+        """What frame `frame_index` shows if nothing changes before then (a pure query)."""
+        c = self.config
+        t = self.clock.time_of(frame_index)
+        pts = self.clock.pts_of(frame_index)
+        st = self._state
+        if st in ("listening", "thinking"):
+            return FrameRequest(frame_index, pts, t, "listening", c.listening_intensity, "listening", self._speech)
+        r = self._reaction
+        if st == "reacting" and r is not None:
+            off = frame_index - r.start_frame
+            chunk = off // c.chunk_frames if off >= 0 else 0
+            if off >= 0 and chunk < r.end_chunk:
+                seg = r.segment(chunk)
+                source = "cache" if (seg.from_cache and chunk == seg.start_chunk) else "sampler"
+                return FrameRequest(frame_index, pts, t, seg.emotion, seg.intensity, source, seg.utterance,
+                                    r.id, chunk, off % c.chunk_frames)
+            if off < 0:
+                return FrameRequest(frame_index, pts, t, "listening", c.listening_intensity, "listening", self._speech)
+        return FrameRequest(frame_index, pts, t, "idle", c.idle_intensity, "idle", self._idle_turn)
+
+    def plan(self, now: float) -> list[FrameRequest]:
+        """The frames due at `now` (at most one); advances hold timers and the chunk queue."""
+        if self.closed:
+            return []
+        if self._state == "thinking" and now - self._state_since > self.config.thinking_timeout_s:
+            self._thinking_timeout(now)
+        out = []
+        for k in self.clock.due(now):
+            req = self.next_frame_source(k)
+            r = self._reaction
+            if self._state == "reacting" and r is not None:
+                if req.is_reaction:
+                    if req.chunk != r.playing:
+                        r.playing = req.chunk
+                        self._prune(r)
+                        self._fill_chunks(r, now)
+                elif k >= r.start_frame:
+                    self._end_reaction(now, from_frame=k)  # hold time over
+                    req = self.next_frame_source(k)
+            out.append(req)
+            self.frames_planned += 1
+        late = self.clock.take_late()
+        if late is not None:
+            self._emit("frames_late", {"first": late[0], "count": late[1], "dropped_total": self.clock.dropped}, now)
+        return out
+
+    def on_frame_sent(self, frame: VideoFrame | FrameRequest, now: float) -> SessionEvent | None:
+        """The transport sent `frame` at `now`: lateness accounting and TTFF/TTER. Returns a latency event."""
+        if self.closed:
+            return None
+        self.clock.report_sent(frame.index, now)
+        turn = self._turns.get(frame.utterance) if frame.utterance is not None else None
+        if turn is None:
+            return None
+        ev = turn.timeline.on_frame_sent(frame, now)
+        if ev is not None:
+            self._push(ev)
+        return ev
+
+    # -- internals: turns --
+
+    def _new_turn(self, kind: str, origin: float | None, now: float) -> _Turn:
+        turn = _Turn(self._turn_count, kind, UtteranceTimeline(self._turn_count, kind, origin))
+        self._turn_count += 1
+        self._turns[turn.id] = turn
+        while len(self._turns) > self.config.max_timelines:
+            _, old = self._turns.popitem(last=False)
+            self._report(old.timeline, now)
+            for attr in ("_speech", "_say", "_clip_pending", "_idle_turn"):
+                if getattr(self, attr) == old.id:
+                    setattr(self, attr, None)
+        return turn
+
+    def _speech_turn(self, utterance: int | None, now: float, implicit: bool) -> _Turn | None:
+        """The turn a speech input refers to; creates one if speech arrives with no onset seen."""
+        turn = self._turns.get(self._speech) if self._speech is not None else None
+        if utterance is not None:
+            return turn if turn is not None and turn.id == utterance else None
+        if turn is None:
+            if not implicit:
+                return None
+            # speech without an onset (session opened mid-speech, lost event): open a turn now
+            self.on_speech_start(now)
+            turn = self._turns[self._speech]  # type: ignore[index]
+        elif turn.kind == "clip" and self._clip_pending == turn.id:
+            self._clip_pending = None
+            turn.speech_open = True
+        return turn
+
+    def _end_speech(self, turn: _Turn, now: float, implied: bool) -> None:
+        turn.speech_open = False
+        turn.ended = True
+        if turn.timeline.origin is None:
+            turn.timeline.origin = now  # live speech: TTFF/TTER count from the end of speech
+        turn.timeline.stamp("vad", now, now if turn.timeline.onset is None else None, keep=True)
+        if self._state != "listening":
+            return  # an override reaction is playing: it goes on
+        if turn.early_cue is not None:
+            cue, turn.early_cue = turn.early_cue, None
+            self._start_or_switch(cue, turn, now)
+        else:
+            self._set_state("thinking", now, implied_end=implied)
+
+    def _finish_turn(self, turn: _Turn, now: float) -> None:
+        turn.speech_open = False
+        turn.early_cue = None
+        self._report(turn.timeline, now)
+
+    def _report(self, tl: UtteranceTimeline, now: float) -> None:
+        if tl.origin is None and tl.emotion is None and tl.first_frame_t is None:
+            tl.reported = True  # nothing happened that a latency figure could describe
+            return
+        ev = tl.report(now)
+        if ev is not None:
+            self._push(ev)
+
+    # -- internals: cues and reactions --
+
+    def _decide(self, d: CueDecision, turn: _Turn, now: float) -> None:
+        cue = d.cue
+        tl = turn.timeline
+        before = tl.stamps.get("emotion")
+        tl.stamp("emotion", now)
+        applied, reason = self._apply(d, turn, now)
+        if not applied:  # a cue that changed nothing did not end the emotion stage
+            if before is None:
+                del tl.stamps["emotion"]
+            else:
+                tl.stamps["emotion"] = before
+        self._emit("emotion", {
+            "label": cue.label, "intensity": cue.intensity, "confidence": cue.confidence,
+            "scores": dict(cue.scores), "evidence": list(cue.evidence), "source": d.source,
+            "decided_by": d.decided_by, "utterance": turn.id, "applied": applied, "reason": reason,
+        }, now)
+        self._maybe_report(tl, now)
+
+    def _apply(self, d: CueDecision, turn: _Turn, now: float) -> tuple[bool, str | None]:
+        if d.decided_by == "partial" and d.cue.confidence < self.config.partial_min_confidence:
+            return False, "partial_not_confident"
+        st = self._state
+        if st == "listening" and d.source == "asr" and turn.speech_open:
+            turn.early_cue = d  # decided early; shown the moment speech ends
+            turn.timeline.decide(d.cue.label, d.decided_by)
+            return True, "at_speech_end"
+        if st == "reacting" and self._reaction is not None:
+            playing = self._reaction.segments[-1]
+            if _RANK[d.source] < _RANK[playing.source]:
+                return False, f"overridden_by_{playing.source}"
+        if d.cue.label == "idle" and st not in ("thinking", "reacting"):
+            turn.timeline.decide("idle", d.decided_by)
+            return True, "already_calm"
+        self._start_or_switch(d, turn, now)
+        return True, None
+
+    def _start_or_switch(self, d: CueDecision, turn: _Turn, now: float) -> None:
+        c = self.config
+        label = d.cue.label
+        intensity = min(max(float(d.cue.intensity), 0.0), 1.0)
+        tl = turn.timeline
+        tl.decide(label, d.decided_by)
+        r = self._reaction
+        if self._state != "reacting" or r is None:
+            if label == "idle":
+                self._idle_turn = turn.id
+                self._reaction = None
+                self._set_state("idle", now, utterance=turn.id)
+            else:
+                self._reaction_count += 1
+                seg = _Segment(0, label, intensity, c.has_cache(label), d.source, turn.id)
+                r = _Reaction(self._reaction_count, self.clock.upcoming(now), c.hold_chunks(label), [seg])
+                self._reaction = r
+                self._set_state("reacting", now, utterance=turn.id, emotion=label)
+                self._fill_chunks(r, now)
+            return
+        # mid-stream: switch at the next chunk boundary, never inside a chunk
+        nxt = self.clock.upcoming(now) - r.start_frame
+        boundary = max(0, -(-nxt // c.chunk_frames))
+        last = r.segments[-1]
+        if label == "idle":
+            r.end_chunk = min(r.end_chunk, boundary)  # calm down at the boundary; its idle frames answer this turn
+            self._idle_turn = turn.id
+        elif label == last.emotion:
+            if last.utterance != turn.id or _RANK[d.source] > _RANK[last.source]:
+                # a new turn agreeing with the playing emotion keeps it going (no restart)
+                last.source = d.source if _RANK[d.source] > _RANK[last.source] else last.source
+                last.utterance = turn.id
+                r.end_chunk = max(r.end_chunk, boundary + c.hold_chunks(label))
+        else:
+            self._idle_turn = None
+            r.segments = [s for s in r.segments if s.start_chunk < boundary]
+            r.segments.append(_Segment(boundary, label, intensity, c.has_cache(label), d.source, turn.id))
+            r.end_chunk = boundary + c.hold_chunks(label)
+            r.next_request = min(r.next_request, boundary)  # re-issue queued chunks with the new emotion
+            self._prune(r)
+            self._fill_chunks(r, now)
+            self._emit("state_changed", {"from": "reacting", "to": "reacting", "utterance": turn.id,
+                                         "emotion": label, "from_frame": r.start_frame + boundary * c.chunk_frames}, now)
+
+    def _maybe_report(self, tl: UtteranceTimeline, now: float) -> None:
+        ev = tl.maybe_report(now)
+        if ev is not None:
+            self._push(ev)
+
+    def _fill_chunks(self, r: _Reaction, now: float) -> None:
+        c = self.config
+        queued = sum(1 for k in range(max(r.playing + 1, 0), r.next_request)
+                     if k < r.end_chunk and not self._is_cache_chunk(r, k))
+        while r.next_request < r.end_chunk:
+            k = r.next_request
+            cache = self._is_cache_chunk(r, k)
+            if not cache and queued >= c.max_chunks_ahead:
+                break
+            seg = r.segment(k)
+            rev = r.revisions[k] + 1 if k in r.revisions else 0
+            r.revisions[k] = rev
+            first = r.start_frame + k * c.chunk_frames
+            prev = None if (cache or k == 0) else k - 1
+            self._chunks.append(ChunkRequest(now, r.id, k, rev, first, c.chunk_frames, self.clock.time_of(first),
+                                             seg.emotion, seg.intensity, "cache" if cache else "sampler", prev,
+                                             seg.utterance))
+            r.next_request += 1
+            if not cache:
+                queued += 1
+
+    @staticmethod
+    def _is_cache_chunk(r: _Reaction, k: int) -> bool:
+        seg = r.segment(k)
+        return seg.from_cache and seg.start_chunk == k
+
+    @staticmethod
+    def _prune(r: _Reaction) -> None:
+        """Forget segments and revisions already played: memory stays flat however long it reacts."""
+        done = max(r.playing, 0)
+        keep = [s for s in r.segments if s.start_chunk > done]
+        current = [s for s in r.segments if s.start_chunk <= done]
+        r.segments = current[-1:] + keep
+        for k in [k for k in r.revisions if k < done]:
+            del r.revisions[k]
+
+    def _stop_reaction(self, now: float) -> None:
+        r, self._reaction = self._reaction, None
+        if r is not None:
+            for seg in r.segments:
+                turn = self._turns.get(seg.utterance)
+                if turn is not None:
+                    self._report(turn.timeline, now)
+
+    def _end_reaction(self, now: float, from_frame: int | None = None) -> None:
+        self._stop_reaction(now)
+        cur = self._turns.get(self._speech) if self._speech is not None else None
+        self._set_state("listening" if cur is not None and cur.speech_open else "idle", now, from_frame=from_frame)
+
+    def _thinking_timeout(self, now: float) -> None:
+        self._error("no_cue", f"no emotion cue within {self.config.thinking_timeout_s:g} s; back to idle", now,
+                    utterance=self._speech)
+        for attr in ("_speech", "_say"):
+            key = getattr(self, attr)
+            if key is not None and key in self._turns:
+                self._finish_turn(self._turns[key], now)
+        self._say = None
+        self._set_state("idle", now)
+
+    # -- internals: state and events --
+
+    def _set_state(self, state: str, now: float, from_frame: int | None = None, **extra: object) -> None:
+        if state == self._state:
+            return
+        prev, self._state, self._state_since = self._state, state, now
+        if state not in ("idle", "closed"):
+            self._idle_turn = None
+        # from_frame: the first frame index that shows the new state
+        first = self.clock.upcoming(now) if from_frame is None else from_frame
+        payload = {"from": prev, "to": state, "utterance": self._speech, "from_frame": first}
+        payload.update(extra)
+        self._emit("state_changed", payload, now)
+
+    def _error(self, code: str, message: str, now: float, **extra: object) -> None:
+        self._emit("error", {"code": code, "message": message, "fatal": False, **extra}, now)
+
+    def _emit(self, type_: str, payload: dict, now: float) -> None:
+        self._push(SessionEvent(type_, payload, now))
+
+    def _push(self, ev: SessionEvent) -> None:
+        if len(self._events) == self._events.maxlen:
+            self.events_dropped += 1
+        self._seq += 1
+        self._events.append(SessionEvent(ev.type, ev.payload, ev.t, self._seq))
