@@ -90,9 +90,9 @@ class TinyEngine:
             raise ValueError(f"unknown emotion {emotion!r}; known: {', '.join(self.emotions)}") from None
 
     # -- streams --------------------------------------------------------------------------
-    def reference_latent(self, avatar) -> np.ndarray:
-        """The avatar's identity latent, computed once per avatar."""
-        key = avatar_cache_key(avatar)
+    def reference_latent(self, avatar, key: str | None = None) -> np.ndarray:
+        """The avatar's identity latent, computed once per avatar (key: its avatar_cache_key)."""
+        key = key or avatar_cache_key(avatar)
         with self._lock:
             ref = self._refs.get(key)
         if ref is None:
@@ -105,11 +105,12 @@ class TinyEngine:
     def start_stream(self, avatar, emotion: str | int = "idle", intensity: float = 1.0, seed: int = 0,
                      ctx: np.ndarray | None = None) -> StreamState:
         """A new stream at rest (context = the reference frame), or continuing a given context."""
-        ref = self.reference_latent(avatar)
+        key = avatar_cache_key(avatar)
+        ref = self.reference_latent(avatar, key)
         K = self.cfg.context_frames
         if ctx is None:
             ctx = np.concatenate([ref] * K, axis=0)
-        return StreamState(avatar_cache_key(avatar), ref, ctx.astype(np.float32, copy=True),
+        return StreamState(key, ref, ctx.astype(np.float32, copy=True),
                            self.emotion_index(emotion), float(np.clip(intensity, 0.0, 1.0)),
                            np.random.default_rng(seed))
 
