@@ -1,4 +1,4 @@
-"""The `avatarcast` command: render, bench, eval (and, later, serve)."""
+"""The `avatarcast` command: serve, render, bench, eval, precompute."""
 
 from __future__ import annotations
 
@@ -81,9 +81,19 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from realtime.server import serve
+
+    serve(Settings.from_args(args))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "engine":
         from tools.bench_engine import main as bench_main
+        return bench_main(args.rest) or 0
+    if args.what == "latency":
+        from tools.bench_latency import main as bench_main
         return bench_main(args.rest) or 0
     print(f"unknown benchmark {args.what!r}", file=sys.stderr)
     return 2
@@ -92,6 +102,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="avatarcast", description="A cartoon avatar that reacts, live, to what a person says.")
     sub = ap.add_subparsers(dest="command", required=True)
+
+    sv = sub.add_parser("serve", help="run the real-time server (HTTP, WebSocket, WebRTC, demo page)")
+    Settings.add_arguments(sv)
+    sv.set_defaults(func=cmd_serve)
 
     r = sub.add_parser("render", help="generate a clip of an avatar showing an emotion")
     r.add_argument("--avatar", default="0", help="built-in index or name, AvatarParams JSON, or a .json file")
@@ -105,8 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     Settings.add_arguments(r, ENGINE_FLAGS)
     r.set_defaults(func=cmd_render)
 
-    b = sub.add_parser("bench", help="benchmarks: engine", add_help=False)
-    b.add_argument("what", choices=["engine"])
+    b = sub.add_parser("bench", help="benchmarks: engine, latency", add_help=False)
+    b.add_argument("what", choices=["engine", "latency"])
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_bench)
 

@@ -27,6 +27,20 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: str = "info"
+    asr_model: str = "tiny.en"  # tiny.en | base (multilingual) | a CTranslate2 model directory
+    language: str = ""  # empty: the model's default (en for tiny.en, detected for base)
+    avatars: str = "pip"  # comma list warmed (loops + latents cache) at start-up
+    precompute: int = 1  # 1: fill the latents cache of the start-up avatars before serving
+    cache_dir: str = ""  # latents cache; empty = ~/.cache/avatarcast/latents
+    clip_cache_dir: str = ""  # rendered clips; empty = ~/.cache/avatarcast/clips
+    image_format: str = "jpeg"  # default WebSocket frame format: jpeg | webp (keeps alpha)
+    quality: int = 80  # JPEG/WebP quality
+    max_sessions: int = 8
+    max_clip_bytes: int = 20_000_000
+    max_clip_seconds: float = 30.0
+    max_audio_backlog_s: float = 5.0  # live audio queued beyond this is dropped with an error
+    max_message_bytes: int = 4_000_000  # largest WebSocket message accepted
+    max_render_seconds: float = 30.0  # longest clip the clip API renders
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -68,6 +82,21 @@ class Settings:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.image_format not in ("jpeg", "webp"):
+            raise ValueError(f"image_format must be jpeg or webp, got {self.image_format!r}")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"quality must be 1..100, got {self.quality}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be 0..65535, got {self.port}")
+        for name in ("max_sessions", "max_clip_bytes", "max_message_bytes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("max_clip_seconds", "max_audio_backlog_s", "max_render_seconds"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+
+    def avatar_list(self) -> list[str]:
+        return [a.strip() for a in self.avatars.split(",") if a.strip()]
 
     def engine_kwargs(self) -> dict[str, Any]:
         """What TinyEngine.load takes from these settings."""

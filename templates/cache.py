@@ -142,6 +142,12 @@ class LatentsCache:
                 self._remember(entry)
         return entry
 
+    def lookup(self, avatar, emotion: str, variant: int = 0) -> CachedReaction | None:
+        """The cached first chunk if it is in memory, else None: never loads or computes (safe on an event loop)."""
+        key = self.key(avatar, emotion, variant)
+        with self._lock:
+            return self._mem.get(key)
+
     def start_from_cache(self, avatar, emotion: str, variant: int = 0, seed: int = 0):
         """(cached frames, StreamState) where the state continues right after the cached chunk."""
         entry = self.get(avatar, emotion, variant)

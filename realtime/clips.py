@@ -1,0 +1,160 @@
+"""The clip API: N seconds of an avatar in an emotion (or reacting to a text), as MP4 or WebM.
+
+Chunks go through the shared scheduler with a far deadline, so a render never delays a live
+stream's frames; it fills the gaps between their batches. Results are files in a disk cache
+keyed by a hash of everything that changes the pixels; the same request is served from disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from realtime.scheduler import ChunkJob
+
+FORMATS = {"mp4": "video/mp4", "webm": "video/webm"}
+
+
+@dataclass(frozen=True)
+class ClipRequest:
+    avatar: str = "pip"
+    emotion: str | None = None
+    text: str | None = None
+    seconds: float = 3.0
+    format: str = "mp4"
+    intensity: float | None = None
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class RenderedClip:
+    path: Path
+    media_type: str
+    emotion: str
+    frames: int
+    cached: bool
+    render_s: float
+    key: str
+
+
+class ClipError(ValueError):
+    """A bad clip request (400)."""
+
+
+class ClipRenderer:
+    def __init__(self, hub: Any, cache_dir: str | None = None, max_entries: int = 512) -> None:
+        self.hub = hub
+        self.dir = Path(cache_dir or os.path.expanduser("~/.cache/avatarcast/clips"))
+        self.max_entries = max_entries
+        self._inflight: dict[str, asyncio.Future] = {}
+
+    def _validate(self, req: ClipRequest) -> tuple[str, Any, str, float]:
+        from realtime.avatars import resolve_avatar
+
+        hub = self.hub
+        if req.format not in FORMATS:
+            raise ClipError(f"format must be one of {sorted(FORMATS)}, got {req.format!r}")
+        if not (0 < req.seconds <= hub.settings.max_render_seconds):
+            raise ClipError(f"seconds must be in (0, {hub.settings.max_render_seconds}], got {req.seconds}")
+        if (req.emotion is None) == (req.text is None):
+            raise ClipError("give exactly one of emotion or text")
+        try:
+            name, params = resolve_avatar(req.avatar)
+        except (ValueError, TypeError) as exc:
+            raise ClipError(str(exc)) from None
+        if req.text is not None:
+            if not req.text.strip() or len(req.text) > 2000:
+                raise ClipError("text must be 1..2000 characters")
+            cue = hub.reader.read(req.text)
+            emotion, intensity = cue.label, cue.intensity
+        else:
+            if req.emotion not in hub.emotions:
+                raise ClipError(f"unknown emotion {req.emotion!r}; known: {', '.join(hub.emotions)}")
+            emotion = req.emotion
+            intensity = hub.cache.templates[emotion].default_intensity if emotion in hub.cache.templates else 0.8
+        if req.intensity is not None:
+            if not 0.0 <= req.intensity <= 1.0:
+                raise ClipError(f"intensity must be in 0..1, got {req.intensity}")
+            intensity = req.intensity
+        return name, params, emotion, float(intensity)
+
+    def key(self, params: Any, emotion: str, intensity: float, req: ClipRequest) -> str:
+        from engines.tiny.engine import avatar_cache_key
+
+        blob = json.dumps({"weights": self.hub.engine.weights_hash, "steps": self.hub.engine.steps,
+                           "avatar": avatar_cache_key(params), "emotion": emotion, "intensity": round(intensity, 4),
+                           "seconds": req.seconds, "format": req.format, "seed": req.seed, "v": 1}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+    async def render(self, req: ClipRequest) -> RenderedClip:
+        t0 = time.perf_counter()
+        name, params, emotion, intensity = await asyncio.get_running_loop().run_in_executor(
+            self.hub.cpu_pool, self._validate, req)
+        key = self.key(params, emotion, intensity, req)
+        path = self.dir / f"{key}.{req.format}"
+        n_frames = max(1, int(round(req.seconds * 8)))
+        if path.is_file():
+            os.utime(path)
+            return RenderedClip(path, FORMATS[req.format], emotion, n_frames, True, 0.0, key)
+        fut = self._inflight.get(key)
+        if fut is None:  # identical concurrent requests share one render
+            fut = asyncio.ensure_future(self._render(params, emotion, intensity, req, path, n_frames))
+            self._inflight[key] = fut
+            fut.add_done_callback(lambda _: self._inflight.pop(key, None))
+        await asyncio.shield(fut)
+        return RenderedClip(path, FORMATS[req.format], emotion, n_frames, False,
+                            round(time.perf_counter() - t0, 3), key)
+
+    async def _render(self, params: Any, emotion: str, intensity: float, req: ClipRequest, path: Path,
+                      n_frames: int) -> None:
+        hub = self.hub
+        state = hub.engine.start_stream(params, emotion, intensity, req.seed)
+        far = time.monotonic() + 3600.0  # behind every live deadline
+        chunks: list[np.ndarray] = []
+        await hub.scheduler.submit(ChunkJob("clip", state, far, emotion, intensity))  # leave the rest pose
+        while sum(len(c) for c in chunks) < n_frames:
+            res = await hub.scheduler.submit(ChunkJob("clip", state, far, emotion, intensity))
+            state = res.state
+            chunks.append(res.frames)
+        frames = np.concatenate(chunks)[:n_frames]
+        await asyncio.get_running_loop().run_in_executor(hub.cpu_pool, self._write, frames, path)
+
+    def _write(self, frames: np.ndarray, path: Path) -> None:
+        from tools.render_clip import write_video
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=self.dir)
+        os.close(fd)
+        try:
+            write_video(frames, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self._evict()
+
+    def _evict(self) -> None:
+        files = sorted((p for p in self.dir.glob("*.*") if p.suffix[1:] in FORMATS), key=lambda p: p.stat().st_mtime)
+        for p in files[: max(0, len(files) - self.max_entries)]:
+            p.unlink(missing_ok=True)
+
+
+def clip_request_from_dict(d: dict) -> ClipRequest:
+    known = set(ClipRequest.__dataclass_fields__)
+    extra = set(d) - known
+    if extra:
+        raise ClipError(f"unknown fields: {', '.join(sorted(extra))}")
+    try:
+        req = ClipRequest(**d)
+        return ClipRequest(**{**asdict(req), "seconds": float(req.seconds), "seed": int(req.seed)})
+    except (TypeError, ValueError) as exc:
+        raise ClipError(str(exc)) from None

@@ -1,0 +1,184 @@
+"""The process-wide state: models loaded once, worker pools, the engine scheduler and the sessions.
+
+Transports (HTTP, WebSocket, WebRTC) only talk to the Hub and to SessionRunners; model code
+never sees a socket. Loading happens in threads at start-up so the first user pays nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from collections import Counter, deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+from realtime.settings import Settings
+
+log = logging.getLogger("avatarcast.hub")
+
+
+class HubError(Exception):
+    """An error a client caused or must know about: `status` is the HTTP status to answer with."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class Hub:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.engine: Any = None
+        self.cache: Any = None
+        self.templates: dict = {}
+        self.transcriber: Any = None
+        self.reader: Any = None
+        self.avatars: Any = None
+        self.scheduler: Any = None
+        self.clips: Any = None
+        self.session_config: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.sessions: dict[str, Any] = {}
+        self.stats: Counter = Counter()
+        self.latencies: deque[dict] = deque(maxlen=1000)
+        self.ready = asyncio.Event()
+        self.started_at = time.monotonic()
+        self.load_s: dict[str, float] = {}
+        # decode/emotion (short numpy/ORT work), ASR (long, serialized by the model's lock), JPEG/WebP
+        self.cpu_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cpu")
+        self.asr_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="asr")
+        self.encode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
+
+    @property
+    def emotions(self) -> tuple[str, ...]:
+        return tuple(self.engine.emotions) if self.engine is not None else ()
+
+    # -- life cycle --
+
+    async def start(self) -> None:
+        """Load everything (in threads), warm the start-up avatars, then mark ready."""
+        from engines.tiny.engine import TinyEngine
+        from realtime.asr import Transcriber
+        from realtime.avatars import AvatarStore
+        from realtime.clips import ClipRenderer
+        from realtime.emotion import EmotionReader
+        from realtime.scheduler import EngineScheduler
+        from realtime.session import SessionConfig
+        from templates import load_templates
+        from templates.cache import LatentsCache
+
+        s = self.settings
+        if s.engine != "tiny":
+            raise HubError(500, "engine_unavailable", f"engine {s.engine!r} is not available in this build")
+        self.loop = asyncio.get_running_loop()
+        loop = self.loop
+
+        async def timed(name: str, fn: Callable[[], Any]) -> Any:
+            t0 = time.perf_counter()
+            out = await loop.run_in_executor(None, fn)
+            self.load_s[name] = round(time.perf_counter() - t0, 3)
+            return out
+
+        cache_root = Path(os.path.expanduser("~/.cache/avatarcast"))
+        self.engine, self.transcriber, self.reader = await asyncio.gather(
+            timed("engine", lambda: TinyEngine.load(**s.engine_kwargs())),
+            timed("asr", lambda: Transcriber.load(s.asr_model)),
+            timed("emotion", lambda: EmotionReader.load(cache_dir=cache_root, threads=1)),
+        )
+        self.templates = load_templates()
+        self.cache = LatentsCache(self.engine, self.templates, s.cache_dir or None)
+        self.session_config = SessionConfig.from_templates(self.templates)
+        self.scheduler = EngineScheduler(self.engine)
+        await self.scheduler.start()
+        self.avatars = AvatarStore(self.engine, self.cache, self.scheduler, precompute=bool(s.precompute))
+        self.clips = ClipRenderer(self, s.clip_cache_dir or None)
+        t0 = time.perf_counter()
+        for name in s.avatar_list():
+            await self.avatars.warm(name)
+        self.load_s["avatars"] = round(time.perf_counter() - t0, 3)
+        log.info("ready: %s", self.load_s)
+        self.ready.set()
+
+    async def close(self) -> None:
+        for sid in list(self.sessions):
+            await self.close_session(sid)
+        if self.avatars is not None:
+            await self.avatars.close()
+        if self.scheduler is not None:
+            await self.scheduler.close()
+        for pool in (self.cpu_pool, self.asr_pool, self.encode_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- sessions --
+
+    def create_session(self, avatar: str = "", *, image_format: str | None = None, quality: int | None = None,
+                       language: str | None = None) -> Any:
+        from realtime.runner import SessionRunner
+
+        if not self.ready.is_set():
+            raise HubError(503, "starting", "the server is still loading its models")
+        if len(self.sessions) >= self.settings.max_sessions:
+            self.stats["sessions_rejected"] += 1
+            raise HubError(503, "busy", f"all {self.settings.max_sessions} session slots are taken; retry later")
+        fmt = image_format or self.settings.image_format
+        if fmt not in ("jpeg", "webp"):
+            raise HubError(400, "bad_image_format", f"image_format must be jpeg or webp, got {fmt!r}")
+        q = self.settings.quality if quality is None else int(quality)
+        if not 1 <= q <= 100:
+            raise HubError(400, "bad_quality", f"quality must be 1..100, got {q}")
+        lang = language if language is not None else (self.settings.language or None)
+        if lang is not None and lang not in ("", "auto"):
+            if not self.transcriber.multilingual and lang != "en":
+                raise HubError(400, "bad_language",
+                               f"the ASR model {self.transcriber.name} is English-only; start with --asr-model base")
+        else:
+            lang = "en" if not self.transcriber.multilingual else None
+        sid = secrets.token_urlsafe(9)
+        try:
+            runner = SessionRunner(self, sid, avatar or (self.settings.avatar_list() or ["pip"])[0],
+                                   image_format=fmt, quality=q, language=lang)
+        except ValueError as exc:
+            raise HubError(400, "bad_avatar", str(exc)) from None
+        self.sessions[sid] = runner
+        self.stats["sessions_created"] += 1
+        log.info("session %s created (avatar %s, %s, language %s)", sid, runner.avatar, fmt, lang)
+        return runner
+
+    def get_session(self, sid: str) -> Any:
+        r = self.sessions.get(sid)
+        if r is None:
+            raise HubError(404, "no_session", f"no session {sid!r}")
+        return r
+
+    async def close_session(self, sid: str) -> bool:
+        r = self.sessions.pop(sid, None)
+        if r is None:
+            return False
+        await r.close()
+        log.info("session %s closed after %d frames", sid, r.frames_sent)
+        return True
+
+    def new_stream(self, language: str | None, on_event: Callable) -> Any:
+        from realtime.asr import StreamingTranscriber
+
+        return StreamingTranscriber(self.transcriber, language=language, on_event=on_event)
+
+    def record_latency(self, sid: str, payload: dict) -> None:
+        self.latencies.append({"session": sid, **payload})
+
+    def status(self) -> dict:
+        sch = self.scheduler
+        return {"ready": self.ready.is_set(), "sessions": len(self.sessions),
+                "max_sessions": self.settings.max_sessions,
+                "engine": {"name": self.settings.engine, "backend": self.settings.backend,
+                           "steps": getattr(self.engine, "steps", None),
+                           "weights": getattr(self.engine, "weights_hash", None)},
+                "asr": getattr(self.transcriber, "name", None),
+                "scheduler": None if sch is None else {"queue": sch.queue_depth, "batches": sch.batches,
+                                                        "jobs": sch.jobs_done, "busy_s": round(sch.busy_s, 3)},
+                "load_s": self.load_s, "stats": dict(self.stats),
+                "uptime_s": round(time.monotonic() - self.started_at, 1)}

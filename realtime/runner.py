@@ -1,0 +1,403 @@
+"""One live session: drives the sans-I/O Session with real time, audio, the engine and the transports.
+
+Every 1/8 s the frame loop asks the Session what is due, takes the pixels (an idle/listening
+loop frame, a cached first chunk, or a sampled chunk), encodes them once per wanted format on
+the encode threads and hands them to the sinks (WebSocket senders, WebRTC tracks). Sinks
+never block the loop: each keeps only the newest frame. Audio and text inputs run decode/ASR
+/emotion on worker threads and feed their results back into the Session on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from realtime.messages import ChunkRequest, FrameRequest, SessionEvent, VideoFrame
+from realtime.scheduler import ChunkJob, copy_state
+from realtime.session import Session
+
+if TYPE_CHECKING:
+    from realtime.hub import Hub
+
+log = logging.getLogger("avatarcast.session")
+
+BACKGROUND = (245, 240, 230)  # what JPEG/WebRTC frames are composited over (they carry no alpha)
+
+
+@dataclass(frozen=True)
+class OutFrame:
+    """A frame ready for the transports: its header fields plus the encodings sinks asked for."""
+
+    index: int
+    pts: int
+    pts_s: float
+    emotion: str
+    source: str
+    rgba: np.ndarray = field(repr=False)
+    encoded: dict[str, bytes] = field(default_factory=dict, repr=False)  # "jpeg"/"webp" -> bytes
+    made_at: float = 0.0  # monotonic
+
+
+class Sink(Protocol):
+    """A transport endpoint of one session (a WebSocket, a WebRTC peer)."""
+
+    image_format: str | None  # "jpeg" | "webp" | None (wants raw RGBA)
+
+    def offer_frame(self, frame: OutFrame) -> None: ...  # must not block; keep only the newest
+
+    def offer_event(self, event_json: str) -> None: ...
+
+
+def encode_image(rgba: np.ndarray, fmt: str, quality: int) -> bytes:
+    """RGBA -> JPEG (composited over BACKGROUND) or lossy WebP keeping the alpha channel."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        img = Image.fromarray(composite_rgb(rgba))
+        img.save(buf, "JPEG", quality=quality, optimize=False)
+    elif fmt == "webp":
+        Image.fromarray(rgba, "RGBA").save(buf, "WEBP", quality=quality, method=0)
+    else:
+        raise ValueError(f"unknown image format {fmt!r}")
+    return buf.getvalue()
+
+
+def composite_rgb(rgba: np.ndarray, background: tuple[int, int, int] = BACKGROUND) -> np.ndarray:
+    a = rgba[..., 3:4].astype(np.uint16)
+    bg = np.asarray(background, np.uint16)
+    return ((rgba[..., :3].astype(np.uint16) * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
+
+
+class SessionRunner:
+    """A Session plus everything real around it; created and owned by the Hub."""
+
+    def __init__(self, hub: Hub, session_id: str, avatar: str, *, image_format: str = "jpeg",
+                 quality: int = 80, language: str | None = None) -> None:
+        self.hub = hub
+        self.id = session_id
+        self.assets = hub.avatars.get(avatar)
+        self.avatar = self.assets.name
+        self.image_format = image_format
+        self.quality = quality
+        self.language = language
+        self.created = time.monotonic()
+        self.session = Session(self.created, hub.session_config, session_id)
+        self.sinks: set[Sink] = set()
+        self.frames_sent = 0
+        self.last_frame: OutFrame | None = None
+        self.closed = asyncio.Event()
+        self._chunks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (reaction, chunk) -> frames
+        self._states: dict[tuple[int, int], Any] = {}  # (reaction, chunk) -> stream state after it
+        self._work: asyncio.Queue[ChunkRequest] = asyncio.Queue()
+        self._stream = None  # StreamingTranscriber, made on the first live audio
+        self._audio_lock = asyncio.Lock()
+        self._audio_backlog = 0  # live samples queued but not yet fed
+        self._turn_meta: dict[int, dict] = {}
+        self._tasks = [asyncio.create_task(self._frame_loop(), name=f"frames-{session_id}"),
+                       asyncio.create_task(self._chunk_worker(), name=f"chunks-{session_id}")]
+        self._emit_local("hello", {"session": session_id, "avatar": self.avatar, "fps": 8,
+                                   "width": 640, "height": 360, "image_format": image_format,
+                                   "emotions": list(hub.emotions), "language": language})
+
+    # -- public: transports --
+
+    def attach(self, sink: Sink) -> None:
+        self.sinks.add(sink)
+        if self._hello is not None:
+            sink.offer_event(self._hello)
+
+    def detach(self, sink: Sink) -> None:
+        self.sinks.discard(sink)
+
+    def info(self) -> dict:
+        s = self.session
+        return {"id": self.id, "avatar": self.avatar, "state": s.state, "emotion": s.emotion,
+                "image_format": self.image_format, "language": self.language,
+                "frames_sent": self.frames_sent, "frames_dropped": s.clock.dropped,
+                "clients": len(self.sinks), "age_s": round(time.monotonic() - self.created, 3)}
+
+    async def close(self) -> None:
+        if self.closed.is_set():
+            return
+        self.session.on_close(time.monotonic())
+        self._flush_events()
+        self.closed.set()
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):
+                pass
+        self._chunks.clear()
+        self._states.clear()
+
+    # -- public: inputs --
+
+    def say(self, text: str) -> int | None:
+        """Assistant text: shown as a transcript; its emotion follows from the text."""
+        now = time.monotonic()
+        turn = self.session.on_say(text, now)
+        self._pump()
+        asyncio.create_task(self._read_text(text, turn))
+        return turn
+
+    def set_emotion(self, label: str, intensity: float) -> None:
+        self.session.on_emotion(label, intensity, time.monotonic())
+        self._pump()
+
+    async def clip(self, data: bytes) -> dict:
+        """A whole recorded clip: decode, transcribe, read the emotion, react. Returns what was decided."""
+        from realtime.audio import AudioDecodeError, decode_audio, prosody
+
+        hub = self.hub
+        t_recv = time.monotonic()
+        turn = self.session.on_clip_received(t_recv)
+        self._pump()
+        if turn is None:
+            raise RuntimeError("session is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            pcm = await loop.run_in_executor(hub.cpu_pool, lambda: decode_audio(
+                data, max_seconds=hub.settings.max_clip_seconds, max_bytes=hub.settings.max_clip_bytes))
+        except AudioDecodeError as exc:
+            self.session.on_final("", time.monotonic(), utterance=turn)
+            self._error("bad_audio", str(exc), reason=exc.reason, utterance=turn)
+            raise
+        t_dec = time.monotonic()
+        self.session.stamp("decode", t_dec, t_recv, utterance=turn)
+        pros = prosody(pcm)
+        tr = await loop.run_in_executor(hub.asr_pool, lambda: hub.transcriber.transcribe(pcm, language=self.language))
+        t_asr = time.monotonic()
+        self.session.stamp("asr", t_asr, t_dec, utterance=turn)
+        self.session.on_final(tr.text, t_asr, utterance=turn)
+        cue = await loop.run_in_executor(hub.cpu_pool, lambda: hub.reader.read(tr.text, pros, tr.language))
+        now = time.monotonic()
+        self.session.on_cue(cue, now, "asr", utterance=turn, decided_by="final")
+        self._pump()
+        return {"utterance": turn, "transcript": tr.text, "language": tr.language,
+                "emotion": cue.label, "intensity": round(cue.intensity, 3), "confidence": round(cue.confidence, 3),
+                "audio_s": round(pcm.size / 16000, 3),
+                "stages_ms": {"decode": _ms(t_dec - t_recv), "asr": _ms(t_asr - t_dec), "emotion": _ms(now - t_asr)}}
+
+    async def pcm(self, samples: np.ndarray) -> None:
+        """Live 16 kHz mono audio (int16 or float32), in arrival order; VAD + ASR run off the loop."""
+        hub = self.hub
+        n = int(samples.size)
+        if self._audio_backlog + n > hub.settings.max_audio_backlog_s * 16000:
+            self._error("audio_overrun", "live audio arrives faster than it can be processed; chunk dropped")
+            return
+        self._audio_backlog += n
+        try:
+            async with self._audio_lock:
+                if self._stream is None:
+                    self._stream = hub.new_stream(self.language, self._on_vad_threadsafe)
+                await asyncio.get_running_loop().run_in_executor(hub.asr_pool, self._stream.feed, samples)
+        finally:
+            self._audio_backlog -= n
+
+    async def audio_end(self) -> None:
+        """The live stream paused (push-to-talk released): close an open utterance now."""
+        async with self._audio_lock:
+            if self._stream is not None:
+                await asyncio.get_running_loop().run_in_executor(self.hub.asr_pool, self._stream.flush)
+
+    # -- audio events (from the ASR thread) --
+
+    def _on_vad_threadsafe(self, ev: Any) -> None:
+        loop = self.hub.loop
+        loop.call_soon_threadsafe(self._on_vad, ev, time.monotonic())
+
+    def _on_vad(self, ev: Any, t_event: float) -> None:
+        if self.closed.is_set():
+            return
+        s, now = self.session, time.monotonic()
+        if ev.kind == "speech_start":
+            u = s.on_speech_start(t_event)
+            if u is not None:
+                self._turn_meta[ev.utterance] = {"turn": u}
+        elif ev.kind == "partial" and ev.transcript is not None:
+            u = self._turn_meta.get(ev.utterance, {}).get("turn")
+            s.on_partial(ev.transcript.text, now, utterance=u)
+            cue = self.hub.reader.read_partial(ev.transcript.text, s.config.partial_min_confidence)
+            if cue is not None and u is not None:
+                s.on_cue(cue, time.monotonic(), "asr", utterance=u, decided_by="partial")
+        elif ev.kind == "speech_end":
+            u = self._turn_meta.get(ev.utterance, {}).get("turn")
+            s.on_speech_end(t_event, utterance=u)
+        elif ev.kind == "final":
+            u = self._turn_meta.pop(ev.utterance, {}).get("turn")
+            text = ev.transcript.text if ev.transcript is not None else ""
+            s.on_final(text, now, utterance=u)
+            if u is not None and text:
+                lang = ev.transcript.language if ev.transcript is not None else None
+                cue = self.hub.reader.read(text, None, lang)
+                s.on_cue(cue, time.monotonic(), "asr", utterance=u, decided_by="final")
+        self._pump()
+
+    async def _read_text(self, text: str, turn: int | None) -> None:
+        try:
+            cue = await asyncio.get_running_loop().run_in_executor(self.hub.cpu_pool, self.hub.reader.read, text)
+        except Exception as exc:
+            self._error("emotion_failed", f"{type(exc).__name__}: {exc}")
+            return
+        self.session.on_cue(cue, time.monotonic(), "text")
+        self._pump()
+
+    # -- frames --
+
+    async def _frame_loop(self) -> None:
+        s = self.session
+        try:
+            while not s.closed:
+                due = s.clock.time_of(s.clock.next_index)
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                now = time.monotonic()
+                for req in s.plan(now):
+                    await self._emit_frame(req)
+                self._pump()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("session %s: frame loop failed", self.id)
+            self._error("internal", "the frame loop failed; the session ends", fatal=True)
+            asyncio.create_task(self.hub.close_session(self.id))
+
+    def _pixels(self, req: FrameRequest) -> tuple[np.ndarray, str, str]:
+        """(rgba, source, emotion) actually shown for a planned frame; a late chunk shows listening."""
+        if req.is_reaction:
+            frames = self._chunks.get((req.reaction, req.chunk))
+            if frames is not None and req.offset < len(frames):
+                return frames[req.offset], req.source, req.emotion
+            self.hub.stats["chunk_misses"] += 1
+            return self.assets.loop_frame("listening", req.index), "listening", "listening"
+        kind = "listening" if req.source == "listening" else "idle"
+        return self.assets.loop_frame(kind, req.index), req.source, req.emotion
+
+    async def _emit_frame(self, req: FrameRequest) -> None:
+        rgba, source, emotion = self._pixels(req)
+        wanted = {k.image_format for k in self.sinks if k.image_format}
+        encoded: dict[str, bytes] = {}
+        t0 = time.monotonic()
+        if wanted:
+            loop = asyncio.get_running_loop()
+            outs = await asyncio.gather(*[loop.run_in_executor(self.hub.encode_pool, encode_image, rgba, f, self.quality)
+                                          for f in sorted(wanted)])
+            encoded = dict(zip(sorted(wanted), outs))
+        t1 = time.monotonic()
+        frame = OutFrame(req.index, req.pts, req.pts / 8.0, emotion, source, rgba, encoded, t1)
+        for sink in list(self.sinks):
+            try:
+                sink.offer_frame(frame)
+            except Exception:
+                log.exception("session %s: sink failed; detaching it", self.id)
+                self.sinks.discard(sink)
+        self.last_frame = frame
+        self.frames_sent += 1
+        sent = VideoFrame(req.index, req.pts, t1, t0, emotion, source, req.intensity,
+                          req.utterance if source == req.source else None, req.reaction,
+                          {"encode": (t0, t1)})
+        self.session.on_frame_sent(sent, time.monotonic())
+
+    # -- engine work --
+
+    def _pump(self) -> None:
+        """Move the Session's new chunk requests to the worker and its events to the clients."""
+        for req in self.session.chunk_requests():
+            if req.source == "cache" and self._serve_from_cache(req):
+                continue
+            self._work.put_nowait(req)
+        self._flush_events()
+
+    def _serve_from_cache(self, req: ChunkRequest) -> bool:
+        """A cached first chunk is a memory lookup, done at once on the loop (no engine wait)."""
+        cache = self.hub.cache
+        if cache is None:
+            return False
+        t0 = time.monotonic()
+        variants = cache.template(req.emotion).variants
+        variant = (req.reaction + (req.utterance or 0)) % max(1, variants)
+        entry = cache.lookup(self.assets.params, req.emotion, variant)
+        if entry is None:
+            return False
+        state = self.hub.engine.start_stream(self.assets.params, req.emotion, req.intensity,
+                                             seed=hash((self.id, req.reaction)) & 0xFFFF, ctx=entry.ctx)
+        key = (req.reaction, req.chunk)
+        self._store(key, entry.frames, state)
+        if req.utterance is not None:
+            self.session.stamp("cache", time.monotonic(), t0, utterance=req.utterance)
+        return True
+
+    def _store(self, key: tuple[int, int], frames: np.ndarray, state: Any) -> None:
+        self._chunks[key] = frames
+        self._states[key] = state
+        while len(self._chunks) > 6:  # a few chunks around the playing one; memory stays flat
+            old, _ = self._chunks.popitem(last=False)
+            self._states.pop(old, None)
+
+    async def _chunk_worker(self) -> None:
+        """Runs this session's sampler requests in order (a chunk continues the previous one)."""
+        hub = self.hub
+        while True:
+            req = await self._work.get()
+            if not self.session.is_current(req):
+                continue
+            try:
+                prev = self._states.get((req.reaction, req.previous_chunk)) if req.previous_chunk is not None else None
+                if prev is None:
+                    state = hub.engine.start_stream(self.assets.params, req.emotion, req.intensity,
+                                                    seed=hash((self.id, req.reaction, req.chunk)) & 0xFFFF)
+                else:
+                    state = copy_state(prev)
+                t0 = time.monotonic()
+                res = await hub.scheduler.submit(ChunkJob(self.id, state, req.due_t, req.emotion, req.intensity))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("session %s: chunk %s failed", self.id, (req.reaction, req.chunk))
+                self._error("engine_failed", f"{type(exc).__name__}: {exc}")
+                continue
+            if not self.session.is_current(req):
+                continue
+            self._store((req.reaction, req.chunk), res.frames, res.state)
+            if req.utterance is not None and req.previous_chunk is None:
+                self.session.stamp("sample", res.sampled, t0, utterance=req.utterance)
+                self.session.stamp("decode_frames", res.finished, res.sampled, utterance=req.utterance)
+
+    # -- events --
+
+    _hello: str | None = None
+
+    def _emit_local(self, type_: str, payload: dict, **_: Any) -> None:
+        ev = SessionEvent(type_, payload, time.monotonic() - self.created).to_json()
+        if type_ == "hello":
+            self._hello = ev
+        for sink in list(self.sinks):
+            sink.offer_event(ev)
+
+    def _error(self, code: str, message: str, *, fatal: bool = False, **extra: Any) -> None:
+        log.warning("session %s: %s: %s", self.id, code, message)
+        self._emit_local("error", {"code": code, "message": message, "fatal": fatal, **extra})
+
+    def _flush_events(self) -> None:
+        for ev in self.session.events():
+            if ev.type == "latency":
+                self.hub.record_latency(self.id, ev.payload)
+                log.info("session %s latency %s", self.id, ev.payload)
+            text = ev.to_json()
+            for sink in list(self.sinks):
+                sink.offer_event(text)
+
+
+def _ms(s: float) -> float:
+    return round(s * 1000.0, 1)

@@ -1,0 +1,154 @@
+"""Shares one engine among all sessions: their chunk jobs are batched into one sampler call.
+
+The engine is not re-entrant and its work is CPU/GPU-bound, so it runs on one dedicated
+thread; the event loop only queues jobs and awaits futures. While one batch runs, the next
+jobs queue up, so batches form by themselves under load (no timer wait is added at low load).
+Jobs are taken earliest-deadline-first, at most `max_batch` per call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger("avatarcast.scheduler")
+
+
+@dataclass
+class ChunkJob:
+    """One stream's next chunk: `state` is a private copy the engine may advance."""
+
+    session_id: str
+    state: Any  # engines.tiny.engine.StreamState
+    due_t: float  # monotonic deadline of its first frame
+    emotion: str
+    intensity: float
+    future: asyncio.Future | None = field(default=None, repr=False)
+    queued_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class ChunkResult:
+    frames: np.ndarray  # (T, 360, 640, 4) uint8 RGBA
+    state: Any  # the stream state after this chunk
+    started: float  # monotonic: batch start
+    sampled: float  # monotonic: latents ready
+    finished: float  # monotonic: frames decoded
+    batch: int
+
+
+def copy_state(state: Any) -> Any:
+    """A stream state the engine can advance without touching the original (rng included)."""
+    new = copy.copy(state)
+    new.rng = copy.deepcopy(state.rng)
+    new.meta = dict(state.meta)
+    return new
+
+
+class EngineScheduler:
+    """Batches chunk jobs of all sessions onto one engine thread (earliest deadline first)."""
+
+    def __init__(self, engine: Any, *, max_batch: int = 8, clock: Callable[[], float] = time.monotonic) -> None:
+        self.engine = engine
+        self.max_batch = max(1, int(max_batch))
+        self.clock = clock
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._queue: list[ChunkJob] = []
+        self._wake: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self.batches = 0
+        self.jobs_done = 0
+        self.last_batch_s = 0.0
+        self.busy_s = 0.0
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name="engine-scheduler")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        for job in self._queue:
+            if job.future is not None and not job.future.done():
+                job.future.cancel()
+        self._queue.clear()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+    async def run_on_engine(self, fn: Callable, *args: Any) -> Any:
+        """Any other engine work (cache fills, idle loops) on the engine thread, between batches."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def submit(self, job: ChunkJob) -> ChunkResult:
+        """Queue a job and wait for its frames; cancelling the await drops the job if not yet running."""
+        if self._wake is None:
+            raise RuntimeError("scheduler not started")
+        job.future = asyncio.get_running_loop().create_future()
+        job.queued_at = self.clock()
+        self._queue.append(job)
+        self._wake.set()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            if job in self._queue:
+                self._queue.remove(job)
+            raise
+
+    async def _run(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            self._queue.sort(key=lambda j: j.due_t)
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            batch = [j for j in batch if j.future is not None and not j.future.done()]
+            if not batch:
+                continue
+            try:
+                results = await loop.run_in_executor(self.executor, self._work, batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the engine failed: every job of this batch fails, others go on
+                log.exception("engine batch of %d failed", len(batch))
+                for j in batch:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+                continue
+            for j, r in zip(batch, results):
+                if not j.future.done():
+                    j.future.set_result(r)
+
+    def _work(self, batch: list[ChunkJob]) -> list[ChunkResult]:
+        """Engine thread: one sampler call for the whole batch, then one decode call."""
+        t0 = self.clock()
+        states = [j.state for j in batch]
+        for j in batch:
+            self.engine.set_emotion(j.state, j.emotion, j.intensity)
+        lat = self.engine.sample_chunks(states)
+        t1 = self.clock()
+        B, T = lat.shape[:2]
+        frames = self.engine.decode(lat.reshape(B * T, *lat.shape[2:]))
+        t2 = self.clock()
+        self.batches += 1
+        self.jobs_done += B
+        self.last_batch_s = t2 - t0
+        self.busy_s += t2 - t0
+        return [ChunkResult(frames[i * T:(i + 1) * T], states[i], t0, t1, t2, B) for i in range(B)]

@@ -1,0 +1,310 @@
+"""`avatarcast serve`: the HTTP API, the WebSocket endpoint, WebRTC signaling and the demo page.
+
+FastAPI gives the OpenAPI description (/openapi.json, /docs) from the same code that serves.
+The Hub loads models in the background: /healthz answers at once, /readyz once it is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+from typing import Any, Literal
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from realtime.hub import Hub, HubError
+from realtime.settings import Settings
+
+log = logging.getLogger("avatarcast.server")
+STATIC = Path(__file__).parent / "static"
+
+
+class SessionCreate(BaseModel):
+    avatar: str = Field("", description="built-in name (pip, bun, tok, mo, luna, kiko), index, or random-<seed>")
+    image_format: Literal["jpeg", "webp"] | None = Field(None, description="WebSocket frame format; webp keeps alpha")
+    quality: int | None = Field(None, ge=1, le=100)
+    language: str | None = Field(None, description="ASR language (en, zh, ...) or auto; needs --asr-model base for non-English")
+
+
+class SessionInfo(BaseModel):
+    id: str
+    avatar: str
+    state: str
+    emotion: str
+    image_format: str
+    language: str | None
+    frames_sent: int
+    frames_dropped: int
+    clients: int
+    age_s: float
+    ws_url: str | None = None
+    whep_url: str | None = None
+
+
+class SayRequest(BaseModel):
+    text: str = Field(..., min_length=1, max_length=2000)
+
+
+class EmotionRequest(BaseModel):
+    label: str
+    intensity: float = Field(0.8, ge=0.0, le=1.0)
+
+
+class ClipResult(BaseModel):
+    utterance: int
+    transcript: str
+    language: str | None
+    emotion: str
+    intensity: float
+    confidence: float
+    audio_s: float
+    stages_ms: dict[str, float]
+
+
+class RenderRequest(BaseModel):
+    avatar: str = "pip"
+    emotion: str | None = Field(None, description="one of the template emotions; or give text")
+    text: str | None = Field(None, max_length=2000, description="the emotion is read from this text")
+    seconds: float = Field(3.0, gt=0)
+    format: Literal["mp4", "webm"] = "mp4"
+    intensity: float | None = Field(None, ge=0.0, le=1.0)
+    seed: int = 0
+
+
+class ErrorBody(BaseModel):
+    error: str
+    message: str
+
+
+def _err(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+def create_app(settings: Settings | None = None, hub: Hub | None = None) -> FastAPI:
+    settings = settings or Settings.from_env()
+    hub = hub or Hub(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = asyncio.create_task(hub.start(), name="hub-start")
+
+        def done(t: asyncio.Task) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("start-up failed: %r", t.exception())
+                hub.start_error = repr(t.exception())  # type: ignore[attr-defined]
+
+        task.add_done_callback(done)
+        app.state.start_task = task
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            from realtime import webrtc
+            await webrtc.close_all(hub)
+            await hub.close()
+
+    app = FastAPI(title="avatarcast", version="0.1.0", lifespan=lifespan,
+                  description="A cartoon avatar that reacts, live, to what a person says. "
+                              "WebSocket protocol: see realtime/protocol.py and the README.")
+    app.state.hub = hub
+    errors = {400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+
+    @app.exception_handler(HubError)
+    async def hub_error(request: Request, exc: HubError) -> JSONResponse:
+        return _err(exc.status, exc.code, exc.message, {"Retry-After": "5"} if exc.status == 503 else None)
+
+    def urls(request: Request, sid: str) -> dict:
+        base = str(request.base_url).rstrip("/")
+        ws = base.replace("http://", "ws://").replace("https://", "wss://")
+        return {"ws_url": f"{ws}/v1/sessions/{sid}/ws", "whep_url": f"{base}/v1/sessions/{sid}/whep"}
+
+    # -- health --
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> dict:
+        return {"ok": True}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorBody}})
+    async def readyz() -> Any:
+        if not hub.ready.is_set():
+            err = getattr(hub, "start_error", None)
+            return _err(503, "start_failed" if err else "starting", err or "models are loading")
+        return {"ready": True}
+
+    @app.get("/v1/status", tags=["health"])
+    async def status() -> dict:
+        return hub.status()
+
+    @app.get("/v1/avatars", tags=["catalog"])
+    async def avatars() -> dict:
+        from realtime.avatars import avatar_names
+        return {"avatars": avatar_names(), "random": "random-<seed>"}
+
+    @app.get("/v1/emotions", tags=["catalog"])
+    async def emotions() -> dict:
+        return {"emotions": list(hub.emotions)}
+
+    # -- sessions --
+
+    @app.post("/v1/sessions", status_code=201, response_model=SessionInfo, tags=["sessions"], responses=errors)
+    async def create_session(body: SessionCreate, request: Request) -> Any:
+        r = hub.create_session(body.avatar, image_format=body.image_format, quality=body.quality,
+                               language=body.language)
+        return {**r.info(), **urls(request, r.id)}
+
+    @app.get("/v1/sessions/{sid}", response_model=SessionInfo, tags=["sessions"], responses=errors)
+    async def get_session(sid: str, request: Request) -> Any:
+        return {**hub.get_session(sid).info(), **urls(request, sid)}
+
+    @app.delete("/v1/sessions/{sid}", status_code=204, tags=["sessions"], responses=errors)
+    async def delete_session(sid: str) -> Response:
+        if not await hub.close_session(sid):
+            raise HubError(404, "no_session", f"no session {sid!r}")
+        return Response(status_code=204)
+
+    @app.post("/v1/sessions/{sid}/clips", response_model=ClipResult, tags=["input"], responses={
+        **errors, 413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+        openapi_extra={"requestBody": {"required": True, "content": {
+            "audio/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+    async def upload_clip(sid: str, request: Request) -> Any:
+        """A recorded voice clip (wav, mp3, ogg/opus, webm, m4a, flac) as the raw request body."""
+        from realtime.audio import AudioDecodeError
+
+        r = hub.get_session(sid)
+        limit = hub.settings.max_clip_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return _err(413, "too_large", f"clip is {declared} bytes; the limit is {limit}")
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > limit:
+                return _err(413, "too_large", f"clip is over the {limit}-byte limit")
+        if not body:
+            return _err(400, "empty", "the request body is empty; send the audio file as the body")
+        try:
+            return await r.clip(bytes(body))
+        except AudioDecodeError as exc:
+            status = {"too_long": 413, "too_large": 413, "unsupported": 415}.get(exc.reason, 422)
+            return _err(status, exc.reason, str(exc))
+
+    @app.post("/v1/sessions/{sid}/say", status_code=202, tags=["input"], responses=errors)
+    async def say(sid: str, body: SayRequest) -> dict:
+        turn = hub.get_session(sid).say(body.text)
+        return {"utterance": turn}
+
+    @app.post("/v1/sessions/{sid}/emotion", status_code=202, tags=["input"], responses=errors)
+    async def emotion(sid: str, body: EmotionRequest) -> Any:
+        if body.label not in hub.emotions or body.label == "listening":
+            return _err(400, "unknown_emotion", f"unknown emotion {body.label!r}; known: {', '.join(hub.emotions)}")
+        hub.get_session(sid).set_emotion(body.label, body.intensity)
+        return {"label": body.label, "intensity": body.intensity}
+
+    # -- WebRTC (WHEP-style: POST an SDP offer, get 201 + the answer; DELETE the resource) --
+
+    @app.post("/v1/sessions/{sid}/whep", status_code=201, tags=["webrtc"], responses=errors,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/sdp": {"schema": {"type": "string"}}}}})
+    async def whep(sid: str, request: Request) -> Response:
+        return await _offer(hub.get_session(sid), request, owns_session=False)
+
+    @app.post("/v1/whep", status_code=201, tags=["webrtc"], responses=errors,
+              openapi_extra={"requestBody": {"required": True, "content": {
+                  "application/sdp": {"schema": {"type": "string"}}}}})
+    async def whep_new(request: Request, avatar: str = "", language: str | None = None) -> Response:
+        """Creates a session for this peer; it ends when the peer goes away."""
+        return await _offer(hub.create_session(avatar, language=language), request, owns_session=True)
+
+    async def _offer(runner: Any, request: Request, owns_session: bool) -> Response:
+        from realtime import webrtc
+
+        sdp = (await request.body()).decode("utf-8", "replace")
+        if len(sdp) > 100_000:
+            return _err(413, "too_large", "SDP offer over 100 kB")
+        try:
+            answer, resource = await webrtc.answer_offer(hub, runner, sdp, owns_session=owns_session)
+        except webrtc.OfferError as exc:
+            if owns_session:
+                await hub.close_session(runner.id)
+            return _err(400, "bad_offer", str(exc))
+        return Response(answer, status_code=201, media_type="application/sdp",
+                        headers={"Location": f"/v1/webrtc/{resource}", "X-Session-Id": runner.id})
+
+    @app.delete("/v1/webrtc/{resource}", status_code=204, tags=["webrtc"], responses=errors)
+    async def whep_delete(resource: str) -> Response:
+        from realtime import webrtc
+
+        if not await webrtc.close_peer(hub, resource):
+            raise HubError(404, "no_peer", f"no WebRTC peer {resource!r}")
+        return Response(status_code=204)
+
+    # -- clip API --
+
+    @app.post("/v1/clips", tags=["clips"], responses={**errors, 200: {"content": {
+        "video/mp4": {}, "video/webm": {}}, "description": "the rendered clip"}})
+    async def render_clip(body: RenderRequest) -> Any:
+        from realtime.clips import ClipError, ClipRequest
+
+        if not hub.ready.is_set():
+            raise HubError(503, "starting", "the server is still loading its models")
+        try:
+            out = await hub.clips.render(ClipRequest(**body.model_dump()))
+        except ClipError as exc:
+            return _err(400, "bad_clip_request", str(exc))
+        return FileResponse(out.path, media_type=out.media_type, headers={
+            "X-Avatarcast-Emotion": out.emotion, "X-Avatarcast-Frames": str(out.frames),
+            "X-Cache": "hit" if out.cached else "miss", "ETag": f'"{out.key}"'})
+
+    # -- WebSocket --
+
+    @app.websocket("/v1/sessions/{sid}/ws")
+    async def ws_attach(ws: WebSocket, sid: str) -> None:
+        from realtime.ws import CLOSE_POLICY, serve_socket
+
+        r = hub.sessions.get(sid)
+        if r is None:
+            await ws.close(CLOSE_POLICY, f"no session {sid!r}")
+            return
+        await ws.accept()
+        await serve_socket(ws, hub, r, owns_session=False)
+
+    @app.websocket("/v1/ws")
+    async def ws_new(ws: WebSocket, avatar: str = "", image_format: str | None = None,
+                     language: str | None = None, quality: int | None = None) -> None:
+        """A session that lives as long as this socket."""
+        from realtime.ws import CLOSE_POLICY, CLOSE_TRY_LATER, serve_socket
+
+        try:
+            r = hub.create_session(avatar, image_format=image_format, quality=quality, language=language)
+        except HubError as exc:
+            await ws.close(CLOSE_TRY_LATER if exc.status == 503 else CLOSE_POLICY, exc.message[:120])
+            return
+        await ws.accept()
+        await serve_socket(ws, hub, r, owns_session=True)
+
+    # -- demo page --
+
+    @app.get("/", include_in_schema=False)
+    async def demo() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Run the server in this process until interrupted."""
+    import uvicorn
+
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                ws_max_size=settings.max_message_bytes + 64, ws="websockets-sansio", timeout_graceful_shutdown=5)

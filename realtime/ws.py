@@ -1,0 +1,187 @@
+"""The WebSocket transport: binary audio and JSON commands in, binary frames and JSON events out.
+
+The wire format is in realtime/protocol.py. Sending is decoupled from producing: the sink
+keeps only the newest frame (a slow reader loses stale frames, counted, never a growing
+buffer) and a bounded queue of events; one sender task per socket drains them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from typing import Any
+
+import numpy as np
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from realtime.protocol import TAG_CLIP, TAG_PCM, pack_frame
+
+log = logging.getLogger("avatarcast.ws")
+
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008  # bad input
+CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL = 1011
+CLOSE_TRY_LATER = 1013
+
+
+class WebSocketSink:
+    """Frames and events for one socket; `offer_*` never blocks (called from the frame loop)."""
+
+    def __init__(self, ws: WebSocket, image_format: str, max_events: int = 256) -> None:
+        self.ws = ws
+        self.image_format = image_format
+        self._frame = None
+        self._events: deque[str] = deque(maxlen=max_events)
+        self._wake = asyncio.Event()
+        self.frames_sent = 0
+        self.frames_dropped = 0
+        self.events_dropped = 0
+
+    def offer_frame(self, frame: Any) -> None:
+        if self._frame is not None:
+            self.frames_dropped += 1  # the reader has not taken the previous one: it is stale now
+        self._frame = frame
+        self._wake.set()
+
+    def offer_event(self, event_json: str) -> None:
+        if len(self._events) == self._events.maxlen:
+            self.events_dropped += 1
+        self._events.append(event_json)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Sender task: events first (in order), then the newest frame."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._events:
+                await self.ws.send_text(self._events.popleft())
+            frame, self._frame = self._frame, None
+            if frame is not None:
+                data = frame.encoded.get(self.image_format)
+                if data is None:
+                    continue
+                await self.ws.send_bytes(pack_frame(frame.index, frame.pts_s, time.time(), self.image_format,
+                                                    frame.source, frame.emotion, data))
+                self.frames_sent += 1
+
+
+def _error(code: str, message: str, **extra: Any) -> str:
+    return json.dumps({"type": "error", "t": 0.0, "seq": 0,
+                       "payload": {"code": code, "message": message, "fatal": False, **extra}})
+
+
+async def serve_socket(ws: WebSocket, hub: Any, runner: Any, *, owns_session: bool) -> None:
+    """Run one accepted socket against a session until either side goes away."""
+    sink = WebSocketSink(ws, runner.image_format)
+    runner.attach(sink)
+    sender = asyncio.create_task(sink.run(), name=f"ws-send-{runner.id}")
+    tasks: set[asyncio.Task] = set()
+    max_bytes = hub.settings.max_message_bytes
+
+    def spawn(coro: Any) -> None:
+        t = asyncio.create_task(coro)
+        tasks.add(t)
+        t.add_done_callback(tasks.discard)
+
+    async def run_clip(data: bytes) -> None:
+        from realtime.audio import AudioDecodeError
+
+        try:
+            result = await runner.clip(data)
+            sink.offer_event(json.dumps({"type": "clip", "t": 0.0, "seq": 0, "payload": result}, ensure_ascii=False))
+        except AudioDecodeError:
+            pass  # the runner already sent a bad_audio error event
+        except Exception as exc:
+            log.exception("session %s: clip failed", runner.id)
+            sink.offer_event(_error("clip_failed", f"{type(exc).__name__}: {exc}"))
+
+    close_code, reason = CLOSE_NORMAL, ""
+    try:
+        while not runner.closed.is_set():
+            recv = asyncio.create_task(ws.receive())
+            closed = asyncio.create_task(runner.closed.wait())
+            done, _ = await asyncio.wait({recv, closed, sender}, return_when=asyncio.FIRST_COMPLETED)
+            if recv not in done:
+                recv.cancel()
+                closed.cancel()
+                if sender in done and sender.exception() is not None:
+                    raise sender.exception()  # type: ignore[misc]
+                break
+            closed.cancel()
+            msg = recv.result()
+            if msg["type"] == "websocket.disconnect":
+                break
+            data, text = msg.get("bytes"), msg.get("text")
+            if data is not None:
+                if len(data) > max_bytes:
+                    close_code, reason = CLOSE_TOO_BIG, f"message over {max_bytes} bytes"
+                    break
+                tag, body = data[:4], data[4:]
+                if tag == TAG_PCM:
+                    if len(body) % 2:
+                        sink.offer_event(_error("bad_pcm", "PCM1 data must be whole 16-bit samples"))
+                        continue
+                    spawn(runner.pcm(np.frombuffer(body, dtype="<i2").copy()))
+                elif tag == TAG_CLIP:
+                    spawn(run_clip(bytes(body)))
+                else:
+                    sink.offer_event(_error("bad_binary", "binary messages start with b'PCM1' or b'CLIP'"))
+                continue
+            if text is None:
+                continue
+            if len(text) > max_bytes:
+                close_code, reason = CLOSE_TOO_BIG, f"message over {max_bytes} bytes"
+                break
+            await handle_command(text, runner, sink, spawn)
+    except WebSocketDisconnect:
+        pass
+    except Exception:
+        log.exception("session %s: socket failed", runner.id)
+        close_code, reason = CLOSE_INTERNAL, "internal error"
+    finally:
+        runner.detach(sink)
+        sender.cancel()
+        for t in list(tasks):
+            t.cancel()
+        if owns_session:
+            await hub.close_session(runner.id)
+        try:
+            await ws.close(close_code, reason)
+        except Exception:
+            pass
+
+
+async def handle_command(text: str, runner: Any, sink: WebSocketSink, spawn: Any) -> None:
+    try:
+        msg = json.loads(text)
+    except ValueError as exc:
+        sink.offer_event(_error("bad_json", f"not JSON: {exc}"))
+        return
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        sink.offer_event(_error("bad_message", "a command is a JSON object with a string 'type'"))
+        return
+    kind = msg["type"]
+    if kind == "say":
+        t = msg.get("text")
+        if not isinstance(t, str) or not t.strip() or len(t) > 2000:
+            sink.offer_event(_error("bad_say", "say needs 'text': 1..2000 characters"))
+            return
+        runner.say(t)
+    elif kind == "emotion":
+        label, intensity = msg.get("label"), msg.get("intensity", 0.8)
+        if not isinstance(label, str) or isinstance(intensity, bool) or not isinstance(intensity, (int, float)):
+            sink.offer_event(_error("bad_emotion", "emotion needs 'label' (string) and 'intensity' (0..1)"))
+            return
+        runner.set_emotion(label, float(intensity))
+    elif kind == "audio_end":
+        spawn(runner.audio_end())
+    elif kind == "ping":
+        sink.offer_event(json.dumps({"type": "pong", "t": 0.0, "seq": 0, "payload": {"info": runner.info()}}))
+    else:
+        sink.offer_event(_error("unknown_type", f"unknown message type {kind!r}",
+                                known=["say", "emotion", "audio_end", "ping"]))
