@@ -106,12 +106,23 @@ class AvatarStore:
                 pass
 
     async def _warm(self, a: AvatarAssets) -> None:
+        """Loops first (sessions need them at once), then the cache, one small engine task at a time
+        in the scheduler's background lane, so live sessions keep their frame rate meanwhile."""
         t0 = time.perf_counter()
+        run = self.scheduler.run_background
         try:
-            loops = await self.scheduler.run_on_engine(self._make_loops, a.params)
-            a.loops.update(loops)
+            for kind, seed, intensity in (("idle", 1, 0.5), ("listening", 2, 0.6)):
+                state = await run(self.engine.start_stream, a.params, kind, intensity, seed)
+                await run(self.engine.sample_chunks, [state])  # leave the rest pose
+                chunks = []
+                while sum(len(c) for c in chunks) < self.loop_frames:
+                    chunks.append((await run(self.engine.next_chunk, [state]))[0])
+                a.loops[kind] = np.concatenate(chunks)[: self.loop_frames]
             if self.precompute and self.cache is not None:
-                stats = await self.scheduler.run_on_engine(self.cache.precompute, [a.params])
+                stats: dict = {}
+                for emotion in self.cache.templates:
+                    for k, v in (await run(self.cache.precompute, [a.params], [emotion])).items():
+                        stats[k] = round(stats.get(k, 0) + v, 3)
                 log.info("avatar %s: latents cache %s", a.name, stats)
         except Exception as exc:  # a broken avatar must not take the server down
             a.error = f"{type(exc).__name__}: {exc}"
@@ -120,8 +131,3 @@ class AvatarStore:
             a.warm_s = round(time.perf_counter() - t0, 3)
             a.ready.set()
             log.info("avatar %s ready in %.2f s", a.name, a.warm_s)
-
-    def _make_loops(self, params: Any) -> dict[str, np.ndarray]:
-        n = self.loop_frames
-        return {"idle": self.engine.generate_clip(params, "idle", n, seed=1, intensity=0.5),
-                "listening": self.engine.generate_clip(params, "listening", n, seed=2, intensity=0.6)}

@@ -8,6 +8,7 @@ keyed by a hash of everything that changes the pixels; the same request is serve
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 import os
@@ -117,10 +118,10 @@ class ClipRenderer:
     async def _render(self, params: Any, emotion: str, intensity: float, req: ClipRequest, path: Path,
                       n_frames: int) -> None:
         hub = self.hub
-        state = hub.engine.start_stream(params, emotion, intensity, req.seed)
         far = time.monotonic() + 3600.0  # behind every live deadline
         chunks: list[np.ndarray] = []
-        await hub.scheduler.submit(ChunkJob("clip", state, far, emotion, intensity))  # leave the rest pose
+        start = functools.partial(hub.engine.start_stream, params, emotion, intensity, req.seed)
+        state = (await hub.scheduler.submit(ChunkJob("clip", start, far, emotion, intensity))).state  # leave the rest pose
         while sum(len(c) for c in chunks) < n_frames:
             res = await hub.scheduler.submit(ChunkJob("clip", state, far, emotion, intensity))
             state = res.state

@@ -10,10 +10,11 @@ never block the loop: each keeps only the newest frame. Audio and text inputs ru
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import logging
 import time
-from collections import OrderedDict
+from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -94,13 +95,15 @@ class SessionRunner:
         self.frames_sent = 0
         self.last_frame: OutFrame | None = None
         self.closed = asyncio.Event()
-        self._chunks: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()  # (reaction, chunk) -> frames
+        # reaction frames ready to play, in order: (reaction, chunk, rgba, source, emotion)
+        self._ready: deque[tuple[int, int, np.ndarray, str, str]] = deque()
         self._states: dict[tuple[int, int], Any] = {}  # (reaction, chunk) -> stream state after it
         self._work: asyncio.Queue[ChunkRequest] = asyncio.Queue()
         self._stream = None  # StreamingTranscriber, made on the first live audio
         self._audio_lock = asyncio.Lock()
         self._audio_backlog = 0  # live samples queued but not yet fed
         self._turn_meta: dict[int, dict] = {}
+        self._last_reaction: tuple[int, np.ndarray, str, str] | None = None
         self._tasks = [asyncio.create_task(self._frame_loop(), name=f"frames-{session_id}"),
                        asyncio.create_task(self._chunk_worker(), name=f"chunks-{session_id}")]
         self._emit_local("hello", {"session": session_id, "avatar": self.avatar, "fps": 8,
@@ -137,7 +140,7 @@ class SessionRunner:
                 await t
             except (asyncio.CancelledError, Exception):
                 pass
-        self._chunks.clear()
+        self._ready.clear()
         self._states.clear()
 
     # -- public: inputs --
@@ -274,13 +277,27 @@ class SessionRunner:
             asyncio.create_task(self.hub.close_session(self.id))
 
     def _pixels(self, req: FrameRequest) -> tuple[np.ndarray, str, str]:
-        """(rgba, source, emotion) actually shown for a planned frame; a late chunk shows listening."""
+        """(rgba, source, emotion) actually shown for a planned frame.
+
+        Reaction frames play from a queue in the order they were made, so a chunk that comes late
+        is shown late rather than skipped; while the queue is empty the reaction's last frame holds
+        (a brief freeze reads better than a cut back to the listening pose). Frames always report
+        what they really show, so TTER stays honest.
+        """
         if req.is_reaction:
-            frames = self._chunks.get((req.reaction, req.chunk))
-            if frames is not None and req.offset < len(frames):
-                return frames[req.offset], req.source, req.emotion
-            self.hub.stats["chunk_misses"] += 1
+            ready = self._ready
+            while ready and ready[0][0] != req.reaction:
+                ready.popleft()  # left over from an earlier reaction
+            if ready:
+                item = ready.popleft()
+                self._last_reaction = (item[0], item[2], item[3], item[4])
+                return item[2], item[3], item[4]
+            self.hub.stats["chunk_late_frames"] += 1
+            last = self._last_reaction
+            if last is not None and last[0] == req.reaction:
+                return last[1], last[2], last[3]
             return self.assets.loop_frame("listening", req.index), "listening", "listening"
+        self._ready.clear()
         kind = "listening" if req.source == "listening" else "idle"
         return self.assets.loop_frame(kind, req.index), req.source, req.emotion
 
@@ -314,6 +331,8 @@ class SessionRunner:
     def _pump(self) -> None:
         """Move the Session's new chunk requests to the worker and its events to the clients."""
         for req in self.session.chunk_requests():
+            if req.revision > 0:  # the emotion switched from this chunk on: drop what the old one made
+                self._ready = deque(x for x in self._ready if not (x[0] == req.reaction and x[1] >= req.chunk))
             if req.source == "cache" and self._serve_from_cache(req):
                 continue
             self._work.put_nowait(req)
@@ -332,31 +351,33 @@ class SessionRunner:
             return False
         state = self.hub.engine.start_stream(self.assets.params, req.emotion, req.intensity,
                                              seed=hash((self.id, req.reaction)) & 0xFFFF, ctx=entry.ctx)
-        key = (req.reaction, req.chunk)
-        self._store(key, entry.frames, state)
+        self._store(req, entry.frames, state)
         if req.utterance is not None:
             self.session.stamp("cache", time.monotonic(), t0, utterance=req.utterance)
         return True
 
-    def _store(self, key: tuple[int, int], frames: np.ndarray, state: Any) -> None:
-        self._chunks[key] = frames
-        self._states[key] = state
-        while len(self._chunks) > 6:  # a few chunks around the playing one; memory stays flat
-            old, _ = self._chunks.popitem(last=False)
-            self._states.pop(old, None)
+    def _store(self, req: ChunkRequest, frames: np.ndarray, state: Any) -> None:
+        self._states[(req.reaction, req.chunk)] = state
+        while len(self._states) > 8:  # a few chunks around the playing one; memory stays flat
+            self._states.pop(next(iter(self._states)))
+        for f in frames:
+            self._ready.append((req.reaction, req.chunk, f, req.source, req.emotion))
+        while len(self._ready) > 64:
+            self._ready.popleft()
 
     async def _chunk_worker(self) -> None:
         """Runs this session's sampler requests in order (a chunk continues the previous one)."""
         hub = self.hub
         while True:
             req = await self._work.get()
-            if not self.session.is_current(req):
+            if not self.session.is_wanted(req):
                 continue
             try:
                 prev = self._states.get((req.reaction, req.previous_chunk)) if req.previous_chunk is not None else None
                 if prev is None:
-                    state = hub.engine.start_stream(self.assets.params, req.emotion, req.intensity,
-                                                    seed=hash((self.id, req.reaction, req.chunk)) & 0xFFFF)
+                    seed = hash((self.id, req.reaction, req.chunk)) & 0xFFFF
+                    state = functools.partial(hub.engine.start_stream, self.assets.params, req.emotion,
+                                              req.intensity, seed)
                 else:
                     state = copy_state(prev)
                 t0 = time.monotonic()
@@ -367,9 +388,10 @@ class SessionRunner:
                 log.exception("session %s: chunk %s failed", self.id, (req.reaction, req.chunk))
                 self._error("engine_failed", f"{type(exc).__name__}: {exc}")
                 continue
-            if not self.session.is_current(req):
+            if not self.session.is_wanted(req):  # superseded by a switch, or the reaction ended
+                self.hub.stats["chunks_discarded"] += 1
                 continue
-            self._store((req.reaction, req.chunk), res.frames, res.state)
+            self._store(req, res.frames, res.state)
             if req.utterance is not None and req.previous_chunk is None:
                 self.session.stamp("sample", res.sampled, t0, utterance=req.utterance)
                 self.session.stamp("decode_frames", res.finished, res.sampled, utterance=req.utterance)
@@ -379,7 +401,7 @@ class SessionRunner:
     _hello: str | None = None
 
     def _emit_local(self, type_: str, payload: dict, **_: Any) -> None:
-        ev = SessionEvent(type_, payload, time.monotonic() - self.created).to_json()
+        ev = SessionEvent(type_, payload, time.monotonic()).to_json()
         if type_ == "hello":
             self._hello = ev
         for sink in list(self.sinks):

@@ -26,7 +26,7 @@ class ChunkJob:
     """One stream's next chunk: `state` is a private copy the engine may advance."""
 
     session_id: str
-    state: Any  # engines.tiny.engine.StreamState
+    state: Any  # engines.tiny.engine.StreamState, or a callable making one on the engine thread
     due_t: float  # monotonic deadline of its first frame
     emotion: str
     intensity: float
@@ -61,6 +61,7 @@ class EngineScheduler:
         self.clock = clock
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._queue: list[ChunkJob] = []
+        self._background: list[tuple[Callable, tuple, asyncio.Future]] = []
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self.batches = 0
@@ -88,11 +89,26 @@ class EngineScheduler:
             if job.future is not None and not job.future.done():
                 job.future.cancel()
         self._queue.clear()
+        for _, _, fut in self._background:
+            fut.cancel()
+        self._background.clear()
         self.executor.shutdown(wait=True, cancel_futures=True)
 
     async def run_on_engine(self, fn: Callable, *args: Any) -> Any:
-        """Any other engine work (cache fills, idle loops) on the engine thread, between batches."""
+        """Engine work that must happen now (start-up), on the engine thread."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def run_background(self, fn: Callable, *args: Any) -> Any:
+        """Engine work that can wait (warming a new avatar): runs only while no chunk job is queued.
+
+        Keep each call short (one chunk or one cache entry): a live job arriving meanwhile waits for it.
+        """
+        if self._wake is None:
+            raise RuntimeError("scheduler not started")
+        fut = asyncio.get_running_loop().create_future()
+        self._background.append((fn, args, fut))
+        self._wake.set()
+        return await fut
 
     async def submit(self, job: ChunkJob) -> ChunkResult:
         """Queue a job and wait for its frames; cancelling the await drops the job if not yet running."""
@@ -113,6 +129,21 @@ class EngineScheduler:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         while True:
+            if not self._queue and self._background:
+                fn, args, fut = self._background.pop(0)
+                if fut.done():
+                    continue
+                try:
+                    out = await loop.run_in_executor(self.executor, fn, *args)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if not fut.done():
+                        fut.set_exception(exc)
+                else:
+                    if not fut.done():
+                        fut.set_result(out)
+                continue
             if not self._queue:
                 self._wake.clear()
                 await self._wake.wait()
@@ -139,6 +170,9 @@ class EngineScheduler:
     def _work(self, batch: list[ChunkJob]) -> list[ChunkResult]:
         """Engine thread: one sampler call for the whole batch, then one decode call."""
         t0 = self.clock()
+        for j in batch:
+            if callable(j.state):  # a new stream: its reference latent is engine work too
+                j.state = j.state()
         states = [j.state for j in batch]
         for j in batch:
             self.engine.set_emotion(j.state, j.emotion, j.intensity)

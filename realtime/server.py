@@ -270,10 +270,10 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         from realtime.ws import CLOSE_POLICY, serve_socket
 
         r = hub.sessions.get(sid)
+        await ws.accept()  # accept first: a close code with a reason says more than an HTTP 403
         if r is None:
             await ws.close(CLOSE_POLICY, f"no session {sid!r}")
             return
-        await ws.accept()
         await serve_socket(ws, hub, r, owns_session=False)
 
     @app.websocket("/v1/ws")
@@ -282,12 +282,12 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         """A session that lives as long as this socket."""
         from realtime.ws import CLOSE_POLICY, CLOSE_TRY_LATER, serve_socket
 
+        await ws.accept()
         try:
             r = hub.create_session(avatar, image_format=image_format, quality=quality, language=language)
         except HubError as exc:
             await ws.close(CLOSE_TRY_LATER if exc.status == 503 else CLOSE_POLICY, exc.message[:120])
             return
-        await ws.accept()
         await serve_socket(ws, hub, r, owns_session=True)
 
     # -- demo page --

@@ -378,6 +378,15 @@ class Session:
             return False
         return r.playing <= req.chunk < r.end_chunk and r.revisions.get(req.chunk, 0) == req.revision
 
+    def is_wanted(self, req: ChunkRequest) -> bool:
+        """Whether a chunk's frames should still be shown, even late: its reaction is still on and no
+        newer revision (an emotion switch) replaced it. Unlike is_current, a chunk whose time slot
+        has passed stays wanted: a transport may play it late rather than skip it."""
+        r = self._reaction
+        if r is None or self._state != "reacting" or req.reaction != r.id or req.chunk >= r.end_chunk:
+            return False
+        return r.revisions.get(req.chunk, req.revision) == req.revision
+
     # -- inputs --
 
     def on_speech_start(self, now: float) -> int | None:

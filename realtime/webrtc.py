@@ -1,21 +1,428 @@
-"""WebRTC via aiortc (placeholder interface; being written)."""
+"""The WebRTC transport (aiortc): the avatar as a video track, the microphone in, events on a data channel.
+
+Signaling is WHEP-style and non-trickle: the client POSTs an SDP offer, `answer_offer` returns
+the answer with every ICE candidate in it (gathering is awaited) plus a resource id; DELETE of
+the resource ends the peer (`close_peer`). No STUN/TURN servers are configured: host candidates
+only, so it works on loopback machines and LANs, not across NATs.
+
+Per peer:
+- video: `AvatarVideoTrack` is a runner sink (image_format None: raw RGBA). It keeps only the
+  newest OutFrame; `recv()` waits for a frame newer than the last one sent, so the sender is
+  paced by the runner's 8 fps frame loop (no busy loop, no buffer). Frames are composited over
+  the background and converted to yuv420p on a worker thread; pts = index * 90000 // 8 in 1/90000.
+  VP8 is preferred, then H264 (whatever the offer allows).
+- audio (optional): a sending audio m-line in the offer (the browser microphone) is consumed,
+  resampled to 16 kHz mono s16 and fed to `runner.pcm` in ~100 ms batches, in order.
+- data channel (opened by the client, any label; "events" recommended): the session's JSON events
+  go out on it, JSON commands come in and are handled exactly like WebSocket text messages.
+
+A peer ends (pc closed, sink detached, the session closed too if the peer owns it) on DELETE, when
+its connection fails or closes, when its session closes, when it is not connected within
+CONNECT_TIMEOUT_S, and at shutdown (`close_all`).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import fractions
+import logging
+import secrets
+import time
+from collections import deque
 from typing import Any
+
+import av
+import numpy as np
+from aiortc import (
+    RTCConfiguration,
+    RTCDataChannel,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from realtime.protocol import TAG_PCM
+from realtime.runner import composite_rgb
+from realtime.ws import _error, handle_command
+
+log = logging.getLogger("avatarcast.webrtc")
+
+FPS = 8
+VIDEO_CLOCK = 90000
+VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
+CONNECT_TIMEOUT_S = 30.0  # a peer not "connected" by then is closed
+NEGOTIATE_TIMEOUT_S = 15.0  # set offer + create answer + ICE gathering
+PCM_BATCH = 1600  # samples (100 ms at 16 kHz) per runner.pcm call
+MAX_PENDING_EVENTS = 256  # events kept while no data channel is open yet
+MAX_CHANNEL_BUFFER = 1 << 20  # bytes queued on a data channel before events are dropped
+CODEC_ORDER = ("video/vp8", "video/h264")
 
 
 class OfferError(ValueError):
     """A bad SDP offer (400)."""
 
 
+# -- video --
+
+
+def _to_video_frame(rgba: np.ndarray, pts: int) -> av.VideoFrame:
+    """RGBA (360, 640, 4) -> yuv420p VideoFrame over the background (runs on a worker thread)."""
+    frame = av.VideoFrame.from_ndarray(composite_rgb(rgba), format="rgb24").reformat(format="yuv420p")
+    frame.pts = pts
+    frame.time_base = VIDEO_TIME_BASE
+    return frame
+
+
+class AvatarVideoTrack(MediaStreamTrack):
+    """The session's frames as a video track; also the peer's runner sink (frames and events)."""
+
+    kind = "video"
+    image_format = None  # the runner hands raw RGBA
+
+    def __init__(self, peer: Peer) -> None:
+        super().__init__()
+        self._peer = peer
+        self._frame: Any = None  # newest OutFrame not yet sent
+        self._wake = asyncio.Event()
+        self._last_index = -1
+        self.frames_sent = 0
+        self.frames_dropped = 0
+
+    # sink side (called by the runner's frame loop; never blocks)
+
+    def offer_frame(self, frame: Any) -> None:
+        if self._frame is not None:
+            self.frames_dropped += 1  # the encoder has not taken the previous one: stale now
+        self._frame = frame
+        self._wake.set()
+
+    def offer_event(self, event_json: str) -> None:
+        self._peer.send_event(event_json)
+
+    # track side (called by aiortc's RTCRtpSender)
+
+    async def recv(self) -> av.VideoFrame:
+        while True:
+            if self.readyState != "live":
+                raise MediaStreamError
+            frame, self._frame = self._frame, None
+            if frame is not None and frame.index > self._last_index:
+                break
+            self._wake.clear()
+            await self._wake.wait()
+        self._last_index = frame.index
+        pts = frame.index * VIDEO_CLOCK // FPS
+        loop = asyncio.get_running_loop()
+        out = await loop.run_in_executor(self._peer.pool, _to_video_frame, frame.rgba, pts)
+        self.frames_sent += 1
+        return out
+
+    def stop(self) -> None:
+        super().stop()
+        self._wake.set()
+
+
+# -- one peer --
+
+
+class Peer:
+    def __init__(self, hub: Any, runner: Any, pc: RTCPeerConnection, resource: str, owns_session: bool) -> None:
+        self.hub = hub
+        self.runner = runner
+        self.pc = pc
+        self.resource = resource
+        self.owns_session = owns_session
+        self.pool = getattr(hub, "encode_pool", None)
+        self.track = AvatarVideoTrack(self)
+        self.channels: list[RTCDataChannel] = []
+        self.pending: deque[str] = deque(maxlen=MAX_PENDING_EVENTS)
+        self.events_dropped = 0
+        self.connected = asyncio.Event()
+        self.closing = False
+        self.created = time.monotonic()
+        self.tasks: set[asyncio.Task] = set()
+
+    def spawn(self, coro: Any, name: str | None = None) -> asyncio.Task:
+        t = asyncio.create_task(coro, name=name)
+        self.tasks.add(t)
+        t.add_done_callback(self._task_done)
+        return t
+
+    def _task_done(self, t: asyncio.Task) -> None:
+        self.tasks.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("peer %s: task %s failed: %r", self.resource, t.get_name(), t.exception())
+
+    # events out
+
+    def send_event(self, text: str) -> None:
+        open_ = [ch for ch in self.channels if ch.readyState == "open"]
+        if not open_:
+            if len(self.pending) == self.pending.maxlen:
+                self.events_dropped += 1
+            self.pending.append(text)
+            return
+        for ch in open_:
+            if ch.bufferedAmount > MAX_CHANNEL_BUFFER:
+                self.events_dropped += 1  # the peer does not read: drop rather than grow
+                continue
+            try:
+                ch.send(text)
+            except Exception as exc:  # closed under us
+                log.debug("peer %s: send on %r failed: %r", self.resource, ch.label, exc)
+
+    def _flush_pending(self) -> None:
+        while self.pending and any(ch.readyState == "open" for ch in self.channels):
+            self.send_event(self.pending.popleft())
+
+    # data channel
+
+    def add_channel(self, ch: RTCDataChannel) -> None:
+        log.info("peer %s: data channel %r", self.resource, ch.label)
+        self.channels.append(ch)
+
+        @ch.on("open")
+        def _open() -> None:
+            self._flush_pending()
+
+        @ch.on("close")
+        def _close() -> None:
+            with contextlib.suppress(ValueError):
+                self.channels.remove(ch)
+
+        @ch.on("message")
+        def _message(msg: Any) -> None:
+            if self.closing:
+                return
+            max_bytes = self.hub.settings.max_message_bytes
+            if isinstance(msg, str):
+                if len(msg) > max_bytes:
+                    self.send_event(_error("too_big", f"message over {max_bytes} bytes"))
+                    return
+                self.spawn(handle_command(msg, self.runner, self.track, self._spawn_input), name="dc-command")
+            elif bytes(msg[:4]) == TAG_PCM and len(msg) % 2 == 0:
+                self._spawn_input(self.runner.pcm(np.frombuffer(bytes(msg[4:]), dtype="<i2").copy()))
+            else:
+                self.send_event(_error("bad_binary", "binary data channel messages are b'PCM1' + int16 samples; "
+                                                     "send the microphone as an audio track"))
+
+        if ch.readyState == "open":
+            self._flush_pending()
+
+    def _spawn_input(self, coro: Any) -> None:
+        self.spawn(coro, name="input")
+
+    # audio in
+
+    async def consume_audio(self, track: MediaStreamTrack) -> None:
+        """Remote microphone -> 16 kHz mono int16 -> runner.pcm, ~100 ms per call, in order.
+
+        Each batch is its own task (like a WebSocket PCM1 message): the runner's FIFO audio
+        lock keeps them in order, and its backlog limit drops audio (with an error event)
+        when ASR falls behind, so this loop never stops reading and nothing grows unbounded.
+        """
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+        parts: list[np.ndarray] = []
+        n = 0
+        try:
+            while not self.closing:
+                frame = await track.recv()
+                for out in resampler.resample(frame):
+                    a = out.to_ndarray().reshape(-1).astype(np.int16, copy=False)
+                    parts.append(a)
+                    n += a.size
+                if n >= PCM_BATCH:
+                    self._spawn_input(self.runner.pcm(np.concatenate(parts)))
+                    parts, n = [], 0
+        except MediaStreamError:
+            pass
+        finally:
+            if n and not self.closing and not self.runner.closed.is_set():
+                self._spawn_input(self.runner.pcm(np.concatenate(parts)))
+        log.info("peer %s: audio track ended", self.resource)
+
+    async def drain(self, track: MediaStreamTrack) -> None:
+        """A remote track we have no use for (video from the client): read and drop, so it never queues."""
+        with contextlib.suppress(MediaStreamError):
+            while not self.closing:
+                await track.recv()
+
+    # life cycle
+
+    async def watch(self) -> None:
+        """Close when not connected within CONNECT_TIMEOUT_S, or when the session ends."""
+        closed = asyncio.create_task(self.runner.closed.wait())
+        connected = asyncio.create_task(self.connected.wait())
+        try:
+            done, _ = await asyncio.wait({closed, connected}, timeout=CONNECT_TIMEOUT_S,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                log.warning("peer %s: not connected after %.0f s; closing", self.resource, CONNECT_TIMEOUT_S)
+                _schedule_close(self.hub, self.resource)
+                return
+            await closed
+            log.info("peer %s: session %s closed; closing the peer", self.resource, self.runner.id)
+            _schedule_close(self.hub, self.resource)
+        finally:
+            closed.cancel()
+            connected.cancel()
+
+    async def close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        self.runner.detach(self.track)
+        self.track.stop()
+        current = asyncio.current_task()
+        for t in list(self.tasks):
+            if t is not current:
+                t.cancel()
+        try:
+            await self.pc.close()
+        except Exception:
+            log.exception("peer %s: closing the peer connection failed", self.resource)
+        if self.owns_session:
+            await self.hub.close_session(self.runner.id)
+        log.info("peer %s closed (session %s, %d frames sent, %d stale dropped, %.1f s)", self.resource,
+                 self.runner.id, self.track.frames_sent, self.track.frames_dropped, time.monotonic() - self.created)
+
+
+# -- registry and the public calls --
+
+
+def _peers(hub: Any) -> dict[str, Peer]:
+    peers = getattr(hub, "peers", None)
+    if peers is None:
+        peers = {}
+        hub.peers = peers
+    return peers
+
+
+_closers: set[asyncio.Task] = set()
+
+
+def _schedule_close(hub: Any, resource: str) -> None:
+    """close_peer from a callback (state change, watcher): a task of its own, kept alive until done."""
+    t = asyncio.create_task(close_peer(hub, resource), name=f"webrtc-close-{resource}")
+    _closers.add(t)
+    t.add_done_callback(_closers.discard)
+
+
+def _prefer_codecs(transceiver: Any) -> None:
+    """VP8 first, then H264, then anything else; RTX kept. The offer still decides what is common."""
+    caps = RTCRtpSender.getCapabilities("video").codecs
+
+    def rank(c: Any) -> int:
+        m = c.mimeType.lower()
+        return CODEC_ORDER.index(m) if m in CODEC_ORDER else len(CODEC_ORDER)
+
+    transceiver.setCodecPreferences(sorted(caps, key=rank))
+
+
+def _check_sdp(sdp: str) -> None:
+    text = sdp.strip()
+    if not text:
+        raise OfferError("the request body is empty; send the SDP offer (Content-Type: application/sdp)")
+    if not text.startswith("v=") or "\nm=" not in text.replace("\r\n", "\n"):
+        raise OfferError("the body is not an SDP offer (it must start with 'v=0' and have m= lines)")
+
+
 async def answer_offer(hub: Any, runner: Any, sdp: str, *, owns_session: bool) -> tuple[str, str]:
-    raise OfferError("WebRTC is not wired yet")
+    """Answer a WHEP-style offer for `runner`'s session: (answer SDP with all candidates, resource id)."""
+    _check_sdp(sdp)
+    if runner.closed.is_set():
+        raise OfferError("the session is closed")
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only: loopback/LAN
+    resource = secrets.token_urlsafe(12)
+    peer = Peer(hub, runner, pc, resource, owns_session)
+    video = pc.addTransceiver(peer.track, direction="sendonly")
+    _prefer_codecs(video)
+
+    @pc.on("track")
+    def _on_track(track: MediaStreamTrack) -> None:
+        if track.kind == "audio":
+            log.info("peer %s: microphone track", resource)
+            peer.spawn(peer.consume_audio(track), name=f"webrtc-audio-{resource}")
+        else:
+            peer.spawn(peer.drain(track), name=f"webrtc-drain-{resource}")
+
+    @pc.on("datachannel")
+    def _on_channel(ch: RTCDataChannel) -> None:
+        peer.add_channel(ch)
+
+    @pc.on("connectionstatechange")
+    def _on_state() -> None:
+        state = pc.connectionState
+        log.info("peer %s: connection %s", resource, state)
+        if state == "connected":
+            peer.connected.set()
+        elif state in ("failed", "closed") and not peer.closing:
+            _schedule_close(hub, resource)
+
+    async def negotiate() -> str:
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except Exception as exc:
+            raise OfferError(f"cannot use this SDP offer: {exc or type(exc).__name__}") from None
+        if video.mid is None:
+            raise OfferError("the offer has no video m-line; add a video transceiver (direction recvonly)")
+        answer = await pc.createAnswer()
+        if _direction(answer.sdp, video.mid) not in ("sendonly", "sendrecv"):
+            raise OfferError("the offer's video m-line does not receive; use direction recvonly or sendrecv")
+        await pc.setLocalDescription(answer)  # aiortc gathers every ICE candidate here (non-trickle)
+        return pc.localDescription.sdp
+
+    try:
+        answer_sdp = await asyncio.wait_for(negotiate(), NEGOTIATE_TIMEOUT_S)
+    except BaseException as exc:
+        peer.closing = True
+        peer.track.stop()
+        for t in list(peer.tasks):
+            t.cancel()
+        with contextlib.suppress(Exception):
+            await pc.close()
+        if isinstance(exc, asyncio.TimeoutError):
+            raise OfferError(f"negotiation did not finish in {NEGOTIATE_TIMEOUT_S:.0f} s") from None
+        if isinstance(exc, OfferError):
+            log.info("session %s: bad offer: %s", runner.id, exc)
+        raise
+    _peers(hub)[resource] = peer
+    runner.attach(peer.track)
+    peer.spawn(peer.watch(), name=f"webrtc-watch-{resource}")
+    if pc.connectionState in ("failed", "closed"):  # it ended before it was registered
+        _schedule_close(hub, resource)
+    log.info("peer %s: answered for session %s (video %s%s)", resource, runner.id, _codec_name(video),
+             ", owns the session" if owns_session else "")
+    return answer_sdp, resource
+
+
+def _direction(sdp: str, mid: str) -> str | None:
+    """The direction of the m-line with this mid in an SDP."""
+    from aiortc import sdp as aiosdp
+
+    for m in aiosdp.SessionDescription.parse(sdp).media:
+        if m.rtp.muxId == mid:
+            return m.direction
+    return None
+
+
+def _codec_name(transceiver: Any) -> str:
+    codecs = getattr(transceiver, "_codecs", None) or []
+    return codecs[0].mimeType if codecs else "?"
 
 
 async def close_peer(hub: Any, resource: str) -> bool:
-    return False
+    """End one peer (and its session if it owns it); False if there is no such peer."""
+    peer = _peers(hub).pop(resource, None)
+    if peer is None:
+        return False
+    await peer.close()
+    return True
 
 
 async def close_all(hub: Any) -> None:
-    return None
+    """Shutdown: end every peer."""
+    peers = _peers(hub)
+    await asyncio.gather(*(close_peer(hub, r) for r in list(peers)), return_exceptions=True)

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Install everything the tests need on a fresh Debian machine, then run them.
+# Install everything the tests need on a fresh Debian machine (espeak-ng and sox for test speech,
+# chromium for the demo-page test), then run them.
 # (The README's test command: `bash tools/test.sh`.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   need=""
-  for p in espeak-ng sox; do dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"; done
+  for p in espeak-ng sox chromium chromium-driver; do dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"; done
   if [ -n "$need" ]; then apt-get update -qq && apt-get install -y -qq $need >/dev/null; fi
 fi
 bash tools/install.sh dev

@@ -1,0 +1,74 @@
+"""Shared fixtures: one real avatarcast server on loopback for every test module that needs it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(**settings: Any) -> Iterator[tuple[str, Any]]:
+    """Start uvicorn + the app in a thread; yield (base URL, hub) once /readyz answers 200."""
+    import uvicorn
+
+    from realtime.server import create_app
+    from realtime.settings import Settings
+
+    port = free_port()
+    clips = tempfile.mkdtemp(prefix="avatarcast-clips-")
+    s = Settings(port=port, clip_cache_dir=clips, **settings)
+    app = create_app(s)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets-sansio",
+                                           log_level="warning", ws_max_size=s.max_message_bytes + 64))
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), name="uvicorn", daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            r = httpx.get(base + "/readyz", timeout=2)
+            if r.status_code == 200:
+                break
+            if r.json().get("error") == "start_failed":
+                raise RuntimeError(f"server failed to start: {r.text}")
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("server did not become ready")
+        time.sleep(0.2)
+    try:
+        yield base, app.state.hub
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+@pytest.fixture(scope="session")
+def _server() -> Iterator[tuple[str, Any]]:
+    with running_server() as pair:
+        yield pair
+
+
+@pytest.fixture(scope="session")
+def server_url(_server: tuple[str, Any]) -> str:
+    return _server[0]
+
+
+@pytest.fixture(scope="session")
+def server_hub(_server: tuple[str, Any]) -> Any:
+    return _server[1]
