@@ -43,6 +43,7 @@ class Hub:
         self.session_config: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sessions: dict[str, Any] = {}
+        self.peers: dict[str, Any] = {}  # WebRTC peers by resource id (realtime/webrtc.py)
         self.stats: Counter = Counter()
         self.latencies: deque[dict] = deque(maxlen=1000)
         self.ready = asyncio.Event()
@@ -173,6 +174,7 @@ class Hub:
     def status(self) -> dict:
         sch = self.scheduler
         return {"ready": self.ready.is_set(), "sessions": len(self.sessions),
+                "webrtc_peers": len(self.peers),
                 "max_sessions": self.settings.max_sessions,
                 "engine": {"name": self.settings.engine, "backend": self.settings.backend,
                            "steps": getattr(self.engine, "steps", None),

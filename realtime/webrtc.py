@@ -60,6 +60,9 @@ MAX_CHANNEL_BUFFER = 1 << 20  # bytes queued on a data channel before events are
 CODEC_ORDER = ("video/vp8", "video/h264")
 
 
+MAX_PEERS_PER_SESSION = 4  # viewers of one avatar stream; each costs a video encoder
+
+
 class OfferError(ValueError):
     """A bad SDP offer (400)."""
 
@@ -334,6 +337,8 @@ async def answer_offer(hub: Any, runner: Any, sdp: str, *, owns_session: bool) -
     _check_sdp(sdp)
     if runner.closed.is_set():
         raise OfferError("the session is closed")
+    if sum(1 for p in _peers(hub).values() if p.runner is runner) >= MAX_PEERS_PER_SESSION:
+        raise OfferError(f"this session already has {MAX_PEERS_PER_SESSION} WebRTC peers")
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only: loopback/LAN
     resource = secrets.token_urlsafe(12)
     peer = Peer(hub, runner, pc, resource, owns_session)

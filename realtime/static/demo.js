@@ -105,6 +105,7 @@
       case "state_changed":
         el.state.textContent = p.to;
         el.state.dataset.state = p.to;
+        if (p.to === "closed") sessionEnded();
         break;
       case "transcript_partial":
         setTranscript(p.text, "partial", "speech");
@@ -133,6 +134,16 @@
         showError(`Server: ${p.message || p.code}`);
         break;
     }
+  }
+
+  function sessionEnded() { // the server closed the session (shutdown, deleted, fatal error)
+    const { pc } = app;
+    app.gen++; // late events of this connection are ignored from now on
+    app.pc = null; app.dc = null; app.resource = null; app.sessionId = null;
+    resetTalk();
+    if (pc) { pc.onconnectionstatechange = null; pc.close(); }
+    setConn("failed", "session ended");
+    showError("The session ended on the server. Press Reconnect for a new one.");
   }
 
   function addHistory(p) {
@@ -202,8 +213,17 @@
       app.tailTimer = null;
       if (app.talking) return;
       if (app.micTrack) app.micTrack.enabled = false;
-      send({ type: "audio_end" });
+      send({ type: "audio_end" }).catch(() => { /* not connected: nothing to close */ });
     }, TALK_TAIL_MS);
+  }
+
+  function resetTalk() { // hang-up: mic off at once, no audio_end for a session that is going away
+    clearTimeout(app.tailTimer);
+    app.tailTimer = null;
+    app.talking = false;
+    if (app.micTrack) app.micTrack.enabled = false;
+    el.talk.classList.remove("on");
+    el.talkLabel.textContent = "Hold to talk";
   }
 
   el.talk.addEventListener("pointerdown", (e) => {
@@ -320,7 +340,7 @@
   async function hangUp() {
     const { pc, resource } = app;
     app.pc = null; app.dc = null; app.resource = null; app.sessionId = null;
-    if (app.talking) stopTalk();
+    resetTalk();
     if (pc) { pc.ontrack = null; pc.onconnectionstatechange = null; }
     // Hang up on the server first: closing our side first can end the peer there already (then DELETE is a 404).
     if (resource) {
@@ -340,6 +360,7 @@
     el.state.textContent = "—"; el.state.dataset.state = "";
     setConn("connecting", "connecting…");
 
+    if (gen !== app.gen) return;
     await ensureMic();
     if (gen !== app.gen) return;
     showMicNote();
@@ -370,13 +391,16 @@
       else if (s === "failed") {
         setConn("failed", "connection failed");
         showError("Connection failed: no media path to the server (a firewall or NAT in between?). Press Reconnect to try again.");
-      } else if (s === "closed") { setConn("failed", "closed"); }
+      } else if (s === "closed") {
+        setConn("failed", "closed");
+        showError("The server ended the session. Press Reconnect for a new one.");
+      }
     };
 
     try {
       await pc.setLocalDescription(await pc.createOffer());
       await waitIce(pc);
-      if (gen !== app.gen) return;
+      if (gen !== app.gen) { pc.close(); return; }
       const avatar = el.avatar.value;
       let r;
       try {
@@ -389,6 +413,7 @@
       if (gen !== app.gen) {
         const loc = r.headers.get("Location");
         if (r.ok && loc) fetch(loc, { method: "DELETE", keepalive: true }).catch(() => {});
+        pc.close();
         return;
       }
       if (r.status !== 201) {
@@ -400,9 +425,9 @@
       app.sessionId = r.headers.get("X-Session-Id");
       el.sessionId.textContent = app.sessionId || "—";
       await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
-      setConn("connecting", "connecting media…");
+      if (pc.connectionState !== "connected") setConn("connecting", "connecting media…");
     } catch (err) {
-      if (gen !== app.gen) return;
+      if (gen !== app.gen) { pc.close(); return; }
       app.pc = null; app.dc = null;
       pc.close();
       setConn("failed", "not connected");
@@ -415,7 +440,10 @@
     }
   }
 
-  el.reconnect.addEventListener("click", () => connect());
+  el.reconnect.addEventListener("click", () => {
+    if (!app.micTrack) app.micError = null; // ask for the microphone again
+    connect();
+  });
   el.avatar.addEventListener("change", () => {
     try { localStorage.setItem("avatarcast.avatar", el.avatar.value); } catch { /* private mode */ }
     connect();
