@@ -104,6 +104,7 @@ class SessionRunner:
         self._audio_backlog = 0  # live samples queued but not yet fed
         self._turn_meta: dict[int, dict] = {}
         self._last_reaction: tuple[int, np.ndarray, str, str] | None = None
+        self._kick = asyncio.Event()
         self._tasks = [asyncio.create_task(self._frame_loop(), name=f"frames-{session_id}"),
                        asyncio.create_task(self._chunk_worker(), name=f"chunks-{session_id}")]
         self._emit_local("hello", {"session": session_id, "avatar": self.avatar, "fps": 8,
@@ -264,7 +265,13 @@ class SessionRunner:
                 due = s.clock.time_of(s.clock.next_index)
                 delay = due - time.monotonic()
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    self._kick.clear()
+                    try:  # an input that pulls the next frame in wakes the loop early
+                        await asyncio.wait_for(self._kick.wait(), delay)
+                    except asyncio.TimeoutError:
+                        pass
+                    if s.clock.time_of(s.clock.next_index) > time.monotonic():
+                        continue
                 now = time.monotonic()
                 for req in s.plan(now):
                     await self._emit_frame(req)
@@ -330,6 +337,9 @@ class SessionRunner:
 
     def _pump(self) -> None:
         """Move the Session's new chunk requests to the worker and its events to the clients."""
+        if self.session.clock_changed:
+            self.session.clock_changed = False
+            self._kick.set()
         for req in self.session.chunk_requests():
             if req.revision > 0:  # the emotion switched from this chunk on: drop what the old one made
                 self._ready = deque(x for x in self._ready if not (x[0] == req.reaction and x[1] >= req.chunk))

@@ -95,6 +95,20 @@ class FrameClock:
         self._next = k + 1
         return [k]
 
+    def pull_in(self, now: float, min_interval_s: float) -> bool:
+        """Make the next frame due `now` (shifting every later frame by the same amount) when it is
+        not due yet and the previous frame was due at least `min_interval_s` ago.
+
+        Used when something visible must happen at once (speech onset, a reaction starting): the
+        client sees it up to one frame sooner, and no interval gets longer than 1/fps.
+        """
+        k = self._next
+        due = self.time_of(k)
+        if due <= now + _EPS or (k > 0 and now - self.time_of(k - 1) < min_interval_s - _EPS):
+            return False
+        self.t0 = now - k / self.fps
+        return True
+
     def report_sent(self, index: int, now: float) -> float:
         """Record that frame `index` went out at `now`; returns how late it was (s, >= 0)."""
         late = max(0.0, now - self.time_of(index))
@@ -246,6 +260,9 @@ class SessionConfig:
     listening_intensity: float = 0.4
     idle_intensity: float = 0.2
     late_tolerance_s: float | None = None  # None: half a frame
+    # a listening pose or a reaction start may show this soon after the previous frame instead of
+    # waiting for the next tick (None: never pull a frame in)
+    pull_in_s: float | None = 0.0625
     max_events: int = 256  # undrained events beyond this drop the oldest
     max_chunk_requests: int = 64
     max_timelines: int = 8
@@ -332,6 +349,7 @@ class Session:
         self._idle_turn: int | None = None  # a turn whose decision was "idle" (its idle frames count)
         self._partial_text = ""
         self.frames_planned = 0
+        self.clock_changed = False  # set when a frame was pulled in: the driver must re-read the next due time
 
     # -- read-only views --
 
@@ -408,6 +426,7 @@ class Session:
         self._speech = turn.id
         self._partial_text = ""
         self._stop_reaction(now)
+        self._pull_in(now)
         self._set_state("listening", now)
         return turn.id
 
@@ -587,6 +606,10 @@ class Session:
 
     # -- internals: turns --
 
+    def _pull_in(self, now: float) -> None:
+        if self.config.pull_in_s is not None and self.clock.pull_in(now, self.config.pull_in_s):
+            self.clock_changed = True
+
     def _new_turn(self, kind: str, origin: float | None, now: float) -> _Turn:
         turn = _Turn(self._turn_count, kind, UtteranceTimeline(self._turn_count, kind, origin))
         self._turn_count += 1
@@ -695,6 +718,7 @@ class Session:
             else:
                 self._reaction_count += 1
                 seg = _Segment(0, label, intensity, c.has_cache(label), d.source, turn.id)
+                self._pull_in(now)
                 r = _Reaction(self._reaction_count, self.clock.upcoming(now), c.hold_chunks(label), [seg])
                 self._reaction = r
                 self._set_state("reacting", now, utterance=turn.id, emotion=label)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 
+import numpy as np
 import pytest
 
 from realtime.emotion import EmotionCue
@@ -126,7 +127,39 @@ def test_listening_is_the_very_next_frame_after_onset(state_before):
         s.on_speech_start(onset)
         nxt = d.tick()[0]
         assert nxt.source == "listening", f"expected listening at frame {nxt.index}, got {nxt.source}"
-        assert 0 < nxt.t - onset <= DT + 1e-9, f"listening {1000 * (nxt.t - onset):.1f} ms after onset"
+        assert 0 <= nxt.t - onset <= DT + 1e-9, f"listening {1000 * (nxt.t - onset):.1f} ms after onset"
+        if onset - last_due >= 0.0625:  # the previous frame is old enough: listening is pulled in to now
+            assert nxt.t == pytest.approx(onset)
+        else:  # never closer than pull_in_s to the previous frame
+            assert nxt.t == pytest.approx(last_due + 0.0625) or nxt.t == pytest.approx(last_due + DT)
+
+
+def test_without_pull_in_listening_waits_for_the_next_tick():
+    rng = random.Random(3)
+    for _ in range(100):
+        s, d = make(pull_in_s=None)
+        d.tick(rng.randrange(2, 10))
+        last_due = s.clock.time_of(d.k - 1)
+        onset = last_due + rng.uniform(1e-6, DT - 1e-6)
+        s.on_speech_start(onset)
+        nxt = d.tick()[0]
+        assert nxt.source == "listening" and nxt.t == pytest.approx(last_due + DT)
+
+
+def test_pull_in_never_makes_an_interval_longer_than_a_frame():
+    rng = random.Random(5)
+    s, d = make()
+    times = []
+    for _ in range(300):
+        if rng.random() < 0.2:
+            s.on_speech_start(s.clock.time_of(d.k - 1) + rng.uniform(0.0, DT))
+        elif rng.random() < 0.1:
+            s.on_final("yay", d.now)
+            s.on_cue(cue("happy"), s.clock.time_of(d.k - 1) + rng.uniform(0.0, DT))
+        times += [r.t for r in d.tick()]
+    gaps = np.diff(times)
+    assert gaps.max() <= DT + 1e-9 and gaps.min() >= 0.0625 - 1e-9
+    assert (gaps < DT - 1e-6).any()  # some frames were pulled in
 
 
 def test_chunk_queue_never_more_than_two_sampler_chunks_ahead():
@@ -301,7 +334,7 @@ def test_partial_and_final_disagree_tter_counts_final_emotion():
 
 
 def test_ttff_tter_and_stage_durations():
-    s, d = make()
+    s, d = make(pull_in_s=None)
     s.on_speech_start(T0 + 0.1)
     d.until(T0 + 2.0)
     s.stamp("decode", T0 + 1.95, T0 + 1.94)
