@@ -163,11 +163,6 @@ class Hub:
         log.info("session %s closed after %d frames", sid, r.frames_sent)
         return True
 
-    def new_stream(self, language: str | None, on_event: Callable) -> Any:
-        from realtime.asr import StreamingTranscriber
-
-        return StreamingTranscriber(self.transcriber, language=language, on_event=on_event)
-
     def record_latency(self, sid: str, payload: dict) -> None:
         self.latencies.append({"session": sid, **payload})
 

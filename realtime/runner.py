@@ -99,8 +99,7 @@ class SessionRunner:
         self._ready: deque[tuple[int, int, np.ndarray, str, str]] = deque()
         self._states: dict[tuple[int, int], Any] = {}  # (reaction, chunk) -> stream state after it
         self._work: asyncio.Queue[ChunkRequest] = asyncio.Queue()
-        self._stream = None  # StreamingTranscriber, made on the first live audio
-        self._audio_lock = asyncio.Lock()
+        self._live: Any = None  # realtime.live.LiveAudio, made on the first live audio
         self._audio_backlog = 0  # live samples queued but not yet fed
         self._turn_meta: dict[int, dict] = {}
         self._last_reaction: tuple[int, np.ndarray, str, str] | None = None
@@ -134,6 +133,8 @@ class SessionRunner:
         self.session.on_close(time.monotonic())
         self._flush_events()
         self.closed.set()
+        if self._live is not None:
+            self._live.close()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -193,7 +194,7 @@ class SessionRunner:
                 "stages_ms": {"decode": _ms(t_dec - t_recv), "asr": _ms(t_asr - t_dec), "emotion": _ms(now - t_asr)}}
 
     async def pcm(self, samples: np.ndarray) -> None:
-        """Live 16 kHz mono audio (int16 or float32), in arrival order; VAD + ASR run off the loop."""
+        """Live 16 kHz mono audio (int16 or float32), in arrival order; VAD and ASR run off the loop."""
         hub = self.hub
         n = int(samples.size)
         if self._audio_backlog + n > hub.settings.max_audio_backlog_s * 16000:
@@ -201,49 +202,42 @@ class SessionRunner:
             return
         self._audio_backlog += n
         try:
-            async with self._audio_lock:
-                if self._stream is None:
-                    self._stream = hub.new_stream(self.language, self._on_vad_threadsafe)
-                await asyncio.get_running_loop().run_in_executor(hub.asr_pool, self._stream.feed, samples)
+            if self._live is None:
+                from realtime.live import LiveAudio
+
+                self._live = LiveAudio(hub.transcriber, hub.cpu_pool, hub.asr_pool, self._on_live,
+                                       language=self.language)
+            await self._live.feed(samples)
         finally:
             self._audio_backlog -= n
 
     async def audio_end(self) -> None:
         """The live stream paused (push-to-talk released): close an open utterance now."""
-        async with self._audio_lock:
-            if self._stream is not None:
-                await asyncio.get_running_loop().run_in_executor(self.hub.asr_pool, self._stream.flush)
+        if self._live is not None:
+            await self._live.flush()
 
-    # -- audio events (from the ASR thread) --
-
-    def _on_vad_threadsafe(self, ev: Any) -> None:
-        loop = self.hub.loop
-        loop.call_soon_threadsafe(self._on_vad, ev, time.monotonic())
-
-    def _on_vad(self, ev: Any, t_event: float) -> None:
+    def _on_live(self, ev: Any) -> None:
         if self.closed.is_set():
             return
         s, now = self.session, time.monotonic()
         if ev.kind == "speech_start":
-            u = s.on_speech_start(t_event)
+            u = s.on_speech_start(now)
             if u is not None:
                 self._turn_meta[ev.utterance] = {"turn": u}
-        elif ev.kind == "partial" and ev.transcript is not None:
+        elif ev.kind == "partial":
             u = self._turn_meta.get(ev.utterance, {}).get("turn")
-            s.on_partial(ev.transcript.text, now, utterance=u)
-            cue = self.hub.reader.read_partial(ev.transcript.text, s.config.partial_min_confidence)
+            s.on_partial(ev.text, now, utterance=u)
+            cue = self.hub.reader.read_partial(ev.text, s.config.partial_min_confidence)
             if cue is not None and u is not None:
                 s.on_cue(cue, time.monotonic(), "asr", utterance=u, decided_by="partial")
         elif ev.kind == "speech_end":
             u = self._turn_meta.get(ev.utterance, {}).get("turn")
-            s.on_speech_end(t_event, utterance=u)
+            s.on_speech_end(now, utterance=u, at=ev.t)
         elif ev.kind == "final":
             u = self._turn_meta.pop(ev.utterance, {}).get("turn")
-            text = ev.transcript.text if ev.transcript is not None else ""
-            s.on_final(text, now, utterance=u)
-            if u is not None and text:
-                lang = ev.transcript.language if ev.transcript is not None else None
-                cue = self.hub.reader.read(text, None, lang)
+            s.on_final(ev.text, now, utterance=u)
+            if u is not None and ev.text:
+                cue = self.hub.reader.read(ev.text, None, ev.language)
                 s.on_cue(cue, time.monotonic(), "asr", utterance=u, decided_by="final")
         self._pump()
 

@@ -3,7 +3,10 @@
 The engine is not re-entrant and its work is CPU/GPU-bound, so it runs on one dedicated
 thread; the event loop only queues jobs and awaits futures. While one batch runs, the next
 jobs queue up, so batches form by themselves under load (no timer wait is added at low load).
-Jobs are taken earliest-deadline-first, at most `max_batch` per call.
+Jobs are taken earliest-deadline-first, at most `max_batch` per call. A job whose deadline
+leaves room may wait a little (at most `max_wait_s`, never past its deadline minus twice the
+recent batch time) for other sessions' jobs to join its batch: one forward for many streams
+costs little more than for one.
 """
 
 from __future__ import annotations
@@ -55,9 +58,13 @@ def copy_state(state: Any) -> Any:
 class EngineScheduler:
     """Batches chunk jobs of all sessions onto one engine thread (earliest deadline first)."""
 
-    def __init__(self, engine: Any, *, max_batch: int = 8, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, engine: Any, *, max_batch: int = 8, max_wait_s: float = 0.25, margin_s: float = 0.05,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine
         self.max_batch = max(1, int(max_batch))
+        self.max_wait_s = max_wait_s
+        self.margin_s = margin_s
+        self.est_batch_s = 0.15  # running estimate of one batch's time; sets how long jobs may wait
         self.clock = clock
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._queue: list[ChunkJob] = []
@@ -149,6 +156,20 @@ class EngineScheduler:
                 await self._wake.wait()
                 continue
             self._queue.sort(key=lambda j: j.due_t)
+            now = self.clock()
+            oldest = min(j.queued_at for j in self._queue)
+            wait = min(self._queue[0].due_t - now - 2 * self.est_batch_s - self.margin_s,
+                       oldest + self.max_wait_s - now)
+            if len(self._queue) < self.max_batch and wait > 0.005:
+                self._wake.clear()
+                try:  # room to wait: let other sessions' jobs join this batch
+                    await asyncio.wait_for(self._wake.wait(), wait)
+                except asyncio.TimeoutError:
+                    pass
+                continue  # look again: more jobs, or the wait is over
+            if not self._queue:
+                continue
+            self._queue.sort(key=lambda j: j.due_t)
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
             batch = [j for j in batch if j.future is not None and not j.future.done()]
             if not batch:
@@ -184,5 +205,6 @@ class EngineScheduler:
         self.batches += 1
         self.jobs_done += B
         self.last_batch_s = t2 - t0
+        self.est_batch_s = 0.7 * self.est_batch_s + 0.3 * (t2 - t0)
         self.busy_s += t2 - t0
         return [ChunkResult(frames[i * T:(i + 1) * T], states[i], t0, t1, t2, B) for i in range(B)]

@@ -439,13 +439,15 @@ class Session:
         self._partial_text = text
         self._emit("transcript_partial", {"text": text, "utterance": turn.id}, now)
 
-    def on_speech_end(self, now: float, *, utterance: int | None = None) -> None:
+    def on_speech_end(self, now: float, *, utterance: int | None = None, at: float | None = None) -> None:
+        """The VAD's endpoint, decided at `now`; `at` is when the speech really ended (its audio's
+        arrival), which is where TTFF/TTER count from. Default: now."""
         if self.closed:
             return
         turn = self._speech_turn(utterance, now, implicit=utterance is None)
         if turn is None or turn.ended:
             return
-        self._end_speech(turn, now, implied=False)
+        self._end_speech(turn, now, implied=False, at=at)
 
     def on_final(self, text: str, now: float, *, utterance: int | None = None) -> None:
         if self.closed:
@@ -638,11 +640,12 @@ class Session:
             turn.speech_open = True
         return turn
 
-    def _end_speech(self, turn: _Turn, now: float, implied: bool) -> None:
+    def _end_speech(self, turn: _Turn, now: float, implied: bool, at: float | None = None) -> None:
         turn.speech_open = False
         turn.ended = True
         if turn.timeline.origin is None:
-            turn.timeline.origin = now  # live speech: TTFF/TTER count from the end of speech
+            # live speech: TTFF/TTER count from the end of speech
+            turn.timeline.origin = now if at is None else min(at, now)
         turn.timeline.stamp("vad", now, now if turn.timeline.onset is None else None, keep=True)
         if self._state != "listening":
             return  # an override reaction is playing: it goes on

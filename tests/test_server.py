@@ -335,7 +335,7 @@ def test_live_pcm_stream_listens_transcribes_and_reacts(base: str, tmp_path) -> 
     assert c.of("latency")[0]["kind"] == "speech"
 
 
-def test_two_sessions_share_engine_batches(base: str, server_hub) -> None:
+def test_two_sessions_react_at_once(base: str, server_hub) -> None:
     async def one(label: str) -> Client:
         async with websockets.connect(ws_url(base, "/v1/ws?avatar=pip")) as ws:
             c = Client(ws)
@@ -347,11 +347,9 @@ def test_two_sessions_share_engine_batches(base: str, server_hub) -> None:
     async def both() -> list[Client]:
         return await asyncio.gather(one("happy"), one("angry"))
 
-    before = (server_hub.scheduler.batches, server_hub.scheduler.jobs_done)
+    before = server_hub.scheduler.jobs_done
     a, b = run(both())
-    batches = server_hub.scheduler.batches - before[0]
-    jobs = server_hub.scheduler.jobs_done - before[1]
-    assert jobs >= 2 and jobs > batches  # some batches carried both sessions
+    assert server_hub.scheduler.jobs_done - before >= 2  # (batching itself: tests/test_scheduler.py)
     for c, label in ((a, "happy"), (b, "angry")):
         got = {(h.source, h.emotion) for _, h, _ in c.frames}
         assert ("sampler", label) in got

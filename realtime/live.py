@@ -1,0 +1,182 @@
+"""Live audio for one session: VAD on arrival, Whisper on the side.
+
+The VAD (Silero, via a VAD-only StreamingTranscriber) sees every chunk as soon as it arrives,
+so onsets and endpoints are never delayed behind a running transcription; Whisper runs
+alongside on the audio kept here: partial transcripts while the person speaks (so a clear
+emotion is known before they stop) and the final one at the endpoint, reusing the last
+partial when it already heard everything. Each event carries the wall time its audio
+arrived, so latency counts from when the person really stopped, not from when the VAD
+could be sure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+log = logging.getLogger("avatarcast.live")
+SR = 16000
+
+
+@dataclass(frozen=True)
+class LiveEvent:
+    kind: str  # speech_start | partial | speech_end | final
+    utterance: int
+    t: float  # monotonic time the event's audio arrived (onset / end of speech) or the result was ready
+    text: str = ""
+    language: str | None = None
+    audio_s: float = 0.0
+    asr_ms: float = 0.0
+
+
+class LiveAudio:
+    """Feed PCM in arrival order; `on_event` gets LiveEvents on the event loop."""
+
+    def __init__(self, transcriber: Any, vad_pool: Any, asr_pool: Any, on_event: Callable[[LiveEvent], None], *,
+                 language: str | None = None, min_speech_ms: int = 64, endpoint_silence_ms: int = 352,
+                 partial_every_s: float = 0.6, min_partial_s: float = 0.6, pre_roll_s: float = 0.2,
+                 post_roll_s: float = 0.15, max_utterance_s: float = 15.0, keep_s: float = 20.0) -> None:
+        from realtime.asr import StreamingTranscriber
+
+        self.transcriber = transcriber
+        self.vad_pool, self.asr_pool = vad_pool, asr_pool
+        self.on_event = on_event
+        self.language = language
+        self.vad = StreamingTranscriber(None, min_speech_ms=min_speech_ms, endpoint_silence_ms=endpoint_silence_ms,
+                                        speculative_silence_ms=None, partial_interval_ms=None,
+                                        pre_roll_ms=int(pre_roll_s * 1000), max_utterance_s=max_utterance_s)
+        self.partial_every = int(partial_every_s * SR)
+        self.min_partial = int(min_partial_s * SR)
+        self.pre_roll, self.post_roll = int(pre_roll_s * SR), int(post_roll_s * SR)
+        self.keep = int(keep_s * SR)
+        self._chunks: deque[tuple[int, np.ndarray]] = deque()  # (absolute first sample, audio)
+        self._arrivals: deque[tuple[int, float]] = deque()  # (samples received after this chunk, monotonic)
+        self._received = 0
+        self._lock = asyncio.Lock()
+        self._utt: dict | None = None  # the open utterance: index, start, partial bookkeeping
+        self._asr_busy = False
+        self._tasks: set[asyncio.Task] = set()
+        self.closed = False
+
+    # -- input --
+
+    async def feed(self, pcm: np.ndarray) -> None:
+        x = np.asarray(pcm).reshape(-1)
+        x = x.astype(np.float32) / 32768.0 if x.dtype == np.int16 else x.astype(np.float32, copy=False)
+        now = time.monotonic()
+        async with self._lock:
+            self._chunks.append((self._received, x))
+            self._received += x.size
+            self._arrivals.append((self._received, now))
+            self._trim()
+            events = await asyncio.get_running_loop().run_in_executor(self.vad_pool, self.vad.feed, x)
+            for ev in events:
+                self._on_vad(ev)
+            self._maybe_partial()
+
+    async def flush(self) -> None:
+        """The stream paused: close an open utterance now."""
+        async with self._lock:
+            events = await asyncio.get_running_loop().run_in_executor(self.vad_pool, self.vad.flush)
+            for ev in events:
+                self._on_vad(ev)
+
+    def close(self) -> None:
+        self.closed = True
+        for t in self._tasks:
+            t.cancel()
+
+    # -- internals --
+
+    def _trim(self) -> None:
+        floor = self._received - self.keep
+        if self._utt is not None:
+            floor = min(floor, self._utt["start"])
+        while self._chunks and self._chunks[0][0] + self._chunks[0][1].size <= floor:
+            self._chunks.popleft()
+        while len(self._arrivals) > 1 and self._arrivals[1][0] <= floor:
+            self._arrivals.popleft()
+
+    def arrival_time(self, sample: int) -> float:
+        """Monotonic time the chunk holding `sample` arrived (the last one if it is beyond)."""
+        for end, t in self._arrivals:
+            if end > sample:
+                return t
+        return self._arrivals[-1][1] if self._arrivals else time.monotonic()
+
+    def audio(self, start: int, end: int) -> np.ndarray:
+        parts = []
+        for first, x in self._chunks:
+            a, b = max(start, first), min(end, first + x.size)
+            if a < b:
+                parts.append(x[a - first:b - first])
+        return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+    def _emit(self, ev: LiveEvent) -> None:
+        if not self.closed:
+            self.on_event(ev)
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    def _on_vad(self, ev: Any) -> None:
+        if ev.kind == "speech_start":
+            onset = int(round(ev.start_s * SR))
+            self._utt = {"index": ev.utterance, "onset": onset, "start": max(0, onset - self.pre_roll),
+                         "last_partial": onset, "best": None, "best_end": -1}
+            self._emit(LiveEvent("speech_start", ev.utterance, self.arrival_time(onset)))
+        elif ev.kind == "speech_end" and self._utt is not None and self._utt["index"] == ev.utterance:
+            utt, self._utt = self._utt, None
+            end = int(round((ev.end_s if ev.end_s is not None else ev.at_s) * SR))
+            self._emit(LiveEvent("speech_end", ev.utterance, self.arrival_time(end)))
+            self._spawn(self._final(utt, end))
+
+    def _maybe_partial(self) -> None:
+        utt = self._utt
+        if utt is None or self._asr_busy or self.transcriber is None:
+            return
+        if self._received - utt["last_partial"] < self.partial_every or self._received - utt["onset"] < self.min_partial:
+            return
+        utt["last_partial"] = self._received
+        self._spawn(self._partial(utt, self._received))
+
+    async def _transcribe(self, audio: np.ndarray) -> tuple[Any, float]:
+        self._asr_busy = True
+        try:
+            t0 = time.perf_counter()
+            tr = await asyncio.get_running_loop().run_in_executor(
+                self.asr_pool, lambda: self.transcriber.transcribe(audio, language=self.language))
+            return tr, (time.perf_counter() - t0) * 1000.0
+        finally:
+            self._asr_busy = False
+
+    async def _partial(self, utt: dict, end: int) -> None:
+        audio = self.audio(utt["start"], end)
+        tr, ms = await self._transcribe(audio)
+        if end > utt["best_end"]:
+            utt["best"], utt["best_end"] = tr, end
+        if self._utt is utt and tr.text:  # still speaking: a partial; after the end the final says it
+            self._emit(LiveEvent("partial", utt["index"], time.monotonic(), tr.text, tr.language, audio.size / SR, ms))
+
+    async def _final(self, utt: dict, end: int) -> None:
+        while self._asr_busy:  # one Whisper run at a time per stream; a partial in flight may cover the end
+            await asyncio.sleep(0.01)
+        if self.transcriber is None:
+            tr, ms = None, 0.0
+        elif utt["best"] is not None and utt["best_end"] >= end + self.post_roll // 2:
+            tr, ms = utt["best"], 0.0  # the last partial already heard everything
+        else:
+            tr, ms = await self._transcribe(self.audio(utt["start"], min(end + self.post_roll, self._received)))
+        text = tr.text if tr is not None else ""
+        lang = tr.language if tr is not None else None
+        if lang and self.language is None and tr.language_probability >= 0.8:
+            self.language = lang  # sticky: language detection costs an extra encoder pass
+        self._emit(LiveEvent("final", utt["index"], time.monotonic(), text, lang, (end - utt["start"]) / SR, ms))
