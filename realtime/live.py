@@ -26,7 +26,7 @@ SR = 16000
 
 @dataclass(frozen=True)
 class LiveEvent:
-    kind: str  # speech_start | partial | speech_end | final
+    kind: str  # speech_start | partial | pause | speech_end | final
     utterance: int
     t: float  # monotonic time the event's audio arrived (onset / end of speech) or the result was ready
     text: str = ""
@@ -40,6 +40,7 @@ class LiveAudio:
 
     def __init__(self, transcriber: Any, vad_pool: Any, asr_pool: Any, on_event: Callable[[LiveEvent], None], *,
                  language: str | None = None, min_speech_ms: int = 64, endpoint_silence_ms: int = 352,
+                 pause_ms: int = 224,
                  partial_every_s: float = 0.6, min_partial_s: float = 0.6, pre_roll_s: float = 0.2,
                  post_roll_s: float = 0.15, max_utterance_s: float = 15.0, keep_s: float = 20.0) -> None:
         from realtime.asr import StreamingTranscriber
@@ -51,6 +52,7 @@ class LiveAudio:
         self.vad = StreamingTranscriber(None, min_speech_ms=min_speech_ms, endpoint_silence_ms=endpoint_silence_ms,
                                         speculative_silence_ms=None, partial_interval_ms=None,
                                         pre_roll_ms=int(pre_roll_s * 1000), max_utterance_s=max_utterance_s)
+        self.pause_windows = max(1, -(-pause_ms // 32))
         self.partial_every = int(partial_every_s * SR)
         self.min_partial = int(min_partial_s * SR)
         self.pre_roll, self.post_roll = int(pre_roll_s * SR), int(post_roll_s * SR)
@@ -75,9 +77,13 @@ class LiveAudio:
             self._received += x.size
             self._arrivals.append((self._received, now))
             self._trim()
+            n_before = len(self.vad.speech_probs)
             events = await asyncio.get_running_loop().run_in_executor(self.vad_pool, self.vad.feed, x)
+            fresh = self.vad.speech_probs[n_before:]
             for ev in events:
                 self._on_vad(ev)
+            self._check_pause(fresh)
+            del self.vad.speech_probs[:-64]  # the VAD keeps every probability; a live stream must not
             self._maybe_partial()
 
     async def flush(self) -> None:
@@ -139,6 +145,27 @@ class LiveAudio:
             self._emit(LiveEvent("speech_end", ev.utterance, self.arrival_time(end)))
             self._spawn(self._final(utt, end))
 
+    def _check_pause(self, probs: list[float]) -> None:
+        """A silence of `pause_ms` inside an utterance: the speaker has probably finished. The
+        endpoint waits longer to be sure; a session that already knows the emotion can react now."""
+        utt = self._utt
+        if utt is None:
+            return
+        for p in probs:
+            if p < self.vad.neg_threshold:
+                utt["quiet"] = utt.get("quiet", 0) + 1
+            elif p >= self.vad.threshold:
+                utt["quiet"], utt["paused"] = 0, False
+        q = utt.get("quiet", 0)
+        if q >= self.pause_windows and not utt.get("paused"):
+            utt["paused"] = True
+            start = self.vad._fed - q * 512  # where the silence began (the VAD's sample count)
+            self._emit(LiveEvent("pause", utt["index"], self.arrival_time(start)))
+            if not self._asr_busy and self.transcriber is not None:
+                # probably the end: transcribe now, while the endpoint timer runs; the final reuses it
+                utt["last_partial"] = self._received
+                self._spawn(self._partial(utt, min(self._received, start + self.post_roll)))
+
     def _maybe_partial(self) -> None:
         utt = self._utt
         if utt is None or self._asr_busy or self.transcriber is None:
@@ -163,7 +190,7 @@ class LiveAudio:
         tr, ms = await self._transcribe(audio)
         if end > utt["best_end"]:
             utt["best"], utt["best_end"] = tr, end
-        if self._utt is utt and tr.text:  # still speaking: a partial; after the end the final says it
+        if tr.text and not utt.get("final_sent"):  # news until the final is out, even after the endpoint
             self._emit(LiveEvent("partial", utt["index"], time.monotonic(), tr.text, tr.language, audio.size / SR, ms))
 
     async def _final(self, utt: dict, end: int) -> None:
@@ -171,10 +198,11 @@ class LiveAudio:
             await asyncio.sleep(0.01)
         if self.transcriber is None:
             tr, ms = None, 0.0
-        elif utt["best"] is not None and utt["best_end"] >= end + self.post_roll // 2:
+        elif utt["best"] is not None and utt["best_end"] >= end:
             tr, ms = utt["best"], 0.0  # the last partial already heard everything
         else:
             tr, ms = await self._transcribe(self.audio(utt["start"], min(end + self.post_roll, self._received)))
+        utt["final_sent"] = True
         text = tr.text if tr is not None else ""
         lang = tr.language if tr is not None else None
         if lang and self.language is None and tr.language_probability >= 0.8:

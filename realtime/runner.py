@@ -230,6 +230,9 @@ class SessionRunner:
             cue = self.hub.reader.read_partial(ev.text, s.config.partial_min_confidence)
             if cue is not None and u is not None:
                 s.on_cue(cue, time.monotonic(), "asr", utterance=u, decided_by="partial")
+        elif ev.kind == "pause":
+            u = self._turn_meta.get(ev.utterance, {}).get("turn")
+            s.on_pause(now, utterance=u, at=ev.t)
         elif ev.kind == "speech_end":
             u = self._turn_meta.get(ev.utterance, {}).get("turn")
             s.on_speech_end(now, utterance=u, at=ev.t)

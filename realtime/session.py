@@ -449,6 +449,18 @@ class Session:
             return
         self._end_speech(turn, now, implied=False, at=at)
 
+    def on_pause(self, now: float, *, utterance: int | None = None, at: float | None = None) -> bool:
+        """The speaker went quiet (shorter than the endpoint). If a confident cue is already held for
+        this turn, the speech counts as ended at `at` and the reaction starts now; else nothing.
+        Returns whether it reacted."""
+        if self.closed:
+            return False
+        turn = self._speech_turn(utterance, now, implicit=False)
+        if turn is None or turn.ended or turn.early_cue is None:
+            return False
+        self._end_speech(turn, now, implied=False, at=at)
+        return True
+
     def on_final(self, text: str, now: float, *, utterance: int | None = None) -> None:
         if self.closed:
             return
