@@ -297,6 +297,23 @@ def test_confident_partial_starts_reaction_at_speech_end_and_final_confirms():
     assert p["ttff_ms"] <= 125.0
 
 
+def test_a_pause_starts_the_reaction_only_when_the_emotion_is_known():
+    s, d = make()
+    s.on_speech_start(T0)
+    d.tick(6)
+    assert s.on_pause(d.now) is False and s.state == "listening"  # nothing known yet: keep listening
+    s.on_partial("I'm so happy", d.now)
+    s.on_cue(cue("happy", confidence=0.8), d.now)
+    d.tick(2)
+    quiet_from = d.now - 0.2  # the silence began before the pause was noticed
+    assert s.on_pause(d.now, at=quiet_from) is True and s.state == "reacting"
+    assert s.timeline(0).origin == pytest.approx(quiet_from)  # TTER counts from the real end of speech
+    s.on_speech_end(d.now + 0.15)  # the endpoint comes later: nothing changes
+    assert s.state == "reacting"
+    frames = d.tick(2)
+    assert frames[0].source == "cache" and frames[0].emotion == "happy"
+
+
 def test_unconfident_partial_waits_for_final():
     s, d = make()
     s.on_speech_start(T0)
