@@ -177,3 +177,19 @@ def test_base_model_joins_parts_and_transcribes_english(tmp_path_factory: pytest
     assert base.multilingual
     t = base.transcribe(happy, language="en")
     assert "happy" in t.text.lower(), t.text
+
+
+def test_short_window_matches_the_full_window_on_short_speech(tiny: Transcriber, happy: np.ndarray) -> None:
+    short = tiny.transcribe(happy, language="en")
+    assert tiny.short_window_s == 10.0 and len(short.segments) == 1  # the shortened-window decode
+    old, tiny.short_window_s = tiny.short_window_s, None
+    try:
+        full = tiny.transcribe(happy, language="en")
+    finally:
+        tiny.short_window_s = old
+    norm = lambda s: "".join(c for c in s.lower() if c.isalpha() or c == " ").split()  # noqa: E731
+    assert norm(short.text) == norm(full.text) and "happy" in norm(short.text)
+    assert short.segments[0].end_s == pytest.approx(happy.size / SAMPLE_RATE)
+    # longer than the window allows: the full 30 s window decodes it (segments carry real times)
+    long = tiny.transcribe(np.concatenate([happy] * 4), language="en")
+    assert long.text.lower().count("happy") >= 3 and long.duration_s > 9.0
