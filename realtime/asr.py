@@ -106,7 +106,8 @@ class Transcriber:
         # Whisper always encodes a 30 s window; for a short utterance most of that is padding. A 10 s
         # window (whisper.cpp's "audio_ctx" idea) cuts tiny.en from ~575 to ~165 ms for a 2-3 s clip
         # on 2 cores, with WER 0.19 vs 0.17 and the same emotions on the 24-clip set
-        # (python -m tools.eval_asr_window; docs/bench/asr_window.json). Longer audio, or an unknown language, takes the full window.
+        # (python -m tools.eval_asr_window; docs/bench/asr_window.json). Audio longer than half the
+        # window (where a short window starts to repeat phrases), or an unknown language, takes the full one.
         self.short_window_s = short_window_s
         self.multilingual = bool(getattr(model, "model").is_multilingual)
         self._lock = threading.Lock()
@@ -167,7 +168,7 @@ class Transcriber:
         audio = np.ascontiguousarray(pcm, dtype=np.float32).reshape(-1)
         duration_s = audio.size / SAMPLE_RATE
         if (self.short_window_s and language is not None and initial_prompt is None
-                and duration_s <= self.short_window_s - 1.0):
+                and duration_s <= self.short_window_s / 2):
             return self._transcribe_short(audio, language, task)
         with self._lock:
             t0 = time.perf_counter()

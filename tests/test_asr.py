@@ -190,6 +190,6 @@ def test_short_window_matches_the_full_window_on_short_speech(tiny: Transcriber,
     norm = lambda s: "".join(c for c in s.lower() if c.isalpha() or c == " ").split()  # noqa: E731
     assert norm(short.text) == norm(full.text) and "happy" in norm(short.text)
     assert short.segments[0].end_s == pytest.approx(happy.size / SAMPLE_RATE)
-    # longer than the window allows: the full 30 s window decodes it (segments carry real times)
+    # over half the short window: the full 30 s window decodes it (no repeated-phrase hallucination)
     long = tiny.transcribe(np.concatenate([happy] * 4), language="en")
-    assert long.text.lower().count("happy") >= 3 and long.duration_s > 9.0
+    assert long.text.lower().count("happy") == 4 and long.duration_s > 5.0
