@@ -54,12 +54,21 @@ class AvatarAssets:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     error: str | None = None
     warm_s: float | None = None
+    # (kind, loop frame, format, quality) -> encoded bytes: a quiet session costs no encoding either
+    encoded: dict[tuple, bytes] = field(default_factory=dict)
 
     def loop_frame(self, kind: str, index: int) -> np.ndarray:
         frames = self.loops.get(kind)
         if frames is None or not len(frames):
             return self.still
         return frames[pingpong(len(frames), index)]
+
+    def loop_key(self, kind: str, index: int) -> tuple | None:
+        """A key for caching the encoded loop frame (None while the loops are not ready)."""
+        frames = self.loops.get(kind)
+        if frames is None or not len(frames):
+            return None
+        return kind, pingpong(len(frames), index)
 
 
 class AvatarStore:

@@ -307,14 +307,26 @@ class SessionRunner:
 
     async def _emit_frame(self, req: FrameRequest) -> None:
         rgba, source, emotion = self._pixels(req)
-        wanted = {k.image_format for k in self.sinks if k.image_format}
+        wanted = sorted({k.image_format for k in self.sinks if k.image_format})
         encoded: dict[str, bytes] = {}
         t0 = time.monotonic()
-        if wanted:
+        loop_key = self.assets.loop_key(source, req.index) if source in ("idle", "listening") else None
+        cache = self.assets.encoded
+        todo = []
+        for f in wanted:
+            hit = cache.get((*loop_key, f, self.quality)) if loop_key is not None else None
+            if hit is not None:
+                encoded[f] = hit
+            else:
+                todo.append(f)
+        if todo:
             loop = asyncio.get_running_loop()
             outs = await asyncio.gather(*[loop.run_in_executor(self.hub.encode_pool, encode_image, rgba, f, self.quality)
-                                          for f in sorted(wanted)])
-            encoded = dict(zip(sorted(wanted), outs))
+                                          for f in todo])
+            encoded.update(zip(todo, outs))
+            if loop_key is not None and len(cache) < 256:
+                for f, b in zip(todo, outs):
+                    cache[(*loop_key, f, self.quality)] = b
         t1 = time.monotonic()
         frame = OutFrame(req.index, req.pts, req.pts / 8.0, emotion, source, rgba, encoded, t1)
         for sink in list(self.sinks):

@@ -96,17 +96,17 @@ class FrameClock:
         return [k]
 
     def pull_in(self, now: float, min_interval_s: float) -> bool:
-        """Make the next frame due `now` (shifting every later frame by the same amount) when it is
-        not due yet and the previous frame was due at least `min_interval_s` ago.
+        """Make the next frame due `now`, or `min_interval_s` after the previous one if that is later
+        (shifting every later frame by the same amount), when that is sooner than its tick.
 
         Used when something visible must happen at once (speech onset, a reaction starting): the
         client sees it up to one frame sooner, and no interval gets longer than 1/fps.
         """
         k = self._next
-        due = self.time_of(k)
-        if due <= now + _EPS or (k > 0 and now - self.time_of(k - 1) < min_interval_s - _EPS):
+        target = now if k == 0 else max(now, self.time_of(k - 1) + min_interval_s)
+        if target >= self.time_of(k) - _EPS:
             return False
-        self.t0 = now - k / self.fps
+        self.t0 = target - k / self.fps
         return True
 
     def report_sent(self, index: int, now: float) -> float:
@@ -262,7 +262,7 @@ class SessionConfig:
     late_tolerance_s: float | None = None  # None: half a frame
     # a listening pose or a reaction start may show this soon after the previous frame instead of
     # waiting for the next tick (None: never pull a frame in)
-    pull_in_s: float | None = 0.0625
+    pull_in_s: float | None = 0.04
     max_events: int = 256  # undrained events beyond this drop the oldest
     max_chunk_requests: int = 64
     max_timelines: int = 8
