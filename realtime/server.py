@@ -306,5 +306,6 @@ def serve(settings: Settings) -> None:
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
+    tls = {"ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile or None} if settings.ssl_certfile else {}
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                ws_max_size=settings.max_message_bytes + 64, ws="websockets-sansio", timeout_graceful_shutdown=5)
+                ws_max_size=settings.max_message_bytes + 64, ws="websockets-sansio", timeout_graceful_shutdown=5, **tls)

@@ -41,6 +41,8 @@ class Settings:
     max_audio_backlog_s: float = 5.0  # live audio queued beyond this is dropped with an error
     max_message_bytes: int = 4_000_000  # largest WebSocket message accepted
     max_render_seconds: float = 30.0  # longest clip the clip API renders
+    ssl_certfile: str = ""  # serve HTTPS/WSS with this certificate (and ssl_keyfile); browsers need
+    ssl_keyfile: str = ""  # a secure origin for the microphone anywhere but localhost
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":

@@ -1,0 +1,55 @@
+"""`avatarcast serve` as a user starts it: a real process, TLS, and clear errors for bad settings."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+
+
+def serve(*args: str, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "realtime.cli", "serve", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_serves_https_with_a_certificate(tmp_path) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    port = free_port()
+    p = serve("--port", str(port), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                r = httpx.get(f"https://127.0.0.1:{port}/healthz", verify=False, timeout=2)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or p.poll() is not None:
+                    raise AssertionError(p.stdout.read() if p.poll() is not None else "no answer in 60 s")
+                time.sleep(0.3)
+        assert r.status_code == 200 and r.json() == {"ok": True}
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)  # plain HTTP is not served
+    finally:
+        p.terminate()
+        p.wait(30)
+
+
+@pytest.mark.parametrize("args, env, message", [
+    (["--image-format", "gif"], {}, "image_format must be jpeg or webp"),
+    (["--port", "70000"], {}, "port must be 0..65535"),
+    ([], {"AVATARCAST_MAX_SESSIONS": "many"}, "AVATARCAST_MAX_SESSIONS='many' is not a valid int"),
+])
+def test_bad_settings_fail_at_once_with_a_clear_message(args, env, message) -> None:
+    p = serve(*args, env=env)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 2 and message in out, out
