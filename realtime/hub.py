@@ -44,6 +44,9 @@ class Hub:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sessions: dict[str, Any] = {}
         self.peers: dict[str, Any] = {}  # WebRTC peers by resource id (realtime/webrtc.py)
+        from realtime.metrics import Metrics
+
+        self.metrics = Metrics()
         self.stats: Counter = Counter()
         self.latencies: deque[dict] = deque(maxlen=1000)
         self.ready = asyncio.Event()
@@ -93,8 +96,9 @@ class Hub:
         self.templates = load_templates()
         self.cache = LatentsCache(self.engine, self.templates, s.cache_dir or None)
         self.session_config = SessionConfig.from_templates(self.templates)
-        self.scheduler = EngineScheduler(self.engine)
+        self.scheduler = EngineScheduler(self.engine, on_batch=self.metrics.observe_batch)
         await self.scheduler.start()
+        self.metrics.bind(lambda: len(self.sessions), lambda: len(self.peers), lambda: self.scheduler.queue_depth)
         self.avatars = AvatarStore(self.engine, self.cache, self.scheduler, precompute=bool(s.precompute))
         self.clips = ClipRenderer(self, s.clip_cache_dir or None)
         t0 = time.perf_counter()
@@ -124,6 +128,7 @@ class Hub:
             raise HubError(503, "starting", "the server is still loading its models")
         if len(self.sessions) >= self.settings.max_sessions:
             self.stats["sessions_rejected"] += 1
+            self.metrics.sessions_rejected.inc()
             raise HubError(503, "busy", f"all {self.settings.max_sessions} session slots are taken; retry later")
         fmt = image_format or self.settings.image_format
         if fmt not in ("jpeg", "webp"):
@@ -146,6 +151,7 @@ class Hub:
             raise HubError(400, "bad_avatar", str(exc)) from None
         self.sessions[sid] = runner
         self.stats["sessions_created"] += 1
+        self.metrics.sessions_created.inc()
         log.info("session %s created (avatar %s, %s, language %s)", sid, runner.avatar, fmt, lang)
         return runner
 
@@ -165,6 +171,7 @@ class Hub:
 
     def record_latency(self, sid: str, payload: dict) -> None:
         self.latencies.append({"session": sid, **payload})
+        self.metrics.observe_latency(payload)
 
     def status(self) -> dict:
         sch = self.scheduler

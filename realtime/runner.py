@@ -297,6 +297,7 @@ class SessionRunner:
                 self._last_reaction = (item[0], item[2], item[3], item[4])
                 return item[2], item[3], item[4]
             self.hub.stats["chunk_late_frames"] += 1
+            self.hub.metrics.chunk_late_frames.inc()
             last = self._last_reaction
             if last is not None and last[0] == req.reaction:
                 return last[1], last[2], last[3]
@@ -337,6 +338,7 @@ class SessionRunner:
                 self.sinks.discard(sink)
         self.last_frame = frame
         self.frames_sent += 1
+        self.hub.metrics.frames_sent.inc()
         sent = VideoFrame(req.index, req.pts, t1, t0, emotion, source, req.intensity,
                           req.utterance if source == req.source else None, req.reaction,
                           {"encode": (t0, t1)})
@@ -428,10 +430,15 @@ class SessionRunner:
 
     def _error(self, code: str, message: str, *, fatal: bool = False, **extra: Any) -> None:
         log.warning("session %s: %s: %s", self.id, code, message)
+        self.hub.metrics.errors.labels(code).inc()
         self._emit_local("error", {"code": code, "message": message, "fatal": fatal, **extra})
 
     def _flush_events(self) -> None:
         for ev in self.session.events():
+            if ev.type == "frames_late":
+                self.hub.metrics.frames_dropped.inc(ev.payload.get("count", 0))
+            elif ev.type == "error":
+                self.hub.metrics.errors.labels(str(ev.payload.get("code"))).inc()
             if ev.type == "latency":
                 self.hub.record_latency(self.id, ev.payload)
                 log.info("session %s latency %s", self.id, ev.payload)

@@ -59,8 +59,10 @@ class EngineScheduler:
     """Batches chunk jobs of all sessions onto one engine thread (earliest deadline first)."""
 
     def __init__(self, engine: Any, *, max_batch: int = 8, max_wait_s: float = 0.25, margin_s: float = 0.05,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_batch: Callable[[int, float], None] | None = None) -> None:
         self.engine = engine
+        self.on_batch = on_batch  # (batch size, seconds): metrics
         self.max_batch = max(1, int(max_batch))
         self.max_wait_s = max_wait_s
         self.margin_s = margin_s
@@ -184,6 +186,8 @@ class EngineScheduler:
                     if not j.future.done():
                         j.future.set_exception(exc)
                 continue
+            if self.on_batch is not None and results:
+                self.on_batch(len(results), results[0].finished - results[0].started)
             for j, r in zip(batch, results):
                 if not j.future.done():
                     j.future.set_result(r)

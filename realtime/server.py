@@ -142,6 +142,13 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     async def status() -> dict:
         return hub.status()
 
+    @app.get("/metrics", tags=["health"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+    async def metrics() -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(hub.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
     @app.get("/v1/avatars", tags=["catalog"])
     async def avatars() -> dict:
         from realtime.avatars import avatar_names

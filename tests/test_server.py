@@ -413,3 +413,33 @@ def test_readme_python_client_example_runs(base: str, tmp_path) -> None:
     assert "transcript_final" in out.stdout and '"label": "happy"' in out.stdout, out.stdout
     jpgs = sorted(tmp_path.glob("frame_*.jpg"))
     assert len(jpgs) >= 30 and Image.open(jpgs[-1]).size == (640, 360)
+
+
+def test_prometheus_metrics_follow_sessions_and_latency(base: str) -> None:
+    def scrape() -> dict[str, float]:
+        text = httpx.get(base + "/metrics").text
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
+
+    before = scrape()
+
+    async def go() -> Client:
+        async with websockets.connect(ws_url(base, "/v1/ws?avatar=pip")) as ws:
+            c = Client(ws)
+            await c.pump(0.5)
+            assert scrape()["avatarcast_sessions_active"] >= 1
+            await ws.send(json.dumps({"type": "say", "text": "I am so happy right now!"}))
+            await c.pump(10.0, until=lambda c: c.of("latency"))
+            return c
+
+    run(go())
+    after = scrape()
+    assert after['avatarcast_tter_seconds_count{kind="say"}'] == before.get('avatarcast_tter_seconds_count{kind="say"}', 0) + 1
+    assert after["avatarcast_frames_sent_total"] >= before["avatarcast_frames_sent_total"] + 4
+    assert after["avatarcast_sessions_created_total"] == before["avatarcast_sessions_created_total"] + 1
+    assert 'avatarcast_stage_seconds_count{stage="emotion"}' in after
+    assert "avatarcast_engine_queue_depth" in after

@@ -1,0 +1,63 @@
+"""Prometheus metrics of one Hub, served at /metrics.
+
+Each Hub has its own registry (tests run several servers in one process). Latency figures
+come from the sessions' own latency events, so /metrics and the `latency` events agree.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0)
+STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.sessions_active = Gauge("avatarcast_sessions_active", "sessions open now", registry=r)
+        self.sessions_created = Counter("avatarcast_sessions_created", "sessions created", registry=r)
+        self.sessions_rejected = Counter("avatarcast_sessions_rejected", "sessions refused (server full)", registry=r)
+        self.webrtc_peers = Gauge("avatarcast_webrtc_peers", "WebRTC peers connected or connecting", registry=r)
+        self.ttff = Histogram("avatarcast_ttff_seconds", "end of speech (or input) to the first reacting frame",
+                              ["kind"], buckets=LATENCY_BUCKETS, registry=r)
+        self.tter = Histogram("avatarcast_tter_seconds", "end of speech (or input) to the first frame of the emotion",
+                              ["kind"], buckets=LATENCY_BUCKETS, registry=r)
+        self.stage = Histogram("avatarcast_stage_seconds", "time of each pipeline stage per utterance",
+                               ["stage"], buckets=STAGE_BUCKETS, registry=r)
+        self.frames_sent = Counter("avatarcast_frames_sent", "frames handed to the transports", registry=r)
+        self.frames_dropped = Counter("avatarcast_frames_dropped", "frames skipped because the session ran late",
+                                      registry=r)
+        self.chunk_late_frames = Counter("avatarcast_chunk_late_frames",
+                                         "reaction frames that held the previous frame (sampler chunk late)", registry=r)
+        self.queue_depth = Gauge("avatarcast_engine_queue_depth", "chunk jobs waiting for the engine", registry=r)
+        self.batch_size = Histogram("avatarcast_engine_batch_size", "streams per sampler call",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
+        self.batch_seconds = Histogram("avatarcast_engine_batch_seconds", "sample + decode time of one batch",
+                                       buckets=STAGE_BUCKETS, registry=r)
+        self.errors = Counter("avatarcast_session_errors", "error events sent to clients", ["code"], registry=r)
+
+    def bind(self, sessions: Callable[[], int], peers: Callable[[], int], queue: Callable[[], int]) -> None:
+        """Gauges read live values when scraped (no bookkeeping to drift)."""
+        self.sessions_active.set_function(sessions)
+        self.webrtc_peers.set_function(peers)
+        self.queue_depth.set_function(queue)
+
+    def observe_latency(self, payload: dict[str, Any]) -> None:
+        kind = str(payload.get("kind") or "unknown")
+        if payload.get("ttff_ms") is not None:
+            self.ttff.labels(kind).observe(payload["ttff_ms"] / 1000.0)
+        if payload.get("tter_ms") is not None:
+            self.tter.labels(kind).observe(payload["tter_ms"] / 1000.0)
+        for stage, ms in (payload.get("stages_ms") or {}).items():
+            if ms is not None and ms >= 0:
+                self.stage.labels(stage).observe(ms / 1000.0)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_seconds.observe(seconds)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
