@@ -106,9 +106,24 @@ class Hub:
             await self.avatars.warm(name)
         self.load_s["avatars"] = round(time.perf_counter() - t0, 3)
         log.info("ready: %s", self.load_s)
+        self._reaper = asyncio.create_task(self._reap_idle(), name="session-reaper")
         self.ready.set()
 
+    async def _reap_idle(self) -> None:
+        """Close sessions nobody uses: created over HTTP and never attached, or left by their client."""
+        while True:
+            await asyncio.sleep(min(5.0, self.settings.session_idle_s / 2))
+            now = time.monotonic()
+            for sid, r in list(self.sessions.items()):
+                if r.idle_for(now) > self.settings.session_idle_s:
+                    log.info("session %s idle for %.0f s: closing it", sid, r.idle_for(now))
+                    self.stats["sessions_idle_closed"] += 1
+                    await self.close_session(sid)
+
     async def close(self) -> None:
+        reaper = getattr(self, "_reaper", None)
+        if reaper is not None:
+            reaper.cancel()
         for sid in list(self.sessions):
             await self.close_session(sid)
         if self.avatars is not None:

@@ -90,6 +90,7 @@ class SessionRunner:
         self.quality = quality
         self.language = language
         self.created = time.monotonic()
+        self.last_used = self.created
         self.session = Session(self.created, hub.session_config, session_id)
         self.sinks: set[Sink] = set()
         self.frames_sent = 0
@@ -112,13 +113,23 @@ class SessionRunner:
 
     # -- public: transports --
 
+    def touch(self) -> None:
+        """Something used this session (a client, an input): it is not idle."""
+        self.last_used = time.monotonic()
+
+    def idle_for(self, now: float) -> float:
+        """Seconds with no client attached and no input (0 while a client is attached)."""
+        return 0.0 if self.sinks else now - self.last_used
+
     def attach(self, sink: Sink) -> None:
+        self.touch()
         self.sinks.add(sink)
         if self._hello is not None:
             sink.offer_event(self._hello)
 
     def detach(self, sink: Sink) -> None:
         self.sinks.discard(sink)
+        self.touch()
 
     def info(self) -> dict:
         s = self.session
@@ -149,6 +160,7 @@ class SessionRunner:
 
     def say(self, text: str) -> int | None:
         """Assistant text: shown as a transcript; its emotion follows from the text."""
+        self.touch()
         now = time.monotonic()
         turn = self.session.on_say(text, now)
         self._pump()
@@ -156,11 +168,13 @@ class SessionRunner:
         return turn
 
     def set_emotion(self, label: str, intensity: float) -> None:
+        self.touch()
         self.session.on_emotion(label, intensity, time.monotonic())
         self._pump()
 
     async def clip(self, data: bytes) -> dict:
         """A whole recorded clip: decode, transcribe, read the emotion, react. Returns what was decided."""
+        self.touch()
         from realtime.audio import AudioDecodeError, decode_audio, prosody
 
         hub = self.hub

@@ -41,6 +41,7 @@ class Settings:
     max_audio_backlog_s: float = 5.0  # live audio queued beyond this is dropped with an error
     max_message_bytes: int = 4_000_000  # largest WebSocket message accepted
     max_render_seconds: float = 30.0  # longest clip the clip API renders
+    session_idle_s: float = 120.0  # a session with no client attached and no input this long is closed
     ssl_certfile: str = ""  # serve HTTPS/WSS with this certificate (and ssl_keyfile); browsers need
     ssl_keyfile: str = ""  # a secure origin for the microphone anywhere but localhost
 
@@ -93,7 +94,7 @@ class Settings:
         for name in ("max_sessions", "max_clip_bytes", "max_message_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_clip_seconds", "max_audio_backlog_s", "max_render_seconds"):
+        for name in ("max_clip_seconds", "max_audio_backlog_s", "max_render_seconds", "session_idle_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 

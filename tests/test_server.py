@@ -443,3 +443,25 @@ def test_prometheus_metrics_follow_sessions_and_latency(base: str) -> None:
     assert after["avatarcast_sessions_created_total"] == before["avatarcast_sessions_created_total"] + 1
     assert 'avatarcast_stage_seconds_count{stage="emotion"}' in after
     assert "avatarcast_engine_queue_depth" in after
+
+
+def test_a_session_nobody_uses_is_closed(base: str, server_hub) -> None:
+    old = server_hub.settings.session_idle_s
+    server_hub.settings.session_idle_s = 1.0
+    try:
+        with httpx.Client(base_url=base) as c:
+            sid = c.post("/v1/sessions", json={}).json()["id"]
+            used = c.post("/v1/sessions", json={}).json()["id"]
+
+            async def attached() -> None:  # a client stays attached to `used` meanwhile
+                async with websockets.connect(ws_url(base, f"/v1/sessions/{used}/ws")) as ws:
+                    deadline = time.monotonic() + 12
+                    while time.monotonic() < deadline and c.get(f"/v1/sessions/{sid}").status_code == 200:
+                        await asyncio.wait_for(ws.recv(), 2)
+                    assert c.get(f"/v1/sessions/{used}").status_code == 200
+
+            run(attached())
+            assert c.get(f"/v1/sessions/{sid}").status_code == 404
+            c.delete(f"/v1/sessions/{used}")
+    finally:
+        server_hub.settings.session_idle_s = old
