@@ -88,6 +88,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    from realtime.auth import mint
+
+    secret = args.secret or Settings.from_env().auth_secret
+    if not secret:
+        raise ValueError("no secret: pass --secret or set AVATARCAST_AUTH_SECRET")
+    print(mint(secret, args.subject, args.ttl))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "engine":
         from tools.bench_engine import main as bench_main
@@ -106,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv = sub.add_parser("serve", help="run the real-time server (HTTP, WebSocket, WebRTC, demo page)")
     Settings.add_arguments(sv)
     sv.set_defaults(func=cmd_serve)
+
+    t = sub.add_parser("token", help="mint a signed session token for a server started with --auth-secret")
+    t.add_argument("--secret", default="", help="the server's secret (default: AVATARCAST_AUTH_SECRET)")
+    t.add_argument("--subject", default="client", help="who the token is for (its 'sub' claim)")
+    t.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
+    t.set_defaults(func=cmd_token)
 
     r = sub.add_parser("render", help="generate a clip of an avatar showing an emotion")
     r.add_argument("--avatar", default="0", help="built-in index or name, AvatarParams JSON, or a .json file")

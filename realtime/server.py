@@ -304,6 +304,10 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    if settings.auth_secret:
+        from realtime.auth import AuthMiddleware
+
+        app.add_middleware(AuthMiddleware, secret=settings.auth_secret)
     return app
 
 

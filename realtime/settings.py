@@ -42,6 +42,7 @@ class Settings:
     max_message_bytes: int = 4_000_000  # largest WebSocket message accepted
     max_render_seconds: float = 30.0  # longest clip the clip API renders
     session_idle_s: float = 120.0  # a session with no client attached and no input this long is closed
+    auth_secret: str = ""  # set: every /v1/ request needs a JWT signed with it (`avatarcast token`)
     ssl_certfile: str = ""  # serve HTTPS/WSS with this certificate (and ssl_keyfile); browsers need
     ssl_keyfile: str = ""  # a secure origin for the microphone anywhere but localhost
 

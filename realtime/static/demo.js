@@ -2,6 +2,18 @@
 // Plain JS, no build step. See realtime/server.py for the HTTP API and realtime/runner.py for events.
 "use strict";
 
+// A server started with --auth-secret wants a token on every /v1/ call: take it from this page's URL.
+const AUTH_TOKEN = new URLSearchParams(location.search).get("token");
+if (AUTH_TOKEN) {
+  const plainFetch = window.fetch.bind(window);
+  window.fetch = (url, opts = {}) => {
+    const headers = new Headers(opts.headers || {});
+    headers.set("Authorization", `Bearer ${AUTH_TOKEN}`);
+    return plainFetch(url, { ...opts, headers });
+  };
+}
+
+
 (() => {
   const $ = (id) => document.getElementById(id);
   const el = {

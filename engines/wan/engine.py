@@ -1,0 +1,258 @@
+"""The `wan` engine: Wan2.2-TI2V-5B (diffusers WanTransformer3DModel + AutoencoderKLWan), chunked.
+
+Each stream keeps its last K latent frames as clean context. A chunk is sampled TI2V style,
+the way diffusers' Wan 2.2 I2V pipeline (`expand_timesteps`) conditions on a clean first frame:
+latents = [context (clean) | T new (noisy)] along time, mask = 0 on context and 1 on new frames,
+model input = (1 - mask) * cond + mask * x and per-token timestep = mask * t, so the context
+tokens are seen as already denoised. The stream starts with the avatar's reference latent as
+context, then continues from its own last frames, so it runs indefinitely and can switch
+prompt (emotion) between chunks.
+
+Sampling uses the repo's FlowMatchEulerSampler (t = 1 - sigma). Wan predicts
+noise - data (diffusers convention), the sampler wants data - noise, hence the sign flip.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engines.sampler import FlowMatchEulerSampler
+from engines.wan.checkpoint import CheckpointInfo, WanCheckpointError, inspect_checkpoint
+
+NUM_TRAIN_TIMESTEPS = 1000  # Wan's timestep embedding expects sigma * 1000
+
+
+def _load_model(cls, directory: Path, dtype: torch.dtype):
+    """A diffusers model from a local dir. Uses from_pretrained when `accelerate` is installed;
+    without it diffusers refuses models with fp32-kept modules (Wan's transformer), so the
+    config and safetensors are then loaded by hand, keeping those modules in float32 likewise."""
+    try:
+        import accelerate  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        return cls.from_pretrained(str(directory), torch_dtype=dtype, local_files_only=True)
+    from safetensors.torch import load_file
+    model = cls.from_config(cls.load_config(str(directory), local_files_only=True))
+    state: dict[str, torch.Tensor] = {}
+    for f in sorted(directory.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    model.load_state_dict(state, strict=True)
+    model = model.to(dtype)
+    keep = getattr(cls, "_keep_in_fp32_modules", None) or []
+    if dtype != torch.float32:
+        for name, module in model.named_modules():
+            if any(k in name.split(".") for k in keep):
+                module.float()
+    return model
+
+
+@dataclass
+class WanStreamState:
+    """Everything one Wan stream carries between chunks (tensors on the engine's device)."""
+
+    context: torch.Tensor  # (C, K, h, w) clean latents the next chunk continues from
+    prompt_embeds: torch.Tensor  # (L, D) text embeddings
+    generator: torch.Generator
+    reference: torch.Tensor  # (C, h, w) the avatar's reference latent
+    last_context: torch.Tensor | None = None  # context the last chunk was sampled from (decoding)
+    frames_done: int = 0  # latent frames generated so far
+    meta: dict = field(default_factory=dict)
+
+
+class WanEngine:
+    """Generates avatar video chunk by chunk with a (few-step distilled) Wan2.2 TI2V model."""
+
+    def __init__(self, transformer, vae, info: CheckpointInfo, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, steps: int = 4, shift: float = 5.0,
+                 sigmas: list[float] | None = None, chunk_latent_frames: int = 1,
+                 context_latent_frames: int = 1, height: int = 352, width: int = 640,
+                 out_height: int = 360, out_width: int = 640):
+        self.transformer, self.vae, self.info = transformer.eval(), vae.eval(), info
+        self.device, self.dtype = torch.device(device), dtype
+        self.sampler = FlowMatchEulerSampler(steps=steps, shift=shift, sigmas=sigmas)
+        if chunk_latent_frames < 1 or context_latent_frames < 1:
+            raise ValueError("chunk_latent_frames and context_latent_frames must be >= 1")
+        self.chunk_latent_frames, self.context_latent_frames = chunk_latent_frames, context_latent_frames
+        vcfg = vae.config
+        self.spatial = int(vcfg.get("scale_factor_spatial") or 8)
+        self.temporal = int(vcfg.get("scale_factor_temporal") or 4)
+        _, ph, pw = transformer.config.patch_size
+        if height % (self.spatial * ph) or width % (self.spatial * pw):
+            raise ValueError(f"{height}x{width} must be divisible by {self.spatial * ph}x{self.spatial * pw} "
+                             "(VAE spatial factor x transformer patch)")
+        self.height, self.width, self.out_height, self.out_width = height, width, out_height, out_width
+        self.latent_hw = (height // self.spatial, width // self.spatial)
+        self.z_dim = int(vcfg.z_dim)
+        self.latents_mean = torch.tensor(vcfg.latents_mean, dtype=torch.float32, device=self.device).view(-1, 1, 1, 1)
+        self.latents_std = torch.tensor(vcfg.latents_std, dtype=torch.float32, device=self.device).view(-1, 1, 1, 1)
+        # diffusers' WanTransformer3DModel takes (B, seq_len) timesteps since Wan 2.2 (TI2V)
+        emb = getattr(transformer, "condition_embedder", None)
+        self.per_token_timesteps = emb is not None and \
+            "timestep_seq_len" in inspect.signature(emb.forward).parameters
+        self._text_encoder = None
+        self._tokenizer = None
+
+    @classmethod
+    def load(cls, checkpoint_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+             steps: int = 4, shift: float = 5.0, chunk_latent_frames: int = 1,
+             context_latent_frames: int = 1, **kwargs) -> "WanEngine":
+        """Load transformer + VAE from a local diffusers-format dir (never the hub)."""
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        info = inspect_checkpoint(checkpoint_dir)
+        tr = _load_model(WanTransformer3DModel, info.transformer_dir, dtype).to(device)
+        # The VAE stays float32: it is small and bf16 decoding bands flat cartoon colours.
+        vae = _load_model(AutoencoderKLWan, info.vae_dir, torch.float32).to(device)
+        return cls(tr, vae, info, device=device, dtype=dtype, steps=steps, shift=shift,
+                   chunk_latent_frames=chunk_latent_frames, context_latent_frames=context_latent_frames,
+                   **kwargs)
+
+    # -- conditioning ----------------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str], max_length: int = 512) -> torch.Tensor:
+        """UMT5 prompt embeddings (N, max_length, D), zero-padded after each prompt like diffusers."""
+        if not self.info.has_text_encoder:
+            raise WanCheckpointError(
+                f"checkpoint {self.info.root} has no usable text encoder (missing "
+                f"{', '.join(self.info.text_encoder_missing)}); pass precomputed prompt embeddings instead")
+        if self._text_encoder is None:
+            from transformers import AutoTokenizer, UMT5EncoderModel
+            self._tokenizer = AutoTokenizer.from_pretrained(str(self.info.tokenizer_dir), local_files_only=True)
+            self._text_encoder = UMT5EncoderModel.from_pretrained(
+                str(self.info.text_encoder_dir), torch_dtype=self.dtype, local_files_only=True).to(self.device).eval()
+        prompts = [re.sub(r"\s+", " ", p).strip() for p in prompts]
+        tok = self._tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
+                              add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
+        emb = self._text_encoder(ids, mask).last_hidden_state.to(self.dtype)
+        return emb * mask.unsqueeze(-1).to(emb.dtype)  # zero past each prompt's end, as diffusers does
+
+    def _norm(self, z: torch.Tensor) -> torch.Tensor:
+        return (z - self.latents_mean) / self.latents_std
+
+    def _denorm(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.latents_std + self.latents_mean
+
+    @torch.no_grad()
+    def reference_latent(self, rgb: np.ndarray) -> torch.Tensor:
+        """One RGB uint8 (H, W, 3) frame -> normalized latent (C, h, w); resized to the model grid."""
+        img = torch.as_tensor(np.ascontiguousarray(rgb[..., :3]), device=self.device)
+        img = img.permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        if img.shape[-2:] != (self.height, self.width):
+            img = F.interpolate(img, size=(self.height, self.width), mode="bilinear", align_corners=False)
+        z = self.vae.encode(img[:, :, None]).latent_dist.mode()  # argmax, as the diffusers pipeline does
+        return self._norm(z[0])[:, 0]
+
+    # -- streams ---------------------------------------------------------------------------
+    def _embeds(self, embeds: torch.Tensor) -> torch.Tensor:
+        e = torch.as_tensor(embeds)
+        if e.ndim == 3:
+            if e.shape[0] != 1:
+                raise ValueError(f"one prompt per stream, got embeddings of shape {tuple(e.shape)}")
+            e = e[0]
+        if e.ndim != 2 or e.shape[-1] != self.transformer.config.text_dim:
+            raise ValueError(f"prompt embeddings must be (L, {self.transformer.config.text_dim}), "
+                             f"got {tuple(e.shape)}")
+        return e.to(self.device, self.dtype)
+
+    def start_stream(self, reference_latent: torch.Tensor, prompt_embeds: torch.Tensor,
+                     seed: int = 0) -> WanStreamState:
+        """A new stream whose context is the reference latent (the clean first frame)."""
+        ref = torch.as_tensor(reference_latent).to(self.device, torch.float32)
+        if tuple(ref.shape) != (self.z_dim, *self.latent_hw):
+            raise ValueError(f"reference latent must be {(self.z_dim, *self.latent_hw)}, got {tuple(ref.shape)}")
+        ctx = ref[:, None].repeat(1, self.context_latent_frames, 1, 1)
+        gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        return WanStreamState(ctx, self._embeds(prompt_embeds), gen, ref)
+
+    def set_prompt(self, state: WanStreamState, prompt_embeds: torch.Tensor) -> None:
+        """Change the stream's prompt (e.g. emotion); takes effect from the next chunk."""
+        state.prompt_embeds = self._embeds(prompt_embeds)
+
+    @staticmethod
+    def _batch_embeds(states: list[WanStreamState]) -> torch.Tensor:
+        """Stack prompt embeddings, zero-padding to the longest (Wan pads prompts with zeros)."""
+        L = max(s.prompt_embeds.shape[0] for s in states)
+        return torch.stack([F.pad(s.prompt_embeds, (0, 0, 0, L - s.prompt_embeds.shape[0])) for s in states])
+
+    @torch.no_grad()
+    def sample_chunks(self, states: list[WanStreamState]) -> torch.Tensor:
+        """One sampler run for all streams: new latents (B, T, C, h, w); advances each context."""
+        if not states:
+            return torch.zeros(0, self.chunk_latent_frames, self.z_dim, *self.latent_hw)
+        K, T = self.context_latent_frames, self.chunk_latent_frames
+        B, (h, w) = len(states), self.latent_hw
+        cond = torch.zeros(B, self.z_dim, K + T, h, w, device=self.device)
+        cond[:, :, :K] = torch.stack([s.context for s in states])
+        noise = torch.stack([torch.randn(self.z_dim, T, h, w, generator=s.generator, device=self.device)
+                             for s in states])
+        x = torch.cat([cond[:, :, :K], noise], dim=2)
+        mask = torch.ones(1, 1, K + T, h, w, device=self.device)
+        mask[:, :, :K] = 0
+        _, ph, pw = self.transformer.config.patch_size
+        token_mask = mask[0, 0, :, ::ph, ::pw].flatten()[None].expand(B, -1)  # patch order: (t, h, w)
+        text = self._batch_embeds(states)
+        for t in self.sampler.timesteps:
+            sigma_t = (1.0 - t) * NUM_TRAIN_TIMESTEPS
+            inp = ((1 - mask) * cond + mask * x).to(self.dtype)
+            if self.per_token_timesteps:
+                ts = token_mask * sigma_t  # float32: bf16 would round sigma*1000 to steps of 4
+            else:
+                ts = torch.full((B,), sigma_t, device=self.device)
+            pred = self.transformer(inp, ts, text, return_dict=False)[0].float()
+            x = self.sampler.step(-pred, t, x)  # Wan predicts noise - data
+        x = (1 - mask) * cond + mask * x
+        new = x[:, :, K:]  # (B, C, T, h, w)
+        for s, b in zip(states, range(B)):
+            s.last_context = s.context
+            s.context = x[b, :, -K:].clone()
+            s.frames_done += T
+        return new.permute(0, 2, 1, 3, 4).contiguous()
+
+    # -- decoding --------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, context: torch.Tensor | None = None) -> np.ndarray:
+        """Latents (B, T, C, h, w) -> RGB uint8 frames (B, F, out_height, out_width, 3).
+
+        The Wan VAE is causal in time: the first latent frame decodes to 1 video frame and each
+        later one to 4. Without `context` the latents are decoded as a clip (F = 1 + 4(T-1)). With
+        `context` (B, K, C, h, w), usually the chunk's `last_context`, [context | latents] is
+        decoded and only the frames of the new latents are kept (F = 4T), so chunks join up.
+        This re-decodes the context every chunk instead of keeping the VAE's causal feature cache.
+        """
+        z = torch.as_tensor(latents).to(self.device, torch.float32)
+        n_new = z.shape[1]
+        if context is not None:
+            z = torch.cat([torch.as_tensor(context).to(self.device, torch.float32), z], dim=1)
+        z = self._denorm(z.permute(0, 2, 1, 3, 4))
+        video = self.vae.decode(z, return_dict=False)[0]  # (B, 3, F, H, W) in [-1, 1]
+        if context is not None:
+            video = video[:, :, -self.temporal * n_new:]
+        frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
+        return self._fit(frames.cpu().numpy())
+
+    def _fit(self, frames: np.ndarray) -> np.ndarray:
+        """Center-pad (edge) or crop frames to out_height x out_width, e.g. 352x640 -> 360x640."""
+        for axis, want in ((2, self.out_height), (3, self.out_width)):
+            have = frames.shape[axis]
+            if have > want:
+                lo = (have - want) // 2
+                frames = np.take(frames, range(lo, lo + want), axis=axis)
+            elif have < want:
+                pad = [(0, 0)] * frames.ndim
+                pad[axis] = ((want - have) // 2, want - have - (want - have) // 2)
+                frames = np.pad(frames, pad, mode="edge")
+        return frames
+
+    def next_chunk(self, states: list[WanStreamState]) -> list[np.ndarray]:
+        """The next 4*T RGB frames of each stream, (4T, out_height, out_width, 3) uint8 each."""
+        lat = self.sample_chunks(states)
+        ctx = torch.stack([s.last_context for s in states]).permute(0, 2, 1, 3, 4)
+        return list(self.decode(lat, context=ctx))

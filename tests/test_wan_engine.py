@@ -1,0 +1,152 @@
+"""The `wan` engine on a tiny random Wan2.2-shaped checkpoint (same diffusers classes, CPU, seconds)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint  # noqa: E402
+from engines.wan.engine import WanEngine  # noqa: E402
+
+Z, TEXT_DIM, H, W = 4, 16, 32, 64  # tiny VAE: spatial factor 8 -> latent 4x8; patch 2 -> 2x4 tokens
+
+
+def _make_checkpoint(root: Path) -> Path:
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    torch.manual_seed(0)
+    tr = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8,
+                               in_channels=Z, out_channels=Z, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32,
+                               num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
+                               rope_max_seq_len=32)
+    vae = AutoencoderKLWan(base_dim=8, z_dim=Z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True],
+                           latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 2.0, 0.5, 1.0])
+    tr.save_pretrained(root / "transformer")
+    vae.save_pretrained(root / "vae")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return _make_checkpoint(tmp_path_factory.mktemp("wan") / "ckpt")
+
+
+@pytest.fixture(scope="module")
+def engine(ckpt) -> WanEngine:
+    return WanEngine.load(ckpt, steps=2, shift=5.0, chunk_latent_frames=2, context_latent_frames=1,
+                          height=H, width=W, out_height=36, out_width=64)
+
+
+def _ref_image() -> np.ndarray:
+    yy, xx = np.mgrid[0:40, 0:80]
+    return np.stack([xx * 3, yy * 6, (xx + yy) * 2], -1).astype(np.uint8)  # resized to 32x64
+
+
+def _embeds(seed: int, length: int = 5) -> torch.Tensor:
+    return torch.randn(1, length, TEXT_DIM, generator=torch.Generator().manual_seed(seed))
+
+
+def test_inspect_checkpoint_ok(ckpt):
+    info = inspect_checkpoint(ckpt)
+    assert info.transformer_dir == ckpt.resolve() / "transformer"
+    assert not info.has_text_encoder and "text_encoder/config.json" in info.text_encoder_missing
+
+
+def test_inspect_checkpoint_names_missing_pieces(ckpt, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    for f in (bad / "vae").glob("*.safetensors"):
+        f.unlink()
+    (bad / "transformer" / "config.json").unlink()
+    with pytest.raises(WanCheckpointError) as e:
+        inspect_checkpoint(bad)
+    msg = str(e.value)
+    assert str(bad.resolve()) in msg and "transformer/config.json" in msg and "vae weights" in msg
+    assert isinstance(e.value, ValueError)
+    with pytest.raises(WanCheckpointError, match="not a directory"):
+        inspect_checkpoint(tmp_path / "nope")
+
+
+def test_inspect_checkpoint_missing_shard(ckpt, tmp_path):
+    bad = tmp_path / "sharded"
+    shutil.copytree(ckpt, bad)
+    (bad / "vae" / "diffusion_pytorch_model.safetensors.index.json").write_text(
+        '{"weight_map": {"a": "diffusion_pytorch_model-00001-of-00002.safetensors"}}')
+    with pytest.raises(WanCheckpointError, match="vae/diffusion_pytorch_model-00001-of-00002.safetensors"):
+        inspect_checkpoint(bad)
+
+
+def test_encode_prompts_without_text_encoder(engine):
+    with pytest.raises(WanCheckpointError, match="text encoder"):
+        engine.encode_prompts(["a happy cartoon face"])
+
+
+def test_reference_latent_shape(engine):
+    ref = engine.reference_latent(_ref_image())
+    assert ref.shape == (Z, H // 8, W // 8) and torch.isfinite(ref).all()
+
+
+def test_chunks_shapes_determinism_and_continuation(engine):
+    ref = engine.reference_latent(_ref_image())
+
+    def run(seed0: int):
+        states = [engine.start_stream(ref, _embeds(1), seed=seed0),
+                  engine.start_stream(ref, _embeds(2, length=7), seed=seed0 + 1)]
+        first = engine.sample_chunks(states)
+        ctx_after_first = [s.context.clone() for s in states]
+        second = engine.sample_chunks(states)
+        return states, first, ctx_after_first, second
+
+    states, a1, ctx1, a2 = run(0)
+    assert a1.shape == (2, 2, Z, H // 8, W // 8) and torch.isfinite(a1).all() and torch.isfinite(a2).all()
+    assert not torch.allclose(a1[0], a1[1])  # different seeds and prompts
+    for b, s in enumerate(states):
+        assert torch.equal(ctx1[b], a1[b, -1:].permute(1, 0, 2, 3))  # context = last new frame
+        assert torch.equal(s.last_context, ctx1[b])  # chunk 2 was sampled from chunk 1's tail
+        assert s.frames_done == 4
+    _, b1, _, b2 = run(0)
+    assert torch.equal(a1, b1) and torch.equal(a2, b2)
+    _, c1, _, _ = run(10)
+    assert not torch.allclose(a1, c1)
+
+
+def test_set_prompt_changes_next_chunk(engine):
+    ref = engine.reference_latent(_ref_image())
+    outs = []
+    for switch in (False, True):
+        st = engine.start_stream(ref, _embeds(1), seed=3)
+        engine.sample_chunks([st])
+        if switch:
+            engine.set_prompt(st, _embeds(99))
+        outs.append(engine.sample_chunks([st]))
+    assert not torch.allclose(outs[0], outs[1])
+    with pytest.raises(ValueError):
+        engine.set_prompt(st, torch.zeros(1, 3, TEXT_DIM + 1))
+
+
+def test_decode_frames(engine):
+    ref = engine.reference_latent(_ref_image())
+    states = [engine.start_stream(ref, _embeds(1), seed=s) for s in (0, 1)]
+    frames = engine.next_chunk(states)  # context-decoded: 4 frames per new latent frame
+    assert len(frames) == 2 and frames[0].shape == (8, 36, 64, 3) and frames[0].dtype == np.uint8
+    lat = engine.sample_chunks(states)
+    clip = engine.decode(lat)  # decoded as a clip: 1 + 4 * (T - 1) frames
+    assert clip.shape == (2, 5, 36, 64, 3) and clip.dtype == np.uint8
+
+
+def test_bfloat16_and_scalar_timestep_fallback(ckpt, monkeypatch):
+    eng = WanEngine.load(ckpt, dtype=torch.bfloat16, steps=1, height=H, width=W, out_height=H, out_width=W)
+    assert eng.per_token_timesteps and eng.transformer.dtype == torch.bfloat16
+    ref = eng.reference_latent(_ref_image())
+    out = eng.sample_chunks([eng.start_stream(ref, _embeds(1), seed=0)])
+    assert out.shape == (1, 1, Z, H // 8, W // 8) and out.dtype == torch.float32 and torch.isfinite(out).all()
+    eng.per_token_timesteps = False  # older transformers: one timestep per sample
+    out2 = eng.sample_chunks([eng.start_stream(ref, _embeds(1), seed=0)])
+    assert torch.isfinite(out2).all() and not torch.allclose(out, out2)
+    assert eng.decode(out2).shape == (1, 1, H, W, 3)
