@@ -99,6 +99,9 @@ class Settings:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
+        if self.auth_secret and len(self.auth_secret) < 32:
+            raise ValueError("auth_secret must be at least 32 characters (HS256 wants a 256-bit key)")
+
     def avatar_list(self) -> list[str]:
         return [a.strip() for a in self.avatars.split(",") if a.strip()]
 

@@ -31,7 +31,7 @@ def test_http_needs_a_valid_token(server: str) -> None:
         r = c.get("/v1/status")
         assert r.status_code == 401 and r.json()["error"] == "unauthorized" and r.headers["www-authenticate"] == "Bearer"
         assert "missing token" in r.json()["message"]
-        assert "invalid token" in c.get("/v1/status", headers={"Authorization": "Bearer " + mint("other", "x", 60)}).json()["message"]
+        assert "invalid token" in c.get("/v1/status", headers={"Authorization": "Bearer " + mint("another-secret-of-the-same-length-xyz", "x", 60)}).json()["message"]
         assert c.get("/v1/status", headers={"Authorization": "Bearer " + mint(SECRET, "x", -10)}).json()["message"] == "token expired"
         assert c.get("/v1/status", headers={"Authorization": f"Bearer {good}"}).status_code == 200
         assert c.get(f"/v1/status?token={good}").status_code == 200

@@ -48,6 +48,7 @@ def test_serves_https_with_a_certificate(tmp_path) -> None:
     (["--image-format", "gif"], {}, "image_format must be jpeg or webp"),
     (["--port", "70000"], {}, "port must be 0..65535"),
     ([], {"AVATARCAST_MAX_SESSIONS": "many"}, "AVATARCAST_MAX_SESSIONS='many' is not a valid int"),
+    (["--auth-secret", "short"], {}, "auth_secret must be at least 32 characters"),
 ])
 def test_bad_settings_fail_at_once_with_a_clear_message(args, env, message) -> None:
     p = serve(*args, env=env)

@@ -150,3 +150,25 @@ def test_bfloat16_and_scalar_timestep_fallback(ckpt, monkeypatch):
     out2 = eng.sample_chunks([eng.start_stream(ref, _embeds(1), seed=0)])
     assert torch.isfinite(out2).all() and not torch.allclose(out, out2)
     assert eng.decode(out2).shape == (1, 1, H, W, 3)
+
+
+def test_first_chunk_matches_diffusers_ti2v_pipeline(engine):
+    """Chunk 1 (context = reference frame) equals diffusers' Wan 2.2 TI2V loop (expand_timesteps)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
+    from PIL import Image
+    sched = FlowMatchEulerDiscreteScheduler(shift=5.0)
+    sched.set_timesteps(2)
+    eng = WanEngine(engine.transformer, engine.vae, engine.info, sigmas=[float(s) for s in sched.sigmas[:-1]],
+                    chunk_latent_frames=2, height=H, width=W, out_height=H, out_width=W)
+    img = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    ref, emb = eng.reference_latent(img), _embeds(1)
+    ours = eng.sample_chunks([eng.start_stream(ref, emb, seed=0)])
+    noise = torch.randn(Z, 2, H // 8, W // 8, generator=torch.Generator().manual_seed(0))
+    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=eng.vae, scheduler=sched,
+                                   transformer=eng.transformer, expand_timesteps=True)
+    pipe.set_progress_bar_config(disable=True)
+    lat = torch.cat([torch.zeros(1, Z, 1, H // 8, W // 8), noise[None]], 2)
+    out = pipe(image=Image.fromarray(img), prompt_embeds=emb, guidance_scale=1.0, height=H, width=W,
+               num_frames=9, num_inference_steps=2, latents=lat, output_type="latent").frames
+    torch.testing.assert_close(out[0, :, 0], ref, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[:, :, 1:].permute(0, 2, 1, 3, 4), ours, atol=1e-5, rtol=0)

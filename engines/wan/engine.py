@@ -45,9 +45,9 @@ def _load_model(cls, directory: Path, dtype: torch.dtype):
     for f in sorted(directory.glob("*.safetensors")):
         state.update(load_file(str(f)))
     model.load_state_dict(state, strict=True)
-    model = model.to(dtype)
     keep = getattr(cls, "_keep_in_fp32_modules", None) or []
     if dtype != torch.float32:
+        model = model.to(dtype)
         for name, module in model.named_modules():
             if any(k in name.split(".") for k in keep):
                 module.float()
