@@ -315,8 +315,10 @@ def serve(settings: Settings) -> None:
     """Run the server in this process until interrupted."""
     import uvicorn
 
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from realtime.logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     tls = {"ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile or None} if settings.ssl_certfile else {}
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
                 ws_max_size=settings.max_message_bytes + 64, ws="websockets-sansio", timeout_graceful_shutdown=5, **tls)

@@ -27,6 +27,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: str = "info"
+    log_format: str = "text"  # text | json (one object per line, with the session id as a field)
     asr_model: str = "tiny.en"  # tiny.en | base (multilingual) | a CTranslate2 model directory
     language: str = ""  # empty: the model's default (en for tiny.en, detected for base)
     avatars: str = "pip"  # comma list warmed (loops + latents cache) at start-up
@@ -86,6 +87,8 @@ class Settings:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.log_format not in ("text", "json"):
+            raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
         if self.image_format not in ("jpeg", "webp"):
             raise ValueError(f"image_format must be jpeg or webp, got {self.image_format!r}")
         if not 1 <= self.quality <= 100:

@@ -54,3 +54,29 @@ def test_bad_settings_fail_at_once_with_a_clear_message(args, env, message) -> N
     p = serve(*args, env=env)
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 2 and message in out, out
+
+
+def test_json_logs_carry_the_session_id() -> None:
+    port = free_port()
+    p = serve("--port", str(port), "--log-format", "json", "--max-sessions", "2")
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and p.poll() is None, "server did not become ready"
+            time.sleep(0.3)
+        sid = httpx.post(f"http://127.0.0.1:{port}/v1/sessions", json={}).json()["id"]
+        assert httpx.delete(f"http://127.0.0.1:{port}/v1/sessions/{sid}").status_code == 204
+    finally:
+        p.terminate()
+        out, _ = p.communicate(timeout=30)
+    import json
+
+    records = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert records and all({"ts", "level", "logger", "msg"} <= set(r) for r in records)
+    mine = [r for r in records if r.get("session") == sid]
+    assert any("created" in r["msg"] for r in mine) and any("closed" in r["msg"] for r in mine)
