@@ -23,14 +23,12 @@ import numpy as np
 from realtime.messages import ChunkRequest, FrameRequest, SessionEvent, VideoFrame
 from realtime.scheduler import ChunkJob, copy_state
 from realtime.session import Session
+from tools.render_clip import composite
 
 if TYPE_CHECKING:
     from realtime.hub import Hub
 
 log = logging.getLogger("avatarcast.session")
-
-BACKGROUND = (245, 240, 230)  # what JPEG/WebRTC frames are composited over (they carry no alpha)
-
 
 @dataclass(frozen=True)
 class OutFrame:
@@ -57,24 +55,18 @@ class Sink(Protocol):
 
 
 def encode_image(rgba: np.ndarray, fmt: str, quality: int) -> bytes:
-    """RGBA -> JPEG (composited over BACKGROUND) or lossy WebP keeping the alpha channel."""
+    """RGBA -> JPEG (composited over the clip background) or lossy WebP keeping the alpha channel."""
     from PIL import Image
 
     buf = io.BytesIO()
     if fmt == "jpeg":
-        img = Image.fromarray(composite_rgb(rgba))
+        img = Image.fromarray(composite(rgba))
         img.save(buf, "JPEG", quality=quality, optimize=False)
     elif fmt == "webp":
         Image.fromarray(rgba, "RGBA").save(buf, "WEBP", quality=quality, method=0)
     else:
         raise ValueError(f"unknown image format {fmt!r}")
     return buf.getvalue()
-
-
-def composite_rgb(rgba: np.ndarray, background: tuple[int, int, int] = BACKGROUND) -> np.ndarray:
-    a = rgba[..., 3:4].astype(np.uint16)
-    bg = np.asarray(background, np.uint16)
-    return ((rgba[..., :3].astype(np.uint16) * a + bg * (255 - a) + 127) // 255).astype(np.uint8)
 
 
 class SessionRunner:

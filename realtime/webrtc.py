@@ -44,8 +44,8 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from realtime.protocol import TAG_PCM
-from realtime.runner import composite_rgb
 from realtime.ws import _error, handle_command
+from tools.render_clip import composite
 
 log = logging.getLogger("avatarcast.webrtc")
 
@@ -72,7 +72,7 @@ class OfferError(ValueError):
 
 def _to_video_frame(rgba: np.ndarray, pts: int) -> av.VideoFrame:
     """RGBA (360, 640, 4) -> yuv420p VideoFrame over the background (runs on a worker thread)."""
-    frame = av.VideoFrame.from_ndarray(composite_rgb(rgba), format="rgb24").reformat(format="yuv420p")
+    frame = av.VideoFrame.from_ndarray(composite(rgba), format="rgb24").reformat(format="yuv420p")
     frame.pts = pts
     frame.time_base = VIDEO_TIME_BASE
     return frame

@@ -12,8 +12,11 @@ from pathlib import Path
 import numpy as np
 
 
-def composite(frames: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
-    """Straight-alpha RGBA (T, H, W, 4) over a solid colour -> RGB (T, H, W, 3) uint8."""
+BACKGROUND = (245, 240, 230)  # what formats without alpha (MP4, GIF, JPEG, WebRTC) show behind the avatar
+
+
+def composite(frames: np.ndarray, background: tuple[int, int, int] = BACKGROUND) -> np.ndarray:
+    """Straight-alpha RGBA (..., H, W, 4) over a solid colour -> RGB (..., H, W, 3) uint8."""
     a = frames[..., 3:4].astype(np.float32) / 255.0
     bg = np.asarray(background, np.float32)
     return (frames[..., :3].astype(np.float32) * a + bg * (1 - a) + 0.5).astype(np.uint8)
@@ -27,7 +30,7 @@ def parse_color(s: str) -> tuple[int, int, int]:
 
 
 def write_video(frames: np.ndarray, path: str | Path, fps: int = 8,
-                background: tuple[int, int, int] = (245, 240, 230)) -> Path:
+                background: tuple[int, int, int] = BACKGROUND) -> Path:
     """Encode RGBA frames by the file's extension: .mp4, .webm, .gif, or a folder/ of PNGs."""
     import av
     from PIL import Image
