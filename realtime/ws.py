@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from realtime.messages import SessionEvent
 from realtime.protocol import TAG_CLIP, TAG_PCM, pack_frame
 
 log = logging.getLogger("avatarcast.ws")
@@ -70,9 +71,13 @@ class WebSocketSink:
                 self.frames_sent += 1
 
 
+def _event(type_: str, payload: dict) -> str:
+    """A transport-level event in the same JSON form as the session's own (SessionEvent)."""
+    return SessionEvent(type_, payload, time.monotonic()).to_json()
+
+
 def _error(code: str, message: str, **extra: Any) -> str:
-    return json.dumps({"type": "error", "t": 0.0, "seq": 0,
-                       "payload": {"code": code, "message": message, "fatal": False, **extra}})
+    return _event("error", {"code": code, "message": message, "fatal": False, **extra})
 
 
 async def serve_socket(ws: WebSocket, hub: Any, runner: Any, *, owns_session: bool) -> None:
@@ -93,7 +98,7 @@ async def serve_socket(ws: WebSocket, hub: Any, runner: Any, *, owns_session: bo
 
         try:
             result = await runner.clip(data)
-            sink.offer_event(json.dumps({"type": "clip", "t": 0.0, "seq": 0, "payload": result}, ensure_ascii=False))
+            sink.offer_event(_event("clip", result))
         except AudioDecodeError:
             pass  # the runner already sent a bad_audio error event
         except Exception as exc:
@@ -181,7 +186,7 @@ async def handle_command(text: str, runner: Any, sink: WebSocketSink, spawn: Any
     elif kind == "audio_end":
         spawn(runner.audio_end())
     elif kind == "ping":
-        sink.offer_event(json.dumps({"type": "pong", "t": 0.0, "seq": 0, "payload": {"info": runner.info()}}))
+        sink.offer_event(_event("pong", {"info": runner.info()}))
     else:
         sink.offer_event(_error("unknown_type", f"unknown message type {kind!r}",
                                 known=["say", "emotion", "audio_end", "ping"]))
