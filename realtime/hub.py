@@ -11,7 +11,7 @@ import logging
 import os
 import secrets
 import time
-from collections import Counter, deque
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
@@ -48,7 +48,6 @@ class Hub:
 
         self.metrics = Metrics()
         self.stats: Counter = Counter()
-        self.latencies: deque[dict] = deque(maxlen=1000)
         self.ready = asyncio.Event()
         self.started_at = time.monotonic()
         self.load_s: dict[str, float] = {}
@@ -183,10 +182,6 @@ class Hub:
         await r.close()
         log.info("session %s closed after %d frames", sid, r.frames_sent)
         return True
-
-    def record_latency(self, sid: str, payload: dict) -> None:
-        self.latencies.append({"session": sid, **payload})
-        self.metrics.observe_latency(payload)
 
     def status(self) -> dict:
         sch = self.scheduler

@@ -427,7 +427,7 @@ class SessionRunner:
 
     _hello: str | None = None
 
-    def _emit_local(self, type_: str, payload: dict, **_: Any) -> None:
+    def _emit_local(self, type_: str, payload: dict) -> None:
         ev = SessionEvent(type_, payload, time.monotonic()).to_json()
         if type_ == "hello":
             self._hello = ev
@@ -446,7 +446,7 @@ class SessionRunner:
             elif ev.type == "error":
                 self.hub.metrics.errors.labels(str(ev.payload.get("code"))).inc()
             if ev.type == "latency":
-                self.hub.record_latency(self.id, ev.payload)
+                self.hub.metrics.observe_latency(ev.payload)
                 log.info("session %s latency %s", self.id, ev.payload)
             text = ev.to_json()
             for sink in list(self.sinks):

@@ -169,9 +169,6 @@ class EngineScheduler:
                 except asyncio.TimeoutError:
                     pass
                 continue  # look again: more jobs, or the wait is over
-            if not self._queue:
-                continue
-            self._queue.sort(key=lambda j: j.due_t)
             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
             batch = [j for j in batch if j.future is not None and not j.future.done()]
             if not batch:
