@@ -97,6 +97,8 @@ class SessionRunner:
         self._turn_meta: dict[int, dict] = {}
         self._last_reaction: tuple[int, np.ndarray, str, str] | None = None
         self._kick = asyncio.Event()
+        self._cue_lock = asyncio.Lock()
+        self._cue_tasks: set[asyncio.Task] = set()
         self._tasks = [asyncio.create_task(self._frame_loop(), name=f"frames-{session_id}"),
                        asyncio.create_task(self._chunk_worker(), name=f"chunks-{session_id}")]
         self._emit_local("hello", {"session": session_id, "avatar": self.avatar, "fps": 8,
@@ -138,7 +140,7 @@ class SessionRunner:
         self.closed.set()
         if self._live is not None:
             self._live.close()
-        for t in self._tasks:
+        for t in [*self._tasks, *self._cue_tasks]:
             t.cancel()
         for t in self._tasks:
             try:
@@ -185,12 +187,11 @@ class SessionRunner:
             raise
         t_dec = time.monotonic()
         self.session.stamp("decode", t_dec, t_recv, utterance=turn)
-        pros = prosody(pcm)
         tr = await loop.run_in_executor(hub.asr_pool, lambda: hub.transcriber.transcribe(pcm, language=self.language))
         t_asr = time.monotonic()
         self.session.stamp("asr", t_asr, t_dec, utterance=turn)
         self.session.on_final(tr.text, t_asr, utterance=turn)
-        cue = await loop.run_in_executor(hub.cpu_pool, lambda: hub.reader.read(tr.text, pros, tr.language))
+        cue = await loop.run_in_executor(hub.cpu_pool, lambda: hub.reader.read(tr.text, prosody(pcm), tr.language))
         now = time.monotonic()
         self.session.on_cue(cue, now, "asr", utterance=turn, decided_by="final")
         self._pump()
@@ -233,9 +234,8 @@ class SessionRunner:
         elif ev.kind == "partial":
             u = self._turn_meta.get(ev.utterance, {}).get("turn")
             s.on_partial(ev.text, now, utterance=u)
-            cue = self.hub.reader.read_partial(ev.text, s.config.partial_min_confidence)
-            if cue is not None and u is not None:
-                s.on_cue(cue, time.monotonic(), "asr", utterance=u, decided_by="partial")
+            if u is not None:
+                self._spawn_cue(ev, u, "partial")
         elif ev.kind == "pause":
             u = self._turn_meta.get(ev.utterance, {}).get("turn")
             s.on_pause(now, utterance=u, at=ev.t)
@@ -246,9 +246,33 @@ class SessionRunner:
             u = self._turn_meta.pop(ev.utterance, {}).get("turn")
             s.on_final(ev.text, now, utterance=u)
             if u is not None and ev.text:
-                cue = self.hub.reader.read(ev.text, None, ev.language)
-                s.on_cue(cue, time.monotonic(), "asr", utterance=u, decided_by="final")
+                self._spawn_cue(ev, u, "final")
         self._pump()
+
+    def _spawn_cue(self, ev: Any, turn: int, decided_by: str) -> None:
+        """Read the emotion of a live transcript on a worker (MiniLM is too slow for the loop), then
+        apply it. Cues apply in the order their transcripts came; a partial's cue is dropped once
+        its utterance's final is in."""
+        reader, pool = self.hub.reader, self.hub.cpu_pool
+
+        async def read_and_apply() -> None:
+            async with self._cue_lock:  # FIFO: cues apply in transcript order
+                loop = asyncio.get_running_loop()
+                if decided_by == "partial":
+                    cue = await loop.run_in_executor(pool, reader.read_partial, ev.text,
+                                                     self.session.config.partial_min_confidence)
+                    if ev.utterance not in self._turn_meta:
+                        return  # the final came meanwhile: it decides
+                else:
+                    cue = await loop.run_in_executor(pool, reader.read, ev.text, None, ev.language)
+                if cue is None or self.closed.is_set():
+                    return
+                self.session.on_cue(cue, time.monotonic(), "asr", utterance=turn, decided_by=decided_by)
+                self._pump()
+
+        task = asyncio.create_task(read_and_apply())
+        self._cue_tasks.add(task)
+        task.add_done_callback(self._cue_tasks.discard)
 
     async def _read_text(self, text: str, turn: int | None) -> None:
         try:
