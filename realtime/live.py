@@ -62,7 +62,7 @@ class LiveAudio:
         self._received = 0
         self._lock = asyncio.Lock()
         self._utt: dict | None = None  # the open utterance: index, start, partial bookkeeping
-        self._asr_busy = False
+        self._asr = asyncio.Lock()  # one Whisper run at a time per stream, in the order asked
         self._tasks: set[asyncio.Task] = set()
         self.closed = False
 
@@ -161,14 +161,14 @@ class LiveAudio:
             utt["paused"] = True
             start = self.vad._fed - q * 512  # where the silence began (the VAD's sample count)
             self._emit(LiveEvent("pause", utt["index"], self.arrival_time(start)))
-            if not self._asr_busy and self.transcriber is not None:
+            if not self._asr.locked() and self.transcriber is not None:
                 # probably the end: transcribe now, while the endpoint timer runs; the final reuses it
                 utt["last_partial"] = self._received
                 self._spawn(self._partial(utt, min(self._received, start + self.post_roll)))
 
     def _maybe_partial(self) -> None:
         utt = self._utt
-        if utt is None or self._asr_busy or self.transcriber is None:
+        if utt is None or self._asr.locked() or self.transcriber is None:
             return
         if self._received - utt["last_partial"] < self.partial_every or self._received - utt["onset"] < self.min_partial:
             return
@@ -176,32 +176,29 @@ class LiveAudio:
         self._spawn(self._partial(utt, self._received))
 
     async def _transcribe(self, audio: np.ndarray) -> tuple[Any, float]:
-        self._asr_busy = True
-        try:
-            t0 = time.perf_counter()
-            tr = await asyncio.get_running_loop().run_in_executor(
-                self.asr_pool, lambda: self.transcriber.transcribe(audio, language=self.language))
-            return tr, (time.perf_counter() - t0) * 1000.0
-        finally:
-            self._asr_busy = False
+        """One Whisper run on the ASR pool; the caller holds self._asr."""
+        t0 = time.perf_counter()
+        tr = await asyncio.get_running_loop().run_in_executor(
+            self.asr_pool, lambda: self.transcriber.transcribe(audio, language=self.language))
+        return tr, (time.perf_counter() - t0) * 1000.0
 
     async def _partial(self, utt: dict, end: int) -> None:
         audio = self.audio(utt["start"], end)
-        tr, ms = await self._transcribe(audio)
+        async with self._asr:
+            tr, ms = await self._transcribe(audio)
         if end > utt["best_end"]:
             utt["best"], utt["best_end"] = tr, end
         if tr.text and not utt.get("final_sent"):  # news until the final is out, even after the endpoint
             self._emit(LiveEvent("partial", utt["index"], time.monotonic(), tr.text, tr.language, audio.size / SR, ms))
 
     async def _final(self, utt: dict, end: int) -> None:
-        while self._asr_busy:  # one Whisper run at a time per stream; a partial in flight may cover the end
-            await asyncio.sleep(0.01)
-        if self.transcriber is None:
-            tr, ms = None, 0.0
-        elif utt["best"] is not None and utt["best_end"] >= end:
-            tr, ms = utt["best"], 0.0  # the last partial already heard everything
-        else:
-            tr, ms = await self._transcribe(self.audio(utt["start"], min(end + self.post_roll, self._received)))
+        async with self._asr:  # after any partial in flight: it may already cover the end
+            if self.transcriber is None:
+                tr, ms = None, 0.0
+            elif utt["best"] is not None and utt["best_end"] >= end:
+                tr, ms = utt["best"], 0.0  # the last partial already heard everything
+            else:
+                tr, ms = await self._transcribe(self.audio(utt["start"], min(end + self.post_roll, self._received)))
         utt["final_sent"] = True
         text = tr.text if tr is not None else ""
         lang = tr.language if tr is not None else None
