@@ -251,8 +251,12 @@ class WanEngine:
                 frames = np.pad(frames, pad, mode="edge")
         return frames
 
+    def decode_new(self, states: list[WanStreamState], latents: torch.Tensor) -> np.ndarray:
+        """The frames of each stream's newest chunk: latents (B, T, C, h, w) from sample_chunks ->
+        RGB uint8 (B, 4T, out_height, out_width, 3), continuing each stream's video seamlessly."""
+        ctx = torch.stack([s.last_context for s in states]).permute(0, 2, 1, 3, 4)
+        return self.decode(latents, context=ctx)
+
     def next_chunk(self, states: list[WanStreamState]) -> list[np.ndarray]:
         """The next 4*T RGB frames of each stream, (4T, out_height, out_width, 3) uint8 each."""
-        lat = self.sample_chunks(states)
-        ctx = torch.stack([s.last_context for s in states]).permute(0, 2, 1, 3, 4)
-        return list(self.decode(lat, context=ctx))
+        return list(self.decode_new(states, self.sample_chunks(states)))
