@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from engines.sampler import FlowMatchEulerSampler
 from engines.wan.checkpoint import CheckpointInfo, WanCheckpointError, inspect_checkpoint
+from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
 
 NUM_TRAIN_TIMESTEPS = 1000  # Wan's timestep embedding expects sigma * 1000
 
@@ -64,6 +65,7 @@ class WanStreamState:
     reference: torch.Tensor  # (C, h, w) the avatar's reference latent
     last_context: torch.Tensor | None = None  # context the last chunk was sampled from (decoding)
     frames_done: int = 0  # latent frames generated so far
+    vae: VaeStreamCache = field(default_factory=VaeStreamCache)  # the stream's VAE causal cache
     meta: dict = field(default_factory=dict)
 
 
@@ -99,17 +101,22 @@ class WanEngine:
             "timestep_seq_len" in inspect.signature(emb.forward).parameters
         self._text_encoder = None
         self._tokenizer = None
+        self.vae_stream = StreamingVaeDecoder(vae)
+        self.denoiser = transformer  # called as denoiser(x, t, text, return_dict=False); see graphs.py
 
     @classmethod
     def load(cls, checkpoint_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
              steps: int = 4, shift: float = 5.0, chunk_latent_frames: int = 1,
-             context_latent_frames: int = 1, **kwargs) -> "WanEngine":
-        """Load transformer + VAE from a local diffusers-format dir (never the hub)."""
+             context_latent_frames: int = 1, vae_dtype: torch.dtype = torch.float32,
+             **kwargs) -> "WanEngine":
+        """Load transformer + VAE from a local diffusers-format dir (never the hub).
+
+        vae_dtype: float32 by default; bfloat16 halves the decode time on a GPU (the decode costs
+        more than the transformer at 360P), at some risk of banding in flat colours."""
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
         info = inspect_checkpoint(checkpoint_dir)
         tr = _load_model(WanTransformer3DModel, info.transformer_dir, dtype).to(device)
-        # The VAE stays float32: it is small and bf16 decoding bands flat cartoon colours.
-        vae = _load_model(AutoencoderKLWan, info.vae_dir, torch.float32).to(device)
+        vae = _load_model(AutoencoderKLWan, info.vae_dir, vae_dtype).to(device)
         return cls(tr, vae, info, device=device, dtype=dtype, steps=steps, shift=shift,
                    chunk_latent_frames=chunk_latent_frames, context_latent_frames=context_latent_frames,
                    **kwargs)
@@ -206,7 +213,7 @@ class WanEngine:
                 ts = token_mask * sigma_t  # float32: bf16 would round sigma*1000 to steps of 4
             else:
                 ts = torch.full((B,), sigma_t, device=self.device)
-            pred = self.transformer(inp, ts, text, return_dict=False)[0].float()
+            pred = self.denoiser(inp, ts, text, return_dict=False)[0].float()
             x = self.sampler.step(-pred, t, x)  # Wan predicts noise - data
         x = (1 - mask) * cond + mask * x
         new = x[:, :, K:]  # (B, C, T, h, w)
@@ -232,11 +239,15 @@ class WanEngine:
         if context is not None:
             z = torch.cat([torch.as_tensor(context).to(self.device, torch.float32), z], dim=1)
         z = self._denorm(z.permute(0, 2, 1, 3, 4))
-        video = self.vae.decode(z, return_dict=False)[0]  # (B, 3, F, H, W) in [-1, 1]
+        video = self.vae.decode(z.to(self.vae_stream.dtype), return_dict=False)[0]  # (B, 3, F, H, W)
         if context is not None:
             video = video[:, :, -self.temporal * n_new:]
-        frames = ((video.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
-        return self._fit(frames.cpu().numpy())
+        return self._fit(self._to_uint8(video).cpu().numpy())
+
+    @staticmethod
+    def _to_uint8(video: torch.Tensor) -> torch.Tensor:
+        """(B, 3, F, H, W) in [-1, 1] -> (B, F, H, W, 3) uint8, on the same device."""
+        return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
 
     def _fit(self, frames: np.ndarray) -> np.ndarray:
         """Center-pad (edge) or crop frames to out_height x out_width, e.g. 352x640 -> 360x640."""
@@ -251,11 +262,50 @@ class WanEngine:
                 frames = np.pad(frames, pad, mode="edge")
         return frames
 
-    def decode_new(self, states: list[WanStreamState], latents: torch.Tensor) -> np.ndarray:
+    @torch.no_grad()
+    def decode_new(self, states: list[WanStreamState], latents: torch.Tensor,
+                   to_numpy: bool = True) -> np.ndarray | torch.Tensor:
         """The frames of each stream's newest chunk: latents (B, T, C, h, w) from sample_chunks ->
-        RGB uint8 (B, 4T, out_height, out_width, 3), continuing each stream's video seamlessly."""
-        ctx = torch.stack([s.last_context for s in states]).permute(0, 2, 1, 3, 4)
-        return self.decode(latents, context=ctx)
+        RGB uint8 (B, 4T, out_height, out_width, 3), continuing each stream's video seamlessly.
+
+        Only the new latent frames are decoded: each stream keeps the VAE's causal cache between
+        chunks (vae_stream.py). A stream decoded for the first time (new, or resumed from a cached
+        context) first primes its cache with its context frames, whose pixels are dropped."""
+        z = torch.as_tensor(latents).to(self.device, torch.float32).permute(0, 2, 1, 3, 4)  # (B, C, T, h, w)
+        videos: list[torch.Tensor | None] = [None] * len(states)
+        fresh = [b for b, s in enumerate(states) if s.vae.frames == 0]
+        steady = [b for b, s in enumerate(states) if s.vae.frames > 0]
+        if fresh:
+            ctx = torch.stack([states[b].last_context if states[b].last_context is not None
+                               else states[b].context for b in fresh]).to(self.device, torch.float32)
+            zz = torch.cat([ctx, z[fresh]], 2)
+            K = ctx.shape[2]
+            skip = 1 + self.temporal * (K - 1)  # pixels of the context frames: already on screen
+            out = self.vae_stream.decode(self._denorm(zz), [states[b].vae for b in fresh], [skip] * len(fresh))
+            for b, v in zip(fresh, out):
+                videos[b] = v
+        if steady:
+            out = self.vae_stream.decode(self._denorm(z[steady]), [states[b].vae for b in steady])
+            for b, v in zip(steady, out):
+                videos[b] = v
+        frames = self._fit_t(self._to_uint8(torch.stack(videos)))  # type: ignore[arg-type]
+        return frames.cpu().numpy() if to_numpy else frames
+
+    def _fit_t(self, frames: torch.Tensor) -> torch.Tensor:
+        """_fit on the device: (B, F, H, W, 3) uint8 padded (edge) or cropped to the output size."""
+        B, Fr, H, W, _ = frames.shape
+        if H > self.out_height:
+            lo = (H - self.out_height) // 2
+            frames, H = frames[:, :, lo:lo + self.out_height], self.out_height
+        if W > self.out_width:
+            lo = (W - self.out_width) // 2
+            frames, W = frames[:, :, :, lo:lo + self.out_width], self.out_width
+        if (H, W) == (self.out_height, self.out_width):
+            return frames
+        top, left = (self.out_height - H) // 2, (self.out_width - W) // 2
+        x = frames.reshape(B * Fr, H, W, 3).permute(0, 3, 1, 2).float()
+        x = F.pad(x, (left, self.out_width - W - left, top, self.out_height - H - top), mode="replicate")
+        return x.to(torch.uint8).permute(0, 2, 3, 1).reshape(B, Fr, self.out_height, self.out_width, 3)
 
     def next_chunk(self, states: list[WanStreamState]) -> list[np.ndarray]:
         """The next 4*T RGB frames of each stream, (4T, out_height, out_width, 3) uint8 each."""

@@ -1,0 +1,312 @@
+"""The `wan` engine behind the interface the server already drives (that of TinyEngine).
+
+The server's templates, latents cache, scheduler and transports were written against TinyEngine:
+emotions by name, avatars by index/name, numpy latents, 640x360 RGBA frames. This adapter maps
+those onto WanEngine: an emotion is its template prompt's UMT5 embedding (precomputed, see
+prompts.py), intensity blends it with the neutral (idle) prompt's embedding, the avatar is the
+TI2V first-frame latent of its reference frame, and frames are decoded per stream
+(`decode_chunks`), because the Wan VAE continues each stream's video rather than decoding
+latent frames one by one.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engines.sampler import FlowMatchEulerSampler
+from engines.wan.checkpoint import inspect_checkpoint
+from engines.wan.engine import WanEngine, WanStreamState
+from engines.wan.prompts import (RANDOM, PromptEmbedStore, dir_fingerprint, normalize_prompt,
+                                 resolve_prompt_embeds)
+
+log = logging.getLogger(__name__)
+
+FRAME_H, FRAME_W = 360, 640  # what the server streams
+BACKGROUND = (245, 240, 230)  # tools/render_clip.BACKGROUND: what the avatar stands on (Wan has no alpha)
+NEUTRAL = "idle"  # intensity blends each emotion's prompt with this one's
+SERVING_FORMAT = 1  # bump when this adapter changes what a cached chunk looks like
+
+
+@dataclass(eq=False)
+class AvatarStreamState(WanStreamState):
+    """A WanStreamState plus what the server's sessions expect of a stream state.
+
+    Compared by identity: `job in queue` must never compare tensors element-wise."""
+
+    __eq__ = object.__eq__
+    __hash__ = object.__hash__
+
+    avatar_key: str = ""
+    emotion: int = 0
+    intensity: float = 1.0
+
+    @property
+    def rng(self) -> torch.Generator:
+        """The scheduler copies states with `copy.deepcopy(state.rng)`: the generator is the rng."""
+        return self.generator
+
+    @rng.setter
+    def rng(self, g: torch.Generator) -> None:
+        self.generator = g
+
+    def __copy__(self) -> "AvatarStreamState":
+        """copy.copy (the scheduler's copy_state) must not share the VAE causal cache: advancing the
+        copy would advance the original. The cache's tensors are replaced, never written in place,
+        so a shallow copy of the cache object is enough."""
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        vae = getattr(self, "vae", None)
+        if vae is not None:
+            new.vae = copy.copy(vae)
+            if isinstance(getattr(vae, "meta", None), dict):
+                new.vae.meta = dict(vae.meta)
+        return new
+
+    @property
+    def ctx(self) -> np.ndarray:
+        """The context as the latents cache stores it: (K*C, h, w) float32, frame-major like tiny's."""
+        c = self.context.float().permute(1, 0, 2, 3)  # (K, C, h, w)
+        return c.reshape(-1, *c.shape[2:]).cpu().numpy()
+
+
+@dataclass(frozen=True)
+class ServingShapes:
+    """The TinyConfig fields the latents cache checks stored entries against."""
+
+    chunk_frames: int  # latent frames per chunk
+    latent_channels: int
+    context_frames: int  # latent frames of context
+    latent_hw: tuple[int, int]
+    frames_per_chunk: int  # video frames per chunk (4 per latent frame)
+    height: int = FRAME_H
+    width: int = FRAME_W
+
+
+def checkpoint_id(info) -> str:
+    """Transformer + VAE identity: configs by content, weights by file name and size (no 10 GB hashing)."""
+    blob = json.dumps({"transformer": dir_fingerprint(info.transformer_dir), "vae": dir_fingerprint(info.vae_dir)},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+class WanAvatarEngine:
+    """Wan2.2 TI2V with the TinyEngine interface: emotions, avatars, numpy latents, 640x360 RGBA frames."""
+
+    def __init__(self, wan: WanEngine, templates: Mapping[str, Any], embeds: Mapping[str, np.ndarray],
+                 embeds_id: str, checkpoint_hash: str) -> None:
+        self.wan = wan
+        self._emotions = tuple(templates)
+        self._index = {name: i for i, name in enumerate(self._emotions)}
+        L = max(len(embeds[normalize_prompt(t.prompt)]) for t in templates.values())
+        self._embeds = [self._padded(embeds[normalize_prompt(t.prompt)], L) for t in templates.values()]
+        self._neutral = self._index.get(NEUTRAL)
+        self.embeds_id, self.checkpoint_hash = embeds_id, checkpoint_hash
+        s = min(FRAME_H / wan.height, FRAME_W / wan.width)  # model grid -> 640x360, aspect kept
+        self._crop_hw = (round(wan.height * s), round(wan.width * s))  # the part of 640x360 the model sees
+        self.cfg = ServingShapes(wan.chunk_latent_frames, wan.z_dim, wan.context_latent_frames, wan.latent_hw,
+                                 wan.temporal * wan.chunk_latent_frames)
+        self._refs: dict[str, torch.Tensor] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, checkpoint_dir: str | Path, cache_dir: str | Path, *, templates: Mapping[str, Any] | None = None,
+             device: str = "auto", dtype: str = "auto", steps: int = 4, shift: float = 5.0,
+             chunk_latent_frames: int = 1, context_latent_frames: int = 1, height: int = 352, width: int = 640,
+             prompt_embeds: str = "auto") -> "WanAvatarEngine":
+        """Checkpoint + prompt embeddings from `cache_dir`/prompt_embeds (computed there once when the
+        checkpoint has a text encoder). Fails before loading any weights when the embeddings are missing."""
+        if templates is None:
+            from templates import load_templates
+            templates = load_templates()
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        info = inspect_checkpoint(checkpoint_dir)
+        text_dim = int(json.loads((info.transformer_dir / "config.json").read_text())["text_dim"])
+        store = PromptEmbedStore(Path(cache_dir) / "prompt_embeds")
+        prompts = [t.prompt for t in templates.values()]
+        resolved = None
+        if prompt_embeds == RANDOM or not info.has_text_encoder:  # nothing to encode: fail fast
+            resolved = resolve_prompt_embeds(prompts, text_dim, info, store, None, prompt_embeds)
+        s = min(FRAME_H / height, FRAME_W / width)
+        wan = WanEngine.load(info.root, device=device, dtype=_dtype(dtype, device), steps=steps, shift=shift,
+                             chunk_latent_frames=chunk_latent_frames, context_latent_frames=context_latent_frames,
+                             height=height, width=width, out_height=round(FRAME_H / s), out_width=round(FRAME_W / s))
+        if resolved is None:
+            def encode(ps: list[str]) -> list[np.ndarray]:
+                return list(wan.encode_prompts(ps).float().cpu().numpy())
+            resolved = resolve_prompt_embeds(prompts, text_dim, info, store, encode, prompt_embeds)
+            wan._text_encoder = wan._tokenizer = None  # 5.7B parameters not needed again while serving
+            if wan.device.type == "cuda":
+                torch.cuda.empty_cache()
+        embeds_id, embeds = resolved
+        if embeds_id == RANDOM:
+            log.warning("wan engine: RANDOM prompt embeddings (explicit opt-in): emotions are not what their prompts say")
+        return cls(wan, templates, {normalize_prompt(k): v for k, v in embeds.items()}, embeds_id, checkpoint_id(info))
+
+    def _padded(self, emb: np.ndarray, length: int) -> torch.Tensor:
+        e = torch.zeros(length, emb.shape[1])
+        e[:len(emb)] = torch.as_tensor(np.asarray(emb, np.float32))
+        return e.to(self.wan.device, self.wan.dtype)
+
+    # -- what the server reads --------------------------------------------------------------
+    @property
+    def emotions(self) -> tuple[str, ...]:
+        return self._emotions
+
+    @property
+    def steps(self) -> int:
+        return self.wan.sampler.steps
+
+    @steps.setter
+    def steps(self, n: int) -> None:
+        self.wan.sampler.set_timesteps(n)
+
+    @property
+    def frames_per_chunk(self) -> int:
+        return self.cfg.frames_per_chunk
+
+    @property
+    def weights_hash(self) -> str:
+        """Everything but steps that shapes a cached chunk: weights, embeddings, grid, chunking, dtype."""
+        w = self.wan
+        blob = json.dumps({"checkpoint": self.checkpoint_hash, "prompts": self.embeds_id,
+                           "grid": [w.height, w.width], "chunk": w.chunk_latent_frames,
+                           "context": w.context_latent_frames, "shift": w.sampler.shift,
+                           "sigmas": w.sampler.sigmas, "dtype": str(w.dtype), "v": SERVING_FORMAT}, sort_keys=True)
+        return "wan-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def emotion_index(self, emotion: str | int) -> int:
+        if isinstance(emotion, (int, np.integer)):
+            if not 0 <= int(emotion) < len(self._emotions):
+                raise ValueError(f"emotion index {emotion} out of range 0..{len(self._emotions) - 1}")
+            return int(emotion)
+        try:
+            return self._index[emotion]
+        except KeyError:
+            raise ValueError(f"unknown emotion {emotion!r}; known: {', '.join(self._emotions)}") from None
+
+    def prompt_embeds(self, emotion: str | int, intensity: float) -> torch.Tensor:
+        """The emotion's prompt embedding, moved toward the neutral prompt's as intensity drops.
+
+        Both are zero-padded to the same length, so this is a token-wise lerp; every template prompt
+        starts "A cartoon character", so the leading tokens line up. intensity 1 is the prompt itself.
+        """
+        i = self.emotion_index(emotion)
+        e = self._embeds[i]
+        if self._neutral is None or i == self._neutral:
+            return e
+        return torch.lerp(self._embeds[self._neutral], e, float(np.clip(intensity, 0.0, 1.0)))
+
+    # -- streams ----------------------------------------------------------------------------
+    def reference_image(self, avatar) -> np.ndarray:
+        """The avatar's reference frame on the opaque background, cropped to the model grid's aspect (RGB)."""
+        from engines.tiny.reference import reference_frame
+        rgba = reference_frame(avatar).astype(np.float32)
+        a = rgba[..., 3:4] / 255.0
+        rgb = rgba[..., :3] * a + np.asarray(BACKGROUND, np.float32) * (1 - a)
+        (ch, cw), (H, W) = self._crop_hw, rgb.shape[:2]
+        y, x = max(0, (H - ch) // 2), max(0, (W - cw) // 2)
+        return np.round(rgb[y:y + ch, x:x + cw]).astype(np.uint8)
+
+    def reference_latent(self, avatar, key: str | None = None) -> torch.Tensor:
+        """The avatar's TI2V first-frame latent (C, h, w), computed once per avatar."""
+        from engines.tiny.engine import avatar_cache_key
+        key = key or avatar_cache_key(avatar)
+        with self._lock:
+            ref = self._refs.get(key)
+        if ref is None:
+            ref = self.wan.reference_latent(self.reference_image(avatar))
+            with self._lock:
+                self._refs[key] = ref
+        return ref
+
+    def start_stream(self, avatar, emotion: str | int = "idle", intensity: float = 1.0, seed: int = 0,
+                     ctx: np.ndarray | None = None) -> AvatarStreamState:
+        """A new stream at the reference frame, or continuing a cached context (K*C, h, w)."""
+        from engines.tiny.engine import avatar_cache_key
+        key = avatar_cache_key(avatar)
+        idx, inten = self.emotion_index(emotion), float(np.clip(intensity, 0.0, 1.0))
+        base = self.wan.start_stream(self.reference_latent(avatar, key), self.prompt_embeds(idx, inten), seed)
+        st = AvatarStreamState(**{f.name: getattr(base, f.name) for f in fields(WanStreamState)},
+                               avatar_key=key, emotion=idx, intensity=inten)
+        if ctx is not None:
+            K, C, (h, w) = self.cfg.context_frames, self.cfg.latent_channels, self.cfg.latent_hw
+            c = np.asarray(ctx, dtype=np.float32)
+            if c.shape != (K * C, h, w):
+                raise ValueError(f"context must be {(K * C, h, w)}, got {c.shape}")
+            st.context = torch.from_numpy(c.reshape(K, C, h, w)).permute(1, 0, 2, 3).contiguous().to(self.wan.device)
+        return st
+
+    def set_emotion(self, state: AvatarStreamState, emotion: str | int, intensity: float | None = None) -> None:
+        idx = self.emotion_index(emotion)
+        inten = state.intensity if intensity is None else float(np.clip(intensity, 0.0, 1.0))
+        if (idx, inten) != (state.emotion, state.intensity):
+            state.emotion, state.intensity = idx, inten
+            self.wan.set_prompt(state, self.prompt_embeds(idx, inten))
+
+    def sample_chunks(self, states: list[AvatarStreamState], steps: int | None = None) -> np.ndarray:
+        """One sampler run for all streams: latents (B, T, C, h, w) float32 numpy.
+
+        `steps` overrides the step count for this call only (the server's degradation ladder); a
+        distilled checkpoint's explicit sigmas are kept as they are. Runs on the engine thread only.
+        """
+        wan, main = self.wan, self.wan.sampler
+        if steps is not None and steps != main.steps and main.sigmas is None:
+            wan.sampler = FlowMatchEulerSampler(steps=steps, shift=main.shift)
+        try:
+            return wan.sample_chunks(states).float().cpu().numpy()
+        finally:
+            wan.sampler = main
+
+    # -- frames -----------------------------------------------------------------------------
+    def _rgba(self, rgb: np.ndarray) -> np.ndarray:
+        """(..., h, w, 3) uint8 -> (..., 360, 640, 4) uint8, opaque; scaled when the grid is not 360P."""
+        lead = rgb.shape[:-3]
+        x = rgb.reshape(-1, *rgb.shape[-3:])
+        if x.shape[1:3] != (FRAME_H, FRAME_W):
+            t = torch.from_numpy(x).permute(0, 3, 1, 2).float()
+            t = F.interpolate(t, size=(FRAME_H, FRAME_W), mode="bilinear", align_corners=False)
+            x = t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        out = np.empty((len(x), FRAME_H, FRAME_W, 4), np.uint8)
+        out[..., :3], out[..., 3] = x, 255
+        return out.reshape(*lead, FRAME_H, FRAME_W, 4)
+
+    def decode_chunks(self, states: list[AvatarStreamState], latents: np.ndarray) -> np.ndarray:
+        """Each stream's newest chunk (B, T, C, h, w) -> its frames (B, 4T, 360, 640, 4), continuing its video."""
+        lat = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
+        return self._rgba(self.wan.decode_new(states, lat))
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """Flat latents (N, C, h, w) -> one still per latent (N, 360, 640, 4).
+
+        Each is decoded on its own, as the causal VAE decodes a clip's first frame: right for
+        thumbnails, not for streams (a latent frame there is 4 video frames; use decode_chunks).
+        """
+        lat = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
+        return self._rgba(self.wan.decode(lat[:, None])[:, 0]) if len(lat) else \
+            np.zeros((0, FRAME_H, FRAME_W, 4), np.uint8)
+
+    def next_chunk(self, states: list[AvatarStreamState]) -> list[np.ndarray]:
+        """The next 4T frames of each stream, (4T, 360, 640, 4) uint8 each."""
+        return list(self.decode_chunks(states, self.sample_chunks(states)))
+
+
+__all__ = ["AvatarStreamState", "BACKGROUND", "ServingShapes", "WanAvatarEngine", "checkpoint_id"]

@@ -1,0 +1,95 @@
+"""Streaming decode with the Wan VAE's causal feature cache: each chunk decodes only its new frames.
+
+AutoencoderKLWan decodes a clip one latent frame at a time, each causal 3D convolution reading the
+last frames of its input from a per-layer cache (`feat_cache`). diffusers clears that cache at
+the start and end of every `decode` call, so decoding a stream chunk by chunk would either
+restart the video at every chunk or re-decode old frames as context. Here each stream keeps its
+own cache between chunks, so decoding chunk after chunk gives exactly the frames a decode of the
+whole stream as one clip would give, and each chunk costs only its new frames.
+
+Streams in one batch are decoded together: their caches are concatenated along the batch axis
+per layer, the decoder runs once per latent frame for the whole group, and the caches are split
+back. Streams whose caches have a different layout (a stream's first two frames fill the cache
+differently) are decoded as separate groups.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class VaeStreamCache:
+    """One stream's decoder state: the per-layer feature cache and how many latent frames it has seen."""
+
+    feats: list | None = None  # None until the first frame; entries: None, "Rep" or a (1, C, <=2, H, W) tensor
+    frames: int = 0
+    meta: dict = field(default_factory=dict)
+
+
+def _signature(c: VaeStreamCache) -> tuple:
+    if c.feats is None:
+        return ("new",)
+    return tuple(f if f is None or isinstance(f, str) else tuple(f.shape[1:]) for f in c.feats)
+
+
+def _merge(caches: list[VaeStreamCache], n_layers: int) -> list:
+    if caches[0].feats is None:
+        return [None] * n_layers
+    if len(caches) == 1:
+        return list(caches[0].feats)
+    return [f if f is None or isinstance(f, str) else torch.cat([c.feats[i] for c in caches])
+            for i, f in enumerate(caches[0].feats)]
+
+
+def _split(merged: list, caches: list[VaeStreamCache]) -> None:
+    for b, c in enumerate(caches):
+        c.feats = [f if f is None or isinstance(f, str) else f[b:b + 1] for f in merged]
+
+
+class StreamingVaeDecoder:
+    """Decodes (B, C, T, h, w) latents of B streams, continuing each stream's own causal cache."""
+
+    def __init__(self, vae) -> None:
+        self.vae = vae
+        self.n_layers = vae._cached_conv_counts["decoder"]
+        self.patch_size = vae.config.get("patch_size")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.vae.post_quant_conv.weight.dtype
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, caches: list[VaeStreamCache], skip: list[int] | None = None) -> list[torch.Tensor]:
+        """z: denormalized latents (B, C, T, h, w). Returns per stream its video (3, F, H, W) in [-1, 1],
+        F = 4 per latent frame (1 for a stream's very first frame), minus the first skip[b] frames
+        of stream b's output (used to prime a cache with context whose pixels are already shown)."""
+        if z.shape[0] != len(caches):
+            raise ValueError(f"{z.shape[0]} latents for {len(caches)} caches")
+        skip = skip or [0] * len(caches)
+        groups: dict[tuple, list[int]] = {}
+        for b, c in enumerate(caches):
+            groups.setdefault(_signature(c), []).append(b)
+        out: list[torch.Tensor | None] = [None] * len(caches)
+        x_all = self.vae.post_quant_conv(z.to(self.dtype))  # 1x1x1: frame-independent
+        for idx in groups.values():
+            group = [caches[b] for b in idx]
+            first = group[0].frames == 0
+            feats = _merge(group, self.n_layers)
+            x = x_all[idx] if len(idx) < len(caches) else x_all
+            frames = []
+            for t in range(x.shape[2]):
+                frames.append(self.vae.decoder(x[:, :, t:t + 1], feat_cache=feats, feat_idx=[0],
+                                               first_chunk=first and t == 0))
+            video = torch.cat(frames, 2)
+            if self.patch_size is not None:
+                from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+                video = unpatchify(video, patch_size=self.patch_size)
+            video = video.clamp(-1.0, 1.0)
+            _split(feats, group)
+            for j, (b, c) in enumerate(zip(idx, group)):
+                c.frames += x.shape[2]
+                out[b] = video[j, :, skip[b]:]
+        return out  # type: ignore[return-value]
