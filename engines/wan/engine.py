@@ -46,12 +46,18 @@ def _load_model(cls, directory: Path, dtype: torch.dtype):
     for f in sorted(directory.glob("*.safetensors")):
         state.update(load_file(str(f)))
     model.load_state_dict(state, strict=True)
-    keep = getattr(cls, "_keep_in_fp32_modules", None) or []
-    if dtype != torch.float32:
-        model = model.to(dtype)
-        for name, module in model.named_modules():
-            if any(k in name.split(".") for k in keep):
-                module.float()
+    return cast_model(model, dtype)
+
+
+def cast_model(model, dtype: torch.dtype):
+    """model.to(dtype), keeping the modules the class wants in float32 (Wan: time embedding, norms)."""
+    if dtype == torch.float32:
+        return model
+    keep = getattr(type(model), "_keep_in_fp32_modules", None) or []
+    model = model.to(dtype)
+    for name, param in model.named_parameters():  # e.g. "blocks.0.scale_shift_table", "blocks.0.norm2.weight"
+        if any(k in name.split(".") for k in keep):
+            param.data = param.data.float()
     return model
 
 

@@ -1,0 +1,249 @@
+"""`avatarcast bench engine --engine wan`: the Wan2.2-TI2V-5B engine's speed on a GPU, at 360P.
+
+    avatarcast bench engine --engine wan --random-weights --sessions 4,8,10,12 --steps 4 --json
+    avatarcast bench engine --engine wan --checkpoint DIR --sessions 10 --steps 4
+    avatarcast bench engine --engine wan --random-weights --save-checkpoint DIR   (for warm restarts)
+
+--random-weights builds the real 5B transformer and Wan2.2 VAE shapes with random weights (speed
+does not depend on the values; no checkpoint can be downloaded here). Measured, with CUDA events
+and synchronisation:
+
+  step_ms[B]            one transformer forward (one sampler step) at batch B, chunk shapes
+  decode_ms[B]          the streaming VAE decode of one chunk for B streams (only new frames)
+  streams[N]            the serving loop at N streams for --seconds: every iteration one batched
+                        chunk (steps forwards + decode) for all N; fps, chunk p50/p95,
+                        realtime (chunk p95 <= the chunk's play time), realtime_streams = floor(fps / 8)
+  cue_to_first_frame_ms the engine's share of TTER without a cache hit: a cue changes one
+                        stream's prompt, measured until its first new frame is decoded, idle GPU
+                        (B=1) and with N streams in flight (the cue waits for the running batch)
+  ready_s               process start -> engine loaded and graphs captured (a warm restart when
+                        --checkpoint points at a saved checkpoint)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+T_START = time.perf_counter()
+
+# Wan2.2-TI2V-5B (Wan-AI/Wan2.2-TI2V-5B-Diffusers configs)
+TRANSFORMER_5B = dict(patch_size=(1, 2, 2), num_attention_heads=24, attention_head_dim=128, in_channels=48,
+                      out_channels=48, text_dim=4096, freq_dim=256, ffn_dim=14336, num_layers=30,
+                      cross_attn_norm=True, qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024)
+VAE_22 = dict(base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+              attn_scales=[], temperal_downsample=[False, True, True], dropout=0.0, is_residual=True,
+              in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
+              clip_output=False, latents_mean=[0.0] * 48, latents_std=[1.0] * 48)
+FPS = 8.0
+
+
+def _pct(xs: list[float], q: float) -> float:
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return round(xs[lo] + (xs[hi] - xs[lo]) * (k - lo), 2)
+
+
+def build_random(layers: int | None = None, vae_dtype: str = "bf16"):
+    """The 5B transformer (bf16) and the Wan2.2 VAE with random weights, made on the GPU."""
+    import torch
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+    from engines.wan.engine import cast_model
+    cfg = dict(TRANSFORMER_5B, num_layers=layers or TRANSFORMER_5B["num_layers"])
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        tr = cast_model(WanTransformer3DModel(**cfg), torch.bfloat16)
+        vae = AutoencoderKLWan(**VAE_22).to(_dtype(vae_dtype))
+    return tr.eval(), vae.eval()
+
+
+def _dtype(name: str):
+    import torch
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def _timed(fn, reps: int) -> list[float]:
+    import torch
+    out = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b))
+    return out
+
+
+def run(args) -> dict:
+    import numpy as np
+    import torch
+
+    from engines.wan.checkpoint import CheckpointInfo
+    from engines.wan.engine import WanEngine
+    from engines.wan.graphs import GraphedDenoiser
+
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    sessions = [int(s) for s in str(args.sessions).split(",")]
+    batches = sorted(set([1] + sessions + [int(b) for b in str(args.batches).split(",") if b]))
+    kw = dict(device="cuda", dtype=torch.bfloat16, steps=args.steps, shift=5.0,
+              chunk_latent_frames=args.chunk_frames, context_latent_frames=args.context_frames)
+    t0 = time.perf_counter()
+    if args.checkpoint:
+        eng = WanEngine.load(args.checkpoint, vae_dtype=_dtype(args.vae_dtype), **kw)
+    else:
+        tr, vae = build_random(args.layers, args.vae_dtype)
+        eng = WanEngine(tr, vae, CheckpointInfo(None, None, None), **kw)  # type: ignore[arg-type]
+    torch.cuda.synchronize()
+    load_s = time.perf_counter() - t0
+    if args.save_checkpoint:
+        eng.transformer.save_pretrained(f"{args.save_checkpoint}/transformer")
+        eng.vae.save_pretrained(f"{args.save_checkpoint}/vae")
+    report: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
+                    "steps": args.steps, "chunk_latent_frames": args.chunk_frames,
+                    "context_latent_frames": args.context_frames, "chunk_video_frames": 4 * args.chunk_frames,
+                    "latent_grid": list(eng.latent_hw), "output": [eng.out_height, eng.out_width],
+                    "vae_dtype": args.vae_dtype, "transformer_dtype": "bf16", "layers": args.layers or 30,
+                    "cuda_graphs": not args.eager, "compile": bool(args.compile),
+                    "weights": "random" if not args.checkpoint else args.checkpoint, "load_s": round(load_s, 2)}
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    ref = torch.randn(eng.z_dim, *eng.latent_hw, device="cuda", generator=gen)
+    prompts = [torch.randn(512, 4096, device="cuda", generator=gen, dtype=torch.bfloat16) * 0.1 for _ in range(4)]
+    if not args.eager:
+        eng.denoiser = GraphedDenoiser(eng.transformer, buckets=tuple(batches), compile=args.compile)
+        t1 = time.perf_counter()
+        K, T = args.context_frames, args.chunk_frames
+        seq = (K + T) * eng.latent_hw[0] * eng.latent_hw[1] // 4
+        sample = (torch.zeros(1, eng.z_dim, K + T, *eng.latent_hw, device="cuda", dtype=torch.bfloat16),
+                  torch.zeros(1, seq, device="cuda"), prompts[0][None])
+        eng.denoiser.warm_up(sample, tuple(batches))
+        report["graph_capture_s"] = round(time.perf_counter() - t1, 2)
+    torch.cuda.synchronize()
+    report["ready_s"] = round(time.perf_counter() - T_START, 2)  # process start -> ready to serve
+
+    def streams(n: int):
+        return [eng.start_stream(ref, prompts[i % len(prompts)], seed=i) for i in range(n)]
+
+    # per-step transformer latency and streaming decode per chunk, by batch
+    report["step_ms"], report["decode_ms"], report["decode_ms_per_frame"] = {}, {}, {}
+    for B in batches:
+        st = streams(B)
+        lat = eng.sample_chunks(st)
+        eng.decode_new(st, lat, to_numpy=False)  # primes the caches
+        K, T = args.context_frames, args.chunk_frames
+        x = torch.randn(B, eng.z_dim, K + T, *eng.latent_hw, device="cuda", dtype=torch.bfloat16)
+        ts = torch.full((B, (K + T) * eng.latent_hw[0] * eng.latent_hw[1] // 4), 500.0, device="cuda")
+        text = torch.stack([s.prompt_embeds for s in st])
+        step = _timed(lambda: eng.denoiser(x, ts, text, return_dict=False), args.reps)
+        dec = _timed(lambda: eng.decode_new(st, lat, to_numpy=False), max(3, args.reps // 2))
+        report["step_ms"][B] = round(statistics.median(step), 2)
+        report["decode_ms"][B] = round(statistics.median(dec), 2)
+        report["decode_ms_per_frame"][B] = round(statistics.median(dec) / (B * 4 * T), 2)
+        print(f"B={B}: step {report['step_ms'][B]} ms, decode {report['decode_ms'][B]} ms "
+              f"({report['decode_ms_per_frame'][B]} ms/frame)", file=sys.stderr, flush=True)
+
+    chunk_s = 4 * args.chunk_frames / FPS
+    report["streams"] = {}
+    for n in sessions:
+        st = streams(n)
+        for _ in range(2):
+            eng.decode_new(st, eng.sample_chunks(st), to_numpy=False)
+        times, frames, t_end = [], 0, time.perf_counter() + args.seconds
+        t_all = time.perf_counter()
+        while time.perf_counter() < t_end or len(times) < 3:
+            a = time.perf_counter()
+            out = eng.decode_new(st, eng.sample_chunks(st), to_numpy=not args.keep_on_gpu)
+            if args.keep_on_gpu:
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - a) * 1000)
+            frames += out.shape[0] * out.shape[1]
+        wall = time.perf_counter() - t_all
+        fps = frames / wall
+        p95 = _pct(times, 95)
+        report["streams"][n] = {"fps": round(fps, 1), "chunk_ms_p50": _pct(times, 50), "chunk_ms_p95": p95,
+                                "chunks": len(times), "realtime_streams": int(fps // FPS),
+                                "realtime": bool(int(fps // FPS) >= n and p95 <= chunk_s * 1000)}
+        print(f"N={n}: {report['streams'][n]}", file=sys.stderr, flush=True)
+
+    # cue -> first new frame (engine only; a cached reaction would start at once)
+    cue = {}
+    for n in sorted(set([1] + sessions)):
+        st = streams(n)
+        eng.decode_new(st, eng.sample_chunks(st), to_numpy=False)
+        lat_ms = []
+        for r in range(args.reps):
+            # with other streams in flight the cue lands at a random point of a running batch and
+            # waits for the rest of it; then its own batch samples and decodes its first new frames
+            # (with 1 new latent frame per chunk, the first 4 video frames are the whole chunk)
+            torch.cuda.synchronize()
+            a = time.perf_counter()
+            eng.decode_new(st, eng.sample_chunks(st), to_numpy=False)
+            torch.cuda.synchronize()
+            busy_ms = (time.perf_counter() - a) * 1000
+            wait_ms = busy_ms * (1 - np.random.default_rng(r).random()) if n > 1 else 0.0
+            eng.set_prompt(st[0], prompts[(r + 1) % len(prompts)])
+            a = time.perf_counter()
+            eng.decode_new(st, eng.sample_chunks(st), to_numpy=True)
+            own_ms = (time.perf_counter() - a) * 1000
+            lat_ms.append(wait_ms + own_ms)
+        cue[n] = {"p50": _pct(lat_ms, 50), "p95": _pct(lat_ms, 95)}
+        print(f"cue N={n}: {cue[n]}", file=sys.stderr, flush=True)
+    report["cue_to_first_frame_ms"] = cue
+    report["memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if hasattr(eng.denoiser, "capture_s"):
+        report["capture_s"] = eng.denoiser.capture_s
+    return report
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="avatarcast bench engine --engine wan", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", default="wan")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--random-weights", action="store_true", help="the real 5B shapes, random values")
+    src.add_argument("--checkpoint", default=None, help="a local diffusers-format Wan2.2-TI2V-5B dir")
+    ap.add_argument("--sessions", default="1,4,8,10", help="comma list of stream counts to run")
+    ap.add_argument("--batches", default="", help="extra batch sizes for step_ms/decode_ms")
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--chunk-frames", type=int, default=1, help="new latent frames per chunk (4 video frames each)")
+    ap.add_argument("--context-frames", type=int, default=1)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--reps", type=int, default=10)
+    ap.add_argument("--vae-dtype", default="bf16", choices=("bf16", "fp16", "fp32"))
+    ap.add_argument("--layers", type=int, default=None, help="fewer transformer layers (tests only)")
+    ap.add_argument("--eager", action="store_true", help="no CUDA graphs")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the transformer inside the graphs")
+    ap.add_argument("--keep-on-gpu", action="store_true", help="do not copy frames to host memory")
+    ap.add_argument("--save-checkpoint", default=None, help="save the (random) model here for warm restarts")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("-o", "--output", default=None)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    import torch
+    if not torch.cuda.is_available():
+        print("avatarcast bench engine --engine wan: needs a CUDA GPU (the 5B model at 360P)", file=sys.stderr)
+        return 2
+    report = run(args)
+    text = json.dumps(report, indent=1, default=str)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text)
+    print(text if args.json else "\n".join(f"{k}: {v}" for k, v in report.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
