@@ -27,7 +27,7 @@ class GraphedDenoiser:
     def __init__(self, transformer, buckets: tuple[int, ...] = DEFAULT_BUCKETS, text_len: int = 512,
                  compile: bool = False) -> None:
         self.transformer = transformer
-        self.fn = torch.compile(transformer, mode="max-autotune-no-cudagraphs", dynamic=False) if compile \
+        self.fn = torch.compile(transformer, dynamic=False) if compile \
             else transformer
         self.buckets = tuple(sorted(set(int(b) for b in buckets)))
         self.text_len = int(text_len)

@@ -52,8 +52,14 @@ def _split(merged: list, caches: list[VaeStreamCache]) -> None:
 class StreamingVaeDecoder:
     """Decodes (B, C, T, h, w) latents of B streams, continuing each stream's own causal cache."""
 
-    def __init__(self, vae) -> None:
+    def __init__(self, vae, max_batch: int = 4, compile: bool = False) -> None:
         self.vae = vae
+        # Steady-state frames (every cache entry a tensor) have static shapes: torch.compile fuses
+        # the decoder's many memory-bound ops (norms, pads, cache copies) there; first frames stay eager.
+        self._compiled = torch.compile(vae.decoder, dynamic=False) if compile else None
+        # The decode is compute-bound (batching streams barely helps it) and its activations at
+        # 360P are GBs per stream-frame: decode at most max_batch streams at once.
+        self.max_batch = max(1, int(max_batch))
         self.n_layers = vae._cached_conv_counts["decoder"]
         self.patch_size = vae.config.get("patch_size")
 
@@ -72,6 +78,8 @@ class StreamingVaeDecoder:
         groups: dict[tuple, list[int]] = {}
         for b, c in enumerate(caches):
             groups.setdefault(_signature(c), []).append(b)
+        groups = {(sig, i): idx[i:i + self.max_batch] for sig, idx in groups.items()
+                  for i in range(0, len(idx), self.max_batch)}
         out: list[torch.Tensor | None] = [None] * len(caches)
         x_all = self.vae.post_quant_conv(z.to(self.dtype))  # 1x1x1: frame-independent
         for idx in groups.values():
@@ -81,8 +89,9 @@ class StreamingVaeDecoder:
             x = x_all[idx] if len(idx) < len(caches) else x_all
             frames = []
             for t in range(x.shape[2]):
-                frames.append(self.vae.decoder(x[:, :, t:t + 1], feat_cache=feats, feat_idx=[0],
-                                               first_chunk=first and t == 0))
+                steady = self._compiled is not None and all(torch.is_tensor(f) for f in feats)
+                fn = self._compiled if steady else self.vae.decoder
+                frames.append(fn(x[:, :, t:t + 1], feat_cache=feats, feat_idx=[0], first_chunk=first and t == 0))
             video = torch.cat(frames, 2)
             if self.patch_size is not None:
                 from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
