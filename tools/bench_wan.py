@@ -105,9 +105,10 @@ def run(args) -> dict:
         tr, vae = build_random(args.layers, args.vae_dtype)
         eng = WanEngine(tr, vae, CheckpointInfo(None, None, None), **kw)  # type: ignore[arg-type]
     eng.vae_stream.max_batch = args.vae_batch
-    if args.compile_vae:
+    if args.compile_vae or args.vae_channels_last:
         from engines.wan.vae_stream import StreamingVaeDecoder
-        eng.vae_stream = StreamingVaeDecoder(eng.vae, max_batch=args.vae_batch, compile=True)
+        eng.vae_stream = StreamingVaeDecoder(eng.vae, max_batch=args.vae_batch, compile=args.compile_vae,
+                                             channels_last=args.vae_channels_last)
     torch.cuda.synchronize()
     load_s = time.perf_counter() - t0
     if args.save_checkpoint:
@@ -119,6 +120,7 @@ def run(args) -> dict:
                     "latent_grid": list(eng.latent_hw), "output": [eng.out_height, eng.out_width],
                     "vae_dtype": args.vae_dtype, "vae_batch": args.vae_batch, "transformer_dtype": "bf16", "layers": args.layers or 30,
                     "cuda_graphs": not args.eager, "compile": bool(args.compile), "compile_vae": bool(args.compile_vae),
+                    "vae_channels_last": bool(args.vae_channels_last),
                     "weights": "random" if not args.checkpoint else args.checkpoint, "load_s": round(load_s, 2)}
     gen = torch.Generator(device="cuda").manual_seed(0)
     ref = torch.randn(eng.z_dim, *eng.latent_hw, device="cuda", generator=gen)
@@ -208,6 +210,7 @@ def run(args) -> dict:
         print(f"cue N={n}: {cue[n]}", file=sys.stderr, flush=True)
     report["cue_to_first_frame_ms"] = cue
     report["memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    report["vae_compiled_calls"] = getattr(eng.vae_stream, "compiled_calls", 0)
     if hasattr(eng.denoiser, "capture_s"):
         report["capture_s"] = eng.denoiser.capture_s
     return report
@@ -233,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--eager", action="store_true", help="no CUDA graphs")
     ap.add_argument("--compile", action="store_true", help="torch.compile the transformer inside the graphs")
     ap.add_argument("--compile-vae", action="store_true", help="torch.compile the VAE decoder's steady-state frames")
+    ap.add_argument("--vae-channels-last", action="store_true", help="channels-last 3D VAE decoder")
     ap.add_argument("--keep-on-gpu", action="store_true", help="do not copy frames to host memory")
     ap.add_argument("--save-checkpoint", default=None, help="save the (random) model here for warm restarts")
     ap.add_argument("--json", action="store_true")

@@ -52,11 +52,21 @@ def _split(merged: list, caches: list[VaeStreamCache]) -> None:
 class StreamingVaeDecoder:
     """Decodes (B, C, T, h, w) latents of B streams, continuing each stream's own causal cache."""
 
-    def __init__(self, vae, max_batch: int = 4, compile: bool = False) -> None:
+    def __init__(self, vae, max_batch: int = 4, compile: bool = False, channels_last: bool = False) -> None:
         self.vae = vae
+        # channels-last saves cuDNN's NCHW<->NHWC conversions around every convolution on a GPU
+        self.channels_last = channels_last
+        if channels_last:
+            for m in vae.decoder.modules():
+                w = getattr(m, "weight", None)
+                if isinstance(m, torch.nn.Conv3d):
+                    w.data = w.data.contiguous(memory_format=torch.channels_last_3d)
+                elif isinstance(m, torch.nn.Conv2d):
+                    w.data = w.data.contiguous(memory_format=torch.channels_last)
         # Steady-state frames (every cache entry a tensor) have static shapes: torch.compile fuses
         # the decoder's many memory-bound ops (norms, pads, cache copies) there; first frames stay eager.
         self._compiled = torch.compile(vae.decoder, dynamic=False) if compile else None
+        self.compiled_calls = 0
         # The decode is compute-bound (batching streams barely helps it) and its activations at
         # 360P are GBs per stream-frame: decode at most max_batch streams at once.
         self.max_batch = max(1, int(max_batch))
@@ -82,6 +92,8 @@ class StreamingVaeDecoder:
                   for i in range(0, len(idx), self.max_batch)}
         out: list[torch.Tensor | None] = [None] * len(caches)
         x_all = self.vae.post_quant_conv(z.to(self.dtype))  # 1x1x1: frame-independent
+        if self.channels_last:
+            x_all = x_all.contiguous(memory_format=torch.channels_last_3d)
         for idx in groups.values():
             group = [caches[b] for b in idx]
             first = group[0].frames == 0
@@ -89,8 +101,12 @@ class StreamingVaeDecoder:
             x = x_all[idx] if len(idx) < len(caches) else x_all
             frames = []
             for t in range(x.shape[2]):
-                steady = self._compiled is not None and all(torch.is_tensor(f) for f in feats)
+                # steady: the cache layout no longer changes (no "Rep" marks; some 1x1 shortcut
+                # convs never cache, their entries stay None)
+                steady = self._compiled is not None and not (first and t == 0) and \
+                    not any(isinstance(f, str) for f in feats) and any(torch.is_tensor(f) for f in feats)
                 fn = self._compiled if steady else self.vae.decoder
+                self.compiled_calls += steady
                 frames.append(fn(x[:, :, t:t + 1], feat_cache=feats, feat_idx=[0], first_chunk=first and t == 0))
             video = torch.cat(frames, 2)
             if self.patch_size is not None:
