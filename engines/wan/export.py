@@ -1,0 +1,201 @@
+"""ONNX export of the Wan engine's two hot graphs and their TensorRT engine build.
+
+  * `denoiser`: one transformer forward, (x, per-token timesteps, prompt embeddings) -> prediction,
+    at the serving chunk shape (context + new latent frames), dynamic batch.
+  * `vae_step`: one steady-state frame of the streaming VAE decoder (vae_stream.py): the new latent
+    frame plus every causal-conv cache in, the 4 decoded frames plus the updated caches out, so a
+    TensorRT engine can carry each stream's cache exactly like the torch path does.
+
+Engines are built with the repo's TensorRT backend (engines/backends/tensorrt_backend.py): a batch
+optimization profile, a timing cache (TensorRT) and an engine cache keyed by the ONNX hash, the
+profile, the GPU and the TensorRT flavour and version. TensorRT-RTX builds ahead of time without a
+GPU (for the RTX architectures), so the build is tested on a CPU machine too; running the engines
+needs a GPU that flavour supports (not Hopper: see DESIGN.md).
+
+  python -m engines.wan.export --checkpoint DIR --out DIR [--build --module tensorrt_rtx]
+  python -m engines.wan.export --random-weights --layers 1 --out DIR --build   (5B widths, 1 layer)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
+
+ONNX_OPSET = 18
+
+
+class DenoiserGraph(nn.Module):
+    """transformer(x, t, text) -> prediction, as a plain module for export."""
+
+    def __init__(self, transformer) -> None:
+        super().__init__()
+        self.transformer = transformer
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.transformer(x, t, text, return_dict=False)[0]
+
+
+class VaeStepGraph(nn.Module):
+    """One steady-state streaming-decoder frame with its caches as explicit inputs and outputs."""
+
+    def __init__(self, vae, layout: list[bool]) -> None:
+        super().__init__()
+        self.vae, self.layout = vae, layout  # layout[i]: cache entry i is a tensor (else stays None)
+
+    def forward(self, x: torch.Tensor, *caches: torch.Tensor):
+        it = iter(caches)
+        feats = [next(it) if has else None for has in self.layout]
+        frame = self.vae.decoder(x, feat_cache=feats, feat_idx=[0], first_chunk=False)
+        return (frame, *[f for f, has in zip(feats, self.layout) if has])
+
+
+def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+            varargs: bool = False) -> dict:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    # the torch.export-based exporter: it decomposes ops the TorchScript one lacks (aten::rms_norm)
+    # traced at batch 2: torch.export specializes dimensions of size 1
+    batch = torch.export.Dim("batch", min=1, max=256)
+    dyn = ({0: batch}, tuple({0: batch} for _ in args[1:])) if varargs else tuple({0: batch} for _ in args)
+    prog = torch.onnx.export(module, args, input_names=inputs, output_names=outputs, dynamic_shapes=dyn,
+                             opset_version=ONNX_OPSET, dynamo=True, external_data=False, verbose=False)
+    prog.optimize()
+    prog.save(str(path), external_data=path.stat().st_size > 2**31 if path.exists() else False)
+    data = path.read_bytes() if path.stat().st_size < 2**31 else b""
+    return {"path": str(path), "seconds": round(time.perf_counter() - t0, 2), "bytes": path.stat().st_size,
+            "sha256": hashlib.sha256(data).hexdigest() if data else None,
+            "shapes": {n: list(a.shape) for n, a in zip(inputs, args)}}
+
+
+@torch.no_grad()
+def export_denoiser(engine, path: Path) -> dict:
+    """The transformer at the engine's chunk shape (batch dynamic)."""
+    K, T = engine.context_latent_frames, engine.chunk_latent_frames
+    h, w = engine.latent_hw
+    _, ph, pw = engine.transformer.config.patch_size
+    x = torch.randn(2, engine.z_dim, K + T, h, w)
+    t = torch.full((2, (K + T) * (h // ph) * (w // pw)), 500.0)
+    text = torch.randn(2, 512, engine.transformer.config.text_dim) * 0.1
+    mod = DenoiserGraph(engine.transformer.float().cpu()).eval()
+    return _export(mod, (x, t, text), path, ["x", "t", "text"], ["pred"])
+
+
+@torch.no_grad()
+def export_vae_step(engine, path: Path) -> dict:
+    """The steady-state VAE frame: caches come from decoding two frames of a stream first."""
+    vae = engine.vae.float().cpu()
+    dec = StreamingVaeDecoder(vae)
+    h, w = engine.latent_hw
+    caches2 = [VaeStreamCache(), VaeStreamCache()]
+    dec.decode(torch.randn(2, engine.z_dim, 2, h, w), caches2)
+    layout = [torch.is_tensor(f) for f in caches2[0].feats]
+    caches = tuple(torch.cat([a, b]) for a, b in zip(caches2[0].feats, caches2[1].feats) if torch.is_tensor(a))
+    x = vae.post_quant_conv(torch.randn(2, engine.z_dim, 1, h, w))
+    names = [f"cache{i}" for i in range(len(caches))]
+    info = _export(VaeStepGraph(vae, layout).eval(), (x, *caches), path, ["x", *names],
+                   ["frame", *[n + "_out" for n in names]], varargs=True)
+    info["layout"] = layout
+    return info
+
+
+def batch_profile(info: dict, max_batch: int, opt_batch: int | None = None) -> dict:
+    """{input: (min, opt, max) shapes} over the batch axis, for build_engine."""
+    opt = opt_batch or max(1, min(max_batch, 8))
+    return {n: (tuple([1, *s[1:]]), tuple([opt, *s[1:]]), tuple([max_batch, *s[1:]]))
+            for n, s in info["shapes"].items()}
+
+
+def build(exported: dict[str, dict], cache_dir: Path, max_batch: int, module: str | None = None,
+          precision: str = "fp16", log=print) -> dict:
+    """Build (or find in the engine cache) one TensorRT engine per exported graph."""
+    import os
+
+    from engines.backends.base import BackendError
+    from engines.backends.tensorrt_backend import (_make_logger, build_engine, engine_cache_key, gpu_info,
+                                                   import_tensorrt)
+    trt, flavor = import_tensorrt(module)
+    try:
+        gpu = gpu_info()
+    except BackendError:
+        if flavor != "tensorrt_rtx":
+            raise
+        gpu = {"name": "none", "cc": (0, 0)}  # TensorRT-RTX builds ahead of time without a GPU
+    version = str(trt.__version__)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    logger = _make_logger(trt)
+    timing = cache_dir / f"timing-{flavor}-{version}-sm{gpu['cc'][0]}{gpu['cc'][1]}.cache"
+    out = {}
+    for name, info in exported.items():
+        data = Path(info["path"]).read_bytes()
+        sha = hashlib.sha256(data).hexdigest()
+        prof = batch_profile(info, 4 if name == "vae_step" else max_batch)
+        key = engine_cache_key(sha, prof, gpu["name"], gpu["cc"], version, flavor, precision,
+                               extra={"graph": f"wan-{name}"})
+        eng = cache_dir / f"wan-{name}-{key[:20]}.engine"
+        rec = {"path": str(eng), "key": key, "trt": f"{flavor} {version}", "gpu": gpu["name"],
+               "profile": {k: [list(s) for s in v] for k, v in prof.items() if k in ("x", "t", "text")}}
+        if eng.exists():
+            rec.update(built=False, bytes=eng.stat().st_size)
+            log(f"  {name}: cached {eng.name}")
+        else:
+            t0 = time.perf_counter()
+            blob = build_engine(trt, flavor, data, prof, precision, logger, timing_cache=timing, gpu=gpu)
+            tmp = eng.with_suffix(".tmp")
+            tmp.write_bytes(blob)
+            os.replace(tmp, eng)
+            rec.update(built=True, seconds=round(time.perf_counter() - t0, 1), bytes=len(blob))
+            log(f"  {name}: built {eng.name} ({len(blob) / 1e6:.1f} MB) in {rec['seconds']} s")
+        out[name] = rec
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m engines.wan.export", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint")
+    src.add_argument("--random-weights", action="store_true", help="Wan2.2-TI2V-5B widths, random values")
+    ap.add_argument("--layers", type=int, default=1, help="--random-weights: transformer layers")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--chunk-frames", type=int, default=2)
+    ap.add_argument("--build", action="store_true")
+    ap.add_argument("--module", default=None, help="tensorrt | tensorrt_rtx")
+    ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--precision", default="fp16", choices=("fp16", "fp32"))
+    args = ap.parse_args(argv)
+    from engines.wan.checkpoint import CheckpointInfo
+    from engines.wan.engine import WanEngine
+    if args.checkpoint:
+        eng = WanEngine.load(args.checkpoint, chunk_latent_frames=args.chunk_frames)
+    else:
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
+        from tools.bench_wan import TRANSFORMER_5B, VAE_22
+        tr = WanTransformer3DModel(**dict(TRANSFORMER_5B, num_layers=args.layers))
+        eng = WanEngine(tr, AutoencoderKLWan(**VAE_22), CheckpointInfo(None, None, None),  # type: ignore[arg-type]
+                        chunk_latent_frames=args.chunk_frames)
+    out = Path(args.out)
+    report = {"exported": {"denoiser": export_denoiser(eng, out / "wan_denoiser.onnx"),
+                           "vae_step": export_vae_step(eng, out / "wan_vae_step.onnx")}}
+    for k, v in report["exported"].items():
+        print(f"  {k}: {v['path']} ({v['bytes'] / 1e6:.1f} MB) in {v['seconds']} s", file=sys.stderr)
+    if args.build:
+        report["engines"] = build(report["exported"], out / "engines", args.max_batch, args.module, args.precision,
+                                  log=lambda m: print(m, file=sys.stderr))
+    for v in report["exported"].values():
+        v.pop("layout", None)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
