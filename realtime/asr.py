@@ -146,6 +146,11 @@ class Transcriber:
         if warmup:
             # the first decode pays one-off allocation costs; pay them at start-up, not on a user
             self.transcribe(np.zeros(SAMPLE_RATE // 2, dtype=np.float32), language="en")
+            # the Silero VAD loads on first use (0.4-1.7 s): that first use is a live session's
+            # first PCM, on the event loop, which then stalls every stream (the issue 6 fuzz stall)
+            from faster_whisper.vad import get_vad_model
+
+            get_vad_model()
         return self
 
     def transcribe(

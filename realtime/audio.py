@@ -31,6 +31,16 @@ class AudioDecodeError(ValueError):
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 
+MIN_RATE, MAX_RATE = 4_000, 384_000  # sample rates a real clip has
+
+
+def _check_rate(rate: int | None) -> None:
+    """Refuse absurd sample rates before resampling: a fuzzed WAV header saying 14.6 MHz made the
+    resampler spend ~1 s of CPU (and stalled every stream with it) on 59 bytes of input."""
+    if rate and not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioDecodeError("unsupported", f"sample rate {rate} Hz is outside {MIN_RATE}..{MAX_RATE} Hz")
+
+
 def decode_audio(
     source: bytes | bytearray | memoryview | str | os.PathLike | BinaryIO,
     *,
@@ -64,6 +74,7 @@ def decode_audio(
             declared_s = container.duration / 1_000_000  # av.time_base is microseconds
             if declared_s > max_seconds + 0.5:
                 raise AudioDecodeError("too_long", f"{declared_s:.1f} s > max {max_seconds:g} s")
+        _check_rate(stream.codec_context.sample_rate)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
         pieces: list[np.ndarray] = []
         total = 0
@@ -71,6 +82,7 @@ def decode_audio(
         try:
             for frame in container.decode(stream):
                 frame.pts = None  # resampler copes with gaps; mixed pts from broken files trip it
+                _check_rate(frame.sample_rate)
                 for out in resampler.resample(frame):
                     piece = out.to_ndarray().reshape(-1)
                     pieces.append(piece)
@@ -84,6 +96,8 @@ def decode_audio(
                     total += piece.size
         except av.error.FFmpegError as exc:
             error = exc
+        except AudioDecodeError:
+            raise
         except (UnicodeDecodeError, ValueError) as exc:  # garbage that slipped past the probe
             error = exc
     if total == 0:

@@ -9,9 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+from realtime.engine_loader import WAN_FLAGS
 from realtime.settings import Settings
 
-ENGINE_FLAGS = ("engine", "backend", "steps", "threads", "device", "weights")
+ENGINE_FLAGS = ("engine", "backend", "steps", "threads", "device", "weights", "cache_dir", *WAN_FLAGS)
 
 
 def parse_schedule(spec: str, seconds: float) -> list[tuple[str, float]]:
@@ -59,8 +60,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     else:
         import numpy as np
 
-        from engines.tiny.engine import TinyEngine
-        engine = TinyEngine.load(**settings.engine_kwargs())
+        from realtime.engine_loader import load_engine
+        engine = load_engine(settings)
         st = engine.start_stream(avatar, schedule[0][0], args.intensity, args.seed)
         engine.sample_chunks([st])  # leave the rest pose before the clip starts
         chunks = []
@@ -73,7 +74,7 @@ def cmd_render(args: argparse.Namespace) -> int:
                 chunks.append(c[: need - got])
                 got += len(chunks[-1])
         frames = np.concatenate(chunks)
-        label = f"tiny/{settings.backend}/{settings.steps} steps"
+        label = f"{settings.engine}/{'torch' if settings.engine == 'wan' else settings.backend}/{settings.steps} steps"
     gen_s = time.perf_counter() - t0
     out = write_video(frames, args.output, fps=fps, background=parse_color(args.background))
     print(f"wrote {out} ({len(frames)} frames, {label}, generated in {gen_s:.2f}s = "
@@ -82,9 +83,13 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from realtime.server import serve
+    from realtime.server import StartupError, serve
 
-    serve(Settings.from_args(args))
+    try:
+        serve(Settings.from_args(args))
+    except StartupError as exc:  # missing or corrupt model files: say so and exit non-zero
+        print(f"avatarcast: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -104,6 +109,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return bench_main(args.rest) or 0
     if args.what == "latency":
         from tools.bench_latency import main as bench_main
+        return bench_main(args.rest) or 0
+    if args.what == "load":
+        from tools.bench_load import main as bench_main
         return bench_main(args.rest) or 0
     print(f"unknown benchmark {args.what!r}", file=sys.stderr)
     return 2
@@ -135,8 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
     Settings.add_arguments(r, ENGINE_FLAGS)
     r.set_defaults(func=cmd_render)
 
-    b = sub.add_parser("bench", help="benchmarks: engine, latency", add_help=False)
-    b.add_argument("what", choices=["engine", "latency"])
+    b = sub.add_parser("bench", help="benchmarks: engine, latency, load", add_help=False)
+    b.add_argument("what", choices=["engine", "latency", "load"])
     b.add_argument("rest", nargs=argparse.REMAINDER)
     b.set_defaults(func=cmd_bench)
 

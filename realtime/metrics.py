@@ -19,7 +19,15 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.sessions_active = Gauge("avatarcast_sessions_active", "sessions open now", registry=r)
         self.sessions_created = Counter("avatarcast_sessions_created", "sessions created", registry=r)
-        self.sessions_rejected = Counter("avatarcast_sessions_rejected", "sessions refused (server full)", registry=r)
+        self.sessions_rejected = Counter("avatarcast_sessions_rejected",
+                                         "sessions refused: max_sessions, capacity, degraded, rate_limit, shutting_down",
+                                         ["reason"], registry=r)
+        self.rate_limited = Counter("avatarcast_rate_limited", "requests or messages over a per-client rate limit",
+                                    ["kind"], registry=r)
+        self.degradation_level = Gauge("avatarcast_degradation_level",
+                                       "0 full, 1 fewer sampler steps, 2 cached loops for new reactions", registry=r)
+        self.engine_busy = Gauge("avatarcast_engine_busy_ratio", "fraction of recent time the engine ran live batches",
+                                 registry=r)
         self.webrtc_peers = Gauge("avatarcast_webrtc_peers", "WebRTC peers connected or connecting", registry=r)
         self.ttff = Histogram("avatarcast_ttff_seconds", "end of speech (or input) to the first reacting frame",
                               ["kind"], buckets=LATENCY_BUCKETS, registry=r)
@@ -44,6 +52,10 @@ class Metrics:
         self.sessions_active.set_function(sessions)
         self.webrtc_peers.set_function(peers)
         self.queue_depth.set_function(queue)
+
+    def bind_load(self, level: Callable[[], int], busy: Callable[[], float]) -> None:
+        self.degradation_level.set_function(level)
+        self.engine_busy.set_function(busy)
 
     def observe_latency(self, payload: dict[str, Any]) -> None:
         kind = str(payload.get("kind") or "unknown")

@@ -7,9 +7,10 @@ import json
 import sys
 import time
 
+from realtime.engine_loader import WAN_FLAGS
 from realtime.settings import Settings
 
-ENGINE_FLAGS = ("backend", "steps", "threads", "device", "weights")
+ENGINE_FLAGS = ("engine", "backend", "steps", "threads", "device", "weights", *WAN_FLAGS)
 
 
 def parse_avatars(spec: str) -> list:
@@ -39,13 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cache-dir", default=None, help="default ~/.cache/avatarcast/latents")
     ap.add_argument("--templates", default=None, help="templates JSON (default: the shipped emotions.json)")
     ap.add_argument("--json", action="store_true", help="print the stats as one JSON object")
+    ap.add_argument("--prompts-only", action="store_true",
+                    help="engine wan: only write the templates' prompt embeddings (needs text_encoder/ + tokenizer/)")
     Settings.add_arguments(ap, ENGINE_FLAGS)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from engines.tiny.engine import TinyEngine
+    from realtime.engine_loader import load_engine
     from templates import load_templates
     from templates.cache import LatentsCache
 
@@ -54,9 +57,18 @@ def main(argv: list[str] | None = None) -> int:
     emotions = [e.strip() for e in args.emotions.split(",") if e.strip()] or None
     avatars = parse_avatars(args.avatars)
     t0 = time.perf_counter()
-    engine = TinyEngine.load(**settings.engine_kwargs())
+    # wan: loading computes and stores the templates' prompt embeddings where they are missing
+    engine = load_engine(settings, cache_dir=args.cache_dir, templates=templates)
     load_s = time.perf_counter() - t0
     cache = LatentsCache(engine, templates, args.cache_dir)
+    if args.prompts_only:
+        if settings.engine != "wan":
+            raise ValueError("--prompts-only is for --engine wan")
+        stats = {"prompt_embeds": engine.embeds_id, "prompts": len(templates),
+                 "dir": str(cache.cache_dir / "prompt_embeds"), "engine_load_seconds": round(load_s, 3)}
+        print(json.dumps(stats, sort_keys=True) if args.json else
+              f"{stats['prompts']} prompt embeddings ({stats['prompt_embeds']}) in {stats['dir']}")
+        return 0
     stats = cache.precompute(avatars, emotions, variants=args.variants, batch=args.batch)
     stats.update(cache_dir=str(cache.cache_dir), steps=engine.steps, weights=engine.weights_hash,
                  engine_load_seconds=round(load_s, 3))

@@ -6,7 +6,8 @@ Server -> client
   wall-clock send time (unix seconds), u8 image format (1 jpeg, 2 webp), u8 frame source
   (0 idle, 1 listening, 2 cache, 3 sampler), u8 emotion index (into `EMOTIONS`), u8 reserved.
 - text: a JSON event {"type", "t", "seq", "payload"} (hello, state_changed, transcript_partial,
-  transcript_final, emotion, latency, frames_late, clip, error).
+  transcript_final, emotion, latency, frames_late, clip, error, and closing: the server is shutting
+  down, the socket closes with 1001 next).
 
 Client -> server
 - binary: a 4-byte tag then data: b"PCM1" + 16 kHz mono little-endian int16 samples (live

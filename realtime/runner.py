@@ -88,6 +88,9 @@ class SessionRunner:
         self.frames_sent = 0
         self.last_frame: OutFrame | None = None
         self.closed = asyncio.Event()
+        self.close_code: int | None = None  # set when the server ends the session (1001: shutting down)
+        # reactions started while the ladder said "cached loops": reaction -> (start chunk, emotion, cached frames)
+        self._loops: dict[int, tuple[int, str, np.ndarray]] = {}
         # reaction frames ready to play, in order: (reaction, chunk, rgba, source, emotion)
         self._ready: deque[tuple[int, int, np.ndarray, str, str]] = deque()
         self._states: dict[tuple[int, int], Any] = {}  # (reaction, chunk) -> stream state after it
@@ -131,6 +134,11 @@ class SessionRunner:
                 "image_format": self.image_format, "language": self.language,
                 "frames_sent": self.frames_sent, "frames_dropped": s.clock.dropped,
                 "clients": len(self.sinks), "age_s": round(time.monotonic() - self.created, 3)}
+
+    def notify_closing(self, reason: str) -> None:
+        """The server is going away: say so to every client before the session closes (WebSocket 1001)."""
+        self.close_code = 1001
+        self._emit_local("closing", {"reason": reason})
 
     async def close(self) -> None:
         if self.closed.is_set():
@@ -386,6 +394,8 @@ class SessionRunner:
                 self._ready = deque(x for x in self._ready if not (x[0] == req.reaction and x[1] >= req.chunk))
             if req.source == "cache" and self._serve_from_cache(req):
                 continue
+            if self._serve_from_loop(req):
+                continue
             self._work.put_nowait(req)
         self._flush_events()
 
@@ -403,16 +413,32 @@ class SessionRunner:
         state = self.hub.engine.start_stream(self.assets.params, req.emotion, req.intensity,
                                              seed=hash((self.id, req.reaction)) & 0xFFFF, ctx=entry.ctx)
         self._store(req, entry.frames, state)
+        ladder = self.hub.scheduler.ladder if self.hub.scheduler is not None else None
+        if ladder is not None and ladder.cached_loops and (req.chunk == 0 or req.reaction in self._loops):
+            self._loops[req.reaction] = (req.chunk, req.emotion, entry.frames)  # a new reaction under load
+            while len(self._loops) > 4:
+                self._loops.pop(next(iter(self._loops)))
         if req.utterance is not None:
             self.session.stamp("cache", time.monotonic(), t0, utterance=req.utterance)
         return True
 
-    def _store(self, req: ChunkRequest, frames: np.ndarray, state: Any) -> None:
+    def _serve_from_loop(self, req: ChunkRequest) -> bool:
+        """Degraded (ladder level 2): a reaction that started under load plays its cached chunk forward,
+        then backward, and so on, instead of sampling. No engine time; no seam at the turn-arounds."""
+        loop = self._loops.get(req.reaction)
+        if loop is None or loop[1] != req.emotion:
+            return False
+        start, _, frames = loop
+        self._store(req, frames if (req.chunk - start) % 2 == 0 else frames[::-1], None, source="cache")
+        self.hub.stats["chunks_looped"] += 1
+        return True
+
+    def _store(self, req: ChunkRequest, frames: np.ndarray, state: Any, source: str | None = None) -> None:
         self._states[(req.reaction, req.chunk)] = state
         while len(self._states) > 8:  # a few chunks around the playing one; memory stays flat
             self._states.pop(next(iter(self._states)))
         for f in frames:
-            self._ready.append((req.reaction, req.chunk, f, req.source, req.emotion))
+            self._ready.append((req.reaction, req.chunk, f, source or req.source, req.emotion))
         while len(self._ready) > 64:
             self._ready.popleft()
 
@@ -435,9 +461,14 @@ class SessionRunner:
                 res = await hub.scheduler.submit(ChunkJob(self.id, state, req.due_t, req.emotion, req.intensity))
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # the engine failed this batch: this reaction ends, the session goes on
                 log.exception("session %s: chunk %s failed", self.id, (req.reaction, req.chunk))
-                self._error("engine_failed", f"{type(exc).__name__}: {exc}")
+                self.hub.stats["engine_failures"] += 1
+                if not self.session.abort_reaction(req.reaction, "engine_failed",
+                                                   f"the engine failed ({type(exc).__name__}: {exc}); "
+                                                   "back to the idle loop", time.monotonic()):
+                    self._error("engine_failed", f"{type(exc).__name__}: {exc}")
+                self._pump()
                 continue
             if not self.session.is_wanted(req):  # superseded by a switch, or the reaction ended
                 self.hub.stats["chunks_discarded"] += 1

@@ -15,6 +15,7 @@ import asyncio
 import copy
 import logging
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -77,6 +78,33 @@ class EngineScheduler:
         self.jobs_done = 0
         self.last_batch_s = 0.0
         self.busy_s = 0.0
+        # measured load, for admission control and the degradation ladder (realtime/admission.py, ladder.py)
+        self.stream_chunk_s: float | None = None  # EWMA: engine seconds per stream-chunk at full steps
+        self.cost_at = -1e18  # when stream_chunk_s was last measured
+        self.late_batches = 0
+        self._live: deque[tuple[float, float]] = deque(maxlen=4096)  # (end, seconds) of recent live batches
+        self.ladder: Any = None  # a DegradationLadder, set by the Hub
+
+    def busy_fraction(self, window_s: float = 10.0) -> float:
+        """The fraction of the last `window_s` seconds the engine spent on live batches (0..1)."""
+        now = self.clock()
+        lo = now - window_s
+        busy = sum(min(dur, end - lo) for end, dur in self._live if end > lo)
+        return min(1.0, max(0.0, busy / window_s))
+
+    def _observe(self, batch: list[ChunkJob], results: list[ChunkResult], steps: int | None) -> None:
+        """Record a finished live batch: its cost per stream, and whether it finished past a deadline."""
+        r = results[0]
+        dur = r.finished - r.started
+        self._live.append((r.finished, dur))
+        if steps is None:  # cost at full quality: what a new stream would add
+            per = dur / len(results)
+            self.stream_chunk_s = per if self.stream_chunk_s is None else 0.8 * self.stream_chunk_s + 0.2 * per
+            self.cost_at = r.finished
+        late = r.finished > min(j.due_t for j in batch)
+        self.late_batches += late
+        if self.ladder is not None:
+            self.ladder.observe(late, self.busy_fraction())
 
     @property
     def queue_depth(self) -> int:
@@ -155,7 +183,11 @@ class EngineScheduler:
                 continue
             if not self._queue:
                 self._wake.clear()
-                await self._wake.wait()
+                try:  # wake now and then: the ladder steps back up while nothing runs
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    if self.ladder is not None:
+                        self.ladder.tick(self.busy_fraction())
                 continue
             self._queue.sort(key=lambda j: j.due_t)
             now = self.clock()
@@ -173,8 +205,9 @@ class EngineScheduler:
             batch = [j for j in batch if j.future is not None and not j.future.done()]
             if not batch:
                 continue
+            steps = self.ladder.live_steps if self.ladder is not None else None
             try:
-                results = await loop.run_in_executor(self.executor, self._work, batch)
+                results = await loop.run_in_executor(self.executor, self._work, batch, steps)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the engine failed: every job of this batch fails, others go on
@@ -183,14 +216,19 @@ class EngineScheduler:
                     if not j.future.done():
                         j.future.set_exception(exc)
                 continue
+            if results:
+                self._observe(batch, results, steps)
             if self.on_batch is not None and results:
                 self.on_batch(len(results), results[0].finished - results[0].started)
             for j, r in zip(batch, results):
                 if not j.future.done():
                     j.future.set_result(r)
 
-    def _work(self, batch: list[ChunkJob]) -> list[ChunkResult]:
-        """Engine thread: one sampler call for the whole batch, then one decode call."""
+    def _work(self, batch: list[ChunkJob], steps: int | None = None) -> list[ChunkResult]:
+        """Engine thread: one sampler call for the whole batch, then one decode call.
+
+        `steps` (the degradation ladder) overrides the sampler steps of this call only.
+        """
         t0 = self.clock()
         for j in batch:
             if callable(j.state):  # a new stream: its reference latent is engine work too
@@ -198,14 +236,18 @@ class EngineScheduler:
         states = [j.state for j in batch]
         for j in batch:
             self.engine.set_emotion(j.state, j.emotion, j.intensity)
-        lat = self.engine.sample_chunks(states)
+        lat = self.engine.sample_chunks(states) if steps is None else self.engine.sample_chunks(states, steps=steps)
         t1 = self.clock()
         B, T = lat.shape[:2]
-        frames = self.engine.decode(lat.reshape(B * T, *lat.shape[2:]))
+        if hasattr(self.engine, "decode_chunks"):  # engines whose decode continues each stream (wan)
+            per = list(self.engine.decode_chunks(states, lat))
+        else:
+            frames = self.engine.decode(lat.reshape(B * T, *lat.shape[2:]))
+            per = [frames[i * T:(i + 1) * T] for i in range(B)]
         t2 = self.clock()
         self.batches += 1
         self.jobs_done += B
         self.last_batch_s = t2 - t0
         self.est_batch_s = 0.7 * self.est_batch_s + 0.3 * (t2 - t0)
         self.busy_s += t2 - t0
-        return [ChunkResult(frames[i * T:(i + 1) * T], states[i], t0, t1, t2, B) for i in range(B)]
+        return [ChunkResult(per[i], states[i], t0, t1, t2, B) for i in range(B)]

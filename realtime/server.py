@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
+import uvicorn
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -91,12 +92,18 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
+        # aiortc takes ~0.7 s to import: pay it before serving, not on the loop at the first WHEP offer
+        from realtime import webrtc
+
         task = asyncio.create_task(hub.start(), name="hub-start")
 
         def done(t: asyncio.Task) -> None:
             if not t.cancelled() and t.exception() is not None:
                 log.error("start-up failed: %r", t.exception())
-                hub.start_error = repr(t.exception())  # type: ignore[attr-defined]
+                hub.start_error = f"{type(t.exception()).__name__}: {t.exception()}"  # type: ignore[attr-defined]
+                on_failed = getattr(app.state, "on_start_failed", None)
+                if on_failed is not None:  # `avatarcast serve`: exit with the error, do not serve 503s forever
+                    on_failed()
 
         task.add_done_callback(done)
         app.state.start_task = task
@@ -118,7 +125,18 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     @app.exception_handler(HubError)
     async def hub_error(request: Request, exc: HubError) -> JSONResponse:
-        return _err(exc.status, exc.code, exc.message, {"Retry-After": "5"} if exc.status == 503 else None)
+        return _err(exc.status, exc.code, exc.message, {"Retry-After": exc.retry_after} if exc.retry_after else None)
+
+    def limit_sessions(scope: dict) -> None:
+        """Session creations per client (realtime/ratelimit.py): HubError 429 over the limit."""
+        from realtime.ratelimit import client_keys, retry_after
+
+        wait = hub.limits.sessions.take(client_keys(scope))
+        if wait > 0:
+            hub.metrics.rate_limited.labels("sessions").inc()
+            hub._reject("rate_limit")
+            raise HubError(429, "rate_limited", f"too many new sessions from this client; retry in {wait:.0f} s",
+                           retry_after(wait))
 
     def urls(request: Request, sid: str) -> dict:
         base = str(request.base_url).rstrip("/")
@@ -162,6 +180,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     @app.post("/v1/sessions", status_code=201, response_model=SessionInfo, tags=["sessions"], responses=errors)
     async def create_session(body: SessionCreate, request: Request) -> Any:
+        limit_sessions(request.scope)
         r = hub.create_session(body.avatar, image_format=body.image_format, quality=body.quality,
                                language=body.language)
         return {**r.info(), **urls(request, r.id)}
@@ -228,6 +247,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
                   "application/sdp": {"schema": {"type": "string"}}}}})
     async def whep_new(request: Request, avatar: str = "", language: str | None = None) -> Response:
         """Creates a session for this peer; it ends when the peer goes away."""
+        limit_sessions(request.scope)
         return await _offer(hub.create_session(avatar, language=language), request, owns_session=True)
 
     async def _offer(runner: Any, request: Request, owns_session: bool) -> Response:
@@ -291,8 +311,10 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
         await ws.accept()
         try:
+            limit_sessions(ws.scope)
             r = hub.create_session(avatar, image_format=image_format, quality=quality, language=language)
         except HubError as exc:
+            # 503 (busy, shutting down): 1013 try again later; 429 and bad requests: 1008 policy
             await ws.close(CLOSE_TRY_LATER if exc.status == 503 else CLOSE_POLICY, exc.message[:120])
             return
         await serve_socket(ws, hub, r, owns_session=True)
@@ -304,6 +326,9 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    from realtime.ratelimit import RateLimitMiddleware
+
+    app.add_middleware(RateLimitMiddleware, hub=hub)  # inside auth: it sees the token's subject
     if settings.auth_secret:
         from realtime.auth import AuthMiddleware
 
@@ -312,13 +337,39 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
 
 def serve(settings: Settings) -> None:
-    """Run the server in this process until interrupted."""
-    import uvicorn
-
+    """Run the server in this process until interrupted (or until start-up fails: StartupError)."""
     from realtime.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
+    hub: Hub = app.state.hub
     tls = {"ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile or None} if settings.ssl_certfile else {}
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
-                ws_max_size=settings.max_message_bytes + 64, ws="websockets-sansio", timeout_graceful_shutdown=5, **tls)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
+                            ws_max_size=settings.max_message_bytes + 64, ws="websockets-sansio",
+                            timeout_graceful_shutdown=5, **tls)
+    server = DrainingServer(config, hub)
+    app.state.on_start_failed = lambda: setattr(server, "should_exit", True)
+    server.run()
+    err = getattr(hub, "start_error", None)
+    if err:
+        raise StartupError(f"start-up failed: {err}")
+
+
+class StartupError(RuntimeError):
+    """The models could not be loaded: `avatarcast serve` exits non-zero with this message."""
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's Server, draining the sessions first on shutdown (SIGINT/SIGTERM): each client gets a
+    `closing` event and its WebSocket a 1001 close before uvicorn closes the connections."""
+
+    def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
+        super().__init__(config)
+        self.hub = hub
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        try:
+            await asyncio.wait_for(self.hub.drain(), 5.0)
+        except Exception:
+            log.exception("draining the sessions failed")
+        await super().shutdown(sockets)

@@ -549,6 +549,16 @@ class Session:
         self._reaction = None
         self._set_state("closed", now)
 
+    def abort_reaction(self, reaction: int, code: str, message: str, now: float) -> bool:
+        """The engine could not make this reaction's frames: back to the idle (or listening) loop from
+        the next frame, with an error event. False if that reaction is no longer playing."""
+        r = self._reaction
+        if self.closed or r is None or r.id != reaction or self._state != "reacting":
+            return False
+        self._error(code, message, now, reaction=reaction)
+        self._end_reaction(now)
+        return True
+
     def stamp(self, stage: str, end: float, start: float | None = None, *, utterance: int | None = None) -> None:
         """Record a pipeline stage (decode, vad, asr, ...) for a turn (default: the latest speech turn)."""
         key = self._speech if utterance is None else utterance

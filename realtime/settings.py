@@ -24,6 +24,15 @@ class Settings:
     threads: int = 0  # 0 = all cores
     device: str = "auto"  # auto | cpu | cuda
     weights: str = ""  # empty = the shipped weights
+    # the wan engine (engines/wan/): a local diffusers-format Wan2.2-TI2V checkpoint directory
+    checkpoint: str = ""  # required with --engine wan: transformer/, vae/ (+ text_encoder/, tokenizer/)
+    wan_dtype: str = "auto"  # auto (bfloat16 on cuda, float32 on cpu) | float32 | bfloat16 | float16
+    wan_chunk_latents: int = 1  # latent frames per chunk (4 video frames each)
+    wan_context_latents: int = 1  # latent frames each chunk continues from
+    wan_height: int = 352  # the model's pixel grid (352x640: 22x40 latents); frames are scaled/padded to 640x360
+    wan_width: int = 640
+    wan_shift: float = 5.0  # flow-matching schedule shift
+    wan_prompt_embeds: str = "auto"  # auto: stored in the cache dir, or computed by the text encoder | random (benchmarks)
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: str = "info"
@@ -46,6 +55,17 @@ class Settings:
     auth_secret: str = ""  # set: every /v1/ request needs a JWT signed with it (`avatarcast token`)
     ssl_certfile: str = ""  # serve HTTPS/WSS with this certificate (and ssl_keyfile); browsers need
     ssl_keyfile: str = ""  # a secure origin for the microphone anywhere but localhost
+    # admission control (realtime/admission.py): admit a session while the measured engine load plus
+    # one more reacting stream stays under this fraction of the engine's time
+    admission: int = 1  # 0: admit up to max_sessions without measuring (benchmarks, tests)
+    capacity_headroom: float = 0.8  # 0..1; 1 admits up to a fully busy engine
+    capacity_window_s: float = 20.0  # the engine load is measured over this many recent seconds
+    ladder: int = 1  # 1: degrade under load (fewer steps, then cached loops; realtime/ladder.py)
+    ladder_up_s: float = 15.0  # a degraded level steps back up after this long without late chunks
+    # per-client rate limits (token buckets per IP, and per token subject with auth); 0 = off
+    rate_sessions_per_min: float = 60.0  # session creations (HTTP, WebSocket, WHEP); burst 20
+    rate_http_per_s: float = 50.0  # /v1/ HTTP requests; burst 2 s worth
+    rate_ws_msgs_per_s: float = 200.0  # WebSocket messages per client (20 ms PCM is 50/s); burst 2 s worth
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -79,6 +99,8 @@ class Settings:
     def validate(self) -> None:
         if self.engine not in ("tiny", "wan"):
             raise ValueError(f"engine must be 'tiny' or 'wan', got {self.engine!r}")
+        if self.engine == "wan":
+            self.validate_wan()
         if self.backend not in ("onnxruntime", "torch", "tensorrt"):
             raise ValueError(f"backend must be onnxruntime, torch or tensorrt, got {self.backend!r}")
         if not 1 <= self.steps <= 64:
@@ -102,8 +124,38 @@ class Settings:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 
+        if not 0 < self.capacity_headroom <= 1:
+            raise ValueError(f"capacity_headroom must be in (0, 1], got {self.capacity_headroom}")
+        for name in ("admission", "ladder"):
+            if getattr(self, name) not in (0, 1):
+                raise ValueError(f"{name} must be 0 or 1, got {getattr(self, name)}")
+        for name in ("capacity_window_s", "ladder_up_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("rate_sessions_per_min", "rate_http_per_s", "rate_ws_msgs_per_s"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"{name} must be >= 0 (0 = no limit), got {getattr(self, name)}")
         if self.auth_secret and len(self.auth_secret) < 32:
             raise ValueError("auth_secret must be at least 32 characters (HS256 wants a 256-bit key)")
+
+    def validate_wan(self) -> None:
+        """engine=wan: the knobs, and the checkpoint inspected now (cheap file checks), so a missing
+        or incomplete one fails at start-up naming what is missing, not at the first request."""
+        from engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint
+
+        if not self.checkpoint:
+            raise WanCheckpointError("engine wan needs --checkpoint DIR (AVATARCAST_CHECKPOINT): a local "
+                                     "diffusers-format Wan2.2-TI2V checkpoint with transformer/ and vae/")
+        if self.wan_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise ValueError(f"wan_dtype must be auto, float32, bfloat16 or float16, got {self.wan_dtype!r}")
+        if self.wan_prompt_embeds not in ("auto", "random"):
+            raise ValueError(f"wan_prompt_embeds must be auto or random, got {self.wan_prompt_embeds!r}")
+        for name in ("wan_chunk_latents", "wan_context_latents", "wan_height", "wan_width"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.wan_shift > 0:
+            raise ValueError(f"wan_shift must be > 0, got {self.wan_shift}")
+        inspect_checkpoint(self.checkpoint)
 
     def avatar_list(self) -> list[str]:
         return [a.strip() for a in self.avatars.split(",") if a.strip()]
@@ -113,6 +165,13 @@ class Settings:
         device = None if self.device == "auto" else self.device
         return {"weights_dir": self.weights or None, "backend": self.backend, "steps": self.steps,
                 "threads": self.threads or None, "device": device}
+
+    def wan_kwargs(self) -> dict[str, Any]:
+        """What WanAvatarEngine.load takes from these settings (besides the cache dir)."""
+        return {"checkpoint_dir": self.checkpoint, "device": self.device, "dtype": self.wan_dtype,
+                "steps": self.steps, "shift": self.wan_shift, "chunk_latent_frames": self.wan_chunk_latents,
+                "context_latent_frames": self.wan_context_latents, "height": self.wan_height,
+                "width": self.wan_width, "prompt_embeds": self.wan_prompt_embeds}
 
 
 def _parser_type(t: Any):

@@ -8,6 +8,7 @@ buffer) and a bounded queue of events; one sender task per socket drains them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -23,6 +24,7 @@ from realtime.protocol import TAG_CLIP, TAG_PCM, pack_frame
 log = logging.getLogger("avatarcast.ws")
 
 CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001  # the server is shutting down
 CLOSE_POLICY = 1008  # bad input
 CLOSE_TOO_BIG = 1009
 CLOSE_INTERNAL = 1011
@@ -54,6 +56,11 @@ class WebSocketSink:
         self._events.append(event_json)
         self._wake.set()
 
+    async def flush_events(self) -> None:
+        """Send the events still queued (a `closing` event before the close frame)."""
+        while self._events:
+            await self.ws.send_text(self._events.popleft())
+
     async def run(self) -> None:
         """Sender task: events first (in order), then the newest frame."""
         while True:
@@ -84,9 +91,13 @@ async def serve_socket(ws: WebSocket, hub: Any, runner: Any, *, owns_session: bo
     """Run one accepted socket against a session until either side goes away."""
     sink = WebSocketSink(ws, runner.image_format)
     runner.attach(sink)
+    hub.open_sockets += 1
     sender = asyncio.create_task(sink.run(), name=f"ws-send-{runner.id}")
     tasks: set[asyncio.Task] = set()
     max_bytes = hub.settings.max_message_bytes
+    from realtime.ratelimit import FloodGuard, client_keys
+
+    guard = FloodGuard(hub.limits.ws, client_keys(ws.scope))
 
     def spawn(coro: Any) -> None:
         t = asyncio.create_task(coro)
@@ -121,6 +132,17 @@ async def serve_socket(ws: WebSocket, hub: Any, runner: Any, *, owns_session: bo
             msg = recv.result()
             if msg["type"] == "websocket.disconnect":
                 break
+            verdict, wait = guard.check()
+            if verdict != "ok":
+                hub.metrics.rate_limited.labels("ws").inc()
+                if verdict == "close":
+                    close_code, reason = CLOSE_POLICY, "rate limit exceeded: too many messages"
+                    sink.offer_event(_error("rate_limited", "too many messages; closing", retry_after_s=round(wait, 2)))
+                    break
+                if verdict == "notify":
+                    sink.offer_event(_error("rate_limited", f"over {hub.limits.ws.rate:g} messages/s; "
+                                            "messages dropped", retry_after_s=round(wait, 2)))
+                continue
             data, text = msg.get("bytes"), msg.get("text")
             if data is not None:
                 if len(data) > max_bytes:
@@ -149,6 +171,13 @@ async def serve_socket(ws: WebSocket, hub: Any, runner: Any, *, owns_session: bo
         log.exception("session %s: socket failed", runner.id)
         close_code, reason = CLOSE_INTERNAL, "internal error"
     finally:
+        if runner.close_code == CLOSE_GOING_AWAY and close_code == CLOSE_NORMAL:
+            close_code, reason = CLOSE_GOING_AWAY, "server shutting down"
+        if not sender.done():  # events still queued (an error, `closing`) go out before the close frame
+            sender.cancel()
+            await asyncio.wait({sender}, timeout=1.0)  # let it stop first: one writer at a time
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(sink.flush_events(), 1.0)
         runner.detach(sink)
         sender.cancel()
         for t in list(tasks):
@@ -159,6 +188,7 @@ async def serve_socket(ws: WebSocket, hub: Any, runner: Any, *, owns_session: bo
             await ws.close(close_code, reason)
         except Exception:
             pass
+        hub.open_sockets -= 1
 
 
 async def handle_command(text: str, runner: Any, sink: WebSocketSink, spawn: Any) -> None:

@@ -37,7 +37,7 @@ def default_cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class CachedReaction:
-    """The first chunk of a reaction: latents (T,C,H,W) f16, frames (T,360,640,4) u8, ctx (K*C,H,W)."""
+    """The first chunk of a reaction: latents (T,C,H,W) f16, frames (T,360,640,4) u8 (4T with wan), ctx (K*C,H,W)."""
 
     latents: np.ndarray
     frames: np.ndarray
@@ -175,10 +175,14 @@ class LatentsCache:
         lat = eng.sample_chunks(states).astype(np.float16)
         B, T = lat.shape[:2]
         # decode what is stored, so the cached frames are exactly the frames of the cached latents
-        frames = eng.decode(lat.reshape(B * T, *lat.shape[2:]).astype(np.float32))
+        if hasattr(eng, "decode_chunks"):  # engines whose decode continues each stream (wan)
+            per = list(eng.decode_chunks(states, lat.astype(np.float32)))
+        else:
+            frames = eng.decode(lat.reshape(B * T, *lat.shape[2:]).astype(np.float32))
+            per = [frames[i * T:(i + 1) * T] for i in range(B)]
         out = []
         for i, ((avatar, emotion, variant, key), st) in enumerate(zip(jobs, states)):
-            entry = CachedReaction(lat[i], frames[i * T:(i + 1) * T], st.ctx.astype(np.float32), key)
+            entry = CachedReaction(lat[i], per[i], st.ctx.astype(np.float32), key)
             meta = {"key": key, "format": CACHE_FORMAT, "emotion": emotion, "variant": variant,
                     "avatar": st.avatar_key, "steps": eng.steps, "weights": eng.weights_hash}
             self._save(entry, meta)
@@ -218,11 +222,12 @@ class LatentsCache:
             cfg = self.engine.cfg
             T, C, K = cfg.chunk_frames, cfg.latent_channels, cfg.context_frames
             H, W = cfg.latent_hw
+            n_frames = getattr(cfg, "frames_per_chunk", T)  # wan: 4 video frames per latent frame
             problems = [
                 meta.get("key") != key and "key mismatch",
                 meta.get("format") != CACHE_FORMAT and "format mismatch",
                 (latents.dtype != np.float16 or latents.shape != (T, C, H, W)) and f"latents {latents.dtype}{latents.shape}",
-                (frames.dtype != np.uint8 or frames.shape != (T, cfg.height, cfg.width, 4)) and f"frames {frames.dtype}{frames.shape}",
+                (frames.dtype != np.uint8 or frames.shape != (n_frames, cfg.height, cfg.width, 4)) and f"frames {frames.dtype}{frames.shape}",
                 (ctx.dtype != np.float32 or ctx.shape != (K * C, H, W)) and f"ctx {ctx.dtype}{ctx.shape}",
                 not (np.isfinite(latents).all() and np.isfinite(ctx).all()) and "non-finite values",
             ]

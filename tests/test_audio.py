@@ -119,6 +119,9 @@ def test_raw_pcm16_at_16k_and_48k_stereo() -> None:
         (b"this is not audio, just some text that someone uploaded by mistake" * 20, "corrupt"),
         (np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes(), "corrupt"),
         (b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00", "corrupt"),  # header cut off before any audio
+        # a fuzzed header claiming 14.6 MHz: refused before the resampler burns ~1 s of CPU on it
+        (b"RIFF\xd2\x06\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00D\xac\xde\x00\x88X\x01\x00\x02\x00\x10\x00"
+         b"data\x20\x00\x00\x00" + bytes(32), "unsupported"),
     ],
 )
 def test_bad_input_raises_typed_error(data: bytes, reason: str) -> None:

@@ -100,7 +100,8 @@ def http_request(rng: random.Random, sid: str) -> tuple[str, str, dict]:
 def server_process():
     """The server in its own process, as deployed: the fuzzing client must not share its GIL."""
     port = free_port()
-    p = subprocess.Popen([sys.executable, "-m", "realtime.cli", "serve", "--port", str(port), "--max-sessions", "16"],
+    p = subprocess.Popen([sys.executable, "-m", "realtime.cli", "serve", "--port", str(port), "--max-sessions", "16",
+                          "--admission", "0", "--rate-sessions-per-min", "600"],  # fuzzing input, not capacity
                          stdout=subprocess.DEVNULL, stderr=open(os.environ.get("AVATARCAST_FUZZ_LOG", os.devnull), "w"))
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -217,9 +218,10 @@ def test_fuzzed_inputs_never_break_the_server_or_a_healthy_stream(server_process
     gaps = np.diff(times)
     span = times[-1] - times[0]
     assert len(times) >= 0.85 * 8 * span, (len(times), span)  # the healthy session kept (about) 8 fps
-    # Known (issue 6): under the long 3000-input run the healthy stream stalls once for 1.0-1.7 s, with
-    # the server's loop still busy serving others; the cause is not found yet. Bounded here, not hidden.
-    assert gaps.max() < 2.0, stats
+    # The 1.0-1.7 s stall once per 3000-input run is gone (max gap 0.17 s after): it was a fuzzed WAV header
+    # claiming a 14.6 MHz sample rate (the resampler spent ~1 s on it; now refused at once), plus
+    # first-use loads on the event loop (the Silero VAD at the first PCM, aiortc at the first WHEP offer).
+    assert gaps.max() < 0.6, stats
     deadline = time.monotonic() + 5
     while httpx.get(base + "/v1/status").json()["sessions"] and time.monotonic() < deadline:
         time.sleep(0.1)  # the sessions of closed sockets go away

@@ -14,22 +14,8 @@ pytest.importorskip("diffusers")
 from engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint  # noqa: E402
 from engines.wan.engine import WanEngine  # noqa: E402
 
-Z, TEXT_DIM, H, W = 4, 16, 32, 64  # tiny VAE: spatial factor 8 -> latent 4x8; patch 2 -> 2x4 tokens
-
-
-def _make_checkpoint(root: Path) -> Path:
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
-    torch.manual_seed(0)
-    tr = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8,
-                               in_channels=Z, out_channels=Z, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32,
-                               num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads",
-                               rope_max_seq_len=32)
-    vae = AutoencoderKLWan(base_dim=8, z_dim=Z, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
-                           temperal_downsample=[False, True, True],
-                           latents_mean=[0.1, -0.2, 0.3, 0.0], latents_std=[1.5, 2.0, 0.5, 1.0])
-    tr.save_pretrained(root / "transformer")
-    vae.save_pretrained(root / "vae")
-    return root
+from wan_checkpoint import H, TEXT_DIM, W, Z  # noqa: E402
+from wan_checkpoint import make_checkpoint as _make_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

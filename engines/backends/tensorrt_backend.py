@@ -311,15 +311,24 @@ def _slug(s: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in s).strip("-").lower()
 
 
-def build_engine(trt, flavor: str, onnx_bytes: bytes, profile: dict, precision: str, logger,
-                 timing_cache: Path | None = None, gpu: dict | None = None, workspace_gb: float = 4.0) -> bytes:
-    """Serialized engine for one ONNX graph (raises BackendError with TensorRT's own errors)."""
-    onnx_bytes = trt_graph(onnx_bytes, precision)
+def build_engine(trt, flavor: str, onnx_bytes: bytes | None, profile: dict, precision: str, logger,
+                 timing_cache: Path | None = None, gpu: dict | None = None, workspace_gb: float = 4.0,
+                 onnx_path: Path | None = None) -> bytes:
+    """Serialized engine for one ONNX graph (raises BackendError with TensorRT's own errors).
+
+    precision "as-exported" builds the graph unchanged from `onnx_path` (which may keep its
+    weights in external data, as graphs over 2 GB must); fp16/fp32 rewrite the bytes first."""
     builder = trt.Builder(logger)
     flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(onnx_bytes):
+    if precision == "as-exported" and onnx_path is not None:
+        ok = parser.parse_from_file(str(onnx_path))
+    else:
+        if onnx_bytes is None and onnx_path is not None:
+            onnx_bytes = onnx_path.read_bytes()
+        ok = parser.parse(trt_graph(onnx_bytes, precision))
+    if not ok:
         errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
         raise BackendError(f"{flavor} {trt.__version__} could not parse the ONNX graph: " + " | ".join(errs))
     config = builder.create_builder_config()

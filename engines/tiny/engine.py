@@ -119,8 +119,12 @@ class TinyEngine:
         if intensity is not None:
             state.intensity = float(np.clip(intensity, 0.0, 1.0))
 
-    def sample_chunks(self, states: list[StreamState]) -> np.ndarray:
-        """One sampler run for all streams: returns latents (B, T, C, H, W), advances contexts."""
+    def sample_chunks(self, states: list[StreamState], steps: int | None = None) -> np.ndarray:
+        """One sampler run for all streams: returns latents (B, T, C, H, W), advances contexts.
+
+        `steps` overrides the sampler's step count for this call only (the server's degradation
+        ladder); `self.steps`, which the latents cache keys on, stays as it is.
+        """
         cfg = self.cfg
         C, T, K = cfg.latent_channels, cfg.chunk_frames, cfg.context_frames
         H, W = cfg.latent_hw
@@ -130,10 +134,13 @@ class TinyEngine:
         ref = np.stack([s.ref for s in states])
         emo = np.array([s.emotion for s in states], dtype=np.int64)
         inten = np.array([s.intensity for s in states], dtype=np.float32)
-        d = np.full((B,), self.sampler.model_step_size, dtype=np.float32)
-        for t in self.sampler.timesteps:
+        sampler = self.sampler
+        if steps is not None and steps != sampler.steps:
+            sampler = ShortcutFlowSampler(steps=steps, min_shortcut=self.cfg.min_shortcut)
+        d = np.full((B,), sampler.model_step_size, dtype=np.float32)
+        for t in sampler.timesteps:
             v = self.backend.denoise(x, np.full((B,), t, dtype=np.float32), d, ctx, ref, emo, inten)
-            x = self.sampler.step(v, t, x)
+            x = sampler.step(v, t, x)
         lat = x.reshape(B, T, C, H, W)
         for s, chunk in zip(states, lat):
             s.ctx = chunk[T - K:].reshape(K * C, H, W).copy()

@@ -69,28 +69,36 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     prog = torch.onnx.export(module, args, input_names=inputs, output_names=outputs, dynamic_shapes=dyn,
                              opset_version=ONNX_OPSET, dynamo=True, external_data=False, verbose=False)
     prog.optimize()
-    prog.save(str(path), external_data=path.stat().st_size > 2**31 if path.exists() else False)
-    data = path.read_bytes() if path.stat().st_size < 2**31 else b""
-    return {"path": str(path), "seconds": round(time.perf_counter() - t0, 2), "bytes": path.stat().st_size,
-            "sha256": hashlib.sha256(data).hexdigest() if data else None,
+    weights = sum(p.numel() * p.element_size() for p in module.parameters())
+    external = weights > 1.8e9  # protobuf's 2 GB limit: big weights go to <name>.onnx.data
+    prog.save(str(path), external_data=external)
+    h = hashlib.sha256(path.read_bytes())
+    data_file = Path(str(path) + ".data")
+    if external and data_file.exists():
+        with open(data_file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 24), b""):
+                h.update(block)
+    return {"path": str(path), "seconds": round(time.perf_counter() - t0, 2), "external_data": external,
+            "bytes": path.stat().st_size + (data_file.stat().st_size if external and data_file.exists() else 0),
+            "sha256": h.hexdigest(), "dtype": str(args[0].dtype).replace("torch.", ""),
             "shapes": {n: list(a.shape) for n, a in zip(inputs, args)}}
 
 
 @torch.no_grad()
-def export_denoiser(engine, path: Path) -> dict:
+def export_denoiser(engine, path: Path, dtype: torch.dtype = torch.float32) -> dict:
     """The transformer at the engine's chunk shape (batch dynamic)."""
     K, T = engine.context_latent_frames, engine.chunk_latent_frames
     h, w = engine.latent_hw
     _, ph, pw = engine.transformer.config.patch_size
-    x = torch.randn(2, engine.z_dim, K + T, h, w)
-    t = torch.full((2, (K + T) * (h // ph) * (w // pw)), 500.0)
-    text = torch.randn(2, 512, engine.transformer.config.text_dim) * 0.1
-    mod = DenoiserGraph(engine.transformer.float().cpu()).eval()
+    x = torch.randn(2, engine.z_dim, K + T, h, w, dtype=dtype)
+    t = torch.full((2, (K + T) * (h // ph) * (w // pw)), 500.0)  # timesteps stay float32
+    text = (torch.randn(2, 512, engine.transformer.config.text_dim) * 0.1).to(dtype)
+    mod = DenoiserGraph(engine.transformer.to("cpu", dtype)).eval()
     return _export(mod, (x, t, text), path, ["x", "t", "text"], ["pred"])
 
 
 @torch.no_grad()
-def export_vae_step(engine, path: Path) -> dict:
+def export_vae_step(engine, path: Path, dtype: torch.dtype = torch.float32) -> dict:
     """The steady-state VAE frame: caches come from decoding two frames of a stream first."""
     vae = engine.vae.float().cpu()
     dec = StreamingVaeDecoder(vae)
@@ -100,6 +108,8 @@ def export_vae_step(engine, path: Path) -> dict:
     layout = [torch.is_tensor(f) for f in caches2[0].feats]
     caches = tuple(torch.cat([a, b]) for a, b in zip(caches2[0].feats, caches2[1].feats) if torch.is_tensor(a))
     x = vae.post_quant_conv(torch.randn(2, engine.z_dim, 1, h, w))
+    if dtype != torch.float32:  # primed in float32 (CPU kernels), exported in dtype
+        vae, x, caches = vae.to(dtype), x.to(dtype), tuple(c.to(dtype) for c in caches)
     names = [f"cache{i}" for i in range(len(caches))]
     info = _export(VaeStepGraph(vae, layout).eval(), (x, *caches), path, ["x", *names],
                    ["frame", *[n + "_out" for n in names]], varargs=True)
@@ -135,10 +145,12 @@ def build(exported: dict[str, dict], cache_dir: Path, max_batch: int, module: st
     timing = cache_dir / f"timing-{flavor}-{version}-sm{gpu['cc'][0]}{gpu['cc'][1]}.cache"
     out = {}
     for name, info in exported.items():
-        data = Path(info["path"]).read_bytes()
-        sha = hashlib.sha256(data).hexdigest()
+        sha = info["sha256"]
+        # graphs exported in fp16/bf16, or too big for one protobuf, are built as they are
+        big = info.get("external_data") or info.get("dtype", "float32") != "float32"
+        prec = "as-exported" if big else precision
         prof = batch_profile(info, 4 if name == "vae_step" else max_batch)
-        key = engine_cache_key(sha, prof, gpu["name"], gpu["cc"], version, flavor, precision,
+        key = engine_cache_key(sha, prof, gpu["name"], gpu["cc"], version, flavor, prec,
                                extra={"graph": f"wan-{name}"})
         eng = cache_dir / f"wan-{name}-{key[:20]}.engine"
         rec = {"path": str(eng), "key": key, "trt": f"{flavor} {version}", "gpu": gpu["name"],
@@ -148,7 +160,8 @@ def build(exported: dict[str, dict], cache_dir: Path, max_batch: int, module: st
             log(f"  {name}: cached {eng.name}")
         else:
             t0 = time.perf_counter()
-            blob = build_engine(trt, flavor, data, prof, precision, logger, timing_cache=timing, gpu=gpu)
+            blob = build_engine(trt, flavor, None, prof, prec, logger, timing_cache=timing, gpu=gpu,
+                                onnx_path=Path(info["path"]))
             tmp = eng.with_suffix(".tmp")
             tmp.write_bytes(blob)
             os.replace(tmp, eng)
@@ -170,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--build", action="store_true")
     ap.add_argument("--module", default=None, help="tensorrt | tensorrt_rtx")
     ap.add_argument("--max-batch", type=int, default=16)
-    ap.add_argument("--precision", default="fp16", choices=("fp16", "fp32"))
+    ap.add_argument("--precision", default="fp16", choices=("fp16", "fp32"),
+                    help="for float32 exports: fp16 convolutions (fp16) or as is (fp32)")
+    ap.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
+                    help="export weights and activations in this type (fp16/bf16 keep 5B-width graphs small)")
     args = ap.parse_args(argv)
     from engines.wan.checkpoint import CheckpointInfo
     from engines.wan.engine import WanEngine
@@ -184,8 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         eng = WanEngine(tr, AutoencoderKLWan(**VAE_22), CheckpointInfo(None, None, None),  # type: ignore[arg-type]
                         chunk_latent_frames=args.chunk_frames)
     out = Path(args.out)
-    report = {"exported": {"denoiser": export_denoiser(eng, out / "wan_denoiser.onnx"),
-                           "vae_step": export_vae_step(eng, out / "wan_vae_step.onnx")}}
+    dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    report = {"exported": {"denoiser": export_denoiser(eng, out / "wan_denoiser.onnx", dt),
+                           "vae_step": export_vae_step(eng, out / "wan_vae_step.onnx", dt)}}
     for k, v in report["exported"].items():
         print(f"  {k}: {v['path']} ({v['bytes'] / 1e6:.1f} MB) in {v['seconds']} s", file=sys.stderr)
     if args.build:

@@ -3,7 +3,7 @@
 Wan's UMT5-XXL encoder is 5.7B parameters, far more than is worth loading to embed a dozen fixed
 prompts. So embeddings are computed once (where the checkpoint has text_encoder/ + tokenizer/)
 and kept under `<root>/<encoder id>/<prompt hash>.npz`, the encoder id being a cheap fingerprint of
-its configs and weight file names/sizes. A checkpoint without a text encoder then uses the stored
+its files' names, sizes and first/last MiB. A checkpoint without a text encoder then uses the stored
 set that holds every prompt it needs.
 """
 
@@ -37,16 +37,23 @@ def normalize_prompt(prompt: str) -> str:
     return re.sub(r"\s+", " ", prompt).strip()
 
 
+def _head_tail(f: Path, n: int = 1 << 20) -> str:
+    """sha256 of a file's size, first and last MiB: tells retrained weights of the same shapes apart
+    (the safetensors header alone would not) while reading 2 MiB of a multi-GB shard."""
+    size = f.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with f.open("rb") as fh:
+        h.update(fh.read(n))
+        if size > n:
+            fh.seek(max(n, size - n))
+            h.update(fh.read(n))
+    return h.hexdigest()[:16]
+
+
 def dir_fingerprint(d: Path) -> dict:
-    """Configs by content, other files by name and size: cheap even for 10 GB of shards."""
-    out: dict[str, str | int] = {}
-    for f in sorted(p for p in d.rglob("*") if p.is_file()):
-        rel = f.relative_to(d).as_posix()
-        if f.suffix == ".json" and f.stat().st_size < 1_000_000 and not f.name.endswith(".index.json"):
-            out[rel] = hashlib.sha256(f.read_bytes()).hexdigest()[:16]
-        else:
-            out[rel] = f.stat().st_size
-    return out
+    """Every file of a component dir by name + size + first/last MiB: cheap even for 10 GB of shards."""
+    files = (p for p in d.rglob("*") if p.is_file() and not any(c.startswith(".") for c in p.relative_to(d).parts))
+    return {f.relative_to(d).as_posix(): _head_tail(f) for f in sorted(files)}  # not .cache/ or lock files
 
 
 def text_encoder_id(info: CheckpointInfo, max_length: int = MAX_LENGTH) -> str:

@@ -95,7 +95,7 @@ class ServingShapes:
 
 
 def checkpoint_id(info) -> str:
-    """Transformer + VAE identity: configs by content, weights by file name and size (no 10 GB hashing)."""
+    """Transformer + VAE identity: each file by name, size and first/last MiB (no hashing of 10 GB)."""
     blob = json.dumps({"transformer": dir_fingerprint(info.transformer_dir), "vae": dir_fingerprint(info.vae_dir)},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
@@ -252,7 +252,9 @@ class WanAvatarEngine:
             c = np.asarray(ctx, dtype=np.float32)
             if c.shape != (K * C, h, w):
                 raise ValueError(f"context must be {(K * C, h, w)}, got {c.shape}")
-            st.context = torch.from_numpy(c.reshape(K, C, h, w)).permute(1, 0, 2, 3).contiguous().to(self.wan.device)
+            # left on the CPU: this runs on the event loop (a cached reaction), where a copy to the GPU
+            # would wait for the engine thread's queued kernels; sample_chunks moves it
+            st.context = torch.from_numpy(c.reshape(K, C, h, w)).permute(1, 0, 2, 3).contiguous()
         return st
 
     def set_emotion(self, state: AvatarStreamState, emotion: str | int, intensity: float | None = None) -> None:
@@ -269,6 +271,9 @@ class WanAvatarEngine:
         distilled checkpoint's explicit sigmas are kept as they are. Runs on the engine thread only.
         """
         wan, main = self.wan, self.wan.sampler
+        for st in states:
+            if st.context.device != wan.device:
+                st.context = st.context.to(wan.device)
         if steps is not None and steps != main.steps and main.sigmas is None:
             wan.sampler = FlowMatchEulerSampler(steps=steps, shift=main.shift)
         try:

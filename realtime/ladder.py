@@ -1,0 +1,106 @@
+"""The degradation ladder: what the server gives up, in order, when the engine cannot keep up.
+
+Under load a sampled chunk that comes after its deadline makes the reaction hold a frame. Before
+that happens often, the server steps down, one level at a time:
+
+  0 "full"          the configured sampler steps
+  1 "fewer_steps"   live chunks use fewer sampler steps (the tiny model is a shortcut model: 1 step
+                    looks close to 2, and costs less). The latents cache keeps its own step count,
+                    so cache lookups still hit. Skipped when the engine already runs 1 step.
+  2 "cached_loops"  new reactions play their cached first chunk as a loop (forward, then backward)
+                    instead of sampling: no engine time at all. Reactions already playing go on.
+
+A third step, a lower internal resolution, is not offered: the tiny engine's latent grid
+(16x24x40 for 640x360) is fixed by its trained weights.
+
+Measurement, not guesses: the scheduler reports each live batch (late or not: did it finish after
+its earliest job's deadline) and the engine's busy fraction. Hysteresis keeps it from flapping:
+it steps down after `down_late` late batches within `window_s`, at most once per `dwell_s`; it
+steps back up only after `up_after_s` with no late batch while the engine is less than `up_busy`
+busy. Pure logic with an injected clock: the scheduler drives it, tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Callable
+
+log = logging.getLogger("avatarcast.ladder")
+
+LEVELS = ("full", "fewer_steps", "cached_loops")
+
+
+class DegradationLadder:
+    """The current degradation level and the live sampler steps it implies."""
+
+    def __init__(self, full_steps: int, *, reduce_steps: bool = True, down_late: int = 2, window_s: float = 4.0,
+                 dwell_s: float = 2.0, up_after_s: float = 15.0, up_busy: float = 0.75, enabled: bool = True,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_change: Callable[[int, int, str], None] | None = None) -> None:
+        self.full_steps = int(full_steps)
+        self.fewer_steps = max(1, self.full_steps // 2)
+        self.reduce_steps = reduce_steps and self.fewer_steps < self.full_steps
+        self.down_late, self.window_s, self.dwell_s = down_late, window_s, dwell_s
+        self.up_after_s, self.up_busy = up_after_s, up_busy
+        self.enabled = enabled
+        self.clock = clock
+        self.on_change = on_change
+        self.level = 0
+        self.changed_at = clock()
+        self.last_late = -1e18
+        self._late: deque[float] = deque()
+        self.changes = 0
+
+    @property
+    def name(self) -> str:
+        return LEVELS[self.level]
+
+    @property
+    def live_steps(self) -> int | None:
+        """Sampler steps for live chunks; None: the engine's own."""
+        return self.fewer_steps if self.level >= 1 and self.reduce_steps else None
+
+    @property
+    def cached_loops(self) -> bool:
+        """New reactions should play cached loops instead of sampling."""
+        return self.level >= 2
+
+    def observe(self, late: bool, busy: float) -> None:
+        """One live batch finished: `late` if after its earliest deadline; `busy` the engine's busy fraction."""
+        now = self.clock()
+        if late:
+            self.last_late = now
+            self._late.append(now)
+        while self._late and self._late[0] < now - self.window_s:
+            self._late.popleft()
+        if not self.enabled:
+            return
+        if len(self._late) >= self.down_late and self.level < len(LEVELS) - 1 and now - self.changed_at >= self.dwell_s:
+            nxt = self.level + 1
+            if nxt == 1 and not self.reduce_steps:
+                nxt = 2
+            self._set(nxt, now, f"{len(self._late)} late batches in {self.window_s:g} s")
+            self._late.clear()
+            return
+        self.tick(busy)
+
+    def tick(self, busy: float) -> None:
+        """Time passed (called between batches too): step back up once load has fallen for long enough."""
+        now = self.clock()
+        if not self.enabled or self.level == 0:
+            return
+        quiet = now - max(self.last_late, self.changed_at)
+        if quiet >= self.up_after_s and busy < self.up_busy:
+            nxt = self.level - 1
+            if nxt == 1 and not self.reduce_steps:
+                nxt = 0
+            self._set(nxt, now, f"no late batch for {quiet:.0f} s, engine {busy:.0%} busy")
+
+    def _set(self, level: int, now: float, why: str) -> None:
+        old, self.level, self.changed_at = self.level, level, now
+        self.changes += 1
+        log.warning("degradation level %d (%s) -> %d (%s): %s", old, LEVELS[old], level, LEVELS[level], why)
+        if self.on_change is not None:
+            self.on_change(old, level, why)

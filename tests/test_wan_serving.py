@@ -1,0 +1,231 @@
+"""`avatarcast serve --engine wan` on a tiny random Wan2.2-shaped checkpoint: the adapter, the prompt
+embeddings store, the latents cache, settings, and a real server driven over WebSocket (CPU)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import shutil
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+
+from engines.wan.checkpoint import WanCheckpointError  # noqa: E402
+from engines.wan.prompts import PromptEmbedsMissing, normalize_prompt  # noqa: E402
+from engines.wan.serving import WanAvatarEngine  # noqa: E402
+from templates import load_templates  # noqa: E402
+from templates.cache import LatentsCache  # noqa: E402
+
+from wan_checkpoint import H, TEXT_DIM, W, Z, make_checkpoint  # noqa: E402
+
+GRID = {"height": H, "width": W}
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory) -> dict[str, Path]:
+    """'full' (with text encoder + tokenizer), 'bare' (transformer + vae), 'broken' (vae weights gone)."""
+    root = tmp_path_factory.mktemp("wan")
+    full = make_checkpoint(root / "full", text_encoder=True)
+    bare, broken = root / "bare", root / "broken"
+    for d in (bare, broken):
+        for part in ("transformer", "vae"):
+            shutil.copytree(full / part, d / part)
+    for f in (broken / "vae").glob("*.safetensors"):
+        f.unlink()
+    return {"full": full, "bare": bare, "broken": broken}
+
+
+@pytest.fixture(scope="module")
+def embeds_dir(ckpts, tmp_path_factory) -> Path:
+    """A cache dir whose prompt embeddings were written by `avatarcast precompute --prompts-only`."""
+    from realtime.precompute import main
+    d = tmp_path_factory.mktemp("cache")
+    assert main(["--engine", "wan", "--checkpoint", str(ckpts["full"]), "--cache-dir", str(d), "--prompts-only",
+                 "--wan-height", str(H), "--wan-width", str(W), "--json"]) == 0
+    return d
+
+
+@pytest.fixture(scope="module")
+def engine(ckpts, embeds_dir) -> WanAvatarEngine:
+    return WanAvatarEngine.load(ckpts["bare"], embeds_dir, steps=2, **GRID)
+
+
+def test_adapter_has_the_engine_interface_the_server_drives(engine):
+    templates = load_templates()
+    assert engine.emotions == tuple(templates) and engine.emotion_index("sad") == list(templates).index("sad")
+    with pytest.raises(ValueError, match="unknown emotion"):
+        engine.emotion_index("bored")
+    assert engine.steps == 2 and engine.frames_per_chunk == 4 and engine.weights_hash.startswith("wan-")
+    states = [engine.start_stream("pip", "happy", 0.8, seed=s) for s in (0, 1)]
+    lat = engine.sample_chunks(states)
+    assert isinstance(lat, np.ndarray) and lat.shape == (2, 1, Z, H // 8, W // 8) and lat.dtype == np.float32
+    frames = engine.decode_chunks(states, lat)
+    assert frames.shape == (2, 4, 360, 640, 4) and frames.dtype == np.uint8 and (frames[..., 3] == 255).all()
+    assert frames[..., :3].std() > 0  # a picture, not a constant
+    chunk = engine.next_chunk(states)
+    assert len(chunk) == 2 and chunk[0].shape == (4, 360, 640, 4) and states[0].frames_done == 2
+    assert engine.decode(lat[:, 0]).shape == (2, 360, 640, 4)  # flat decode: one still per latent
+    # the context the latents cache stores round-trips into start_stream(ctx=...)
+    resumed = engine.start_stream("pip", "happy", 0.8, seed=0, ctx=states[0].ctx)
+    assert torch.equal(resumed.context, states[0].context) and states[0].ctx.shape == (Z, H // 8, W // 8)
+    with pytest.raises(ValueError, match="context must be"):
+        engine.start_stream("pip", "happy", ctx=np.zeros((Z + 1, H // 8, W // 8), np.float32))
+    ref = engine.reference_image("pip")
+    assert ref.shape == (320, 640, 3)  # 640x360 cropped to the 32x64 grid's aspect, on an opaque background
+
+
+def test_intensity_blends_the_emotion_prompt_with_idle(engine):
+    idle, happy = engine.prompt_embeds("idle", 1.0), engine.prompt_embeds("happy", 1.0)
+    assert not torch.equal(idle, happy)
+    assert torch.equal(engine.prompt_embeds("happy", 0.0), idle)
+    torch.testing.assert_close(engine.prompt_embeds("happy", 0.25), idle + 0.25 * (happy - idle))
+    assert torch.equal(engine.prompt_embeds("idle", 0.2), idle)  # the neutral prompt is not blended
+    st = engine.start_stream("pip", "idle", 0.5, seed=0)
+    engine.set_emotion(st, "happy", 0.5)
+    assert st.emotion == engine.emotion_index("happy") and st.intensity == 0.5
+    torch.testing.assert_close(st.prompt_embeds, engine.prompt_embeds("happy", 0.5))
+
+
+def test_copied_state_advances_without_touching_the_original(engine):
+    from realtime.scheduler import copy_state
+    st = engine.start_stream("pip", "sad", 0.9, seed=3)
+    engine.next_chunk([st])
+    twin = copy_state(st)
+    a, b = engine.next_chunk([twin])[0], engine.next_chunk([st])[0]
+    assert np.array_equal(a, b)  # same rng and VAE cache, advanced separately
+    assert st.frames_done == twin.frames_done == 2
+
+
+def test_prompt_embeddings_are_computed_once_then_loaded_without_text_encoder(ckpts, embeds_dir, engine, monkeypatch):
+    templates = load_templates()
+    files = list((embeds_dir / "prompt_embeds" / engine.embeds_id).glob("*.npz"))
+    assert engine.embeds_id.startswith("umt5-") and len(files) == len(templates)
+    from engines.wan.engine import WanEngine
+    monkeypatch.setattr(WanEngine, "encode_prompts", lambda *a, **k: pytest.fail("re-encoded stored prompts"))
+    again = WanAvatarEngine.load(ckpts["full"], embeds_dir, steps=2, **GRID)  # has a text encoder, uses the store
+    assert again.embeds_id == engine.embeds_id
+    monkeypatch.undo()
+    direct = again.wan.encode_prompts([templates["sad"].prompt])[0]  # what the text encoder says
+    stored = engine.prompt_embeds("sad", 1.0)
+    assert stored.shape == (512, TEXT_DIM)
+    torch.testing.assert_close(stored, direct.to(stored.dtype), atol=1e-6, rtol=0)
+    assert normalize_prompt("  a \n b ") == "a b"
+
+
+def test_missing_prompt_embeddings_fail_with_what_to_do_and_random_is_opt_in(ckpts, tmp_path, engine):
+    with pytest.raises(PromptEmbedsMissing) as e:
+        WanAvatarEngine.load(ckpts["bare"], tmp_path, steps=2, **GRID)
+    msg = str(e.value)
+    assert "avatarcast precompute --engine wan" in msg and "--wan-prompt-embeds random" in msg
+    assert "text_encoder/config.json" in msg and isinstance(e.value, WanCheckpointError)
+    rnd = WanAvatarEngine.load(ckpts["bare"], tmp_path, steps=2, prompt_embeds="random", **GRID)
+    assert rnd.embeds_id == "random" and rnd.weights_hash != engine.weights_hash
+    assert not torch.equal(rnd.prompt_embeds("happy", 1.0), rnd.prompt_embeds("sad", 1.0))
+    assert not (tmp_path / "prompt_embeds").exists()  # random embeddings are never stored
+
+
+def test_latents_cache_keys_follow_checkpoint_steps_and_chunking(ckpts, embeds_dir, engine, tmp_path):
+    from safetensors.torch import load_file, save_file
+    templates = load_templates()
+    key = LatentsCache(engine, templates, tmp_path).key("pip", "happy")
+    other = tmp_path / "retrained"
+    for part in ("transformer", "vae"):
+        shutil.copytree(ckpts["bare"] / part, other / part)
+    f = next((other / "transformer").glob("*.safetensors"))
+    w = load_file(str(f))
+    name = sorted(w)[0]
+    w[name] = w[name] + 0.01  # same shapes and file size, other weights
+    save_file(w, str(f), metadata={"format": "pt"})
+    keys = {key}
+    for eng in (WanAvatarEngine.load(other, embeds_dir, steps=2, **GRID),
+                WanAvatarEngine.load(ckpts["bare"], embeds_dir, steps=3, **GRID),
+                WanAvatarEngine.load(ckpts["bare"], embeds_dir, steps=2, chunk_latent_frames=2, **GRID)):
+        keys.add(LatentsCache(eng, templates, tmp_path).key("pip", "happy"))
+    assert len(keys) == 4
+    assert LatentsCache(WanAvatarEngine.load(ckpts["bare"], embeds_dir, steps=2, **GRID), templates,
+                        tmp_path).key("pip", "happy") == key  # and stays put across loads
+
+
+def test_latents_cache_round_trip(engine, tmp_path):
+    templates = load_templates()
+    cache = LatentsCache(engine, templates, tmp_path)
+    assert cache.precompute(["pip"], ["happy"], variants=1)["computed"] == 1
+    fresh = LatentsCache(engine, templates, tmp_path)
+    stats = fresh.precompute(["pip"], ["happy"], variants=1)
+    assert stats["loaded"] == 1 and stats["computed"] == 0
+    entry = fresh.get("pip", "happy")
+    assert entry.frames.shape == (4, 360, 640, 4) and entry.latents.shape == (1, Z, H // 8, W // 8)
+    assert np.array_equal(entry.frames, cache.get("pip", "happy").frames)
+    _, st = fresh.start_from_cache("pip", "happy")
+    assert engine.next_chunk([st])[0].shape == (4, 360, 640, 4)
+
+
+def test_settings_require_a_complete_checkpoint(ckpts):
+    from realtime.settings import Settings
+    with pytest.raises(WanCheckpointError, match="needs --checkpoint"):
+        Settings(engine="wan").validate()
+    with pytest.raises(WanCheckpointError, match="vae weights"):
+        Settings(engine="wan", checkpoint=str(ckpts["broken"])).validate()
+    with pytest.raises(ValueError, match="wan_prompt_embeds"):
+        Settings(engine="wan", checkpoint=str(ckpts["bare"]), wan_prompt_embeds="zeros").validate()
+    Settings(engine="wan", checkpoint=str(ckpts["bare"])).validate()
+    assert Settings(engine="wan", checkpoint="x", wan_height=H).wan_kwargs()["height"] == H
+
+
+def test_server_with_an_incomplete_checkpoint_fails_at_start_up(ckpts):
+    from conftest import running_server
+    with pytest.raises(RuntimeError, match="server failed to start.*incomplete.*vae weights"):
+        with running_server(engine="wan", checkpoint=str(ckpts["broken"])):
+            pass
+
+
+def test_server_streams_the_wan_engine_and_reacts_to_an_emotion(ckpts, embeds_dir):
+    import websockets
+    from PIL import Image
+
+    from conftest import running_server
+    from realtime.protocol import unpack_frame
+
+    async def session(base: str) -> tuple[list, list]:
+        frames, events = [], []
+        async with websockets.connect(base.replace("http://", "ws://") + "/v1/ws?avatar=pip") as ws:
+            async def pump(seconds: float, until=None) -> None:
+                end = asyncio.get_running_loop().time() + seconds
+                while (left := end - asyncio.get_running_loop().time()) > 0:
+                    try:
+                        m = await asyncio.wait_for(ws.recv(), left)
+                    except asyncio.TimeoutError:
+                        break
+                    if isinstance(m, bytes):
+                        frames.append(unpack_frame(m))
+                    else:
+                        events.append(json.loads(m))
+                    if until is not None and until():
+                        return
+            await pump(1.0)
+            await ws.send(json.dumps({"type": "emotion", "label": "sad", "intensity": 0.9}))
+            await pump(15.0, until=lambda: any(h.emotion == "sad" and h.source == "sampler" for h, _ in frames))
+        return frames, events
+
+    with running_server(engine="wan", checkpoint=str(ckpts["bare"]), cache_dir=str(embeds_dir), steps=2,
+                        wan_height=H, wan_width=W, avatars="pip") as (base, hub):
+        st = httpx.get(base + "/v1/status").json()
+        assert st["engine"]["name"] == "wan" and st["engine"]["backend"] == "torch"
+        assert st["engine"]["weights"] == hub.engine.weights_hash
+        assert hub.session_config.chunk_frames == 4
+        frames, events = asyncio.run(session(base))
+    heads = [h for h, _ in frames]
+    sources = [(h.source, h.emotion) for h in heads]
+    assert ("cache", "sad") in sources and ("sampler", "sad") in sources, sources
+    assert [h.index for h in heads] == sorted(h.index for h in heads)
+    img = Image.open(io.BytesIO(frames[-1][1]))
+    assert img.format == "JPEG" and img.size == (640, 360)
+    emo = [e["payload"] for e in events if e["type"] == "emotion"]
+    assert emo and emo[0]["label"] == "sad" and emo[0]["source"] == "explicit"
+    assert not [e for e in events if e["type"] == "error"]
