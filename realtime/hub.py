@@ -252,9 +252,12 @@ class Hub:
 
         s = self.settings
         now = time.monotonic()
-        young = sum(1 for r in self.sessions.values() if now - r.created < s.capacity_window_s)
+        # a session whose client has come and gone will not react again (it waits for the reaper);
+        # counting it would refuse a client that reconnects right after closing its last session
+        live = [r for r in self.sessions.values() if not (r.frames_sent and not r.sinks)]
+        young = sum(1 for r in live if now - r.created < s.capacity_window_s)
         return check(self.scheduler, headroom=s.capacity_headroom, window_s=s.capacity_window_s, chunk_s=self.chunk_s,
-                     sessions=len(self.sessions), young=young)
+                     sessions=len(live), young=young)
 
     def _reject(self, reason: str) -> None:
         self.stats["sessions_rejected"] += 1

@@ -32,6 +32,7 @@ class Settings:
     wan_height: int = 352  # the model's pixel grid (352x640: 22x40 latents); frames are scaled/padded to 640x360
     wan_width: int = 640
     wan_shift: float = 5.0  # flow-matching schedule shift
+    wan_compile: int = 0  # 1: torch.compile transformer + VAE on the GPU (minutes cold; cached on disk after)
     wan_prompt_embeds: str = "auto"  # auto: stored in the cache dir, or computed by the text encoder | random (benchmarks)
     host: str = "127.0.0.1"
     port: int = 8080
@@ -148,6 +149,8 @@ class Settings:
                                      "diffusers-format Wan2.2-TI2V checkpoint with transformer/ and vae/")
         if self.wan_dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"wan_dtype must be auto, float32, bfloat16 or float16, got {self.wan_dtype!r}")
+        if self.wan_compile not in (0, 1):
+            raise ValueError(f"wan_compile must be 0 or 1, got {self.wan_compile}")
         if self.wan_prompt_embeds not in ("auto", "random"):
             raise ValueError(f"wan_prompt_embeds must be auto or random, got {self.wan_prompt_embeds!r}")
         for name in ("wan_chunk_latents", "wan_context_latents", "wan_height", "wan_width"):
@@ -171,7 +174,7 @@ class Settings:
         return {"checkpoint_dir": self.checkpoint, "device": self.device, "dtype": self.wan_dtype,
                 "steps": self.steps, "shift": self.wan_shift, "chunk_latent_frames": self.wan_chunk_latents,
                 "context_latent_frames": self.wan_context_latents, "height": self.wan_height,
-                "width": self.wan_width, "prompt_embeds": self.wan_prompt_embeds}
+                "width": self.wan_width, "prompt_embeds": self.wan_prompt_embeds, "compile": bool(self.wan_compile)}
 
 
 def _parser_type(t: Any):

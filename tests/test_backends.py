@@ -66,6 +66,7 @@ def test_create_backend_errors(manifest, monkeypatch):
     # neither tensorrt nor tensorrt_rtx importable -> one clear error naming both
     monkeypatch.setitem(sys.modules, "tensorrt", None)
     monkeypatch.setitem(sys.modules, "tensorrt_rtx", None)
+    monkeypatch.setitem(sys.modules, "tensorrt_rtx_bindings", None)
     with pytest.raises(BackendError, match="import tensorrt.*import tensorrt_rtx"):
         create_backend("trt", manifest)
     from engines.backends.tensorrt_backend import build_engines

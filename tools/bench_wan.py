@@ -89,7 +89,6 @@ def run(args) -> dict:
 
     from engines.wan.checkpoint import CheckpointInfo
     from engines.wan.engine import WanEngine
-    from engines.wan.graphs import GraphedDenoiser
 
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -104,11 +103,6 @@ def run(args) -> dict:
     else:
         tr, vae = build_random(args.layers, args.vae_dtype)
         eng = WanEngine(tr, vae, CheckpointInfo(None, None, None), **kw)  # type: ignore[arg-type]
-    eng.vae_stream.max_batch = args.vae_batch
-    if args.compile_vae or args.vae_channels_last:
-        from engines.wan.vae_stream import StreamingVaeDecoder
-        eng.vae_stream = StreamingVaeDecoder(eng.vae, max_batch=args.vae_batch, compile=args.compile_vae,
-                                             channels_last=args.vae_channels_last)
     torch.cuda.synchronize()
     load_s = time.perf_counter() - t0
     if args.save_checkpoint:
@@ -125,15 +119,11 @@ def run(args) -> dict:
     gen = torch.Generator(device="cuda").manual_seed(0)
     ref = torch.randn(eng.z_dim, *eng.latent_hw, device="cuda", generator=gen)
     prompts = [torch.randn(512, 4096, device="cuda", generator=gen, dtype=torch.bfloat16) * 0.1 for _ in range(4)]
-    if not args.eager:
-        eng.denoiser = GraphedDenoiser(eng.transformer, buckets=tuple(batches), compile=args.compile)
-        t1 = time.perf_counter()
-        K, T = args.context_frames, args.chunk_frames
-        seq = (K + T) * eng.latent_hw[0] * eng.latent_hw[1] // 4
-        sample = (torch.zeros(1, eng.z_dim, K + T, *eng.latent_hw, device="cuda", dtype=torch.bfloat16),
-                  torch.zeros(1, seq, device="cuda"), prompts[0][None])
-        eng.denoiser.warm_up(sample, tuple(batches))
-        report["graph_capture_s"] = round(time.perf_counter() - t1, 2)
+    t1 = time.perf_counter()
+    eng.accelerate(cuda_graphs=not args.eager, compile=args.compile, vae_compile=args.compile_vae,
+                   vae_channels_last=args.vae_channels_last, vae_batch=args.vae_batch, buckets=tuple(batches),
+                   warm_batches=tuple(batches))
+    report["graph_capture_s"] = round(time.perf_counter() - t1, 2)
     torch.cuda.synchronize()
     report["ready_s"] = round(time.perf_counter() - T_START, 2)  # process start -> ready to serve
 

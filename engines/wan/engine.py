@@ -127,6 +127,34 @@ class WanEngine:
                    chunk_latent_frames=chunk_latent_frames, context_latent_frames=context_latent_frames,
                    **kwargs)
 
+    def accelerate(self, *, cuda_graphs: bool = True, compile: bool = False, vae_compile: bool = False,
+                   vae_channels_last: bool = True, vae_batch: int = 4, buckets: tuple[int, ...] | None = None,
+                   warm_batches: tuple[int, ...] = ()) -> "WanEngine":
+        """The GPU fast path (server and benchmark alike); a no-op off CUDA.
+
+        CUDA graphs per batch bucket for the transformer (capture takes seconds), optionally
+        torch.compile inside them (about 1.6x faster steps at 360P on an H100, but minutes of
+        compiling per bucket on a cold start: inductor caches the artifacts on disk, so a warm
+        restart takes under a minute); the VAE channels-last and optionally compiled (its
+        steady-state frames: 13.4 -> 7.9 ms per frame on an H100, docs/bench)."""
+        if self.device.type != "cuda":
+            return self
+        from engines.wan.graphs import DEFAULT_BUCKETS, GraphedDenoiser
+        torch.backends.cudnn.benchmark = True
+        self.vae_stream = StreamingVaeDecoder(self.vae, max_batch=vae_batch, compile=vae_compile,
+                                              channels_last=vae_channels_last)
+        if cuda_graphs:
+            self.denoiser = GraphedDenoiser(self.transformer, buckets=buckets or DEFAULT_BUCKETS, compile=compile)
+            if warm_batches:
+                K, T = self.context_latent_frames, self.chunk_latent_frames
+                _, ph, pw = self.transformer.config.patch_size
+                seq = (K + T) * (self.latent_hw[0] // ph) * (self.latent_hw[1] // pw)
+                sample = (torch.zeros(1, self.z_dim, K + T, *self.latent_hw, device=self.device, dtype=self.dtype),
+                          torch.zeros(1, seq, device=self.device),
+                          torch.zeros(1, 512, self.transformer.config.text_dim, device=self.device, dtype=self.dtype))
+                self.denoiser.warm_up(sample, warm_batches)
+        return self
+
     # -- conditioning ----------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str], max_length: int = 512) -> torch.Tensor:
@@ -160,8 +188,8 @@ class WanEngine:
         img = img.permute(2, 0, 1)[None].float() / 127.5 - 1.0
         if img.shape[-2:] != (self.height, self.width):
             img = F.interpolate(img, size=(self.height, self.width), mode="bilinear", align_corners=False)
-        z = self.vae.encode(img[:, :, None]).latent_dist.mode()  # argmax, as the diffusers pipeline does
-        return self._norm(z[0])[:, 0]
+        z = self.vae.encode(img[:, :, None].to(self.vae_stream.dtype)).latent_dist.mode()  # argmax, as diffusers
+        return self._norm(z[0].float())[:, 0]
 
     # -- streams ---------------------------------------------------------------------------
     def _embeds(self, embeds: torch.Tensor) -> torch.Tensor:

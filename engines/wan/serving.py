@@ -130,9 +130,11 @@ class WanAvatarEngine:
     def load(cls, checkpoint_dir: str | Path, cache_dir: str | Path, *, templates: Mapping[str, Any] | None = None,
              device: str = "auto", dtype: str = "auto", steps: int = 4, shift: float = 5.0,
              chunk_latent_frames: int = 1, context_latent_frames: int = 1, height: int = 352, width: int = 640,
-             prompt_embeds: str = "auto") -> "WanAvatarEngine":
+             prompt_embeds: str = "auto", compile: bool = False) -> "WanAvatarEngine":
         """Checkpoint + prompt embeddings from `cache_dir`/prompt_embeds (computed there once when the
-        checkpoint has a text encoder). Fails before loading any weights when the embeddings are missing."""
+        checkpoint has a text encoder). Fails before loading any weights when the embeddings are missing.
+        On a GPU the engine takes its fast path (WanEngine.accelerate): CUDA graphs, captured here
+        for batches up to 8, and with `compile` torch.compile of the transformer and VAE."""
         if templates is None:
             from templates import load_templates
             templates = load_templates()
@@ -146,7 +148,10 @@ class WanAvatarEngine:
         if prompt_embeds == RANDOM or not info.has_text_encoder:  # nothing to encode: fail fast
             resolved = resolve_prompt_embeds(prompts, text_dim, info, store, None, prompt_embeds)
         s = min(FRAME_H / height, FRAME_W / width)
+        # on a GPU the VAE decodes in the transformer's dtype too (bf16: the decode is the larger cost)
+        vae_dtype = _dtype(dtype, device) if device.startswith("cuda") else torch.float32
         wan = WanEngine.load(info.root, device=device, dtype=_dtype(dtype, device), steps=steps, shift=shift,
+                             vae_dtype=vae_dtype,
                              chunk_latent_frames=chunk_latent_frames, context_latent_frames=context_latent_frames,
                              height=height, width=width, out_height=round(FRAME_H / s), out_width=round(FRAME_W / s))
         if resolved is None:
@@ -156,6 +161,8 @@ class WanAvatarEngine:
             wan._text_encoder = wan._tokenizer = None  # 5.7B parameters not needed again while serving
             if wan.device.type == "cuda":
                 torch.cuda.empty_cache()
+        if wan.device.type == "cuda":
+            wan.accelerate(compile=compile, vae_compile=compile, warm_batches=(1, 2, 4, 8))
         embeds_id, embeds = resolved
         if embeds_id == RANDOM:
             log.warning("wan engine: RANDOM prompt embeddings (explicit opt-in): emotions are not what their prompts say")

@@ -1,0 +1,51 @@
+"""Chart of `bench engine --engine wan` reports: fps by concurrent streams, against the 8 fps line.
+
+    python -m tools.chart_wan docs/bench/wan_h100_*.json -o docs/bench/wan_h100.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def label(r: dict) -> str:
+    how = "compiled" if r.get("compile") else ("CUDA graphs" if r.get("cuda_graphs") else "eager")
+    vae = "VAE compiled" if r.get("compile_vae") else "VAE eager"
+    if r.get("compile_vae") and not r.get("vae_compiled_calls"):  # reports before the steady-state fix
+        vae = "VAE eager (its compile never engaged)"
+    return f"{r['steps']} steps, {r['chunk_video_frames']}-frame chunks, {how}, {vae}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("reports", nargs="+")
+    ap.add_argument("-o", "--output", required=True)
+    args = ap.parse_args(argv)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4))
+    top = 0
+    for path in args.reports:
+        r = json.load(open(path))
+        pts = sorted((int(n), s["fps"]) for n, s in r.get("streams", {}).items())
+        if len(pts) < 1:
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label(r))
+        top = max(top, max(p[0] for p in pts))
+    xs = list(range(1, top + 2))
+    ax.plot(xs, [8 * x for x in xs], "k--", lw=1, label="needed: 8 fps per stream")
+    ax.set_xlabel("concurrent streams (one batch)")
+    ax.set_ylabel("frames per second, all streams")
+    ax.set_title(f"Wan2.2-TI2V-5B at 640x360, random weights, {r.get('gpu', '')}")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(args.output, dpi=110)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
