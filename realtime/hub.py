@@ -19,6 +19,7 @@ from typing import Any, Callable
 from realtime.settings import Settings
 
 log = logging.getLogger("avatarcast.hub")
+ADMIT_GRACE_S = 0.5  # how long a new session waits for a leaving one before admission control refuses it
 
 
 class HubError(Exception):
@@ -204,6 +205,16 @@ class Hub:
 
     # -- sessions --
 
+    async def open_session(self, avatar: str = "", **kwargs: Any) -> Any:
+        """create_session, but a refusal by admission control first waits up to ADMIT_GRACE_S for a
+        session to leave: a client that reconnects right after closing its last socket would otherwise
+        be refused for its own old session, whose close the server has not processed yet."""
+        deadline = time.monotonic() + ADMIT_GRACE_S
+        while (self.settings.admission and self.ready.is_set() and self.sessions and time.monotonic() < deadline
+               and not self.admission().admit):
+            await asyncio.sleep(0.05)
+        return self.create_session(avatar, **kwargs)
+
     def create_session(self, avatar: str = "", *, image_format: str | None = None, quality: int | None = None,
                        language: str | None = None) -> Any:
         from realtime.runner import SessionRunner
@@ -254,7 +265,7 @@ class Hub:
         now = time.monotonic()
         # a session whose client has come and gone will not react again (it waits for the reaper);
         # counting it would refuse a client that reconnects right after closing its last session
-        live = [r for r in self.sessions.values() if not (r.frames_sent and not r.sinks)]
+        live = [r for r in self.sessions.values() if not r.abandoned]
         young = sum(1 for r in live if now - r.created < s.capacity_window_s)
         return check(self.scheduler, headroom=s.capacity_headroom, window_s=s.capacity_window_s, chunk_s=self.chunk_s,
                      sessions=len(live), young=young)

@@ -85,6 +85,7 @@ class SessionRunner:
         self.last_used = self.created
         self.session = Session(self.created, hub.session_config, session_id)
         self.sinks: set[Sink] = set()
+        self.had_client = False
         self.frames_sent = 0
         self.last_frame: OutFrame | None = None
         self.closed = asyncio.Event()
@@ -118,8 +119,14 @@ class SessionRunner:
         """Seconds with no client attached and no input (0 while a client is attached)."""
         return 0.0 if self.sinks else now - self.last_used
 
+    @property
+    def abandoned(self) -> bool:
+        """A client came and left: nothing is attached now (until one re-attaches, or the reaper closes it)."""
+        return self.had_client and not self.sinks
+
     def attach(self, sink: Sink) -> None:
         self.touch()
+        self.had_client = True
         self.sinks.add(sink)
         if self._hello is not None:
             sink.offer_event(self._hello)

@@ -181,8 +181,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     @app.post("/v1/sessions", status_code=201, response_model=SessionInfo, tags=["sessions"], responses=errors)
     async def create_session(body: SessionCreate, request: Request) -> Any:
         limit_sessions(request.scope)
-        r = hub.create_session(body.avatar, image_format=body.image_format, quality=body.quality,
-                               language=body.language)
+        r = await hub.open_session(body.avatar, image_format=body.image_format, quality=body.quality,
+                                   language=body.language)
         return {**r.info(), **urls(request, r.id)}
 
     @app.get("/v1/sessions/{sid}", response_model=SessionInfo, tags=["sessions"], responses=errors)
@@ -248,7 +248,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     async def whep_new(request: Request, avatar: str = "", language: str | None = None) -> Response:
         """Creates a session for this peer; it ends when the peer goes away."""
         limit_sessions(request.scope)
-        return await _offer(hub.create_session(avatar, language=language), request, owns_session=True)
+        return await _offer(await hub.open_session(avatar, language=language), request, owns_session=True)
 
     async def _offer(runner: Any, request: Request, owns_session: bool) -> Response:
         from realtime import webrtc
@@ -312,7 +312,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         await ws.accept()
         try:
             limit_sessions(ws.scope)
-            r = hub.create_session(avatar, image_format=image_format, quality=quality, language=language)
+            r = await hub.open_session(avatar, image_format=image_format, quality=quality, language=language)
         except HubError as exc:
             # 503 (busy, shutting down): 1013 try again later; 429 and bad requests: 1008 policy
             await ws.close(CLOSE_TRY_LATER if exc.status == 503 else CLOSE_POLICY, exc.message[:120])

@@ -483,6 +483,21 @@ async def measure_clip(base_url: str, clip: Clip, args: argparse.Namespace, slot
     return row
 
 
+def attach_server(args: argparse.Namespace) -> tuple[str, "ServerProcess | None"]:
+    """(base URL, the server process we started or None): --url's server, else a fresh `avatarcast serve`."""
+    if args.url:
+        base = args.url.rstrip("/")
+        wait_ready(base, args.ready_timeout)
+        return base, None
+    server = ServerProcess(shlex.split(args.server_args), args.ready_timeout)
+    try:
+        server.start()
+    except BaseException:
+        server.stop()
+        raise
+    return server.url, server
+
+
 async def run_all(base_url: str, clips: list[Clip], args: argparse.Namespace) -> tuple[list[dict], list[list[float]]]:
     queue: asyncio.Queue[tuple[int, int, Clip, float]] = asyncio.Queue()
     rng = np.random.default_rng(args.seed)
@@ -892,13 +907,7 @@ def main(argv: list[str] | None = None) -> int:
 
     server: ServerProcess | None = None
     try:
-        if args.url:
-            base = args.url.rstrip("/")
-            wait_ready(base, args.ready_timeout)
-        else:
-            server = ServerProcess(shlex.split(args.server_args), args.ready_timeout)
-            server.start()
-            base = server.url
+        base, server = attach_server(args)
         t0 = time.monotonic()
         with CpuMonitor(server.proc.pid if server is not None and server.proc is not None else None) as cpu:
             rows, intervals = asyncio.run(run_all(base, clips, args))

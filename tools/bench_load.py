@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from tools.bench_latency import (Clip, Conn, CpuMonitor, ServerProcess, _decided, _latency_for, client_times, dist,
-                                 interval_stats, load_clips, machine, server_status, wait_ready, ws_url)
+from tools.bench_latency import (Clip, Conn, CpuMonitor, ServerProcess, attach_server, _decided, _latency_for, client_times, dist,
+                                 interval_stats, load_clips, machine, server_status, ws_url)
 
 log = logging.getLogger("avatarcast.bench.load")
 RETRY_S = 5.0
@@ -299,13 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     server: ServerProcess | None = None
     try:
-        if args.url:
-            base = args.url.rstrip("/")
-            wait_ready(base, args.ready_timeout)
-        else:
-            server = ServerProcess(shlex.split(args.server_args), args.ready_timeout)
-            server.start()
-            base = server.url
+        base, server = attach_server(args)
         with CpuMonitor(server.proc.pid if server is not None and server.proc is not None else None) as cpu:
             slots, samples = asyncio.run(run_all(base, clips, args))
         status = server_status(base)

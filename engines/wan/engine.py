@@ -24,7 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from engines.sampler import FlowMatchEulerSampler
-from engines.wan.checkpoint import CheckpointInfo, WanCheckpointError, inspect_checkpoint
+from engines.wan.checkpoint import (
+    CheckpointInfo,
+    WanCheckpointError,
+    inspect_checkpoint,
+)
 from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
 
 NUM_TRAIN_TIMESTEPS = 1000  # Wan's timestep embedding expects sigma * 1000
@@ -114,7 +118,7 @@ class WanEngine:
     def load(cls, checkpoint_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
              steps: int = 4, shift: float = 5.0, chunk_latent_frames: int = 1,
              context_latent_frames: int = 1, vae_dtype: torch.dtype = torch.float32,
-             **kwargs) -> "WanEngine":
+             **kwargs) -> WanEngine:
         """Load transformer + VAE from a local diffusers-format dir (never the hub).
 
         vae_dtype: float32 by default; bfloat16 halves the decode time on a GPU (the decode costs
@@ -129,7 +133,7 @@ class WanEngine:
 
     def accelerate(self, *, cuda_graphs: bool = True, compile: bool = False, vae_compile: bool = False,
                    vae_channels_last: bool = True, vae_batch: int = 4, buckets: tuple[int, ...] | None = None,
-                   warm_batches: tuple[int, ...] = ()) -> "WanEngine":
+                   warm_batches: tuple[int, ...] = ()) -> WanEngine:
         """The GPU fast path (server and benchmark alike); a no-op off CUDA.
 
         CUDA graphs per batch bucket for the transformer (capture takes seconds), optionally

@@ -130,8 +130,13 @@ def build(exported: dict[str, dict], cache_dir: Path, max_batch: int, module: st
     import os
 
     from engines.backends.base import BackendError
-    from engines.backends.tensorrt_backend import (_make_logger, build_engine, engine_cache_key, gpu_info,
-                                                   import_tensorrt)
+    from engines.backends.tensorrt_backend import (
+        _make_logger,
+        build_engine,
+        engine_cache_key,
+        gpu_info,
+        import_tensorrt,
+    )
     trt, flavor = import_tensorrt(module)
     try:
         gpu = gpu_info()

@@ -34,6 +34,7 @@ for _ in range(3):
     outs.append(eng.decode_new(states, lats[-1]))
 whole = eng.decode(torch.cat([ref[None, None].expand(2, 1, -1, -1, -1)] + lats, 1))
 import numpy as np
+
 got = np.concatenate(outs, 1).astype(int)
 d = np.abs(got - whole[:, 1:].astype(int))
 print(f"streaming vs whole-clip decode (fp32 VAE): max abs diff {d.max()} of 255, mean {d.mean():.3f}; shapes {got.shape} {whole.shape}")

@@ -21,6 +21,7 @@ with torch.no_grad():
         torch.cuda.synchronize()
 print(p.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=70))
 from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
+
 d = StreamingVaeDecoder(vae)
 cs = [VaeStreamCache() for _ in range(4)]
 z = torch.randn(4, 48, 3, 22, 40, device="cuda")

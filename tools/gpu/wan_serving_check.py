@@ -9,9 +9,9 @@ import tempfile
 import time
 
 t_proc = time.perf_counter()
-import torch  # noqa: E402
+import torch
 
-from tools.bench_wan import build_random  # noqa: E402
+from tools.bench_wan import build_random
 
 ckpt = sys.argv[1] if len(sys.argv) > 1 else "/tmp/wan5b"
 out = {}
@@ -25,9 +25,9 @@ if len(sys.argv) <= 2 or sys.argv[2] != "--reuse":
     out["save_checkpoint_s"] = round(time.perf_counter() - t0, 1)
     t_proc = time.perf_counter()
 
-from engines.wan.serving import WanAvatarEngine  # noqa: E402
-from templates import load_templates  # noqa: E402
-from templates.cache import LatentsCache  # noqa: E402
+from engines.wan.serving import WanAvatarEngine
+from templates import load_templates
+from templates.cache import LatentsCache
 
 t0 = time.perf_counter()
 eng = WanAvatarEngine.load(ckpt, tempfile.mkdtemp(), device="cuda", steps=4, chunk_latent_frames=2,
