@@ -313,7 +313,8 @@ class Hub:
                            "weights": getattr(self.engine, "weights_hash", None)},
                 "asr": getattr(self.transcriber, "name", None),
                 "scheduler": None if sch is None else {"queue": sch.queue_depth, "batches": sch.batches,
-                                                        "jobs": sch.jobs_done, "busy_s": round(sch.busy_s, 3)},
+                                                        "jobs": sch.jobs_done, "busy_s": round(sch.busy_s, 3),
+                                                        "oom_splits": sch.oom_splits},
                 "load": None if sch is None else self._load_status(),
                 "load_s": self.load_s, "stats": dict(self.stats),
                 "uptime_s": round(time.monotonic() - self.started_at, 1)}

@@ -75,6 +75,7 @@ class EngineScheduler:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self.batches = 0
+        self.oom_splits = 0  # batches split after the device ran out of memory
         self.jobs_done = 0
         self.last_batch_s = 0.0
         self.busy_s = 0.0
@@ -207,7 +208,7 @@ class EngineScheduler:
                 continue
             steps = self.ladder.live_steps if self.ladder is not None else None
             try:
-                results = await loop.run_in_executor(self.executor, self._work, batch, steps)
+                results = await loop.run_in_executor(self.executor, self._work_fitting, batch, steps)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the engine failed: every job of this batch fails, others go on
@@ -223,6 +224,24 @@ class EngineScheduler:
             for j, r in zip(batch, results):
                 if not j.future.done():
                     j.future.set_result(r)
+
+    def _work_fitting(self, batch: list[ChunkJob], steps: int | None = None) -> list[ChunkResult]:
+        """_work, degrading instead of failing when the device runs out of memory: the batch is
+        split in halves (down to single streams) and later batches are capped at the size that fit.
+        The engines only advance a stream after a whole sampler run, so a retried half starts
+        from where the failed call started (after an OOM in the decode, it skips one chunk)."""
+        try:
+            return self._work(batch, steps)
+        except Exception as exc:
+            if not _out_of_memory(exc) or len(batch) == 1:
+                raise
+            half = len(batch) // 2
+            self.max_batch = max(1, min(self.max_batch, half))
+            self.oom_splits += 1
+            log.warning("engine out of memory at batch %d: splitting it, batches now capped at %d",
+                        len(batch), self.max_batch)
+            _release_device_memory()
+            return self._work_fitting(batch[:half], steps) + self._work_fitting(batch[half:], steps)
 
     def _work(self, batch: list[ChunkJob], steps: int | None = None) -> list[ChunkResult]:
         """Engine thread: one sampler call for the whole batch, then one decode call.
@@ -251,3 +270,16 @@ class EngineScheduler:
         self.est_batch_s = 0.7 * self.est_batch_s + 0.3 * (t2 - t0)
         self.busy_s += t2 - t0
         return [ChunkResult(per[i], states[i], t0, t1, t2, B) for i in range(B)]
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError (or torch.OutOfMemoryError), or MemoryError; without importing torch,
+    which the CPU serving path never loads."""
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError"
+
+
+def _release_device_memory() -> None:
+    import sys
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

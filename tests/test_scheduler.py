@@ -119,3 +119,63 @@ def test_copy_state_leaves_the_original_untouched(engine) -> None:
     # the copied rng continues where the original was: the same noise, so the same chunk
     d = copy_state(st)
     np.testing.assert_array_equal(engine.sample_chunks([d]), engine.sample_chunks([copy_state(st)]))
+
+
+def test_out_of_memory_splits_the_batch_instead_of_failing_it(engine) -> None:
+    """A GPU OOM (torch.cuda.OutOfMemoryError, raised here by the engine for batches over 1) degrades:
+    the batch runs in halves, later batches are capped, every stream still gets its chunk."""
+    import torch
+
+    class SmallMemoryEngine:
+        def __init__(self, inner):
+            self.inner, self.calls = inner, []
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def sample_chunks(self, states, **kw):
+            self.calls.append(len(states))
+            if len(states) > 1:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 6.88 GiB")
+            return self.inner.sample_chunks(states, **kw)
+
+    small = SmallMemoryEngine(engine)
+
+    async def go():
+        sch = EngineScheduler(small, max_wait_s=0.3)
+        await sch.start()
+        try:
+            due = time.monotonic() + 5.0
+            states = [engine.start_stream("pip", "happy", 0.8, seed=i) for i in range(3)]
+            results = await asyncio.gather(*[sch.submit(ChunkJob(str(i), s, due, "happy", 0.8))
+                                             for i, s in enumerate(states)])
+            return results, sch.max_batch, sch.oom_splits
+        finally:
+            await sch.close()
+
+    results, max_batch, splits = run(go())
+    assert [r.frames.shape for r in results] == [(4, 360, 640, 4)] * 3
+    assert all(r.state.frames_done == 4 for r in results)  # each stream advanced exactly once
+    assert max_batch == 1 and splits >= 1 and small.calls[0] == 3 and small.calls.count(1) == 3
+
+
+def test_other_engine_errors_still_fail_the_batch(engine) -> None:
+    class Broken:
+        def __getattr__(self, name):
+            return getattr(engine, name)
+
+        def sample_chunks(self, states, **kw):
+            raise RuntimeError("engine exploded")
+
+    async def go():
+        sch = EngineScheduler(Broken(), max_wait_s=0.0)
+        await sch.start()
+        try:
+            st = engine.start_stream("pip", "happy", 0.8, seed=0)
+            with pytest.raises(RuntimeError, match="exploded"):
+                await sch.submit(ChunkJob("x", st, time.monotonic(), "happy", 0.8))
+            return sch.oom_splits
+        finally:
+            await sch.close()
+
+    assert run(go()) == 0
