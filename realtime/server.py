@@ -333,6 +333,16 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         from realtime.auth import AuthMiddleware
 
         app.add_middleware(AuthMiddleware, secret=settings.auth_secret)
+    from realtime.origins import OriginMiddleware, parse_origins
+
+    allowed = parse_origins(settings.allowed_origins)
+    app.add_middleware(OriginMiddleware, allowed=allowed)  # outside auth: a foreign page learns nothing
+    if allowed:  # outermost: a preflight carries no token and must not meet auth
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(allowed), allow_methods=["*"],
+                           allow_headers=["Authorization", "Content-Type"],
+                           expose_headers=["Location", "Retry-After"])
     return app
 
 

@@ -54,6 +54,7 @@ class Settings:
     max_render_seconds: float = 30.0  # longest clip the clip API renders
     session_idle_s: float = 120.0  # a session with no client attached and no input this long is closed
     auth_secret: str = ""  # set: every /v1/ request needs a JWT signed with it (`avatarcast token`)
+    allowed_origins: str = ""  # web origins (comma list, or *) that may call the API and open sockets from a browser
     ssl_certfile: str = ""  # serve HTTPS/WSS with this certificate (and ssl_keyfile); browsers need
     ssl_keyfile: str = ""  # a secure origin for the microphone anywhere but localhost
     # admission control (realtime/admission.py): admit a session while the measured engine load plus
@@ -136,6 +137,10 @@ class Settings:
         for name in ("rate_sessions_per_min", "rate_http_per_s", "rate_ws_msgs_per_s"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0 (0 = no limit), got {getattr(self, name)}")
+        for o in self.allowed_origins.split(","):
+            o = o.strip()
+            if o and o != "*" and not (o.startswith("http://") or o.startswith("https://")):
+                raise ValueError(f"allowed_origins entries must be http(s)://host[:port] or *, got {o!r}")
         if self.auth_secret and len(self.auth_secret) < 32:
             raise ValueError("auth_secret must be at least 32 characters (HS256 wants a 256-bit key)")
 
