@@ -36,6 +36,9 @@ class Metrics:
         self.stage = Histogram("avatarcast_stage_seconds", "time of each pipeline stage per utterance",
                                ["stage"], buckets=STAGE_BUCKETS, registry=r)
         self.frames_sent = Counter("avatarcast_frames_sent", "frames handed to the transports", registry=r)
+        # per-session fps over 1 s windows, as a distribution (a label per session would grow without bound)
+        self.session_fps = Histogram("avatarcast_session_fps", "frames per second of each session, per 1 s window",
+                                     buckets=(1, 2, 4, 5, 6, 7, 7.5, 8, 8.5, 10), registry=r)
         self.frames_dropped = Counter("avatarcast_frames_dropped", "frames skipped because the session ran late",
                                       registry=r)
         self.chunk_late_frames = Counter("avatarcast_chunk_late_frames",

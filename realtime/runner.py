@@ -86,6 +86,7 @@ class SessionRunner:
         self.session = Session(self.created, hub.session_config, session_id)
         self.sinks: set[Sink] = set()
         self.had_client = False
+        self._fps_window = (time.monotonic(), 0)  # (start, frames_sent then): the session_fps sample
         self.frames_sent = 0
         self.last_frame: OutFrame | None = None
         self.closed = asyncio.Event()
@@ -384,6 +385,9 @@ class SessionRunner:
         self.last_frame = frame
         self.frames_sent += 1
         self.hub.metrics.frames_sent.inc()
+        if t1 - self._fps_window[0] >= 1.0:  # one fps sample per session per second
+            self.hub.metrics.session_fps.observe((self.frames_sent - self._fps_window[1]) / (t1 - self._fps_window[0]))
+            self._fps_window = (t1, self.frames_sent)
         sent = VideoFrame(req.index, req.pts, t1, t0, emotion, source, req.intensity,
                           req.utterance if source == req.source else None, req.reaction,
                           {"encode": (t0, t1)})

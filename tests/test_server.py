@@ -434,10 +434,14 @@ def test_prometheus_metrics_follow_sessions_and_latency(base: str) -> None:
             assert scrape()["avatarcast_sessions_active"] >= 1
             await ws.send(json.dumps({"type": "say", "text": "I am so happy right now!"}))
             await c.pump(10.0, until=lambda c: c.of("latency"))
+            await c.pump(1.2)  # at least one whole 1 s fps window
             return c
 
     run(go())
     after = scrape()
+    n_fps = after["avatarcast_session_fps_count"] - before.get("avatarcast_session_fps_count", 0)
+    fps_sum = after["avatarcast_session_fps_sum"] - before.get("avatarcast_session_fps_sum", 0)
+    assert n_fps >= 1 and 6.0 <= fps_sum / n_fps <= 9.0, (n_fps, fps_sum)
     assert after['avatarcast_tter_seconds_count{kind="say"}'] == before.get('avatarcast_tter_seconds_count{kind="say"}', 0) + 1
     assert after["avatarcast_frames_sent_total"] >= before["avatarcast_frames_sent_total"] + 4
     assert after["avatarcast_sessions_created_total"] == before["avatarcast_sessions_created_total"] + 1
