@@ -86,7 +86,7 @@ class SessionRunner:
         self.session = Session(self.created, hub.session_config, session_id)
         self.sinks: set[Sink] = set()
         self.had_client = False
-        self._fps_window = (time.monotonic(), 0)  # (start, frames_sent then): the session_fps sample
+        self._fps_window: tuple[float, int] | None = None  # (time, frames_sent) of the window's first frame
         self.frames_sent = 0
         self.last_frame: OutFrame | None = None
         self.closed = asyncio.Event()
@@ -385,8 +385,11 @@ class SessionRunner:
         self.last_frame = frame
         self.frames_sent += 1
         self.hub.metrics.frames_sent.inc()
-        if t1 - self._fps_window[0] >= 1.0:  # one fps sample per session per second
-            self.hub.metrics.session_fps.observe((self.frames_sent - self._fps_window[1]) / (t1 - self._fps_window[0]))
+        w = self._fps_window  # frame intervals over >= 1 s, from one sent frame to another
+        if w is None:
+            self._fps_window = (t1, self.frames_sent)
+        elif t1 - w[0] >= 1.0:
+            self.hub.metrics.session_fps.observe((self.frames_sent - w[1]) / (t1 - w[0]))
             self._fps_window = (t1, self.frames_sent)
         sent = VideoFrame(req.index, req.pts, t1, t0, emotion, source, req.intensity,
                           req.utterance if source == req.source else None, req.reaction,
