@@ -59,19 +59,24 @@ def test_bad_settings_fail_at_once_with_a_clear_message(args, env, message) -> N
     assert p.returncode == 2 and message in out, out
 
 
+def _wait_ready(p, port: int, timeout_s: float = 120.0) -> None:
+    """Until the server process answers /readyz 200 (fails if it exits or takes too long)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline and p.poll() is None, "server did not become ready"
+        time.sleep(0.3)
+
+
 def test_json_logs_carry_the_session_id() -> None:
     port = free_port()
     p = serve("--port", str(port), "--log-format", "json", "--max-sessions", "2")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and p.poll() is None, "server did not become ready"
-            time.sleep(0.3)
+        _wait_ready(p, port)
         sid = httpx.post(f"http://127.0.0.1:{port}/v1/sessions", json={}).json()["id"]
         assert httpx.delete(f"http://127.0.0.1:{port}/v1/sessions/{sid}").status_code == 204
     finally:
@@ -109,15 +114,7 @@ def test_shutdown_drains_sessions_with_a_closing_event_and_1001() -> None:
     port = free_port()
     p = serve("--port", str(port))
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline and p.poll() is None, "server did not become ready"
-            time.sleep(0.3)
+        _wait_ready(p, port)
 
         async def go() -> tuple[list[str], int | None, str | None]:
             async with websockets.connect(f"ws://127.0.0.1:{port}/v1/ws?avatar=pip") as ws:

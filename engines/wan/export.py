@@ -125,7 +125,7 @@ def batch_profile(info: dict, max_batch: int, opt_batch: int | None = None) -> d
 
 
 def build(exported: dict[str, dict], cache_dir: Path, max_batch: int, module: str | None = None,
-          precision: str = "fp16", log=print) -> dict:
+          precision: str = "fp16", log=print, vae_max_batch: int = 4, workspace_gb: float = 4.0) -> dict:
     """Build (or find in the engine cache) one TensorRT engine per exported graph."""
     import os
 
@@ -154,7 +154,7 @@ def build(exported: dict[str, dict], cache_dir: Path, max_batch: int, module: st
         # graphs exported in fp16/bf16, or too big for one protobuf, are built as they are
         big = info.get("external_data") or info.get("dtype", "float32") != "float32"
         prec = "as-exported" if big else precision
-        prof = batch_profile(info, 4 if name == "vae_step" else max_batch)
+        prof = batch_profile(info, vae_max_batch if name == "vae_step" else max_batch)
         key = engine_cache_key(sha, prof, gpu["name"], gpu["cc"], version, flavor, prec,
                                extra={"graph": f"wan-{name}"})
         eng = cache_dir / f"wan-{name}-{key[:20]}.engine"
@@ -166,7 +166,7 @@ def build(exported: dict[str, dict], cache_dir: Path, max_batch: int, module: st
         else:
             t0 = time.perf_counter()
             blob = build_engine(trt, flavor, None, prof, prec, logger, timing_cache=timing, gpu=gpu,
-                                onnx_path=Path(info["path"]))
+                                onnx_path=Path(info["path"]), workspace_gb=workspace_gb)
             tmp = eng.with_suffix(".tmp")
             tmp.write_bytes(blob)
             os.replace(tmp, eng)
@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--build", action="store_true")
     ap.add_argument("--module", default=None, help="tensorrt | tensorrt_rtx")
     ap.add_argument("--max-batch", type=int, default=16)
+    ap.add_argument("--vae-max-batch", type=int, default=4, help="the VAE frame engine's batch profile maximum")
+    ap.add_argument("--workspace-gb", type=float, default=4.0)
     ap.add_argument("--precision", default="fp16", choices=("fp16", "fp32"),
                     help="for float32 exports: fp16 convolutions (fp16) or as is (fp32)")
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
@@ -212,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {k}: {v['path']} ({v['bytes'] / 1e6:.1f} MB) in {v['seconds']} s", file=sys.stderr)
     if args.build:
         report["engines"] = build(report["exported"], out / "engines", args.max_batch, args.module, args.precision,
-                                  log=lambda m: print(m, file=sys.stderr))
+                                  log=lambda m: print(m, file=sys.stderr), vae_max_batch=args.vae_max_batch,
+                                  workspace_gb=args.workspace_gb)
     for v in report["exported"].values():
         v.pop("layout", None)
     print(json.dumps(report, indent=1))
