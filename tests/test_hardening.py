@@ -116,14 +116,25 @@ async def say(w: Watch, text: str) -> None:
     await w.ws.send(json.dumps({"type": "say", "text": text}))
 
 
+@contextlib.asynccontextmanager
+async def two_streams(base: str):
+    """Two WebSocket sessions of the shared server, both already receiving frames, watched."""
+    async with websockets.connect(ws_base(base) + "/v1/ws?avatar=pip") as a, \
+            websockets.connect(ws_base(base) + "/v1/ws?avatar=pip") as b:
+        wa, wb = Watch(a), Watch(b)
+        try:
+            await wa.until(lambda: len(wa.frames) > 4 and len(wb.frames) > 4, 10, "frames flow")
+            yield wa, wb
+        finally:
+            wa.task.cancel()
+            wb.task.cancel()
+
+
 def test_an_engine_fault_ends_that_reaction_and_the_stream_goes_on(server: Any) -> None:
     base, hub = server
 
     async def go() -> None:
-        async with websockets.connect(ws_base(base) + "/v1/ws?avatar=pip") as a, \
-                websockets.connect(ws_base(base) + "/v1/ws?avatar=pip") as b:
-            wa, wb = Watch(a), Watch(b)
-            await wa.until(lambda: len(wa.frames) > 4 and len(wb.frames) > 4, 10, "frames flow")
+        async with two_streams(base) as (wa, wb):
             t0 = time.time()
             with engine_patch(hub, fail_once=True) as st:
                 await say(wa, "I am so happy right now!")
@@ -138,8 +149,6 @@ def test_an_engine_fault_ends_that_reaction_and_the_stream_goes_on(server: Any) 
             n = len(wb.frames)
             await say(wb, "This is such good news, I am really glad.")
             await wb.until(lambda: any(f[1] == "sampler" for f in wb.frames[n:]), 15, "sampled frames after the fault")
-            wa.task.cancel()
-            wb.task.cancel()
 
     asyncio.run(go())
     assert hub.stats["engine_failures"] >= 1
@@ -149,10 +158,7 @@ def test_a_slow_engine_steps_down_the_ladder_refuses_sessions_then_recovers(serv
     base, hub = server
 
     async def go() -> None:
-        async with websockets.connect(ws_base(base) + "/v1/ws?avatar=pip") as a, \
-                websockets.connect(ws_base(base) + "/v1/ws?avatar=pip") as b:
-            wa, wb = Watch(a), Watch(b)
-            await wa.until(lambda: len(wa.frames) > 4 and len(wb.frames) > 4, 10, "frames flow")
+        async with two_streams(base) as (wa, wb):
             with admission_on(hub), engine_patch(hub, sleep_s=0.6):  # every chunk now takes longer than it plays
                 def level() -> int:
                     return hub.scheduler.ladder.level
@@ -185,8 +191,6 @@ def test_a_slow_engine_steps_down_the_ladder_refuses_sessions_then_recovers(serv
             # load falls: the ladder steps back up (whether a session then fits is the machine's measure)
             await wa.until(lambda: hub.scheduler.ladder.level == 0, 30, "back to full quality")
             assert hub.admission().reason != "degraded"
-            wa.task.cancel()
-            wb.task.cancel()
 
     asyncio.run(go())
 

@@ -483,19 +483,40 @@ async def measure_clip(base_url: str, clip: Clip, args: argparse.Namespace, slot
     return row
 
 
-def attach_server(args: argparse.Namespace) -> tuple[str, "ServerProcess | None"]:
-    """(base URL, the server process we started or None): --url's server, else a fresh `avatarcast serve`."""
-    if args.url:
-        base = args.url.rstrip("/")
-        wait_ready(base, args.ready_timeout)
-        return base, None
-    server = ServerProcess(shlex.split(args.server_args), args.ready_timeout)
+@dataclass
+class ServerRun:
+    """What one benchmark run against a server gives its report."""
+
+    base: str
+    started: bool  # we started the server (no --url)
+    ready_s: float | None
+    result: Any  # what the work returned
+    wall_s: float
+    host_cpu: Any  # CpuMonitor.result
+    status: Any  # the server's /v1/status at the end
+
+
+def run_on_server(args: argparse.Namespace, work) -> ServerRun:
+    """Attach to --url's server or start `avatarcast serve`, run `await work(base)` under the CPU
+    monitor, read the server's status, and stop the server we started. RuntimeError says what failed."""
+    server: ServerProcess | None = None
     try:
-        server.start()
-    except BaseException:
-        server.stop()
-        raise
-    return server.url, server
+        if args.url:
+            base = args.url.rstrip("/")
+            wait_ready(base, args.ready_timeout)
+        else:
+            server = ServerProcess(shlex.split(args.server_args), args.ready_timeout)
+            server.start()
+            base = server.url
+        t0 = time.monotonic()
+        with CpuMonitor(server.proc.pid if server is not None and server.proc is not None else None) as cpu:
+            result = asyncio.run(work(base))
+        wall = time.monotonic() - t0
+        return ServerRun(base, server is not None, None if server is None else server.ready_s, result, wall,
+                         cpu.result, server_status(base))
+    finally:
+        if server is not None:
+            server.stop()
 
 
 async def run_all(base_url: str, clips: list[Clip], args: argparse.Namespace) -> tuple[list[dict], list[list[float]]]:
@@ -905,30 +926,22 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%d clips from %s (%d labelled), mode %s, %d session(s), repeat %d", len(clips), args.clips,
              sum(1 for c in clips if c.expected), args.mode, args.sessions, args.repeat)
 
-    server: ServerProcess | None = None
     try:
-        base, server = attach_server(args)
-        t0 = time.monotonic()
-        with CpuMonitor(server.proc.pid if server is not None and server.proc is not None else None) as cpu:
-            rows, intervals = asyncio.run(run_all(base, clips, args))
-        wall = time.monotonic() - t0
-        status = server_status(base)
+        run = run_on_server(args, lambda base: run_all(base, clips, args))
     except RuntimeError as exc:
         print(f"bench latency: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    finally:
-        if server is not None:
-            server.stop()
+    rows, intervals = run.result
 
     report = {
         "mode": args.mode, "sessions": args.sessions, "repeat": args.repeat, "clips_dir": str(args.clips),
-        "server_url": base, "server_started": server is not None,
-        "server_args": args.server_args, "server_ready_s": None if server is None else server.ready_s,
+        "server_url": run.base, "server_started": run.started,
+        "server_args": args.server_args, "server_ready_s": run.ready_s,
         "chunk_ms": args.chunk_ms if args.mode == "stream" else None,
-        "mic_open": bool(args.mic_open) if args.mode == "stream" else None, "wall_s": round(wall, 1),
-        "machine": machine(), "host_cpu": cpu.result, "server_status": status,
+        "mic_open": bool(args.mic_open) if args.mode == "stream" else None, "wall_s": round(run.wall_s, 1),
+        "machine": machine(), "host_cpu": run.host_cpu, "server_status": run.status,
         "clips": rows, "summary": summarize(rows, intervals, args.mode),
     }
     if args.chart:

@@ -26,7 +26,6 @@ import contextlib
 import json
 import logging
 import math
-import shlex
 import sys
 import tempfile
 import time
@@ -36,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from tools.bench_latency import (Clip, Conn, CpuMonitor, ServerProcess, attach_server, _decided, _latency_for, client_times, dist,
-                                 interval_stats, load_clips, machine, server_status, ws_url)
+from tools.bench_latency import (Clip, Conn, _decided, _latency_for, client_times, dist,
+                                 interval_stats, load_clips, machine, run_on_server, ws_url)
 
 log = logging.getLogger("avatarcast.bench.load")
 RETRY_S = 5.0
@@ -297,23 +296,17 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"bench load: {exc}", file=sys.stderr)
         return 2
-    server: ServerProcess | None = None
     try:
-        base, server = attach_server(args)
-        with CpuMonitor(server.proc.pid if server is not None and server.proc is not None else None) as cpu:
-            slots, samples = asyncio.run(run_all(base, clips, args))
-        status = server_status(base)
+        run = run_on_server(args, lambda base: run_all(base, clips, args))
     except RuntimeError as exc:
         print(f"bench load: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
-    finally:
-        if server is not None:
-            server.stop()
-    report = {"sessions": args.sessions, "seconds": args.seconds, "server_url": base, "server_started": server is not None,
-              "server_args": args.server_args, "machine": machine(), "host_cpu": cpu.result,
-              "server_status": status, "status_samples": samples,
+    slots, samples = run.result
+    report = {"sessions": args.sessions, "seconds": args.seconds, "server_url": run.base, "server_started": run.started,
+              "server_args": args.server_args, "machine": machine(), "host_cpu": run.host_cpu,
+              "server_status": run.status, "status_samples": samples,
               "clips": [{"session": s.index, **r} for s in slots for r in s.clips],
               "refusals": [{"session": s.index, **r} for s in slots for r in s.refused],
               "summary": summarize(slots, samples)}

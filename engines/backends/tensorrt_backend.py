@@ -368,53 +368,70 @@ def build_engine(trt, flavor: str, onnx_bytes: bytes | None, profile: dict, prec
     return bytes(blob)
 
 
-def build_engines(weights_dir: str | Path | None, cache_dir: str | Path | None = None, max_batch: int = 256,
-                  opt_batch: int | None = None, precision: str = "fp16", graphs: Sequence[str] = GRAPHS,
-                  module: str | None = None, force: bool = False, verify: bool = True, verbose: bool = False,
-                  log=print, manifest: Manifest | None = None) -> dict:
-    """Build (or find in the cache) one engine per graph; returns {graph: info}.
-
-    Engine files are named <graph>-<key[:20]>.engine with a .json sidecar listing the key's parts.
-    Works without a GPU only for TensorRT-RTX (its ahead-of-time build needs none).
-    """
+def build_target(module: str | None = None, verbose: bool = False) -> tuple:
+    """(trt module, flavour, version, gpu info, logger) for building engines. TensorRT-RTX builds
+    ahead of time without a GPU (gpu name "none"); full TensorRT needs one."""
     trt, flavor = import_tensorrt(module)
-    manifest = manifest or load_manifest(weights_dir)
-    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
-    cache.mkdir(parents=True, exist_ok=True)
     try:
         gpu = gpu_info()
     except BackendError:
         if flavor != "tensorrt_rtx":
             raise
         gpu = {"name": "none", "cc": (0, 0)}
-    version = str(trt.__version__)
-    logger = _make_logger(trt, verbose)
-    timing = cache / f"timing-{flavor}-{version}-{_slug(gpu['name'])}-sm{gpu['cc'][0]}{gpu['cc'][1]}.cache"
+    return trt, flavor, str(trt.__version__), gpu, _make_logger(trt, verbose)
+
+
+def timing_cache_path(cache: Path, flavor: str, version: str, gpu: dict) -> Path:
+    return cache / f"timing-{flavor}-{version}-{_slug(gpu['name'])}-sm{gpu['cc'][0]}{gpu['cc'][1]}.cache"
+
+
+def build_cached(target: tuple, name: str, cache: Path, onnx_sha256: str, profile: dict, precision: str, *,
+                 onnx_bytes: bytes | None = None, onnx_path: Path | None = None, extra: dict | None = None,
+                 force: bool = False, log=print, workspace_gb: float = 4.0) -> dict:
+    """One engine from the engine cache, or built (atomically written) on a miss; returns its info.
+
+    The file is <name>-<key[:20]>.engine with a .json sidecar listing the key's parts."""
+    trt, flavor, version, gpu, logger = target
+    key = engine_cache_key(onnx_sha256, profile, gpu["name"], gpu["cc"], version, flavor, precision, extra=extra)
+    eng = cache / f"{name}-{key[:20]}.engine"
+    info = {"path": str(eng), "key": key, "onnx_sha256": onnx_sha256,
+            "profile": {k: [list(s) for s in v] for k, v in profile.items()},
+            "gpu": gpu["name"], "cc": list(gpu["cc"]), "trt": f"{flavor} {version}", "precision": precision}
+    if eng.exists() and not force:
+        info.update(built=False, seconds=0.0, bytes=eng.stat().st_size)
+        log(f"  {name}: cached {eng.name}")
+    else:
+        t0 = time.perf_counter()
+        blob = build_engine(trt, flavor, onnx_bytes, profile, precision, logger,
+                            timing_cache=timing_cache_path(cache, flavor, version, gpu), gpu=gpu,
+                            onnx_path=onnx_path, workspace_gb=workspace_gb)
+        tmp = eng.with_suffix(".tmp")
+        tmp.write_bytes(blob)
+        os.replace(tmp, eng)
+        info.update(built=True, seconds=round(time.perf_counter() - t0, 1), bytes=len(blob))
+        log(f"  {name}: built {eng.name} ({len(blob) / 1e6:.1f} MB) in {info['seconds']}s")
+    eng.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
+    return info
+
+
+def build_engines(weights_dir: str | Path | None, cache_dir: str | Path | None = None, max_batch: int = 256,
+                  opt_batch: int | None = None, precision: str = "fp16", graphs: Sequence[str] = GRAPHS,
+                  module: str | None = None, force: bool = False, verify: bool = True, verbose: bool = False,
+                  log=print, manifest: Manifest | None = None) -> dict:
+    """Build (or find in the cache) one engine per graph; returns {graph: info}.
+
+    Works without a GPU only for TensorRT-RTX (its ahead-of-time build needs none).
+    """
+    target = build_target(module, verbose)
+    manifest = manifest or load_manifest(weights_dir)
+    cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
+    cache.mkdir(parents=True, exist_ok=True)
     out = {}
     for g in graphs:
-        path = manifest.file(ONNX_FILES[g], verify=verify)
-        data = path.read_bytes()
-        sha = hashlib.sha256(data).hexdigest()
-        prof = batch_profile(manifest.config, g, max_batch, opt_batch)
-        key = engine_cache_key(sha, prof, gpu["name"], gpu["cc"], version, flavor, precision,
-                               extra={"rewrite": GRAPH_REWRITE_VERSION})
-        eng = cache / f"{g}-{key[:20]}.engine"
-        info = {"path": str(eng), "key": key, "onnx_sha256": sha,
-                "profile": {k: [list(s) for s in v] for k, v in prof.items()},
-                "gpu": gpu["name"], "cc": list(gpu["cc"]), "trt": f"{flavor} {version}", "precision": precision}
-        if eng.exists() and not force:
-            info.update(built=False, seconds=0.0, bytes=eng.stat().st_size)
-            log(f"  {g}: cached {eng.name}")
-        else:
-            t0 = time.perf_counter()
-            blob = build_engine(trt, flavor, data, prof, precision, logger, timing_cache=timing, gpu=gpu)
-            tmp = eng.with_suffix(".tmp")
-            tmp.write_bytes(blob)
-            os.replace(tmp, eng)
-            info.update(built=True, seconds=round(time.perf_counter() - t0, 1), bytes=len(blob))
-            log(f"  {g}: built {eng.name} ({len(blob) / 1e6:.1f} MB) in {info['seconds']}s")
-        eng.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
-        out[g] = info
+        data = manifest.file(ONNX_FILES[g], verify=verify).read_bytes()
+        out[g] = build_cached(target, g, cache, hashlib.sha256(data).hexdigest(),
+                              batch_profile(manifest.config, g, max_batch, opt_batch), precision, onnx_bytes=data,
+                              extra={"rewrite": GRAPH_REWRITE_VERSION}, force=force, log=log)
     return out
 
 

@@ -280,27 +280,13 @@ class WanEngine:
         video = self.vae.decode(z.to(self.vae_stream.dtype), return_dict=False)[0]  # (B, 3, F, H, W)
         if context is not None:
             video = video[:, :, -self.temporal * n_new:]
-        return self._fit(self._to_uint8(video).cpu().numpy())
+        return self._fit(self._to_uint8(video)).cpu().numpy()
 
     @staticmethod
     def _to_uint8(video: torch.Tensor) -> torch.Tensor:
         """(B, 3, F, H, W) in [-1, 1] -> (B, F, H, W, 3) uint8, on the same device."""
         return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
 
-    def _fit(self, frames: np.ndarray) -> np.ndarray:
-        """Center-pad (edge) or crop frames to out_height x out_width, e.g. 352x640 -> 360x640."""
-        for axis, want in ((2, self.out_height), (3, self.out_width)):
-            have = frames.shape[axis]
-            if have > want:
-                lo = (have - want) // 2
-                frames = np.take(frames, range(lo, lo + want), axis=axis)
-            elif have < want:
-                pad = [(0, 0)] * frames.ndim
-                pad[axis] = ((want - have) // 2, want - have - (want - have) // 2)
-                frames = np.pad(frames, pad, mode="edge")
-        return frames
-
-    @torch.no_grad()
     def decode_new(self, states: list[WanStreamState], latents: torch.Tensor,
                    to_numpy: bool = True) -> np.ndarray | torch.Tensor:
         """The frames of each stream's newest chunk: latents (B, T, C, h, w) from sample_chunks ->
@@ -326,11 +312,12 @@ class WanEngine:
             out = self.vae_stream.decode(self._denorm(z[steady]), [states[b].vae for b in steady])
             for b, v in zip(steady, out):
                 videos[b] = v
-        frames = self._fit_t(self._to_uint8(torch.stack(videos)))  # type: ignore[arg-type]
+        frames = self._fit(self._to_uint8(torch.stack(videos)))  # type: ignore[arg-type]
         return frames.cpu().numpy() if to_numpy else frames
 
-    def _fit_t(self, frames: torch.Tensor) -> torch.Tensor:
-        """_fit on the device: (B, F, H, W, 3) uint8 padded (edge) or cropped to the output size."""
+    def _fit(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, F, H, W, 3) uint8 centre-padded (edge) or cropped to out_height x out_width, on the device
+        (e.g. 352x640 -> 360x640)."""
         B, Fr, H, W, _ = frames.shape
         if H > self.out_height:
             lo = (H - self.out_height) // 2

@@ -127,51 +127,18 @@ def batch_profile(info: dict, max_batch: int, opt_batch: int | None = None) -> d
 def build(exported: dict[str, dict], cache_dir: Path, max_batch: int, module: str | None = None,
           precision: str = "fp16", log=print, vae_max_batch: int = 4, workspace_gb: float = 4.0) -> dict:
     """Build (or find in the engine cache) one TensorRT engine per exported graph."""
-    import os
-
-    from engines.backends.base import BackendError
-    from engines.backends.tensorrt_backend import (
-        _make_logger,
-        build_engine,
-        engine_cache_key,
-        gpu_info,
-        import_tensorrt,
-    )
-    trt, flavor = import_tensorrt(module)
-    try:
-        gpu = gpu_info()
-    except BackendError:
-        if flavor != "tensorrt_rtx":
-            raise
-        gpu = {"name": "none", "cc": (0, 0)}  # TensorRT-RTX builds ahead of time without a GPU
-    version = str(trt.__version__)
+    from engines.backends.tensorrt_backend import build_cached, build_target
+    target = build_target(module)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    logger = _make_logger(trt)
-    timing = cache_dir / f"timing-{flavor}-{version}-sm{gpu['cc'][0]}{gpu['cc'][1]}.cache"
     out = {}
     for name, info in exported.items():
-        sha = info["sha256"]
         # graphs exported in fp16/bf16, or too big for one protobuf, are built as they are
         big = info.get("external_data") or info.get("dtype", "float32") != "float32"
-        prec = "as-exported" if big else precision
-        prof = batch_profile(info, vae_max_batch if name == "vae_step" else max_batch)
-        key = engine_cache_key(sha, prof, gpu["name"], gpu["cc"], version, flavor, prec,
-                               extra={"graph": f"wan-{name}"})
-        eng = cache_dir / f"wan-{name}-{key[:20]}.engine"
-        rec = {"path": str(eng), "key": key, "trt": f"{flavor} {version}", "gpu": gpu["name"],
-               "profile": {k: [list(s) for s in v] for k, v in prof.items() if k in ("x", "t", "text")}}
-        if eng.exists():
-            rec.update(built=False, bytes=eng.stat().st_size)
-            log(f"  {name}: cached {eng.name}")
-        else:
-            t0 = time.perf_counter()
-            blob = build_engine(trt, flavor, None, prof, prec, logger, timing_cache=timing, gpu=gpu,
-                                onnx_path=Path(info["path"]), workspace_gb=workspace_gb)
-            tmp = eng.with_suffix(".tmp")
-            tmp.write_bytes(blob)
-            os.replace(tmp, eng)
-            rec.update(built=True, seconds=round(time.perf_counter() - t0, 1), bytes=len(blob))
-            log(f"  {name}: built {eng.name} ({len(blob) / 1e6:.1f} MB) in {rec['seconds']} s")
+        rec = build_cached(target, f"wan-{name}", cache_dir, info["sha256"],
+                           batch_profile(info, vae_max_batch if name == "vae_step" else max_batch),
+                           "as-exported" if big else precision, onnx_path=Path(info["path"]),
+                           extra={"graph": f"wan-{name}"}, log=log, workspace_gb=workspace_gb)
+        rec["profile"] = {k: v for k, v in rec["profile"].items() if k in ("x", "t", "text")}  # not every cache
         out[name] = rec
     return out
 
