@@ -907,13 +907,18 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = build_parser()
-    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+def setup_logging() -> None:
+    """Progress lines on stderr (stdout may hold the JSON report); client libraries kept quiet."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "matplotlib", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    setup_logging()
     if args.sessions < 1 or args.repeat < 1:
         ap.error("--sessions and --repeat must be >= 1")
     if not 10 <= args.chunk_ms <= 100:

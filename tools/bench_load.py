@@ -36,7 +36,8 @@ from typing import Any
 import numpy as np
 
 from tools.bench_latency import (Clip, Conn, _decided, _latency_for, client_times, dist,
-                                 interval_stats, load_clips, machine, run_on_server, ws_url)
+                                 interval_stats, load_clips, machine, run_on_server, setup_logging,
+                                 ws_url)
 
 log = logging.getLogger("avatarcast.bench.load")
 RETRY_S = 5.0
@@ -271,10 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "websockets"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    setup_logging()
     try:
         lo, hi = (float(x) for x in args.gap.split(","))
         if not 0 <= lo <= hi or not math.isfinite(hi):
