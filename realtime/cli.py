@@ -85,8 +85,19 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from realtime.server import StartupError, serve
 
+    settings = Settings.from_args(args)
+    if settings.ray:  # the gateway and the engine replicas as Ray Serve deployments (realtime/cluster/)
+        try:
+            import ray.serve  # noqa: F401
+
+            from realtime.cluster.launch import serve_on_ray
+        except ImportError as exc:
+            print(f"avatarcast: error: --ray needs Ray Serve: pip install 'avatarcast[ray]' ({exc})", file=sys.stderr)
+            return 1
+        serve_on_ray(settings)
+        return 0
     try:
-        serve(Settings.from_args(args))
+        serve(settings)
     except StartupError as exc:  # missing or corrupt model files: say so and exit non-zero
         print(f"avatarcast: error: {exc}", file=sys.stderr)
         return 1

@@ -32,8 +32,9 @@ class HubError(Exception):
 
 
 class Hub:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, make_scheduler: Callable[["Hub"], Any] | None = None) -> None:
         self.settings = settings
+        self.make_scheduler = make_scheduler  # None: an EngineScheduler here; Ray Serve: realtime/cluster/remote.py
         self.engine: Any = None
         self.cache: Any = None
         self.templates: dict = {}
@@ -105,7 +106,10 @@ class Hub:
         self.cache = LatentsCache(self.engine, self.templates, s.cache_dir or None)
         per_chunk = getattr(self.engine, "frames_per_chunk", None)  # wan: 4 video frames per latent frame
         self.session_config = SessionConfig.from_templates(self.templates, **({"chunk_frames": per_chunk} if per_chunk else {}))
-        self.scheduler = EngineScheduler(self.engine, on_batch=self.metrics.observe_batch)
+        if self.make_scheduler is not None:
+            self.scheduler = self.make_scheduler(self)
+        else:
+            self.scheduler = EngineScheduler(self.engine, on_batch=self.metrics.observe_batch)
         await self.scheduler.start()
         self._setup_load_control()
         self.metrics.bind(lambda: len(self.sessions), lambda: len(self.peers), lambda: self.scheduler.queue_depth)
@@ -125,14 +129,10 @@ class Hub:
 
     def _setup_load_control(self) -> None:
         """The degradation ladder on the scheduler, and the load gauges."""
-        import inspect
-
-        from realtime.ladder import DegradationLadder
+        from realtime.ladder import ladder_for
 
         s, sch = self.settings, self.scheduler
-        steps = int(getattr(self.engine, "steps", 1) or 1)
-        reduce = "steps" in inspect.signature(self.engine.sample_chunks).parameters
-        sch.ladder = DegradationLadder(steps, reduce_steps=reduce, up_after_s=s.ladder_up_s, enabled=bool(s.ladder))
+        sch.ladder = ladder_for(self.engine, s)
         self.metrics.bind_load(lambda: sch.ladder.level, lambda: sch.busy_fraction(s.capacity_window_s))
 
     @property
@@ -295,6 +295,7 @@ class Hub:
         per = sch.stream_chunk_s
         return {"degradation_level": lad.level if lad else 0, "degradation": lad.name if lad else "full",
                 "live_steps": (lad.live_steps if lad else None) or getattr(self.engine, "steps", None),
+                "lowest_level": lad.top if lad else 0,
                 "engine_busy": round(sch.busy_fraction(s.capacity_window_s), 3),
                 "stream_chunk_s": None if per is None else round(per, 4), "chunk_s": self.chunk_s,
                 "reaction_load": None if per is None else round(per / self.chunk_s, 3),
@@ -316,5 +317,6 @@ class Hub:
                                                         "jobs": sch.jobs_done, "busy_s": round(sch.busy_s, 3),
                                                         "oom_splits": sch.oom_splits},
                 "load": None if sch is None else self._load_status(),
+                "cluster": sch.cluster_status() if hasattr(sch, "cluster_status") else None,
                 "load_s": self.load_s, "stats": dict(self.stats),
                 "uptime_s": round(time.monotonic() - self.started_at, 1)}

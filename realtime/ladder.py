@@ -7,11 +7,15 @@ that happens often, the server steps down, one level at a time:
   1 "fewer_steps"   live chunks use fewer sampler steps (the tiny model is a shortcut model: 1 step
                     looks close to 2, and costs less). The latents cache keeps its own step count,
                     so cache lookups still hit. Skipped when the engine already runs 1 step.
-  2 "cached_loops"  new reactions play their cached first chunk as a loop (forward, then backward)
-                    instead of sampling: no engine time at all. Reactions already playing go on.
-
-A third step, a lower internal resolution, is not offered: the tiny engine's latent grid
-(16x24x40 for 640x360) is fixed by its trained weights.
+  2 "lower_resolution"  sampled chunks are decoded at half resolution (320x180, upscaled to 640x360
+                    inside the decoder graph): the decode, most of a chunk's cost on a CPU, gets about
+                    4x cheaper. Only the decode changes (the latent grid is fixed by the denoiser's
+                    weights), so a stream keeps its pose across the switch. Skipped where the engine
+                    has no half-resolution decoder (the tiny engine's shipped weights have one,
+                    tools/train_lowres.py; the wan engine has none).
+  3 "cached_loops"  on top of that, new reactions play their cached first chunk as a loop (forward,
+                    then backward) instead of sampling: no engine time at all. Reactions already
+                    playing go on. The last resort: the avatar still reacts, but without variety.
 
 Measurement, not guesses: the scheduler reports each live batch (late or not: did it finish after
 its earliest job's deadline) and the engine's busy fraction. Hysteresis keeps it from flapping:
@@ -29,19 +33,24 @@ from typing import Callable
 
 log = logging.getLogger("avatarcast.ladder")
 
-LEVELS = ("full", "fewer_steps", "cached_loops")
+LEVELS = ("full", "fewer_steps", "lower_resolution", "cached_loops")
 
 
 class DegradationLadder:
     """The current degradation level and the live sampler steps it implies."""
 
-    def __init__(self, full_steps: int, *, reduce_steps: bool = True, down_late: int = 2, window_s: float = 4.0,
+    def __init__(self, full_steps: int, *, reduce_steps: bool = True, lower_resolution: bool = False,
+                 down_late: int = 2, window_s: float = 4.0,
                  dwell_s: float = 2.0, up_after_s: float = 15.0, up_busy: float = 0.75, enabled: bool = True,
                  clock: Callable[[], float] = time.monotonic,
                  on_change: Callable[[int, int, str], None] | None = None) -> None:
         self.full_steps = int(full_steps)
         self.fewer_steps = max(1, self.full_steps // 2)
         self.reduce_steps = reduce_steps and self.fewer_steps < self.full_steps
+        self.lower_resolution = bool(lower_resolution)
+        # the rungs this engine offers, best first
+        self.levels = [0] + [1] * self.reduce_steps + [2] * self.lower_resolution + [3]
+        self.top = self.levels[-1]
         self.down_late, self.window_s, self.dwell_s = down_late, window_s, dwell_s
         self.up_after_s, self.up_busy = up_after_s, up_busy
         self.enabled = enabled
@@ -63,9 +72,14 @@ class DegradationLadder:
         return self.fewer_steps if self.level >= 1 and self.reduce_steps else None
 
     @property
+    def lowres(self) -> bool:
+        """Sampled chunks should be decoded at half resolution."""
+        return self.level >= 2 and self.lower_resolution
+
+    @property
     def cached_loops(self) -> bool:
         """New reactions should play cached loops instead of sampling."""
-        return self.level >= 2
+        return self.level >= 3
 
     def observe(self, late: bool, busy: float) -> None:
         """One live batch finished: `late` if after its earliest deadline; `busy` the engine's busy fraction."""
@@ -77,10 +91,8 @@ class DegradationLadder:
             self._late.popleft()
         if not self.enabled:
             return
-        if len(self._late) >= self.down_late and self.level < len(LEVELS) - 1 and now - self.changed_at >= self.dwell_s:
-            nxt = self.level + 1
-            if nxt == 1 and not self.reduce_steps:
-                nxt = 2
+        if len(self._late) >= self.down_late and self.level < self.top and now - self.changed_at >= self.dwell_s:
+            nxt = self.levels[self.levels.index(self.level) + 1]
             self._set(nxt, now, f"{len(self._late)} late batches in {self.window_s:g} s")
             self._late.clear()
             return
@@ -93,9 +105,7 @@ class DegradationLadder:
             return
         quiet = now - max(self.last_late, self.changed_at)
         if quiet >= self.up_after_s and busy < self.up_busy:
-            nxt = self.level - 1
-            if nxt == 1 and not self.reduce_steps:
-                nxt = 0
+            nxt = self.levels[self.levels.index(self.level) - 1]
             self._set(nxt, now, f"no late batch for {quiet:.0f} s, engine {busy:.0%} busy")
 
     def _set(self, level: int, now: float, why: str) -> None:
@@ -104,3 +114,15 @@ class DegradationLadder:
         log.warning("degradation level %d (%s) -> %d (%s): %s", old, LEVELS[old], level, LEVELS[level], why)
         if self.on_change is not None:
             self.on_change(old, level, why)
+
+
+def ladder_for(engine, settings) -> DegradationLadder:
+    """The ladder an engine can offer under these settings (the Hub's and each Ray engine replica's):
+    the steps rung where the engine takes a per-call step count, the resolution rung where it has a
+    half-resolution decoder."""
+    import inspect
+
+    steps = int(getattr(engine, "steps", 1) or 1)
+    reduce = "steps" in inspect.signature(engine.sample_chunks).parameters
+    return DegradationLadder(steps, reduce_steps=reduce, lower_resolution=bool(getattr(engine, "has_lowres", False)),
+                             up_after_s=settings.ladder_up_s, enabled=bool(settings.ladder))

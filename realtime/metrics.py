@@ -25,7 +25,8 @@ class Metrics:
         self.rate_limited = Counter("avatarcast_rate_limited", "requests or messages over a per-client rate limit",
                                     ["kind"], registry=r)
         self.degradation_level = Gauge("avatarcast_degradation_level",
-                                       "0 full, 1 fewer sampler steps, 2 cached loops for new reactions", registry=r)
+                                       "0 full, 1 fewer sampler steps, 2 also half-resolution decode, "
+                                       "3 also cached loops for new reactions", registry=r)
         self.engine_busy = Gauge("avatarcast_engine_busy_ratio", "fraction of recent time the engine ran live batches",
                                  registry=r)
         self.webrtc_peers = Gauge("avatarcast_webrtc_peers", "WebRTC peers connected or connecting", registry=r)

@@ -488,6 +488,8 @@ class SessionRunner:
                 self.hub.stats["chunks_discarded"] += 1
                 continue
             self._store(req, res.frames, res.state)
+            if getattr(res, "lowres", False):
+                self.hub.stats["chunks_lowres"] += 1
             if req.utterance is not None and req.previous_chunk is None:
                 self.session.stamp("sample", res.sampled, t0, utterance=req.utterance)
                 self.session.stamp("decode_frames", res.finished, res.sampled, utterance=req.utterance)

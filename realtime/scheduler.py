@@ -46,6 +46,7 @@ class ChunkResult:
     sampled: float  # monotonic: latents ready
     finished: float  # monotonic: frames decoded
     batch: int
+    lowres: bool = False  # decoded at half resolution (the ladder's last rung)
 
 
 def copy_state(state: Any) -> Any:
@@ -93,12 +94,12 @@ class EngineScheduler:
         busy = sum(min(dur, end - lo) for end, dur in self._live if end > lo)
         return min(1.0, max(0.0, busy / window_s))
 
-    def _observe(self, batch: list[ChunkJob], results: list[ChunkResult], steps: int | None) -> None:
+    def _observe(self, batch: list[ChunkJob], results: list[ChunkResult], degraded: bool) -> None:
         """Record a finished live batch: its cost per stream, and whether it finished past a deadline."""
         r = results[0]
         dur = r.finished - r.started
         self._live.append((r.finished, dur))
-        if steps is None:  # cost at full quality: what a new stream would add
+        if not degraded:  # cost at full quality: what a new stream would add
             per = dur / len(results)
             self.stream_chunk_s = per if self.stream_chunk_s is None else 0.8 * self.stream_chunk_s + 0.2 * per
             self.cost_at = r.finished
@@ -207,8 +208,9 @@ class EngineScheduler:
             if not batch:
                 continue
             steps = self.ladder.live_steps if self.ladder is not None else None
+            lowres = bool(self.ladder is not None and self.ladder.lowres)
             try:
-                results = await loop.run_in_executor(self.executor, self._work_fitting, batch, steps)
+                results = await loop.run_in_executor(self.executor, self._work_fitting, batch, steps, lowres)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the engine failed: every job of this batch fails, others go on
@@ -218,20 +220,21 @@ class EngineScheduler:
                         j.future.set_exception(exc)
                 continue
             if results:
-                self._observe(batch, results, steps)
+                self._observe(batch, results, degraded=steps is not None or lowres)
             if self.on_batch is not None and results:
                 self.on_batch(len(results), results[0].finished - results[0].started)
             for j, r in zip(batch, results):
                 if not j.future.done():
                     j.future.set_result(r)
 
-    def _work_fitting(self, batch: list[ChunkJob], steps: int | None = None) -> list[ChunkResult]:
+    def _work_fitting(self, batch: list[ChunkJob], steps: int | None = None,
+                      lowres: bool = False) -> list[ChunkResult]:
         """_work, degrading instead of failing when the device runs out of memory: the batch is
         split in halves (down to single streams) and later batches are capped at the size that fit.
         The engines only advance a stream after a whole sampler run, so a retried half starts
         from where the failed call started (after an OOM in the decode, it skips one chunk)."""
         try:
-            return self._work(batch, steps)
+            return self._work(batch, steps, lowres)
         except Exception as exc:
             if not _out_of_memory(exc) or len(batch) == 1:
                 raise
@@ -241,12 +244,13 @@ class EngineScheduler:
             log.warning("engine out of memory at batch %d: splitting it, batches now capped at %d",
                         len(batch), self.max_batch)
             _release_device_memory()
-            return self._work_fitting(batch[:half], steps) + self._work_fitting(batch[half:], steps)
+            return self._work_fitting(batch[:half], steps, lowres) + self._work_fitting(batch[half:], steps, lowres)
 
-    def _work(self, batch: list[ChunkJob], steps: int | None = None) -> list[ChunkResult]:
+    def _work(self, batch: list[ChunkJob], steps: int | None = None, lowres: bool = False) -> list[ChunkResult]:
         """Engine thread: one sampler call for the whole batch, then one decode call.
 
-        `steps` (the degradation ladder) overrides the sampler steps of this call only.
+        `steps` (the degradation ladder) overrides the sampler steps of this call only; `lowres`
+        decodes at half resolution, where the engine has a decoder for it.
         """
         t0 = self.clock()
         for j in batch:
@@ -261,7 +265,9 @@ class EngineScheduler:
         if hasattr(self.engine, "decode_chunks"):  # engines whose decode continues each stream (wan)
             per = list(self.engine.decode_chunks(states, lat))
         else:
-            frames = self.engine.decode(lat.reshape(B * T, *lat.shape[2:]))
+            lowres = lowres and bool(getattr(self.engine, "has_lowres", False))
+            flat = lat.reshape(B * T, *lat.shape[2:])
+            frames = self.engine.decode(flat, lowres=True) if lowres else self.engine.decode(flat)
             per = [frames[i * T:(i + 1) * T] for i in range(B)]
         t2 = self.clock()
         self.batches += 1
@@ -269,7 +275,7 @@ class EngineScheduler:
         self.last_batch_s = t2 - t0
         self.est_batch_s = 0.7 * self.est_batch_s + 0.3 * (t2 - t0)
         self.busy_s += t2 - t0
-        return [ChunkResult(per[i], states[i], t0, t1, t2, B) for i in range(B)]
+        return [ChunkResult(per[i], states[i], t0, t1, t2, B, lowres) for i in range(B)]
 
 
 def _out_of_memory(exc: BaseException) -> bool:

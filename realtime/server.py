@@ -353,16 +353,22 @@ def serve(settings: Settings) -> None:
     setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     hub: Hub = app.state.hub
-    tls = {"ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile or None} if settings.ssl_certfile else {}
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
-                            ws_max_size=settings.max_message_bytes + 64, ws="websockets-sansio",
-                            timeout_graceful_shutdown=5, **tls)
-    server = DrainingServer(config, hub)
+    server = DrainingServer(uvicorn_config(app, settings), hub)
     app.state.on_start_failed = lambda: setattr(server, "should_exit", True)
     server.run()
     err = getattr(hub, "start_error", None)
     if err:
         raise StartupError(f"start-up failed: {err}")
+
+
+def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """How uvicorn serves the app (`avatarcast serve` and the tests alike): the WebSocket size limit,
+    TLS, and which reverse proxies may name the client (X-Forwarded-For: rate limits and logs)."""
+    tls = {"ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile or None} if settings.ssl_certfile else {}
+    kw = dict(host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
+              ws_max_size=settings.max_message_bytes + 64, ws="websockets-sansio", timeout_graceful_shutdown=5,
+              proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips or "", **tls)
+    return uvicorn.Config(app, **{**kw, **overrides})
 
 
 class StartupError(RuntimeError):

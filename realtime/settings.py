@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
 ENV_PREFIX = "AVATARCAST_"
+SWITCHES = ("ray",)  # 0/1 fields whose flag may stand alone
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Settings:
     wan_width: int = 640
     wan_shift: float = 5.0  # flow-matching schedule shift
     wan_compile: int = 0  # 1: torch.compile transformer + VAE on the GPU (minutes cold; cached on disk after)
+    wan_fp8: int = 0  # 1: fp8 linear layers in the transformer blocks (Hopper or newer; check your checkpoint's frames)
     wan_prompt_embeds: str = "auto"  # auto: stored in the cache dir, or computed by the text encoder | random (benchmarks)
     host: str = "127.0.0.1"
     port: int = 8080
@@ -55,6 +57,9 @@ class Settings:
     session_idle_s: float = 120.0  # a session with no client attached and no input this long is closed
     auth_secret: str = ""  # set: every /v1/ request needs a JWT signed with it (`avatarcast token`)
     allowed_origins: str = ""  # web origins (comma list, or *) that may call the API and open sockets from a browser
+    # reverse proxies (comma list of IPs or CIDRs, or *) whose X-Forwarded-For / X-Forwarded-Proto name the client:
+    # rate limits and logs then see the real client. Default: a proxy on this host only.
+    forwarded_allow_ips: str = "127.0.0.1"
     ssl_certfile: str = ""  # serve HTTPS/WSS with this certificate (and ssl_keyfile); browsers need
     ssl_keyfile: str = ""  # a secure origin for the microphone anywhere but localhost
     # admission control (realtime/admission.py): admit a session while the measured engine load plus
@@ -68,6 +73,17 @@ class Settings:
     rate_sessions_per_min: float = 60.0  # session creations (HTTP, WebSocket, WHEP); burst 20
     rate_http_per_s: float = 50.0  # /v1/ HTTP requests; burst 2 s worth
     rate_ws_msgs_per_s: float = 200.0  # WebSocket messages per client (20 ms PCM is 50/s); burst 2 s worth
+    # Ray Serve (realtime/cluster/): the gateway and the engine replicas as Serve deployments
+    ray: int = 0  # 1: `avatarcast serve --ray` runs on Ray Serve (a local cluster unless ray_address is set)
+    ray_address: str = ""  # empty: start a local Ray cluster; "auto" or ray://host:10001: join one
+    engine_replicas: int = 2  # engine replicas at start, kept within [ray_min_replicas, ray_max_replicas]
+    ray_min_replicas: int = 1  # autoscaling bounds; min == max: a fixed number of replicas
+    ray_max_replicas: int = 4
+    ray_target_ongoing: float = 8.0  # autoscale to keep this many chunk requests in flight per replica
+    ray_replica_cpus: float = 1.0  # logical CPUs one engine replica reserves
+    ray_replica_gpus: float = -1.0  # GPUs one engine replica reserves; -1: 1 for GPU engines/backends, else 0
+    ray_chunk_attempts: int = 4  # a chunk whose replica died is retried (from its last state) this many times
+    ray_chunk_timeout_s: float = 10.0  # a chunk request unanswered this long is retried
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -85,8 +101,10 @@ class Settings:
         for f in fields(cls):
             if only and f.name not in only:
                 continue
+            bare = {"nargs": "?", "const": 1} if f.name in SWITCHES else {}  # `--ray` alone means --ray 1
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
-                                type=_parser_type(f.type), help=f"(env {ENV_PREFIX}{f.name.upper()}, default {f.default!r})")
+                                type=_parser_type(f.type), help=f"(env {ENV_PREFIX}{f.name.upper()}, default {f.default!r})",
+                                **bare)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None) -> "Settings":
@@ -143,6 +161,27 @@ class Settings:
                 raise ValueError(f"allowed_origins entries must be http(s)://host[:port] or *, got {o!r}")
         if self.auth_secret and len(self.auth_secret) < 32:
             raise ValueError("auth_secret must be at least 32 characters (HS256 wants a 256-bit key)")
+        self.validate_ray()
+
+    def validate_ray(self) -> None:
+        if self.ray not in (0, 1):
+            raise ValueError(f"ray must be 0 or 1, got {self.ray}")
+        if not (1 <= self.ray_min_replicas <= self.ray_max_replicas and self.engine_replicas >= 1):
+            raise ValueError("need 1 <= ray_min_replicas <= ray_max_replicas and engine_replicas >= 1, got "
+                             f"{self.ray_min_replicas}, {self.ray_max_replicas}, {self.engine_replicas}")
+        if not self.ray_target_ongoing > 0 or self.ray_replica_cpus < 0 or self.ray_chunk_timeout_s <= 0:
+            raise ValueError("ray_target_ongoing and ray_chunk_timeout_s must be > 0, ray_replica_cpus >= 0")
+        if self.ray_chunk_attempts < 1:
+            raise ValueError(f"ray_chunk_attempts must be >= 1, got {self.ray_chunk_attempts}")
+
+    def replica_gpus(self) -> float:
+        """GPUs per engine replica: as set, or 1 where the engine runs on a GPU (wan, torch/tensorrt on cuda)."""
+        if self.ray_replica_gpus >= 0:
+            return self.ray_replica_gpus
+        if self.device == "cpu":
+            return 0.0
+        gpu = self.engine == "wan" or self.device == "cuda" or self.backend == "tensorrt"
+        return 1.0 if gpu else 0.0
 
     def validate_wan(self) -> None:
         """engine=wan: the knobs, and the checkpoint inspected now (cheap file checks), so a missing
@@ -154,8 +193,9 @@ class Settings:
                                      "diffusers-format Wan2.2-TI2V checkpoint with transformer/ and vae/")
         if self.wan_dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"wan_dtype must be auto, float32, bfloat16 or float16, got {self.wan_dtype!r}")
-        if self.wan_compile not in (0, 1):
-            raise ValueError(f"wan_compile must be 0 or 1, got {self.wan_compile}")
+        for name in ("wan_compile", "wan_fp8"):
+            if getattr(self, name) not in (0, 1):
+                raise ValueError(f"{name} must be 0 or 1, got {getattr(self, name)}")
         if self.wan_prompt_embeds not in ("auto", "random"):
             raise ValueError(f"wan_prompt_embeds must be auto or random, got {self.wan_prompt_embeds!r}")
         for name in ("wan_chunk_latents", "wan_context_latents", "wan_height", "wan_width"):
@@ -179,7 +219,8 @@ class Settings:
         return {"checkpoint_dir": self.checkpoint, "device": self.device, "dtype": self.wan_dtype,
                 "steps": self.steps, "shift": self.wan_shift, "chunk_latent_frames": self.wan_chunk_latents,
                 "context_latent_frames": self.wan_context_latents, "height": self.wan_height,
-                "width": self.wan_width, "prompt_embeds": self.wan_prompt_embeds, "compile": bool(self.wan_compile)}
+                "width": self.wan_width, "prompt_embeds": self.wan_prompt_embeds, "compile": bool(self.wan_compile),
+                "fp8": bool(self.wan_fp8)}
 
 
 def _parser_type(t: Any):

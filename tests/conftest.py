@@ -26,15 +26,15 @@ def running_server(**settings: Any) -> Iterator[tuple[str, Any]]:
     """Start uvicorn + the app in a thread; yield (base URL, hub) once /readyz answers 200."""
     import uvicorn
 
-    from realtime.server import create_app
+    from realtime.server import create_app, uvicorn_config
     from realtime.settings import Settings
 
     port = free_port()
     clips = tempfile.mkdtemp(prefix="avatarcast-clips-")
     s = Settings(port=port, clip_cache_dir=clips, **settings)
     app = create_app(s)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets-sansio",
-                                           log_level="warning", ws_max_size=s.max_message_bytes + 64))
+    server = uvicorn.Server(uvicorn_config(app, s, host="127.0.0.1", log_level="warning", log_config=uvicorn.config.LOGGING_CONFIG,
+                                           timeout_graceful_shutdown=None))
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), name="uvicorn", daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"

@@ -17,7 +17,7 @@ from tools import export_tiny as ex
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     out = tmp_path_factory.mktemp("w") / "tiny"
-    ex.random_weights(out, small=True, seed=7)
+    ex.random_weights(out, small=True, seed=7, lowres=True)
     return out
 
 
@@ -103,6 +103,32 @@ def test_torch_cpu_matches_onnxruntime(ort_be, torch_be, manifest):
             assert diff.max() < 1e-4 * max(1.0, np.abs(a).max()), (g, diff.max())
     d = torch_be.describe()
     assert d["dtype"] == "float32" and d["cuda_graphs"] is False and d["compile"] is False
+
+
+def test_half_resolution_decoder_on_both_backends(ort_be, torch_be, manifest):
+    """The ladder's lowest rung: the same output size, the pooled latents' decode upscaled, and
+    onnxruntime and torch agree; the weights hash (the latents cache's key) ignores it."""
+    import torch
+
+    from engines.tiny.model import FrameDecoder
+    from engines.tiny.weights import load_lowres_module
+    assert manifest.has_lowres and ort_be.has_lowres and torch_be.has_lowres
+    z = ex.example_inputs(manifest.config, 3, seed=4)["decoder"]["latents"]
+    a, b = ort_be.decode(z, lowres=True), torch_be.decode(z, lowres=True)
+    assert a.shape == b.shape == (3, 360, 640, 4) and a.dtype == np.uint8
+    diff = np.abs(a.astype(int) - b)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    with torch.no_grad():
+        want = FrameDecoder(manifest.config, load_lowres_module(manifest))(torch.from_numpy(z)).numpy()
+    assert np.abs(a.astype(int) - want).max() <= 1
+    assert not np.array_equal(a, ort_be.decode(z))  # a different decoder from the full one
+    plain = ex.random_weights(ort_be.manifest.path.parent / "plain", small=True, seed=7)
+    be = create_backend("onnxruntime", plain, threads=1)
+    assert not plain.has_lowres and not be.has_lowres
+    np.testing.assert_array_equal(be.decode(z, lowres=True), be.decode(z))  # no rung: the full decoder
+    added = ex.write_lowres(load_lowres_module(manifest), plain, {"test": True})
+    assert added.has_lowres and added.weights_hash == plain.weights_hash
+    assert added.training["lowres"]["onnx_check"]["ok"] and added.training["denoiser_steps"] == 0
 
 
 def test_torch_bucket_padding_and_splitting(manifest):

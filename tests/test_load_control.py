@@ -35,19 +35,37 @@ def test_ladder_steps_down_on_late_batches_and_back_up_with_hysteresis() -> None
     clock.t += 2.0
     lad.observe(late=True, busy=0.9)
     lad.observe(late=True, busy=0.9)
-    assert (lad.level, lad.cached_loops) == (2, True)
+    # no half-resolution decoder: the lower-resolution rung is skipped
+    assert (lad.level, lad.name, lad.cached_loops, lad.lowres) == (3, "cached_loops", True, False)
     clock.t += 9.0
     lad.tick(busy=0.1)
-    assert lad.level == 2  # not quiet for long enough
+    assert lad.level == 3  # not quiet for long enough
     clock.t += 2.0
     lad.tick(busy=0.9)
-    assert lad.level == 2  # quiet, but the engine is still busy
+    assert lad.level == 3  # quiet, but the engine is still busy
     lad.tick(busy=0.1)
     assert lad.level == 1
     clock.t += 10.0
     lad.tick(busy=0.1)
     assert (lad.level, lad.live_steps) == (0, None)
-    assert changes == [(0, 1), (1, 2), (2, 1), (1, 0)]
+    assert changes == [(0, 1), (1, 3), (3, 1), (1, 0)]
+
+
+def test_ladder_lowers_the_resolution_before_cached_loops() -> None:
+    clock = Clock()
+    lad = DegradationLadder(2, clock=clock, lower_resolution=True, up_after_s=10.0)
+    seen = []
+    for _ in range(6):
+        clock.t += 2.0
+        lad.observe(late=True, busy=1.0)
+        lad.observe(late=True, busy=1.0)
+        seen.append((lad.name, lad.live_steps, lad.lowres, lad.cached_loops))
+    assert seen[:3] == [("fewer_steps", 1, False, False), ("lower_resolution", 1, True, False),
+                        ("cached_loops", 1, True, True)]
+    assert lad.level == lad.top == 3  # the lowest rung: it stays there
+    clock.t += 10.0
+    lad.tick(busy=0.1)
+    assert (lad.name, lad.lowres, lad.cached_loops) == ("lower_resolution", True, False)
 
 
 def test_ladder_skips_the_steps_level_when_the_engine_runs_one_step() -> None:
@@ -56,7 +74,7 @@ def test_ladder_skips_the_steps_level_when_the_engine_runs_one_step() -> None:
     clock.t += 3.0
     lad.observe(True, 1.0)
     lad.observe(True, 1.0)
-    assert lad.level == 2 and lad.live_steps is None
+    assert lad.level == 3 and lad.live_steps is None
     off = DegradationLadder(2, clock=clock, enabled=False)
     for _ in range(5):
         off.observe(True, 1.0)

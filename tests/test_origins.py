@@ -18,8 +18,10 @@ APP = "https://app.example"
 
 @pytest.fixture(scope="module")
 def server():
-    with running_server(allowed_origins=APP + ", http://localhost:3000/", admission=0, ladder=0) as (url, hub):
-        yield url
+    # no trusted proxy here: X-Forwarded-For must not change who the client is
+    with running_server(allowed_origins=APP + ", http://localhost:3000/", admission=0, ladder=0,
+                        forwarded_allow_ips="") as (url, hub):
+        yield url, hub
 
 
 async def _hello(url: str, origin: str | None) -> dict:
@@ -39,7 +41,8 @@ def test_origin_rules() -> None:
     assert origin_allowed("https://app.example", "h:1", allowed) and origin_allowed("http://x", "h", ("*",))
 
 
-def test_websocket_origins(server: str) -> None:
+def test_websocket_origins(server: tuple) -> None:
+    server, _ = server
     ws = server.replace("http://", "ws://") + "/v1/ws"
     host = server.split("://", 1)[1]
     assert asyncio.run(_hello(ws, None))["type"] == "hello"  # an app, not a browser page
@@ -50,7 +53,8 @@ def test_websocket_origins(server: str) -> None:
     assert e.value.response.status_code == 403
 
 
-def test_cors_for_listed_origins_only(server: str) -> None:
+def test_cors_for_listed_origins_only(server: tuple) -> None:
+    server, _ = server
     pre = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type"}
     with httpx.Client(base_url=server) as c:
         ok = c.options("/v1/sessions", headers={"Origin": APP, **pre})
@@ -61,6 +65,13 @@ def test_cors_for_listed_origins_only(server: str) -> None:
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
         assert "location" in r.headers.get("access-control-expose-headers", "").lower()
         assert "access-control-allow-origin" not in c.get("/v1/emotions", headers={"Origin": "https://evil.example"}).headers
+
+
+def test_forwarded_for_is_ignored_from_an_untrusted_proxy(server: tuple) -> None:
+    url, hub = server
+    assert httpx.get(url + "/v1/emotions", headers={"X-Forwarded-For": "198.51.100.9"}).status_code == 200
+    keys = set(hub.limits.http._buckets)
+    assert "ip:127.0.0.1" in keys and "ip:198.51.100.9" not in keys, keys
 
 
 def test_bad_allowed_origins_setting_is_refused() -> None:

@@ -196,3 +196,30 @@ def test_streaming_decode_mixes_fresh_and_running_streams(engine):
     assert both.shape == (2, 8, 36, 64, 3) and np.array_equal(f1, f2)
     assert np.abs(both.astype(int) - apart.astype(int)).max() <= 1
     assert np.abs(both[0].astype(int) - both[1].astype(int)).max() > 10  # different streams
+
+
+def test_fp8_blocks_quantize_every_block_linear_and_stay_close(ckpt):
+    """engines/wan/fp8.py: every linear layer of the transformer blocks becomes fp8 (per-channel weights,
+    per-token activations); on the CPU the same quantized numbers are multiplied in float32, so this
+    checks the quantization and the module surgery; the kernel (torch._scaled_mm) is checked on the GPU
+    by `bench engine --engine wan --fp8` (fp8_rel_err)."""
+    from engines.wan.fp8 import FP8_MAX, Fp8Linear, convert_blocks_to_fp8, quantize_rows
+    x = torch.randn(6, 32) * torch.logspace(-2, 2, 6)[:, None]
+    q, s = quantize_rows(x)
+    assert q.dtype == torch.float8_e4m3fn and s.shape == (6, 1)
+    back = q.float() * s
+    assert ((back - x).abs() <= x.abs().amax(1, keepdim=True) / 16).all()  # e4m3: 3 mantissa bits
+    assert torch.allclose(back.abs().amax(1), x.abs().amax(1), rtol=1e-6)  # each row's max maps to FP8_MAX
+    assert float(q.float().abs().max()) == FP8_MAX
+
+    eng = WanEngine.load(ckpt, steps=2, shift=5.0, chunk_latent_frames=2, context_latent_frames=1,
+                         height=H, width=W, out_height=36, out_width=64)
+    ref = eng.reference_latent(_ref_image())
+    linears = sum(isinstance(m, torch.nn.Linear) for m in eng.transformer.blocks.modules())
+    before = eng.sample_chunks([eng.start_stream(ref, _embeds(1), seed=3)])
+    assert convert_blocks_to_fp8(eng.transformer) == linears > 0
+    assert not any(isinstance(m, torch.nn.Linear) for m in eng.transformer.blocks.modules())
+    assert sum(isinstance(m, Fp8Linear) for m in eng.transformer.modules()) == linears
+    after = eng.sample_chunks([eng.start_stream(ref, _embeds(1), seed=3)])
+    err = float((after - before).abs().max() / before.abs().max())
+    assert 0 < err < 0.1, err

@@ -91,12 +91,12 @@ def _has_gpu_fast_path(backend) -> bool:
     return getattr(backend, "device", None) == "cuda" and hasattr(backend, "denoise_t") and hasattr(backend, "decode_t")
 
 
-def _loop_numpy(engine, states, seconds: float, warmup: int, min_chunks: int):
+def _loop_numpy(engine, states, seconds: float, warmup: int, min_chunks: int, lowres: bool = False):
     """The server's loop on numpy arrays (any backend)."""
     B, T = len(states), engine.cfg.chunk_frames
     for i in range(warmup):
         lat = engine.sample_chunks(states)
-        engine.decode(lat.reshape(B * T, *lat.shape[2:]))
+        engine.decode(lat.reshape(B * T, *lat.shape[2:]), lowres=lowres)
     rows = []
     t_start = time.perf_counter()
     while True:
@@ -106,7 +106,7 @@ def _loop_numpy(engine, states, seconds: float, warmup: int, min_chunks: int):
         t0 = time.perf_counter()
         lat = engine.sample_chunks(states)
         t1 = time.perf_counter()
-        frames = engine.decode(lat.reshape(B * T, *lat.shape[2:]))
+        frames = engine.decode(lat.reshape(B * T, *lat.shape[2:]), lowres=lowres)
         t2 = time.perf_counter()
         assert frames.shape[0] == B * T
         rows.append((t2 - t0, t1 - t0, t2 - t1))
@@ -115,7 +115,8 @@ def _loop_numpy(engine, states, seconds: float, warmup: int, min_chunks: int):
     return rows, time.perf_counter() - t_start
 
 
-def _loop_gpu(engine, states, seconds: float, warmup: int, min_chunks: int, to_host: bool, seed: int):
+def _loop_gpu(engine, states, seconds: float, warmup: int, min_chunks: int, to_host: bool, seed: int,
+              lowres: bool = False):
     """The same loop with every tensor on the GPU (torch / tensorrt backends)."""
     import torch
     be, cfg = engine.backend, engine.cfg
@@ -134,6 +135,7 @@ def _loop_gpu(engine, states, seconds: float, warmup: int, min_chunks: int, to_h
     frames = torch.empty((B * T, cfg.height, cfg.width, 4), dtype=torch.uint8, device=dev)
     host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True) if to_host else None
     kw = {"copy": False} if be.name == "torch" else {}
+    dkw = {"lowres": True} if lowres else {}
     n_emo = len(engine.emotions)
 
     def chunk(i: int):
@@ -145,7 +147,7 @@ def _loop_gpu(engine, states, seconds: float, warmup: int, min_chunks: int, to_h
             x = sampler.step(v, t, x)
         ctx = x.view(B, T, C, H, W)[:, T - K:].reshape(B, K * C, H, W).contiguous()
         ev.record()
-        be.decode_t(x.view(B * T, C, H, W), out=frames)
+        be.decode_t(x.view(B * T, C, H, W), out=frames, **dkw)
         if host is not None:
             host.copy_(frames, non_blocking=True)
 
@@ -176,8 +178,9 @@ def _loop_gpu(engine, states, seconds: float, warmup: int, min_chunks: int, to_h
 def run_bench(engine_name: str = "tiny", backend: str = "onnxruntime", sessions: int = 1, seconds: float = 10.0,
               steps: int = 2, threads: int | None = None, device: str | None = None, weights: str | None = None,
               warmup: int = 2, min_chunks: int = 3, to_host: bool = False, seed: int = 0,
-              backend_options: dict | None = None) -> dict:
-    """Run the benchmark; returns the report (see the module docstring)."""
+              backend_options: dict | None = None, lowres: bool = False) -> dict:
+    """Run the benchmark; returns the report (see the module docstring). lowres: decode through the
+    half-resolution decoder (the degradation ladder's lower-resolution rung)."""
     if engine_name != "tiny":
         raise ValueError(f"only the 'tiny' engine can be benchmarked here, not {engine_name!r}")
     if sessions < 1:
@@ -189,18 +192,20 @@ def run_bench(engine_name: str = "tiny", backend: str = "onnxruntime", sessions:
     load_s = time.perf_counter() - t0
     cfg = engine.cfg
     be = engine.backend
+    if lowres and not engine.has_lowres:
+        raise BackendError("--lowres: these weights have no half-resolution decoder (python -m tools.train_lowres)")
     t0 = time.perf_counter()
     states = [engine.start_stream(a, e, 1.0, s) for a, e, s in _stream_specs(sessions, engine.emotions, seed)]
     streams_s = time.perf_counter() - t0
     gpu = _has_gpu_fast_path(be)
     if gpu and hasattr(be, "warmup"):
         be.warmup([sessions], graphs=("denoiser",))
-        be.warmup([sessions * cfg.chunk_frames], graphs=("decoder",))
+        be.warmup([sessions * cfg.chunk_frames], graphs=("decoder_lowres" if lowres else "decoder",))
     with _CpuMonitor() as mon:
         if gpu:
-            rows, wall = _loop_gpu(engine, states, seconds, warmup, min_chunks, to_host, seed)
+            rows, wall = _loop_gpu(engine, states, seconds, warmup, min_chunks, to_host, seed, lowres)
         else:
-            rows, wall = _loop_numpy(engine, states, seconds, warmup, min_chunks)
+            rows, wall = _loop_numpy(engine, states, seconds, warmup, min_chunks, lowres)
     T = cfg.chunk_frames
     frames = len(rows) * sessions * T
     fps = frames / wall
@@ -221,6 +226,7 @@ def run_bench(engine_name: str = "tiny", backend: str = "onnxruntime", sessions:
         "sessions": sessions,
         "steps": engine.steps,
         "resolution": f"{cfg.width}x{cfg.height}",
+        "decoder": "half resolution, upscaled" if lowres else "full",
         "chunk_frames": T,
         "chunk_seconds": chunk_s,
         "chunks": len(rows),
@@ -294,6 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--trt-cache", default=None, help="tensorrt backend: engine cache folder")
     ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                     help="backend option, e.g. --opt spinning=true --opt decode_batch=1 (value parsed as JSON)")
+    ap.add_argument("--lowres", action="store_true",
+                    help="decode at half resolution (the degradation ladder's lower-resolution rung)")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("-o", "--output", default=None, help="also write the JSON report to this file")
     return ap
@@ -330,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         r = run_bench(args.engine, args.backend, args.sessions, args.seconds, args.steps, args.threads,
                       None if args.device == "auto" else args.device, args.weights, args.warmup, args.min_chunks,
-                      args.to_host, args.seed, opts)
+                      args.to_host, args.seed, opts, lowres=args.lowres)
     except (BackendError, TypeError) as e:  # TypeError: an --opt the backend does not take
         print(f"avatarcast bench engine: error: {e}", file=sys.stderr)
         return 2

@@ -114,18 +114,31 @@ def run(args) -> dict:
                     "latent_grid": list(eng.latent_hw), "output": [eng.out_height, eng.out_width],
                     "vae_dtype": args.vae_dtype, "vae_batch": args.vae_batch, "transformer_dtype": "bf16", "layers": args.layers or 30,
                     "cuda_graphs": not args.eager, "compile": bool(args.compile), "compile_vae": bool(args.compile_vae),
-                    "vae_channels_last": bool(args.vae_channels_last),
+                    "vae_channels_last": bool(args.vae_channels_last), "fp8": bool(args.fp8),
                     "weights": "random" if not args.checkpoint else args.checkpoint, "load_s": round(load_s, 2)}
     gen = torch.Generator(device="cuda").manual_seed(0)
     ref = torch.randn(eng.z_dim, *eng.latent_hw, device="cuda", generator=gen)
     prompts = [torch.randn(512, 4096, device="cuda", generator=gen, dtype=torch.bfloat16) * 0.1 for _ in range(4)]
+    K, T = args.context_frames, args.chunk_frames
+    probe = (torch.randn(2, eng.z_dim, K + T, *eng.latent_hw, device="cuda", dtype=torch.bfloat16, generator=gen),
+             torch.full((2, (K + T) * eng.latent_hw[0] * eng.latent_hw[1] // 4), 500.0, device="cuda"),
+             torch.stack(prompts[:2]))
+    with torch.no_grad():  # the eager bf16 transformer's answer, to compare the fast path with
+        probe_ref = eng.transformer(*probe, return_dict=False)[0].float()
     t1 = time.perf_counter()
     eng.accelerate(cuda_graphs=not args.eager, compile=args.compile, vae_compile=args.compile_vae,
                    vae_channels_last=args.vae_channels_last, vae_batch=args.vae_batch, buckets=tuple(batches),
-                   warm_batches=tuple(batches))
+                   warm_batches=tuple(batches), fp8=args.fp8)
     report["graph_capture_s"] = round(time.perf_counter() - t1, 2)
     torch.cuda.synchronize()
     report["ready_s"] = round(time.perf_counter() - T_START, 2)  # process start -> ready to serve
+    with torch.no_grad():
+        got = eng.denoiser(*probe, return_dict=False)[0].float()
+    diff = (got - probe_ref).abs()
+    report["fast_path_err"] = {"max_rel": round(float(diff.max() / probe_ref.abs().max()), 5),
+                               "mean_rel": round(float(diff.mean() / probe_ref.abs().mean()), 5)}
+    print(f"fast path vs eager bf16: {report['fast_path_err']}", file=sys.stderr, flush=True)
+    del probe, probe_ref, got, diff
 
     def streams(n: int):
         return [eng.start_stream(ref, prompts[i % len(prompts)], seed=i) for i in range(n)]
@@ -227,6 +240,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--compile", action="store_true", help="torch.compile the transformer inside the graphs")
     ap.add_argument("--compile-vae", action="store_true", help="torch.compile the VAE decoder's steady-state frames")
     ap.add_argument("--vae-channels-last", action="store_true", help="channels-last 3D VAE decoder")
+    ap.add_argument("--fp8", action="store_true", help="fp8 linear layers in the transformer blocks (Hopper)")
     ap.add_argument("--keep-on-gpu", action="store_true", help="do not copy frames to host memory")
     ap.add_argument("--save-checkpoint", default=None, help="save the (random) model here for warm restarts")
     ap.add_argument("--json", action="store_true")

@@ -38,8 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.tiny.model import (Decoder, Denoiser, Encoder, FrameDecoder, FrameEncoder, TinyConfig)
-from engines.tiny.weights import DEFAULT_DIR, ONNX_FILES, TORCH_FILE, Manifest, write_manifest
+from engines.tiny.model import (Decoder, Denoiser, Encoder, FrameDecoder, FrameEncoder, HalfResDecoder, TinyConfig)
+from engines.tiny.weights import (DEFAULT_DIR, LOWRES_FILE, LOWRES_ONNX, ONNX_FILES, TORCH_FILE, Manifest,
+                                  write_manifest)
 
 SMALL_CONFIG = dict(enc_channels=(8, 8, 16, 16), dec_channels=(16, 16, 16, 16), den_channels=(32, 32, 32),
                     cond_dim=64)
@@ -49,6 +50,7 @@ GRAPH_IO = {
     "encoder": (("frames",), ("latents",)),
     "decoder": (("latents",), ("frames",)),
     "denoiser": (DENOISER_INPUTS, ("velocity",)),
+    "decoder_lowres": (("latents",), ("frames",)),
 }
 
 
@@ -71,11 +73,17 @@ def round_to_fp16(modules) -> dict[str, torch.nn.Module]:
     """Round every floating parameter/buffer to the nearest fp16 value (kept as float32)."""
     mods = _as_dict(modules)
     for m in mods.values():
-        m.float().eval()
-        for t in list(m.parameters()) + list(m.buffers()):
-            if t.is_floating_point():
-                t.copy_(t.half().float())
+        round_module_to_fp16(m)
     return mods
+
+
+@torch.no_grad()
+def round_module_to_fp16(m: torch.nn.Module) -> torch.nn.Module:
+    m.float().eval()
+    for t in list(m.parameters()) + list(m.buffers()):
+        if t.is_floating_point():
+            t.copy_(t.half().float())
+    return m
 
 
 @torch.no_grad()
@@ -350,8 +358,9 @@ def write_weights_folder(modules, cfg: TinyConfig, out: str | Path, data_version
 
 
 def random_weights(out: str | Path, small: bool = True, seed: int = 0, verify: bool = True,
-                   cfg: TinyConfig | None = None, log=lambda *a: None) -> Manifest:
-    """A valid weights folder from random modules (tests, benchmarks)."""
+                   cfg: TinyConfig | None = None, log=lambda *a: None, lowres: bool = False) -> Manifest:
+    """A valid weights folder from random modules (tests, benchmarks); with lowres, a half-res
+    decoder too (the full decoder's weights, as tools/train_lowres.py starts from)."""
     cfg = cfg or (small_config() if small else TinyConfig())
     cfg = random_config(cfg, seed)
     mods = random_modules(cfg, seed)
@@ -359,7 +368,47 @@ def random_weights(out: str | Path, small: bool = True, seed: int = 0, verify: b
                                        training={"random_init": True, "seed": seed, "small": small,
                                                  "ae_steps": 0, "denoiser_steps": 0},
                                        verify=verify, log=log)
+    if lowres:
+        half = HalfResDecoder(cfg)
+        half.decoder.load_state_dict(mods["decoder"].state_dict())
+        manifest = write_lowres(half, manifest, {"random_init": True}, verify=verify)
     return manifest
+
+
+def write_lowres(module: HalfResDecoder, manifest: Manifest, report: dict, opset: int = 17,
+                 verify: bool = True) -> Manifest:
+    """Add the half-resolution decoder to a weights folder: lowres.safetensors (fp16), its ONNX graph
+    (checked against torch with onnxruntime), and the manifest's file hashes and `training.lowres`.
+
+    tiny.safetensors is not touched, so the weights hash (the latents cache's key) stays the same.
+    """
+    from safetensors.torch import save_file
+    import onnx
+
+    out = Path(manifest.path)
+    module = round_module_to_fp16(module)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+    try:
+        sd = {f"decoder_lowres.{k}": v.half().contiguous() for k, v in module.state_dict().items()}
+        save_file(sd, str(tmp / LOWRES_FILE), metadata={"format": "pt", "engine": "tiny", "part": "decoder_lowres"})
+        graph = FrameDecoder(manifest.config, module).eval()
+        feeds = example_inputs(manifest.config, 2, seed=1)["decoder"]
+        _export_one(graph, (torch.from_numpy(feeds["latents"]),), tmp / LOWRES_ONNX, ("latents",), ("frames",), opset)
+        model = onnx.load(str(tmp / LOWRES_ONNX))
+        fp16_initializers(model)
+        onnx.save(model, str(tmp / LOWRES_ONNX))
+        check = {}
+        if verify:
+            check = verify_onnx(tmp / LOWRES_ONNX, graph, example_inputs(manifest.config, 3, seed=2)["decoder"])
+            if not check["ok"]:
+                raise RuntimeError(f"{LOWRES_ONNX} does not match torch: {check}")
+        for f in (LOWRES_FILE, LOWRES_ONNX):
+            os.chmod(tmp / f, 0o644)
+            os.replace(tmp / f, out / f)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    training = {**manifest.training, "lowres": {**report, "onnx_check": check}}
+    return write_manifest(out, manifest.config, manifest.data_version, training)
 
 
 def copy_docs(ckpt: Path, docs: Path) -> list[Path]:

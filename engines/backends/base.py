@@ -15,7 +15,8 @@ class TinyBackend(Protocol):
     """Runs the three exported graphs. Arrays are numpy, batch first, float32 unless noted.
 
     encode:  frames uint8 (B, 360, 640, 4) straight-alpha RGBA -> normalized latents (B, C, H, W)
-    decode:  normalized latents (B, C, H, W) -> frames uint8 (B, 360, 640, 4)
+    decode:  normalized latents (B, C, H, W) -> frames uint8 (B, 360, 640, 4); with lowres=True,
+             through the half-resolution decoder where the weights ship one (`has_lowres`)
     denoise: x (B, T*C, H, W), t (B,), d (B,), ctx (B, K*C, H, W), ref (B, C, H, W),
              emotion (B,) int64, intensity (B,) -> velocity (B, T*C, H, W)
     """
@@ -24,7 +25,10 @@ class TinyBackend(Protocol):
 
     def encode(self, frames: np.ndarray) -> np.ndarray: ...
 
-    def decode(self, latents: np.ndarray) -> np.ndarray: ...
+    @property
+    def has_lowres(self) -> bool: ...
+
+    def decode(self, latents: np.ndarray, lowres: bool = False) -> np.ndarray: ...
 
     def denoise(self, x: np.ndarray, t: np.ndarray, d: np.ndarray, ctx: np.ndarray, ref: np.ndarray,
                 emotion: np.ndarray, intensity: np.ndarray) -> np.ndarray: ...

@@ -22,7 +22,7 @@ import numpy as np
 
 from engines.backends import available_cores, cpu_name
 from engines.backends.base import BackendError
-from engines.tiny.weights import ONNX_FILES, Manifest
+from engines.tiny.weights import LOWRES_ONNX, ONNX_FILES, Manifest
 
 GRAPHS = ("encoder", "decoder", "denoiser")
 
@@ -73,8 +73,11 @@ class OnnxRuntimeBackend:
         self.spinning = bool(spinning)
 
         self.sessions: dict = {}
-        for g in GRAPHS:
-            path = manifest.file(ONNX_FILES[g], verify=verify)
+        files = dict(ONNX_FILES)
+        if manifest.has_lowres:  # the degradation ladder's half-resolution decoder
+            files["decoder_lowres"] = LOWRES_ONNX
+        for g, name in files.items():
+            path = manifest.file(name, verify=verify)
             so = ort.SessionOptions()
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -110,7 +113,7 @@ class OnnxRuntimeBackend:
     def describe(self) -> dict:
         return {"backend": self.name, "device": self.device, "device_name": self.device_name,
                 "threads": self.threads, "onnxruntime": self.ort_version, "providers": self.providers,
-                "decode_batch": self.decode_batch, "spinning": self.spinning}
+                "decode_batch": self.decode_batch, "spinning": self.spinning, "lowres": self.has_lowres}
 
     # -- the three graphs ----------------------------------------------------------------------
     def _run(self, graph: str, feeds: dict) -> np.ndarray:
@@ -123,14 +126,20 @@ class OnnxRuntimeBackend:
             frames = frames[None]
         return self._run("encoder", {"frames": frames})
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
+    @property
+    def has_lowres(self) -> bool:
+        return "decoder_lowres" in self.sessions
+
+    def decode(self, latents: np.ndarray, lowres: bool = False) -> np.ndarray:
+        """`lowres`: the half-resolution decoder (same output size), where the weights ship one."""
+        graph = "decoder_lowres" if lowres and self.has_lowres else "decoder"
         z = np.ascontiguousarray(latents, dtype=np.float32)
-        n, step = len(z), self.decode_batch
+        n, step = len(z), self.decode_batch * (2 if graph == "decoder_lowres" else 1)
         if n <= step:
-            return self._run("decoder", {"latents": z})
+            return self._run(graph, {"latents": z})
         out = np.empty((n, self.cfg.height, self.cfg.width, 4), np.uint8)
         for i in range(0, n, step):
-            out[i:i + step] = self._run("decoder", {"latents": z[i:i + step]})
+            out[i:i + step] = self._run(graph, {"latents": z[i:i + step]})
         return out
 
     def denoise(self, x, t, d, ctx, ref, emotion, intensity) -> np.ndarray:

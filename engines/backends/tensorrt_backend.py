@@ -44,7 +44,7 @@ import numpy as np
 
 from engines.backends.base import BackendError
 from engines.tiny.config import TinyConfig
-from engines.tiny.weights import ONNX_FILES, Manifest, load_manifest
+from engines.tiny.weights import LOWRES_ONNX, ONNX_FILES, Manifest, load_manifest
 
 TRT_MODULES = ("tensorrt", "tensorrt_rtx")
 GRAPHS = ("encoder", "decoder", "denoiser")
@@ -130,7 +130,7 @@ def graph_shapes(cfg: TinyConfig, graph: str) -> dict[str, tuple[int, ...]]:
     H, W = cfg.latent_hw
     if graph == "encoder":
         return {"frames": (cfg.height, cfg.width, 4)}
-    if graph == "decoder":
+    if graph in ("decoder", "decoder_lowres"):
         return {"latents": (C, H, W)}
     return {"x": (T * C, H, W), "t": (), "d": (), "ctx": (K * C, H, W), "ref": (C, H, W), "emotion": (),
             "intensity": ()}
@@ -428,7 +428,7 @@ def build_engines(weights_dir: str | Path | None, cache_dir: str | Path | None =
     cache.mkdir(parents=True, exist_ok=True)
     out = {}
     for g in graphs:
-        data = manifest.file(ONNX_FILES[g], verify=verify).read_bytes()
+        data = manifest.file(LOWRES_ONNX if g == "decoder_lowres" else ONNX_FILES[g], verify=verify).read_bytes()
         out[g] = build_cached(target, g, cache, hashlib.sha256(data).hexdigest(),
                               batch_profile(manifest.config, g, max_batch, opt_batch), precision, onnx_bytes=data,
                               extra={"rewrite": GRAPH_REWRITE_VERSION}, force=force, log=log)
@@ -547,7 +547,10 @@ class TensorRTBackend:
         self.engines: dict[str, _Engine] = {}
         self.build_info = {}
         logger = _make_logger(trt, verbose)
-        for g, mb in (("encoder", ENCODER_MAX_BATCH), ("decoder", dmax), ("denoiser", int(max_batch))):
+        graphs = [("encoder", ENCODER_MAX_BATCH), ("decoder", dmax), ("denoiser", int(max_batch))]
+        if manifest.has_lowres:  # the degradation ladder's half-resolution decoder
+            graphs.append(("decoder_lowres", dmax))
+        for g, mb in graphs:
             info = build_engines(None, self.cache_dir, max_batch=mb, opt_batch=opt_batch, precision=precision,
                                  graphs=(g,), module=flavor, verify=verify, verbose=verbose, log=log,
                                  manifest=manifest)[g]
@@ -576,8 +579,12 @@ class TensorRTBackend:
     def encode_t(self, frames, out=None):
         return self._run("encoder", ("frames",), [frames], out)
 
-    def decode_t(self, latents, out=None):
-        return self._run("decoder", ("latents",), [latents], out)
+    @property
+    def has_lowres(self) -> bool:
+        return "decoder_lowres" in self.engines
+
+    def decode_t(self, latents, out=None, lowres: bool = False):
+        return self._run("decoder_lowres" if lowres and self.has_lowres else "decoder", ("latents",), [latents], out)
 
     def denoise_t(self, x, t, d, ctx, ref, emotion, intensity, out=None):
         return self._run("denoiser", ("x", "t", "d", "ctx", "ref", "emotion", "intensity"),
@@ -613,8 +620,8 @@ class TensorRTBackend:
             frames = frames[None]
         return self.encode_t(self._to(frames, np.uint8)).float().cpu().numpy()
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
-        return self.decode_t(self._to(latents, np.float32)).cpu().numpy()
+    def decode(self, latents: np.ndarray, lowres: bool = False) -> np.ndarray:
+        return self.decode_t(self._to(latents, np.float32), lowres=lowres).cpu().numpy()
 
     def denoise(self, x, t, d, ctx, ref, emotion, intensity) -> np.ndarray:
         b = len(x)

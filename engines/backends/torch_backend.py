@@ -22,7 +22,7 @@ import numpy as np
 
 from engines.backends import available_cores, cpu_name
 from engines.backends.base import BackendError
-from engines.tiny.weights import TORCH_FILE, Manifest, load_torch_modules
+from engines.tiny.weights import LOWRES_FILE, TORCH_FILE, Manifest, load_lowres_module, load_torch_modules
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 GRAPHS = ("encoder", "decoder", "denoiser")
@@ -132,13 +132,19 @@ class TorchBackend:
         enc, dec, den = load_torch_modules(manifest, device=device)
         mf = torch.channels_last if channels_last else torch.contiguous_format
         self.modules = {}
-        for name, m in (("encoder", enc), ("decoder", dec), ("denoiser", den)):
+        parts = [("encoder", enc), ("decoder", dec), ("denoiser", den)]
+        if manifest.has_lowres:  # the degradation ladder's half-resolution decoder
+            manifest.file(LOWRES_FILE, verify=verify)
+            parts.append(("decoder_lowres", load_lowres_module(manifest, device=device)))
+        for name, m in parts:
             m = m.to(dtype=self.dtype).to(memory_format=mf).eval().requires_grad_(False)
             self.modules[name] = m
         cfg = self.cfg
         self._mean = torch.tensor(cfg.latent_mean, dtype=torch.float32, device=device)[None, :, None, None]
         self._std = torch.tensor(cfg.latent_std, dtype=torch.float32, device=device)[None, :, None, None]
         fns = {"encoder": self._encode_fn, "decoder": self._decode_fn, "denoiser": self._denoise_fn}
+        if "decoder_lowres" in self.modules:
+            fns["decoder_lowres"] = lambda z: self._decode_fn(z, "decoder_lowres")
         if self.compile:
             import torch._dynamo
             torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit,
@@ -166,14 +172,14 @@ class TorchBackend:
             z = self.modules["encoder"](x)
         return ((z.float() - self._mean) / self._std).contiguous()
 
-    def _decode_fn(self, z):
+    def _decode_fn(self, z, module: str = "decoder"):
         from engines.tiny.model import tensor_to_frames
         torch = self.torch
         x = (z * self._std + self._mean).to(self.dtype)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            y = self.modules["decoder"](x)
+            y = self.modules[module](x)
         return tensor_to_frames(y.float(), self.cfg).contiguous()
 
     def _denoise_fn(self, x, t, d, ctx, ref, emotion, intensity):
@@ -195,7 +201,7 @@ class TorchBackend:
         z = lambda c: torch.zeros((b, c, H, W), device=dev)  # noqa: E731
         if graph == "encoder":
             return [torch.zeros((b, cfg.height, cfg.width, 4), dtype=torch.uint8, device=dev)]
-        if graph == "decoder":
+        if graph in ("decoder", "decoder_lowres"):
             return [z(C)]
         v = torch.zeros(b, device=dev)
         return [z(T * C), v, v.clone(), z(K * C), z(C), torch.zeros(b, dtype=torch.long, device=dev), v.clone()]
@@ -238,8 +244,8 @@ class TorchBackend:
         """Compile / capture every graph at the buckets these batch sizes fall in; returns them."""
         done = []
         for g in graphs:
-            if g not in GRAPHS:
-                raise ValueError(f"unknown graph {g!r}; one of {GRAPHS}")
+            if g not in self._fns:
+                raise ValueError(f"unknown graph {g!r}; one of {tuple(self._fns)}")
             top = self.buckets[-1]
             sizes = {self.bucket(min(int(n), top)) for n in batch_sizes}
             sizes |= {self.bucket(int(n) % top) for n in batch_sizes if int(n) > top and int(n) % top}
@@ -258,12 +264,17 @@ class TorchBackend:
     def encode_t(self, frames, out=None, copy: bool = True):
         return self._call("encoder", [frames], out, copy)
 
-    def decode_t(self, latents, out=None, copy: bool = True):
+    @property
+    def has_lowres(self) -> bool:
+        return "decoder_lowres" in self._fns
+
+    def decode_t(self, latents, out=None, copy: bool = True, lowres: bool = False):
         """Normalized latents (N, C, H, W) float32 on the device -> uint8 (N, 360, 640, 4) there.
 
         copy=False may return a view of a CUDA graph's static output: valid until the next call.
+        lowres: the half-resolution decoder (same output size), where the weights ship one.
         """
-        return self._call("decoder", [latents], out, copy)
+        return self._call("decoder_lowres" if lowres and self.has_lowres else "decoder", [latents], out, copy)
 
     def denoise_t(self, x, t, d, ctx, ref, emotion, intensity, out=None, copy: bool = True):
         return self._call("denoiser", [x, t, d, ctx, ref, emotion, intensity], out, copy)
@@ -281,8 +292,8 @@ class TorchBackend:
             frames = frames[None]
         return self.encode_t(self._to(frames, np.uint8), copy=False).cpu().numpy()
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
-        return self.decode_t(self._to(latents, np.float32), copy=False).cpu().numpy()
+    def decode(self, latents: np.ndarray, lowres: bool = False) -> np.ndarray:
+        return self.decode_t(self._to(latents, np.float32), copy=False, lowres=lowres).cpu().numpy()
 
     def denoise(self, x, t, d, ctx, ref, emotion, intensity) -> np.ndarray:
         b = len(x)

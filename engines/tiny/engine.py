@@ -147,9 +147,18 @@ class TinyEngine:
             s.frames_done += T
         return lat
 
-    def decode(self, latents: np.ndarray, batch: int = 8) -> np.ndarray:
-        """Latent frames (N, C, H, W) -> RGBA uint8 frames (N, 360, 640, 4)."""
-        out = [self.backend.decode(np.ascontiguousarray(latents[i:i + batch], dtype=np.float32))
+    @property
+    def has_lowres(self) -> bool:
+        """Whether `decode(..., lowres=True)` has a half-resolution decoder to run (the ladder's last rung)."""
+        return bool(getattr(self.backend, "has_lowres", False))
+
+    def decode(self, latents: np.ndarray, batch: int = 8, lowres: bool = False) -> np.ndarray:
+        """Latent frames (N, C, H, W) -> RGBA uint8 frames (N, 360, 640, 4).
+
+        lowres: decode at half resolution and upscale (about 4x cheaper; same output size).
+        """
+        kw = {"lowres": True} if lowres and self.has_lowres else {}
+        out = [self.backend.decode(np.ascontiguousarray(latents[i:i + batch], dtype=np.float32), **kw)
                for i in range(0, len(latents), batch)]
         return np.concatenate(out) if out else np.zeros((0, self.cfg.height, self.cfg.width, 4), np.uint8)
 

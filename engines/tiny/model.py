@@ -69,6 +69,27 @@ class Decoder(nn.Module):
         return self.net(z)
 
 
+class HalfResDecoder(nn.Module):
+    """The degradation ladder's "lower internal resolution" decoder, about 4x cheaper than Decoder.
+
+    The latents are average-pooled 2x (24x40 -> 12x20), decoded at 320x192 by a Decoder of the same
+    shape (distilled from the full one: tools/train_lowres.py), and upscaled bilinearly to 640x384.
+    Only the decode changes: the denoiser and the streams' latent contexts stay at full size, so a
+    stream moves between the rungs without a visible jump in pose.
+    """
+
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        self.decoder = Decoder(cfg)
+
+    def forward_small(self, z: torch.Tensor) -> torch.Tensor:
+        """Raw latents (B, C, 24, 40) -> premultiplied RGBA at half size (B, 4, 192, 320)."""
+        return self.decoder(F.avg_pool2d(z, 2))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(self.forward_small(z), scale_factor=2.0, mode="bilinear", align_corners=False)
+
+
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding of a scalar in [0, 1] (scaled to 0..1000 like diffusion models)."""
     half = dim // 2

@@ -4,6 +4,8 @@ Layout of a weights folder (engines/tiny/weights/ by default):
   manifest.json      config, file hashes, training data version and training steps
   tiny.safetensors   torch weights (fp16): encoder.*, decoder.*, denoiser.*
   encoder.onnx, decoder.onnx, denoiser.onnx   the graphs the onnxruntime/tensorrt backends serve
+  lowres.safetensors, decoder_lowres.onnx     optional: the half-resolution decoder of the
+                     degradation ladder's "lower internal resolution" rung (tools/train_lowres.py)
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ DEFAULT_DIR = Path(__file__).parent / "weights"
 MANIFEST = "manifest.json"
 TORCH_FILE = "tiny.safetensors"
 ONNX_FILES = {"encoder": "encoder.onnx", "decoder": "decoder.onnx", "denoiser": "denoiser.onnx"}
+LOWRES_FILE = "lowres.safetensors"
+LOWRES_ONNX = "decoder_lowres.onnx"
 
 
 class WeightsError(FileNotFoundError):
@@ -47,6 +51,11 @@ class Manifest:
         h = hashlib.sha256(json.dumps(self.config.to_dict(), sort_keys=True).encode())
         h.update(self.files.get(TORCH_FILE, "").encode())
         return h.hexdigest()[:16]
+
+    @property
+    def has_lowres(self) -> bool:
+        """Whether this folder ships the half-resolution decoder (the ladder's lowest rung)."""
+        return LOWRES_FILE in self.files and LOWRES_ONNX in self.files
 
     def file(self, name: str, verify: bool = False) -> Path:
         p = self.path / name
@@ -94,3 +103,16 @@ def load_torch_modules(manifest: Manifest, device: str = "cpu"):
         mod.load_state_dict(part)
         mod.to(device).eval()
     return mods["encoder"], mods["decoder"], mods["denoiser"]
+
+
+def load_lowres_module(manifest: Manifest, device: str = "cpu"):
+    """The half-resolution decoder (HalfResDecoder, float32) from lowres.safetensors."""
+    from safetensors.torch import load_file
+
+    from engines.tiny.model import HalfResDecoder
+
+    sd = load_file(str(manifest.file(LOWRES_FILE)), device=device)
+    mod = HalfResDecoder(manifest.config)
+    mod.load_state_dict({k[len("decoder_lowres."):]: v.float() for k, v in sd.items()
+                         if k.startswith("decoder_lowres.")})
+    return mod.to(device).eval()

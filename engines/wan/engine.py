@@ -133,16 +133,20 @@ class WanEngine:
 
     def accelerate(self, *, cuda_graphs: bool = True, compile: bool = False, vae_compile: bool = False,
                    vae_channels_last: bool = True, vae_batch: int = 4, buckets: tuple[int, ...] | None = None,
-                   warm_batches: tuple[int, ...] = ()) -> WanEngine:
+                   warm_batches: tuple[int, ...] = (), fp8: bool = False) -> WanEngine:
         """The GPU fast path (server and benchmark alike); a no-op off CUDA.
 
         CUDA graphs per batch bucket for the transformer (capture takes seconds), optionally
         torch.compile inside them (about 1.6x faster steps at 360P on an H100, but minutes of
         compiling per bucket on a cold start: inductor caches the artifacts on disk, so a warm
         restart takes under a minute); the VAE channels-last and optionally compiled (its
-        steady-state frames: 13.4 -> 7.9 ms per frame on an H100, docs/bench)."""
+        steady-state frames: 13.4 -> 7.9 ms per frame on an H100, docs/bench). fp8: the transformer
+        blocks' linear layers in fp8 (engines/wan/fp8.py), before the graphs are captured."""
         if self.device.type != "cuda":
             return self
+        if fp8:
+            from engines.wan.fp8 import convert_blocks_to_fp8
+            convert_blocks_to_fp8(self.transformer)
         from engines.wan.graphs import DEFAULT_BUCKETS, GraphedDenoiser
         torch.backends.cudnn.benchmark = True
         self.vae_stream = StreamingVaeDecoder(self.vae, max_batch=vae_batch, compile=vae_compile,

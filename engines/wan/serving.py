@@ -130,11 +130,12 @@ class WanAvatarEngine:
     def load(cls, checkpoint_dir: str | Path, cache_dir: str | Path, *, templates: Mapping[str, Any] | None = None,
              device: str = "auto", dtype: str = "auto", steps: int = 4, shift: float = 5.0,
              chunk_latent_frames: int = 1, context_latent_frames: int = 1, height: int = 352, width: int = 640,
-             prompt_embeds: str = "auto", compile: bool = False) -> "WanAvatarEngine":
+             prompt_embeds: str = "auto", compile: bool = False, fp8: bool = False) -> "WanAvatarEngine":
         """Checkpoint + prompt embeddings from `cache_dir`/prompt_embeds (computed there once when the
         checkpoint has a text encoder). Fails before loading any weights when the embeddings are missing.
         On a GPU the engine takes its fast path (WanEngine.accelerate): CUDA graphs, captured here
-        for batches up to 8, and with `compile` torch.compile of the transformer and VAE."""
+        for batches up to 8, with `compile` torch.compile of the transformer and VAE, and with `fp8`
+        fp8 linear layers in the transformer blocks."""
         if templates is None:
             from templates import load_templates
             templates = load_templates()
@@ -162,7 +163,7 @@ class WanAvatarEngine:
             if wan.device.type == "cuda":
                 torch.cuda.empty_cache()
         if wan.device.type == "cuda":
-            wan.accelerate(compile=compile, vae_compile=compile, warm_batches=(1, 2, 4, 8))
+            wan.accelerate(compile=compile, vae_compile=compile, warm_batches=(1, 2, 4, 8), fp8=fp8)
         embeds_id, embeds = resolved
         if embeds_id == RANDOM:
             log.warning("wan engine: RANDOM prompt embeddings (explicit opt-in): emotions are not what their prompts say")

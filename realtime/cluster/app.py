@@ -1,0 +1,122 @@
+"""The Ray Serve application: a gateway deployment (the FastAPI app and the Hub: sockets, sessions,
+ASR, emotion) in front of an engine deployment (model + batching scheduler per replica).
+
+`serve run deploy/ray/serve_config.yaml` and `avatarcast serve --ray` both build it through
+`app_builder`. The engine deployment routes by session (Serve's consistent-hash request router on
+`handle.options(session_id=...)`), so a session's chunks batch on one replica; it autoscales on
+ongoing chunk requests between ray_min_replicas and ray_max_replicas.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Mapping
+
+from ray import serve
+from ray.serve.config import RequestRouterConfig
+
+from realtime.cluster.replica import EngineReplica, log_to_stderr
+from realtime.settings import Settings
+
+log = logging.getLogger("avatarcast.cluster")
+
+GATEWAY = "Gateway"
+ENGINE = "EngineReplica"
+# Serve's consistent-hash router (ray.serve.experimental): the replica is a function of the session id
+# and the replica set, so a session stays on its replica while the set is unchanged; when a replica
+# dies its sessions go to the next replica on the ring (the fallbacks), the others do not move
+ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
+# builder args with short names (deploy/ray/serve_config.yaml); any Settings field works by its own name
+ALIASES = {"min_replicas": "ray_min_replicas", "max_replicas": "ray_max_replicas",
+           "target_ongoing_requests": "ray_target_ongoing"}
+
+
+def settings_from_args(args: Mapping[str, Any] | None, base: Settings | None = None) -> Settings:
+    """Builder args over AVATARCAST_* variables over defaults; validated."""
+    s = base if base is not None else Settings.from_env()
+    names = {f.name: f for f in dataclasses.fields(Settings)}
+    for key, value in (args or {}).items():
+        name = ALIASES.get(key, key)
+        if name not in names:
+            raise ValueError(f"unknown avatarcast setting {key!r} in the Serve application args")
+        t = names[name].type
+        t = t if isinstance(t, str) else t.__name__
+        setattr(s, name, {"int": int, "float": float}.get(t, str)(value))
+    s.ray = 1
+    s.validate()
+    return s
+
+
+def engine_deployment_options(s: Settings) -> dict:
+    """Resources, routing and scaling of the engine replicas."""
+    lo, hi = s.ray_min_replicas, s.ray_max_replicas
+    scaling: dict[str, Any]
+    if lo == hi:
+        scaling = {"num_replicas": lo}
+    else:
+        scaling = {"autoscaling_config": {
+            "min_replicas": lo, "max_replicas": hi, "initial_replicas": min(max(s.engine_replicas, lo), hi),
+            # a reacting session keeps one or two chunk requests in flight: this is sessions per replica x ~2
+            "target_ongoing_requests": s.ray_target_ongoing,
+            "upscale_delay_s": 5.0, "downscale_delay_s": 60.0}}
+    return {"name": ENGINE, **scaling,
+            "ray_actor_options": {"num_cpus": s.ray_replica_cpus, "num_gpus": s.replica_gpus()},
+            # ongoing requests queue in the replica's EngineScheduler, where they batch: let many in
+            "max_ongoing_requests": max(32, 4 * s.max_sessions),
+            "request_router_config": RequestRouterConfig(
+                request_router_class=ROUTER,
+                request_router_kwargs={"num_virtual_nodes": 100, "num_fallback_replicas": 2}),
+            "health_check_period_s": 2.0, "health_check_timeout_s": 10.0,
+            "graceful_shutdown_timeout_s": 5.0}
+
+
+@serve.ingress()
+class Gateway:
+    """The FastAPI app of `avatarcast serve`, its Hub sending chunk jobs to the engine deployment."""
+
+    def __init__(self, settings: dict, engine: Any) -> None:
+        from realtime.cluster.remote import RemoteScheduler
+        from realtime.hub import Hub
+
+        self.settings = Settings(**settings)
+        log_to_stderr(self.settings)
+        s = self.settings
+        self.hub = Hub(s, make_scheduler=lambda hub: RemoteScheduler(
+            hub.engine, engine, attempts=s.ray_chunk_attempts, timeout_s=s.ray_chunk_timeout_s,
+            window_s=s.capacity_window_s, on_batch=hub.metrics.observe_batch))
+
+    def __serve_build_asgi_app__(self) -> Any:
+        from realtime.server import create_app
+
+        return create_app(self.settings, self.hub)
+
+    def check_health(self) -> None:
+        """A gateway whose models failed to load is restarted by Serve instead of answering 503 forever."""
+        err = getattr(self.hub, "start_error", None)
+        if err:
+            raise RuntimeError(f"gateway start-up failed: {err}")
+
+
+def build_app(s: Settings) -> Any:
+    """The bound Serve application for these settings."""
+    engine = serve.deployment(EngineReplica, **engine_deployment_options(s)).bind(dataclasses.asdict(s))
+    gateway = serve.deployment(
+        Gateway, name=GATEWAY, num_replicas=1,  # sessions live in the gateway's memory (docs/ray.md)
+        # every open WebSocket is an ongoing request for as long as it lives
+        max_ongoing_requests=max(256, 8 * s.max_sessions),
+        # the gateway also loads the engine (latents cache, avatar loops): a GPU engine needs one here too
+        ray_actor_options={"num_cpus": 1, "num_gpus": s.replica_gpus()},
+        health_check_period_s=5.0, graceful_shutdown_timeout_s=5.0)
+    return gateway.bind(dataclasses.asdict(s), engine)
+
+
+def app_builder(args: dict[str, Any] | None = None) -> Any:
+    """`serve run realtime.cluster.app:app_builder engine=tiny engine_replicas=2 ...` and the config
+    file's import_path: args are avatarcast settings (engine, backend, engine_replicas, min_replicas,
+    max_replicas, ...), over AVATARCAST_* variables."""
+    s = settings_from_args(args)
+    log.info("avatarcast on Ray Serve: engine %s/%s, replicas %d (min %d, max %d), %g GPU each",
+             s.engine, s.backend, s.engine_replicas, s.ray_min_replicas, s.ray_max_replicas, s.replica_gpus())
+    return build_app(s)
+
