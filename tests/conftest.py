@@ -9,7 +9,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import pytest
@@ -19,6 +19,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_ready(base: str, timeout_s: float, alive: Callable[[], bool] = lambda: True) -> None:
+    """Poll /readyz until 200; fail at once if the server reports a failed start or `alive()` turns false."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            r = httpx.get(base + "/readyz", timeout=2)
+            if r.status_code == 200:
+                return
+            if r.json().get("error") == "start_failed":
+                raise RuntimeError(f"server failed to start: {r.text}")
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or not alive():
+            raise RuntimeError(f"server at {base} did not become ready in {timeout_s:g} s")
+        time.sleep(0.2)
 
 
 @contextlib.contextmanager
@@ -38,19 +55,7 @@ def running_server(**settings: Any) -> Iterator[tuple[str, Any]]:
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), name="uvicorn", daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            r = httpx.get(base + "/readyz", timeout=2)
-            if r.status_code == 200:
-                break
-            if r.json().get("error") == "start_failed":
-                raise RuntimeError(f"server failed to start: {r.text}")
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("server did not become ready")
-        time.sleep(0.2)
+    wait_ready(base, 180, thread.is_alive)
     try:
         yield base, app.state.hub
     finally:

@@ -24,7 +24,7 @@ import pytest
 import websockets
 
 from realtime.protocol import TAG_CLIP, TAG_PCM, unpack_frame
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_ready
 
 N = int(os.environ.get("AVATARCAST_FUZZ_N", "400"))
 
@@ -104,15 +104,7 @@ def server_process():
                           "--admission", "0", "--rate-sessions-per-min", "600"],  # fuzzing input, not capacity
                          stdout=subprocess.DEVNULL, stderr=open(os.environ.get("AVATARCAST_FUZZ_LOG", os.devnull), "w"))
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline and p.poll() is None, "server did not become ready"
-        time.sleep(0.3)
+    wait_ready(base, 120, lambda: p.poll() is None)
     yield base
     p.terminate()
     p.wait(30)

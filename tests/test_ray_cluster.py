@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import tempfile
 import time
 from pathlib import Path
@@ -28,21 +27,16 @@ websockets = pytest.importorskip("websockets")
 
 from realtime.protocol import unpack_frame  # noqa: E402
 from realtime.settings import Settings  # noqa: E402
+from tests.conftest import free_port, wait_ready  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 # The longest a reacting session may go without a new image across a replica kill. On the 2-core test
 # machine four reacting sessions already overload two 1-thread replicas (gaps up to ~2 s before the kill),
-# and after it one replica serves all four while Serve starts the replacement: 2.3-3.9 s measured.
+# and after it one replica serves all four while Serve starts the replacement: 2.3-4.7 s measured.
 MAX_FRESH_GAP_S = 6.0
 SESSIONS = 4
 EMOTION = "happy"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _descendants(root: int) -> set[int]:
@@ -82,21 +76,13 @@ def cluster() -> Any:
     if ray.is_initialized():
         pytest.skip("a Ray cluster is already connected in this process")
     before = _descendants(os.getpid())
-    port = _free_port()
+    port = free_port()
     s = Settings(port=port, threads=1, engine_replicas=2, ray_min_replicas=2, ray_max_replicas=2, ray=1,
                  admission=0, ladder=0, clip_cache_dir=tempfile.mkdtemp(prefix="avatarcast-clips-"))
     t0 = time.monotonic()
     launch.start(s, num_cpus=4)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(base + "/readyz", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the gateway did not become ready in 120 s"
-        time.sleep(0.3)
+    wait_ready(base, 120)
     print(f"\nray cluster + gateway + 2 engine replicas ready in {time.monotonic() - t0:.1f} s")
     started = _descendants(os.getpid()) - before
     try:
