@@ -170,6 +170,15 @@ def test_engine_end_to_end(engine):
     assert not np.array_equal(a, c)
 
 
+def test_engine_half_resolution_clips(engine):
+    """The same stream (same seed) decoded both ways: same size, same motion source, other pixels."""
+    assert engine.has_lowres
+    full = engine.generate_clip(1, "happy", 4, seed=3)
+    low = engine.generate_clip(1, "happy", 4, seed=3, lowres=True)
+    assert low.shape == full.shape == (4, 360, 640, 4) and low.dtype == np.uint8
+    assert not np.array_equal(low, full)
+
+
 def test_engine_emotion_switch_between_chunks(engine):
     s1 = engine.start_stream(1, "idle", seed=3)
     s2 = engine.start_stream(1, "idle", seed=3)

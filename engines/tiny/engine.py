@@ -162,20 +162,20 @@ class TinyEngine:
                for i in range(0, len(latents), batch)]
         return np.concatenate(out) if out else np.zeros((0, self.cfg.height, self.cfg.width, 4), np.uint8)
 
-    def next_chunk(self, states: list[StreamState]) -> list[np.ndarray]:
-        """The next T frames of each stream, (T, 360, 640, 4) uint8 each."""
+    def next_chunk(self, states: list[StreamState], lowres: bool = False) -> list[np.ndarray]:
+        """The next T frames of each stream, (T, 360, 640, 4) uint8 each (lowres: see decode)."""
         lat = self.sample_chunks(states)
         B, T = lat.shape[:2]
-        frames = self.decode(lat.reshape(B * T, *lat.shape[2:]))
+        frames = self.decode(lat.reshape(B * T, *lat.shape[2:]), lowres=lowres)
         return [frames[i * T:(i + 1) * T] for i in range(B)]
 
     def generate_clip(self, avatar, emotion: str | int, n_frames: int, seed: int = 0,
-                      intensity: float = 1.0, warmup_chunks: int = 1) -> np.ndarray:
+                      intensity: float = 1.0, warmup_chunks: int = 1, lowres: bool = False) -> np.ndarray:
         """n_frames of one avatar in one emotion; the first chunks (leaving rest) are skipped."""
         st = self.start_stream(avatar, emotion, intensity, seed)
         for _ in range(warmup_chunks):
             self.sample_chunks([st])
         chunks = []
         while sum(len(c) for c in chunks) < n_frames:
-            chunks.append(self.next_chunk([st])[0])
+            chunks.append(self.next_chunk([st], lowres=lowres)[0])
         return np.concatenate(chunks)[:n_frames]

@@ -69,6 +69,19 @@ class RendererEngine:
                            intensity=intensity)
 
 
+class HalfResolution:
+    """A TinyEngine whose clips are decoded at half resolution: how the ladder's lowest rungs look."""
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        self.steps = engine.steps
+        self.weights_hash = engine.weights_hash
+
+    def generate_clip(self, avatar, emotion, n_frames: int = CLIP_FRAMES, seed: int = 0,
+                      intensity: float = 1.0) -> np.ndarray:
+        return self.engine.generate_clip(avatar, emotion, n_frames, seed=seed, intensity=intensity, lowres=True)
+
+
 def load_engine(name: str, backend: str = "onnxruntime", steps: int = 2, threads: int | None = None,
                 weights: str | None = None):
     if name == "renderer":
@@ -303,13 +316,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--classifier", default=None, help="classifier weights (default: shipped)")
     ap.add_argument("--out", default="docs/eval")
     ap.add_argument("--no-gif", action="store_true")
+    ap.add_argument("--lowres", action="store_true",
+                    help="tiny: decode at half resolution (the degradation ladder's lower-resolution rung)")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     engine = load_engine(args.engine, args.backend, args.steps, args.threads, args.weights)
+    if args.lowres:
+        if not getattr(engine, "has_lowres", False):
+            ap.error("--lowres needs the tiny engine with a half-resolution decoder (python -m tools.train_lowres)")
+        engine = HalfResolution(engine)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     label = "renderer (ref)" if args.engine == "renderer" else f"{args.engine} {args.steps} steps"
+    label += ", half-resolution decode" if args.lowres else ""
     res = evaluate(engine,
                    avatars=[a.strip() for a in args.avatars.split(",") if a.strip()] or None,
                    emotions=[e.strip() for e in args.emotions.split(",") if e.strip()] or EMOTIONS,
@@ -317,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                    classifier=load_classifier(args.classifier),
                    gif_path=None if args.no_gif else out / "side_by_side.gif", engine_label=label, verbose=True)
     meta = {"engine": args.engine, "backend": args.backend if args.engine != "renderer" else None,
+            "decoder": "half resolution" if args.lowres else "full",
             "steps": args.steps if args.engine != "renderer" else None,
             "weights_hash": getattr(engine, "weights_hash", None),
             "classifier_val_accuracy": round(load_meta().get("validation", {}).get("accuracy", float("nan")), 4),
