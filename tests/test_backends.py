@@ -131,6 +131,19 @@ def test_half_resolution_decoder_on_both_backends(ort_be, torch_be, manifest):
     assert added.training["lowres"]["onnx_check"]["ok"] and added.training["denoiser_steps"] == 0
 
 
+def test_tensorrt_rtx_builds_the_half_resolution_decoder(manifest, tmp_path):
+    """TensorRT-RTX builds ahead of time without a GPU: the lowres graph gets its own cached engine."""
+    pytest.importorskip("tensorrt_rtx_bindings")
+    from engines.backends.tensorrt_backend import build_engines
+    kw = dict(max_batch=4, module="tensorrt_rtx", graphs=("decoder", "decoder_lowres"), manifest=manifest,
+              log=lambda *a: None)
+    first = build_engines(None, tmp_path, **kw)
+    assert all(r["built"] and r["bytes"] > 0 for r in first.values())
+    assert first["decoder"]["key"] != first["decoder_lowres"]["key"]  # other ONNX bytes, other engine
+    again = build_engines(None, tmp_path, **kw)
+    assert all(not r["built"] and r["key"] == first[g]["key"] for g, r in again.items())
+
+
 def test_torch_bucket_padding_and_splitting(manifest):
     """The padded/static-buffer path (used with CUDA graphs or compile) gives the eager results."""
     be = create_backend("torch", manifest, device="cpu", threads=1, buckets=(1, 2, 4))
