@@ -176,6 +176,12 @@ def test_settings_require_a_complete_checkpoint(ckpts):
         Settings(engine="wan", checkpoint=str(ckpts["bare"]), wan_prompt_embeds="zeros").validate()
     Settings(engine="wan", checkpoint=str(ckpts["bare"])).validate()
     assert Settings(engine="wan", checkpoint="x", wan_height=H).wan_kwargs()["height"] == H
+    with pytest.raises(ValueError, match="wan_fp8 must be 0 or 1"):
+        Settings(engine="wan", checkpoint=str(ckpts["bare"]), wan_fp8=2).validate()
+    assert Settings(engine="wan", checkpoint="x", wan_fp8=1).wan_kwargs()["fp8"] is True
+    from realtime.cli import build_parser
+    args = build_parser().parse_args(["serve", "--engine", "wan", "--checkpoint", "x", "--wan-fp8", "1"])
+    assert args.wan_fp8 == 1
 
 
 def test_server_with_an_incomplete_checkpoint_fails_at_start_up(ckpts):
