@@ -1,6 +1,6 @@
 """Chart of `bench engine --engine wan` reports: fps by concurrent streams, against the 8 fps line.
 
-    python -m tools.chart_wan docs/bench/wan_h100_*.json -o docs/bench/wan_h100.png
+    python -m tools.chart_wan docs/bench/wan_h100_{t1_eager_graphs,k4,k3,fp8_t2_k4,fp8_t3_k4,fp8_t3_k4_pipeline}.json -o docs/bench/wan_h100.png
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ def label(r: dict) -> str:
     vae = "VAE compiled" if r.get("compile_vae") else "VAE eager"
     if r.get("compile_vae") and not r.get("vae_compiled_calls"):  # reports before the steady-state fix
         vae = "VAE eager (its compile never engaged)"
-    return f"{r['steps']} steps, {r['chunk_video_frames']}-frame chunks, {how}, {vae}"
+    extra = (", fp8" if r.get("fp8") else "") + (", 2 pipelined groups" if r.get("pipeline") else "")
+    return f"{r['steps']} steps, {r['chunk_video_frames']}-frame chunks, {how}, {vae}{extra}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(6.5, 4))
     top = 0
     for path in args.reports:
         r = json.load(open(path))
@@ -40,10 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ax.set_xlabel("concurrent streams (one batch)")
     ax.set_ylabel("frames per second, all streams")
     ax.set_title(f"Wan2.2-TI2V-5B at 640x360, random weights, {r.get('gpu', '')}")
-    ax.legend(fontsize=7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(args.output, dpi=110)
+    fig.savefig(args.output, dpi=110, bbox_inches="tight")
     return 0
 
 
