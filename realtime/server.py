@@ -341,7 +341,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(allowed), allow_methods=["*"],
-                           allow_headers=["Authorization", "Content-Type"],
+                           allow_headers=["Authorization", "Content-Type", "X-Session-Id"],
                            expose_headers=["Location", "Retry-After"])
     return app
 

@@ -84,6 +84,11 @@ class Settings:
     ray_replica_gpus: float = -1.0  # GPUs one engine replica reserves; -1: 1 for GPU engines/backends, else 0
     ray_chunk_attempts: int = 4  # a chunk whose replica died is retried (from its last state) this many times
     ray_chunk_timeout_s: float = 10.0  # a chunk request unanswered this long is retried
+    # gateway replicas (sockets, sessions, ASR): HTTP requests carrying the same x-session-id header reach the
+    # same one; ray_max_gateways > ray_gateways autoscales them on open sockets + requests (ray_gateway_target each)
+    ray_gateways: int = 1
+    ray_max_gateways: int = 0  # 0: a fixed ray_gateways
+    ray_gateway_target: float = 16.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
@@ -173,6 +178,11 @@ class Settings:
             raise ValueError("ray_target_ongoing and ray_chunk_timeout_s must be > 0, ray_replica_cpus >= 0")
         if self.ray_chunk_attempts < 1:
             raise ValueError(f"ray_chunk_attempts must be >= 1, got {self.ray_chunk_attempts}")
+        if self.ray_gateways < 1 or (self.ray_max_gateways and self.ray_max_gateways < self.ray_gateways):
+            raise ValueError("need ray_gateways >= 1 and ray_max_gateways 0 (fixed) or >= ray_gateways, got "
+                             f"{self.ray_gateways}, {self.ray_max_gateways}")
+        if not self.ray_gateway_target > 0:
+            raise ValueError(f"ray_gateway_target must be > 0, got {self.ray_gateway_target}")
 
     def replica_gpus(self) -> float:
         """GPUs per engine replica: as set, or 1 where the engine runs on a GPU (wan, torch/tensorrt on cuda)."""

@@ -36,6 +36,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.ray]
 # and after it one replica serves all four while Serve starts the replacement: 2.3-4.7 s measured.
 MAX_FRESH_GAP_S = 6.0
 SESSIONS = 4
+GATEWAYS = 2
+PIN = {"X-Session-Id": "ray-test-sessions"}  # the test's sockets and status calls: one gateway
 EMOTION = "happy"
 
 
@@ -78,12 +80,12 @@ def cluster() -> Any:
     before = _descendants(os.getpid())
     port = free_port()
     s = Settings(port=port, threads=1, engine_replicas=2, ray_min_replicas=2, ray_max_replicas=2, ray=1,
-                 admission=0, ladder=0, clip_cache_dir=tempfile.mkdtemp(prefix="avatarcast-clips-"))
+                 ray_gateways=GATEWAYS, admission=0, ladder=0, clip_cache_dir=tempfile.mkdtemp(prefix="avatarcast-clips-"))
     t0 = time.monotonic()
     launch.start(s, num_cpus=4)
     base = f"http://127.0.0.1:{port}"
     wait_ready(base, 120)
-    print(f"\nray cluster + gateway + 2 engine replicas ready in {time.monotonic() - t0:.1f} s")
+    print(f"\nray cluster + {GATEWAYS} gateways + 2 engine replicas ready in {time.monotonic() - t0:.1f} s")
     started = _descendants(os.getpid()) - before
     try:
         yield base
@@ -98,7 +100,8 @@ def cluster() -> Any:
 
 
 def _status(base: str) -> dict:
-    return httpx.get(base + "/v1/status", timeout=5).json()
+    """The status of the gateway that holds the test's WebSocket sessions (they share one affinity key)."""
+    return httpx.get(base + "/v1/status", headers=PIN, timeout=5).json()
 
 
 class Stream:
@@ -153,7 +156,7 @@ class Stream:
 
 async def _open(base: str, n: int) -> list[Stream]:
     url = base.replace("http://", "ws://") + "/v1/ws?avatar=pip"
-    out = [Stream(await websockets.connect(url, max_size=None)) for _ in range(n)]
+    out = [Stream(await websockets.connect(url, max_size=None, additional_headers=PIN)) for _ in range(n)]
     for s in out:  # the hello event names the session
         while not any(e["type"] == "hello" for e in s.events):
             m = await asyncio.wait_for(s.ws.recv(), 10)
@@ -188,6 +191,13 @@ def test_builder_args_and_deployment_options() -> None:
         settings_from_args({"replicas": 2}, base=Settings())
     with pytest.raises(ValueError, match="ray_min_replicas"):
         settings_from_args({"min_replicas": 3, "max_replicas": 2}, base=Settings())
+    from realtime.cluster.app import gateway_deployment_options
+    one = gateway_deployment_options(Settings())
+    assert one["num_replicas"] == 1 and one["request_router_config"].request_router_class == ROUTER
+    many = gateway_deployment_options(settings_from_args({"ray_gateways": 2, "ray_max_gateways": 8}, base=Settings()))
+    assert (many["autoscaling_config"]["min_replicas"], many["autoscaling_config"]["max_replicas"]) == (2, 8)
+    with pytest.raises(ValueError, match="ray_gateways"):
+        settings_from_args({"ray_gateways": 3, "ray_max_gateways": 2}, base=Settings())
 
 
 def test_session_affinity_and_batching(cluster: str) -> None:
@@ -291,3 +301,26 @@ def test_replica_killed_mid_stream(cluster: str) -> None:
         assert time.monotonic() < deadline, f"Serve did not restart the killed replica in 60 s: {names}, {st}"
         time.sleep(0.5)
     print(f"Serve restarted the replica {time.monotonic() - t_kill:.1f} s after the kill")
+
+
+def test_http_sessions_stick_to_their_gateway(cluster: str) -> None:
+    """Two gateways: a session made over HTTP lives in one of them. Requests that carry the client's
+    X-Session-Id key reach that gateway every time; without the key the proxy spreads them."""
+    names = {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "#Gateway#" in a["name"]}
+    assert len(names) == GATEWAYS, names
+    with httpx.Client(base_url=cluster, timeout=10) as c:
+        made = []
+        for i in range(6):
+            key = {"X-Session-Id": f"client-{i}"}
+            r = c.post("/v1/sessions", json={}, headers=key)
+            assert r.status_code == 201, r.text
+            sid = r.json()["id"]
+            made.append((sid, key))
+            codes = [c.get(f"/v1/sessions/{sid}", headers=key).status_code for _ in range(6)]
+            assert codes == [200] * 6, (i, codes)
+            assert c.post(f"/v1/sessions/{sid}/emotion", json={"label": "happy"}, headers=key).status_code == 202
+        sid, _ = made[0]
+        unkeyed = [c.get(f"/v1/sessions/{sid}").status_code for _ in range(20)]
+        assert set(unkeyed) == {200, 404}, unkeyed  # no key: either gateway (all 20 on one: p = 2^-19)
+        for sid, key in made:
+            assert c.delete(f"/v1/sessions/{sid}", headers=key).status_code == 204

@@ -48,6 +48,30 @@ def settings_from_args(args: Mapping[str, Any] | None, base: Settings | None = N
     return s
 
 
+def _sticky_router() -> RequestRouterConfig:
+    return RequestRouterConfig(request_router_class=ROUTER,
+                               request_router_kwargs={"num_virtual_nodes": 100, "num_fallback_replicas": 2})
+
+
+def gateway_deployment_options(s: Settings) -> dict:
+    """The gateway replicas. Sessions live in a gateway's memory, so HTTP requests are routed by their
+    `x-session-id` header (Serve's proxy hands it to the consistent-hash router): a client that sends one
+    key with every request of a session reaches the gateway that holds it. A WebSocket session is one
+    connection and needs no header. With ray_max_gateways above ray_gateways, Serve autoscales them on
+    ongoing requests: every open socket counts, so this is sessions per gateway."""
+    lo, hi = s.ray_gateways, max(s.ray_gateways, s.ray_max_gateways)
+    scaling: dict[str, Any] = {"num_replicas": lo} if lo == hi else {"autoscaling_config": {
+        "min_replicas": lo, "max_replicas": hi, "initial_replicas": lo,
+        "target_ongoing_requests": s.ray_gateway_target, "upscale_delay_s": 10.0, "downscale_delay_s": 300.0}}
+    return {"name": GATEWAY, **scaling,
+            # every open WebSocket is an ongoing request for as long as it lives
+            "max_ongoing_requests": max(256, 8 * s.max_sessions),
+            "request_router_config": _sticky_router(),
+            # the gateway also loads the engine (latents cache, avatar loops): a GPU engine needs one here too
+            "ray_actor_options": {"num_cpus": 1, "num_gpus": s.replica_gpus()},
+            "health_check_period_s": 5.0, "graceful_shutdown_timeout_s": 5.0}
+
+
 def engine_deployment_options(s: Settings) -> dict:
     """Resources, routing and scaling of the engine replicas."""
     lo, hi = s.ray_min_replicas, s.ray_max_replicas
@@ -64,9 +88,7 @@ def engine_deployment_options(s: Settings) -> dict:
             "ray_actor_options": {"num_cpus": s.ray_replica_cpus, "num_gpus": s.replica_gpus()},
             # ongoing requests queue in the replica's EngineScheduler, where they batch: let many in
             "max_ongoing_requests": max(32, 4 * s.max_sessions),
-            "request_router_config": RequestRouterConfig(
-                request_router_class=ROUTER,
-                request_router_kwargs={"num_virtual_nodes": 100, "num_fallback_replicas": 2}),
+            "request_router_config": _sticky_router(),
             "health_check_period_s": 2.0, "health_check_timeout_s": 10.0,
             "graceful_shutdown_timeout_s": 5.0}
 
@@ -101,13 +123,7 @@ class Gateway:
 def build_app(s: Settings) -> Any:
     """The bound Serve application for these settings."""
     engine = serve.deployment(EngineReplica, **engine_deployment_options(s)).bind(dataclasses.asdict(s))
-    gateway = serve.deployment(
-        Gateway, name=GATEWAY, num_replicas=1,  # sessions live in the gateway's memory (docs/ray.md)
-        # every open WebSocket is an ongoing request for as long as it lives
-        max_ongoing_requests=max(256, 8 * s.max_sessions),
-        # the gateway also loads the engine (latents cache, avatar loops): a GPU engine needs one here too
-        ray_actor_options={"num_cpus": 1, "num_gpus": s.replica_gpus()},
-        health_check_period_s=5.0, graceful_shutdown_timeout_s=5.0)
+    gateway = serve.deployment(Gateway, **gateway_deployment_options(s))
     return gateway.bind(dataclasses.asdict(s), engine)
 
 

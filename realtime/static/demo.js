@@ -2,13 +2,19 @@
 // Plain JS, no build step. See realtime/server.py for the HTTP API and realtime/runner.py for events.
 "use strict";
 
-// A server started with --auth-secret wants a token on every /v1/ call: take it from this page's URL.
+// Every /v1/ call carries two headers:
+// - a token, where the server was started with --auth-secret (taken from this page's URL);
+// - X-Session-Id, one random key per page: behind Ray Serve with several gateways
+//   (realtime/cluster/app.py), the proxy sends every request with the same key to the gateway
+//   that holds this page's session. A plain server ignores it.
 const AUTH_TOKEN = new URLSearchParams(location.search).get("token");
-if (AUTH_TOKEN) {
+const AFFINITY_KEY = Array.from({ length: 4 }, () => Math.random().toString(36).slice(2, 10)).join("");
+{
   const plainFetch = window.fetch.bind(window);
   window.fetch = (url, opts = {}) => {
     const headers = new Headers(opts.headers || {});
-    headers.set("Authorization", `Bearer ${AUTH_TOKEN}`);
+    if (AUTH_TOKEN) headers.set("Authorization", `Bearer ${AUTH_TOKEN}`);
+    headers.set("X-Session-Id", AFFINITY_KEY);
     return plainFetch(url, { ...opts, headers });
   };
 }
