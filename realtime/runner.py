@@ -488,7 +488,7 @@ class SessionRunner:
                 self.hub.stats["chunks_discarded"] += 1
                 continue
             self._store(req, res.frames, res.state)
-            if getattr(res, "lowres", False):
+            if res.lowres:
                 self.hub.stats["chunks_lowres"] += 1
             if req.utterance is not None and req.previous_chunk is None:
                 self.session.stamp("sample", res.sampled, t0, utterance=req.utterance)

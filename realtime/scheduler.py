@@ -265,8 +265,7 @@ class EngineScheduler:
         if hasattr(self.engine, "decode_chunks"):  # engines whose decode continues each stream (wan)
             per = list(self.engine.decode_chunks(states, lat))
         else:
-            lowres = lowres and bool(getattr(self.engine, "has_lowres", False))
-            flat = lat.reshape(B * T, *lat.shape[2:])
+            flat = lat.reshape(B * T, *lat.shape[2:])  # lowres only comes from a ladder built for this engine
             frames = self.engine.decode(flat, lowres=True) if lowres else self.engine.decode(flat)
             per = [frames[i * T:(i + 1) * T] for i in range(B)]
         t2 = self.clock()

@@ -135,7 +135,6 @@ def _loop_gpu(engine, states, seconds: float, warmup: int, min_chunks: int, to_h
     frames = torch.empty((B * T, cfg.height, cfg.width, 4), dtype=torch.uint8, device=dev)
     host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True) if to_host else None
     kw = {"copy": False} if be.name == "torch" else {}
-    dkw = {"lowres": True} if lowres else {}
     n_emo = len(engine.emotions)
 
     def chunk(i: int):
@@ -147,7 +146,7 @@ def _loop_gpu(engine, states, seconds: float, warmup: int, min_chunks: int, to_h
             x = sampler.step(v, t, x)
         ctx = x.view(B, T, C, H, W)[:, T - K:].reshape(B, K * C, H, W).contiguous()
         ev.record()
-        be.decode_t(x.view(B * T, C, H, W), out=frames, **dkw)
+        be.decode_t(x.view(B * T, C, H, W), out=frames, lowres=lowres)
         if host is not None:
             host.copy_(frames, non_blocking=True)
 

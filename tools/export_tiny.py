@@ -182,7 +182,7 @@ def example_inputs(cfg: TinyConfig, batch: int, seed: int = 0) -> dict[str, dict
     frames = rng.integers(0, 256, (batch, cfg.height, cfg.width, 4), dtype=np.uint8)
     frames[:, :, :, 3] = np.where(rng.random((batch, cfg.height, cfg.width)) < 0.3, 0,
                                   frames[:, :, :, 3])  # some fully transparent pixels
-    return {
+    ex = {
         "encoder": {"frames": frames},
         "decoder": {"latents": rng.standard_normal((batch, C, H, W), dtype=f32)},
         "denoiser": {
@@ -195,6 +195,8 @@ def example_inputs(cfg: TinyConfig, batch: int, seed: int = 0) -> dict[str, dict
             "intensity": rng.random(batch, dtype=f32),
         },
     }
+    ex["decoder_lowres"] = ex["decoder"]  # the half-resolution decoder takes the same latents
+    return ex
 
 
 def serving_modules(modules, cfg: TinyConfig) -> dict[str, torch.nn.Module]:
@@ -293,32 +295,36 @@ def export_onnx(modules, cfg: TinyConfig, out_dir: str | Path, opset: int = 17, 
     outputs have a dynamic batch axis. With verify, each graph is run by onnxruntime at
     `verify_batch` (unlike the traced `trace_batch`) and compared with torch; a mismatch raises.
     """
-    import onnx
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     serve = serving_modules(modules, cfg)
     trace = example_inputs(cfg, trace_batch, seed=1)
     check = example_inputs(cfg, verify_batch, seed=2) if verify else None
-    report = {}
-    for name, module in serve.items():
-        inputs, outputs = GRAPH_IO[name]
-        path = out / ONNX_FILES[name]
-        t0 = time.perf_counter()
-        args = tuple(torch.from_numpy(trace[name][k]) for k in inputs)
-        _export_one(module, args, path, inputs, outputs, opset)
-        rep: dict = {"export_s": round(time.perf_counter() - t0, 2)}
-        if fp16_weights:
-            model = onnx.load(str(path))
-            rep.update(fp16_initializers(model))
-            onnx.save(model, str(path))
-        rep["bytes"] = path.stat().st_size
-        if verify:
-            rep["verify"] = verify_onnx(path, module, check[name])
-            if not rep["verify"]["ok"]:
-                raise RuntimeError(f"{path.name} does not match torch: {rep['verify']}")
-        report[name] = rep
-    return report
+    return {name: export_graph(name, module, out / ONNX_FILES[name], trace, check, opset, fp16_weights)
+            for name, module in serve.items()}
+
+
+def export_graph(name: str, module: torch.nn.Module, path: Path, trace: dict, check: dict | None, opset: int = 17,
+                 fp16_weights: bool = True) -> dict:
+    """One served graph to ONNX: traced on `trace[name]`, weights stored as fp16 + Cast, and (with
+    `check`) run by onnxruntime on `check[name]` against torch; a mismatch raises. Returns a report."""
+    import onnx
+
+    inputs, outputs = GRAPH_IO[name]
+    t0 = time.perf_counter()
+    args = tuple(torch.from_numpy(trace[name][k]) for k in inputs)
+    _export_one(module, args, path, inputs, outputs, opset)
+    rep: dict = {"export_s": round(time.perf_counter() - t0, 2)}
+    if fp16_weights:
+        model = onnx.load(str(path))
+        rep.update(fp16_initializers(model))
+        onnx.save(model, str(path))
+    rep["bytes"] = path.stat().st_size
+    if check is not None:
+        rep["verify"] = verify_onnx(path, module, check[name])
+        if not rep["verify"]["ok"]:
+            raise RuntimeError(f"{path.name} does not match torch: {rep['verify']}")
+    return rep
 
 
 # --- the weights folder ----------------------------------------------------------------------
@@ -383,25 +389,16 @@ def write_lowres(module: HalfResDecoder, manifest: Manifest, report: dict, opset
     tiny.safetensors is not touched, so the weights hash (the latents cache's key) stays the same.
     """
     from safetensors.torch import save_file
-    import onnx
 
-    out = Path(manifest.path)
+    out, cfg = Path(manifest.path), manifest.config
     module = round_module_to_fp16(module)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
     try:
         sd = {f"decoder_lowres.{k}": v.half().contiguous() for k, v in module.state_dict().items()}
         save_file(sd, str(tmp / LOWRES_FILE), metadata={"format": "pt", "engine": "tiny", "part": "decoder_lowres"})
-        graph = FrameDecoder(manifest.config, module).eval()
-        feeds = example_inputs(manifest.config, 2, seed=1)["decoder"]
-        _export_one(graph, (torch.from_numpy(feeds["latents"]),), tmp / LOWRES_ONNX, ("latents",), ("frames",), opset)
-        model = onnx.load(str(tmp / LOWRES_ONNX))
-        fp16_initializers(model)
-        onnx.save(model, str(tmp / LOWRES_ONNX))
-        check = {}
-        if verify:
-            check = verify_onnx(tmp / LOWRES_ONNX, graph, example_inputs(manifest.config, 3, seed=2)["decoder"])
-            if not check["ok"]:
-                raise RuntimeError(f"{LOWRES_ONNX} does not match torch: {check}")
+        rep = export_graph("decoder_lowres", FrameDecoder(cfg, module).eval(), tmp / LOWRES_ONNX,
+                           example_inputs(cfg, 2, seed=1), example_inputs(cfg, 3, seed=2) if verify else None, opset)
+        check = rep.get("verify", {})
         for f in (LOWRES_FILE, LOWRES_ONNX):
             os.chmod(tmp / f, 0o644)
             os.replace(tmp / f, out / f)

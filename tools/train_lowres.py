@@ -28,12 +28,12 @@ import torch.nn.functional as F
 
 from engines.tiny.model import HalfResDecoder
 from engines.tiny.weights import DEFAULT_DIR, load_manifest, load_torch_modules
+from tools.train_tiny import avatar_by_id, grad_l1, n_avatars
 
 
 def sample_latents(weights: Path, n_frames: int, seed: int, threads: int) -> np.ndarray:
     """Normalized latent frames (N, C, H, W) from the engine's own streams (onnxruntime)."""
     from engines.tiny.engine import TinyEngine
-    from tools.train_tiny import avatar_by_id, n_avatars
 
     eng = TinyEngine.load(weights, backend="onnxruntime", steps=2, threads=threads)
     rng = np.random.default_rng(seed)
@@ -59,12 +59,6 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of two premultiplied RGBA tensors in [-1, 1]."""
     mse = ((a.clamp(-1, 1) - b.clamp(-1, 1)) / 2).pow(2).mean().item()
     return 10 * math.log10(1.0 / max(mse, 1e-12))
-
-
-def grad_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
-    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
-    return (dx(a) - dx(b)).abs().mean() + (dy(a) - dy(b)).abs().mean()
 
 
 @torch.no_grad()

@@ -22,9 +22,7 @@ import numpy as np
 
 from engines.backends import available_cores, cpu_name
 from engines.backends.base import BackendError
-from engines.tiny.weights import LOWRES_ONNX, ONNX_FILES, Manifest
-
-GRAPHS = ("encoder", "decoder", "denoiser")
+from engines.tiny.weights import Manifest
 
 
 class OnnxRuntimeBackend:
@@ -73,10 +71,7 @@ class OnnxRuntimeBackend:
         self.spinning = bool(spinning)
 
         self.sessions: dict = {}
-        files = dict(ONNX_FILES)
-        if manifest.has_lowres:  # the degradation ladder's half-resolution decoder
-            files["decoder_lowres"] = LOWRES_ONNX
-        for g, name in files.items():
+        for g, name in manifest.onnx_files.items():  # with the ladder's half-resolution decoder where shipped
             path = manifest.file(name, verify=verify)
             so = ort.SessionOptions()
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

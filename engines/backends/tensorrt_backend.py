@@ -44,7 +44,7 @@ import numpy as np
 
 from engines.backends.base import BackendError
 from engines.tiny.config import TinyConfig
-from engines.tiny.weights import LOWRES_ONNX, ONNX_FILES, Manifest, load_manifest
+from engines.tiny.weights import Manifest, load_manifest
 
 TRT_MODULES = ("tensorrt", "tensorrt_rtx")
 GRAPHS = ("encoder", "decoder", "denoiser")
@@ -428,7 +428,7 @@ def build_engines(weights_dir: str | Path | None, cache_dir: str | Path | None =
     cache.mkdir(parents=True, exist_ok=True)
     out = {}
     for g in graphs:
-        data = manifest.file(LOWRES_ONNX if g == "decoder_lowres" else ONNX_FILES[g], verify=verify).read_bytes()
+        data = manifest.file(manifest.onnx_files[g], verify=verify).read_bytes()
         out[g] = build_cached(target, g, cache, hashlib.sha256(data).hexdigest(),
                               batch_profile(manifest.config, g, max_batch, opt_batch), precision, onnx_bytes=data,
                               extra={"rewrite": GRAPH_REWRITE_VERSION}, force=force, log=log)
@@ -678,9 +678,9 @@ def _check_run(info: dict, manifest: Manifest, module: str | None) -> dict:
     for g in info:
         p = Path(info[g]["path"])
         eng = _Engine(trt, flavor, torch, p.read_bytes(), logger, p.with_name(p.stem + ".runtime-cache"), g)
-        feeds = {k: torch.from_numpy(v).cuda() for k, v in ex["decoder" if g == "decoder_lowres" else g].items()}
+        feeds = {k: torch.from_numpy(v).cuda() for k, v in ex[g].items()}
         got = eng(feeds).float().cpu().numpy()
-        want = ref.sessions[g].run(None, ex["decoder" if g == "decoder_lowres" else g])[0].astype(np.float32)
+        want = ref.sessions[g].run(None, ex[g])[0].astype(np.float32)
         res[g] = {"max_abs_err": float(np.abs(got - want).max()), "ref_max": float(np.abs(want).max())}
         eng.save_runtime_cache()
     return res
@@ -705,7 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = load_manifest(args.weights)
         t0 = time.perf_counter()
-        graphs = GRAPHS + (("decoder_lowres",) if manifest.has_lowres else ())
+        graphs = tuple(manifest.onnx_files)  # with the half-resolution decoder where shipped
         info = build_engines(None, args.cache, max_batch=args.max_batch, opt_batch=args.opt_batch,
                              precision=args.precision, graphs=graphs, module=args.module, force=args.force,
                              verbose=args.verbose, manifest=manifest,

@@ -25,7 +25,6 @@ from engines.backends.base import BackendError
 from engines.tiny.weights import LOWRES_FILE, TORCH_FILE, Manifest, load_lowres_module, load_torch_modules
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-GRAPHS = ("encoder", "decoder", "denoiser")
 
 
 def _dtype(torch, name):

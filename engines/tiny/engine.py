@@ -157,8 +157,7 @@ class TinyEngine:
 
         lowres: decode at half resolution and upscale (about 4x cheaper; same output size).
         """
-        kw = {"lowres": True} if lowres and self.has_lowres else {}
-        out = [self.backend.decode(np.ascontiguousarray(latents[i:i + batch], dtype=np.float32), **kw)
+        out = [self.backend.decode(np.ascontiguousarray(latents[i:i + batch], dtype=np.float32), lowres=lowres)
                for i in range(0, len(latents), batch)]
         return np.concatenate(out) if out else np.zeros((0, self.cfg.height, self.cfg.width, 4), np.uint8)
 

@@ -57,6 +57,11 @@ class Manifest:
         """Whether this folder ships the half-resolution decoder (the ladder's lowest rung)."""
         return LOWRES_FILE in self.files and LOWRES_ONNX in self.files
 
+    @property
+    def onnx_files(self) -> dict[str, str]:
+        """Graph name -> ONNX file, for every graph this folder ships (the backends load these)."""
+        return {**ONNX_FILES, **({"decoder_lowres": LOWRES_ONNX} if self.has_lowres else {})}
+
     def file(self, name: str, verify: bool = False) -> Path:
         p = self.path / name
         if not p.exists():

@@ -14,7 +14,6 @@ like any engine failure (the runner ends that reaction, the session goes on).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import time
 from collections import OrderedDict, deque
@@ -24,7 +23,6 @@ from realtime.cluster.wire import ChunkCall, ChunkReply, start_spec
 from realtime.scheduler import ChunkJob, ChunkResult, EngineScheduler
 
 log = logging.getLogger("avatarcast.cluster")
-_RESULT_FIELDS = {f.name for f in dataclasses.fields(ChunkResult)}
 
 
 def replica_lost_errors() -> tuple[type[BaseException], ...]:
@@ -180,8 +178,7 @@ class RemoteScheduler:
             if self.on_batch is not None:
                 self.on_batch(r.batch, dur)
         self.jobs_done += 1
-        extra = {"lowres": r.lowres} if "lowres" in _RESULT_FIELDS else {}
-        return ChunkResult(r.frames, r.state, started, sampled, finished, r.batch, **extra)
+        return ChunkResult(r.frames, r.state, started, sampled, finished, r.batch, r.lowres)
 
     def _active_replicas(self) -> list[str]:
         lo = self.clock() - self.window_s

@@ -68,7 +68,7 @@ class EngineReplica:
         res = await sch.submit(ChunkJob(call.session_id, state, t_in + call.due_in_s, call.emotion, call.intensity))
         full = sch.ladder is None or sch.ladder.level == 0  # this batch ran at full quality (near enough)
         return ChunkReply(res.frames, res.state, self.name, max(0.0, res.started - t_in), res.sampled - res.started,
-                          res.finished - res.sampled, res.batch, res.started, full, bool(getattr(res, "lowres", False)))
+                          res.finished - res.sampled, res.batch, res.started, full, res.lowres)
 
     def status(self) -> dict:
         sch = self._scheduler
