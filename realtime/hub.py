@@ -109,7 +109,8 @@ class Hub:
         if self.make_scheduler is not None:
             self.scheduler = self.make_scheduler(self)
         else:
-            self.scheduler = EngineScheduler(self.engine, on_batch=self.metrics.observe_batch)
+            self.scheduler = EngineScheduler(self.engine, on_batch=self.metrics.observe_batch,
+                                             max_batch=getattr(self.engine, "max_batch", 8))
         await self.scheduler.start()
         self._setup_load_control()
         self.metrics.bind(lambda: len(self.sessions), lambda: len(self.peers), lambda: self.scheduler.queue_depth)
@@ -314,6 +315,7 @@ class Hub:
                            "weights": getattr(self.engine, "weights_hash", None)},
                 "asr": getattr(self.transcriber, "name", None),
                 "scheduler": None if sch is None else {"queue": sch.queue_depth, "batches": sch.batches,
+                                                        "max_batch": getattr(sch, "max_batch", None),
                                                         "jobs": sch.jobs_done, "busy_s": round(sch.busy_s, 3),
                                                         "oom_splits": sch.oom_splits},
                 "load": None if sch is None else self._load_status(),

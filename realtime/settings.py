@@ -34,6 +34,7 @@ class Settings:
     wan_width: int = 640
     wan_shift: float = 5.0  # flow-matching schedule shift
     wan_compile: int = 0  # 1: torch.compile transformer + VAE on the GPU (minutes cold; cached on disk after)
+    wan_batch: int = 5  # most streams per engine call (the scheduler's batch; 10 streams: two calls of 5)
     wan_fp8: int = 0  # 1: fp8 linear layers in the transformer blocks (Hopper or newer; check your checkpoint's frames)
     wan_prompt_embeds: str = "auto"  # auto: stored in the cache dir, or computed by the text encoder | random (benchmarks)
     host: str = "127.0.0.1"
@@ -208,7 +209,7 @@ class Settings:
                 raise ValueError(f"{name} must be 0 or 1, got {getattr(self, name)}")
         if self.wan_prompt_embeds not in ("auto", "random"):
             raise ValueError(f"wan_prompt_embeds must be auto or random, got {self.wan_prompt_embeds!r}")
-        for name in ("wan_chunk_latents", "wan_context_latents", "wan_height", "wan_width"):
+        for name in ("wan_chunk_latents", "wan_context_latents", "wan_height", "wan_width", "wan_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.wan_shift > 0:
@@ -230,7 +231,7 @@ class Settings:
                 "steps": self.steps, "shift": self.wan_shift, "chunk_latent_frames": self.wan_chunk_latents,
                 "context_latent_frames": self.wan_context_latents, "height": self.wan_height,
                 "width": self.wan_width, "prompt_embeds": self.wan_prompt_embeds, "compile": bool(self.wan_compile),
-                "fp8": bool(self.wan_fp8)}
+                "fp8": bool(self.wan_fp8), "batch": self.wan_batch}
 
 
 def _parser_type(t: Any):

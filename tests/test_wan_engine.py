@@ -223,3 +223,55 @@ def test_fp8_blocks_quantize_every_block_linear_and_stay_close(ckpt):
     after = eng.sample_chunks([eng.start_stream(ref, _embeds(1), seed=3)])
     err = float((after - before).abs().max() / before.abs().max())
     assert 0 < err < 0.1, err
+
+
+def test_steady_frames_decode_several_per_call_like_one_per_call(engine):
+    """frames_per_call=3 (one decoder call for a chunk's steady frames) gives the frames of one call each."""
+    from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
+
+    z = torch.randn(2, Z, 1 + 3 * 3, 4, 8, generator=torch.Generator().manual_seed(3))
+    outs = {}
+    for k in (1, 3):
+        dec = StreamingVaeDecoder(engine.vae, max_batch=2, frames_per_call=k)
+        calls = []
+        hook = engine.vae.decoder.register_forward_pre_hook(lambda m, a, kw: calls.append(a[0].shape[2]),
+                                                             with_kwargs=True)
+        caches = [VaeStreamCache(), VaeStreamCache()]
+        chunks = [dec.decode(z[:, :, :1], caches)]  # a fresh stream's first frame primes its cache
+        chunks += [dec.decode(z[:, :, t:t + 3], caches) for t in (1, 4, 7)]
+        hook.remove()
+        outs[k] = torch.cat([torch.stack(c) for c in chunks], 2)
+        assert calls == ([1] * 10 if k == 1 else [1, 1, 2, 3, 3])  # the frame after the first is not steady yet
+    assert outs[1].shape[:3] == (2, 3, 1 + 4 * 9)
+    torch.testing.assert_close(outs[3], outs[1], atol=1e-5, rtol=1e-4)
+    assert outs[1].abs().amax() > 0.05  # a real picture, not a blank
+
+
+def test_compiled_vae_makes_few_graphs_warms_them_up_and_never_recompiles(engine):
+    """Steady decodes compile one graph per batch-size class, all at warm_up: a new batch size or a
+    cache sliced from another batch never stalls the streams with a compile."""
+    from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(len(example_inputs))
+        return gm.forward
+
+    torch._dynamo.reset()
+    dec = StreamingVaeDecoder(engine.vae, max_batch=5, compile=True, channels_last=True, frames_per_call=2,
+                              compile_backend=backend)
+    dec.warm_up((4, 8), range(1, 6))
+    n = len(graphs)
+    assert 1 <= n <= 3, graphs  # batch 1, 2 and >= 3 (a guard in conv2d's shape checks)
+    assert dec.compiled_calls == 5
+    gen = torch.Generator().manual_seed(0)
+    for B in (3, 1, 5, 2, 4):
+        caches = [VaeStreamCache() for _ in range(B)]
+        dec.decode(torch.randn(B, Z, 3, 4, 8, generator=gen), caches)
+        for _ in range(2):
+            dec.decode(torch.randn(B, Z, 2, 4, 8, generator=gen), caches)
+        # a batch made of streams sliced out of a bigger one (strides differ): still no compile
+        dec.decode(torch.randn(1, Z, 2, 4, 8, generator=gen), caches[:1])
+    assert len(graphs) == n and dec.compiled_calls == 5 + 5 * 3
+    torch._dynamo.reset()

@@ -180,8 +180,12 @@ def test_settings_require_a_complete_checkpoint(ckpts):
         Settings(engine="wan", checkpoint=str(ckpts["bare"]), wan_fp8=2).validate()
     assert Settings(engine="wan", checkpoint="x", wan_fp8=1).wan_kwargs()["fp8"] is True
     from realtime.cli import build_parser
-    args = build_parser().parse_args(["serve", "--engine", "wan", "--checkpoint", "x", "--wan-fp8", "1"])
-    assert args.wan_fp8 == 1
+    args = build_parser().parse_args(["serve", "--engine", "wan", "--checkpoint", "x", "--wan-fp8", "1",
+                                      "--wan-batch", "3"])
+    assert args.wan_fp8 == 1 and args.wan_batch == 3
+    assert Settings(engine="wan", checkpoint="x", wan_batch=3).wan_kwargs()["batch"] == 3
+    with pytest.raises(ValueError, match="wan_batch must be >= 1"):
+        Settings(engine="wan", checkpoint=str(ckpts["bare"]), wan_batch=0).validate()
 
 
 def test_server_with_an_incomplete_checkpoint_fails_at_start_up(ckpts):
@@ -220,8 +224,9 @@ def test_server_streams_the_wan_engine_and_reacts_to_an_emotion(ckpts, embeds_di
         return frames, events
 
     with running_server(engine="wan", checkpoint=str(ckpts["bare"]), cache_dir=str(embeds_dir), steps=2,
-                        wan_height=H, wan_width=W, avatars="pip") as (base, hub):
+                        wan_height=H, wan_width=W, avatars="pip", wan_batch=3) as (base, hub):
         st = httpx.get(base + "/v1/status").json()
+        assert hub.engine.max_batch == 3 and st["scheduler"]["max_batch"] == 3  # --wan-batch: the scheduler's batch
         assert st["engine"]["name"] == "wan" and st["engine"]["backend"] == "torch"
         assert st["engine"]["weights"] == hub.engine.weights_hash
         assert hub.session_config.chunk_frames == 4

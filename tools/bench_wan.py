@@ -143,7 +143,9 @@ def run(args) -> dict:
     torch.backends.cudnn.allow_tf32 = True
     sessions = [int(s) for s in str(args.sessions).split(",")]
     # --pipeline: each stream count runs as two half-size groups, so the batches are the halves
-    counts = [max(1, n // 2) for n in sessions] if args.pipeline else sessions
+    counts = [max(1, n // 2) for n in sessions] if args.pipeline else \
+        [min(n, args.batch) for n in sessions] + [n % args.batch for n in sessions if n % args.batch] if args.batch \
+        else sessions
     batches = sorted(set([1] + counts + [int(b) for b in str(args.batches).split(",") if b]))
     kw = dict(device="cuda", dtype=torch.bfloat16, steps=args.steps, shift=5.0,
               chunk_latent_frames=args.chunk_frames, context_latent_frames=args.context_frames)
@@ -162,9 +164,10 @@ def run(args) -> dict:
                     "steps": args.steps, "chunk_latent_frames": args.chunk_frames,
                     "context_latent_frames": args.context_frames, "chunk_video_frames": 4 * args.chunk_frames,
                     "latent_grid": list(eng.latent_hw), "output": [eng.out_height, eng.out_width],
-                    "vae_dtype": args.vae_dtype, "vae_batch": args.vae_batch, "transformer_dtype": "bf16", "layers": args.layers or 30,
+                    "vae_dtype": args.vae_dtype, "vae_batch": args.vae_batch, "batch": args.batch or None, "transformer_dtype": "bf16", "layers": args.layers or 30,
                     "cuda_graphs": not args.eager, "compile": bool(args.compile), "compile_vae": bool(args.compile_vae),
                     "vae_channels_last": bool(args.vae_channels_last), "fp8": bool(args.fp8),
+                    "vae_frames_per_call": args.vae_frames_per_call or args.chunk_frames,
                     "weights": "random" if not args.checkpoint else args.checkpoint, "load_s": round(load_s, 2)}
     gen = torch.Generator(device="cuda").manual_seed(0)
     ref = torch.randn(eng.z_dim, *eng.latent_hw, device="cuda", generator=gen)
@@ -178,7 +181,7 @@ def run(args) -> dict:
     t1 = time.perf_counter()
     eng.accelerate(cuda_graphs=not args.eager, compile=args.compile, vae_compile=args.compile_vae,
                    vae_channels_last=args.vae_channels_last, vae_batch=args.vae_batch, buckets=tuple(batches),
-                   warm_batches=tuple(batches), fp8=args.fp8)
+                   warm_batches=tuple(batches), fp8=args.fp8, vae_frames_per_call=args.vae_frames_per_call)
     report["graph_capture_s"] = round(time.perf_counter() - t1, 2)
     torch.cuda.synchronize()
     report["ready_s"] = round(time.perf_counter() - T_START, 2)  # process start -> ready to serve
@@ -187,7 +190,10 @@ def run(args) -> dict:
     diff = (got - probe_ref).abs()
     report["fast_path_err"] = {"max_rel": round(float(diff.max() / probe_ref.abs().max()), 5),
                                "mean_rel": round(float(diff.mean() / probe_ref.abs().mean()), 5)}
-    print(f"fast path vs eager bf16: {report['fast_path_err']}", file=sys.stderr, flush=True)
+    print(f"fast path vs eager bf16: {report['fast_path_err']}; ready in {report['ready_s']} s",
+          file=sys.stderr, flush=True)
+    if args.ready_only:
+        return report
     del probe, probe_ref, got, diff
 
     def streams(n: int):
@@ -224,21 +230,27 @@ def run(args) -> dict:
         sessions = [1]  # the cue figures below: an idle GPU only
     for n in ([] if args.pipeline else sessions):
         st = streams(n)
-        for _ in range(2):
-            eng.decode_new(st, eng.sample_chunks(st), to_numpy=False)
+        # --batch: the server's schedule, at most that many streams per engine call, calls in turn
+        b = args.batch or n
+        groups = [st[i:i + b] for i in range(0, n, b)]
+        for g in groups:
+            for _ in range(2):
+                eng.decode_new(g, eng.sample_chunks(g), to_numpy=False)
         times, frames, t_end = [], 0, time.perf_counter() + args.seconds
         t_all = time.perf_counter()
         while time.perf_counter() < t_end or len(times) < 3:
-            a = time.perf_counter()
-            out = eng.decode_new(st, eng.sample_chunks(st), to_numpy=not args.keep_on_gpu)
+            a = time.perf_counter()  # one round: every stream gets its next chunk
+            for g in groups:
+                out = eng.decode_new(g, eng.sample_chunks(g), to_numpy=not args.keep_on_gpu)
+                frames += out.shape[0] * out.shape[1]
             if args.keep_on_gpu:
                 torch.cuda.synchronize()
             times.append((time.perf_counter() - a) * 1000)
-            frames += out.shape[0] * out.shape[1]
         wall = time.perf_counter() - t_all
         fps = frames / wall
         p95 = _pct(times, 95)
         report["streams"][n] = {"fps": round(fps, 1), "chunk_ms_p50": _pct(times, 50), "chunk_ms_p95": p95,
+                                "groups": [len(g) for g in groups],
                                 "chunks": len(times), "realtime_streams": int(fps // FPS),
                                 "realtime": bool(int(fps // FPS) >= n and p95 <= chunk_s * 1000)}
         print(f"N={n}: {report['streams'][n]}", file=sys.stderr, flush=True)
@@ -247,7 +259,7 @@ def run(args) -> dict:
 
     # cue -> first new frame (engine only; a cached reaction would start at once)
     cue = {}
-    for n in sorted(set([1] + sessions)):
+    for n in [1] if args.batch else sorted(set([1] + sessions)):  # batched: an idle GPU only
         st = streams(n)
         eng.decode_new(st, eng.sample_chunks(st), to_numpy=False)
         lat_ms = []
@@ -297,7 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--compile", action="store_true", help="torch.compile the transformer inside the graphs")
     ap.add_argument("--compile-vae", action="store_true", help="torch.compile the VAE decoder's steady-state frames")
     ap.add_argument("--vae-channels-last", action="store_true", help="channels-last 3D VAE decoder")
+    ap.add_argument("--vae-frames-per-call", type=int, default=None,
+                    help="steady latent frames per VAE decoder call (default: a whole chunk)")
     ap.add_argument("--fp8", action="store_true", help="fp8 linear layers in the transformer blocks (Hopper)")
+    ap.add_argument("--batch", type=int, default=0,
+                    help="most streams per engine call, calls in turn (the server's --wan-batch); 0: all at once")
+    ap.add_argument("--ready-only", action="store_true", help="stop once ready (warm-restart timing)")
     ap.add_argument("--pipeline", action="store_true",
                     help="two half-size groups: one's VAE decode overlaps the other's sampler steps")
     ap.add_argument("--keep-on-gpu", action="store_true", help="do not copy frames to host memory")

@@ -1,6 +1,6 @@
 """Chart of `bench engine --engine wan` reports: fps by concurrent streams, against the 8 fps line.
 
-    python -m tools.chart_wan docs/bench/wan_h100_{t1_eager_graphs,k4,k3,fp8_t2_k4,fp8_t3_k4,fp8_t3_k4_pipeline}.json -o docs/bench/wan_h100.png
+    python -m tools.chart_wan docs/bench/wan_h100_{t1_eager_graphs,k4,k3,fp8_t2_k4,fp8_t3_k4,fp8_t3_k4_pipeline,fp8_t3_k4_pipeline_vae_chunk,fp8_t3_k4_batch5}.json -o docs/bench/wan_h100.png
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ def label(r: dict) -> str:
     vae = "VAE compiled" if r.get("compile_vae") else "VAE eager"
     if r.get("compile_vae") and not r.get("vae_compiled_calls"):  # reports before the steady-state fix
         vae = "VAE eager (its compile never engaged)"
-    extra = (", fp8" if r.get("fp8") else "") + (", 2 pipelined groups" if r.get("pipeline") else "")
+    extra = (", fp8" if r.get("fp8") else "") + (", 2 pipelined groups" if r.get("pipeline") else "") \
+        + (f", calls of {r['batch']} (server)" if r.get("batch") else "") \
+        + (", VAE a chunk per call" if (r.get("vae_frames_per_call") or 1) > 1 else "")
     return f"{r['steps']} steps, {r['chunk_video_frames']}-frame chunks, {how}, {vae}{extra}"
 
 
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         top = max(top, max(p[0] for p in pts))
     xs = list(range(1, top + 2))
     ax.plot(xs, [8 * x for x in xs], "k--", lw=1, label="needed: 8 fps per stream")
-    ax.set_xlabel("concurrent streams (one batch)")
+    ax.set_xlabel("concurrent streams")
     ax.set_ylabel("frames per second, all streams")
     ax.set_title(f"Wan2.2-TI2V-5B at 640x360, random weights, {r.get('gpu', '')}")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)

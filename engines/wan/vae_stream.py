@@ -44,6 +44,18 @@ def _merge(caches: list[VaeStreamCache], n_layers: int) -> list:
             for i, f in enumerate(caches[0].feats)]
 
 
+def _canonical(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """t with exactly the strides a fresh tensor of its shape has in fmt (a copy only if not).
+
+    The compiled decoder guards on strides, size-1 dimensions' included, which `.contiguous()`
+    leaves as they were (a batch-of-one cache sliced from a longer clip keeps that clip's strides)."""
+    want = torch.empty(t.shape, device="meta", memory_format=fmt).stride()
+    if t.stride() == want:
+        return t
+    out = torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=fmt)
+    return out.copy_(t)
+
+
 def _split(merged: list, caches: list[VaeStreamCache]) -> None:
     for b, c in enumerate(caches):
         c.feats = [f if f is None or isinstance(f, str) else f[b:b + 1] for f in merged]
@@ -52,8 +64,13 @@ def _split(merged: list, caches: list[VaeStreamCache]) -> None:
 class StreamingVaeDecoder:
     """Decodes (B, C, T, h, w) latents of B streams, continuing each stream's own causal cache."""
 
-    def __init__(self, vae, max_batch: int = 4, compile: bool = False, channels_last: bool = False) -> None:
+    def __init__(self, vae, max_batch: int = 4, compile: bool = False, channels_last: bool = False,
+                 frames_per_call: int = 1, compile_backend="inductor") -> None:
         self.vae = vae
+        # Once a stream's cache is steady, every layer is a causal convolution (or per-frame) with a
+        # 2-frame cache, so k latent frames decode in one call exactly as k calls would: bigger
+        # convolutions and a third of the cache copies at k=3.
+        self.frames_per_call = max(1, int(frames_per_call))
         # channels-last saves cuDNN's NCHW<->NHWC conversions around every convolution on a GPU
         self.channels_last = channels_last
         if channels_last:
@@ -65,7 +82,10 @@ class StreamingVaeDecoder:
                     w.data = w.data.contiguous(memory_format=torch.channels_last)
         # Steady-state frames (every cache entry a tensor) have static shapes: torch.compile fuses
         # the decoder's many memory-bound ops (norms, pads, cache copies) there; first frames stay eager.
-        self._compiled = torch.compile(vae.decoder, dynamic=False) if compile else None
+        self._compiled = torch.compile(vae.decoder, dynamic=False, backend=compile_backend) if compile else None
+        if compile:  # one graph per (batch, frames per call): up to max_batch x 3 of them
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        self._format = torch.channels_last_3d if channels_last else torch.contiguous_format
         self.compiled_calls = 0
         # The decode is compute-bound (batching streams barely helps it) and its activations at
         # 360P are GBs per stream-frame: decode at most max_batch streams at once.
@@ -76,6 +96,20 @@ class StreamingVaeDecoder:
     @property
     def dtype(self) -> torch.dtype:
         return self.vae.post_quant_conv.weight.dtype
+
+    @torch.no_grad()
+    def warm_up(self, latent_hw: tuple[int, int], batches) -> None:
+        """Compile the steady-state graphs for these batch sizes now (minutes cold, seconds from
+        inductor's disk cache) rather than stall every stream the first time a batch size occurs."""
+        if self._compiled is None:
+            return
+        dev = self.vae.post_quant_conv.weight.device
+        k = self.frames_per_call
+        for b in batches:
+            caches = [VaeStreamCache() for _ in range(b)]
+            z = torch.zeros(b, self.vae.config.z_dim, 1 + 2 * k, *latent_hw, device=dev)
+            self.decode(z[:, :, :1 + k], caches)  # a fresh stream's first chunk: eager
+            self.decode(z[:, :, 1 + k:], caches)  # steady: compiled
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor, caches: list[VaeStreamCache], skip: list[int] | None = None) -> list[torch.Tensor]:
@@ -100,14 +134,28 @@ class StreamingVaeDecoder:
             feats = _merge(group, self.n_layers)
             x = x_all[idx] if len(idx) < len(caches) else x_all
             frames = []
-            for t in range(x.shape[2]):
+            t = 0
+            while t < x.shape[2]:
                 # steady: the cache layout no longer changes (no "Rep" marks; some 1x1 shortcut
                 # convs never cache, their entries stay None)
-                steady = self._compiled is not None and not (first and t == 0) and \
-                    not any(isinstance(f, str) for f in feats) and any(torch.is_tensor(f) for f in feats)
-                fn = self._compiled if steady else self.vae.decoder
-                self.compiled_calls += steady
-                frames.append(fn(x[:, :, t:t + 1], feat_cache=feats, feat_idx=[0], first_chunk=first and t == 0))
+                steady = not (first and t == 0) and not any(isinstance(f, str) for f in feats) \
+                    and any(torch.is_tensor(f) for f in feats)
+                n = min(self.frames_per_call, x.shape[2] - t) if steady else 1
+                # compiled: full steady calls only, so the graphs are one per batch size (a stream's
+                # first chunk, 2 frames after its cache fills, decodes eagerly once)
+                fn = self._compiled if n == self.frames_per_call and self._compiled is not None else self.vae.decoder
+                xt = _canonical(x[:, :, t:t + n], self._format)
+                if fn is self._compiled:
+                    self.compiled_calls += 1
+                    # the graph guards on strides: one layout for every cached tensor, or a compile per call
+                    feats = [_canonical(f, self._format) if torch.is_tensor(f) else f for f in feats]
+                    if xt.shape[0] > 1:  # one graph for every batch of 2 or more (1 is its own)
+                        torch._dynamo.maybe_mark_dynamic(xt, 0)
+                        for f in feats:
+                            if torch.is_tensor(f):
+                                torch._dynamo.maybe_mark_dynamic(f, 0)
+                frames.append(fn(xt, feat_cache=feats, feat_idx=[0], first_chunk=first and t == 0))
+                t += n
             video = torch.cat(frames, 2)
             if self.patch_size is not None:
                 from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
