@@ -250,7 +250,7 @@ def run(args) -> dict:
         fps = frames / wall
         p95 = _pct(times, 95)
         report["streams"][n] = {"fps": round(fps, 1), "chunk_ms_p50": _pct(times, 50), "chunk_ms_p95": p95,
-                                "groups": [len(g) for g in groups],
+                                "groups": [len(g) for g in groups], "round_ms": [round(t, 1) for t in times],
                                 "chunks": len(times), "realtime_streams": int(fps // FPS),
                                 "realtime": bool(int(fps // FPS) >= n and p95 <= chunk_s * 1000)}
         print(f"N={n}: {report['streams'][n]}", file=sys.stderr, flush=True)
