@@ -83,7 +83,7 @@ class StreamingVaeDecoder:
         # Steady-state frames (every cache entry a tensor) have static shapes: torch.compile fuses
         # the decoder's many memory-bound ops (norms, pads, cache copies) there; first frames stay eager.
         self._compiled = torch.compile(vae.decoder, dynamic=False, backend=compile_backend) if compile else None
-        if compile:  # one graph per (batch, frames per call): up to max_batch x 3 of them
+        if compile:  # few graphs (batch 1, 2, >= 3), but dynamo's default limit of 8 counts every recompile
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self._format = torch.channels_last_3d if channels_last else torch.contiguous_format
         self.compiled_calls = 0
