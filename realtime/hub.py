@@ -109,8 +109,7 @@ class Hub:
         if self.make_scheduler is not None:
             self.scheduler = self.make_scheduler(self)
         else:
-            self.scheduler = EngineScheduler(self.engine, on_batch=self.metrics.observe_batch,
-                                             max_batch=getattr(self.engine, "max_batch", 8))
+            self.scheduler = EngineScheduler(self.engine, on_batch=self.metrics.observe_batch)
         await self.scheduler.start()
         self._setup_load_control()
         self.metrics.bind(lambda: len(self.sessions), lambda: len(self.peers), lambda: self.scheduler.queue_depth)

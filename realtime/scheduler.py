@@ -60,12 +60,13 @@ def copy_state(state: Any) -> Any:
 class EngineScheduler:
     """Batches chunk jobs of all sessions onto one engine thread (earliest deadline first)."""
 
-    def __init__(self, engine: Any, *, max_batch: int = 8, max_wait_s: float = 0.25, margin_s: float = 0.05,
+    def __init__(self, engine: Any, *, max_batch: int | None = None, max_wait_s: float = 0.25, margin_s: float = 0.05,
                  clock: Callable[[], float] = time.monotonic,
                  on_batch: Callable[[int, float], None] | None = None) -> None:
         self.engine = engine
         self.on_batch = on_batch  # (batch size, seconds): metrics
-        self.max_batch = max(1, int(max_batch))
+        # None: the engine's own batch where it names one (wan: --wan-batch), else 8
+        self.max_batch = max(1, int(max_batch if max_batch is not None else getattr(engine, "max_batch", 8)))
         self.max_wait_s = max_wait_s
         self.margin_s = margin_s
         self.est_batch_s = 0.15  # running estimate of one batch's time; sets how long jobs may wait

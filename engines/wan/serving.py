@@ -109,7 +109,7 @@ def _dtype(name: str, device: str) -> torch.dtype:
 
 def wan_buckets(batch: int) -> tuple[int, ...]:
     """CUDA-graph batch buckets up to `batch`: 1, 2, 3 and `batch` itself (a batch of 4 of 5 pads to 5)."""
-    return tuple(sorted({b for b in (1, 2, 3, batch) if 1 <= b <= batch}))
+    return tuple(sorted({b for b in (1, 2, 3, batch) if b <= batch}))
 
 
 class WanAvatarEngine:

@@ -80,8 +80,9 @@ class StreamingVaeDecoder:
                     w.data = w.data.contiguous(memory_format=torch.channels_last_3d)
                 elif isinstance(m, torch.nn.Conv2d):
                     w.data = w.data.contiguous(memory_format=torch.channels_last)
-        # Steady-state frames (every cache entry a tensor) have static shapes: torch.compile fuses
-        # the decoder's many memory-bound ops (norms, pads, cache copies) there; first frames stay eager.
+        # Steady-state calls (every cache entry a tensor, frames_per_call frames) have fixed shapes but
+        # for the batch: torch.compile fuses the decoder's many memory-bound ops (norms, pads, cache
+        # copies) there; a stream's first frames stay eager.
         self._compiled = torch.compile(vae.decoder, dynamic=False, backend=compile_backend) if compile else None
         if compile:  # few graphs (batch 1, 2, >= 3), but dynamo's default limit of 8 counts every recompile
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
@@ -141,13 +142,15 @@ class StreamingVaeDecoder:
                 steady = not (first and t == 0) and not any(isinstance(f, str) for f in feats) \
                     and any(torch.is_tensor(f) for f in feats)
                 n = min(self.frames_per_call, x.shape[2] - t) if steady else 1
-                # compiled: full steady calls only, so the graphs are one per batch size (a stream's
-                # first chunk, 2 frames after its cache fills, decodes eagerly once)
+                # compiled: full steady calls only, so only the batch varies (a stream's first chunk,
+                # its frames after the cache fills, decodes eagerly once)
                 fn = self._compiled if n == self.frames_per_call and self._compiled is not None else self.vae.decoder
-                xt = _canonical(x[:, :, t:t + n], self._format)
+                xt = x[:, :, t:t + n]
                 if fn is self._compiled:
                     self.compiled_calls += 1
-                    # the graph guards on strides: one layout for every cached tensor, or a compile per call
+                    # the graph guards on strides: one layout for the input and every cached tensor,
+                    # or a compile per call
+                    xt = _canonical(xt, self._format)
                     feats = [_canonical(f, self._format) if torch.is_tensor(f) else f for f in feats]
                     if xt.shape[0] > 1:  # one graph for every batch of 2 or more (1 is its own)
                         torch._dynamo.maybe_mark_dynamic(xt, 0)

@@ -50,7 +50,7 @@ class EngineReplica:
             self._starting = self._starting or asyncio.Lock()
             async with self._starting:
                 if self._scheduler is None:
-                    sch = EngineScheduler(self.engine, max_batch=getattr(self.engine, "max_batch", 8))
+                    sch = EngineScheduler(self.engine)
                     sch.ladder = ladder_for(self.engine, self.settings)
                     await sch.start()
                     self._scheduler = sch
