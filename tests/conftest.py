@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import tempfile
 import threading
@@ -21,12 +22,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(base: str, timeout_s: float, alive: Callable[[], bool] = lambda: True) -> None:
+def wait_ready(base: str, timeout_s: float, alive: Callable[[], bool] = lambda: True,
+               headers: dict[str, str] | None = None) -> None:
     """Poll /readyz until 200; fail at once if the server reports a failed start or `alive()` turns false."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            r = httpx.get(base + "/readyz", timeout=2)
+            r = httpx.get(base + "/readyz", timeout=2, headers=headers)
             if r.status_code == 200:
                 return
             if r.json().get("error") == "start_failed":
@@ -36,6 +38,25 @@ def wait_ready(base: str, timeout_s: float, alive: Callable[[], bool] = lambda: 
         if time.monotonic() > deadline or not alive():
             raise RuntimeError(f"server at {base} did not become ready in {timeout_s:g} s")
         time.sleep(0.2)
+
+
+class WsRecorder:
+    """A WebSocket client's record of what arrived: frames (recv time, header, image bytes) and events."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.frames: list[tuple[float, Any, bytes]] = []
+        self.events: list[dict] = []
+
+    def take(self, m: bytes | str) -> None:
+        """Sort one received message into frames or events."""
+        from realtime.protocol import unpack_frame
+
+        if isinstance(m, bytes):
+            h, img = unpack_frame(m)
+            self.frames.append((time.monotonic(), h, img))
+        else:
+            self.events.append(json.loads(m))
 
 
 @contextlib.contextmanager

@@ -25,9 +25,8 @@ ray = pytest.importorskip("ray", reason="the `ray` extra is not installed (pip i
 serve = pytest.importorskip("ray.serve")
 websockets = pytest.importorskip("websockets")
 
-from realtime.protocol import unpack_frame  # noqa: E402
 from realtime.settings import Settings  # noqa: E402
-from tests.conftest import free_port, wait_ready  # noqa: E402
+from tests.conftest import WsRecorder, free_port, wait_ready  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -84,7 +83,11 @@ def cluster() -> Any:
     t0 = time.monotonic()
     launch.start(s, num_cpus=4)
     base = f"http://127.0.0.1:{port}"
-    wait_ready(base, 120)
+    # every gateway, not just the first: the test's sockets (PIN) and HTTP keys may reach any of them
+    # (16 probe keys miss one of 2 gateways with p = 2^-15)
+    deadline = time.monotonic() + 120
+    for key in [PIN["X-Session-Id"]] + [f"ready-probe-{i}" for i in range(16)]:
+        wait_ready(base, max(1.0, deadline - time.monotonic()), headers={"X-Session-Id": key})
     print(f"\nray cluster + {GATEWAYS} gateways + 2 engine replicas ready in {time.monotonic() - t0:.1f} s")
     started = _descendants(os.getpid()) - before
     try:
@@ -104,13 +107,8 @@ def _status(base: str) -> dict:
     return httpx.get(base + "/v1/status", headers=PIN, timeout=5).json()
 
 
-class Stream:
+class Stream(WsRecorder):
     """One WebSocket session: records (time, header, image) of every frame and the events."""
-
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
-        self.frames: list[tuple[float, Any, bytes]] = []
-        self.events: list[dict] = []
 
     @property
     def sid(self) -> str:
@@ -122,11 +120,7 @@ class Stream:
                 m = await asyncio.wait_for(self.ws.recv(), 0.2)
             except asyncio.TimeoutError:
                 continue
-            if isinstance(m, bytes):
-                h, img = unpack_frame(m)
-                self.frames.append((time.monotonic(), h, img))
-            else:
-                self.events.append(json.loads(m))
+            self.take(m)
 
     async def keep_reacting(self, stop: asyncio.Event, every_s: float = 1.5) -> None:
         """One emotion, told again and again: the reaction goes on from sampled chunks only (a new emotion

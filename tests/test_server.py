@@ -19,7 +19,8 @@ import pytest
 import websockets
 from PIL import Image
 
-from realtime.protocol import TAG_CLIP, TAG_PCM, unpack_frame
+from realtime.protocol import TAG_CLIP, TAG_PCM
+from tests.conftest import WsRecorder
 
 ESPEAK = shutil.which("espeak-ng")
 needs_espeak = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
@@ -78,13 +79,8 @@ def encode_audio(pcm: np.ndarray, container: str, codec: str, rate: int) -> byte
     return buf.getvalue()
 
 
-class Client:
+class Client(WsRecorder):
     """A websockets client that sorts what arrives into frames and events."""
-
-    def __init__(self, ws) -> None:
-        self.ws = ws
-        self.frames: list = []  # (recv_time, header, image bytes)
-        self.events: list[dict] = []
 
     async def pump(self, seconds: float, until=None) -> None:
         end = time.monotonic() + seconds
@@ -93,11 +89,7 @@ class Client:
                 m = await asyncio.wait_for(self.ws.recv(), max(0.01, end - time.monotonic()))
             except asyncio.TimeoutError:
                 break
-            if isinstance(m, bytes):
-                h, img = unpack_frame(m)
-                self.frames.append((time.monotonic(), h, img))
-            else:
-                self.events.append(json.loads(m))
+            self.take(m)
             if until is not None and until(self):
                 return
         if until is not None:
