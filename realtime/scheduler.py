@@ -7,6 +7,11 @@ Jobs are taken earliest-deadline-first, at most `max_batch` per call. A job whos
 leaves room may wait a little (at most `max_wait_s`, never past its deadline minus twice the
 recent batch time) for other sessions' jobs to join its batch: one forward for many streams
 costs little more than for one.
+
+Engines that can queue a call's work and collect its frames later (`launch_chunks`, the Wan
+engine on a GPU) are pipelined: the engine thread queues the next batch while a second thread
+waits for the previous batch's frames, so one batch's decode overlaps the next one's sampler
+steps on the device. At most `engine.pipeline_depth` batches are in flight.
 """
 
 from __future__ import annotations
@@ -72,6 +77,12 @@ class EngineScheduler:
         self.est_batch_s = 0.15  # running estimate of one batch's time; sets how long jobs may wait
         self.clock = clock
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self.depth = max(1, int(getattr(engine, "pipeline_depth", 1))) if hasattr(engine, "launch_chunks") else 1
+        # pipelined: waits for launched batches' frames, while the engine thread queues the next batch
+        self.collector = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-collect") \
+            if self.depth > 1 else None
+        self._inflight: deque[asyncio.Task] = deque()
+        self._last_finished = float("-inf")  # when the last batch's frames arrived (pipelined accounting)
         self._queue: list[ChunkJob] = []
         self._background: list[tuple[Callable, tuple, asyncio.Future]] = []
         self._wake: asyncio.Event | None = None
@@ -95,10 +106,11 @@ class EngineScheduler:
         busy = sum(min(dur, end - lo) for end, dur in self._live if end > lo)
         return min(1.0, max(0.0, busy / window_s))
 
-    def _observe(self, batch: list[ChunkJob], results: list[ChunkResult], degraded: bool) -> None:
+    def _observe(self, batch: list[ChunkJob], results: list[ChunkResult], degraded: bool,
+                 dur: float | None = None) -> None:
         """Record a finished live batch: its cost per stream, and whether it finished past a deadline."""
         r = results[0]
-        dur = r.finished - r.started
+        dur = r.finished - r.started if dur is None else dur
         self._live.append((r.finished, dur))
         if not degraded:  # cost at full quality: what a new stream would add
             per = dur / len(results)
@@ -132,7 +144,13 @@ class EngineScheduler:
         for _, _, fut in self._background:
             fut.cancel()
         self._background.clear()
+        for task in list(self._inflight):  # their jobs' futures are cancelled by _collect
+            task.cancel()
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
         self.executor.shutdown(wait=True, cancel_futures=True)
+        if self.collector is not None:
+            self.collector.shutdown(wait=True, cancel_futures=True)
 
     async def run_on_engine(self, fn: Callable, *args: Any) -> Any:
         """Engine work that must happen now (start-up), on the engine thread."""
@@ -210,6 +228,8 @@ class EngineScheduler:
                 continue
             steps = self.ladder.live_steps if self.ladder is not None else None
             lowres = bool(self.ladder is not None and self.ladder.lowres)
+            if self.depth > 1 and await self._launch(batch, steps):
+                continue
             try:
                 results = await loop.run_in_executor(self.executor, self._work_fitting, batch, steps, lowres)
             except asyncio.CancelledError:
@@ -227,6 +247,81 @@ class EngineScheduler:
             for j, r in zip(batch, results):
                 if not j.future.done():
                     j.future.set_result(r)
+
+    async def _launch(self, batch: list[ChunkJob], steps: int | None) -> bool:
+        """Pipelined: queue the batch on the engine and collect its frames in a task. False: run it the
+        ordinary way instead (the device ran out of memory while queueing: _work_fitting splits it)."""
+        while len(self._inflight) >= self.depth:
+            await asyncio.wait({self._inflight[0]})
+        try:
+            launched = await asyncio.get_running_loop().run_in_executor(self.executor, self._queue_batch, batch, steps)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not _out_of_memory(exc):
+                log.exception("engine batch of %d failed", len(batch))
+                for j in batch:
+                    if not j.future.done():
+                        j.future.set_exception(exc)
+                return True
+            if self._inflight:
+                await asyncio.gather(*self._inflight, return_exceptions=True)
+            _release_device_memory()
+            return False
+        task = asyncio.create_task(self._collect(batch, steps, *launched), name="engine-collect")
+        self._inflight.append(task)
+        task.add_done_callback(self._inflight.remove)
+        return True
+
+    def _queue_batch(self, batch: list[ChunkJob], steps: int | None) -> tuple[Any, list, float]:
+        """Engine thread: the batch's states and emotions, then its work queued on the device."""
+        t0 = self.clock()
+        for j in batch:
+            if callable(j.state):
+                j.state = j.state()
+        states = [j.state for j in batch]
+        for j in batch:
+            self.engine.set_emotion(j.state, j.emotion, j.intensity)
+        pending = self.engine.launch_chunks(states) if steps is None else self.engine.launch_chunks(states, steps=steps)
+        return pending, states, t0
+
+    async def _collect(self, batch: list[ChunkJob], steps: int | None, pending: Any, states: list,
+                       t0: float) -> None:
+        """Wait (on the collector thread) for a launched batch's frames, then answer its jobs."""
+        try:
+            per = await asyncio.get_running_loop().run_in_executor(self.collector, pending.wait)
+        except asyncio.CancelledError:
+            for j in batch:
+                if not j.future.done():
+                    j.future.cancel()
+            raise
+        except Exception as exc:
+            log.exception("engine batch of %d failed", len(batch))
+            for j in batch:
+                if not j.future.done():
+                    j.future.set_exception(exc)
+            return
+        t2 = self.clock()
+        # the device's own times where the engine has them: queued batches wait for the one before
+        gpu = getattr(pending, "gpu_s", None)
+        started, sampled = (max(t0, t2 - gpu[0]), t2 - gpu[1]) if gpu else (t0, t2)
+        # overlapping batches: each is charged from the previous batch's end, so busy time adds up
+        # to wall time, and per-stream cost is what a batch adds to the pipeline
+        dur = t2 - max(started, self._last_finished)
+        self._last_finished = t2
+        B = len(states)
+        self.batches += 1
+        self.jobs_done += B
+        self.last_batch_s = dur
+        self.est_batch_s = 0.7 * self.est_batch_s + 0.3 * dur
+        self.busy_s += dur
+        results = [ChunkResult(per[i], states[i], started, sampled, t2, B) for i in range(B)]
+        self._observe(batch, results, degraded=steps is not None, dur=dur)
+        if self.on_batch is not None:
+            self.on_batch(B, dur)
+        for j, r in zip(batch, results):
+            if not j.future.done():
+                j.future.set_result(r)
 
     def _work_fitting(self, batch: list[ChunkJob], steps: int | None = None,
                       lowres: bool = False) -> list[ChunkResult]:

@@ -36,6 +36,7 @@ class Settings:
     wan_compile: int = 0  # 1: torch.compile transformer + VAE on the GPU (minutes cold; cached on disk after)
     wan_batch: int = 5  # most streams per engine call (the scheduler's batch; 10 streams: two calls of 5)
     wan_fp8: int = 0  # 1: fp8 linear layers in the transformer blocks (Hopper or newer; check your checkpoint's frames)
+    wan_pipeline: int = 0  # 1: two engine calls in flight, one's VAE decode overlapping the next one's steps (GPU)
     wan_prompt_embeds: str = "auto"  # auto: stored in the cache dir, or computed by the text encoder | random (benchmarks)
     host: str = "127.0.0.1"
     port: int = 8080
@@ -204,7 +205,7 @@ class Settings:
                                      "diffusers-format Wan2.2-TI2V checkpoint with transformer/ and vae/")
         if self.wan_dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"wan_dtype must be auto, float32, bfloat16 or float16, got {self.wan_dtype!r}")
-        for name in ("wan_compile", "wan_fp8"):
+        for name in ("wan_compile", "wan_fp8", "wan_pipeline"):
             if getattr(self, name) not in (0, 1):
                 raise ValueError(f"{name} must be 0 or 1, got {getattr(self, name)}")
         if self.wan_prompt_embeds not in ("auto", "random"):
@@ -231,7 +232,7 @@ class Settings:
                 "steps": self.steps, "shift": self.wan_shift, "chunk_latent_frames": self.wan_chunk_latents,
                 "context_latent_frames": self.wan_context_latents, "height": self.wan_height,
                 "width": self.wan_width, "prompt_embeds": self.wan_prompt_embeds, "compile": bool(self.wan_compile),
-                "fp8": bool(self.wan_fp8), "batch": self.wan_batch}
+                "fp8": bool(self.wan_fp8), "batch": self.wan_batch, "pipeline": bool(self.wan_pipeline)}
 
 
 def _parser_type(t: Any):
