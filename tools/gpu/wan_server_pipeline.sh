@@ -10,7 +10,7 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1 PYTHO
 # inside the repo's ignored .cache/: the device machine keeps it between calls while it stays warm
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.cache/inductor} TORCHINDUCTOR_FX_GRAPH_CACHE=1 TORCHINDUCTOR_AUTOGRAD_CACHE=1
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-N=${1:-10}; which=${2:-cold}; secs=${3:-12}; depths=${4:-2}
+N=${1:-10}; which=${2:-cold}; secs=${3:-12}; depths=${4:-2}  # cold: about 500 s of compiling leaves room for one depth
 timeout ${LIMIT:-580} python3 -m tools.bench_wan --random-weights --chunk-frames 3 --vae-batch 5 --batch 5 --compile \
   --compile-vae --vae-channels-last --steps 4 --fp8 --scheduler --depths $depths --seconds $secs --sessions $N \
   -o "$OUT/wan_server_pipeline_${which}.json" 2>&1 | grep -E "^(N=|fast path)|Error|error|Traceback" | tail -20
