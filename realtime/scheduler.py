@@ -276,12 +276,7 @@ class EngineScheduler:
     def _queue_batch(self, batch: list[ChunkJob], steps: int | None) -> tuple[Any, list, float]:
         """Engine thread: the batch's states and emotions, then its work queued on the device."""
         t0 = self.clock()
-        for j in batch:
-            if callable(j.state):
-                j.state = j.state()
-        states = [j.state for j in batch]
-        for j in batch:
-            self.engine.set_emotion(j.state, j.emotion, j.intensity)
+        states = self._prepare(batch)
         pending = self.engine.launch_chunks(states) if steps is None else self.engine.launch_chunks(states, steps=steps)
         return pending, states, t0
 
@@ -323,6 +318,15 @@ class EngineScheduler:
             if not j.future.done():
                 j.future.set_result(r)
 
+    def _prepare(self, batch: list[ChunkJob]) -> list:
+        """Engine thread: each job's stream state (a new stream's reference latent is engine work too),
+        set to the job's emotion."""
+        for j in batch:
+            if callable(j.state):
+                j.state = j.state()
+            self.engine.set_emotion(j.state, j.emotion, j.intensity)
+        return [j.state for j in batch]
+
     def _work_fitting(self, batch: list[ChunkJob], steps: int | None = None,
                       lowres: bool = False) -> list[ChunkResult]:
         """_work, degrading instead of failing when the device runs out of memory: the batch is
@@ -349,12 +353,7 @@ class EngineScheduler:
         decodes at half resolution, where the engine has a decoder for it.
         """
         t0 = self.clock()
-        for j in batch:
-            if callable(j.state):  # a new stream: its reference latent is engine work too
-                j.state = j.state()
-        states = [j.state for j in batch]
-        for j in batch:
-            self.engine.set_emotion(j.state, j.emotion, j.intensity)
+        states = self._prepare(batch)
         lat = self.engine.sample_chunks(states) if steps is None else self.engine.sample_chunks(states, steps=steps)
         t1 = self.clock()
         B, T = lat.shape[:2]

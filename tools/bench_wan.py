@@ -224,6 +224,9 @@ def run(args) -> dict:
         [min(n, args.batch) for n in sessions] + [n % args.batch for n in sessions if n % args.batch] if args.batch \
         else sessions
     batches = sorted(set([1] + counts + [int(b) for b in str(args.batches).split(",") if b]))
+    if args.server_buckets:  # the graphs `serve --engine wan --wan-batch B` captures (a warm restart's work)
+        from engines.wan.serving import wan_buckets
+        batches = sorted(set(batches) | set(wan_buckets(args.batch or 5)))
     kw = dict(device="cuda", dtype=torch.bfloat16, steps=args.steps, shift=5.0,
               chunk_latent_frames=args.chunk_frames, context_latent_frames=args.context_frames)
     t0 = time.perf_counter()
@@ -403,7 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--keep-on-gpu", action="store_true", help="do not copy frames to host memory")
     ap.add_argument("--scheduler", action="store_true",
                     help="sessions through the server's EngineScheduler and serving adapter (see scheduled[N])")
-    ap.add_argument("--depths", default="2,1", help="--scheduler: pipeline depths to run (2: the server's)")
+    ap.add_argument("--depths", default="2,1", help="--scheduler: pipeline depths to run (2: --wan-pipeline 1)")
+    ap.add_argument("--server-buckets", action="store_true",
+                    help="capture the CUDA-graph buckets serve captures (1, 2, 3 and --batch), for its warm restart")
     ap.add_argument("--save-checkpoint", default=None, help="save the (random) model here for warm restarts")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("-o", "--output", default=None)
