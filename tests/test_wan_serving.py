@@ -151,6 +151,38 @@ def test_pipelined_scheduler_gives_the_frames_of_calls_in_turn(engine):
     assert 0 < sch.busy_s <= wall + 1e-3, (sch.busy_s, wall)
 
 
+def test_a_failing_pipelined_call_fails_its_jobs_only(engine):
+    """A call that fails while being queued fails its own jobs; the scheduler goes on with the next."""
+    from realtime.scheduler import ChunkJob, EngineScheduler
+
+    async def go() -> tuple[BaseException | None, object]:
+        engine.pipeline_depth = 2
+        sch = EngineScheduler(engine, max_batch=1, max_wait_s=0.0)
+        await sch.start()
+        try:
+            bad = engine.start_stream("pip", "happy", 0.9, seed=0)
+            bad.context = bad.context[:, :, :1]  # a context the sampler cannot take: a real engine error
+            good = engine.start_stream("pip", "sad", 0.9, seed=1)
+            now = time.monotonic()
+            out = await asyncio.gather(sch.submit(ChunkJob("bad", bad, now, "happy", 0.9)),
+                                       sch.submit(ChunkJob("good", good, now + 0.5, "sad", 0.9)),
+                                       return_exceptions=True)
+            return out[0], out[1]
+        finally:
+            await sch.close()
+            engine.pipeline_depth = 1
+
+    err, ok = asyncio.run(go())
+    assert isinstance(err, RuntimeError), err
+    assert ok.frames.shape == (4, 360, 640, 4) and ok.batch == 1
+
+
+def test_graph_buckets_are_fewer_when_compiled():
+    from engines.wan.serving import wan_buckets
+    assert wan_buckets(5) == (1, 2, 3, 5) and wan_buckets(2) == (1, 2) and wan_buckets(1) == (1,)
+    assert wan_buckets(5, compiled=True) == (1, 5) and wan_buckets(1, compiled=True) == (1,)
+
+
 def test_prompt_embeddings_are_computed_once_then_loaded_without_text_encoder(ckpts, embeds_dir, engine, monkeypatch):
     templates = load_templates()
     files = list((embeds_dir / "prompt_embeds" / engine.embeds_id).glob("*.npz"))

@@ -226,7 +226,7 @@ def run(args) -> dict:
     batches = sorted(set([1] + counts + [int(b) for b in str(args.batches).split(",") if b]))
     if args.server_buckets:  # the graphs `serve --engine wan --wan-batch B` captures (a warm restart's work)
         from engines.wan.serving import wan_buckets
-        batches = sorted(set(batches) | set(wan_buckets(args.batch or 5)))
+        batches = sorted(set(batches) | set(wan_buckets(args.batch or 5, compiled=bool(args.compile))))
     kw = dict(device="cuda", dtype=torch.bfloat16, steps=args.steps, shift=5.0,
               chunk_latent_frames=args.chunk_frames, context_latent_frames=args.context_frames)
     t0 = time.perf_counter()

@@ -108,9 +108,13 @@ def _dtype(name: str, device: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def wan_buckets(batch: int) -> tuple[int, ...]:
-    """CUDA-graph batch buckets up to `batch`: 1, 2, 3 and `batch` itself (a batch of 4 of 5 pads to 5)."""
-    return tuple(sorted({b for b in (1, 2, 3, batch) if b <= batch}))
+def wan_buckets(batch: int, compiled: bool = False) -> tuple[int, ...]:
+    """CUDA-graph batch buckets up to `batch`; a call of n streams runs in the smallest bucket >= n.
+
+    1, 2, 3 and `batch`; compiled, only 1 and `batch`: each compiled bucket is another Dynamo trace at
+    every start (14-17 s of a warm restart on an H100, about 2 min cold; docs/bench capture_s), while
+    padding 2-4 streams to 5 costs only GPU time, never capacity (10 streams are two full calls)."""
+    return tuple(sorted({b for b in ((1, batch) if compiled else (1, 2, 3, batch)) if b <= batch}))
 
 
 class WanAvatarEngine:
@@ -175,7 +179,7 @@ class WanAvatarEngine:
             if wan.device.type == "cuda":
                 torch.cuda.empty_cache()
         if wan.device.type == "cuda":
-            buckets = wan_buckets(batch)
+            buckets = wan_buckets(batch, compiled=compile)
             wan.accelerate(compile=compile, vae_compile=compile, buckets=buckets, warm_batches=buckets, fp8=fp8,
                            vae_batch=batch)
         embeds_id, embeds = resolved

@@ -3,9 +3,9 @@
 # serving adapter (WanAvatarEngine), calls of at most 5 streams, pipelined (depth 2: one call's VAE
 # decode overlaps the next call's sampler steps) and, for comparison, in turn (depth 1). fp8 blocks,
 # 12-frame chunks, compiled transformer + VAE. "cold": inductor's disk cache empty (fills it);
-# "warm": the same settings once it is filled, so ready_s is a warm restart. BUCKETS=server captures
-# the server's graphs (1, 2, 3, 5: serve's warm restart; cold, that is more than one 600 s call).
-# Usage: [BUCKETS=server] bash tools/gpu/wan_server_pipeline.sh [N] [cold|warm] [seconds] [depths]
+# "warm": the same settings once it is filled, so ready_s is a warm restart. The graphs are those
+# serve captures with --wan-compile 1 (batch buckets 1 and 5).
+# Usage: bash tools/gpu/wan_server_pipeline.sh [N] [cold|warm] [seconds] [depths]
 set -uo pipefail
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 # inside the repo's ignored .cache/: the device machine keeps it between calls while it stays warm
@@ -13,6 +13,6 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.cache/inductor} 
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 N=${1:-10}; which=${2:-cold}; secs=${3:-12}; depths=${4:-2}  # cold: about 500 s of compiling leaves room for one depth
 timeout ${LIMIT:-580} python3 -m tools.bench_wan --random-weights --chunk-frames 3 --vae-batch 5 --batch 5 --compile \
-  --compile-vae --vae-channels-last --steps 4 --fp8 --scheduler --depths $depths ${BUCKETS:+--server-buckets} --seconds $secs --sessions $N \
+  --compile-vae --vae-channels-last --steps 4 --fp8 --scheduler --depths $depths --server-buckets --seconds $secs --sessions $N \
   -o "$OUT/wan_server_pipeline_${which}.json" 2>&1 | grep -E "^(N=|fast path)|Error|error|Traceback" | tail -20
 nvidia-smi --query-gpu=name --format=csv,noheader
