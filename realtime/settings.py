@@ -34,6 +34,7 @@ class Settings:
     wan_width: int = 640
     wan_shift: float = 5.0  # flow-matching schedule shift
     wan_compile: int = 0  # 1: torch.compile transformer + VAE on the GPU (minutes cold; cached on disk after)
+    wan_compile_mode: str = "full"  # full | regional: the transformer's repeated blocks only (one trace for all 30)
     wan_batch: int = 5  # most streams per engine call (the scheduler's batch; 10 streams: two calls of 5)
     wan_fp8: int = 0  # 1: fp8 linear layers in the transformer blocks (Hopper or newer; check your checkpoint's frames)
     wan_pipeline: int = 0  # 1: two engine calls in flight, one's VAE decode overlapping the next one's steps (GPU)
@@ -208,6 +209,8 @@ class Settings:
         for name in ("wan_compile", "wan_fp8", "wan_pipeline"):
             if getattr(self, name) not in (0, 1):
                 raise ValueError(f"{name} must be 0 or 1, got {getattr(self, name)}")
+        if self.wan_compile_mode not in ("full", "regional"):
+            raise ValueError(f"wan_compile_mode must be full or regional, got {self.wan_compile_mode!r}")
         if self.wan_prompt_embeds not in ("auto", "random"):
             raise ValueError(f"wan_prompt_embeds must be auto or random, got {self.wan_prompt_embeds!r}")
         for name in ("wan_chunk_latents", "wan_context_latents", "wan_height", "wan_width", "wan_batch"):
@@ -231,7 +234,8 @@ class Settings:
         return {"checkpoint_dir": self.checkpoint, "device": self.device, "dtype": self.wan_dtype,
                 "steps": self.steps, "shift": self.wan_shift, "chunk_latent_frames": self.wan_chunk_latents,
                 "context_latent_frames": self.wan_context_latents, "height": self.wan_height,
-                "width": self.wan_width, "prompt_embeds": self.wan_prompt_embeds, "compile": bool(self.wan_compile),
+                "width": self.wan_width, "prompt_embeds": self.wan_prompt_embeds,
+                "compile": self.wan_compile_mode if self.wan_compile else False,
                 "fp8": bool(self.wan_fp8), "batch": self.wan_batch, "pipeline": bool(self.wan_pipeline)}
 
 

@@ -275,3 +275,45 @@ def test_compiled_vae_makes_few_graphs_warms_them_up_and_never_recompiles(engine
         dec.decode(torch.randn(1, Z, 2, 4, 8, generator=gen), caches[:1])
     assert len(graphs) == n and dec.compiled_calls == 5 + 5 * 3
     torch._dynamo.reset()
+
+
+def test_regional_compile_traces_one_block_for_all_blocks():
+    """compile="regional" (a faster warm restart): the transformer's repeated blocks share one compiled
+    graph per batch size, and the output is the eager model's."""
+    from diffusers import WanTransformer3DModel
+
+    from engines.wan.graphs import compile_transformer
+
+    torch.manual_seed(0)
+    tr = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=Z,
+                               out_channels=Z, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=3,
+                               cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32).eval()
+
+    def inputs(B: int):
+        g = torch.Generator().manual_seed(B)
+        return (torch.randn(B, Z, 2, H // 8, W // 8, generator=g), torch.full((B, 2 * (H // 16) * (W // 16)), 500.0),
+                torch.randn(B, 7, TEXT_DIM, generator=g))
+
+    graphs: list[bool] = []  # per compiled graph: does it hold the patch embedding (outside the blocks)?
+
+    def backend(gm, example_inputs):
+        graphs.append("patch_embedding" in gm.code)
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        eager = {B: tr(*inputs(B), return_dict=False)[0] for B in (1, 2)}
+        fn = compile_transformer(tr, "regional", backend=backend)
+        for B in (1, 2, 2, 1):
+            torch.testing.assert_close(fn(*inputs(B), return_dict=False)[0], eager[B], rtol=0, atol=0)
+    assert graphs == [False, False], graphs  # a block's graph per batch size, not one per block (3 blocks)
+    torch._dynamo.reset()
+    graphs.clear()
+    with torch.no_grad():  # "full" (a fresh model): the whole model in one graph
+        full = compile_transformer(WanTransformer3DModel.from_config(tr.config).eval(), "full", backend=backend)
+        full(*inputs(1), return_dict=False)
+    assert graphs and graphs[0] is True, graphs
+    assert compile_transformer(tr, False) is tr
+    with pytest.raises(ValueError, match="compile mode"):
+        compile_transformer(tr, "blocks")
+    torch._dynamo.reset()

@@ -267,6 +267,17 @@ def test_settings_require_a_complete_checkpoint(ckpts):
     assert Settings(engine="wan", checkpoint="x", wan_batch=3).wan_kwargs()["batch"] == 3
     with pytest.raises(ValueError, match="wan_batch must be >= 1"):
         Settings(engine="wan", checkpoint=str(ckpts["bare"]), wan_batch=0).validate()
+    # --wan-compile-mode picks what --wan-compile 1 compiles; --wan-pipeline is a 0/1 switch
+    assert Settings(engine="wan", checkpoint="x").wan_kwargs()["compile"] is False
+    assert Settings(engine="wan", checkpoint="x", wan_compile=1, wan_compile_mode="regional").wan_kwargs()["compile"] \
+        == "regional"
+    with pytest.raises(ValueError, match="wan_compile_mode must be full or regional"):
+        Settings(engine="wan", checkpoint=str(ckpts["bare"]), wan_compile_mode="blocks").validate()
+    with pytest.raises(ValueError, match="wan_pipeline must be 0 or 1"):
+        Settings(engine="wan", checkpoint=str(ckpts["bare"]), wan_pipeline=2).validate()
+    args = build_parser().parse_args(["serve", "--engine", "wan", "--checkpoint", "x", "--wan-compile-mode", "regional",
+                                      "--wan-pipeline", "1"])
+    assert (args.wan_compile_mode, args.wan_pipeline) == ("regional", 1)
 
 
 def test_server_with_an_incomplete_checkpoint_fails_at_start_up(ckpts):

@@ -245,7 +245,7 @@ def run(args) -> dict:
                     "context_latent_frames": args.context_frames, "chunk_video_frames": 4 * args.chunk_frames,
                     "latent_grid": list(eng.latent_hw), "output": [eng.out_height, eng.out_width],
                     "vae_dtype": args.vae_dtype, "vae_batch": args.vae_batch, "batch": args.batch or None, "transformer_dtype": "bf16", "layers": args.layers or 30,
-                    "cuda_graphs": not args.eager, "compile": bool(args.compile), "compile_vae": bool(args.compile_vae),
+                    "cuda_graphs": not args.eager, "compile": args.compile_mode if args.compile else False, "compile_vae": bool(args.compile_vae),
                     "vae_channels_last": bool(args.vae_channels_last), "fp8": bool(args.fp8),
                     "vae_frames_per_call": args.vae_frames_per_call or args.chunk_frames,
                     "weights": "random" if not args.checkpoint else args.checkpoint, "load_s": round(load_s, 2)}
@@ -259,7 +259,7 @@ def run(args) -> dict:
     with torch.no_grad():  # the eager bf16 transformer's answer, to compare the fast path with
         probe_ref = eng.transformer(*probe, return_dict=False)[0].float()
     t1 = time.perf_counter()
-    eng.accelerate(cuda_graphs=not args.eager, compile=args.compile, vae_compile=args.compile_vae,
+    eng.accelerate(cuda_graphs=not args.eager, compile=args.compile_mode if args.compile else False, vae_compile=args.compile_vae,
                    vae_channels_last=args.vae_channels_last, vae_batch=args.vae_batch, buckets=tuple(batches),
                    warm_batches=tuple(batches), fp8=args.fp8, vae_frames_per_call=args.vae_frames_per_call)
     report["graph_capture_s"] = round(time.perf_counter() - t1, 2)
@@ -393,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--layers", type=int, default=None, help="fewer transformer layers (tests only)")
     ap.add_argument("--eager", action="store_true", help="no CUDA graphs")
     ap.add_argument("--compile", action="store_true", help="torch.compile the transformer inside the graphs")
+    ap.add_argument("--compile-mode", default="full", choices=("full", "regional"),
+                    help="--compile: the whole transformer, or its repeated blocks only (faster starts)")
     ap.add_argument("--compile-vae", action="store_true", help="torch.compile the VAE decoder's steady-state frames")
     ap.add_argument("--vae-channels-last", action="store_true", help="channels-last 3D VAE decoder")
     ap.add_argument("--vae-frames-per-call", type=int, default=None,

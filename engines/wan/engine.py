@@ -131,7 +131,7 @@ class WanEngine:
                    chunk_latent_frames=chunk_latent_frames, context_latent_frames=context_latent_frames,
                    **kwargs)
 
-    def accelerate(self, *, cuda_graphs: bool = True, compile: bool = False, vae_compile: bool = False,
+    def accelerate(self, *, cuda_graphs: bool = True, compile: bool | str = False, vae_compile: bool = False,
                    vae_channels_last: bool = True, vae_batch: int = 4, buckets: tuple[int, ...] | None = None,
                    warm_batches: tuple[int, ...] = (), fp8: bool = False,
                    vae_frames_per_call: int | None = None) -> WanEngine:
@@ -140,9 +140,10 @@ class WanEngine:
         CUDA graphs per batch bucket for the transformer (capture takes seconds), optionally
         torch.compile inside them (about 1.6x faster steps at 360P on an H100, but minutes of
         compiling per bucket on a cold start: inductor caches the artifacts on disk, so a warm
-        restart takes under a minute); the VAE channels-last and optionally compiled (its
-        steady-state frames: 13.4 -> 7.9 ms per frame on an H100, docs/bench). fp8: the transformer
-        blocks' linear layers in fp8 (engines/wan/fp8.py), before the graphs are captured.
+        restart takes under a minute; compile="regional" compiles the repeated blocks only, see
+        graphs.compile_transformer); the VAE channels-last and optionally compiled (its steady-state
+        frames: 13.4 -> 7.9 ms per frame on an H100, docs/bench). fp8: the transformer blocks' linear
+        layers in fp8 (engines/wan/fp8.py), before the graphs are captured.
         vae_frames_per_call: steady latent frames per decoder call, default a whole chunk (the same
         frames as one call each, 7% faster compiled at 3 frames on an H100)."""
         if self.device.type != "cuda":

@@ -19,16 +19,33 @@ import torch
 log = logging.getLogger(__name__)
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
+COMPILE_MODES = ("full", "regional")
+
+
+def compile_transformer(transformer, mode: bool | str, backend: str | object = "inductor"):
+    """What the CUDA graphs capture: the transformer as it is (False), torch.compile of the whole
+    model ("full", True), or of its repeated blocks only ("regional", diffusers' `_repeated_blocks`:
+    WanTransformerBlock). Regional traces one block for all 30, so a start compiles (cold) or loads
+    (warm) one block's graph per batch size instead of the whole model's: the lever for the warm
+    restart. Outside the blocks (patch embedding, text/time embedders, head) stays eager, which
+    costs no launches inside a CUDA graph."""
+    if not mode:
+        return transformer
+    if mode is True or mode == "full":
+        return torch.compile(transformer, dynamic=False, backend=backend)
+    if mode == "regional":
+        transformer.compile_repeated_blocks(dynamic=False, backend=backend)  # in place, module by module
+        return transformer
+    raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
 
 
 class GraphedDenoiser:
     """Callable like the transformer (x, t, text, return_dict=False) -> (pred,), via CUDA graphs."""
 
     def __init__(self, transformer, buckets: tuple[int, ...] = DEFAULT_BUCKETS, text_len: int = 512,
-                 compile: bool = False) -> None:
+                 compile: bool | str = False) -> None:
         self.transformer = transformer
-        self.fn = torch.compile(transformer, dynamic=False) if compile \
-            else transformer
+        self.fn = compile_transformer(transformer, compile)
         self.buckets = tuple(sorted(set(int(b) for b in buckets)))
         self.text_len = int(text_len)
         self.pool = torch.cuda.graph_pool_handle()

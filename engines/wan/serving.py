@@ -143,12 +143,13 @@ class WanAvatarEngine:
     def load(cls, checkpoint_dir: str | Path, cache_dir: str | Path, *, templates: Mapping[str, Any] | None = None,
              device: str = "auto", dtype: str = "auto", steps: int = 4, shift: float = 5.0,
              chunk_latent_frames: int = 1, context_latent_frames: int = 1, height: int = 352, width: int = 640,
-             prompt_embeds: str = "auto", compile: bool = False, fp8: bool = False,
+             prompt_embeds: str = "auto", compile: bool | str = False, fp8: bool = False,
              batch: int = 5, pipeline: bool = False) -> "WanAvatarEngine":
         """Checkpoint + prompt embeddings from `cache_dir`/prompt_embeds (computed there once when the
         checkpoint has a text encoder). Fails before loading any weights when the embeddings are missing.
         On a GPU the engine takes its fast path (WanEngine.accelerate): CUDA graphs, captured here
-        for batches up to `batch`, with `compile` torch.compile of the transformer and VAE, and with
+        for batches up to `batch`, with `compile` torch.compile of the transformer ("full" or
+        "regional": its repeated blocks only) and the VAE, and with
         `fp8` fp8 linear layers in the transformer blocks. `batch` is also the most streams one engine
         call serves (the scheduler's batch): at 360P two calls of 5 outrun one of 10 on an H100.
         `pipeline`: the scheduler keeps two calls in flight (launch_chunks)."""
@@ -179,8 +180,8 @@ class WanAvatarEngine:
             if wan.device.type == "cuda":
                 torch.cuda.empty_cache()
         if wan.device.type == "cuda":
-            buckets = wan_buckets(batch, compiled=compile)
-            wan.accelerate(compile=compile, vae_compile=compile, buckets=buckets, warm_batches=buckets, fp8=fp8,
+            buckets = wan_buckets(batch, compiled=bool(compile))
+            wan.accelerate(compile=compile, vae_compile=bool(compile), buckets=buckets, warm_batches=buckets, fp8=fp8,
                            vae_batch=batch)
         embeds_id, embeds = resolved
         if embeds_id == RANDOM:
