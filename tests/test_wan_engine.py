@@ -300,6 +300,8 @@ def test_regional_compile_traces_one_block_for_all_blocks():
         graphs.append("patch_embedding" in gm.code)
         return gm.forward
 
+    from engines.wan.fp8 import convert_blocks_to_fp8
+    assert convert_blocks_to_fp8(tr) > 0  # as served with --wan-fp8 1: the blocks' fp8 buffers are graph inputs too
     torch._dynamo.reset()
     with torch.no_grad():
         eager = {B: tr(*inputs(B), return_dict=False)[0] for B in (1, 2)}
