@@ -333,3 +333,17 @@ def test_server_streams_the_wan_engine_and_reacts_to_an_emotion(ckpts, embeds_di
     emo = [e["payload"] for e in events if e["type"] == "emotion"]
     assert emo and emo[0]["label"] == "sad" and emo[0]["source"] == "explicit"
     assert not [e for e in events if e["type"] == "error"]
+
+
+def test_compiled_artifacts_are_cached_beside_the_latents_cache(tmp_path, monkeypatch):
+    """A warm restart needs inductor's artifacts: kept in the cache dir, not inductor's /tmp default;
+    a TORCHINDUCTOR_CACHE_DIR the user chose is kept."""
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    from engines.wan.serving import compile_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what importing diffusers leaves
+    assert compile_cache_dir(tmp_path / "c") == (tmp_path / "c" / "inductor").resolve()
+    assert cache_dir() == str((tmp_path / "c" / "inductor").resolve())  # what inductor will use
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert compile_cache_dir(tmp_path / "c") == tmp_path / "mine" and (tmp_path / "mine").is_dir()

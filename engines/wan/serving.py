@@ -16,6 +16,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -117,6 +118,22 @@ def wan_buckets(batch: int, compiled: bool = False) -> tuple[int, ...]:
     return tuple(sorted({b for b in ((1, batch) if compiled else (1, 2, 3, batch)) if b <= batch}))
 
 
+def compile_cache_dir(cache_dir: str | Path) -> Path:
+    """Where torch.compile's artifacts go: `cache_dir`/inductor, beside the latents cache, unless
+    TORCHINDUCTOR_CACHE_DIR names another place. Inductor's own default is under /tmp, which a
+    reboot or a tmp cleaner empties, and a warm restart (under a minute, against minutes cold)
+    needs them. (Importing diffusers already sets the variable to inductor's default: that value
+    counts as unset.)"""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    now = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if now is None or os.path.abspath(now) == os.path.abspath(default_cache_dir()):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir).resolve() / "inductor")
+    d = Path(os.environ["TORCHINDUCTOR_CACHE_DIR"])
+    d.mkdir(parents=True, exist_ok=True)
+    log.info("wan engine: compiled artifacts cached in %s", d)
+    return d
+
+
 class WanAvatarEngine:
     """Wan2.2 TI2V with the TinyEngine interface: emotions, avatars, numpy latents, 640x360 RGBA frames."""
 
@@ -179,13 +196,16 @@ class WanAvatarEngine:
             wan._text_encoder = wan._tokenizer = None  # 5.7B parameters not needed again while serving
             if wan.device.type == "cuda":
                 torch.cuda.empty_cache()
+        if compile:
+            compile_cache_dir(cache_dir)
         if wan.device.type == "cuda":
             buckets = wan_buckets(batch, compiled=bool(compile))
             wan.accelerate(compile=compile, vae_compile=bool(compile), buckets=buckets, warm_batches=buckets, fp8=fp8,
                            vae_batch=batch)
         embeds_id, embeds = resolved
         if embeds_id == RANDOM:
-            log.warning("wan engine: RANDOM prompt embeddings (explicit opt-in): emotions are not what their prompts say")
+            log.warning("wan engine: RANDOM prompt embeddings (explicit opt-in): emotions are not what their "
+                        "prompts say")
         return cls(wan, templates, {normalize_prompt(k): v for k, v in embeds.items()}, embeds_id, checkpoint_id(info),
                    max_batch=batch, pipeline=pipeline)
 
