@@ -84,3 +84,12 @@ class FlowMatchEulerSampler:
         i = self.timesteps.index(t)
         dt = self.sigma_list[i] - self.sigma_list[i + 1]
         return x + dt * velocity
+
+
+def warped_sigmas(timesteps: list[float], shift: float) -> list[float]:
+    """A DMD-distilled checkpoint's `denoising_step_list` (timesteps in 1000..0, e.g. 1000, 750, 500,
+    250) as sigmas, warped by the shifted schedule it was trained on (CausVid / Self-Forcing's
+    `warp_denoising_step`): sigma = shift * s / (1 + (shift - 1) * s) with s = t / 1000. Evenly spaced
+    lists give FlowMatchEulerSampler(steps=len, shift=shift)'s own sigmas."""
+    s = np.asarray(timesteps, dtype=np.float64) / 1000.0
+    return [float(v) for v in shift * s / (1 + (shift - 1) * s)]

@@ -33,6 +33,9 @@ class Settings:
     wan_height: int = 352  # the model's pixel grid (352x640: 22x40 latents); frames are scaled/padded to 640x360
     wan_width: int = 640
     wan_shift: float = 5.0  # flow-matching schedule shift
+    # a distilled checkpoint's own schedule, instead of --steps evenly spaced (either, not both):
+    wan_sigmas: str = ""  # comma-separated sigmas, strictly decreasing in (0, 1], e.g. 1,0.9375,0.8333,0.625
+    wan_timesteps: str = ""  # a DMD model's denoising_step_list, e.g. 1000,750,500,250: warped by --wan-shift
     wan_compile: int = 0  # 1: torch.compile transformer + VAE on the GPU (minutes cold; cached on disk after)
     wan_compile_mode: str = "full"  # full | regional: the transformer's repeated blocks only (one trace for all 30)
     wan_batch: int = 5  # most streams per engine call (the scheduler's batch; 10 streams: two calls of 5)
@@ -218,6 +221,7 @@ class Settings:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.wan_shift > 0:
             raise ValueError(f"wan_shift must be > 0, got {self.wan_shift}")
+        self.wan_schedule()
         inspect_checkpoint(self.checkpoint)
 
     def avatar_list(self) -> list[str]:
@@ -236,7 +240,34 @@ class Settings:
                 "context_latent_frames": self.wan_context_latents, "height": self.wan_height,
                 "width": self.wan_width, "prompt_embeds": self.wan_prompt_embeds,
                 "compile": self.wan_compile_mode if self.wan_compile else False,
-                "fp8": bool(self.wan_fp8), "batch": self.wan_batch, "pipeline": bool(self.wan_pipeline)}
+                "fp8": bool(self.wan_fp8), "batch": self.wan_batch, "pipeline": bool(self.wan_pipeline),
+                "sigmas": self.wan_schedule()}
+
+    def wan_schedule(self) -> list[float] | None:
+        """--wan-sigmas or --wan-timesteps as the sampler's sigmas (None: --steps evenly spaced).
+        ValueError names the flag and what is wrong."""
+        from engines.sampler import FlowMatchEulerSampler, warped_sigmas
+
+        if self.wan_sigmas and self.wan_timesteps:
+            raise ValueError("give wan_sigmas or wan_timesteps, not both")
+        name, text = ("wan_sigmas", self.wan_sigmas) if self.wan_sigmas else ("wan_timesteps", self.wan_timesteps)
+        if not text.strip():
+            return None
+        try:
+            values = [float(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"{name} must be comma-separated numbers, got {text!r}") from None
+        if name == "wan_timesteps":
+            if any(not 0 < t <= 1000 for t in values):
+                raise ValueError(f"wan_timesteps must be in (0, 1000], got {text!r}")
+            values = warped_sigmas(values, self.wan_shift)
+        try:
+            FlowMatchEulerSampler(sigmas=values)
+        except ValueError as exc:
+            raise ValueError(f"{name} {text!r}: {exc}") from None
+        if not 1 <= len(values) <= 64:
+            raise ValueError(f"{name} must have 1..64 values, got {len(values)}")
+        return values
 
 
 def _parser_type(t: Any):

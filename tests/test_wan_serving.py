@@ -176,6 +176,18 @@ def test_missing_prompt_embeddings_fail_with_what_to_do_and_random_is_opt_in(ckp
     assert not (tmp_path / "prompt_embeds").exists()  # random embeddings are never stored
 
 
+def test_a_distilled_schedule_sets_the_steps_and_the_cache_key(ckpts, embeds_dir, engine):
+    """--wan-sigmas / --wan-timesteps reach the sampler: its steps are their count, and cached chunks
+    made with another schedule are not reused (the weights hash holds the sigmas)."""
+    from engines.sampler import FlowMatchEulerSampler
+    dmd = WanAvatarEngine.load(ckpts["bare"], embeds_dir, steps=2, sigmas=[1.0, 0.6], **GRID)
+    assert dmd.steps == 2 and dmd.wan.sampler.sigma_list == [1.0, 0.6, 0.0]
+    assert engine.wan.sampler.sigma_list == FlowMatchEulerSampler(steps=2, shift=5.0).sigma_list  # [1, 5/6, 0]
+    assert dmd.weights_hash != engine.weights_hash
+    st = dmd.start_stream("pip", "happy", 0.9, seed=0)
+    assert dmd.next_chunk([st])[0].shape == (4, 360, 640, 4)
+
+
 def test_latents_cache_keys_follow_checkpoint_steps_and_chunking(ckpts, embeds_dir, engine, tmp_path):
     from safetensors.torch import load_file, save_file
     templates = load_templates()
@@ -240,6 +252,17 @@ def test_settings_require_a_complete_checkpoint(ckpts):
         Settings(engine="wan", checkpoint=str(ckpts["bare"]), wan_compile_mode="blocks").validate()
     with pytest.raises(ValueError, match="wan_pipeline must be 0 or 1"):
         Settings(engine="wan", checkpoint=str(ckpts["bare"]), wan_pipeline=2).validate()
+    # a distilled checkpoint's own schedule: sigmas as given, or a DMD denoising_step_list warped by the shift
+    assert Settings(engine="wan", checkpoint="x").wan_kwargs()["sigmas"] is None
+    assert Settings(engine="wan", checkpoint="x", wan_sigmas="1, 0.8,0.5").wan_kwargs()["sigmas"] == [1.0, 0.8, 0.5]
+    dmd = Settings(engine="wan", checkpoint="x", wan_timesteps="1000,750,500,250", wan_shift=5.0).wan_schedule()
+    np.testing.assert_allclose(dmd, [1.0, 0.9375, 2.5 / 3, 0.625])  # = 4 evenly spaced steps at shift 5
+    for bad, match in [(dict(wan_sigmas="1,0.5", wan_timesteps="1000,500"), "not both"),
+                       (dict(wan_sigmas="0.5,0.8"), "wan_sigmas '0.5,0.8': sigmas must be strictly decreasing"),
+                       (dict(wan_sigmas="1,x"), "comma-separated numbers"),
+                       (dict(wan_timesteps="1200,500"), r"wan_timesteps must be in \(0, 1000\]")]:
+        with pytest.raises(ValueError, match=match):
+            Settings(engine="wan", checkpoint=str(ckpts["bare"]), **bad).validate()
     args = build_parser().parse_args(["serve", "--engine", "wan", "--checkpoint", "x", "--wan-compile-mode", "regional",
                                       "--wan-pipeline", "1"])
     assert (args.wan_compile_mode, args.wan_pipeline) == ("regional", 1)

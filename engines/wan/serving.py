@@ -161,7 +161,7 @@ class WanAvatarEngine:
              device: str = "auto", dtype: str = "auto", steps: int = 4, shift: float = 5.0,
              chunk_latent_frames: int = 1, context_latent_frames: int = 1, height: int = 352, width: int = 640,
              prompt_embeds: str = "auto", compile: bool | str = False, fp8: bool = False,
-             batch: int = 5, pipeline: bool = False) -> "WanAvatarEngine":
+             batch: int = 5, pipeline: bool = False, sigmas: list[float] | None = None) -> "WanAvatarEngine":
         """Checkpoint + prompt embeddings from `cache_dir`/prompt_embeds (computed there once when the
         checkpoint has a text encoder). Fails before loading any weights when the embeddings are missing.
         On a GPU the engine takes its fast path (WanEngine.accelerate): CUDA graphs, captured here
@@ -169,7 +169,8 @@ class WanAvatarEngine:
         "regional": its repeated blocks only) and the VAE, and with
         `fp8` fp8 linear layers in the transformer blocks. `batch` is also the most streams one engine
         call serves (the scheduler's batch): at 360P two calls of 5 outrun one of 10 on an H100.
-        `pipeline`: the scheduler keeps two calls in flight (launch_chunks)."""
+        `pipeline`: the scheduler keeps two calls in flight (launch_chunks). `sigmas`: a distilled
+        checkpoint's own schedule (their count is the steps), instead of `steps` evenly spaced."""
         if templates is None:
             from templates import load_templates
             templates = load_templates()
@@ -186,7 +187,7 @@ class WanAvatarEngine:
         # on a GPU the VAE decodes in the transformer's dtype too (bf16: the decode is the larger cost)
         vae_dtype = _dtype(dtype, device) if device.startswith("cuda") else torch.float32
         wan = WanEngine.load(info.root, device=device, dtype=_dtype(dtype, device), steps=steps, shift=shift,
-                             vae_dtype=vae_dtype,
+                             vae_dtype=vae_dtype, sigmas=sigmas,
                              chunk_latent_frames=chunk_latent_frames, context_latent_frames=context_latent_frames,
                              height=height, width=width, out_height=round(FRAME_H / s), out_width=round(FRAME_W / s))
         if resolved is None:
