@@ -315,7 +315,7 @@ class Hub:
                 "asr": getattr(self.transcriber, "name", None),
                 "scheduler": None if sch is None else {"queue": sch.queue_depth, "batches": sch.batches,
                                                         "max_batch": getattr(sch, "max_batch", None),
-                                                        "in_flight": getattr(sch, "depth", 1),
+                                                        "pipeline_depth": getattr(sch, "depth", 1),
                                                         "jobs": sch.jobs_done, "busy_s": round(sch.busy_s, 3),
                                                         "oom_splits": sch.oom_splits},
                 "load": None if sch is None else self._load_status(),

@@ -307,7 +307,7 @@ def test_server_streams_the_wan_engine_and_reacts_to_an_emotion(ckpts, embeds_di
                         wan_height=H, wan_width=W, avatars="pip", wan_batch=3, wan_pipeline=1) as (base, hub):
         st = httpx.get(base + "/v1/status").json()
         assert hub.engine.max_batch == 3 and st["scheduler"]["max_batch"] == 3  # --wan-batch: the scheduler's batch
-        assert st["scheduler"]["in_flight"] == 2  # --wan-pipeline: two calls in flight
+        assert st["scheduler"]["pipeline_depth"] == 2  # --wan-pipeline: two calls in flight
         assert st["engine"]["name"] == "wan" and st["engine"]["backend"] == "torch"
         assert st["engine"]["weights"] == hub.engine.weights_hash
         assert hub.session_config.chunk_frames == 4

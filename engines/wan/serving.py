@@ -429,12 +429,19 @@ class PendingChunks:
         self.gpu_s: tuple[float, float] | None = None  # after wait(): seconds from start / sampled to done
 
     def wait(self) -> list[np.ndarray]:
-        """Block until the frames are on the host (releases the GIL while waiting); one array per stream."""
+        """Block until the frames are on the host (releases the GIL while waiting); one array per stream.
+
+        Frames from pinned memory are copied out (numpy releases the GIL for it, about 10 ms for 5
+        streams' chunk) so that the pinned block goes back to torch's host cache at once: sessions
+        keep frames for seconds, and page-locked memory should stay a few blocks, not grow with them."""
+        frames = self._frames
         if self._events is not None:
             start, sampled, done = self._events
             done.synchronize()
             self.gpu_s = (start.elapsed_time(done) / 1000, sampled.elapsed_time(done) / 1000)
-        return list(self._frames.numpy())
+            self._frames = self._events = None
+            return list(frames.numpy().copy())
+        return list(frames.numpy())
 
 
 __all__ = ["AvatarStreamState", "BACKGROUND", "PendingChunks", "ServingShapes", "WanAvatarEngine", "checkpoint_id"]
