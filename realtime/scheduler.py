@@ -51,7 +51,7 @@ class ChunkResult:
     sampled: float  # monotonic: latents ready
     finished: float  # monotonic: frames decoded
     batch: int
-    lowres: bool = False  # decoded at half resolution (the ladder's last rung)
+    lowres: bool = False  # decoded at half resolution (the ladder's lower_resolution rung)
 
 
 def copy_state(state: Any) -> Any:
@@ -106,11 +106,10 @@ class EngineScheduler:
         busy = sum(min(dur, end - lo) for end, dur in self._live if end > lo)
         return min(1.0, max(0.0, busy / window_s))
 
-    def _observe(self, batch: list[ChunkJob], results: list[ChunkResult], degraded: bool,
-                 dur: float | None = None) -> None:
-        """Record a finished live batch: its cost per stream, and whether it finished past a deadline."""
+    def _observe(self, batch: list[ChunkJob], results: list[ChunkResult], degraded: bool, dur: float) -> None:
+        """Record a finished live batch (`dur`: its engine time): its cost per stream, and whether it
+        finished past a deadline."""
         r = results[0]
-        dur = r.finished - r.started if dur is None else dur
         self._live.append((r.finished, dur))
         if not degraded:  # cost at full quality: what a new stream would add
             per = dur / len(results)
@@ -235,18 +234,35 @@ class EngineScheduler:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the engine failed: every job of this batch fails, others go on
-                log.exception("engine batch of %d failed", len(batch))
-                for j in batch:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
+                self._fail(batch, exc)
                 continue
             if results:
-                self._observe(batch, results, degraded=steps is not None or lowres)
-            if self.on_batch is not None and results:
-                self.on_batch(len(results), results[0].finished - results[0].started)
-            for j, r in zip(batch, results):
-                if not j.future.done():
-                    j.future.set_result(r)
+                self._answer(batch, results, degraded=steps is not None or lowres,
+                             dur=results[0].finished - results[0].started)
+
+    def _fail(self, batch: list[ChunkJob], exc: BaseException) -> None:
+        """The engine failed this batch (call from the except block: the log keeps the traceback)."""
+        log.exception("engine batch of %d failed", len(batch))
+        for j in batch:
+            if not j.future.done():
+                j.future.set_exception(exc)
+
+    def _account(self, n: int, dur: float) -> None:
+        """A batch of n streams is done, having cost `dur` seconds of engine time."""
+        self.batches += 1
+        self.jobs_done += n
+        self.last_batch_s = dur
+        self.est_batch_s = 0.7 * self.est_batch_s + 0.3 * dur
+        self.busy_s += dur
+
+    def _answer(self, batch: list[ChunkJob], results: list[ChunkResult], degraded: bool, dur: float) -> None:
+        """A live batch's results to its jobs, after the load figures and metrics have seen it."""
+        self._observe(batch, results, degraded, dur)
+        if self.on_batch is not None:
+            self.on_batch(len(results), dur)
+        for j, r in zip(batch, results):
+            if not j.future.done():
+                j.future.set_result(r)
 
     async def _launch(self, batch: list[ChunkJob], steps: int | None) -> bool:
         """Pipelined: queue the batch on the engine and collect its frames in a task. False: run it the
@@ -259,10 +275,7 @@ class EngineScheduler:
             raise
         except Exception as exc:
             if not _out_of_memory(exc):
-                log.exception("engine batch of %d failed", len(batch))
-                for j in batch:
-                    if not j.future.done():
-                        j.future.set_exception(exc)
+                self._fail(batch, exc)
                 return True
             if self._inflight:
                 await asyncio.gather(*self._inflight, return_exceptions=True)
@@ -291,10 +304,7 @@ class EngineScheduler:
                     j.future.cancel()
             raise
         except Exception as exc:
-            log.exception("engine batch of %d failed", len(batch))
-            for j in batch:
-                if not j.future.done():
-                    j.future.set_exception(exc)
+            self._fail(batch, exc)
             return
         t2 = self.clock()
         # the device's own times where the engine has them: queued batches wait for the one before
@@ -304,19 +314,9 @@ class EngineScheduler:
         # to wall time, and per-stream cost is what a batch adds to the pipeline
         dur = t2 - max(started, self._last_finished)
         self._last_finished = t2
-        B = len(states)
-        self.batches += 1
-        self.jobs_done += B
-        self.last_batch_s = dur
-        self.est_batch_s = 0.7 * self.est_batch_s + 0.3 * dur
-        self.busy_s += dur
-        results = [ChunkResult(per[i], states[i], started, sampled, t2, B) for i in range(B)]
-        self._observe(batch, results, degraded=steps is not None, dur=dur)
-        if self.on_batch is not None:
-            self.on_batch(B, dur)
-        for j, r in zip(batch, results):
-            if not j.future.done():
-                j.future.set_result(r)
+        self._account(len(states), dur)
+        results = [ChunkResult(per[i], states[i], started, sampled, t2, len(states)) for i in range(len(states))]
+        self._answer(batch, results, degraded=steps is not None, dur=dur)
 
     def _prepare(self, batch: list[ChunkJob]) -> list:
         """Engine thread: each job's stream state (a new stream's reference latent is engine work too),
@@ -364,11 +364,7 @@ class EngineScheduler:
             frames = self.engine.decode(flat, lowres=True) if lowres else self.engine.decode(flat)
             per = [frames[i * T:(i + 1) * T] for i in range(B)]
         t2 = self.clock()
-        self.batches += 1
-        self.jobs_done += B
-        self.last_batch_s = t2 - t0
-        self.est_batch_s = 0.7 * self.est_batch_s + 0.3 * (t2 - t0)
-        self.busy_s += t2 - t0
+        self._account(B, t2 - t0)
         return [ChunkResult(per[i], states[i], t0, t1, t2, B, lowres) for i in range(B)]
 
 
