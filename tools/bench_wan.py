@@ -21,8 +21,9 @@ and synchronisation:
   scheduled[N][depth]   --scheduler: the server's own path: N sessions submit chunk jobs to the
                         server's EngineScheduler over the serving adapter (WanAvatarEngine: emotions,
                         RGBA 640x360 frames in host memory), each its next job as soon as its last
-                        chunk arrives; depth 2 is the pipelined schedule the server uses, depth 1
-                        calls in turn. Chunk interval per stream p50/p95, fps, and the cue's time
+                        chunk arrives; depth 2: two calls in flight (pipelined), depth 1:
+                        calls in turn; --depths picks them, 2 is what `serve --wan-pipeline 1`
+                        runs. Chunk interval per stream p50/p95, fps, and the cue's time
                         (an emotion change submitted on an idle engine, until its frames are on the host)
 """
 
@@ -137,16 +138,14 @@ def _pipelined(eng, states: list, seconds: float, chunk_s: float, to_host: bool)
             "realtime": bool(int(fps // FPS) >= len(states) and p95 <= chunk_s * 1000)}
 
 
-def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: tuple[int, ...]) -> dict:
-    """N sessions through the server's scheduler and serving adapter (see the module docstring)."""
-    import asyncio
-
+def serving_engine(wan, batch: int):
+    """The server's adapter (WanAvatarEngine) over `wan`, with random prompt embeddings (no text
+    encoder here), and the avatar "pip": what `serve --wan-prompt-embeds random` would run."""
     import numpy as np
 
     from engines.wan.prompts import normalize_prompt
     from engines.wan.serving import WanAvatarEngine
     from realtime.avatars import resolve_avatar
-    from realtime.scheduler import ChunkJob, EngineScheduler, copy_state
     from templates import load_templates
 
     templates = load_templates()
@@ -154,8 +153,16 @@ def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: 
     dim = wan.transformer.config.text_dim
     embeds = {normalize_prompt(t.prompt): (rng.standard_normal((48, dim)) * 0.1).astype(np.float32)
               for t in templates.values()}
-    av = WanAvatarEngine(wan, templates, embeds, "random", "random", max_batch=batch)
-    _, avatar = resolve_avatar("pip")
+    return WanAvatarEngine(wan, templates, embeds, "random", "random", max_batch=batch), resolve_avatar("pip")[1]
+
+
+def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: tuple[int, ...]) -> dict:
+    """N sessions through the server's scheduler and serving adapter (see the module docstring)."""
+    import asyncio
+
+    from realtime.scheduler import ChunkJob, EngineScheduler, copy_state
+
+    av, avatar = serving_engine(wan, batch)
     emotions = [e for e in av.emotions if e != "idle"][:4]
     out: dict = {}
 
@@ -165,7 +172,6 @@ def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: 
         await sch.start()
         t_stop = [float("inf")]
         arrivals: list[list[float]] = [[] for _ in range(n)]
-        frames = [0]
 
         async def session(i: int) -> None:
             state = await sch.run_on_engine(av.start_stream, avatar, emotions[i % 4], 1.0, i)
@@ -175,12 +181,11 @@ def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: 
                 res = await sch.submit(ChunkJob(f"s{i}", copy_state(state), time.monotonic() + chunk_s, emo, 0.9))
                 state, k = res.state, k + 1
                 arrivals[i].append(time.monotonic())
-                frames[0] += len(res.frames)
 
         t0 = time.monotonic()
         t_stop[0] = t0 + seconds + 4 * chunk_s  # the first chunks (new streams, compiles' guards) not timed
         await asyncio.gather(*(session(i) for i in range(n)))
-        gaps = [b - a for xs in arrivals for a, b in zip(xs[3:], xs[4:])]
+        gaps = [(b - a) * 1000 for xs in arrivals for a, b in zip(xs[3:], xs[4:])]  # ms
         done = [x for xs in arrivals for x in xs[4:]]
         n_frames = len(done) * 4 * wan.chunk_latent_frames
         wall = max(done) - min(x for xs in arrivals for x in xs[3:4]) if done else float("nan")
@@ -195,8 +200,8 @@ def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: 
             state = (await sch.submit(ChunkJob("cue", copy_state(state), a, emotions[r % 4], 1.0))).state
             cue.append((time.monotonic() - a) * 1000)
         await sch.close()
-        p95 = _pct([g * 1000 for g in gaps], 95)
-        return {"fps": round(fps, 1), "chunk_interval_ms_p50": _pct([g * 1000 for g in gaps], 50),
+        p95 = _pct(gaps, 95)
+        return {"fps": round(fps, 1), "chunk_interval_ms_p50": _pct(gaps, 50),
                 "chunk_interval_ms_p95": p95, "chunks": len(gaps), "batches": sch.batches,
                 "mean_batch": round(sch.jobs_done / max(1, sch.batches), 2), "realtime_streams": int(fps // FPS),
                 "realtime": bool(int(fps // FPS) >= n and p95 <= chunk_s * 1000),
@@ -227,6 +232,7 @@ def run(args) -> dict:
     if args.server_buckets:  # the graphs `serve --engine wan --wan-batch B` captures (a warm restart's work)
         from engines.wan.serving import wan_buckets
         batches = sorted(set(batches) | set(wan_buckets(args.batch or 5, compiled=bool(args.compile))))
+    compile_mode = args.compile_mode if args.compile else False
     kw = dict(device="cuda", dtype=torch.bfloat16, steps=args.steps, shift=5.0,
               chunk_latent_frames=args.chunk_frames, context_latent_frames=args.context_frames)
     t0 = time.perf_counter()
@@ -244,8 +250,9 @@ def run(args) -> dict:
                     "steps": args.steps, "chunk_latent_frames": args.chunk_frames,
                     "context_latent_frames": args.context_frames, "chunk_video_frames": 4 * args.chunk_frames,
                     "latent_grid": list(eng.latent_hw), "output": [eng.out_height, eng.out_width],
-                    "vae_dtype": args.vae_dtype, "vae_batch": args.vae_batch, "batch": args.batch or None, "transformer_dtype": "bf16", "layers": args.layers or 30,
-                    "cuda_graphs": not args.eager, "compile": args.compile_mode if args.compile else False, "compile_vae": bool(args.compile_vae),
+                    "vae_dtype": args.vae_dtype, "vae_batch": args.vae_batch, "batch": args.batch or None,
+                    "transformer_dtype": "bf16", "layers": args.layers or 30, "cuda_graphs": not args.eager,
+                    "compile": compile_mode, "compile_vae": bool(args.compile_vae),
                     "vae_channels_last": bool(args.vae_channels_last), "fp8": bool(args.fp8),
                     "vae_frames_per_call": args.vae_frames_per_call or args.chunk_frames,
                     "weights": "random" if not args.checkpoint else args.checkpoint, "load_s": round(load_s, 2)}
@@ -259,7 +266,7 @@ def run(args) -> dict:
     with torch.no_grad():  # the eager bf16 transformer's answer, to compare the fast path with
         probe_ref = eng.transformer(*probe, return_dict=False)[0].float()
     t1 = time.perf_counter()
-    eng.accelerate(cuda_graphs=not args.eager, compile=args.compile_mode if args.compile else False, vae_compile=args.compile_vae,
+    eng.accelerate(cuda_graphs=not args.eager, compile=compile_mode, vae_compile=args.compile_vae,
                    vae_channels_last=args.vae_channels_last, vae_batch=args.vae_batch, buckets=tuple(batches),
                    warm_batches=tuple(batches), fp8=args.fp8, vae_frames_per_call=args.vae_frames_per_call)
     report["graph_capture_s"] = round(time.perf_counter() - t1, 2)
@@ -410,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sessions through the server's EngineScheduler and serving adapter (see scheduled[N])")
     ap.add_argument("--depths", default="2,1", help="--scheduler: pipeline depths to run (2: --wan-pipeline 1)")
     ap.add_argument("--server-buckets", action="store_true",
-                    help="capture the CUDA-graph buckets serve captures (1, 2, 3 and --batch), for its warm restart")
+                    help="also capture the CUDA-graph buckets serve captures (engines.wan.serving.wan_buckets: "
+                         "1 and --batch compiled, else 1, 2, 3 and --batch), for its warm restart")
     ap.add_argument("--save-checkpoint", default=None, help="save the (random) model here for warm restarts")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("-o", "--output", default=None)

@@ -84,23 +84,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from engines.wan.checkpoint import CheckpointInfo
     from engines.wan.engine import WanEngine
-    from engines.wan.prompts import normalize_prompt
-    from engines.wan.serving import WanAvatarEngine, wan_buckets
-    from realtime.avatars import resolve_avatar
-    from templates import load_templates
-    from tools.bench_wan import build_random
+    from engines.wan.serving import wan_buckets
+    from tools.bench_wan import build_random, serving_engine
 
     tr, vae = build_random(args.layers)
     wan = WanEngine(tr, vae, CheckpointInfo(None, None, None), device="cuda", dtype=torch.bfloat16,  # type: ignore[arg-type]
                     steps=2, chunk_latent_frames=args.chunk_frames)
     buckets = wan_buckets(args.batch)
     wan.accelerate(buckets=buckets, warm_batches=buckets, vae_batch=args.batch)
-    templates = load_templates()
-    rng = np.random.default_rng(0)
-    embeds = {normalize_prompt(t.prompt): (rng.standard_normal((48, 4096)) * 0.1).astype(np.float32)
-              for t in templates.values()}
-    engine = WanAvatarEngine(wan, templates, embeds, "random", "random", max_batch=args.batch)
-    out = compare(engine, resolve_avatar("pip")[1], args.streams, args.batch)
+    engine, avatar = serving_engine(wan, args.batch)
+    out = compare(engine, avatar, args.streams, args.batch)
     out["gpu"] = torch.cuda.get_device_name()
     print(json.dumps(out))
     return 0 if out["max_abs_diff"] <= 1 and out["times_ordered"] else 1
