@@ -378,8 +378,9 @@ class WanAvatarEngine:
 
         The sampler steps run on one CUDA stream and the VAE decode on another, after them. So while
         one call's decode (memory-bound) runs, the scheduler can already queue the next call's steps
-        (compute-bound) and they overlap, as in the pipelined benchmark (84 against 76 fps in turn at
-        10 streams on an H100, docs/bench). The frames become RGBA on the GPU and are copied to
+        (compute-bound) and they overlap, as in the engine benchmark's pipelined mode (84.2 fps at 10
+        streams on an H100, against 76.4 in turn on another machine start; docs/bench). This path
+        itself is not yet measured on a GPU. The frames become RGBA on the GPU and are copied to
         pinned host memory without blocking.
         On the CPU everything runs here and `wait()` has nothing left to do.
         """
@@ -431,9 +432,9 @@ class PendingChunks:
     def wait(self) -> list[np.ndarray]:
         """Block until the frames are on the host (releases the GIL while waiting); one array per stream.
 
-        Frames from pinned memory are copied out (numpy releases the GIL for it, about 10 ms for 5
-        streams' chunk) so that the pinned block goes back to torch's host cache at once: sessions
-        keep frames for seconds, and page-locked memory should stay a few blocks, not grow with them."""
+        Frames from pinned memory are copied out (on the collector thread, not the event loop) so
+        that the pinned block goes back to torch's host cache at once: sessions keep frames for
+        seconds, and page-locked memory should stay a few blocks, not grow with them."""
         frames = self._frames
         if self._events is not None:
             start, sampled, done = self._events
