@@ -263,9 +263,11 @@ def test_settings_require_a_complete_checkpoint(ckpts):
                        (dict(wan_timesteps="1200,500"), r"wan_timesteps must be in \(0, 1000\]")]:
         with pytest.raises(ValueError, match=match):
             Settings(engine="wan", checkpoint=str(ckpts["bare"]), **bad).validate()
-    args = build_parser().parse_args(["serve", "--engine", "wan", "--checkpoint", "x", "--wan-compile-mode", "regional",
-                                      "--wan-pipeline", "1"])
-    assert (args.wan_compile_mode, args.wan_pipeline) == ("regional", 1)
+    args = build_parser().parse_args(["serve", "--engine", "wan", "--checkpoint", "x", "--wan-compile-mode", "full",
+                                      "--wan-pipeline", "0"])
+    assert (args.wan_compile_mode, args.wan_pipeline) == ("full", 0)
+    kw = Settings(engine="wan", checkpoint="x", wan_compile=1).wan_kwargs()  # the defaults measured fastest
+    assert (kw["compile"], kw["pipeline"]) == ("regional", True)
 
 
 def test_server_with_an_incomplete_checkpoint_fails_at_start_up(ckpts):

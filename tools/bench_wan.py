@@ -252,7 +252,8 @@ def run(args) -> dict:
                     "latent_grid": list(eng.latent_hw), "output": [eng.out_height, eng.out_width],
                     "vae_dtype": args.vae_dtype, "vae_batch": args.vae_batch, "batch": args.batch or None,
                     "transformer_dtype": "bf16", "layers": args.layers or 30, "cuda_graphs": not args.eager,
-                    "compile": compile_mode, "compile_vae": bool(args.compile_vae),
+                    "compile": compile_mode,
+                    "compile_vae": ("aot" if args.vae_aot else "jit") if args.compile_vae else False,
                     "vae_channels_last": bool(args.vae_channels_last), "fp8": bool(args.fp8),
                     "vae_frames_per_call": args.vae_frames_per_call or args.chunk_frames,
                     "weights": "random" if not args.checkpoint else args.checkpoint, "load_s": round(load_s, 2)}
@@ -268,8 +269,12 @@ def run(args) -> dict:
     t1 = time.perf_counter()
     eng.accelerate(cuda_graphs=not args.eager, compile=compile_mode, vae_compile=args.compile_vae,
                    vae_channels_last=args.vae_channels_last, vae_batch=args.vae_batch, buckets=tuple(batches),
-                   warm_batches=tuple(batches), fp8=args.fp8, vae_frames_per_call=args.vae_frames_per_call)
+                   warm_batches=tuple(batches), fp8=args.fp8, vae_frames_per_call=args.vae_frames_per_call,
+                   vae_aot_dir=args.vae_aot or None)
     report["graph_capture_s"] = round(time.perf_counter() - t1, 2)
+    report["warm_s"] = eng.warm_s  # fp8 conversion, VAE graphs, transformer graphs per bucket
+    if eng.vae_stream.aot is not None:  # which packages this start compiled (cold) or loaded (warm)
+        report["vae_aot"] = {"built": eng.vae_stream.aot.built, "loaded": eng.vae_stream.aot.loaded}
     torch.cuda.synchronize()
     report["ready_s"] = round(time.perf_counter() - T_START, 2)  # process start -> ready to serve
     with torch.no_grad():
@@ -403,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--compile-mode", default="full", choices=("full", "regional"),
                     help="--compile: the whole transformer, or its repeated blocks only (faster starts)")
     ap.add_argument("--compile-vae", action="store_true", help="torch.compile the VAE decoder's steady-state frames")
+    ap.add_argument("--vae-aot", default="", metavar="DIR",
+                    help="with --compile-vae: AOTInductor packages kept in DIR instead of torch.compile "
+                         "(serve --wan-vae-compile aot: a warm restart loads them)")
     ap.add_argument("--vae-channels-last", action="store_true", help="channels-last 3D VAE decoder")
     ap.add_argument("--vae-frames-per-call", type=int, default=None,
                     help="steady latent frames per VAE decoder call (default: a whole chunk)")

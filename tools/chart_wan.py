@@ -1,6 +1,8 @@
 """Chart of `bench engine --engine wan` reports: fps by concurrent streams, against the 8 fps line.
 
-    python -m tools.chart_wan docs/bench/wan_h100_{t1_eager_graphs,k4,k3,fp8_t2_k4,fp8_t3_k4,fp8_t3_k4_pipeline,fp8_t3_k4_pipeline_vae_chunk,fp8_t3_k4_batch5}.json -o docs/bench/wan_h100.png
+    cd docs/bench && python -m tools.chart_wan wan_h100_{t1_eager_graphs,k4,k3,fp8_t2_k4,fp8_t3_k4}.json \
+        wan_h100_fp8_t3_k4_{pipeline,pipeline_vae_chunk,batch5}.json wan_h100_server_pipeline_regional_warm.json \
+        -o wan_h100.png
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import sys
 
 
 def label(r: dict) -> str:
-    how = "compiled" if r.get("compile") else ("CUDA graphs" if r.get("cuda_graphs") else "eager")
+    how = "CUDA graphs" if r.get("cuda_graphs") else "eager"
+    if r.get("compile"):
+        how = "compiled (regional)" if r["compile"] == "regional" else "compiled"
     vae = "VAE compiled" if r.get("compile_vae") else "VAE eager"
-    if r.get("compile_vae") and not r.get("vae_compiled_calls"):  # reports before the steady-state fix
+    if r.get("compile_vae") and "streams" in r and not r.get("vae_compiled_calls"):  # before the steady-state fix
         vae = "VAE eager (its compile never engaged)"
     extra = (", fp8" if r.get("fp8") else "") + (", 2 pipelined groups" if r.get("pipeline") else "") \
         + (f", calls of {r['batch']} (server)" if r.get("batch") else "") \
@@ -33,11 +37,16 @@ def main(argv: list[str] | None = None) -> int:
     top = 0
     for path in args.reports:
         r = json.load(open(path))
-        pts = sorted((int(n), s["fps"]) for n, s in r.get("streams", {}).items())
-        if len(pts) < 1:
-            continue
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label(r))
-        top = max(top, max(p[0] for p in pts))
+        series = [(label(r), sorted((int(n), s["fps"]) for n, s in r.get("streams", {}).items()))]
+        depths = sorted({d for by_depth in r.get("scheduled", {}).values() for d in by_depth}, reverse=True)
+        for d in depths:  # `--scheduler`: sessions through the server's own scheduler, by depth
+            how = "pipelined (depth 2)" if d == "2" else "calls in turn"
+            series.append((f"{label(r)}, server scheduler {how}",
+                           sorted((int(n), by_depth[d]["fps"]) for n, by_depth in r["scheduled"].items())))
+        for name, pts in series:
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) > 1 else "D", label=name)
+                top = max(top, max(p[0] for p in pts))
     xs = list(range(1, top + 2))
     ax.plot(xs, [8 * x for x in xs], "k--", lw=1, label="needed: 8 fps per stream")
     ax.set_xlabel("concurrent streams")

@@ -15,9 +15,16 @@ differently) are decoded as separate groups.
 
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+
+from engines.wan.vae_aot import AotSteadyDecoder, AotUnavailable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -61,11 +68,28 @@ def _split(merged: list, caches: list[VaeStreamCache]) -> None:
         c.feats = [f if f is None or isinstance(f, str) else f[b:b + 1] for f in merged]
 
 
+@contextmanager
+def _cudnn_heuristics(on: bool):
+    """cuDNN's own convolution algorithm choice, not cudnn.benchmark's timing of every algorithm, for
+    the eager calls: a stream's first frames decode once, so timing algorithms for their shapes
+    (new for each group of new streams) costs more than it saves (seconds at every start, and a
+    stall whenever streams start in a new combination). The flag is process-wide: another thread's
+    call meeting a new shape meanwhile gets heuristics too, which is slower at worst, never wrong."""
+    if not on or not torch.backends.cudnn.benchmark:
+        yield
+        return
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = True
+
+
 class StreamingVaeDecoder:
     """Decodes (B, C, T, h, w) latents of B streams, continuing each stream's own causal cache."""
 
     def __init__(self, vae, max_batch: int = 4, compile: bool = False, channels_last: bool = False,
-                 frames_per_call: int = 1, compile_backend="inductor") -> None:
+                 frames_per_call: int = 1, compile_backend="inductor", aot_dir: str | Path | None = None) -> None:
         self.vae = vae
         # Once a stream's cache is steady, every layer is a causal convolution (or per-frame) with a
         # 2-frame cache, so k latent frames decode in one call exactly as k calls would: bigger
@@ -83,16 +107,26 @@ class StreamingVaeDecoder:
         # Steady-state calls (every cache entry a tensor, frames_per_call frames) have fixed shapes but
         # for the batch: torch.compile fuses the decoder's many memory-bound ops (norms, pads, cache
         # copies) there; a stream's first frames stay eager.
-        self._compiled = torch.compile(vae.decoder, dynamic=False, backend=compile_backend) if compile else None
-        if compile:  # few graphs (batch 1, 2, >= 3), but dynamo's default limit of 8 counts every recompile
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         self._format = torch.channels_last_3d if channels_last else torch.contiguous_format
-        self.compiled_calls = 0
         # The decode is compute-bound (batching streams barely helps it) and its activations at
         # 360P are GBs per stream-frame: decode at most max_batch streams at once.
         self.max_batch = max(1, int(max_batch))
         self.n_layers = vae._cached_conv_counts["decoder"]
+        self.aot = None
+        self._compiled = None
+        if compile and aot_dir is not None:  # ahead of time: a warm start loads packages (vae_aot.py)
+            self.aot = self._compiled = AotSteadyDecoder(vae.decoder, self.n_layers, aot_dir, self.max_batch,
+                                                         self._format)
+        self._backend = compile_backend
+        if compile and self.aot is None:
+            self._compiled = self._jit()
+        self.compiled_calls = 0
         self.patch_size = vae.config.get("patch_size")
+
+    def _jit(self):
+        # few graphs (batch 1, 2, >= 3), but dynamo's default limit of 8 counts every recompile
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        return torch.compile(self.vae.decoder, dynamic=False, backend=self._backend)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -148,16 +182,27 @@ class StreamingVaeDecoder:
                 xt = x[:, :, t:t + n]
                 if fn is self._compiled:
                     self.compiled_calls += 1
-                    # the graph guards on strides: one layout for the input and every cached tensor,
-                    # or a compile per call
+                    # one layout for the input and every cached tensor: the graph guards on strides (or
+                    # a compile per call), the AOT package's kernels assume the exported ones
                     xt = _canonical(xt, self._format)
                     feats = [_canonical(f, self._format) if torch.is_tensor(f) else f for f in feats]
+                    if self.aot is not None:
+                        try:
+                            frames.append(self.aot(xt, feats))  # feats: updated in place
+                            t += n
+                            continue
+                        except AotUnavailable as e:
+                            log.warning("wan vae: no AOTInductor package (%s); torch.compile instead, "
+                                        "re-traced at every start", e)
+                            self.aot = None
+                            self._compiled = fn = self._jit()
                     if xt.shape[0] > 1:  # one graph for every batch of 2 or more (1 is its own)
                         torch._dynamo.maybe_mark_dynamic(xt, 0)
                         for f in feats:
                             if torch.is_tensor(f):
                                 torch._dynamo.maybe_mark_dynamic(f, 0)
-                frames.append(fn(xt, feat_cache=feats, feat_idx=[0], first_chunk=first and t == 0))
+                with _cudnn_heuristics(fn is not self._compiled and xt.is_cuda):
+                    frames.append(fn(xt, feat_cache=feats, feat_idx=[0], first_chunk=first and t == 0))
                 t += n
             video = torch.cat(frames, 2)
             if self.patch_size is not None:

@@ -18,5 +18,5 @@ N=${1:-10}; which=${2:-cold}; secs=${3:-12}; depths=${4:-2}  # cold: about 500 s
 [ "${CHECK:-0}" = 1 ] && timeout 150 python3 -m tools.wan_pipeline_check | tee "$OUT/wan_pipeline_check.json" | tail -1
 timeout ${LIMIT:-580} python3 -m tools.bench_wan --random-weights --chunk-frames 3 --vae-batch 5 --batch 5 --compile --compile-mode ${MODE:-full} \
   --compile-vae --vae-channels-last --steps 4 --fp8 --scheduler --depths $depths --server-buckets --seconds $secs --sessions $N \
-  -o "$OUT/wan_server_pipeline_${MODE:-full}_${which}.json" 2>&1 | grep -E "^(N=|fast path)|Error|error|Traceback" | tail -20
+  -o "$OUT/wan_server_pipeline_${MODE:-full}_${which}.json" 2>&1 | tee "$OUT/wan_server_pipeline_${MODE:-full}_${which}.log" | grep -E "^(N=|fast path)|Error|error|Traceback" | tail -20
 nvidia-smi --query-gpu=name --format=csv,noheader

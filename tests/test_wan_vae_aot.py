@@ -1,0 +1,101 @@
+"""The VAE's steady decode as AOTInductor packages (engines/wan/vae_aot.py), on CPU with the tiny VAE.
+
+A cold start exports and compiles two packages (batch 1, batches 2..max); a warm start (a new
+decoder over the same directory, as a restarted server is) loads them and compiles nothing; both
+give the frames of the eager decoder, chunk after chunk, for every batch size."""
+
+from __future__ import annotations
+
+import torch
+
+from tests.wan_checkpoint import Z, tiny_vae
+
+
+def _stream_frames(dec, batches: list[int], seed: int = 0) -> list[torch.Tensor]:
+    """Each batch size in turn: a fresh group of streams, its first chunk then two steady chunks."""
+    from engines.wan.vae_stream import VaeStreamCache
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for B in batches:
+        caches = [VaeStreamCache() for _ in range(B)]
+        for frames in (1 + 3, 3, 3):  # 3 latent frames a call once steady (frames_per_call)
+            out.append(torch.stack(dec.decode(torch.randn(B, Z, frames, 4, 8, generator=gen), caches)))
+    return out
+
+
+def test_aot_packages_decode_like_eager_and_a_warm_start_only_loads_them(tmp_path):
+    from engines.wan.vae_stream import StreamingVaeDecoder
+
+    torch.manual_seed(0)
+    vae = tiny_vae().eval()
+    batches = [2, 1, 3]
+    want = _stream_frames(StreamingVaeDecoder(vae, max_batch=3, frames_per_call=3), batches)
+    cold = StreamingVaeDecoder(vae, max_batch=3, compile=True, frames_per_call=3, aot_dir=tmp_path)
+    got = _stream_frames(cold, batches)
+    assert len(cold.aot.built) == 2 and cold.aot.loaded == []  # batch 1 and batches 2..3
+    assert cold.compiled_calls == 2 * len(batches)  # each group's two steady chunks
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    assert want[-1].abs().amax() > 0.05  # real pictures
+    assert sorted(p.name for p in tmp_path.glob("*.pt2")) == sorted(cold.aot.built)  # no temporary left over
+
+    warm = StreamingVaeDecoder(vae, max_batch=3, compile=True, frames_per_call=3, aot_dir=tmp_path)
+    got = _stream_frames(warm, [3, 1, 2], seed=1)
+    assert warm.aot.built == [] and sorted(warm.aot.loaded) == sorted(cold.aot.built)
+    want = _stream_frames(StreamingVaeDecoder(vae, max_batch=3, frames_per_call=3), [3, 1, 2], seed=1)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+    # the packages hold no weights: they run on the decoder's own parameters, changed ones included
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.mul_(-1.0)
+    got = _stream_frames(warm, [2], seed=2)
+    want = _stream_frames(StreamingVaeDecoder(vae, max_batch=3, frames_per_call=3), [2], seed=2)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_package_names_follow_shapes_and_weights_layout(tmp_path):
+    """A package is found again only for the same shapes, dtype, batch range and weight layout."""
+    from engines.wan.vae_aot import AotSteadyDecoder
+
+    vae = tiny_vae().eval()
+    aot = AotSteadyDecoder(vae.decoder, 34, tmp_path, max_batch=3)
+    x = torch.zeros(2, Z, 3, 4, 8)
+    key = ("n", (0, 1), (Z, 3, 4, 8), ((8, 2, 4, 8), (8, 2, 4, 8)), torch.float32)
+    base = aot._path(key, x)
+    assert base == aot._path(key, x) and base.parent == tmp_path
+    others = {aot._path(("1",) + key[1:], x), aot._path(key[:2] + ((Z, 3, 8, 8),) + key[3:], x),
+              aot._path(key[:4] + (torch.bfloat16,), x),
+              AotSteadyDecoder(vae.decoder, 34, tmp_path, max_batch=5)._path(key, x)}
+    assert base not in others and len(others) == 4
+    vae.decoder.conv_out.weight.data = vae.decoder.conv_out.weight.data.contiguous(
+        memory_format=torch.channels_last_3d)
+    assert aot._path(key, x) != base  # compiled kernels assume the weights' strides
+
+
+def test_a_package_that_cannot_be_built_falls_back_to_torch_compile(tmp_path, caplog):
+    """An unwritable cache directory (or a failed export) costs the warm restart, never the stream."""
+    from engines.wan.vae_stream import StreamingVaeDecoder
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(len(example_inputs))
+        return gm.forward
+
+    torch.manual_seed(0)
+    vae = tiny_vae().eval()
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    torch._dynamo.reset()
+    dec = StreamingVaeDecoder(vae, max_batch=2, compile=True, frames_per_call=3, compile_backend=backend,
+                              aot_dir=blocked / "aoti")
+    with caplog.at_level("WARNING", logger="engines.wan.vae_stream"):
+        got = _stream_frames(dec, [2, 1])
+    assert dec.aot is None and graphs and dec.compiled_calls == 4
+    assert "no AOTInductor package" in caplog.text and "NotADirectoryError" in caplog.text
+    want = _stream_frames(StreamingVaeDecoder(vae, max_batch=2, frames_per_call=3), [2, 1])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch._dynamo.reset()
