@@ -9,7 +9,7 @@ from realtime.settings import Settings
 
 WAN_FLAGS = ("checkpoint", "wan_dtype", "wan_chunk_latents", "wan_context_latents", "wan_height", "wan_width",
              "wan_shift", "wan_sigmas", "wan_timesteps", "wan_prompt_embeds", "wan_compile", "wan_compile_mode",
-             "wan_fp8", "wan_pipeline")
+             "wan_vae_warmup", "wan_fp8", "wan_pipeline")
 
 
 def load_engine(settings: Settings, cache_dir: str | Path | None = None, templates: dict | None = None) -> Any:

@@ -311,7 +311,9 @@ class Hub:
                 "engine": {"name": self.settings.engine,
                            "backend": "torch" if self.settings.engine == "wan" else self.settings.backend,
                            "steps": getattr(self.engine, "steps", None),
-                           "weights": getattr(self.engine, "weights_hash", None)},
+                           "weights": getattr(self.engine, "weights_hash", None),
+                           # wan: False while the VAE's graphs compile in the background (slower frames)
+                           "vae_compiled": getattr(self.engine, "vae_compiled", None)},
                 "asr": getattr(self.transcriber, "name", None),
                 "scheduler": None if sch is None else {"queue": sch.queue_depth, "batches": sch.batches,
                                                         "max_batch": getattr(sch, "max_batch", None),

@@ -40,6 +40,9 @@ class Settings:
     # regional: the transformer's 30 repeated blocks share one compiled graph per batch (H100: cold start 237 s
     # against 449-496 s, 1.2 s per graph warm) | full: the whole transformer
     wan_compile_mode: str = "regional"
+    # with --wan-compile 1: start (the VAE's graphs compile before the server is ready) | background (ready
+    # without them, 79 s sooner on an H100 warm; steady frames decode eagerly, slower, until they are)
+    wan_vae_warmup: str = "start"
     wan_batch: int = 5  # most streams per engine call (the scheduler's batch; 10 streams: two calls of 5)
     wan_fp8: int = 0  # 1: fp8 linear layers in the transformer blocks (Hopper or newer; check your checkpoint's frames)
     # 1: two engine calls in flight, one's VAE decode overlapping the next one's steps (H100: 10 real-time streams,
@@ -218,6 +221,8 @@ class Settings:
                 raise ValueError(f"{name} must be 0 or 1, got {getattr(self, name)}")
         if self.wan_compile_mode not in ("full", "regional"):
             raise ValueError(f"wan_compile_mode must be full or regional, got {self.wan_compile_mode!r}")
+        if self.wan_vae_warmup not in ("start", "background"):
+            raise ValueError(f"wan_vae_warmup must be start or background, got {self.wan_vae_warmup!r}")
         if self.wan_prompt_embeds not in ("auto", "random"):
             raise ValueError(f"wan_prompt_embeds must be auto or random, got {self.wan_prompt_embeds!r}")
         for name in ("wan_chunk_latents", "wan_context_latents", "wan_height", "wan_width", "wan_batch"):
@@ -243,7 +248,7 @@ class Settings:
                 "steps": self.steps, "shift": self.wan_shift, "chunk_latent_frames": self.wan_chunk_latents,
                 "context_latent_frames": self.wan_context_latents, "height": self.wan_height,
                 "width": self.wan_width, "prompt_embeds": self.wan_prompt_embeds,
-                "compile": self.wan_compile_mode if self.wan_compile else False,
+                "compile": self.wan_compile_mode if self.wan_compile else False, "vae_warmup": self.wan_vae_warmup,
                 "fp8": bool(self.wan_fp8), "batch": self.wan_batch, "pipeline": bool(self.wan_pipeline),
                 "sigmas": self.wan_schedule()}
 

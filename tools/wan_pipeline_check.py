@@ -6,6 +6,10 @@ On a GPU this is the check that matters: the pipelined path queues each call's s
 decode on two CUDA streams and copies frames to pinned memory without blocking, so a missing stream
 wait or a buffer reused too early shows up as frames that differ. tests/test_wan_serving.py runs
 the same comparison on the CPU with the tiny checkpoint (where it checks the scheduler's side).
+The calls in turn run twice: the second run's difference from the first is this device's noise
+floor for identical work, and the pipelined frames pass within max(1, that floor). On an H100 the
+first version of this check (without the floor) found a max difference of 3 of 255, mean 0.18
+(docs/bench/wan_h100_pipeline_check.json): whether that is noise is what the floor tells.
 """
 
 from __future__ import annotations
@@ -25,16 +29,22 @@ def compare(engine: Any, avatar: Any, streams: int, batch: int, rounds: int = 3)
     from realtime.scheduler import ChunkJob, EngineScheduler, copy_state
 
     emotions = [e for e in engine.emotions if e != "idle"][:4]
-    ref = [engine.start_stream(avatar, emotions[i % 4], 0.9, seed=i) for i in range(streams)]
-    mine = [copy_state(s) for s in ref]
+    first = [engine.start_stream(avatar, emotions[i % 4], 0.9, seed=i) for i in range(streams)]
+    mine = [copy_state(s) for s in first]
     groups = [list(range(i, min(i + batch, streams))) for i in range(0, streams, batch)]
-    expected: list[list[np.ndarray]] = [[] for _ in ref]
-    for k in range(rounds):
-        for g in groups:
-            for i in g:
-                engine.set_emotion(ref[i], emotions[(i + k) % 4], 0.9)
-            for i, f in zip(g, engine.next_chunk([ref[i] for i in g])):
-                expected[i].append(f)
+
+    def in_turn() -> list[list[np.ndarray]]:
+        ref = [copy_state(s) for s in first]
+        frames: list[list[np.ndarray]] = [[] for _ in ref]
+        for k in range(rounds):
+            for g in groups:
+                for i in g:
+                    engine.set_emotion(ref[i], emotions[(i + k) % 4], 0.9)
+                for i, f in zip(g, engine.next_chunk([ref[i] for i in g])):
+                    frames[i].append(f)
+        return frames
+
+    expected = in_turn()
 
     async def go() -> tuple[list[list], EngineScheduler, float]:
         depth = engine.pipeline_depth
@@ -59,7 +69,12 @@ def compare(engine: Any, avatar: Any, streams: int, batch: int, rounds: int = 3)
     got, sch, wall = asyncio.run(go())
     diffs = [np.abs(r.frames.astype(np.int16) - e.astype(np.int16))
              for rs, es in zip(got, expected) for r, e in zip(rs, es)]
-    return {"streams": streams, "batch": batch, "rounds": rounds, "batches": sch.batches,
+    # the same calls in turn once more: how far two runs of identical work differ on this device (a
+    # difference of the pipelined frames within this is not the pipeline's)
+    again = [np.abs(a.astype(np.int16) - e.astype(np.int16))
+             for xs, es in zip(in_turn(), expected) for a, e in zip(xs, es)]
+    return {"in_turn_repeat_max_abs_diff": int(max(d.max() for d in again)),
+            "streams": streams, "batch": batch, "rounds": rounds, "batches": sch.batches,
             "batch_sizes": sorted({r.batch for rs in got for r in rs}),
             "max_abs_diff": int(max(d.max() for d in diffs)),
             "mean_abs_diff": float(np.mean([d.mean() for d in diffs])),
@@ -96,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     out = compare(engine, avatar, args.streams, args.batch)
     out["gpu"] = torch.cuda.get_device_name()
     print(json.dumps(out))
-    return 0 if out["max_abs_diff"] <= 1 and out["times_ordered"] else 1
+    return 0 if out["max_abs_diff"] <= max(1, out["in_turn_repeat_max_abs_diff"]) and out["times_ordered"] else 1
 
 
 if __name__ == "__main__":

@@ -139,7 +139,8 @@ class WanEngine:
     def accelerate(self, *, cuda_graphs: bool = True, compile: bool | str = False, vae_compile: bool = False,
                    vae_channels_last: bool = True, vae_batch: int = 4, buckets: tuple[int, ...] | None = None,
                    warm_batches: tuple[int, ...] = (), fp8: bool = False,
-                   vae_frames_per_call: int | None = None, vae_aot_dir: str | Path | None = None) -> WanEngine:
+                   vae_frames_per_call: int | None = None, vae_aot_dir: str | Path | None = None,
+                   vae_warmup: str = "start") -> WanEngine:
         """The GPU fast path (server and benchmark alike); a no-op off CUDA.
 
         CUDA graphs per batch bucket for the transformer (capture takes seconds), optionally
@@ -149,6 +150,9 @@ class WanEngine:
         graphs.compile_transformer); the VAE channels-last and optionally compiled (its steady-state
         frames: 13.4 -> 7.9 ms per frame on an H100, docs/bench). fp8: the transformer blocks' linear
         layers in fp8 (engines/wan/fp8.py), before the graphs are captured.
+        vae_warmup: "start" compiles the VAE's graphs before returning; "background" returns without
+        them (a warm restart's largest part, 79 s on an H100) and compiles them on a thread while the
+        steady frames decode eagerly (StreamingVaeDecoder.warm_up_in_background).
         vae_aot_dir: with vae_compile, the VAE's steady decode as AOTInductor packages kept there
         (engines/wan/vae_aot.py: a warm restart loads them instead of re-tracing the decoder).
         vae_frames_per_call: steady latent frames per decoder call, default a whole chunk (the same
@@ -165,11 +169,16 @@ class WanEngine:
                                               channels_last=vae_channels_last,
                                               frames_per_call=vae_frames_per_call or self.chunk_latent_frames,
                                               aot_dir=vae_aot_dir)
+        if vae_warmup not in ("start", "background"):
+            raise ValueError(f"vae_warmup must be start or background, got {vae_warmup!r}")
+        vae_batches = range(1, self.vae_stream.max_batch + 1)
         t1 = time.perf_counter()
-        self.vae_stream.warm_up(self.latent_hw, range(1, self.vae_stream.max_batch + 1))
-        torch.cuda.synchronize(self.device)
+        if vae_warmup == "start":
+            self.vae_stream.warm_up(self.latent_hw, vae_batches)
+            torch.cuda.synchronize(self.device)
         # where a start's time goes (a warm restart's budget is a minute): logged and benchmarked
-        self.warm_s = {"fp8": round(t1 - t0, 2), "vae": round(time.perf_counter() - t1, 2)}
+        self.warm_s = {"fp8": round(t1 - t0, 2),
+                       "vae": round(time.perf_counter() - t1, 2) if vae_warmup == "start" else vae_warmup}
         if cuda_graphs:
             self.denoiser = GraphedDenoiser(self.transformer, buckets=buckets or DEFAULT_BUCKETS, compile=compile)
             if warm_batches:
@@ -181,6 +190,8 @@ class WanEngine:
                           torch.zeros(1, 512, self.transformer.config.text_dim, device=self.device, dtype=self.dtype))
                 self.denoiser.warm_up(sample, warm_batches)
             self.warm_s["transformer"] = dict(self.denoiser.capture_s)
+        if vae_warmup == "background":  # only now: a CUDA graph capture fails if another thread launches work
+            self.vae_stream.warm_up_in_background(self.latent_hw, vae_batches)
         log.info("Wan fast path ready: %s (seconds)", self.warm_s)
         return self
 

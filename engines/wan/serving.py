@@ -160,13 +160,15 @@ class WanAvatarEngine:
     def load(cls, checkpoint_dir: str | Path, cache_dir: str | Path, *, templates: Mapping[str, Any] | None = None,
              device: str = "auto", dtype: str = "auto", steps: int = 4, shift: float = 5.0,
              chunk_latent_frames: int = 1, context_latent_frames: int = 1, height: int = 352, width: int = 640,
-             prompt_embeds: str = "auto", compile: bool | str = False, fp8: bool = False,
-             batch: int = 5, pipeline: bool = False, sigmas: list[float] | None = None) -> "WanAvatarEngine":
+             prompt_embeds: str = "auto", compile: bool | str = False, vae_warmup: str = "start",
+             fp8: bool = False, batch: int = 5, pipeline: bool = False,
+             sigmas: list[float] | None = None) -> "WanAvatarEngine":
         """Checkpoint + prompt embeddings from `cache_dir`/prompt_embeds (computed there once when the
         checkpoint has a text encoder). Fails before loading any weights when the embeddings are missing.
         On a GPU the engine takes its fast path (WanEngine.accelerate): CUDA graphs, captured here
         for batches up to `batch`, with `compile` torch.compile of the transformer ("full" or
-        "regional": its repeated blocks only) and the VAE, and with
+        "regional": its repeated blocks only) and the VAE (`vae_warmup` "background": ready before the
+        VAE's graphs are, which compile on a thread; WanEngine.accelerate), and with
         `fp8` fp8 linear layers in the transformer blocks. `batch` is also the most streams one engine
         call serves (the scheduler's batch): at 360P two calls of 5 outrun one of 10 on an H100.
         `pipeline`: the scheduler keeps two calls in flight (launch_chunks). `sigmas`: a distilled
@@ -202,7 +204,7 @@ class WanAvatarEngine:
         if wan.device.type == "cuda":
             buckets = wan_buckets(batch, compiled=bool(compile))
             wan.accelerate(compile=compile, vae_compile=bool(compile), buckets=buckets, warm_batches=buckets, fp8=fp8,
-                           vae_batch=batch)
+                           vae_batch=batch, vae_warmup=vae_warmup)
         embeds_id, embeds = resolved
         if embeds_id == RANDOM:
             log.warning("wan engine: RANDOM prompt embeddings (explicit opt-in): emotions are not what their "
@@ -216,6 +218,12 @@ class WanAvatarEngine:
         return e.to(self.wan.device, self.wan.dtype)
 
     # -- what the server reads --------------------------------------------------------------
+    @property
+    def vae_compiled(self) -> bool | None:
+        """None: the VAE decodes eagerly; False while its graphs compile in the background; True."""
+        vs = self.wan.vae_stream
+        return None if vs._compiled is None else vs.compiled_ready.is_set()
+
     @property
     def emotions(self) -> tuple[str, ...]:
         return self._emotions

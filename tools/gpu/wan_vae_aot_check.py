@@ -4,7 +4,9 @@ Decodes streams (a first chunk, then steady chunks of 3 latent frames) at batch 
 AOT packages in DIR and through the eager decoder, and prints the largest difference and the
 seconds the packages took (built or loaded). `--embed`: packages carry their own weights;
 `--copy`: shared weights handed over as copies. Run twice on one machine: cold, then warm.
-python -X faulthandler -m tools.gpu.wan_vae_aot_check DIR [--embed] [--copy]
+`--tiny`: only a two-layer model through the same export, package and load (does loading an
+AOTInductor package work on this machine at all? On the H100 device the VAE's crashed in the loader).
+python -X faulthandler -m tools.gpu.wan_vae_aot_check DIR [--embed] [--copy] [--tiny]
 """
 
 from __future__ import annotations
@@ -16,7 +18,29 @@ import time
 import torch
 
 
+def tiny(out_dir: str) -> dict:
+    """A Linear + GELU model on the GPU: exported, packaged (weights in the package), loaded, run."""
+    from pathlib import Path
+
+    import torch._inductor
+    m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU()).cuda().eval()
+    x = torch.randn(4, 64, device="cuda")
+    path = str(Path(out_dir) / "tiny.pt2")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        ep = torch.export.export(m, (x,), dynamic_shapes=({0: torch.export.Dim("b", min=2, max=16)},))
+        torch._inductor.aoti_compile_and_package(ep, package_path=path)
+        print("tiny: packaged", flush=True)
+        runner = torch._inductor.aoti_load_package(path)
+        print("tiny: loaded", flush=True)
+        diff = float((runner(x) - m(x)).abs().max())
+    return {"tiny_max_abs_diff": diff, "torch": torch.__version__}
+
+
 def main(argv: list[str]) -> int:
+    if "--tiny" in argv:
+        print(json.dumps(tiny(argv[0])), flush=True)
+        return 0
     from diffusers import AutoencoderKLWan
 
     from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache

@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
 # Where a start's seconds go, cold then warm, on one GPU: `bench engine --engine wan` with the graphs
 # serve captures (--server-buckets: 1 and 5), fp8, 12-frame chunks, the transformer compiled
-# (MODE=full|regional) and the VAE compiled (VAE=aot: AOTInductor packages, as serve's default
-# --wan-vae-compile aot | jit: torch.compile). Reports ready_s and warm_s (fp8, VAE, transformer per
-# bucket). SECS=N: the warm start then runs 10 sessions through the server's scheduler, pipelined,
-# for N s (fps, chunk interval p95, cue). PROFILE=1: a cProfile of one more warm start.
-# Usage: [MODE=regional] [VAE=aot] [SECS=0] [PROFILE=0] bash tools/gpu/wan_warm_start.sh
+# (MODE=full|regional) and the VAE compiled (VAE=jit: torch.compile, as serve | aot: AOTInductor
+# packages, engines/wan/vae_aot.py). WARMUP=background: ready before the VAE's graphs, which compile
+# on a thread (serve --wan-vae-warmup background; the report adds full_speed_s). Reports ready_s and
+# warm_s (fp8, VAE, transformer per bucket). SECS=N: the warm start then runs 10 sessions through the
+# server's scheduler, pipelined, for N s (fps, chunk interval p95, cue). PROFILE=1: a cProfile of
+# one more warm start.
+# Usage: [MODE=regional] [VAE=jit] [WARMUP=start] [SECS=0] [PROFILE=0] bash tools/gpu/wan_warm_start.sh
 set -uo pipefail
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.cache/inductor} TORCHINDUCTOR_FX_GRAPH_CACHE=1 TORCHINDUCTOR_AUTOGRAD_CACHE=1
 # bytecode for sources whose install has none (the device's torch venv, wheels installed --no-compile):
 # a pip-installed server has it, so a warm restart here should too
 export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-$PWD/.cache/pycache}
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; MODE=${MODE:-regional}; VAE=${VAE:-aot}; SECS=${SECS:-0}
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; MODE=${MODE:-regional}; VAE=${VAE:-jit}; SECS=${SECS:-0}; WARMUP=${WARMUP:-start}
 vae="--compile-vae --vae-channels-last"; [ "$VAE" = aot ] && vae="$vae --vae-aot $PWD/.cache/aoti"
 args="--random-weights --chunk-frames 3 --vae-batch 5 --batch 5 --sessions 10 --server-buckets --compile --compile-mode $MODE
-  $vae --steps 4 --fp8"
-show() { grep -E "ready in|^N=|^(ready_s|load_s|graph_capture_s|warm_s|vae_aot|memory_gb):|Error|Traceback" | tail -12; }
-tag="${MODE}_vae-$VAE"
+  $vae --vae-warmup $WARMUP --steps 4 --fp8"
+show() { grep -E "ready in|^N=|^(ready_s|full_speed_s|load_s|graph_capture_s|warm_s|vae_aot|memory_gb):|Error|Traceback" | tail -12; }
+tag="${MODE}_vae-${VAE}_$WARMUP"
 echo "== $tag cold"
 timeout ${COLD_LIMIT:-330} python3 -m tools.bench_wan $args --ready-only -o "$OUT/ready_${tag}_cold.json" 2>&1 \
   | tee "$OUT/ready_${tag}_cold.log" | show

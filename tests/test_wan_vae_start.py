@@ -1,10 +1,15 @@
-"""The VAE's steady decode as AOTInductor packages (engines/wan/vae_aot.py), on CPU with the tiny VAE.
+"""How the VAE's compiled decode gets ready at a start, on CPU with the tiny VAE.
 
-A cold start exports and compiles two packages (batch 1, batches 2..max); a warm start (a new
-decoder over the same directory, as a restarted server is) loads them and compiles nothing; both
-give the frames of the eager decoder, chunk after chunk, for every batch size."""
+In the background (`--wan-vae-warmup background`): streams decode eagerly, with the same frames,
+until the graphs are compiled, then switch; a failed compile leaves them eager.
+As AOTInductor packages (engines/wan/vae_aot.py): a cold start exports and compiles two packages
+(batch 1, batches 2..max); a warm start (a new decoder over the same directory, as a restarted
+server is) loads them and compiles nothing; both give the frames of the eager decoder, chunk
+after chunk, for every batch size."""
 
 from __future__ import annotations
+
+import threading
 
 import torch
 
@@ -98,4 +103,69 @@ def test_a_package_that_cannot_be_built_falls_back_to_torch_compile(tmp_path, ca
     want = _stream_frames(StreamingVaeDecoder(vae, max_batch=2, frames_per_call=3), [2, 1])
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch._dynamo.reset()
+
+
+def _gated_backend(gate: threading.Event, callers: list[str], fail: bool = False):
+    """A torch.compile backend whose compile waits for `gate` and whose graphs note who calls them."""
+    def backend(gm, example_inputs):
+        assert gate.wait(60)
+        if fail:
+            raise RuntimeError("no compiler here")
+
+        def run(*args):
+            callers.append(threading.current_thread().name)
+            return gm.forward(*args)
+        return run
+    return backend
+
+
+def test_background_warm_up_decodes_eagerly_until_the_graphs_are_ready(caplog):
+    from engines.wan.vae_stream import StreamingVaeDecoder
+
+    torch.manual_seed(0)
+    vae = tiny_vae().eval()
+    eager = StreamingVaeDecoder(vae, max_batch=3, frames_per_call=3)
+    gate, callers = threading.Event(), []
+    torch._dynamo.reset()
+    dec = StreamingVaeDecoder(vae, max_batch=3, compile=True, frames_per_call=3,
+                              compile_backend=_gated_backend(gate, callers))
+    thread = dec.warm_up_in_background((4, 8), range(1, 4))
+    assert thread is not None and not dec.compiled_ready.is_set()
+    got, want = _stream_frames(dec, [2, 1]), _stream_frames(eager, [2, 1])  # while the compile waits
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert callers == [] and not dec.compiled_ready.is_set()
+
+    with caplog.at_level("INFO", logger="engines.wan.vae_stream"):
+        gate.set()
+        thread.join(120)
+    assert dec.compiled_ready.is_set() and dec.compiled_ready_s is not None
+    assert "compiled decoder serving after" in caplog.text
+    assert set(callers) == {"wan-vae-compile"}  # the warm-up's own steady calls
+    got, want = _stream_frames(dec, [3, 1], seed=1), _stream_frames(eager, [3, 1], seed=1)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert callers.count(threading.current_thread().name) == 4  # now the graphs serve: 2 groups x 2 chunks
+    torch._dynamo.reset()
+
+
+def test_a_failed_background_compile_leaves_the_decode_eager(caplog):
+    from engines.wan.vae_stream import StreamingVaeDecoder
+
+    torch.manual_seed(0)
+    vae = tiny_vae().eval()
+    gate, callers = threading.Event(), []
+    gate.set()
+    torch._dynamo.reset()
+    dec = StreamingVaeDecoder(vae, max_batch=2, compile=True, frames_per_call=3,
+                              compile_backend=_gated_backend(gate, callers, fail=True))
+    with caplog.at_level("ERROR", logger="engines.wan.vae_stream"):
+        dec.warm_up_in_background((4, 8), range(1, 3)).join(120)
+    assert not dec.compiled_ready.is_set() and "frames stay eager" in caplog.text
+    got = _stream_frames(dec, [2])
+    want = _stream_frames(StreamingVaeDecoder(vae, max_batch=2, frames_per_call=3), [2])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    assert callers == []
     torch._dynamo.reset()
