@@ -183,6 +183,8 @@ class StreamingVaeDecoder:
                      self.compiled_ready_s)
 
         thread = threading.Thread(target=run, name="wan-vae-compile", daemon=True)
+        log.info("wan vae: compiling the decoder's graphs in the background; steady frames decode eagerly "
+                 "(slower) until they serve")
         thread.start()
         return thread
 
