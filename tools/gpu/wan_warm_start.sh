@@ -6,8 +6,8 @@
 # on a thread (serve --wan-vae-warmup background; the report adds full_speed_s). Reports ready_s and
 # warm_s (fp8, VAE, transformer per bucket). SECS=N: the warm start then runs 10 sessions through the
 # server's scheduler, pipelined, for N s (fps, chunk interval p95, cue). PROFILE=1: a cProfile of
-# one more warm start.
-# Usage: [MODE=regional] [VAE=jit] [WARMUP=start] [SECS=0] [PROFILE=0] bash tools/gpu/wan_warm_start.sh
+# one more warm start. PHASES="cold warm" (the default), or one of them.
+# Usage: [MODE=regional] [VAE=jit] [WARMUP=start] [SECS=0] [PHASES="cold warm"] [PROFILE=0] bash tools/gpu/wan_warm_start.sh
 set -uo pipefail
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.cache/inductor} TORCHINDUCTOR_FX_GRAPH_CACHE=1 TORCHINDUCTOR_AUTOGRAD_CACHE=1
@@ -20,16 +20,20 @@ args="--random-weights --chunk-frames 3 --vae-batch 5 --batch 5 --sessions 10 --
   $vae --vae-warmup $WARMUP --steps 4 --fp8"
 show() { grep -E "ready in|^N=|^(ready_s|full_speed_s|load_s|graph_capture_s|warm_s|vae_aot|memory_gb):|Error|Traceback" | tail -12; }
 tag="${MODE}_vae-${VAE}_$WARMUP"
-echo "== $tag cold"
-timeout ${COLD_LIMIT:-330} python3 -m tools.bench_wan $args --ready-only -o "$OUT/ready_${tag}_cold.json" 2>&1 \
-  | tee "$OUT/ready_${tag}_cold.log" | show
-echo "== $tag warm"
-if [ "$SECS" != 0 ]; then
-  timeout ${WARM_LIMIT:-240} python3 -m tools.bench_wan $args --scheduler --depths 2 --seconds "$SECS" \
-    -o "$OUT/ready_${tag}_warm.json" 2>&1 | tee "$OUT/ready_${tag}_warm.log" | show
-else
-  timeout ${WARM_LIMIT:-240} python3 -m tools.bench_wan $args --ready-only -o "$OUT/ready_${tag}_warm.json" 2>&1 \
-    | tee "$OUT/ready_${tag}_warm.log" | show
+if [[ " ${PHASES:-cold warm} " == *" cold "* ]]; then
+  echo "== $tag cold"
+  timeout ${COLD_LIMIT:-330} python3 -m tools.bench_wan $args --ready-only -o "$OUT/ready_${tag}_cold.json" 2>&1 \
+    | tee "$OUT/ready_${tag}_cold.log" | show
+fi
+if [[ " ${PHASES:-cold warm} " == *" warm "* ]]; then
+  echo "== $tag warm"
+  if [ "$SECS" != 0 ]; then
+    timeout ${WARM_LIMIT:-240} python3 -m tools.bench_wan $args --scheduler --depths 2 --seconds "$SECS" \
+      -o "$OUT/ready_${tag}_warm.json" 2>&1 | tee "$OUT/ready_${tag}_warm.log" | show
+  else
+    timeout ${WARM_LIMIT:-240} python3 -m tools.bench_wan $args --ready-only -o "$OUT/ready_${tag}_warm.json" 2>&1 \
+      | tee "$OUT/ready_${tag}_warm.log" | show
+  fi
 fi
 if [ "${PROFILE:-0}" = 1 ]; then
   echo "== $tag warm, profiled"
