@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from realtime.settings import Settings
 
-WAN_FLAGS = ("checkpoint", "wan_dtype", "wan_chunk_latents", "wan_context_latents", "wan_height", "wan_width",
-             "wan_shift", "wan_sigmas", "wan_timesteps", "wan_prompt_embeds", "wan_compile", "wan_compile_mode",
-             "wan_vae_warmup", "wan_fp8", "wan_pipeline")
+# every --wan-* setting (and --checkpoint) for the commands that load an engine: precompute and render
+# take the serve flags that shape the engine, so their caches and frames match the server's
+WAN_FLAGS = ("checkpoint", *(f.name for f in fields(Settings) if f.name.startswith("wan_")))
 
 
 def load_engine(settings: Settings, cache_dir: str | Path | None = None, templates: dict | None = None) -> Any:
