@@ -12,13 +12,13 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 case "${1:-1}" in
 1)
   echo "== AOTInductor, a two-layer model"
-  timeout 120 python3 -X faulthandler -m tools.gpu.wan_vae_aot_check .cache/aoti-tiny --tiny > "$OUT/aoti_tiny.log" 2>&1
+  timeout 90 python3 -X faulthandler -m tools.gpu.wan_vae_aot_check .cache/aoti-tiny --tiny > "$OUT/aoti_tiny.log" 2>&1
   echo "rc=$?"; grep -E "tiny|Error|Segmentation" "$OUT/aoti_tiny.log" | tail -4
   echo "== pipeline check with the in-turn noise floor"
   timeout 150 python3 -m tools.wan_pipeline_check > "$OUT/wan_pipeline_check.json" 2> "$OUT/wan_pipeline_check.log"
   echo "rc=$?"; tail -c 600 "$OUT/wan_pipeline_check.json"
   echo "== cold start, VAE in the background"
-  PHASES=cold COLD_LIMIT=330 WARMUP=background bash tools/gpu/wan_warm_start.sh
+  PHASES=cold COLD_LIMIT=300 WARMUP=background bash tools/gpu/wan_warm_start.sh
   ;;
 2)
   echo "== warm, VAE in the background, then 10 sessions"
