@@ -28,6 +28,11 @@ def _stream_frames(dec, batches: list[int], seed: int = 0) -> list[torch.Tensor]
     return out
 
 
+def _same(got: list[torch.Tensor], want: list[torch.Tensor], tol: float) -> None:
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
 def test_aot_packages_decode_like_eager_and_a_warm_start_only_loads_them(tmp_path):
     from engines.wan.vae_stream import StreamingVaeDecoder
 
@@ -39,8 +44,7 @@ def test_aot_packages_decode_like_eager_and_a_warm_start_only_loads_them(tmp_pat
     got = _stream_frames(cold, batches)
     assert len(cold.aot.built) == 2 and cold.aot.loaded == []  # batch 1 and batches 2..3
     assert cold.compiled_calls == 2 * len(batches)  # each group's two steady chunks
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    _same(got, want, 1e-4)
     assert want[-1].abs().amax() > 0.05  # real pictures
     assert sorted(p.name for p in tmp_path.glob("*.pt2")) == sorted(cold.aot.built)  # no temporary left over
 
@@ -48,16 +52,14 @@ def test_aot_packages_decode_like_eager_and_a_warm_start_only_loads_them(tmp_pat
     got = _stream_frames(warm, [3, 1, 2], seed=1)
     assert warm.aot.built == [] and sorted(warm.aot.loaded) == sorted(cold.aot.built)
     want = _stream_frames(StreamingVaeDecoder(vae, max_batch=3, frames_per_call=3), [3, 1, 2], seed=1)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    _same(got, want, 1e-4)
 
     # the packages hold no weights: they run on the decoder's own parameters, changed ones included
     with torch.no_grad():
         vae.decoder.conv_out.weight.mul_(-1.0)
     got = _stream_frames(warm, [2], seed=2)
     want = _stream_frames(StreamingVaeDecoder(vae, max_batch=3, frames_per_call=3), [2], seed=2)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+    _same(got, want, 1e-4)
 
 
 def test_package_names_follow_shapes_and_weights_layout(tmp_path):
@@ -101,8 +103,7 @@ def test_a_package_that_cannot_be_built_falls_back_to_torch_compile(tmp_path, ca
     assert dec.aot is None and graphs and dec.compiled_calls == 4
     assert "no AOTInductor package" in caplog.text and "NotADirectoryError" in caplog.text
     want = _stream_frames(StreamingVaeDecoder(vae, max_batch=2, frames_per_call=3), [2, 1])
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    _same(got, want, 1e-5)
     torch._dynamo.reset()
 
 
@@ -133,8 +134,7 @@ def test_background_warm_up_decodes_eagerly_until_the_graphs_are_ready(caplog):
     thread = dec.warm_up_in_background((4, 8), range(1, 4))
     assert thread is not None and not dec.compiled_ready.is_set()
     got, want = _stream_frames(dec, [2, 1]), _stream_frames(eager, [2, 1])  # while the compile waits
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    _same(got, want, 1e-5)
     assert callers == [] and not dec.compiled_ready.is_set()
 
     with caplog.at_level("INFO", logger="engines.wan.vae_stream"):
@@ -144,8 +144,7 @@ def test_background_warm_up_decodes_eagerly_until_the_graphs_are_ready(caplog):
     assert "compiled decoder serving after" in caplog.text
     assert set(callers) == {"wan-vae-compile"}  # the warm-up's own steady calls
     got, want = _stream_frames(dec, [3, 1], seed=1), _stream_frames(eager, [3, 1], seed=1)
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    _same(got, want, 1e-5)
     assert callers.count(threading.current_thread().name) == 4  # now the graphs serve: 2 groups x 2 chunks
     torch._dynamo.reset()
 
@@ -165,7 +164,6 @@ def test_a_failed_background_compile_leaves_the_decode_eager(caplog):
     assert not dec.compiled_ready.is_set() and "frames stay eager" in caplog.text
     got = _stream_frames(dec, [2])
     want = _stream_frames(StreamingVaeDecoder(vae, max_batch=2, frames_per_call=3), [2])
-    for a, b in zip(got, want):
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    _same(got, want, 1e-5)
     assert callers == []
     torch._dynamo.reset()

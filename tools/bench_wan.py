@@ -418,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "--wan-vae-warmup); the report adds full_speed_s, when they serve")
     ap.add_argument("--vae-aot", default="", metavar="DIR",
                     help="with --compile-vae: AOTInductor packages kept in DIR instead of torch.compile "
-                         "(serve --wan-vae-compile aot: a warm restart loads them)")
+                         "(a warm start loads them; engines/wan/vae_aot.py, not used by serve)")
     ap.add_argument("--vae-channels-last", action="store_true", help="channels-last 3D VAE decoder")
     ap.add_argument("--vae-frames-per-call", type=int, default=None,
                     help="steady latent frames per VAE decoder call (default: a whole chunk)")

@@ -67,12 +67,10 @@ def compare(engine: Any, avatar: Any, streams: int, batch: int, rounds: int = 3)
         return got, sch, time.monotonic() - t0
 
     got, sch, wall = asyncio.run(go())
-    diffs = [np.abs(r.frames.astype(np.int16) - e.astype(np.int16))
-             for rs, es in zip(got, expected) for r, e in zip(rs, es)]
+    diffs = _abs_diffs([[r.frames for r in rs] for rs in got], expected)
     # the same calls in turn once more: how far two runs of identical work differ on this device (a
     # difference of the pipelined frames within this is not the pipeline's)
-    again = [np.abs(a.astype(np.int16) - e.astype(np.int16))
-             for xs, es in zip(in_turn(), expected) for a, e in zip(xs, es)]
+    again = _abs_diffs(in_turn(), expected)
     return {"in_turn_repeat_max_abs_diff": int(max(d.max() for d in again)),
             "streams": streams, "batch": batch, "rounds": rounds, "batches": sch.batches,
             "batch_sizes": sorted({r.batch for rs in got for r in rs}),
@@ -80,6 +78,11 @@ def compare(engine: Any, avatar: Any, streams: int, batch: int, rounds: int = 3)
             "mean_abs_diff": float(np.mean([d.mean() for d in diffs])),
             "times_ordered": all(r.started <= r.sampled <= r.finished for rs in got for r in rs),
             "busy_s": round(sch.busy_s, 3), "wall_s": round(wall, 3)}
+
+
+def _abs_diffs(runs: list[list[np.ndarray]], expected: list[list[np.ndarray]]) -> list[np.ndarray]:
+    """Per stream and chunk, |frames - expected| as int16 (uint8 differences would wrap)."""
+    return [np.abs(a.astype(np.int16) - e.astype(np.int16)) for xs, es in zip(runs, expected) for a, e in zip(xs, es)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -221,8 +221,7 @@ class WanAvatarEngine:
     @property
     def vae_compiled(self) -> bool | None:
         """None: the VAE decodes eagerly; False while its graphs compile in the background; True."""
-        vs = self.wan.vae_stream
-        return None if vs._compiled is None else vs.compiled_ready.is_set()
+        return self.wan.vae_stream.compiled
 
     @property
     def emotions(self) -> tuple[str, ...]:

@@ -137,6 +137,12 @@ class StreamingVaeDecoder:
         return torch.compile(self.vae.decoder, dynamic=False, backend=self._backend)
 
     @property
+    def compiled(self) -> bool | None:
+        """None: steady frames decode eagerly (not compiled); False while the graphs compile in the
+        background; True once they serve."""
+        return None if self._compiled is None else self.compiled_ready.is_set()
+
+    @property
     def dtype(self) -> torch.dtype:
         return self.vae.post_quant_conv.weight.dtype
 
