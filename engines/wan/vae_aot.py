@@ -105,11 +105,10 @@ class AotSteadyDecoder:
         import torch._inductor
         path = self._path(key, x)
         t0 = time.perf_counter()
-        if not path.exists():
+        built = not path.exists()
+        if built:
             self._build(key, x, cache, path)
-            self.built.append(path.name)
-        else:
-            self.loaded.append(path.name)
+        (self.built if built else self.loaded).append(path.name)
         runner = torch._inductor.aoti_load_package(str(path))
         if self.share_weights:
             module = SteadyDecode(self.decoder, self.n_layers, key[1])
@@ -118,8 +117,8 @@ class AotSteadyDecoder:
             # the decoder's own tensors, not copies: the package holds no weights (module docstring)
             runner.load_constants({k: consts[k] for k in runner.get_constant_fqns()}, check_full_update=True,
                                   user_managed=self.user_managed)
-        log.info("wan vae: %s AOTInductor package %s in %.1f s", "built" if path.name in self.built else "loaded",
-                 path.name, time.perf_counter() - t0)
+        log.info("wan vae: %s AOTInductor package %s in %.1f s", "built" if built else "loaded", path.name,
+                 time.perf_counter() - t0)
         return runner
 
     @torch.no_grad()
