@@ -44,6 +44,9 @@ class Settings:
     # without them, 79 s sooner on an H100 warm; steady frames decode eagerly, slower, until they are)
     wan_vae_warmup: str = "start"
     wan_batch: int = 5  # most streams per engine call (the scheduler's batch; 10 streams: two calls of 5)
+    # most streams per VAE decoder call: the decode is compute-bound (H100: 7.27 ms a frame at 1, 7.13 at 5), and
+    # 1 keeps the compiled VAE to one static graph (a faster start than graphs for batch 1, 2 and 3+)
+    wan_vae_batch: int = 1
     wan_fp8: int = 0  # 1: fp8 linear layers in the transformer blocks (Hopper or newer; check your checkpoint's frames)
     # 1: two engine calls in flight, one's VAE decode overlapping the next one's steps (H100: 10 real-time streams,
     # 80.5-83.6 fps, against 9 in turn) | 0: calls in turn
@@ -225,7 +228,8 @@ class Settings:
             raise ValueError(f"wan_vae_warmup must be start or background, got {self.wan_vae_warmup!r}")
         if self.wan_prompt_embeds not in ("auto", "random"):
             raise ValueError(f"wan_prompt_embeds must be auto or random, got {self.wan_prompt_embeds!r}")
-        for name in ("wan_chunk_latents", "wan_context_latents", "wan_height", "wan_width", "wan_batch"):
+        for name in ("wan_chunk_latents", "wan_context_latents", "wan_height", "wan_width", "wan_batch",
+                     "wan_vae_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.wan_shift > 0:
@@ -249,7 +253,8 @@ class Settings:
                 "context_latent_frames": self.wan_context_latents, "height": self.wan_height,
                 "width": self.wan_width, "prompt_embeds": self.wan_prompt_embeds,
                 "compile": self.wan_compile_mode if self.wan_compile else False, "vae_warmup": self.wan_vae_warmup,
-                "fp8": bool(self.wan_fp8), "batch": self.wan_batch, "pipeline": bool(self.wan_pipeline),
+                "fp8": bool(self.wan_fp8), "batch": self.wan_batch, "vae_batch": self.wan_vae_batch,
+                "pipeline": bool(self.wan_pipeline),
                 "sigmas": self.wan_schedule()}
 
     def wan_schedule(self) -> list[float] | None:

@@ -277,6 +277,33 @@ def test_compiled_vae_makes_few_graphs_warms_them_up_and_never_recompiles(engine
     torch._dynamo.reset()
 
 
+def test_compiled_vae_one_stream_per_call_is_one_static_graph(engine):
+    """max_batch=1 (serve's --wan-vae-batch default): every batch of streams decodes one stream per
+    call through a single static graph, giving the frames a batched decode gives."""
+    from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
+
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(len(example_inputs))
+        return gm.forward
+
+    torch._dynamo.reset()
+    one = StreamingVaeDecoder(engine.vae, max_batch=1, compile=True, channels_last=True, frames_per_call=2,
+                              compile_backend=backend)
+    one.warm_up((4, 8), range(1, one.max_batch + 1))
+    assert len(graphs) == 1 and one.compiled_calls == 1
+    batched = StreamingVaeDecoder(engine.vae, max_batch=4, frames_per_call=2)
+    gen = torch.Generator().manual_seed(1)
+    a, b = [VaeStreamCache() for _ in range(3)], [VaeStreamCache() for _ in range(3)]
+    for T in (3, 2, 2):
+        z = torch.randn(3, Z, T, 4, 8, generator=gen)
+        for x, y in zip(one.decode(z, a), batched.decode(z, b)):
+            assert x.shape == y.shape and torch.allclose(x, y, atol=1e-5)
+    assert len(graphs) == 1 and one.compiled_calls == 1 + 3 * 2
+    torch._dynamo.reset()
+
+
 def test_regional_compile_traces_one_block_for_all_blocks():
     """compile="regional" (a faster warm restart): the transformer's repeated blocks share one compiled
     graph per batch size, and the output is the eager model's."""

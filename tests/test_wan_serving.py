@@ -242,6 +242,10 @@ def test_settings_require_a_complete_checkpoint(ckpts):
                                       "--wan-batch", "3"])
     assert args.wan_fp8 == 1 and args.wan_batch == 3
     assert Settings(engine="wan", checkpoint="x", wan_batch=3).wan_kwargs()["batch"] == 3
+    assert Settings(engine="wan", checkpoint="x").wan_kwargs()["vae_batch"] == 1
+    assert build_parser().parse_args(["serve", "--engine", "wan", "--wan-vae-batch", "2"]).wan_vae_batch == 2
+    with pytest.raises(ValueError, match="wan_vae_batch must be >= 1"):
+        Settings(engine="wan", checkpoint=str(ckpts["bare"]), wan_vae_batch=0).validate()
     with pytest.raises(ValueError, match="wan_batch must be >= 1"):
         Settings(engine="wan", checkpoint=str(ckpts["bare"]), wan_batch=0).validate()
     # --wan-compile-mode picks what --wan-compile 1 compiles; --wan-pipeline is a 0/1 switch

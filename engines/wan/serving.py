@@ -161,7 +161,7 @@ class WanAvatarEngine:
              device: str = "auto", dtype: str = "auto", steps: int = 4, shift: float = 5.0,
              chunk_latent_frames: int = 1, context_latent_frames: int = 1, height: int = 352, width: int = 640,
              prompt_embeds: str = "auto", compile: bool | str = False, vae_warmup: str = "start",
-             fp8: bool = False, batch: int = 5, pipeline: bool = False,
+             fp8: bool = False, batch: int = 5, vae_batch: int = 1, pipeline: bool = False,
              sigmas: list[float] | None = None) -> "WanAvatarEngine":
         """Checkpoint + prompt embeddings from `cache_dir`/prompt_embeds (computed there once when the
         checkpoint has a text encoder). Fails before loading any weights when the embeddings are missing.
@@ -171,6 +171,7 @@ class WanAvatarEngine:
         VAE's graphs are, which compile on a thread; WanEngine.accelerate), and with
         `fp8` fp8 linear layers in the transformer blocks. `batch` is also the most streams one engine
         call serves (the scheduler's batch): at 360P two calls of 5 outrun one of 10 on an H100.
+        `vae_batch`: most streams per VAE decoder call (1: one compiled graph, a faster warm start).
         `pipeline`: the scheduler keeps two calls in flight (launch_chunks). `sigmas`: a distilled
         checkpoint's own schedule (their count is the steps), instead of `steps` evenly spaced."""
         if templates is None:
@@ -204,7 +205,7 @@ class WanAvatarEngine:
         if wan.device.type == "cuda":
             buckets = wan_buckets(batch, compiled=bool(compile))
             wan.accelerate(compile=compile, vae_compile=bool(compile), buckets=buckets, warm_batches=buckets, fp8=fp8,
-                           vae_batch=batch, vae_warmup=vae_warmup)
+                           vae_batch=vae_batch, vae_warmup=vae_warmup)
         embeds_id, embeds = resolved
         if embeds_id == RANDOM:
             log.warning("wan engine: RANDOM prompt embeddings (explicit opt-in): emotions are not what their "

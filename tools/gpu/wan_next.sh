@@ -5,6 +5,10 @@
 #                                  pipeline check's noise floor; a cold start, VAE compiled in the background
 #   bash tools/gpu/wan_next.sh 2   warm starts: background (ready_s, full_speed_s, then 10 sessions
 #                                  through the server's scheduler for 20 s) and start (the cuDNN change)
+#   bash tools/gpu/wan_next.sh 3   one stream per VAE call (--wan-vae-batch 1: one static graph): a cold
+#                                  start, a warm start then 10 sessions for 20 s, one more warm start
+#   bash tools/gpu/wan_next.sh 4   after 3: the pipeline check, a warm start with the VAE in the
+#                                  background, 10 sessions for 40 s pipelined and in turn
 # Everything lands in $OUT (logs and JSON); the wheels in .whl are installed first by the caller.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONPYCACHEPREFIX=$PWD/.cache/pycache
@@ -25,5 +29,17 @@ case "${1:-1}" in
   PHASES=warm WARMUP=background SECS=20 WARM_LIMIT=200 bash tools/gpu/wan_warm_start.sh
   echo "== warm, VAE compiled before ready"
   PHASES=warm WARMUP=start WARM_LIMIT=150 bash tools/gpu/wan_warm_start.sh
+  ;;
+3)
+  PHASES=cold COLD_LIMIT=250 VAEB=1 bash tools/gpu/wan_warm_start.sh
+  PHASES=warm SECS=20 WARM_LIMIT=200 VAEB=1 bash tools/gpu/wan_warm_start.sh
+  OUT=$OUT/again PHASES=warm WARM_LIMIT=100 VAEB=1 bash tools/gpu/wan_warm_start.sh
+  ;;
+4)
+  echo "== pipeline check with the in-turn noise floor"
+  timeout 150 python3 -m tools.wan_pipeline_check > "$OUT/wan_pipeline_check.json" 2> "$OUT/wan_pipeline_check.log"
+  echo "rc=$?"; tail -c 600 "$OUT/wan_pipeline_check.json"
+  PHASES=warm WARMUP=background WARM_LIMIT=100 VAEB=1 bash tools/gpu/wan_warm_start.sh
+  LIMIT=300 VAEB=1 bash tools/gpu/wan_server_pipeline.sh 10 warm 40 2,1
   ;;
 esac

@@ -6,8 +6,9 @@
 # on a thread (serve --wan-vae-warmup background; the report adds full_speed_s). Reports ready_s and
 # warm_s (fp8, VAE, transformer per bucket). SECS=N: the warm start then runs 10 sessions through the
 # server's scheduler, pipelined, for N s (fps, chunk interval p95, cue). PROFILE=1: a cProfile of
-# one more warm start. PHASES="cold warm" (the default), or one of them.
-# Usage: [MODE=regional] [VAE=jit] [WARMUP=start] [SECS=0] [PHASES="cold warm"] [PROFILE=0] bash tools/gpu/wan_warm_start.sh
+# one more warm start. VAEB: most streams per VAE call (1, as serve's --wan-vae-batch: one static
+# graph; 5: graphs for batch 1, 2 and 3+, as before). PHASES="cold warm" (the default), or one of them.
+# Usage: [MODE=regional] [VAE=jit] [VAEB=1] [WARMUP=start] [SECS=0] [PHASES="cold warm"] [PROFILE=0] bash tools/gpu/wan_warm_start.sh
 set -uo pipefail
 export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.cache/inductor} TORCHINDUCTOR_FX_GRAPH_CACHE=1 TORCHINDUCTOR_AUTOGRAD_CACHE=1
@@ -16,10 +17,10 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-$PWD/.cache/inductor} 
 export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-$PWD/.cache/pycache}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; MODE=${MODE:-regional}; VAE=${VAE:-jit}; SECS=${SECS:-0}; WARMUP=${WARMUP:-start}
 vae="--compile-vae --vae-channels-last"; [ "$VAE" = aot ] && vae="$vae --vae-aot $PWD/.cache/aoti"
-args="--random-weights --chunk-frames 3 --vae-batch 5 --batch 5 --sessions 10 --server-buckets --compile --compile-mode $MODE
+args="--random-weights --chunk-frames 3 --vae-batch ${VAEB:-1} --batch 5 --sessions 10 --server-buckets --compile --compile-mode $MODE
   $vae --vae-warmup $WARMUP --steps 4 --fp8"
 show() { grep -E "ready in|^N=|^(ready_s|full_speed_s|load_s|graph_capture_s|warm_s|vae_aot|memory_gb):|Error|Traceback" | tail -12; }
-tag="${MODE}_vae-${VAE}_$WARMUP"
+tag="${MODE}_vae-${VAE}-b${VAEB:-1}_$WARMUP"
 if [[ " ${PHASES:-cold warm} " == *" cold "* ]]; then
   echo "== $tag cold"
   timeout ${COLD_LIMIT:-330} python3 -m tools.bench_wan $args --ready-only -o "$OUT/ready_${tag}_cold.json" 2>&1 \
