@@ -168,6 +168,7 @@ def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: 
 
     async def go(depth: int) -> dict:
         av.pipeline_depth = depth
+        torch.cuda.reset_peak_memory_stats()
         sch = EngineScheduler(av)
         await sch.start()
         t_stop = [float("inf")]
@@ -205,7 +206,8 @@ def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: 
                 "chunk_interval_ms_p95": p95, "chunks": len(gaps), "batches": sch.batches,
                 "mean_batch": round(sch.jobs_done / max(1, sch.batches), 2), "realtime_streams": int(fps // FPS),
                 "realtime": bool(int(fps // FPS) >= n and p95 <= chunk_s * 1000),
-                "cue_idle_ms": {"p50": _pct(cue[1:], 50), "max": round(max(cue[1:]), 1)}}
+                "cue_idle_ms": {"p50": _pct(cue[1:], 50), "max": round(max(cue[1:]), 1)},
+                "memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)}  # this run's peak
 
     for depth in depths:
         out[depth] = asyncio.run(go(depth))
@@ -277,6 +279,7 @@ def run(args) -> dict:
         report["vae_aot"] = {"built": eng.vae_stream.aot.built, "loaded": eng.vae_stream.aot.loaded}
     torch.cuda.synchronize()
     report["ready_s"] = round(time.perf_counter() - T_START, 2)  # process start -> ready to serve
+    report["memory_ready_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
     if args.vae_warmup == "background":  # timed runs need the compiled VAE: wait for it
         if not eng.vae_stream.compiled_ready.wait(timeout=1800):
             raise RuntimeError("the VAE's graphs did not compile in the background within 30 minutes")
@@ -419,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--vae-aot", default="", metavar="DIR",
                     help="with --compile-vae: AOTInductor packages kept in DIR instead of torch.compile "
                          "(a warm start loads them; engines/wan/vae_aot.py, not used by serve)")
+    ap.add_argument("--cudnn-heuristics", type=int, default=1, choices=(0, 1),
+                    help="0: a stream's first (eager) VAE frames time cuDNN's algorithms too, as before")
     ap.add_argument("--vae-channels-last", action="store_true", help="channels-last 3D VAE decoder")
     ap.add_argument("--vae-frames-per-call", type=int, default=None,
                     help="steady latent frames per VAE decoder call (default: a whole chunk)")
@@ -447,7 +452,13 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("avatarcast bench engine --engine wan: needs a CUDA GPU (the 5B model at 360P)", file=sys.stderr)
         return 2
+    if not args.cudnn_heuristics:
+        from contextlib import nullcontext
+
+        import engines.wan.vae_stream as vae_stream
+        vae_stream._cudnn_heuristics = lambda on: nullcontext()
     report = run(args)
+    report["cudnn_heuristics"] = bool(args.cudnn_heuristics)
     text = json.dumps(report, indent=1, default=str)
     if args.output:
         with open(args.output, "w") as f:

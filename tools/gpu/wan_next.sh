@@ -7,8 +7,10 @@
 #                                  through the server's scheduler for 20 s) and start (the cuDNN change)
 #   bash tools/gpu/wan_next.sh 3   one stream per VAE call (--wan-vae-batch 1: one static graph): a cold
 #                                  start, a warm start then 10 sessions for 20 s, one more warm start
-#   bash tools/gpu/wan_next.sh 4   after 3: the pipeline check, a warm start with the VAE in the
-#                                  background, 10 sessions for 40 s pipelined and in turn
+#   bash tools/gpu/wan_next.sh 4   a cold start (one stream per VAE call); warm starts with 10 sessions for 30 s,
+#                                  peak memory per phase, with and without cuDNN heuristics for eager frames;
+#                                  the pipeline check
+#   bash tools/gpu/wan_next.sh 5   after 4: the same with 5 streams per VAE call (its graphs compile first)
 # Everything lands in $OUT (logs and JSON); the wheels in .whl are installed first by the caller.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONPYCACHEPREFIX=$PWD/.cache/pycache
@@ -36,10 +38,14 @@ case "${1:-1}" in
   OUT=$OUT/again PHASES=warm WARM_LIMIT=100 VAEB=1 bash tools/gpu/wan_warm_start.sh
   ;;
 4)
+  PHASES=cold COLD_LIMIT=150 VAEB=1 bash tools/gpu/wan_warm_start.sh
+  PHASES=warm SECS=30 WARM_LIMIT=140 VAEB=1 bash tools/gpu/wan_warm_start.sh
+  PHASES=warm SECS=30 WARM_LIMIT=140 VAEB=1 HEUR=0 TAG=_heur0 bash tools/gpu/wan_warm_start.sh
   echo "== pipeline check with the in-turn noise floor"
-  timeout 150 python3 -m tools.wan_pipeline_check > "$OUT/wan_pipeline_check.json" 2> "$OUT/wan_pipeline_check.log"
+  timeout 120 python3 -m tools.wan_pipeline_check > "$OUT/wan_pipeline_check.json" 2> "$OUT/wan_pipeline_check.log"
   echo "rc=$?"; tail -c 600 "$OUT/wan_pipeline_check.json"
-  PHASES=warm WARMUP=background WARM_LIMIT=100 VAEB=1 bash tools/gpu/wan_warm_start.sh
-  LIMIT=300 VAEB=1 bash tools/gpu/wan_server_pipeline.sh 10 warm 40 2,1
+  ;;
+5)
+  PHASES=warm SECS=30 WARM_LIMIT=450 VAEB=5 bash tools/gpu/wan_warm_start.sh  # cold for batch 5's VAE graphs
   ;;
 esac
