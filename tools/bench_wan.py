@@ -160,6 +160,8 @@ def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: 
     """N sessions through the server's scheduler and serving adapter (see the module docstring)."""
     import asyncio
 
+    import torch
+
     from realtime.scheduler import ChunkJob, EngineScheduler, copy_state
 
     av, avatar = serving_engine(wan, batch)
@@ -295,10 +297,17 @@ def run(args) -> dict:
     if args.ready_only:
         return report
     if args.scheduler:
+        if args.memory_trace:  # where the scheduled runs' memory peak comes from (tools/gpu/memory_peak.py)
+            torch.cuda.memory._record_memory_history(max_entries=2_000_000)
         report["scheduled"] = {n: _scheduled(eng, n, args.seconds, args.batch or 5, 4 * args.chunk_frames / FPS,
                                              tuple(int(d) for d in str(args.depths).split(",")))
                                for n in sessions}
         report["memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if args.memory_trace:
+            from tools.gpu.memory_peak import peak_report
+            report["memory_peak"] = peak_report(torch.cuda.memory._snapshot())
+            torch.cuda.memory._record_memory_history(enabled=None)
+            print(report["memory_peak"], file=sys.stderr, flush=True)
         return report
     del probe, probe_ref, got, diff
 
@@ -436,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--keep-on-gpu", action="store_true", help="do not copy frames to host memory")
     ap.add_argument("--scheduler", action="store_true",
                     help="sessions through the server's EngineScheduler and serving adapter (see scheduled[N])")
+    ap.add_argument("--memory-trace", action="store_true",
+                    help="--scheduler: trace the allocator and report the largest blocks live at the peak")
     ap.add_argument("--depths", default="2,1", help="--scheduler: pipeline depths to run (2: --wan-pipeline 1)")
     ap.add_argument("--server-buckets", action="store_true",
                     help="also capture the CUDA-graph buckets serve captures (engines.wan.serving.wan_buckets: "

@@ -12,6 +12,8 @@
 #                                  the pipeline check
 #   bash tools/gpu/wan_next.sh 5   after 4: the same with 5 streams per VAE call (its graphs compile first),
 #                                  then one stream per call again
+#   bash tools/gpu/wan_next.sh 6   one stream per VAE call: a cold start; where the scheduled run's memory
+#                                  peak comes from; 10 sessions for 60 s pipelined
 # Everything lands in $OUT (logs and JSON); the wheels in .whl are installed first by the caller.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONPYCACHEPREFIX=$PWD/.cache/pycache
@@ -47,7 +49,13 @@ case "${1:-1}" in
   echo "rc=$?"; tail -c 600 "$OUT/wan_pipeline_check.json"
   ;;
 5)
-  PHASES=warm SECS=30 WARM_LIMIT=420 VAEB=5 bash tools/gpu/wan_warm_start.sh  # cold for batch 5's VAE graphs
+  [ "${2:-}" = b1 ] && PHASES=warm SECS=30 WARM_LIMIT=140 VAEB=1 bash tools/gpu/wan_warm_start.sh
+  PHASES=warm SECS=30 WARM_LIMIT=300 VAEB=5 bash tools/gpu/wan_warm_start.sh  # cold for batch 5's VAE graphs
   PHASES=warm SECS=30 WARM_LIMIT=140 VAEB=1 TAG=_again bash tools/gpu/wan_warm_start.sh
+  ;;
+6)
+  PHASES=cold COLD_LIMIT=150 VAEB=1 bash tools/gpu/wan_warm_start.sh
+  PHASES=warm SECS=8 DEPTHS=1 MEMTRACE=1 WARM_LIMIT=120 VAEB=1 TAG=_memtrace bash tools/gpu/wan_warm_start.sh
+  PHASES=warm SECS=60 WARM_LIMIT=170 VAEB=1 TAG=_60s bash tools/gpu/wan_warm_start.sh
   ;;
 esac
