@@ -58,4 +58,8 @@ case "${1:-1}" in
   PHASES=warm SECS=8 DEPTHS=1 MEMTRACE=1 WARM_LIMIT=120 VAEB=1 TAG=_memtrace bash tools/gpu/wan_warm_start.sh
   PHASES=warm SECS=60 WARM_LIMIT=170 VAEB=1 TAG=_60s bash tools/gpu/wan_warm_start.sh
   ;;
+7)
+  PHASES=cold COLD_LIMIT=150 VAEB=1 bash tools/gpu/wan_warm_start.sh
+  PHASES=warm SECS=6 DEPTHS=1 MEMTRACE=1 WARM_LIMIT=120 VAEB=1 TAG=_memtrace bash tools/gpu/wan_warm_start.sh
+  ;;
 esac

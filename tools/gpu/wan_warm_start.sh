@@ -22,7 +22,7 @@ vae="--compile-vae --vae-channels-last"; [ "$VAE" = aot ] && vae="$vae --vae-aot
 args="--random-weights --chunk-frames 3 --vae-batch ${VAEB:-1} --batch 5 --sessions 10 --server-buckets --compile --compile-mode $MODE
   $vae --vae-warmup $WARMUP --steps 4 --fp8 --cudnn-heuristics ${HEUR:-1} --depths ${DEPTHS:-2}"
 [ "${MEMTRACE:-0}" = 1 ] && args="$args --memory-trace"
-show() { grep -E "ready in|^N=|^peak of|^  +[0-9.]+ GiB|^(ready_s|full_speed_s|load_s|graph_capture_s|warm_s|vae_aot|memory_gb|memory_ready_gb):|Error|Traceback" | tail -24; }
+show() { grep -E "ready in|^N=|^peak of|^  +[0-9]+ x |^(ready_s|full_speed_s|load_s|graph_capture_s|warm_s|vae_aot|memory_gb|memory_ready_gb):|Error|Traceback" | tail -24; }
 tag="${MODE}_vae-${VAE}-b${VAEB:-1}_${WARMUP}${TAG:-}"
 if [[ " ${PHASES:-cold warm} " == *" cold "* ]]; then
   echo "== $tag cold"
