@@ -198,6 +198,26 @@ def test_streaming_decode_mixes_fresh_and_running_streams(engine):
     assert np.abs(both[0].astype(int) - both[1].astype(int)).max() > 10  # different streams
 
 
+def test_stream_caches_own_their_memory(engine):
+    """A cache kept between chunks holds only its own frames, not the batch's merged cache or the
+    activation it was sliced from (on an H100 such views doubled the peak memory), eager or compiled."""
+    from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
+
+    def backend(gm, example_inputs):
+        return gm.forward
+
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(2)
+    for dec in (StreamingVaeDecoder(engine.vae, max_batch=3, frames_per_call=2),
+                StreamingVaeDecoder(engine.vae, max_batch=1, compile=True, frames_per_call=2, compile_backend=backend)):
+        caches = [VaeStreamCache() for _ in range(3)]
+        for T in (3, 2):
+            dec.decode(torch.randn(3, Z, T, 4, 8, generator=gen), caches)
+            held = [f for c in caches for f in c.feats if torch.is_tensor(f)]
+            assert held and all(f.untyped_storage().nbytes() == f.numel() * f.element_size() for f in held)
+    torch._dynamo.reset()
+
+
 def test_fp8_blocks_quantize_every_block_linear_and_stay_close(ckpt):
     """engines/wan/fp8.py: every linear layer of the transformer blocks becomes fp8 (per-channel weights,
     per-token activations); on the CPU the same quantized numbers are multiplied in float32, so this

@@ -14,6 +14,8 @@
 #                                  then one stream per call again
 #   bash tools/gpu/wan_next.sh 6   one stream per VAE call: a cold start; where the scheduled run's memory
 #                                  peak comes from; 10 sessions for 60 s pipelined
+#   bash tools/gpu/wan_next.sh 7|8 7: a cold start and where the memory peak comes from; 8: the same
+#                                  and then 10 sessions for 60 s, pipelined and in turn
 # Everything lands in $OUT (logs and JSON); the wheels in .whl are installed first by the caller.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONPYCACHEPREFIX=$PWD/.cache/pycache
@@ -61,5 +63,10 @@ case "${1:-1}" in
 7)
   PHASES=cold COLD_LIMIT=150 VAEB=1 bash tools/gpu/wan_warm_start.sh
   PHASES=warm SECS=6 DEPTHS=1 MEMTRACE=1 WARM_LIMIT=120 VAEB=1 TAG=_memtrace bash tools/gpu/wan_warm_start.sh
+  ;;
+8)
+  PHASES=cold COLD_LIMIT=150 VAEB=1 bash tools/gpu/wan_warm_start.sh
+  PHASES=warm SECS=6 DEPTHS=1 MEMTRACE=1 WARM_LIMIT=100 VAEB=1 TAG=_memtrace bash tools/gpu/wan_warm_start.sh
+  PHASES=warm SECS=60 DEPTHS=2,1 WARM_LIMIT=240 VAEB=1 TAG=_60s bash tools/gpu/wan_warm_start.sh
   ;;
 esac
