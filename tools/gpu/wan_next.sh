@@ -16,6 +16,8 @@
 #                                  peak comes from; 10 sessions for 60 s pipelined
 #   bash tools/gpu/wan_next.sh 7|8 7: a cold start and where the memory peak comes from; 8: the same
 #                                  and then 10 sessions for 60 s, pipelined and in turn
+#   bash tools/gpu/wan_next.sh 9   the server's engine start (tools/gpu/wan_engine_start.py): a random 5B
+#                                  checkpoint saved, then cold, warm and warm with the VAE in the background
 # Everything lands in $OUT (logs and JSON); the wheels in .whl are installed first by the caller.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONPYCACHEPREFIX=$PWD/.cache/pycache
@@ -68,5 +70,19 @@ case "${1:-1}" in
   PHASES=cold COLD_LIMIT=150 VAEB=1 bash tools/gpu/wan_warm_start.sh
   PHASES=warm SECS=6 DEPTHS=1 MEMTRACE=1 WARM_LIMIT=100 VAEB=1 TAG=_memtrace bash tools/gpu/wan_warm_start.sh
   PHASES=warm SECS=60 DEPTHS=2,1 WARM_LIMIT=240 VAEB=1 TAG=_60s bash tools/gpu/wan_warm_start.sh
+  ;;
+9)
+  echo "== the server's engine start (load_engine from serve flags): cold, warm, warm with the VAE in the background"
+  timeout 150 python3 -m tools.gpu.wan_engine_start --save-random /tmp/wan5b 2>&1 | tail -3
+  flags="--checkpoint /tmp/wan5b --cache-dir $PWD/.cache/serve --engine wan --wan-compile 1 --wan-fp8 1 --wan-chunk-latents 3
+    --wan-prompt-embeds random"
+  for run in cold warm; do
+    timeout 200 python3 -m tools.gpu.wan_engine_start $flags > "$OUT/wan_engine_start_$run.json" 2> "$OUT/wan_engine_start_$run.log"
+    echo "$run rc=$?"; grep -v '^  *"-\|^  *"[0-9a-z/]*",\?$' "$OUT/wan_engine_start_$run.json" | tr -d '\n'; echo
+  done
+  timeout 100 python3 -m tools.gpu.wan_engine_start $flags --wan-vae-warmup background > "$OUT/wan_engine_start_warm_background.json" \
+    2> "$OUT/wan_engine_start_warm_background.log"
+  echo "background rc=$?"; tr -d '\n' < "$OUT/wan_engine_start_warm_background.json"; echo
+  tail -3 "$OUT"/wan_engine_start_*.log
   ;;
 esac
