@@ -41,7 +41,7 @@ class Settings:
     # against 449-496 s, 1.2 s per graph warm) | full: the whole transformer
     wan_compile_mode: str = "regional"
     # with --wan-compile 1: start (the VAE's graphs compile before the server is ready) | background (ready
-    # without them, 79 s sooner on an H100 warm; steady frames decode eagerly, slower, until they are)
+    # without it: 37.5 s against 42.3 s on an H100 warm, full speed at 42.9 s; steady frames decode eagerly until then)
     wan_vae_warmup: str = "start"
     wan_batch: int = 5  # most streams per engine call (the scheduler's batch; 10 streams: two calls of 5)
     # most streams per VAE decoder call: the decode is compute-bound (H100: 7.27 ms a frame at 1, 7.13 at 5), and

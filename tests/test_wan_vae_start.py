@@ -107,9 +107,13 @@ def test_a_package_that_cannot_be_built_falls_back_to_torch_compile(tmp_path, ca
     torch._dynamo.reset()
 
 
-def _gated_backend(gate: threading.Event, callers: list[str], fail: bool = False):
-    """A torch.compile backend whose compile waits for `gate` and whose graphs note who calls them."""
+def _gated_backend(gate: threading.Event, callers: list[str], fail: bool = False,
+                   compiles: list[str] | None = None):
+    """A torch.compile backend whose compile waits for `gate` and whose graphs note who calls them
+    (and `compiles`, which thread compiled each graph)."""
     def backend(gm, example_inputs):
+        if compiles is not None:
+            compiles.append(threading.current_thread().name)
         assert gate.wait(60)
         if fail:
             raise RuntimeError("no compiler here")
@@ -127,10 +131,10 @@ def test_background_warm_up_decodes_eagerly_until_the_graphs_are_ready(caplog):
     torch.manual_seed(0)
     vae = tiny_vae().eval()
     eager = StreamingVaeDecoder(vae, max_batch=3, frames_per_call=3)
-    gate, callers = threading.Event(), []
+    gate, callers, compiles = threading.Event(), [], []
     torch._dynamo.reset()
     dec = StreamingVaeDecoder(vae, max_batch=3, compile=True, frames_per_call=3,
-                              compile_backend=_gated_backend(gate, callers))
+                              compile_backend=_gated_backend(gate, callers, compiles=compiles))
     thread = dec.warm_up_in_background((4, 8), range(1, 4))
     assert thread is not None and not dec.compiled_ready.is_set()
     got, want = _stream_frames(dec, [2, 1]), _stream_frames(eager, [2, 1])  # while the compile waits
@@ -146,6 +150,7 @@ def test_background_warm_up_decodes_eagerly_until_the_graphs_are_ready(caplog):
     got, want = _stream_frames(dec, [3, 1], seed=1), _stream_frames(eager, [3, 1], seed=1)
     _same(got, want, 1e-5)
     assert callers.count(threading.current_thread().name) == 4  # now the graphs serve: 2 groups x 2 chunks
+    assert compiles and set(compiles) == {"wan-vae-compile"}  # and the serving thread compiled none
     torch._dynamo.reset()
 
 

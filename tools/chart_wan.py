@@ -2,7 +2,7 @@
 
     cd docs/bench && python -m tools.chart_wan wan_h100_{t1_eager_graphs,k4,k3,fp8_t2_k4,fp8_t3_k4}.json \
         wan_h100_fp8_t3_k4_{pipeline,pipeline_vae_chunk,batch5}.json wan_h100_server_pipeline_regional_warm.json \
-        -o wan_h100.png
+        wan_h100_server_vae_b1_warm_60s.json -o wan_h100.png
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ def label(r: dict) -> str:
         vae = "VAE eager (its compile never engaged)"
     extra = (", fp8" if r.get("fp8") else "") + (", 2 pipelined groups" if r.get("pipeline") else "") \
         + (f", calls of {r['batch']} (server)" if r.get("batch") else "") \
-        + (", VAE a chunk per call" if (r.get("vae_frames_per_call") or 1) > 1 else "")
+        + (", VAE a chunk per call" if (r.get("vae_frames_per_call") or 1) > 1 else "") \
+        + (", one stream per VAE call" if r.get("vae_batch") == 1 and r.get("scheduled") else "")
     return f"{r['steps']} steps, {r['chunk_video_frames']}-frame chunks, {how}, {vae}{extra}"
 
 

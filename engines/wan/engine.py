@@ -151,8 +151,9 @@ class WanEngine:
         frames: 13.4 -> 7.9 ms per frame on an H100, docs/bench). fp8: the transformer blocks' linear
         layers in fp8 (engines/wan/fp8.py), before the graphs are captured.
         vae_warmup: "start" compiles the VAE's graphs before returning; "background" returns without
-        them (a warm restart's largest part, 79 s on an H100) and compiles them on a thread while the
-        steady frames decode eagerly (StreamingVaeDecoder.warm_up_in_background).
+        them (7-10 s of a warm restart on an H100 with vae_batch 1, 79 s with batched graphs) and
+        compiles them on a thread while the steady frames decode eagerly
+        (StreamingVaeDecoder.warm_up_in_background).
         vae_aot_dir: with vae_compile, the VAE's steady decode as AOTInductor packages kept there
         (engines/wan/vae_aot.py: a warm restart loads them instead of re-tracing the decoder).
         vae_frames_per_call: steady latent frames per decoder call, default a whole chunk (the same

@@ -10,6 +10,8 @@ Status: CPU-tested only. On the H100 device (torch 2.11+cu130) the packages buil
 one kills the process (a segfault in the package loader, with packaged weights too), so serve
 does not use this path yet; `bench engine --engine wan --compile-vae --vae-aot DIR` and
 `python -X faulthandler -m tools.gpu.wan_vae_aot_check DIR` reproduce it there.
+Since serve decodes one stream per VAE call (--wan-vae-batch 1), the jit VAE is one static graph that
+a warm start traces in 7-10 s on an H100, so the warm restart (42 s) no longer needs this path.
 
 The steady call (every cache entry a tensor, `frames_per_call` latent frames; the decoder's
 shape-changing first frames stay eager) is exported as a pure function

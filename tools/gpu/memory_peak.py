@@ -53,6 +53,6 @@ def peak_report(snapshot: dict, top: int = 8, device: int = 0) -> str:
              f"{len(events)} events)"]
     for (size, stream, where, freed), blocks in ranked:
         inner = _where(blocks[0].get("frames", []), keep=3, mine_only=False)
-        lines.append(f"  {len(blocks):4d} x {size / 2**30:6.3f} GiB  stream {stream}{'  freed, waiting' if freed else ''}"
-                     f"  {where}  [innermost: {inner}]")
+        wait = "  freed, waiting" if freed else ""
+        lines.append(f"  {len(blocks):4d} x {size / 2**30:6.3f} GiB  stream {stream}{wait}  {where}  [innermost: {inner}]")
     return "\n".join(lines)
