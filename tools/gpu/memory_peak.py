@@ -54,5 +54,6 @@ def peak_report(snapshot: dict, top: int = 8, device: int = 0) -> str:
     for (size, stream, where, freed), blocks in ranked:
         inner = _where(blocks[0].get("frames", []), keep=3, mine_only=False)
         wait = "  freed, waiting" if freed else ""
-        lines.append(f"  {len(blocks):4d} x {size / 2**30:6.3f} GiB  stream {stream}{wait}  {where}  [innermost: {inner}]")
+        lines.append(f"  {len(blocks):4d} x {size / 2**30:6.3f} GiB  stream {stream}{wait}  {where}"
+                     f"  [innermost: {inner}]")
     return "\n".join(lines)
