@@ -51,6 +51,10 @@ class Settings:
     # 1: two engine calls in flight, one's VAE decode overlapping the next one's steps (H100: 10 real-time streams,
     # 80.5-83.6 fps, against 9 in turn) | 0: calls in turn
     wan_pipeline: int = 1
+    # torch | tensorrt | onnxruntime: the transformer and the VAE's steady frame as exported graphs
+    # (python -m engines.wan.export ... --out DIR, then --wan-export-dir DIR; engines built and cached on first use)
+    wan_backend: str = "torch"
+    wan_export_dir: str = ""
     wan_prompt_embeds: str = "auto"  # auto: stored in the cache dir, or computed by the text encoder | random (benchmarks)
     host: str = "127.0.0.1"
     port: int = 8080
@@ -226,6 +230,11 @@ class Settings:
             raise ValueError(f"wan_compile_mode must be full or regional, got {self.wan_compile_mode!r}")
         if self.wan_vae_warmup not in ("start", "background"):
             raise ValueError(f"wan_vae_warmup must be start or background, got {self.wan_vae_warmup!r}")
+        if self.wan_backend not in ("torch", "tensorrt", "onnxruntime"):
+            raise ValueError(f"wan_backend must be torch, tensorrt or onnxruntime, got {self.wan_backend!r}")
+        if self.wan_backend != "torch" and not self.wan_export_dir:
+            raise ValueError(f"wan_backend {self.wan_backend} runs exported graphs: give wan_export_dir "
+                             "(python -m engines.wan.export --checkpoint CKPT --out DIR)")
         if self.wan_prompt_embeds not in ("auto", "random"):
             raise ValueError(f"wan_prompt_embeds must be auto or random, got {self.wan_prompt_embeds!r}")
         for name in ("wan_chunk_latents", "wan_context_latents", "wan_height", "wan_width", "wan_batch",
@@ -254,6 +263,7 @@ class Settings:
                 "width": self.wan_width, "prompt_embeds": self.wan_prompt_embeds,
                 "compile": self.wan_compile_mode if self.wan_compile else False, "vae_warmup": self.wan_vae_warmup,
                 "fp8": bool(self.wan_fp8), "batch": self.wan_batch, "vae_batch": self.wan_vae_batch,
+                "backend": self.wan_backend, "export_dir": self.wan_export_dir or None,
                 "pipeline": bool(self.wan_pipeline),
                 "sigmas": self.wan_schedule()}
 

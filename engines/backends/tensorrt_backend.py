@@ -515,6 +515,26 @@ class _Engine:
         return out
 
 
+    def run_all(self, feeds: dict) -> list:
+        """Every output (in the engine's order), for graphs with several (the Wan VAE frame and its caches)."""
+        torch = self.torch
+        keep = []
+        for name in self.inputs:
+            t = feeds[name].to(self.dtypes[name]).contiguous()
+            keep.append(t)
+            if not self.context.set_input_shape(name, tuple(t.shape)):
+                raise BackendError(f"{self.what}: input {name} shape {tuple(t.shape)} is outside the engine's profile")
+            self.context.set_tensor_address(name, t.data_ptr())
+        outs = []
+        for name in self.outputs:
+            o = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device="cuda")
+            self.context.set_tensor_address(name, o.data_ptr())
+            outs.append(o)
+        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
+            raise BackendError(f"{self.what}: TensorRT execution failed: " + " | ".join(self.logger.errors[-3:]))
+        return outs
+
+
 class TensorRTBackend:
     """encode/decode/denoise through TensorRT engines (and *_t on torch CUDA tensors).
 

@@ -14,6 +14,10 @@ needs a GPU that flavour supports (not Hopper: see DESIGN.md).
 
   python -m engines.wan.export --checkpoint DIR --out DIR [--build --module tensorrt_rtx]
   python -m engines.wan.export --random-weights --layers 1 --out DIR --build   (5B widths, 1 layer)
+
+DIR/export.json lists the graphs for serving them: `serve --engine wan --checkpoint CKPT
+--wan-backend tensorrt --wan-export-dir DIR` (engines/wan/runtime.py; export with the serve
+flags' --wan-chunk-latents as --chunk-frames).
 """
 
 from __future__ import annotations
@@ -117,6 +121,28 @@ def export_vae_step(engine, path: Path, dtype: torch.dtype = torch.float32) -> d
     return info
 
 
+MANIFEST = "export.json"  # what engines/wan/runtime.py reads: the graphs, their shapes and the cache layout
+
+
+def export_all(engine, out: Path, dtype: torch.dtype = torch.float32) -> dict:
+    """Both graphs into `out`, with the manifest that serving them needs (--wan-backend tensorrt|onnxruntime)."""
+    exported = {"denoiser": export_denoiser(engine, out / "wan_denoiser.onnx", dtype),
+                "vae_step": export_vae_step(engine, out / "wan_vae_step.onnx", dtype)}
+    write_manifest(out, exported, engine)
+    return exported
+
+
+def write_manifest(out: Path, exported: dict[str, dict], engine, engines: dict | None = None) -> Path:
+    """export.json: the graphs with paths relative to `out` (the directory can move) and the engine shape."""
+    graphs = {k: dict(v, path=Path(v["path"]).name) for k, v in exported.items()}
+    manifest = {"graphs": graphs, "context_latent_frames": engine.context_latent_frames,
+                "chunk_latent_frames": engine.chunk_latent_frames, "latent_hw": list(engine.latent_hw),
+                "z_dim": engine.z_dim, "engines": engines or {}}
+    path = Path(out) / MANIFEST
+    path.write_text(json.dumps(manifest, indent=1) + "\n")
+    return path
+
+
 def batch_profile(info: dict, max_batch: int, opt_batch: int | None = None) -> dict:
     """{input: (min, opt, max) shapes} over the batch axis, for build_engine."""
     opt = opt_batch or max(1, min(max_batch, 8))
@@ -175,14 +201,14 @@ def main(argv: list[str] | None = None) -> int:
                         chunk_latent_frames=args.chunk_frames)
     out = Path(args.out)
     dt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    report = {"exported": {"denoiser": export_denoiser(eng, out / "wan_denoiser.onnx", dt),
-                           "vae_step": export_vae_step(eng, out / "wan_vae_step.onnx", dt)}}
+    report = {"exported": export_all(eng, out, dt)}
     for k, v in report["exported"].items():
         print(f"  {k}: {v['path']} ({v['bytes'] / 1e6:.1f} MB) in {v['seconds']} s", file=sys.stderr)
     if args.build:
         report["engines"] = build(report["exported"], out / "engines", args.max_batch, args.module, args.precision,
                                   log=lambda m: print(m, file=sys.stderr), vae_max_batch=args.vae_max_batch,
                                   workspace_gb=args.workspace_gb)
+        write_manifest(out, report["exported"], eng, report["engines"])
     for v in report["exported"].values():
         v.pop("layout", None)
     print(json.dumps(report, indent=1))

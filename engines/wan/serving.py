@@ -161,7 +161,8 @@ class WanAvatarEngine:
              device: str = "auto", dtype: str = "auto", steps: int = 4, shift: float = 5.0,
              chunk_latent_frames: int = 1, context_latent_frames: int = 1, height: int = 352, width: int = 640,
              prompt_embeds: str = "auto", compile: bool | str = False, vae_warmup: str = "start",
-             fp8: bool = False, batch: int = 5, vae_batch: int = 1, pipeline: bool = False,
+             fp8: bool = False, batch: int = 5, vae_batch: int = 1,
+             pipeline: bool = False, backend: str = "torch", export_dir: str | Path | None = None,
              sigmas: list[float] | None = None) -> "WanAvatarEngine":
         """Checkpoint + prompt embeddings from `cache_dir`/prompt_embeds (computed there once when the
         checkpoint has a text encoder). Fails before loading any weights when the embeddings are missing.
@@ -172,6 +173,8 @@ class WanAvatarEngine:
         `fp8` fp8 linear layers in the transformer blocks. `batch` is also the most streams one engine
         call serves (the scheduler's batch): at 360P two calls of 5 outrun one of 10 on an H100.
         `vae_batch`: most streams per VAE decoder call (1: one compiled graph, a faster warm start).
+        `backend` "tensorrt" | "onnxruntime": the transformer and the VAE's steady frame run as the
+        graphs exported to `export_dir` (engines/wan/runtime.py) instead of the torch fast path.
         `pipeline`: the scheduler keeps two calls in flight (launch_chunks). `sigmas`: a distilled
         checkpoint's own schedule (their count is the steps), instead of `steps` evenly spaced."""
         if templates is None:
@@ -200,9 +203,15 @@ class WanAvatarEngine:
             wan._text_encoder = wan._tokenizer = None  # 5.7B parameters not needed again while serving
             if wan.device.type == "cuda":
                 torch.cuda.empty_cache()
-        if compile:
+        if backend != "torch":
+            from engines.wan.runtime import use_exported
+            if export_dir is None:
+                raise ValueError(f"backend {backend} needs export_dir (python -m engines.wan.export)")
+            use_exported(wan, export_dir, backend, cache_dir=Path(cache_dir) / "tensorrt", vae_max_batch=vae_batch,
+                         max_batch=batch)
+        elif compile:
             compile_cache_dir(cache_dir)
-        if wan.device.type == "cuda":
+        if wan.device.type == "cuda" and backend == "torch":
             buckets = wan_buckets(batch, compiled=bool(compile))
             wan.accelerate(compile=compile, vae_compile=bool(compile), buckets=buckets, warm_batches=buckets, fp8=fp8,
                            vae_batch=vae_batch, vae_warmup=vae_warmup)

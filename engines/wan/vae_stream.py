@@ -102,7 +102,8 @@ class StreamingVaeDecoder:
     """Decodes (B, C, T, h, w) latents of B streams, continuing each stream's own causal cache."""
 
     def __init__(self, vae, max_batch: int = 4, compile: bool = False, channels_last: bool = False,
-                 frames_per_call: int = 1, compile_backend="inductor", aot_dir: str | Path | None = None) -> None:
+                 frames_per_call: int = 1, compile_backend="inductor", aot_dir: str | Path | None = None,
+                 steady=None) -> None:
         self.vae = vae
         # Once a stream's cache is steady, every layer is a causal convolution (or per-frame) with a
         # 2-frame cache, so k latent frames decode in one call exactly as k calls would: bigger
@@ -127,11 +128,13 @@ class StreamingVaeDecoder:
         self.n_layers = vae._cached_conv_counts["decoder"]
         self.aot = None
         self._compiled = None
-        if compile and aot_dir is not None:  # ahead of time: a warm start loads packages (vae_aot.py)
+        if steady is not None:  # an exported graph run by TensorRT or ONNX Runtime (runtime.py): (x, feats) -> frames
+            self.aot = self._compiled = steady
+        elif compile and aot_dir is not None:  # ahead of time: a warm start loads packages (vae_aot.py)
             self.aot = self._compiled = AotSteadyDecoder(vae.decoder, self.n_layers, aot_dir, self.max_batch,
                                                          self._format)
         self._backend = compile_backend
-        if compile and self.aot is None:
+        if compile and self.aot is None and steady is None:
             self._compiled = self._jit()
         self.compiled_calls = 0
         # Steady calls use the compiled decoder while this is set: cleared while the graphs compile in
@@ -240,7 +243,7 @@ class StreamingVaeDecoder:
                 # its frames after the cache fills, decodes eagerly once)
                 compiled = self._compiled is not None and (self.compiled_ready.is_set()
                                                            or getattr(self._local, "warming", False))
-                fn = self._compiled if n == self.frames_per_call and compiled else self.vae.decoder
+                fn = self._compiled if steady and n == self.frames_per_call and compiled else self.vae.decoder
                 xt = x[:, :, t:t + n]
                 if fn is self._compiled:
                     self.compiled_calls += 1
