@@ -198,18 +198,28 @@ def test_streaming_decode_mixes_fresh_and_running_streams(engine):
     assert np.abs(both[0].astype(int) - both[1].astype(int)).max() > 10  # different streams
 
 
+def _counted(vae, **kw):
+    """A compiled StreamingVaeDecoder whose backend (no inductor: fast) lists the graphs it compiles."""
+    from engines.wan.vae_stream import StreamingVaeDecoder
+
+    graphs: list[int] = []
+
+    def backend(gm, example_inputs):
+        graphs.append(len(example_inputs))
+        return gm.forward
+
+    torch._dynamo.reset()
+    return StreamingVaeDecoder(vae, compile=True, compile_backend=backend, **kw), graphs
+
+
 def test_stream_caches_own_their_memory(engine):
     """A cache kept between chunks holds only its own frames, not the batch's merged cache or the
     activation it was sliced from (on an H100 such views doubled the peak memory), eager or compiled."""
     from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
 
-    def backend(gm, example_inputs):
-        return gm.forward
-
-    torch._dynamo.reset()
     gen = torch.Generator().manual_seed(2)
     for dec in (StreamingVaeDecoder(engine.vae, max_batch=3, frames_per_call=2),
-                StreamingVaeDecoder(engine.vae, max_batch=1, compile=True, frames_per_call=2, compile_backend=backend)):
+                _counted(engine.vae, max_batch=1, frames_per_call=2)[0]):
         caches = [VaeStreamCache() for _ in range(3)]
         for T in (3, 2):
             dec.decode(torch.randn(3, Z, T, 4, 8, generator=gen), caches)
@@ -270,17 +280,9 @@ def test_steady_frames_decode_several_per_call_like_one_per_call(engine):
 def test_compiled_vae_makes_few_graphs_warms_them_up_and_never_recompiles(engine):
     """Steady decodes compile one graph per batch-size class, all at warm_up: a new batch size or a
     cache sliced from another batch never stalls the streams with a compile."""
-    from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
+    from engines.wan.vae_stream import VaeStreamCache
 
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(len(example_inputs))
-        return gm.forward
-
-    torch._dynamo.reset()
-    dec = StreamingVaeDecoder(engine.vae, max_batch=5, compile=True, channels_last=True, frames_per_call=2,
-                              compile_backend=backend)
+    dec, graphs = _counted(engine.vae, max_batch=5, channels_last=True, frames_per_call=2)
     dec.warm_up((4, 8), range(1, 6))
     n = len(graphs)
     assert 1 <= n <= 3, graphs  # batch 1, 2 and >= 3 (a guard in conv2d's shape checks)
@@ -302,15 +304,7 @@ def test_compiled_vae_one_stream_per_call_is_one_static_graph(engine):
     call through a single static graph, giving the frames a batched decode gives."""
     from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
 
-    graphs = []
-
-    def backend(gm, example_inputs):
-        graphs.append(len(example_inputs))
-        return gm.forward
-
-    torch._dynamo.reset()
-    one = StreamingVaeDecoder(engine.vae, max_batch=1, compile=True, channels_last=True, frames_per_call=2,
-                              compile_backend=backend)
+    one, graphs = _counted(engine.vae, max_batch=1, channels_last=True, frames_per_call=2)
     one.warm_up((4, 8), range(1, one.max_batch + 1))
     assert len(graphs) == 1 and one.compiled_calls == 1
     batched = StreamingVaeDecoder(engine.vae, max_batch=4, frames_per_call=2)
