@@ -8,7 +8,7 @@
 # server's scheduler, pipelined, for N s (fps, chunk interval p95, cue). PROFILE=1: a cProfile of
 # one more warm start. HEUR=0: eager VAE frames time cuDNN's algorithms (bench --cudnn-heuristics 0).
 # DEPTHS: with SECS, the pipeline depths (2: pipelined, as serve; 2,1 adds calls in turn). TAG: a file-name suffix.
-# MEMTRACE=1: with SECS, the largest blocks live at the scheduled runs' memory peak, and where from. VAEB: most streams per VAE call (1, as serve's --wan-vae-batch: one static
+# FP8=0: the transformer blocks in bf16 (serve without --wan-fp8 1). MEMTRACE=1: with SECS, the largest blocks live at the scheduled runs' memory peak, and where from. VAEB: most streams per VAE call (1, as serve's --wan-vae-batch: one static
 # graph; 5: graphs for batch 1, 2 and 3+, as before). PHASES="cold warm" (the default), or one of them.
 # Usage: [MODE=regional] [VAE=jit] [VAEB=1] [WARMUP=start] [SECS=0] [PHASES="cold warm"] [PROFILE=0] bash tools/gpu/wan_warm_start.sh
 set -uo pipefail
@@ -20,7 +20,7 @@ export PYTHONPYCACHEPREFIX=${PYTHONPYCACHEPREFIX:-$PWD/.cache/pycache}
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"; MODE=${MODE:-regional}; VAE=${VAE:-jit}; SECS=${SECS:-0}; WARMUP=${WARMUP:-start}
 vae="--compile-vae --vae-channels-last"; [ "$VAE" = aot ] && vae="$vae --vae-aot $PWD/.cache/aoti"
 args="--random-weights --chunk-frames 3 --vae-batch ${VAEB:-1} --batch 5 --sessions 10 --server-buckets --compile --compile-mode $MODE
-  $vae --vae-warmup $WARMUP --steps 4 --fp8 --cudnn-heuristics ${HEUR:-1} --depths ${DEPTHS:-2}"
+  $vae --vae-warmup $WARMUP --steps 4 $([ "${FP8:-1}" = 1 ] && echo --fp8) --cudnn-heuristics ${HEUR:-1} --depths ${DEPTHS:-2}"
 [ "${MEMTRACE:-0}" = 1 ] && args="$args --memory-trace"
 show() { grep -E "ready in|^N=|^peak of|^  +[0-9]+ x |^(ready_s|full_speed_s|load_s|graph_capture_s|warm_s|vae_aot|memory_gb|memory_ready_gb):|Error|Traceback" | tail -24; }
 tag="${MODE}_vae-${VAE}-b${VAEB:-1}_${WARMUP}${TAG:-}"
