@@ -495,29 +495,9 @@ class _Engine:
             tmp.write_bytes(bytes(data))
             os.replace(tmp, self.runtime_cache_path)
 
-    def __call__(self, feeds: dict, out=None):
-        torch = self.torch
-        keep = []
-        for name in self.inputs:
-            t = feeds[name]
-            t = t.to(self.dtypes[name]).contiguous()
-            keep.append(t)
-            if not self.context.set_input_shape(name, tuple(t.shape)):
-                raise BackendError(f"{self.what}: input {name} shape {tuple(t.shape)} is outside the engine's profile")
-            self.context.set_tensor_address(name, t.data_ptr())
-        name = self.outputs[0]
-        shape = tuple(self.context.get_tensor_shape(name))
-        if out is None or tuple(out.shape) != shape or out.dtype != self.dtypes[name]:
-            out = torch.empty(shape, dtype=self.dtypes[name], device="cuda")
-        self.context.set_tensor_address(name, out.data_ptr())
-        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
-            raise BackendError(f"{self.what}: TensorRT execution failed: " + " | ".join(self.logger.errors[-3:]))
-        return out
-
-
-    def run_all(self, feeds: dict) -> list:
-        """Every output (in the engine's order), for graphs with several (the Wan VAE frame and its caches)."""
-        torch = self.torch
+    def _bind_inputs(self, feeds: dict) -> list:
+        """Set every input's shape and address; returns the (cast, contiguous) tensors, which the caller
+        keeps alive until the execution is queued."""
         keep = []
         for name in self.inputs:
             t = feeds[name].to(self.dtypes[name]).contiguous()
@@ -525,13 +505,31 @@ class _Engine:
             if not self.context.set_input_shape(name, tuple(t.shape)):
                 raise BackendError(f"{self.what}: input {name} shape {tuple(t.shape)} is outside the engine's profile")
             self.context.set_tensor_address(name, t.data_ptr())
+        return keep
+
+    def _execute(self) -> None:
+        if not self.context.execute_async_v3(self.torch.cuda.current_stream().cuda_stream):
+            raise BackendError(f"{self.what}: TensorRT execution failed: " + " | ".join(self.logger.errors[-3:]))
+
+    def __call__(self, feeds: dict, out=None):
+        keep = self._bind_inputs(feeds)  # noqa: F841 (alive until queued)
+        name = self.outputs[0]
+        shape = tuple(self.context.get_tensor_shape(name))
+        if out is None or tuple(out.shape) != shape or out.dtype != self.dtypes[name]:
+            out = self.torch.empty(shape, dtype=self.dtypes[name], device="cuda")
+        self.context.set_tensor_address(name, out.data_ptr())
+        self._execute()
+        return out
+
+    def run_all(self, feeds: dict) -> list:
+        """Every output (in the engine's order), for graphs with several (the Wan VAE frame and its caches)."""
+        keep = self._bind_inputs(feeds)  # noqa: F841 (alive until queued)
         outs = []
         for name in self.outputs:
-            o = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device="cuda")
+            o = self.torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self.dtypes[name], device="cuda")
             self.context.set_tensor_address(name, o.data_ptr())
             outs.append(o)
-        if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
-            raise BackendError(f"{self.what}: TensorRT execution failed: " + " | ".join(self.logger.errors[-3:]))
+        self._execute()
         return outs
 
 

@@ -134,7 +134,7 @@ class StreamingVaeDecoder:
             self.aot = self._compiled = AotSteadyDecoder(vae.decoder, self.n_layers, aot_dir, self.max_batch,
                                                          self._format)
         self._backend = compile_backend
-        if compile and self.aot is None and steady is None:
+        if compile and self.aot is None:
             self._compiled = self._jit()
         self.compiled_calls = 0
         # Steady calls use the compiled decoder while this is set: cleared while the graphs compile in
