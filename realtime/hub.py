@@ -309,7 +309,8 @@ class Hub:
                 "webrtc_peers": len(self.peers),
                 "max_sessions": self.settings.max_sessions,
                 "engine": {"name": self.settings.engine,
-                           "backend": "torch" if self.settings.engine == "wan" else self.settings.backend,
+                           "backend": (self.settings.wan_backend if self.settings.engine == "wan"
+                                       else self.settings.backend),
                            "steps": getattr(self.engine, "steps", None),
                            "weights": getattr(self.engine, "weights_hash", None),
                            # wan: False while the VAE's graphs compile in the background (slower frames)
