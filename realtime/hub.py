@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any, Callable
 
 from realtime.settings import Settings
@@ -96,11 +94,10 @@ class Hub:
             self.load_s[name] = round(time.perf_counter() - t0, 3)
             return out
 
-        cache_root = Path(os.path.expanduser("~/.cache/avatarcast"))
         self.engine, self.transcriber, self.reader = await asyncio.gather(
             timed("engine", lambda: load_engine(s)),
             timed("asr", lambda: Transcriber.load(s.asr_model)),
-            timed("emotion", lambda: EmotionReader.load(cache_dir=cache_root, threads=1)),
+            timed("emotion", lambda: EmotionReader.load(threads=1)),
         )
         self.templates = load_templates()
         self.cache = LatentsCache(self.engine, self.templates, s.cache_dir or None)

