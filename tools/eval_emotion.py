@@ -169,8 +169,8 @@ def markdown(result: dict, live: dict | None, title: str, data: str) -> str:
                                           f"p95 {live['read_partial_latency_ms']['p95']} ms" if live else "") + "."]
     if result["errors"]:
         lines += ["", "## Misread (clip mode)", ""]
-        lines += [f"- ({e['language']}) {e['text']} — expected {e['expected']}, read {e['got']} ({e['confidence']:.2f})"
-                  for e in result["errors"]]
+        lines += [f"- ({e['language']}) {e['text']} — expected {e['expected']}, read {e['got']} "
+                  f"({e['confidence']:.2f})" for e in result["errors"]]
     return "\n".join(lines) + "\n"
 
 

