@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from realtime.audio import Prosody
-from realtime.emotion import CUE_LABELS, TEMPLATE_EMOTIONS, EmotionReader
-from realtime.emotion.classifier import WEIGHTS_DIR, ClassifierMismatch, EmotionClassifier
-from realtime.emotion.encoder import E5Encoder
-from realtime.emotion.text import normalize
-from templates import load_templates
+from avatarcast.realtime.audio import Prosody
+from avatarcast.realtime.emotion import CUE_LABELS, TEMPLATE_EMOTIONS, EmotionReader
+from avatarcast.realtime.emotion.classifier import WEIGHTS_DIR, ClassifierMismatch, EmotionClassifier
+from avatarcast.realtime.emotion.encoder import E5Encoder
+from avatarcast.realtime.emotion.text import normalize
+from avatarcast.templates import load_templates
 from tools.eval_emotion import evaluate, evaluate_live, held_out, load_rows, markdown
 
 OLD_SET = Path(__file__).parent / "data" / "emotion_utterances.csv"

@@ -6,7 +6,7 @@ import csv
 from collections import Counter
 from pathlib import Path
 
-from realtime.emotion import CUE_LABELS
+from avatarcast.realtime.emotion import CUE_LABELS
 
 ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT = sorted((ROOT / "tests" / "data" / "emotion").glob("heldout*.csv"))

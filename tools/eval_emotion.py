@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime.emotion import CUE_LABELS, EmotionReader
+from avatarcast.realtime.emotion import CUE_LABELS, EmotionReader
 
 HELD_OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "emotion"
 SETS = {"A": "heldout_{}.csv", "B": "heldout_b_{}.csv", "C": "heldout_c_{}.csv", "D": "heldout_d_{}.csv"}

@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime.emotion.classifier import WEIGHTS_DIR, Head, deny
-from realtime.emotion.cue import CUE_LABELS
-from realtime.emotion.encoder import E5Encoder
-from realtime.emotion.lexicon import Lexicon
-from realtime.emotion.reader import _open_ended, _units
-from realtime.emotion.text import normalize
-from templates import load_templates
+from avatarcast.realtime.emotion.classifier import WEIGHTS_DIR, Head, deny
+from avatarcast.realtime.emotion.cue import CUE_LABELS
+from avatarcast.realtime.emotion.encoder import E5Encoder
+from avatarcast.realtime.emotion.lexicon import Lexicon
+from avatarcast.realtime.emotion.reader import _open_ended, _units
+from avatarcast.realtime.emotion.text import normalize
+from avatarcast.templates import load_templates
 
 DATA = Path(__file__).with_name("emotion_data")
 CACHE = Path(os.path.expanduser("~/.cache/avatarcast/emotion-train"))

@@ -5,7 +5,7 @@ finds the templates' keywords, classifier.py holds the trained weights, reader.p
 with prosody into an EmotionCue.
 """
 
-from realtime.emotion.cue import CUE_LABELS, TEMPLATE_EMOTIONS, EmotionCue
-from realtime.emotion.reader import EmotionReader
+from avatarcast.realtime.emotion.cue import CUE_LABELS, TEMPLATE_EMOTIONS, EmotionCue
+from avatarcast.realtime.emotion.reader import EmotionReader
 
 __all__ = ["CUE_LABELS", "TEMPLATE_EMOTIONS", "EmotionCue", "EmotionReader"]

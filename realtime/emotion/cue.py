@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from templates import load_templates
+from avatarcast.templates import load_templates
 
 # the avatar's template set, in file order; a cue never says "listening" (the state while someone talks)
 TEMPLATE_EMOTIONS: tuple[str, ...] = tuple(load_templates())

@@ -15,7 +15,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from realtime.emotion.text import has_cjk
+from avatarcast.realtime.emotion.text import has_cjk
 
 _NEGATORS_EN = re.compile(
     r"\b(not|no|never|don'?t|doesn'?t|didn'?t|isn'?t|aren'?t|wasn'?t|won'?t|can'?t|hardly|nothing|without"

