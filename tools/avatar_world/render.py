@@ -858,6 +858,32 @@ def render_frame(avatar: AvatarParams, pose: Pose, width: int = 640, height: int
     return out
 
 
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in output px
+
+
+@dataclass(frozen=True)
+class Landmarks:
+    """Where a frame's head (with headwear, not effects) and hands are: boxes for crops and per-part scores."""
+
+    head: Box
+    hands: tuple[Box, Box]  # screen left, screen right
+
+
+def landmarks(avatar: AvatarParams, pose: Pose, width: int = 640, height: int = 360) -> Landmarks:
+    """The head and hand boxes of ``render_frame(avatar, pose, width, height)``, outlines included."""
+    av = get_avatar(avatar)
+    rig = _rig(av, pose, width, height)
+    H = _Head(rig)
+    # head-local extent (head radii): the widest headwear (spiky hair, bob) and the bob's lower edge
+    side, below = 1.25, (1.2 if av.headwear == "hair_bob" else 1.0)
+    corners = [H(x, y) for x in (-side, side) for y in (-_HEADWEAR_TOP[av.headwear], below)]
+    xs, ys = [c[0] for c in corners], [c[1] for c in corners]
+    head = (min(xs) - rig.ol, min(ys) - rig.ol, max(xs) + rig.ol, max(ys) + rig.ol)
+    e = rig.hand_r + rig.ol
+    hands = tuple((x - e, y - e, x + e, y + e) for x, y in rig.hands)
+    return Landmarks(head, hands)  # type: ignore[arg-type]
+
+
 # ---------------------------------------------------------------------------
 def _start_time_from_seed(seed: int) -> float:
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, 0x57A7])
@@ -916,4 +942,5 @@ def render_clip(
     return frames
 
 
-__all__ = ["render_frame", "render_sequence", "render_clip", "sequence_poses", "EMOTIONS", "MotionVariation"]
+__all__ = ["render_frame", "render_sequence", "render_clip", "sequence_poses", "landmarks", "Landmarks", "EMOTIONS",
+           "MotionVariation"]

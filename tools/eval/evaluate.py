@@ -2,6 +2,7 @@
 
     python -m tools.eval.evaluate --engine tiny --backend onnxruntime --steps 2 --seeds 3 --out docs/eval
     python -m tools.eval.evaluate --engine renderer --seeds 3 --out /tmp/eval_renderer   # reference bound
+    python -m tools.eval.evaluate --fidelity --weights DIR --out DIR   # picture fidelity: tools/eval/fidelity.py
 
 For every built-in avatar x emotion x seed the engine generates a 2 s clip (16 frames at
 8 fps, intensity 1.0) and the renderer draws a reference clip of the same avatar and emotion
@@ -302,7 +303,13 @@ def markdown_report(res: dict, title: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--fidelity" in argv:  # `avatarcast eval --fidelity ...`: picture fidelity (tools/eval/fidelity.py)
+        from tools.eval import fidelity
+        return fidelity.main([a for a in argv if a != "--fidelity"])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fidelity", action="store_true",
+                    help="score picture fidelity instead (PSNR, sharpness, FD, detector): see --fidelity --help")
     ap.add_argument("--engine", default="tiny", choices=("tiny", "renderer"))
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--steps", type=int, default=2)
