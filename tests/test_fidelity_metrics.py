@@ -65,6 +65,12 @@ def test_psnr_and_ssim_known_values():
     assert np.allclose(s, lum, atol=1e-5)
 
 
+def test_over_white_composites():
+    f = np.array([[[0, 0, 0, 0], [255, 0, 0, 255], [0, 0, 255, 51]]], np.uint8)  # clear, opaque red, 20% blue
+    w = fm.over_white(fm.premultiplied(f))
+    assert np.allclose(w[0], [[1, 1, 1], [1, 0, 0], [0.8, 0.8, 1.0]], atol=1e-6)
+
+
 def _square(x0: int, y0: int, size: int = 20, shape=(60, 80)) -> np.ndarray:
     f = np.zeros((*shape, 4), np.uint8)
     f[y0:y0 + size, x0:x0 + size] = (200, 100, 50, 255)
