@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from engines.tiny.weights import DEFAULT_DIR
+from avatarcast.engines.tiny.weights import DEFAULT_DIR
 
 
 @pytest.mark.slow
 def test_quick_fidelity_eval_on_shipped_weights(tmp_path):
-    from realtime.cli import main
+    from avatarcast.realtime.cli import main
 
     assert main(["eval", "--fidelity", "--quick", "--weights", str(DEFAULT_DIR), "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "report.json").read_text())
@@ -55,7 +55,7 @@ def test_crops_are_one_to_one(tmp_path):
     # the renderer's face crop is in the image unscaled: find its top-left row of pixels verbatim
     from tools.avatar_world import get_avatar
     from tools.avatar_world.render import landmarks
-    from engines.tiny.engine import TinyEngine
+    from avatarcast.engines.tiny.engine import TinyEngine
 
     eng = TinyEngine.load(None, threads=2)
     av = get_avatar("tok")

@@ -133,8 +133,8 @@ def layout(rows: list[tuple[str, list]]) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from engines.tiny.engine import TinyEngine
-    from realtime.settings import Settings
+    from avatarcast.engines.tiny.engine import TinyEngine
+    from avatarcast.realtime.settings import Settings
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default=None, help="tiny engine weights folder (default: the shipped one)")

@@ -337,8 +337,8 @@ def run(weights: str | None, size: EvalSize, backend: str = "onnxruntime", steps
         threads: int = 2, rerun: int = 0, parts: tuple[str, ...] = PARTS, torch_threads: int = 1,
         log=print) -> dict:
     """The fidelity eval of one weights folder (the parts asked for); the report as a dict."""
-    from engines.tiny.engine import TinyEngine
-    from realtime.settings import Settings
+    from avatarcast.engines.tiny.engine import TinyEngine
+    from avatarcast.realtime.settings import Settings
 
     t0, c0 = time.time(), time.process_time()
     timing: dict = {"loadavg_start": _loadavg()}  # other processes' load makes wall times provisional
