@@ -29,7 +29,8 @@ decision after its origin), asr, emotion, cache/sample (first chunk ready),
 frame slot (waiting for the next 1/8 s frame), encode, and client gap (client TTER - server
 TTER: in clip mode the upload/delivery; in stream mode also the offset between the client's
 energy-based speech end and the server's origin, and whatever delays the server's end-of-speech
-stamp, e.g. an audio backlog). With DIR/labels.csv (file,emotion,text) the emotion accuracy is reported too.
+stamp, e.g. an audio backlog). With DIR/labels.csv or DIR/manifest.csv (columns file,emotion,text) the
+emotion accuracy is reported too. The checkout's tests/data/speech/en and /zh are such folders (neural voices).
 
 --json prints one JSON object (clips + summary + machine) to stdout; logs go to stderr.
 --chart PNG draws each clip's breakdown as a stacked horizontal bar with TTFF/TTER marked.
@@ -87,8 +88,9 @@ class Clip:
 
 
 def load_labels(folder: Path) -> dict[str, dict]:
-    f = folder / "labels.csv"
-    if not f.is_file():
+    """file -> {emotion, text} from labels.csv (tools/make_clips.py) or manifest.csv (tools/make_speech.py)."""
+    f = next((p for p in (folder / "labels.csv", folder / "manifest.csv") if p.is_file()), None)
+    if f is None:
         return {}
     out = {}
     with open(f, newline="", encoding="utf-8") as fh:
@@ -360,7 +362,7 @@ async def measure_clip(base_url: str, clip: Clip, args: argparse.Namespace, slot
     from realtime.protocol import TAG_CLIP
 
     row: dict[str, Any] = {"file": clip.name, "session": slot, "duration_s": round(clip.duration_s, 2),
-                           "expected": clip.expected, "transcript": None, "emotion": None, "correct": None,
+                           "expected": clip.expected, "transcript": None, "language": None, "emotion": None, "correct": None,
                            "ttff_ms": None, "tter_ms": None, "first_reaction_ms": None, "first_reaction_emotion": None, "ttff_source": None,
                            "listening_ms": None, "onset_event_ms": None, "endpoint_ms": None, "final_ms": None, "decision_ms": None, "server": None, "clip_stages_ms": None, "breakdown_ms": None,
                            "frames_late": 0, "frames": 0, "error": None}
@@ -432,6 +434,9 @@ async def measure_clip(base_url: str, clip: Clip, args: argparse.Namespace, slot
         finals = {e["payload"].get("utterance"): e["payload"].get("text", "")
                   for t, e in conn.of_type("transcript_final") if e["payload"].get("source") in kinds}
         clip_ev = [e["payload"] for t, e in conn.of_type("clip")]
+        langs = [e["payload"].get("language") for t, e in conn.of_type("transcript_final")
+                 if e["payload"].get("source") in kinds and e["payload"].get("text")]
+        row["language"] = langs[-1] if langs else None  # what ASR heard (the server detects it unless told)
         if args.mode == "clip" and clip_ev:
             row["transcript"] = clip_ev[-1].get("transcript")
             row["clip_stages_ms"] = clip_ev[-1].get("stages_ms")
@@ -557,6 +562,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def http_get(url: str, timeout: float) -> tuple[int, str]:
+    """(status, body) of a GET; OSError when nothing answers. The standard library's client: the benchmarks
+    run after the plain install, which has no HTTP client package (httpx is a dev dependency)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as exc:  # 4xx/5xx: still an answer
+        return exc.code, exc.read().decode("utf-8", "replace")
+
+
 class ServerProcess:
     """`python -m realtime.cli serve --port P ...` as a child; log in a temporary file."""
 
@@ -570,8 +588,6 @@ class ServerProcess:
         self.ready_s: float | None = None
 
     def start(self) -> None:
-        import httpx
-
         cmd = [sys.executable, "-m", "realtime.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         if "--log-level" not in self.extra:
             cmd += ["--log-level", "warning"]
@@ -586,12 +602,12 @@ class ServerProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited with code {self.proc.returncode}:\n{self.tail()}")
             try:
-                r = httpx.get(self.url + "/readyz", timeout=2.0)
-                if r.status_code == 200:
+                status, text = http_get(self.url + "/readyz", timeout=2.0)
+                if status == 200:
                     break
-                if r.status_code == 503 and "start_failed" in r.text:
-                    raise RuntimeError(f"the server failed to start: {r.text}\n{self.tail()}")
-            except httpx.TransportError:
+                if status == 503 and "start_failed" in text:
+                    raise RuntimeError(f"the server failed to start: {text}\n{self.tail()}")
+            except OSError:
                 pass
             if time.monotonic() - t0 > self.ready_timeout:
                 raise RuntimeError(f"the server was not ready after {self.ready_timeout:g} s:\n{self.tail()}")
@@ -624,24 +640,20 @@ class ServerProcess:
 
 
 def server_status(base_url: str) -> dict | None:
-    import httpx
-
     try:
-        r = httpx.get(base_url.rstrip("/") + "/v1/status", timeout=5.0)
-        return r.json() if r.status_code == 200 else None
+        status, text = http_get(base_url.rstrip("/") + "/v1/status", timeout=5.0)
+        return json.loads(text) if status == 200 else None
     except Exception:
         return None
 
 
 def wait_ready(base_url: str, timeout: float) -> None:
-    import httpx
-
     t0 = time.monotonic()
     while True:
         try:
-            if httpx.get(base_url.rstrip("/") + "/readyz", timeout=2.0).status_code == 200:
+            if http_get(base_url.rstrip("/") + "/readyz", timeout=2.0)[0] == 200:
                 return
-        except httpx.TransportError:
+        except OSError:
             pass
         if time.monotonic() - t0 > timeout:
             raise RuntimeError(f"{base_url}/readyz did not answer 200 within {timeout:g} s")
@@ -911,7 +923,7 @@ def setup_logging() -> None:
     """Progress lines on stderr (stdout may hold the JSON report); client libraries kept quiet."""
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "httpcore", "matplotlib", "websockets"):
+    for noisy in ("matplotlib", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

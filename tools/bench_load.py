@@ -4,7 +4,8 @@
         [--gap 2,8] [--no-retry] [--server-args "--max-sessions 2 ..."]
 
 Without --url it starts `python -m realtime.cli serve` on a free loopback port (as `bench latency`
-does). Without --clips it makes 8 espeak-ng clips (tools/make_clips.py) in a temporary folder.
+does). Without --clips it uses the checkout's committed neural-voice clips (tests/data/speech/en,
+tools/make_speech.py), or where those are missing makes 8 espeak-ng clips (tools/make_clips.py).
 
 Each of the N session slots opens `/v1/ws?avatar=pip`. A refused session (close 1013, the
 server's admission control or max_sessions; 1008, a rate limit) is counted with its reason and,
@@ -35,9 +36,9 @@ from typing import Any
 
 import numpy as np
 
-from tools.bench_latency import (Clip, Conn, _decided, _latency_for, client_times, dist,
-                                 interval_stats, load_clips, machine, run_on_server, setup_logging,
-                                 ws_url)
+from tools.bench_latency import (REPO, Clip, Conn, _decided, _latency_for, client_times, dist,
+                                 interval_stats, load_clips, machine, run_on_server, server_status,
+                                 setup_logging, ws_url)
 
 log = logging.getLogger("avatarcast.bench.load")
 RETRY_S = 5.0
@@ -161,17 +162,14 @@ async def run_slot(slot: Slot, base: str, clips: list[Clip], args: argparse.Name
 
 async def watch_status(base: str, stop: asyncio.Event, samples: list[dict], t0: float) -> None:
     """The server's load figures every 2 s: degradation level, engine busy, sessions."""
-    import httpx
-
-    async with httpx.AsyncClient(timeout=5.0) as c:
-        while not stop.is_set():
-            with contextlib.suppress(Exception):
-                st = (await c.get(base + "/v1/status")).json()
-                load = st.get("load") or {}
-                samples.append({"t_s": round(time.monotonic() - t0, 1), "sessions": st.get("sessions"),
-                                "level": load.get("degradation_level"), "busy": load.get("engine_busy")})
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(stop.wait(), 2.0)
+    while not stop.is_set():
+        st = await asyncio.to_thread(server_status, base)
+        if st is not None:
+            load = st.get("load") or {}
+            samples.append({"t_s": round(time.monotonic() - t0, 1), "sessions": st.get("sessions"),
+                            "level": load.get("degradation_level"), "busy": load.get("engine_busy")})
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 2.0)
 
 
 async def run_all(base: str, clips: list[Clip], args: argparse.Namespace) -> tuple[list[Slot], list[dict]]:
@@ -255,7 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sessions", type=int, default=4, help="concurrent session slots")
     ap.add_argument("--seconds", type=float, default=60.0, help="how long the run lasts")
-    ap.add_argument("--clips", default=None, help="folder of audio clips (+ labels.csv); default: make 8 with espeak-ng")
+    ap.add_argument("--clips", default=None,
+                    help="folder of audio clips (+ labels.csv or manifest.csv); default: tests/data/speech/en")
     ap.add_argument("--url", default=None, help="a running server (http://host:port); default: start one")
     ap.add_argument("--json", action="store_true", help="print one JSON object to stdout instead of the table")
     ap.add_argument("--server-args", default="", help="extra `avatarcast serve` flags for the server the bench starts")
@@ -283,8 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.sessions < 1 or not args.seconds > 0:
         ap.error("--sessions must be >= 1 and --seconds > 0")
     try:
-        if args.clips:
-            clips = load_clips(Path(args.clips))
+        committed = REPO / "tests" / "data" / "speech" / "en"
+        if args.clips or committed.is_dir():
+            clips = load_clips(Path(args.clips) if args.clips else committed)
         else:
             from tools.make_clips import make_clips
 
