@@ -99,16 +99,19 @@ def base_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 class Transcriber:
     """One faster-whisper model, loaded once and shared; calls are serialized by a lock."""
 
-    def __init__(self, model: object, name: str, *, beam_size: int = 1, short_window_s: float | None = 10.0) -> None:
+    def __init__(self, model: object, name: str, *, beam_size: int = 1, short_window_s: float | None = 10.0,
+                 languages: tuple[str, ...] = (), margin_s: float = 1.0) -> None:
         self.model = model
         self.name = name
         self.beam_size = beam_size
-        # Whisper always encodes a 30 s window; for a short utterance most of that is padding. A 10 s
-        # window (whisper.cpp's "audio_ctx" idea) cuts tiny.en from ~575 to ~165 ms for a 2-3 s clip
-        # on 2 cores, with WER 0.19 vs 0.17 and the same emotions on the 24-clip set
-        # (python -m tools.eval_asr_window; docs/bench/asr_window.json). Audio longer than half the
-        # window (where a short window starts to repeat phrases), or an unknown language, takes the full one.
+        # Whisper always encodes a 30 s window; for a short utterance most of that is padding. Audio up to
+        # short_window_s long is encoded in a window fitted to it (+ margin_s of silence), and with no
+        # language given, the language is read from that same encoder output (realtime/asr_window.py):
+        # Whisper base hears a 2-4 s clip in ~1/4 of its full-window time, language included
+        # (docs/speech.md). Longer audio, or an initial prompt, takes the full window.
         self.short_window_s = short_window_s
+        self.margin_s = margin_s
+        self.languages = tuple(languages)  # languages auto-detection chooses among; empty: any Whisper knows
         self.multilingual = bool(getattr(model, "model").is_multilingual)
         self._lock = threading.Lock()
 
@@ -117,13 +120,16 @@ class Transcriber:
         cls,
         model: str = "tiny.en",
         *,
-        compute_type: str = "int8",
+        device: str = "cpu",
+        compute_type: str | None = None,
         cpu_threads: int = 2,
         cache_dir: str | os.PathLike | None = None,
         beam_size: int = 1,
+        languages: tuple[str, ...] = (),
         warmup: bool = True,
     ) -> "Transcriber":
-        """Load "tiny.en", "base" (multilingual) or a CTranslate2 model directory, offline only."""
+        """Load "tiny.en", "base" (multilingual) or a CTranslate2 model directory, offline only, on
+        device "cpu" (int8) or "cuda" (float16; CTranslate2 must find CUDA 12 and cuDNN 9)."""
         from faster_whisper import WhisperModel
 
         if model == "tiny.en":
@@ -134,24 +140,31 @@ class Transcriber:
             path = Path(model)
         else:
             raise ValueError(f"unknown Whisper model {model!r}: use one of {MODELS} or a model directory")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"ASR device must be cpu or cuda, got {device!r}")
         whisper = WhisperModel(
             str(path),
-            device="cpu",
-            compute_type=compute_type,
+            device=device,
+            compute_type=compute_type or ("int8" if device == "cpu" else "float16"),
             cpu_threads=cpu_threads,
             num_workers=1,
             local_files_only=True,
         )
-        self = cls(whisper, model, beam_size=beam_size)
+        self = cls(whisper, model, beam_size=beam_size, languages=languages)
         if warmup:
             # the first decode pays one-off allocation costs; pay them at start-up, not on a user
-            self.transcribe(np.zeros(SAMPLE_RATE // 2, dtype=np.float32), language="en")
+            self.transcribe(np.zeros(SAMPLE_RATE // 2, dtype=np.float32))
             # the Silero VAD loads on first use (0.4-1.7 s): that first use is a live session's
             # first PCM, on the event loop, which then stalls every stream (the issue 6 fuzz stall)
             from faster_whisper.vad import get_vad_model
 
             get_vad_model()
         return self
+
+    @property
+    def supported_languages(self) -> tuple[str, ...]:
+        """The language codes this model transcribes."""
+        return tuple(self.model.supported_languages)  # type: ignore[attr-defined]
 
     def transcribe(
         self,
@@ -172,8 +185,7 @@ class Transcriber:
             language = "en"
         audio = np.ascontiguousarray(pcm, dtype=np.float32).reshape(-1)
         duration_s = audio.size / SAMPLE_RATE
-        if (self.short_window_s and language is not None and initial_prompt is None
-                and duration_s <= self.short_window_s / 2):
+        if self.short_window_s and initial_prompt is None and duration_s <= self.short_window_s:
             return self._transcribe_short(audio, language, task)
         with self._lock:
             t0 = time.perf_counter()
@@ -205,33 +217,18 @@ class Transcriber:
         )
 
 
-    def _transcribe_short(self, audio: np.ndarray, language: str, task: str) -> Transcript:
-        """One greedy decode over a shortened encoder window (see short_window_s)."""
-        import ctranslate2
-        from faster_whisper.tokenizer import Tokenizer
+    def _transcribe_short(self, audio: np.ndarray, language: str | None, task: str) -> Transcript:
+        """One encoder pass over a window fitted to the audio: language ID (if needed) and greedy decode."""
+        from realtime.asr_window import decode_window
 
-        m = self.model
-        duration_s = audio.size / SAMPLE_RATE
         with self._lock:
             t0 = time.perf_counter()
-            feats = m.feature_extractor(audio)  # type: ignore[attr-defined]
-            n = feats.shape[-1]
-            frames = min(3000, max(n + 100, int(self.short_window_s * 100)))
-            frames += frames % 2  # the encoder's stride-2 convolution wants an even length
-            feats = np.pad(feats, ((0, 0), (0, max(0, frames - n))))[:, :frames]
-            tok = Tokenizer(m.hf_tokenizer, m.model.is_multilingual, task=task, language=language)  # type: ignore[attr-defined]
-            prompt = list(tok.sot_sequence) + [tok.no_timestamps]
-            res = m.model.generate(  # type: ignore[attr-defined]
-                ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None], dtype=np.float32)),
-                [prompt], beam_size=self.beam_size, max_length=len(prompt) + int(10 + 8 * duration_s),
-                suppress_blank=True, suppress_tokens=[-1], return_scores=True, return_no_speech_prob=True)[0]
-            ids = [t for t in res.sequences_ids[0] if t < tok.eot]
-            text = tok.decode(ids).strip()
+            r = decode_window(self.model, audio, language=language, task=task, candidates=self.languages,
+                              beam_size=self.beam_size, margin_s=self.margin_s)
             elapsed_ms = (time.perf_counter() - t0) * 1000.0
-        score = float(res.scores[0]) if res.scores else 0.0
-        seg = Segment(0.0, duration_s, text, score, float(getattr(res, "no_speech_prob", 0.0)))
-        return Transcript(text=text, language=language, segments=(seg,) if text else (), duration_s=duration_s,
-                          elapsed_ms=elapsed_ms, language_probability=1.0, task=task)
+        segments = tuple(Segment(s, e, t, r.avg_logprob, r.no_speech_prob) for s, e, t in r.segments)
+        return Transcript(text=r.text, language=r.language, segments=segments, duration_s=audio.size / SAMPLE_RATE,
+                          elapsed_ms=elapsed_ms, language_probability=r.language_probability, task=task)
 
 
 # --- streaming --------------------------------------------------------------------------
@@ -291,7 +288,7 @@ class StreamingTranscriber:
         pre_roll_ms: int = 200,
         post_roll_ms: int = 150,
         max_utterance_s: float = 15.0,
-        sticky_language: bool = True,
+        sticky_language: bool = False,
         on_event: Callable[[VadEvent], None] | None = None,
     ) -> None:
         from faster_whisper.vad import get_vad_model
@@ -310,8 +307,8 @@ class StreamingTranscriber:
         self._pre_roll = _ms(pre_roll_ms)
         self._post_roll = _ms(post_roll_ms)
         self._max_utterance = int(max_utterance_s * SAMPLE_RATE)
-        # language detection is a second encoder pass (about +1 s for "base" on 2 cores): once a
-        # final names the language confidently, reuse it for the rest of the stream
+        # sticky: once a final names the language confidently, keep it for the rest of the stream. Off by
+        # default: short audio detects its language from the same encoder pass, so each utterance can
         self.sticky_language = sticky_language
         self.on_event = on_event
         # the ONNX session is shared process-wide (read-only, thread-safe); the LSTM state is ours

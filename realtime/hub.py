@@ -99,7 +99,8 @@ class Hub:
         cache_root = Path(os.path.expanduser("~/.cache/avatarcast"))
         self.engine, self.transcriber, self.reader = await asyncio.gather(
             timed("engine", lambda: load_engine(s)),
-            timed("asr", lambda: Transcriber.load(s.asr_model)),
+            timed("asr", lambda: Transcriber.load(s.asr_model, device=s.asr_device,
+                                                  languages=s.language_list(s.asr_languages))),
             timed("emotion", lambda: EmotionReader.load(cache_dir=cache_root, threads=1)),
         )
         self.templates = load_templates()
@@ -238,13 +239,7 @@ class Hub:
         q = self.settings.quality if quality is None else int(quality)
         if not 1 <= q <= 100:
             raise HubError(400, "bad_quality", f"quality must be 1..100, got {q}")
-        lang = language if language is not None else (self.settings.language or None)
-        if lang is not None and lang not in ("", "auto"):
-            if not self.transcriber.multilingual and lang != "en":
-                raise HubError(400, "bad_language",
-                               f"the ASR model {self.transcriber.name} is English-only; start with --asr-model base")
-        else:
-            lang = "en" if not self.transcriber.multilingual else None
+        lang = self.resolve_language(language)
         sid = secrets.token_urlsafe(9)
         try:
             runner = SessionRunner(self, sid, avatar or (self.settings.avatar_list() or ["pip"])[0],
@@ -256,6 +251,19 @@ class Hub:
         self.metrics.sessions_created.inc()
         log.info("session %s created (avatar %s, %s, language %s)", sid, runner.avatar, fmt, lang)
         return runner
+
+    def resolve_language(self, language: str | None) -> str | None:
+        """A session's ASR language: a Whisper code, or None to detect it per utterance (None and "" take
+        --language; "auto" detects). HubError 400 for a language the loaded model cannot transcribe."""
+        lang = language if language is not None else (self.settings.language or None)
+        if lang in (None, "", "auto"):
+            return None if self.transcriber.multilingual else "en"
+        if not self.transcriber.multilingual and lang != "en":
+            raise HubError(400, "bad_language",
+                           f"the ASR model {self.transcriber.name} is English-only; start with --asr-model base")
+        if lang not in self.transcriber.supported_languages:
+            raise HubError(400, "bad_language", f"unknown language {lang!r}: use auto or a Whisper code (en, zh, ...)")
+        return lang
 
     def admission(self) -> Any:
         """Admission control's verdict on one more session (realtime/admission.py)."""

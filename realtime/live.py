@@ -201,7 +201,7 @@ class LiveAudio:
                 tr, ms = await self._transcribe(self.audio(utt["start"], min(end + self.post_roll, self._received)))
         utt["final_sent"] = True
         text = tr.text if tr is not None else ""
+        # no stickiness: detection shares the encoder pass (realtime/asr_window.py), so every utterance
+        # finds its own language and a speaker may switch between them
         lang = tr.language if tr is not None else None
-        if lang and self.language is None and tr.language_probability >= 0.8:
-            self.language = lang  # sticky: language detection costs an extra encoder pass
         self._emit(LiveEvent("final", utt["index"], time.monotonic(), text, lang, (end - utt["start"]) / SR, ms))

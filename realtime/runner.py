@@ -177,6 +177,16 @@ class SessionRunner:
         asyncio.create_task(self._read_text(text, turn))
         return turn
 
+    def set_language(self, language: str) -> str | None:
+        """Switch the ASR language for the next utterances ("auto": detect each); HubError 400 if unknown."""
+        self.touch()
+        lang = self.hub.resolve_language(language or "auto")
+        self.language = lang
+        if self._live is not None:
+            self._live.language = lang
+        self._emit_local("language", {"language": lang})
+        return lang
+
     def set_emotion(self, label: str, intensity: float) -> None:
         self.touch()
         self.session.on_emotion(label, intensity, time.monotonic())
@@ -206,7 +216,7 @@ class SessionRunner:
         tr = await loop.run_in_executor(hub.asr_pool, lambda: hub.transcriber.transcribe(pcm, language=self.language))
         t_asr = time.monotonic()
         self.session.stamp("asr", t_asr, t_dec, utterance=turn)
-        self.session.on_final(tr.text, t_asr, utterance=turn)
+        self.session.on_final(tr.text, t_asr, utterance=turn, language=tr.language)
         cue = await loop.run_in_executor(hub.cpu_pool, lambda: hub.reader.read(tr.text, prosody(pcm), tr.language))
         now = time.monotonic()
         self.session.on_cue(cue, now, "asr", utterance=turn, decided_by="final")
@@ -249,7 +259,7 @@ class SessionRunner:
                 self._turn_meta[ev.utterance] = {"turn": u}
         elif ev.kind == "partial":
             u = self._turn_meta.get(ev.utterance, {}).get("turn")
-            s.on_partial(ev.text, now, utterance=u)
+            s.on_partial(ev.text, now, utterance=u, language=ev.language)
             if u is not None:
                 self._spawn_cue(ev, u, "partial")
         elif ev.kind == "pause":
@@ -260,7 +270,7 @@ class SessionRunner:
             s.on_speech_end(now, utterance=u, at=ev.t)
         elif ev.kind == "final":
             u = self._turn_meta.pop(ev.utterance, {}).get("turn")
-            s.on_final(ev.text, now, utterance=u)
+            s.on_final(ev.text, now, utterance=u, language=ev.language)
             if u is not None and ev.text:
                 self._spawn_cue(ev, u, "final")
         self._pump()

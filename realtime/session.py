@@ -430,14 +430,14 @@ class Session:
         self._set_state("listening", now)
         return turn.id
 
-    def on_partial(self, text: str, now: float, *, utterance: int | None = None) -> None:
+    def on_partial(self, text: str, now: float, *, utterance: int | None = None, language: str | None = None) -> None:
         if self.closed:
             return
         turn = self._speech_turn(utterance, now, implicit=utterance is None)
         if turn is None or turn.final:
             return  # stale: that turn already has its final
         self._partial_text = text
-        self._emit("transcript_partial", {"text": text, "utterance": turn.id}, now)
+        self._emit("transcript_partial", {"text": text, "utterance": turn.id, "language": language}, now)
 
     def on_speech_end(self, now: float, *, utterance: int | None = None, at: float | None = None) -> None:
         """The VAD's endpoint, decided at `now`; `at` is when the speech really ended (its audio's
@@ -461,7 +461,8 @@ class Session:
         self._end_speech(turn, now, implied=False, at=at)
         return True
 
-    def on_final(self, text: str, now: float, *, utterance: int | None = None) -> None:
+    def on_final(self, text: str, now: float, *, utterance: int | None = None, language: str | None = None) -> None:
+        """The utterance's transcript; `language` is the one ASR heard (None: unknown, e.g. no audio)."""
         if self.closed:
             return
         turn = self._speech_turn(utterance, now, implicit=utterance is None)
@@ -472,7 +473,8 @@ class Session:
         turn.final = True
         turn.timeline.stamp("asr", now, keep=True)
         self._partial_text = ""
-        self._emit("transcript_final", {"text": text, "utterance": turn.id, "source": turn.kind}, now)
+        self._emit("transcript_final", {"text": text, "utterance": turn.id, "source": turn.kind, "language": language},
+                   now)
 
     def on_cue(self, cue: EmotionCue, now: float, source: str = "asr", *, utterance: int | None = None,
                decided_by: str | None = None) -> None:

@@ -213,10 +213,21 @@ async def handle_command(text: str, runner: Any, sink: WebSocketSink, spawn: Any
             sink.offer_event(_error("bad_emotion", "emotion needs 'label' (string) and 'intensity' (0..1)"))
             return
         runner.set_emotion(label, float(intensity))
+    elif kind == "language":
+        lang = msg.get("language")
+        if not isinstance(lang, str):
+            sink.offer_event(_error("bad_language", "language needs 'language': auto, en, zh, ..."))
+            return
+        from realtime.hub import HubError
+
+        try:
+            runner.set_language(lang)
+        except HubError as exc:
+            sink.offer_event(_error(exc.code, exc.message))
     elif kind == "audio_end":
         spawn(runner.audio_end())
     elif kind == "ping":
         sink.offer_event(_event("pong", {"info": runner.info()}))
     else:
         sink.offer_event(_error("unknown_type", f"unknown message type {kind!r}",
-                                known=["say", "emotion", "audio_end", "ping"]))
+                                known=["say", "emotion", "language", "audio_end", "ping"]))

@@ -1,7 +1,7 @@
 """The real server on loopback: HTTP API, WebSocket protocol, clips, live audio, the clip API.
 
 Everything is real: uvicorn serving the FastAPI app, the shipped tiny engine on onnxruntime,
-faster-whisper tiny.en, MiniLM, a `websockets` client, espeak-ng speech.
+faster-whisper base (multilingual), MiniLM, a `websockets` client, espeak-ng speech.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def test_health_ready_status_and_catalog(base: str) -> None:
         assert c.get("/healthz").json() == {"ok": True}
         assert c.get("/readyz").status_code == 200
         st = c.get("/v1/status").json()
-        assert st["ready"] and st["engine"]["name"] == "tiny" and st["asr"] == "tiny.en"
+        assert st["ready"] and st["engine"]["name"] == "tiny" and st["asr"] == "base"
         assert "pip" in c.get("/v1/avatars").json()["avatars"]
         assert "happy" in c.get("/v1/emotions").json()["emotions"]
         spec = c.get("/openapi.json").json()
@@ -133,7 +133,7 @@ def test_session_lifecycle_and_errors(base: str) -> None:
         assert c.get(f"/v1/sessions/{s['id']}").json()["id"] == s["id"]
         assert c.post("/v1/sessions", json={"avatar": "nobody"}).status_code == 400
         assert c.post("/v1/sessions", json={"image_format": "gif"}).status_code == 422
-        assert c.post("/v1/sessions", json={"language": "zh"}).json()["error"] == "bad_language"
+        assert c.post("/v1/sessions", json={"language": "tlh"}).json()["error"] == "bad_language"
         assert c.post(f"/v1/sessions/{s['id']}/emotion", json={"label": "grumpy"}).status_code == 400
         assert c.post(f"/v1/sessions/{s['id']}/emotion", json={"label": "sad", "intensity": 3}).status_code == 422
         assert c.post(f"/v1/sessions/{s['id']}/say", json={"text": ""}).status_code == 422
