@@ -6,14 +6,16 @@ Server -> client
   wall-clock send time (unix seconds), u8 image format (1 jpeg, 2 webp), u8 frame source
   (0 idle, 1 listening, 2 cache, 3 sampler), u8 emotion index (into `EMOTIONS`), u8 reserved.
 - text: a JSON event {"type", "t", "seq", "payload"} (hello, state_changed, transcript_partial,
-  transcript_final, emotion, latency, frames_late, clip, error, and closing: the server is shutting
-  down, the socket closes with 1001 next).
+  transcript_final (both with the language ASR heard), emotion, latency, frames_late, clip, language
+  (the session's ASR language after a language command; null: auto), error, and closing: the server
+  is shutting down, the socket closes with 1001 next).
 
 Client -> server
 - binary: a 4-byte tag then data: b"PCM1" + 16 kHz mono little-endian int16 samples (live
   audio; any length), or b"CLIP" + one whole audio file (wav, mp3, ogg/opus, webm, m4a, ...).
 - text: JSON {"type": "say", "text"} | {"type": "emotion", "label", "intensity"} |
-  {"type": "audio_end"} (the live stream paused: close an open utterance now) | {"type": "ping"}.
+  {"type": "audio_end"} (the live stream paused: close an open utterance now) |
+  {"type": "language", "language"} (auto, en, zh, ...: the next utterances' language) | {"type": "ping"}.
 """
 
 from __future__ import annotations
