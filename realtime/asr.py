@@ -9,13 +9,15 @@ worker thread.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import os
 import shutil
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -96,8 +98,37 @@ def base_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return target
 
 
+class PriorityLock:
+    """A lock whose urgent waiters go before the others (first come, first served within each kind).
+
+    The model is shared by every session and runs one call at a time: a session's final transcript (the
+    reaction waits for it) must not queue behind another session's routine partial."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._queue: list[tuple[int, int]] = []  # (0 urgent | 1 not, ticket), kept sorted
+        self._tickets = 0
+
+    @contextlib.contextmanager
+    def hold(self, urgent: bool = True) -> Iterator[None]:
+        with self._cond:
+            me = (0 if urgent else 1, self._tickets)
+            self._tickets += 1
+            bisect.insort(self._queue, me)
+            self._cond.wait_for(lambda: not self._busy and self._queue[0] == me)
+            self._queue.pop(0)
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
 class Transcriber:
-    """One faster-whisper model, loaded once and shared; calls are serialized by a lock."""
+    """One faster-whisper model, loaded once and shared; calls are serialized by a PriorityLock."""
 
     def __init__(self, model: object, name: str, *, beam_size: int = 1, short_window_s: float | None = 10.0,
                  languages: tuple[str, ...] = (), margin_s: float = 1.0) -> None:
@@ -113,7 +144,7 @@ class Transcriber:
         self.margin_s = margin_s
         self.languages = tuple(languages)  # languages auto-detection chooses among; empty: any Whisper knows
         self.multilingual = bool(getattr(model, "model").is_multilingual)
-        self._lock = threading.Lock()
+        self._lock = PriorityLock()
 
     @classmethod
     def load(
@@ -173,8 +204,10 @@ class Transcriber:
         task: str = "transcribe",
         *,
         initial_prompt: str | None = None,
+        urgent: bool = True,
     ) -> Transcript:
-        """Transcribe (or translate to English) 16 kHz mono float32; language=None detects it."""
+        """Transcribe (or translate to English) 16 kHz mono float32; language=None detects it. A call with
+        urgent=False (a live partial) waits while urgent ones (finals, clips) are queued for the model."""
         if task not in ("transcribe", "translate"):
             raise ValueError(f"task must be 'transcribe' or 'translate', not {task!r}")
         if not self.multilingual:
@@ -186,8 +219,8 @@ class Transcriber:
         audio = np.ascontiguousarray(pcm, dtype=np.float32).reshape(-1)
         duration_s = audio.size / SAMPLE_RATE
         if self.short_window_s and initial_prompt is None and duration_s <= self.short_window_s:
-            return self._transcribe_short(audio, language, task)
-        with self._lock:
+            return self._transcribe_short(audio, language, task, urgent)
+        with self._lock.hold(urgent):
             t0 = time.perf_counter()
             segments_iter, info = self.model.transcribe(  # type: ignore[attr-defined]
                 audio,
@@ -217,11 +250,11 @@ class Transcriber:
         )
 
 
-    def _transcribe_short(self, audio: np.ndarray, language: str | None, task: str) -> Transcript:
+    def _transcribe_short(self, audio: np.ndarray, language: str | None, task: str, urgent: bool) -> Transcript:
         """One encoder pass over a window fitted to the audio: language ID (if needed) and greedy decode."""
         from realtime.asr_window import decode_window
 
-        with self._lock:
+        with self._lock.hold(urgent):
             t0 = time.perf_counter()
             r = decode_window(self.model, audio, language=language, task=task, candidates=self.languages,
                               beam_size=self.beam_size, margin_s=self.margin_s)

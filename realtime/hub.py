@@ -61,7 +61,9 @@ class Hub:
         self.load_s: dict[str, float] = {}
         # decode/emotion (short numpy/ORT work), ASR (long, serialized by the model's lock), JPEG/WebP
         self.cpu_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cpu")
-        self.asr_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="asr")
+        # a worker per session: they wait in the model's PriorityLock (finals before partials), not in this
+        # pool's FIFO queue, where an urgent final would sit behind a partial waiting for the model
+        self.asr_pool = ThreadPoolExecutor(max_workers=max(2, settings.max_sessions), thread_name_prefix="asr")
         self.encode_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
 
     @property

@@ -164,7 +164,7 @@ class LiveAudio:
             if not self._asr.locked() and self.transcriber is not None:
                 # probably the end: transcribe now, while the endpoint timer runs; the final reuses it
                 utt["last_partial"] = self._received
-                self._spawn(self._partial(utt, min(self._received, start + self.post_roll)))
+                self._spawn(self._partial(utt, min(self._received, start + self.post_roll), urgent=True))
 
     def _maybe_partial(self) -> None:
         utt = self._utt
@@ -173,19 +173,20 @@ class LiveAudio:
         if self._received - utt["last_partial"] < self.partial_every or self._received - utt["onset"] < self.min_partial:
             return
         utt["last_partial"] = self._received
-        self._spawn(self._partial(utt, self._received))
+        self._spawn(self._partial(utt, self._received, urgent=False))
 
-    async def _transcribe(self, audio: np.ndarray) -> tuple[Any, float]:
-        """One Whisper run on the ASR pool; the caller holds self._asr."""
+    async def _transcribe(self, audio: np.ndarray, urgent: bool = True) -> tuple[Any, float]:
+        """One Whisper run on the ASR pool; the caller holds self._asr. Routine partials are not urgent:
+        another session's final (or this one's, at a pause) goes first."""
         t0 = time.perf_counter()
         tr = await asyncio.get_running_loop().run_in_executor(
-            self.asr_pool, lambda: self.transcriber.transcribe(audio, language=self.language))
+            self.asr_pool, lambda: self.transcriber.transcribe(audio, language=self.language, urgent=urgent))
         return tr, (time.perf_counter() - t0) * 1000.0
 
-    async def _partial(self, utt: dict, end: int) -> None:
+    async def _partial(self, utt: dict, end: int, urgent: bool) -> None:
         audio = self.audio(utt["start"], end)
         async with self._asr:
-            tr, ms = await self._transcribe(audio)
+            tr, ms = await self._transcribe(audio, urgent)
         if end > utt["best_end"]:
             utt["best"], utt["best_end"] = tr, end
         if tr.text and not utt.get("final_sent"):  # news until the final is out, even after the endpoint
