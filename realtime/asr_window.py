@@ -81,8 +81,9 @@ def decode_window(model: Any, audio: np.ndarray, *, language: str | None, task: 
             language, prob = pick_language(model.model.detect_language(enc)[0], candidates)
     tok = Tokenizer(model.hf_tokenizer, multilingual, task=task, language=language)
     prompt = list(tok.sot_sequence)
+    max_length = len(prompt) + int(MAX_TOKENS_BASE + MAX_TOKENS_PER_S * duration_s)
     res = model.model.generate(
-        enc, [prompt], beam_size=beam_size, max_length=len(prompt) + int(MAX_TOKENS_BASE + MAX_TOKENS_PER_S * duration_s),
+        enc, [prompt], beam_size=beam_size, max_length=max_length,
         suppress_blank=True, suppress_tokens=[-1], return_scores=True, return_no_speech_prob=True)[0]
     segments = _segments(tok, res.sequences_ids[0], duration_s)
     text = "".join(t for _, _, t in segments).strip()

@@ -29,8 +29,8 @@ class SessionCreate(BaseModel):
     avatar: str = Field("", description="built-in name (pip, bun, tok, mo, luna, kiko), index, or random-<seed>")
     image_format: Literal["jpeg", "webp"] | None = Field(None, description="WebSocket frame format; webp keeps alpha")
     quality: int | None = Field(None, ge=1, le=100)
-    language: str | None = Field(None, description="what the person speaks: auto (found per utterance) or a Whisper code "
-                                 "(en, zh, ...) to force it")
+    language: str | None = Field(None, description="what the person speaks: auto (found per utterance) "
+                                 "or a Whisper code (en, zh, ...) to force it")
 
 
 class SessionInfo(BaseModel):

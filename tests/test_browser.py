@@ -201,8 +201,8 @@ def test_language_choice(page, base: str) -> None:
     assert options == [["auto", "auto"], ["en", "English"], ["zh", "中文"]], options
     sid = text(pg, "#session-id")
     pg.select_option("#language", "zh")
-    wait_for(pg, "() => [...document.querySelectorAll('#log li')].some(li => /ASR language: zh/.test(li.textContent))",
-             10, "the server confirming Mandarin")
+    wait_for(pg, "() => [...document.querySelectorAll('#log li')]"
+                 ".some(li => /ASR language: zh/.test(li.textContent))", 10, "the server confirming Mandarin")
     assert httpx.get(f"{base}/v1/sessions/{sid}").json()["language"] == "zh"
     assert text(pg, "#session-id") == sid, "a language change must not start a new session"
     clip = Path(__file__).resolve().parent / "data" / "speech" / "zh" / "zh06_happy.ogg"
@@ -210,8 +210,8 @@ def test_language_choice(page, base: str) -> None:
     wait_for(pg, "() => /[\u4e00-\u9fff].*, zh$/.test(document.getElementById('clip-status').textContent)",
              30, "the Mandarin clip's transcript, in Han characters")
     pg.select_option("#language", "auto")
-    wait_for(pg, "() => [...document.querySelectorAll('#log li')].some(li => /ASR language: auto/.test(li.textContent))",
-             10, "the server back to detecting")
+    wait_for(pg, "() => [...document.querySelectorAll('#log li')]"
+                 ".some(li => /ASR language: auto/.test(li.textContent))", 10, "the server back to detecting")
     assert httpx.get(f"{base}/v1/sessions/{sid}").json()["language"] is None
 
 

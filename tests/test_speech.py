@@ -178,7 +178,8 @@ def test_session_language_field_and_command(server_url: str) -> None:
         assert ev["payload"]["language"] is None
         ws.send(TAG_CLIP + (SPEECH / "zh" / "zh11_excited.ogg").read_bytes())
         clip, = _until(ws, lambda ev: ev["type"] == "clip")
-        assert clip["payload"]["language"] == "zh" and any("\u4e00" <= ch <= "\u9fff" for ch in clip["payload"]["transcript"])
+        heard = clip["payload"]["transcript"]
+        assert clip["payload"]["language"] == "zh" and any("\u4e00" <= ch <= "\u9fff" for ch in heard), clip
 
 
 def _text(name: str) -> str:

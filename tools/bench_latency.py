@@ -362,7 +362,8 @@ async def measure_clip(base_url: str, clip: Clip, args: argparse.Namespace, slot
     from realtime.protocol import TAG_CLIP
 
     row: dict[str, Any] = {"file": clip.name, "session": slot, "duration_s": round(clip.duration_s, 2),
-                           "expected": clip.expected, "transcript": None, "language": None, "emotion": None, "correct": None,
+                           "expected": clip.expected, "transcript": None,
+                           "language": None, "emotion": None, "correct": None,
                            "ttff_ms": None, "tter_ms": None, "first_reaction_ms": None, "first_reaction_emotion": None, "ttff_source": None,
                            "listening_ms": None, "onset_event_ms": None, "endpoint_ms": None, "final_ms": None, "decision_ms": None, "server": None, "clip_stages_ms": None, "breakdown_ms": None,
                            "frames_late": 0, "frames": 0, "error": None}
