@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from realtime.audio import SAMPLE_RATE
+from avatarcast.realtime.audio import SAMPLE_RATE
 
 MODELS = ("tiny.en", "base")
 
@@ -254,7 +254,7 @@ class Transcriber:
 
     def _transcribe_short(self, audio: np.ndarray, language: str | None, task: str, urgent: bool) -> Transcript:
         """One encoder pass over a window fitted to the audio: language ID (if needed) and greedy decode."""
-        from realtime.asr_window import decode_window
+        from avatarcast.realtime.asr_window import decode_window
 
         with self._lock.hold(urgent):
             t0 = time.perf_counter()

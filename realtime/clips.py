@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from realtime.scheduler import ChunkJob
+from avatarcast.realtime.scheduler import ChunkJob
 
 FORMATS = {"mp4": "video/mp4", "webm": "video/webm"}
 
@@ -59,7 +59,7 @@ class ClipRenderer:
         self._inflight: dict[str, asyncio.Future] = {}
 
     def _validate(self, req: ClipRequest) -> tuple[str, Any, str, float]:
-        from realtime.avatars import resolve_avatar
+        from avatarcast.realtime.avatars import resolve_avatar
 
         hub = self.hub
         if req.format not in FORMATS:
@@ -89,7 +89,7 @@ class ClipRenderer:
         return name, params, emotion, float(intensity)
 
     def key(self, params: Any, emotion: str, intensity: float, req: ClipRequest) -> str:
-        from engines.tiny.engine import avatar_cache_key
+        from avatarcast.engines.tiny.engine import avatar_cache_key
 
         blob = json.dumps({"weights": self.hub.engine.weights_hash, "steps": self.hub.engine.steps,
                            "avatar": avatar_cache_key(params), "emotion": emotion, "intensity": round(intensity, 4),

@@ -43,8 +43,8 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from realtime.protocol import TAG_PCM
-from realtime.ws import _error, handle_command
+from avatarcast.realtime.protocol import TAG_PCM
+from avatarcast.realtime.ws import _error, handle_command
 from tools.render_clip import composite
 
 log = logging.getLogger("avatarcast.webrtc")

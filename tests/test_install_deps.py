@@ -52,7 +52,7 @@ def test_bench_modules_import_only_the_plain_install() -> None:
 
 def _plain(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """`avatarcast ARGS` in a subprocess that can import only what the plain install has."""
-    return subprocess.run([sys.executable, "-m", "tests.base_install", "realtime.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "tests.base_install", "avatarcast.realtime.cli", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 
 

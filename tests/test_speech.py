@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from realtime.audio import decode_audio
-from realtime.settings import Settings
+from avatarcast.realtime.audio import decode_audio
+from avatarcast.realtime.settings import Settings
 from tools.eval_speech import error_rate, to_simplified
 
 SPEECH = Path(__file__).resolve().parent / "data" / "speech"
@@ -29,7 +29,7 @@ def _rows(lang: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def whisper():
-    from realtime.asr import Transcriber
+    from avatarcast.realtime.asr import Transcriber
 
     s = Settings()
     return Transcriber.load(s.asr_model, languages=s.language_list(s.asr_languages))
@@ -101,7 +101,7 @@ class _Spy:
 
 
 def test_live_mandarin_partials_and_final(whisper) -> None:
-    from realtime.live import LiveAudio
+    from avatarcast.realtime.live import LiveAudio
 
     r = max(_rows("zh"), key=lambda r: float(r["duration_s"]))
     pcm = decode_audio(SPEECH / "zh" / r["file"])
@@ -132,7 +132,7 @@ def test_live_mandarin_partials_and_final(whisper) -> None:
 def test_default_server_reacts_to_mandarin_and_english_clips(server_url: str, server_hub) -> None:
     from websockets.sync.client import connect
 
-    from realtime.protocol import TAG_CLIP
+    from avatarcast.realtime.protocol import TAG_CLIP
 
     assert server_hub.settings.asr_model == Settings().asr_model and server_hub.transcriber.multilingual
     ws_url = server_url.replace("http://", "ws://") + "/v1/ws?avatar=pip"
@@ -155,7 +155,7 @@ def test_session_language_field_and_command(server_url: str) -> None:
     import httpx
     from websockets.sync.client import connect
 
-    from realtime.protocol import TAG_CLIP
+    from avatarcast.realtime.protocol import TAG_CLIP
 
     with httpx.Client(base_url=server_url, timeout=60) as c:
         s = c.post("/v1/sessions", json={"language": "zh"}).json()

@@ -3,7 +3,7 @@
     avatarcast bench load --sessions N --seconds S [--clips DIR] [--url http://HOST:PORT] [--json]
         [--gap 2,8] [--no-retry] [--server-args "--max-sessions 2 ..."]
 
-Without --url it starts `python -m realtime.cli serve` on a free loopback port (as `bench latency`
+Without --url it starts `python -m avatarcast.realtime.cli serve` on a free loopback port (as `bench latency`
 does). Without --clips it uses the checkout's committed neural-voice clips (tests/data/speech/en,
 tools/make_speech.py), or where those are missing makes 8 espeak-ng clips (tools/make_clips.py).
 
@@ -76,7 +76,7 @@ def index_gaps(frames: list[tuple[float, int, str, str]]) -> int:
 
 async def speak(conn: Conn, clip: Clip, timeout: float) -> dict:
     """Send one clip and wait for its emotion's first frame: the row `bench latency` would write."""
-    from realtime.protocol import TAG_CLIP
+    from avatarcast.realtime.protocol import TAG_CLIP
 
     row: dict[str, Any] = {"file": clip.name, "expected": clip.expected, "emotion": None, "ttff_ms": None,
                            "tter_ms": None, "error": None}

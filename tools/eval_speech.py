@@ -66,7 +66,7 @@ def read_manifest(folder: Path) -> list[dict]:
 
 def evaluate(clips: Path, transcriber, reader=None, language: str | None = None) -> dict:
     """Per language folder: timing, LID, error rate and emotion accuracy; rows per clip."""
-    from realtime.audio import decode_audio, prosody
+    from avatarcast.realtime.audio import decode_audio, prosody
 
     out: dict = {"languages": {}, "clips": []}
     for folder in sorted(p for p in clips.iterdir() if (p / "manifest.csv").is_file()):
@@ -105,8 +105,8 @@ def evaluate(clips: Path, transcriber, reader=None, language: str | None = None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from realtime.asr import Transcriber
-    from realtime.settings import Settings
+    from avatarcast.realtime.asr import Transcriber
+    from avatarcast.realtime.settings import Settings
 
     s = Settings()
     ap = argparse.ArgumentParser(prog="eval_speech", description=__doc__.split("\n\n")[0])
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         tr.margin_s = args.margin_s
     reader = None
     if not args.no_emotion:
-        from realtime.emotion import EmotionReader
+        from avatarcast.realtime.emotion import EmotionReader
 
         reader = EmotionReader.load()
     load0 = os.getloadavg()[0]

@@ -122,7 +122,7 @@ def _trim(pcm: np.ndarray, rel_db: float = 40.0) -> np.ndarray:
 
 def fit(voice: Voice, text: str, speed: float, pitch: float) -> tuple[np.ndarray, float]:
     """16 kHz speech with PAD_S silence around it, 2-4 s long: the speed is nudged until it fits."""
-    from realtime.audio import resample
+    from avatarcast.realtime.audio import resample
 
     for _ in range(6):
         speech = _trim(resample(voice.speak(text, speed, pitch), voice.sample_rate))

@@ -69,13 +69,13 @@ measure() {
   local asr=cuda
   if ! python3 - > "$OUT/asr_cuda_check.txt" 2>&1 <<'PY'
 import numpy as np
-from realtime.asr import Transcriber
+from avatarcast.realtime.asr import Transcriber
 t = Transcriber.load("base", device="cuda", languages=("en", "zh"))
 print("ctranslate2 on cuda:", t.transcribe(np.zeros(16000, np.float32)).elapsed_ms, "ms")
 PY
   then asr=cpu; echo "Whisper stays on the CPU: $(tail -1 "$OUT/asr_cuda_check.txt")" | tee -a "$OUT/tter_gpu_summary.txt"; fi
   local port=8090 log="$OUT/server.log"
-  python3 -m realtime.cli serve --port $port --backend torch --device cuda --asr-device $asr --log-level warning \
+  python3 -m avatarcast.realtime.cli serve --port $port --backend torch --device cuda --asr-device $asr --log-level warning \
     > "$log" 2>&1 &
   local pid=$!
   python3 - $port "$OUT/server_status.json" <<'PY' || { tail -30 "$log"; kill $pid; exit 1; }
@@ -87,7 +87,7 @@ PY
   echo "server: engine tiny/torch/cuda, asr base on $asr" | tee -a "$OUT/tter_gpu_summary.txt"
   for mode in $modes; do for s in 1 2; do for lang in en zh; do
     local f="$OUT/tter_gpu_${lang}_${mode}_s${s}.json"
-    timeout 280 python3 -m realtime.cli bench latency --url "http://127.0.0.1:$port" --clips "tests/data/speech/$lang" \
+    timeout 280 python3 -m avatarcast.realtime.cli bench latency --url "http://127.0.0.1:$port" --clips "tests/data/speech/$lang" \
       --mode "$mode" --sessions "$s" --warmup 0.5 --linger 0 --json > "$f" 2> "${f%.json}.log"
     python3 - "$f" <<'PY' | tee -a "$OUT/tter_gpu_summary.txt"
 import json, sys
