@@ -8,7 +8,6 @@ keyed by a hash of everything that changes the pixels; the same request is serve
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import os
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from engines.contract import StreamStart
 from realtime.scheduler import ChunkJob
 
 FORMATS = {"mp4": "video/mp4", "webm": "video/webm"}
@@ -120,7 +120,7 @@ class ClipRenderer:
         hub = self.hub
         far = time.monotonic() + 3600.0  # behind every live deadline
         chunks: list[np.ndarray] = []
-        start = functools.partial(hub.engine.start_stream, params, emotion, intensity, req.seed)
+        start = StreamStart(params, emotion, intensity, req.seed)
         state = (await hub.scheduler.submit(ChunkJob("clip", start, far, emotion, intensity))).state  # leave the rest pose
         while sum(len(c) for c in chunks) < n_frames:
             res = await hub.scheduler.submit(ChunkJob("clip", state, far, emotion, intensity))

@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+from engines.contract import StreamStart
 from realtime.settings import Settings
 
 log = logging.getLogger("avatarcast.hub")
@@ -104,8 +105,9 @@ class Hub:
         )
         self.templates = load_templates()
         self.cache = LatentsCache(self.engine, self.templates, s.cache_dir or None)
-        per_chunk = getattr(self.engine, "frames_per_chunk", None)  # wan: 4 video frames per latent frame
-        self.session_config = SessionConfig.from_templates(self.templates, **({"chunk_frames": per_chunk} if per_chunk else {}))
+        # wan: 4 video frames per latent frame
+        self.session_config = SessionConfig.from_templates(
+            self.templates, chunk_frames=self.engine.capabilities.frames_per_chunk)
         if self.make_scheduler is not None:
             self.scheduler = self.make_scheduler(self)
         else:
@@ -145,12 +147,10 @@ class Hub:
         """One live-sized chunk through the scheduler, so admission control has a measured cost from the
         start, and a fresh one when it refuses sessions on an estimate nothing has updated for a while
         (a slow spell must not leave a stale, high cost that refuses everyone while the engine sits idle)."""
-        import functools
-
         from realtime.scheduler import ChunkJob
 
         params = self.avatars.get((self.settings.avatar_list() or ["pip"])[0]).params
-        state = functools.partial(self.engine.start_stream, params, "idle", 0.5, 0)
+        state = StreamStart(params, "idle", 0.5, 0)
         t0 = time.perf_counter()
         self.scheduler.stream_chunk_s = None  # this measurement replaces the old estimate
         await self.scheduler.submit(ChunkJob("calibration", state, time.monotonic() + 5.0, "idle", 0.5))
@@ -294,7 +294,7 @@ class Hub:
         lad = sch.ladder
         per = sch.stream_chunk_s
         return {"degradation_level": lad.level if lad else 0, "degradation": lad.name if lad else "full",
-                "live_steps": (lad.live_steps if lad else None) or getattr(self.engine, "steps", None),
+                "live_steps": (lad.live_steps if lad else None) or self.engine.steps,
                 "lowest_level": lad.top if lad else 0,
                 "engine_busy": round(sch.busy_fraction(s.capacity_window_s), 3),
                 "stream_chunk_s": None if per is None else round(per, 4), "chunk_s": self.chunk_s,
@@ -311,10 +311,9 @@ class Hub:
                 "engine": {"name": self.settings.engine,
                            "backend": (self.settings.wan_backend if self.settings.engine == "wan"
                                        else self.settings.backend),
-                           "steps": getattr(self.engine, "steps", None),
-                           "weights": getattr(self.engine, "weights_hash", None),
+                           "steps": self.engine.steps, "weights": self.engine.weights_hash,
                            # wan: False while the VAE's graphs compile in the background (slower frames)
-                           "vae_compiled": getattr(self.engine, "vae_compiled", None)},
+                           "vae_compiled": self.engine.graphs_ready},
                 "asr": getattr(self.transcriber, "name", None),
                 "scheduler": None if sch is None else {"queue": sch.queue_depth, "batches": sch.batches,
                                                         "max_batch": getattr(sch, "max_batch", None),

@@ -10,7 +10,6 @@ never block the loop: each keeps only the newest frame. Audio and text inputs ru
 from __future__ import annotations
 
 import asyncio
-import functools
 import io
 import logging
 import time
@@ -21,7 +20,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from realtime.messages import ChunkRequest, FrameRequest, SessionEvent, VideoFrame
-from realtime.scheduler import ChunkJob, copy_state
+from engines.contract import StreamStart
+from realtime.scheduler import ChunkJob
 from realtime.session import Session
 from tools.render_clip import composite
 
@@ -467,10 +467,9 @@ class SessionRunner:
                 prev = self._states.get((req.reaction, req.previous_chunk)) if req.previous_chunk is not None else None
                 if prev is None:
                     seed = hash((self.id, req.reaction, req.chunk)) & 0xFFFF
-                    state = functools.partial(hub.engine.start_stream, self.assets.params, req.emotion,
-                                              req.intensity, seed)
+                    state = StreamStart(self.assets.params, req.emotion, req.intensity, seed)
                 else:
-                    state = copy_state(prev)
+                    state = prev.copy()
                 t0 = time.monotonic()
                 res = await hub.scheduler.submit(ChunkJob(self.id, state, req.due_t, req.emotion, req.intensity))
             except asyncio.CancelledError:

@@ -11,13 +11,12 @@ costs little more than for one.
 Engines that can queue a call's work and collect its frames later (`launch_chunks`, the Wan
 engine on a GPU) are pipelined: the engine thread queues the next batch while a second thread
 waits for the previous batch's frames, so one batch's decode overlaps the next one's sampler
-steps on the device. At most `engine.pipeline_depth` batches are in flight.
+steps on the device. At most `capabilities.pipeline_depth` batches are in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import time
 from collections import deque
@@ -27,6 +26,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from engines.contract import StreamEngine, StreamStart, StreamState
+
 log = logging.getLogger("avatarcast.scheduler")
 
 
@@ -35,7 +36,7 @@ class ChunkJob:
     """One stream's next chunk: `state` is a private copy the engine may advance."""
 
     session_id: str
-    state: Any  # engines.tiny.engine.StreamState, or a callable making one on the engine thread
+    state: StreamState | StreamStart  # a StreamStart is made on the engine thread
     due_t: float  # monotonic deadline of its first frame
     emotion: str
     intensity: float
@@ -46,7 +47,7 @@ class ChunkJob:
 @dataclass(frozen=True)
 class ChunkResult:
     frames: np.ndarray  # (T, 360, 640, 4) uint8 RGBA
-    state: Any  # the stream state after this chunk
+    state: StreamState  # the stream state after this chunk
     started: float  # monotonic: batch start
     sampled: float  # monotonic: latents ready
     finished: float  # monotonic: frames decoded
@@ -54,30 +55,23 @@ class ChunkResult:
     lowres: bool = False  # decoded at half resolution (the ladder's lower_resolution rung)
 
 
-def copy_state(state: Any) -> Any:
-    """A stream state the engine can advance without touching the original (rng included)."""
-    new = copy.copy(state)
-    new.rng = copy.deepcopy(state.rng)
-    new.meta = dict(state.meta)
-    return new
-
-
 class EngineScheduler:
     """Batches chunk jobs of all sessions onto one engine thread (earliest deadline first)."""
 
-    def __init__(self, engine: Any, *, max_batch: int | None = None, max_wait_s: float = 0.25, margin_s: float = 0.05,
+    def __init__(self, engine: StreamEngine, *, max_batch: int | None = None, max_wait_s: float = 0.25, margin_s: float = 0.05,
                  clock: Callable[[], float] = time.monotonic,
                  on_batch: Callable[[int, float], None] | None = None) -> None:
         self.engine = engine
         self.on_batch = on_batch  # (batch size, seconds): metrics
-        # None: the engine's own batch where it names one (wan: --wan-batch), else 8
-        self.max_batch = max(1, int(max_batch if max_batch is not None else getattr(engine, "max_batch", 8)))
+        caps = engine.capabilities
+        # None: the engine's own batch (wan: --wan-batch; tiny: 8)
+        self.max_batch = max(1, int(max_batch if max_batch is not None else caps.max_batch))
         self.max_wait_s = max_wait_s
         self.margin_s = margin_s
         self.est_batch_s = 0.15  # running estimate of one batch's time; sets how long jobs may wait
         self.clock = clock
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        self.depth = max(1, int(getattr(engine, "pipeline_depth", 1))) if hasattr(engine, "launch_chunks") else 1
+        self.depth = max(1, int(caps.pipeline_depth))
         # pipelined: waits for launched batches' frames, while the engine thread queues the next batch
         self.collector = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-collect") \
             if self.depth > 1 else None
@@ -290,7 +284,7 @@ class EngineScheduler:
         """Engine thread: the batch's states and emotions, then its work queued on the device."""
         t0 = self.clock()
         states = self._prepare(batch)
-        pending = self.engine.launch_chunks(states) if steps is None else self.engine.launch_chunks(states, steps=steps)
+        pending = self.engine.launch_chunks(states, steps=steps)
         return pending, states, t0
 
     async def _collect(self, batch: list[ChunkJob], steps: int | None, pending: Any, states: list,
@@ -308,7 +302,7 @@ class EngineScheduler:
             return
         t2 = self.clock()
         # the device's own times where the engine has them: queued batches wait for the one before
-        gpu = getattr(pending, "gpu_s", None)
+        gpu = pending.gpu_s
         started, sampled = (max(t0, t2 - gpu[0]), t2 - gpu[1]) if gpu else (t0, t2)
         # overlapping batches: each is charged from the previous batch's end, so busy time adds up
         # to wall time, and per-stream cost is what a batch adds to the pipeline
@@ -322,8 +316,9 @@ class EngineScheduler:
         """Engine thread: each job's stream state (a new stream's reference latent is engine work too),
         set to the job's emotion."""
         for j in batch:
-            if callable(j.state):
-                j.state = j.state()
+            if isinstance(j.state, StreamStart):
+                s = j.state
+                j.state = self.engine.start_stream(s.avatar, s.emotion, s.intensity, s.seed)
             self.engine.set_emotion(j.state, j.emotion, j.intensity)
         return [j.state for j in batch]
 
@@ -354,15 +349,11 @@ class EngineScheduler:
         """
         t0 = self.clock()
         states = self._prepare(batch)
-        lat = self.engine.sample_chunks(states) if steps is None else self.engine.sample_chunks(states, steps=steps)
+        lat = self.engine.sample_chunks(states, steps=steps)
         t1 = self.clock()
-        B, T = lat.shape[:2]
-        if hasattr(self.engine, "decode_chunks"):  # engines whose decode continues each stream (wan)
-            per = list(self.engine.decode_chunks(states, lat))
-        else:
-            flat = lat.reshape(B * T, *lat.shape[2:])  # lowres only comes from a ladder built for this engine
-            frames = self.engine.decode(flat, lowres=True) if lowres else self.engine.decode(flat)
-            per = [frames[i * T:(i + 1) * T] for i in range(B)]
+        B = lat.shape[0]
+        # lowres only comes from a ladder built for this engine (capabilities.half_res_decode)
+        per = list(self.engine.decode_chunks(states, lat, lowres=lowres))
         t2 = self.clock()
         self._account(B, t2 - t0)
         return [ChunkResult(per[i], states[i], t0, t1, t2, B, lowres) for i in range(B)]

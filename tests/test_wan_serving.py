@@ -94,10 +94,9 @@ def test_intensity_blends_the_emotion_prompt_with_idle(engine):
 
 
 def test_copied_state_advances_without_touching_the_original(engine):
-    from realtime.scheduler import copy_state
     st = engine.start_stream("pip", "sad", 0.9, seed=3)
     engine.next_chunk([st])
-    twin = copy_state(st)
+    twin = st.copy()
     a, b = engine.next_chunk([twin])[0], engine.next_chunk([st])[0]
     assert np.array_equal(a, b)  # same rng and VAE cache, advanced separately
     assert st.frames_done == twin.frames_done == 2

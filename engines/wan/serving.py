@@ -21,12 +21,13 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engines.contract import EngineCapabilities
 from engines.sampler import FlowMatchEulerSampler
 from engines.wan.checkpoint import inspect_checkpoint
 from engines.wan.engine import WanEngine, WanStreamState
@@ -54,26 +55,15 @@ class AvatarStreamState(WanStreamState):
     emotion: int = 0
     intensity: float = 1.0
 
-    @property
-    def rng(self) -> torch.Generator:
-        """The scheduler copies states with `copy.deepcopy(state.rng)`: the generator is the rng."""
-        return self.generator
-
-    @rng.setter
-    def rng(self, g: torch.Generator) -> None:
-        self.generator = g
-
-    def __copy__(self) -> "AvatarStreamState":
-        """copy.copy (the scheduler's copy_state) must not share the VAE causal cache: advancing the
-        copy would advance the original. The cache's tensors are replaced, never written in place,
-        so a shallow copy of the cache object is enough."""
+    def copy(self) -> Self:
+        """A twin to advance on its own: the generator is copied, and so is the VAE causal cache object
+        (its tensors are replaced, never written in place, so a shallow copy of it is enough)."""
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
-        vae = getattr(self, "vae", None)
-        if vae is not None:
-            new.vae = copy.copy(vae)
-            if isinstance(getattr(vae, "meta", None), dict):
-                new.vae.meta = dict(vae.meta)
+        new.vae = copy.copy(self.vae)
+        new.vae.meta = dict(self.vae.meta)
+        new.generator = copy.deepcopy(self.generator)
+        new.meta = dict(self.meta)
         return new
 
     @property
@@ -229,7 +219,13 @@ class WanAvatarEngine:
 
     # -- what the server reads --------------------------------------------------------------
     @property
-    def vae_compiled(self) -> bool | None:
+    def capabilities(self) -> EngineCapabilities:
+        """Read when a scheduler is made: tools may set max_batch / pipeline_depth before that."""
+        return EngineCapabilities(frames_per_chunk=self.cfg.frames_per_chunk, max_batch=self.max_batch,
+                                  pipeline_depth=self.pipeline_depth, per_stream_decode=True)
+
+    @property
+    def graphs_ready(self) -> bool | None:
         """None: the VAE decodes eagerly; False while its graphs compile in the background; True."""
         return self.wan.vae_stream.compiled
 
@@ -367,8 +363,13 @@ class WanAvatarEngine:
         out[..., 3] = 255
         return out.reshape(*lead, FRAME_H, FRAME_W, 4)
 
-    def decode_chunks(self, states: list[AvatarStreamState], latents: np.ndarray) -> np.ndarray:
-        """Each stream's newest chunk (B, T, C, h, w) -> its frames (B, 4T, 360, 640, 4), continuing its video."""
+    def decode_chunks(self, states: list[AvatarStreamState], latents: np.ndarray, lowres: bool = False) -> np.ndarray:
+        """Each stream's newest chunk (B, T, C, h, w) -> its frames (B, 4T, 360, 640, 4), continuing its video.
+
+        Raises:
+            ValueError: lowres (the Wan VAE has no half-resolution decoder)."""
+        if lowres:
+            raise ValueError("the wan engine has no half-resolution decoder")
         lat = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
         with self._on("vae"):
             return self._rgba(self.wan.decode_new(states, lat, to_numpy=False)).cpu().numpy()

@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict, deque
 from typing import Any, Callable
 
-from realtime.cluster.wire import ChunkCall, ChunkReply, start_spec
+from realtime.cluster.wire import ChunkCall, ChunkReply
 from realtime.scheduler import ChunkJob, ChunkResult, EngineScheduler
 
 log = logging.getLogger("avatarcast.cluster")
@@ -103,10 +103,7 @@ class RemoteScheduler:
 
     async def submit(self, job: ChunkJob) -> ChunkResult:
         """The job's chunk from its session's replica; retried on another replica if that one is lost."""
-        state = job.state
-        if callable(state):
-            spec = start_spec(state, self.engine)
-            state = spec if spec is not None else await self.local.run_on_engine(state)  # made here, then sent
+        state = job.state  # a StreamStart is made on the replica
         lost = replica_lost_errors()
         handle = self.handle.options(session_id=job.session_id)
         first_sent = self.clock()

@@ -8,12 +8,11 @@ brings its stream state and the reply takes the new one back (realtime/cluster/w
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from typing import Any
 
-from realtime.cluster.wire import ChunkCall, ChunkReply, StartStream
+from realtime.cluster.wire import ChunkCall, ChunkReply
 from realtime.ladder import ladder_for
 from realtime.settings import Settings
 
@@ -61,11 +60,8 @@ class EngineReplica:
         from realtime.scheduler import ChunkJob
 
         sch = await self._started()
-        state = call.state
-        if isinstance(state, StartStream):  # made on the engine thread, like a local new stream
-            state = functools.partial(self.engine.start_stream, *state.args, **state.kwargs)
-        t_in = time.monotonic()
-        res = await sch.submit(ChunkJob(call.session_id, state, t_in + call.due_in_s, call.emotion, call.intensity))
+        t_in = time.monotonic()  # a StreamStart state is made on the engine thread, like a local new stream
+        res = await sch.submit(ChunkJob(call.session_id, call.state, t_in + call.due_in_s, call.emotion, call.intensity))
         full = sch.ladder is None or sch.ladder.level == 0  # this batch ran at full quality (near enough)
         return ChunkReply(res.frames, res.state, self.name, max(0.0, res.started - t_in), res.sampled - res.started,
                           res.finished - res.sampled, res.batch, res.started, full, res.lowres)
