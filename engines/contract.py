@@ -37,13 +37,22 @@ class StreamStart:
 
 
 class LatentShapes(Protocol):
-    """The shapes the latents cache checks stored entries against."""
+    """The shapes the latents cache checks stored entries against (read-only)."""
 
-    chunk_frames: int  # latent frames per chunk
-    latent_channels: int
-    context_frames: int  # latent frames of context
-    height: int
-    width: int
+    @property
+    def chunk_frames(self) -> int: ...  # latent frames per chunk
+
+    @property
+    def latent_channels(self) -> int: ...
+
+    @property
+    def context_frames(self) -> int: ...  # latent frames of context
+
+    @property
+    def height(self) -> int: ...
+
+    @property
+    def width(self) -> int: ...
 
     @property
     def latent_hw(self) -> tuple[int, int]: ...

@@ -22,13 +22,16 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, TypeVar
 
 import numpy as np
 
 from engines.contract import StreamEngine, StreamStart, StreamState
+from realtime.batching import BatchEstimates, Wait, next_batch
+from realtime.ladder import DegradationLadder
 
 log = logging.getLogger("avatarcast.scheduler")
+T = TypeVar("T")
 
 
 @dataclass
@@ -53,6 +56,66 @@ class ChunkResult:
     finished: float  # monotonic: frames decoded
     batch: int
     lowres: bool = False  # decoded at half resolution (the ladder's lower_resolution rung)
+
+
+class Scheduler(Protocol):
+    """Runs the chunk jobs of every session on an engine, and measures its load.
+
+    EngineScheduler runs them on this process's engine; the Ray RemoteScheduler
+    (realtime/cluster/remote.py) on engine replicas. The Hub, the runners, admission control and
+    the degradation ladder see only this.
+    """
+
+    ladder: DegradationLadder | None  # set by the Hub; fed with each live batch's lateness
+    cost_at: float  # when stream_chunk_s was last measured
+    batches: int
+    jobs_done: int
+    late_batches: int  # batches that finished after their earliest deadline
+    oom_splits: int  # batches split after the device ran out of memory
+    busy_s: float
+
+    @property
+    def stream_chunk_s(self) -> float | None:
+        """Engine seconds per stream-chunk at full quality (None: not measured yet; set None to re-measure)."""
+        ...
+
+    @stream_chunk_s.setter
+    def stream_chunk_s(self, value: float | None) -> None: ...
+
+    @property
+    def queue_depth(self) -> int: ...
+
+    @property
+    def max_batch(self) -> int | None:
+        """Most streams per engine call (None: the replicas decide)."""
+        ...
+
+    @property
+    def depth(self) -> int:
+        """Engine calls kept in flight."""
+        ...
+
+    def busy_fraction(self, window_s: float = 10.0) -> float: ...
+
+    def cluster_status(self) -> dict | None:
+        """Replicas and failovers for /v1/status (None: a single-process engine)."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def submit(self, job: ChunkJob) -> ChunkResult:
+        """The job's chunk.
+
+        Raises:
+            Exception: whatever the engine raised for the job's batch (the session ends that reaction).
+        """
+        ...
+
+    async def run_on_engine(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+    async def run_background(self, fn: Callable[..., T], *args: Any) -> T: ...
 
 
 class EngineScheduler:
@@ -91,7 +154,7 @@ class EngineScheduler:
         self.cost_at = -1e18  # when stream_chunk_s was last measured
         self.late_batches = 0
         self._live: deque[tuple[float, float]] = deque(maxlen=4096)  # (end, seconds) of recent live batches
-        self.ladder: Any = None  # a DegradationLadder, set by the Hub
+        self.ladder: DegradationLadder | None = None  # set by the Hub
 
     def busy_fraction(self, window_s: float = 10.0) -> float:
         """The fraction of the last `window_s` seconds the engine spent on live batches (0..1)."""
@@ -117,6 +180,9 @@ class EngineScheduler:
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    def cluster_status(self) -> None:
+        return None  # one engine, in this process
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
@@ -145,11 +211,11 @@ class EngineScheduler:
         if self.collector is not None:
             self.collector.shutdown(wait=True, cancel_futures=True)
 
-    async def run_on_engine(self, fn: Callable, *args: Any) -> Any:
+    async def run_on_engine(self, fn: Callable[..., T], *args: Any) -> T:
         """Engine work that must happen now (start-up), on the engine thread."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def run_background(self, fn: Callable, *args: Any) -> Any:
+    async def run_background(self, fn: Callable[..., T], *args: Any) -> T:
         """Engine work that can wait (warming a new avatar): runs only while no chunk job is queued.
 
         Keep each call short (one chunk or one cache entry): a live job arriving meanwhile waits for it.
@@ -203,20 +269,17 @@ class EngineScheduler:
                     if self.ladder is not None:
                         self.ladder.tick(self.busy_fraction())
                 continue
-            self._queue.sort(key=lambda j: j.due_t)
-            now = self.clock()
-            oldest = min(j.queued_at for j in self._queue)
-            wait = min(self._queue[0].due_t - now - 2 * self.est_batch_s - self.margin_s,
-                       oldest + self.max_wait_s - now)
-            if len(self._queue) < self.max_batch and wait > 0.005:
+            estimates = BatchEstimates(self.max_batch, self.est_batch_s, self.max_wait_s, self.margin_s)
+            decision = next_batch(self._queue, self.clock(), estimates)
+            if isinstance(decision, Wait):
                 self._wake.clear()
                 try:  # room to wait: let other sessions' jobs join this batch
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    await asyncio.wait_for(self._wake.wait(), decision.seconds)
                 except asyncio.TimeoutError:
                     pass
                 continue  # look again: more jobs, or the wait is over
-            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-            batch = [j for j in batch if j.future is not None and not j.future.done()]
+            self._queue = list(decision.rest)
+            batch = [j for j in decision.jobs if j.future is not None and not j.future.done()]
             if not batch:
                 continue
             steps = self.ladder.live_steps if self.ladder is not None else None
