@@ -121,7 +121,8 @@ class Scheduler(Protocol):
 class EngineScheduler:
     """Batches chunk jobs of all sessions onto one engine thread (earliest deadline first)."""
 
-    def __init__(self, engine: StreamEngine, *, max_batch: int | None = None, max_wait_s: float = 0.25, margin_s: float = 0.05,
+    def __init__(self, engine: StreamEngine, *, max_batch: int | None = None, max_wait_s: float = 0.25,
+                 margin_s: float = 0.05,
                  clock: Callable[[], float] = time.monotonic,
                  on_batch: Callable[[int, float], None] | None = None) -> None:
         self.engine = engine
