@@ -18,7 +18,9 @@ from realtime.messages import (
     Transcript,
     VideoFrame,
 )
-from realtime.session import FrameClock, Session, SessionConfig, UtteranceTimeline
+from realtime.clock import FrameClock
+from realtime.session import Session, SessionConfig
+from realtime.timeline import UtteranceTimeline
 
 T0 = 1000.0
 DT = 0.125
