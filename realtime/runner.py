@@ -13,13 +13,13 @@ import asyncio
 import io
 import logging
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from realtime.messages import ChunkRequest, FrameRequest, SessionEvent, VideoFrame
+from realtime.messages import ChunkRequest, FrameRequest, FrameSource, SessionEvent
+from realtime.playout import Playout, sent_frame
 from engines.contract import StreamStart
 from realtime.scheduler import ChunkJob
 from realtime.session import Session
@@ -91,16 +91,11 @@ class SessionRunner:
         self.last_frame: OutFrame | None = None
         self.closed = asyncio.Event()
         self.close_code: int | None = None  # set when the server ends the session (1001: shutting down)
-        # reactions started while the ladder said "cached loops": reaction -> (start chunk, emotion, cached frames)
-        self._loops: dict[int, tuple[int, str, np.ndarray]] = {}
-        # reaction frames ready to play, in order: (reaction, chunk, rgba, source, emotion)
-        self._ready: deque[tuple[int, int, np.ndarray, str, str]] = deque()
-        self._states: dict[tuple[int, int], Any] = {}  # (reaction, chunk) -> stream state after it
+        self.playout = Playout()  # what each frame shows (realtime/playout.py)
         self._work: asyncio.Queue[ChunkRequest] = asyncio.Queue()
         self._live: Any = None  # realtime.live.LiveAudio, made on the first live audio
         self._audio_backlog = 0  # live samples queued but not yet fed
         self._turn_meta: dict[int, dict] = {}
-        self._last_reaction: tuple[int, np.ndarray, str, str] | None = None
         self._kick = asyncio.Event()
         self._cue_lock = asyncio.Lock()
         self._cue_tasks: set[asyncio.Task] = set()
@@ -163,8 +158,7 @@ class SessionRunner:
                 await t
             except (asyncio.CancelledError, Exception):
                 pass
-        self._ready.clear()
-        self._states.clear()
+        self.playout.clear()
 
     # -- public: inputs --
 
@@ -326,38 +320,17 @@ class SessionRunner:
             self._error("internal", "the frame loop failed; the session ends", fatal=True)
             asyncio.create_task(self.hub.close_session(self.id))
 
-    def _pixels(self, req: FrameRequest) -> tuple[np.ndarray, str, str]:
-        """(rgba, source, emotion) actually shown for a planned frame.
-
-        Reaction frames play from a queue in the order they were made, so a chunk that comes late
-        is shown late rather than skipped; while the queue is empty the reaction's last frame holds
-        (a brief freeze reads better than a cut back to the listening pose). Frames always report
-        what they really show, so TTER stays honest.
-        """
-        if req.is_reaction:
-            ready = self._ready
-            while ready and ready[0][0] != req.reaction:
-                ready.popleft()  # left over from an earlier reaction
-            if ready:
-                item = ready.popleft()
-                self._last_reaction = (item[0], item[2], item[3], item[4])
-                return item[2], item[3], item[4]
+    async def _emit_frame(self, req: FrameRequest) -> None:
+        shown = self.playout.show(req)
+        if shown.late:
             self.hub.stats["chunk_late_frames"] += 1
             self.hub.metrics.chunk_late_frames.inc()
-            last = self._last_reaction
-            if last is not None and last[0] == req.reaction:
-                return last[1], last[2], last[3]
-            return self.assets.loop_frame("listening", req.index), "listening", "listening"
-        self._ready.clear()
-        kind = "listening" if req.source == "listening" else "idle"
-        return self.assets.loop_frame(kind, req.index), req.source, req.emotion
-
-    async def _emit_frame(self, req: FrameRequest) -> None:
-        rgba, source, emotion = self._pixels(req)
+        source, emotion = shown.source, shown.emotion
+        rgba = shown.pixels if shown.pixels is not None else self.assets.loop_frame(source, req.index)
         wanted = sorted({k.image_format for k in self.sinks if k.image_format})
         encoded: dict[str, bytes] = {}
         t0 = time.monotonic()
-        loop_key = self.assets.loop_key(source, req.index) if source in ("idle", "listening") else None
+        loop_key = self.assets.loop_key(source, req.index) if shown.pixels is None else None
         cache = self.assets.encoded
         todo = []
         for f in wanted:
@@ -391,10 +364,7 @@ class SessionRunner:
         elif t1 - w[0] >= 1.0:
             self.hub.metrics.session_fps.observe((self.frames_sent - w[1]) / (t1 - w[0]))
             self._fps_window = (t1, self.frames_sent)
-        sent = VideoFrame(req.index, req.pts, t1, t0, emotion, source, req.intensity,
-                          req.utterance if source == req.source else None, req.reaction,
-                          {"encode": (t0, t1)})
-        self.session.on_frame_sent(sent, time.monotonic())
+        self.session.on_frame_sent(sent_frame(req, shown, t0, t1), time.monotonic())
 
     # -- engine work --
 
@@ -404,11 +374,11 @@ class SessionRunner:
             self.session.clock_changed = False
             self._kick.set()
         for req in self.session.chunk_requests():
-            if req.revision > 0:  # the emotion switched from this chunk on: drop what the old one made
-                self._ready = deque(x for x in self._ready if not (x[0] == req.reaction and x[1] >= req.chunk))
-            if req.source == "cache" and self._serve_from_cache(req):
+            self.playout.on_request(req)
+            if req.source == FrameSource.CACHE and self._serve_from_cache(req):
                 continue
-            if self._serve_from_loop(req):
+            if self.playout.store_looped(req):  # degraded (ladder level 3): no engine time
+                self.hub.stats["chunks_looped"] += 1
                 continue
             self._work.put_nowait(req)
         self._flush_events()
@@ -426,35 +396,11 @@ class SessionRunner:
             return False
         state = self.hub.engine.start_stream(self.assets.params, req.emotion, req.intensity,
                                              seed=hash((self.id, req.reaction)) & 0xFFFF, ctx=entry.ctx)
-        self._store(req, entry.frames, state)
         ladder = self.hub.scheduler.ladder if self.hub.scheduler is not None else None
-        if ladder is not None and ladder.cached_loops and (req.chunk == 0 or req.reaction in self._loops):
-            self._loops[req.reaction] = (req.chunk, req.emotion, entry.frames)  # a new reaction under load
-            while len(self._loops) > 4:
-                self._loops.pop(next(iter(self._loops)))
+        self.playout.store_cached(req, entry.frames, state, cached_loops=ladder is not None and ladder.cached_loops)
         if req.utterance is not None:
             self.session.stamp("cache", time.monotonic(), t0, utterance=req.utterance)
         return True
-
-    def _serve_from_loop(self, req: ChunkRequest) -> bool:
-        """Degraded (ladder level 2): a reaction that started under load plays its cached chunk forward,
-        then backward, and so on, instead of sampling. No engine time; no seam at the turn-arounds."""
-        loop = self._loops.get(req.reaction)
-        if loop is None or loop[1] != req.emotion:
-            return False
-        start, _, frames = loop
-        self._store(req, frames if (req.chunk - start) % 2 == 0 else frames[::-1], None, source="cache")
-        self.hub.stats["chunks_looped"] += 1
-        return True
-
-    def _store(self, req: ChunkRequest, frames: np.ndarray, state: Any, source: str | None = None) -> None:
-        self._states[(req.reaction, req.chunk)] = state
-        while len(self._states) > 8:  # a few chunks around the playing one; memory stays flat
-            self._states.pop(next(iter(self._states)))
-        for f in frames:
-            self._ready.append((req.reaction, req.chunk, f, source or req.source, req.emotion))
-        while len(self._ready) > 64:
-            self._ready.popleft()
 
     async def _chunk_worker(self) -> None:
         """Runs this session's sampler requests in order (a chunk continues the previous one)."""
@@ -464,7 +410,7 @@ class SessionRunner:
             if not self.session.is_wanted(req):
                 continue
             try:
-                prev = self._states.get((req.reaction, req.previous_chunk)) if req.previous_chunk is not None else None
+                prev = self.playout.state_after(req.reaction, req.previous_chunk)
                 if prev is None:
                     seed = hash((self.id, req.reaction, req.chunk)) & 0xFFFF
                     state = StreamStart(self.assets.params, req.emotion, req.intensity, seed)
@@ -486,7 +432,7 @@ class SessionRunner:
             if not self.session.is_wanted(req):  # superseded by a switch, or the reaction ended
                 self.hub.stats["chunks_discarded"] += 1
                 continue
-            self._store(req, res.frames, res.state)
+            self.playout.store(req, res.frames, res.state)
             if res.lowres:
                 self.hub.stats["chunks_lowres"] += 1
             if req.utterance is not None and req.previous_chunk is None:
