@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from engines.contract import StreamStart
+from engines.errors import AvatarcastError, ErrorCode
 from realtime.scheduler import ChunkJob
 
 FORMATS = {"mp4": "video/mp4", "webm": "video/webm"}
@@ -47,8 +48,10 @@ class RenderedClip:
     key: str
 
 
-class ClipError(ValueError):
-    """A bad clip request (400)."""
+class ClipError(AvatarcastError, ValueError):
+    """A bad clip request."""
+
+    code = ErrorCode.BAD_CLIP_REQUEST
 
 
 class ClipRenderer:

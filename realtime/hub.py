@@ -17,19 +17,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 from engines.contract import StreamStart
+from engines.errors import AvatarcastError, ErrorCode
 from realtime.settings import Settings
 
 log = logging.getLogger("avatarcast.hub")
 ADMIT_GRACE_S = 0.5  # how long a new session waits for a leaving one before admission control refuses it
 
 
-class HubError(Exception):
-    """An error a client caused or must know about: `status` is the HTTP status to answer with."""
+class HubError(AvatarcastError):
+    """A session or request the Hub refuses (or cannot find); `code` says how each transport answers it."""
 
-    def __init__(self, status: int, code: str, message: str, retry_after: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.retry_after = retry_after or ("5" if status == 503 else None)  # the Retry-After header (429, 503)
+    def __init__(self, code: ErrorCode, message: str, retry_after: str | None = None) -> None:
+        super().__init__(message, code=code, retry_after=retry_after)
 
 
 class Hub:
@@ -85,7 +84,7 @@ class Hub:
 
         s = self.settings
         if s.engine not in ("tiny", "wan"):
-            raise HubError(500, "engine_unavailable", f"engine {s.engine!r} is not available in this build")
+            raise HubError(ErrorCode.ENGINE_UNAVAILABLE, f"engine {s.engine!r} is not available in this build")
         if s.engine == "wan":
             s.validate_wan()  # a missing or incomplete checkpoint fails here, before anything loads
         self.loop = asyncio.get_running_loop()
@@ -220,28 +219,28 @@ class Hub:
         from realtime.runner import SessionRunner
 
         if not self.ready.is_set():
-            raise HubError(503, "starting", "the server is still loading its models")
+            raise HubError(ErrorCode.STARTING, "the server is still loading its models")
         if self.draining:
             self._reject("shutting_down")
-            raise HubError(503, "shutting_down", "the server is shutting down; retry on another replica")
+            raise HubError(ErrorCode.SHUTTING_DOWN, "the server is shutting down; retry on another replica")
         if len(self.sessions) >= self.settings.max_sessions:
             self._reject("max_sessions")
-            raise HubError(503, "busy", f"all {self.settings.max_sessions} session slots are taken; retry later")
+            raise HubError(ErrorCode.BUSY, f"all {self.settings.max_sessions} session slots are taken; retry later")
         verdict = self.admission()
         if self.settings.admission and not verdict.admit:
             self._reject(verdict.reason)
             log.info("session refused (%s): %s", verdict.reason, verdict.message)
-            raise HubError(503, "busy", verdict.message)
+            raise HubError(ErrorCode.BUSY, verdict.message)
         fmt = image_format or self.settings.image_format
         if fmt not in ("jpeg", "webp"):
-            raise HubError(400, "bad_image_format", f"image_format must be jpeg or webp, got {fmt!r}")
+            raise HubError(ErrorCode.BAD_IMAGE_FORMAT, f"image_format must be jpeg or webp, got {fmt!r}")
         q = self.settings.quality if quality is None else int(quality)
         if not 1 <= q <= 100:
-            raise HubError(400, "bad_quality", f"quality must be 1..100, got {q}")
+            raise HubError(ErrorCode.BAD_QUALITY, f"quality must be 1..100, got {q}")
         lang = language if language is not None else (self.settings.language or None)
         if lang is not None and lang not in ("", "auto"):
             if not self.transcriber.multilingual and lang != "en":
-                raise HubError(400, "bad_language",
+                raise HubError(ErrorCode.BAD_LANGUAGE,
                                f"the ASR model {self.transcriber.name} is English-only; start with --asr-model base")
         else:
             lang = "en" if not self.transcriber.multilingual else None
@@ -250,7 +249,7 @@ class Hub:
             runner = SessionRunner(self, sid, avatar or (self.settings.avatar_list() or ["pip"])[0],
                                    image_format=fmt, quality=q, language=lang)
         except ValueError as exc:
-            raise HubError(400, "bad_avatar", str(exc)) from None
+            raise HubError(ErrorCode.BAD_AVATAR, str(exc)) from None
         self.sessions[sid] = runner
         self.stats["sessions_created"] += 1
         self.metrics.sessions_created.inc()
@@ -278,7 +277,7 @@ class Hub:
     def get_session(self, sid: str) -> Any:
         r = self.sessions.get(sid)
         if r is None:
-            raise HubError(404, "no_session", f"no session {sid!r}")
+            raise HubError(ErrorCode.NO_SESSION, f"no session {sid!r}")
         return r
 
     async def close_session(self, sid: str) -> bool:

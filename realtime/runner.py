@@ -21,6 +21,7 @@ import numpy as np
 from realtime.messages import ChunkRequest, FrameRequest, FrameSource, SessionEvent
 from realtime.playout import Playout, sent_frame
 from engines.contract import StreamStart
+from engines.errors import CLOSE_GOING_AWAY, ErrorCode
 from realtime.scheduler import ChunkJob
 from realtime.session import Session
 from tools.render_clip import composite
@@ -140,7 +141,7 @@ class SessionRunner:
 
     def notify_closing(self, reason: str) -> None:
         """The server is going away: say so to every client before the session closes (WebSocket 1001)."""
-        self.close_code = 1001
+        self.close_code = CLOSE_GOING_AWAY
         self._emit_local("closing", {"reason": reason})
 
     async def close(self) -> None:
@@ -193,7 +194,7 @@ class SessionRunner:
                 data, max_seconds=hub.settings.max_clip_seconds, max_bytes=hub.settings.max_clip_bytes))
         except AudioDecodeError as exc:
             self.session.on_final("", time.monotonic(), utterance=turn)
-            self._error("bad_audio", str(exc), reason=exc.reason, utterance=turn)
+            self._error(ErrorCode.BAD_AUDIO, str(exc), reason=exc.reason, utterance=turn)
             raise
         t_dec = time.monotonic()
         self.session.stamp("decode", t_dec, t_recv, utterance=turn)
@@ -215,7 +216,7 @@ class SessionRunner:
         hub = self.hub
         n = int(samples.size)
         if self._audio_backlog + n > hub.settings.max_audio_backlog_s * 16000:
-            self._error("audio_overrun", "live audio arrives faster than it can be processed; chunk dropped")
+            self._error(ErrorCode.AUDIO_OVERRUN, "live audio arrives faster than it can be processed; chunk dropped")
             return
         self._audio_backlog += n
         try:
@@ -288,7 +289,7 @@ class SessionRunner:
         try:
             cue = await asyncio.get_running_loop().run_in_executor(self.hub.cpu_pool, self.hub.reader.read, text)
         except Exception as exc:
-            self._error("emotion_failed", f"{type(exc).__name__}: {exc}")
+            self._error(ErrorCode.EMOTION_FAILED, f"{type(exc).__name__}: {exc}")
             return
         self.session.on_cue(cue, time.monotonic(), "text")
         self._pump()
@@ -317,7 +318,7 @@ class SessionRunner:
             raise
         except Exception:
             log.exception("session %s: frame loop failed", self.id)
-            self._error("internal", "the frame loop failed; the session ends", fatal=True)
+            self._error(ErrorCode.INTERNAL, "the frame loop failed; the session ends", fatal=True)
             asyncio.create_task(self.hub.close_session(self.id))
 
     async def _emit_frame(self, req: FrameRequest) -> None:
@@ -423,10 +424,10 @@ class SessionRunner:
             except Exception as exc:  # the engine failed this batch: this reaction ends, the session goes on
                 log.exception("session %s: chunk %s failed", self.id, (req.reaction, req.chunk))
                 self.hub.stats["engine_failures"] += 1
-                if not self.session.abort_reaction(req.reaction, "engine_failed",
+                if not self.session.abort_reaction(req.reaction, ErrorCode.ENGINE_FAILED,
                                                    f"the engine failed ({type(exc).__name__}: {exc}); "
                                                    "back to the idle loop", time.monotonic()):
-                    self._error("engine_failed", f"{type(exc).__name__}: {exc}")
+                    self._error(ErrorCode.ENGINE_FAILED, f"{type(exc).__name__}: {exc}")
                 self._pump()
                 continue
             if not self.session.is_wanted(req):  # superseded by a switch, or the reaction ended
@@ -450,10 +451,10 @@ class SessionRunner:
         for sink in list(self.sinks):
             sink.offer_event(ev)
 
-    def _error(self, code: str, message: str, *, fatal: bool = False, **extra: Any) -> None:
+    def _error(self, code: ErrorCode, message: str, *, fatal: bool = False, **extra: Any) -> None:
         log.warning("session %s: %s: %s", self.id, code, message)
-        self.hub.metrics.errors.labels(code).inc()
-        self._emit_local("error", {"code": code, "message": message, "fatal": fatal, **extra})
+        self.hub.metrics.errors.labels(code.wire).inc()
+        self._emit_local("error", {"code": code.wire, "message": message, "fatal": fatal, **extra})
 
     def _flush_events(self) -> None:
         for ev in self.session.events():

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from engines.errors import ErrorCode
 from realtime.clock import EPS, FrameClock
 from realtime.emotion import TEMPLATE_EMOTIONS, EmotionCue
 from realtime.messages import ChunkRequest, CueDecision, CueSource, FrameRequest, FrameSource, SessionEvent, VideoFrame
@@ -283,16 +284,16 @@ class Session:
         if self.closed:
             return
         if source not in CUE_SOURCES:
-            self._error("bad_cue_source", f"cue source must be one of {CUE_SOURCES}, got {source!r}", now)
+            self._error(ErrorCode.BAD_CUE_SOURCE, f"cue source must be one of {CUE_SOURCES}, got {source!r}", now)
             return
         source = CueSource(source)
         if cue.label not in REACTION_EMOTIONS:
-            self._error("unknown_emotion", f"no template for emotion {cue.label!r}", now)
+            self._error(ErrorCode.UNKNOWN_EMOTION, f"no template for emotion {cue.label!r}", now)
             return
         if source == CueSource.ASR:
             turn = self._turns.get(self._speech) if self._speech is not None else None
             if turn is None or (utterance is not None and utterance != turn.id):
-                self._error("stale_cue", "asr cue for no current utterance; ignored", now, utterance=utterance)
+                self._error(ErrorCode.STALE_CUE, "asr cue for no current utterance; ignored", now, utterance=utterance)
                 return
             decided_by = decided_by or ("final" if turn.final else "partial")
         elif source == CueSource.TEXT:
@@ -305,7 +306,7 @@ class Session:
             turn = self._new_turn("explicit", now, now)
             decided_by = "explicit"
         if source == CueSource.ASR and turn.timeline.reported:
-            self._error("stale_cue", "asr cue for a finished utterance; ignored", now, utterance=turn.id)
+            self._error(ErrorCode.STALE_CUE, "asr cue for a finished utterance; ignored", now, utterance=turn.id)
             return
         self._decide(CueDecision(cue, now, source, decided_by, turn.id), turn, now)
 
@@ -314,7 +315,7 @@ class Session:
         x = float(intensity)
         if not math.isfinite(x):
             if not self.closed:
-                self._error("bad_intensity", f"intensity must be a number in 0..1, got {intensity!r}", now)
+                self._error(ErrorCode.BAD_INTENSITY, f"intensity must be a number in 0..1, got {intensity!r}", now)
             return
         x = min(max(x, 0.0), 1.0)
         self.on_cue(EmotionCue(label, x, 1.0, {label: 1.0}), now, CueSource.EXPLICIT)
@@ -352,7 +353,7 @@ class Session:
         self._reaction = None
         self._set_state(SessionState.CLOSED, now)
 
-    def abort_reaction(self, reaction: int, code: str, message: str, now: float) -> bool:
+    def abort_reaction(self, reaction: int, code: ErrorCode, message: str, now: float) -> bool:
         """The engine could not make this reaction's frames: back to the idle (or listening) loop from
         the next frame, with an error event. False if that reaction is no longer playing."""
         r = self._reaction
@@ -575,8 +576,9 @@ class Session:
             r.next_request = min(r.next_request, boundary)  # re-issue queued chunks with the new emotion
             self._prune(r)
             self._fill_chunks(r, now)
-            self._emit("state_changed", {"from": SessionState.REACTING, "to": SessionState.REACTING, "utterance": turn.id,
-                                         "emotion": label, "from_frame": r.start_frame + boundary * c.chunk_frames}, now)
+            self._emit("state_changed", {"from": SessionState.REACTING, "to": SessionState.REACTING,
+                                         "utterance": turn.id, "emotion": label,
+                                         "from_frame": r.start_frame + boundary * c.chunk_frames}, now)
 
     def _maybe_report(self, tl: UtteranceTimeline, now: float) -> None:
         ev = tl.maybe_report(now)
@@ -597,9 +599,9 @@ class Session:
             r.revisions[k] = rev
             first = r.start_frame + k * c.chunk_frames
             prev = None if (cache or k == 0) else k - 1
+            source = FrameSource.CACHE if cache else FrameSource.SAMPLER
             self._chunks.append(ChunkRequest(now, r.id, k, rev, first, c.chunk_frames, self.clock.time_of(first),
-                                             seg.emotion, seg.intensity, FrameSource.CACHE if cache else FrameSource.SAMPLER, prev,
-                                             seg.utterance))
+                                             seg.emotion, seg.intensity, source, prev, seg.utterance))
             r.next_request += 1
             if not cache:
                 queued += 1
@@ -634,7 +636,7 @@ class Session:
         self._set_state(state, now, from_frame=from_frame)
 
     def _thinking_timeout(self, now: float) -> None:
-        self._error("no_cue", f"no emotion cue within {self.config.thinking_timeout_s:g} s; back to idle", now,
+        self._error(ErrorCode.NO_CUE, f"no emotion cue within {self.config.thinking_timeout_s:g} s; back to idle", now,
                     utterance=self._speech)
         for attr in ("_speech", "_say"):
             key = getattr(self, attr)
@@ -657,8 +659,8 @@ class Session:
         payload.update(extra)
         self._emit("state_changed", payload, now)
 
-    def _error(self, code: str, message: str, now: float, **extra: object) -> None:
-        self._emit("error", {"code": code, "message": message, "fatal": False, **extra}, now)
+    def _error(self, code: ErrorCode, message: str, now: float, **extra: object) -> None:
+        self._emit("error", {"code": str(code), "message": message, "fatal": False, **extra}, now)
 
     def _emit(self, type_: str, payload: dict, now: float) -> None:
         self._push(SessionEvent(type_, payload, now))

@@ -43,6 +43,7 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from engines.errors import AvatarcastError, ErrorCode
 from realtime.protocol import TAG_PCM
 from realtime.ws import _error, handle_command
 from tools.render_clip import composite
@@ -63,8 +64,10 @@ CODEC_ORDER = ("video/vp8", "video/h264")
 MAX_PEERS_PER_SESSION = 4  # viewers of one avatar stream; each costs a video encoder
 
 
-class OfferError(ValueError):
-    """A bad SDP offer (400)."""
+class OfferError(AvatarcastError, ValueError):
+    """A bad SDP offer."""
+
+    code = ErrorCode.BAD_OFFER
 
 
 # -- video --

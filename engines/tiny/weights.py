@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from engines.errors import EngineError
 from engines.tiny.config import TinyConfig
 
 DEFAULT_DIR = Path(__file__).parent / "weights"
@@ -25,7 +26,7 @@ LOWRES_FILE = "lowres.safetensors"
 LOWRES_ONNX = "decoder_lowres.onnx"
 
 
-class WeightsError(FileNotFoundError):
+class WeightsError(EngineError, FileNotFoundError):
     """The weights folder is missing a file, or a file does not match its manifest hash."""
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engines.errors import EngineError
 from engines.wan.export import MANIFEST
 from engines.wan.vae_stream import StreamingVaeDecoder
 
@@ -27,7 +28,7 @@ BACKENDS = ("torch", "tensorrt", "onnxruntime")
 EXPORT_HINT = "python -m engines.wan.export --checkpoint CKPT --out DIR --chunk-frames T [--build --module tensorrt]"
 
 
-class ExportError(RuntimeError):
+class ExportError(EngineError, RuntimeError):
     """The exported graphs are missing or do not fit this engine."""
 
 
