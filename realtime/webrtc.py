@@ -45,7 +45,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from engines.errors import AvatarcastError, ErrorCode
 from realtime.protocol import TAG_PCM
-from realtime.ws import _error, handle_command
+from realtime.commands import error_event, handle_command
 from tools.render_clip import composite
 
 log = logging.getLogger("avatarcast.webrtc")
@@ -205,14 +205,14 @@ class Peer:
             max_bytes = self.hub.settings.max_message_bytes
             if isinstance(msg, str):
                 if len(msg) > max_bytes:
-                    self.send_event(_error("too_big", f"message over {max_bytes} bytes"))
+                    self.send_event(error_event(ErrorCode.TOO_BIG, f"message over {max_bytes} bytes"))
                     return
                 self.spawn(handle_command(msg, self.runner, self.track, self._spawn_input), name="dc-command")
             elif bytes(msg[:4]) == TAG_PCM and len(msg) % 2 == 0:
                 self._spawn_input(self.runner.pcm(np.frombuffer(bytes(msg[4:]), dtype="<i2").copy()))
             else:
-                self.send_event(_error("bad_binary", "binary data channel messages are b'PCM1' + int16 samples; "
-                                                     "send the microphone as an audio track"))
+                self.send_event(error_event(ErrorCode.BAD_BINARY, "binary data channel messages are b'PCM1' + int16 "
+                                            "samples; send the microphone as an audio track"))
 
         if ch.readyState == "open":
             self._flush_pending()
