@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -430,7 +431,6 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 def _release_device_memory() -> None:
-    import sys
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()

@@ -14,13 +14,23 @@ from typing import Any, Literal
 
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from engines.errors import AvatarcastError, ErrorCode
+from realtime.auth import AuthMiddleware
+from realtime.avatars import avatar_names
+from realtime.clips import ClipRequest
 from realtime.hub import Hub, HubError
+from realtime.logs import setup_logging
+from realtime.origins import OriginMiddleware, parse_origins
+from realtime.ratelimit import RateLimitMiddleware, client_keys, retry_after
+from realtime.runner import SessionRunner
 from realtime.settings import Settings
+from realtime.ws import serve_socket
 
 log = logging.getLogger("avatarcast.server")
 STATIC = Path(__file__).parent / "static"
@@ -93,7 +103,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        # aiortc takes ~0.7 s to import: pay it before serving, not on the loop at the first WHEP offer
+        # aiortc takes ~0.7 s to import: pay it before serving, not on the loop at the first WHEP offer (and not
+        # when this module is imported: the CLI and the tests build apps that never serve WebRTC)
         from realtime import webrtc
 
         task = asyncio.create_task(hub.start(), name="hub-start")
@@ -101,7 +112,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         def done(t: asyncio.Task) -> None:
             if not t.cancelled() and t.exception() is not None:
                 log.error("start-up failed: %r", t.exception())
-                hub.start_error = f"{type(t.exception()).__name__}: {t.exception()}"  # type: ignore[attr-defined]
+                hub.start_error = f"{type(t.exception()).__name__}: {t.exception()}"
                 on_failed = getattr(app.state, "on_start_failed", None)
                 if on_failed is not None:  # `avatarcast serve`: exit with the error, do not serve 503s forever
                     on_failed()
@@ -114,7 +125,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-            from realtime import webrtc
+            from realtime import webrtc  # aiortc: imported at start-up above, not when this module is
             await webrtc.close_all(hub)
             await hub.close()
 
@@ -131,8 +142,6 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     def limit_sessions(scope: dict) -> None:
         """Session creations per client (realtime/ratelimit.py): HubError 429 over the limit."""
-        from realtime.ratelimit import client_keys, retry_after
-
         wait = hub.limits.sessions.take(client_keys(scope))
         if wait > 0:
             hub.metrics.rate_limited.labels("sessions").inc()
@@ -154,7 +163,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorBody}})
     async def readyz() -> Any:
         if not hub.ready.is_set():
-            err = getattr(hub, "start_error", None)
+            err = hub.start_error
             return _err(ErrorCode.START_FAILED if err else ErrorCode.STARTING, err or "models are loading")
         return {"ready": True}
 
@@ -165,13 +174,10 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     @app.get("/metrics", tags=["health"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
     async def metrics() -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST
-
         return Response(hub.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/avatars", tags=["catalog"])
     async def avatars() -> dict:
-        from realtime.avatars import avatar_names
         return {"avatars": avatar_names(), "random": "random-<seed>"}
 
     @app.get("/v1/emotions", tags=["catalog"])
@@ -246,8 +252,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         limit_sessions(request.scope)
         return await _offer(await hub.open_session(avatar, language=language), request, owns_session=True)
 
-    async def _offer(runner: Any, request: Request, owns_session: bool) -> Response:
-        from realtime import webrtc
+    async def _offer(runner: SessionRunner, request: Request, owns_session: bool) -> Response:
+        from realtime import webrtc  # aiortc: imported at start-up (lifespan), not when this module is
 
         sdp = (await request.body()).decode("utf-8", "replace")
         if len(sdp) > 100_000:
@@ -263,7 +269,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     @app.delete("/v1/webrtc/{resource}", status_code=204, tags=["webrtc"], responses=errors)
     async def whep_delete(resource: str) -> Response:
-        from realtime import webrtc
+        from realtime import webrtc  # aiortc: imported at start-up (lifespan), not when this module is
 
         if not await webrtc.close_peer(hub, resource):
             raise HubError(ErrorCode.NO_PEER, f"no WebRTC peer {resource!r}")
@@ -274,8 +280,6 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     @app.post("/v1/clips", tags=["clips"], responses={**errors, 200: {"content": {
         "video/mp4": {}, "video/webm": {}}, "description": "the rendered clip"}})
     async def render_clip(body: RenderRequest) -> Any:
-        from realtime.clips import ClipRequest
-
         if not hub.ready.is_set():
             raise HubError(ErrorCode.STARTING, "the server is still loading its models")
         out = await hub.clips.render(ClipRequest(**body.model_dump()))  # a ClipError answers 400
@@ -287,8 +291,6 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     @app.websocket("/v1/sessions/{sid}/ws")
     async def ws_attach(ws: WebSocket, sid: str) -> None:
-        from realtime.ws import serve_socket
-
         r = hub.sessions.get(sid)
         await ws.accept()  # accept first: a close code with a reason says more than an HTTP 403
         if r is None:
@@ -300,8 +302,6 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     async def ws_new(ws: WebSocket, avatar: str = "", image_format: str | None = None,
                      language: str | None = None, quality: int | None = None) -> None:
         """A session that lives as long as this socket."""
-        from realtime.ws import serve_socket
-
         await ws.accept()
         try:
             limit_sessions(ws.scope)
@@ -319,20 +319,12 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    from realtime.ratelimit import RateLimitMiddleware
-
     app.add_middleware(RateLimitMiddleware, hub=hub)  # inside auth: it sees the token's subject
     if settings.auth_secret:
-        from realtime.auth import AuthMiddleware
-
         app.add_middleware(AuthMiddleware, secret=settings.auth_secret)
-    from realtime.origins import OriginMiddleware, parse_origins
-
     allowed = parse_origins(settings.allowed_origins)
     app.add_middleware(OriginMiddleware, allowed=allowed)  # outside auth: a foreign page learns nothing
     if allowed:  # outermost: a preflight carries no token and must not meet auth
-        from fastapi.middleware.cors import CORSMiddleware
-
         app.add_middleware(CORSMiddleware, allow_origins=list(allowed), allow_methods=["*"],
                            allow_headers=["Authorization", "Content-Type", "X-Session-Id"],
                            expose_headers=["Location", "Retry-After"])
@@ -341,15 +333,13 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
 def serve(settings: Settings) -> None:
     """Run the server in this process until interrupted (or until start-up fails: StartupError)."""
-    from realtime.logs import setup_logging
-
     setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     hub: Hub = app.state.hub
     server = DrainingServer(uvicorn_config(app, settings), hub)
     app.state.on_start_failed = lambda: setattr(server, "should_exit", True)
     server.run()
-    err = getattr(hub, "start_error", None)
+    err = hub.start_error
     if err:
         raise StartupError(f"start-up failed: {err}")
 

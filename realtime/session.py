@@ -95,7 +95,7 @@ class _Segment:
     emotion: str
     intensity: float
     from_cache: bool
-    source: str
+    source: CueSource
     utterance: int
 
 

@@ -44,8 +44,10 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from engines.errors import AvatarcastError, ErrorCode
-from realtime.protocol import TAG_PCM
 from realtime.commands import error_event, handle_command
+from realtime.hub import Hub
+from realtime.protocol import TAG_PCM
+from realtime.runner import OutFrame, SessionRunner
 from tools.render_clip import composite
 
 log = logging.getLogger("avatarcast.webrtc")
@@ -90,7 +92,7 @@ class AvatarVideoTrack(MediaStreamTrack):
     def __init__(self, peer: Peer) -> None:
         super().__init__()
         self._peer = peer
-        self._frame: Any = None  # newest OutFrame not yet sent
+        self._frame: OutFrame | None = None  # newest frame not yet sent
         self._wake = asyncio.Event()
         self._last_index = -1
         self.frames_sent = 0
@@ -98,7 +100,7 @@ class AvatarVideoTrack(MediaStreamTrack):
 
     # sink side (called by the runner's frame loop; never blocks)
 
-    def offer_frame(self, frame: Any) -> None:
+    def offer_frame(self, frame: OutFrame) -> None:
         if self._frame is not None:
             self.frames_dropped += 1  # the encoder has not taken the previous one: stale now
         self._frame = frame
@@ -134,13 +136,13 @@ class AvatarVideoTrack(MediaStreamTrack):
 
 
 class Peer:
-    def __init__(self, hub: Any, runner: Any, pc: RTCPeerConnection, resource: str, owns_session: bool) -> None:
+    def __init__(self, hub: Hub, runner: SessionRunner, pc: RTCPeerConnection, resource: str, owns_session: bool) -> None:
         self.hub = hub
         self.runner = runner
         self.pc = pc
         self.resource = resource
         self.owns_session = owns_session
-        self.pool = getattr(hub, "encode_pool", None)
+        self.pool = hub.pools.encode
         self.track = AvatarVideoTrack(self)
         self.channels: list[RTCDataChannel] = []
         self.pending: deque[str] = deque(maxlen=MAX_PENDING_EVENTS)
@@ -298,18 +300,10 @@ class Peer:
 # -- registry and the public calls --
 
 
-def _peers(hub: Any) -> dict[str, Peer]:
-    peers = getattr(hub, "peers", None)
-    if peers is None:
-        peers = {}
-        hub.peers = peers
-    return peers
-
-
 _closers: set[asyncio.Task] = set()
 
 
-def _schedule_close(hub: Any, resource: str) -> None:
+def _schedule_close(hub: Hub, resource: str) -> None:
     """close_peer from a callback (state change, watcher): a task of its own, kept alive until done."""
     t = asyncio.create_task(close_peer(hub, resource), name=f"webrtc-close-{resource}")
     _closers.add(t)
@@ -335,12 +329,12 @@ def _check_sdp(sdp: str) -> None:
         raise OfferError("the body is not an SDP offer (it must start with 'v=0' and have m= lines)")
 
 
-async def answer_offer(hub: Any, runner: Any, sdp: str, *, owns_session: bool) -> tuple[str, str]:
+async def answer_offer(hub: Hub, runner: SessionRunner, sdp: str, *, owns_session: bool) -> tuple[str, str]:
     """Answer a WHEP-style offer for `runner`'s session: (answer SDP with all candidates, resource id)."""
     _check_sdp(sdp)
     if runner.closed.is_set():
         raise OfferError("the session is closed")
-    if sum(1 for p in _peers(hub).values() if p.runner is runner) >= MAX_PEERS_PER_SESSION:
+    if sum(1 for p in hub.peers.values() if p.runner is runner) >= MAX_PEERS_PER_SESSION:
         raise OfferError(f"this session already has {MAX_PEERS_PER_SESSION} WebRTC peers")
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only: loopback/LAN
     resource = secrets.token_urlsafe(12)
@@ -396,7 +390,7 @@ async def answer_offer(hub: Any, runner: Any, sdp: str, *, owns_session: bool) -
         if isinstance(exc, OfferError):
             log.info("session %s: bad offer: %s", runner.id, exc)
         raise
-    _peers(hub)[resource] = peer
+    hub.peers[resource] = peer
     runner.attach(peer.track)
     peer.spawn(peer.watch(), name=f"webrtc-watch-{resource}")
     if pc.connectionState in ("failed", "closed"):  # it ended before it was registered
@@ -421,16 +415,16 @@ def _codec_name(transceiver: Any) -> str:
     return codecs[0].mimeType if codecs else "?"
 
 
-async def close_peer(hub: Any, resource: str) -> bool:
+async def close_peer(hub: Hub, resource: str) -> bool:
     """End one peer (and its session if it owns it); False if there is no such peer."""
-    peer = _peers(hub).pop(resource, None)
+    peer = hub.peers.pop(resource, None)
     if peer is None:
         return False
     await peer.close()
     return True
 
 
-async def close_all(hub: Any) -> None:
+async def close_all(hub: Hub) -> None:
     """Shutdown: end every peer."""
-    peers = _peers(hub)
+    peers = hub.peers
     await asyncio.gather(*(close_peer(hub, r) for r in list(peers)), return_exceptions=True)

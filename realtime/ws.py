@@ -18,8 +18,12 @@ import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from engines.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, ErrorCode
+from realtime.audio import AudioDecodeError
 from realtime.commands import error_event, event, handle_command
+from realtime.hub import Hub
 from realtime.protocol import TAG_CLIP, TAG_PCM, pack_frame
+from realtime.ratelimit import FloodGuard, client_keys
+from realtime.runner import OutFrame, SessionRunner
 
 log = logging.getLogger("avatarcast.ws")
 
@@ -30,14 +34,14 @@ class WebSocketSink:
     def __init__(self, ws: WebSocket, image_format: str, max_events: int = 256) -> None:
         self.ws = ws
         self.image_format = image_format
-        self._frame = None
+        self._frame: OutFrame | None = None
         self._events: deque[str] = deque(maxlen=max_events)
         self._wake = asyncio.Event()
         self.frames_sent = 0
         self.frames_dropped = 0
         self.events_dropped = 0
 
-    def offer_frame(self, frame: Any) -> None:
+    def offer_frame(self, frame: OutFrame) -> None:
         if self._frame is not None:
             self.frames_dropped += 1  # the reader has not taken the previous one: it is stale now
         self._frame = frame
@@ -71,7 +75,7 @@ class WebSocketSink:
                 self.frames_sent += 1
 
 
-async def serve_socket(ws: WebSocket, hub: Any, runner: Any, *, owns_session: bool) -> None:
+async def serve_socket(ws: WebSocket, hub: Hub, runner: SessionRunner, *, owns_session: bool) -> None:
     """Run one accepted socket against a session until either side goes away."""
     sink = WebSocketSink(ws, runner.image_format)
     runner.attach(sink)
@@ -79,8 +83,6 @@ async def serve_socket(ws: WebSocket, hub: Any, runner: Any, *, owns_session: bo
     sender = asyncio.create_task(sink.run(), name=f"ws-send-{runner.id}")
     tasks: set[asyncio.Task] = set()
     max_bytes = hub.settings.max_message_bytes
-    from realtime.ratelimit import FloodGuard, client_keys
-
     guard = FloodGuard(hub.limits.ws, client_keys(ws.scope))
 
     def spawn(coro: Any) -> None:
@@ -89,8 +91,6 @@ async def serve_socket(ws: WebSocket, hub: Any, runner: Any, *, owns_session: bo
         t.add_done_callback(tasks.discard)
 
     async def run_clip(data: bytes) -> None:
-        from realtime.audio import AudioDecodeError
-
         try:
             result = await runner.clip(data)
             sink.offer_event(event("clip", result))

@@ -315,12 +315,13 @@ def test_server_streams_the_wan_engine_and_reacts_to_an_emotion(ckpts, embeds_di
     with running_server(engine="wan", checkpoint=str(ckpts["bare"]), cache_dir=str(embeds_dir), steps=2,
                         wan_height=H, wan_width=W, avatars="pip", wan_batch=3, wan_pipeline=1) as (base, hub):
         st = httpx.get(base + "/v1/status").json()
-        assert hub.engine.max_batch == 3 and st["scheduler"]["max_batch"] == 3  # --wan-batch: the scheduler's batch
+        # --wan-batch: the scheduler's batch
+        assert hub.services.engine.max_batch == 3 and st["scheduler"]["max_batch"] == 3
         assert st["scheduler"]["pipeline_depth"] == 2  # --wan-pipeline: two calls in flight
         assert st["engine"]["name"] == "wan" and st["engine"]["backend"] == "torch"
-        assert st["engine"]["weights"] == hub.engine.weights_hash
+        assert st["engine"]["weights"] == hub.services.engine.weights_hash
         assert st["engine"]["vae_compiled"] is None  # the CPU decodes eagerly: nothing compiling
-        assert hub.session_config.chunk_frames == 4
+        assert hub.services.session_config.chunk_frames == 4
         frames, events = asyncio.run(session(base))
     heads = [h for h, _ in frames]
     sources = [(h.source, h.emotion) for h in heads]

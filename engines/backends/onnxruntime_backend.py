@@ -20,7 +20,7 @@ import threading
 
 import numpy as np
 
-from engines.backends import available_cores, cpu_name
+from engines.backends.host import available_cores, cpu_name
 from engines.backends.base import BackendError
 from engines.tiny.weights import Manifest
 

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from engines.backends import available_cores, cpu_name
+from engines.backends.host import available_cores, cpu_name
 from engines.backends.base import BackendError
 from engines.tiny.weights import LOWRES_FILE, TORCH_FILE, Manifest, load_lowres_module, load_torch_modules
 

@@ -19,6 +19,9 @@ import time
 from collections import OrderedDict, deque
 from typing import Any, Callable
 
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
 from engines.contract import StreamEngine
 from realtime.cluster.wire import ChunkCall, ChunkReply
 from realtime.ladder import DegradationLadder
@@ -29,9 +32,6 @@ log = logging.getLogger("avatarcast.cluster")
 
 def replica_lost_errors() -> tuple[type[BaseException], ...]:
     """The errors that mean "this replica is gone or cannot take requests", not "this chunk is bad"."""
-    from ray.exceptions import RayActorError
-    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
-
     return (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError, BackPressureError, asyncio.TimeoutError)
 
 

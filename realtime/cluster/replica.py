@@ -12,8 +12,14 @@ import logging
 import time
 from typing import Any
 
+import ray
+
+from realtime.avatars import resolve_avatar
 from realtime.cluster.wire import ChunkCall, ChunkReply
+from realtime.engine_loader import load_engine
 from realtime.ladder import ladder_for
+from realtime.logs import JsonFormatter
+from realtime.scheduler import ChunkJob, EngineScheduler
 from realtime.settings import Settings
 
 log = logging.getLogger("avatarcast.cluster.replica")
@@ -23,18 +29,12 @@ class EngineReplica:
     """Serve deployment body (app.py wraps it): `chunk(call) -> ChunkReply`."""
 
     def __init__(self, settings: dict) -> None:
-        import ray
-
-        from realtime.engine_loader import load_engine
-
         self.settings = Settings(**settings)
         log_to_stderr(self.settings)
         t0 = time.perf_counter()
         self.engine = load_engine(self.settings)
         # warm up before Serve marks this replica running: the first live chunk must not pay for
         # ONNX Runtime's first run or the start-up avatars' reference latents
-        from realtime.avatars import resolve_avatar
-
         for name in self.settings.avatar_list() or ["pip"]:
             self.engine.next_chunk([self.engine.start_stream(resolve_avatar(name)[1], "idle", 0.5, 0)])
         self.name = ray.get_runtime_context().get_actor_name() or ray.get_runtime_context().get_actor_id()
@@ -44,8 +44,6 @@ class EngineReplica:
 
     async def _started(self) -> Any:
         if self._scheduler is None:  # the scheduler's task must live on the loop Serve runs requests on
-            from realtime.scheduler import EngineScheduler
-
             self._starting = self._starting or asyncio.Lock()
             async with self._starting:
                 if self._scheduler is None:
@@ -57,8 +55,6 @@ class EngineReplica:
 
     async def chunk(self, call: ChunkCall) -> ChunkReply:
         """One stream's next chunk, batched with the other sessions' chunks waiting here."""
-        from realtime.scheduler import ChunkJob
-
         sch = await self._started()
         t_in = time.monotonic()  # a StreamStart state is made on the engine thread, like a local new stream
         res = await sch.submit(ChunkJob(call.session_id, call.state, t_in + call.due_in_s, call.emotion, call.intensity))
@@ -75,8 +71,6 @@ class EngineReplica:
 
 def log_to_stderr(s: Settings) -> None:
     """avatarcast's own log lines (session events, failovers) on the replica's stderr, in the project's format."""
-    from realtime.logs import JsonFormatter
-
     lg = logging.getLogger("avatarcast")
     if not lg.handlers:
         h = logging.StreamHandler()
