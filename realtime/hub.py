@@ -267,8 +267,8 @@ class Hub:
         # counting it would refuse a client that reconnects right after closing its last session
         live = [r for r in self.sessions.values() if not r.abandoned]
         young = sum(1 for r in live if now - r.created < s.capacity_window_s)
-        return check(self._services.scheduler, headroom=s.capacity_headroom, window_s=s.capacity_window_s, chunk_s=self.chunk_s,
-                     sessions=len(live), young=young)
+        return check(self._services.scheduler, headroom=s.capacity_headroom, window_s=s.capacity_window_s,
+                     chunk_s=self.chunk_s, sessions=len(live), young=young)
 
     def _reject(self, reason: str) -> None:
         self.stats["sessions_rejected"] += 1

@@ -352,7 +352,8 @@ class SessionRunner:
         if todo:
             loop = asyncio.get_running_loop()
             pool = self.services.pools.encode
-            outs = await asyncio.gather(*[loop.run_in_executor(pool, encode_image, rgba, f, self.quality) for f in todo])
+            outs = await asyncio.gather(*[loop.run_in_executor(pool, encode_image, rgba, f, self.quality)
+                                          for f in todo])
             encoded.update(zip(todo, outs))
             if loop_key is not None and len(cache) < 256:
                 for f, b in zip(todo, outs):
