@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
             if not t.cancelled() and t.exception() is not None:
                 log.error("start-up failed: %r", t.exception())
                 hub.start_error = f"{type(t.exception()).__name__}: {t.exception()}"
-                on_failed = getattr(app.state, "on_start_failed", None)
+                on_failed = app.state.on_start_failed
                 if on_failed is not None:  # `avatarcast serve`: exit with the error, do not serve 503s forever
                     on_failed()
 
@@ -133,6 +133,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
                   description="A cartoon avatar that reacts, live, to what a person says. "
                               "WebSocket protocol: see realtime/protocol.py and the README.")
     app.state.hub = hub
+    app.state.on_start_failed = None  # `avatarcast serve`: stop serving when start-up fails (serve() sets it)
     errors = {400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 503: {"model": ErrorBody}}
 
     @app.exception_handler(AvatarcastError)

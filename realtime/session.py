@@ -447,9 +447,8 @@ class Session:
         while len(self._turns) > self.config.max_timelines:
             _, old = self._turns.popitem(last=False)
             self._report(old.timeline, now)
-            for attr in ("_speech", "_say", "_clip_pending", "_idle_turn"):
-                if getattr(self, attr) == old.id:
-                    setattr(self, attr, None)
+            self._speech, self._say, self._clip_pending, self._idle_turn = (
+                None if key == old.id else key for key in (self._speech, self._say, self._clip_pending, self._idle_turn))
         return turn
 
     def _speech_turn(self, utterance: int | None, now: float, implicit: bool) -> _Turn | None:
@@ -638,8 +637,7 @@ class Session:
     def _thinking_timeout(self, now: float) -> None:
         self._error(ErrorCode.NO_CUE, f"no emotion cue within {self.config.thinking_timeout_s:g} s; back to idle", now,
                     utterance=self._speech)
-        for attr in ("_speech", "_say"):
-            key = getattr(self, attr)
+        for key in (self._speech, self._say):
             if key is not None and key in self._turns:
                 self._finish_turn(self._turns[key], now)
         self._say = None
