@@ -141,7 +141,7 @@ class SessionRunner:
 
     def info(self) -> dict:
         s = self.session
-        return {"id": self.id, "avatar": self.avatar, "state": s.state, "emotion": s.emotion,
+        return {"id": self.id, "avatar": self.avatar, "state": str(s.state), "emotion": s.emotion,
                 "image_format": self.image_format, "language": self.language,
                 "frames_sent": self.frames_sent, "frames_dropped": s.clock.dropped,
                 "clients": len(self.sinks), "age_s": round(time.monotonic() - self.created, 3)}
