@@ -25,6 +25,7 @@ from engines.tiny.engine import avatar_cache_key
 from realtime.avatars import resolve_avatar
 from realtime.scheduler import ChunkJob
 from realtime.services import Services
+from tools.render_clip import write_video
 
 FORMATS = {"mp4": "video/mp4", "webm": "video/webm"}
 
@@ -134,8 +135,6 @@ class ClipRenderer:
         await asyncio.get_running_loop().run_in_executor(sv.pools.cpu, self._write, frames, path)
 
     def _write(self, frames: np.ndarray, path: Path) -> None:
-        from tools.render_clip import write_video
-
         self.dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=self.dir)
         os.close(fd)

@@ -41,6 +41,7 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc import sdp as aiosdp
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from engines.errors import AvatarcastError, ErrorCode
@@ -402,8 +403,6 @@ async def answer_offer(hub: Hub, runner: SessionRunner, sdp: str, *, owns_sessio
 
 def _direction(sdp: str, mid: str) -> str | None:
     """The direction of the m-line with this mid in an SDP."""
-    from aiortc import sdp as aiosdp
-
     for m in aiosdp.SessionDescription.parse(sdp).media:
         if m.rtp.muxId == mid:
             return m.direction
