@@ -126,7 +126,8 @@ class ClipRenderer:
         far = time.monotonic() + 3600.0  # behind every live deadline
         chunks: list[np.ndarray] = []
         start = StreamStart(params, emotion, intensity, req.seed)
-        state = (await sv.scheduler.submit(ChunkJob("clip", start, far, emotion, intensity))).state  # leave the rest pose
+        # the first chunk leaves the rest pose
+        state = (await sv.scheduler.submit(ChunkJob("clip", start, far, emotion, intensity))).state
         while sum(len(c) for c in chunks) < n_frames:
             res = await sv.scheduler.submit(ChunkJob("clip", state, far, emotion, intensity))
             state = res.state

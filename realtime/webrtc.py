@@ -137,7 +137,8 @@ class AvatarVideoTrack(MediaStreamTrack):
 
 
 class Peer:
-    def __init__(self, hub: Hub, runner: SessionRunner, pc: RTCPeerConnection, resource: str, owns_session: bool) -> None:
+    def __init__(self, hub: Hub, runner: SessionRunner, pc: RTCPeerConnection, resource: str,
+                 owns_session: bool) -> None:
         self.hub = hub
         self.runner = runner
         self.pc = pc
