@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from realtime.scheduler import Scheduler
+from avatarcast.realtime.scheduler import Scheduler
 
 NEW_SESSION_DUTY = 0.5  # the share of time a session not yet measured is assumed to react
 

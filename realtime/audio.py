@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from engines.errors import AvatarcastError, ErrorCode
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
 
 SAMPLE_RATE = 16000
 DEFAULT_MAX_SECONDS = 30.0

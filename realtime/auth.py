@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 
 import jwt
 
-from engines.errors import AvatarcastError, ErrorCode
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
 
 ALGORITHM = "HS256"
 PROTECTED_PREFIX = "/v1/"

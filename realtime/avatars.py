@@ -92,7 +92,7 @@ class AvatarStore:
         if a is None:
             if len(self._assets) >= self.max_avatars:
                 raise ValueError(f"too many distinct avatars in this process (limit {self.max_avatars})")
-            from engines.tiny.reference import reference_frame
+            from avatarcast.engines.tiny.reference import reference_frame
 
             a = AvatarAssets(name, params, reference_frame(params))
             self._assets[name] = a

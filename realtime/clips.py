@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from engines.contract import StreamStart
-from engines.errors import AvatarcastError, ErrorCode
-from engines.tiny.engine import avatar_cache_key
-from realtime.avatars import resolve_avatar
-from realtime.scheduler import ChunkJob
-from realtime.services import Services
+from avatarcast.engines.contract import StreamStart
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
+from avatarcast.engines.tiny.engine import avatar_cache_key
+from avatarcast.realtime.avatars import resolve_avatar
+from avatarcast.realtime.scheduler import ChunkJob
+from avatarcast.realtime.services import Services
 from tools.render_clip import write_video
 
 FORMATS = {"mp4": "video/mp4", "webm": "video/webm"}

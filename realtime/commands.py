@@ -13,8 +13,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from engines.errors import ErrorCode
-from realtime.messages import SessionEvent
+from avatarcast.engines.errors import ErrorCode
+from avatarcast.realtime.messages import SessionEvent
 
 KNOWN = ["say", "emotion", "audio_end", "ping"]
 MAX_SAY_CHARS = 2000

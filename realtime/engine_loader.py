@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from engines.contract import StreamEngine
-from engines.tiny.engine import TinyEngine
-from realtime.settings import Settings
-from templates.cache import default_cache_dir
+from avatarcast.engines.contract import StreamEngine
+from avatarcast.engines.tiny.engine import TinyEngine
+from avatarcast.realtime.settings import Settings
+from avatarcast.templates.cache import default_cache_dir
 
 # every --wan-* setting (and --checkpoint) for the commands that load an engine: precompute and render
 # take the serve flags that shape the engine, so their caches and frames match the server's
@@ -19,7 +19,7 @@ def load_engine(settings: Settings, cache_dir: str | Path | None = None,
                 templates: dict | None = None) -> StreamEngine:
     """TinyEngine, or WanAvatarEngine (same interface) whose prompt embeddings live in the latents cache dir."""
     if settings.engine == "wan":
-        from engines.wan.serving import WanAvatarEngine  # torch: only for the wan engine
+        from avatarcast.engines.wan.serving import WanAvatarEngine  # torch: only for the wan engine
         return WanAvatarEngine.load(cache_dir=cache_dir or settings.cache_dir or default_cache_dir(),
                                     templates=templates, **settings.wan_kwargs())
     return TinyEngine.load(**settings.engine_kwargs())

@@ -19,24 +19,24 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from engines.contract import StreamEngine, StreamStart
-from engines.errors import AvatarcastError, ErrorCode
-from realtime.admission import Verdict, check
-from realtime.asr import Transcriber
-from realtime.avatars import AvatarStore
-from realtime.clips import ClipRenderer
-from realtime.emotion import EmotionReader
-from realtime.engine_loader import load_engine
-from realtime.ladder import ladder_for
-from realtime.metrics import Metrics
-from realtime.ratelimit import Limits
-from realtime.runner import SessionRunner
-from realtime.scheduler import ChunkJob, EngineScheduler, Scheduler
-from realtime.services import Pools, Services
-from realtime.session import SessionConfig
-from realtime.settings import Settings
-from templates import load_templates
-from templates.cache import LatentsCache
+from avatarcast.engines.contract import StreamEngine, StreamStart
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
+from avatarcast.realtime.admission import Verdict, check
+from avatarcast.realtime.asr import Transcriber
+from avatarcast.realtime.avatars import AvatarStore
+from avatarcast.realtime.clips import ClipRenderer
+from avatarcast.realtime.emotion import EmotionReader
+from avatarcast.realtime.engine_loader import load_engine
+from avatarcast.realtime.ladder import ladder_for
+from avatarcast.realtime.metrics import Metrics
+from avatarcast.realtime.ratelimit import Limits
+from avatarcast.realtime.runner import SessionRunner
+from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler, Scheduler
+from avatarcast.realtime.services import Pools, Services
+from avatarcast.realtime.session import SessionConfig
+from avatarcast.realtime.settings import Settings
+from avatarcast.templates import load_templates
+from avatarcast.templates.cache import LatentsCache
 
 log = logging.getLogger("avatarcast.hub")
 ADMIT_GRACE_S = 0.5  # how long a new session waits for a leaving one before admission control refuses it

@@ -31,8 +31,8 @@ import time
 from collections import deque
 from typing import Callable
 
-from engines.contract import StreamEngine
-from realtime.settings import Settings
+from avatarcast.engines.contract import StreamEngine
+from avatarcast.realtime.settings import Settings
 
 log = logging.getLogger("avatarcast.ladder")
 

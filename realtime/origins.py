@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from engines.errors import ErrorCode
+from avatarcast.engines.errors import ErrorCode
 
 
 def parse_origins(value: str) -> tuple[str, ...]:

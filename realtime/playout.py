@@ -23,7 +23,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
-from realtime.messages import ChunkRequest, FrameRequest, FrameSource, VideoFrame
+from avatarcast.realtime.messages import ChunkRequest, FrameRequest, FrameSource, VideoFrame
 
 MAX_READY = 64  # frames queued ahead (16 chunks of the tiny engine): memory stays flat
 MAX_STATES = 8  # stream states kept: a few chunks around the playing one

@@ -7,8 +7,8 @@ import json
 import sys
 import time
 
-from realtime.engine_loader import WAN_FLAGS
-from realtime.settings import Settings
+from avatarcast.realtime.engine_loader import WAN_FLAGS
+from avatarcast.realtime.settings import Settings
 
 ENGINE_FLAGS = ("engine", "backend", "steps", "threads", "device", "weights", *WAN_FLAGS)
 
@@ -48,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from realtime.engine_loader import load_engine
-    from templates import load_templates
-    from templates.cache import LatentsCache
+    from avatarcast.realtime.engine_loader import load_engine
+    from avatarcast.templates import load_templates
+    from avatarcast.templates.cache import LatentsCache
 
     settings = Settings.from_args(args)
     templates = load_templates(args.templates)

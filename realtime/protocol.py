@@ -22,7 +22,7 @@ import struct
 from dataclasses import dataclass
 from enum import StrEnum
 
-from engines.tiny.config import EMOTIONS
+from avatarcast.engines.tiny.config import EMOTIONS
 
 __all__ = ["EMOTIONS", "FRAME_HEADER", "FrameHeader", "FrameSource", "IMAGE_FORMATS", "SOURCES", "TAG_CLIP",
            "TAG_PCM", "pack_frame", "unpack_frame"]

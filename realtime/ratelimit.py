@@ -17,7 +17,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Iterable
 
-from engines.errors import ErrorCode
+from avatarcast.engines.errors import ErrorCode
 
 
 class TokenBucket:

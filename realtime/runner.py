@@ -20,15 +20,15 @@ from typing import Any, Protocol
 import numpy as np
 from PIL import Image
 
-from engines.contract import StreamStart
-from engines.errors import CLOSE_GOING_AWAY, ErrorCode
-from realtime.audio import AudioDecodeError, decode_audio, prosody
-from realtime.live import LiveAudio, LiveEvent
-from realtime.messages import ChunkRequest, FrameRequest, FrameSource, SessionEvent
-from realtime.playout import Playout, sent_frame
-from realtime.scheduler import ChunkJob
-from realtime.services import Services
-from realtime.session import Session
+from avatarcast.engines.contract import StreamStart
+from avatarcast.engines.errors import CLOSE_GOING_AWAY, ErrorCode
+from avatarcast.realtime.audio import AudioDecodeError, decode_audio, prosody
+from avatarcast.realtime.live import LiveAudio, LiveEvent
+from avatarcast.realtime.messages import ChunkRequest, FrameRequest, FrameSource, SessionEvent
+from avatarcast.realtime.playout import Playout, sent_frame
+from avatarcast.realtime.scheduler import ChunkJob
+from avatarcast.realtime.services import Services
+from avatarcast.realtime.session import Session
 from tools.render_clip import composite
 
 log = logging.getLogger("avatarcast.session")

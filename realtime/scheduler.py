@@ -27,9 +27,9 @@ from typing import Any, Callable, Protocol, TypeVar
 
 import numpy as np
 
-from engines.contract import StreamEngine, StreamStart, StreamState
-from realtime.batching import BatchEstimates, Wait, next_batch
-from realtime.ladder import DegradationLadder
+from avatarcast.engines.contract import StreamEngine, StreamStart, StreamState
+from avatarcast.realtime.batching import BatchEstimates, Wait, next_batch
+from avatarcast.realtime.ladder import DegradationLadder
 
 log = logging.getLogger("avatarcast.scheduler")
 T = TypeVar("T")

@@ -20,17 +20,17 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
-from engines.errors import AvatarcastError, ErrorCode
-from realtime.auth import AuthMiddleware
-from realtime.avatars import avatar_names
-from realtime.clips import ClipRequest
-from realtime.hub import Hub, HubError
-from realtime.logs import setup_logging
-from realtime.origins import OriginMiddleware, parse_origins
-from realtime.ratelimit import RateLimitMiddleware, client_keys, retry_after
-from realtime.runner import SessionRunner
-from realtime.settings import Settings
-from realtime.ws import serve_socket
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
+from avatarcast.realtime.auth import AuthMiddleware
+from avatarcast.realtime.avatars import avatar_names
+from avatarcast.realtime.clips import ClipRequest
+from avatarcast.realtime.hub import Hub, HubError
+from avatarcast.realtime.logs import setup_logging
+from avatarcast.realtime.origins import OriginMiddleware, parse_origins
+from avatarcast.realtime.ratelimit import RateLimitMiddleware, client_keys, retry_after
+from avatarcast.realtime.runner import SessionRunner
+from avatarcast.realtime.settings import Settings
+from avatarcast.realtime.ws import serve_socket
 
 log = logging.getLogger("avatarcast.server")
 STATIC = Path(__file__).parent / "static"
@@ -105,7 +105,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     async def lifespan(app: FastAPI):
         # aiortc takes ~0.7 s to import: pay it before serving, not on the loop at the first WHEP offer (and not
         # when this module is imported: the CLI and the tests build apps that never serve WebRTC)
-        from realtime import webrtc
+        from avatarcast.realtime import webrtc
 
         task = asyncio.create_task(hub.start(), name="hub-start")
 
@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-            from realtime import webrtc  # aiortc: imported at start-up above, not when this module is
+            from avatarcast.realtime import webrtc  # aiortc: imported at start-up above, not when this module is
             await webrtc.close_all(hub)
             await hub.close()
 
@@ -254,7 +254,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         return await _offer(await hub.open_session(avatar, language=language), request, owns_session=True)
 
     async def _offer(runner: SessionRunner, request: Request, owns_session: bool) -> Response:
-        from realtime import webrtc  # aiortc: imported at start-up (lifespan), not when this module is
+        from avatarcast.realtime import webrtc  # aiortc: imported at start-up (lifespan), not when this module is
 
         sdp = (await request.body()).decode("utf-8", "replace")
         if len(sdp) > 100_000:
@@ -270,7 +270,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     @app.delete("/v1/webrtc/{resource}", status_code=204, tags=["webrtc"], responses=errors)
     async def whep_delete(resource: str) -> Response:
-        from realtime import webrtc  # aiortc: imported at start-up (lifespan), not when this module is
+        from avatarcast.realtime import webrtc  # aiortc: imported at start-up (lifespan), not when this module is
 
         if not await webrtc.close_peer(hub, resource):
             raise HubError(ErrorCode.NO_PEER, f"no WebRTC peer {resource!r}")

@@ -8,15 +8,15 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from engines.contract import StreamEngine
-from realtime.asr import Transcriber
-from realtime.avatars import AvatarStore
-from realtime.emotion import EmotionReader
-from realtime.metrics import Metrics
-from realtime.scheduler import Scheduler
-from realtime.session import SessionConfig
-from realtime.settings import Settings
-from templates.cache import LatentsCache
+from avatarcast.engines.contract import StreamEngine
+from avatarcast.realtime.asr import Transcriber
+from avatarcast.realtime.avatars import AvatarStore
+from avatarcast.realtime.emotion import EmotionReader
+from avatarcast.realtime.metrics import Metrics
+from avatarcast.realtime.scheduler import Scheduler
+from avatarcast.realtime.session import SessionConfig
+from avatarcast.realtime.settings import Settings
+from avatarcast.templates.cache import LatentsCache
 
 
 @dataclass(frozen=True)

@@ -24,11 +24,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from engines.errors import ErrorCode
-from realtime.clock import EPS, FrameClock
-from realtime.emotion import TEMPLATE_EMOTIONS, EmotionCue
-from realtime.messages import ChunkRequest, CueDecision, CueSource, FrameRequest, FrameSource, SessionEvent, VideoFrame
-from realtime.timeline import UtteranceTimeline
+from avatarcast.engines.errors import ErrorCode
+from avatarcast.realtime.clock import EPS, FrameClock
+from avatarcast.realtime.emotion import TEMPLATE_EMOTIONS, EmotionCue
+from avatarcast.realtime.messages import ChunkRequest, CueDecision, CueSource, FrameRequest, FrameSource, SessionEvent, VideoFrame
+from avatarcast.realtime.timeline import UtteranceTimeline
 
 
 class SessionState(StrEnum):

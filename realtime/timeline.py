@@ -5,7 +5,7 @@ Pure: every call takes `now`. The session keeps one per turn and reports it as a
 
 from __future__ import annotations
 
-from realtime.messages import REACTION_SOURCES, FrameRequest, FrameSource, SessionEvent, VideoFrame
+from avatarcast.realtime.messages import REACTION_SOURCES, FrameRequest, FrameSource, SessionEvent, VideoFrame
 
 STAGES = ("decode", "vad", "asr", "emotion", "cache", "sample", "decode_frames", "encode", "send")
 

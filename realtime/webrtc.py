@@ -44,11 +44,11 @@ from aiortc import (
 from aiortc import sdp as aiosdp
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from engines.errors import AvatarcastError, ErrorCode
-from realtime.commands import error_event, handle_command
-from realtime.hub import Hub
-from realtime.protocol import TAG_PCM
-from realtime.runner import OutFrame, SessionRunner
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
+from avatarcast.realtime.commands import error_event, handle_command
+from avatarcast.realtime.hub import Hub
+from avatarcast.realtime.protocol import TAG_PCM
+from avatarcast.realtime.runner import OutFrame, SessionRunner
 from tools.render_clip import composite
 
 log = logging.getLogger("avatarcast.webrtc")

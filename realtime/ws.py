@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from engines.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, ErrorCode
-from realtime.audio import AudioDecodeError
-from realtime.commands import error_event, event, handle_command
-from realtime.hub import Hub
-from realtime.protocol import TAG_CLIP, TAG_PCM, pack_frame
-from realtime.ratelimit import FloodGuard, client_keys
-from realtime.runner import OutFrame, SessionRunner
+from avatarcast.engines.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, ErrorCode
+from avatarcast.realtime.audio import AudioDecodeError
+from avatarcast.realtime.commands import error_event, event, handle_command
+from avatarcast.realtime.hub import Hub
+from avatarcast.realtime.protocol import TAG_CLIP, TAG_PCM, pack_frame
+from avatarcast.realtime.ratelimit import FloodGuard, client_keys
+from avatarcast.realtime.runner import OutFrame, SessionRunner
 
 log = logging.getLogger("avatarcast.ws")
 

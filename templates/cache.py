@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.contract import StreamEngine
-from templates import EmotionTemplate, template_hash
+from avatarcast.engines.contract import StreamEngine
+from avatarcast.templates import EmotionTemplate, template_hash
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class LatentsCache:
         return t
 
     def key(self, avatar, emotion: str, variant: int = 0) -> str:
-        from engines.tiny.engine import avatar_cache_key
+        from avatarcast.engines.tiny.engine import avatar_cache_key
         t = self.template(emotion)
         return reaction_key(self.engine.weights_hash, template_hash(t), avatar_cache_key(avatar),
                             self.engine.steps, variant_seed(emotion, variant))

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from realtime.batching import MIN_WAIT_S, Batch, BatchEstimates, Wait, next_batch
+from avatarcast.realtime.batching import MIN_WAIT_S, Batch, BatchEstimates, Wait, next_batch
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from engines.errors import ErrorCode
-from realtime.commands import AudioEnd, Ping, Refused, Say, SetEmotion, error_event, parse_command
+from avatarcast.engines.errors import ErrorCode
+from avatarcast.realtime.commands import AudioEnd, Ping, Refused, Say, SetEmotion, error_event, parse_command
 
 
 def test_commands_parse() -> None:

@@ -8,7 +8,7 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from engines.errors import CLOSE_INTERNAL, AvatarcastError, EngineError, ErrorCode
+from avatarcast.engines.errors import CLOSE_INTERNAL, AvatarcastError, EngineError, ErrorCode
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ("realtime", "engines", "templates")
@@ -22,8 +22,8 @@ def test_the_protocol_page_prints_the_table() -> None:
 
 
 def test_each_failure_answers_by_the_table() -> None:
-    from realtime.audio import AudioDecodeError
-    from realtime.hub import HubError
+    from avatarcast.realtime.audio import AudioDecodeError
+    from avatarcast.realtime.hub import HubError
 
     busy = HubError(ErrorCode.BUSY, "all 8 session slots are taken")
     assert (busy.status, busy.close_code, busy.retry_after, busy.body()) == (
@@ -61,7 +61,7 @@ def test_every_exception_the_packages_define_is_in_the_tree() -> None:
     for module, name in classes:
         cls = getattr(importlib.import_module(module), name)
         assert issubclass(cls, AvatarcastError), f"{module}.{name} is outside the error tree"
-    from engines.tiny.weights import WeightsError
+    from avatarcast.engines.tiny.weights import WeightsError
 
     assert issubclass(WeightsError, EngineError) and issubclass(WeightsError, FileNotFoundError)
     assert WeightsError("missing").body() == {"error": "engine_unavailable", "message": "missing"}

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from engines.errors import ErrorCode
-from realtime.hub import Hub, HubError
-from realtime.settings import Settings
+from avatarcast.engines.errors import ErrorCode
+from avatarcast.realtime.hub import Hub, HubError
+from avatarcast.realtime.settings import Settings
 from tests.conftest import app_in_process
 from tests.test_runner import RecordingSink, wait_for
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from realtime.messages import ChunkRequest, FrameRequest, FrameSource
-from realtime.playout import Playout, Shown, sent_frame
+from avatarcast.realtime.messages import ChunkRequest, FrameRequest, FrameSource
+from avatarcast.realtime.playout import Playout, Shown, sent_frame
 
 S = FrameSource
 

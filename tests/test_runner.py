@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import pytest
 
-from realtime.runner import OutFrame, SessionRunner
+from avatarcast.realtime.runner import OutFrame, SessionRunner
 
 
 class RecordingSink:

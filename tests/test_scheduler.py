@@ -8,13 +8,13 @@ import time
 import numpy as np
 import pytest
 
-from engines.contract import StreamStart
-from realtime.scheduler import ChunkJob, EngineScheduler
+from avatarcast.engines.contract import StreamStart
+from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler
 
 
 @pytest.fixture(scope="module")
 def engine():
-    from engines.tiny.engine import TinyEngine
+    from avatarcast.engines.tiny.engine import TinyEngine
 
     return TinyEngine.load(steps=2)
 

@@ -283,7 +283,7 @@ def test_signaling_errors_and_delete(base: str) -> None:
 
 
 def test_not_connected_peer_times_out(base: str) -> None:
-    from realtime import webrtc
+    from avatarcast.realtime import webrtc
 
     async def go() -> None:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -313,8 +313,8 @@ def test_not_connected_peer_times_out(base: str) -> None:
 
 
 def test_the_video_track_sends_each_newest_frame_once_with_the_frame_clock_pts(inproc) -> None:
-    from realtime import webrtc
-    from realtime.runner import OutFrame
+    from avatarcast.realtime import webrtc
+    from avatarcast.realtime.runner import OutFrame
 
     client, hub = inproc
     runner = client.portal.call(lambda: hub.create_session("pip"))

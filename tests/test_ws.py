@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from starlette.websockets import WebSocketDisconnect
 
-from realtime.protocol import unpack_frame
+from avatarcast.realtime.protocol import unpack_frame
 
 
 def take(ws: Any, until: Any, limit: int = 200) -> tuple[list[dict], list[Any]]:

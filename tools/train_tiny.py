@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.tiny.reference import reference_frame
-from engines.tiny.model import (
+from avatarcast.engines.tiny.reference import reference_frame
+from avatarcast.engines.tiny.model import (
     EMOTIONS, Decoder, Denoiser, Encoder, TinyConfig, frames_to_tensor, tensor_to_frames,
 )
 

@@ -6,7 +6,7 @@ from typing import Protocol
 
 import numpy as np
 
-from engines.errors import EngineError
+from avatarcast.engines.errors import EngineError
 
 
 class BackendError(EngineError, RuntimeError):

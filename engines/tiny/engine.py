@@ -16,11 +16,11 @@ from typing import Self
 
 import numpy as np
 
-from engines.backends.base import TinyBackend
-from engines.contract import EngineCapabilities, ReadyFrames
-from engines.sampler import ShortcutFlowSampler
-from engines.tiny.config import TinyConfig
-from engines.tiny.weights import Manifest, load_manifest
+from avatarcast.engines.backends.base import TinyBackend
+from avatarcast.engines.contract import EngineCapabilities, ReadyFrames
+from avatarcast.engines.sampler import ShortcutFlowSampler
+from avatarcast.engines.tiny.config import TinyConfig
+from avatarcast.engines.tiny.weights import Manifest, load_manifest
 
 
 @dataclass
@@ -68,7 +68,7 @@ class TinyEngine:
     def load(cls, weights_dir: str | Path | None = None, backend: str = "onnxruntime", steps: int = 2,
              threads: int | None = None, device: str | None = None, **backend_options) -> "TinyEngine":
         """Load shipped (or given) weights onto a backend: onnxruntime, torch or tensorrt."""
-        from engines.backends import create_backend
+        from avatarcast.engines.backends import create_backend
         manifest = load_manifest(weights_dir)
         be = create_backend(backend, manifest, threads=threads, device=device, **backend_options)
         return cls(be, manifest, steps=steps)
@@ -115,7 +115,7 @@ class TinyEngine:
         with self._lock:
             ref = self._refs.get(key)
         if ref is None:
-            from engines.tiny.reference import reference_frame
+            from avatarcast.engines.tiny.reference import reference_frame
             ref = self.backend.encode(reference_frame(avatar)[None])[0]
             with self._lock:
                 self._refs[key] = ref

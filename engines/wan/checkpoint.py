@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engines.errors import EngineError
+from avatarcast.engines.errors import EngineError
 
 
 class WanCheckpointError(EngineError, ValueError):

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from engines.errors import EngineError
+from avatarcast.engines.errors import EngineError
 
 log = logging.getLogger(__name__)
 

@@ -16,11 +16,11 @@ from typing import Any, Mapping
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from realtime.cluster.remote import RemoteScheduler
-from realtime.cluster.replica import EngineReplica, log_to_stderr
-from realtime.hub import Hub
-from realtime.server import create_app
-from realtime.settings import Settings
+from avatarcast.realtime.cluster.remote import RemoteScheduler
+from avatarcast.realtime.cluster.replica import EngineReplica, log_to_stderr
+from avatarcast.realtime.hub import Hub
+from avatarcast.realtime.server import create_app
+from avatarcast.realtime.settings import Settings
 
 log = logging.getLogger("avatarcast.cluster")
 
@@ -126,7 +126,7 @@ def build_app(s: Settings) -> Any:
 
 
 def app_builder(args: dict[str, Any] | None = None) -> Any:
-    """`serve run realtime.cluster.app:app_builder engine=tiny engine_replicas=2 ...` and the config
+    """`serve run avatarcast.realtime.cluster.app:app_builder engine=tiny engine_replicas=2 ...` and the config
     file's import_path: args are avatarcast settings (engine, backend, engine_replicas, min_replicas,
     max_replicas, ...), over AVATARCAST_* variables."""
     s = settings_from_args(args)

@@ -10,8 +10,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from realtime.logs import setup_logging
-from realtime.settings import Settings
+from avatarcast.realtime.logs import setup_logging
+from avatarcast.realtime.settings import Settings
 
 log = logging.getLogger("avatarcast.cluster")
 APP_NAME = "avatarcast"
@@ -24,7 +24,7 @@ def start(settings: Settings, *, num_cpus: int | None = None) -> Any:
     import ray  # ray: `avatarcast serve --ray` only; the app module imports Serve itself
     from ray import serve
 
-    from realtime.cluster.app import build_app
+    from avatarcast.realtime.cluster.app import build_app
 
     if not ray.is_initialized():
         if settings.ray_address:

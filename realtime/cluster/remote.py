@@ -22,10 +22,10 @@ from typing import Any, Callable
 from ray.exceptions import RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
-from engines.contract import StreamEngine
-from realtime.cluster.wire import ChunkCall, ChunkReply
-from realtime.ladder import DegradationLadder
-from realtime.scheduler import ChunkJob, ChunkResult, EngineScheduler
+from avatarcast.engines.contract import StreamEngine
+from avatarcast.realtime.cluster.wire import ChunkCall, ChunkReply
+from avatarcast.realtime.ladder import DegradationLadder
+from avatarcast.realtime.scheduler import ChunkJob, ChunkResult, EngineScheduler
 
 log = logging.getLogger("avatarcast.cluster")
 

@@ -14,13 +14,13 @@ from typing import Any
 
 import ray
 
-from realtime.avatars import resolve_avatar
-from realtime.cluster.wire import ChunkCall, ChunkReply
-from realtime.engine_loader import load_engine
-from realtime.ladder import ladder_for
-from realtime.logs import JsonFormatter
-from realtime.scheduler import ChunkJob, EngineScheduler
-from realtime.settings import Settings
+from avatarcast.realtime.avatars import resolve_avatar
+from avatarcast.realtime.cluster.wire import ChunkCall, ChunkReply
+from avatarcast.realtime.engine_loader import load_engine
+from avatarcast.realtime.ladder import ladder_for
+from avatarcast.realtime.logs import JsonFormatter
+from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler
+from avatarcast.realtime.settings import Settings
 
 log = logging.getLogger("avatarcast.cluster.replica")
 

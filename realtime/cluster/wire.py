@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from engines.contract import StreamStart, StreamState
+from avatarcast.engines.contract import StreamStart, StreamState
 
 
 @dataclass(frozen=True)

@@ -87,7 +87,7 @@ def load_engine(name: str, backend: str = "onnxruntime", steps: int = 2, threads
     if name == "renderer":
         return RendererEngine()
     if name == "tiny":
-        from engines.tiny.engine import TinyEngine
+        from avatarcast.engines.tiny.engine import TinyEngine
         kw = {"threads": threads} if threads else {}
         return TinyEngine.load(weights, backend=backend, steps=steps, **kw)
     raise ValueError(f"unknown engine {name!r}: tiny or renderer")

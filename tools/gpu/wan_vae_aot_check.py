@@ -43,7 +43,7 @@ def main(argv: list[str]) -> int:
         return 0
     from diffusers import AutoencoderKLWan
 
-    from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
+    from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
     from tools.bench_wan import VAE_22
 
     torch.manual_seed(0)
