@@ -130,7 +130,7 @@ class ClipRenderer:
         await asyncio.get_running_loop().run_in_executor(hub.cpu_pool, self._write, frames, path)
 
     def _write(self, frames: np.ndarray, path: Path) -> None:
-        from tools.render_clip import write_video
+        from realtime.video import write_video
 
         self.dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=self.dir)

@@ -23,7 +23,7 @@ import numpy as np
 from realtime.messages import ChunkRequest, FrameRequest, SessionEvent, VideoFrame
 from realtime.scheduler import ChunkJob, copy_state
 from realtime.session import Session
-from tools.render_clip import composite
+from realtime.video import composite
 
 if TYPE_CHECKING:
     from realtime.hub import Hub

@@ -45,7 +45,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from realtime.protocol import TAG_PCM
 from realtime.ws import _error, handle_command
-from tools.render_clip import composite
+from realtime.video import composite
 
 log = logging.getLogger("avatarcast.webrtc")
 

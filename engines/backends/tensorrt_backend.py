@@ -44,6 +44,7 @@ import numpy as np
 
 from engines.backends.base import BackendError
 from engines.tiny.config import TinyConfig
+from engines.tiny.examples import example_inputs
 from engines.tiny.weights import Manifest, load_manifest
 
 TRT_MODULES = ("tensorrt", "tensorrt_rtx")
@@ -679,7 +680,7 @@ def _check_run(info: dict, manifest: Manifest, module: str | None) -> dict:
             p = Path(info["denoiser"]["path"])
             eng = _Engine(trt, flavor, torch, p.read_bytes(), _make_logger(trt), None, "denoiser")
             feeds = {k: torch.from_numpy(v).cuda() for k, v in
-                     __import__("tools.export_tiny", fromlist=["x"]).example_inputs(manifest.config, 1)["denoiser"].items()}
+                     example_inputs(manifest.config, 1)["denoiser"].items()}
             eng(feeds)
             torch.cuda.synchronize()
             res["load_attempt"] = "loaded and ran (unexpected for an unsupported GPU)"
@@ -688,7 +689,6 @@ def _check_run(info: dict, manifest: Manifest, module: str | None) -> dict:
         return res
 
     from engines.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from tools.export_tiny import example_inputs
     logger = _make_logger(trt)
     ref = OnnxRuntimeBackend(manifest, verify=False)
     ex = example_inputs(manifest.config, 2, seed=5)

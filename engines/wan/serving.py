@@ -36,7 +36,7 @@ from engines.wan.prompts import (RANDOM, PromptEmbedStore, dir_fingerprint, norm
 log = logging.getLogger(__name__)
 
 FRAME_H, FRAME_W = 360, 640  # what the server streams
-BACKGROUND = (245, 240, 230)  # tools/render_clip.BACKGROUND: what the avatar stands on (Wan has no alpha)
+BACKGROUND = (245, 240, 230)  # realtime/video.BACKGROUND: what the avatar stands on (Wan has no alpha)
 NEUTRAL = "idle"  # intensity blends each emotion's prompt with this one's
 SERVING_FORMAT = 1  # bump when this adapter changes what a cached chunk looks like
 
@@ -284,7 +284,7 @@ class WanAvatarEngine:
     # -- streams ----------------------------------------------------------------------------
     def reference_image(self, avatar) -> np.ndarray:
         """The avatar's reference frame on the opaque background, cropped to the model grid's aspect (RGB)."""
-        from engines.tiny.reference import reference_frame
+        from engines.avatar_world.reference import reference_frame
         rgba = reference_frame(avatar).astype(np.float32)
         a = rgba[..., 3:4] / 255.0
         rgb = rgba[..., :3] * a + np.asarray(BACKGROUND, np.float32) * (1 - a)
