@@ -79,5 +79,5 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
   CMD python3 -c "import os,urllib.request as u; u.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('AVATARCAST_PORT','8080'), timeout=4)" || exit 1
 STOPSIGNAL SIGTERM
 # The ray variant runs the same by default; under KubeRay the operator replaces the command with
-# `ray start ...` and deploys the Serve app (import path realtime.cluster.app:app_builder).
+# `ray start ...` and deploys the Serve app (import path avatarcast.realtime.cluster.app:app_builder).
 CMD ["avatarcast", "serve", "--host", "0.0.0.0"]

@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from realtime.audio import SAMPLE_RATE
+from avatarcast.realtime.audio import SAMPLE_RATE
 
 MODELS = ("tiny.en", "base")
 

@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from realtime.engine_loader import WAN_FLAGS
-from realtime.settings import Settings
+from avatarcast.realtime.engine_loader import WAN_FLAGS
+from avatarcast.realtime.settings import Settings
 
 ENGINE_FLAGS = ("engine", "backend", "steps", "threads", "device", "weights", "cache_dir", *WAN_FLAGS)
 
@@ -45,7 +45,7 @@ def parse_avatar(s: str):
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from realtime.video import parse_color, write_video
+    from avatarcast.realtime.video import parse_color, write_video
 
     settings = Settings.from_args(args)
     schedule = parse_schedule(args.emotion, args.seconds)
@@ -53,14 +53,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     fps = 8
     t0 = time.perf_counter()
     if args.renderer:
-        from engines.avatar_world import get_avatar, render_sequence
+        from avatarcast.engines.avatar_world import get_avatar, render_sequence
         segs = [(e, max(1, round(s * fps)), args.intensity) for e, s in schedule]
         frames, _ = render_sequence(get_avatar(avatar), segs, seed=args.seed)
         label = "renderer"
     else:
         import numpy as np
 
-        from realtime.engine_loader import load_engine
+        from avatarcast.realtime.engine_loader import load_engine
         engine = load_engine(settings)
         st = engine.start_stream(avatar, schedule[0][0], args.intensity, args.seed)
         engine.sample_chunks([st])  # leave the rest pose before the clip starts
@@ -83,14 +83,14 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from realtime.server import StartupError, serve
+    from avatarcast.realtime.server import StartupError, serve
 
     settings = Settings.from_args(args)
     if settings.ray:  # the gateway and the engine replicas as Ray Serve deployments (realtime/cluster/)
         try:
             import ray.serve  # noqa: F401
 
-            from realtime.cluster.launch import serve_on_ray
+            from avatarcast.realtime.cluster.launch import serve_on_ray
         except ImportError as exc:
             print(f"avatarcast: error: --ray needs Ray Serve: pip install 'avatarcast[ray]' ({exc})", file=sys.stderr)
             return 1
@@ -105,7 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from realtime.auth import mint
+    from avatarcast.realtime.auth import mint
 
     secret = args.secret or Settings.from_env().auth_secret
     if not secret:
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommands whose own parser takes every flag: argparse's REMAINDER cannot start with an option.
-PASSTHROUGH = {"eval": "tools.eval.evaluate", "precompute": "realtime.precompute"}
+PASSTHROUGH = {"eval": "tools.eval.evaluate", "precompute": "avatarcast.realtime.precompute"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from realtime.scheduler import ChunkJob
+from avatarcast.realtime.scheduler import ChunkJob
 
 FORMATS = {"mp4": "video/mp4", "webm": "video/webm"}
 
@@ -59,7 +59,7 @@ class ClipRenderer:
         self._inflight: dict[str, asyncio.Future] = {}
 
     def _validate(self, req: ClipRequest) -> tuple[str, Any, str, float]:
-        from realtime.avatars import resolve_avatar
+        from avatarcast.realtime.avatars import resolve_avatar
 
         hub = self.hub
         if req.format not in FORMATS:
@@ -89,7 +89,7 @@ class ClipRenderer:
         return name, params, emotion, float(intensity)
 
     def key(self, params: Any, emotion: str, intensity: float, req: ClipRequest) -> str:
-        from engines.tiny.engine import avatar_cache_key
+        from avatarcast.engines.tiny.engine import avatar_cache_key
 
         blob = json.dumps({"weights": self.hub.engine.weights_hash, "steps": self.hub.engine.steps,
                            "avatar": avatar_cache_key(params), "emotion": emotion, "intensity": round(intensity, 4),
@@ -130,7 +130,7 @@ class ClipRenderer:
         await asyncio.get_running_loop().run_in_executor(hub.cpu_pool, self._write, frames, path)
 
     def _write(self, frames: np.ndarray, path: Path) -> None:
-        from realtime.video import write_video
+        from avatarcast.realtime.video import write_video
 
         self.dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=self.dir)

@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from realtime.audio import Prosody
+from avatarcast.realtime.audio import Prosody
 
 # --- MiniLM without torch ----------------------------------------------------------------------
 

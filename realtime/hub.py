@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from realtime.settings import Settings
+from avatarcast.realtime.settings import Settings
 
 log = logging.getLogger("avatarcast.hub")
 ADMIT_GRACE_S = 0.5  # how long a new session waits for a leaving one before admission control refuses it
@@ -47,10 +47,10 @@ class Hub:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sessions: dict[str, Any] = {}
         self.peers: dict[str, Any] = {}  # WebRTC peers by resource id (realtime/webrtc.py)
-        from realtime.metrics import Metrics
+        from avatarcast.realtime.metrics import Metrics
 
         self.metrics = Metrics()
-        from realtime.ratelimit import Limits
+        from avatarcast.realtime.ratelimit import Limits
 
         self.limits = Limits(settings)
         self.stats: Counter = Counter()
@@ -72,15 +72,15 @@ class Hub:
 
     async def start(self) -> None:
         """Load everything (in threads), warm the start-up avatars, then mark ready."""
-        from realtime.asr import Transcriber
-        from realtime.avatars import AvatarStore
-        from realtime.clips import ClipRenderer
-        from realtime.emotion import EmotionReader
-        from realtime.engine_loader import load_engine
-        from realtime.scheduler import EngineScheduler
-        from realtime.session import SessionConfig
-        from templates import load_templates
-        from templates.cache import LatentsCache
+        from avatarcast.realtime.asr import Transcriber
+        from avatarcast.realtime.avatars import AvatarStore
+        from avatarcast.realtime.clips import ClipRenderer
+        from avatarcast.realtime.emotion import EmotionReader
+        from avatarcast.realtime.engine_loader import load_engine
+        from avatarcast.realtime.scheduler import EngineScheduler
+        from avatarcast.realtime.session import SessionConfig
+        from avatarcast.templates import load_templates
+        from avatarcast.templates.cache import LatentsCache
 
         s = self.settings
         if s.engine not in ("tiny", "wan"):
@@ -129,7 +129,7 @@ class Hub:
 
     def _setup_load_control(self) -> None:
         """The degradation ladder on the scheduler, and the load gauges."""
-        from realtime.ladder import ladder_for
+        from avatarcast.realtime.ladder import ladder_for
 
         s, sch = self.settings, self.scheduler
         sch.ladder = ladder_for(self.engine, s)
@@ -147,7 +147,7 @@ class Hub:
         (a slow spell must not leave a stale, high cost that refuses everyone while the engine sits idle)."""
         import functools
 
-        from realtime.scheduler import ChunkJob
+        from avatarcast.realtime.scheduler import ChunkJob
 
         params = self.avatars.get((self.settings.avatar_list() or ["pip"])[0]).params
         state = functools.partial(self.engine.start_stream, params, "idle", 0.5, 0)
@@ -217,7 +217,7 @@ class Hub:
 
     def create_session(self, avatar: str = "", *, image_format: str | None = None, quality: int | None = None,
                        language: str | None = None) -> Any:
-        from realtime.runner import SessionRunner
+        from avatarcast.realtime.runner import SessionRunner
 
         if not self.ready.is_set():
             raise HubError(503, "starting", "the server is still loading its models")
@@ -259,7 +259,7 @@ class Hub:
 
     def admission(self) -> Any:
         """Admission control's verdict on one more session (realtime/admission.py)."""
-        from realtime.admission import check
+        from avatarcast.realtime.admission import check
 
         s = self.settings
         now = time.monotonic()

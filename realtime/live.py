@@ -43,7 +43,7 @@ class LiveAudio:
                  pause_ms: int = 224,
                  partial_every_s: float = 0.6, min_partial_s: float = 0.6, pre_roll_s: float = 0.2,
                  post_roll_s: float = 0.15, max_utterance_s: float = 15.0, keep_s: float = 20.0) -> None:
-        from realtime.asr import StreamingTranscriber
+        from avatarcast.realtime.asr import StreamingTranscriber
 
         self.transcriber = transcriber
         self.vad_pool, self.asr_pool = vad_pool, asr_pool

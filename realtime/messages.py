@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from realtime.emotion import EmotionCue  # re-exported: the one cue type of the project
+from avatarcast.realtime.emotion import EmotionCue  # re-exported: the one cue type of the project
 
 if TYPE_CHECKING:
-    from realtime.asr import Transcript as AsrTranscript
-    from realtime.asr import VadEvent
+    from avatarcast.realtime.asr import Transcript as AsrTranscript
+    from avatarcast.realtime.asr import VadEvent
 
 __all__ = [
     "FPS",

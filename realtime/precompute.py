@@ -7,15 +7,15 @@ import json
 import sys
 import time
 
-from realtime.engine_loader import WAN_FLAGS
-from realtime.settings import Settings
+from avatarcast.realtime.engine_loader import WAN_FLAGS
+from avatarcast.realtime.settings import Settings
 
 ENGINE_FLAGS = ("engine", "backend", "steps", "threads", "device", "weights", *WAN_FLAGS)
 
 
 def parse_avatars(spec: str) -> list:
     """'all' -> every built-in avatar; '0,1,luna' -> those (indices or names)."""
-    from engines.avatar_world import BUILTIN_AVATARS, get_avatar
+    from avatarcast.engines.avatar_world import BUILTIN_AVATARS, get_avatar
     if spec.strip().lower() == "all":
         return list(range(len(BUILTIN_AVATARS)))
     out = []
@@ -48,9 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from realtime.engine_loader import load_engine
-    from templates import load_templates
-    from templates.cache import LatentsCache
+    from avatarcast.realtime.engine_loader import load_engine
+    from avatarcast.templates import load_templates
+    from avatarcast.templates.cache import LatentsCache
 
     settings = Settings.from_args(args)
     templates = load_templates(args.templates)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from engines.tiny.config import EMOTIONS
+from avatarcast.engines.tiny.config import EMOTIONS
 
 __all__ = ["EMOTIONS", "FRAME_HEADER", "FrameHeader", "IMAGE_FORMATS", "SOURCES", "TAG_CLIP", "TAG_PCM",
            "pack_frame", "unpack_frame"]

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from realtime.messages import ChunkRequest, FrameRequest, SessionEvent, VideoFrame
-from realtime.scheduler import ChunkJob, copy_state
-from realtime.session import Session
-from realtime.video import composite
+from avatarcast.realtime.messages import ChunkRequest, FrameRequest, SessionEvent, VideoFrame
+from avatarcast.realtime.scheduler import ChunkJob, copy_state
+from avatarcast.realtime.session import Session
+from avatarcast.realtime.video import composite
 
 if TYPE_CHECKING:
-    from realtime.hub import Hub
+    from avatarcast.realtime.hub import Hub
 
 log = logging.getLogger("avatarcast.session")
 
@@ -97,7 +97,7 @@ class SessionRunner:
         self._ready: deque[tuple[int, int, np.ndarray, str, str]] = deque()
         self._states: dict[tuple[int, int], Any] = {}  # (reaction, chunk) -> stream state after it
         self._work: asyncio.Queue[ChunkRequest] = asyncio.Queue()
-        self._live: Any = None  # realtime.live.LiveAudio, made on the first live audio
+        self._live: Any = None  # avatarcast.realtime.live.LiveAudio, made on the first live audio
         self._audio_backlog = 0  # live samples queued but not yet fed
         self._turn_meta: dict[int, dict] = {}
         self._last_reaction: tuple[int, np.ndarray, str, str] | None = None
@@ -185,7 +185,7 @@ class SessionRunner:
     async def clip(self, data: bytes) -> dict:
         """A whole recorded clip: decode, transcribe, read the emotion, react. Returns what was decided."""
         self.touch()
-        from realtime.audio import AudioDecodeError, decode_audio, prosody
+        from avatarcast.realtime.audio import AudioDecodeError, decode_audio, prosody
 
         hub = self.hub
         t_recv = time.monotonic()
@@ -226,7 +226,7 @@ class SessionRunner:
         self._audio_backlog += n
         try:
             if self._live is None:
-                from realtime.live import LiveAudio
+                from avatarcast.realtime.live import LiveAudio
 
                 self._live = LiveAudio(hub.transcriber, hub.cpu_pool, hub.asr_pool, self._on_live,
                                        language=self.language)

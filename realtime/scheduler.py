@@ -35,7 +35,7 @@ class ChunkJob:
     """One stream's next chunk: `state` is a private copy the engine may advance."""
 
     session_id: str
-    state: Any  # engines.tiny.engine.StreamState, or a callable making one on the engine thread
+    state: Any  # avatarcast.engines.tiny.engine.StreamState, or a callable making one on the engine thread
     due_t: float  # monotonic deadline of its first frame
     emotion: str
     intensity: float

@@ -18,8 +18,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
-from realtime.hub import Hub, HubError
-from realtime.settings import Settings
+from avatarcast.realtime.hub import Hub, HubError
+from avatarcast.realtime.settings import Settings
 
 log = logging.getLogger("avatarcast.server")
 STATIC = Path(__file__).parent / "static"
@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         # aiortc takes ~0.7 s to import: pay it before serving, not on the loop at the first WHEP offer
-        from realtime import webrtc
+        from avatarcast.realtime import webrtc
 
         task = asyncio.create_task(hub.start(), name="hub-start")
 
@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-            from realtime import webrtc
+            from avatarcast.realtime import webrtc
             await webrtc.close_all(hub)
             await hub.close()
 
@@ -129,7 +129,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     def limit_sessions(scope: dict) -> None:
         """Session creations per client (realtime/ratelimit.py): HubError 429 over the limit."""
-        from realtime.ratelimit import client_keys, retry_after
+        from avatarcast.realtime.ratelimit import client_keys, retry_after
 
         wait = hub.limits.sessions.take(client_keys(scope))
         if wait > 0:
@@ -169,7 +169,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     @app.get("/v1/avatars", tags=["catalog"])
     async def avatars() -> dict:
-        from realtime.avatars import avatar_names
+        from avatarcast.realtime.avatars import avatar_names
         return {"avatars": avatar_names(), "random": "random-<seed>"}
 
     @app.get("/v1/emotions", tags=["catalog"])
@@ -202,7 +202,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     async def upload_clip(sid: str, request: Request) -> Any:
         """A recorded voice clip (wav, mp3, ogg/opus, webm, m4a, flac) as the raw request body."""
-        from realtime.audio import AudioDecodeError
+        from avatarcast.realtime.audio import AudioDecodeError
 
         r = hub.get_session(sid)
         limit = hub.settings.max_clip_bytes
@@ -251,7 +251,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         return await _offer(await hub.open_session(avatar, language=language), request, owns_session=True)
 
     async def _offer(runner: Any, request: Request, owns_session: bool) -> Response:
-        from realtime import webrtc
+        from avatarcast.realtime import webrtc
 
         sdp = (await request.body()).decode("utf-8", "replace")
         if len(sdp) > 100_000:
@@ -267,7 +267,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     @app.delete("/v1/webrtc/{resource}", status_code=204, tags=["webrtc"], responses=errors)
     async def whep_delete(resource: str) -> Response:
-        from realtime import webrtc
+        from avatarcast.realtime import webrtc
 
         if not await webrtc.close_peer(hub, resource):
             raise HubError(404, "no_peer", f"no WebRTC peer {resource!r}")
@@ -278,7 +278,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     @app.post("/v1/clips", tags=["clips"], responses={**errors, 200: {"content": {
         "video/mp4": {}, "video/webm": {}}, "description": "the rendered clip"}})
     async def render_clip(body: RenderRequest) -> Any:
-        from realtime.clips import ClipError, ClipRequest
+        from avatarcast.realtime.clips import ClipError, ClipRequest
 
         if not hub.ready.is_set():
             raise HubError(503, "starting", "the server is still loading its models")
@@ -294,7 +294,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     @app.websocket("/v1/sessions/{sid}/ws")
     async def ws_attach(ws: WebSocket, sid: str) -> None:
-        from realtime.ws import CLOSE_POLICY, serve_socket
+        from avatarcast.realtime.ws import CLOSE_POLICY, serve_socket
 
         r = hub.sessions.get(sid)
         await ws.accept()  # accept first: a close code with a reason says more than an HTTP 403
@@ -307,7 +307,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     async def ws_new(ws: WebSocket, avatar: str = "", image_format: str | None = None,
                      language: str | None = None, quality: int | None = None) -> None:
         """A session that lives as long as this socket."""
-        from realtime.ws import CLOSE_POLICY, CLOSE_TRY_LATER, serve_socket
+        from avatarcast.realtime.ws import CLOSE_POLICY, CLOSE_TRY_LATER, serve_socket
 
         await ws.accept()
         try:
@@ -326,14 +326,14 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    from realtime.ratelimit import RateLimitMiddleware
+    from avatarcast.realtime.ratelimit import RateLimitMiddleware
 
     app.add_middleware(RateLimitMiddleware, hub=hub)  # inside auth: it sees the token's subject
     if settings.auth_secret:
-        from realtime.auth import AuthMiddleware
+        from avatarcast.realtime.auth import AuthMiddleware
 
         app.add_middleware(AuthMiddleware, secret=settings.auth_secret)
-    from realtime.origins import OriginMiddleware, parse_origins
+    from avatarcast.realtime.origins import OriginMiddleware, parse_origins
 
     allowed = parse_origins(settings.allowed_origins)
     app.add_middleware(OriginMiddleware, allowed=allowed)  # outside auth: a foreign page learns nothing
@@ -348,7 +348,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
 def serve(settings: Settings) -> None:
     """Run the server in this process until interrupted (or until start-up fails: StartupError)."""
-    from realtime.logs import setup_logging
+    from avatarcast.realtime.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)

@@ -24,8 +24,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from realtime.emotion import TEMPLATE_EMOTIONS, EmotionCue
-from realtime.messages import (
+from avatarcast.realtime.emotion import TEMPLATE_EMOTIONS, EmotionCue
+from avatarcast.realtime.messages import (
     REACTION_SOURCES,
     ChunkRequest,
     CueDecision,

@@ -52,7 +52,7 @@ class Settings:
     # 80.5-83.6 fps, against 9 in turn) | 0: calls in turn
     wan_pipeline: int = 1
     # torch | tensorrt | onnxruntime: the transformer and the VAE's steady frame as exported graphs
-    # (python -m engines.wan.export ... --out DIR, then --wan-export-dir DIR; engines built and cached on first use)
+    # (python -m avatarcast.engines.wan.export ... --out DIR, then --wan-export-dir DIR; engines built and cached on first use)
     wan_backend: str = "torch"
     wan_export_dir: str = ""
     wan_prompt_embeds: str = "auto"  # auto: stored in the cache dir, or computed by the text encoder | random (benchmarks)
@@ -216,7 +216,7 @@ class Settings:
     def validate_wan(self) -> None:
         """engine=wan: the knobs, and the checkpoint inspected now (cheap file checks), so a missing
         or incomplete one fails at start-up naming what is missing, not at the first request."""
-        from engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint
+        from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint
 
         if not self.checkpoint:
             raise WanCheckpointError("engine wan needs --checkpoint DIR (AVATARCAST_CHECKPOINT): a local "
@@ -234,7 +234,7 @@ class Settings:
             raise ValueError(f"wan_backend must be torch, tensorrt or onnxruntime, got {self.wan_backend!r}")
         if self.wan_backend != "torch" and not self.wan_export_dir:
             raise ValueError(f"wan_backend {self.wan_backend} runs exported graphs: give wan_export_dir "
-                             "(python -m engines.wan.export --checkpoint CKPT --out DIR)")
+                             "(python -m avatarcast.engines.wan.export --checkpoint CKPT --out DIR)")
         if self.wan_prompt_embeds not in ("auto", "random"):
             raise ValueError(f"wan_prompt_embeds must be auto or random, got {self.wan_prompt_embeds!r}")
         for name in ("wan_chunk_latents", "wan_context_latents", "wan_height", "wan_width", "wan_batch",
@@ -270,7 +270,7 @@ class Settings:
     def wan_schedule(self) -> list[float] | None:
         """--wan-sigmas or --wan-timesteps as the sampler's sigmas (None: --steps evenly spaced).
         ValueError names the flag and what is wrong."""
-        from engines.sampler import FlowMatchEulerSampler, warped_sigmas
+        from avatarcast.engines.sampler import FlowMatchEulerSampler, warped_sigmas
 
         if self.wan_sigmas and self.wan_timesteps:
             raise ValueError("give wan_sigmas or wan_timesteps, not both")

@@ -43,9 +43,9 @@ from aiortc import (
 )
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
-from realtime.protocol import TAG_PCM
-from realtime.ws import _error, handle_command
-from realtime.video import composite
+from avatarcast.realtime.protocol import TAG_PCM
+from avatarcast.realtime.ws import _error, handle_command
+from avatarcast.realtime.video import composite
 
 log = logging.getLogger("avatarcast.webrtc")
 

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from realtime.messages import SessionEvent
-from realtime.protocol import TAG_CLIP, TAG_PCM, pack_frame
+from avatarcast.realtime.messages import SessionEvent
+from avatarcast.realtime.protocol import TAG_CLIP, TAG_PCM, pack_frame
 
 log = logging.getLogger("avatarcast.ws")
 
@@ -95,7 +95,7 @@ async def serve_socket(ws: WebSocket, hub: Any, runner: Any, *, owns_session: bo
     sender = asyncio.create_task(sink.run(), name=f"ws-send-{runner.id}")
     tasks: set[asyncio.Task] = set()
     max_bytes = hub.settings.max_message_bytes
-    from realtime.ratelimit import FloodGuard, client_keys
+    from avatarcast.realtime.ratelimit import FloodGuard, client_keys
 
     guard = FloodGuard(hub.limits.ws, client_keys(ws.scope))
 
@@ -105,7 +105,7 @@ async def serve_socket(ws: WebSocket, hub: Any, runner: Any, *, owns_session: bo
         t.add_done_callback(tasks.discard)
 
     async def run_clip(data: bytes) -> None:
-        from realtime.audio import AudioDecodeError
+        from avatarcast.realtime.audio import AudioDecodeError
 
         try:
             result = await runner.clip(data)

@@ -1,6 +1,6 @@
 """Emotion templates: what each reaction is (prompt, keywords, motion, intensity, timing).
 
-The data lives in emotions.json next to this file; `templates.cache.LatentsCache` turns it
+The data lives in emotions.json next to this file; `avatarcast.templates.cache.LatentsCache` turns it
 into ready-to-play first chunks per avatar.
 """
 

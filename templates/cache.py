@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from templates import EmotionTemplate, template_hash
+from avatarcast.templates import EmotionTemplate, template_hash
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class LatentsCache:
         return t
 
     def key(self, avatar, emotion: str, variant: int = 0) -> str:
-        from engines.tiny.engine import avatar_cache_key
+        from avatarcast.engines.tiny.engine import avatar_cache_key
         t = self.template(emotion)
         return reaction_key(self.engine.weights_hash, template_hash(t), avatar_cache_key(avatar),
                             self.engine.steps, variant_seed(emotion, variant))

@@ -50,7 +50,7 @@ class WsRecorder:
 
     def take(self, m: bytes | str) -> None:
         """Sort one received message into frames or events."""
-        from realtime.protocol import unpack_frame
+        from avatarcast.realtime.protocol import unpack_frame
 
         if isinstance(m, bytes):
             h, img = unpack_frame(m)
@@ -64,8 +64,8 @@ def running_server(**settings: Any) -> Iterator[tuple[str, Any]]:
     """Start uvicorn + the app in a thread; yield (base URL, hub) once /readyz answers 200."""
     import uvicorn
 
-    from realtime.server import create_app, uvicorn_config
-    from realtime.settings import Settings
+    from avatarcast.realtime.server import create_app, uvicorn_config
+    from avatarcast.realtime.settings import Settings
 
     port = free_port()
     clips = tempfile.mkdtemp(prefix="avatarcast-clips-")

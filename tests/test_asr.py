@@ -9,8 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from realtime.asr import StreamingTranscriber, Transcriber, VadEvent, base_model_dir, iter_chunks
-from realtime.audio import SAMPLE_RATE, decode_audio
+from avatarcast.realtime.asr import StreamingTranscriber, Transcriber, VadEvent, base_model_dir, iter_chunks
+from avatarcast.realtime.audio import SAMPLE_RATE, decode_audio
 
 ESPEAK = shutil.which("espeak-ng")
 pytestmark = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")

@@ -12,7 +12,7 @@ import av
 import numpy as np
 import pytest
 
-from realtime.audio import SAMPLE_RATE, AudioDecodeError, decode_audio, decode_pcm16, prosody, resample
+from avatarcast.realtime.audio import SAMPLE_RATE, AudioDecodeError, decode_audio, decode_pcm16, prosody, resample
 
 ESPEAK = shutil.which("espeak-ng")
 needs_espeak = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")

@@ -11,7 +11,7 @@ import httpx
 import pytest
 import websockets
 
-from realtime.auth import mint
+from avatarcast.realtime.auth import mint
 from tests.conftest import running_server
 
 SECRET = "test-secret-0123456789abcdef0123456789"
@@ -55,10 +55,10 @@ def test_websocket_needs_a_token_and_works_with_one(server: str) -> None:
 
 
 def test_cli_mints_a_token_the_server_accepts(server: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "realtime.cli", "token", "--secret", SECRET, "--subject", "app", "--ttl", "60"],
+    out = subprocess.run([sys.executable, "-m", "avatarcast.realtime.cli", "token", "--secret", SECRET, "--subject", "app", "--ttl", "60"],
                          capture_output=True, text=True, check=True)
     token = out.stdout.strip()
     assert httpx.get(server + "/v1/emotions", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     env = {k: v for k, v in __import__("os").environ.items() if k != "AVATARCAST_AUTH_SECRET"}
-    bad = subprocess.run([sys.executable, "-m", "realtime.cli", "token"], capture_output=True, text=True, env=env)
+    bad = subprocess.run([sys.executable, "-m", "avatarcast.realtime.cli", "token"], capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "no secret" in bad.stderr

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from engines.avatar_world import (
+from avatarcast.engines.avatar_world import (
     BUILTIN_AVATARS,
     EMOTIONS,
     AvatarParams,
@@ -23,7 +23,7 @@ from engines.avatar_world import (
     render_sequence,
     sample_variation,
 )
-from engines.avatar_world import render as rd
+from avatarcast.engines.avatar_world import render as rd
 from tools.avatar_world import dataset as ds
 from tools.avatar_world.dataset import DATA_VERSION, iter_shards, write_dataset
 

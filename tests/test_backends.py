@@ -1,4 +1,4 @@
-"""engines.backends: onnxruntime and torch (CPU) on random small weights, the TinyEngine on top,
+"""avatarcast.engines.backends: onnxruntime and torch (CPU) on random small weights, the TinyEngine on top,
 TensorRT's cache keys and errors, and the engine benchmark."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from engines.backends import BackendError, create_backend
-from engines.tiny.weights import load_manifest
+from avatarcast.engines.backends import BackendError, create_backend
+from avatarcast.engines.tiny.weights import load_manifest
 from tools import export_tiny as ex
 
 
@@ -69,7 +69,7 @@ def test_create_backend_errors(manifest, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt_rtx_bindings", None)
     with pytest.raises(BackendError, match="import tensorrt.*import tensorrt_rtx"):
         create_backend("trt", manifest)
-    from engines.backends.tensorrt_backend import build_engines
+    from avatarcast.engines.backends.tensorrt_backend import build_engines
     with pytest.raises(BackendError, match="TensorRT"):
         build_engines(None, "/tmp/x", manifest=manifest)
     # a missing onnxruntime package is a BackendError too
@@ -110,8 +110,8 @@ def test_half_resolution_decoder_on_both_backends(ort_be, torch_be, manifest):
     onnxruntime and torch agree; the weights hash (the latents cache's key) ignores it."""
     import torch
 
-    from engines.tiny.model import FrameDecoder
-    from engines.tiny.weights import load_lowres_module
+    from avatarcast.engines.tiny.model import FrameDecoder
+    from avatarcast.engines.tiny.weights import load_lowres_module
     assert manifest.has_lowres and ort_be.has_lowres and torch_be.has_lowres
     z = ex.example_inputs(manifest.config, 3, seed=4)["decoder"]["latents"]
     a, b = ort_be.decode(z, lowres=True), torch_be.decode(z, lowres=True)
@@ -134,7 +134,7 @@ def test_half_resolution_decoder_on_both_backends(ort_be, torch_be, manifest):
 def test_tensorrt_rtx_builds_the_half_resolution_decoder(manifest, tmp_path):
     """TensorRT-RTX builds ahead of time without a GPU: the lowres graph gets its own cached engine."""
     pytest.importorskip("tensorrt_rtx_bindings")
-    from engines.backends.tensorrt_backend import build_engines
+    from avatarcast.engines.backends.tensorrt_backend import build_engines
     kw = dict(max_batch=4, module="tensorrt_rtx", graphs=("decoder", "decoder_lowres"), manifest=manifest,
               log=lambda *a: None)
     first = build_engines(None, tmp_path, **kw)
@@ -164,7 +164,7 @@ def test_torch_bucket_padding_and_splitting(manifest):
 
 @pytest.fixture(scope="module")
 def engine(weights):
-    from engines.tiny.engine import TinyEngine
+    from avatarcast.engines.tiny.engine import TinyEngine
     return TinyEngine.load(weights, backend="onnxruntime", steps=2, threads=1)
 
 
@@ -218,8 +218,8 @@ def test_engine_batching_matches_one_by_one(engine):
 # --- tensorrt (no GPU here: keys, profiles, the graph rewrite, clear errors) ----------------------
 
 def test_tensorrt_cache_key_and_support():
-    from engines.backends import tensorrt_backend as tb
-    from engines.tiny.model import TinyConfig
+    from avatarcast.engines.backends import tensorrt_backend as tb
+    from avatarcast.engines.tiny.model import TinyConfig
     cfg = TinyConfig()
     prof = tb.batch_profile(cfg, "denoiser", 256, 32)
     assert prof["x"] == ((1, 64, 24, 40), (32, 64, 24, 40), (256, 64, 24, 40)) and prof["t"][2] == (256,)
@@ -248,7 +248,7 @@ def test_fp16_conv_rewrite_is_valid_and_equivalent(weights, manifest):
     import onnxruntime as ort
     from onnx import TensorProto
 
-    from engines.backends.tensorrt_backend import trt_graph
+    from avatarcast.engines.backends.tensorrt_backend import trt_graph
     feeds = ex.example_inputs(manifest.config, 2, seed=4)
     for g in ("encoder", "decoder", "denoiser"):
         model = onnx.load_from_string(trt_graph((weights / f"{g}.onnx").read_bytes(), "fp16"))

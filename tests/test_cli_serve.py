@@ -16,7 +16,7 @@ from tests.conftest import free_port
 
 
 def serve(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "realtime.cli", "serve", *args], stdout=subprocess.PIPE,
+    return subprocess.Popen([sys.executable, "-m", "avatarcast.realtime.cli", "serve", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from realtime.audio import Prosody
-from realtime.emotion import CUE_LABELS, PROTOTYPES, EmotionReader, MiniLMEncoder
+from avatarcast.realtime.audio import Prosody
+from avatarcast.realtime.emotion import CUE_LABELS, PROTOTYPES, EmotionReader, MiniLMEncoder
 from tools.eval_emotion import evaluate, load_rows, markdown
 
 DATA = Path(__file__).parent / "data" / "emotion_utterances.csv"

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from engines.tiny.model import Decoder, Denoiser, Encoder
-from engines.tiny.weights import ONNX_FILES, TORCH_FILE, WeightsError, load_manifest, load_torch_modules
+from avatarcast.engines.tiny.model import Decoder, Denoiser, Encoder
+from avatarcast.engines.tiny.weights import ONNX_FILES, TORCH_FILE, WeightsError, load_manifest, load_torch_modules
 from tools import export_tiny as ex
 
 
@@ -108,7 +108,7 @@ def test_fp16_initializers_lossless_and_keeps_inexact_values():
 
 
 def test_weights_error_on_missing_or_corrupt_file(small, tmp_path):
-    from engines.backends import create_backend
+    from avatarcast.engines.backends import create_backend
     src, _ = small
     bad = tmp_path / "bad"
     shutil.copytree(src, bad)

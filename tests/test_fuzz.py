@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import websockets
 
-from realtime.protocol import TAG_CLIP, TAG_PCM, unpack_frame
+from avatarcast.realtime.protocol import TAG_CLIP, TAG_PCM, unpack_frame
 from tests.conftest import free_port, wait_ready
 
 N = int(os.environ.get("AVATARCAST_FUZZ_N", "400"))
@@ -100,7 +100,7 @@ def http_request(rng: random.Random, sid: str) -> tuple[str, str, dict]:
 def server_process():
     """The server in its own process, as deployed: the fuzzing client must not share its GIL."""
     port = free_port()
-    p = subprocess.Popen([sys.executable, "-m", "realtime.cli", "serve", "--port", str(port), "--max-sessions", "16",
+    p = subprocess.Popen([sys.executable, "-m", "avatarcast.realtime.cli", "serve", "--port", str(port), "--max-sessions", "16",
                           "--admission", "0", "--rate-sessions-per-min", "600"],  # fuzzing input, not capacity
                          stdout=subprocess.DEVNULL, stderr=open(os.environ.get("AVATARCAST_FUZZ_LOG", os.devnull), "w"))
     base = f"http://127.0.0.1:{port}"

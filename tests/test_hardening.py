@@ -23,8 +23,8 @@ import httpx
 import pytest
 import websockets
 
-from realtime.protocol import unpack_frame
-from realtime.ratelimit import RateLimiter
+from avatarcast.realtime.protocol import unpack_frame
+from avatarcast.realtime.ratelimit import RateLimiter
 from tests.conftest import running_server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -275,7 +275,7 @@ def test_bench_load_holds_what_fits_and_reports_the_refused_session(server: Any,
     saved = hub.settings.max_sessions, hub.settings.admission
     hub.settings.max_sessions, hub.settings.admission = 2, 0  # the cap is the capacity here: deterministic
     try:
-        r = subprocess.run([sys.executable, "-m", "realtime.cli", "bench", "load", "--url", base, "--sessions", "3",
+        r = subprocess.run([sys.executable, "-m", "avatarcast.realtime.cli", "bench", "load", "--url", base, "--sessions", "3",
                             "--seconds", "20", "--clips", str(tmp_path), "--no-retry", "--gap", "1,3", "--json"],
                            cwd=REPO, capture_output=True, text=True, timeout=120)
     finally:

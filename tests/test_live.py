@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from realtime.audio import decode_audio
-from realtime.live import LiveAudio
+from avatarcast.realtime.audio import decode_audio
+from avatarcast.realtime.live import LiveAudio
 
 ESPEAK = shutil.which("espeak-ng")
 pytestmark = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not install
 
 @pytest.fixture(scope="module")
 def tiny():
-    from realtime.asr import Transcriber
+    from avatarcast.realtime.asr import Transcriber
 
     return Transcriber.load("tiny.en")
 

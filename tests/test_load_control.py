@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from realtime.admission import check
-from realtime.ladder import DegradationLadder
-from realtime.ratelimit import FloodGuard, RateLimiter, client_keys, retry_after
+from avatarcast.realtime.admission import check
+from avatarcast.realtime.ladder import DegradationLadder
+from avatarcast.realtime.ratelimit import FloodGuard, RateLimiter, client_keys, retry_after
 
 
 class Clock:

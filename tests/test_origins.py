@@ -10,7 +10,7 @@ import httpx
 import pytest
 import websockets
 
-from realtime.origins import origin_allowed, parse_origins
+from avatarcast.realtime.origins import origin_allowed, parse_origins
 from tests.conftest import running_server
 
 APP = "https://app.example"
@@ -75,7 +75,7 @@ def test_forwarded_for_is_ignored_from_an_untrusted_proxy(server: tuple) -> None
 
 
 def test_bad_allowed_origins_setting_is_refused() -> None:
-    from realtime.settings import Settings
+    from avatarcast.realtime.settings import Settings
     s = Settings(allowed_origins="app.example")
     with pytest.raises(ValueError, match="allowed_origins"):
         s.validate()

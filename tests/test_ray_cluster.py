@@ -25,7 +25,7 @@ ray = pytest.importorskip("ray", reason="the `ray` extra is not installed (pip i
 serve = pytest.importorskip("ray.serve")
 websockets = pytest.importorskip("websockets")
 
-from realtime.settings import Settings  # noqa: E402
+from avatarcast.realtime.settings import Settings  # noqa: E402
 from tests.conftest import WsRecorder, free_port, wait_ready  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
@@ -74,7 +74,7 @@ def _alive(pid: int) -> bool:
 @pytest.fixture(scope="module")
 def cluster() -> Any:
     """The Serve application on a fresh local Ray cluster (4 logical CPUs); torn down with no process left."""
-    from realtime.cluster import launch
+    from avatarcast.realtime.cluster import launch
 
     if ray.is_initialized():
         pytest.skip("a Ray cluster is already connected in this process")
@@ -168,7 +168,7 @@ def _engine_replicas() -> set[str]:
 
 def test_builder_args_and_deployment_options() -> None:
     """The config file's args become one Settings; replica bounds pick fixed or autoscaled replicas."""
-    from realtime.cluster.app import ROUTER, engine_deployment_options, settings_from_args
+    from avatarcast.realtime.cluster.app import ROUTER, engine_deployment_options, settings_from_args
 
     s = settings_from_args({"engine": "tiny", "engine_replicas": 3, "min_replicas": 1, "max_replicas": 5,
                             "backend": "onnxruntime", "target_ongoing_requests": 6}, base=Settings())
@@ -187,7 +187,7 @@ def test_builder_args_and_deployment_options() -> None:
         settings_from_args({"replicas": 2}, base=Settings())
     with pytest.raises(ValueError, match="ray_min_replicas"):
         settings_from_args({"min_replicas": 3, "max_replicas": 2}, base=Settings())
-    from realtime.cluster.app import gateway_deployment_options
+    from avatarcast.realtime.cluster.app import gateway_deployment_options
     one = gateway_deployment_options(Settings())
     assert one["num_replicas"] == 1 and one["request_router_config"].request_router_class == ROUTER
     many = gateway_deployment_options(settings_from_args({"ray_gateways": 2, "ray_max_gateways": 8}, base=Settings()))

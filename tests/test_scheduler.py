@@ -9,12 +9,12 @@ import time
 import numpy as np
 import pytest
 
-from realtime.scheduler import ChunkJob, EngineScheduler, copy_state
+from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler, copy_state
 
 
 @pytest.fixture(scope="module")
 def engine():
-    from engines.tiny.engine import TinyEngine
+    from avatarcast.engines.tiny.engine import TinyEngine
 
     return TinyEngine.load(steps=2)
 

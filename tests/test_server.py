@@ -19,7 +19,7 @@ import pytest
 import websockets
 from PIL import Image
 
-from realtime.protocol import TAG_CLIP, TAG_PCM
+from avatarcast.realtime.protocol import TAG_CLIP, TAG_PCM
 from tests.conftest import WsRecorder
 
 ESPEAK = shutil.which("espeak-ng")
@@ -42,7 +42,7 @@ def speech_wav(tmp_path, text: str, pad_s: float = 0.0) -> bytes:
     data = path.read_bytes()
     if not pad_s:
         return data
-    from realtime.audio import decode_audio
+    from avatarcast.realtime.audio import decode_audio
 
     pcm = decode_audio(data)
     sil = np.zeros(int(pad_s * 16000), np.float32)
@@ -261,7 +261,7 @@ def test_websocket_bad_messages_get_error_events_and_the_stream_goes_on(base: st
 
 @needs_espeak
 def test_clip_over_http_and_websocket_in_several_formats(base: str, tmp_path) -> None:
-    from realtime.audio import decode_audio
+    from avatarcast.realtime.audio import decode_audio
 
     wav = speech_wav(tmp_path, "I am so happy right now!")
     pcm = decode_audio(wav)
@@ -298,7 +298,7 @@ def test_clip_over_http_and_websocket_in_several_formats(base: str, tmp_path) ->
 
 @needs_espeak
 def test_live_pcm_stream_listens_transcribes_and_reacts(base: str, tmp_path) -> None:
-    from realtime.audio import decode_audio
+    from avatarcast.realtime.audio import decode_audio
 
     speech = decode_audio(speech_wav(tmp_path, "I am so happy right now!"))
     pcm = np.concatenate([np.zeros(8000, np.float32), speech, np.zeros(16000, np.float32)])

@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from realtime.emotion import EmotionCue
-from realtime.messages import (
+from avatarcast.realtime.emotion import EmotionCue
+from avatarcast.realtime.messages import (
     AudioChunk,
     ChunkRequest,
     FrameRequest,
@@ -18,7 +18,7 @@ from realtime.messages import (
     Transcript,
     VideoFrame,
 )
-from realtime.session import FrameClock, Session, SessionConfig, UtteranceTimeline
+from avatarcast.realtime.session import FrameClock, Session, SessionConfig, UtteranceTimeline
 
 T0 = 1000.0
 DT = 0.125
@@ -509,8 +509,8 @@ def test_events_json_round_trip():
 
 
 def test_messages_from_vad_and_audio():
-    from realtime.asr import Transcript as AsrTranscript
-    from realtime.asr import VadEvent
+    from avatarcast.realtime.asr import Transcript as AsrTranscript
+    from avatarcast.realtime.asr import VadEvent
 
     asr = AsrTranscript("hi there", "en", (), 1.0, 300.0)
     final = Transcript.from_vad(VadEvent("final", 2, 3.0, 1.0, 2.5, asr), 50.0)

@@ -10,9 +10,9 @@ import threading
 import numpy as np
 import pytest
 
-from engines.tiny.engine import TinyEngine
-from templates import DEFAULT_PATH, load_templates, template_hash
-from templates.cache import LatentsCache, reaction_key, variant_seed
+from avatarcast.engines.tiny.engine import TinyEngine
+from avatarcast.templates import DEFAULT_PATH, load_templates, template_hash
+from avatarcast.templates.cache import LatentsCache, reaction_key, variant_seed
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +218,7 @@ def test_corrupt_or_partial_file_is_a_miss_and_is_rewritten(engine, templates, t
         path.write_bytes(damage(path.read_bytes()))
         sample_calls.clear()
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="templates.cache"):
+        with caplog.at_level(logging.WARNING, logger="avatarcast.templates.cache"):
             entry = LatentsCache(engine, templates, tmp_path).get(3, "angry", 0)
         assert sample_calls == [1], "a damaged entry should be recomputed once"
         assert "ignoring unreadable entry" in caplog.text
@@ -246,7 +246,7 @@ def test_unknown_emotion_is_a_clear_error(engine, templates, tmp_path):
 
 
 def test_precompute_cli_prints_stats(tmp_path, capsys):
-    from realtime.precompute import main
+    from avatarcast.realtime.precompute import main
     argv = ["--avatars", "luna", "--emotions", "happy", "--variants", "1", "--cache-dir", str(tmp_path),
             "--steps", "1", "--json"]
     assert main(argv) == 0

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from engines.sampler import FlowMatchEulerSampler, ShortcutFlowSampler
-from engines.tiny.config import TinyConfig
-from engines.tiny.weights import DEFAULT_DIR, load_manifest
+from avatarcast.engines.sampler import FlowMatchEulerSampler, ShortcutFlowSampler
+from avatarcast.engines.tiny.config import TinyConfig
+from avatarcast.engines.tiny.weights import DEFAULT_DIR, load_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +65,7 @@ SMALL = TinyConfig(enc_channels=(8, 8, 16, 16), dec_channels=(16, 16, 16, 16), d
 
 def test_network_shapes_and_frame_roundtrip():
     torch = pytest.importorskip("torch")
-    from engines.tiny.model import Decoder, Denoiser, Encoder, FrameDecoder, FrameEncoder, frames_to_tensor, tensor_to_frames
+    from avatarcast.engines.tiny.model import Decoder, Denoiser, Encoder, FrameDecoder, FrameEncoder, frames_to_tensor, tensor_to_frames
 
     torch.manual_seed(0)
     cfg = SMALL
@@ -98,7 +98,7 @@ def test_config_roundtrip():
 
 @pytest.fixture(scope="module")
 def engine():
-    from engines.tiny.engine import TinyEngine
+    from avatarcast.engines.tiny.engine import TinyEngine
     return TinyEngine.load(backend="onnxruntime", steps=2)
 
 
@@ -159,7 +159,7 @@ def test_cli_render_writes_playable_video(tmp_path):
 
     for name in ("happy.mp4", "happy.webm"):
         out = tmp_path / name
-        r = subprocess.run([sys.executable, "-m", "realtime.cli", "render", "--avatar", "1", "--emotion",
+        r = subprocess.run([sys.executable, "-m", "avatarcast.realtime.cli", "render", "--avatar", "1", "--emotion",
                             "idle:0.5,happy:1", "--seconds", "1", "-o", str(out)], cwd=ROOT,
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr

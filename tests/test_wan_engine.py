@@ -11,8 +11,8 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint  # noqa: E402
-from engines.wan.engine import WanEngine  # noqa: E402
+from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint  # noqa: E402
+from avatarcast.engines.wan.engine import WanEngine  # noqa: E402
 
 from wan_checkpoint import H, TEXT_DIM, W, Z  # noqa: E402
 from wan_checkpoint import make_checkpoint as _make_checkpoint  # noqa: E402
@@ -200,7 +200,7 @@ def test_streaming_decode_mixes_fresh_and_running_streams(engine):
 
 def _counted(vae, **kw):
     """A compiled StreamingVaeDecoder whose backend (no inductor: fast) lists the graphs it compiles."""
-    from engines.wan.vae_stream import StreamingVaeDecoder
+    from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder
 
     graphs: list[int] = []
 
@@ -215,7 +215,7 @@ def _counted(vae, **kw):
 def test_stream_caches_own_their_memory(engine):
     """A cache kept between chunks holds only its own frames, not the batch's merged cache or the
     activation it was sliced from (on an H100 such views doubled the peak memory), eager or compiled."""
-    from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
+    from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
 
     gen = torch.Generator().manual_seed(2)
     for dec in (StreamingVaeDecoder(engine.vae, max_batch=3, frames_per_call=2),
@@ -233,7 +233,7 @@ def test_fp8_blocks_quantize_every_block_linear_and_stay_close(ckpt):
     per-token activations); on the CPU the same quantized numbers are multiplied in float32, so this
     checks the quantization and the module surgery; the kernel (torch._scaled_mm) is checked on the GPU
     by `bench engine --engine wan --fp8` (fp8_rel_err)."""
-    from engines.wan.fp8 import FP8_MAX, Fp8Linear, convert_blocks_to_fp8, quantize_rows
+    from avatarcast.engines.wan.fp8 import FP8_MAX, Fp8Linear, convert_blocks_to_fp8, quantize_rows
     x = torch.randn(6, 32) * torch.logspace(-2, 2, 6)[:, None]
     q, s = quantize_rows(x)
     assert q.dtype == torch.float8_e4m3fn and s.shape == (6, 1)
@@ -257,7 +257,7 @@ def test_fp8_blocks_quantize_every_block_linear_and_stay_close(ckpt):
 
 def test_steady_frames_decode_several_per_call_like_one_per_call(engine):
     """frames_per_call=3 (one decoder call for a chunk's steady frames) gives the frames of one call each."""
-    from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
+    from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
 
     z = torch.randn(2, Z, 1 + 3 * 3, 4, 8, generator=torch.Generator().manual_seed(3))
     outs = {}
@@ -280,7 +280,7 @@ def test_steady_frames_decode_several_per_call_like_one_per_call(engine):
 def test_compiled_vae_makes_few_graphs_warms_them_up_and_never_recompiles(engine):
     """Steady decodes compile one graph per batch-size class, all at warm_up: a new batch size or a
     cache sliced from another batch never stalls the streams with a compile."""
-    from engines.wan.vae_stream import VaeStreamCache
+    from avatarcast.engines.wan.vae_stream import VaeStreamCache
 
     dec, graphs = _counted(engine.vae, max_batch=5, channels_last=True, frames_per_call=2)
     dec.warm_up((4, 8), range(1, 6))
@@ -302,7 +302,7 @@ def test_compiled_vae_makes_few_graphs_warms_them_up_and_never_recompiles(engine
 def test_compiled_vae_one_stream_per_call_is_one_static_graph(engine):
     """max_batch=1 (serve's --wan-vae-batch default): every batch of streams decodes one stream per
     call through a single static graph, giving the frames a batched decode gives."""
-    from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
+    from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
 
     one, graphs = _counted(engine.vae, max_batch=1, channels_last=True, frames_per_call=2)
     one.warm_up((4, 8), range(1, one.max_batch + 1))
@@ -323,7 +323,7 @@ def test_regional_compile_traces_one_block_for_all_blocks():
     graph per batch size, and the output is the eager model's."""
     from diffusers import WanTransformer3DModel
 
-    from engines.wan.graphs import compile_transformer
+    from avatarcast.engines.wan.graphs import compile_transformer
 
     torch.manual_seed(0)
     tr = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=Z,
@@ -341,7 +341,7 @@ def test_regional_compile_traces_one_block_for_all_blocks():
         graphs.append("patch_embedding" in gm.code)
         return gm.forward
 
-    from engines.wan.fp8 import convert_blocks_to_fp8
+    from avatarcast.engines.wan.fp8 import convert_blocks_to_fp8
     assert convert_blocks_to_fp8(tr) > 0  # as served with --wan-fp8 1: the blocks' fp8 buffers are graph inputs too
     torch._dynamo.reset()
     with torch.no_grad():

@@ -11,9 +11,9 @@ import torch
 pytest.importorskip("diffusers")
 ort = pytest.importorskip("onnxruntime")
 
-from engines.wan.engine import WanEngine  # noqa: E402
-from engines.wan.export import build, export_denoiser, export_vae_step  # noqa: E402
-from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache  # noqa: E402
+from avatarcast.engines.wan.engine import WanEngine  # noqa: E402
+from avatarcast.engines.wan.export import build, export_denoiser, export_vae_step  # noqa: E402
+from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache  # noqa: E402
 from wan_checkpoint import make_checkpoint  # noqa: E402
 
 

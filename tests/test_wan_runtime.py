@@ -12,9 +12,9 @@ import torch
 pytest.importorskip("diffusers")
 pytest.importorskip("onnxruntime")
 
-from engines.wan.engine import WanEngine  # noqa: E402
-from engines.wan.export import MANIFEST, export_all  # noqa: E402
-from engines.wan.runtime import ExportError, GraphDenoiser, use_exported  # noqa: E402
+from avatarcast.engines.wan.engine import WanEngine  # noqa: E402
+from avatarcast.engines.wan.export import MANIFEST, export_all  # noqa: E402
+from avatarcast.engines.wan.runtime import ExportError, GraphDenoiser, use_exported  # noqa: E402
 from wan_checkpoint import TEXT_DIM, make_checkpoint  # noqa: E402
 
 SHAPE = dict(steps=2, chunk_latent_frames=2, height=32, width=64, out_height=36, out_width=64)
@@ -54,7 +54,7 @@ def test_onnxruntime_serves_the_exported_graphs_with_the_torch_frames(exported):
 
 def test_a_missing_or_mismatched_export_says_what_to_do(exported, tmp_path):
     ckpt, onnx = exported
-    with pytest.raises(ExportError, match="engines.wan.export"):
+    with pytest.raises(ExportError, match="avatarcast.engines.wan.export"):
         use_exported(WanEngine.load(ckpt, **SHAPE), tmp_path, "onnxruntime")
     other = WanEngine.load(ckpt, **dict(SHAPE, chunk_latent_frames=3))
     with pytest.raises(ExportError, match="chunk_latent_frames exported 2, serving 3"):
@@ -67,7 +67,7 @@ def test_a_missing_or_mismatched_export_says_what_to_do(exported, tmp_path):
 
 
 def test_tensorrt_refuses_clearly_without_a_gpu_it_supports(exported):
-    from engines.backends.tensorrt_backend import BackendError
+    from avatarcast.engines.backends.tensorrt_backend import BackendError
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the device run builds and runs the engines")
     ckpt, onnx = exported
@@ -76,9 +76,9 @@ def test_tensorrt_refuses_clearly_without_a_gpu_it_supports(exported):
 
 
 def test_serve_settings_pick_the_exported_graphs(exported, tmp_path):
-    from engines.wan.serving import WanAvatarEngine
-    from realtime.avatars import resolve_avatar
-    from realtime.settings import Settings
+    from avatarcast.engines.wan.serving import WanAvatarEngine
+    from avatarcast.realtime.avatars import resolve_avatar
+    from avatarcast.realtime.settings import Settings
 
     ckpt, onnx = exported
     with pytest.raises(ValueError, match="wan_backend must be"):

@@ -17,11 +17,11 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from engines.wan.checkpoint import WanCheckpointError  # noqa: E402
-from engines.wan.prompts import PromptEmbedsMissing, normalize_prompt  # noqa: E402
-from engines.wan.serving import WanAvatarEngine  # noqa: E402
-from templates import load_templates  # noqa: E402
-from templates.cache import LatentsCache  # noqa: E402
+from avatarcast.engines.wan.checkpoint import WanCheckpointError  # noqa: E402
+from avatarcast.engines.wan.prompts import PromptEmbedsMissing, normalize_prompt  # noqa: E402
+from avatarcast.engines.wan.serving import WanAvatarEngine  # noqa: E402
+from avatarcast.templates import load_templates  # noqa: E402
+from avatarcast.templates.cache import LatentsCache  # noqa: E402
 
 from wan_checkpoint import H, TEXT_DIM, W, Z, make_checkpoint  # noqa: E402
 
@@ -45,7 +45,7 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def embeds_dir(ckpts, tmp_path_factory) -> Path:
     """A cache dir whose prompt embeddings were written by `avatarcast precompute --prompts-only`."""
-    from realtime.precompute import main
+    from avatarcast.realtime.precompute import main
     d = tmp_path_factory.mktemp("cache")
     assert main(["--engine", "wan", "--checkpoint", str(ckpts["full"]), "--cache-dir", str(d), "--prompts-only",
                  "--wan-height", str(H), "--wan-width", str(W), "--json"]) == 0
@@ -94,7 +94,7 @@ def test_intensity_blends_the_emotion_prompt_with_idle(engine):
 
 
 def test_copied_state_advances_without_touching_the_original(engine):
-    from realtime.scheduler import copy_state
+    from avatarcast.realtime.scheduler import copy_state
     st = engine.start_stream("pip", "sad", 0.9, seed=3)
     engine.next_chunk([st])
     twin = copy_state(st)
@@ -118,7 +118,7 @@ def test_pipelined_scheduler_gives_the_frames_of_calls_in_turn(engine):
 
 def test_a_failing_pipelined_call_fails_its_jobs_only(engine):
     """A call that fails while being queued fails its own jobs; the scheduler goes on with the next."""
-    from realtime.scheduler import ChunkJob, EngineScheduler
+    from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler
 
     async def go() -> tuple[BaseException | None, object]:
         engine.pipeline_depth = 2
@@ -143,7 +143,7 @@ def test_a_failing_pipelined_call_fails_its_jobs_only(engine):
 
 
 def test_graph_buckets_are_fewer_when_compiled():
-    from engines.wan.serving import wan_buckets
+    from avatarcast.engines.wan.serving import wan_buckets
     assert wan_buckets(5) == (1, 2, 3, 5) and wan_buckets(2) == (1, 2) and wan_buckets(1) == (1,)
     assert wan_buckets(5, compiled=True) == (1, 5) and wan_buckets(1, compiled=True) == (1,)
 
@@ -152,7 +152,7 @@ def test_prompt_embeddings_are_computed_once_then_loaded_without_text_encoder(ck
     templates = load_templates()
     files = list((embeds_dir / "prompt_embeds" / engine.embeds_id).glob("*.npz"))
     assert engine.embeds_id.startswith("umt5-") and len(files) == len(templates)
-    from engines.wan.engine import WanEngine
+    from avatarcast.engines.wan.engine import WanEngine
     monkeypatch.setattr(WanEngine, "encode_prompts", lambda *a, **k: pytest.fail("re-encoded stored prompts"))
     again = WanAvatarEngine.load(ckpts["full"], embeds_dir, steps=2, **GRID)  # has a text encoder, uses the store
     assert again.embeds_id == engine.embeds_id
@@ -179,7 +179,7 @@ def test_missing_prompt_embeddings_fail_with_what_to_do_and_random_is_opt_in(ckp
 def test_a_distilled_schedule_sets_the_steps_and_the_cache_key(ckpts, embeds_dir, engine):
     """--wan-sigmas / --wan-timesteps reach the sampler: its steps are their count, and cached chunks
     made with another schedule are not reused (the weights hash holds the sigmas)."""
-    from engines.sampler import FlowMatchEulerSampler
+    from avatarcast.engines.sampler import FlowMatchEulerSampler
     dmd = WanAvatarEngine.load(ckpts["bare"], embeds_dir, steps=2, sigmas=[1.0, 0.6], **GRID)
     assert dmd.steps == 2 and dmd.wan.sampler.sigma_list == [1.0, 0.6, 0.0]
     assert engine.wan.sampler.sigma_list == FlowMatchEulerSampler(steps=2, shift=5.0).sigma_list  # [1, 5/6, 0]
@@ -225,7 +225,7 @@ def test_latents_cache_round_trip(engine, tmp_path):
 
 
 def test_settings_require_a_complete_checkpoint(ckpts):
-    from realtime.settings import Settings
+    from avatarcast.realtime.settings import Settings
     with pytest.raises(WanCheckpointError, match="needs --checkpoint"):
         Settings(engine="wan").validate()
     with pytest.raises(WanCheckpointError, match="vae weights"):
@@ -237,7 +237,7 @@ def test_settings_require_a_complete_checkpoint(ckpts):
     with pytest.raises(ValueError, match="wan_fp8 must be 0 or 1"):
         Settings(engine="wan", checkpoint=str(ckpts["bare"]), wan_fp8=2).validate()
     assert Settings(engine="wan", checkpoint="x", wan_fp8=1).wan_kwargs()["fp8"] is True
-    from realtime.cli import build_parser
+    from avatarcast.realtime.cli import build_parser
     args = build_parser().parse_args(["serve", "--engine", "wan", "--checkpoint", "x", "--wan-fp8", "1",
                                       "--wan-batch", "3"])
     assert args.wan_fp8 == 1 and args.wan_batch == 3
@@ -290,7 +290,7 @@ def test_server_streams_the_wan_engine_and_reacts_to_an_emotion(ckpts, embeds_di
     from PIL import Image
 
     from conftest import running_server
-    from realtime.protocol import unpack_frame
+    from avatarcast.realtime.protocol import unpack_frame
 
     async def session(base: str) -> tuple[list, list]:
         frames, events = [], []
@@ -339,7 +339,7 @@ def test_compiled_artifacts_are_cached_beside_the_latents_cache(tmp_path, monkey
     a TORCHINDUCTOR_CACHE_DIR the user chose is kept."""
     from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
 
-    from engines.wan.serving import compile_cache_dir
+    from avatarcast.engines.wan.serving import compile_cache_dir
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what importing diffusers leaves
     assert compile_cache_dir(tmp_path / "c") == (tmp_path / "c" / "inductor").resolve()

@@ -18,7 +18,7 @@ from tests.wan_checkpoint import Z, tiny_vae
 
 def _stream_frames(dec, batches: list[int], seed: int = 0) -> list[torch.Tensor]:
     """Each batch size in turn: a fresh group of streams, its first chunk then two steady chunks."""
-    from engines.wan.vae_stream import VaeStreamCache
+    from avatarcast.engines.wan.vae_stream import VaeStreamCache
     gen = torch.Generator().manual_seed(seed)
     out = []
     for B in batches:
@@ -34,7 +34,7 @@ def _same(got: list[torch.Tensor], want: list[torch.Tensor], tol: float) -> None
 
 
 def test_aot_packages_decode_like_eager_and_a_warm_start_only_loads_them(tmp_path):
-    from engines.wan.vae_stream import StreamingVaeDecoder
+    from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder
 
     torch.manual_seed(0)
     vae = tiny_vae().eval()
@@ -64,7 +64,7 @@ def test_aot_packages_decode_like_eager_and_a_warm_start_only_loads_them(tmp_pat
 
 def test_package_names_follow_shapes_and_weights_layout(tmp_path):
     """A package is found again only for the same shapes, dtype, batch range and weight layout."""
-    from engines.wan.vae_aot import AotSteadyDecoder
+    from avatarcast.engines.wan.vae_aot import AotSteadyDecoder
 
     vae = tiny_vae().eval()
     aot = AotSteadyDecoder(vae.decoder, 34, tmp_path, max_batch=3)
@@ -83,7 +83,7 @@ def test_package_names_follow_shapes_and_weights_layout(tmp_path):
 
 def test_a_package_that_cannot_be_built_falls_back_to_torch_compile(tmp_path, caplog):
     """An unwritable cache directory (or a failed export) costs the warm restart, never the stream."""
-    from engines.wan.vae_stream import StreamingVaeDecoder
+    from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder
 
     graphs = []
 
@@ -98,7 +98,7 @@ def test_a_package_that_cannot_be_built_falls_back_to_torch_compile(tmp_path, ca
     torch._dynamo.reset()
     dec = StreamingVaeDecoder(vae, max_batch=2, compile=True, frames_per_call=3, compile_backend=backend,
                               aot_dir=blocked / "aoti")
-    with caplog.at_level("WARNING", logger="engines.wan.vae_stream"):
+    with caplog.at_level("WARNING", logger="avatarcast.engines.wan.vae_stream"):
         got = _stream_frames(dec, [2, 1])
     assert dec.aot is None and graphs and dec.compiled_calls == 4
     assert "no AOTInductor package" in caplog.text and "NotADirectoryError" in caplog.text
@@ -126,7 +126,7 @@ def _gated_backend(gate: threading.Event, callers: list[str], fail: bool = False
 
 
 def test_background_warm_up_decodes_eagerly_until_the_graphs_are_ready(caplog):
-    from engines.wan.vae_stream import StreamingVaeDecoder
+    from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder
 
     torch.manual_seed(0)
     vae = tiny_vae().eval()
@@ -141,7 +141,7 @@ def test_background_warm_up_decodes_eagerly_until_the_graphs_are_ready(caplog):
     _same(got, want, 1e-5)
     assert callers == [] and not dec.compiled_ready.is_set()
 
-    with caplog.at_level("INFO", logger="engines.wan.vae_stream"):
+    with caplog.at_level("INFO", logger="avatarcast.engines.wan.vae_stream"):
         gate.set()
         thread.join(120)
     assert dec.compiled_ready.is_set() and dec.compiled_ready_s is not None
@@ -155,7 +155,7 @@ def test_background_warm_up_decodes_eagerly_until_the_graphs_are_ready(caplog):
 
 
 def test_a_failed_background_compile_leaves_the_decode_eager(caplog):
-    from engines.wan.vae_stream import StreamingVaeDecoder
+    from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder
 
     torch.manual_seed(0)
     vae = tiny_vae().eval()
@@ -164,7 +164,7 @@ def test_a_failed_background_compile_leaves_the_decode_eager(caplog):
     torch._dynamo.reset()
     dec = StreamingVaeDecoder(vae, max_batch=2, compile=True, frames_per_call=3,
                               compile_backend=_gated_backend(gate, callers, fail=True))
-    with caplog.at_level("ERROR", logger="engines.wan.vae_stream"):
+    with caplog.at_level("ERROR", logger="avatarcast.engines.wan.vae_stream"):
         dec.warm_up_in_background((4, 8), range(1, 3)).join(120)
     assert not dec.compiled_ready.is_set() and "frames stay eager" in caplog.text
     got = _stream_frames(dec, [2])

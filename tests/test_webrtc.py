@@ -282,7 +282,7 @@ def test_signaling_errors_and_delete(base: str) -> None:
 
 
 def test_not_connected_peer_times_out(base: str) -> None:
-    from realtime import webrtc
+    from avatarcast.realtime import webrtc
 
     async def go() -> None:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))

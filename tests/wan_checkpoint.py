@@ -38,7 +38,7 @@ def add_text_encoder(root: Path) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
-    from templates import load_templates
+    from avatarcast.templates import load_templates
     words = sorted({w for t in load_templates().values() for w in t.prompt.lower().replace(",", " ").split()})
     vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: i + 3 for i, w in enumerate(words)}}
     tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))

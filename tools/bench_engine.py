@@ -38,7 +38,7 @@ import time
 
 import numpy as np
 
-from engines.backends import BackendError, available_cores, cpu_name
+from avatarcast.engines.backends import BackendError, available_cores, cpu_name
 
 
 def _cpu_jiffies() -> tuple[int, int] | None:
@@ -78,7 +78,7 @@ def _pct(xs, q) -> float:
 
 
 def _stream_specs(n: int, emotions, seed: int):
-    from engines.avatar_world import BUILTIN_AVATARS
+    from avatarcast.engines.avatar_world import BUILTIN_AVATARS
     n_av, distinct = len(BUILTIN_AVATARS), min(n, 16)  # 16 avatars at most: references cost a render each
     specs = []
     for i in range(n):
@@ -184,7 +184,7 @@ def run_bench(engine_name: str = "tiny", backend: str = "onnxruntime", sessions:
         raise ValueError(f"only the 'tiny' engine can be benchmarked here, not {engine_name!r}")
     if sessions < 1:
         raise ValueError("--sessions must be >= 1")
-    from engines.tiny.engine import TinyEngine
+    from avatarcast.engines.tiny.engine import TinyEngine
     t0 = time.perf_counter()
     engine = TinyEngine.load(weights, backend=backend, steps=steps, threads=threads, device=device,
                              **(backend_options or {}))

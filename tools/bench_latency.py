@@ -3,7 +3,7 @@
     avatarcast bench latency --clips DIR [--url http://HOST:PORT] [--json] [--mode clip|stream]
         [--sessions N] [--repeat R] [--chart out.png] [--server-args "--steps 2 ..."]
 
-Without --url it starts `python -m realtime.cli serve` on a free loopback port (server log in a
+Without --url it starts `python -m avatarcast.realtime.cli serve` on a free loopback port (server log in a
 temporary file, shown on failure), waits for GET /readyz == 200 and stops the server at the end.
 
 For every audio file in DIR (wav, mp3, ogg, opus, webm, m4a, flac) a client opens a session
@@ -100,7 +100,7 @@ def load_labels(folder: Path) -> dict[str, dict]:
 
 
 def load_clips(folder: Path) -> list[Clip]:
-    from realtime.audio import decode_audio
+    from avatarcast.realtime.audio import decode_audio
 
     if not folder.is_dir():
         raise FileNotFoundError(f"--clips {folder}: not a folder")
@@ -173,7 +173,7 @@ class Conn:
         self.close_reason = ""
 
     async def receive(self) -> None:
-        from realtime.protocol import unpack_frame
+        from avatarcast.realtime.protocol import unpack_frame
 
         try:
             async for msg in self.ws:
@@ -232,7 +232,7 @@ class Sent:
 async def stream_pcm(conn: Conn, clip: Clip, sent: Sent, chunk_ms: int, tail_s: float, stop: asyncio.Event,
                      keep_open: bool = False) -> None:
     """Send the clip as paced PCM1 chunks, then tail_s of silence (with keep_open: silence until `stop`)."""
-    from realtime.protocol import TAG_PCM
+    from avatarcast.realtime.protocol import TAG_PCM
 
     chunk = int(SAMPLE_RATE * chunk_ms / 1000)
     first, last = speech_bounds(clip.pcm, chunk)
@@ -357,7 +357,7 @@ async def measure_clip(base_url: str, clip: Clip, args: argparse.Namespace, slot
                        intervals: list[float], jitter: float = 0.0) -> dict:
     from websockets.asyncio.client import connect
 
-    from realtime.protocol import TAG_CLIP
+    from avatarcast.realtime.protocol import TAG_CLIP
 
     row: dict[str, Any] = {"file": clip.name, "session": slot, "duration_s": round(clip.duration_s, 2),
                            "expected": clip.expected, "transcript": None, "emotion": None, "correct": None,
@@ -558,7 +558,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m realtime.cli serve --port P ...` as a child; log in a temporary file."""
+    """`python -m avatarcast.realtime.cli serve --port P ...` as a child; log in a temporary file."""
 
     def __init__(self, extra_args: list[str], ready_timeout: float = 180.0) -> None:
         self.port = free_port()
@@ -572,7 +572,7 @@ class ServerProcess:
     def start(self) -> None:
         import httpx
 
-        cmd = [sys.executable, "-m", "realtime.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd = [sys.executable, "-m", "avatarcast.realtime.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         if "--log-level" not in self.extra:
             cmd += ["--log-level", "warning"]
         cmd += self.extra
@@ -710,7 +710,7 @@ class CpuMonitor:
 def machine() -> dict:
     cpu = platform.processor() or ""
     try:
-        from engines.backends import cpu_name
+        from avatarcast.engines.backends import cpu_name
         cpu = cpu_name() or cpu
     except Exception:
         pass

@@ -3,7 +3,7 @@
     avatarcast bench load --sessions N --seconds S [--clips DIR] [--url http://HOST:PORT] [--json]
         [--gap 2,8] [--no-retry] [--server-args "--max-sessions 2 ..."]
 
-Without --url it starts `python -m realtime.cli serve` on a free loopback port (as `bench latency`
+Without --url it starts `python -m avatarcast.realtime.cli serve` on a free loopback port (as `bench latency`
 does). Without --clips it makes 8 espeak-ng clips (tools/make_clips.py) in a temporary folder.
 
 Each of the N session slots opens `/v1/ws?avatar=pip`. A refused session (close 1013, the
@@ -75,7 +75,7 @@ def index_gaps(frames: list[tuple[float, int, str, str]]) -> int:
 
 async def speak(conn: Conn, clip: Clip, timeout: float) -> dict:
     """Send one clip and wait for its emotion's first frame: the row `bench latency` would write."""
-    from realtime.protocol import TAG_CLIP
+    from avatarcast.realtime.protocol import TAG_CLIP
 
     row: dict[str, Any] = {"file": clip.name, "expected": clip.expected, "emotion": None, "ttff_ms": None,
                            "tter_ms": None, "error": None}

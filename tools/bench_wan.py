@@ -38,7 +38,7 @@ import time
 
 T_START = time.perf_counter()
 
-from engines.wan.shapes import TRANSFORMER_5B, VAE_22  # noqa: E402
+from avatarcast.engines.wan.shapes import TRANSFORMER_5B, VAE_22  # noqa: E402
 FPS = 8.0
 
 
@@ -56,7 +56,7 @@ def build_random(layers: int | None = None, vae_dtype: str = "bf16"):
     import torch
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
-    from engines.wan.engine import cast_model
+    from avatarcast.engines.wan.engine import cast_model
     cfg = dict(TRANSFORMER_5B, num_layers=layers or TRANSFORMER_5B["num_layers"])
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -136,10 +136,10 @@ def serving_engine(wan, batch: int):
     encoder here), and the avatar "pip": what `serve --wan-prompt-embeds random` would run."""
     import numpy as np
 
-    from engines.wan.prompts import normalize_prompt
-    from engines.wan.serving import WanAvatarEngine
-    from realtime.avatars import resolve_avatar
-    from templates import load_templates
+    from avatarcast.engines.wan.prompts import normalize_prompt
+    from avatarcast.engines.wan.serving import WanAvatarEngine
+    from avatarcast.realtime.avatars import resolve_avatar
+    from avatarcast.templates import load_templates
 
     templates = load_templates()
     rng = np.random.default_rng(0)
@@ -155,7 +155,7 @@ def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: 
 
     import torch
 
-    from realtime.scheduler import ChunkJob, EngineScheduler, copy_state
+    from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler, copy_state
 
     av, avatar = serving_engine(wan, batch)
     emotions = [e for e in av.emotions if e != "idle"][:4]
@@ -214,8 +214,8 @@ def run(args) -> dict:
     import numpy as np
     import torch
 
-    from engines.wan.checkpoint import CheckpointInfo
-    from engines.wan.engine import WanEngine
+    from avatarcast.engines.wan.checkpoint import CheckpointInfo
+    from avatarcast.engines.wan.engine import WanEngine
 
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -227,7 +227,7 @@ def run(args) -> dict:
         else sessions
     batches = sorted(set([1] + counts + [int(b) for b in str(args.batches).split(",") if b]))
     if args.server_buckets:  # the graphs `serve --engine wan --wan-batch B` captures (a warm restart's work)
-        from engines.wan.serving import wan_buckets
+        from avatarcast.engines.wan.serving import wan_buckets
         batches = sorted(set(batches) | set(wan_buckets(args.batch or 5, compiled=bool(args.compile))))
     compile_mode = args.compile_mode if args.compile else False
     kw = dict(device="cuda", dtype=torch.bfloat16, steps=args.steps, shift=5.0,
@@ -442,7 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="--scheduler: trace the allocator and report the largest blocks live at the peak")
     ap.add_argument("--depths", default="2,1", help="--scheduler: pipeline depths to run (2: --wan-pipeline 1)")
     ap.add_argument("--server-buckets", action="store_true",
-                    help="also capture the CUDA-graph buckets serve captures (engines.wan.serving.wan_buckets: "
+                    help="also capture the CUDA-graph buckets serve captures (avatarcast.engines.wan.serving.wan_buckets: "
                          "1 and --batch compiled, else 1, 2, 3 and --batch), for its warm restart")
     ap.add_argument("--save-checkpoint", default=None, help="save the (random) model here for warm restarts")
     ap.add_argument("--json", action="store_true")
@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.cudnn_heuristics:
         from contextlib import nullcontext
 
-        import engines.wan.vae_stream as vae_stream
+        import avatarcast.engines.wan.vae_stream as vae_stream
         vae_stream._cudnn_heuristics = lambda on: nullcontext()
     report = run(args)
     report["cudnn_heuristics"] = bool(args.cudnn_heuristics)

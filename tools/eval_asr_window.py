@@ -34,9 +34,9 @@ def edit_distance(ref: list[str], hyp: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from realtime.asr import Transcriber
-    from realtime.audio import decode_audio
-    from realtime.emotion import EmotionReader
+    from avatarcast.realtime.asr import Transcriber
+    from avatarcast.realtime.audio import decode_audio
+    from avatarcast.realtime.emotion import EmotionReader
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clips", required=True)

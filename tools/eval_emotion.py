@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from realtime.emotion import CUE_LABELS, EmotionReader
+from avatarcast.realtime.emotion import CUE_LABELS, EmotionReader
 
 
 def load_rows(path: str | Path) -> list[dict[str, str]]:

@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.tiny.examples import example_inputs
-from engines.tiny.model import (Decoder, Denoiser, Encoder, FrameDecoder, FrameEncoder, HalfResDecoder, TinyConfig)
-from engines.tiny.weights import (DEFAULT_DIR, LOWRES_FILE, LOWRES_ONNX, ONNX_FILES, TORCH_FILE, Manifest,
+from avatarcast.engines.tiny.examples import example_inputs
+from avatarcast.engines.tiny.model import (Decoder, Denoiser, Encoder, FrameDecoder, FrameEncoder, HalfResDecoder, TinyConfig)
+from avatarcast.engines.tiny.weights import (DEFAULT_DIR, LOWRES_FILE, LOWRES_ONNX, ONNX_FILES, TORCH_FILE, Manifest,
                                   write_manifest)
 
 SMALL_CONFIG = dict(enc_channels=(8, 8, 16, 16), dec_channels=(16, 16, 16, 16), den_channels=(32, 32, 32),

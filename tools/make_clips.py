@@ -96,7 +96,7 @@ def _to_16k(pcm: np.ndarray, sr: int) -> np.ndarray:
             subprocess.run([sox, str(src), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(dst)],
                            check=True, capture_output=True)
             return _read_wav(dst)
-    from realtime.audio import resample
+    from avatarcast.realtime.audio import resample
     return resample(pcm, sr)
 
 
@@ -191,6 +191,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if __package__ in (None, ""):  # run as a script: make the repo importable for realtime.audio
+    if __package__ in (None, ""):  # run as a script: make the repo importable for avatarcast.realtime.audio
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     sys.exit(main())

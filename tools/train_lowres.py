@@ -2,7 +2,7 @@
 
     python -m tools.train_lowres --weights engines/tiny/weights --minutes 12 [--frames 2400]
 
-The student (engines.tiny.model.HalfResDecoder) starts from the full decoder's weights and learns
+The student (avatarcast.engines.tiny.model.HalfResDecoder) starts from the full decoder's weights and learns
 to decode 2x-pooled latents to the full decoder's output pooled to 320x192. Its inputs are the
 latents the engine really decodes: streams sampled by the shipped denoiser for the built-in and
 random avatars in every emotion, switching emotion now and then. A held-out set of streams gives
@@ -26,14 +26,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engines.tiny.model import HalfResDecoder
-from engines.tiny.weights import DEFAULT_DIR, load_manifest, load_torch_modules
+from avatarcast.engines.tiny.model import HalfResDecoder
+from avatarcast.engines.tiny.weights import DEFAULT_DIR, load_manifest, load_torch_modules
 from tools.train_tiny import avatar_by_id, grad_l1, n_avatars
 
 
 def sample_latents(weights: Path, n_frames: int, seed: int, threads: int) -> np.ndarray:
     """Normalized latent frames (N, C, H, W) from the engine's own streams (onnxruntime)."""
-    from engines.tiny.engine import TinyEngine
+    from avatarcast.engines.tiny.engine import TinyEngine
 
     eng = TinyEngine.load(weights, backend="onnxruntime", steps=2, threads=threads)
     rng = np.random.default_rng(seed)

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.avatar_world.reference import reference_frame
-from engines.tiny.model import (
+from avatarcast.engines.avatar_world.reference import reference_frame
+from avatarcast.engines.tiny.model import (
     EMOTIONS, Decoder, Denoiser, Encoder, TinyConfig, frames_to_tensor, tensor_to_frames,
 )
 
@@ -44,12 +44,12 @@ class ClipSpec:
 
 
 def n_avatars(n_random: int) -> int:
-    from engines.avatar_world import BUILTIN_AVATARS
+    from avatarcast.engines.avatar_world import BUILTIN_AVATARS
     return len(BUILTIN_AVATARS) + n_random
 
 
 def avatar_by_id(i: int):
-    from engines.avatar_world import BUILTIN_AVATARS, random_avatar
+    from avatarcast.engines.avatar_world import BUILTIN_AVATARS, random_avatar
     return BUILTIN_AVATARS[i] if i < len(BUILTIN_AVATARS) else random_avatar(10_000 + i)
 
 
@@ -79,7 +79,7 @@ def clip_specs(n_random: int, variants: int, seed: int = 0) -> list[ClipSpec]:
 
 
 def render_spec(spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
-    from engines.avatar_world import render_sequence
+    from avatarcast.engines.avatar_world import render_sequence
     frames, labels = render_sequence(avatar_by_id(spec.avatar_id), list(spec.segments), seed=spec.seed,
                                      start_time=spec.start_time)
     return frames, labels

@@ -26,7 +26,7 @@ import numpy as np
 def compare(engine: Any, avatar: Any, streams: int, batch: int, rounds: int = 3) -> dict:
     """`streams` streams for `rounds` chunks each: once as calls in turn (next_chunk, groups of `batch`
     in deadline order), once through an EngineScheduler at depth 2; both from copies of the same states."""
-    from realtime.scheduler import ChunkJob, EngineScheduler, copy_state
+    from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler, copy_state
 
     emotions = [e for e in engine.emotions if e != "idle"][:4]
     first = [engine.start_stream(avatar, emotions[i % 4], 0.9, seed=i) for i in range(streams)]
@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("needs a CUDA GPU (tests/test_wan_serving.py runs the CPU comparison)", file=sys.stderr)
         return 2
-    from engines.wan.checkpoint import CheckpointInfo
-    from engines.wan.engine import WanEngine
-    from engines.wan.serving import wan_buckets
+    from avatarcast.engines.wan.checkpoint import CheckpointInfo
+    from avatarcast.engines.wan.engine import WanEngine
+    from avatarcast.engines.wan.serving import wan_buckets
     from tools.bench_wan import build_random, serving_engine
 
     tr, vae = build_random(args.layers)

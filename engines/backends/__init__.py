@@ -4,7 +4,7 @@
     create_backend("torch", manifest, device="cuda", compile=True, cuda_graphs=True)
     create_backend("tensorrt", manifest, cache_dir="~/.cache/avatarcast/trt", max_batch=256)
 
-Each returns an object with encode/decode/denoise on numpy arrays (engines.backends.base).
+Each returns an object with encode/decode/denoise on numpy arrays (avatarcast.engines.backends.base).
 Anything that makes a backend unusable here (package not installed, no GPU, an unsupported
 GPU) raises BackendError with the reason and what to do instead.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from engines.backends.base import BackendError, TinyBackend
+from avatarcast.engines.backends.base import BackendError, TinyBackend
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "pytorch": "torch", "trt": "tensorrt",
@@ -51,7 +51,7 @@ def _missing(package: str, backend: str, install: str, err: Exception) -> Backen
 
 def create_backend(name: str, manifest, threads: int | None = None, device: str | None = None,
                    **opts) -> TinyBackend:
-    """A backend serving the weights described by `manifest` (engines.tiny.weights.Manifest).
+    """A backend serving the weights described by `manifest` (avatarcast.engines.tiny.weights.Manifest).
 
     name: onnxruntime | torch | tensorrt (aliases: ort, trt). threads: CPU threads for the CPU
     paths (None or 0 = all cores this process may use). device: None/"auto", "cpu" or "cuda".
@@ -72,7 +72,7 @@ def create_backend(name: str, manifest, threads: int | None = None, device: str 
             import onnxruntime  # noqa: F401
         except ImportError as e:
             raise _missing("onnxruntime", key, "pip install onnxruntime (or onnxruntime-gpu)", e) from e
-        from engines.backends.onnxruntime_backend import OnnxRuntimeBackend
+        from avatarcast.engines.backends.onnxruntime_backend import OnnxRuntimeBackend
         return OnnxRuntimeBackend(manifest, threads=threads, device=device, **opts)
 
     if key == "torch":
@@ -80,10 +80,10 @@ def create_backend(name: str, manifest, threads: int | None = None, device: str 
             import torch  # noqa: F401
         except ImportError as e:
             raise _missing("torch", key, "pip install 'avatarcast[train]'", e) from e
-        from engines.backends.torch_backend import TorchBackend
+        from avatarcast.engines.backends.torch_backend import TorchBackend
         return TorchBackend(manifest, threads=threads, device=device, **opts)
 
-    from engines.backends.tensorrt_backend import TensorRTBackend
+    from avatarcast.engines.backends.tensorrt_backend import TensorRTBackend
     if device == "cpu":
         raise BackendError("the tensorrt backend runs on an NVIDIA GPU only; use --backend onnxruntime on the CPU")
     return TensorRTBackend(manifest, threads=threads, device=device, **opts)

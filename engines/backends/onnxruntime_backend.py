@@ -20,9 +20,9 @@ import threading
 
 import numpy as np
 
-from engines.backends import available_cores, cpu_name
-from engines.backends.base import BackendError
-from engines.tiny.weights import Manifest
+from avatarcast.engines.backends import available_cores, cpu_name
+from avatarcast.engines.backends.base import BackendError
+from avatarcast.engines.tiny.weights import Manifest
 
 
 class OnnxRuntimeBackend:

@@ -23,7 +23,7 @@ TensorRT cannot run on raises BackendError with the reason, e.g. TensorRT-RTX on
 but cannot be loaded for that GPU.
 
 CLI (proves export + build on a GPU machine):
-  python -m engines.backends.tensorrt_backend build --weights engines/tiny/weights --cache /tmp/trt
+  python -m avatarcast.engines.backends.tensorrt_backend build --weights engines/tiny/weights --cache /tmp/trt
       [--max-batch 256] [--opt-batch 32] [--precision fp16] [--module tensorrt_rtx] [--run]
 """
 
@@ -42,10 +42,10 @@ from typing import Sequence
 
 import numpy as np
 
-from engines.backends.base import BackendError
-from engines.tiny.config import TinyConfig
-from engines.tiny.examples import example_inputs
-from engines.tiny.weights import Manifest, load_manifest
+from avatarcast.engines.backends.base import BackendError
+from avatarcast.engines.tiny.config import TinyConfig
+from avatarcast.engines.tiny.examples import example_inputs
+from avatarcast.engines.tiny.weights import Manifest, load_manifest
 
 TRT_MODULES = ("tensorrt", "tensorrt_rtx")
 GRAPHS = ("encoder", "decoder", "denoiser")
@@ -688,7 +688,7 @@ def _check_run(info: dict, manifest: Manifest, module: str | None) -> dict:
             res["load_attempt"] = f"{type(e).__name__}: {e}"
         return res
 
-    from engines.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from avatarcast.engines.backends.onnxruntime_backend import OnnxRuntimeBackend
     logger = _make_logger(trt)
     ref = OnnxRuntimeBackend(manifest, verify=False)
     ex = example_inputs(manifest.config, 2, seed=5)
@@ -705,7 +705,7 @@ def _check_run(info: dict, manifest: Manifest, module: str | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engines.backends.tensorrt_backend",
+    ap = argparse.ArgumentParser(prog="python -m avatarcast.engines.backends.tensorrt_backend",
                                  description="Build (and cache) the tiny engine's TensorRT engines.")
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="build the engines (three, and the half-resolution decoder where shipped) into the cache")

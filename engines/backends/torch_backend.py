@@ -20,9 +20,9 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from engines.backends import available_cores, cpu_name
-from engines.backends.base import BackendError
-from engines.tiny.weights import LOWRES_FILE, TORCH_FILE, Manifest, load_lowres_module, load_torch_modules
+from avatarcast.engines.backends import available_cores, cpu_name
+from avatarcast.engines.backends.base import BackendError
+from avatarcast.engines.tiny.weights import LOWRES_FILE, TORCH_FILE, Manifest, load_lowres_module, load_torch_modules
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -162,7 +162,7 @@ class TorchBackend:
         return torch.autocast(self.device, dtype=self.dtype, enabled=enabled, cache_enabled=False)
 
     def _encode_fn(self, frames):
-        from engines.tiny.model import frames_to_tensor
+        from avatarcast.engines.tiny.model import frames_to_tensor
         torch = self.torch
         x = frames_to_tensor(frames, self.cfg).to(self.dtype)
         if self.channels_last:
@@ -172,7 +172,7 @@ class TorchBackend:
         return ((z.float() - self._mean) / self._std).contiguous()
 
     def _decode_fn(self, z, module: str = "decoder"):
-        from engines.tiny.model import tensor_to_frames
+        from avatarcast.engines.tiny.model import tensor_to_frames
         torch = self.torch
         x = (z * self._std + self._mean).to(self.dtype)
         if self.channels_last:

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.backends.base import TinyBackend
-from engines.sampler import ShortcutFlowSampler
-from engines.tiny.config import TinyConfig
-from engines.tiny.weights import Manifest, load_manifest
+from avatarcast.engines.backends.base import TinyBackend
+from avatarcast.engines.sampler import ShortcutFlowSampler
+from avatarcast.engines.tiny.config import TinyConfig
+from avatarcast.engines.tiny.weights import Manifest, load_manifest
 
 
 @dataclass
@@ -38,7 +38,7 @@ def avatar_cache_key(avatar) -> str:
     """A stable key for an avatar given as index, name, params dict or AvatarParams."""
     import json
 
-    from engines.avatar_world import get_avatar
+    from avatarcast.engines.avatar_world import get_avatar
     return json.dumps(get_avatar(avatar).to_dict(), sort_keys=True)
 
 
@@ -57,7 +57,7 @@ class TinyEngine:
     def load(cls, weights_dir: str | Path | None = None, backend: str = "onnxruntime", steps: int = 2,
              threads: int | None = None, device: str | None = None, **backend_options) -> "TinyEngine":
         """Load shipped (or given) weights onto a backend: onnxruntime, torch or tensorrt."""
-        from engines.backends import create_backend
+        from avatarcast.engines.backends import create_backend
         manifest = load_manifest(weights_dir)
         be = create_backend(backend, manifest, threads=threads, device=device, **backend_options)
         return cls(be, manifest, steps=steps)
@@ -96,7 +96,7 @@ class TinyEngine:
         with self._lock:
             ref = self._refs.get(key)
         if ref is None:
-            from engines.avatar_world.reference import reference_frame
+            from avatarcast.engines.avatar_world.reference import reference_frame
             ref = self.backend.encode(reference_frame(avatar)[None])[0]
             with self._lock:
                 self._refs[key] = ref

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engines.tiny.config import TinyConfig
+from avatarcast.engines.tiny.config import TinyConfig
 
 
 def example_inputs(cfg: TinyConfig, batch: int, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:

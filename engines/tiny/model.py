@@ -4,7 +4,7 @@ The autoencoder maps a 640x360 RGBA frame (padded to 640x384 so it divides by 16
 16x24x40 latent; the denoiser is a small conditional U-Net that predicts the flow-matching
 velocity of the next chunk of latent frames given the previous frames, the avatar's
 reference latent, the emotion and its intensity, the time t and the shortcut step size d.
-Both are plain torch modules; serving goes through engines.backends.
+Both are plain torch modules; serving goes through avatarcast.engines.backends.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from engines.tiny.config import EMOTIONS, TinyConfig  # noqa: F401  (re-exported)
+from avatarcast.engines.tiny.config import EMOTIONS, TinyConfig  # noqa: F401  (re-exported)
 
 class ResBlock(nn.Module):
     """Norm-free residual block: cheap on a 2-core CPU, stable at this size."""

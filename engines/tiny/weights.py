@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from engines.tiny.config import TinyConfig
+from avatarcast.engines.tiny.config import TinyConfig
 
 DEFAULT_DIR = Path(__file__).parent / "weights"
 MANIFEST = "manifest.json"
@@ -98,7 +98,7 @@ def load_torch_modules(manifest: Manifest, device: str = "cpu"):
     """Build (encoder, decoder, denoiser) torch modules in float32 from tiny.safetensors."""
     from safetensors.torch import load_file
 
-    from engines.tiny.model import Decoder, Denoiser, Encoder
+    from avatarcast.engines.tiny.model import Decoder, Denoiser, Encoder
 
     sd = load_file(str(manifest.file(TORCH_FILE)), device=device)
     mods = {"encoder": Encoder(manifest.config), "decoder": Decoder(manifest.config),
@@ -114,7 +114,7 @@ def load_lowres_module(manifest: Manifest, device: str = "cpu"):
     """The half-resolution decoder (HalfResDecoder, float32) from lowres.safetensors."""
     from safetensors.torch import load_file
 
-    from engines.tiny.model import HalfResDecoder
+    from avatarcast.engines.tiny.model import HalfResDecoder
 
     sd = load_file(str(manifest.file(LOWRES_FILE)), device=device)
     mod = HalfResDecoder(manifest.config)

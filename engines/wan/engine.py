@@ -25,13 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engines.sampler import FlowMatchEulerSampler
-from engines.wan.checkpoint import (
+from avatarcast.engines.sampler import FlowMatchEulerSampler
+from avatarcast.engines.wan.checkpoint import (
     CheckpointInfo,
     WanCheckpointError,
     inspect_checkpoint,
 )
-from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
+from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +164,9 @@ class WanEngine:
             raise ValueError(f"vae_warmup must be start or background, got {vae_warmup!r}")
         t0 = time.perf_counter()
         if fp8:
-            from engines.wan.fp8 import convert_blocks_to_fp8
+            from avatarcast.engines.wan.fp8 import convert_blocks_to_fp8
             convert_blocks_to_fp8(self.transformer)
-        from engines.wan.graphs import DEFAULT_BUCKETS, GraphedDenoiser
+        from avatarcast.engines.wan.graphs import DEFAULT_BUCKETS, GraphedDenoiser
         torch.backends.cudnn.benchmark = True
         self.vae_stream = StreamingVaeDecoder(self.vae, max_batch=vae_batch, compile=vae_compile,
                                               channels_last=vae_channels_last,

@@ -12,8 +12,8 @@ profile, the GPU and the TensorRT flavour and version. TensorRT-RTX builds ahead
 GPU (for the RTX architectures), so the build is tested on a CPU machine too; running the engines
 needs a GPU that flavour supports (not Hopper: see DESIGN.md).
 
-  python -m engines.wan.export --checkpoint DIR --out DIR [--build --module tensorrt_rtx]
-  python -m engines.wan.export --random-weights --layers 1 --out DIR --build   (5B widths, 1 layer)
+  python -m avatarcast.engines.wan.export --checkpoint DIR --out DIR [--build --module tensorrt_rtx]
+  python -m avatarcast.engines.wan.export --random-weights --layers 1 --out DIR --build   (5B widths, 1 layer)
 
 DIR/export.json lists the graphs for serving them: `serve --engine wan --checkpoint CKPT
 --wan-backend tensorrt --wan-export-dir DIR` (engines/wan/runtime.py; export with the serve
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
+from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
 
 ONNX_OPSET = 18
 
@@ -153,7 +153,7 @@ def batch_profile(info: dict, max_batch: int, opt_batch: int | None = None) -> d
 def build(exported: dict[str, dict], cache_dir: Path, max_batch: int, module: str | None = None,
           precision: str = "fp16", log=print, vae_max_batch: int = 4, workspace_gb: float = 4.0) -> dict:
     """Build (or find in the engine cache) one TensorRT engine per exported graph."""
-    from engines.backends.tensorrt_backend import build_cached, build_target
+    from avatarcast.engines.backends.tensorrt_backend import build_cached, build_target
     target = build_target(module)
     cache_dir.mkdir(parents=True, exist_ok=True)
     out = {}
@@ -170,7 +170,7 @@ def build(exported: dict[str, dict], cache_dir: Path, max_batch: int, module: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m engines.wan.export", description=__doc__,
+    ap = argparse.ArgumentParser(prog="python -m avatarcast.engines.wan.export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint")
@@ -188,14 +188,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="fp32", choices=("fp32", "fp16", "bf16"),
                     help="export weights and activations in this type (fp16/bf16 keep 5B-width graphs small)")
     args = ap.parse_args(argv)
-    from engines.wan.checkpoint import CheckpointInfo
-    from engines.wan.engine import WanEngine
+    from avatarcast.engines.wan.checkpoint import CheckpointInfo
+    from avatarcast.engines.wan.engine import WanEngine
     if args.checkpoint:
         eng = WanEngine.load(args.checkpoint, chunk_latent_frames=args.chunk_frames)
     else:
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
-        from engines.wan.shapes import TRANSFORMER_5B, VAE_22
+        from avatarcast.engines.wan.shapes import TRANSFORMER_5B, VAE_22
         tr = WanTransformer3DModel(**dict(TRANSFORMER_5B, num_layers=args.layers))
         eng = WanEngine(tr, AutoencoderKLWan(**VAE_22), CheckpointInfo(None, None, None),  # type: ignore[arg-type]
                         chunk_latent_frames=args.chunk_frames)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engines.wan.checkpoint import CheckpointInfo, WanCheckpointError
+from avatarcast.engines.wan.checkpoint import CheckpointInfo, WanCheckpointError
 
 log = logging.getLogger(__name__)
 

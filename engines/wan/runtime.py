@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from engines.wan.export import MANIFEST
-from engines.wan.vae_stream import StreamingVaeDecoder
+from avatarcast.engines.wan.export import MANIFEST
+from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "tensorrt", "onnxruntime")
-EXPORT_HINT = "python -m engines.wan.export --checkpoint CKPT --out DIR --chunk-frames T [--build --module tensorrt]"
+EXPORT_HINT = "python -m avatarcast.engines.wan.export --checkpoint CKPT --out DIR --chunk-frames T [--build --module tensorrt]"
 
 
 class ExportError(RuntimeError):
@@ -79,9 +79,9 @@ class TrtGraph:
 
     def __init__(self, name: str, path: Path, info: dict, cache_dir: Path, max_batch: int,
                  module: str | None = None) -> None:
-        from engines.backends.tensorrt_backend import BackendError, _Engine, build_cached, build_target, gpu_info, \
+        from avatarcast.engines.backends.tensorrt_backend import BackendError, _Engine, build_cached, build_target, gpu_info, \
             unsupported_reason
-        from engines.wan.export import batch_profile
+        from avatarcast.engines.wan.export import batch_profile
         gpu_info()  # running an engine needs a GPU (TensorRT-RTX would still build one without): say so first
         target = build_target(module)
         trt, flavor, version, gpu, logger = target

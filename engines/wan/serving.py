@@ -27,10 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from engines.sampler import FlowMatchEulerSampler
-from engines.wan.checkpoint import inspect_checkpoint
-from engines.wan.engine import WanEngine, WanStreamState
-from engines.wan.prompts import (RANDOM, PromptEmbedStore, dir_fingerprint, normalize_prompt,
+from avatarcast.engines.sampler import FlowMatchEulerSampler
+from avatarcast.engines.wan.checkpoint import inspect_checkpoint
+from avatarcast.engines.wan.engine import WanEngine, WanStreamState
+from avatarcast.engines.wan.prompts import (RANDOM, PromptEmbedStore, dir_fingerprint, normalize_prompt,
                                  resolve_prompt_embeds)
 
 log = logging.getLogger(__name__)
@@ -178,7 +178,7 @@ class WanAvatarEngine:
         `pipeline`: the scheduler keeps two calls in flight (launch_chunks). `sigmas`: a distilled
         checkpoint's own schedule (their count is the steps), instead of `steps` evenly spaced."""
         if templates is None:
-            from templates import load_templates
+            from avatarcast.templates import load_templates
             templates = load_templates()
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -204,9 +204,9 @@ class WanAvatarEngine:
             if wan.device.type == "cuda":
                 torch.cuda.empty_cache()
         if backend != "torch":
-            from engines.wan.runtime import use_exported
+            from avatarcast.engines.wan.runtime import use_exported
             if export_dir is None:
-                raise ValueError(f"backend {backend} needs export_dir (python -m engines.wan.export)")
+                raise ValueError(f"backend {backend} needs export_dir (python -m avatarcast.engines.wan.export)")
             use_exported(wan, export_dir, backend, cache_dir=Path(cache_dir) / "tensorrt", vae_max_batch=vae_batch,
                          max_batch=batch)
         elif compile:
@@ -284,7 +284,7 @@ class WanAvatarEngine:
     # -- streams ----------------------------------------------------------------------------
     def reference_image(self, avatar) -> np.ndarray:
         """The avatar's reference frame on the opaque background, cropped to the model grid's aspect (RGB)."""
-        from engines.avatar_world.reference import reference_frame
+        from avatarcast.engines.avatar_world.reference import reference_frame
         rgba = reference_frame(avatar).astype(np.float32)
         a = rgba[..., 3:4] / 255.0
         rgb = rgba[..., :3] * a + np.asarray(BACKGROUND, np.float32) * (1 - a)
@@ -294,7 +294,7 @@ class WanAvatarEngine:
 
     def reference_latent(self, avatar, key: str | None = None) -> torch.Tensor:
         """The avatar's TI2V first-frame latent (C, h, w), computed once per avatar."""
-        from engines.tiny.engine import avatar_cache_key
+        from avatarcast.engines.tiny.engine import avatar_cache_key
         key = key or avatar_cache_key(avatar)
         with self._lock:
             ref = self._refs.get(key)
@@ -307,7 +307,7 @@ class WanAvatarEngine:
     def start_stream(self, avatar, emotion: str | int = "idle", intensity: float = 1.0, seed: int = 0,
                      ctx: np.ndarray | None = None) -> AvatarStreamState:
         """A new stream at the reference frame, or continuing a cached context (K*C, h, w)."""
-        from engines.tiny.engine import avatar_cache_key
+        from avatarcast.engines.tiny.engine import avatar_cache_key
         key = avatar_cache_key(avatar)
         idx, inten = self.emotion_index(emotion), float(np.clip(intensity, 0.0, 1.0))
         base = self.wan.start_stream(self.reference_latent(avatar, key), self.prompt_embeds(idx, inten), seed)

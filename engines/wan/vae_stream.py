@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from engines.wan.vae_aot import AotSteadyDecoder, AotUnavailable
+from avatarcast.engines.wan.vae_aot import AotSteadyDecoder, AotUnavailable
 
 log = logging.getLogger(__name__)
 

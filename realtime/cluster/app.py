@@ -16,8 +16,8 @@ from typing import Any, Mapping
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
-from realtime.cluster.replica import EngineReplica, log_to_stderr
-from realtime.settings import Settings
+from avatarcast.realtime.cluster.replica import EngineReplica, log_to_stderr
+from avatarcast.realtime.settings import Settings
 
 log = logging.getLogger("avatarcast.cluster")
 
@@ -98,8 +98,8 @@ class Gateway:
     """The FastAPI app of `avatarcast serve`, its Hub sending chunk jobs to the engine deployment."""
 
     def __init__(self, settings: dict, engine: Any) -> None:
-        from realtime.cluster.remote import RemoteScheduler
-        from realtime.hub import Hub
+        from avatarcast.realtime.cluster.remote import RemoteScheduler
+        from avatarcast.realtime.hub import Hub
 
         self.settings = Settings(**settings)
         log_to_stderr(self.settings)
@@ -109,7 +109,7 @@ class Gateway:
             window_s=s.capacity_window_s, on_batch=hub.metrics.observe_batch))
 
     def __serve_build_asgi_app__(self) -> Any:
-        from realtime.server import create_app
+        from avatarcast.realtime.server import create_app
 
         return create_app(self.settings, self.hub)
 
@@ -128,7 +128,7 @@ def build_app(s: Settings) -> Any:
 
 
 def app_builder(args: dict[str, Any] | None = None) -> Any:
-    """`serve run realtime.cluster.app:app_builder engine=tiny engine_replicas=2 ...` and the config
+    """`serve run avatarcast.realtime.cluster.app:app_builder engine=tiny engine_replicas=2 ...` and the config
     file's import_path: args are avatarcast settings (engine, backend, engine_replicas, min_replicas,
     max_replicas, ...), over AVATARCAST_* variables."""
     s = settings_from_args(args)

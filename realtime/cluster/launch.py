@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from realtime.settings import Settings
+from avatarcast.realtime.settings import Settings
 
 log = logging.getLogger("avatarcast.cluster")
 APP_NAME = "avatarcast"
@@ -23,7 +23,7 @@ def start(settings: Settings, *, num_cpus: int | None = None) -> Any:
     import ray
     from ray import serve
 
-    from realtime.cluster.app import build_app
+    from avatarcast.realtime.cluster.app import build_app
 
     if not ray.is_initialized():
         if settings.ray_address:
@@ -48,7 +48,7 @@ def stop() -> None:
 
 def serve_on_ray(settings: Settings) -> None:
     """Run until interrupted."""
-    from realtime.logs import setup_logging
+    from avatarcast.realtime.logs import setup_logging
 
     setup_logging(settings.log_level, settings.log_format)
     done = threading.Event()

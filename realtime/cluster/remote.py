@@ -19,8 +19,8 @@ import time
 from collections import OrderedDict, deque
 from typing import Any, Callable
 
-from realtime.cluster.wire import ChunkCall, ChunkReply, start_spec
-from realtime.scheduler import ChunkJob, ChunkResult, EngineScheduler
+from avatarcast.realtime.cluster.wire import ChunkCall, ChunkReply, start_spec
+from avatarcast.realtime.scheduler import ChunkJob, ChunkResult, EngineScheduler
 
 log = logging.getLogger("avatarcast.cluster")
 

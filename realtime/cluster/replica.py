@@ -13,9 +13,9 @@ import logging
 import time
 from typing import Any
 
-from realtime.cluster.wire import ChunkCall, ChunkReply, StartStream
-from realtime.ladder import ladder_for
-from realtime.settings import Settings
+from avatarcast.realtime.cluster.wire import ChunkCall, ChunkReply, StartStream
+from avatarcast.realtime.ladder import ladder_for
+from avatarcast.realtime.settings import Settings
 
 log = logging.getLogger("avatarcast.cluster.replica")
 
@@ -26,7 +26,7 @@ class EngineReplica:
     def __init__(self, settings: dict) -> None:
         import ray
 
-        from realtime.engine_loader import load_engine
+        from avatarcast.realtime.engine_loader import load_engine
 
         self.settings = Settings(**settings)
         log_to_stderr(self.settings)
@@ -34,7 +34,7 @@ class EngineReplica:
         self.engine = load_engine(self.settings)
         # warm up before Serve marks this replica running: the first live chunk must not pay for
         # ONNX Runtime's first run or the start-up avatars' reference latents
-        from realtime.avatars import resolve_avatar
+        from avatarcast.realtime.avatars import resolve_avatar
 
         for name in self.settings.avatar_list() or ["pip"]:
             self.engine.next_chunk([self.engine.start_stream(resolve_avatar(name)[1], "idle", 0.5, 0)])
@@ -45,7 +45,7 @@ class EngineReplica:
 
     async def _started(self) -> Any:
         if self._scheduler is None:  # the scheduler's task must live on the loop Serve runs requests on
-            from realtime.scheduler import EngineScheduler
+            from avatarcast.realtime.scheduler import EngineScheduler
 
             self._starting = self._starting or asyncio.Lock()
             async with self._starting:
@@ -58,7 +58,7 @@ class EngineReplica:
 
     async def chunk(self, call: ChunkCall) -> ChunkReply:
         """One stream's next chunk, batched with the other sessions' chunks waiting here."""
-        from realtime.scheduler import ChunkJob
+        from avatarcast.realtime.scheduler import ChunkJob
 
         sch = await self._started()
         state = call.state
@@ -79,7 +79,7 @@ class EngineReplica:
 
 def log_to_stderr(s: Settings) -> None:
     """avatarcast's own log lines (session events, failovers) on the replica's stderr, in the project's format."""
-    from realtime.logs import JsonFormatter
+    from avatarcast.realtime.logs import JsonFormatter
 
     lg = logging.getLogger("avatarcast")
     if not lg.handlers:

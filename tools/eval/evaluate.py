@@ -62,7 +62,7 @@ class RendererEngine:
 
     def generate_clip(self, avatar, emotion, n_frames: int = CLIP_FRAMES, seed: int = 0,
                       intensity: float = 1.0) -> np.ndarray:
-        from engines.avatar_world import get_avatar, render_clip
+        from avatarcast.engines.avatar_world import get_avatar, render_clip
         av = get_avatar(avatar)
         e = emotion if isinstance(emotion, str) else EMOTIONS[int(emotion)]
         return render_clip(av, e, n_frames, seed=_stable_seed("renderer-engine", av.name, e, int(seed)),
@@ -87,7 +87,7 @@ def load_engine(name: str, backend: str = "onnxruntime", steps: int = 2, threads
     if name == "renderer":
         return RendererEngine()
     if name == "tiny":
-        from engines.tiny.engine import TinyEngine
+        from avatarcast.engines.tiny.engine import TinyEngine
         kw = {"threads": threads} if threads else {}
         return TinyEngine.load(weights, backend=backend, steps=steps, **kw)
     raise ValueError(f"unknown engine {name!r}: tiny or renderer")
@@ -158,7 +158,7 @@ def evaluate(engine_like, avatars: Sequence | None = None, emotions: Sequence[st
     reference_accuracy (the classifier on the renderer's own clips), identity, smoothness,
     silhouette, target (>= 90 % per emotion met?), timing, config.
     """
-    from engines.avatar_world import BUILTIN_AVATARS, get_avatar, render_clip
+    from avatarcast.engines.avatar_world import BUILTIN_AVATARS, get_avatar, render_clip
 
     t0 = time.time()
     clf = classifier if classifier is not None else load_classifier()

@@ -4,9 +4,9 @@ import sys
 
 import torch
 
-from engines.wan.checkpoint import CheckpointInfo
-from engines.wan.engine import WanEngine
-from engines.wan.graphs import GraphedDenoiser
+from avatarcast.engines.wan.checkpoint import CheckpointInfo
+from avatarcast.engines.wan.engine import WanEngine
+from avatarcast.engines.wan.graphs import GraphedDenoiser
 from tools.bench_wan import build_random
 
 tr, vae = build_random(layers=2, vae_dtype="fp32")

@@ -1,6 +1,6 @@
 """Device: how long `serve --engine wan` takes to get its engine ready, from process start.
 
-It runs what the server runs at start (realtime.engine_loader.load_engine with the Settings that
+It runs what the server runs at start (avatarcast.realtime.engine_loader.load_engine with the Settings that
 the given serve flags make): the checkpoint read from disk, prompt embeddings, fp8, the compiled
 graphs (inductor's artifacts in the cache dir, as serve keeps them), and then decodes one chunk for
 5 streams to show the engine serves. Run it twice: the first start is cold, the second a warm restart.
@@ -28,10 +28,10 @@ def main(argv: list[str]) -> dict:
         tr.save_pretrained(f"{argv[1]}/transformer")
         vae.save_pretrained(f"{argv[1]}/vae")
         return {"saved": argv[1], "save_s": round(time.perf_counter() - t0, 1)}
-    from realtime.cli import build_parser
-    from realtime.engine_loader import load_engine
-    from realtime.settings import Settings
-    from realtime.avatars import resolve_avatar
+    from avatarcast.realtime.cli import build_parser
+    from avatarcast.realtime.engine_loader import load_engine
+    from avatarcast.realtime.settings import Settings
+    from avatarcast.realtime.avatars import resolve_avatar
 
     settings = Settings.from_args(build_parser().parse_args(["serve", *argv]))
     settings.validate()

@@ -20,7 +20,7 @@ with torch.no_grad():
         tr(x, t, text, return_dict=False)
         torch.cuda.synchronize()
 print(p.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=70))
-from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
+from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
 
 d = StreamingVaeDecoder(vae)
 cs = [VaeStreamCache() for _ in range(4)]

@@ -25,9 +25,9 @@ if len(sys.argv) <= 2 or sys.argv[2] != "--reuse":
     out["save_checkpoint_s"] = round(time.perf_counter() - t0, 1)
     t_proc = time.perf_counter()
 
-from engines.wan.serving import WanAvatarEngine
-from templates import load_templates
-from templates.cache import LatentsCache
+from avatarcast.engines.wan.serving import WanAvatarEngine
+from avatarcast.templates import load_templates
+from avatarcast.templates.cache import LatentsCache
 
 t0 = time.perf_counter()
 eng = WanAvatarEngine.load(ckpt, tempfile.mkdtemp(), device="cuda", steps=4, chunk_latent_frames=2,

@@ -43,8 +43,8 @@ def main(argv: list[str]) -> int:
         return 0
     from diffusers import AutoencoderKLWan
 
-    from engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
-    from engines.wan.shapes import VAE_22
+    from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
+    from avatarcast.engines.wan.shapes import VAE_22
 
     torch.manual_seed(0)
     with torch.device("cuda"):

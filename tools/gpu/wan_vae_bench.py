@@ -37,7 +37,7 @@ def _time(fn, reps: int = 5) -> float:
 
 
 def _primed(dec, vae, B: int, grid=(22, 40)):
-    from engines.wan.vae_stream import VaeStreamCache
+    from avatarcast.engines.wan.vae_stream import VaeStreamCache
     caches = [VaeStreamCache() for _ in range(B)]
     z = torch.randn(B, vae.config.z_dim, 4, *grid, device="cuda", dtype=torch.bfloat16)
     dec.decode(z[:, :, :1], caches)
@@ -46,7 +46,7 @@ def _primed(dec, vae, B: int, grid=(22, 40)):
 
 
 def chunk_ms(vae, B: int, k: int, compile: bool, T: int = 3) -> dict:
-    from engines.wan.vae_stream import StreamingVaeDecoder
+    from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder
     dec = StreamingVaeDecoder(vae, max_batch=B, compile=compile, channels_last=True, frames_per_call=k)
     caches = _primed(dec, vae, B)
     z = torch.randn(B, vae.config.z_dim, T, 22, 40, device="cuda", dtype=torch.bfloat16)
@@ -67,7 +67,7 @@ def chunk_ms(vae, B: int, k: int, compile: bool, T: int = 3) -> dict:
 
 def conv_table(vae, B: int) -> list[dict]:
     """Every Conv3d input of one steady decoder call (1 latent frame), timed three ways."""
-    from engines.wan.vae_stream import StreamingVaeDecoder
+    from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder
     dec = StreamingVaeDecoder(vae, max_batch=B, channels_last=True)
     caches = _primed(dec, vae, B)
     seen: dict[tuple, dict] = {}
@@ -131,7 +131,7 @@ def profile(vae, B: int, top: int = 25, compile: bool = False, k: int = 1) -> li
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as prof
 
-    from engines.wan.vae_stream import StreamingVaeDecoder
+    from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder
     dec = StreamingVaeDecoder(vae, max_batch=B, channels_last=True, compile=compile, frames_per_call=k)
     caches = _primed(dec, vae, B)
     z = torch.randn(B, vae.config.z_dim, 3, 22, 40, device="cuda", dtype=torch.bfloat16)
@@ -169,7 +169,7 @@ def main() -> int:
     a = ap.parse_args()
     from diffusers import AutoencoderKLWan
 
-    from engines.wan.shapes import VAE_22
+    from avatarcast.engines.wan.shapes import VAE_22
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     with torch.device("cuda"):
