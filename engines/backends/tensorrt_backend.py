@@ -603,7 +603,14 @@ class TensorRTBackend:
         return "decoder_lowres" in self.engines
 
     def decode_t(self, latents, out=None, lowres: bool = False):
-        return self._run("decoder_lowres" if lowres and self.has_lowres else "decoder", ("latents",), [latents], out)
+        """The whole latent grid (the engines are built for it) -> frames (N, 360, 640, 4) on the GPU."""
+        graph = "decoder_lowres" if lowres and self.has_lowres else "decoder"
+        grid = self._run(graph, ("latents",), [latents])
+        cfg = self.cfg
+        if out is None:
+            out = self.torch.zeros((len(grid), cfg.height, cfg.width, 4), dtype=self.torch.uint8, device=grid.device)
+        out[:, :, cfg.window_x0:cfg.window_x0 + cfg.window_width] = grid[:, cfg.pad_top:cfg.pad_top + cfg.height]
+        return out
 
     def denoise_t(self, x, t, d, ctx, ref, emotion, intensity, out=None):
         return self._run("denoiser", ("x", "t", "d", "ctx", "ref", "emotion", "intensity"),
