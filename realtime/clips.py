@@ -25,7 +25,7 @@ from avatarcast.engines.tiny.engine import avatar_cache_key
 from avatarcast.realtime.avatars import resolve_avatar
 from avatarcast.realtime.scheduler import ChunkJob
 from avatarcast.realtime.services import Services
-from tools.render_clip import write_video
+from avatarcast.realtime.video import write_video
 
 FORMATS = {"mp4": "video/mp4", "webm": "video/webm"}
 

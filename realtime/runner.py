@@ -29,7 +29,7 @@ from avatarcast.realtime.playout import Playout, sent_frame
 from avatarcast.realtime.scheduler import ChunkJob
 from avatarcast.realtime.services import Services
 from avatarcast.realtime.session import Session
-from tools.render_clip import composite
+from avatarcast.realtime.video import composite
 
 log = logging.getLogger("avatarcast.session")
 

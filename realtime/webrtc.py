@@ -49,7 +49,7 @@ from avatarcast.realtime.commands import error_event, handle_command
 from avatarcast.realtime.hub import Hub
 from avatarcast.realtime.protocol import TAG_PCM
 from avatarcast.realtime.runner import OutFrame, SessionRunner
-from tools.render_clip import composite
+from avatarcast.realtime.video import composite
 
 log = logging.getLogger("avatarcast.webrtc")
 

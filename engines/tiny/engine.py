@@ -49,7 +49,7 @@ def avatar_cache_key(avatar) -> str:
     """A stable key for an avatar given as index, name, params dict or AvatarParams."""
     import json
 
-    from tools.avatar_world import get_avatar
+    from avatarcast.engines.avatar_world import get_avatar
     return json.dumps(get_avatar(avatar).to_dict(), sort_keys=True)
 
 
@@ -115,7 +115,7 @@ class TinyEngine:
         with self._lock:
             ref = self._refs.get(key)
         if ref is None:
-            from avatarcast.engines.tiny.reference import reference_frame
+            from avatarcast.engines.avatar_world.reference import reference_frame
             ref = self.backend.encode(reference_frame(avatar)[None])[0]
             with self._lock:
                 self._refs[key] = ref

@@ -99,10 +99,10 @@ def load_torch_modules(manifest: Manifest, device: str = "cpu"):
     """Build (encoder, decoder, denoiser) torch modules in float32 from tiny.safetensors."""
     from safetensors.torch import load_file
 
-    from avatarcast.engines.tiny.model import Decoder, Denoiser, Encoder
+    from avatarcast.engines.tiny.model import Denoiser, Encoder, make_decoder
 
     sd = load_file(str(manifest.file(TORCH_FILE)), device=device)
-    mods = {"encoder": Encoder(manifest.config), "decoder": Decoder(manifest.config),
+    mods = {"encoder": Encoder(manifest.config), "decoder": make_decoder(manifest.config),
             "denoiser": Denoiser(manifest.config)}
     for name, mod in mods.items():
         part = {k[len(name) + 1:]: v.float() for k, v in sd.items() if k.startswith(name + ".")}

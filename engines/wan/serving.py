@@ -37,7 +37,7 @@ from avatarcast.engines.wan.prompts import (RANDOM, PromptEmbedStore, dir_finger
 log = logging.getLogger(__name__)
 
 FRAME_H, FRAME_W = 360, 640  # what the server streams
-BACKGROUND = (245, 240, 230)  # tools/render_clip.BACKGROUND: what the avatar stands on (Wan has no alpha)
+BACKGROUND = (245, 240, 230)  # realtime/video.BACKGROUND: what the avatar stands on (Wan has no alpha)
 NEUTRAL = "idle"  # intensity blends each emotion's prompt with this one's
 SERVING_FORMAT = 1  # bump when this adapter changes what a cached chunk looks like
 
@@ -280,7 +280,7 @@ class WanAvatarEngine:
     # -- streams ----------------------------------------------------------------------------
     def reference_image(self, avatar) -> np.ndarray:
         """The avatar's reference frame on the opaque background, cropped to the model grid's aspect (RGB)."""
-        from avatarcast.engines.tiny.reference import reference_frame
+        from avatarcast.engines.avatar_world.reference import reference_frame
         rgba = reference_frame(avatar).astype(np.float32)
         a = rgba[..., 3:4] / 255.0
         rgb = rgba[..., :3] * a + np.asarray(BACKGROUND, np.float32) * (1 - a)
