@@ -51,7 +51,7 @@ def _error_classes() -> list[tuple[str, str]]:
                         isinstance(b, ast.Name) and (b.id.endswith("Error") or b.id.endswith("Exception")
                                                      or b.id in ("AvatarcastError", "EngineError"))
                         for b in node.bases):
-                    out.append((".".join(path.relative_to(ROOT).with_suffix("").parts), node.name))
+                    out.append(("avatarcast." + ".".join(path.relative_to(ROOT).with_suffix("").parts), node.name))
     return out
 
 

@@ -19,7 +19,7 @@ def modules() -> dict[str, Path]:
     for pkg in SHIPPED:
         for path in (ROOT / pkg).rglob("*.py"):
             parts = path.relative_to(ROOT).with_suffix("").parts
-            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+            out["avatarcast." + ".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     return out
 
 
