@@ -21,6 +21,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
+
 from avatarcast.realtime.audio import SAMPLE_RATE
 
 MODELS = ("tiny.en", "base")
@@ -198,6 +200,20 @@ class Transcriber:
     def supported_languages(self) -> tuple[str, ...]:
         """The language codes this model transcribes."""
         return tuple(self.model.supported_languages)  # type: ignore[attr-defined]
+
+    def resolve_language(self, language: str | None, default: str | None = None) -> str | None:
+        """A session's ASR language: a Whisper code, or None to find it per utterance ("auto", and None or ""
+        falling back to `default`). AvatarcastError bad_language for a language this model cannot transcribe."""
+        lang = language if language is not None else (default or None)
+        if lang in (None, "", "auto"):
+            return None if self.multilingual else "en"
+        if not self.multilingual and lang != "en":
+            raise AvatarcastError(f"the ASR model {self.name} is English-only; start with --asr-model base",
+                                  code=ErrorCode.BAD_LANGUAGE)
+        if lang not in self.supported_languages:
+            raise AvatarcastError(f"unknown language {lang!r}: use auto or a Whisper code (en, zh, ...)",
+                                  code=ErrorCode.BAD_LANGUAGE)
+        return lang
 
     def transcribe(
         self,

@@ -45,7 +45,7 @@ def parse_avatar(s: str):
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from tools.render_clip import parse_color, write_video
+    from avatarcast.realtime.video import parse_color, write_video
 
     settings = Settings.from_args(args)
     schedule = parse_schedule(args.emotion, args.seconds)
@@ -53,7 +53,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     fps = 8
     t0 = time.perf_counter()
     if args.renderer:
-        from tools.avatar_world import get_avatar, render_sequence
+        from avatarcast.engines.avatar_world import get_avatar, render_sequence
         segs = [(e, max(1, round(s * fps)), args.intensity) for e, s in schedule]
         frames, _ = render_sequence(get_avatar(avatar), segs, seed=args.seed)
         label = "renderer"

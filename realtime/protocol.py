@@ -22,16 +22,27 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from enum import StrEnum
 
 from avatarcast.engines.tiny.config import EMOTIONS
 
-__all__ = ["EMOTIONS", "FRAME_HEADER", "FrameHeader", "IMAGE_FORMATS", "SOURCES", "TAG_CLIP", "TAG_PCM",
-           "pack_frame", "unpack_frame"]
+__all__ = ["EMOTIONS", "FRAME_HEADER", "FrameHeader", "FrameSource", "IMAGE_FORMATS", "SOURCES", "TAG_CLIP",
+           "TAG_PCM", "pack_frame", "unpack_frame"]
+
+
+class FrameSource(StrEnum):
+    """What a frame shows, in wire order (the header's source byte is the index)."""
+
+    IDLE = "idle"  # the avatar's idle loop
+    LISTENING = "listening"  # the listening loop (speech going on, or the emotion not known yet)
+    CACHE = "cache"  # a reaction's first chunk, from the latents cache
+    SAMPLER = "sampler"  # a reaction's chunk made by the engine
+
 
 FRAME_MAGIC = b"AVF1"
 FRAME_HEADER = struct.Struct("<4sIddBBBx")
 IMAGE_FORMATS = {"jpeg": 1, "webp": 2}
-SOURCES = ("idle", "listening", "cache", "sampler")
+SOURCES = tuple(s.value for s in FrameSource)
 TAG_PCM = b"PCM1"
 TAG_CLIP = b"CLIP"
 assert FRAME_HEADER.size == 28

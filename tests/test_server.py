@@ -339,9 +339,9 @@ def test_two_sessions_react_at_once(base: str, server_hub) -> None:
     async def both() -> list[Client]:
         return await asyncio.gather(one("happy"), one("angry"))
 
-    before = server_hub.scheduler.jobs_done
+    before = server_hub.services.scheduler.jobs_done
     a, b = run(both())
-    assert server_hub.scheduler.jobs_done - before >= 2  # (batching itself: tests/test_scheduler.py)
+    assert server_hub.services.scheduler.jobs_done - before >= 2  # (batching itself: tests/test_scheduler.py)
     for c, label in ((a, "happy"), (b, "angry")):
         got = {(h.source, h.emotion) for _, h, _ in c.frames}
         assert ("sampler", label) in got
@@ -379,7 +379,7 @@ def test_a_new_avatar_warms_in_the_background_and_serves(base: str, server_hub) 
             c = Client(ws)
             await c.pump(1.0)  # frames flow at once (the still reference frame until the loops exist)
             assert len(c.frames) >= 6
-            assets = server_hub.avatars.get("random-42")
+            assets = server_hub.services.avatars.get("random-42")
             await c.pump(120.0, until=lambda c: assets.ready.is_set())
             assert assets.error is None and len(assets.loops["idle"]) == 16
             await ws.send(json.dumps({"type": "emotion", "label": "surprised", "intensity": 1.0}))

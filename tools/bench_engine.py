@@ -78,7 +78,7 @@ def _pct(xs, q) -> float:
 
 
 def _stream_specs(n: int, emotions, seed: int):
-    from tools.avatar_world import BUILTIN_AVATARS
+    from avatarcast.engines.avatar_world import BUILTIN_AVATARS
     n_av, distinct = len(BUILTIN_AVATARS), min(n, 16)  # 16 avatars at most: references cost a render each
     specs = []
     for i in range(n):

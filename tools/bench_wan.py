@@ -162,7 +162,7 @@ def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: 
 
     import torch
 
-    from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler, copy_state
+    from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler
 
     av, avatar = serving_engine(wan, batch)
     emotions = [e for e in av.emotions if e != "idle"][:4]
@@ -181,7 +181,7 @@ def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: 
             k = 0
             while time.monotonic() < t_stop[0]:
                 emo = emotions[(i + k // 4) % len(emotions)]  # a new emotion every 4 chunks
-                res = await sch.submit(ChunkJob(f"s{i}", copy_state(state), time.monotonic() + chunk_s, emo, 0.9))
+                res = await sch.submit(ChunkJob(f"s{i}", state.copy(), time.monotonic() + chunk_s, emo, 0.9))
                 state, k = res.state, k + 1
                 arrivals[i].append(time.monotonic())
 
@@ -200,7 +200,7 @@ def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: 
         for r in range(6):
             a = time.monotonic()
             # due now, as a reaction's first sampled chunk is when its cached one is missing: no batching wait
-            state = (await sch.submit(ChunkJob("cue", copy_state(state), a, emotions[r % 4], 1.0))).state
+            state = (await sch.submit(ChunkJob("cue", state.copy(), a, emotions[r % 4], 1.0))).state
             cue.append((time.monotonic() - a) * 1000)
         await sch.close()
         p95 = _pct(gaps, 95)

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from avatarcast.engines.backends import available_cores, cpu_name
+from avatarcast.engines.backends.host import available_cores, cpu_name
 from avatarcast.engines.backends.base import BackendError
 from avatarcast.engines.tiny.weights import LOWRES_FILE, TORCH_FILE, Manifest, load_lowres_module, load_torch_modules
 
