@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from avatarcast.engines.errors import ErrorCode
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
 from avatarcast.realtime.hub import Hub, HubError
 from avatarcast.realtime.settings import Settings
 from tests.conftest import app_in_process
@@ -19,8 +19,8 @@ def app():
         yield pair
 
 
-def refused(client: Any, fn: Any) -> HubError:
-    with pytest.raises(HubError) as info:
+def refused(client: Any, fn: Any) -> AvatarcastError:
+    with pytest.raises(AvatarcastError) as info:
         client.portal.call(fn)
     return info.value
 
@@ -49,7 +49,7 @@ def test_sessions_are_registered_found_and_closed(app) -> None:
 def test_bad_session_requests_are_refused_by_code(app) -> None:
     client, hub = app
     cases = {ErrorCode.BAD_IMAGE_FORMAT: {"image_format": "gif"}, ErrorCode.BAD_QUALITY: {"quality": 0},
-             ErrorCode.BAD_LANGUAGE: {"language": "zh"}}  # the default ASR model is English-only
+             ErrorCode.BAD_LANGUAGE: {"language": "xx"}}  # no such Whisper language
     for code, kw in cases.items():
         err = refused(client, lambda: hub.create_session("pip", **kw))
         assert (err.code, err.status, err.close_code, err.retry_after) == (code, 400, 1008, None)

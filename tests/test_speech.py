@@ -134,7 +134,7 @@ def test_default_server_reacts_to_mandarin_and_english_clips(server_url: str, se
 
     from avatarcast.realtime.protocol import TAG_CLIP
 
-    assert server_hub.settings.asr_model == Settings().asr_model and server_hub.transcriber.multilingual
+    assert server_hub.settings.asr_model == Settings().asr_model and server_hub.services.transcriber.multilingual
     ws_url = server_url.replace("http://", "ws://") + "/v1/ws?avatar=pip"
     for lang, name in (("zh", "zh06_happy.ogg"), ("en", "en11_excited.ogg")):
         with connect(ws_url, max_size=None, open_timeout=30) as ws:
