@@ -116,13 +116,13 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "engine":
-        from tools.bench_engine import main as bench_main
+        from avatarcast.realtime.bench.engine import main as bench_main
         return bench_main(args.rest) or 0
     if args.what == "latency":
-        from tools.bench_latency import main as bench_main
+        from avatarcast.realtime.bench.latency import main as bench_main
         return bench_main(args.rest) or 0
     if args.what == "load":
-        from tools.bench_load import main as bench_main
+        from avatarcast.realtime.bench.load import main as bench_main
         return bench_main(args.rest) or 0
     print(f"unknown benchmark {args.what!r}", file=sys.stderr)
     return 2
@@ -166,12 +166,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommands whose own parser takes every flag: argparse's REMAINDER cannot start with an option.
-PASSTHROUGH = {"eval": "tools.eval.evaluate", "precompute": "avatarcast.realtime.precompute"}
+PASSTHROUGH = {"precompute": "avatarcast.realtime.precompute"}
+
+
+def run_eval(argv: list[str]) -> int:
+    """`avatarcast eval` is offline work that lives in a source checkout's tools/eval (with its classifier's
+    weights), which the package does not install: run it there, as its own process."""
+    import subprocess
+    from pathlib import Path
+
+    if not (Path.cwd() / "tools" / "eval" / "evaluate.py").is_file():
+        print("avatarcast: error: eval runs from a source checkout of avatarcast (it needs tools/eval and the "
+              "classifier's weights there): run it in the repository's folder", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, "-m", "tools.eval.evaluate", *argv])
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "eval":
+        return run_eval(argv[1:])
     if argv and argv[0] in PASSTHROUGH:
         import importlib
         return importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:]) or 0

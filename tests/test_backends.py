@@ -271,7 +271,7 @@ def test_fp16_conv_rewrite_is_valid_and_equivalent(weights, manifest):
 # --- the benchmark ------------------------------------------------------------------------------
 
 def test_bench_engine_json(weights, capsys):
-    from tools.bench_engine import main
+    from avatarcast.realtime.bench.engine import main
     rc = main(["--engine", "tiny", "--backend", "onnxruntime", "--sessions", "2", "--seconds", "0.1",
                "--steps", "1", "--threads", "1", "--weights", str(weights), "--warmup", "1", "--min-chunks", "2",
                "--json"])

@@ -270,7 +270,7 @@ def test_rate_limits_answer_429_and_close_a_flooding_socket(server: Any) -> None
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 def test_bench_load_holds_what_fits_and_reports_the_refused_session(server: Any, tmp_path: Path) -> None:
     base, hub = server
-    from tools.make_clips import make_clips
+    from avatarcast.realtime.bench.clips import make_clips
 
     make_clips(tmp_path, n=3)
     saved = hub.settings.max_sessions, hub.settings.admission

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from avatarcast.engines.wan.checkpoint import CheckpointInfo
     from avatarcast.engines.wan.engine import WanEngine
     from avatarcast.engines.wan.serving import wan_buckets
-    from tools.bench_wan import build_random, serving_engine
+    from avatarcast.realtime.bench.wan import build_random, serving_engine
 
     tr, vae = build_random(args.layers)
     wan = WanEngine(tr, vae, CheckpointInfo(None, None, None), device="cuda", dtype=torch.bfloat16,  # type: ignore[arg-type]

@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a == "--engine=wan" for a in argv) or any(a == "--engine" and b == "wan" for a, b in zip(argv, argv[1:])):
-        from tools.bench_wan import main as wan_main  # the 5B model on a GPU: its own benchmark
+        from avatarcast.realtime.bench.wan import main as wan_main  # the 5B model on a GPU: its own benchmark
         return wan_main(argv)
     args = build_parser().parse_args(argv)
     opts: dict = {}

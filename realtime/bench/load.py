@@ -5,7 +5,7 @@
 
 Without --url it starts `python -m avatarcast.realtime.cli serve` on a free loopback port (as `bench latency`
 does). Without --clips it uses the checkout's committed neural-voice clips (tests/data/speech/en,
-tools/make_speech.py), or where those are missing makes 8 espeak-ng clips (tools/make_clips.py).
+tools/make_speech.py), or where those are missing makes 8 espeak-ng clips (realtime/bench/clips.py).
 
 Each of the N session slots opens `/v1/ws?avatar=pip`. A refused session (close 1013, the
 server's admission control or max_sessions; 1008, a rate limit) is counted with its reason and,
@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from tools.bench_latency import (REPO, Clip, Conn, _decided, _latency_for, client_times, dist,
+from avatarcast.realtime.bench.latency import (REPO, Clip, Conn, _decided, _latency_for, client_times, dist,
                                  interval_stats, load_clips, machine, run_on_server, server_status,
                                  setup_logging, ws_url)
 
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.clips or committed.is_dir():
             clips = load_clips(Path(args.clips) if args.clips else committed)
         else:
-            from tools.make_clips import make_clips
+            from avatarcast.realtime.bench.clips import make_clips
 
             folder = tempfile.mkdtemp(prefix="avatarcast-load-clips-")
             make_clips(folder, n=8, seed=args.seed)

@@ -1,6 +1,6 @@
 """Make a labelled set of short English speech clips for `avatarcast bench latency`.
 
-    python tools/make_clips.py --out /tmp/clips [--n 24] [--seed 0]
+    python realtime/bench/clips.py --out /tmp/clips [--n 24] [--seed 0]
 
 Writes N WAV clips (16 kHz mono PCM16, 2-4 s each) spoken by espeak-ng with varied voices and
 speeds, plus `labels.csv` (header `file,emotion,text`). The sentences cover every reaction
@@ -191,6 +191,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    if __package__ in (None, ""):  # run as a script: make the repo importable for avatarcast.realtime.audio
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     sys.exit(main())

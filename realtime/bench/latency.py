@@ -62,7 +62,7 @@ import numpy as np
 
 log = logging.getLogger("avatarcast.bench.latency")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # the checkout, where tests/data/speech holds committed clips
 AUDIO_EXTS = (".wav", ".mp3", ".ogg", ".opus", ".webm", ".m4a", ".flac")
 SAMPLE_RATE = 16000
 FRAME_S = 0.125
@@ -88,7 +88,7 @@ class Clip:
 
 
 def load_labels(folder: Path) -> dict[str, dict]:
-    """file -> {emotion, text} from labels.csv (tools/make_clips.py) or manifest.csv (tools/make_speech.py)."""
+    """file -> {emotion, text} from labels.csv (realtime/bench/clips.py) or manifest.csv (tools/make_speech.py)."""
     f = next((p for p in (folder / "labels.csv", folder / "manifest.csv") if p.is_file()), None)
     if f is None:
         return {}
@@ -594,11 +594,8 @@ class ServerProcess:
             cmd += ["--log-level", "warning"]
         cmd += self.extra
         log.info("starting server: %s (log %s)", " ".join(cmd), self.log.name)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         t0 = time.monotonic()
-        self.proc = subprocess.Popen(cmd, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=env)
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited with code {self.proc.returncode}:\n{self.tail()}")

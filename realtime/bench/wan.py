@@ -297,14 +297,14 @@ def run(args) -> dict:
     if args.ready_only:
         return report
     if args.scheduler:
-        if args.memory_trace:  # where the scheduled runs' memory peak comes from (tools/gpu/memory_peak.py)
+        if args.memory_trace:  # where the scheduled runs' memory peak comes from (realtime/bench/memory_peak.py)
             torch.cuda.memory._record_memory_history(max_entries=2_000_000)
         report["scheduled"] = {n: _scheduled(eng, n, args.seconds, args.batch or 5, 4 * args.chunk_frames / FPS,
                                              tuple(int(d) for d in str(args.depths).split(",")))
                                for n in sessions}
         report["memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         if args.memory_trace:
-            from tools.gpu.memory_peak import peak_report
+            from avatarcast.realtime.bench.memory_peak import peak_report
             report["memory_peak"] = peak_report(torch.cuda.memory._snapshot())
             torch.cuda.memory._record_memory_history(enabled=None)
             print(report["memory_peak"], file=sys.stderr, flush=True)
@@ -325,7 +325,7 @@ def run(args) -> dict:
         ts = torch.full((B, (K + T) * eng.latent_hw[0] * eng.latent_hw[1] // 4), 500.0, device="cuda")
         text = torch.stack([s.prompt_embeds for s in st])
         step = _timed(lambda: eng.denoiser(x, ts, text, return_dict=False), args.reps)
-        dec = _timed(lambda: eng.decode_new(st, lat, to_numpy=False), max(3, args.reps // 2))
+        dec = _timed(lambda st=st, lat=lat: eng.decode_new(st, lat, to_numpy=False), max(3, args.reps // 2))
         report["step_ms"][B] = round(statistics.median(step), 2)
         report["decode_ms"][B] = round(statistics.median(dec), 2)
         report["decode_ms_per_frame"][B] = round(statistics.median(dec) / (B * 4 * T), 2)
