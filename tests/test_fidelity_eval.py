@@ -53,8 +53,8 @@ def test_crops_are_one_to_one(tmp_path):
     assert meta["shown"][0]["avatar"] == "tok" and meta["shown"][0]["renderer_match_alpha_iou"] > 0.5
     assert img.shape[1] < 700 and img.shape[0] < 400  # 1:1 crops of a face and two hands, three columns
     # the renderer's face crop is in the image unscaled: find its top-left row of pixels verbatim
-    from tools.avatar_world import get_avatar
-    from tools.avatar_world.render import landmarks
+    from avatarcast.engines.avatar_world import get_avatar
+    from avatarcast.engines.avatar_world.render import landmarks
     from avatarcast.engines.tiny.engine import TinyEngine
 
     eng = TinyEngine.load(None, threads=2)

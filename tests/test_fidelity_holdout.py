@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tools.avatar_world import BUILTIN_AVATARS
+from avatarcast.engines.avatar_world import BUILTIN_AVATARS
 from tools.eval import holdout
 from tools.train_tiny import avatar_by_id, clip_specs, n_avatars
 
@@ -44,7 +44,7 @@ def test_holdout_motion_seeds_are_not_training_seeds(spec_seed):
 
 
 def test_reconstruction_frames_are_fixed_and_cover_every_emotion():
-    from tools.avatar_world import EMOTIONS
+    from avatarcast.engines.avatar_world import EMOTIONS
     avs = holdout.eval_avatars(2, 1)
     a, b = holdout.reconstruction_frames(avs), holdout.reconstruction_frames(avs)
     assert a == b

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from tools.avatar_world import BUILTIN_AVATARS, pose_at, render_clip, render_frame, sample_variation
-from tools.avatar_world.render import landmarks
+from avatarcast.engines.avatar_world import BUILTIN_AVATARS, pose_at, render_clip, render_frame, sample_variation
+from avatarcast.engines.avatar_world.render import landmarks
 from tools.eval import fidelity_metrics as fm
 from tools.eval.detector import ALPHA_FLOOR, canonical, split_keys
 

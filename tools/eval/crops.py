@@ -6,7 +6,7 @@ For each avatar the engine generates a clip (serving steps, held-out noise seed)
 is shown; the renderer frame next to it is the held-out renderer pose of the same emotion whose
 silhouette best matches that frame (alpha IoU over a few hundred candidates), so the two show the same
 pose as nearly as the model allows. The autoencoder column is that renderer frame through the weights'
-encoder and decoder. Crops come from the renderer's head and hand boxes (tools.avatar_world.render.
+encoder and decoder. Crops come from the renderer's head and hand boxes (avatarcast.engines.avatar_world.render.
 landmarks); the generated crop is shifted by up to SEARCH px to where it matches best. No scaling:
 one image pixel is one frame pixel, composited over the render command's default background.
 """
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tools.avatar_world import BUILTIN_AVATARS, get_avatar, render_frame
-from tools.avatar_world.render import landmarks, sequence_poses
+from avatarcast.engines.avatar_world import BUILTIN_AVATARS, get_avatar, render_frame
+from avatarcast.engines.avatar_world.render import landmarks, sequence_poses
 from tools.eval import fidelity_metrics as fm
 from tools.eval import holdout
 

@@ -63,7 +63,7 @@ class RendererEngine:
 
     def generate_clip(self, avatar, emotion, n_frames: int = CLIP_FRAMES, seed: int = 0,
                       intensity: float = 1.0) -> np.ndarray:
-        from tools.avatar_world import get_avatar, render_clip
+        from avatarcast.engines.avatar_world import get_avatar, render_clip
         av = get_avatar(avatar)
         e = emotion if isinstance(emotion, str) else EMOTIONS[int(emotion)]
         return render_clip(av, e, n_frames, seed=_stable_seed("renderer-engine", av.name, e, int(seed)),
@@ -159,7 +159,7 @@ def evaluate(engine_like, avatars: Sequence | None = None, emotions: Sequence[st
     reference_accuracy (the classifier on the renderer's own clips), identity, smoothness,
     silhouette, target (>= 90 % per emotion met?), timing, config.
     """
-    from tools.avatar_world import BUILTIN_AVATARS, get_avatar, render_clip
+    from avatarcast.engines.avatar_world import BUILTIN_AVATARS, get_avatar, render_clip
 
     t0 = time.time()
     clf = classifier if classifier is not None else load_classifier()

@@ -41,8 +41,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tools.avatar_world import BUILTIN_AVATARS, EMOTIONS, pose_at, render_clip, render_frame, sample_variation
-from tools.avatar_world.render import landmarks
+from avatarcast.engines.avatar_world import BUILTIN_AVATARS, EMOTIONS, pose_at, render_clip, render_frame, sample_variation
+from avatarcast.engines.avatar_world.render import landmarks
 from tools.eval import fidelity_metrics as fm
 from tools.eval import holdout
 from tools.eval.classifier import downsample_premultiplied, load_classifier, to_tensor

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tools.avatar_world import BUILTIN_AVATARS, EMOTIONS, AvatarParams, random_avatar
+from avatarcast.engines.avatar_world import BUILTIN_AVATARS, EMOTIONS, AvatarParams, random_avatar
 
 AVATAR_SEED_BASE = 900_000
 AVATAR_SEED_END = 1_000_000
