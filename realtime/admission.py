@@ -26,7 +26,8 @@ optimistic when many admitted-but-quiet sessions start reacting at once; the deg
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+
+from avatarcast.realtime.scheduler import Scheduler
 
 NEW_SESSION_DUTY = 0.5  # the share of time a session not yet measured is assumed to react
 
@@ -40,7 +41,7 @@ class Verdict:
     added: float | None
 
 
-def check(scheduler: Any, *, headroom: float, window_s: float, chunk_s: float, sessions: int = 1,
+def check(scheduler: Scheduler, *, headroom: float, window_s: float, chunk_s: float, sessions: int = 1,
           young: int = 0) -> Verdict:
     """Whether one more reacting stream fits, from the scheduler's measurements (`sessions`: open now;
     `young`: of those, opened within the last window_s)."""

@@ -9,15 +9,19 @@ worker thread.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import os
 import shutil
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
+
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
 
 from avatarcast.realtime.audio import SAMPLE_RATE
 
@@ -96,34 +100,71 @@ def base_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return target
 
 
-class Transcriber:
-    """One faster-whisper model, loaded once and shared; calls are serialized by a lock."""
+class PriorityLock:
+    """A lock whose urgent waiters go before the others (first come, first served within each kind).
 
-    def __init__(self, model: object, name: str, *, beam_size: int = 1, short_window_s: float | None = 10.0) -> None:
+    The model is shared by every session and runs one call at a time: a session's final transcript (the
+    reaction waits for it) must not queue behind another session's routine partial."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._busy = False
+        self._queue: list[tuple[int, int]] = []  # (0 urgent | 1 not, ticket), kept sorted
+        self._tickets = 0
+
+    @contextlib.contextmanager
+    def hold(self, urgent: bool = True) -> Iterator[None]:
+        with self._cond:
+            me = (0 if urgent else 1, self._tickets)
+            self._tickets += 1
+            bisect.insort(self._queue, me)
+            self._cond.wait_for(lambda: not self._busy and self._queue[0] == me)
+            self._queue.pop(0)
+            self._busy = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+
+class Transcriber:
+    """One faster-whisper model, loaded once and shared; calls are serialized by a PriorityLock."""
+
+    def __init__(self, model: object, name: str, *, beam_size: int = 1, short_window_s: float | None = 10.0,
+                 languages: tuple[str, ...] = (), margin_s: float | None = None) -> None:
         self.model = model
         self.name = name
         self.beam_size = beam_size
-        # Whisper always encodes a 30 s window; for a short utterance most of that is padding. A 10 s
-        # window (whisper.cpp's "audio_ctx" idea) cuts tiny.en from ~575 to ~165 ms for a 2-3 s clip
-        # on 2 cores, with WER 0.19 vs 0.17 and the same emotions on the 24-clip set
-        # (python -m tools.eval_asr_window; docs/bench/asr_window.json). Audio longer than half the
-        # window (where a short window starts to repeat phrases), or an unknown language, takes the full one.
+        # Whisper always encodes a 30 s window; for a short utterance most of that is padding. Audio up to
+        # short_window_s long is encoded in a window fitted to it (+ margin_s of silence), and with no
+        # language given, the language is read from that same encoder output (realtime/asr_window.py):
+        # Whisper base hears a 2-4 s clip in ~1/4 of its full-window time, language included
+        # (docs/speech.md). Longer audio, or an initial prompt, takes the full window.
         self.short_window_s = short_window_s
         self.multilingual = bool(getattr(model, "model").is_multilingual)
-        self._lock = threading.Lock()
+        # tiny.en needs more silence after the speech: WER 0.20 with 1 s, 0.06 with 3 s on the English clips
+        # (base: 0.05 with 1 s, and no better with 2 s); docs/speech.md
+        self.margin_s = margin_s if margin_s is not None else (1.0 if self.multilingual else 3.0)
+        self.languages = tuple(languages)  # languages auto-detection chooses among; empty: any Whisper knows
+        self._lock = PriorityLock()
 
     @classmethod
     def load(
         cls,
         model: str = "tiny.en",
         *,
-        compute_type: str = "int8",
+        device: str = "cpu",
+        compute_type: str | None = None,
         cpu_threads: int = 2,
         cache_dir: str | os.PathLike | None = None,
         beam_size: int = 1,
+        languages: tuple[str, ...] = (),
         warmup: bool = True,
     ) -> "Transcriber":
-        """Load "tiny.en", "base" (multilingual) or a CTranslate2 model directory, offline only."""
+        """Load "tiny.en", "base" (multilingual) or a CTranslate2 model directory, offline only, on
+        device "cpu" (int8) or "cuda" (float16; CTranslate2 must find CUDA 12 and cuDNN 9)."""
         from faster_whisper import WhisperModel
 
         if model == "tiny.en":
@@ -134,24 +175,45 @@ class Transcriber:
             path = Path(model)
         else:
             raise ValueError(f"unknown Whisper model {model!r}: use one of {MODELS} or a model directory")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"ASR device must be cpu or cuda, got {device!r}")
         whisper = WhisperModel(
             str(path),
-            device="cpu",
-            compute_type=compute_type,
+            device=device,
+            compute_type=compute_type or ("int8" if device == "cpu" else "float16"),
             cpu_threads=cpu_threads,
             num_workers=1,
             local_files_only=True,
         )
-        self = cls(whisper, model, beam_size=beam_size)
+        self = cls(whisper, model, beam_size=beam_size, languages=languages)
         if warmup:
             # the first decode pays one-off allocation costs; pay them at start-up, not on a user
-            self.transcribe(np.zeros(SAMPLE_RATE // 2, dtype=np.float32), language="en")
+            self.transcribe(np.zeros(SAMPLE_RATE // 2, dtype=np.float32))
             # the Silero VAD loads on first use (0.4-1.7 s): that first use is a live session's
             # first PCM, on the event loop, which then stalls every stream (the issue 6 fuzz stall)
             from faster_whisper.vad import get_vad_model
 
             get_vad_model()
         return self
+
+    @property
+    def supported_languages(self) -> tuple[str, ...]:
+        """The language codes this model transcribes."""
+        return tuple(self.model.supported_languages)  # type: ignore[attr-defined]
+
+    def resolve_language(self, language: str | None, default: str | None = None) -> str | None:
+        """A session's ASR language: a Whisper code, or None to find it per utterance ("auto", and None or ""
+        falling back to `default`). AvatarcastError bad_language for a language this model cannot transcribe."""
+        lang = language if language is not None else (default or None)
+        if lang in (None, "", "auto"):
+            return None if self.multilingual else "en"
+        if not self.multilingual and lang != "en":
+            raise AvatarcastError(f"the ASR model {self.name} is English-only; start with --asr-model base",
+                                  code=ErrorCode.BAD_LANGUAGE)
+        if lang not in self.supported_languages:
+            raise AvatarcastError(f"unknown language {lang!r}: use auto or a Whisper code (en, zh, ...)",
+                                  code=ErrorCode.BAD_LANGUAGE)
+        return lang
 
     def transcribe(
         self,
@@ -160,8 +222,10 @@ class Transcriber:
         task: str = "transcribe",
         *,
         initial_prompt: str | None = None,
+        urgent: bool = True,
     ) -> Transcript:
-        """Transcribe (or translate to English) 16 kHz mono float32; language=None detects it."""
+        """Transcribe (or translate to English) 16 kHz mono float32; language=None detects it. A call with
+        urgent=False (a live partial) waits while urgent ones (finals, clips) are queued for the model."""
         if task not in ("transcribe", "translate"):
             raise ValueError(f"task must be 'transcribe' or 'translate', not {task!r}")
         if not self.multilingual:
@@ -172,10 +236,9 @@ class Transcriber:
             language = "en"
         audio = np.ascontiguousarray(pcm, dtype=np.float32).reshape(-1)
         duration_s = audio.size / SAMPLE_RATE
-        if (self.short_window_s and language is not None and initial_prompt is None
-                and duration_s <= self.short_window_s / 2):
-            return self._transcribe_short(audio, language, task)
-        with self._lock:
+        if self.short_window_s and initial_prompt is None and duration_s <= self.short_window_s:
+            return self._transcribe_short(audio, language, task, urgent)
+        with self._lock.hold(urgent):
             t0 = time.perf_counter()
             segments_iter, info = self.model.transcribe(  # type: ignore[attr-defined]
                 audio,
@@ -205,33 +268,18 @@ class Transcriber:
         )
 
 
-    def _transcribe_short(self, audio: np.ndarray, language: str, task: str) -> Transcript:
-        """One greedy decode over a shortened encoder window (see short_window_s)."""
-        import ctranslate2
-        from faster_whisper.tokenizer import Tokenizer
+    def _transcribe_short(self, audio: np.ndarray, language: str | None, task: str, urgent: bool) -> Transcript:
+        """One encoder pass over a window fitted to the audio: language ID (if needed) and greedy decode."""
+        from avatarcast.realtime.asr_window import decode_window
 
-        m = self.model
-        duration_s = audio.size / SAMPLE_RATE
-        with self._lock:
+        with self._lock.hold(urgent):
             t0 = time.perf_counter()
-            feats = m.feature_extractor(audio)  # type: ignore[attr-defined]
-            n = feats.shape[-1]
-            frames = min(3000, max(n + 100, int(self.short_window_s * 100)))
-            frames += frames % 2  # the encoder's stride-2 convolution wants an even length
-            feats = np.pad(feats, ((0, 0), (0, max(0, frames - n))))[:, :frames]
-            tok = Tokenizer(m.hf_tokenizer, m.model.is_multilingual, task=task, language=language)  # type: ignore[attr-defined]
-            prompt = list(tok.sot_sequence) + [tok.no_timestamps]
-            res = m.model.generate(  # type: ignore[attr-defined]
-                ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None], dtype=np.float32)),
-                [prompt], beam_size=self.beam_size, max_length=len(prompt) + int(10 + 8 * duration_s),
-                suppress_blank=True, suppress_tokens=[-1], return_scores=True, return_no_speech_prob=True)[0]
-            ids = [t for t in res.sequences_ids[0] if t < tok.eot]
-            text = tok.decode(ids).strip()
+            r = decode_window(self.model, audio, language=language, task=task, candidates=self.languages,
+                              beam_size=self.beam_size, margin_s=self.margin_s)
             elapsed_ms = (time.perf_counter() - t0) * 1000.0
-        score = float(res.scores[0]) if res.scores else 0.0
-        seg = Segment(0.0, duration_s, text, score, float(getattr(res, "no_speech_prob", 0.0)))
-        return Transcript(text=text, language=language, segments=(seg,) if text else (), duration_s=duration_s,
-                          elapsed_ms=elapsed_ms, language_probability=1.0, task=task)
+        segments = tuple(Segment(s, e, t, r.avg_logprob, r.no_speech_prob) for s, e, t in r.segments)
+        return Transcript(text=r.text, language=r.language, segments=segments, duration_s=audio.size / SAMPLE_RATE,
+                          elapsed_ms=elapsed_ms, language_probability=r.language_probability, task=task)
 
 
 # --- streaming --------------------------------------------------------------------------
@@ -291,7 +339,7 @@ class StreamingTranscriber:
         pre_roll_ms: int = 200,
         post_roll_ms: int = 150,
         max_utterance_s: float = 15.0,
-        sticky_language: bool = True,
+        sticky_language: bool = False,
         on_event: Callable[[VadEvent], None] | None = None,
     ) -> None:
         from faster_whisper.vad import get_vad_model
@@ -310,8 +358,8 @@ class StreamingTranscriber:
         self._pre_roll = _ms(pre_roll_ms)
         self._post_roll = _ms(post_roll_ms)
         self._max_utterance = int(max_utterance_s * SAMPLE_RATE)
-        # language detection is a second encoder pass (about +1 s for "base" on 2 cores): once a
-        # final names the language confidently, reuse it for the rest of the stream
+        # sticky: once a final names the language confidently, keep it for the rest of the stream. Off by
+        # default: short audio detects its language from the same encoder pass, so each utterance can
         self.sticky_language = sticky_language
         self.on_event = on_event
         # the ONNX session is shared process-wide (read-only, thread-safe); the LSTM state is ours

@@ -13,22 +13,25 @@ from typing import BinaryIO
 
 import numpy as np
 
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
+
 SAMPLE_RATE = 16000
 DEFAULT_MAX_SECONDS = 30.0
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 
-_REASONS = ("empty", "too_large", "too_long", "corrupt", "no_audio", "unsupported")
+_REASONS = {"empty": ErrorCode.AUDIO_EMPTY, "too_large": ErrorCode.TOO_LARGE, "too_long": ErrorCode.TOO_LONG,
+            "corrupt": ErrorCode.CORRUPT, "no_audio": ErrorCode.NO_AUDIO, "unsupported": ErrorCode.UNSUPPORTED}
 
 
-class AudioDecodeError(ValueError):
-    """Raised when input cannot become audio; `reason` is one of a small fixed set for callers to map."""
+class AudioDecodeError(AvatarcastError, ValueError):
+    """Raised when input cannot become audio; `reason` is one of a small fixed set, each its own ErrorCode."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         if reason not in _REASONS:
             raise ValueError(f"unknown AudioDecodeError reason {reason!r}")
         self.reason = reason
         self.detail = detail
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+        super().__init__(f"{reason}: {detail}" if detail else reason, code=_REASONS[reason])
 
 
 MIN_RATE, MAX_RATE = 4_000, 384_000  # sample rates a real clip has

@@ -15,12 +15,16 @@ from urllib.parse import parse_qs
 
 import jwt
 
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
+
 ALGORITHM = "HS256"
 PROTECTED_PREFIX = "/v1/"
 
 
-class AuthError(Exception):
-    pass
+class AuthError(AvatarcastError):
+    """A missing, expired or badly signed token."""
+
+    code = ErrorCode.UNAUTHORIZED
 
 
 def mint(secret: str, subject: str = "client", ttl_s: float = 3600.0, **claims: Any) -> str:
@@ -68,10 +72,10 @@ class AuthMiddleware:
             scope.setdefault("state", {})["auth"] = verify(self.secret, token_from_scope(scope))
         except AuthError as exc:
             if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008, "reason": str(exc)[:120]})
+                await send({"type": "websocket.close", "code": exc.close_code, "reason": str(exc)[:120]})
                 return
-            body = json.dumps({"error": "unauthorized", "message": str(exc)}).encode()
-            await send({"type": "http.response.start", "status": 401,
+            body = json.dumps(exc.body()).encode()
+            await send({"type": "http.response.start", "status": exc.status,
                         "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
             await send({"type": "http.response.body", "body": body})
             return

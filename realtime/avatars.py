@@ -21,7 +21,7 @@ log = logging.getLogger("avatarcast.avatars")
 
 def resolve_avatar(spec: str | int) -> tuple[str, Any]:
     """A client's avatar choice -> (canonical name, AvatarParams); ValueError names the choices."""
-    from tools.avatar_world import get_avatar
+    from avatarcast.engines.avatar_world import get_avatar
 
     if isinstance(spec, str) and spec.strip().isdigit():
         spec = int(spec.strip())
@@ -31,7 +31,7 @@ def resolve_avatar(spec: str | int) -> tuple[str, Any]:
 
 
 def avatar_names() -> list[str]:
-    from tools.avatar_world import BUILTIN_AVATARS
+    from avatarcast.engines.avatar_world import BUILTIN_AVATARS
 
     return [a.name.lower() for a in BUILTIN_AVATARS]
 
@@ -92,7 +92,7 @@ class AvatarStore:
         if a is None:
             if len(self._assets) >= self.max_avatars:
                 raise ValueError(f"too many distinct avatars in this process (limit {self.max_avatars})")
-            from avatarcast.engines.tiny.reference import reference_frame
+            from avatarcast.engines.avatar_world.reference import reference_frame
 
             a = AvatarAssets(name, params, reference_frame(params))
             self._assets[name] = a

@@ -45,7 +45,7 @@ def parse_avatar(s: str):
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from tools.render_clip import parse_color, write_video
+    from avatarcast.realtime.video import parse_color, write_video
 
     settings = Settings.from_args(args)
     schedule = parse_schedule(args.emotion, args.seconds)
@@ -53,7 +53,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     fps = 8
     t0 = time.perf_counter()
     if args.renderer:
-        from tools.avatar_world import get_avatar, render_sequence
+        from avatarcast.engines.avatar_world import get_avatar, render_sequence
         segs = [(e, max(1, round(s * fps)), args.intensity) for e, s in schedule]
         frames, _ = render_sequence(get_avatar(avatar), segs, seed=args.seed)
         label = "renderer"
@@ -116,13 +116,13 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "engine":
-        from tools.bench_engine import main as bench_main
+        from avatarcast.realtime.bench.engine import main as bench_main
         return bench_main(args.rest) or 0
     if args.what == "latency":
-        from tools.bench_latency import main as bench_main
+        from avatarcast.realtime.bench.latency import main as bench_main
         return bench_main(args.rest) or 0
     if args.what == "load":
-        from tools.bench_load import main as bench_main
+        from avatarcast.realtime.bench.load import main as bench_main
         return bench_main(args.rest) or 0
     print(f"unknown benchmark {args.what!r}", file=sys.stderr)
     return 2
@@ -166,12 +166,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Subcommands whose own parser takes every flag: argparse's REMAINDER cannot start with an option.
-PASSTHROUGH = {"eval": "tools.eval.evaluate", "precompute": "avatarcast.realtime.precompute"}
+PASSTHROUGH = {"precompute": "avatarcast.realtime.precompute"}
+
+
+def run_eval(argv: list[str]) -> int:
+    """`avatarcast eval` is offline work that lives in a source checkout's tools/eval (with its classifier's
+    weights), which the package does not install: run it there, as its own process."""
+    import subprocess
+    from pathlib import Path
+
+    if not (Path.cwd() / "tools" / "eval" / "evaluate.py").is_file():
+        print("avatarcast: error: eval runs from a source checkout of avatarcast (it needs tools/eval and the "
+              "classifier's weights there): run it in the repository's folder", file=sys.stderr)
+        return 2
+    return subprocess.call([sys.executable, "-m", "tools.eval.evaluate", *argv])
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "eval":
+        return run_eval(argv[1:])
     if argv and argv[0] in PASSTHROUGH:
         import importlib
         return importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:]) or 0

@@ -8,7 +8,6 @@ keyed by a hash of everything that changes the pixels; the same request is serve
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import json
 import os
@@ -20,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from avatarcast.engines.contract import StreamStart
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
+from avatarcast.engines.tiny.engine import avatar_cache_key
+from avatarcast.realtime.avatars import resolve_avatar
 from avatarcast.realtime.scheduler import ChunkJob
+from avatarcast.realtime.services import Services
+from avatarcast.realtime.video import write_video
 
 FORMATS = {"mp4": "video/mp4", "webm": "video/webm"}
 
@@ -47,25 +52,27 @@ class RenderedClip:
     key: str
 
 
-class ClipError(ValueError):
-    """A bad clip request (400)."""
+class ClipError(AvatarcastError, ValueError):
+    """A bad clip request."""
+
+    code = ErrorCode.BAD_CLIP_REQUEST
 
 
 class ClipRenderer:
-    def __init__(self, hub: Any, cache_dir: str | None = None, max_entries: int = 512) -> None:
-        self.hub = hub
+    """Renders clips through the shared scheduler and keeps the files in a disk cache."""
+
+    def __init__(self, services: Services, cache_dir: str | None = None, max_entries: int = 512) -> None:
+        self.services = services
         self.dir = Path(cache_dir or os.path.expanduser("~/.cache/avatarcast/clips"))
         self.max_entries = max_entries
         self._inflight: dict[str, asyncio.Future] = {}
 
     def _validate(self, req: ClipRequest) -> tuple[str, Any, str, float]:
-        from avatarcast.realtime.avatars import resolve_avatar
-
-        hub = self.hub
+        sv = self.services
         if req.format not in FORMATS:
             raise ClipError(f"format must be one of {sorted(FORMATS)}, got {req.format!r}")
-        if not (0 < req.seconds <= hub.settings.max_render_seconds):
-            raise ClipError(f"seconds must be in (0, {hub.settings.max_render_seconds}], got {req.seconds}")
+        if not (0 < req.seconds <= sv.settings.max_render_seconds):
+            raise ClipError(f"seconds must be in (0, {sv.settings.max_render_seconds}], got {req.seconds}")
         if (req.emotion is None) == (req.text is None):
             raise ClipError("give exactly one of emotion or text")
         try:
@@ -75,13 +82,13 @@ class ClipRenderer:
         if req.text is not None:
             if not req.text.strip() or len(req.text) > 2000:
                 raise ClipError("text must be 1..2000 characters")
-            cue = hub.reader.read(req.text)
+            cue = sv.reader.read(req.text)
             emotion, intensity = cue.label, cue.intensity
         else:
-            if req.emotion not in hub.emotions:
-                raise ClipError(f"unknown emotion {req.emotion!r}; known: {', '.join(hub.emotions)}")
+            if req.emotion not in sv.emotions:
+                raise ClipError(f"unknown emotion {req.emotion!r}; known: {', '.join(sv.emotions)}")
             emotion = req.emotion
-            intensity = hub.cache.templates[emotion].default_intensity if emotion in hub.cache.templates else 0.8
+            intensity = sv.cache.templates[emotion].default_intensity if emotion in sv.cache.templates else 0.8
         if req.intensity is not None:
             if not 0.0 <= req.intensity <= 1.0:
                 raise ClipError(f"intensity must be in 0..1, got {req.intensity}")
@@ -89,9 +96,7 @@ class ClipRenderer:
         return name, params, emotion, float(intensity)
 
     def key(self, params: Any, emotion: str, intensity: float, req: ClipRequest) -> str:
-        from avatarcast.engines.tiny.engine import avatar_cache_key
-
-        blob = json.dumps({"weights": self.hub.engine.weights_hash, "steps": self.hub.engine.steps,
+        blob = json.dumps({"weights": self.services.engine.weights_hash, "steps": self.services.engine.steps,
                            "avatar": avatar_cache_key(params), "emotion": emotion, "intensity": round(intensity, 4),
                            "seconds": req.seconds, "format": req.format, "seed": req.seed, "v": 1}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
@@ -99,7 +104,7 @@ class ClipRenderer:
     async def render(self, req: ClipRequest) -> RenderedClip:
         t0 = time.perf_counter()
         name, params, emotion, intensity = await asyncio.get_running_loop().run_in_executor(
-            self.hub.cpu_pool, self._validate, req)
+            self.services.pools.cpu, self._validate, req)
         key = self.key(params, emotion, intensity, req)
         path = self.dir / f"{key}.{req.format}"
         n_frames = max(1, int(round(req.seconds * 8)))
@@ -117,21 +122,20 @@ class ClipRenderer:
 
     async def _render(self, params: Any, emotion: str, intensity: float, req: ClipRequest, path: Path,
                       n_frames: int) -> None:
-        hub = self.hub
+        sv = self.services
         far = time.monotonic() + 3600.0  # behind every live deadline
         chunks: list[np.ndarray] = []
-        start = functools.partial(hub.engine.start_stream, params, emotion, intensity, req.seed)
-        state = (await hub.scheduler.submit(ChunkJob("clip", start, far, emotion, intensity))).state  # leave the rest pose
+        start = StreamStart(params, emotion, intensity, req.seed)
+        # the first chunk leaves the rest pose
+        state = (await sv.scheduler.submit(ChunkJob("clip", start, far, emotion, intensity))).state
         while sum(len(c) for c in chunks) < n_frames:
-            res = await hub.scheduler.submit(ChunkJob("clip", state, far, emotion, intensity))
+            res = await sv.scheduler.submit(ChunkJob("clip", state, far, emotion, intensity))
             state = res.state
             chunks.append(res.frames)
         frames = np.concatenate(chunks)[:n_frames]
-        await asyncio.get_running_loop().run_in_executor(hub.cpu_pool, self._write, frames, path)
+        await asyncio.get_running_loop().run_in_executor(sv.pools.cpu, self._write, frames, path)
 
     def _write(self, frames: np.ndarray, path: Path) -> None:
-        from tools.render_clip import write_video
-
         self.dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(suffix=path.suffix, dir=self.dir)
         os.close(fd)

@@ -4,21 +4,22 @@ from __future__ import annotations
 
 from dataclasses import fields
 from pathlib import Path
-from typing import Any
 
+from avatarcast.engines.contract import StreamEngine
+from avatarcast.engines.tiny.engine import TinyEngine
 from avatarcast.realtime.settings import Settings
+from avatarcast.templates.cache import default_cache_dir
 
 # every --wan-* setting (and --checkpoint) for the commands that load an engine: precompute and render
 # take the serve flags that shape the engine, so their caches and frames match the server's
 WAN_FLAGS = ("checkpoint", *(f.name for f in fields(Settings) if f.name.startswith("wan_")))
 
 
-def load_engine(settings: Settings, cache_dir: str | Path | None = None, templates: dict | None = None) -> Any:
+def load_engine(settings: Settings, cache_dir: str | Path | None = None,
+                templates: dict | None = None) -> StreamEngine:
     """TinyEngine, or WanAvatarEngine (same interface) whose prompt embeddings live in the latents cache dir."""
     if settings.engine == "wan":
-        from avatarcast.engines.wan.serving import WanAvatarEngine
-        from avatarcast.templates.cache import default_cache_dir
+        from avatarcast.engines.wan.serving import WanAvatarEngine  # torch: only for the wan engine
         return WanAvatarEngine.load(cache_dir=cache_dir or settings.cache_dir or default_cache_dir(),
                                     templates=templates, **settings.wan_kwargs())
-    from avatarcast.engines.tiny.engine import TinyEngine
     return TinyEngine.load(**settings.engine_kwargs())

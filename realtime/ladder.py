@@ -31,6 +31,9 @@ import time
 from collections import deque
 from typing import Callable
 
+from avatarcast.engines.contract import StreamEngine
+from avatarcast.realtime.settings import Settings
+
 log = logging.getLogger("avatarcast.ladder")
 
 LEVELS = ("full", "fewer_steps", "lower_resolution", "cached_loops")
@@ -116,13 +119,9 @@ class DegradationLadder:
             self.on_change(old, level, why)
 
 
-def ladder_for(engine, settings) -> DegradationLadder:
+def ladder_for(engine: StreamEngine, settings: Settings) -> DegradationLadder:
     """The ladder an engine can offer under these settings (the Hub's and each Ray engine replica's):
-    the steps rung where the engine takes a per-call step count, the resolution rung where it has a
-    half-resolution decoder."""
-    import inspect
-
-    steps = int(getattr(engine, "steps", 1) or 1)
-    reduce = "steps" in inspect.signature(engine.sample_chunks).parameters
-    return DegradationLadder(steps, reduce_steps=reduce, lower_resolution=bool(getattr(engine, "has_lowres", False)),
+    the steps rung (every engine takes a per-call step count; skipped at 1 step), the resolution rung
+    where it has a half-resolution decoder."""
+    return DegradationLadder(int(engine.steps or 1), lower_resolution=engine.capabilities.half_res_decode,
                              up_after_s=settings.ladder_up_s, enabled=bool(settings.ladder))

@@ -164,7 +164,7 @@ class LiveAudio:
             if not self._asr.locked() and self.transcriber is not None:
                 # probably the end: transcribe now, while the endpoint timer runs; the final reuses it
                 utt["last_partial"] = self._received
-                self._spawn(self._partial(utt, min(self._received, start + self.post_roll)))
+                self._spawn(self._partial(utt, min(self._received, start + self.post_roll), urgent=True))
 
     def _maybe_partial(self) -> None:
         utt = self._utt
@@ -173,19 +173,20 @@ class LiveAudio:
         if self._received - utt["last_partial"] < self.partial_every or self._received - utt["onset"] < self.min_partial:
             return
         utt["last_partial"] = self._received
-        self._spawn(self._partial(utt, self._received))
+        self._spawn(self._partial(utt, self._received, urgent=False))
 
-    async def _transcribe(self, audio: np.ndarray) -> tuple[Any, float]:
-        """One Whisper run on the ASR pool; the caller holds self._asr."""
+    async def _transcribe(self, audio: np.ndarray, urgent: bool = True) -> tuple[Any, float]:
+        """One Whisper run on the ASR pool; the caller holds self._asr. Routine partials are not urgent:
+        another session's final (or this one's, at a pause) goes first."""
         t0 = time.perf_counter()
         tr = await asyncio.get_running_loop().run_in_executor(
-            self.asr_pool, lambda: self.transcriber.transcribe(audio, language=self.language))
+            self.asr_pool, lambda: self.transcriber.transcribe(audio, language=self.language, urgent=urgent))
         return tr, (time.perf_counter() - t0) * 1000.0
 
-    async def _partial(self, utt: dict, end: int) -> None:
+    async def _partial(self, utt: dict, end: int, urgent: bool) -> None:
         audio = self.audio(utt["start"], end)
         async with self._asr:
-            tr, ms = await self._transcribe(audio)
+            tr, ms = await self._transcribe(audio, urgent)
         if end > utt["best_end"]:
             utt["best"], utt["best_end"] = tr, end
         if tr.text and not utt.get("final_sent"):  # news until the final is out, even after the endpoint
@@ -201,7 +202,7 @@ class LiveAudio:
                 tr, ms = await self._transcribe(self.audio(utt["start"], min(end + self.post_roll, self._received)))
         utt["final_sent"] = True
         text = tr.text if tr is not None else ""
+        # no stickiness: detection shares the encoder pass (realtime/asr_window.py), so every utterance
+        # finds its own language and a speaker may switch between them
         lang = tr.language if tr is not None else None
-        if lang and self.language is None and tr.language_probability >= 0.8:
-            self.language = lang  # sticky: language detection costs an extra encoder pass
         self._emit(LiveEvent("final", utt["index"], time.monotonic(), text, lang, (end - utt["start"]) / SR, ms))

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from enum import StrEnum
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from avatarcast.realtime.emotion import EmotionCue  # re-exported: the one cue type of the project
+from avatarcast.realtime.protocol import SOURCES, FrameSource
 
 if TYPE_CHECKING:
     from avatarcast.realtime.asr import Transcript as AsrTranscript
@@ -25,8 +27,10 @@ __all__ = [
     "AudioChunk",
     "ChunkRequest",
     "CueDecision",
+    "CueSource",
     "EmotionCue",
     "FrameRequest",
+    "FrameSource",
     "SessionEvent",
     "SpeechEvent",
     "Transcript",
@@ -35,8 +39,16 @@ __all__ = [
 
 FPS = 8
 TIME_BASE = Fraction(1, FPS)  # pts unit: one frame
-FRAME_SOURCES = ("idle", "listening", "cache", "sampler")
-REACTION_SOURCES = ("cache", "sampler")
+FRAME_SOURCES = SOURCES
+REACTION_SOURCES = (FrameSource.CACHE.value, FrameSource.SAMPLER.value)
+
+
+class CueSource(StrEnum):
+    """Where an emotion cue came from; a cue replaces a playing reaction only from a source as strong."""
+
+    ASR = "asr"  # the user's speech (partial or final transcript)
+    TEXT = "text"  # the assistant's reply text (say)
+    EXPLICIT = "explicit"  # the app named the emotion
 
 
 @dataclass(frozen=True)
@@ -106,7 +118,7 @@ class CueDecision:
 
     cue: EmotionCue
     t: float
-    source: str  # "asr" | "text" | "explicit"
+    source: CueSource
     decided_by: str  # "partial" | "final" | "text" | "explicit"
     utterance: int
 
@@ -120,7 +132,7 @@ class FrameRequest:
     t: float
     emotion: str
     intensity: float
-    source: str  # one of FRAME_SOURCES
+    source: FrameSource
     utterance: int | None = None  # the input turn this frame answers (None: plain idle loop)
     reaction: int | None = None  # reaction id for cache/sampler frames
     chunk: int | None = None  # chunk number inside the reaction
@@ -152,7 +164,7 @@ class ChunkRequest:
     due_t: float  # when its first frame must be sent: the scheduler's deadline
     emotion: str
     intensity: float
-    source: str  # "cache" | "sampler"
+    source: FrameSource  # cache or sampler
     previous_chunk: int | None  # chunk it continues from (None: start a new stream)
     utterance: int | None = None
 
@@ -166,7 +178,7 @@ class VideoFrame:
     t: float
     t_capture: float
     emotion: str
-    source: str
+    source: FrameSource
     intensity: float = 0.0
     utterance: int | None = None
     reaction: int | None = None

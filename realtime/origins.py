@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-CLOSE_POLICY = 1008
+from avatarcast.engines.errors import ErrorCode
 
 
 def parse_origins(value: str) -> tuple[str, ...]:
@@ -53,7 +53,7 @@ class OriginMiddleware:
         if scope["type"] == "websocket":
             origin = _header(scope, b"origin")
             if not origin_allowed(origin, _header(scope, b"host"), self.allowed):
-                await send({"type": "websocket.close", "code": CLOSE_POLICY,
+                await send({"type": "websocket.close", "code": ErrorCode.ORIGIN_NOT_ALLOWED.close,
                             "reason": f"origin {origin[:60]} is not allowed (--allowed-origins)"})
                 return
         await self.app(scope, receive, send)

@@ -15,7 +15,7 @@ ENGINE_FLAGS = ("engine", "backend", "steps", "threads", "device", "weights", *W
 
 def parse_avatars(spec: str) -> list:
     """'all' -> every built-in avatar; '0,1,luna' -> those (indices or names)."""
-    from tools.avatar_world import BUILTIN_AVATARS, get_avatar
+    from avatarcast.engines.avatar_world import BUILTIN_AVATARS, get_avatar
     if spec.strip().lower() == "all":
         return list(range(len(BUILTIN_AVATARS)))
     out = []

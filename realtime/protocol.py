@@ -6,30 +6,43 @@ Server -> client
   wall-clock send time (unix seconds), u8 image format (1 jpeg, 2 webp), u8 frame source
   (0 idle, 1 listening, 2 cache, 3 sampler), u8 emotion index (into `EMOTIONS`), u8 reserved.
 - text: a JSON event {"type", "t", "seq", "payload"} (hello, state_changed, transcript_partial,
-  transcript_final, emotion, latency, frames_late, clip, error, and closing: the server is shutting
-  down, the socket closes with 1001 next).
+  transcript_final (both with the language ASR heard), emotion, latency, frames_late, clip, language
+  (the session's ASR language after a language command; null: auto), error, and closing: the server
+  is shutting down, the socket closes with 1001 next).
 
 Client -> server
 - binary: a 4-byte tag then data: b"PCM1" + 16 kHz mono little-endian int16 samples (live
   audio; any length), or b"CLIP" + one whole audio file (wav, mp3, ogg/opus, webm, m4a, ...).
 - text: JSON {"type": "say", "text"} | {"type": "emotion", "label", "intensity"} |
-  {"type": "audio_end"} (the live stream paused: close an open utterance now) | {"type": "ping"}.
+  {"type": "audio_end"} (the live stream paused: close an open utterance now) |
+  {"type": "language", "language"} (auto, en, zh, ...: the next utterances' language) | {"type": "ping"}.
 """
 
 from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from enum import StrEnum
 
 from avatarcast.engines.tiny.config import EMOTIONS
 
-__all__ = ["EMOTIONS", "FRAME_HEADER", "FrameHeader", "IMAGE_FORMATS", "SOURCES", "TAG_CLIP", "TAG_PCM",
-           "pack_frame", "unpack_frame"]
+__all__ = ["EMOTIONS", "FRAME_HEADER", "FrameHeader", "FrameSource", "IMAGE_FORMATS", "SOURCES", "TAG_CLIP",
+           "TAG_PCM", "pack_frame", "unpack_frame"]
+
+
+class FrameSource(StrEnum):
+    """What a frame shows, in wire order (the header's source byte is the index)."""
+
+    IDLE = "idle"  # the avatar's idle loop
+    LISTENING = "listening"  # the listening loop (speech going on, or the emotion not known yet)
+    CACHE = "cache"  # a reaction's first chunk, from the latents cache
+    SAMPLER = "sampler"  # a reaction's chunk made by the engine
+
 
 FRAME_MAGIC = b"AVF1"
 FRAME_HEADER = struct.Struct("<4sIddBBBx")
 IMAGE_FORMATS = {"jpeg": 1, "webp": 2}
-SOURCES = ("idle", "listening", "cache", "sampler")
+SOURCES = tuple(s.value for s in FrameSource)
 TAG_PCM = b"PCM1"
 TAG_CLIP = b"CLIP"
 assert FRAME_HEADER.size == 28

@@ -17,6 +17,8 @@ import time
 from collections import deque
 from typing import Any, Callable, Iterable
 
+from avatarcast.engines.errors import ErrorCode
+
 
 class TokenBucket:
     """`rate` tokens per second, at most `burst` saved up."""
@@ -157,8 +159,9 @@ class RateLimitMiddleware:
         if wait <= 0:
             return await self.app(scope, receive, send)
         self.hub.metrics.rate_limited.labels("http").inc()
-        body = json.dumps({"error": "rate_limited",
+        code = ErrorCode.RATE_LIMITED
+        body = json.dumps({"error": code.wire,
                            "message": f"over {self.hub.limits.http.rate:g} requests/s from this client"}).encode()
-        await send({"type": "http.response.start", "status": 429,
+        await send({"type": "http.response.start", "status": code.status,
                     "headers": [(b"content-type", b"application/json"), (b"retry-after", retry_after(wait).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -10,25 +10,29 @@ never block the loop: each keeps only the newest frame. Audio and text inputs ru
 from __future__ import annotations
 
 import asyncio
-import functools
 import io
 import logging
 import time
-from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
+from PIL import Image
 
-from avatarcast.realtime.messages import ChunkRequest, FrameRequest, SessionEvent, VideoFrame
-from avatarcast.realtime.scheduler import ChunkJob, copy_state
+from avatarcast.engines.contract import StreamStart
+from avatarcast.engines.errors import CLOSE_GOING_AWAY, ErrorCode
+from avatarcast.realtime.audio import AudioDecodeError, decode_audio, prosody
+from avatarcast.realtime.live import LiveAudio, LiveEvent
+from avatarcast.realtime.messages import ChunkRequest, FrameRequest, FrameSource, SessionEvent
+from avatarcast.realtime.playout import Playout, sent_frame
+from avatarcast.realtime.scheduler import ChunkJob
+from avatarcast.realtime.services import Services
 from avatarcast.realtime.session import Session
-from tools.render_clip import composite
-
-if TYPE_CHECKING:
-    from avatarcast.realtime.hub import Hub
+from avatarcast.realtime.video import composite
 
 log = logging.getLogger("avatarcast.session")
+
 
 @dataclass(frozen=True)
 class OutFrame:
@@ -47,7 +51,8 @@ class OutFrame:
 class Sink(Protocol):
     """A transport endpoint of one session (a WebSocket, a WebRTC peer)."""
 
-    image_format: str | None  # "jpeg" | "webp" | None (wants raw RGBA)
+    @property
+    def image_format(self) -> str | None: ...  # "jpeg" | "webp" | None (wants raw RGBA)
 
     def offer_frame(self, frame: OutFrame) -> None: ...  # must not block; keep only the newest
 
@@ -56,8 +61,6 @@ class Sink(Protocol):
 
 def encode_image(rgba: np.ndarray, fmt: str, quality: int) -> bytes:
     """RGBA -> JPEG (composited over the clip background) or lossy WebP keeping the alpha channel."""
-    from PIL import Image
-
     buf = io.BytesIO()
     if fmt == "jpeg":
         img = Image.fromarray(composite(rgba))
@@ -72,18 +75,22 @@ def encode_image(rgba: np.ndarray, fmt: str, quality: int) -> bytes:
 class SessionRunner:
     """A Session plus everything real around it; created and owned by the Hub."""
 
-    def __init__(self, hub: Hub, session_id: str, avatar: str, *, image_format: str = "jpeg",
-                 quality: int = 80, language: str | None = None) -> None:
-        self.hub = hub
+    def __init__(self, services: Services, session_id: str, avatar: str, *, image_format: str = "jpeg",
+                 quality: int = 80, language: str | None = None,
+                 on_failure: Callable[[str], Awaitable[object]] | None = None) -> None:
+        """`on_failure(session id)`: how the runner asks its owner (the Hub) to end it after a fatal error;
+        None: it only closes itself."""
+        self.services = services
+        self._on_failure = on_failure
         self.id = session_id
-        self.assets = hub.avatars.get(avatar)
+        self.assets = services.avatars.get(avatar)
         self.avatar = self.assets.name
         self.image_format = image_format
         self.quality = quality
         self.language = language
         self.created = time.monotonic()
         self.last_used = self.created
-        self.session = Session(self.created, hub.session_config, session_id)
+        self.session = Session(self.created, services.session_config, session_id)
         self.sinks: set[Sink] = set()
         self.had_client = False
         self._fps_window: tuple[float, int] | None = None  # (time, frames_sent) of the window's first frame
@@ -91,24 +98,20 @@ class SessionRunner:
         self.last_frame: OutFrame | None = None
         self.closed = asyncio.Event()
         self.close_code: int | None = None  # set when the server ends the session (1001: shutting down)
-        # reactions started while the ladder said "cached loops": reaction -> (start chunk, emotion, cached frames)
-        self._loops: dict[int, tuple[int, str, np.ndarray]] = {}
-        # reaction frames ready to play, in order: (reaction, chunk, rgba, source, emotion)
-        self._ready: deque[tuple[int, int, np.ndarray, str, str]] = deque()
-        self._states: dict[tuple[int, int], Any] = {}  # (reaction, chunk) -> stream state after it
+        self.playout = Playout()  # what each frame shows (realtime/playout.py)
         self._work: asyncio.Queue[ChunkRequest] = asyncio.Queue()
-        self._live: Any = None  # avatarcast.realtime.live.LiveAudio, made on the first live audio
+        self._live: LiveAudio | None = None  # made on the first live audio
         self._audio_backlog = 0  # live samples queued but not yet fed
         self._turn_meta: dict[int, dict] = {}
-        self._last_reaction: tuple[int, np.ndarray, str, str] | None = None
         self._kick = asyncio.Event()
+        self._ending: asyncio.Future | None = None  # the close a fatal error started
         self._cue_lock = asyncio.Lock()
         self._cue_tasks: set[asyncio.Task] = set()
         self._tasks = [asyncio.create_task(self._frame_loop(), name=f"frames-{session_id}"),
                        asyncio.create_task(self._chunk_worker(), name=f"chunks-{session_id}")]
         self._emit_local("hello", {"session": session_id, "avatar": self.avatar, "fps": 8,
                                    "width": 640, "height": 360, "image_format": image_format,
-                                   "emotions": list(hub.emotions), "language": language})
+                                   "emotions": list(services.emotions), "language": language})
 
     # -- public: transports --
 
@@ -138,14 +141,14 @@ class SessionRunner:
 
     def info(self) -> dict:
         s = self.session
-        return {"id": self.id, "avatar": self.avatar, "state": s.state, "emotion": s.emotion,
+        return {"id": self.id, "avatar": self.avatar, "state": str(s.state), "emotion": s.emotion,
                 "image_format": self.image_format, "language": self.language,
                 "frames_sent": self.frames_sent, "frames_dropped": s.clock.dropped,
                 "clients": len(self.sinks), "age_s": round(time.monotonic() - self.created, 3)}
 
     def notify_closing(self, reason: str) -> None:
         """The server is going away: say so to every client before the session closes (WebSocket 1001)."""
-        self.close_code = 1001
+        self.close_code = CLOSE_GOING_AWAY
         self._emit_local("closing", {"reason": reason})
 
     async def close(self) -> None:
@@ -163,8 +166,7 @@ class SessionRunner:
                 await t
             except (asyncio.CancelledError, Exception):
                 pass
-        self._ready.clear()
-        self._states.clear()
+        self.playout.clear()
 
     # -- public: inputs --
 
@@ -174,8 +176,18 @@ class SessionRunner:
         now = time.monotonic()
         turn = self.session.on_say(text, now)
         self._pump()
-        asyncio.create_task(self._read_text(text, turn))
+        self._spawn(self._read_text(text, turn))
         return turn
+
+    def set_language(self, language: str) -> str | None:
+        """Switch the ASR language for the next utterances ("auto": find it for each); bad_language if unknown."""
+        self.touch()
+        lang = self.services.transcriber.resolve_language(language or "auto")
+        self.language = lang
+        if self._live is not None:
+            self._live.language = lang
+        self._emit_local("language", {"language": lang})
+        return lang
 
     def set_emotion(self, label: str, intensity: float) -> None:
         self.touch()
@@ -185,9 +197,7 @@ class SessionRunner:
     async def clip(self, data: bytes) -> dict:
         """A whole recorded clip: decode, transcribe, read the emotion, react. Returns what was decided."""
         self.touch()
-        from avatarcast.realtime.audio import AudioDecodeError, decode_audio, prosody
-
-        hub = self.hub
+        sv = self.services
         t_recv = time.monotonic()
         turn = self.session.on_clip_received(t_recv)
         self._pump()
@@ -195,19 +205,19 @@ class SessionRunner:
             raise RuntimeError("session is closed")
         loop = asyncio.get_running_loop()
         try:
-            pcm = await loop.run_in_executor(hub.cpu_pool, lambda: decode_audio(
-                data, max_seconds=hub.settings.max_clip_seconds, max_bytes=hub.settings.max_clip_bytes))
+            pcm = await loop.run_in_executor(sv.pools.cpu, lambda: decode_audio(
+                data, max_seconds=sv.settings.max_clip_seconds, max_bytes=sv.settings.max_clip_bytes))
         except AudioDecodeError as exc:
             self.session.on_final("", time.monotonic(), utterance=turn)
-            self._error("bad_audio", str(exc), reason=exc.reason, utterance=turn)
+            self._error(ErrorCode.BAD_AUDIO, str(exc), reason=exc.reason, utterance=turn)
             raise
         t_dec = time.monotonic()
         self.session.stamp("decode", t_dec, t_recv, utterance=turn)
-        tr = await loop.run_in_executor(hub.asr_pool, lambda: hub.transcriber.transcribe(pcm, language=self.language))
+        tr = await loop.run_in_executor(sv.pools.asr, lambda: sv.transcriber.transcribe(pcm, language=self.language))
         t_asr = time.monotonic()
         self.session.stamp("asr", t_asr, t_dec, utterance=turn)
-        self.session.on_final(tr.text, t_asr, utterance=turn)
-        cue = await loop.run_in_executor(hub.cpu_pool, lambda: hub.reader.read(tr.text, prosody(pcm), tr.language))
+        self.session.on_final(tr.text, t_asr, utterance=turn, language=tr.language)
+        cue = await loop.run_in_executor(sv.pools.cpu, lambda: sv.reader.read(tr.text, prosody(pcm), tr.language))
         now = time.monotonic()
         self.session.on_cue(cue, now, "asr", utterance=turn, decided_by="final")
         self._pump()
@@ -218,17 +228,15 @@ class SessionRunner:
 
     async def pcm(self, samples: np.ndarray) -> None:
         """Live 16 kHz mono audio (int16 or float32), in arrival order; VAD and ASR run off the loop."""
-        hub = self.hub
+        sv = self.services
         n = int(samples.size)
-        if self._audio_backlog + n > hub.settings.max_audio_backlog_s * 16000:
-            self._error("audio_overrun", "live audio arrives faster than it can be processed; chunk dropped")
+        if self._audio_backlog + n > sv.settings.max_audio_backlog_s * 16000:
+            self._error(ErrorCode.AUDIO_OVERRUN, "live audio arrives faster than it can be processed; chunk dropped")
             return
         self._audio_backlog += n
         try:
             if self._live is None:
-                from avatarcast.realtime.live import LiveAudio
-
-                self._live = LiveAudio(hub.transcriber, hub.cpu_pool, hub.asr_pool, self._on_live,
+                self._live = LiveAudio(sv.transcriber, sv.pools.cpu, sv.pools.asr, self._on_live,
                                        language=self.language)
             await self._live.feed(samples)
         finally:
@@ -239,7 +247,7 @@ class SessionRunner:
         if self._live is not None:
             await self._live.flush()
 
-    def _on_live(self, ev: Any) -> None:
+    def _on_live(self, ev: LiveEvent) -> None:
         if self.closed.is_set():
             return
         s, now = self.session, time.monotonic()
@@ -249,7 +257,7 @@ class SessionRunner:
                 self._turn_meta[ev.utterance] = {"turn": u}
         elif ev.kind == "partial":
             u = self._turn_meta.get(ev.utterance, {}).get("turn")
-            s.on_partial(ev.text, now, utterance=u)
+            s.on_partial(ev.text, now, utterance=u, language=ev.language)
             if u is not None:
                 self._spawn_cue(ev, u, "partial")
         elif ev.kind == "pause":
@@ -260,16 +268,16 @@ class SessionRunner:
             s.on_speech_end(now, utterance=u, at=ev.t)
         elif ev.kind == "final":
             u = self._turn_meta.pop(ev.utterance, {}).get("turn")
-            s.on_final(ev.text, now, utterance=u)
+            s.on_final(ev.text, now, utterance=u, language=ev.language)
             if u is not None and ev.text:
                 self._spawn_cue(ev, u, "final")
         self._pump()
 
-    def _spawn_cue(self, ev: Any, turn: int, decided_by: str) -> None:
+    def _spawn_cue(self, ev: LiveEvent, turn: int, decided_by: str) -> None:
         """Read the emotion of a live transcript on a worker (the encoder is too slow for the loop), then
         apply it. Cues apply in the order their transcripts came; a partial's cue is dropped once
         its utterance's final is in."""
-        reader, pool = self.hub.reader, self.hub.cpu_pool
+        reader, pool = self.services.reader, self.services.pools.cpu
 
         async def read_and_apply() -> None:
             async with self._cue_lock:  # FIFO: cues apply in transcript order
@@ -286,15 +294,20 @@ class SessionRunner:
                 self.session.on_cue(cue, time.monotonic(), "asr", utterance=turn, decided_by=decided_by)
                 self._pump()
 
-        task = asyncio.create_task(read_and_apply())
+        self._spawn(read_and_apply())
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """An input's follow-up work, cancelled when the session closes (the reference keeps it alive)."""
+        task = asyncio.create_task(coro)
         self._cue_tasks.add(task)
         task.add_done_callback(self._cue_tasks.discard)
 
     async def _read_text(self, text: str, turn: int | None) -> None:
         try:
-            cue = await asyncio.get_running_loop().run_in_executor(self.hub.cpu_pool, self.hub.reader.read, text)
+            cue = await asyncio.get_running_loop().run_in_executor(self.services.pools.cpu, self.services.reader.read,
+                                                                   text)
         except Exception as exc:
-            self._error("emotion_failed", f"{type(exc).__name__}: {exc}")
+            self._error(ErrorCode.EMOTION_FAILED, f"{type(exc).__name__}: {exc}")
             return
         self.session.on_cue(cue, time.monotonic(), "text")
         self._pump()
@@ -323,41 +336,21 @@ class SessionRunner:
             raise
         except Exception:
             log.exception("session %s: frame loop failed", self.id)
-            self._error("internal", "the frame loop failed; the session ends", fatal=True)
-            asyncio.create_task(self.hub.close_session(self.id))
-
-    def _pixels(self, req: FrameRequest) -> tuple[np.ndarray, str, str]:
-        """(rgba, source, emotion) actually shown for a planned frame.
-
-        Reaction frames play from a queue in the order they were made, so a chunk that comes late
-        is shown late rather than skipped; while the queue is empty the reaction's last frame holds
-        (a brief freeze reads better than a cut back to the listening pose). Frames always report
-        what they really show, so TTER stays honest.
-        """
-        if req.is_reaction:
-            ready = self._ready
-            while ready and ready[0][0] != req.reaction:
-                ready.popleft()  # left over from an earlier reaction
-            if ready:
-                item = ready.popleft()
-                self._last_reaction = (item[0], item[2], item[3], item[4])
-                return item[2], item[3], item[4]
-            self.hub.stats["chunk_late_frames"] += 1
-            self.hub.metrics.chunk_late_frames.inc()
-            last = self._last_reaction
-            if last is not None and last[0] == req.reaction:
-                return last[1], last[2], last[3]
-            return self.assets.loop_frame("listening", req.index), "listening", "listening"
-        self._ready.clear()
-        kind = "listening" if req.source == "listening" else "idle"
-        return self.assets.loop_frame(kind, req.index), req.source, req.emotion
+            self._error(ErrorCode.INTERNAL, "the frame loop failed; the session ends", fatal=True)
+            end = self._on_failure(self.id) if self._on_failure is not None else self.close()
+            self._ending = asyncio.ensure_future(end)  # not awaited: closing cancels this task
 
     async def _emit_frame(self, req: FrameRequest) -> None:
-        rgba, source, emotion = self._pixels(req)
+        shown = self.playout.show(req)
+        if shown.late:
+            self.services.stats["chunk_late_frames"] += 1
+            self.services.metrics.chunk_late_frames.inc()
+        source, emotion = shown.source, shown.emotion
+        rgba = shown.pixels if shown.pixels is not None else self.assets.loop_frame(source, req.index)
         wanted = sorted({k.image_format for k in self.sinks if k.image_format})
         encoded: dict[str, bytes] = {}
         t0 = time.monotonic()
-        loop_key = self.assets.loop_key(source, req.index) if source in ("idle", "listening") else None
+        loop_key = self.assets.loop_key(source, req.index) if shown.pixels is None else None
         cache = self.assets.encoded
         todo = []
         for f in wanted:
@@ -368,7 +361,8 @@ class SessionRunner:
                 todo.append(f)
         if todo:
             loop = asyncio.get_running_loop()
-            outs = await asyncio.gather(*[loop.run_in_executor(self.hub.encode_pool, encode_image, rgba, f, self.quality)
+            pool = self.services.pools.encode
+            outs = await asyncio.gather(*[loop.run_in_executor(pool, encode_image, rgba, f, self.quality)
                                           for f in todo])
             encoded.update(zip(todo, outs))
             if loop_key is not None and len(cache) < 256:
@@ -384,17 +378,14 @@ class SessionRunner:
                 self.sinks.discard(sink)
         self.last_frame = frame
         self.frames_sent += 1
-        self.hub.metrics.frames_sent.inc()
+        self.services.metrics.frames_sent.inc()
         w = self._fps_window  # frame intervals over >= 1 s, from one sent frame to another
         if w is None:
             self._fps_window = (t1, self.frames_sent)
         elif t1 - w[0] >= 1.0:
-            self.hub.metrics.session_fps.observe((self.frames_sent - w[1]) / (t1 - w[0]))
+            self.services.metrics.session_fps.observe((self.frames_sent - w[1]) / (t1 - w[0]))
             self._fps_window = (t1, self.frames_sent)
-        sent = VideoFrame(req.index, req.pts, t1, t0, emotion, source, req.intensity,
-                          req.utterance if source == req.source else None, req.reaction,
-                          {"encode": (t0, t1)})
-        self.session.on_frame_sent(sent, time.monotonic())
+        self.session.on_frame_sent(sent_frame(req, shown, t0, t1), time.monotonic())
 
     # -- engine work --
 
@@ -404,92 +395,65 @@ class SessionRunner:
             self.session.clock_changed = False
             self._kick.set()
         for req in self.session.chunk_requests():
-            if req.revision > 0:  # the emotion switched from this chunk on: drop what the old one made
-                self._ready = deque(x for x in self._ready if not (x[0] == req.reaction and x[1] >= req.chunk))
-            if req.source == "cache" and self._serve_from_cache(req):
+            self.playout.on_request(req)
+            if req.source == FrameSource.CACHE and self._serve_from_cache(req):
                 continue
-            if self._serve_from_loop(req):
+            if self.playout.store_looped(req):  # degraded (ladder level 3): no engine time
+                self.services.stats["chunks_looped"] += 1
                 continue
             self._work.put_nowait(req)
         self._flush_events()
 
     def _serve_from_cache(self, req: ChunkRequest) -> bool:
         """A cached first chunk is a memory lookup, done at once on the loop (no engine wait)."""
-        cache = self.hub.cache
-        if cache is None:
-            return False
+        cache = self.services.cache
         t0 = time.monotonic()
         variants = cache.template(req.emotion).variants
         variant = (req.reaction + (req.utterance or 0)) % max(1, variants)
         entry = cache.lookup(self.assets.params, req.emotion, variant)
         if entry is None:
             return False
-        state = self.hub.engine.start_stream(self.assets.params, req.emotion, req.intensity,
+        state = self.services.engine.start_stream(self.assets.params, req.emotion, req.intensity,
                                              seed=hash((self.id, req.reaction)) & 0xFFFF, ctx=entry.ctx)
-        self._store(req, entry.frames, state)
-        ladder = self.hub.scheduler.ladder if self.hub.scheduler is not None else None
-        if ladder is not None and ladder.cached_loops and (req.chunk == 0 or req.reaction in self._loops):
-            self._loops[req.reaction] = (req.chunk, req.emotion, entry.frames)  # a new reaction under load
-            while len(self._loops) > 4:
-                self._loops.pop(next(iter(self._loops)))
+        ladder = self.services.scheduler.ladder
+        self.playout.store_cached(req, entry.frames, state, cached_loops=ladder is not None and ladder.cached_loops)
         if req.utterance is not None:
             self.session.stamp("cache", time.monotonic(), t0, utterance=req.utterance)
         return True
 
-    def _serve_from_loop(self, req: ChunkRequest) -> bool:
-        """Degraded (ladder level 2): a reaction that started under load plays its cached chunk forward,
-        then backward, and so on, instead of sampling. No engine time; no seam at the turn-arounds."""
-        loop = self._loops.get(req.reaction)
-        if loop is None or loop[1] != req.emotion:
-            return False
-        start, _, frames = loop
-        self._store(req, frames if (req.chunk - start) % 2 == 0 else frames[::-1], None, source="cache")
-        self.hub.stats["chunks_looped"] += 1
-        return True
-
-    def _store(self, req: ChunkRequest, frames: np.ndarray, state: Any, source: str | None = None) -> None:
-        self._states[(req.reaction, req.chunk)] = state
-        while len(self._states) > 8:  # a few chunks around the playing one; memory stays flat
-            self._states.pop(next(iter(self._states)))
-        for f in frames:
-            self._ready.append((req.reaction, req.chunk, f, source or req.source, req.emotion))
-        while len(self._ready) > 64:
-            self._ready.popleft()
-
     async def _chunk_worker(self) -> None:
         """Runs this session's sampler requests in order (a chunk continues the previous one)."""
-        hub = self.hub
+        scheduler = self.services.scheduler
         while True:
             req = await self._work.get()
             if not self.session.is_wanted(req):
                 continue
             try:
-                prev = self._states.get((req.reaction, req.previous_chunk)) if req.previous_chunk is not None else None
+                prev = self.playout.state_after(req.reaction, req.previous_chunk)
                 if prev is None:
                     seed = hash((self.id, req.reaction, req.chunk)) & 0xFFFF
-                    state = functools.partial(hub.engine.start_stream, self.assets.params, req.emotion,
-                                              req.intensity, seed)
+                    state = StreamStart(self.assets.params, req.emotion, req.intensity, seed)
                 else:
-                    state = copy_state(prev)
+                    state = prev.copy()
                 t0 = time.monotonic()
-                res = await hub.scheduler.submit(ChunkJob(self.id, state, req.due_t, req.emotion, req.intensity))
+                res = await scheduler.submit(ChunkJob(self.id, state, req.due_t, req.emotion, req.intensity))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the engine failed this batch: this reaction ends, the session goes on
                 log.exception("session %s: chunk %s failed", self.id, (req.reaction, req.chunk))
-                self.hub.stats["engine_failures"] += 1
-                if not self.session.abort_reaction(req.reaction, "engine_failed",
+                self.services.stats["engine_failures"] += 1
+                if not self.session.abort_reaction(req.reaction, ErrorCode.ENGINE_FAILED,
                                                    f"the engine failed ({type(exc).__name__}: {exc}); "
                                                    "back to the idle loop", time.monotonic()):
-                    self._error("engine_failed", f"{type(exc).__name__}: {exc}")
+                    self._error(ErrorCode.ENGINE_FAILED, f"{type(exc).__name__}: {exc}")
                 self._pump()
                 continue
             if not self.session.is_wanted(req):  # superseded by a switch, or the reaction ended
-                self.hub.stats["chunks_discarded"] += 1
+                self.services.stats["chunks_discarded"] += 1
                 continue
-            self._store(req, res.frames, res.state)
+            self.playout.store(req, res.frames, res.state)
             if res.lowres:
-                self.hub.stats["chunks_lowres"] += 1
+                self.services.stats["chunks_lowres"] += 1
             if req.utterance is not None and req.previous_chunk is None:
                 self.session.stamp("sample", res.sampled, t0, utterance=req.utterance)
                 self.session.stamp("decode_frames", res.finished, res.sampled, utterance=req.utterance)
@@ -505,19 +469,19 @@ class SessionRunner:
         for sink in list(self.sinks):
             sink.offer_event(ev)
 
-    def _error(self, code: str, message: str, *, fatal: bool = False, **extra: Any) -> None:
+    def _error(self, code: ErrorCode, message: str, *, fatal: bool = False, **extra: Any) -> None:
         log.warning("session %s: %s: %s", self.id, code, message)
-        self.hub.metrics.errors.labels(code).inc()
-        self._emit_local("error", {"code": code, "message": message, "fatal": fatal, **extra})
+        self.services.metrics.errors.labels(code.wire).inc()
+        self._emit_local("error", {"code": code.wire, "message": message, "fatal": fatal, **extra})
 
     def _flush_events(self) -> None:
         for ev in self.session.events():
             if ev.type == "frames_late":
-                self.hub.metrics.frames_dropped.inc(ev.payload.get("count", 0))
+                self.services.metrics.frames_dropped.inc(ev.payload.get("count", 0))
             elif ev.type == "error":
-                self.hub.metrics.errors.labels(str(ev.payload.get("code"))).inc()
+                self.services.metrics.errors.labels(str(ev.payload.get("code"))).inc()
             if ev.type == "latency":
-                self.hub.metrics.observe_latency(ev.payload)
+                self.services.metrics.observe_latency(ev.payload)
                 log.info("session %s latency %s", self.id, ev.payload)
             text = ev.to_json()
             for sink in list(self.sinks):

@@ -11,23 +11,28 @@ costs little more than for one.
 Engines that can queue a call's work and collect its frames later (`launch_chunks`, the Wan
 engine on a GPU) are pipelined: the engine thread queues the next batch while a second thread
 waits for the previous batch's frames, so one batch's decode overlaps the next one's sampler
-steps on the device. At most `engine.pipeline_depth` batches are in flight.
+steps on the device. At most `capabilities.pipeline_depth` batches are in flight.
 """
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
+import sys
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, TypeVar
 
 import numpy as np
 
+from avatarcast.engines.contract import StreamEngine, StreamStart, StreamState
+from avatarcast.realtime.batching import BatchEstimates, Wait, next_batch
+from avatarcast.realtime.ladder import DegradationLadder
+
 log = logging.getLogger("avatarcast.scheduler")
+T = TypeVar("T")
 
 
 @dataclass
@@ -35,7 +40,7 @@ class ChunkJob:
     """One stream's next chunk: `state` is a private copy the engine may advance."""
 
     session_id: str
-    state: Any  # avatarcast.engines.tiny.engine.StreamState, or a callable making one on the engine thread
+    state: StreamState | StreamStart  # a StreamStart is made on the engine thread
     due_t: float  # monotonic deadline of its first frame
     emotion: str
     intensity: float
@@ -46,7 +51,7 @@ class ChunkJob:
 @dataclass(frozen=True)
 class ChunkResult:
     frames: np.ndarray  # (T, 360, 640, 4) uint8 RGBA
-    state: Any  # the stream state after this chunk
+    state: StreamState  # the stream state after this chunk
     started: float  # monotonic: batch start
     sampled: float  # monotonic: latents ready
     finished: float  # monotonic: frames decoded
@@ -54,30 +59,84 @@ class ChunkResult:
     lowres: bool = False  # decoded at half resolution (the ladder's lower_resolution rung)
 
 
-def copy_state(state: Any) -> Any:
-    """A stream state the engine can advance without touching the original (rng included)."""
-    new = copy.copy(state)
-    new.rng = copy.deepcopy(state.rng)
-    new.meta = dict(state.meta)
-    return new
+class Scheduler(Protocol):
+    """Runs the chunk jobs of every session on an engine, and measures its load.
+
+    EngineScheduler runs them on this process's engine; the Ray RemoteScheduler
+    (realtime/cluster/remote.py) on engine replicas. The Hub, the runners, admission control and
+    the degradation ladder see only this.
+    """
+
+    ladder: DegradationLadder | None  # set by the Hub; fed with each live batch's lateness
+    cost_at: float  # when stream_chunk_s was last measured
+    batches: int
+    jobs_done: int
+    late_batches: int  # batches that finished after their earliest deadline
+    oom_splits: int  # batches split after the device ran out of memory
+    busy_s: float
+
+    @property
+    def stream_chunk_s(self) -> float | None:
+        """Engine seconds per stream-chunk at full quality (None: not measured yet; set None to re-measure)."""
+        ...
+
+    @stream_chunk_s.setter
+    def stream_chunk_s(self, value: float | None) -> None: ...
+
+    @property
+    def queue_depth(self) -> int: ...
+
+    @property
+    def max_batch(self) -> int | None:
+        """Most streams per engine call (None: the replicas decide)."""
+        ...
+
+    @property
+    def depth(self) -> int:
+        """Engine calls kept in flight."""
+        ...
+
+    def busy_fraction(self, window_s: float = 10.0) -> float: ...
+
+    def cluster_status(self) -> dict | None:
+        """Replicas and failovers for /v1/status (None: a single-process engine)."""
+        ...
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def submit(self, job: ChunkJob) -> ChunkResult:
+        """The job's chunk.
+
+        Raises:
+            Exception: whatever the engine raised for the job's batch (the session ends that reaction).
+        """
+        ...
+
+    async def run_on_engine(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+    async def run_background(self, fn: Callable[..., T], *args: Any) -> T: ...
 
 
 class EngineScheduler:
     """Batches chunk jobs of all sessions onto one engine thread (earliest deadline first)."""
 
-    def __init__(self, engine: Any, *, max_batch: int | None = None, max_wait_s: float = 0.25, margin_s: float = 0.05,
+    def __init__(self, engine: StreamEngine, *, max_batch: int | None = None, max_wait_s: float = 0.25,
+                 margin_s: float = 0.05,
                  clock: Callable[[], float] = time.monotonic,
                  on_batch: Callable[[int, float], None] | None = None) -> None:
         self.engine = engine
         self.on_batch = on_batch  # (batch size, seconds): metrics
-        # None: the engine's own batch where it names one (wan: --wan-batch), else 8
-        self.max_batch = max(1, int(max_batch if max_batch is not None else getattr(engine, "max_batch", 8)))
+        caps = engine.capabilities
+        # None: the engine's own batch (wan: --wan-batch; tiny: 8)
+        self.max_batch = max(1, int(max_batch if max_batch is not None else caps.max_batch))
         self.max_wait_s = max_wait_s
         self.margin_s = margin_s
         self.est_batch_s = 0.15  # running estimate of one batch's time; sets how long jobs may wait
         self.clock = clock
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        self.depth = max(1, int(getattr(engine, "pipeline_depth", 1))) if hasattr(engine, "launch_chunks") else 1
+        self.depth = max(1, int(caps.pipeline_depth))
         # pipelined: waits for launched batches' frames, while the engine thread queues the next batch
         self.collector = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-collect") \
             if self.depth > 1 else None
@@ -97,7 +156,7 @@ class EngineScheduler:
         self.cost_at = -1e18  # when stream_chunk_s was last measured
         self.late_batches = 0
         self._live: deque[tuple[float, float]] = deque(maxlen=4096)  # (end, seconds) of recent live batches
-        self.ladder: Any = None  # a DegradationLadder, set by the Hub
+        self.ladder: DegradationLadder | None = None  # set by the Hub
 
     def busy_fraction(self, window_s: float = 10.0) -> float:
         """The fraction of the last `window_s` seconds the engine spent on live batches (0..1)."""
@@ -123,6 +182,9 @@ class EngineScheduler:
     @property
     def queue_depth(self) -> int:
         return len(self._queue)
+
+    def cluster_status(self) -> None:
+        return None  # one engine, in this process
 
     async def start(self) -> None:
         self._wake = asyncio.Event()
@@ -151,11 +213,11 @@ class EngineScheduler:
         if self.collector is not None:
             self.collector.shutdown(wait=True, cancel_futures=True)
 
-    async def run_on_engine(self, fn: Callable, *args: Any) -> Any:
+    async def run_on_engine(self, fn: Callable[..., T], *args: Any) -> T:
         """Engine work that must happen now (start-up), on the engine thread."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
-    async def run_background(self, fn: Callable, *args: Any) -> Any:
+    async def run_background(self, fn: Callable[..., T], *args: Any) -> T:
         """Engine work that can wait (warming a new avatar): runs only while no chunk job is queued.
 
         Keep each call short (one chunk or one cache entry): a live job arriving meanwhile waits for it.
@@ -209,20 +271,17 @@ class EngineScheduler:
                     if self.ladder is not None:
                         self.ladder.tick(self.busy_fraction())
                 continue
-            self._queue.sort(key=lambda j: j.due_t)
-            now = self.clock()
-            oldest = min(j.queued_at for j in self._queue)
-            wait = min(self._queue[0].due_t - now - 2 * self.est_batch_s - self.margin_s,
-                       oldest + self.max_wait_s - now)
-            if len(self._queue) < self.max_batch and wait > 0.005:
+            estimates = BatchEstimates(self.max_batch, self.est_batch_s, self.max_wait_s, self.margin_s)
+            decision = next_batch(self._queue, self.clock(), estimates)
+            if isinstance(decision, Wait):
                 self._wake.clear()
                 try:  # room to wait: let other sessions' jobs join this batch
-                    await asyncio.wait_for(self._wake.wait(), wait)
+                    await asyncio.wait_for(self._wake.wait(), decision.seconds)
                 except asyncio.TimeoutError:
                     pass
                 continue  # look again: more jobs, or the wait is over
-            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-            batch = [j for j in batch if j.future is not None and not j.future.done()]
+            self._queue = list(decision.rest)
+            batch = [j for j in decision.jobs if j.future is not None and not j.future.done()]
             if not batch:
                 continue
             steps = self.ladder.live_steps if self.ladder is not None else None
@@ -290,7 +349,7 @@ class EngineScheduler:
         """Engine thread: the batch's states and emotions, then its work queued on the device."""
         t0 = self.clock()
         states = self._prepare(batch)
-        pending = self.engine.launch_chunks(states) if steps is None else self.engine.launch_chunks(states, steps=steps)
+        pending = self.engine.launch_chunks(states, steps=steps)
         return pending, states, t0
 
     async def _collect(self, batch: list[ChunkJob], steps: int | None, pending: Any, states: list,
@@ -308,7 +367,7 @@ class EngineScheduler:
             return
         t2 = self.clock()
         # the device's own times where the engine has them: queued batches wait for the one before
-        gpu = getattr(pending, "gpu_s", None)
+        gpu = pending.gpu_s
         started, sampled = (max(t0, t2 - gpu[0]), t2 - gpu[1]) if gpu else (t0, t2)
         # overlapping batches: each is charged from the previous batch's end, so busy time adds up
         # to wall time, and per-stream cost is what a batch adds to the pipeline
@@ -322,8 +381,9 @@ class EngineScheduler:
         """Engine thread: each job's stream state (a new stream's reference latent is engine work too),
         set to the job's emotion."""
         for j in batch:
-            if callable(j.state):
-                j.state = j.state()
+            if isinstance(j.state, StreamStart):
+                s = j.state
+                j.state = self.engine.start_stream(s.avatar, s.emotion, s.intensity, s.seed)
             self.engine.set_emotion(j.state, j.emotion, j.intensity)
         return [j.state for j in batch]
 
@@ -354,15 +414,11 @@ class EngineScheduler:
         """
         t0 = self.clock()
         states = self._prepare(batch)
-        lat = self.engine.sample_chunks(states) if steps is None else self.engine.sample_chunks(states, steps=steps)
+        lat = self.engine.sample_chunks(states, steps=steps)
         t1 = self.clock()
-        B, T = lat.shape[:2]
-        if hasattr(self.engine, "decode_chunks"):  # engines whose decode continues each stream (wan)
-            per = list(self.engine.decode_chunks(states, lat))
-        else:
-            flat = lat.reshape(B * T, *lat.shape[2:])  # lowres only comes from a ladder built for this engine
-            frames = self.engine.decode(flat, lowres=True) if lowres else self.engine.decode(flat)
-            per = [frames[i * T:(i + 1) * T] for i in range(B)]
+        B = lat.shape[0]
+        # lowres only comes from a ladder built for this engine (capabilities.half_res_decode)
+        per = list(self.engine.decode_chunks(states, lat, lowres=lowres))
         t2 = self.clock()
         self._account(B, t2 - t0)
         return [ChunkResult(per[i], states[i], t0, t1, t2, B, lowres) for i in range(B)]
@@ -375,7 +431,6 @@ def _out_of_memory(exc: BaseException) -> bool:
 
 
 def _release_device_memory() -> None:
-    import sys
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available():
         torch.cuda.empty_cache()

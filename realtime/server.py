@@ -14,12 +14,23 @@ from typing import Any, Literal
 
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
+from avatarcast.realtime.auth import AuthMiddleware
+from avatarcast.realtime.avatars import avatar_names
+from avatarcast.realtime.clips import ClipRequest
 from avatarcast.realtime.hub import Hub, HubError
+from avatarcast.realtime.logs import setup_logging
+from avatarcast.realtime.origins import OriginMiddleware, parse_origins
+from avatarcast.realtime.ratelimit import RateLimitMiddleware, client_keys, retry_after
+from avatarcast.realtime.runner import SessionRunner
 from avatarcast.realtime.settings import Settings
+from avatarcast.realtime.ws import serve_socket
 
 log = logging.getLogger("avatarcast.server")
 STATIC = Path(__file__).parent / "static"
@@ -29,7 +40,8 @@ class SessionCreate(BaseModel):
     avatar: str = Field("", description="built-in name (pip, bun, tok, mo, luna, kiko), index, or random-<seed>")
     image_format: Literal["jpeg", "webp"] | None = Field(None, description="WebSocket frame format; webp keeps alpha")
     quality: int | None = Field(None, ge=1, le=100)
-    language: str | None = Field(None, description="ASR language (en, zh, ...) or auto; needs --asr-model base for non-English")
+    language: str | None = Field(None, description="what the person speaks: auto (found per utterance) "
+                                 "or a Whisper code (en, zh, ...) to force it")
 
 
 class SessionInfo(BaseModel):
@@ -82,8 +94,8 @@ class ErrorBody(BaseModel):
     message: str
 
 
-def _err(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+def _err(code: ErrorCode, message: str) -> JSONResponse:
+    return JSONResponse({"error": code.wire, "message": message}, status_code=code.status)
 
 
 def create_app(settings: Settings | None = None, hub: Hub | None = None) -> FastAPI:
@@ -92,7 +104,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        # aiortc takes ~0.7 s to import: pay it before serving, not on the loop at the first WHEP offer
+        # aiortc takes ~0.7 s to import: pay it before serving, not on the loop at the first WHEP offer (and not
+        # when this module is imported: the CLI and the tests build apps that never serve WebRTC)
         from avatarcast.realtime import webrtc
 
         task = asyncio.create_task(hub.start(), name="hub-start")
@@ -100,8 +113,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         def done(t: asyncio.Task) -> None:
             if not t.cancelled() and t.exception() is not None:
                 log.error("start-up failed: %r", t.exception())
-                hub.start_error = f"{type(t.exception()).__name__}: {t.exception()}"  # type: ignore[attr-defined]
-                on_failed = getattr(app.state, "on_start_failed", None)
+                hub.start_error = f"{type(t.exception()).__name__}: {t.exception()}"
+                on_failed = app.state.on_start_failed
                 if on_failed is not None:  # `avatarcast serve`: exit with the error, do not serve 503s forever
                     on_failed()
 
@@ -113,7 +126,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
             task.cancel()
             with contextlib.suppress(BaseException):
                 await task
-            from avatarcast.realtime import webrtc
+            from avatarcast.realtime import webrtc  # aiortc: imported at start-up above, not when this module is
             await webrtc.close_all(hub)
             await hub.close()
 
@@ -121,21 +134,21 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
                   description="A cartoon avatar that reacts, live, to what a person says. "
                               "WebSocket protocol: see realtime/protocol.py and the README.")
     app.state.hub = hub
+    app.state.on_start_failed = None  # `avatarcast serve`: stop serving when start-up fails (serve() sets it)
     errors = {400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 503: {"model": ErrorBody}}
 
-    @app.exception_handler(HubError)
-    async def hub_error(request: Request, exc: HubError) -> JSONResponse:
-        return _err(exc.status, exc.code, exc.message, {"Retry-After": exc.retry_after} if exc.retry_after else None)
+    @app.exception_handler(AvatarcastError)
+    async def avatarcast_error(request: Request, exc: AvatarcastError) -> JSONResponse:
+        return JSONResponse(exc.body(), status_code=exc.status,
+                            headers={"Retry-After": exc.retry_after} if exc.retry_after else None)
 
     def limit_sessions(scope: dict) -> None:
         """Session creations per client (realtime/ratelimit.py): HubError 429 over the limit."""
-        from avatarcast.realtime.ratelimit import client_keys, retry_after
-
         wait = hub.limits.sessions.take(client_keys(scope))
         if wait > 0:
             hub.metrics.rate_limited.labels("sessions").inc()
             hub._reject("rate_limit")
-            raise HubError(429, "rate_limited", f"too many new sessions from this client; retry in {wait:.0f} s",
+            raise HubError(ErrorCode.RATE_LIMITED, f"too many new sessions from this client; retry in {wait:.0f} s",
                            retry_after(wait))
 
     def urls(request: Request, sid: str) -> dict:
@@ -152,8 +165,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorBody}})
     async def readyz() -> Any:
         if not hub.ready.is_set():
-            err = getattr(hub, "start_error", None)
-            return _err(503, "start_failed" if err else "starting", err or "models are loading")
+            err = hub.start_error
+            return _err(ErrorCode.START_FAILED if err else ErrorCode.STARTING, err or "models are loading")
         return {"ready": True}
 
     @app.get("/v1/status", tags=["health"])
@@ -163,13 +176,10 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     @app.get("/metrics", tags=["health"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
     async def metrics() -> Response:
-        from prometheus_client import CONTENT_TYPE_LATEST
-
         return Response(hub.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/avatars", tags=["catalog"])
     async def avatars() -> dict:
-        from avatarcast.realtime.avatars import avatar_names
         return {"avatars": avatar_names(), "random": "random-<seed>"}
 
     @app.get("/v1/emotions", tags=["catalog"])
@@ -192,7 +202,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     @app.delete("/v1/sessions/{sid}", status_code=204, tags=["sessions"], responses=errors)
     async def delete_session(sid: str) -> Response:
         if not await hub.close_session(sid):
-            raise HubError(404, "no_session", f"no session {sid!r}")
+            raise HubError(ErrorCode.NO_SESSION, f"no session {sid!r}")
         return Response(status_code=204)
 
     @app.post("/v1/sessions/{sid}/clips", response_model=ClipResult, tags=["input"], responses={
@@ -202,25 +212,19 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
             "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     async def upload_clip(sid: str, request: Request) -> Any:
         """A recorded voice clip (wav, mp3, ogg/opus, webm, m4a, flac) as the raw request body."""
-        from avatarcast.realtime.audio import AudioDecodeError
-
         r = hub.get_session(sid)
         limit = hub.settings.max_clip_bytes
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            return _err(413, "too_large", f"clip is {declared} bytes; the limit is {limit}")
+            return _err(ErrorCode.TOO_LARGE, f"clip is {declared} bytes; the limit is {limit}")
         body = bytearray()
         async for part in request.stream():
             body += part
             if len(body) > limit:
-                return _err(413, "too_large", f"clip is over the {limit}-byte limit")
+                return _err(ErrorCode.TOO_LARGE, f"clip is over the {limit}-byte limit")
         if not body:
-            return _err(400, "empty", "the request body is empty; send the audio file as the body")
-        try:
-            return await r.clip(bytes(body))
-        except AudioDecodeError as exc:
-            status = {"too_long": 413, "too_large": 413, "unsupported": 415}.get(exc.reason, 422)
-            return _err(status, exc.reason, str(exc))
+            return _err(ErrorCode.EMPTY, "the request body is empty; send the audio file as the body")
+        return await r.clip(bytes(body))  # an AudioDecodeError answers with its reason's code
 
     @app.post("/v1/sessions/{sid}/say", status_code=202, tags=["input"], responses=errors)
     async def say(sid: str, body: SayRequest) -> dict:
@@ -230,7 +234,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     @app.post("/v1/sessions/{sid}/emotion", status_code=202, tags=["input"], responses=errors)
     async def emotion(sid: str, body: EmotionRequest) -> Any:
         if body.label not in hub.emotions or body.label == "listening":
-            return _err(400, "unknown_emotion", f"unknown emotion {body.label!r}; known: {', '.join(hub.emotions)}")
+            return _err(ErrorCode.UNKNOWN_EMOTION, f"unknown emotion {body.label!r}; known: {', '.join(hub.emotions)}")
         hub.get_session(sid).set_emotion(body.label, body.intensity)
         return {"label": body.label, "intensity": body.intensity}
 
@@ -250,27 +254,27 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         limit_sessions(request.scope)
         return await _offer(await hub.open_session(avatar, language=language), request, owns_session=True)
 
-    async def _offer(runner: Any, request: Request, owns_session: bool) -> Response:
-        from avatarcast.realtime import webrtc
+    async def _offer(runner: SessionRunner, request: Request, owns_session: bool) -> Response:
+        from avatarcast.realtime import webrtc  # aiortc: imported at start-up (lifespan), not when this module is
 
         sdp = (await request.body()).decode("utf-8", "replace")
         if len(sdp) > 100_000:
-            return _err(413, "too_large", "SDP offer over 100 kB")
+            return _err(ErrorCode.TOO_LARGE, "SDP offer over 100 kB")
         try:
             answer, resource = await webrtc.answer_offer(hub, runner, sdp, owns_session=owns_session)
-        except webrtc.OfferError as exc:
+        except webrtc.OfferError:
             if owns_session:
                 await hub.close_session(runner.id)
-            return _err(400, "bad_offer", str(exc))
+            raise
         return Response(answer, status_code=201, media_type="application/sdp",
                         headers={"Location": f"/v1/webrtc/{resource}", "X-Session-Id": runner.id})
 
     @app.delete("/v1/webrtc/{resource}", status_code=204, tags=["webrtc"], responses=errors)
     async def whep_delete(resource: str) -> Response:
-        from avatarcast.realtime import webrtc
+        from avatarcast.realtime import webrtc  # aiortc: imported at start-up (lifespan), not when this module is
 
         if not await webrtc.close_peer(hub, resource):
-            raise HubError(404, "no_peer", f"no WebRTC peer {resource!r}")
+            raise HubError(ErrorCode.NO_PEER, f"no WebRTC peer {resource!r}")
         return Response(status_code=204)
 
     # -- clip API --
@@ -278,14 +282,9 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     @app.post("/v1/clips", tags=["clips"], responses={**errors, 200: {"content": {
         "video/mp4": {}, "video/webm": {}}, "description": "the rendered clip"}})
     async def render_clip(body: RenderRequest) -> Any:
-        from avatarcast.realtime.clips import ClipError, ClipRequest
-
         if not hub.ready.is_set():
-            raise HubError(503, "starting", "the server is still loading its models")
-        try:
-            out = await hub.clips.render(ClipRequest(**body.model_dump()))
-        except ClipError as exc:
-            return _err(400, "bad_clip_request", str(exc))
+            raise HubError(ErrorCode.STARTING, "the server is still loading its models")
+        out = await hub.clips.render(ClipRequest(**body.model_dump()))  # a ClipError answers 400
         return FileResponse(out.path, media_type=out.media_type, headers={
             "X-Avatarcast-Emotion": out.emotion, "X-Avatarcast-Frames": str(out.frames),
             "X-Cache": "hit" if out.cached else "miss", "ETag": f'"{out.key}"'})
@@ -294,12 +293,10 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     @app.websocket("/v1/sessions/{sid}/ws")
     async def ws_attach(ws: WebSocket, sid: str) -> None:
-        from avatarcast.realtime.ws import CLOSE_POLICY, serve_socket
-
         r = hub.sessions.get(sid)
         await ws.accept()  # accept first: a close code with a reason says more than an HTTP 403
         if r is None:
-            await ws.close(CLOSE_POLICY, f"no session {sid!r}")
+            await ws.close(ErrorCode.NO_SESSION.close, f"no session {sid!r}")
             return
         await serve_socket(ws, hub, r, owns_session=False)
 
@@ -307,15 +304,13 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     async def ws_new(ws: WebSocket, avatar: str = "", image_format: str | None = None,
                      language: str | None = None, quality: int | None = None) -> None:
         """A session that lives as long as this socket."""
-        from avatarcast.realtime.ws import CLOSE_POLICY, CLOSE_TRY_LATER, serve_socket
-
         await ws.accept()
         try:
             limit_sessions(ws.scope)
             r = await hub.open_session(avatar, image_format=image_format, quality=quality, language=language)
         except HubError as exc:
-            # 503 (busy, shutting down): 1013 try again later; 429 and bad requests: 1008 policy
-            await ws.close(CLOSE_TRY_LATER if exc.status == 503 else CLOSE_POLICY, exc.message[:120])
+            # busy, shutting down: 1013 try again later; rate limits and bad requests: 1008 policy
+            await ws.close(exc.close_code, exc.message[:120])
             return
         await serve_socket(ws, hub, r, owns_session=True)
 
@@ -326,20 +321,12 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    from avatarcast.realtime.ratelimit import RateLimitMiddleware
-
     app.add_middleware(RateLimitMiddleware, hub=hub)  # inside auth: it sees the token's subject
     if settings.auth_secret:
-        from avatarcast.realtime.auth import AuthMiddleware
-
         app.add_middleware(AuthMiddleware, secret=settings.auth_secret)
-    from avatarcast.realtime.origins import OriginMiddleware, parse_origins
-
     allowed = parse_origins(settings.allowed_origins)
     app.add_middleware(OriginMiddleware, allowed=allowed)  # outside auth: a foreign page learns nothing
     if allowed:  # outermost: a preflight carries no token and must not meet auth
-        from fastapi.middleware.cors import CORSMiddleware
-
         app.add_middleware(CORSMiddleware, allow_origins=list(allowed), allow_methods=["*"],
                            allow_headers=["Authorization", "Content-Type", "X-Session-Id"],
                            expose_headers=["Location", "Retry-After"])
@@ -348,15 +335,13 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
 def serve(settings: Settings) -> None:
     """Run the server in this process until interrupted (or until start-up fails: StartupError)."""
-    from avatarcast.realtime.logs import setup_logging
-
     setup_logging(settings.log_level, settings.log_format)
     app = create_app(settings)
     hub: Hub = app.state.hub
     server = DrainingServer(uvicorn_config(app, settings), hub)
     app.state.on_start_failed = lambda: setattr(server, "should_exit", True)
     server.run()
-    err = getattr(hub, "start_error", None)
+    err = hub.start_error
     if err:
         raise StartupError(f"start-up failed: {err}")
 
@@ -371,8 +356,10 @@ def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicor
     return uvicorn.Config(app, **{**kw, **overrides})
 
 
-class StartupError(RuntimeError):
+class StartupError(AvatarcastError, RuntimeError):
     """The models could not be loaded: `avatarcast serve` exits non-zero with this message."""
+
+    code = ErrorCode.START_FAILED
 
 
 class DrainingServer(uvicorn.Server):

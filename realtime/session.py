@@ -22,227 +22,30 @@ import math
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from fractions import Fraction
+from enum import StrEnum
 
+from avatarcast.engines.errors import ErrorCode
+from avatarcast.realtime.clock import EPS, FrameClock
 from avatarcast.realtime.emotion import TEMPLATE_EMOTIONS, EmotionCue
-from avatarcast.realtime.messages import (
-    REACTION_SOURCES,
-    ChunkRequest,
-    CueDecision,
-    FrameRequest,
-    SessionEvent,
-    VideoFrame,
-)
+from avatarcast.realtime.messages import ChunkRequest, CueDecision, CueSource, FrameRequest, FrameSource, SessionEvent, VideoFrame
+from avatarcast.realtime.timeline import UtteranceTimeline
 
-STATES = ("idle", "listening", "thinking", "reacting", "closed")
-STAGES = ("decode", "vad", "asr", "emotion", "cache", "sample", "decode_frames", "encode", "send")
-CUE_SOURCES = ("asr", "text", "explicit")
+
+class SessionState(StrEnum):
+    """What the avatar is doing: idle -> listening -> thinking -> reacting -> idle; closed at the end."""
+
+    IDLE = "idle"
+    LISTENING = "listening"  # speech is going on
+    THINKING = "thinking"  # speech ended, the emotion is not known yet (listening pose)
+    REACTING = "reacting"  # a cached chunk, then sampled chunks, for the emotion's hold time
+    CLOSED = "closed"
+
+
+STATES = tuple(s.value for s in SessionState)
+CUE_SOURCES = tuple(s.value for s in CueSource)
 # a cue may replace a playing reaction only if its source ranks at least as high
-_RANK = {"asr": 0, "text": 1, "explicit": 2}
+_RANK = {CueSource.ASR: 0, CueSource.TEXT: 1, CueSource.EXPLICIT: 2}
 REACTION_EMOTIONS = tuple(e for e in TEMPLATE_EMOTIONS if e != "listening")
-_EPS = 1e-9
-
-
-# --- frame clock ---------------------------------------------------------------------------
-
-
-class FrameClock:
-    """pts <-> time at a fixed rate; frame k is due at t0 + k/fps, computed, never accumulated."""
-
-    def __init__(self, t0: float, fps: int = 8, late_tolerance_s: float | None = None) -> None:
-        if fps <= 0:
-            raise ValueError(f"fps must be > 0, got {fps}")
-        self.t0 = float(t0)
-        self.fps = int(fps)
-        self.time_base = Fraction(1, self.fps)
-        self.late_tolerance_s = 0.5 / self.fps if late_tolerance_s is None else float(late_tolerance_s)
-        self._next = 0  # first index not yet handed out by due()
-        self.dropped = 0  # frames skipped because due() was called too late for them
-        self.late_sent = 0  # frames sent more than late_tolerance_s after their due time
-        self.max_late_s = 0.0
-        self._unreported: tuple[int, int] | None = None  # (first dropped index, count) since take_late()
-
-    def time_of(self, index: int) -> float:
-        return self.t0 + index / self.fps
-
-    def pts_of(self, index: int) -> int:
-        return index  # pts counts frames in 1/fps units from the stream start
-
-    def index_at(self, now: float) -> int:
-        """The newest frame index due at `now` (-1 before t0)."""
-        return math.floor((now - self.t0) * self.fps + _EPS)
-
-    @property
-    def next_index(self) -> int:
-        """The first frame index due() has not handed out yet."""
-        return self._next
-
-    def upcoming(self, now: float) -> int:
-        """The index the next due() call will hand out (a new state shows from this frame)."""
-        return max(self._next, self.index_at(now))
-
-    def due(self, now: float) -> list[int]:
-        """Frame indices to send now: at most one (the newest due); older missed ones are dropped."""
-        k = self.index_at(now)
-        if k < self._next:
-            return []
-        missed = k - self._next
-        if missed:
-            self.dropped += missed
-            first = self._next if self._unreported is None else self._unreported[0]
-            count = missed + (0 if self._unreported is None else self._unreported[1])
-            self._unreported = (first, count)
-        self._next = k + 1
-        return [k]
-
-    def pull_in(self, now: float, min_interval_s: float) -> bool:
-        """Make the next frame due `now`, or `min_interval_s` after the previous one if that is later
-        (shifting every later frame by the same amount), when that is sooner than its tick.
-
-        Used when something visible must happen at once (speech onset, a reaction starting): the
-        client sees it up to one frame sooner, and no interval gets longer than 1/fps.
-        """
-        k = self._next
-        target = now if k == 0 else max(now, self.time_of(k - 1) + min_interval_s)
-        if target >= self.time_of(k) - _EPS:
-            return False
-        self.t0 = target - k / self.fps
-        return True
-
-    def report_sent(self, index: int, now: float) -> float:
-        """Record that frame `index` went out at `now`; returns how late it was (s, >= 0)."""
-        late = max(0.0, now - self.time_of(index))
-        self.max_late_s = max(self.max_late_s, late)
-        if late > self.late_tolerance_s + _EPS:
-            self.late_sent += 1
-        return late
-
-    def take_late(self) -> tuple[int, int] | None:
-        """(first dropped index, count) since the last call, or None."""
-        r, self._unreported = self._unreported, None
-        return r
-
-
-# --- utterance timeline --------------------------------------------------------------------
-
-
-def _ms(x: float | None) -> float | None:
-    return None if x is None else round(x * 1000.0, 3)
-
-
-class UtteranceTimeline:
-    """Stage stamps of one input turn, and TTFF/TTER once its frames are marked sent.
-
-    The origin is the end of speech (live audio) or the moment the clip / text / explicit emotion
-    arrived. A decision by a partial transcript is provisional: the report waits for the final's
-    cue (or for the turn to be finished) so TTER measures the emotion that was finally inferred.
-    """
-
-    def __init__(self, utterance: int, kind: str, origin: float | None = None) -> None:
-        self.utterance = utterance
-        self.kind = kind  # "speech" | "clip" | "say" | "explicit"
-        self.origin = origin
-        self.onset: float | None = None
-        self.stamps: dict[str, tuple[float | None, float]] = {}
-        self.emotion: str | None = None  # latest decided label
-        self.decided_by: str | None = None
-        self.first_decided_by: str | None = None
-        self.first_frame_t: float | None = None
-        self.first_frame_source: str | None = None
-        self.emotion_frame_t: dict[str, float] = {}  # first send time per label (<= len(REACTION_EMOTIONS))
-        self.reported = False
-
-    def stamp(self, stage: str, end: float, start: float | None = None, *, keep: bool = False) -> None:
-        """Stage `stage` finished at `end` (started at `start`, or when the stage before it ended)."""
-        if stage not in STAGES:
-            raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
-        if keep and stage in self.stamps:
-            return
-        self.stamps[stage] = (start, end)
-
-    def decide(self, label: str, decided_by: str) -> None:
-        self.emotion = label
-        self.decided_by = decided_by
-        if self.first_decided_by is None:
-            self.first_decided_by = decided_by
-
-    @property
-    def settled(self) -> bool:
-        """True once the decision cannot be revised by a later cue of this turn."""
-        return self.decided_by is not None and self.decided_by != "partial"
-
-    @property
-    def ttff_s(self) -> float | None:
-        if self.first_frame_t is None or self.origin is None:
-            return None
-        return self.first_frame_t - self.origin
-
-    @property
-    def tter_s(self) -> float | None:
-        if self.emotion is None or self.origin is None:
-            return None
-        t = self.emotion_frame_t.get(self.emotion)
-        return None if t is None else t - self.origin
-
-    def on_frame_sent(self, frame: VideoFrame | FrameRequest, now: float) -> SessionEvent | None:
-        """Note a sent frame; returns the latency event when this turn's TTER becomes known."""
-        if self.reported or frame.utterance != self.utterance:
-            return None
-        counts = frame.source in REACTION_SOURCES or (frame.source == "idle" and self.emotion == "idle")
-        if not counts:
-            return None
-        if self.first_frame_t is None:
-            self.first_frame_t = now
-            self.first_frame_source = frame.source
-            for stage, (start, end) in (getattr(frame, "stamps", None) or {}).items():
-                if stage in STAGES:
-                    self.stamp(stage, end, start, keep=True)
-            self.stamp("send", now, keep=True)
-        self.emotion_frame_t.setdefault(frame.emotion, now)
-        return self.maybe_report(now)
-
-    def maybe_report(self, now: float) -> SessionEvent | None:
-        if not self.reported and self.settled and self.tter_s is not None:
-            return self.report(now)
-        return None
-
-    def report(self, now: float) -> SessionEvent | None:
-        """The latency event (once); None if it was already reported."""
-        if self.reported:
-            return None
-        self.reported = True
-        return SessionEvent("latency", self.payload(), now)
-
-    def payload(self) -> dict:
-        stages_ms: dict[str, float] = {}
-        at_ms: dict[str, float] = {}
-        prev_end = self.origin
-        for stage in STAGES:
-            if stage not in self.stamps:
-                continue
-            start, end = self.stamps[stage]
-            if start is None:
-                start = prev_end if prev_end is not None and prev_end <= end else end
-            stages_ms[stage] = _ms(end - start)
-            if self.origin is not None:
-                at_ms[stage] = _ms(end - self.origin)
-            prev_end = end if prev_end is None else max(prev_end, end)
-        return {
-            "utterance": self.utterance,
-            "kind": self.kind,
-            "origin_t": self.origin,
-            "ttff_ms": _ms(self.ttff_s),
-            "tter_ms": _ms(self.tter_s),
-            "emotion": self.emotion,
-            "decided_by": self.decided_by,
-            "first_decided_by": self.first_decided_by,
-            "first_frame_source": self.first_frame_source,
-            "stages_ms": stages_ms,  # how long each stage took
-            "at_ms": at_ms,  # when each stage finished, from the origin (negative: before it)
-        }
-
-
-# --- session -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -278,7 +81,7 @@ class SessionConfig:
         hold = self.hold_s.get(emotion, self.default_hold_s)
         if hold <= 0:
             hold = self.default_hold_s
-        return max(1, math.ceil(hold * self.fps / self.chunk_frames - _EPS))
+        return max(1, math.ceil(hold * self.fps / self.chunk_frames - EPS))
 
     def has_cache(self, emotion: str) -> bool:
         return self.cached_emotions is None or emotion in self.cached_emotions
@@ -292,7 +95,7 @@ class _Segment:
     emotion: str
     intensity: float
     from_cache: bool
-    source: str
+    source: CueSource
     utterance: int
 
 
@@ -333,7 +136,7 @@ class Session:
         self.config = config or SessionConfig()
         self.session_id = session_id
         self.clock = FrameClock(t0, self.config.fps, self.config.late_tolerance_s)
-        self._state = "idle"
+        self._state = SessionState.IDLE
         self._state_since = float(t0)
         self._events: deque[SessionEvent] = deque(maxlen=self.config.max_events)
         self._chunks: deque[ChunkRequest] = deque(maxlen=self.config.max_chunk_requests)
@@ -354,12 +157,12 @@ class Session:
     # -- read-only views --
 
     @property
-    def state(self) -> str:
+    def state(self) -> SessionState:
         return self._state
 
     @property
     def closed(self) -> bool:
-        return self._state == "closed"
+        return self._state == SessionState.CLOSED
 
     @property
     def utterance(self) -> int | None:
@@ -392,7 +195,7 @@ class Session:
     def is_current(self, req: ChunkRequest) -> bool:
         """Whether a chunk request is still wanted (not superseded by a switch, barge-in or the end)."""
         r = self._reaction
-        if r is None or self._state != "reacting" or req.reaction != r.id:
+        if r is None or self._state != SessionState.REACTING or req.reaction != r.id:
             return False
         return r.playing <= req.chunk < r.end_chunk and r.revisions.get(req.chunk, 0) == req.revision
 
@@ -401,7 +204,7 @@ class Session:
         newer revision (an emotion switch) replaced it. Unlike is_current, a chunk whose time slot
         has passed stays wanted: a transport may play it late rather than skip it."""
         r = self._reaction
-        if r is None or self._state != "reacting" or req.reaction != r.id or req.chunk >= r.end_chunk:
+        if r is None or self._state != SessionState.REACTING or req.reaction != r.id or req.chunk >= r.end_chunk:
             return False
         return r.revisions.get(req.chunk, req.revision) == req.revision
 
@@ -427,17 +230,17 @@ class Session:
         self._partial_text = ""
         self._stop_reaction(now)
         self._pull_in(now)
-        self._set_state("listening", now)
+        self._set_state(SessionState.LISTENING, now)
         return turn.id
 
-    def on_partial(self, text: str, now: float, *, utterance: int | None = None) -> None:
+    def on_partial(self, text: str, now: float, *, utterance: int | None = None, language: str | None = None) -> None:
         if self.closed:
             return
         turn = self._speech_turn(utterance, now, implicit=utterance is None)
         if turn is None or turn.final:
             return  # stale: that turn already has its final
         self._partial_text = text
-        self._emit("transcript_partial", {"text": text, "utterance": turn.id}, now)
+        self._emit("transcript_partial", {"text": text, "utterance": turn.id, "language": language}, now)
 
     def on_speech_end(self, now: float, *, utterance: int | None = None, at: float | None = None) -> None:
         """The VAD's endpoint, decided at `now`; `at` is when the speech really ended (its audio's
@@ -461,7 +264,8 @@ class Session:
         self._end_speech(turn, now, implied=False, at=at)
         return True
 
-    def on_final(self, text: str, now: float, *, utterance: int | None = None) -> None:
+    def on_final(self, text: str, now: float, *, utterance: int | None = None, language: str | None = None) -> None:
+        """The utterance's transcript; `language` is the one ASR heard (None: unknown, e.g. no audio)."""
         if self.closed:
             return
         turn = self._speech_turn(utterance, now, implicit=utterance is None)
@@ -472,27 +276,29 @@ class Session:
         turn.final = True
         turn.timeline.stamp("asr", now, keep=True)
         self._partial_text = ""
-        self._emit("transcript_final", {"text": text, "utterance": turn.id, "source": turn.kind}, now)
+        self._emit("transcript_final", {"text": text, "utterance": turn.id, "source": turn.kind, "language": language},
+                   now)
 
-    def on_cue(self, cue: EmotionCue, now: float, source: str = "asr", *, utterance: int | None = None,
+    def on_cue(self, cue: EmotionCue, now: float, source: str = CueSource.ASR, *, utterance: int | None = None,
                decided_by: str | None = None) -> None:
         """An emotion cue. asr: for the latest speech turn (decided_by partial until its final arrived);
         text: for the pending say; explicit: overrides everything."""
         if self.closed:
             return
         if source not in CUE_SOURCES:
-            self._error("bad_cue_source", f"cue source must be one of {CUE_SOURCES}, got {source!r}", now)
+            self._error(ErrorCode.BAD_CUE_SOURCE, f"cue source must be one of {CUE_SOURCES}, got {source!r}", now)
             return
+        source = CueSource(source)
         if cue.label not in REACTION_EMOTIONS:
-            self._error("unknown_emotion", f"no template for emotion {cue.label!r}", now)
+            self._error(ErrorCode.UNKNOWN_EMOTION, f"no template for emotion {cue.label!r}", now)
             return
-        if source == "asr":
+        if source == CueSource.ASR:
             turn = self._turns.get(self._speech) if self._speech is not None else None
             if turn is None or (utterance is not None and utterance != turn.id):
-                self._error("stale_cue", "asr cue for no current utterance; ignored", now, utterance=utterance)
+                self._error(ErrorCode.STALE_CUE, "asr cue for no current utterance; ignored", now, utterance=utterance)
                 return
             decided_by = decided_by or ("final" if turn.final else "partial")
-        elif source == "text":
+        elif source == CueSource.TEXT:
             turn = self._turns.get(self._say) if self._say is not None else None
             if turn is None:
                 turn = self._new_turn("say", now, now)
@@ -501,8 +307,8 @@ class Session:
         else:
             turn = self._new_turn("explicit", now, now)
             decided_by = "explicit"
-        if source == "asr" and turn.timeline.reported:
-            self._error("stale_cue", "asr cue for a finished utterance; ignored", now, utterance=turn.id)
+        if source == CueSource.ASR and turn.timeline.reported:
+            self._error(ErrorCode.STALE_CUE, "asr cue for a finished utterance; ignored", now, utterance=turn.id)
             return
         self._decide(CueDecision(cue, now, source, decided_by, turn.id), turn, now)
 
@@ -511,10 +317,10 @@ class Session:
         x = float(intensity)
         if not math.isfinite(x):
             if not self.closed:
-                self._error("bad_intensity", f"intensity must be a number in 0..1, got {intensity!r}", now)
+                self._error(ErrorCode.BAD_INTENSITY, f"intensity must be a number in 0..1, got {intensity!r}", now)
             return
         x = min(max(x, 0.0), 1.0)
-        self.on_cue(EmotionCue(label, x, 1.0, {label: 1.0}), now, "explicit")
+        self.on_cue(EmotionCue(label, x, 1.0, {label: 1.0}), now, CueSource.EXPLICIT)
 
     def on_say(self, text: str, now: float) -> int | None:
         """Text for the avatar (a chat reply); its cue follows through on_cue(source="text")."""
@@ -523,8 +329,8 @@ class Session:
         turn = self._new_turn("say", now, now)
         self._say = turn.id
         self._emit("transcript_final", {"text": text, "utterance": turn.id, "source": "say"}, now)
-        if self._state == "idle":
-            self._set_state("thinking", now)
+        if self._state == SessionState.IDLE:
+            self._set_state(SessionState.THINKING, now)
         return turn.id
 
     def on_clip_received(self, now: float) -> int | None:
@@ -538,7 +344,7 @@ class Session:
         self._speech = turn.id
         self._clip_pending = turn.id
         self._stop_reaction(now)
-        self._set_state("thinking", now)
+        self._set_state(SessionState.THINKING, now)
         return turn.id
 
     def on_close(self, now: float) -> None:
@@ -547,13 +353,13 @@ class Session:
         for turn in list(self._turns.values()):
             self._finish_turn(turn, now)
         self._reaction = None
-        self._set_state("closed", now)
+        self._set_state(SessionState.CLOSED, now)
 
-    def abort_reaction(self, reaction: int, code: str, message: str, now: float) -> bool:
+    def abort_reaction(self, reaction: int, code: ErrorCode, message: str, now: float) -> bool:
         """The engine could not make this reaction's frames: back to the idle (or listening) loop from
         the next frame, with an error event. False if that reaction is no longer playing."""
         r = self._reaction
-        if self.closed or r is None or r.id != reaction or self._state != "reacting":
+        if self.closed or r is None or r.id != reaction or self._state != SessionState.REACTING:
             return False
         self._error(code, message, now, reaction=reaction)
         self._end_reaction(now)
@@ -574,32 +380,34 @@ class Session:
         t = self.clock.time_of(frame_index)
         pts = self.clock.pts_of(frame_index)
         st = self._state
-        if st in ("listening", "thinking"):
-            return FrameRequest(frame_index, pts, t, "listening", c.listening_intensity, "listening", self._speech)
+        if st in (SessionState.LISTENING, SessionState.THINKING):
+            return FrameRequest(frame_index, pts, t, "listening", c.listening_intensity, FrameSource.LISTENING,
+                                self._speech)
         r = self._reaction
-        if st == "reacting" and r is not None:
+        if st == SessionState.REACTING and r is not None:
             off = frame_index - r.start_frame
             chunk = off // c.chunk_frames if off >= 0 else 0
             if off >= 0 and chunk < r.end_chunk:
                 seg = r.segment(chunk)
-                source = "cache" if (seg.from_cache and chunk == seg.start_chunk) else "sampler"
+                source = FrameSource.CACHE if (seg.from_cache and chunk == seg.start_chunk) else FrameSource.SAMPLER
                 return FrameRequest(frame_index, pts, t, seg.emotion, seg.intensity, source, seg.utterance,
                                     r.id, chunk, off % c.chunk_frames)
             if off < 0:
-                return FrameRequest(frame_index, pts, t, "listening", c.listening_intensity, "listening", self._speech)
-        return FrameRequest(frame_index, pts, t, "idle", c.idle_intensity, "idle", self._idle_turn)
+                return FrameRequest(frame_index, pts, t, "listening", c.listening_intensity, FrameSource.LISTENING,
+                                    self._speech)
+        return FrameRequest(frame_index, pts, t, "idle", c.idle_intensity, FrameSource.IDLE, self._idle_turn)
 
     def plan(self, now: float) -> list[FrameRequest]:
         """The frames due at `now` (at most one); advances hold timers and the chunk queue."""
         if self.closed:
             return []
-        if self._state == "thinking" and now - self._state_since > self.config.thinking_timeout_s:
+        if self._state == SessionState.THINKING and now - self._state_since > self.config.thinking_timeout_s:
             self._thinking_timeout(now)
         out = []
         for k in self.clock.due(now):
             req = self.next_frame_source(k)
             r = self._reaction
-            if self._state == "reacting" and r is not None:
+            if self._state == SessionState.REACTING and r is not None:
                 if req.is_reaction:
                     if req.chunk != r.playing:
                         r.playing = req.chunk
@@ -641,9 +449,8 @@ class Session:
         while len(self._turns) > self.config.max_timelines:
             _, old = self._turns.popitem(last=False)
             self._report(old.timeline, now)
-            for attr in ("_speech", "_say", "_clip_pending", "_idle_turn"):
-                if getattr(self, attr) == old.id:
-                    setattr(self, attr, None)
+            self._speech, self._say, self._clip_pending, self._idle_turn = (
+                None if key == old.id else key for key in (self._speech, self._say, self._clip_pending, self._idle_turn))
         return turn
 
     def _speech_turn(self, utterance: int | None, now: float, implicit: bool) -> _Turn | None:
@@ -669,13 +476,13 @@ class Session:
             # live speech: TTFF/TTER count from the end of speech
             turn.timeline.origin = now if at is None else min(at, now)
         turn.timeline.stamp("vad", now, now if turn.timeline.onset is None else None, keep=True)
-        if self._state != "listening":
+        if self._state != SessionState.LISTENING:
             return  # an override reaction is playing: it goes on
         if turn.early_cue is not None:
             cue, turn.early_cue = turn.early_cue, None
             self._start_or_switch(cue, turn, now)
         else:
-            self._set_state("thinking", now, implied_end=implied)
+            self._set_state(SessionState.THINKING, now, implied_end=implied)
 
     def _finish_turn(self, turn: _Turn, now: float) -> None:
         turn.speech_open = False
@@ -714,15 +521,15 @@ class Session:
         if d.decided_by == "partial" and d.cue.confidence < self.config.partial_min_confidence:
             return False, "partial_not_confident"
         st = self._state
-        if st == "listening" and d.source == "asr" and turn.speech_open:
+        if st == SessionState.LISTENING and d.source == CueSource.ASR and turn.speech_open:
             turn.early_cue = d  # decided early; shown the moment speech ends
             turn.timeline.decide(d.cue.label, d.decided_by)
             return True, "at_speech_end"
-        if st == "reacting" and self._reaction is not None:
+        if st == SessionState.REACTING and self._reaction is not None:
             playing = self._reaction.segments[-1]
             if _RANK[d.source] < _RANK[playing.source]:
                 return False, f"overridden_by_{playing.source}"
-        if d.cue.label == "idle" and st not in ("thinking", "reacting"):
+        if d.cue.label == "idle" and st not in (SessionState.THINKING, SessionState.REACTING):
             turn.timeline.decide("idle", d.decided_by)
             return True, "already_calm"
         self._start_or_switch(d, turn, now)
@@ -735,18 +542,18 @@ class Session:
         tl = turn.timeline
         tl.decide(label, d.decided_by)
         r = self._reaction
-        if self._state != "reacting" or r is None:
+        if self._state != SessionState.REACTING or r is None:
             if label == "idle":
                 self._idle_turn = turn.id
                 self._reaction = None
-                self._set_state("idle", now, utterance=turn.id)
+                self._set_state(SessionState.IDLE, now, utterance=turn.id)
             else:
                 self._reaction_count += 1
                 seg = _Segment(0, label, intensity, c.has_cache(label), d.source, turn.id)
                 self._pull_in(now)
                 r = _Reaction(self._reaction_count, self.clock.upcoming(now), c.hold_chunks(label), [seg])
                 self._reaction = r
-                self._set_state("reacting", now, utterance=turn.id, emotion=label)
+                self._set_state(SessionState.REACTING, now, utterance=turn.id, emotion=label)
                 self._fill_chunks(r, now)
             return
         # mid-stream: switch at the next chunk boundary, never inside a chunk
@@ -770,8 +577,9 @@ class Session:
             r.next_request = min(r.next_request, boundary)  # re-issue queued chunks with the new emotion
             self._prune(r)
             self._fill_chunks(r, now)
-            self._emit("state_changed", {"from": "reacting", "to": "reacting", "utterance": turn.id,
-                                         "emotion": label, "from_frame": r.start_frame + boundary * c.chunk_frames}, now)
+            self._emit("state_changed", {"from": SessionState.REACTING, "to": SessionState.REACTING,
+                                         "utterance": turn.id, "emotion": label,
+                                         "from_frame": r.start_frame + boundary * c.chunk_frames}, now)
 
     def _maybe_report(self, tl: UtteranceTimeline, now: float) -> None:
         ev = tl.maybe_report(now)
@@ -792,9 +600,9 @@ class Session:
             r.revisions[k] = rev
             first = r.start_frame + k * c.chunk_frames
             prev = None if (cache or k == 0) else k - 1
+            source = FrameSource.CACHE if cache else FrameSource.SAMPLER
             self._chunks.append(ChunkRequest(now, r.id, k, rev, first, c.chunk_frames, self.clock.time_of(first),
-                                             seg.emotion, seg.intensity, "cache" if cache else "sampler", prev,
-                                             seg.utterance))
+                                             seg.emotion, seg.intensity, source, prev, seg.utterance))
             r.next_request += 1
             if not cache:
                 queued += 1
@@ -825,25 +633,25 @@ class Session:
     def _end_reaction(self, now: float, from_frame: int | None = None) -> None:
         self._stop_reaction(now)
         cur = self._turns.get(self._speech) if self._speech is not None else None
-        self._set_state("listening" if cur is not None and cur.speech_open else "idle", now, from_frame=from_frame)
+        state = SessionState.LISTENING if cur is not None and cur.speech_open else SessionState.IDLE
+        self._set_state(state, now, from_frame=from_frame)
 
     def _thinking_timeout(self, now: float) -> None:
-        self._error("no_cue", f"no emotion cue within {self.config.thinking_timeout_s:g} s; back to idle", now,
+        self._error(ErrorCode.NO_CUE, f"no emotion cue within {self.config.thinking_timeout_s:g} s; back to idle", now,
                     utterance=self._speech)
-        for attr in ("_speech", "_say"):
-            key = getattr(self, attr)
+        for key in (self._speech, self._say):
             if key is not None and key in self._turns:
                 self._finish_turn(self._turns[key], now)
         self._say = None
-        self._set_state("idle", now)
+        self._set_state(SessionState.IDLE, now)
 
     # -- internals: state and events --
 
-    def _set_state(self, state: str, now: float, from_frame: int | None = None, **extra: object) -> None:
+    def _set_state(self, state: SessionState, now: float, from_frame: int | None = None, **extra: object) -> None:
         if state == self._state:
             return
         prev, self._state, self._state_since = self._state, state, now
-        if state not in ("idle", "closed"):
+        if state not in (SessionState.IDLE, SessionState.CLOSED):
             self._idle_turn = None
         # from_frame: the first frame index that shows the new state
         first = self.clock.upcoming(now) if from_frame is None else from_frame
@@ -851,8 +659,8 @@ class Session:
         payload.update(extra)
         self._emit("state_changed", payload, now)
 
-    def _error(self, code: str, message: str, now: float, **extra: object) -> None:
-        self._emit("error", {"code": code, "message": message, "fatal": False, **extra}, now)
+    def _error(self, code: ErrorCode, message: str, now: float, **extra: object) -> None:
+        self._emit("error", {"code": str(code), "message": message, "fatal": False, **extra}, now)
 
     def _emit(self, type_: str, payload: dict, now: float) -> None:
         self._push(SessionEvent(type_, payload, now))

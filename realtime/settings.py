@@ -60,8 +60,10 @@ class Settings:
     port: int = 8080
     log_level: str = "info"
     log_format: str = "text"  # text | json (one object per line, with the session id as a field)
-    asr_model: str = "tiny.en"  # tiny.en | base (multilingual) | a CTranslate2 model directory
-    language: str = ""  # empty: the model's default (en for tiny.en, detected for base)
+    asr_model: str = "base"  # base (multilingual) | tiny.en (English only) | a CTranslate2 model directory
+    language: str = ""  # empty or auto: detected per utterance (en for tiny.en); a session may set its own
+    asr_languages: str = "en,zh"  # what detection chooses among (comma list of Whisper codes); empty: any
+    asr_device: str = "cpu"  # cpu | cuda: where Whisper runs (CTranslate2)
     avatars: str = "pip"  # comma list warmed (loops + latents cache) at start-up
     precompute: int = 1  # 1: fill the latents cache of the start-up avatars before serving
     cache_dir: str = ""  # latents cache; empty = ~/.cache/avatarcast/latents
@@ -152,6 +154,8 @@ class Settings:
             raise ValueError(f"steps must be 1..64, got {self.steps}")
         if self.threads < 0:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
+        if self.asr_device not in ("cpu", "cuda"):
+            raise ValueError(f"asr_device must be cpu or cuda, got {self.asr_device!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.log_format not in ("text", "json"):
@@ -245,6 +249,11 @@ class Settings:
             raise ValueError(f"wan_shift must be > 0, got {self.wan_shift}")
         self.wan_schedule()
         inspect_checkpoint(self.checkpoint)
+
+    @staticmethod
+    def language_list(text: str) -> tuple[str, ...]:
+        """'en, zh' -> ('en', 'zh')."""
+        return tuple(x.strip() for x in text.split(",") if x.strip())
 
     def avatar_list(self) -> list[str]:
         return [a.strip() for a in self.avatars.split(",") if a.strip()]

@@ -41,11 +41,15 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc import sdp as aiosdp
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
+from avatarcast.realtime.commands import error_event, handle_command
+from avatarcast.realtime.hub import Hub
 from avatarcast.realtime.protocol import TAG_PCM
-from avatarcast.realtime.ws import _error, handle_command
-from tools.render_clip import composite
+from avatarcast.realtime.runner import OutFrame, SessionRunner
+from avatarcast.realtime.video import composite
 
 log = logging.getLogger("avatarcast.webrtc")
 
@@ -63,8 +67,10 @@ CODEC_ORDER = ("video/vp8", "video/h264")
 MAX_PEERS_PER_SESSION = 4  # viewers of one avatar stream; each costs a video encoder
 
 
-class OfferError(ValueError):
-    """A bad SDP offer (400)."""
+class OfferError(AvatarcastError, ValueError):
+    """A bad SDP offer."""
+
+    code = ErrorCode.BAD_OFFER
 
 
 # -- video --
@@ -87,7 +93,7 @@ class AvatarVideoTrack(MediaStreamTrack):
     def __init__(self, peer: Peer) -> None:
         super().__init__()
         self._peer = peer
-        self._frame: Any = None  # newest OutFrame not yet sent
+        self._frame: OutFrame | None = None  # newest frame not yet sent
         self._wake = asyncio.Event()
         self._last_index = -1
         self.frames_sent = 0
@@ -95,7 +101,7 @@ class AvatarVideoTrack(MediaStreamTrack):
 
     # sink side (called by the runner's frame loop; never blocks)
 
-    def offer_frame(self, frame: Any) -> None:
+    def offer_frame(self, frame: OutFrame) -> None:
         if self._frame is not None:
             self.frames_dropped += 1  # the encoder has not taken the previous one: stale now
         self._frame = frame
@@ -131,13 +137,14 @@ class AvatarVideoTrack(MediaStreamTrack):
 
 
 class Peer:
-    def __init__(self, hub: Any, runner: Any, pc: RTCPeerConnection, resource: str, owns_session: bool) -> None:
+    def __init__(self, hub: Hub, runner: SessionRunner, pc: RTCPeerConnection, resource: str,
+                 owns_session: bool) -> None:
         self.hub = hub
         self.runner = runner
         self.pc = pc
         self.resource = resource
         self.owns_session = owns_session
-        self.pool = getattr(hub, "encode_pool", None)
+        self.pool = hub.pools.encode
         self.track = AvatarVideoTrack(self)
         self.channels: list[RTCDataChannel] = []
         self.pending: deque[str] = deque(maxlen=MAX_PENDING_EVENTS)
@@ -202,14 +209,14 @@ class Peer:
             max_bytes = self.hub.settings.max_message_bytes
             if isinstance(msg, str):
                 if len(msg) > max_bytes:
-                    self.send_event(_error("too_big", f"message over {max_bytes} bytes"))
+                    self.send_event(error_event(ErrorCode.TOO_BIG, f"message over {max_bytes} bytes"))
                     return
                 self.spawn(handle_command(msg, self.runner, self.track, self._spawn_input), name="dc-command")
             elif bytes(msg[:4]) == TAG_PCM and len(msg) % 2 == 0:
                 self._spawn_input(self.runner.pcm(np.frombuffer(bytes(msg[4:]), dtype="<i2").copy()))
             else:
-                self.send_event(_error("bad_binary", "binary data channel messages are b'PCM1' + int16 samples; "
-                                                     "send the microphone as an audio track"))
+                self.send_event(error_event(ErrorCode.BAD_BINARY, "binary data channel messages are b'PCM1' + int16 "
+                                            "samples; send the microphone as an audio track"))
 
         if ch.readyState == "open":
             self._flush_pending()
@@ -295,18 +302,10 @@ class Peer:
 # -- registry and the public calls --
 
 
-def _peers(hub: Any) -> dict[str, Peer]:
-    peers = getattr(hub, "peers", None)
-    if peers is None:
-        peers = {}
-        hub.peers = peers
-    return peers
-
-
 _closers: set[asyncio.Task] = set()
 
 
-def _schedule_close(hub: Any, resource: str) -> None:
+def _schedule_close(hub: Hub, resource: str) -> None:
     """close_peer from a callback (state change, watcher): a task of its own, kept alive until done."""
     t = asyncio.create_task(close_peer(hub, resource), name=f"webrtc-close-{resource}")
     _closers.add(t)
@@ -332,12 +331,12 @@ def _check_sdp(sdp: str) -> None:
         raise OfferError("the body is not an SDP offer (it must start with 'v=0' and have m= lines)")
 
 
-async def answer_offer(hub: Any, runner: Any, sdp: str, *, owns_session: bool) -> tuple[str, str]:
+async def answer_offer(hub: Hub, runner: SessionRunner, sdp: str, *, owns_session: bool) -> tuple[str, str]:
     """Answer a WHEP-style offer for `runner`'s session: (answer SDP with all candidates, resource id)."""
     _check_sdp(sdp)
     if runner.closed.is_set():
         raise OfferError("the session is closed")
-    if sum(1 for p in _peers(hub).values() if p.runner is runner) >= MAX_PEERS_PER_SESSION:
+    if sum(1 for p in hub.peers.values() if p.runner is runner) >= MAX_PEERS_PER_SESSION:
         raise OfferError(f"this session already has {MAX_PEERS_PER_SESSION} WebRTC peers")
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only: loopback/LAN
     resource = secrets.token_urlsafe(12)
@@ -393,7 +392,7 @@ async def answer_offer(hub: Any, runner: Any, sdp: str, *, owns_session: bool) -
         if isinstance(exc, OfferError):
             log.info("session %s: bad offer: %s", runner.id, exc)
         raise
-    _peers(hub)[resource] = peer
+    hub.peers[resource] = peer
     runner.attach(peer.track)
     peer.spawn(peer.watch(), name=f"webrtc-watch-{resource}")
     if pc.connectionState in ("failed", "closed"):  # it ended before it was registered
@@ -405,8 +404,6 @@ async def answer_offer(hub: Any, runner: Any, sdp: str, *, owns_session: bool) -
 
 def _direction(sdp: str, mid: str) -> str | None:
     """The direction of the m-line with this mid in an SDP."""
-    from aiortc import sdp as aiosdp
-
     for m in aiosdp.SessionDescription.parse(sdp).media:
         if m.rtp.muxId == mid:
             return m.direction
@@ -418,16 +415,16 @@ def _codec_name(transceiver: Any) -> str:
     return codecs[0].mimeType if codecs else "?"
 
 
-async def close_peer(hub: Any, resource: str) -> bool:
+async def close_peer(hub: Hub, resource: str) -> bool:
     """End one peer (and its session if it owns it); False if there is no such peer."""
-    peer = _peers(hub).pop(resource, None)
+    peer = hub.peers.pop(resource, None)
     if peer is None:
         return False
     await peer.close()
     return True
 
 
-async def close_all(hub: Any) -> None:
+async def close_all(hub: Hub) -> None:
     """Shutdown: end every peer."""
-    peers = _peers(hub)
+    peers = hub.peers
     await asyncio.gather(*(close_peer(hub, r) for r in list(peers)), return_exceptions=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
@@ -18,17 +17,15 @@ from typing import Any
 import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from avatarcast.realtime.messages import SessionEvent
+from avatarcast.engines.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, ErrorCode
+from avatarcast.realtime.audio import AudioDecodeError
+from avatarcast.realtime.commands import error_event, event, handle_command
+from avatarcast.realtime.hub import Hub
 from avatarcast.realtime.protocol import TAG_CLIP, TAG_PCM, pack_frame
+from avatarcast.realtime.ratelimit import FloodGuard, client_keys
+from avatarcast.realtime.runner import OutFrame, SessionRunner
 
 log = logging.getLogger("avatarcast.ws")
-
-CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001  # the server is shutting down
-CLOSE_POLICY = 1008  # bad input
-CLOSE_TOO_BIG = 1009
-CLOSE_INTERNAL = 1011
-CLOSE_TRY_LATER = 1013
 
 
 class WebSocketSink:
@@ -37,14 +34,14 @@ class WebSocketSink:
     def __init__(self, ws: WebSocket, image_format: str, max_events: int = 256) -> None:
         self.ws = ws
         self.image_format = image_format
-        self._frame = None
+        self._frame: OutFrame | None = None
         self._events: deque[str] = deque(maxlen=max_events)
         self._wake = asyncio.Event()
         self.frames_sent = 0
         self.frames_dropped = 0
         self.events_dropped = 0
 
-    def offer_frame(self, frame: Any) -> None:
+    def offer_frame(self, frame: OutFrame) -> None:
         if self._frame is not None:
             self.frames_dropped += 1  # the reader has not taken the previous one: it is stale now
         self._frame = frame
@@ -78,16 +75,7 @@ class WebSocketSink:
                 self.frames_sent += 1
 
 
-def _event(type_: str, payload: dict) -> str:
-    """A transport-level event in the same JSON form as the session's own (SessionEvent)."""
-    return SessionEvent(type_, payload, time.monotonic()).to_json()
-
-
-def _error(code: str, message: str, **extra: Any) -> str:
-    return _event("error", {"code": code, "message": message, "fatal": False, **extra})
-
-
-async def serve_socket(ws: WebSocket, hub: Any, runner: Any, *, owns_session: bool) -> None:
+async def serve_socket(ws: WebSocket, hub: Hub, runner: SessionRunner, *, owns_session: bool) -> None:
     """Run one accepted socket against a session until either side goes away."""
     sink = WebSocketSink(ws, runner.image_format)
     runner.attach(sink)
@@ -95,8 +83,6 @@ async def serve_socket(ws: WebSocket, hub: Any, runner: Any, *, owns_session: bo
     sender = asyncio.create_task(sink.run(), name=f"ws-send-{runner.id}")
     tasks: set[asyncio.Task] = set()
     max_bytes = hub.settings.max_message_bytes
-    from avatarcast.realtime.ratelimit import FloodGuard, client_keys
-
     guard = FloodGuard(hub.limits.ws, client_keys(ws.scope))
 
     def spawn(coro: Any) -> None:
@@ -105,16 +91,14 @@ async def serve_socket(ws: WebSocket, hub: Any, runner: Any, *, owns_session: bo
         t.add_done_callback(tasks.discard)
 
     async def run_clip(data: bytes) -> None:
-        from avatarcast.realtime.audio import AudioDecodeError
-
         try:
             result = await runner.clip(data)
-            sink.offer_event(_event("clip", result))
+            sink.offer_event(event("clip", result))
         except AudioDecodeError:
             pass  # the runner already sent a bad_audio error event
         except Exception as exc:
             log.exception("session %s: clip failed", runner.id)
-            sink.offer_event(_error("clip_failed", f"{type(exc).__name__}: {exc}"))
+            sink.offer_event(error_event(ErrorCode.CLIP_FAILED, f"{type(exc).__name__}: {exc}"))
 
     close_code, reason = CLOSE_NORMAL, ""
     try:
@@ -136,40 +120,41 @@ async def serve_socket(ws: WebSocket, hub: Any, runner: Any, *, owns_session: bo
             if verdict != "ok":
                 hub.metrics.rate_limited.labels("ws").inc()
                 if verdict == "close":
-                    close_code, reason = CLOSE_POLICY, "rate limit exceeded: too many messages"
-                    sink.offer_event(_error("rate_limited", "too many messages; closing", retry_after_s=round(wait, 2)))
+                    close_code, reason = ErrorCode.RATE_LIMITED.close, "rate limit exceeded: too many messages"
+                    sink.offer_event(error_event(ErrorCode.RATE_LIMITED, "too many messages; closing",
+                                                 retry_after_s=round(wait, 2)))
                     break
                 if verdict == "notify":
-                    sink.offer_event(_error("rate_limited", f"over {hub.limits.ws.rate:g} messages/s; "
-                                            "messages dropped", retry_after_s=round(wait, 2)))
+                    sink.offer_event(error_event(ErrorCode.RATE_LIMITED, f"over {hub.limits.ws.rate:g} messages/s; "
+                                                 "messages dropped", retry_after_s=round(wait, 2)))
                 continue
             data, text = msg.get("bytes"), msg.get("text")
             if data is not None:
                 if len(data) > max_bytes:
-                    close_code, reason = CLOSE_TOO_BIG, f"message over {max_bytes} bytes"
+                    close_code, reason = ErrorCode.TOO_LARGE.close, f"message over {max_bytes} bytes"
                     break
                 tag, body = data[:4], data[4:]
                 if tag == TAG_PCM:
                     if len(body) % 2:
-                        sink.offer_event(_error("bad_pcm", "PCM1 data must be whole 16-bit samples"))
+                        sink.offer_event(error_event(ErrorCode.BAD_PCM, "PCM1 data must be whole 16-bit samples"))
                         continue
                     spawn(runner.pcm(np.frombuffer(body, dtype="<i2").copy()))
                 elif tag == TAG_CLIP:
                     spawn(run_clip(bytes(body)))
                 else:
-                    sink.offer_event(_error("bad_binary", "binary messages start with b'PCM1' or b'CLIP'"))
+                    sink.offer_event(error_event(ErrorCode.BAD_BINARY, "binary messages start with b'PCM1' or b'CLIP'"))
                 continue
             if text is None:
                 continue
             if len(text) > max_bytes:
-                close_code, reason = CLOSE_TOO_BIG, f"message over {max_bytes} bytes"
+                close_code, reason = ErrorCode.TOO_LARGE.close, f"message over {max_bytes} bytes"
                 break
             await handle_command(text, runner, sink, spawn)
     except WebSocketDisconnect:
         pass
     except Exception:
         log.exception("session %s: socket failed", runner.id)
-        close_code, reason = CLOSE_INTERNAL, "internal error"
+        close_code, reason = ErrorCode.INTERNAL.close, "internal error"
     finally:
         if runner.close_code == CLOSE_GOING_AWAY and close_code == CLOSE_NORMAL:
             close_code, reason = CLOSE_GOING_AWAY, "server shutting down"
@@ -189,34 +174,3 @@ async def serve_socket(ws: WebSocket, hub: Any, runner: Any, *, owns_session: bo
         except Exception:
             pass
         hub.open_sockets -= 1
-
-
-async def handle_command(text: str, runner: Any, sink: WebSocketSink, spawn: Any) -> None:
-    try:
-        msg = json.loads(text)
-    except ValueError as exc:
-        sink.offer_event(_error("bad_json", f"not JSON: {exc}"))
-        return
-    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
-        sink.offer_event(_error("bad_message", "a command is a JSON object with a string 'type'"))
-        return
-    kind = msg["type"]
-    if kind == "say":
-        t = msg.get("text")
-        if not isinstance(t, str) or not t.strip() or len(t) > 2000:
-            sink.offer_event(_error("bad_say", "say needs 'text': 1..2000 characters"))
-            return
-        runner.say(t)
-    elif kind == "emotion":
-        label, intensity = msg.get("label"), msg.get("intensity", 0.8)
-        if not isinstance(label, str) or isinstance(intensity, bool) or not isinstance(intensity, (int, float)):
-            sink.offer_event(_error("bad_emotion", "emotion needs 'label' (string) and 'intensity' (0..1)"))
-            return
-        runner.set_emotion(label, float(intensity))
-    elif kind == "audio_end":
-        spawn(runner.audio_end())
-    elif kind == "ping":
-        sink.offer_event(_event("pong", {"info": runner.info()}))
-    else:
-        sink.offer_event(_error("unknown_type", f"unknown message type {kind!r}",
-                                known=["say", "emotion", "audio_end", "ping"]))

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avatarcast.engines.contract import StreamEngine
 from avatarcast.templates import EmotionTemplate, template_hash
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def reaction_key(weights_hash: str, template_hash_: str, avatar_key: str, steps:
 class LatentsCache:
     """First reaction chunks per (avatar, emotion, variant), computed in batches, kept on disk."""
 
-    def __init__(self, engine, templates: dict[str, EmotionTemplate], cache_dir: str | Path | None = None):
+    def __init__(self, engine: StreamEngine, templates: dict[str, EmotionTemplate], cache_dir: str | Path | None = None):
         self.engine = engine
         self.templates = dict(templates)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -173,13 +174,8 @@ class LatentsCache:
                                    variant_seed(emotion, variant))
                   for avatar, emotion, variant, _ in jobs]
         lat = eng.sample_chunks(states).astype(np.float16)
-        B, T = lat.shape[:2]
         # decode what is stored, so the cached frames are exactly the frames of the cached latents
-        if hasattr(eng, "decode_chunks"):  # engines whose decode continues each stream (wan)
-            per = list(eng.decode_chunks(states, lat.astype(np.float32)))
-        else:
-            frames = eng.decode(lat.reshape(B * T, *lat.shape[2:]).astype(np.float32))
-            per = [frames[i * T:(i + 1) * T] for i in range(B)]
+        per = list(eng.decode_chunks(states, lat.astype(np.float32)))
         out = []
         for i, ((avatar, emotion, variant, key), st) in enumerate(zip(jobs, states)):
             entry = CachedReaction(lat[i], per[i], st.ctx.astype(np.float32), key)
@@ -222,7 +218,7 @@ class LatentsCache:
             cfg = self.engine.cfg
             T, C, K = cfg.chunk_frames, cfg.latent_channels, cfg.context_frames
             H, W = cfg.latent_hw
-            n_frames = getattr(cfg, "frames_per_chunk", T)  # wan: 4 video frames per latent frame
+            n_frames = self.engine.capabilities.frames_per_chunk  # wan: 4 video frames per latent frame
             problems = [
                 meta.get("key") != key and "key mismatch",
                 meta.get("format") != CACHE_FORMAT and "format mismatch",

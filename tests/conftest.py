@@ -101,3 +101,32 @@ def server_url(_server: tuple[str, Any]) -> str:
 @pytest.fixture(scope="session")
 def server_hub(_server: tuple[str, Any]) -> Any:
     return _server[1]
+
+
+@contextlib.contextmanager
+def app_in_process(**settings: Any) -> Iterator[tuple[Any, Any]]:
+    """The app in this process, without sockets (Starlette's TestClient): yields (client, hub) once ready.
+
+    The Hub, its runners and the WebSocket handler run on the client's event loop; tests call into
+    them with `client.portal.call(fn, *args)` (coroutine functions are awaited there)."""
+    from starlette.testclient import TestClient
+
+    from avatarcast.realtime.server import create_app
+    from avatarcast.realtime.settings import Settings
+
+    s = Settings(clip_cache_dir=tempfile.mkdtemp(prefix="avatarcast-clips-"), **settings)
+    with TestClient(create_app(s)) as client:
+        hub = client.app.state.hub
+        deadline = time.monotonic() + 180
+        while not hub.ready.is_set():
+            if hub.start_error or time.monotonic() > deadline:
+                raise RuntimeError(f"the in-process app did not start: {hub.start_error}")
+            time.sleep(0.1)
+        yield client, hub
+
+
+@pytest.fixture(scope="session")
+def inproc() -> Iterator[tuple[Any, Any]]:
+    """One in-process app for the direct tests of the runner and the WebSocket handler (load control off)."""
+    with app_in_process(admission=0, ladder=0) as pair:
+        yield pair

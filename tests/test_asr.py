@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from avatarcast.realtime.asr import StreamingTranscriber, Transcriber, VadEvent, base_model_dir, iter_chunks
+from avatarcast.realtime.asr import PriorityLock, StreamingTranscriber, Transcriber, VadEvent, base_model_dir, iter_chunks
 from avatarcast.realtime.audio import SAMPLE_RATE, decode_audio
 
 ESPEAK = shutil.which("espeak-ng")
@@ -93,6 +93,29 @@ def test_shared_model_is_safe_across_threads(tiny: Transcriber, happy: np.ndarra
     for t in threads:
         t.join()
     assert not errors and len(results) == 2 and all("happy" in r for r in results), results
+
+
+def test_priority_lock_serves_urgent_waiters_first() -> None:
+    import time
+
+    lock, order = PriorityLock(), []
+
+    def take(name: str, urgent: bool) -> threading.Thread:
+        def run() -> None:
+            with lock.hold(urgent):
+                order.append(name)
+        n = len(lock._queue)
+        t = threading.Thread(target=run)
+        t.start()
+        while len(lock._queue) == n:  # queued before the next one comes
+            time.sleep(0.001)
+        return t
+
+    with lock.hold():
+        threads = [take("partial-a", False), take("final-a", True), take("partial-b", False), take("final-b", True)]
+    for t in threads:
+        t.join(5)
+    assert order == ["final-a", "final-b", "partial-a", "partial-b"]
 
 
 def test_vad_onset_and_endpoint_times(padded: np.ndarray, happy: np.ndarray) -> None:

@@ -8,26 +8,24 @@ import json
 import numpy as np
 import pytest
 
-from tools.avatar_world import (
+from avatarcast.engines.avatar_world import (
     BUILTIN_AVATARS,
-    DATA_VERSION,
     EMOTIONS,
     AvatarParams,
     MotionVariation,
     Pose,
     blend_poses,
     get_avatar,
-    iter_shards,
     pose_at,
     random_avatar,
     render_clip,
     render_frame,
     render_sequence,
     sample_variation,
-    write_dataset,
 )
+from avatarcast.engines.avatar_world import render as rd
 from tools.avatar_world import dataset as ds
-from tools.avatar_world import render as rd
+from tools.avatar_world.dataset import DATA_VERSION, iter_shards, write_dataset
 
 W, H = 640, 360
 

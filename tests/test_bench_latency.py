@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tools import bench_latency as bl
+from avatarcast.realtime.bench import latency as bl
 
 REPO = Path(__file__).resolve().parent.parent
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
@@ -29,7 +29,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("espeak-ng") is None:
         pytest.skip("espeak-ng is not installed")
     out = tmp_path_factory.mktemp("clips")
-    r = subprocess.run([sys.executable, "tools/make_clips.py", "--out", str(out), "--n", "3"], cwd=REPO,
+    r = subprocess.run([sys.executable, "realtime/bench/clips.py", "--out", str(out), "--n", "3"], cwd=REPO,
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     return out
@@ -50,7 +50,7 @@ def test_make_clips_writes_labelled_16k_clips_of_2_to_4_s(clips: Path) -> None:
 
 
 def test_plan_covers_every_emotion_before_repeating() -> None:
-    from tools.make_clips import EMOTION_ORDER, plan
+    from avatarcast.realtime.bench.clips import EMOTION_ORDER, plan
 
     first = plan(len(EMOTION_ORDER))
     assert sorted(e for e, _ in first) == sorted(EMOTION_ORDER)
@@ -109,7 +109,7 @@ def test_summary_percentiles_and_accuracy() -> None:
 @needs_espeak
 def test_bench_latency_end_to_end(clips: Path, tmp_path: Path) -> None:
     chart = tmp_path / "latency.png"
-    r = subprocess.run([sys.executable, "-m", "tools.bench_latency", "--clips", str(clips), "--json",
+    r = subprocess.run([sys.executable, "-m", "avatarcast.realtime.bench.latency", "--clips", str(clips), "--json",
                         "--chart", str(chart), "--linger", "0.5", "--warmup", "0.6"],
                        cwd=REPO, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -193,6 +193,28 @@ def test_demo_page(page, base: str, tmp_path: Path) -> None:
     assert time.monotonic() - t_start < 90
 
 
+def test_language_choice(page, base: str) -> None:
+    """The language select: auto / English / 中文, applied to the open session at once, and heard."""
+    pg = page
+    wait_for(pg, "() => document.getElementById('conn').textContent === 'live'", 20, "a live session")
+    options = pg.eval_on_selector_all("#language option", "os => os.map(o => [o.value, o.textContent])")
+    assert options == [["auto", "auto"], ["en", "English"], ["zh", "中文"]], options
+    sid = text(pg, "#session-id")
+    pg.select_option("#language", "zh")
+    wait_for(pg, "() => [...document.querySelectorAll('#log li')]"
+                 ".some(li => /ASR language: zh/.test(li.textContent))", 10, "the server confirming Mandarin")
+    assert httpx.get(f"{base}/v1/sessions/{sid}").json()["language"] == "zh"
+    assert text(pg, "#session-id") == sid, "a language change must not start a new session"
+    clip = Path(__file__).resolve().parent / "data" / "speech" / "zh" / "zh06_happy.ogg"
+    pg.set_input_files("#clip-file", str(clip))
+    wait_for(pg, "() => /[\u4e00-\u9fff].*, zh$/.test(document.getElementById('clip-status').textContent)",
+             30, "the Mandarin clip's transcript, in Han characters")
+    pg.select_option("#language", "auto")
+    wait_for(pg, "() => [...document.querySelectorAll('#log li')]"
+                 ".some(li => /ASR language: auto/.test(li.textContent))", 10, "the server back to detecting")
+    assert httpx.get(f"{base}/v1/sessions/{sid}").json()["language"] is None
+
+
 def test_busy_server(browser, base: str, page) -> None:
     """All session slots taken: a new page says the server is busy, then connects by itself once one frees."""
     made: list[str] = []

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from tools.avatar_world import BUILTIN_AVATARS, EMOTIONS, random_avatar, render_clip
+from avatarcast.engines.avatar_world import BUILTIN_AVATARS, EMOTIONS, random_avatar, render_clip
 from tools.eval import metrics
 from tools.eval.classifier import (
     META_PATH,

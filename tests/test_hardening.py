@@ -50,7 +50,7 @@ def admission_on(hub: Any) -> Any:
 @contextlib.contextmanager
 def engine_patch(hub: Any, *, fail_once: bool = False, sleep_s: float = 0.0) -> Any:
     """Wrap the engine's sampler call: raise once (a real exception on the engine thread) or sleep."""
-    eng = hub.engine
+    eng = hub.services.engine
     orig = eng.sample_chunks
     state = {"calls": 0, "failed": 0}
     lock = threading.Lock()
@@ -161,9 +161,10 @@ def test_a_slow_engine_steps_down_the_ladder_refuses_sessions_then_recovers(serv
         async with two_streams(base) as (wa, wb):
             with admission_on(hub), engine_patch(hub, sleep_s=0.6):  # every chunk now takes longer than it plays
                 def level() -> int:
-                    return hub.scheduler.ladder.level
+                    return hub.services.scheduler.ladder.level
 
-                assert hub.scheduler.ladder.top == 3 and hub.engine.has_lowres  # the shipped weights have every rung
+                # the shipped weights have every rung
+                assert hub.services.scheduler.ladder.top == 3 and hub.services.engine.has_lowres
                 lowres = hub.stats["chunks_lowres"]
                 end = time.monotonic() + 40
                 seen = set()
@@ -196,7 +197,7 @@ def test_a_slow_engine_steps_down_the_ladder_refuses_sessions_then_recovers(serv
                 reaction = [f for f in wb.frames[n:] if f[1] in ("cache", "sampler")]
                 assert reaction and all(f[1] == "cache" for f in reaction), reaction[:10]
             # load falls: the ladder steps back up (whether a session then fits is the machine's measure)
-            await wa.until(lambda: hub.scheduler.ladder.level == 0, 30, "back to full quality")
+            await wa.until(lambda: hub.services.scheduler.ladder.level == 0, 30, "back to full quality")
             assert hub.admission().reason != "degraded"
 
     asyncio.run(go())
@@ -269,7 +270,7 @@ def test_rate_limits_answer_429_and_close_a_flooding_socket(server: Any) -> None
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 def test_bench_load_holds_what_fits_and_reports_the_refused_session(server: Any, tmp_path: Path) -> None:
     base, hub = server
-    from tools.make_clips import make_clips
+    from avatarcast.realtime.bench.clips import make_clips
 
     make_clips(tmp_path, n=3)
     saved = hub.settings.max_sessions, hub.settings.admission

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
 
 import numpy as np
 import pytest
 
-from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler, copy_state
+from avatarcast.engines.contract import StreamStart
+from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def test_a_failing_batch_fails_its_jobs_and_the_next_one_works(engine) -> None:
             bad.ctx = bad.ctx[:3]  # wrong shape: the engine raises a real error
             with pytest.raises(Exception):
                 await sch.submit(ChunkJob("bad", bad, time.monotonic(), "idle", 0.5))
-            good = functools.partial(engine.start_stream, "pip", "happy", 0.8, 3)  # made on the engine thread
+            good = StreamStart("pip", "happy", 0.8, 3)  # made on the engine thread
             return await sch.submit(ChunkJob("good", good, time.monotonic(), "happy", 0.8))
         finally:
             await sch.close()
@@ -113,12 +113,12 @@ def test_background_work_yields_to_chunk_jobs(engine) -> None:
 def test_copy_state_leaves_the_original_untouched(engine) -> None:
     st = engine.start_stream("pip", "happy", 0.8, seed=5)
     ctx = st.ctx.copy()
-    c = copy_state(st)
+    c = st.copy()
     engine.sample_chunks([c])
     assert np.array_equal(st.ctx, ctx) and st.frames_done == 0 and c.frames_done == 4
     # the copied rng continues where the original was: the same noise, so the same chunk
-    d = copy_state(st)
-    np.testing.assert_array_equal(engine.sample_chunks([d]), engine.sample_chunks([copy_state(st)]))
+    d = st.copy()
+    np.testing.assert_array_equal(engine.sample_chunks([d]), engine.sample_chunks([st.copy()]))
 
 
 def test_out_of_memory_splits_the_batch_instead_of_failing_it(engine) -> None:

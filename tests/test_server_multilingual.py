@@ -28,7 +28,7 @@ def say(tmp_path, text: str, voice: str = "en") -> bytes:
 
 def test_language_is_detected_when_not_forced(base_server, tmp_path) -> None:
     url, hub = base_server
-    assert hub.transcriber.multilingual
+    assert hub.services.transcriber.multilingual
     with httpx.Client(base_url=url, timeout=60) as c:
         s = c.post("/v1/sessions", json={}).json()
         assert s["language"] is None  # auto

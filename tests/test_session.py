@@ -18,7 +18,9 @@ from avatarcast.realtime.messages import (
     Transcript,
     VideoFrame,
 )
-from avatarcast.realtime.session import FrameClock, Session, SessionConfig, UtteranceTimeline
+from avatarcast.realtime.clock import FrameClock
+from avatarcast.realtime.session import Session, SessionConfig
+from avatarcast.realtime.timeline import UtteranceTimeline
 
 T0 = 1000.0
 DT = 0.125

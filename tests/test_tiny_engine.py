@@ -60,7 +60,8 @@ def test_flow_match_euler_schedule():
 
 # --- networks ----------------------------------------------------------------------------
 
-SMALL = TinyConfig(enc_channels=(8, 8, 16, 16), dec_channels=(16, 16, 16, 16), den_channels=(32, 32, 32), cond_dim=32)
+SMALL = TinyConfig(enc_channels=(8, 16, 16), enc_blocks=(1, 1, 1), dec_channels=(16, 16, 8), dec_blocks=(1, 1, 0),
+                   den_channels=(32, 32, 32), cond_dim=32)
 
 
 def test_network_shapes_and_frame_roundtrip():
@@ -70,17 +71,21 @@ def test_network_shapes_and_frame_roundtrip():
     torch.manual_seed(0)
     cfg = SMALL
     C, (H, W) = cfg.latent_channels, cfg.latent_hw
-    assert (H, W) == (24, 40)
+    assert (H, W) == (48, 56)
     frames = torch.randint(0, 256, (3, 360, 640, 4), dtype=torch.uint8)
     frames[..., 3] = 255  # opaque: premultiplication is then lossless
     x = frames_to_tensor(frames, cfg)
-    assert x.shape == (3, 4, 384, 640) and float(x.min()) >= -1 and float(x.max()) <= 1
+    assert x.shape == (3, 4, 384, 448) and float(x.min()) >= -1 and float(x.max()) <= 1
     back = tensor_to_frames(x, cfg)
     assert back.shape == (3, 360, 640, 4) and back.dtype == torch.uint8
-    assert int((back.int() - frames.int()).abs().max()) <= 1
+    win = slice(cfg.window_x0, cfg.window_x0 + cfg.window_width)  # the window comes back, the rest is transparent
+    assert int((back[:, :, win].int() - frames[:, :, win].int()).abs().max()) <= 1
+    assert int(back[:, :, :cfg.window_x0].max()) == 0 and int(back[:, :, win.stop:].max()) == 0
     z = FrameEncoder(cfg, Encoder(cfg))(frames)
     assert z.shape == (3, C, H, W)
-    assert FrameDecoder(cfg, Decoder(cfg))(z).shape == (3, 360, 640, 4)
+    # the decoder graph takes any crop of the grid and gives its cells' pixels
+    assert FrameDecoder(cfg, Decoder(cfg))(z).shape == (3, 384, 448, 4)
+    assert FrameDecoder(cfg, Decoder(cfg))(z[:, :, 8:20, 4:28]).shape == (3, 96, 192, 4)
     den = Denoiser(cfg)
     v = den(torch.randn(2, cfg.chunk_frames * C, H, W), torch.rand(2), torch.rand(2),
             torch.randn(2, cfg.context_frames * C, H, W), torch.randn(2, C, H, W),
@@ -91,7 +96,19 @@ def test_network_shapes_and_frame_roundtrip():
 def test_config_roundtrip():
     cfg = TinyConfig(chunk_frames=8)
     again = TinyConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
-    assert again == cfg and again.latent_hw == (24, 40) and again.pad_top == 12
+    assert again == cfg and again.latent_hw == (48, 56) and again.pad_top == 12
+
+
+def test_manifest_config_from_before_the_window_means_the_first_model():
+    """A manifest without `arch` is the first model: whole frame, 16x downsampling, no patches, no crop."""
+    old = {k: v for k, v in TinyConfig().to_dict().items()
+           if k not in ("arch", "window_x0", "window_width", "patch", "enc_blocks", "dec_blocks", "background_latent",
+                        "crop_threshold", "crop_margin")}
+    old.update(latent_channels=16, downsample=16, enc_channels=[32, 64, 128, 128], dec_channels=[128, 64, 32, 16],
+               latent_mean=[0.0] * 16, latent_std=[1.0] * 16)
+    cfg = TinyConfig.from_dict(old)
+    assert (cfg.arch, cfg.window_x0, cfg.window_width, cfg.patch, cfg.crop_threshold) == (1, 0, 640, 1, 0.0)
+    assert cfg.latent_hw == (24, 40)
 
 
 # --- the shipped weights -----------------------------------------------------------------
@@ -178,7 +195,8 @@ def test_training_script_runs_and_resumes_on_cpu(tmp_path):
     ck.mkdir()
     (ck / "config.json").write_text(json.dumps(SMALL.to_dict()))
     cmd = [sys.executable, "-m", "tools.train_tiny", "--work", str(tmp_path / "work"), "--ckpt", str(ck),
-           "--minutes", "0.05", "--random-avatars", "0", "--variants", "1", "--ae-clips", "4",
+           "--stages", "ae,denoiser", "--ae-minutes", "0", "--den-minutes", "0", "--random-avatars", "0",
+           "--variants", "1", "--den-variants", "1", "--ae-clips", "4",
            "--ae-batch", "2", "--den-batch", "4", "--min-steps", "3", "--clip-limit", "6", "--workers", "2", "--device", "cpu"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -188,8 +206,9 @@ def test_training_script_runs_and_resumes_on_cpu(tmp_path):
     assert ae["step"] > 0 and den["step"] > 0
     assert (ck / "ae_loss.png").exists() and (ck / "den_loss.png").exists()
     cfg = json.loads((ck / "config.json").read_text())
-    assert cfg["latent_std"] != [1.0] * 16, "latent statistics must be measured"
-    r = subprocess.run(cmd[:-6] + ["--stages", "denoiser", "--minutes", "0.02", "--workers", "2", "--device", "cpu"],
+    assert cfg["latent_std"] != [1.0] * 8, "latent statistics must be measured"
+    assert cfg["crop_threshold"] > 0, "the empty cell's distance must be measured"
+    r = subprocess.run(cmd[:-6] + ["--stages", "denoiser", "--clip-limit", "6", "--workers", "2", "--device", "cpu"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert torch.load(ck / "den_ema.pt")["step"] > den["step"], "a second run must resume, not restart"

@@ -94,10 +94,9 @@ def test_intensity_blends_the_emotion_prompt_with_idle(engine):
 
 
 def test_copied_state_advances_without_touching_the_original(engine):
-    from avatarcast.realtime.scheduler import copy_state
     st = engine.start_stream("pip", "sad", 0.9, seed=3)
     engine.next_chunk([st])
-    twin = copy_state(st)
+    twin = st.copy()
     a, b = engine.next_chunk([twin])[0], engine.next_chunk([st])[0]
     assert np.array_equal(a, b)  # same rng and VAE cache, advanced separately
     assert st.frames_done == twin.frames_done == 2
@@ -316,12 +315,13 @@ def test_server_streams_the_wan_engine_and_reacts_to_an_emotion(ckpts, embeds_di
     with running_server(engine="wan", checkpoint=str(ckpts["bare"]), cache_dir=str(embeds_dir), steps=2,
                         wan_height=H, wan_width=W, avatars="pip", wan_batch=3, wan_pipeline=1) as (base, hub):
         st = httpx.get(base + "/v1/status").json()
-        assert hub.engine.max_batch == 3 and st["scheduler"]["max_batch"] == 3  # --wan-batch: the scheduler's batch
+        # --wan-batch: the scheduler's batch
+        assert hub.services.engine.max_batch == 3 and st["scheduler"]["max_batch"] == 3
         assert st["scheduler"]["pipeline_depth"] == 2  # --wan-pipeline: two calls in flight
         assert st["engine"]["name"] == "wan" and st["engine"]["backend"] == "torch"
-        assert st["engine"]["weights"] == hub.engine.weights_hash
+        assert st["engine"]["weights"] == hub.services.engine.weights_hash
         assert st["engine"]["vae_compiled"] is None  # the CPU decodes eagerly: nothing compiling
-        assert hub.session_config.chunk_frames == 4
+        assert hub.services.session_config.chunk_frames == 4
         frames, events = asyncio.run(session(base))
     heads = [h for h, _ in frames]
     sources = [(h.source, h.emotion) for h in heads]

@@ -13,6 +13,7 @@ import subprocess
 import time
 import wave
 from collections.abc import Callable
+from fractions import Fraction
 
 import httpx
 import numpy as np
@@ -306,3 +307,47 @@ def test_not_connected_peer_times_out(base: str) -> None:
     finally:
         webrtc.CONNECT_TIMEOUT_S = old
 
+
+
+# -- the peer's parts directly, in process (no ICE): the video track as a runner sink, events while no channel --
+
+
+def test_the_video_track_sends_each_newest_frame_once_with_the_frame_clock_pts(inproc) -> None:
+    from avatarcast.realtime import webrtc
+    from avatarcast.realtime.runner import OutFrame
+
+    client, hub = inproc
+    runner = client.portal.call(lambda: hub.create_session("pip"))
+    try:
+        async def go() -> tuple[list, int, int, list[str], int]:
+            pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            peer = webrtc.Peer(hub, runner, pc, "direct", owns_session=False)
+            track = peer.track
+            rgba = np.zeros((360, 640, 4), np.uint8)
+            rgba[..., 0], rgba[..., 3] = 200, 255  # opaque red over the background
+            frame = lambda i: OutFrame(i, i, i / 8, "idle", "idle", rgba)  # noqa: E731
+            track.offer_frame(frame(5))
+            track.offer_frame(frame(7))  # the encoder had not taken 5: it is stale now
+            sent = [await track.recv()]
+            track.offer_frame(frame(6))  # older than what went out: never sent
+            stale = asyncio.ensure_future(track.recv())
+            await asyncio.sleep(0.2)
+            assert not stale.done()
+            track.offer_frame(frame(9))
+            sent.append(await stale)
+            for i in range(webrtc.MAX_PENDING_EVENTS + 3):  # no data channel open yet: kept, the oldest dropped
+                peer.send_event(f'{{"n":{i}}}')
+            pending, dropped = list(peer.pending), peer.events_dropped
+            track.stop()
+            await pc.close()
+            return sent, track.frames_sent, track.frames_dropped, pending, dropped
+
+        sent, n_sent, n_dropped, pending, dropped = client.portal.call(go)
+    finally:
+        client.portal.call(hub.close_session, runner.id)
+    assert [f.pts for f in sent] == [7 * 90000 // 8, 9 * 90000 // 8] and sent[0].time_base == Fraction(1, 90000)
+    assert sent[0].format.name == "yuv420p" and (sent[0].width, sent[0].height) == (640, 360)
+    assert (n_sent, n_dropped) == (2, 1)  # frame 5 was replaced before it went out; frame 6 was skipped as old
+    assert len(pending) == webrtc.MAX_PENDING_EVENTS and pending[0] == '{"n":3}' and dropped == 3
+    red = sent[0].to_ndarray(format="rgb24")[180, 320]
+    assert red[0] > 150 and red[1] < 80  # the frame's pixels, composited

@@ -2,7 +2,7 @@
 
     python -m tools.eval_asr_window --clips DIR [--windows 10,6] [--json]
 
-DIR holds audio clips and a labels.csv (file,emotion,text), e.g. from tools/make_clips.py. Prints
+DIR holds audio clips and a labels.csv (file,emotion,text), e.g. from realtime/bench/clips.py. Prints
 per window: median ASR time, word error rate against the labels' text, and the emotion accuracy
 of the transcripts read by the EmotionReader.
 """

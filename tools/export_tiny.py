@@ -38,12 +38,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avatarcast.engines.tiny.model import (Decoder, Denoiser, Encoder, FrameDecoder, FrameEncoder, HalfResDecoder, TinyConfig)
+from avatarcast.engines.tiny.examples import example_inputs
+from avatarcast.engines.tiny.model import (Denoiser, Encoder, FrameDecoder, FrameEncoder, HalfResDecoder, TinyConfig,
+                                            make_decoder)
 from avatarcast.engines.tiny.weights import (DEFAULT_DIR, LOWRES_FILE, LOWRES_ONNX, ONNX_FILES, TORCH_FILE, Manifest,
                                   write_manifest)
 
-SMALL_CONFIG = dict(enc_channels=(8, 8, 16, 16), dec_channels=(16, 16, 16, 16), den_channels=(32, 32, 32),
-                    cond_dim=64)
+SMALL_CONFIG = dict(enc_channels=(8, 16, 16), enc_blocks=(1, 1, 1), dec_channels=(16, 16, 8), dec_blocks=(1, 1, 0),
+                    den_channels=(32, 32, 32), cond_dim=64)
 
 DENOISER_INPUTS = ("x", "t", "d", "ctx", "ref", "emotion", "intensity")
 GRAPH_IO = {
@@ -96,7 +98,7 @@ def random_modules(cfg: TinyConfig, seed: int = 0) -> dict[str, torch.nn.Module]
     normalization baked into the graphs is exercised.
     """
     torch.manual_seed(seed)
-    mods = {"encoder": Encoder(cfg), "decoder": Decoder(cfg), "denoiser": Denoiser(cfg)}
+    mods = {"encoder": Encoder(cfg), "decoder": make_decoder(cfg), "denoiser": Denoiser(cfg)}
     g = torch.Generator().manual_seed(seed + 1)
     for m in mods.values():
         for sub in m.modules():
@@ -135,13 +137,17 @@ def load_checkpoint(ckpt: str | Path, use_ema: bool = True) -> tuple[TinyConfig,
         raise FileNotFoundError(f"{den_path} is missing{hint}")
     ae = torch.load(ae_path, map_location="cpu", weights_only=True)
     den = torch.load(den_path, map_location="cpu", weights_only=True)
-    mods = {"encoder": Encoder(cfg), "decoder": Decoder(cfg), "denoiser": Denoiser(cfg)}
+    mods = {"encoder": Encoder(cfg), "decoder": make_decoder(cfg), "denoiser": Denoiser(cfg)}
     mods["encoder"].load_state_dict({k: v.float() for k, v in ae["encoder"].items()})
     mods["decoder"].load_state_dict({k: v.float() for k, v in ae["decoder"].items()})
     mods["denoiser"].load_state_dict({k: v.float() for k, v in den["model"].items()})
-    training = {"ae_steps": int(ae.get("step", 0)), "denoiser_steps": int(den.get("step", 0)),
+    training = {"ae_steps": int(ae.get("enc_step", ae.get("step", 0))), "decoder_steps": int(ae.get("step", 0)),
+                "denoiser_steps": int(den.get("step", 0)),
                 "denoiser_weights": "ema" if use_ema else "raw", "checkpoint": ck.name}
-    for name in ("ae_loss.json", "den_loss.json"):
+    report = ck / "report.json"
+    if report.exists():
+        training["heldout"] = json.loads(report.read_text())
+    for name in ("ae_loss.json", "den_loss.json", "decft_loss.json"):
         p = ck / name
         if p.exists():
             try:
@@ -155,6 +161,17 @@ def load_checkpoint(ckpt: str | Path, use_ema: bool = True) -> tuple[TinyConfig,
             except (ValueError, KeyError, TypeError):
                 pass
     return cfg, round_to_fp16(mods), training
+
+
+def load_lowres_checkpoint(ckpt: str | Path, cfg: TinyConfig) -> tuple[HalfResDecoder, dict] | None:
+    """The half-resolution decoder trained by tools/train_tiny.py's lowres stage, if it ran."""
+    p = Path(ckpt) / "lowres.pt"
+    if not p.exists():
+        return None
+    s = torch.load(p, map_location="cpu", weights_only=True)
+    m = HalfResDecoder(cfg)
+    m.load_state_dict({k: v.float() for k, v in s["decoder_lowres"].items()})
+    return m, {"steps": int(s.get("step", 0)), "trained_with": "tools/train_tiny.py --stages lowres"}
 
 
 # --- safetensors -----------------------------------------------------------------------------
@@ -172,32 +189,6 @@ def save_safetensors(modules, path: Path, cfg: TinyConfig | None = None) -> None
 
 
 # --- ONNX --------------------------------------------------------------------------------------
-
-def example_inputs(cfg: TinyConfig, batch: int, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    """Random inputs of every graph at a batch size (numpy, the dtypes the graphs take)."""
-    rng = np.random.default_rng(seed)
-    C, T, K = cfg.latent_channels, cfg.chunk_frames, cfg.context_frames
-    H, W = cfg.latent_hw
-    f32 = np.float32
-    frames = rng.integers(0, 256, (batch, cfg.height, cfg.width, 4), dtype=np.uint8)
-    frames[:, :, :, 3] = np.where(rng.random((batch, cfg.height, cfg.width)) < 0.3, 0,
-                                  frames[:, :, :, 3])  # some fully transparent pixels
-    ex = {
-        "encoder": {"frames": frames},
-        "decoder": {"latents": rng.standard_normal((batch, C, H, W), dtype=f32)},
-        "denoiser": {
-            "x": rng.standard_normal((batch, T * C, H, W), dtype=f32),
-            "t": rng.random(batch, dtype=f32),
-            "d": rng.choice(np.array([0.0, 0.25, 0.5, 1.0], dtype=f32), batch),
-            "ctx": rng.standard_normal((batch, K * C, H, W), dtype=f32),
-            "ref": rng.standard_normal((batch, C, H, W), dtype=f32),
-            "emotion": rng.integers(0, len(cfg.emotions), batch).astype(np.int64),
-            "intensity": rng.random(batch, dtype=f32),
-        },
-    }
-    ex["decoder_lowres"] = ex["decoder"]  # the half-resolution decoder takes the same latents
-    return ex
-
 
 def serving_modules(modules, cfg: TinyConfig) -> dict[str, torch.nn.Module]:
     """The three graphs the backends serve, as torch modules (float32, eval)."""
@@ -248,8 +239,12 @@ def fp16_initializers(model, min_elements: int = 16) -> dict:
     return {"fp16_initializers": len(casts), "fp16_source_bytes": conv_bytes, "fp32_bytes_left": fp32_left}
 
 
-def _export_one(module, args: tuple, path: Path, inputs, outputs, opset: int) -> None:
-    dyn = {n: {0: "batch"} for n in list(inputs) + list(outputs)}
+# the decoders take any crop of the latent grid (engines/tiny/crop.py): height and width are dynamic too
+SPATIAL_AXES = {"latents": {2: "cells_h", 3: "cells_w"}, "frames": {1: "height", 2: "width"}}
+
+
+def _export_one(module, args: tuple, path: Path, inputs, outputs, opset: int, spatial: bool = False) -> None:
+    dyn = {n: {0: "batch", **(SPATIAL_AXES.get(n, {}) if spatial else {})} for n in list(inputs) + list(outputs)}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         kw = dict(input_names=list(inputs), output_names=list(outputs), dynamic_axes=dyn,
@@ -313,7 +308,8 @@ def export_graph(name: str, module: torch.nn.Module, path: Path, trace: dict, ch
     inputs, outputs = GRAPH_IO[name]
     t0 = time.perf_counter()
     args = tuple(torch.from_numpy(trace[name][k]) for k in inputs)
-    _export_one(module, args, path, inputs, outputs, opset)
+    decoder = name.startswith("decoder")
+    _export_one(module, args, path, inputs, outputs, opset, spatial=decoder)
     rep: dict = {"export_s": round(time.perf_counter() - t0, 2)}
     if fp16_weights:
         model = onnx.load(str(path))
@@ -322,8 +318,12 @@ def export_graph(name: str, module: torch.nn.Module, path: Path, trace: dict, ch
     rep["bytes"] = path.stat().st_size
     if check is not None:
         rep["verify"] = verify_onnx(path, module, check[name])
-        if not rep["verify"]["ok"]:
-            raise RuntimeError(f"{path.name} does not match torch: {rep['verify']}")
+        if decoder:  # and on a crop of the grid, as the server decodes it
+            z = check[name]["latents"]
+            rep["verify_crop"] = verify_onnx(path, module, {"latents": np.ascontiguousarray(z[:, :, 4:28, 8:32])})
+        bad = [v for k, v in rep.items() if k.startswith("verify") and not v["ok"]]
+        if bad:
+            raise RuntimeError(f"{path.name} does not match torch: {bad}")
     return rep
 
 
@@ -408,6 +408,27 @@ def write_lowres(module: HalfResDecoder, manifest: Manifest, report: dict, opset
     return write_manifest(out, manifest.config, manifest.data_version, training)
 
 
+def reexport(weights_dir: str | Path, out: str | Path, opset: int = 17, verify: bool = True, log=print) -> Manifest:
+    """Write a weights folder's graphs and manifest again from its torch weights (after an exporter change).
+
+    The networks are unchanged; the manifest gets the current config fields, so a folder from an
+    older exporter comes out with what the serving code expects today.
+    """
+    from avatarcast.engines.tiny.weights import load_lowres_module, load_manifest, load_torch_modules
+
+    old = load_manifest(weights_dir)
+    enc, dec, den = load_torch_modules(old)
+    keep = {k: v for k, v in old.training.items() if k not in ("onnx_check", "exported_at", "opset", "params", "lowres")}
+    lowres = load_lowres_module(old) if old.has_lowres else None
+    manifest, _ = write_weights_folder({"encoder": enc, "decoder": dec, "denoiser": den}, old.config, out,
+                                       old.data_version, {**keep, "reexported_from": str(weights_dir)},
+                                       opset=opset, verify=verify, log=log)
+    if lowres is not None:
+        rep = {k: v for k, v in old.training.get("lowres", {}).items() if k != "onnx_check"}
+        manifest = write_lowres(lowres, manifest, rep, opset=opset, verify=verify)
+    return manifest
+
+
 def copy_docs(ckpt: Path, docs: Path) -> list[Path]:
     """Copy the checkpoint's PNG plots (loss curves, autoencoder reconstructions) into docs."""
     docs.mkdir(parents=True, exist_ok=True)
@@ -432,6 +453,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--docs", nargs="?", const="docs/training", default=None,
                     help="copy the checkpoint's PNG plots (loss curves, ae_recon) into this folder (default docs/training)")
     ap.add_argument("--random-init", action="store_true", help="export fresh random modules (tests, benchmarks)")
+    ap.add_argument("--from-weights", metavar="DIR",
+                    help="export the graphs and manifest again from a weights folder's torch weights (in place without --out)")
     ap.add_argument("--small", action="store_true", help="with --random-init: narrow layers, same I/O shapes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--opset", type=int, default=17)
@@ -439,8 +462,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
-    if args.random_init == bool(args.ckpt):
-        ap.error("give exactly one of --ckpt DIR or --random-init")
+    if sum(map(bool, (args.random_init, args.ckpt, args.from_weights))) != 1:
+        ap.error("give exactly one of --ckpt DIR, --from-weights DIR or --random-init")
+    if args.from_weights:
+        manifest = reexport(args.from_weights, args.out or args.from_weights, opset=args.opset, verify=not args.no_verify)
+        print(f"wrote {args.out or args.from_weights}: weights hash {manifest.weights_hash}")
+        return 0
     if args.random_init and not args.out:
         ap.error("--random-init needs an explicit --out (it would overwrite the shipped weights)")
     out = Path(args.out or DEFAULT_DIR)
@@ -456,6 +483,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         manifest, _ = write_weights_folder(mods, cfg, out, args.data_version, training,
                                            opset=args.opset, verify=not args.no_verify)
+        lowres = load_lowres_checkpoint(args.ckpt, cfg)
+        if lowres is not None:
+            module, rep = lowres
+            manifest = write_lowres(module, manifest, rep, opset=args.opset, verify=not args.no_verify)
+            print(f"  {LOWRES_ONNX} from the checkpoint's lowres.pt ({rep['steps']} steps)")
         if args.docs:
             for p in copy_docs(Path(args.ckpt), Path(args.docs)):
                 print(f"  copied {p}")

@@ -26,15 +26,15 @@ import numpy as np
 def compare(engine: Any, avatar: Any, streams: int, batch: int, rounds: int = 3) -> dict:
     """`streams` streams for `rounds` chunks each: once as calls in turn (next_chunk, groups of `batch`
     in deadline order), once through an EngineScheduler at depth 2; both from copies of the same states."""
-    from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler, copy_state
+    from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler
 
     emotions = [e for e in engine.emotions if e != "idle"][:4]
     first = [engine.start_stream(avatar, emotions[i % 4], 0.9, seed=i) for i in range(streams)]
-    mine = [copy_state(s) for s in first]
+    mine = [s.copy() for s in first]
     groups = [list(range(i, min(i + batch, streams))) for i in range(0, streams, batch)]
 
     def in_turn() -> list[list[np.ndarray]]:
-        ref = [copy_state(s) for s in first]
+        ref = [s.copy() for s in first]
         frames: list[list[np.ndarray]] = [[] for _ in ref]
         for k in range(rounds):
             for g in groups:
@@ -56,7 +56,7 @@ def compare(engine: Any, avatar: Any, streams: int, batch: int, rounds: int = 3)
         try:
             for k in range(rounds):
                 due = time.monotonic() + 30.0  # every job of a round queued at once: the groups fill up
-                jobs = [sch.submit(ChunkJob(f"s{i}", copy_state(mine[i]), due + 0.01 * i, emotions[(i + k) % 4], 0.9))
+                jobs = [sch.submit(ChunkJob(f"s{i}", mine[i].copy(), due + 0.01 * i, emotions[(i + k) % 4], 0.9))
                         for i in range(streams)]
                 for i, r in enumerate(await asyncio.gather(*jobs)):
                     got[i].append(r)
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from avatarcast.engines.wan.checkpoint import CheckpointInfo
     from avatarcast.engines.wan.engine import WanEngine
     from avatarcast.engines.wan.serving import wan_buckets
-    from tools.bench_wan import build_random, serving_engine
+    from avatarcast.realtime.bench.wan import build_random, serving_engine
 
     tr, vae = build_random(args.layers)
     wan = WanEngine(tr, vae, CheckpointInfo(None, None, None), device="cuda", dtype=torch.bfloat16,  # type: ignore[arg-type]

@@ -11,9 +11,8 @@ GPU) raises BackendError with the reason and what to do instead.
 
 from __future__ import annotations
 
-import os
-
 from avatarcast.engines.backends.base import BackendError, TinyBackend
+from avatarcast.engines.backends.host import available_cores, cpu_name
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "pytorch": "torch", "trt": "tensorrt",
@@ -21,27 +20,6 @@ ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "pytorch": "torch", "trt
 DEVICES = (None, "auto", "cpu", "cuda")
 
 __all__ = ["BACKENDS", "BackendError", "TinyBackend", "available_cores", "cpu_name", "create_backend"]
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (the affinity mask, not the host's core count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def cpu_name() -> str:
-    """The CPU's model name (for benchmark reports)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _missing(package: str, backend: str, install: str, err: Exception) -> BackendError:

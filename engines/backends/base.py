@@ -6,8 +6,10 @@ from typing import Protocol
 
 import numpy as np
 
+from avatarcast.engines.errors import EngineError
 
-class BackendError(RuntimeError):
+
+class BackendError(EngineError, RuntimeError):
     """A backend cannot run here (package missing, no GPU, unsupported GPU, bad files)."""
 
 

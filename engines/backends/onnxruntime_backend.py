@@ -20,8 +20,9 @@ import threading
 
 import numpy as np
 
-from avatarcast.engines.backends import available_cores, cpu_name
+from avatarcast.engines.backends.host import available_cores, cpu_name
 from avatarcast.engines.backends.base import BackendError
+from avatarcast.engines.tiny.crop import crop_box, place
 from avatarcast.engines.tiny.weights import Manifest
 
 
@@ -126,15 +127,22 @@ class OnnxRuntimeBackend:
         return "decoder_lowres" in self.sessions
 
     def decode(self, latents: np.ndarray, lowres: bool = False) -> np.ndarray:
-        """`lowres`: the half-resolution decoder (same output size), where the weights ship one."""
+        """`lowres`: the half-resolution decoder (same output size), where the weights ship one.
+
+        Each run decodes only the latent cells around the avatar (engines/tiny/crop.py) and places
+        them in transparent frames.
+        """
         graph = "decoder_lowres" if lowres and self.has_lowres else "decoder"
         z = np.ascontiguousarray(latents, dtype=np.float32)
         n, step = len(z), self.decode_batch * (2 if graph == "decoder_lowres" else 1)
-        if n <= step:
-            return self._run(graph, {"latents": z})
-        out = np.empty((n, self.cfg.height, self.cfg.width, 4), np.uint8)
+        out = np.zeros((n, self.cfg.height, self.cfg.width, 4), np.uint8)
         for i in range(0, n, step):
-            out[i:i + step] = self._run(graph, {"latents": z[i:i + step]})
+            part = z[i:i + step]
+            box = crop_box(part, self.cfg)
+            if box.empty:
+                continue  # nothing but background: transparent frames
+            cells = np.ascontiguousarray(part[:, :, box.top:box.bottom, box.left:box.right])
+            place(self._run(graph, {"latents": cells}), box, self.cfg, out[i:i + step])
         return out
 
     def denoise(self, x, t, d, ctx, ref, emotion, intensity) -> np.ndarray:

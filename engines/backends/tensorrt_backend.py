@@ -44,6 +44,7 @@ import numpy as np
 
 from avatarcast.engines.backends.base import BackendError
 from avatarcast.engines.tiny.config import TinyConfig
+from avatarcast.engines.tiny.examples import example_inputs
 from avatarcast.engines.tiny.weights import Manifest, load_manifest
 
 TRT_MODULES = ("tensorrt", "tensorrt_rtx")
@@ -602,7 +603,14 @@ class TensorRTBackend:
         return "decoder_lowres" in self.engines
 
     def decode_t(self, latents, out=None, lowres: bool = False):
-        return self._run("decoder_lowres" if lowres and self.has_lowres else "decoder", ("latents",), [latents], out)
+        """The whole latent grid (the engines are built for it) -> frames (N, 360, 640, 4) on the GPU."""
+        graph = "decoder_lowres" if lowres and self.has_lowres else "decoder"
+        grid = self._run(graph, ("latents",), [latents])
+        cfg = self.cfg
+        if out is None:
+            out = self.torch.zeros((len(grid), cfg.height, cfg.width, 4), dtype=self.torch.uint8, device=grid.device)
+        out[:, :, cfg.window_x0:cfg.window_x0 + cfg.window_width] = grid[:, cfg.pad_top:cfg.pad_top + cfg.height]
+        return out
 
     def denoise_t(self, x, t, d, ctx, ref, emotion, intensity, out=None):
         return self._run("denoiser", ("x", "t", "d", "ctx", "ref", "emotion", "intensity"),
@@ -679,7 +687,7 @@ def _check_run(info: dict, manifest: Manifest, module: str | None) -> dict:
             p = Path(info["denoiser"]["path"])
             eng = _Engine(trt, flavor, torch, p.read_bytes(), _make_logger(trt), None, "denoiser")
             feeds = {k: torch.from_numpy(v).cuda() for k, v in
-                     __import__("tools.export_tiny", fromlist=["x"]).example_inputs(manifest.config, 1)["denoiser"].items()}
+                     example_inputs(manifest.config, 1)["denoiser"].items()}
             eng(feeds)
             torch.cuda.synchronize()
             res["load_attempt"] = "loaded and ran (unexpected for an unsupported GPU)"
@@ -688,7 +696,6 @@ def _check_run(info: dict, manifest: Manifest, module: str | None) -> dict:
         return res
 
     from avatarcast.engines.backends.onnxruntime_backend import OnnxRuntimeBackend
-    from tools.export_tiny import example_inputs
     logger = _make_logger(trt)
     ref = OnnxRuntimeBackend(manifest, verify=False)
     ex = example_inputs(manifest.config, 2, seed=5)

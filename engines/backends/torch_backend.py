@@ -10,7 +10,7 @@ On the CPU it runs the same modules in fp32 (channels_last, oneDNN) without comp
 so CI can test it against onnxruntime.
 
 Besides the numpy protocol (encode/decode/denoise) there is a fast path on torch tensors that
-stay on the device: encode_t, decode_t, denoise_t (tools/bench_engine.py uses it).
+stay on the device: encode_t, decode_t, denoise_t (realtime/bench/engine.py uses it).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from avatarcast.engines.backends import available_cores, cpu_name
+from avatarcast.engines.backends.host import available_cores, cpu_name
 from avatarcast.engines.backends.base import BackendError
 from avatarcast.engines.tiny.weights import LOWRES_FILE, TORCH_FILE, Manifest, load_lowres_module, load_torch_modules
 

@@ -8,13 +8,16 @@ avatar moves into the new emotion instead of cutting to it.
 
 from __future__ import annotations
 
+import copy
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
 from avatarcast.engines.backends.base import TinyBackend
+from avatarcast.engines.contract import EngineCapabilities, ReadyFrames
 from avatarcast.engines.sampler import ShortcutFlowSampler
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.weights import Manifest, load_manifest
@@ -33,12 +36,20 @@ class StreamState:
     frames_done: int = 0
     meta: dict = field(default_factory=dict)
 
+    def copy(self) -> Self:
+        """A twin to advance on its own: arrays shared (the engine replaces them, never writes into them),
+        the noise generator and meta copied."""
+        new = copy.copy(self)
+        new.rng = copy.deepcopy(self.rng)
+        new.meta = dict(self.meta)
+        return new
+
 
 def avatar_cache_key(avatar) -> str:
     """A stable key for an avatar given as index, name, params dict or AvatarParams."""
     import json
 
-    from tools.avatar_world import get_avatar
+    from avatarcast.engines.avatar_world import get_avatar
     return json.dumps(get_avatar(avatar).to_dict(), sort_keys=True)
 
 
@@ -79,6 +90,14 @@ class TinyEngine:
     def weights_hash(self) -> str:
         return self.manifest.weights_hash
 
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        return EngineCapabilities(frames_per_chunk=self.cfg.chunk_frames, half_res_decode=self.has_lowres)
+
+    @property
+    def graphs_ready(self) -> None:
+        return None  # the backends build or load their graphs before the engine exists
+
     def emotion_index(self, emotion: str | int) -> int:
         if isinstance(emotion, (int, np.integer)):
             if not 0 <= int(emotion) < len(self.emotions):
@@ -96,7 +115,7 @@ class TinyEngine:
         with self._lock:
             ref = self._refs.get(key)
         if ref is None:
-            from avatarcast.engines.tiny.reference import reference_frame
+            from avatarcast.engines.avatar_world.reference import reference_frame
             ref = self.backend.encode(reference_frame(avatar)[None])[0]
             with self._lock:
                 self._refs[key] = ref
@@ -150,7 +169,7 @@ class TinyEngine:
     @property
     def has_lowres(self) -> bool:
         """Whether `decode(..., lowres=True)` has a half-resolution decoder to run (the ladder's last rung)."""
-        return bool(getattr(self.backend, "has_lowres", False))
+        return bool(self.backend.has_lowres)
 
     def decode(self, latents: np.ndarray, batch: int = 8, lowres: bool = False) -> np.ndarray:
         """Latent frames (N, C, H, W) -> RGBA uint8 frames (N, 360, 640, 4).
@@ -161,12 +180,20 @@ class TinyEngine:
                for i in range(0, len(latents), batch)]
         return np.concatenate(out) if out else np.zeros((0, self.cfg.height, self.cfg.width, 4), np.uint8)
 
+    def decode_chunks(self, states: list[StreamState], latents: np.ndarray, lowres: bool = False) -> np.ndarray:
+        """Latents (B, T, C, H, W) -> frames (B, T, 360, 640, 4): each latent frame decodes on its own,
+        so the states are not needed (lowres: see decode)."""
+        B, T = latents.shape[:2]
+        frames = self.decode(latents.reshape(B * T, *latents.shape[2:]), lowres=lowres)
+        return frames.reshape(B, T, *frames.shape[1:])
+
+    def launch_chunks(self, states: list[StreamState], steps: int | None = None) -> ReadyFrames:
+        """sample_chunks and decode_chunks now (a CPU engine has nothing to overlap); the frames are ready."""
+        return ReadyFrames(list(self.decode_chunks(states, self.sample_chunks(states, steps))))
+
     def next_chunk(self, states: list[StreamState], lowres: bool = False) -> list[np.ndarray]:
         """The next T frames of each stream, (T, 360, 640, 4) uint8 each (lowres: see decode)."""
-        lat = self.sample_chunks(states)
-        B, T = lat.shape[:2]
-        frames = self.decode(lat.reshape(B * T, *lat.shape[2:]), lowres=lowres)
-        return [frames[i * T:(i + 1) * T] for i in range(B)]
+        return list(self.decode_chunks(states, self.sample_chunks(states), lowres=lowres))
 
     def generate_clip(self, avatar, emotion: str | int, n_frames: int, seed: int = 0,
                       intensity: float = 1.0, warmup_chunks: int = 1, lowres: bool = False) -> np.ndarray:

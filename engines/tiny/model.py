@@ -1,9 +1,10 @@
 """The `tiny` engine's networks: a frame autoencoder and a chunk denoiser.
 
-The autoencoder maps a 640x360 RGBA frame (padded to 640x384 so it divides by 16) to a
-16x24x40 latent; the denoiser is a small conditional U-Net that predicts the flow-matching
-velocity of the next chunk of latent frames given the previous frames, the avatar's
-reference latent, the emotion and its intensity, the time t and the shortcut step size d.
+The autoencoder maps the window of a 640x360 RGBA frame that can hold the avatar (448x360,
+padded to 448x384) to an 8x48x56 latent (8x smaller each way); the denoiser is a small
+conditional U-Net, on 2x2 patches of latent cells, that predicts the flow-matching velocity of
+the next chunk of latent frames given the previous frames, the avatar's reference latent, the
+emotion and its intensity, the time t and the shortcut step size d.
 Both are plain torch modules; serving goes through avatarcast.engines.backends.
 """
 
@@ -32,15 +33,20 @@ class ResBlock(nn.Module):
 
 
 class Encoder(nn.Module):
-    """RGBA in [-1, 1] (premultiplied), (B, 4, 384, 640) -> raw latents (B, C, 24, 40)."""
+    """RGBA in [-1, 1] (premultiplied), (B, 4, pad_H, window_W) -> raw latents (B, C, pad_H/8, window_W/8).
+
+    It runs once per avatar (its reference frame) while serving, so it can afford the width.
+    """
 
     def __init__(self, cfg: TinyConfig):
         super().__init__()
-        c = cfg.enc_channels
+        c, n = cfg.enc_channels, cfg.enc_blocks
         layers: list[nn.Module] = [nn.Conv2d(4, c[0], 3, stride=2, padding=1)]
         for i in range(1, len(c)):
-            layers += [ResBlock(c[i - 1]), nn.Conv2d(c[i - 1], c[i], 3, stride=2, padding=1)]
-        layers += [ResBlock(c[-1]), nn.SiLU(), nn.Conv2d(c[-1], cfg.latent_channels, 3, padding=1)]
+            layers += [ResBlock(c[i - 1]) for _ in range(n[i - 1])]
+            layers += [nn.Conv2d(c[i - 1], c[i], 3, stride=2, padding=1)]
+        layers += [ResBlock(c[-1]) for _ in range(n[-1])]
+        layers += [nn.SiLU(), nn.Conv2d(c[-1], cfg.latent_channels, 3, padding=1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,11 +54,30 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    """Raw latents (B, C, 24, 40) -> premultiplied RGBA in [-1, 1], (B, 4, 384, 640).
+    """Raw latents (B, C, h, w) -> premultiplied RGBA in [-1, 1], (B, 4, 8h, 8w).
 
-    Upsampling is conv + pixel shuffle, and the widest layers run at the lowest resolution,
-    because this network runs once per output frame on the CPU.
+    Fully convolutional: the server decodes only the latent cells around the avatar, and training
+    decodes random crops, so the network has learnt what a crop's border looks like. Upsampling is
+    conv + pixel shuffle, and the widest layers run at the lowest resolution, because this network
+    runs once per output frame on the CPU.
     """
+
+    def __init__(self, cfg: TinyConfig):
+        super().__init__()
+        c, n = cfg.dec_channels, cfg.dec_blocks
+        layers: list[nn.Module] = [nn.Conv2d(cfg.latent_channels, c[0], 3, padding=1)]
+        for i in range(len(c)):
+            layers += [ResBlock(c[i]) for _ in range(n[i])]
+            cout = c[i + 1] if i + 1 < len(c) else 4
+            layers += [nn.SiLU(), nn.Conv2d(c[i], 4 * cout, 3, padding=1), nn.PixelShuffle(2)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class DecoderV1(nn.Module):
+    """The first model's decoder (arch 1): a plain conv after the first upsampling, no residual."""
 
     def __init__(self, cfg: TinyConfig):
         super().__init__()
@@ -69,21 +94,26 @@ class Decoder(nn.Module):
         return self.net(z)
 
 
+def make_decoder(cfg: TinyConfig) -> nn.Module:
+    """The decoder the config's architecture names."""
+    return DecoderV1(cfg) if cfg.arch == 1 else Decoder(cfg)
+
+
 class HalfResDecoder(nn.Module):
     """The degradation ladder's "lower internal resolution" decoder, about 4x cheaper than Decoder.
 
-    The latents are average-pooled 2x (24x40 -> 12x20), decoded at 320x192 by a Decoder of the same
-    shape (distilled from the full one: tools/train_lowres.py), and upscaled bilinearly to 640x384.
-    Only the decode changes: the denoiser and the streams' latent contexts stay at full size, so a
-    stream moves between the rungs without a visible jump in pose.
+    The latents are average-pooled 2x, decoded at half size by a Decoder of the same shape
+    (distilled from the full one) and upscaled bilinearly. Only the decode changes: the denoiser
+    and the streams' latent contexts stay at full size, so a stream moves between the rungs without
+    a visible jump in pose. Crops given to it must have an even number of cells each way.
     """
 
     def __init__(self, cfg: TinyConfig):
         super().__init__()
-        self.decoder = Decoder(cfg)
+        self.decoder = make_decoder(cfg)
 
     def forward_small(self, z: torch.Tensor) -> torch.Tensor:
-        """Raw latents (B, C, 24, 40) -> premultiplied RGBA at half size (B, 4, 192, 320)."""
+        """Raw latents (B, C, h, w) -> premultiplied RGBA at half size (B, 4, 4h, 4w)."""
         return self.decoder(F.avg_pool2d(z, 2))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -147,6 +177,8 @@ class Denoiser(nn.Module):
       x (B, T*C, H, W) noisy chunk at time t (t=0 noise, t=1 data); t, d (B,) in [0, 1];
       ctx (B, K*C, H, W) the previous K frames; ref (B, C, H, W) the avatar's reference frame;
       emotion (B,) int64; intensity (B,) float in [0, 1].
+    The latents are grouped into cfg.patch x cfg.patch patches (pixel unshuffle) on the way in
+    and back on the way out, so the U-Net runs at a coarse grid whatever the latent's size.
     """
 
     def __init__(self, cfg: TinyConfig):
@@ -155,9 +187,10 @@ class Denoiser(nn.Module):
         C, T, K = cfg.latent_channels, cfg.chunk_frames, cfg.context_frames
         ch = cfg.den_channels
         cd = cfg.cond_dim
+        P2 = cfg.patch * cfg.patch
         self.emotion_emb = nn.Embedding(len(cfg.emotions), cd)
         self.cond_mlp = nn.Sequential(nn.Linear(3 * 128 + cd, cd), nn.SiLU(), nn.Linear(cd, cd))
-        self.inp = nn.Conv2d(T * C + K * C + C, ch[0], 3, padding=1)
+        self.inp = nn.Conv2d((T * C + K * C + C) * P2, ch[0], 3, padding=1)
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
         for i, c in enumerate(ch):
@@ -173,7 +206,7 @@ class Denoiser(nn.Module):
             self.upsample.append(nn.Conv2d(ch[i + 1], ch[i], 3, padding=1))
             self.up.append(nn.ModuleList([CondResBlock(2 * ch[i], ch[i], cd), CondResBlock(ch[i], ch[i], cd)]))
         self.out_norm = nn.GroupNorm(8, ch[0])
-        self.out = nn.Conv2d(ch[0], T * C, 3, padding=1)
+        self.out = nn.Conv2d(ch[0], T * C * P2, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -183,7 +216,8 @@ class Denoiser(nn.Module):
             timestep_embedding(intensity, 128), self.emotion_emb(emotion),
         ], dim=1)
         cond = self.cond_mlp(cond)
-        h = self.inp(torch.cat([x, ctx, ref], dim=1))
+        p = self.cfg.patch
+        h = self.inp(F.pixel_unshuffle(torch.cat([x, ctx, ref], dim=1), p) if p > 1 else torch.cat([x, ctx, ref], dim=1))
         skips = []
         for i, blocks in enumerate(self.down):
             for blk in blocks:
@@ -199,27 +233,36 @@ class Denoiser(nn.Module):
             h = torch.cat([h, skips.pop()], dim=1)
             for blk in blocks:
                 h = blk(h, cond)
-        return self.out(F.silu(self.out_norm(h)))
+        v = self.out(F.silu(self.out_norm(h)))
+        return F.pixel_shuffle(v, p) if p > 1 else v
 
 
 # --- frame <-> tensor conversions shared by training, export and the torch backend ---------
 
 def frames_to_tensor(frames: torch.Tensor, cfg: TinyConfig) -> torch.Tensor:
-    """uint8 (B, H, W, 4) straight-alpha RGBA -> premultiplied float (B, 4, pad_H, W) in [-1, 1]."""
-    x = frames.permute(0, 3, 1, 2).float() / 255.0
+    """uint8 (B, H, W, 4) straight-alpha frames -> the window, premultiplied, (B, 4, pad_H, window_W) in [-1, 1]."""
+    # cast before slicing the window: TensorRT takes uint8 only straight into a Cast
+    x = frames.permute(0, 3, 1, 2).float()[..., cfg.window_x0:cfg.window_x0 + cfg.window_width] / 255.0
     rgb, a = x[:, :3] * x[:, 3:4], x[:, 3:4]
     x = torch.cat([rgb, a], dim=1) * 2 - 1
     pad = cfg.pad_top
     return F.pad(x, (0, 0, pad, cfg.pad_height - cfg.height - pad), value=-1.0)
 
 
-def tensor_to_frames(x: torch.Tensor, cfg: TinyConfig) -> torch.Tensor:
-    """Premultiplied float (B, 4, pad_H, W) in [-1, 1] -> uint8 (B, H, W, 4) straight-alpha RGBA."""
-    x = ((x[:, :, cfg.pad_top:cfg.pad_top + cfg.height] + 1) * 0.5).clamp(0, 1)
+def tensor_to_rgba(x: torch.Tensor) -> torch.Tensor:
+    """Premultiplied float (B, 4, h, w) in [-1, 1] -> uint8 (B, h, w, 4) straight-alpha RGBA."""
+    x = ((x + 1) * 0.5).clamp(0, 1)
     a = x[:, 3:4]
     rgb = (x[:, :3] / a.clamp(min=1.0 / 255)).clamp(0, 1)
     out = torch.cat([rgb, a], dim=1) * 255.0 + 0.5
     return out.to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def tensor_to_frames(x: torch.Tensor, cfg: TinyConfig) -> torch.Tensor:
+    """The whole window, premultiplied float (B, 4, pad_H, window_W) -> uint8 frames (B, H, W, 4)."""
+    win = tensor_to_rgba(x[:, :, cfg.pad_top:cfg.pad_top + cfg.height])
+    left, right = cfg.window_x0, cfg.width - cfg.window_x0 - cfg.window_width
+    return F.pad(win, (0, 0, left, right)) if left or right else win
 
 
 class LatentNorm(nn.Module):
@@ -238,7 +281,7 @@ class LatentNorm(nn.Module):
 
 
 class FrameEncoder(nn.Module):
-    """uint8 RGBA frames -> normalized latents: the graph the backends serve."""
+    """uint8 RGBA frames (B, 360, 640, 4) -> normalized latents: the graph the backends serve."""
 
     def __init__(self, cfg: TinyConfig, encoder: Encoder):
         super().__init__()
@@ -249,11 +292,15 @@ class FrameEncoder(nn.Module):
 
 
 class FrameDecoder(nn.Module):
-    """Normalized latents -> uint8 RGBA frames (B, 360, 640, 4): the graph the backends serve."""
+    """Normalized latent cells (B, C, h, w), any h and w -> uint8 RGBA (B, 8h, 8w, 4) of those cells.
 
-    def __init__(self, cfg: TinyConfig, decoder: Decoder):
+    The graph the backends serve: they decode the cells around the avatar (engines/tiny/crop.py) and
+    place the result in a transparent frame.
+    """
+
+    def __init__(self, cfg: TinyConfig, decoder: nn.Module):
         super().__init__()
         self.cfg, self.decoder, self.norm = cfg, decoder, LatentNorm(cfg)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return tensor_to_frames(self.decoder(self.norm.denormalize(z)), self.cfg)
+        return tensor_to_rgba(self.decoder(self.norm.denormalize(z)))

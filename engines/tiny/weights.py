@@ -15,6 +15,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from avatarcast.engines.errors import EngineError
 from avatarcast.engines.tiny.config import TinyConfig
 
 DEFAULT_DIR = Path(__file__).parent / "weights"
@@ -25,7 +26,7 @@ LOWRES_FILE = "lowres.safetensors"
 LOWRES_ONNX = "decoder_lowres.onnx"
 
 
-class WeightsError(FileNotFoundError):
+class WeightsError(EngineError, FileNotFoundError):
     """The weights folder is missing a file, or a file does not match its manifest hash."""
 
 
@@ -98,10 +99,10 @@ def load_torch_modules(manifest: Manifest, device: str = "cpu"):
     """Build (encoder, decoder, denoiser) torch modules in float32 from tiny.safetensors."""
     from safetensors.torch import load_file
 
-    from avatarcast.engines.tiny.model import Decoder, Denoiser, Encoder
+    from avatarcast.engines.tiny.model import Denoiser, Encoder, make_decoder
 
     sd = load_file(str(manifest.file(TORCH_FILE)), device=device)
-    mods = {"encoder": Encoder(manifest.config), "decoder": Decoder(manifest.config),
+    mods = {"encoder": Encoder(manifest.config), "decoder": make_decoder(manifest.config),
             "denoiser": Denoiser(manifest.config)}
     for name, mod in mods.items():
         part = {k[len(name) + 1:]: v.float() for k, v in sd.items() if k.startswith(name + ".")}

@@ -11,8 +11,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from avatarcast.engines.errors import EngineError
 
-class WanCheckpointError(ValueError):
+
+class WanCheckpointError(EngineError, ValueError):
     """The checkpoint directory lacks something the engine needs."""
 
 

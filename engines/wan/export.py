@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
-        from tools.bench_wan import TRANSFORMER_5B, VAE_22
+        from avatarcast.engines.wan.shapes import TRANSFORMER_5B, VAE_22
         tr = WanTransformer3DModel(**dict(TRANSFORMER_5B, num_layers=args.layers))
         eng = WanEngine(tr, AutoencoderKLWan(**VAE_22), CheckpointInfo(None, None, None),  # type: ignore[arg-type]
                         chunk_latent_frames=args.chunk_frames)

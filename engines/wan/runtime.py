@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avatarcast.engines.errors import EngineError
 from avatarcast.engines.wan.export import MANIFEST
 from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder
 
@@ -27,7 +28,7 @@ BACKENDS = ("torch", "tensorrt", "onnxruntime")
 EXPORT_HINT = "python -m avatarcast.engines.wan.export --checkpoint CKPT --out DIR --chunk-frames T [--build --module tensorrt]"
 
 
-class ExportError(RuntimeError):
+class ExportError(EngineError, RuntimeError):
     """The exported graphs are missing or do not fit this engine."""
 
 

@@ -21,12 +21,13 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from avatarcast.engines.contract import EngineCapabilities
 from avatarcast.engines.sampler import FlowMatchEulerSampler
 from avatarcast.engines.wan.checkpoint import inspect_checkpoint
 from avatarcast.engines.wan.engine import WanEngine, WanStreamState
@@ -36,7 +37,7 @@ from avatarcast.engines.wan.prompts import (RANDOM, PromptEmbedStore, dir_finger
 log = logging.getLogger(__name__)
 
 FRAME_H, FRAME_W = 360, 640  # what the server streams
-BACKGROUND = (245, 240, 230)  # tools/render_clip.BACKGROUND: what the avatar stands on (Wan has no alpha)
+BACKGROUND = (245, 240, 230)  # realtime/video.BACKGROUND: what the avatar stands on (Wan has no alpha)
 NEUTRAL = "idle"  # intensity blends each emotion's prompt with this one's
 SERVING_FORMAT = 1  # bump when this adapter changes what a cached chunk looks like
 
@@ -54,26 +55,15 @@ class AvatarStreamState(WanStreamState):
     emotion: int = 0
     intensity: float = 1.0
 
-    @property
-    def rng(self) -> torch.Generator:
-        """The scheduler copies states with `copy.deepcopy(state.rng)`: the generator is the rng."""
-        return self.generator
-
-    @rng.setter
-    def rng(self, g: torch.Generator) -> None:
-        self.generator = g
-
-    def __copy__(self) -> "AvatarStreamState":
-        """copy.copy (the scheduler's copy_state) must not share the VAE causal cache: advancing the
-        copy would advance the original. The cache's tensors are replaced, never written in place,
-        so a shallow copy of the cache object is enough."""
+    def copy(self) -> Self:
+        """A twin to advance on its own: the generator is copied, and so is the VAE causal cache object
+        (its tensors are replaced, never written in place, so a shallow copy of it is enough)."""
         new = object.__new__(type(self))
         new.__dict__.update(self.__dict__)
-        vae = getattr(self, "vae", None)
-        if vae is not None:
-            new.vae = copy.copy(vae)
-            if isinstance(getattr(vae, "meta", None), dict):
-                new.vae.meta = dict(vae.meta)
+        new.vae = copy.copy(self.vae)
+        new.vae.meta = dict(self.vae.meta)
+        new.generator = copy.deepcopy(self.generator)
+        new.meta = dict(self.meta)
         return new
 
     @property
@@ -229,7 +219,13 @@ class WanAvatarEngine:
 
     # -- what the server reads --------------------------------------------------------------
     @property
-    def vae_compiled(self) -> bool | None:
+    def capabilities(self) -> EngineCapabilities:
+        """Read when a scheduler is made: tools may set max_batch / pipeline_depth before that."""
+        return EngineCapabilities(frames_per_chunk=self.cfg.frames_per_chunk, max_batch=self.max_batch,
+                                  pipeline_depth=self.pipeline_depth, per_stream_decode=True)
+
+    @property
+    def graphs_ready(self) -> bool | None:
         """None: the VAE decodes eagerly; False while its graphs compile in the background; True."""
         return self.wan.vae_stream.compiled
 
@@ -284,7 +280,7 @@ class WanAvatarEngine:
     # -- streams ----------------------------------------------------------------------------
     def reference_image(self, avatar) -> np.ndarray:
         """The avatar's reference frame on the opaque background, cropped to the model grid's aspect (RGB)."""
-        from avatarcast.engines.tiny.reference import reference_frame
+        from avatarcast.engines.avatar_world.reference import reference_frame
         rgba = reference_frame(avatar).astype(np.float32)
         a = rgba[..., 3:4] / 255.0
         rgb = rgba[..., :3] * a + np.asarray(BACKGROUND, np.float32) * (1 - a)
@@ -367,8 +363,13 @@ class WanAvatarEngine:
         out[..., 3] = 255
         return out.reshape(*lead, FRAME_H, FRAME_W, 4)
 
-    def decode_chunks(self, states: list[AvatarStreamState], latents: np.ndarray) -> np.ndarray:
-        """Each stream's newest chunk (B, T, C, h, w) -> its frames (B, 4T, 360, 640, 4), continuing its video."""
+    def decode_chunks(self, states: list[AvatarStreamState], latents: np.ndarray, lowres: bool = False) -> np.ndarray:
+        """Each stream's newest chunk (B, T, C, h, w) -> its frames (B, 4T, 360, 640, 4), continuing its video.
+
+        Raises:
+            ValueError: lowres (the Wan VAE has no half-resolution decoder)."""
+        if lowres:
+            raise ValueError("the wan engine has no half-resolution decoder")
         lat = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
         with self._on("vae"):
             return self._rgba(self.wan.decode_new(states, lat, to_numpy=False)).cpu().numpy()

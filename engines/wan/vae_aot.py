@@ -32,10 +32,12 @@ from pathlib import Path
 
 import torch
 
+from avatarcast.engines.errors import EngineError
+
 log = logging.getLogger(__name__)
 
 
-class AotUnavailable(RuntimeError):
+class AotUnavailable(EngineError, RuntimeError):
     """A package could not be exported, compiled or loaded (the caller falls back to torch.compile)."""
 
 

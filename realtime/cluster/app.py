@@ -16,7 +16,10 @@ from typing import Any, Mapping
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
+from avatarcast.realtime.cluster.remote import RemoteScheduler
 from avatarcast.realtime.cluster.replica import EngineReplica, log_to_stderr
+from avatarcast.realtime.hub import Hub
+from avatarcast.realtime.server import create_app
 from avatarcast.realtime.settings import Settings
 
 log = logging.getLogger("avatarcast.cluster")
@@ -98,24 +101,19 @@ class Gateway:
     """The FastAPI app of `avatarcast serve`, its Hub sending chunk jobs to the engine deployment."""
 
     def __init__(self, settings: dict, engine: Any) -> None:
-        from avatarcast.realtime.cluster.remote import RemoteScheduler
-        from avatarcast.realtime.hub import Hub
-
         self.settings = Settings(**settings)
         log_to_stderr(self.settings)
         s = self.settings
-        self.hub = Hub(s, make_scheduler=lambda hub: RemoteScheduler(
-            hub.engine, engine, attempts=s.ray_chunk_attempts, timeout_s=s.ray_chunk_timeout_s,
-            window_s=s.capacity_window_s, on_batch=hub.metrics.observe_batch))
+        self.hub = Hub(s, make_scheduler=lambda local, metrics: RemoteScheduler(
+            local, engine, attempts=s.ray_chunk_attempts, timeout_s=s.ray_chunk_timeout_s,
+            window_s=s.capacity_window_s, on_batch=metrics.observe_batch))
 
     def __serve_build_asgi_app__(self) -> Any:
-        from avatarcast.realtime.server import create_app
-
         return create_app(self.settings, self.hub)
 
     def check_health(self) -> None:
         """A gateway whose models failed to load is restarted by Serve instead of answering 503 forever."""
-        err = getattr(self.hub, "start_error", None)
+        err = self.hub.start_error
         if err:
             raise RuntimeError(f"gateway start-up failed: {err}")
 

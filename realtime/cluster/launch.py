@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from avatarcast.realtime.logs import setup_logging
 from avatarcast.realtime.settings import Settings
 
 log = logging.getLogger("avatarcast.cluster")
@@ -20,7 +21,7 @@ PROJECT_ROOT = str(Path(__file__).resolve().parents[2])
 def start(settings: Settings, *, num_cpus: int | None = None) -> Any:
     """ray.init (local unless ray_address), Serve's proxy on the settings' host/port, and the application
     deployed; returns the gateway's handle once every replica is running."""
-    import ray
+    import ray  # ray: `avatarcast serve --ray` only; the app module imports Serve itself
     from ray import serve
 
     from avatarcast.realtime.cluster.app import build_app
@@ -37,7 +38,7 @@ def start(settings: Settings, *, num_cpus: int | None = None) -> Any:
 
 def stop() -> None:
     """Serve's deployments and proxy, then this driver's Ray (and the local cluster it started)."""
-    import ray
+    import ray  # ray: `avatarcast serve --ray` only
     from ray import serve
 
     try:
@@ -48,8 +49,6 @@ def stop() -> None:
 
 def serve_on_ray(settings: Settings) -> None:
     """Run until interrupted."""
-    from avatarcast.realtime.logs import setup_logging
-
     setup_logging(settings.log_level, settings.log_format)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,4 +1,4 @@
-"""RemoteScheduler: the EngineScheduler surface the Hub, the runners and admission control use
+"""RemoteScheduler: the Scheduler protocol (realtime/scheduler.py) the Hub, the runners and admission control use
 (`submit`, `queue_depth`, `busy_fraction`, `ladder`, `stream_chunk_s`, the background lane),
 with every chunk job sent to an engine replica through a Serve handle.
 
@@ -19,7 +19,12 @@ import time
 from collections import OrderedDict, deque
 from typing import Any, Callable
 
-from avatarcast.realtime.cluster.wire import ChunkCall, ChunkReply, start_spec
+from ray.exceptions import RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
+from avatarcast.engines.contract import StreamEngine
+from avatarcast.realtime.cluster.wire import ChunkCall, ChunkReply
+from avatarcast.realtime.ladder import DegradationLadder
 from avatarcast.realtime.scheduler import ChunkJob, ChunkResult, EngineScheduler
 
 log = logging.getLogger("avatarcast.cluster")
@@ -27,16 +32,16 @@ log = logging.getLogger("avatarcast.cluster")
 
 def replica_lost_errors() -> tuple[type[BaseException], ...]:
     """The errors that mean "this replica is gone or cannot take requests", not "this chunk is bad"."""
-    from ray.exceptions import RayActorError
-    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
-
     return (RayActorError, ReplicaUnavailableError, DeploymentUnavailableError, BackPressureError, asyncio.TimeoutError)
 
 
 class RemoteScheduler:
-    """Sends chunk jobs to engine replicas; keeps the load figures the Hub reads from a scheduler."""
+    """Sends chunk jobs to engine replicas; keeps the load figures the Hub reads from a scheduler (a Scheduler)."""
 
-    def __init__(self, engine: Any, handle: Any, *, attempts: int = 4, timeout_s: float = 10.0,
+    max_batch = None  # each replica's own scheduler batches
+    depth = 1
+
+    def __init__(self, engine: StreamEngine, handle: Any, *, attempts: int = 4, timeout_s: float = 10.0,
                  window_s: float = 20.0, on_batch: Callable[[int, float], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.engine = engine  # the gateway's own engine: stream starts it can describe, and the background lane
@@ -45,7 +50,7 @@ class RemoteScheduler:
         self.on_batch = on_batch
         self.clock = clock
         self.local = EngineScheduler(engine)  # avatar warm-up (loops, latents cache) stays on the gateway
-        self.ladder: Any = None  # set by the Hub; fed by the replies' lateness (cached loops under load)
+        self.ladder: DegradationLadder | None = None  # set by the Hub; fed by the replies' lateness
         self.in_flight = 0
         self.batches = self.jobs_done = self.late_batches = self.oom_splits = 0
         self.busy_s = self.last_batch_s = 0.0
@@ -61,7 +66,7 @@ class RemoteScheduler:
         self.max_gap_s = 0.0  # longest a chunk waited on replica failures before an answer
         self._ticker: asyncio.Task | None = None
 
-    # -- the EngineScheduler surface --
+    # -- the Scheduler protocol --
 
     @property
     def queue_depth(self) -> int:
@@ -103,10 +108,7 @@ class RemoteScheduler:
 
     async def submit(self, job: ChunkJob) -> ChunkResult:
         """The job's chunk from its session's replica; retried on another replica if that one is lost."""
-        state = job.state
-        if callable(state):
-            spec = start_spec(state, self.engine)
-            state = spec if spec is not None else await self.local.run_on_engine(state)  # made here, then sent
+        state = job.state  # a StreamStart is made on the replica
         lost = replica_lost_errors()
         handle = self.handle.options(session_id=job.session_id)
         first_sent = self.clock()

@@ -8,13 +8,18 @@ brings its stream state and the reply takes the new one back (realtime/cluster/w
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from typing import Any
 
-from avatarcast.realtime.cluster.wire import ChunkCall, ChunkReply, StartStream
+import ray
+
+from avatarcast.realtime.avatars import resolve_avatar
+from avatarcast.realtime.cluster.wire import ChunkCall, ChunkReply
+from avatarcast.realtime.engine_loader import load_engine
 from avatarcast.realtime.ladder import ladder_for
+from avatarcast.realtime.logs import JsonFormatter
+from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler
 from avatarcast.realtime.settings import Settings
 
 log = logging.getLogger("avatarcast.cluster.replica")
@@ -24,18 +29,12 @@ class EngineReplica:
     """Serve deployment body (app.py wraps it): `chunk(call) -> ChunkReply`."""
 
     def __init__(self, settings: dict) -> None:
-        import ray
-
-        from avatarcast.realtime.engine_loader import load_engine
-
         self.settings = Settings(**settings)
         log_to_stderr(self.settings)
         t0 = time.perf_counter()
         self.engine = load_engine(self.settings)
         # warm up before Serve marks this replica running: the first live chunk must not pay for
         # ONNX Runtime's first run or the start-up avatars' reference latents
-        from avatarcast.realtime.avatars import resolve_avatar
-
         for name in self.settings.avatar_list() or ["pip"]:
             self.engine.next_chunk([self.engine.start_stream(resolve_avatar(name)[1], "idle", 0.5, 0)])
         self.name = ray.get_runtime_context().get_actor_name() or ray.get_runtime_context().get_actor_id()
@@ -45,8 +44,6 @@ class EngineReplica:
 
     async def _started(self) -> Any:
         if self._scheduler is None:  # the scheduler's task must live on the loop Serve runs requests on
-            from avatarcast.realtime.scheduler import EngineScheduler
-
             self._starting = self._starting or asyncio.Lock()
             async with self._starting:
                 if self._scheduler is None:
@@ -58,14 +55,9 @@ class EngineReplica:
 
     async def chunk(self, call: ChunkCall) -> ChunkReply:
         """One stream's next chunk, batched with the other sessions' chunks waiting here."""
-        from avatarcast.realtime.scheduler import ChunkJob
-
         sch = await self._started()
-        state = call.state
-        if isinstance(state, StartStream):  # made on the engine thread, like a local new stream
-            state = functools.partial(self.engine.start_stream, *state.args, **state.kwargs)
-        t_in = time.monotonic()
-        res = await sch.submit(ChunkJob(call.session_id, state, t_in + call.due_in_s, call.emotion, call.intensity))
+        t_in = time.monotonic()  # a StreamStart state is made on the engine thread, like a local new stream
+        res = await sch.submit(ChunkJob(call.session_id, call.state, t_in + call.due_in_s, call.emotion, call.intensity))
         full = sch.ladder is None or sch.ladder.level == 0  # this batch ran at full quality (near enough)
         return ChunkReply(res.frames, res.state, self.name, max(0.0, res.started - t_in), res.sampled - res.started,
                           res.finished - res.sampled, res.batch, res.started, full, res.lowres)
@@ -79,8 +71,6 @@ class EngineReplica:
 
 def log_to_stderr(s: Settings) -> None:
     """avatarcast's own log lines (session events, failovers) on the replica's stderr, in the project's format."""
-    from avatarcast.realtime.logs import JsonFormatter
-
     lg = logging.getLogger("avatarcast")
     if not lg.handlers:
         h = logging.StreamHandler()

@@ -8,25 +8,17 @@ Times cross as durations, never as monotonic stamps: clocks of two machines do n
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class StartStream:
-    """A new stream, made on the replica by its own engine: `engine.start_stream(*args, **kwargs)`."""
-
-    args: tuple
-    kwargs: dict = field(default_factory=dict)
+from avatarcast.engines.contract import StreamStart, StreamState
 
 
 @dataclass(frozen=True)
 class ChunkCall:
     session_id: str
-    state: Any  # engines' StreamState, or StartStream
+    state: StreamState | StreamStart  # a StreamStart is made on the replica by its own engine
     due_in_s: float  # seconds from sending until the chunk's first frame is due
     emotion: str
     intensity: float
@@ -35,7 +27,7 @@ class ChunkCall:
 @dataclass(frozen=True)
 class ChunkReply:
     frames: np.ndarray  # (T, 360, 640, 4) uint8 RGBA
-    state: Any  # the stream state after this chunk
+    state: StreamState  # the stream state after this chunk
     replica: str  # the replica's Ray actor name (stable while it lives; a restarted replica has a new one)
     queued_s: float  # on the replica: waiting for a batch
     sample_s: float  # the batch's sampler run
@@ -45,12 +37,3 @@ class ChunkReply:
     full_quality: bool  # ran at the engine's own steps and resolution (a cost admission control may use)
     lowres: bool = False
 
-
-def start_spec(state: Any, engine: Any) -> StartStream | None:
-    """A StartStream for `functools.partial(engine.start_stream, ...)` (how sessions open a stream), else None."""
-    if not isinstance(state, functools.partial):
-        return None
-    fn = state.func
-    if getattr(fn, "__self__", None) is not engine or getattr(fn, "__name__", "") != "start_stream":
-        return None
-    return StartStream(tuple(state.args), dict(state.keywords))

@@ -24,7 +24,7 @@ const AFFINITY_KEY = Array.from({ length: 4 }, () => Math.random().toString(36).
   const $ = (id) => document.getElementById(id);
   const el = {
     video: $("video"), overlay: $("video-overlay"), fps: $("fps"),
-    avatar: $("avatar"), conn: $("conn"), reconnect: $("reconnect"),
+    avatar: $("avatar"), language: $("language"), conn: $("conn"), reconnect: $("reconnect"),
     error: $("error"), errorText: $("error-text"), errorClose: $("error-close"),
     talk: $("talk"), talkLabel: $("talk-label"), micNote: $("mic-note"),
     sayForm: $("say-form"), sayText: $("say-text"), saySend: $("say-send"),
@@ -89,8 +89,9 @@ const AFFINITY_KEY = Array.from({ length: 4 }, () => Math.random().toString(36).
     switch (ev.type) {
       case "hello": return `session ${p.session}, avatar ${p.avatar}, ${p.width}x${p.height} @ ${p.fps} fps`;
       case "state_changed": return `${p.from} → ${p.to}${p.emotion ? ` (${p.emotion})` : ""}`;
-      case "transcript_partial": return `… ${p.text}`;
-      case "transcript_final": return `"${p.text}" (${p.source || "speech"})`;
+      case "transcript_partial": return `… ${p.text}${p.language ? ` [${p.language}]` : ""}`;
+      case "transcript_final": return `"${p.text}" (${p.source || "speech"}${p.language ? `, ${p.language}` : ""})`;
+      case "language": return `ASR language: ${p.language || "auto"}`;
       case "emotion": return `${p.label} ${pct(p.confidence)} by ${p.decided_by}${p.applied ? "" : ` — not applied: ${p.reason}`}`;
       case "latency": return `#${p.utterance} ${p.emotion}: TTER ${fmtMs(p.tter_ms)} ms, TTFF ${fmtMs(p.ttff_ms)} ms`;
       case "frames_late": return `${p.count} frame(s) late, ${p.dropped_total} dropped in all`;
@@ -102,8 +103,10 @@ const AFFINITY_KEY = Array.from({ length: 4 }, () => Math.random().toString(36).
 
   function pct(x) { return typeof x === "number" ? `${Math.round(x * 100)}%` : ""; }
 
-  function setTranscript(text, kind, source) {
+  function setTranscript(text, kind, source, language) {
     el.transcript.textContent = text || "(nothing heard)";
+    el.transcript.lang = language || "";
+    el.transcript.dataset.language = language || "";
     el.transcript.dataset.kind = kind; // partial | final
     el.transcript.dataset.source = source || "speech"; // speech | say | clip
   }
@@ -126,10 +129,13 @@ const AFFINITY_KEY = Array.from({ length: 4 }, () => Math.random().toString(36).
         if (p.to === "closed") sessionEnded();
         break;
       case "transcript_partial":
-        setTranscript(p.text, "partial", "speech");
+        setTranscript(p.text, "partial", "speech", p.language);
         break;
       case "transcript_final":
-        setTranscript(p.text, "final", p.source);
+        setTranscript(p.text, "final", p.source, p.language);
+        break;
+      case "language": // the server's answer to a language command: what it now listens for
+        el.language.value = p.language || "auto";
         break;
       case "emotion":
         if (p.applied) {
@@ -329,7 +335,8 @@ const AFFINITY_KEY = Array.from({ length: 4 }, () => Math.random().toString(36).
   });
 
   function showClipResult(p) {
-    el.clipStatus.textContent = `"${p.transcript || "(nothing heard)"}" → ${p.emotion} (${pct(p.confidence)}), ${p.audio_s}s of audio`;
+    el.clipStatus.textContent = `"${p.transcript || "(nothing heard)"}" → ${p.emotion} (${pct(p.confidence)}), `
+      + `${p.audio_s}s of audio${p.language ? `, ${p.language}` : ""}`;
   }
 
   async function errorText(r) {
@@ -422,7 +429,8 @@ const AFFINITY_KEY = Array.from({ length: 4 }, () => Math.random().toString(36).
       const avatar = el.avatar.value;
       let r;
       try {
-        r = await fetch(`/v1/whep?avatar=${encodeURIComponent(avatar)}`, {
+        const language = el.language.value;
+        r = await fetch(`/v1/whep?avatar=${encodeURIComponent(avatar)}&language=${encodeURIComponent(language)}`, {
           method: "POST", headers: { "Content-Type": "application/sdp" }, body: pc.localDescription.sdp,
         });
       } catch (err) {
@@ -461,6 +469,12 @@ const AFFINITY_KEY = Array.from({ length: 4 }, () => Math.random().toString(36).
   el.reconnect.addEventListener("click", () => {
     if (!app.micTrack) app.micError = null; // ask for the microphone again
     connect();
+  });
+  // The language applies to the open session at once (a command); a new session is created with it.
+  el.language.addEventListener("change", () => {
+    try { localStorage.setItem("avatarcast.language", el.language.value); } catch { /* private mode */ }
+    if (app.dc && app.dc.readyState === "open") app.dc.send(JSON.stringify({ type: "language", language: el.language.value }));
+    else connect();
   });
   el.avatar.addEventListener("change", () => {
     try { localStorage.setItem("avatarcast.avatar", el.avatar.value); } catch { /* private mode */ }
@@ -520,6 +534,9 @@ const AFFINITY_KEY = Array.from({ length: 4 }, () => Math.random().toString(36).
     for (const name of avatars.avatars) el.avatar.append(new Option(name, name, false, name === want));
     if (want && !avatars.avatars.includes(want)) el.avatar.append(new Option(want, want, true, true));
     buildEmotionButtons(emotions.emotions);
+    const lang = new URLSearchParams(location.search).get("language")
+      || (() => { try { return localStorage.getItem("avatarcast.language"); } catch { return null; } })();
+    if (lang && [...el.language.options].some((o) => o.value === lang)) el.language.value = lang;
     connect();
   }
 

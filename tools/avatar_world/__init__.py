@@ -1,16 +1,8 @@
-"""The avatar world: a procedural cartoon-avatar renderer and dataset writer.
+"""Offline work on the avatar world (engines/avatar_world): the dataset writer and the previews.
 
-Public API::
-
-    EMOTIONS, AvatarParams, BUILTIN_AVATARS, random_avatar, get_avatar,
-    MotionVariation, sample_variation, Pose, pose_at, blend_poses,
-    render_frame, render_sequence, render_clip,
-    write_dataset, iter_shards, DATA_VERSION
+    python -m tools.avatar_world.dataset --out DIR
+    python -m tools.avatar_world.previews --out docs/previews
 """
-
-from .avatars import BUILTIN_AVATARS, AvatarParams, get_avatar, random_avatar
-from .motions import EMOTIONS, MotionVariation, Pose, blend_poses, pose_at, sample_variation
-from .render import render_clip, render_frame, render_sequence
 
 _LAZY = {"write_dataset", "iter_shards", "DATA_VERSION"}
 
@@ -24,9 +16,4 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
-    "EMOTIONS", "AvatarParams", "BUILTIN_AVATARS", "random_avatar", "get_avatar",
-    "MotionVariation", "sample_variation", "Pose", "pose_at", "blend_poses",
-    "render_frame", "render_sequence", "render_clip",
-    "write_dataset", "iter_shards", "DATA_VERSION",
-]
+__all__ = ["write_dataset", "iter_shards", "DATA_VERSION"]

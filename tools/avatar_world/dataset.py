@@ -32,9 +32,9 @@ from typing import Iterator
 
 import numpy as np
 
-from .avatars import BUILTIN_AVATARS, AvatarParams, random_avatar
-from .motions import EMOTIONS
-from .render import render_sequence
+from avatarcast.engines.avatar_world.avatars import BUILTIN_AVATARS, AvatarParams, random_avatar
+from avatarcast.engines.avatar_world.motions import EMOTIONS
+from avatarcast.engines.avatar_world.render import render_sequence
 
 DATA_VERSION = "avatar-world-v1"
 FPS = 8

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from .avatars import BUILTIN_AVATARS, get_avatar, random_avatar
-from .motions import EMOTIONS
-from .render import render_clip, render_sequence
+from avatarcast.engines.avatar_world.avatars import BUILTIN_AVATARS, get_avatar, random_avatar
+from avatarcast.engines.avatar_world.motions import EMOTIONS
+from avatarcast.engines.avatar_world.render import render_clip, render_sequence
 
 BG = (226, 236, 246, 255)
 INK = (40, 40, 60, 255)

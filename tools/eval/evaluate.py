@@ -2,6 +2,7 @@
 
     python -m tools.eval.evaluate --engine tiny --backend onnxruntime --steps 2 --seeds 3 --out docs/eval
     python -m tools.eval.evaluate --engine renderer --seeds 3 --out /tmp/eval_renderer   # reference bound
+    python -m tools.eval.evaluate --fidelity --weights DIR --out DIR   # picture fidelity: tools/eval/fidelity.py
 
 For every built-in avatar x emotion x seed the engine generates a 2 s clip (16 frames at
 8 fps, intensity 1.0) and the renderer draws a reference clip of the same avatar and emotion
@@ -62,7 +63,7 @@ class RendererEngine:
 
     def generate_clip(self, avatar, emotion, n_frames: int = CLIP_FRAMES, seed: int = 0,
                       intensity: float = 1.0) -> np.ndarray:
-        from tools.avatar_world import get_avatar, render_clip
+        from avatarcast.engines.avatar_world import get_avatar, render_clip
         av = get_avatar(avatar)
         e = emotion if isinstance(emotion, str) else EMOTIONS[int(emotion)]
         return render_clip(av, e, n_frames, seed=_stable_seed("renderer-engine", av.name, e, int(seed)),
@@ -158,7 +159,7 @@ def evaluate(engine_like, avatars: Sequence | None = None, emotions: Sequence[st
     reference_accuracy (the classifier on the renderer's own clips), identity, smoothness,
     silhouette, target (>= 90 % per emotion met?), timing, config.
     """
-    from tools.avatar_world import BUILTIN_AVATARS, get_avatar, render_clip
+    from avatarcast.engines.avatar_world import BUILTIN_AVATARS, get_avatar, render_clip
 
     t0 = time.time()
     clf = classifier if classifier is not None else load_classifier()
@@ -302,7 +303,13 @@ def markdown_report(res: dict, title: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--fidelity" in argv:  # `avatarcast eval --fidelity ...`: picture fidelity (tools/eval/fidelity.py)
+        from tools.eval import fidelity
+        return fidelity.main([a for a in argv if a != "--fidelity"])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--fidelity", action="store_true",
+                    help="score picture fidelity instead (PSNR, sharpness, FD, detector): see --fidelity --help")
     ap.add_argument("--engine", default="tiny", choices=("tiny", "renderer"))
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--steps", type=int, default=2)

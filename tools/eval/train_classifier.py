@@ -51,7 +51,7 @@ VAL_AVATAR_BASE = 500_000       # random_avatar seeds of validation avatars (tra
 def make_specs(n: int, seed: int, val: bool, n_random_avatars: int, builtin_frac: float = 0.5,
                seq_frac: float = 0.3) -> list[dict]:
     """Descriptions of n clips: balanced over emotions; built-in or random avatars."""
-    from tools.avatar_world import BUILTIN_AVATARS
+    from avatarcast.engines.avatar_world import BUILTIN_AVATARS
     rng = np.random.default_rng([seed, 1 if val else 0])
     specs = []
     n_builtin = len(BUILTIN_AVATARS)
@@ -84,7 +84,7 @@ def make_specs(n: int, seed: int, val: bool, n_random_avatars: int, builtin_frac
 
 def render_spec(spec: dict) -> np.ndarray:
     """One spec -> premultiplied RGBA uint8 (16, 90, 160, 4)."""
-    from tools.avatar_world import get_avatar, render_clip, render_sequence
+    from avatarcast.engines.avatar_world import get_avatar, render_clip, render_sequence
     av = get_avatar(spec["avatar"])
     emo = EMOTIONS[spec["emotion"]]
     if spec["switch"]:
@@ -125,7 +125,7 @@ def render_all(specs: list[dict], workers: int, desc: str = "") -> np.ndarray:
 
 
 def load_or_render(specs: list[dict], cache_dir: Path, workers: int, desc: str) -> np.ndarray:
-    from tools.avatar_world import DATA_VERSION
+    from tools.avatar_world.dataset import DATA_VERSION
     key = hashlib.sha1(json.dumps([DATA_VERSION, specs], sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"eval_clf_{desc}_{len(specs)}_{key}.npz"
     if path.exists():
@@ -361,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.time()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    from tools.avatar_world import BUILTIN_AVATARS, DATA_VERSION
+    from avatarcast.engines.avatar_world import BUILTIN_AVATARS
+    from tools.avatar_world.dataset import DATA_VERSION
 
     train_specs = make_specs(args.clips, args.seed, False, args.random_avatars)
     val_specs = make_specs(args.val_clips, args.seed, True, args.val_random_avatars, seq_frac=0.0)

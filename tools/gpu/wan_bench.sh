@@ -6,4 +6,4 @@ export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONUNBUFFERED=1 PYTHO
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
 python3 tools/gpu/wan_check.py 2>&1 | tee "$OUT/wan_check.txt"
-python3 -m tools.bench_wan --random-weights --json -o "$OUT/wan_bench.json" "$@" 2>&1 | tee "$OUT/wan_bench.log" | grep -v Warning | tail -60
+python3 -m avatarcast.realtime.bench.wan --random-weights --json -o "$OUT/wan_bench.json" "$@" 2>&1 | tee "$OUT/wan_bench.log" | grep -v Warning | tail -60

@@ -7,7 +7,7 @@ import torch
 from avatarcast.engines.wan.checkpoint import CheckpointInfo
 from avatarcast.engines.wan.engine import WanEngine
 from avatarcast.engines.wan.graphs import GraphedDenoiser
-from tools.bench_wan import build_random
+from avatarcast.realtime.bench.wan import build_random
 
 tr, vae = build_random(layers=2, vae_dtype="fp32")
 eng = WanEngine(tr, vae, CheckpointInfo(None, None, None), device="cuda", dtype=torch.bfloat16, steps=2,

@@ -22,7 +22,7 @@ def main(argv: list[str]) -> dict:
     import torch
 
     if argv[:1] == ["--save-random"]:  # a checkpoint directory with the real shapes, random weights
-        from tools.bench_wan import build_random
+        from avatarcast.realtime.bench.wan import build_random
         t0 = time.perf_counter()
         tr, vae = build_random(vae_dtype="bf16")
         tr.save_pretrained(f"{argv[1]}/transformer")

@@ -7,7 +7,7 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/avatarcast-induct
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 common="--random-weights --chunk-frames 2 --vae-batch 5 --compile --compile-vae --vae-channels-last --seconds 6 --reps 6"
 for steps in 4 3; do
-  timeout ${LIMIT:-300} python3 -m tools.bench_wan $common --sessions 8,10 --steps $steps -o "$OUT/wan_k${steps}.json" 2>&1 \
+  timeout ${LIMIT:-300} python3 -m avatarcast.realtime.bench.wan $common --sessions 8,10 --steps $steps -o "$OUT/wan_k${steps}.json" 2>&1 \
     | grep -E "^(B=|N=|cue)|Error"
   python3 -c "import json;r=json.load(open('$OUT/wan_k$steps.json'));print('k$steps', {k:r[k] for k in ('ready_s','graph_capture_s','memory_gb')})"
 done

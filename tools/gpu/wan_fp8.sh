@@ -9,7 +9,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 T=${1:-2}; which=${2:-both}
 common="--random-weights --chunk-frames $T --vae-batch 5 --compile --compile-vae --vae-channels-last --seconds 6 --reps 6 --steps 4 --sessions 8,10"
 run() {  # name, extra args
-  timeout ${LIMIT:-400} python3 -m tools.bench_wan $common $2 -o "$OUT/wan_t${T}_$1.json" 2>&1 \
+  timeout ${LIMIT:-400} python3 -m avatarcast.realtime.bench.wan $common $2 -o "$OUT/wan_t${T}_$1.json" 2>&1 \
     | grep -E "^(B=|N=|cue|fast path)|Error|error" | tail -20
 }
 [ "$which" != bf16 ] && { echo "== fp8, T=$T"; run fp8 --fp8; }

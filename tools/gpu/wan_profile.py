@@ -4,7 +4,7 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from tools.bench_wan import build_random
+from avatarcast.realtime.bench.wan import build_random
 
 B = int(sys.argv[1]) if len(sys.argv) > 1 else 8
 torch.backends.cudnn.benchmark = True

@@ -17,7 +17,7 @@ N=${1:-10}; which=${2:-cold}; secs=${3:-12}; depths=${4:-2}  # cold: 240 s compi
 # CHECK=1 first (about a minute, nothing compiled): pipelined frames against the calls in turn, within
 # the noise floor of two in-turn runs; mind the 600 s a call may take
 [ "${CHECK:-0}" = 1 ] && timeout 150 python3 -m tools.wan_pipeline_check | tee "$OUT/wan_pipeline_check.json" | tail -1
-timeout ${LIMIT:-580} python3 -m tools.bench_wan --random-weights --chunk-frames 3 --vae-batch ${VAEB:-1} --batch 5 --compile --compile-mode ${MODE:-regional} \
+timeout ${LIMIT:-580} python3 -m avatarcast.realtime.bench.wan --random-weights --chunk-frames 3 --vae-batch ${VAEB:-1} --batch 5 --compile --compile-mode ${MODE:-regional} \
   --compile-vae --vae-channels-last --steps 4 --fp8 --scheduler --depths $depths --server-buckets --seconds $secs --sessions $N \
   -o "$OUT/wan_server_pipeline_${MODE:-regional}_${which}.json" 2>&1 | tee "$OUT/wan_server_pipeline_${MODE:-regional}_${which}.log" | grep -E "^(N=|fast path)|Error|error|Traceback" | tail -20
 nvidia-smi --query-gpu=name --format=csv,noheader

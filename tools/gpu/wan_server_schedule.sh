@@ -9,8 +9,8 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/avatarcast-induct
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 N=${1:-10}; which=${2:-both}
 common="--random-weights --chunk-frames 3 --vae-batch 5 --batch 5 --compile --compile-vae --vae-channels-last --steps 4 --fp8"
-[ "$which" != warm ] && timeout ${LIMIT:-560} python3 -m tools.bench_wan $common --seconds 6 --reps 3 --sessions $N \
+[ "$which" != warm ] && timeout ${LIMIT:-560} python3 -m avatarcast.realtime.bench.wan $common --seconds 6 --reps 3 --sessions $N \
   -o "$OUT/wan_t3_fp8_batch5.json" 2>&1 | grep -E "^(B=|N=|cue|fast path)|Error|error" | tail -20
-[ "$which" != cold ] && timeout ${LIMIT_WARM:-200} python3 -m tools.bench_wan $common --sessions $N --ready-only \
+[ "$which" != cold ] && timeout ${LIMIT_WARM:-200} python3 -m avatarcast.realtime.bench.wan $common --sessions $N --ready-only \
   -o "$OUT/wan_t3_fp8_batch5_warm.json" 2>&1 | grep -E "^(fast path)|Error|error" | tail -5
 nvidia-smi --query-gpu=name --format=csv,noheader

@@ -11,7 +11,7 @@ import time
 t_proc = time.perf_counter()
 import torch
 
-from tools.bench_wan import build_random
+from avatarcast.realtime.bench.wan import build_random
 
 ckpt = sys.argv[1] if len(sys.argv) > 1 else "/tmp/wan5b"
 out = {}

@@ -44,7 +44,7 @@ def main(argv: list[str]) -> int:
     from diffusers import AutoencoderKLWan
 
     from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
-    from tools.bench_wan import VAE_22
+    from avatarcast.engines.wan.shapes import VAE_22
 
     torch.manual_seed(0)
     with torch.device("cuda"):

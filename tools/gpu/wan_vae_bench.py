@@ -169,7 +169,7 @@ def main() -> int:
     a = ap.parse_args()
     from diffusers import AutoencoderKLWan
 
-    from tools.bench_wan import VAE_22
+    from avatarcast.engines.wan.shapes import VAE_22
     torch.backends.cudnn.benchmark = True
     torch.manual_seed(0)
     with torch.device("cuda"):

@@ -9,7 +9,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 T=${1:-3}; N=${2:-10}
 for k in $T 1; do
   echo "== VAE frames per call: $k"
-  timeout ${LIMIT:-330} python3 -m tools.bench_wan --random-weights --chunk-frames $T --vae-batch 5 --compile --compile-vae \
+  timeout ${LIMIT:-330} python3 -m avatarcast.realtime.bench.wan --random-weights --chunk-frames $T --vae-batch 5 --compile --compile-vae \
     --vae-channels-last --seconds 8 --reps 4 --steps 4 --sessions $N --fp8 --pipeline --vae-frames-per-call $k \
     -o "$OUT/wan_t${T}_fp8_pipeline_calls$k.json" 2>&1 | grep -E "^(B=|N=|cue|fast path)|Error|error" | tail -20
 done

@@ -26,22 +26,22 @@ show() { grep -E "ready in|^N=|^peak of|^  +[0-9]+ x |^(ready_s|full_speed_s|loa
 tag="${MODE}_vae-${VAE}-b${VAEB:-1}_${WARMUP}${TAG:-}"
 if [[ " ${PHASES:-cold warm} " == *" cold "* ]]; then
   echo "== $tag cold"
-  timeout ${COLD_LIMIT:-330} python3 -m tools.bench_wan $args --ready-only -o "$OUT/ready_${tag}_cold.json" 2>&1 \
+  timeout ${COLD_LIMIT:-330} python3 -m avatarcast.realtime.bench.wan $args --ready-only -o "$OUT/ready_${tag}_cold.json" 2>&1 \
     | tee "$OUT/ready_${tag}_cold.log" | show
 fi
 if [[ " ${PHASES:-cold warm} " == *" warm "* ]]; then
   echo "== $tag warm"
   if [ "$SECS" != 0 ]; then
-    timeout ${WARM_LIMIT:-240} python3 -m tools.bench_wan $args --scheduler --seconds "$SECS" \
+    timeout ${WARM_LIMIT:-240} python3 -m avatarcast.realtime.bench.wan $args --scheduler --seconds "$SECS" \
       -o "$OUT/ready_${tag}_warm.json" 2>&1 | tee "$OUT/ready_${tag}_warm.log" | show
   else
-    timeout ${WARM_LIMIT:-240} python3 -m tools.bench_wan $args --ready-only -o "$OUT/ready_${tag}_warm.json" 2>&1 \
+    timeout ${WARM_LIMIT:-240} python3 -m avatarcast.realtime.bench.wan $args --ready-only -o "$OUT/ready_${tag}_warm.json" 2>&1 \
       | tee "$OUT/ready_${tag}_warm.log" | show
   fi
 fi
 if [ "${PROFILE:-0}" = 1 ]; then
   echo "== $tag warm, profiled"
-  timeout 240 python3 -m cProfile -o /tmp/warm.prof -m tools.bench_wan $args --ready-only 2>&1 | show
+  timeout 240 python3 -m cProfile -o /tmp/warm.prof -m avatarcast.realtime.bench.wan $args --ready-only 2>&1 | show
   python3 - <<'PY' > "$OUT/ready_${tag}_warm_profile.txt"
 import pstats
 s = pstats.Stats("/tmp/warm.prof")

@@ -1,0 +1,353 @@
+"""`avatarcast bench engine`: how many live avatar streams one engine instance sustains.
+
+    avatarcast bench engine --engine tiny --backend onnxruntime --sessions 2 --seconds 10 [--steps 2]
+        [--threads N] [--device cpu|cuda] [--weights DIR] [--json]
+    avatarcast bench engine --backend torch --device cuda --sessions 200 --seconds 20 [--compile] [--to-host]
+
+It loads the engine, starts N streams (different avatars and emotions), runs a few warm-up chunks,
+then for --seconds repeats what the server does every chunk: one batched sampler run for all N
+streams (`steps` denoiser calls at batch N) followed by the decode of all their N x chunk_frames
+frames. Each iteration is timed as one "chunk".
+
+Reported (JSON with --json, else a short table):
+  fps                 frames produced per second of wall time, all streams together
+  chunk_latency_ms    p50/p95 of one batched chunk (denoise + decode), i.e. the delay a stream sees
+                      between asking for its next 0.5 s and having it
+  denoise_ms          p50 per chunk of the sampler run (all steps); decode_ms: p50 per chunk of the decode
+  realtime_streams    floor(fps / 8): how many 8 fps streams this throughput covers, measured with
+                      N = --sessions streams batched together. It is only a real-time claim at this N
+                      when realtime is true as well: realtime_streams >= sessions and
+                      chunk_latency_ms.p95 <= the chunk's duration (chunk_frames / 8 s). Throughput per
+                      stream changes with N (batching), so measure at the N you will serve.
+  host_cpu_busy_other share of the machine's CPU time used by other processes during the run
+                      (a shared machine makes CPU numbers noisy; compare runs with a low value)
+
+With the torch or tensorrt backend on CUDA the loop keeps everything on the GPU (noise, contexts,
+latents and decoded frames; no host copies unless --to-host) and times with torch.cuda.synchronize.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from avatarcast.engines.backends import BackendError, available_cores, cpu_name
+
+
+def _cpu_jiffies() -> tuple[int, int] | None:
+    """(busy, total) jiffies of the whole machine from /proc/stat, or None."""
+    try:
+        with open("/proc/stat") as f:
+            parts = f.readline().split()[1:]
+        v = [int(x) for x in parts]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)
+        return sum(v[:8]) - idle, sum(v[:8])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class _CpuMonitor:
+    def __enter__(self):
+        self.j0, self.t0, self.w0 = _cpu_jiffies(), os.times(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        self.j1, self.t1, self.w1 = _cpu_jiffies(), os.times(), time.perf_counter()
+
+    @property
+    def other_busy(self) -> float | None:
+        if not self.j0 or not self.j1:
+            return None
+        busy, total = self.j1[0] - self.j0[0], self.j1[1] - self.j0[1]
+        if total <= 0:
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        own = (self.t1.user - self.t0.user + self.t1.system - self.t0.system) * hz
+        return round(max(0.0, (busy - own) / total), 3)
+
+
+def _pct(xs, q) -> float:
+    return round(float(np.percentile(np.asarray(xs, dtype=np.float64), q)), 2) if xs else float("nan")
+
+
+def _stream_specs(n: int, emotions, seed: int):
+    from avatarcast.engines.avatar_world import BUILTIN_AVATARS
+    n_av, distinct = len(BUILTIN_AVATARS), min(n, 16)  # 16 avatars at most: references cost a render each
+    specs = []
+    for i in range(n):
+        j = i % distinct
+        specs.append((j if j < n_av else f"random-{j}", emotions[(1 + 3 * i) % len(emotions)], seed + i))
+    return specs
+
+
+def _has_gpu_fast_path(backend) -> bool:
+    return getattr(backend, "device", None) == "cuda" and hasattr(backend, "denoise_t") and hasattr(backend, "decode_t")
+
+
+def _loop_numpy(engine, states, seconds: float, warmup: int, min_chunks: int, lowres: bool = False):
+    """The server's loop on numpy arrays (any backend)."""
+    B, T = len(states), engine.cfg.chunk_frames
+    for i in range(warmup):
+        lat = engine.sample_chunks(states)
+        engine.decode(lat.reshape(B * T, *lat.shape[2:]), lowres=lowres)
+    rows = []
+    t_start = time.perf_counter()
+    while True:
+        # one stream changes emotion every chunk, as live streams do
+        k = len(rows) % B
+        engine.set_emotion(states[k], (states[k].emotion + 1) % len(engine.emotions))
+        t0 = time.perf_counter()
+        lat = engine.sample_chunks(states)
+        t1 = time.perf_counter()
+        frames = engine.decode(lat.reshape(B * T, *lat.shape[2:]), lowres=lowres)
+        t2 = time.perf_counter()
+        assert frames.shape[0] == B * T
+        rows.append((t2 - t0, t1 - t0, t2 - t1))
+        if time.perf_counter() - t_start >= seconds and len(rows) >= min_chunks:
+            break
+    return rows, time.perf_counter() - t_start
+
+
+def _loop_gpu(engine, states, seconds: float, warmup: int, min_chunks: int, to_host: bool, seed: int,
+              lowres: bool = False):
+    """The same loop with every tensor on the GPU (torch / tensorrt backends)."""
+    import torch
+    be, cfg = engine.backend, engine.cfg
+    C, T, K = cfg.latent_channels, cfg.chunk_frames, cfg.context_frames
+    H, W = cfg.latent_hw
+    B = len(states)
+    dev = "cuda"
+    ref = torch.from_numpy(np.stack([s.ref for s in states])).to(dev)
+    ctx = torch.from_numpy(np.stack([s.ctx for s in states])).to(dev)
+    emo = torch.tensor([s.emotion for s in states], dtype=torch.long, device=dev)
+    inten = torch.tensor([s.intensity for s in states], dtype=torch.float32, device=dev)
+    sampler = engine.sampler
+    dvec = torch.full((B,), sampler.model_step_size, device=dev)
+    tvecs = [torch.full((B,), float(t), device=dev) for t in sampler.timesteps]
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    frames = torch.empty((B * T, cfg.height, cfg.width, 4), dtype=torch.uint8, device=dev)
+    host = torch.empty(frames.shape, dtype=torch.uint8, pin_memory=True) if to_host else None
+    kw = {"copy": False} if be.name == "torch" else {}
+    n_emo = len(engine.emotions)
+
+    def chunk(i: int):
+        nonlocal ctx
+        emo[i % B] = (emo[i % B] + 1) % n_emo
+        x = torch.randn((B, T * C, H, W), generator=gen, device=dev)
+        for tv, t in zip(tvecs, sampler.timesteps):
+            v = be.denoise_t(x, tv, dvec, ctx, ref, emo, inten, **kw)
+            x = sampler.step(v, t, x)
+        ctx = x.view(B, T, C, H, W)[:, T - K:].reshape(B, K * C, H, W).contiguous()
+        ev.record()
+        be.decode_t(x.view(B * T, C, H, W), out=frames, lowres=lowres)
+        if host is not None:
+            host.copy_(frames, non_blocking=True)
+
+    rows = []
+    with torch.inference_mode():
+        ev = torch.cuda.Event(enable_timing=True)
+        for i in range(warmup):
+            chunk(i)
+        torch.cuda.synchronize()
+        t_start = time.perf_counter()
+        while True:
+            e0, e2 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            ev = torch.cuda.Event(enable_timing=True)
+            t0 = time.perf_counter()
+            e0.record()
+            chunk(len(rows))
+            e2.record()
+            torch.cuda.synchronize()
+            t2 = time.perf_counter()
+            den = e0.elapsed_time(ev) / 1000
+            dec = ev.elapsed_time(e2) / 1000
+            rows.append((t2 - t0, den, dec))
+            if time.perf_counter() - t_start >= seconds and len(rows) >= min_chunks:
+                break
+    return rows, time.perf_counter() - t_start
+
+
+def run_bench(engine_name: str = "tiny", backend: str = "onnxruntime", sessions: int = 1, seconds: float = 10.0,
+              steps: int = 2, threads: int | None = None, device: str | None = None, weights: str | None = None,
+              warmup: int = 2, min_chunks: int = 3, to_host: bool = False, seed: int = 0,
+              backend_options: dict | None = None, lowres: bool = False) -> dict:
+    """Run the benchmark; returns the report (see the module docstring). lowres: decode through the
+    half-resolution decoder (the degradation ladder's lower-resolution rung)."""
+    if engine_name != "tiny":
+        raise ValueError(f"only the 'tiny' engine can be benchmarked here, not {engine_name!r}")
+    if sessions < 1:
+        raise ValueError("--sessions must be >= 1")
+    from avatarcast.engines.tiny.engine import TinyEngine
+    t0 = time.perf_counter()
+    engine = TinyEngine.load(weights, backend=backend, steps=steps, threads=threads, device=device,
+                             **(backend_options or {}))
+    load_s = time.perf_counter() - t0
+    cfg = engine.cfg
+    be = engine.backend
+    if lowres and not engine.has_lowres:
+        raise BackendError("--lowres: these weights have no half-resolution decoder (python -m tools.train_lowres)")
+    t0 = time.perf_counter()
+    states = [engine.start_stream(a, e, 1.0, s) for a, e, s in _stream_specs(sessions, engine.emotions, seed)]
+    streams_s = time.perf_counter() - t0
+    gpu = _has_gpu_fast_path(be)
+    if gpu and hasattr(be, "warmup"):
+        be.warmup([sessions], graphs=("denoiser",))
+        be.warmup([sessions * cfg.chunk_frames], graphs=("decoder_lowres" if lowres else "decoder",))
+    with _CpuMonitor() as mon:
+        if gpu:
+            rows, wall = _loop_gpu(engine, states, seconds, warmup, min_chunks, to_host, seed, lowres)
+        else:
+            rows, wall = _loop_numpy(engine, states, seconds, warmup, min_chunks, lowres)
+    T = cfg.chunk_frames
+    frames = len(rows) * sessions * T
+    fps = frames / wall
+    total = [r[0] * 1000 for r in rows]
+    den = [r[1] * 1000 for r in rows]
+    dec = [r[2] * 1000 for r in rows]
+    chunk_s = T / cfg.fps
+    info = be.describe() if hasattr(be, "describe") else {"backend": getattr(be, "name", backend)}
+    dev_kind = getattr(be, "device", device or "cpu")
+    rt = int(math.floor(fps / cfg.fps))
+    report = {
+        "engine": engine_name,
+        "backend": getattr(be, "name", backend),
+        "device": getattr(be, "device_name", None) or (cpu_name() if dev_kind == "cpu" else dev_kind),
+        "device_kind": dev_kind,
+        "threads": getattr(be, "threads", threads) if dev_kind == "cpu" else None,
+        "cpu_cores": available_cores(),
+        "sessions": sessions,
+        "steps": engine.steps,
+        "resolution": f"{cfg.width}x{cfg.height}",
+        "decoder": "half resolution, upscaled" if lowres else "full",
+        "chunk_frames": T,
+        "chunk_seconds": chunk_s,
+        "chunks": len(rows),
+        "frames": frames,
+        "seconds": round(wall, 3),
+        "fps": round(fps, 2),
+        "fps_per_session": round(fps / sessions, 2),
+        "chunk_latency_ms": {"p50": _pct(total, 50), "p95": _pct(total, 95), "max": round(max(total), 2)},
+        "denoise_ms": _pct(den, 50),
+        "decode_ms": _pct(dec, 50),
+        "denoise_ms_per_step": round(_pct(den, 50) / max(1, engine.steps), 2),
+        "decode_ms_per_frame": round(_pct(dec, 50) / (sessions * T), 3),
+        "realtime_streams": rt,
+        "realtime": bool(rt >= sessions and _pct(total, 95) <= chunk_s * 1000),
+        "realtime_streams_note": (f"floor(fps / {cfg.fps}) measured with {sessions} streams batched; real time at this "
+                                  f"N needs realtime_streams >= sessions and chunk_latency_ms.p95 <= "
+                                  f"{chunk_s * 1000:.0f} ms"),
+        "gpu_resident": gpu,
+        "to_host": bool(to_host) if gpu else True,
+        "weights_hash": engine.weights_hash,
+        "weights_version": engine.manifest.data_version,
+        "load_s": round(load_s, 2),
+        "streams_start_s": round(streams_s, 2),
+        "host_cpu_busy_other": mon.other_busy,
+        "backend_info": info,
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    if hasattr(be, "close"):
+        be.close()
+    return report
+
+
+def _table(r: dict) -> str:
+    lines = [
+        f"tiny engine on {r['backend']} ({r['device']}{', %s threads' % r['threads'] if r['threads'] else ''})",
+        f"  sessions {r['sessions']}, steps {r['steps']}, {r['resolution']}, {r['chunk_frames']} frames/chunk, "
+        f"{r['chunks']} chunks in {r['seconds']:.1f}s",
+        f"  fps            {r['fps']:9.2f}   ({r['fps_per_session']:.2f} per session)",
+        f"  chunk latency  p50 {r['chunk_latency_ms']['p50']:.1f} ms, p95 {r['chunk_latency_ms']['p95']:.1f} ms "
+        f"(chunk = {r['chunk_seconds'] * 1000:.0f} ms of video)",
+        f"  denoise        {r['denoise_ms']:.1f} ms/chunk ({r['denoise_ms_per_step']:.1f} ms/step)",
+        f"  decode         {r['decode_ms']:.1f} ms/chunk ({r['decode_ms_per_frame']:.2f} ms/frame)",
+        f"  realtime       {r['realtime_streams']} streams of 8 fps at this batch "
+        f"({'real time' if r['realtime'] else 'NOT real time'} for {r['sessions']} sessions)",
+        f"  weights        {r['weights_hash']} ({r['weights_version']})",
+    ]
+    if r.get("host_cpu_busy_other") is not None and r["device_kind"] == "cpu":
+        lines.append(f"  other load     {r['host_cpu_busy_other'] * 100:.0f}% of the machine's CPU was busy "
+                     f"with other work")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="avatarcast bench engine", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", default="tiny")
+    ap.add_argument("--backend", default="onnxruntime", help="onnxruntime | torch | tensorrt")
+    ap.add_argument("--sessions", type=int, default=1, help="streams generated together (one batch)")
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured time (after warm-up)")
+    ap.add_argument("--steps", type=int, default=2, help="sampler steps per chunk")
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads (default: all cores)")
+    ap.add_argument("--device", default=None, choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--weights", default=None, help="weights folder (default: the shipped weights)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed chunks first")
+    ap.add_argument("--min-chunks", type=int, default=3, help="time at least this many chunks")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--to-host", action="store_true", help="GPU: copy every decoded frame to host memory")
+    ap.add_argument("--compile", action="store_true", help="torch backend: torch.compile the graphs")
+    ap.add_argument("--no-cuda-graphs", action="store_true", help="torch backend: no CUDA graphs")
+    ap.add_argument("--dtype", default=None, help="torch backend: bf16 | fp16 | fp32")
+    ap.add_argument("--trt-cache", default=None, help="tensorrt backend: engine cache folder")
+    ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
+                    help="backend option, e.g. --opt spinning=true --opt decode_batch=1 (value parsed as JSON)")
+    ap.add_argument("--lowres", action="store_true",
+                    help="decode at half resolution (the degradation ladder's lower-resolution rung)")
+    ap.add_argument("--json", action="store_true", help="print the report as JSON")
+    ap.add_argument("-o", "--output", default=None, help="also write the JSON report to this file")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--engine=wan" for a in argv) or any(a == "--engine" and b == "wan" for a, b in zip(argv, argv[1:])):
+        from avatarcast.realtime.bench.wan import main as wan_main  # the 5B model on a GPU: its own benchmark
+        return wan_main(argv)
+    args = build_parser().parse_args(argv)
+    opts: dict = {}
+    if args.backend == "torch":
+        if args.compile:
+            opts["compile"] = True
+        if args.no_cuda_graphs:
+            opts["cuda_graphs"] = False
+        if args.dtype:
+            opts["dtype"] = args.dtype
+    elif args.backend in ("tensorrt", "trt"):
+        if args.trt_cache:
+            opts["cache_dir"] = args.trt_cache
+        opts["max_batch"] = max(1, args.sessions)
+        opts["decode_max_batch"] = max(1, args.sessions) * 4
+    for kv in args.opt:
+        key, sep, value = kv.partition("=")
+        if not sep or not key:
+            print(f"avatarcast bench engine: error: --opt wants KEY=VALUE, got {kv!r}", file=sys.stderr)
+            return 2
+        try:
+            opts[key.strip().replace("-", "_")] = json.loads(value)
+        except ValueError:
+            opts[key.strip().replace("-", "_")] = value
+    try:
+        r = run_bench(args.engine, args.backend, args.sessions, args.seconds, args.steps, args.threads,
+                      None if args.device == "auto" else args.device, args.weights, args.warmup, args.min_chunks,
+                      args.to_host, args.seed, opts, lowres=args.lowres)
+    except (BackendError, TypeError) as e:  # TypeError: an --opt the backend does not take
+        print(f"avatarcast bench engine: error: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(r, indent=1)
+    if args.output:
+        with open(args.output, "w") as f:
+            f.write(text + "\n")
+    print(text if args.json else _table(r))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,316 @@
+"""`avatarcast bench load`: N real WebSocket sessions at once, speaking clips at random times.
+
+    avatarcast bench load --sessions N --seconds S [--clips DIR] [--url http://HOST:PORT] [--json]
+        [--gap 2,8] [--no-retry] [--server-args "--max-sessions 2 ..."]
+
+Without --url it starts `python -m avatarcast.realtime.cli serve` on a free loopback port (as `bench latency`
+does). Without --clips it uses the checkout's committed neural-voice clips (tests/data/speech/en,
+tools/make_speech.py), or where those are missing makes 8 espeak-ng clips (realtime/bench/clips.py).
+
+Each of the N session slots opens `/v1/ws?avatar=pip`. A refused session (close 1013, the
+server's admission control or max_sessions; 1008, a rate limit) is counted with its reason and,
+unless --no-retry, tried again after 5 s (the server's Retry-After). A held session sends a CLIP
+every --gap seconds (uniform at random), measures its TTFF/TTER like `bench latency` (whose
+helpers this reuses), and keeps receiving frames until --seconds have passed.
+
+Reported: sessions held and refused (with reasons), TTER p50/p95 under load, per held session the
+frame rate's 1st percentile over 1 s windows (fps p1), p99 frame interval, frames dropped (gaps in
+the frame index) and the server's frames_late count; the server's degradation level, sampled
+every 2 s from /v1/status. --json prints one JSON object to stdout; logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from avatarcast.realtime.bench.latency import (REPO, Clip, Conn, _decided, _latency_for, client_times, dist,
+                                 interval_stats, load_clips, machine, run_on_server, server_status,
+                                 setup_logging, ws_url)
+
+log = logging.getLogger("avatarcast.bench.load")
+RETRY_S = 5.0
+
+
+@dataclass
+class Slot:
+    """One session slot: its refusals, and what its held session saw."""
+
+    index: int
+    refused: list[dict] = field(default_factory=list)  # {"at_s", "code", "reason"}
+    held_from: float | None = None
+    held_until: float | None = None
+    intervals: list[float] = field(default_factory=list)
+    frames: list[tuple[float, int, str, str]] = field(default_factory=list)
+    frames_late: int = 0
+    clips: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+
+def fps_p1(times: list[float]) -> float | None:
+    """1st percentile of frames counted in whole 1 s windows (the first and last partial ones left out)."""
+    if len(times) < 2:
+        return None
+    t0 = times[0]
+    counts = np.bincount(((np.asarray(times) - t0) // 1.0).astype(int))[:-1]
+    return float(np.percentile(counts, 1)) if counts.size else None
+
+
+def index_gaps(frames: list[tuple[float, int, str, str]]) -> int:
+    """Frames the client never got: gaps in the server's frame index."""
+    idx = [f[1] for f in frames]
+    return int(sum(max(0, b - a - 1) for a, b in zip(idx, idx[1:])))
+
+
+async def speak(conn: Conn, clip: Clip, timeout: float) -> dict:
+    """Send one clip and wait for its emotion's first frame: the row `bench latency` would write."""
+    from avatarcast.realtime.protocol import TAG_CLIP
+
+    row: dict[str, Any] = {"file": clip.name, "expected": clip.expected, "emotion": None, "ttff_ms": None,
+                           "tter_ms": None, "error": None}
+    t_send = time.monotonic()
+    await conn.ws.send(TAG_CLIP + clip.data)
+    origin = time.monotonic()
+    while True:
+        latency, _ = _latency_for(conn, ("clip",), t_send)
+        if latency is not None:
+            decided, decided_at = _decided(conn, latency, latency.get("utterance"))
+            times = client_times(conn.frames, origin, decided, decided_at, None)
+            if times["tter_ms"] is not None or decided is None:
+                row.update(emotion=decided, ttff_ms=times["ttff_ms"], tter_ms=times["tter_ms"])
+                return row
+        errors = [e["payload"] for t, e in conn.of_type("error", t_send)
+                  if e["payload"].get("code") in ("bad_audio", "clip_failed", "no_cue")]
+        if errors:
+            row["error"] = f"{errors[0].get('code')}: {errors[0].get('message')}"
+            return row
+        if conn.closed or time.monotonic() - origin > timeout:
+            row["error"] = "closed" if conn.closed else f"no emotion frame within {timeout:g} s"
+            return row
+        conn.changed.clear()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(conn.changed.wait(), 0.25)
+
+
+async def run_slot(slot: Slot, base: str, clips: list[Clip], args: argparse.Namespace, t0: float, end: float,
+                   rng: np.random.Generator) -> None:
+    from websockets.asyncio.client import connect
+
+    await asyncio.sleep(slot.index * args.stagger)
+    while time.monotonic() < end:
+        try:
+            ws = await connect(ws_url(base, args.avatar), max_size=None, open_timeout=30, close_timeout=2)
+        except Exception as exc:
+            slot.error = f"connect failed: {type(exc).__name__}: {exc}"
+            return
+        conn = Conn(ws, slot.intervals)
+        rx = asyncio.create_task(conn.receive())
+        try:
+            deadline = time.monotonic() + 15.0
+            while not conn.frames and not conn.closed and time.monotonic() < deadline:
+                conn.changed.clear()
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(conn.changed.wait(), 0.5)
+            if not conn.frames:  # refused (or broken): the close code says why
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(rx, 2.0)
+                slot.refused.append({"at_s": round(time.monotonic() - t0, 1), "code": ws.close_code,
+                                     "reason": ws.close_reason})
+                log.info("session %d refused: %s %s", slot.index, ws.close_code, ws.close_reason)
+                if args.no_retry:
+                    return
+                await asyncio.sleep(RETRY_S)
+                continue
+            slot.held_from = time.monotonic()
+            log.info("session %d held after %d refusal(s)", slot.index, len(slot.refused))
+            while not conn.closed:
+                gap = float(rng.uniform(args.gap[0], args.gap[1]))
+                if time.monotonic() + gap + args.timeout > end:
+                    break
+                await asyncio.sleep(gap)
+                row = await speak(conn, clips[int(rng.integers(len(clips)))], args.timeout)
+                row["at_s"] = round(time.monotonic() - t0, 1)
+                slot.clips.append(row)
+                log.info("session %d %s -> %s TTER %s ms%s", slot.index, row["file"], row["emotion"], row["tter_ms"],
+                         f" ERROR {row['error']}" if row["error"] else "")
+            await asyncio.sleep(max(0.0, end - time.monotonic()))
+            slot.held_until = time.monotonic()
+            if conn.closed:
+                slot.error = f"the server closed the session: {conn.close_reason}"
+            return
+        finally:
+            slot.frames.extend(conn.frames)
+            slot.frames_late += sum(int(e["payload"].get("count", 0)) for t, e in conn.of_type("frames_late"))
+            with contextlib.suppress(Exception):
+                await ws.close()
+            rx.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await rx
+
+
+async def watch_status(base: str, stop: asyncio.Event, samples: list[dict], t0: float) -> None:
+    """The server's load figures every 2 s: degradation level, engine busy, sessions."""
+    while not stop.is_set():
+        st = await asyncio.to_thread(server_status, base)
+        if st is not None:
+            load = st.get("load") or {}
+            samples.append({"t_s": round(time.monotonic() - t0, 1), "sessions": st.get("sessions"),
+                            "level": load.get("degradation_level"), "busy": load.get("engine_busy")})
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(stop.wait(), 2.0)
+
+
+async def run_all(base: str, clips: list[Clip], args: argparse.Namespace) -> tuple[list[Slot], list[dict]]:
+    t0 = time.monotonic()
+    end = t0 + args.seconds
+    slots = [Slot(i) for i in range(args.sessions)]
+    rng = np.random.default_rng(args.seed)
+    stop, samples = asyncio.Event(), []
+    watcher = asyncio.create_task(watch_status(base, stop, samples, t0))
+    await asyncio.gather(*(run_slot(s, base, clips, args, t0, end, np.random.default_rng(rng.integers(1 << 31)))
+                           for s in slots))
+    stop.set()
+    await watcher
+    return slots, samples
+
+
+def summarize(slots: list[Slot], samples: list[dict]) -> dict:
+    rows = [r for s in slots for r in s.clips]
+    ok = [r for r in rows if not r["error"]]
+    held = [s for s in slots if s.held_from is not None]
+    reasons: dict[str, int] = {}
+    for s in slots:
+        for r in s.refused:
+            key = f"{r['code']} {str(r['reason']).split('(')[0].split(';')[0].strip()}"  # figures vary: not in the key
+            reasons[key] = reasons.get(key, 0) + 1
+    per = []
+    for s in slots:
+        times = [f[0] for f in s.frames]
+        iv = interval_stats(s.intervals)
+        per.append({"session": s.index, "held": s.held_from is not None, "refusals": len(s.refused),
+                    "first_refused_reason": s.refused[0]["reason"] if s.refused else None,
+                    "held_s": None if s.held_from is None else round((s.held_until or s.held_from) - s.held_from, 1),
+                    "frames": len(times), "fps_p1": fps_p1(times), "interval_ms_p50": iv["p50"],
+                    "interval_ms_p99": iv["p99"], "interval_ms_max": iv["max"], "frames_dropped": index_gaps(s.frames),
+                    "frames_late_server": s.frames_late, "clips": len(s.clips),
+                    "clip_errors": sum(1 for r in s.clips if r["error"]), "error": s.error})
+    levels = [x["level"] for x in samples if x.get("level") is not None]
+    return {"sessions_requested": len(slots), "sessions_held": len(held),
+            "sessions_never_held": len(slots) - len(held),
+            "refusals": sum(len(s.refused) for s in slots), "refusal_reasons": reasons,
+            "clips": len(rows), "clip_errors": len(rows) - len(ok),
+            "tter_ms": dist([r["tter_ms"] for r in ok]), "ttff_ms": dist([r["ttff_ms"] for r in ok]),
+            "emotion_correct": sum(1 for r in ok if r["expected"] and r["emotion"] == r["expected"]),
+            "emotion_labelled": sum(1 for r in ok if r["expected"]),
+            "per_session": per,
+            "worst_fps_p1": min((p["fps_p1"] for p in per if p["fps_p1"] is not None), default=None),
+            "worst_interval_ms_p99": max((p["interval_ms_p99"] for p in per if p["interval_ms_p99"] is not None),
+                                         default=None),
+            "frames_dropped": sum(p["frames_dropped"] for p in per),
+            "degradation": {"max_level": max(levels, default=None),
+                            "share_at_level": {str(v): round(levels.count(v) / len(levels), 3) for v in sorted(set(levels))}}}
+
+
+def format_report(report: dict) -> str:
+    s = report["summary"]
+    hc = report.get("host_cpu") or {}
+    out = [f"bench load: {s['sessions_requested']} session slot(s) for {report['seconds']:g} s against {report['server_url']}"
+           + (" (started by the bench)" if report["server_started"] else ""),
+           (f"machine: {report['machine']['cpu_count']} CPUs, {report['machine']['cpu']}; load average "
+            f"{hc.get('loadavg_1m_start')} -> {hc.get('loadavg_1m_end')}; cores busy: bench {hc.get('bench_cores')}, "
+            f"server {hc.get('server_cores')}, others {hc.get('other_cores')}"),
+           f"sessions held: {s['sessions_held']}/{s['sessions_requested']}; refusals: {s['refusals']}"
+           + "".join(f"\n  {n} x {k}" for k, n in s["refusal_reasons"].items()),
+           f"clips: {s['clips']} ({s['clip_errors']} errors); emotion {s['emotion_correct']}/{s['emotion_labelled']}",
+           (f"TTER p50 {s['tter_ms']['p50']} ms  p95 {s['tter_ms']['p95']} ms  max {s['tter_ms']['max']} ms  "
+            f"(TTFF p50 {s['ttff_ms']['p50']} ms)"),
+           f"degradation level: max {s['degradation']['max_level']}, share of samples {s['degradation']['share_at_level']}"]
+    for p in s["per_session"]:
+        if not p["held"]:
+            out.append(f"  session {p['session']}: never held ({p['refusals']} refusals: {p['first_refused_reason']})")
+            continue
+        out.append(f"  session {p['session']}: held {p['held_s']} s after {p['refusals']} refusal(s), {p['frames']} frames, "
+                   f"fps p1 {p['fps_p1']}, interval p50 {p['interval_ms_p50']} p99 {p['interval_ms_p99']} "
+                   f"max {p['interval_ms_max']} ms, dropped {p['frames_dropped']}, server late {p['frames_late_server']}, "
+                   f"{p['clips']} clips" + (f", ERROR {p['error']}" if p["error"] else ""))
+    return "\n".join(out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="avatarcast bench load", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sessions", type=int, default=4, help="concurrent session slots")
+    ap.add_argument("--seconds", type=float, default=60.0, help="how long the run lasts")
+    ap.add_argument("--clips", default=None,
+                    help="folder of audio clips (+ labels.csv or manifest.csv); default: tests/data/speech/en")
+    ap.add_argument("--url", default=None, help="a running server (http://host:port); default: start one")
+    ap.add_argument("--json", action="store_true", help="print one JSON object to stdout instead of the table")
+    ap.add_argument("--server-args", default="", help="extra `avatarcast serve` flags for the server the bench starts")
+    ap.add_argument("--gap", default="2,8", help="seconds between a session's clips: uniform in MIN,MAX")
+    ap.add_argument("--no-retry", action="store_true", help="a refused session slot gives up instead of retrying")
+    ap.add_argument("--timeout", type=float, default=15.0, help="per clip: give up on its TTER after this long")
+    ap.add_argument("--stagger", type=float, default=0.5, help="seconds between the slots' first connects")
+    ap.add_argument("--avatar", default="pip")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ready-timeout", type=float, default=180.0)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    setup_logging()
+    try:
+        lo, hi = (float(x) for x in args.gap.split(","))
+        if not 0 <= lo <= hi or not math.isfinite(hi):
+            raise ValueError
+    except ValueError:
+        ap.error("--gap must be MIN,MAX seconds with 0 <= MIN <= MAX")
+    args.gap = (lo, hi)
+    if args.sessions < 1 or not args.seconds > 0:
+        ap.error("--sessions must be >= 1 and --seconds > 0")
+    try:
+        committed = REPO / "tests" / "data" / "speech" / "en"
+        if args.clips or committed.is_dir():
+            clips = load_clips(Path(args.clips) if args.clips else committed)
+        else:
+            from avatarcast.realtime.bench.clips import make_clips
+
+            folder = tempfile.mkdtemp(prefix="avatarcast-load-clips-")
+            make_clips(folder, n=8, seed=args.seed)
+            clips = load_clips(Path(folder))
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"bench load: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run = run_on_server(args, lambda base: run_all(base, clips, args))
+    except RuntimeError as exc:
+        print(f"bench load: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    slots, samples = run.result
+    report = {"sessions": args.sessions, "seconds": args.seconds, "server_url": run.base, "server_started": run.started,
+              "server_args": args.server_args, "machine": machine(), "host_cpu": run.host_cpu,
+              "server_status": run.status, "status_samples": samples,
+              "clips": [{"session": s.index, **r} for s in slots for r in s.clips],
+              "refusals": [{"session": s.index, **r} for s in slots for r in s.refused],
+              "summary": summarize(slots, samples)}
+    print(json.dumps(report, ensure_ascii=False, indent=1) if args.json else format_report(report))
+    return 0 if report["summary"]["sessions_held"] > 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

