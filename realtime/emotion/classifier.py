@@ -18,11 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
+
 WEIGHTS_DIR = Path(__file__).with_name("weights")
 
 
-class ClassifierMismatch(ValueError):
-    """The shipped weights do not fit what runs here (labels, encoder or feature size)."""
+class ClassifierMismatch(AvatarcastError, ValueError):
+    """The shipped weights do not fit what runs here (labels, encoder or feature size): start-up fails."""
+
+    code = ErrorCode.START_FAILED
 
 
 @dataclass(frozen=True)

