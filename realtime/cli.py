@@ -11,6 +11,7 @@ from pathlib import Path
 
 from avatarcast.realtime.engine_loader import WAN_FLAGS
 from avatarcast.realtime.settings import Settings
+from avatarcast.vocabulary import FPS
 
 ENGINE_FLAGS = ("engine", "backend", "steps", "threads", "device", "weights", "cache_dir", *WAN_FLAGS)
 
@@ -50,7 +51,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     settings = Settings.from_args(args)
     schedule = parse_schedule(args.emotion, args.seconds)
     avatar = parse_avatar(args.avatar)
-    fps = 8
+    fps = FPS
     t0 = time.perf_counter()
     if args.renderer:
         from avatarcast.engines.avatar_world import get_avatar, render_sequence

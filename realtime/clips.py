@@ -26,6 +26,7 @@ from avatarcast.realtime.avatars import resolve_avatar
 from avatarcast.realtime.scheduler import ChunkJob
 from avatarcast.realtime.services import Services
 from avatarcast.realtime.video import write_video
+from avatarcast.vocabulary import FPS
 
 FORMATS = {"mp4": "video/mp4", "webm": "video/webm"}
 
@@ -107,7 +108,7 @@ class ClipRenderer:
             self.services.pools.cpu, self._validate, req)
         key = self.key(params, emotion, intensity, req)
         path = self.dir / f"{key}.{req.format}"
-        n_frames = max(1, int(round(req.seconds * 8)))
+        n_frames = max(1, int(round(req.seconds * FPS)))
         if path.is_file():
             os.utime(path)
             return RenderedClip(path, FORMATS[req.format], emotion, n_frames, True, 0.0, key)

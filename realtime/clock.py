@@ -9,13 +9,15 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
+from avatarcast.vocabulary import FPS
+
 EPS = 1e-9  # float slack when comparing frame times
 
 
 class FrameClock:
     """pts <-> time at a fixed rate; frame k is due at t0 + k/fps, computed, never accumulated."""
 
-    def __init__(self, t0: float, fps: int = 8, late_tolerance_s: float | None = None) -> None:
+    def __init__(self, t0: float, fps: int = FPS, late_tolerance_s: float | None = None) -> None:
         if fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps}")
         self.t0 = float(t0)

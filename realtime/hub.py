@@ -36,6 +36,7 @@ from avatarcast.realtime.session import SessionConfig
 from avatarcast.realtime.settings import Settings
 from avatarcast.templates import load_templates
 from avatarcast.templates.cache import LatentsCache
+from avatarcast.vocabulary import IMAGE_FORMATS
 
 log = logging.getLogger("avatarcast.hub")
 ADMIT_GRACE_S = 0.5  # how long a new session waits for a leaving one before admission control refuses it
@@ -236,8 +237,9 @@ class Hub:
             log.info("session refused (%s): %s", verdict.reason, verdict.message)
             raise HubError(ErrorCode.BUSY, verdict.message)
         fmt = image_format or self.settings.image_format
-        if fmt not in ("jpeg", "webp"):
-            raise HubError(ErrorCode.BAD_IMAGE_FORMAT, f"image_format must be jpeg or webp, got {fmt!r}")
+        if fmt not in IMAGE_FORMATS:
+            raise HubError(ErrorCode.BAD_IMAGE_FORMAT,
+                           f"image_format must be {' or '.join(IMAGE_FORMATS)}, got {fmt!r}")
         q = self.settings.quality if quality is None else int(quality)
         if not 1 <= q <= 100:
             raise HubError(ErrorCode.BAD_QUALITY, f"quality must be 1..100, got {q}")

@@ -10,20 +10,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from enum import StrEnum
-from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from avatarcast.realtime.emotion import EmotionCue  # re-exported: the one cue type of the project
-from avatarcast.realtime.protocol import SOURCES, FrameSource
+from avatarcast.vocabulary import REACTION_SOURCES, TIME_BASE, FrameSource
 
 if TYPE_CHECKING:
     from avatarcast.realtime.asr import Transcript as AsrTranscript
     from avatarcast.realtime.asr import VadEvent
 
 __all__ = [
-    "FPS",
-    "FRAME_SOURCES",
-    "TIME_BASE",
     "AudioChunk",
     "ChunkRequest",
     "CueDecision",
@@ -36,11 +32,6 @@ __all__ = [
     "Transcript",
     "VideoFrame",
 ]
-
-FPS = 8
-TIME_BASE = Fraction(1, FPS)  # pts unit: one frame
-FRAME_SOURCES = SOURCES
-REACTION_SOURCES = (FrameSource.CACHE.value, FrameSource.SAMPLER.value)
 
 
 class CueSource(StrEnum):

@@ -4,7 +4,8 @@ Server -> client
 - binary: one video frame = a 28-byte header + the image (JPEG, or WebP with alpha):
   magic b"AVF1", u32 frame index, f64 pts in seconds since the stream began, f64 the server's
   wall-clock send time (unix seconds), u8 image format (1 jpeg, 2 webp), u8 frame source
-  (0 idle, 1 listening, 2 cache, 3 sampler), u8 emotion index (into `EMOTIONS`), u8 reserved.
+  (0 idle, 1 listening, 2 cache, 3 sampler), u8 emotion index (into `EMOTIONS`: templates/emotions.json's
+  order), u8 reserved. The codes and the emotion list live in avatarcast/vocabulary.py.
 - text: a JSON event {"type", "t", "seq", "payload"} (hello, state_changed, transcript_partial,
   transcript_final (both with the language ASR heard), emotion, latency, frames_late, clip, language
   (the session's ASR language after a language command; null: auto), error, and closing: the server
@@ -22,27 +23,14 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from enum import StrEnum
 
-from avatarcast.engines.tiny.config import EMOTIONS
+from avatarcast.vocabulary import EMOTIONS, FRAME_SOURCES, IMAGE_FORMATS, FrameSource
 
-__all__ = ["EMOTIONS", "FRAME_HEADER", "FrameHeader", "FrameSource", "IMAGE_FORMATS", "SOURCES", "TAG_CLIP",
+__all__ = ["EMOTIONS", "FRAME_HEADER", "FRAME_SOURCES", "FrameHeader", "FrameSource", "IMAGE_FORMATS", "TAG_CLIP",
            "TAG_PCM", "pack_frame", "unpack_frame"]
-
-
-class FrameSource(StrEnum):
-    """What a frame shows, in wire order (the header's source byte is the index)."""
-
-    IDLE = "idle"  # the avatar's idle loop
-    LISTENING = "listening"  # the listening loop (speech going on, or the emotion not known yet)
-    CACHE = "cache"  # a reaction's first chunk, from the latents cache
-    SAMPLER = "sampler"  # a reaction's chunk made by the engine
-
 
 FRAME_MAGIC = b"AVF1"
 FRAME_HEADER = struct.Struct("<4sIddBBBx")
-IMAGE_FORMATS = {"jpeg": 1, "webp": 2}
-SOURCES = tuple(s.value for s in FrameSource)
 TAG_PCM = b"PCM1"
 TAG_CLIP = b"CLIP"
 assert FRAME_HEADER.size == 28
@@ -62,7 +50,7 @@ def pack_frame(index: int, pts_s: float, sent_at: float, image_format: str, sour
                image: bytes) -> bytes:
     """Header + image bytes, ready for one binary WebSocket message."""
     head = FRAME_HEADER.pack(FRAME_MAGIC, index & 0xFFFFFFFF, pts_s, sent_at, IMAGE_FORMATS[image_format],
-                             SOURCES.index(source), EMOTIONS.index(emotion))
+                             FRAME_SOURCES.index(source), EMOTIONS.index(emotion))
     return head + image
 
 
@@ -72,6 +60,6 @@ def unpack_frame(msg: bytes) -> tuple[FrameHeader, bytes]:
         raise ValueError("not an avatarcast frame message (bad magic or too short)")
     magic, index, pts, sent, fmt, src, emo = FRAME_HEADER.unpack_from(msg)
     fmts = {v: k for k, v in IMAGE_FORMATS.items()}
-    if fmt not in fmts or src >= len(SOURCES) or emo >= len(EMOTIONS):
+    if fmt not in fmts or src >= len(FRAME_SOURCES) or emo >= len(EMOTIONS):
         raise ValueError("frame header has an unknown format, source or emotion")
-    return FrameHeader(index, pts, sent, fmts[fmt], SOURCES[src], EMOTIONS[emo]), bytes(msg[FRAME_HEADER.size:])
+    return FrameHeader(index, pts, sent, fmts[fmt], FRAME_SOURCES[src], EMOTIONS[emo]), bytes(msg[FRAME_HEADER.size:])

@@ -30,6 +30,7 @@ from avatarcast.realtime.scheduler import ChunkJob
 from avatarcast.realtime.services import Services
 from avatarcast.realtime.session import Session
 from avatarcast.realtime.video import composite
+from avatarcast.vocabulary import FPS, FRAME_HEIGHT, FRAME_WIDTH
 
 log = logging.getLogger("avatarcast.session")
 
@@ -109,8 +110,8 @@ class SessionRunner:
         self._cue_tasks: set[asyncio.Task] = set()
         self._tasks = [asyncio.create_task(self._frame_loop(), name=f"frames-{session_id}"),
                        asyncio.create_task(self._chunk_worker(), name=f"chunks-{session_id}")]
-        self._emit_local("hello", {"session": session_id, "avatar": self.avatar, "fps": 8,
-                                   "width": 640, "height": 360, "image_format": image_format,
+        self._emit_local("hello", {"session": session_id, "avatar": self.avatar, "fps": FPS,
+                                   "width": FRAME_WIDTH, "height": FRAME_HEIGHT, "image_format": image_format,
                                    "emotions": list(services.emotions), "language": language})
 
     # -- public: transports --
@@ -369,7 +370,7 @@ class SessionRunner:
                 for f, b in zip(todo, outs):
                     cache[(*loop_key, f, self.quality)] = b
         t1 = time.monotonic()
-        frame = OutFrame(req.index, req.pts, req.pts / 8.0, emotion, source, rgba, encoded, t1)
+        frame = OutFrame(req.index, req.pts, req.pts / FPS, emotion, source, rgba, encoded, t1)
         for sink in list(self.sinks):
             try:
                 sink.offer_frame(frame)

@@ -26,9 +26,10 @@ from enum import StrEnum
 
 from avatarcast.engines.errors import ErrorCode
 from avatarcast.realtime.clock import EPS, FrameClock
-from avatarcast.realtime.emotion import TEMPLATE_EMOTIONS, EmotionCue
+from avatarcast.realtime.emotion import EmotionCue
 from avatarcast.realtime.messages import ChunkRequest, CueDecision, CueSource, FrameRequest, FrameSource, SessionEvent, VideoFrame
 from avatarcast.realtime.timeline import UtteranceTimeline
+from avatarcast.vocabulary import EMOTIONS, FPS
 
 
 class SessionState(StrEnum):
@@ -45,14 +46,14 @@ STATES = tuple(s.value for s in SessionState)
 CUE_SOURCES = tuple(s.value for s in CueSource)
 # a cue may replace a playing reaction only if its source ranks at least as high
 _RANK = {CueSource.ASR: 0, CueSource.TEXT: 1, CueSource.EXPLICIT: 2}
-REACTION_EMOTIONS = tuple(e for e in TEMPLATE_EMOTIONS if e != "listening")
+REACTION_EMOTIONS = tuple(e for e in EMOTIONS if e != "listening")
 
 
 @dataclass(frozen=True)
 class SessionConfig:
     """Knobs of one session; defaults match the shipped templates and the 8 fps stream."""
 
-    fps: int = 8
+    fps: int = FPS
     chunk_frames: int = 4
     max_chunks_ahead: int = 2  # sampler chunks requested beyond the one playing
     hold_s: Mapping[str, float] = field(default_factory=dict)  # per emotion; default_hold_s otherwise

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from avatarcast.vocabulary import IMAGE_FORMATS
+
 ENV_PREFIX = "AVATARCAST_"
 SWITCHES = ("ray",)  # 0/1 fields whose flag may stand alone
 
@@ -160,8 +162,8 @@ class Settings:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.log_format not in ("text", "json"):
             raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
-        if self.image_format not in ("jpeg", "webp"):
-            raise ValueError(f"image_format must be jpeg or webp, got {self.image_format!r}")
+        if self.image_format not in IMAGE_FORMATS:
+            raise ValueError(f"image_format must be {' or '.join(IMAGE_FORMATS)}, got {self.image_format!r}")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"quality must be 1..100, got {self.quality}")
         if not 0 <= self.port <= 65535:

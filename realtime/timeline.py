@@ -5,7 +5,8 @@ Pure: every call takes `now`. The session keeps one per turn and reports it as a
 
 from __future__ import annotations
 
-from avatarcast.realtime.messages import REACTION_SOURCES, FrameRequest, FrameSource, SessionEvent, VideoFrame
+from avatarcast.realtime.messages import FrameRequest, FrameSource, SessionEvent, VideoFrame
+from avatarcast.vocabulary import REACTION_SOURCES
 
 STAGES = ("decode", "vad", "asr", "emotion", "cache", "sample", "decode_frames", "encode", "send")
 

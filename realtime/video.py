@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from avatarcast.vocabulary import FPS
+
 
 BACKGROUND = (245, 240, 230)  # what formats without alpha (MP4, GIF, JPEG, WebRTC) show behind the avatar
 
@@ -29,7 +31,7 @@ def parse_color(s: str) -> tuple[int, int, int]:
     return tuple(int(s[i:i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
 
 
-def write_video(frames: np.ndarray, path: str | Path, fps: int = 8,
+def write_video(frames: np.ndarray, path: str | Path, fps: int = FPS,
                 background: tuple[int, int, int] = BACKGROUND) -> Path:
     """Encode RGBA frames by the file's extension: .mp4, .webm, .gif, or a folder/ of PNGs."""
     import av

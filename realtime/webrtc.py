@@ -9,7 +9,7 @@ Per peer:
 - video: `AvatarVideoTrack` is a runner sink (image_format None: raw RGBA). It keeps only the
   newest OutFrame; `recv()` waits for a frame newer than the last one sent, so the sender is
   paced by the runner's 8 fps frame loop (no busy loop, no buffer). Frames are composited over
-  the background and converted to yuv420p on a worker thread; pts = index * 90000 // 8 in 1/90000.
+  the background and converted to yuv420p on a worker thread; pts = index * 90000 // FPS in 1/90000.
   VP8 is preferred, then H264 (whatever the offer allows).
 - audio (optional): a sending audio m-line in the offer (the browser microphone) is consumed,
   resampled to 16 kHz mono s16 and fed to `runner.pcm` in ~100 ms batches, in order.
@@ -50,11 +50,11 @@ from avatarcast.realtime.hub import Hub
 from avatarcast.realtime.protocol import TAG_PCM
 from avatarcast.realtime.runner import OutFrame, SessionRunner
 from avatarcast.realtime.video import composite
+from avatarcast.vocabulary import FPS
 
 log = logging.getLogger("avatarcast.webrtc")
 
-FPS = 8
-VIDEO_CLOCK = 90000
+VIDEO_CLOCK = 90000  # RTP's clock for video (RFC 3551)
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK)
 CONNECT_TIMEOUT_S = 30.0  # a peer not "connected" by then is closed
 NEGOTIATE_TIMEOUT_S = 15.0  # set offer + create answer + ICE gathering

@@ -20,6 +20,9 @@ def modules() -> dict[str, Path]:
         for path in (ROOT / pkg).rglob("*.py"):
             parts = path.relative_to(ROOT).with_suffix("").parts
             out["avatarcast." + ".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    for path in (ROOT / "avatarcast").glob("*.py"):  # the namespace's own modules (the vocabulary)
+        if path.stem != "__init__":
+            out[f"avatarcast.{path.stem}"] = path
     return out
 
 

@@ -40,8 +40,9 @@ import torch.nn.functional as F
 
 from avatarcast.engines.avatar_world.reference import reference_frame
 from avatarcast.engines.tiny.model import (
-    EMOTIONS, Decoder, Denoiser, Encoder, HalfResDecoder, TinyConfig, frames_to_tensor, tensor_to_frames,
+    Decoder, Denoiser, Encoder, HalfResDecoder, TinyConfig, frames_to_tensor, tensor_to_frames,
 )
+from avatarcast.vocabulary import EMOTIONS
 
 CLIP_FRAMES = 24
 # Parametric avatars for training are random_avatar(TRAIN_SEED0 + i); evaluation holds out

@@ -7,8 +7,10 @@ frames, and `avatarcast render --renderer` draws with it; the dataset writer and
 are offline work in tools/avatar_world.
 """
 
+from avatarcast.vocabulary import EMOTIONS
+
 from .avatars import BUILTIN_AVATARS, AvatarParams, get_avatar, random_avatar
-from .motions import EMOTIONS, MotionVariation, Pose, blend_poses, pose_at, sample_variation
+from .motions import MotionVariation, Pose, blend_poses, pose_at, sample_variation
 from .reference import reference_frame
 from .render import render_clip, render_frame, render_sequence
 

@@ -18,10 +18,8 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-EMOTIONS: tuple[str, ...] = (
-    "idle", "listening", "happy", "excited", "surprised", "sad",
-    "angry", "laughing", "love", "confused", "sleepy",
-)
+from avatarcast.vocabulary import EMOTIONS
+
 EMOTION_INDEX: dict[str, int] = {e: i for i, e in enumerate(EMOTIONS)}
 
 # Loop period (seconds, at tempo 1) of each motion.
@@ -557,7 +555,8 @@ _MOTIONS = {
     "surprised": _surprised, "sad": _sad, "angry": _angry, "laughing": _laughing,
     "love": _love, "confused": _confused, "sleepy": _sleepy,
 }
-assert tuple(_MOTIONS) == EMOTIONS
+if set(_MOTIONS) != set(EMOTIONS) or set(PERIODS) != set(EMOTIONS):  # the templates name every emotion
+    raise RuntimeError(f"the avatar world moves {sorted(_MOTIONS)}, templates/emotions.json lists {sorted(EMOTIONS)}")
 
 
 def _raw_pose(emotion: str, t: float, v: MotionVariation) -> Pose:

@@ -17,7 +17,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .avatars import AvatarParams, get_avatar
-from .motions import EMOTIONS, MotionVariation, Pose, blend_poses, emotion_index, pose_at, sample_variation
+from avatarcast.vocabulary import FPS, FRAME_HEIGHT, FRAME_WIDTH
+
+from .motions import MotionVariation, Pose, blend_poses, emotion_index, pose_at, sample_variation
 
 SS = 2                 # supersampling factor
 GROUND_Y = 330.0       # ground line at the reference height 360
@@ -812,7 +814,7 @@ def _draw_wand(pt: _Painter, av: AvatarParams, rig: _Rig) -> None:
 
 
 # ---------------------------------------------------------------------------
-def render_frame(avatar: AvatarParams, pose: Pose, width: int = 640, height: int = 360) -> np.ndarray:
+def render_frame(avatar: AvatarParams, pose: Pose, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT) -> np.ndarray:
     """Draw one frame: (H, W, 4) uint8 RGBA, straight alpha, transparent background."""
     av = get_avatar(avatar)
     rig = _rig(av, pose, width, height)
@@ -869,7 +871,7 @@ class Landmarks:
     hands: tuple[Box, Box]  # screen left, screen right
 
 
-def landmarks(avatar: AvatarParams, pose: Pose, width: int = 640, height: int = 360) -> Landmarks:
+def landmarks(avatar: AvatarParams, pose: Pose, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT) -> Landmarks:
     """The head and hand boxes of ``render_frame(avatar, pose, width, height)``, outlines included."""
     av = get_avatar(avatar)
     rig = _rig(av, pose, width, height)
@@ -891,7 +893,7 @@ def _start_time_from_seed(seed: int) -> float:
 
 
 def sequence_poses(
-    segments: list[tuple[str, int, float]], seed: int, fps: int = 8, start_time: float = 0.0,
+    segments: list[tuple[str, int, float]], seed: int, fps: int = FPS, start_time: float = 0.0,
     transition_frames: int = 4,
 ) -> tuple[list[Pose], np.ndarray]:
     """The poses and per-frame labels of :func:`render_sequence` (no drawing)."""
@@ -920,8 +922,8 @@ def sequence_poses(
 
 
 def render_sequence(
-    avatar, segments: list[tuple[str, int, float]], seed: int, fps: int = 8, start_time: float = 0.0,
-    transition_frames: int = 4, width: int = 640, height: int = 360,
+    avatar, segments: list[tuple[str, int, float]], seed: int, fps: int = FPS, start_time: float = 0.0,
+    transition_frames: int = 4, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render consecutive emotion segments; returns frames (T, H, W, 4) uint8 and labels (T,) int64."""
     av = get_avatar(avatar)
@@ -933,8 +935,8 @@ def render_sequence(
 
 
 def render_clip(
-    avatar, emotion: str, n_frames: int, seed: int, intensity: float = 1.0, fps: int = 8,
-    start_time: float | None = None, width: int = 640, height: int = 360,
+    avatar, emotion: str, n_frames: int, seed: int, intensity: float = 1.0, fps: int = FPS,
+    start_time: float | None = None, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT,
 ) -> np.ndarray:
     """Render one emotion loop; ``start_time=None`` picks a start derived from ``seed``."""
     st = _start_time_from_seed(seed) if start_time is None else float(start_time)
@@ -942,5 +944,5 @@ def render_clip(
     return frames
 
 
-__all__ = ["render_frame", "render_sequence", "render_clip", "sequence_poses", "landmarks", "Landmarks", "EMOTIONS",
+__all__ = ["render_frame", "render_sequence", "render_clip", "sequence_poses", "landmarks", "Landmarks",
            "MotionVariation"]

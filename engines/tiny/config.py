@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-EMOTIONS: tuple[str, ...] = (
-    "idle", "listening", "happy", "excited", "surprised", "sad",
-    "angry", "laughing", "love", "confused", "sleepy",
-)
+from avatarcast.vocabulary import EMOTIONS, FPS, FRAME_HEIGHT, FRAME_WIDTH
 
 # What a manifest written before `arch` existed meant by the fields it did not have.
 LEGACY_V1: dict = {"arch": 1, "window_x0": 0, "window_width": 640, "latent_channels": 16, "downsample": 16,
@@ -28,8 +25,8 @@ class TinyConfig:
     """
 
     arch: int = 2  # 1: the first model's decoder layout (engines/tiny/model.py DecoderV1)
-    height: int = 360
-    width: int = 640
+    height: int = FRAME_HEIGHT
+    width: int = FRAME_WIDTH
     pad_height: int = 384  # rows padded so the window divides by the latent grid and the U-Net's levels
     window_x0: int = 96  # first frame column the networks see
     window_width: int = 448  # the renderer draws within 320 +- 215 columns: 96..543 holds all of it
@@ -38,7 +35,9 @@ class TinyConfig:
     patch: int = 2  # the denoiser works on patch x patch groups of latent cells
     chunk_frames: int = 4  # frames generated per sampler call (0.5 s at 8 fps)
     context_frames: int = 2  # previous frames the denoiser sees
-    fps: int = 8
+    fps: int = FPS
+    # the emotion embedding's rows, in order: part of what the weights learnt, so kept in the manifest
+    # and checked against the vocabulary when it loads (weights.load_manifest)
     emotions: tuple[str, ...] = EMOTIONS
     enc_channels: tuple[int, ...] = (64, 128, 192)  # one stride-2 level each: 1/2, 1/4, 1/8
     enc_blocks: tuple[int, ...] = (1, 1, 2)

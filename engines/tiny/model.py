@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from avatarcast.engines.tiny.config import EMOTIONS, TinyConfig  # noqa: F401  (re-exported)
+from avatarcast.engines.tiny.config import TinyConfig
 
 class ResBlock(nn.Module):
     """Norm-free residual block: cheap on a 2-core CPU, stable at this size."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from avatarcast.engines.errors import EngineError
 from avatarcast.engines.tiny.config import TinyConfig
+from avatarcast.vocabulary import EMOTIONS, FPS, FRAME_HEIGHT, FRAME_WIDTH
 
 DEFAULT_DIR = Path(__file__).parent / "weights"
 MANIFEST = "manifest.json"
@@ -73,6 +74,19 @@ class Manifest:
         return p
 
 
+def check_vocabulary(cfg: TinyConfig, where: str | Path) -> None:
+    """WeightsError unless the weights speak the server's vocabulary: its emotions in the same order (the
+    wire's emotion index is the embedding row), its frame size and rate."""
+    if tuple(cfg.emotions) != EMOTIONS:
+        raise WeightsError(f"{where}: the weights were trained on the emotions {list(cfg.emotions)}, but "
+                           f"templates/emotions.json lists {list(EMOTIONS)}: the order must match (retrain, or "
+                           f"fix the templates' order)")
+    got, want = (cfg.width, cfg.height, cfg.fps), (FRAME_WIDTH, FRAME_HEIGHT, FPS)
+    if got != want:
+        raise WeightsError(f"{where}: the weights make {got[0]}x{got[1]} frames at {got[2]} fps; the server streams "
+                           f"{want[0]}x{want[1]} at {want[2]} fps")
+
+
 def load_manifest(weights_dir: str | Path | None = None) -> Manifest:
     d = Path(weights_dir) if weights_dir else DEFAULT_DIR
     mp = d / MANIFEST
@@ -80,10 +94,12 @@ def load_manifest(weights_dir: str | Path | None = None) -> Manifest:
         raise WeightsError(f"no {MANIFEST} in {d}: not a tiny engine weights folder")
     try:
         m = json.loads(mp.read_text())
-        return Manifest(TinyConfig.from_dict(m["config"]), dict(m.get("files", {})),
-                        m.get("data_version", "unknown"), dict(m.get("training", {})), d)
+        manifest = Manifest(TinyConfig.from_dict(m["config"]), dict(m.get("files", {})),
+                            m.get("data_version", "unknown"), dict(m.get("training", {})), d)
     except (ValueError, KeyError, TypeError) as e:
         raise WeightsError(f"{mp} is not a valid manifest: {e}") from e
+    check_vocabulary(manifest.config, mp)
+    return manifest
 
 
 def write_manifest(weights_dir: Path, cfg: TinyConfig, data_version: str, training: dict) -> Manifest:

@@ -32,6 +32,7 @@ from avatarcast.engines.wan.checkpoint import (
     inspect_checkpoint,
 )
 from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
+from avatarcast.vocabulary import FRAME_HEIGHT, FRAME_WIDTH
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ class WanEngine:
                  dtype: torch.dtype = torch.float32, steps: int = 4, shift: float = 5.0,
                  sigmas: list[float] | None = None, chunk_latent_frames: int = 1,
                  context_latent_frames: int = 1, height: int = 352, width: int = 640,
-                 out_height: int = 360, out_width: int = 640):
+                 out_height: int = FRAME_HEIGHT, out_width: int = FRAME_WIDTH):
         self.transformer, self.vae, self.info = transformer.eval(), vae.eval(), info
         self.device, self.dtype = torch.device(device), dtype
         self.sampler = FlowMatchEulerSampler(steps=steps, shift=shift, sigmas=sigmas)

@@ -33,10 +33,10 @@ from avatarcast.engines.wan.checkpoint import inspect_checkpoint
 from avatarcast.engines.wan.engine import WanEngine, WanStreamState
 from avatarcast.engines.wan.prompts import (RANDOM, PromptEmbedStore, dir_fingerprint, normalize_prompt,
                                  resolve_prompt_embeds)
+from avatarcast.vocabulary import FRAME_HEIGHT, FRAME_WIDTH
 
 log = logging.getLogger(__name__)
 
-FRAME_H, FRAME_W = 360, 640  # what the server streams
 BACKGROUND = (245, 240, 230)  # realtime/video.BACKGROUND: what the avatar stands on (Wan has no alpha)
 NEUTRAL = "idle"  # intensity blends each emotion's prompt with this one's
 SERVING_FORMAT = 1  # bump when this adapter changes what a cached chunk looks like
@@ -82,8 +82,8 @@ class ServingShapes:
     context_frames: int  # latent frames of context
     latent_hw: tuple[int, int]
     frames_per_chunk: int  # video frames per chunk (4 per latent frame)
-    height: int = FRAME_H
-    width: int = FRAME_W
+    height: int = FRAME_HEIGHT
+    width: int = FRAME_WIDTH
 
 
 def checkpoint_id(info) -> str:
@@ -138,7 +138,7 @@ class WanAvatarEngine:
         self._embeds = [self._padded(embeds[normalize_prompt(t.prompt)], L) for t in templates.values()]
         self._neutral = self._index.get(NEUTRAL)
         self.embeds_id, self.checkpoint_hash = embeds_id, checkpoint_hash
-        s = min(FRAME_H / wan.height, FRAME_W / wan.width)  # model grid -> 640x360, aspect kept
+        s = min(FRAME_HEIGHT / wan.height, FRAME_WIDTH / wan.width)  # model grid -> 640x360, aspect kept
         self._crop_hw = (round(wan.height * s), round(wan.width * s))  # the part of 640x360 the model sees
         self.cfg = ServingShapes(wan.chunk_latent_frames, wan.z_dim, wan.context_latent_frames, wan.latent_hw,
                                  wan.temporal * wan.chunk_latent_frames)
@@ -179,13 +179,14 @@ class WanAvatarEngine:
         resolved = None
         if prompt_embeds == RANDOM or not info.has_text_encoder:  # nothing to encode: fail fast
             resolved = resolve_prompt_embeds(prompts, text_dim, info, store, None, prompt_embeds)
-        s = min(FRAME_H / height, FRAME_W / width)
+        s = min(FRAME_HEIGHT / height, FRAME_WIDTH / width)
         # on a GPU the VAE decodes in the transformer's dtype too (bf16: the decode is the larger cost)
         vae_dtype = _dtype(dtype, device) if device.startswith("cuda") else torch.float32
         wan = WanEngine.load(info.root, device=device, dtype=_dtype(dtype, device), steps=steps, shift=shift,
                              vae_dtype=vae_dtype, sigmas=sigmas,
                              chunk_latent_frames=chunk_latent_frames, context_latent_frames=context_latent_frames,
-                             height=height, width=width, out_height=round(FRAME_H / s), out_width=round(FRAME_W / s))
+                             height=height, width=width, out_height=round(FRAME_HEIGHT / s),
+                             out_width=round(FRAME_WIDTH / s))
         if resolved is None:
             def encode(ps: list[str]) -> list[np.ndarray]:
                 return list(wan.encode_prompts(ps).float().cpu().numpy())
@@ -354,14 +355,14 @@ class WanAvatarEngine:
         grid is not 360P. On the GPU, so the host only receives finished frames."""
         lead, (h, w) = rgb.shape[:-3], rgb.shape[-3:-1]
         x = rgb.reshape(-1, h, w, 3)
-        if (h, w) != (FRAME_H, FRAME_W):
-            t = F.interpolate(x.permute(0, 3, 1, 2).float(), size=(FRAME_H, FRAME_W), mode="bilinear",
+        if (h, w) != (FRAME_HEIGHT, FRAME_WIDTH):
+            t = F.interpolate(x.permute(0, 3, 1, 2).float(), size=(FRAME_HEIGHT, FRAME_WIDTH), mode="bilinear",
                               align_corners=False)
             x = t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
-        out = torch.empty((len(x), FRAME_H, FRAME_W, 4), dtype=torch.uint8, device=x.device)
+        out = torch.empty((len(x), FRAME_HEIGHT, FRAME_WIDTH, 4), dtype=torch.uint8, device=x.device)
         out[..., :3] = x
         out[..., 3] = 255
-        return out.reshape(*lead, FRAME_H, FRAME_W, 4)
+        return out.reshape(*lead, FRAME_HEIGHT, FRAME_WIDTH, 4)
 
     def decode_chunks(self, states: list[AvatarStreamState], latents: np.ndarray, lowres: bool = False) -> np.ndarray:
         """Each stream's newest chunk (B, T, C, h, w) -> its frames (B, 4T, 360, 640, 4), continuing its video.
@@ -382,7 +383,7 @@ class WanAvatarEngine:
         """
         lat = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
         if not len(lat):
-            return np.zeros((0, FRAME_H, FRAME_W, 4), np.uint8)
+            return np.zeros((0, FRAME_HEIGHT, FRAME_WIDTH, 4), np.uint8)
         with self._on("vae"):
             return self._rgba(torch.from_numpy(self.wan.decode(lat[:, None])[:, 0])).numpy()
 

@@ -55,7 +55,7 @@ SENTENCES: dict[str, tuple[str, ...]] = {
     "idle": ("I will call the plumber on Monday morning.", "I put the boxes in the hallway.",
              "The meeting is on Tuesday afternoon."),
 }
-EMOTION_ORDER = ("happy", "angry", "sad", "excited", "surprised", "laughing", "love", "confused", "sleepy", "idle")
+EMOTION_ORDER = tuple(SENTENCES)  # the round-robin order of plan(): the sentences' order
 VOICES = ("en-us", "en-gb", "en-us+m3", "en-gb+f3", "en-us+f2", "en-gb-x-rp", "en-us+m7", "en-gb+m2")
 SPEEDS = (150, 160, 170, 180, 190)
 

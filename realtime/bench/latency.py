@@ -60,13 +60,13 @@ from typing import Any
 
 import numpy as np
 
+from avatarcast.vocabulary import FRAME_S, REACTION_SOURCES
+
 log = logging.getLogger("avatarcast.bench.latency")
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout, where tests/data/speech holds committed clips
 AUDIO_EXTS = (".wav", ".mp3", ".ogg", ".opus", ".webm", ".m4a", ".flac")
 SAMPLE_RATE = 16000
-FRAME_S = 0.125
-REACTION_SOURCES = ("cache", "sampler")
 # chart/breakdown segments, in the order they happen
 SEGMENTS = ("decode", "vad endpoint", "asr", "emotion", "cache/sample", "frame slot", "encode", "client gap")
 SEGMENT_COLORS = {"decode": "#8c8c8c", "vad endpoint": "#76b7b2", "asr": "#4e79a7", "emotion": "#f28e2b", "cache/sample": "#59a14f",

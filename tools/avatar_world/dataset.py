@@ -33,12 +33,10 @@ from typing import Iterator
 import numpy as np
 
 from avatarcast.engines.avatar_world.avatars import BUILTIN_AVATARS, AvatarParams, random_avatar
-from avatarcast.engines.avatar_world.motions import EMOTIONS
 from avatarcast.engines.avatar_world.render import render_sequence
+from avatarcast.vocabulary import EMOTIONS, FPS, FRAME_HEIGHT, FRAME_WIDTH
 
 DATA_VERSION = "avatar-world-v1"
-FPS = 8
-WIDTH, HEIGHT = 640, 360
 SHARD_ARRAYS = ("frames", "labels", "avatar_id", "intensity", "seed", "emotion", "switch_frame")
 
 
@@ -94,7 +92,7 @@ def _init_worker(avatar_dicts: list[dict]) -> None:
 def _render_shard(job: tuple[str, list[ClipSpec], int]) -> dict:
     path, specs, clip_frames = job
     n = len(specs)
-    frames = np.zeros((n, clip_frames, HEIGHT, WIDTH, 4), np.uint8)
+    frames = np.zeros((n, clip_frames, FRAME_HEIGHT, FRAME_WIDTH, 4), np.uint8)
     labels = np.zeros((n, clip_frames), np.int64)
     for i, sp in enumerate(specs):
         fr, lab = render_sequence(_AVATARS[sp.avatar_id], list(sp.segments), seed=sp.seed, fps=FPS,
@@ -163,8 +161,8 @@ def write_dataset(
         "data_version": DATA_VERSION,
         "emotions": list(EMOTIONS),
         "fps": FPS,
-        "width": WIDTH,
-        "height": HEIGHT,
+        "width": FRAME_WIDTH,
+        "height": FRAME_HEIGHT,
         "n_avatars": len(avatars),
         "n_builtin_avatars": len(BUILTIN_AVATARS),
         "n_clips": len(specs),

@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from avatarcast.engines.avatar_world.avatars import BUILTIN_AVATARS, get_avatar, random_avatar
-from avatarcast.engines.avatar_world.motions import EMOTIONS
 from avatarcast.engines.avatar_world.render import render_clip, render_sequence
+from avatarcast.vocabulary import EMOTIONS, FPS
 
 BG = (226, 236, 246, 255)
 INK = (40, 40, 60, 255)
@@ -91,7 +91,7 @@ def intensity_sheet(avatar=5, levels=(0.3, 0.6, 1.0), tile=(150, 150)) -> Image.
     return sheet.convert("RGB")
 
 
-def _save_gif(frames: list[Image.Image], path: Path, fps: int = 8) -> None:
+def _save_gif(frames: list[Image.Image], path: Path, fps: int = FPS) -> None:
     pal = [f.convert("RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
            for f in frames]
     pal[0].save(path, save_all=True, append_images=pal[1:], duration=int(1000 / fps), loop=0, optimize=True,

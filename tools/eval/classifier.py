@@ -28,10 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-EMOTIONS: tuple[str, ...] = (
-    "idle", "listening", "happy", "excited", "surprised", "sad",
-    "angry", "laughing", "love", "confused", "sleepy",
-)
+from avatarcast.vocabulary import EMOTIONS
 IN_H, IN_W = 90, 160
 CLIP_FRAMES = 16
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"

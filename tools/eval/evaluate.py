@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from avatarcast.vocabulary import FPS
 from tools.eval import metrics
 from tools.eval.classifier import EMOTIONS, classify, downsample_premultiplied, load_classifier, load_meta, to_tensor
 
@@ -111,7 +112,7 @@ def _composite(frames: np.ndarray, scale: float = 0.5) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(x).resize((w, h), Image.BILINEAR)) for x in rgb])
 
 
-def make_side_by_side(pairs: list[tuple[str, np.ndarray, np.ndarray]], path: str | Path, fps: int = 8,
+def make_side_by_side(pairs: list[tuple[str, np.ndarray, np.ndarray]], path: str | Path, fps: int = FPS,
                       model_label: str = "model", pairs_per_row: int = 2) -> Path:
     """pairs of (label, renderer clip, model clip) -> an animated GIF; each pair = renderer | model."""
     from PIL import Image, ImageDraw
