@@ -219,28 +219,49 @@ def test_engine_batching_matches_one_by_one(engine):
 # --- tensorrt (no GPU here: keys, profiles, the graph rewrite, clear errors) ----------------------
 
 def test_tensorrt_cache_key_and_support():
-    from avatarcast.engines.backends import tensorrt_backend as tb
+    from avatarcast.engines.backends.tensorrt_backend import batch_profile
+    from avatarcast.engines.backends.tensorrt_build import engine_cache_key
+    from avatarcast.engines.backends.tensorrt_runtime import unsupported_reason
     from avatarcast.engines.tiny.model import TinyConfig
     cfg = TinyConfig()
-    prof = tb.batch_profile(cfg, "denoiser", 256, 32)
+    prof = batch_profile(cfg, "denoiser", 256, 32)
     assert prof["x"] == ((1, 32, 48, 56), (32, 32, 48, 56), (256, 32, 48, 56)) and prof["t"][2] == (256,)
-    assert tb.batch_profile(cfg, "encoder", 256)["frames"][2] == (16, 360, 640, 4)
+    assert batch_profile(cfg, "encoder", 256)["frames"][2] == (16, 360, 640, 4)
     base = dict(onnx_sha256="a" * 64, profile=prof, gpu_name="NVIDIA H100 80GB HBM3", compute_capability=(9, 0),
                 trt_version="10.13.0", flavor="tensorrt", precision="fp16")
-    k = tb.engine_cache_key(**base)
-    assert k == tb.engine_cache_key(**base) and len(k) == 64
-    changes = dict(onnx_sha256="b" * 64, profile=tb.batch_profile(cfg, "denoiser", 128, 32),
+    k = engine_cache_key(**base)
+    assert k == engine_cache_key(**base) and len(k) == 64
+    changes = dict(onnx_sha256="b" * 64, profile=batch_profile(cfg, "denoiser", 128, 32),
                    gpu_name="NVIDIA H200", compute_capability=(8, 9), trt_version="10.14.1",
                    flavor="tensorrt_rtx", precision="fp32")
     keys = {k}
     for field, value in changes.items():
-        keys.add(tb.engine_cache_key(**{**base, field: value}))
+        keys.add(engine_cache_key(**{**base, field: value}))
     assert len(keys) == 1 + len(changes)
-    msg = tb.unsupported_reason("tensorrt_rtx", "1.2.0", (9, 0), "NVIDIA H100 80GB HBM3")
+    msg = unsupported_reason("tensorrt_rtx", "1.2.0", (9, 0), "NVIDIA H100 80GB HBM3")
     assert "TensorRT-RTX" in msg and "9.0" in msg and "Hopper" in msg
-    assert tb.unsupported_reason("tensorrt_rtx", "1.2.0", (8, 9), "NVIDIA RTX 4090") is None
-    assert tb.unsupported_reason("tensorrt", "10.13", (9, 0), "NVIDIA H100") is None
-    assert "7.5" in tb.unsupported_reason("tensorrt", "10.13", (7, 0), "Tesla V100")
+    assert unsupported_reason("tensorrt_rtx", "1.2.0", (8, 9), "NVIDIA RTX 4090") is None
+    assert unsupported_reason("tensorrt", "10.13", (9, 0), "NVIDIA H100") is None
+    assert "7.5" in unsupported_reason("tensorrt", "10.13", (7, 0), "Tesla V100")
+
+
+def test_wan_graphs_share_the_batch_profile():
+    """The Wan export's profiles come from the same helper as the tiny graphs': batch 1, opt, max before each shape."""
+    from avatarcast.engines.wan.export import batch_profile
+    info = {"shapes": {"x": [2, 48, 3, 22, 40], "t": [2, 660]}}
+    assert batch_profile(info, 16) == {"x": ((1, 48, 3, 22, 40), (8, 48, 3, 22, 40), (16, 48, 3, 22, 40)),
+                                       "t": ((1, 660), (8, 660), (16, 660))}
+    assert batch_profile(info, 4)["t"] == ((1, 660), (4, 660), (4, 660))
+    assert batch_profile(info, 4, opt_batch=2)["x"][1][0] == 2
+
+
+def test_tensorrt_build_cli_says_what_is_missing(weights, monkeypatch, capsys):
+    """`python -m ...tensorrt_backend build` without TensorRT: exit 2 and the import errors, not a traceback."""
+    from avatarcast.engines.backends.tensorrt_backend import main
+    for name in ("tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings"):
+        monkeypatch.setitem(sys.modules, name, None)
+    assert main(["build", "--weights", str(weights), "--json"]) == 2
+    assert "tensorrt_backend: error:" in capsys.readouterr().err
 
 
 def test_fp16_conv_rewrite_is_valid_and_equivalent(weights, manifest):
@@ -249,7 +270,7 @@ def test_fp16_conv_rewrite_is_valid_and_equivalent(weights, manifest):
     import onnxruntime as ort
     from onnx import TensorProto
 
-    from avatarcast.engines.backends.tensorrt_backend import trt_graph
+    from avatarcast.engines.backends.tensorrt_graph import trt_graph
     feeds = ex.example_inputs(manifest.config, 2, seed=4)
     for g in ("encoder", "decoder", "denoiser"):
         model = onnx.load_from_string(trt_graph((weights / f"{g}.onnx").read_bytes(), "fp16"))

@@ -67,7 +67,7 @@ def test_a_missing_or_mismatched_export_says_what_to_do(exported, tmp_path):
 
 
 def test_tensorrt_refuses_clearly_without_a_gpu_it_supports(exported):
-    from avatarcast.engines.backends.tensorrt_backend import BackendError
+    from avatarcast.engines.backends.base import BackendError
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the device run builds and runs the engines")
     ckpt, onnx = exported

@@ -6,11 +6,12 @@
     frame plus every causal-conv cache in, the 4 decoded frames plus the updated caches out, so a
     TensorRT engine can carry each stream's cache exactly like the torch path does.
 
-Engines are built with the repo's TensorRT backend (engines/backends/tensorrt_backend.py): a batch
+Engines are built as the tiny engine's are (engines/backends/tensorrt_build.py): a batch
 optimization profile, a timing cache (TensorRT) and an engine cache keyed by the ONNX hash, the
-profile, the GPU and the TensorRT flavour and version. TensorRT-RTX builds ahead of time without a
-GPU (for the RTX architectures), so the build is tested on a CPU machine too; running the engines
-needs a GPU that flavour supports (not Hopper: see DESIGN.md).
+profile, the GPU and the TensorRT flavour and version; engines/wan/runtime.py builds on first use
+through build_graph too. TensorRT-RTX builds ahead of time without a GPU (for the RTX
+architectures), so the build is tested on a CPU machine too; running the engines needs a GPU that
+flavour supports (not Hopper: see DESIGN.md).
 
   python -m avatarcast.engines.wan.export --checkpoint DIR --out DIR [--build --module tensorrt_rtx]
   python -m avatarcast.engines.wan.export --random-weights --layers 1 --out DIR --build   (5B widths, 1 layer)
@@ -32,6 +33,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from avatarcast.engines.backends.tensorrt_build import build_cached, build_target, profile_over_batch
+from avatarcast.engines.backends.tensorrt_runtime import TrtTarget
 from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
 
 ONNX_OPSET = 18
@@ -144,26 +147,29 @@ def write_manifest(out: Path, exported: dict[str, dict], engine, engines: dict |
 
 
 def batch_profile(info: dict, max_batch: int, opt_batch: int | None = None) -> dict:
-    """{input: (min, opt, max) shapes} over the batch axis, for build_engine."""
+    """{input: (min, opt, max) shapes} over the batch axis of an exported graph's inputs."""
     opt = opt_batch or max(1, min(max_batch, 8))
-    return {n: (tuple([1, *s[1:]]), tuple([opt, *s[1:]]), tuple([max_batch, *s[1:]]))
-            for n, s in info["shapes"].items()}
+    return profile_over_batch({n: s[1:] for n, s in info["shapes"].items()}, opt, max_batch)
+
+
+def build_graph(target: TrtTarget, name: str, info: dict, path: Path, cache_dir: Path, max_batch: int,
+                precision: str = "fp16", log=print, workspace_gb: float = 4.0) -> dict:
+    """One exported graph's TensorRT engine, from the engine cache or built; returns build_cached's info."""
+    # graphs exported in fp16/bf16, or too big for one protobuf, are built as they are
+    big = info.get("external_data") or info.get("dtype", "float32") != "float32"
+    return build_cached(target, f"wan-{name}", cache_dir, info["sha256"], batch_profile(info, max_batch),
+                        "as-exported" if big else precision, onnx_path=path, extra={"graph": f"wan-{name}"},
+                        log=log, workspace_gb=workspace_gb)
 
 
 def build(exported: dict[str, dict], cache_dir: Path, max_batch: int, module: str | None = None,
           precision: str = "fp16", log=print, vae_max_batch: int = 4, workspace_gb: float = 4.0) -> dict:
     """Build (or find in the engine cache) one TensorRT engine per exported graph."""
-    from avatarcast.engines.backends.tensorrt_backend import build_cached, build_target
     target = build_target(module)
-    cache_dir.mkdir(parents=True, exist_ok=True)
     out = {}
     for name, info in exported.items():
-        # graphs exported in fp16/bf16, or too big for one protobuf, are built as they are
-        big = info.get("external_data") or info.get("dtype", "float32") != "float32"
-        rec = build_cached(target, f"wan-{name}", cache_dir, info["sha256"],
-                           batch_profile(info, vae_max_batch if name == "vae_step" else max_batch),
-                           "as-exported" if big else precision, onnx_path=Path(info["path"]),
-                           extra={"graph": f"wan-{name}"}, log=log, workspace_gb=workspace_gb)
+        rec = build_graph(target, name, info, Path(info["path"]), cache_dir,
+                          vae_max_batch if name == "vae_step" else max_batch, precision, log, workspace_gb)
         rec["profile"] = {k: v for k, v in rec["profile"].items() if k in ("x", "t", "text")}  # not every cache
         out[name] = rec
     return out

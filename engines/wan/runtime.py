@@ -18,14 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avatarcast.engines.backends.tensorrt_runtime import gpu_info, open_engine, runtime_target
 from avatarcast.engines.errors import EngineError
-from avatarcast.engines.wan.export import MANIFEST
+from avatarcast.engines.wan.export import MANIFEST, build_graph
 from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "tensorrt", "onnxruntime")
-EXPORT_HINT = "python -m avatarcast.engines.wan.export --checkpoint CKPT --out DIR --chunk-frames T [--build --module tensorrt]"
+EXPORT_HINT = ("python -m avatarcast.engines.wan.export --checkpoint CKPT --out DIR --chunk-frames T "
+               "[--build --module tensorrt]")
 
 
 class ExportError(EngineError, RuntimeError):
@@ -76,27 +78,14 @@ class OrtGraph:
 
 
 class TrtGraph:
-    """One exported graph as a TensorRT engine, built on first use and cached (tensorrt_backend.build_cached)."""
+    """One exported graph as a TensorRT engine, built on first use and cached (export.build_graph)."""
 
     def __init__(self, name: str, path: Path, info: dict, cache_dir: Path, max_batch: int,
                  module: str | None = None) -> None:
-        from avatarcast.engines.backends.tensorrt_backend import BackendError, _Engine, build_cached, build_target, gpu_info, \
-            unsupported_reason
-        from avatarcast.engines.wan.export import batch_profile
-        gpu_info()  # running an engine needs a GPU (TensorRT-RTX would still build one without): say so first
-        target = build_target(module)
-        trt, flavor, version, gpu, logger = target
-        reason = unsupported_reason(flavor, version, gpu["cc"], gpu["name"])
-        if reason:
-            raise BackendError(reason)
-        big = info.get("external_data") or info.get("dtype", "float32") != "float32"
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        rec = build_cached(target, f"wan-{name}", cache_dir, info["sha256"], batch_profile(info, max_batch),
-                           "as-exported" if big else "fp16", onnx_path=path, extra={"graph": f"wan-{name}"},
-                           log=log.info)
-        p = Path(rec["path"])
-        self.engine = _Engine(trt, flavor, torch, p.read_bytes(), logger, p.with_name(p.stem + ".runtime-cache"),
-                              f"wan {name}")
+        gpu_info()  # no GPU is the first thing to say on a machine without one, before any missing TensorRT
+        target = runtime_target(module)  # one this TensorRT runs on, checked before building (TensorRT-RTX needs none)
+        rec = build_graph(target, name, info, path, cache_dir, max_batch, "fp16", log.info)
+        self.engine = open_engine(target, Path(rec["path"]), f"wan {name}")
         self.inputs = self.engine.inputs
         self.max_batch = self.engine.max_batch
 
