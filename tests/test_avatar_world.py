@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from avatarcast import vocabulary
 from avatarcast.engines.avatar_world import (
     BUILTIN_AVATARS,
     EMOTIONS,
@@ -37,8 +38,8 @@ def _sil(frames: np.ndarray) -> np.ndarray:
 # --- rendering basics -------------------------------------------------------------
 
 def test_emotions_order_fixed():
-    assert EMOTIONS == ("idle", "listening", "happy", "excited", "surprised", "sad", "angry", "laughing",
-                        "love", "confused", "sleepy")
+    """The avatar world renders the vocabulary's emotions in its order (the datasets' and the weights' index)."""
+    assert EMOTIONS == vocabulary.EMOTIONS
 
 
 def test_frame_shape_dtype_alpha():
