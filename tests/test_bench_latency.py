@@ -1,4 +1,5 @@
-"""`avatarcast bench latency`: clip generation, the measurement helpers, and one real end-to-end run.
+"""`avatarcast bench latency`: clip generation, the bench client's and the report's helpers, and one real
+end-to-end run.
 
 The end-to-end test makes 3 espeak-ng clips, runs the bench as a subprocess against a server it
 starts itself, and checks the JSON report's shape (transcript, emotion, TTFF <= TTER, summary
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from avatarcast.realtime.bench import client as bc
 from avatarcast.realtime.bench import latency as bl
 
 REPO = Path(__file__).resolve().parent.parent
@@ -64,21 +66,40 @@ def test_speech_bounds_finds_the_loud_part() -> None:
     pcm = np.zeros(sr * 2, np.int16)
     t = np.arange(sr // 2) / sr
     pcm[sr // 2: sr] = (8000 * np.sin(2 * np.pi * 200 * t)).astype(np.int16)  # 0.5 .. 1.0 s
-    first, last = bl.speech_bounds(pcm, chunk)
+    first, last = bc.speech_bounds(pcm, chunk)
     assert first == 25 and last == 49
 
 
 def test_client_times_from_frames() -> None:
     frames = [(0.0, 0, "idle", "idle"), (1.0, 8, "idle", "idle"), (1.1, 9, "listening", "listening"),
               (1.9, 15, "cache", "sad"), (2.0, 16, "cache", "happy"), (2.5, 20, "sampler", "happy")]
-    t = bl.client_times(frames, 1.05, "happy", 1.8, None)
+    t = bc.client_times(frames, 1.05, "happy", 1.8, None)
     assert t["ttff_ms"] == pytest.approx(50.0) and t["ttff_source"] == "listening"
     assert t["tter_ms"] == pytest.approx(950.0)  # the first frame showing the decided emotion
     assert t["first_reaction_ms"] == pytest.approx(850.0)
-    idle = bl.client_times(frames, 1.05, "idle", 1.8, None)
+    idle = bc.client_times(frames, 1.05, "idle", 1.8, None)
     assert idle["tter_ms"] == idle["ttff_ms"]
-    stream = bl.client_times(frames, 1.5, "happy", 1.8, onset=0.5)
+    stream = bc.client_times(frames, 1.5, "happy", 1.8, onset=0.5)
     assert stream["listening_ms"] == pytest.approx(600.0)
+
+
+def test_conn_reads_the_last_utterance_latency_and_its_decision() -> None:
+    """The latency event of the newest utterance finalized after the origin, and the emotion it decided."""
+    conn = bc.Conn(None, [])
+    ev = [(1.0, "transcript_final", {"utterance": 1, "source": "clip", "text": "old"}),
+          (1.2, "latency", {"utterance": 1, "kind": "clip", "emotion": "sad"}),
+          (2.0, "emotion", {"utterance": 2, "label": "happy", "applied": False}),
+          (2.1, "emotion", {"utterance": 2, "label": "happy", "applied": True}),
+          (2.2, "transcript_final", {"utterance": 2, "source": "clip", "text": "new"}),
+          (2.3, "transcript_final", {"utterance": 3, "source": "speech", "text": "mic"}),
+          (2.4, "latency", {"utterance": 2, "kind": "clip", "emotion": "happy"})]
+    conn.events = [(t, {"type": kind, "payload": p}) for t, kind, p in ev]
+    latency, finals = conn.latency_for(("clip",), 1.5)
+    assert latency == {"utterance": 2, "kind": "clip", "emotion": "happy"} and len(finals) == 2
+    assert conn.decided(latency, 2) == ("happy", 2.1)
+    assert conn.decided(None, 2) == ("happy", 2.1)  # no latency event yet: the last applied cue
+    assert conn.latency_for(("clip",), 3.0) == (None, finals)
+    assert conn.decided(None, 7) == (None, None)
 
 
 def test_breakdown_sums_to_the_client_tter() -> None:

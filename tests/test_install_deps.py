@@ -19,7 +19,8 @@ import pytest
 
 from tests.base_install import REPO, _norm, base_distributions
 
-BENCH_MODULES = ("realtime/bench/latency.py", "realtime/bench/load.py", "realtime/bench/engine.py")
+BENCH_MODULES = ("realtime/bench/client.py", "realtime/bench/server.py", "realtime/bench/latency.py",
+                 "realtime/bench/load.py", "realtime/bench/engine.py")
 FIRST_PARTY = {"realtime", "engines", "templates", "tools"}
 # imports the bench modules make only behind an option that needs an extra, and what asks for them
 OPTIONAL = {"matplotlib": "bench latency --chart (the train extra)",

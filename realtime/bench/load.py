@@ -10,8 +10,8 @@ tools/make_speech.py), or where those are missing makes 8 espeak-ng clips (realt
 Each of the N session slots opens `/v1/ws?avatar=pip`. A refused session (close 1013, the
 server's admission control or max_sessions; 1008, a rate limit) is counted with its reason and,
 unless --no-retry, tried again after 5 s (the server's Retry-After). A held session sends a CLIP
-every --gap seconds (uniform at random), measures its TTFF/TTER like `bench latency` (whose
-helpers this reuses), and keeps receiving frames until --seconds have passed.
+every --gap seconds (uniform at random), measures its TTFF/TTER like `bench latency` (both use the
+bench client, realtime/bench/client.py), and keeps receiving frames until --seconds have passed.
 
 Reported: sessions held and refused (with reasons), TTER p50/p95 under load, per held session the
 frame rate's 1st percentile over 1 s windows (fps p1), p99 frame interval, frames dropped (gaps in
@@ -36,9 +36,10 @@ from typing import Any
 
 import numpy as np
 
-from avatarcast.realtime.bench.latency import (REPO, Clip, Conn, _decided, _latency_for, client_times, dist,
-                                 interval_stats, load_clips, machine, run_on_server, server_status,
-                                 setup_logging, ws_url)
+from avatarcast.realtime.bench.client import (CLIP_ERRORS, REPO, Clip, Conn, Frame, client_times, dist,
+                                              interval_stats, load_clips, setup_logging)
+from avatarcast.realtime.bench.server import machine, run_on_server, server_status
+from avatarcast.realtime.protocol import TAG_CLIP
 
 log = logging.getLogger("avatarcast.bench.load")
 RETRY_S = 5.0
@@ -53,7 +54,7 @@ class Slot:
     held_from: float | None = None
     held_until: float | None = None
     intervals: list[float] = field(default_factory=list)
-    frames: list[tuple[float, int, str, str]] = field(default_factory=list)
+    frames: list[Frame] = field(default_factory=list)
     frames_late: int = 0
     clips: list[dict] = field(default_factory=list)
     error: str | None = None
@@ -68,7 +69,7 @@ def fps_p1(times: list[float]) -> float | None:
     return float(np.percentile(counts, 1)) if counts.size else None
 
 
-def index_gaps(frames: list[tuple[float, int, str, str]]) -> int:
+def index_gaps(frames: list[Frame]) -> int:
     """Frames the client never got: gaps in the server's frame index."""
     idx = [f[1] for f in frames]
     return int(sum(max(0, b - a - 1) for a, b in zip(idx, idx[1:])))
@@ -76,59 +77,45 @@ def index_gaps(frames: list[tuple[float, int, str, str]]) -> int:
 
 async def speak(conn: Conn, clip: Clip, timeout: float) -> dict:
     """Send one clip and wait for its emotion's first frame: the row `bench latency` would write."""
-    from avatarcast.realtime.protocol import TAG_CLIP
-
     row: dict[str, Any] = {"file": clip.name, "expected": clip.expected, "emotion": None, "ttff_ms": None,
                            "tter_ms": None, "error": None}
     t_send = time.monotonic()
     await conn.ws.send(TAG_CLIP + clip.data)
     origin = time.monotonic()
     while True:
-        latency, _ = _latency_for(conn, ("clip",), t_send)
+        latency, _ = conn.latency_for(("clip",), t_send)
         if latency is not None:
-            decided, decided_at = _decided(conn, latency, latency.get("utterance"))
+            decided, decided_at = conn.decided(latency, latency.get("utterance"))
             times = client_times(conn.frames, origin, decided, decided_at, None)
             if times["tter_ms"] is not None or decided is None:
                 row.update(emotion=decided, ttff_ms=times["ttff_ms"], tter_ms=times["tter_ms"])
                 return row
         errors = [e["payload"] for t, e in conn.of_type("error", t_send)
-                  if e["payload"].get("code") in ("bad_audio", "clip_failed", "no_cue")]
+                  if e["payload"].get("code") in CLIP_ERRORS]
         if errors:
             row["error"] = f"{errors[0].get('code')}: {errors[0].get('message')}"
             return row
         if conn.closed or time.monotonic() - origin > timeout:
             row["error"] = "closed" if conn.closed else f"no emotion frame within {timeout:g} s"
             return row
-        conn.changed.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(conn.changed.wait(), 0.25)
+        await conn.next_change(0.25)
 
 
 async def run_slot(slot: Slot, base: str, clips: list[Clip], args: argparse.Namespace, t0: float, end: float,
                    rng: np.random.Generator) -> None:
-    from websockets.asyncio.client import connect
-
     await asyncio.sleep(slot.index * args.stagger)
     while time.monotonic() < end:
         try:
-            ws = await connect(ws_url(base, args.avatar), max_size=None, open_timeout=30, close_timeout=2)
+            conn = await Conn.open(base, args.avatar, slot.intervals)
         except Exception as exc:
             slot.error = f"connect failed: {type(exc).__name__}: {exc}"
             return
-        conn = Conn(ws, slot.intervals)
-        rx = asyncio.create_task(conn.receive())
         try:
-            deadline = time.monotonic() + 15.0
-            while not conn.frames and not conn.closed and time.monotonic() < deadline:
-                conn.changed.clear()
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(conn.changed.wait(), 0.5)
-            if not conn.frames:  # refused (or broken): the close code says why
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(rx, 2.0)
-                slot.refused.append({"at_s": round(time.monotonic() - t0, 1), "code": ws.close_code,
-                                     "reason": ws.close_reason})
-                log.info("session %d refused: %s %s", slot.index, ws.close_code, ws.close_reason)
+            if not await conn.first_frames():  # refused (or broken): the close code says why
+                await conn.wait_closed(2.0)
+                code, reason = conn.ws.close_code, conn.ws.close_reason
+                slot.refused.append({"at_s": round(time.monotonic() - t0, 1), "code": code, "reason": reason})
+                log.info("session %d refused: %s %s", slot.index, code, reason)
                 if args.no_retry:
                     return
                 await asyncio.sleep(RETRY_S)
@@ -152,12 +139,8 @@ async def run_slot(slot: Slot, base: str, clips: list[Clip], args: argparse.Name
             return
         finally:
             slot.frames.extend(conn.frames)
-            slot.frames_late += sum(int(e["payload"].get("count", 0)) for t, e in conn.of_type("frames_late"))
-            with contextlib.suppress(Exception):
-                await ws.close()
-            rx.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await rx
+            slot.frames_late += conn.frames_late()
+            await conn.close()
 
 
 async def watch_status(base: str, stop: asyncio.Event, samples: list[dict], t0: float) -> None:
@@ -220,14 +203,15 @@ def summarize(slots: list[Slot], samples: list[dict]) -> dict:
                                          default=None),
             "frames_dropped": sum(p["frames_dropped"] for p in per),
             "degradation": {"max_level": max(levels, default=None),
-                            "share_at_level": {str(v): round(levels.count(v) / len(levels), 3) for v in sorted(set(levels))}}}
+                            "share_at_level": {str(v): round(levels.count(v) / len(levels), 3)
+                                               for v in sorted(set(levels))}}}
 
 
 def format_report(report: dict) -> str:
     s = report["summary"]
     hc = report.get("host_cpu") or {}
-    out = [f"bench load: {s['sessions_requested']} session slot(s) for {report['seconds']:g} s against {report['server_url']}"
-           + (" (started by the bench)" if report["server_started"] else ""),
+    out = [f"bench load: {s['sessions_requested']} session slot(s) for {report['seconds']:g} s against "
+           f"{report['server_url']}" + (" (started by the bench)" if report["server_started"] else ""),
            (f"machine: {report['machine']['cpu_count']} CPUs, {report['machine']['cpu']}; load average "
             f"{hc.get('loadavg_1m_start')} -> {hc.get('loadavg_1m_end')}; cores busy: bench {hc.get('bench_cores')}, "
             f"server {hc.get('server_cores')}, others {hc.get('other_cores')}"),
@@ -236,15 +220,17 @@ def format_report(report: dict) -> str:
            f"clips: {s['clips']} ({s['clip_errors']} errors); emotion {s['emotion_correct']}/{s['emotion_labelled']}",
            (f"TTER p50 {s['tter_ms']['p50']} ms  p95 {s['tter_ms']['p95']} ms  max {s['tter_ms']['max']} ms  "
             f"(TTFF p50 {s['ttff_ms']['p50']} ms)"),
-           f"degradation level: max {s['degradation']['max_level']}, share of samples {s['degradation']['share_at_level']}"]
+           f"degradation level: max {s['degradation']['max_level']}, "
+           f"share of samples {s['degradation']['share_at_level']}"]
     for p in s["per_session"]:
         if not p["held"]:
             out.append(f"  session {p['session']}: never held ({p['refusals']} refusals: {p['first_refused_reason']})")
             continue
-        out.append(f"  session {p['session']}: held {p['held_s']} s after {p['refusals']} refusal(s), {p['frames']} frames, "
-                   f"fps p1 {p['fps_p1']}, interval p50 {p['interval_ms_p50']} p99 {p['interval_ms_p99']} "
-                   f"max {p['interval_ms_max']} ms, dropped {p['frames_dropped']}, server late {p['frames_late_server']}, "
-                   f"{p['clips']} clips" + (f", ERROR {p['error']}" if p["error"] else ""))
+        out.append(f"  session {p['session']}: held {p['held_s']} s after {p['refusals']} refusal(s), "
+                   f"{p['frames']} frames, fps p1 {p['fps_p1']}, interval p50 {p['interval_ms_p50']} "
+                   f"p99 {p['interval_ms_p99']} max {p['interval_ms_max']} ms, dropped {p['frames_dropped']}, "
+                   f"server late {p['frames_late_server']}, {p['clips']} clips"
+                   + (f", ERROR {p['error']}" if p["error"] else ""))
     return "\n".join(out)
 
 

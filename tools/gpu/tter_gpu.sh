@@ -80,7 +80,7 @@ PY
   local pid=$!
   python3 - $port "$OUT/server_status.json" <<'PY' || { tail -30 "$log"; kill $pid; exit 1; }
 import json, sys, time
-from avatarcast.realtime.bench.latency import server_status, wait_ready
+from avatarcast.realtime.bench.server import server_status, wait_ready
 wait_ready(f"http://127.0.0.1:{sys.argv[1]}", 240)
 json.dump(server_status(f"http://127.0.0.1:{sys.argv[1]}"), open(sys.argv[2], "w"), indent=1)
 PY
