@@ -242,7 +242,10 @@ def test_cli_render_writes_playable_video(tmp_path):
 # --- training ----------------------------------------------------------------------------
 
 def test_training_script_runs_and_resumes_on_cpu(tmp_path):
-    """A few real optimisation steps of both stages on a tiny config, then a resume."""
+    """A few real optimisation steps of both stages on a tiny config, then a resume.
+
+    The denoiser starts after 2 clips and takes in the rest as they render; the resume reads the cache.
+    """
     pytest.importorskip("torch")
     ck = tmp_path / "ck"
     ck.mkdir()
@@ -250,7 +253,7 @@ def test_training_script_runs_and_resumes_on_cpu(tmp_path):
     cmd = [sys.executable, "-m", "tools.train_tiny", "--work", str(tmp_path / "work"), "--ckpt", str(ck),
            "--stages", "ae,denoiser", "--ae-minutes", "0", "--den-minutes", "0", "--random-avatars", "0",
            "--variants", "1", "--den-variants", "1", "--ae-clips", "4",
-           "--ae-batch", "2", "--den-batch", "4", "--min-steps", "3", "--clip-limit", "6", "--workers", "2", "--device", "cpu"]
+           "--ae-batch", "2", "--den-batch", "4", "--min-steps", "3", "--stats-clips", "2", "--clip-limit", "6", "--workers", "2", "--device", "cpu"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     import torch
