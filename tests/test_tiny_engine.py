@@ -253,7 +253,8 @@ def test_training_script_runs_and_resumes_on_cpu(tmp_path):
     cmd = [sys.executable, "-m", "tools.train_tiny", "--work", str(tmp_path / "work"), "--ckpt", str(ck),
            "--stages", "ae,denoiser", "--ae-minutes", "0", "--den-minutes", "0", "--random-avatars", "0",
            "--variants", "1", "--den-variants", "1", "--ae-clips", "4",
-           "--ae-batch", "2", "--den-batch", "4", "--min-steps", "3", "--stats-clips", "2", "--clip-limit", "6", "--workers", "2", "--device", "cpu"]
+           "--ae-batch", "2", "--den-batch", "4", "--min-steps", "3",
+           "--stats-clips", "2", "--clip-limit", "6", "--workers", "2", "--device", "cpu"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     import torch
