@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -93,6 +94,50 @@ def test_network_shapes_and_frame_roundtrip():
     assert v.shape == (2, cfg.chunk_frames * C, H, W)
 
 
+def _noise_left_after_training(cfg, steps: int = 80) -> float:
+    """Flow-match a small denoiser on one fixed chunk; the share of the noise its 1-step sample keeps."""
+    import torch
+
+    from avatarcast.engines.tiny.model import Denoiser
+    torch.manual_seed(0)
+    C, T, K, (H, W) = cfg.latent_channels, cfg.chunk_frames, cfg.context_frames, cfg.latent_hw
+    x1 = torch.nn.functional.interpolate(torch.randn(1, T * C, H // 4, W // 4), size=(H, W), mode="bilinear")
+    x1 = x1 / x1.std()  # a smooth chunk: what a real latent chunk is next to per-cell noise
+    ctx, ref, emo, inten = torch.zeros(1, K * C, H, W), torch.zeros(1, C, H, W), torch.zeros(1).long(), torch.ones(1)
+    den = Denoiser(cfg)
+    opt = torch.optim.Adam(den.parameters(), lr=2e-3)
+    B = 8
+    for _ in range(steps):
+        x0, t = torch.randn(B, T * C, H, W), torch.rand(B)
+        xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * x1
+        v = den(xt, t, torch.zeros(B), ctx.expand(B, -1, -1, -1), ref.expand(B, -1, -1, -1), emo.expand(B),
+                inten.expand(B))
+        loss = (v - (x1 - x0)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        x0 = torch.randn(B, T * C, H, W)
+        one = torch.ones(B)
+        sample = x0 + den(x0, 0 * one, one, ctx.expand(B, -1, -1, -1), ref.expand(B, -1, -1, -1), emo.expand(B),
+                          inten.expand(B))
+    return float(((sample - x1) * x0).sum() / (x0 * x0).sum())
+
+
+def test_denoiser_removes_noise_wider_than_its_first_level():
+    """A patch-2 chunk has T*C*4 = 128 noise values per position; SMALL's U-Net has 32 channels there.
+
+    A network that outputs the velocity must hand the noise through those channels and keeps most
+    of it in its samples (speckle, whatever the step count); the default, which outputs the clean
+    chunk, does not have to.
+    """
+    pytest.importorskip("torch")
+    cfg = dataclasses.replace(SMALL, height=64, pad_height=64, width=64, window_x0=0, window_width=64)
+    assert cfg.den_pred == "x" and cfg.chunk_frames * cfg.latent_channels * cfg.patch ** 2 > cfg.den_channels[0]
+    assert _noise_left_after_training(cfg) < 0.1
+    assert _noise_left_after_training(dataclasses.replace(cfg, den_pred="v")) > 0.5
+
+
 def test_config_roundtrip():
     cfg = TinyConfig(chunk_frames=8)
     again = TinyConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
@@ -103,12 +148,20 @@ def test_manifest_config_from_before_the_window_means_the_first_model():
     """A manifest without `arch` is the first model: whole frame, 16x downsampling, no patches, no crop."""
     old = {k: v for k, v in TinyConfig().to_dict().items()
            if k not in ("arch", "window_x0", "window_width", "patch", "enc_blocks", "dec_blocks", "background_latent",
-                        "crop_threshold", "crop_margin")}
+                        "crop_threshold", "crop_margin", "den_pred")}
     old.update(latent_channels=16, downsample=16, enc_channels=[32, 64, 128, 128], dec_channels=[128, 64, 32, 16],
                latent_mean=[0.0] * 16, latent_std=[1.0] * 16)
     cfg = TinyConfig.from_dict(old)
     assert (cfg.arch, cfg.window_x0, cfg.window_width, cfg.patch, cfg.crop_threshold) == (1, 0, 640, 1, 0.0)
-    assert cfg.latent_hw == (24, 40)
+    assert cfg.den_pred == "v" and cfg.latent_hw == (24, 40)
+
+
+def test_config_from_before_den_pred_means_a_velocity_denoiser():
+    """The first architecture-2 run's config.json has no den_pred: its denoiser outputs the velocity."""
+    old = {k: v for k, v in TinyConfig().to_dict().items() if k != "den_pred"}
+    assert TinyConfig.from_dict(old).den_pred == "v" and TinyConfig().den_pred == "x"
+    with pytest.raises(ValueError, match="den_pred"):
+        TinyConfig(den_pred="eps")
 
 
 # --- the shipped weights -----------------------------------------------------------------
@@ -189,7 +242,10 @@ def test_cli_render_writes_playable_video(tmp_path):
 # --- training ----------------------------------------------------------------------------
 
 def test_training_script_runs_and_resumes_on_cpu(tmp_path):
-    """A few real optimisation steps of both stages on a tiny config, then a resume."""
+    """A few real optimisation steps of both stages on a tiny config, then a resume.
+
+    The denoiser starts after 2 clips and takes in the rest as they render; the resume reads the cache.
+    """
     pytest.importorskip("torch")
     ck = tmp_path / "ck"
     ck.mkdir()
@@ -197,7 +253,8 @@ def test_training_script_runs_and_resumes_on_cpu(tmp_path):
     cmd = [sys.executable, "-m", "tools.train_tiny", "--work", str(tmp_path / "work"), "--ckpt", str(ck),
            "--stages", "ae,denoiser", "--ae-minutes", "0", "--den-minutes", "0", "--random-avatars", "0",
            "--variants", "1", "--den-variants", "1", "--ae-clips", "4",
-           "--ae-batch", "2", "--den-batch", "4", "--min-steps", "3", "--clip-limit", "6", "--workers", "2", "--device", "cpu"]
+           "--ae-batch", "2", "--den-batch", "4", "--min-steps", "3",
+           "--stats-clips", "2", "--clip-limit", "6", "--workers", "2", "--device", "cpu"]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     import torch

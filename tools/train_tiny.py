@@ -31,6 +31,7 @@ import os
 import time
 from dataclasses import dataclass
 from multiprocessing import Pool
+from multiprocessing import TimeoutError as PoolTimeout
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ import torch.nn.functional as F
 
 from avatarcast.engines.avatar_world.reference import reference_frame
 from avatarcast.engines.tiny.model import (
-    Decoder, Denoiser, Encoder, HalfResDecoder, TinyConfig, frames_to_tensor, tensor_to_frames,
+    X_PRED_MIN_GAP, Decoder, Denoiser, Encoder, HalfResDecoder, TinyConfig, frames_to_tensor, tensor_to_frames,
 )
 from avatarcast.vocabulary import EMOTIONS
 
@@ -503,67 +504,143 @@ def train_ae(args, cfg: TinyConfig, device, deadline: float) -> None:
 
 # --- latents -----------------------------------------------------------------------------
 
-@torch.no_grad()
-def build_latents(args, cfg: TinyConfig, device) -> dict:
-    """Encode every training clip (rendered on the fly) and each avatar's reference frame."""
-    ae = torch.load(Path(args.ckpt) / "ae.pt", map_location=device)
-    key = f"latents_{args.random_avatars}_{args.den_variants}_{args.clip_limit}_{ae.get('enc_step', ae['step'])}.pt"
-    cache = Path(args.work) / key
-    if cache.exists():
-        return torch.load(cache, map_location="cpu")
-    enc = Encoder(cfg).to(device).eval()
-    enc.load_state_dict(float_state(ae["encoder"]))
+def _render_window(job: tuple[ClipSpec, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """A worker renders a clip and returns only the model's window: 30% less to send back."""
+    spec, x0, width = job
+    frames, labels = render_spec(spec)
+    return np.ascontiguousarray(frames[:, :, x0:x0 + width]), np.asarray(labels)
+
+
+def latent_specs(args) -> list[ClipSpec]:
+    """The denoiser's clips, in a fixed shuffled order: any prefix is a spread of avatars and emotions."""
     specs = clip_specs(args.random_avatars, args.den_variants, seed=0)
     if args.clip_limit:  # smoke runs: a spread of the clips, not just the first avatar's
         specs = specs[:: max(1, len(specs) // args.clip_limit)][: args.clip_limit]
-    C, (H, W) = cfg.latent_channels, cfg.latent_hw
-    lat = torch.empty((len(specs), CLIP_FRAMES, C, H, W), dtype=torch.float16)
-    labels = torch.empty((len(specs), CLIP_FRAMES), dtype=torch.long)
-    empty_d, full_d = [], []
-    t0 = time.time()
-    for i, frames, lab in render_all(specs, args.workers):
-        x = frames_to_tensor(torch.from_numpy(frames).to(device), cfg)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            z = enc(x)
-        lat[i] = z.float().half().cpu()
-        labels[i] = torch.from_numpy(np.asarray(lab))
-        if i % 40 == 0:  # cells with no avatar pixel within one cell, and cells with some
-            occ = F.max_pool2d((x[:, 3:4] > -0.999).float(), cfg.downsample)
-            near = F.max_pool2d(occ, 3, 1, 1)
-            empty_d.append((z.float(), near < 0.5, occ > 0.5))
-        if i % 500 == 0:
-            print(f"[latents] {i}/{len(specs)} clips, {time.time() - t0:.0f}s", flush=True)
-    with Pool(args.workers) as pool:
-        refs = np.stack(pool.map(_ref_for_id, range(n_avatars(args.random_avatars))))
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        ref_lat = enc(frames_to_tensor(torch.from_numpy(refs).to(device), cfg)).float().half().cpu()
-        bg_raw = enc(frames_to_tensor(torch.zeros((1, cfg.height, cfg.width, 4), dtype=torch.uint8,
-                                                  device=device), cfg)).float()
-    flat = lat.float().transpose(0, 2).reshape(C, -1)
-    mean, std = flat.mean(1), flat.std(1)
-    # the empty cell's latent (normalized) and how far avatar cells sit from it
-    bg = ((bg_raw[0, :, H // 2, W // 2].cpu() - mean) / std)
-    d_empty, d_avatar = [], []
-    for z, empty, occupied in empty_d:
-        zn = (z.cpu() - mean[None, :, None, None]) / std[None, :, None, None]
-        dist = ((zn - bg[None, :, None, None]) ** 2).mean(1, keepdim=True).sqrt()
-        d_empty.append(dist[empty.cpu()])
-        d_avatar.append(dist[occupied.cpu()])
-    de, da = torch.cat(d_empty), torch.cat(d_avatar)
-    thr = float(de.quantile(0.9999) * 1.5) if len(de) else 0.0
-    crop = {"threshold": round(thr, 4), "empty_dist_max": float(de.max()), "empty_dist_p9999": float(de.quantile(0.9999)),
-            "avatar_cells_below_threshold": float((da <= thr).float().mean()),
-            "avatar_dist_p1": float(da.quantile(0.01))}
-    print(f"[latents] crop threshold {crop}", flush=True)
-    data = {
-        "latents": lat, "labels": labels, "ref": ref_lat,
-        "avatar": torch.tensor([s.avatar_id for s in specs]),
-        "intensity": torch.tensor([s.intensity for s in specs]),
-        "mean": mean, "std": std, "ae_step": ae.get("enc_step", ae["step"]), "background": bg, "crop": crop,
-    }
-    torch.save(data, cache)
-    print(f"[latents] {len(specs)} clips encoded in {time.time() - t0:.0f}s", flush=True)
-    return data
+    order = np.random.default_rng(11).permutation(len(specs))
+    return [specs[i] for i in order]
+
+
+def latents_cache(args) -> Path:
+    ae = torch.load(Path(args.ckpt) / "ae.pt", map_location="cpu")
+    step = ae.get("enc_step", ae["step"])
+    return Path(args.work) / f"latents2_{args.random_avatars}_{args.den_variants}_{args.clip_limit}_{step}.pt"
+
+
+class LatentBuilder:
+    """Renders the denoiser's clips in worker processes and encodes each one as it arrives.
+
+    `pump()` takes what the workers have finished without waiting, so the denoiser trains on the
+    clips rendered so far while the rest render (the first run's GPU sat idle for the 264 s the
+    clips took); `finish()` waits for the rest, measures the crop statistics and writes the cache.
+    The normalization comes from the first clips and stays fixed: the denoiser trains in it.
+    """
+
+    def __init__(self, args, cfg: TinyConfig, device):
+        ae = torch.load(Path(args.ckpt) / "ae.pt", map_location=device)
+        self.enc_step = ae.get("enc_step", ae["step"])
+        self.cfg, self.device, self.cache = cfg, device, latents_cache(args)
+        self.enc = Encoder(cfg).to(device).eval()
+        self.enc.load_state_dict(float_state(ae["encoder"]))
+        self.specs = latent_specs(args)
+        C, (H, W) = cfg.latent_channels, cfg.latent_hw
+        self.lat = torch.zeros((len(self.specs), CLIP_FRAMES, C, H, W), dtype=torch.float16)
+        self.labels = torch.zeros((len(self.specs), CLIP_FRAMES), dtype=torch.long)
+        self.n = 0
+        self.samples: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (z, empty cells, avatar cells)
+        self.t0 = time.time()
+        self.pool = Pool(args.workers)
+        with torch.no_grad():
+            refs = np.stack(self.pool.map(_ref_for_id, range(n_avatars(args.random_avatars))))
+            self.ref = self._encode(frames_to_tensor(torch.from_numpy(refs).to(device), cfg)).half().cpu()
+            empty = torch.zeros((1, cfg.height, cfg.width, 4), dtype=torch.uint8, device=device)
+            self.bg_raw = self._encode(frames_to_tensor(empty, cfg))[0, :, H // 2, W // 2].cpu()
+        jobs = [(sp, cfg.window_x0, cfg.window_width) for sp in self.specs]
+        # chunksize 1: only then does imap give an iterator whose next() can time out
+        self.pending = self.pool.imap(_render_window, jobs, chunksize=1)
+        self.mean: torch.Tensor | None = None
+        self.std: torch.Tensor | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.n == len(self.specs)
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            return self.enc(x).float()
+
+    @torch.no_grad()
+    def pump(self, block: bool = False, upto: int | None = None) -> int:
+        """Encode the clips that are ready (all up to `upto` when blocking); returns how many came in."""
+        upto = len(self.specs) if upto is None else min(upto, len(self.specs))
+        got = 0
+        while self.n < upto:
+            try:
+                frames, lab = self.pending.next(timeout=None if block else 0)
+            except PoolTimeout:
+                break
+            x = to_window_tensor(torch.from_numpy(frames).to(self.device), self.cfg)
+            z = self._encode(x)
+            self.lat[self.n] = z.half().cpu()
+            self.labels[self.n] = torch.from_numpy(lab)
+            if self.n % 40 == 0:  # cells with no avatar pixel within one cell, and cells with some
+                occ = F.max_pool2d((x[:, 3:4] > -0.999).float(), self.cfg.downsample)
+                self.samples.append((z.cpu(), (F.max_pool2d(occ, 3, 1, 1) < 0.5).cpu(), (occ > 0.5).cpu()))
+            self.n += 1
+            got += 1
+            if self.n % 500 == 0:
+                print(f"[latents] {self.n}/{len(self.specs)} clips, {time.time() - self.t0:.0f}s", flush=True)
+        return got
+
+    def data(self) -> dict:
+        """The clips so far as the dict the samplers read (latents of clips not in yet are zeros)."""
+        if self.mean is None:  # fixed from the first call on
+            flat = self.lat[:max(1, self.n)].float().transpose(0, 2).reshape(self.cfg.latent_channels, -1)
+            self.mean, self.std = flat.mean(1), flat.std(1)
+        return {
+            "latents": self.lat, "labels": self.labels, "ref": self.ref, "n_ready": self.n,
+            "avatar": torch.tensor([s.avatar_id for s in self.specs]),
+            "intensity": torch.tensor([s.intensity for s in self.specs]),
+            "mean": self.mean, "std": self.std, "ae_step": self.enc_step,
+            "background": (self.bg_raw - self.mean) / self.std, "crop": self._crop_stats(),
+        }
+
+    def _crop_stats(self) -> dict:
+        """How far empty and avatar cells sit from the empty cell's latent: the crop threshold."""
+        bg = ((self.bg_raw - self.mean) / self.std)[None, :, None, None]
+        d_empty, d_avatar = [torch.zeros(0)], [torch.zeros(0)]
+        for z, empty, occupied in self.samples:
+            zn = (z - self.mean[None, :, None, None]) / self.std[None, :, None, None]
+            dist = ((zn - bg) ** 2).mean(1, keepdim=True).sqrt()
+            d_empty.append(dist[empty])
+            d_avatar.append(dist[occupied])
+        de, da = torch.cat(d_empty), torch.cat(d_avatar)
+        if not len(de) or not len(da):
+            return {"threshold": 0.0}
+        thr = float(de.quantile(0.9999) * 1.5)
+        return {"threshold": round(thr, 4), "empty_dist_max": float(de.max()),
+                "empty_dist_p9999": float(de.quantile(0.9999)),
+                "avatar_cells_below_threshold": float((da <= thr).float().mean()),
+                "avatar_dist_p1": float(da.quantile(0.01))}
+
+    def finish(self) -> dict:
+        """Wait for the rest, write the cache, and return the whole data set."""
+        self.pump(block=True)
+        self.pool.close()
+        self.pool.join()
+        data = self.data()
+        data["n_ready"] = self.n
+        print(f"[latents] crop threshold {data['crop']}", flush=True)
+        torch.save(data, self.cache)
+        print(f"[latents] {self.n} clips encoded in {time.time() - self.t0:.0f}s", flush=True)
+        return data
+
+
+def build_latents(args, cfg: TinyConfig, device) -> dict:
+    """Every training clip rendered, encoded and cached, with each avatar's reference latent."""
+    cache = latents_cache(args)
+    if cache.exists():
+        return torch.load(cache, map_location="cpu")
+    return LatentBuilder(args, cfg, device).finish()
 
 
 def set_latent_config(cfg: TinyConfig, data: dict, ck: Path) -> None:
@@ -578,26 +655,40 @@ def set_latent_config(cfg: TinyConfig, data: dict, ck: Path) -> None:
 # --- denoiser ----------------------------------------------------------------------------
 
 class ChunkSampler:
-    """Draws (target chunk, context, reference, emotion, intensity) batches on the GPU."""
+    """Draws (target chunk, context, reference, emotion, intensity) batches on the GPU.
+
+    It draws from the first `data["n_ready"]` clips (all when absent); `grow` takes in clips that
+    arrived since (LatentBuilder.pump).
+    """
 
     def __init__(self, data: dict, cfg: TinyConfig, device):
-        self.cfg = cfg
-        mean = data["mean"].view(1, 1, -1, 1, 1)
-        std = data["std"].view(1, 1, -1, 1, 1)
-        self.lat = ((data["latents"].float() - mean) / std).half().to(device)
-        self.ref = ((data["ref"].float() - mean[0]) / std[0]).to(device)
+        self.cfg, self.data, self.device = cfg, data, device
+        self.mean = data["mean"].view(1, 1, -1, 1, 1)
+        self.std = data["std"].view(1, 1, -1, 1, 1)
+        self.lat = torch.zeros(data["latents"].shape, dtype=torch.float16, device=device)
+        self.ref = ((data["ref"].float() - self.mean[0]) / self.std[0]).to(device)
         self.labels = data["labels"].to(device)
         self.avatar = data["avatar"].to(device)
         self.intensity = data["intensity"].float().to(device)
-        T, K = cfg.chunk_frames, cfg.context_frames
+        self.n = 0
+        self.grow(int(data.get("n_ready", len(data["latents"]))))
+
+    def grow(self, n: int) -> None:
+        """Draw from the first n clips from now on."""
+        if n <= self.n:
+            return
+        new = slice(self.n, n)
+        self.lat[new] = ((self.data["latents"][new].float() - self.mean) / self.std).half().to(self.device)
+        self.labels[new] = self.data["labels"][new].to(self.device)
+        self.n = n
+        T, K = self.cfg.chunk_frames, self.cfg.context_frames
         starts = []  # valid (clip, start) pairs: the whole target chunk carries one label
-        lab = data["labels"]
+        lab = self.data["labels"][:n]
         for s in range(K, CLIP_FRAMES - T + 1):
             ok = (lab[:, s:s + T] == lab[:, s:s + 1]).all(1)
             idx = torch.nonzero(ok).flatten()
             starts.append(torch.stack([idx, torch.full_like(idx, s)], 1))
-        self.pairs = torch.cat(starts).to(device)
-        self.device = device
+        self.pairs = torch.cat(starts).to(self.device)
 
     def batch(self, n: int, gen: torch.Generator):
         T, K = self.cfg.chunk_frames, self.cfg.context_frames
@@ -619,7 +710,9 @@ def shortcut_loss(model, x1, ctx, ref, emo, inten, cfg: TinyConfig, gen, bootstr
     nb = int(n * bootstrap_frac)
     dev = x1.device
     x0 = torch.randn(x1.shape, device=dev, generator=gen)
-    levels = int(round(math.log2(1 / cfg.min_shortcut)))
+    # the trained step 2d runs from min_shortcut (two plain flow steps of half its size) to 1,
+    # every size the sampler passes (engines/sampler.py model_step_size)
+    levels = int(round(math.log2(1 / cfg.min_shortcut))) + 1
     k = torch.randint(1, levels + 1, (nb,), device=dev, generator=gen)
     d = 2.0 ** (-k.float())
     n_slots = (1 / (2 * d)).long()
@@ -638,9 +731,23 @@ def shortcut_loss(model, x1, ctx, ref, emo, inten, cfg: TinyConfig, gen, bootstr
     t = torch.cat([t_b, t_f])
     dd = torch.cat([2 * d, torch.zeros(n - nb, device=dev)])
     pred = model(x, t, dd, ctx, ref, emo, inten).float()
-    lb = (pred[:nb] - target_b).pow(2).mean()
-    lf = (pred[nb:] - target_f).pow(2).mean()
+    w = flow_weight(t, cfg)[:, None, None, None]
+    lb = ((pred[:nb] - target_b).pow(2) * w[:nb]).mean()
+    lf = ((pred[nb:] - target_f).pow(2) * w[nb:]).mean()
     return lf + lb, lf, lb
+
+
+def flow_weight(t: torch.Tensor, cfg: TinyConfig, gap: float = 0.25) -> torch.Tensor:
+    """Weight on the squared velocity error: 1 up to t = 1 - gap, where an "x" denoiser's weight is capped.
+
+    An "x" denoiser's velocity error is its clean-chunk error over 1 - t: near t = 1 that weight
+    reaches 400, and on the CPU (batch 8) the loss jumped between 2 and 100 from step to step. Past
+    t = 0.75, the largest t a 4-step sampler queries, the clean-chunk error keeps weight 1 / gap^2
+    instead (as min-SNR weighting caps the weight of nearly clean inputs).
+    """
+    if cfg.den_pred == "v":
+        return torch.ones_like(t)
+    return ((1 - t).clamp(min=X_PRED_MIN_GAP) / (1 - t).clamp(min=gap)).pow(2)
 
 
 def load_denoiser(ck: Path, cfg: TinyConfig, device, ema_only: bool = False):
@@ -661,7 +768,13 @@ def load_denoiser(ck: Path, cfg: TinyConfig, device, ema_only: bool = False):
 
 def train_denoiser(args, cfg: TinyConfig, device, deadline: float) -> None:
     ck = Path(args.ckpt)
-    data = build_latents(args, cfg, device)
+    builder = None
+    if latents_cache(args).exists():
+        data = build_latents(args, cfg, device)
+    else:  # train on the clips rendered so far while the rest render
+        builder = LatentBuilder(args, cfg, device)
+        builder.pump(block=True, upto=args.stats_clips)
+        data = builder.data()
     set_latent_config(cfg, data, ck)
     model, ema, step = load_denoiser(ck, cfg, device)
     ema.requires_grad_(False)
@@ -674,6 +787,8 @@ def train_denoiser(args, cfg: TinyConfig, device, deadline: float) -> None:
     local = 0
     next_save = time.time() + 120
     while time.time() < deadline or local < args.min_steps:
+        if builder is not None and not builder.done and local % 10 == 0 and builder.pump():
+            sampler.grow(builder.n)
         x1, ctx, ref, emo, inten = sampler.batch(args.den_batch, gen)
         # context noise: the model must tolerate its own imperfect previous chunk
         sig = torch.rand(ctx.shape[0], 1, 1, 1, device=device, generator=gen) * 0.2
@@ -701,6 +816,9 @@ def train_denoiser(args, cfg: TinyConfig, device, deadline: float) -> None:
     save_small({"model": half_state(model.state_dict()), "step": step}, ck / "den.pt")
     save_small({"model": half_state(ema.state_dict()), "step": step}, ck / "den_ema.pt")
     log.save()
+    if builder is not None:  # the later stages and a resumed run read the whole set from the cache
+        print(f"[den] trained on {builder.n}/{len(builder.specs)} clips rendered by the end", flush=True)
+        set_latent_config(cfg, builder.finish(), ck)
     update_report(ck, "denoiser", {"step": step})
     print(f"[den] done at step {step}", flush=True)
 
@@ -901,6 +1019,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--teacher-weight", type=float, default=0.5)
     ap.add_argument("--lowres-lr", type=float, default=2e-4)
     ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--stats-clips", type=int, default=200,
+                    help="clips rendered before the denoiser starts; they fix the latent normalization")
     ap.add_argument("--clip-limit", type=int, default=0, help="train the denoiser on at most N clips (smoke runs)")
     ap.add_argument("--min-steps", type=int, default=1, help="steps each stage makes even past the deadline")
     ap.add_argument("--workers", type=int, default=os.cpu_count())

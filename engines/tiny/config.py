@@ -11,6 +11,8 @@ LEGACY_V1: dict = {"arch": 1, "window_x0": 0, "window_width": 640, "latent_chann
                    "patch": 1, "enc_channels": (32, 64, 128, 128), "enc_blocks": (1, 1, 1, 1),
                    "dec_channels": (128, 64, 32, 16), "dec_blocks": (1, 0, 0, 0), "crop_threshold": 0.0,
                    "background_latent": [0.0] * 16}
+# What a config written before `den_pred` existed trained: the velocity itself.
+LEGACY_DEN_PRED = "v"
 
 _TUPLES = ("emotions", "enc_channels", "enc_blocks", "dec_channels", "dec_blocks", "den_channels")
 
@@ -46,6 +48,12 @@ class TinyConfig:
     den_channels: tuple[int, ...] = (96, 160, 192)
     cond_dim: int = 256
     min_shortcut: float = 1.0 / 32  # smallest shortcut step the denoiser was trained for
+    # What the denoiser's last layer outputs: "x" the clean chunk (the graph turns it into the
+    # velocity), or "v" the velocity itself. A velocity carries the noise, and a patch-2 chunk has
+    # T*C*4 = 128 noise values per position against 96 channels at the U-Net's first level: a
+    # "v" network cannot hand the noise through and leaves part of it in every sample
+    # (docs/training/README.md, "Why the first run's denoiser failed").
+    den_pred: str = "x"
     # Per-channel latent statistics, measured after autoencoder training; the denoiser and
     # the exported graphs work on normalized latents.
     latent_mean: list[float] = field(default_factory=lambda: [0.0] * 8)
@@ -56,6 +64,10 @@ class TinyConfig:
     background_latent: list[float] = field(default_factory=lambda: [0.0] * 8)
     crop_threshold: float = 0.0  # 0: decode the whole grid
     crop_margin: int = 2  # cells kept around the avatar's cells (outlines, soft shadow)
+
+    def __post_init__(self) -> None:
+        if self.den_pred not in ("v", "x"):
+            raise ValueError(f"den_pred must be 'v' or 'x', got {self.den_pred!r}")
 
     @property
     def latent_hw(self) -> tuple[int, int]:
@@ -76,6 +88,7 @@ class TinyConfig:
         d = dict(d)
         if "arch" not in d:  # a manifest from before the window, the crop decode and the patches
             d = {**LEGACY_V1, **d}
+        d.setdefault("den_pred", LEGACY_DEN_PRED)
         for k in _TUPLES:
             if k in d:
                 d[k] = tuple(d[k])

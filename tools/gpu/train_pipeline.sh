@@ -5,6 +5,9 @@
 #   bash tools/gpu/train_pipeline.sh wait SECONDS              # waits (while it runs), copies results to $OUT
 # Everything resumes from the checkpoint folder ($CKPT): if the machine was lost, carry the last
 # results back into it and start again with the stages still to do.
+# SEED=DIR (a carried folder) starts a fresh $CKPT from a trained autoencoder: DIR's ae.pt (and
+# disc.pt, for decft) are copied in, so `start --stages denoiser,decft,lowres` trains the rest.
+# The denoiser stage trains on the clips as they render (tools/train_tiny.py LatentBuilder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 CK=${CKPT:-/tmp/avc/ckpt}  # outside the repo: a later call may replace the tree
@@ -26,6 +29,10 @@ wait_for() {
 case "${1:-}" in
   start)
     shift
+    if [ -n "${SEED:-}" ] && [ ! -f "$CK/ae.pt" ]; then
+      cp "$SEED/ae.pt" "$CK/" && echo "seeded $CK with $SEED/ae.pt"
+      [ -f "$SEED/disc.pt" ] && cp "$SEED/disc.pt" "$CK/"
+    fi
     nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
     if running; then echo "already running"; else
       setsid nohup python3 -m tools.train_tiny --work /tmp/avc --ckpt "$CK" "$@" >>"$CK/train_log.txt" 2>&1 </dev/null &
