@@ -82,7 +82,7 @@ def prep(args) -> None:
     work.mkdir(parents=True, exist_ok=True)
     cfg = load_cfg(ae)
     device = torch.device(args.device)
-    enc = load_ae(ae, cfg)[0].to(device)
+    enc = load_ae(ae, cfg)[0]  # moved to the device after the rendering processes have forked
     cols = slice(cfg.window_x0, cfg.window_x0 + cfg.window_width)
     if not (work / "train.pt").exists():
         rng = np.random.default_rng(args.seed)
@@ -94,6 +94,7 @@ def prep(args) -> None:
         with Pool(args.workers) as pool:
             frames = np.stack(pool.map(_render_job, jobs, chunksize=16))
         refs = np.stack([reference_frame(avatar_by_id(a)) for a in range(args.avatars)])
+        enc.to(device)
         print(f"[prep] rendered {len(frames)} frames of {args.avatars} avatars in {time.time() - t0:.0f}s", flush=True)
         t0 = time.time()
         z = encode_frames(enc, frames, cfg, device)
@@ -101,6 +102,7 @@ def prep(args) -> None:
         torch.save({"frames": torch.from_numpy(frames[:, :, cols].copy()), "z": z, "avatar": torch.tensor(avatar),
                     "refs": torch.from_numpy(refs[:, :, cols].copy())}, work / "train.pt")
     if not (work / "heldout.pt").exists():
+        enc.to(device)
         avatars = holdout.eval_avatars(n_holdout=args.holdout_avatars)
         specs = holdout.reconstruction_frames(avatars, args.heldout_per_avatar)
         poses = [pose_at(s.emotion, s.time, sample_variation(s.seed), s.intensity) for s in specs]
@@ -253,7 +255,7 @@ def train(args) -> None:
             log.append({"step": step, "rec": float(rec.detach()), "edge": float(edge.detach()),
                         "time": time.time() - t0})
         if step % args.print_every == 0:
-            print(f"[{out.name}] step {step} rec {float(rec):.4f} edge {float(edge):.4f} "
+            print(f"[{out.name}] step {step} rec {float(rec.detach()):.4f} edge {float(edge.detach()):.4f} "
                   f"{(time.time() - t0) / (step - first) * 1000:.0f} ms/step", flush=True)
         if time.time() > next_save:
             save()
