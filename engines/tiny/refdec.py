@@ -71,7 +71,7 @@ def _pad_cells(maps, top: int, bottom: int, left: int, right: int) -> tuple[torc
 class RefFeatures:
     """One avatar's reference features over the whole latent grid, zero-padded by `radius` cells."""
 
-    maps: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (B, C_l, (H + 2r) s, (W + 2r) s), coarse first
+    maps: tuple[torch.Tensor, ...]  # three levels (B, C_l, (H + 2r) s, (W + 2r) s), coarse first
     radius: int
 
     @classmethod
