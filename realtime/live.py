@@ -201,9 +201,11 @@ class LiveAudio:
             tr, ms, voice = await self._transcribe(audio, urgent)
         if end > utt["best_end"]:
             utt["best"], utt["best_end"], utt["best_prosody"] = tr, end, voice
+        # still a speculation if the speaker did not go on meanwhile (the endpoint came, or the pause goes on)
+        speculative = urgent and (utt is not self._utt or bool(utt.get("paused")))
         if tr.text and not utt.get("final_sent"):  # news until the final is out, even after the endpoint
             self._emit(LiveEvent("partial", utt["index"], time.monotonic(), tr.text, tr.language, audio.size / SR, ms,
-                                 speculative=urgent, prosody=voice))
+                                 speculative=speculative, prosody=voice))
 
     async def _final(self, utt: dict, end: int) -> None:
         async with self._asr:  # after any partial in flight: it may already cover the end
