@@ -310,8 +310,8 @@ class SessionRunner:
 
     async def _read_text(self, text: str, turn: int | None) -> None:
         try:
-            cue = await asyncio.get_running_loop().run_in_executor(self.services.pools.emotion, self.services.reader.read,
-                                                                   text)
+            cue = await asyncio.get_running_loop().run_in_executor(self.services.pools.emotion,
+                                                                   self.services.reader.read, text)
         except Exception as exc:
             self._error(ErrorCode.EMOTION_FAILED, f"{type(exc).__name__}: {exc}")
             return
