@@ -103,12 +103,15 @@ def base_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 class PriorityLock:
     """A lock whose urgent waiters go before the others (first come, first served within each kind).
 
-    The model is shared by every session and runs one call at a time: a session's final transcript (the
-    reaction waits for it) must not queue behind another session's routine partial."""
+    The model is shared by every session and runs `capacity` calls at a time (its CTranslate2 workers): a
+    session's final transcript (the reaction waits for it) must not queue behind another session's routine
+    partial."""
 
-    def __init__(self) -> None:
+    def __init__(self, capacity: int = 1) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
         self._cond = threading.Condition()
-        self._busy = False
+        self._free = capacity
         self._queue: list[tuple[int, int]] = []  # (0 urgent | 1 not, ticket), kept sorted
         self._tickets = 0
 
@@ -118,14 +121,16 @@ class PriorityLock:
             me = (0 if urgent else 1, self._tickets)
             self._tickets += 1
             bisect.insort(self._queue, me)
-            self._cond.wait_for(lambda: not self._busy and self._queue[0] == me)
+            self._cond.wait_for(lambda: self._free > 0 and self._queue[0] == me)
             self._queue.pop(0)
-            self._busy = True
+            self._free -= 1
+            if self._free and self._queue:
+                self._cond.notify_all()  # the next in line may take the other free worker
         try:
             yield
         finally:
             with self._cond:
-                self._busy = False
+                self._free += 1
                 self._cond.notify_all()
 
 
@@ -133,7 +138,8 @@ class Transcriber:
     """One faster-whisper model, loaded once and shared; calls are serialized by a PriorityLock."""
 
     def __init__(self, model: object, name: str, *, beam_size: int = 1, short_window_s: float | None = 10.0,
-                 languages: tuple[str, ...] = (), margin_s: float | None = None) -> None:
+                 languages: tuple[str, ...] = (), margin_s: float | None = None, workers: int = 1) -> None:
+        """`workers`: calls the model runs at once (its CTranslate2 num_workers)."""
         self.model = model
         self.name = name
         self.beam_size = beam_size
@@ -148,7 +154,7 @@ class Transcriber:
         # (base: 0.05 with 1 s, and no better with 2 s); docs/speech.md
         self.margin_s = margin_s if margin_s is not None else (1.0 if self.multilingual else 3.0)
         self.languages = tuple(languages)  # languages auto-detection chooses among; empty: any Whisper knows
-        self._lock = PriorityLock()
+        self._lock = PriorityLock(workers)
 
     @classmethod
     def load(
@@ -158,13 +164,15 @@ class Transcriber:
         device: str = "cpu",
         compute_type: str | None = None,
         cpu_threads: int = 2,
+        workers: int = 1,
         cache_dir: str | os.PathLike | None = None,
         beam_size: int = 1,
         languages: tuple[str, ...] = (),
         warmup: bool = True,
     ) -> "Transcriber":
         """Load "tiny.en", "base" (multilingual) or a CTranslate2 model directory, offline only, on
-        device "cpu" (int8) or "cuda" (float16; CTranslate2 must find CUDA 12 and cuDNN 9)."""
+        device "cpu" (int8) or "cuda" (float16; CTranslate2 must find CUDA 12 and cuDNN 9). `workers` calls
+        run at once, each on `cpu_threads` threads (two sessions' clips need not wait for each other)."""
         from faster_whisper import WhisperModel
 
         if model == "tiny.en":
@@ -182,10 +190,10 @@ class Transcriber:
             device=device,
             compute_type=compute_type or ("int8" if device == "cpu" else "float16"),
             cpu_threads=cpu_threads,
-            num_workers=1,
+            num_workers=workers,
             local_files_only=True,
         )
-        self = cls(whisper, model, beam_size=beam_size, languages=languages)
+        self = cls(whisper, model, beam_size=beam_size, languages=languages, workers=workers)
         if warmup:
             # the first decode pays one-off allocation costs; pay them at start-up, not on a user
             self.transcribe(np.zeros(SAMPLE_RATE // 2, dtype=np.float32))

@@ -101,7 +101,8 @@ class Hub:
 
         engine, transcriber, reader = await asyncio.gather(
             timed("engine", lambda: load_engine(s)),
-            timed("asr", lambda: Transcriber.load(s.asr_model, device=s.asr_device,
+            timed("asr", lambda: Transcriber.load(s.asr_model, device=s.asr_device, cpu_threads=s.asr_threads,
+                                                  workers=s.asr_workers,
                                                   languages=s.language_list(s.asr_languages))),
             timed("emotion", lambda: EmotionReader.load(threads=1)),
         )

@@ -3,8 +3,9 @@
 The VAD (Silero, via a VAD-only StreamingTranscriber) sees every chunk as soon as it arrives,
 so onsets and endpoints are never delayed behind a running transcription; Whisper runs
 alongside on the audio kept here: partial transcripts while the person speaks (so a clear
-emotion is known before they stop) and the final one at the endpoint, reusing the last
-partial when it already heard everything. Each event carries the wall time its audio
+emotion is known before they stop), a speculative pass as soon as they pause (with the
+prosody of the same audio, computed beside it), and the final one at the endpoint, reusing
+the speculation when it already heard everything. Each event carries the wall time its audio
 arrived, so latency counts from when the person really stopped, not from when the VAD
 could be sure.
 """
@@ -20,6 +21,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from avatarcast.realtime.audio import Prosody, prosody
+
 log = logging.getLogger("avatarcast.live")
 SR = 16000
 
@@ -33,6 +36,9 @@ class LiveEvent:
     language: str | None = None
     audio_s: float = 0.0
     asr_ms: float = 0.0
+    speculative: bool = False  # partial: the pass started at a pause (its final will likely reuse it)
+    reused: bool = False  # final: the speculation's transcript (same audio, same prosody)
+    prosody: Prosody | None = None  # of the transcribed audio: speculative partials and finals
 
 
 class LiveAudio:
@@ -40,13 +46,14 @@ class LiveAudio:
 
     def __init__(self, transcriber: Any, vad_pool: Any, asr_pool: Any, on_event: Callable[[LiveEvent], None], *,
                  language: str | None = None, min_speech_ms: int = 64, endpoint_silence_ms: int = 352,
-                 pause_ms: int = 224,
+                 pause_ms: int = 128, prosody_pool: Any = None,
                  partial_every_s: float = 0.6, min_partial_s: float = 0.6, pre_roll_s: float = 0.2,
                  post_roll_s: float = 0.15, max_utterance_s: float = 15.0, keep_s: float = 20.0) -> None:
         from avatarcast.realtime.asr import StreamingTranscriber
 
         self.transcriber = transcriber
         self.vad_pool, self.asr_pool = vad_pool, asr_pool
+        self.prosody_pool = prosody_pool  # None: no prosody on the events
         self.on_event = on_event
         self.language = language
         self.vad = StreamingTranscriber(None, min_speech_ms=min_speech_ms, endpoint_silence_ms=endpoint_silence_ms,
@@ -161,48 +168,59 @@ class LiveAudio:
             utt["paused"] = True
             start = self.vad._fed - q * 512  # where the silence began (the VAD's sample count)
             self._emit(LiveEvent("pause", utt["index"], self.arrival_time(start)))
-            if not self._asr.locked() and self.transcriber is not None:
-                # probably the end: transcribe now, while the endpoint timer runs; the final reuses it
+            if self.transcriber is not None:
+                # probably the end: transcribe now, while the endpoint timer runs; the final reuses it. Queued
+                # behind a partial in flight rather than skipped: else the final starts only at the endpoint
                 utt["last_partial"] = self._received
                 self._spawn(self._partial(utt, min(self._received, start + self.post_roll), urgent=True))
 
     def _maybe_partial(self) -> None:
         utt = self._utt
-        if utt is None or self._asr.locked() or self.transcriber is None:
-            return
+        if utt is None or self._asr.locked() or self.transcriber is None or utt.get("quiet", 0):
+            return  # in a trailing silence the pause's speculation is coming: a partial now would delay it
         if self._received - utt["last_partial"] < self.partial_every or self._received - utt["onset"] < self.min_partial:
             return
         utt["last_partial"] = self._received
         self._spawn(self._partial(utt, self._received, urgent=False))
 
-    async def _transcribe(self, audio: np.ndarray, urgent: bool = True) -> tuple[Any, float]:
+    async def _transcribe(self, audio: np.ndarray, urgent: bool = True) -> tuple[Any, float, Prosody | None]:
         """One Whisper run on the ASR pool; the caller holds self._asr. Routine partials are not urgent:
-        another session's final (or this one's, at a pause) goes first."""
+        another session's final (or this one's, at a pause) goes first. Urgent runs (the ones a final
+        uses) also get the audio's prosody, computed beside the ASR so it costs no latency."""
+        loop = asyncio.get_running_loop()
+        voice = loop.run_in_executor(self.prosody_pool, prosody, audio) if urgent and self.prosody_pool else None
         t0 = time.perf_counter()
-        tr = await asyncio.get_running_loop().run_in_executor(
+        tr = await loop.run_in_executor(
             self.asr_pool, lambda: self.transcriber.transcribe(audio, language=self.language, urgent=urgent))
-        return tr, (time.perf_counter() - t0) * 1000.0
+        ms = (time.perf_counter() - t0) * 1000.0
+        return tr, ms, (await voice if voice is not None else None)
 
     async def _partial(self, utt: dict, end: int, urgent: bool) -> None:
         audio = self.audio(utt["start"], end)
         async with self._asr:
-            tr, ms = await self._transcribe(audio, urgent)
+            tr, ms, voice = await self._transcribe(audio, urgent)
         if end > utt["best_end"]:
-            utt["best"], utt["best_end"] = tr, end
+            utt["best"], utt["best_end"], utt["best_prosody"] = tr, end, voice
+        # still a speculation if the speaker did not go on meanwhile (the endpoint came, or the pause goes on)
+        speculative = urgent and (utt is not self._utt or bool(utt.get("paused")))
         if tr.text and not utt.get("final_sent"):  # news until the final is out, even after the endpoint
-            self._emit(LiveEvent("partial", utt["index"], time.monotonic(), tr.text, tr.language, audio.size / SR, ms))
+            self._emit(LiveEvent("partial", utt["index"], time.monotonic(), tr.text, tr.language, audio.size / SR, ms,
+                                 speculative=speculative, prosody=voice))
 
     async def _final(self, utt: dict, end: int) -> None:
         async with self._asr:  # after any partial in flight: it may already cover the end
+            reused = False
             if self.transcriber is None:
-                tr, ms = None, 0.0
+                tr, ms, voice = None, 0.0, None
             elif utt["best"] is not None and utt["best_end"] >= end:
-                tr, ms = utt["best"], 0.0  # the last partial already heard everything
+                tr, ms, voice, reused = utt["best"], 0.0, utt.get("best_prosody"), True  # it heard everything
             else:
-                tr, ms = await self._transcribe(self.audio(utt["start"], min(end + self.post_roll, self._received)))
+                tr, ms, voice = await self._transcribe(self.audio(utt["start"], min(end + self.post_roll,
+                                                                                   self._received)))
         utt["final_sent"] = True
         text = tr.text if tr is not None else ""
         # no stickiness: detection shares the encoder pass (realtime/asr_window.py), so every utterance
         # finds its own language and a speaker may switch between them
         lang = tr.language if tr is not None else None
-        self._emit(LiveEvent("final", utt["index"], time.monotonic(), text, lang, (end - utt["start"]) / SR, ms))
+        self._emit(LiveEvent("final", utt["index"], time.monotonic(), text, lang, (end - utt["start"]) / SR, ms,
+                             reused=reused, prosody=voice))

@@ -24,6 +24,7 @@ from avatarcast.engines.contract import StreamStart
 from avatarcast.engines.errors import CLOSE_GOING_AWAY, ErrorCode
 from avatarcast.realtime.audio import AudioDecodeError, decode_audio, prosody
 from avatarcast.realtime.live import LiveAudio, LiveEvent
+from avatarcast.realtime.live_cues import LiveCues
 from avatarcast.realtime.messages import ChunkRequest, FrameRequest, FrameSource, SessionEvent
 from avatarcast.realtime.playout import Playout, sent_frame
 from avatarcast.realtime.scheduler import ChunkJob
@@ -107,6 +108,7 @@ class SessionRunner:
         self._kick = asyncio.Event()
         self._ending: asyncio.Future | None = None  # the close a fatal error started
         self._cue_lock = asyncio.Lock()
+        self._cues = LiveCues(services.reader, services.pools.emotion)
         self._cue_tasks: set[asyncio.Task] = set()
         self._tasks = [asyncio.create_task(self._frame_loop(), name=f"frames-{session_id}"),
                        asyncio.create_task(self._chunk_worker(), name=f"chunks-{session_id}")]
@@ -214,11 +216,12 @@ class SessionRunner:
             raise
         t_dec = time.monotonic()
         self.session.stamp("decode", t_dec, t_recv, utterance=turn)
+        voice = loop.run_in_executor(sv.pools.emotion, prosody, pcm)  # needs only the audio: beside the ASR
         tr = await loop.run_in_executor(sv.pools.asr, lambda: sv.transcriber.transcribe(pcm, language=self.language))
         t_asr = time.monotonic()
         self.session.stamp("asr", t_asr, t_dec, utterance=turn)
         self.session.on_final(tr.text, t_asr, utterance=turn, language=tr.language)
-        cue = await loop.run_in_executor(sv.pools.cpu, lambda: sv.reader.read(tr.text, prosody(pcm), tr.language))
+        cue = await loop.run_in_executor(sv.pools.emotion, sv.reader.read, tr.text, await voice, tr.language)
         now = time.monotonic()
         self.session.on_cue(cue, now, "asr", utterance=turn, decided_by="final")
         self._pump()
@@ -238,7 +241,7 @@ class SessionRunner:
         try:
             if self._live is None:
                 self._live = LiveAudio(sv.transcriber, sv.pools.cpu, sv.pools.asr, self._on_live,
-                                       language=self.language)
+                                       language=self.language, prosody_pool=sv.pools.emotion)
             await self._live.feed(samples)
         finally:
             self._audio_backlog -= n
@@ -259,7 +262,9 @@ class SessionRunner:
         elif ev.kind == "partial":
             u = self._turn_meta.get(ev.utterance, {}).get("turn")
             s.on_partial(ev.text, now, utterance=u, language=ev.language)
-            if u is not None:
+            if u is not None and ev.speculative:
+                self._cues.prefetch(ev)  # the final will likely be this transcript: read it now, in full
+            elif u is not None:
                 self._spawn_cue(ev, u, "partial")
         elif ev.kind == "pause":
             u = self._turn_meta.get(ev.utterance, {}).get("turn")
@@ -276,24 +281,25 @@ class SessionRunner:
 
     def _spawn_cue(self, ev: LiveEvent, turn: int, decided_by: str) -> None:
         """Read the emotion of a live transcript on a worker (the encoder is too slow for the loop), then
-        apply it. Cues apply in the order their transcripts came; a partial's cue is dropped once
-        its utterance's final is in."""
-        reader, pool = self.services.reader, self.services.pools.cpu
+        apply it. Partials' cues apply in the order their transcripts came and are dropped once their
+        utterance's final is in; so the final's cue waits for none of them. A final that reuses the pause's
+        speculation takes the read already started for it (LiveCues)."""
+        reader, pool = self.services.reader, self.services.pools.emotion
 
         async def read_and_apply() -> None:
-            async with self._cue_lock:  # FIFO: cues apply in transcript order
-                loop = asyncio.get_running_loop()
-                if decided_by == "partial":
+            loop = asyncio.get_running_loop()
+            if decided_by == "partial":
+                async with self._cue_lock:  # FIFO among partials
                     cue = await loop.run_in_executor(pool, reader.read_partial, ev.text,
                                                      self.session.config.partial_min_confidence)
-                    if ev.utterance not in self._turn_meta:
-                        return  # the final came meanwhile: it decides
-                else:
-                    cue = await loop.run_in_executor(pool, reader.read, ev.text, None, ev.language)
-                if cue is None or self.closed.is_set():
-                    return
-                self.session.on_cue(cue, time.monotonic(), "asr", utterance=turn, decided_by=decided_by)
-                self._pump()
+                if ev.utterance not in self._turn_meta:
+                    return  # the final came meanwhile: it decides
+            else:
+                cue = await self._cues.final(ev)
+            if cue is None or self.closed.is_set():
+                return
+            self.session.on_cue(cue, time.monotonic(), "asr", utterance=turn, decided_by=decided_by)
+            self._pump()
 
         self._spawn(read_and_apply())
 
@@ -305,8 +311,8 @@ class SessionRunner:
 
     async def _read_text(self, text: str, turn: int | None) -> None:
         try:
-            cue = await asyncio.get_running_loop().run_in_executor(self.services.pools.cpu, self.services.reader.read,
-                                                                   text)
+            cue = await asyncio.get_running_loop().run_in_executor(self.services.pools.emotion,
+                                                                   self.services.reader.read, text)
         except Exception as exc:
             self._error(ErrorCode.EMOTION_FAILED, f"{type(exc).__name__}: {exc}")
             return

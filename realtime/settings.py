@@ -66,6 +66,8 @@ class Settings:
     language: str = ""  # empty or auto: detected per utterance (en for tiny.en); a session may set its own
     asr_languages: str = "en,zh"  # what detection chooses among (comma list of Whisper codes); empty: any
     asr_device: str = "cpu"  # cpu | cuda: where Whisper runs (CTranslate2)
+    asr_threads: int = 2  # CPU threads per Whisper call
+    asr_workers: int = 1  # Whisper calls at once (1: sessions take turns; docs/speech.md measured 2 x 1 thread)
     avatars: str = "pip"  # comma list warmed (loops + latents cache) at start-up
     precompute: int = 1  # 1: fill the latents cache of the start-up avatars before serving
     cache_dir: str = ""  # latents cache; empty = ~/.cache/avatarcast/latents
@@ -158,6 +160,8 @@ class Settings:
             raise ValueError(f"threads must be >= 0, got {self.threads}")
         if self.asr_device not in ("cpu", "cuda"):
             raise ValueError(f"asr_device must be cpu or cuda, got {self.asr_device!r}")
+        if self.asr_threads < 1 or self.asr_workers < 1:
+            raise ValueError(f"asr_threads and asr_workers must be >= 1, got {self.asr_threads}, {self.asr_workers}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.log_format not in ("text", "json"):

@@ -216,3 +216,42 @@ def test_short_window_matches_the_full_window_on_short_speech(tiny: Transcriber,
     # over half the short window: the full 30 s window decodes it (no repeated-phrase hallucination)
     long = tiny.transcribe(np.concatenate([happy] * 4), language="en")
     assert long.text.lower().count("happy") == 4 and long.duration_s > 5.0
+
+
+def test_priority_lock_with_two_workers_runs_two_holders_at_once_and_still_orders_the_rest() -> None:
+    lock, inside, order = PriorityLock(2), threading.Barrier(2, timeout=5), []
+
+    def both() -> None:
+        with lock.hold():
+            inside.wait()  # both holders are in at the same time, or this times out
+    pair = [threading.Thread(target=both) for _ in range(2)]
+    for t in pair:
+        t.start()
+    for t in pair:
+        t.join(5)
+    assert not inside.broken
+
+    # both slots taken: the waiters queue, the urgent one first
+    cm1, cm2 = lock.hold(), lock.hold()
+    cm1.__enter__()
+    cm2.__enter__()
+    import time
+
+    waiters = []
+    for name, urgent in (("partial", False), ("final", True)):
+        n = len(lock._queue)
+        t = threading.Thread(target=lambda name=name, urgent=urgent: _take(lock, urgent, order, name))
+        t.start()
+        while len(lock._queue) == n:
+            time.sleep(0.001)
+        waiters.append(t)
+    cm1.__exit__(None, None, None)
+    waiters[1].join(5)  # the urgent one goes into the freed slot first
+    cm2.__exit__(None, None, None)
+    waiters[0].join(5)
+    assert order == ["final", "partial"]
+
+
+def _take(lock: PriorityLock, urgent: bool, order: list, name: str) -> None:
+    with lock.hold(urgent):
+        order.append(name)

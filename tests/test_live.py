@@ -91,3 +91,16 @@ def test_silence_and_noise_make_no_utterance(tiny) -> None:
     rng = np.random.default_rng(0)
     feed_all(live, np.concatenate([np.zeros(16000, np.float32), 0.003 * rng.standard_normal(16000).astype(np.float32)]))
     assert events == []
+
+
+def test_the_pause_speculation_carries_prosody_and_the_final_reuses_it(tiny, speech) -> None:
+    events = []
+    pool = ThreadPoolExecutor(1)
+    live = LiveAudio(tiny, pool, ThreadPoolExecutor(1), events.append, language="en", prosody_pool=pool)
+    feed_all(live, np.concatenate([np.zeros(8000, np.float32), speech, np.zeros(16000, np.float32)]), realtime=True)
+    spec = [e for e in events if e.kind == "partial" and e.speculative]
+    final = events[-1]
+    assert spec and spec[-1].prosody is not None and spec[-1].prosody.voiced_fraction > 0.05
+    assert final.kind == "final" and final.reused and final.prosody is spec[-1].prosody and final.text == spec[-1].text
+    # the speculation starts at the pause, not at the endpoint: it is in before the final
+    assert events.index(spec[-1]) < len(events) - 1
