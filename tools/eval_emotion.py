@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         groups = []
         for g in args.sets.split(","):
             rows = held_out(g)
-            clean = "the clean set, never looked at" if g == "E" else "scored while the reader was developed"
+            clean = "the clean set; its misread lines are not printed" if g == "E" else \
+                "scored while the reader was developed"
             groups.append((f"Held-out set{'s' if len(g) > 1 else ''} {'-'.join((g[0], g[-1])) if len(g) > 1 else g}",
                            f"held-out set{'s' if len(g) > 1 else ''} {', '.join(g)} in `tests/data/emotion/` "
                            f"({len(rows)} utterances; {clean})", rows))

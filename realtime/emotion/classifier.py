@@ -68,7 +68,8 @@ class Manifest:
             labels=tuple(d["labels"]), encoder=enc["name"], encoder_version=enc["version"],
             encoder_weights_bytes=int(enc["weights_bytes"]), kinds=tuple(feat["heads"]),
             embedding_dim=int(feat["embedding_dim"]), lexicon_features=int(feat["lexicon"]),
-            head_weights={k: float(d.get("head_weights", {}).get(k, 1.0)) for k in feat["heads"]}, ngram_dim=int(feat.get("ngram_dim", 0)),
+            head_weights={k: float(d.get("head_weights", {}).get(k, 1.0)) for k in feat["heads"]},
+            ngram_dim=int(feat.get("ngram_dim", 0)),
             denial_penalty=float(d["denial_penalty"]),
             partial={lang: PartialPolicy(**p) for lang, p in d["partial"].items()}, raw=d,
         )
