@@ -1,6 +1,6 @@
 """Score EmotionReader on labelled CSVs (text,language,emotion): accuracy, confusion, live partials, latency.
 
-    python -m tools.eval_emotion                      # the held-out sets -> docs/emotion.md
+    python -m tools.eval_emotion                      # the held-out sets (E, then A-D) -> docs/emotion_eval.md
     python -m tools.eval_emotion --data some.csv --json --report ''
 
 Clip mode reads each line whole. Live mode feeds each line's prefixes, at every word (English) or
@@ -24,7 +24,11 @@ import numpy as np
 from avatarcast.realtime.emotion import CUE_LABELS, EmotionReader
 
 HELD_OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "emotion"
-SETS = {"A": "heldout_{}.csv", "B": "heldout_b_{}.csv", "C": "heldout_c_{}.csv", "D": "heldout_d_{}.csv"}
+SETS = {"A": "heldout_{}.csv", "B": "heldout_b_{}.csv", "C": "heldout_c_{}.csv", "D": "heldout_d_{}.csv",
+        "E": "heldout_e_{}.csv"}
+# E is the clean set (written before the changes it measures, never looked at); A-D were scored while
+# the reader was developed, so they are reported apart
+GROUPS = ("E", "ABCD")
 
 
 def load_rows(path: str | Path) -> list[dict[str, str]]:
@@ -37,7 +41,7 @@ def load_rows(path: str | Path) -> list[dict[str, str]]:
     return rows
 
 
-def held_out(sets: str = "ABCD") -> list[dict[str, str]]:
+def held_out(sets: str = "ABCDE") -> list[dict[str, str]]:
     """The held-out rows of the named sets, each tagged with its set."""
     rows = []
     for s in sets:
@@ -135,17 +139,19 @@ def evaluate_live(reader: EmotionReader, rows: list[dict[str, str]], min_confide
     return {"per_language": out, "read_partial_latency_ms": _latency(latencies)}
 
 
-def markdown(result: dict, live: dict | None, title: str, data: str) -> str:
-    """The report as Markdown: accuracy tables, live mode, confusion per language, latency, errors."""
-    lines = [f"# {title}", "", f"Data: {data}. Command: `python -m tools.eval_emotion`.", ""]
-    lines += ["## Clip mode (whole transcript)", "", "| set | language | n | top-1 |", "|---|---|---:|---:|"]
+def markdown(result: dict, live: dict | None, title: str, data: str, level: int = 1, errors: bool = True) -> str:
+    """The report as Markdown: accuracy tables, live mode, confusion per language, latency, errors (unless
+    `errors` is false: a clean set's lines stay unread, so that it can measure the next change too)."""
+    h1, h2 = "#" * level, "#" * (level + 1)
+    lines = [f"{h1} {title}", "", f"Data: {data}. Command: `python -m tools.eval_emotion`.", ""]
+    lines += [f"{h2} Clip mode (whole transcript)", "", "| set | language | n | top-1 |", "|---|---|---:|---:|"]
     for k, v in result["per_set_language"].items():
         s, lang = k.split("/")
         lines.append(f"| {s} | {lang} | {v['n']} | {v['accuracy']:.1%} |")
     for lang, v in result["per_language"].items():
         lines.append(f"| {'+'.join(result['per_set']) or 'all'} | **{lang}** | {v['n']} | **{v['accuracy']:.1%}** |")
     if live:
-        lines += ["", "## Live mode (partial transcripts)", "",
+        lines += ["", f"{h2} Live mode (partial transcripts)", "",
                   "| language | clip top-1 | first shown top-1 | decided on a partial | right when decided early "
                   "| revised by the final | median share heard at decision |", "|---|---:|---:|---:|---:|---:|---:|"]
         for lang, v in live["per_language"].items():
@@ -153,11 +159,11 @@ def markdown(result: dict, live: dict | None, title: str, data: str) -> str:
             heard = "-" if v["median_heard_at_decision"] is None else f"{v['median_heard_at_decision']:.0%}"
             lines.append(f"| {lang} | {v['clip_accuracy']:.1%} | {v['first_shown_accuracy']:.1%} | "
                          f"{v['decided_early']:.1%} | {prec} | {v['early_revised_by_final']} | {heard} |")
-    lines += ["", "## Per emotion (both languages)", "", "| emotion | n | top-1 |", "|---|---:|---:|"]
+    lines += ["", f"{h2} Per emotion (both languages)", "", "| emotion | n | top-1 |", "|---|---:|---:|"]
     lines += [f"| {k} | {v['n']} | {v['accuracy']:.1%} |" for k, v in result["per_emotion"].items()]
     for lang, conf in result["confusion"].items():
         labels = [k for k in CUE_LABELS if sum(conf[k].values())]
-        lines += ["", f"## Confusion, {lang} (rows: expected, columns: read)", "",
+        lines += ["", f"{h2} Confusion, {lang} (rows: expected, columns: read)", "",
                   "| | " + " | ".join(CUE_LABELS) + " | top-1 |", "|---|" + "---:|" * (len(CUE_LABELS) + 1)]
         for k in labels:
             n = sum(conf[k].values())
@@ -167,8 +173,8 @@ def markdown(result: dict, live: dict | None, title: str, data: str) -> str:
     lines += ["", f"Latency of one `read` (one thread, after warm-up): p50 {lat['p50']} ms, p95 {lat['p95']} ms "
               f"over {lat['n']} reads" + (f"; `read_partial` p50 {live['read_partial_latency_ms']['p50']} ms, "
                                           f"p95 {live['read_partial_latency_ms']['p95']} ms" if live else "") + "."]
-    if result["errors"]:
-        lines += ["", "## Misread (clip mode)", ""]
+    if result["errors"] and errors:
+        lines += ["", f"{h2} Misread (clip mode)", ""]
         lines += [f"- ({e['language']}) {e['text']} — expected {e['expected']}, read {e['got']} "
                   f"({e['confidence']:.2f})" for e in result["errors"]]
     return "\n".join(lines) + "\n"
@@ -177,8 +183,9 @@ def markdown(result: dict, live: dict | None, title: str, data: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", action="append", help="CSV file(s); default: the held-out sets A to D")
-    ap.add_argument("--sets", default="ABCD", help="which held-out sets, when --data is not given")
+    ap.add_argument("--data", action="append", help="CSV file(s); default: the held-out sets")
+    ap.add_argument("--sets", default=",".join(GROUPS),
+                    help="held-out sets, comma-separated groups scored together (default: E apart, then A-D)")
     ap.add_argument("--no-live", action="store_true", help="skip live mode (partial transcripts)")
     ap.add_argument("--json", action="store_true", help="print the full result as JSON")
     ap.add_argument("--report", default=None, help="Markdown report path ('' to skip; default docs/emotion_eval.md)")
@@ -186,28 +193,36 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.data:
         rows = [r for p in args.data for r in load_rows(p)]
-        data = ", ".join(f"`{p}`" for p in args.data)
+        groups = [("Emotion reader: evaluation", ", ".join(f"`{p}`" for p in args.data), rows)]
     else:
-        rows = held_out(args.sets)
-        data = f"held-out sets {', '.join(args.sets)} in `tests/data/emotion/` ({len(rows)} utterances)"
+        groups = []
+        for g in args.sets.split(","):
+            rows = held_out(g)
+            clean = "the clean set; its misread lines are not printed" if g == "E" else \
+                "scored while the reader was developed"
+            groups.append((f"Held-out set{'s' if len(g) > 1 else ''} {'-'.join((g[0], g[-1])) if len(g) > 1 else g}",
+                           f"held-out set{'s' if len(g) > 1 else ''} {', '.join(g)} in `tests/data/emotion/` "
+                           f"({len(rows)} utterances; {clean})", rows))
     reader = EmotionReader.load()
-    result = evaluate(reader, rows)
-    live = None if args.no_live else evaluate_live(reader, rows)
+    out, parts = {}, ["# Emotion reader: held-out evaluation", ""]
+    for title, data, rows in groups:
+        result = evaluate(reader, rows)
+        live = None if args.no_live else evaluate_live(reader, rows)
+        out[title] = {"clip": result, "live": live}
+        parts.append(markdown(result, live, title, data, level=2, errors=not title.endswith(" E")))
+        print(f"{title}: clip accuracy {result['accuracy']:.1%} on {result['n']}", file=sys.stderr)
+        for k, v in {**result["per_language"], **result["per_set_language"]}.items():
+            print(f"  {k:>5}: {v['accuracy']:.1%} ({v['n']})", file=sys.stderr)
+        for k, v in (live or {"per_language": {}})["per_language"].items():
+            print(f"  live {k}: {v}", file=sys.stderr)
+        print(f"  latency ms: {result['latency_ms']}", file=sys.stderr)
     report = "docs/emotion_eval.md" if args.report is None else args.report
     if report:
         Path(report).parent.mkdir(parents=True, exist_ok=True)
-        Path(report).write_text(markdown(result, live, "Emotion reader: held-out evaluation", data), encoding="utf-8")
+        Path(report).write_text("\n".join(parts), encoding="utf-8")
     if args.json:
-        json.dump({"clip": result, "live": live}, sys.stdout, ensure_ascii=False, indent=2)
+        json.dump(out, sys.stdout, ensure_ascii=False, indent=2)
         sys.stdout.write("\n")
-    else:
-        print(f"clip accuracy {result['accuracy']:.1%} on {result['n']}")
-        for k, v in {**result["per_language"], **result["per_set_language"]}.items():
-            print(f"  {k:>5}: {v['accuracy']:.1%} ({v['n']})")
-        if live:
-            for k, v in live["per_language"].items():
-                print(f"  live {k}: {v}")
-        print(f"latency ms: {result['latency_ms']}")
     return 0
 
 

@@ -1,9 +1,9 @@
 """Text (+ voice) -> emotion cue: encoder and lexicon into the trained classifier, then prosody.
 
 The text is normalized first (traditional Chinese to simplified). The sentence embeddings
-(multilingual-e5-small, two views) and the keyword evidence of templates/emotions.json go
-through the trained classifier, which learned how much each kind of keyword hit, plain or
-negated, should move each label. Prosody then shifts the log-probabilities toward energetic or
+(multilingual-e5-small, two views), its hashed n-grams and the keyword evidence of
+templates/emotions.json go through the trained classifier, which learned how much each kind of
+keyword hit, plain or negated, should move each label. Prosody then shifts the log-probabilities toward energetic or
 calm labels, as a fixed prior (the text corpus has no voice to learn it from).
 """
 
@@ -16,10 +16,11 @@ from typing import Mapping
 import numpy as np
 
 from avatarcast.realtime.audio import Prosody
-from avatarcast.realtime.emotion.classifier import EmotionClassifier, PartialPolicy
+from avatarcast.realtime.emotion.classifier import EmotionClassifier, Features, PartialPolicy
 from avatarcast.realtime.emotion.cue import CUE_LABELS, EmotionCue
 from avatarcast.realtime.emotion.encoder import E5Encoder, SentenceEncoder
 from avatarcast.realtime.emotion.lexicon import Hit, Lexicon
+from avatarcast.realtime.emotion.ngrams import features as ngram_features
 from avatarcast.realtime.emotion.text import language_of, normalize
 
 # how voice arousal moves each label (+ favoured by an energetic voice, - by a flat quiet one)
@@ -76,8 +77,10 @@ class EmotionReader:
             hits: list[Hit] = []
         else:
             hits = self.lexicon.hits(norm)
-            emb = {k: self.encoder.encode([norm], k) for k in self.classifier.kinds}
-            probs = self.classifier.probs(emb, self.lexicon.features(hits)[None])[0].astype(np.float64)
+            emb = {k: self.encoder.encode([norm], k) for k in self.classifier.embedding_kinds}
+            ngrams = (ngram_features(norm, self.classifier.manifest.ngram_dim),) if self.classifier.reads_ngrams else ()
+            f = Features(emb, self.lexicon.features(hits)[None], ngrams)
+            probs = self.classifier.probs(f)[0].astype(np.float64)
             if prosody is not None and prosody.voiced_fraction > 0.05:
                 logits = np.log(np.maximum(probs, 1e-12)) + _PROSODY_SCALE * (prosody.arousal - 0.5) * self._arousal
                 probs = np.exp(logits - logits.max())
