@@ -52,7 +52,8 @@ class Settings:
     # 80.5-83.6 fps, against 9 in turn) | 0: calls in turn
     wan_pipeline: int = 1
     # torch | tensorrt | onnxruntime: the transformer and the VAE's steady frame as exported graphs
-    # (python -m avatarcast.engines.wan.export ... --out DIR, then --wan-export-dir DIR; engines built and cached on first use)
+    # (python -m avatarcast.engines.wan.export ... --out DIR, then --wan-export-dir DIR; engines built and cached on
+    # first use)
     wan_backend: str = "torch"
     wan_export_dir: str = ""
     wan_prompt_embeds: str = "auto"  # auto: stored in the cache dir, or computed by the text encoder | random (benchmarks)

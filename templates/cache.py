@@ -177,7 +177,7 @@ class LatentsCache:
         # decode what is stored, so the cached frames are exactly the frames of the cached latents
         per = list(eng.decode_chunks(states, lat.astype(np.float32)))
         out = []
-        for i, ((avatar, emotion, variant, key), st) in enumerate(zip(jobs, states)):
+        for i, ((_, emotion, variant, key), st) in enumerate(zip(jobs, states)):
             entry = CachedReaction(lat[i], per[i], st.ctx.astype(np.float32), key)
             meta = {"key": key, "format": CACHE_FORMAT, "emotion": emotion, "variant": variant,
                     "avatar": st.avatar_key, "steps": eng.steps, "weights": eng.weights_hash}

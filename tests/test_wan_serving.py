@@ -23,7 +23,7 @@ from avatarcast.engines.wan.serving import WanAvatarEngine  # noqa: E402
 from avatarcast.templates import load_templates  # noqa: E402
 from avatarcast.templates.cache import LatentsCache  # noqa: E402
 
-from wan_checkpoint import H, TEXT_DIM, W, Z, make_checkpoint  # noqa: E402
+from tests.wan_checkpoint import H, TEXT_DIM, W, Z, make_checkpoint  # noqa: E402
 
 GRID = {"height": H, "width": W}
 
@@ -278,7 +278,7 @@ def test_settings_require_a_complete_checkpoint(ckpts):
 
 
 def test_server_with_an_incomplete_checkpoint_fails_at_start_up(ckpts):
-    from conftest import running_server
+    from tests.conftest import running_server
     with pytest.raises(RuntimeError, match="server failed to start.*incomplete.*vae weights"):
         with running_server(engine="wan", checkpoint=str(ckpts["broken"])):
             pass
@@ -288,7 +288,7 @@ def test_server_streams_the_wan_engine_and_reacts_to_an_emotion(ckpts, embeds_di
     import websockets
     from PIL import Image
 
-    from conftest import running_server
+    from tests.conftest import running_server
     from avatarcast.realtime.protocol import unpack_frame
 
     async def session(base: str) -> tuple[list, list]:

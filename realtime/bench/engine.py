@@ -94,7 +94,7 @@ def _has_gpu_fast_path(backend) -> bool:
 def _loop_numpy(engine, states, seconds: float, warmup: int, min_chunks: int, lowres: bool = False):
     """The server's loop on numpy arrays (any backend)."""
     B, T = len(states), engine.cfg.chunk_frames
-    for i in range(warmup):
+    for _ in range(warmup):
         lat = engine.sample_chunks(states)
         engine.decode(lat.reshape(B * T, *lat.shape[2:]), lowres=lowres)
     rows = []
@@ -259,8 +259,9 @@ def run_bench(engine_name: str = "tiny", backend: str = "onnxruntime", sessions:
 
 
 def _table(r: dict) -> str:
+    threads = f", {r['threads']} threads" if r["threads"] else ""
     lines = [
-        f"tiny engine on {r['backend']} ({r['device']}{', %s threads' % r['threads'] if r['threads'] else ''})",
+        f"tiny engine on {r['backend']} ({r['device']}{threads})",
         f"  sessions {r['sessions']}, steps {r['steps']}, {r['resolution']}, {r['chunk_frames']} frames/chunk, "
         f"{r['chunks']} chunks in {r['seconds']:.1f}s",
         f"  fps            {r['fps']:9.2f}   ({r['fps_per_session']:.2f} per session)",

@@ -476,7 +476,7 @@ async def measure_clip(base_url: str, clip: Clip, args: argparse.Namespace, slot
         row["frames"] = len(conn.frames)
         row["frames_late"] = sum(int(e["payload"].get("count", 0)) for t, e in conn.of_type("frames_late"))
         codes: dict[str, int] = {}
-        for t, e in conn.of_type("error"):
+        for _, e in conn.of_type("error"):
             c = str(e["payload"].get("code"))
             codes[c] = codes.get(c, 0) + 1
         row["server_errors"] = codes

@@ -226,7 +226,8 @@ def summarize(slots: list[Slot], samples: list[dict]) -> dict:
 def format_report(report: dict) -> str:
     s = report["summary"]
     hc = report.get("host_cpu") or {}
-    out = [f"bench load: {s['sessions_requested']} session slot(s) for {report['seconds']:g} s against {report['server_url']}"
+    out = [f"bench load: {s['sessions_requested']} session slot(s) for {report['seconds']:g} s "
+           f"against {report['server_url']}"
            + (" (started by the bench)" if report["server_started"] else ""),
            (f"machine: {report['machine']['cpu_count']} CPUs, {report['machine']['cpu']}; load average "
             f"{hc.get('loadavg_1m_start')} -> {hc.get('loadavg_1m_end')}; cores busy: bench {hc.get('bench_cores')}, "
@@ -236,7 +237,8 @@ def format_report(report: dict) -> str:
            f"clips: {s['clips']} ({s['clip_errors']} errors); emotion {s['emotion_correct']}/{s['emotion_labelled']}",
            (f"TTER p50 {s['tter_ms']['p50']} ms  p95 {s['tter_ms']['p95']} ms  max {s['tter_ms']['max']} ms  "
             f"(TTFF p50 {s['ttff_ms']['p50']} ms)"),
-           f"degradation level: max {s['degradation']['max_level']}, share of samples {s['degradation']['share_at_level']}"]
+           (f"degradation level: max {s['degradation']['max_level']}, "
+            f"share of samples {s['degradation']['share_at_level']}")]
     for p in s["per_session"]:
         if not p["held"]:
             out.append(f"  session {p['session']}: never held ({p['refusals']} refusals: {p['first_refused_reason']})")

@@ -324,7 +324,7 @@ def run(args) -> dict:
         x = torch.randn(B, eng.z_dim, K + T, *eng.latent_hw, device="cuda", dtype=torch.bfloat16)
         ts = torch.full((B, (K + T) * eng.latent_hw[0] * eng.latent_hw[1] // 4), 500.0, device="cuda")
         text = torch.stack([s.prompt_embeds for s in st])
-        step = _timed(lambda: eng.denoiser(x, ts, text, return_dict=False), args.reps)
+        step = _timed(lambda x=x, ts=ts, text=text: eng.denoiser(x, ts, text, return_dict=False), args.reps)
         dec = _timed(lambda st=st, lat=lat: eng.decode_new(st, lat, to_numpy=False), max(3, args.reps // 2))
         report["step_ms"][B] = round(statistics.median(step), 2)
         report["decode_ms"][B] = round(statistics.median(dec), 2)
