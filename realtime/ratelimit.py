@@ -15,7 +15,8 @@ import json
 import math
 import time
 from collections import deque
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from avatarcast.engines.errors import ErrorCode
 

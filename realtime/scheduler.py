@@ -21,9 +21,10 @@ import logging
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -267,7 +268,7 @@ class EngineScheduler:
                 self._wake.clear()
                 try:  # wake now and then: the ladder steps back up while nothing runs
                     await asyncio.wait_for(self._wake.wait(), 1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if self.ladder is not None:
                         self.ladder.tick(self.busy_fraction())
                 continue
@@ -277,7 +278,7 @@ class EngineScheduler:
                 self._wake.clear()
                 try:  # room to wait: let other sessions' jobs join this batch
                     await asyncio.wait_for(self._wake.wait(), decision.seconds)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 continue  # look again: more jobs, or the wait is over
             self._queue = list(decision.rest)

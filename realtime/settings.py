@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 ENV_PREFIX = "AVATARCAST_"
 SWITCHES = ("ray",)  # 0/1 fields whose flag may stand alone
@@ -114,7 +115,7 @@ class Settings:
     ray_gateway_target: float = 16.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         s = cls()
         for f in fields(cls):
@@ -135,7 +136,7 @@ class Settings:
                                 **bare)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
         s = cls.from_env(env)
         for f in fields(cls):
             v = getattr(args, f.name, None)

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 
-
 BACKGROUND = (245, 240, 230)  # what formats without alpha (MP4, GIF, JPEG, WebRTC) show behind the avatar
 
 

@@ -10,7 +10,14 @@ import threading
 import numpy as np
 import pytest
 
-from avatarcast.realtime.asr import PriorityLock, StreamingTranscriber, Transcriber, VadEvent, base_model_dir, iter_chunks
+from avatarcast.realtime.asr import (
+    PriorityLock,
+    StreamingTranscriber,
+    Transcriber,
+    VadEvent,
+    base_model_dir,
+    iter_chunks,
+)
 from avatarcast.realtime.audio import SAMPLE_RATE, decode_audio
 
 ESPEAK = shutil.which("espeak-ng")

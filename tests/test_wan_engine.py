@@ -11,11 +11,10 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint  # noqa: E402
-from avatarcast.engines.wan.engine import WanEngine  # noqa: E402
-
-from tests.wan_checkpoint import H, TEXT_DIM, W, Z  # noqa: E402
-from tests.wan_checkpoint import make_checkpoint as _make_checkpoint  # noqa: E402
+from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint
+from avatarcast.engines.wan.engine import WanEngine
+from tests.wan_checkpoint import TEXT_DIM, H, W, Z
+from tests.wan_checkpoint import make_checkpoint as _make_checkpoint
 
 
 @pytest.fixture(scope="module")

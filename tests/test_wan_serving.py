@@ -17,13 +17,12 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from avatarcast.engines.wan.checkpoint import WanCheckpointError  # noqa: E402
-from avatarcast.engines.wan.prompts import PromptEmbedsMissing, normalize_prompt  # noqa: E402
-from avatarcast.engines.wan.serving import WanAvatarEngine  # noqa: E402
-from avatarcast.templates import load_templates  # noqa: E402
-from avatarcast.templates.cache import LatentsCache  # noqa: E402
-
-from tests.wan_checkpoint import H, TEXT_DIM, W, Z, make_checkpoint  # noqa: E402
+from avatarcast.engines.wan.checkpoint import WanCheckpointError
+from avatarcast.engines.wan.prompts import PromptEmbedsMissing, normalize_prompt
+from avatarcast.engines.wan.serving import WanAvatarEngine
+from avatarcast.templates import load_templates
+from avatarcast.templates.cache import LatentsCache
+from tests.wan_checkpoint import TEXT_DIM, H, W, Z, make_checkpoint
 
 GRID = {"height": H, "width": W}
 
@@ -288,8 +287,8 @@ def test_server_streams_the_wan_engine_and_reacts_to_an_emotion(ckpts, embeds_di
     import websockets
     from PIL import Image
 
-    from tests.conftest import running_server
     from avatarcast.realtime.protocol import unpack_frame
+    from tests.conftest import running_server
 
     async def session(base: str) -> tuple[list, list]:
         frames, events = [], []
@@ -299,7 +298,7 @@ def test_server_streams_the_wan_engine_and_reacts_to_an_emotion(ckpts, embeds_di
                 while (left := end - asyncio.get_running_loop().time()) > 0:
                     try:
                         m = await asyncio.wait_for(ws.recv(), left)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                     if isinstance(m, bytes):
                         frames.append(unpack_frame(m))

@@ -40,7 +40,14 @@ import torch.nn.functional as F
 
 from avatarcast.engines.avatar_world.reference import reference_frame
 from avatarcast.engines.tiny.model import (
-    EMOTIONS, Decoder, Denoiser, Encoder, HalfResDecoder, TinyConfig, frames_to_tensor, tensor_to_frames,
+    EMOTIONS,
+    Decoder,
+    Denoiser,
+    Encoder,
+    HalfResDecoder,
+    TinyConfig,
+    frames_to_tensor,
+    tensor_to_frames,
 )
 
 CLIP_FRAMES = 24

@@ -16,12 +16,12 @@ stay on the device: encode_t, decode_t, denoise_t (realtime/bench/engine.py uses
 from __future__ import annotations
 
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from avatarcast.engines.backends.host import available_cores, cpu_name
 from avatarcast.engines.backends.base import BackendError
+from avatarcast.engines.backends.host import available_cores, cpu_name
 from avatarcast.engines.tiny.weights import LOWRES_FILE, TORCH_FILE, Manifest, load_lowres_module, load_torch_modules
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -279,7 +279,7 @@ class TorchBackend:
         return self._call("denoiser", [x, t, d, ctx, ref, emotion, intensity], out, copy)
 
     # -- numpy protocol ----------------------------------------------------------------------
-    def _to(self, a, dtype) -> "object":
+    def _to(self, a, dtype) -> object:
         torch = self.torch
         a = np.ascontiguousarray(a, dtype=dtype)
         t = torch.from_numpy(a if a.flags.writeable else a.copy())

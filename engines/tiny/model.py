@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from avatarcast.engines.tiny.config import EMOTIONS, TinyConfig  # noqa: F401  (re-exported)
 
+
 class ResBlock(nn.Module):
     """Norm-free residual block: cheap on a 2-core CPU, stable at this size."""
 

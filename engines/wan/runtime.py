@@ -80,8 +80,14 @@ class TrtGraph:
 
     def __init__(self, name: str, path: Path, info: dict, cache_dir: Path, max_batch: int,
                  module: str | None = None) -> None:
-        from avatarcast.engines.backends.tensorrt_backend import BackendError, _Engine, build_cached, build_target, gpu_info, \
-            unsupported_reason
+        from avatarcast.engines.backends.tensorrt_backend import (
+            BackendError,
+            _Engine,
+            build_cached,
+            build_target,
+            gpu_info,
+            unsupported_reason,
+        )
         from avatarcast.engines.wan.export import batch_profile
         gpu_info()  # running an engine needs a GPU (TensorRT-RTX would still build one without): say so first
         target = build_target(module)

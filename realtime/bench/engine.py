@@ -251,7 +251,7 @@ def run_bench(engine_name: str = "tiny", backend: str = "onnxruntime", sessions:
         "streams_start_s": round(streams_s, 2),
         "host_cpu_busy_other": mon.other_busy,
         "backend_info": info,
-        "timestamp": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "timestamp": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if hasattr(be, "close"):
         be.close()

@@ -36,9 +36,22 @@ from typing import Any
 
 import numpy as np
 
-from avatarcast.realtime.bench.latency import (REPO, Clip, Conn, _decided, _latency_for, client_times, dist,
-                                 interval_stats, load_clips, machine, run_on_server, server_status,
-                                 setup_logging, ws_url)
+from avatarcast.realtime.bench.latency import (
+    REPO,
+    Clip,
+    Conn,
+    _decided,
+    _latency_for,
+    client_times,
+    dist,
+    interval_stats,
+    load_clips,
+    machine,
+    run_on_server,
+    server_status,
+    setup_logging,
+    ws_url,
+)
 
 log = logging.getLogger("avatarcast.bench.load")
 RETRY_S = 5.0

@@ -10,8 +10,8 @@ or intensified ("so tired", "超开心"): those are rules of the two languages, 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -83,7 +83,7 @@ class Lexicon:
                     self._terms.append((label, t, None if has_cjk(t) or not t.isascii() else _english_pattern(t)))
 
     @classmethod
-    def from_templates(cls, templates: Mapping[str, object], labels: tuple[str, ...]) -> "Lexicon":
+    def from_templates(cls, templates: Mapping[str, object], labels: tuple[str, ...]) -> Lexicon:
         """keywords_en + keywords_zh of each template that is a cue label."""
         kw = {n: (*t.keywords_en, *t.keywords_zh)  # type: ignore[attr-defined]
               for n, t in templates.items() if n in labels}
