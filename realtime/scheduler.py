@@ -304,7 +304,7 @@ class EngineScheduler:
         """The engine failed this batch (call from the except block: the log keeps the traceback)."""
         log.exception("engine batch of %d failed", len(batch))
         for j in batch:
-            if not j.future.done():
+            if j.future is not None and not j.future.done():
                 j.future.set_exception(exc)
 
     def _account(self, n: int, dur: float) -> None:
@@ -321,7 +321,7 @@ class EngineScheduler:
         if self.on_batch is not None:
             self.on_batch(len(results), dur)
         for j, r in zip(batch, results):
-            if not j.future.done():
+            if j.future is not None and not j.future.done():
                 j.future.set_result(r)
 
     async def _launch(self, batch: list[ChunkJob], steps: int | None) -> bool:
@@ -360,7 +360,7 @@ class EngineScheduler:
             per = await asyncio.get_running_loop().run_in_executor(self.collector, pending.wait)
         except asyncio.CancelledError:
             for j in batch:
-                if not j.future.done():
+                if j.future is not None and not j.future.done():
                     j.future.cancel()
             raise
         except Exception as exc:

@@ -130,7 +130,7 @@ class Settings:
         for f in fields(cls):
             if only and f.name not in only:
                 continue
-            bare = {"nargs": "?", "const": 1} if f.name in SWITCHES else {}  # `--ray` alone means --ray 1
+            bare: dict[str, Any] = {"nargs": "?", "const": 1} if f.name in SWITCHES else {}  # `--ray` alone means --ray 1
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
                                 type=_parser_type(f.type), help=f"(env {ENV_PREFIX}{f.name.upper()}, default {f.default!r})",
                                 **bare)

@@ -39,6 +39,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,7 +97,7 @@ def gpu_info(device_index: int = 0) -> dict:
 
 def unsupported_reason(flavor: str, trt_version: str, cc: tuple[int, int], gpu_name: str) -> str | None:
     """Why this TensorRT flavour cannot run engines on this GPU, or None if it can."""
-    cc = tuple(cc)
+    cc = (cc[0], cc[1])  # a list (from JSON) too
     if flavor == "tensorrt_rtx" and cc not in RTX_SUPPORTED_CC:
         arch = {(8, 0): "Ampere data-center (A100/A30)", (8, 7): "Ampere Orin", (9, 0): "Hopper (H100/H200)",
                 (10, 0): "Blackwell data-center (B200)", (10, 3): "Blackwell Ultra (B300)",
@@ -328,6 +329,7 @@ def build_engine(trt, flavor: str, onnx_bytes: bytes | None, profile: dict, prec
     else:
         if onnx_bytes is None and onnx_path is not None:
             onnx_bytes = onnx_path.read_bytes()
+        assert onnx_bytes is not None, "build_engine takes onnx_bytes or onnx_path"
         ok = parser.parse(trt_graph(onnx_bytes, precision))
     if not ok:
         errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -735,7 +737,7 @@ def main(argv: list[str] | None = None) -> int:
                              precision=args.precision, graphs=graphs, module=args.module, force=args.force,
                              verbose=args.verbose, manifest=manifest,
                              log=(lambda *a: None) if args.json else print)
-        result = {"engines": info, "seconds": round(time.perf_counter() - t0, 1)}
+        result: dict[str, Any] = {"engines": info, "seconds": round(time.perf_counter() - t0, 1)}
         if args.run:
             result["run"] = _check_run(info, manifest, args.module)
     except BackendError as e:

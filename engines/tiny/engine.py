@@ -201,7 +201,7 @@ class TinyEngine:
         st = self.start_stream(avatar, emotion, intensity, seed)
         for _ in range(warmup_chunks):
             self.sample_chunks([st])
-        chunks = []
+        chunks: list[np.ndarray] = []
         while sum(len(c) for c in chunks) < n_frames:
             chunks.append(self.next_chunk([st], lowres=lowres)[0])
         return np.concatenate(chunks)[:n_frames]

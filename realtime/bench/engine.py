@@ -97,7 +97,7 @@ def _loop_numpy(engine, states, seconds: float, warmup: int, min_chunks: int, lo
     for _ in range(warmup):
         lat = engine.sample_chunks(states)
         engine.decode(lat.reshape(B * T, *lat.shape[2:]), lowres=lowres)
-    rows = []
+    rows: list[tuple[float, float, float]] = []
     t_start = time.perf_counter()
     while True:
         # one stream changes emotion every chunk, as live streams do
@@ -150,7 +150,7 @@ def _loop_gpu(engine, states, seconds: float, warmup: int, min_chunks: int, to_h
         if host is not None:
             host.copy_(frames, non_blocking=True)
 
-    rows = []
+    rows: list[tuple[float, float, float]] = []
     with torch.inference_mode():
         ev = torch.cuda.Event(enable_timing=True)
         for i in range(warmup):

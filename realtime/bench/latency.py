@@ -54,6 +54,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,12 +139,12 @@ def speech_bounds(pcm: np.ndarray, chunk: int, rel_db: float = 35.0, floor_dbfs:
 # --- statistics ------------------------------------------------------------------------------
 
 
-def pct(values: list[float], q: float) -> float | None:
+def pct(values: Sequence[float | None], q: float) -> float | None:
     v = [x for x in values if x is not None and math.isfinite(x)]
     return round(float(np.percentile(v, q)), 1) if v else None
 
 
-def dist(values: list[float], qs: tuple[int, ...] = (50, 95)) -> dict:
+def dist(values: Sequence[float | None], qs: tuple[int, ...] = (50, 95)) -> dict:
     v = [x for x in values if x is not None]
     out: dict[str, Any] = {f"p{q}": pct(v, q) for q in qs}
     out["mean"] = round(float(np.mean(v)), 1) if v else None
@@ -871,11 +872,12 @@ def write_chart(report: dict, path: str) -> None:
     s = report["summary"]
     ax.set_title(f"avatarcast latency ({report['mode']} mode, {report['sessions']} session(s)): TTER p50 "
                  f"{_f(s['tter_ms']['p50'])} ms, p95 {_f(s['tter_ms']['p95'])} ms", fontsize=10)
+    from matplotlib.artist import Artist
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
     gap_name = ("client gap (client's speech end -> server's origin, e.g. audio backlog; delivery)"
                 if report["mode"] == "stream" else "client gap (upload/delivery)")
-    handles = [Patch(color=SEGMENT_COLORS[k], label=gap_name if k == "client gap" else k) for k in SEGMENTS]
+    handles: list[Artist] = [Patch(color=SEGMENT_COLORS[k], label=gap_name if k == "client gap" else k) for k in SEGMENTS]
     handles += [Line2D([], [], marker="|", color="black", linestyle="none", markersize=10, label="TTER (client)"),
                 Line2D([], [], marker="o", color="black", linestyle="none", fillstyle="none", label="TTFF (client)")]
     fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=5, frameon=False)

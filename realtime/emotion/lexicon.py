@@ -107,7 +107,7 @@ class Lexicon:
                 cands.extend((m.start(), m.end(), label, term) for m in pat.finditer(norm))
         cands.sort(key=lambda c: (-(c[1] - c[0]), c[0]))  # longest first: a phrase owns its words
         taken = np.zeros(len(norm) + 1, dtype=bool)
-        out = []
+        out: list[Hit] = []
         for start, end, label, term in cands:
             if taken[start:end].any():
                 # the same span may count for two labels ("wow" is excited and surprised): only
