@@ -12,4 +12,4 @@ import os as _os
 
 _ROOT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if _os.path.isfile(_os.path.join(_ROOT, "pyproject.toml")) and _os.path.isdir(_os.path.join(_ROOT, "realtime")):
-    __path__.append(_ROOT)  # noqa: F821  (a package's __path__ is defined at import)
+    __path__.append(_ROOT)

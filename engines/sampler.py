@@ -7,8 +7,14 @@ model predicts the velocity v = data - noise.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+Array = TypeVar("Array", np.ndarray, "torch.Tensor")
 
 
 @dataclass
@@ -44,7 +50,7 @@ class ShortcutFlowSampler:
         d = self.step_size
         return 0.0 if d < self.min_shortcut - 1e-9 else d
 
-    def step(self, velocity: np.ndarray, t: float, x: np.ndarray) -> np.ndarray:
+    def step(self, velocity: Array, t: float, x: Array) -> Array:
         """One Euler step from t to t + 1/steps."""
         return x + self.step_size * velocity
 
@@ -80,7 +86,7 @@ class FlowMatchEulerSampler:
         self.sigma_list = [float(v) for v in s] + [0.0]
         self.timesteps = [1.0 - v for v in self.sigma_list[:-1]]
 
-    def step(self, velocity: np.ndarray, t: float, x: np.ndarray) -> np.ndarray:
+    def step(self, velocity: Array, t: float, x: Array) -> Array:
         i = self.timesteps.index(t)
         dt = self.sigma_list[i] - self.sigma_list[i + 1]
         return x + dt * velocity

@@ -1,6 +1,11 @@
 """Send a voice clip over WebSocket, print the events, save the frames (a 20-line avatarcast client)."""
-import asyncio, json, struct, sys
+import asyncio
+import json
+import struct
+import sys
+
 import websockets  # pip install websockets
+
 
 async def main(url: str, clip_path: str, seconds: float = 6.0) -> None:
     async with websockets.connect(url) as ws:                      # e.g. ws://127.0.0.1:8080/v1/ws?avatar=pip
@@ -10,7 +15,7 @@ async def main(url: str, clip_path: str, seconds: float = 6.0) -> None:
         while (left := end - loop.time()) > 0:
             try:
                 msg = await asyncio.wait_for(ws.recv(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             if isinstance(msg, str):                                  # JSON event
                 ev = json.loads(msg)

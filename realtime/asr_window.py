@@ -10,8 +10,9 @@ among `candidates`); the text is decoded with timestamps, and a segment that sta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

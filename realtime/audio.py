@@ -179,7 +179,7 @@ def _open_source(source: object, max_bytes: int) -> BinaryIO | str:
             raise AudioDecodeError("too_large", f"{n} bytes > max {max_bytes}")
         return os.fspath(source)
     if hasattr(source, "read"):
-        data = source.read(max_bytes + 1)  # type: ignore[union-attr]
+        data = source.read(max_bytes + 1)
         return _open_source(data, max_bytes)
     raise TypeError(f"decode_audio takes bytes, a path or a binary file, not {type(source).__name__}")
 

@@ -123,7 +123,7 @@ class AvatarStore:
             for kind, seed, intensity in (("idle", 1, 0.5), ("listening", 2, 0.6)):
                 state = await run(self.engine.start_stream, a.params, kind, intensity, seed)
                 await run(self.engine.sample_chunks, [state])  # leave the rest pose
-                chunks = []
+                chunks: list[np.ndarray] = []
                 while sum(len(c) for c in chunks) < self.loop_frames:
                     chunks.append((await run(self.engine.next_chunk, [state]))[0])
                 a.loops[kind] = np.concatenate(chunks)[: self.loop_frames]

@@ -14,8 +14,8 @@ import logging
 import secrets
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from avatarcast.engines.contract import StreamEngine, StreamStart

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 from avatarcast.engines.contract import StreamEngine
 from avatarcast.realtime.settings import Settings

@@ -143,7 +143,8 @@ class ChunkRequest:
     """Work for the template cache (source "cache") or the sampler: `n_frames` frames from `first_frame`.
 
     A later request with the same (reaction, chunk) and a higher `revision` replaces this one
-    (the emotion switched mid-stream); `Session.is_wanted` says whether it is still wanted (`is_current`: and not yet late).
+    (the emotion switched mid-stream); `Session.is_wanted` says whether it is still wanted
+    (`is_current`: and not yet late).
     """
 
     t: float  # when it was requested

@@ -6,7 +6,8 @@ come from the sessions' own latency events, so /metrics and the `latency` events
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 

@@ -40,7 +40,7 @@ def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...
     origin = origin.strip().rstrip("/").lower()
     if "*" in allowed or origin in allowed:
         return True
-    return bool(host) and urlsplit(origin).netloc == host.strip().lower()  # served by this server
+    return bool(host and urlsplit(origin).netloc == host.strip().lower())  # served by this server
 
 
 class OriginMiddleware:
@@ -52,7 +52,7 @@ class OriginMiddleware:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket":
             origin = _header(scope, b"origin")
-            if not origin_allowed(origin, _header(scope, b"host"), self.allowed):
+            if origin is not None and not origin_allowed(origin, _header(scope, b"host"), self.allowed):
                 await send({"type": "websocket.close", "code": ErrorCode.ORIGIN_NOT_ALLOWED.close,
                             "reason": f"origin {origin[:60]} is not allowed (--allowed-origins)"})
                 return

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from typing import Any
 
 from avatarcast.realtime.engine_loader import WAN_FLAGS
 from avatarcast.realtime.settings import Settings
@@ -64,7 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.prompts_only:
         if settings.engine != "wan":
             raise ValueError("--prompts-only is for --engine wan")
-        stats = {"prompt_embeds": engine.embeds_id, "prompts": len(templates),
+        from avatarcast.engines.wan.serving import WanAvatarEngine  # loaded above: torch is in already
+
+        assert isinstance(engine, WanAvatarEngine)
+        stats: dict[str, Any] = {"prompt_embeds": engine.embeds_id, "prompts": len(templates),
                  "dir": str(cache.cache_dir / "prompt_embeds"), "engine_load_seconds": round(load_s, 3)}
         print(json.dumps(stats, sort_keys=True) if args.json else
               f"{stats['prompts']} prompt embeddings ({stats['prompt_embeds']}) in {stats['dir']}")

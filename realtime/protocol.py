@@ -54,7 +54,7 @@ def pack_frame(index: int, pts_s: float, sent_at: float, image_format: str, sour
     return head + image
 
 
-def unpack_frame(msg: bytes) -> tuple[FrameHeader, bytes]:
+def unpack_frame(msg: bytes | bytearray) -> tuple[FrameHeader, bytes]:
     """Inverse of pack_frame; ValueError on anything that is not a frame message."""
     if len(msg) < FRAME_HEADER.size or msg[:4] != FRAME_MAGIC:
         raise ValueError("not an avatarcast frame message (bad magic or too short)")

@@ -15,7 +15,8 @@ import json
 import math
 import time
 from collections import deque
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from avatarcast.engines.errors import ErrorCode
 
@@ -93,7 +94,7 @@ class Limits:
         self.ws = RateLimiter(s.rate_ws_msgs_per_s, 2 * s.rate_ws_msgs_per_s, clock=clock)
 
 
-def client_keys(scope: dict) -> list[str]:
+def client_keys(scope: Mapping[str, Any]) -> list[str]:
     """The keys one client is limited by: its IP, and its token's subject when auth checked one."""
     client = scope.get("client")
     keys = [f"ip:{client[0] if client else 'unknown'}"]

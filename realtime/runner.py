@@ -331,7 +331,7 @@ class SessionRunner:
                     self._kick.clear()
                     try:  # an input that pulls the next frame in wakes the loop early
                         await asyncio.wait_for(self._kick.wait(), delay)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
                     if s.clock.time_of(s.clock.next_index) > time.monotonic():
                         continue

@@ -21,9 +21,10 @@ import logging
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -267,7 +268,7 @@ class EngineScheduler:
                 self._wake.clear()
                 try:  # wake now and then: the ladder steps back up while nothing runs
                     await asyncio.wait_for(self._wake.wait(), 1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if self.ladder is not None:
                         self.ladder.tick(self.busy_fraction())
                 continue
@@ -277,7 +278,7 @@ class EngineScheduler:
                 self._wake.clear()
                 try:  # room to wait: let other sessions' jobs join this batch
                     await asyncio.wait_for(self._wake.wait(), decision.seconds)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 continue  # look again: more jobs, or the wait is over
             self._queue = list(decision.rest)
@@ -303,7 +304,7 @@ class EngineScheduler:
         """The engine failed this batch (call from the except block: the log keeps the traceback)."""
         log.exception("engine batch of %d failed", len(batch))
         for j in batch:
-            if not j.future.done():
+            if j.future is not None and not j.future.done():
                 j.future.set_exception(exc)
 
     def _account(self, n: int, dur: float) -> None:
@@ -320,7 +321,7 @@ class EngineScheduler:
         if self.on_batch is not None:
             self.on_batch(len(results), dur)
         for j, r in zip(batch, results):
-            if not j.future.done():
+            if j.future is not None and not j.future.done():
                 j.future.set_result(r)
 
     async def _launch(self, batch: list[ChunkJob], steps: int | None) -> bool:
@@ -359,7 +360,7 @@ class EngineScheduler:
             per = await asyncio.get_running_loop().run_in_executor(self.collector, pending.wait)
         except asyncio.CancelledError:
             for j in batch:
-                if not j.future.done():
+                if j.future is not None and not j.future.done():
                     j.future.cancel()
             raise
         except Exception as exc:

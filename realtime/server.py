@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,7 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
-from avatarcast.engines.errors import AvatarcastError, ErrorCode
+from avatarcast.engines.errors import CLOSE_INTERNAL, AvatarcastError, ErrorCode
 from avatarcast.realtime.auth import AuthMiddleware
 from avatarcast.realtime.avatars import avatar_names
 from avatarcast.realtime.clips import ClipRequest
@@ -95,7 +96,7 @@ class ErrorBody(BaseModel):
 
 
 def _err(code: ErrorCode, message: str) -> JSONResponse:
-    return JSONResponse({"error": code.wire, "message": message}, status_code=code.status)
+    return JSONResponse({"error": code.wire, "message": message}, status_code=code.status or 500)
 
 
 def create_app(settings: Settings | None = None, hub: Hub | None = None) -> FastAPI:
@@ -135,14 +136,15 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
                               "WebSocket protocol: see realtime/protocol.py and the README.")
     app.state.hub = hub
     app.state.on_start_failed = None  # `avatarcast serve`: stop serving when start-up fails (serve() sets it)
-    errors = {400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+    errors: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody}, 404: {"model": ErrorBody},
+                                              503: {"model": ErrorBody}}
 
     @app.exception_handler(AvatarcastError)
     async def avatarcast_error(request: Request, exc: AvatarcastError) -> JSONResponse:
         return JSONResponse(exc.body(), status_code=exc.status,
                             headers={"Retry-After": exc.retry_after} if exc.retry_after else None)
 
-    def limit_sessions(scope: dict) -> None:
+    def limit_sessions(scope: Mapping[str, Any]) -> None:
         """Session creations per client (realtime/ratelimit.py): HubError 429 over the limit."""
         wait = hub.limits.sessions.take(client_keys(scope))
         if wait > 0:
@@ -284,6 +286,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     async def render_clip(body: RenderRequest) -> Any:
         if not hub.ready.is_set():
             raise HubError(ErrorCode.STARTING, "the server is still loading its models")
+        assert hub.clips is not None  # made at start-up, before ready
         out = await hub.clips.render(ClipRequest(**body.model_dump()))  # a ClipError answers 400
         return FileResponse(out.path, media_type=out.media_type, headers={
             "X-Avatarcast-Emotion": out.emotion, "X-Avatarcast-Frames": str(out.frames),
@@ -296,7 +299,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         r = hub.sessions.get(sid)
         await ws.accept()  # accept first: a close code with a reason says more than an HTTP 403
         if r is None:
-            await ws.close(ErrorCode.NO_SESSION.close, f"no session {sid!r}")
+            await ws.close(ErrorCode.NO_SESSION.close or CLOSE_INTERNAL, f"no session {sid!r}")
             return
         await serve_socket(ws, hub, r, owns_session=False)
 

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from avatarcast.vocabulary import IMAGE_FORMATS
 
@@ -54,7 +55,8 @@ class Settings:
     # 80.5-83.6 fps, against 9 in turn) | 0: calls in turn
     wan_pipeline: int = 1
     # torch | tensorrt | onnxruntime: the transformer and the VAE's steady frame as exported graphs
-    # (python -m avatarcast.engines.wan.export ... --out DIR, then --wan-export-dir DIR; engines built and cached on first use)
+    # (python -m avatarcast.engines.wan.export ... --out DIR, then --wan-export-dir DIR; engines built and cached on
+    # first use)
     wan_backend: str = "torch"
     wan_export_dir: str = ""
     wan_prompt_embeds: str = "auto"  # auto: stored in the cache dir, or computed by the text encoder | random (benchmarks)
@@ -117,7 +119,7 @@ class Settings:
     ray_gateway_target: float = 16.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         s = cls()
         for f in fields(cls):
@@ -132,13 +134,13 @@ class Settings:
         for f in fields(cls):
             if only and f.name not in only:
                 continue
-            bare = {"nargs": "?", "const": 1} if f.name in SWITCHES else {}  # `--ray` alone means --ray 1
+            bare: dict[str, Any] = {"nargs": "?", "const": 1} if f.name in SWITCHES else {}  # `--ray` alone means --ray 1
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
                                 type=_parser_type(f.type), help=f"(env {ENV_PREFIX}{f.name.upper()}, default {f.default!r})",
                                 **bare)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None) -> "Settings":
+    def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
         s = cls.from_env(env)
         for f in fields(cls):
             v = getattr(args, f.name, None)

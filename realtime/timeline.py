@@ -99,8 +99,8 @@ class UtteranceTimeline:
         return SessionEvent("latency", self.payload(), now)
 
     def payload(self) -> dict:
-        stages_ms: dict[str, float] = {}
-        at_ms: dict[str, float] = {}
+        stages_ms: dict[str, float | None] = {}
+        at_ms: dict[str, float | None] = {}
         prev_end = self.origin
         for stage in STAGES:
             if stage not in self.stamps:

@@ -30,7 +30,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from typing import Any
+from typing import Any, cast
 
 import av
 import numpy as np
@@ -238,7 +238,7 @@ class Peer:
         n = 0
         try:
             while not self.closing:
-                frame = await track.recv()
+                frame = cast(av.AudioFrame, await track.recv())
                 for out in resampler.resample(frame):
                     a = out.to_ndarray().reshape(-1).astype(np.int16, copy=False)
                     parts.append(a)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from avatarcast.engines.errors import CLOSE_GOING_AWAY, CLOSE_NORMAL, ErrorCode
+from avatarcast.engines.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, ErrorCode
 from avatarcast.realtime.audio import AudioDecodeError
 from avatarcast.realtime.commands import error_event, event, handle_command
 from avatarcast.realtime.hub import Hub
@@ -100,7 +100,8 @@ async def serve_socket(ws: WebSocket, hub: Hub, runner: SessionRunner, *, owns_s
             log.exception("session %s: clip failed", runner.id)
             sink.offer_event(error_event(ErrorCode.CLIP_FAILED, f"{type(exc).__name__}: {exc}"))
 
-    close_code, reason = CLOSE_NORMAL, ""
+    close_code: int | None = CLOSE_NORMAL
+    reason = ""
     try:
         while not runner.closed.is_set():
             recv = asyncio.create_task(ws.receive())
@@ -170,7 +171,7 @@ async def serve_socket(ws: WebSocket, hub: Hub, runner: SessionRunner, *, owns_s
         if owns_session:
             await hub.close_session(runner.id)
         try:
-            await ws.close(close_code, reason)
+            await ws.close(close_code or CLOSE_INTERNAL, reason)
         except Exception:
             pass
         hub.open_sockets -= 1

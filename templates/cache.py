@@ -21,6 +21,7 @@ import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -96,12 +97,12 @@ class LatentsCache:
         """
         t0 = time.perf_counter()
         emotions = list(self.templates) if emotions is None else list(emotions)
-        jobs = []
+        jobs: list[tuple[Any, str, int, str]] = []
         for avatar in avatars:
             for emotion in emotions:
                 n = self.template(emotion).variants if variants is None else int(variants)
                 jobs.extend((avatar, emotion, v, self.key(avatar, emotion, v)) for v in range(n))
-        stats = {"entries": len(jobs), "in_memory": 0, "loaded": 0, "computed": 0}
+        stats: dict[str, float] = {"entries": len(jobs), "in_memory": 0, "loaded": 0, "computed": 0}
         with self._compute_lock:
             todo, seen = [], set()
             for job in jobs:
@@ -177,7 +178,7 @@ class LatentsCache:
         # decode what is stored, so the cached frames are exactly the frames of the cached latents
         per = list(eng.decode_chunks(states, lat.astype(np.float32)))
         out = []
-        for i, ((avatar, emotion, variant, key), st) in enumerate(zip(jobs, states)):
+        for i, ((_, emotion, variant, key), st) in enumerate(zip(jobs, states)):
             entry = CachedReaction(lat[i], per[i], st.ctx.astype(np.float32), key)
             meta = {"key": key, "format": CACHE_FORMAT, "emotion": emotion, "variant": variant,
                     "avatar": st.avatar_key, "steps": eng.steps, "weights": eng.weights_hash}
@@ -227,9 +228,9 @@ class LatentsCache:
                 (ctx.dtype != np.float32 or ctx.shape != (K * C, H, W)) and f"ctx {ctx.dtype}{ctx.shape}",
                 not (np.isfinite(latents).all() and np.isfinite(ctx).all()) and "non-finite values",
             ]
-            problems = [p_ for p_ in problems if p_]
-            if problems:
-                raise ValueError("; ".join(problems))
+            found = [str(p_) for p_ in problems if p_]
+            if found:
+                raise ValueError("; ".join(found))
         # a partial/corrupt file is a miss: it gets recomputed and rewritten
         except (OSError, EOFError, KeyError, TypeError, ValueError, zipfile.BadZipFile, zlib.error) as e:
             log.warning("latents cache: ignoring unreadable entry %s (%s: %s); recomputing", p, type(e).__name__, e)

@@ -68,7 +68,7 @@ class _Hide(importlib.abc.MetaPathFinder):
     def __init__(self, names: set[str]) -> None:
         self.names = names
 
-    def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001 - the finder protocol
+    def find_spec(self, fullname, path=None, target=None):
         if fullname.split(".")[0] in self.names:
             raise ModuleNotFoundError(f"No module named {fullname!r} (not in the plain install)", name=fullname)
         return None

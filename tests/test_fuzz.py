@@ -12,11 +12,10 @@ import io
 import json
 import os
 import random
-import time
-import wave
-
 import subprocess
 import sys
+import time
+import wave
 
 import httpx
 import numpy as np
@@ -123,7 +122,7 @@ def test_fuzzed_inputs_never_break_the_server_or_a_healthy_stream(server_process
             while not stop.is_set():
                 try:
                     m = await asyncio.wait_for(ws.recv(), 1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 if isinstance(m, bytes):
                     # the server's send time: the server's pacing, not this busy client's receive loop
@@ -146,7 +145,7 @@ def test_fuzzed_inputs_never_break_the_server_or_a_healthy_stream(server_process
                 while time.monotonic() < end:  # drain what came back
                     try:
                         m = await asyncio.wait_for(ws.recv(), 0.1)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         continue
                     except websockets.exceptions.ConnectionClosed as exc:
                         if exc.rcvd is not None and exc.rcvd.code == 1011:

@@ -51,7 +51,7 @@ def test_bad_session_requests_are_refused_by_code(app) -> None:
     cases = {ErrorCode.BAD_IMAGE_FORMAT: {"image_format": "gif"}, ErrorCode.BAD_QUALITY: {"quality": 0},
              ErrorCode.BAD_LANGUAGE: {"language": "xx"}}  # no such Whisper language
     for code, kw in cases.items():
-        err = refused(client, lambda: hub.create_session("pip", **kw))
+        err = refused(client, lambda kw=kw: hub.create_session("pip", **kw))
         assert (err.code, err.status, err.close_code, err.retry_after) == (code, 400, 1008, None)
     assert refused(client, lambda: hub.create_session("nobody")).code == ErrorCode.BAD_AVATAR
     assert hub.sessions == {}

@@ -120,7 +120,7 @@ class Stream(WsRecorder):
         while not stop.is_set():
             try:
                 m = await asyncio.wait_for(self.ws.recv(), 0.2)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             self.take(m)
 
@@ -131,7 +131,7 @@ class Stream(WsRecorder):
             await self.ws.send(json.dumps({"type": "emotion", "label": EMOTION, "intensity": 0.9}))
             try:
                 await asyncio.wait_for(stop.wait(), every_s)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     def fresh_times(self, t0: float = 0.0) -> list[float]:

@@ -87,7 +87,7 @@ class Client(WsRecorder):
         while time.monotonic() < end:
             try:
                 m = await asyncio.wait_for(self.ws.recv(), max(0.01, end - time.monotonic()))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             self.take(m)
             if until is not None and until(self):

@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 
+from avatarcast.realtime.clock import FrameClock
 from avatarcast.realtime.emotion import EmotionCue
 from avatarcast.realtime.messages import (
     AudioChunk,
@@ -18,7 +19,6 @@ from avatarcast.realtime.messages import (
     Transcript,
     VideoFrame,
 )
-from avatarcast.realtime.clock import FrameClock
 from avatarcast.realtime.session import Session, SessionConfig
 from avatarcast.realtime.timeline import UtteranceTimeline
 

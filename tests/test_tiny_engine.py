@@ -67,7 +67,15 @@ SMALL = TinyConfig(enc_channels=(8, 16, 16), enc_blocks=(1, 1, 1), dec_channels=
 
 def test_network_shapes_and_frame_roundtrip():
     torch = pytest.importorskip("torch")
-    from avatarcast.engines.tiny.model import Decoder, Denoiser, Encoder, FrameDecoder, FrameEncoder, frames_to_tensor, tensor_to_frames
+    from avatarcast.engines.tiny.model import (
+        Decoder,
+        Denoiser,
+        Encoder,
+        FrameDecoder,
+        FrameEncoder,
+        frames_to_tensor,
+        tensor_to_frames,
+    )
 
     torch.manual_seed(0)
     cfg = SMALL

@@ -11,11 +11,10 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint  # noqa: E402
-from avatarcast.engines.wan.engine import WanEngine  # noqa: E402
-
-from wan_checkpoint import H, TEXT_DIM, W, Z  # noqa: E402
-from wan_checkpoint import make_checkpoint as _make_checkpoint  # noqa: E402
+from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint
+from avatarcast.engines.wan.engine import WanEngine
+from tests.wan_checkpoint import TEXT_DIM, H, W, Z
+from tests.wan_checkpoint import make_checkpoint as _make_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +263,7 @@ def test_steady_frames_decode_several_per_call_like_one_per_call(engine):
     for k in (1, 3):
         dec = StreamingVaeDecoder(engine.vae, max_batch=2, frames_per_call=k)
         calls = []
-        hook = engine.vae.decoder.register_forward_pre_hook(lambda m, a, kw: calls.append(a[0].shape[2]),
+        hook = engine.vae.decoder.register_forward_pre_hook(lambda m, a, kw, calls=calls: calls.append(a[0].shape[2]),
                                                              with_kwargs=True)
         caches = [VaeStreamCache(), VaeStreamCache()]
         chunks = [dec.decode(z[:, :, :1], caches)]  # a fresh stream's first frame primes its cache

@@ -17,13 +17,12 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from avatarcast.engines.wan.checkpoint import WanCheckpointError  # noqa: E402
-from avatarcast.engines.wan.prompts import PromptEmbedsMissing, normalize_prompt  # noqa: E402
-from avatarcast.engines.wan.serving import WanAvatarEngine  # noqa: E402
-from avatarcast.templates import load_templates  # noqa: E402
-from avatarcast.templates.cache import LatentsCache  # noqa: E402
-
-from wan_checkpoint import H, TEXT_DIM, W, Z, make_checkpoint  # noqa: E402
+from avatarcast.engines.wan.checkpoint import WanCheckpointError
+from avatarcast.engines.wan.prompts import PromptEmbedsMissing, normalize_prompt
+from avatarcast.engines.wan.serving import WanAvatarEngine
+from avatarcast.templates import load_templates
+from avatarcast.templates.cache import LatentsCache
+from tests.wan_checkpoint import TEXT_DIM, H, W, Z, make_checkpoint
 
 GRID = {"height": H, "width": W}
 
@@ -278,7 +277,7 @@ def test_settings_require_a_complete_checkpoint(ckpts):
 
 
 def test_server_with_an_incomplete_checkpoint_fails_at_start_up(ckpts):
-    from conftest import running_server
+    from tests.conftest import running_server
     with pytest.raises(RuntimeError, match="server failed to start.*incomplete.*vae weights"):
         with running_server(engine="wan", checkpoint=str(ckpts["broken"])):
             pass
@@ -288,8 +287,8 @@ def test_server_streams_the_wan_engine_and_reacts_to_an_emotion(ckpts, embeds_di
     import websockets
     from PIL import Image
 
-    from conftest import running_server
     from avatarcast.realtime.protocol import unpack_frame
+    from tests.conftest import running_server
 
     async def session(base: str) -> tuple[list, list]:
         frames, events = [], []
@@ -299,7 +298,7 @@ def test_server_streams_the_wan_engine_and_reacts_to_an_emotion(ckpts, embeds_di
                 while (left := end - asyncio.get_running_loop().time()) > 0:
                     try:
                         m = await asyncio.wait_for(ws.recv(), left)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                     if isinstance(m, bytes):
                         frames.append(unpack_frame(m))

@@ -98,7 +98,7 @@ class Client:
             self._new_event.clear()
             try:
                 await asyncio.wait_for(self._new_event.wait(), left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def close(self) -> None:
@@ -120,7 +120,7 @@ def test_video_and_data_channel(base: str) -> None:
             while time.monotonic() - t_connected < 3.0:
                 try:
                     frames.append(await asyncio.wait_for(track.recv(), 3.0 - (time.monotonic() - t_connected)))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
             assert len(frames) >= 8, f"only {len(frames)} frames in the first 3 s after connecting"
             f = frames[-1]

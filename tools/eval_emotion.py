@@ -110,7 +110,7 @@ def evaluate_live(reader: EmotionReader, rows: list[dict[str, str]], min_confide
         final = reader.read(row["text"]).label
         first, heard = None, 1.0
         parts = partials_of(row["text"], row["language"])
-        for i, p in enumerate(parts):
+        for p in parts:
             t0 = time.perf_counter()
             cue = reader.read_partial(p, min_confidence)
             latencies.append((time.perf_counter() - t0) * 1000.0)

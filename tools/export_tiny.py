@@ -39,10 +39,24 @@ import numpy as np
 import torch
 
 from avatarcast.engines.tiny.examples import example_inputs
-from avatarcast.engines.tiny.model import (Denoiser, Encoder, FrameDecoder, FrameEncoder, HalfResDecoder, TinyConfig,
-                                            make_decoder)
-from avatarcast.engines.tiny.weights import (DEFAULT_DIR, LOWRES_FILE, LOWRES_ONNX, ONNX_FILES, TORCH_FILE, Manifest,
-                                  write_manifest)
+from avatarcast.engines.tiny.model import (
+    Denoiser,
+    Encoder,
+    FrameDecoder,
+    FrameEncoder,
+    HalfResDecoder,
+    TinyConfig,
+    make_decoder,
+)
+from avatarcast.engines.tiny.weights import (
+    DEFAULT_DIR,
+    LOWRES_FILE,
+    LOWRES_ONNX,
+    ONNX_FILES,
+    TORCH_FILE,
+    Manifest,
+    write_manifest,
+)
 
 SMALL_CONFIG = dict(enc_channels=(8, 16, 16), enc_blocks=(1, 1, 1), dec_channels=(16, 16, 8), dec_blocks=(1, 1, 0),
                     den_channels=(32, 32, 32), cond_dim=64)
@@ -357,7 +371,7 @@ def write_weights_folder(modules, cfg: TinyConfig, out: str | Path, data_version
         shutil.rmtree(tmp, ignore_errors=True)
     params = {k: int(sum(p.numel() for p in m.parameters())) for k, m in mods.items()}
     training = {**training, "params": params, "opset": opset,
-                "exported_at": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "exported_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "onnx_check": {k: v.get("verify", {}) for k, v in report.items()}}
     manifest = write_manifest(out, cfg, data_version, training)
     return manifest, report

@@ -59,7 +59,7 @@ class AvatarParams:
         return d
 
     @classmethod
-    def from_dict(cls, d: Any) -> "AvatarParams":
+    def from_dict(cls, d: Any) -> AvatarParams:
         if isinstance(d, AvatarParams):
             return d
         if not isinstance(d, dict):
@@ -202,7 +202,7 @@ def random_avatar(seed: int) -> AvatarParams:
     )
 
 
-def get_avatar(key: "int | str | dict | AvatarParams") -> AvatarParams:
+def get_avatar(key: int | str | dict | AvatarParams) -> AvatarParams:
     """Index into BUILTIN_AVATARS, a built-in name, ``"random-<seed>"``, a params dict, or params."""
     if isinstance(key, AvatarParams):
         return key

@@ -224,12 +224,13 @@ def _ik(sx, sy, tx, ty, l1, l2, outward: float, max_stretch: float = 1.4):
     a = (l1 * l1 - l2 * l2 + dc * dc) / (2 * dc)
     h = math.sqrt(max(0.0, l1 * l1 - a * a))
     bx, by = sx + ux * a, sy + uy * a
-    best = None
+    best: tuple[float, float, float] | None = None
     for sgn in (1.0, -1.0):
         ex, ey = bx - uy * h * sgn, by + ux * h * sgn
         score = outward * (ex - sx) + 0.6 * (ey - sy)
         if best is None or score > best[0]:
             best = (score, ex, ey)
+    assert best is not None  # the loop ran
     _, ex, ey = best
     hx, hy = sx + ux * dc, sy + uy * dc
     a1 = math.degrees(math.atan2(-(ex - sx), ey - sy))
@@ -464,7 +465,7 @@ def _draw_backpack_back(pt: _Painter, av: AvatarParams, rig: _Rig) -> None:
     pt.poly_ol(pts, av.accent, rig.ol)
 
 
-def _add(a, b):
+def _add(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
     return (a[0] + b[0], a[1] + b[1])
 
 

@@ -20,8 +20,8 @@ import threading
 
 import numpy as np
 
-from avatarcast.engines.backends.host import available_cores, cpu_name
 from avatarcast.engines.backends.base import BackendError
+from avatarcast.engines.backends.host import available_cores, cpu_name
 from avatarcast.engines.tiny.crop import crop_box, place
 from avatarcast.engines.tiny.weights import Manifest
 

@@ -16,12 +16,13 @@ stay on the device: encode_t, decode_t, denoise_t (realtime/bench/engine.py uses
 from __future__ import annotations
 
 import threading
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
-from avatarcast.engines.backends.host import available_cores, cpu_name
 from avatarcast.engines.backends.base import BackendError
+from avatarcast.engines.backends.host import available_cores, cpu_name
 from avatarcast.engines.tiny.weights import LOWRES_FILE, TORCH_FILE, Manifest, load_lowres_module, load_torch_modules
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -141,7 +142,8 @@ class TorchBackend:
         cfg = self.cfg
         self._mean = torch.tensor(cfg.latent_mean, dtype=torch.float32, device=device)[None, :, None, None]
         self._std = torch.tensor(cfg.latent_std, dtype=torch.float32, device=device)[None, :, None, None]
-        fns = {"encoder": self._encode_fn, "decoder": self._decode_fn, "denoiser": self._denoise_fn}
+        fns: dict[str, Callable[..., Any]] = {"encoder": self._encode_fn, "decoder": self._decode_fn,
+                                              "denoiser": self._denoise_fn}
         if "decoder_lowres" in self.modules:
             fns["decoder_lowres"] = lambda z: self._decode_fn(z, "decoder_lowres")
         if self.compile:
@@ -279,7 +281,7 @@ class TorchBackend:
         return self._call("denoiser", [x, t, d, ctx, ref, emotion, intensity], out, copy)
 
     # -- numpy protocol ----------------------------------------------------------------------
-    def _to(self, a, dtype) -> "object":
+    def _to(self, a, dtype) -> Any:
         torch = self.torch
         a = np.ascontiguousarray(a, dtype=dtype)
         t = torch.from_numpy(a if a.flags.writeable else a.copy())
@@ -298,8 +300,8 @@ class TorchBackend:
         b = len(x)
         f32 = np.float32
         vec = lambda v, dt: self._to(np.array(np.broadcast_to(np.asarray(v, dtype=dt), (b,))), dt)  # noqa: E731
-        args = [self._to(x, f32), vec(t, f32), vec(d, f32), self._to(ctx, f32), self._to(ref, f32),
-                vec(emotion, np.int64), vec(intensity, f32)]
+        args = (self._to(x, f32), vec(t, f32), vec(d, f32), self._to(ctx, f32), self._to(ref, f32),
+                vec(emotion, np.int64), vec(intensity, f32))
         return self.denoise_t(*args, copy=False).cpu().numpy()
 
     # -- info --------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ class TinyConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TinyConfig":
+    def from_dict(cls, d: dict) -> TinyConfig:
         d = dict(d)
         if "arch" not in d:  # a manifest from before the window, the crop decode and the patches
             d = {**LEGACY_V1, **d}

@@ -66,7 +66,7 @@ class TinyEngine:
 
     @classmethod
     def load(cls, weights_dir: str | Path | None = None, backend: str = "onnxruntime", steps: int = 2,
-             threads: int | None = None, device: str | None = None, **backend_options) -> "TinyEngine":
+             threads: int | None = None, device: str | None = None, **backend_options) -> TinyEngine:
         """Load shipped (or given) weights onto a backend: onnxruntime, torch or tensorrt."""
         from avatarcast.engines.backends import create_backend
         manifest = load_manifest(weights_dir)
@@ -201,7 +201,7 @@ class TinyEngine:
         st = self.start_stream(avatar, emotion, intensity, seed)
         for _ in range(warmup_chunks):
             self.sample_chunks([st])
-        chunks = []
+        chunks: list[np.ndarray] = []
         while sum(len(c) for c in chunks) < n_frames:
             chunks.append(self.next_chunk([st], lowres=lowres)[0])
         return np.concatenate(chunks)[:n_frames]

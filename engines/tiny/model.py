@@ -11,12 +11,21 @@ Both are plain torch modules; serving goes through avatarcast.engines.backends.
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from avatarcast.engines.tiny.config import TinyConfig
+
+
+def _zero_init(conv: nn.Conv2d) -> None:
+    """Weights and bias to zero: the layer starts as a no-op on its residual branch."""
+    nn.init.zeros_(conv.weight)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
 
 class ResBlock(nn.Module):
     """Norm-free residual block: cheap on a 2-core CPU, stable at this size."""
@@ -25,8 +34,7 @@ class ResBlock(nn.Module):
         super().__init__()
         self.a = nn.Conv2d(ch, ch, 3, padding=1)
         self.b = nn.Conv2d(ch, ch, 3, padding=1)
-        nn.init.zeros_(self.b.weight)
-        nn.init.zeros_(self.b.bias)
+        _zero_init(self.b)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.b(F.silu(self.a(F.silu(x))))
@@ -138,8 +146,7 @@ class CondResBlock(nn.Module):
         self.film = nn.Linear(cond_dim, 2 * cout)
         self.n2 = nn.GroupNorm(8, cout)
         self.c2 = nn.Conv2d(cout, cout, 3, padding=1)
-        nn.init.zeros_(self.c2.weight)
-        nn.init.zeros_(self.c2.bias)
+        _zero_init(self.c2)
         self.skip = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -159,8 +166,7 @@ class Attention(nn.Module):
         self.norm = nn.GroupNorm(8, ch)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.out = nn.Conv2d(ch, ch, 1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        _zero_init(self.out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
@@ -214,8 +220,7 @@ class Denoiser(nn.Module):
             self.up.append(nn.ModuleList([CondResBlock(2 * ch[i], ch[i], cd), CondResBlock(ch[i], ch[i], cd)]))
         self.out_norm = nn.GroupNorm(8, ch[0])
         self.out = nn.Conv2d(ch[0], T * C * P2, 3, padding=1)
-        nn.init.zeros_(self.out.weight)
-        nn.init.zeros_(self.out.bias)
+        _zero_init(self.out)
 
     def forward(self, x, t, d, ctx, ref, emotion, intensity):
         cond = torch.cat([
@@ -227,7 +232,7 @@ class Denoiser(nn.Module):
         h = self.inp(F.pixel_unshuffle(torch.cat([x, ctx, ref], dim=1), p) if p > 1 else torch.cat([x, ctx, ref], dim=1))
         skips = []
         for i, blocks in enumerate(self.down):
-            for blk in blocks:
+            for blk in cast(nn.ModuleList, blocks):
                 h = blk(h, cond)
             if i < len(self.downsample):
                 skips.append(h)
@@ -238,7 +243,7 @@ class Denoiser(nn.Module):
         for up, blocks in zip(self.upsample, self.up):
             h = up(F.interpolate(h, scale_factor=2.0, mode="nearest"))
             h = torch.cat([h, skips.pop()], dim=1)
-            for blk in blocks:
+            for blk in cast(nn.ModuleList, blocks):
                 h = blk(h, cond)
         y = self.out(F.silu(self.out_norm(h)))
         y = F.pixel_shuffle(y, p) if p > 1 else y
@@ -278,6 +283,9 @@ def tensor_to_frames(x: torch.Tensor, cfg: TinyConfig) -> torch.Tensor:
 
 class LatentNorm(nn.Module):
     """Per-channel normalization of latents, baked into the exported graphs."""
+
+    mean: torch.Tensor  # buffers
+    std: torch.Tensor
 
     def __init__(self, cfg: TinyConfig):
         super().__init__()

@@ -18,8 +18,10 @@ import inspect
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
@@ -114,8 +116,8 @@ class WanEngine:
         emb = getattr(transformer, "condition_embedder", None)
         self.per_token_timesteps = emb is not None and \
             "timestep_seq_len" in inspect.signature(emb.forward).parameters
-        self._text_encoder = None
-        self._tokenizer = None
+        self._text_encoder: Any = None  # transformers' UMT5 encoder and tokenizer, loaded on first use
+        self._tokenizer: Any = None
         self.vae_stream = StreamingVaeDecoder(vae, frames_per_call=chunk_latent_frames)
         self.warm_s: dict = {}  # accelerate's start-up seconds by part
         self.denoiser = transformer  # called as denoiser(x, t, text, return_dict=False); see graphs.py
@@ -260,13 +262,13 @@ class WanEngine:
         state.prompt_embeds = self._embeds(prompt_embeds)
 
     @staticmethod
-    def _batch_embeds(states: list[WanStreamState]) -> torch.Tensor:
+    def _batch_embeds(states: Sequence[WanStreamState]) -> torch.Tensor:
         """Stack prompt embeddings, zero-padding to the longest (Wan pads prompts with zeros)."""
         L = max(s.prompt_embeds.shape[0] for s in states)
         return torch.stack([F.pad(s.prompt_embeds, (0, 0, 0, L - s.prompt_embeds.shape[0])) for s in states])
 
     @torch.no_grad()
-    def sample_chunks(self, states: list[WanStreamState]) -> torch.Tensor:
+    def sample_chunks(self, states: Sequence[WanStreamState]) -> torch.Tensor:
         """One sampler run for all streams: new latents (B, T, C, h, w); advances each context."""
         if not states:
             return torch.zeros(0, self.chunk_latent_frames, self.z_dim, *self.latent_hw)
@@ -325,7 +327,16 @@ class WanEngine:
         """(B, 3, F, H, W) in [-1, 1] -> (B, F, H, W, 3) uint8, on the same device."""
         return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
 
-    def decode_new(self, states: list[WanStreamState], latents: torch.Tensor,
+    @overload
+    def decode_new(self, states: Sequence[WanStreamState], latents: torch.Tensor,
+                   to_numpy: Literal[True] = ...) -> np.ndarray: ...
+    @overload
+    def decode_new(self, states: Sequence[WanStreamState], latents: torch.Tensor,
+                   to_numpy: Literal[False]) -> torch.Tensor: ...
+    @overload
+    def decode_new(self, states: Sequence[WanStreamState], latents: torch.Tensor,
+                   to_numpy: bool) -> np.ndarray | torch.Tensor: ...
+    def decode_new(self, states: Sequence[WanStreamState], latents: torch.Tensor,
                    to_numpy: bool = True) -> np.ndarray | torch.Tensor:
         """The frames of each stream's newest chunk: latents (B, T, C, h, w) from sample_chunks ->
         RGB uint8 (B, 4T, out_height, out_width, 3), continuing each stream's video seamlessly.
@@ -338,7 +349,7 @@ class WanEngine:
         fresh = [b for b, s in enumerate(states) if s.vae.frames == 0]
         steady = [b for b, s in enumerate(states) if s.vae.frames > 0]
         if fresh:
-            ctx = torch.stack([states[b].last_context if states[b].last_context is not None
+            ctx = torch.stack([c if (c := states[b].last_context) is not None
                                else states[b].context for b in fresh]).to(self.device, torch.float32)
             zz = torch.cat([ctx, z[fresh]], 2)
             K = ctx.shape[2]

@@ -75,6 +75,7 @@ def _export(module: nn.Module, args: tuple, path: Path, inputs: list[str], outpu
     dyn = ({0: batch}, tuple({0: batch} for _ in args[1:])) if varargs else tuple({0: batch} for _ in args)
     prog = torch.onnx.export(module, args, input_names=inputs, output_names=outputs, dynamic_shapes=dyn,
                              opset_version=ONNX_OPSET, dynamo=True, external_data=False, verbose=False)
+    assert prog is not None  # the dynamo exporter returns its program
     prog.optimize()
     weights = sum(p.numel() * p.element_size() for p in module.parameters())
     external = weights > 1.8e9  # protobuf's 2 GB limit: big weights go to <name>.onnx.data
@@ -112,6 +113,7 @@ def export_vae_step(engine, path: Path, dtype: torch.dtype = torch.float32) -> d
     h, w = engine.latent_hw
     caches2 = [VaeStreamCache(), VaeStreamCache()]
     dec.decode(torch.randn(2, engine.z_dim, 2, h, w), caches2)
+    assert caches2[0].feats is not None and caches2[1].feats is not None  # the decode filled them
     layout = [torch.is_tensor(f) for f in caches2[0].feats]
     caches = tuple(torch.cat([a, b]) for a, b in zip(caches2[0].feats, caches2[1].feats) if torch.is_tensor(a))
     x = vae.post_quant_conv(torch.randn(2, engine.z_dim, 1, h, w))

@@ -11,6 +11,8 @@ stay in bf16. This trades accuracy for speed; check a real checkpoint's frames b
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn as nn
 
@@ -27,6 +29,10 @@ def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 class Fp8Linear(nn.Module):
     """A frozen nn.Linear with fp8 weights (per output channel) and fp8 activations (per token)."""
+
+    weight_fp8: torch.Tensor  # buffers
+    weight_scale: torch.Tensor
+    bias: torch.Tensor | None
 
     def __init__(self, linear: nn.Linear) -> None:
         super().__init__()
@@ -62,7 +68,7 @@ def convert_blocks_to_fp8(transformer: nn.Module) -> int:
     """Replace every nn.Linear inside `transformer.blocks` whose sizes fit fp8 GEMMs (multiples of
     16) by an Fp8Linear; returns how many were replaced."""
     n = 0
-    for block in transformer.blocks:
+    for block in cast(nn.ModuleList, transformer.blocks):
         for name, mod in list(block.named_modules()):
             if not isinstance(mod, nn.Linear) or mod.in_features % 16 or mod.out_features % 16:
                 continue

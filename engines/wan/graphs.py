@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -22,7 +24,7 @@ DEFAULT_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32)
 COMPILE_MODES = ("full", "regional")
 
 
-def compile_transformer(transformer, mode: bool | str, backend: str | object = "inductor"):
+def compile_transformer(transformer, mode: bool | str, backend: str | Callable[..., Any] = "inductor"):
     """What the CUDA graphs capture: the transformer as it is (False), torch.compile of the whole
     model ("full", True), or of its repeated blocks only ("regional", diffusers' `_repeated_blocks`:
     WanTransformerBlock). Regional traces one block for all 30, so a start compiles (cold) or loads

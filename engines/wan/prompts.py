@@ -58,7 +58,7 @@ def dir_fingerprint(d: Path) -> dict:
 
 def text_encoder_id(info: CheckpointInfo, max_length: int = MAX_LENGTH) -> str:
     """Identity of the checkpoint's text encoder + tokenizer (None-safe callers check has_text_encoder)."""
-    if not info.has_text_encoder:
+    if info.text_encoder_dir is None or info.tokenizer_dir is None:  # both set, or neither (has_text_encoder)
         raise WanCheckpointError(f"checkpoint {info.root} has no text encoder")
     blob = json.dumps({"text_encoder": dir_fingerprint(info.text_encoder_dir),
                        "tokenizer": dir_fingerprint(info.tokenizer_dir), "max_length": max_length},
@@ -136,7 +136,7 @@ class PromptEmbedStore:
 
 
 def resolve_prompt_embeds(prompts: Iterable[str], dim: int, info: CheckpointInfo, store: PromptEmbedStore,
-                          encode: Callable[[list[str]], np.ndarray] | None = None,
+                          encode: Callable[[list[str]], Iterable[np.ndarray]] | None = None,
                           mode: str = "auto") -> tuple[str, dict[str, np.ndarray]]:
     """(source id, {prompt: (L, D) float32}) for every prompt.
 
@@ -162,15 +162,16 @@ def resolve_prompt_embeds(prompts: Iterable[str], dim: int, info: CheckpointInfo
                 store.save(enc_id, p, e)
                 out[p] = np.asarray(e, dtype=np.float32)
         return enc_id, out
-    enc_id = store.find_encoder(prompts, dim)
-    if enc_id is None:
+    found = store.find_encoder(prompts, dim)
+    if found is None:
         raise PromptEmbedsMissing(
             f"no stored prompt embeddings (width {dim}) for the {len(prompts)} emotion prompts in {store.root}, "
             f"and checkpoint {info.root} has no text encoder to compute them (missing "
             f"{', '.join(info.text_encoder_missing)}). Write them once with a checkpoint that has text_encoder/ "
             f"and tokenizer/: `avatarcast precompute --engine wan --checkpoint DIR --prompts-only` with the same "
             f"--cache-dir; or, for benchmarks with random weights, pass --wan-prompt-embeds random")
-    return enc_id, {p: store.load(enc_id, p, dim) for p in prompts}
+    # find_encoder loaded each of them
+    return found, {p: e for p in prompts if (e := store.load(found, p, dim)) is not None}
 
 
 __all__ = ["MAX_LENGTH", "RANDOM", "PromptEmbedStore", "PromptEmbedsMissing", "dir_fingerprint",

@@ -28,7 +28,9 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -67,7 +69,7 @@ class AotSteadyDecoder:
         self.user_managed = True  # shared weights: the decoder's tensors themselves, not copies
         self.cache_dir = Path(cache_dir)
         self.memory_format = memory_format
-        self._runners: dict[tuple, object] = {}
+        self._runners: dict[tuple, Callable[..., Any]] = {}
         self.built: list[str] = []  # package files compiled by this process (cold), for logs and tests
         self.loaded: list[str] = []  # package files loaded from disk (warm)
 
@@ -116,7 +118,7 @@ class AotSteadyDecoder:
         runner = torch._inductor.aoti_load_package(str(path))
         if self.share_weights:
             module = SteadyDecode(self.decoder, self.n_layers, key[1])
-            consts = dict(module.named_parameters())
+            consts: dict[str, torch.Tensor] = dict(module.named_parameters())
             consts.update(module.named_buffers())
             # the decoder's own tensors, not copies: the package holds no weights (module docstring)
             runner.load_constants({k: consts[k] for k in runner.get_constant_fqns()}, check_full_update=True,

@@ -18,9 +18,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -49,7 +51,8 @@ def _merge(caches: list[VaeStreamCache], n_layers: int) -> list:
         return [None] * n_layers
     if len(caches) == 1:
         return list(caches[0].feats)
-    return [f if f is None or isinstance(f, str) else torch.cat([c.feats[i] for c in caches])
+    stacks = [c.feats for c in caches if c.feats is not None]  # all of them: one signature per group
+    return [f if f is None or isinstance(f, str) else torch.cat([s[i] for s in stacks])
             for i, f in enumerate(caches[0].feats)]
 
 
@@ -113,11 +116,10 @@ class StreamingVaeDecoder:
         self.channels_last = channels_last
         if channels_last:
             for m in vae.decoder.modules():
-                w = getattr(m, "weight", None)
                 if isinstance(m, torch.nn.Conv3d):
-                    w.data = w.data.contiguous(memory_format=torch.channels_last_3d)
+                    m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last_3d)
                 elif isinstance(m, torch.nn.Conv2d):
-                    w.data = w.data.contiguous(memory_format=torch.channels_last)
+                    m.weight.data = m.weight.data.contiguous(memory_format=torch.channels_last)
         # Steady-state calls (every cache entry a tensor, frames_per_call frames) have fixed shapes but
         # for the batch: torch.compile fuses the decoder's many memory-bound ops (norms, pads, cache
         # copies) there; a stream's first frames stay eager.
@@ -126,8 +128,8 @@ class StreamingVaeDecoder:
         # 360P are GBs per stream-frame: decode at most max_batch streams at once.
         self.max_batch = max(1, int(max_batch))
         self.n_layers = vae._cached_conv_counts["decoder"]
-        self.aot = None
-        self._compiled = None
+        self.aot: Any = None  # an AotSteadyDecoder, or an exported graph's steady frame (runtime.py)
+        self._compiled: Callable[..., Any] | None = None
         if steady is not None:  # an exported graph run by TensorRT or ONNX Runtime (runtime.py): (x, feats) -> frames
             self.aot = self._compiled = steady
         elif compile and aot_dir is not None:  # ahead of time: a warm start loads packages (vae_aot.py)
@@ -243,7 +245,8 @@ class StreamingVaeDecoder:
                 # its frames after the cache fills, decodes eagerly once)
                 compiled = self._compiled is not None and (self.compiled_ready.is_set()
                                                            or getattr(self._local, "warming", False))
-                fn = self._compiled if steady and n == self.frames_per_call and compiled else self.vae.decoder
+                fn = (self._compiled if steady and n == self.frames_per_call and compiled and self._compiled is not None
+                      else self.vae.decoder)
                 xt = x[:, :, t:t + n]
                 if fn is self._compiled:
                     self.compiled_calls += 1

@@ -94,10 +94,10 @@ def _has_gpu_fast_path(backend) -> bool:
 def _loop_numpy(engine, states, seconds: float, warmup: int, min_chunks: int, lowres: bool = False):
     """The server's loop on numpy arrays (any backend)."""
     B, T = len(states), engine.cfg.chunk_frames
-    for i in range(warmup):
+    for _ in range(warmup):
         lat = engine.sample_chunks(states)
         engine.decode(lat.reshape(B * T, *lat.shape[2:]), lowres=lowres)
-    rows = []
+    rows: list[tuple[float, float, float]] = []
     t_start = time.perf_counter()
     while True:
         # one stream changes emotion every chunk, as live streams do
@@ -150,7 +150,7 @@ def _loop_gpu(engine, states, seconds: float, warmup: int, min_chunks: int, to_h
         if host is not None:
             host.copy_(frames, non_blocking=True)
 
-    rows = []
+    rows: list[tuple[float, float, float]] = []
     with torch.inference_mode():
         ev = torch.cuda.Event(enable_timing=True)
         for i in range(warmup):
@@ -251,7 +251,7 @@ def run_bench(engine_name: str = "tiny", backend: str = "onnxruntime", sessions:
         "streams_start_s": round(streams_s, 2),
         "host_cpu_busy_other": mon.other_busy,
         "backend_info": info,
-        "timestamp": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "timestamp": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     if hasattr(be, "close"):
         be.close()
@@ -259,8 +259,9 @@ def run_bench(engine_name: str = "tiny", backend: str = "onnxruntime", sessions:
 
 
 def _table(r: dict) -> str:
+    threads = f", {r['threads']} threads" if r["threads"] else ""
     lines = [
-        f"tiny engine on {r['backend']} ({r['device']}{', %s threads' % r['threads'] if r['threads'] else ''})",
+        f"tiny engine on {r['backend']} ({r['device']}{threads})",
         f"  sessions {r['sessions']}, steps {r['steps']}, {r['resolution']}, {r['chunk_frames']} frames/chunk, "
         f"{r['chunks']} chunks in {r['seconds']:.1f}s",
         f"  fps            {r['fps']:9.2f}   ({r['fps_per_session']:.2f} per session)",

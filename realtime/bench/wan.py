@@ -35,6 +35,8 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 T_START = time.perf_counter()
 
@@ -90,9 +92,9 @@ def _pipelined(eng, states: list, seconds: float, chunk_s: float, to_host: bool)
     import torch
     half = max(1, len(states) // 2)
     groups = [states[:half], states[half:]] if len(states) > 1 else [states, states]
-    for g in groups:  # prime the VAE caches the ordinary way
+    for grp in groups:  # prime the VAE caches the ordinary way
         for _ in range(2):
-            eng.decode_new(g, eng.sample_chunks(g), to_numpy=False)
+            eng.decode_new(grp, eng.sample_chunks(grp), to_numpy=False)
     steps_s, vae_s = torch.cuda.Stream(), torch.cuda.Stream()
     steps_s.wait_stream(torch.cuda.current_stream())
     ready = [torch.cuda.Event(), torch.cuda.Event()]
@@ -100,8 +102,9 @@ def _pipelined(eng, states: list, seconds: float, chunk_s: float, to_host: bool)
     with torch.cuda.stream(steps_s):
         lat[0] = eng.sample_chunks(groups[0])
         ready[0].record()
-    last = [None, None]
-    gaps, frames, g = [], 0, 0
+    last: list[float | None] = [None, None]
+    gaps: list[float] = []
+    frames, g = 0, 0
     t_all = time.perf_counter()
     t_end = t_all + seconds
     while time.perf_counter() < t_end or len(gaps) < 6:
@@ -118,8 +121,8 @@ def _pipelined(eng, states: list, seconds: float, chunk_s: float, to_host: bool)
         if to_host:
             out.cpu()
         now = time.perf_counter()
-        if last[g] is not None:
-            gaps.append((now - last[g]) * 1000)  # one stream's chunk interval
+        if (prev := last[g]) is not None:
+            gaps.append((now - prev) * 1000)  # one stream's chunk interval
         last[g] = now
         frames += out.shape[0] * out.shape[1]
         g = other
@@ -318,7 +321,7 @@ def run(args) -> dict:
         x = torch.randn(B, eng.z_dim, K + T, *eng.latent_hw, device="cuda", dtype=torch.bfloat16)
         ts = torch.full((B, (K + T) * eng.latent_hw[0] * eng.latent_hw[1] // 4), 500.0, device="cuda")
         text = torch.stack([s.prompt_embeds for s in st])
-        step = _timed(lambda: eng.denoiser(x, ts, text, return_dict=False), args.reps)
+        step = _timed(lambda x=x, ts=ts, text=text: eng.denoiser(x, ts, text, return_dict=False), args.reps)
         dec = _timed(lambda st=st, lat=lat: eng.decode_new(st, lat, to_numpy=False), max(3, args.reps // 2))
         report["step_ms"][B] = round(statistics.median(step), 2)
         report["decode_ms"][B] = round(statistics.median(dec), 2)
@@ -345,7 +348,8 @@ def run(args) -> dict:
         for g in groups:  # warm-up rounds as timed (host copies included)
             for _ in range(2):
                 eng.decode_new(g, eng.sample_chunks(g), to_numpy=not args.keep_on_gpu)
-        times, frames, t_end = [], 0, time.perf_counter() + args.seconds
+        times: list[float] = []
+        frames, t_end = 0, time.perf_counter() + args.seconds
         t_all = time.perf_counter()
         while time.perf_counter() < t_end or len(times) < 3:
             a = time.perf_counter()  # one round: every stream gets its next chunk
@@ -458,10 +462,13 @@ def main(argv: list[str] | None = None) -> int:
         print("avatarcast bench engine --engine wan: needs a CUDA GPU (the 5B model at 360P)", file=sys.stderr)
         return 2
     if not args.cudnn_heuristics:
-        from contextlib import nullcontext
-
         import avatarcast.engines.wan.vae_stream as vae_stream
-        vae_stream._cudnn_heuristics = lambda on: nullcontext()
+
+        @contextmanager
+        def keep_benchmark(on: bool) -> Iterator[None]:  # cudnn.benchmark stays as it is
+            yield
+
+        vae_stream._cudnn_heuristics = keep_benchmark
     report = run(args)
     report["cudnn_heuristics"] = bool(args.cudnn_heuristics)
     text = json.dumps(report, indent=1, default=str)

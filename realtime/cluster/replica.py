@@ -37,7 +37,7 @@ class EngineReplica:
         # ONNX Runtime's first run or the start-up avatars' reference latents
         for name in self.settings.avatar_list() or ["pip"]:
             self.engine.next_chunk([self.engine.start_stream(resolve_avatar(name)[1], "idle", 0.5, 0)])
-        self.name = ray.get_runtime_context().get_actor_name() or ray.get_runtime_context().get_actor_id()
+        self.name: str = ray.get_runtime_context().get_actor_name() or ray.get_runtime_context().get_actor_id()
         self._scheduler: Any = None
         self._starting: asyncio.Lock | None = None
         log.info("engine replica %s ready in %.2f s", self.name, time.perf_counter() - t0)

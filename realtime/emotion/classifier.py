@@ -61,7 +61,7 @@ class Manifest:
     raw: dict
 
     @classmethod
-    def read(cls, path: Path) -> "Manifest":
+    def read(cls, path: Path) -> Manifest:
         d = json.loads(path.read_text(encoding="utf-8"))
         enc, feat = d["encoder"], d["features"]
         return cls(
@@ -165,7 +165,7 @@ class EmotionClassifier:
         return any(isinstance(h, NgramHead) for h in self.heads)
 
     @classmethod
-    def load(cls, labels: tuple[str, ...], directory: Path = WEIGHTS_DIR) -> "EmotionClassifier":
+    def load(cls, labels: tuple[str, ...], directory: Path = WEIGHTS_DIR) -> EmotionClassifier:
         """Read the weights; refuse them unless their label order is exactly `labels` (the templates')."""
         manifest = Manifest.read(directory / "manifest.json")
         if manifest.labels != tuple(labels):

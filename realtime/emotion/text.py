@@ -20,7 +20,7 @@ def has_cjk(text: str) -> bool:
 
 
 @lru_cache(maxsize=1)
-def _converter():  # type: ignore[no-untyped-def]
+def _converter():
     import opencc  # the C++ library and its dictionaries ship in the wheel
 
     return opencc.OpenCC("t2s")

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -94,7 +94,7 @@ class CropSet:
     keys: list
 
     @classmethod
-    def empty(cls) -> "CropSet":
+    def empty(cls) -> CropSet:
         return cls([], [])
 
     def add(self, crops: np.ndarray, key) -> None:

@@ -41,7 +41,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from avatarcast.engines.avatar_world import BUILTIN_AVATARS, EMOTIONS, pose_at, render_clip, render_frame, sample_variation
+from avatarcast.engines.avatar_world import (
+    BUILTIN_AVATARS,
+    EMOTIONS,
+    pose_at,
+    render_clip,
+    render_frame,
+    sample_variation,
+)
 from avatarcast.engines.avatar_world.render import landmarks
 from tools.eval import fidelity_metrics as fm
 from tools.eval import holdout

@@ -18,7 +18,7 @@ is not 360x640).  Pixel metrics work at 90x160 on premultiplied RGB + alpha in [
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 

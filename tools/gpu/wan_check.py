@@ -2,6 +2,7 @@
 matches a whole-clip decode, at the real 5B/Wan2.2 widths (fewer layers to keep it quick)."""
 import sys
 
+import numpy as np
 import torch
 
 from avatarcast.engines.wan.checkpoint import CheckpointInfo
@@ -33,11 +34,10 @@ for _ in range(3):
     lats.append(eng.sample_chunks(states))
     outs.append(eng.decode_new(states, lats[-1]))
 whole = eng.decode(torch.cat([ref[None, None].expand(2, 1, -1, -1, -1)] + lats, 1))
-import numpy as np
-
 got = np.concatenate(outs, 1).astype(int)
 d = np.abs(got - whole[:, 1:].astype(int))
-print(f"streaming vs whole-clip decode (fp32 VAE): max abs diff {d.max()} of 255, mean {d.mean():.3f}; shapes {got.shape} {whole.shape}")
+print(f"streaming vs whole-clip decode (fp32 VAE): max abs diff {d.max()} of 255, mean {d.mean():.3f}; "
+      f"shapes {got.shape} {whole.shape}")
 ok = err < 0.02 and err2 < 0.02 and d.max() <= 2
 print("CHECK", "OK" if ok else "FAILED")
 sys.exit(0 if ok else 1)

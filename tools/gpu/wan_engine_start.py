@@ -28,10 +28,10 @@ def main(argv: list[str]) -> dict:
         tr.save_pretrained(f"{argv[1]}/transformer")
         vae.save_pretrained(f"{argv[1]}/vae")
         return {"saved": argv[1], "save_s": round(time.perf_counter() - t0, 1)}
+    from avatarcast.realtime.avatars import resolve_avatar
     from avatarcast.realtime.cli import build_parser
     from avatarcast.realtime.engine_loader import load_engine
     from avatarcast.realtime.settings import Settings
-    from avatarcast.realtime.avatars import resolve_avatar
 
     settings = Settings.from_args(build_parser().parse_args(["serve", *argv]))
     settings.validate()

@@ -4,6 +4,7 @@ import sys
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
 from avatarcast.realtime.bench.wan import build_random
 
 B = int(sys.argv[1]) if len(sys.argv) > 1 else 8
@@ -20,8 +21,6 @@ with torch.no_grad():
         tr(x, t, text, return_dict=False)
         torch.cuda.synchronize()
 print(p.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=70))
-from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
-
 d = StreamingVaeDecoder(vae)
 cs = [VaeStreamCache() for _ in range(4)]
 z = torch.randn(4, 48, 3, 22, 40, device="cuda")

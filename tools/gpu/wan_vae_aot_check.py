@@ -43,8 +43,8 @@ def main(argv: list[str]) -> int:
         return 0
     from diffusers import AutoencoderKLWan
 
-    from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
     from avatarcast.engines.wan.shapes import VAE_22
+    from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
 
     torch.manual_seed(0)
     with torch.device("cuda"):

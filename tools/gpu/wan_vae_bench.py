@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import torch
+import torch.nn.functional as F
 
 
 def _time(fn, reps: int = 5) -> float:
@@ -94,20 +94,20 @@ def conv_table(vae, B: int) -> list[dict]:
         To, Ho, Wo = Tp - kt + 1, Hp - ws[3] + 1, Wp - ws[4] + 1
         flops = 2 * Bx * To * Ho * Wo * ws[0] * ws[1] * kt * ws[3] * ws[4]
         r = {"x": list(xs), "w": list(ws), "count": v["n"], "gflop": round(flops / 1e9, 1)}
-        r["conv3d_ms"] = _time(lambda: F.conv3d(xp, w))
+        r["conv3d_ms"] = _time(lambda xp=xp, w=w: F.conv3d(xp, w))
         if kt == 3:
             # conv2d over (B*To) frames with the 3 time taps stacked as channels
             w2 = w.permute(0, 2, 1, 3, 4).reshape(ws[0], kt * ws[1], ws[3], ws[4]).contiguous(
                 memory_format=torch.channels_last)
 
-            def stacked():
+            def stacked(xp=xp, kt=kt, Bx=Bx, To=To, C=C, Hp=Hp, Wp=Wp, w2=w2):
                 u = xp.unfold(2, kt, 1)  # B, C, To, H, W, kt
                 u = u.permute(0, 2, 5, 1, 3, 4).reshape(Bx * To, kt * C, Hp, Wp).contiguous(
                     memory_format=torch.channels_last)
                 return F.conv2d(u, w2)
             w3 = [w[:, :, i].contiguous(memory_format=torch.channels_last) for i in range(kt)]
 
-            def summed():
+            def summed(xp=xp, kt=kt, Bx=Bx, To=To, C=C, Hp=Hp, Wp=Wp, w3=w3):
                 fr = xp.permute(0, 2, 1, 3, 4)  # B, T, C, H, W
                 out = None
                 for i in range(kt):
