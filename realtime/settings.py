@@ -69,7 +69,8 @@ class Settings:
     asr_languages: str = "en,zh"  # what detection chooses among (comma list of Whisper codes); empty: any
     asr_device: str = "cpu"  # cpu | cuda: where Whisper runs (CTranslate2)
     asr_threads: int = 2  # CPU threads per Whisper call
-    asr_workers: int = 1  # Whisper calls at once (1: sessions take turns; docs/speech.md measured 2 x 1 thread)
+    # Whisper calls at once (1: sessions take turns; 2 x 1 thread is not yet measured quietly: docs/speech.md)
+    asr_workers: int = 1
     avatars: str = "pip"  # comma list warmed (loops + latents cache) at start-up
     precompute: int = 1  # 1: fill the latents cache of the start-up avatars before serving
     cache_dir: str = ""  # latents cache; empty = ~/.cache/avatarcast/latents
@@ -134,7 +135,8 @@ class Settings:
         for f in fields(cls):
             if only and f.name not in only:
                 continue
-            bare: dict[str, Any] = {"nargs": "?", "const": 1} if f.name in SWITCHES else {}  # `--ray` alone means --ray 1
+            # `--ray` alone means --ray 1
+            bare: dict[str, Any] = {"nargs": "?", "const": 1} if f.name in SWITCHES else {}
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
                                 type=_parser_type(f.type), help=f"(env {ENV_PREFIX}{f.name.upper()}, default {f.default!r})",
                                 **bare)

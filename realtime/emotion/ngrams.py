@@ -17,10 +17,10 @@ from itertools import pairwise
 import numpy as np
 
 from avatarcast.realtime.emotion.lexicon import fold
+from avatarcast.realtime.emotion.text import CJK, CJK_RANGE
 
 DIM = 1 << 15
-_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
-_TOKEN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]|[a-z0-9']+|[!?！？]")
+_TOKEN = re.compile(f"[{CJK_RANGE}]|[a-z0-9']+|[!?！？]")
 _MARKS = {"！": "!", "？": "?"}
 
 
@@ -37,7 +37,7 @@ def grams(text: str) -> list[str]:
         run.clear()
 
     for tok in _TOKEN.findall(fold(text)):
-        if _CJK.match(tok):
+        if CJK.match(tok):
             run.append(tok)
             continue
         flush()

@@ -21,7 +21,7 @@ from avatarcast.realtime.emotion.cue import CUE_LABELS, EmotionCue
 from avatarcast.realtime.emotion.encoder import E5Encoder, SentenceEncoder
 from avatarcast.realtime.emotion.lexicon import Hit, Lexicon
 from avatarcast.realtime.emotion.ngrams import features as ngram_features
-from avatarcast.realtime.emotion.text import language_of, normalize
+from avatarcast.realtime.emotion.text import CJK_RANGE, language_of, normalize
 
 # how voice arousal moves each label (+ favoured by an energetic voice, - by a flat quiet one)
 _AROUSAL_DIRECTION = {
@@ -35,7 +35,7 @@ _OPEN_END_EN = re.compile(
 )
 _OPEN_END_ZH = ("不", "没", "别", "好", "太", "超", "很", "真", "但是", "可是", "因为", "不是")
 _WORD = re.compile(r"[\w']+")
-_PUNCT_ZH = re.compile(r"[^\u3400-\u9fff\uf900-\ufaffA-Za-z0-9]")
+_PUNCT_ZH = re.compile(f"[^{CJK_RANGE}A-Za-z0-9]")
 
 
 class EmotionReader:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-_CJK = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]")
+# The Chinese characters the reader knows (CJK Extension A, Unified Ideographs, Compatibility):
+# one home for the range that the language test, the n-grams and the punctuation strip share.
+CJK_RANGE = "\u3400-\u9fff\uf900-\ufaff"
+CJK = re.compile(f"[{CJK_RANGE}]")
 
 
 def has_cjk(text: str) -> bool:
     """True if the text holds a Chinese character."""
-    return _CJK.search(text) is not None
+    return CJK.search(text) is not None
 
 
 @lru_cache(maxsize=1)
