@@ -156,6 +156,16 @@ class Arm(nn.Module):
         return self.dec(z, feats.window(CellBox(0, H, 0, W)))
 
 
+def decoder_cfg(cfg: TinyConfig, channels: str | None, blocks: str | None) -> TinyConfig:
+    """The autoencoder's config with another decoder size (a smaller decoder trained from scratch)."""
+    d = cfg.to_dict()
+    if channels:
+        d["dec_channels"] = [int(c) for c in channels.split(",")]
+    if blocks:
+        d["dec_blocks"] = [int(b) for b in blocks.split(",")]
+    return TinyConfig.from_dict(d)
+
+
 def build_arm(arch: str, cfg: TinyConfig, ae_dir: Path, init: str, radius: int = 3) -> Arm:
     arm = Arm(arch, cfg, RefDecConfig(radius=radius))
     if init == "ae":
@@ -200,7 +210,10 @@ def train(args) -> None:
     z_all = data["z"].float().to(device)
     x_all = x_all.to(device)
     refs = to_window_tensor(data["refs"], cfg).to(device)
-    arm = build_arm(args.arch, cfg, ae, args.init, args.radius).to(device)
+    dcfg = decoder_cfg(cfg, args.dec_channels, args.dec_blocks)
+    if dcfg != cfg and args.init == "ae":
+        raise SystemExit("--dec-channels/--dec-blocks give a new decoder: use --init scratch")
+    arm = build_arm(args.arch, dcfg, ae, args.init, args.radius).to(device)
     new = arm.new_parameters()
     new_ids = {id(p) for p in new}
     base = [p for p in arm.parameters() if id(p) not in new_ids]
@@ -220,13 +233,18 @@ def train(args) -> None:
     def save() -> None:
         tmp = out / "state.tmp"
         torch.save({"model": arm.state_dict(), "opt": opt.state_dict(), "step": step, "log": log,
-                    "args": vars(args), "config": cfg.to_dict()}, tmp)
+                    "args": vars(args), "config": dcfg.to_dict()}, tmp)
         os.replace(tmp, state)
         (out / "loss.json").write_text(json.dumps(log))
 
     t0, first, next_save = time.time(), step, time.time() + args.save_every
+    # --minutes: a wall-clock budget for this process (a device call's chunk); the schedule follows
+    # whichever of steps and time runs out first, so a budget-cut run still ends its cosine decay
+    budget = args.minutes * 60 if args.minutes else math.inf
     while step < args.steps:
-        prog = step / max(1, args.steps)
+        prog = max(step / max(1, args.steps), (time.time() - t0) / budget)
+        if prog >= 1:
+            break
         for g in opt.param_groups:
             peak = args.lr if g["name"] == "base" else args.ref_lr
             warm = min(1.0, (step + 1) / 50) if g["name"] == "new" else 1.0
@@ -271,6 +289,7 @@ def load_run(name: str, cfg: TinyConfig, work: Path, ae: Path) -> Arm:
     if name == "init":
         return build_arm("plain", cfg, ae, "ae").eval()
     st = torch.load(work / name / "state.pt", map_location="cpu")
+    cfg = TinyConfig.from_dict(st["config"])  # the run's decoder size
     arm = Arm(st["args"]["arch"], cfg, RefDecConfig(radius=st["args"].get("radius", 3)))
     arm.load_state_dict(st["model"])
     return arm.eval()
@@ -432,6 +451,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--name", default=None, help="run folder under --work (default: the arch)")
     ap.add_argument("--init", default="ae", choices=("ae", "scratch"), help="base decoder: ae.pt's or fresh")
     ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--minutes", type=float, default=0.0, help="train: stop after this wall time (0: no limit)")
+    ap.add_argument("--dec-channels", default=None, help="train: decoder channels, e.g. 96,48,24 (with --init scratch)")
+    ap.add_argument("--dec-blocks", default=None, help="train: decoder blocks per level, e.g. 1,1,0")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--lr", type=float, default=1e-4, help="base decoder")
     ap.add_argument("--ref-lr", type=float, default=5e-4, help="reference encoder, attention, fusion")
