@@ -124,6 +124,7 @@ class Arm(nn.Module):
     def __init__(self, arch: str, cfg: TinyConfig, rcfg: RefDecConfig):
         super().__init__()
         self.arch, self.rcfg = arch, rcfg
+        self.full_ref_encode = False  # training: encode whole reference windows (GPU) or only each box's part (CPU)
         if arch == "plain":
             self.dec = Decoder(cfg)
         elif arch == "ref":
@@ -144,8 +145,15 @@ class Arm(nn.Module):
         """Training: z are the boxes' latents (B, C, h, w); ref_x each sample's reference window."""
         if self.arch == "plain":
             return self.dec(z)
-        per = [encode_box(self.ref_enc, ref_x[b:b + 1], box, self.rcfg.radius, self.rcfg.encode_margin)
-               for b, box in enumerate(boxes)]
+        if self.full_ref_encode:
+            # the whole reference windows in one batched call, then each sample's window of them: the
+            # serving path exactly (RefFeatures), and one launch instead of a loop over the batch
+            feats = RefFeatures.encode(self.ref_enc, ref_x, self.rcfg.radius)
+            per = [tuple(m[b:b + 1] for m in feats.window(box))
+                   for b, box in enumerate(boxes)]
+        else:
+            per = [encode_box(self.ref_enc, ref_x[b:b + 1], box, self.rcfg.radius, self.rcfg.encode_margin)
+                   for b, box in enumerate(boxes)]
         return self.dec(z, tuple(torch.cat(lv) for lv in zip(*per)))
 
     def decode_full(self, z: torch.Tensor, feats: RefFeatures | None) -> torch.Tensor:
@@ -214,6 +222,7 @@ def train(args) -> None:
     if dcfg != cfg and args.init == "ae":
         raise SystemExit("--dec-channels/--dec-blocks give a new decoder: use --init scratch")
     arm = build_arm(args.arch, dcfg, ae, args.init, args.radius).to(device)
+    arm.full_ref_encode = args.ref_encode == "full" or (args.ref_encode == "auto" and amp)
     new = arm.new_parameters()
     new_ids = {id(p) for p in new}
     base = [p for p in arm.parameters() if id(p) not in new_ids]
@@ -458,6 +467,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=1e-4, help="base decoder")
     ap.add_argument("--ref-lr", type=float, default=5e-4, help="reference encoder, attention, fusion")
     ap.add_argument("--radius", type=int, default=3, help="reference cells searched each way (ref arch)")
+    ap.add_argument("--ref-encode", default="auto", choices=("auto", "full", "box"),
+                    help="train: reference encoding per step; auto: whole windows batched on the GPU, boxes on the CPU")
     ap.add_argument("--edge-weight", type=float, default=0.5)
     ap.add_argument("--avatar-boost", type=float, default=4.0)
     ap.add_argument("--print-every", type=int, default=100)
