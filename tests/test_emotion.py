@@ -34,19 +34,19 @@ def reader() -> EmotionReader:
 
 @pytest.fixture(scope="module")
 def held_out_result(reader: EmotionReader) -> dict:
-    return evaluate(reader, held_out("ABCD"))
+    return evaluate(reader, held_out("ABCDE"))
 
 
 @pytest.fixture(scope="module")
 def clean_result(reader: EmotionReader) -> dict:
-    return evaluate(reader, held_out("E"))
+    return evaluate(reader, held_out("F"))
 
 
 # --- accuracy of the shipped artifact on text it never saw ----------------------------------------
 
-# Sets A-D were scored while the reader was developed; set E (tests/data/emotion/README.md) was written
+# Sets A-E were scored while the reader was developed; set F (tests/data/emotion/README.md) was written
 # before the changes it measures and is never looked at. Measured once on the shipped weights
-# (docs/emotion_eval.md), never tuned on: see the figures there. The floor catches a regression on A-D.
+# (docs/emotion_eval.md), never tuned on: see the figures there. The floor catches a regression on A-E.
 FLOOR = 0.78
 
 
@@ -55,14 +55,14 @@ def test_held_out_accuracy_has_not_regressed(held_out_result: dict) -> None:
     for lang in ("en", "zh"):
         a = r["per_set_language"][f"A/{lang}"]
         assert a["n"] >= 200 and a["accuracy"] >= FLOOR, f"set A, {lang}: {a}"
-        assert r["per_language"][lang]["accuracy"] >= FLOOR, f"A-D, {lang}: {r['per_language'][lang]}"
+        assert r["per_language"][lang]["accuracy"] >= FLOOR, f"A-E, {lang}: {r['per_language'][lang]}"
     md = markdown(r, None, "t", "t")
     assert "Confusion, zh" in md and "Confusion, en" in md
 
 
-@pytest.mark.xfail(strict=True, reason="target not met: set E reads 83.6% in English and 83.6% in Chinese")
+@pytest.mark.xfail(strict=True, reason="target not met: set F reads 77.3% in English and 79.7% in Chinese")
 def test_held_out_accuracy_meets_the_target(clean_result: dict) -> None:
-    """>= 85% top-1 in each language on set E, the clean held-out set (what the issue asks)."""
+    """>= 85% top-1 in each language on set F, the clean held-out set (what the issue asks)."""
     for lang in ("en", "zh"):
         v = clean_result["per_language"][lang]
         assert v["n"] >= 200 and v["accuracy"] >= 0.85, (lang, v)

@@ -1,6 +1,6 @@
 """Score EmotionReader on labelled CSVs (text,language,emotion): accuracy, confusion, live partials, latency.
 
-    python -m tools.eval_emotion                      # the held-out sets (E, then A-D) -> docs/emotion_eval.md
+    python -m tools.eval_emotion                      # the held-out sets (F, then A-E) -> docs/emotion_eval.md
     python -m tools.eval_emotion --data some.csv --json --report ''
 
 Clip mode reads each line whole. Live mode feeds each line's prefixes, at every word (English) or
@@ -25,10 +25,11 @@ from avatarcast.realtime.emotion import CUE_LABELS, EmotionReader
 
 HELD_OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "emotion"
 SETS = {"A": "heldout_{}.csv", "B": "heldout_b_{}.csv", "C": "heldout_c_{}.csv", "D": "heldout_d_{}.csv",
-        "E": "heldout_e_{}.csv"}
-# E is the clean set (written before the changes it measures, never looked at); A-D were scored while
+        "E": "heldout_e_{}.csv", "F": "heldout_f_{}.csv"}
+# F is the clean set (written before the changes it measures, never looked at); A-E were scored while
 # the reader was developed, so they are reported apart
-GROUPS = ("E", "ABCD")
+CLEAN = "F"
+GROUPS = (CLEAN, "ABCDE")
 
 
 def load_rows(path: str | Path) -> list[dict[str, str]]:
@@ -41,7 +42,7 @@ def load_rows(path: str | Path) -> list[dict[str, str]]:
     return rows
 
 
-def held_out(sets: str = "ABCDE") -> list[dict[str, str]]:
+def held_out(sets: str = "ABCDEF") -> list[dict[str, str]]:
     """The held-out rows of the named sets, each tagged with its set."""
     rows = []
     for s in sets:
@@ -185,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", action="append", help="CSV file(s); default: the held-out sets")
     ap.add_argument("--sets", default=",".join(GROUPS),
-                    help="held-out sets, comma-separated groups scored together (default: E apart, then A-D)")
+                    help="held-out sets, comma-separated groups scored together (default: F apart, then A-E)")
     ap.add_argument("--no-live", action="store_true", help="skip live mode (partial transcripts)")
     ap.add_argument("--json", action="store_true", help="print the full result as JSON")
     ap.add_argument("--report", default=None, help="Markdown report path ('' to skip; default docs/emotion_eval.md)")
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         groups = []
         for g in args.sets.split(","):
             rows = held_out(g)
-            clean = "the clean set; its misread lines are not printed" if g == "E" else \
+            clean = "the clean set; its misread lines are not printed" if g == CLEAN else \
                 "scored while the reader was developed"
             groups.append((f"Held-out set{'s' if len(g) > 1 else ''} {'-'.join((g[0], g[-1])) if len(g) > 1 else g}",
                            f"held-out set{'s' if len(g) > 1 else ''} {', '.join(g)} in `tests/data/emotion/` "
@@ -209,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate(reader, rows)
         live = None if args.no_live else evaluate_live(reader, rows)
         out[title] = {"clip": result, "live": live}
-        parts.append(markdown(result, live, title, data, level=2, errors=not title.endswith(" E")))
+        parts.append(markdown(result, live, title, data, level=2, errors=not title.endswith(f" {CLEAN}")))
         print(f"{title}: clip accuracy {result['accuracy']:.1%} on {result['n']}", file=sys.stderr)
         for k, v in {**result["per_language"], **result["per_set_language"]}.items():
             print(f"  {k:>5}: {v['accuracy']:.1%} ({v['n']})", file=sys.stderr)
