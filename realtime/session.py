@@ -188,7 +188,7 @@ class Session:
         return out
 
     def chunk_requests(self) -> list[ChunkRequest]:
-        """Take the cache/sampler work requested since the last call (check is_wanted before running and before showing)."""
+        """Take the cache/sampler work requested since the last call (check is_wanted before running and showing)."""
         out = list(self._chunks)
         self._chunks.clear()
         return out

@@ -176,7 +176,8 @@ def build_arm(arch: str, cfg: TinyConfig, ae_dir: Path, init: str, radius: int =
 # --- training --------------------------------------------------------------------------------
 
 def batch_plan(seed: int, step: int, occ: torch.Tensor, batch: int, H: int, W: int):
-    """Indices, one crop shape, a box per sample (biased onto the avatar) and latent noise: a function of (seed, step)."""
+    """Indices, one crop shape, a box per sample (biased onto the avatar) and latent noise: a function of
+    (seed, step)."""
     rng = np.random.default_rng([seed, step])
     idx = rng.integers(0, len(occ), batch)
     ch, cw = CROPS[int(rng.integers(len(CROPS)))]
@@ -384,7 +385,8 @@ def bench(args) -> None:
     for label, box in (("crop_24x28", CellBox(12, 36, 14, 42)), ("full_48x56", CellBox(0, H, 0, W))):
         z = torch.randn(1, cfg.latent_channels, box.bottom - box.top, box.right - box.left)
         for a, arm in arms.items():
-            run = (lambda: arm.dec(z)) if a == "plain" else (lambda: arm.dec(z, feats.window(box)))
+            run = (lambda arm=arm, z=z: arm.dec(z)) if a == "plain" else (
+                lambda arm=arm, z=z, box=box: arm.dec(z, feats.window(box)))
             for _ in range(2):
                 run()
             ts = []

@@ -345,7 +345,7 @@ def recon_report(enc: nn.Module, dec: nn.Module, frames_win: torch.Tensor, cfg: 
         ra, ya = x[:, 3] > 0, y[:, 3] > 0
         ious += ((ra & ya).sum((1, 2)).float() / (ra | ya).sum((1, 2)).clamp(min=1).float()).tolist()
 
-        def gm(t):
+        def gm(t, m=m):
             gx = (t[..., :, 1:] - t[..., :, :-1]).abs()[..., :-1, :]
             gy = (t[..., 1:, :] - t[..., :-1, :]).abs()[..., :, :-1]
             return ((gx + gy) * m[..., :-1, :-1]).sum((1, 2, 3)) / m[..., :-1, :-1].sum((1, 2, 3)).clamp(min=1)
@@ -961,7 +961,7 @@ def train_lowres(args, cfg: TinyConfig, device, deadline: float) -> None:
     opt = torch.optim.AdamW(student.parameters(), lr=args.lowres_lr, weight_decay=0.0)
     log = LossLog(ck / "lowres_loss.json")
     gen = torch.Generator(device=device).manual_seed(3000 + step)
-    C, T = cfg.latent_channels, cfg.chunk_frames
+    C = cfg.latent_channels
     t0, local = time.time(), 0
     while time.time() < deadline or local < args.min_steps:
         x1, ctx, ref, emo, inten = sampler.batch(args.ae_batch // 4, gen)

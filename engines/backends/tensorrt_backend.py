@@ -166,7 +166,7 @@ class TensorRTBackend:
         H, W = cfg.latent_hw
         done = []
         for b in batch_sizes:
-            z = lambda c: torch.zeros((b, c, H, W), device="cuda")  # noqa: E731
+            z = lambda c, b=b: torch.zeros((b, c, H, W), device="cuda")  # noqa: E731
             v = torch.zeros(b, device="cuda")
             if "denoiser" in graphs:
                 self.denoise_t(z(T * C), v, v, z(K * C), z(C), torch.zeros(b, dtype=torch.long, device="cuda"), v)
@@ -206,7 +206,7 @@ class TensorRTBackend:
 
     def describe(self) -> dict:
         return {"backend": self.name, "device": "cuda", "device_name": self.gpu["name"],
-                "compute_capability": "%d.%d" % tuple(self.gpu["cc"]),
+                "compute_capability": "{:d}.{:d}".format(*self.gpu["cc"]),
                 "tensorrt": f"{self.flavor} {self.trt.__version__}",
                 "precision": self.precision, "engines": {g: Path(i["path"]).name for g, i in self.build_info.items()}}
 

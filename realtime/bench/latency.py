@@ -217,7 +217,7 @@ async def measure_clip(base_url: str, clip: Clip, args: argparse.Namespace, slot
         row["frames"] = len(conn.frames)
         row["frames_late"] = conn.frames_late()
         codes: dict[str, int] = {}
-        for t, e in conn.of_type("error"):
+        for _, e in conn.of_type("error"):
             c = str(e["payload"].get("code"))
             codes[c] = codes.get(c, 0) + 1
         row["server_errors"] = codes
