@@ -15,14 +15,13 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
-
 from avatarcast.realtime.audio import SAMPLE_RATE
 
 MODELS = ("tiny.en", "base")
@@ -149,7 +148,7 @@ class Transcriber:
         # Whisper base hears a 2-4 s clip in ~1/4 of its full-window time, language included
         # (docs/speech.md). Longer audio, or an initial prompt, takes the full window.
         self.short_window_s = short_window_s
-        self.multilingual = bool(getattr(model, "model").is_multilingual)
+        self.multilingual = bool(model.model.is_multilingual)
         # tiny.en needs more silence after the speech: WER 0.20 with 1 s, 0.06 with 3 s on the English clips
         # (base: 0.05 with 1 s, and no better with 2 s); docs/speech.md
         self.margin_s = margin_s if margin_s is not None else (1.0 if self.multilingual else 3.0)
@@ -169,7 +168,7 @@ class Transcriber:
         beam_size: int = 1,
         languages: tuple[str, ...] = (),
         warmup: bool = True,
-    ) -> "Transcriber":
+    ) -> Transcriber:
         """Load "tiny.en", "base" (multilingual) or a CTranslate2 model directory, offline only, on
         device "cpu" (int8) or "cuda" (float16; CTranslate2 must find CUDA 12 and cuDNN 9). `workers` calls
         run at once, each on `cpu_threads` threads (two sessions' clips need not wait for each other)."""

@@ -27,7 +27,15 @@ from enum import StrEnum
 from avatarcast.engines.errors import ErrorCode
 from avatarcast.realtime.clock import EPS, FrameClock
 from avatarcast.realtime.emotion import EmotionCue
-from avatarcast.realtime.messages import ChunkRequest, CueDecision, CueSource, FrameRequest, FrameSource, SessionEvent, VideoFrame
+from avatarcast.realtime.messages import (
+    ChunkRequest,
+    CueDecision,
+    CueSource,
+    FrameRequest,
+    FrameSource,
+    SessionEvent,
+    VideoFrame,
+)
 from avatarcast.realtime.timeline import UtteranceTimeline
 from avatarcast.vocabulary import EMOTIONS, FPS
 

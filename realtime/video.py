@@ -13,7 +13,6 @@ import numpy as np
 
 from avatarcast.vocabulary import FPS
 
-
 BACKGROUND = (245, 240, 230)  # what formats without alpha (MP4, GIF, JPEG, WebRTC) show behind the avatar
 
 

@@ -41,7 +41,14 @@ import torch.nn.functional as F
 
 from avatarcast.engines.avatar_world.reference import reference_frame
 from avatarcast.engines.tiny.model import (
-    X_PRED_MIN_GAP, Decoder, Denoiser, Encoder, HalfResDecoder, TinyConfig, frames_to_tensor, tensor_to_frames,
+    X_PRED_MIN_GAP,
+    Decoder,
+    Denoiser,
+    Encoder,
+    HalfResDecoder,
+    TinyConfig,
+    frames_to_tensor,
+    tensor_to_frames,
 )
 from avatarcast.vocabulary import EMOTIONS
 

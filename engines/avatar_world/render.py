@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .avatars import AvatarParams, get_avatar
 from avatarcast.vocabulary import FPS, FRAME_HEIGHT, FRAME_WIDTH
 
+from .avatars import AvatarParams, get_avatar
 from .motions import MotionVariation, Pose, blend_poses, emotion_index, pose_at, sample_variation
 
 SS = 2                 # supersampling factor

@@ -17,17 +17,25 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from avatarcast.engines.backends.base import BackendError
 from avatarcast.engines.backends.tensorrt_build import build_cached, build_target, profile_over_batch
 from avatarcast.engines.backends.tensorrt_graph import GRAPH_REWRITE_VERSION
-from avatarcast.engines.backends.tensorrt_runtime import (TRT_MODULES, TrtEngine, TrtTarget, gpu_info,
-                                                          import_tensorrt, make_logger, open_engine, runtime_target,
-                                                          unsupported_reason)
+from avatarcast.engines.backends.tensorrt_runtime import (
+    TRT_MODULES,
+    TrtEngine,
+    TrtTarget,
+    gpu_info,
+    import_tensorrt,
+    make_logger,
+    open_engine,
+    runtime_target,
+    unsupported_reason,
+)
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.examples import example_inputs
 from avatarcast.engines.tiny.weights import Manifest, load_manifest

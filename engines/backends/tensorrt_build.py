@@ -24,9 +24,13 @@ from pathlib import Path
 
 from avatarcast.engines.backends.base import BackendError
 from avatarcast.engines.backends.tensorrt_graph import trt_graph
-from avatarcast.engines.backends.tensorrt_runtime import (RTX_SUPPORTED_CC, TrtTarget, gpu_info, import_tensorrt,
-                                                          make_logger)
-
+from avatarcast.engines.backends.tensorrt_runtime import (
+    RTX_SUPPORTED_CC,
+    TrtTarget,
+    gpu_info,
+    import_tensorrt,
+    make_logger,
+)
 
 # --- keys and profiles ----------------------------------------------------------------------------
 

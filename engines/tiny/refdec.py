@@ -15,8 +15,8 @@ Fully convolutional: a crop of latent cells decodes with the cached features' wi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -75,7 +75,7 @@ class RefFeatures:
     radius: int
 
     @classmethod
-    def encode(cls, encoder: RefEncoder, ref_x: torch.Tensor, radius: int) -> "RefFeatures":
+    def encode(cls, encoder: RefEncoder, ref_x: torch.Tensor, radius: int) -> RefFeatures:
         """Encode a whole reference window (B, 4, pad_H, window_W): done once per avatar while serving."""
         return cls(_pad_cells(encoder(ref_x), radius, radius, radius, radius), radius)
 

@@ -31,8 +31,13 @@ from avatarcast.engines.contract import EngineCapabilities
 from avatarcast.engines.sampler import FlowMatchEulerSampler
 from avatarcast.engines.wan.checkpoint import inspect_checkpoint
 from avatarcast.engines.wan.engine import WanEngine, WanStreamState
-from avatarcast.engines.wan.prompts import (RANDOM, PromptEmbedStore, dir_fingerprint, normalize_prompt,
-                                 resolve_prompt_embeds)
+from avatarcast.engines.wan.prompts import (
+    RANDOM,
+    PromptEmbedStore,
+    dir_fingerprint,
+    normalize_prompt,
+    resolve_prompt_embeds,
+)
 from avatarcast.vocabulary import FRAME_HEIGHT, FRAME_WIDTH
 
 log = logging.getLogger(__name__)
@@ -153,7 +158,7 @@ class WanAvatarEngine:
              prompt_embeds: str = "auto", compile: bool | str = False, vae_warmup: str = "start",
              fp8: bool = False, batch: int = 5, vae_batch: int = 1,
              pipeline: bool = False, backend: str = "torch", export_dir: str | Path | None = None,
-             sigmas: list[float] | None = None) -> "WanAvatarEngine":
+             sigmas: list[float] | None = None) -> WanAvatarEngine:
         """Checkpoint + prompt embeddings from `cache_dir`/prompt_embeds (computed there once when the
         checkpoint has a text encoder). Fails before loading any weights when the embeddings are missing.
         On a GPU the engine takes its fast path (WanEngine.accelerate): CUDA graphs, captured here
@@ -392,7 +397,7 @@ class WanAvatarEngine:
         return self.launch_chunks(states).wait()
 
     # -- pipelining -------------------------------------------------------------------------
-    def launch_chunks(self, states: list[AvatarStreamState], steps: int | None = None) -> "PendingChunks":
+    def launch_chunks(self, states: list[AvatarStreamState], steps: int | None = None) -> PendingChunks:
         """Queue one call's work on the GPU and return at once; `wait()` gives the frames.
 
         The sampler steps run on one CUDA stream and the VAE decode on another, after them. So while

@@ -51,8 +51,19 @@ from typing import Any
 
 import numpy as np
 
-from avatarcast.realtime.bench.client import (CLIP_ERRORS, Clip, Conn, Sent, client_times, dist, interval_stats,
-                                              load_clips, pct, setup_logging, stream_pcm)
+from avatarcast.realtime.bench.client import (
+    CLIP_ERRORS,
+    Clip,
+    Conn,
+    Sent,
+    client_times,
+    dist,
+    interval_stats,
+    load_clips,
+    pct,
+    setup_logging,
+    stream_pcm,
+)
 from avatarcast.realtime.bench.server import machine, run_on_server
 from avatarcast.realtime.protocol import TAG_CLIP
 from avatarcast.vocabulary import FRAME_S

@@ -36,8 +36,18 @@ from typing import Any
 
 import numpy as np
 
-from avatarcast.realtime.bench.client import (CLIP_ERRORS, REPO, Clip, Conn, Frame, client_times, dist,
-                                              interval_stats, load_clips, setup_logging)
+from avatarcast.realtime.bench.client import (
+    CLIP_ERRORS,
+    REPO,
+    Clip,
+    Conn,
+    Frame,
+    client_times,
+    dist,
+    interval_stats,
+    load_clips,
+    setup_logging,
+)
 from avatarcast.realtime.bench.server import machine, run_on_server, server_status
 from avatarcast.realtime.protocol import TAG_CLIP
 

@@ -156,7 +156,7 @@ class CpuMonitor:
         except (OSError, ValueError, IndexError):
             return None
 
-    def __enter__(self) -> "CpuMonitor":
+    def __enter__(self) -> CpuMonitor:
         self.j0, self.t0, self.w0, self.s0 = self._jiffies(), os.times(), time.monotonic(), self._server_ticks()
         self.load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
         self.result: dict = {}

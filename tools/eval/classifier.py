@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from avatarcast.vocabulary import EMOTIONS
+
 IN_H, IN_W = 90, 160
 CLIP_FRAMES = 16
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
