@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -136,7 +137,7 @@ class PriorityLock:
 class Transcriber:
     """One faster-whisper model, loaded once and shared; calls are serialized by a PriorityLock."""
 
-    def __init__(self, model: object, name: str, *, beam_size: int = 1, short_window_s: float | None = 10.0,
+    def __init__(self, model: Any, name: str, *, beam_size: int = 1, short_window_s: float | None = 10.0,
                  languages: tuple[str, ...] = (), margin_s: float | None = None, workers: int = 1) -> None:
         """`workers`: calls the model runs at once (its CTranslate2 num_workers)."""
         self.model = model
@@ -206,7 +207,7 @@ class Transcriber:
     @property
     def supported_languages(self) -> tuple[str, ...]:
         """The language codes this model transcribes."""
-        return tuple(self.model.supported_languages)  # type: ignore[attr-defined]
+        return tuple(self.model.supported_languages)
 
     def resolve_language(self, language: str | None, default: str | None = None) -> str | None:
         """A session's ASR language: a Whisper code, or None to find it per utterance ("auto", and None or ""
@@ -247,7 +248,7 @@ class Transcriber:
             return self._transcribe_short(audio, language, task, urgent)
         with self._lock.hold(urgent):
             t0 = time.perf_counter()
-            segments_iter, info = self.model.transcribe(  # type: ignore[attr-defined]
+            segments_iter, info = self.model.transcribe(
                 audio,
                 language=language,
                 task=task,

@@ -23,6 +23,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 from avatarcast.engines.errors import ErrorCode
 from avatarcast.realtime.clock import EPS, FrameClock
@@ -38,6 +39,9 @@ from avatarcast.realtime.messages import (
 )
 from avatarcast.realtime.timeline import UtteranceTimeline
 from avatarcast.vocabulary import EMOTIONS, FPS
+
+if TYPE_CHECKING:
+    from avatarcast.templates import EmotionTemplate
 
 
 class SessionState(StrEnum):
@@ -80,8 +84,8 @@ class SessionConfig:
     max_timelines: int = 8
 
     @classmethod
-    def from_templates(cls, templates: Mapping[str, object], cached: Iterable[str] | None = None,
-                       **kw: object) -> SessionConfig:
+    def from_templates(cls, templates: Mapping[str, EmotionTemplate], cached: Iterable[str] | None = None,
+                       **kw: Any) -> SessionConfig:
         """Hold times from templates.load_templates(); `cached` from the LatentsCache contents."""
         hold = {name: float(t.hold_seconds) for name, t in templates.items()}
         return cls(hold_s=hold, cached_emotions=None if cached is None else frozenset(cached), **kw)
@@ -417,7 +421,7 @@ class Session:
             req = self.next_frame_source(k)
             r = self._reaction
             if self._state == SessionState.REACTING and r is not None:
-                if req.is_reaction:
+                if req.is_reaction and req.chunk is not None:
                     if req.chunk != r.playing:
                         r.playing = req.chunk
                         self._prune(r)
@@ -664,7 +668,7 @@ class Session:
             self._idle_turn = None
         # from_frame: the first frame index that shows the new state
         first = self.clock.upcoming(now) if from_frame is None else from_frame
-        payload = {"from": prev, "to": state, "utterance": self._speech, "from_frame": first}
+        payload: dict[str, object] = {"from": prev, "to": state, "utterance": self._speech, "from_frame": first}
         payload.update(extra)
         self._emit("state_changed", payload, now)
 

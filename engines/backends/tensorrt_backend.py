@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
                              precision=args.precision, graphs=graphs, module=args.module, force=args.force,
                              verbose=args.verbose, manifest=manifest,
                              log=(lambda *a: None) if args.json else print)
-        result = {"engines": info, "seconds": round(time.perf_counter() - t0, 1)}
+        result: dict[str, Any] = {"engines": info, "seconds": round(time.perf_counter() - t0, 1)}
         if args.run:
             result["run"] = check_engines(info, manifest, args.module)
     except BackendError as e:

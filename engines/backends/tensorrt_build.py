@@ -92,6 +92,7 @@ def build_engine(target: TrtTarget, profile: dict, precision: str, *, onnx_bytes
     else:
         if onnx_bytes is None and onnx_path is not None:
             onnx_bytes = onnx_path.read_bytes()
+        assert onnx_bytes is not None, "build_engine takes onnx_bytes or onnx_path"
         ok = parser.parse(trt_graph(onnx_bytes, precision))
     if not ok:
         errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]

@@ -75,7 +75,7 @@ def gpu_info(device_index: int = 0) -> dict:
 
 def unsupported_reason(flavor: str, trt_version: str, cc: tuple[int, int], gpu_name: str) -> str | None:
     """Why this TensorRT flavour cannot run engines on this GPU, or None if it can."""
-    cc = tuple(cc)
+    cc = (cc[0], cc[1])  # a list (from JSON) too
     if flavor == "tensorrt_rtx" and cc not in RTX_SUPPORTED_CC:
         arch = {(8, 0): "Ampere data-center (A100/A30)", (8, 7): "Ampere Orin", (9, 0): "Hopper (H100/H200)",
                 (10, 0): "Blackwell data-center (B200)", (10, 3): "Blackwell Ultra (B300)",

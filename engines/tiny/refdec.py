@@ -131,11 +131,12 @@ def warp(ref: torch.Tensor, att: torch.Tensor, offsets: list[tuple[int, int]], r
     """Reference map at `scale` px per cell, padded by radius cells -> the attention's mix of it per cell."""
     hh, ww = att.shape[-2] * scale, att.shape[-1] * scale
     a = F.interpolate(att, scale_factor=float(scale), mode="nearest") if scale > 1 else att
-    out = None
+    out: torch.Tensor | None = None
     for i, (dy, dx) in enumerate(offsets):
         y0, x0 = (radius + dy) * scale, (radius + dx) * scale
         term = a[:, i:i + 1] * ref[..., y0:y0 + hh, x0:x0 + ww]
         out = term if out is None else out + term
+    assert out is not None  # offsets is never empty
     return out
 
 
@@ -147,7 +148,8 @@ class Fuse(nn.Module):
         self.a = nn.Conv2d(ch + ref_ch, ch, 1)
         self.b = nn.Conv2d(ch, ch, 1)
         nn.init.zeros_(self.b.weight)
-        nn.init.zeros_(self.b.bias)
+        if self.b.bias is not None:
+            nn.init.zeros_(self.b.bias)
 
     def forward(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         return h + self.b(F.silu(self.a(torch.cat([h, r], dim=1))))

@@ -140,7 +140,7 @@ def use_exported(engine, export_dir: str | Path, backend: str, cache_dir: str | 
     m = load_manifest(export_dir)
     check_fits(m, engine)
     root = Path(export_dir)
-    graphs = {}
+    graphs: dict[str, OrtGraph | TrtGraph] = {}
     for name, mb in (("denoiser", max_batch), ("vae_step", vae_max_batch)):
         info, path = m["graphs"][name], root / m["graphs"][name]["path"]
         if backend == "onnxruntime":

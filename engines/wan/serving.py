@@ -450,7 +450,7 @@ class PendingChunks:
     """One engine call's frames on their way to host memory (WanAvatarEngine.launch_chunks)."""
 
     def __init__(self, frames: torch.Tensor, events: tuple | None = None) -> None:
-        self._frames = frames  # (B, 4T, 360, 640, 4) uint8 on the host (pinned on a GPU machine)
+        self._frames: torch.Tensor | None = frames  # (B, 4T, 360, 640, 4) uint8 on the host (pinned on a GPU)
         self._events = events  # CUDA events (start, sampled, done) or None: already done
         self.gpu_s: tuple[float, float] | None = None  # after wait(): seconds from start / sampled to done
 
@@ -461,6 +461,7 @@ class PendingChunks:
         that the pinned block goes back to torch's host cache at once: sessions keep frames for
         seconds, and page-locked memory should stay a few blocks, not grow with them."""
         frames = self._frames
+        assert frames is not None, "wait() takes the frames once"
         if self._events is not None:
             start, sampled, done = self._events
             done.synchronize()

@@ -16,6 +16,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,12 +102,12 @@ def speech_bounds(pcm: np.ndarray, chunk: int, rel_db: float = 35.0, floor_dbfs:
 # --- statistics ------------------------------------------------------------------------------
 
 
-def pct(values: list[float], q: float) -> float | None:
+def pct(values: Sequence[float | None], q: float) -> float | None:
     v = [x for x in values if x is not None and math.isfinite(x)]
     return round(float(np.percentile(v, q)), 1) if v else None
 
 
-def dist(values: list[float], qs: tuple[int, ...] = (50, 95)) -> dict:
+def dist(values: Sequence[float | None], qs: tuple[int, ...] = (50, 95)) -> dict:
     v = [x for x in values if x is not None]
     out: dict[str, Any] = {f"p{q}": pct(v, q) for q in qs}
     out["mean"] = round(float(np.mean(v)), 1) if v else None

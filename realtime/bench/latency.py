@@ -409,11 +409,12 @@ def write_chart(report: dict, path: str) -> None:
     s = report["summary"]
     ax.set_title(f"avatarcast latency ({report['mode']} mode, {report['sessions']} session(s)): TTER p50 "
                  f"{_f(s['tter_ms']['p50'])} ms, p95 {_f(s['tter_ms']['p95'])} ms", fontsize=10)
+    from matplotlib.artist import Artist
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
     gap_name = ("client gap (client's speech end -> server's origin, e.g. audio backlog; delivery)"
                 if report["mode"] == "stream" else "client gap (upload/delivery)")
-    handles = [Patch(color=SEGMENT_COLORS[k], label=gap_name if k == "client gap" else k) for k in SEGMENTS]
+    handles: list[Artist] = [Patch(color=SEGMENT_COLORS[k], label=gap_name if k == "client gap" else k) for k in SEGMENTS]
     handles += [Line2D([], [], marker="|", color="black", linestyle="none", markersize=10, label="TTER (client)"),
                 Line2D([], [], marker="o", color="black", linestyle="none", fillstyle="none", label="TTFF (client)")]
     fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=5, frameon=False)

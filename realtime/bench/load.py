@@ -170,7 +170,8 @@ async def run_all(base: str, clips: list[Clip], args: argparse.Namespace) -> tup
     end = t0 + args.seconds
     slots = [Slot(i) for i in range(args.sessions)]
     rng = np.random.default_rng(args.seed)
-    stop, samples = asyncio.Event(), []
+    stop = asyncio.Event()
+    samples: list[dict] = []
     watcher = asyncio.create_task(watch_status(base, stop, samples, t0))
     await asyncio.gather(*(run_slot(s, base, clips, args, t0, end, np.random.default_rng(rng.integers(1 << 31)))
                            for s in slots))

@@ -88,7 +88,8 @@ class Features:
 class ClassifierHead(Protocol):
     """One regression of the mean: its name and its probabilities."""
 
-    kind: str
+    @property
+    def kind(self) -> str: ...
 
     def probs(self, f: Features) -> np.ndarray: ...
 
