@@ -137,8 +137,17 @@ class PriorityLock:
 class Transcriber:
     """One faster-whisper model, loaded once and shared; calls are serialized by a PriorityLock."""
 
-    def __init__(self, model: Any, name: str, *, beam_size: int = 1, short_window_s: float | None = 10.0,
-                 languages: tuple[str, ...] = (), margin_s: float | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        model: Any,
+        name: str,
+        *,
+        beam_size: int = 1,
+        short_window_s: float | None = 10.0,
+        languages: tuple[str, ...] = (),
+        margin_s: float | None = None,
+        workers: int = 1,
+    ) -> None:
         """`workers`: calls the model runs at once (its CTranslate2 num_workers)."""
         self.model = model
         self.name = name
@@ -216,11 +225,13 @@ class Transcriber:
         if lang in (None, "", "auto"):
             return None if self.multilingual else "en"
         if not self.multilingual and lang != "en":
-            raise AvatarcastError(f"the ASR model {self.name} is English-only; start with --asr-model base",
-                                  code=ErrorCode.BAD_LANGUAGE)
+            raise AvatarcastError(
+                f"the ASR model {self.name} is English-only; start with --asr-model base", code=ErrorCode.BAD_LANGUAGE
+            )
         if lang not in self.supported_languages:
-            raise AvatarcastError(f"unknown language {lang!r}: use auto or a Whisper code (en, zh, ...)",
-                                  code=ErrorCode.BAD_LANGUAGE)
+            raise AvatarcastError(
+                f"unknown language {lang!r}: use auto or a Whisper code (en, zh, ...)", code=ErrorCode.BAD_LANGUAGE
+            )
         return lang
 
     def transcribe(
@@ -275,19 +286,32 @@ class Transcriber:
             task=task,
         )
 
-
     def _transcribe_short(self, audio: np.ndarray, language: str | None, task: str, urgent: bool) -> Transcript:
         """One encoder pass over a window fitted to the audio: language ID (if needed) and greedy decode."""
         from avatarcast.realtime.asr_window import decode_window
 
         with self._lock.hold(urgent):
             t0 = time.perf_counter()
-            r = decode_window(self.model, audio, language=language, task=task, candidates=self.languages,
-                              beam_size=self.beam_size, margin_s=self.margin_s)
+            r = decode_window(
+                self.model,
+                audio,
+                language=language,
+                task=task,
+                candidates=self.languages,
+                beam_size=self.beam_size,
+                margin_s=self.margin_s,
+            )
             elapsed_ms = (time.perf_counter() - t0) * 1000.0
         segments = tuple(Segment(s, e, t, r.avg_logprob, r.no_speech_prob) for s, e, t in r.segments)
-        return Transcript(text=r.text, language=r.language, segments=segments, duration_s=audio.size / SAMPLE_RATE,
-                          elapsed_ms=elapsed_ms, language_probability=r.language_probability, task=task)
+        return Transcript(
+            text=r.text,
+            language=r.language,
+            segments=segments,
+            duration_s=audio.size / SAMPLE_RATE,
+            elapsed_ms=elapsed_ms,
+            language_probability=r.language_probability,
+            task=task,
+        )
 
 
 # --- streaming --------------------------------------------------------------------------
@@ -447,7 +471,10 @@ class StreamingTranscriber:
     def _step_idle(self, window: np.ndarray, win_start: int, p: float) -> list[VadEvent]:
         self._history.append(window)
         self._history_len += window.size
-        while self._history and self._history_len - self._history[0].size >= self._pre_roll + self._min_speech + VAD_WINDOW:
+        while (
+            self._history
+            and self._history_len - self._history[0].size >= self._pre_roll + self._min_speech + VAD_WINDOW
+        ):
             self._history_len -= self._history.pop(0).size
         if p >= self.threshold:
             if self._run_start is None:
@@ -509,7 +536,14 @@ class StreamingTranscriber:
             if transcript is not None:
                 events.append(
                     self._emit(
-                        VadEvent("partial", utt.index, self._fed / SAMPLE_RATE, utt.start_sample / SAMPLE_RATE, None, transcript)
+                        VadEvent(
+                            "partial",
+                            utt.index,
+                            self._fed / SAMPLE_RATE,
+                            utt.start_sample / SAMPLE_RATE,
+                            None,
+                            transcript,
+                        )
                     )
                 )
         return events

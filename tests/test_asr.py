@@ -112,6 +112,7 @@ def test_priority_lock_serves_urgent_waiters_first() -> None:
         def run() -> None:
             with lock.hold(urgent):
                 order.append(name)
+
         n = len(lock._queue)
         t = threading.Thread(target=run)
         t.start()
@@ -137,7 +138,9 @@ def test_vad_onset_and_endpoint_times(padded: np.ndarray, happy: np.ndarray) -> 
         onset, ended = events[0], events[1]
         assert abs(onset.start_s - true_start) < ONSET_TOL_S, f"onset {onset.start_s:.3f} vs {true_start:.3f}"
         assert onset.at_s - onset.start_s <= 0.096 + WINDOW_S, "speech_start should be known within ~100 ms"
-        assert ended.end_s is not None and abs(ended.end_s - true_end) < END_TOL_S, f"end {ended.end_s} vs {true_end:.3f}"
+        assert ended.end_s is not None and abs(ended.end_s - true_end) < END_TOL_S, (
+            f"end {ended.end_s} vs {true_end:.3f}"
+        )
         delay = ended.at_s - ended.end_s
         assert endpoint_ms / 1000 - 0.001 <= delay <= endpoint_ms / 1000 + WINDOW_S, f"endpoint after {delay:.3f} s"
 
@@ -199,7 +202,9 @@ def test_two_utterances_and_flush_without_trailing_silence(padded: np.ndarray, h
     assert not stream.in_speech
 
 
-def test_base_model_joins_parts_and_transcribes_english(tmp_path_factory: pytest.TempPathFactory, happy: np.ndarray) -> None:
+def test_base_model_joins_parts_and_transcribes_english(
+    tmp_path_factory: pytest.TempPathFactory, happy: np.ndarray
+) -> None:
     cache = tmp_path_factory.mktemp("cache")
     path = base_model_dir(cache)
     assert (path / "model.bin").stat().st_size > 140_000_000
@@ -232,6 +237,7 @@ def test_priority_lock_with_two_workers_runs_two_holders_at_once_and_still_order
     def both() -> None:
         with lock.hold():
             inside.wait()  # both holders are in at the same time, or this times out
+
     pair = [threading.Thread(target=both) for _ in range(2)]
     for t in pair:
         t.start()

@@ -32,7 +32,9 @@ def _encode(pcm: np.ndarray, sr: int, container: str, codec: str, rate: int | No
         resampler = av.AudioResampler(format=stream.codec_context.format.name, layout="mono", rate=rate or sr)
         pts = 0
         for i in range(0, len(pcm), frame_size):
-            frame = av.AudioFrame.from_ndarray(pcm[None, i : i + frame_size].astype(np.float32), format="flt", layout="mono")
+            frame = av.AudioFrame.from_ndarray(
+                pcm[None, i : i + frame_size].astype(np.float32), format="flt", layout="mono"
+            )
             frame.sample_rate = sr
             frame.pts = pts
             pts += frame.samples
@@ -75,7 +77,13 @@ def test_wav_from_espeak_decodes_to_16k_mono(speech_wav: bytes) -> None:
 @needs_espeak
 @pytest.mark.parametrize(
     "container,codec,rate",
-    [("mp3", "libmp3lame", 22050), ("ogg", "libopus", 48000), ("webm", "libopus", 48000), ("ipod", "aac", 22050), ("flac", "flac", 22050)],
+    [
+        ("mp3", "libmp3lame", 22050),
+        ("ogg", "libopus", 48000),
+        ("webm", "libopus", 48000),
+        ("ipod", "aac", 22050),
+        ("flac", "flac", 22050),
+    ],
 )
 def test_compressed_containers_decode(speech_pcm: np.ndarray, container: str, codec: str, rate: int) -> None:
     src = resample(speech_pcm, SAMPLE_RATE, 22050)
@@ -120,8 +128,11 @@ def test_raw_pcm16_at_16k_and_48k_stereo() -> None:
         (np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes(), "corrupt"),
         (b"RIFF\x24\x00\x00\x00WAVEfmt \x10\x00\x00\x00", "corrupt"),  # header cut off before any audio
         # a fuzzed header claiming 14.6 MHz: refused before the resampler burns ~1 s of CPU on it
-        (b"RIFF\xd2\x06\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00D\xac\xde\x00\x88X\x01\x00\x02\x00\x10\x00"
-         b"data\x20\x00\x00\x00" + bytes(32), "unsupported"),
+        (
+            b"RIFF\xd2\x06\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00D\xac\xde\x00\x88X\x01\x00\x02\x00\x10\x00"
+            b"data\x20\x00\x00\x00" + bytes(32),
+            "unsupported",
+        ),
     ],
 )
 def test_bad_input_raises_typed_error(data: bytes, reason: str) -> None:
@@ -187,7 +198,7 @@ def test_prosody_silence_noise_and_glide() -> None:
     assert noise.voiced_fraction < 0.1, "white noise has no pitch"
     # a glide from 150 to 300 Hz spans one octave: the spread must show it
     t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
-    f = 150 * 2 ** t
+    f = 150 * 2**t
     glide = (0.3 * np.sin(2 * np.pi * np.cumsum(f) / SAMPLE_RATE)).astype(np.float32)
     pg = prosody(glide)
     assert 200 < pg.pitch_hz_median < 230

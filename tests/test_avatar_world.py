@@ -37,6 +37,7 @@ def _sil(frames: np.ndarray) -> np.ndarray:
 
 # --- rendering basics -------------------------------------------------------------
 
+
 def test_emotions_order_fixed():
     """The avatar world renders the vocabulary's emotions in its order (the datasets' and the weights' index)."""
     assert EMOTIONS == vocabulary.EMOTIONS
@@ -120,6 +121,7 @@ def test_intensity_scales():
 
 # --- poses / sequences --------------------------------------------------------------
 
+
 def test_blend_endpoints():
     v = sample_variation(3)
     a, b = pose_at("happy", 0.4, v), pose_at("sad", 0.4, v)
@@ -157,6 +159,7 @@ def test_render_sequence_labels_and_continuity():
 
 
 # --- avatars ---------------------------------------------------------------------------
+
 
 def test_avatar_params_roundtrip_and_errors():
     assert len(BUILTIN_AVATARS) >= 6
@@ -201,6 +204,7 @@ def test_random_avatar_and_get_avatar():
 
 
 # --- dataset ----------------------------------------------------------------------------
+
 
 def test_write_dataset_roundtrip(tmp_path):
     out = tmp_path / "ds"

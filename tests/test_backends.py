@@ -46,16 +46,19 @@ def _call(be, graph, feeds):
 
 # --- create_backend ---------------------------------------------------------------------------
 
+
 def test_create_backend_errors(manifest, monkeypatch):
     with pytest.raises(BackendError, match="unknown backend"):
         create_backend("tensorflow", manifest)
     with pytest.raises(BackendError, match="unknown device"):
         create_backend("onnxruntime", manifest, device="tpu")
     import onnxruntime
+
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
         with pytest.raises(BackendError, match="CUDAExecutionProvider.*onnxruntime-gpu"):
             create_backend("onnxruntime", manifest, device="cuda")
     import torch
+
     if not torch.cuda.is_available():
         with pytest.raises(BackendError, match="device='cuda'"):
             create_backend("torch", manifest, device="cuda")
@@ -70,6 +73,7 @@ def test_create_backend_errors(manifest, monkeypatch):
     with pytest.raises(BackendError, match="import tensorrt.*import tensorrt_rtx"):
         create_backend("trt", manifest)
     from avatarcast.engines.backends.tensorrt_backend import build_engines
+
     with pytest.raises(BackendError, match="TensorRT"):
         build_engines(None, "/tmp/x", manifest=manifest)
     # a missing onnxruntime package is a BackendError too
@@ -90,6 +94,7 @@ def test_ort_backend_describe_and_options(ort_be, manifest):
 
 
 # --- parity -----------------------------------------------------------------------------------
+
 
 def test_torch_cpu_matches_onnxruntime(ort_be, torch_be, manifest):
     feeds = ex.example_inputs(manifest.config, 3, seed=11)
@@ -113,6 +118,7 @@ def test_half_resolution_decoder_on_both_backends(ort_be, torch_be, manifest):
     from avatarcast.engines.tiny.crop import grid_to_frames
     from avatarcast.engines.tiny.model import FrameDecoder
     from avatarcast.engines.tiny.weights import load_lowres_module
+
     assert manifest.has_lowres and ort_be.has_lowres and torch_be.has_lowres
     z = ex.example_inputs(manifest.config, 3, seed=4)["decoder"]["latents"]
     a, b = ort_be.decode(z, lowres=True), torch_be.decode(z, lowres=True)
@@ -136,8 +142,10 @@ def test_tensorrt_rtx_builds_the_half_resolution_decoder(manifest, tmp_path):
     """TensorRT-RTX builds ahead of time without a GPU: the lowres graph gets its own cached engine."""
     pytest.importorskip("tensorrt_rtx_bindings")
     from avatarcast.engines.backends.tensorrt_backend import build_engines
-    kw = dict(max_batch=4, module="tensorrt_rtx", graphs=("decoder", "decoder_lowres"), manifest=manifest,
-              log=lambda *a: None)
+
+    kw = dict(
+        max_batch=4, module="tensorrt_rtx", graphs=("decoder", "decoder_lowres"), manifest=manifest, log=lambda *a: None
+    )
     first = build_engines(None, tmp_path, **kw)
     assert all(r["built"] and r["bytes"] > 0 for r in first.values())
     assert first["decoder"]["key"] != first["decoder_lowres"]["key"]  # other ONNX bytes, other engine
@@ -163,9 +171,11 @@ def test_torch_bucket_padding_and_splitting(manifest):
 
 # --- the engine on onnxruntime ------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def engine(weights):
     from avatarcast.engines.tiny.engine import TinyEngine
+
     return TinyEngine.load(weights, backend="onnxruntime", steps=2, threads=1)
 
 
@@ -202,7 +212,7 @@ def test_engine_emotion_switch_between_chunks(engine):
     assert s2.emotion == engine.emotions.index("angry") and s2.intensity == pytest.approx(0.7)
     n1, n2 = engine.sample_chunks([s1]), engine.sample_chunks([s2])
     assert n1.shape == n2.shape and np.abs(n1 - n2).max() > 1e-4  # the new emotion changes the next chunk
-    np.testing.assert_array_equal(s1.ctx, n1[0, -engine.cfg.context_frames:].reshape(s1.ctx.shape))
+    np.testing.assert_array_equal(s1.ctx, n1[0, -engine.cfg.context_frames :].reshape(s1.ctx.shape))
     with pytest.raises(ValueError):
         engine.set_emotion(s2, "bored")
 
@@ -218,22 +228,37 @@ def test_engine_batching_matches_one_by_one(engine):
 
 # --- tensorrt (no GPU here: keys, profiles, the graph rewrite, clear errors) ----------------------
 
+
 def test_tensorrt_cache_key_and_support():
     from avatarcast.engines.backends.tensorrt_backend import batch_profile
     from avatarcast.engines.backends.tensorrt_build import engine_cache_key
     from avatarcast.engines.backends.tensorrt_runtime import unsupported_reason
     from avatarcast.engines.tiny.model import TinyConfig
+
     cfg = TinyConfig()
     prof = batch_profile(cfg, "denoiser", 256, 32)
     assert prof["x"] == ((1, 32, 48, 56), (32, 32, 48, 56), (256, 32, 48, 56)) and prof["t"][2] == (256,)
     assert batch_profile(cfg, "encoder", 256)["frames"][2] == (16, 360, 640, 4)
-    base = dict(onnx_sha256="a" * 64, profile=prof, gpu_name="NVIDIA H100 80GB HBM3", compute_capability=(9, 0),
-                trt_version="10.13.0", flavor="tensorrt", precision="fp16")
+    base = dict(
+        onnx_sha256="a" * 64,
+        profile=prof,
+        gpu_name="NVIDIA H100 80GB HBM3",
+        compute_capability=(9, 0),
+        trt_version="10.13.0",
+        flavor="tensorrt",
+        precision="fp16",
+    )
     k = engine_cache_key(**base)
     assert k == engine_cache_key(**base) and len(k) == 64
-    changes = dict(onnx_sha256="b" * 64, profile=batch_profile(cfg, "denoiser", 128, 32),
-                   gpu_name="NVIDIA H200", compute_capability=(8, 9), trt_version="10.14.1",
-                   flavor="tensorrt_rtx", precision="fp32")
+    changes = dict(
+        onnx_sha256="b" * 64,
+        profile=batch_profile(cfg, "denoiser", 128, 32),
+        gpu_name="NVIDIA H200",
+        compute_capability=(8, 9),
+        trt_version="10.14.1",
+        flavor="tensorrt_rtx",
+        precision="fp32",
+    )
     keys = {k}
     for field, value in changes.items():
         keys.add(engine_cache_key(**{**base, field: value}))
@@ -248,9 +273,12 @@ def test_tensorrt_cache_key_and_support():
 def test_wan_graphs_share_the_batch_profile():
     """The Wan export's profiles come from the same helper as the tiny graphs': batch 1, opt, max before each shape."""
     from avatarcast.engines.wan.export import batch_profile
+
     info = {"shapes": {"x": [2, 48, 3, 22, 40], "t": [2, 660]}}
-    assert batch_profile(info, 16) == {"x": ((1, 48, 3, 22, 40), (8, 48, 3, 22, 40), (16, 48, 3, 22, 40)),
-                                       "t": ((1, 660), (8, 660), (16, 660))}
+    assert batch_profile(info, 16) == {
+        "x": ((1, 48, 3, 22, 40), (8, 48, 3, 22, 40), (16, 48, 3, 22, 40)),
+        "t": ((1, 660), (8, 660), (16, 660)),
+    }
     assert batch_profile(info, 4)["t"] == ((1, 660), (4, 660), (4, 660))
     assert batch_profile(info, 4, opt_batch=2)["x"][1][0] == 2
 
@@ -258,6 +286,7 @@ def test_wan_graphs_share_the_batch_profile():
 def test_tensorrt_build_cli_says_what_is_missing(weights, monkeypatch, capsys):
     """`python -m ...tensorrt_backend build` without TensorRT: exit 2 and the import errors, not a traceback."""
     from avatarcast.engines.backends.tensorrt_backend import main
+
     for name in ("tensorrt", "tensorrt_rtx", "tensorrt_rtx_bindings"):
         monkeypatch.setitem(sys.modules, name, None)
     assert main(["build", "--weights", str(weights), "--json"]) == 2
@@ -271,6 +300,7 @@ def test_fp16_conv_rewrite_is_valid_and_equivalent(weights, manifest):
     from onnx import TensorProto
 
     from avatarcast.engines.backends.tensorrt_graph import trt_graph
+
     feeds = ex.example_inputs(manifest.config, 2, seed=4)
     for g in ("encoder", "decoder", "denoiser"):
         model = onnx.load_from_string(trt_graph((weights / f"{g}.onnx").read_bytes(), "fp16"))
@@ -291,16 +321,53 @@ def test_fp16_conv_rewrite_is_valid_and_equivalent(weights, manifest):
 
 # --- the benchmark ------------------------------------------------------------------------------
 
+
 def test_bench_engine_json(weights, capsys):
     from avatarcast.realtime.bench.engine import main
-    rc = main(["--engine", "tiny", "--backend", "onnxruntime", "--sessions", "2", "--seconds", "0.1",
-               "--steps", "1", "--threads", "1", "--weights", str(weights), "--warmup", "1", "--min-chunks", "2",
-               "--json"])
+
+    rc = main(
+        [
+            "--engine",
+            "tiny",
+            "--backend",
+            "onnxruntime",
+            "--sessions",
+            "2",
+            "--seconds",
+            "0.1",
+            "--steps",
+            "1",
+            "--threads",
+            "1",
+            "--weights",
+            str(weights),
+            "--warmup",
+            "1",
+            "--min-chunks",
+            "2",
+            "--json",
+        ]
+    )
     assert rc == 0
     r = json.loads(capsys.readouterr().out)
-    for key in ("engine", "backend", "device", "threads", "sessions", "steps", "resolution", "chunk_frames",
-                "frames", "seconds", "fps", "chunk_latency_ms", "denoise_ms", "decode_ms", "realtime_streams",
-                "weights_hash"):
+    for key in (
+        "engine",
+        "backend",
+        "device",
+        "threads",
+        "sessions",
+        "steps",
+        "resolution",
+        "chunk_frames",
+        "frames",
+        "seconds",
+        "fps",
+        "chunk_latency_ms",
+        "denoise_ms",
+        "decode_ms",
+        "realtime_streams",
+        "weights_hash",
+    ):
         assert key in r, key
     assert r["engine"] == "tiny" and r["backend"] == "onnxruntime" and r["resolution"] == "640x360"
     assert r["sessions"] == 2 and r["steps"] == 1 and r["threads"] == 1 and r["chunks"] >= 2
@@ -309,7 +376,28 @@ def test_bench_engine_json(weights, capsys):
     assert r["realtime_streams"] == int(r["fps"] // 8)
     assert r["weights_hash"] == load_manifest(weights).weights_hash
     # the human table, and a clear error for a backend that cannot run here
-    assert main(["--backend", "onnxruntime", "--sessions", "1", "--seconds", "0", "--steps", "1", "--threads", "1",
-                 "--weights", str(weights), "--warmup", "0", "--min-chunks", "1"]) == 0
+    assert (
+        main(
+            [
+                "--backend",
+                "onnxruntime",
+                "--sessions",
+                "1",
+                "--seconds",
+                "0",
+                "--steps",
+                "1",
+                "--threads",
+                "1",
+                "--weights",
+                str(weights),
+                "--warmup",
+                "0",
+                "--min-chunks",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "fps" in capsys.readouterr().out
     assert main(["--backend", "onnxruntime", "--device", "cuda", "--weights", str(weights)]) in (0, 2)

@@ -59,8 +59,9 @@ estimates_st = st.builds(BatchEstimates, st.integers(1, 6), st.floats(0, 1), st.
 
 
 @given(jobs_st, st.floats(-1, 1), estimates_st)
-def test_a_batch_is_the_earliest_deadlines_and_nothing_is_lost(jobs: list[Job], now: float,
-                                                                est: BatchEstimates) -> None:
+def test_a_batch_is_the_earliest_deadlines_and_nothing_is_lost(
+    jobs: list[Job], now: float, est: BatchEstimates
+) -> None:
     decision = next_batch(jobs, now, est)
     if isinstance(decision, Wait):
         # waiting only with room in the batch, and never for less than the 5 ms floor
@@ -75,8 +76,9 @@ def test_a_batch_is_the_earliest_deadlines_and_nothing_is_lost(jobs: list[Job], 
 
 
 @given(jobs_st, st.floats(-1, 1), estimates_st)
-def test_a_wait_never_runs_past_the_first_deadline_or_the_longest_wait(jobs: list[Job], now: float,
-                                                                        est: BatchEstimates) -> None:
+def test_a_wait_never_runs_past_the_first_deadline_or_the_longest_wait(
+    jobs: list[Job], now: float, est: BatchEstimates
+) -> None:
     decision = next_batch(jobs, now, est)
     if isinstance(decision, Wait) and jobs:
         first = min(j.due_t for j in jobs)

@@ -26,15 +26,23 @@ LEAD_S, TAIL_S = 1.5, 3.0
 
 pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM}"),
-    pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("sox") is None,
-                       reason="needs espeak-ng and sox"),
+    pytest.mark.skipif(
+        shutil.which("espeak-ng") is None or shutil.which("sox") is None, reason="needs espeak-ng and sox"
+    ),
     pytest.mark.slow,
 ]
 
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
     "--autoplay-policy=no-user-gesture-required",
 ]
 
@@ -49,8 +57,10 @@ def mic_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("mic")
     speech, out = d / "speech.wav", d / "mic.wav"
     subprocess.run(["espeak-ng", "-w", str(speech), SENTENCE], check=True)
-    subprocess.run(["sox", str(speech), "-r", "48000", "-c", "1", "-b", "16", str(out),
-                    "pad", str(LEAD_S), str(TAIL_S)], check=True)
+    subprocess.run(
+        ["sox", str(speech), "-r", "48000", "-c", "1", "-b", "16", str(out), "pad", str(LEAD_S), str(TAIL_S)],
+        check=True,
+    )
     return out
 
 
@@ -59,8 +69,9 @@ def browser(mic_wav: Path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM,
-                              args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={mic_wav}"])
+        b = p.chromium.launch(
+            executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={mic_wav}"]
+        )
         try:
             yield b
         finally:
@@ -88,9 +99,11 @@ def wait_for(pg, js: str, timeout_s: float, what: str, arg=None) -> None:
     except Exception as exc:
         log = pg.inner_text("#log")
         err = pg.inner_text("#error") if pg.is_visible("#error") else ""
-        raise AssertionError(f"{what} not within {timeout_s} s ({type(exc).__name__}); error banner: {err!r}; "
-                             f"state {text(pg, '#state')!r}, transcript {text(pg, '#transcript')!r}, "
-                             f"emotion {text(pg, '#emotion')!r}; events:\n{log}") from None
+        raise AssertionError(
+            f"{what} not within {timeout_s} s ({type(exc).__name__}); error banner: {err!r}; "
+            f"state {text(pg, '#state')!r}, transcript {text(pg, '#transcript')!r}, "
+            f"emotion {text(pg, '#emotion')!r}; events:\n{log}"
+        ) from None
 
 
 def test_demo_page(page, base: str, tmp_path: Path) -> None:
@@ -100,9 +113,13 @@ def test_demo_page(page, base: str, tmp_path: Path) -> None:
     t_start = time.monotonic()
 
     # -- the stream plays: 640x360, time advancing --
-    wait_for(pg, "() => { const v = document.getElementById('video');"
-                 " return v.videoWidth === 640 && v.videoHeight === 360 && v.currentTime > 0.5; }",
-             30, "the avatar video playing")
+    wait_for(
+        pg,
+        "() => { const v = document.getElementById('video');"
+        " return v.videoWidth === 640 && v.videoHeight === 360 && v.currentTime > 0.5; }",
+        30,
+        "the avatar video playing",
+    )
     t0 = pg.evaluate("() => document.getElementById('video').currentTime")
     time.sleep(1.0)
     t1 = pg.evaluate("() => document.getElementById('video').currentTime")
@@ -129,9 +146,13 @@ def test_demo_page(page, base: str, tmp_path: Path) -> None:
     buttons = pg.eval_on_selector_all("#emotion-buttons button", "bs => bs.map(b => b.dataset.emotion)")
     assert "happy" in buttons and "listening" not in buttons, buttons
     pg.click("#emotion-buttons button[data-emotion=happy]")
-    wait_for(pg, "() => document.getElementById('emotion').textContent.trim() === 'happy'"
-                 " && /^\\d+$/.test(document.getElementById('tter').textContent.trim())",
-             15, "emotion 'happy' and a TTER number")
+    wait_for(
+        pg,
+        "() => document.getElementById('emotion').textContent.trim() === 'happy'"
+        " && /^\\d+$/.test(document.getElementById('tter').textContent.trim())",
+        15,
+        "emotion 'happy' and a TTER number",
+    )
     assert text(pg, "#emotion") == "happy"
     tter = int(text(pg, "#tter"))
     assert 0 <= tter < 10_000
@@ -164,20 +185,33 @@ def test_demo_page(page, base: str, tmp_path: Path) -> None:
     assert "on" in (pg.get_attribute("#talk", "class") or ""), "the talk button did not engage"
     time.sleep(3.7)
     pg.mouse.up()
-    wait_for(pg, "() => { const t = document.getElementById('transcript'), e = document.getElementById('emotion');"
-                 " return t.dataset.kind === 'final' && t.dataset.source === 'speech' && /happy/i.test(t.textContent)"
-                 " && e.dataset.source === 'asr' && e.textContent.trim() === 'happy'; }",
-             20, "a spoken transcript with 'happy' and the emotion 'happy' from speech")
+    wait_for(
+        pg,
+        "() => { const t = document.getElementById('transcript'), e = document.getElementById('emotion');"
+        " return t.dataset.kind === 'final' && t.dataset.source === 'speech' && /happy/i.test(t.textContent)"
+        " && e.dataset.source === 'asr' && e.textContent.trim() === 'happy'; }",
+        20,
+        "a spoken transcript with 'happy' and the emotion 'happy' from speech",
+    )
     first = pg.locator("#latency-history tr").first
-    wait_for(pg, "() => { const r = document.querySelector('#latency-history tr');"
-                 " return r && r.children[1].textContent === 'speech'; }", 10, "the spoken turn's latency")
+    wait_for(
+        pg,
+        "() => { const r = document.querySelector('#latency-history tr');"
+        " return r && r.children[1].textContent === 'speech'; }",
+        10,
+        "the spoken turn's latency",
+    )
     assert re.fullmatch(r"\d+", first.locator("td").nth(3).text_content().strip())
 
     # -- a recorded clip, uploaded --
     pg.set_input_files("#clip-file", str(_speech_only(tmp_path)))
-    wait_for(pg, "() => /happy/i.test(document.getElementById('clip-status').textContent)"
-                 " && /→ happy/.test(document.getElementById('clip-status').textContent)",
-             20, "the uploaded clip's transcript and emotion")
+    wait_for(
+        pg,
+        "() => /happy/i.test(document.getElementById('clip-status').textContent)"
+        " && /→ happy/.test(document.getElementById('clip-status').textContent)",
+        20,
+        "the uploaded clip's transcript and emotion",
+    )
 
     assert not pg.is_visible("#error"), pg.inner_text("#error")
     assert pg.locator("#log li").count() <= 20
@@ -186,9 +220,15 @@ def test_demo_page(page, base: str, tmp_path: Path) -> None:
     # -- another avatar: a new session (the old one is hung up) with its own stream --
     old = text(pg, "#session-id")
     pg.select_option("#avatar", "luna")
-    wait_for(pg, "s => { const t = document.getElementById('session-id').textContent;"
-                 " return t !== s && t !== '—' && document.getElementById('conn').textContent === 'live'"
-                 " && document.getElementById('video').videoWidth === 640; }", 20, "the new avatar's session", old)
+    wait_for(
+        pg,
+        "s => { const t = document.getElementById('session-id').textContent;"
+        " return t !== s && t !== '—' && document.getElementById('conn').textContent === 'live'"
+        " && document.getElementById('video').videoWidth === 640; }",
+        20,
+        "the new avatar's session",
+        old,
+    )
     assert httpx.get(f"{base}/v1/sessions/{old}").status_code == 404, "the old session is still open"
     assert time.monotonic() - t_start < 90
 
@@ -201,17 +241,29 @@ def test_language_choice(page, base: str) -> None:
     assert options == [["auto", "auto"], ["en", "English"], ["zh", "中文"]], options
     sid = text(pg, "#session-id")
     pg.select_option("#language", "zh")
-    wait_for(pg, "() => [...document.querySelectorAll('#log li')]"
-                 ".some(li => /ASR language: zh/.test(li.textContent))", 10, "the server confirming Mandarin")
+    wait_for(
+        pg,
+        "() => [...document.querySelectorAll('#log li')].some(li => /ASR language: zh/.test(li.textContent))",
+        10,
+        "the server confirming Mandarin",
+    )
     assert httpx.get(f"{base}/v1/sessions/{sid}").json()["language"] == "zh"
     assert text(pg, "#session-id") == sid, "a language change must not start a new session"
     clip = Path(__file__).resolve().parent / "data" / "speech" / "zh" / "zh06_happy.ogg"
     pg.set_input_files("#clip-file", str(clip))
-    wait_for(pg, "() => /[\u4e00-\u9fff].*, zh$/.test(document.getElementById('clip-status').textContent)",
-             30, "the Mandarin clip's transcript, in Han characters")
+    wait_for(
+        pg,
+        "() => /[\u4e00-\u9fff].*, zh$/.test(document.getElementById('clip-status').textContent)",
+        30,
+        "the Mandarin clip's transcript, in Han characters",
+    )
     pg.select_option("#language", "auto")
-    wait_for(pg, "() => [...document.querySelectorAll('#log li')]"
-                 ".some(li => /ASR language: auto/.test(li.textContent))", 10, "the server back to detecting")
+    wait_for(
+        pg,
+        "() => [...document.querySelectorAll('#log li')].some(li => /ASR language: auto/.test(li.textContent))",
+        10,
+        "the server back to detecting",
+    )
     assert httpx.get(f"{base}/v1/sessions/{sid}").json()["language"] is None
 
 

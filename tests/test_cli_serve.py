@@ -16,15 +16,38 @@ from tests.conftest import free_port
 
 
 def serve(*args: str, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "avatarcast.realtime.cli", "serve", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})})
+    return subprocess.Popen(
+        [sys.executable, "-m", "avatarcast.realtime.cli", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
 def test_serves_https_with_a_certificate(tmp_path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
     port = free_port()
     p = serve("--port", str(port), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
     try:
@@ -45,14 +68,17 @@ def test_serves_https_with_a_certificate(tmp_path) -> None:
         p.wait(30)
 
 
-@pytest.mark.parametrize("args, env, message", [
-    (["--image-format", "gif"], {}, "image_format must be jpeg or webp"),
-    (["--port", "70000"], {}, "port must be 0..65535"),
-    ([], {"AVATARCAST_MAX_SESSIONS": "many"}, "AVATARCAST_MAX_SESSIONS='many' is not a valid int"),
-    (["--auth-secret", "short"], {}, "auth_secret must be at least 32 characters"),
-    (["--capacity-headroom", "1.5"], {}, "capacity_headroom must be in (0, 1]"),
-    ([], {"AVATARCAST_RATE_HTTP_PER_S": "-1"}, "rate_http_per_s must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (["--image-format", "gif"], {}, "image_format must be jpeg or webp"),
+        (["--port", "70000"], {}, "port must be 0..65535"),
+        ([], {"AVATARCAST_MAX_SESSIONS": "many"}, "AVATARCAST_MAX_SESSIONS='many' is not a valid int"),
+        (["--auth-secret", "short"], {}, "auth_secret must be at least 32 characters"),
+        (["--capacity-headroom", "1.5"], {}, "capacity_headroom must be in (0, 1]"),
+        ([], {"AVATARCAST_RATE_HTTP_PER_S": "-1"}, "rate_http_per_s must be >= 0"),
+    ],
+)
 def test_bad_settings_fail_at_once_with_a_clear_message(args, env, message) -> None:
     p = serve(*args, env=env)
     out, _ = p.communicate(timeout=60)

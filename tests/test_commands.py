@@ -35,6 +35,9 @@ def test_bad_commands_are_refused_with_their_code() -> None:
 def test_a_refusal_is_a_non_fatal_error_event() -> None:
     ev = json.loads(parse_command('{"type": "dance"}').event())  # type: ignore[union-attr]
     assert ev["type"] == "error" and ev["payload"] == {
-        "code": "unknown_type", "message": "unknown message type 'dance'", "fatal": False,
-        "known": ["say", "emotion", "language", "audio_end", "ping"]}
+        "code": "unknown_type",
+        "message": "unknown message type 'dance'",
+        "fatal": False,
+        "known": ["say", "emotion", "language", "audio_end", "ping"],
+    }
     assert json.loads(error_event(ErrorCode.BAD_PCM, "odd"))["payload"]["code"] == "bad_pcm"

@@ -16,7 +16,9 @@ def _cfg(**kw) -> TinyConfig:
 def _latents(cfg: TinyConfig, n: int = 2) -> np.ndarray:
     H, W = cfg.latent_hw
     z = np.broadcast_to(np.float32(0.5), (n, cfg.latent_channels, H, W)).copy()
-    z += np.random.default_rng(0).normal(0, 0.02, z.shape).astype(np.float32)  # empty cells are near, not at, the vector
+    z += (
+        np.random.default_rng(0).normal(0, 0.02, z.shape).astype(np.float32)
+    )  # empty cells are near, not at, the vector
     return z
 
 
@@ -57,11 +59,13 @@ def test_place_drops_the_pad_rows_and_offsets_by_the_window():
     out = place(rgba, box, cfg, np.zeros((1, cfg.height, cfg.width, 4), np.uint8))
     x0 = cfg.window_x0 + 3 * s
     assert out[0, 0, x0, 0] == cfg.pad_top  # frame row 0 is crop row pad_top
-    assert out[0, :4 * s - cfg.pad_top, x0:x0 + 4 * s, 3].min() == 255
-    assert out[0, 4 * s - cfg.pad_top:].max() == 0 and out[0, :, :x0].max() == 0 and out[0, :, x0 + 4 * s:].max() == 0
+    assert out[0, : 4 * s - cfg.pad_top, x0 : x0 + 4 * s, 3].min() == 255
+    assert out[0, 4 * s - cfg.pad_top :].max() == 0 and out[0, :, :x0].max() == 0 and out[0, :, x0 + 4 * s :].max() == 0
     bottom = CellBox(44, 48, 0, 4)  # the last cell rows hold the bottom pad rows
-    out = place(np.full((1, 4 * s, 4 * s, 4), 9, np.uint8), bottom, cfg, np.zeros((1, cfg.height, cfg.width, 4), np.uint8))
-    assert out[0, 44 * s - cfg.pad_top:, cfg.window_x0:cfg.window_x0 + 4 * s].min() == 9
+    out = place(
+        np.full((1, 4 * s, 4 * s, 4), 9, np.uint8), bottom, cfg, np.zeros((1, cfg.height, cfg.width, 4), np.uint8)
+    )
+    assert out[0, 44 * s - cfg.pad_top :, cfg.window_x0 : cfg.window_x0 + 4 * s].min() == 9
 
 
 def test_onnxruntime_backend_decodes_the_box_and_leaves_the_rest_transparent(tmp_path):
@@ -82,13 +86,15 @@ def test_onnxruntime_backend_decodes_the_box_and_leaves_the_rest_transparent(tmp
     got = be.decode(z)
     _, dec, _ = load_torch_modules(load_manifest(tmp_path / "w"))
     with torch.no_grad():
-        want = FrameDecoder(m.config, dec)(torch.from_numpy(z[:, :, box.top:box.bottom, box.left:box.right])).numpy()
+        want = FrameDecoder(m.config, dec)(
+            torch.from_numpy(z[:, :, box.top : box.bottom, box.left : box.right])
+        ).numpy()
     ref = place(want, box, m.config, np.zeros_like(got))
     assert np.abs(got.astype(int) - ref.astype(int)).max() <= 1
     s = m.config.downsample
     rows = slice(max(0, box.top * s - m.config.pad_top), box.bottom * s - m.config.pad_top)
     outside = got.copy()
-    outside[:, rows, m.config.window_x0 + box.left * s:m.config.window_x0 + box.right * s] = 0
+    outside[:, rows, m.config.window_x0 + box.left * s : m.config.window_x0 + box.right * s] = 0
     assert outside.max() == 0
     assert be.decode(z, lowres=True).shape == got.shape  # the half-resolution decoder takes the same (even) boxes
     assert be.decode(_latents(m.config, 2)).max() == 0  # nothing but background: nothing decoded

@@ -21,10 +21,24 @@ from tools.eval_emotion import evaluate, evaluate_live, held_out, load_rows, mar
 
 OLD_SET = Path(__file__).parent / "data" / "emotion_utterances.csv"
 
-CALM = Prosody(energy_db=-38.0, energy_var=3.0, pitch_hz_median=110.0, pitch_var=0.8, speech_rate_sps=2.0,
-               voiced_fraction=0.3, duration_s=2.0)
-ENERGETIC = Prosody(energy_db=-12.0, energy_var=9.0, pitch_hz_median=220.0, pitch_var=5.0, speech_rate_sps=5.5,
-                    voiced_fraction=0.6, duration_s=2.0)
+CALM = Prosody(
+    energy_db=-38.0,
+    energy_var=3.0,
+    pitch_hz_median=110.0,
+    pitch_var=0.8,
+    speech_rate_sps=2.0,
+    voiced_fraction=0.3,
+    duration_s=2.0,
+)
+ENERGETIC = Prosody(
+    energy_db=-12.0,
+    energy_var=9.0,
+    pitch_hz_median=220.0,
+    pitch_var=5.0,
+    speech_rate_sps=5.5,
+    voiced_fraction=0.6,
+    duration_s=2.0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +91,12 @@ def test_older_set_accuracy(reader: EmotionReader) -> None:
         assert v["accuracy"] >= 0.75, f"{label}: {v}"
 
 
-@pytest.mark.xfail(strict=True, reason="Chinese: the partial policy refitted with the n-gram head decides too "
-                   "early (first label shown 83.3% vs 88.3% for the whole transcript on this sample: 3 of 60 lines); "
-                   "it is fitted on every 2nd character of a third of the training lines, live mode reads every one")
+@pytest.mark.xfail(
+    strict=True,
+    reason="Chinese: the partial policy refitted with the n-gram head decides too "
+    "early (first label shown 83.3% vs 88.3% for the whole transcript on this sample: 3 of 60 lines); "
+    "it is fitted on every 2nd character of a third of the training lines, live mode reads every one",
+)
 def test_live_partials_cost_no_accuracy(reader: EmotionReader) -> None:
     """A quarter of held-out set A, each line fed as a growing live transcript (every word / character):
     some lines decide early, and the first label shown is as right as the whole transcript's, give
@@ -97,6 +114,7 @@ def test_live_partials_cost_no_accuracy(reader: EmotionReader) -> None:
 
 
 # --- normalization, labels, weights ---------------------------------------------------------------
+
 
 def test_traditional_chinese_reads_like_simplified(reader: EmotionReader) -> None:
     assert normalize("這也太好笑了吧，我眼淚都笑出來了。") == "这也太好笑了吧，我眼泪都笑出来了。"
@@ -146,13 +164,15 @@ def test_manifest_names_the_encoder_it_was_trained_on(reader: EmotionReader) -> 
 
 
 def test_encoder_is_multilingual(reader: EmotionReader) -> None:
-    e = reader.encoder.encode(["Nobody came to my birthday party", "今天没有一个人来我的生日会",
-                               "The invoice is attached"])
+    e = reader.encoder.encode(
+        ["Nobody came to my birthday party", "今天没有一个人来我的生日会", "The invoice is attached"]
+    )
     assert e.shape == (3, 384) and np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-3)
     assert e[0] @ e[1] > e[0] @ e[2]
 
 
 # --- behaviour ----------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "text,expected",
@@ -173,8 +193,15 @@ def test_negation(reader: EmotionReader, text: str, expected: str) -> None:
     assert cue.label == expected, (cue.label, cue.evidence)
 
 
-@pytest.mark.parametrize("text,not_label", [("I'm not tired at all", "sleepy"), ("I am not angry", "angry"),
-                                            ("It's not funny", "laughing"), ("我不困", "sleepy")])
+@pytest.mark.parametrize(
+    "text,not_label",
+    [
+        ("I'm not tired at all", "sleepy"),
+        ("I am not angry", "angry"),
+        ("It's not funny", "laughing"),
+        ("我不困", "sleepy"),
+    ],
+)
 def test_denied_emotion_is_not_shown(reader: EmotionReader, text: str, not_label: str) -> None:
     assert reader.read(text).label != not_label
 
@@ -190,8 +217,16 @@ def test_intensifiers_raise_intensity(reader: EmotionReader) -> None:
 
 @pytest.mark.parametrize(
     "text,expected",
-    [("hahaha", "laughing"), ("哈哈哈哈", "laughing"), ("zzz", "sleepy"), ("好困", "sleepy"), ("😂😂", "laughing"),
-     ("❤️", "love"), ("huh?", "confused"), ("什么意思？", "confused")],
+    [
+        ("hahaha", "laughing"),
+        ("哈哈哈哈", "laughing"),
+        ("zzz", "sleepy"),
+        ("好困", "sleepy"),
+        ("😂😂", "laughing"),
+        ("❤️", "love"),
+        ("huh?", "confused"),
+        ("什么意思？", "confused"),
+    ],
 )
 def test_short_cues(reader: EmotionReader, text: str, expected: str) -> None:
     assert reader.read(text).label == expected

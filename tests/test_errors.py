@@ -27,7 +27,11 @@ def test_each_failure_answers_by_the_table() -> None:
 
     busy = HubError(ErrorCode.BUSY, "all 8 session slots are taken")
     assert (busy.status, busy.close_code, busy.retry_after, busy.body()) == (
-        503, 1013, "5", {"error": "busy", "message": "all 8 session slots are taken"})
+        503,
+        1013,
+        "5",
+        {"error": "busy", "message": "all 8 session slots are taken"},
+    )
     limited = HubError(ErrorCode.RATE_LIMITED, "slow down", retry_after="3")
     assert (limited.status, limited.close_code, limited.retry_after) == (429, 1008, "3")
     assert HubError(ErrorCode.BAD_AVATAR, "no avatar 'x'").retry_after is None
@@ -48,9 +52,14 @@ def _error_classes() -> list[tuple[str, str]]:
             tree = ast.parse(path.read_text())
             for node in tree.body:
                 if isinstance(node, ast.ClassDef) and any(
-                        isinstance(b, ast.Name) and (b.id.endswith("Error") or b.id.endswith("Exception")
-                                                     or b.id in ("AvatarcastError", "EngineError"))
-                        for b in node.bases):
+                    isinstance(b, ast.Name)
+                    and (
+                        b.id.endswith("Error")
+                        or b.id.endswith("Exception")
+                        or b.id in ("AvatarcastError", "EngineError")
+                    )
+                    for b in node.bases
+                ):
                     out.append(("avatarcast." + ".".join(path.relative_to(ROOT).with_suffix("").parts), node.name))
     return out
 

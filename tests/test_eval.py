@@ -35,11 +35,12 @@ def clip():
 
 # --- preprocessing / model ----------------------------------------------------------
 
+
 def test_preprocess_shapes_and_premultiplied(clip):
     x = preprocess(clip)
     assert x.shape == (4, 16, 90, 160) and x.dtype == torch.float32
     assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
-    assert bool((x[:3] <= x[3:4] + 1e-6).all())          # premultiplied: colour <= alpha
+    assert bool((x[:3] <= x[3:4] + 1e-6).all())  # premultiplied: colour <= alpha
     assert float(x[3].max()) == 1.0 and float(x[3, :, 0, 0].max()) == 0.0
     xb = preprocess(np.stack([clip, clip[::-1]]))
     assert xb.shape == (2, 4, 16, 90, 160)
@@ -60,7 +61,7 @@ def test_model_forward_shapes():
     m = ClipClassifier(n_ids=5).eval()
     with torch.no_grad():
         logits, emb = m(torch.rand(2, 4, 16, 90, 160))
-        logits8, _ = m(torch.rand(1, 4, 8, 90, 160))      # other clip lengths work
+        logits8, _ = m(torch.rand(1, 4, 8, 90, 160))  # other clip lengths work
     assert logits.shape == (2, len(EMOTIONS)) and emb.shape == (2, 64) and logits8.shape == (1, len(EMOTIONS))
     assert torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
 
@@ -91,6 +92,7 @@ def test_identity_embedding_separates_avatars(clf):
 
 # --- metrics on toy inputs ------------------------------------------------------------
 
+
 def test_smoothness_identical_and_frozen(clip):
     s = metrics.smoothness([clip], [clip])
     assert s["ratio_mean"] == pytest.approx(1.0) and s["p95_ratio"] == pytest.approx(1.0)
@@ -107,8 +109,8 @@ def test_smoothness_grouped():
     rng = np.random.default_rng(0)
     a = rng.random((4, 90, 160, 4)).astype(np.float32)
     b = np.zeros((4, 90, 160, 4), np.float32)
-    b[1::2] = 0.1                                            # changes by 0.1 every frame
-    b2 = b * 2                                               # twice the change
+    b[1::2] = 0.1  # changes by 0.1 every frame
+    b2 = b * 2  # twice the change
     s = metrics.smoothness([a, b2], [a, b, b], gen_groups=["x", "y"], ref_groups=["x", "y", "y"])
     assert s["ratio_min"] == pytest.approx(1.0) and s["ratio_max"] == pytest.approx(2.0)
     assert s["ratio_mean"] == pytest.approx(1.5)
@@ -125,7 +127,7 @@ def test_frame_changes_known_value():
 def test_silhouette_iou(clip):
     np.testing.assert_allclose(metrics.silhouette_iou(clip, clip), 1.0)
     shifted = np.zeros_like(clip)
-    shifted[:, :, 320:] = clip[:, :, :320]    # moved far right: no overlap
+    shifted[:, :, 320:] = clip[:, :, :320]  # moved far right: no overlap
     assert metrics.silhouette_iou(clip, shifted).max() == 0.0
     empty = np.zeros_like(clip)
     np.testing.assert_allclose(metrics.silhouette_iou(empty, empty), 1.0)
@@ -154,10 +156,20 @@ def test_identity_consistency_known():
 
 # --- end to end -----------------------------------------------------------------------
 
+
 def test_evaluate_renderer_engine(clf, tmp_path):
     from tools.eval.evaluate import RendererEngine, evaluate, markdown_report
-    res = evaluate(RendererEngine(), avatars=[BUILTIN_AVATARS[0]], emotions=("happy", "sad", "angry"), seeds=1,
-                   ref_seeds=2, classifier=clf, gif_path=tmp_path / "sbs.gif", gif_emotions=("happy", "sad"))
+
+    res = evaluate(
+        RendererEngine(),
+        avatars=[BUILTIN_AVATARS[0]],
+        emotions=("happy", "sad", "angry"),
+        seeds=1,
+        ref_seeds=2,
+        classifier=clf,
+        gif_path=tmp_path / "sbs.gif",
+        gif_emotions=("happy", "sad"),
+    )
     for k in ("accuracy", "reference_accuracy", "identity", "smoothness", "silhouette", "target", "timing", "config"):
         assert k in res
     acc = res["accuracy"]
@@ -168,6 +180,7 @@ def test_evaluate_renderer_engine(clf, tmp_path):
     gif = tmp_path / "sbs.gif"
     assert gif.exists() and 0 < gif.stat().st_size < 3 * 2**20
     from PIL import Image
+
     with Image.open(gif) as im:
         assert im.n_frames == 16
     md = markdown_report(res, "test")

@@ -23,11 +23,11 @@ def small(tmp_path_factory):
 
 def _session(path, threads=1):
     import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
-    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), so,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(path if isinstance(path, bytes) else str(path), so, providers=["CPUExecutionProvider"])
 
 
 def test_folder_layout_and_manifest(small):
@@ -73,6 +73,7 @@ def test_onnx_matches_torch_all_graphs_dynamic_batch(small):
 def test_initializers_are_fp16_with_cast(small):
     import onnx
     from onnx import TensorProto
+
     out, m = small
     enc, dec, den = load_torch_modules(m)
     for g, mod in (("encoder", enc), ("decoder", dec), ("denoiser", den)):
@@ -90,13 +91,16 @@ def test_initializers_are_fp16_with_cast(small):
 
 def test_fp16_initializers_lossless_and_keeps_inexact_values():
     from onnx import TensorProto, helper, numpy_helper
+
     exact = np.arange(64, dtype=np.float32) / 4
     inexact = (np.arange(64, dtype=np.float32) + 0.1) / 3
     g = helper.make_graph(
-        [helper.make_node("Add", ["x", "a"], ["y0"]), helper.make_node("Add", ["y0", "b"], ["y"])], "g",
+        [helper.make_node("Add", ["x", "a"], ["y0"]), helper.make_node("Add", ["y0", "b"], ["y"])],
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64])],
-        [numpy_helper.from_array(exact, "a"), numpy_helper.from_array(inexact, "b")])
+        [numpy_helper.from_array(exact, "a"), numpy_helper.from_array(inexact, "b")],
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     rep = ex.fp16_initializers(model)
     assert rep["fp16_initializers"] == 1 and rep["fp32_bytes_left"] == inexact.nbytes
@@ -109,6 +113,7 @@ def test_fp16_initializers_lossless_and_keeps_inexact_values():
 
 def test_weights_error_on_missing_or_corrupt_file(small, tmp_path):
     from avatarcast.engines.backends import create_backend
+
     src, _ = small
     bad = tmp_path / "bad"
     shutil.copytree(src, bad)
@@ -138,10 +143,14 @@ def _fake_checkpoint(ck, cfg, seed=0):
         den = Denoiser(cfg)
         sd = {k: (v.half() if v.is_floating_point() else v) for k, v in den.state_dict().items()}
         torch.save({"model": sd, "step": step}, ck / name)
-    (ck / "ae_loss.json").write_text(json.dumps([{"step": 25, "time": 1.0, "rec": 0.5, "edge": 0.1},
-                                                 {"step": 50, "time": 2.0, "rec": 0.3, "edge": 0.05}]))
+    (ck / "ae_loss.json").write_text(
+        json.dumps(
+            [{"step": 25, "time": 1.0, "rec": 0.5, "edge": 0.1}, {"step": 50, "time": 2.0, "rec": 0.3, "edge": 0.05}]
+        )
+    )
     (ck / "den_loss.json").write_text(json.dumps([{"step": 25, "time": 3.0, "flow": 0.9, "shortcut": 0.4}]))
     from PIL import Image
+
     for n in ("ae_loss.png", "den_loss.png"):
         Image.new("RGB", (4, 4)).save(ck / n)
     return enc, dec

@@ -39,8 +39,14 @@ def test_quick_fidelity_eval_on_shipped_weights(tmp_path):
     for d in gen["detector"].values():
         assert 0.0 <= d["accuracy"] <= 1.0 and d["n_heldout_clips"] >= 1 and d["n_train_crops"] > 0
     assert gen["detector"]["blur1.5_vs_renderer"]["accuracy"] > 0.8  # even this small detector sees a blur
-    assert {t["metric"] for t in res["targets"]} == {"avatar_psnr_db", "head_psnr_db", "alpha_iou",
-                                                    "sharpness_ratio", "detector_accuracy", "fd_over_floor"}
+    assert {t["metric"] for t in res["targets"]} == {
+        "avatar_psnr_db",
+        "head_psnr_db",
+        "alpha_iou",
+        "sharpness_ratio",
+        "detector_accuracy",
+        "fd_over_floor",
+    }
 
 
 @pytest.mark.slow
@@ -64,5 +70,5 @@ def test_crops_are_one_to_one(tmp_path):
     x0, y0, x1, y1 = crops._box_int(landmarks(av, pose).head, ref.shape)
     face = crops.composite(ref[y0:y1, x0:x1])
     h, w = face.shape[:2]
-    ys, xs = np.nonzero((img[:img.shape[0] - h + 1, :img.shape[1] - w + 1] == face[0, 0]).all(-1))
-    assert any(np.array_equal(img[y:y + h, x:x + w], face) for y, x in zip(ys, xs))
+    ys, xs = np.nonzero((img[: img.shape[0] - h + 1, : img.shape[1] - w + 1] == face[0, 0]).all(-1))
+    assert any(np.array_equal(img[y : y + h, x : x + w], face) for y, x in zip(ys, xs))

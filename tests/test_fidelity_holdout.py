@@ -45,6 +45,7 @@ def test_holdout_motion_seeds_are_not_training_seeds(spec_seed):
 
 def test_reconstruction_frames_are_fixed_and_cover_every_emotion():
     from avatarcast.engines.avatar_world import EMOTIONS
+
     avs = holdout.eval_avatars(2, 1)
     a, b = holdout.reconstruction_frames(avs), holdout.reconstruction_frames(avs)
     assert a == b

@@ -21,8 +21,12 @@ def clip() -> np.ndarray:
 def _scores(a: np.ndarray, b: np.ndarray) -> dict:
     m = fm.avatar_mask(a)
     pa, pb = fm.premultiplied(a), fm.premultiplied(b)
-    return {"psnr": fm.psnr(pa, pb, m), "ssim": fm.ssim(pa, pb, m), "iou": fm.alpha_iou(a, b),
-            "sharp": fm.sharpness(b) / fm.sharpness(a)}
+    return {
+        "psnr": fm.psnr(pa, pb, m),
+        "ssim": fm.ssim(pa, pb, m),
+        "iou": fm.alpha_iou(a, b),
+        "sharp": fm.sharpness(b) / fm.sharpness(a),
+    }
 
 
 def test_identical_frames_score_perfectly(clip):
@@ -43,8 +47,9 @@ def test_a_blurred_copy_scores_lower(clip):
     s2 = _scores(clip[0], fm.gaussian_blur_rgba(clip[0], 3.0))
     assert s2["psnr"] < s["psnr"] and s2["sharp"] < s["sharp"] and s2["ssim"] < s["ssim"]
     # blurring premultiplied keeps the total opacity: no dark or bright fringes
-    assert fm.premultiplied(blurred[0])[..., 3].sum() == pytest.approx(fm.premultiplied(clip[0])[..., 3].sum(),
-                                                                        rel=0.01)
+    assert fm.premultiplied(blurred[0])[..., 3].sum() == pytest.approx(
+        fm.premultiplied(clip[0])[..., 3].sum(), rel=0.01
+    )
 
 
 def test_psnr_and_ssim_known_values():
@@ -73,7 +78,7 @@ def test_over_white_composites():
 
 def _square(x0: int, y0: int, size: int = 20, shape=(60, 80)) -> np.ndarray:
     f = np.zeros((*shape, 4), np.uint8)
-    f[y0:y0 + size, x0:x0 + size] = (200, 100, 50, 255)
+    f[y0 : y0 + size, x0 : x0 + size] = (200, 100, 50, 255)
     return f
 
 
@@ -123,8 +128,12 @@ def test_frechet_distance_known_gaussians():
     u, v = rng.standard_normal((30, 50)), rng.standard_normal((40, 50)) @ rng.standard_normal((50, 50)) * 0.3 + 1.0
     su, sv = np.cov(u, rowvar=False), np.cov(v, rowvar=False)
     ev = np.linalg.eigvals(su @ sv)
-    direct = (((u.mean(0) - v.mean(0)) ** 2).sum() + np.trace(su) + np.trace(sv)
-              - 2 * np.sqrt(np.clip(ev.real, 0, None)).sum())
+    direct = (
+        ((u.mean(0) - v.mean(0)) ** 2).sum()
+        + np.trace(su)
+        + np.trace(sv)
+        - 2 * np.sqrt(np.clip(ev.real, 0, None)).sum()
+    )
     assert fm.frechet_distance(u, v) == pytest.approx(direct, rel=1e-6)
 
 
@@ -138,7 +147,7 @@ def test_landmarks_hold_the_head_and_hands(i):
         x0, y0, x1, y1 = lm.head
         # the box is head-sized and mostly covered by the avatar (head, headwear)
         assert x1 - x0 > 50 and y1 - y0 > 50
-        assert (f[..., 3] > 0)[int(y0):int(y1), int(x0):int(x1)].mean() > 0.5
+        assert (f[..., 3] > 0)[int(y0) : int(y1), int(x0) : int(x1)].mean() > 0.5
         hx, hy = lm.head[0] + (x1 - x0) / 2, lm.head[1] + (y1 - y0) / 2
         assert f[int(hy), int(hx), 3] == 255
         for hx0, hy0, hx1, hy1 in lm.hands:

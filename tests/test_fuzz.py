@@ -45,15 +45,27 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
         if op == 0 and b:
             b[rng.randrange(len(b))] = rng.randrange(256)
         elif op == 1 and b:
-            del b[rng.randrange(len(b)):]
+            del b[rng.randrange(len(b)) :]
         else:
-            b[rng.randrange(len(b) + 1):0] = bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 64)))
+            b[rng.randrange(len(b) + 1) : 0] = bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 64)))
     return bytes(b)
 
 
 def junk_value(rng: random.Random, depth: int = 0):
-    kinds = [None, True, 3, -1e308, 1e400 if False else 1.5, "x" * rng.randrange(0, 3000), "😀\x00\u202e",
-             [], {}, "happy", "say", "emotion"]
+    kinds = [
+        None,
+        True,
+        3,
+        -1e308,
+        1e400 if False else 1.5,
+        "x" * rng.randrange(0, 3000),
+        "😀\x00\u202e",
+        [],
+        {},
+        "happy",
+        "say",
+        "emotion",
+    ]
     v = rng.choice(kinds)
     if depth < 3 and rng.random() < 0.3:
         return {str(rng.choice(["type", "text", "label", "intensity", "a"])): junk_value(rng, depth + 1)}
@@ -68,7 +80,7 @@ def ws_message(rng: random.Random) -> str | bytes:
             msg[k] = junk_value(rng)
         return json.dumps(msg)
     if r < 0.4:
-        return rng.choice(["", "{", "[]", "null", "{\"type\":", "\x00\x01", "nan", "{" * 500 + "}" * 500])
+        return rng.choice(["", "{", "[]", "null", '{"type":', "\x00\x01", "nan", "{" * 500 + "}" * 500])
     if r < 0.6:
         n = rng.choice([0, 1, 3, 320, 641, 3200])
         return TAG_PCM + bytes(rng.getrandbits(8) for _ in range(n))
@@ -84,24 +96,53 @@ def http_request(rng: random.Random, sid: str) -> tuple[str, str, dict]:
     if r < 0.45:
         return "POST", f"/v1/sessions/{sid}/say", {"content": json.dumps({"text": junk_value(rng)})}
     if r < 0.6:
-        return "POST", f"/v1/sessions/{sid}/emotion", {"content": json.dumps({"label": junk_value(rng), "intensity": junk_value(rng)})}
+        return (
+            "POST",
+            f"/v1/sessions/{sid}/emotion",
+            {"content": json.dumps({"label": junk_value(rng), "intensity": junk_value(rng)})},
+        )
     if r < 0.7:
         return "POST", "/v1/sessions", {"content": json.dumps({"avatar": junk_value(rng), "quality": junk_value(rng)})}
     if r < 0.8:
-        return "POST", f"/v1/sessions/{sid}/whep", {"content": mutate(b"v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\nm=video 9 UDP 96\r\n", rng),
-                                                      "headers": {"content-type": "application/sdp"}}
+        return (
+            "POST",
+            f"/v1/sessions/{sid}/whep",
+            {
+                "content": mutate(b"v=0\r\no=- 0 0 IN IP4 0.0.0.0\r\nm=video 9 UDP 96\r\n", rng),
+                "headers": {"content-type": "application/sdp"},
+            },
+        )
     if r < 0.9:
         return "POST", "/v1/clips", {"content": json.dumps({"emotion": junk_value(rng), "seconds": junk_value(rng)})}
-    return rng.choice(["GET", "DELETE", "PUT"]), rng.choice([f"/v1/sessions/{sid}x", "/v1/../etc/passwd", "/v1/sessions/%00"]), {}
+    return (
+        rng.choice(["GET", "DELETE", "PUT"]),
+        rng.choice([f"/v1/sessions/{sid}x", "/v1/../etc/passwd", "/v1/sessions/%00"]),
+        {},
+    )
 
 
 @pytest.fixture(scope="module")
 def server_process():
     """The server in its own process, as deployed: the fuzzing client must not share its GIL."""
     port = free_port()
-    p = subprocess.Popen([sys.executable, "-m", "avatarcast.realtime.cli", "serve", "--port", str(port), "--max-sessions", "16",
-                          "--admission", "0", "--rate-sessions-per-min", "600"],  # fuzzing input, not capacity
-                         stdout=subprocess.DEVNULL, stderr=open(os.environ.get("AVATARCAST_FUZZ_LOG", os.devnull), "w"))
+    p = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "avatarcast.realtime.cli",
+            "serve",
+            "--port",
+            str(port),
+            "--max-sessions",
+            "16",
+            "--admission",
+            "0",
+            "--rate-sessions-per-min",
+            "600",
+        ],  # fuzzing input, not capacity
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.environ.get("AVATARCAST_FUZZ_LOG", os.devnull), "w"),
+    )
     base = f"http://127.0.0.1:{port}"
     wait_ready(base, 120, lambda: p.poll() is None)
     yield base
@@ -199,8 +240,15 @@ def test_fuzzed_inputs_never_break_the_server_or_a_healthy_stream(server_process
     th.join(10)
     times = [t for t in watched if t >= t0 - 0.2]
     gaps = np.diff(times)
-    stats["frames"], stats["max_gap_s"], stats["p99_gap_s"] = len(times), round(float(gaps.max()), 3), round(float(np.percentile(gaps, 99)), 3)
-    stats["max_gap_at"] = time.strftime("%H:%M:%S", time.localtime(times[int(np.argmax(gaps))])) + f"{times[int(np.argmax(gaps))] % 1:.3f}"[1:]
+    stats["frames"], stats["max_gap_s"], stats["p99_gap_s"] = (
+        len(times),
+        round(float(gaps.max()), 3),
+        round(float(np.percentile(gaps, 99)), 3),
+    )
+    stats["max_gap_at"] = (
+        time.strftime("%H:%M:%S", time.localtime(times[int(np.argmax(gaps))]))
+        + f"{times[int(np.argmax(gaps))] % 1:.3f}"[1:]
+    )
     print("fuzz stats:", stats)
     assert stats["ws_sent"] + stats["http_sent"] >= N
     assert stats["http_5xx"] == 0 and stats["ws_internal_close"] == 0, stats

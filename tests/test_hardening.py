@@ -99,8 +99,10 @@ class Watch:
         end = time.monotonic() + timeout
         while not cond():
             if time.monotonic() > end:
-                raise AssertionError(f"{what}: not within {timeout} s; events {[e['type'] for e in self.events][-30:]}; "
-                                     f"close {self.ws.close_code} {self.ws.close_reason}")
+                raise AssertionError(
+                    f"{what}: not within {timeout} s; events {[e['type'] for e in self.events][-30:]}; "
+                    f"close {self.ws.close_code} {self.ws.close_reason}"
+                )
             await asyncio.sleep(0.05)
 
     def max_gap(self, since: float = 0.0) -> float:
@@ -119,8 +121,10 @@ async def say(w: Watch, text: str) -> None:
 @contextlib.asynccontextmanager
 async def two_streams(base: str):
     """Two WebSocket sessions of the shared server, both already receiving frames, watched."""
-    async with websockets.connect(ws_base(base) + "/v1/ws?avatar=pip") as a, \
-            websockets.connect(ws_base(base) + "/v1/ws?avatar=pip") as b:
+    async with (
+        websockets.connect(ws_base(base) + "/v1/ws?avatar=pip") as a,
+        websockets.connect(ws_base(base) + "/v1/ws?avatar=pip") as b,
+    ):
         wa, wb = Watch(a), Watch(b)
         try:
             await wa.until(lambda: len(wa.frames) > 4 and len(wb.frames) > 4, 10, "frames flow")
@@ -138,8 +142,11 @@ def test_an_engine_fault_ends_that_reaction_and_the_stream_goes_on(server: Any) 
             t0 = time.time()
             with engine_patch(hub, fail_once=True) as st:
                 await say(wa, "I am so happy right now!")
-                await wa.until(lambda: any(p.get("code") == "engine_failed" for p in wa.of("error")), 15,
-                               "an engine_failed error event")
+                await wa.until(
+                    lambda: any(p.get("code") == "engine_failed" for p in wa.of("error")),
+                    15,
+                    "an engine_failed error event",
+                )
                 await wa.until(lambda: any(p.get("to") == "idle" for p in wa.of("state_changed")), 5, "back to idle")
                 assert st["failed"] == 1
             await asyncio.sleep(1.0)
@@ -160,6 +167,7 @@ def test_a_slow_engine_steps_down_the_ladder_refuses_sessions_then_recovers(serv
     async def go() -> None:
         async with two_streams(base) as (wa, wb):
             with admission_on(hub), engine_patch(hub, sleep_s=0.6):  # every chunk now takes longer than it plays
+
                 def level() -> int:
                     return hub.services.scheduler.ladder.level
 
@@ -276,9 +284,31 @@ def test_bench_load_holds_what_fits_and_reports_the_refused_session(server: Any,
     saved = hub.settings.max_sessions, hub.settings.admission
     hub.settings.max_sessions, hub.settings.admission = 2, 0  # the cap is the capacity here: deterministic
     try:
-        r = subprocess.run([sys.executable, "-m", "avatarcast.realtime.cli", "bench", "load", "--url", base, "--sessions", "3",
-                            "--seconds", "20", "--clips", str(tmp_path), "--no-retry", "--gap", "1,3", "--json"],
-                           cwd=REPO, capture_output=True, text=True, timeout=120)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "avatarcast.realtime.cli",
+                "bench",
+                "load",
+                "--url",
+                base,
+                "--sessions",
+                "3",
+                "--seconds",
+                "20",
+                "--clips",
+                str(tmp_path),
+                "--no-retry",
+                "--gap",
+                "1,3",
+                "--json",
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     finally:
         hub.settings.max_sessions, hub.settings.admission = saved
     assert r.returncode == 0, r.stderr[-3000:]

@@ -48,8 +48,11 @@ def test_sessions_are_registered_found_and_closed(app) -> None:
 
 def test_bad_session_requests_are_refused_by_code(app) -> None:
     client, hub = app
-    cases = {ErrorCode.BAD_IMAGE_FORMAT: {"image_format": "gif"}, ErrorCode.BAD_QUALITY: {"quality": 0},
-             ErrorCode.BAD_LANGUAGE: {"language": "xx"}}  # no such Whisper language
+    cases = {
+        ErrorCode.BAD_IMAGE_FORMAT: {"image_format": "gif"},
+        ErrorCode.BAD_QUALITY: {"quality": 0},
+        ErrorCode.BAD_LANGUAGE: {"language": "xx"},
+    }  # no such Whisper language
     for code, kw in cases.items():
         err = refused(client, lambda kw=kw: hub.create_session("pip", **kw))
         assert (err.code, err.status, err.close_code, err.retry_after) == (code, 400, 1008, None)

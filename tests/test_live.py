@@ -36,7 +36,7 @@ def feed_all(live: LiveAudio, pcm: np.ndarray, chunk: int = 640, realtime: bool 
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         for i in range(0, len(pcm), chunk):
-            await live.feed((pcm[i:i + chunk] * 32767).astype(np.int16))
+            await live.feed((pcm[i : i + chunk] * 32767).astype(np.int16))
             if realtime:
                 await asyncio.sleep(max(0.0, t0 + (i + chunk) / 16000 - loop.time()))
         for _ in range(300):  # let the final transcription finish

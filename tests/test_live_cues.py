@@ -44,6 +44,7 @@ def same(a, b) -> bool:
 def run(coro):
     async def go():
         return await coro()
+
     return asyncio.run(go())
 
 
@@ -62,11 +63,14 @@ def test_a_reused_final_takes_the_speculations_read(reader, voice) -> None:
     assert same(cue, reader.read(text, voice, "en"))
 
 
-@pytest.mark.parametrize("final", [
-    LiveEvent("final", 0, 0.1, "I am so happy right now! Not.", "en", reused=False),  # speech went on
-    LiveEvent("final", 0, 0.1, "I am so happy right now!", "en", reused=True),  # a later pass without prosody
-    LiveEvent("final", 1, 0.1, "I am so happy right now!", "en", reused=True),  # another utterance
-])
+@pytest.mark.parametrize(
+    "final",
+    [
+        LiveEvent("final", 0, 0.1, "I am so happy right now! Not.", "en", reused=False),  # speech went on
+        LiveEvent("final", 0, 0.1, "I am so happy right now!", "en", reused=True),  # a later pass without prosody
+        LiveEvent("final", 1, 0.1, "I am so happy right now!", "en", reused=True),  # another utterance
+    ],
+)
 def test_a_final_that_is_not_the_speculation_reads_anew(reader, voice, final) -> None:
     r = Counting(reader)
 

@@ -60,8 +60,11 @@ def test_ladder_lowers_the_resolution_before_cached_loops() -> None:
         lad.observe(late=True, busy=1.0)
         lad.observe(late=True, busy=1.0)
         seen.append((lad.name, lad.live_steps, lad.lowres, lad.cached_loops))
-    assert seen[:3] == [("fewer_steps", 1, False, False), ("lower_resolution", 1, True, False),
-                        ("cached_loops", 1, True, True)]
+    assert seen[:3] == [
+        ("fewer_steps", 1, False, False),
+        ("lower_resolution", 1, True, False),
+        ("cached_loops", 1, True, True),
+    ]
     assert lad.level == lad.top == 3  # the lowest rung: it stays there
     clock.t += 10.0
     lad.tick(busy=0.1)
@@ -82,8 +85,9 @@ def test_ladder_skips_the_steps_level_when_the_engine_runs_one_step() -> None:
 
 
 def scheduler(busy: float, per: float | None, level: int = 0) -> SimpleNamespace:
-    return SimpleNamespace(busy_fraction=lambda w: busy, stream_chunk_s=per,
-                           ladder=SimpleNamespace(level=level, name="x"))
+    return SimpleNamespace(
+        busy_fraction=lambda w: busy, stream_chunk_s=per, ladder=SimpleNamespace(level=level, name="x")
+    )
 
 
 def test_admission_counts_measured_load_plus_one_reacting_stream() -> None:

@@ -19,8 +19,9 @@ APP = "https://app.example"
 @pytest.fixture(scope="module")
 def server():
     # no trusted proxy here: X-Forwarded-For must not change who the client is
-    with running_server(allowed_origins=APP + ", http://localhost:3000/", admission=0, ladder=0,
-                        forwarded_allow_ips="") as (url, hub):
+    with running_server(
+        allowed_origins=APP + ", http://localhost:3000/", admission=0, ladder=0, forwarded_allow_ips=""
+    ) as (url, hub):
         yield url, hub
 
 
@@ -64,7 +65,10 @@ def test_cors_for_listed_origins_only(server: tuple) -> None:
         r = c.get("/v1/emotions", headers={"Origin": "http://localhost:3000"})
         assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
         assert "location" in r.headers.get("access-control-expose-headers", "").lower()
-        assert "access-control-allow-origin" not in c.get("/v1/emotions", headers={"Origin": "https://evil.example"}).headers
+        assert (
+            "access-control-allow-origin"
+            not in c.get("/v1/emotions", headers={"Origin": "https://evil.example"}).headers
+        )
 
 
 def test_forwarded_for_is_ignored_from_an_untrusted_proxy(server: tuple) -> None:
@@ -76,6 +80,7 @@ def test_forwarded_for_is_ignored_from_an_untrusted_proxy(server: tuple) -> None
 
 def test_bad_allowed_origins_setting_is_refused() -> None:
     from avatarcast.realtime.settings import Settings
+
     s = Settings(allowed_origins="app.example")
     with pytest.raises(ValueError, match="allowed_origins"):
         s.validate()

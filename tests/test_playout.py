@@ -11,15 +11,26 @@ from avatarcast.realtime.playout import Playout, Shown, sent_frame
 S = FrameSource
 
 
-def planned(index: int, reaction: int | None = None, source: FrameSource = S.SAMPLER, emotion: str = "happy",
-            utterance: int | None = 0) -> FrameRequest:
+def planned(
+    index: int,
+    reaction: int | None = None,
+    source: FrameSource = S.SAMPLER,
+    emotion: str = "happy",
+    utterance: int | None = 0,
+) -> FrameRequest:
     if reaction is None:
         return FrameRequest(index, index, index / 8, "idle", 0.2, S.IDLE, None)
     return FrameRequest(index, index, index / 8, emotion, 0.8, source, utterance, reaction, index // 4, index % 4)
 
 
-def chunk(reaction: int, k: int, revision: int = 0, emotion: str = "happy", source: FrameSource = S.SAMPLER,
-          previous: int | None = None) -> ChunkRequest:
+def chunk(
+    reaction: int,
+    k: int,
+    revision: int = 0,
+    emotion: str = "happy",
+    source: FrameSource = S.SAMPLER,
+    previous: int | None = None,
+) -> ChunkRequest:
     return ChunkRequest(0.0, reaction, k, revision, 4 * k, 4, k / 2, emotion, 0.8, source, previous, 0)
 
 
@@ -119,7 +130,7 @@ def test_reaction_frames_never_reorder_and_never_skip(steps: list[str], per_chun
         else:
             shown.append(p.show(planned(len(shown), 1)))
     fresh = [s.pixels for s in shown if not s.late]
-    assert fresh == made[:len(fresh)]  # every made frame, in order, none skipped
+    assert fresh == made[: len(fresh)]  # every made frame, in order, none skipped
     assert p.queued == len(made) - len(fresh)
     for before, s in zip([None, *shown], shown):  # a late frame holds the last one (or listens before any)
         if s.late:

@@ -39,7 +39,9 @@ GATEWAYS = 2
 PIN = {"X-Session-Id": "ray-test-sessions"}  # the test's sockets and status calls: one gateway
 EMOTION = "happy"
 CHUNKS = 4  # sampled chunks per session the affinity test waits for: enough to see a session stay put
-AFFINITY_DEADLINE_S = 60.0  # under 8 s when the test runs alone; the bound only keeps a stalled sampler from hanging the run
+AFFINITY_DEADLINE_S = (
+    60.0  # under 8 s when the test runs alone; the bound only keeps a stalled sampler from hanging the run
+)
 
 
 def _descendants(root: int) -> set[int]:
@@ -80,8 +82,18 @@ def cluster() -> Any:
         pytest.skip("a Ray cluster is already connected in this process")
     before = _descendants(os.getpid())
     port = free_port()
-    s = Settings(port=port, threads=1, engine_replicas=2, ray_min_replicas=2, ray_max_replicas=2, ray=1,
-                 ray_gateways=GATEWAYS, admission=0, ladder=0, clip_cache_dir=tempfile.mkdtemp(prefix="avatarcast-clips-"))
+    s = Settings(
+        port=port,
+        threads=1,
+        engine_replicas=2,
+        ray_min_replicas=2,
+        ray_max_replicas=2,
+        ray=1,
+        ray_gateways=GATEWAYS,
+        admission=0,
+        ladder=0,
+        clip_cache_dir=tempfile.mkdtemp(prefix="avatarcast-clips-"),
+    )
     t0 = time.monotonic()
     launch.start(s, num_cpus=4)
     base = f"http://127.0.0.1:{port}"
@@ -170,8 +182,17 @@ def test_builder_args_and_deployment_options() -> None:
     """The config file's args become one Settings; replica bounds pick fixed or autoscaled replicas."""
     from avatarcast.realtime.cluster.app import ROUTER, engine_deployment_options, settings_from_args
 
-    s = settings_from_args({"engine": "tiny", "engine_replicas": 3, "min_replicas": 1, "max_replicas": 5,
-                            "backend": "onnxruntime", "target_ongoing_requests": 6}, base=Settings())
+    s = settings_from_args(
+        {
+            "engine": "tiny",
+            "engine_replicas": 3,
+            "min_replicas": 1,
+            "max_replicas": 5,
+            "backend": "onnxruntime",
+            "target_ongoing_requests": 6,
+        },
+        base=Settings(),
+    )
     assert (s.ray, s.engine_replicas, s.ray_min_replicas, s.ray_max_replicas) == (1, 3, 1, 5)
     opts = engine_deployment_options(s)
     auto = opts["autoscaling_config"]
@@ -188,6 +209,7 @@ def test_builder_args_and_deployment_options() -> None:
     with pytest.raises(ValueError, match="ray_min_replicas"):
         settings_from_args({"min_replicas": 3, "max_replicas": 2}, base=Settings())
     from avatarcast.realtime.cluster.app import gateway_deployment_options
+
     one = gateway_deployment_options(Settings())
     assert one["num_replicas"] == 1 and one["request_router_config"].request_router_class == ROUTER
     many = gateway_deployment_options(settings_from_args({"ray_gateways": 2, "ray_max_gateways": 8}, base=Settings()))
@@ -203,8 +225,9 @@ def test_session_affinity_and_batching(cluster: str) -> None:
         before = _status(cluster)["cluster"]
         streams = await _open(cluster, SESSIONS)
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(s.pump(stop)) for s in streams] + \
-                [asyncio.create_task(s.keep_reacting(stop)) for s in streams]
+        tasks = [asyncio.create_task(s.pump(stop)) for s in streams] + [
+            asyncio.create_task(s.keep_reacting(stop)) for s in streams
+        ]
         # until every session has had CHUNKS sampled chunks: a count, not a rate (a timed window failed on
         # the 2-core CI machine when the other tests' processes slowed the 1-thread replicas)
         deadline = time.monotonic() + AFFINITY_DEADLINE_S
@@ -226,15 +249,18 @@ def test_session_affinity_and_batching(cluster: str) -> None:
     for s in streams:
         info = cl["sessions"].get(s.sid)
         assert info is not None, f"session {s.sid} sent no chunk to an engine replica"
-        assert info["chunks"] >= CHUNKS, \
+        assert info["chunks"] >= CHUNKS, (
             f"session {s.sid}: expected >= {CHUNKS} sampled chunks in {AFFINITY_DEADLINE_S:.0f} s, got {info['chunks']}"
+        )
         assert info["replica"] in replicas
         assert s.sampled_after(0) > 0 and not s.errors(), s.errors()
     assert cl["moves"] == before["moves"], f"expected no session to change replica, {cl['moves'] - before['moves']} did"
     assert cl["failovers"] == before["failovers"] == 0
     status = _status(cluster)["scheduler"]
-    print(f"affinity: {len(streams)} sessions on {len({cl['sessions'][s.sid]['replica'] for s in streams})} "
-          f"replica(s); {status['jobs']} chunks in {status['batches']} batches")
+    print(
+        f"affinity: {len(streams)} sessions on {len({cl['sessions'][s.sid]['replica'] for s in streams})} "
+        f"replica(s); {status['jobs']} chunks in {status['batches']} batches"
+    )
 
 
 def test_replica_killed_mid_stream(cluster: str) -> None:
@@ -243,8 +269,9 @@ def test_replica_killed_mid_stream(cluster: str) -> None:
     async def go() -> dict:
         streams = await _open(cluster, SESSIONS)
         stop = asyncio.Event()
-        tasks = [asyncio.create_task(s.pump(stop)) for s in streams] + \
-                [asyncio.create_task(s.keep_reacting(stop)) for s in streams]
+        tasks = [asyncio.create_task(s.pump(stop)) for s in streams] + [
+            asyncio.create_task(s.keep_reacting(stop)) for s in streams
+        ]
         await asyncio.sleep(5.0)
         cl = (await asyncio.to_thread(_status, cluster))["cluster"]
         on: dict[str, list[str]] = {}
@@ -260,13 +287,20 @@ def test_replica_killed_mid_stream(cluster: str) -> None:
             async with httpx.AsyncClient() as c:
                 health.append((await c.get(cluster + "/healthz", timeout=5)).status_code)
         await asyncio.sleep(2.0)
-        after = (await asyncio.to_thread(_status, cluster))
+        after = await asyncio.to_thread(_status, cluster)
         stop.set()
         await asyncio.gather(*tasks)
         for s in streams:
             await s.ws.close()
-        return {"streams": streams, "victim": victim, "moved": moved, "t_kill": t_kill, "health": health,
-                "after": after, "before": cl}
+        return {
+            "streams": streams,
+            "victim": victim,
+            "moved": moved,
+            "t_kill": t_kill,
+            "health": health,
+            "after": after,
+            "before": cl,
+        }
 
     r = asyncio.run(go())
     streams, victim, t_kill = r["streams"], r["victim"], r["t_kill"]
@@ -283,18 +317,22 @@ def test_replica_killed_mid_stream(cluster: str) -> None:
         assert fresh and fresh[-1] > t_kill + 8.0, f"session {s.sid}: no fresh frame in the last seconds"
         gap = max(b - a for a, b in zip([t_kill - 2.0, *fresh], fresh))
         gaps[s.sid] = gap
-        assert gap < MAX_FRESH_GAP_S, f"session {s.sid}: expected fresh frames every < {MAX_FRESH_GAP_S} s, gap {gap:.2f} s"
+        assert gap < MAX_FRESH_GAP_S, (
+            f"session {s.sid}: expected fresh frames every < {MAX_FRESH_GAP_S} s, gap {gap:.2f} s"
+        )
         assert s.sampled_after(t_kill + 1.0) > 0, f"session {s.sid}: no sampled frame after the kill"
         fatal = [e for e in s.errors() if e.get("code") == "engine_failed"]
         assert not fatal, f"session {s.sid}: a chunk failed despite failover: {fatal}"
     for sid in r["moved"]:
         now_on = cl["sessions"][sid]["replica"]
         assert now_on != victim, f"session {sid} still on the killed replica {victim}"
-    print(f"failover: killed {victim.rsplit('#', 1)[-1]} serving {len(r['moved'])} of {SESSIONS} sessions; "
-          f"longest fresh-frame gap per session: {', '.join(f'{g:.2f}s' for g in gaps.values())} "
-          f"(in the 4 s before the kill: {', '.join(f'{g:.2f}s' for g in before.values())}); "
-          f"chunk requests resent: {cl['failovers']}, longest chunk wait across the failure: "
-          f"{cl['max_failover_wait_s']:.2f}s")
+    print(
+        f"failover: killed {victim.rsplit('#', 1)[-1]} serving {len(r['moved'])} of {SESSIONS} sessions; "
+        f"longest fresh-frame gap per session: {', '.join(f'{g:.2f}s' for g in gaps.values())} "
+        f"(in the 4 s before the kill: {', '.join(f'{g:.2f}s' for g in before.values())}); "
+        f"chunk requests resent: {cl['failovers']}, longest chunk wait across the failure: "
+        f"{cl['max_failover_wait_s']:.2f}s"
+    )
 
     deadline = time.monotonic() + 60  # Serve replaces the dead replica
     while True:

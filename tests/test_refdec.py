@@ -39,7 +39,8 @@ def test_shapes_and_a_fresh_decoder_decodes_as_its_base() -> None:
     feats = RefFeatures.encode(enc, _ref(), rcfg.radius)
     r = rcfg.radius
     assert [tuple(m.shape) for m in feats.maps] == [
-        (1, c, (H + 2 * r) * s, (W + 2 * r) * s) for c, s in zip(rcfg.level_channels, (1, 2, 4))]
+        (1, c, (H + 2 * r) * s, (W + 2 * r) * s) for c, s in zip(rcfg.level_channels, (1, 2, 4))
+    ]
     z = torch.randn(2, cfg.latent_channels, H, W)
     win = tuple(m.expand(2, -1, -1, -1) for m in feats.window(CellBox(0, H, 0, W)))
     y = dec(z, win)
@@ -60,9 +61,9 @@ def test_a_crop_decodes_as_the_whole_grid_inside_its_margin() -> None:
     base_only = dec.base(z)
     assert (full - base_only).abs().mean() > 1e-3  # the reference does change the picture
     box = CellBox(4, 28, 4, 32)
-    crop = dec(z[..., box.top:box.bottom, box.left:box.right], feats.window(box))
+    crop = dec(z[..., box.top : box.bottom, box.left : box.right], feats.window(box))
     m = 8 * 8  # the crop's own border (8 cells: the convolutions' reach) sees zero padding, as in the plain decoder
-    part = full[..., box.top * 8:box.bottom * 8, box.left * 8:box.right * 8]
+    part = full[..., box.top * 8 : box.bottom * 8, box.left * 8 : box.right * 8]
     assert torch.allclose(crop[..., m:-m, m:-m], part[..., m:-m, m:-m], atol=1e-4)
 
 

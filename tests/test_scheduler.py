@@ -147,8 +147,9 @@ def test_out_of_memory_splits_the_batch_instead_of_failing_it(engine) -> None:
         try:
             due = time.monotonic() + 5.0
             states = [engine.start_stream("pip", "happy", 0.8, seed=i) for i in range(3)]
-            results = await asyncio.gather(*[sch.submit(ChunkJob(str(i), s, due, "happy", 0.8))
-                                             for i, s in enumerate(states)])
+            results = await asyncio.gather(
+                *[sch.submit(ChunkJob(str(i), s, due, "happy", 0.8)) for i, s in enumerate(states)]
+            )
             return results, sch.max_batch, sch.oom_splits
         finally:
             await sch.close()

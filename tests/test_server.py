@@ -93,8 +93,10 @@ class Client(WsRecorder):
             if until is not None and until(self):
                 return
         if until is not None:
-            raise AssertionError(f"condition not met in {seconds}s; events: {[e['type'] for e in self.events]}; "
-                                 f"errors: {self.of('error')}")
+            raise AssertionError(
+                f"condition not met in {seconds}s; events: {[e['type'] for e in self.events]}; "
+                f"errors: {self.of('error')}"
+            )
 
     def of(self, kind: str) -> list[dict]:
         return [e["payload"] for e in self.events if e["type"] == kind]
@@ -116,8 +118,14 @@ def test_health_ready_status_and_catalog(base: str) -> None:
         assert "pip" in c.get("/v1/avatars").json()["avatars"]
         assert "happy" in c.get("/v1/emotions").json()["emotions"]
         spec = c.get("/openapi.json").json()
-        for path in ("/v1/sessions", "/v1/sessions/{sid}/clips", "/v1/sessions/{sid}/say", "/v1/clips",
-                     "/v1/whep", "/v1/sessions/{sid}/whep"):
+        for path in (
+            "/v1/sessions",
+            "/v1/sessions/{sid}/clips",
+            "/v1/sessions/{sid}/say",
+            "/v1/clips",
+            "/v1/whep",
+            "/v1/sessions/{sid}/whep",
+        ):
             assert path in spec["paths"], path
         assert "audio/*" in spec["paths"]["/v1/sessions/{sid}/clips"]["post"]["requestBody"]["content"]
         page = c.get("/")
@@ -211,7 +219,7 @@ def test_websocket_streams_8fps_frames_and_reacts_to_say(base: str) -> None:
     assert ("cache", "happy") in sources and ("sampler", "happy") in sources
     first = sources.index(("cache", "happy"))
     # the reaction plays: cached chunk, then sampled chunks of the same emotion
-    assert sources[first:first + 4] == [("cache", "happy")] * 4
+    assert sources[first : first + 4] == [("cache", "happy")] * 4
     assert all(e == "happy" for _, e in sources[first:])  # no cut back while it plays
     assert not c.of("error")
 
@@ -222,7 +230,9 @@ def test_websocket_webp_keeps_alpha_and_explicit_emotion(base: str) -> None:
             c = Client(ws)
             await c.pump(0.6)
             await ws.send(json.dumps({"type": "emotion", "label": "sad", "intensity": 0.9}))
-            await c.pump(15.0, until=lambda c: any(h.emotion == "sad" and h.source == "sampler" for _, h, _ in c.frames))
+            await c.pump(
+                15.0, until=lambda c: any(h.emotion == "sad" and h.source == "sampler" for _, h, _ in c.frames)
+            )
             return c
 
     c = run(go())
@@ -239,9 +249,14 @@ def test_websocket_bad_messages_get_error_events_and_the_stream_goes_on(base: st
     async def go() -> Client:
         async with websockets.connect(ws_url(base, "/v1/ws")) as ws:
             c = Client(ws)
-            for m in ["not json", json.dumps([1, 2]), json.dumps({"type": "dance"}),
-                      json.dumps({"type": "say", "text": ""}), json.dumps({"type": "emotion", "label": 3}),
-                      json.dumps({"type": "emotion", "label": "grumpy", "intensity": 0.5})]:
+            for m in [
+                "not json",
+                json.dumps([1, 2]),
+                json.dumps({"type": "dance"}),
+                json.dumps({"type": "say", "text": ""}),
+                json.dumps({"type": "emotion", "label": 3}),
+                json.dumps({"type": "emotion", "label": "grumpy", "intensity": 0.5}),
+            ]:
                 await ws.send(m)
             await ws.send(b"XXXX1234")
             await ws.send(TAG_PCM + b"\x01\x02\x03")
@@ -254,8 +269,17 @@ def test_websocket_bad_messages_get_error_events_and_the_stream_goes_on(base: st
 
     c = run(go())
     codes = [e["code"] for e in c.of("error")]
-    for code in ("bad_json", "bad_message", "unknown_type", "bad_say", "bad_emotion", "unknown_emotion",
-                 "bad_binary", "bad_pcm", "bad_audio"):
+    for code in (
+        "bad_json",
+        "bad_message",
+        "unknown_type",
+        "bad_say",
+        "bad_emotion",
+        "unknown_emotion",
+        "bad_binary",
+        "bad_pcm",
+        "bad_audio",
+    ):
         assert code in codes, (code, codes)
 
 
@@ -268,7 +292,11 @@ def test_clip_over_http_and_websocket_in_several_formats(base: str, tmp_path) ->
     with httpx.Client(base_url=base, timeout=30) as c:
         sid = c.post("/v1/sessions", json={}).json()["id"]
         try:
-            for data in (wav, encode_audio(pcm, "ogg", "libopus", 48000), encode_audio(pcm, "mp3", "libmp3lame", 16000)):
+            for data in (
+                wav,
+                encode_audio(pcm, "ogg", "libopus", 48000),
+                encode_audio(pcm, "mp3", "libmp3lame", 16000),
+            ):
                 r = c.post(f"/v1/sessions/{sid}/clips", content=data, headers={"content-type": "audio/wav"})
                 assert r.status_code == 200, r.text
                 out = r.json()
@@ -311,7 +339,7 @@ def test_live_pcm_stream_listens_transcribes_and_reacts(base: str, tmp_path) -> 
             step = 640  # 40 ms, sent in real time like a microphone
             t0 = time.monotonic()
             for i in range(0, len(pcm16), step):
-                await ws.send(TAG_PCM + pcm16[i:i + step].tobytes())
+                await ws.send(TAG_PCM + pcm16[i : i + step].tobytes())
                 await c.pump(max(0.0, t0 + (i + step) / 16000 - time.monotonic()))
             await c.pump(15.0, until=lambda c: c.of("latency") and any(h.source == "cache" for _, h, _ in c.frames))
             return c
@@ -399,8 +427,13 @@ def test_readme_python_client_example_runs(base: str, tmp_path) -> None:
 
     (tmp_path / "happy.wav").write_bytes(speech_wav(tmp_path, "I am so happy right now!"))
     example = Path(__file__).resolve().parents[1] / "examples" / "ws_client.py"
-    out = subprocess.run([sys.executable, str(example), ws_url(base, "/v1/ws?avatar=pip"), "happy.wav"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, str(example), ws_url(base, "/v1/ws?avatar=pip"), "happy.wav"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     assert "transcript_final" in out.stdout and '"label": "happy"' in out.stdout, out.stdout
     jpgs = sorted(tmp_path.glob("frame_*.jpg"))
@@ -434,7 +467,10 @@ def test_prometheus_metrics_follow_sessions_and_latency(base: str) -> None:
     n_fps = after["avatarcast_session_fps_count"] - before.get("avatarcast_session_fps_count", 0)
     fps_sum = after["avatarcast_session_fps_sum"] - before.get("avatarcast_session_fps_sum", 0)
     assert n_fps >= 1 and 6.0 <= fps_sum / n_fps <= 9.0, (n_fps, fps_sum)
-    assert after['avatarcast_tter_seconds_count{kind="say"}'] == before.get('avatarcast_tter_seconds_count{kind="say"}', 0) + 1
+    assert (
+        after['avatarcast_tter_seconds_count{kind="say"}']
+        == before.get('avatarcast_tter_seconds_count{kind="say"}', 0) + 1
+    )
     assert after["avatarcast_frames_sent_total"] >= before["avatarcast_frames_sent_total"] + 4
     assert after["avatarcast_sessions_created_total"] == before["avatarcast_sessions_created_total"] + 1
     assert 'avatarcast_stage_seconds_count{stage="emotion"}' in after

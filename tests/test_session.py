@@ -172,7 +172,11 @@ def test_chunk_queue_never_more_than_two_sampler_chunks_ahead():
     s.on_final("yay", d.now)
     s.on_cue(cue("happy"), d.now)
     first = s.chunk_requests()
-    assert [(r.chunk, r.source, r.previous_chunk) for r in first] == [(0, "cache", None), (1, "sampler", 0), (2, "sampler", 1)]
+    assert [(r.chunk, r.source, r.previous_chunk) for r in first] == [
+        (0, "cache", None),
+        (1, "sampler", 0),
+        (2, "sampler", 1),
+    ]
     assert all(r.n_frames == 4 and r.first_frame == first[0].first_frame + 4 * r.chunk for r in first)
     requested = {r.chunk: r for r in first}
     while s.state == "reacting":
@@ -367,8 +371,9 @@ def test_ttff_tter_and_stage_durations():
         d.k += 1
         (req,) = s.plan(now)
     assert req.t == pytest.approx(T0 + 2.5) and req.source == "cache"
-    frame = VideoFrame.from_request(req, T0 + 2.51, stamps={"cache": (T0 + 2.47, T0 + 2.472),
-                                                             "encode": (T0 + 2.5, T0 + 2.508)})
+    frame = VideoFrame.from_request(
+        req, T0 + 2.51, stamps={"cache": (T0 + 2.47, T0 + 2.472), "encode": (T0 + 2.5, T0 + 2.508)}
+    )
     ev = s.on_frame_sent(frame, T0 + 2.512)
     assert ev is not None and ev.type == "latency"
     p = ev.payload
@@ -516,7 +521,14 @@ def test_messages_from_vad_and_audio():
 
     asr = AsrTranscript("hi there", "en", (), 1.0, 300.0)
     final = Transcript.from_vad(VadEvent("final", 2, 3.0, 1.0, 2.5, asr), 50.0)
-    assert (final.text, final.final, final.kind, final.utterance, final.t, final.asr) == ("hi there", True, "final", 2, 50.0, asr)
+    assert (final.text, final.final, final.kind, final.utterance, final.t, final.asr) == (
+        "hi there",
+        True,
+        "final",
+        2,
+        50.0,
+        asr,
+    )
     end = SpeechEvent.from_vad(VadEvent("speech_end", 2, 2.9, 1.0, 2.5), 49.0)
     assert (end.kind, end.stream_s) == ("end", 2.5)
     with pytest.raises(ValueError):

@@ -113,7 +113,7 @@ def test_live_mandarin_partials_and_final(whisper) -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         for i in range(0, len(pcm), 640):  # 40 ms chunks, paced like a microphone
-            await live.feed((pcm[i:i + 640] * 32767).astype(np.int16))
+            await live.feed((pcm[i : i + 640] * 32767).astype(np.int16))
             await asyncio.sleep(max(0.0, t0 + (i + 640) / 16000 - loop.time()))
         await asyncio.gather(*live._tasks, return_exceptions=True)
 
@@ -140,9 +140,12 @@ def test_default_server_reacts_to_mandarin_and_english_clips(server_url: str, se
         with connect(ws_url, max_size=None, open_timeout=30) as ws:
             ws.send(TAG_CLIP + (SPEECH / lang / name).read_bytes())
             clip, final, emotion, latency = _until(
-                ws, lambda ev: ev["type"] == "clip",
+                ws,
+                lambda ev: ev["type"] == "clip",
                 lambda ev: ev["type"] == "transcript_final" and ev["payload"].get("source") == "clip",
-                lambda ev: ev["type"] == "emotion", lambda ev: ev["type"] == "latency")
+                lambda ev: ev["type"] == "emotion",
+                lambda ev: ev["type"] == "latency",
+            )
             assert clip["payload"]["language"] == lang and final["payload"]["language"] == lang, (clip, final)
             assert error_rate(_text(name), clip["payload"]["transcript"], lang) <= 0.3, clip
             # the emotion was decided from this transcript, and the reaction's latency reported
@@ -163,21 +166,21 @@ def test_session_language_field_and_command(server_url: str) -> None:
         c.delete(f"/v1/sessions/{s['id']}")
     ws_url = server_url.replace("http://", "ws://") + "/v1/ws?avatar=pip&language=en"
     with connect(ws_url, max_size=None, open_timeout=30) as ws:
-        hello, = _until(ws, lambda ev: ev["type"] == "hello")
+        (hello,) = _until(ws, lambda ev: ev["type"] == "hello")
         assert hello["payload"]["language"] == "en"
         # forced English: Mandarin speech is written as English words, never as Han characters
         ws.send(TAG_CLIP + (SPEECH / "zh" / "zh11_excited.ogg").read_bytes())
-        clip, = _until(ws, lambda ev: ev["type"] == "clip")
+        (clip,) = _until(ws, lambda ev: ev["type"] == "clip")
         assert clip["payload"]["language"] == "en"
         assert not any("\u4e00" <= ch <= "\u9fff" for ch in clip["payload"]["transcript"]), clip
         ws.send(json.dumps({"type": "language", "language": "klingon"}))
-        err, = _until(ws, lambda ev: ev["type"] == "error")
+        (err,) = _until(ws, lambda ev: ev["type"] == "error")
         assert err["payload"]["code"] == "bad_language"
         ws.send(json.dumps({"type": "language", "language": "auto"}))
-        ev, = _until(ws, lambda ev: ev["type"] == "language")
+        (ev,) = _until(ws, lambda ev: ev["type"] == "language")
         assert ev["payload"]["language"] is None
         ws.send(TAG_CLIP + (SPEECH / "zh" / "zh11_excited.ogg").read_bytes())
-        clip, = _until(ws, lambda ev: ev["type"] == "clip")
+        (clip,) = _until(ws, lambda ev: ev["type"] == "clip")
         heard = clip["payload"]["transcript"]
         assert clip["payload"]["language"] == "zh" and any("\u4e00" <= ch <= "\u9fff" for ch in heard), clip
 

@@ -45,6 +45,7 @@ def alpha(frame: np.ndarray) -> np.ndarray:
 
 # --- templates -------------------------------------------------------------------------------
 
+
 def test_shipped_templates_cover_every_engine_emotion(engine, templates):
     assert tuple(templates) == engine.emotions
     for t in templates.values():
@@ -58,17 +59,20 @@ def _shipped_doc() -> dict:
     return json.loads(DEFAULT_PATH.read_text(encoding="utf-8"))
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("prompt", "", "prompt must be a non-empty string"),
-    ("intensity_range", [0.9, 0.2], "intensity_range must have lo <= hi"),
-    ("intensity_range", [0.0, 1.5], "intensity_range must be a number"),
-    ("default_intensity", 0.1, "default_intensity must be a number in \\[0.4, 1.0\\]"),
-    ("variants", 0, "variants must be an integer"),
-    ("keywords_zh", [], "keywords_zh must be a non-empty list"),
-    ("hold_seconds", -1, "hold_seconds must be a number"),
-    ("name", "Happy Face", "name must be a lowercase identifier"),
-    ("colour", "red", "unknown field\\(s\\) colour"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("prompt", "", "prompt must be a non-empty string"),
+        ("intensity_range", [0.9, 0.2], "intensity_range must have lo <= hi"),
+        ("intensity_range", [0.0, 1.5], "intensity_range must be a number"),
+        ("default_intensity", 0.1, "default_intensity must be a number in \\[0.4, 1.0\\]"),
+        ("variants", 0, "variants must be an integer"),
+        ("keywords_zh", [], "keywords_zh must be a non-empty list"),
+        ("hold_seconds", -1, "hold_seconds must be a number"),
+        ("name", "Happy Face", "name must be a lowercase identifier"),
+        ("colour", "red", "unknown field\\(s\\) colour"),
+    ],
+)
 def test_invalid_template_names_the_bad_field(tmp_path, field, value, message):
     doc = _shipped_doc()
     doc["emotions"][2][field] = value  # happy
@@ -106,6 +110,7 @@ def test_template_hash_follows_what_shapes_the_reaction(templates):
 
 # --- keys ------------------------------------------------------------------------------------
 
+
 def test_key_changes_with_every_component(engine, templates, tmp_path):
     cache = LatentsCache(engine, templates, tmp_path)
     base = cache.key(0, "happy", 0)
@@ -139,6 +144,7 @@ def test_key_changes_with_every_component(engine, templates, tmp_path):
 
 
 # --- cache -----------------------------------------------------------------------------------
+
 
 def test_precompute_batches_then_a_new_cache_loads_without_sampling(engine, templates, tmp_path, sample_calls):
     keys = {"avatars": [0, 1], "emotions": ["happy", "sad"], "variants": 1}
@@ -179,7 +185,7 @@ def test_cached_frames_are_the_decoded_cached_latents(engine, templates, tmp_pat
     assert entry.frames.dtype == np.uint8 and entry.frames.shape == (T, 360, 640, 4)
     np.testing.assert_array_equal(engine.decode(entry.latents.astype(np.float32)), entry.frames)
     # the context is the last K latent frames (kept at full precision for the sampler)
-    last = entry.latents[T - K:].astype(np.float32).reshape(K * C, *cfg.latent_hw)
+    last = entry.latents[T - K :].astype(np.float32).reshape(K * C, *cfg.latent_hw)
     np.testing.assert_allclose(entry.ctx, last, rtol=2e-3, atol=2e-3)
 
 
@@ -211,9 +217,10 @@ def test_start_from_cache_continues_the_reaction_without_a_seam(engine, template
 def test_corrupt_or_partial_file_is_a_miss_and_is_rewritten(engine, templates, tmp_path, sample_calls, caplog):
     good = LatentsCache(engine, templates, tmp_path).get(3, "angry", 0)
     path = tmp_path / f"{good.key}.npz"
+
     def flip_middle(b: bytes) -> bytes:  # bit rot inside the compressed frames
         m = len(b) // 2
-        return b[:m] + bytes(x ^ 0xFF for x in b[m:m + 64]) + b[m + 64:]
+        return b[:m] + bytes(x ^ 0xFF for x in b[m : m + 64]) + b[m + 64 :]
 
     for damage in (lambda b: b[: len(b) // 2], lambda b: b"garbage" * 10, flip_middle):
         path.write_bytes(damage(path.read_bytes()))
@@ -248,8 +255,20 @@ def test_unknown_emotion_is_a_clear_error(engine, templates, tmp_path):
 
 def test_precompute_cli_prints_stats(tmp_path, capsys):
     from avatarcast.realtime.precompute import main
-    argv = ["--avatars", "luna", "--emotions", "happy", "--variants", "1", "--cache-dir", str(tmp_path),
-            "--steps", "1", "--json"]
+
+    argv = [
+        "--avatars",
+        "luna",
+        "--emotions",
+        "happy",
+        "--variants",
+        "1",
+        "--cache-dir",
+        str(tmp_path),
+        "--steps",
+        "1",
+        "--json",
+    ]
     assert main(argv) == 0
     stats = json.loads(capsys.readouterr().out)
     assert (stats["computed"], stats["loaded"], stats["steps"]) == (1, 0, 1), stats

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # --- sampler -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("steps", [1, 2, 4, 8])
 def test_shortcut_sampler_reaches_the_data_point_with_exact_velocity(steps):
     """With the true rectified-flow velocity (x1 - x)/(1 - t), Euler lands on x1 at any step count."""
@@ -61,8 +62,14 @@ def test_flow_match_euler_schedule():
 
 # --- networks ----------------------------------------------------------------------------
 
-SMALL = TinyConfig(enc_channels=(8, 16, 16), enc_blocks=(1, 1, 1), dec_channels=(16, 16, 8), dec_blocks=(1, 1, 0),
-                   den_channels=(32, 32, 32), cond_dim=32)
+SMALL = TinyConfig(
+    enc_channels=(8, 16, 16),
+    enc_blocks=(1, 1, 1),
+    dec_channels=(16, 16, 8),
+    dec_blocks=(1, 1, 0),
+    den_channels=(32, 32, 32),
+    cond_dim=32,
+)
 
 
 def test_network_shapes_and_frame_roundtrip():
@@ -89,16 +96,22 @@ def test_network_shapes_and_frame_roundtrip():
     assert back.shape == (3, 360, 640, 4) and back.dtype == torch.uint8
     win = slice(cfg.window_x0, cfg.window_x0 + cfg.window_width)  # the window comes back, the rest is transparent
     assert int((back[:, :, win].int() - frames[:, :, win].int()).abs().max()) <= 1
-    assert int(back[:, :, :cfg.window_x0].max()) == 0 and int(back[:, :, win.stop:].max()) == 0
+    assert int(back[:, :, : cfg.window_x0].max()) == 0 and int(back[:, :, win.stop :].max()) == 0
     z = FrameEncoder(cfg, Encoder(cfg))(frames)
     assert z.shape == (3, C, H, W)
     # the decoder graph takes any crop of the grid and gives its cells' pixels
     assert FrameDecoder(cfg, Decoder(cfg))(z).shape == (3, 384, 448, 4)
     assert FrameDecoder(cfg, Decoder(cfg))(z[:, :, 8:20, 4:28]).shape == (3, 96, 192, 4)
     den = Denoiser(cfg)
-    v = den(torch.randn(2, cfg.chunk_frames * C, H, W), torch.rand(2), torch.rand(2),
-            torch.randn(2, cfg.context_frames * C, H, W), torch.randn(2, C, H, W),
-            torch.tensor([0, 10]), torch.rand(2))
+    v = den(
+        torch.randn(2, cfg.chunk_frames * C, H, W),
+        torch.rand(2),
+        torch.rand(2),
+        torch.randn(2, cfg.context_frames * C, H, W),
+        torch.randn(2, C, H, W),
+        torch.tensor([0, 10]),
+        torch.rand(2),
+    )
     assert v.shape == (2, cfg.chunk_frames * C, H, W)
 
 
@@ -107,6 +120,7 @@ def _noise_left_after_training(cfg, steps: int = 80) -> float:
     import torch
 
     from avatarcast.engines.tiny.model import Denoiser
+
     torch.manual_seed(0)
     C, T, K, (H, W) = cfg.latent_channels, cfg.chunk_frames, cfg.context_frames, cfg.latent_hw
     x1 = torch.nn.functional.interpolate(torch.randn(1, T * C, H // 4, W // 4), size=(H, W), mode="bilinear")
@@ -118,8 +132,9 @@ def _noise_left_after_training(cfg, steps: int = 80) -> float:
     for _ in range(steps):
         x0, t = torch.randn(B, T * C, H, W), torch.rand(B)
         xt = (1 - t)[:, None, None, None] * x0 + t[:, None, None, None] * x1
-        v = den(xt, t, torch.zeros(B), ctx.expand(B, -1, -1, -1), ref.expand(B, -1, -1, -1), emo.expand(B),
-                inten.expand(B))
+        v = den(
+            xt, t, torch.zeros(B), ctx.expand(B, -1, -1, -1), ref.expand(B, -1, -1, -1), emo.expand(B), inten.expand(B)
+        )
         loss = (v - (x1 - x0)).pow(2).mean()
         opt.zero_grad()
         loss.backward()
@@ -127,8 +142,9 @@ def _noise_left_after_training(cfg, steps: int = 80) -> float:
     with torch.no_grad():
         x0 = torch.randn(B, T * C, H, W)
         one = torch.ones(B)
-        sample = x0 + den(x0, 0 * one, one, ctx.expand(B, -1, -1, -1), ref.expand(B, -1, -1, -1), emo.expand(B),
-                          inten.expand(B))
+        sample = x0 + den(
+            x0, 0 * one, one, ctx.expand(B, -1, -1, -1), ref.expand(B, -1, -1, -1), emo.expand(B), inten.expand(B)
+        )
     return float(((sample - x1) * x0).sum() / (x0 * x0).sum())
 
 
@@ -141,7 +157,7 @@ def test_denoiser_removes_noise_wider_than_its_first_level():
     """
     pytest.importorskip("torch")
     cfg = dataclasses.replace(SMALL, height=64, pad_height=64, width=64, window_x0=0, window_width=64)
-    assert cfg.den_pred == "x" and cfg.chunk_frames * cfg.latent_channels * cfg.patch ** 2 > cfg.den_channels[0]
+    assert cfg.den_pred == "x" and cfg.chunk_frames * cfg.latent_channels * cfg.patch**2 > cfg.den_channels[0]
     assert _noise_left_after_training(cfg) < 0.1
     assert _noise_left_after_training(dataclasses.replace(cfg, den_pred="v")) > 0.5
 
@@ -154,11 +170,31 @@ def test_config_roundtrip():
 
 def test_manifest_config_from_before_the_window_means_the_first_model():
     """A manifest without `arch` is the first model: whole frame, 16x downsampling, no patches, no crop."""
-    old = {k: v for k, v in TinyConfig().to_dict().items()
-           if k not in ("arch", "window_x0", "window_width", "patch", "enc_blocks", "dec_blocks", "background_latent",
-                        "crop_threshold", "crop_margin", "den_pred")}
-    old.update(latent_channels=16, downsample=16, enc_channels=[32, 64, 128, 128], dec_channels=[128, 64, 32, 16],
-               latent_mean=[0.0] * 16, latent_std=[1.0] * 16)
+    old = {
+        k: v
+        for k, v in TinyConfig().to_dict().items()
+        if k
+        not in (
+            "arch",
+            "window_x0",
+            "window_width",
+            "patch",
+            "enc_blocks",
+            "dec_blocks",
+            "background_latent",
+            "crop_threshold",
+            "crop_margin",
+            "den_pred",
+        )
+    }
+    old.update(
+        latent_channels=16,
+        downsample=16,
+        enc_channels=[32, 64, 128, 128],
+        dec_channels=[128, 64, 32, 16],
+        latent_mean=[0.0] * 16,
+        latent_std=[1.0] * 16,
+    )
     cfg = TinyConfig.from_dict(old)
     assert (cfg.arch, cfg.window_x0, cfg.window_width, cfg.patch, cfg.crop_threshold) == (1, 0, 640, 1, 0.0)
     assert cfg.den_pred == "v" and cfg.latent_hw == (24, 40)
@@ -174,9 +210,11 @@ def test_config_from_before_den_pred_means_a_velocity_denoiser():
 
 # --- the shipped weights -----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def engine():
     from avatarcast.engines.tiny.engine import TinyEngine
+
     return TinyEngine.load(backend="onnxruntime", steps=2)
 
 
@@ -237,9 +275,26 @@ def test_cli_render_writes_playable_video(tmp_path):
 
     for name in ("happy.mp4", "happy.webm"):
         out = tmp_path / name
-        r = subprocess.run([sys.executable, "-m", "avatarcast.realtime.cli", "render", "--avatar", "1", "--emotion",
-                            "idle:0.5,happy:1", "--seconds", "1", "-o", str(out)], cwd=ROOT,
-                           capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "avatarcast.realtime.cli",
+                "render",
+                "--avatar",
+                "1",
+                "--emotion",
+                "idle:0.5,happy:1",
+                "--seconds",
+                "1",
+                "-o",
+                str(out),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr
         with av.open(str(out)) as f:
             frames = [fr for fr in f.decode(video=0)]
@@ -248,6 +303,7 @@ def test_cli_render_writes_playable_video(tmp_path):
 
 
 # --- training ----------------------------------------------------------------------------
+
 
 def test_training_script_runs_and_resumes_on_cpu(tmp_path):
     """A few real optimisation steps of both stages on a tiny config, then a resume.
@@ -258,14 +314,47 @@ def test_training_script_runs_and_resumes_on_cpu(tmp_path):
     ck = tmp_path / "ck"
     ck.mkdir()
     (ck / "config.json").write_text(json.dumps(SMALL.to_dict()))
-    cmd = [sys.executable, "-m", "tools.train_tiny", "--work", str(tmp_path / "work"), "--ckpt", str(ck),
-           "--stages", "ae,denoiser", "--ae-minutes", "0", "--den-minutes", "0", "--random-avatars", "0",
-           "--variants", "1", "--den-variants", "1", "--ae-clips", "4",
-           "--ae-batch", "2", "--den-batch", "4", "--min-steps", "3",
-           "--stats-clips", "2", "--clip-limit", "6", "--workers", "2", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tools.train_tiny",
+        "--work",
+        str(tmp_path / "work"),
+        "--ckpt",
+        str(ck),
+        "--stages",
+        "ae,denoiser",
+        "--ae-minutes",
+        "0",
+        "--den-minutes",
+        "0",
+        "--random-avatars",
+        "0",
+        "--variants",
+        "1",
+        "--den-variants",
+        "1",
+        "--ae-clips",
+        "4",
+        "--ae-batch",
+        "2",
+        "--den-batch",
+        "4",
+        "--min-steps",
+        "3",
+        "--stats-clips",
+        "2",
+        "--clip-limit",
+        "6",
+        "--workers",
+        "2",
+        "--device",
+        "cpu",
+    ]
     r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     import torch
+
     ae = torch.load(ck / "ae.pt")
     den = torch.load(ck / "den_ema.pt")
     assert ae["step"] > 0 and den["step"] > 0
@@ -273,7 +362,12 @@ def test_training_script_runs_and_resumes_on_cpu(tmp_path):
     cfg = json.loads((ck / "config.json").read_text())
     assert cfg["latent_std"] != [1.0] * 8, "latent statistics must be measured"
     assert cfg["crop_threshold"] > 0, "the empty cell's distance must be measured"
-    r = subprocess.run(cmd[:-6] + ["--stages", "denoiser", "--clip-limit", "6", "--workers", "2", "--device", "cpu"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        cmd[:-6] + ["--stages", "denoiser", "--clip-limit", "6", "--workers", "2", "--device", "cpu"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert torch.load(ck / "den_ema.pt")["step"] > den["step"], "a second run must resume, not restart"

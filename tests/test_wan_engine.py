@@ -24,8 +24,17 @@ def ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(ckpt) -> WanEngine:
-    return WanEngine.load(ckpt, steps=2, shift=5.0, chunk_latent_frames=2, context_latent_frames=1,
-                          height=H, width=W, out_height=36, out_width=64)
+    return WanEngine.load(
+        ckpt,
+        steps=2,
+        shift=5.0,
+        chunk_latent_frames=2,
+        context_latent_frames=1,
+        height=H,
+        width=W,
+        out_height=36,
+        out_width=64,
+    )
 
 
 def _ref_image() -> np.ndarray:
@@ -62,7 +71,8 @@ def test_inspect_checkpoint_missing_shard(ckpt, tmp_path):
     bad = tmp_path / "sharded"
     shutil.copytree(ckpt, bad)
     (bad / "vae" / "diffusion_pytorch_model.safetensors.index.json").write_text(
-        '{"weight_map": {"a": "diffusion_pytorch_model-00001-of-00002.safetensors"}}')
+        '{"weight_map": {"a": "diffusion_pytorch_model-00001-of-00002.safetensors"}}'
+    )
     with pytest.raises(WanCheckpointError, match="vae/diffusion_pytorch_model-00001-of-00002.safetensors"):
         inspect_checkpoint(bad)
 
@@ -81,8 +91,10 @@ def test_chunks_shapes_determinism_and_continuation(engine):
     ref = engine.reference_latent(_ref_image())
 
     def run(seed0: int):
-        states = [engine.start_stream(ref, _embeds(1), seed=seed0),
-                  engine.start_stream(ref, _embeds(2, length=7), seed=seed0 + 1)]
+        states = [
+            engine.start_stream(ref, _embeds(1), seed=seed0),
+            engine.start_stream(ref, _embeds(2, length=7), seed=seed0 + 1),
+        ]
         first = engine.sample_chunks(states)
         ctx_after_first = [s.context.clone() for s in states]
         second = engine.sample_chunks(states)
@@ -141,20 +153,45 @@ def test_first_chunk_matches_diffusers_ti2v_pipeline(engine):
     """Chunk 1 (context = reference frame) equals diffusers' Wan 2.2 TI2V loop (expand_timesteps)."""
     from diffusers import FlowMatchEulerDiscreteScheduler, WanImageToVideoPipeline
     from PIL import Image
+
     sched = FlowMatchEulerDiscreteScheduler(shift=5.0)
     sched.set_timesteps(2)
-    eng = WanEngine(engine.transformer, engine.vae, engine.info, sigmas=[float(s) for s in sched.sigmas[:-1]],
-                    chunk_latent_frames=2, height=H, width=W, out_height=H, out_width=W)
+    eng = WanEngine(
+        engine.transformer,
+        engine.vae,
+        engine.info,
+        sigmas=[float(s) for s in sched.sigmas[:-1]],
+        chunk_latent_frames=2,
+        height=H,
+        width=W,
+        out_height=H,
+        out_width=W,
+    )
     img = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
     ref, emb = eng.reference_latent(img), _embeds(1)
     ours = eng.sample_chunks([eng.start_stream(ref, emb, seed=0)])
     noise = torch.randn(Z, 2, H // 8, W // 8, generator=torch.Generator().manual_seed(0))
-    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=eng.vae, scheduler=sched,
-                                   transformer=eng.transformer, expand_timesteps=True)
+    pipe = WanImageToVideoPipeline(
+        tokenizer=None,
+        text_encoder=None,
+        vae=eng.vae,
+        scheduler=sched,
+        transformer=eng.transformer,
+        expand_timesteps=True,
+    )
     pipe.set_progress_bar_config(disable=True)
     lat = torch.cat([torch.zeros(1, Z, 1, H // 8, W // 8), noise[None]], 2)
-    out = pipe(image=Image.fromarray(img), prompt_embeds=emb, guidance_scale=1.0, height=H, width=W,
-               num_frames=9, num_inference_steps=2, latents=lat, output_type="latent").frames
+    out = pipe(
+        image=Image.fromarray(img),
+        prompt_embeds=emb,
+        guidance_scale=1.0,
+        height=H,
+        width=W,
+        num_frames=9,
+        num_inference_steps=2,
+        latents=lat,
+        output_type="latent",
+    ).frames
     torch.testing.assert_close(out[0, :, 0], ref, atol=1e-5, rtol=0)
     torch.testing.assert_close(out[:, :, 1:].permute(0, 2, 1, 3, 4), ours, atol=1e-5, rtol=0)
 
@@ -217,8 +254,10 @@ def test_stream_caches_own_their_memory(engine):
     from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
 
     gen = torch.Generator().manual_seed(2)
-    for dec in (StreamingVaeDecoder(engine.vae, max_batch=3, frames_per_call=2),
-                _counted(engine.vae, max_batch=1, frames_per_call=2)[0]):
+    for dec in (
+        StreamingVaeDecoder(engine.vae, max_batch=3, frames_per_call=2),
+        _counted(engine.vae, max_batch=1, frames_per_call=2)[0],
+    ):
         caches = [VaeStreamCache() for _ in range(3)]
         for T in (3, 2):
             dec.decode(torch.randn(3, Z, T, 4, 8, generator=gen), caches)
@@ -233,6 +272,7 @@ def test_fp8_blocks_quantize_every_block_linear_and_stay_close(ckpt):
     checks the quantization and the module surgery; the kernel (torch._scaled_mm) is checked on the GPU
     by `bench engine --engine wan --fp8` (fp8_rel_err)."""
     from avatarcast.engines.wan.fp8 import FP8_MAX, Fp8Linear, convert_blocks_to_fp8, quantize_rows
+
     x = torch.randn(6, 32) * torch.logspace(-2, 2, 6)[:, None]
     q, s = quantize_rows(x)
     assert q.dtype == torch.float8_e4m3fn and s.shape == (6, 1)
@@ -241,8 +281,17 @@ def test_fp8_blocks_quantize_every_block_linear_and_stay_close(ckpt):
     assert torch.allclose(back.abs().amax(1), x.abs().amax(1), rtol=1e-6)  # each row's max maps to FP8_MAX
     assert float(q.float().abs().max()) == FP8_MAX
 
-    eng = WanEngine.load(ckpt, steps=2, shift=5.0, chunk_latent_frames=2, context_latent_frames=1,
-                         height=H, width=W, out_height=36, out_width=64)
+    eng = WanEngine.load(
+        ckpt,
+        steps=2,
+        shift=5.0,
+        chunk_latent_frames=2,
+        context_latent_frames=1,
+        height=H,
+        width=W,
+        out_height=36,
+        out_width=64,
+    )
     ref = eng.reference_latent(_ref_image())
     linears = sum(isinstance(m, torch.nn.Linear) for m in eng.transformer.blocks.modules())
     before = eng.sample_chunks([eng.start_stream(ref, _embeds(1), seed=3)])
@@ -263,11 +312,12 @@ def test_steady_frames_decode_several_per_call_like_one_per_call(engine):
     for k in (1, 3):
         dec = StreamingVaeDecoder(engine.vae, max_batch=2, frames_per_call=k)
         calls = []
-        hook = engine.vae.decoder.register_forward_pre_hook(lambda m, a, kw, calls=calls: calls.append(a[0].shape[2]),
-                                                             with_kwargs=True)
+        hook = engine.vae.decoder.register_forward_pre_hook(
+            lambda m, a, kw, calls=calls: calls.append(a[0].shape[2]), with_kwargs=True
+        )
         caches = [VaeStreamCache(), VaeStreamCache()]
         chunks = [dec.decode(z[:, :, :1], caches)]  # a fresh stream's first frame primes its cache
-        chunks += [dec.decode(z[:, :, t:t + 3], caches) for t in (1, 4, 7)]
+        chunks += [dec.decode(z[:, :, t : t + 3], caches) for t in (1, 4, 7)]
         hook.remove()
         outs[k] = torch.cat([torch.stack(c) for c in chunks], 2)
         assert calls == ([1] * 10 if k == 1 else [1, 1, 2, 3, 3])  # the frame after the first is not steady yet
@@ -325,14 +375,28 @@ def test_regional_compile_traces_one_block_for_all_blocks():
     from avatarcast.engines.wan.graphs import compile_transformer
 
     torch.manual_seed(0)
-    tr = WanTransformer3DModel(patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=8, in_channels=Z,
-                               out_channels=Z, text_dim=TEXT_DIM, freq_dim=32, ffn_dim=32, num_layers=3,
-                               cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32).eval()
+    tr = WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=8,
+        in_channels=Z,
+        out_channels=Z,
+        text_dim=TEXT_DIM,
+        freq_dim=32,
+        ffn_dim=32,
+        num_layers=3,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    ).eval()
 
     def inputs(B: int):
         g = torch.Generator().manual_seed(B)
-        return (torch.randn(B, Z, 2, H // 8, W // 8, generator=g), torch.full((B, 2 * (H // 16) * (W // 16)), 500.0),
-                torch.randn(B, 7, TEXT_DIM, generator=g))
+        return (
+            torch.randn(B, Z, 2, H // 8, W // 8, generator=g),
+            torch.full((B, 2 * (H // 16) * (W // 16)), 500.0),
+            torch.randn(B, 7, TEXT_DIM, generator=g),
+        )
 
     graphs: list[bool] = []  # per compiled graph: does it hold the patch embedding (outside the blocks)?
 
@@ -341,6 +405,7 @@ def test_regional_compile_traces_one_block_for_all_blocks():
         return gm.forward
 
     from avatarcast.engines.wan.fp8 import convert_blocks_to_fp8
+
     assert convert_blocks_to_fp8(tr) > 0  # as served with --wan-fp8 1: the blocks' fp8 buffers are graph inputs too
     torch._dynamo.reset()
     with torch.no_grad():

@@ -20,10 +20,13 @@ from tests.wan_checkpoint import make_checkpoint  # noqa: E402
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("wanx")
-    eng = WanEngine.load(make_checkpoint(root / "ckpt"), steps=2, chunk_latent_frames=2, height=32, width=64,
-                         out_height=36, out_width=64)
-    return eng, {"denoiser": export_denoiser(eng, root / "onnx" / "wan_denoiser.onnx"),
-                 "vae_step": export_vae_step(eng, root / "onnx" / "wan_vae_step.onnx")}
+    eng = WanEngine.load(
+        make_checkpoint(root / "ckpt"), steps=2, chunk_latent_frames=2, height=32, width=64, out_height=36, out_width=64
+    )
+    return eng, {
+        "denoiser": export_denoiser(eng, root / "onnx" / "wan_denoiser.onnx"),
+        "vae_step": export_vae_step(eng, root / "onnx" / "wan_vae_step.onnx"),
+    }
 
 
 def test_denoiser_onnx_matches_torch_at_two_batch_sizes(exported):

@@ -32,8 +32,9 @@ def _frames(eng: WanEngine, chunks: int = 3) -> list[np.ndarray]:
     ref = eng.reference_latent(np.full((32, 64, 3), 128, np.uint8))
     gen = torch.Generator().manual_seed(0)
     # 512 tokens, as the server pads every prompt (the graph zero-pads shorter ones, which torch does not)
-    embeds = [torch.cat([torch.randn(1, 5, TEXT_DIM, generator=gen), torch.zeros(1, 507, TEXT_DIM)], 1)
-              for _ in range(2)]
+    embeds = [
+        torch.cat([torch.randn(1, 5, TEXT_DIM, generator=gen), torch.zeros(1, 507, TEXT_DIM)], 1) for _ in range(2)
+    ]
     states = [eng.start_stream(ref, e, seed=s) for e, s in zip(embeds, (0, 7))]
     return [eng.next_chunk(states) for _ in range(chunks)]
 
@@ -68,6 +69,7 @@ def test_a_missing_or_mismatched_export_says_what_to_do(exported, tmp_path):
 
 def test_tensorrt_refuses_clearly_without_a_gpu_it_supports(exported):
     from avatarcast.engines.backends.base import BackendError
+
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the device run builds and runs the engines")
     ckpt, onnx = exported
@@ -85,8 +87,17 @@ def test_serve_settings_pick_the_exported_graphs(exported, tmp_path):
         Settings(engine="wan", checkpoint=str(ckpt), wan_backend="tvm").validate()
     with pytest.raises(ValueError, match="give wan_export_dir"):
         Settings(engine="wan", checkpoint=str(ckpt), wan_backend="tensorrt").validate()
-    kw = Settings(engine="wan", checkpoint=str(ckpt), wan_backend="onnxruntime", wan_export_dir=str(onnx),
-                  wan_chunk_latents=2, wan_height=32, wan_width=64, wan_prompt_embeds="random", steps=2).wan_kwargs()
+    kw = Settings(
+        engine="wan",
+        checkpoint=str(ckpt),
+        wan_backend="onnxruntime",
+        wan_export_dir=str(onnx),
+        wan_chunk_latents=2,
+        wan_height=32,
+        wan_width=64,
+        wan_prompt_embeds="random",
+        steps=2,
+    ).wan_kwargs()
     assert kw["backend"] == "onnxruntime" and kw["export_dir"] == str(onnx)
     av = WanAvatarEngine.load(cache_dir=tmp_path, **kw)
     assert isinstance(av.wan.denoiser, GraphDenoiser)

@@ -45,9 +45,27 @@ def ckpts(tmp_path_factory) -> dict[str, Path]:
 def embeds_dir(ckpts, tmp_path_factory) -> Path:
     """A cache dir whose prompt embeddings were written by `avatarcast precompute --prompts-only`."""
     from avatarcast.realtime.precompute import main
+
     d = tmp_path_factory.mktemp("cache")
-    assert main(["--engine", "wan", "--checkpoint", str(ckpts["full"]), "--cache-dir", str(d), "--prompts-only",
-                 "--wan-height", str(H), "--wan-width", str(W), "--json"]) == 0
+    assert (
+        main(
+            [
+                "--engine",
+                "wan",
+                "--checkpoint",
+                str(ckpts["full"]),
+                "--cache-dir",
+                str(d),
+                "--prompts-only",
+                "--wan-height",
+                str(H),
+                "--wan-width",
+                str(W),
+                "--json",
+            ]
+        )
+        == 0
+    )
     return d
 
 
@@ -127,9 +145,11 @@ def test_a_failing_pipelined_call_fails_its_jobs_only(engine):
             bad.context = bad.context[:, :, :1]  # a context the sampler cannot take: a real engine error
             good = engine.start_stream("pip", "sad", 0.9, seed=1)
             now = time.monotonic()
-            out = await asyncio.gather(sch.submit(ChunkJob("bad", bad, now, "happy", 0.9)),
-                                       sch.submit(ChunkJob("good", good, now + 0.5, "sad", 0.9)),
-                                       return_exceptions=True)
+            out = await asyncio.gather(
+                sch.submit(ChunkJob("bad", bad, now, "happy", 0.9)),
+                sch.submit(ChunkJob("good", good, now + 0.5, "sad", 0.9)),
+                return_exceptions=True,
+            )
             return out[0], out[1]
         finally:
             await sch.close()
@@ -142,6 +162,7 @@ def test_a_failing_pipelined_call_fails_its_jobs_only(engine):
 
 def test_graph_buckets_are_fewer_when_compiled():
     from avatarcast.engines.wan.serving import wan_buckets
+
     assert wan_buckets(5) == (1, 2, 3, 5) and wan_buckets(2) == (1, 2) and wan_buckets(1) == (1,)
     assert wan_buckets(5, compiled=True) == (1, 5) and wan_buckets(1, compiled=True) == (1,)
 
@@ -151,6 +172,7 @@ def test_prompt_embeddings_are_computed_once_then_loaded_without_text_encoder(ck
     files = list((embeds_dir / "prompt_embeds" / engine.embeds_id).glob("*.npz"))
     assert engine.embeds_id.startswith("umt5-") and len(files) == len(templates)
     from avatarcast.engines.wan.engine import WanEngine
+
     monkeypatch.setattr(WanEngine, "encode_prompts", lambda *a, **k: pytest.fail("re-encoded stored prompts"))
     again = WanAvatarEngine.load(ckpts["full"], embeds_dir, steps=2, **GRID)  # has a text encoder, uses the store
     assert again.embeds_id == engine.embeds_id
@@ -178,6 +200,7 @@ def test_a_distilled_schedule_sets_the_steps_and_the_cache_key(ckpts, embeds_dir
     """--wan-sigmas / --wan-timesteps reach the sampler: its steps are their count, and cached chunks
     made with another schedule are not reused (the weights hash holds the sigmas)."""
     from avatarcast.engines.sampler import FlowMatchEulerSampler
+
     dmd = WanAvatarEngine.load(ckpts["bare"], embeds_dir, steps=2, sigmas=[1.0, 0.6], **GRID)
     assert dmd.steps == 2 and dmd.wan.sampler.sigma_list == [1.0, 0.6, 0.0]
     assert engine.wan.sampler.sigma_list == FlowMatchEulerSampler(steps=2, shift=5.0).sigma_list  # [1, 5/6, 0]
@@ -188,6 +211,7 @@ def test_a_distilled_schedule_sets_the_steps_and_the_cache_key(ckpts, embeds_dir
 
 def test_latents_cache_keys_follow_checkpoint_steps_and_chunking(ckpts, embeds_dir, engine, tmp_path):
     from safetensors.torch import load_file, save_file
+
     templates = load_templates()
     key = LatentsCache(engine, templates, tmp_path).key("pip", "happy")
     other = tmp_path / "retrained"
@@ -199,13 +223,19 @@ def test_latents_cache_keys_follow_checkpoint_steps_and_chunking(ckpts, embeds_d
     w[name] = w[name] + 0.01  # same shapes and file size, other weights
     save_file(w, str(f), metadata={"format": "pt"})
     keys = {key}
-    for eng in (WanAvatarEngine.load(other, embeds_dir, steps=2, **GRID),
-                WanAvatarEngine.load(ckpts["bare"], embeds_dir, steps=3, **GRID),
-                WanAvatarEngine.load(ckpts["bare"], embeds_dir, steps=2, chunk_latent_frames=2, **GRID)):
+    for eng in (
+        WanAvatarEngine.load(other, embeds_dir, steps=2, **GRID),
+        WanAvatarEngine.load(ckpts["bare"], embeds_dir, steps=3, **GRID),
+        WanAvatarEngine.load(ckpts["bare"], embeds_dir, steps=2, chunk_latent_frames=2, **GRID),
+    ):
         keys.add(LatentsCache(eng, templates, tmp_path).key("pip", "happy"))
     assert len(keys) == 4
-    assert LatentsCache(WanAvatarEngine.load(ckpts["bare"], embeds_dir, steps=2, **GRID), templates,
-                        tmp_path).key("pip", "happy") == key  # and stays put across loads
+    assert (
+        LatentsCache(WanAvatarEngine.load(ckpts["bare"], embeds_dir, steps=2, **GRID), templates, tmp_path).key(
+            "pip", "happy"
+        )
+        == key
+    )  # and stays put across loads
 
 
 def test_latents_cache_round_trip(engine, tmp_path):
@@ -224,6 +254,7 @@ def test_latents_cache_round_trip(engine, tmp_path):
 
 def test_settings_require_a_complete_checkpoint(ckpts):
     from avatarcast.realtime.settings import Settings
+
     with pytest.raises(WanCheckpointError, match="needs --checkpoint"):
         Settings(engine="wan").validate()
     with pytest.raises(WanCheckpointError, match="vae weights"):
@@ -236,8 +267,10 @@ def test_settings_require_a_complete_checkpoint(ckpts):
         Settings(engine="wan", checkpoint=str(ckpts["bare"]), wan_fp8=2).validate()
     assert Settings(engine="wan", checkpoint="x", wan_fp8=1).wan_kwargs()["fp8"] is True
     from avatarcast.realtime.cli import build_parser
-    args = build_parser().parse_args(["serve", "--engine", "wan", "--checkpoint", "x", "--wan-fp8", "1",
-                                      "--wan-batch", "3"])
+
+    args = build_parser().parse_args(
+        ["serve", "--engine", "wan", "--checkpoint", "x", "--wan-fp8", "1", "--wan-batch", "3"]
+    )
     assert args.wan_fp8 == 1 and args.wan_batch == 3
     assert Settings(engine="wan", checkpoint="x", wan_batch=3).wan_kwargs()["batch"] == 3
     assert Settings(engine="wan", checkpoint="x").wan_kwargs()["vae_batch"] == 1
@@ -248,8 +281,10 @@ def test_settings_require_a_complete_checkpoint(ckpts):
         Settings(engine="wan", checkpoint=str(ckpts["bare"]), wan_batch=0).validate()
     # --wan-compile-mode picks what --wan-compile 1 compiles; --wan-pipeline is a 0/1 switch
     assert Settings(engine="wan", checkpoint="x").wan_kwargs()["compile"] is False
-    assert Settings(engine="wan", checkpoint="x", wan_compile=1, wan_compile_mode="regional").wan_kwargs()["compile"] \
+    assert (
+        Settings(engine="wan", checkpoint="x", wan_compile=1, wan_compile_mode="regional").wan_kwargs()["compile"]
         == "regional"
+    )
     with pytest.raises(ValueError, match="wan_compile_mode must be full or regional"):
         Settings(engine="wan", checkpoint=str(ckpts["bare"]), wan_compile_mode="blocks").validate()
     with pytest.raises(ValueError, match="wan_vae_warmup must be start or background"):
@@ -263,14 +298,17 @@ def test_settings_require_a_complete_checkpoint(ckpts):
     assert Settings(engine="wan", checkpoint="x", wan_sigmas="1, 0.8,0.5").wan_kwargs()["sigmas"] == [1.0, 0.8, 0.5]
     dmd = Settings(engine="wan", checkpoint="x", wan_timesteps="1000,750,500,250", wan_shift=5.0).wan_schedule()
     np.testing.assert_allclose(dmd, [1.0, 0.9375, 2.5 / 3, 0.625])  # = 4 evenly spaced steps at shift 5
-    for bad, match in [(dict(wan_sigmas="1,0.5", wan_timesteps="1000,500"), "not both"),
-                       (dict(wan_sigmas="0.5,0.8"), "wan_sigmas '0.5,0.8': sigmas must be strictly decreasing"),
-                       (dict(wan_sigmas="1,x"), "comma-separated numbers"),
-                       (dict(wan_timesteps="1200,500"), r"wan_timesteps must be in \(0, 1000\]")]:
+    for bad, match in [
+        (dict(wan_sigmas="1,0.5", wan_timesteps="1000,500"), "not both"),
+        (dict(wan_sigmas="0.5,0.8"), "wan_sigmas '0.5,0.8': sigmas must be strictly decreasing"),
+        (dict(wan_sigmas="1,x"), "comma-separated numbers"),
+        (dict(wan_timesteps="1200,500"), r"wan_timesteps must be in \(0, 1000\]"),
+    ]:
         with pytest.raises(ValueError, match=match):
             Settings(engine="wan", checkpoint=str(ckpts["bare"]), **bad).validate()
-    args = build_parser().parse_args(["serve", "--engine", "wan", "--checkpoint", "x", "--wan-compile-mode", "full",
-                                      "--wan-pipeline", "0"])
+    args = build_parser().parse_args(
+        ["serve", "--engine", "wan", "--checkpoint", "x", "--wan-compile-mode", "full", "--wan-pipeline", "0"]
+    )
     assert (args.wan_compile_mode, args.wan_pipeline) == ("full", 0)
     kw = Settings(engine="wan", checkpoint="x", wan_compile=1).wan_kwargs()  # the defaults measured fastest
     assert (kw["compile"], kw["pipeline"]) == ("regional", True)
@@ -278,6 +316,7 @@ def test_settings_require_a_complete_checkpoint(ckpts):
 
 def test_server_with_an_incomplete_checkpoint_fails_at_start_up(ckpts):
     from tests.conftest import running_server
+
     with pytest.raises(RuntimeError, match="server failed to start.*incomplete.*vae weights"):
         with running_server(engine="wan", checkpoint=str(ckpts["broken"])):
             pass
@@ -293,6 +332,7 @@ def test_server_streams_the_wan_engine_and_reacts_to_an_emotion(ckpts, embeds_di
     async def session(base: str) -> tuple[list, list]:
         frames, events = [], []
         async with websockets.connect(base.replace("http://", "ws://") + "/v1/ws?avatar=pip") as ws:
+
             async def pump(seconds: float, until=None) -> None:
                 end = asyncio.get_running_loop().time() + seconds
                 while (left := end - asyncio.get_running_loop().time()) > 0:
@@ -306,13 +346,23 @@ def test_server_streams_the_wan_engine_and_reacts_to_an_emotion(ckpts, embeds_di
                         events.append(json.loads(m))
                     if until is not None and until():
                         return
+
             await pump(1.0)
             await ws.send(json.dumps({"type": "emotion", "label": "sad", "intensity": 0.9}))
             await pump(15.0, until=lambda: any(h.emotion == "sad" and h.source == "sampler" for h, _ in frames))
         return frames, events
 
-    with running_server(engine="wan", checkpoint=str(ckpts["bare"]), cache_dir=str(embeds_dir), steps=2,
-                        wan_height=H, wan_width=W, avatars="pip", wan_batch=3, wan_pipeline=1) as (base, hub):
+    with running_server(
+        engine="wan",
+        checkpoint=str(ckpts["bare"]),
+        cache_dir=str(embeds_dir),
+        steps=2,
+        wan_height=H,
+        wan_width=W,
+        avatars="pip",
+        wan_batch=3,
+        wan_pipeline=1,
+    ) as (base, hub):
         st = httpx.get(base + "/v1/status").json()
         # --wan-batch: the scheduler's batch
         assert hub.services.engine.max_batch == 3 and st["scheduler"]["max_batch"] == 3

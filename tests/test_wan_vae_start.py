@@ -19,6 +19,7 @@ from tests.wan_checkpoint import Z, tiny_vae
 def _stream_frames(dec, batches: list[int], seed: int = 0) -> list[torch.Tensor]:
     """Each batch size in turn: a fresh group of streams, its first chunk then two steady chunks."""
     from avatarcast.engines.wan.vae_stream import VaeStreamCache
+
     gen = torch.Generator().manual_seed(seed)
     out = []
     for B in batches:
@@ -72,12 +73,14 @@ def test_package_names_follow_shapes_and_weights_layout(tmp_path):
     key = ("n", (0, 1), (Z, 3, 4, 8), ((8, 2, 4, 8), (8, 2, 4, 8)), torch.float32)
     base = aot._path(key, x)
     assert base == aot._path(key, x) and base.parent == tmp_path
-    others = {aot._path(("1",) + key[1:], x), aot._path(key[:2] + ((Z, 3, 8, 8),) + key[3:], x),
-              aot._path(key[:4] + (torch.bfloat16,), x),
-              AotSteadyDecoder(vae.decoder, 34, tmp_path, max_batch=5)._path(key, x)}
+    others = {
+        aot._path(("1",) + key[1:], x),
+        aot._path(key[:2] + ((Z, 3, 8, 8),) + key[3:], x),
+        aot._path(key[:4] + (torch.bfloat16,), x),
+        AotSteadyDecoder(vae.decoder, 34, tmp_path, max_batch=5)._path(key, x),
+    }
     assert base not in others and len(others) == 4
-    vae.decoder.conv_out.weight.data = vae.decoder.conv_out.weight.data.contiguous(
-        memory_format=torch.channels_last_3d)
+    vae.decoder.conv_out.weight.data = vae.decoder.conv_out.weight.data.contiguous(memory_format=torch.channels_last_3d)
     assert aot._path(key, x) != base  # compiled kernels assume the weights' strides
 
 
@@ -96,8 +99,9 @@ def test_a_package_that_cannot_be_built_falls_back_to_torch_compile(tmp_path, ca
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
     torch._dynamo.reset()
-    dec = StreamingVaeDecoder(vae, max_batch=2, compile=True, frames_per_call=3, compile_backend=backend,
-                              aot_dir=blocked / "aoti")
+    dec = StreamingVaeDecoder(
+        vae, max_batch=2, compile=True, frames_per_call=3, compile_backend=backend, aot_dir=blocked / "aoti"
+    )
     with caplog.at_level("WARNING", logger="avatarcast.engines.wan.vae_stream"):
         got = _stream_frames(dec, [2, 1])
     assert dec.aot is None and graphs and dec.compiled_calls == 4
@@ -107,10 +111,10 @@ def test_a_package_that_cannot_be_built_falls_back_to_torch_compile(tmp_path, ca
     torch._dynamo.reset()
 
 
-def _gated_backend(gate: threading.Event, callers: list[str], fail: bool = False,
-                   compiles: list[str] | None = None):
+def _gated_backend(gate: threading.Event, callers: list[str], fail: bool = False, compiles: list[str] | None = None):
     """A torch.compile backend whose compile waits for `gate` and whose graphs note who calls them
     (and `compiles`, which thread compiled each graph)."""
+
     def backend(gm, example_inputs):
         if compiles is not None:
             compiles.append(threading.current_thread().name)
@@ -121,7 +125,9 @@ def _gated_backend(gate: threading.Event, callers: list[str], fail: bool = False
         def run(*args):
             callers.append(threading.current_thread().name)
             return gm.forward(*args)
+
         return run
+
     return backend
 
 
@@ -133,8 +139,13 @@ def test_background_warm_up_decodes_eagerly_until_the_graphs_are_ready(caplog):
     eager = StreamingVaeDecoder(vae, max_batch=3, frames_per_call=3)
     gate, callers, compiles = threading.Event(), [], []
     torch._dynamo.reset()
-    dec = StreamingVaeDecoder(vae, max_batch=3, compile=True, frames_per_call=3,
-                              compile_backend=_gated_backend(gate, callers, compiles=compiles))
+    dec = StreamingVaeDecoder(
+        vae,
+        max_batch=3,
+        compile=True,
+        frames_per_call=3,
+        compile_backend=_gated_backend(gate, callers, compiles=compiles),
+    )
     thread = dec.warm_up_in_background((4, 8), range(1, 4))
     assert thread is not None and not dec.compiled_ready.is_set()
     got, want = _stream_frames(dec, [2, 1]), _stream_frames(eager, [2, 1])  # while the compile waits
@@ -162,8 +173,9 @@ def test_a_failed_background_compile_leaves_the_decode_eager(caplog):
     gate, callers = threading.Event(), []
     gate.set()
     torch._dynamo.reset()
-    dec = StreamingVaeDecoder(vae, max_batch=2, compile=True, frames_per_call=3,
-                              compile_backend=_gated_backend(gate, callers, fail=True))
+    dec = StreamingVaeDecoder(
+        vae, max_batch=2, compile=True, frames_per_call=3, compile_backend=_gated_backend(gate, callers, fail=True)
+    )
     with caplog.at_level("ERROR", logger="avatarcast.engines.wan.vae_stream"):
         dec.warm_up_in_background((4, 8), range(1, 3)).join(120)
     assert not dec.compiled_ready.is_set() and "frames stay eager" in caplog.text

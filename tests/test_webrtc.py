@@ -73,8 +73,9 @@ class Client:
     async def connect(self, path: str = "/v1/whep") -> None:
         await self.pc.setLocalDescription(await self.pc.createOffer())
         async with httpx.AsyncClient(timeout=20) as http:
-            r = await http.post(self.base + path, content=self.pc.localDescription.sdp,
-                                headers={"Content-Type": "application/sdp"})
+            r = await http.post(
+                self.base + path, content=self.pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}
+            )
         assert r.status_code == 201, r.text
         assert r.headers["content-type"].startswith("application/sdp")
         self.answer = r.text
@@ -210,7 +211,9 @@ def test_microphone_track(base: str, tmp_path) -> None:
         c = Client(base, audio=player.audio)
         try:
             await c.connect()
-            ev = await c.wait_event(lambda e: e["type"] == "transcript_final" and "happy" in e["payload"]["text"].lower(), 20)
+            ev = await c.wait_event(
+                lambda e: e["type"] == "transcript_final" and "happy" in e["payload"]["text"].lower(), 20
+            )
             assert ev["payload"]["source"] != "say"
             await c.wait_event(is_emotion("happy"), 10)
         finally:
@@ -308,7 +311,6 @@ def test_not_connected_peer_times_out(base: str) -> None:
         webrtc.CONNECT_TIMEOUT_S = old
 
 
-
 # -- the peer's parts directly, in process (no ICE): the video track as a runner sink, events while no channel --
 
 
@@ -319,6 +321,7 @@ def test_the_video_track_sends_each_newest_frame_once_with_the_frame_clock_pts(i
     client, hub = inproc
     runner = client.portal.call(lambda: hub.create_session("pip"))
     try:
+
         async def go() -> tuple[list, int, int, list[str], int]:
             pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
             peer = webrtc.Peer(hub, runner, pc, "direct", owns_session=False)

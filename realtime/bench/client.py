@@ -129,9 +129,9 @@ def interval_stats(intervals_s: list[float]) -> dict:
 def ws_url(base: str, avatar: str) -> str:
     b = base.rstrip("/")
     if b.startswith("http://"):
-        b = "ws://" + b[len("http://"):]
+        b = "ws://" + b[len("http://") :]
     elif b.startswith("https://"):
-        b = "wss://" + b[len("https://"):]
+        b = "wss://" + b[len("https://") :]
     elif not b.startswith(("ws://", "wss://")):
         b = "ws://" + b
     return f"{b}/v1/ws?avatar={avatar}"
@@ -242,9 +242,13 @@ class Conn:
                 best = (p.get("label"), t)
         if latency is not None and latency.get("emotion"):
             label = latency["emotion"]
-            ts = [t for t, e in self.of_type("emotion")
-                  if e["payload"].get("label") == label and e["payload"].get("applied")
-                  and (utterance is None or e["payload"].get("utterance") == utterance)]
+            ts = [
+                t
+                for t, e in self.of_type("emotion")
+                if e["payload"].get("label") == label
+                and e["payload"].get("applied")
+                and (utterance is None or e["payload"].get("utterance") == utterance)
+            ]
             return label, (ts[-1] if ts else None)
         return best if best is not None else (None, None)
 
@@ -262,8 +266,9 @@ class Sent:
     speech_done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-async def stream_pcm(conn: Conn, clip: Clip, sent: Sent, chunk_ms: int, tail_s: float, stop: asyncio.Event,
-                     keep_open: bool = False) -> None:
+async def stream_pcm(
+    conn: Conn, clip: Clip, sent: Sent, chunk_ms: int, tail_s: float, stop: asyncio.Event, keep_open: bool = False
+) -> None:
     """Send the clip as paced PCM1 chunks, then tail_s of silence (with keep_open: silence until `stop`)."""
     chunk = int(SAMPLE_RATE * chunk_ms / 1000)
     first, last = speech_bounds(clip.pcm, chunk)
@@ -278,7 +283,7 @@ async def stream_pcm(conn: Conn, clip: Clip, sent: Sent, chunk_ms: int, tail_s: 
         if delay > 0:
             await asyncio.sleep(delay)
         if k < n:
-            body = clip.pcm[k * chunk:(k + 1) * chunk]
+            body = clip.pcm[k * chunk : (k + 1) * chunk]
             if body.size < chunk:
                 body = np.pad(body, (0, chunk - body.size))
             await conn.ws.send(TAG_PCM + body.astype("<i2").tobytes())
@@ -298,8 +303,9 @@ async def stream_pcm(conn: Conn, clip: Clip, sent: Sent, chunk_ms: int, tail_s: 
 # --- timing ----------------------------------------------------------------------------------
 
 
-def client_times(frames: list[Frame], origin: float, decided: str | None, decided_at: float | None,
-                 onset: float | None) -> dict:
+def client_times(
+    frames: list[Frame], origin: float, decided: str | None, decided_at: float | None, onset: float | None
+) -> dict:
     """TTFF, TTER, first reaction and (stream mode) onset -> listening, in ms, from the frames received."""
     after = [f for f in frames if f[0] >= origin]
     ttff = next((f for f in after if f[2] != "idle"), None)
@@ -317,15 +323,21 @@ def client_times(frames: list[Frame], origin: float, decided: str | None, decide
     def ms(f: tuple | None, t0: float | None) -> float | None:
         return None if f is None or t0 is None else round((f[0] - t0) * 1000.0, 1)
 
-    return {"ttff_ms": ms(ttff, origin), "tter_ms": ms(tter, origin), "first_reaction_ms": ms(reaction, origin),
-            "ttff_source": None if ttff is None else ttff[2],
-            "first_reaction_emotion": None if reaction is None else reaction[3], "listening_ms": ms(listening, onset)}
+    return {
+        "ttff_ms": ms(ttff, origin),
+        "tter_ms": ms(tter, origin),
+        "first_reaction_ms": ms(reaction, origin),
+        "ttff_source": None if ttff is None else ttff[2],
+        "first_reaction_emotion": None if reaction is None else reaction[3],
+        "listening_ms": ms(listening, onset),
+    }
 
 
 def setup_logging() -> None:
     """Progress lines on stderr (stdout may hold the JSON report); client libraries kept quiet."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     for noisy in ("matplotlib", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
