@@ -69,6 +69,6 @@ def test_the_walk_sees_an_import_of_tools(tmp_path: Path) -> None:
 def test_no_module_path_outside_the_namespace() -> None:
     """Every import of a shipped package goes through `avatarcast.` (a bare `realtime.x` is a second copy)."""
     pat = re.compile(r"^\s*(from|import)\s+(realtime|engines|templates)\b", re.M)
-    files = _shipped_files() + sorted((ROOT / "tests").glob("*.py")) + sorted((ROOT / "tools").rglob("*.py"))
+    files = _shipped_files() + sorted((ROOT / "tests").rglob("*.py")) + sorted((ROOT / "tools").rglob("*.py"))
     bad = [str(p.relative_to(ROOT)) for p in files if pat.search(p.read_text())]
     assert bad == []
