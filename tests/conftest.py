@@ -96,7 +96,7 @@ def running_server(**settings: Any) -> Iterator[tuple[str, Any]]:
 @pytest.fixture(scope="session")
 def _server() -> Iterator[tuple[str, Any]]:
     # admission control and the degradation ladder off: these tests check behaviour (sampled frames,
-    # several sessions) that load control would change on a busy CI machine; tests/test_hardening.py
+    # several sessions) that load control would change on a busy CI machine; tests/realtime/test_hardening.py
     # covers load control on its own server
     with running_server(admission=0, ladder=0) as pair:
         yield pair

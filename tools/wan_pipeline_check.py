@@ -4,7 +4,7 @@
 
 On a GPU this is the check that matters: the pipelined path queues each call's sampler steps and VAE
 decode on two CUDA streams and copies frames to pinned memory without blocking, so a missing stream
-wait or a buffer reused too early shows up as frames that differ. tests/test_wan_serving.py runs
+wait or a buffer reused too early shows up as frames that differ. tests/engines/test_wan_serving.py runs
 the same comparison on the CPU with the tiny checkpoint (where it checks the scheduler's side).
 The calls in turn run twice: the second run's difference from the first is this device's noise
 floor for identical work, and the pipelined frames pass within max(1, that floor). On an H100 the
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--chunk-frames", type=int, default=3)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
-        print("needs a CUDA GPU (tests/test_wan_serving.py runs the CPU comparison)", file=sys.stderr)
+        print("needs a CUDA GPU (tests/engines/test_wan_serving.py runs the CPU comparison)", file=sys.stderr)
         return 2
     from avatarcast.engines.wan.checkpoint import CheckpointInfo
     from avatarcast.engines.wan.engine import WanEngine

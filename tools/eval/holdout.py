@@ -1,6 +1,6 @@
 """The fidelity eval's held-out data: avatars and motion seeds that no training may ever use.
 
-Reserved ranges (training code must stay outside them; tests/test_fidelity_holdout.py checks
+Reserved ranges (training code must stay outside them; tests/tools/test_fidelity_holdout.py checks
 tools.train_tiny against them):
 
 * parametric avatars ``random_avatar(s)`` for s in [900_000, 1_000_000). tools.train_tiny uses

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from avatarcast.engines.errors import CLOSE_INTERNAL, AvatarcastError, EngineError, ErrorCode
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ("realtime", "engines", "templates")
 
 

@@ -15,7 +15,7 @@ from avatarcast.engines.sampler import FlowMatchEulerSampler, ShortcutFlowSample
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.weights import DEFAULT_DIR, load_manifest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # --- sampler -----------------------------------------------------------------------------

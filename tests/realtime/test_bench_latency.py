@@ -22,7 +22,7 @@ import pytest
 from avatarcast.realtime.bench import client as bc
 from avatarcast.realtime.bench import latency as bl
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
 

@@ -120,7 +120,7 @@ def test_json_logs_carry_the_session_id() -> None:
 def test_missing_or_corrupt_weights_fail_at_start_up_with_a_clear_message(tmp_path, damage) -> None:
     weights = tmp_path / "weights"
     if damage == "corrupt":
-        shutil.copytree(Path(__file__).resolve().parent.parent / "engines/tiny/weights", weights)
+        shutil.copytree(Path(__file__).resolve().parents[2] / "engines/tiny/weights", weights)
         onnx = weights / "denoiser.onnx"
         onnx.write_bytes(onnx.read_bytes()[:1000])  # truncated
     p = serve("--port", str(free_port()), "--weights", str(weights))

@@ -13,8 +13,8 @@ pytest.importorskip("diffusers")
 
 from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint
 from avatarcast.engines.wan.engine import WanEngine
-from tests.wan_checkpoint import TEXT_DIM, H, W, Z
-from tests.wan_checkpoint import make_checkpoint as _make_checkpoint
+from tests.engines.wan_checkpoint import TEXT_DIM, H, W, Z
+from tests.engines.wan_checkpoint import make_checkpoint as _make_checkpoint
 
 
 @pytest.fixture(scope="module")

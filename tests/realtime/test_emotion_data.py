@@ -8,7 +8,7 @@ from pathlib import Path
 
 from avatarcast.realtime.emotion import CUE_LABELS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HELD_OUT = sorted((ROOT / "tests" / "data" / "emotion").glob("heldout*.csv"))
 TRAIN = sorted((ROOT / "tools" / "emotion_data").glob("train_*.csv"))
 OLD = ROOT / "tests" / "data" / "emotion_utterances.csv"

@@ -10,7 +10,7 @@ from avatarcast.engines.errors import AvatarcastError, ErrorCode
 from avatarcast.realtime.hub import Hub, HubError
 from avatarcast.realtime.settings import Settings
 from tests.conftest import app_in_process
-from tests.test_runner import RecordingSink, wait_for
+from tests.realtime.test_runner import RecordingSink, wait_for
 
 
 @pytest.fixture(scope="module")

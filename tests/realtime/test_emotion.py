@@ -19,7 +19,7 @@ from avatarcast.realtime.emotion.text import normalize
 from avatarcast.templates import load_templates
 from tools.eval_emotion import evaluate, evaluate_live, held_out, load_rows, markdown
 
-OLD_SET = Path(__file__).parent / "data" / "emotion_utterances.csv"
+OLD_SET = Path(__file__).parents[1] / "data" / "emotion_utterances.csv"
 
 CALM = Prosody(
     energy_db=-38.0,

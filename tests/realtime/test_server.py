@@ -369,7 +369,7 @@ def test_two_sessions_react_at_once(base: str, server_hub) -> None:
 
     before = server_hub.services.scheduler.jobs_done
     a, b = run(both())
-    assert server_hub.services.scheduler.jobs_done - before >= 2  # (batching itself: tests/test_scheduler.py)
+    assert server_hub.services.scheduler.jobs_done - before >= 2  # (batching itself: tests/realtime/test_scheduler.py)
     for c, label in ((a, "happy"), (b, "angry")):
         got = {(h.source, h.emotion) for _, h, _ in c.frames}
         assert ("sampler", label) in got
@@ -426,7 +426,7 @@ def test_readme_python_client_example_runs(base: str, tmp_path) -> None:
     from pathlib import Path
 
     (tmp_path / "happy.wav").write_bytes(speech_wav(tmp_path, "I am so happy right now!"))
-    example = Path(__file__).resolve().parents[1] / "examples" / "ws_client.py"
+    example = Path(__file__).resolve().parents[2] / "examples" / "ws_client.py"
     out = subprocess.run(
         [sys.executable, str(example), ws_url(base, "/v1/ws?avatar=pip"), "happy.wav"],
         cwd=tmp_path,

@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime")
 from avatarcast.engines.wan.engine import WanEngine
 from avatarcast.engines.wan.export import MANIFEST, export_all
 from avatarcast.engines.wan.runtime import ExportError, GraphDenoiser, use_exported
-from tests.wan_checkpoint import TEXT_DIM, make_checkpoint
+from tests.engines.wan_checkpoint import TEXT_DIM, make_checkpoint
 
 SHAPE = dict(steps=2, chunk_latent_frames=2, height=32, width=64, out_height=36, out_width=64)
 

@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 from avatarcast.engines.wan.engine import WanEngine  # noqa: E402
 from avatarcast.engines.wan.export import build, export_denoiser, export_vae_step  # noqa: E402
 from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache  # noqa: E402
-from tests.wan_checkpoint import make_checkpoint  # noqa: E402
+from tests.engines.wan_checkpoint import make_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

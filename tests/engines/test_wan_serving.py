@@ -22,7 +22,7 @@ from avatarcast.engines.wan.prompts import PromptEmbedsMissing, normalize_prompt
 from avatarcast.engines.wan.serving import WanAvatarEngine
 from avatarcast.templates import load_templates
 from avatarcast.templates.cache import LatentsCache
-from tests.wan_checkpoint import TEXT_DIM, H, W, Z, make_checkpoint
+from tests.engines.wan_checkpoint import TEXT_DIM, H, W, Z, make_checkpoint
 
 GRID = {"height": H, "width": W}
 

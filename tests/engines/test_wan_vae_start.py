@@ -13,7 +13,7 @@ import threading
 
 import torch
 
-from tests.wan_checkpoint import Z, tiny_vae
+from tests.engines.wan_checkpoint import Z, tiny_vae
 
 
 def _stream_frames(dec, batches: list[int], seed: int = 0) -> list[torch.Tensor]:

@@ -27,7 +27,7 @@ from avatarcast.realtime.protocol import unpack_frame
 from avatarcast.realtime.ratelimit import RateLimiter
 from tests.conftest import running_server
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
