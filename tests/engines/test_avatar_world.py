@@ -206,6 +206,7 @@ def test_random_avatar_and_get_avatar():
 # --- dataset ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_write_dataset_roundtrip(tmp_path):
     out = tmp_path / "ds"
     man = write_dataset(out, n_random_avatars=1, variants=1, clip_frames=4, workers=2, clips_per_shard=16)

@@ -270,6 +270,7 @@ def test_batched_streams_match_single_streams(engine):
     np.testing.assert_allclose(batched, single, atol=2e-3)
 
 
+@pytest.mark.slow
 def test_cli_render_writes_playable_video(tmp_path):
     import av
 
@@ -305,6 +306,7 @@ def test_cli_render_writes_playable_video(tmp_path):
 # --- training ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_script_runs_and_resumes_on_cpu(tmp_path):
     """A few real optimisation steps of both stages on a tiny config, then a resume.
 

@@ -326,6 +326,7 @@ def test_steady_frames_decode_several_per_call_like_one_per_call(engine):
     assert outs[1].abs().amax() > 0.05  # a real picture, not a blank
 
 
+@pytest.mark.slow
 def test_compiled_vae_makes_few_graphs_warms_them_up_and_never_recompiles(engine):
     """Steady decodes compile one graph per batch-size class, all at warm_up: a new batch size or a
     cache sliced from another batch never stalls the streams with a compile."""

@@ -16,6 +16,8 @@ from avatarcast.engines.wan.export import build, export_denoiser, export_vae_ste
 from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache  # noqa: E402
 from tests.engines.wan_checkpoint import make_checkpoint  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the module's export fixture takes a minute
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):

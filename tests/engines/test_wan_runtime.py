@@ -19,6 +19,8 @@ from tests.engines.wan_checkpoint import TEXT_DIM, make_checkpoint
 
 SHAPE = dict(steps=2, chunk_latent_frames=2, height=32, width=64, out_height=36, out_width=64)
 
+pytestmark = pytest.mark.slow  # the module's export fixture takes a minute
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):

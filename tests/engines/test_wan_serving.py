@@ -119,6 +119,7 @@ def test_copied_state_advances_without_touching_the_original(engine):
     assert st.frames_done == twin.frames_done == 2
 
 
+@pytest.mark.slow
 def test_pipelined_scheduler_gives_the_frames_of_calls_in_turn(engine):
     """--wan-pipeline: the scheduler queues a call (launch_chunks) while the last one's frames are collected
     on another thread. The frames must be those of the same calls made one after the other, and busy
@@ -322,6 +323,7 @@ def test_server_with_an_incomplete_checkpoint_fails_at_start_up(ckpts):
             pass
 
 
+@pytest.mark.slow
 def test_server_streams_the_wan_engine_and_reacts_to_an_emotion(ckpts, embeds_dir):
     import websockets
     from PIL import Image

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 
 from tests.engines.wan_checkpoint import Z, tiny_vae
@@ -34,6 +35,7 @@ def _same(got: list[torch.Tensor], want: list[torch.Tensor], tol: float) -> None
         torch.testing.assert_close(a, b, atol=tol, rtol=tol)
 
 
+@pytest.mark.slow
 def test_aot_packages_decode_like_eager_and_a_warm_start_only_loads_them(tmp_path):
     from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder
 
@@ -84,6 +86,7 @@ def test_package_names_follow_shapes_and_weights_layout(tmp_path):
     assert aot._path(key, x) != base  # compiled kernels assume the weights' strides
 
 
+@pytest.mark.slow
 def test_a_package_that_cannot_be_built_falls_back_to_torch_compile(tmp_path, caplog):
     """An unwritable cache directory (or a failed export) costs the warm restart, never the stream."""
     from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder
@@ -131,6 +134,7 @@ def _gated_backend(gate: threading.Event, callers: list[str], fail: bool = False
     return backend
 
 
+@pytest.mark.slow
 def test_background_warm_up_decodes_eagerly_until_the_graphs_are_ready(caplog):
     from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder
 

@@ -98,6 +98,7 @@ def _wait_ready(p, port: int, timeout_s: float = 120.0) -> None:
         time.sleep(0.3)
 
 
+@pytest.mark.slow
 def test_json_logs_carry_the_session_id() -> None:
     port = free_port()
     p = serve("--port", str(port), "--log-format", "json", "--max-sessions", "2")
@@ -130,6 +131,7 @@ def test_missing_or_corrupt_weights_fail_at_start_up_with_a_clear_message(tmp_pa
     assert "avatarcast: error: start-up failed" in out and expected in out, out[-2000:]
 
 
+@pytest.mark.slow
 def test_shutdown_drains_sessions_with_a_closing_event_and_1001() -> None:
     import asyncio
     import json

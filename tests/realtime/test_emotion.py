@@ -64,6 +64,7 @@ def clean_result(reader: EmotionReader) -> dict:
 FLOOR = 0.78
 
 
+@pytest.mark.slow
 def test_held_out_accuracy_has_not_regressed(held_out_result: dict) -> None:
     r = held_out_result
     for lang in ("en", "zh"):
@@ -74,6 +75,7 @@ def test_held_out_accuracy_has_not_regressed(held_out_result: dict) -> None:
     assert "Confusion, zh" in md and "Confusion, en" in md
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason="target not met: set E reads 83.6% in English and 83.6% in Chinese")
 def test_held_out_accuracy_meets_the_target(clean_result: dict) -> None:
     """>= 85% top-1 in each language on set E, the clean held-out set (what the issue asks)."""
@@ -82,6 +84,7 @@ def test_held_out_accuracy_meets_the_target(clean_result: dict) -> None:
         assert v["n"] >= 200 and v["accuracy"] >= 0.85, (lang, v)
 
 
+@pytest.mark.slow
 def test_older_set_accuracy(reader: EmotionReader) -> None:
     """The project's earlier set (written next to the old lexicon) still reads >= 85% in each language."""
     result = evaluate(reader, load_rows(OLD_SET))
@@ -91,6 +94,7 @@ def test_older_set_accuracy(reader: EmotionReader) -> None:
         assert v["accuracy"] >= 0.75, f"{label}: {v}"
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="Chinese: the partial policy refitted with the n-gram head decides too "

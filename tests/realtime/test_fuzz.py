@@ -151,6 +151,7 @@ def server_process():
     assert p.returncode in (0, -15), p.returncode  # a clean shutdown, not a crash
 
 
+@pytest.mark.slow
 def test_fuzzed_inputs_never_break_the_server_or_a_healthy_stream(server_process: str) -> None:
     rng = random.Random(20261126)
     base = server_process

@@ -161,6 +161,7 @@ def test_an_engine_fault_ends_that_reaction_and_the_stream_goes_on(server: Any) 
     assert hub.stats["engine_failures"] >= 1
 
 
+@pytest.mark.slow
 def test_a_slow_engine_steps_down_the_ladder_refuses_sessions_then_recovers(server: Any) -> None:
     base, hub = server
 
@@ -275,6 +276,7 @@ def test_rate_limits_answer_429_and_close_a_flooding_socket(server: Any) -> None
         hub.limits.http, hub.limits.sessions, hub.limits.ws = saved
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 def test_bench_load_holds_what_fits_and_reports_the_refused_session(server: Any, tmp_path: Path) -> None:
     base, hub = server
