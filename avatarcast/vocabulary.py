@@ -38,5 +38,16 @@ REACTION_SOURCES: tuple[str, ...] = (FrameSource.CACHE.value, FrameSource.SAMPLE
 # image format -> its code in the frame header; jpeg is composited over the background, webp keeps alpha
 IMAGE_FORMATS: dict[str, int] = {"jpeg": 1, "webp": 2}
 
-__all__ = ["EMOTIONS", "FPS", "FRAME_HEIGHT", "FRAME_S", "FRAME_SHAPE", "FRAME_SOURCES", "FRAME_WIDTH",
-           "IMAGE_FORMATS", "REACTION_SOURCES", "TIME_BASE", "FrameSource"]
+__all__ = [
+    "EMOTIONS",
+    "FPS",
+    "FRAME_HEIGHT",
+    "FRAME_S",
+    "FRAME_SHAPE",
+    "FRAME_SOURCES",
+    "FRAME_WIDTH",
+    "IMAGE_FORMATS",
+    "REACTION_SOURCES",
+    "TIME_BASE",
+    "FrameSource",
+]

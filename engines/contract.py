@@ -126,11 +126,17 @@ class StreamEngine(Protocol):
 
     def emotion_index(self, emotion: str | int) -> int:
         """Raises:
-            ValueError: an emotion the engine does not know."""
+        ValueError: an emotion the engine does not know."""
         ...
 
-    def start_stream(self, avatar: Any, emotion: str | int = "idle", intensity: float = 1.0, seed: int = 0,
-                     ctx: np.ndarray | None = None) -> StreamState:
+    def start_stream(
+        self,
+        avatar: Any,
+        emotion: str | int = "idle",
+        intensity: float = 1.0,
+        seed: int = 0,
+        ctx: np.ndarray | None = None,
+    ) -> StreamState:
         """A new stream at rest, or continuing a cached context `ctx` (K*C, h, w)."""
         ...
 
@@ -162,5 +168,12 @@ class StreamEngine(Protocol):
         ...
 
 
-__all__ = ["EngineCapabilities", "LatentShapes", "PendingFrames", "ReadyFrames", "StreamEngine", "StreamStart",
-           "StreamState"]
+__all__ = [
+    "EngineCapabilities",
+    "LatentShapes",
+    "PendingFrames",
+    "ReadyFrames",
+    "StreamEngine",
+    "StreamStart",
+    "StreamState",
+]

@@ -115,5 +115,14 @@ class EngineError(AvatarcastError):
     code = ErrorCode.ENGINE_UNAVAILABLE
 
 
-__all__ = ["CLOSE_GOING_AWAY", "CLOSE_INTERNAL", "CLOSE_NORMAL", "CLOSE_POLICY", "CLOSE_TOO_BIG", "CLOSE_TRY_LATER",
-           "AvatarcastError", "EngineError", "ErrorCode"]
+__all__ = [
+    "CLOSE_GOING_AWAY",
+    "CLOSE_INTERNAL",
+    "CLOSE_NORMAL",
+    "CLOSE_POLICY",
+    "CLOSE_TOO_BIG",
+    "CLOSE_TRY_LATER",
+    "AvatarcastError",
+    "EngineError",
+    "ErrorCode",
+]

@@ -41,8 +41,9 @@ class Verdict:
     added: float | None
 
 
-def check(scheduler: Scheduler, *, headroom: float, window_s: float, chunk_s: float, sessions: int = 1,
-          young: int = 0) -> Verdict:
+def check(
+    scheduler: Scheduler, *, headroom: float, window_s: float, chunk_s: float, sessions: int = 1, young: int = 0
+) -> Verdict:
     """Whether one more reacting stream fits, from the scheduler's measurements (`sessions`: open now;
     `young`: of those, opened within the last window_s)."""
     busy = scheduler.busy_fraction(window_s)
@@ -52,11 +53,21 @@ def check(scheduler: Scheduler, *, headroom: float, window_s: float, chunk_s: fl
         return Verdict(True, "ok", "", busy, added)
     ladder = scheduler.ladder
     if ladder is not None and ladder.level > 0:
-        return Verdict(False, "degraded", f"the engine is running late (degradation level {ladder.level}, "
-                                          f"{ladder.name}); retry later", busy, added)
+        return Verdict(
+            False,
+            "degraded",
+            f"the engine is running late (degradation level {ladder.level}, {ladder.name}); retry later",
+            busy,
+            added,
+        )
     if added is not None and busy + added * (1 + NEW_SESSION_DUTY * young) > headroom:
-        return Verdict(False, "capacity", f"no engine capacity for another reacting stream (engine {busy:.0%} busy, "
-                                          f"{young} new session(s), a reaction adds {added:.0%}, "
-                                          f"headroom {headroom:.0%}); retry later",
-                       busy, added)
+        return Verdict(
+            False,
+            "capacity",
+            f"no engine capacity for another reacting stream (engine {busy:.0%} busy, "
+            f"{young} new session(s), a reaction adds {added:.0%}, "
+            f"headroom {headroom:.0%}); retry later",
+            busy,
+            added,
+        )
     return Verdict(True, "ok", "", busy, added)

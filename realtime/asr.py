@@ -15,14 +15,14 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
-
 from avatarcast.realtime.audio import SAMPLE_RATE
 
 MODELS = ("tiny.en", "base")
@@ -137,8 +137,17 @@ class PriorityLock:
 class Transcriber:
     """One faster-whisper model, loaded once and shared; calls are serialized by a PriorityLock."""
 
-    def __init__(self, model: object, name: str, *, beam_size: int = 1, short_window_s: float | None = 10.0,
-                 languages: tuple[str, ...] = (), margin_s: float | None = None, workers: int = 1) -> None:
+    def __init__(
+        self,
+        model: Any,
+        name: str,
+        *,
+        beam_size: int = 1,
+        short_window_s: float | None = 10.0,
+        languages: tuple[str, ...] = (),
+        margin_s: float | None = None,
+        workers: int = 1,
+    ) -> None:
         """`workers`: calls the model runs at once (its CTranslate2 num_workers)."""
         self.model = model
         self.name = name
@@ -149,7 +158,7 @@ class Transcriber:
         # Whisper base hears a 2-4 s clip in ~1/4 of its full-window time, language included
         # (docs/speech.md). Longer audio, or an initial prompt, takes the full window.
         self.short_window_s = short_window_s
-        self.multilingual = bool(getattr(model, "model").is_multilingual)
+        self.multilingual = bool(model.model.is_multilingual)
         # tiny.en needs more silence after the speech: WER 0.20 with 1 s, 0.06 with 3 s on the English clips
         # (base: 0.05 with 1 s, and no better with 2 s); docs/speech.md
         self.margin_s = margin_s if margin_s is not None else (1.0 if self.multilingual else 3.0)
@@ -169,7 +178,7 @@ class Transcriber:
         beam_size: int = 1,
         languages: tuple[str, ...] = (),
         warmup: bool = True,
-    ) -> "Transcriber":
+    ) -> Transcriber:
         """Load "tiny.en", "base" (multilingual) or a CTranslate2 model directory, offline only, on
         device "cpu" (int8) or "cuda" (float16; CTranslate2 must find CUDA 12 and cuDNN 9). `workers` calls
         run at once, each on `cpu_threads` threads (two sessions' clips need not wait for each other)."""
@@ -207,7 +216,7 @@ class Transcriber:
     @property
     def supported_languages(self) -> tuple[str, ...]:
         """The language codes this model transcribes."""
-        return tuple(self.model.supported_languages)  # type: ignore[attr-defined]
+        return tuple(self.model.supported_languages)
 
     def resolve_language(self, language: str | None, default: str | None = None) -> str | None:
         """A session's ASR language: a Whisper code, or None to find it per utterance ("auto", and None or ""
@@ -216,11 +225,13 @@ class Transcriber:
         if lang in (None, "", "auto"):
             return None if self.multilingual else "en"
         if not self.multilingual and lang != "en":
-            raise AvatarcastError(f"the ASR model {self.name} is English-only; start with --asr-model base",
-                                  code=ErrorCode.BAD_LANGUAGE)
+            raise AvatarcastError(
+                f"the ASR model {self.name} is English-only; start with --asr-model base", code=ErrorCode.BAD_LANGUAGE
+            )
         if lang not in self.supported_languages:
-            raise AvatarcastError(f"unknown language {lang!r}: use auto or a Whisper code (en, zh, ...)",
-                                  code=ErrorCode.BAD_LANGUAGE)
+            raise AvatarcastError(
+                f"unknown language {lang!r}: use auto or a Whisper code (en, zh, ...)", code=ErrorCode.BAD_LANGUAGE
+            )
         return lang
 
     def transcribe(
@@ -248,7 +259,7 @@ class Transcriber:
             return self._transcribe_short(audio, language, task, urgent)
         with self._lock.hold(urgent):
             t0 = time.perf_counter()
-            segments_iter, info = self.model.transcribe(  # type: ignore[attr-defined]
+            segments_iter, info = self.model.transcribe(
                 audio,
                 language=language,
                 task=task,
@@ -275,19 +286,32 @@ class Transcriber:
             task=task,
         )
 
-
     def _transcribe_short(self, audio: np.ndarray, language: str | None, task: str, urgent: bool) -> Transcript:
         """One encoder pass over a window fitted to the audio: language ID (if needed) and greedy decode."""
         from avatarcast.realtime.asr_window import decode_window
 
         with self._lock.hold(urgent):
             t0 = time.perf_counter()
-            r = decode_window(self.model, audio, language=language, task=task, candidates=self.languages,
-                              beam_size=self.beam_size, margin_s=self.margin_s)
+            r = decode_window(
+                self.model,
+                audio,
+                language=language,
+                task=task,
+                candidates=self.languages,
+                beam_size=self.beam_size,
+                margin_s=self.margin_s,
+            )
             elapsed_ms = (time.perf_counter() - t0) * 1000.0
         segments = tuple(Segment(s, e, t, r.avg_logprob, r.no_speech_prob) for s, e, t in r.segments)
-        return Transcript(text=r.text, language=r.language, segments=segments, duration_s=audio.size / SAMPLE_RATE,
-                          elapsed_ms=elapsed_ms, language_probability=r.language_probability, task=task)
+        return Transcript(
+            text=r.text,
+            language=r.language,
+            segments=segments,
+            duration_s=audio.size / SAMPLE_RATE,
+            elapsed_ms=elapsed_ms,
+            language_probability=r.language_probability,
+            task=task,
+        )
 
 
 # --- streaming --------------------------------------------------------------------------
@@ -447,7 +471,10 @@ class StreamingTranscriber:
     def _step_idle(self, window: np.ndarray, win_start: int, p: float) -> list[VadEvent]:
         self._history.append(window)
         self._history_len += window.size
-        while self._history and self._history_len - self._history[0].size >= self._pre_roll + self._min_speech + VAD_WINDOW:
+        while (
+            self._history
+            and self._history_len - self._history[0].size >= self._pre_roll + self._min_speech + VAD_WINDOW
+        ):
             self._history_len -= self._history.pop(0).size
         if p >= self.threshold:
             if self._run_start is None:
@@ -509,7 +536,14 @@ class StreamingTranscriber:
             if transcript is not None:
                 events.append(
                     self._emit(
-                        VadEvent("partial", utt.index, self._fed / SAMPLE_RATE, utt.start_sample / SAMPLE_RATE, None, transcript)
+                        VadEvent(
+                            "partial",
+                            utt.index,
+                            self._fed / SAMPLE_RATE,
+                            utt.start_sample / SAMPLE_RATE,
+                            None,
+                            transcript,
+                        )
                     )
                 )
         return events

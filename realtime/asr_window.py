@@ -63,8 +63,16 @@ def pick_language(probs: Sequence[tuple[str, float]], candidates: Sequence[str])
     return lang, p / total
 
 
-def decode_window(model: Any, audio: np.ndarray, *, language: str | None, task: str = "transcribe",
-                  candidates: Sequence[str] = (), beam_size: int = 1, margin_s: float = 1.0) -> WindowResult:
+def decode_window(
+    model: Any,
+    audio: np.ndarray,
+    *,
+    language: str | None,
+    task: str = "transcribe",
+    candidates: Sequence[str] = (),
+    beam_size: int = 1,
+    margin_s: float = 1.0,
+) -> WindowResult:
     """Encode once, detect the language if not given, decode with timestamps; `model` is a faster-whisper
     WhisperModel (its CTranslate2 model, feature extractor and tokenizer are used directly)."""
     import ctranslate2
@@ -84,13 +92,26 @@ def decode_window(model: Any, audio: np.ndarray, *, language: str | None, task: 
     prompt = list(tok.sot_sequence)
     max_length = len(prompt) + int(MAX_TOKENS_BASE + MAX_TOKENS_PER_S * duration_s)
     res = model.model.generate(
-        enc, [prompt], beam_size=beam_size, max_length=max_length,
-        suppress_blank=True, suppress_tokens=[-1], return_scores=True, return_no_speech_prob=True)[0]
+        enc,
+        [prompt],
+        beam_size=beam_size,
+        max_length=max_length,
+        suppress_blank=True,
+        suppress_tokens=[-1],
+        return_scores=True,
+        return_no_speech_prob=True,
+    )[0]
     segments = _segments(tok, res.sequences_ids[0], duration_s)
     text = "".join(t for _, _, t in segments).strip()
     score = float(res.scores[0]) if res.scores else 0.0
-    return WindowResult(text, language, prob, score, float(getattr(res, "no_speech_prob", 0.0)),
-                        tuple((s, e, t.strip()) for s, e, t in segments if t.strip()))
+    return WindowResult(
+        text,
+        language,
+        prob,
+        score,
+        float(getattr(res, "no_speech_prob", 0.0)),
+        tuple((s, e, t.strip()) for s, e, t in segments if t.strip()),
+    )
 
 
 def _segments(tok: Any, ids: Sequence[int], duration_s: float) -> list[tuple[float, float, str]]:

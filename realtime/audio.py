@@ -19,8 +19,14 @@ SAMPLE_RATE = 16000
 DEFAULT_MAX_SECONDS = 30.0
 DEFAULT_MAX_BYTES = 20 * 1024 * 1024
 
-_REASONS = {"empty": ErrorCode.AUDIO_EMPTY, "too_large": ErrorCode.TOO_LARGE, "too_long": ErrorCode.TOO_LONG,
-            "corrupt": ErrorCode.CORRUPT, "no_audio": ErrorCode.NO_AUDIO, "unsupported": ErrorCode.UNSUPPORTED}
+_REASONS = {
+    "empty": ErrorCode.AUDIO_EMPTY,
+    "too_large": ErrorCode.TOO_LARGE,
+    "too_long": ErrorCode.TOO_LONG,
+    "corrupt": ErrorCode.CORRUPT,
+    "no_audio": ErrorCode.NO_AUDIO,
+    "unsupported": ErrorCode.UNSUPPORTED,
+}
 
 
 class AudioDecodeError(AvatarcastError, ValueError):
@@ -134,7 +140,9 @@ def decode_pcm16(
         raise AudioDecodeError("unsupported", f"channels={channels}, sample_rate={sample_rate}")
     frame_bytes = 2 * channels
     if raw.nbytes % frame_bytes:
-        raise AudioDecodeError("corrupt", f"{raw.nbytes} bytes is not a whole number of {channels}-channel PCM16 frames")
+        raise AudioDecodeError(
+            "corrupt", f"{raw.nbytes} bytes is not a whole number of {channels}-channel PCM16 frames"
+        )
     samples = np.frombuffer(raw, dtype="<i2").reshape(-1, channels)
     seconds = samples.shape[0] / sample_rate
     if seconds > max_seconds:
@@ -185,6 +193,7 @@ def _open_source(source: object, max_bytes: int) -> BinaryIO | str:
 
 
 # --- prosody -------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Prosody:

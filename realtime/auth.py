@@ -65,8 +65,11 @@ class AuthMiddleware:
         self.secret = secret
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if not self.secret or scope["type"] not in ("http", "websocket") or \
-                not scope.get("path", "").startswith(PROTECTED_PREFIX):
+        if (
+            not self.secret
+            or scope["type"] not in ("http", "websocket")
+            or not scope.get("path", "").startswith(PROTECTED_PREFIX)
+        ):
             return await self.app(scope, receive, send)
         try:
             scope.setdefault("state", {})["auth"] = verify(self.secret, token_from_scope(scope))
@@ -75,8 +78,13 @@ class AuthMiddleware:
                 await send({"type": "websocket.close", "code": exc.close_code, "reason": str(exc)[:120]})
                 return
             body = json.dumps(exc.body()).encode()
-            await send({"type": "http.response.start", "status": exc.status,
-                        "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": exc.status,
+                    "headers": [(b"content-type", b"application/json"), (b"www-authenticate", b"Bearer")],
+                }
+            )
             await send({"type": "http.response.body", "body": body})
             return
         await self.app(scope, receive, send)

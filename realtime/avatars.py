@@ -74,8 +74,16 @@ class AvatarAssets:
 class AvatarStore:
     """Avatar name -> assets, warmed once (on the engine thread, between sampler batches)."""
 
-    def __init__(self, engine: Any, cache: Any, scheduler: Any, *, loop_frames: int = 16,
-                 precompute: bool = True, max_avatars: int = 32) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        cache: Any,
+        scheduler: Any,
+        *,
+        loop_frames: int = 16,
+        precompute: bool = True,
+        max_avatars: int = 32,
+    ) -> None:
         self.engine = engine
         self.cache = cache
         self.scheduler = scheduler

@@ -62,4 +62,4 @@ def next_batch(queue: Sequence[J], now: float, estimates: BatchEstimates) -> Bat
     wait = min(ordered[0].due_t - now - 2 * e.batch_s - e.margin_s, oldest + e.max_wait_s - now)
     if len(ordered) < e.max_batch and wait > MIN_WAIT_S:
         return Wait(wait)
-    return Batch(tuple(ordered[:e.max_batch]), tuple(ordered[e.max_batch:]))
+    return Batch(tuple(ordered[: e.max_batch]), tuple(ordered[e.max_batch :]))

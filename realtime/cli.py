@@ -55,6 +55,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     if args.renderer:
         from avatarcast.engines.avatar_world import get_avatar, render_sequence
+
         segs = [(e, max(1, round(s * fps)), args.intensity) for e, s in schedule]
         frames, _ = render_sequence(get_avatar(avatar), segs, seed=args.seed)
         label = "renderer"
@@ -62,6 +63,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         import numpy as np
 
         from avatarcast.realtime.engine_loader import load_engine
+
         engine = load_engine(settings)
         st = engine.start_stream(avatar, schedule[0][0], args.intensity, args.seed)
         engine.sample_chunks([st])  # leave the rest pose before the clip starts
@@ -78,8 +80,10 @@ def cmd_render(args: argparse.Namespace) -> int:
         label = f"{settings.engine}/{'torch' if settings.engine == 'wan' else settings.backend}/{settings.steps} steps"
     gen_s = time.perf_counter() - t0
     out = write_video(frames, args.output, fps=fps, background=parse_color(args.background))
-    print(f"wrote {out} ({len(frames)} frames, {label}, generated in {gen_s:.2f}s = "
-          f"{len(frames) / max(gen_s, 1e-9):.1f} fps)")
+    print(
+        f"wrote {out} ({len(frames)} frames, {label}, generated in {gen_s:.2f}s = "
+        f"{len(frames) / max(gen_s, 1e-9):.1f} fps)"
+    )
     return 0
 
 
@@ -118,19 +122,24 @@ def cmd_token(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "engine":
         from avatarcast.realtime.bench.engine import main as bench_main
+
         return bench_main(args.rest) or 0
     if args.what == "latency":
         from avatarcast.realtime.bench.latency import main as bench_main
+
         return bench_main(args.rest) or 0
     if args.what == "load":
         from avatarcast.realtime.bench.load import main as bench_main
+
         return bench_main(args.rest) or 0
     print(f"unknown benchmark {args.what!r}", file=sys.stderr)
     return 2
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="avatarcast", description="A cartoon avatar that reacts, live, to what a person says.")
+    ap = argparse.ArgumentParser(
+        prog="avatarcast", description="A cartoon avatar that reacts, live, to what a person says."
+    )
     sub = ap.add_subparsers(dest="command", required=True)
 
     sv = sub.add_parser("serve", help="run the real-time server (HTTP, WebSocket, WebRTC, demo page)")
@@ -177,8 +186,11 @@ def run_eval(argv: list[str]) -> int:
     from pathlib import Path
 
     if not (Path.cwd() / "tools" / "eval" / "evaluate.py").is_file():
-        print("avatarcast: error: eval runs from a source checkout of avatarcast (it needs tools/eval and the "
-              "classifier's weights there): run it in the repository's folder", file=sys.stderr)
+        print(
+            "avatarcast: error: eval runs from a source checkout of avatarcast (it needs tools/eval and the "
+            "classifier's weights there): run it in the repository's folder",
+            file=sys.stderr,
+        )
         return 2
     return subprocess.call([sys.executable, "-m", "tools.eval.evaluate", *argv])
 
@@ -190,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_eval(argv[1:])
     if argv and argv[0] in PASSTHROUGH:
         import importlib
+
         return importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     try:

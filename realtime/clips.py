@@ -97,15 +97,27 @@ class ClipRenderer:
         return name, params, emotion, float(intensity)
 
     def key(self, params: Any, emotion: str, intensity: float, req: ClipRequest) -> str:
-        blob = json.dumps({"weights": self.services.engine.weights_hash, "steps": self.services.engine.steps,
-                           "avatar": avatar_cache_key(params), "emotion": emotion, "intensity": round(intensity, 4),
-                           "seconds": req.seconds, "format": req.format, "seed": req.seed, "v": 1}, sort_keys=True)
+        blob = json.dumps(
+            {
+                "weights": self.services.engine.weights_hash,
+                "steps": self.services.engine.steps,
+                "avatar": avatar_cache_key(params),
+                "emotion": emotion,
+                "intensity": round(intensity, 4),
+                "seconds": req.seconds,
+                "format": req.format,
+                "seed": req.seed,
+                "v": 1,
+            },
+            sort_keys=True,
+        )
         return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
     async def render(self, req: ClipRequest) -> RenderedClip:
         t0 = time.perf_counter()
         name, params, emotion, intensity = await asyncio.get_running_loop().run_in_executor(
-            self.services.pools.cpu, self._validate, req)
+            self.services.pools.cpu, self._validate, req
+        )
         key = self.key(params, emotion, intensity, req)
         path = self.dir / f"{key}.{req.format}"
         n_frames = max(1, int(round(req.seconds * FPS)))
@@ -118,11 +130,13 @@ class ClipRenderer:
             self._inflight[key] = fut
             fut.add_done_callback(lambda _: self._inflight.pop(key, None))
         await asyncio.shield(fut)
-        return RenderedClip(path, FORMATS[req.format], emotion, n_frames, False,
-                            round(time.perf_counter() - t0, 3), key)
+        return RenderedClip(
+            path, FORMATS[req.format], emotion, n_frames, False, round(time.perf_counter() - t0, 3), key
+        )
 
-    async def _render(self, params: Any, emotion: str, intensity: float, req: ClipRequest, path: Path,
-                      n_frames: int) -> None:
+    async def _render(
+        self, params: Any, emotion: str, intensity: float, req: ClipRequest, path: Path, n_frames: int
+    ) -> None:
         sv = self.services
         far = time.monotonic() + 3600.0  # behind every live deadline
         chunks: list[np.ndarray] = []

@@ -121,8 +121,9 @@ class EventSink(Protocol):
     def offer_event(self, event_json: str) -> None: ...
 
 
-async def handle_command(text: str, runner: Commandable, sink: EventSink,
-                         spawn: Callable[[Coroutine[Any, Any, None]], Any]) -> None:
+async def handle_command(
+    text: str, runner: Commandable, sink: EventSink, spawn: Callable[[Coroutine[Any, Any, None]], Any]
+) -> None:
     """Apply one text message to the session; answers (pong, errors) go to `sink`, the connection's own."""
     cmd = parse_command(text)
     if isinstance(cmd, Refused):

@@ -15,11 +15,14 @@ from avatarcast.templates.cache import default_cache_dir
 WAN_FLAGS = ("checkpoint", *(f.name for f in fields(Settings) if f.name.startswith("wan_")))
 
 
-def load_engine(settings: Settings, cache_dir: str | Path | None = None,
-                templates: dict | None = None) -> StreamEngine:
+def load_engine(settings: Settings, cache_dir: str | Path | None = None, templates: dict | None = None) -> StreamEngine:
     """TinyEngine, or WanAvatarEngine (same interface) whose prompt embeddings live in the latents cache dir."""
     if settings.engine == "wan":
         from avatarcast.engines.wan.serving import WanAvatarEngine  # torch: only for the wan engine
-        return WanAvatarEngine.load(cache_dir=cache_dir or settings.cache_dir or default_cache_dir(),
-                                    templates=templates, **settings.wan_kwargs())
+
+        return WanAvatarEngine.load(
+            cache_dir=cache_dir or settings.cache_dir or default_cache_dir(),
+            templates=templates,
+            **settings.wan_kwargs(),
+        )
     return TinyEngine.load(**settings.engine_kwargs())

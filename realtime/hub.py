@@ -52,8 +52,9 @@ class HubError(AvatarcastError):
 class Hub:
     """Lifecycle, the session registry, admission and drain; what sessions share is in `services`."""
 
-    def __init__(self, settings: Settings,
-                 make_scheduler: Callable[[StreamEngine, Metrics], Scheduler] | None = None) -> None:
+    def __init__(
+        self, settings: Settings, make_scheduler: Callable[[StreamEngine, Metrics], Scheduler] | None = None
+    ) -> None:
         self.settings = settings
         # None: an EngineScheduler here; Ray Serve: a RemoteScheduler (realtime/cluster/app.py)
         self.make_scheduler = make_scheduler
@@ -101,9 +102,16 @@ class Hub:
 
         engine, transcriber, reader = await asyncio.gather(
             timed("engine", lambda: load_engine(s)),
-            timed("asr", lambda: Transcriber.load(s.asr_model, device=s.asr_device, cpu_threads=s.asr_threads,
-                                                  workers=s.asr_workers,
-                                                  languages=s.language_list(s.asr_languages))),
+            timed(
+                "asr",
+                lambda: Transcriber.load(
+                    s.asr_model,
+                    device=s.asr_device,
+                    cpu_threads=s.asr_threads,
+                    workers=s.asr_workers,
+                    languages=s.language_list(s.asr_languages),
+                ),
+            ),
             timed("emotion", lambda: EmotionReader.load(threads=1)),
         )
         templates = load_templates()
@@ -120,8 +128,19 @@ class Hub:
         self.metrics.bind(lambda: len(self.sessions), lambda: len(self.peers), lambda: scheduler.queue_depth)
         avatars = AvatarStore(engine, cache, scheduler, precompute=bool(s.precompute))
         self._closers.append(avatars.close)
-        self.services = Services(s, engine, scheduler, avatars, cache, transcriber, reader, session_config,
-                                 self.pools, self.metrics, self.stats)
+        self.services = Services(
+            s,
+            engine,
+            scheduler,
+            avatars,
+            cache,
+            transcriber,
+            reader,
+            session_config,
+            self.pools,
+            self.metrics,
+            self.stats,
+        )
         self.clips = ClipRenderer(self.services, s.clip_cache_dir or None)
         t0 = time.perf_counter()
         for name in s.avatar_list():
@@ -216,13 +235,24 @@ class Hub:
         session to leave: a client that reconnects right after closing its last socket would otherwise
         be refused for its own old session, whose close the server has not processed yet."""
         deadline = time.monotonic() + ADMIT_GRACE_S
-        while (self.settings.admission and self.ready.is_set() and self.sessions and time.monotonic() < deadline
-               and not self.admission().admit):
+        while (
+            self.settings.admission
+            and self.ready.is_set()
+            and self.sessions
+            and time.monotonic() < deadline
+            and not self.admission().admit
+        ):
             await asyncio.sleep(0.05)
         return self.create_session(avatar, **kwargs)
 
-    def create_session(self, avatar: str = "", *, image_format: str | None = None, quality: int | None = None,
-                       language: str | None = None) -> SessionRunner:
+    def create_session(
+        self,
+        avatar: str = "",
+        *,
+        image_format: str | None = None,
+        quality: int | None = None,
+        language: str | None = None,
+    ) -> SessionRunner:
         if not self.ready.is_set():
             raise HubError(ErrorCode.STARTING, "the server is still loading its models")
         sv = self._services
@@ -239,16 +269,24 @@ class Hub:
             raise HubError(ErrorCode.BUSY, verdict.message)
         fmt = image_format or self.settings.image_format
         if fmt not in IMAGE_FORMATS:
-            raise HubError(ErrorCode.BAD_IMAGE_FORMAT,
-                           f"image_format must be {' or '.join(IMAGE_FORMATS)}, got {fmt!r}")
+            raise HubError(
+                ErrorCode.BAD_IMAGE_FORMAT, f"image_format must be {' or '.join(IMAGE_FORMATS)}, got {fmt!r}"
+            )
         q = self.settings.quality if quality is None else int(quality)
         if not 1 <= q <= 100:
             raise HubError(ErrorCode.BAD_QUALITY, f"quality must be 1..100, got {q}")
         lang = sv.transcriber.resolve_language(language, self.settings.language)
         sid = secrets.token_urlsafe(9)
         try:
-            runner = SessionRunner(sv, sid, avatar or (self.settings.avatar_list() or ["pip"])[0],
-                                   image_format=fmt, quality=q, language=lang, on_failure=self.close_session)
+            runner = SessionRunner(
+                sv,
+                sid,
+                avatar or (self.settings.avatar_list() or ["pip"])[0],
+                image_format=fmt,
+                quality=q,
+                language=lang,
+                on_failure=self.close_session,
+            )
         except ValueError as exc:
             raise HubError(ErrorCode.BAD_AVATAR, str(exc)) from None
         self.sessions[sid] = runner
@@ -265,8 +303,14 @@ class Hub:
         # counting it would refuse a client that reconnects right after closing its last session
         live = [r for r in self.sessions.values() if not r.abandoned]
         young = sum(1 for r in live if now - r.created < s.capacity_window_s)
-        return check(self._services.scheduler, headroom=s.capacity_headroom, window_s=s.capacity_window_s,
-                     chunk_s=self.chunk_s, sessions=len(live), young=young)
+        return check(
+            self._services.scheduler,
+            headroom=s.capacity_headroom,
+            window_s=s.capacity_window_s,
+            chunk_s=self.chunk_s,
+            sessions=len(live),
+            young=young,
+        )
 
     def _reject(self, reason: str) -> None:
         self.stats["sessions_rejected"] += 1
@@ -291,35 +335,53 @@ class Hub:
         sch, s = sv.scheduler, self.settings
         lad = sch.ladder
         per = sch.stream_chunk_s
-        return {"degradation_level": lad.level if lad else 0, "degradation": lad.name if lad else "full",
-                "live_steps": (lad.live_steps if lad else None) or sv.engine.steps,
-                "lowest_level": lad.top if lad else 0,
-                "engine_busy": round(sch.busy_fraction(s.capacity_window_s), 3),
-                "stream_chunk_s": None if per is None else round(per, 4), "chunk_s": self.chunk_s,
-                "reaction_load": None if per is None else round(per / self.chunk_s, 3),
-                "capacity_headroom": s.capacity_headroom, "late_batches": sch.late_batches,
-                "admission": bool(s.admission),
-                "admitting": self.ready.is_set() and (not s.admission or self.admission().admit),
-                "draining": self.draining}
+        return {
+            "degradation_level": lad.level if lad else 0,
+            "degradation": lad.name if lad else "full",
+            "live_steps": (lad.live_steps if lad else None) or sv.engine.steps,
+            "lowest_level": lad.top if lad else 0,
+            "engine_busy": round(sch.busy_fraction(s.capacity_window_s), 3),
+            "stream_chunk_s": None if per is None else round(per, 4),
+            "chunk_s": self.chunk_s,
+            "reaction_load": None if per is None else round(per / self.chunk_s, 3),
+            "capacity_headroom": s.capacity_headroom,
+            "late_batches": sch.late_batches,
+            "admission": bool(s.admission),
+            "admitting": self.ready.is_set() and (not s.admission or self.admission().admit),
+            "draining": self.draining,
+        }
 
     def status(self) -> dict:
         s, sv = self.settings, self.services
         eng, sch = (sv.engine, sv.scheduler) if sv is not None else (None, None)
-        return {"ready": self.ready.is_set(), "sessions": len(self.sessions),
-                "webrtc_peers": len(self.peers),
-                "max_sessions": s.max_sessions,
-                "engine": {"name": s.engine, "backend": s.wan_backend if s.engine == "wan" else s.backend,
-                           "steps": None if eng is None else eng.steps,
-                           "weights": None if eng is None else eng.weights_hash,
-                           # wan: False while the VAE's graphs compile in the background (slower frames)
-                           "vae_compiled": None if eng is None else eng.graphs_ready},
-                "asr": None if sv is None else sv.transcriber.name,
-                "scheduler": None if sch is None else {"queue": sch.queue_depth, "batches": sch.batches,
-                                                        "max_batch": sch.max_batch,
-                                                        "pipeline_depth": sch.depth,
-                                                        "jobs": sch.jobs_done, "busy_s": round(sch.busy_s, 3),
-                                                        "oom_splits": sch.oom_splits},
-                "load": None if sv is None else self._load_status(sv),
-                "cluster": None if sch is None else sch.cluster_status(),
-                "load_s": self.load_s, "stats": dict(self.stats),
-                "uptime_s": round(time.monotonic() - self.started_at, 1)}
+        return {
+            "ready": self.ready.is_set(),
+            "sessions": len(self.sessions),
+            "webrtc_peers": len(self.peers),
+            "max_sessions": s.max_sessions,
+            "engine": {
+                "name": s.engine,
+                "backend": s.wan_backend if s.engine == "wan" else s.backend,
+                "steps": None if eng is None else eng.steps,
+                "weights": None if eng is None else eng.weights_hash,
+                # wan: False while the VAE's graphs compile in the background (slower frames)
+                "vae_compiled": None if eng is None else eng.graphs_ready,
+            },
+            "asr": None if sv is None else sv.transcriber.name,
+            "scheduler": None
+            if sch is None
+            else {
+                "queue": sch.queue_depth,
+                "batches": sch.batches,
+                "max_batch": sch.max_batch,
+                "pipeline_depth": sch.depth,
+                "jobs": sch.jobs_done,
+                "busy_s": round(sch.busy_s, 3),
+                "oom_splits": sch.oom_splits,
+            },
+            "load": None if sv is None else self._load_status(sv),
+            "cluster": None if sch is None else sch.cluster_status(),
+            "load_s": self.load_s,
+            "stats": dict(self.stats),
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+        }

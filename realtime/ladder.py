@@ -42,11 +42,21 @@ LEVELS = ("full", "fewer_steps", "lower_resolution", "cached_loops")
 class DegradationLadder:
     """The current degradation level and the live sampler steps it implies."""
 
-    def __init__(self, full_steps: int, *, reduce_steps: bool = True, lower_resolution: bool = False,
-                 down_late: int = 2, window_s: float = 4.0,
-                 dwell_s: float = 2.0, up_after_s: float = 15.0, up_busy: float = 0.75, enabled: bool = True,
-                 clock: Callable[[], float] = time.monotonic,
-                 on_change: Callable[[int, int, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        full_steps: int,
+        *,
+        reduce_steps: bool = True,
+        lower_resolution: bool = False,
+        down_late: int = 2,
+        window_s: float = 4.0,
+        dwell_s: float = 2.0,
+        up_after_s: float = 15.0,
+        up_busy: float = 0.75,
+        enabled: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+        on_change: Callable[[int, int, str], None] | None = None,
+    ) -> None:
         self.full_steps = int(full_steps)
         self.fewer_steps = max(1, self.full_steps // 2)
         self.reduce_steps = reduce_steps and self.fewer_steps < self.full_steps
@@ -123,5 +133,9 @@ def ladder_for(engine: StreamEngine, settings: Settings) -> DegradationLadder:
     """The ladder an engine can offer under these settings (the Hub's and each Ray engine replica's):
     the steps rung (every engine takes a per-call step count; skipped at 1 step), the resolution rung
     where it has a half-resolution decoder."""
-    return DegradationLadder(int(engine.steps or 1), lower_resolution=engine.capabilities.half_res_decode,
-                             up_after_s=settings.ladder_up_s, enabled=bool(settings.ladder))
+    return DegradationLadder(
+        int(engine.steps or 1),
+        lower_resolution=engine.capabilities.half_res_decode,
+        up_after_s=settings.ladder_up_s,
+        enabled=bool(settings.ladder),
+    )

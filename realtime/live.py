@@ -45,11 +45,25 @@ class LiveEvent:
 class LiveAudio:
     """Feed PCM in arrival order; `on_event` gets LiveEvents on the event loop."""
 
-    def __init__(self, transcriber: Any, vad_pool: Any, asr_pool: Any, on_event: Callable[[LiveEvent], None], *,
-                 language: str | None = None, min_speech_ms: int = 64, endpoint_silence_ms: int = 352,
-                 pause_ms: int = 128, prosody_pool: Any = None,
-                 partial_every_s: float = 0.6, min_partial_s: float = 0.6, pre_roll_s: float = 0.2,
-                 post_roll_s: float = 0.15, max_utterance_s: float = 15.0, keep_s: float = 20.0) -> None:
+    def __init__(
+        self,
+        transcriber: Any,
+        vad_pool: Any,
+        asr_pool: Any,
+        on_event: Callable[[LiveEvent], None],
+        *,
+        language: str | None = None,
+        min_speech_ms: int = 64,
+        endpoint_silence_ms: int = 352,
+        pause_ms: int = 128,
+        prosody_pool: Any = None,
+        partial_every_s: float = 0.6,
+        min_partial_s: float = 0.6,
+        pre_roll_s: float = 0.2,
+        post_roll_s: float = 0.15,
+        max_utterance_s: float = 15.0,
+        keep_s: float = 20.0,
+    ) -> None:
         from avatarcast.realtime.asr import StreamingTranscriber
 
         self.transcriber = transcriber
@@ -57,9 +71,15 @@ class LiveAudio:
         self.prosody_pool = prosody_pool  # None: no prosody on the events
         self.on_event = on_event
         self.language = language
-        self.vad = StreamingTranscriber(None, min_speech_ms=min_speech_ms, endpoint_silence_ms=endpoint_silence_ms,
-                                        speculative_silence_ms=None, partial_interval_ms=None,
-                                        pre_roll_ms=int(pre_roll_s * 1000), max_utterance_s=max_utterance_s)
+        self.vad = StreamingTranscriber(
+            None,
+            min_speech_ms=min_speech_ms,
+            endpoint_silence_ms=endpoint_silence_ms,
+            speculative_silence_ms=None,
+            partial_interval_ms=None,
+            pre_roll_ms=int(pre_roll_s * 1000),
+            max_utterance_s=max_utterance_s,
+        )
         self.pause_windows = max(1, -(-pause_ms // 32))
         self.partial_every = int(partial_every_s * SR)
         self.min_partial = int(min_partial_s * SR)
@@ -129,7 +149,7 @@ class LiveAudio:
         for first, x in self._chunks:
             a, b = max(start, first), min(end, first + x.size)
             if a < b:
-                parts.append(x[a - first:b - first])
+                parts.append(x[a - first : b - first])
         return np.concatenate(parts) if parts else np.zeros(0, np.float32)
 
     def _emit(self, ev: LiveEvent) -> None:
@@ -144,8 +164,14 @@ class LiveAudio:
     def _on_vad(self, ev: Any) -> None:
         if ev.kind == "speech_start":
             onset = int(round(ev.start_s * SR))
-            self._utt = {"index": ev.utterance, "onset": onset, "start": max(0, onset - self.pre_roll),
-                         "last_partial": onset, "best": None, "best_end": -1}
+            self._utt = {
+                "index": ev.utterance,
+                "onset": onset,
+                "start": max(0, onset - self.pre_roll),
+                "last_partial": onset,
+                "best": None,
+                "best_end": -1,
+            }
             self._emit(LiveEvent("speech_start", ev.utterance, self.arrival_time(onset)))
         elif ev.kind == "speech_end" and self._utt is not None and self._utt["index"] == ev.utterance:
             utt, self._utt = self._utt, None
@@ -179,7 +205,10 @@ class LiveAudio:
         utt = self._utt
         if utt is None or self._asr.locked() or self.transcriber is None or utt.get("quiet", 0):
             return  # in a trailing silence the pause's speculation is coming: a partial now would delay it
-        if self._received - utt["last_partial"] < self.partial_every or self._received - utt["onset"] < self.min_partial:
+        if (
+            self._received - utt["last_partial"] < self.partial_every
+            or self._received - utt["onset"] < self.min_partial
+        ):
             return
         utt["last_partial"] = self._received
         self._spawn(self._partial(utt, self._received, urgent=False))
@@ -192,7 +221,8 @@ class LiveAudio:
         voice = loop.run_in_executor(self.prosody_pool, prosody, audio) if urgent and self.prosody_pool else None
         t0 = time.perf_counter()
         tr = await loop.run_in_executor(
-            self.asr_pool, lambda: self.transcriber.transcribe(audio, language=self.language, urgent=urgent))
+            self.asr_pool, lambda: self.transcriber.transcribe(audio, language=self.language, urgent=urgent)
+        )
         ms = (time.perf_counter() - t0) * 1000.0
         return tr, ms, (await voice if voice is not None else None)
 
@@ -205,8 +235,19 @@ class LiveAudio:
         # still a speculation if the speaker did not go on meanwhile (the endpoint came, or the pause goes on)
         speculative = urgent and (utt is not self._utt or bool(utt.get("paused")))
         if tr.text and not utt.get("final_sent"):  # news until the final is out, even after the endpoint
-            self._emit(LiveEvent("partial", utt["index"], time.monotonic(), tr.text, tr.language, audio.size / SR, ms,
-                                 speculative=speculative, prosody=voice))
+            self._emit(
+                LiveEvent(
+                    "partial",
+                    utt["index"],
+                    time.monotonic(),
+                    tr.text,
+                    tr.language,
+                    audio.size / SR,
+                    ms,
+                    speculative=speculative,
+                    prosody=voice,
+                )
+            )
 
     async def _final(self, utt: dict, end: int) -> None:
         async with self._asr:  # after any partial in flight: it may already cover the end
@@ -216,12 +257,24 @@ class LiveAudio:
             elif utt["best"] is not None and utt["best_end"] >= end:
                 tr, ms, voice, reused = utt["best"], 0.0, utt.get("best_prosody"), True  # it heard everything
             else:
-                tr, ms, voice = await self._transcribe(self.audio(utt["start"], min(end + self.post_roll,
-                                                                                   self._received)))
+                tr, ms, voice = await self._transcribe(
+                    self.audio(utt["start"], min(end + self.post_roll, self._received))
+                )
         utt["final_sent"] = True
         text = tr.text if tr is not None else ""
         # no stickiness: detection shares the encoder pass (realtime/asr_window.py), so every utterance
         # finds its own language and a speaker may switch between them
         lang = tr.language if tr is not None else None
-        self._emit(LiveEvent("final", utt["index"], time.monotonic(), text, lang, (end - utt["start"]) / SR, ms,
-                             reused=reused, prosody=voice))
+        self._emit(
+            LiveEvent(
+                "final",
+                utt["index"],
+                time.monotonic(),
+                text,
+                lang,
+                (end - utt["start"]) / SR,
+                ms,
+                reused=reused,
+                prosody=voice,
+            )
+        )

@@ -49,12 +49,17 @@ class LiveCues:
     async def final(self, ev: LiveEvent) -> EmotionCue:
         """The final's cue: the speculation's read when the final is its transcript of the same audio."""
         spec = self._reads.pop(ev.utterance, None)
-        if spec is not None and ev.reused and (spec.text, spec.language) == (ev.text, ev.language) \
-                and spec.prosody is ev.prosody:
+        if (
+            spec is not None
+            and ev.reused
+            and (spec.text, spec.language) == (ev.text, ev.language)
+            and spec.prosody is ev.prosody
+        ):
             self.reused += 1
             return await spec.cue
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self.reader.read, ev.text, ev.prosody,
-                                                                ev.language)
+        return await asyncio.get_running_loop().run_in_executor(
+            self.pool, self.reader.read, ev.text, ev.prosody, ev.language
+        )
 
 
 def _retrieve(fut: asyncio.Future) -> None:

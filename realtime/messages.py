@@ -181,10 +181,28 @@ class VideoFrame:
     time_base = TIME_BASE
 
     @classmethod
-    def from_request(cls, req: FrameRequest, t: float, *, t_capture: float | None = None, data: Any = None,
-                     stamps: dict[str, tuple[float, float]] | None = None) -> VideoFrame:
-        return cls(req.index, req.pts, t, t if t_capture is None else t_capture, req.emotion, req.source,
-                   req.intensity, req.utterance, req.reaction, dict(stamps or {}), data)
+    def from_request(
+        cls,
+        req: FrameRequest,
+        t: float,
+        *,
+        t_capture: float | None = None,
+        data: Any = None,
+        stamps: dict[str, tuple[float, float]] | None = None,
+    ) -> VideoFrame:
+        return cls(
+            req.index,
+            req.pts,
+            t,
+            t if t_capture is None else t_capture,
+            req.emotion,
+            req.source,
+            req.intensity,
+            req.utterance,
+            req.reaction,
+            dict(stamps or {}),
+            data,
+        )
 
     @property
     def is_reaction(self) -> bool:
@@ -201,8 +219,12 @@ class SessionEvent:
     seq: int = 0
 
     def to_json(self) -> str:
-        return json.dumps({"type": self.type, "t": self.t, "seq": self.seq, "payload": self.payload},
-                          ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        return json.dumps(
+            {"type": self.type, "t": self.t, "seq": self.seq, "payload": self.payload},
+            ensure_ascii=False,
+            separators=(",", ":"),
+            allow_nan=False,
+        )
 
     @classmethod
     def from_json(cls, text: str | bytes) -> SessionEvent:

@@ -20,36 +20,71 @@ class Metrics:
         r = self.registry = CollectorRegistry()
         self.sessions_active = Gauge("avatarcast_sessions_active", "sessions open now", registry=r)
         self.sessions_created = Counter("avatarcast_sessions_created", "sessions created", registry=r)
-        self.sessions_rejected = Counter("avatarcast_sessions_rejected",
-                                         "sessions refused: max_sessions, capacity, degraded, rate_limit, shutting_down",
-                                         ["reason"], registry=r)
-        self.rate_limited = Counter("avatarcast_rate_limited", "requests or messages over a per-client rate limit",
-                                    ["kind"], registry=r)
-        self.degradation_level = Gauge("avatarcast_degradation_level",
-                                       "0 full, 1 fewer sampler steps, 2 also half-resolution decode, "
-                                       "3 also cached loops for new reactions", registry=r)
-        self.engine_busy = Gauge("avatarcast_engine_busy_ratio", "fraction of recent time the engine ran live batches",
-                                 registry=r)
+        self.sessions_rejected = Counter(
+            "avatarcast_sessions_rejected",
+            "sessions refused: max_sessions, capacity, degraded, rate_limit, shutting_down",
+            ["reason"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "avatarcast_rate_limited", "requests or messages over a per-client rate limit", ["kind"], registry=r
+        )
+        self.degradation_level = Gauge(
+            "avatarcast_degradation_level",
+            "0 full, 1 fewer sampler steps, 2 also half-resolution decode, 3 also cached loops for new reactions",
+            registry=r,
+        )
+        self.engine_busy = Gauge(
+            "avatarcast_engine_busy_ratio", "fraction of recent time the engine ran live batches", registry=r
+        )
         self.webrtc_peers = Gauge("avatarcast_webrtc_peers", "WebRTC peers connected or connecting", registry=r)
-        self.ttff = Histogram("avatarcast_ttff_seconds", "end of speech (or input) to the first reacting frame",
-                              ["kind"], buckets=LATENCY_BUCKETS, registry=r)
-        self.tter = Histogram("avatarcast_tter_seconds", "end of speech (or input) to the first frame of the emotion",
-                              ["kind"], buckets=LATENCY_BUCKETS, registry=r)
-        self.stage = Histogram("avatarcast_stage_seconds", "time of each pipeline stage per utterance",
-                               ["stage"], buckets=STAGE_BUCKETS, registry=r)
+        self.ttff = Histogram(
+            "avatarcast_ttff_seconds",
+            "end of speech (or input) to the first reacting frame",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tter = Histogram(
+            "avatarcast_tter_seconds",
+            "end of speech (or input) to the first frame of the emotion",
+            ["kind"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.stage = Histogram(
+            "avatarcast_stage_seconds",
+            "time of each pipeline stage per utterance",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=r,
+        )
         self.frames_sent = Counter("avatarcast_frames_sent", "frames handed to the transports", registry=r)
         # per-session fps over 1 s windows, as a distribution (a label per session would grow without bound)
-        self.session_fps = Histogram("avatarcast_session_fps", "frames per second of each session, per 1 s window",
-                                     buckets=(1, 2, 4, 5, 6, 7, 7.5, 8, 8.5, 10), registry=r)
-        self.frames_dropped = Counter("avatarcast_frames_dropped", "frames skipped because the session ran late",
-                                      registry=r)
-        self.chunk_late_frames = Counter("avatarcast_chunk_late_frames",
-                                         "reaction frames that held the previous frame (sampler chunk late)", registry=r)
+        self.session_fps = Histogram(
+            "avatarcast_session_fps",
+            "frames per second of each session, per 1 s window",
+            buckets=(1, 2, 4, 5, 6, 7, 7.5, 8, 8.5, 10),
+            registry=r,
+        )
+        self.frames_dropped = Counter(
+            "avatarcast_frames_dropped", "frames skipped because the session ran late", registry=r
+        )
+        self.chunk_late_frames = Counter(
+            "avatarcast_chunk_late_frames",
+            "reaction frames that held the previous frame (sampler chunk late)",
+            registry=r,
+        )
         self.queue_depth = Gauge("avatarcast_engine_queue_depth", "chunk jobs waiting for the engine", registry=r)
-        self.batch_size = Histogram("avatarcast_engine_batch_size", "streams per sampler call",
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
-        self.batch_seconds = Histogram("avatarcast_engine_batch_seconds", "sample + decode time of one batch",
-                                       buckets=STAGE_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "avatarcast_engine_batch_size",
+            "streams per sampler call",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "avatarcast_engine_batch_seconds", "sample + decode time of one batch", buckets=STAGE_BUCKETS, registry=r
+        )
         self.errors = Counter("avatarcast_session_errors", "error events sent to clients", ["code"], registry=r)
 
     def bind(self, sessions: Callable[[], int], peers: Callable[[], int], queue: Callable[[], int]) -> None:

@@ -53,7 +53,12 @@ class OriginMiddleware:
         if scope["type"] == "websocket":
             origin = _header(scope, b"origin")
             if origin is not None and not origin_allowed(origin, _header(scope, b"host"), self.allowed):
-                await send({"type": "websocket.close", "code": ErrorCode.ORIGIN_NOT_ALLOWED.close,
-                            "reason": f"origin {origin[:60]} is not allowed (--allowed-origins)"})
+                await send(
+                    {
+                        "type": "websocket.close",
+                        "code": ErrorCode.ORIGIN_NOT_ALLOWED.close,
+                        "reason": f"origin {origin[:60]} is not allowed (--allowed-origins)",
+                    }
+                )
                 return
         await self.app(scope, receive, send)

@@ -135,6 +135,15 @@ class Playout:
 
 def sent_frame(req: FrameRequest, shown: Shown, encoded_from: float, encoded_at: float) -> VideoFrame:
     """The record of a sent frame for the Session: it answers the planned turn only if it shows what was planned."""
-    return VideoFrame(req.index, req.pts, encoded_at, encoded_from, shown.emotion, shown.source, req.intensity,
-                      req.utterance if shown.source == req.source else None, req.reaction,
-                      {"encode": (encoded_from, encoded_at)})
+    return VideoFrame(
+        req.index,
+        req.pts,
+        encoded_at,
+        encoded_from,
+        shown.emotion,
+        shown.source,
+        req.intensity,
+        req.utterance if shown.source == req.source else None,
+        req.reaction,
+        {"encode": (encoded_from, encoded_at)},
+    )

@@ -17,6 +17,7 @@ ENGINE_FLAGS = ("engine", "backend", "steps", "threads", "device", "weights", *W
 def parse_avatars(spec: str) -> list:
     """'all' -> every built-in avatar; '0,1,luna' -> those (indices or names)."""
     from avatarcast.engines.avatar_world import BUILTIN_AVATARS, get_avatar
+
     if spec.strip().lower() == "all":
         return list(range(len(BUILTIN_AVATARS)))
     out = []
@@ -32,8 +33,10 @@ def parse_avatars(spec: str) -> list:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="avatarcast precompute",
-                                 description="Compute the first chunk of every (avatar, emotion, variant) reaction.")
+    ap = argparse.ArgumentParser(
+        prog="avatarcast precompute",
+        description="Compute the first chunk of every (avatar, emotion, variant) reaction.",
+    )
     ap.add_argument("--avatars", default="all", help="'all' or a comma list of built-in indices/names")
     ap.add_argument("--emotions", default="", help="comma list of emotions (default: every template)")
     ap.add_argument("--variants", type=int, default=None, help="variants per emotion (default: each template's own)")
@@ -41,8 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--cache-dir", default=None, help="default ~/.cache/avatarcast/latents")
     ap.add_argument("--templates", default=None, help="templates JSON (default: the shipped emotions.json)")
     ap.add_argument("--json", action="store_true", help="print the stats as one JSON object")
-    ap.add_argument("--prompts-only", action="store_true",
-                    help="engine wan: only write the templates' prompt embeddings (needs text_encoder/ + tokenizer/)")
+    ap.add_argument(
+        "--prompts-only",
+        action="store_true",
+        help="engine wan: only write the templates' prompt embeddings (needs text_encoder/ + tokenizer/)",
+    )
     Settings.add_arguments(ap, ENGINE_FLAGS)
     return ap
 
@@ -68,22 +74,35 @@ def main(argv: list[str] | None = None) -> int:
         from avatarcast.engines.wan.serving import WanAvatarEngine  # loaded above: torch is in already
 
         assert isinstance(engine, WanAvatarEngine)
-        stats: dict[str, Any] = {"prompt_embeds": engine.embeds_id, "prompts": len(templates),
-                 "dir": str(cache.cache_dir / "prompt_embeds"), "engine_load_seconds": round(load_s, 3)}
-        print(json.dumps(stats, sort_keys=True) if args.json else
-              f"{stats['prompts']} prompt embeddings ({stats['prompt_embeds']}) in {stats['dir']}")
+        stats: dict[str, Any] = {
+            "prompt_embeds": engine.embeds_id,
+            "prompts": len(templates),
+            "dir": str(cache.cache_dir / "prompt_embeds"),
+            "engine_load_seconds": round(load_s, 3),
+        }
+        print(
+            json.dumps(stats, sort_keys=True)
+            if args.json
+            else f"{stats['prompts']} prompt embeddings ({stats['prompt_embeds']}) in {stats['dir']}"
+        )
         return 0
     stats = cache.precompute(avatars, emotions, variants=args.variants, batch=args.batch)
-    stats.update(cache_dir=str(cache.cache_dir), steps=engine.steps, weights=engine.weights_hash,
-                 engine_load_seconds=round(load_s, 3))
+    stats.update(
+        cache_dir=str(cache.cache_dir),
+        steps=engine.steps,
+        weights=engine.weights_hash,
+        engine_load_seconds=round(load_s, 3),
+    )
     if stats["computed"]:
         stats["seconds_per_computed"] = round(stats["seconds"] / stats["computed"], 4)
     if args.json:
         print(json.dumps(stats, sort_keys=True))
     else:
-        print(f"{stats['entries']} entries in {stats['cache_dir']}: {stats['computed']} computed, "
-              f"{stats['loaded']} loaded from disk, {stats['in_memory']} already in memory, "
-              f"{stats['seconds']:.2f}s (engine load {load_s:.2f}s, {engine.steps} steps)")
+        print(
+            f"{stats['entries']} entries in {stats['cache_dir']}: {stats['computed']} computed, "
+            f"{stats['loaded']} loaded from disk, {stats['in_memory']} already in memory, "
+            f"{stats['seconds']:.2f}s (engine load {load_s:.2f}s, {engine.steps} steps)"
+        )
     return 0
 
 

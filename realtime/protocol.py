@@ -26,8 +26,18 @@ from dataclasses import dataclass
 
 from avatarcast.vocabulary import EMOTIONS, FRAME_SOURCES, IMAGE_FORMATS, FrameSource
 
-__all__ = ["EMOTIONS", "FRAME_HEADER", "FRAME_SOURCES", "FrameHeader", "FrameSource", "IMAGE_FORMATS", "TAG_CLIP",
-           "TAG_PCM", "pack_frame", "unpack_frame"]
+__all__ = [
+    "EMOTIONS",
+    "FRAME_HEADER",
+    "FRAME_SOURCES",
+    "FrameHeader",
+    "FrameSource",
+    "IMAGE_FORMATS",
+    "TAG_CLIP",
+    "TAG_PCM",
+    "pack_frame",
+    "unpack_frame",
+]
 
 FRAME_MAGIC = b"AVF1"
 FRAME_HEADER = struct.Struct("<4sIddBBBx")
@@ -46,11 +56,19 @@ class FrameHeader:
     emotion: str
 
 
-def pack_frame(index: int, pts_s: float, sent_at: float, image_format: str, source: str, emotion: str,
-               image: bytes) -> bytes:
+def pack_frame(
+    index: int, pts_s: float, sent_at: float, image_format: str, source: str, emotion: str, image: bytes
+) -> bytes:
     """Header + image bytes, ready for one binary WebSocket message."""
-    head = FRAME_HEADER.pack(FRAME_MAGIC, index & 0xFFFFFFFF, pts_s, sent_at, IMAGE_FORMATS[image_format],
-                             FRAME_SOURCES.index(source), EMOTIONS.index(emotion))
+    head = FRAME_HEADER.pack(
+        FRAME_MAGIC,
+        index & 0xFFFFFFFF,
+        pts_s,
+        sent_at,
+        IMAGE_FORMATS[image_format],
+        FRAME_SOURCES.index(source),
+        EMOTIONS.index(emotion),
+    )
     return head + image
 
 
@@ -62,4 +80,4 @@ def unpack_frame(msg: bytes | bytearray) -> tuple[FrameHeader, bytes]:
     fmts = {v: k for k, v in IMAGE_FORMATS.items()}
     if fmt not in fmts or src >= len(FRAME_SOURCES) or emo >= len(EMOTIONS):
         raise ValueError("frame header has an unknown format, source or emotion")
-    return FrameHeader(index, pts, sent, fmts[fmt], FRAME_SOURCES[src], EMOTIONS[emo]), bytes(msg[FRAME_HEADER.size:])
+    return FrameHeader(index, pts, sent, fmts[fmt], FRAME_SOURCES[src], EMOTIONS[emo]), bytes(msg[FRAME_HEADER.size :])

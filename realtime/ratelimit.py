@@ -41,8 +41,9 @@ class TokenBucket:
 class RateLimiter:
     """Token buckets by key; `take(keys)` takes a token from each, or from none if any is empty."""
 
-    def __init__(self, rate_per_s: float, burst: float, *, max_keys: int = 100_000,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, rate_per_s: float, burst: float, *, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate = float(rate_per_s)
         self.burst = max(1.0, float(burst))
         self.max_keys = max_keys
@@ -115,8 +116,15 @@ class FloodGuard:
     Flooding = more than `max_dropped` messages dropped within `window_s`. An error event goes out
     at most once per `notify_s`, so the answer to a flood is not a flood."""
 
-    def __init__(self, limiter: RateLimiter, keys: list[str], *, window_s: float = 2.0,
-                 notify_s: float = 1.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        keys: list[str],
+        *,
+        window_s: float = 2.0,
+        notify_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.limiter, self.keys = limiter, keys
         self.window_s, self.notify_s = window_s, notify_s
         self.max_dropped = max(1, int(limiter.burst))
@@ -161,8 +169,14 @@ class RateLimitMiddleware:
             return await self.app(scope, receive, send)
         self.hub.metrics.rate_limited.labels("http").inc()
         code = ErrorCode.RATE_LIMITED
-        body = json.dumps({"error": code.wire,
-                           "message": f"over {self.hub.limits.http.rate:g} requests/s from this client"}).encode()
-        await send({"type": "http.response.start", "status": code.status,
-                    "headers": [(b"content-type", b"application/json"), (b"retry-after", retry_after(wait).encode())]})
+        body = json.dumps(
+            {"error": code.wire, "message": f"over {self.hub.limits.http.rate:g} requests/s from this client"}
+        ).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": code.status,
+                "headers": [(b"content-type", b"application/json"), (b"retry-after", retry_after(wait).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": body})

@@ -77,9 +77,17 @@ def encode_image(rgba: np.ndarray, fmt: str, quality: int) -> bytes:
 class SessionRunner:
     """A Session plus everything real around it; created and owned by the Hub."""
 
-    def __init__(self, services: Services, session_id: str, avatar: str, *, image_format: str = "jpeg",
-                 quality: int = 80, language: str | None = None,
-                 on_failure: Callable[[str], Awaitable[object]] | None = None) -> None:
+    def __init__(
+        self,
+        services: Services,
+        session_id: str,
+        avatar: str,
+        *,
+        image_format: str = "jpeg",
+        quality: int = 80,
+        language: str | None = None,
+        on_failure: Callable[[str], Awaitable[object]] | None = None,
+    ) -> None:
         """`on_failure(session id)`: how the runner asks its owner (the Hub) to end it after a fatal error;
         None: it only closes itself."""
         self.services = services
@@ -110,11 +118,23 @@ class SessionRunner:
         self._cue_lock = asyncio.Lock()
         self._cues = LiveCues(services.reader, services.pools.emotion)
         self._cue_tasks: set[asyncio.Task] = set()
-        self._tasks = [asyncio.create_task(self._frame_loop(), name=f"frames-{session_id}"),
-                       asyncio.create_task(self._chunk_worker(), name=f"chunks-{session_id}")]
-        self._emit_local("hello", {"session": session_id, "avatar": self.avatar, "fps": FPS,
-                                   "width": FRAME_WIDTH, "height": FRAME_HEIGHT, "image_format": image_format,
-                                   "emotions": list(services.emotions), "language": language})
+        self._tasks = [
+            asyncio.create_task(self._frame_loop(), name=f"frames-{session_id}"),
+            asyncio.create_task(self._chunk_worker(), name=f"chunks-{session_id}"),
+        ]
+        self._emit_local(
+            "hello",
+            {
+                "session": session_id,
+                "avatar": self.avatar,
+                "fps": FPS,
+                "width": FRAME_WIDTH,
+                "height": FRAME_HEIGHT,
+                "image_format": image_format,
+                "emotions": list(services.emotions),
+                "language": language,
+            },
+        )
 
     # -- public: transports --
 
@@ -144,10 +164,18 @@ class SessionRunner:
 
     def info(self) -> dict:
         s = self.session
-        return {"id": self.id, "avatar": self.avatar, "state": str(s.state), "emotion": s.emotion,
-                "image_format": self.image_format, "language": self.language,
-                "frames_sent": self.frames_sent, "frames_dropped": s.clock.dropped,
-                "clients": len(self.sinks), "age_s": round(time.monotonic() - self.created, 3)}
+        return {
+            "id": self.id,
+            "avatar": self.avatar,
+            "state": str(s.state),
+            "emotion": s.emotion,
+            "image_format": self.image_format,
+            "language": self.language,
+            "frames_sent": self.frames_sent,
+            "frames_dropped": s.clock.dropped,
+            "clients": len(self.sinks),
+            "age_s": round(time.monotonic() - self.created, 3),
+        }
 
     def notify_closing(self, reason: str) -> None:
         """The server is going away: say so to every client before the session closes (WebSocket 1001)."""
@@ -208,8 +236,12 @@ class SessionRunner:
             raise RuntimeError("session is closed")
         loop = asyncio.get_running_loop()
         try:
-            pcm = await loop.run_in_executor(sv.pools.cpu, lambda: decode_audio(
-                data, max_seconds=sv.settings.max_clip_seconds, max_bytes=sv.settings.max_clip_bytes))
+            pcm = await loop.run_in_executor(
+                sv.pools.cpu,
+                lambda: decode_audio(
+                    data, max_seconds=sv.settings.max_clip_seconds, max_bytes=sv.settings.max_clip_bytes
+                ),
+            )
         except AudioDecodeError as exc:
             self.session.on_final("", time.monotonic(), utterance=turn)
             self._error(ErrorCode.BAD_AUDIO, str(exc), reason=exc.reason, utterance=turn)
@@ -225,10 +257,16 @@ class SessionRunner:
         now = time.monotonic()
         self.session.on_cue(cue, now, "asr", utterance=turn, decided_by="final")
         self._pump()
-        return {"utterance": turn, "transcript": tr.text, "language": tr.language,
-                "emotion": cue.label, "intensity": round(cue.intensity, 3), "confidence": round(cue.confidence, 3),
-                "audio_s": round(pcm.size / 16000, 3),
-                "stages_ms": {"decode": _ms(t_dec - t_recv), "asr": _ms(t_asr - t_dec), "emotion": _ms(now - t_asr)}}
+        return {
+            "utterance": turn,
+            "transcript": tr.text,
+            "language": tr.language,
+            "emotion": cue.label,
+            "intensity": round(cue.intensity, 3),
+            "confidence": round(cue.confidence, 3),
+            "audio_s": round(pcm.size / 16000, 3),
+            "stages_ms": {"decode": _ms(t_dec - t_recv), "asr": _ms(t_asr - t_dec), "emotion": _ms(now - t_asr)},
+        }
 
     async def pcm(self, samples: np.ndarray) -> None:
         """Live 16 kHz mono audio (int16 or float32), in arrival order; VAD and ASR run off the loop."""
@@ -240,8 +278,14 @@ class SessionRunner:
         self._audio_backlog += n
         try:
             if self._live is None:
-                self._live = LiveAudio(sv.transcriber, sv.pools.cpu, sv.pools.asr, self._on_live,
-                                       language=self.language, prosody_pool=sv.pools.emotion)
+                self._live = LiveAudio(
+                    sv.transcriber,
+                    sv.pools.cpu,
+                    sv.pools.asr,
+                    self._on_live,
+                    language=self.language,
+                    prosody_pool=sv.pools.emotion,
+                )
             await self._live.feed(samples)
         finally:
             self._audio_backlog -= n
@@ -290,8 +334,9 @@ class SessionRunner:
             loop = asyncio.get_running_loop()
             if decided_by == "partial":
                 async with self._cue_lock:  # FIFO among partials
-                    cue = await loop.run_in_executor(pool, reader.read_partial, ev.text,
-                                                     self.session.config.partial_min_confidence)
+                    cue = await loop.run_in_executor(
+                        pool, reader.read_partial, ev.text, self.session.config.partial_min_confidence
+                    )
                 if ev.utterance not in self._turn_meta:
                     return  # the final came meanwhile: it decides
             else:
@@ -311,8 +356,9 @@ class SessionRunner:
 
     async def _read_text(self, text: str, turn: int | None) -> None:
         try:
-            cue = await asyncio.get_running_loop().run_in_executor(self.services.pools.emotion,
-                                                                   self.services.reader.read, text)
+            cue = await asyncio.get_running_loop().run_in_executor(
+                self.services.pools.emotion, self.services.reader.read, text
+            )
         except Exception as exc:
             self._error(ErrorCode.EMOTION_FAILED, f"{type(exc).__name__}: {exc}")
             return
@@ -369,8 +415,9 @@ class SessionRunner:
         if todo:
             loop = asyncio.get_running_loop()
             pool = self.services.pools.encode
-            outs = await asyncio.gather(*[loop.run_in_executor(pool, encode_image, rgba, f, self.quality)
-                                          for f in todo])
+            outs = await asyncio.gather(
+                *[loop.run_in_executor(pool, encode_image, rgba, f, self.quality) for f in todo]
+            )
             encoded.update(zip(todo, outs))
             if loop_key is not None and len(cache) < 256:
                 for f, b in zip(todo, outs):
@@ -420,8 +467,9 @@ class SessionRunner:
         entry = cache.lookup(self.assets.params, req.emotion, variant)
         if entry is None:
             return False
-        state = self.services.engine.start_stream(self.assets.params, req.emotion, req.intensity,
-                                             seed=hash((self.id, req.reaction)) & 0xFFFF, ctx=entry.ctx)
+        state = self.services.engine.start_stream(
+            self.assets.params, req.emotion, req.intensity, seed=hash((self.id, req.reaction)) & 0xFFFF, ctx=entry.ctx
+        )
         ladder = self.services.scheduler.ladder
         self.playout.store_cached(req, entry.frames, state, cached_loops=ladder is not None and ladder.cached_loops)
         if req.utterance is not None:
@@ -449,9 +497,12 @@ class SessionRunner:
             except Exception as exc:  # the engine failed this batch: this reaction ends, the session goes on
                 log.exception("session %s: chunk %s failed", self.id, (req.reaction, req.chunk))
                 self.services.stats["engine_failures"] += 1
-                if not self.session.abort_reaction(req.reaction, ErrorCode.ENGINE_FAILED,
-                                                   f"the engine failed ({type(exc).__name__}: {exc}); "
-                                                   "back to the idle loop", time.monotonic()):
+                if not self.session.abort_reaction(
+                    req.reaction,
+                    ErrorCode.ENGINE_FAILED,
+                    f"the engine failed ({type(exc).__name__}: {exc}); back to the idle loop",
+                    time.monotonic(),
+                ):
                     self._error(ErrorCode.ENGINE_FAILED, f"{type(exc).__name__}: {exc}")
                 self._pump()
                 continue

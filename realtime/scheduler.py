@@ -123,10 +123,16 @@ class Scheduler(Protocol):
 class EngineScheduler:
     """Batches chunk jobs of all sessions onto one engine thread (earliest deadline first)."""
 
-    def __init__(self, engine: StreamEngine, *, max_batch: int | None = None, max_wait_s: float = 0.25,
-                 margin_s: float = 0.05,
-                 clock: Callable[[], float] = time.monotonic,
-                 on_batch: Callable[[int, float], None] | None = None) -> None:
+    def __init__(
+        self,
+        engine: StreamEngine,
+        *,
+        max_batch: int | None = None,
+        max_wait_s: float = 0.25,
+        margin_s: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
         self.engine = engine
         self.on_batch = on_batch  # (batch size, seconds): metrics
         caps = engine.capabilities
@@ -139,8 +145,9 @@ class EngineScheduler:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self.depth = max(1, int(caps.pipeline_depth))
         # pipelined: waits for launched batches' frames, while the engine thread queues the next batch
-        self.collector = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-collect") \
-            if self.depth > 1 else None
+        self.collector = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-collect") if self.depth > 1 else None
+        )
         self._inflight: deque[asyncio.Task] = deque()
         self._last_finished = float("-inf")  # when the last batch's frames arrived (pipelined accounting)
         self._queue: list[ChunkJob] = []
@@ -297,8 +304,9 @@ class EngineScheduler:
                 self._fail(batch, exc)
                 continue
             if results:
-                self._answer(batch, results, degraded=steps is not None or lowres,
-                             dur=results[0].finished - results[0].started)
+                self._answer(
+                    batch, results, degraded=steps is not None or lowres, dur=results[0].finished - results[0].started
+                )
 
     def _fail(self, batch: list[ChunkJob], exc: BaseException) -> None:
         """The engine failed this batch (call from the except block: the log keeps the traceback)."""
@@ -353,8 +361,7 @@ class EngineScheduler:
         pending = self.engine.launch_chunks(states, steps=steps)
         return pending, states, t0
 
-    async def _collect(self, batch: list[ChunkJob], steps: int | None, pending: Any, states: list,
-                       t0: float) -> None:
+    async def _collect(self, batch: list[ChunkJob], steps: int | None, pending: Any, states: list, t0: float) -> None:
         """Wait (on the collector thread) for a launched batch's frames, then answer its jobs."""
         try:
             per = await asyncio.get_running_loop().run_in_executor(self.collector, pending.wait)
@@ -388,8 +395,7 @@ class EngineScheduler:
             self.engine.set_emotion(j.state, j.emotion, j.intensity)
         return [j.state for j in batch]
 
-    def _work_fitting(self, batch: list[ChunkJob], steps: int | None = None,
-                      lowres: bool = False) -> list[ChunkResult]:
+    def _work_fitting(self, batch: list[ChunkJob], steps: int | None = None, lowres: bool = False) -> list[ChunkResult]:
         """_work, degrading instead of failing when the device runs out of memory: the batch is
         split in halves (down to single streams) and later batches are capped at the size that fit.
         The engines only advance a stream after a whole sampler run, so a retried half starts
@@ -402,8 +408,9 @@ class EngineScheduler:
             half = len(batch) // 2
             self.max_batch = max(1, min(self.max_batch, half))
             self.oom_splits += 1
-            log.warning("engine out of memory at batch %d: splitting it, batches now capped at %d",
-                        len(batch), self.max_batch)
+            log.warning(
+                "engine out of memory at batch %d: splitting it, batches now capped at %d", len(batch), self.max_batch
+            )
             _release_device_memory()
             return self._work_fitting(batch[:half], steps, lowres) + self._work_fitting(batch[half:], steps, lowres)
 

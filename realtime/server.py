@@ -41,8 +41,10 @@ class SessionCreate(BaseModel):
     avatar: str = Field("", description="built-in name (pip, bun, tok, mo, luna, kiko), index, or random-<seed>")
     image_format: Literal["jpeg", "webp"] | None = Field(None, description="WebSocket frame format; webp keeps alpha")
     quality: int | None = Field(None, ge=1, le=100)
-    language: str | None = Field(None, description="what the person speaks: auto (found per utterance) "
-                                 "or a Whisper code (en, zh, ...) to force it")
+    language: str | None = Field(
+        None,
+        description="what the person speaks: auto (found per utterance) or a Whisper code (en, zh, ...) to force it",
+    )
 
 
 class SessionInfo(BaseModel):
@@ -128,21 +130,30 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
             with contextlib.suppress(BaseException):
                 await task
             from avatarcast.realtime import webrtc  # aiortc: imported at start-up above, not when this module is
+
             await webrtc.close_all(hub)
             await hub.close()
 
-    app = FastAPI(title="avatarcast", version="0.1.0", lifespan=lifespan,
-                  description="A cartoon avatar that reacts, live, to what a person says. "
-                              "WebSocket protocol: see realtime/protocol.py and the README.")
+    app = FastAPI(
+        title="avatarcast",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="A cartoon avatar that reacts, live, to what a person says. "
+        "WebSocket protocol: see realtime/protocol.py and the README.",
+    )
     app.state.hub = hub
     app.state.on_start_failed = None  # `avatarcast serve`: stop serving when start-up fails (serve() sets it)
-    errors: dict[int | str, dict[str, Any]] = {400: {"model": ErrorBody}, 404: {"model": ErrorBody},
-                                              503: {"model": ErrorBody}}
+    errors: dict[int | str, dict[str, Any]] = {
+        400: {"model": ErrorBody},
+        404: {"model": ErrorBody},
+        503: {"model": ErrorBody},
+    }
 
     @app.exception_handler(AvatarcastError)
     async def avatarcast_error(request: Request, exc: AvatarcastError) -> JSONResponse:
-        return JSONResponse(exc.body(), status_code=exc.status,
-                            headers={"Retry-After": exc.retry_after} if exc.retry_after else None)
+        return JSONResponse(
+            exc.body(), status_code=exc.status, headers={"Retry-After": exc.retry_after} if exc.retry_after else None
+        )
 
     def limit_sessions(scope: Mapping[str, Any]) -> None:
         """Session creations per client (realtime/ratelimit.py): HubError 429 over the limit."""
@@ -150,8 +161,11 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         if wait > 0:
             hub.metrics.rate_limited.labels("sessions").inc()
             hub._reject("rate_limit")
-            raise HubError(ErrorCode.RATE_LIMITED, f"too many new sessions from this client; retry in {wait:.0f} s",
-                           retry_after(wait))
+            raise HubError(
+                ErrorCode.RATE_LIMITED,
+                f"too many new sessions from this client; retry in {wait:.0f} s",
+                retry_after(wait),
+            )
 
     def urls(request: Request, sid: str) -> dict:
         base = str(request.base_url).rstrip("/")
@@ -175,8 +189,12 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     async def status() -> dict:
         return hub.status()
 
-    @app.get("/metrics", tags=["health"], response_class=Response,
-             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
+    )
     async def metrics() -> Response:
         return Response(hub.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -193,8 +211,9 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     @app.post("/v1/sessions", status_code=201, response_model=SessionInfo, tags=["sessions"], responses=errors)
     async def create_session(body: SessionCreate, request: Request) -> Any:
         limit_sessions(request.scope)
-        r = await hub.open_session(body.avatar, image_format=body.image_format, quality=body.quality,
-                                   language=body.language)
+        r = await hub.open_session(
+            body.avatar, image_format=body.image_format, quality=body.quality, language=body.language
+        )
         return {**r.info(), **urls(request, r.id)}
 
     @app.get("/v1/sessions/{sid}", response_model=SessionInfo, tags=["sessions"], responses=errors)
@@ -207,11 +226,21 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
             raise HubError(ErrorCode.NO_SESSION, f"no session {sid!r}")
         return Response(status_code=204)
 
-    @app.post("/v1/sessions/{sid}/clips", response_model=ClipResult, tags=["input"], responses={
-        **errors, 413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody}},
-        openapi_extra={"requestBody": {"required": True, "content": {
-            "audio/*": {"schema": {"type": "string", "format": "binary"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
+    @app.post(
+        "/v1/sessions/{sid}/clips",
+        response_model=ClipResult,
+        tags=["input"],
+        responses={**errors, 413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "audio/*": {"schema": {"type": "string", "format": "binary"}},
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                },
+            }
+        },
+    )
     async def upload_clip(sid: str, request: Request) -> Any:
         """A recorded voice clip (wav, mp3, ogg/opus, webm, m4a, flac) as the raw request body."""
         r = hub.get_session(sid)
@@ -242,15 +271,27 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     # -- WebRTC (WHEP-style: POST an SDP offer, get 201 + the answer; DELETE the resource) --
 
-    @app.post("/v1/sessions/{sid}/whep", status_code=201, tags=["webrtc"], responses=errors,
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/sdp": {"schema": {"type": "string"}}}}})
+    @app.post(
+        "/v1/sessions/{sid}/whep",
+        status_code=201,
+        tags=["webrtc"],
+        responses=errors,
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/sdp": {"schema": {"type": "string"}}}}
+        },
+    )
     async def whep(sid: str, request: Request) -> Response:
         return await _offer(hub.get_session(sid), request, owns_session=False)
 
-    @app.post("/v1/whep", status_code=201, tags=["webrtc"], responses=errors,
-              openapi_extra={"requestBody": {"required": True, "content": {
-                  "application/sdp": {"schema": {"type": "string"}}}}})
+    @app.post(
+        "/v1/whep",
+        status_code=201,
+        tags=["webrtc"],
+        responses=errors,
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/sdp": {"schema": {"type": "string"}}}}
+        },
+    )
     async def whep_new(request: Request, avatar: str = "", language: str | None = None) -> Response:
         """Creates a session for this peer; it ends when the peer goes away."""
         limit_sessions(request.scope)
@@ -268,8 +309,12 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
             if owns_session:
                 await hub.close_session(runner.id)
             raise
-        return Response(answer, status_code=201, media_type="application/sdp",
-                        headers={"Location": f"/v1/webrtc/{resource}", "X-Session-Id": runner.id})
+        return Response(
+            answer,
+            status_code=201,
+            media_type="application/sdp",
+            headers={"Location": f"/v1/webrtc/{resource}", "X-Session-Id": runner.id},
+        )
 
     @app.delete("/v1/webrtc/{resource}", status_code=204, tags=["webrtc"], responses=errors)
     async def whep_delete(resource: str) -> Response:
@@ -281,16 +326,26 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     # -- clip API --
 
-    @app.post("/v1/clips", tags=["clips"], responses={**errors, 200: {"content": {
-        "video/mp4": {}, "video/webm": {}}, "description": "the rendered clip"}})
+    @app.post(
+        "/v1/clips",
+        tags=["clips"],
+        responses={**errors, 200: {"content": {"video/mp4": {}, "video/webm": {}}, "description": "the rendered clip"}},
+    )
     async def render_clip(body: RenderRequest) -> Any:
         if not hub.ready.is_set():
             raise HubError(ErrorCode.STARTING, "the server is still loading its models")
         assert hub.clips is not None  # made at start-up, before ready
         out = await hub.clips.render(ClipRequest(**body.model_dump()))  # a ClipError answers 400
-        return FileResponse(out.path, media_type=out.media_type, headers={
-            "X-Avatarcast-Emotion": out.emotion, "X-Avatarcast-Frames": str(out.frames),
-            "X-Cache": "hit" if out.cached else "miss", "ETag": f'"{out.key}"'})
+        return FileResponse(
+            out.path,
+            media_type=out.media_type,
+            headers={
+                "X-Avatarcast-Emotion": out.emotion,
+                "X-Avatarcast-Frames": str(out.frames),
+                "X-Cache": "hit" if out.cached else "miss",
+                "ETag": f'"{out.key}"',
+            },
+        )
 
     # -- WebSocket --
 
@@ -304,8 +359,13 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         await serve_socket(ws, hub, r, owns_session=False)
 
     @app.websocket("/v1/ws")
-    async def ws_new(ws: WebSocket, avatar: str = "", image_format: str | None = None,
-                     language: str | None = None, quality: int | None = None) -> None:
+    async def ws_new(
+        ws: WebSocket,
+        avatar: str = "",
+        image_format: str | None = None,
+        language: str | None = None,
+        quality: int | None = None,
+    ) -> None:
         """A session that lives as long as this socket."""
         await ws.accept()
         try:
@@ -330,9 +390,13 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     allowed = parse_origins(settings.allowed_origins)
     app.add_middleware(OriginMiddleware, allowed=allowed)  # outside auth: a foreign page learns nothing
     if allowed:  # outermost: a preflight carries no token and must not meet auth
-        app.add_middleware(CORSMiddleware, allow_origins=list(allowed), allow_methods=["*"],
-                           allow_headers=["Authorization", "Content-Type", "X-Session-Id"],
-                           expose_headers=["Location", "Retry-After"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(allowed),
+            allow_methods=["*"],
+            allow_headers=["Authorization", "Content-Type", "X-Session-Id"],
+            expose_headers=["Location", "Retry-After"],
+        )
     return app
 
 
@@ -352,10 +416,23 @@ def serve(settings: Settings) -> None:
 def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
     """How uvicorn serves the app (`avatarcast serve` and the tests alike): the WebSocket size limit,
     TLS, and which reverse proxies may name the client (X-Forwarded-For: rate limits and logs)."""
-    tls = {"ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile or None} if settings.ssl_certfile else {}
-    kw = dict(host=settings.host, port=settings.port, log_level=settings.log_level, log_config=None,
-              ws_max_size=settings.max_message_bytes + 64, ws="websockets-sansio", timeout_graceful_shutdown=5,
-              proxy_headers=True, forwarded_allow_ips=settings.forwarded_allow_ips or "", **tls)
+    tls = (
+        {"ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile or None}
+        if settings.ssl_certfile
+        else {}
+    )
+    kw = dict(
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        log_config=None,
+        ws_max_size=settings.max_message_bytes + 64,
+        ws="websockets-sansio",
+        timeout_graceful_shutdown=5,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips or "",
+        **tls,
+    )
     return uvicorn.Config(app, **{**kw, **overrides})
 
 

@@ -24,14 +24,18 @@ class Pools:
     """One thread pool per kind of blocking work, so none of it runs on the event loop."""
 
     cpu: ThreadPoolExecutor = field(  # audio decoding, live VAD (short numpy/ONNX work)
-        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="cpu"))
+        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="cpu")
+    )
     asr: ThreadPoolExecutor = field(  # transcription (long; the model's lock serializes it)
-        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="asr"))
+        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="asr")
+    )
     encode: ThreadPoolExecutor = field(  # JPEG/WebP and video frames
-        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode"))
+        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
+    )
     # emotion reads and prosody: on the reaction's critical path, so never queued behind decodes or live VAD
     emotion: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="emotion"))
+        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="emotion")
+    )
 
     def shutdown(self) -> None:
         for pool in (self.cpu, self.asr, self.encode, self.emotion):

@@ -23,13 +23,25 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
 from avatarcast.engines.errors import ErrorCode
 from avatarcast.realtime.clock import EPS, FrameClock
 from avatarcast.realtime.emotion import EmotionCue
-from avatarcast.realtime.messages import ChunkRequest, CueDecision, CueSource, FrameRequest, FrameSource, SessionEvent, VideoFrame
+from avatarcast.realtime.messages import (
+    ChunkRequest,
+    CueDecision,
+    CueSource,
+    FrameRequest,
+    FrameSource,
+    SessionEvent,
+    VideoFrame,
+)
 from avatarcast.realtime.timeline import UtteranceTimeline
 from avatarcast.vocabulary import EMOTIONS, FPS
+
+if TYPE_CHECKING:
+    from avatarcast.templates import EmotionTemplate
 
 
 class SessionState(StrEnum):
@@ -72,8 +84,9 @@ class SessionConfig:
     max_timelines: int = 8
 
     @classmethod
-    def from_templates(cls, templates: Mapping[str, object], cached: Iterable[str] | None = None,
-                       **kw: object) -> SessionConfig:
+    def from_templates(
+        cls, templates: Mapping[str, EmotionTemplate], cached: Iterable[str] | None = None, **kw: Any
+    ) -> SessionConfig:
         """Hold times from templates.load_templates(); `cached` from the LatentsCache contents."""
         hold = {name: float(t.hold_seconds) for name, t in templates.items()}
         return cls(hold_s=hold, cached_emotions=None if cached is None else frozenset(cached), **kw)
@@ -188,7 +201,7 @@ class Session:
         return out
 
     def chunk_requests(self) -> list[ChunkRequest]:
-        """Take the cache/sampler work requested since the last call (check is_wanted before running and before showing)."""
+        """Take the cache/sampler work requested since the last call (check is_wanted before running and showing)."""
         out = list(self._chunks)
         self._chunks.clear()
         return out
@@ -277,11 +290,19 @@ class Session:
         turn.final = True
         turn.timeline.stamp("asr", now, keep=True)
         self._partial_text = ""
-        self._emit("transcript_final", {"text": text, "utterance": turn.id, "source": turn.kind, "language": language},
-                   now)
+        self._emit(
+            "transcript_final", {"text": text, "utterance": turn.id, "source": turn.kind, "language": language}, now
+        )
 
-    def on_cue(self, cue: EmotionCue, now: float, source: str = CueSource.ASR, *, utterance: int | None = None,
-               decided_by: str | None = None) -> None:
+    def on_cue(
+        self,
+        cue: EmotionCue,
+        now: float,
+        source: str = CueSource.ASR,
+        *,
+        utterance: int | None = None,
+        decided_by: str | None = None,
+    ) -> None:
         """An emotion cue. asr: for the latest speech turn (decided_by partial until its final arrived);
         text: for the pending say; explicit: overrides everything."""
         if self.closed:
@@ -382,8 +403,9 @@ class Session:
         pts = self.clock.pts_of(frame_index)
         st = self._state
         if st in (SessionState.LISTENING, SessionState.THINKING):
-            return FrameRequest(frame_index, pts, t, "listening", c.listening_intensity, FrameSource.LISTENING,
-                                self._speech)
+            return FrameRequest(
+                frame_index, pts, t, "listening", c.listening_intensity, FrameSource.LISTENING, self._speech
+            )
         r = self._reaction
         if st == SessionState.REACTING and r is not None:
             off = frame_index - r.start_frame
@@ -391,11 +413,22 @@ class Session:
             if off >= 0 and chunk < r.end_chunk:
                 seg = r.segment(chunk)
                 source = FrameSource.CACHE if (seg.from_cache and chunk == seg.start_chunk) else FrameSource.SAMPLER
-                return FrameRequest(frame_index, pts, t, seg.emotion, seg.intensity, source, seg.utterance,
-                                    r.id, chunk, off % c.chunk_frames)
+                return FrameRequest(
+                    frame_index,
+                    pts,
+                    t,
+                    seg.emotion,
+                    seg.intensity,
+                    source,
+                    seg.utterance,
+                    r.id,
+                    chunk,
+                    off % c.chunk_frames,
+                )
             if off < 0:
-                return FrameRequest(frame_index, pts, t, "listening", c.listening_intensity, FrameSource.LISTENING,
-                                    self._speech)
+                return FrameRequest(
+                    frame_index, pts, t, "listening", c.listening_intensity, FrameSource.LISTENING, self._speech
+                )
         return FrameRequest(frame_index, pts, t, "idle", c.idle_intensity, FrameSource.IDLE, self._idle_turn)
 
     def plan(self, now: float) -> list[FrameRequest]:
@@ -409,7 +442,7 @@ class Session:
             req = self.next_frame_source(k)
             r = self._reaction
             if self._state == SessionState.REACTING and r is not None:
-                if req.is_reaction:
+                if req.is_reaction and req.chunk is not None:
                     if req.chunk != r.playing:
                         r.playing = req.chunk
                         self._prune(r)
@@ -451,7 +484,8 @@ class Session:
             _, old = self._turns.popitem(last=False)
             self._report(old.timeline, now)
             self._speech, self._say, self._clip_pending, self._idle_turn = (
-                None if key == old.id else key for key in (self._speech, self._say, self._clip_pending, self._idle_turn))
+                None if key == old.id else key for key in (self._speech, self._say, self._clip_pending, self._idle_turn)
+            )
         return turn
 
     def _speech_turn(self, utterance: int | None, now: float, implicit: bool) -> _Turn | None:
@@ -511,11 +545,22 @@ class Session:
                 del tl.stamps["emotion"]
             else:
                 tl.stamps["emotion"] = before
-        self._emit("emotion", {
-            "label": cue.label, "intensity": cue.intensity, "confidence": cue.confidence,
-            "scores": dict(cue.scores), "evidence": list(cue.evidence), "source": d.source,
-            "decided_by": d.decided_by, "utterance": turn.id, "applied": applied, "reason": reason,
-        }, now)
+        self._emit(
+            "emotion",
+            {
+                "label": cue.label,
+                "intensity": cue.intensity,
+                "confidence": cue.confidence,
+                "scores": dict(cue.scores),
+                "evidence": list(cue.evidence),
+                "source": d.source,
+                "decided_by": d.decided_by,
+                "utterance": turn.id,
+                "applied": applied,
+                "reason": reason,
+            },
+            now,
+        )
         self._maybe_report(tl, now)
 
     def _apply(self, d: CueDecision, turn: _Turn, now: float) -> tuple[bool, str | None]:
@@ -578,9 +623,17 @@ class Session:
             r.next_request = min(r.next_request, boundary)  # re-issue queued chunks with the new emotion
             self._prune(r)
             self._fill_chunks(r, now)
-            self._emit("state_changed", {"from": SessionState.REACTING, "to": SessionState.REACTING,
-                                         "utterance": turn.id, "emotion": label,
-                                         "from_frame": r.start_frame + boundary * c.chunk_frames}, now)
+            self._emit(
+                "state_changed",
+                {
+                    "from": SessionState.REACTING,
+                    "to": SessionState.REACTING,
+                    "utterance": turn.id,
+                    "emotion": label,
+                    "from_frame": r.start_frame + boundary * c.chunk_frames,
+                },
+                now,
+            )
 
     def _maybe_report(self, tl: UtteranceTimeline, now: float) -> None:
         ev = tl.maybe_report(now)
@@ -589,8 +642,11 @@ class Session:
 
     def _fill_chunks(self, r: _Reaction, now: float) -> None:
         c = self.config
-        queued = sum(1 for k in range(max(r.playing + 1, 0), r.next_request)
-                     if k < r.end_chunk and not self._is_cache_chunk(r, k))
+        queued = sum(
+            1
+            for k in range(max(r.playing + 1, 0), r.next_request)
+            if k < r.end_chunk and not self._is_cache_chunk(r, k)
+        )
         while r.next_request < r.end_chunk:
             k = r.next_request
             cache = self._is_cache_chunk(r, k)
@@ -602,8 +658,22 @@ class Session:
             first = r.start_frame + k * c.chunk_frames
             prev = None if (cache or k == 0) else k - 1
             source = FrameSource.CACHE if cache else FrameSource.SAMPLER
-            self._chunks.append(ChunkRequest(now, r.id, k, rev, first, c.chunk_frames, self.clock.time_of(first),
-                                             seg.emotion, seg.intensity, source, prev, seg.utterance))
+            self._chunks.append(
+                ChunkRequest(
+                    now,
+                    r.id,
+                    k,
+                    rev,
+                    first,
+                    c.chunk_frames,
+                    self.clock.time_of(first),
+                    seg.emotion,
+                    seg.intensity,
+                    source,
+                    prev,
+                    seg.utterance,
+                )
+            )
             r.next_request += 1
             if not cache:
                 queued += 1
@@ -638,8 +708,12 @@ class Session:
         self._set_state(state, now, from_frame=from_frame)
 
     def _thinking_timeout(self, now: float) -> None:
-        self._error(ErrorCode.NO_CUE, f"no emotion cue within {self.config.thinking_timeout_s:g} s; back to idle", now,
-                    utterance=self._speech)
+        self._error(
+            ErrorCode.NO_CUE,
+            f"no emotion cue within {self.config.thinking_timeout_s:g} s; back to idle",
+            now,
+            utterance=self._speech,
+        )
         for key in (self._speech, self._say):
             if key is not None and key in self._turns:
                 self._finish_turn(self._turns[key], now)
@@ -656,7 +730,7 @@ class Session:
             self._idle_turn = None
         # from_frame: the first frame index that shows the new state
         first = self.clock.upcoming(now) if from_frame is None else from_frame
-        payload = {"from": prev, "to": state, "utterance": self._speech, "from_frame": first}
+        payload: dict[str, object] = {"from": prev, "to": state, "utterance": self._speech, "from_frame": first}
         payload.update(extra)
         self._emit("state_changed", payload, now)
 

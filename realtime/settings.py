@@ -59,7 +59,9 @@ class Settings:
     # first use)
     wan_backend: str = "torch"
     wan_export_dir: str = ""
-    wan_prompt_embeds: str = "auto"  # auto: stored in the cache dir, or computed by the text encoder | random (benchmarks)
+    wan_prompt_embeds: str = (
+        "auto"  # auto: stored in the cache dir, or computed by the text encoder | random (benchmarks)
+    )
     host: str = "127.0.0.1"
     port: int = 8080
     log_level: str = "info"
@@ -137,9 +139,14 @@ class Settings:
                 continue
             # `--ray` alone means --ray 1
             bare: dict[str, Any] = {"nargs": "?", "const": 1} if f.name in SWITCHES else {}
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None,
-                                type=_parser_type(f.type), help=f"(env {ENV_PREFIX}{f.name.upper()}, default {f.default!r})",
-                                **bare)
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"),
+                dest=f.name,
+                default=None,
+                type=_parser_type(f.type),
+                help=f"(env {ENV_PREFIX}{f.name.upper()}, default {f.default!r})",
+                **bare,
+            )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
@@ -206,15 +213,19 @@ class Settings:
         if self.ray not in (0, 1):
             raise ValueError(f"ray must be 0 or 1, got {self.ray}")
         if not (1 <= self.ray_min_replicas <= self.ray_max_replicas and self.engine_replicas >= 1):
-            raise ValueError("need 1 <= ray_min_replicas <= ray_max_replicas and engine_replicas >= 1, got "
-                             f"{self.ray_min_replicas}, {self.ray_max_replicas}, {self.engine_replicas}")
+            raise ValueError(
+                "need 1 <= ray_min_replicas <= ray_max_replicas and engine_replicas >= 1, got "
+                f"{self.ray_min_replicas}, {self.ray_max_replicas}, {self.engine_replicas}"
+            )
         if not self.ray_target_ongoing > 0 or self.ray_replica_cpus < 0 or self.ray_chunk_timeout_s <= 0:
             raise ValueError("ray_target_ongoing and ray_chunk_timeout_s must be > 0, ray_replica_cpus >= 0")
         if self.ray_chunk_attempts < 1:
             raise ValueError(f"ray_chunk_attempts must be >= 1, got {self.ray_chunk_attempts}")
         if self.ray_gateways < 1 or (self.ray_max_gateways and self.ray_max_gateways < self.ray_gateways):
-            raise ValueError("need ray_gateways >= 1 and ray_max_gateways 0 (fixed) or >= ray_gateways, got "
-                             f"{self.ray_gateways}, {self.ray_max_gateways}")
+            raise ValueError(
+                "need ray_gateways >= 1 and ray_max_gateways 0 (fixed) or >= ray_gateways, got "
+                f"{self.ray_gateways}, {self.ray_max_gateways}"
+            )
         if not self.ray_gateway_target > 0:
             raise ValueError(f"ray_gateway_target must be > 0, got {self.ray_gateway_target}")
 
@@ -233,8 +244,10 @@ class Settings:
         from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint
 
         if not self.checkpoint:
-            raise WanCheckpointError("engine wan needs --checkpoint DIR (AVATARCAST_CHECKPOINT): a local "
-                                     "diffusers-format Wan2.2-TI2V checkpoint with transformer/ and vae/")
+            raise WanCheckpointError(
+                "engine wan needs --checkpoint DIR (AVATARCAST_CHECKPOINT): a local "
+                "diffusers-format Wan2.2-TI2V checkpoint with transformer/ and vae/"
+            )
         if self.wan_dtype not in ("auto", "float32", "bfloat16", "float16"):
             raise ValueError(f"wan_dtype must be auto, float32, bfloat16 or float16, got {self.wan_dtype!r}")
         for name in ("wan_compile", "wan_fp8", "wan_pipeline"):
@@ -247,12 +260,20 @@ class Settings:
         if self.wan_backend not in ("torch", "tensorrt", "onnxruntime"):
             raise ValueError(f"wan_backend must be torch, tensorrt or onnxruntime, got {self.wan_backend!r}")
         if self.wan_backend != "torch" and not self.wan_export_dir:
-            raise ValueError(f"wan_backend {self.wan_backend} runs exported graphs: give wan_export_dir "
-                             "(python -m avatarcast.engines.wan.export --checkpoint CKPT --out DIR)")
+            raise ValueError(
+                f"wan_backend {self.wan_backend} runs exported graphs: give wan_export_dir "
+                "(python -m avatarcast.engines.wan.export --checkpoint CKPT --out DIR)"
+            )
         if self.wan_prompt_embeds not in ("auto", "random"):
             raise ValueError(f"wan_prompt_embeds must be auto or random, got {self.wan_prompt_embeds!r}")
-        for name in ("wan_chunk_latents", "wan_context_latents", "wan_height", "wan_width", "wan_batch",
-                     "wan_vae_batch"):
+        for name in (
+            "wan_chunk_latents",
+            "wan_context_latents",
+            "wan_height",
+            "wan_width",
+            "wan_batch",
+            "wan_vae_batch",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.wan_shift > 0:
@@ -271,20 +292,37 @@ class Settings:
     def engine_kwargs(self) -> dict[str, Any]:
         """What TinyEngine.load takes from these settings."""
         device = None if self.device == "auto" else self.device
-        return {"weights_dir": self.weights or None, "backend": self.backend, "steps": self.steps,
-                "threads": self.threads or None, "device": device}
+        return {
+            "weights_dir": self.weights or None,
+            "backend": self.backend,
+            "steps": self.steps,
+            "threads": self.threads or None,
+            "device": device,
+        }
 
     def wan_kwargs(self) -> dict[str, Any]:
         """What WanAvatarEngine.load takes from these settings (besides the cache dir)."""
-        return {"checkpoint_dir": self.checkpoint, "device": self.device, "dtype": self.wan_dtype,
-                "steps": self.steps, "shift": self.wan_shift, "chunk_latent_frames": self.wan_chunk_latents,
-                "context_latent_frames": self.wan_context_latents, "height": self.wan_height,
-                "width": self.wan_width, "prompt_embeds": self.wan_prompt_embeds,
-                "compile": self.wan_compile_mode if self.wan_compile else False, "vae_warmup": self.wan_vae_warmup,
-                "fp8": bool(self.wan_fp8), "batch": self.wan_batch, "vae_batch": self.wan_vae_batch,
-                "backend": self.wan_backend, "export_dir": self.wan_export_dir or None,
-                "pipeline": bool(self.wan_pipeline),
-                "sigmas": self.wan_schedule()}
+        return {
+            "checkpoint_dir": self.checkpoint,
+            "device": self.device,
+            "dtype": self.wan_dtype,
+            "steps": self.steps,
+            "shift": self.wan_shift,
+            "chunk_latent_frames": self.wan_chunk_latents,
+            "context_latent_frames": self.wan_context_latents,
+            "height": self.wan_height,
+            "width": self.wan_width,
+            "prompt_embeds": self.wan_prompt_embeds,
+            "compile": self.wan_compile_mode if self.wan_compile else False,
+            "vae_warmup": self.wan_vae_warmup,
+            "fp8": bool(self.wan_fp8),
+            "batch": self.wan_batch,
+            "vae_batch": self.wan_vae_batch,
+            "backend": self.wan_backend,
+            "export_dir": self.wan_export_dir or None,
+            "pipeline": bool(self.wan_pipeline),
+            "sigmas": self.wan_schedule(),
+        }
 
     def wan_schedule(self) -> list[float] | None:
         """--wan-sigmas or --wan-timesteps as the sampler's sigmas (None: --steps evenly spaced).

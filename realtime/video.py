@@ -13,7 +13,6 @@ import numpy as np
 
 from avatarcast.vocabulary import FPS
 
-
 BACKGROUND = (245, 240, 230)  # what formats without alpha (MP4, GIF, JPEG, WebRTC) show behind the avatar
 
 
@@ -28,11 +27,12 @@ def parse_color(s: str) -> tuple[int, int, int]:
     s = s.lstrip("#")
     if len(s) != 6:
         raise ValueError(f"colour must be #rrggbb, got {s!r}")
-    return tuple(int(s[i:i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
+    return tuple(int(s[i : i + 2], 16) for i in (0, 2, 4))  # type: ignore[return-value]
 
 
-def write_video(frames: np.ndarray, path: str | Path, fps: int = FPS,
-                background: tuple[int, int, int] = BACKGROUND) -> Path:
+def write_video(
+    frames: np.ndarray, path: str | Path, fps: int = FPS, background: tuple[int, int, int] = BACKGROUND
+) -> Path:
     """Encode RGBA frames by the file's extension: .mp4, .webm, .gif, or a folder/ of PNGs."""
     import av
     from PIL import Image

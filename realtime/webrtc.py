@@ -137,8 +137,9 @@ class AvatarVideoTrack(MediaStreamTrack):
 
 
 class Peer:
-    def __init__(self, hub: Hub, runner: SessionRunner, pc: RTCPeerConnection, resource: str,
-                 owns_session: bool) -> None:
+    def __init__(
+        self, hub: Hub, runner: SessionRunner, pc: RTCPeerConnection, resource: str, owns_session: bool
+    ) -> None:
         self.hub = hub
         self.runner = runner
         self.pc = pc
@@ -215,8 +216,13 @@ class Peer:
             elif bytes(msg[:4]) == TAG_PCM and len(msg) % 2 == 0:
                 self._spawn_input(self.runner.pcm(np.frombuffer(bytes(msg[4:]), dtype="<i2").copy()))
             else:
-                self.send_event(error_event(ErrorCode.BAD_BINARY, "binary data channel messages are b'PCM1' + int16 "
-                                            "samples; send the microphone as an audio track"))
+                self.send_event(
+                    error_event(
+                        ErrorCode.BAD_BINARY,
+                        "binary data channel messages are b'PCM1' + int16 "
+                        "samples; send the microphone as an audio track",
+                    )
+                )
 
         if ch.readyState == "open":
             self._flush_pending()
@@ -266,8 +272,9 @@ class Peer:
         closed = asyncio.create_task(self.runner.closed.wait())
         connected = asyncio.create_task(self.connected.wait())
         try:
-            done, _ = await asyncio.wait({closed, connected}, timeout=CONNECT_TIMEOUT_S,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {closed, connected}, timeout=CONNECT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED
+            )
             if not done:
                 log.warning("peer %s: not connected after %.0f s; closing", self.resource, CONNECT_TIMEOUT_S)
                 _schedule_close(self.hub, self.resource)
@@ -295,8 +302,14 @@ class Peer:
             log.exception("peer %s: closing the peer connection failed", self.resource)
         if self.owns_session:
             await self.hub.close_session(self.runner.id)
-        log.info("peer %s closed (session %s, %d frames sent, %d stale dropped, %.1f s)", self.resource,
-                 self.runner.id, self.track.frames_sent, self.track.frames_dropped, time.monotonic() - self.created)
+        log.info(
+            "peer %s closed (session %s, %d frames sent, %d stale dropped, %.1f s)",
+            self.resource,
+            self.runner.id,
+            self.track.frames_sent,
+            self.track.frames_dropped,
+            time.monotonic() - self.created,
+        )
 
 
 # -- registry and the public calls --
@@ -397,8 +410,13 @@ async def answer_offer(hub: Hub, runner: SessionRunner, sdp: str, *, owns_sessio
     peer.spawn(peer.watch(), name=f"webrtc-watch-{resource}")
     if pc.connectionState in ("failed", "closed"):  # it ended before it was registered
         _schedule_close(hub, resource)
-    log.info("peer %s: answered for session %s (video %s%s)", resource, runner.id, _codec_name(video),
-             ", owns the session" if owns_session else "")
+    log.info(
+        "peer %s: answered for session %s (video %s%s)",
+        resource,
+        runner.id,
+        _codec_name(video),
+        ", owns the session" if owns_session else "",
+    )
     return answer_sdp, resource
 
 

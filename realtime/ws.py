@@ -70,8 +70,11 @@ class WebSocketSink:
                 data = frame.encoded.get(self.image_format)
                 if data is None:
                     continue
-                await self.ws.send_bytes(pack_frame(frame.index, frame.pts_s, time.time(), self.image_format,
-                                                    frame.source, frame.emotion, data))
+                await self.ws.send_bytes(
+                    pack_frame(
+                        frame.index, frame.pts_s, time.time(), self.image_format, frame.source, frame.emotion, data
+                    )
+                )
                 self.frames_sent += 1
 
 
@@ -122,12 +125,18 @@ async def serve_socket(ws: WebSocket, hub: Hub, runner: SessionRunner, *, owns_s
                 hub.metrics.rate_limited.labels("ws").inc()
                 if verdict == "close":
                     close_code, reason = ErrorCode.RATE_LIMITED.close, "rate limit exceeded: too many messages"
-                    sink.offer_event(error_event(ErrorCode.RATE_LIMITED, "too many messages; closing",
-                                                 retry_after_s=round(wait, 2)))
+                    sink.offer_event(
+                        error_event(ErrorCode.RATE_LIMITED, "too many messages; closing", retry_after_s=round(wait, 2))
+                    )
                     break
                 if verdict == "notify":
-                    sink.offer_event(error_event(ErrorCode.RATE_LIMITED, f"over {hub.limits.ws.rate:g} messages/s; "
-                                                 "messages dropped", retry_after_s=round(wait, 2)))
+                    sink.offer_event(
+                        error_event(
+                            ErrorCode.RATE_LIMITED,
+                            f"over {hub.limits.ws.rate:g} messages/s; messages dropped",
+                            retry_after_s=round(wait, 2),
+                        )
+                    )
                 continue
             data, text = msg.get("bytes"), msg.get("text")
             if data is not None:

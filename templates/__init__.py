@@ -107,9 +107,14 @@ def parse_template(raw: object, where: str = "template") -> EmotionTemplate:
     if name != name.lower() or not name.replace("_", "").isalnum():
         raise ValueError(f"{where}: name must be a lowercase identifier, got {name!r}")
     return EmotionTemplate(
-        name=name, prompt=text("prompt"), keywords_en=words("keywords_en"),
-        keywords_zh=words("keywords_zh"), motion=text("motion"), intensity_range=(lo, hi),
-        default_intensity=default, variants=variants,
+        name=name,
+        prompt=text("prompt"),
+        keywords_en=words("keywords_en"),
+        keywords_zh=words("keywords_zh"),
+        motion=text("motion"),
+        intensity_range=(lo, hi),
+        default_intensity=default,
+        variants=variants,
         hold_seconds=number("hold_seconds", 0.0, 60.0),
     )
 

@@ -52,18 +52,30 @@ def variant_seed(emotion: str, variant: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{emotion}/{variant}".encode()).digest()[:4], "little")
 
 
-def reaction_key(weights_hash: str, template_hash_: str, avatar_key: str, steps: int, seed: int,
-                 fmt: int = CACHE_FORMAT) -> str:
+def reaction_key(
+    weights_hash: str, template_hash_: str, avatar_key: str, steps: int, seed: int, fmt: int = CACHE_FORMAT
+) -> str:
     """The cache key: sha256 over everything that changes the cached chunk."""
-    blob = json.dumps({"weights": weights_hash, "template": template_hash_, "avatar": avatar_key,
-                       "steps": int(steps), "seed": int(seed), "format": int(fmt)}, sort_keys=True)
+    blob = json.dumps(
+        {
+            "weights": weights_hash,
+            "template": template_hash_,
+            "avatar": avatar_key,
+            "steps": int(steps),
+            "seed": int(seed),
+            "format": int(fmt),
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 class LatentsCache:
     """First reaction chunks per (avatar, emotion, variant), computed in batches, kept on disk."""
 
-    def __init__(self, engine: StreamEngine, templates: dict[str, EmotionTemplate], cache_dir: str | Path | None = None):
+    def __init__(
+        self, engine: StreamEngine, templates: dict[str, EmotionTemplate], cache_dir: str | Path | None = None
+    ):
         self.engine = engine
         self.templates = dict(templates)
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
@@ -81,16 +93,23 @@ class LatentsCache:
 
     def key(self, avatar, emotion: str, variant: int = 0) -> str:
         from avatarcast.engines.tiny.engine import avatar_cache_key
+
         t = self.template(emotion)
-        return reaction_key(self.engine.weights_hash, template_hash(t), avatar_cache_key(avatar),
-                            self.engine.steps, variant_seed(emotion, variant))
+        return reaction_key(
+            self.engine.weights_hash,
+            template_hash(t),
+            avatar_cache_key(avatar),
+            self.engine.steps,
+            variant_seed(emotion, variant),
+        )
 
     def path(self, key: str) -> Path:
         return self.cache_dir / f"{key}.npz"
 
     # -- public API -----------------------------------------------------------------------
-    def precompute(self, avatars: Iterable, emotions: Iterable[str] | None = None,
-                   variants: int | None = None, batch: int = 8) -> dict:
+    def precompute(
+        self, avatars: Iterable, emotions: Iterable[str] | None = None, variants: int | None = None, batch: int = 8
+    ) -> dict:
         """Makes sure every (avatar, emotion, variant) is in memory: disk first, then batched sampling.
 
         variants=None takes each template's own count. Returns counts and seconds.
@@ -121,9 +140,9 @@ class LatentsCache:
                     todo.append(job)
             batch = max(1, int(batch))
             for i in range(0, len(todo), batch):
-                for entry in self._compute(todo[i:i + batch]):
+                for entry in self._compute(todo[i : i + batch]):
                     self._remember(entry)
-                stats["computed"] += len(todo[i:i + batch])
+                stats["computed"] += len(todo[i : i + batch])
         stats["seconds"] = round(time.perf_counter() - t0, 3)
         return stats
 
@@ -171,17 +190,25 @@ class LatentsCache:
     def _compute(self, jobs: list[tuple]) -> list[CachedReaction]:
         """One sample_chunks and one decode for the whole batch, each stream starting at rest."""
         eng = self.engine
-        states = [eng.start_stream(avatar, emotion, self.template(emotion).default_intensity,
-                                   variant_seed(emotion, variant))
-                  for avatar, emotion, variant, _ in jobs]
+        states = [
+            eng.start_stream(avatar, emotion, self.template(emotion).default_intensity, variant_seed(emotion, variant))
+            for avatar, emotion, variant, _ in jobs
+        ]
         lat = eng.sample_chunks(states).astype(np.float16)
         # decode what is stored, so the cached frames are exactly the frames of the cached latents
         per = list(eng.decode_chunks(states, lat.astype(np.float32)))
         out = []
         for i, ((_, emotion, variant, key), st) in enumerate(zip(jobs, states)):
             entry = CachedReaction(lat[i], per[i], st.ctx.astype(np.float32), key)
-            meta = {"key": key, "format": CACHE_FORMAT, "emotion": emotion, "variant": variant,
-                    "avatar": st.avatar_key, "steps": eng.steps, "weights": eng.weights_hash}
+            meta = {
+                "key": key,
+                "format": CACHE_FORMAT,
+                "emotion": emotion,
+                "variant": variant,
+                "avatar": st.avatar_key,
+                "steps": eng.steps,
+                "weights": eng.weights_hash,
+            }
             self._save(entry, meta)
             out.append(entry)
         return out
@@ -193,12 +220,18 @@ class LatentsCache:
             try:
                 # level 1: about 40% of the raw size at a fraction of the default level's write time
                 with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
-                    arrays = {"latents": entry.latents, "frames": entry.frames, "ctx": entry.ctx,
-                              "meta": np.array(json.dumps(meta, sort_keys=True))}
+                    arrays = {
+                        "latents": entry.latents,
+                        "frames": entry.frames,
+                        "ctx": entry.ctx,
+                        "meta": np.array(json.dumps(meta, sort_keys=True)),
+                    }
                     for name, a in arrays.items():
                         with z.open(name + ".npy", "w", force_zip64=True) as member:
                             # not np.ascontiguousarray: it turns the 0-d meta string into a 1-d array
-                            np.lib.format.write_array(member, a if a.flags.c_contiguous else a.copy(), allow_pickle=False)
+                            np.lib.format.write_array(
+                                member, a if a.flags.c_contiguous else a.copy(), allow_pickle=False
+                            )
                 os.chmod(tmp, 0o644)  # mkstemp makes it 0600; replicas may run as another user
                 os.replace(tmp, self.path(entry.key))
             except BaseException:
@@ -223,8 +256,10 @@ class LatentsCache:
             problems = [
                 meta.get("key") != key and "key mismatch",
                 meta.get("format") != CACHE_FORMAT and "format mismatch",
-                (latents.dtype != np.float16 or latents.shape != (T, C, H, W)) and f"latents {latents.dtype}{latents.shape}",
-                (frames.dtype != np.uint8 or frames.shape != (n_frames, cfg.height, cfg.width, 4)) and f"frames {frames.dtype}{frames.shape}",
+                (latents.dtype != np.float16 or latents.shape != (T, C, H, W))
+                and f"latents {latents.dtype}{latents.shape}",
+                (frames.dtype != np.uint8 or frames.shape != (n_frames, cfg.height, cfg.width, 4))
+                and f"frames {frames.dtype}{frames.shape}",
                 (ctx.dtype != np.float32 or ctx.shape != (K * C, H, W)) and f"ctx {ctx.dtype}{ctx.shape}",
                 not (np.isfinite(latents).all() and np.isfinite(ctx).all()) and "non-finite values",
             ]

@@ -22,8 +22,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_ready(base: str, timeout_s: float, alive: Callable[[], bool] = lambda: True,
-               headers: dict[str, str] | None = None) -> None:
+def wait_ready(
+    base: str, timeout_s: float, alive: Callable[[], bool] = lambda: True, headers: dict[str, str] | None = None
+) -> None:
     """Poll /readyz until 200; fail at once if the server reports a failed start or `alive()` turns false."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -71,8 +72,16 @@ def running_server(**settings: Any) -> Iterator[tuple[str, Any]]:
     clips = tempfile.mkdtemp(prefix="avatarcast-clips-")
     s = Settings(port=port, clip_cache_dir=clips, **settings)
     app = create_app(s)
-    server = uvicorn.Server(uvicorn_config(app, s, host="127.0.0.1", log_level="warning", log_config=uvicorn.config.LOGGING_CONFIG,
-                                           timeout_graceful_shutdown=None))
+    server = uvicorn.Server(
+        uvicorn_config(
+            app,
+            s,
+            host="127.0.0.1",
+            log_level="warning",
+            log_config=uvicorn.config.LOGGING_CONFIG,
+            timeout_graceful_shutdown=None,
+        )
+    )
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), name="uvicorn", daemon=True)
     thread.start()
     base = f"http://127.0.0.1:{port}"
@@ -87,7 +96,7 @@ def running_server(**settings: Any) -> Iterator[tuple[str, Any]]:
 @pytest.fixture(scope="session")
 def _server() -> Iterator[tuple[str, Any]]:
     # admission control and the degradation ladder off: these tests check behaviour (sampled frames,
-    # several sessions) that load control would change on a busy CI machine; tests/test_hardening.py
+    # several sessions) that load control would change on a busy CI machine; tests/realtime/test_hardening.py
     # covers load control on its own server
     with running_server(admission=0, ladder=0) as pair:
         yield pair

@@ -93,7 +93,9 @@ def cycles(g: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_shipped_packages_have_no_import_cycle() -> None:
     g = graph()
-    assert "avatarcast.realtime.hub" in g and "avatarcast.realtime.runner" in g["avatarcast.realtime.hub"]  # the graph sees real edges
+    assert (
+        "avatarcast.realtime.hub" in g and "avatarcast.realtime.runner" in g["avatarcast.realtime.hub"]
+    )  # the graph sees real edges
     assert cycles(g) == []
 
 

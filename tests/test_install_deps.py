@@ -19,12 +19,19 @@ import pytest
 
 from tests.base_install import REPO, _norm, base_distributions
 
-BENCH_MODULES = ("realtime/bench/client.py", "realtime/bench/server.py", "realtime/bench/latency.py",
-                 "realtime/bench/load.py", "realtime/bench/engine.py")
+BENCH_MODULES = (
+    "realtime/bench/client.py",
+    "realtime/bench/server.py",
+    "realtime/bench/latency.py",
+    "realtime/bench/load.py",
+    "realtime/bench/engine.py",
+)
 FIRST_PARTY = {"realtime", "engines", "templates", "tools"}
 # imports the bench modules make only behind an option that needs an extra, and what asks for them
-OPTIONAL = {"matplotlib": "bench latency --chart (the train extra)",
-            "torch": "bench engine --backend torch|tensorrt on a GPU (the train/wan extras)"}
+OPTIONAL = {
+    "matplotlib": "bench latency --chart (the train extra)",
+    "torch": "bench engine --backend torch|tensorrt on a GPU (the train/wan extras)",
+}
 SPEECH = REPO / "tests" / "data" / "speech"
 
 
@@ -53,8 +60,13 @@ def test_bench_modules_import_only_the_plain_install() -> None:
 
 def _plain(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     """`avatarcast ARGS` in a subprocess that can import only what the plain install has."""
-    return subprocess.run([sys.executable, "-m", "tests.base_install", "avatarcast.realtime.cli", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tests.base_install", "avatarcast.realtime.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +76,11 @@ def two_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = []
     for lang, name in (("en", "en06_happy.ogg"), ("zh", "zh06_happy.ogg")):
         shutil.copy(SPEECH / lang / name, d / name)
-        rows += [line for line in (SPEECH / lang / "manifest.csv").read_text(encoding="utf-8").splitlines()[1:]
-                 if line.startswith(name + ",")]
+        rows += [
+            line
+            for line in (SPEECH / lang / "manifest.csv").read_text(encoding="utf-8").splitlines()[1:]
+            if line.startswith(name + ",")
+        ]
     header = (SPEECH / "en" / "manifest.csv").read_text(encoding="utf-8").splitlines()[0]
     (d / "manifest.csv").write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
     return d
@@ -84,8 +99,21 @@ def test_bench_latency_runs_on_the_plain_install(server_url: str, two_clips: Pat
 
 @pytest.mark.slow
 def test_bench_load_and_engine_run_on_the_plain_install(server_url: str, two_clips: Path) -> None:
-    r = _plain("bench", "load", "--clips", str(two_clips), "--url", server_url, "--sessions", "1",
-               "--seconds", "6", "--gap", "1,2", "--json")
+    r = _plain(
+        "bench",
+        "load",
+        "--clips",
+        str(two_clips),
+        "--url",
+        server_url,
+        "--sessions",
+        "1",
+        "--seconds",
+        "6",
+        "--gap",
+        "1,2",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout)["sessions"] == 1
     r = _plain("bench", "engine", "--seconds", "0.5", "--warmup", "1", "--min-chunks", "1", "--json")

@@ -20,7 +20,9 @@ def test_pyproject_lists_every_package_folder() -> None:
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {"avatarcast"} | {
         "avatarcast." + ".".join(init.parent.relative_to(ROOT).parts)
-        for pkg in SHIPPED[:-1] for init in (ROOT / pkg).rglob("__init__.py")}
+        for pkg in SHIPPED[:-1]
+        for init in (ROOT / pkg).rglob("__init__.py")
+    }
     assert listed == found, f"missing {sorted(found - listed)}, stale {sorted(listed - found)}"
 
 
@@ -31,13 +33,23 @@ def _tools_references(path: Path) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             out += [a.name for a in node.names if a.name == "tools" or a.name.startswith("tools.")]
-        elif isinstance(node, ast.ImportFrom) and not node.level and node.module and (
-                node.module == "tools" or node.module.startswith("tools.")):
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and not node.level
+            and node.module
+            and (node.module == "tools" or node.module.startswith("tools."))
+        ):
             out.append(node.module)
         elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
-                "import_module", "__import__", "run_module"):
-            out += [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)
-                    and a.value.startswith("tools")]
+            "import_module",
+            "__import__",
+            "run_module",
+        ):
+            out += [
+                a.value
+                for a in node.args
+                if isinstance(a, ast.Constant) and isinstance(a.value, str) and a.value.startswith("tools")
+            ]
     return out
 
 
@@ -48,13 +60,15 @@ def test_shipped_code_never_imports_tools() -> None:
 
 def test_the_walk_sees_an_import_of_tools(tmp_path: Path) -> None:
     p = tmp_path / "m.py"
-    p.write_text("def f():\n    from tools.eval import x\n    import importlib\n    importlib.import_module('tools.y')\n")
+    p.write_text(
+        "def f():\n    from tools.eval import x\n    import importlib\n    importlib.import_module('tools.y')\n"
+    )
     assert _tools_references(p) == ["tools.eval", "tools.y"]
 
 
 def test_no_module_path_outside_the_namespace() -> None:
     """Every import of a shipped package goes through `avatarcast.` (a bare `realtime.x` is a second copy)."""
     pat = re.compile(r"^\s*(from|import)\s+(realtime|engines|templates)\b", re.M)
-    files = _shipped_files() + sorted((ROOT / "tests").glob("*.py")) + sorted((ROOT / "tools").rglob("*.py"))
+    files = _shipped_files() + sorted((ROOT / "tests").rglob("*.py")) + sorted((ROOT / "tools").rglob("*.py"))
     bad = [str(p.relative_to(ROOT)) for p in files if pat.search(p.read_text())]
     assert bad == []

@@ -44,14 +44,21 @@ def test_the_wire_emotion_index_is_the_templates_order() -> None:
 def test_the_frame_header_bytes_are_unchanged() -> None:
     """The wire codes clients already decode: formats jpeg 1 / webp 2, sources idle 0 .. sampler 3, sad = 5."""
     msg = pack_frame(7, 0.875, 1_700_000_000.5, "webp", "sampler", "sad", b"\xff")
-    assert msg == (b"AVF1" + (7).to_bytes(4, "little") + bytes.fromhex("000000000000ec3f") +
-                   bytes.fromhex("00002040fc54d941") + bytes([2, 3, 5, 0]) + b"\xff")
+    assert msg == (
+        b"AVF1"
+        + (7).to_bytes(4, "little")
+        + bytes.fromhex("000000000000ec3f")
+        + bytes.fromhex("00002040fc54d941")
+        + bytes([2, 3, 5, 0])
+        + b"\xff"
+    )
     assert pack_frame(0, 0.0, 0.0, "jpeg", "idle", "idle", b"")[24:28] == bytes([1, 0, 0, 0])
     assert pack_frame(0, 0.0, 0.0, "jpeg", "listening", "listening", b"")[24:28] == bytes([1, 1, 1, 0])
 
 
 def test_the_api_accepts_exactly_the_wire_image_formats() -> None:
     from avatarcast.realtime.server import SessionCreate
+
     literal, none = typing.get_args(SessionCreate.model_fields["image_format"].annotation)
     assert set(typing.get_args(literal)) == set(vocabulary.IMAGE_FORMATS) and none is type(None)
 
@@ -100,17 +107,27 @@ def redeclarations(source: str) -> list[str]:
         elif isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for t in targets:
-                if isinstance(t, (ast.Name, ast.Attribute)) and _RATE_NAME.match(getattr(t, "id", None) or t.attr) \
-                        and _number(node.value):
+                if (
+                    isinstance(t, (ast.Name, ast.Attribute))
+                    and _RATE_NAME.match(getattr(t, "id", None) or t.attr)
+                    and _number(node.value)
+                ):
                     out.append(f"line {node.lineno}: a frame rate")
         elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             a = node.args
             pos = a.posonlyargs + a.args
-            pairs = list(zip(pos[len(pos) - len(a.defaults):], a.defaults)) + list(zip(a.kwonlyargs, a.kw_defaults))
-            out += [f"line {node.lineno}: a frame rate default" for arg, d in pairs
-                    if _RATE_NAME.match(arg.arg) and _number(d)]
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "Fraction" \
-                and len(node.args) == 2 and all(_number(x) for x in node.args):
+            pairs = list(zip(pos[len(pos) - len(a.defaults) :], a.defaults)) + list(zip(a.kwonlyargs, a.kw_defaults))
+            out += [
+                f"line {node.lineno}: a frame rate default"
+                for arg, d in pairs
+                if _RATE_NAME.match(arg.arg) and _number(d)
+            ]
+        elif (
+            isinstance(node, ast.Call)
+            and getattr(node.func, "attr", getattr(node.func, "id", "")) == "Fraction"
+            and len(node.args) == 2
+            and all(_number(x) for x in node.args)
+        ):
             out.append(f"line {node.lineno}: a time base")
     return out
 
@@ -122,7 +139,9 @@ def test_no_module_declares_the_emotions_or_the_frame_rate_again() -> None:
 
 
 def test_the_check_finds_a_planted_declaration() -> None:
-    planted = ("EMOTIONS = " + repr(tuple(vocabulary.EMOTIONS[1:])) + "\nFPS = 8\nclass C:\n    fps: int = 8\n"
-               "def f(x, fps=8.0, *, frame_rate=8):\n    return Fraction(1, 8)\n")
+    planted = (
+        "EMOTIONS = " + repr(tuple(vocabulary.EMOTIONS[1:])) + "\nFPS = 8\nclass C:\n    fps: int = 8\n"
+        "def f(x, fps=8.0, *, frame_rate=8):\n    return Fraction(1, 8)\n"
+    )
     assert len(redeclarations(planted)) == 6
     assert redeclarations("FPS = vocabulary.FPS\ndef f(fps=FPS):\n    return Fraction(1, fps)\n") == []

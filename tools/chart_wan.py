@@ -19,10 +19,13 @@ def label(r: dict) -> str:
     vae = "VAE compiled" if r.get("compile_vae") else "VAE eager"
     if r.get("compile_vae") and "streams" in r and not r.get("vae_compiled_calls"):  # before the steady-state fix
         vae = "VAE eager (its compile never engaged)"
-    extra = (", fp8" if r.get("fp8") else "") + (", 2 pipelined groups" if r.get("pipeline") else "") \
-        + (f", calls of {r['batch']} (server)" if r.get("batch") else "") \
-        + (", VAE a chunk per call" if (r.get("vae_frames_per_call") or 1) > 1 else "") \
+    extra = (
+        (", fp8" if r.get("fp8") else "")
+        + (", 2 pipelined groups" if r.get("pipeline") else "")
+        + (f", calls of {r['batch']} (server)" if r.get("batch") else "")
+        + (", VAE a chunk per call" if (r.get("vae_frames_per_call") or 1) > 1 else "")
         + (", one stream per VAE call" if r.get("vae_batch") == 1 and r.get("scheduled") else "")
+    )
     return f"{r['steps']} steps, {r['chunk_video_frames']}-frame chunks, {how}, {vae}{extra}"
 
 
@@ -32,8 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("-o", "--output", required=True)
     args = ap.parse_args(argv)
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6.5, 4))
     top = 0
     for path in args.reports:
@@ -42,8 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         depths = sorted({d for by_depth in r.get("scheduled", {}).values() for d in by_depth}, reverse=True)
         for d in depths:  # `--scheduler`: sessions through the server's own scheduler, by depth
             how = "pipelined (depth 2)" if d == "2" else "calls in turn"
-            series.append((f"{label(r)}, server scheduler {how}",
-                           sorted((int(n), by_depth[d]["fps"]) for n, by_depth in r["scheduled"].items())))
+            series.append(
+                (
+                    f"{label(r)}, server scheduler {how}",
+                    sorted((int(n), by_depth[d]["fps"]) for n, by_depth in r["scheduled"].items()),
+                )
+            )
         for name, pts in series:
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) > 1 else "D", label=name)

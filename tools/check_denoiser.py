@@ -46,8 +46,11 @@ def noise_check(ckpt: Path, draws: int = 3) -> dict:
         white = (dev[..., 1:, :] - dev[..., :-1, :]).pow(2).mean() / (2 * dev.pow(2).mean().clamp(min=1e-12))
         return float((dev * x0).sum() / (x0 * x0).sum()), float(white)
 
-    out = {"noise_per_position": T * C * cfg.patch ** 2, "first_level_channels": cfg.den_channels[0],
-           "den_pred": cfg.den_pred}
+    out = {
+        "noise_per_position": T * C * cfg.patch**2,
+        "first_level_channels": cfg.den_channels[0],
+        "den_pred": cfg.den_pred,
+    }
     out["beta_t0"] = spread(x0 + den(x0, torch.zeros(n), torch.zeros(n), ctx, ref, emo, inten))[0]
     for steps in (1, 2, 4):
         x, dt = x0.clone(), 1.0 / steps

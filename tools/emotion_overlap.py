@@ -28,9 +28,11 @@ JACCARD, COSINE, JACCARD_TRAIN = 0.30, 0.945, 0.65
 
 def corpus_files() -> list[Path]:
     """Every labelled file of the emotion corpus."""
-    return (sorted((ROOT / "tests" / "data" / "emotion").glob("heldout*.csv"))
-            + sorted((ROOT / "tools" / "emotion_data").glob("train_*.csv"))
-            + [ROOT / "tests" / "data" / "emotion_utterances.csv"])
+    return (
+        sorted((ROOT / "tests" / "data" / "emotion").glob("heldout*.csv"))
+        + sorted((ROOT / "tools" / "emotion_data").glob("train_*.csv"))
+        + [ROOT / "tests" / "data" / "emotion_utterances.csv"]
+    )
 
 
 def _rows(path: Path) -> list[tuple[str, str, str]]:
@@ -54,9 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     old = [r for p in corpus_files() if p.resolve() not in new_paths for r in _rows(p)]
     cache = EmbeddingCache(E5Encoder(threads=2), "query")
     N = cache([normalize(t) for t, _, _ in new])
-    O = cache([normalize(t) for t, _, _ in old])
+    Old = cache([normalize(t) for t, _, _ in old])
     ref = old + new
-    S = N @ np.vstack([O, N]).T
+    S = N @ np.vstack([Old, N]).T
     grams = [trigrams(t) for t, _, _ in ref]
     flagged, closest = [], []
     for i, (text, src, label) in enumerate(new):
@@ -66,15 +68,19 @@ def main(argv: list[str] | None = None) -> int:
         both_train = np.array([src.startswith("train") and r[1].startswith("train") for r in ref])
         bad = np.flatnonzero(np.where(both_train, jac > JACCARD_TRAIN, (jac > JACCARD) | (S[i] > COSINE)))
         for j in bad:
-            flagged.append(f"{jac[j]:.2f} {S[i, j]:.3f} | {text} [{src} {label}] || {ref[j][0]} [{ref[j][1]} {ref[j][2]}]")
+            flagged.append(
+                f"{jac[j]:.2f} {S[i, j]:.3f} | {text} [{src} {label}] || {ref[j][0]} [{ref[j][1]} {ref[j][2]}]"
+            )
         j, k = int(jac.argmax()), int(S[i].argmax())
         closest.append((jac[j], S[i, k], text, ref[j], ref[k]))
     for name, key, pick in (("trigram Jaccard", 0, 3), ("e5 cosine", 1, 4)):
         print(f"closest by {name}:")
         for c in sorted(closest, key=lambda c: -c[key])[: args.top]:
             print(f"  {c[key]:.3f} | {c[2]} || {c[pick][0]} [{c[pick][1]}]")
-    print(f"{len(new)} new lines against {len(old)}; {len(flagged)} pairs too close "
-          f"(Jaccard > {JACCARD} or cosine > {COSINE}; training pairs: Jaccard > {JACCARD_TRAIN})")
+    print(
+        f"{len(new)} new lines against {len(old)}; {len(flagged)} pairs too close "
+        f"(Jaccard > {JACCARD} or cosine > {COSINE}; training pairs: Jaccard > {JACCARD_TRAIN})"
+    )
     for f in flagged:
         print("  " + f)
     return 1 if flagged else 0

@@ -48,8 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     audio = [decode_audio(Path(args.clips) / r["file"]) for r in rows]
     tr = Transcriber.load(args.model)
     reader = EmotionReader.load()
-    out = {"clips": len(rows), "model": args.model, "cpus": __import__("os").cpu_count(),
-           "machine": platform.platform(), "windows": []}
+    out = {
+        "clips": len(rows),
+        "model": args.model,
+        "cpus": __import__("os").cpu_count(),
+        "machine": platform.platform(),
+        "windows": [],
+    }
     for w in [None] + [float(x) for x in args.windows.split(",")]:
         tr.short_window_s = w
         ms, errs, n, correct = [], 0, 0, 0
@@ -60,15 +65,23 @@ def main(argv: list[str] | None = None) -> int:
             errs += edit_distance(words(r["text"]), words(text))
             n += len(words(r["text"]))
             correct += reader.read(text).label == r["emotion"]
-        out["windows"].append({"window_s": w or 30.0, "asr_ms_p50": round(float(np.median(ms)), 1),
-                               "asr_ms_p95": round(float(np.percentile(ms, 95)), 1), "wer": round(errs / n, 3),
-                               "emotion_accuracy": round(correct / len(rows), 3)})
+        out["windows"].append(
+            {
+                "window_s": w or 30.0,
+                "asr_ms_p50": round(float(np.median(ms)), 1),
+                "asr_ms_p95": round(float(np.percentile(ms, 95)), 1),
+                "wer": round(errs / n, 3),
+                "emotion_accuracy": round(correct / len(rows), 3),
+            }
+        )
     if args.json:
         print(json.dumps(out, indent=2))
     else:
         for w in out["windows"]:
-            print(f"window {w['window_s']:>4.0f} s: ASR p50 {w['asr_ms_p50']:6.1f} ms, p95 {w['asr_ms_p95']:6.1f} ms, "
-                  f"WER {w['wer']:.3f}, emotion {w['emotion_accuracy']:.0%}")
+            print(
+                f"window {w['window_s']:>4.0f} s: ASR p50 {w['asr_ms_p50']:6.1f} ms, p95 {w['asr_ms_p95']:6.1f} ms, "
+                f"WER {w['wer']:.3f}, emotion {w['emotion_accuracy']:.0%}"
+            )
     return 0
 
 

@@ -24,8 +24,14 @@ import numpy as np
 from avatarcast.realtime.emotion import CUE_LABELS, EmotionReader
 
 HELD_OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "emotion"
-SETS = {"A": "heldout_{}.csv", "B": "heldout_b_{}.csv", "C": "heldout_c_{}.csv", "D": "heldout_d_{}.csv",
-        "E": "heldout_e_{}.csv", "F": "heldout_f_{}.csv"}
+SETS = {
+    "A": "heldout_{}.csv",
+    "B": "heldout_b_{}.csv",
+    "C": "heldout_c_{}.csv",
+    "D": "heldout_d_{}.csv",
+    "E": "heldout_e_{}.csv",
+    "F": "heldout_f_{}.csv",
+}
 # F is the clean set (written before the changes it measures, never looked at); A-E were scored while
 # the reader was developed, so they are reported apart
 CLEAN = "F"
@@ -58,8 +64,12 @@ def _rate(ok: list[bool]) -> dict:
 def evaluate(reader: EmotionReader, rows: list[dict[str, str]]) -> dict:
     """Clip mode: every row through reader.read; accuracy per language, set and emotion, confusion, latency."""
     confusion: dict[str, dict[str, Counter]] = defaultdict(lambda: {k: Counter() for k in CUE_LABELS})
-    groups: dict[str, dict[str, list[bool]]] = {"language": defaultdict(list), "set": defaultdict(list),
-                                                "emotion": defaultdict(list), "set_language": defaultdict(list)}
+    groups: dict[str, dict[str, list[bool]]] = {
+        "language": defaultdict(list),
+        "set": defaultdict(list),
+        "emotion": defaultdict(list),
+        "set_language": defaultdict(list),
+    }
     latencies, errors, ok_all = [], [], []
     for row in rows:
         t0 = time.perf_counter()
@@ -74,8 +84,15 @@ def evaluate(reader: EmotionReader, rows: list[dict[str, str]]) -> dict:
             groups["set"][row["set"]].append(ok)
             groups["set_language"][f"{row['set']}/{row['language']}"].append(ok)
         if not ok:
-            errors.append({"text": row["text"], "language": row["language"], "expected": row["emotion"],
-                           "got": cue.label, "confidence": cue.confidence})
+            errors.append(
+                {
+                    "text": row["text"],
+                    "language": row["language"],
+                    "expected": row["emotion"],
+                    "got": cue.label,
+                    "confidence": cue.confidence,
+                }
+            )
     return {
         "n": len(rows),
         "accuracy": _rate(ok_all)["accuracy"],
@@ -91,8 +108,12 @@ def evaluate(reader: EmotionReader, rows: list[dict[str, str]]) -> dict:
 
 def _latency(ms: list[float]) -> dict:
     a = np.array(ms or [0.0])
-    return {"p50": round(float(np.percentile(a, 50)), 2), "p95": round(float(np.percentile(a, 95)), 2),
-            "max": round(float(a.max()), 2), "n": len(ms)}
+    return {
+        "p50": round(float(np.percentile(a, 50)), 2),
+        "p95": round(float(np.percentile(a, 95)), 2),
+        "max": round(float(a.max()), 2),
+        "n": len(ms),
+    }
 
 
 def partials_of(text: str, language: str) -> list[str]:
@@ -152,32 +173,58 @@ def markdown(result: dict, live: dict | None, title: str, data: str, level: int 
     for lang, v in result["per_language"].items():
         lines.append(f"| {'+'.join(result['per_set']) or 'all'} | **{lang}** | {v['n']} | **{v['accuracy']:.1%}** |")
     if live:
-        lines += ["", f"{h2} Live mode (partial transcripts)", "",
-                  "| language | clip top-1 | first shown top-1 | decided on a partial | right when decided early "
-                  "| revised by the final | median share heard at decision |", "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            f"{h2} Live mode (partial transcripts)",
+            "",
+            "| language | clip top-1 | first shown top-1 | decided on a partial | right when decided early "
+            "| revised by the final | median share heard at decision |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
         for lang, v in live["per_language"].items():
             prec = "-" if v["early_precision"] is None else f"{v['early_precision']:.1%}"
             heard = "-" if v["median_heard_at_decision"] is None else f"{v['median_heard_at_decision']:.0%}"
-            lines.append(f"| {lang} | {v['clip_accuracy']:.1%} | {v['first_shown_accuracy']:.1%} | "
-                         f"{v['decided_early']:.1%} | {prec} | {v['early_revised_by_final']} | {heard} |")
+            lines.append(
+                f"| {lang} | {v['clip_accuracy']:.1%} | {v['first_shown_accuracy']:.1%} | "
+                f"{v['decided_early']:.1%} | {prec} | {v['early_revised_by_final']} | {heard} |"
+            )
     lines += ["", f"{h2} Per emotion (both languages)", "", "| emotion | n | top-1 |", "|---|---:|---:|"]
     lines += [f"| {k} | {v['n']} | {v['accuracy']:.1%} |" for k, v in result["per_emotion"].items()]
     for lang, conf in result["confusion"].items():
         labels = [k for k in CUE_LABELS if sum(conf[k].values())]
-        lines += ["", f"{h2} Confusion, {lang} (rows: expected, columns: read)", "",
-                  "| | " + " | ".join(CUE_LABELS) + " | top-1 |", "|---|" + "---:|" * (len(CUE_LABELS) + 1)]
+        lines += [
+            "",
+            f"{h2} Confusion, {lang} (rows: expected, columns: read)",
+            "",
+            "| | " + " | ".join(CUE_LABELS) + " | top-1 |",
+            "|---|" + "---:|" * (len(CUE_LABELS) + 1),
+        ]
         for k in labels:
             n = sum(conf[k].values())
-            lines.append(f"| **{k}** | " + " | ".join(str(conf[k].get(p, "")) for p in CUE_LABELS)
-                         + f" | {conf[k].get(k, 0) / n:.0%} |")
+            lines.append(
+                f"| **{k}** | "
+                + " | ".join(str(conf[k].get(p, "")) for p in CUE_LABELS)
+                + f" | {conf[k].get(k, 0) / n:.0%} |"
+            )
     lat = result["latency_ms"]
-    lines += ["", f"Latency of one `read` (one thread, after warm-up): p50 {lat['p50']} ms, p95 {lat['p95']} ms "
-              f"over {lat['n']} reads" + (f"; `read_partial` p50 {live['read_partial_latency_ms']['p50']} ms, "
-                                          f"p95 {live['read_partial_latency_ms']['p95']} ms" if live else "") + "."]
+    lines += [
+        "",
+        f"Latency of one `read` (one thread, after warm-up): p50 {lat['p50']} ms, p95 {lat['p95']} ms "
+        f"over {lat['n']} reads"
+        + (
+            f"; `read_partial` p50 {live['read_partial_latency_ms']['p50']} ms, "
+            f"p95 {live['read_partial_latency_ms']['p95']} ms"
+            if live
+            else ""
+        )
+        + ".",
+    ]
     if result["errors"] and errors:
         lines += ["", f"{h2} Misread (clip mode)", ""]
-        lines += [f"- ({e['language']}) {e['text']} — expected {e['expected']}, read {e['got']} "
-                  f"({e['confidence']:.2f})" for e in result["errors"]]
+        lines += [
+            f"- ({e['language']}) {e['text']} — expected {e['expected']}, read {e['got']} ({e['confidence']:.2f})"
+            for e in result["errors"]
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -185,8 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", action="append", help="CSV file(s); default: the held-out sets")
-    ap.add_argument("--sets", default=",".join(GROUPS),
-                    help="held-out sets, comma-separated groups scored together (default: F apart, then A-E)")
+    ap.add_argument(
+        "--sets",
+        default=",".join(GROUPS),
+        help="held-out sets, comma-separated groups scored together (default: F apart, then A-E)",
+    )
     ap.add_argument("--no-live", action="store_true", help="skip live mode (partial transcripts)")
     ap.add_argument("--json", action="store_true", help="print the full result as JSON")
     ap.add_argument("--report", default=None, help="Markdown report path ('' to skip; default docs/emotion_eval.md)")
@@ -199,11 +249,19 @@ def main(argv: list[str] | None = None) -> int:
         groups = []
         for g in args.sets.split(","):
             rows = held_out(g)
-            clean = "the clean set; its misread lines are not printed" if g == CLEAN else \
-                "scored while the reader was developed"
-            groups.append((f"Held-out set{'s' if len(g) > 1 else ''} {'-'.join((g[0], g[-1])) if len(g) > 1 else g}",
-                           f"held-out set{'s' if len(g) > 1 else ''} {', '.join(g)} in `tests/data/emotion/` "
-                           f"({len(rows)} utterances; {clean})", rows))
+            clean = (
+                "the clean set; its misread lines are not printed"
+                if g == CLEAN
+                else "scored while the reader was developed"
+            )
+            groups.append(
+                (
+                    f"Held-out set{'s' if len(g) > 1 else ''} {'-'.join((g[0], g[-1])) if len(g) > 1 else g}",
+                    f"held-out set{'s' if len(g) > 1 else ''} {', '.join(g)} in `tests/data/emotion/` "
+                    f"({len(rows)} utterances; {clean})",
+                    rows,
+                )
+            )
     reader = EmotionReader.load()
     out, parts = {}, ["# Emotion reader: held-out evaluation", ""]
     for title, data, rows in groups:

@@ -88,19 +88,32 @@ def evaluate(clips: Path, transcriber, reader=None, language: str | None = None)
             simplified += bool(chars) and to_simplified(tr.text) == tr.text
             label = reader.read(tr.text, prosody(pcm), tr.language).label if reader is not None else None
             emo_ok += label == r["emotion"]
-            out["clips"].append({"file": f"{folder.name}/{r['file']}", "language": r["language"],
-                                 "detected": tr.language, "language_probability": round(tr.language_probability, 3),
-                                 "text": r["text"], "transcript": tr.text, "errors": e, "units": len(ref),
-                                 "asr_ms": round(wall[-1], 1), "expected": r["emotion"], "emotion": label})
+            out["clips"].append(
+                {
+                    "file": f"{folder.name}/{r['file']}",
+                    "language": r["language"],
+                    "detected": tr.language,
+                    "language_probability": round(tr.language_probability, 3),
+                    "text": r["text"],
+                    "transcript": tr.text,
+                    "errors": e,
+                    "units": len(ref),
+                    "asr_ms": round(wall[-1], 1),
+                    "expected": r["emotion"],
+                    "emotion": label,
+                }
+            )
         n = len(rows)
         out["languages"][folder.name] = {
-            "clips": n, "asr_ms_p50": round(float(np.percentile(wall, 50)), 1),
+            "clips": n,
+            "asr_ms_p50": round(float(np.percentile(wall, 50)), 1),
             "asr_ms_p95": round(float(np.percentile(wall, 95)), 1),
             "asr_cpu_ms_p50": round(float(np.percentile(cpu, 50)), 1),
             "language_id_accuracy": round(lid_ok / n, 3),
             ("cer" if folder.name == "zh" else "wer"): round(errs / max(1, refs), 4),
             "emotion_accuracy": round(emo_ok / n, 3) if reader is not None else None,
-            "han_transcripts_simplified": f"{simplified}/{han}" if han else None}
+            "han_transcripts_simplified": f"{simplified}/{han}" if han else None,
+        }
     return out
 
 
@@ -131,10 +144,21 @@ def main(argv: list[str] | None = None) -> int:
         reader = EmotionReader.load()
     load0 = os.getloadavg()[0]
     result = evaluate(Path(args.clips), tr, reader, args.language)
-    result.update({"asr_model": args.asr_model, "asr_languages": args.asr_languages, "language": args.language,
-                   "window_max_s": tr.short_window_s, "margin_s": tr.margin_s,
-                   "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                               "loadavg_1m_start": round(load0, 2), "loadavg_1m_end": round(os.getloadavg()[0], 2)}})
+    result.update(
+        {
+            "asr_model": args.asr_model,
+            "asr_languages": args.asr_languages,
+            "language": args.language,
+            "window_max_s": tr.short_window_s,
+            "margin_s": tr.margin_s,
+            "machine": {
+                "cpus": os.cpu_count(),
+                "platform": platform.platform(),
+                "loadavg_1m_start": round(load0, 2),
+                "loadavg_1m_end": round(os.getloadavg()[0], 2),
+            },
+        }
+    )
     for lang, v in result["languages"].items():
         print(f"{lang}: " + ", ".join(f"{k} {v[k]}" for k in v), file=sys.stderr)
     if args.json:

@@ -62,12 +62,14 @@ def ref_window(avatar, cfg: TinyConfig) -> torch.Tensor:
 
 # --- data -----------------------------------------------------------------------------------
 
+
 @torch.no_grad()
-def encode_frames(enc: Encoder, frames: np.ndarray, cfg: TinyConfig, device: torch.device,
-                  batch: int = 8) -> torch.Tensor:
+def encode_frames(
+    enc: Encoder, frames: np.ndarray, cfg: TinyConfig, device: torch.device, batch: int = 8
+) -> torch.Tensor:
     out = []
     for i in range(0, len(frames), batch):
-        out.append(enc(frames_to_tensor(torch.from_numpy(frames[i:i + batch]).to(device), cfg)).float().cpu())
+        out.append(enc(frames_to_tensor(torch.from_numpy(frames[i : i + batch]).to(device), cfg)).float().cpu())
     return torch.cat(out)
 
 
@@ -86,9 +88,17 @@ def prep(args) -> None:
     cols = slice(cfg.window_x0, cfg.window_x0 + cfg.window_width)
     if not (work / "train.pt").exists():
         rng = np.random.default_rng(args.seed)
-        jobs = [(a, EMOTIONS[int(rng.integers(len(EMOTIONS)))], float(rng.uniform(0, 20)),
-                 int(rng.integers(1 << 31)), float(rng.uniform(0.5, 1.0)))
-                for a in range(args.avatars) for _ in range(args.frames_per_avatar)]
+        jobs = [
+            (
+                a,
+                EMOTIONS[int(rng.integers(len(EMOTIONS)))],
+                float(rng.uniform(0, 20)),
+                int(rng.integers(1 << 31)),
+                float(rng.uniform(0.5, 1.0)),
+            )
+            for a in range(args.avatars)
+            for _ in range(args.frames_per_avatar)
+        ]
         avatar = [j[0] for j in jobs]
         t0 = time.time()
         with Pool(args.workers) as pool:
@@ -99,8 +109,15 @@ def prep(args) -> None:
         t0 = time.time()
         z = encode_frames(enc, frames, cfg, device)
         print(f"[prep] encoded in {time.time() - t0:.0f}s", flush=True)
-        torch.save({"frames": torch.from_numpy(frames[:, :, cols].copy()), "z": z, "avatar": torch.tensor(avatar),
-                    "refs": torch.from_numpy(refs[:, :, cols].copy())}, work / "train.pt")
+        torch.save(
+            {
+                "frames": torch.from_numpy(frames[:, :, cols].copy()),
+                "z": z,
+                "avatar": torch.tensor(avatar),
+                "refs": torch.from_numpy(refs[:, :, cols].copy()),
+            },
+            work / "train.pt",
+        )
     if not (work / "heldout.pt").exists():
         enc.to(device)
         avatars = holdout.eval_avatars(n_holdout=args.holdout_avatars)
@@ -108,15 +125,23 @@ def prep(args) -> None:
         poses = [pose_at(s.emotion, s.time, sample_variation(s.seed), s.intensity) for s in specs]
         frames = np.stack([render_frame(s.avatar, p) for s, p in zip(specs, poses)])
         names = list(dict.fromkeys(s.avatar.name for s in specs))
-        torch.save({"frames": torch.from_numpy(frames), "z": encode_frames(enc, frames, cfg, device),
-                    "avatar": torch.tensor([names.index(s.avatar.name) for s in specs]), "names": names,
-                    "refs": torch.from_numpy(np.stack([reference_frame(a) for a in avatars])),
-                    "head": [tuple(landmarks(s.avatar, p).head) for s, p in zip(specs, poses)],
-                    "emotion": [s.emotion for s in specs]}, work / "heldout.pt")
+        torch.save(
+            {
+                "frames": torch.from_numpy(frames),
+                "z": encode_frames(enc, frames, cfg, device),
+                "avatar": torch.tensor([names.index(s.avatar.name) for s in specs]),
+                "names": names,
+                "refs": torch.from_numpy(np.stack([reference_frame(a) for a in avatars])),
+                "head": [tuple(landmarks(s.avatar, p).head) for s, p in zip(specs, poses)],
+                "emotion": [s.emotion for s in specs],
+            },
+            work / "heldout.pt",
+        )
         print(f"[prep] held-out: {len(frames)} frames of {len(names)} avatars", flush=True)
 
 
 # --- models ---------------------------------------------------------------------------------
+
 
 class Arm(nn.Module):
     """One decoder under test: plain (arch 2) or reference-conditioned, with its reference encoder."""
@@ -149,11 +174,12 @@ class Arm(nn.Module):
             # the whole reference windows in one batched call, then each sample's window of them: the
             # serving path exactly (RefFeatures), and one launch instead of a loop over the batch
             feats = RefFeatures.encode(self.ref_enc, ref_x, self.rcfg.radius)
-            per = [tuple(m[b:b + 1] for m in feats.window(box))
-                   for b, box in enumerate(boxes)]
+            per = [tuple(m[b : b + 1] for m in feats.window(box)) for b, box in enumerate(boxes)]
         else:
-            per = [encode_box(self.ref_enc, ref_x[b:b + 1], box, self.rcfg.radius, self.rcfg.encode_margin)
-                   for b, box in enumerate(boxes)]
+            per = [
+                encode_box(self.ref_enc, ref_x[b : b + 1], box, self.rcfg.radius, self.rcfg.encode_margin)
+                for b, box in enumerate(boxes)
+            ]
         return self.dec(z, tuple(torch.cat(lv) for lv in zip(*per)))
 
     def decode_full(self, z: torch.Tensor, feats: RefFeatures | None) -> torch.Tensor:
@@ -183,8 +209,9 @@ def build_arm(arch: str, cfg: TinyConfig, ae_dir: Path, init: str, radius: int =
 
 # --- training --------------------------------------------------------------------------------
 
+
 def batch_plan(seed: int, step: int, occ: torch.Tensor, batch: int, H: int, W: int):
-    """Indices, one crop shape, a box per sample (biased onto the avatar) and latent noise: a function of (seed, step)."""
+    """Indices, one crop shape, a box per sample (biased onto the avatar), latent noise: a function of (seed, step)."""
     rng = np.random.default_rng([seed, step])
     idx = rng.integers(0, len(occ), batch)
     ch, cw = CROPS[int(rng.integers(len(CROPS)))]
@@ -212,9 +239,13 @@ def train(args) -> None:
     s = cfg.downsample
     H, W = cfg.latent_hw
     x_all = data["frames"]
-    occ = torch.cat([torch.nn.functional.max_pool2d(
-        (to_window_tensor(x_all[i:i + 64], cfg)[:, 3:4] > -0.999).float(), s)[:, 0] > 0
-        for i in range(0, len(x_all), 64)])
+    occ = torch.cat(
+        [
+            torch.nn.functional.max_pool2d((to_window_tensor(x_all[i : i + 64], cfg)[:, 3:4] > -0.999).float(), s)[:, 0]
+            > 0
+            for i in range(0, len(x_all), 64)
+        ]
+    )
     z_all = data["z"].float().to(device)
     x_all = x_all.to(device)
     refs = to_window_tensor(data["refs"], cfg).to(device)
@@ -241,8 +272,17 @@ def train(args) -> None:
 
     def save() -> None:
         tmp = out / "state.tmp"
-        torch.save({"model": arm.state_dict(), "opt": opt.state_dict(), "step": step, "log": log,
-                    "args": vars(args), "config": dcfg.to_dict()}, tmp)
+        torch.save(
+            {
+                "model": arm.state_dict(),
+                "opt": opt.state_dict(),
+                "step": step,
+                "log": log,
+                "args": vars(args),
+                "config": dcfg.to_dict(),
+            },
+            tmp,
+        )
         os.replace(tmp, state)
         (out / "loss.json").write_text(json.dumps(log))
 
@@ -261,8 +301,8 @@ def train(args) -> None:
         idx, boxes, sig, nseed = batch_plan(args.seed, step, occ, args.batch, H, W)
         ti = torch.from_numpy(idx).to(device)
         x = to_window_tensor(x_all[ti], cfg)
-        zc = torch.stack([z_all[int(i), :, b.top:b.bottom, b.left:b.right] for i, b in zip(idx, boxes)])
-        xc = torch.stack([x[j, :, b.top * s:b.bottom * s, b.left * s:b.right * s] for j, b in enumerate(boxes)])
+        zc = torch.stack([z_all[int(i), :, b.top : b.bottom, b.left : b.right] for i, b in zip(idx, boxes)])
+        xc = torch.stack([x[j, :, b.top * s : b.bottom * s, b.left * s : b.right * s] for j, b in enumerate(boxes)])
         gen = torch.Generator(device=device).manual_seed(nseed)
         noise = torch.randn(zc.shape, generator=gen, device=device)
         zc = zc + torch.as_tensor(sig, dtype=torch.float32, device=device)[:, None, None, None] * zc.std() * noise
@@ -279,11 +319,15 @@ def train(args) -> None:
         opt.step()
         step += 1
         if step % 10 == 0:
-            log.append({"step": step, "rec": float(rec.detach()), "edge": float(edge.detach()),
-                        "time": time.time() - t0})
+            log.append(
+                {"step": step, "rec": float(rec.detach()), "edge": float(edge.detach()), "time": time.time() - t0}
+            )
         if step % args.print_every == 0:
-            print(f"[{out.name}] step {step} rec {float(rec.detach()):.4f} edge {float(edge.detach()):.4f} "
-                  f"{(time.time() - t0) / (step - first) * 1000:.0f} ms/step", flush=True)
+            print(
+                f"[{out.name}] step {step} rec {float(rec.detach()):.4f} edge {float(edge.detach()):.4f} "
+                f"{(time.time() - t0) / (step - first) * 1000:.0f} ms/step",
+                flush=True,
+            )
         if time.time() > next_save:
             save()
             next_save = time.time() + args.save_every
@@ -292,6 +336,7 @@ def train(args) -> None:
 
 
 # --- evaluation ------------------------------------------------------------------------------
+
 
 def load_run(name: str, cfg: TinyConfig, work: Path, ae: Path) -> Arm:
     """'init': the ae.pt decoder as it is; else the run folder --work/NAME's last state."""
@@ -310,10 +355,10 @@ def decode_heldout(arm: Arm, held: dict, cfg: TinyConfig) -> np.ndarray:
     feats = {}
     if arm.arch == "ref":  # once per avatar, as a server caches it
         for a in range(len(held["names"])):
-            feats[a] = RefFeatures.encode(arm.ref_enc, frames_to_tensor(held["refs"][a:a + 1], cfg), arm.rcfg.radius)
+            feats[a] = RefFeatures.encode(arm.ref_enc, frames_to_tensor(held["refs"][a : a + 1], cfg), arm.rcfg.radius)
     out = []
     for i in range(len(held["z"])):
-        y = arm.decode_full(held["z"][i:i + 1].float(), feats.get(int(held["avatar"][i])))
+        y = arm.decode_full(held["z"][i : i + 1].float(), feats.get(int(held["avatar"][i])))
         out.append(tensor_to_frames(y, cfg).numpy())
     return np.concatenate(out)
 
@@ -337,14 +382,23 @@ def evaluate(args) -> None:
         arm = load_run(name, cfg, work, ae)
         rec = decode_heldout(arm, held, cfg)
         decoded[name] = rec
-        rows = [{"avatar": held["names"][int(a)], "group": group_of(held["names"][int(a)]),
-                 **frame_scores(r, g, h)} for r, g, h, a in zip(ref, rec, held["head"], held["avatar"])]
+        rows = [
+            {"avatar": held["names"][int(a)], "group": group_of(held["names"][int(a)]), **frame_scores(r, g, h)}
+            for r, g, h, a in zip(ref, rec, held["head"], held["avatar"])
+        ]
         step = 0 if name == "init" else torch.load(work / name / "state.pt", map_location="cpu")["step"]
-        res[name] = {"step": step, **summarize(rows),
-                     "per_avatar": {n: {k: round(float(np.mean([r[k] for r in rows if r["avatar"] == n])), 2)
-                                        for k in SCORES[:3]} for n in held["names"]}}
-        print(f"[eval] {name} (step {step}): {res[name]['builtin']} | {res[name]['heldout']} "
-              f"({time.time() - t0:.0f}s)", flush=True)
+        res[name] = {
+            "step": step,
+            **summarize(rows),
+            "per_avatar": {
+                n: {k: round(float(np.mean([r[k] for r in rows if r["avatar"] == n])), 2) for k in SCORES[:3]}
+                for n in held["names"]
+            },
+        }
+        print(
+            f"[eval] {name} (step {step}): {res[name]['builtin']} | {res[name]['heldout']} ({time.time() - t0:.0f}s)",
+            flush=True,
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(res, indent=1))
@@ -354,6 +408,7 @@ def evaluate(args) -> None:
 def save_crops(out: Path, ref: np.ndarray, decoded: dict, held: dict, picks: int = 3) -> None:
     """1:1 head crops (and a body crop), renderer first then each run, for built-in and held-out avatars."""
     from PIL import Image
+
     bg = np.array([245, 240, 230], np.float32)
 
     def comp(f):
@@ -378,6 +433,7 @@ def save_crops(out: Path, ref: np.ndarray, decoded: dict, held: dict, picks: int
 
 # --- CPU cost --------------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def bench(args) -> None:
     """Per-frame decode time on this CPU (torch, --threads): plain vs reference decoder, crop and whole grid."""
@@ -393,7 +449,11 @@ def bench(args) -> None:
     for label, box in (("crop_24x28", CellBox(12, 36, 14, 42)), ("full_48x56", CellBox(0, H, 0, W))):
         z = torch.randn(1, cfg.latent_channels, box.bottom - box.top, box.right - box.left)
         for a, arm in arms.items():
-            run = (lambda: arm.dec(z)) if a == "plain" else (lambda: arm.dec(z, feats.window(box)))
+            run = (
+                (lambda arm=arm, z=z: arm.dec(z))
+                if a == "plain"
+                else (lambda arm=arm, z=z, box=box: arm.dec(z, feats.window(box)))
+            )
             for _ in range(2):
                 run()
             ts = []
@@ -402,8 +462,9 @@ def bench(args) -> None:
                 run()
                 ts.append(time.perf_counter() - t)
             res[f"torch_{a}_{label}_ms"] = round(1000 * float(np.median(ts)), 1)
-            res[f"ort_{a}_{label}_ms"] = ort_ms(arm.dec, (z,) if a == "plain" else (z, feats.window(box)),
-                                                 args.threads, args.reps)
+            res[f"ort_{a}_{label}_ms"] = ort_ms(
+                arm.dec, (z,) if a == "plain" else (z, feats.window(box)), args.threads, args.reps
+            )
     res["loadavg_end"] = open("/proc/loadavg").read().split()[:3]
     print(json.dumps(res, indent=1))
 
@@ -424,13 +485,22 @@ def ort_ms(dec: nn.Module, inputs: tuple, threads: int, reps: int) -> float:
     import tempfile
 
     import onnxruntime as ort
+
     flat = list(inputs[:1]) + list(inputs[1]) if len(inputs) > 1 else list(inputs)
     module = dec if len(inputs) == 1 else _Flat(dec)
     names = [f"in{i}" for i in range(len(flat))]
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "dec.onnx")
-        torch.onnx.export(module, tuple(flat), path, dynamo=False, input_names=names, output_names=["y"],
-                          opset_version=17, do_constant_folding=True)
+        torch.onnx.export(
+            module,
+            tuple(flat),
+            path,
+            dynamo=False,
+            input_names=names,
+            output_names=["y"],
+            opset_version=17,
+            do_constant_folding=True,
+        )
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
@@ -467,8 +537,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=1e-4, help="base decoder")
     ap.add_argument("--ref-lr", type=float, default=5e-4, help="reference encoder, attention, fusion")
     ap.add_argument("--radius", type=int, default=3, help="reference cells searched each way (ref arch)")
-    ap.add_argument("--ref-encode", default="auto", choices=("auto", "full", "box"),
-                    help="train: reference encoding per step; auto: whole windows batched on the GPU, boxes on the CPU")
+    ap.add_argument(
+        "--ref-encode",
+        default="auto",
+        choices=("auto", "full", "box"),
+        help="train: reference encoding per step; auto: whole windows batched on the GPU, boxes on the CPU",
+    )
     ap.add_argument("--edge-weight", type=float, default=0.5)
     ap.add_argument("--avatar-boost", type=float, default=4.0)
     ap.add_argument("--print-every", type=int, default=100)

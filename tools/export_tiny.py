@@ -58,8 +58,14 @@ from avatarcast.engines.tiny.weights import (
     write_manifest,
 )
 
-SMALL_CONFIG = dict(enc_channels=(8, 16, 16), enc_blocks=(1, 1, 1), dec_channels=(16, 16, 8), dec_blocks=(1, 1, 0),
-                    den_channels=(32, 32, 32), cond_dim=64)
+SMALL_CONFIG = dict(
+    enc_channels=(8, 16, 16),
+    enc_blocks=(1, 1, 1),
+    dec_channels=(16, 16, 8),
+    dec_blocks=(1, 1, 0),
+    den_channels=(32, 32, 32),
+    cond_dim=64,
+)
 
 DENOISER_INPUTS = ("x", "t", "d", "ctx", "ref", "emotion", "intensity")
 GRAPH_IO = {
@@ -71,6 +77,7 @@ GRAPH_IO = {
 
 
 # --- modules -------------------------------------------------------------------------------
+
 
 def small_config(**overrides) -> TinyConfig:
     """A TinyConfig with narrow layers (same I/O shapes) for fast tests."""
@@ -119,7 +126,7 @@ def random_modules(cfg: TinyConfig, seed: int = 0) -> dict[str, torch.nn.Module]
             w = getattr(sub, "weight", None)
             if isinstance(sub, (torch.nn.Conv2d, torch.nn.Linear)) and w is not None and not w.any():
                 fan_in = w[0].numel()
-                w.copy_(torch.randn(w.shape, generator=g) * (0.5 / fan_in ** 0.5))
+                w.copy_(torch.randn(w.shape, generator=g) * (0.5 / fan_in**0.5))
                 if sub.bias is not None:
                     sub.bias.copy_(torch.randn(sub.bias.shape, generator=g) * 0.01)
     return round_to_fp16(mods)
@@ -155,9 +162,13 @@ def load_checkpoint(ckpt: str | Path, use_ema: bool = True) -> tuple[TinyConfig,
     mods["encoder"].load_state_dict({k: v.float() for k, v in ae["encoder"].items()})
     mods["decoder"].load_state_dict({k: v.float() for k, v in ae["decoder"].items()})
     mods["denoiser"].load_state_dict({k: v.float() for k, v in den["model"].items()})
-    training = {"ae_steps": int(ae.get("enc_step", ae.get("step", 0))), "decoder_steps": int(ae.get("step", 0)),
-                "denoiser_steps": int(den.get("step", 0)),
-                "denoiser_weights": "ema" if use_ema else "raw", "checkpoint": ck.name}
+    training = {
+        "ae_steps": int(ae.get("enc_step", ae.get("step", 0))),
+        "decoder_steps": int(ae.get("step", 0)),
+        "denoiser_steps": int(den.get("step", 0)),
+        "denoiser_weights": "ema" if use_ema else "raw",
+        "checkpoint": ck.name,
+    }
     report = ck / "report.json"
     if report.exists():
         training["heldout"] = json.loads(report.read_text())
@@ -167,10 +178,11 @@ def load_checkpoint(ckpt: str | Path, use_ema: bool = True) -> tuple[TinyConfig,
             try:
                 rows = json.loads(p.read_text())
                 if rows:
-                    last = rows[-max(1, min(len(rows), 20)):]
+                    last = rows[-max(1, min(len(rows), 20)) :]
                     keys = [k for k in rows[-1] if k not in ("step", "time")]
-                    training[name[:-5] + "_final"] = {k: round(float(np.mean([r[k] for r in last if k in r])), 6)
-                                                      for k in keys}
+                    training[name[:-5] + "_final"] = {
+                        k: round(float(np.mean([r[k] for r in last if k in r])), 6) for k in keys
+                    }
                     training[name[:-5] + "_train_seconds"] = round(float(rows[-1].get("time", 0.0)), 1)
             except (ValueError, KeyError, TypeError):
                 pass
@@ -190,8 +202,10 @@ def load_lowres_checkpoint(ckpt: str | Path, cfg: TinyConfig) -> tuple[HalfResDe
 
 # --- safetensors -----------------------------------------------------------------------------
 
+
 def save_safetensors(modules, path: Path, cfg: TinyConfig | None = None) -> None:
     from safetensors.torch import save_file
+
     sd = {}
     for prefix, m in _as_dict(modules).items():
         for k, v in m.state_dict().items():
@@ -204,12 +218,15 @@ def save_safetensors(modules, path: Path, cfg: TinyConfig | None = None) -> None
 
 # --- ONNX --------------------------------------------------------------------------------------
 
+
 def serving_modules(modules, cfg: TinyConfig) -> dict[str, torch.nn.Module]:
     """The three graphs the backends serve, as torch modules (float32, eval)."""
     mods = _as_dict(modules)
-    return {"encoder": FrameEncoder(cfg, mods["encoder"]).eval(),
-            "decoder": FrameDecoder(cfg, mods["decoder"]).eval(),
-            "denoiser": mods["denoiser"].float().eval()}
+    return {
+        "encoder": FrameEncoder(cfg, mods["encoder"]).eval(),
+        "decoder": FrameDecoder(cfg, mods["decoder"]).eval(),
+        "denoiser": mods["denoiser"].float().eval(),
+    }
 
 
 def fp16_initializers(model, min_elements: int = 16) -> dict:
@@ -240,8 +257,7 @@ def fp16_initializers(model, min_elements: int = 16) -> dict:
             new_name += "_"
         used.add(new_name)
         kept.append(numpy_helper.from_array(h, new_name))
-        casts.append(helper.make_node("Cast", [new_name], [init.name], to=TensorProto.FLOAT,
-                                      name=init.name + "__cast"))
+        casts.append(helper.make_node("Cast", [new_name], [init.name], to=TensorProto.FLOAT, name=init.name + "__cast"))
         conv_bytes += arr.nbytes
     del g.initializer[:]
     g.initializer.extend(kept)
@@ -261,8 +277,13 @@ def _export_one(module, args: tuple, path: Path, inputs, outputs, opset: int, sp
     dyn = {n: {0: "batch", **(SPATIAL_AXES.get(n, {}) if spatial else {})} for n in list(inputs) + list(outputs)}
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        kw = dict(input_names=list(inputs), output_names=list(outputs), dynamic_axes=dyn,
-                  opset_version=opset, do_constant_folding=True)
+        kw = dict(
+            input_names=list(inputs),
+            output_names=list(outputs),
+            dynamic_axes=dyn,
+            opset_version=opset,
+            do_constant_folding=True,
+        )
         try:
             torch.onnx.export(module, args, str(path), dynamo=False, **kw)
         except TypeError:  # torch without the dynamo switch
@@ -272,6 +293,7 @@ def _export_one(module, args: tuple, path: Path, inputs, outputs, opset: int, sp
 def verify_onnx(path: Path, module: torch.nn.Module, feeds: dict[str, np.ndarray], threads: int = 0) -> dict:
     """Run the graph with onnxruntime and the module with torch on the same inputs."""
     import onnxruntime as ort
+
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.log_severity_level = 3
@@ -282,8 +304,11 @@ def verify_onnx(path: Path, module: torch.nn.Module, feeds: dict[str, np.ndarray
     if got.shape != ref.shape or got.dtype != ref.dtype:
         raise RuntimeError(f"{path.name}: onnxruntime gave {got.shape} {got.dtype}, torch {ref.shape} {ref.dtype}")
     diff = np.abs(got.astype(np.float64) - ref.astype(np.float64))
-    rep = {"batch": int(next(iter(feeds.values())).shape[0]), "max_abs_err": float(diff.max()),
-           "mean_abs_err": float(diff.mean())}
+    rep = {
+        "batch": int(next(iter(feeds.values())).shape[0]),
+        "max_abs_err": float(diff.max()),
+        "mean_abs_err": float(diff.mean()),
+    }
     if got.dtype == np.uint8:
         rep["mismatch_fraction"] = float((diff > 0).mean())
         ok = diff.max() <= 1
@@ -295,8 +320,16 @@ def verify_onnx(path: Path, module: torch.nn.Module, feeds: dict[str, np.ndarray
     return rep
 
 
-def export_onnx(modules, cfg: TinyConfig, out_dir: str | Path, opset: int = 17, fp16_weights: bool = True,
-                verify: bool = True, verify_batch: int = 3, trace_batch: int = 2) -> dict:
+def export_onnx(
+    modules,
+    cfg: TinyConfig,
+    out_dir: str | Path,
+    opset: int = 17,
+    fp16_weights: bool = True,
+    verify: bool = True,
+    verify_batch: int = 3,
+    trace_batch: int = 2,
+) -> dict:
     """Export encoder.onnx, decoder.onnx and denoiser.onnx into out_dir; returns a report.
 
     modules: (encoder, decoder, denoiser) or a dict of them (the raw Encoder/Decoder/Denoiser; the
@@ -309,12 +342,21 @@ def export_onnx(modules, cfg: TinyConfig, out_dir: str | Path, opset: int = 17, 
     serve = serving_modules(modules, cfg)
     trace = example_inputs(cfg, trace_batch, seed=1)
     check = example_inputs(cfg, verify_batch, seed=2) if verify else None
-    return {name: export_graph(name, module, out / ONNX_FILES[name], trace, check, opset, fp16_weights)
-            for name, module in serve.items()}
+    return {
+        name: export_graph(name, module, out / ONNX_FILES[name], trace, check, opset, fp16_weights)
+        for name, module in serve.items()
+    }
 
 
-def export_graph(name: str, module: torch.nn.Module, path: Path, trace: dict, check: dict | None, opset: int = 17,
-                 fp16_weights: bool = True) -> dict:
+def export_graph(
+    name: str,
+    module: torch.nn.Module,
+    path: Path,
+    trace: dict,
+    check: dict | None,
+    opset: int = 17,
+    fp16_weights: bool = True,
+) -> dict:
     """One served graph to ONNX: traced on `trace[name]`, weights stored as fp16 + Cast, and (with
     `check`) run by onnxruntime on `check[name]` against torch; a mismatch raises. Returns a report."""
     import onnx
@@ -343,8 +385,17 @@ def export_graph(name: str, module: torch.nn.Module, path: Path, trace: dict, ch
 
 # --- the weights folder ----------------------------------------------------------------------
 
-def write_weights_folder(modules, cfg: TinyConfig, out: str | Path, data_version: str, training: dict,
-                         opset: int = 17, verify: bool = True, log=print) -> tuple[Manifest, dict]:
+
+def write_weights_folder(
+    modules,
+    cfg: TinyConfig,
+    out: str | Path,
+    data_version: str,
+    training: dict,
+    opset: int = 17,
+    verify: bool = True,
+    log=print,
+) -> tuple[Manifest, dict]:
     """Write tiny.safetensors, the three ONNX graphs and manifest.json into `out`.
 
     Files are written to a temporary folder beside `out` and moved in at the end, so a failed
@@ -359,35 +410,56 @@ def write_weights_folder(modules, cfg: TinyConfig, out: str | Path, data_version
         report = export_onnx(mods, cfg, tmp, opset=opset, verify=verify)
         for name, rep in report.items():
             v = rep.get("verify", {})
-            log(f"  {ONNX_FILES[name]:14s} {rep['bytes'] / 1e6:6.2f} MB  "
+            log(
+                f"  {ONNX_FILES[name]:14s} {rep['bytes'] / 1e6:6.2f} MB  "
                 f"{rep.get('fp16_initializers', 0)} fp16 initializers  "
-                + (f"onnxruntime vs torch at batch {v['batch']}: max abs err {v['max_abs_err']:.2e}"
-                   + (f" ({v['mismatch_fraction'] * 100:.3f}% of bytes off by 1)" if "mismatch_fraction" in v else "")
-                   if v else "not verified"))
+                + (
+                    f"onnxruntime vs torch at batch {v['batch']}: max abs err {v['max_abs_err']:.2e}"
+                    + (f" ({v['mismatch_fraction'] * 100:.3f}% of bytes off by 1)" if "mismatch_fraction" in v else "")
+                    if v
+                    else "not verified"
+                )
+            )
         for f in [TORCH_FILE, *ONNX_FILES.values()]:
             os.chmod(tmp / f, 0o644)
             os.replace(tmp / f, out / f)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     params = {k: int(sum(p.numel() for p in m.parameters())) for k, m in mods.items()}
-    training = {**training, "params": params, "opset": opset,
-                "exported_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-                "onnx_check": {k: v.get("verify", {}) for k, v in report.items()}}
+    training = {
+        **training,
+        "params": params,
+        "opset": opset,
+        "exported_at": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "onnx_check": {k: v.get("verify", {}) for k, v in report.items()},
+    }
     manifest = write_manifest(out, cfg, data_version, training)
     return manifest, report
 
 
-def random_weights(out: str | Path, small: bool = True, seed: int = 0, verify: bool = True,
-                   cfg: TinyConfig | None = None, log=lambda *a: None, lowres: bool = False) -> Manifest:
+def random_weights(
+    out: str | Path,
+    small: bool = True,
+    seed: int = 0,
+    verify: bool = True,
+    cfg: TinyConfig | None = None,
+    log=lambda *a: None,
+    lowres: bool = False,
+) -> Manifest:
     """A valid weights folder from random modules (tests, benchmarks); with lowres, a half-res
     decoder too (the full decoder's weights, as tools/train_lowres.py starts from)."""
     cfg = cfg or (small_config() if small else TinyConfig())
     cfg = random_config(cfg, seed)
     mods = random_modules(cfg, seed)
-    manifest, _ = write_weights_folder(mods, cfg, out, data_version="random-init",
-                                       training={"random_init": True, "seed": seed, "small": small,
-                                                 "ae_steps": 0, "denoiser_steps": 0},
-                                       verify=verify, log=log)
+    manifest, _ = write_weights_folder(
+        mods,
+        cfg,
+        out,
+        data_version="random-init",
+        training={"random_init": True, "seed": seed, "small": small, "ae_steps": 0, "denoiser_steps": 0},
+        verify=verify,
+        log=log,
+    )
     if lowres:
         half = HalfResDecoder(cfg)
         half.decoder.load_state_dict(mods["decoder"].state_dict())
@@ -395,8 +467,9 @@ def random_weights(out: str | Path, small: bool = True, seed: int = 0, verify: b
     return manifest
 
 
-def write_lowres(module: HalfResDecoder, manifest: Manifest, report: dict, opset: int = 17,
-                 verify: bool = True) -> Manifest:
+def write_lowres(
+    module: HalfResDecoder, manifest: Manifest, report: dict, opset: int = 17, verify: bool = True
+) -> Manifest:
     """Add the half-resolution decoder to a weights folder: lowres.safetensors (fp16), its ONNX graph
     (checked against torch with onnxruntime), and the manifest's file hashes and `training.lowres`.
 
@@ -410,8 +483,14 @@ def write_lowres(module: HalfResDecoder, manifest: Manifest, report: dict, opset
     try:
         sd = {f"decoder_lowres.{k}": v.half().contiguous() for k, v in module.state_dict().items()}
         save_file(sd, str(tmp / LOWRES_FILE), metadata={"format": "pt", "engine": "tiny", "part": "decoder_lowres"})
-        rep = export_graph("decoder_lowres", FrameDecoder(cfg, module).eval(), tmp / LOWRES_ONNX,
-                           example_inputs(cfg, 2, seed=1), example_inputs(cfg, 3, seed=2) if verify else None, opset)
+        rep = export_graph(
+            "decoder_lowres",
+            FrameDecoder(cfg, module).eval(),
+            tmp / LOWRES_ONNX,
+            example_inputs(cfg, 2, seed=1),
+            example_inputs(cfg, 3, seed=2) if verify else None,
+            opset,
+        )
         check = rep.get("verify", {})
         for f in (LOWRES_FILE, LOWRES_ONNX):
             os.chmod(tmp / f, 0o644)
@@ -432,11 +511,20 @@ def reexport(weights_dir: str | Path, out: str | Path, opset: int = 17, verify: 
 
     old = load_manifest(weights_dir)
     enc, dec, den = load_torch_modules(old)
-    keep = {k: v for k, v in old.training.items() if k not in ("onnx_check", "exported_at", "opset", "params", "lowres")}
+    keep = {
+        k: v for k, v in old.training.items() if k not in ("onnx_check", "exported_at", "opset", "params", "lowres")
+    }
     lowres = load_lowres_module(old) if old.has_lowres else None
-    manifest, _ = write_weights_folder({"encoder": enc, "decoder": dec, "denoiser": den}, old.config, out,
-                                       old.data_version, {**keep, "reexported_from": str(weights_dir)},
-                                       opset=opset, verify=verify, log=log)
+    manifest, _ = write_weights_folder(
+        {"encoder": enc, "decoder": dec, "denoiser": den},
+        old.config,
+        out,
+        old.data_version,
+        {**keep, "reexported_from": str(weights_dir)},
+        opset=opset,
+        verify=verify,
+        log=log,
+    )
     if lowres is not None:
         rep = {k: v for k, v in old.training.get("lowres", {}).items() if k != "onnx_check"}
         manifest = write_lowres(lowres, manifest, rep, opset=opset, verify=verify)
@@ -458,17 +546,26 @@ def folder_size(path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.export_tiny", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m tools.export_tiny", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--ckpt", help="training checkpoint folder (tools/train_tiny.py --ckpt)")
     ap.add_argument("--out", default=None, help=f"weights folder to write (default {DEFAULT_DIR} for --ckpt)")
     ap.add_argument("--use-ema", action="store_true", help="export den_ema.pt (the EMA weights) instead of den.pt")
     ap.add_argument("--data-version", default="unknown", help="version of the training data, kept in the manifest")
-    ap.add_argument("--docs", nargs="?", const="docs/training", default=None,
-                    help="copy the checkpoint's PNG plots (loss curves, ae_recon) into this folder (default docs/training)")
+    ap.add_argument(
+        "--docs",
+        nargs="?",
+        const="docs/training",
+        default=None,
+        help="copy the checkpoint's PNG plots (loss curves, ae_recon) into this folder (default docs/training)",
+    )
     ap.add_argument("--random-init", action="store_true", help="export fresh random modules (tests, benchmarks)")
-    ap.add_argument("--from-weights", metavar="DIR",
-                    help="export the graphs and manifest again from a weights folder's torch weights (in place without --out)")
+    ap.add_argument(
+        "--from-weights",
+        metavar="DIR",
+        help="export the graphs and manifest again from a weights folder's torch weights (in place without --out)",
+    )
     ap.add_argument("--small", action="store_true", help="with --random-init: narrow layers, same I/O shapes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--opset", type=int, default=17)
@@ -479,7 +576,9 @@ def main(argv: list[str] | None = None) -> int:
     if sum(map(bool, (args.random_init, args.ckpt, args.from_weights))) != 1:
         ap.error("give exactly one of --ckpt DIR, --from-weights DIR or --random-init")
     if args.from_weights:
-        manifest = reexport(args.from_weights, args.out or args.from_weights, opset=args.opset, verify=not args.no_verify)
+        manifest = reexport(
+            args.from_weights, args.out or args.from_weights, opset=args.opset, verify=not args.no_verify
+        )
         print(f"wrote {args.out or args.from_weights}: weights hash {manifest.weights_hash}")
         return 0
     if args.random_init and not args.out:
@@ -495,8 +594,9 @@ def main(argv: list[str] | None = None) -> int:
         except FileNotFoundError as e:
             print(f"export_tiny: error: {e}", file=sys.stderr)
             return 2
-        manifest, _ = write_weights_folder(mods, cfg, out, args.data_version, training,
-                                           opset=args.opset, verify=not args.no_verify)
+        manifest, _ = write_weights_folder(
+            mods, cfg, out, args.data_version, training, opset=args.opset, verify=not args.no_verify
+        )
         lowres = load_lowres_checkpoint(args.ckpt, cfg)
         if lowres is not None:
             module, rep = lowres
@@ -506,9 +606,11 @@ def main(argv: list[str] | None = None) -> int:
             for p in copy_docs(Path(args.ckpt), Path(args.docs)):
                 print(f"  copied {p}")
     size = folder_size(out)
-    print(f"wrote {out}: {size / 1e6:.1f} MB, weights hash {manifest.weights_hash}, "
-          f"training {json.dumps({k: v for k, v in manifest.training.items() if k.endswith('steps')})}, "
-          f"in {time.perf_counter() - t0:.1f}s")
+    print(
+        f"wrote {out}: {size / 1e6:.1f} MB, weights hash {manifest.weights_hash}, "
+        f"training {json.dumps({k: v for k, v in manifest.training.items() if k.endswith('steps')})}, "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
     return 0
 
 

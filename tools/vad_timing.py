@@ -48,12 +48,18 @@ def folder_report(folder: Path) -> dict:
         longest.append(max(runs, default=0))
         for t in PAUSES_MS:  # a run the endpoint ended is no waste: count the ones under it
             wasted[t] += sum(t <= r < 352 for r in runs)
-    return {"clips": len(lags), "utterances": utterances,
-            "clips_split_by_endpoint_ms": {e: int(sum(m >= e for m in longest)) for e in ENDPOINTS_MS},
-            "vad_end_after_energy_end_ms": {q: float(np.percentile(lags, q)) for q in (5, 50, 95)},
-            "longest_inner_quiet_ms": {"p50": float(np.percentile(longest, 50)),
-                                       "p95": float(np.percentile(longest, 95)), "max": float(max(longest))},
-            "wasted_speculations_by_pause_ms": wasted}
+    return {
+        "clips": len(lags),
+        "utterances": utterances,
+        "clips_split_by_endpoint_ms": {e: int(sum(m >= e for m in longest)) for e in ENDPOINTS_MS},
+        "vad_end_after_energy_end_ms": {q: float(np.percentile(lags, q)) for q in (5, 50, 95)},
+        "longest_inner_quiet_ms": {
+            "p50": float(np.percentile(longest, 50)),
+            "p95": float(np.percentile(longest, 95)),
+            "max": float(max(longest)),
+        },
+        "wasted_speculations_by_pause_ms": wasted,
+    }
 
 
 def main() -> None:

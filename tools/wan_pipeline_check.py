@@ -4,7 +4,7 @@
 
 On a GPU this is the check that matters: the pipelined path queues each call's sampler steps and VAE
 decode on two CUDA streams and copies frames to pinned memory without blocking, so a missing stream
-wait or a buffer reused too early shows up as frames that differ. tests/test_wan_serving.py runs
+wait or a buffer reused too early shows up as frames that differ. tests/engines/test_wan_serving.py runs
 the same comparison on the CPU with the tiny checkpoint (where it checks the scheduler's side).
 The calls in turn run twice: the second run's difference from the first is this device's noise
 floor for identical work, and the pipelined frames pass within max(1, that floor). On an H100 the
@@ -56,8 +56,10 @@ def compare(engine: Any, avatar: Any, streams: int, batch: int, rounds: int = 3)
         try:
             for k in range(rounds):
                 due = time.monotonic() + 30.0  # every job of a round queued at once: the groups fill up
-                jobs = [sch.submit(ChunkJob(f"s{i}", mine[i].copy(), due + 0.01 * i, emotions[(i + k) % 4], 0.9))
-                        for i in range(streams)]
+                jobs = [
+                    sch.submit(ChunkJob(f"s{i}", mine[i].copy(), due + 0.01 * i, emotions[(i + k) % 4], 0.9))
+                    for i in range(streams)
+                ]
                 for i, r in enumerate(await asyncio.gather(*jobs)):
                     got[i].append(r)
                     mine[i] = r.state
@@ -71,13 +73,19 @@ def compare(engine: Any, avatar: Any, streams: int, batch: int, rounds: int = 3)
     # the same calls in turn once more: how far two runs of identical work differ on this device (a
     # difference of the pipelined frames within this is not the pipeline's)
     again = _abs_diffs(in_turn(), expected)
-    return {"in_turn_repeat_max_abs_diff": int(max(d.max() for d in again)),
-            "streams": streams, "batch": batch, "rounds": rounds, "batches": sch.batches,
-            "batch_sizes": sorted({r.batch for rs in got for r in rs}),
-            "max_abs_diff": int(max(d.max() for d in diffs)),
-            "mean_abs_diff": float(np.mean([d.mean() for d in diffs])),
-            "times_ordered": all(r.started <= r.sampled <= r.finished for rs in got for r in rs),
-            "busy_s": round(sch.busy_s, 3), "wall_s": round(wall, 3)}
+    return {
+        "in_turn_repeat_max_abs_diff": int(max(d.max() for d in again)),
+        "streams": streams,
+        "batch": batch,
+        "rounds": rounds,
+        "batches": sch.batches,
+        "batch_sizes": sorted({r.batch for rs in got for r in rs}),
+        "max_abs_diff": int(max(d.max() for d in diffs)),
+        "mean_abs_diff": float(np.mean([d.mean() for d in diffs])),
+        "times_ordered": all(r.started <= r.sampled <= r.finished for rs in got for r in rs),
+        "busy_s": round(sch.busy_s, 3),
+        "wall_s": round(wall, 3),
+    }
 
 
 def _abs_diffs(runs: list[list[np.ndarray]], expected: list[list[np.ndarray]]) -> list[np.ndarray]:
@@ -90,15 +98,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    ap = argparse.ArgumentParser(prog="python -m tools.wan_pipeline_check", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m tools.wan_pipeline_check",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--streams", type=int, default=10)
     ap.add_argument("--batch", type=int, default=5)
     ap.add_argument("--layers", type=int, default=2, help="transformer layers (the check needs no full model)")
     ap.add_argument("--chunk-frames", type=int, default=3)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
-        print("needs a CUDA GPU (tests/test_wan_serving.py runs the CPU comparison)", file=sys.stderr)
+        print("needs a CUDA GPU (tests/engines/test_wan_serving.py runs the CPU comparison)", file=sys.stderr)
         return 2
     from avatarcast.engines.wan.checkpoint import CheckpointInfo
     from avatarcast.engines.wan.engine import WanEngine
@@ -106,8 +117,15 @@ def main(argv: list[str] | None = None) -> int:
     from avatarcast.realtime.bench.wan import build_random, serving_engine
 
     tr, vae = build_random(args.layers)
-    wan = WanEngine(tr, vae, CheckpointInfo(None, None, None), device="cuda", dtype=torch.bfloat16,  # type: ignore[arg-type]
-                    steps=2, chunk_latent_frames=args.chunk_frames)
+    wan = WanEngine(
+        tr,
+        vae,
+        CheckpointInfo(None, None, None),
+        device="cuda",
+        dtype=torch.bfloat16,  # type: ignore[arg-type]
+        steps=2,
+        chunk_latent_frames=args.chunk_frames,
+    )
     buckets = wan_buckets(args.batch)
     wan.accelerate(buckets=buckets, warm_batches=buckets, vae_batch=args.batch)
     engine, avatar = serving_engine(wan, args.batch)

@@ -15,7 +15,18 @@ from .reference import reference_frame
 from .render import render_clip, render_frame, render_sequence
 
 __all__ = [
-    "EMOTIONS", "AvatarParams", "BUILTIN_AVATARS", "random_avatar", "get_avatar",
-    "MotionVariation", "sample_variation", "Pose", "pose_at", "blend_poses",
-    "render_frame", "render_sequence", "render_clip", "reference_frame",
+    "EMOTIONS",
+    "AvatarParams",
+    "BUILTIN_AVATARS",
+    "random_avatar",
+    "get_avatar",
+    "MotionVariation",
+    "sample_variation",
+    "Pose",
+    "pose_at",
+    "blend_poses",
+    "render_frame",
+    "render_sequence",
+    "render_clip",
+    "reference_frame",
 ]

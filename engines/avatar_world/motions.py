@@ -24,16 +24,25 @@ EMOTION_INDEX: dict[str, int] = {e: i for i, e in enumerate(EMOTIONS)}
 
 # Loop period (seconds, at tempo 1) of each motion.
 PERIODS: dict[str, float] = {
-    "idle": 2.4, "listening": 2.0, "happy": 1.2, "excited": 1.4, "surprised": 2.4, "sad": 2.5,
-    "angry": 1.2, "laughing": 1.0, "love": 2.2, "confused": 2.4, "sleepy": 2.5,
+    "idle": 2.4,
+    "listening": 2.0,
+    "happy": 1.2,
+    "excited": 1.4,
+    "surprised": 2.4,
+    "sad": 2.5,
+    "angry": 1.2,
+    "laughing": 1.0,
+    "love": 2.2,
+    "confused": 2.4,
+    "sleepy": 2.5,
 }
 
 
 @dataclass(frozen=True)
 class MotionVariation:
-    tempo: float = 1.0      # speed multiplier (~0.85..1.15)
+    tempo: float = 1.0  # speed multiplier (~0.85..1.15)
     amplitude: float = 1.0  # size of the oscillations (~0.8..1.2)
-    phase: float = 0.0      # loop phase offset in cycles [0, 1)
+    phase: float = 0.0  # loop phase offset in cycles [0, 1)
 
 
 def sample_variation(seed: int) -> MotionVariation:
@@ -48,13 +57,13 @@ def sample_variation(seed: int) -> MotionVariation:
 @dataclass
 class Pose:
     # --- body -----------------------------------------------------------
-    body_dx: float = 0.0      # px, sideways shift of the whole character
-    lift: float = 0.0         # px the lowest foot is above the ground (jumps)
-    squash: float = 1.0       # torso vertical scale (<1 squashed, >1 stretched)
-    body_tilt: float = 0.0    # deg, + leans to the right of the screen
-    head_tilt: float = 0.0    # deg, relative to the torso
-    head_dx: float = 0.0      # px in torso frame
-    head_dy: float = 0.0      # px in torso frame (+ sinks into the shoulders)
+    body_dx: float = 0.0  # px, sideways shift of the whole character
+    lift: float = 0.0  # px the lowest foot is above the ground (jumps)
+    squash: float = 1.0  # torso vertical scale (<1 squashed, >1 stretched)
+    body_tilt: float = 0.0  # deg, + leans to the right of the screen
+    head_tilt: float = 0.0  # deg, relative to the torso
+    head_dx: float = 0.0  # px in torso frame
+    head_dy: float = 0.0  # px in torso frame (+ sinks into the shoulders)
     # arms (L = screen left)
     arm_l_sh: float = 22.0
     arm_l_el: float = -10.0
@@ -74,21 +83,21 @@ class Pose:
     leg_r_hip: float = 4.0
     leg_r_knee: float = 0.0
     # --- face -------------------------------------------------------------
-    face_dx: float = 0.0      # head radii, features shift (head turn)
-    face_dy: float = 0.0      # head radii, features shift (+ looks down)
-    eye_open: float = 1.0     # 0 closed .. 1 open (>1 wide)
+    face_dx: float = 0.0  # head radii, features shift (head turn)
+    face_dy: float = 0.0  # head radii, features shift (+ looks down)
+    eye_open: float = 1.0  # 0 closed .. 1 open (>1 wide)
     eye_scale: float = 1.0
-    eye_curve: float = 0.0    # shape of closed eyes: +1 happy arcs, -1 sleepy arcs
-    eye_heart: float = 0.0    # >0.5 -> heart eyes
-    pupil_x: float = 0.0      # -1..1
-    pupil_y: float = 0.0      # -1..1
-    brow_angle: float = 0.0   # + angry V, - worried
-    brow_raise: float = 0.0   # head radii up
-    brow_asym: float = 0.0    # + left brow up / right down
-    mouth_open: float = 0.0   # 0..1
+    eye_curve: float = 0.0  # shape of closed eyes: +1 happy arcs, -1 sleepy arcs
+    eye_heart: float = 0.0  # >0.5 -> heart eyes
+    pupil_x: float = 0.0  # -1..1
+    pupil_y: float = 0.0  # -1..1
+    brow_angle: float = 0.0  # + angry V, - worried
+    brow_raise: float = 0.0  # head radii up
+    brow_asym: float = 0.0  # + left brow up / right down
+    mouth_open: float = 0.0  # 0..1
     mouth_smile: float = 0.35  # -1 frown .. 1 smile
     mouth_width: float = 1.0
-    mouth_wavy: float = 0.0   # squiggle
+    mouth_wavy: float = 0.0  # squiggle
     mouth_teeth: float = 0.0  # >0.5 shows gritted teeth
     blush: float = 0.3
     face_red: float = 0.0
@@ -419,8 +428,8 @@ def _angry(p: float, t: float, a: float) -> Pose:
 def _laughing(p: float, t: float, a: float) -> Pose:
     q = Pose()
     sw = _s(p)
-    back = max(0.0, sw)    # throws the head back
-    fwd = max(0.0, -sw)    # doubles over
+    back = max(0.0, sw)  # throws the head back
+    fwd = max(0.0, -sw)  # doubles over
     bob = _s(4 * p)
     q.body_tilt = 10.0 * a * _s(p + 0.25)
     q.body_dx = 5.0 * a * _s(p + 0.25)
@@ -551,9 +560,17 @@ def _sleepy(p: float, t: float, a: float) -> Pose:
 
 
 _MOTIONS = {
-    "idle": _idle, "listening": _listening, "happy": _happy, "excited": _excited,
-    "surprised": _surprised, "sad": _sad, "angry": _angry, "laughing": _laughing,
-    "love": _love, "confused": _confused, "sleepy": _sleepy,
+    "idle": _idle,
+    "listening": _listening,
+    "happy": _happy,
+    "excited": _excited,
+    "surprised": _surprised,
+    "sad": _sad,
+    "angry": _angry,
+    "laughing": _laughing,
+    "love": _love,
+    "confused": _confused,
+    "sleepy": _sleepy,
 }
 if set(_MOTIONS) != set(EMOTIONS) or set(PERIODS) != set(EMOTIONS):  # the templates name every emotion
     raise RuntimeError(f"the avatar world moves {sorted(_MOTIONS)}, templates/emotions.json lists {sorted(EMOTIONS)}")

@@ -16,25 +16,39 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .avatars import AvatarParams, get_avatar
 from avatarcast.vocabulary import FPS, FRAME_HEIGHT, FRAME_WIDTH
 
+from .avatars import AvatarParams, get_avatar
 from .motions import MotionVariation, Pose, blend_poses, emotion_index, pose_at, sample_variation
 
-SS = 2                 # supersampling factor
-GROUND_Y = 330.0       # ground line at the reference height 360
+SS = 2  # supersampling factor
+GROUND_Y = 330.0  # ground line at the reference height 360
 REF_H = 360.0
-TOP_MARGIN = 5.0       # the character never goes above this (output px)
+TOP_MARGIN = 5.0  # the character never goes above this (output px)
 _TWO_PI = 2.0 * math.pi
 
 # how far the head + headwear reach from the head centre (head radii; a bound under any head tilt)
 _HEADWEAR_TOP = {
-    "none": 1.06, "cat_ears": 1.56, "bunny_ears": 1.95, "hat": 1.92, "cap": 1.1, "bow": 1.46,
-    "antenna": 1.7, "horns": 1.6, "hair_spiky": 1.46, "hair_bob": 1.22,
+    "none": 1.06,
+    "cat_ears": 1.56,
+    "bunny_ears": 1.95,
+    "hat": 1.92,
+    "cap": 1.1,
+    "bow": 1.46,
+    "antenna": 1.7,
+    "horns": 1.6,
+    "hair_spiky": 1.46,
+    "hair_bob": 1.22,
 }
 _SHAPE_N = {"round": 2.0, "tall": 3.0, "pear": 2.3, "square": 4.5, "bean": 2.3}
 _SHAPE_TAPER = {"round": 0.05, "tall": 0.0, "pear": 0.3, "square": 0.0, "bean": 0.06}
-_SHAPE_WH = {"round": (1.12, 0.95), "tall": (0.86, 1.12), "pear": (1.02, 1.0), "square": (1.0, 1.0), "bean": (1.0, 1.02)}
+_SHAPE_WH = {
+    "round": (1.12, 0.95),
+    "tall": (0.86, 1.12),
+    "pear": (1.02, 1.0),
+    "square": (1.0, 1.0),
+    "bean": (1.0, 1.02),
+}
 
 _N_SHAPE = 40
 _ANG = np.linspace(0.0, _TWO_PI, _N_SHAPE, endpoint=False)
@@ -64,9 +78,7 @@ def _unit_star(points: int, inner: float) -> np.ndarray:
 _HEART = _unit_heart()
 _STAR5 = _unit_star(5, 0.45)
 _SPARK4 = _unit_star(4, 0.3)
-_DROP = np.array(
-    [(0.0, -1.0)] + [(0.62 * math.sin(a), 0.35 + 0.62 * -math.cos(a)) for a in np.linspace(-2.2, 2.2, 11)]
-)
+_DROP = np.array([(0.0, -1.0)] + [(0.62 * math.sin(a), 0.35 + 0.62 * -math.cos(a)) for a in np.linspace(-2.2, 2.2, 11)])
 
 
 def _mix(a, b, t: float):
@@ -178,11 +190,11 @@ class _Painter:
 class _Rig:
     g: float
     ol: float
-    P: tuple          # pelvis (hip centre)
+    P: tuple  # pelvis (hip centre)
     tilt: float
-    ta: float         # torso half width (after squash)
-    tb: float         # torso half height
-    tc: tuple         # torso centre
+    ta: float  # torso half width (after squash)
+    tb: float  # torso half height
+    tc: tuple  # torso centre
     head_c: tuple
     head_r: float
     head_ang: float
@@ -206,7 +218,7 @@ def _rot(x: float, y: float, c: float, s: float) -> tuple[float, float]:
 def _half_width(shape: str, a: float, b: float, y: float) -> float:
     n = _SHAPE_N[shape]
     u = min(1.0, abs(y) / b)
-    return a * (1.0 - u ** n) ** (1.0 / n) * (1.0 + _SHAPE_TAPER[shape] * (y / b))
+    return a * (1.0 - u**n) ** (1.0 / n) * (1.0 + _SHAPE_TAPER[shape] * (y / b))
 
 
 def _ik(sx, sy, tx, ty, l1, l2, outward: float, max_stretch: float = 1.4):
@@ -341,12 +353,27 @@ def _rig(av: AvatarParams, q: Pose, width: int, height: int) -> _Rig:
         return (p[0] + px, p[1] + py)
 
     return _Rig(
-        g=g, ol=3.0 * g, P=(px, py), tilt=tilt, ta=ta, tb=tb, tc=T((tcx, tcy)),
-        head_c=T((hcx, hcy)), head_r=r, head_ang=head_ang,
-        shoulders=tuple(T(p) for p in shoulders), elbows=tuple(T(p) for p in elbows),
-        hands=tuple(T(p) for p in hands), hips=tuple(T(p) for p in hips),
-        knees=tuple(T(p) for p in knees), ankles=tuple(T(p) for p in ankles),
-        arm_w=arm_w, leg_w=leg_w, hand_r=hand_r, foot_rx=foot_rx, foot_ry=foot_ry,
+        g=g,
+        ol=3.0 * g,
+        P=(px, py),
+        tilt=tilt,
+        ta=ta,
+        tb=tb,
+        tc=T((tcx, tcy)),
+        head_c=T((hcx, hcy)),
+        head_r=r,
+        head_ang=head_ang,
+        shoulders=tuple(T(p) for p in shoulders),
+        elbows=tuple(T(p) for p in elbows),
+        hands=tuple(T(p) for p in hands),
+        hips=tuple(T(p) for p in hips),
+        knees=tuple(T(p) for p in knees),
+        ankles=tuple(T(p) for p in ankles),
+        arm_w=arm_w,
+        leg_w=leg_w,
+        hand_r=hand_r,
+        foot_rx=foot_rx,
+        foot_ry=foot_ry,
     )
 
 
@@ -397,7 +424,13 @@ def _draw_leg(pt: _Painter, rig: _Rig, i: int, col, shoe) -> None:
     pt.stroke_ol([h, kn, an], col, rig.leg_w, rig.ol)
     fx, fy = an[0] + side * 5.0 * rig.g, an[1] + 5.0 * rig.g
     pt.ellipse_ol(fx, fy, rig.foot_rx, rig.foot_ry, shoe, rig.ol)
-    pt.ellipse(fx + side * 3.0 * rig.g, fy - 3.0 * rig.g, rig.foot_rx * 0.45, rig.foot_ry * 0.3, _mix(shoe, (255, 255, 255), 0.45))
+    pt.ellipse(
+        fx + side * 3.0 * rig.g,
+        fy - 3.0 * rig.g,
+        rig.foot_rx * 0.45,
+        rig.foot_ry * 0.3,
+        _mix(shoe, (255, 255, 255), 0.45),
+    )
 
 
 def _draw_arm(pt: _Painter, rig: _Rig, i: int, col, skin) -> None:
@@ -439,8 +472,12 @@ def _draw_accessory_front(pt: _Painter, av: AvatarParams, rig: _Rig) -> None:
     if acc == "scarf":
         w = 0.78 * rig.ta
         pt.stroke_ol([L(-w, top + 9 * g), L(0, top + 12 * g), L(w, top + 9 * g)], av.accent, 13 * g, rig.ol)
-        tail = [L(0.25 * rig.ta, top + 10 * g), L(0.5 * rig.ta, top + 10 * g), L(0.46 * rig.ta, top + 42 * g),
-                L(0.22 * rig.ta, top + 40 * g)]
+        tail = [
+            L(0.25 * rig.ta, top + 10 * g),
+            L(0.5 * rig.ta, top + 10 * g),
+            L(0.46 * rig.ta, top + 42 * g),
+            L(0.22 * rig.ta, top + 40 * g),
+        ]
         pt.poly_ol(tail, av.accent, rig.ol)
         pt.line([L(0.26 * rig.ta, top + 30 * g), L(0.47 * rig.ta, top + 31 * g)], _shade(av.accent, 0.7), 3 * g, False)
     elif acc == "bowtie":
@@ -453,15 +490,21 @@ def _draw_accessory_front(pt: _Painter, av: AvatarParams, rig: _Rig) -> None:
         pt.ellipse_ol(kx, ky, 5 * g, 5 * g, _shade(av.accent, 0.8), rig.ol * 0.8)
     elif acc == "backpack":
         for side in (-1, 1):
-            pt.stroke_ol([L(side * 0.55 * rig.ta, top + 4 * g), L(side * 0.62 * rig.ta, top + 0.95 * rig.tb)],
-                         _shade(av.accent, 0.85), 7 * g, rig.ol * 0.8)
+            pt.stroke_ol(
+                [L(side * 0.55 * rig.ta, top + 4 * g), L(side * 0.62 * rig.ta, top + 0.95 * rig.tb)],
+                _shade(av.accent, 0.85),
+                7 * g,
+                rig.ol * 0.8,
+            )
 
 
 def _draw_backpack_back(pt: _Painter, av: AvatarParams, rig: _Rig) -> None:
     tr = math.radians(rig.tilt)
     c, s = math.cos(tr), math.sin(tr)
     cx, cy = rig.tc
-    pts = _torso_points("square", rig.ta * 1.12, rig.tb * 0.7, 0.0, *(_add(rig.tc, _rot(0, -0.12 * rig.tb, c, s))), c, s)
+    pts = _torso_points(
+        "square", rig.ta * 1.12, rig.tb * 0.7, 0.0, *(_add(rig.tc, _rot(0, -0.12 * rig.tb, c, s))), c, s
+    )
     pt.poly_ol(pts, av.accent, rig.ol)
 
 
@@ -485,10 +528,24 @@ def _draw_head_back(pt: _Painter, av: AvatarParams, rig: _Rig, H: _Head, skin) -
             pt.poly(H.ellipse_pts(sd * 0.38, -1.25, 0.1, 0.42, 16, rot), _mix(av.accent, (255, 170, 200), 0.6))
     elif hw == "horns":
         for sd in (-1, 1):
-            horn = H.many([(sd * 0.24, -0.86), (sd * 0.3, -1.12), (sd * 0.46, -1.3), (sd * 0.7, -1.42),
-                           (sd * 0.62, -1.24), (sd * 0.6, -1.0), (sd * 0.64, -0.72)])
+            horn = H.many(
+                [
+                    (sd * 0.24, -0.86),
+                    (sd * 0.3, -1.12),
+                    (sd * 0.46, -1.3),
+                    (sd * 0.7, -1.42),
+                    (sd * 0.62, -1.24),
+                    (sd * 0.6, -1.0),
+                    (sd * 0.64, -0.72),
+                ]
+            )
             pt.poly_ol(horn, _mix(av.accent, (120, 20, 30), 0.35), ol)
-            pt.line(H.many([(sd * 0.36, -1.02), (sd * 0.58, -0.98)]), _mix(av.accent, (255, 255, 255), 0.35), 0.05 * H.r, False)
+            pt.line(
+                H.many([(sd * 0.36, -1.02), (sd * 0.58, -0.98)]),
+                _mix(av.accent, (255, 255, 255), 0.35),
+                0.05 * H.r,
+                False,
+            )
     elif hw == "antenna":
         base, tip = H(0.0, -0.95), H(0.12, -1.52)
         pt.stroke_ol([base, H(0.05, -1.25), tip], (150, 155, 165), 4.5 * rig.g, ol * 0.8)
@@ -510,8 +567,11 @@ def _draw_head_front(pt: _Painter, av: AvatarParams, rig: _Rig, H: _Head) -> Non
         sx, sy = H(-0.05, -1.2)
         pt.poly_ol([(sx + x * 0.17 * H.r, sy + y * 0.17 * H.r) for x, y in _STAR5], col, ol * 0.6)
     elif hw == "cap":
-        dome = H.many([(-1.02, -0.42)]) + [H(1.02 * math.cos(a), -0.42 + 0.64 * math.sin(a))
-                                             for a in np.linspace(-math.pi + 0.0001, -0.0001, 14)] + H.many([(1.02, -0.42)])
+        dome = (
+            H.many([(-1.02, -0.42)])
+            + [H(1.02 * math.cos(a), -0.42 + 0.64 * math.sin(a)) for a in np.linspace(-math.pi + 0.0001, -0.0001, 14)]
+            + H.many([(1.02, -0.42)])
+        )
         dome = dome[::-1]
         pt.poly_ol(dome, col, ol)
         pt.poly_ol(H.ellipse_pts(0.38, -0.42, 0.78, 0.14, 20), _shade(col, 0.8), ol)
@@ -531,13 +591,34 @@ def _draw_head_front(pt: _Painter, av: AvatarParams, rig: _Rig, H: _Head) -> Non
             a = math.pi + math.pi * i / n
             rr = 1.07 if i % 2 == 0 else 1.42
             pts.append((rr * math.cos(a) * (1.0 if i % 2 == 0 else 0.92), rr * math.sin(a) * 0.92 - 0.12))
-        fringe = [(0.98, -0.25), (0.7, -0.42), (0.45, -0.3), (0.2, -0.5), (-0.05, -0.36), (-0.3, -0.52),
-                  (-0.55, -0.36), (-0.8, -0.45), (-1.0, -0.22)]
+        fringe = [
+            (0.98, -0.25),
+            (0.7, -0.42),
+            (0.45, -0.3),
+            (0.2, -0.5),
+            (-0.05, -0.36),
+            (-0.3, -0.52),
+            (-0.55, -0.36),
+            (-0.8, -0.45),
+            (-1.0, -0.22),
+        ]
         pt.poly_ol(H.many(pts + fringe), col, ol)
     elif hw == "hair_bob":
-        cap = [(-1.06, 0.45)] + [(1.06 * math.cos(a), 1.0 * math.sin(a) - 0.02)
-                                for a in np.linspace(math.pi * 0.97, math.pi * 2.03, 16)] + [(1.06, 0.45), (0.82, 0.42)]
-        cap += [(0.8, -0.3), (0.5, -0.48), (0.25, -0.36), (0.0, -0.5), (-0.25, -0.36), (-0.5, -0.48), (-0.8, -0.3), (-0.82, 0.42)]
+        cap = (
+            [(-1.06, 0.45)]
+            + [(1.06 * math.cos(a), 1.0 * math.sin(a) - 0.02) for a in np.linspace(math.pi * 0.97, math.pi * 2.03, 16)]
+            + [(1.06, 0.45), (0.82, 0.42)]
+        )
+        cap += [
+            (0.8, -0.3),
+            (0.5, -0.48),
+            (0.25, -0.36),
+            (0.0, -0.5),
+            (-0.25, -0.36),
+            (-0.5, -0.48),
+            (-0.8, -0.3),
+            (-0.82, 0.42),
+        ]
         pt.poly_ol(H.many(cap), col, ol)
 
 
@@ -549,13 +630,21 @@ def _draw_head(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, ski
     hx = rx * _HCOS
     hy = ry * _HSIN
     pad = ol / r
-    outer = list(zip((H.cx + ((hx + pad * _HCOS) * c - (hy + pad * _HSIN) * s) * r).tolist(),
-                     (H.cy + ((hx + pad * _HCOS) * s + (hy + pad * _HSIN) * c) * r).tolist()))
+    outer = list(
+        zip(
+            (H.cx + ((hx + pad * _HCOS) * c - (hy + pad * _HSIN) * s) * r).tolist(),
+            (H.cy + ((hx + pad * _HCOS) * s + (hy + pad * _HSIN) * c) * r).tolist(),
+        )
+    )
     pt.poly(outer, pt.ol)
     inner = list(zip((H.cx + (hx * c - hy * s) * r).tolist(), (H.cy + (hx * s + hy * c) * r).tolist()))
     pt.poly(inner, _shade(skin, 0.88))
-    lit = list(zip((H.cx + ((hx * 0.93 - 0.05) * c - (hy * 0.94 - 0.04) * s) * r).tolist(),
-                   (H.cy + ((hx * 0.93 - 0.05) * s + (hy * 0.94 - 0.04) * c) * r).tolist()))
+    lit = list(
+        zip(
+            (H.cx + ((hx * 0.93 - 0.05) * c - (hy * 0.94 - 0.04) * s) * r).tolist(),
+            (H.cy + ((hx * 0.93 - 0.05) * s + (hy * 0.94 - 0.04) * c) * r).tolist(),
+        )
+    )
     pt.poly(lit, skin)
 
 
@@ -619,7 +708,9 @@ def _draw_face(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, ski
             pt.ellipse(px_ - 0.45 * pr * es * r, py_ - 0.45 * pry * r, hl, min(hl, 0.5 * ry_ * r), (255, 255, 255))
             if style == "anime":
                 pt.ellipse(px_ + 0.5 * pr * es * r, py_ + 0.5 * pry * r, hl * 0.5, hl * 0.5, (255, 255, 255))
-                lash = [H(sd * eye_x + fx + u * rx_ * 1.15, ey - ry_ * (0.95 - 0.25 * u * u)) for u in (-1, -0.4, 0.3, 1.0)]
+                lash = [
+                    H(sd * eye_x + fx + u * rx_ * 1.15, ey - ry_ * (0.95 - 0.25 * u * u)) for u in (-1, -0.4, 0.3, 1.0)
+                ]
                 pt.line(lash, ink, 0.05 * r)
             if style == "sleepy" and q.eye_scale < 1.2:
                 lid = 0.3 * (1.0 - min(1.0, max(0.0, (q.eye_open - 1.0) * 3)))
@@ -633,8 +724,8 @@ def _draw_face(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, ski
     br = 0.3 + 0.07 * (es - 1) + q.brow_raise - fy * 0.5
     for sd in (-1, 1):
         asym = -sd * q.brow_asym * 0.08
-        yi = -br + fy + q.brow_angle * 0.07 + asym   # inner end
-        yo = -br + fy - q.brow_angle * 0.07 + asym   # outer end
+        yi = -br + fy + q.brow_angle * 0.07 + asym  # inner end
+        yo = -br + fy - q.brow_angle * 0.07 + asym  # outer end
         xi, xo = sd * 0.22 + fx, sd * 0.5 + fx
         arch = 0.035 * (1.0 - 0.6 * abs(q.brow_angle))
         pt.line([H(xi, yi), H((xi + xo) / 2, (yi + yo) / 2 - arch), H(xo, yo)], ink, 0.055 * r)
@@ -643,8 +734,9 @@ def _draw_face(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, ski
         gr = 0.23 * r
         for sd in (-1, 1):
             gx, gy = H(sd * eye_x + fx, ey)
-            pt.d.ellipse(pt.pts([(gx - gr, gy - gr), (gx + gr, gy + gr)]), outline=ink,
-                         width=max(1, int(0.06 * r * pt.s)))
+            pt.d.ellipse(
+                pt.pts([(gx - gr, gy - gr), (gx + gr, gy + gr)]), outline=ink, width=max(1, int(0.06 * r * pt.s))
+            )
         pt.line([H(-eye_x + fx + 0.23, ey - 0.03), H(eye_x + fx - 0.23, ey - 0.03)], ink, 0.05 * r, False)
     # mouth
     _draw_mouth(pt, q, H, fx, fy, ink)
@@ -744,8 +836,12 @@ def _draw_effects(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, 
         size = 32.0 * g * (0.55 + 0.45 * s)
         cx = _clampf(hx - 1.3 * r, size + 4, width - size - 4)
         cy = max(top_lim + 0.75 * size, hy - 1.0 * r)
-        bar = [(cx - 0.2 * size, cy - 0.7 * size), (cx + 0.2 * size, cy - 0.7 * size),
-               (cx + 0.08 * size, cy + 0.25 * size), (cx - 0.08 * size, cy + 0.25 * size)]
+        bar = [
+            (cx - 0.2 * size, cy - 0.7 * size),
+            (cx + 0.2 * size, cy - 0.7 * size),
+            (cx + 0.08 * size, cy + 0.25 * size),
+            (cx - 0.08 * size, cy + 0.25 * size),
+        ]
         col = (255, 95, 70)
         pt.poly_ol(bar, col, ol)
         pt.ellipse_ol(cx, cy + 0.55 * size, 0.12 * size, 0.12 * size, col, ol)
@@ -769,8 +865,10 @@ def _draw_effects(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, 
         cx = hx + 1.25 * r + 3 * g * math.sin(_TWO_PI * t * 0.8)
         cy = max(top_lim + size * 0.8, hy - 1.1 * r + 4 * g * math.sin(_TWO_PI * t * 1.1))
         cx = _clampf(cx, size + 4, width - size - 4)
-        hook = [(cx + 0.42 * size * math.cos(a), cy - 0.3 * size + 0.42 * size * math.sin(a))
-                for a in np.linspace(math.pi * 1.05, math.pi * 2.45, 9)]
+        hook = [
+            (cx + 0.42 * size * math.cos(a), cy - 0.3 * size + 0.42 * size * math.sin(a))
+            for a in np.linspace(math.pi * 1.05, math.pi * 2.45, 9)
+        ]
         hook += [(cx + 0.02 * size, cy + 0.28 * size)]
         col = (255, 190, 60)
         pt.line(hook, pt.ol, 0.22 * size + 2 * ol)
@@ -795,8 +893,16 @@ def _draw_effects(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, 
         ax, ay = H(-0.55, -0.55)
         m = 0.13 * r * (0.6 + 0.4 * s)
         for dx, dy in ((-1, -1), (1, -1), (-1, 1), (1, 1)):
-            pt.line([(ax + dx * m * 0.25, ay + dy * m), (ax + dx * m * 0.25, ay + dy * m * 0.3),
-                     (ax + dx * m, ay + dy * m * 0.25)], (220, 30, 40), 0.05 * r, True)
+            pt.line(
+                [
+                    (ax + dx * m * 0.25, ay + dy * m),
+                    (ax + dx * m * 0.25, ay + dy * m * 0.3),
+                    (ax + dx * m, ay + dy * m * 0.25),
+                ],
+                (220, 30, 40),
+                0.05 * r,
+                True,
+            )
 
 
 def _wand_tip(e, h, g: float) -> tuple[float, float]:
@@ -894,7 +1000,10 @@ def _start_time_from_seed(seed: int) -> float:
 
 
 def sequence_poses(
-    segments: list[tuple[str, int, float]], seed: int, fps: int = FPS, start_time: float = 0.0,
+    segments: list[tuple[str, int, float]],
+    seed: int,
+    fps: int = FPS,
+    start_time: float = 0.0,
     transition_frames: int = 4,
 ) -> tuple[list[Pose], np.ndarray]:
     """The poses and per-frame labels of :func:`render_sequence` (no drawing)."""
@@ -923,8 +1032,14 @@ def sequence_poses(
 
 
 def render_sequence(
-    avatar, segments: list[tuple[str, int, float]], seed: int, fps: int = FPS, start_time: float = 0.0,
-    transition_frames: int = 4, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT,
+    avatar,
+    segments: list[tuple[str, int, float]],
+    seed: int,
+    fps: int = FPS,
+    start_time: float = 0.0,
+    transition_frames: int = 4,
+    width: int = FRAME_WIDTH,
+    height: int = FRAME_HEIGHT,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render consecutive emotion segments; returns frames (T, H, W, 4) uint8 and labels (T,) int64."""
     av = get_avatar(avatar)
@@ -936,8 +1051,15 @@ def render_sequence(
 
 
 def render_clip(
-    avatar, emotion: str, n_frames: int, seed: int, intensity: float = 1.0, fps: int = FPS,
-    start_time: float | None = None, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT,
+    avatar,
+    emotion: str,
+    n_frames: int,
+    seed: int,
+    intensity: float = 1.0,
+    fps: int = FPS,
+    start_time: float | None = None,
+    width: int = FRAME_WIDTH,
+    height: int = FRAME_HEIGHT,
 ) -> np.ndarray:
     """Render one emotion loop; ``start_time=None`` picks a start derived from ``seed``."""
     st = _start_time_from_seed(seed) if start_time is None else float(start_time)
@@ -945,5 +1067,12 @@ def render_clip(
     return frames
 
 
-__all__ = ["render_frame", "render_sequence", "render_clip", "sequence_poses", "landmarks", "Landmarks",
-           "MotionVariation"]
+__all__ = [
+    "render_frame",
+    "render_sequence",
+    "render_clip",
+    "sequence_poses",
+    "landmarks",
+    "Landmarks",
+    "MotionVariation",
+]

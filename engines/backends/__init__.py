@@ -15,20 +15,27 @@ from avatarcast.engines.backends.base import BackendError, TinyBackend
 from avatarcast.engines.backends.host import available_cores, cpu_name
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
-ALIASES = {"ort": "onnxruntime", "onnx": "onnxruntime", "pytorch": "torch", "trt": "tensorrt",
-           "tensorrt-rtx": "tensorrt", "tensorrt_rtx": "tensorrt"}
+ALIASES = {
+    "ort": "onnxruntime",
+    "onnx": "onnxruntime",
+    "pytorch": "torch",
+    "trt": "tensorrt",
+    "tensorrt-rtx": "tensorrt",
+    "tensorrt_rtx": "tensorrt",
+}
 DEVICES = (None, "auto", "cpu", "cuda")
 
 __all__ = ["BACKENDS", "BackendError", "TinyBackend", "available_cores", "cpu_name", "create_backend"]
 
 
 def _missing(package: str, backend: str, install: str, err: Exception) -> BackendError:
-    return BackendError(f"the {backend} backend needs the Python package {package!r}, which cannot be imported "
-                        f"here ({type(err).__name__}: {err}); install it with `{install}` or use another backend")
+    return BackendError(
+        f"the {backend} backend needs the Python package {package!r}, which cannot be imported "
+        f"here ({type(err).__name__}: {err}); install it with `{install}` or use another backend"
+    )
 
 
-def create_backend(name: str, manifest, threads: int | None = None, device: str | None = None,
-                   **opts) -> TinyBackend:
+def create_backend(name: str, manifest, threads: int | None = None, device: str | None = None, **opts) -> TinyBackend:
     """A backend serving the weights described by `manifest` (avatarcast.engines.tiny.weights.Manifest).
 
     name: onnxruntime | torch | tensorrt (aliases: ort, trt). threads: CPU threads for the CPU
@@ -51,6 +58,7 @@ def create_backend(name: str, manifest, threads: int | None = None, device: str 
         except ImportError as e:
             raise _missing("onnxruntime", key, "pip install onnxruntime (or onnxruntime-gpu)", e) from e
         from avatarcast.engines.backends.onnxruntime_backend import OnnxRuntimeBackend
+
         return OnnxRuntimeBackend(manifest, threads=threads, device=device, **opts)
 
     if key == "torch":
@@ -59,9 +67,11 @@ def create_backend(name: str, manifest, threads: int | None = None, device: str 
         except ImportError as e:
             raise _missing("torch", key, "pip install 'avatarcast[train]'", e) from e
         from avatarcast.engines.backends.torch_backend import TorchBackend
+
         return TorchBackend(manifest, threads=threads, device=device, **opts)
 
     from avatarcast.engines.backends.tensorrt_backend import TensorRTBackend
+
     if device == "cpu":
         raise BackendError("the tensorrt backend runs on an NVIDIA GPU only; use --backend onnxruntime on the CPU")
     return TensorRTBackend(manifest, threads=threads, device=device, **opts)

@@ -32,5 +32,13 @@ class TinyBackend(Protocol):
 
     def decode(self, latents: np.ndarray, lowres: bool = False) -> np.ndarray: ...
 
-    def denoise(self, x: np.ndarray, t: np.ndarray, d: np.ndarray, ctx: np.ndarray, ref: np.ndarray,
-                emotion: np.ndarray, intensity: np.ndarray) -> np.ndarray: ...
+    def denoise(
+        self,
+        x: np.ndarray,
+        t: np.ndarray,
+        d: np.ndarray,
+        ctx: np.ndarray,
+        ref: np.ndarray,
+        emotion: np.ndarray,
+        intensity: np.ndarray,
+    ) -> np.ndarray: ...

@@ -39,10 +39,19 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
 
-    def __init__(self, manifest: Manifest, threads: int | None = None, device: str | None = None,
-                 verify: bool = True, spinning: bool | None = None, decode_batch: int | None = None,
-                 arena: bool = True, providers: list | None = None, cuda_device_id: int = 0,
-                 log_severity: int = 3):
+    def __init__(
+        self,
+        manifest: Manifest,
+        threads: int | None = None,
+        device: str | None = None,
+        verify: bool = True,
+        spinning: bool | None = None,
+        decode_batch: int | None = None,
+        arena: bool = True,
+        providers: list | None = None,
+        cuda_device_id: int = 0,
+        log_severity: int = 3,
+    ):
         import onnxruntime as ort
 
         self.manifest = manifest
@@ -56,7 +65,8 @@ class OnnxRuntimeBackend:
                     raise BackendError(
                         "device='cuda' needs onnxruntime's CUDAExecutionProvider, but this onnxruntime "
                         f"{ort.__version__} only has {', '.join(available)}: install onnxruntime-gpu (matching "
-                        "your CUDA) or use --backend torch / --device cpu")
+                        "your CUDA) or use --backend torch / --device cpu"
+                    )
                 providers = [("CUDAExecutionProvider", {"device_id": int(cuda_device_id)}), "CPUExecutionProvider"]
             elif device == "cpu":
                 providers = ["CPUExecutionProvider"]
@@ -99,6 +109,7 @@ class OnnxRuntimeBackend:
         if self.device == "cuda":
             try:
                 import torch
+
                 if torch.cuda.is_available():
                     return torch.cuda.get_device_name(0)
             except ImportError:
@@ -107,9 +118,17 @@ class OnnxRuntimeBackend:
         return cpu_name()
 
     def describe(self) -> dict:
-        return {"backend": self.name, "device": self.device, "device_name": self.device_name,
-                "threads": self.threads, "onnxruntime": self.ort_version, "providers": self.providers,
-                "decode_batch": self.decode_batch, "spinning": self.spinning, "lowres": self.has_lowres}
+        return {
+            "backend": self.name,
+            "device": self.device,
+            "device_name": self.device_name,
+            "threads": self.threads,
+            "onnxruntime": self.ort_version,
+            "providers": self.providers,
+            "decode_batch": self.decode_batch,
+            "spinning": self.spinning,
+            "lowres": self.has_lowres,
+        }
 
     # -- the three graphs ----------------------------------------------------------------------
     def _run(self, graph: str, feeds: dict) -> np.ndarray:
@@ -137,12 +156,12 @@ class OnnxRuntimeBackend:
         n, step = len(z), self.decode_batch * (2 if graph == "decoder_lowres" else 1)
         out = np.zeros((n, self.cfg.height, self.cfg.width, 4), np.uint8)
         for i in range(0, n, step):
-            part = z[i:i + step]
+            part = z[i : i + step]
             box = crop_box(part, self.cfg)
             if box.empty:
                 continue  # nothing but background: transparent frames
-            cells = np.ascontiguousarray(part[:, :, box.top:box.bottom, box.left:box.right])
-            place(self._run(graph, {"latents": cells}), box, self.cfg, out[i:i + step])
+            cells = np.ascontiguousarray(part[:, :, box.top : box.bottom, box.left : box.right])
+            place(self._run(graph, {"latents": cells}), box, self.cfg, out[i : i + step])
         return out
 
     def denoise(self, x, t, d, ctx, ref, emotion, intensity) -> np.ndarray:

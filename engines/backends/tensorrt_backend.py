@@ -17,17 +17,26 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import numpy as np
 
 from avatarcast.engines.backends.base import BackendError
 from avatarcast.engines.backends.tensorrt_build import build_cached, build_target, profile_over_batch
 from avatarcast.engines.backends.tensorrt_graph import GRAPH_REWRITE_VERSION
-from avatarcast.engines.backends.tensorrt_runtime import (TRT_MODULES, TrtEngine, TrtTarget, gpu_info,
-                                                          import_tensorrt, make_logger, open_engine, runtime_target,
-                                                          unsupported_reason)
+from avatarcast.engines.backends.tensorrt_runtime import (
+    TRT_MODULES,
+    TrtEngine,
+    TrtTarget,
+    gpu_info,
+    import_tensorrt,
+    make_logger,
+    open_engine,
+    runtime_target,
+    unsupported_reason,
+)
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.examples import example_inputs
 from avatarcast.engines.tiny.weights import Manifest, load_manifest
@@ -39,6 +48,7 @@ DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) /
 
 # --- the tiny engine's graphs, built -------------------------------------------------------------
 
+
 def graph_shapes(cfg: TinyConfig, graph: str) -> dict[str, tuple[int, ...]]:
     """Input shapes of a graph without the batch dimension."""
     C, T, K = cfg.latent_channels, cfg.chunk_frames, cfg.context_frames
@@ -47,8 +57,15 @@ def graph_shapes(cfg: TinyConfig, graph: str) -> dict[str, tuple[int, ...]]:
         return {"frames": (cfg.height, cfg.width, 4)}
     if graph in ("decoder", "decoder_lowres"):
         return {"latents": (C, H, W)}
-    return {"x": (T * C, H, W), "t": (), "d": (), "ctx": (K * C, H, W), "ref": (C, H, W), "emotion": (),
-            "intensity": ()}
+    return {
+        "x": (T * C, H, W),
+        "t": (),
+        "d": (),
+        "ctx": (K * C, H, W),
+        "ref": (C, H, W),
+        "emotion": (),
+        "intensity": (),
+    }
 
 
 def batch_profile(cfg: TinyConfig, graph: str, max_batch: int, opt_batch: int | None = None) -> dict:
@@ -60,20 +77,48 @@ def batch_profile(cfg: TinyConfig, graph: str, max_batch: int, opt_batch: int | 
     return profile_over_batch(graph_shapes(cfg, graph), opt, max_batch)
 
 
-def build_graph(target: TrtTarget, manifest: Manifest, graph: str, cache: Path, max_batch: int,
-                opt_batch: int | None = None, precision: str = "fp16", verify: bool = True, force: bool = False,
-                log=print) -> dict:
+def build_graph(
+    target: TrtTarget,
+    manifest: Manifest,
+    graph: str,
+    cache: Path,
+    max_batch: int,
+    opt_batch: int | None = None,
+    precision: str = "fp16",
+    verify: bool = True,
+    force: bool = False,
+    log=print,
+) -> dict:
     """One graph's engine from the engine cache, or built; returns build_cached's info."""
     data = manifest.file(manifest.onnx_files[graph], verify=verify).read_bytes()
-    return build_cached(target, graph, cache, hashlib.sha256(data).hexdigest(),
-                        batch_profile(manifest.config, graph, max_batch, opt_batch), precision, onnx_bytes=data,
-                        extra={"rewrite": GRAPH_REWRITE_VERSION}, force=force, log=log)
+    return build_cached(
+        target,
+        graph,
+        cache,
+        hashlib.sha256(data).hexdigest(),
+        batch_profile(manifest.config, graph, max_batch, opt_batch),
+        precision,
+        onnx_bytes=data,
+        extra={"rewrite": GRAPH_REWRITE_VERSION},
+        force=force,
+        log=log,
+    )
 
 
-def build_engines(weights_dir: str | Path | None, cache_dir: str | Path | None = None, max_batch: int = 256,
-                  opt_batch: int | None = None, precision: str = "fp16", graphs: Sequence[str] = GRAPHS,
-                  module: str | None = None, force: bool = False, verify: bool = True, verbose: bool = False,
-                  log=print, manifest: Manifest | None = None) -> dict:
+def build_engines(
+    weights_dir: str | Path | None,
+    cache_dir: str | Path | None = None,
+    max_batch: int = 256,
+    opt_batch: int | None = None,
+    precision: str = "fp16",
+    graphs: Sequence[str] = GRAPHS,
+    module: str | None = None,
+    force: bool = False,
+    verify: bool = True,
+    verbose: bool = False,
+    log=print,
+    manifest: Manifest | None = None,
+) -> dict:
     """Build (or find in the cache) one engine per graph; returns {graph: info}.
 
     Works without a GPU only for TensorRT-RTX (its ahead-of-time build needs none).
@@ -81,11 +126,13 @@ def build_engines(weights_dir: str | Path | None, cache_dir: str | Path | None =
     target = build_target(module, verbose)
     manifest = manifest or load_manifest(weights_dir)
     cache = Path(cache_dir) if cache_dir else DEFAULT_CACHE
-    return {g: build_graph(target, manifest, g, cache, max_batch, opt_batch, precision, verify, force, log)
-            for g in graphs}
+    return {
+        g: build_graph(target, manifest, g, cache, max_batch, opt_batch, precision, verify, force, log) for g in graphs
+    }
 
 
 # --- the backend ---------------------------------------------------------------------------------
+
 
 class TensorRTBackend:
     """encode/decode/denoise through TensorRT engines (and *_t on torch CUDA tensors).
@@ -99,14 +146,27 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, manifest: Manifest, threads: int | None = None, device: str | None = None,
-                 cache_dir: str | Path | None = None, max_batch: int = 256, decode_max_batch: int | None = None,
-                 opt_batch: int | None = None, precision: str = "fp16", module: str | None = None,
-                 cuda_graph: bool = False, verify: bool = True, verbose: bool = False, log=lambda *a: None):
+    def __init__(
+        self,
+        manifest: Manifest,
+        threads: int | None = None,
+        device: str | None = None,
+        cache_dir: str | Path | None = None,
+        max_batch: int = 256,
+        decode_max_batch: int | None = None,
+        opt_batch: int | None = None,
+        precision: str = "fp16",
+        module: str | None = None,
+        cuda_graph: bool = False,
+        verify: bool = True,
+        verbose: bool = False,
+        log=lambda *a: None,
+    ):
         if device not in (None, "cuda"):
             raise BackendError("the tensorrt backend runs on an NVIDIA GPU only (device='cuda')")
         target = runtime_target(module, verbose)
         import torch
+
         self.torch, self.trt, self.flavor, self.gpu = torch, target.trt, target.flavor, target.gpu
         self.manifest, self.cfg = manifest, manifest.config
         self.device, self.threads, self.precision = "cuda", threads, precision
@@ -132,7 +192,7 @@ class TensorRTBackend:
                 return eng(dict(zip(names, args)), out)
             pieces = []
             for i in range(0, n, eng.max_batch):
-                pieces.append(eng(dict(zip(names, [a[i:i + eng.max_batch] for a in args]))))
+                pieces.append(eng(dict(zip(names, [a[i : i + eng.max_batch] for a in args]))))
             y = self.torch.cat(pieces)
             if out is not None:
                 out.copy_(y)
@@ -153,12 +213,16 @@ class TensorRTBackend:
         cfg = self.cfg
         if out is None:
             out = self.torch.zeros((len(grid), cfg.height, cfg.width, 4), dtype=self.torch.uint8, device=grid.device)
-        out[:, :, cfg.window_x0:cfg.window_x0 + cfg.window_width] = grid[:, cfg.pad_top:cfg.pad_top + cfg.height]
+        out[:, :, cfg.window_x0 : cfg.window_x0 + cfg.window_width] = grid[:, cfg.pad_top : cfg.pad_top + cfg.height]
         return out
 
     def denoise_t(self, x, t, d, ctx, ref, emotion, intensity, out=None):
-        return self._run("denoiser", ("x", "t", "d", "ctx", "ref", "emotion", "intensity"),
-                         [x, t, d, ctx, ref, emotion, intensity], out)
+        return self._run(
+            "denoiser",
+            ("x", "t", "d", "ctx", "ref", "emotion", "intensity"),
+            [x, t, d, ctx, ref, emotion, intensity],
+            out,
+        )
 
     def warmup(self, batch_sizes: Sequence[int] = (1,), graphs: Sequence[str] = ("denoiser", "decoder")) -> list:
         torch, cfg = self.torch, self.cfg
@@ -166,7 +230,7 @@ class TensorRTBackend:
         H, W = cfg.latent_hw
         done = []
         for b in batch_sizes:
-            z = lambda c: torch.zeros((b, c, H, W), device="cuda")  # noqa: E731
+            z = lambda c, b=b: torch.zeros((b, c, H, W), device="cuda")  # noqa: E731
             v = torch.zeros(b, device="cuda")
             if "denoiser" in graphs:
                 self.denoise_t(z(T * C), v, v, z(K * C), z(C), torch.zeros(b, dtype=torch.long, device="cuda"), v)
@@ -196,19 +260,35 @@ class TensorRTBackend:
     def denoise(self, x, t, d, ctx, ref, emotion, intensity) -> np.ndarray:
         b = len(x)
         vec = lambda v, dt: self._to(np.array(np.broadcast_to(np.asarray(v, dtype=dt), (b,))), dt)  # noqa: E731
-        return self.denoise_t(self._to(x, np.float32), vec(t, np.float32), vec(d, np.float32),
-                              self._to(ctx, np.float32), self._to(ref, np.float32), vec(emotion, np.int64),
-                              vec(intensity, np.float32)).float().cpu().numpy()
+        return (
+            self.denoise_t(
+                self._to(x, np.float32),
+                vec(t, np.float32),
+                vec(d, np.float32),
+                self._to(ctx, np.float32),
+                self._to(ref, np.float32),
+                vec(emotion, np.int64),
+                vec(intensity, np.float32),
+            )
+            .float()
+            .cpu()
+            .numpy()
+        )
 
     @property
     def device_name(self) -> str:
         return self.gpu["name"]
 
     def describe(self) -> dict:
-        return {"backend": self.name, "device": "cuda", "device_name": self.gpu["name"],
-                "compute_capability": "%d.%d" % tuple(self.gpu["cc"]),
-                "tensorrt": f"{self.flavor} {self.trt.__version__}",
-                "precision": self.precision, "engines": {g: Path(i["path"]).name for g, i in self.build_info.items()}}
+        return {
+            "backend": self.name,
+            "device": "cuda",
+            "device_name": self.gpu["name"],
+            "compute_capability": "{:d}.{:d}".format(*self.gpu["cc"]),
+            "tensorrt": f"{self.flavor} {self.trt.__version__}",
+            "precision": self.precision,
+            "engines": {g: Path(i["path"]).name for g, i in self.build_info.items()},
+        }
 
     def close(self) -> None:
         for e in self.engines.values():
@@ -220,9 +300,11 @@ class TensorRTBackend:
 
 # --- CLI ----------------------------------------------------------------------------------------
 
+
 def check_engines(info: dict, manifest: Manifest, module: str | None) -> dict:
     """Load each built engine and run it once at batch 2 against onnxruntime (GPU machines)."""
     import torch
+
     trt, flavor = import_tensorrt(module)
     target = TrtTarget(trt, flavor, str(trt.__version__), gpu_info(), make_logger(trt))
     reason = unsupported_reason(flavor, target.version, target.gpu["cc"], target.gpu["name"])
@@ -230,8 +312,7 @@ def check_engines(info: dict, manifest: Manifest, module: str | None) -> dict:
         res = {"runnable": False, "reason": reason}
         try:
             eng = TrtEngine(target, Path(info["denoiser"]["path"]).read_bytes(), None, "denoiser")
-            feeds = {k: torch.from_numpy(v).cuda() for k, v in
-                     example_inputs(manifest.config, 1)["denoiser"].items()}
+            feeds = {k: torch.from_numpy(v).cuda() for k, v in example_inputs(manifest.config, 1)["denoiser"].items()}
             eng(feeds)
             torch.cuda.synchronize()
             res["load_attempt"] = "loaded and ran (unexpected for an unsupported GPU)"
@@ -240,6 +321,7 @@ def check_engines(info: dict, manifest: Manifest, module: str | None) -> dict:
         return res
 
     from avatarcast.engines.backends.onnxruntime_backend import OnnxRuntimeBackend
+
     ref = OnnxRuntimeBackend(manifest, verify=False)
     ex = example_inputs(manifest.config, 2, seed=5)
     res = {"runnable": True}
@@ -254,11 +336,14 @@ def check_engines(info: dict, manifest: Manifest, module: str | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m avatarcast.engines.backends.tensorrt_backend",
-                                 description="Build (and cache) the tiny engine's TensorRT engines.")
+    ap = argparse.ArgumentParser(
+        prog="python -m avatarcast.engines.backends.tensorrt_backend",
+        description="Build (and cache) the tiny engine's TensorRT engines.",
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="build the engines (three, and the half-resolution decoder where shipped) "
-                                     "into the cache")
+    b = sub.add_parser(
+        "build", help="build the engines (three, and the half-resolution decoder where shipped) into the cache"
+    )
     b.add_argument("--weights", default=None, help="weights folder (default: the shipped weights)")
     b.add_argument("--cache", default=None, help=f"engine cache folder (default {DEFAULT_CACHE})")
     b.add_argument("--max-batch", type=int, default=256)
@@ -274,11 +359,20 @@ def main(argv: list[str] | None = None) -> int:
         manifest = load_manifest(args.weights)
         t0 = time.perf_counter()
         graphs = tuple(manifest.onnx_files)  # with the half-resolution decoder where shipped
-        info = build_engines(None, args.cache, max_batch=args.max_batch, opt_batch=args.opt_batch,
-                             precision=args.precision, graphs=graphs, module=args.module, force=args.force,
-                             verbose=args.verbose, manifest=manifest,
-                             log=(lambda *a: None) if args.json else print)
-        result = {"engines": info, "seconds": round(time.perf_counter() - t0, 1)}
+        info = build_engines(
+            None,
+            args.cache,
+            max_batch=args.max_batch,
+            opt_batch=args.opt_batch,
+            precision=args.precision,
+            graphs=graphs,
+            module=args.module,
+            force=args.force,
+            verbose=args.verbose,
+            manifest=manifest,
+            log=(lambda *a: None) if args.json else print,
+        )
+        result: dict[str, Any] = {"engines": info, "seconds": round(time.perf_counter() - t0, 1)}
         if args.run:
             result["run"] = check_engines(info, manifest, args.module)
     except BackendError as e:

@@ -24,21 +24,36 @@ from pathlib import Path
 
 from avatarcast.engines.backends.base import BackendError
 from avatarcast.engines.backends.tensorrt_graph import trt_graph
-from avatarcast.engines.backends.tensorrt_runtime import (RTX_SUPPORTED_CC, TrtTarget, gpu_info, import_tensorrt,
-                                                          make_logger)
-
+from avatarcast.engines.backends.tensorrt_runtime import (
+    RTX_SUPPORTED_CC,
+    TrtTarget,
+    gpu_info,
+    import_tensorrt,
+    make_logger,
+)
 
 # --- keys and profiles ----------------------------------------------------------------------------
 
-def engine_cache_key(onnx_sha256: str, profile: dict, gpu_name: str, compute_capability: Sequence[int],
-                     trt_version: str, flavor: str = "tensorrt", precision: str = "fp16",
-                     extra: dict | None = None) -> str:
+
+def engine_cache_key(
+    onnx_sha256: str,
+    profile: dict,
+    gpu_name: str,
+    compute_capability: Sequence[int],
+    trt_version: str,
+    flavor: str = "tensorrt",
+    precision: str = "fp16",
+    extra: dict | None = None,
+) -> str:
     """sha256 over everything an engine depends on; any change gives a new engine file."""
     body = {
         "onnx": onnx_sha256,
         "profile": {k: [list(map(int, s)) for s in v] for k, v in sorted(profile.items())},
-        "gpu": gpu_name, "cc": list(map(int, compute_capability)),
-        "trt": f"{flavor}-{trt_version}", "precision": precision, "extra": extra or {},
+        "gpu": gpu_name,
+        "cc": list(map(int, compute_capability)),
+        "trt": f"{flavor}-{trt_version}",
+        "precision": precision,
+        "extra": extra or {},
         "format": 1,
     }
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
@@ -50,6 +65,7 @@ def profile_over_batch(shapes: Mapping[str, Sequence[int]], opt: int, max_batch:
 
 
 # --- building ---------------------------------------------------------------------------------
+
 
 def _slug(s: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in s).strip("-").lower()
@@ -73,8 +89,16 @@ def timing_cache_path(cache: Path, target: TrtTarget) -> Path:
     return cache / f"timing-{target.flavor}-{target.version}-{_slug(gpu['name'])}-sm{gpu['cc'][0]}{gpu['cc'][1]}.cache"
 
 
-def build_engine(target: TrtTarget, profile: dict, precision: str, *, onnx_bytes: bytes | None = None,
-                 onnx_path: Path | None = None, timing_cache: Path | None = None, workspace_gb: float = 4.0) -> bytes:
+def build_engine(
+    target: TrtTarget,
+    profile: dict,
+    precision: str,
+    *,
+    onnx_bytes: bytes | None = None,
+    onnx_path: Path | None = None,
+    timing_cache: Path | None = None,
+    workspace_gb: float = 4.0,
+) -> bytes:
     """Serialized engine for one ONNX graph (raises BackendError with TensorRT's own errors).
 
     precision "as-exported" builds the graph unchanged from `onnx_path` (which may keep its
@@ -88,6 +112,7 @@ def build_engine(target: TrtTarget, profile: dict, precision: str, *, onnx_bytes
     else:
         if onnx_bytes is None and onnx_path is not None:
             onnx_bytes = onnx_path.read_bytes()
+        assert onnx_bytes is not None, "build_engine takes onnx_bytes or onnx_path"
         ok = parser.parse(trt_graph(onnx_bytes, precision))
     if not ok:
         errs = [str(parser.get_error(i)) for i in range(parser.num_errors)]
@@ -116,8 +141,9 @@ def build_engine(target: TrtTarget, profile: dict, precision: str, *, onnx_bytes
         config.set_timing_cache(config.create_timing_cache(data), ignore_mismatch=False)
     blob = builder.build_serialized_network(network, config)
     if blob is None:
-        raise BackendError(f"{flavor} {version} failed to build the engine: "
-                           + (" | ".join(logger.errors[-5:]) or "no error message"))
+        raise BackendError(
+            f"{flavor} {version} failed to build the engine: " + (" | ".join(logger.errors[-5:]) or "no error message")
+        )
     if flavor != "tensorrt_rtx" and timing_cache is not None:
         tc = config.get_timing_cache()
         if tc is not None:
@@ -128,9 +154,21 @@ def build_engine(target: TrtTarget, profile: dict, precision: str, *, onnx_bytes
     return bytes(blob)
 
 
-def build_cached(target: TrtTarget, name: str, cache: Path, onnx_sha256: str, profile: dict, precision: str, *,
-                 onnx_bytes: bytes | None = None, onnx_path: Path | None = None, extra: dict | None = None,
-                 force: bool = False, log=print, workspace_gb: float = 4.0) -> dict:
+def build_cached(
+    target: TrtTarget,
+    name: str,
+    cache: Path,
+    onnx_sha256: str,
+    profile: dict,
+    precision: str,
+    *,
+    onnx_bytes: bytes | None = None,
+    onnx_path: Path | None = None,
+    extra: dict | None = None,
+    force: bool = False,
+    log=print,
+    workspace_gb: float = 4.0,
+) -> dict:
     """One engine from the engine cache, or built (atomically written) on a miss; returns its info.
 
     The file is <name>-<key[:20]>.engine with a .json sidecar listing the key's parts."""
@@ -138,16 +176,30 @@ def build_cached(target: TrtTarget, name: str, cache: Path, onnx_sha256: str, pr
     key = engine_cache_key(onnx_sha256, profile, gpu["name"], gpu["cc"], version, flavor, precision, extra=extra)
     cache.mkdir(parents=True, exist_ok=True)
     eng = cache / f"{name}-{key[:20]}.engine"
-    info = {"path": str(eng), "key": key, "onnx_sha256": onnx_sha256,
-            "profile": {k: [list(s) for s in v] for k, v in profile.items()},
-            "gpu": gpu["name"], "cc": list(gpu["cc"]), "trt": f"{flavor} {version}", "precision": precision}
+    info = {
+        "path": str(eng),
+        "key": key,
+        "onnx_sha256": onnx_sha256,
+        "profile": {k: [list(s) for s in v] for k, v in profile.items()},
+        "gpu": gpu["name"],
+        "cc": list(gpu["cc"]),
+        "trt": f"{flavor} {version}",
+        "precision": precision,
+    }
     if eng.exists() and not force:
         info.update(built=False, seconds=0.0, bytes=eng.stat().st_size)
         log(f"  {name}: cached {eng.name}")
     else:
         t0 = time.perf_counter()
-        blob = build_engine(target, profile, precision, onnx_bytes=onnx_bytes, onnx_path=onnx_path,
-                            timing_cache=timing_cache_path(cache, target), workspace_gb=workspace_gb)
+        blob = build_engine(
+            target,
+            profile,
+            precision,
+            onnx_bytes=onnx_bytes,
+            onnx_path=onnx_path,
+            timing_cache=timing_cache_path(cache, target),
+            workspace_gb=workspace_gb,
+        )
         tmp = eng.with_suffix(".tmp")
         tmp.write_bytes(blob)
         os.replace(tmp, eng)

@@ -42,7 +42,7 @@ def uint8_io_outermost(model):
                 cast = nxt[0]
                 mid, out = tr.output[0], cast.output[0]
                 cast.input[0], cast.output[0] = inp.name, mid  # frames -> Cast -> mid
-                tr.input[0], tr.output[0] = mid, out           # mid -> Transpose -> out
+                tr.input[0], tr.output[0] = mid, out  # mid -> Transpose -> out
     for o in g.output:
         if o.type.tensor_type.elem_type != TensorProto.UINT8:
             continue
@@ -51,8 +51,8 @@ def uint8_io_outermost(model):
             cast = producer.get(tr.input[0])
             if cast is not None and cast.op_type == "Cast" and len(consumers.get(cast.output[0], [])) == 1:
                 src, mid = cast.input[0], cast.output[0]
-                tr.input[0], tr.output[0] = src, mid           # src -> Transpose -> mid
-                cast.input[0], cast.output[0] = mid, o.name    # mid -> Cast -> frames
+                tr.input[0], tr.output[0] = src, mid  # src -> Transpose -> mid
+                cast.input[0], cast.output[0] = mid, o.name  # mid -> Cast -> frames
     # keep the node list topologically sorted
     order, avail = [], {i.name for i in g.input} | {i.name for i in g.initializer}
     pending = list(g.node)
@@ -75,6 +75,7 @@ def uint8_io_outermost(model):
 def trt_graph(onnx_bytes: bytes, precision: str) -> bytes:
     """The ONNX graph as TensorRT gets it: uint8 I/O next to Casts, and fp16 convolutions."""
     import onnx
+
     model = uint8_io_outermost(onnx.load_from_string(onnx_bytes))
     if precision == "fp16":
         model = fp16_conv_graph(model)
@@ -120,8 +121,13 @@ def fp16_conv_graph(model):
                 ins.append(name)
                 continue
             src = producer.get(name)
-            if (j > 0 and src is not None and src.op_type == "Cast" and src.input[0] in inits
-                    and inits[src.input[0]].data_type == TensorProto.FLOAT16):
+            if (
+                j > 0
+                and src is not None
+                and src.op_type == "Cast"
+                and src.input[0] in inits
+                and inits[src.input[0]].data_type == TensorProto.FLOAT16
+            ):
                 ins.append(src.input[0])
             elif j > 0 and name in inits and inits[name].data_type == TensorProto.FLOAT:
                 h = fresh(name + "__h")

@@ -39,6 +39,7 @@ class TrtTarget(NamedTuple):
 
 # --- importing and identifying ------------------------------------------------------------------
 
+
 def import_tensorrt(module: str | None = None):
     """(module, flavour) for `tensorrt` or `tensorrt_rtx`; BackendError naming what failed."""
     names = [module] if module else list(TRT_MODULES)
@@ -53,9 +54,11 @@ def import_tensorrt(module: str | None = None):
             except Exception as e:  # ImportError, or OSError when a shared library is missing
                 errors.append(f"`import {mod_name}` failed: {type(e).__name__}: {e}")
     raise BackendError(
-        "the tensorrt backend needs NVIDIA TensorRT's Python bindings, but " + "; ".join(errors)
+        "the tensorrt backend needs NVIDIA TensorRT's Python bindings, but "
+        + "; ".join(errors)
         + ". Install TensorRT (pip install tensorrt-cu13, or tensorrt-cu12 for CUDA 12) or TensorRT-RTX "
-          "(pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings), or use --backend torch / onnxruntime")
+        "(pip install tensorrt-rtx-cu13-libs tensorrt-rtx-cu13-bindings), or use --backend torch / onnxruntime"
+    )
 
 
 def gpu_info(device_index: int = 0) -> dict:
@@ -63,31 +66,45 @@ def gpu_info(device_index: int = 0) -> dict:
     try:
         import torch
     except ImportError as e:
-        raise BackendError(f"the tensorrt backend runs its engines on torch CUDA tensors, but torch cannot be "
-                           f"imported ({e})") from e
+        raise BackendError(
+            f"the tensorrt backend runs its engines on torch CUDA tensors, but torch cannot be imported ({e})"
+        ) from e
     if not torch.cuda.is_available():
         why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
         raise BackendError(f"the tensorrt backend needs an NVIDIA GPU, but {why} (torch {torch.__version__})")
     p = torch.cuda.get_device_properties(device_index)
-    return {"name": p.name, "cc": (int(p.major), int(p.minor)), "memory_gb": round(p.total_memory / 2**30, 1),
-            "index": device_index}
+    return {
+        "name": p.name,
+        "cc": (int(p.major), int(p.minor)),
+        "memory_gb": round(p.total_memory / 2**30, 1),
+        "index": device_index,
+    }
 
 
 def unsupported_reason(flavor: str, trt_version: str, cc: tuple[int, int], gpu_name: str) -> str | None:
     """Why this TensorRT flavour cannot run engines on this GPU, or None if it can."""
-    cc = tuple(cc)
+    cc = (cc[0], cc[1])  # a list (from JSON) too
     if flavor == "tensorrt_rtx" and cc not in RTX_SUPPORTED_CC:
-        arch = {(8, 0): "Ampere data-center (A100/A30)", (8, 7): "Ampere Orin", (9, 0): "Hopper (H100/H200)",
-                (10, 0): "Blackwell data-center (B200)", (10, 3): "Blackwell Ultra (B300)",
-                (11, 0): "Blackwell Thor"}.get(cc, "this architecture")
+        arch = {
+            (8, 0): "Ampere data-center (A100/A30)",
+            (8, 7): "Ampere Orin",
+            (9, 0): "Hopper (H100/H200)",
+            (10, 0): "Blackwell data-center (B200)",
+            (10, 3): "Blackwell Ultra (B300)",
+            (11, 0): "Blackwell Thor",
+        }.get(cc, "this architecture")
         ok = ", ".join(f"{a}.{b}" for a, b in sorted(RTX_SUPPORTED_CC))
-        return (f"TensorRT-RTX {trt_version} does not support {gpu_name} (compute capability {cc[0]}.{cc[1]}, "
-                f"{arch}): it runs on compute capabilities {ok} only (GeForce/RTX Turing, Ampere, Ada, Blackwell). "
-                f"Engines build ahead of time but cannot be loaded on this GPU; install the `tensorrt` package "
-                f"(full TensorRT) or use --backend torch")
+        return (
+            f"TensorRT-RTX {trt_version} does not support {gpu_name} (compute capability {cc[0]}.{cc[1]}, "
+            f"{arch}): it runs on compute capabilities {ok} only (GeForce/RTX Turing, Ampere, Ada, Blackwell). "
+            f"Engines build ahead of time but cannot be loaded on this GPU; install the `tensorrt` package "
+            f"(full TensorRT) or use --backend torch"
+        )
     if cc < TRT_MIN_CC:
-        return (f"TensorRT {trt_version} needs compute capability {TRT_MIN_CC[0]}.{TRT_MIN_CC[1]} or newer; "
-                f"{gpu_name} is {cc[0]}.{cc[1]}: use --backend torch")
+        return (
+            f"TensorRT {trt_version} needs compute capability {TRT_MIN_CC[0]}.{TRT_MIN_CC[1]} or newer; "
+            f"{gpu_name} is {cc[0]}.{cc[1]}: use --backend torch"
+        )
     return None
 
 
@@ -100,6 +117,7 @@ def require_runnable(target: TrtTarget) -> None:
 
 def make_logger(trt, verbose: bool = False):
     """A TensorRT logger that keeps the errors (for BackendError messages) and prints them to stderr."""
+
     class _Logger(trt.ILogger):
         def __init__(self):
             trt.ILogger.__init__(self)
@@ -129,26 +147,36 @@ def _version(version: str) -> tuple[int, ...]:
 
 # --- running ----------------------------------------------------------------------------------
 
+
 def _torch_dtypes(trt, torch) -> dict:
     # every I/O type TensorRT 10 and TensorRT-RTX 1.0 can give an engine's tensors
-    return {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
-            trt.int64: torch.int64, trt.int32: torch.int32, trt.int8: torch.int8, trt.uint8: torch.uint8,
-            trt.bool: torch.bool}
+    return {
+        trt.float32: torch.float32,
+        trt.float16: torch.float16,
+        trt.bfloat16: torch.bfloat16,
+        trt.int64: torch.int64,
+        trt.int32: torch.int32,
+        trt.int8: torch.int8,
+        trt.uint8: torch.uint8,
+        trt.bool: torch.bool,
+    }
 
 
 class TrtEngine:
     """One deserialized engine + execution context, run on torch CUDA tensors."""
 
-    def __init__(self, target: TrtTarget, blob: bytes, runtime_cache: Path | None, what: str,
-                 cuda_graph: bool = False):
+    def __init__(self, target: TrtTarget, blob: bytes, runtime_cache: Path | None, what: str, cuda_graph: bool = False):
         import torch
+
         trt, flavor, version, logger = target.trt, target.flavor, target.version, target.logger
         self.torch, self.what, self.logger = torch, what, logger
         self.runtime = trt.Runtime(logger)
         self.engine = self.runtime.deserialize_cuda_engine(blob)
         if self.engine is None:
-            raise BackendError(f"{flavor} {version} could not load the {what} engine: "
-                               + (" | ".join(logger.errors[-3:]) or "no error message"))
+            raise BackendError(
+                f"{flavor} {version} could not load the {what} engine: "
+                + (" | ".join(logger.errors[-3:]) or "no error message")
+            )
         self.runtime_cache_path = runtime_cache
         self.runtime_cache = None
         if flavor == "tensorrt_rtx":
@@ -163,15 +191,18 @@ class TrtEngine:
                 cfg.set_runtime_cache(self.runtime_cache)
             if cuda_graph:
                 if _version(version) < RTX_CUDA_GRAPHS:
-                    raise BackendError(f"cuda_graph needs TensorRT-RTX {'.'.join(map(str, RTX_CUDA_GRAPHS))} "
-                                       f"or newer, not {version}")
+                    raise BackendError(
+                        f"cuda_graph needs TensorRT-RTX {'.'.join(map(str, RTX_CUDA_GRAPHS))} or newer, not {version}"
+                    )
                 cfg.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
             self.context = self.engine.create_execution_context(cfg)
         else:
             self.context = self.engine.create_execution_context()
         if self.context is None:
-            raise BackendError(f"{flavor} {version} could not create an execution context for the {what} "
-                               f"engine: " + (" | ".join(logger.errors[-3:]) or "no error message"))
+            raise BackendError(
+                f"{flavor} {version} could not create an execution context for the {what} "
+                f"engine: " + (" | ".join(logger.errors[-3:]) or "no error message")
+            )
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]

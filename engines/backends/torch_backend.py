@@ -31,8 +31,16 @@ DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 def _dtype(torch, name):
     if name is None or isinstance(name, torch.dtype):
         return name
-    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
-             "half": torch.float16, "fp32": torch.float32, "float32": torch.float32, "float": torch.float32}
+    table = {
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+        "half": torch.float16,
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "float": torch.float32,
+    }
     try:
         return table[str(name).lower()]
     except KeyError:
@@ -44,6 +52,7 @@ class _Runner:
 
     def __init__(self, fn: Callable, example: Sequence, graphed: bool, pool=None, warm_iters: int = 3):
         import torch
+
         self.fn = fn
         self.graph = None
         self.static_in = [torch.zeros_like(e) for e in example]
@@ -90,10 +99,20 @@ class TorchBackend:
 
     name = "torch"
 
-    def __init__(self, manifest: Manifest, threads: int | None = None, device: str | None = None,
-                 dtype=None, compile: bool = False, compile_mode: str = "max-autotune-no-cudagraphs",
-                 cuda_graphs: bool | None = None, buckets: Sequence[int] = DEFAULT_BUCKETS,
-                 channels_last: bool = True, verify: bool = True, cudnn_benchmark: bool = True):
+    def __init__(
+        self,
+        manifest: Manifest,
+        threads: int | None = None,
+        device: str | None = None,
+        dtype=None,
+        compile: bool = False,
+        compile_mode: str = "max-autotune-no-cudagraphs",
+        cuda_graphs: bool | None = None,
+        buckets: Sequence[int] = DEFAULT_BUCKETS,
+        channels_last: bool = True,
+        verify: bool = True,
+        cudnn_benchmark: bool = True,
+    ):
         import torch
 
         self.torch = torch
@@ -102,10 +121,15 @@ class TorchBackend:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cuda" and not torch.cuda.is_available():
-            why = ("this torch is a CPU-only build" if torch.version.cuda is None
-                   else "no CUDA GPU is visible (driver missing or CUDA_VISIBLE_DEVICES empty)")
-            raise BackendError(f"device='cuda' but {why} (torch {torch.__version__}); use --device cpu "
-                               f"or install a CUDA build of torch")
+            why = (
+                "this torch is a CPU-only build"
+                if torch.version.cuda is None
+                else "no CUDA GPU is visible (driver missing or CUDA_VISIBLE_DEVICES empty)"
+            )
+            raise BackendError(
+                f"device='cuda' but {why} (torch {torch.__version__}); use --device cpu "
+                f"or install a CUDA build of torch"
+            )
         if device not in ("cpu", "cuda"):
             raise BackendError(f"the torch backend runs on 'cpu' or 'cuda', not {device!r}")
         self.device = device
@@ -142,14 +166,19 @@ class TorchBackend:
         cfg = self.cfg
         self._mean = torch.tensor(cfg.latent_mean, dtype=torch.float32, device=device)[None, :, None, None]
         self._std = torch.tensor(cfg.latent_std, dtype=torch.float32, device=device)[None, :, None, None]
-        fns: dict[str, Callable[..., Any]] = {"encoder": self._encode_fn, "decoder": self._decode_fn,
-                                              "denoiser": self._denoise_fn}
+        fns: dict[str, Callable[..., Any]] = {
+            "encoder": self._encode_fn,
+            "decoder": self._decode_fn,
+            "denoiser": self._denoise_fn,
+        }
         if "decoder_lowres" in self.modules:
             fns["decoder_lowres"] = lambda z: self._decode_fn(z, "decoder_lowres")
         if self.compile:
             import torch._dynamo
-            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit,
-                                                        4 * len(self.buckets) + 8)
+
+            torch._dynamo.config.cache_size_limit = max(
+                torch._dynamo.config.cache_size_limit, 4 * len(self.buckets) + 8
+            )
             fns = {k: torch.compile(f, mode=compile_mode, dynamic=False, fullgraph=False) for k, f in fns.items()}
         self._fns = fns
         self._runners: dict[tuple[str, int], _Runner] = {}
@@ -165,6 +194,7 @@ class TorchBackend:
 
     def _encode_fn(self, frames):
         from avatarcast.engines.tiny.model import frames_to_tensor
+
         torch = self.torch
         x = frames_to_tensor(frames, self.cfg).to(self.dtype)
         if self.channels_last:
@@ -175,6 +205,7 @@ class TorchBackend:
 
     def _decode_fn(self, z, module: str = "decoder"):
         from avatarcast.engines.tiny.model import tensor_to_frames
+
         torch = self.torch
         x = (z * self._std + self._mean).to(self.dtype)
         if self.channels_last:
@@ -233,12 +264,12 @@ class TorchBackend:
                     return out
                 return y.clone() if (copy and self.cuda_graphs) else y
             for i in range(0, n, top):
-                part = [a[i:i + top] for a in args]
+                part = [a[i : i + top] for a in args]
                 m = len(part[0])
                 y = self._runner(graph, self.bucket(m))(part, m)  # the remainder gets its own bucket
                 if out is None:
                     out = torch.empty((n, *y.shape[1:]), dtype=y.dtype, device=y.device)
-                out[i:i + len(part[0])].copy_(y)
+                out[i : i + len(part[0])].copy_(y)
             return out
 
     def warmup(self, batch_sizes: Sequence[int] = (1,), graphs: Sequence[str] = ("denoiser", "decoder")) -> list:
@@ -300,8 +331,15 @@ class TorchBackend:
         b = len(x)
         f32 = np.float32
         vec = lambda v, dt: self._to(np.array(np.broadcast_to(np.asarray(v, dtype=dt), (b,))), dt)  # noqa: E731
-        args = (self._to(x, f32), vec(t, f32), vec(d, f32), self._to(ctx, f32), self._to(ref, f32),
-                vec(emotion, np.int64), vec(intensity, f32))
+        args = (
+            self._to(x, f32),
+            vec(t, f32),
+            vec(d, f32),
+            self._to(ctx, f32),
+            self._to(ref, f32),
+            vec(emotion, np.int64),
+            vec(intensity, f32),
+        )
         return self.denoise_t(*args, copy=False).cpu().numpy()
 
     # -- info --------------------------------------------------------------------------------
@@ -312,8 +350,16 @@ class TorchBackend:
         return cpu_name()
 
     def describe(self) -> dict:
-        return {"backend": self.name, "device": self.device, "device_name": self.device_name,
-                "threads": self.threads if self.device == "cpu" else None, "torch": self.torch.__version__,
-                "dtype": str(self.dtype).replace("torch.", ""), "compile": self.compile,
-                "compile_mode": self.compile_mode if self.compile else None, "cuda_graphs": self.cuda_graphs,
-                "buckets": list(self.buckets), "captured": sorted(f"{g}@{b}" for g, b in self._runners)}
+        return {
+            "backend": self.name,
+            "device": self.device,
+            "device_name": self.device_name,
+            "threads": self.threads if self.device == "cpu" else None,
+            "torch": self.torch.__version__,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "compile": self.compile,
+            "compile_mode": self.compile_mode if self.compile else None,
+            "cuda_graphs": self.cuda_graphs,
+            "buckets": list(self.buckets),
+            "captured": sorted(f"{g}@{b}" for g, b in self._runners),
+        }

@@ -7,10 +7,20 @@ from dataclasses import asdict, dataclass, field
 from avatarcast.vocabulary import EMOTIONS, FPS, FRAME_HEIGHT, FRAME_WIDTH
 
 # What a manifest written before `arch` existed meant by the fields it did not have.
-LEGACY_V1: dict = {"arch": 1, "window_x0": 0, "window_width": 640, "latent_channels": 16, "downsample": 16,
-                   "patch": 1, "enc_channels": (32, 64, 128, 128), "enc_blocks": (1, 1, 1, 1),
-                   "dec_channels": (128, 64, 32, 16), "dec_blocks": (1, 0, 0, 0), "crop_threshold": 0.0,
-                   "background_latent": [0.0] * 16}
+LEGACY_V1: dict = {
+    "arch": 1,
+    "window_x0": 0,
+    "window_width": 640,
+    "latent_channels": 16,
+    "downsample": 16,
+    "patch": 1,
+    "enc_channels": (32, 64, 128, 128),
+    "enc_blocks": (1, 1, 1, 1),
+    "dec_channels": (128, 64, 32, 16),
+    "dec_blocks": (1, 0, 0, 0),
+    "crop_threshold": 0.0,
+    "background_latent": [0.0] * 16,
+}
 # What a config written before `den_pred` existed trained: the velocity itself.
 LEGACY_DEN_PRED = "v"
 

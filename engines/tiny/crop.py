@@ -69,7 +69,7 @@ def place(rgba: np.ndarray, box: CellBox, cfg: TinyConfig, out: np.ndarray) -> n
     y0, x0 = box.top * s - cfg.pad_top, box.left * s + cfg.window_x0
     r0, c0 = max(0, -y0), 0  # the pad rows above and below the frame are dropped
     r1 = rgba.shape[1] - max(0, y0 + rgba.shape[1] - cfg.height)
-    out[:, y0 + r0:y0 + r1, x0 + c0:x0 + rgba.shape[2]] = rgba[:, r0:r1]
+    out[:, y0 + r0 : y0 + r1, x0 + c0 : x0 + rgba.shape[2]] = rgba[:, r0:r1]
     return out
 
 

@@ -50,6 +50,7 @@ def avatar_cache_key(avatar) -> str:
     import json
 
     from avatarcast.engines.avatar_world import get_avatar
+
     return json.dumps(get_avatar(avatar).to_dict(), sort_keys=True)
 
 
@@ -65,10 +66,18 @@ class TinyEngine:
         self._lock = threading.Lock()
 
     @classmethod
-    def load(cls, weights_dir: str | Path | None = None, backend: str = "onnxruntime", steps: int = 2,
-             threads: int | None = None, device: str | None = None, **backend_options) -> TinyEngine:
+    def load(
+        cls,
+        weights_dir: str | Path | None = None,
+        backend: str = "onnxruntime",
+        steps: int = 2,
+        threads: int | None = None,
+        device: str | None = None,
+        **backend_options,
+    ) -> TinyEngine:
         """Load shipped (or given) weights onto a backend: onnxruntime, torch or tensorrt."""
         from avatarcast.engines.backends import create_backend
+
         manifest = load_manifest(weights_dir)
         be = create_backend(backend, manifest, threads=threads, device=device, **backend_options)
         return cls(be, manifest, steps=steps)
@@ -116,22 +125,29 @@ class TinyEngine:
             ref = self._refs.get(key)
         if ref is None:
             from avatarcast.engines.avatar_world.reference import reference_frame
+
             ref = self.backend.encode(reference_frame(avatar)[None])[0]
             with self._lock:
                 self._refs[key] = ref
         return ref
 
-    def start_stream(self, avatar, emotion: str | int = "idle", intensity: float = 1.0, seed: int = 0,
-                     ctx: np.ndarray | None = None) -> StreamState:
+    def start_stream(
+        self, avatar, emotion: str | int = "idle", intensity: float = 1.0, seed: int = 0, ctx: np.ndarray | None = None
+    ) -> StreamState:
         """A new stream at rest (context = the reference frame), or continuing a given context."""
         key = avatar_cache_key(avatar)
         ref = self.reference_latent(avatar, key)
         K = self.cfg.context_frames
         if ctx is None:
             ctx = np.concatenate([ref] * K, axis=0)
-        return StreamState(key, ref, ctx.astype(np.float32, copy=True),
-                           self.emotion_index(emotion), float(np.clip(intensity, 0.0, 1.0)),
-                           np.random.default_rng(seed))
+        return StreamState(
+            key,
+            ref,
+            ctx.astype(np.float32, copy=True),
+            self.emotion_index(emotion),
+            float(np.clip(intensity, 0.0, 1.0)),
+            np.random.default_rng(seed),
+        )
 
     def set_emotion(self, state: StreamState, emotion: str | int, intensity: float | None = None) -> None:
         state.emotion = self.emotion_index(emotion)
@@ -162,7 +178,7 @@ class TinyEngine:
             x = sampler.step(v, t, x)
         lat = x.reshape(B, T, C, H, W)
         for s, chunk in zip(states, lat):
-            s.ctx = chunk[T - K:].reshape(K * C, H, W).copy()
+            s.ctx = chunk[T - K :].reshape(K * C, H, W).copy()
             s.frames_done += T
         return lat
 
@@ -176,8 +192,10 @@ class TinyEngine:
 
         lowres: decode at half resolution and upscale (about 4x cheaper; same output size).
         """
-        out = [self.backend.decode(np.ascontiguousarray(latents[i:i + batch], dtype=np.float32), lowres=lowres)
-               for i in range(0, len(latents), batch)]
+        out = [
+            self.backend.decode(np.ascontiguousarray(latents[i : i + batch], dtype=np.float32), lowres=lowres)
+            for i in range(0, len(latents), batch)
+        ]
         return np.concatenate(out) if out else np.zeros((0, self.cfg.height, self.cfg.width, 4), np.uint8)
 
     def decode_chunks(self, states: list[StreamState], latents: np.ndarray, lowres: bool = False) -> np.ndarray:
@@ -195,8 +213,16 @@ class TinyEngine:
         """The next T frames of each stream, (T, 360, 640, 4) uint8 each (lowres: see decode)."""
         return list(self.decode_chunks(states, self.sample_chunks(states), lowres=lowres))
 
-    def generate_clip(self, avatar, emotion: str | int, n_frames: int, seed: int = 0,
-                      intensity: float = 1.0, warmup_chunks: int = 1, lowres: bool = False) -> np.ndarray:
+    def generate_clip(
+        self,
+        avatar,
+        emotion: str | int,
+        n_frames: int,
+        seed: int = 0,
+        intensity: float = 1.0,
+        warmup_chunks: int = 1,
+        lowres: bool = False,
+    ) -> np.ndarray:
         """n_frames of one avatar in one emotion; the first chunks (leaving rest) are skipped."""
         st = self.start_stream(avatar, emotion, intensity, seed)
         for _ in range(warmup_chunks):

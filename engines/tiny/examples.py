@@ -14,8 +14,9 @@ def example_inputs(cfg: TinyConfig, batch: int, seed: int = 0) -> dict[str, dict
     H, W = cfg.latent_hw
     f32 = np.float32
     frames = rng.integers(0, 256, (batch, cfg.height, cfg.width, 4), dtype=np.uint8)
-    frames[:, :, :, 3] = np.where(rng.random((batch, cfg.height, cfg.width)) < 0.3, 0,
-                                  frames[:, :, :, 3])  # some fully transparent pixels
+    frames[:, :, :, 3] = np.where(
+        rng.random((batch, cfg.height, cfg.width)) < 0.3, 0, frames[:, :, :, 3]
+    )  # some fully transparent pixels
     ex: dict[str, dict[str, np.ndarray]] = {
         "encoder": {"frames": frames},
         "decoder": {"latents": rng.standard_normal((batch, C, H, W), dtype=f32)},

@@ -223,13 +223,20 @@ class Denoiser(nn.Module):
         _zero_init(self.out)
 
     def forward(self, x, t, d, ctx, ref, emotion, intensity):
-        cond = torch.cat([
-            timestep_embedding(t, 128), timestep_embedding(d, 128),
-            timestep_embedding(intensity, 128), self.emotion_emb(emotion),
-        ], dim=1)
+        cond = torch.cat(
+            [
+                timestep_embedding(t, 128),
+                timestep_embedding(d, 128),
+                timestep_embedding(intensity, 128),
+                self.emotion_emb(emotion),
+            ],
+            dim=1,
+        )
         cond = self.cond_mlp(cond)
         p = self.cfg.patch
-        h = self.inp(F.pixel_unshuffle(torch.cat([x, ctx, ref], dim=1), p) if p > 1 else torch.cat([x, ctx, ref], dim=1))
+        h = self.inp(
+            F.pixel_unshuffle(torch.cat([x, ctx, ref], dim=1), p) if p > 1 else torch.cat([x, ctx, ref], dim=1)
+        )
         skips = []
         for i, blocks in enumerate(self.down):
             for blk in cast(nn.ModuleList, blocks):
@@ -255,10 +262,11 @@ class Denoiser(nn.Module):
 
 # --- frame <-> tensor conversions shared by training, export and the torch backend ---------
 
+
 def frames_to_tensor(frames: torch.Tensor, cfg: TinyConfig) -> torch.Tensor:
     """uint8 (B, H, W, 4) straight-alpha frames -> the window, premultiplied, (B, 4, pad_H, window_W) in [-1, 1]."""
     # cast before slicing the window: TensorRT takes uint8 only straight into a Cast
-    x = frames.permute(0, 3, 1, 2).float()[..., cfg.window_x0:cfg.window_x0 + cfg.window_width] / 255.0
+    x = frames.permute(0, 3, 1, 2).float()[..., cfg.window_x0 : cfg.window_x0 + cfg.window_width] / 255.0
     rgb, a = x[:, :3] * x[:, 3:4], x[:, 3:4]
     x = torch.cat([rgb, a], dim=1) * 2 - 1
     pad = cfg.pad_top
@@ -276,7 +284,7 @@ def tensor_to_rgba(x: torch.Tensor) -> torch.Tensor:
 
 def tensor_to_frames(x: torch.Tensor, cfg: TinyConfig) -> torch.Tensor:
     """The whole window, premultiplied float (B, 4, pad_H, window_W) -> uint8 frames (B, H, W, 4)."""
-    win = tensor_to_rgba(x[:, :, cfg.pad_top:cfg.pad_top + cfg.height])
+    win = tensor_to_rgba(x[:, :, cfg.pad_top : cfg.pad_top + cfg.height])
     left, right = cfg.window_x0, cfg.width - cfg.window_x0 - cfg.window_width
     return F.pad(win, (0, 0, left, right)) if left or right else win
 

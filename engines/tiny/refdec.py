@@ -15,8 +15,8 @@ Fully convolutional: a crop of latent cells decodes with the cached features' wi
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -75,19 +75,22 @@ class RefFeatures:
     radius: int
 
     @classmethod
-    def encode(cls, encoder: RefEncoder, ref_x: torch.Tensor, radius: int) -> "RefFeatures":
+    def encode(cls, encoder: RefEncoder, ref_x: torch.Tensor, radius: int) -> RefFeatures:
         """Encode a whole reference window (B, 4, pad_H, window_W): done once per avatar while serving."""
         return cls(_pad_cells(encoder(ref_x), radius, radius, radius, radius), radius)
 
     def window(self, box: CellBox) -> tuple[torch.Tensor, ...]:
         """The maps a crop of cells `box` decodes with: its cells plus `radius` each way."""
         r2 = 2 * self.radius
-        return tuple(m[..., box.top * s:(box.bottom + r2) * s, box.left * s:(box.right + r2) * s]
-                     for m, s in zip(self.maps, SCALES))
+        return tuple(
+            m[..., box.top * s : (box.bottom + r2) * s, box.left * s : (box.right + r2) * s]
+            for m, s in zip(self.maps, SCALES)
+        )
 
 
-def encode_box(encoder: RefEncoder, ref_x: torch.Tensor, box: CellBox, radius: int,
-               margin: int) -> tuple[torch.Tensor, ...]:
+def encode_box(
+    encoder: RefEncoder, ref_x: torch.Tensor, box: CellBox, radius: int, margin: int
+) -> tuple[torch.Tensor, ...]:
     """RefFeatures.encode(...).window(box) for training crops, encoding only the box's neighbourhood.
 
     The reference is encoded over the box plus radius + margin cells (clamped to the window, so the
@@ -97,12 +100,13 @@ def encode_box(encoder: RefEncoder, ref_x: torch.Tensor, box: CellBox, radius: i
     H, W = ref_x.shape[-2] // s, ref_x.shape[-1] // s
     t0, b0 = max(0, box.top - radius - margin), min(H, box.bottom + radius + margin)
     l0, r0 = max(0, box.left - radius - margin), min(W, box.right + radius + margin)
-    maps = encoder(ref_x[..., t0 * s:b0 * s, l0 * s:r0 * s])
+    maps = encoder(ref_x[..., t0 * s : b0 * s, l0 * s : r0 * s])
     vt, vb = max(0, box.top - radius), min(H, box.bottom + radius)  # cells inside the grid
     vl, vr = max(0, box.left - radius), min(W, box.right + radius)
-    inner = tuple(m[..., (vt - t0) * k:(vb - t0) * k, (vl - l0) * k:(vr - l0) * k] for m, k in zip(maps, SCALES))
-    return _pad_cells(inner, vt - (box.top - radius), box.bottom + radius - vb,
-                      vl - (box.left - radius), box.right + radius - vr)
+    inner = tuple(m[..., (vt - t0) * k : (vb - t0) * k, (vl - l0) * k : (vr - l0) * k] for m, k in zip(maps, SCALES))
+    return _pad_cells(
+        inner, vt - (box.top - radius), box.bottom + radius - vb, vl - (box.left - radius), box.right + radius - vr
+    )
 
 
 class LocalAttention(nn.Module):
@@ -121,21 +125,22 @@ class LocalAttention(nn.Module):
         """h (B, C, h, w) and ref8 (B, C_r, h + 2r, w + 2r) -> weights (B, K, h, w)."""
         q, k = self.q(h), self.k(ref8)
         hh, ww, r = h.shape[-2], h.shape[-1], self.radius
-        logits = torch.stack([(q * k[..., r + dy:r + dy + hh, r + dx:r + dx + ww]).sum(1)
-                              for dy, dx in self.offsets], dim=1)
+        logits = torch.stack(
+            [(q * k[..., r + dy : r + dy + hh, r + dx : r + dx + ww]).sum(1) for dy, dx in self.offsets], dim=1
+        )
         return torch.softmax(logits / math.sqrt(self.dim) + self.bias[None, :, None, None], dim=1)
 
 
-def warp(ref: torch.Tensor, att: torch.Tensor, offsets: list[tuple[int, int]], radius: int,
-         scale: int) -> torch.Tensor:
+def warp(ref: torch.Tensor, att: torch.Tensor, offsets: list[tuple[int, int]], radius: int, scale: int) -> torch.Tensor:
     """Reference map at `scale` px per cell, padded by radius cells -> the attention's mix of it per cell."""
     hh, ww = att.shape[-2] * scale, att.shape[-1] * scale
     a = F.interpolate(att, scale_factor=float(scale), mode="nearest") if scale > 1 else att
-    out = None
+    out: torch.Tensor | None = None
     for i, (dy, dx) in enumerate(offsets):
         y0, x0 = (radius + dy) * scale, (radius + dx) * scale
-        term = a[:, i:i + 1] * ref[..., y0:y0 + hh, x0:x0 + ww]
+        term = a[:, i : i + 1] * ref[..., y0 : y0 + hh, x0 : x0 + ww]
         out = term if out is None else out + term
+    assert out is not None  # offsets is never empty
     return out
 
 
@@ -147,7 +152,8 @@ class Fuse(nn.Module):
         self.a = nn.Conv2d(ch + ref_ch, ch, 1)
         self.b = nn.Conv2d(ch, ch, 1)
         nn.init.zeros_(self.b.weight)
-        nn.init.zeros_(self.b.bias)
+        if self.b.bias is not None:
+            nn.init.zeros_(self.b.bias)
 
     def forward(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         return h + self.b(F.silu(self.a(torch.cat([h, r], dim=1))))
@@ -210,5 +216,15 @@ class RefCache:
         return self._feats[key]
 
 
-__all__ = ["RefDecConfig", "RefEncoder", "RefFeatures", "encode_box", "LocalAttention", "warp", "Fuse",
-           "RefDecoder", "RefCache", "SCALES"]
+__all__ = [
+    "RefDecConfig",
+    "RefEncoder",
+    "RefFeatures",
+    "encode_box",
+    "LocalAttention",
+    "warp",
+    "Fuse",
+    "RefDecoder",
+    "RefCache",
+    "SCALES",
+]

@@ -67,8 +67,10 @@ class Manifest:
     def file(self, name: str, verify: bool = False) -> Path:
         p = self.path / name
         if not p.exists():
-            raise WeightsError(f"{p} is missing: the tiny engine's weights folder is incomplete "
-                               f"(re-export with `python -m tools.export_tiny`)")
+            raise WeightsError(
+                f"{p} is missing: the tiny engine's weights folder is incomplete "
+                f"(re-export with `python -m tools.export_tiny`)"
+            )
         if verify and name in self.files and file_sha256(p) != self.files[name]:
             raise WeightsError(f"{p} does not match the sha256 in {self.path / MANIFEST}: the file is corrupt or stale")
         return p
@@ -78,13 +80,17 @@ def check_vocabulary(cfg: TinyConfig, where: str | Path) -> None:
     """WeightsError unless the weights speak the server's vocabulary: its emotions in the same order (the
     wire's emotion index is the embedding row), its frame size and rate."""
     if tuple(cfg.emotions) != EMOTIONS:
-        raise WeightsError(f"{where}: the weights were trained on the emotions {list(cfg.emotions)}, but "
-                           f"templates/emotions.json lists {list(EMOTIONS)}: the order must match (retrain, or "
-                           f"fix the templates' order)")
+        raise WeightsError(
+            f"{where}: the weights were trained on the emotions {list(cfg.emotions)}, but "
+            f"templates/emotions.json lists {list(EMOTIONS)}: the order must match (retrain, or "
+            f"fix the templates' order)"
+        )
     got, want = (cfg.width, cfg.height, cfg.fps), (FRAME_WIDTH, FRAME_HEIGHT, FPS)
     if got != want:
-        raise WeightsError(f"{where}: the weights make {got[0]}x{got[1]} frames at {got[2]} fps; the server streams "
-                           f"{want[0]}x{want[1]} at {want[2]} fps")
+        raise WeightsError(
+            f"{where}: the weights make {got[0]}x{got[1]} frames at {got[2]} fps; the server streams "
+            f"{want[0]}x{want[1]} at {want[2]} fps"
+        )
 
 
 def load_manifest(weights_dir: str | Path | None = None) -> Manifest:
@@ -94,8 +100,13 @@ def load_manifest(weights_dir: str | Path | None = None) -> Manifest:
         raise WeightsError(f"no {MANIFEST} in {d}: not a tiny engine weights folder")
     try:
         m = json.loads(mp.read_text())
-        manifest = Manifest(TinyConfig.from_dict(m["config"]), dict(m.get("files", {})),
-                            m.get("data_version", "unknown"), dict(m.get("training", {})), d)
+        manifest = Manifest(
+            TinyConfig.from_dict(m["config"]),
+            dict(m.get("files", {})),
+            m.get("data_version", "unknown"),
+            dict(m.get("training", {})),
+            d,
+        )
     except (ValueError, KeyError, TypeError) as e:
         raise WeightsError(f"{mp} is not a valid manifest: {e}") from e
     check_vocabulary(manifest.config, mp)
@@ -103,10 +114,15 @@ def load_manifest(weights_dir: str | Path | None = None) -> Manifest:
 
 
 def write_manifest(weights_dir: Path, cfg: TinyConfig, data_version: str, training: dict) -> Manifest:
-    files = {p.name: file_sha256(p) for p in sorted(weights_dir.iterdir())
-             if p.suffix in (".onnx", ".safetensors")}
-    body = {"format": 1, "engine": "tiny", "config": cfg.to_dict(), "files": files,
-            "data_version": data_version, "training": training}
+    files = {p.name: file_sha256(p) for p in sorted(weights_dir.iterdir()) if p.suffix in (".onnx", ".safetensors")}
+    body = {
+        "format": 1,
+        "engine": "tiny",
+        "config": cfg.to_dict(),
+        "files": files,
+        "data_version": data_version,
+        "training": training,
+    }
     (weights_dir / MANIFEST).write_text(json.dumps(body, indent=1) + "\n")
     return load_manifest(weights_dir)
 
@@ -118,10 +134,13 @@ def load_torch_modules(manifest: Manifest, device: str = "cpu"):
     from avatarcast.engines.tiny.model import Denoiser, Encoder, make_decoder
 
     sd = load_file(str(manifest.file(TORCH_FILE)), device=device)
-    mods = {"encoder": Encoder(manifest.config), "decoder": make_decoder(manifest.config),
-            "denoiser": Denoiser(manifest.config)}
+    mods = {
+        "encoder": Encoder(manifest.config),
+        "decoder": make_decoder(manifest.config),
+        "denoiser": Denoiser(manifest.config),
+    }
     for name, mod in mods.items():
-        part = {k[len(name) + 1:]: v.float() for k, v in sd.items() if k.startswith(name + ".")}
+        part = {k[len(name) + 1 :]: v.float() for k, v in sd.items() if k.startswith(name + ".")}
         mod.load_state_dict(part)
         mod.to(device).eval()
     return mods["encoder"], mods["decoder"], mods["denoiser"]
@@ -135,6 +154,7 @@ def load_lowres_module(manifest: Manifest, device: str = "cpu"):
 
     sd = load_file(str(manifest.file(LOWRES_FILE)), device=device)
     mod = HalfResDecoder(manifest.config)
-    mod.load_state_dict({k[len("decoder_lowres."):]: v.float() for k, v in sd.items()
-                         if k.startswith("decoder_lowres.")})
+    mod.load_state_dict(
+        {k[len("decoder_lowres.") :]: v.float() for k, v in sd.items() if k.startswith("decoder_lowres.")}
+    )
     return mod.to(device).eval()

@@ -52,6 +52,7 @@ def _load_model(cls, directory: Path, dtype: torch.dtype):
     else:
         return cls.from_pretrained(str(directory), torch_dtype=dtype, local_files_only=True)
     from safetensors.torch import load_file
+
     model = cls.from_config(cls.load_config(str(directory), local_files_only=True))
     state: dict[str, torch.Tensor] = {}
     for f in sorted(directory.glob("*.safetensors")):
@@ -89,11 +90,23 @@ class WanStreamState:
 class WanEngine:
     """Generates avatar video chunk by chunk with a (few-step distilled) Wan2.2 TI2V model."""
 
-    def __init__(self, transformer, vae, info: CheckpointInfo, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, steps: int = 4, shift: float = 5.0,
-                 sigmas: list[float] | None = None, chunk_latent_frames: int = 1,
-                 context_latent_frames: int = 1, height: int = 352, width: int = 640,
-                 out_height: int = FRAME_HEIGHT, out_width: int = FRAME_WIDTH):
+    def __init__(
+        self,
+        transformer,
+        vae,
+        info: CheckpointInfo,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        steps: int = 4,
+        shift: float = 5.0,
+        sigmas: list[float] | None = None,
+        chunk_latent_frames: int = 1,
+        context_latent_frames: int = 1,
+        height: int = 352,
+        width: int = 640,
+        out_height: int = FRAME_HEIGHT,
+        out_width: int = FRAME_WIDTH,
+    ):
         self.transformer, self.vae, self.info = transformer.eval(), vae.eval(), info
         self.device, self.dtype = torch.device(device), dtype
         self.sampler = FlowMatchEulerSampler(steps=steps, shift=shift, sigmas=sigmas)
@@ -105,8 +118,10 @@ class WanEngine:
         self.temporal = int(vcfg.get("scale_factor_temporal") or 4)
         _, ph, pw = transformer.config.patch_size
         if height % (self.spatial * ph) or width % (self.spatial * pw):
-            raise ValueError(f"{height}x{width} must be divisible by {self.spatial * ph}x{self.spatial * pw} "
-                             "(VAE spatial factor x transformer patch)")
+            raise ValueError(
+                f"{height}x{width} must be divisible by {self.spatial * ph}x{self.spatial * pw} "
+                "(VAE spatial factor x transformer patch)"
+            )
         self.height, self.width, self.out_height, self.out_width = height, width, out_height, out_width
         self.latent_hw = (height // self.spatial, width // self.spatial)
         self.z_dim = int(vcfg.z_dim)
@@ -114,8 +129,7 @@ class WanEngine:
         self.latents_std = torch.tensor(vcfg.latents_std, dtype=torch.float32, device=self.device).view(-1, 1, 1, 1)
         # diffusers' WanTransformer3DModel takes (B, seq_len) timesteps since Wan 2.2 (TI2V)
         emb = getattr(transformer, "condition_embedder", None)
-        self.per_token_timesteps = emb is not None and \
-            "timestep_seq_len" in inspect.signature(emb.forward).parameters
+        self.per_token_timesteps = emb is not None and "timestep_seq_len" in inspect.signature(emb.forward).parameters
         self._text_encoder: Any = None  # transformers' UMT5 encoder and tokenizer, loaded on first use
         self._tokenizer: Any = None
         self.vae_stream = StreamingVaeDecoder(vae, frames_per_call=chunk_latent_frames)
@@ -123,27 +137,55 @@ class WanEngine:
         self.denoiser = transformer  # called as denoiser(x, t, text, return_dict=False); see graphs.py
 
     @classmethod
-    def load(cls, checkpoint_dir: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
-             steps: int = 4, shift: float = 5.0, chunk_latent_frames: int = 1,
-             context_latent_frames: int = 1, vae_dtype: torch.dtype = torch.float32,
-             **kwargs) -> WanEngine:
+    def load(
+        cls,
+        checkpoint_dir: str | Path,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        steps: int = 4,
+        shift: float = 5.0,
+        chunk_latent_frames: int = 1,
+        context_latent_frames: int = 1,
+        vae_dtype: torch.dtype = torch.float32,
+        **kwargs,
+    ) -> WanEngine:
         """Load transformer + VAE from a local diffusers-format dir (never the hub).
 
         vae_dtype: float32 by default; bfloat16 halves the decode time on a GPU (the decode costs
         more than the transformer at 360P), at some risk of banding in flat colours."""
         from diffusers import AutoencoderKLWan, WanTransformer3DModel
+
         info = inspect_checkpoint(checkpoint_dir)
         tr = _load_model(WanTransformer3DModel, info.transformer_dir, dtype).to(device)
         vae = _load_model(AutoencoderKLWan, info.vae_dir, vae_dtype).to(device)
-        return cls(tr, vae, info, device=device, dtype=dtype, steps=steps, shift=shift,
-                   chunk_latent_frames=chunk_latent_frames, context_latent_frames=context_latent_frames,
-                   **kwargs)
+        return cls(
+            tr,
+            vae,
+            info,
+            device=device,
+            dtype=dtype,
+            steps=steps,
+            shift=shift,
+            chunk_latent_frames=chunk_latent_frames,
+            context_latent_frames=context_latent_frames,
+            **kwargs,
+        )
 
-    def accelerate(self, *, cuda_graphs: bool = True, compile: bool | str = False, vae_compile: bool = False,
-                   vae_channels_last: bool = True, vae_batch: int = 4, buckets: tuple[int, ...] | None = None,
-                   warm_batches: tuple[int, ...] = (), fp8: bool = False,
-                   vae_frames_per_call: int | None = None, vae_aot_dir: str | Path | None = None,
-                   vae_warmup: str = "start") -> WanEngine:
+    def accelerate(
+        self,
+        *,
+        cuda_graphs: bool = True,
+        compile: bool | str = False,
+        vae_compile: bool = False,
+        vae_channels_last: bool = True,
+        vae_batch: int = 4,
+        buckets: tuple[int, ...] | None = None,
+        warm_batches: tuple[int, ...] = (),
+        fp8: bool = False,
+        vae_frames_per_call: int | None = None,
+        vae_aot_dir: str | Path | None = None,
+        vae_warmup: str = "start",
+    ) -> WanEngine:
         """The GPU fast path (server and benchmark alike); a no-op off CUDA.
 
         CUDA graphs per batch bucket for the transformer (capture takes seconds), optionally
@@ -168,30 +210,40 @@ class WanEngine:
         t0 = time.perf_counter()
         if fp8:
             from avatarcast.engines.wan.fp8 import convert_blocks_to_fp8
+
             convert_blocks_to_fp8(self.transformer)
         from avatarcast.engines.wan.graphs import DEFAULT_BUCKETS, GraphedDenoiser
+
         torch.backends.cudnn.benchmark = True
-        self.vae_stream = StreamingVaeDecoder(self.vae, max_batch=vae_batch, compile=vae_compile,
-                                              channels_last=vae_channels_last,
-                                              frames_per_call=vae_frames_per_call or self.chunk_latent_frames,
-                                              aot_dir=vae_aot_dir)
+        self.vae_stream = StreamingVaeDecoder(
+            self.vae,
+            max_batch=vae_batch,
+            compile=vae_compile,
+            channels_last=vae_channels_last,
+            frames_per_call=vae_frames_per_call or self.chunk_latent_frames,
+            aot_dir=vae_aot_dir,
+        )
         vae_batches = range(1, self.vae_stream.max_batch + 1)
         t1 = time.perf_counter()
         if vae_warmup == "start":
             self.vae_stream.warm_up(self.latent_hw, vae_batches)
             torch.cuda.synchronize(self.device)
         # where a start's time goes (a warm restart's budget is a minute): logged and benchmarked
-        self.warm_s = {"fp8": round(t1 - t0, 2),
-                       "vae": round(time.perf_counter() - t1, 2) if vae_warmup == "start" else vae_warmup}
+        self.warm_s = {
+            "fp8": round(t1 - t0, 2),
+            "vae": round(time.perf_counter() - t1, 2) if vae_warmup == "start" else vae_warmup,
+        }
         if cuda_graphs:
             self.denoiser = GraphedDenoiser(self.transformer, buckets=buckets or DEFAULT_BUCKETS, compile=compile)
             if warm_batches:
                 K, T = self.context_latent_frames, self.chunk_latent_frames
                 _, ph, pw = self.transformer.config.patch_size
                 seq = (K + T) * (self.latent_hw[0] // ph) * (self.latent_hw[1] // pw)
-                sample = (torch.zeros(1, self.z_dim, K + T, *self.latent_hw, device=self.device, dtype=self.dtype),
-                          torch.zeros(1, seq, device=self.device),
-                          torch.zeros(1, 512, self.transformer.config.text_dim, device=self.device, dtype=self.dtype))
+                sample = (
+                    torch.zeros(1, self.z_dim, K + T, *self.latent_hw, device=self.device, dtype=self.dtype),
+                    torch.zeros(1, seq, device=self.device),
+                    torch.zeros(1, 512, self.transformer.config.text_dim, device=self.device, dtype=self.dtype),
+                )
                 self.denoiser.warm_up(sample, warm_batches)
             self.warm_s["transformer"] = dict(self.denoiser.capture_s)
         if vae_warmup == "background":  # only now: a CUDA graph capture fails if another thread launches work
@@ -206,15 +258,29 @@ class WanEngine:
         if not self.info.has_text_encoder:
             raise WanCheckpointError(
                 f"checkpoint {self.info.root} has no usable text encoder (missing "
-                f"{', '.join(self.info.text_encoder_missing)}); pass precomputed prompt embeddings instead")
+                f"{', '.join(self.info.text_encoder_missing)}); pass precomputed prompt embeddings instead"
+            )
         if self._text_encoder is None:
             from transformers import AutoTokenizer, UMT5EncoderModel
+
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.info.tokenizer_dir), local_files_only=True)
-            self._text_encoder = UMT5EncoderModel.from_pretrained(
-                str(self.info.text_encoder_dir), torch_dtype=self.dtype, local_files_only=True).to(self.device).eval()
+            self._text_encoder = (
+                UMT5EncoderModel.from_pretrained(
+                    str(self.info.text_encoder_dir), torch_dtype=self.dtype, local_files_only=True
+                )
+                .to(self.device)
+                .eval()
+            )
         prompts = [re.sub(r"\s+", " ", p).strip() for p in prompts]
-        tok = self._tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True,
-                              add_special_tokens=True, return_attention_mask=True, return_tensors="pt")
+        tok = self._tokenizer(
+            prompts,
+            padding="max_length",
+            max_length=max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
         ids, mask = tok.input_ids.to(self.device), tok.attention_mask.to(self.device)
         emb = self._text_encoder(ids, mask).last_hidden_state.to(self.dtype)
         return emb * mask.unsqueeze(-1).to(emb.dtype)  # zero past each prompt's end, as diffusers does
@@ -243,12 +309,12 @@ class WanEngine:
                 raise ValueError(f"one prompt per stream, got embeddings of shape {tuple(e.shape)}")
             e = e[0]
         if e.ndim != 2 or e.shape[-1] != self.transformer.config.text_dim:
-            raise ValueError(f"prompt embeddings must be (L, {self.transformer.config.text_dim}), "
-                             f"got {tuple(e.shape)}")
+            raise ValueError(f"prompt embeddings must be (L, {self.transformer.config.text_dim}), got {tuple(e.shape)}")
         return e.to(self.device, self.dtype)
 
-    def start_stream(self, reference_latent: torch.Tensor, prompt_embeds: torch.Tensor,
-                     seed: int = 0) -> WanStreamState:
+    def start_stream(
+        self, reference_latent: torch.Tensor, prompt_embeds: torch.Tensor, seed: int = 0
+    ) -> WanStreamState:
         """A new stream whose context is the reference latent (the clean first frame)."""
         ref = torch.as_tensor(reference_latent).to(self.device, torch.float32)
         if tuple(ref.shape) != (self.z_dim, *self.latent_hw):
@@ -276,8 +342,9 @@ class WanEngine:
         B, (h, w) = len(states), self.latent_hw
         cond = torch.zeros(B, self.z_dim, K + T, h, w, device=self.device)
         cond[:, :, :K] = torch.stack([s.context for s in states])
-        noise = torch.stack([torch.randn(self.z_dim, T, h, w, generator=s.generator, device=self.device)
-                             for s in states])
+        noise = torch.stack(
+            [torch.randn(self.z_dim, T, h, w, generator=s.generator, device=self.device) for s in states]
+        )
         x = torch.cat([cond[:, :, :K], noise], dim=2)
         mask = torch.ones(1, 1, K + T, h, w, device=self.device)
         mask[:, :, :K] = 0
@@ -319,7 +386,7 @@ class WanEngine:
         z = self._denorm(z.permute(0, 2, 1, 3, 4))
         video = self.vae.decode(z.to(self.vae_stream.dtype), return_dict=False)[0]  # (B, 3, F, H, W)
         if context is not None:
-            video = video[:, :, -self.temporal * n_new:]
+            video = video[:, :, -self.temporal * n_new :]
         return self._fit(self._to_uint8(video)).cpu().numpy()
 
     @staticmethod
@@ -328,16 +395,20 @@ class WanEngine:
         return ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1)
 
     @overload
-    def decode_new(self, states: Sequence[WanStreamState], latents: torch.Tensor,
-                   to_numpy: Literal[True] = ...) -> np.ndarray: ...
+    def decode_new(
+        self, states: Sequence[WanStreamState], latents: torch.Tensor, to_numpy: Literal[True] = ...
+    ) -> np.ndarray: ...
     @overload
-    def decode_new(self, states: Sequence[WanStreamState], latents: torch.Tensor,
-                   to_numpy: Literal[False]) -> torch.Tensor: ...
+    def decode_new(
+        self, states: Sequence[WanStreamState], latents: torch.Tensor, to_numpy: Literal[False]
+    ) -> torch.Tensor: ...
     @overload
-    def decode_new(self, states: Sequence[WanStreamState], latents: torch.Tensor,
-                   to_numpy: bool) -> np.ndarray | torch.Tensor: ...
-    def decode_new(self, states: Sequence[WanStreamState], latents: torch.Tensor,
-                   to_numpy: bool = True) -> np.ndarray | torch.Tensor:
+    def decode_new(
+        self, states: Sequence[WanStreamState], latents: torch.Tensor, to_numpy: bool
+    ) -> np.ndarray | torch.Tensor: ...
+    def decode_new(
+        self, states: Sequence[WanStreamState], latents: torch.Tensor, to_numpy: bool = True
+    ) -> np.ndarray | torch.Tensor:
         """The frames of each stream's newest chunk: latents (B, T, C, h, w) from sample_chunks ->
         RGB uint8 (B, 4T, out_height, out_width, 3), continuing each stream's video seamlessly.
 
@@ -349,8 +420,9 @@ class WanEngine:
         fresh = [b for b, s in enumerate(states) if s.vae.frames == 0]
         steady = [b for b, s in enumerate(states) if s.vae.frames > 0]
         if fresh:
-            ctx = torch.stack([c if (c := states[b].last_context) is not None
-                               else states[b].context for b in fresh]).to(self.device, torch.float32)
+            ctx = torch.stack(
+                [c if (c := states[b].last_context) is not None else states[b].context for b in fresh]
+            ).to(self.device, torch.float32)
             zz = torch.cat([ctx, z[fresh]], 2)
             K = ctx.shape[2]
             skip = 1 + self.temporal * (K - 1)  # pixels of the context frames: already on screen
@@ -370,10 +442,10 @@ class WanEngine:
         B, Fr, H, W, _ = frames.shape
         if H > self.out_height:
             lo = (H - self.out_height) // 2
-            frames, H = frames[:, :, lo:lo + self.out_height], self.out_height
+            frames, H = frames[:, :, lo : lo + self.out_height], self.out_height
         if W > self.out_width:
             lo = (W - self.out_width) // 2
-            frames, W = frames[:, :, :, lo:lo + self.out_width], self.out_width
+            frames, W = frames[:, :, :, lo : lo + self.out_width], self.out_width
         if (H, W) == (self.out_height, self.out_width):
             return frames
         top, left = (self.out_height - H) // 2, (self.out_width - W) // 2

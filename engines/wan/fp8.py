@@ -50,8 +50,9 @@ class Fp8Linear(nn.Module):
         dtype = x.dtype if x.dtype in (torch.bfloat16, torch.float16) else self.out_dtype
         if x.is_cuda:
             bias = None if self.bias is None else self.bias.to(dtype)
-            y = torch._scaled_mm(q, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale, bias=bias,
-                                 out_dtype=dtype)
+            y = torch._scaled_mm(
+                q, self.weight_fp8.t(), scale_a=scale, scale_b=self.weight_scale, bias=bias, out_dtype=dtype
+            )
         else:
             w = self.weight_fp8.float() * self.weight_scale.t()
             y = (q.float() * scale) @ w.t()

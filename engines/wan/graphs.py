@@ -44,8 +44,9 @@ def compile_transformer(transformer, mode: bool | str, backend: str | Callable[.
 class GraphedDenoiser:
     """Callable like the transformer (x, t, text, return_dict=False) -> (pred,), via CUDA graphs."""
 
-    def __init__(self, transformer, buckets: tuple[int, ...] = DEFAULT_BUCKETS, text_len: int = 512,
-                 compile: bool | str = False) -> None:
+    def __init__(
+        self, transformer, buckets: tuple[int, ...] = DEFAULT_BUCKETS, text_len: int = 512, compile: bool | str = False
+    ) -> None:
         self.transformer = transformer
         self.fn = compile_transformer(transformer, compile)
         self.buckets = tuple(sorted(set(int(b) for b in buckets)))
@@ -93,8 +94,8 @@ class GraphedDenoiser:
         g, sx, st, se, out = entry
         sx[:B].copy_(x)
         st[:B].copy_(t)
-        se[:B, :text.shape[1]].copy_(text)
-        se[:B, text.shape[1]:].zero_()
+        se[:B, : text.shape[1]].copy_(text)
+        se[:B, text.shape[1] :].zero_()
         g.replay()
         return (out[:B].clone(),)
 

@@ -60,9 +60,14 @@ def text_encoder_id(info: CheckpointInfo, max_length: int = MAX_LENGTH) -> str:
     """Identity of the checkpoint's text encoder + tokenizer (None-safe callers check has_text_encoder)."""
     if info.text_encoder_dir is None or info.tokenizer_dir is None:  # both set, or neither (has_text_encoder)
         raise WanCheckpointError(f"checkpoint {info.root} has no text encoder")
-    blob = json.dumps({"text_encoder": dir_fingerprint(info.text_encoder_dir),
-                       "tokenizer": dir_fingerprint(info.tokenizer_dir), "max_length": max_length},
-                      sort_keys=True)
+    blob = json.dumps(
+        {
+            "text_encoder": dir_fingerprint(info.text_encoder_dir),
+            "tokenizer": dir_fingerprint(info.tokenizer_dir),
+            "max_length": max_length,
+        },
+        sort_keys=True,
+    )
     return "umt5-" + hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -101,7 +106,7 @@ class PromptEmbedStore:
             log.warning("prompt embeddings: ignoring %s (%s)", p, e)
             return None
         full = np.zeros((max(int(meta.get("max_length", len(emb))), len(emb)), emb.shape[1]), np.float32)
-        full[:len(emb)] = emb
+        full[: len(emb)] = emb
         return full
 
     def save(self, encoder_id: str, prompt: str, embeds: np.ndarray) -> Path:
@@ -135,9 +140,14 @@ class PromptEmbedStore:
         return None
 
 
-def resolve_prompt_embeds(prompts: Iterable[str], dim: int, info: CheckpointInfo, store: PromptEmbedStore,
-                          encode: Callable[[list[str]], Iterable[np.ndarray]] | None = None,
-                          mode: str = "auto") -> tuple[str, dict[str, np.ndarray]]:
+def resolve_prompt_embeds(
+    prompts: Iterable[str],
+    dim: int,
+    info: CheckpointInfo,
+    store: PromptEmbedStore,
+    encode: Callable[[list[str]], Iterable[np.ndarray]] | None = None,
+    mode: str = "auto",
+) -> tuple[str, dict[str, np.ndarray]]:
     """(source id, {prompt: (L, D) float32}) for every prompt.
 
     mode "random": random embeddings (never chosen silently). mode "auto": the store, computing
@@ -169,10 +179,20 @@ def resolve_prompt_embeds(prompts: Iterable[str], dim: int, info: CheckpointInfo
             f"and checkpoint {info.root} has no text encoder to compute them (missing "
             f"{', '.join(info.text_encoder_missing)}). Write them once with a checkpoint that has text_encoder/ "
             f"and tokenizer/: `avatarcast precompute --engine wan --checkpoint DIR --prompts-only` with the same "
-            f"--cache-dir; or, for benchmarks with random weights, pass --wan-prompt-embeds random")
+            f"--cache-dir; or, for benchmarks with random weights, pass --wan-prompt-embeds random"
+        )
     # find_encoder loaded each of them
     return found, {p: e for p in prompts if (e := store.load(found, p, dim)) is not None}
 
 
-__all__ = ["MAX_LENGTH", "RANDOM", "PromptEmbedStore", "PromptEmbedsMissing", "dir_fingerprint",
-           "normalize_prompt", "random_embeds", "resolve_prompt_embeds", "text_encoder_id"]
+__all__ = [
+    "MAX_LENGTH",
+    "RANDOM",
+    "PromptEmbedStore",
+    "PromptEmbedsMissing",
+    "dir_fingerprint",
+    "normalize_prompt",
+    "random_embeds",
+    "resolve_prompt_embeds",
+    "text_encoder_id",
+]

@@ -26,8 +26,9 @@ from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder
 log = logging.getLogger(__name__)
 
 BACKENDS = ("torch", "tensorrt", "onnxruntime")
-EXPORT_HINT = ("python -m avatarcast.engines.wan.export --checkpoint CKPT --out DIR --chunk-frames T "
-               "[--build --module tensorrt]")
+EXPORT_HINT = (
+    "python -m avatarcast.engines.wan.export --checkpoint CKPT --out DIR --chunk-frames T [--build --module tensorrt]"
+)
 
 
 class ExportError(EngineError, RuntimeError):
@@ -42,20 +43,27 @@ def load_manifest(export_dir: str | Path) -> dict:
     for g in ("denoiser", "vae_step"):
         f = Path(export_dir) / m["graphs"][g]["path"]
         if not f.is_file():
-            raise ExportError(f"{export_dir!s}: {f.name} is missing (listed in {MANIFEST}); "
-                              f"export again ({EXPORT_HINT})")
+            raise ExportError(
+                f"{export_dir!s}: {f.name} is missing (listed in {MANIFEST}); export again ({EXPORT_HINT})"
+            )
     return m
 
 
 def check_fits(m: dict, engine) -> None:
     """The graphs are traced at one chunk shape: the serving engine must have it."""
-    want = {"context_latent_frames": engine.context_latent_frames, "chunk_latent_frames": engine.chunk_latent_frames,
-            "latent_hw": list(engine.latent_hw), "z_dim": engine.z_dim}
+    want = {
+        "context_latent_frames": engine.context_latent_frames,
+        "chunk_latent_frames": engine.chunk_latent_frames,
+        "latent_hw": list(engine.latent_hw),
+        "z_dim": engine.z_dim,
+    }
     bad = {k: (m.get(k), v) for k, v in want.items() if m.get(k) != v}
     if bad:
-        raise ExportError("the exported graphs do not fit this engine: "
-                          + ", ".join(f"{k} exported {a}, serving {b}" for k, (a, b) in bad.items())
-                          + f"; export with the serving flags ({EXPORT_HINT})")
+        raise ExportError(
+            "the exported graphs do not fit this engine: "
+            + ", ".join(f"{k} exported {a}, serving {b}" for k, (a, b) in bad.items())
+            + f"; export with the serving flags ({EXPORT_HINT})"
+        )
 
 
 class OrtGraph:
@@ -63,6 +71,7 @@ class OrtGraph:
 
     def __init__(self, path: Path, device: torch.device) -> None:
         import onnxruntime as ort
+
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
             providers.insert(0, "CUDAExecutionProvider")
@@ -80,8 +89,9 @@ class OrtGraph:
 class TrtGraph:
     """One exported graph as a TensorRT engine, built on first use and cached (export.build_graph)."""
 
-    def __init__(self, name: str, path: Path, info: dict, cache_dir: Path, max_batch: int,
-                 module: str | None = None) -> None:
+    def __init__(
+        self, name: str, path: Path, info: dict, cache_dir: Path, max_batch: int, module: str | None = None
+    ) -> None:
         gpu_info()  # no GPU is the first thing to say on a machine without one, before any missing TensorRT
         target = runtime_target(module)  # one this TensorRT runs on, checked before building (TensorRT-RTX needs none)
         rec = build_graph(target, name, info, path, cache_dir, max_batch, "fp16", log.info)
@@ -108,8 +118,10 @@ class GraphDenoiser:
         if text.shape[1] < self.text_len:
             text = torch.nn.functional.pad(text, (0, 0, 0, self.text_len - text.shape[1]))
         n = self.graph.max_batch
-        parts = [self.graph.run({"x": x[i:i + n], "t": t[i:i + n], "text": text[i:i + n]})[0]
-                 for i in range(0, x.shape[0], n)]
+        parts = [
+            self.graph.run({"x": x[i : i + n], "t": t[i : i + n], "text": text[i : i + n]})[0]
+            for i in range(0, x.shape[0], n)
+        ]
         return (torch.cat(parts).to(x.dtype),)
 
 
@@ -124,23 +136,31 @@ class GraphSteadyDecoder:
     def __call__(self, x: torch.Tensor, feats: list) -> torch.Tensor:
         idx = [i for i, f in enumerate(feats) if torch.is_tensor(f)]
         if len(idx) != len(self.graph.inputs) - 1:
-            raise ExportError(f"the VAE frame graph takes {len(self.graph.inputs) - 1} caches, "
-                              f"the stream has {len(idx)}")
+            raise ExportError(
+                f"the VAE frame graph takes {len(self.graph.inputs) - 1} caches, the stream has {len(idx)}"
+            )
         outs = self.graph.run({"x": x, **{f"cache{j}": feats[i] for j, i in enumerate(idx)}})
         for i, t in zip(idx, outs[1:]):
             feats[i] = t.to(feats[i].dtype)
         return outs[0].to(x.dtype)
 
 
-def use_exported(engine, export_dir: str | Path, backend: str, cache_dir: str | Path | None = None,
-                 vae_max_batch: int = 4, max_batch: int = 16, module: str | None = None) -> dict:
+def use_exported(
+    engine,
+    export_dir: str | Path,
+    backend: str,
+    cache_dir: str | Path | None = None,
+    vae_max_batch: int = 4,
+    max_batch: int = 16,
+    module: str | None = None,
+) -> dict:
     """Serve `engine` (a WanEngine) through the exported graphs in `export_dir`; returns the manifest."""
     if backend not in BACKENDS[1:]:
         raise ValueError(f"backend must be tensorrt or onnxruntime, got {backend!r}")
     m = load_manifest(export_dir)
     check_fits(m, engine)
     root = Path(export_dir)
-    graphs = {}
+    graphs: dict[str, OrtGraph | TrtGraph] = {}
     for name, mb in (("denoiser", max_batch), ("vae_step", vae_max_batch)):
         info, path = m["graphs"][name], root / m["graphs"][name]["path"]
         if backend == "onnxruntime":
@@ -148,7 +168,11 @@ def use_exported(engine, export_dir: str | Path, backend: str, cache_dir: str | 
         else:
             graphs[name] = TrtGraph(name, path, info, Path(cache_dir or root / "engines"), mb, module)
     engine.denoiser = GraphDenoiser(graphs["denoiser"], m["graphs"]["denoiser"]["shapes"]["text"][1])
-    engine.vae_stream = StreamingVaeDecoder(engine.vae, max_batch=min(vae_max_batch, graphs["vae_step"].max_batch),
-                                            frames_per_call=1, steady=GraphSteadyDecoder(graphs["vae_step"]))
+    engine.vae_stream = StreamingVaeDecoder(
+        engine.vae,
+        max_batch=min(vae_max_batch, graphs["vae_step"].max_batch),
+        frames_per_call=1,
+        steady=GraphSteadyDecoder(graphs["vae_step"]),
+    )
     log.info("wan engine: the transformer and the VAE's steady frame run on %s (%s)", backend, root)
     return m

@@ -31,8 +31,13 @@ from avatarcast.engines.contract import EngineCapabilities
 from avatarcast.engines.sampler import FlowMatchEulerSampler
 from avatarcast.engines.wan.checkpoint import inspect_checkpoint
 from avatarcast.engines.wan.engine import WanEngine, WanStreamState
-from avatarcast.engines.wan.prompts import (RANDOM, PromptEmbedStore, dir_fingerprint, normalize_prompt,
-                                 resolve_prompt_embeds)
+from avatarcast.engines.wan.prompts import (
+    RANDOM,
+    PromptEmbedStore,
+    dir_fingerprint,
+    normalize_prompt,
+    resolve_prompt_embeds,
+)
 from avatarcast.vocabulary import FRAME_HEIGHT, FRAME_WIDTH
 
 log = logging.getLogger(__name__)
@@ -88,8 +93,9 @@ class ServingShapes:
 
 def checkpoint_id(info) -> str:
     """Transformer + VAE identity: each file by name, size and first/last MiB (no hashing of 10 GB)."""
-    blob = json.dumps({"transformer": dir_fingerprint(info.transformer_dir), "vae": dir_fingerprint(info.vae_dir)},
-                      sort_keys=True)
+    blob = json.dumps(
+        {"transformer": dir_fingerprint(info.transformer_dir), "vae": dir_fingerprint(info.vae_dir)}, sort_keys=True
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -115,6 +121,7 @@ def compile_cache_dir(cache_dir: str | Path) -> Path:
     needs them. (Importing diffusers already sets the variable to inductor's default: that value
     counts as unset.)"""
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
     now = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
     if now is None or os.path.abspath(now) == os.path.abspath(default_cache_dir()):
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(cache_dir).resolve() / "inductor")
@@ -127,8 +134,16 @@ def compile_cache_dir(cache_dir: str | Path) -> Path:
 class WanAvatarEngine:
     """Wan2.2 TI2V with the TinyEngine interface: emotions, avatars, numpy latents, 640x360 RGBA frames."""
 
-    def __init__(self, wan: WanEngine, templates: Mapping[str, Any], embeds: Mapping[str, np.ndarray],
-                 embeds_id: str, checkpoint_hash: str, max_batch: int = 5, pipeline: bool = False) -> None:
+    def __init__(
+        self,
+        wan: WanEngine,
+        templates: Mapping[str, Any],
+        embeds: Mapping[str, np.ndarray],
+        embeds_id: str,
+        checkpoint_hash: str,
+        max_batch: int = 5,
+        pipeline: bool = False,
+    ) -> None:
         self.wan = wan
         self.max_batch = max(1, int(max_batch))  # the scheduler's batch: most streams per next_chunk call
         self.pipeline_depth = 2 if pipeline else 1  # engine calls the scheduler keeps in flight (launch_chunks)
@@ -140,20 +155,43 @@ class WanAvatarEngine:
         self.embeds_id, self.checkpoint_hash = embeds_id, checkpoint_hash
         s = min(FRAME_HEIGHT / wan.height, FRAME_WIDTH / wan.width)  # model grid -> 640x360, aspect kept
         self._crop_hw = (round(wan.height * s), round(wan.width * s))  # the part of 640x360 the model sees
-        self.cfg = ServingShapes(wan.chunk_latent_frames, wan.z_dim, wan.context_latent_frames, wan.latent_hw,
-                                 wan.temporal * wan.chunk_latent_frames)
+        self.cfg = ServingShapes(
+            wan.chunk_latent_frames,
+            wan.z_dim,
+            wan.context_latent_frames,
+            wan.latent_hw,
+            wan.temporal * wan.chunk_latent_frames,
+        )
         self._refs: dict[str, torch.Tensor] = {}
         self._lock = threading.Lock()
         self._streams: dict[str, torch.cuda.Stream] = {}  # "steps", "vae": see launch_chunks
 
     @classmethod
-    def load(cls, checkpoint_dir: str | Path, cache_dir: str | Path, *, templates: Mapping[str, Any] | None = None,
-             device: str = "auto", dtype: str = "auto", steps: int = 4, shift: float = 5.0,
-             chunk_latent_frames: int = 1, context_latent_frames: int = 1, height: int = 352, width: int = 640,
-             prompt_embeds: str = "auto", compile: bool | str = False, vae_warmup: str = "start",
-             fp8: bool = False, batch: int = 5, vae_batch: int = 1,
-             pipeline: bool = False, backend: str = "torch", export_dir: str | Path | None = None,
-             sigmas: list[float] | None = None) -> "WanAvatarEngine":
+    def load(
+        cls,
+        checkpoint_dir: str | Path,
+        cache_dir: str | Path,
+        *,
+        templates: Mapping[str, Any] | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        steps: int = 4,
+        shift: float = 5.0,
+        chunk_latent_frames: int = 1,
+        context_latent_frames: int = 1,
+        height: int = 352,
+        width: int = 640,
+        prompt_embeds: str = "auto",
+        compile: bool | str = False,
+        vae_warmup: str = "start",
+        fp8: bool = False,
+        batch: int = 5,
+        vae_batch: int = 1,
+        pipeline: bool = False,
+        backend: str = "torch",
+        export_dir: str | Path | None = None,
+        sigmas: list[float] | None = None,
+    ) -> WanAvatarEngine:
         """Checkpoint + prompt embeddings from `cache_dir`/prompt_embeds (computed there once when the
         checkpoint has a text encoder). Fails before loading any weights when the embeddings are missing.
         On a GPU the engine takes its fast path (WanEngine.accelerate): CUDA graphs, captured here
@@ -169,6 +207,7 @@ class WanAvatarEngine:
         checkpoint's own schedule (their count is the steps), instead of `steps` evenly spaced."""
         if templates is None:
             from avatarcast.templates import load_templates
+
             templates = load_templates()
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -182,48 +221,86 @@ class WanAvatarEngine:
         s = min(FRAME_HEIGHT / height, FRAME_WIDTH / width)
         # on a GPU the VAE decodes in the transformer's dtype too (bf16: the decode is the larger cost)
         vae_dtype = _dtype(dtype, device) if device.startswith("cuda") else torch.float32
-        wan = WanEngine.load(info.root, device=device, dtype=_dtype(dtype, device), steps=steps, shift=shift,
-                             vae_dtype=vae_dtype, sigmas=sigmas,
-                             chunk_latent_frames=chunk_latent_frames, context_latent_frames=context_latent_frames,
-                             height=height, width=width, out_height=round(FRAME_HEIGHT / s),
-                             out_width=round(FRAME_WIDTH / s))
+        wan = WanEngine.load(
+            info.root,
+            device=device,
+            dtype=_dtype(dtype, device),
+            steps=steps,
+            shift=shift,
+            vae_dtype=vae_dtype,
+            sigmas=sigmas,
+            chunk_latent_frames=chunk_latent_frames,
+            context_latent_frames=context_latent_frames,
+            height=height,
+            width=width,
+            out_height=round(FRAME_HEIGHT / s),
+            out_width=round(FRAME_WIDTH / s),
+        )
         if resolved is None:
+
             def encode(ps: list[str]) -> list[np.ndarray]:
                 return list(wan.encode_prompts(ps).float().cpu().numpy())
+
             resolved = resolve_prompt_embeds(prompts, text_dim, info, store, encode, prompt_embeds)
             wan._text_encoder = wan._tokenizer = None  # 5.7B parameters not needed again while serving
             if wan.device.type == "cuda":
                 torch.cuda.empty_cache()
         if backend != "torch":
             from avatarcast.engines.wan.runtime import use_exported
+
             if export_dir is None:
                 raise ValueError(f"backend {backend} needs export_dir (python -m avatarcast.engines.wan.export)")
-            use_exported(wan, export_dir, backend, cache_dir=Path(cache_dir) / "tensorrt", vae_max_batch=vae_batch,
-                         max_batch=batch)
+            use_exported(
+                wan,
+                export_dir,
+                backend,
+                cache_dir=Path(cache_dir) / "tensorrt",
+                vae_max_batch=vae_batch,
+                max_batch=batch,
+            )
         elif compile:
             compile_cache_dir(cache_dir)
         if wan.device.type == "cuda" and backend == "torch":
             buckets = wan_buckets(batch, compiled=bool(compile))
-            wan.accelerate(compile=compile, vae_compile=bool(compile), buckets=buckets, warm_batches=buckets, fp8=fp8,
-                           vae_batch=vae_batch, vae_warmup=vae_warmup)
+            wan.accelerate(
+                compile=compile,
+                vae_compile=bool(compile),
+                buckets=buckets,
+                warm_batches=buckets,
+                fp8=fp8,
+                vae_batch=vae_batch,
+                vae_warmup=vae_warmup,
+            )
         embeds_id, embeds = resolved
         if embeds_id == RANDOM:
-            log.warning("wan engine: RANDOM prompt embeddings (explicit opt-in): emotions are not what their "
-                        "prompts say")
-        return cls(wan, templates, {normalize_prompt(k): v for k, v in embeds.items()}, embeds_id, checkpoint_id(info),
-                   max_batch=batch, pipeline=pipeline)
+            log.warning(
+                "wan engine: RANDOM prompt embeddings (explicit opt-in): emotions are not what their prompts say"
+            )
+        return cls(
+            wan,
+            templates,
+            {normalize_prompt(k): v for k, v in embeds.items()},
+            embeds_id,
+            checkpoint_id(info),
+            max_batch=batch,
+            pipeline=pipeline,
+        )
 
     def _padded(self, emb: np.ndarray, length: int) -> torch.Tensor:
         e = torch.zeros(length, emb.shape[1])
-        e[:len(emb)] = torch.as_tensor(np.asarray(emb, np.float32))
+        e[: len(emb)] = torch.as_tensor(np.asarray(emb, np.float32))
         return e.to(self.wan.device, self.wan.dtype)
 
     # -- what the server reads --------------------------------------------------------------
     @property
     def capabilities(self) -> EngineCapabilities:
         """Read when a scheduler is made: tools may set max_batch / pipeline_depth before that."""
-        return EngineCapabilities(frames_per_chunk=self.cfg.frames_per_chunk, max_batch=self.max_batch,
-                                  pipeline_depth=self.pipeline_depth, per_stream_decode=True)
+        return EngineCapabilities(
+            frames_per_chunk=self.cfg.frames_per_chunk,
+            max_batch=self.max_batch,
+            pipeline_depth=self.pipeline_depth,
+            per_stream_decode=True,
+        )
 
     @property
     def graphs_ready(self) -> bool | None:
@@ -250,10 +327,20 @@ class WanAvatarEngine:
     def weights_hash(self) -> str:
         """Everything but steps that shapes a cached chunk: weights, embeddings, grid, chunking, dtype."""
         w = self.wan
-        blob = json.dumps({"checkpoint": self.checkpoint_hash, "prompts": self.embeds_id,
-                           "grid": [w.height, w.width], "chunk": w.chunk_latent_frames,
-                           "context": w.context_latent_frames, "shift": w.sampler.shift,
-                           "sigmas": w.sampler.sigmas, "dtype": str(w.dtype), "v": SERVING_FORMAT}, sort_keys=True)
+        blob = json.dumps(
+            {
+                "checkpoint": self.checkpoint_hash,
+                "prompts": self.embeds_id,
+                "grid": [w.height, w.width],
+                "chunk": w.chunk_latent_frames,
+                "context": w.context_latent_frames,
+                "shift": w.sampler.shift,
+                "sigmas": w.sampler.sigmas,
+                "dtype": str(w.dtype),
+                "v": SERVING_FORMAT,
+            },
+            sort_keys=True,
+        )
         return "wan-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def emotion_index(self, emotion: str | int) -> int:
@@ -282,16 +369,18 @@ class WanAvatarEngine:
     def reference_image(self, avatar) -> np.ndarray:
         """The avatar's reference frame on the opaque background, cropped to the model grid's aspect (RGB)."""
         from avatarcast.engines.avatar_world.reference import reference_frame
+
         rgba = reference_frame(avatar).astype(np.float32)
         a = rgba[..., 3:4] / 255.0
         rgb = rgba[..., :3] * a + np.asarray(BACKGROUND, np.float32) * (1 - a)
         (ch, cw), (H, W) = self._crop_hw, rgb.shape[:2]
         y, x = max(0, (H - ch) // 2), max(0, (W - cw) // 2)
-        return np.round(rgb[y:y + ch, x:x + cw]).astype(np.uint8)
+        return np.round(rgb[y : y + ch, x : x + cw]).astype(np.uint8)
 
     def reference_latent(self, avatar, key: str | None = None) -> torch.Tensor:
         """The avatar's TI2V first-frame latent (C, h, w), computed once per avatar."""
         from avatarcast.engines.tiny.engine import avatar_cache_key
+
         key = key or avatar_cache_key(avatar)
         with self._lock:
             ref = self._refs.get(key)
@@ -301,15 +390,21 @@ class WanAvatarEngine:
                 self._refs[key] = ref
         return ref
 
-    def start_stream(self, avatar, emotion: str | int = "idle", intensity: float = 1.0, seed: int = 0,
-                     ctx: np.ndarray | None = None) -> AvatarStreamState:
+    def start_stream(
+        self, avatar, emotion: str | int = "idle", intensity: float = 1.0, seed: int = 0, ctx: np.ndarray | None = None
+    ) -> AvatarStreamState:
         """A new stream at the reference frame, or continuing a cached context (K*C, h, w)."""
         from avatarcast.engines.tiny.engine import avatar_cache_key
+
         key = avatar_cache_key(avatar)
         idx, inten = self.emotion_index(emotion), float(np.clip(intensity, 0.0, 1.0))
         base = self.wan.start_stream(self.reference_latent(avatar, key), self.prompt_embeds(idx, inten), seed)
-        st = AvatarStreamState(**{f.name: getattr(base, f.name) for f in fields(WanStreamState)},
-                               avatar_key=key, emotion=idx, intensity=inten)
+        st = AvatarStreamState(
+            **{f.name: getattr(base, f.name) for f in fields(WanStreamState)},
+            avatar_key=key,
+            emotion=idx,
+            intensity=inten,
+        )
         if ctx is not None:
             K, C, (h, w) = self.cfg.context_frames, self.cfg.latent_channels, self.cfg.latent_hw
             c = np.asarray(ctx, dtype=np.float32)
@@ -356,8 +451,9 @@ class WanAvatarEngine:
         lead, (h, w) = rgb.shape[:-3], rgb.shape[-3:-1]
         x = rgb.reshape(-1, h, w, 3)
         if (h, w) != (FRAME_HEIGHT, FRAME_WIDTH):
-            t = F.interpolate(x.permute(0, 3, 1, 2).float(), size=(FRAME_HEIGHT, FRAME_WIDTH), mode="bilinear",
-                              align_corners=False)
+            t = F.interpolate(
+                x.permute(0, 3, 1, 2).float(), size=(FRAME_HEIGHT, FRAME_WIDTH), mode="bilinear", align_corners=False
+            )
             x = t.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
         out = torch.empty((len(x), FRAME_HEIGHT, FRAME_WIDTH, 4), dtype=torch.uint8, device=x.device)
         out[..., :3] = x
@@ -392,7 +488,7 @@ class WanAvatarEngine:
         return self.launch_chunks(states).wait()
 
     # -- pipelining -------------------------------------------------------------------------
-    def launch_chunks(self, states: list[AvatarStreamState], steps: int | None = None) -> "PendingChunks":
+    def launch_chunks(self, states: list[AvatarStreamState], steps: int | None = None) -> PendingChunks:
         """Queue one call's work on the GPU and return at once; `wait()` gives the frames.
 
         The sampler steps run on one CUDA stream and the VAE decode on another, after them. So while
@@ -445,7 +541,7 @@ class PendingChunks:
     """One engine call's frames on their way to host memory (WanAvatarEngine.launch_chunks)."""
 
     def __init__(self, frames: torch.Tensor, events: tuple | None = None) -> None:
-        self._frames = frames  # (B, 4T, 360, 640, 4) uint8 on the host (pinned on a GPU machine)
+        self._frames: torch.Tensor | None = frames  # (B, 4T, 360, 640, 4) uint8 on the host (pinned on a GPU)
         self._events = events  # CUDA events (start, sampled, done) or None: already done
         self.gpu_s: tuple[float, float] | None = None  # after wait(): seconds from start / sampled to done
 
@@ -456,6 +552,7 @@ class PendingChunks:
         that the pinned block goes back to torch's host cache at once: sessions keep frames for
         seconds, and page-locked memory should stay a few blocks, not grow with them."""
         frames = self._frames
+        assert frames is not None, "wait() takes the frames once"
         if self._events is not None:
             start, sampled, done = self._events
             done.synchronize()

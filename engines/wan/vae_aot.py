@@ -61,8 +61,15 @@ class SteadyDecode(torch.nn.Module):
 class AotSteadyDecoder:
     """Runs steady decoder calls through AOTInductor packages in `cache_dir`, built on first use."""
 
-    def __init__(self, decoder: torch.nn.Module, n_layers: int, cache_dir: str | Path, max_batch: int,
-                 memory_format: torch.memory_format = torch.contiguous_format, share_weights: bool = True) -> None:
+    def __init__(
+        self,
+        decoder: torch.nn.Module,
+        n_layers: int,
+        cache_dir: str | Path,
+        max_batch: int,
+        memory_format: torch.memory_format = torch.contiguous_format,
+        share_weights: bool = True,
+    ) -> None:
         self.decoder, self.n_layers, self.max_batch = decoder, n_layers, max(1, int(max_batch))
         # False: each package carries its own copy of the weights (GPU memory per package; a fallback)
         self.share_weights = share_weights
@@ -92,23 +99,36 @@ class AotSteadyDecoder:
 
     def _path(self, key: tuple, x: torch.Tensor) -> Path:
         import diffusers
+
         dev = x.device
         arch = torch.cuda.get_device_capability(dev) if dev.type == "cuda" else "cpu"
-        spec = {"torch": torch.__version__, "diffusers": diffusers.__version__, "arch": str(arch),
-                "kind": key[0], "idx": list(key[1]), "x": list(key[2]), "cache": [list(s) for s in key[3]],
-                "dtype": str(key[4]), "max_batch": self.max_batch, "format": str(self.memory_format),
-                "share_weights": self.share_weights,
-                "decoder": self._architecture()}
+        spec = {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "arch": str(arch),
+            "kind": key[0],
+            "idx": list(key[1]),
+            "x": list(key[2]),
+            "cache": [list(s) for s in key[3]],
+            "dtype": str(key[4]),
+            "max_batch": self.max_batch,
+            "format": str(self.memory_format),
+            "share_weights": self.share_weights,
+            "decoder": self._architecture(),
+        }
         digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
         return self.cache_dir / f"wan-vae-steady-{key[0]}-{digest}.pt2"
 
     def _architecture(self) -> list:
         """Parameter names, shapes, dtypes and strides: what the compiled kernels assume of the weights."""
-        return [[k, list(p.shape), str(p.dtype), list(p.stride())]
-                for k, p in self.decoder.state_dict(keep_vars=True).items()]
+        return [
+            [k, list(p.shape), str(p.dtype), list(p.stride())]
+            for k, p in self.decoder.state_dict(keep_vars=True).items()
+        ]
 
     def _load_or_build(self, key: tuple, x: torch.Tensor, cache: list[torch.Tensor]):
         import torch._inductor
+
         path = self._path(key, x)
         t0 = time.perf_counter()
         built = not path.exists()
@@ -121,15 +141,23 @@ class AotSteadyDecoder:
             consts: dict[str, torch.Tensor] = dict(module.named_parameters())
             consts.update(module.named_buffers())
             # the decoder's own tensors, not copies: the package holds no weights (module docstring)
-            runner.load_constants({k: consts[k] for k in runner.get_constant_fqns()}, check_full_update=True,
-                                  user_managed=self.user_managed)
-        log.info("wan vae: %s AOTInductor package %s in %.1f s", "built" if built else "loaded", path.name,
-                 time.perf_counter() - t0)
+            runner.load_constants(
+                {k: consts[k] for k in runner.get_constant_fqns()},
+                check_full_update=True,
+                user_managed=self.user_managed,
+            )
+        log.info(
+            "wan vae: %s AOTInductor package %s in %.1f s",
+            "built" if built else "loaded",
+            path.name,
+            time.perf_counter() - t0,
+        )
         return runner
 
     @torch.no_grad()
     def _build(self, key: tuple, x: torch.Tensor, cache: list[torch.Tensor], path: Path) -> None:
         import torch._inductor
+
         module = SteadyDecode(self.decoder, self.n_layers, key[1])
         dynamic = None
         if key[0] == "n" and self.max_batch > 2:  # the example has a batch >= 2: 2..max_batch (2: static)
@@ -140,8 +168,10 @@ class AotSteadyDecoder:
         tmp = path.with_name(f".{os.getpid()}.{path.name}")  # the packager wants a .pt2 name
         try:
             torch._inductor.aoti_compile_and_package(
-                ep, package_path=str(tmp),
-                inductor_configs={"aot_inductor.package_constants_in_so": not self.share_weights})
+                ep,
+                package_path=str(tmp),
+                inductor_configs={"aot_inductor.package_constants_in_so": not self.share_weights},
+            )
             os.replace(tmp, path)  # whole or absent: a crash mid-build never leaves a package to load
         finally:
             tmp.unlink(missing_ok=True)

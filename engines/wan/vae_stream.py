@@ -52,8 +52,10 @@ def _merge(caches: list[VaeStreamCache], n_layers: int) -> list:
     if len(caches) == 1:
         return list(caches[0].feats)
     stacks = [c.feats for c in caches if c.feats is not None]  # all of them: one signature per group
-    return [f if f is None or isinstance(f, str) else torch.cat([s[i] for s in stacks])
-            for i, f in enumerate(caches[0].feats)]
+    return [
+        f if f is None or isinstance(f, str) else torch.cat([s[i] for s in stacks])
+        for i, f in enumerate(caches[0].feats)
+    ]
 
 
 def _canonical(t: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
@@ -81,7 +83,7 @@ def _own(t: torch.Tensor) -> torch.Tensor:
 
 def _split(merged: list, caches: list[VaeStreamCache]) -> None:
     for b, c in enumerate(caches):
-        c.feats = [f if f is None or isinstance(f, str) else _own(f[b:b + 1]) for f in merged]
+        c.feats = [f if f is None or isinstance(f, str) else _own(f[b : b + 1]) for f in merged]
 
 
 @contextmanager
@@ -104,9 +106,17 @@ def _cudnn_heuristics(on: bool):
 class StreamingVaeDecoder:
     """Decodes (B, C, T, h, w) latents of B streams, continuing each stream's own causal cache."""
 
-    def __init__(self, vae, max_batch: int = 4, compile: bool = False, channels_last: bool = False,
-                 frames_per_call: int = 1, compile_backend="inductor", aot_dir: str | Path | None = None,
-                 steady=None) -> None:
+    def __init__(
+        self,
+        vae,
+        max_batch: int = 4,
+        compile: bool = False,
+        channels_last: bool = False,
+        frames_per_call: int = 1,
+        compile_backend="inductor",
+        aot_dir: str | Path | None = None,
+        steady=None,
+    ) -> None:
         self.vae = vae
         # Once a stream's cache is steady, every layer is a causal convolution (or per-frame) with a
         # 2-frame cache, so k latent frames decode in one call exactly as k calls would: bigger
@@ -133,8 +143,9 @@ class StreamingVaeDecoder:
         if steady is not None:  # an exported graph run by TensorRT or ONNX Runtime (runtime.py): (x, feats) -> frames
             self.aot = self._compiled = steady
         elif compile and aot_dir is not None:  # ahead of time: a warm start loads packages (vae_aot.py)
-            self.aot = self._compiled = AotSteadyDecoder(vae.decoder, self.n_layers, aot_dir, self.max_batch,
-                                                         self._format)
+            self.aot = self._compiled = AotSteadyDecoder(
+                vae.decoder, self.n_layers, aot_dir, self.max_batch, self._format
+            )
         self._backend = compile_backend
         if compile and self.aot is None:
             self._compiled = self._jit()
@@ -175,8 +186,8 @@ class StreamingVaeDecoder:
             for b in batches:
                 caches = [VaeStreamCache() for _ in range(b)]
                 z = torch.zeros(b, self.vae.config.z_dim, 1 + 2 * k, *latent_hw, device=dev)
-                self.decode(z[:, :, :1 + k], caches)  # a fresh stream's first chunk: eager
-                self.decode(z[:, :, 1 + k:], caches)  # steady: compiled
+                self.decode(z[:, :, : 1 + k], caches)  # a fresh stream's first chunk: eager
+                self.decode(z[:, :, 1 + k :], caches)  # steady: compiled
         finally:
             self._local.warming = False
 
@@ -201,18 +212,22 @@ class StreamingVaeDecoder:
                 return
             self.compiled_ready_s = round(time.perf_counter() - t0, 2)
             self.compiled_ready.set()
-            log.info("wan vae: compiled decoder serving after %.1f s (compiled in the background)",
-                     self.compiled_ready_s)
+            log.info(
+                "wan vae: compiled decoder serving after %.1f s (compiled in the background)", self.compiled_ready_s
+            )
 
         thread = threading.Thread(target=run, name="wan-vae-compile", daemon=True)
-        log.info("wan vae: compiling the decoder's graphs in the background; steady frames decode eagerly "
-                 "(slower) until they serve")
+        log.info(
+            "wan vae: compiling the decoder's graphs in the background; steady frames decode eagerly "
+            "(slower) until they serve"
+        )
         thread.start()
         return thread
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, caches: list[VaeStreamCache],
-               skip: list[int] | None = None) -> list[torch.Tensor]:
+    def decode(
+        self, z: torch.Tensor, caches: list[VaeStreamCache], skip: list[int] | None = None
+    ) -> list[torch.Tensor]:
         """z: denormalized latents (B, C, T, h, w). Returns per stream its video (3, F, H, W) in [-1, 1],
         F = 4 per latent frame (1 for a stream's very first frame), minus the first skip[b] frames
         of stream b's output (used to prime a cache with context whose pixels are already shown)."""
@@ -222,8 +237,11 @@ class StreamingVaeDecoder:
         groups: dict[tuple, list[int]] = {}
         for b, c in enumerate(caches):
             groups.setdefault(_signature(c), []).append(b)
-        groups = {(sig, i): idx[i:i + self.max_batch] for sig, idx in groups.items()
-                  for i in range(0, len(idx), self.max_batch)}
+        groups = {
+            (sig, i): idx[i : i + self.max_batch]
+            for sig, idx in groups.items()
+            for i in range(0, len(idx), self.max_batch)
+        }
         out: list[torch.Tensor | None] = [None] * len(caches)
         x_all = self.vae.post_quant_conv(z.to(self.dtype))  # 1x1x1: frame-independent
         if self.channels_last:
@@ -238,16 +256,23 @@ class StreamingVaeDecoder:
             while t < x.shape[2]:
                 # steady: the cache layout no longer changes (no "Rep" marks; some 1x1 shortcut
                 # convs never cache, their entries stay None)
-                steady = not (first and t == 0) and not any(isinstance(f, str) for f in feats) \
+                steady = (
+                    not (first and t == 0)
+                    and not any(isinstance(f, str) for f in feats)
                     and any(torch.is_tensor(f) for f in feats)
+                )
                 n = min(self.frames_per_call, x.shape[2] - t) if steady else 1
                 # compiled: full steady calls only, so only the batch varies (a stream's first chunk,
                 # its frames after the cache fills, decodes eagerly once)
-                compiled = self._compiled is not None and (self.compiled_ready.is_set()
-                                                           or getattr(self._local, "warming", False))
-                fn = (self._compiled if steady and n == self.frames_per_call and compiled and self._compiled is not None
-                      else self.vae.decoder)
-                xt = x[:, :, t:t + n]
+                compiled = self._compiled is not None and (
+                    self.compiled_ready.is_set() or getattr(self._local, "warming", False)
+                )
+                fn = (
+                    self._compiled
+                    if steady and n == self.frames_per_call and compiled and self._compiled is not None
+                    else self.vae.decoder
+                )
+                xt = x[:, :, t : t + n]
                 if fn is self._compiled:
                     self.compiled_calls += 1
                     # one layout for the input and every cached tensor: the graph guards on strides (or
@@ -260,8 +285,10 @@ class StreamingVaeDecoder:
                             t += n
                             continue
                         except AotUnavailable as e:
-                            log.warning("wan vae: no AOTInductor package (%s); torch.compile instead, "
-                                        "re-traced at every start", e)
+                            log.warning(
+                                "wan vae: no AOTInductor package (%s); torch.compile instead, re-traced at every start",
+                                e,
+                            )
                             self.aot = None
                             self._compiled = fn = self._jit()
                     if xt.shape[0] > 1:  # one graph for every batch of 2 or more (1 is its own)
@@ -275,10 +302,11 @@ class StreamingVaeDecoder:
             video = torch.cat(frames, 2)
             if self.patch_size is not None:
                 from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
                 video = unpatchify(video, patch_size=self.patch_size)
             video = video.clamp(-1.0, 1.0)
             _split(feats, group)
             for j, (b, c) in enumerate(zip(idx, group)):
                 c.frames += x.shape[2]
-                out[b] = video[j, :, skip[b]:]
+                out[b] = video[j, :, skip[b] :]
         return out  # type: ignore[return-value]

@@ -16,6 +16,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,12 +102,12 @@ def speech_bounds(pcm: np.ndarray, chunk: int, rel_db: float = 35.0, floor_dbfs:
 # --- statistics ------------------------------------------------------------------------------
 
 
-def pct(values: list[float], q: float) -> float | None:
+def pct(values: Sequence[float | None], q: float) -> float | None:
     v = [x for x in values if x is not None and math.isfinite(x)]
     return round(float(np.percentile(v, q)), 1) if v else None
 
 
-def dist(values: list[float], qs: tuple[int, ...] = (50, 95)) -> dict:
+def dist(values: Sequence[float | None], qs: tuple[int, ...] = (50, 95)) -> dict:
     v = [x for x in values if x is not None]
     out: dict[str, Any] = {f"p{q}": pct(v, q) for q in qs}
     out["mean"] = round(float(np.mean(v)), 1) if v else None
@@ -128,9 +129,9 @@ def interval_stats(intervals_s: list[float]) -> dict:
 def ws_url(base: str, avatar: str) -> str:
     b = base.rstrip("/")
     if b.startswith("http://"):
-        b = "ws://" + b[len("http://"):]
+        b = "ws://" + b[len("http://") :]
     elif b.startswith("https://"):
-        b = "wss://" + b[len("https://"):]
+        b = "wss://" + b[len("https://") :]
     elif not b.startswith(("ws://", "wss://")):
         b = "ws://" + b
     return f"{b}/v1/ws?avatar={avatar}"
@@ -241,9 +242,13 @@ class Conn:
                 best = (p.get("label"), t)
         if latency is not None and latency.get("emotion"):
             label = latency["emotion"]
-            ts = [t for t, e in self.of_type("emotion")
-                  if e["payload"].get("label") == label and e["payload"].get("applied")
-                  and (utterance is None or e["payload"].get("utterance") == utterance)]
+            ts = [
+                t
+                for t, e in self.of_type("emotion")
+                if e["payload"].get("label") == label
+                and e["payload"].get("applied")
+                and (utterance is None or e["payload"].get("utterance") == utterance)
+            ]
             return label, (ts[-1] if ts else None)
         return best if best is not None else (None, None)
 
@@ -261,8 +266,9 @@ class Sent:
     speech_done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
-async def stream_pcm(conn: Conn, clip: Clip, sent: Sent, chunk_ms: int, tail_s: float, stop: asyncio.Event,
-                     keep_open: bool = False) -> None:
+async def stream_pcm(
+    conn: Conn, clip: Clip, sent: Sent, chunk_ms: int, tail_s: float, stop: asyncio.Event, keep_open: bool = False
+) -> None:
     """Send the clip as paced PCM1 chunks, then tail_s of silence (with keep_open: silence until `stop`)."""
     chunk = int(SAMPLE_RATE * chunk_ms / 1000)
     first, last = speech_bounds(clip.pcm, chunk)
@@ -277,7 +283,7 @@ async def stream_pcm(conn: Conn, clip: Clip, sent: Sent, chunk_ms: int, tail_s: 
         if delay > 0:
             await asyncio.sleep(delay)
         if k < n:
-            body = clip.pcm[k * chunk:(k + 1) * chunk]
+            body = clip.pcm[k * chunk : (k + 1) * chunk]
             if body.size < chunk:
                 body = np.pad(body, (0, chunk - body.size))
             await conn.ws.send(TAG_PCM + body.astype("<i2").tobytes())
@@ -297,8 +303,9 @@ async def stream_pcm(conn: Conn, clip: Clip, sent: Sent, chunk_ms: int, tail_s: 
 # --- timing ----------------------------------------------------------------------------------
 
 
-def client_times(frames: list[Frame], origin: float, decided: str | None, decided_at: float | None,
-                 onset: float | None) -> dict:
+def client_times(
+    frames: list[Frame], origin: float, decided: str | None, decided_at: float | None, onset: float | None
+) -> dict:
     """TTFF, TTER, first reaction and (stream mode) onset -> listening, in ms, from the frames received."""
     after = [f for f in frames if f[0] >= origin]
     ttff = next((f for f in after if f[2] != "idle"), None)
@@ -316,15 +323,21 @@ def client_times(frames: list[Frame], origin: float, decided: str | None, decide
     def ms(f: tuple | None, t0: float | None) -> float | None:
         return None if f is None or t0 is None else round((f[0] - t0) * 1000.0, 1)
 
-    return {"ttff_ms": ms(ttff, origin), "tter_ms": ms(tter, origin), "first_reaction_ms": ms(reaction, origin),
-            "ttff_source": None if ttff is None else ttff[2],
-            "first_reaction_emotion": None if reaction is None else reaction[3], "listening_ms": ms(listening, onset)}
+    return {
+        "ttff_ms": ms(ttff, origin),
+        "tter_ms": ms(tter, origin),
+        "first_reaction_ms": ms(reaction, origin),
+        "ttff_source": None if ttff is None else ttff[2],
+        "first_reaction_emotion": None if reaction is None else reaction[3],
+        "listening_ms": ms(listening, onset),
+    }
 
 
 def setup_logging() -> None:
     """Progress lines on stderr (stdout may hold the JSON report); client libraries kept quiet."""
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
     for noisy in ("matplotlib", "websockets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

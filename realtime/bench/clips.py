@@ -34,26 +34,48 @@ PAD_S = 0.15  # silence before and after the speech (the clip stays inside MIN_S
 
 # emotion -> sentences; index i of every list is used in round i
 SENTENCES: dict[str, tuple[str, ...]] = {
-    "happy": ("I am so happy right now!", "This is such good news, I am really glad.",
-              "What a wonderful day, I feel great."),
-    "angry": ("This is terrible, I am furious.", "I hate this, it is so unfair!",
-              "I am really mad at you right now."),
-    "sad": ("I feel so sad today.", "I miss my old friends, I feel like crying.",
-            "I am so sorry, I lost my job today."),
-    "excited": ("I am so excited, I can't wait!", "This is going to be amazing, let's go!",
-                "I am thrilled about the trip tomorrow!"),
-    "surprised": ("Whoa, no way, that is a surprise!", "Oh my, I never expected that!",
-                  "Seriously? That is so unexpected!"),
-    "laughing": ("Haha, that is so funny!", "That joke was hilarious, I can't stop laughing.",
-                 "Haha, you are hilarious!"),
-    "love": ("I love you so much, sweetheart.", "I adore you, you are my darling.",
-             "I love my family with all my heart."),
-    "confused": ("I am confused, what do you mean?", "Huh? I don't understand this at all.",
-                 "That is weird, I am so confused."),
-    "sleepy": ("I am so sleepy, time for bed.", "I am really tired, I need to sleep.",
-               "I am exhausted, good night."),
-    "idle": ("I will call the plumber on Monday morning.", "I put the boxes in the hallway.",
-             "The meeting is on Tuesday afternoon."),
+    "happy": (
+        "I am so happy right now!",
+        "This is such good news, I am really glad.",
+        "What a wonderful day, I feel great.",
+    ),
+    "angry": ("This is terrible, I am furious.", "I hate this, it is so unfair!", "I am really mad at you right now."),
+    "sad": (
+        "I feel so sad today.",
+        "I miss my old friends, I feel like crying.",
+        "I am so sorry, I lost my job today.",
+    ),
+    "excited": (
+        "I am so excited, I can't wait!",
+        "This is going to be amazing, let's go!",
+        "I am thrilled about the trip tomorrow!",
+    ),
+    "surprised": (
+        "Whoa, no way, that is a surprise!",
+        "Oh my, I never expected that!",
+        "Seriously? That is so unexpected!",
+    ),
+    "laughing": (
+        "Haha, that is so funny!",
+        "That joke was hilarious, I can't stop laughing.",
+        "Haha, you are hilarious!",
+    ),
+    "love": (
+        "I love you so much, sweetheart.",
+        "I adore you, you are my darling.",
+        "I love my family with all my heart.",
+    ),
+    "confused": (
+        "I am confused, what do you mean?",
+        "Huh? I don't understand this at all.",
+        "That is weird, I am so confused.",
+    ),
+    "sleepy": ("I am so sleepy, time for bed.", "I am really tired, I need to sleep.", "I am exhausted, good night."),
+    "idle": (
+        "I will call the plumber on Monday morning.",
+        "I put the boxes in the hallway.",
+        "The meeting is on Tuesday afternoon.",
+    ),
 }
 EMOTION_ORDER = tuple(SENTENCES)  # the round-robin order of plan(): the sentences' order
 VOICES = ("en-us", "en-gb", "en-us+m3", "en-gb+f3", "en-us+f2", "en-gb-x-rp", "en-us+m7", "en-gb+m2")
@@ -74,8 +96,9 @@ def _espeak(text: str, voice: str, speed: int, pitch: int) -> tuple[np.ndarray, 
     exe = shutil.which("espeak-ng") or shutil.which("espeak")
     if exe is None:
         raise RuntimeError("espeak-ng is not installed (apt-get install espeak-ng)")
-    out = subprocess.run([exe, "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text],
-                         check=True, capture_output=True).stdout
+    out = subprocess.run(
+        [exe, "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout", text], check=True, capture_output=True
+    ).stdout
     with wave.open(io.BytesIO(out)) as w:
         sr, ch, width = w.getframerate(), w.getnchannels(), w.getsampwidth()
         raw = w.readframes(w.getnframes())
@@ -93,10 +116,14 @@ def _to_16k(pcm: np.ndarray, sr: int) -> np.ndarray:
         with tempfile.TemporaryDirectory() as d:
             src, dst = Path(d) / "in.wav", Path(d) / "out.wav"
             _write_wav(src, pcm, sr)
-            subprocess.run([sox, str(src), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(dst)],
-                           check=True, capture_output=True)
+            subprocess.run(
+                [sox, str(src), "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", str(dst)],
+                check=True,
+                capture_output=True,
+            )
             return _read_wav(dst)
     from avatarcast.realtime.audio import resample
+
     return resample(pcm, sr)
 
 
@@ -105,7 +132,7 @@ def _trim(pcm: np.ndarray, threshold: float = 0.01) -> np.ndarray:
     loud = np.flatnonzero(np.abs(pcm) > threshold)
     if loud.size == 0:
         return pcm
-    return pcm[loud[0]: loud[-1] + 1]
+    return pcm[loud[0] : loud[-1] + 1]
 
 
 def _write_wav(path: Path, pcm: np.ndarray, sr: int = SAMPLE_RATE) -> None:
@@ -160,8 +187,16 @@ def make_clips(out: str | os.PathLike, n: int = 24, seed: int = 0) -> list[dict]
         pcm = synthesize(text, voice, speed, pitch)
         name = f"{i:02d}_{emotion}.wav"
         _write_wav(out / name, pcm)
-        rows.append({"file": name, "emotion": emotion, "text": text, "voice": voice, "speed": speed,
-                     "seconds": round(pcm.size / SAMPLE_RATE, 2)})
+        rows.append(
+            {
+                "file": name,
+                "emotion": emotion,
+                "text": text,
+                "voice": voice,
+                "speed": speed,
+                "seconds": round(pcm.size / SAMPLE_RATE, 2),
+            }
+        )
     with open(out / "labels.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["file", "emotion", "text"])
@@ -184,8 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"make_clips: {exc}", file=sys.stderr)
         return 1
     for r in rows:
-        print(f"{r['file']:<16} {r['seconds']:4.2f}s {r['voice']:<11} {r['speed']:3d} wpm  {r['emotion']:<9} {r['text']}",
-              file=sys.stderr)
+        print(
+            f"{r['file']:<16} {r['seconds']:4.2f}s {r['voice']:<11} {r['speed']:3d} wpm  {r['emotion']:<9} {r['text']}",
+            file=sys.stderr,
+        )
     print(f"wrote {len(rows)} clips and labels.csv to {args.out}", file=sys.stderr)
     return 0
 

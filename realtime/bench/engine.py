@@ -79,6 +79,7 @@ def _pct(xs, q) -> float:
 
 def _stream_specs(n: int, emotions, seed: int):
     from avatarcast.engines.avatar_world import BUILTIN_AVATARS
+
     n_av, distinct = len(BUILTIN_AVATARS), min(n, 16)  # 16 avatars at most: references cost a render each
     specs = []
     for i in range(n):
@@ -115,10 +116,12 @@ def _loop_numpy(engine, states, seconds: float, warmup: int, min_chunks: int, lo
     return rows, time.perf_counter() - t_start
 
 
-def _loop_gpu(engine, states, seconds: float, warmup: int, min_chunks: int, to_host: bool, seed: int,
-              lowres: bool = False):
+def _loop_gpu(
+    engine, states, seconds: float, warmup: int, min_chunks: int, to_host: bool, seed: int, lowres: bool = False
+):
     """The same loop with every tensor on the GPU (torch / tensorrt backends)."""
     import torch
+
     be, cfg = engine.backend, engine.cfg
     C, T, K = cfg.latent_channels, cfg.chunk_frames, cfg.context_frames
     H, W = cfg.latent_hw
@@ -144,7 +147,7 @@ def _loop_gpu(engine, states, seconds: float, warmup: int, min_chunks: int, to_h
         for tv, t in zip(tvecs, sampler.timesteps):
             v = be.denoise_t(x, tv, dvec, ctx, ref, emo, inten, **kw)
             x = sampler.step(v, t, x)
-        ctx = x.view(B, T, C, H, W)[:, T - K:].reshape(B, K * C, H, W).contiguous()
+        ctx = x.view(B, T, C, H, W)[:, T - K :].reshape(B, K * C, H, W).contiguous()
         ev.record()
         be.decode_t(x.view(B * T, C, H, W), out=frames, lowres=lowres)
         if host is not None:
@@ -174,10 +177,22 @@ def _loop_gpu(engine, states, seconds: float, warmup: int, min_chunks: int, to_h
     return rows, time.perf_counter() - t_start
 
 
-def run_bench(engine_name: str = "tiny", backend: str = "onnxruntime", sessions: int = 1, seconds: float = 10.0,
-              steps: int = 2, threads: int | None = None, device: str | None = None, weights: str | None = None,
-              warmup: int = 2, min_chunks: int = 3, to_host: bool = False, seed: int = 0,
-              backend_options: dict | None = None, lowres: bool = False) -> dict:
+def run_bench(
+    engine_name: str = "tiny",
+    backend: str = "onnxruntime",
+    sessions: int = 1,
+    seconds: float = 10.0,
+    steps: int = 2,
+    threads: int | None = None,
+    device: str | None = None,
+    weights: str | None = None,
+    warmup: int = 2,
+    min_chunks: int = 3,
+    to_host: bool = False,
+    seed: int = 0,
+    backend_options: dict | None = None,
+    lowres: bool = False,
+) -> dict:
     """Run the benchmark; returns the report (see the module docstring). lowres: decode through the
     half-resolution decoder (the degradation ladder's lower-resolution rung)."""
     if engine_name != "tiny":
@@ -185,9 +200,11 @@ def run_bench(engine_name: str = "tiny", backend: str = "onnxruntime", sessions:
     if sessions < 1:
         raise ValueError("--sessions must be >= 1")
     from avatarcast.engines.tiny.engine import TinyEngine
+
     t0 = time.perf_counter()
-    engine = TinyEngine.load(weights, backend=backend, steps=steps, threads=threads, device=device,
-                             **(backend_options or {}))
+    engine = TinyEngine.load(
+        weights, backend=backend, steps=steps, threads=threads, device=device, **(backend_options or {})
+    )
     load_s = time.perf_counter() - t0
     cfg = engine.cfg
     be = engine.backend
@@ -240,9 +257,11 @@ def run_bench(engine_name: str = "tiny", backend: str = "onnxruntime", sessions:
         "decode_ms_per_frame": round(_pct(dec, 50) / (sessions * T), 3),
         "realtime_streams": rt,
         "realtime": bool(rt >= sessions and _pct(total, 95) <= chunk_s * 1000),
-        "realtime_streams_note": (f"floor(fps / {cfg.fps}) measured with {sessions} streams batched; real time at this "
-                                  f"N needs realtime_streams >= sessions and chunk_latency_ms.p95 <= "
-                                  f"{chunk_s * 1000:.0f} ms"),
+        "realtime_streams_note": (
+            f"floor(fps / {cfg.fps}) measured with {sessions} streams batched; real time at this "
+            f"N needs realtime_streams >= sessions and chunk_latency_ms.p95 <= "
+            f"{chunk_s * 1000:.0f} ms"
+        ),
         "gpu_resident": gpu,
         "to_host": bool(to_host) if gpu else True,
         "weights_hash": engine.weights_hash,
@@ -274,14 +293,16 @@ def _table(r: dict) -> str:
         f"  weights        {r['weights_hash']} ({r['weights_version']})",
     ]
     if r.get("host_cpu_busy_other") is not None and r["device_kind"] == "cpu":
-        lines.append(f"  other load     {r['host_cpu_busy_other'] * 100:.0f}% of the machine's CPU was busy "
-                     f"with other work")
+        lines.append(
+            f"  other load     {r['host_cpu_busy_other'] * 100:.0f}% of the machine's CPU was busy with other work"
+        )
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="avatarcast bench engine", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="avatarcast bench engine", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--engine", default="tiny")
     ap.add_argument("--backend", default="onnxruntime", help="onnxruntime | torch | tensorrt")
     ap.add_argument("--sessions", type=int, default=1, help="streams generated together (one batch)")
@@ -298,10 +319,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-cuda-graphs", action="store_true", help="torch backend: no CUDA graphs")
     ap.add_argument("--dtype", default=None, help="torch backend: bf16 | fp16 | fp32")
     ap.add_argument("--trt-cache", default=None, help="tensorrt backend: engine cache folder")
-    ap.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
-                    help="backend option, e.g. --opt spinning=true --opt decode_batch=1 (value parsed as JSON)")
-    ap.add_argument("--lowres", action="store_true",
-                    help="decode at half resolution (the degradation ladder's lower-resolution rung)")
+    ap.add_argument(
+        "--opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="backend option, e.g. --opt spinning=true --opt decode_batch=1 (value parsed as JSON)",
+    )
+    ap.add_argument(
+        "--lowres",
+        action="store_true",
+        help="decode at half resolution (the degradation ladder's lower-resolution rung)",
+    )
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("-o", "--output", default=None, help="also write the JSON report to this file")
     return ap
@@ -311,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a == "--engine=wan" for a in argv) or any(a == "--engine" and b == "wan" for a, b in zip(argv, argv[1:])):
         from avatarcast.realtime.bench.wan import main as wan_main  # the 5B model on a GPU: its own benchmark
+
         return wan_main(argv)
     args = build_parser().parse_args(argv)
     opts: dict = {}
@@ -336,9 +366,22 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             opts[key.strip().replace("-", "_")] = value
     try:
-        r = run_bench(args.engine, args.backend, args.sessions, args.seconds, args.steps, args.threads,
-                      None if args.device == "auto" else args.device, args.weights, args.warmup, args.min_chunks,
-                      args.to_host, args.seed, opts, lowres=args.lowres)
+        r = run_bench(
+            args.engine,
+            args.backend,
+            args.sessions,
+            args.seconds,
+            args.steps,
+            args.threads,
+            None if args.device == "auto" else args.device,
+            args.weights,
+            args.warmup,
+            args.min_chunks,
+            args.to_host,
+            args.seed,
+            opts,
+            lowres=args.lowres,
+        )
     except (BackendError, TypeError) as e:  # TypeError: an --opt the backend does not take
         print(f"avatarcast bench engine: error: {e}", file=sys.stderr)
         return 2

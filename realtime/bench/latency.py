@@ -51,8 +51,19 @@ from typing import Any
 
 import numpy as np
 
-from avatarcast.realtime.bench.client import (CLIP_ERRORS, Clip, Conn, Sent, client_times, dist, interval_stats,
-                                              load_clips, pct, setup_logging, stream_pcm)
+from avatarcast.realtime.bench.client import (
+    CLIP_ERRORS,
+    Clip,
+    Conn,
+    Sent,
+    client_times,
+    dist,
+    interval_stats,
+    load_clips,
+    pct,
+    setup_logging,
+    stream_pcm,
+)
 from avatarcast.realtime.bench.server import machine, run_on_server
 from avatarcast.realtime.protocol import TAG_CLIP
 from avatarcast.vocabulary import FRAME_S
@@ -61,8 +72,16 @@ log = logging.getLogger("avatarcast.bench.latency")
 
 # chart/breakdown segments, in the order they happen
 SEGMENTS = ("decode", "vad endpoint", "asr", "emotion", "cache/sample", "frame slot", "encode", "client gap")
-SEGMENT_COLORS = {"decode": "#8c8c8c", "vad endpoint": "#76b7b2", "asr": "#4e79a7", "emotion": "#f28e2b",
-                  "cache/sample": "#59a14f", "frame slot": "#edc948", "encode": "#b07aa1", "client gap": "#e15759"}
+SEGMENT_COLORS = {
+    "decode": "#8c8c8c",
+    "vad endpoint": "#76b7b2",
+    "asr": "#4e79a7",
+    "emotion": "#f28e2b",
+    "cache/sample": "#59a14f",
+    "frame slot": "#edc948",
+    "encode": "#b07aa1",
+    "client gap": "#e15759",
+}
 
 
 # --- one clip --------------------------------------------------------------------------------
@@ -77,8 +96,16 @@ def breakdown(server: dict | None, client_tter_ms: float | None) -> dict[str, fl
     if not server or client_tter_ms is None or not server.get("at_ms"):
         return None
     at, dur = server["at_ms"], server.get("stages_ms", {})
-    groups = {"decode": "decode", "vad": "vad endpoint", "asr": "asr", "emotion": "emotion", "cache": "cache/sample",
-              "sample": "cache/sample", "decode_frames": "cache/sample", "send": "encode"}
+    groups = {
+        "decode": "decode",
+        "vad": "vad endpoint",
+        "asr": "asr",
+        "emotion": "emotion",
+        "cache": "cache/sample",
+        "sample": "cache/sample",
+        "decode_frames": "cache/sample",
+        "send": "encode",
+    }
     server_tter = server.get("tter_ms")
     limit = float(server_tter) if server_tter is not None else math.inf
     seg = {k: 0.0 for k in SEGMENTS}
@@ -103,15 +130,35 @@ def breakdown(server: dict | None, client_tter_ms: float | None) -> dict[str, fl
     return {k: round(v, 1) for k, v in seg.items()}
 
 
-async def measure_clip(base_url: str, clip: Clip, args: argparse.Namespace, slot: int,
-                       intervals: list[float], jitter: float = 0.0) -> dict:
-    row: dict[str, Any] = {"file": clip.name, "session": slot, "duration_s": round(clip.duration_s, 2),
-                           "expected": clip.expected, "transcript": None,
-                           "language": None, "emotion": None, "correct": None,
-                           "ttff_ms": None, "tter_ms": None, "first_reaction_ms": None, "first_reaction_emotion": None,
-                           "ttff_source": None, "listening_ms": None, "onset_event_ms": None, "endpoint_ms": None,
-                           "final_ms": None, "decision_ms": None, "server": None, "clip_stages_ms": None,
-                           "breakdown_ms": None, "frames_late": 0, "frames": 0, "error": None}
+async def measure_clip(
+    base_url: str, clip: Clip, args: argparse.Namespace, slot: int, intervals: list[float], jitter: float = 0.0
+) -> dict:
+    row: dict[str, Any] = {
+        "file": clip.name,
+        "session": slot,
+        "duration_s": round(clip.duration_s, 2),
+        "expected": clip.expected,
+        "transcript": None,
+        "language": None,
+        "emotion": None,
+        "correct": None,
+        "ttff_ms": None,
+        "tter_ms": None,
+        "first_reaction_ms": None,
+        "first_reaction_emotion": None,
+        "ttff_source": None,
+        "listening_ms": None,
+        "onset_event_ms": None,
+        "endpoint_ms": None,
+        "final_ms": None,
+        "decision_ms": None,
+        "server": None,
+        "clip_stages_ms": None,
+        "breakdown_ms": None,
+        "frames_late": 0,
+        "frames": 0,
+        "error": None,
+    }
     kinds = ("clip",) if args.mode == "clip" else ("speech",)
     t_start = time.monotonic()
     try:
@@ -135,8 +182,11 @@ async def measure_clip(base_url: str, clip: Clip, args: argparse.Namespace, slot
             sent.origin = time.monotonic()
         else:
             sender = asyncio.create_task(stream_pcm(conn, clip, sent, args.chunk_ms, args.tail, stop, args.mic_open))
-            done, _ = await asyncio.wait({sender, asyncio.ensure_future(sent.speech_done.wait())},
-                                         timeout=clip.duration_s + 10, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {sender, asyncio.ensure_future(sent.speech_done.wait())},
+                timeout=clip.duration_s + 10,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
             if sender in done and sender.exception() is not None:
                 raise sender.exception()  # type: ignore[misc]
             if sent.origin is None:
@@ -172,11 +222,17 @@ async def measure_clip(base_url: str, clip: Clip, args: argparse.Namespace, slot
                 break
             await conn.next_change(0.25)
         # 5. results
-        finals = {e["payload"].get("utterance"): e["payload"].get("text", "")
-                  for t, e in conn.of_type("transcript_final") if e["payload"].get("source") in kinds}
+        finals = {
+            e["payload"].get("utterance"): e["payload"].get("text", "")
+            for t, e in conn.of_type("transcript_final")
+            if e["payload"].get("source") in kinds
+        }
         clip_ev = [e["payload"] for t, e in conn.of_type("clip")]
-        langs = [e["payload"].get("language") for t, e in conn.of_type("transcript_final")
-                 if e["payload"].get("source") in kinds and e["payload"].get("text")]
+        langs = [
+            e["payload"].get("language")
+            for t, e in conn.of_type("transcript_final")
+            if e["payload"].get("source") in kinds and e["payload"].get("text")
+        ]
         row["language"] = langs[-1] if langs else None  # what ASR heard (the server detects it unless told)
         if args.mode == "clip" and clip_ev:
             row["transcript"] = clip_ev[-1].get("transcript")
@@ -185,21 +241,55 @@ async def measure_clip(base_url: str, clip: Clip, args: argparse.Namespace, slot
             row["transcript"] = " ".join(t.strip() for u, t in sorted(finals.items(), key=lambda kv: kv[0]) if t)
         row["emotion"] = decided
         row.update(client_times(conn.frames, origin, decided, decided_at, sent.onset))
-        t_final = next((t for t, e in conn.of_type("transcript_final")
-                        if e["payload"].get("utterance") == utterance and e["payload"].get("source") in kinds), None)
+        t_final = next(
+            (
+                t
+                for t, e in conn.of_type("transcript_final")
+                if e["payload"].get("utterance") == utterance and e["payload"].get("source") in kinds
+            ),
+            None,
+        )
         row["final_ms"] = None if t_final is None else round((t_final - origin) * 1000.0, 1)
         row["decision_ms"] = None if decided_at is None else round((decided_at - origin) * 1000.0, 1)
         if args.mode == "stream":  # the server's end-of-speech decision, as the client sees it
-            t_end = next((t for t, e in conn.of_type("state_changed", sent.onset or origin)
-                          if e["payload"].get("from") == "listening"), None)
+            t_end = next(
+                (
+                    t
+                    for t, e in conn.of_type("state_changed", sent.onset or origin)
+                    if e["payload"].get("from") == "listening"
+                ),
+                None,
+            )
             row["endpoint_ms"] = None if t_end is None else round((t_end - origin) * 1000.0, 1)
-            t_on = next((t for t, e in conn.of_type("state_changed", sent.onset or origin)
-                         if e["payload"].get("to") == "listening"), None)
-            row["onset_event_ms"] = (None if t_on is None or sent.onset is None
-                                     else round((t_on - sent.onset) * 1000.0, 1))
-        row["server"] = {k: latency.get(k) for k in ("utterance", "kind", "ttff_ms", "tter_ms", "decided_by",
-                                                   "first_decided_by", "first_frame_source", "stages_ms",
-                                                   "at_ms")} if latency else None
+            t_on = next(
+                (
+                    t
+                    for t, e in conn.of_type("state_changed", sent.onset or origin)
+                    if e["payload"].get("to") == "listening"
+                ),
+                None,
+            )
+            row["onset_event_ms"] = (
+                None if t_on is None or sent.onset is None else round((t_on - sent.onset) * 1000.0, 1)
+            )
+        row["server"] = (
+            {
+                k: latency.get(k)
+                for k in (
+                    "utterance",
+                    "kind",
+                    "ttff_ms",
+                    "tter_ms",
+                    "decided_by",
+                    "first_decided_by",
+                    "first_frame_source",
+                    "stages_ms",
+                    "at_ms",
+                )
+            }
+            if latency
+            else None
+        )
         # an "idle" decision has no emotion frame: its TTER is its TTFF, which a stage breakdown cannot explain
         row["breakdown_ms"] = breakdown(latency, row["tter_ms"]) if decided != "idle" else None
         if clip.expected:
@@ -217,7 +307,7 @@ async def measure_clip(base_url: str, clip: Clip, args: argparse.Namespace, slot
         row["frames"] = len(conn.frames)
         row["frames_late"] = conn.frames_late()
         codes: dict[str, int] = {}
-        for t, e in conn.of_type("error"):
+        for _, e in conn.of_type("error"):
             c = str(e["payload"].get("code"))
             codes[c] = codes.get(c, 0) + 1
         row["server_errors"] = codes
@@ -246,9 +336,19 @@ async def run_all(base_url: str, clips: list[Clip], args: argparse.Namespace) ->
             row = await measure_clip(base_url, clip, args, slot, intervals[slot], jitter)
             row["run"] = r
             rows.append((r, i, row))
-            log.info("[%d/%d] session %d %s: %s -> %s (expected %s)  TTFF %s ms  TTER %s ms%s", len(rows), total,
-                     slot, clip.name, row.get("transcript"), row.get("emotion"), clip.expected,
-                     row.get("ttff_ms"), row.get("tter_ms"), f"  ERROR {row['error']}" if row.get("error") else "")
+            log.info(
+                "[%d/%d] session %d %s: %s -> %s (expected %s)  TTFF %s ms  TTER %s ms%s",
+                len(rows),
+                total,
+                slot,
+                clip.name,
+                row.get("transcript"),
+                row.get("emotion"),
+                clip.expected,
+                row.get("ttff_ms"),
+                row.get("tter_ms"),
+                f"  ERROR {row['error']}" if row.get("error") else "",
+            )
 
     await asyncio.gather(*(worker(s) for s in range(args.sessions)))
     rows.sort(key=lambda x: (x[0], x[1]))
@@ -260,7 +360,9 @@ def summarize(rows: list[dict], intervals: list[list[float]], mode: str) -> dict
     labelled = [r for r in ok if r.get("expected")]
     correct = sum(1 for r in labelled if r.get("correct"))
     s: dict[str, Any] = {
-        "clips": len(rows), "measured": len(ok), "errors": len(rows) - len(ok),
+        "clips": len(rows),
+        "measured": len(ok),
+        "errors": len(rows) - len(ok),
         "ttff_ms": dist([r["ttff_ms"] for r in ok]),
         "tter_ms": dist([r["tter_ms"] for r in ok]),
         "tter_ms_reactions": dist([r["tter_ms"] for r in ok if r.get("emotion") not in (None, "idle")]),
@@ -269,24 +371,36 @@ def summarize(rows: list[dict], intervals: list[list[float]], mode: str) -> dict
         "decision_ms": dist([r.get("decision_ms") for r in ok]),
         "server_ttff_ms": dist([(r["server"] or {}).get("ttff_ms") for r in ok]),
         "server_tter_ms": dist([(r["server"] or {}).get("tter_ms") for r in ok]),
-        "accuracy": {"labelled": len(labelled), "correct": correct,
-                     "accuracy": round(correct / len(labelled), 3) if labelled else None},
-        "breakdown_ms_p50": {k: pct([(r.get("breakdown_ms") or {}).get(k) for r in ok if r.get("breakdown_ms")], 50)
-                             for k in SEGMENTS},
-        "breakdown_ms_mean": {k: (round(float(np.mean(v)), 1) if v else None) for k in SEGMENTS
-                              for v in [[r["breakdown_ms"][k] for r in ok if r.get("breakdown_ms")]]},
-        "frame_interval_ms": {"overall": interval_stats([x for iv in intervals for x in iv]),
-                              "per_session": [interval_stats(iv) for iv in intervals]},
+        "accuracy": {
+            "labelled": len(labelled),
+            "correct": correct,
+            "accuracy": round(correct / len(labelled), 3) if labelled else None,
+        },
+        "breakdown_ms_p50": {
+            k: pct([(r.get("breakdown_ms") or {}).get(k) for r in ok if r.get("breakdown_ms")], 50) for k in SEGMENTS
+        },
+        "breakdown_ms_mean": {
+            k: (round(float(np.mean(v)), 1) if v else None)
+            for k in SEGMENTS
+            for v in [[r["breakdown_ms"][k] for r in ok if r.get("breakdown_ms")]]
+        },
+        "frame_interval_ms": {
+            "overall": interval_stats([x for iv in intervals for x in iv]),
+            "per_session": [interval_stats(iv) for iv in intervals],
+        },
         "frames_late": int(sum(r.get("frames_late", 0) for r in rows)),
-        "server_errors": {c: sum((r.get("server_errors") or {}).get(c, 0) for r in rows)
-                          for c in sorted({c for r in rows for c in (r.get("server_errors") or {})})},
+        "server_errors": {
+            c: sum((r.get("server_errors") or {}).get(c, 0) for r in rows)
+            for c in sorted({c for r in rows for c in (r.get("server_errors") or {})})
+        },
     }
     if mode == "stream":
         s["listening_ms"] = dist([r["listening_ms"] for r in ok])
         s["endpoint_ms"] = dist([r.get("endpoint_ms") for r in ok])
         s["onset_event_ms"] = dist([r.get("onset_event_ms") for r in ok])
-        s["first_decided_by"] = {k: sum(1 for r in ok if (r.get("server") or {}).get("first_decided_by") == k)
-                                 for k in ("partial", "final")}
+        s["first_decided_by"] = {
+            k: sum(1 for r in ok if (r.get("server") or {}).get("first_decided_by") == k) for k in ("partial", "final")
+        }
     return s
 
 
@@ -302,42 +416,60 @@ def format_report(report: dict) -> str:
     rows, s = report["clips"], report["summary"]
     stream = report["mode"] == "stream"
     out = []
-    head = (f"{'file':<18} {'dur':>4} {'transcript':<36} {'emotion (expected)':<22} {'TTFF':>6} {'TTER':>6}"
-            + (f" {'listen':>6}" if stream else "") + "  stages ms (server)")
+    head = (
+        f"{'file':<18} {'dur':>4} {'transcript':<36} {'emotion (expected)':<22} {'TTFF':>6} {'TTER':>6}"
+        + (f" {'listen':>6}" if stream else "")
+        + "  stages ms (server)"
+    )
     out.append(head)
     out.append("-" * len(head))
     for r in rows:
         emo = f"{r['emotion'] or '-'} ({r['expected'] or '?'})"
         if r.get("correct") is False:
             emo += " x"
-        tr = (r.get("transcript") or "")
+        tr = r.get("transcript") or ""
         tr = tr if len(tr) <= 36 else tr[:33] + "..."
         b = r.get("breakdown_ms") or {}
         stages = " ".join(f"{k.split('/')[0]} {v:.0f}" for k, v in b.items() if v) if b else ""
         if r.get("error"):
             stages = f"ERROR {r['error']}"
-        out.append(f"{r['file'][:18]:<18} {r['duration_s']:>4.1f} {tr:<36} {emo:<22} {_f(r['ttff_ms']):>6} "
-                   f"{_f(r['tter_ms']):>6}" + (f" {_f(r['listening_ms']):>6}" if stream else "") + f"  {stages}")
+        out.append(
+            f"{r['file'][:18]:<18} {r['duration_s']:>4.1f} {tr:<36} {emo:<22} {_f(r['ttff_ms']):>6} "
+            f"{_f(r['tter_ms']):>6}" + (f" {_f(r['listening_ms']):>6}" if stream else "") + f"  {stages}"
+        )
     out.append("")
     m = report["machine"]
     chunks = ""
     if report.get("chunk_ms"):
         chunks = f" ({report['chunk_ms']} ms chunks{', mic open' if report.get('mic_open') else ''})"
-    out.append(f"mode {report['mode']}{chunks}, {report['sessions']} session(s), repeat {report['repeat']}, "
-               f"server {report['server_url']}{' (started by the bench)' if report.get('server_started') else ''}")
+    out.append(
+        f"mode {report['mode']}{chunks}, {report['sessions']} session(s), repeat {report['repeat']}, "
+        f"server {report['server_url']}{' (started by the bench)' if report.get('server_started') else ''}"
+    )
     out.append(f"machine: {m['cpu_count']} CPUs ({m['usable_cpus']} usable), {m['cpu']}, {m['platform']}")
     hc = report.get("host_cpu") or {}
     if hc:
-        out.append("CPU during the run (cores busy): " + ", ".join(
-            f"{k.replace('_cores', '')} {v}" for k, v in hc.items() if k.endswith("_cores"))
-            + (f"; load average {hc.get('loadavg_1m_start')} -> {hc.get('loadavg_1m_end')}"
-               if "loadavg_1m_end" in hc else ""))
+        out.append(
+            "CPU during the run (cores busy): "
+            + ", ".join(f"{k.replace('_cores', '')} {v}" for k, v in hc.items() if k.endswith("_cores"))
+            + (
+                f"; load average {hc.get('loadavg_1m_start')} -> {hc.get('loadavg_1m_end')}"
+                if "loadavg_1m_end" in hc
+                else ""
+            )
+        )
     out.append(f"clips: {s['clips']} ({s['errors']} errors)")
-    for key, name in (("ttff_ms", "TTFF"), ("tter_ms", "TTER"), ("tter_ms_reactions", "TTER, non-idle only"),
-                      ("first_reaction_ms", "first reaction frame"),
-                      ("endpoint_ms", "server end of speech"), ("final_ms", "final transcript event"),
-                      ("server_tter_ms", "server-side TTER"), ("listening_ms", "onset -> listening"),
-                      ("onset_event_ms", "onset -> listening ev")):
+    for key, name in (
+        ("ttff_ms", "TTFF"),
+        ("tter_ms", "TTER"),
+        ("tter_ms_reactions", "TTER, non-idle only"),
+        ("first_reaction_ms", "first reaction frame"),
+        ("endpoint_ms", "server end of speech"),
+        ("final_ms", "final transcript event"),
+        ("server_tter_ms", "server-side TTER"),
+        ("listening_ms", "onset -> listening"),
+        ("onset_event_ms", "onset -> listening ev"),
+    ):
         if key in s:
             d = s[key]
             out.append(f"{name:<22} p50 {_f(d['p50'])} ms  p95 {_f(d['p95'])} ms  max {_f(d['max'])} ms  (n={d['n']})")
@@ -351,8 +483,10 @@ def format_report(report: dict) -> str:
     out.append("TTER breakdown p50 ms: " + ", ".join(f"{k} {_f(v)}" for k, v in bd.items()))
     fi = s["frame_interval_ms"]
     o = fi["overall"]
-    out.append(f"frame interval: p50 {_f(o['p50'])} ms  p99 {_f(o['p99'])} ms  max {_f(o['max'])} ms  "
-               f">160 ms: {o['over_160ms']}/{o['n']}  (server frames_late: {s['frames_late']})")
+    out.append(
+        f"frame interval: p50 {_f(o['p50'])} ms  p99 {_f(o['p99'])} ms  max {_f(o['max'])} ms  "
+        f">160 ms: {o['over_160ms']}/{o['n']}  (server frames_late: {s['frames_late']})"
+    )
     for i, d in enumerate(fi["per_session"]):
         out.append(f"  session {i}: p50 {_f(d['p50'])} ms  p99 {_f(d['p99'])} ms  max {_f(d['max'])} ms  (n={d['n']})")
     if s.get("server_errors"):
@@ -396,15 +530,27 @@ def write_chart(report: dict, path: str) -> None:
     ax.invert_yaxis()
     ax.set_xlabel("ms from " + ("end of speech (client)" if report["mode"] == "stream" else "clip sent (client)"))
     s = report["summary"]
-    ax.set_title(f"avatarcast latency ({report['mode']} mode, {report['sessions']} session(s)): TTER p50 "
-                 f"{_f(s['tter_ms']['p50'])} ms, p95 {_f(s['tter_ms']['p95'])} ms", fontsize=10)
+    ax.set_title(
+        f"avatarcast latency ({report['mode']} mode, {report['sessions']} session(s)): TTER p50 "
+        f"{_f(s['tter_ms']['p50'])} ms, p95 {_f(s['tter_ms']['p95'])} ms",
+        fontsize=10,
+    )
+    from matplotlib.artist import Artist
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
-    gap_name = ("client gap (client's speech end -> server's origin, e.g. audio backlog; delivery)"
-                if report["mode"] == "stream" else "client gap (upload/delivery)")
-    handles = [Patch(color=SEGMENT_COLORS[k], label=gap_name if k == "client gap" else k) for k in SEGMENTS]
-    handles += [Line2D([], [], marker="|", color="black", linestyle="none", markersize=10, label="TTER (client)"),
-                Line2D([], [], marker="o", color="black", linestyle="none", fillstyle="none", label="TTFF (client)")]
+
+    gap_name = (
+        "client gap (client's speech end -> server's origin, e.g. audio backlog; delivery)"
+        if report["mode"] == "stream"
+        else "client gap (upload/delivery)"
+    )
+    handles: list[Artist] = [
+        Patch(color=SEGMENT_COLORS[k], label=gap_name if k == "client gap" else k) for k in SEGMENTS
+    ]
+    handles += [
+        Line2D([], [], marker="|", color="black", linestyle="none", markersize=10, label="TTER (client)"),
+        Line2D([], [], marker="o", color="black", linestyle="none", fillstyle="none", label="TTFF (client)"),
+    ]
     fig.legend(handles=handles, fontsize=7, loc="lower center", ncol=5, frameon=False)
     ax.grid(axis="x", alpha=0.3)
     ax.margins(x=0.06)
@@ -417,13 +563,20 @@ def write_chart(report: dict, path: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="avatarcast bench latency", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="avatarcast bench latency",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--clips", required=True, help="folder of audio files (+ optional labels.csv: file,emotion,text)")
     ap.add_argument("--url", default=None, help="a running server (http://host:port); default: start one")
     ap.add_argument("--json", action="store_true", help="print one JSON object to stdout instead of the table")
-    ap.add_argument("--mode", choices=("clip", "stream"), default="clip",
-                    help="clip: one CLIP upload; stream: real-time PCM1 chunks like a microphone")
+    ap.add_argument(
+        "--mode",
+        choices=("clip", "stream"),
+        default="clip",
+        help="clip: one CLIP upload; stream: real-time PCM1 chunks like a microphone",
+    )
     ap.add_argument("--sessions", type=int, default=1, help="concurrent sessions; clips are spread over them")
     ap.add_argument("--repeat", type=int, default=1, help="run the clip set this many times")
     ap.add_argument("--chart", default=None, help="write a stacked bar chart of each clip's TTER breakdown (PNG)")
@@ -431,12 +584,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--avatar", default="pip")
     ap.add_argument("--chunk-ms", type=int, default=20, help="stream mode: PCM1 chunk length (20-40 ms)")
     ap.add_argument("--tail", type=float, default=1.0, help="stream mode: seconds of silence sent after the clip")
-    ap.add_argument("--mic-open", action="store_true",
-                    help="stream mode: after the tail keep sending silence until the clip's measurement ends, "
-                         "like an open microphone")
+    ap.add_argument(
+        "--mic-open",
+        action="store_true",
+        help="stream mode: after the tail keep sending silence until the clip's measurement ends, "
+        "like an open microphone",
+    )
     ap.add_argument("--warmup", type=float, default=1.0, help="seconds of frames before the clip is sent")
-    ap.add_argument("--linger", type=float, default=8.0,
-                    help="after TTER, stay connected until the reaction ends (back to idle), at most this long")
+    ap.add_argument(
+        "--linger",
+        type=float,
+        default=8.0,
+        help="after TTER, stay connected until the reaction ends (back to idle), at most this long",
+    )
     ap.add_argument("--timeout", type=float, default=30.0, help="per clip: give up this long after the origin")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random send phase against the frame clock")
     ap.add_argument("--stagger", type=float, default=0.3, help="seconds between the sessions' starts")
@@ -457,8 +617,15 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"bench latency: {exc}", file=sys.stderr)
         return 2
-    log.info("%d clips from %s (%d labelled), mode %s, %d session(s), repeat %d", len(clips), args.clips,
-             sum(1 for c in clips if c.expected), args.mode, args.sessions, args.repeat)
+    log.info(
+        "%d clips from %s (%d labelled), mode %s, %d session(s), repeat %d",
+        len(clips),
+        args.clips,
+        sum(1 for c in clips if c.expected),
+        args.mode,
+        args.sessions,
+        args.repeat,
+    )
 
     try:
         run = run_on_server(args, lambda base: run_all(base, clips, args))
@@ -470,13 +637,22 @@ def main(argv: list[str] | None = None) -> int:
     rows, intervals = run.result
 
     report = {
-        "mode": args.mode, "sessions": args.sessions, "repeat": args.repeat, "clips_dir": str(args.clips),
-        "server_url": run.base, "server_started": run.started,
-        "server_args": args.server_args, "server_ready_s": run.ready_s,
+        "mode": args.mode,
+        "sessions": args.sessions,
+        "repeat": args.repeat,
+        "clips_dir": str(args.clips),
+        "server_url": run.base,
+        "server_started": run.started,
+        "server_args": args.server_args,
+        "server_ready_s": run.ready_s,
         "chunk_ms": args.chunk_ms if args.mode == "stream" else None,
-        "mic_open": bool(args.mic_open) if args.mode == "stream" else None, "wall_s": round(run.wall_s, 1),
-        "machine": machine(), "host_cpu": run.host_cpu, "server_status": run.status,
-        "clips": rows, "summary": summarize(rows, intervals, args.mode),
+        "mic_open": bool(args.mic_open) if args.mode == "stream" else None,
+        "wall_s": round(run.wall_s, 1),
+        "machine": machine(),
+        "host_cpu": run.host_cpu,
+        "server_status": run.status,
+        "clips": rows,
+        "summary": summarize(rows, intervals, args.mode),
     }
     if args.chart:
         try:

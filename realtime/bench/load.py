@@ -36,8 +36,18 @@ from typing import Any
 
 import numpy as np
 
-from avatarcast.realtime.bench.client import (CLIP_ERRORS, REPO, Clip, Conn, Frame, client_times, dist,
-                                              interval_stats, load_clips, setup_logging)
+from avatarcast.realtime.bench.client import (
+    CLIP_ERRORS,
+    REPO,
+    Clip,
+    Conn,
+    Frame,
+    client_times,
+    dist,
+    interval_stats,
+    load_clips,
+    setup_logging,
+)
 from avatarcast.realtime.bench.server import machine, run_on_server, server_status
 from avatarcast.realtime.protocol import TAG_CLIP
 
@@ -77,8 +87,14 @@ def index_gaps(frames: list[Frame]) -> int:
 
 async def speak(conn: Conn, clip: Clip, timeout: float) -> dict:
     """Send one clip and wait for its emotion's first frame: the row `bench latency` would write."""
-    row: dict[str, Any] = {"file": clip.name, "expected": clip.expected, "emotion": None, "ttff_ms": None,
-                           "tter_ms": None, "error": None}
+    row: dict[str, Any] = {
+        "file": clip.name,
+        "expected": clip.expected,
+        "emotion": None,
+        "ttff_ms": None,
+        "tter_ms": None,
+        "error": None,
+    }
     t_send = time.monotonic()
     await conn.ws.send(TAG_CLIP + clip.data)
     origin = time.monotonic()
@@ -90,8 +106,7 @@ async def speak(conn: Conn, clip: Clip, timeout: float) -> dict:
             if times["tter_ms"] is not None or decided is None:
                 row.update(emotion=decided, ttff_ms=times["ttff_ms"], tter_ms=times["tter_ms"])
                 return row
-        errors = [e["payload"] for t, e in conn.of_type("error", t_send)
-                  if e["payload"].get("code") in CLIP_ERRORS]
+        errors = [e["payload"] for t, e in conn.of_type("error", t_send) if e["payload"].get("code") in CLIP_ERRORS]
         if errors:
             row["error"] = f"{errors[0].get('code')}: {errors[0].get('message')}"
             return row
@@ -101,8 +116,9 @@ async def speak(conn: Conn, clip: Clip, timeout: float) -> dict:
         await conn.next_change(0.25)
 
 
-async def run_slot(slot: Slot, base: str, clips: list[Clip], args: argparse.Namespace, t0: float, end: float,
-                   rng: np.random.Generator) -> None:
+async def run_slot(
+    slot: Slot, base: str, clips: list[Clip], args: argparse.Namespace, t0: float, end: float, rng: np.random.Generator
+) -> None:
     await asyncio.sleep(slot.index * args.stagger)
     while time.monotonic() < end:
         try:
@@ -130,8 +146,14 @@ async def run_slot(slot: Slot, base: str, clips: list[Clip], args: argparse.Name
                 row = await speak(conn, clips[int(rng.integers(len(clips)))], args.timeout)
                 row["at_s"] = round(time.monotonic() - t0, 1)
                 slot.clips.append(row)
-                log.info("session %d %s -> %s TTER %s ms%s", slot.index, row["file"], row["emotion"], row["tter_ms"],
-                         f" ERROR {row['error']}" if row["error"] else "")
+                log.info(
+                    "session %d %s -> %s TTER %s ms%s",
+                    slot.index,
+                    row["file"],
+                    row["emotion"],
+                    row["tter_ms"],
+                    f" ERROR {row['error']}" if row["error"] else "",
+                )
             await asyncio.sleep(max(0.0, end - time.monotonic()))
             slot.held_until = time.monotonic()
             if conn.closed:
@@ -149,8 +171,14 @@ async def watch_status(base: str, stop: asyncio.Event, samples: list[dict], t0: 
         st = await asyncio.to_thread(server_status, base)
         if st is not None:
             load = st.get("load") or {}
-            samples.append({"t_s": round(time.monotonic() - t0, 1), "sessions": st.get("sessions"),
-                            "level": load.get("degradation_level"), "busy": load.get("engine_busy")})
+            samples.append(
+                {
+                    "t_s": round(time.monotonic() - t0, 1),
+                    "sessions": st.get("sessions"),
+                    "level": load.get("degradation_level"),
+                    "busy": load.get("engine_busy"),
+                }
+            )
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(stop.wait(), 2.0)
 
@@ -160,10 +188,12 @@ async def run_all(base: str, clips: list[Clip], args: argparse.Namespace) -> tup
     end = t0 + args.seconds
     slots = [Slot(i) for i in range(args.sessions)]
     rng = np.random.default_rng(args.seed)
-    stop, samples = asyncio.Event(), []
+    stop = asyncio.Event()
+    samples: list[dict] = []
     watcher = asyncio.create_task(watch_status(base, stop, samples, t0))
-    await asyncio.gather(*(run_slot(s, base, clips, args, t0, end, np.random.default_rng(rng.integers(1 << 31)))
-                           for s in slots))
+    await asyncio.gather(
+        *(run_slot(s, base, clips, args, t0, end, np.random.default_rng(rng.integers(1 << 31))) for s in slots)
+    )
     stop.set()
     await watcher
     return slots, samples
@@ -182,65 +212,99 @@ def summarize(slots: list[Slot], samples: list[dict]) -> dict:
     for s in slots:
         times = [f[0] for f in s.frames]
         iv = interval_stats(s.intervals)
-        per.append({"session": s.index, "held": s.held_from is not None, "refusals": len(s.refused),
-                    "first_refused_reason": s.refused[0]["reason"] if s.refused else None,
-                    "held_s": None if s.held_from is None else round((s.held_until or s.held_from) - s.held_from, 1),
-                    "frames": len(times), "fps_p1": fps_p1(times), "interval_ms_p50": iv["p50"],
-                    "interval_ms_p99": iv["p99"], "interval_ms_max": iv["max"], "frames_dropped": index_gaps(s.frames),
-                    "frames_late_server": s.frames_late, "clips": len(s.clips),
-                    "clip_errors": sum(1 for r in s.clips if r["error"]), "error": s.error})
+        per.append(
+            {
+                "session": s.index,
+                "held": s.held_from is not None,
+                "refusals": len(s.refused),
+                "first_refused_reason": s.refused[0]["reason"] if s.refused else None,
+                "held_s": None if s.held_from is None else round((s.held_until or s.held_from) - s.held_from, 1),
+                "frames": len(times),
+                "fps_p1": fps_p1(times),
+                "interval_ms_p50": iv["p50"],
+                "interval_ms_p99": iv["p99"],
+                "interval_ms_max": iv["max"],
+                "frames_dropped": index_gaps(s.frames),
+                "frames_late_server": s.frames_late,
+                "clips": len(s.clips),
+                "clip_errors": sum(1 for r in s.clips if r["error"]),
+                "error": s.error,
+            }
+        )
     levels = [x["level"] for x in samples if x.get("level") is not None]
-    return {"sessions_requested": len(slots), "sessions_held": len(held),
-            "sessions_never_held": len(slots) - len(held),
-            "refusals": sum(len(s.refused) for s in slots), "refusal_reasons": reasons,
-            "clips": len(rows), "clip_errors": len(rows) - len(ok),
-            "tter_ms": dist([r["tter_ms"] for r in ok]), "ttff_ms": dist([r["ttff_ms"] for r in ok]),
-            "emotion_correct": sum(1 for r in ok if r["expected"] and r["emotion"] == r["expected"]),
-            "emotion_labelled": sum(1 for r in ok if r["expected"]),
-            "per_session": per,
-            "worst_fps_p1": min((p["fps_p1"] for p in per if p["fps_p1"] is not None), default=None),
-            "worst_interval_ms_p99": max((p["interval_ms_p99"] for p in per if p["interval_ms_p99"] is not None),
-                                         default=None),
-            "frames_dropped": sum(p["frames_dropped"] for p in per),
-            "degradation": {"max_level": max(levels, default=None),
-                            "share_at_level": {str(v): round(levels.count(v) / len(levels), 3)
-                                               for v in sorted(set(levels))}}}
+    return {
+        "sessions_requested": len(slots),
+        "sessions_held": len(held),
+        "sessions_never_held": len(slots) - len(held),
+        "refusals": sum(len(s.refused) for s in slots),
+        "refusal_reasons": reasons,
+        "clips": len(rows),
+        "clip_errors": len(rows) - len(ok),
+        "tter_ms": dist([r["tter_ms"] for r in ok]),
+        "ttff_ms": dist([r["ttff_ms"] for r in ok]),
+        "emotion_correct": sum(1 for r in ok if r["expected"] and r["emotion"] == r["expected"]),
+        "emotion_labelled": sum(1 for r in ok if r["expected"]),
+        "per_session": per,
+        "worst_fps_p1": min((p["fps_p1"] for p in per if p["fps_p1"] is not None), default=None),
+        "worst_interval_ms_p99": max(
+            (p["interval_ms_p99"] for p in per if p["interval_ms_p99"] is not None), default=None
+        ),
+        "frames_dropped": sum(p["frames_dropped"] for p in per),
+        "degradation": {
+            "max_level": max(levels, default=None),
+            "share_at_level": {str(v): round(levels.count(v) / len(levels), 3) for v in sorted(set(levels))},
+        },
+    }
 
 
 def format_report(report: dict) -> str:
     s = report["summary"]
     hc = report.get("host_cpu") or {}
-    out = [f"bench load: {s['sessions_requested']} session slot(s) for {report['seconds']:g} s against "
-           f"{report['server_url']}" + (" (started by the bench)" if report["server_started"] else ""),
-           (f"machine: {report['machine']['cpu_count']} CPUs, {report['machine']['cpu']}; load average "
+    out = [
+        f"bench load: {s['sessions_requested']} session slot(s) for {report['seconds']:g} s against "
+        f"{report['server_url']}" + (" (started by the bench)" if report["server_started"] else ""),
+        (
+            f"machine: {report['machine']['cpu_count']} CPUs, {report['machine']['cpu']}; load average "
             f"{hc.get('loadavg_1m_start')} -> {hc.get('loadavg_1m_end')}; cores busy: bench {hc.get('bench_cores')}, "
-            f"server {hc.get('server_cores')}, others {hc.get('other_cores')}"),
-           f"sessions held: {s['sessions_held']}/{s['sessions_requested']}; refusals: {s['refusals']}"
-           + "".join(f"\n  {n} x {k}" for k, n in s["refusal_reasons"].items()),
-           f"clips: {s['clips']} ({s['clip_errors']} errors); emotion {s['emotion_correct']}/{s['emotion_labelled']}",
-           (f"TTER p50 {s['tter_ms']['p50']} ms  p95 {s['tter_ms']['p95']} ms  max {s['tter_ms']['max']} ms  "
-            f"(TTFF p50 {s['ttff_ms']['p50']} ms)"),
-           f"degradation level: max {s['degradation']['max_level']}, "
-           f"share of samples {s['degradation']['share_at_level']}"]
+            f"server {hc.get('server_cores')}, others {hc.get('other_cores')}"
+        ),
+        f"sessions held: {s['sessions_held']}/{s['sessions_requested']}; refusals: {s['refusals']}"
+        + "".join(f"\n  {n} x {k}" for k, n in s["refusal_reasons"].items()),
+        f"clips: {s['clips']} ({s['clip_errors']} errors); emotion {s['emotion_correct']}/{s['emotion_labelled']}",
+        (
+            f"TTER p50 {s['tter_ms']['p50']} ms  p95 {s['tter_ms']['p95']} ms  max {s['tter_ms']['max']} ms  "
+            f"(TTFF p50 {s['ttff_ms']['p50']} ms)"
+        ),
+        f"degradation level: max {s['degradation']['max_level']}, "
+        f"share of samples {s['degradation']['share_at_level']}",
+    ]
     for p in s["per_session"]:
         if not p["held"]:
             out.append(f"  session {p['session']}: never held ({p['refusals']} refusals: {p['first_refused_reason']})")
             continue
-        out.append(f"  session {p['session']}: held {p['held_s']} s after {p['refusals']} refusal(s), "
-                   f"{p['frames']} frames, fps p1 {p['fps_p1']}, interval p50 {p['interval_ms_p50']} "
-                   f"p99 {p['interval_ms_p99']} max {p['interval_ms_max']} ms, dropped {p['frames_dropped']}, "
-                   f"server late {p['frames_late_server']}, {p['clips']} clips"
-                   + (f", ERROR {p['error']}" if p["error"] else ""))
+        out.append(
+            f"  session {p['session']}: held {p['held_s']} s after {p['refusals']} refusal(s), "
+            f"{p['frames']} frames, fps p1 {p['fps_p1']}, interval p50 {p['interval_ms_p50']} "
+            f"p99 {p['interval_ms_p99']} max {p['interval_ms_max']} ms, dropped {p['frames_dropped']}, "
+            f"server late {p['frames_late_server']}, {p['clips']} clips"
+            + (f", ERROR {p['error']}" if p["error"] else "")
+        )
     return "\n".join(out)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="avatarcast bench load", description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="avatarcast bench load",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--sessions", type=int, default=4, help="concurrent session slots")
     ap.add_argument("--seconds", type=float, default=60.0, help="how long the run lasts")
-    ap.add_argument("--clips", default=None,
-                    help="folder of audio clips (+ labels.csv or manifest.csv); default: tests/data/speech/en")
+    ap.add_argument(
+        "--clips",
+        default=None,
+        help="folder of audio clips (+ labels.csv or manifest.csv); default: tests/data/speech/en",
+    )
     ap.add_argument("--url", default=None, help="a running server (http://host:port); default: start one")
     ap.add_argument("--json", action="store_true", help="print one JSON object to stdout instead of the table")
     ap.add_argument("--server-args", default="", help="extra `avatarcast serve` flags for the server the bench starts")
@@ -288,12 +352,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     slots, samples = run.result
-    report = {"sessions": args.sessions, "seconds": args.seconds, "server_url": run.base, "server_started": run.started,
-              "server_args": args.server_args, "machine": machine(), "host_cpu": run.host_cpu,
-              "server_status": run.status, "status_samples": samples,
-              "clips": [{"session": s.index, **r} for s in slots for r in s.clips],
-              "refusals": [{"session": s.index, **r} for s in slots for r in s.refused],
-              "summary": summarize(slots, samples)}
+    report = {
+        "sessions": args.sessions,
+        "seconds": args.seconds,
+        "server_url": run.base,
+        "server_started": run.started,
+        "server_args": args.server_args,
+        "machine": machine(),
+        "host_cpu": run.host_cpu,
+        "server_status": run.status,
+        "status_samples": samples,
+        "clips": [{"session": s.index, **r} for s in slots for r in s.clips],
+        "refusals": [{"session": s.index, **r} for s in slots for r in s.refused],
+        "summary": summarize(slots, samples),
+    }
     print(json.dumps(report, ensure_ascii=False, indent=1) if args.json else format_report(report))
     return 0 if report["summary"]["sessions_held"] > 0 else 1
 

@@ -6,6 +6,7 @@ peak that `max_memory_allocated` only reports as a number gets a place in the co
     ...  # the work
     print(peak_report(torch.cuda.memory._snapshot()))
 """
+
 from __future__ import annotations
 
 import os
@@ -13,11 +14,15 @@ import os
 
 def _where(frames: list[dict], keep: int = 6, mine_only: bool = True) -> str:
     """The innermost frames worth reading: this project's and the model code's (else any)."""
-    mine = [f for f in frames if any(k in f.get("filename", "") for k in ("/engines/", "/realtime/", "/tools/",
-                                                                         "diffusers/"))]
+    mine = [
+        f
+        for f in frames
+        if any(k in f.get("filename", "") for k in ("/engines/", "/realtime/", "/tools/", "diffusers/"))
+    ]
     pick = (mine if mine_only and mine else frames)[:keep]
-    return " <- ".join(f"{os.path.basename(f.get('filename', '?'))}:{f.get('line', '?')} {f.get('name', '?')}"
-                       for f in pick)
+    return " <- ".join(
+        f"{os.path.basename(f.get('filename', '?'))}:{f.get('line', '?')} {f.get('name', '?')}" for f in pick
+    )
 
 
 def peak_report(snapshot: dict, top: int = 8, device: int = 0) -> str:
@@ -48,12 +53,15 @@ def peak_report(snapshot: dict, top: int = 8, device: int = 0) -> str:
         groups.setdefault(key, []).append(b)
     ranked = sorted(groups.items(), key=lambda kv: -kv[0][0] * len(kv[1]))[:top]
     waiting = sum(peak_live[a]["size"] for a in peak_requested)
-    lines = [f"peak of the traced allocations: {peak / 2**30:.2f} GiB above the trace's start "
-             f"({len(peak_live)} blocks live, {waiting / 2**30:.2f} GiB of them freed but waiting on a stream; "
-             f"{len(events)} events)"]
+    lines = [
+        f"peak of the traced allocations: {peak / 2**30:.2f} GiB above the trace's start "
+        f"({len(peak_live)} blocks live, {waiting / 2**30:.2f} GiB of them freed but waiting on a stream; "
+        f"{len(events)} events)"
+    ]
     for (size, stream, where, freed), blocks in ranked:
         inner = _where(blocks[0].get("frames", []), keep=3, mine_only=False)
         wait = "  freed, waiting" if freed else ""
-        lines.append(f"  {len(blocks):4d} x {size / 2**30:6.3f} GiB  stream {stream}{wait}  {where}"
-                     f"  [innermost: {inner}]")
+        lines.append(
+            f"  {len(blocks):4d} x {size / 2**30:6.3f} GiB  stream {stream}{wait}  {where}  [innermost: {inner}]"
+        )
     return "\n".join(lines)

@@ -57,8 +57,16 @@ class ServerProcess:
         self.ready_s: float | None = None
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "avatarcast.realtime.cli", "serve", "--host", "127.0.0.1",
-               "--port", str(self.port)]
+        cmd = [
+            sys.executable,
+            "-m",
+            "avatarcast.realtime.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+        ]
         if "--log-level" not in self.extra:
             cmd += ["--log-level", "warning"]
         cmd += self.extra
@@ -156,7 +164,7 @@ class CpuMonitor:
         except (OSError, ValueError, IndexError):
             return None
 
-    def __enter__(self) -> "CpuMonitor":
+    def __enter__(self) -> CpuMonitor:
         self.j0, self.t0, self.w0, self.s0 = self._jiffies(), os.times(), time.monotonic(), self._server_ticks()
         self.load0 = os.getloadavg() if hasattr(os, "getloadavg") else None
         self.result: dict = {}
@@ -187,6 +195,7 @@ def machine() -> dict:
     cpu = platform.processor() or ""
     try:
         from avatarcast.engines.backends import cpu_name
+
         cpu = cpu_name() or cpu
     except Exception:
         pass
@@ -194,8 +203,14 @@ def machine() -> dict:
         affinity = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         affinity = None
-    return {"cpu_count": os.cpu_count(), "usable_cpus": affinity, "cpu": cpu, "platform": platform.platform(),
-            "python": platform.python_version(), "hostname": platform.node()}
+    return {
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": affinity,
+        "cpu": cpu,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "hostname": platform.node(),
+    }
 
 
 @dataclass
@@ -227,8 +242,15 @@ def run_on_server(args: argparse.Namespace, work) -> ServerRun:
         with CpuMonitor(server.proc.pid if server is not None and server.proc is not None else None) as cpu:
             result = asyncio.run(work(base))
         wall = time.monotonic() - t0
-        return ServerRun(base, server is not None, None if server is None else server.ready_s, result, wall,
-                         cpu.result, server_status(base))
+        return ServerRun(
+            base,
+            server is not None,
+            None if server is None else server.ready_s,
+            result,
+            wall,
+            cpu.result,
+            server_status(base),
+        )
     finally:
         if server is not None:
             server.stop()

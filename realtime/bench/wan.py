@@ -60,6 +60,7 @@ def build_random(layers: int | None = None, vae_dtype: str = "bf16"):
     from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
     from avatarcast.engines.wan.engine import cast_model
+
     cfg = dict(TRANSFORMER_5B, num_layers=layers or TRANSFORMER_5B["num_layers"])
     torch.manual_seed(0)
     with torch.device("cuda"):
@@ -70,11 +71,13 @@ def build_random(layers: int | None = None, vae_dtype: str = "bf16"):
 
 def _dtype(name: str):
     import torch
+
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
 def _timed(fn, reps: int) -> list[float]:
     import torch
+
     out = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -90,6 +93,7 @@ def _pipelined(eng, states: list, seconds: float, chunk_s: float, to_host: bool)
     """Two halves of the streams, each chunk's VAE decode overlapped with the other half's sampler
     steps on a second CUDA stream: the decode is memory-bound, the steps compute-bound."""
     import torch
+
     half = max(1, len(states) // 2)
     groups = [states[:half], states[half:]] if len(states) > 1 else [states, states]
     for grp in groups:  # prime the VAE caches the ordinary way
@@ -130,9 +134,15 @@ def _pipelined(eng, states: list, seconds: float, chunk_s: float, to_host: bool)
     wall = time.perf_counter() - t_all
     fps = frames / wall
     p95 = _pct(gaps, 95)
-    return {"fps": round(fps, 1), "chunk_interval_ms_p50": _pct(gaps, 50), "chunk_interval_ms_p95": p95,
-            "chunks": len(gaps), "groups": [len(x) for x in groups], "realtime_streams": int(fps // FPS),
-            "realtime": bool(int(fps // FPS) >= len(states) and p95 <= chunk_s * 1000)}
+    return {
+        "fps": round(fps, 1),
+        "chunk_interval_ms_p50": _pct(gaps, 50),
+        "chunk_interval_ms_p95": p95,
+        "chunks": len(gaps),
+        "groups": [len(x) for x in groups],
+        "realtime_streams": int(fps // FPS),
+        "realtime": bool(int(fps // FPS) >= len(states) and p95 <= chunk_s * 1000),
+    }
 
 
 def serving_engine(wan, batch: int):
@@ -148,8 +158,10 @@ def serving_engine(wan, batch: int):
     templates = load_templates()
     rng = np.random.default_rng(0)
     dim = wan.transformer.config.text_dim
-    embeds = {normalize_prompt(t.prompt): (rng.standard_normal((48, dim)) * 0.1).astype(np.float32)
-              for t in templates.values()}
+    embeds = {
+        normalize_prompt(t.prompt): (rng.standard_normal((48, dim)) * 0.1).astype(np.float32)
+        for t in templates.values()
+    }
     return WanAvatarEngine(wan, templates, embeds, "random", "random", max_batch=batch), resolve_avatar("pip")[1]
 
 
@@ -201,12 +213,18 @@ def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: 
             cue.append((time.monotonic() - a) * 1000)
         await sch.close()
         p95 = _pct(gaps, 95)
-        return {"fps": round(fps, 1), "chunk_interval_ms_p50": _pct(gaps, 50),
-                "chunk_interval_ms_p95": p95, "chunks": len(gaps), "batches": sch.batches,
-                "mean_batch": round(sch.jobs_done / max(1, sch.batches), 2), "realtime_streams": int(fps // FPS),
-                "realtime": bool(int(fps // FPS) >= n and p95 <= chunk_s * 1000),
-                "cue_idle_ms": {"p50": _pct(cue[1:], 50), "max": round(max(cue[1:]), 1)},
-                "memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2)}  # this run's peak
+        return {
+            "fps": round(fps, 1),
+            "chunk_interval_ms_p50": _pct(gaps, 50),
+            "chunk_interval_ms_p95": p95,
+            "chunks": len(gaps),
+            "batches": sch.batches,
+            "mean_batch": round(sch.jobs_done / max(1, sch.batches), 2),
+            "realtime_streams": int(fps // FPS),
+            "realtime": bool(int(fps // FPS) >= n and p95 <= chunk_s * 1000),
+            "cue_idle_ms": {"p50": _pct(cue[1:], 50), "max": round(max(cue[1:]), 1)},
+            "memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        }  # this run's peak
 
     for depth in depths:
         out[depth] = asyncio.run(go(depth))
@@ -226,16 +244,27 @@ def run(args) -> dict:
     torch.backends.cudnn.allow_tf32 = True
     sessions = [int(s) for s in str(args.sessions).split(",")]
     # --pipeline: each stream count runs as two half-size groups, so the batches are the halves
-    counts = [max(1, n // 2) for n in sessions] if args.pipeline else \
-        [min(n, args.batch) for n in sessions] + [n % args.batch for n in sessions if n % args.batch] if args.batch \
+    counts = (
+        [max(1, n // 2) for n in sessions]
+        if args.pipeline
+        else [min(n, args.batch) for n in sessions] + [n % args.batch for n in sessions if n % args.batch]
+        if args.batch
         else sessions
+    )
     batches = sorted(set([1] + counts + [int(b) for b in str(args.batches).split(",") if b]))
     if args.server_buckets:  # the graphs `serve --engine wan --wan-batch B` captures (a warm restart's work)
         from avatarcast.engines.wan.serving import wan_buckets
+
         batches = sorted(set(batches) | set(wan_buckets(args.batch or 5, compiled=bool(args.compile))))
     compile_mode = args.compile_mode if args.compile else False
-    kw = dict(device="cuda", dtype=torch.bfloat16, steps=args.steps, shift=5.0,
-              chunk_latent_frames=args.chunk_frames, context_latent_frames=args.context_frames)
+    kw = dict(
+        device="cuda",
+        dtype=torch.bfloat16,
+        steps=args.steps,
+        shift=5.0,
+        chunk_latent_frames=args.chunk_frames,
+        context_latent_frames=args.context_frames,
+    )
     t0 = time.perf_counter()
     if args.checkpoint:
         eng = WanEngine.load(args.checkpoint, vae_dtype=_dtype(args.vae_dtype), **kw)
@@ -247,31 +276,54 @@ def run(args) -> dict:
     if args.save_checkpoint:
         eng.transformer.save_pretrained(f"{args.save_checkpoint}/transformer")
         eng.vae.save_pretrained(f"{args.save_checkpoint}/vae")
-    report: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__,
-                    "steps": args.steps, "chunk_latent_frames": args.chunk_frames,
-                    "context_latent_frames": args.context_frames, "chunk_video_frames": 4 * args.chunk_frames,
-                    "latent_grid": list(eng.latent_hw), "output": [eng.out_height, eng.out_width],
-                    "vae_dtype": args.vae_dtype, "vae_batch": args.vae_batch, "batch": args.batch or None,
-                    "transformer_dtype": "bf16", "layers": args.layers or 30, "cuda_graphs": not args.eager,
-                    "compile": compile_mode,
-                    "compile_vae": ("aot" if args.vae_aot else "jit") if args.compile_vae else False,
-                    "vae_channels_last": bool(args.vae_channels_last), "fp8": bool(args.fp8),
-                    "vae_frames_per_call": args.vae_frames_per_call or args.chunk_frames,
-                    "weights": "random" if not args.checkpoint else args.checkpoint, "load_s": round(load_s, 2)}
+    report: dict = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "steps": args.steps,
+        "chunk_latent_frames": args.chunk_frames,
+        "context_latent_frames": args.context_frames,
+        "chunk_video_frames": 4 * args.chunk_frames,
+        "latent_grid": list(eng.latent_hw),
+        "output": [eng.out_height, eng.out_width],
+        "vae_dtype": args.vae_dtype,
+        "vae_batch": args.vae_batch,
+        "batch": args.batch or None,
+        "transformer_dtype": "bf16",
+        "layers": args.layers or 30,
+        "cuda_graphs": not args.eager,
+        "compile": compile_mode,
+        "compile_vae": ("aot" if args.vae_aot else "jit") if args.compile_vae else False,
+        "vae_channels_last": bool(args.vae_channels_last),
+        "fp8": bool(args.fp8),
+        "vae_frames_per_call": args.vae_frames_per_call or args.chunk_frames,
+        "weights": "random" if not args.checkpoint else args.checkpoint,
+        "load_s": round(load_s, 2),
+    }
     gen = torch.Generator(device="cuda").manual_seed(0)
     ref = torch.randn(eng.z_dim, *eng.latent_hw, device="cuda", generator=gen)
     prompts = [torch.randn(512, 4096, device="cuda", generator=gen, dtype=torch.bfloat16) * 0.1 for _ in range(4)]
     K, T = args.context_frames, args.chunk_frames
-    probe = (torch.randn(2, eng.z_dim, K + T, *eng.latent_hw, device="cuda", dtype=torch.bfloat16, generator=gen),
-             torch.full((2, (K + T) * eng.latent_hw[0] * eng.latent_hw[1] // 4), 500.0, device="cuda"),
-             torch.stack(prompts[:2]))
+    probe = (
+        torch.randn(2, eng.z_dim, K + T, *eng.latent_hw, device="cuda", dtype=torch.bfloat16, generator=gen),
+        torch.full((2, (K + T) * eng.latent_hw[0] * eng.latent_hw[1] // 4), 500.0, device="cuda"),
+        torch.stack(prompts[:2]),
+    )
     with torch.no_grad():  # the eager bf16 transformer's answer, to compare the fast path with
         probe_ref = eng.transformer(*probe, return_dict=False)[0].float()
     t1 = time.perf_counter()
-    eng.accelerate(cuda_graphs=not args.eager, compile=compile_mode, vae_compile=args.compile_vae,
-                   vae_channels_last=args.vae_channels_last, vae_batch=args.vae_batch, buckets=tuple(batches),
-                   warm_batches=tuple(batches), fp8=args.fp8, vae_frames_per_call=args.vae_frames_per_call,
-                   vae_aot_dir=args.vae_aot or None, vae_warmup=args.vae_warmup)
+    eng.accelerate(
+        cuda_graphs=not args.eager,
+        compile=compile_mode,
+        vae_compile=args.compile_vae,
+        vae_channels_last=args.vae_channels_last,
+        vae_batch=args.vae_batch,
+        buckets=tuple(batches),
+        warm_batches=tuple(batches),
+        fp8=args.fp8,
+        vae_frames_per_call=args.vae_frames_per_call,
+        vae_aot_dir=args.vae_aot or None,
+        vae_warmup=args.vae_warmup,
+    )
     report["graph_capture_s"] = round(time.perf_counter() - t1, 2)
     report["warm_s"] = eng.warm_s  # fp8 conversion, VAE graphs, transformer graphs per bucket
     if eng.vae_stream.aot is not None:  # which packages this start compiled (cold) or loaded (warm)
@@ -287,21 +339,35 @@ def run(args) -> dict:
     with torch.no_grad():
         got = eng.denoiser(*probe, return_dict=False)[0].float()
     diff = (got - probe_ref).abs()
-    report["fast_path_err"] = {"max_rel": round(float(diff.max() / probe_ref.abs().max()), 5),
-                               "mean_rel": round(float(diff.mean() / probe_ref.abs().mean()), 5)}
-    print(f"fast path vs eager bf16: {report['fast_path_err']}; ready in {report['ready_s']} s",
-          file=sys.stderr, flush=True)
+    report["fast_path_err"] = {
+        "max_rel": round(float(diff.max() / probe_ref.abs().max()), 5),
+        "mean_rel": round(float(diff.mean() / probe_ref.abs().mean()), 5),
+    }
+    print(
+        f"fast path vs eager bf16: {report['fast_path_err']}; ready in {report['ready_s']} s",
+        file=sys.stderr,
+        flush=True,
+    )
     if args.ready_only:
         return report
     if args.scheduler:
         if args.memory_trace:  # where the scheduled runs' memory peak comes from (realtime/bench/memory_peak.py)
             torch.cuda.memory._record_memory_history(max_entries=2_000_000)
-        report["scheduled"] = {n: _scheduled(eng, n, args.seconds, args.batch or 5, 4 * args.chunk_frames / FPS,
-                                             tuple(int(d) for d in str(args.depths).split(",")))
-                               for n in sessions}
+        report["scheduled"] = {
+            n: _scheduled(
+                eng,
+                n,
+                args.seconds,
+                args.batch or 5,
+                4 * args.chunk_frames / FPS,
+                tuple(int(d) for d in str(args.depths).split(",")),
+            )
+            for n in sessions
+        }
         report["memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         if args.memory_trace:
             from avatarcast.realtime.bench.memory_peak import peak_report
+
             report["memory_peak"] = peak_report(torch.cuda.memory._snapshot())
             torch.cuda.memory._record_memory_history(enabled=None)
             print(report["memory_peak"], file=sys.stderr, flush=True)
@@ -328,8 +394,12 @@ def run(args) -> dict:
         report["decode_ms_per_frame"][B] = round(statistics.median(dec) / (B * 4 * T), 2)
         del st, lat
         torch.cuda.empty_cache()
-        print(f"B={B}: step {report['step_ms'][B]} ms, decode {report['decode_ms'][B]} ms "
-              f"({report['decode_ms_per_frame'][B]} ms/frame)", file=sys.stderr, flush=True)
+        print(
+            f"B={B}: step {report['step_ms'][B]} ms, decode {report['decode_ms'][B]} ms "
+            f"({report['decode_ms_per_frame'][B]} ms/frame)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     chunk_s = 4 * args.chunk_frames / FPS
     report["streams"] = {}
@@ -340,11 +410,11 @@ def run(args) -> dict:
             print(f"N={n} pipelined: {report['streams'][n]}", file=sys.stderr, flush=True)
             torch.cuda.empty_cache()
         sessions = [1]  # the cue figures below: an idle GPU only
-    for n in ([] if args.pipeline else sessions):
+    for n in [] if args.pipeline else sessions:
         st = streams(n)
         # --batch: the server's schedule, at most that many streams per engine call, calls in turn
         b = args.batch or n
-        groups = [st[i:i + b] for i in range(0, n, b)]
+        groups = [st[i : i + b] for i in range(0, n, b)]
         for g in groups:  # warm-up rounds as timed (host copies included)
             for _ in range(2):
                 eng.decode_new(g, eng.sample_chunks(g), to_numpy=not args.keep_on_gpu)
@@ -362,10 +432,16 @@ def run(args) -> dict:
         wall = time.perf_counter() - t_all
         fps = frames / wall
         p95 = _pct(times, 95)
-        report["streams"][n] = {"fps": round(fps, 1), "chunk_ms_p50": _pct(times, 50), "chunk_ms_p95": p95,
-                                "groups": [len(g) for g in groups], "round_ms": [round(t, 1) for t in times],
-                                "chunks": len(times), "realtime_streams": int(fps // FPS),
-                                "realtime": bool(int(fps // FPS) >= n and p95 <= chunk_s * 1000)}
+        report["streams"][n] = {
+            "fps": round(fps, 1),
+            "chunk_ms_p50": _pct(times, 50),
+            "chunk_ms_p95": p95,
+            "groups": [len(g) for g in groups],
+            "round_ms": [round(t, 1) for t in times],
+            "chunks": len(times),
+            "realtime_streams": int(fps // FPS),
+            "realtime": bool(int(fps // FPS) >= n and p95 <= chunk_s * 1000),
+        }
         print(f"N={n}: {report['streams'][n]}", file=sys.stderr, flush=True)
         del st, out
         torch.cuda.empty_cache()
@@ -402,8 +478,11 @@ def run(args) -> dict:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="avatarcast bench engine --engine wan", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="avatarcast bench engine --engine wan",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--engine", default="wan")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--random-weights", action="store_true", help="the real 5B shapes, random values")
@@ -420,35 +499,72 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--layers", type=int, default=None, help="fewer transformer layers (tests only)")
     ap.add_argument("--eager", action="store_true", help="no CUDA graphs")
     ap.add_argument("--compile", action="store_true", help="torch.compile the transformer inside the graphs")
-    ap.add_argument("--compile-mode", default="full", choices=("full", "regional"),
-                    help="--compile: the whole transformer, or its repeated blocks only (faster starts)")
+    ap.add_argument(
+        "--compile-mode",
+        default="full",
+        choices=("full", "regional"),
+        help="--compile: the whole transformer, or its repeated blocks only (faster starts)",
+    )
     ap.add_argument("--compile-vae", action="store_true", help="torch.compile the VAE decoder's steady-state frames")
-    ap.add_argument("--vae-warmup", default="start", choices=("start", "background"),
-                    help="background: ready before the VAE's graphs, which compile on a thread (serve "
-                         "--wan-vae-warmup); the report adds full_speed_s, when they serve")
-    ap.add_argument("--vae-aot", default="", metavar="DIR",
-                    help="with --compile-vae: AOTInductor packages kept in DIR instead of torch.compile "
-                         "(a warm start loads them; engines/wan/vae_aot.py, not used by serve)")
-    ap.add_argument("--cudnn-heuristics", type=int, default=1, choices=(0, 1),
-                    help="0: a stream's first (eager) VAE frames time cuDNN's algorithms too, as before")
+    ap.add_argument(
+        "--vae-warmup",
+        default="start",
+        choices=("start", "background"),
+        help="background: ready before the VAE's graphs, which compile on a thread (serve "
+        "--wan-vae-warmup); the report adds full_speed_s, when they serve",
+    )
+    ap.add_argument(
+        "--vae-aot",
+        default="",
+        metavar="DIR",
+        help="with --compile-vae: AOTInductor packages kept in DIR instead of torch.compile "
+        "(a warm start loads them; engines/wan/vae_aot.py, not used by serve)",
+    )
+    ap.add_argument(
+        "--cudnn-heuristics",
+        type=int,
+        default=1,
+        choices=(0, 1),
+        help="0: a stream's first (eager) VAE frames time cuDNN's algorithms too, as before",
+    )
     ap.add_argument("--vae-channels-last", action="store_true", help="channels-last 3D VAE decoder")
-    ap.add_argument("--vae-frames-per-call", type=int, default=None,
-                    help="steady latent frames per VAE decoder call (default: a whole chunk)")
+    ap.add_argument(
+        "--vae-frames-per-call",
+        type=int,
+        default=None,
+        help="steady latent frames per VAE decoder call (default: a whole chunk)",
+    )
     ap.add_argument("--fp8", action="store_true", help="fp8 linear layers in the transformer blocks (Hopper)")
-    ap.add_argument("--batch", type=int, default=0,
-                    help="most streams per engine call, calls in turn (the server's --wan-batch); 0: all at once")
+    ap.add_argument(
+        "--batch",
+        type=int,
+        default=0,
+        help="most streams per engine call, calls in turn (the server's --wan-batch); 0: all at once",
+    )
     ap.add_argument("--ready-only", action="store_true", help="stop once ready (warm-restart timing)")
-    ap.add_argument("--pipeline", action="store_true",
-                    help="two half-size groups: one's VAE decode overlaps the other's sampler steps")
+    ap.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="two half-size groups: one's VAE decode overlaps the other's sampler steps",
+    )
     ap.add_argument("--keep-on-gpu", action="store_true", help="do not copy frames to host memory")
-    ap.add_argument("--scheduler", action="store_true",
-                    help="sessions through the server's EngineScheduler and serving adapter (see scheduled[N])")
-    ap.add_argument("--memory-trace", action="store_true",
-                    help="--scheduler: trace the allocator and report the largest blocks live at the peak")
+    ap.add_argument(
+        "--scheduler",
+        action="store_true",
+        help="sessions through the server's EngineScheduler and serving adapter (see scheduled[N])",
+    )
+    ap.add_argument(
+        "--memory-trace",
+        action="store_true",
+        help="--scheduler: trace the allocator and report the largest blocks live at the peak",
+    )
     ap.add_argument("--depths", default="2,1", help="--scheduler: pipeline depths to run (2: --wan-pipeline 1)")
-    ap.add_argument("--server-buckets", action="store_true",
-                    help="also capture the CUDA-graph buckets serve captures (avatarcast.engines.wan.serving.wan_buckets: "
-                         "1 and --batch compiled, else 1, 2, 3 and --batch), for its warm restart")
+    ap.add_argument(
+        "--server-buckets",
+        action="store_true",
+        help="also capture the CUDA-graph buckets serve captures (avatarcast.engines.wan.serving.wan_buckets: "
+        "1 and --batch compiled, else 1, 2, 3 and --batch), for its warm restart",
+    )
     ap.add_argument("--save-checkpoint", default=None, help="save the (random) model here for warm restarts")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("-o", "--output", default=None)
@@ -458,6 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import torch
+
     if not torch.cuda.is_available():
         print("avatarcast bench engine --engine wan: needs a CUDA GPU (the 5B model at 360P)", file=sys.stderr)
         return 2

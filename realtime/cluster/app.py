@@ -32,8 +32,11 @@ ENGINE = "EngineReplica"
 # dies its sessions go to the next replica on the ring (the fallbacks), the others do not move
 ROUTER = "ray.serve.experimental.consistent_hash_router.ConsistentHashRouter"
 # builder args with short names (deploy/ray/serve_config.yaml); any Settings field works by its own name
-ALIASES = {"min_replicas": "ray_min_replicas", "max_replicas": "ray_max_replicas",
-           "target_ongoing_requests": "ray_target_ongoing"}
+ALIASES = {
+    "min_replicas": "ray_min_replicas",
+    "max_replicas": "ray_max_replicas",
+    "target_ongoing_requests": "ray_target_ongoing",
+}
 
 
 def settings_from_args(args: Mapping[str, Any] | None, base: Settings | None = None) -> Settings:
@@ -53,8 +56,9 @@ def settings_from_args(args: Mapping[str, Any] | None, base: Settings | None = N
 
 
 def _sticky_router() -> RequestRouterConfig:
-    return RequestRouterConfig(request_router_class=ROUTER,
-                               request_router_kwargs={"num_virtual_nodes": 100, "num_fallback_replicas": 2})
+    return RequestRouterConfig(
+        request_router_class=ROUTER, request_router_kwargs={"num_virtual_nodes": 100, "num_fallback_replicas": 2}
+    )
 
 
 def gateway_deployment_options(s: Settings) -> dict:
@@ -64,16 +68,31 @@ def gateway_deployment_options(s: Settings) -> dict:
     connection and needs no header. With ray_max_gateways above ray_gateways, Serve autoscales them on
     ongoing requests: every open socket counts, so this is sessions per gateway."""
     lo, hi = s.ray_gateways, max(s.ray_gateways, s.ray_max_gateways)
-    scaling: dict[str, Any] = {"num_replicas": lo} if lo == hi else {"autoscaling_config": {
-        "min_replicas": lo, "max_replicas": hi, "initial_replicas": lo,
-        "target_ongoing_requests": s.ray_gateway_target, "upscale_delay_s": 10.0, "downscale_delay_s": 300.0}}
-    return {"name": GATEWAY, **scaling,
-            # every open WebSocket is an ongoing request for as long as it lives
-            "max_ongoing_requests": max(256, 8 * s.max_sessions),
-            "request_router_config": _sticky_router(),
-            # the gateway also loads the engine (latents cache, avatar loops): a GPU engine needs one here too
-            "ray_actor_options": {"num_cpus": 1, "num_gpus": s.replica_gpus()},
-            "health_check_period_s": 5.0, "graceful_shutdown_timeout_s": 5.0}
+    scaling: dict[str, Any] = (
+        {"num_replicas": lo}
+        if lo == hi
+        else {
+            "autoscaling_config": {
+                "min_replicas": lo,
+                "max_replicas": hi,
+                "initial_replicas": lo,
+                "target_ongoing_requests": s.ray_gateway_target,
+                "upscale_delay_s": 10.0,
+                "downscale_delay_s": 300.0,
+            }
+        }
+    )
+    return {
+        "name": GATEWAY,
+        **scaling,
+        # every open WebSocket is an ongoing request for as long as it lives
+        "max_ongoing_requests": max(256, 8 * s.max_sessions),
+        "request_router_config": _sticky_router(),
+        # the gateway also loads the engine (latents cache, avatar loops): a GPU engine needs one here too
+        "ray_actor_options": {"num_cpus": 1, "num_gpus": s.replica_gpus()},
+        "health_check_period_s": 5.0,
+        "graceful_shutdown_timeout_s": 5.0,
+    }
 
 
 def engine_deployment_options(s: Settings) -> dict:
@@ -83,18 +102,28 @@ def engine_deployment_options(s: Settings) -> dict:
     if lo == hi:
         scaling = {"num_replicas": lo}
     else:
-        scaling = {"autoscaling_config": {
-            "min_replicas": lo, "max_replicas": hi, "initial_replicas": min(max(s.engine_replicas, lo), hi),
-            # a reacting session keeps one or two chunk requests in flight: this is sessions per replica x ~2
-            "target_ongoing_requests": s.ray_target_ongoing,
-            "upscale_delay_s": 5.0, "downscale_delay_s": 60.0}}
-    return {"name": ENGINE, **scaling,
-            "ray_actor_options": {"num_cpus": s.ray_replica_cpus, "num_gpus": s.replica_gpus()},
-            # ongoing requests queue in the replica's EngineScheduler, where they batch: let many in
-            "max_ongoing_requests": max(32, 4 * s.max_sessions),
-            "request_router_config": _sticky_router(),
-            "health_check_period_s": 2.0, "health_check_timeout_s": 10.0,
-            "graceful_shutdown_timeout_s": 5.0}
+        scaling = {
+            "autoscaling_config": {
+                "min_replicas": lo,
+                "max_replicas": hi,
+                "initial_replicas": min(max(s.engine_replicas, lo), hi),
+                # a reacting session keeps one or two chunk requests in flight: this is sessions per replica x ~2
+                "target_ongoing_requests": s.ray_target_ongoing,
+                "upscale_delay_s": 5.0,
+                "downscale_delay_s": 60.0,
+            }
+        }
+    return {
+        "name": ENGINE,
+        **scaling,
+        "ray_actor_options": {"num_cpus": s.ray_replica_cpus, "num_gpus": s.replica_gpus()},
+        # ongoing requests queue in the replica's EngineScheduler, where they batch: let many in
+        "max_ongoing_requests": max(32, 4 * s.max_sessions),
+        "request_router_config": _sticky_router(),
+        "health_check_period_s": 2.0,
+        "health_check_timeout_s": 10.0,
+        "graceful_shutdown_timeout_s": 5.0,
+    }
 
 
 @serve.ingress()
@@ -105,9 +134,17 @@ class Gateway:
         self.settings = Settings(**settings)
         log_to_stderr(self.settings)
         s = self.settings
-        self.hub = Hub(s, make_scheduler=lambda local, metrics: RemoteScheduler(
-            local, engine, attempts=s.ray_chunk_attempts, timeout_s=s.ray_chunk_timeout_s,
-            window_s=s.capacity_window_s, on_batch=metrics.observe_batch))
+        self.hub = Hub(
+            s,
+            make_scheduler=lambda local, metrics: RemoteScheduler(
+                local,
+                engine,
+                attempts=s.ray_chunk_attempts,
+                timeout_s=s.ray_chunk_timeout_s,
+                window_s=s.capacity_window_s,
+                on_batch=metrics.observe_batch,
+            ),
+        )
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_app(self.settings, self.hub)
@@ -131,7 +168,13 @@ def app_builder(args: dict[str, Any] | None = None) -> Any:
     file's import_path: args are avatarcast settings (engine, backend, engine_replicas, min_replicas,
     max_replicas, ...), over AVATARCAST_* variables."""
     s = settings_from_args(args)
-    log.info("avatarcast on Ray Serve: engine %s/%s, replicas %d (min %d, max %d), %g GPU each",
-             s.engine, s.backend, s.engine_replicas, s.ray_min_replicas, s.ray_max_replicas, s.replica_gpus())
+    log.info(
+        "avatarcast on Ray Serve: engine %s/%s, replicas %d (min %d, max %d), %g GPU each",
+        s.engine,
+        s.backend,
+        s.engine_replicas,
+        s.ray_min_replicas,
+        s.ray_max_replicas,
+        s.replica_gpus(),
+    )
     return build_app(s)
-

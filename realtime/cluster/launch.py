@@ -54,8 +54,14 @@ def serve_on_ray(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
     start(settings)
-    log.info("avatarcast on Ray Serve at http://%s:%d (engine replicas: %d, min %d, max %d)", settings.host,
-             settings.port, settings.engine_replicas, settings.ray_min_replicas, settings.ray_max_replicas)
+    log.info(
+        "avatarcast on Ray Serve at http://%s:%d (engine replicas: %d, min %d, max %d)",
+        settings.host,
+        settings.port,
+        settings.engine_replicas,
+        settings.ray_min_replicas,
+        settings.ray_max_replicas,
+    )
     try:
         done.wait()
     finally:

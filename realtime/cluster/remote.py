@@ -42,9 +42,17 @@ class RemoteScheduler:
     max_batch = None  # each replica's own scheduler batches
     depth = 1
 
-    def __init__(self, engine: StreamEngine, handle: Any, *, attempts: int = 4, timeout_s: float = 10.0,
-                 window_s: float = 20.0, on_batch: Callable[[int, float], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        engine: StreamEngine,
+        handle: Any,
+        *,
+        attempts: int = 4,
+        timeout_s: float = 10.0,
+        window_s: float = 20.0,
+        on_batch: Callable[[int, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.engine = engine  # the gateway's own engine: stream starts it can describe, and the background lane
         self.handle = handle.options(method_name="chunk")
         self.attempts, self.timeout_s, self.window_s = attempts, timeout_s, window_s
@@ -128,13 +136,24 @@ class RemoteScheduler:
                         resp.cancel()
                     was = self.replica_of.get(job.session_id, "?")
                     if attempt == self.attempts:
-                        log.error("session %s: chunk failed on %d replicas (last: %s); giving up on this chunk",
-                                  job.session_id, attempt, _why(exc))
+                        log.error(
+                            "session %s: chunk failed on %d replicas (last: %s); giving up on this chunk",
+                            job.session_id,
+                            attempt,
+                            _why(exc),
+                        )
                         raise
-                    log.warning("session %s: engine replica %s lost (%s); resending the chunk from its last "
-                                "state (attempt %d/%d)", job.session_id, was, _why(exc), attempt + 1, self.attempts)
+                    log.warning(
+                        "session %s: engine replica %s lost (%s); resending the chunk from its last "
+                        "state (attempt %d/%d)",
+                        job.session_id,
+                        was,
+                        _why(exc),
+                        attempt + 1,
+                        self.attempts,
+                    )
                     self.failovers += 1
-                    await asyncio.sleep(min(0.05 * 2 ** attempt, 0.5))
+                    await asyncio.sleep(min(0.05 * 2**attempt, 0.5))
                     continue
                 return self._result(job, reply, first_sent if attempt > 1 else None)
             raise AssertionError("unreachable")
@@ -196,10 +215,16 @@ class RemoteScheduler:
 
     def cluster_status(self) -> dict:
         """For /v1/status: which replica serves which session, and the failovers so far."""
-        return {"replicas": sorted(self._active_replicas()),
-                "sessions": {sid: {"replica": r, "chunks": self.chunks_of.get(sid, 0)} for sid, r in self.replica_of.items()},
-                "in_flight": self.in_flight, "failovers": self.failovers, "moves": self.moves,
-                "max_failover_wait_s": round(self.max_gap_s, 3)}
+        return {
+            "replicas": sorted(self._active_replicas()),
+            "sessions": {
+                sid: {"replica": r, "chunks": self.chunks_of.get(sid, 0)} for sid, r in self.replica_of.items()
+            },
+            "in_flight": self.in_flight,
+            "failovers": self.failovers,
+            "moves": self.moves,
+            "max_failover_wait_s": round(self.max_gap_s, 3),
+        }
 
 
 def _why(exc: BaseException) -> str:

@@ -57,16 +57,31 @@ class EngineReplica:
         """One stream's next chunk, batched with the other sessions' chunks waiting here."""
         sch = await self._started()
         t_in = time.monotonic()  # a StreamStart state is made on the engine thread, like a local new stream
-        res = await sch.submit(ChunkJob(call.session_id, call.state, t_in + call.due_in_s, call.emotion, call.intensity))
+        res = await sch.submit(
+            ChunkJob(call.session_id, call.state, t_in + call.due_in_s, call.emotion, call.intensity)
+        )
         full = sch.ladder is None or sch.ladder.level == 0  # this batch ran at full quality (near enough)
-        return ChunkReply(res.frames, res.state, self.name, max(0.0, res.started - t_in), res.sampled - res.started,
-                          res.finished - res.sampled, res.batch, res.started, full, res.lowres)
+        return ChunkReply(
+            res.frames,
+            res.state,
+            self.name,
+            max(0.0, res.started - t_in),
+            res.sampled - res.started,
+            res.finished - res.sampled,
+            res.batch,
+            res.started,
+            full,
+            res.lowres,
+        )
 
     def status(self) -> dict:
         sch = self._scheduler
-        return {"replica": self.name, "batches": 0 if sch is None else sch.batches,
-                "jobs": 0 if sch is None else sch.jobs_done,
-                "level": 0 if sch is None or sch.ladder is None else sch.ladder.level}
+        return {
+            "replica": self.name,
+            "batches": 0 if sch is None else sch.batches,
+            "jobs": 0 if sch is None else sch.jobs_done,
+            "level": 0 if sch is None or sch.ladder is None else sch.ladder.level,
+        }
 
 
 def log_to_stderr(s: Settings) -> None:
@@ -74,8 +89,11 @@ def log_to_stderr(s: Settings) -> None:
     lg = logging.getLogger("avatarcast")
     if not lg.handlers:
         h = logging.StreamHandler()
-        h.setFormatter(JsonFormatter() if s.log_format == "json"
-                       else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        h.setFormatter(
+            JsonFormatter()
+            if s.log_format == "json"
+            else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
         lg.addHandler(h)
         lg.propagate = False
     lg.setLevel(s.log_level.upper())

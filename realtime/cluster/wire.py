@@ -36,4 +36,3 @@ class ChunkReply:
     batch_started: float  # replica-monotonic start of the batch: with `replica`, names the batch
     full_quality: bool  # ran at the engine's own steps and resolution (a cost admission control may use)
     lowres: bool = False
-

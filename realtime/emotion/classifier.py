@@ -14,9 +14,10 @@ refuses weights that do not fit the running templates or encoder.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -65,13 +66,18 @@ class Manifest:
         d = json.loads(path.read_text(encoding="utf-8"))
         enc, feat = d["encoder"], d["features"]
         return cls(
-            labels=tuple(d["labels"]), encoder=enc["name"], encoder_version=enc["version"],
-            encoder_weights_bytes=int(enc["weights_bytes"]), kinds=tuple(feat["heads"]),
-            embedding_dim=int(feat["embedding_dim"]), lexicon_features=int(feat["lexicon"]),
+            labels=tuple(d["labels"]),
+            encoder=enc["name"],
+            encoder_version=enc["version"],
+            encoder_weights_bytes=int(enc["weights_bytes"]),
+            kinds=tuple(feat["heads"]),
+            embedding_dim=int(feat["embedding_dim"]),
+            lexicon_features=int(feat["lexicon"]),
             head_weights={k: float(d.get("head_weights", {}).get(k, 1.0)) for k in feat["heads"]},
             ngram_dim=int(feat.get("ngram_dim", 0)),
             denial_penalty=float(d["denial_penalty"]),
-            partial={lang: PartialPolicy(**p) for lang, p in d["partial"].items()}, raw=d,
+            partial={lang: PartialPolicy(**p) for lang, p in d["partial"].items()},
+            raw=d,
         )
 
 
@@ -87,7 +93,8 @@ class Features:
 class ClassifierHead(Protocol):
     """One regression of the mean: its name and its probabilities."""
 
-    kind: str
+    @property
+    def kind(self) -> str: ...
 
     def probs(self, f: Features) -> np.ndarray: ...
 
@@ -127,8 +134,12 @@ class NgramHead:
     def arrays(self) -> dict[str, np.ndarray]:
         """The npz entries: only the used rows, in float16 (a few hundred KB instead of MBs)."""
         rows = np.flatnonzero(np.abs(self.W).sum(1) > 0).astype(np.int32)
-        return {f"{self.kind}_rows": rows, f"{self.kind}_W": self.W[rows].astype(np.float16),
-                f"{self.kind}_lex": self.W_lex.astype(np.float32), f"{self.kind}_b": self.b.astype(np.float32)}
+        return {
+            f"{self.kind}_rows": rows,
+            f"{self.kind}_W": self.W[rows].astype(np.float16),
+            f"{self.kind}_lex": self.W_lex.astype(np.float32),
+            f"{self.kind}_b": self.b.astype(np.float32),
+        }
 
 
 class EmotionClassifier:
@@ -181,8 +192,15 @@ class EmotionClassifier:
                     W[z[f"{k}_rows"]] = z[f"{k}_W"].astype(np.float32)
                     heads.append(NgramHead(k, W, z[f"{k}_lex"].astype(np.float32), z[f"{k}_b"].astype(np.float32)))
                 else:
-                    heads.append(Head(k, z[f"{k}_W"].astype(np.float32), z[f"{k}_b"].astype(np.float32),
-                                      z[f"{k}_mu"].astype(np.float32), float(z[f"{k}_scale"])))
+                    heads.append(
+                        Head(
+                            k,
+                            z[f"{k}_W"].astype(np.float32),
+                            z[f"{k}_b"].astype(np.float32),
+                            z[f"{k}_mu"].astype(np.float32),
+                            float(z[f"{k}_scale"]),
+                        )
+                    )
         return cls(manifest, tuple(heads))
 
     def check_encoder(self, name: str, version: str, weights_bytes: int) -> None:

@@ -30,9 +30,16 @@ _INTENSIFIERS_EN = re.compile(
 _INTENSIFIERS_ZH = ("超", "非常", "好", "太", "特别", "真", "极", "十分", "巨", "超级", "简直")
 _CLAUSE = re.compile(r"[,.;:!?，。；：！？、]|\bbut\b|\bjust\b")
 # laughter and sleep sounds are spelled with any number of repeats: fold them before matching
-_REPEATS = ((re.compile(r"(?:ha){2,}h?|a?(?:ha){1,}ha"), "haha"), (re.compile(r"(?:he){2,}h?"), "hehe"),
-            (re.compile(r"\blo+l\b"), "lol"), (re.compile(r"\blma+o+\b"), "lmao"), (re.compile(r"\bz{3,}\b"), "zzz"),
-            (re.compile(r"哈{2,}"), "哈哈"), (re.compile(r"呜{2,}"), "呜呜"), (re.compile(r"23{3,}"), "233"))
+_REPEATS = (
+    (re.compile(r"(?:ha){2,}h?|a?(?:ha){1,}ha"), "haha"),
+    (re.compile(r"(?:he){2,}h?"), "hehe"),
+    (re.compile(r"\blo+l\b"), "lol"),
+    (re.compile(r"\blma+o+\b"), "lmao"),
+    (re.compile(r"\bz{3,}\b"), "zzz"),
+    (re.compile(r"哈{2,}"), "哈哈"),
+    (re.compile(r"呜{2,}"), "呜呜"),
+    (re.compile(r"23{3,}"), "233"),
+)
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,11 @@ class Lexicon:
     @classmethod
     def from_templates(cls, templates: Mapping[str, object], labels: tuple[str, ...]) -> Lexicon:
         """keywords_en + keywords_zh of each template that is a cue label."""
-        kw = {n: (*t.keywords_en, *t.keywords_zh)  # type: ignore[attr-defined]
-              for n, t in templates.items() if n in labels}
+        kw = {
+            n: (*t.keywords_en, *t.keywords_zh)  # type: ignore[attr-defined]
+            for n, t in templates.items()
+            if n in labels
+        }
         return cls(kw, labels)
 
     def terms(self, label: str) -> set[str]:

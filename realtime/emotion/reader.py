@@ -25,8 +25,16 @@ from avatarcast.realtime.emotion.text import CJK_RANGE, language_of, normalize
 
 # how voice arousal moves each label (+ favoured by an energetic voice, - by a flat quiet one)
 _AROUSAL_DIRECTION = {
-    "idle": -0.2, "happy": 0.5, "excited": 1.0, "surprised": 0.6, "sad": -0.8, "angry": 0.9,
-    "laughing": 0.6, "love": 0.0, "confused": 0.0, "sleepy": -1.0,
+    "idle": -0.2,
+    "happy": 0.5,
+    "excited": 1.0,
+    "surprised": 0.6,
+    "sad": -0.8,
+    "angry": 0.9,
+    "laughing": 0.6,
+    "love": 0.0,
+    "confused": 0.0,
+    "sleepy": -1.0,
 }
 _PROSODY_SCALE = 2.0  # logits per unit of (arousal - 0.5): a clear voice tips a close call, not clear words
 # a partial that ends on one of these may still turn around ("I'm not ...", "我不 ...", "I am so ...")

@@ -1,7 +1,7 @@
 """Offline work on the avatar world (engines/avatar_world): the dataset writer and the previews.
 
-    python -m tools.avatar_world.dataset --out DIR
-    python -m tools.avatar_world.previews --out docs/previews
+python -m tools.avatar_world.dataset --out DIR
+python -m tools.avatar_world.previews --out docs/previews
 """
 
 _LAZY = {"write_dataset", "iter_shards", "DATA_VERSION"}

@@ -95,8 +95,9 @@ def _render_shard(job: tuple[str, list[ClipSpec], int]) -> dict:
     frames = np.zeros((n, clip_frames, FRAME_HEIGHT, FRAME_WIDTH, 4), np.uint8)
     labels = np.zeros((n, clip_frames), np.int64)
     for i, sp in enumerate(specs):
-        fr, lab = render_sequence(_AVATARS[sp.avatar_id], list(sp.segments), seed=sp.seed, fps=FPS,
-                                  start_time=sp.start_time)
+        fr, lab = render_sequence(
+            _AVATARS[sp.avatar_id], list(sp.segments), seed=sp.seed, fps=FPS, start_time=sp.start_time
+        )
         frames[i] = fr
         labels[i] = lab
     arrays = dict(
@@ -115,8 +116,15 @@ def _render_shard(job: tuple[str, list[ClipSpec], int]) -> dict:
 
 
 def write_dataset(
-    out_dir, *, n_random_avatars: int = 26, variants: int = 6, clip_frames: int = 24, seed: int = 0,
-    workers: int | None = os.cpu_count(), switch_fraction: float = 0.35, clips_per_shard: int = 16,
+    out_dir,
+    *,
+    n_random_avatars: int = 26,
+    variants: int = 6,
+    clip_frames: int = 24,
+    seed: int = 0,
+    workers: int | None = os.cpu_count(),
+    switch_fraction: float = 0.35,
+    clips_per_shard: int = 16,
     progress: bool = False,
 ) -> dict:
     """Render the dataset into ``out_dir``; returns (and writes) the manifest."""
@@ -128,7 +136,7 @@ def write_dataset(
     avatar_dicts = [a.to_dict() for a in avatars]
     specs = plan_clips(len(avatars), variants, clip_frames, seed, switch_fraction)
     jobs = [
-        (str(out / f"shard-{i // clips_per_shard:05d}.npz"), specs[i:i + clips_per_shard], clip_frames)
+        (str(out / f"shard-{i // clips_per_shard:05d}.npz"), specs[i : i + clips_per_shard], clip_frames)
         for i in range(0, len(specs), clips_per_shard)
     ]
     (out / "avatars.json").write_text(json.dumps(avatar_dicts, indent=1))
@@ -147,8 +155,12 @@ def write_dataset(
             results.append(res)
             if progress:
                 el = time.time() - t0
-                print(f"[avatar_world] shard {k + 1}/{len(jobs)} {res['file']} ({el:.0f}s, "
-                      f"eta {el / (k + 1) * (len(jobs) - k - 1):.0f}s)", file=sys.stderr, flush=True)
+                print(
+                    f"[avatar_world] shard {k + 1}/{len(jobs)} {res['file']} ({el:.0f}s, "
+                    f"eta {el / (k + 1) * (len(jobs) - k - 1):.0f}s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     finally:
         if pool is not None:
             pool.close()
@@ -174,8 +186,12 @@ def write_dataset(
         "shards": results,
         "arrays": list(SHARD_ARRAYS),
         "args": {
-            "n_random_avatars": n_random_avatars, "variants": variants, "clip_frames": clip_frames, "seed": seed,
-            "switch_fraction": switch_fraction, "clips_per_shard": clips_per_shard,
+            "n_random_avatars": n_random_avatars,
+            "variants": variants,
+            "clip_frames": clip_frames,
+            "seed": seed,
+            "switch_fraction": switch_fraction,
+            "clips_per_shard": clips_per_shard,
         },
         "seconds": round(time.time() - t0, 1),
     }
@@ -211,9 +227,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--switch-fraction", type=float, default=0.35)
     ap.add_argument("--clips-per-shard", type=int, default=16)
     a = ap.parse_args(argv)
-    m = write_dataset(a.out, n_random_avatars=a.random_avatars, variants=a.variants, clip_frames=a.frames,
-                      seed=a.seed, workers=a.workers, switch_fraction=a.switch_fraction,
-                      clips_per_shard=a.clips_per_shard, progress=True)
+    m = write_dataset(
+        a.out,
+        n_random_avatars=a.random_avatars,
+        variants=a.variants,
+        clip_frames=a.frames,
+        seed=a.seed,
+        workers=a.workers,
+        switch_fraction=a.switch_fraction,
+        clips_per_shard=a.clips_per_shard,
+        progress=True,
+    )
     print(json.dumps({k: m[k] for k in ("data_version", "n_avatars", "n_clips", "n_frames", "n_shards", "seconds")}))
     return 0
 

@@ -44,8 +44,9 @@ def contact_sheet(avatar=0, cols: int = 8, step: int = 2, seed: int = 7, tile=(2
     lab_w = 130
     sheet = Image.new("RGBA", (lab_w + cols * tile[0], len(EMOTIONS) * tile[1] + 34), BG)
     d = ImageDraw.Draw(sheet)
-    d.text((8, 6), f"avatar '{av.name}': rows = emotions, columns = every {step} frames at 8 fps",
-           fill=INK, font=_font(20))
+    d.text(
+        (8, 6), f"avatar '{av.name}': rows = emotions, columns = every {step} frames at 8 fps", fill=INK, font=_font(20)
+    )
     for r, emo in enumerate(EMOTIONS):
         frames = render_clip(av, emo, cols * step, seed=seed, start_time=0.0)
         y = 34 + r * tile[1]
@@ -56,8 +57,9 @@ def contact_sheet(avatar=0, cols: int = 8, step: int = 2, seed: int = 7, tile=(2
     return sheet.convert("RGB")
 
 
-def avatar_sheet(avatars, emotion: str = "idle", tile=(300, 300), cols: int | None = None,
-                 title: str = "") -> Image.Image:
+def avatar_sheet(
+    avatars, emotion: str = "idle", tile=(300, 300), cols: int | None = None, title: str = ""
+) -> Image.Image:
     avatars = [get_avatar(a) for a in avatars]
     cols = cols or len(avatars)
     rows = (len(avatars) + cols - 1) // cols
@@ -71,8 +73,7 @@ def avatar_sheet(avatars, emotion: str = "idle", tile=(300, 300), cols: int | No
         x, y = (i % cols) * tile[0], top + (i // cols) * (tile[1] + 36)
         sheet.alpha_composite(_tile(f, (140, 500), tile), (x, y))
         d.text((x + 10, y + tile[1] - 4), av.name, fill=INK, font=_font(15))
-        d.text((x + 10, y + tile[1] + 14), f"{av.body_shape}, {av.headwear}, {av.accessory}", fill=INK,
-               font=_font(12))
+        d.text((x + 10, y + tile[1] + 14), f"{av.body_shape}, {av.headwear}, {av.accessory}", fill=INK, font=_font(12))
     return sheet.convert("RGB")
 
 
@@ -92,10 +93,10 @@ def intensity_sheet(avatar=5, levels=(0.3, 0.6, 1.0), tile=(150, 150)) -> Image.
 
 
 def _save_gif(frames: list[Image.Image], path: Path, fps: int = FPS) -> None:
-    pal = [f.convert("RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-           for f in frames]
-    pal[0].save(path, save_all=True, append_images=pal[1:], duration=int(1000 / fps), loop=0, optimize=True,
-                disposal=1)
+    pal = [
+        f.convert("RGB").quantize(colors=64, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE) for f in frames
+    ]
+    pal[0].save(path, save_all=True, append_images=pal[1:], duration=int(1000 / fps), loop=0, optimize=True, disposal=1)
 
 
 def emotion_gif(emotion: str, avatars, n_frames: int = 16, tile=(150, 150), path: Path | None = None) -> list:
@@ -116,8 +117,16 @@ def emotion_gif(emotion: str, avatars, n_frames: int = 16, tile=(150, 150), path
 
 def sequence_gif(path: Path, avatar=1, tile=(320, 180)) -> None:
     """A render_sequence (with transitions), labelled with the per-frame emotion, cropped to the middle."""
-    segs = [("idle", 8, 1.0), ("listening", 12, 1.0), ("surprised", 12, 1.0), ("happy", 12, 1.0),
-            ("laughing", 10, 1.0), ("confused", 12, 1.0), ("sad", 12, 0.7), ("love", 12, 1.0)]
+    segs = [
+        ("idle", 8, 1.0),
+        ("listening", 12, 1.0),
+        ("surprised", 12, 1.0),
+        ("happy", 12, 1.0),
+        ("laughing", 10, 1.0),
+        ("confused", 12, 1.0),
+        ("sad", 12, 0.7),
+        ("love", 12, 1.0),
+    ]
     frames, labels = render_sequence(avatar, segs, seed=5)
     out = []
     for f, lab in zip(frames, labels):
@@ -146,8 +155,16 @@ def write_previews(out_dir, sheet_avatars=(0, 4)) -> list[Path]:
     _save_png(avatar_sheet(BUILTIN_AVATARS, title="built-in avatars (ids 0..5), idle"), p)
     written.append(p)
     p = out / "random_avatars.png"
-    _save_png(avatar_sheet([random_avatar(k) for k in range(12)], emotion="happy", tile=(200, 200), cols=6,
-                           title="random_avatar(0..11), happy"), p)
+    _save_png(
+        avatar_sheet(
+            [random_avatar(k) for k in range(12)],
+            emotion="happy",
+            tile=(200, 200),
+            cols=6,
+            title="random_avatar(0..11), happy",
+        ),
+        p,
+    )
     written.append(p)
     p = out / "intensity.png"
     _save_png(intensity_sheet(), p)

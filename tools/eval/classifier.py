@@ -29,6 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from avatarcast.vocabulary import EMOTIONS
+
 IN_H, IN_W = 90, 160
 CLIP_FRAMES = 16
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -57,7 +58,7 @@ def downsample_premultiplied(frames: np.ndarray, factor: int | None = None) -> n
     x = frames.reshape(-1, H, W, 4)
     out = np.zeros((x.shape[0], H // factor, W // factor, 4), np.uint8)
     for i in range(0, x.shape[0], 8):  # chunks keep the float temporaries small
-        chunk = x[i:i + 8]
+        chunk = x[i : i + 8]
         # only the box holding non-transparent pixels needs work (premultiplied zeros elsewhere)
         a = chunk[..., 3]
         cols = np.flatnonzero(a.any(axis=(0, 1)))
@@ -69,8 +70,9 @@ def downsample_premultiplied(frames: np.ndarray, factor: int | None = None) -> n
         f = torch.from_numpy(np.ascontiguousarray(chunk[:, y0:y1, x0:x1])).float()
         f[..., :3] *= f[..., 3:4] * (1.0 / 255.0)
         f = F.avg_pool2d(f.permute(0, 3, 1, 2), factor) if factor > 1 else f.permute(0, 3, 1, 2)
-        out[i:i + len(chunk), y0 // factor:y1 // factor, x0 // factor:x1 // factor] = \
+        out[i : i + len(chunk), y0 // factor : y1 // factor, x0 // factor : x1 // factor] = (
             (f.permute(0, 2, 3, 1) + 0.5).clamp_(0, 255).to(torch.uint8).numpy()
+        )
     return out.reshape(*lead, H // factor, W // factor, 4)
 
 
@@ -126,18 +128,25 @@ class _Block(nn.Module):
 class ClipClassifier(nn.Module):
     """Emotion logits (B, 11) and identity embeddings (B, emb_dim) of clips (B, 4, T, 90, 160)."""
 
-    def __init__(self, n_emotions: int = len(EMOTIONS), n_ids: int = 0, emb_dim: int = 64,
-                 width: tuple[int, int, int] = (32, 64, 96)):
+    def __init__(
+        self,
+        n_emotions: int = len(EMOTIONS),
+        n_ids: int = 0,
+        emb_dim: int = 64,
+        width: tuple[int, int, int] = (32, 64, 96),
+    ):
         super().__init__()
         c1, c2, c3 = width
         self.config = {"n_emotions": n_emotions, "n_ids": n_ids, "emb_dim": emb_dim, "width": list(width)}
         self.stem = nn.Sequential(nn.Conv2d(4, c1, 4, stride=4, bias=False), nn.BatchNorm2d(c1), nn.ReLU())
-        self.b1 = _Block(c1)                                                   # 22x40
-        self.down2 = nn.Sequential(nn.Conv2d(c1, c2, 3, stride=2, padding=1, bias=False),
-                                   nn.BatchNorm2d(c2), nn.ReLU())              # 11x20
+        self.b1 = _Block(c1)  # 22x40
+        self.down2 = nn.Sequential(
+            nn.Conv2d(c1, c2, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c2), nn.ReLU()
+        )  # 11x20
         self.b2 = _Block(c2)
-        self.down3 = nn.Sequential(nn.Conv2d(c2, c3, 3, stride=2, padding=1, bias=False),
-                                   nn.BatchNorm2d(c3), nn.ReLU())              # 6x10
+        self.down3 = nn.Sequential(
+            nn.Conv2d(c2, c3, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c3), nn.ReLU()
+        )  # 6x10
         self.b3 = _Block(c3)
         self.temporal = nn.Sequential(nn.Conv1d(2 * c3, 2 * c3, 3, padding=1), nn.ReLU())
         feat = 4 * c3
@@ -181,12 +190,14 @@ def load_classifier(path: str | Path | None = None, device: str = "cpu") -> Clip
     if path.is_dir():
         path = path / WEIGHTS_PATH.name
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no classifier weights; train them with "
-                                "`python -m tools.eval.train_classifier`")
+        raise FileNotFoundError(
+            f"{path}: no classifier weights; train them with `python -m tools.eval.train_classifier`"
+        )
     ckpt = torch.load(path, map_location=device, weights_only=True)
     cfg = ckpt["config"]
-    model = ClipClassifier(n_emotions=cfg["n_emotions"], n_ids=cfg["n_ids"], emb_dim=cfg["emb_dim"],
-                           width=tuple(cfg["width"]))
+    model = ClipClassifier(
+        n_emotions=cfg["n_emotions"], n_ids=cfg["n_ids"], emb_dim=cfg["emb_dim"], width=tuple(cfg["width"])
+    )
     model.load_state_dict(ckpt["state_dict"])
     model.emotions = tuple(ckpt.get("emotions", EMOTIONS))  # type: ignore[attr-defined]
     return model.to(device).eval()
@@ -203,10 +214,10 @@ def classify(model: ClipClassifier, clips, batch: int = 8) -> dict[str, np.ndarr
     {"probs": (B, 11), "pred": (B,), "embedding": (B, emb_dim)} as numpy arrays."""
     dev = next(model.parameters()).device
     if isinstance(clips, torch.Tensor):
-        xs = [clips[i:i + batch] for i in range(0, len(clips), batch)]
+        xs = [clips[i : i + batch] for i in range(0, len(clips), batch)]
     else:
         clips = list(clips)
-        xs = [torch.stack([preprocess(c) for c in clips[i:i + batch]]) for i in range(0, len(clips), batch)]
+        xs = [torch.stack([preprocess(c) for c in clips[i : i + batch]]) for i in range(0, len(clips), batch)]
     probs, embs = [], []
     for x in xs:
         logits, emb = model(x.to(dev))
@@ -217,5 +228,15 @@ def classify(model: ClipClassifier, clips, batch: int = 8) -> dict[str, np.ndarr
     return {"probs": p, "pred": p.argmax(1) if len(p) else np.zeros(0, np.int64), "embedding": e}
 
 
-__all__ = ["EMOTIONS", "ClipClassifier", "preprocess", "downsample_premultiplied", "to_tensor",
-           "load_classifier", "load_meta", "classify", "WEIGHTS_PATH", "META_PATH"]
+__all__ = [
+    "EMOTIONS",
+    "ClipClassifier",
+    "preprocess",
+    "downsample_premultiplied",
+    "to_tensor",
+    "load_classifier",
+    "load_meta",
+    "classify",
+    "WEIGHTS_PATH",
+    "META_PATH",
+]

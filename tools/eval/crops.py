@@ -81,7 +81,7 @@ def best_shift(ref: np.ndarray, frame: np.ndarray, box: tuple[int, int, int, int
         for dx in range(-search, search + 1):
             if y0 + dy < 0 or x0 + dx < 0 or y1 + dy > H or x1 + dx > W:
                 continue
-            d = float(np.abs(fm.premultiplied(frame[y0 + dy:y1 + dy, x0 + dx:x1 + dx]) - r).mean())
+            d = float(np.abs(fm.premultiplied(frame[y0 + dy : y1 + dy, x0 + dx : x1 + dx]) - r).mean())
             if d < best[0]:
                 best = (d, (x0 + dx, y0 + dy, x1 + dx, y1 + dy))
     return best[1]
@@ -101,16 +101,21 @@ def avatar_panels(engine, avatar, emotion: str, frame_index: int = 8) -> tuple[l
         boxes = [best_shift(ref, frame, b) if shift else b for b in [face] + hands]
         crops = [composite(frame[y0:y1, x0:x1]) for x0, y0, x1, y1 in boxes]
         panels.append((label, crops[0], crops[1:]))
-    return panels, {"avatar": avatar.name, "emotion": emotion, "generated_frame": frame_index,
-                    "renderer_match_alpha_iou": round(iou, 4)}
+    return panels, {
+        "avatar": avatar.name,
+        "emotion": emotion,
+        "generated_frame": frame_index,
+        "renderer_match_alpha_iou": round(iou, 4),
+    }
 
 
 def layout(rows: list[tuple[str, list]]) -> np.ndarray:
     """One image: a row per avatar, the three columns side by side, face above its two hand crops."""
     from PIL import Image, ImageDraw
 
-    col_w = max(max(face.shape[1], sum(h.shape[1] for h in hands) + GAP)
-                for _, panels in rows for _, face, hands in panels)
+    col_w = max(
+        max(face.shape[1], sum(h.shape[1] for h in hands) + GAP) for _, panels in rows for _, face, hands in panels
+    )
     row_hs = [LABEL_H + max(face.shape[0] for _, face, _ in panels) + GAP // 2 + HAND for _, panels in rows]
     W = len(COLUMNS) * col_w + (len(COLUMNS) - 1) * GAP
     img = Image.new("RGB", (W, LABEL_H + sum(row_hs) + GAP * len(rows)), (255, 255, 255))
@@ -155,14 +160,22 @@ def main(argv: list[str] | None = None) -> int:
         panels, info = avatar_panels(engine, av, args.emotion)
         rows.append((f"{av.name} / {args.emotion}", panels))
         shown.append(info)
-        print(f"  {av.name}: renderer pose matched at alpha IoU {info['renderer_match_alpha_iou']:.3f}",
-              file=sys.stderr, flush=True)
+        print(
+            f"  {av.name}: renderer pose matched at alpha IoU {info['renderer_match_alpha_iou']:.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     Image.fromarray(layout(rows)).save(out / "crops.png", optimize=True)
-    meta = {"weights": str(engine.manifest.path), "weights_hash": engine.weights_hash, "steps": steps,
-            "command": "python -m tools.eval.crops " + " ".join(argv if argv is not None else sys.argv[1:]),
-            "shown": shown, "seconds": round(time.time() - t0, 1)}
+    meta = {
+        "weights": str(engine.manifest.path),
+        "weights_hash": engine.weights_hash,
+        "steps": steps,
+        "command": "python -m tools.eval.crops " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "shown": shown,
+        "seconds": round(time.time() - t0, 1),
+    }
     (out / "crops.json").write_text(json.dumps(meta, indent=1) + "\n")
     print(f"{out / 'crops.png'} ({(out / 'crops.png').stat().st_size // 1024} KB, {meta['seconds']:.0f} s)")
     return 0

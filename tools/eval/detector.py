@@ -49,7 +49,7 @@ def sample_crops(frame: np.ndarray, n: int, rng: np.random.Generator, crop: int 
     for i, k in enumerate(pick):
         y0 = int(np.clip(ys[k] - crop // 2, 0, H - crop))
         x0 = int(np.clip(xs[k] - crop // 2, 0, W - crop))
-        out[i] = frame[y0:y0 + crop, x0:x0 + crop]
+        out[i] = frame[y0 : y0 + crop, x0 : x0 + crop]
     return out
 
 
@@ -105,8 +105,9 @@ class CropSet:
         return (np.concatenate(self.crops) if self.crops else np.zeros((0, 1, 1, 4), np.uint8)), self.keys
 
 
-def two_sample_test(a: CropSet, b: CropSet, cfg: DetectorConfig = DetectorConfig(),
-                    group_of: Callable[[object], str] | None = None) -> dict:
+def two_sample_test(
+    a: CropSet, b: CropSet, cfg: DetectorConfig = DetectorConfig(), group_of: Callable[[object], str] | None = None
+) -> dict:
     """Train a CropDetector to tell set a (label 1) from set b (label 0); held-out balanced accuracy.
 
     Clips are split by key, with the same held-out keys on both sides (a model clip and the
@@ -138,7 +139,7 @@ def two_sample_test(a: CropSet, b: CropSet, cfg: DetectorConfig = DetectorConfig
     order = np.concatenate([rng.permutation(len(train_x)) for _ in range(cfg.epochs)])
     correct = seen = 0
     for s in range(steps):
-        idx = order[s * cfg.batch:(s + 1) * cfg.batch]
+        idx = order[s * cfg.batch : (s + 1) * cfg.batch]
         x = canonical(train_x[idx], rng)
         if rng.random() < 0.5:  # left-right flips: both sets are symmetric in distribution
             x = x.flip(3)
@@ -158,7 +159,7 @@ def two_sample_test(a: CropSet, b: CropSet, cfg: DetectorConfig = DetectorConfig
 
     @torch.no_grad()
     def hits(x: np.ndarray, label: int) -> np.ndarray:
-        out = [(model(canonical(x[i:i + 256], eval_rng)) > 0).numpy() == bool(label) for i in range(0, len(x), 256)]
+        out = [(model(canonical(x[i : i + 256], eval_rng)) > 0).numpy() == bool(label) for i in range(0, len(x), 256)]
         return np.concatenate(out)
 
     hit_a, hit_b = hits(xa[ha], 1), hits(xb[hb], 0)
@@ -167,14 +168,35 @@ def two_sample_test(a: CropSet, b: CropSet, cfg: DetectorConfig = DetectorConfig
     if group_of is not None:
         ga = np.array([group_of(k) for k, h in zip(ka, ha) if h])
         gb = np.array([group_of(k) for k, h in zip(kb, hb) if h])
-        by_group = {g: 0.5 * (float(hit_a[ga == g].mean()) + float(hit_b[gb == g].mean()))
-                    for g in dict.fromkeys(ga.tolist()) if (gb == g).any()}
-    return {"accuracy": 0.5 * (acc_a + acc_b), "accuracy_a": acc_a, "accuracy_b": acc_b, "by_group": by_group,
-            "train_accuracy_last_fifth": correct / max(1, seen),
-            "n_train_crops": int(len(train_x)), "n_heldout_crops": int(ha.sum() + hb.sum()),
-            "n_heldout_clips": len(held), "n_clips": len(set(ka + kb)), "steps": steps,
-            "seconds": round(time.time() - t0, 1), "config": asdict(cfg)}
+        by_group = {
+            g: 0.5 * (float(hit_a[ga == g].mean()) + float(hit_b[gb == g].mean()))
+            for g in dict.fromkeys(ga.tolist())
+            if (gb == g).any()
+        }
+    return {
+        "accuracy": 0.5 * (acc_a + acc_b),
+        "accuracy_a": acc_a,
+        "accuracy_b": acc_b,
+        "by_group": by_group,
+        "train_accuracy_last_fifth": correct / max(1, seen),
+        "n_train_crops": int(len(train_x)),
+        "n_heldout_crops": int(ha.sum() + hb.sum()),
+        "n_heldout_clips": len(held),
+        "n_clips": len(set(ka + kb)),
+        "steps": steps,
+        "seconds": round(time.time() - t0, 1),
+        "config": asdict(cfg),
+    }
 
 
-__all__ = ["ALPHA_FLOOR", "NOISE_STD", "DetectorConfig", "sample_crops", "canonical", "CropDetector",
-           "split_keys", "CropSet", "two_sample_test"]
+__all__ = [
+    "ALPHA_FLOOR",
+    "NOISE_STD",
+    "DetectorConfig",
+    "sample_crops",
+    "canonical",
+    "CropDetector",
+    "split_keys",
+    "CropSet",
+    "two_sample_test",
+]

@@ -62,13 +62,16 @@ class RendererEngine:
     name = "renderer"
     steps = 0
 
-    def generate_clip(self, avatar, emotion, n_frames: int = CLIP_FRAMES, seed: int = 0,
-                      intensity: float = 1.0) -> np.ndarray:
+    def generate_clip(
+        self, avatar, emotion, n_frames: int = CLIP_FRAMES, seed: int = 0, intensity: float = 1.0
+    ) -> np.ndarray:
         from avatarcast.engines.avatar_world import get_avatar, render_clip
+
         av = get_avatar(avatar)
         e = emotion if isinstance(emotion, str) else EMOTIONS[int(emotion)]
-        return render_clip(av, e, n_frames, seed=_stable_seed("renderer-engine", av.name, e, int(seed)),
-                           intensity=intensity)
+        return render_clip(
+            av, e, n_frames, seed=_stable_seed("renderer-engine", av.name, e, int(seed)), intensity=intensity
+        )
 
 
 class HalfResolution:
@@ -79,17 +82,20 @@ class HalfResolution:
         self.steps = engine.steps
         self.weights_hash = engine.weights_hash
 
-    def generate_clip(self, avatar, emotion, n_frames: int = CLIP_FRAMES, seed: int = 0,
-                      intensity: float = 1.0) -> np.ndarray:
+    def generate_clip(
+        self, avatar, emotion, n_frames: int = CLIP_FRAMES, seed: int = 0, intensity: float = 1.0
+    ) -> np.ndarray:
         return self.engine.generate_clip(avatar, emotion, n_frames, seed=seed, intensity=intensity, lowres=True)
 
 
-def load_engine(name: str, backend: str = "onnxruntime", steps: int = 2, threads: int | None = None,
-                weights: str | None = None):
+def load_engine(
+    name: str, backend: str = "onnxruntime", steps: int = 2, threads: int | None = None, weights: str | None = None
+):
     if name == "renderer":
         return RendererEngine()
     if name == "tiny":
         from avatarcast.engines.tiny.engine import TinyEngine
+
         kw = {"threads": threads} if threads else {}
         return TinyEngine.load(weights, backend=backend, steps=steps, **kw)
     raise ValueError(f"unknown engine {name!r}: tiny or renderer")
@@ -104,6 +110,7 @@ _CROP = (60, 360, 170, 470)  # y0, y1, x0, x1 of the 640x360 frame: the avatar a
 def _composite(frames: np.ndarray, scale: float = 0.5) -> np.ndarray:
     """RGBA uint8 (T, 360, 640, 4) -> RGB on white, cropped around the avatar and downscaled."""
     from PIL import Image
+
     y0, y1, x0, x1 = _CROP
     f = frames[:, y0:y1, x0:x1].astype(np.float32)
     a = f[..., 3:4] / 255.0
@@ -112,10 +119,16 @@ def _composite(frames: np.ndarray, scale: float = 0.5) -> np.ndarray:
     return np.stack([np.asarray(Image.fromarray(x).resize((w, h), Image.BILINEAR)) for x in rgb])
 
 
-def make_side_by_side(pairs: list[tuple[str, np.ndarray, np.ndarray]], path: str | Path, fps: int = FPS,
-                      model_label: str = "model", pairs_per_row: int = 2) -> Path:
+def make_side_by_side(
+    pairs: list[tuple[str, np.ndarray, np.ndarray]],
+    path: str | Path,
+    fps: int = FPS,
+    model_label: str = "model",
+    pairs_per_row: int = 2,
+) -> Path:
     """pairs of (label, renderer clip, model clip) -> an animated GIF; each pair = renderer | model."""
     from PIL import Image, ImageDraw
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cells = [(lab, _composite(r), _composite(g)) for lab, r, g in pairs]
@@ -142,18 +155,29 @@ def make_side_by_side(pairs: list[tuple[str, np.ndarray, np.ndarray]], path: str
             canvas.paste(Image.fromarray(g[t]), (x + cw, y + label_h))
             d.line([(x + cw, y + label_h), (x + cw, y + label_h + ch)], fill=(200, 200, 200))
         frames.append(canvas.quantize(colors=128, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE))
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0,
-                   optimize=True, disposal=1)
+    frames[0].save(
+        path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0, optimize=True, disposal=1
+    )
     return path
 
 
 # --------------------------------------------------------------------------------------
 # evaluation
 # --------------------------------------------------------------------------------------
-def evaluate(engine_like, avatars: Sequence | None = None, emotions: Sequence[str] = EMOTIONS,
-             seeds: int | Sequence[int] = 3, n_frames: int = CLIP_FRAMES, intensity: float = 1.0,
-             classifier=None, gif_path: str | Path | None = None, gif_emotions: Sequence[str] = GIF_EMOTIONS,
-             engine_label: str = "model", ref_seeds: int = 4, verbose: bool = False) -> dict:
+def evaluate(
+    engine_like,
+    avatars: Sequence | None = None,
+    emotions: Sequence[str] = EMOTIONS,
+    seeds: int | Sequence[int] = 3,
+    n_frames: int = CLIP_FRAMES,
+    intensity: float = 1.0,
+    classifier=None,
+    gif_path: str | Path | None = None,
+    gif_emotions: Sequence[str] = GIF_EMOTIONS,
+    engine_label: str = "model",
+    ref_seeds: int = 4,
+    verbose: bool = False,
+) -> dict:
     """Generate clips with ``engine_like.generate_clip`` and score them against the renderer.
 
     Returns a dict: accuracy (overall, per_emotion, per_avatar, min_per_emotion, confusion),
@@ -194,13 +218,15 @@ def evaluate(engine_like, avatars: Sequence | None = None, emotions: Sequence[st
                 keys.append((e, s))
             ta = time.time()
             for k in range(max(0, ref_seeds - len(seed_list))):
-                extra_ref.append(downsample_premultiplied(
-                    render_clip(av, e, n_frames, seed=reference_seed(av.name, e, 10_000 + k), intensity=intensity)))
+                extra_ref.append(
+                    downsample_premultiplied(
+                        render_clip(av, e, n_frames, seed=reference_seed(av.name, e, 10_000 + k), intensity=intensity)
+                    )
+                )
                 extra_groups.append((av.name, e))
             t_ref += time.time() - ta
             if verbose:
-                print(f"  {av.name} {e}: {len(gen_small)} clips, {time.time() - t0:.0f} s", file=sys.stderr,
-                      flush=True)
+                print(f"  {av.name} {e}: {len(gen_small)} clips, {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
 
     ta = time.time()
     gen_out = classify(clf, to_tensor(np.stack(gen_small)))
@@ -209,16 +235,18 @@ def evaluate(engine_like, avatars: Sequence | None = None, emotions: Sequence[st
 
     acc = metrics.emotion_accuracy(gen_out["pred"], labels, names)
     ref_acc = metrics.emotion_accuracy(ref_out["pred"], labels, names)
-    ident = metrics.identity_consistency(gen_out["embedding"], names, ref_out["embedding"], names,
-                                         ref_keys=keys, gen_keys=keys)
+    ident = metrics.identity_consistency(
+        gen_out["embedding"], names, ref_out["embedding"], names, ref_keys=keys, gen_keys=keys
+    )
     groups = [(a, k[0]) for a, k in zip(names, keys)]
-    smooth = metrics.smoothness(gen_small, ref_small + extra_ref, gen_groups=groups,
-                                ref_groups=groups + extra_groups)
+    smooth = metrics.smoothness(gen_small, ref_small + extra_ref, gen_groups=groups, ref_groups=groups + extra_groups)
     per_group = smooth.pop("per_group_ratio")
-    smooth["per_emotion_ratio"] = {e: float(np.mean([v for (a, ee), v in per_group.items() if ee == e]))
-                                   for e in emotions}
-    smooth["per_avatar_ratio"] = {a.name: float(np.mean([v for (aa, e), v in per_group.items() if aa == a.name]))
-                                  for a in avs}
+    smooth["per_emotion_ratio"] = {
+        e: float(np.mean([v for (a, ee), v in per_group.items() if ee == e])) for e in emotions
+    }
+    smooth["per_avatar_ratio"] = {
+        a.name: float(np.mean([v for (aa, e), v in per_group.items() if aa == a.name])) for a in avs
+    }
     smooth["reference_clips_per_group"] = max(ref_seeds, len(seed_list))
     sil = metrics.silhouette_summary(gen_small, ref_small)
     conf_true = np.asarray(gen_out["probs"])[np.arange(len(labels)), labels]
@@ -226,8 +254,9 @@ def evaluate(engine_like, avatars: Sequence | None = None, emotions: Sequence[st
     gif = None
     if gif_path is not None and gif_pairs:
         order = [(i % len(avs), e) for i, e in enumerate(gif_emotions) if (i % len(avs), e) in gif_pairs]
-        gif = make_side_by_side([(f"{avs[ai].name} / {e}", *gif_pairs[(ai, e)]) for ai, e in order],
-                                gif_path, model_label=engine_label)
+        gif = make_side_by_side(
+            [(f"{avs[ai].name} / {e}", *gif_pairs[(ai, e)]) for ai, e in order], gif_path, model_label=engine_label
+        )
 
     total = time.time() - t0
     n = len(labels)
@@ -239,12 +268,22 @@ def evaluate(engine_like, avatars: Sequence | None = None, emotions: Sequence[st
         "smoothness": smooth,
         "silhouette": sil,
         "target": {"min_per_emotion_accuracy": 0.9, "met": bool(acc["min_per_emotion"] >= 0.9)},
-        "timing": {"total_s": round(total, 2), "generate_s": round(t_gen, 2),
-                   "generate_per_clip_s": round(t_gen / max(n, 1), 3), "render_reference_s": round(t_ref, 2),
-                   "classify_s": round(t_clf, 2)},
-        "config": {"avatars": [a.name for a in avs], "emotions": list(emotions), "seeds": seed_list,
-                   "n_frames": n_frames, "intensity": intensity, "n_clips": n,
-                   "reference_seeds": "reference_seed(avatar, emotion, k)"},
+        "timing": {
+            "total_s": round(total, 2),
+            "generate_s": round(t_gen, 2),
+            "generate_per_clip_s": round(t_gen / max(n, 1), 3),
+            "render_reference_s": round(t_ref, 2),
+            "classify_s": round(t_clf, 2),
+        },
+        "config": {
+            "avatars": [a.name for a in avs],
+            "emotions": list(emotions),
+            "seeds": seed_list,
+            "n_frames": n_frames,
+            "intensity": intensity,
+            "n_clips": n,
+            "reference_seeds": "reference_seed(avatar, emotion, k)",
+        },
         "gif": str(gif) if gif else None,
     }
 
@@ -267,8 +306,10 @@ def markdown_report(res: dict, title: str) -> str:
     lines += [
         f"{cfg['n_clips']} clips of {cfg['n_frames']} frames (2 s at 8 fps): {len(cfg['avatars'])} built-in avatars"
         f" x {len(cfg['emotions'])} emotions x {len(cfg['seeds'])} seed(s), intensity {cfg['intensity']}."
-        " Emotion judged by a classifier trained on renderer clips only.", "",
-        "| metric | value |", "|---|---|",
+        " Emotion judged by a classifier trained on renderer clips only.",
+        "",
+        "| metric | value |",
+        "|---|---|",
         f"| emotion accuracy (top-1, overall) | {_pct(acc['overall'])} |",
         f"| min per-emotion accuracy (target >= 90%) | {_pct(acc['min_per_emotion'])}"
         f"{' (' + acc['worst_emotion'] + ')' if acc['min_per_emotion'] < 1 else ''}"
@@ -283,18 +324,27 @@ def markdown_report(res: dict, title: str) -> str:
         f"| time (generate per clip / total) | {res['timing']['generate_per_clip_s']:.2f} s /"
         f" {res['timing']['total_s']:.0f} s |",
         "",
-        "| emotion | accuracy | renderer clips | smoothness ratio |", "|---|---|---|---|",
+        "| emotion | accuracy | renderer clips | smoothness ratio |",
+        "|---|---|---|---|",
     ]
     for e, v in acc["per_emotion"].items():
-        lines.append(f"| {e} | {_pct(v)} | {_pct(ref['per_emotion'].get(e, float('nan')))} |"
-                     f" {sm['per_emotion_ratio'].get(e, float('nan')):.2f} |")
+        lines.append(
+            f"| {e} | {_pct(v)} | {_pct(ref['per_emotion'].get(e, float('nan')))} |"
+            f" {sm['per_emotion_ratio'].get(e, float('nan')):.2f} |"
+        )
     lines += ["", "| avatar | accuracy | identity cosine | smoothness ratio |", "|---|---|---|---|"]
     for a, v in acc.get("per_avatar", {}).items():
-        lines.append(f"| {a} | {_pct(v)} | {idn['per_avatar_same_cos'].get(a, float('nan')):.3f} |"
-                     f" {sm.get('per_avatar_ratio', {}).get(a, float('nan')):.2f} |")
-    lines += ["", "Confusion (rows: asked emotion, columns: classified):", "",
-              "| | " + " | ".join(e[:5] for e in acc["emotions"]) + " |",
-              "|---" * (len(acc["emotions"]) + 1) + "|"]
+        lines.append(
+            f"| {a} | {_pct(v)} | {idn['per_avatar_same_cos'].get(a, float('nan')):.3f} |"
+            f" {sm.get('per_avatar_ratio', {}).get(a, float('nan')):.2f} |"
+        )
+    lines += [
+        "",
+        "Confusion (rows: asked emotion, columns: classified):",
+        "",
+        "| | " + " | ".join(e[:5] for e in acc["emotions"]) + " |",
+        "|---" * (len(acc["emotions"]) + 1) + "|",
+    ]
     for e, row in zip(acc["emotions"], acc["confusion"]):
         if sum(row):
             lines.append(f"| {e} | " + " | ".join(str(v) if v else "." for v in row) + " |")
@@ -307,10 +357,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--fidelity" in argv:  # `avatarcast eval --fidelity ...`: picture fidelity (tools/eval/fidelity.py)
         from tools.eval import fidelity
+
         return fidelity.main([a for a in argv if a != "--fidelity"])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--fidelity", action="store_true",
-                    help="score picture fidelity instead (PSNR, sharpness, FD, detector): see --fidelity --help")
+    ap.add_argument(
+        "--fidelity",
+        action="store_true",
+        help="score picture fidelity instead (PSNR, sharpness, FD, detector): see --fidelity --help",
+    )
     ap.add_argument("--engine", default="tiny", choices=("tiny", "renderer"))
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--steps", type=int, default=2)
@@ -324,8 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--classifier", default=None, help="classifier weights (default: shipped)")
     ap.add_argument("--out", default="docs/eval")
     ap.add_argument("--no-gif", action="store_true")
-    ap.add_argument("--lowres", action="store_true",
-                    help="tiny: decode at half resolution (the degradation ladder's lower-resolution rung)")
+    ap.add_argument(
+        "--lowres",
+        action="store_true",
+        help="tiny: decode at half resolution (the degradation ladder's lower-resolution rung)",
+    )
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -338,34 +395,50 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     label = "renderer (ref)" if args.engine == "renderer" else f"{args.engine} {args.steps} steps"
     label += ", half-resolution decode" if args.lowres else ""
-    res = evaluate(engine,
-                   avatars=[a.strip() for a in args.avatars.split(",") if a.strip()] or None,
-                   emotions=[e.strip() for e in args.emotions.split(",") if e.strip()] or EMOTIONS,
-                   seeds=args.seeds, n_frames=args.frames, ref_seeds=args.ref_seeds,
-                   classifier=load_classifier(args.classifier),
-                   gif_path=None if args.no_gif else out / "side_by_side.gif", engine_label=label, verbose=True)
-    meta = {"engine": args.engine, "backend": args.backend if args.engine != "renderer" else None,
-            "decoder": "half resolution" if args.lowres else "full",
-            "steps": args.steps if args.engine != "renderer" else None,
-            "weights_hash": getattr(engine, "weights_hash", None),
-            "classifier_val_accuracy": round(load_meta().get("validation", {}).get("accuracy", float("nan")), 4),
-            "machine": f"{platform.machine()} {platform.processor() or ''}".strip() + f", {args.threads} threads",
-            "date": time.strftime("%Y-%m-%d")}
+    res = evaluate(
+        engine,
+        avatars=[a.strip() for a in args.avatars.split(",") if a.strip()] or None,
+        emotions=[e.strip() for e in args.emotions.split(",") if e.strip()] or EMOTIONS,
+        seeds=args.seeds,
+        n_frames=args.frames,
+        ref_seeds=args.ref_seeds,
+        classifier=load_classifier(args.classifier),
+        gif_path=None if args.no_gif else out / "side_by_side.gif",
+        engine_label=label,
+        verbose=True,
+    )
+    meta = {
+        "engine": args.engine,
+        "backend": args.backend if args.engine != "renderer" else None,
+        "decoder": "half resolution" if args.lowres else "full",
+        "steps": args.steps if args.engine != "renderer" else None,
+        "weights_hash": getattr(engine, "weights_hash", None),
+        "classifier_val_accuracy": round(load_meta().get("validation", {}).get("accuracy", float("nan")), 4),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip() + f", {args.threads} threads",
+        "date": time.strftime("%Y-%m-%d"),
+    }
     res["meta"] = meta
     (out / "report.json").write_text(json.dumps(res, indent=1))
-    title = f"Evaluation: {args.engine}" + (f" ({args.backend}, {args.steps} steps)" if args.engine != "renderer" else "")
+    title = f"Evaluation: {args.engine}" + (
+        f" ({args.backend}, {args.steps} steps)" if args.engine != "renderer" else ""
+    )
     (out / "report.md").write_text(markdown_report(res, title))
     summary = {
-        "engine": args.engine, "backend": meta["backend"], "steps": meta["steps"],
+        "engine": args.engine,
+        "backend": meta["backend"],
+        "steps": meta["steps"],
         "n_clips": res["config"]["n_clips"],
-        "accuracy": res["accuracy"]["overall"], "min_per_emotion": res["accuracy"]["min_per_emotion"],
+        "accuracy": res["accuracy"]["overall"],
+        "min_per_emotion": res["accuracy"]["min_per_emotion"],
         "worst_emotion": res["accuracy"]["worst_emotion"],
-        "per_emotion": res["accuracy"]["per_emotion"], "per_avatar": res["accuracy"]["per_avatar"],
+        "per_emotion": res["accuracy"]["per_emotion"],
+        "per_avatar": res["accuracy"]["per_avatar"],
         "target_met": res["target"]["met"],
         "identity": {k: res["identity"][k] for k in ("same_avatar_cos", "other_avatar_cos", "match_rate")},
         "smoothness": {k: res["smoothness"][k] for k in ("ratio_mean", "p95_ratio")},
         "silhouette_iou": res["silhouette"]["iou_mean"],
-        "time_s": res["timing"]["total_s"], "generate_per_clip_s": res["timing"]["generate_per_clip_s"],
+        "time_s": res["timing"]["total_s"],
+        "generate_per_clip_s": res["timing"]["generate_per_clip_s"],
     }
     print(json.dumps(summary, indent=1))
     return 0

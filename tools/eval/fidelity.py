@@ -81,8 +81,12 @@ SIZES = {
 }
 
 TARGETS = {  # issue 16
-    "avatar_psnr_db": (">=", 30.0), "head_psnr_db": (">=", 28.0), "alpha_iou": (">=", 0.98),
-    "sharpness_ratio": ("in", (0.9, 1.1)), "detector_accuracy": ("<=", 0.75), "fd_over_floor": ("<=", 2.0),
+    "avatar_psnr_db": (">=", 30.0),
+    "head_psnr_db": (">=", 28.0),
+    "alpha_iou": (">=", 0.98),
+    "sharpness_ratio": ("in", (0.9, 1.1)),
+    "detector_accuracy": ("<=", 0.75),
+    "fd_over_floor": ("<=", 2.0),
 }
 
 
@@ -103,8 +107,10 @@ def _summary(values: list[float]) -> dict:
 def _bbox(mask: np.ndarray, pad: int) -> tuple[slice, slice]:
     ys, xs = np.nonzero(mask.any(1)), np.nonzero(mask.any(0))
     H, W = mask.shape
-    return (slice(max(0, ys[0][0] - pad), min(H, ys[0][-1] + pad + 1)),
-            slice(max(0, xs[0][0] - pad), min(W, xs[0][-1] + pad + 1)))
+    return (
+        slice(max(0, ys[0][0] - pad), min(H, ys[0][-1] + pad + 1)),
+        slice(max(0, xs[0][0] - pad), min(W, xs[0][-1] + pad + 1)),
+    )
 
 
 def frame_scores(ref: np.ndarray, rec: np.ndarray, head_box) -> dict:
@@ -113,36 +119,54 @@ def frame_scores(ref: np.ndarray, rec: np.ndarray, head_box) -> dict:
     head = mask & fm.box_mask(mask.shape, head_box)
     ys, xs = _bbox(mask, 6)  # the SSIM window (radius 5) stays inside the crop
     a, b, m, h = fm.premultiplied(ref[ys, xs]), fm.premultiplied(rec[ys, xs]), mask[ys, xs], head[ys, xs]
-    return {"avatar_psnr_db": fm.psnr(a, b, m), "avatar_ssim": fm.ssim(a, b, m),
-            "head_psnr_db": fm.psnr(a, b, h), "alpha_iou": fm.alpha_iou(ref, rec),
-            # not a target: the same pixels as a viewer sees them over white (RGB only; stricter)
-            "avatar_psnr_over_white_db": fm.psnr(fm.over_white(a), fm.over_white(b), m)}
+    return {
+        "avatar_psnr_db": fm.psnr(a, b, m),
+        "avatar_ssim": fm.ssim(a, b, m),
+        "head_psnr_db": fm.psnr(a, b, h),
+        "alpha_iou": fm.alpha_iou(ref, rec),
+        # not a target: the same pixels as a viewer sees them over white (RGB only; stricter)
+        "avatar_psnr_over_white_db": fm.psnr(fm.over_white(a), fm.over_white(b), m),
+    }
 
 
 def reconstruction(engine, specs: list[holdout.FrameSpec], batch: int = 4) -> dict:
     """Every held-out frame through the engine's encoder and decoder; per-frame scores and summaries."""
     rows = []
     for i in range(0, len(specs), batch):
-        part = specs[i:i + batch]
+        part = specs[i : i + batch]
         poses = [pose_at(s.emotion, s.time, sample_variation(s.seed), s.intensity) for s in part]
         ref = np.stack([render_frame(s.avatar, q) for s, q in zip(part, poses)])
         rec = engine.decode(engine.backend.encode(ref))
         for s, q, r, g in zip(part, poses, ref, rec):
-            rows.append({"avatar": s.avatar.name, "group": group_of(s.avatar.name), "emotion": s.emotion,
-                         "seed": s.seed, "time": round(s.time, 4), "intensity": round(s.intensity, 4),
-                         **frame_scores(r, g, landmarks(s.avatar, q).head)})
+            rows.append(
+                {
+                    "avatar": s.avatar.name,
+                    "group": group_of(s.avatar.name),
+                    "emotion": s.emotion,
+                    "seed": s.seed,
+                    "time": round(s.time, 4),
+                    "intensity": round(s.intensity, 4),
+                    **frame_scores(r, g, landmarks(s.avatar, q).head),
+                }
+            )
     keys = ("avatar_psnr_db", "avatar_ssim", "head_psnr_db", "alpha_iou", "avatar_psnr_over_white_db")
 
     def summarize(sel: list[dict]) -> dict:
         return {k: _summary([r[k] for r in sel]) for k in keys}
 
-    return {"n_frames": len(rows),
-            "overall": summarize(rows),
-            "by_group": {g: summarize([r for r in rows if r["group"] == g]) for g in ("builtin", "heldout")
-                         if any(r["group"] == g for r in rows)},
-            "per_avatar": {a: summarize([r for r in rows if r["avatar"] == a]) for a in dict.fromkeys(
-                r["avatar"] for r in rows)},
-            "frames": rows}
+    return {
+        "n_frames": len(rows),
+        "overall": summarize(rows),
+        "by_group": {
+            g: summarize([r for r in rows if r["group"] == g])
+            for g in ("builtin", "heldout")
+            if any(r["group"] == g for r in rows)
+        },
+        "per_avatar": {
+            a: summarize([r for r in rows if r["avatar"] == a]) for a in dict.fromkeys(r["avatar"] for r in rows)
+        },
+        "frames": rows,
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -157,8 +181,7 @@ class _Side:
     crops: CropSet = field(default_factory=CropSet.empty)
     pending: list = field(default_factory=list)  # downsampled clips waiting for a batch through the classifier
 
-    def add(self, clip: np.ndarray, key: tuple, clf, rng: np.random.Generator, crops_per_frame: int,
-            crop: int) -> None:
+    def add(self, clip: np.ndarray, key: tuple, clf, rng: np.random.Generator, crops_per_frame: int, crop: int) -> None:
         g = self.grad.setdefault(key[:2], [0.0, 0])
         for f in clip:
             s, n = fm.gradient_sum(f)
@@ -184,21 +207,26 @@ def _sharpness_ratios(side: _Side, ref: _Side) -> dict:
     per = {f"{a}/{e}": side.sharpness((a, e)) / ref.sharpness((a, e)) for a, e in ref.grad}
     avatars = list(dict.fromkeys(a for a, _ in ref.grad))
     emotions = list(dict.fromkeys(e for _, e in ref.grad))
-    return {"mean": float(np.mean(list(per.values()))), "min": float(min(per.values())),
-            "max": float(max(per.values())),
-            "by_group": {g: float(np.mean([v for k, v in per.items() if group_of(k.split("/")[0]) == g]))
-                         for g in ("builtin", "heldout") if any(group_of(a) == g for a in avatars)},
-            "per_avatar": {a: float(np.mean([per[f"{a}/{e}"] for e in emotions])) for a in avatars},
-            "per_emotion": {e: float(np.mean([per[f"{a}/{e}"] for a in avatars])) for e in emotions},
-            "per_avatar_emotion": per}
+    return {
+        "mean": float(np.mean(list(per.values()))),
+        "min": float(min(per.values())),
+        "max": float(max(per.values())),
+        "by_group": {
+            g: float(np.mean([v for k, v in per.items() if group_of(k.split("/")[0]) == g]))
+            for g in ("builtin", "heldout")
+            if any(group_of(a) == g for a in avatars)
+        },
+        "per_avatar": {a: float(np.mean([per[f"{a}/{e}"] for e in emotions])) for a in avatars},
+        "per_emotion": {e: float(np.mean([per[f"{a}/{e}"] for a in avatars])) for e in emotions},
+        "per_avatar_emotion": per,
+    }
 
 
 def _fd(x: list, y: list) -> dict:
     return {"fd": fm.frechet_distance(np.stack(x), np.stack(y)), "n": [len(x), len(y)]}
 
 
-def generation(engine, avatars, size: EvalSize, classifier, rerun: int = 0, detector: bool = True,
-               log=print) -> dict:
+def generation(engine, avatars, size: EvalSize, classifier, rerun: int = 0, detector: bool = True, log=print) -> dict:
     """Model clips vs renderer clips of the same avatars and emotions: sharpness, FD, detector."""
     t0 = time.time()
     det_cfg = DetectorConfig(epochs=size.detector_epochs, seed=rerun)
@@ -216,8 +244,12 @@ def generation(engine, avatars, size: EvalSize, classifier, rerun: int = 0, dete
                 other = render_clip(av, e, size.frames, seed=holdout.heldout_seed("gen-floor", *key, rerun))
                 if g.shape != ref.shape or g.dtype != np.uint8:
                     raise ValueError(f"engine clip {g.shape} {g.dtype} != renderer clip {ref.shape} uint8")
-                for name, clip in (("model", g), ("renderer", ref), ("renderer_other", other),
-                                   ("blurred", fm.gaussian_blur_rgba(other, BLUR_SIGMA))):
+                for name, clip in (
+                    ("model", g),
+                    ("renderer", ref),
+                    ("renderer_other", other),
+                    ("blurred", fm.gaussian_blur_rgba(other, BLUR_SIGMA)),
+                ):
                     sides[name].add(clip, key, classifier, rng, size.crops_per_frame, crop=det_cfg.crop)
         log(f"  generation: {av.name} done, {time.time() - t0:.0f} s")
     for side in sides.values():
@@ -234,16 +266,31 @@ def generation(engine, avatars, size: EvalSize, classifier, rerun: int = 0, dete
         log(f"  detector {k} vs renderer: {100 * det[k]['accuracy']:.1f}% held-out ({det[k]['seconds']:.0f} s)")
     n_clips = len(ref.feats)
     return {
-        "n_clips": n_clips, "frames_per_clip": size.frames, "n_frames": n_clips * size.frames,
+        "n_clips": n_clips,
+        "frames_per_clip": size.frames,
+        "n_frames": n_clips * size.frames,
         "sharpness_ratio": sharp,
-        "frechet": {"model": fd["model"], "floor": fd["renderer_other"], "blurred": fd["blurred"],
-                    "model_over_floor": fd["model"]["fd"] / floor if floor > 0 else float("inf"),
-                    "blurred_over_floor": fd["blurred"]["fd"] / floor if floor > 0 else float("inf"),
-                    "features": "ClipClassifier.features (384-d) of each 16-frame clip at 90x160"},
-        "detector": {"model_vs_renderer": det["model"], "renderer_vs_renderer": det["renderer_other"],
-                     f"blur{BLUR_SIGMA}_vs_renderer": det["blurred"]} if detector else None,
-        "timing": {"clips_s": round(t1 - t0, 1), "generate_s": round(t_gen, 1), "frechet_s": round(t2 - t1, 1),
-                   "detector_s": round(time.time() - t2, 1)},
+        "frechet": {
+            "model": fd["model"],
+            "floor": fd["renderer_other"],
+            "blurred": fd["blurred"],
+            "model_over_floor": fd["model"]["fd"] / floor if floor > 0 else float("inf"),
+            "blurred_over_floor": fd["blurred"]["fd"] / floor if floor > 0 else float("inf"),
+            "features": "ClipClassifier.features (384-d) of each 16-frame clip at 90x160",
+        },
+        "detector": {
+            "model_vs_renderer": det["model"],
+            "renderer_vs_renderer": det["renderer_other"],
+            f"blur{BLUR_SIGMA}_vs_renderer": det["blurred"],
+        }
+        if detector
+        else None,
+        "timing": {
+            "clips_s": round(t1 - t0, 1),
+            "generate_s": round(t_gen, 1),
+            "frechet_s": round(t2 - t1, 1),
+            "detector_s": round(time.time() - t2, 1),
+        },
     }
 
 
@@ -263,8 +310,15 @@ def targets(rec: dict | None, gen: dict | None) -> list[dict]:
 
     def add(name, scope, value):
         op, t = TARGETS[name]
-        out.append({"metric": name, "scope": scope, "value": value,
-                    "target": f"{op} {t[0]}-{t[1]}" if op == "in" else f"{op} {t}", "met": _met(name, value)})
+        out.append(
+            {
+                "metric": name,
+                "scope": scope,
+                "value": value,
+                "target": f"{op} {t[0]}-{t[1]}" if op == "in" else f"{op} {t}",
+                "met": _met(name, value),
+            }
+        )
 
     if rec:
         for g, s in rec["by_group"].items():
@@ -285,51 +339,78 @@ def _f(v: float, nd: int = 2) -> str:
 
 def markdown_report(res: dict) -> str:
     meta, rec, gen = res["meta"], res.get("reconstruction"), res.get("generation")
-    L = [f"## Fidelity: `{meta['weights']}` ({meta['size']} size)", "",
-         ", ".join(f"{k}: `{meta[k]}`" for k in ("weights_hash", "backend", "steps", "machine", "date", "command")),
-         "", f"Held-out avatars: {', '.join(res['avatars'])} (built-ins at held-out motion seeds; random-9000xx: "
-         "parametric avatars no training uses, tools/eval/holdout.py).", "",
-         "| target (issue 16) | scope | value | target | met |", "|---|---|---|---|---|"]
+    L = [
+        f"## Fidelity: `{meta['weights']}` ({meta['size']} size)",
+        "",
+        ", ".join(f"{k}: `{meta[k]}`" for k in ("weights_hash", "backend", "steps", "machine", "date", "command")),
+        "",
+        f"Held-out avatars: {', '.join(res['avatars'])} (built-ins at held-out motion seeds; random-9000xx: "
+        "parametric avatars no training uses, tools/eval/holdout.py).",
+        "",
+        "| target (issue 16) | scope | value | target | met |",
+        "|---|---|---|---|---|",
+    ]
     for t in res["targets"]:
-        L.append(f"| {t['metric']} | {t['scope']} | {_f(t['value'], 3)} | {t['target']} | "
-                 f"{'yes' if t['met'] else '**no**'} |")
+        L.append(
+            f"| {t['metric']} | {t['scope']} | {_f(t['value'], 3)} | {t['target']} | "
+            f"{'yes' if t['met'] else '**no**'} |"
+        )
     if rec:
-        L += ["", f"### Reconstruction (encoder -> decoder), {rec['n_frames']} held-out renderer frames", "",
-              "| avatar | avatar PSNR dB (min) | avatar SSIM | head PSNR dB (min) | alpha IoU (min) "
-              "| avatar PSNR over white dB |", "|---|---|---|---|---|---|"]
+        L += [
+            "",
+            f"### Reconstruction (encoder -> decoder), {rec['n_frames']} held-out renderer frames",
+            "",
+            "| avatar | avatar PSNR dB (min) | avatar SSIM | head PSNR dB (min) | alpha IoU (min) "
+            "| avatar PSNR over white dB |",
+            "|---|---|---|---|---|---|",
+        ]
         rows = list(rec["per_avatar"].items()) + [(f"**{g}**", s) for g, s in rec["by_group"].items()]
         for a, s in rows:
-            L.append(f"| {a} | {_f(s['avatar_psnr_db']['mean'])} ({_f(s['avatar_psnr_db']['min'])}) | "
-                     f"{_f(s['avatar_ssim']['mean'], 3)} | {_f(s['head_psnr_db']['mean'])} "
-                     f"({_f(s['head_psnr_db']['min'])}) | {_f(s['alpha_iou']['mean'], 3)} "
-                     f"({_f(s['alpha_iou']['min'], 3)}) | {_f(s['avatar_psnr_over_white_db']['mean'])} |")
+            L.append(
+                f"| {a} | {_f(s['avatar_psnr_db']['mean'])} ({_f(s['avatar_psnr_db']['min'])}) | "
+                f"{_f(s['avatar_ssim']['mean'], 3)} | {_f(s['head_psnr_db']['mean'])} "
+                f"({_f(s['head_psnr_db']['min'])}) | {_f(s['alpha_iou']['mean'], 3)} "
+                f"({_f(s['alpha_iou']['min'], 3)}) | {_f(s['avatar_psnr_over_white_db']['mean'])} |"
+            )
     if gen:
         sh, fr, det = gen["sharpness_ratio"], gen["frechet"], gen["detector"]
-        L += ["", f"### Generation at {meta['steps']} steps: {gen['n_clips']} clips of {gen['frames_per_clip']}"
-              f" frames ({gen['n_frames']} frames) per side", "",
-              f"| metric | model | renderer, other seeds (floor) | renderer blurred sigma {BLUR_SIGMA} |",
-              "|---|---|---|---|",
-              f"| sharpness ratio (mean over avatar x emotion; min-max) | {_f(sh['model']['mean'])} "
-              f"({_f(sh['model']['min'])}-{_f(sh['model']['max'])}) | {_f(sh['renderer_other']['mean'])} | "
-              f"{_f(sh['blurred']['mean'])} |",
-              f"| Frechet distance to the renderer's clips ({fr['model']['n'][0]} vs {fr['model']['n'][1]} clips) | "
-              f"{_f(fr['model']['fd'])} | {_f(fr['floor']['fd'])} | {_f(fr['blurred']['fd'])} |",
-              f"| FD / floor | {_f(fr['model_over_floor'])} | 1 | {_f(fr['blurred_over_floor'])} |"]
+        L += [
+            "",
+            f"### Generation at {meta['steps']} steps: {gen['n_clips']} clips of {gen['frames_per_clip']}"
+            f" frames ({gen['n_frames']} frames) per side",
+            "",
+            f"| metric | model | renderer, other seeds (floor) | renderer blurred sigma {BLUR_SIGMA} |",
+            "|---|---|---|---|",
+            f"| sharpness ratio (mean over avatar x emotion; min-max) | {_f(sh['model']['mean'])} "
+            f"({_f(sh['model']['min'])}-{_f(sh['model']['max'])}) | {_f(sh['renderer_other']['mean'])} | "
+            f"{_f(sh['blurred']['mean'])} |",
+            f"| Frechet distance to the renderer's clips ({fr['model']['n'][0]} vs {fr['model']['n'][1]} clips) | "
+            f"{_f(fr['model']['fd'])} | {_f(fr['floor']['fd'])} | {_f(fr['blurred']['fd'])} |",
+            f"| FD / floor | {_f(fr['model_over_floor'])} | 1 | {_f(fr['blurred_over_floor'])} |",
+        ]
         if det:
             m = det["model_vs_renderer"]
-            L += [f"| detector held-out accuracy (50% = indistinguishable) | {100 * m['accuracy']:.1f}% | "
-                  f"{100 * det['renderer_vs_renderer']['accuracy']:.1f}% | "
-                  f"{100 * det[f'blur{BLUR_SIGMA}_vs_renderer']['accuracy']:.1f}% |",
-                  "", f"Detector: {m['n_train_crops']} training crops ({m['config']['crop']} px, 1:1) per run, "
-                  f"{m['n_heldout_crops']} held-out crops from {m['n_heldout_clips']} held-out clip keys of "
-                  f"{m['n_clips']}. Model vs renderer by avatar group: "
-                  + ", ".join(f"{g} {100 * v:.1f}%" for g, v in m["by_group"].items()) + "."]
+            L += [
+                f"| detector held-out accuracy (50% = indistinguishable) | {100 * m['accuracy']:.1f}% | "
+                f"{100 * det['renderer_vs_renderer']['accuracy']:.1f}% | "
+                f"{100 * det[f'blur{BLUR_SIGMA}_vs_renderer']['accuracy']:.1f}% |",
+                "",
+                f"Detector: {m['n_train_crops']} training crops ({m['config']['crop']} px, 1:1) per run, "
+                f"{m['n_heldout_crops']} held-out crops from {m['n_heldout_clips']} held-out clip keys of "
+                f"{m['n_clips']}. Model vs renderer by avatar group: "
+                + ", ".join(f"{g} {100 * v:.1f}%" for g, v in m["by_group"].items())
+                + ".",
+            ]
         L += ["", "| emotion | sharpness ratio |", "|---|---|"]
         L += [f"| {e} | {_f(v)} |" for e, v in sh["model"]["per_emotion"].items()]
         L += ["", "| avatar | sharpness ratio |", "|---|---|"]
         L += [f"| {a} | {_f(v)} |" for a, v in sh["model"]["per_avatar"].items()]
-    L += ["", "Timing (s): " + ", ".join(f"{k} {v}" for k, v in res["timing"].items()), "",
-          "Definitions: tools/eval/fidelity.py (docstring) and tools/eval/fidelity_metrics.py."]
+    L += [
+        "",
+        "Timing (s): " + ", ".join(f"{k} {v}" for k, v in res["timing"].items()),
+        "",
+        "Definitions: tools/eval/fidelity.py (docstring) and tools/eval/fidelity_metrics.py.",
+    ]
     return "\n".join(L) + "\n"
 
 
@@ -340,9 +421,17 @@ def _loadavg() -> str:
         return "n/a"
 
 
-def run(weights: str | None, size: EvalSize, backend: str = "onnxruntime", steps: int | None = None,
-        threads: int = 2, rerun: int = 0, parts: tuple[str, ...] = PARTS, torch_threads: int = 1,
-        log=print) -> dict:
+def run(
+    weights: str | None,
+    size: EvalSize,
+    backend: str = "onnxruntime",
+    steps: int | None = None,
+    threads: int = 2,
+    rerun: int = 0,
+    parts: tuple[str, ...] = PARTS,
+    torch_threads: int = 1,
+    log=print,
+) -> dict:
     """The fidelity eval of one weights folder (the parts asked for); the report as a dict."""
     from avatarcast.engines.tiny.engine import TinyEngine
     from avatarcast.realtime.settings import Settings
@@ -360,8 +449,10 @@ def run(weights: str | None, size: EvalSize, backend: str = "onnxruntime", steps
         rec = reconstruction(engine, holdout.reconstruction_frames(avatars, size.recon_per_avatar, rerun))
         timing["reconstruction_s"] = round(time.time() - ta, 1)
         s = rec["overall"]
-        log(f"  reconstruction: {rec['n_frames']} frames, avatar PSNR {s['avatar_psnr_db']['mean']:.2f} dB, "
-            f"head {s['head_psnr_db']['mean']:.2f} dB, IoU {s['alpha_iou']['mean']:.4f}")
+        log(
+            f"  reconstruction: {rec['n_frames']} frames, avatar PSNR {s['avatar_psnr_db']['mean']:.2f} dB, "
+            f"head {s['head_psnr_db']['mean']:.2f} dB, IoU {s['alpha_iou']['mean']:.4f}"
+        )
         res["reconstruction"] = rec
     if "generation" in parts:
         ta = time.time()
@@ -373,28 +464,43 @@ def run(weights: str | None, size: EvalSize, backend: str = "onnxruntime", steps
     timing["loadavg_end"] = _loadavg()
     res["timing"] = timing
     res["targets"] = targets(rec, gen)
-    res["meta"] = {"weights": str(engine.manifest.path), "weights_hash": engine.weights_hash, "backend": backend,
-                   "steps": steps, "size": size.name, "rerun": rerun,
-                   "machine": f"{platform.machine()} {platform.processor() or ''}".strip()
-                   + f", {threads} onnxruntime threads, {torch_threads} torch", "date": time.strftime("%Y-%m-%d")}
+    res["meta"] = {
+        "weights": str(engine.manifest.path),
+        "weights_hash": engine.weights_hash,
+        "backend": backend,
+        "steps": steps,
+        "size": size.name,
+        "rerun": rerun,
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip()
+        + f", {threads} onnxruntime threads, {torch_threads} torch",
+        "date": time.strftime("%Y-%m-%d"),
+    }
     return res
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="avatarcast eval --fidelity", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="avatarcast eval --fidelity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--weights", default=None, help="tiny engine weights folder (default: the shipped one)")
     ap.add_argument("--out", required=True, help="folder for report.json and report.md")
     ap.add_argument("--quick", action="store_true", help="the CI size: 3 avatars, 6 clips (< 1 min)")
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the server's default)")
     ap.add_argument("--threads", type=int, default=2, help="the engine's onnxruntime threads")
-    ap.add_argument("--torch-threads", type=int, default=1,
-                    help="torch threads (classifier, detector: small convolutions, and OpenMP barriers stall "
-                         "when other processes share the cores; 1 was 4x faster than 2 at load 7)")
+    ap.add_argument(
+        "--torch-threads",
+        type=int,
+        default=1,
+        help="torch threads (classifier, detector: small convolutions, and OpenMP barriers stall "
+        "when other processes share the cores; 1 was 4x faster than 2 at load 7)",
+    )
     ap.add_argument("--rerun", type=int, default=0, help="another draw of held-out seeds (for the spread)")
-    ap.add_argument("--parts", default=",".join(PARTS),
-                    help="comma-separated subset of reconstruction,generation,detector (detector needs generation)")
+    ap.add_argument(
+        "--parts",
+        default=",".join(PARTS),
+        help="comma-separated subset of reconstruction,generation,detector (detector needs generation)",
+    )
     args = ap.parse_args(argv)
     parts = tuple(p.strip() for p in args.parts.split(",") if p.strip())
     if not parts or set(parts) - set(PARTS) or ("detector" in parts and "generation" not in parts):
@@ -408,8 +514,10 @@ def main(argv: list[str] | None = None) -> int:
     (out / "report.json").write_text(json.dumps(res, indent=1, allow_nan=True))
     (out / "report.md").write_text(markdown_report(res))
     for t in res["targets"]:
-        print(f"{t['metric']:>18} {t['scope']:>8} {_f(t['value'], 3):>8}  target {t['target']:<10} "
-              f"{'met' if t['met'] else 'NOT met'}")
+        print(
+            f"{t['metric']:>18} {t['scope']:>8} {_f(t['value'], 3):>8}  target {t['target']:<10} "
+            f"{'met' if t['met'] else 'NOT met'}"
+        )
     print(f"report: {out / 'report.md'} ({res['timing']['total_s']:.0f} s)")
     return 0
 

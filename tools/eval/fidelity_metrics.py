@@ -66,8 +66,10 @@ def box_mask(shape: tuple[int, int], box: tuple[float, float, float, float]) -> 
     H, W = shape
     x0, y0, x1, y1 = box
     m = np.zeros((H, W), bool)
-    m[max(0, math.ceil(y0 - 0.5)):max(0, math.floor(y1 - 0.5) + 1),
-      max(0, math.ceil(x0 - 0.5)):max(0, math.floor(x1 - 0.5) + 1)] = True
+    m[
+        max(0, math.ceil(y0 - 0.5)) : max(0, math.floor(y1 - 0.5) + 1),
+        max(0, math.ceil(x0 - 0.5)) : max(0, math.floor(x1 - 0.5) + 1),
+    ] = True
     return m
 
 
@@ -100,19 +102,19 @@ def _blur_hw(x: np.ndarray, k: np.ndarray) -> np.ndarray:
     r = (len(k) - 1) // 2
     H, W = x.shape[:2]
     q = np.pad(x, ((0, 0), (r, r), (0, 0)), mode="edge")
-    y = sum(k[i] * q[:, i:i + W] for i in range(len(k)))
+    y = sum(k[i] * q[:, i : i + W] for i in range(len(k)))
     q = np.pad(y, ((r, r), (0, 0), (0, 0)), mode="edge")
-    return sum(k[i] * q[i:i + H] for i in range(len(k)))
+    return sum(k[i] * q[i : i + H] for i in range(len(k)))
 
 
 def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """SSIM map (H, W, C) of float frames (H, W, C) in [0, 1]: Wang et al. 2004 (Gaussian window
     sigma 1.5, 11 taps; K1 0.01, K2 0.03, dynamic range 1), per channel."""
     x, y = np.asarray(a, np.float64), np.asarray(b, np.float64)  # float32 variances cancel badly
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    c1, c2 = 0.01**2, 0.03**2
     C = x.shape[-1]
     stats = _blur_hw(np.concatenate([x, y, x * x, y * y, x * y], -1), _gauss_kernel(1.5, 5))
-    mx, my, xx, yy, xy = (stats[..., i * C:(i + 1) * C] for i in range(5))
+    mx, my, xx, yy, xy = (stats[..., i * C : (i + 1) * C] for i in range(5))
     vx, vy, cov = xx - mx * mx, yy - my * my, xy - mx * my
     s = ((2 * mx * my + c1) * (2 * cov + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
     return s.astype(np.float32)
@@ -213,6 +215,24 @@ def frechet_distance(x: np.ndarray, y: np.ndarray) -> float:
     return float(((mx - my) ** 2).sum() + (a * a).sum() + (b * b).sum() - 2.0 * tr_sqrt)
 
 
-__all__ = ["MASK_DILATION", "ALPHA_THRESHOLD", "premultiplied", "straight_uint8", "over_white", "dilate",
-           "avatar_mask", "box_mask", "masked_mse", "psnr_from_mse", "psnr", "ssim_map", "ssim", "alpha_iou",
-           "gradient_magnitude", "gradient_sum", "sharpness", "gaussian_blur_rgba", "frechet_distance"]
+__all__ = [
+    "MASK_DILATION",
+    "ALPHA_THRESHOLD",
+    "premultiplied",
+    "straight_uint8",
+    "over_white",
+    "dilate",
+    "avatar_mask",
+    "box_mask",
+    "masked_mse",
+    "psnr_from_mse",
+    "psnr",
+    "ssim_map",
+    "ssim",
+    "alpha_iou",
+    "gradient_magnitude",
+    "gradient_sum",
+    "sharpness",
+    "gaussian_blur_rgba",
+    "frechet_distance",
+]

@@ -1,6 +1,6 @@
 """The fidelity eval's held-out data: avatars and motion seeds that no training may ever use.
 
-Reserved ranges (training code must stay outside them; tests/test_fidelity_holdout.py checks
+Reserved ranges (training code must stay outside them; tests/tools/test_fidelity_holdout.py checks
 tools.train_tiny against them):
 
 * parametric avatars ``random_avatar(s)`` for s in [900_000, 1_000_000). tools.train_tiny uses
@@ -64,18 +64,36 @@ class FrameSpec:
     intensity: float
 
 
-def reconstruction_frames(avatars: list[AvatarParams], per_avatar: int = len(EMOTIONS),
-                          rerun: int = 0) -> list[FrameSpec]:
+def reconstruction_frames(
+    avatars: list[AvatarParams], per_avatar: int = len(EMOTIONS), rerun: int = 0
+) -> list[FrameSpec]:
     """per_avatar frames of each avatar, cycling through the emotions, at held-out seeds and times."""
     out = []
     for av in avatars:
         rng = np.random.default_rng(heldout_seed("recon-times", av.name, rerun))
         for i in range(per_avatar):
             emo = EMOTIONS[i % len(EMOTIONS)]
-            out.append(FrameSpec(av, emo, heldout_seed("recon", av.name, emo, i, rerun),
-                                 float(rng.uniform(0.0, 20.0)), float(rng.uniform(0.5, 1.0))))
+            out.append(
+                FrameSpec(
+                    av,
+                    emo,
+                    heldout_seed("recon", av.name, emo, i, rerun),
+                    float(rng.uniform(0.0, 20.0)),
+                    float(rng.uniform(0.5, 1.0)),
+                )
+            )
     return out
 
 
-__all__ = ["AVATAR_SEED_BASE", "AVATAR_SEED_END", "MOTION_SEED_BASE", "MOTION_SEED_END", "MAX_HOLDOUT",
-           "holdout_avatars", "eval_avatars", "heldout_seed", "FrameSpec", "reconstruction_frames"]
+__all__ = [
+    "AVATAR_SEED_BASE",
+    "AVATAR_SEED_END",
+    "MOTION_SEED_BASE",
+    "MOTION_SEED_END",
+    "MAX_HOLDOUT",
+    "holdout_avatars",
+    "eval_avatars",
+    "heldout_seed",
+    "FrameSpec",
+    "reconstruction_frames",
+]

@@ -42,8 +42,9 @@ def small_float(clip: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # emotion accuracy
 # --------------------------------------------------------------------------------------
-def emotion_accuracy(pred: Sequence[int], labels: Sequence[int], avatars: Sequence[str] | None = None,
-                     emotions: Sequence[str] = EMOTIONS) -> dict:
+def emotion_accuracy(
+    pred: Sequence[int], labels: Sequence[int], avatars: Sequence[str] | None = None, emotions: Sequence[str] = EMOTIONS
+) -> dict:
     """Top-1 accuracy overall, per emotion (of the labels present), per avatar, and the confusion matrix
     (rows = true emotion, columns = predicted)."""
     pred = np.asarray(pred, dtype=np.int64)
@@ -78,9 +79,14 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / (np.linalg.norm(x, axis=-1, keepdims=True) + EPS)
 
 
-def identity_consistency(gen_emb: np.ndarray, gen_avatars: Sequence[str], ref_emb: np.ndarray,
-                         ref_avatars: Sequence[str], ref_keys: Sequence | None = None,
-                         gen_keys: Sequence | None = None) -> dict:
+def identity_consistency(
+    gen_emb: np.ndarray,
+    gen_avatars: Sequence[str],
+    ref_emb: np.ndarray,
+    ref_avatars: Sequence[str],
+    ref_keys: Sequence | None = None,
+    gen_keys: Sequence | None = None,
+) -> dict:
     """Cosine similarity of each generated clip's identity embedding to rendered clips.
 
     ``same``: to the rendered clip of the same avatar (the one with the same key, e.g. the same
@@ -132,8 +138,12 @@ def frame_changes(clip: np.ndarray) -> np.ndarray:
     return np.abs(np.diff(x, axis=0)).mean(axis=(1, 2, 3))
 
 
-def smoothness(gen_clips: Iterable[np.ndarray], ref_clips: Iterable[np.ndarray],
-               gen_groups: Sequence | None = None, ref_groups: Sequence | None = None) -> dict:
+def smoothness(
+    gen_clips: Iterable[np.ndarray],
+    ref_clips: Iterable[np.ndarray],
+    gen_groups: Sequence | None = None,
+    ref_groups: Sequence | None = None,
+) -> dict:
     """Frame-to-frame change of generated clips relative to the renderer's.
 
     Without groups, clips are compared pairwise (gen_clips[i] vs ref_clips[i]).  With groups
@@ -209,10 +219,19 @@ def silhouette_summary(gen_clips: Iterable[np.ndarray], ref_clips: Iterable[np.n
         ag, ar = (small_float(g)[..., 3] > 0.5).mean(), (small_float(r)[..., 3] > 0.5).mean()
         areas.append(float(ag / max(ar, EPS)))
     iou = np.concatenate(ious) if ious else np.zeros(0)
-    return {"iou_mean": float(iou.mean()) if len(iou) else float("nan"),
-            "iou_p05": float(np.percentile(iou, 5)) if len(iou) else float("nan"),
-            "area_ratio_mean": float(np.mean(areas)) if areas else float("nan")}
+    return {
+        "iou_mean": float(iou.mean()) if len(iou) else float("nan"),
+        "iou_p05": float(np.percentile(iou, 5)) if len(iou) else float("nan"),
+        "area_ratio_mean": float(np.mean(areas)) if areas else float("nan"),
+    }
 
 
-__all__ = ["emotion_accuracy", "identity_consistency", "frame_changes", "smoothness", "silhouette_iou",
-           "silhouette_summary", "small_float"]
+__all__ = [
+    "emotion_accuracy",
+    "identity_consistency",
+    "frame_changes",
+    "smoothness",
+    "silhouette_iou",
+    "silhouette_summary",
+    "small_float",
+]

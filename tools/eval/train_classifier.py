@@ -41,17 +41,19 @@ import torch.nn.functional as F
 from tools.eval.classifier import CLIP_FRAMES, EMOTIONS, WEIGHTS_DIR, ClipClassifier, downsample_premultiplied
 
 N_EMO = len(EMOTIONS)
-VAL_SEED_BASE = 1_000_000       # motion seeds of validation clips (training uses < VAL_SEED_BASE)
-VAL_AVATAR_BASE = 500_000       # random_avatar seeds of validation avatars (training: 0..n_random-1)
+VAL_SEED_BASE = 1_000_000  # motion seeds of validation clips (training uses < VAL_SEED_BASE)
+VAL_AVATAR_BASE = 500_000  # random_avatar seeds of validation avatars (training: 0..n_random-1)
 
 
 # --------------------------------------------------------------------------------------
 # clip specs and rendering
 # --------------------------------------------------------------------------------------
-def make_specs(n: int, seed: int, val: bool, n_random_avatars: int, builtin_frac: float = 0.5,
-               seq_frac: float = 0.3) -> list[dict]:
+def make_specs(
+    n: int, seed: int, val: bool, n_random_avatars: int, builtin_frac: float = 0.5, seq_frac: float = 0.3
+) -> list[dict]:
     """Descriptions of n clips: balanced over emotions; built-in or random avatars."""
     from avatarcast.engines.avatar_world import BUILTIN_AVATARS
+
     rng = np.random.default_rng([seed, 1 if val else 0])
     specs = []
     n_builtin = len(BUILTIN_AVATARS)
@@ -65,7 +67,8 @@ def make_specs(n: int, seed: int, val: bool, n_random_avatars: int, builtin_frac
             base = VAL_AVATAR_BASE if val else 0
             av = f"random-{base + int(rng.integers(n_random_avatars))}"
         s = {
-            "avatar": av, "emotion": e,
+            "avatar": av,
+            "emotion": e,
             "seed": int(rng.integers(VAL_SEED_BASE, 2 * VAL_SEED_BASE) if val else rng.integers(0, VAL_SEED_BASE)),
             "intensity": round(float(rng.uniform(0.5, 1.0)), 3),
             "start_time": round(float(rng.uniform(0.0, 30.0)), 3),
@@ -76,8 +79,7 @@ def make_specs(n: int, seed: int, val: bool, n_random_avatars: int, builtin_frac
             prev = 0 if rng.random() < 0.4 else int(rng.integers(N_EMO))
             if prev == e:
                 prev = (e + 1 + int(rng.integers(N_EMO - 1))) % N_EMO
-            s.update(switch=int(rng.integers(1, 5)), prev=prev,
-                     prev_intensity=round(float(rng.uniform(0.5, 1.0)), 3))
+            s.update(switch=int(rng.integers(1, 5)), prev=prev, prev_intensity=round(float(rng.uniform(0.5, 1.0)), 3))
         specs.append(s)
     return specs
 
@@ -85,16 +87,22 @@ def make_specs(n: int, seed: int, val: bool, n_random_avatars: int, builtin_frac
 def render_spec(spec: dict) -> np.ndarray:
     """One spec -> premultiplied RGBA uint8 (16, 90, 160, 4)."""
     from avatarcast.engines.avatar_world import get_avatar, render_clip, render_sequence
+
     av = get_avatar(spec["avatar"])
     emo = EMOTIONS[spec["emotion"]]
     if spec["switch"]:
         k = spec["switch"]
-        frames, _ = render_sequence(av, [(EMOTIONS[spec["prev"]], k, spec["prev_intensity"]),
-                                         (emo, CLIP_FRAMES - k, spec["intensity"])],
-                                    seed=spec["seed"], start_time=spec["start_time"], transition_frames=4)
+        frames, _ = render_sequence(
+            av,
+            [(EMOTIONS[spec["prev"]], k, spec["prev_intensity"]), (emo, CLIP_FRAMES - k, spec["intensity"])],
+            seed=spec["seed"],
+            start_time=spec["start_time"],
+            transition_frames=4,
+        )
     else:
-        frames = render_clip(av, emo, CLIP_FRAMES, seed=spec["seed"], intensity=spec["intensity"],
-                             start_time=spec["start_time"])
+        frames = render_clip(
+            av, emo, CLIP_FRAMES, seed=spec["seed"], intensity=spec["intensity"], start_time=spec["start_time"]
+        )
     return downsample_premultiplied(frames)
 
 
@@ -126,6 +134,7 @@ def render_all(specs: list[dict], workers: int, desc: str = "") -> np.ndarray:
 
 def load_or_render(specs: list[dict], cache_dir: Path, workers: int, desc: str) -> np.ndarray:
     from tools.avatar_world.dataset import DATA_VERSION
+
     key = hashlib.sha1(json.dumps([DATA_VERSION, specs], sort_keys=True).encode()).hexdigest()[:16]
     path = cache_dir / f"eval_clf_{desc}_{len(specs)}_{key}.npz"
     if path.exists():
@@ -154,9 +163,9 @@ def temporal_indices(rng: np.random.Generator, n_total: int, n_out: int, lo: int
         for _ in range(int(rng.integers(1, 3))):
             op = rng.random()
             j = int(rng.integers(1, n_out))
-            if op < 0.5:      # repeat frame j-1 in place of j (a stall)
+            if op < 0.5:  # repeat frame j-1 in place of j (a stall)
                 idx[j] = idx[j - 1]
-            else:             # drop: skip ahead by one from j on
+            else:  # drop: skip ahead by one from j on
                 idx[j:] = np.minimum(idx[j:] + 1, n_total - 1)
         idx = np.maximum.accumulate(idx)
     return idx
@@ -165,6 +174,7 @@ def temporal_indices(rng: np.random.Generator, n_total: int, n_out: int, lo: int
 def jpeg_clip(clip: np.ndarray, quality: int) -> np.ndarray:
     """JPEG round trip of every frame (RGB and alpha separately) of a uint8 (T, h, w, 4) clip."""
     from PIL import Image
+
     out = np.empty_like(clip)
     for t in range(clip.shape[0]):
         for sl, mode in ((slice(0, 3), "RGB"), (slice(3, 4), "L")):
@@ -220,13 +230,14 @@ def augment(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> tor
         tx, ty = U(-0.07, 0.07, n) * s, U(-0.05, 0.05, n) * s
         cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc
         aspect = w / h
-        theta = torch.stack([torch.stack([cos, -sin / aspect, tx], 1),
-                             torch.stack([sin * aspect, cos, ty], 1)], 1)
+        theta = torch.stack([torch.stack([cos, -sin / aspect, tx], 1), torch.stack([sin * aspect, cos, ty], 1)], 1)
         grid = F.affine_grid(theta.repeat_interleave(T, 0), (n * T, C, h, w), align_corners=False)
-        amp = U(0, 1.5, n) * s * (torch.rand(n, generator=gen) < 0.7).to(dev)      # px of the 90x160 frame
-        amp_t = U(0, 0.6, n) * s * (torch.rand(n, generator=gen) < 0.5).to(dev)    # per-frame wobble
-        field = (torch.randn(n, 1, 2, 5, 8, generator=gen).to(dev) * amp[:, None, None, None, None]
-                 + torch.randn(n, T, 2, 5, 8, generator=gen).to(dev) * amp_t[:, None, None, None, None])
+        amp = U(0, 1.5, n) * s * (torch.rand(n, generator=gen) < 0.7).to(dev)  # px of the 90x160 frame
+        amp_t = U(0, 0.6, n) * s * (torch.rand(n, generator=gen) < 0.5).to(dev)  # per-frame wobble
+        field = (
+            torch.randn(n, 1, 2, 5, 8, generator=gen).to(dev) * amp[:, None, None, None, None]
+            + torch.randn(n, T, 2, 5, 8, generator=gen).to(dev) * amp_t[:, None, None, None, None]
+        )
         field = F.interpolate(field.reshape(n * T, 2, 5, 8), size=(h, w), mode="bilinear", align_corners=False)
         field = field.permute(0, 2, 3, 1) * torch.tensor([2.0 / w, 2.0 / h], device=dev)
         f = y[idx].permute(0, 2, 1, 3, 4).reshape(n * T, C, h, w)
@@ -248,8 +259,9 @@ def augment(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> tor
     idx = pick(0.15)
     if len(idx):
         f = y[idx].permute(0, 2, 1, 3, 4).reshape(len(idx) * T, C, h, w)
-        f = F.interpolate(F.interpolate(f, scale_factor=0.5, mode="area"), size=(h, w), mode="bilinear",
-                          align_corners=False)
+        f = F.interpolate(
+            F.interpolate(f, scale_factor=0.5, mode="area"), size=(h, w), mode="bilinear", align_corners=False
+        )
         y[idx] = f.view(len(idx), T, C, h, w).permute(0, 2, 1, 3, 4)
 
     # --- colour: per-clip gain / saturation, per-frame flicker ---
@@ -273,15 +285,19 @@ def augment(x: torch.Tensor, gen: torch.Generator, strength: float = 1.0) -> tor
     return y
 
 
-def make_batch(clips: np.ndarray, specs: list[dict], rows: np.ndarray, rng: np.random.Generator,
-               n_frames: int, train: bool) -> torch.Tensor:
+def make_batch(
+    clips: np.ndarray, specs: list[dict], rows: np.ndarray, rng: np.random.Generator, n_frames: int, train: bool
+) -> torch.Tensor:
     """uint8 clips -> float (B, 4, n_frames, h, w), picking windows and applying JPEG on the CPU."""
     out = []
     for r in rows:
         sp = specs[r]
         lo = sp["switch"] if train else 0
-        idx = temporal_indices(rng, CLIP_FRAMES, n_frames, lo, jitter=train) if train else \
-            np.arange(CLIP_FRAMES - n_frames, CLIP_FRAMES)
+        idx = (
+            temporal_indices(rng, CLIP_FRAMES, n_frames, lo, jitter=train)
+            if train
+            else np.arange(CLIP_FRAMES - n_frames, CLIP_FRAMES)
+        )
         c = clips[r][idx]
         if train and rng.random() < 0.25:
             c = jpeg_clip(c, int(rng.integers(35, 85)))
@@ -293,13 +309,14 @@ def make_batch(clips: np.ndarray, specs: list[dict], rows: np.ndarray, rng: np.r
 # evaluation helpers
 # --------------------------------------------------------------------------------------
 @torch.no_grad()
-def predict(model: ClipClassifier, clips: np.ndarray, device: str, batch: int = 16,
-            degrade: bool = False, seed: int = 123) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: ClipClassifier, clips: np.ndarray, device: str, batch: int = 16, degrade: bool = False, seed: int = 123
+) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     gen = torch.Generator().manual_seed(seed)
     preds, embs = [], []
     for i in range(0, len(clips), batch):
-        c = clips[i:i + batch]
+        c = clips[i : i + batch]
         if degrade:  # fixed, moderate degradation: JPEG + blur (sigma 2 px full res) + noise
             c = np.stack([jpeg_clip(x, 50) for x in c])
         x = torch.from_numpy(np.ascontiguousarray(c)).permute(0, 4, 1, 2, 3).float().div_(255.0).to(device)
@@ -313,8 +330,10 @@ def predict(model: ClipClassifier, clips: np.ndarray, device: str, batch: int = 
 
 
 def per_emotion_accuracy(pred: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    return {e: float((pred[labels == i] == i).mean()) if (labels == i).any() else float("nan")
-            for i, e in enumerate(EMOTIONS)}
+    return {
+        e: float((pred[labels == i] == i).mean()) if (labels == i).any() else float("nan")
+        for i, e in enumerate(EMOTIONS)
+    }
 
 
 def identity_check(emb: np.ndarray, names: list[str]) -> dict:
@@ -328,10 +347,12 @@ def identity_check(emb: np.ndarray, names: list[str]) -> dict:
     order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
     ranks = np.empty(len(order))
     ranks[order] = np.arange(1, len(order) + 1)
-    auc = (ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / max(1, len(pos) * len(neg))
-    return {"same_avatar_cos": float(pos.mean()) if len(pos) else float("nan"),
-            "other_avatar_cos": float(neg.mean()) if len(neg) else float("nan"),
-            "auc": float(auc)}
+    auc = (ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / max(1, len(pos) * len(neg))
+    return {
+        "same_avatar_cos": float(pos.mean()) if len(pos) else float("nan"),
+        "other_avatar_cos": float(neg.mean()) if len(neg) else float("nan"),
+        "auc": float(auc),
+    }
 
 
 # --------------------------------------------------------------------------------------
@@ -350,10 +371,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-minutes", type=float, default=10.5,
-                    help="training time budget (rendering not included; 0 = no limit): the learning-rate "
-                         "schedule follows max(step / total steps, elapsed / budget), so a slow machine "
-                         "still ends with an annealed model")
+    ap.add_argument(
+        "--max-minutes",
+        type=float,
+        default=10.5,
+        help="training time budget (rendering not included; 0 = no limit): the learning-rate "
+        "schedule follows max(step / total steps, elapsed / budget), so a slow machine "
+        "still ends with an annealed model",
+    )
     ap.add_argument("--cache", default="/tmp/avatarcast_eval_cache")
     ap.add_argument("--out", default=str(WEIGHTS_DIR))
     args = ap.parse_args(argv)
@@ -396,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         if p < warm:
             return args.lr * max(p / warm, 0.02)
         return args.lr * (0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (p - warm) / (1 - warm)))))
+
     gen = torch.Generator().manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     t_train0 = time.time()
@@ -407,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         perm = rng.permutation(len(train_specs))
         tot = {"loss": 0.0, "emo_acc": 0.0, "id_acc": 0.0, "n": 0}
         for b in range(steps_per_epoch):
-            rows = perm[b * args.batch:(b + 1) * args.batch]
+            rows = perm[b * args.batch : (b + 1) * args.batch]
             if len(rows) < 2:
                 continue
             x = make_batch(train_clips, train_specs, rows, rng, args.train_frames, train=True).to(dev)
@@ -434,15 +460,22 @@ def main(argv: list[str] | None = None) -> int:
                 stopped_early = step < total
                 break
         n = max(1, tot["n"])
-        rec = {"epoch": ep + 1, "loss": tot["loss"] / n, "train_emo_acc": tot["emo_acc"] / n,
-               "train_id_acc": tot["id_acc"] / n, "seconds": round(time.time() - t_train0, 1)}
+        rec = {
+            "epoch": ep + 1,
+            "loss": tot["loss"] / n,
+            "train_emo_acc": tot["emo_acc"] / n,
+            "train_id_acc": tot["id_acc"] / n,
+            "seconds": round(time.time() - t_train0, 1),
+        }
         rec["lr"] = opt.param_groups[0]["lr"]
         history.append(rec)
         print(json.dumps(rec), flush=True)
         if progress() >= 1.0:
             if stopped_early:
-                print(f"stopping after {step}/{total} steps: the --max-minutes {args.max_minutes} budget is spent",
-                      flush=True)
+                print(
+                    f"stopping after {step}/{total} steps: the --max-minutes {args.max_minutes} budget is spent",
+                    flush=True,
+                )
             break
     t_train = time.time() - t_train0
 
@@ -469,12 +502,18 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
-    torch.save({"config": model.config, "state_dict": model.state_dict(), "emotions": list(EMOTIONS),
-                "id_names": id_names}, out / "emotion_classifier.pt")
+    torch.save(
+        {"config": model.config, "state_dict": model.state_dict(), "emotions": list(EMOTIONS), "id_names": id_names},
+        out / "emotion_classifier.pt",
+    )
     meta = {
         "emotions": list(EMOTIONS),
-        "input": {"frames": CLIP_FRAMES, "height": 90, "width": 160,
-                  "channels": "RGB premultiplied by alpha, alpha; [0, 1]; 4x box-downsampled from 640x360"},
+        "input": {
+            "frames": CLIP_FRAMES,
+            "height": 90,
+            "width": 160,
+            "channels": "RGB premultiplied by alpha, alpha; [0, 1]; 4x box-downsampled from 640x360",
+        },
         "config": model.config,
         "n_params": int(sum(p.numel() for p in model.parameters())),
         "data_version": DATA_VERSION,
@@ -493,9 +532,23 @@ def main(argv: list[str] | None = None) -> int:
         "torch": torch.__version__,
     }
     (out / "emotion_classifier.json").write_text(json.dumps(meta, indent=1))
-    print(json.dumps({k: val[k] for k in ("accuracy", "accuracy_builtin_avatars", "accuracy_unseen_random_avatars",
-                                          "min_per_emotion", "degraded_accuracy", "per_emotion", "identity")},
-                     indent=1))
+    print(
+        json.dumps(
+            {
+                k: val[k]
+                for k in (
+                    "accuracy",
+                    "accuracy_builtin_avatars",
+                    "accuracy_unseen_random_avatars",
+                    "min_per_emotion",
+                    "degraded_accuracy",
+                    "per_emotion",
+                    "identity",
+                )
+            },
+            indent=1,
+        )
+    )
     print(f"render {t_render:.0f} s, train {t_train:.0f} s, total {time.time() - t_start:.0f} s -> {out}", flush=True)
     return 0
 

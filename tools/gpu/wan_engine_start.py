@@ -10,6 +10,7 @@ The server's other start-up work (ASR model, HTTP) is not included.
     python -m tools.gpu.wan_engine_start --checkpoint /tmp/wan5b --cache-dir .cache/serve \\
         --engine wan --wan-compile 1 --wan-fp8 1 --wan-chunk-latents 3 --wan-prompt-embeds random
 """
+
 import time
 
 T_PROC = time.perf_counter()
@@ -23,6 +24,7 @@ def main(argv: list[str]) -> dict:
 
     if argv[:1] == ["--save-random"]:  # a checkpoint directory with the real shapes, random weights
         from avatarcast.realtime.bench.wan import build_random
+
         t0 = time.perf_counter()
         tr, vae = build_random(vae_dtype="bf16")
         tr.save_pretrained(f"{argv[1]}/transformer")
@@ -39,8 +41,12 @@ def main(argv: list[str]) -> dict:
     gpu = eng.wan.device.type == "cuda"
     if gpu:
         torch.cuda.synchronize()
-    out = {"ready_s": round(time.perf_counter() - T_PROC, 2), "warm_s": getattr(eng.wan, "warm_s", None),
-           "flags": argv, "device": torch.cuda.get_device_name() if gpu else "cpu"}
+    out = {
+        "ready_s": round(time.perf_counter() - T_PROC, 2),
+        "warm_s": getattr(eng.wan, "warm_s", None),
+        "flags": argv,
+        "device": torch.cuda.get_device_name() if gpu else "cpu",
+    }
     vae = eng.wan.vae_stream
     if vae.compiled is False:  # --wan-vae-warmup background: serving already, at full speed once compiled
         vae.compiled_ready.wait(timeout=1800)

@@ -1,4 +1,5 @@
 """Device: where one Wan 5B step (B streams, chunk shapes) and one streaming VAE frame spend GPU time."""
+
 import sys
 
 import torch

@@ -3,6 +3,7 @@
 Saves a random Wan2.2-TI2V-5B checkpoint (real shapes, bf16), then times what start-up does
 (load + CUDA graph capture), fills one latents-cache entry, and plays a reaction: a cached
 first chunk, then sampled chunks for 4 streams batched, as the scheduler runs them."""
+
 # ruff: noqa: E402  (the imports after t_proc are timed: they count in the start-up figures)
 import json
 import sys
@@ -31,8 +32,9 @@ from avatarcast.templates import load_templates
 from avatarcast.templates.cache import LatentsCache
 
 t0 = time.perf_counter()
-eng = WanAvatarEngine.load(ckpt, tempfile.mkdtemp(), device="cuda", steps=4, chunk_latent_frames=2,
-                           prompt_embeds="random")
+eng = WanAvatarEngine.load(
+    ckpt, tempfile.mkdtemp(), device="cuda", steps=4, chunk_latent_frames=2, prompt_embeds="random"
+)
 torch.cuda.synchronize()
 out["load_and_capture_s"] = round(time.perf_counter() - t0, 1)
 out["ready_s_since_process_start"] = round(time.perf_counter() - t_proc, 1)

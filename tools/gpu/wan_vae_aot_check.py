@@ -23,6 +23,7 @@ def tiny(out_dir: str) -> dict:
     from pathlib import Path
 
     import torch._inductor
+
     m = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.GELU()).cuda().eval()
     x = torch.randn(4, 64, device="cuda")
     path = str(Path(out_dir) / "tiny.pt2")
@@ -49,13 +50,17 @@ def main(argv: list[str]) -> int:
     torch.manual_seed(0)
     with torch.device("cuda"):
         vae = AutoencoderKLWan(**VAE_22).to(torch.bfloat16).eval()
-    aot = StreamingVaeDecoder(vae, max_batch=5, compile=True, channels_last=True, frames_per_call=3,
-                              aot_dir=argv[0])
+    aot = StreamingVaeDecoder(vae, max_batch=5, compile=True, channels_last=True, frames_per_call=3, aot_dir=argv[0])
     aot.aot.share_weights = "--embed" not in argv
     aot.aot.user_managed = "--copy" not in argv
     eager = StreamingVaeDecoder(vae, max_batch=5, channels_last=True, frames_per_call=3)
-    report: dict = {"gpu": torch.cuda.get_device_name(), "share_weights": aot.aot.share_weights,
-                    "user_managed": aot.aot.user_managed, "max_abs_diff": {}, "s": {}}
+    report: dict = {
+        "gpu": torch.cuda.get_device_name(),
+        "share_weights": aot.aot.share_weights,
+        "user_managed": aot.aot.user_managed,
+        "max_abs_diff": {},
+        "s": {},
+    }
     gen = torch.Generator(device="cuda").manual_seed(1)
     with torch.no_grad():
         for B in (1, 3):

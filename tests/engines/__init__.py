@@ -1,0 +1,1 @@
+"""Tests of avatarcast.engines: the tiny and wan engines, backends, the avatar world, the errors."""

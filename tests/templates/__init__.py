@@ -1,0 +1,1 @@
+"""Tests of avatarcast.templates: emotion templates and the latents cache."""

@@ -1,0 +1,1 @@
+"""Tests of tools/: the offline evaluation, export and training helpers."""

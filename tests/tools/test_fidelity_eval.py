@@ -1,0 +1,74 @@
+"""End to end: the fidelity eval (quick size) and the crops tool on the shipped tiny weights."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from avatarcast.engines.tiny.weights import DEFAULT_DIR
+
+
+@pytest.mark.slow
+def test_quick_fidelity_eval_on_shipped_weights(tmp_path):
+    from avatarcast.realtime.cli import main
+
+    assert main(["eval", "--fidelity", "--quick", "--weights", str(DEFAULT_DIR), "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "report.json").read_text())
+    assert "## Fidelity" in (tmp_path / "report.md").read_text()
+    assert res["meta"]["weights_hash"] and res["meta"]["steps"] >= 1
+    assert res["avatars"] == ["pip", "bun", "random-900000"]
+
+    rec = res["reconstruction"]
+    assert rec["n_frames"] == 6 and set(rec["by_group"]) == {"builtin", "heldout"}
+    for f in rec["frames"]:
+        assert 10.0 < f["avatar_psnr_db"] < 60.0 and 10.0 < f["head_psnr_db"] < 60.0
+        assert 0.0 < f["avatar_ssim"] < 1.0 and 0.8 < f["alpha_iou"] <= 1.0
+
+    gen = res["generation"]
+    assert gen["n_clips"] == 6 and gen["n_frames"] == 96
+    sh = gen["sharpness_ratio"]
+    assert 0.85 < sh["renderer_other"]["mean"] < 1.15  # the renderer at other seeds is as sharp as itself
+    assert sh["blurred"]["mean"] < 0.85  # a blur is not
+    assert 0.0 < sh["model"]["mean"] < 2.0 and set(sh["model"]["per_emotion"]) == {"happy", "sad"}
+    fr = gen["frechet"]
+    assert fr["floor"]["fd"] > 0 and fr["model"]["fd"] > 0 and math.isfinite(fr["model_over_floor"])
+    for d in gen["detector"].values():
+        assert 0.0 <= d["accuracy"] <= 1.0 and d["n_heldout_clips"] >= 1 and d["n_train_crops"] > 0
+    assert gen["detector"]["blur1.5_vs_renderer"]["accuracy"] > 0.8  # even this small detector sees a blur
+    assert {t["metric"] for t in res["targets"]} == {
+        "avatar_psnr_db",
+        "head_psnr_db",
+        "alpha_iou",
+        "sharpness_ratio",
+        "detector_accuracy",
+        "fd_over_floor",
+    }
+
+
+@pytest.mark.slow
+def test_crops_are_one_to_one(tmp_path):
+    from tools.eval import crops
+
+    assert crops.main(["--out", str(tmp_path), "--avatars", "tok"]) == 0
+    img = np.asarray(Image.open(tmp_path / "crops.png"))
+    meta = json.loads((tmp_path / "crops.json").read_text())
+    assert meta["shown"][0]["avatar"] == "tok" and meta["shown"][0]["renderer_match_alpha_iou"] > 0.5
+    assert img.shape[1] < 700 and img.shape[0] < 400  # 1:1 crops of a face and two hands, three columns
+    # the renderer's face crop is in the image unscaled: find its top-left row of pixels verbatim
+    from avatarcast.engines.avatar_world import get_avatar
+    from avatarcast.engines.avatar_world.render import landmarks
+    from avatarcast.engines.tiny.engine import TinyEngine
+
+    eng = TinyEngine.load(None, threads=2)
+    av = get_avatar("tok")
+    g = eng.generate_clip(av, "happy", 9, seed=crops.holdout.heldout_seed("crops-noise", av.name))[8]
+    ref, pose, _ = crops.matching_pose(av, "happy", g)
+    x0, y0, x1, y1 = crops._box_int(landmarks(av, pose).head, ref.shape)
+    face = crops.composite(ref[y0:y1, x0:x1])
+    h, w = face.shape[:2]
+    ys, xs = np.nonzero((img[: img.shape[0] - h + 1, : img.shape[1] - w + 1] == face[0, 0]).all(-1))
+    assert any(np.array_equal(img[y : y + h, x : x + w], face) for y, x in zip(ys, xs))
