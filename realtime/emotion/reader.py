@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -58,6 +59,12 @@ class EmotionReader:
         self.partial: dict[str, PartialPolicy] = classifier.manifest.partial
         self._terms = {k: lexicon.terms(k) for k in self.labels}
         self._arousal = np.array([_AROUSAL_DIRECTION.get(k, 0.0) for k in self.labels], dtype=np.float32)
+        # the classifier reads two views of each sentence, two encoder passes that dominate a read's cost;
+        # when the encoder allows it, the views after the first run on their own threads beside it
+        kinds = classifier.embedding_kinds
+        self._views: ThreadPoolExecutor | None = None
+        if encoder.concurrent_calls and len(kinds) > 1:
+            self._views = ThreadPoolExecutor(max_workers=len(kinds) - 1, thread_name_prefix="emotion-view")
 
     @classmethod
     def load(cls, *, threads: int = 1, templates: Mapping[str, object] | None = None) -> EmotionReader:
@@ -72,6 +79,15 @@ class EmotionReader:
         reader.read("warm up")  # the first call pages the weights in; do it now, not on a user's utterance
         return reader
 
+    def _embed(self, norm: str) -> dict[str, np.ndarray]:
+        """Each view's embedding, in the classifier's order; views side by side when the encoder allows it."""
+        kinds = self.classifier.embedding_kinds
+        if self._views is None:
+            return {k: self.encoder.encode([norm], k) for k in kinds}
+        rest = [self._views.submit(self.encoder.encode, [norm], k) for k in kinds[1:]]
+        first = self.encoder.encode([norm], kinds[0])
+        return dict(zip(kinds, [first, *(f.result() for f in rest)]))
+
     # -- public --
 
     def read(self, text: str, prosody: Prosody | None = None, language: str | None = None) -> EmotionCue:
@@ -85,7 +101,7 @@ class EmotionReader:
             hits: list[Hit] = []
         else:
             hits = self.lexicon.hits(norm)
-            emb = {k: self.encoder.encode([norm], k) for k in self.classifier.embedding_kinds}
+            emb = self._embed(norm)
             ngrams = (ngram_features(norm, self.classifier.manifest.ngram_dim),) if self.classifier.reads_ngrams else ()
             f = Features(emb, self.lexicon.features(hits)[None], ngrams)
             probs = self.classifier.probs(f)[0].astype(np.float64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,18 @@ def test_encoder_is_multilingual(reader: EmotionReader) -> None:
     )
     assert e.shape == (3, 384) and np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-3)
     assert e[0] @ e[1] > e[0] @ e[2]
+
+
+def test_views_encoded_side_by_side_equal_one_after_the_other(reader: EmotionReader) -> None:
+    """The reader's concurrent views, with four readers' threads at once, give exactly the sequential embeddings."""
+    assert reader.encoder.concurrent_calls and reader._views is not None
+    texts = ["我现在超开心！", "Nobody came to my birthday party", "How many times do I have to tell you", "好吧"] * 4
+    kinds = reader.classifier.embedding_kinds
+    want = [{k: reader.encoder.encode([normalize(t)], k) for k in kinds} for t in texts]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda t: reader._embed(normalize(t)), texts))
+    for w, g in zip(want, got):
+        assert list(g) == list(kinds) and all(np.array_equal(w[k], g[k]) for k in kinds)
 
 
 # --- behaviour ----------------------------------------------------------------------------------
