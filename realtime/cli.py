@@ -119,15 +119,15 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "engine":
-        from avatarcast.realtime.bench.engine import main as bench_main  # benchmarks: off `--help`'s path
+        from avatarcast.realtime.bench.engine import main as bench_main  # PIL: kept off `avatarcast --help`
 
         return bench_main(args.rest) or 0
     if args.what == "latency":
-        from avatarcast.realtime.bench.latency import main as bench_main  # benchmarks: off `--help`'s path
+        from avatarcast.realtime.bench.latency import main as bench_main  # asyncio, websockets: off `--help`
 
         return bench_main(args.rest) or 0
     if args.what == "load":
-        from avatarcast.realtime.bench.load import main as bench_main  # benchmarks: off `--help`'s path
+        from avatarcast.realtime.bench.load import main as bench_main  # asyncio, websockets: off `--help`
 
         return bench_main(args.rest) or 0
     print(f"unknown benchmark {args.what!r}", file=sys.stderr)
