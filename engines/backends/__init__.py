@@ -13,6 +13,9 @@ from __future__ import annotations
 
 from avatarcast.engines.backends.base import BackendError, TinyBackend
 from avatarcast.engines.backends.host import available_cores, cpu_name
+from avatarcast.engines.backends.onnxruntime_backend import OnnxRuntimeBackend
+from avatarcast.engines.backends.tensorrt_backend import TensorRTBackend
+from avatarcast.engines.backends.torch_backend import TorchBackend
 
 BACKENDS = ("onnxruntime", "torch", "tensorrt")
 ALIASES = {
@@ -54,23 +57,17 @@ def create_backend(name: str, manifest, threads: int | None = None, device: str 
 
     if key == "onnxruntime":
         try:
-            import onnxruntime  # noqa: F401
+            import onnxruntime  # noqa: F401  # onnxruntime: heavy, probed only for this backend
         except ImportError as e:
             raise _missing("onnxruntime", key, "pip install onnxruntime (or onnxruntime-gpu)", e) from e
-        from avatarcast.engines.backends.onnxruntime_backend import OnnxRuntimeBackend
-
         return OnnxRuntimeBackend(manifest, threads=threads, device=device, **opts)
 
     if key == "torch":
         try:
-            import torch  # noqa: F401
+            import torch  # noqa: F401  # torch: the `train` extra, probed
         except ImportError as e:
             raise _missing("torch", key, "pip install 'avatarcast[train]'", e) from e
-        from avatarcast.engines.backends.torch_backend import TorchBackend
-
         return TorchBackend(manifest, threads=threads, device=device, **opts)
-
-    from avatarcast.engines.backends.tensorrt_backend import TensorRTBackend
 
     if device == "cpu":
         raise BackendError("the tensorrt backend runs on an NVIDIA GPU only; use --backend onnxruntime on the CPU")
