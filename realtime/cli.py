@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from avatarcast.realtime.cluster.launch import serve_on_ray
 from avatarcast.realtime.engine_loader import WAN_FLAGS, load_engine
 from avatarcast.realtime.settings import Settings
 from avatarcast.realtime.video import parse_color, write_video
@@ -94,6 +93,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.ray:  # the gateway and the engine replicas as Ray Serve deployments (realtime/cluster/)
         try:
             import ray.serve  # noqa: F401  # ray: the optional `ray` extra, checked before use
+
+            from avatarcast.realtime.cluster.launch import serve_on_ray  # with ray only: off `avatarcast --help`
         except ImportError as exc:
             print(f"avatarcast: error: --ray needs Ray Serve: pip install 'avatarcast[ray]' ({exc})", file=sys.stderr)
             return 1
