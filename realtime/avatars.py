@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 
+from avatarcast.engines.avatar_world import BUILTIN_AVATARS, get_avatar
+from avatarcast.engines.avatar_world.reference import reference_frame
+
 log = logging.getLogger("avatarcast.avatars")
 
 
 def resolve_avatar(spec: str | int) -> tuple[str, Any]:
     """A client's avatar choice -> (canonical name, AvatarParams); ValueError names the choices."""
-    from avatarcast.engines.avatar_world import get_avatar
-
     if isinstance(spec, str) and spec.strip().isdigit():
         spec = int(spec.strip())
     params = get_avatar(spec)
@@ -31,8 +32,6 @@ def resolve_avatar(spec: str | int) -> tuple[str, Any]:
 
 
 def avatar_names() -> list[str]:
-    from avatarcast.engines.avatar_world import BUILTIN_AVATARS
-
     return [a.name.lower() for a in BUILTIN_AVATARS]
 
 
@@ -100,8 +99,6 @@ class AvatarStore:
         if a is None:
             if len(self._assets) >= self.max_avatars:
                 raise ValueError(f"too many distinct avatars in this process (limit {self.max_avatars})")
-            from avatarcast.engines.avatar_world.reference import reference_frame
-
             a = AvatarAssets(name, params, reference_frame(params))
             self._assets[name] = a
             self._tasks[name] = asyncio.create_task(self._warm(a), name=f"warm-{name}")

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from avatarcast.realtime.engine_loader import WAN_FLAGS
+import numpy as np
+
+from avatarcast.realtime.engine_loader import WAN_FLAGS, load_engine
 from avatarcast.realtime.settings import Settings
+from avatarcast.realtime.video import parse_color, write_video
 from avatarcast.vocabulary import FPS
 
 ENGINE_FLAGS = ("engine", "backend", "steps", "threads", "device", "weights", "cache_dir", *WAN_FLAGS)
@@ -46,24 +51,18 @@ def parse_avatar(s: str):
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from avatarcast.realtime.video import parse_color, write_video
-
     settings = Settings.from_args(args)
     schedule = parse_schedule(args.emotion, args.seconds)
     avatar = parse_avatar(args.avatar)
     fps = FPS
     t0 = time.perf_counter()
     if args.renderer:
-        from avatarcast.engines.avatar_world import get_avatar, render_sequence
+        from avatarcast.engines.avatar_world import get_avatar, render_sequence  # PIL: kept off `avatarcast --help`
 
         segs = [(e, max(1, round(s * fps)), args.intensity) for e, s in schedule]
         frames, _ = render_sequence(get_avatar(avatar), segs, seed=args.seed)
         label = "renderer"
     else:
-        import numpy as np
-
-        from avatarcast.realtime.engine_loader import load_engine
-
         engine = load_engine(settings)
         st = engine.start_stream(avatar, schedule[0][0], args.intensity, args.seed)
         engine.sample_chunks([st])  # leave the rest pose before the clip starts
@@ -88,14 +87,14 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from avatarcast.realtime.server import StartupError, serve
+    from avatarcast.realtime.server import StartupError, serve  # fastapi, uvicorn: ~0.5 s off `avatarcast --help`
 
     settings = Settings.from_args(args)
     if settings.ray:  # the gateway and the engine replicas as Ray Serve deployments (realtime/cluster/)
         try:
-            import ray.serve  # noqa: F401
+            import ray.serve  # noqa: F401  # ray: the optional `ray` extra, checked before use
 
-            from avatarcast.realtime.cluster.launch import serve_on_ray
+            from avatarcast.realtime.cluster.launch import serve_on_ray  # with ray only: off `avatarcast --help`
         except ImportError as exc:
             print(f"avatarcast: error: --ray needs Ray Serve: pip install 'avatarcast[ray]' ({exc})", file=sys.stderr)
             return 1
@@ -110,7 +109,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
-    from avatarcast.realtime.auth import mint
+    from avatarcast.realtime.auth import mint  # jwt, cryptography: kept off `avatarcast --help`
 
     secret = args.secret or Settings.from_env().auth_secret
     if not secret:
@@ -121,15 +120,15 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "engine":
-        from avatarcast.realtime.bench.engine import main as bench_main
+        from avatarcast.realtime.bench.engine import main as bench_main  # PIL: kept off `avatarcast --help`
 
         return bench_main(args.rest) or 0
     if args.what == "latency":
-        from avatarcast.realtime.bench.latency import main as bench_main
+        from avatarcast.realtime.bench.latency import main as bench_main  # asyncio, websockets: off `--help`
 
         return bench_main(args.rest) or 0
     if args.what == "load":
-        from avatarcast.realtime.bench.load import main as bench_main
+        from avatarcast.realtime.bench.load import main as bench_main  # asyncio, websockets: off `--help`
 
         return bench_main(args.rest) or 0
     print(f"unknown benchmark {args.what!r}", file=sys.stderr)
@@ -182,9 +181,6 @@ PASSTHROUGH = {"precompute": "avatarcast.realtime.precompute"}
 def run_eval(argv: list[str]) -> int:
     """`avatarcast eval` is offline work that lives in a source checkout's tools/eval (with its classifier's
     weights), which the package does not install: run it there, as its own process."""
-    import subprocess
-    from pathlib import Path
-
     if not (Path.cwd() / "tools" / "eval" / "evaluate.py").is_file():
         print(
             "avatarcast: error: eval runs from a source checkout of avatarcast (it needs tools/eval and the "
@@ -201,8 +197,6 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "eval":
         return run_eval(argv[1:])
     if argv and argv[0] in PASSTHROUGH:
-        import importlib
-
         return importlib.import_module(PASSTHROUGH[argv[0]]).main(argv[1:]) or 0
     args = build_parser().parse_args(argv)
     try:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from avatarcast.realtime.asr import StreamingTranscriber
 from avatarcast.realtime.audio import Prosody, prosody
 
 log = logging.getLogger("avatarcast.live")
@@ -64,8 +65,6 @@ class LiveAudio:
         max_utterance_s: float = 15.0,
         keep_s: float = 20.0,
     ) -> None:
-        from avatarcast.realtime.asr import StreamingTranscriber
-
         self.transcriber = transcriber
         self.vad_pool, self.asr_pool = vad_pool, asr_pool
         self.prosody_pool = prosody_pool  # None: no prosody on the events

@@ -8,16 +8,17 @@ import sys
 import time
 from typing import Any
 
-from avatarcast.realtime.engine_loader import WAN_FLAGS
+from avatarcast.engines.avatar_world import BUILTIN_AVATARS, get_avatar
+from avatarcast.realtime.engine_loader import WAN_FLAGS, load_engine
 from avatarcast.realtime.settings import Settings
+from avatarcast.templates import load_templates
+from avatarcast.templates.cache import LatentsCache
 
 ENGINE_FLAGS = ("engine", "backend", "steps", "threads", "device", "weights", *WAN_FLAGS)
 
 
 def parse_avatars(spec: str) -> list:
     """'all' -> every built-in avatar; '0,1,luna' -> those (indices or names)."""
-    from avatarcast.engines.avatar_world import BUILTIN_AVATARS, get_avatar
-
     if spec.strip().lower() == "all":
         return list(range(len(BUILTIN_AVATARS)))
     out = []
@@ -55,10 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from avatarcast.realtime.engine_loader import load_engine
-    from avatarcast.templates import load_templates
-    from avatarcast.templates.cache import LatentsCache
-
     settings = Settings.from_args(args)
     templates = load_templates(args.templates)
     emotions = [e.strip() for e in args.emotions.split(",") if e.strip()] or None

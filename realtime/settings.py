@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
+from avatarcast.engines.sampler import FlowMatchEulerSampler, warped_sigmas
+from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint
 from avatarcast.vocabulary import IMAGE_FORMATS
 
 ENV_PREFIX = "AVATARCAST_"
@@ -241,8 +243,6 @@ class Settings:
     def validate_wan(self) -> None:
         """engine=wan: the knobs, and the checkpoint inspected now (cheap file checks), so a missing
         or incomplete one fails at start-up naming what is missing, not at the first request."""
-        from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint
-
         if not self.checkpoint:
             raise WanCheckpointError(
                 "engine wan needs --checkpoint DIR (AVATARCAST_CHECKPOINT): a local "
@@ -327,8 +327,6 @@ class Settings:
     def wan_schedule(self) -> list[float] | None:
         """--wan-sigmas or --wan-timesteps as the sampler's sigmas (None: --steps evenly spaced).
         ValueError names the flag and what is wrong."""
-        from avatarcast.engines.sampler import FlowMatchEulerSampler, warped_sigmas
-
         if self.wan_sigmas and self.wan_timesteps:
             raise ValueError("give wan_sigmas or wan_timesteps, not both")
         name, text = ("wan_sigmas", self.wan_sigmas) if self.wan_sigmas else ("wan_timesteps", self.wan_timesteps)

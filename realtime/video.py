@@ -34,8 +34,8 @@ def write_video(
     frames: np.ndarray, path: str | Path, fps: int = FPS, background: tuple[int, int, int] = BACKGROUND
 ) -> Path:
     """Encode RGBA frames by the file's extension: .mp4, .webm, .gif, or a folder/ of PNGs."""
-    import av
-    from PIL import Image
+    import av  # PyAV: only when a file is written
+    from PIL import Image  # PIL: kept off `avatarcast --help` (the CLI imports this module)
 
     path = Path(path)
     if str(path).endswith("/") or path.suffix == "":

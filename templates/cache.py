@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from avatarcast.engines.contract import StreamEngine
+from avatarcast.engines.tiny.engine import avatar_cache_key
 from avatarcast.templates import EmotionTemplate, template_hash
 
 log = logging.getLogger(__name__)
@@ -92,8 +93,6 @@ class LatentsCache:
         return t
 
     def key(self, avatar, emotion: str, variant: int = 0) -> str:
-        from avatarcast.engines.tiny.engine import avatar_cache_key
-
         t = self.template(emotion)
         return reaction_key(
             self.engine.weights_hash,

@@ -54,23 +54,24 @@ def create_backend(name: str, manifest, threads: int | None = None, device: str 
 
     if key == "onnxruntime":
         try:
-            import onnxruntime  # noqa: F401
+            import onnxruntime  # noqa: F401  # onnxruntime: heavy, probed only for this backend
         except ImportError as e:
             raise _missing("onnxruntime", key, "pip install onnxruntime (or onnxruntime-gpu)", e) from e
+        # each backend module loads only when chosen: ~20 ms off `avatarcast --help` (the CLI imports this package)
         from avatarcast.engines.backends.onnxruntime_backend import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(manifest, threads=threads, device=device, **opts)
 
     if key == "torch":
         try:
-            import torch  # noqa: F401
+            import torch  # noqa: F401  # torch: the `train` extra, probed
         except ImportError as e:
             raise _missing("torch", key, "pip install 'avatarcast[train]'", e) from e
-        from avatarcast.engines.backends.torch_backend import TorchBackend
+        from avatarcast.engines.backends.torch_backend import TorchBackend  # as above
 
         return TorchBackend(manifest, threads=threads, device=device, **opts)
 
-    from avatarcast.engines.backends.tensorrt_backend import TensorRTBackend
+    from avatarcast.engines.backends.tensorrt_backend import TensorRTBackend  # as above
 
     if device == "cpu":
         raise BackendError("the tensorrt backend runs on an NVIDIA GPU only; use --backend onnxruntime on the CPU")

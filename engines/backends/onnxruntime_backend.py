@@ -52,7 +52,7 @@ class OnnxRuntimeBackend:
         cuda_device_id: int = 0,
         log_severity: int = 3,
     ):
-        import onnxruntime as ort
+        import onnxruntime as ort  # onnxruntime: heavy, loaded with the backend
 
         self.manifest = manifest
         self.cfg = manifest.config
@@ -108,7 +108,7 @@ class OnnxRuntimeBackend:
     def device_name(self) -> str:
         if self.device == "cuda":
             try:
-                import torch
+                import torch  # torch: only to name a CUDA device
 
                 if torch.cuda.is_available():
                     return torch.cuda.get_device_name(0)

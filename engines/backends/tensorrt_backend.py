@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from avatarcast.engines.backends.base import BackendError
+from avatarcast.engines.backends.onnxruntime_backend import OnnxRuntimeBackend
 from avatarcast.engines.backends.tensorrt_build import build_cached, build_target, profile_over_batch
 from avatarcast.engines.backends.tensorrt_graph import GRAPH_REWRITE_VERSION
 from avatarcast.engines.backends.tensorrt_runtime import (
@@ -165,7 +166,7 @@ class TensorRTBackend:
         if device not in (None, "cuda"):
             raise BackendError("the tensorrt backend runs on an NVIDIA GPU only (device='cuda')")
         target = runtime_target(module, verbose)
-        import torch
+        import torch  # torch: CUDA buffers, only on a GPU
 
         self.torch, self.trt, self.flavor, self.gpu = torch, target.trt, target.flavor, target.gpu
         self.manifest, self.cfg = manifest, manifest.config
@@ -303,7 +304,7 @@ class TensorRTBackend:
 
 def check_engines(info: dict, manifest: Manifest, module: str | None) -> dict:
     """Load each built engine and run it once at batch 2 against onnxruntime (GPU machines)."""
-    import torch
+    import torch  # torch, as above
 
     trt, flavor = import_tensorrt(module)
     target = TrtTarget(trt, flavor, str(trt.__version__), gpu_info(), make_logger(trt))
@@ -319,8 +320,6 @@ def check_engines(info: dict, manifest: Manifest, module: str | None) -> dict:
         except Exception as e:
             res["load_attempt"] = f"{type(e).__name__}: {e}"
         return res
-
-    from avatarcast.engines.backends.onnxruntime_backend import OnnxRuntimeBackend
 
     ref = OnnxRuntimeBackend(manifest, verify=False)
     ex = example_inputs(manifest.config, 2, seed=5)

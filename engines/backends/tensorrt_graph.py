@@ -23,7 +23,7 @@ def uint8_io_outermost(model):
     Cast(uint8) -> Transpose; TensorRT takes uint8 only straight into or out of a Cast, so this
     makes it Cast -> Transpose and Transpose -> Cast (the same numbers: a transpose moves values).
     """
-    from onnx import TensorProto
+    from onnx import TensorProto  # onnx: ~1 s to import, only for TensorRT builds
 
     g = model.graph
     consumers: dict[str, list] = {}
@@ -74,7 +74,7 @@ def uint8_io_outermost(model):
 
 def trt_graph(onnx_bytes: bytes, precision: str) -> bytes:
     """The ONNX graph as TensorRT gets it: uint8 I/O next to Casts, and fp16 convolutions."""
-    import onnx
+    import onnx  # onnx, as above
 
     model = uint8_io_outermost(onnx.load_from_string(onnx_bytes))
     if precision == "fp16":
@@ -92,8 +92,8 @@ def fp16_conv_graph(model):
     float32 weights are converted. Everything else keeps its type, so the network stays correct
     under TensorRT's strong typing.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    import onnx  # onnx, as above
+    from onnx import TensorProto, helper, numpy_helper  # onnx, as above
 
     g = model.graph
     inits = {i.name: i for i in g.initializer}

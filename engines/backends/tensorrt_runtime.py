@@ -64,7 +64,7 @@ def import_tensorrt(module: str | None = None):
 def gpu_info(device_index: int = 0) -> dict:
     """Name and compute capability of a CUDA GPU (through torch), or BackendError."""
     try:
-        import torch
+        import torch  # torch: only on a GPU
     except ImportError as e:
         raise BackendError(
             f"the tensorrt backend runs its engines on torch CUDA tensors, but torch cannot be imported ({e})"
@@ -166,7 +166,7 @@ class TrtEngine:
     """One deserialized engine + execution context, run on torch CUDA tensors."""
 
     def __init__(self, target: TrtTarget, blob: bytes, runtime_cache: Path | None, what: str, cuda_graph: bool = False):
-        import torch
+        import torch  # torch, as above
 
         trt, flavor, version, logger = target.trt, target.flavor, target.version, target.logger
         self.torch, self.what, self.logger = torch, what, logger

@@ -51,7 +51,7 @@ class _Runner:
     """One graph at one bucket size: eager/compiled call, or a captured CUDA graph."""
 
     def __init__(self, fn: Callable, example: Sequence, graphed: bool, pool=None, warm_iters: int = 3):
-        import torch
+        import torch  # torch: the `train` extra; this module imports without it
 
         self.fn = fn
         self.graph = None
@@ -113,7 +113,7 @@ class TorchBackend:
         verify: bool = True,
         cudnn_benchmark: bool = True,
     ):
-        import torch
+        import torch  # torch, as above
 
         self.torch = torch
         self.manifest = manifest
@@ -174,7 +174,7 @@ class TorchBackend:
         if "decoder_lowres" in self.modules:
             fns["decoder_lowres"] = lambda z: self._decode_fn(z, "decoder_lowres")
         if self.compile:
-            import torch._dynamo
+            import torch._dynamo  # torch._dynamo: slow to import, only with compile
 
             torch._dynamo.config.cache_size_limit = max(
                 torch._dynamo.config.cache_size_limit, 4 * len(self.buckets) + 8
@@ -193,7 +193,7 @@ class TorchBackend:
         return torch.autocast(self.device, dtype=self.dtype, enabled=enabled, cache_enabled=False)
 
     def _encode_fn(self, frames):
-        from avatarcast.engines.tiny.model import frames_to_tensor
+        from avatarcast.engines.tiny.model import frames_to_tensor  # torch, as above
 
         torch = self.torch
         x = frames_to_tensor(frames, self.cfg).to(self.dtype)
@@ -204,7 +204,7 @@ class TorchBackend:
         return ((z.float() - self._mean) / self._std).contiguous()
 
     def _decode_fn(self, z, module: str = "decoder"):
-        from avatarcast.engines.tiny.model import tensor_to_frames
+        from avatarcast.engines.tiny.model import tensor_to_frames  # torch, as above
 
         torch = self.torch
         x = (z * self._std + self._mean).to(self.dtype)

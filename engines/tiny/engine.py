@@ -9,6 +9,7 @@ avatar moves into the new emotion instead of cutting to it.
 from __future__ import annotations
 
 import copy
+import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Self
 
 import numpy as np
 
+from avatarcast.engines.backends import create_backend
 from avatarcast.engines.backends.base import TinyBackend
 from avatarcast.engines.contract import EngineCapabilities, ReadyFrames
 from avatarcast.engines.sampler import ShortcutFlowSampler
@@ -47,9 +49,7 @@ class StreamState:
 
 def avatar_cache_key(avatar) -> str:
     """A stable key for an avatar given as index, name, params dict or AvatarParams."""
-    import json
-
-    from avatarcast.engines.avatar_world import get_avatar
+    from avatarcast.engines.avatar_world import get_avatar  # PIL: kept off `avatarcast --help`
 
     return json.dumps(get_avatar(avatar).to_dict(), sort_keys=True)
 
@@ -76,8 +76,6 @@ class TinyEngine:
         **backend_options,
     ) -> TinyEngine:
         """Load shipped (or given) weights onto a backend: onnxruntime, torch or tensorrt."""
-        from avatarcast.engines.backends import create_backend
-
         manifest = load_manifest(weights_dir)
         be = create_backend(backend, manifest, threads=threads, device=device, **backend_options)
         return cls(be, manifest, steps=steps)
@@ -124,7 +122,7 @@ class TinyEngine:
         with self._lock:
             ref = self._refs.get(key)
         if ref is None:
-            from avatarcast.engines.avatar_world.reference import reference_frame
+            from avatarcast.engines.avatar_world.reference import reference_frame  # PIL, as above
 
             ref = self.backend.encode(reference_frame(avatar)[None])[0]
             with self._lock:

@@ -129,9 +129,9 @@ def write_manifest(weights_dir: Path, cfg: TinyConfig, data_version: str, traini
 
 def load_torch_modules(manifest: Manifest, device: str = "cpu"):
     """Build (encoder, decoder, denoiser) torch modules in float32 from tiny.safetensors."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # torch: the `train` extra, only for the torch backend
 
-    from avatarcast.engines.tiny.model import Denoiser, Encoder, make_decoder
+    from avatarcast.engines.tiny.model import Denoiser, Encoder, make_decoder  # torch, as above
 
     sd = load_file(str(manifest.file(TORCH_FILE)), device=device)
     mods = {
@@ -148,9 +148,9 @@ def load_torch_modules(manifest: Manifest, device: str = "cpu"):
 
 def load_lowres_module(manifest: Manifest, device: str = "cpu"):
     """The half-resolution decoder (HalfResDecoder, float32) from lowres.safetensors."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # torch, as above
 
-    from avatarcast.engines.tiny.model import HalfResDecoder
+    from avatarcast.engines.tiny.model import HalfResDecoder  # torch, as above
 
     sd = load_file(str(manifest.file(LOWRES_FILE)), device=device)
     mod = HalfResDecoder(manifest.config)

@@ -33,6 +33,8 @@ from avatarcast.engines.wan.checkpoint import (
     WanCheckpointError,
     inspect_checkpoint,
 )
+from avatarcast.engines.wan.fp8 import convert_blocks_to_fp8
+from avatarcast.engines.wan.graphs import DEFAULT_BUCKETS, GraphedDenoiser
 from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
 from avatarcast.vocabulary import FRAME_HEIGHT, FRAME_WIDTH
 
@@ -46,12 +48,12 @@ def _load_model(cls, directory: Path, dtype: torch.dtype):
     without it diffusers refuses models with fp32-kept modules (Wan's transformer), so the
     config and safetensors are then loaded by hand, keeping those modules in float32 likewise."""
     try:
-        import accelerate  # noqa: F401
+        import accelerate  # noqa: F401  # accelerate: optional, probed
     except ImportError:
         pass
     else:
         return cls.from_pretrained(str(directory), torch_dtype=dtype, local_files_only=True)
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file  # safetensors: the `train` extra, only without accelerate
 
     model = cls.from_config(cls.load_config(str(directory), local_files_only=True))
     state: dict[str, torch.Tensor] = {}
@@ -153,7 +155,7 @@ class WanEngine:
 
         vae_dtype: float32 by default; bfloat16 halves the decode time on a GPU (the decode costs
         more than the transformer at 360P), at some risk of banding in flat colours."""
-        from diffusers import AutoencoderKLWan, WanTransformer3DModel
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel  # diffusers: heavy, only when a checkpoint loads
 
         info = inspect_checkpoint(checkpoint_dir)
         tr = _load_model(WanTransformer3DModel, info.transformer_dir, dtype).to(device)
@@ -209,11 +211,7 @@ class WanEngine:
             raise ValueError(f"vae_warmup must be start or background, got {vae_warmup!r}")
         t0 = time.perf_counter()
         if fp8:
-            from avatarcast.engines.wan.fp8 import convert_blocks_to_fp8
-
             convert_blocks_to_fp8(self.transformer)
-        from avatarcast.engines.wan.graphs import DEFAULT_BUCKETS, GraphedDenoiser
-
         torch.backends.cudnn.benchmark = True
         self.vae_stream = StreamingVaeDecoder(
             self.vae,
@@ -261,6 +259,7 @@ class WanEngine:
                 f"{', '.join(self.info.text_encoder_missing)}); pass precomputed prompt embeddings instead"
             )
         if self._text_encoder is None:
+            # transformers: the 5.7B text encoder, only when needed
             from transformers import AutoTokenizer, UMT5EncoderModel
 
             self._tokenizer = AutoTokenizer.from_pretrained(str(self.info.tokenizer_dir), local_files_only=True)

@@ -35,6 +35,9 @@ from torch import nn
 
 from avatarcast.engines.backends.tensorrt_build import build_cached, build_target, profile_over_batch
 from avatarcast.engines.backends.tensorrt_runtime import TrtTarget
+from avatarcast.engines.wan.checkpoint import CheckpointInfo
+from avatarcast.engines.wan.engine import WanEngine
+from avatarcast.engines.wan.shapes import TRANSFORMER_5B, VAE_22
 from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache
 
 ONNX_OPSET = 18
@@ -270,15 +273,10 @@ def main(argv: list[str] | None = None) -> int:
         help="export weights and activations in this type (fp16/bf16 keep 5B-width graphs small)",
     )
     args = ap.parse_args(argv)
-    from avatarcast.engines.wan.checkpoint import CheckpointInfo
-    from avatarcast.engines.wan.engine import WanEngine
-
     if args.checkpoint:
         eng = WanEngine.load(args.checkpoint, chunk_latent_frames=args.chunk_frames)
     else:
-        from diffusers import AutoencoderKLWan, WanTransformer3DModel
-
-        from avatarcast.engines.wan.shapes import TRANSFORMER_5B, VAE_22
+        from diffusers import AutoencoderKLWan, WanTransformer3DModel  # diffusers: heavy, only for random weights
 
         tr = WanTransformer3DModel(**dict(TRANSFORMER_5B, num_layers=args.layers))
         eng = WanEngine(

@@ -70,7 +70,7 @@ class OrtGraph:
     """One exported graph in an ONNX Runtime session, fed and answering torch tensors."""
 
     def __init__(self, path: Path, device: torch.device) -> None:
-        import onnxruntime as ort
+        import onnxruntime as ort  # onnxruntime: only for the exported backends
 
         providers = ["CPUExecutionProvider"]
         if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():

@@ -27,8 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from avatarcast.engines.avatar_world.reference import reference_frame
 from avatarcast.engines.contract import EngineCapabilities
 from avatarcast.engines.sampler import FlowMatchEulerSampler
+from avatarcast.engines.tiny.engine import avatar_cache_key
 from avatarcast.engines.wan.checkpoint import inspect_checkpoint
 from avatarcast.engines.wan.engine import WanEngine, WanStreamState
 from avatarcast.engines.wan.prompts import (
@@ -38,6 +40,8 @@ from avatarcast.engines.wan.prompts import (
     normalize_prompt,
     resolve_prompt_embeds,
 )
+from avatarcast.engines.wan.runtime import use_exported
+from avatarcast.templates import load_templates
 from avatarcast.vocabulary import FRAME_HEIGHT, FRAME_WIDTH
 
 log = logging.getLogger(__name__)
@@ -120,6 +124,7 @@ def compile_cache_dir(cache_dir: str | Path) -> Path:
     reboot or a tmp cleaner empties, and a warm restart (under a minute, against minutes cold)
     needs them. (Importing diffusers already sets the variable to inductor's default: that value
     counts as unset.)"""
+    # torch._inductor: slow to import, only to name its cache dir
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     now = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
@@ -206,8 +211,6 @@ class WanAvatarEngine:
         `pipeline`: the scheduler keeps two calls in flight (launch_chunks). `sigmas`: a distilled
         checkpoint's own schedule (their count is the steps), instead of `steps` evenly spaced."""
         if templates is None:
-            from avatarcast.templates import load_templates
-
             templates = load_templates()
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -246,8 +249,6 @@ class WanAvatarEngine:
             if wan.device.type == "cuda":
                 torch.cuda.empty_cache()
         if backend != "torch":
-            from avatarcast.engines.wan.runtime import use_exported
-
             if export_dir is None:
                 raise ValueError(f"backend {backend} needs export_dir (python -m avatarcast.engines.wan.export)")
             use_exported(
@@ -368,8 +369,6 @@ class WanAvatarEngine:
     # -- streams ----------------------------------------------------------------------------
     def reference_image(self, avatar) -> np.ndarray:
         """The avatar's reference frame on the opaque background, cropped to the model grid's aspect (RGB)."""
-        from avatarcast.engines.avatar_world.reference import reference_frame
-
         rgba = reference_frame(avatar).astype(np.float32)
         a = rgba[..., 3:4] / 255.0
         rgb = rgba[..., :3] * a + np.asarray(BACKGROUND, np.float32) * (1 - a)
@@ -379,8 +378,6 @@ class WanAvatarEngine:
 
     def reference_latent(self, avatar, key: str | None = None) -> torch.Tensor:
         """The avatar's TI2V first-frame latent (C, h, w), computed once per avatar."""
-        from avatarcast.engines.tiny.engine import avatar_cache_key
-
         key = key or avatar_cache_key(avatar)
         with self._lock:
             ref = self._refs.get(key)
@@ -394,8 +391,6 @@ class WanAvatarEngine:
         self, avatar, emotion: str | int = "idle", intensity: float = 1.0, seed: int = 0, ctx: np.ndarray | None = None
     ) -> AvatarStreamState:
         """A new stream at the reference frame, or continuing a cached context (K*C, h, w)."""
-        from avatarcast.engines.tiny.engine import avatar_cache_key
-
         key = avatar_cache_key(avatar)
         idx, inten = self.emotion_index(emotion), float(np.clip(intensity, 0.0, 1.0))
         base = self.wan.start_stream(self.reference_latent(avatar, key), self.prompt_embeds(idx, inten), seed)

@@ -98,7 +98,7 @@ class AotSteadyDecoder:
         return out[0]
 
     def _path(self, key: tuple, x: torch.Tensor) -> Path:
-        import diffusers
+        import diffusers  # diffusers: heavy, kept off import; its version keys the cache
 
         dev = x.device
         arch = torch.cuda.get_device_capability(dev) if dev.type == "cuda" else "cpu"
@@ -127,7 +127,7 @@ class AotSteadyDecoder:
         ]
 
     def _load_or_build(self, key: tuple, x: torch.Tensor, cache: list[torch.Tensor]):
-        import torch._inductor
+        import torch._inductor  # torch._inductor: slow to import, only to compile
 
         path = self._path(key, x)
         t0 = time.perf_counter()
@@ -156,7 +156,7 @@ class AotSteadyDecoder:
 
     @torch.no_grad()
     def _build(self, key: tuple, x: torch.Tensor, cache: list[torch.Tensor], path: Path) -> None:
-        import torch._inductor
+        import torch._inductor  # torch._inductor, as above
 
         module = SteadyDecode(self.decoder, self.n_layers, key[1])
         dynamic = None

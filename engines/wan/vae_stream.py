@@ -301,6 +301,7 @@ class StreamingVaeDecoder:
                 t += n
             video = torch.cat(frames, 2)
             if self.patch_size is not None:
+                # diffusers: heavy, kept off import
                 from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
 
                 video = unpatchify(video, patch_size=self.patch_size)

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from websockets.asyncio.client import connect
 
+from avatarcast.realtime.audio import decode_audio
 from avatarcast.realtime.protocol import TAG_PCM, unpack_frame
 from avatarcast.vocabulary import REACTION_SOURCES
 
@@ -66,8 +68,6 @@ def load_labels(folder: Path) -> dict[str, dict]:
 
 def load_clips(folder: Path) -> list[Clip]:
     """Every audio file in `folder`, decoded, with its label where labels.csv or manifest.csv gives one."""
-    from avatarcast.realtime.audio import decode_audio  # PyAV: only once there are clips to decode
-
     if not folder.is_dir():
         raise FileNotFoundError(f"--clips {folder}: not a folder")
     labels = load_labels(folder)
@@ -153,8 +153,6 @@ class Conn:
     @classmethod
     async def open(cls, base_url: str, avatar: str, intervals: list[float]) -> Conn:
         """Connect to `/v1/ws?avatar=...` and start receiving; the connect error propagates."""
-        from websockets.asyncio.client import connect
-
         ws = await connect(ws_url(base_url, avatar), max_size=None, open_timeout=30, close_timeout=2)
         conn = cls(ws, intervals)
         conn.receiver = asyncio.create_task(conn.receive())

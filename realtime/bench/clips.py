@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from avatarcast.realtime.audio import resample
+
 SAMPLE_RATE = 16000
 MIN_S, MAX_S = 2.0, 4.0
 PAD_S = 0.15  # silence before and after the speech (the clip stays inside MIN_S..MAX_S)
@@ -122,8 +124,6 @@ def _to_16k(pcm: np.ndarray, sr: int) -> np.ndarray:
                 capture_output=True,
             )
             return _read_wav(dst)
-    from avatarcast.realtime.audio import resample
-
     return resample(pcm, sr)
 
 

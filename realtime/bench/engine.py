@@ -38,7 +38,9 @@ import time
 
 import numpy as np
 
+from avatarcast.engines.avatar_world import BUILTIN_AVATARS
 from avatarcast.engines.backends import BackendError, available_cores, cpu_name
+from avatarcast.engines.tiny.engine import TinyEngine
 
 
 def _cpu_jiffies() -> tuple[int, int] | None:
@@ -78,8 +80,6 @@ def _pct(xs, q) -> float:
 
 
 def _stream_specs(n: int, emotions, seed: int):
-    from avatarcast.engines.avatar_world import BUILTIN_AVATARS
-
     n_av, distinct = len(BUILTIN_AVATARS), min(n, 16)  # 16 avatars at most: references cost a render each
     specs = []
     for i in range(n):
@@ -120,7 +120,7 @@ def _loop_gpu(
     engine, states, seconds: float, warmup: int, min_chunks: int, to_host: bool, seed: int, lowres: bool = False
 ):
     """The same loop with every tensor on the GPU (torch / tensorrt backends)."""
-    import torch
+    import torch  # torch: only for the torch / tensorrt backends
 
     be, cfg = engine.backend, engine.cfg
     C, T, K = cfg.latent_channels, cfg.chunk_frames, cfg.context_frames
@@ -199,8 +199,6 @@ def run_bench(
         raise ValueError(f"only the 'tiny' engine can be benchmarked here, not {engine_name!r}")
     if sessions < 1:
         raise ValueError("--sessions must be >= 1")
-    from avatarcast.engines.tiny.engine import TinyEngine
-
     t0 = time.perf_counter()
     engine = TinyEngine.load(
         weights, backend=backend, steps=steps, threads=threads, device=device, **(backend_options or {})
@@ -339,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a == "--engine=wan" for a in argv) or any(a == "--engine" and b == "wan" for a, b in zip(argv, argv[1:])):
-        from avatarcast.realtime.bench.wan import main as wan_main  # the 5B model on a GPU: its own benchmark
+        from avatarcast.realtime.bench.wan import main as wan_main  # starts the ready_s clock on import
 
         return wan_main(argv)
     args = build_parser().parse_args(argv)

@@ -498,10 +498,10 @@ def format_report(report: dict) -> str:
 
 
 def write_chart(report: dict, path: str) -> None:
-    import matplotlib
+    import matplotlib  # matplotlib: optional (`train` extra), only for --chart
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib: as above
 
     rows = [r for r in report["clips"] if r.get("breakdown_ms")]
     n = max(1, len(rows))
@@ -535,9 +535,9 @@ def write_chart(report: dict, path: str) -> None:
         f"{_f(s['tter_ms']['p50'])} ms, p95 {_f(s['tter_ms']['p95'])} ms",
         fontsize=10,
     )
-    from matplotlib.artist import Artist
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
+    from matplotlib.artist import Artist  # matplotlib: as above
+    from matplotlib.lines import Line2D  # matplotlib: as above
+    from matplotlib.patches import Patch  # matplotlib: as above
 
     gap_name = (
         "client gap (client's speech end -> server's origin, e.g. audio backlog; delivery)"

@@ -48,6 +48,7 @@ from avatarcast.realtime.bench.client import (
     load_clips,
     setup_logging,
 )
+from avatarcast.realtime.bench.clips import make_clips
 from avatarcast.realtime.bench.server import machine, run_on_server, server_status
 from avatarcast.realtime.protocol import TAG_CLIP
 
@@ -336,8 +337,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.clips or committed.is_dir():
             clips = load_clips(Path(args.clips) if args.clips else committed)
         else:
-            from avatarcast.realtime.bench.clips import make_clips
-
             folder = tempfile.mkdtemp(prefix="avatarcast-load-clips-")
             make_clips(folder, n=8, seed=args.seed)
             clips = load_clips(Path(folder))

@@ -18,9 +18,13 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from avatarcast.engines.backends import cpu_name
 
 log = logging.getLogger("avatarcast.bench.server")
 
@@ -34,9 +38,6 @@ def free_port() -> int:
 def http_get(url: str, timeout: float) -> tuple[int, str]:
     """(status, body) of a GET; OSError when nothing answers. The standard library's client: the benchmarks
     run after the plain install, which has no HTTP client package (httpx is a dev dependency)."""
-    import urllib.error
-    import urllib.request
-
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
             return r.status, r.read().decode("utf-8", "replace")
@@ -194,8 +195,6 @@ class CpuMonitor:
 def machine() -> dict:
     cpu = platform.processor() or ""
     try:
-        from avatarcast.engines.backends import cpu_name
-
         cpu = cpu_name() or cpu
     except Exception:
         pass

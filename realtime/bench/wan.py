@@ -41,7 +41,17 @@ from contextlib import contextmanager
 T_START = time.perf_counter()
 
 # after T_START: the startup figures count every import
+import asyncio  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from avatarcast.engines.wan.checkpoint import CheckpointInfo  # noqa: E402
+from avatarcast.engines.wan.prompts import normalize_prompt  # noqa: E402
 from avatarcast.engines.wan.shapes import TRANSFORMER_5B, VAE_22  # noqa: E402
+from avatarcast.realtime.avatars import resolve_avatar  # noqa: E402
+from avatarcast.realtime.bench.memory_peak import peak_report  # noqa: E402
+from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler  # noqa: E402
+from avatarcast.templates import load_templates  # noqa: E402
 from avatarcast.vocabulary import FPS  # noqa: E402
 
 
@@ -56,10 +66,10 @@ def _pct(xs: list[float], q: float) -> float:
 
 def build_random(layers: int | None = None, vae_dtype: str = "bf16"):
     """The 5B transformer (bf16) and the Wan2.2 VAE with random weights, made on the GPU."""
-    import torch
-    from diffusers import AutoencoderKLWan, WanTransformer3DModel
+    import torch  # torch: the optional `wan` extra; --help answers without it
+    from diffusers import AutoencoderKLWan, WanTransformer3DModel  # diffusers: the `wan` extra, as torch
 
-    from avatarcast.engines.wan.engine import cast_model
+    from avatarcast.engines.wan.engine import cast_model  # torch, as above
 
     cfg = dict(TRANSFORMER_5B, num_layers=layers or TRANSFORMER_5B["num_layers"])
     torch.manual_seed(0)
@@ -70,13 +80,13 @@ def build_random(layers: int | None = None, vae_dtype: str = "bf16"):
 
 
 def _dtype(name: str):
-    import torch
+    import torch  # torch, as above
 
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
 def _timed(fn, reps: int) -> list[float]:
-    import torch
+    import torch  # torch, as above
 
     out = []
     for _ in range(reps):
@@ -92,7 +102,7 @@ def _timed(fn, reps: int) -> list[float]:
 def _pipelined(eng, states: list, seconds: float, chunk_s: float, to_host: bool) -> dict:
     """Two halves of the streams, each chunk's VAE decode overlapped with the other half's sampler
     steps on a second CUDA stream: the decode is memory-bound, the steps compute-bound."""
-    import torch
+    import torch  # torch, as above
 
     half = max(1, len(states) // 2)
     groups = [states[:half], states[half:]] if len(states) > 1 else [states, states]
@@ -148,12 +158,7 @@ def _pipelined(eng, states: list, seconds: float, chunk_s: float, to_host: bool)
 def serving_engine(wan, batch: int):
     """The server's adapter (WanAvatarEngine) over `wan`, with random prompt embeddings (no text
     encoder here), and the avatar "pip": what `serve --wan-prompt-embeds random` would run."""
-    import numpy as np
-
-    from avatarcast.engines.wan.prompts import normalize_prompt
-    from avatarcast.engines.wan.serving import WanAvatarEngine
-    from avatarcast.realtime.avatars import resolve_avatar
-    from avatarcast.templates import load_templates
+    from avatarcast.engines.wan.serving import WanAvatarEngine  # torch, as above
 
     templates = load_templates()
     rng = np.random.default_rng(0)
@@ -167,11 +172,7 @@ def serving_engine(wan, batch: int):
 
 def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: tuple[int, ...]) -> dict:
     """N sessions through the server's scheduler and serving adapter (see the module docstring)."""
-    import asyncio
-
-    import torch
-
-    from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler
+    import torch  # torch, as above
 
     av, avatar = serving_engine(wan, batch)
     emotions = [e for e in av.emotions if e != "idle"][:4]
@@ -233,11 +234,9 @@ def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: 
 
 
 def run(args) -> dict:
-    import numpy as np
-    import torch
+    import torch  # torch, as above
 
-    from avatarcast.engines.wan.checkpoint import CheckpointInfo
-    from avatarcast.engines.wan.engine import WanEngine
+    from avatarcast.engines.wan.engine import WanEngine  # torch, as above
 
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -253,7 +252,7 @@ def run(args) -> dict:
     )
     batches = sorted(set([1] + counts + [int(b) for b in str(args.batches).split(",") if b]))
     if args.server_buckets:  # the graphs `serve --engine wan --wan-batch B` captures (a warm restart's work)
-        from avatarcast.engines.wan.serving import wan_buckets
+        from avatarcast.engines.wan.serving import wan_buckets  # torch, as above
 
         batches = sorted(set(batches) | set(wan_buckets(args.batch or 5, compiled=bool(args.compile))))
     compile_mode = args.compile_mode if args.compile else False
@@ -366,8 +365,6 @@ def run(args) -> dict:
         }
         report["memory_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         if args.memory_trace:
-            from avatarcast.realtime.bench.memory_peak import peak_report
-
             report["memory_peak"] = peak_report(torch.cuda.memory._snapshot())
             torch.cuda.memory._record_memory_history(enabled=None)
             print(report["memory_peak"], file=sys.stderr, flush=True)
@@ -573,13 +570,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import torch
+    import torch  # torch: after parsing, so --help works without the `wan` extra
 
     if not torch.cuda.is_available():
         print("avatarcast bench engine --engine wan: needs a CUDA GPU (the 5B model at 360P)", file=sys.stderr)
         return 2
     if not args.cudnn_heuristics:
-        import avatarcast.engines.wan.vae_stream as vae_stream
+        import avatarcast.engines.wan.vae_stream as vae_stream  # torch, as above
 
         @contextmanager
         def keep_benchmark(on: bool) -> Iterator[None]:  # cudnn.benchmark stays as it is

