@@ -51,7 +51,14 @@ _PUNCT_ZH = re.compile(f"[^{CJK_RANGE}A-Za-z0-9]")
 class EmotionReader:
     """Reads an EmotionCue from a transcript (+ optional prosody); thread-safe after load."""
 
-    def __init__(self, encoder: SentenceEncoder, classifier: EmotionClassifier, lexicon: Lexicon) -> None:
+    def __init__(
+        self,
+        encoder: SentenceEncoder,
+        classifier: EmotionClassifier,
+        lexicon: Lexicon,
+        *,
+        concurrent_views: bool = True,
+    ) -> None:
         if classifier.labels != lexicon.labels:
             raise ValueError(f"classifier labels {classifier.labels} != lexicon labels {lexicon.labels}")
         classifier.check_encoder(encoder.name, encoder.version, encoder.weights_bytes)
@@ -64,7 +71,7 @@ class EmotionReader:
         # when the encoder allows it, the views after the first run on their own threads beside it
         kinds = classifier.embedding_kinds
         self._views: ThreadPoolExecutor | None = None
-        if encoder.concurrent_calls and len(kinds) > 1:
+        if concurrent_views and encoder.concurrent_calls and len(kinds) > 1:
             self._views = ThreadPoolExecutor(max_workers=len(kinds) - 1, thread_name_prefix="emotion-view")
 
     @classmethod
