@@ -13,7 +13,7 @@ pytest.importorskip("diffusers")
 
 from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint
 from avatarcast.engines.wan.engine import WanEngine
-from tests.engines.wan_checkpoint import TEXT_DIM, H, W, Z
+from tests.engines.wan_checkpoint import TEXT_DIM, H, W, Z, tiny_transformer
 from tests.engines.wan_checkpoint import make_checkpoint as _make_checkpoint
 
 
@@ -22,19 +22,15 @@ def ckpt(tmp_path_factory) -> Path:
     return _make_checkpoint(tmp_path_factory.mktemp("wan") / "ckpt")
 
 
+# the engine the tests load: 2 steps, 2-latent-frame chunks, a 36x64 output
+SMALL_ENGINE = dict(
+    steps=2, shift=5.0, chunk_latent_frames=2, context_latent_frames=1, height=H, width=W, out_height=36, out_width=64
+)
+
+
 @pytest.fixture(scope="module")
 def engine(ckpt) -> WanEngine:
-    return WanEngine.load(
-        ckpt,
-        steps=2,
-        shift=5.0,
-        chunk_latent_frames=2,
-        context_latent_frames=1,
-        height=H,
-        width=W,
-        out_height=36,
-        out_width=64,
-    )
+    return WanEngine.load(ckpt, **SMALL_ENGINE)
 
 
 def _ref_image() -> np.ndarray:
@@ -281,17 +277,7 @@ def test_fp8_blocks_quantize_every_block_linear_and_stay_close(ckpt):
     assert torch.allclose(back.abs().amax(1), x.abs().amax(1), rtol=1e-6)  # each row's max maps to FP8_MAX
     assert float(q.float().abs().max()) == FP8_MAX
 
-    eng = WanEngine.load(
-        ckpt,
-        steps=2,
-        shift=5.0,
-        chunk_latent_frames=2,
-        context_latent_frames=1,
-        height=H,
-        width=W,
-        out_height=36,
-        out_width=64,
-    )
+    eng = WanEngine.load(ckpt, **SMALL_ENGINE)
     ref = eng.reference_latent(_ref_image())
     linears = sum(isinstance(m, torch.nn.Linear) for m in eng.transformer.blocks.modules())
     before = eng.sample_chunks([eng.start_stream(ref, _embeds(1), seed=3)])
@@ -371,25 +357,10 @@ def test_compiled_vae_one_stream_per_call_is_one_static_graph(engine):
 def test_regional_compile_traces_one_block_for_all_blocks():
     """compile="regional" (a faster warm restart): the transformer's repeated blocks share one compiled
     graph per batch size, and the output is the eager model's."""
-    from diffusers import WanTransformer3DModel
-
     from avatarcast.engines.wan.graphs import compile_transformer
 
     torch.manual_seed(0)
-    tr = WanTransformer3DModel(
-        patch_size=(1, 2, 2),
-        num_attention_heads=2,
-        attention_head_dim=8,
-        in_channels=Z,
-        out_channels=Z,
-        text_dim=TEXT_DIM,
-        freq_dim=32,
-        ffn_dim=32,
-        num_layers=3,
-        cross_attn_norm=True,
-        qk_norm="rms_norm_across_heads",
-        rope_max_seq_len=32,
-    ).eval()
+    tr = tiny_transformer(num_layers=3).eval()
 
     def inputs(B: int):
         g = torch.Generator().manual_seed(B)
@@ -418,7 +389,7 @@ def test_regional_compile_traces_one_block_for_all_blocks():
     torch._dynamo.reset()
     graphs.clear()
     with torch.no_grad():  # "full" (a fresh model): the whole model in one graph
-        full = compile_transformer(WanTransformer3DModel.from_config(tr.config).eval(), "full", backend=backend)
+        full = compile_transformer(type(tr).from_config(tr.config).eval(), "full", backend=backend)
         full(*inputs(1), return_dict=False)
     assert graphs and graphs[0] is True, graphs
     assert compile_transformer(tr, False) is tr

@@ -11,10 +11,21 @@ Z, TEXT_DIM, H, W = 4, 16, 32, 64  # tiny VAE: spatial factor 8 -> latent 4x8; p
 
 def make_checkpoint(root: Path, text_encoder: bool = False) -> Path:
     """transformer/ + vae/; with text_encoder, also a tiny UMT5 encoder and a word-level tokenizer built offline."""
+    torch.manual_seed(0)
+    tr = tiny_transformer(num_layers=1)
+    vae = tiny_vae()
+    tr.save_pretrained(root / "transformer")
+    vae.save_pretrained(root / "vae")
+    if text_encoder:
+        add_text_encoder(root)
+    return root
+
+
+def tiny_transformer(num_layers: int):
+    """The checkpoint's transformer shape: WanTransformer3DModel at width 16 (random weights of the current seed)."""
     from diffusers import WanTransformer3DModel
 
-    torch.manual_seed(0)
-    tr = WanTransformer3DModel(
+    return WanTransformer3DModel(
         patch_size=(1, 2, 2),
         num_attention_heads=2,
         attention_head_dim=8,
@@ -23,17 +34,11 @@ def make_checkpoint(root: Path, text_encoder: bool = False) -> Path:
         text_dim=TEXT_DIM,
         freq_dim=32,
         ffn_dim=32,
-        num_layers=1,
+        num_layers=num_layers,
         cross_attn_norm=True,
         qk_norm="rms_norm_across_heads",
         rope_max_seq_len=32,
     )
-    vae = tiny_vae()
-    tr.save_pretrained(root / "transformer")
-    vae.save_pretrained(root / "vae")
-    if text_encoder:
-        add_text_encoder(root)
-    return root
 
 
 def tiny_vae():
