@@ -78,6 +78,9 @@ class WebSocketSink:
                 self.frames_sent += 1
 
 
+_CLEANUPS: set[asyncio.Task] = set()  # closing sockets' cleanups, held until done (the loop keeps weak references)
+
+
 async def serve_socket(ws: WebSocket, hub: Hub, runner: SessionRunner, *, owns_session: bool) -> None:
     """Run one accepted socket against a session until either side goes away."""
     sink = WebSocketSink(ws, runner.image_format)
@@ -168,19 +171,29 @@ async def serve_socket(ws: WebSocket, hub: Hub, runner: SessionRunner, *, owns_s
     finally:
         if runner.close_code == CLOSE_GOING_AWAY and close_code == CLOSE_NORMAL:
             close_code, reason = CLOSE_GOING_AWAY, "server shutting down"
-        if not sender.done():  # events still queued (an error, `closing`) go out before the close frame
+
+        async def finish() -> None:
+            if not sender.done():  # events still queued (an error, `closing`) go out before the close frame
+                sender.cancel()
+                await asyncio.wait({sender}, timeout=1.0)  # let it stop first: one writer at a time
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(sink.flush_events(), 1.0)
+            runner.detach(sink)
             sender.cancel()
-            await asyncio.wait({sender}, timeout=1.0)  # let it stop first: one writer at a time
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(sink.flush_events(), 1.0)
-        runner.detach(sink)
-        sender.cancel()
-        for t in list(tasks):
-            t.cancel()
-        if owns_session:
-            await hub.close_session(runner.id)
-        try:
-            await ws.close(close_code or CLOSE_INTERNAL, reason)
-        except Exception:
-            pass
-        hub.open_sockets -= 1
+            for t in list(tasks):
+                t.cancel()
+            try:
+                if owns_session:
+                    await hub.close_session(runner.id)
+            finally:
+                hub.open_sockets -= 1
+                with contextlib.suppress(Exception):
+                    await ws.close(close_code or CLOSE_INTERNAL, reason)
+
+        # A handler cancelled by its server (a client gone mid-stream can end the ASGI task at once)
+        # would stop at the first await of its cleanup and leave the session running with no socket:
+        # the cleanup is its own task, shielded, and runs to the end either way.
+        cleanup = asyncio.create_task(finish(), name=f"ws-close-{runner.id}")
+        _CLEANUPS.add(cleanup)
+        cleanup.add_done_callback(_CLEANUPS.discard)
+        await asyncio.shield(cleanup)

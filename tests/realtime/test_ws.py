@@ -3,14 +3,17 @@ through the shared handler, frames, and the close codes of the error table."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
+import anyio
 import pytest
-from starlette.websockets import WebSocketDisconnect
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from avatarcast.realtime.protocol import unpack_frame
+from avatarcast.realtime.ws import serve_socket
 
 
 def take(ws: Any, until: Any, limit: int = 200) -> tuple[list[dict], list[Any]]:
@@ -52,6 +55,52 @@ def test_a_socket_session_says_hello_answers_commands_and_streams(inproc) -> Non
     while sid in hub.sessions and time.monotonic() < deadline:
         time.sleep(0.02)
     assert sid not in hub.sessions
+
+
+def test_a_cancelled_handler_still_closes_its_session(inproc) -> None:
+    """A server may cancel the handler when its client goes (Starlette's TestClient does, racing the disconnect):
+    the session it owns must close anyway, and its socket count must come back."""
+    client, hub = inproc
+
+    async def run() -> tuple[bool, int]:
+        sockets = hub.open_sockets
+        runner = await hub.open_session("tok")
+        sent: list[dict] = []
+        connected = False
+        never = asyncio.Event()
+
+        async def receive() -> dict:
+            nonlocal connected
+            if not connected:
+                connected = True
+                return {"type": "websocket.connect"}
+            await never.wait()  # the client says nothing more: only the cancellation ends the handler
+            return {"type": "websocket.disconnect", "code": 1000}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {"type": "websocket", "path": "/v1/ws", "query_string": b"", "headers": [], "client": ("127.0.0.1", 1)}
+        ws = WebSocket(scope, receive, send)
+        await ws.accept()
+        scope_of_handler = anyio.CancelScope()  # as the TestClient's: its cancellation hits every later await too
+
+        async def handle() -> None:
+            with scope_of_handler:
+                await serve_socket(ws, hub, runner, owns_session=True)
+
+        handler = asyncio.create_task(handle())
+        while not any(m.get("bytes") for m in sent):  # streaming: frames are going out
+            await asyncio.sleep(0.01)
+        scope_of_handler.cancel()
+        await handler
+        deadline = time.monotonic() + 5.0
+        while runner.id in hub.sessions and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return runner.id in hub.sessions, hub.open_sockets - sockets
+
+    still_open, sockets_left = client.portal.call(run)
+    assert not still_open and sockets_left == 0
 
 
 def test_a_message_over_the_limit_closes_with_1009(inproc) -> None:
