@@ -148,6 +148,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         404: {"model": ErrorBody},
         503: {"model": ErrorBody},
     }
+    # the WHEP routes' body is an SDP offer, not JSON: said once for the OpenAPI schema of both
+    sdp_offer = {"requestBody": {"required": True, "content": {"application/sdp": {"schema": {"type": "string"}}}}}
 
     @app.exception_handler(AvatarcastError)
     async def avatarcast_error(request: Request, exc: AvatarcastError) -> JSONResponse:
@@ -276,9 +278,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         status_code=201,
         tags=["webrtc"],
         responses=errors,
-        openapi_extra={
-            "requestBody": {"required": True, "content": {"application/sdp": {"schema": {"type": "string"}}}}
-        },
+        openapi_extra=sdp_offer,
     )
     async def whep(sid: str, request: Request) -> Response:
         return await _offer(hub.get_session(sid), request, owns_session=False)
@@ -288,9 +288,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         status_code=201,
         tags=["webrtc"],
         responses=errors,
-        openapi_extra={
-            "requestBody": {"required": True, "content": {"application/sdp": {"schema": {"type": "string"}}}}
-        },
+        openapi_extra=sdp_offer,
     )
     async def whep_new(request: Request, avatar: str = "", language: str | None = None) -> Response:
         """Creates a session for this peer; it ends when the peer goes away."""

@@ -46,6 +46,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
 from avatarcast.realtime.commands import error_event, handle_command
+from avatarcast.realtime.held_tasks import run_held
 from avatarcast.realtime.hub import Hub
 from avatarcast.realtime.protocol import TAG_PCM
 from avatarcast.realtime.runner import OutFrame, SessionRunner
@@ -315,14 +316,9 @@ class Peer:
 # -- registry and the public calls --
 
 
-_closers: set[asyncio.Task] = set()
-
-
 def _schedule_close(hub: Hub, resource: str) -> None:
     """close_peer from a callback (state change, watcher): a task of its own, kept alive until done."""
-    t = asyncio.create_task(close_peer(hub, resource), name=f"webrtc-close-{resource}")
-    _closers.add(t)
-    t.add_done_callback(_closers.discard)
+    run_held(close_peer(hub, resource), name=f"webrtc-close-{resource}")
 
 
 def _prefer_codecs(transceiver: Any) -> None:

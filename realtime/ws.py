@@ -20,6 +20,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from avatarcast.engines.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, ErrorCode
 from avatarcast.realtime.audio import AudioDecodeError
 from avatarcast.realtime.commands import error_event, event, handle_command
+from avatarcast.realtime.held_tasks import run_held
 from avatarcast.realtime.hub import Hub
 from avatarcast.realtime.protocol import TAG_CLIP, TAG_PCM, pack_frame
 from avatarcast.realtime.ratelimit import FloodGuard, client_keys
@@ -76,9 +77,6 @@ class WebSocketSink:
                     )
                 )
                 self.frames_sent += 1
-
-
-_CLEANUPS: set[asyncio.Task] = set()  # closing sockets' cleanups, held until done (the loop keeps weak references)
 
 
 async def serve_socket(ws: WebSocket, hub: Hub, runner: SessionRunner, *, owns_session: bool) -> None:
@@ -193,7 +191,4 @@ async def serve_socket(ws: WebSocket, hub: Hub, runner: SessionRunner, *, owns_s
         # A handler cancelled by its server (a client gone mid-stream can end the ASGI task at once)
         # would stop at the first await of its cleanup and leave the session running with no socket:
         # the cleanup is its own task, shielded, and runs to the end either way.
-        cleanup = asyncio.create_task(finish(), name=f"ws-close-{runner.id}")
-        _CLEANUPS.add(cleanup)
-        cleanup.add_done_callback(_CLEANUPS.discard)
-        await asyncio.shield(cleanup)
+        await asyncio.shield(run_held(finish(), name=f"ws-close-{runner.id}"))

@@ -14,13 +14,10 @@ import os
 import time
 from pathlib import Path
 
+from avatarcast.realtime.bench.client import pct
 from avatarcast.realtime.emotion import EmotionReader
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "emotion"
-
-
-def pct(xs: list[float], p: float) -> float:
-    return sorted(xs)[int(p * (len(xs) - 1))] * 1e3
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -44,12 +41,12 @@ def main(argv: list[str] | None = None) -> None:
         c = time.perf_counter()
         if (c1.label, round(c1.confidence, 9)) != (c2.label, round(c2.confidence, 9)):
             raise SystemExit(f"the two readers disagree on {text!r}: {c1} vs {c2}")
-        t_side.append(b - a)
-        t_serial.append(c - b)
+        t_side.append((b - a) * 1e3)
+        t_serial.append((c - b) * 1e3)
+    side50, serial50 = pct(t_side, 50), pct(t_serial, 50)
     print(
-        f"{len(lines)} lines, load {os.getloadavg()[0]:.2f}: side by side p50 {pct(t_side, 0.5):.1f} "
-        f"p95 {pct(t_side, 0.95):.1f} ms | one after the other p50 {pct(t_serial, 0.5):.1f} "
-        f"p95 {pct(t_serial, 0.95):.1f} ms | ratio p50 {pct(t_side, 0.5) / pct(t_serial, 0.5):.2f}"
+        f"{len(lines)} lines, load {os.getloadavg()[0]:.2f}: side by side p50 {side50} p95 {pct(t_side, 95)} ms"
+        f" | one after the other p50 {serial50} p95 {pct(t_serial, 95)} ms | ratio p50 {side50 / serial50:.2f}"
     )
 
 
