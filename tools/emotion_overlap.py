@@ -12,7 +12,6 @@ Pairs that are both training lines are only reported over `JACCARD_TRAIN` (train
 from __future__ import annotations
 
 import argparse
-import csv
 import sys
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import numpy as np
 
 from avatarcast.realtime.emotion.encoder import E5Encoder
 from avatarcast.realtime.emotion.text import normalize
+from tools.eval_emotion import load_rows
 from tools.train_emotion import EmbeddingCache
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,8 +36,7 @@ def corpus_files() -> list[Path]:
 
 
 def _rows(path: Path) -> list[tuple[str, str, str]]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return [(r["text"], path.name, r["emotion"]) for r in csv.DictReader(f) if r["text"].strip()]
+    return [(r["text"], path.name, r["emotion"]) for r in load_rows(path)]
 
 
 def trigrams(text: str) -> set[str]:
