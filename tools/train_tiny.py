@@ -878,6 +878,25 @@ def train_denoiser(args, cfg: TinyConfig, device, deadline: float) -> None:
     print(f"[den] done at step {step}", flush=True)
 
 
+def paired_loss(dec, teacher, zs_raw, x1, frame: int, mean, std, cfg: TinyConfig, args, crng) -> torch.Tensor:
+    """The decoder on the denoiser's sample of a training chunk against what that chunk's true latent decodes to.
+
+    The samples' errors are structured (2026-12-04: the same blotches at 1, 2, 4 and 8 steps), so a
+    critic alone teaches the decoder to add texture; this pairs each sample with its own target
+    (the teacher decoder on the true latent of the same frame, 27 dB from the renderer), so the
+    decoder learns to turn the denoiser's errors into the chunk it was asked for.
+    """
+    C = cfg.latent_channels
+    x1f = x1.reshape(x1.shape[0], cfg.chunk_frames, C, *x1.shape[2:])[:, frame] * std + mean
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=x1.device.type == "cuda"):
+        target = teacher(x1f).float()
+    zc, tc = random_crops(zs_raw, target, cfg, crng)
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x1.device.type == "cuda"):
+        y = dec(zc).float()
+    w = avatar_weight(tc, args.avatar_boost)
+    return ((y - tc).abs() * w).mean() / w.mean() + args.edge_weight * grad_l1(y, tc, w)
+
+
 @torch.no_grad()
 def sample_chunk(den: nn.Module, ctx, ref, emo, inten, cfg: TinyConfig, steps: int, gen) -> torch.Tensor:
     """The engine's shortcut sampler (engines/sampler.py) on torch tensors: (B, T*C, H, W)."""
@@ -951,17 +970,35 @@ def train_decft(args, cfg: TinyConfig, device, deadline: float) -> None:
         keep = (ys - yt).abs().mean()
         lam = adaptive_weight(rec, g_real, last) * args.gan_weight
         loss = rec + lam * g_real + args.samples_weight * (lam * g_samp + args.teacher_weight * keep)
+        paired = torch.zeros((), device=device)
+        if args.decft_paired > 0:
+            paired = paired_loss(dec, teacher, zs_raw, x1, int(local % cfg.chunk_frames), mean, std, cfg, args, crng)
+            loss = loss + args.decft_paired * paired
         opt_g.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(dec.parameters(), 1.0)
         opt_g.step()
         ema_update(dec_ema, dec, args.ema)
         # the critic alternates: reconstructed crops, then whole decoded samples against whole real frames
-        ld = disc_step(disc, opt_d, xc, y, device) if local % 2 == 0 else disc_step(disc, opt_d, x, ys, device)
+        if args.gan_weight == 0:  # no critic in the loss: do not train one
+            ld = 0.0
+        elif local % 2 == 0:
+            ld = disc_step(disc, opt_d, xc, y, device)
+        else:
+            ld = disc_step(disc, opt_d, x, ys, device)
         step += 1
         local += 1
         log.tick(
-            "decft", step, local, t0, rec=rec.detach(), g=g_real.detach(), gs=g_samp.detach(), keep=keep.detach(), d=ld
+            "decft",
+            step,
+            local,
+            t0,
+            rec=rec.detach(),
+            g=g_real.detach(),
+            gs=g_samp.detach(),
+            keep=keep.detach(),
+            paired=paired.detach(),
+            d=ld,
         )
     save_ae(ck, enc, dec, dec_ema, disc, None, opt_d, step, enc_step=enc_step)
     log.save()
@@ -1082,6 +1119,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--den-cosine", action="store_true", help="cosine-anneal the lr over this chunk")
     ap.add_argument("--decft-lr", type=float, default=5e-5)
     ap.add_argument("--samples-weight", type=float, default=1.0)
+    ap.add_argument(
+        "--decft-paired",
+        type=float,
+        default=0.0,
+        help="weight of decft's paired loss: a sample of a training chunk against its true latent's decoding",
+    )
     ap.add_argument("--teacher-weight", type=float, default=0.5)
     ap.add_argument("--lowres-lr", type=float, default=2e-4)
     ap.add_argument("--ema", type=float, default=0.999)

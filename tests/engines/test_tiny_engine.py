@@ -373,3 +373,38 @@ def test_training_script_runs_and_resumes_on_cpu(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert torch.load(ck / "den_ema.pt")["step"] > den["step"], "a second run must resume, not restart"
+
+
+def test_paired_decoder_loss_is_zero_on_the_true_chunk_and_trains_on_a_wrong_one():
+    """decft's paired loss: a sample equal to the true chunk costs nothing; a wrong one costs and trains.
+
+    Seed 3's first draw takes the whole grid (a crop's zero-padded border would differ a little from the
+    target, cropped from the whole grid's decoding, as in every crop the decoder trains on).
+    """
+    torch = pytest.importorskip("torch")
+    import argparse
+    import copy
+
+    from avatarcast.engines.tiny.model import Decoder
+    from tools.train_tiny import paired_loss
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SMALL)
+    dec = Decoder(cfg)
+    teacher = copy.deepcopy(dec).eval().requires_grad_(False)
+    C, T = cfg.latent_channels, cfg.chunk_frames
+    h, w = cfg.pad_height // cfg.downsample, cfg.window_width // cfg.downsample
+    x1 = torch.randn(2, T * C, h, w)
+    mean, std = torch.zeros(1, C, 1, 1), torch.ones(1, C, 1, 1)
+    args = argparse.Namespace(avatar_boost=4.0, edge_weight=0.5)
+    frame = 1
+    true_raw = x1.reshape(2, T, C, h, w)[:, frame]
+    whole = 3
+    assert np.random.default_rng(whole).random() < 0.25
+    same = paired_loss(dec, teacher, true_raw, x1, frame, mean, std, cfg, args, np.random.default_rng(whole))
+    assert float(same) < 1e-6
+    wrong_raw = true_raw + torch.randn(true_raw.shape)
+    wrong = paired_loss(dec, teacher, wrong_raw, x1, frame, mean, std, cfg, args, np.random.default_rng(whole))
+    assert float(wrong) > 1e-3
+    wrong.backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in dec.parameters())
