@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import types
 import typing
-from collections.abc import Mapping
 from typing import Any, Literal, Union
 
 KEY = "avatarcast.wire"
@@ -26,6 +26,12 @@ class ProtocolError(ValueError):
 def wire(doc: str = "", *, name: str | None = None, part: str = "payload", **schema: Any) -> dict[str, Any]:
     """Field metadata: `dataclasses.field(metadata=wire("the utterance", minimum=0))`."""
     return {KEY: {"doc": doc, "name": name, "part": part, "schema": schema}}
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    """A dataclass's resolved annotations (resolving them is slow; the classes are fixed)."""
+    return typing.get_type_hints(cls)
 
 
 def _meta(f: dataclasses.Field) -> dict[str, Any]:
@@ -66,9 +72,9 @@ def to_wire(obj: Any) -> Any:
 def from_wire(cls: type, data: Any, **envelope: Any) -> Any:
     """The dataclass `cls` from a received dict. Raises ProtocolError for a missing required key or a value
     outside a declared enumeration; keys it does not know go to the extra field (or are dropped)."""
-    if not isinstance(data, Mapping):
+    if not isinstance(data, dict):
         raise ProtocolError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     kwargs: dict[str, Any] = dict(envelope)
     known = set()
     for f, name in payload_fields(cls):
@@ -105,7 +111,7 @@ def _value(tp: Any, v: Any, where: str) -> Any:
 
 def json_schema(cls: type, *, closed: bool = True) -> dict[str, Any]:
     """The JSON Schema (2020-12) of `cls`'s wire form: an object with its payload fields; `closed`: no other keys."""
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     props: dict[str, Any] = {}
     required = []
     for f, name in payload_fields(cls):
