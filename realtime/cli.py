@@ -94,6 +94,13 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from avatarcast.realtime.server import StartupError, serve  # fastapi, uvicorn: ~0.5 s off `avatarcast --help`
 
+    if args.print_config:  # the effective settings, each with its source, as a file --config reads back
+        from avatarcast.realtime.settings_file import render
+
+        settings, sources = Settings.resolve(args)
+        settings.validate()
+        print(render(settings, sources), end="")
+        return 0
     settings = Settings.from_args(args)
     if settings.ray:  # the gateway and the engine replicas as Ray Serve deployments (realtime/cluster/)
         try:
@@ -157,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="run the real-time server (HTTP, WebSocket, WebRTC, demo page)")
     Settings.add_arguments(sv)
+    sv.add_argument("--print-config", action="store_true", help="print the settings (TOML, with sources) and exit")
     sv.set_defaults(func=cmd_serve)
 
     t = sub.add_parser("token", help="mint a signed session token for a server started with --auth-secret")
