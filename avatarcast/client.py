@@ -60,24 +60,24 @@ NORMAL_CLOSES = (CLOSE_NORMAL, CLOSE_GOING_AWAY)
 
 
 class ClientError(Exception):
-    """Base of the client's own errors."""
+    """Base of the client's own errors: what the client saw, not a server's error (engines/errors.py's tree)."""
 
 
 class SessionRefused(ClientError):
-    """The server would not open the session: a close before `hello` (busy, bad avatar, rate limited: `code`
-    and `reason` say which, docs/protocol.md) or an HTTP refusal of the handshake (`status`: 401, 403)."""
+    """The server would not open the session: a close before `hello` (busy, bad avatar, rate limited:
+    `close_code` and `reason` say which, docs/protocol.md) or an HTTP refusal of the handshake (`status`: 403)."""
 
-    def __init__(self, reason: str, *, code: int | None = None, status: int | None = None) -> None:
-        super().__init__(f"session refused ({code or status}): {reason}")
-        self.reason, self.code, self.status = reason, code, status
+    def __init__(self, reason: str, *, close_code: int | None = None, status: int | None = None) -> None:
+        super().__init__(f"session refused ({close_code or status}): {reason}")
+        self.reason, self.close_code, self.status = reason, close_code, status
 
 
 class SessionClosed(ClientError):
     """The session's socket closed with an error code (not 1000, not 1001), or a send after the close."""
 
-    def __init__(self, code: int | None, reason: str) -> None:
-        super().__init__(f"session closed ({code}): {reason}")
-        self.code, self.reason = code, reason
+    def __init__(self, close_code: int | None, reason: str) -> None:
+        super().__init__(f"session closed ({close_code}): {reason}")
+        self.close_code, self.reason = close_code, reason
 
 
 @dataclass(frozen=True)
@@ -346,7 +346,7 @@ class Session:
             self._frame_ready.set()
             self._event_ready.set()
             if not self._hello.done():
-                self._hello.set_exception(SessionRefused(self.close_reason or "closed", code=self.close_code))
+                self._hello.set_exception(SessionRefused(self.close_reason or "closed", close_code=self.close_code))
             self._notify(time.monotonic(), None)
 
 

@@ -15,11 +15,15 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
+
 SECRETS = ("auth_secret",)  # never printed
 
 
-class SettingsFileError(ValueError):
+class SettingsFileError(AvatarcastError, ValueError):
     """A settings file that cannot be read, or a key or value that is not a setting."""
+
+    code = ErrorCode.START_FAILED
 
 
 def read(path: str | Path, cls: type) -> dict[str, Any]:

@@ -16,11 +16,15 @@ import types
 import typing
 from typing import Any, Literal, Union
 
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
+
 KEY = "avatarcast.wire"
 
 
-class ProtocolError(ValueError):
+class ProtocolError(AvatarcastError, ValueError):
     """A message that does not have the shape its type declares (a missing field, an unknown value)."""
+
+    code = ErrorCode.BAD_MESSAGE
 
 
 def wire(doc: str = "", *, name: str | None = None, part: str = "payload", **schema: Any) -> dict[str, Any]:

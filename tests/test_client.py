@@ -198,8 +198,8 @@ def test_refusals_attachments_and_closes(server_url: str) -> None:
         }
 
     r = run(go, server_url, Wire())
-    assert r["bad_avatar"].code == 1008 and "nobody" in r["bad_avatar"].reason
-    assert r["no_session"].code == 1008
+    assert r["bad_avatar"].close_code == 1008 and "nobody" in r["bad_avatar"].reason
+    assert r["no_session"].close_code == 1008
     assert r["other"].hello.session == r["s"].id
     assert any(isinstance(x, EncodedFrame) for x in r["got"])
     assert r["s"].close_code == 1000 and r["other"].closed

@@ -150,7 +150,7 @@ class Conn:
         try:
             session = await Client(base_url).open(avatar=avatar)
         except SessionRefused as exc:
-            if exc.code is None:
+            if exc.close_code is None:
                 raise
             return cls(None, intervals, exc)
         return cls(session, intervals)
@@ -175,12 +175,12 @@ class Conn:
     def close_code(self) -> int | None:
         if self.session is not None:
             return self.session.close_code
-        return self.refused.code if self.refused else None
+        return self.refused.close_code if self.refused else None
 
     @property
     def close_reason(self) -> str:
         if self.session is None:
-            return f"refused {self.refused.code}: {self.refused.reason}" if self.refused else ""
+            return f"refused {self.refused.close_code}: {self.refused.reason}" if self.refused else ""
         return f"closed {self.session.close_code}: {self.session.close_reason}" if self.session.closed else ""
 
     def live(self) -> Session:
