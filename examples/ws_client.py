@@ -1,31 +1,39 @@
-"""Send a voice clip over WebSocket, print the events, save the frames (a 20-line avatarcast client)."""
+"""Send a voice clip, print what the server decides, save the frames as RGBA PNGs (the avatarcast Python client)."""
 
 import asyncio
-import json
-import struct
+import contextlib
 import sys
 
-import websockets  # pip install websockets
+from PIL import Image
+
+from avatarcast.client import Client
+from avatarcast.realtime.events import Emotion, TranscriptFinal
 
 
 async def main(url: str, clip_path: str, seconds: float = 6.0) -> None:
-    async with websockets.connect(url) as ws:  # e.g. ws://127.0.0.1:8080/v1/ws?avatar=pip
-        await ws.send(b"CLIP" + open(clip_path, "rb").read())  # any wav/mp3/ogg/webm/m4a file
-        loop, n = asyncio.get_running_loop(), 0
-        end = loop.time() + seconds
-        while (left := end - loop.time()) > 0:
-            try:
-                msg = await asyncio.wait_for(ws.recv(), left)
-            except TimeoutError:
-                break
-            if isinstance(msg, str):  # JSON event
-                ev = json.loads(msg)
-                print(ev["type"], json.dumps(ev["payload"], ensure_ascii=False)[:100])
-            else:  # 28-byte header + JPEG
-                _, index, pts, sent_at, fmt, source, emotion = struct.unpack_from("<4sIddBBBx", msg)
-                open(f"frame_{index:05d}.jpg", "wb").write(msg[28:])
-                n += 1
-        print(f"{n} frames")
+    async with Client(url) as client:  # e.g. http://127.0.0.1:8080; token=... for a server with --auth-secret
+        session = await client.open(avatar="pip")
+        await session.send_clip(clip_path)  # any wav/mp3/ogg/webm/m4a file; or say(), emotion(), send_pcm()
+        saved = 0
+
+        async def frames() -> None:
+            nonlocal saved
+            async for frame in session.frames():  # frame.rgba: (360, 640, 4) uint8
+                Image.fromarray(frame.rgba).save(f"frame_{frame.index:05d}.png")
+                saved += 1
+
+        async def events() -> None:
+            async for ev in session.events():  # typed events: Hello, TranscriptFinal, Emotion, Latency, ...
+                if isinstance(ev, TranscriptFinal):
+                    print("heard", repr(ev.text))
+                elif isinstance(ev, Emotion):
+                    print("emotion", ev.label, ev.intensity, "applied" if ev.applied else ev.reason)
+                else:
+                    print(ev.TYPE)
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(frames(), events()), seconds)
+        print(f"{saved} frames")
 
 
 asyncio.run(main(sys.argv[1], sys.argv[2]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import json
 import logging
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from avatarcast.realtime import progress
 from avatarcast.realtime.engine_loader import WAN_FLAGS, load_engine
 from avatarcast.realtime.settings import Settings
 from avatarcast.realtime.video import parse_color, write_video
@@ -67,14 +69,17 @@ def cmd_render(args: argparse.Namespace) -> int:
         st = engine.start_stream(avatar, schedule[0][0], args.intensity, args.seed)
         engine.sample_chunks([st])  # leave the rest pose before the clip starts
         chunks = []
-        for emotion, secs in schedule:
-            engine.set_emotion(st, emotion, args.intensity)
-            need = max(1, round(secs * fps))
-            got = 0
-            while got < need:
-                c = engine.next_chunk([st])[0]
-                chunks.append(c[: need - got])
-                got += len(chunks[-1])
+        total = sum(max(1, round(secs * fps)) for _, secs in schedule)
+        with progress.bar(total=total, desc="render", unit="frame", quiet=args.quiet) as bar:
+            for emotion, secs in schedule:
+                engine.set_emotion(st, emotion, args.intensity)
+                need = max(1, round(secs * fps))
+                got = 0
+                while got < need:
+                    c = engine.next_chunk([st])[0]
+                    chunks.append(c[: need - got])
+                    got += len(chunks[-1])
+                    bar.update(len(chunks[-1]))
         frames = np.concatenate(chunks)
         label = f"{settings.engine}/{'torch' if settings.engine == 'wan' else settings.backend}/{settings.steps} steps"
     gen_s = time.perf_counter() - t0
@@ -89,6 +94,13 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from avatarcast.realtime.server import StartupError, serve  # fastapi, uvicorn: ~0.5 s off `avatarcast --help`
 
+    if args.print_config:  # the effective settings, each with its source, as a file --config reads back
+        from avatarcast.realtime.settings_file import render
+
+        settings, sources = Settings.resolve(args)
+        settings.validate()
+        print(render(settings, sources), end="")
+        return 0
     settings = Settings.from_args(args)
     if settings.ray:  # the gateway and the engine replicas as Ray Serve deployments (realtime/cluster/)
         try:
@@ -135,14 +147,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 2
 
 
+def version() -> str:
+    """The installed distribution's version (pyproject.toml's); a checkout that was never installed has none."""
+    try:
+        return importlib.metadata.version("avatarcast")
+    except importlib.metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="avatarcast", description="A cartoon avatar that reacts, live, to what a person says."
     )
+    ap.add_argument("--version", action="version", version=f"avatarcast {version()}")
     sub = ap.add_subparsers(dest="command", required=True)
 
     sv = sub.add_parser("serve", help="run the real-time server (HTTP, WebSocket, WebRTC, demo page)")
     Settings.add_arguments(sv)
+    sv.add_argument("--print-config", action="store_true", help="print the settings (TOML, with sources) and exit")
     sv.set_defaults(func=cmd_serve)
 
     t = sub.add_parser("token", help="mint a signed session token for a server started with --auth-secret")
@@ -160,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--background", default="#f5f0e6", help="background for formats without alpha")
     r.add_argument("--renderer", action="store_true", help="draw with the procedural renderer instead of the model")
     r.add_argument("-o", "--output", required=True, help=".mp4, .webm (alpha), .gif, or folder/ for PNGs")
+    progress.add_quiet_flag(r)
     Settings.add_arguments(r, ENGINE_FLAGS)
     r.set_defaults(func=cmd_render)
 

@@ -11,40 +11,55 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
 
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
 from avatarcast.realtime.messages import SessionEvent
+from avatarcast.realtime.session import REACTION_EMOTIONS
+from avatarcast.realtime.wire_fields import to_wire, wire
 
-KNOWN = ["say", "emotion", "language", "audio_end", "ping"]
 MAX_SAY_CHARS = 2000
+DEFAULT_INTENSITY = 0.8  # an emotion command without one
 
 
 @dataclass(frozen=True)
 class Say:
-    text: str
+    """Assistant text: the avatar reacts to its emotion."""
+
+    TYPE: ClassVar[str] = "say"
+    text: str = field(metadata=wire(minLength=1, maxLength=MAX_SAY_CHARS, pattern=r"\S"))
 
 
 @dataclass(frozen=True)
 class SetEmotion:
-    label: str
-    intensity: float
+    """An explicit emotion; it overrides the ones read from speech and text."""
+
+    TYPE: ClassVar[str] = "emotion"
+    label: str = field(metadata=wire(enum=list(REACTION_EMOTIONS)))
+    intensity: float = field(default=DEFAULT_INTENSITY, metadata=wire(minimum=0, maximum=1))
 
 
 @dataclass(frozen=True)
 class SetLanguage:
-    language: str  # auto, en, zh, ...
+    """The ASR language of the next utterances: auto, or a Whisper code (en, zh, ...)."""
+
+    TYPE: ClassVar[str] = "language"
+    language: str
 
 
 @dataclass(frozen=True)
 class AudioEnd:
-    pass
+    """The live audio paused (push-to-talk released): close the open utterance now."""
+
+    TYPE: ClassVar[str] = "audio_end"
 
 
 @dataclass(frozen=True)
 class Ping:
-    pass
+    """Answered with a `pong` event carrying the session's info."""
+
+    TYPE: ClassVar[str] = "ping"
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,13 @@ class Refused:
 
 
 Command = Say | SetEmotion | SetLanguage | AudioEnd | Ping
+COMMANDS: tuple[type[Command], ...] = (Say, SetEmotion, SetLanguage, AudioEnd, Ping)
+KNOWN = [c.TYPE for c in COMMANDS]
+
+
+def command_json(cmd: Command) -> str:
+    """A command as a client sends it."""
+    return json.dumps({"type": cmd.TYPE, **to_wire(cmd)}, ensure_ascii=False, separators=(",", ":"))
 
 
 def event(type_: str, payload: dict) -> str:
@@ -81,24 +103,24 @@ def parse_command(text: str) -> Command | Refused:
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
         return Refused(ErrorCode.BAD_MESSAGE, "a command is a JSON object with a string 'type'")
     kind = msg["type"]
-    if kind == "say":
+    if kind == Say.TYPE:
         t = msg.get("text")
         if not isinstance(t, str) or not t.strip() or len(t) > MAX_SAY_CHARS:
             return Refused(ErrorCode.BAD_SAY, f"say needs 'text': 1..{MAX_SAY_CHARS} characters")
         return Say(t)
-    if kind == "emotion":
-        label, intensity = msg.get("label"), msg.get("intensity", 0.8)
+    if kind == SetEmotion.TYPE:
+        label, intensity = msg.get("label"), msg.get("intensity", DEFAULT_INTENSITY)
         if not isinstance(label, str) or isinstance(intensity, bool) or not isinstance(intensity, (int, float)):
             return Refused(ErrorCode.BAD_EMOTION, "emotion needs 'label' (string) and 'intensity' (0..1)")
         return SetEmotion(label, float(intensity))
-    if kind == "language":
+    if kind == SetLanguage.TYPE:
         lang = msg.get("language")
         if not isinstance(lang, str):
             return Refused(ErrorCode.BAD_LANGUAGE, "language needs 'language': auto, en, zh, ...")
         return SetLanguage(lang)
-    if kind == "audio_end":
+    if kind == AudioEnd.TYPE:
         return AudioEnd()
-    if kind == "ping":
+    if kind == Ping.TYPE:
         return Ping()
     return Refused(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind!r}", (("known", list(KNOWN)),))
 

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from avatarcast.engines.avatar_world import BUILTIN_AVATARS, get_avatar
+from avatarcast.realtime import progress
 from avatarcast.realtime.engine_loader import WAN_FLAGS, load_engine
 from avatarcast.realtime.settings import Settings
 from avatarcast.templates import load_templates
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="engine wan: only write the templates' prompt embeddings (needs text_encoder/ + tokenizer/)",
     )
+    progress.add_quiet_flag(ap)
     Settings.add_arguments(ap, ENGINE_FLAGS)
     return ap
 
@@ -83,7 +85,13 @@ def main(argv: list[str] | None = None) -> int:
             else f"{stats['prompts']} prompt embeddings ({stats['prompt_embeds']}) in {stats['dir']}"
         )
         return 0
-    stats = cache.precompute(avatars, emotions, variants=args.variants, batch=args.batch)
+    with progress.bar(desc="precompute", unit="entry", quiet=args.quiet) as bar:
+
+        def computed(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        stats = cache.precompute(avatars, emotions, variants=args.variants, batch=args.batch, on_computed=computed)
     stats.update(
         cache_dir=str(cache.cache_dir),
         steps=engine.steps,

@@ -288,6 +288,9 @@ class Session:
         if not turn.ended:
             self._end_speech(turn, now, implied=True)  # a final implies the speech ended
         turn.final = True
+        if self._clip_pending == turn.id:
+            # a clip transcribed whole (the runner's clip path) has no speech onset: later speech is a new turn
+            self._clip_pending = None
         turn.timeline.stamp("asr", now, keep=True)
         self._partial_text = ""
         self._emit(

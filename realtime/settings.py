@@ -1,7 +1,8 @@
-"""One settings object for the whole process, built from CLI flags and AVATARCAST_* variables.
+"""One settings object for the whole process, built from CLI flags, AVATARCAST_* variables and a TOML file.
 
-Precedence: explicit CLI flag > environment variable > default. Nothing else in the project
-reads the environment: it receives a Settings (or the values it needs) from its caller.
+Precedence: explicit CLI flag > environment variable > config file (--config or AVATARCAST_CONFIG;
+realtime/settings_file.py) > default. Nothing else in the project reads the environment: it receives a
+Settings (or the values it needs) from its caller.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 from avatarcast.engines.sampler import FlowMatchEulerSampler, warped_sigmas
 from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint
+from avatarcast.realtime import settings_file
 from avatarcast.vocabulary import IMAGE_FORMATS
 
 ENV_PREFIX = "AVATARCAST_"
@@ -124,18 +126,40 @@ class Settings:
     ray_gateway_target: float = 16.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, env: Mapping[str, str] | None = None, config: str | None = None) -> Settings:
+        """Defaults, then the config file (`config`, else AVATARCAST_CONFIG), then AVATARCAST_* variables."""
+        return cls.resolve(env=env, config=config)[0]
+
+    @classmethod
+    def resolve(
+        cls, args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None, config: str | None = None
+    ) -> tuple[Settings, dict[str, str]]:
+        """The settings from every layer, and where each came from (flag, env, the file, default); not validated."""
         env = os.environ if env is None else env
-        s = cls()
+        s, source = cls(), {}
+        path = config or getattr(args, "config", None) or env.get(ENV_PREFIX + "CONFIG")
+        if path:
+            for name, v in settings_file.read(path, cls).items():
+                setattr(s, name, v)
+                source[name] = f"config file {path}"
         for f in fields(cls):
             raw = env.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
                 setattr(s, f.name, _coerce(f.type, raw, ENV_PREFIX + f.name.upper()))
-        return s
+                source[f.name] = f"env {ENV_PREFIX}{f.name.upper()}"
+        for f in fields(cls):
+            v = getattr(args, f.name, None) if args is not None else None
+            if v is not None:
+                setattr(s, f.name, v)
+                source[f.name] = "flag --" + f.name.replace("_", "-")
+        return s, source
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
-        """Adds --<field> flags (default None, so unset flags fall back to env and defaults)."""
+        """Adds --<field> flags (default None, so unset flags fall back to env, the config file and defaults)."""
+        parser.add_argument(
+            "--config", default=None, help=f"a TOML file of settings (env {ENV_PREFIX}CONFIG; flags and env win)"
+        )
         for f in fields(cls):
             if only and f.name not in only:
                 continue
@@ -152,11 +176,7 @@ class Settings:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
-        s = cls.from_env(env)
-        for f in fields(cls):
-            v = getattr(args, f.name, None)
-            if v is not None:
-                setattr(s, f.name, v)
+        s = cls.resolve(args, env)[0]
         s.validate()
         return s
 

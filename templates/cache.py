@@ -18,7 +18,7 @@ import threading
 import time
 import zipfile
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,11 +107,17 @@ class LatentsCache:
 
     # -- public API -----------------------------------------------------------------------
     def precompute(
-        self, avatars: Iterable, emotions: Iterable[str] | None = None, variants: int | None = None, batch: int = 8
+        self,
+        avatars: Iterable,
+        emotions: Iterable[str] | None = None,
+        variants: int | None = None,
+        batch: int = 8,
+        on_computed: Callable[[int, int], object] | None = None,
     ) -> dict:
         """Makes sure every (avatar, emotion, variant) is in memory: disk first, then batched sampling.
 
-        variants=None takes each template's own count. Returns counts and seconds.
+        variants=None takes each template's own count; on_computed(done, to compute) follows the sampling.
+        Returns counts and seconds.
         """
         t0 = time.perf_counter()
         emotions = list(self.templates) if emotions is None else list(emotions)
@@ -142,6 +148,8 @@ class LatentsCache:
                 for entry in self._compute(todo[i : i + batch]):
                     self._remember(entry)
                 stats["computed"] += len(todo[i : i + batch])
+                if on_computed is not None:
+                    on_computed(int(stats["computed"]), len(todo))
         stats["seconds"] = round(time.perf_counter() - t0, 3)
         return stats
 

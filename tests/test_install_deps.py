@@ -20,6 +20,7 @@ import pytest
 from tests.base_install import REPO, _norm, base_distributions
 
 BENCH_MODULES = (
+    "avatarcast/client.py",
     "realtime/bench/client.py",
     "realtime/bench/server.py",
     "realtime/bench/latency.py",

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from avatarcast.engines.tiny.model import HalfResDecoder
 from avatarcast.engines.tiny.weights import DEFAULT_DIR, load_manifest, load_torch_modules
+from avatarcast.realtime import progress
 from tools.train_tiny import avatar_by_id, grad_l1, n_avatars
 
 
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--no-write", action="store_true", help="train and report, but leave the weights folder as is")
     ap.add_argument("--save", default=None, help="also save the student's state dict (torch.save) here")
+    progress.add_quiet_flag(ap)
     args = ap.parse_args(argv)
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -128,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     t_train, deadline = time.perf_counter(), time.perf_counter() + args.minutes * 60
     step, losses = 0, []
     student.train()
+    # a bar over the time budget (seconds), on a terminal only: the step lines below are the log
+    bar = progress.bar(total=round(deadline - t_train), desc="train lowres", unit="s", quiet=args.quiet)
     while time.perf_counter() < deadline:
         frac = min(1.0, (time.perf_counter() - t_train) / (args.minutes * 60))
         for g in opt.param_groups:
@@ -142,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
         losses.append(loss.item())
         step += 1
         if step % 50 == 0:
-            print(f"step {step} loss {np.mean(losses[-50:]):.4f} ({time.perf_counter() - t_train:.0f} s)", flush=True)
+            progress.write(f"step {step} loss {np.mean(losses[-50:]):.4f} ({time.perf_counter() - t_train:.0f} s)")
+        bar.update(min(round(time.perf_counter() - t_train), bar.total) - bar.n)
+        bar.set_postfix(step=step, refresh=False)
+    bar.close()
     student.eval()
     after = evaluate(student, teacher, ho_raw, ho_full)
     report = {

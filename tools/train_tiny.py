@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from multiprocessing import Pool
 from multiprocessing import TimeoutError as PoolTimeout
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,6 +51,7 @@ from avatarcast.engines.tiny.model import (
     frames_to_tensor,
     tensor_to_frames,
 )
+from avatarcast.realtime import progress
 from avatarcast.vocabulary import EMOTIONS
 
 CLIP_FRAMES = 24
@@ -141,9 +143,12 @@ def _heldout_frames(job: tuple[int, int]) -> np.ndarray:
 
 
 class LossLog:
+    quiet = False  # --quiet: no progress bars (main sets it for every stage's log)
+
     def __init__(self, path: Path):
         self.path = path
         self.rows: list[dict] = json.loads(path.read_text()) if path.exists() else []
+        self.bar: Any = None  # a stage's steps, on a terminal only (progress.bar)
 
     def add(self, **row) -> None:
         self.rows.append(row)
@@ -153,6 +158,9 @@ class LossLog:
 
         Losses may be tensors: they are read (a device sync) only on the steps that log.
         """
+        if self.bar is None:
+            self.bar = progress.bar(desc=tag, unit="step", quiet=self.quiet)
+        self.bar.update()
         if step % 25 and step % 500:
             return
         losses = {k: float(v) for k, v in losses.items()}
@@ -160,9 +168,12 @@ class LossLog:
             self.add(step=step, time=time.time() - t0, **losses)
         if step % 500 == 0:
             shown = " ".join(f"{k} {v:.4f}" for k, v in losses.items())
-            print(f"[{tag}] step {step} {shown} {(time.time() - t0) / max(1, local) * 1000:.0f} ms/step", flush=True)
+            progress.write(f"[{tag}] step {step} {shown} {(time.time() - t0) / max(1, local) * 1000:.0f} ms/step")
 
     def save(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         self.path.write_text(json.dumps(self.rows))
         try:
             import matplotlib
@@ -1138,7 +1149,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--min-steps", type=int, default=1, help="steps each stage makes even past the deadline")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    progress.add_quiet_flag(ap)
     args = ap.parse_args(argv)
+    LossLog.quiet = args.quiet
     Path(args.work).mkdir(parents=True, exist_ok=True)
     Path(args.ckpt).mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)

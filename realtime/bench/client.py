@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
-import json
 import logging
 import math
 import sys
@@ -22,10 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from websockets.asyncio.client import connect
 
+from avatarcast.client import Client, EncodedFrame, Session, SessionRefused
 from avatarcast.realtime.audio import decode_audio
-from avatarcast.realtime.protocol import TAG_PCM, unpack_frame
+from avatarcast.realtime.events import ServerEvent, UnknownEvent
+from avatarcast.realtime.wire_fields import to_wire
 from avatarcast.vocabulary import REACTION_SOURCES
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout, where tests/data/speech holds committed clips
@@ -126,61 +126,68 @@ def interval_stats(intervals_s: list[float]) -> dict:
 # --- one session -----------------------------------------------------------------------------
 
 
-def ws_url(base: str, avatar: str) -> str:
-    b = base.rstrip("/")
-    if b.startswith("http://"):
-        b = "ws://" + b[len("http://") :]
-    elif b.startswith("https://"):
-        b = "wss://" + b[len("https://") :]
-    elif not b.startswith(("ws://", "wss://")):
-        b = "ws://" + b
-    return f"{b}/v1/ws?avatar={avatar}"
-
-
 class Conn:
-    """One WebSocket session: every frame (recv time, index, source, emotion) and event, as they arrive."""
+    """One session (avatarcast.client): every frame (recv time, index, source, emotion) and event, as they arrive.
 
-    def __init__(self, ws: Any, intervals: list[float]) -> None:
-        self.ws = ws
+    Frames are timed on arrival by the client's receiving task and never decoded; events are kept as their
+    wire dicts (type, payload), which the reports read.
+    """
+
+    def __init__(self, session: Session | None, intervals: list[float], refused: SessionRefused | None = None) -> None:
+        self.session = session
+        self.refused = refused  # the server closed the socket before its hello (busy, rate limited, ...)
         self.frames: list[Frame] = []
         self.events: list[tuple[float, dict]] = []
         self.intervals = intervals  # this session slot's frame intervals (shared over its clips)
         self.changed = asyncio.Event()
-        self.closed = False
-        self.close_reason = ""
-        self.receiver: asyncio.Task | None = None
+        if session is not None:
+            session.add_listener(self._arrived)
 
     @classmethod
     async def open(cls, base_url: str, avatar: str, intervals: list[float]) -> Conn:
-        """Connect to `/v1/ws?avatar=...` and start receiving; the connect error propagates."""
-        ws = await connect(ws_url(base_url, avatar), max_size=None, open_timeout=30, close_timeout=2)
-        conn = cls(ws, intervals)
-        conn.receiver = asyncio.create_task(conn.receive())
-        return conn
-
-    async def receive(self) -> None:
+        """Open a session on `/v1/ws?avatar=...`; a refusal by close code gives a closed Conn (its close_code
+        says why), any other connect error propagates."""
         try:
-            async for msg in self.ws:
-                now = time.monotonic()
-                if isinstance(msg, (bytes, bytearray)):
-                    try:
-                        h, _ = unpack_frame(msg)
-                    except ValueError:
-                        continue
-                    if self.frames:
-                        self.intervals.append(now - self.frames[-1][0])
-                    self.frames.append((now, h.index, h.source, h.emotion))
-                else:
-                    try:
-                        self.events.append((now, json.loads(msg)))
-                    except ValueError:
-                        continue
-                self.changed.set()
-        except Exception as exc:  # connection closed or broken
-            self.close_reason = f"{type(exc).__name__}: {exc}"
-        finally:
-            self.closed = True
-            self.changed.set()
+            session = await Client(base_url).open(avatar=avatar)
+        except SessionRefused as exc:
+            if exc.close_code is None:
+                raise
+            return cls(None, intervals, exc)
+        return cls(session, intervals)
+
+    def _arrived(self, now: float, item: EncodedFrame | ServerEvent | None) -> None:
+        if isinstance(item, EncodedFrame):
+            h = item.header
+            if self.frames:
+                self.intervals.append(now - self.frames[-1][0])
+            self.frames.append((now, h.index, h.source, h.emotion))
+        elif isinstance(item, UnknownEvent):
+            self.events.append((now, {"type": item.type, "payload": item.payload}))
+        elif item is not None:
+            self.events.append((now, {"type": item.TYPE, "payload": to_wire(item)}))
+        self.changed.set()
+
+    @property
+    def closed(self) -> bool:
+        return self.session is None or self.session.closed
+
+    @property
+    def close_code(self) -> int | None:
+        if self.session is not None:
+            return self.session.close_code
+        return self.refused.close_code if self.refused else None
+
+    @property
+    def close_reason(self) -> str:
+        if self.session is None:
+            return f"refused {self.refused.close_code}: {self.refused.reason}" if self.refused else ""
+        return f"closed {self.session.close_code}: {self.session.close_reason}" if self.session.closed else ""
+
+    def live(self) -> Session:
+        """The open session (a refused Conn has none: it is closed from the start, and sends nothing)."""
+        if self.session is None:
+            raise RuntimeError(f"no session: {self.close_reason}")
+        return self.session
 
     async def next_change(self, timeout: float) -> None:
         """Wait until a frame or event arrives or the session closes, at most `timeout` seconds."""
@@ -196,18 +203,14 @@ class Conn:
         return bool(self.frames)
 
     async def wait_closed(self, timeout: float) -> None:
-        """Let the receiver see the server's close (its code and reason), at most `timeout` seconds."""
-        if self.receiver is not None:
+        """Let the client see the server's close (its code and reason), at most `timeout` seconds."""
+        if self.session is not None:
             with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self.receiver), timeout)
+                await asyncio.wait_for(self.session.wait_closed(), timeout)
 
     async def close(self) -> None:
-        with contextlib.suppress(Exception):
-            await self.ws.close()
-        if self.receiver is not None:
-            self.receiver.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.receiver
+        if self.session is not None:
+            await self.session.close()
 
     def of_type(self, kind: str, after: float = -math.inf) -> list[tuple[float, dict]]:
         return [(t, e) for t, e in self.events if e.get("type") == kind and t >= after]
@@ -271,7 +274,7 @@ async def stream_pcm(
     chunk = int(SAMPLE_RATE * chunk_ms / 1000)
     first, last = speech_bounds(clip.pcm, chunk)
     n = max(1, math.ceil(clip.pcm.size / chunk))
-    silence = TAG_PCM + np.zeros(chunk, "<i2").tobytes()
+    silence = np.zeros(chunk, "<i2").tobytes()
     t0 = time.monotonic()
     sent.started = t0
     k = 0
@@ -284,11 +287,11 @@ async def stream_pcm(
             body = clip.pcm[k * chunk : (k + 1) * chunk]
             if body.size < chunk:
                 body = np.pad(body, (0, chunk - body.size))
-            await conn.ws.send(TAG_PCM + body.astype("<i2").tobytes())
+            await conn.live().send_pcm(body.astype("<i2").tobytes())
         else:
             if (stop.is_set() or not keep_open) and (k - n) * chunk >= tail_s * SAMPLE_RATE:
                 return
-            await conn.ws.send(silence)
+            await conn.live().send_pcm(silence)
         now = time.monotonic()
         if k == first:
             sent.onset = now

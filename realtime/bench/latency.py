@@ -65,7 +65,6 @@ from avatarcast.realtime.bench.client import (
     stream_pcm,
 )
 from avatarcast.realtime.bench.server import machine, run_on_server
-from avatarcast.realtime.protocol import TAG_CLIP
 from avatarcast.vocabulary import FRAME_S
 
 log = logging.getLogger("avatarcast.bench.latency")
@@ -178,7 +177,7 @@ async def measure_clip(
         # 2. send
         if args.mode == "clip":
             sent.started = time.monotonic()
-            await conn.ws.send(TAG_CLIP + clip.data)
+            await conn.live().send_clip(clip.data)
             sent.origin = time.monotonic()
         else:
             sender = asyncio.create_task(stream_pcm(conn, clip, sent, args.chunk_ms, args.tail, stop, args.mic_open))

@@ -50,7 +50,6 @@ from avatarcast.realtime.bench.client import (
 )
 from avatarcast.realtime.bench.clips import make_clips
 from avatarcast.realtime.bench.server import machine, run_on_server, server_status
-from avatarcast.realtime.protocol import TAG_CLIP
 
 log = logging.getLogger("avatarcast.bench.load")
 RETRY_S = 5.0
@@ -97,7 +96,7 @@ async def speak(conn: Conn, clip: Clip, timeout: float) -> dict:
         "error": None,
     }
     t_send = time.monotonic()
-    await conn.ws.send(TAG_CLIP + clip.data)
+    await conn.live().send_clip(clip.data)
     origin = time.monotonic()
     while True:
         latency, _ = conn.latency_for(("clip",), t_send)
@@ -130,7 +129,7 @@ async def run_slot(
         try:
             if not await conn.first_frames():  # refused (or broken): the close code says why
                 await conn.wait_closed(2.0)
-                code, reason = conn.ws.close_code, conn.ws.close_reason
+                code, reason = conn.close_code, conn.close_reason
                 slot.refused.append({"at_s": round(time.monotonic() - t0, 1), "code": code, "reason": reason})
                 log.info("session %d refused: %s %s", slot.index, code, reason)
                 if args.no_retry:

@@ -65,6 +65,23 @@ def test_websocket_needs_a_token_and_works_with_one(server: str) -> None:
     assert asyncio.run(go())["type"] == "hello"
 
 
+def test_the_python_client_sends_its_token(server: str) -> None:
+    from avatarcast.client import Client, SessionRefused
+
+    async def go() -> tuple[SessionRefused, SessionRefused, str]:
+        async with Client(server) as anonymous, Client(server, token="not-a-token") as forged:
+            with pytest.raises(SessionRefused) as no_token:
+                await anonymous.open()
+            with pytest.raises(SessionRefused) as bad_token:
+                await forged.open()
+        async with Client(server, token=mint(SECRET, "py", 60)) as client:
+            session = await client.open()
+            return no_token.value, bad_token.value, session.id
+
+    no_token, bad_token, sid = asyncio.run(go())
+    assert no_token.status == 403 and bad_token.status == 403 and sid
+
+
 def test_cli_mints_a_token_the_server_accepts(server: str) -> None:
     out = subprocess.run(
         [

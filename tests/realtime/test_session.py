@@ -419,6 +419,26 @@ def test_clip_counts_from_clip_received():
     assert lat.payload["kind"] == "clip" and lat.payload["ttff_ms"] == pytest.approx(1000 * (first.t - got))
 
 
+def test_live_speech_after_a_whole_clip_is_a_turn_of_its_own():
+    """A clip transcribed whole (no VAD onset, as the runner does it) must not swallow the next live utterance."""
+    s, d = make()
+    d.tick(3)
+    clip = s.on_clip_received(d.now)
+    s.on_final("we got the keys", d.now + 0.3, utterance=clip)
+    s.on_cue(cue("happy"), d.now + 0.35, utterance=clip, decided_by="final")
+    d.until(d.now + 1.0)
+    live = s.on_speech_start(d.now)
+    assert live is not None and live != clip
+    s.on_speech_end(d.now + 0.5, utterance=live)
+    s.on_final("hello there", d.now + 0.8, utterance=live, language="en")
+    s.on_cue(cue("sad"), d.now + 0.85, utterance=live, decided_by="final")
+    ev = s.events()
+    finals = [e.payload for e in ev if e.type == "transcript_final"]
+    assert [(p["utterance"], p["source"]) for p in finals] == [(clip, "clip"), (live, "speech")]
+    assert not [e for e in ev if e.type == "error"]
+    assert s.state == "reacting"
+
+
 def test_idle_cue_returns_to_idle_and_reports():
     s, d = make()
     s.on_speech_start(T0)

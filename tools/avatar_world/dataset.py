@@ -34,6 +34,8 @@ import numpy as np
 
 from avatarcast.engines.avatar_world.avatars import BUILTIN_AVATARS, AvatarParams, random_avatar
 from avatarcast.engines.avatar_world.render import render_sequence
+from avatarcast.realtime.progress import add_quiet_flag
+from avatarcast.realtime.progress import bar as progress_bar
 from avatarcast.vocabulary import EMOTIONS, FPS, FRAME_HEIGHT, FRAME_WIDTH
 
 DATA_VERSION = "avatar-world-v1"
@@ -150,10 +152,12 @@ def write_dataset(
     else:
         pool = multiprocessing.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(avatar_dicts,))
         it = pool.imap(_render_shard, jobs)
+    bar = progress_bar(total=len(jobs), desc="dataset", unit="shard", quiet=not progress)
     try:
         for k, res in enumerate(it):
             results.append(res)
-            if progress:
+            bar.update()
+            if progress and bar.disable:  # a log, not a terminal: a line per shard
                 el = time.time() - t0
                 print(
                     f"[avatar_world] shard {k + 1}/{len(jobs)} {res['file']} ({el:.0f}s, "
@@ -162,6 +166,7 @@ def write_dataset(
                     flush=True,
                 )
     finally:
+        bar.close()
         if pool is not None:
             pool.close()
             pool.join()
@@ -226,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--switch-fraction", type=float, default=0.35)
     ap.add_argument("--clips-per-shard", type=int, default=16)
+    add_quiet_flag(ap)
     a = ap.parse_args(argv)
     m = write_dataset(
         a.out,
@@ -236,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
         workers=a.workers,
         switch_fraction=a.switch_fraction,
         clips_per_shard=a.clips_per_shard,
-        progress=True,
+        progress=not a.quiet,
     )
     print(json.dumps({k: m[k] for k in ("data_version", "n_avatars", "n_clips", "n_frames", "n_shards", "seconds")}))
     return 0

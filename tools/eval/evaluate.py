@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avatarcast.realtime import progress
 from avatarcast.vocabulary import FPS
 from tools.eval import metrics
 from tools.eval.classifier import EMOTIONS, classify, downsample_premultiplied, load_classifier, load_meta, to_tensor
@@ -198,9 +199,11 @@ def evaluate(
     gen_small, ref_small, labels, names, keys = [], [], [], [], []
     extra_ref, extra_groups = [], []  # additional reference clips for the smoothness ratio
     t_gen = t_ref = 0.0
+    bar = progress.bar(total=len(avs) * len(emotions) * len(seed_list), desc="eval", unit="clip", quiet=not verbose)
     for ai, av in enumerate(avs):
         for e in emotions:
             for s in seed_list:
+                bar.update()
                 ta = time.time()
                 g = np.asarray(engine_like.generate_clip(av, e, n_frames=n_frames, seed=s, intensity=intensity))
                 tb = time.time()
@@ -225,8 +228,9 @@ def evaluate(
                 )
                 extra_groups.append((av.name, e))
             t_ref += time.time() - ta
-            if verbose:
+            if verbose and bar.disable:  # a log, not a terminal: a line per (avatar, emotion)
                 print(f"  {av.name} {e}: {len(gen_small)} clips, {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    bar.close()
 
     ta = time.time()
     gen_out = classify(clf, to_tensor(np.stack(gen_small)))
@@ -378,6 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--classifier", default=None, help="classifier weights (default: shipped)")
     ap.add_argument("--out", default="docs/eval")
     ap.add_argument("--no-gif", action="store_true")
+    progress.add_quiet_flag(ap)
     ap.add_argument(
         "--lowres",
         action="store_true",
@@ -405,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         classifier=load_classifier(args.classifier),
         gif_path=None if args.no_gif else out / "side_by_side.gif",
         engine_label=label,
-        verbose=True,
+        verbose=not args.quiet,
     )
     meta = {
         "engine": args.engine,
