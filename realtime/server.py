@@ -22,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
 
 from avatarcast.engines.errors import CLOSE_INTERNAL, AvatarcastError, ErrorCode
+from avatarcast.realtime import events
 from avatarcast.realtime.auth import AuthMiddleware
 from avatarcast.realtime.avatars import avatar_names
 from avatarcast.realtime.clips import ClipRequest
@@ -31,6 +32,7 @@ from avatarcast.realtime.origins import OriginMiddleware, parse_origins
 from avatarcast.realtime.ratelimit import RateLimitMiddleware, client_keys, retry_after
 from avatarcast.realtime.runner import SessionRunner
 from avatarcast.realtime.settings import Settings
+from avatarcast.realtime.wire_fields import payload_model
 from avatarcast.realtime.ws import serve_socket
 
 log = logging.getLogger("avatarcast.server")
@@ -71,15 +73,8 @@ class EmotionRequest(BaseModel):
     intensity: float = Field(0.8, ge=0.0, le=1.0)
 
 
-class ClipResult(BaseModel):
-    utterance: int
-    transcript: str
-    language: str | None
-    emotion: str
-    intensity: float
-    confidence: float
-    audio_s: float
-    stages_ms: dict[str, float]
+# the clip's result over HTTP is the `clip` event's payload over the WebSocket
+ClipResult = payload_model(events.Clip, "ClipResult")
 
 
 class RenderRequest(BaseModel):

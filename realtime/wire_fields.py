@@ -165,3 +165,16 @@ def type_schema(tp: Any) -> dict[str, Any]:
     if tp is Any:
         return {}
     raise TypeError(f"no JSON Schema for {tp!r}")
+
+
+def payload_model(cls: type, name: str) -> type:
+    """A pydantic model of an event's payload (its own keys, no envelope): the HTTP body that carries the same
+    facts as the WebSocket event, so the two cannot drift apart."""
+    import pydantic
+
+    hints = _hints(cls)
+    fields: dict[str, Any] = {
+        wire_name: (hints[f.name], pydantic.Field(description=_meta(f)["doc"] or None))
+        for f, wire_name in payload_fields(cls)
+    }
+    return pydantic.create_model(name, **fields)
