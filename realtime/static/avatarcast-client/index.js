@@ -300,7 +300,7 @@ export class AvatarcastClient {
     this.#sessionId = r.headers.get("X-Session-Id") || sid;
     await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
     if (this.#closed) throw new AvatarcastError("closed", "closed while connecting");
-    await waitConnected(pc, Math.max(0, left()), this.#o.webrtcTimeoutMs);
+    await waitConnected(pc, dc, Math.max(0, left()), this.#o.webrtcTimeoutMs);
     pc.onconnectionstatechange = () => {
       if (this.#pc !== pc) return;
       const s = pc.connectionState;
@@ -544,23 +544,25 @@ function waitIceGathering(pc, timeoutMs) {
   });
 }
 
-/** Resolve when the peer connects; WebRTCUnavailable when it fails or is not connected within timeoutMs. */
-function waitConnected(pc, timeoutMs, budgetMs) {
-  if (pc.connectionState === "connected") return Promise.resolve();
+/** Resolve when the peer and its event channel are up; WebRTCUnavailable on failure or after timeoutMs. */
+function waitConnected(pc, dc, timeoutMs, budgetMs) {
   return new Promise((resolve, reject) => {
     const finish = (err) => {
       pc.removeEventListener("connectionstatechange", check);
+      dc.removeEventListener("open", check);
       clearTimeout(timer);
       if (err) reject(err); else resolve();
     };
     const check = () => {
       const s = pc.connectionState;
-      if (s === "connected") finish();
+      if (s === "connected" && dc.readyState === "open") finish();
       else if (s === "failed" || s === "closed") finish(new WebRTCUnavailable(`WebRTC connection ${s}: no media path`));
     };
     const late = () => finish(new WebRTCUnavailable(`WebRTC not connected within ${budgetMs} ms`));
     const timer = setTimeout(late, timeoutMs);
     pc.addEventListener("connectionstatechange", check);
+    dc.addEventListener("open", check);
+    check();
   });
 }
 
