@@ -13,7 +13,7 @@ import {
 } from "avatarcast-client";
 
 export async function typed(): Promise<Transport | null> {
-  const options: ClientOptions = { avatar: "pip", transport: "auto", webrtcTimeoutMs: 3000, iceTransportPolicy: "relay" };
+  const options: ClientOptions = { avatar: "pip", transport: "auto", webrtcTimeoutMs: 3000, iceTransportPolicy: "all" };
   const client = new AvatarcastClient(options);
   const off = client.on("emotion", (p, ev) => {
     const label: string = p.label;

@@ -367,6 +367,24 @@ def test_client_webrtc_only_fails_without_fallback(blank, base: str) -> None:
     assert len(sessions) == 1 and sessions[0], sessions
     assert httpx.get(f"{base}/v1/sessions/{sessions[0]}").status_code == 404, "the failed peer's session is open"
 
+    # close() while connect() still waits for ICE: connect() rejects at once, and the session ends
+    out = run_js(
+        blank,
+        """
+        const client = new m.AvatarcastClient(
+          { transport: "webrtc", iceTransportPolicy: "relay", webrtcTimeoutMs: 20000 });
+        const pending = client.connect().then(() => "connected", (err) => err.code);
+        while (!client.sessionId) await sleep(20);
+        const t0 = performance.now();
+        await client.close();
+        return { code: await pending, ms: performance.now() - t0, state: client.state };
+        """,
+        10,
+    )
+    assert out["code"] == "closed" and out["ms"] < 1000 and out["state"] == "closed", out
+    assert len(sessions) == 2, sessions
+    assert httpx.get(f"{base}/v1/sessions/{sessions[1]}").status_code == 404, "close() left the session open"
+
 
 def test_client_websocket_frames_and_microphone(blank) -> None:
     """The WebSocket transport: frames as ImageBitmaps with alpha, say, and the microphone as PCM1 heard by ASR."""

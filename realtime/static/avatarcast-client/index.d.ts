@@ -30,7 +30,7 @@ export interface ClientOptions {
   webrtcTimeoutMs?: number;
   /** ICE servers to use; default: the server's (GET iceServersUrl), none when it has no such endpoint. */
   iceServers?: RTCIceServer[] | null;
-  /** Where the server lists its ICE servers; null: do not ask. Default "/ice-servers". */
+  /** Where the server lists its ICE servers; null: do not ask. Default "/v1/ice-servers". */
   iceServersUrl?: string | null;
   /** "relay": TURN only. */
   iceTransportPolicy?: RTCIceTransportPolicy;

@@ -30,7 +30,7 @@ const DEFAULTS = {
   transport: "auto",
   webrtcTimeoutMs: 5000,
   iceServers: null,
-  iceServersUrl: "/ice-servers",
+  iceServersUrl: "/v1/ice-servers",
   iceTransportPolicy: "all",
   iceGatherTimeoutMs: 2000,
   imageFormat: "webp",
@@ -78,7 +78,7 @@ export function parseFrame(data) {
   };
 }
 
-/** The server's ICE servers (GET /ice-servers); [] when it has none or no such endpoint (404). */
+/** The server's ICE servers (GET /v1/ice-servers: {"iceServers": [...]}); [] when it has no such endpoint (404). */
 export async function fetchIceServers(baseUrl, { token = null, url = DEFAULTS.iceServersUrl } = {}) {
   const r = await fetch(new URL(url, baseUrl), { headers: token ? { Authorization: `Bearer ${token}` } : {} });
   if (r.status === 404) return [];
@@ -125,6 +125,8 @@ export class AvatarcastClient {
   #mic = null; // { ctx, node, source } (WebSocket microphone capture)
   #closed = false;
   #fallbackReason = null; // why WebRTC was given up, when it was
+  #abort = null; // rejects #aborted: close() ends a connect() still waiting
+  #aborted = new Promise((_, reject) => { this.#abort = reject; });
   framesReceived = 0;
   framesDropped = 0;
 
@@ -136,7 +138,10 @@ export class AvatarcastClient {
     const origin = typeof location !== "undefined" ? location.origin : undefined;
     this.#base = new URL(this.#o.baseUrl || origin);
     this.#o.affinityKey = this.#o.affinityKey || randomKey();
+    this.#aborted.catch(() => {}); // only raced against, never awaited alone
   }
+
+  #orAbort(promise) { return Promise.race([promise, this.#aborted]); }
 
   get state() { return this.#state; }
   get transport() { return this.#transport; }
@@ -300,7 +305,7 @@ export class AvatarcastClient {
     this.#sessionId = r.headers.get("X-Session-Id") || sid;
     await pc.setRemoteDescription({ type: "answer", sdp: await r.text() });
     if (this.#closed) throw new AvatarcastError("closed", "closed while connecting");
-    await waitConnected(pc, dc, Math.max(0, left()), this.#o.webrtcTimeoutMs);
+    await this.#orAbort(waitConnected(pc, dc, Math.max(0, left()), this.#o.webrtcTimeoutMs));
     pc.onconnectionstatechange = () => {
       if (this.#pc !== pc) return;
       const s = pc.connectionState;
@@ -346,7 +351,7 @@ export class AvatarcastClient {
         reject(new AvatarcastError(code, e.reason || `WebSocket closed (${e.code})`, { closeCode: e.code }));
       };
     });
-    await hello;
+    await this.#orAbort(hello);
     ws.onclose = (e) => { if (this.#ws === ws) this.#ended(e.code, e.reason || `WebSocket closed (${e.code})`); };
     if (this.#o.microphone) {
       this.#startPcmCapture(this.#o.microphone).catch((err) => {
@@ -513,6 +518,7 @@ export class AvatarcastClient {
   #ended(closeCode, reason) {
     if (this.#closed) return;
     this.#closed = true;
+    this.#abort(new AvatarcastError("closed", "closed while connecting"));
     const transport = this.#transport;
     this.#dropWebRTC();
     this.#dropWebSocket();
@@ -524,6 +530,7 @@ export class AvatarcastClient {
   async close() {
     if (this.#closed) return;
     this.#closed = true;
+    this.#abort(new AvatarcastError("closed", "closed while connecting"));
     const transport = this.#transport;
     await this.#dropWebRTC();
     this.#dropWebSocket();
