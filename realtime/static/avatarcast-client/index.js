@@ -232,6 +232,8 @@ export class AvatarcastClient {
         } catch (err) {
           if (!(err instanceof WebRTCUnavailable) || mode === "webrtc" || this.#closed) throw err;
           await this.#dropWebRTC();
+          this.#sessionId = this.#o.session; // the attempt's own session is gone: the socket's hello names the next
+          this.#hello = null;
           this.#fallbackReason = err.message;
           this.#emit("fallback", { reason: err.message });
         }
