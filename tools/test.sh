@@ -10,5 +10,7 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   if [ -n "$need" ]; then apt-get update -qq && apt-get install -y -qq $need >/dev/null; fi
 fi
 bash tools/install.sh dev
+# TypeScript for the browser client's type check (tests/realtime/test_js_client_package.py), pinned by its lock file
+if command -v npm >/dev/null; then npm ci --prefix tests/js --no-audit --no-fund --silent; fi
 bash tools/lint.sh
 python3 -m pytest -q "$@"

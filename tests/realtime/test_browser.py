@@ -1,4 +1,5 @@
-"""The demo page in a real headless Chromium against the real server: WebRTC video, commands, microphone.
+"""The demo page and its client (static/avatarcast-client/) in a real headless Chromium against the real server:
+WebRTC video, the WebSocket-frames fallback, commands, microphone.
 
 Chromium's fake microphone plays a WAV made with espeak-ng ("I am so happy right now!" between
 1.5 s and 3 s of silence), looping. No mocks: the page, the server, WebRTC (aiortc), VAD, ASR
@@ -18,6 +19,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 CHROMIUM = os.environ.get("AVATARCAST_CHROMIUM", "/usr/bin/chromium")
 BG = np.array([245, 240, 230])
@@ -125,6 +127,8 @@ def test_demo_page(page, base: str, tmp_path: Path) -> None:
     t1 = pg.evaluate("() => document.getElementById('video').currentTime")
     assert t1 - t0 > 0.5, f"video time does not advance ({t0} -> {t1})"
     assert text(pg, "#conn") == "live"
+    assert text(pg, "#transport") == "WebRTC" and pg.get_attribute("#transport", "data-transport") == "webrtc"
+    assert pg.is_visible("#video") and not pg.is_visible("#canvas")
     assert not pg.is_visible("#error"), pg.inner_text("#error")
     session = text(pg, "#session-id")
     assert re.fullmatch(r"[\w-]{6,}", session), session
@@ -265,6 +269,231 @@ def test_language_choice(page, base: str) -> None:
         "the server back to detecting",
     )
     assert httpx.get(f"{base}/v1/sessions/{sid}").json()["language"] is None
+
+
+@pytest.fixture
+def blank(browser, base: str):
+    """A page of the server's origin with nothing on it, for driving the client module directly."""
+    pg = browser.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(base + "/healthz")
+    yield pg
+    pg.close()
+    assert not errors, f"uncaught errors on the page: {errors}"
+
+
+def run_js(pg, body: str, timeout_s: float, arg=None):
+    """Run an async JS function body with `m` (the client module) in scope; fail after timeout_s."""
+    return pg.evaluate(
+        f"""async (arg) => {{
+          const m = await import("/static/avatarcast-client/index.js");
+          const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+          const late = (what) => sleep({timeout_s * 1000}).then(() => {{ throw new Error(what); }});
+          const until = (p, what) => Promise.race([p, late(what)]);
+          return await until((async () => {{ {body} }})(), "timed out after {timeout_s} s");
+        }}""",
+        arg,
+    )
+
+
+def test_client_webrtc(blank, base: str) -> None:
+    """The client connects over WebRTC: a MediaStream that plays 640x360, events and commands on the data channel."""
+    out = run_js(
+        blank,
+        """
+        const ice = await m.fetchIceServers(location.origin);
+        const client = new m.AvatarcastClient({ avatar: "pip" });
+        const transports = [], states = [];
+        client.on("transport", (t) => transports.push(t));
+        client.on("connectionstate", (s) => states.push(s.state));
+        const hello = new Promise((res) => client.once("hello", res));
+        const emotion = new Promise((res) => client.on("emotion", (p) => { if (p.applied) res(p); }));
+        const pong = new Promise((res) => client.once("pong", res));
+        const info = await client.connect();
+        const v = document.createElement("video");
+        v.muted = true; v.srcObject = client.stream; document.body.append(v);
+        await v.play();
+        let n = 0;
+        await new Promise((res) => {
+          const cb = () => { if (++n >= 6) res(); else v.requestVideoFrameCallback(cb); };
+          v.requestVideoFrameCallback(cb);
+        });
+        const h = await hello;
+        const onChannel = client.ping();
+        await client.emotion("happy", 0.8);
+        const [e, p] = await Promise.all([emotion, pong]);
+        const sid = client.sessionId;
+        await client.close();
+        return { ice, info, transports, states, onChannel, sid, helloSession: h.session, emotions: h.emotions,
+                 width: v.videoWidth, height: v.videoHeight, emotion: e.label, source: e.source,
+                 pongId: p.info.id, state: client.state };
+        """,
+        20,
+    )
+    assert isinstance(out["ice"], list)  # [] while the server has no /ice-servers (404), else its list
+    assert out["info"] == {"transport": "webrtc", "sessionId": out["sid"]}
+    assert out["transports"] == [{"transport": "webrtc", "fallbackReason": None}]
+    assert out["states"] == ["connecting", "live", "closed"]
+    assert (out["width"], out["height"]) == (640, 360)
+    assert out["helloSession"] == out["sid"] == out["pongId"]
+    assert out["onChannel"] is True and "happy" in out["emotions"]
+    assert (out["emotion"], out["source"]) == ("happy", "explicit")
+    assert out["state"] == "closed"
+    assert httpx.get(f"{base}/v1/sessions/{out['sid']}").status_code == 404, "close() left the session open"
+
+
+def test_client_webrtc_only_fails_without_fallback(blank, base: str) -> None:
+    """transport "webrtc" with no media path (relay policy, no TURN): a typed error in time, no WebSocket, no leak."""
+    sessions: list[str] = []
+    blank.on("response", lambda r: sessions.append(r.headers.get("x-session-id", "")) if "/v1/whep" in r.url else None)
+    out = run_js(
+        blank,
+        """
+        const client = new m.AvatarcastClient(
+          { transport: "webrtc", iceTransportPolicy: "relay", webrtcTimeoutMs: 1500 });
+        const t0 = performance.now();
+        try { await client.connect(); return { ok: true }; }
+        catch (err) {
+          return { ok: false, name: err.name, code: err.code, ms: performance.now() - t0,
+                   state: client.state, transport: client.transport };
+        }
+        """,
+        10,
+    )
+    assert out["ok"] is False and out["name"] == "AvatarcastError" and out["code"] == "webrtc_failed", out
+    assert 1000 <= out["ms"] < 4000, out
+    assert out["state"] == "failed" and out["transport"] is None
+    assert len(sessions) == 1 and sessions[0], sessions
+    assert httpx.get(f"{base}/v1/sessions/{sessions[0]}").status_code == 404, "the failed peer's session is open"
+
+    # close() while connect() still waits for ICE: connect() rejects at once, and the session ends
+    out = run_js(
+        blank,
+        """
+        const client = new m.AvatarcastClient(
+          { transport: "webrtc", iceTransportPolicy: "relay", webrtcTimeoutMs: 20000 });
+        const pending = client.connect().then(() => "connected", (err) => err.code);
+        while (!client.sessionId) await sleep(20);
+        const t0 = performance.now();
+        await client.close();
+        return { code: await pending, ms: performance.now() - t0, state: client.state };
+        """,
+        10,
+    )
+    assert out["code"] == "closed" and out["ms"] < 1000 and out["state"] == "closed", out
+    assert len(sessions) == 2, sessions
+    assert httpx.get(f"{base}/v1/sessions/{sessions[1]}").status_code == 404, "close() left the session open"
+
+
+def test_client_websocket_frames_and_microphone(blank) -> None:
+    """The WebSocket transport: frames as ImageBitmaps with alpha, say, and the microphone as PCM1 heard by ASR."""
+    out = run_js(
+        blank,
+        """
+        const mic = await navigator.mediaDevices.getUserMedia({ audio: { channelCount: 1, echoCancellation: false } });
+        const client = new m.AvatarcastClient(
+          { transport: "websocket", avatar: "pip", language: "en", microphone: mic });
+        const transports = [], frames = [];
+        client.on("transport", (t) => transports.push(t));
+        client.on("frame", (f) => frames.push({ index: f.index, source: f.source, format: f.imageFormat,
+                                                 emotion: f.emotion, w: f.bitmap.width, h: f.bitmap.height }));
+        const final = (source) => new Promise((res) => client.on("transcript_final", (p) => {
+          if (p.source === source) res(p);
+        }));
+        const heard = final("speech"), said = final("say");
+        const info = await client.connect();
+        const speech = await heard;  // the fake microphone's sentence, sent as PCM1 while its track is enabled
+        await client.say("What a lovely surprise!");
+        const say = await said;
+        while (frames.length < 8) await sleep(50);
+        const f = client.latestFrame;
+        const c = new OffscreenCanvas(f.bitmap.width, f.bitmap.height);
+        const g = c.getContext("2d");
+        g.drawImage(f.bitmap, 0, 0);
+        const d = g.getImageData(0, 0, c.width, c.height).data;
+        let clear = 0, solid = 0;
+        for (let i = 3; i < d.length; i += 4) { if (d[i] === 0) clear++; else if (d[i] === 255) solid++; }
+        const sid = client.sessionId;
+        await client.close();
+        mic.getTracks().forEach((t) => t.stop());
+        const px = d.length / 4;
+        return { info, transports, frames: frames.slice(0, 8), clear: clear / px, solid: solid / px,
+                 speech: speech.text, say: say.text, sid, received: client.framesReceived };
+        """,
+        30,
+    )
+    assert out["info"] == {"transport": "websocket", "sessionId": out["sid"]}
+    assert out["transports"] == [{"transport": "websocket", "fallbackReason": None}]
+    frames = out["frames"]
+    assert all(f["format"] == "webp" and (f["w"], f["h"]) == (640, 360) for f in frames), frames
+    assert all(f["source"] in ("idle", "listening", "cache", "sampler") and f["emotion"] for f in frames), frames
+    idx = [f["index"] for f in frames]
+    assert idx == sorted(set(idx)), idx
+    # alpha kept: a transparent background around an opaque avatar
+    assert 0.2 < out["clear"] < 0.97 and out["solid"] > 0.02, (out["clear"], out["solid"])
+    assert re.search(r"happy", out["speech"], re.I), out["speech"]
+    assert out["say"] == "What a lovely surprise!"
+
+
+def _demo_falls_back(browser, base: str, query: str, route: str | None, within_s: float) -> None:
+    """Open the demo so that WebRTC cannot connect; it must run on WebSocket frames and say so."""
+    pg = browser.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    whep: list[tuple[float, str]] = []
+    sockets: list[float] = []
+    pg.on("request", lambda r: whep.append((time.monotonic(), r.method)) if "/v1/whep" in r.url else None)
+    pg.on("websocket", lambda ws: sockets.append(time.monotonic()))
+    owned: list[str] = []
+    pg.on("response", lambda r: owned.append(r.headers.get("x-session-id", "")) if "/v1/whep" in r.url else None)
+    if route:
+        pg.route(route, lambda r: r.abort())
+    try:
+        pg.goto(base + "/" + query)
+        wait_for(
+            pg,
+            "() => document.getElementById('transport').dataset.transport === 'websocket'"
+            " && document.getElementById('conn').textContent === 'live'",
+            within_s + 10,
+            "the WebSocket fallback",
+        )
+        assert whep and sockets, (whep, sockets)
+        assert sockets[0] - whep[0][0] < within_s, f"fell back {sockets[0] - whep[0][0]:.1f} s after the WHEP offer"
+        assert text(pg, "#transport") == "WebSocket (fallback)"
+        assert "WebRTC did not connect" in (pg.get_attribute("#transport", "title") or "")
+        assert pg.is_visible("#canvas") and not pg.is_visible("#video")
+        assert not pg.is_visible("#error"), pg.inner_text("#error")
+        # frames arrive and are drawn: the avatar on the canvas, over its background
+        wait_for(pg, "() => /fps/.test(document.getElementById('fps').textContent)", 5, "a frame rate")
+        img = np.asarray(Image.open(io.BytesIO(pg.locator("#canvas").screenshot())).convert("RGB")).astype(int)
+        off_bg = np.abs(img - BG).sum(axis=2) > 60
+        assert img.std() > 10 and 0.03 < off_bg.mean() < 0.9, (img.std(), off_bg.mean())
+        # commands go over the socket
+        line = "Thank you, this is wonderful news."
+        pg.fill("#say-text", line)
+        pg.click("#say-send")
+        wait_for(pg, "t => document.getElementById('transcript').textContent.trim() === t", 10, "the said text", line)
+        session = text(pg, "#session-id")
+        assert re.fullmatch(r"[\w-]{6,}", session), session
+        for sid in filter(None, owned):  # the WebRTC attempt's session was hung up
+            assert sid != session and httpx.get(f"{base}/v1/sessions/{sid}").status_code == 404
+        pg.close()
+        assert httpx.get(f"{base}/v1/sessions/{session}").status_code in (200, 404)
+    finally:
+        if not pg.is_closed():
+            pg.close()
+    assert not errors, f"uncaught errors on the page: {errors}"
+
+
+def test_demo_falls_back_when_ice_cannot_connect(browser, base: str) -> None:
+    """Relay-only ICE with no TURN server: WebRTC never connects; WebSocket frames within the set 2.5 s."""
+    _demo_falls_back(browser, base, "?ice_policy=relay&webrtc_timeout_ms=2500", None, 2.5 + 1.5)
+
+
+def test_demo_falls_back_when_whep_is_blocked(browser, base: str) -> None:
+    """A proxy that blocks the WHEP route: the fallback comes at once, long before the default 5 s."""
+    _demo_falls_back(browser, base, "", "**/v1/whep*", 2.0)
 
 
 def test_busy_server(browser, base: str, page) -> None:
