@@ -15,6 +15,7 @@ from avatarcast.engines.tiny.external_data import (
     link_initializers,
     safetensors_spans,
 )
+from avatarcast.engines.tiny.weights import DEFAULT_DIR, GRAPH_DATA, load_manifest
 
 
 def _write_safetensors(path, tensors: dict[str, np.ndarray]) -> None:
@@ -86,3 +87,13 @@ def test_safetensors_spans_match_the_library(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"\x04\x00\x00\x00\x00\x00\x00\x00{no}")
     with pytest.raises(ExternalDataError):
         safetensors_spans(tmp_path / "bad.safetensors")
+
+
+def test_shipped_graphs_store_no_weight_twice():
+    """Every fp16 weight of the shipped graphs is read from the safetensors file GRAPH_DATA names."""
+    m = load_manifest(DEFAULT_DIR)
+    for graph, name in m.onnx_files.items():
+        model = onnx.load(str(DEFAULT_DIR / name), load_external_data=False)
+        assert external_locations(model) == {GRAPH_DATA[graph]}, name
+        inline = [i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT16 and i.raw_data]
+        assert inline == [], (name, inline)
