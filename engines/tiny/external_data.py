@@ -14,8 +14,10 @@ import json
 import struct
 from pathlib import Path
 
+from avatarcast.engines.tiny.weights import WeightsError
 
-class ExternalDataError(ValueError):
+
+class ExternalDataError(WeightsError):
     """A safetensors header that cannot be read, or a graph whose external data does not resolve."""
 
 
