@@ -13,19 +13,27 @@ optionally ae_loss.json, den_loss.json and PNG plots. The weights folder gets:
   decoder.onnx       latents (B, C, H, W) -> frames uint8 (B, 360, 640, 4)
   denoiser.onnx      x, t, d, ctx, ref, emotion, intensity -> velocity
   manifest.json      config, sha256 of each file, data version, training steps
+  (with a lowres.pt in the checkpoint: lowres.safetensors and decoder_lowres.onnx, the same way)
 
 Every weight is rounded to fp16 first (the shipped precision), so the ONNX graphs and the torch
 modules built from tiny.safetensors compute the same function. The ONNX graphs store each weight
 that is exactly representable in fp16 (all of them, after that rounding) as an fp16 initializer
-followed by a Cast to float32: half the file size, the same numbers, and onnxruntime folds the
-Cast when it loads the session, so the speed is that of an fp32 graph. Each export is checked
-with onnxruntime against torch at a batch size other than the one it was traced with.
+followed by a Cast to float32, and onnxruntime folds the Cast when it loads the session, so the
+speed is that of an fp32 graph. Each weight is stored once: an fp16 initializer whose bytes equal a
+tensor of tiny.safetensors is ONNX external data pointing into that file (engines/tiny/external_data.py),
+so a graph file holds only its structure and the few float32 constants. Each export is checked with
+onnxruntime against torch, on the linked graphs as shipped, at a batch size other than the traced one.
+
+    python -m tools.export_tiny --link DIR
+rewrites the graphs of a folder written by an older exporter (weights inline) in that layout, in
+place; each linked graph reads back to the old file byte for byte (checked before it is replaced).
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import hashlib
 import json
 import os
 import shutil
@@ -39,6 +47,7 @@ import numpy as np
 import torch
 
 from avatarcast.engines.tiny.examples import example_inputs
+from avatarcast.engines.tiny.external_data import external_locations, inline_graph, link_initializers
 from avatarcast.engines.tiny.model import (
     Denoiser,
     Encoder,
@@ -50,11 +59,13 @@ from avatarcast.engines.tiny.model import (
 )
 from avatarcast.engines.tiny.weights import (
     DEFAULT_DIR,
+    GRAPH_DATA,
     LOWRES_FILE,
     LOWRES_ONNX,
     ONNX_FILES,
     TORCH_FILE,
     Manifest,
+    load_manifest,
     write_manifest,
 )
 
@@ -329,12 +340,14 @@ def export_onnx(
     verify: bool = True,
     verify_batch: int = 3,
     trace_batch: int = 2,
+    link: bool = True,
 ) -> dict:
     """Export encoder.onnx, decoder.onnx and denoiser.onnx into out_dir; returns a report.
 
     modules: (encoder, decoder, denoiser) or a dict of them (the raw Encoder/Decoder/Denoiser; the
     uint8 conversion and the latent normalization are wrapped around them here). Inputs and
-    outputs have a dynamic batch axis. With verify, each graph is run by onnxruntime at
+    outputs have a dynamic batch axis. With link, the graphs read their fp16 weights from out_dir's
+    tiny.safetensors (written first). With verify, each graph is run by onnxruntime at
     `verify_batch` (unlike the traced `trace_batch`) and compared with torch; a mismatch raises.
     """
     out = Path(out_dir)
@@ -342,10 +355,11 @@ def export_onnx(
     serve = serving_modules(modules, cfg)
     trace = example_inputs(cfg, trace_batch, seed=1)
     check = example_inputs(cfg, verify_batch, seed=2) if verify else None
-    return {
-        name: export_graph(name, module, out / ONNX_FILES[name], trace, check, opset, fp16_weights)
-        for name, module in serve.items()
-    }
+    reports = {}
+    for name, module in serve.items():
+        data = out / GRAPH_DATA[name] if link else None
+        reports[name] = export_graph(name, module, out / ONNX_FILES[name], trace, check, opset, fp16_weights, data)
+    return reports
 
 
 def export_graph(
@@ -356,9 +370,11 @@ def export_graph(
     check: dict | None,
     opset: int = 17,
     fp16_weights: bool = True,
+    data: Path | None = None,
 ) -> dict:
-    """One served graph to ONNX: traced on `trace[name]`, weights stored as fp16 + Cast, and (with
-    `check`) run by onnxruntime on `check[name]` against torch; a mismatch raises. Returns a report."""
+    """One served graph to ONNX: traced on `trace[name]`, weights stored as fp16 + Cast (read from the
+    safetensors file `data` beside it, if given), and (with `check`) run by onnxruntime on `check[name]`
+    against torch; a mismatch raises. Returns a report."""
     import onnx
 
     inputs, outputs = GRAPH_IO[name]
@@ -370,7 +386,9 @@ def export_graph(
     if fp16_weights:
         model = onnx.load(str(path))
         rep.update(fp16_initializers(model))
-        onnx.save(model, str(path))
+        if data is not None:
+            rep.update(link_initializers(model, data))
+        path.write_bytes(model.SerializeToString())  # not onnx.save: it writes any external tensor's raw data
     rep["bytes"] = path.stat().st_size
     if check is not None:
         rep["verify"] = verify_onnx(path, module, check[name])
@@ -412,7 +430,8 @@ def write_weights_folder(
             v = rep.get("verify", {})
             log(
                 f"  {ONNX_FILES[name]:14s} {rep['bytes'] / 1e6:6.2f} MB  "
-                f"{rep.get('fp16_initializers', 0)} fp16 initializers  "
+                f"{rep.get('fp16_initializers', 0)} fp16 initializers "
+                f"({rep.get('external_initializers', 0)} read from {GRAPH_DATA[name]})  "
                 + (
                     f"onnxruntime vs torch at batch {v['batch']}: max abs err {v['max_abs_err']:.2e}"
                     + (f" ({v['mismatch_fraction'] * 100:.3f}% of bytes off by 1)" if "mismatch_fraction" in v else "")
@@ -490,6 +509,7 @@ def write_lowres(
             example_inputs(cfg, 2, seed=1),
             example_inputs(cfg, 3, seed=2) if verify else None,
             opset,
+            data=tmp / GRAPH_DATA["decoder_lowres"],
         )
         check = rep.get("verify", {})
         for f in (LOWRES_FILE, LOWRES_ONNX):
@@ -531,6 +551,49 @@ def reexport(weights_dir: str | Path, out: str | Path, opset: int = 17, verify: 
     return manifest
 
 
+def link_folder(weights_dir: str | Path, log=print) -> Manifest:
+    """Rewrite a folder's graphs to read their fp16 weights from its safetensors files, in place.
+
+    For a folder from an older exporter (weights inline). The weights files are not touched, so the
+    weights hash stays the same; each linked graph must read back (external data inlined) to the old
+    file byte for byte before it replaces it, so the graphs compute exactly what they did.
+    """
+    import onnx
+
+    manifest = load_manifest(weights_dir)
+    out = Path(manifest.path)
+    staged: dict[str, tuple[Path, dict]] = {}
+    try:
+        for graph, name in manifest.onnx_files.items():
+            path = manifest.graph_file(graph, verify=True)
+            model = onnx.load(str(path), load_external_data=False)
+            if external_locations(model):
+                log(f"  {name}: already reads external data from {', '.join(sorted(external_locations(model)))}")
+                continue
+            rep = link_initializers(model, out / GRAPH_DATA[graph])
+            tmp = out / f".link-{name}"  # beside the data it reads: external data resolves from the graph's folder
+            staged[name] = (tmp, {**rep, "graph": graph, "old_bytes": path.stat().st_size})
+            tmp.write_bytes(model.SerializeToString())
+            if hashlib.sha256(inline_graph(tmp)).hexdigest() != manifest.files[name]:
+                raise RuntimeError(f"{name}: the linked graph does not read back to the old file; nothing replaced")
+        for name, (tmp, rep) in staged.items():
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, out / name)
+            log(
+                f"  {name:20s} {rep['old_bytes'] / 1e6:6.2f} MB -> {(out / name).stat().st_size / 1e6:6.2f} MB: "
+                f"{rep['external_initializers']} initializers read from {GRAPH_DATA[rep['graph']]}, "
+                f"{rep['inline_bytes']} bytes inline"
+            )
+    finally:
+        for tmp, _ in staged.values():
+            tmp.unlink(missing_ok=True)
+    if not staged:
+        return manifest
+    note = "weights moved into external data (the safetensors files); each graph reads back to its old bytes"
+    training = {**manifest.training, "linked": {"graphs": sorted(staged), "note": note}}
+    return write_manifest(out, manifest.config, manifest.data_version, training)
+
+
 def copy_docs(ckpt: Path, docs: Path) -> list[Path]:
     """Copy the checkpoint's PNG plots (loss curves, autoencoder reconstructions) into docs."""
     docs.mkdir(parents=True, exist_ok=True)
@@ -566,6 +629,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="export the graphs and manifest again from a weights folder's torch weights (in place without --out)",
     )
+    ap.add_argument(
+        "--link",
+        metavar="DIR",
+        help="rewrite an older folder's graphs to read their weights from its safetensors files (in place)",
+    )
     ap.add_argument("--small", action="store_true", help="with --random-init: narrow layers, same I/O shapes")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--opset", type=int, default=17)
@@ -573,8 +641,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
 
-    if sum(map(bool, (args.random_init, args.ckpt, args.from_weights))) != 1:
-        ap.error("give exactly one of --ckpt DIR, --from-weights DIR or --random-init")
+    if sum(map(bool, (args.random_init, args.ckpt, args.from_weights, args.link))) != 1:
+        ap.error("give exactly one of --ckpt DIR, --from-weights DIR, --link DIR or --random-init")
+    if args.link:
+        before = folder_size(Path(args.link))
+        manifest = link_folder(args.link)
+        print(
+            f"linked {args.link}: {before / 1e6:.1f} MB -> {folder_size(Path(args.link)) / 1e6:.1f} MB, "
+            f"weights hash {manifest.weights_hash}"
+        )
+        return 0
     if args.from_weights:
         manifest = reexport(
             args.from_weights, args.out or args.from_weights, opset=args.opset, verify=not args.no_verify

@@ -82,8 +82,8 @@ class OnnxRuntimeBackend:
         self.spinning = bool(spinning)
 
         self.sessions: dict = {}
-        for g, name in manifest.onnx_files.items():  # with the ladder's half-resolution decoder where shipped
-            path = manifest.file(name, verify=verify)
+        for g in manifest.onnx_files:  # with the ladder's half-resolution decoder where shipped
+            path = manifest.graph_file(g, verify=verify)  # onnxruntime reads the weights from beside it
             so = ort.SessionOptions()
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
             so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

@@ -40,6 +40,7 @@ from avatarcast.engines.backends.tensorrt_runtime import (
 )
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.examples import example_inputs
+from avatarcast.engines.tiny.external_data import inline_graph
 from avatarcast.engines.tiny.weights import Manifest, load_manifest
 
 GRAPHS = ("encoder", "decoder", "denoiser")
@@ -91,7 +92,9 @@ def build_graph(
     log=print,
 ) -> dict:
     """One graph's engine from the engine cache, or built; returns build_cached's info."""
-    data = manifest.file(manifest.onnx_files[graph], verify=verify).read_bytes()
+    # the self-contained graph (weights read back from the safetensors file): the bytes, and so the
+    # engine cache key, of the graph as exported
+    data = inline_graph(manifest.graph_file(graph, verify=verify))
     return build_cached(
         target,
         graph,

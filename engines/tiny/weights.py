@@ -2,17 +2,19 @@
 
 Layout of a weights folder (engines/tiny/weights/ by default):
   manifest.json      config, file hashes, training data version and training steps
-  tiny.safetensors   torch weights (fp16): encoder.*, decoder.*, denoiser.*
-  encoder.onnx, decoder.onnx, denoiser.onnx   the graphs the onnxruntime/tensorrt backends serve
+  tiny.safetensors   the weights (fp16): encoder.*, decoder.*, denoiser.*
+  encoder.onnx, decoder.onnx, denoiser.onnx   the graphs the onnxruntime/tensorrt backends serve; they
+                     read their weights from tiny.safetensors (ONNX external data, engines/tiny/external_data.py)
   lowres.safetensors, decoder_lowres.onnx     optional: the half-resolution decoder of the
-                     degradation ladder's "lower internal resolution" rung (tools/train_lowres.py)
+                     degradation ladder's "lower internal resolution" rung (tools/train_lowres.py), the
+                     graph reading its weights from lowres.safetensors
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from avatarcast.engines.errors import EngineError
@@ -25,6 +27,8 @@ TORCH_FILE = "tiny.safetensors"
 ONNX_FILES = {"encoder": "encoder.onnx", "decoder": "decoder.onnx", "denoiser": "denoiser.onnx"}
 LOWRES_FILE = "lowres.safetensors"
 LOWRES_ONNX = "decoder_lowres.onnx"
+# the safetensors file each graph's weights live in (the exporter links them there; the backends verify it)
+GRAPH_DATA = {"encoder": TORCH_FILE, "decoder": TORCH_FILE, "denoiser": TORCH_FILE, "decoder_lowres": LOWRES_FILE}
 
 
 class WeightsError(EngineError, FileNotFoundError):
@@ -46,6 +50,8 @@ class Manifest:
     data_version: str
     training: dict
     path: Path
+    # (name, size, mtime) of files whose hash was checked: three graphs share tiny.safetensors
+    _verified: set = field(default_factory=set, repr=False, compare=False)
 
     @property
     def weights_hash(self) -> str:
@@ -71,9 +77,21 @@ class Manifest:
                 f"{p} is missing: the tiny engine's weights folder is incomplete "
                 f"(re-export with `python -m tools.export_tiny`)"
             )
-        if verify and name in self.files and file_sha256(p) != self.files[name]:
-            raise WeightsError(f"{p} does not match the sha256 in {self.path / MANIFEST}: the file is corrupt or stale")
+        if verify and name in self.files:
+            st = p.stat()
+            seen = (name, st.st_size, st.st_mtime_ns)
+            if seen not in self._verified:
+                if file_sha256(p) != self.files[name]:
+                    raise WeightsError(
+                        f"{p} does not match the sha256 in {self.path / MANIFEST}: the file is corrupt or stale"
+                    )
+                self._verified.add(seen)
         return p
+
+    def graph_file(self, graph: str, verify: bool = False) -> Path:
+        """A graph's ONNX file, after the safetensors file holding its weights (both checked with verify)."""
+        self.file(GRAPH_DATA[graph], verify=verify)
+        return self.file(self.onnx_files[graph], verify=verify)
 
 
 def check_vocabulary(cfg: TinyConfig, where: str | Path) -> None:

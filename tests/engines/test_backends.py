@@ -300,10 +300,11 @@ def test_fp16_conv_rewrite_is_valid_and_equivalent(weights, manifest):
     from onnx import TensorProto
 
     from avatarcast.engines.backends.tensorrt_graph import trt_graph
+    from avatarcast.engines.tiny.external_data import inline_graph
 
     feeds = ex.example_inputs(manifest.config, 2, seed=4)
     for g in ("encoder", "decoder", "denoiser"):
-        model = onnx.load_from_string(trt_graph((weights / f"{g}.onnx").read_bytes(), "fp16"))
+        model = onnx.load_from_string(trt_graph(inline_graph(weights / f"{g}.onnx"), "fp16"))
         uint8_in = [i.name for i in model.graph.input if i.type.tensor_type.elem_type == TensorProto.UINT8]
         uint8_out = [o.name for o in model.graph.output if o.type.tensor_type.elem_type == TensorProto.UINT8]
         for n in model.graph.node:  # TensorRT takes uint8 only straight into / out of a Cast

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 
@@ -9,8 +10,17 @@ import numpy as np
 import pytest
 import torch
 
+from avatarcast.engines.tiny.external_data import external_locations, inline_graph, safetensors_spans
 from avatarcast.engines.tiny.model import Decoder, Denoiser, Encoder
-from avatarcast.engines.tiny.weights import ONNX_FILES, TORCH_FILE, WeightsError, load_manifest, load_torch_modules
+from avatarcast.engines.tiny.weights import (
+    ONNX_FILES,
+    TORCH_FILE,
+    WeightsError,
+    file_sha256,
+    load_manifest,
+    load_torch_modules,
+    write_manifest,
+)
 from tools import export_tiny as ex
 
 
@@ -70,7 +80,7 @@ def test_onnx_matches_torch_all_graphs_dynamic_batch(small):
             assert isinstance(s[0], str)  # symbolic (dynamic) batch axis
 
 
-def test_initializers_are_fp16_with_cast(small):
+def test_initializers_are_fp16_with_cast_read_from_the_safetensors_file(small):
     import onnx
     from onnx import TensorProto
 
@@ -82,11 +92,16 @@ def test_initializers_are_fp16_with_cast(small):
         fp32 = [i for i in big if i.data_type == TensorProto.FLOAT]
         # only the latent statistics (config values, not fp16-exact) stay float32
         assert all(i.name.startswith("norm.") and np.prod(i.dims) == 16 for i in fp32), [i.name for i in fp32]
-        assert len([i for i in big if i.data_type == TensorProto.FLOAT16]) > 0.5 * len(big)
+        fp16 = [i for i in big if i.data_type == TensorProto.FLOAT16]
+        assert len(fp16) > 0.5 * len(big)
         casts = [n for n in model.graph.node if n.op_type == "Cast" and n.input[0].endswith("__fp16")]
-        assert len(casts) >= len([i for i in big if i.data_type == TensorProto.FLOAT16])
+        assert len(casts) >= len(fp16)
+        # every weight is stored once: each fp16 initializer is external data in tiny.safetensors
+        bare = onnx.load(str(out / ONNX_FILES[g]), load_external_data=False)
+        external = [i for i in bare.graph.initializer if i.data_location == TensorProto.EXTERNAL]
+        assert {i.name for i in fp16} <= {i.name for i in external} and external_locations(bare) == {TORCH_FILE}
         n_params = sum(p.numel() for p in mod.parameters())
-        assert (out / ONNX_FILES[g]).stat().st_size < 2 * n_params + 200_000  # ~2 bytes a weight
+        assert (out / ONNX_FILES[g]).stat().st_size < 200_000 < 2 * n_params + 200_000
 
 
 def test_fp16_initializers_lossless_and_keeps_inexact_values():
@@ -126,11 +141,46 @@ def test_weights_error_on_missing_or_corrupt_file(small, tmp_path):
         m.file(ONNX_FILES["denoiser"], verify=True)
     with pytest.raises(WeightsError):
         create_backend("onnxruntime", m)
+    # the graphs' weights live in tiny.safetensors: onnxruntime checks its hash too
+    shutil.copy2(src / ONNX_FILES["denoiser"], p)
+    t = bad / TORCH_FILE
+    data = bytearray(t.read_bytes())
+    data[-3] ^= 0xFF
+    t.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="tiny.safetensors does not match"):
+        create_backend("onnxruntime", load_manifest(bad))
     (bad / TORCH_FILE).unlink()
     with pytest.raises(WeightsError, match="missing"):
         create_backend("torch", m, device="cpu")
     with pytest.raises(WeightsError):
         load_manifest(tmp_path / "nowhere")
+
+
+def test_link_an_inline_folder_in_place(small, tmp_path):
+    """A folder of the older layout (weights inline in the graphs) linked by --link: the same graphs
+    byte for byte once read back, the same outputs, and the weights (and their hash) untouched."""
+    src, m = small
+    old = tmp_path / "old"
+    shutil.copytree(src, old)
+    for name in ONNX_FILES.values():
+        (old / name).write_bytes(inline_graph(src / name))  # as the exporter wrote them before linking
+    inline = write_manifest(old, m.config, m.data_version, m.training)
+    assert inline.files[TORCH_FILE] == m.files[TORCH_FILE] and inline.weights_hash == m.weights_hash
+    sizes = {n: (old / n).stat().st_size for n in ONNX_FILES.values()}
+    feeds = ex.example_inputs(m.config, 2, seed=9)
+    before = {g: _session(old / n).run(None, feeds[g])[0] for g, n in ONNX_FILES.items()}
+    assert ex.main(["--link", str(old)]) == 0
+    linked = load_manifest(old)
+    assert linked.weights_hash == m.weights_hash and linked.training["linked"]["graphs"] == sorted(ONNX_FILES.values())
+    assert sorted(p.name for p in old.iterdir()) == sorted(["manifest.json", TORCH_FILE, *ONNX_FILES.values()])
+    for g, name in ONNX_FILES.items():
+        assert linked.file(name, verify=True) and file_sha256(old / name) != inline.files[name]
+        assert hashlib.sha256(inline_graph(old / name)).hexdigest() == inline.files[name]
+        np.testing.assert_array_equal(_session(old / name).run(None, feeds[g])[0], before[g])
+    # the graphs no longer hold a second copy of the tensors of tiny.safetensors (those under 16 values stay fp32)
+    saved = sum(sizes.values()) - sum((old / n).stat().st_size for n in ONNX_FILES.values())
+    assert saved >= 0.95 * sum(n for _, n in safetensors_spans(old / TORCH_FILE).values())
+    assert ex.link_folder(old, log=lambda *a: None).files == linked.files  # already linked: nothing changes
 
 
 def _fake_checkpoint(ck, cfg, seed=0):
