@@ -6,7 +6,8 @@ WebSocket message over it is dropped with an error event, and a client that keep
 closed with 1008. A client is every key it has: its IP and, with auth, its token's subject (so a
 token shared from many addresses is limited as one client too). A rate of 0 turns a limit off.
 Buckets are created on first use and forgotten once full again, so memory follows the active
-clients, not everyone ever seen.
+clients, not everyone ever seen. With --redis-url the buckets live in Redis (realtime/shared_state.py),
+so every gateway draws on one budget per client.
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from avatarcast.engines.errors import ErrorCode
+
+if TYPE_CHECKING:
+    from avatarcast.realtime.shared_state import SharedState
 
 
 class TokenBucket:
@@ -85,14 +89,49 @@ class RateLimiter:
         return len(self._buckets)
 
 
-class Limits:
-    """The server's three limiters, built from Settings."""
+class SharedRateLimiter(RateLimiter):
+    """The same buckets kept in a SharedState (Redis: one budget across gateways). When the store fails,
+    this process's own buckets (the parent class) answer, logged, until it answers again."""
 
-    def __init__(self, settings: Any, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, name: str, shared: SharedState, rate_per_s: float, burst: float, **kw: Any) -> None:
+        from avatarcast.realtime.shared_state import Breaker
+
+        super().__init__(rate_per_s, burst, **kw)
+        self.name, self.shared = name, shared
+        self.breaker = Breaker(f"rate limit {name}")
+
+    def take(self, keys: Iterable[str]) -> float:
+        from avatarcast.realtime.shared_state import SharedStateError
+
+        if not self.enabled:
+            return 0.0
+        keys = list(keys)
+        if self.breaker.open():
+            try:
+                wait = self.shared.take_tokens(self.name, keys, self.rate, self.burst)
+                self.breaker.ok()
+                return wait
+            except SharedStateError as exc:
+                self.breaker.failed(exc)
+        return super().take(keys)
+
+
+class Limits:
+    """The server's three limiters, built from Settings; shared across gateways when `shared` is."""
+
+    def __init__(
+        self, settings: Any, clock: Callable[[], float] = time.monotonic, shared: SharedState | None = None
+    ) -> None:
         s = settings
-        self.sessions = RateLimiter(s.rate_sessions_per_min / 60.0, 20, clock=clock)
-        self.http = RateLimiter(s.rate_http_per_s, 2 * s.rate_http_per_s, clock=clock)
-        self.ws = RateLimiter(s.rate_ws_msgs_per_s, 2 * s.rate_ws_msgs_per_s, clock=clock)
+
+        def limiter(name: str, rate: float, burst: float) -> RateLimiter:
+            if shared is not None and shared.shared:
+                return SharedRateLimiter(name, shared, rate, burst, clock=clock)
+            return RateLimiter(rate, burst, clock=clock)
+
+        self.sessions = limiter("sessions", s.rate_sessions_per_min / 60.0, 20)
+        self.http = limiter("http", s.rate_http_per_s, 2 * s.rate_http_per_s)
+        self.ws = limiter("ws", s.rate_ws_msgs_per_s, 2 * s.rate_ws_msgs_per_s)
 
 
 def client_keys(scope: Mapping[str, Any]) -> list[str]:
