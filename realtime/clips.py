@@ -30,7 +30,7 @@ from avatarcast.engines.tiny.engine import avatar_cache_key
 from avatarcast.realtime.avatars import resolve_avatar
 from avatarcast.realtime.scheduler import ChunkJob
 from avatarcast.realtime.services import Services
-from avatarcast.realtime.shared_state import Breaker, LocalState, SharedState, SharedStateError
+from avatarcast.realtime.shared_state import LocalState, SharedState, SharedStateError
 from avatarcast.realtime.video import write_video
 from avatarcast.vocabulary import FPS
 
@@ -84,7 +84,6 @@ class ClipRenderer:
         self._inflight: dict[str, asyncio.Future] = {}
         self.shared: SharedState = shared if shared is not None else LocalState()
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"  # this gateway, in claims
-        self.breaker = Breaker("clip renders")
         self.renders = 0  # clips this renderer rendered itself (not served from disk or another gateway)
 
     def _validate(self, req: ClipRequest) -> tuple[str, Any, str, float]:
@@ -153,18 +152,6 @@ class ClipRenderer:
             path, FORMATS[req.format], emotion, n_frames, False, round(time.perf_counter() - t0, 3), key
         )
 
-    def _shared(self, fn: Any, *args: Any) -> Any:
-        """A call to the shared store; SharedStateError while it is (or was just) down."""
-        if not self.breaker.open():
-            raise SharedStateError("shared state down a moment ago")
-        try:
-            out = fn(*args)
-        except SharedStateError as exc:
-            self.breaker.failed(exc)
-            raise
-        self.breaker.ok()
-        return out
-
     async def _render_once(
         self, key: str, params: Any, emotion: str, intensity: float, req: ClipRequest, path: Path, n_frames: int
     ) -> None:
@@ -174,11 +161,11 @@ class ClipRenderer:
         claim, result = f"clip:claim:{key}", f"clip:result:{key}"
         while True:
             try:
-                done = self._shared(self.shared.get, result)
+                done = self.shared.get(result)
                 if done is not None and (self.dir / json.loads(done)["file"]).is_file():
                     return
-                mine = self._shared(self.shared.claim, claim, self.owner, CLAIM_TTL_S)
-            except SharedStateError:
+                mine = self.shared.claim(claim, self.owner, CLAIM_TTL_S)
+            except SharedStateError:  # logged where it failed: render here, deduplicated in this process only
                 mine = None
             if mine is False:  # another gateway renders it
                 await asyncio.sleep(POLL_S)
@@ -188,11 +175,11 @@ class ClipRenderer:
                 self.renders += 1
                 with contextlib.suppress(SharedStateError):
                     index = json.dumps({"file": path.name, "emotion": emotion, "frames": n_frames})
-                    self._shared(self.shared.put, result, index, RESULT_TTL_S)
+                    self.shared.put(result, index, RESULT_TTL_S)
             finally:
                 if mine:
                     with contextlib.suppress(SharedStateError):
-                        self._shared(self.shared.release, claim, self.owner)
+                        self.shared.release(claim, self.owner)
             return
 
     async def _render(

@@ -90,15 +90,12 @@ class RateLimiter:
 
 
 class SharedRateLimiter(RateLimiter):
-    """The same buckets kept in a SharedState (Redis: one budget across gateways). When the store fails,
-    this process's own buckets (the parent class) answer, logged, until it answers again."""
+    """The same buckets kept in a SharedState (Redis: one budget across gateways). When the store fails
+    (SharedStateError, logged there), this process's own buckets (the parent class) answer."""
 
     def __init__(self, name: str, shared: SharedState, rate_per_s: float, burst: float, **kw: Any) -> None:
-        from avatarcast.realtime.shared_state import Breaker
-
         super().__init__(rate_per_s, burst, **kw)
         self.name, self.shared = name, shared
-        self.breaker = Breaker(f"rate limit {name}")
 
     def take(self, keys: Iterable[str]) -> float:
         from avatarcast.realtime.shared_state import SharedStateError
@@ -106,14 +103,10 @@ class SharedRateLimiter(RateLimiter):
         if not self.enabled:
             return 0.0
         keys = list(keys)
-        if self.breaker.open():
-            try:
-                wait = self.shared.take_tokens(self.name, keys, self.rate, self.burst)
-                self.breaker.ok()
-                return wait
-            except SharedStateError as exc:
-                self.breaker.failed(exc)
-        return super().take(keys)
+        try:
+            return self.shared.take_tokens(self.name, keys, self.rate, self.burst)
+        except SharedStateError:
+            return super().take(keys)
 
 
 class Limits:

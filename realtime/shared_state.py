@@ -145,7 +145,7 @@ class RedisState:
 
     shared = True
 
-    def __init__(self, url: str, timeout_s: float = 0.5) -> None:
+    def __init__(self, url: str, timeout_s: float = 0.25) -> None:
         import redis  # the `cluster` extra: only a server given --redis-url needs it
 
         self.url = url
@@ -156,12 +156,20 @@ class RedisState:
         self._take = self.client.register_script(TAKE_LUA)
         self._release = self.client.register_script(RELEASE_LUA)
         self._errors = (redis.RedisError, OSError)
+        # one breaker for every user of this connection: an outage costs one timeout per RETRY_S, not one per call
+        self.breaker = Breaker(f"redis at {url}")
 
     def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
+        if not self.breaker.open():
+            raise SharedStateError(f"redis at {self.url}: unavailable a moment ago; retried after {RETRY_S:g} s")
         try:
-            return fn(*args, **kw)
+            out = fn(*args, **kw)
         except self._errors as exc:
-            raise SharedStateError(f"redis at {self.url}: {type(exc).__name__}: {exc}") from exc
+            err = SharedStateError(f"redis at {self.url}: {type(exc).__name__}: {exc}")
+            self.breaker.failed(err)
+            raise err from exc
+        self.breaker.ok()
+        return out
 
     def take_tokens(self, name: str, keys: Sequence[str], rate: float, burst: float) -> float:
         ttl_ms = int(1000 * burst / rate) + 1000  # a bucket left alone this long is full: forget it
@@ -181,6 +189,7 @@ class RedisState:
         self._call(self.client.set, PREFIX + key, value, px=int(ttl_s * 1000))
 
     def check(self) -> None:
+        self.breaker.down_until = 0.0  # asked on purpose: ask Redis now
         self._call(self.client.ping)
 
     def close(self) -> None:
@@ -188,8 +197,8 @@ class RedisState:
 
 
 class Breaker:
-    """After a SharedStateError, skip the shared store for RETRY_S (the local state answers), and log
-    each outage once when it starts and once when it ends."""
+    """After a failed call, skip the shared store for RETRY_S (callers use their own state meanwhile), and
+    log each outage once when it starts and once when it ends."""
 
     def __init__(self, what: str, clock: Any = time.monotonic) -> None:
         self.what, self.clock = what, clock
@@ -202,13 +211,13 @@ class Breaker:
 
     def failed(self, exc: SharedStateError) -> None:
         if not self.down:
-            log.warning("%s: shared state unavailable, using this process's own until it answers: %s", self.what, exc)
+            log.warning("shared state unavailable, each gateway uses its own until it answers: %s", exc)
         self.down = True
         self.down_until = self.clock() + RETRY_S
 
     def ok(self) -> None:
         if self.down:
-            log.warning("%s: shared state answers again", self.what)
+            log.warning("shared state (%s) answers again", self.what)
         self.down = False
 
 
