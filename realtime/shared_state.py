@@ -13,12 +13,10 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from avatarcast.engines.errors import AvatarcastError
-
-if TYPE_CHECKING:
-    from avatarcast.realtime.ratelimit import RateLimiter
+from avatarcast.realtime.buckets import RateLimiter
 
 log = logging.getLogger("avatarcast.shared_state")
 PREFIX = "avatarcast:"  # every key this project writes in Redis
@@ -68,8 +66,6 @@ class LocalState:
         self._lock = threading.Lock()
 
     def take_tokens(self, name: str, keys: Sequence[str], rate: float, burst: float) -> float:
-        from avatarcast.realtime.ratelimit import RateLimiter
-
         lim = self._limiters.get((name, rate, burst))
         if lim is None:
             lim = self._limiters[(name, rate, burst)] = RateLimiter(rate, burst)
