@@ -3,14 +3,19 @@
 Chunks go through the shared scheduler with a far deadline, so a render never delays a live
 stream's frames; it fills the gaps between their batches. Results are files in a disk cache
 keyed by a hash of everything that changes the pixels; the same request is served from disk.
+With --redis-url the gateways render a request once between them (realtime/shared_state.py): the one that
+claims its key renders into clip_cache_dir (a path they all mount), the others wait for its result.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import secrets
+import socket
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -25,10 +30,14 @@ from avatarcast.engines.tiny.engine import avatar_cache_key
 from avatarcast.realtime.avatars import resolve_avatar
 from avatarcast.realtime.scheduler import ChunkJob
 from avatarcast.realtime.services import Services
+from avatarcast.realtime.shared_state import LocalState, SharedState, SharedStateError
 from avatarcast.realtime.video import write_video
 from avatarcast.vocabulary import FPS
 
 FORMATS = {"mp4": "video/mp4", "webm": "video/webm"}
+CLAIM_TTL_S = 600.0  # a render's claim lapses after this (its gateway died); longer than any render takes
+RESULT_TTL_S = 7 * 86400.0  # the result index forgets a clip after this (the file may be evicted sooner)
+POLL_S = 0.1  # how often a gateway waiting for another one's render looks for the result
 
 
 @dataclass(frozen=True)
@@ -62,11 +71,20 @@ class ClipError(AvatarcastError, ValueError):
 class ClipRenderer:
     """Renders clips through the shared scheduler and keeps the files in a disk cache."""
 
-    def __init__(self, services: Services, cache_dir: str | None = None, max_entries: int = 512) -> None:
+    def __init__(
+        self,
+        services: Services,
+        cache_dir: str | None = None,
+        max_entries: int = 512,
+        shared: SharedState | None = None,
+    ) -> None:
         self.services = services
         self.dir = Path(cache_dir or os.path.expanduser("~/.cache/avatarcast/clips"))
         self.max_entries = max_entries
         self._inflight: dict[str, asyncio.Future] = {}
+        self.shared: SharedState = shared if shared is not None else LocalState()
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"  # this gateway, in claims
+        self.renders = 0  # clips this renderer rendered itself (not served from disk or another gateway)
 
     def _validate(self, req: ClipRequest) -> tuple[str, Any, str, float]:
         sv = self.services
@@ -126,13 +144,43 @@ class ClipRenderer:
             return RenderedClip(path, FORMATS[req.format], emotion, n_frames, True, 0.0, key)
         fut = self._inflight.get(key)
         if fut is None:  # identical concurrent requests share one render
-            fut = asyncio.ensure_future(self._render(params, emotion, intensity, req, path, n_frames))
+            fut = asyncio.ensure_future(self._render_once(key, params, emotion, intensity, req, path, n_frames))
             self._inflight[key] = fut
             fut.add_done_callback(lambda _: self._inflight.pop(key, None))
         await asyncio.shield(fut)
         return RenderedClip(
             path, FORMATS[req.format], emotion, n_frames, False, round(time.perf_counter() - t0, 3), key
         )
+
+    async def _render_once(
+        self, key: str, params: Any, emotion: str, intensity: float, req: ClipRequest, path: Path, n_frames: int
+    ) -> None:
+        """Render, unless another gateway holds the key's claim: then wait for the result it indexes.
+        A claim that lapses without a result (its gateway died) is taken over; with the store down,
+        this gateway renders on its own (logged)."""
+        claim, result = f"clip:claim:{key}", f"clip:result:{key}"
+        while True:
+            try:
+                done = self.shared.get(result)
+                if done is not None and (self.dir / json.loads(done)["file"]).is_file():
+                    return
+                mine = self.shared.claim(claim, self.owner, CLAIM_TTL_S)
+            except SharedStateError:  # logged where it failed: render here, deduplicated in this process only
+                mine = None
+            if mine is False:  # another gateway renders it
+                await asyncio.sleep(POLL_S)
+                continue
+            try:
+                await self._render(params, emotion, intensity, req, path, n_frames)
+                self.renders += 1
+                with contextlib.suppress(SharedStateError):
+                    index = json.dumps({"file": path.name, "emotion": emotion, "frames": n_frames})
+                    self.shared.put(result, index, RESULT_TTL_S)
+            finally:
+                if mine:
+                    with contextlib.suppress(SharedStateError):
+                        self.shared.release(claim, self.owner)
+            return
 
     async def _render(
         self, params: Any, emotion: str, intensity: float, req: ClipRequest, path: Path, n_frames: int

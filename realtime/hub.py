@@ -34,6 +34,7 @@ from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler, Scheduler
 from avatarcast.realtime.services import Pools, Services
 from avatarcast.realtime.session import SessionConfig
 from avatarcast.realtime.settings import Settings
+from avatarcast.realtime.shared_state import make_shared_state
 from avatarcast.templates import load_templates
 from avatarcast.templates.cache import LatentsCache
 from avatarcast.vocabulary import IMAGE_FORMATS
@@ -64,7 +65,8 @@ class Hub:
         self.sessions: dict[str, SessionRunner] = {}
         self.peers: dict[str, Any] = {}  # WebRTC peers by resource id (realtime/webrtc.py)
         self.metrics = Metrics()
-        self.limits = Limits(settings)
+        self.shared = make_shared_state(settings.redis_url)  # what the gateways share (realtime/shared_state.py)
+        self.limits = Limits(settings, shared=self.shared)
         # an ASR worker per session: they wait in the model's PriorityLock (finals before partials), not in
         # a pool's FIFO queue, where an urgent final would sit behind a partial waiting for the model
         self.pools = Pools(asr=ThreadPoolExecutor(max_workers=max(2, settings.max_sessions), thread_name_prefix="asr"))
@@ -93,6 +95,7 @@ class Hub:
             s.validate_wan()  # a missing or incomplete checkpoint fails here, before anything loads
         self.loop = asyncio.get_running_loop()
         loop = self.loop
+        await loop.run_in_executor(None, self.shared.check)  # an unreachable --redis-url fails the start
 
         async def timed(name: str, fn: Callable[[], Any]) -> Any:
             t0 = time.perf_counter()
@@ -141,7 +144,7 @@ class Hub:
             self.metrics,
             self.stats,
         )
-        self.clips = ClipRenderer(self.services, s.clip_cache_dir or None)
+        self.clips = ClipRenderer(self.services, s.clip_cache_dir or None, shared=self.shared)
         t0 = time.perf_counter()
         for name in s.avatar_list():
             await avatars.warm(name)
@@ -227,6 +230,7 @@ class Hub:
         while self._closers:  # the avatars' warm-up, then the scheduler
             await self._closers.pop()()
         self.pools.shutdown()
+        self.shared.close()
 
     # -- sessions --
 

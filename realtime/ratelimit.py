@@ -6,7 +6,8 @@ WebSocket message over it is dropped with an error event, and a client that keep
 closed with 1008. A client is every key it has: its IP and, with auth, its token's subject (so a
 token shared from many addresses is limited as one client too). A rate of 0 turns a limit off.
 Buckets are created on first use and forgotten once full again, so memory follows the active
-clients, not everyone ever seen.
+clients, not everyone ever seen. With --redis-url the buckets live in Redis (realtime/shared_state.py),
+so every gateway draws on one budget per client.
 """
 
 from __future__ import annotations
@@ -19,80 +20,46 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from avatarcast.engines.errors import ErrorCode
+from avatarcast.realtime.buckets import RateLimiter, TokenBucket
+from avatarcast.realtime.shared_state import SharedState, SharedStateError
+
+__all__ = ["FloodGuard", "Limits", "RateLimiter", "SharedRateLimiter", "TokenBucket", "client_keys", "retry_after"]
 
 
-class TokenBucket:
-    """`rate` tokens per second, at most `burst` saved up."""
+class SharedRateLimiter(RateLimiter):
+    """The same buckets kept in a SharedState (Redis: one budget across gateways). When the store fails
+    (SharedStateError, logged there), this process's own buckets (the parent class) answer."""
 
-    __slots__ = ("rate", "burst", "tokens", "t")
-
-    def __init__(self, rate: float, burst: float, now: float) -> None:
-        self.rate, self.burst, self.tokens, self.t = rate, burst, burst, now
-
-    def refill(self, now: float) -> None:
-        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
-        self.t = now
-
-    def wait_s(self, n: float = 1.0) -> float:
-        """Seconds until n tokens are there (0: now)."""
-        return 0.0 if self.tokens >= n else (n - self.tokens) / self.rate
-
-
-class RateLimiter:
-    """Token buckets by key; `take(keys)` takes a token from each, or from none if any is empty."""
-
-    def __init__(
-        self, rate_per_s: float, burst: float, *, max_keys: int = 100_000, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.rate = float(rate_per_s)
-        self.burst = max(1.0, float(burst))
-        self.max_keys = max_keys
-        self.clock = clock
-        self._buckets: dict[str, TokenBucket] = {}
-
-    @property
-    def enabled(self) -> bool:
-        return self.rate > 0
+    def __init__(self, name: str, shared: SharedState, rate_per_s: float, burst: float, **kw: Any) -> None:
+        super().__init__(rate_per_s, burst, **kw)
+        self.name, self.shared = name, shared
 
     def take(self, keys: Iterable[str]) -> float:
-        """0.0 if allowed (a token was taken from every key's bucket), else seconds to wait."""
         if not self.enabled:
             return 0.0
-        now = self.clock()
-        buckets = []
-        for k in keys:
-            b = self._buckets.get(k)
-            if b is None:
-                if len(self._buckets) >= self.max_keys:
-                    self._forget_full(now)
-                b = self._buckets[k] = TokenBucket(self.rate, self.burst, now)
-            b.refill(now)
-            buckets.append(b)
-        wait = max((b.wait_s() for b in buckets), default=0.0)
-        if wait > 0:
-            return wait
-        for b in buckets:
-            b.tokens -= 1.0
-        return 0.0
-
-    def _forget_full(self, now: float) -> None:
-        for k, b in list(self._buckets.items()):
-            b.refill(now)
-            if b.tokens >= b.burst:
-                del self._buckets[k]
-
-    def __len__(self) -> int:
-        return len(self._buckets)
+        keys = list(keys)
+        try:
+            return self.shared.take_tokens(self.name, keys, self.rate, self.burst)
+        except SharedStateError:
+            return super().take(keys)
 
 
 class Limits:
-    """The server's three limiters, built from Settings."""
+    """The server's three limiters, built from Settings; shared across gateways when `shared` is."""
 
-    def __init__(self, settings: Any, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, settings: Any, clock: Callable[[], float] = time.monotonic, shared: SharedState | None = None
+    ) -> None:
         s = settings
-        self.sessions = RateLimiter(s.rate_sessions_per_min / 60.0, 20, clock=clock)
-        self.http = RateLimiter(s.rate_http_per_s, 2 * s.rate_http_per_s, clock=clock)
-        self.ws = RateLimiter(s.rate_ws_msgs_per_s, 2 * s.rate_ws_msgs_per_s, clock=clock)
+
+        def limiter(name: str, rate: float, burst: float) -> RateLimiter:
+            if shared is not None and shared.shared:
+                return SharedRateLimiter(name, shared, rate, burst, clock=clock)
+            return RateLimiter(rate, burst, clock=clock)
+
+        self.sessions = limiter("sessions", s.rate_sessions_per_min / 60.0, 20)
+        self.http = limiter("http", s.rate_http_per_s, 2 * s.rate_http_per_s)
+        self.ws = limiter("ws", s.rate_ws_msgs_per_s, 2 * s.rate_ws_msgs_per_s)
 
 
 def client_keys(scope: Mapping[str, Any]) -> list[str]:

@@ -124,6 +124,9 @@ class Settings:
     ray_gateways: int = 1
     ray_max_gateways: int = 0  # 0: a fixed ray_gateways
     ray_gateway_target: float = 16.0
+    # state the gateways share (realtime/shared_state.py): rate limits and clip renders (one render per request);
+    # empty: this process's own. With several gateways, also point clip_cache_dir at a path they all mount.
+    redis_url: str = ""  # redis://host:6379/0 (rediss://, unix://); needs the `cluster` extra (redis-py)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, config: str | None = None) -> Settings:
@@ -229,6 +232,8 @@ class Settings:
                 raise ValueError(f"allowed_origins entries must be http(s)://host[:port] or *, got {o!r}")
         if self.auth_secret and len(self.auth_secret) < 32:
             raise ValueError("auth_secret must be at least 32 characters (HS256 wants a 256-bit key)")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"redis_url must be redis://, rediss:// or unix://, got {self.redis_url!r}")
         self.validate_ray()
 
     def validate_ray(self) -> None:
