@@ -7,6 +7,7 @@ The selected candidate pair must be a relay one, and coturn's own log must show 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import secrets
@@ -21,10 +22,12 @@ import httpx
 import pytest
 from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnection, RTCSessionDescription
 
+from avatarcast.realtime.settings import Settings
 from tests.conftest import running_server
 
 TURNSERVER = shutil.which("turnserver") or "/usr/bin/turnserver"
 CHROMIUM = os.environ.get("AVATARCAST_CHROMIUM", "/usr/bin/chromium")
+COMPOSE = Path(__file__).resolve().parents[2] / "deploy" / "compose" / "docker-compose.yml"
 SDP = {"Content-Type": "application/sdp"}
 
 pytestmark = [
@@ -51,6 +54,7 @@ class Coturn:
     """A running turnserver: its URL for --ice-server, the secret, and its log."""
 
     def __init__(self, port: int, secret: str, log: Path) -> None:
+        self.port = port
         self.url = f"turn:127.0.0.1:{port}?transport=udp"
         self.secret = secret
         self.log = log
@@ -61,29 +65,20 @@ class Coturn:
         return {u: int(rb) + int(sb) for u, rb, sb in re.findall(pattern, self.log.read_text())}
 
 
-@pytest.fixture(scope="module")
-def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
-    d = tmp_path_factory.mktemp("coturn")
-    port, secret = free_udp_tcp_port(), secrets.token_hex(16)
-    low = 49152 + secrets.randbelow(15000)
+@contextlib.contextmanager
+def turnserver(d: Path, *flags: str) -> Iterator[Coturn]:
+    """coturn on loopback with these flags, free ports, its files in `d`; yields once it accepts connections."""
+    port, low = free_udp_tcp_port(), 49152 + secrets.randbelow(15000)
     p = subprocess.Popen(
         [
             TURNSERVER,
-            "-n",  # no config file: everything is on this command line
-            "--no-cli",
+            *flags,
             "--verbose",  # logs each allocation and what it relayed
             "--listening-ip=127.0.0.1",
             "--relay-ip=127.0.0.1",
             f"--listening-port={port}",
             f"--min-port={low}",
             f"--max-port={low + 200}",
-            "--use-auth-secret",
-            f"--static-auth-secret={secret}",
-            "--realm=avatarcast.test",
-            "--allow-loopback-peers",  # the relay and the peers all live on this machine
-            "--no-tls",
-            "--no-dtls",
-            "--fingerprint",
             f"--log-file={d / 'turn.log'}",
             "--simple-log",
             f"--pidfile={d / 'turn.pid'}",
@@ -94,17 +89,28 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
     )
     try:
         deadline = time.monotonic() + 10
-        while True:  # ready once it accepts TCP on its port
+        while True:
             try:
                 socket.create_connection(("127.0.0.1", port), 0.5).close()
                 break
             except OSError:
-                assert p.poll() is None and time.monotonic() < deadline, "turnserver did not start"
+                assert p.poll() is None and time.monotonic() < deadline, f"turnserver did not start ({p.poll()})"
                 time.sleep(0.1)
-        yield Coturn(port, secret, d / "turn.log")
+        yield Coturn(port, "", d / "turn.log")
+        assert p.poll() is None, "turnserver exited"
     finally:
         p.terminate()
         p.wait(10)
+
+
+@pytest.fixture(scope="module")
+def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
+    secret = secrets.token_hex(16)
+    flags = ["-n", "--no-cli", "--use-auth-secret", f"--static-auth-secret={secret}", "--realm=avatarcast.test"]
+    flags += ["--allow-loopback-peers", "--no-tls", "--no-dtls", "--fingerprint"]  # relay and peers on this machine
+    with turnserver(tmp_path_factory.mktemp("coturn"), *flags) as c:
+        c.secret = secret
+        yield c
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +245,66 @@ def test_chromium_relay_only_gets_video_through_coturn(turn_server: str) -> None
     assert out["frames"] >= 8 and out["width"] == 640, out
     # the pair Chromium selected: its own side is coturn's relayed address, reached over UDP
     assert out["local"] == "relay" and out["relayProtocol"] == "udp" and out["bytes"] > 10_000, out
+
+
+def interpolate(text: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error}, nested ones from the inside out."""
+    inner = re.compile(r"\$\{(\w+)(?::([-?])([^${}]*))?\}")
+
+    def one(m: re.Match) -> str:
+        name, op, arg = m.groups()
+        if env.get(name):
+            return env[name]
+        assert op != "?", f"compose needs {name}: {arg}"
+        return arg or ""
+
+    while (out := inner.sub(one, text)) != text:
+        text = out
+    return text
+
+
+def test_the_compose_files_coturn_and_server_settings_work(tmp_path: Path) -> None:
+    """deploy/compose: coturn 4.6 takes its flags and relays only to this host, the server's environment validates,
+    and credentials the server mints from it open an allocation (the deployment itself needs Docker: not run here)."""
+    yaml = pytest.importorskip("yaml")
+    from aioice import stun, turn
+
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    env = {"PUBLIC_IP": "127.0.0.1", "TURN_SECRET": secrets.token_hex(32), "HOST_IP": "10.9.8.7"}
+    settings = Settings.from_env(
+        {k: interpolate(str(v), env) for k, v in services["avatarcast"]["environment"].items()}
+    )
+    settings.validate()
+    assert settings.turn_secret == env["TURN_SECRET"]
+    ice = settings.ice()
+    assert [s.url for s in ice.servers] == [f"turn:127.0.0.1:3478?transport={t}" for t in ("udp", "tcp")]
+    # this machine's coturn in place of the container's: loopback, free ports, files in tmp_path
+    here = ("--listening-port", "--min-port", "--max-port", "--pidfile", "--userdb", "--log-file")
+    flags = [interpolate(a, env) for a in services["coturn"]["command"] if not a.startswith(here)]
+    assert f"--static-auth-secret={env['TURN_SECRET']}" in flags and "--use-auth-secret" in flags
+
+    async def go(port: int) -> None:
+        [minted, _], _ = ice.for_peer("compose")
+        username, credential = minted.username, minted.credential
+        t, _ = await turn.create_turn_endpoint(asyncio.DatagramProtocol, ("127.0.0.1", port), username, credential)
+        inner = t._TurnTransport__inner_protocol  # a raw CreatePermission: what coturn lets this allocation reach
+
+        async def permit(ip: str) -> bool:
+            req = stun.Message(message_method=stun.Method.CREATE_PERMISSION, message_class=stun.Class.REQUEST)
+            req.attributes["XOR-PEER-ADDRESS"] = (ip, 9)
+            try:
+                await inner.request_with_retry(req)
+                return True
+            except stun.TransactionFailed:
+                return False
+
+        try:
+            assert await permit("10.9.8.7")  # HOST_IP: this host, allowed
+            assert not await permit("10.9.8.8") and not await permit("192.168.1.1")  # the rest of the LAN: refused
+        finally:
+            t.close()
+        with pytest.raises(stun.TransactionFailed):  # a wrong credential opens nothing
+            await turn.create_turn_endpoint(asyncio.DatagramProtocol, ("127.0.0.1", port), username, "x" + credential)
+
+    with turnserver(tmp_path, *flags) as c:
+        asyncio.run(asyncio.wait_for(go(c.port), 20))
