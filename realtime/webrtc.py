@@ -514,7 +514,8 @@ async def add_candidates(hub: Hub, resource: str, frag: TrickledCandidates, if_m
         raise CandidateError(f"over {MAX_TRICKLED_CANDIDATES} trickled candidates", code=ErrorCode.TOO_LARGE)
     # with BUNDLE, aiortc keeps one transport, the group's first mid's: a candidate for another mid goes there
     first = {str(m): str(g.items[0]) for g in remote.group if g.semantic == "BUNDLE" and g.items for m in g.items}
-    for mid, value in frag.candidates:
+    candidates = []
+    for mid, value in frag.candidates:  # all parsed before any is added: a bad fragment changes nothing
         try:
             candidate = aiosdp.candidate_from_sdp(value)
         except (AssertionError, ValueError, IndexError):
@@ -522,6 +523,8 @@ async def add_candidates(hub: Hub, resource: str, frag: TrickledCandidates, if_m
         candidate.sdpMid = first.get(mid or "", mid)
         if candidate.sdpMid is None:
             candidate.sdpMLineIndex = 0
+        candidates.append(candidate)
+    for candidate in candidates:
         await peer.pc.addIceCandidate(candidate)
         peer.trickled += 1
     if frag.end:

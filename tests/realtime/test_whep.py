@@ -33,6 +33,9 @@ def test_media_types_methods_and_options(base: str) -> None:
         # parameters after the media type are fine; a bad offer is then a 400, not a 415
         r = c.post("/v1/whep", content=b"v=0\r\n", headers={"Content-Type": "application/SDP; charset=utf-8"})
         assert r.status_code == 400 and r.json()["error"] == "bad_offer"
+        r = c.post("/v1/whep", content=b"v=0\r\n" + b"a=x\r\n" * 20_000, headers=SDP)
+        assert r.status_code == 413 and r.json()["error"] == "too_large"
+        assert c.get("/v1/status").json()["sessions"] == before  # nor for a refused offer's session
 
         r = c.options("/v1/whep")
         assert r.status_code == 204 and r.headers["allow"] == "OPTIONS, POST"
@@ -108,6 +111,12 @@ def test_trickle_ice_by_patch(base: str, server_hub) -> None:
                 assert r.status_code == 400 and r.json()["error"] == "bad_sdpfrag"
                 r = await http.patch(loc, content=f"a=mid:{mid}\r\na=candidate:1 1 udp\r\n", headers=FRAG)
                 assert r.status_code == 400 and r.json()["error"] == "bad_sdpfrag"
+                lines = "".join(
+                    f"a=candidate:{i} 1 udp 2122260223 192.0.2.9 {40000 + i} typ host\r\n" for i in range(65)
+                )
+                many = f"a=mid:{mid}\r\n{lines}"
+                assert (await http.patch(loc, content=many, headers=FRAG)).status_code == 413  # 64 per peer
+                assert (await http.patch(loc, content="a=x\r\n" * 4000, headers=FRAG)).status_code == 413
 
                 r = await http.patch(loc, content=body + "a=end-of-candidates\r\n", headers={**FRAG, "If-Match": etag})
                 assert r.status_code == 204, r.text
