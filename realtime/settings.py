@@ -149,7 +149,7 @@ class Settings:
             # `--ray` alone means --ray 1; --ice-server URL may be given many times
             bare: dict[str, Any] = {"nargs": "?", "const": 1} if f.name in SWITCHES else {}
             if f.name in REPEATED:
-                bare = {"action": "append"}
+                bare = {"action": "append", "metavar": "URL"}
             parser.add_argument(
                 "--" + REPEATED.get(f.name, f.name.replace("_", "-")),
                 dest=f.name,
