@@ -41,11 +41,17 @@ class ErrorCode(Enum):
     BAD_LANGUAGE = ("bad_language", 400, CLOSE_POLICY)
     UNKNOWN_EMOTION = ("unknown_emotion", 400, None)
     BAD_OFFER = ("bad_offer", 400, None)
+    BAD_SDPFRAG = ("bad_sdpfrag", 400, None)  # a WHEP PATCH body that is not a trickle-ICE SDP fragment
+    ICE_RESTART_UNSUPPORTED = ("ice_restart_unsupported", 422, None)  # aiortc cannot restart ICE
+    ETAG_MISMATCH = ("etag_mismatch", 412, None)  # a WHEP PATCH for another ICE session (If-Match)
     BAD_CLIP_REQUEST = ("bad_clip_request", 400, None)
     # request bodies and messages
     EMPTY = ("empty", 400, None)  # an empty request body
     TOO_LARGE = ("too_large", 413, CLOSE_TOO_BIG)  # a body, clip or message over its limit
     TOO_BIG = ("too_big", None, None)  # a data channel message over the limit
+    BAD_CONTENT_TYPE = ("bad_content_type", 415, None)  # a body of a media type the route does not take
+    # HTTP method
+    METHOD_NOT_ALLOWED = ("method_not_allowed", 405, None)  # with an Allow header naming the methods there
     # audio that cannot be decoded (a clip's reason)
     AUDIO_EMPTY = ("empty", 422, None)  # decoded to zero samples
     TOO_LONG = ("too_long", 413, None)

@@ -28,10 +28,11 @@ from avatarcast.realtime.avatars import avatar_names
 from avatarcast.realtime.clips import ClipRequest
 from avatarcast.realtime.hub import Hub, HubError
 from avatarcast.realtime.logs import setup_logging
+from avatarcast.realtime.methods import install as install_allow
 from avatarcast.realtime.origins import OriginMiddleware, parse_origins
 from avatarcast.realtime.ratelimit import RateLimitMiddleware, client_keys, retry_after
-from avatarcast.realtime.runner import SessionRunner
 from avatarcast.realtime.settings import Settings
+from avatarcast.realtime.whep import whep_router
 from avatarcast.realtime.wire_fields import payload_model
 from avatarcast.realtime.ws import serve_socket
 
@@ -143,8 +144,10 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         404: {"model": ErrorBody},
         503: {"model": ErrorBody},
     }
-    # the WHEP routes' body is an SDP offer, not JSON: said once for the OpenAPI schema of both
-    sdp_offer = {"requestBody": {"required": True, "content": {"application/sdp": {"schema": {"type": "string"}}}}}
+    ice = settings.ice()
+    log.info("ICE servers: %s", ice.describe())
+    if ice.fixed_turn_credentials:
+        log.warning("a TURN password from --ice-server is handed to every client; --turn-secret mints short-lived ones")
 
     @app.exception_handler(AvatarcastError)
     async def avatarcast_error(request: Request, exc: AvatarcastError) -> JSONResponse:
@@ -266,56 +269,9 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         hub.get_session(sid).set_emotion(body.label, body.intensity)
         return {"label": body.label, "intensity": body.intensity}
 
-    # -- WebRTC (WHEP-style: POST an SDP offer, get 201 + the answer; DELETE the resource) --
+    # -- WebRTC: WHEP signaling and the ICE servers clients use (realtime/whep.py) --
 
-    @app.post(
-        "/v1/sessions/{sid}/whep",
-        status_code=201,
-        tags=["webrtc"],
-        responses=errors,
-        openapi_extra=sdp_offer,
-    )
-    async def whep(sid: str, request: Request) -> Response:
-        return await _offer(hub.get_session(sid), request, owns_session=False)
-
-    @app.post(
-        "/v1/whep",
-        status_code=201,
-        tags=["webrtc"],
-        responses=errors,
-        openapi_extra=sdp_offer,
-    )
-    async def whep_new(request: Request, avatar: str = "", language: str | None = None) -> Response:
-        """Creates a session for this peer; it ends when the peer goes away."""
-        limit_sessions(request.scope)
-        return await _offer(await hub.open_session(avatar, language=language), request, owns_session=True)
-
-    async def _offer(runner: SessionRunner, request: Request, owns_session: bool) -> Response:
-        from avatarcast.realtime import webrtc  # aiortc: imported at start-up (lifespan), not when this module is
-
-        sdp = (await request.body()).decode("utf-8", "replace")
-        if len(sdp) > 100_000:
-            return _err(ErrorCode.TOO_LARGE, "SDP offer over 100 kB")
-        try:
-            answer, resource = await webrtc.answer_offer(hub, runner, sdp, owns_session=owns_session)
-        except webrtc.OfferError:
-            if owns_session:
-                await hub.close_session(runner.id)
-            raise
-        return Response(
-            answer,
-            status_code=201,
-            media_type="application/sdp",
-            headers={"Location": f"/v1/webrtc/{resource}", "X-Session-Id": runner.id},
-        )
-
-    @app.delete("/v1/webrtc/{resource}", status_code=204, tags=["webrtc"], responses=errors)
-    async def whep_delete(resource: str) -> Response:
-        from avatarcast.realtime import webrtc  # aiortc: imported at start-up (lifespan), not when this module is
-
-        if not await webrtc.close_peer(hub, resource):
-            raise HubError(ErrorCode.NO_PEER, f"no WebRTC peer {resource!r}")
-        return Response(status_code=204)
+    app.include_router(whep_router(hub, ice, limit_sessions, errors))
 
     # -- clip API --
 
@@ -377,6 +333,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    install_allow(app)  # 405: Allow lists every method of the path
     app.add_middleware(RateLimitMiddleware, hub=hub)  # inside auth: it sees the token's subject
     if settings.auth_secret:
         app.add_middleware(AuthMiddleware, secret=settings.auth_secret)
@@ -387,8 +344,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
             CORSMiddleware,
             allow_origins=list(allowed),
             allow_methods=["*"],
-            allow_headers=["Authorization", "Content-Type", "X-Session-Id"],
-            expose_headers=["Location", "Retry-After"],
+            allow_headers=["Authorization", "Content-Type", "X-Session-Id", "If-Match"],
+            expose_headers=["Location", "Retry-After", "X-Session-Id", "Link", "ETag", "Accept-Patch", "Allow"],
         )
     return app
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from avatarcast.engines.sampler import FlowMatchEulerSampler, warped_sigmas
 from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint
 from avatarcast.realtime import settings_file
+from avatarcast.realtime.ice import IceServers
 from avatarcast.vocabulary import IMAGE_FORMATS
 
 ENV_PREFIX = "AVATARCAST_"
 SWITCHES = ("ray",)  # 0/1 fields whose flag may stand alone
+REPEATED = {"ice_servers": "ice-server"}  # list fields: a flag per item (--ice-server URL ...); the env var lists them
 
 
 @dataclass
@@ -97,6 +99,11 @@ class Settings:
     forwarded_allow_ips: str = "127.0.0.1"
     ssl_certfile: str = ""  # serve HTTPS/WSS with this certificate (and ssl_keyfile); browsers need
     ssl_keyfile: str = ""  # a secure origin for the microphone anywhere but localhost
+    # WebRTC ICE servers (realtime/ice.py), for the server's peer and handed to clients: stun:HOST[:PORT],
+    # turn:HOST[:PORT][?transport=udp|tcp], turns:HOST[:PORT]?transport=tcp; USER:PASS@HOST for fixed TURN credentials
+    ice_servers: str = ""  # comma or space separated; the flag is --ice-server URL, repeated
+    turn_secret: str = field(default="", repr=False)  # coturn static-auth-secret: TURN credentials minted per peer
+    turn_ttl_s: float = 600.0  # how long minted TURN credentials may open new allocations
     # admission control (realtime/admission.py): admit a session while the measured engine load plus
     # one more reacting stream stays under this fraction of the engine's time
     admission: int = 1  # 0: admit up to max_sessions without measuring (benchmarks, tests)
@@ -152,8 +159,8 @@ class Settings:
                 source[f.name] = f"env {ENV_PREFIX}{f.name.upper()}"
         for f in fields(cls):
             v = getattr(args, f.name, None) if args is not None else None
-            if v is not None:
-                setattr(s, f.name, v)
+            if v is not None:  # a repeated flag (REPEATED) gives a list; its field holds the items space-separated
+                setattr(s, f.name, " ".join(v) if isinstance(v, list) else v)
                 source[f.name] = "flag --" + f.name.replace("_", "-")
         return s, source
 
@@ -166,10 +173,12 @@ class Settings:
         for f in fields(cls):
             if only and f.name not in only:
                 continue
-            # `--ray` alone means --ray 1
+            # `--ray` alone means --ray 1; --ice-server URL may be given many times
             bare: dict[str, Any] = {"nargs": "?", "const": 1} if f.name in SWITCHES else {}
+            if f.name in REPEATED:
+                bare = {"action": "append", "metavar": "URL"}
             parser.add_argument(
-                "--" + f.name.replace("_", "-"),
+                "--" + REPEATED.get(f.name, f.name.replace("_", "-")),
                 dest=f.name,
                 default=None,
                 type=_parser_type(f.type),
@@ -234,6 +243,7 @@ class Settings:
             raise ValueError("auth_secret must be at least 32 characters (HS256 wants a 256-bit key)")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(f"redis_url must be redis://, rediss:// or unix://, got {self.redis_url!r}")
+        self.ice()  # IceConfigError (a ValueError) names the bad URL or setting
         self.validate_ray()
 
     def validate_ray(self) -> None:
@@ -305,6 +315,10 @@ class Settings:
             raise ValueError(f"wan_shift must be > 0, got {self.wan_shift}")
         self.wan_schedule()
         inspect_checkpoint(self.checkpoint)
+
+    def ice(self) -> IceServers:
+        """The ICE servers for WebRTC peers, checked."""
+        return IceServers.from_config(self.ice_servers, self.turn_secret, self.turn_ttl_s)
 
     @staticmethod
     def language_list(text: str) -> tuple[str, ...]:

@@ -1,9 +1,10 @@
 """The WebRTC transport (aiortc): the avatar as a video track, the microphone in, events on a data channel.
 
-Signaling is WHEP-style and non-trickle: the client POSTs an SDP offer, `answer_offer` returns
-the answer with every ICE candidate in it (gathering is awaited) plus a resource id; DELETE of
-the resource ends the peer (`close_peer`). No STUN/TURN servers are configured: host candidates
-only, so it works on loopback machines and LANs, not across NATs.
+Signaling is WHEP (realtime/whep.py): the client POSTs an SDP offer, `answer_offer` returns the
+answer with every server candidate in it (gathering is awaited) plus a resource id; the client may
+trickle its own candidates later (`add_candidates`, a PATCH); DELETE of the resource ends the peer
+(`close_peer`). The peer gathers with the configured STUN/TURN servers (realtime/ice.py); with none,
+host candidates only, which reach loopback machines and LANs, not across NATs.
 
 Per peer:
 - video: `AvatarVideoTrack` is a runner sink (image_format None: raw RGBA). It keeps only the
@@ -30,6 +31,8 @@ import logging
 import secrets
 import time
 from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, cast
 
 import av
@@ -37,6 +40,7 @@ import numpy as np
 from aiortc import (
     RTCConfiguration,
     RTCDataChannel,
+    RTCIceServer,
     RTCPeerConnection,
     RTCRtpSender,
     RTCSessionDescription,
@@ -48,6 +52,7 @@ from avatarcast.engines.errors import AvatarcastError, ErrorCode
 from avatarcast.realtime.commands import error_event, handle_command
 from avatarcast.realtime.held_tasks import run_held
 from avatarcast.realtime.hub import Hub
+from avatarcast.realtime.ice import IceServer
 from avatarcast.realtime.protocol import TAG_PCM
 from avatarcast.realtime.runner import OutFrame, SessionRunner
 from avatarcast.realtime.video import composite
@@ -66,12 +71,38 @@ CODEC_ORDER = ("video/vp8", "video/h264")
 
 
 MAX_PEERS_PER_SESSION = 4  # viewers of one avatar stream; each costs a video encoder
+MAX_TRICKLED_CANDIDATES = 64  # remote candidates a peer may add after its offer (each adds ICE checks)
 
 
 class OfferError(AvatarcastError, ValueError):
     """A bad SDP offer."""
 
     code = ErrorCode.BAD_OFFER
+
+
+class CandidateError(AvatarcastError, ValueError):
+    """Trickled candidates that cannot be added (the code says why: a bad fragment, an ICE restart, no peer)."""
+
+    code = ErrorCode.BAD_SDPFRAG
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What a WHEP POST answers: the SDP answer, the peer's resource id, and its ICE session's entity tag."""
+
+    sdp: str
+    resource: str
+    etag: str
+
+
+@dataclass(frozen=True)
+class TrickledCandidates:
+    """A trickle-ICE SDP fragment's content (RFC 8840): the ICE credentials it names, its candidates by mid."""
+
+    ufrag: str | None
+    pwd: str | None
+    candidates: tuple[tuple[str | None, str], ...]  # (mid, the a=candidate: value)
+    end: bool  # a=end-of-candidates
 
 
 # -- video --
@@ -155,6 +186,8 @@ class Peer:
         self.closing = False
         self.created = time.monotonic()
         self.tasks: set[asyncio.Task] = set()
+        self.etag = '"' + secrets.token_urlsafe(9) + '"'  # names this ICE session for WHEP PATCH (If-Match)
+        self.trickled = 0
 
     def spawn(self, coro: Any, name: str | None = None) -> asyncio.Task:
         t = asyncio.create_task(coro, name=name)
@@ -340,14 +373,18 @@ def _check_sdp(sdp: str) -> None:
         raise OfferError("the body is not an SDP offer (it must start with 'v=0' and have m= lines)")
 
 
-async def answer_offer(hub: Hub, runner: SessionRunner, sdp: str, *, owns_session: bool) -> tuple[str, str]:
-    """Answer a WHEP-style offer for `runner`'s session: (answer SDP with all candidates, resource id)."""
+async def answer_offer(
+    hub: Hub, runner: SessionRunner, sdp: str, *, owns_session: bool, ice_servers: Sequence[IceServer] = ()
+) -> Answer:
+    """Answer a WHEP offer for `runner`'s session: the SDP answer with all candidates, gathered with `ice_servers`
+    (aiortc uses the first STUN and the first TURN server of them)."""
     _check_sdp(sdp)
     if runner.closed.is_set():
         raise OfferError("the session is closed")
     if sum(1 for p in hub.peers.values() if p.runner is runner) >= MAX_PEERS_PER_SESSION:
         raise OfferError(f"this session already has {MAX_PEERS_PER_SESSION} WebRTC peers")
-    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only: loopback/LAN
+    servers = [RTCIceServer(s.url, s.username or None, s.credential or None) for s in ice_servers]
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
     resource = secrets.token_urlsafe(12)
     peer = Peer(hub, runner, pc, resource, owns_session)
     video = pc.addTransceiver(peer.track, direction="sendonly")
@@ -413,7 +450,7 @@ async def answer_offer(hub: Hub, runner: SessionRunner, sdp: str, *, owns_sessio
         _codec_name(video),
         ", owns the session" if owns_session else "",
     )
-    return answer_sdp, resource
+    return Answer(answer_sdp, resource, peer.etag)
 
 
 def _direction(sdp: str, mid: str) -> str | None:
@@ -427,6 +464,71 @@ def _direction(sdp: str, mid: str) -> str | None:
 def _codec_name(transceiver: Any) -> str:
     codecs = getattr(transceiver, "_codecs", None) or []
     return codecs[0].mimeType if codecs else "?"
+
+
+def parse_sdpfrag(text: str) -> TrickledCandidates:
+    """A trickle-ICE SDP fragment (application/trickle-ice-sdpfrag) -> its ICE credentials and candidates."""
+    ufrag = pwd = mid = None
+    candidates: list[tuple[str | None, str]] = []
+    end = False
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("a=ice-ufrag:"):
+            ufrag = line[len("a=ice-ufrag:") :]
+        elif line.startswith("a=ice-pwd:"):
+            pwd = line[len("a=ice-pwd:") :]
+        elif line.startswith("m="):
+            mid = None
+        elif line.startswith("a=mid:"):
+            mid = line[len("a=mid:") :]
+        elif line.startswith("a=candidate:"):
+            candidates.append((mid, line[len("a=candidate:") :]))
+        elif line == "a=end-of-candidates":
+            end = True
+        elif line and not (line.startswith("a=") or line.startswith("m=") or line.startswith("c=")):
+            raise CandidateError(f"not a trickle-ICE SDP fragment line: {line[:80]!r}")
+    if not candidates and not end and ufrag is None:
+        raise CandidateError("the fragment has no a=candidate, a=end-of-candidates or a=ice-ufrag line")
+    return TrickledCandidates(ufrag, pwd, tuple(candidates), end)
+
+
+async def add_candidates(hub: Hub, resource: str, frag: TrickledCandidates, if_match: str | None) -> None:
+    """Trickle ICE (a WHEP PATCH): add the client's candidates to its peer. An ICE restart is refused
+    (aiortc cannot restart ICE): CandidateError with ICE_RESTART_UNSUPPORTED; a stale If-Match: ETAG_MISMATCH."""
+    peer = hub.peers.get(resource)
+    if peer is None or peer.closing:
+        raise CandidateError(f"no WebRTC peer {resource!r}", code=ErrorCode.NO_PEER)
+    remote = aiosdp.SessionDescription.parse(peer.pc.remoteDescription.sdp)
+    ice = remote.media[0].ice if remote.media else None
+    restart = if_match == "*" or (
+        frag.ufrag is not None and ice is not None and (frag.ufrag, frag.pwd) != (ice.usernameFragment, ice.password)
+    )
+    if restart:
+        raise CandidateError(
+            "ICE restarts are not supported: DELETE this peer and POST a new offer",
+            code=ErrorCode.ICE_RESTART_UNSUPPORTED,
+        )
+    if if_match is not None and if_match != peer.etag:
+        raise CandidateError(f"If-Match {if_match} does not name this ICE session", code=ErrorCode.ETAG_MISMATCH)
+    if peer.trickled + len(frag.candidates) > MAX_TRICKLED_CANDIDATES:
+        raise CandidateError(f"over {MAX_TRICKLED_CANDIDATES} trickled candidates", code=ErrorCode.TOO_LARGE)
+    # with BUNDLE, aiortc keeps one transport, the group's first mid's: a candidate for another mid goes there
+    first = {str(m): str(g.items[0]) for g in remote.group if g.semantic == "BUNDLE" and g.items for m in g.items}
+    candidates = []
+    for mid, value in frag.candidates:  # all parsed before any is added: a bad fragment changes nothing
+        try:
+            candidate = aiosdp.candidate_from_sdp(value)
+        except (AssertionError, ValueError, IndexError):
+            raise CandidateError(f"bad candidate {value[:80]!r}") from None
+        candidate.sdpMid = first.get(mid or "", mid)
+        if candidate.sdpMid is None:
+            candidate.sdpMLineIndex = 0
+        candidates.append(candidate)
+    for candidate in candidates:
+        await peer.pc.addIceCandidate(candidate)
+        peer.trickled += 1
+    if frag.end:
+        await peer.pc.addIceCandidate(None)
 
 
 async def close_peer(hub: Hub, resource: str) -> bool:

@@ -77,6 +77,7 @@ def test_serves_https_with_a_certificate(tmp_path) -> None:
         (["--auth-secret", "short"], {}, "auth_secret must be at least 32 characters"),
         (["--capacity-headroom", "1.5"], {}, "capacity_headroom must be in (0, 1]"),
         ([], {"AVATARCAST_RATE_HTTP_PER_S": "-1"}, "rate_http_per_s must be >= 0"),
+        (["--ice-server", "turn:turn.example.org"], {}, "has no credentials: give --turn-secret"),
     ],
 )
 def test_bad_settings_fail_at_once_with_a_clear_message(args, env, message) -> None:

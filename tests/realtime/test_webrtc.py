@@ -23,6 +23,7 @@ from aiortc.mediastreams import MediaStreamTrack
 
 ESPEAK = shutil.which("espeak-ng")
 BG = np.array([245, 240, 230])
+SDP = {"Content-Type": "application/sdp"}
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +238,7 @@ def test_signaling_errors_and_delete(base: str) -> None:
         await pc.setLocalDescription(await pc.createOffer())
         async with httpx.AsyncClient(timeout=20) as http:
             before = (await http.get(base + "/v1/status")).json()["sessions"]
-            r = await http.post(base + "/v1/whep", content=pc.localDescription.sdp)
+            r = await http.post(base + "/v1/whep", content=pc.localDescription.sdp, headers=SDP)
             assert r.status_code == 400 and "video" in r.json()["message"]
             assert (await http.get(base + "/v1/status")).json()["sessions"] == before
         await pc.close()
@@ -294,7 +295,7 @@ def test_not_connected_peer_times_out(base: str) -> None:
         await pc.setLocalDescription(await pc.createOffer())
         await pc.close()  # the answer is never used: the server side cannot connect
         async with httpx.AsyncClient(timeout=20) as http:
-            r = await http.post(base + "/v1/whep", content=pc.localDescription.sdp)
+            r = await http.post(base + "/v1/whep", content=pc.localDescription.sdp, headers=SDP)
             assert r.status_code == 201, r.text
             sid = r.headers["x-session-id"]
             for _ in range(40):

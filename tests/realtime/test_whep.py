@@ -1,0 +1,135 @@
+"""WHEP conformance against the real server (draft-ietf-wish-whep, as WHIP's RFC 9725): media types, methods,
+the 201's headers, and trickle ICE by PATCH with a real aiortc client whose offer carries no candidates."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+SDP = {"Content-Type": "application/sdp"}
+FRAG = {"Content-Type": "application/trickle-ice-sdpfrag"}
+
+
+@pytest.fixture(scope="module")
+def base(server_url: str) -> str:
+    return server_url  # the one real server of the test run (tests/conftest.py)
+
+
+def run(coro, timeout: float = 40.0):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def test_media_types_methods_and_options(base: str) -> None:
+    with httpx.Client(base_url=base, timeout=20) as c:
+        before = c.get("/v1/status").json()["sessions"]
+        for headers in ({}, {"Content-Type": "application/json"}, {"Content-Type": "text/plain"}):
+            r = c.post("/v1/whep", content=b"v=0\r\n", headers=headers)
+            assert r.status_code == 415 and r.json()["error"] == "bad_content_type", r.text
+        assert c.get("/v1/status").json()["sessions"] == before  # no session was made for a refused offer
+        # parameters after the media type are fine; a bad offer is then a 400, not a 415
+        r = c.post("/v1/whep", content=b"v=0\r\n", headers={"Content-Type": "application/SDP; charset=utf-8"})
+        assert r.status_code == 400 and r.json()["error"] == "bad_offer"
+        r = c.post("/v1/whep", content=b"v=0\r\n" + b"a=x\r\n" * 20_000, headers=SDP)
+        assert r.status_code == 413 and r.json()["error"] == "too_large"
+        assert c.get("/v1/status").json()["sessions"] == before  # nor for a refused offer's session
+
+        r = c.options("/v1/whep")
+        assert r.status_code == 204 and r.headers["allow"] == "OPTIONS, POST"
+        assert r.headers["accept-post"] == "application/sdp"
+        sid = c.post("/v1/sessions", json={}).json()["id"]
+        try:
+            assert c.options(f"/v1/sessions/{sid}/whep").headers["allow"] == "OPTIONS, POST"
+            assert c.post(f"/v1/sessions/{sid}/whep", content=b"v=0").status_code == 415
+            assert c.options("/v1/sessions/nope/whep").status_code == 404
+            # 405 names every method of the path (Starlette named only the first route's)
+            for method, path, allow in [
+                ("PUT", f"/v1/sessions/{sid}", "DELETE, GET"),
+                ("GET", "/v1/whep", "OPTIONS, POST"),
+                ("DELETE", f"/v1/sessions/{sid}/whep", "OPTIONS, POST"),
+                ("GET", "/v1/webrtc/anything", "DELETE, OPTIONS, PATCH"),
+                ("POST", "/v1/ice-servers", "GET"),
+            ]:
+                r = c.request(method, path)
+                assert r.status_code == 405 and r.headers["allow"] == allow, (method, path, r.headers, r.text)
+                assert r.json()["error"] == "method_not_allowed"
+        finally:
+            c.delete(f"/v1/sessions/{sid}")
+        r = c.patch("/v1/webrtc/nope", content=b"a=end-of-candidates\r\n", headers=FRAG)
+        assert r.status_code == 404 and r.json()["error"] == "no_peer"
+        assert c.options("/v1/webrtc/nope").status_code == 404
+        # no STUN/TURN configured on this server: an empty list, and no Link headers below
+        r = c.get("/v1/ice-servers")
+        assert r.json() == {"iceServers": [], "expires_at": None} and r.headers["cache-control"] == "no-store"
+
+
+def without_candidates(sdp: str) -> tuple[str, list[str]]:
+    """The offer with its candidate lines taken out, and those lines."""
+    lines = sdp.split("\r\n")
+    cands = [ln for ln in lines if ln.startswith("a=candidate:")]
+    return "\r\n".join(ln for ln in lines if ln not in cands and ln != "a=end-of-candidates"), cands
+
+
+def test_trickle_ice_by_patch(base: str, server_hub) -> None:
+    """The offer goes without candidates; they follow in a PATCH; the server's ICE agent then holds them
+    as host candidates (signalled, not learned as peer-reflexive) and video arrives."""
+
+    async def go() -> None:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("video", direction="recvonly")
+        pc.createDataChannel("events")
+        video: asyncio.Future = asyncio.get_running_loop().create_future()
+        pc.on("track", lambda t: video.done() or video.set_result(t))
+        await pc.setLocalDescription(await pc.createOffer())
+        offer, cands = without_candidates(pc.localDescription.sdp)
+        assert cands and "a=candidate" not in offer
+        ufrag = re.search(r"a=ice-ufrag:(\S+)", offer)[1]
+        pwd = re.search(r"a=ice-pwd:(\S+)", offer)[1]
+        mid = re.search(r"a=mid:(\S+)", offer)[1]
+        async with httpx.AsyncClient(base_url=base, timeout=20) as http:
+            r = await http.post("/v1/whep", content=offer, headers=SDP)
+            assert r.status_code == 201, r.text
+            loc, etag, answer = r.headers["location"], r.headers["etag"], r.text
+            assert r.headers["accept-patch"] == "application/trickle-ice-sdpfrag" and etag.startswith('"')
+            assert "link" not in r.headers
+            assert (await http.options(loc)).headers["allow"] == "DELETE, OPTIONS, PATCH"
+            try:
+                frag = f"a=ice-ufrag:{ufrag}\r\na=ice-pwd:{pwd}\r\nm=video 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:{mid}\r\n"
+                body = frag + "".join(c + "\r\n" for c in cands)
+                # refusals first: the wrong media type, a stale ETag, ICE restarts, junk
+                assert (await http.patch(loc, content=body, headers=SDP)).status_code == 415
+                r = await http.patch(loc, content=body, headers={**FRAG, "If-Match": '"other"'})
+                assert r.status_code == 412 and r.json()["error"] == "etag_mismatch"
+                r = await http.patch(loc, content=body, headers={**FRAG, "If-Match": "*"})
+                assert r.status_code == 422 and r.json()["error"] == "ice_restart_unsupported"
+                restart = body.replace(f"a=ice-ufrag:{ufrag}", "a=ice-ufrag:abcd")
+                assert (await http.patch(loc, content=restart, headers=FRAG)).status_code == 422
+                r = await http.patch(loc, content=b"hello\r\n", headers=FRAG)
+                assert r.status_code == 400 and r.json()["error"] == "bad_sdpfrag"
+                r = await http.patch(loc, content=f"a=mid:{mid}\r\na=candidate:1 1 udp\r\n", headers=FRAG)
+                assert r.status_code == 400 and r.json()["error"] == "bad_sdpfrag"
+                lines = "".join(
+                    f"a=candidate:{i} 1 udp 2122260223 192.0.2.9 {40000 + i} typ host\r\n" for i in range(65)
+                )
+                many = f"a=mid:{mid}\r\n{lines}"
+                assert (await http.patch(loc, content=many, headers=FRAG)).status_code == 413  # 64 per peer
+                assert (await http.patch(loc, content="a=x\r\n" * 4000, headers=FRAG)).status_code == 413
+
+                r = await http.patch(loc, content=body + "a=end-of-candidates\r\n", headers={**FRAG, "If-Match": etag})
+                assert r.status_code == 204, r.text
+                await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+                track = await asyncio.wait_for(video, 15)
+                frames = [await asyncio.wait_for(track.recv(), 5) for _ in range(3)]
+                assert (frames[-1].width, frames[-1].height) == (640, 360)
+                peer = server_hub.peers[loc.rsplit("/", 1)[1]]
+                remote = peer.pc.getTransceivers()[0].receiver.transport.transport.getRemoteCandidates()
+                ports = {int(c.split()[5]) for c in cands}
+                assert {c.port for c in remote if c.type == "host"} >= ports, (remote, ports)
+            finally:
+                await http.delete(loc)
+                await pc.close()
+
+    run(go())
