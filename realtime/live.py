@@ -40,6 +40,7 @@ class LiveEvent:
     asr_ms: float = 0.0
     speculative: bool = False  # partial: the pass started at a pause (its final will likely reuse it)
     reused: bool = False  # final: the speculation's transcript (same audio, same prosody)
+    dropped: bool = False  # final: not transcribed, `max_pending` runs of this stream already waited for ASR
     prosody: Prosody | None = None  # of the transcribed audio: speculative partials and finals
 
 
@@ -64,6 +65,7 @@ class LiveAudio:
         post_roll_s: float = 0.15,
         max_utterance_s: float = 15.0,
         keep_s: float = 20.0,
+        max_pending: int = 4,
     ) -> None:
         self.transcriber = transcriber
         self.vad_pool, self.asr_pool = vad_pool, asr_pool
@@ -90,7 +92,8 @@ class LiveAudio:
         self._lock = asyncio.Lock()
         self._utt: dict | None = None  # the open utterance: index, start, partial bookkeeping
         self._asr = asyncio.Lock()  # one Whisper run at a time per stream, in the order asked
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task] = set()  # Whisper runs asked for and not done: at most max_pending
+        self.max_pending = max_pending  # audio sent faster than real time must not queue ASR work without bound
         self.closed = False
 
     # -- input --
@@ -176,7 +179,11 @@ class LiveAudio:
             utt, self._utt = self._utt, None
             end = int(round((ev.end_s if ev.end_s is not None else ev.at_s) * SR))
             self._emit(LiveEvent("speech_end", ev.utterance, self.arrival_time(end)))
-            self._spawn(self._final(utt, end))
+            if len(self._tasks) >= self.max_pending:
+                utt["final_sent"] = True
+                self._emit(LiveEvent("final", ev.utterance, time.monotonic(), dropped=True))
+            else:
+                self._spawn(self._final(utt, end))
 
     def _check_pause(self, probs: list[float]) -> None:
         """A silence of `pause_ms` inside an utterance: the speaker has probably finished. The
@@ -194,7 +201,7 @@ class LiveAudio:
             utt["paused"] = True
             start = self.vad._fed - q * 512  # where the silence began (the VAD's sample count)
             self._emit(LiveEvent("pause", utt["index"], self.arrival_time(start)))
-            if self.transcriber is not None:
+            if self.transcriber is not None and len(self._tasks) < self.max_pending:
                 # probably the end: transcribe now, while the endpoint timer runs; the final reuses it. Queued
                 # behind a partial in flight rather than skipped: else the final starts only at the endpoint
                 utt["last_partial"] = self._received
