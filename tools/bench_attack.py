@@ -263,14 +263,16 @@ async def healthy(conn: Conn, intervals: list[float], seconds: float) -> dict[st
 async def run(base: str, args: argparse.Namespace) -> dict[str, Any]:
     before = await asyncio.to_thread(snapshot, base)
     a = Attack(base)
-    attackers = [  # coroutines; started once the healthy session is streaming
-        a.json_bombs("127.0.3.1"),
-        a.avatar_churn("127.0.3.2"),
-        a.input_flood("127.0.3.3"),
-        *(a.silent_socket(f"127.0.4.{1 + i // 16}") for i in range(args.silent)),
-        *(a.idle_tcp(f"127.0.1.{1 + i // 30}") for i in range(args.idle_tcp)),
-        *(a.slowloris(f"127.0.2.{1 + i // 25}") for i in range(args.slowloris)),
-    ]
+    kinds = {
+        "json": lambda: [a.json_bombs("127.0.3.1")],
+        "avatars": lambda: [a.avatar_churn("127.0.3.2")],
+        "flood": lambda: [a.input_flood("127.0.3.3")],
+        "silent": lambda: [a.silent_socket(f"127.0.4.{1 + i // 16}") for i in range(args.silent)],
+        "idle": lambda: [a.idle_tcp(f"127.0.1.{1 + i // 30}") for i in range(args.idle_tcp)],
+        "slowloris": lambda: [a.slowloris(f"127.0.2.{1 + i // 25}") for i in range(args.slowloris)],
+    }
+    chosen = list(kinds) if args.attacks == "all" else [k for k in args.attacks.split(",") if k in kinds]
+    attackers = [c for k in chosen for c in kinds[k]()]  # coroutines; started once the healthy session streams
     # the healthy session is opened first: a slot an attacker may not take from it (new sessions while the
     # attackers hold every slot are refused with 503 busy, as for anyone: see the attackers' tallies)
     intervals: list[float] = []
@@ -289,6 +291,7 @@ async def run(base: str, args: argparse.Namespace) -> dict[str, Any]:
     await asyncio.sleep(args.settle)
     after = await asyncio.to_thread(snapshot, base)
     return {
+        "attacks": chosen,
         "healthy": health,
         "attackers_got": dict(sorted(a.got.items())),
         "before": before,
@@ -311,6 +314,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--idle-tcp", type=int, default=500, help="idle TCP connections held open")
     ap.add_argument("--slowloris", type=int, default=50, help="clients sending headers a byte a second")
     ap.add_argument("--silent", type=int, default=20, help="WebSockets that never answer a ping")
+    ap.add_argument(
+        "--attacks",
+        default="all",
+        help="comma list of json, avatars, flood, silent, idle, slowloris; all; or none (the healthy session alone)",
+    )
     ap.add_argument("--settle", type=float, default=15.0, help="seconds after the attack before 'after'")
     args = ap.parse_args(argv)
     out = run_on_server(args, lambda base: run(base, args))
