@@ -285,7 +285,8 @@ async def run(base: str, args: argparse.Namespace) -> dict[str, Any]:
         during = await asyncio.to_thread(snapshot, base)
     finally:
         a.stop.set()
-        await asyncio.wait(tasks, timeout=30)
+        if tasks:
+            await asyncio.wait(tasks, timeout=30)
         for t in tasks:
             t.cancel()
     await asyncio.sleep(args.settle)
