@@ -3,13 +3,14 @@
     python -m tools.bench_attack [--seconds 60] [--url http://host:port] [--server-args "..."]
 
 Starts `avatarcast serve` (or attaches to --url), opens one healthy WebSocket session that says an emotional
-line every 4 s, and meanwhile, from other loopback addresses (so the per-IP caps apply to them and not to the
-healthy client on 127.0.0.1): deep and oversize JSON on sockets and in bodies, a new random avatar every
-second, clip and `say` floods on the attackers' own sessions, silent WebSockets that never answer a ping,
---idle-tcp idle TCP connections (kept open, reopened when cut) and --slowloris clients sending headers one
-byte a second. Prints the healthy session's frame rate, frame interval percentiles, and whether and how fast
-its reactions arrived; what the attackers got back; the server's CPU and the machine's other load; and RSS,
-open fds and sessions before, during and after. Run it under `flock /work/locks/bench.lock` on a shared machine.
+line every 4 s, and meanwhile, from a process of their own and from other loopback addresses (so the per-IP
+caps apply to them and not to the healthy client on 127.0.0.1): deep and oversize JSON on sockets and in
+bodies, a new random avatar every second, clip and `say` floods on the attackers' own sessions, silent
+WebSockets that never answer a ping, --idle-tcp idle TCP connections (kept open, reopened when cut) and
+--slowloris clients sending headers one byte a second. Prints the healthy session's frame rate, frame
+interval percentiles, and whether and how fast its reactions arrived; what the attackers got back; the
+server's CPU and the machine's other load; and RSS, open fds and sessions before, during and after. Run it
+under `flock /work/locks/bench.lock` on a shared machine; --attacks none measures the healthy session alone.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import contextlib
 import json
 import os
 import struct
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -260,8 +262,16 @@ async def healthy(conn: Conn, intervals: list[float], seconds: float) -> dict[st
     }
 
 
-async def run(base: str, args: argparse.Namespace) -> dict[str, Any]:
-    before = await asyncio.to_thread(snapshot, base)
+KINDS = ("json", "avatars", "flood", "silent", "idle", "slowloris")
+
+
+def chosen_attacks(spec: str) -> list[str]:
+    return list(KINDS) if spec == "all" else [k for k in spec.split(",") if k in KINDS]
+
+
+async def attack(base: str, args: argparse.Namespace) -> dict[str, int]:
+    """The attackers (in their own process: the healthy client's loop must not wait behind them), for
+    args.seconds; what they got back."""
     a = Attack(base)
     kinds = {
         "json": lambda: [a.json_bombs("127.0.3.1")],
@@ -271,30 +281,58 @@ async def run(base: str, args: argparse.Namespace) -> dict[str, Any]:
         "idle": lambda: [a.idle_tcp(f"127.0.1.{1 + i // 30}") for i in range(args.idle_tcp)],
         "slowloris": lambda: [a.slowloris(f"127.0.2.{1 + i // 25}") for i in range(args.slowloris)],
     }
-    chosen = list(kinds) if args.attacks == "all" else [k for k in args.attacks.split(",") if k in kinds]
-    attackers = [c for k in chosen for c in kinds[k]()]  # coroutines; started once the healthy session streams
+    tasks = [asyncio.create_task(c) for k in chosen_attacks(args.attacks) for c in kinds[k]()]
+    await asyncio.sleep(args.seconds)
+    a.stop.set()
+    if tasks:
+        await asyncio.wait(tasks, timeout=30)
+    for t in tasks:
+        t.cancel()
+    return dict(sorted(a.got.items()))
+
+
+async def run(base: str, args: argparse.Namespace) -> dict[str, Any]:
+    before = await asyncio.to_thread(snapshot, base)
+    chosen = chosen_attacks(args.attacks)
     # the healthy session is opened first: a slot an attacker may not take from it (new sessions while the
     # attackers hold every slot are refused with 503 busy, as for anyone: see the attackers' tallies)
     intervals: list[float] = []
     conn = await Conn.open(base, "pip", intervals)
     await conn.first_frames()
-    tasks = [asyncio.create_task(c) for c in attackers]
-    await asyncio.sleep(2.0)  # the attack is on before the measurement starts
-    try:
-        health = await healthy(conn, intervals, args.seconds)
-        during = await asyncio.to_thread(snapshot, base)
-    finally:
-        a.stop.set()
-        if tasks:
-            await asyncio.wait(tasks, timeout=30)
-        for t in tasks:
-            t.cancel()
+    attackers = None
+    if chosen:
+        attackers = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tools.bench_attack",
+            "--attackers-only",
+            "--url",
+            base,
+            "--attacks",
+            ",".join(chosen),
+            "--seconds",
+            str(args.seconds + 2),
+            "--idle-tcp",
+            str(args.idle_tcp),
+            "--slowloris",
+            str(args.slowloris),
+            "--silent",
+            str(args.silent),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        await asyncio.sleep(2.0)  # the attack is on before the measurement starts
+    health = await healthy(conn, intervals, args.seconds)
+    during = await asyncio.to_thread(snapshot, base)
+    got = {}
+    if attackers is not None:
+        out, _ = await attackers.communicate()
+        got = json.loads(out)
     await asyncio.sleep(args.settle)
     after = await asyncio.to_thread(snapshot, base)
     return {
         "attacks": chosen,
         "healthy": health,
-        "attackers_got": dict(sorted(a.got.items())),
+        "attackers_got": got,
         "before": before,
         "during": during,
         "after": after,
@@ -321,7 +359,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma list of json, avatars, flood, silent, idle, slowloris; all; or none (the healthy session alone)",
     )
     ap.add_argument("--settle", type=float, default=15.0, help="seconds after the attack before 'after'")
+    ap.add_argument("--attackers-only", action="store_true", help=argparse.SUPPRESS)  # the attackers' process
     args = ap.parse_args(argv)
+    if args.attackers_only:
+        print(json.dumps(asyncio.run(attack(args.url, args))))
+        return 0
     out = run_on_server(args, lambda base: run(base, args))
     report = {**out.result, "server_args": args.server_args if out.started else None, "host_cpu": out.host_cpu}
     print(json.dumps(report, indent=1))
