@@ -29,6 +29,13 @@ class ErrorCode(Enum):
     SHUTTING_DOWN = ("shutting_down", 503, CLOSE_TRY_LATER)
     BUSY = ("busy", 503, CLOSE_TRY_LATER)  # session slots or engine capacity
     RATE_LIMITED = ("rate_limited", 429, CLOSE_POLICY)  # over a limit; sockets get events first
+    AVATARS_FULL = ("avatars_full", 503, CLOSE_TRY_LATER)  # every avatar slot is held by a live session
+    TOO_MANY_CONNECTIONS = ("too_many_connections", 429, CLOSE_POLICY)  # per client IP
+    TOO_MANY_VIEWERS = ("too_many_viewers", 429, CLOSE_TRY_LATER)  # sockets on one session
+    TOO_MANY_CLIPS = ("too_many_clips", 429, None)  # clips of one session in decode/ASR at once
+    INPUT_BUSY = ("input_busy", 429, None)  # `say` texts of one session waiting for the emotion reader
+    IDLE = ("idle", None, CLOSE_POLICY)  # a socket that sent nothing (no message, no pong) for too long
+    REQUEST_TIMEOUT = ("request_timeout", 408, None)  # request headers or body too slow (slowloris)
     # who may call
     UNAUTHORIZED = ("unauthorized", 401, CLOSE_POLICY)
     ORIGIN_NOT_ALLOWED = ("origin_not_allowed", 403, CLOSE_POLICY)  # handshake refused; no body
@@ -52,6 +59,7 @@ class ErrorCode(Enum):
     BAD_CONTENT_TYPE = ("bad_content_type", 415, None)  # a body of a media type the route does not take
     # HTTP method
     METHOD_NOT_ALLOWED = ("method_not_allowed", 405, None)  # with an Allow header naming the methods there
+    TOO_DEEP = ("too_deep", 400, CLOSE_POLICY)  # JSON nested deeper than the limit
     # audio that cannot be decoded (a clip's reason)
     AUDIO_EMPTY = ("empty", 422, None)  # decoded to zero samples
     TOO_LONG = ("too_long", 413, None)
@@ -71,6 +79,7 @@ class ErrorCode(Enum):
     BAD_BINARY = ("bad_binary", None, None)
     # the session goes on without this input or reaction (error events)
     AUDIO_OVERRUN = ("audio_overrun", None, None)  # live audio faster than ASR: a chunk dropped
+    ASR_BUSY = ("asr_busy", None, None)  # too many utterances of one session waiting for ASR: one dropped
     STALE_CUE = ("stale_cue", None, None)
     NO_CUE = ("no_cue", None, None)  # no emotion within the thinking timeout: back to idle
     EMOTION_FAILED = ("emotion_failed", None, None)

@@ -4,13 +4,20 @@ Idle and listening frames are short sampled loops played back and forth (no seam
 turn-around), so a quiet session costs no engine time at all; the engine is kept for reactions.
 Until an avatar's loops are ready (a few seconds of engine time, once per avatar per process),
 its sessions show the avatar's still reference frame.
+
+An avatar costs ~100 MB (loops and its cached first chunks), and `random-<seed>` offers 2^63 of them: the
+store keeps at most `max_avatars`, and makes room by evicting the least recently used one that no session
+holds, that is not warming, and that was not warmed at start-up. With every slot held a new avatar is
+refused (503 `avatars_full`), never the process stopped taking avatars until a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +25,7 @@ import numpy as np
 
 from avatarcast.engines.avatar_world import BUILTIN_AVATARS, get_avatar
 from avatarcast.engines.avatar_world.reference import reference_frame
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
 
 log = logging.getLogger("avatarcast.avatars")
 
@@ -27,8 +35,15 @@ def resolve_avatar(spec: str | int) -> tuple[str, Any]:
     if isinstance(spec, str) and spec.strip().isdigit():
         spec = int(spec.strip())
     params = get_avatar(spec)
-    name = params.name if not (isinstance(spec, str) and spec.lower().startswith("random-")) else spec.lower()
+    m = re.fullmatch(r"random-(-?\d+)", spec.strip().lower()) if isinstance(spec, str) else None
+    name = f"random-{int(m.group(1))}" if m else params.name  # random-007 is random-7: one entry, one cache
     return name, params
+
+
+class AvatarsFull(AvatarcastError):
+    """A new avatar is needed but every slot holds one in use (or still warming): retry later."""
+
+    code = ErrorCode.AVATARS_FULL
 
 
 def avatar_names() -> list[str]:
@@ -71,7 +86,8 @@ class AvatarAssets:
 
 
 class AvatarStore:
-    """Avatar name -> assets, warmed once (on the engine thread, between sampler batches)."""
+    """Avatar name -> assets, warmed once (on the engine thread, between sampler batches), at most
+    `max_avatars` of them, least recently used first out (see the module docstring)."""
 
     def __init__(
         self,
@@ -81,7 +97,7 @@ class AvatarStore:
         *,
         loop_frames: int = 16,
         precompute: bool = True,
-        max_avatars: int = 32,
+        max_avatars: int = 16,
     ) -> None:
         self.engine = engine
         self.cache = cache
@@ -89,24 +105,61 @@ class AvatarStore:
         self.loop_frames = loop_frames
         self.precompute = precompute
         self.max_avatars = max_avatars
-        self._assets: dict[str, AvatarAssets] = {}
+        self._assets: OrderedDict[str, AvatarAssets] = OrderedDict()  # least recently used first
         self._tasks: dict[str, asyncio.Task] = {}
+        self._users: Counter[str] = Counter()  # sessions holding each avatar
+        self._pinned: set[str] = set()  # warmed at start-up: never evicted
+        self.evicted = 0
 
     def get(self, spec: str | int) -> AvatarAssets:
-        """The avatar's assets (warming starts in the background on first use)."""
+        """The avatar's assets (warming starts in the background on first use); AvatarsFull when a new
+        one finds no slot to take."""
         name, params = resolve_avatar(spec)
         a = self._assets.get(name)
         if a is None:
-            if len(self._assets) >= self.max_avatars:
-                raise ValueError(f"too many distinct avatars in this process (limit {self.max_avatars})")
+            if len(self._assets) >= self.max_avatars and not self._evict_one():
+                raise AvatarsFull(
+                    f"all {self.max_avatars} avatar slots hold avatars in use or warming; "
+                    "retry later, or use one of the built-ins"
+                )
             a = AvatarAssets(name, params, reference_frame(params))
             self._assets[name] = a
             self._tasks[name] = asyncio.create_task(self._warm(a), name=f"warm-{name}")
+        self._assets.move_to_end(name)
         return a
 
-    async def warm(self, spec: str | int) -> AvatarAssets:
-        """Get and wait until ready (start-up and tests)."""
+    def acquire(self, spec: str | int) -> AvatarAssets:
+        """get(), held for a session until release(): a held avatar is never evicted."""
         a = self.get(spec)
+        self._users[a.name] += 1
+        return a
+
+    def release(self, name: str) -> None:
+        self._users[name] -= 1
+        if self._users[name] <= 0:
+            del self._users[name]
+
+    def _evict_one(self) -> bool:
+        """Drop the least recently used avatar nobody holds (warmed, not pinned); False if there is none."""
+        for name, a in self._assets.items():
+            if name in self._users or name in self._pinned or not a.ready.is_set():
+                continue
+            del self._assets[name]
+            self._tasks.pop(name, None)
+            if self.cache is not None:  # its cached first chunks: random ones from disk too (unbounded there)
+                self.cache.forget(a.params, delete_files=name.startswith("random-"))
+            self.evicted += 1
+            log.info("avatar %s evicted (least recently used; %d avatars kept)", name, len(self._assets))
+            return True
+        return False
+
+    def __contains__(self, spec: str | int) -> bool:
+        return resolve_avatar(spec)[0] in self._assets
+
+    async def warm(self, spec: str | int) -> AvatarAssets:
+        """Get, pin (start-up avatars are never evicted) and wait until ready (start-up and tests)."""
+        a = self.get(spec)
+        self._pinned.add(a.name)
         await a.ready.wait()
         return a
 

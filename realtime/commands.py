@@ -8,19 +8,20 @@ A bad command answers with an `error` event; the connection stays open.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
+from avatarcast.realtime.json_limits import JsonLimitError, JsonLimits
 from avatarcast.realtime.messages import SessionEvent
 from avatarcast.realtime.session import REACTION_EMOTIONS
 from avatarcast.realtime.wire_fields import to_wire, wire
 
 MAX_SAY_CHARS = 2000
 DEFAULT_INTENSITY = 0.8  # an emotion command without one
+DEFAULT_LIMITS = JsonLimits()  # the data channel's; a WebSocket passes the server's own
 
 
 @dataclass(frozen=True)
@@ -94,10 +95,12 @@ def error_event(code: ErrorCode, message: str, **extra: Any) -> str:
     return event("error", {"code": str(code), "message": message, "fatal": False, **extra})
 
 
-def parse_command(text: str) -> Command | Refused:
-    """One text message -> the command it asks for, or why it is refused."""
+def parse_command(text: str, limits: JsonLimits = DEFAULT_LIMITS) -> Command | Refused:
+    """One text message -> the command it asks for, or why it is refused (too large or deep: `limits`)."""
     try:
-        msg = json.loads(text)
+        msg = limits.loads(text)
+    except JsonLimitError as exc:
+        return Refused(exc.code, exc.message)
     except ValueError as exc:
         return Refused(ErrorCode.BAD_JSON, f"not JSON: {exc}")
     if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
@@ -144,22 +147,28 @@ class EventSink(Protocol):
 
 
 async def handle_command(
-    text: str, runner: Commandable, sink: EventSink, spawn: Callable[[Coroutine[Any, Any, None]], Any]
+    text: str,
+    runner: Commandable,
+    sink: EventSink,
+    spawn: Callable[[Coroutine[Any, Any, None]], Any],
+    limits: JsonLimits = DEFAULT_LIMITS,
 ) -> None:
-    """Apply one text message to the session; answers (pong, errors) go to `sink`, the connection's own."""
-    cmd = parse_command(text)
+    """Apply one text message to the session; answers (pong, errors) go to `sink`, the connection's own.
+    A refusal by the runner (an unknown language, a session over its input bounds) is an error event."""
+    cmd = parse_command(text, limits)
     if isinstance(cmd, Refused):
         sink.offer_event(cmd.event())
-    elif isinstance(cmd, Say):
-        runner.say(cmd.text)
-    elif isinstance(cmd, SetEmotion):
-        runner.set_emotion(cmd.label, cmd.intensity)
-    elif isinstance(cmd, SetLanguage):
-        try:
+        return
+    try:
+        if isinstance(cmd, Say):
+            runner.say(cmd.text)
+        elif isinstance(cmd, SetEmotion):
+            runner.set_emotion(cmd.label, cmd.intensity)
+        elif isinstance(cmd, SetLanguage):
             runner.set_language(cmd.language)
-        except AvatarcastError as exc:
-            sink.offer_event(error_event(exc.code, exc.message))
-    elif isinstance(cmd, AudioEnd):
-        spawn(runner.audio_end())
-    else:
-        sink.offer_event(event("pong", {"info": runner.info()}))
+        elif isinstance(cmd, AudioEnd):
+            spawn(runner.audio_end())
+        else:
+            sink.offer_event(event("pong", {"info": runner.info()}))
+    except AvatarcastError as exc:
+        sink.offer_event(error_event(exc.code, exc.message))

@@ -28,7 +28,7 @@ from avatarcast.realtime.emotion import EmotionReader
 from avatarcast.realtime.engine_loader import load_engine
 from avatarcast.realtime.ladder import ladder_for
 from avatarcast.realtime.metrics import Metrics
-from avatarcast.realtime.ratelimit import Limits
+from avatarcast.realtime.ratelimit import ClientSockets, Limits
 from avatarcast.realtime.runner import SessionRunner
 from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler, Scheduler
 from avatarcast.realtime.services import Pools, Services
@@ -75,6 +75,7 @@ class Hub:
         self.started_at = time.monotonic()
         self.draining = False  # shutting down: no new sessions
         self.open_sockets = 0  # WebSocket handlers running (realtime/ws.py): drain waits for their close frames
+        self.sockets = ClientSockets(settings.max_connections_per_ip)  # open sockets per client IP
         self.load_s: dict[str, float] = {}
         self.start_error: str | None = None  # why start() failed ("Type: message"), set by the server
         self._reaper: asyncio.Task | None = None
@@ -129,7 +130,7 @@ class Hub:
         self._closers.append(scheduler.close)
         self._setup_load_control(engine, scheduler)
         self.metrics.bind(lambda: len(self.sessions), lambda: len(self.peers), lambda: scheduler.queue_depth)
-        avatars = AvatarStore(engine, cache, scheduler, precompute=bool(s.precompute))
+        avatars = AvatarStore(engine, cache, scheduler, precompute=bool(s.precompute), max_avatars=s.max_avatars)
         self._closers.append(avatars.close)
         self.services = Services(
             s,

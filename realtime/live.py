@@ -40,6 +40,7 @@ class LiveEvent:
     asr_ms: float = 0.0
     speculative: bool = False  # partial: the pass started at a pause (its final will likely reuse it)
     reused: bool = False  # final: the speculation's transcript (same audio, same prosody)
+    dropped: bool = False  # final: not transcribed, `max_pending` runs of this stream already waited for ASR
     prosody: Prosody | None = None  # of the transcribed audio: speculative partials and finals
 
 
@@ -64,6 +65,7 @@ class LiveAudio:
         post_roll_s: float = 0.15,
         max_utterance_s: float = 15.0,
         keep_s: float = 20.0,
+        max_pending: int = 4,
     ) -> None:
         self.transcriber = transcriber
         self.vad_pool, self.asr_pool = vad_pool, asr_pool
@@ -91,6 +93,12 @@ class LiveAudio:
         self._utt: dict | None = None  # the open utterance: index, start, partial bookkeeping
         self._asr = asyncio.Lock()  # one Whisper run at a time per stream, in the order asked
         self._tasks: set[asyncio.Task] = set()
+        # Audio sent faster than real time must not queue Whisper runs without bound: at most max_pending urgent
+        # ones (pause speculations and finals) and one routine partial wait or run; a final over the bound is
+        # dropped (an empty final, in its turn)
+        self.max_pending = max_pending
+        self._runs = 0  # Whisper runs asked for and not done
+        self._urgent = 0  # of those, speculations and finals
         self.closed = False
 
     # -- input --
@@ -155,10 +163,21 @@ class LiveAudio:
         if not self.closed:
             self.on_event(ev)
 
-    def _spawn(self, coro: Any) -> None:
+    def _spawn(self, coro: Any) -> asyncio.Task:
         t = asyncio.create_task(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
+        return t
+
+    def _spawn_asr(self, coro: Any, urgent: bool) -> None:
+        self._runs += 1
+        self._urgent += urgent
+
+        def done(_: asyncio.Task) -> None:
+            self._runs -= 1
+            self._urgent -= urgent
+
+        self._spawn(coro).add_done_callback(done)
 
     def _on_vad(self, ev: Any) -> None:
         if ev.kind == "speech_start":
@@ -176,7 +195,11 @@ class LiveAudio:
             utt, self._utt = self._utt, None
             end = int(round((ev.end_s if ev.end_s is not None else ev.at_s) * SR))
             self._emit(LiveEvent("speech_end", ev.utterance, self.arrival_time(end)))
-            self._spawn(self._final(utt, end))
+            if self._urgent >= self.max_pending:
+                utt["final_sent"] = True
+                self._spawn(self._dropped_final(ev.utterance))
+            else:
+                self._spawn_asr(self._final(utt, end), urgent=True)
 
     def _check_pause(self, probs: list[float]) -> None:
         """A silence of `pause_ms` inside an utterance: the speaker has probably finished. The
@@ -194,15 +217,15 @@ class LiveAudio:
             utt["paused"] = True
             start = self.vad._fed - q * 512  # where the silence began (the VAD's sample count)
             self._emit(LiveEvent("pause", utt["index"], self.arrival_time(start)))
-            if self.transcriber is not None:
+            if self.transcriber is not None and self._urgent < self.max_pending:
                 # probably the end: transcribe now, while the endpoint timer runs; the final reuses it. Queued
                 # behind a partial in flight rather than skipped: else the final starts only at the endpoint
                 utt["last_partial"] = self._received
-                self._spawn(self._partial(utt, min(self._received, start + self.post_roll), urgent=True))
+                self._spawn_asr(self._partial(utt, min(self._received, start + self.post_roll), urgent=True), True)
 
     def _maybe_partial(self) -> None:
         utt = self._utt
-        if utt is None or self._asr.locked() or self.transcriber is None or utt.get("quiet", 0):
+        if utt is None or self._runs or self.transcriber is None or utt.get("quiet", 0):
             return  # in a trailing silence the pause's speculation is coming: a partial now would delay it
         if (
             self._received - utt["last_partial"] < self.partial_every
@@ -210,7 +233,7 @@ class LiveAudio:
         ):
             return
         utt["last_partial"] = self._received
-        self._spawn(self._partial(utt, self._received, urgent=False))
+        self._spawn_asr(self._partial(utt, self._received, urgent=False), urgent=False)
 
     async def _transcribe(self, audio: np.ndarray, urgent: bool = True) -> tuple[Any, float, Prosody | None]:
         """One Whisper run on the ASR pool; the caller holds self._asr. Routine partials are not urgent:
@@ -247,6 +270,13 @@ class LiveAudio:
                     prosody=voice,
                 )
             )
+
+    async def _dropped_final(self, utterance: int) -> None:
+        """An empty final for an utterance over the bound, after the finals asked for before it (the lock is
+        FIFO): the session sees every utterance end, in order, without a Whisper run."""
+        async with self._asr:
+            pass
+        self._emit(LiveEvent("final", utterance, time.monotonic(), dropped=True))
 
     async def _final(self, utt: dict, end: int) -> None:
         async with self._asr:  # after any partial in flight: it may already cover the end

@@ -8,6 +8,28 @@ import re
 import time
 
 _SESSION = re.compile(r"\bsession ([A-Za-z0-9_-]{6,})")
+# a secret in a logged URL or message: ?token=/access_token= values, Bearer credentials, anything shaped like a JWT
+_SECRET = re.compile(
+    r"(?i)(?<=[?&]token=)[^&\s\"']+|(?<=[?&]access_token=)[^&\s\"']+|(?<=bearer )[\w.~+/-]+=*"
+    r"|\beyJ[\w-]{6,}\.[\w-]{6,}\.[\w-]*"
+)
+
+
+def redact(text: str) -> str:
+    """`text` with tokens replaced by REDACTED (realtime/auth.py keeps them out of the access log at the source;
+    this is the second line, for anything else that logs one)."""
+    return _SECRET.sub("REDACTED", text)
+
+
+class RedactTokens(logging.Filter):
+    """A handler filter: every record's message, tokens redacted (formatted once, here)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -37,6 +59,7 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactTokens())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -2,14 +2,28 @@
 
 Each Hub has its own registry (tests run several servers in one process). Latency figures
 come from the sessions' own latency events, so /metrics and the `latency` events agree.
+The process's own figures (process_resident_memory_bytes, process_cpu_seconds_total,
+process_open_fds, ...: prometheus_client's process collector, read from /proc on Linux) and the
+Python runtime's (python_gc_*, python_info) are in every registry too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    GC_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0, 3.0, 5.0)
 STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 2.0)
@@ -18,6 +32,9 @@ STAGE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8, 1.2, 
 class Metrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        ProcessCollector(registry=r)  # RSS, CPU seconds, open and max fds, start time
+        PlatformCollector(registry=r)
+        r.register(GC_COLLECTOR)  # the one process-wide GC collector, in this registry as well
         self.sessions_active = Gauge("avatarcast_sessions_active", "sessions open now", registry=r)
         self.sessions_created = Counter("avatarcast_sessions_created", "sessions created", registry=r)
         self.sessions_rejected = Counter(
@@ -93,6 +110,14 @@ class Metrics:
         self.webrtc_peers.set_function(peers)
         self.queue_depth.set_function(queue)
 
+    def bind_connections(self, open_now: Callable[[], int], cut: Mapping[str, int]) -> None:
+        """The server's connection guard (realtime/conn_guard.py): connections open, and those it ended."""
+        old = getattr(self, "_connections", None)
+        if old is not None:  # bound again (a second uvicorn config for the same app): the newest guard counts
+            self.registry.unregister(old)
+        self._connections = _ConnectionCollector(open_now, cut)
+        self.registry.register(self._connections)
+
     def bind_load(self, level: Callable[[], int], busy: Callable[[], float]) -> None:
         self.degradation_level.set_function(level)
         self.engine_busy.set_function(busy)
@@ -113,3 +138,21 @@ class Metrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ConnectionCollector(Collector):
+    def __init__(self, open_now: Callable[[], int], cut: Mapping[str, int]) -> None:
+        self.open_now, self.cut = open_now, cut
+
+    def collect(self) -> Iterator[Any]:
+        yield GaugeMetricFamily(
+            "avatarcast_connections_open", "TCP connections open and counted per client IP", value=self.open_now()
+        )
+        c = CounterMetricFamily(
+            "avatarcast_connections_cut",
+            "connections the server ended: header_timeout, body_too_slow, ws_idle, per_ip (refused)",
+            labels=["reason"],
+        )
+        for reason, n in sorted(self.cut.items()):
+            c.add_metric([reason], n)
+        yield c

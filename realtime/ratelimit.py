@@ -7,7 +7,7 @@ closed with 1008. A client is every key it has: its IP and, with auth, its token
 token shared from many addresses is limited as one client too). A rate of 0 turns a limit off.
 Buckets are created on first use and forgotten once full again, so memory follows the active
 clients, not everyone ever seen. With --redis-url the buckets live in Redis (realtime/shared_state.py),
-so every gateway draws on one budget per client.
+so every gateway draws on one budget per client. ClientSockets caps the sockets one client IP holds open at once.
 """
 
 from __future__ import annotations
@@ -15,15 +15,24 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from avatarcast.engines.errors import ErrorCode
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
 from avatarcast.realtime.buckets import RateLimiter, TokenBucket
 from avatarcast.realtime.shared_state import SharedState, SharedStateError
 
-__all__ = ["FloodGuard", "Limits", "RateLimiter", "SharedRateLimiter", "TokenBucket", "client_keys", "retry_after"]
+__all__ = [
+    "ClientSockets",
+    "FloodGuard",
+    "Limits",
+    "RateLimiter",
+    "SharedRateLimiter",
+    "TokenBucket",
+    "client_keys",
+    "retry_after",
+]
 
 
 class SharedRateLimiter(RateLimiter):
@@ -116,6 +125,41 @@ class FloodGuard:
             self._notified = now
             return "notify", wait
         return "drop", wait
+
+
+class ClientSockets:
+    """Open WebSockets per client IP as the app sees it (a trusted proxy's X-Forwarded-For names the client),
+    so clients behind one proxy are each held to the limit too."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open: Counter[str] = Counter()
+
+    def _refusal(self, key: str) -> AvatarcastError | None:
+        if self.open[key] >= self.limit:
+            return AvatarcastError(
+                f"this client already has {self.limit} open sockets; close one first",
+                code=ErrorCode.TOO_MANY_CONNECTIONS,
+            )
+        return None
+
+    def full(self, scope: Mapping[str, Any]) -> AvatarcastError | None:
+        """Why one more socket from this client is refused, or None (nothing is taken)."""
+        return self._refusal(client_keys(scope)[0])
+
+    def take(self, scope: Mapping[str, Any]) -> AvatarcastError | None:
+        """Count one more socket of this client, or say why not (then nothing is counted)."""
+        key = client_keys(scope)[0]
+        refusal = self._refusal(key)
+        if refusal is None:
+            self.open[key] += 1
+        return refusal
+
+    def give_back(self, scope: Mapping[str, Any]) -> None:
+        key = client_keys(scope)[0]
+        self.open[key] -= 1
+        if self.open[key] <= 0:
+            del self.open[key]
 
 
 class RateLimitMiddleware:

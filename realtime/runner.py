@@ -10,10 +10,11 @@ never block the loop: each keeps only the newest frame. Audio and text inputs ru
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,7 +22,7 @@ import numpy as np
 from PIL import Image
 
 from avatarcast.engines.contract import StreamStart
-from avatarcast.engines.errors import CLOSE_GOING_AWAY, ErrorCode
+from avatarcast.engines.errors import CLOSE_GOING_AWAY, AvatarcastError, ErrorCode
 from avatarcast.realtime.audio import AudioDecodeError, decode_audio, prosody
 from avatarcast.realtime.live import LiveAudio, LiveEvent
 from avatarcast.realtime.live_cues import LiveCues
@@ -74,6 +75,12 @@ def encode_image(rgba: np.ndarray, fmt: str, quality: int) -> bytes:
     return buf.getvalue()
 
 
+class InputBusy(AvatarcastError):
+    """The session already has as much input in flight as it may (clips, texts): 429, or an error event."""
+
+    code = ErrorCode.INPUT_BUSY
+
+
 class SessionRunner:
     """A Session plus everything real around it; created and owned by the Hub."""
 
@@ -93,8 +100,10 @@ class SessionRunner:
         self.services = services
         self._on_failure = on_failure
         self.id = session_id
-        self.assets = services.avatars.get(avatar)
+        self.assets = services.avatars.acquire(avatar)  # held until close(): never evicted while in use
         self.avatar = self.assets.name
+        self._clips = 0  # clips in decode/ASR now (clip_slot)
+        self._reads = 0  # say texts waiting for the emotion reader
         self.image_format = image_format
         self.quality = quality
         self.language = language
@@ -198,17 +207,40 @@ class SessionRunner:
             except (asyncio.CancelledError, Exception):
                 pass
         self.playout.clear()
+        self.services.avatars.release(self.avatar)
 
     # -- public: inputs --
 
     def say(self, text: str) -> int | None:
-        """Assistant text: shown as a transcript; its emotion follows from the text."""
+        """Assistant text: shown as a transcript; its emotion follows from the text. InputBusy when
+        max_pending_per_session texts already wait for the emotion reader (shared by every session)."""
+        limit = self.services.settings.max_pending_per_session
+        if self._reads >= limit:
+            raise InputBusy(f"{limit} texts of this session already wait for the emotion reader", retry_after="1")
         self.touch()
         now = time.monotonic()
         turn = self.session.on_say(text, now)
         self._pump()
+        self._reads += 1
         self._spawn(self._read_text(text, turn))
         return turn
+
+    @contextlib.contextmanager
+    def clip_slot(self) -> Iterator[None]:
+        """Hold one of the session's max_clips_per_session slots while a clip is read, decoded and transcribed
+        (clip() expects the caller to hold one); InputBusy (too_many_clips, 429) when all are taken."""
+        limit = self.services.settings.max_clips_per_session
+        if self._clips >= limit:
+            raise InputBusy(
+                f"{limit} clip(s) of this session are already being transcribed; send the next when one is done",
+                code=ErrorCode.TOO_MANY_CLIPS,
+                retry_after="1",
+            )
+        self._clips += 1
+        try:
+            yield
+        finally:
+            self._clips -= 1
 
     def set_language(self, language: str) -> str | None:
         """Switch the ASR language for the next utterances ("auto": find it for each); bad_language if unknown."""
@@ -285,6 +317,7 @@ class SessionRunner:
                     self._on_live,
                     language=self.language,
                     prosody_pool=sv.pools.emotion,
+                    max_pending=sv.settings.max_pending_per_session,
                 )
             await self._live.feed(samples)
         finally:
@@ -318,6 +351,8 @@ class SessionRunner:
             s.on_speech_end(now, utterance=u, at=ev.t)
         elif ev.kind == "final":
             u = self._turn_meta.pop(ev.utterance, {}).get("turn")
+            if ev.dropped:
+                self._error(ErrorCode.ASR_BUSY, "too many utterances of this session wait for ASR; this one is dropped")
             s.on_final(ev.text, now, utterance=u, language=ev.language)
             if u is not None and ev.text:
                 self._spawn_cue(ev, u, "final")
@@ -362,6 +397,8 @@ class SessionRunner:
         except Exception as exc:
             self._error(ErrorCode.EMOTION_FAILED, f"{type(exc).__name__}: {exc}")
             return
+        finally:
+            self._reads -= 1
         self.session.on_cue(cue, time.monotonic(), "text")
         self._pump()
 

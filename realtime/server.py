@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -20,13 +21,16 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, Field
+from starlette.requests import ClientDisconnect
 
 from avatarcast.engines.errors import CLOSE_INTERNAL, AvatarcastError, ErrorCode
 from avatarcast.realtime import events
-from avatarcast.realtime.auth import AuthMiddleware
+from avatarcast.realtime.auth import AuthMiddleware, QueryTokenScrub
 from avatarcast.realtime.avatars import avatar_names
 from avatarcast.realtime.clips import ClipRequest
+from avatarcast.realtime.conn_guard import ConnectionGuard, protocol_classes
 from avatarcast.realtime.hub import Hub, HubError
+from avatarcast.realtime.json_limits import JsonBodyLimits, JsonLimits
 from avatarcast.realtime.logs import setup_logging
 from avatarcast.realtime.methods import install as install_allow
 from avatarcast.realtime.origins import OriginMiddleware, parse_origins
@@ -38,6 +42,8 @@ from avatarcast.realtime.ws import serve_socket
 
 log = logging.getLogger("avatarcast.server")
 STATIC = Path(__file__).parent / "static"
+# routes whose request body is not JSON (audio clips, SDP, trickle ICE): JsonBodyLimits leaves them alone
+RAW_BODY_PATHS = re.compile(r"^/v1/sessions/[^/]+/clips$|/whep$|^/v1/webrtc/")
 
 
 class SessionCreate(BaseModel):
@@ -180,6 +186,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorBody}})
     async def readyz() -> Any:
+        if hub.draining:  # a load balancer stops sending new clients here while the sessions drain
+            return _err(ErrorCode.SHUTTING_DOWN, "the server is draining its sessions")
         if not hub.ready.is_set():
             err = hub.start_error
             return _err(ErrorCode.START_FAILED if err else ErrorCode.STARTING, err or "models are loading")
@@ -248,14 +256,18 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             return _err(ErrorCode.TOO_LARGE, f"clip is {declared} bytes; the limit is {limit}")
-        body = bytearray()
-        async for part in request.stream():
-            body += part
-            if len(body) > limit:
-                return _err(ErrorCode.TOO_LARGE, f"clip is over the {limit}-byte limit")
-        if not body:
-            return _err(ErrorCode.EMPTY, "the request body is empty; send the audio file as the body")
-        return await r.clip(bytes(body))  # an AudioDecodeError answers with its reason's code
+        with r.clip_slot():  # taken before the body is read: 429 too_many_clips, and no body buffered
+            body = bytearray()
+            try:
+                async for part in request.stream():
+                    body += part
+                    if len(body) > limit:
+                        return _err(ErrorCode.TOO_LARGE, f"clip is over the {limit}-byte limit")
+            except ClientDisconnect:  # the client left, or its body came too slowly (conn_guard cut it)
+                return Response(status_code=400)  # nobody reads this: the connection is gone
+            if not body:
+                return _err(ErrorCode.EMPTY, "the request body is empty; send the audio file as the body")
+            return await r.clip(bytes(body))  # an AudioDecodeError answers with its reason's code
 
     @app.post("/v1/sessions/{sid}/say", status_code=202, tags=["input"], responses=errors)
     async def say(sid: str, body: SayRequest) -> dict:
@@ -318,10 +330,13 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         """A session that lives as long as this socket."""
         await ws.accept()
         try:
+            refusal = hub.sockets.full(ws.scope)  # over the client's sockets: no session made for it
+            if refusal is not None:
+                raise refusal
             limit_sessions(ws.scope)
             r = await hub.open_session(avatar, image_format=image_format, quality=quality, language=language)
-        except HubError as exc:
-            # busy, shutting down: 1013 try again later; rate limits and bad requests: 1008 policy
+        except AvatarcastError as exc:
+            # busy, shutting down, avatars full: 1013 try again later; limits and bad requests: 1008 policy
             await ws.close(exc.close_code, exc.message[:120])
             return
         await serve_socket(ws, hub, r, owns_session=True)
@@ -333,6 +348,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    limits = JsonLimits(settings.max_json_bytes, settings.max_json_depth)
+    app.add_middleware(JsonBodyLimits, limits=limits, raw_paths=RAW_BODY_PATHS)  # before FastAPI parses a body
     install_allow(app)  # 405: Allow lists every method of the path
     app.add_middleware(RateLimitMiddleware, hub=hub)  # inside auth: it sees the token's subject
     if settings.auth_secret:
@@ -347,6 +364,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
             allow_headers=["Authorization", "Content-Type", "X-Session-Id", "If-Match"],
             expose_headers=["Location", "Retry-After", "X-Session-Id", "Link", "ETag", "Accept-Patch", "Allow"],
         )
+    app.add_middleware(QueryTokenScrub)  # outermost: no ?token= left in the URL that uvicorn logs
     return app
 
 
@@ -365,19 +383,36 @@ def serve(settings: Settings) -> None:
 
 def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
     """How uvicorn serves the app (`avatarcast serve` and the tests alike): the WebSocket size limit,
-    TLS, and which reverse proxies may name the client (X-Forwarded-For: rate limits and logs)."""
+    TLS, which reverse proxies may name the client (X-Forwarded-For: rate limits and logs), and the
+    connection bounds of realtime/conn_guard.py (its guard is app.state.conn_guard)."""
     tls = (
         {"ssl_certfile": settings.ssl_certfile, "ssl_keyfile": settings.ssl_keyfile or None}
         if settings.ssl_certfile
         else {}
     )
+    guard = ConnectionGuard(
+        max_per_ip=settings.max_connections_per_ip,
+        header_timeout_s=settings.header_timeout_s,
+        body_min_bytes_per_s=settings.body_min_bytes_per_s,
+        ws_idle_s=settings.ws_idle_s,
+        trusted_proxies=settings.forwarded_allow_ips or "",
+    )
+    app.state.conn_guard = guard
+    hub = getattr(app.state, "hub", None)
+    if hub is not None:
+        hub.metrics.bind_connections(lambda: guard.open_connections, guard.cut)
+    http, ws = protocol_classes(guard)
     kw = dict(
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         log_config=None,
         ws_max_size=settings.max_message_bytes + 64,
-        ws="websockets-sansio",
+        http=http,
+        ws=ws,
+        # pings keep a quiet but live socket heard; silence is closed by the guard (1008), not uvicorn (1011)
+        ws_ping_interval=settings.ws_idle_s / 3,
+        ws_ping_timeout=None,
         timeout_graceful_shutdown=5,
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips or "",

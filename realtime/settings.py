@@ -115,6 +115,17 @@ class Settings:
     rate_sessions_per_min: float = 60.0  # session creations (HTTP, WebSocket, WHEP); burst 20
     rate_http_per_s: float = 50.0  # /v1/ HTTP requests; burst 2 s worth
     rate_ws_msgs_per_s: float = 200.0  # WebSocket messages per client (20 ms PCM is 50/s); burst 2 s worth
+    # resource bounds (docs/security.md): what one client or session may hold at once
+    max_json_bytes: int = 65_536  # a JSON body or WebSocket text message; over it: 413 / close 1009
+    max_json_depth: int = 32  # nesting of arrays and objects; deeper: 400 too_deep / close 1008
+    max_avatars: int = 16  # avatars held in memory (~100 MB each); the least recently used idle one makes room
+    max_clips_per_session: int = 2  # clips being decoded and transcribed at once; more: 429 too_many_clips
+    max_pending_per_session: int = 4  # live utterances waiting for ASR, and `say` texts waiting for emotion
+    max_viewers_per_session: int = 8  # sockets and WebRTC peers on one session; more: 429 / close 1013
+    max_connections_per_ip: int = 32  # open connections (and sockets, by X-Forwarded-For) per client IP
+    ws_idle_s: float = 60.0  # a socket that sends nothing, not even a pong, this long is closed (1008)
+    header_timeout_s: float = 10.0  # a request's line and headers (or a WebSocket handshake) must arrive in this
+    body_min_bytes_per_s: float = 1024.0  # a request body slower than this on average is cut (408)
     # Ray Serve (realtime/cluster/): the gateway and the engine replicas as Serve deployments
     ray: int = 0  # 1: `avatarcast serve --ray` runs on Ray Serve (a local cluster unless ray_address is set)
     ray_address: str = ""  # empty: start a local Ray cluster; "auto" or ray://host:10001: join one
@@ -217,10 +228,29 @@ class Settings:
             raise ValueError(f"quality must be 1..100, got {self.quality}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port must be 0..65535, got {self.port}")
-        for name in ("max_sessions", "max_clip_bytes", "max_message_bytes"):
+        for name in (
+            "max_sessions",
+            "max_clip_bytes",
+            "max_message_bytes",
+            "max_json_bytes",
+            "max_json_depth",
+            "max_avatars",
+            "max_clips_per_session",
+            "max_pending_per_session",
+            "max_viewers_per_session",
+            "max_connections_per_ip",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("max_clip_seconds", "max_audio_backlog_s", "max_render_seconds", "session_idle_s"):
+        for name in (
+            "max_clip_seconds",
+            "max_audio_backlog_s",
+            "max_render_seconds",
+            "session_idle_s",
+            "ws_idle_s",
+            "header_timeout_s",
+            "body_min_bytes_per_s",
+        ):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
 

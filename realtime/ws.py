@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from avatarcast.engines.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, ErrorCode
+from avatarcast.engines.errors import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_NORMAL, AvatarcastError, ErrorCode
 from avatarcast.realtime.audio import AudioDecodeError
 from avatarcast.realtime.commands import error_event, event, handle_command
 from avatarcast.realtime.held_tasks import run_held
 from avatarcast.realtime.hub import Hub
+from avatarcast.realtime.json_limits import JsonLimitError, JsonLimits
 from avatarcast.realtime.protocol import TAG_CLIP, TAG_PCM, pack_frame
 from avatarcast.realtime.ratelimit import FloodGuard, client_keys
 from avatarcast.realtime.runner import OutFrame, SessionRunner
@@ -79,14 +80,44 @@ class WebSocketSink:
                 self.frames_sent += 1
 
 
+async def refuse(ws: WebSocket, exc: AvatarcastError) -> None:
+    """Close an accepted socket with the refusal's close code and its message as the reason."""
+    await ws.close(exc.close_code, exc.message[:120])  # a close reason may hold 123 bytes
+
+
+def viewer_room(hub: Hub, runner: SessionRunner) -> AvatarcastError | None:
+    """Why one more socket may not watch this session (every sink, WebRTC peers too, counts), or None."""
+    limit = hub.settings.max_viewers_per_session
+    if len(runner.sinks) >= limit:
+        return AvatarcastError(f"this session already has {limit} viewers", code=ErrorCode.TOO_MANY_VIEWERS)
+    return None
+
+
 async def serve_socket(ws: WebSocket, hub: Hub, runner: SessionRunner, *, owns_session: bool) -> None:
-    """Run one accepted socket against a session until either side goes away."""
+    """Run one accepted socket against a session until either side goes away (or refuse it: too many
+    sockets from this client, or on this session)."""
+    refusal = hub.sockets.take(ws.scope)
+    if refusal is None and (refusal := viewer_room(hub, runner)) is not None:
+        hub.sockets.give_back(ws.scope)
+    if refusal is not None:
+        if owns_session:
+            await hub.close_session(runner.id)
+        await refuse(ws, refusal)
+        return
+    try:
+        await _serve(ws, hub, runner, owns_session=owns_session)
+    finally:
+        hub.sockets.give_back(ws.scope)
+
+
+async def _serve(ws: WebSocket, hub: Hub, runner: SessionRunner, *, owns_session: bool) -> None:
     sink = WebSocketSink(ws, runner.image_format)
     runner.attach(sink)
     hub.open_sockets += 1
     sender = asyncio.create_task(sink.run(), name=f"ws-send-{runner.id}")
     tasks: set[asyncio.Task] = set()
     max_bytes = hub.settings.max_message_bytes
+    limits = JsonLimits(hub.settings.max_json_bytes, hub.settings.max_json_depth)
     guard = FloodGuard(hub.limits.ws, client_keys(ws.scope))
 
     def spawn(coro: Any) -> None:
@@ -96,10 +127,13 @@ async def serve_socket(ws: WebSocket, hub: Hub, runner: SessionRunner, *, owns_s
 
     async def run_clip(data: bytes) -> None:
         try:
-            result = await runner.clip(data)
+            with runner.clip_slot():
+                result = await runner.clip(data)
             sink.offer_event(event("clip", result))
         except AudioDecodeError:
             pass  # the runner already sent a bad_audio error event
+        except AvatarcastError as exc:  # too_many_clips: the socket stays open
+            sink.offer_event(error_event(exc.code, exc.message))
         except Exception as exc:
             log.exception("session %s: clip failed", runner.id)
             sink.offer_event(error_event(ErrorCode.CLIP_FAILED, f"{type(exc).__name__}: {exc}"))
@@ -157,10 +191,12 @@ async def serve_socket(ws: WebSocket, hub: Hub, runner: SessionRunner, *, owns_s
                 continue
             if text is None:
                 continue
-            if len(text) > max_bytes:
-                close_code, reason = ErrorCode.TOO_LARGE.close, f"message over {max_bytes} bytes"
+            try:  # a text message is a JSON command: over its size (1009) or depth (1008) ends the socket
+                limits.check(text)
+            except JsonLimitError as exc:
+                close_code, reason = exc.close_code, exc.message
                 break
-            await handle_command(text, runner, sink, spawn)
+            await handle_command(text, runner, sink, spawn, limits)
     except WebSocketDisconnect:
         pass
     except Exception:

@@ -185,6 +185,16 @@ class LatentsCache:
         state.meta["cache_key"] = entry.key
         return entry.frames, state
 
+    def forget(self, avatar, delete_files: bool = False) -> int:
+        """Drop every entry of `avatar` from memory (and its files with delete_files); how many were in memory."""
+        keys = [self.key(avatar, e, v) for e, t in self.templates.items() for v in range(t.variants)]
+        with self._lock:
+            n = sum(self._mem.pop(k, None) is not None for k in keys)
+        if delete_files:
+            for k in keys:
+                self.path(k).unlink(missing_ok=True)
+        return n
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._mem)
