@@ -8,6 +8,7 @@ A bad command answers with an `error` event; the connection stays open.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
