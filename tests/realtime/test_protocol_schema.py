@@ -54,7 +54,8 @@ def without_nulls(msg: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_committed_document_is_current() -> None:
-    assert DOC.read_text() == protocol_schema.render(), "run: python -m avatarcast.realtime.protocol_schema --write docs/protocol.schema.json"
+    hint = "run: python -m avatarcast.realtime.protocol_schema --write docs/protocol.schema.json"
+    assert DOC.read_text() == protocol_schema.render(), hint
     jsonschema.Draft202012Validator.check_schema(json.loads(DOC.read_text()))
     assert protocol_schema.main(["--check", str(DOC)]) == 0
 
