@@ -37,7 +37,7 @@ from avatarcast.engines.tiny.model import Decoder, Encoder, TinyConfig, frames_t
 from avatarcast.engines.tiny.refdec import RefDecConfig, RefDecoder, RefEncoder, RefFeatures, encode_box
 from tools.eval import holdout
 from tools.eval.fidelity import frame_scores, group_of
-from tools.train_tiny import avatar_by_id, avatar_weight, float_state, grad_l1, to_window_tensor
+from tools.train_tiny import avatar_by_id, avatar_weight, float_state, grad_l1, to_window_tensor, weighted_l1
 
 CROPS = ((16, 16), (16, 24), (24, 24), (24, 32))  # latent cells (rows, cols) of a batch's crops
 SCORES = ("avatar_psnr_db", "head_psnr_db", "alpha_iou", "avatar_ssim")
@@ -310,7 +310,7 @@ def train(args) -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             y = arm.decode_crops(zc, ref_x, boxes).float()
         w = avatar_weight(xc, args.avatar_boost)
-        rec = ((y - xc).abs() * w).mean() / w.mean()
+        rec = weighted_l1(y, xc, w)
         edge = grad_l1(y, xc, w)
         loss = rec + args.edge_weight * edge
         opt.zero_grad(set_to_none=True)

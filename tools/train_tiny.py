@@ -283,13 +283,17 @@ def heldout_set(args, cfg: TinyConfig) -> torch.Tensor:
 # --- losses ------------------------------------------------------------------------------
 
 
+def weighted_l1(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Mean |a - b| under the weights w (avatar_weight), normalized so that w's scale does not matter."""
+    return ((a - b).abs() * w).mean() / w.mean()
+
+
 def grad_l1(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor | None = None) -> torch.Tensor:
     dxa, dxb = a[..., :, 1:] - a[..., :, :-1], b[..., :, 1:] - b[..., :, :-1]
     dya, dyb = a[..., 1:, :] - a[..., :-1, :], b[..., 1:, :] - b[..., :-1, :]
     if w is None:
         return (dxa - dxb).abs().mean() + (dya - dyb).abs().mean()
-    wx, wy = w[..., :, 1:], w[..., 1:, :]
-    return ((dxa - dxb).abs() * wx).mean() / wx.mean() + ((dya - dyb).abs() * wy).mean() / wy.mean()
+    return weighted_l1(dxa, dxb, w[..., :, 1:]) + weighted_l1(dya, dyb, w[..., 1:, :])
 
 
 def avatar_weight(x: torch.Tensor, boost: float) -> torch.Tensor:
@@ -517,7 +521,7 @@ def train_ae(args, cfg: TinyConfig, device, deadline: float) -> None:
             zc, xc = random_crops(z, x, cfg, crng)
             y = dec(perturb(zc, gen, args.latent_noise)).float()
         w = avatar_weight(xc, args.avatar_boost)
-        rec = ((y - xc).abs() * w).mean() / w.mean()
+        rec = weighted_l1(y, xc, w)
         edge = grad_l1(y, xc, w)
         loss_rec = rec + args.edge_weight * edge + 1e-5 * z.float().pow(2).mean()
         gan_on = now >= gan_time
@@ -905,7 +909,7 @@ def paired_loss(dec, teacher, zs_raw, x1, frame: int, mean, std, cfg: TinyConfig
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=x1.device.type == "cuda"):
         y = dec(zc).float()
     w = avatar_weight(tc, args.avatar_boost)
-    return ((y - tc).abs() * w).mean() / w.mean() + args.edge_weight * grad_l1(y, tc, w)
+    return weighted_l1(y, tc, w) + args.edge_weight * grad_l1(y, tc, w)
 
 
 @torch.no_grad()
@@ -965,7 +969,7 @@ def train_decft(args, cfg: TinyConfig, device, deadline: float) -> None:
             zc, xc = random_crops(z.float(), x, cfg, crng)
             y = dec(perturb(zc, gen, args.latent_noise)).float()
         w = avatar_weight(xc, args.avatar_boost)
-        rec = ((y - xc).abs() * w).mean() / w.mean() + args.edge_weight * grad_l1(y, xc, w)
+        rec = weighted_l1(y, xc, w) + args.edge_weight * grad_l1(y, xc, w)
         # the denoiser's own samples (1 or 2 steps, as served) -> decoder: critic + stay near the teacher
         x1, ctx, ref, emo, inten = sampler.batch(args.ae_batch // 4, gen)
         steps = 1 if local % 2 else 2
@@ -1080,7 +1084,7 @@ def train_lowres(args, cfg: TinyConfig, device, deadline: float) -> None:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             y = student.forward_small(z).float()
         w = avatar_weight(target, args.avatar_boost)
-        loss = ((y - target).abs() * w).mean() / w.mean() + args.edge_weight * grad_l1(y, target, w)
+        loss = weighted_l1(y, target, w) + args.edge_weight * grad_l1(y, target, w)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
