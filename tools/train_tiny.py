@@ -16,6 +16,8 @@ Stages, each resuming from what --ckpt holds:
 - `decft`: the decoder again, now also on the denoiser's own few-step samples, against the
   discriminator: the frames users see are decoded samples, not reconstructions.
 - `lowres`: the degradation ladder's half-resolution decoder, distilled from the decoder.
+- `denadv`: the denoiser's served 1-2 step samples, decoded, against a patch critic of their own, anchored
+  by the flow objective and an L1 to the true chunk (tools/train_denadv.py says why).
 Each stage writes its checkpoint (files under 16 MB each), a JSON loss log and a PNG loss curve
 into --ckpt, and `report.json` gets held-out figures (avatars and seeds never trained on).
 Rendered frames and latents are cached under --work, so a warm machine skips rendering.
@@ -912,12 +914,9 @@ def paired_loss(dec, teacher, zs_raw, x1, frame: int, mean, std, cfg: TinyConfig
     return weighted_l1(y, tc, w) + args.edge_weight * grad_l1(y, tc, w)
 
 
-@torch.no_grad()
-def sample_chunk(den: nn.Module, ctx, ref, emo, inten, cfg: TinyConfig, steps: int, gen) -> torch.Tensor:
-    """The engine's shortcut sampler (engines/sampler.py) on torch tensors: (B, T*C, H, W)."""
-    x = torch.randn(
-        ctx.shape[0], cfg.chunk_frames * cfg.latent_channels, *ctx.shape[2:], device=ctx.device, generator=gen
-    )
+def rollout(den: nn.Module, x0, ctx, ref, emo, inten, cfg: TinyConfig, steps: int) -> torch.Tensor:
+    """The engine's shortcut sampler (engines/sampler.py) on torch tensors, from the noise x0: (B, T*C, H, W)."""
+    x = x0
     dt = 1.0 / steps
     d = torch.full((x.shape[0],), dt if dt >= cfg.min_shortcut - 1e-9 else 0.0, device=x.device)
     for k in range(steps):
@@ -926,6 +925,15 @@ def sample_chunk(den: nn.Module, ctx, ref, emo, inten, cfg: TinyConfig, steps: i
             v = den(x, t, d, ctx, ref, emo, inten).float()
         x = x + dt * v
     return x
+
+
+@torch.no_grad()
+def sample_chunk(den: nn.Module, ctx, ref, emo, inten, cfg: TinyConfig, steps: int, gen) -> torch.Tensor:
+    """rollout from fresh noise, without gradients."""
+    x0 = torch.randn(
+        ctx.shape[0], cfg.chunk_frames * cfg.latent_channels, *ctx.shape[2:], device=ctx.device, generator=gen
+    )
+    return rollout(den, x0, ctx, ref, emo, inten, cfg, steps)
 
 
 # --- decoder on the denoiser's samples ----------------------------------------------------
@@ -1097,10 +1105,12 @@ def train_lowres(args, cfg: TinyConfig, device, deadline: float) -> None:
     print(f"[lowres] done at step {step}", flush=True)
 
 
-STAGES = ("ae", "latents", "denoiser", "decft", "lowres")
+STAGES = ("ae", "latents", "denoiser", "decft", "lowres", "denadv")
 
 
 def main(argv: list[str] | None = None) -> None:
+    from tools import train_denadv  # it builds on this module's pieces
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/avc", help="cache of rendered frames and latents")
     ap.add_argument("--ckpt", required=True, help="checkpoint folder (resumes from it)")
@@ -1153,6 +1163,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--min-steps", type=int, default=1, help="steps each stage makes even past the deadline")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    train_denadv.add_arguments(ap)
     progress.add_quiet_flag(ap)
     args = ap.parse_args(argv)
     LossLog.quiet = args.quiet
@@ -1174,6 +1185,7 @@ def main(argv: list[str] | None = None) -> None:
         "denoiser": args.den_minutes,
         "decft": args.decft_minutes,
         "lowres": args.lowres_minutes,
+        "denadv": args.adv_minutes,
     }
     for st in stages:
         t = time.time()
@@ -1188,6 +1200,8 @@ def main(argv: list[str] | None = None) -> None:
             train_decft(args, cfg, device, deadline)
         elif st == "lowres":
             train_lowres(args, cfg, device, deadline)
+        elif st == "denadv":
+            train_denadv.train_denadv(args, cfg, device, deadline)
         print(f"[{st}] stage took {time.time() - t:.0f}s", flush=True)
     print(f"total {time.time() - t_start:.0f}s", flush=True)
 

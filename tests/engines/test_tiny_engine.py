@@ -308,7 +308,7 @@ def test_cli_render_writes_playable_video(tmp_path):
 
 @pytest.mark.slow
 def test_training_script_runs_and_resumes_on_cpu(tmp_path):
-    """A few real optimisation steps of both stages on a tiny config, then a resume.
+    """A few real optimisation steps of both stages on a tiny config, then a resume and the denadv stage.
 
     The denoiser starts after 2 clips and takes in the rest as they render; the resume reads the cache.
     """
@@ -365,7 +365,9 @@ def test_training_script_runs_and_resumes_on_cpu(tmp_path):
     assert cfg["latent_std"] != [1.0] * 8, "latent statistics must be measured"
     assert cfg["crop_threshold"] > 0, "the empty cell's distance must be measured"
     r = subprocess.run(
-        cmd[:-6] + ["--stages", "denoiser", "--clip-limit", "6", "--workers", "2", "--device", "cpu"],
+        cmd[:-6]
+        + ["--stages", "denoiser,denadv", "--clip-limit", "6", "--workers", "2", "--device", "cpu"]
+        + ["--adv-batch", "2", "--adv-flow-batch", "4", "--adv-critic-warmup", "1"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -373,6 +375,9 @@ def test_training_script_runs_and_resumes_on_cpu(tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert torch.load(ck / "den_ema.pt")["step"] > den["step"], "a second run must resume, not restart"
+    report = json.loads((ck / "report.json").read_text())
+    assert report["denadv"]["critic_steps"] >= 3, "denadv trains the denoiser against its own critic"
+    assert (ck / "denadv_disc.pt").exists() and (ck / "samples_denadv.png").exists()
 
 
 def test_paired_decoder_loss_is_zero_on_the_true_chunk_and_trains_on_a_wrong_one():
@@ -408,3 +413,40 @@ def test_paired_decoder_loss_is_zero_on_the_true_chunk_and_trains_on_a_wrong_one
     assert float(wrong) > 1e-3
     wrong.backward()
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in dec.parameters())
+
+
+def test_denadv_losses_reach_the_denoiser_through_the_frozen_decoder():
+    """denadv: the served sample's decoding carries the anchor's and the critic's gradients to the denoiser only."""
+    torch = pytest.importorskip("torch")
+    import argparse
+
+    from avatarcast.engines.tiny.model import Decoder, Denoiser
+    from tools.train_denadv import generator_losses, last_layer, served_frames
+    from tools.train_tiny import PatchDiscriminator
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SMALL, height=64, pad_height=64, width=64, window_x0=0, window_width=64)
+    C, T, K, (H, W) = cfg.latent_channels, cfg.chunk_frames, cfg.context_frames, cfg.latent_hw
+    den, dec, disc = Denoiser(cfg), Decoder(cfg).eval().requires_grad_(False), PatchDiscriminator()
+    batch = (
+        torch.randn(2, T * C, H, W),
+        torch.randn(2, K * C, H, W),
+        torch.randn(2, C, H, W),
+        torch.tensor([2, 5]),
+        torch.ones(2),
+    )
+    mean, std = torch.zeros(1, C, 1, 1), torch.ones(1, C, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    fake, real = served_frames(den, dec, batch, cfg, 2, 1, gen, mean, std)
+    assert fake.shape == real.shape == (2, 4, 64, 64) and fake.requires_grad and not real.requires_grad
+    truth = batch[0].reshape(2, T, C, H, W)[:, 1]
+    assert torch.allclose(real, dec(truth), atol=1e-6), "the critic's real side is the true chunk's decoding"
+    args = argparse.Namespace(avatar_boost=4.0, edge_weight=0.5, adv_weight=0.5)
+    anchor, g, lam = generator_losses(fake, real, disc, last_layer(den), args)
+    assert float(anchor) > 0 and 0 < float(lam) < 1e3
+    (anchor + lam * g).backward()
+    assert all(p.grad is None for p in dec.parameters()), "the decoder is frozen"
+    assert float(last_layer(den).grad.abs().sum()) > 0, "the losses reach the denoiser's output layer"
+    copy = real.clone().requires_grad_(True)
+    same, _, _ = generator_losses(copy, real, disc, copy, args)
+    assert float(same) < 1e-6, "a sample that decodes to the true chunk costs the anchor nothing"
