@@ -108,6 +108,12 @@ def server_url(_server: tuple[str, Any]) -> str:
 
 
 @pytest.fixture(scope="session")
+def base(server_url: str) -> str:
+    """The HTTP tests' short name for server_url."""
+    return server_url
+
+
+@pytest.fixture(scope="session")
 def server_hub(_server: tuple[str, Any]) -> Any:
     return _server[1]
 

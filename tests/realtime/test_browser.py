@@ -50,11 +50,6 @@ CHROMIUM_ARGS = [
 
 
 @pytest.fixture(scope="module")
-def base(server_url: str) -> str:
-    return server_url  # the one real server of the test run (tests/conftest.py)
-
-
-@pytest.fixture(scope="module")
 def mic_wav(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("mic")
     speech, out = d / "speech.wav", d / "mic.wav"

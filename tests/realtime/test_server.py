@@ -27,11 +27,6 @@ needs_espeak = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not insta
 BG = np.array([245, 240, 230])
 
 
-@pytest.fixture(scope="module")
-def base(server_url: str) -> str:
-    return server_url
-
-
 def ws_url(base: str, path: str) -> str:
     return base.replace("http://", "ws://") + path
 

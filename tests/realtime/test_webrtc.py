@@ -26,11 +26,6 @@ BG = np.array([245, 240, 230])
 SDP = {"Content-Type": "application/sdp"}
 
 
-@pytest.fixture(scope="module")
-def base(server_url: str) -> str:
-    return server_url  # the one real server of the test run (tests/conftest.py)
-
-
 def run(coro, timeout: float = 40.0):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 

@@ -7,16 +7,10 @@ import asyncio
 import re
 
 import httpx
-import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
 SDP = {"Content-Type": "application/sdp"}
 FRAG = {"Content-Type": "application/trickle-ice-sdpfrag"}
-
-
-@pytest.fixture(scope="module")
-def base(server_url: str) -> str:
-    return server_url  # the one real server of the test run (tests/conftest.py)
 
 
 def run(coro, timeout: float = 40.0):
