@@ -15,7 +15,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,29 +100,42 @@ def base_model_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 class PriorityLock:
-    """A lock whose urgent waiters go before the others (first come, first served within each kind).
+    """A lock whose urgent waiters go before the others, and whose owners take turns within each kind.
 
     The model is shared by every session and runs `capacity` calls at a time (its CTranslate2 workers): a
     session's final transcript (the reaction waits for it) must not queue behind another session's routine
-    partial."""
+    partial, nor behind a queue of another session's clips. Turns are start-time fair queuing: a waiter's tag
+    is one more than the larger of the last tag granted and its owner's previous tag, so an owner with k calls
+    queued takes every k-th turn, and one arriving later goes next in the current round, never starved.
+    Without an owner a waiter is an owner of its own."""
 
     def __init__(self, capacity: int = 1) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self._cond = threading.Condition()
         self._free = capacity
-        self._queue: list[tuple[int, int]] = []  # (0 urgent | 1 not, ticket), kept sorted
+        self._queue: list[tuple[int, int, int]] = []  # (0 urgent | 1 not, tag, ticket), kept sorted
         self._tickets = 0
+        self._granted = 0  # the largest tag granted so far
+        self._last: dict[tuple[Hashable, bool], int] = {}  # each (owner, kind)'s latest tag, while ahead of _granted
 
     @contextlib.contextmanager
-    def hold(self, urgent: bool = True) -> Iterator[None]:
+    def hold(self, urgent: bool = True, owner: Hashable | None = None) -> Iterator[None]:
         with self._cond:
-            me = (0 if urgent else 1, self._tickets)
+            key = (owner, urgent)  # each kind keeps its own turns: a queued partial does not delay a final
+            tag = max(self._granted, self._last.get(key, 0) if owner is not None else 0) + 1
+            if owner is not None:
+                self._last[key] = tag
+            me = (0 if urgent else 1, tag, self._tickets)
             self._tickets += 1
             bisect.insort(self._queue, me)
             self._cond.wait_for(lambda: self._free > 0 and self._queue[0] == me)
             self._queue.pop(0)
             self._free -= 1
+            if tag > self._granted:
+                self._granted = tag
+                # owners whose last tag is behind the grants start from _granted anyway: forget them
+                self._last = {o: t for o, t in self._last.items() if t > tag}
             if self._free and self._queue:
                 self._cond.notify_all()  # the next in line may take the other free worker
         try:
@@ -241,9 +254,11 @@ class Transcriber:
         *,
         initial_prompt: str | None = None,
         urgent: bool = True,
+        owner: Hashable | None = None,
     ) -> Transcript:
         """Transcribe (or translate to English) 16 kHz mono float32; language=None detects it. A call with
-        urgent=False (a live partial) waits while urgent ones (finals, clips) are queued for the model."""
+        urgent=False (a live partial) waits while urgent ones (finals, clips) are queued for the model; calls
+        of different owners (sessions) take turns."""
         if task not in ("transcribe", "translate"):
             raise ValueError(f"task must be 'transcribe' or 'translate', not {task!r}")
         if not self.multilingual:
@@ -255,8 +270,8 @@ class Transcriber:
         audio = np.ascontiguousarray(pcm, dtype=np.float32).reshape(-1)
         duration_s = audio.size / SAMPLE_RATE
         if self.short_window_s and initial_prompt is None and duration_s <= self.short_window_s:
-            return self._transcribe_short(audio, language, task, urgent)
-        with self._lock.hold(urgent):
+            return self._transcribe_short(audio, language, task, urgent, owner)
+        with self._lock.hold(urgent, owner):
             t0 = time.perf_counter()
             segments_iter, info = self.model.transcribe(
                 audio,
@@ -285,9 +300,11 @@ class Transcriber:
             task=task,
         )
 
-    def _transcribe_short(self, audio: np.ndarray, language: str | None, task: str, urgent: bool) -> Transcript:
+    def _transcribe_short(
+        self, audio: np.ndarray, language: str | None, task: str, urgent: bool, owner: Hashable | None
+    ) -> Transcript:
         """One encoder pass over a window fitted to the audio: language ID (if needed) and greedy decode."""
-        with self._lock.hold(urgent):
+        with self._lock.hold(urgent, owner):
             t0 = time.perf_counter()
             r = decode_window(
                 self.model,

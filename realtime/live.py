@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +66,9 @@ class LiveAudio:
         max_utterance_s: float = 15.0,
         keep_s: float = 20.0,
         max_pending: int = 4,
+        owner: Hashable | None = None,
     ) -> None:
+        self.owner = owner  # whose turn a Whisper run takes in the shared model's queue (the session)
         self.transcriber = transcriber
         self.vad_pool, self.asr_pool = vad_pool, asr_pool
         self.prosody_pool = prosody_pool  # None: no prosody on the events
@@ -243,7 +245,8 @@ class LiveAudio:
         voice = loop.run_in_executor(self.prosody_pool, prosody, audio) if urgent and self.prosody_pool else None
         t0 = time.perf_counter()
         tr = await loop.run_in_executor(
-            self.asr_pool, lambda: self.transcriber.transcribe(audio, language=self.language, urgent=urgent)
+            self.asr_pool,
+            lambda: self.transcriber.transcribe(audio, language=self.language, urgent=urgent, owner=self.owner),
         )
         ms = (time.perf_counter() - t0) * 1000.0
         return tr, ms, (await voice if voice is not None else None)

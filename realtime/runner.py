@@ -281,7 +281,9 @@ class SessionRunner:
         t_dec = time.monotonic()
         self.session.stamp("decode", t_dec, t_recv, utterance=turn)
         voice = loop.run_in_executor(sv.pools.emotion, prosody, pcm)  # needs only the audio: beside the ASR
-        tr = await loop.run_in_executor(sv.pools.asr, lambda: sv.transcriber.transcribe(pcm, language=self.language))
+        tr = await loop.run_in_executor(
+            sv.pools.asr, lambda: sv.transcriber.transcribe(pcm, language=self.language, owner=self.id)
+        )
         t_asr = time.monotonic()
         self.session.stamp("asr", t_asr, t_dec, utterance=turn)
         self.session.on_final(tr.text, t_asr, utterance=turn, language=tr.language)
@@ -318,6 +320,7 @@ class SessionRunner:
                     language=self.language,
                     prosody_pool=sv.pools.emotion,
                     max_pending=sv.settings.max_pending_per_session,
+                    owner=self.id,
                 )
             await self._live.feed(samples)
         finally:

@@ -127,6 +127,33 @@ def test_priority_lock_serves_urgent_waiters_first() -> None:
     assert order == ["final-a", "final-b", "partial-a", "partial-b"]
 
 
+def test_priority_lock_lets_sessions_take_turns() -> None:
+    """One session's queue of clips does not hold back another's: owners alternate, a newcomer goes next."""
+    import time
+
+    lock, order = PriorityLock(), []
+
+    def take(name: str, owner: str, urgent: bool = True) -> threading.Thread:
+        def run() -> None:
+            with lock.hold(urgent, owner):
+                order.append(name)
+
+        n = len(lock._queue)
+        t = threading.Thread(target=run)
+        t.start()
+        while len(lock._queue) == n:  # queued before the next one comes
+            time.sleep(0.001)
+        return t
+
+    with lock.hold(owner="a"):
+        threads = [take(f"a{i}", "a") for i in (1, 2, 3)] + [take("b1", "b"), take("b-partial", "b", urgent=False)]
+        threads += [take("c1", "c"), take("b2", "b")]
+    for t in threads:
+        t.join(5)
+    assert order == ["a1", "b1", "c1", "a2", "b2", "a3", "b-partial"]
+    assert lock._last == {}, "owners are forgotten once their turns are granted"
+
+
 def test_vad_onset_and_endpoint_times(padded: np.ndarray, happy: np.ndarray) -> None:
     start, end = _speech_bounds(happy)
     true_start, true_end = 1.0 + start, 1.0 + end
