@@ -125,7 +125,9 @@ class SessionRunner:
         self._kick = asyncio.Event()
         self._ending: asyncio.Future | None = None  # the close a fatal error started
         self._cue_lock = asyncio.Lock()
-        self._cues = LiveCues(services.reader, services.pools.emotion)
+        # this session's turn at the shared emotion reader and prosody (realtime/fair_pool.py)
+        self._emotion = services.pools.emotion.lane(session_id)
+        self._cues = LiveCues(services.reader, self._emotion)
         self._cue_tasks: set[asyncio.Task] = set()
         self._tasks = [
             asyncio.create_task(self._frame_loop(), name=f"frames-{session_id}"),
@@ -280,14 +282,14 @@ class SessionRunner:
             raise
         t_dec = time.monotonic()
         self.session.stamp("decode", t_dec, t_recv, utterance=turn)
-        voice = loop.run_in_executor(sv.pools.emotion, prosody, pcm)  # needs only the audio: beside the ASR
+        voice = loop.run_in_executor(self._emotion, prosody, pcm)  # needs only the audio: beside the ASR
         tr = await loop.run_in_executor(
             sv.pools.asr, lambda: sv.transcriber.transcribe(pcm, language=self.language, owner=self.id)
         )
         t_asr = time.monotonic()
         self.session.stamp("asr", t_asr, t_dec, utterance=turn)
         self.session.on_final(tr.text, t_asr, utterance=turn, language=tr.language)
-        cue = await loop.run_in_executor(sv.pools.emotion, sv.reader.read, tr.text, await voice, tr.language)
+        cue = await loop.run_in_executor(self._emotion, sv.reader.read, tr.text, await voice, tr.language)
         now = time.monotonic()
         self.session.on_cue(cue, now, "asr", utterance=turn, decided_by="final")
         self._pump()
@@ -318,7 +320,7 @@ class SessionRunner:
                     sv.pools.asr,
                     self._on_live,
                     language=self.language,
-                    prosody_pool=sv.pools.emotion,
+                    prosody_pool=self._emotion,
                     max_pending=sv.settings.max_pending_per_session,
                     owner=self.id,
                 )
@@ -366,7 +368,7 @@ class SessionRunner:
         apply it. Partials' cues apply in the order their transcripts came and are dropped once their
         utterance's final is in; so the final's cue waits for none of them. A final that reuses the pause's
         speculation takes the read already started for it (LiveCues)."""
-        reader, pool = self.services.reader, self.services.pools.emotion
+        reader, pool = self.services.reader, self._emotion
 
         async def read_and_apply() -> None:
             loop = asyncio.get_running_loop()
@@ -394,9 +396,7 @@ class SessionRunner:
 
     async def _read_text(self, text: str, turn: int | None) -> None:
         try:
-            cue = await asyncio.get_running_loop().run_in_executor(
-                self.services.pools.emotion, self.services.reader.read, text
-            )
+            cue = await asyncio.get_running_loop().run_in_executor(self._emotion, self.services.reader.read, text)
         except Exception as exc:
             self._error(ErrorCode.EMOTION_FAILED, f"{type(exc).__name__}: {exc}")
             return

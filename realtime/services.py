@@ -12,6 +12,7 @@ from avatarcast.engines.contract import StreamEngine
 from avatarcast.realtime.asr import Transcriber
 from avatarcast.realtime.avatars import AvatarStore
 from avatarcast.realtime.emotion import EmotionReader
+from avatarcast.realtime.fair_pool import FairPool
 from avatarcast.realtime.metrics import Metrics
 from avatarcast.realtime.scheduler import Scheduler
 from avatarcast.realtime.session import SessionConfig
@@ -32,10 +33,9 @@ class Pools:
     encode: ThreadPoolExecutor = field(  # JPEG/WebP and video frames
         default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
     )
-    # emotion reads and prosody: on the reaction's critical path, so never queued behind decodes or live VAD
-    emotion: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=2, thread_name_prefix="emotion")
-    )
+    # emotion reads and prosody: on the reaction's critical path, so never queued behind decodes or live VAD,
+    # and sessions take turns (a session's backlog does not delay another's reaction)
+    emotion: FairPool = field(default_factory=lambda: FairPool(2, "emotion"))
 
     def shutdown(self) -> None:
         for pool in (self.cpu, self.asr, self.encode, self.emotion):
