@@ -241,7 +241,7 @@ async def healthy(conn: Conn, intervals: list[float], seconds: float) -> dict[st
     n0 = len(conn.frames)
     while time.monotonic() - t_meas < seconds - 4:
         t = time.monotonic()
-        await conn.ws.send(json.dumps({"type": "say", "text": LINES[len(says) % len(LINES)]}))
+        await conn.live().say(LINES[len(says) % len(LINES)])
         says.append(t)
         await asyncio.sleep(4.0)
         # the server's latency event for this line: text in to its first reacting frame (ttff)
