@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import threading
 import time
 from pathlib import Path
@@ -165,3 +166,25 @@ def test_cache_and_clips_in_s3_through_the_index(
     alone = ClipRenderer(hub.services, str(tmp_path / "gc"), store=machine("clips")[0])
     rc = on_hub(alone.render(req))
     assert rc.cached and alone.renders == 0 and rc.path.read_bytes() == ra.path.read_bytes()
+
+
+def test_precompute_fills_the_artifact_url_and_the_index(
+    redis_server: RedisServer, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`avatarcast precompute --redis-url ... --artifact-url ...`: a second run (another machine) builds nothing."""
+    from avatarcast.realtime import precompute
+    from avatarcast.realtime.settings import Settings
+
+    url = f"memory://precompute-{secrets.token_hex(4)}"
+    argv = ["--avatars", "0", "--emotions", "happy", "--variants", "1", "--steps", "1", "--json", "--quiet"]
+    argv += ["--redis-url", redis_server.url, "--artifact-url", url, "--cache-dir", str(tmp_path)]
+    runs = []
+    for _ in range(2):
+        assert precompute.main(argv) == 0
+        runs.append(json.loads(capsys.readouterr().out))
+    assert [(r["computed"], r["loaded"]) for r in runs] == [(1, 0), (0, 1)], runs
+    store = open_store(url + "/latents")
+    assert runs[0]["cache_dir"] == store.root and not list(tmp_path.glob("*.npz"))
+    (key,) = RedisState(redis_server.url).client.keys(f"{PREFIX}latents:{runs[0]['weights']}:*")
+    assert json.loads(RedisState(redis_server.url).client.get(key))["url"].startswith(store.root + "/")
+    assert Settings.from_env({"AVATARCAST_ARTIFACT_URL": "s3://b/x"}).artifact_url == "s3://b/x"
