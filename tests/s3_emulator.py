@@ -3,6 +3,7 @@ the s3fs path against. It is an emulator, not real object storage (docs/scale-ou
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -11,7 +12,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import free_port
+
+def _free_port() -> int:  # tests/conftest.py imports this module: its free_port is not importable here
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -19,7 +24,7 @@ def s3_endpoint() -> Iterator[str]:
     """The emulator's URL; s3fs (botocore) finds it through AWS_ENDPOINT_URL, as a deployment would."""
     pytest.importorskip("s3fs", reason="the `cluster` extra (s3fs)")
     pytest.importorskip("moto.server", reason="the dev extra (moto[server])")
-    port = free_port()
+    port = _free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -55,6 +60,6 @@ def s3_bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     }.items():
         monkeypatch.setenv(k, v)
     s3fs.S3FileSystem.clear_instance_cache()  # a cached instance would keep an earlier endpoint
-    name = f"b{free_port()}"
+    name = f"b{_free_port()}"
     s3fs.S3FileSystem().mkdir(name)
     return f"s3://{name}"

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from avatarcast.artifacts import ArtifactError, ArtifactNotFound, FsspecStore, fetch, fetch_to, open_store, store_under
-from tests.s3_emulator import s3_bucket, s3_endpoint  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(params=["dir", "memory", "s3"])

@@ -23,7 +23,6 @@ from avatarcast.realtime.shared_state import PREFIX, LocalState, RedisState
 from avatarcast.templates import load_templates
 from avatarcast.templates.cache import LatentsCache
 from tests.realtime.test_shared_state import RedisServer
-from tests.s3_emulator import s3_bucket, s3_endpoint  # noqa: F401 (fixtures)
 
 
 @pytest.fixture
@@ -125,7 +124,7 @@ def test_cache_and_clips_in_s3_through_the_index(
     redis_server: RedisServer,
     machines: list[TinyEngine],
     server_hub: Any,
-    s3_bucket: str,  # noqa: F811
+    s3_bucket: str,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
