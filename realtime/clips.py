@@ -4,7 +4,9 @@ Chunks go through the shared scheduler with a far deadline, so a render never de
 stream's frames; it fills the gaps between their batches. Results are files in a disk cache
 keyed by a hash of everything that changes the pixels; the same request is served from disk.
 With --redis-url the gateways render a request once between them (realtime/shared_state.py): the one that
-claims its key renders into clip_cache_dir (a path they all mount), the others wait for its result.
+claims its key renders, the others wait for its result. With --artifact-url every rendered clip also goes to
+that store (avatarcast/artifacts.py: a shared path, s3://...), and a gateway missing a clip on its own disk
+copies it from there before serving it; without it, clip_cache_dir must be a path the gateways all mount.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import secrets
 import socket
@@ -24,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from avatarcast.artifacts import ArtifactError, ArtifactNotFound, ArtifactStore, fetch_to
 from avatarcast.engines.contract import StreamStart
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
 from avatarcast.engines.tiny.engine import avatar_cache_key
@@ -34,6 +38,7 @@ from avatarcast.realtime.shared_state import LocalState, SharedState, SharedStat
 from avatarcast.realtime.video import write_video
 from avatarcast.vocabulary import FPS
 
+log = logging.getLogger(__name__)
 FORMATS = {"mp4": "video/mp4", "webm": "video/webm"}
 CLAIM_TTL_S = 600.0  # a render's claim lapses after this (its gateway died); longer than any render takes
 RESULT_TTL_S = 7 * 86400.0  # the result index forgets a clip after this (the file may be evicted sooner)
@@ -77,8 +82,11 @@ class ClipRenderer:
         cache_dir: str | None = None,
         max_entries: int = 512,
         shared: SharedState | None = None,
+        store: ArtifactStore | None = None,
     ) -> None:
+        """store: where clips also go, for other gateways and machines (None: this directory only)."""
         self.services = services
+        self.store = store
         self.dir = Path(cache_dir or os.path.expanduser("~/.cache/avatarcast/clips"))
         self.max_entries = max_entries
         self._inflight: dict[str, asyncio.Future] = {}
@@ -139,7 +147,7 @@ class ClipRenderer:
         key = self.key(params, emotion, intensity, req)
         path = self.dir / f"{key}.{req.format}"
         n_frames = max(1, int(round(req.seconds * FPS)))
-        if path.is_file():
+        if path.is_file() or await self._copy_in(path):
             os.utime(path)
             return RenderedClip(path, FORMATS[req.format], emotion, n_frames, True, 0.0, key)
         fut = self._inflight.get(key)
@@ -162,7 +170,7 @@ class ClipRenderer:
         while True:
             try:
                 done = self.shared.get(result)
-                if done is not None and (self.dir / json.loads(done)["file"]).is_file():
+                if done is not None and (path.is_file() or await self._copy_in(path, json.loads(done).get("url"))):
                     return
                 mine = self.shared.claim(claim, self.owner, CLAIM_TTL_S)
             except SharedStateError:  # logged where it failed: render here, deduplicated in this process only
@@ -171,10 +179,13 @@ class ClipRenderer:
                 await asyncio.sleep(POLL_S)
                 continue
             try:
+                if await self._copy_in(path):  # rendered meanwhile, or before, by any machine
+                    return
                 await self._render(params, emotion, intensity, req, path, n_frames)
                 self.renders += 1
+                url = await self._copy_out(path)
                 with contextlib.suppress(SharedStateError):
-                    index = json.dumps({"file": path.name, "emotion": emotion, "frames": n_frames})
+                    index = json.dumps({"file": path.name, "url": url, "emotion": emotion, "frames": n_frames})
                     self.shared.put(result, index, RESULT_TTL_S)
             finally:
                 if mine:
@@ -197,6 +208,39 @@ class ClipRenderer:
             chunks.append(res.frames)
         frames = np.concatenate(chunks)[:n_frames]
         await asyncio.get_running_loop().run_in_executor(sv.pools.cpu, self._write, frames, path)
+
+    async def _copy_in(self, path: Path, url: str | None = None) -> bool:
+        """Copies the clip into this gateway's directory from the store (or the URL the index names): found?"""
+        if self.store is None and not url:
+            return False
+
+        def copy() -> bool:
+            try:
+                if self.store is not None and self.store.exists(path.name):
+                    self.store.get_file(path.name, path)
+                    return True
+                if url and url != str(path):
+                    fetch_to(url, path)
+                    return True
+            except ArtifactNotFound:
+                return False
+            except (ArtifactError, OSError) as exc:  # the store is down: render here rather than fail the request
+                log.warning("clip %s: could not copy it from the artefact store: %s", path.name, exc)
+            return False
+
+        return await asyncio.get_running_loop().run_in_executor(self.services.pools.cpu, copy)
+
+    async def _copy_out(self, path: Path) -> str:
+        """Stores a rendered clip for the other gateways; its URL (the local path without a store)."""
+        if self.store is None:
+            return str(path)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(
+                self.services.pools.cpu, self.store.put_file, path.name, path
+            )
+        except ArtifactError as exc:  # served from this gateway's disk all the same
+            log.warning("clip %s: could not store it: %s", path.name, exc)
+            return str(path)
 
     def _write(self, frames: np.ndarray, path: Path) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

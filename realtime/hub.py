@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from avatarcast.artifacts import store_under
 from avatarcast.engines.contract import StreamEngine, StreamStart
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
 from avatarcast.realtime.admission import Verdict, check
@@ -27,6 +28,7 @@ from avatarcast.realtime.clips import ClipRenderer
 from avatarcast.realtime.emotion import EmotionReader
 from avatarcast.realtime.engine_loader import load_engine
 from avatarcast.realtime.ladder import ladder_for
+from avatarcast.realtime.latents_index import index_for
 from avatarcast.realtime.metrics import Metrics
 from avatarcast.realtime.ratelimit import ClientSockets, Limits
 from avatarcast.realtime.runner import SessionRunner
@@ -119,7 +121,8 @@ class Hub:
             timed("emotion", lambda: EmotionReader.load(threads=1)),
         )
         templates = load_templates()
-        cache = LatentsCache(engine, templates, s.cache_dir or None)
+        latents_store, clip_store = store_under(s.artifact_url, "latents"), store_under(s.artifact_url, "clips")
+        cache = LatentsCache(engine, templates, s.cache_dir or None, store=latents_store, index=index_for(self.shared))
         # wan: 4 video frames per latent frame
         session_config = SessionConfig.from_templates(templates, chunk_frames=engine.capabilities.frames_per_chunk)
         if self.make_scheduler is not None:
@@ -145,7 +148,7 @@ class Hub:
             self.metrics,
             self.stats,
         )
-        self.clips = ClipRenderer(self.services, s.clip_cache_dir or None, shared=self.shared)
+        self.clips = ClipRenderer(self.services, s.clip_cache_dir or None, shared=self.shared, store=clip_store)
         t0 = time.perf_counter()
         for name in s.avatar_list():
             await avatars.warm(name)

@@ -8,14 +8,18 @@ import sys
 import time
 from typing import Any
 
+from avatarcast.artifacts import store_under
 from avatarcast.engines.avatar_world import BUILTIN_AVATARS, get_avatar
 from avatarcast.realtime import progress
 from avatarcast.realtime.engine_loader import WAN_FLAGS, load_engine
+from avatarcast.realtime.latents_index import index_for
 from avatarcast.realtime.settings import Settings
+from avatarcast.realtime.shared_state import make_shared_state
 from avatarcast.templates import load_templates
 from avatarcast.templates.cache import LatentsCache
 
 ENGINE_FLAGS = ("engine", "backend", "steps", "threads", "device", "weights", *WAN_FLAGS)
+SHARING_FLAGS = ("redis_url", "artifact_url")  # machines filling one cache build each entry once
 
 
 def parse_avatars(spec: str) -> list:
@@ -52,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="engine wan: only write the templates' prompt embeddings (needs text_encoder/ + tokenizer/)",
     )
     progress.add_quiet_flag(ap)
-    Settings.add_arguments(ap, ENGINE_FLAGS)
+    Settings.add_arguments(ap, (*ENGINE_FLAGS, *SHARING_FLAGS))
     return ap
 
 
@@ -62,11 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     templates = load_templates(args.templates)
     emotions = [e.strip() for e in args.emotions.split(",") if e.strip()] or None
     avatars = parse_avatars(args.avatars)
+    shared = make_shared_state(settings.redis_url)
+    shared.check()  # an unreachable --redis-url fails here, before the engine loads
+    store = store_under(settings.artifact_url, "latents")
     t0 = time.perf_counter()
     # wan: loading computes and stores the templates' prompt embeddings where they are missing
     engine = load_engine(settings, cache_dir=args.cache_dir, templates=templates)
     load_s = time.perf_counter() - t0
-    cache = LatentsCache(engine, templates, args.cache_dir)
+    cache = LatentsCache(engine, templates, args.cache_dir, store=store, index=index_for(shared))
     if args.prompts_only:
         if settings.engine != "wan":
             raise ValueError("--prompts-only is for --engine wan")
@@ -93,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
         stats = cache.precompute(avatars, emotions, variants=args.variants, batch=args.batch, on_computed=computed)
     stats.update(
-        cache_dir=str(cache.cache_dir),
+        cache_dir=cache.store.root,
         steps=engine.steps,
         weights=engine.weights_hash,
         engine_load_seconds=round(load_s, 3),

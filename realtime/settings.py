@@ -145,6 +145,9 @@ class Settings:
     # state the gateways share (realtime/shared_state.py): rate limits and clip renders (one render per request);
     # empty: this process's own. With several gateways, also point clip_cache_dir at a path they all mount.
     redis_url: str = ""  # redis://host:6379/0 (rediss://, unix://); needs the `cluster` extra (redis-py)
+    # where clip and latents-cache artefacts also go (avatarcast/artifacts.py): a path or fsspec URL (s3://bucket/x
+    # needs the `cluster` extra); empty: only clip_cache_dir and cache_dir
+    artifact_url: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, config: str | None = None) -> Settings:

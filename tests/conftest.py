@@ -15,6 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.s3_emulator import s3_bucket, s3_endpoint  # noqa: F401 (fixtures: moto's S3 emulator, one per run)
+
 
 def free_port() -> int:
     with socket.socket() as s:
