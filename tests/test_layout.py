@@ -23,6 +23,10 @@ def test_pyproject_lists_every_package_folder() -> None:
         for pkg in SHIPPED[:-1]
         for init in (ROOT / pkg).rglob("__init__.py")
     }
+    found |= {  # subpackages of avatarcast/ itself (integrations)
+        "avatarcast." + ".".join(init.parent.relative_to(ROOT / "avatarcast").parts)
+        for init in (ROOT / "avatarcast").glob("*/**/__init__.py")
+    }
     assert listed == found, f"missing {sorted(found - listed)}, stale {sorted(listed - found)}"
 
 
@@ -72,3 +76,28 @@ def test_no_module_path_outside_the_namespace() -> None:
     files = _shipped_files() + sorted((ROOT / "tests").rglob("*.py")) + sorted((ROOT / "tools").rglob("*.py"))
     bad = [str(p.relative_to(ROOT)) for p in files if pat.search(p.read_text())]
     assert bad == []
+
+
+OPTIONAL_FRAMEWORKS = {"pipecat", "livekit"}  # extras that only avatarcast/integrations/ may import
+
+
+def _top_level_imports(path: Path) -> set[str]:
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out.add(node.module.split(".")[0])
+    return out
+
+
+def test_only_the_integrations_import_optional_frameworks() -> None:
+    """A plain install (without the pipecat extra) imports every module but avatarcast/integrations/'s."""
+    integrations = ROOT / "avatarcast" / "integrations"
+    bad = {
+        str(p.relative_to(ROOT)): sorted(hit)
+        for p in _shipped_files()
+        if integrations not in p.parents and (hit := _top_level_imports(p) & OPTIONAL_FRAMEWORKS)
+    }
+    assert bad == {}
+    assert "pipecat" in _top_level_imports(integrations / "pipecat.py")  # the walk sees the one that does
