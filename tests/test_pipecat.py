@@ -85,6 +85,14 @@ async def run_to_end(task: PipelineWorker) -> list[str]:
     return warnings
 
 
+def session_ends(hub: Any, sid: str, timeout: float = 5.0) -> bool:
+    """Whether the server drops the session within `timeout` (it ends one whose opening socket closed)."""
+    deadline = time.monotonic() + timeout
+    while sid in hub.sessions and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return sid not in hub.sessions
+
+
 def other_tasks() -> list[asyncio.Task[Any]]:
     return [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
 
@@ -155,10 +163,7 @@ def test_a_pipeline_drives_the_avatar_and_carries_its_frames(server_url: str, se
     assert [h.avatar for h in r["hellos"]] == ["pip"]
     # the session, its socket and every task end with the pipeline
     assert r["service"].session is None and r["left"] == [] and r["warnings"] == []
-    deadline = time.monotonic() + 5
-    while r["sid"] in server_hub.sessions and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert r["sid"] and r["sid"] not in server_hub.sessions
+    assert r["sid"] and session_ends(server_hub, r["sid"])
 
 
 def test_tts_words_and_audio_drive_the_avatar(server_url: str) -> None:
@@ -197,6 +202,24 @@ def test_tts_words_and_audio_drive_the_avatar(server_url: str) -> None:
     heard = [e.text.lower() for e in events if isinstance(e, ev.TranscriptFinal) and e.source == "speech"]
     assert said == ["I love this song."]
     assert len(heard) == 1 and "keys" in heard[0], heard  # the clip's words, through the resampler and send_pcm
+
+
+def test_a_cancel_mid_stream_closes_the_session(server_url: str, server_hub: Any) -> None:
+    async def go() -> dict[str, Any]:
+        service = AvatarcastVideoService(url=server_url)
+        sink = Sink(lambda f: isinstance(f, OutputImageRawFrame))
+        task = worker(service, sink)
+        run = asyncio.create_task(run_to_end(task))
+        await asyncio.wait_for(sink.done.wait(), 15)
+        sid = service.session.id if service.session else ""
+        assert sid in server_hub.sessions
+        await task.cancel()
+        warnings = await asyncio.wait_for(run, 10)
+        return {"service": service, "sid": sid, "warnings": warnings, "left": other_tasks()}
+
+    r = asyncio.run(go())
+    assert r["service"].session is None and r["left"] == [] and r["warnings"] == []
+    assert session_ends(server_hub, r["sid"])
 
 
 def test_an_unreachable_server_is_a_clear_error_and_the_pipeline_ends() -> None:
