@@ -119,12 +119,13 @@ def test_a_pipeline_drives_the_avatar_and_carries_its_frames(server_url: str, se
         sink = Sink(shows_happy)
         task = worker(service, sink)
         run = asyncio.create_task(run_to_end(task))
-        # an LLM's reply as it streams (tokens with their spaces), and a user's transcript the avatar must not say
+        # an LLM's reply as it streams (tokens with their spaces), and a user's transcript the avatar must not say;
+        # both sentences read as happy, so the frames show happy whichever reaction the second say's overtakes
         await task.queue_frames(
             [
                 TranscriptionFrame("this is the user speaking", user_id="u", timestamp="0"),
                 LLMFullResponseStartFrame(),
-                *[LLMTextFrame(t) for t in ("I am ", "so happy", " right now! ", "What a ", "wonderful day")],
+                *[LLMTextFrame(t) for t in ("I am ", "so happy", " right now! ", "Every", "thing is great")],
                 LLMFullResponseEndFrame(),
             ]
         )
@@ -154,10 +155,10 @@ def test_a_pipeline_drives_the_avatar_and_carries_its_frames(server_url: str, se
     assert pixels.std() > 10  # a picture, not a blank
     # every other frame passed on, in order
     texts = [f.text for f in frames if isinstance(f, TextFrame)]
-    assert texts == ["this is the user speaking", "I am ", "so happy", " right now! ", "What a ", "wonderful day"]
+    assert texts == ["this is the user speaking", "I am ", "so happy", " right now! ", "Every", "thing is great"]
     # the reply was said as two sentences (the second at the end of the response), the user's words not at all
     said = [e.text for e in r["events"] if isinstance(e, ev.TranscriptFinal) and e.source == "say"]
-    assert said == ["I am so happy right now!", "What a wonderful day"]
+    assert said == ["I am so happy right now!", "Everything is great"]
     emotions = [e for e in r["events"] if isinstance(e, ev.Emotion) and e.applied]
     assert emotions and emotions[0].label == "happy" and emotions[0].source == "text"
     assert [h.avatar for h in r["hellos"]] == ["pip"]
