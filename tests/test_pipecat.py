@@ -120,7 +120,7 @@ def test_a_pipeline_drives_the_avatar_and_carries_its_frames(server_url: str, se
         task = worker(service, sink)
         run = asyncio.create_task(run_to_end(task))
         # an LLM's reply as it streams (tokens with their spaces), and a user's transcript the avatar must not say;
-        # both sentences read as happy, so the frames show happy whichever reaction the second say's overtakes
+        # both sentences read as happy: the reaction frames show happy even when the second say overtakes the first
         await task.queue_frames(
             [
                 TranscriptionFrame("this is the user speaking", user_id="u", timestamp="0"),
