@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from avatarcast.engines.errors import ErrorCode
 from avatarcast.realtime.auth import PROTECTED_PREFIX
+from avatarcast.realtime.avatars import avatar_pattern
 
 JSON = "application/json"
 BEARER = "bearer"  # the security schemes' names in components.securitySchemes
@@ -229,14 +230,18 @@ def install(app: FastAPI, complete: Callable[[dict[str, Any]], dict[str, Any]], 
         route = request.scope.get("route")
         code = invalid_code(getattr(route, "path", ""), loc[-1] if len(loc) > 1 else None, first.get("type", ""))
         message = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg', '')}" for e in errs[:5])
-        return JSONResponse({"error": code.wire, "message": message or "invalid request"}, status_code=code.status)
+        return JSONResponse(
+            {"error": code.wire, "message": message or "invalid request"}, status_code=code.status or 422
+        )
 
     async def unparsable(request: Request, exc: Exception) -> Response:
         """FastAPI's 400 for a body it cannot even decode (not UTF-8): the API's bad_json answer."""
         if not isinstance(exc, StarletteHTTPException) or exc.status_code != 400:
             return await http_exception_handler(request, exc)  # type: ignore[arg-type]
         code = ErrorCode.BAD_JSON
-        return JSONResponse({"error": code.wire, "message": f"the body cannot be read: {exc.detail}"}, code.status)
+        return JSONResponse(
+            {"error": code.wire, "message": f"the body cannot be read: {exc.detail}"}, code.status or 422
+        )
 
     app.add_exception_handler(RequestValidationError, invalid)
     app.add_exception_handler(StarletteHTTPException, unparsable)
@@ -270,3 +275,18 @@ def _whole(value: Any) -> Any:
 # `Annotated[int, Field(...), WHOLE]` (after the constraints, or the schema loses them): JSON Schema counts 83.0 as
 # an integer, so a strict model's integer field takes it too
 WHOLE = BeforeValidator(_whole)
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """`Annotated[str, Pattern(p)]`: a string in which `p` is found, by Python's re.search as JSON Schema consumers
+    in Python search it (a query parameter's or body field's `pattern` means the same to both sides)."""
+
+    pattern: str
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.str_schema(pattern=self.pattern, regex_engine="python-re")
+
+
+# the avatar a new session asks for (HTTP body or WHEP query): a choice of avatar_pattern, or "" for the server's
+SessionAvatar = Annotated[str, Pattern(avatar_pattern(default=True))]

@@ -59,7 +59,7 @@ ImageFormat = Annotated[str, contract.OneOf(tuple(IMAGE_FORMATS))]
 
 class SessionCreate(BaseModel):
     model_config = STRICT
-    avatar: str = Field("", pattern=avatar_pattern(default=True), description=AVATAR + "; empty: the server's")
+    avatar: contract.SessionAvatar = Field("", description=AVATAR + "; empty: the server's")
     image_format: ImageFormat | None = Field(None, description="WebSocket frame format; webp keeps alpha")
     quality: Annotated[int, Field(ge=1, le=100), contract.WHOLE] | None = None
     language: str | None = Field(
@@ -108,7 +108,7 @@ class RenderRequest(BaseModel):
             "oneOf": [{"required": [k], "properties": {k: {"type": "string"}}} for k in ("emotion", "text")]
         },
     )
-    avatar: str = Field("pip", pattern=avatar_pattern(), description=AVATAR)
+    avatar: Annotated[str, contract.Pattern(avatar_pattern())] = Field("pip", description=AVATAR)
     emotion: Annotated[str, contract.OneOf(EMOTIONS)] | None = Field(None, description="or give text")
     text: str | None = Field(
         None, min_length=1, max_length=MAX_SAY_CHARS, pattern=TEXT_PATTERN, description="the emotion is read from it"
@@ -270,7 +270,14 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
             "requestBody": {
                 "required": True,
                 "content": {
-                    media: {"schema": {"type": "string", "format": "binary", "maxLength": settings.max_clip_bytes}}
+                    media: {
+                        "schema": {
+                            "type": "string",
+                            "format": "binary",
+                            "minLength": 1,
+                            "maxLength": settings.max_clip_bytes,
+                        }
+                    }
                     for media in ("audio/*", "application/octet-stream")
                 },
             }

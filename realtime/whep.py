@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
-from avatarcast.realtime.http_contract import OPEN_SESSION, errors
+from avatarcast.realtime.http_contract import OPEN_SESSION, SessionAvatar, errors
 from avatarcast.realtime.hub import Hub, HubError
 from avatarcast.realtime.ice import IceServers, rtc_ice_servers_json
 from avatarcast.realtime.runner import SessionRunner
@@ -78,7 +78,7 @@ def whep_router(hub: Hub, ice: IceServers, limit_sessions: Callable[[Mapping[str
     sdp_offer: dict[str, Any] = {
         "requestBody": {
             "required": True,
-            "content": {SDP: {"schema": {"type": "string", "maxLength": MAX_OFFER_BYTES}}},
+            "content": {SDP: {"schema": {"type": "string", "minLength": 1, "maxLength": MAX_OFFER_BYTES}}},
         }
     }
     header = {"schema": {"type": "string"}, "required": True}
@@ -92,10 +92,10 @@ def whep_router(hub: Hub, ice: IceServers, limit_sessions: Callable[[Mapping[str
     frag_body: dict[str, Any] = {
         "requestBody": {
             "required": True,
-            "content": {SDPFRAG: {"schema": {"type": "string", "maxLength": MAX_SDPFRAG_BYTES}}},
+            "content": {SDPFRAG: {"schema": {"type": "string", "minLength": 1, "maxLength": MAX_SDPFRAG_BYTES}}},
         }
     }
-    allow = {204: {"description": "the methods served here", "headers": {"Allow": header}}}
+    allow: dict[int | str, Any] = {204: {"description": "the methods served here", "headers": {"Allow": header}}}
 
     @router.get("/v1/ice-servers", response_model=IceServersInfo)
     async def ice_servers() -> Any:
@@ -120,7 +120,7 @@ def whep_router(hub: Hub, ice: IceServers, limit_sessions: Callable[[Mapping[str
         responses={**errors(*OPEN_SESSION, *offer_errors), **sdp_answer},
         openapi_extra=sdp_offer,
     )
-    async def whep_new(request: Request, avatar: str = "", language: str | None = None) -> Response:
+    async def whep_new(request: Request, avatar: SessionAvatar = "", language: str | None = None) -> Response:
         """Creates a session for this peer; it ends when the peer goes away."""
         require_media_type(request, SDP)  # before a session is made for it
         limit_sessions(request.scope)
