@@ -68,8 +68,8 @@ class ErrorCode(Enum):
     NO_AUDIO = ("no_audio", 422, None)
     BAD_AUDIO = ("bad_audio", None, None)  # the event for any of them on a socket
     # commands and binary messages on a socket (error events; the socket stays open)
-    BAD_JSON = ("bad_json", None, None)
-    BAD_MESSAGE = ("bad_message", None, None)
+    BAD_JSON = ("bad_json", 422, None)  # over HTTP: a body that is not JSON
+    BAD_MESSAGE = ("bad_message", 422, None)  # over HTTP: a request its schema refuses (/openapi.json)
     UNKNOWN_TYPE = ("unknown_type", None, None)
     BAD_SAY = ("bad_say", None, None)
     BAD_EMOTION = ("bad_emotion", None, None)

@@ -246,6 +246,10 @@ class Transcriber:
             )
         return lang
 
+    def language_choices(self) -> list[str]:
+        """Every `language` resolve_language takes: "" and "auto" (the default), and the model's Whisper codes."""
+        return ["", "auto", *(self.supported_languages if self.multilingual else ("en",))]
+
     def transcribe(
         self,
         pcm: np.ndarray,

@@ -50,6 +50,13 @@ def avatar_names() -> list[str]:
     return [a.name.lower() for a in BUILTIN_AVATARS]
 
 
+def avatar_pattern(default: bool = False) -> str:
+    """The avatar choices the HTTP API takes, as a regular expression (Python's, searched as JSON Schema does):
+    a built-in name or index, or random-<seed>; with `default`, also "" (the server's default avatar)."""
+    choices = [*map(re.escape, avatar_names()), *map(str, range(len(BUILTIN_AVATARS))), "random--?[0-9]+"]
+    return rf"^(?:{'|'.join([''] * default + choices)})$"
+
+
 def pingpong(n: int, index: int) -> int:
     """Frame of a loop of n frames played forward then backward, for a global frame index."""
     if n <= 1:

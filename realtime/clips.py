@@ -32,6 +32,7 @@ from avatarcast.engines.contract import StreamStart
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
 from avatarcast.engines.tiny.engine import avatar_cache_key
 from avatarcast.realtime.avatars import resolve_avatar
+from avatarcast.realtime.commands import MAX_SAY_CHARS
 from avatarcast.realtime.scheduler import ChunkJob
 from avatarcast.realtime.services import Services
 from avatarcast.realtime.shared_state import LocalState, SharedState, SharedStateError
@@ -107,8 +108,8 @@ class ClipRenderer:
         except (ValueError, TypeError) as exc:
             raise ClipError(str(exc)) from None
         if req.text is not None:
-            if not req.text.strip() or len(req.text) > 2000:
-                raise ClipError("text must be 1..2000 characters")
+            if not req.text.strip() or len(req.text) > MAX_SAY_CHARS:
+                raise ClipError(f"text must be 1..{MAX_SAY_CHARS} characters, not only whitespace")
             cue = sv.reader.read(req.text)
             emotion, intensity = cue.label, cue.intensity
         else:

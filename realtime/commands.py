@@ -20,7 +20,8 @@ from avatarcast.realtime.messages import SessionEvent
 from avatarcast.realtime.session import REACTION_EMOTIONS
 from avatarcast.realtime.wire_fields import to_wire, wire
 
-MAX_SAY_CHARS = 2000
+MAX_SAY_CHARS = 2000  # a `say` text (a command, POST /v1/sessions/{id}/say) or a clip's text (POST /v1/clips)
+TEXT_PATTERN = r"\S"  # such a text says something: not only whitespace
 DEFAULT_INTENSITY = 0.8  # an emotion command without one
 DEFAULT_LIMITS = JsonLimits()  # the data channel's; a WebSocket passes the server's own
 
@@ -30,7 +31,7 @@ class Say:
     """Assistant text: the avatar reacts to its emotion."""
 
     TYPE: ClassVar[str] = "say"
-    text: str = field(metadata=wire(minLength=1, maxLength=MAX_SAY_CHARS, pattern=r"\S"))
+    text: str = field(metadata=wire(minLength=1, maxLength=MAX_SAY_CHARS, pattern=TEXT_PATTERN))
 
 
 @dataclass(frozen=True)

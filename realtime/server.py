@@ -12,7 +12,7 @@ import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any
 
 import uvicorn
 from fastapi import FastAPI, Request, WebSocket
@@ -20,14 +20,16 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect
 
 from avatarcast.engines.errors import CLOSE_INTERNAL, AvatarcastError, ErrorCode
 from avatarcast.realtime import events
+from avatarcast.realtime import http_contract as contract
 from avatarcast.realtime.auth import AuthMiddleware, QueryTokenScrub
-from avatarcast.realtime.avatars import avatar_names
-from avatarcast.realtime.clips import ClipRequest
+from avatarcast.realtime.avatars import avatar_names, avatar_pattern
+from avatarcast.realtime.clips import FORMATS, ClipRequest
+from avatarcast.realtime.commands import DEFAULT_INTENSITY, MAX_SAY_CHARS, TEXT_PATTERN
 from avatarcast.realtime.conn_guard import ConnectionGuard, protocol_classes
 from avatarcast.realtime.hub import Hub, HubError
 from avatarcast.realtime.json_limits import JsonBodyLimits, JsonLimits
@@ -35,10 +37,12 @@ from avatarcast.realtime.logs import setup_logging
 from avatarcast.realtime.methods import install as install_allow
 from avatarcast.realtime.origins import OriginMiddleware, parse_origins
 from avatarcast.realtime.ratelimit import RateLimitMiddleware, client_keys, retry_after
+from avatarcast.realtime.session import REACTION_EMOTIONS
 from avatarcast.realtime.settings import Settings
 from avatarcast.realtime.whep import whep_router
 from avatarcast.realtime.wire_fields import payload_model
 from avatarcast.realtime.ws import serve_socket
+from avatarcast.vocabulary import EMOTIONS, IMAGE_FORMATS
 
 log = logging.getLogger("avatarcast.server")
 STATIC = Path(__file__).parent / "static"
@@ -46,10 +50,18 @@ STATIC = Path(__file__).parent / "static"
 RAW_BODY_PATHS = re.compile(r"^/v1/sessions/[^/]+/clips$|/whep$|^/v1/webrtc/")
 
 
+# A request body is what its schema says, no more: no "5" for 5 (strict), patterns searched as JSON Schema
+# consumers in Python search them (python-re), so the description and the server agree on every value.
+STRICT = ConfigDict(strict=True, regex_engine="python-re")
+AVATAR = "a built-in name (pip, bun, tok, mo, luna, kiko), its index, or random-<seed>"
+ImageFormat = Annotated[str, contract.OneOf(tuple(IMAGE_FORMATS))]
+
+
 class SessionCreate(BaseModel):
-    avatar: str = Field("", description="built-in name (pip, bun, tok, mo, luna, kiko), index, or random-<seed>")
-    image_format: Literal["jpeg", "webp"] | None = Field(None, description="WebSocket frame format; webp keeps alpha")
-    quality: int | None = Field(None, ge=1, le=100)
+    model_config = STRICT
+    avatar: contract.SessionAvatar = Field("", description=AVATAR + "; empty: the server's")
+    image_format: ImageFormat | None = Field(None, description="WebSocket frame format; webp keeps alpha")
+    quality: Annotated[int, Field(ge=1, le=100), contract.WHOLE] | None = None
     language: str | None = Field(
         None,
         description="what the person speaks: auto (found per utterance) or a Whisper code (en, zh, ...) to force it",
@@ -72,12 +84,14 @@ class SessionInfo(BaseModel):
 
 
 class SayRequest(BaseModel):
-    text: str = Field(..., min_length=1, max_length=2000)
+    model_config = STRICT
+    text: str = Field(..., min_length=1, max_length=MAX_SAY_CHARS, pattern=TEXT_PATTERN)
 
 
 class EmotionRequest(BaseModel):
-    label: str
-    intensity: float = Field(0.8, ge=0.0, le=1.0)
+    model_config = STRICT
+    label: Annotated[str, contract.OneOf(REACTION_EMOTIONS)]
+    intensity: float = Field(DEFAULT_INTENSITY, ge=0.0, le=1.0)
 
 
 # the clip's result over HTTP is the `clip` event's payload over the WebSocket
@@ -85,18 +99,24 @@ ClipResult = payload_model(events.Clip, "ClipResult")
 
 
 class RenderRequest(BaseModel):
-    avatar: str = "pip"
-    emotion: str | None = Field(None, description="one of the template emotions; or give text")
-    text: str | None = Field(None, max_length=2000, description="the emotion is read from this text")
+    """Exactly one of emotion and text; `seconds` at most the server's --max-render-seconds."""
+
+    model_config = ConfigDict(
+        strict=True,
+        regex_engine="python-re",
+        json_schema_extra={
+            "oneOf": [{"required": [k], "properties": {k: {"type": "string"}}} for k in ("emotion", "text")]
+        },
+    )
+    avatar: Annotated[str, contract.Pattern(avatar_pattern())] = Field("pip", description=AVATAR)
+    emotion: Annotated[str, contract.OneOf(EMOTIONS)] | None = Field(None, description="or give text")
+    text: str | None = Field(
+        None, min_length=1, max_length=MAX_SAY_CHARS, pattern=TEXT_PATTERN, description="the emotion is read from it"
+    )
     seconds: float = Field(3.0, gt=0)
-    format: Literal["mp4", "webm"] = "mp4"
+    format: Annotated[str, contract.OneOf(tuple(FORMATS))] = "mp4"
     intensity: float | None = Field(None, ge=0.0, le=1.0)
-    seed: int = 0
-
-
-class ErrorBody(BaseModel):
-    error: str
-    message: str
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1), contract.WHOLE] = Field(0, description="the sampler's random seed")
 
 
 def _err(code: ErrorCode, message: str) -> JSONResponse:
@@ -145,11 +165,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     )
     app.state.hub = hub
     app.state.on_start_failed = None  # `avatarcast serve`: stop serving when start-up fails (serve() sets it)
-    errors: dict[int | str, dict[str, Any]] = {
-        400: {"model": ErrorBody},
-        404: {"model": ErrorBody},
-        503: {"model": ErrorBody},
-    }
+    errors = contract.errors
+    no_session = errors(ErrorCode.NO_SESSION)
     ice = settings.ice()
     log.info("ICE servers: %s", ice.describe())
     if ice.fixed_turn_credentials:
@@ -184,7 +201,11 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     async def healthz() -> dict:
         return {"ok": True}
 
-    @app.get("/readyz", tags=["health"], responses={503: {"model": ErrorBody}})
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        responses=errors(ErrorCode.SHUTTING_DOWN, ErrorCode.STARTING, ErrorCode.START_FAILED),
+    )
     async def readyz() -> Any:
         if hub.draining:  # a load balancer stops sending new clients here while the sessions drain
             return _err(ErrorCode.SHUTTING_DOWN, "the server is draining its sessions")
@@ -216,7 +237,13 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     # -- sessions --
 
-    @app.post("/v1/sessions", status_code=201, response_model=SessionInfo, tags=["sessions"], responses=errors)
+    @app.post(
+        "/v1/sessions",
+        status_code=201,
+        response_model=SessionInfo,
+        tags=["sessions"],
+        responses=errors(*contract.OPEN_SESSION),
+    )
     async def create_session(body: SessionCreate, request: Request) -> Any:
         limit_sessions(request.scope)
         r = await hub.open_session(
@@ -224,11 +251,11 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         )
         return {**r.info(), **urls(request, r.id)}
 
-    @app.get("/v1/sessions/{sid}", response_model=SessionInfo, tags=["sessions"], responses=errors)
+    @app.get("/v1/sessions/{sid}", response_model=SessionInfo, tags=["sessions"], responses=no_session)
     async def get_session(sid: str, request: Request) -> Any:
         return {**hub.get_session(sid).info(), **urls(request, sid)}
 
-    @app.delete("/v1/sessions/{sid}", status_code=204, tags=["sessions"], responses=errors)
+    @app.delete("/v1/sessions/{sid}", status_code=204, tags=["sessions"], responses=no_session)
     async def delete_session(sid: str) -> Response:
         if not await hub.close_session(sid):
             raise HubError(ErrorCode.NO_SESSION, f"no session {sid!r}")
@@ -238,13 +265,20 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         "/v1/sessions/{sid}/clips",
         response_model=ClipResult,
         tags=["input"],
-        responses={**errors, 413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+        responses=errors(*contract.CLIP_UPLOAD),
         openapi_extra={
             "requestBody": {
                 "required": True,
                 "content": {
-                    "audio/*": {"schema": {"type": "string", "format": "binary"}},
-                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+                    media: {
+                        "schema": {
+                            "type": "string",
+                            "format": "binary",
+                            "minLength": 1,
+                            "maxLength": settings.max_clip_bytes,
+                        }
+                    }
+                    for media in ("audio/*", "application/octet-stream")
                 },
             }
         },
@@ -269,12 +303,22 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
                 return _err(ErrorCode.EMPTY, "the request body is empty; send the audio file as the body")
             return await r.clip(bytes(body))  # an AudioDecodeError answers with its reason's code
 
-    @app.post("/v1/sessions/{sid}/say", status_code=202, tags=["input"], responses=errors)
+    @app.post(
+        "/v1/sessions/{sid}/say",
+        status_code=202,
+        tags=["input"],
+        responses=errors(ErrorCode.NO_SESSION, ErrorCode.INPUT_BUSY),
+    )
     async def say(sid: str, body: SayRequest) -> dict:
         turn = hub.get_session(sid).say(body.text)
         return {"utterance": turn}
 
-    @app.post("/v1/sessions/{sid}/emotion", status_code=202, tags=["input"], responses=errors)
+    @app.post(
+        "/v1/sessions/{sid}/emotion",
+        status_code=202,
+        tags=["input"],
+        responses=errors(ErrorCode.NO_SESSION, ErrorCode.UNKNOWN_EMOTION),
+    )
     async def emotion(sid: str, body: EmotionRequest) -> Any:
         if body.label not in hub.emotions or body.label == "listening":
             return _err(ErrorCode.UNKNOWN_EMOTION, f"unknown emotion {body.label!r}; known: {', '.join(hub.emotions)}")
@@ -283,14 +327,17 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 
     # -- WebRTC: WHEP signaling and the ICE servers clients use (realtime/whep.py) --
 
-    app.include_router(whep_router(hub, ice, limit_sessions, errors))
+    app.include_router(whep_router(hub, ice, limit_sessions))
 
     # -- clip API --
 
     @app.post(
         "/v1/clips",
         tags=["clips"],
-        responses={**errors, 200: {"content": {"video/mp4": {}, "video/webm": {}}, "description": "the rendered clip"}},
+        responses={
+            **errors(ErrorCode.STARTING, ErrorCode.BAD_CLIP_REQUEST, ErrorCode.AVATARS_FULL),
+            200: {"content": {m: {} for m in FORMATS.values()}, "description": "the rendered clip"},
+        },
     )
     async def render_clip(body: RenderRequest) -> Any:
         if not hub.ready.is_set():
@@ -348,6 +395,18 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    def describe(spec: dict[str, Any]) -> dict[str, Any]:
+        """The description completed with what this server enforces: auth, its render limit, its ASR languages."""
+        sv = hub.services if hub.ready.is_set() else None
+        return contract.describe(
+            spec,
+            auth=bool(settings.auth_secret),
+            limits={("RenderRequest", "seconds"): {"maximum": settings.max_render_seconds}},
+            languages=sv.transcriber.language_choices() if sv is not None else None,
+        )
+
+    contract.install(app, describe, hub.ready.is_set)
     limits = JsonLimits(settings.max_json_bytes, settings.max_json_depth)
     app.add_middleware(JsonBodyLimits, limits=limits, raw_paths=RAW_BODY_PATHS)  # before FastAPI parses a body
     install_allow(app)  # 405: Allow lists every method of the path

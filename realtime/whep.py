@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
+from avatarcast.realtime.http_contract import OPEN_SESSION, SessionAvatar, errors
 from avatarcast.realtime.hub import Hub, HubError
 from avatarcast.realtime.ice import IceServers, rtc_ice_servers_json
 from avatarcast.realtime.runner import SessionRunner
@@ -69,21 +70,34 @@ async def read_body(request: Request, limit: int) -> str:
     return body.decode("utf-8", "replace")
 
 
-def whep_router(
-    hub: Hub, ice: IceServers, limit_sessions: Callable[[Mapping[str, Any]], None], errors: dict[int | str, Any]
-) -> APIRouter:
-    """The WHEP and ICE server routes; `errors`: the OpenAPI error responses (their body model) to document."""
+def whep_router(hub: Hub, ice: IceServers, limit_sessions: Callable[[Mapping[str, Any]], None]) -> APIRouter:
+    """The WHEP and ICE server routes, each with the error answers it can give (realtime/http_contract.py)."""
     router = APIRouter(tags=["webrtc"])
-    body_errors: dict[int | str, Any] = {**errors, 413: errors[400], 415: errors[400]}
-    sdp_offer: dict[str, Any] = {"requestBody": {"required": True, "content": {SDP: {"schema": {"type": "string"}}}}}
+    body = (ErrorCode.BAD_CONTENT_TYPE, ErrorCode.TOO_LARGE)
+    offer_errors = (*body, ErrorCode.BAD_OFFER)
+    sdp_offer: dict[str, Any] = {
+        "requestBody": {
+            "required": True,
+            "content": {SDP: {"schema": {"type": "string", "minLength": 1, "maxLength": MAX_OFFER_BYTES}}},
+        }
+    }
+    header = {"schema": {"type": "string"}, "required": True}
     sdp_answer: dict[int | str, Any] = {
-        201: {"content": {SDP: {"schema": {"type": "string"}}}, "description": "answer"}
+        201: {
+            "content": {SDP: {"schema": {"type": "string"}}},
+            "description": "answer",
+            "headers": {"Location": header, "ETag": header, "X-Session-Id": header},
+        }
     }
     frag_body: dict[str, Any] = {
-        "requestBody": {"required": True, "content": {SDPFRAG: {"schema": {"type": "string"}}}}
+        "requestBody": {
+            "required": True,
+            "content": {SDPFRAG: {"schema": {"type": "string", "minLength": 1, "maxLength": MAX_SDPFRAG_BYTES}}},
+        }
     }
+    allow: dict[int | str, Any] = {204: {"description": "the methods served here", "headers": {"Allow": header}}}
 
-    @router.get("/v1/ice-servers", response_model=IceServersInfo, responses=errors)
+    @router.get("/v1/ice-servers", response_model=IceServersInfo)
     async def ice_servers() -> Any:
         """STUN/TURN servers for a browser's RTCPeerConnection; TURN credentials minted for this request."""
         servers, expires = ice.for_peer(secrets.token_hex(4))
@@ -91,14 +105,22 @@ def whep_router(
         return JSONResponse(body, headers={"Cache-Control": "no-store"})  # minted credentials: never from a cache
 
     @router.post(
-        "/v1/sessions/{sid}/whep", status_code=201, responses={**body_errors, **sdp_answer}, openapi_extra=sdp_offer
+        "/v1/sessions/{sid}/whep",
+        status_code=201,
+        responses={**errors(ErrorCode.NO_SESSION, *offer_errors), **sdp_answer},
+        openapi_extra=sdp_offer,
     )
     async def whep(sid: str, request: Request) -> Response:
         require_media_type(request, SDP)
         return await offer(hub.get_session(sid), request, owns_session=False)
 
-    @router.post("/v1/whep", status_code=201, responses={**body_errors, **sdp_answer}, openapi_extra=sdp_offer)
-    async def whep_new(request: Request, avatar: str = "", language: str | None = None) -> Response:
+    @router.post(
+        "/v1/whep",
+        status_code=201,
+        responses={**errors(*OPEN_SESSION, *offer_errors), **sdp_answer},
+        openapi_extra=sdp_offer,
+    )
+    async def whep_new(request: Request, avatar: SessionAvatar = "", language: str | None = None) -> Response:
         """Creates a session for this peer; it ends when the peer goes away."""
         require_media_type(request, SDP)  # before a session is made for it
         limit_sessions(request.scope)
@@ -130,11 +152,11 @@ def whep_router(
             response.headers.append("Link", server.link_header())
         return response
 
-    @router.options("/v1/whep", status_code=204)
+    @router.options("/v1/whep", status_code=204, responses=allow)
     async def whep_options() -> Response:
         return Response(status_code=204, headers={"Allow": ENDPOINT_METHODS, "Accept-Post": SDP})
 
-    @router.options("/v1/sessions/{sid}/whep", status_code=204, responses=errors)
+    @router.options("/v1/sessions/{sid}/whep", status_code=204, responses={**errors(ErrorCode.NO_SESSION), **allow})
     async def whep_session_options(sid: str) -> Response:
         hub.get_session(sid)  # 404 for no such session
         return Response(status_code=204, headers={"Allow": ENDPOINT_METHODS, "Accept-Post": SDP})
@@ -142,7 +164,13 @@ def whep_router(
     @router.patch(
         "/v1/webrtc/{resource}",
         status_code=204,
-        responses={**body_errors, 412: errors[400], 422: errors[400]},
+        responses=errors(
+            ErrorCode.NO_PEER,
+            *body,
+            ErrorCode.BAD_SDPFRAG,
+            ErrorCode.ETAG_MISMATCH,
+            ErrorCode.ICE_RESTART_UNSUPPORTED,
+        ),
         openapi_extra=frag_body,
     )
     async def whep_patch(resource: str, request: Request) -> Response:
@@ -156,7 +184,7 @@ def whep_router(
         await webrtc.add_candidates(hub, resource, frag, request.headers.get("if-match"))
         return Response(status_code=204)
 
-    @router.delete("/v1/webrtc/{resource}", status_code=204, responses=errors)
+    @router.delete("/v1/webrtc/{resource}", status_code=204, responses=errors(ErrorCode.NO_PEER))
     async def whep_delete(resource: str) -> Response:
         from avatarcast.realtime import webrtc  # aiortc: imported at start-up (lifespan), not when this module is
 
@@ -164,7 +192,7 @@ def whep_router(
             raise HubError(ErrorCode.NO_PEER, f"no WebRTC peer {resource!r}")
         return Response(status_code=204)
 
-    @router.options("/v1/webrtc/{resource}", status_code=204, responses=errors)
+    @router.options("/v1/webrtc/{resource}", status_code=204, responses={**errors(ErrorCode.NO_PEER), **allow})
     async def whep_resource_options(resource: str) -> Response:
         if resource not in hub.peers:
             raise HubError(ErrorCode.NO_PEER, f"no WebRTC peer {resource!r}")
