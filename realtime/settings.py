@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from avatarcast.engines.errors import AvatarcastError, ErrorCode
 from avatarcast.engines.sampler import FlowMatchEulerSampler, warped_sigmas
 from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint
 from avatarcast.realtime import settings_file, settings_model
@@ -29,10 +28,8 @@ SWITCHES = ("ray",)  # 0/1 fields whose flag may stand alone
 REPEATED = {"ice_servers": "ice-server"}  # list fields: a flag per item (--ice-server URL ...); the env var lists them
 
 
-class SettingValueError(AvatarcastError, ValueError):
+class SettingValueError(SettingsError):
     """A value the rules refuse; `names` are the settings it is about (validate() says where each came from)."""
-
-    code = ErrorCode.START_FAILED
 
     def __init__(self, message: str, *names: str) -> None:
         super().__init__(message)

@@ -20,7 +20,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
 
-# table -> the fields it holds (fnmatch patterns, first table that matches wins); a field no table names is in [server]
+# table -> the fields it holds (fnmatch patterns, the first table that matches wins); a new field lands in [server]
+# unless a pattern here names it. Keys are unique within a table (model() checks).
 GROUPS: dict[str, tuple[str, ...]] = {
     "engine": ("engine", "backend", "steps", "threads", "device", "weights", "avatars", "precompute", "cache_dir"),
     "wan": ("checkpoint", "wan_*"),
