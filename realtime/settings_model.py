@@ -75,7 +75,8 @@ def table_models(cls: type) -> dict[str, type[BaseModel]]:
         table, key = place(f.name)
         if key in tables[table]:
             raise TypeError(f"settings {f.name} and another are both [{table}] {key}")
-        tables[table][key] = (hints[f.name], f.default)
+        default = f.default if f.default_factory is dataclasses.MISSING else Field(default_factory=f.default_factory)
+        tables[table][key] = (hints[f.name], default)
     config = ConfigDict(extra="forbid")
     return {t: create_model(f"{t.title()}Settings", __config__=config, **kw) for t, kw in tables.items() if kw}
 
