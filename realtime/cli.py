@@ -98,7 +98,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from avatarcast.realtime.settings_file import render
 
         settings, sources = Settings.resolve(args)
-        settings.validate()
+        settings.validate(sources)
         print(render(settings, sources), end="")
         return 0
     settings = Settings.from_args(args)

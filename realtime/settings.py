@@ -1,13 +1,15 @@
 """One settings object for the whole process, built from CLI flags, AVATARCAST_* variables and a TOML file.
 
 Precedence: explicit CLI flag > environment variable > config file (--config or AVATARCAST_CONFIG;
-realtime/settings_file.py) > default. Nothing else in the project reads the environment: it receives a
-Settings (or the values it needs) from its caller.
+realtime/settings_file.py) > default. The fields are declared here, flat, as the code reads them; the nested
+pydantic-settings model that groups and types them ([engine], [wan], [asr] ...) is realtime/settings_model.py.
+Nothing else in the project reads the environment: it receives a Settings (or the values it needs) from its caller.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -15,13 +17,23 @@ from typing import Any
 
 from avatarcast.engines.sampler import FlowMatchEulerSampler, warped_sigmas
 from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint
-from avatarcast.realtime import settings_file
-from avatarcast.realtime.ice import IceServers
+from avatarcast.realtime import settings_file, settings_model
+from avatarcast.realtime.ice import IceConfigError, IceServers
+from avatarcast.realtime.settings_file import SettingsFileError
+from avatarcast.realtime.settings_model import SettingsError
 from avatarcast.vocabulary import IMAGE_FORMATS
 
 ENV_PREFIX = "AVATARCAST_"
 SWITCHES = ("ray",)  # 0/1 fields whose flag may stand alone
 REPEATED = {"ice_servers": "ice-server"}  # list fields: a flag per item (--ice-server URL ...); the env var lists them
+
+
+class SettingValueError(SettingsError):
+    """A value the rules refuse; `names` are the settings it is about (validate() says where each came from)."""
+
+    def __init__(self, message: str, *names: str) -> None:
+        super().__init__(message)
+        self.names = names
 
 
 @dataclass
@@ -158,25 +170,26 @@ class Settings:
     def resolve(
         cls, args: argparse.Namespace | None = None, env: Mapping[str, str] | None = None, config: str | None = None
     ) -> tuple[Settings, dict[str, str]]:
-        """The settings from every layer, and where each came from (flag, env, the file, default); not validated."""
+        """The settings from every layer, typed by the nested model (realtime/settings_model.py), and where each
+        came from (flag, env, the file; absent: default); the rules across fields are validate()'s."""
         env = os.environ if env is None else env
-        s, source = cls(), {}
         path = config or getattr(args, "config", None) or env.get(ENV_PREFIX + "CONFIG")
-        if path:
-            for name, v in settings_file.read(path, cls).items():
-                setattr(s, name, v)
-                source[name] = f"config file {path}"
-        for f in fields(cls):
-            raw = env.get(ENV_PREFIX + f.name.upper())
-            if raw is not None:
-                setattr(s, f.name, _coerce(f.type, raw, ENV_PREFIX + f.name.upper()))
-                source[f.name] = f"env {ENV_PREFIX}{f.name.upper()}"
-        for f in fields(cls):
-            v = getattr(args, f.name, None) if args is not None else None
-            if v is not None:  # a repeated flag (REPEATED) gives a list; its field holds the items space-separated
-                setattr(s, f.name, " ".join(v) if isinstance(v, list) else v)
-                source[f.name] = "flag --" + f.name.replace("_", "-")
-        return s, source
+        names = [f.name for f in fields(cls)]
+        found = settings_file.read(path, cls) if path else {}
+        envs = {n: env[ENV_PREFIX + n.upper()] for n in names if ENV_PREFIX + n.upper() in env}
+        # a repeated flag (REPEATED) gives a list; its field holds the items space-separated
+        flags = {
+            n: " ".join(v) if isinstance(v, list) else v for n in names if (v := getattr(args, n, None)) is not None
+        }
+        values, source = settings_model.layer(
+            cls,
+            [
+                (found, dict.fromkeys(found, f"config file {path}"), True, SettingsFileError),
+                (envs, {n: f"env {ENV_PREFIX}{n.upper()}" for n in envs}, False, SettingsError),  # text, as typed
+                (flags, {n: "flag --" + REPEATED.get(n, n.replace("_", "-")) for n in flags}, True, SettingsError),
+            ],
+        )
+        return cls(**values), source
 
     @classmethod
     def add_arguments(cls, parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
@@ -191,46 +204,65 @@ class Settings:
             bare: dict[str, Any] = {"nargs": "?", "const": 1} if f.name in SWITCHES else {}
             if f.name in REPEATED:
                 bare = {"action": "append", "metavar": "URL"}
+            table, key = settings_model.place(f.name)
             parser.add_argument(
                 "--" + REPEATED.get(f.name, f.name.replace("_", "-")),
                 dest=f.name,
                 default=None,
                 type=_parser_type(f.type),
-                help=f"(env {ENV_PREFIX}{f.name.upper()}, default {f.default!r})",
+                help=f"(env {ENV_PREFIX}{f.name.upper()}, [{table}] {key} in --config, default {f.default!r})",
                 **bare,
             )
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, env: Mapping[str, str] | None = None) -> Settings:
-        s = cls.resolve(args, env)[0]
-        s.validate()
+        s, sources = cls.resolve(args, env)
+        s.validate(sources)
         return s
 
-    def validate(self) -> None:
+    def validate(self, sources: Mapping[str, str] | None = None) -> None:
+        """The types (the nested model) and the rules across fields; an error names the settings it is about
+        and, given `sources`, where each that is not a default came from."""
+        try:
+            settings_model.validated(type(self), dataclasses.asdict(self), sources or {}, strict=True)
+            self._check()
+        except SettingValueError as exc:
+            where = [f"{n} from {sources[n]}" for n in exc.names if sources and n in sources]
+            if not where:
+                raise
+            raise SettingValueError(f"{exc} ({'; '.join(where)})", *exc.names) from None
+
+    def _check(self) -> None:
         if self.engine not in ("tiny", "wan"):
-            raise ValueError(f"engine must be 'tiny' or 'wan', got {self.engine!r}")
+            raise SettingValueError(f"engine must be 'tiny' or 'wan', got {self.engine!r}", "engine")
         if self.engine == "wan":
             self.validate_wan()
         if self.backend not in ("onnxruntime", "torch", "tensorrt"):
-            raise ValueError(f"backend must be onnxruntime, torch or tensorrt, got {self.backend!r}")
+            raise SettingValueError(f"backend must be onnxruntime, torch or tensorrt, got {self.backend!r}", "backend")
         if not 1 <= self.steps <= 64:
-            raise ValueError(f"steps must be 1..64, got {self.steps}")
+            raise SettingValueError(f"steps must be 1..64, got {self.steps}", "steps")
         if self.threads < 0:
-            raise ValueError(f"threads must be >= 0, got {self.threads}")
+            raise SettingValueError(f"threads must be >= 0, got {self.threads}", "threads")
         if self.asr_device not in ("cpu", "cuda"):
-            raise ValueError(f"asr_device must be cpu or cuda, got {self.asr_device!r}")
+            raise SettingValueError(f"asr_device must be cpu or cuda, got {self.asr_device!r}", "asr_device")
         if self.asr_threads < 1 or self.asr_workers < 1:
-            raise ValueError(f"asr_threads and asr_workers must be >= 1, got {self.asr_threads}, {self.asr_workers}")
+            raise SettingValueError(
+                f"asr_threads and asr_workers must be >= 1, got {self.asr_threads}, {self.asr_workers}",
+                "asr_threads",
+                "asr_workers",
+            )
         if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+            raise SettingValueError(f"device must be auto, cpu or cuda, got {self.device!r}", "device")
         if self.log_format not in ("text", "json"):
-            raise ValueError(f"log_format must be text or json, got {self.log_format!r}")
+            raise SettingValueError(f"log_format must be text or json, got {self.log_format!r}", "log_format")
         if self.image_format not in IMAGE_FORMATS:
-            raise ValueError(f"image_format must be {' or '.join(IMAGE_FORMATS)}, got {self.image_format!r}")
+            raise SettingValueError(
+                f"image_format must be {' or '.join(IMAGE_FORMATS)}, got {self.image_format!r}", "image_format"
+            )
         if not 1 <= self.quality <= 100:
-            raise ValueError(f"quality must be 1..100, got {self.quality}")
+            raise SettingValueError(f"quality must be 1..100, got {self.quality}", "quality")
         if not 0 <= self.port <= 65535:
-            raise ValueError(f"port must be 0..65535, got {self.port}")
+            raise SettingValueError(f"port must be 0..65535, got {self.port}", "port")
         for name in (
             "max_sessions",
             "max_clip_bytes",
@@ -244,7 +276,7 @@ class Settings:
             "max_connections_per_ip",
         ):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise SettingValueError(f"{name} must be >= 1, got {getattr(self, name)}", name)
         for name in (
             "max_clip_seconds",
             "max_audio_backlog_s",
@@ -255,49 +287,74 @@ class Settings:
             "body_min_bytes_per_s",
         ):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise SettingValueError(f"{name} must be > 0, got {getattr(self, name)}", name)
 
         if not 0 < self.capacity_headroom <= 1:
-            raise ValueError(f"capacity_headroom must be in (0, 1], got {self.capacity_headroom}")
+            raise SettingValueError(
+                f"capacity_headroom must be in (0, 1], got {self.capacity_headroom}", "capacity_headroom"
+            )
         for name in ("admission", "ladder"):
             if getattr(self, name) not in (0, 1):
-                raise ValueError(f"{name} must be 0 or 1, got {getattr(self, name)}")
+                raise SettingValueError(f"{name} must be 0 or 1, got {getattr(self, name)}", name)
         for name in ("capacity_window_s", "ladder_up_s"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise SettingValueError(f"{name} must be > 0, got {getattr(self, name)}", name)
         for name in ("rate_sessions_per_min", "rate_http_per_s", "rate_ws_msgs_per_s"):
             if not getattr(self, name) >= 0:
-                raise ValueError(f"{name} must be >= 0 (0 = no limit), got {getattr(self, name)}")
+                raise SettingValueError(f"{name} must be >= 0 (0 = no limit), got {getattr(self, name)}", name)
         for o in self.allowed_origins.split(","):
             o = o.strip()
             if o and o != "*" and not (o.startswith("http://") or o.startswith("https://")):
-                raise ValueError(f"allowed_origins entries must be http(s)://host[:port] or *, got {o!r}")
+                raise SettingValueError(
+                    f"allowed_origins entries must be http(s)://host[:port] or *, got {o!r}", "allowed_origins"
+                )
         if self.auth_secret and len(self.auth_secret) < 32:
-            raise ValueError("auth_secret must be at least 32 characters (HS256 wants a 256-bit key)")
+            raise SettingValueError(
+                "auth_secret must be at least 32 characters (HS256 wants a 256-bit key)", "auth_secret"
+            )
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"redis_url must be redis://, rediss:// or unix://, got {self.redis_url!r}")
-        self.ice()  # IceConfigError (a ValueError) names the bad URL or setting
+            raise SettingValueError(
+                f"redis_url must be redis://, rediss:// or unix://, got {self.redis_url!r}", "redis_url"
+            )
+        try:
+            self.ice()  # IceConfigError (a ValueError) names the bad URL or setting
+        except IceConfigError as exc:
+            raise SettingValueError(str(exc), "ice_servers", "turn_secret", "turn_ttl_s") from exc
         self.validate_ray()
 
     def validate_ray(self) -> None:
         if self.ray not in (0, 1):
-            raise ValueError(f"ray must be 0 or 1, got {self.ray}")
+            raise SettingValueError(f"ray must be 0 or 1, got {self.ray}", "ray")
         if not (1 <= self.ray_min_replicas <= self.ray_max_replicas and self.engine_replicas >= 1):
-            raise ValueError(
+            raise SettingValueError(
                 "need 1 <= ray_min_replicas <= ray_max_replicas and engine_replicas >= 1, got "
-                f"{self.ray_min_replicas}, {self.ray_max_replicas}, {self.engine_replicas}"
+                f"{self.ray_min_replicas}, {self.ray_max_replicas}, {self.engine_replicas}",
+                "ray_min_replicas",
+                "ray_max_replicas",
+                "engine_replicas",
             )
         if not self.ray_target_ongoing > 0 or self.ray_replica_cpus < 0 or self.ray_chunk_timeout_s <= 0:
-            raise ValueError("ray_target_ongoing and ray_chunk_timeout_s must be > 0, ray_replica_cpus >= 0")
+            raise SettingValueError(
+                "ray_target_ongoing and ray_chunk_timeout_s must be > 0, ray_replica_cpus >= 0",
+                "ray_target_ongoing",
+                "ray_chunk_timeout_s",
+                "ray_replica_cpus",
+            )
         if self.ray_chunk_attempts < 1:
-            raise ValueError(f"ray_chunk_attempts must be >= 1, got {self.ray_chunk_attempts}")
+            raise SettingValueError(
+                f"ray_chunk_attempts must be >= 1, got {self.ray_chunk_attempts}", "ray_chunk_attempts"
+            )
         if self.ray_gateways < 1 or (self.ray_max_gateways and self.ray_max_gateways < self.ray_gateways):
-            raise ValueError(
+            raise SettingValueError(
                 "need ray_gateways >= 1 and ray_max_gateways 0 (fixed) or >= ray_gateways, got "
-                f"{self.ray_gateways}, {self.ray_max_gateways}"
+                f"{self.ray_gateways}, {self.ray_max_gateways}",
+                "ray_gateways",
+                "ray_max_gateways",
             )
         if not self.ray_gateway_target > 0:
-            raise ValueError(f"ray_gateway_target must be > 0, got {self.ray_gateway_target}")
+            raise SettingValueError(
+                f"ray_gateway_target must be > 0, got {self.ray_gateway_target}", "ray_gateway_target"
+            )
 
     def replica_gpus(self) -> float:
         """GPUs per engine replica: as set, or 1 where the engine runs on a GPU (wan, torch/tensorrt on cuda)."""
@@ -317,23 +374,35 @@ class Settings:
                 "diffusers-format Wan2.2-TI2V checkpoint with transformer/ and vae/"
             )
         if self.wan_dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise ValueError(f"wan_dtype must be auto, float32, bfloat16 or float16, got {self.wan_dtype!r}")
+            raise SettingValueError(
+                f"wan_dtype must be auto, float32, bfloat16 or float16, got {self.wan_dtype!r}", "wan_dtype"
+            )
         for name in ("wan_compile", "wan_fp8", "wan_pipeline"):
             if getattr(self, name) not in (0, 1):
-                raise ValueError(f"{name} must be 0 or 1, got {getattr(self, name)}")
+                raise SettingValueError(f"{name} must be 0 or 1, got {getattr(self, name)}", name)
         if self.wan_compile_mode not in ("full", "regional"):
-            raise ValueError(f"wan_compile_mode must be full or regional, got {self.wan_compile_mode!r}")
+            raise SettingValueError(
+                f"wan_compile_mode must be full or regional, got {self.wan_compile_mode!r}", "wan_compile_mode"
+            )
         if self.wan_vae_warmup not in ("start", "background"):
-            raise ValueError(f"wan_vae_warmup must be start or background, got {self.wan_vae_warmup!r}")
+            raise SettingValueError(
+                f"wan_vae_warmup must be start or background, got {self.wan_vae_warmup!r}", "wan_vae_warmup"
+            )
         if self.wan_backend not in ("torch", "tensorrt", "onnxruntime"):
-            raise ValueError(f"wan_backend must be torch, tensorrt or onnxruntime, got {self.wan_backend!r}")
+            raise SettingValueError(
+                f"wan_backend must be torch, tensorrt or onnxruntime, got {self.wan_backend!r}", "wan_backend"
+            )
         if self.wan_backend != "torch" and not self.wan_export_dir:
-            raise ValueError(
+            raise SettingValueError(
                 f"wan_backend {self.wan_backend} runs exported graphs: give wan_export_dir "
-                "(python -m avatarcast.engines.wan.export --checkpoint CKPT --out DIR)"
+                "(python -m avatarcast.engines.wan.export --checkpoint CKPT --out DIR)",
+                "wan_backend",
+                "wan_export_dir",
             )
         if self.wan_prompt_embeds not in ("auto", "random"):
-            raise ValueError(f"wan_prompt_embeds must be auto or random, got {self.wan_prompt_embeds!r}")
+            raise SettingValueError(
+                f"wan_prompt_embeds must be auto or random, got {self.wan_prompt_embeds!r}", "wan_prompt_embeds"
+            )
         for name in (
             "wan_chunk_latents",
             "wan_context_latents",
@@ -343,9 +412,9 @@ class Settings:
             "wan_vae_batch",
         ):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise SettingValueError(f"{name} must be >= 1, got {getattr(self, name)}", name)
         if not self.wan_shift > 0:
-            raise ValueError(f"wan_shift must be > 0, got {self.wan_shift}")
+            raise SettingValueError(f"wan_shift must be > 0, got {self.wan_shift}", "wan_shift")
         self.wan_schedule()
         inspect_checkpoint(self.checkpoint)
 
@@ -400,34 +469,27 @@ class Settings:
         """--wan-sigmas or --wan-timesteps as the sampler's sigmas (None: --steps evenly spaced).
         ValueError names the flag and what is wrong."""
         if self.wan_sigmas and self.wan_timesteps:
-            raise ValueError("give wan_sigmas or wan_timesteps, not both")
+            raise SettingValueError("give wan_sigmas or wan_timesteps, not both", "wan_sigmas", "wan_timesteps")
         name, text = ("wan_sigmas", self.wan_sigmas) if self.wan_sigmas else ("wan_timesteps", self.wan_timesteps)
         if not text.strip():
             return None
         try:
             values = [float(v) for v in text.split(",") if v.strip()]
         except ValueError:
-            raise ValueError(f"{name} must be comma-separated numbers, got {text!r}") from None
+            raise SettingValueError(f"{name} must be comma-separated numbers, got {text!r}", name) from None
         if name == "wan_timesteps":
             if any(not 0 < t <= 1000 for t in values):
-                raise ValueError(f"wan_timesteps must be in (0, 1000], got {text!r}")
+                raise SettingValueError(f"wan_timesteps must be in (0, 1000], got {text!r}", "wan_timesteps")
             values = warped_sigmas(values, self.wan_shift)
         try:
             FlowMatchEulerSampler(sigmas=values)
         except ValueError as exc:
-            raise ValueError(f"{name} {text!r}: {exc}") from None
+            raise SettingValueError(f"{name} {text!r}: {exc}", name) from None
         if not 1 <= len(values) <= 64:
-            raise ValueError(f"{name} must have 1..64 values, got {len(values)}")
+            raise SettingValueError(f"{name} must have 1..64 values, got {len(values)}", name)
         return values
 
 
 def _parser_type(t: Any):
     t = t if isinstance(t, str) else getattr(t, "__name__", str(t))
     return {"int": int, "float": float}.get(t, str)
-
-
-def _coerce(t: Any, raw: str, name: str):
-    try:
-        return _parser_type(t)(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r} is not a valid {t}") from None

@@ -1,9 +1,10 @@
-"""A TOML file of settings (`--config`, or AVATARCAST_CONFIG): read into Settings' fields, and the settings
-written back as TOML (`avatarcast serve --print-config`). The fields themselves live in realtime/settings.py.
+"""A TOML file of settings (`--config`, or AVATARCAST_CONFIG), read into Settings' fields, and the settings written
+back as nested TOML (`avatarcast serve --print-config`). The tables and their keys are realtime/settings_model.py's.
 
-A key is a field's name (`max_sessions = 16`). Tables only group: inside `[wan]`, `dtype` is `wan_dtype` where
-that field exists, else `dtype` itself; so `[asr] model = "base"`, `[server] port = 9000` and a flat file mean
-the same. Booleans are accepted for the 0/1 switches.
+A table is a subsystem and its keys drop the table's prefix: `[wan] dtype` is wan_dtype, `[asr] model` asr_model,
+`[cluster] max_replicas` ray_max_replicas, `[server] port` port. Files written before the tables keep working: a
+top-level key may be any setting's flat name (`max_sessions = 16`, `wan_dtype = "bfloat16"`), and a table also
+takes the flat names of its own settings (`[wan] wan_dtype`). Booleans are accepted for the 0/1 switches.
 """
 
 from __future__ import annotations
@@ -12,70 +13,81 @@ import dataclasses
 import difflib
 import json
 import tomllib
+import typing
 from pathlib import Path
 from typing import Any
 
-from avatarcast.engines.errors import AvatarcastError, ErrorCode
+from avatarcast.realtime.settings_model import GROUPS, SettingsError, place
 
-SECRETS = ("auth_secret",)  # never printed
+SECRETS = ("auth_secret", "turn_secret")  # never printed
 
 
-class SettingsFileError(AvatarcastError, ValueError):
-    """A settings file that cannot be read, or a key or value that is not a setting."""
-
-    code = ErrorCode.START_FAILED
+class SettingsFileError(SettingsError):
+    """A settings file that cannot be read, or a key or value in it that is not a setting."""
 
 
 def read(path: str | Path, cls: type) -> dict[str, Any]:
-    """The settings a TOML file sets, as {field name: value} of the field's type. Raises SettingsFileError."""
+    """The settings a TOML file sets, as {field name: value as written}. Raises SettingsFileError."""
     try:
         doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise SettingsFileError(f"config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsFileError(f"config file {path}: not TOML: {exc}") from None
-    types = {f.name: f.type if isinstance(f.type, str) else f.type.__name__ for f in dataclasses.fields(cls)}
+    ints = {n for n, t in typing.get_type_hints(cls).items() if t is int}
+    names = [f.name for f in dataclasses.fields(cls)]
     out: dict[str, Any] = {}
     for key, value in doc.items():
-        pairs = (
-            [(_field(f"[{key}] {k}", [f"{key}_{k}", k], types, path), v) for k, v in value.items()]
-            if isinstance(value, dict)
-            else [(_field(key, [key], types, path), value)]
-        )
+        if isinstance(value, dict):
+            pairs = [(_in_table(key, k, names, path), v) for k, v in value.items()]
+        else:
+            pairs = [(_top_level(key, names, path), value)]
         for name, v in pairs:
             if name in out:
                 raise SettingsFileError(f"config file {path}: {name} is set twice")
-            out[name] = _typed(name, types[name], v, path)
+            out[name] = int(v) if name in ints and isinstance(v, bool) else v  # the 0/1 switches: true/false
     return out
 
 
-def _field(shown: str, candidates: list[str], types: dict[str, str], path: str | Path) -> str:
-    name = next((c for c in candidates if c in types), None)
-    if name is None:
-        close = difflib.get_close_matches(candidates[0], list(types), n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise SettingsFileError(f"config file {path}: unknown setting {shown}{hint}")
-    return name
+def _top_level(key: str, names: list[str], path: str | Path) -> str:
+    if key in names:
+        return key
+    close = difflib.get_close_matches(key, names, n=1)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise SettingsFileError(f"config file {path}: unknown setting {key}{hint}")
 
 
-def _typed(name: str, kind: str, v: Any, path: str | Path) -> Any:
-    if kind == "int" and isinstance(v, bool):
-        return int(v)  # the 0/1 switches: true/false
-    ok = {"int": (int,), "float": (int, float), "str": (str,)}.get(kind, ())
-    if not isinstance(v, ok) or isinstance(v, bool):
-        raise SettingsFileError(f"config file {path}: {name} must be {kind}, got {v!r}")
-    return float(v) if kind == "float" else v
+def _in_table(table: str, key: str, names: list[str], path: str | Path) -> str:
+    if table not in GROUPS:
+        raise SettingsFileError(f"config file {path}: unknown table [{table}] (tables: {', '.join(GROUPS)})")
+    mine = {place(n)[1]: n for n in names if place(n)[0] == table}
+    if key in mine:
+        return mine[key]
+    if key in mine.values():
+        return key
+    elsewhere = next((n for n in (key, f"{table}_{key}") if n in names), None)
+    if elsewhere:
+        t, k = place(elsewhere)
+        raise SettingsFileError(f"config file {path}: [{table}] {key} is [{t}] {k}")
+    close = difflib.get_close_matches(key, list(mine), n=1)
+    hint = f" (did you mean [{table}] {close[0]}?)" if close else ""
+    raise SettingsFileError(f"config file {path}: unknown setting [{table}] {key}{hint}")
 
 
 def render(settings: Any, sources: dict[str, str]) -> str:
-    """Every setting as TOML, each with where its value came from; a file --config can read back."""
-    lines = ["# avatarcast settings: flag > environment > config file > default"]
+    """Every setting as nested TOML, each with where its value came from; a file --config reads back."""
+    tables: dict[str, list[str]] = {t: [] for t in GROUPS}
     for f in dataclasses.fields(settings):
+        table, key = place(f.name)
         v = getattr(settings, f.name)
         src = sources.get(f.name, "default")
         if f.name in SECRETS and v:
-            lines.append(f"# {f.name} = (set, not shown)  # {src}")
+            tables[table].append(f"# {key} = (set, not shown)  # {src}")
             continue
         text = json.dumps(v, ensure_ascii=False) if isinstance(v, str) else repr(v)
-        lines.append(f"{f.name} = {text}" + ("" if src == "default" else f"  # {src}"))
+        tables[table].append(f"{key} = {text}" + ("" if src == "default" else f"  # {src}"))
+    lines = ["# avatarcast settings: flag > environment > config file > default"]
+    for table, body in tables.items():
+        if body:
+            lines += ["", f"[{table}]", *body]
     return "\n".join(lines) + "\n"

@@ -72,8 +72,8 @@ def test_serves_https_with_a_certificate(tmp_path) -> None:
     "args, env, message",
     [
         (["--image-format", "gif"], {}, "image_format must be jpeg or webp"),
-        (["--port", "70000"], {}, "port must be 0..65535"),
-        ([], {"AVATARCAST_MAX_SESSIONS": "many"}, "AVATARCAST_MAX_SESSIONS='many' is not a valid int"),
+        (["--port", "70000"], {}, "port must be 0..65535, got 70000 (port from flag --port)"),
+        ([], {"AVATARCAST_MAX_SESSIONS": "many"}, "max_sessions = 'many' (env AVATARCAST_MAX_SESSIONS): input should"),
         (["--auth-secret", "short"], {}, "auth_secret must be at least 32 characters"),
         (["--capacity-headroom", "1.5"], {}, "capacity_headroom must be in (0, 1]"),
         ([], {"AVATARCAST_RATE_HTTP_PER_S": "-1"}, "rate_http_per_s must be >= 0"),
