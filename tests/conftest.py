@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from avatarcast.realtime.shared_state import RedisState, SharedStateError
 from tests.s3_emulator import s3_bucket, s3_endpoint  # noqa: F401 (fixtures: moto's S3 emulator, one per run)
 
 
@@ -147,3 +149,48 @@ def inproc() -> Iterator[tuple[Any, Any]]:
     """One in-process app for the direct tests of the runner and the WebSocket handler (load control off)."""
     with app_in_process(admission=0, ladder=0) as pair:
         yield pair
+
+
+# --- a real redis-server on loopback (tests of --redis-url) ---
+
+REDIS_SERVER = "/usr/bin/redis-server"  # Debian's redis-server (tools/test.sh installs it)
+
+
+class RedisServer:
+    """A throwaway redis-server: no persistence, loopback only; stop() and start() again on the same port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen([REDIS_SERVER, *args], stdout=subprocess.DEVNULL)
+        probe = RedisState(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                probe.check()
+                break
+            except SharedStateError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.05)
+        probe.close()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -103,22 +103,27 @@ def test_shared_model_is_safe_across_threads(tiny: Transcriber, happy: np.ndarra
     assert not errors and len(results) == 2 and all("happy" in r for r in results), results
 
 
-def test_priority_lock_serves_urgent_waiters_first() -> None:
+def _queue_up(lock: PriorityLock, order: list, name: str, urgent: bool, owner: str | None = None) -> threading.Thread:
+    """A thread that waits for the lock and records its turn; returns once it is queued."""
     import time
 
+    def run() -> None:
+        with lock.hold(urgent, owner):
+            order.append(name)
+
+    n = len(lock._queue)
+    t = threading.Thread(target=run)
+    t.start()
+    while len(lock._queue) == n:  # queued before the next one comes
+        time.sleep(0.001)
+    return t
+
+
+def test_priority_lock_serves_urgent_waiters_first() -> None:
     lock, order = PriorityLock(), []
 
     def take(name: str, urgent: bool) -> threading.Thread:
-        def run() -> None:
-            with lock.hold(urgent):
-                order.append(name)
-
-        n = len(lock._queue)
-        t = threading.Thread(target=run)
-        t.start()
-        while len(lock._queue) == n:  # queued before the next one comes
-            time.sleep(0.001)
-        return t
+        return _queue_up(lock, order, name, urgent)
 
     with lock.hold():
         threads = [take("partial-a", False), take("final-a", True), take("partial-b", False), take("final-b", True)]
@@ -129,21 +134,10 @@ def test_priority_lock_serves_urgent_waiters_first() -> None:
 
 def test_priority_lock_lets_sessions_take_turns() -> None:
     """One session's queue of clips does not hold back another's: owners alternate, a newcomer goes next."""
-    import time
-
     lock, order = PriorityLock(), []
 
     def take(name: str, owner: str, urgent: bool = True) -> threading.Thread:
-        def run() -> None:
-            with lock.hold(urgent, owner):
-                order.append(name)
-
-        n = len(lock._queue)
-        t = threading.Thread(target=run)
-        t.start()
-        while len(lock._queue) == n:  # queued before the next one comes
-            time.sleep(0.001)
-        return t
+        return _queue_up(lock, order, name, urgent, owner)
 
     with lock.hold(owner="a"):
         threads = [take(f"a{i}", "a") for i in (1, 2, 3)] + [take("b1", "b"), take("b-partial", "b", urgent=False)]

@@ -22,17 +22,7 @@ from avatarcast.realtime.latents_index import SharedLatentsIndex, claim_key, ent
 from avatarcast.realtime.shared_state import PREFIX, LocalState, RedisState
 from avatarcast.templates import load_templates
 from avatarcast.templates.cache import LatentsCache
-from tests.realtime.test_shared_state import RedisServer
-
-
-@pytest.fixture
-def redis_server() -> Any:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+from tests.conftest import RedisServer
 
 
 @pytest.fixture(scope="module")

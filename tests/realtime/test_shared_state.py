@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -17,49 +15,7 @@ from avatarcast.realtime.clips import ClipRenderer, ClipRequest
 from avatarcast.realtime.ratelimit import Limits, RateLimiter, SharedRateLimiter
 from avatarcast.realtime.settings import Settings
 from avatarcast.realtime.shared_state import LocalState, RedisState, SharedStateError
-from tests.conftest import app_in_process, free_port
-
-REDIS_SERVER = "/usr/bin/redis-server"  # Debian's redis-server (tools/test.sh installs it)
-
-
-class RedisServer:
-    """A throwaway redis-server: no persistence, loopback only; stop() and start() again on the same port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen([REDIS_SERVER, *args], stdout=subprocess.DEVNULL)
-        probe = RedisState(self.url)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                probe.check()
-                break
-            except SharedStateError:
-                if time.monotonic() > deadline or self.proc.poll() is not None:
-                    raise
-                time.sleep(0.05)
-        probe.close()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
+from tests.conftest import RedisServer, app_in_process, free_port
 
 
 def test_two_gateways_share_one_rate_budget(redis_server: RedisServer) -> None:
