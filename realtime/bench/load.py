@@ -49,7 +49,7 @@ from avatarcast.realtime.bench.client import (
     setup_logging,
 )
 from avatarcast.realtime.bench.clips import make_clips
-from avatarcast.realtime.bench.server import machine, run_on_server, server_status
+from avatarcast.realtime.bench.server import machine, run_on_server, server_process, server_status
 
 log = logging.getLogger("avatarcast.bench.load")
 RETRY_S = 5.0
@@ -166,9 +166,10 @@ async def run_slot(
 
 
 async def watch_status(base: str, stop: asyncio.Event, samples: list[dict], t0: float) -> None:
-    """The server's load figures every 2 s: degradation level, engine busy, sessions."""
+    """The server's figures every 2 s: degradation level, engine busy, sessions, and its process's RSS and fds."""
     while not stop.is_set():
         st = await asyncio.to_thread(server_status, base)
+        proc = await asyncio.to_thread(server_process, base)
         if st is not None:
             load = st.get("load") or {}
             samples.append(
@@ -177,6 +178,7 @@ async def watch_status(base: str, stop: asyncio.Event, samples: list[dict], t0: 
                     "sessions": st.get("sessions"),
                     "level": load.get("degradation_level"),
                     "busy": load.get("engine_busy"),
+                    **(proc or {}),
                 }
             )
         with contextlib.suppress(asyncio.TimeoutError):
@@ -199,7 +201,31 @@ async def run_all(base: str, clips: list[Clip], args: argparse.Namespace) -> tup
     return slots, samples
 
 
-def summarize(slots: list[Slot], samples: list[dict]) -> dict:
+def process_figures(samples: list[dict], seconds: float) -> dict | None:
+    """The server's RSS growth and open fds after warm-up (a soak's figures: issue 19 wants <= 5% and flat fds).
+
+    Warm-up is the first 10% of the run, at least 30 s: the models' arenas, the latents cache and the first
+    sessions' buffers settle there."""
+    pts = [x for x in samples if x.get("rss_mb") is not None]
+    if not pts:
+        return None
+    warmup = max(30.0, 0.1 * seconds)
+    base = next((x for x in pts if x["t_s"] >= warmup), pts[-1])
+    last = pts[-1]
+    after = [x for x in pts if x["t_s"] >= base["t_s"]]
+    return {
+        "warmup_s": warmup,
+        "rss_mb_after_warmup": base["rss_mb"],
+        "rss_mb_end": last["rss_mb"],
+        "rss_mb_max": max(x["rss_mb"] for x in after),
+        "rss_growth_pct": round(100.0 * (last["rss_mb"] - base["rss_mb"]) / base["rss_mb"], 2),
+        "open_fds_after_warmup": base["open_fds"],
+        "open_fds_end": last["open_fds"],
+        "open_fds_max": max(x["open_fds"] for x in after),
+    }
+
+
+def summarize(slots: list[Slot], samples: list[dict], seconds: float) -> dict:
     rows = [r for s in slots for r in s.clips]
     ok = [r for r in rows if not r["error"]]
     held = [s for s in slots if s.held_from is not None]
@@ -250,6 +276,7 @@ def summarize(slots: list[Slot], samples: list[dict]) -> dict:
             (p["interval_ms_p99"] for p in per if p["interval_ms_p99"] is not None), default=None
         ),
         "frames_dropped": sum(p["frames_dropped"] for p in per),
+        "server_process": process_figures(samples, seconds),
         "degradation": {
             "max_level": max(levels, default=None),
             "share_at_level": {str(v): round(levels.count(v) / len(levels), 3) for v in sorted(set(levels))},
@@ -278,6 +305,13 @@ def format_report(report: dict) -> str:
         f"degradation level: max {s['degradation']['max_level']}, "
         f"share of samples {s['degradation']['share_at_level']}",
     ]
+    pf = s.get("server_process")
+    if pf:
+        out.append(
+            f"server process after {pf['warmup_s']:g} s of warm-up: RSS {pf['rss_mb_after_warmup']} -> "
+            f"{pf['rss_mb_end']} MB ({pf['rss_growth_pct']:+g}%, max {pf['rss_mb_max']}), open fds "
+            f"{pf['open_fds_after_warmup']} -> {pf['open_fds_end']} (max {pf['open_fds_max']})"
+        )
     for p in s["per_session"]:
         if not p["held"]:
             out.append(f"  session {p['session']}: never held ({p['refusals']} refusals: {p['first_refused_reason']})")
@@ -362,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
         "status_samples": samples,
         "clips": [{"session": s.index, **r} for s in slots for r in s.clips],
         "refusals": [{"session": s.index, **r} for s in slots for r in s.refused],
-        "summary": summarize(slots, samples),
+        "summary": summarize(slots, samples, args.seconds),
     }
     print(json.dumps(report, ensure_ascii=False, indent=1) if args.json else format_report(report))
     return 0 if report["summary"]["sessions_held"] > 0 else 1

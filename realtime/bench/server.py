@@ -123,6 +123,27 @@ def server_status(base_url: str) -> dict | None:
         return None
 
 
+PROCESS_METRICS = {"process_resident_memory_bytes": "rss_bytes", "process_open_fds": "open_fds"}
+
+
+def server_process(base_url: str) -> dict | None:
+    """The server process's RSS and open fds, from its /metrics (prometheus_client's process collector)."""
+    try:
+        status, text = http_get(base_url.rstrip("/") + "/metrics", timeout=5.0)
+    except Exception:
+        return None
+    if status != 200:
+        return None
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in PROCESS_METRICS:
+            found[PROCESS_METRICS[name]] = float(value)
+    if len(found) < len(PROCESS_METRICS):
+        return None
+    return {"rss_mb": round(found["rss_bytes"] / 2**20, 1), "open_fds": int(found["open_fds"])}
+
+
 def wait_ready(base_url: str, timeout: float) -> None:
     t0 = time.monotonic()
     while True:

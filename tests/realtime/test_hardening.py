@@ -320,3 +320,19 @@ def test_bench_load_holds_what_fits_and_reports_the_refused_session(server: Any,
     assert s["clips"] >= 2 and s["tter_ms"]["n"] >= 1, s
     held = [p for p in s["per_session"] if p["held"]]
     assert all(p["frames"] > 100 and p["fps_p1"] is not None and p["interval_ms_p99"] for p in held), held
+    pf = s["server_process"]  # read from the server's own /metrics while the run went on
+    assert pf["rss_mb_end"] > 50 and pf["open_fds_end"] > 5 and pf["open_fds_max"] >= pf["open_fds_end"], pf
+
+
+def test_bench_load_soak_figures_start_after_warm_up() -> None:
+    from avatarcast.realtime.bench.load import process_figures
+
+    samples = [
+        {"t_s": t, "rss_mb": 400.0 + min(t, 60) + (t >= 600) * 10, "open_fds": 30 + (t == 300)}
+        for t in range(0, 1000, 2)
+    ]
+    pf = process_figures(samples, 1000)
+    assert pf["warmup_s"] == 100 and pf["rss_mb_after_warmup"] == 460.0 and pf["rss_mb_end"] == 470.0
+    assert pf["rss_growth_pct"] == round(100 * 10 / 460, 2) and pf["rss_mb_max"] == 470.0
+    assert (pf["open_fds_after_warmup"], pf["open_fds_end"], pf["open_fds_max"]) == (30, 30, 31)
+    assert process_figures([{"t_s": 0.0, "sessions": 0}], 60) is None  # no /metrics: no figures, no error
