@@ -367,7 +367,7 @@ def test_training_script_runs_and_resumes_on_cpu(tmp_path):
     r = subprocess.run(
         cmd[:-6]
         + ["--stages", "denoiser,denadv", "--clip-limit", "6", "--workers", "2", "--device", "cpu"]
-        + ["--adv-batch", "2", "--adv-flow-batch", "4", "--adv-critic-warmup", "1"],
+        + ["--adv-minutes", "0", "--adv-batch", "2", "--adv-flow-batch", "4", "--adv-critic-warmup", "1"],
         cwd=ROOT,
         capture_output=True,
         text=True,
