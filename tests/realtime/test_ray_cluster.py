@@ -273,7 +273,14 @@ def test_replica_killed_mid_stream(cluster: str) -> None:
             asyncio.create_task(s.keep_reacting(stop)) for s in streams
         ]
         await asyncio.sleep(5.0)
-        cl = (await asyncio.to_thread(_status, cluster))["cluster"]
+        deadline = time.monotonic() + 30  # on a loaded machine a session's first chunk can take longer than 5 s
+        while True:
+            cl = (await asyncio.to_thread(_status, cluster))["cluster"]
+            waiting = [s.sid for s in streams if s.sid not in cl["sessions"]]
+            if not waiting or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        assert not waiting, f"sessions {waiting} sent no chunk to an engine replica in 35 s"
         on: dict[str, list[str]] = {}
         for s in streams:
             on.setdefault(cl["sessions"][s.sid]["replica"], []).append(s.sid)
