@@ -85,10 +85,10 @@ def train_denadv(args, cfg: TinyConfig, device, deadline: float) -> None:
     ck = Path(args.ckpt)
     data = build_latents(args, cfg, device)
     set_latent_config(cfg, data, ck)
-    enc, dec_raw, _ = build_ae(cfg, device)
+    enc, dec_raw, ae_disc = build_ae(cfg, device)
     dec = Decoder(cfg).to(device)
-    load_ae_state(ck, enc, dec_raw, PatchDiscriminator().to(device), dec, device)
-    del enc, dec_raw
+    load_ae_state(ck, enc, dec_raw, ae_disc, dec, device)  # only the EMA decoder is kept
+    del enc, dec_raw, ae_disc
     dec.eval().requires_grad_(False)
     model, ema, step = load_denoiser(ck, cfg, device)
     ema.requires_grad_(False)
