@@ -833,6 +833,8 @@ def load_denoiser(ck: Path, cfg: TinyConfig, device, ema_only: bool = False):
         s = torch.load(ck / "den_ema.pt", map_location=device)
         ema.load_state_dict(float_state(s["model"]))
         step = max(step, int(s["step"]))
+        if not (ck / "den.pt").exists():  # a kept checkpoint (tools/ckpt) holds the EMA weights only
+            model.load_state_dict(ema.state_dict())
     else:
         ema.load_state_dict(model.state_dict())
     return model, ema, step

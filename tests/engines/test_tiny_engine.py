@@ -450,3 +450,43 @@ def test_denadv_losses_reach_the_denoiser_through_the_frozen_decoder():
     copy = real.clone().requires_grad_(True)
     same, _, _ = generator_losses(copy, real, disc, copy, args)
     assert float(same) < 1e-6, "a sample that decodes to the true chunk costs the anchor nothing"
+
+
+def test_denadv_critic_step_adds_the_r1_penalty_on_the_real_side():
+    """critic_step: with r1 > 0 the critic's loss gains (r1 / 2) E ||grad_x D(real)||^2, computed here by hand."""
+    torch = pytest.importorskip("torch")
+    import copy
+
+    from tools.train_denadv import critic_step
+    from tools.train_tiny import PatchDiscriminator
+
+    torch.manual_seed(0)
+    disc = PatchDiscriminator(ch=16, layers=2)
+    real, fake = torch.rand(3, 4, 32, 32), torch.rand(3, 4, 32, 32)
+    x = real.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(disc(x).sum(), x)
+    expected = 0.5 * 2.0 * float(grad.pow(2).flatten(1).sum(1).mean())
+    plain, penalized = copy.deepcopy(disc), copy.deepcopy(disc)
+    loss0, pen0 = critic_step(plain, torch.optim.SGD(plain.parameters(), lr=0.1), real, fake, 0.0)
+    loss2, pen2 = critic_step(penalized, torch.optim.SGD(penalized.parameters(), lr=0.1), real, fake, 2.0)
+    assert float(pen0) == 0.0 and float(pen2) == pytest.approx(expected, rel=1e-4) and expected > 0
+    assert float(loss0) == pytest.approx(float(loss2)), "the hinge part is the same before the step"
+    moved = [float((a - b).abs().sum()) for a, b in zip(plain.parameters(), penalized.parameters(), strict=True)]
+    assert max(moved) > 0, "the penalty changes the critic's update"
+
+
+def test_a_kept_checkpoint_with_only_ema_weights_resumes_the_denoiser_from_them(tmp_path):
+    """tools/ckpt keeps den_ema.pt only: the trained network must start from it, not from random weights."""
+    torch = pytest.importorskip("torch")
+    from avatarcast.engines.tiny.model import Denoiser
+    from tools.train_tiny import half_state, load_denoiser, save_small
+
+    torch.manual_seed(0)
+    trained = Denoiser(SMALL)
+    save_small({"model": half_state(trained.state_dict()), "step": 1234}, tmp_path / "den_ema.pt")
+    model, ema, step = load_denoiser(tmp_path, SMALL, torch.device("cpu"))
+    assert step == 1234
+    for a, b in zip(model.state_dict().values(), ema.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    w = next(iter(trained.state_dict().values()))
+    assert torch.allclose(next(iter(model.state_dict().values())), w.half().float())

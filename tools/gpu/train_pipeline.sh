@@ -5,8 +5,9 @@
 #   bash tools/gpu/train_pipeline.sh wait SECONDS              # waits (while it runs), copies results to $OUT
 # Everything resumes from the checkpoint folder ($CKPT): if the machine was lost, carry the last
 # results back into it and start again with the stages still to do.
-# SEED=DIR (a carried folder) starts a fresh $CKPT from a trained autoencoder: DIR's ae.pt (and
-# disc.pt, for decft) are copied in, so `start --stages denoiser,decft,lowres` trains the rest.
+# SEED=DIR (a carried folder, or a kept checkpoint such as tools/ckpt/x5) starts a fresh $CKPT from it:
+# DIR's ae.pt and, where present, disc.pt (for decft), config.json and den_ema.pt (the denoiser resumes
+# from it) are copied in, so `start --stages denoiser,denadv,lowres` trains the rest.
 # The denoiser stage trains on the clips as they render (tools/train_tiny.py LatentBuilder).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -31,7 +32,7 @@ case "${1:-}" in
     shift
     if [ -n "${SEED:-}" ] && [ ! -f "$CK/ae.pt" ]; then
       cp "$SEED/ae.pt" "$CK/" && echo "seeded $CK with $SEED/ae.pt"
-      [ -f "$SEED/disc.pt" ] && cp "$SEED/disc.pt" "$CK/"
+      for f in disc.pt config.json den_ema.pt; do [ -f "$SEED/$f" ] && cp "$SEED/$f" "$CK/"; done
     fi
     nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
     if running; then echo "already running"; else
