@@ -271,3 +271,148 @@ def test_fuzzed_inputs_never_break_the_server_or_a_healthy_stream(server_process
     while httpx.get(base + "/v1/status").json()["sessions"] and time.monotonic() < deadline:
         time.sleep(0.1)  # the sessions of closed sockets go away
     assert httpx.get(base + "/v1/status").json()["sessions"] == 0
+
+
+# --- WHEP: mutated real SDP offers and trickle fragments ---------------------------------------------
+
+SDP_N = int(os.environ.get("AVATARCAST_FUZZ_SDP_N", "120"))
+SDP_TYPE = {"content-type": "application/sdp"}
+FRAG_TYPE = {"content-type": "application/trickle-ice-sdpfrag"}
+JUNK_VALUES = [
+    "",
+    "-1",
+    "0",
+    "99999999999999999999",
+    "NaN",
+    "x" * 5000,
+    "😀\x00\u202e",
+    "a=b=c",
+    " ",
+    "\t",
+    "192.0.2.1 1 udp",
+    "sha-256 ZZ:ZZ",
+]
+
+
+def real_offer() -> str:
+    """What a WHEP client really sends: aiortc's offer (video to receive, a data channel, its candidates)."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    async def make() -> str:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("video", direction="recvonly")
+        pc.addTransceiver("audio", direction="sendrecv")
+        pc.createDataChannel("events")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        await pc.close()
+        return sdp
+
+    return asyncio.run(make())
+
+
+def mutate_sdp(sdp: str, rng: random.Random) -> bytes:
+    """Structure-aware damage to an SDP: lines dropped, repeated, reordered, values and m-lines replaced,
+    candidates multiplied, line endings changed; sometimes byte-level damage on top."""
+    lines = [ln for ln in sdp.split("\r\n") if ln]
+    for _ in range(rng.randrange(1, 6)):
+        op = rng.randrange(8)
+        i = rng.randrange(len(lines)) if lines else 0
+        if op == 0 and lines:
+            del lines[i]
+        elif op == 1 and lines:
+            lines.insert(i, lines[i])
+        elif op == 2 and len(lines) > 1:
+            j = rng.randrange(len(lines))
+            lines[i], lines[j] = lines[j], lines[i]
+        elif op == 3 and lines:  # a value replaced: "a=setup:junk", "c=IN IP4 -1", ...
+            key, sep, _ = lines[i].partition(":" if lines[i].startswith("a=") else "=")
+            lines[i] = key + (sep or "=") + rng.choice(JUNK_VALUES)
+        elif op == 4:  # an m-line's fields replaced
+            ms = [k for k, ln in enumerate(lines) if ln.startswith("m=")]
+            if ms:
+                k = rng.choice(ms)
+                f = lines[k][2:].split(" ")
+                f[rng.randrange(len(f))] = rng.choice(JUNK_VALUES + ["application", "RTP/AVP", "65536", "9"])
+                lines[k] = "m=" + " ".join(f)
+        elif op == 5:  # many candidates (the offer's size limit, the agent's candidate handling)
+            cands = [ln for ln in lines if ln.startswith("a=candidate:")] or [
+                "a=candidate:1 1 udp 1 192.0.2.1 9 typ host"
+            ]
+            lines[i:i] = [rng.choice(cands)] * rng.choice([2, 64, 600])
+        elif op == 6:  # an attribute the offer never had, or an unknown line type
+            lines.insert(i, rng.choice(["a=ice-lite", "a=rtcp-mux-only", "z=junk", "a=ssrc:-5 cname:x", "a="]))
+        else:
+            lines = lines[: rng.randrange(len(lines) + 1)]  # cut short
+    text = rng.choice(["\r\n", "\n", "\r"]).join(lines) + "\r\n"
+    data = text.encode("utf-8", "surrogatepass")
+    return mutate(data, rng) if rng.random() < 0.3 else data
+
+
+def sdp_fragment(offer: str, rng: random.Random) -> bytes:
+    """A trickle fragment (RFC 8840) built from the offer's own ICE lines, then damaged like an offer."""
+    keep = [ln for ln in offer.split("\r\n") if ln.startswith(("a=ice-ufrag", "a=ice-pwd", "a=mid", "a=candidate"))]
+    return mutate_sdp("\r\n".join(keep[:8]), rng)
+
+
+def open_fds(base: str) -> int:
+    text = httpx.get(base + "/metrics").text
+    return int(float(next(ln.split()[1] for ln in text.splitlines() if ln.startswith("process_open_fds "))))
+
+
+@pytest.mark.slow
+def test_mutated_real_sdp_offers_never_break_whep(server_process: str) -> None:
+    """Mutated real offers against POST /v1/whep and /v1/sessions/{id}/whep, mutated trickle fragments against
+    a live resource: every answer a 2xx or a 4xx with the API's error body, every peer an accepted offer made
+    is deleted, and afterwards no session, no peer, and the open fds where they started."""
+    base = server_process
+    offer = real_offer()
+    rng = random.Random(20261204)
+    cases = []
+    for _ in range(SDP_N):
+        r = rng.random()
+        cases.append(("whep_new" if r < 0.45 else "whep_session" if r < 0.75 else "patch", mutate_sdp(offer, rng)))
+        if cases[-1][0] == "patch":
+            cases[-1] = ("patch", sdp_fragment(offer, rng))
+    seen: dict[int, int] = {}
+    bad: list[tuple] = []
+
+    async def go() -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            fds0 = open_fds(base)
+            sid = (await c.post("/v1/sessions", json={})).json()["id"]
+            r = await c.post("/v1/whep", content=offer, headers=SDP_TYPE)  # the PATCH target: a real peer
+            assert r.status_code == 201, r.text
+            target = r.headers["location"]
+            for kind, body in cases:
+                if kind == "whep_new":
+                    r = await c.post("/v1/whep", content=body, headers=SDP_TYPE)
+                elif kind == "whep_session":
+                    r = await c.post(f"/v1/sessions/{sid}/whep", content=body, headers=SDP_TYPE)
+                else:
+                    r = await c.patch(target, content=body, headers=FRAG_TYPE)
+                seen[r.status_code] = seen.get(r.status_code, 0) + 1
+                if r.status_code == 201:  # the damage left a valid offer: end the peer it made
+                    assert (await c.delete(r.headers["location"])).status_code == 204
+                elif r.status_code >= 300 and not (
+                    400 <= r.status_code < 500 and isinstance(r.json().get("error"), str) and "message" in r.json()
+                ):
+                    bad.append((kind, r.status_code, r.text[:200], body[:300]))
+            await c.delete(target)
+            await c.delete(f"/v1/sessions/{sid}")
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                st = (await c.get("/v1/status")).json()
+                if st["sessions"] == 0 and st["webrtc_peers"] == 0 and open_fds(base) <= fds0 + 2:
+                    break
+                await asyncio.sleep(0.2)
+            st = (await c.get("/v1/status")).json()
+            print("sdp fuzz statuses:", dict(sorted(seen.items())), "fds", fds0, "->", open_fds(base))
+            assert st["sessions"] == 0 and st["webrtc_peers"] == 0, st
+            assert open_fds(base) <= fds0 + 2, (fds0, open_fds(base))
+
+    asyncio.run(go())
+    assert not bad, bad[:5]
+    assert sum(seen.values()) == SDP_N
+    assert len([s for s in seen if 400 <= s < 500]) >= 2, seen  # the damage was answered in more than one way
+    assert httpx.get(base + "/readyz").status_code == 200
