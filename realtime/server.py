@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import ClientDisconnect
 
 from avatarcast.engines.errors import CLOSE_INTERNAL, AvatarcastError, ErrorCode
-from avatarcast.realtime import events
+from avatarcast.realtime import allocator, events
 from avatarcast.realtime import http_contract as contract
 from avatarcast.realtime.auth import AuthMiddleware, QueryTokenScrub
 from avatarcast.realtime.avatars import avatar_names, avatar_pattern
@@ -430,11 +430,19 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
 def serve(settings: Settings) -> None:
     """Run the server in this process until interrupted (or until start-up fails: StartupError)."""
     setup_logging(settings.log_level, settings.log_format)
+    trimmer = None
+    if settings.malloc_tune:  # before the models' and the pools' threads exist: the arena cap applies to them
+        allocator.tune()
+        trimmer = allocator.Trimmer(allocator.AllocatorPlan().trim_every_s).start()
     app = create_app(settings)
     hub: Hub = app.state.hub
     server = DrainingServer(uvicorn_config(app, settings), hub)
     app.state.on_start_failed = lambda: setattr(server, "should_exit", True)
-    server.run()
+    try:
+        server.run()
+    finally:
+        if trimmer is not None:
+            trimmer.stop()
     err = hub.start_error
     if err:
         raise StartupError(f"start-up failed: {err}")

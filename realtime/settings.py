@@ -84,6 +84,7 @@ class Settings:
     port: int = 8080
     log_level: str = "info"
     log_format: str = "text"  # text | json (one object per line, with the session id as a field)
+    malloc_tune: int = 1  # 1: glibc's allocator set to give memory back (realtime/allocator.py); 0: its defaults
     asr_model: str = "base"  # base (multilingual) | tiny.en (English only) | a CTranslate2 model directory
     language: str = ""  # empty or auto: detected per utterance (en for tiny.en); a session may set its own
     asr_languages: str = "en,zh"  # what detection chooses among (comma list of Whisper codes); empty: any
@@ -293,7 +294,7 @@ class Settings:
             raise SettingValueError(
                 f"capacity_headroom must be in (0, 1], got {self.capacity_headroom}", "capacity_headroom"
             )
-        for name in ("admission", "ladder"):
+        for name in ("admission", "ladder", "malloc_tune"):
             if getattr(self, name) not in (0, 1):
                 raise SettingValueError(f"{name} must be 0 or 1, got {getattr(self, name)}", name)
         for name in ("capacity_window_s", "ladder_up_s"):
