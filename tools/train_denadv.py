@@ -15,6 +15,7 @@ L1 alone settles on the mean.
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -47,6 +48,7 @@ from tools.train_tiny import (
 )
 
 CRITIC_FILE = "denadv_disc.pt"  # the stage's own critic: the decoder's (disc.pt) judged reconstructions
+PRE_FILE = "den_ema_pre.pt"  # den_ema.pt as the stage found it: the stage overwrites den_ema.pt, x5 compared both
 
 
 def served_frames(den, dec, batch, cfg: TinyConfig, steps: int, frame: int, gen, mean, std):
@@ -116,6 +118,8 @@ def train_denadv(args, cfg: TinyConfig, device, deadline: float) -> None:
     del enc, dec_raw, ae_disc
     dec.eval().requires_grad_(False)
     model, ema, step = load_denoiser(ck, cfg, device)
+    if not (ck / PRE_FILE).exists() and (ck / "den_ema.pt").exists():  # the denoiser this stage started from
+        shutil.copyfile(ck / "den_ema.pt", ck / PRE_FILE)
     ema.requires_grad_(False)
     disc = PatchDiscriminator().to(device)
     start = step

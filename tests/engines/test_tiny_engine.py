@@ -378,6 +378,8 @@ def test_training_script_runs_and_resumes_on_cpu(tmp_path):
     report = json.loads((ck / "report.json").read_text())
     assert report["denadv"]["critic_steps"] >= 3, "denadv trains the denoiser against its own critic"
     assert (ck / "denadv_disc.pt").exists() and (ck / "samples_denadv.png").exists()
+    pre = torch.load(ck / "den_ema_pre.pt", map_location="cpu")
+    assert pre["step"] == report["denoiser"]["step"] < report["denadv"]["step"], "the denoiser denadv started from"
 
 
 def test_paired_decoder_loss_is_zero_on_the_true_chunk_and_trains_on_a_wrong_one():

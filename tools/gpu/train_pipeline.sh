@@ -16,7 +16,7 @@ mkdir -p "$CK"
 running() { pgrep -f "tools.train_tiny" >/dev/null; }
 collect() {
   [ -n "${OUT:-}" ] || return 0
-  for f in ae.pt disc.pt den.pt den_ema.pt lowres.pt; do [ -f "$CK/$f" ] && cp "$CK/$f" "$OUT/"; done
+  for f in ae.pt disc.pt den.pt den_ema.pt den_ema_pre.pt lowres.pt; do [ -f "$CK/$f" ] && cp "$CK/$f" "$OUT/"; done
   (cd "$CK" && tar czf "$OUT/logs.tgz" $(ls *.json *.png *.txt 2>/dev/null)) || true
 }
 wait_for() {
