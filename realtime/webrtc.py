@@ -418,10 +418,19 @@ async def answer_offer(
             raise OfferError(f"cannot use this SDP offer: {exc or type(exc).__name__}") from None
         if video.mid is None:
             raise OfferError("the offer has no video m-line; add a video transceiver (direction recvonly)")
-        answer = await pc.createAnswer()
+        # aiortc accepts some offers it then cannot answer (a data channel's m-line without its SCTP port, m-lines
+        # that its answer does not match: AttributeError, ValueError); found by mutated real offers
+        # (tests/realtime/test_fuzz.py): a bad offer, not a server error
+        try:
+            answer = await pc.createAnswer()
+        except Exception as exc:
+            raise OfferError(f"cannot answer this SDP offer: {exc or type(exc).__name__}") from None
         if _direction(answer.sdp, video.mid) not in ("sendonly", "sendrecv"):
             raise OfferError("the offer's video m-line does not receive; use direction recvonly or sendrecv")
-        await pc.setLocalDescription(answer)  # aiortc gathers every ICE candidate here (non-trickle)
+        try:
+            await pc.setLocalDescription(answer)  # aiortc gathers every ICE candidate here (non-trickle)
+        except Exception as exc:
+            raise OfferError(f"cannot answer this SDP offer: {exc or type(exc).__name__}") from None
         return pc.localDescription.sdp
 
     try:

@@ -133,7 +133,7 @@ def whep_router(hub: Hub, ice: IceServers, limit_sessions: Callable[[Mapping[str
             sdp = await read_body(request, MAX_OFFER_BYTES)
             servers, _ = ice.for_peer(runner.id)
             answer = await webrtc.answer_offer(hub, runner, sdp, owns_session=owns_session, ice_servers=servers)
-        except AvatarcastError:
+        except BaseException:  # whatever went wrong (a refusal, a bug, the client gone): no session left behind
             if owns_session:
                 await hub.close_session(runner.id)
             raise

@@ -127,3 +127,26 @@ def test_trickle_ice_by_patch(base: str, server_hub) -> None:
                 await pc.close()
 
     run(go())
+
+
+def test_an_offer_aiortc_takes_but_cannot_answer_is_a_bad_offer_and_leaves_no_session(base: str) -> None:
+    """Found by the SDP fuzz: a real offer whose data-channel m-line names an unknown media passes
+    setRemoteDescription, then aiortc fails inside createAnswer (AttributeError). That was a 500 and, on
+    POST /v1/whep, a session that was never closed: the slots filled and every later client got 503."""
+
+    async def go() -> None:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("video", direction="recvonly")
+        pc.createDataChannel("events")
+        await pc.setLocalDescription(await pc.createOffer())
+        offer = pc.localDescription.sdp.replace("m=application ", "m=RTP/AVP ")
+        await pc.close()
+        async with httpx.AsyncClient(base_url=base, timeout=20) as http:
+            before = (await http.get("/v1/status")).json()["sessions"]
+            for path in ("/v1/whep", "/v1/whep", "/v1/whep"):
+                r = await http.post(path, content=offer, headers=SDP)
+                assert r.status_code == 400 and r.json()["error"] == "bad_offer", r.text
+                assert "cannot answer" in r.json()["message"]
+            assert (await http.get("/v1/status")).json()["sessions"] == before
+
+    run(go())
