@@ -21,7 +21,6 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from avatarcast.engines.tiny.model import Decoder, TinyConfig
 from tools.train_tiny import (
@@ -32,6 +31,7 @@ from tools.train_tiny import (
     avatar_weight,
     build_ae,
     build_latents,
+    disc_step,
     ema_update,
     float_state,
     grad_l1,
@@ -75,31 +75,6 @@ def generator_losses(fake, real, disc, last: torch.Tensor, args) -> tuple[torch.
         g = -disc(fake).float().mean()
     lam = adaptive_weight(anchor, g, last) * args.adv_weight
     return anchor, g, lam
-
-
-def critic_step(disc, opt_d, real: torch.Tensor, fake: torch.Tensor, r1: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """One hinge step of the critic with an R1 penalty, (r1 / 2) E ||grad_x D(real)||^2; returns (loss, penalty).
-
-    Why the penalty: in x5's run (docs/training/README.md) the critic, unpenalized, told samples from chunks
-    perfectly within about 800 steps (hinge loss 0), its gradients grew 300-fold, and the adaptive weight, which
-    scales the critic's term to the anchor's gradient, fell from 0.09 to 0.0003: the denoiser never felt it.
-    A zero-centred gradient penalty on the real side (Mescheder et al. 2018; StyleGAN2, R3GAN) keeps the
-    critic smooth where the data is, so its gradient stays an informative size.
-    """
-    real = real.detach().requires_grad_(r1 > 0)
-    amp = real.device.type == "cuda"
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-        d_real = disc(real).float()
-        d_fake = disc(fake.detach()).float()
-    loss = 0.5 * (F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean())
-    penalty = torch.zeros((), device=real.device)
-    if r1 > 0:
-        (grad,) = torch.autograd.grad(d_real.sum(), real, create_graph=True)
-        penalty = 0.5 * r1 * grad.float().pow(2).flatten(1).sum(1).mean()
-    opt_d.zero_grad(set_to_none=True)
-    (loss + penalty).backward()
-    opt_d.step()
-    return loss.detach(), penalty.detach()  # tensors: the log reads them only on the steps it keeps
 
 
 def last_layer(den: nn.Module) -> torch.Tensor:
@@ -165,7 +140,7 @@ def train_denadv(args, cfg: TinyConfig, device, deadline: float) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         ema_update(ema, model, args.ema)
-        ld, r1 = critic_step(disc, opt_d, real, fake, args.adv_r1)
+        ld, r1 = disc_step(disc, opt_d, real, fake, device, args.adv_r1)
         step += 1
         local += 1
         losses = {"flow": flow.detach(), "anchor": anchor.detach(), "g": g.detach(), "lam": lam, "d": ld, "r1": r1}
@@ -191,7 +166,8 @@ def add_arguments(ap) -> None:
         "--adv-r1",
         type=float,
         default=1.0,
-        help="the critic's R1 penalty weight (0: none; x5's unpenalized critic saturated, see critic_step)",
+        help="the critic's R1 penalty weight (0: none). x5's unpenalized critic told samples from chunks "
+        "perfectly within ~800 steps and the adaptive weight fell from 0.09 to 0.0003 (docs/training/README.md)",
     )
     ap.add_argument(
         "--adv-critic-warmup", type=int, default=200, help="steps the new critic trains before the denoiser sees it"

@@ -475,15 +475,28 @@ def save_ae(ck: Path, enc, dec, dec_ema, disc, opt_g, opt_d, step: int, enc_step
     save_small({"disc": half_state(disc.state_dict()), "step": step}, ck / "disc.pt")
 
 
-def disc_step(disc, opt_d, real: torch.Tensor, fake: torch.Tensor, device) -> float:
+def disc_step(
+    disc, opt_d, real: torch.Tensor, fake: torch.Tensor, device, r1: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One hinge step of the critic, plus (r1 / 2) E ||grad_x D(real)||^2 when r1 > 0; returns (hinge, penalty).
+
+    The R1 penalty (Mescheder et al. 2018; StyleGAN2, R3GAN) keeps a critic smooth where the data is, so its
+    gradient stays an informative size: the denadv stage's unpenalized critic saturated (tools/train_denadv.py).
+    Both come back as detached tensors: a log reads them only on the steps it keeps."""
+    real = real.detach().requires_grad_(r1 > 0)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        lr_ = F.relu(1 - disc(real)).mean()
+        d_real = disc(real)
+        lr_ = F.relu(1 - d_real).mean()
         lf_ = F.relu(1 + disc(fake.detach())).mean()
     ld = 0.5 * (lr_ + lf_)
+    penalty = torch.zeros((), device=real.device)
+    if r1 > 0:
+        (grad,) = torch.autograd.grad(d_real.float().sum(), real, create_graph=True)
+        penalty = 0.5 * r1 * grad.float().pow(2).flatten(1).sum(1).mean()
     opt_d.zero_grad(set_to_none=True)
-    ld.float().backward()
+    (ld.float() + penalty).backward()
     opt_d.step()
-    return ld.detach()
+    return ld.detach(), penalty.detach()
 
 
 def train_ae(args, cfg: TinyConfig, device, deadline: float) -> None:
@@ -539,7 +552,7 @@ def train_ae(args, cfg: TinyConfig, device, deadline: float) -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt_g.step()
         ema_update(dec_ema, dec, min(args.ema, (1 + step) / (10 + step)))
-        ld = disc_step(disc, opt_d, xc, y, device) if now >= d_time else 0.0
+        ld = disc_step(disc, opt_d, xc, y, device)[0] if now >= d_time else 0.0
         step += 1
         log.tick("ae", step, step - first, t0, rec=rec.detach(), edge=edge.detach(), g=g_loss.detach(), d=ld, lam=lam)
         if time.time() > next_save:
@@ -1008,9 +1021,9 @@ def train_decft(args, cfg: TinyConfig, device, deadline: float) -> None:
         if args.gan_weight == 0:  # no critic in the loss: do not train one
             ld = 0.0
         elif local % 2 == 0:
-            ld = disc_step(disc, opt_d, xc, y, device)
+            ld, _ = disc_step(disc, opt_d, xc, y, device)
         else:
-            ld = disc_step(disc, opt_d, x, ys, device)
+            ld, _ = disc_step(disc, opt_d, x, ys, device)
         step += 1
         local += 1
         log.tick(

@@ -454,13 +454,13 @@ def test_denadv_losses_reach_the_denoiser_through_the_frozen_decoder():
     assert float(same) < 1e-6, "a sample that decodes to the true chunk costs the anchor nothing"
 
 
-def test_denadv_critic_step_adds_the_r1_penalty_on_the_real_side():
-    """critic_step: with r1 > 0 the critic's loss gains (r1 / 2) E ||grad_x D(real)||^2, computed here by hand."""
+def test_critic_step_adds_the_r1_penalty_on_the_real_side():
+    """disc_step (denadv's critic): with r1 > 0 the critic's loss gains (r1 / 2) E ||grad_x D(real)||^2, computed
+    here by hand."""
     torch = pytest.importorskip("torch")
     import copy
 
-    from tools.train_denadv import critic_step
-    from tools.train_tiny import PatchDiscriminator
+    from tools.train_tiny import PatchDiscriminator, disc_step
 
     torch.manual_seed(0)
     disc = PatchDiscriminator(ch=16, layers=2)
@@ -469,8 +469,9 @@ def test_denadv_critic_step_adds_the_r1_penalty_on_the_real_side():
     (grad,) = torch.autograd.grad(disc(x).sum(), x)
     expected = 0.5 * 2.0 * float(grad.pow(2).flatten(1).sum(1).mean())
     plain, penalized = copy.deepcopy(disc), copy.deepcopy(disc)
-    loss0, pen0 = critic_step(plain, torch.optim.SGD(plain.parameters(), lr=0.1), real, fake, 0.0)
-    loss2, pen2 = critic_step(penalized, torch.optim.SGD(penalized.parameters(), lr=0.1), real, fake, 2.0)
+    cpu = torch.device("cpu")
+    loss0, pen0 = disc_step(plain, torch.optim.SGD(plain.parameters(), lr=0.1), real, fake, cpu, 0.0)
+    loss2, pen2 = disc_step(penalized, torch.optim.SGD(penalized.parameters(), lr=0.1), real, fake, cpu, 2.0)
     assert float(pen0) == 0.0 and float(pen2) == pytest.approx(expected, rel=1e-4) and expected > 0
     assert float(loss0) == pytest.approx(float(loss2)), "the hinge part is the same before the step"
     moved = [float((a - b).abs().sum()) for a, b in zip(plain.parameters(), penalized.parameters(), strict=True)]
