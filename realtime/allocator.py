@@ -22,23 +22,23 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import threading
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
 
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameters (malloc.h)
-M_ARENA_MAX = -8
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 
 
 @dataclass(frozen=True)
 class AllocatorPlan:
-    mmap_threshold: int | None = None  # None: glibc's dynamic threshold (a fixed one cost frames, see above)
     arena_max: int = 2  # heaps shared by all threads (the machine this serves on has 2+ cores)
     trim_every_s: float = 10.0  # malloc_trim(0) walks the heaps: about a millisecond here
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     try:
@@ -51,16 +51,12 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def tune(plan: AllocatorPlan = AllocatorPlan()) -> bool:
-    """Cap the arenas (and fix the mmap threshold if the plan says so); True when the C library took it.
-
-    Call before threads start: a thread keeps the arena it first got."""
+    """Cap the arenas; True when the C library took it. Call before threads start: a thread keeps its arena."""
     lib = _libc()
     if lib is None:
         return False
     ok = lib.mallopt(M_ARENA_MAX, plan.arena_max) == 1
-    if plan.mmap_threshold is not None:
-        ok = lib.mallopt(M_MMAP_THRESHOLD, plan.mmap_threshold) == 1 and ok
-    log.debug("allocator: mmap threshold %d B, at most %d arenas: %s", plan.mmap_threshold, plan.arena_max, ok)
+    log.debug("allocator: at most %d arenas: %s", plan.arena_max, ok)
     return ok
 
 

@@ -432,8 +432,9 @@ def serve(settings: Settings) -> None:
     setup_logging(settings.log_level, settings.log_format)
     trimmer = None
     if settings.malloc_tune:  # before the models' and the pools' threads exist: the arena cap applies to them
-        allocator.tune()
-        trimmer = allocator.Trimmer(allocator.AllocatorPlan().trim_every_s).start()
+        plan = allocator.AllocatorPlan()
+        allocator.tune(plan)
+        trimmer = allocator.Trimmer(plan.trim_every_s).start()
     app = create_app(settings)
     hub: Hub = app.state.hub
     server = DrainingServer(uvicorn_config(app, settings), hub)
