@@ -31,7 +31,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -365,6 +365,15 @@ def _prefer_codecs(transceiver: Any) -> None:
     transceiver.setCodecPreferences(sorted(caps, key=rank))
 
 
+@contextlib.contextmanager
+def _bad_offer(doing: str) -> Iterator[None]:
+    """aiortc's errors on an offer (any exception type) as OfferError: the client's offer is bad (400)."""
+    try:
+        yield
+    except Exception as exc:
+        raise OfferError(f"cannot {doing} this SDP offer: {exc or type(exc).__name__}") from None
+
+
 def _check_sdp(sdp: str) -> None:
     text = sdp.strip()
     if not text:
@@ -412,25 +421,19 @@ async def answer_offer(
             _schedule_close(hub, resource)
 
     async def negotiate() -> str:
-        try:
+        with _bad_offer("use"):
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
-        except Exception as exc:
-            raise OfferError(f"cannot use this SDP offer: {exc or type(exc).__name__}") from None
         if video.mid is None:
             raise OfferError("the offer has no video m-line; add a video transceiver (direction recvonly)")
-        # aiortc accepts some offers it then cannot answer (a data channel's m-line without its SCTP port, m-lines
+        # aiortc accepts some offers it then cannot answer (a data channel's m-line naming an unknown media, m-lines
         # that its answer does not match: AttributeError, ValueError); found by mutated real offers
         # (tests/realtime/test_fuzz.py): a bad offer, not a server error
-        try:
+        with _bad_offer("answer"):
             answer = await pc.createAnswer()
-        except Exception as exc:
-            raise OfferError(f"cannot answer this SDP offer: {exc or type(exc).__name__}") from None
         if _direction(answer.sdp, video.mid) not in ("sendonly", "sendrecv"):
             raise OfferError("the offer's video m-line does not receive; use direction recvonly or sendrecv")
-        try:
+        with _bad_offer("answer"):
             await pc.setLocalDescription(answer)  # aiortc gathers every ICE candidate here (non-trickle)
-        except Exception as exc:
-            raise OfferError(f"cannot answer this SDP offer: {exc or type(exc).__name__}") from None
         return pc.localDescription.sdp
 
     try:
