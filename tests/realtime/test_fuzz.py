@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import websockets
 
+from avatarcast.realtime.bench import server as bench_server
 from avatarcast.realtime.protocol import TAG_CLIP, TAG_PCM, unpack_frame
 from tests.conftest import free_port, wait_ready
 
@@ -368,8 +369,9 @@ async def delete_when_allowed(c: httpx.AsyncClient, url: str) -> httpx.Response:
 
 
 def open_fds(base: str) -> int:
-    text = httpx.get(base + "/metrics").text
-    return int(float(next(ln.split()[1] for ln in text.splitlines() if ln.startswith("process_open_fds "))))
+    figures = bench_server.server_process(base)  # the soak's reading of /metrics
+    assert figures is not None, "no process figures on /metrics"
+    return figures["open_fds"]
 
 
 @pytest.mark.slow
