@@ -9,11 +9,19 @@ An avatar costs ~100 MB (loops and its cached first chunks), and `random-<seed>`
 store keeps at most `max_avatars`, and makes room by evicting the least recently used one that no session
 holds, that is not warming, and that was not warmed at start-up. With every slot held a new avatar is
 refused (503 `avatars_full`), never the process stopped taking avatars until a restart.
+
+Avatars that clients ask for are prepared off the live path (realtime/prep.py), one at a time in the order asked.
+Preparation is bounded as the slots are: at most `max_preparing` new avatars are waiting or being prepared (one
+more is refused with 503 `avatars_full` and a Retry-After), and a client (its IP) has at most one of them: while
+its last new avatar is being prepared, it is refused another with 429 `rate_limited`. Without the bound, one
+client asking for a new random avatar every second would keep every slot warming, and the other clients would get
+`avatars_full` for as long as it kept on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 import time
@@ -26,6 +34,8 @@ import numpy as np
 from avatarcast.engines.avatar_world import BUILTIN_AVATARS, get_avatar
 from avatarcast.engines.avatar_world.reference import reference_frame
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
+from avatarcast.realtime.prep import Lane, engine_lane
+from avatarcast.realtime.ratelimit import retry_after
 
 log = logging.getLogger("avatarcast.avatars")
 
@@ -44,6 +54,12 @@ class AvatarsFull(AvatarcastError):
     """A new avatar is needed but every slot holds one in use (or still warming): retry later."""
 
     code = ErrorCode.AVATARS_FULL
+
+
+class PreparingOne(AvatarcastError):
+    """This client's last new avatar is still being prepared: one at a time per client (429, Retry-After)."""
+
+    code = ErrorCode.RATE_LIMITED
 
 
 def avatar_names() -> list[str]:
@@ -93,8 +109,11 @@ class AvatarAssets:
 
 
 class AvatarStore:
-    """Avatar name -> assets, warmed once (on the engine thread, between sampler batches), at most
-    `max_avatars` of them, least recently used first out (see the module docstring)."""
+    """Avatar name -> assets, warmed once, at most `max_avatars` of them, least recently used first out, and at
+    most `max_preparing` being prepared for clients (see the module docstring).
+
+    `prep`: where clients' new avatars are prepared (realtime/prep.py); None: on the engine, between chunk jobs.
+    Start-up avatars (warm()) are always prepared on the engine: nothing is live yet."""
 
     def __init__(
         self,
@@ -105,6 +124,8 @@ class AvatarStore:
         loop_frames: int = 16,
         precompute: bool = True,
         max_avatars: int = 16,
+        prep: Lane | None = None,
+        max_preparing: int = 2,
     ) -> None:
         self.engine = engine
         self.cache = cache
@@ -112,18 +133,35 @@ class AvatarStore:
         self.loop_frames = loop_frames
         self.precompute = precompute
         self.max_avatars = max_avatars
+        self.max_preparing = max_preparing
+        self._engine_lane = engine_lane(engine, cache, scheduler)
+        self._prep = prep or self._engine_lane
+        self._prep_turn = asyncio.Lock()  # clients' avatars are prepared one at a time, first asked first
+        self._preparing: dict[str, str] = {}  # clients' new avatars not ready yet -> the client that asked
+        self.prep_s = 10.0  # running estimate of one preparation's seconds (for Retry-After)
         self._assets: OrderedDict[str, AvatarAssets] = OrderedDict()  # least recently used first
         self._tasks: dict[str, asyncio.Task] = {}
         self._users: Counter[str] = Counter()  # sessions holding each avatar
         self._pinned: set[str] = set()  # warmed at start-up: never evicted
         self.evicted = 0
 
-    def get(self, spec: str | int) -> AvatarAssets:
-        """The avatar's assets (warming starts in the background on first use); AvatarsFull when a new
-        one finds no slot to take."""
+    @property
+    def preparing(self) -> int:
+        """Clients' new avatars waiting for, or in, preparation."""
+        return len(self._preparing)
+
+    def get(self, spec: str | int, client: str = "") -> AvatarAssets:
+        """The avatar's assets (preparation starts in the background on first use). A new one is refused with
+        PreparingOne when `client` already has one being prepared, and AvatarsFull when `max_preparing` are, or
+        when it finds no slot to take."""
+        return self._get(spec, client, self._prep)
+
+    def _get(self, spec: str | int, client: str, lane: Lane) -> AvatarAssets:
         name, params = resolve_avatar(spec)
         a = self._assets.get(name)
         if a is None:
+            if lane is self._prep:
+                self._check_preparation(client)
             if len(self._assets) >= self.max_avatars and not self._evict_one():
                 raise AvatarsFull(
                     f"all {self.max_avatars} avatar slots hold avatars in use or warming; "
@@ -131,13 +169,28 @@ class AvatarStore:
                 )
             a = AvatarAssets(name, params, reference_frame(params))
             self._assets[name] = a
-            self._tasks[name] = asyncio.create_task(self._warm(a), name=f"warm-{name}")
+            if lane is self._prep:
+                self._preparing[name] = client
+            self._tasks[name] = asyncio.create_task(self._warm(a, lane), name=f"warm-{name}")
         self._assets.move_to_end(name)
         return a
 
-    def acquire(self, spec: str | int) -> AvatarAssets:
+    def _check_preparation(self, client: str) -> None:
+        """Refuse a new avatar over the preparation bounds (the module docstring)."""
+        if client and client in self._preparing.values():
+            raise PreparingOne(
+                "this client's last new avatar is still being prepared; one at a time per client",
+                retry_after=retry_after(self.prep_s * len(self._preparing)),
+            )
+        if len(self._preparing) >= self.max_preparing:
+            raise AvatarsFull(
+                f"{len(self._preparing)} new avatars are already being prepared; retry later, or use one that is ready",
+                retry_after=retry_after(self.prep_s),
+            )
+
+    def acquire(self, spec: str | int, client: str = "") -> AvatarAssets:
         """get(), held for a session until release(): a held avatar is never evicted."""
-        a = self.get(spec)
+        a = self.get(spec, client)
         self._users[a.name] += 1
         return a
 
@@ -164,8 +217,9 @@ class AvatarStore:
         return resolve_avatar(spec)[0] in self._assets
 
     async def warm(self, spec: str | int) -> AvatarAssets:
-        """Get, pin (start-up avatars are never evicted) and wait until ready (start-up and tests)."""
-        a = self.get(spec)
+        """Get, pin (start-up avatars are never evicted) and wait until ready (start-up and tests); prepared on the
+        engine, outside the preparation bounds."""
+        a = self._get(spec, "", self._engine_lane)
         self._pinned.add(a.name)
         await a.ready.wait()
         return a
@@ -179,23 +233,39 @@ class AvatarStore:
             except (asyncio.CancelledError, Exception):
                 pass
 
-    async def _warm(self, a: AvatarAssets) -> None:
-        """Loops first (sessions need them at once), then the cache, one small engine task at a time
-        in the scheduler's background lane, so live sessions keep their frame rate meanwhile."""
+    async def _warm(self, a: AvatarAssets, lane: Lane) -> None:
+        """Loops first (sessions need them at once), then the cache, one small task at a time on `lane`. A
+        client's avatar waits for its turn first: one preparation at a time, in the order they were asked for."""
+        client = a.name in self._preparing
+        try:
+            async with self._prep_turn if client else contextlib.nullcontext():
+                await self._prepare(a, lane)
+        finally:
+            if self._preparing.pop(a.name, None) is not None and a.warm_s is not None:
+                self.prep_s = 0.7 * self.prep_s + 0.3 * a.warm_s
+            if lane.cache is not None and lane.cache is not self.cache:
+                lane.cache.forget(a.params)  # the live cache has the entries now: keep them once
+
+    async def _prepare(self, a: AvatarAssets, lane: Lane) -> None:
         t0 = time.perf_counter()
-        run = self.scheduler.run_background
+        run, engine = lane.run, lane.engine
         try:
             for kind, seed, intensity in (("idle", 1, 0.5), ("listening", 2, 0.6)):
-                state = await run(self.engine.start_stream, a.params, kind, intensity, seed)
-                await run(self.engine.sample_chunks, [state])  # leave the rest pose
+                state = await run(engine.start_stream, a.params, kind, intensity, seed)
+                await run(engine.sample_chunks, [state])  # leave the rest pose
                 chunks: list[np.ndarray] = []
                 while sum(len(c) for c in chunks) < self.loop_frames:
-                    chunks.append((await run(self.engine.next_chunk, [state]))[0])
+                    chunks.append((await run(engine.next_chunk, [state]))[0])
                 a.loops[kind] = np.concatenate(chunks)[: self.loop_frames]
             if self.precompute and self.cache is not None:
                 stats: dict = {}
                 for emotion in self.cache.templates:
-                    for k, v in (await run(self.cache.precompute, [a.params], [emotion])).items():
+                    if lane.cache is not self.cache:  # built there and written to the store...
+                        await run(lane.cache.precompute, [a.params], [emotion])
+                    # ...then read into the live cache's memory between chunk jobs (~20 ms an entry; built here only
+                    # if the store refused the entries)
+                    loaded = await self.scheduler.run_background(self.cache.precompute, [a.params], [emotion])
+                    for k, v in loaded.items():
                         stats[k] = round(stats.get(k, 0) + v, 3)
                 log.info("avatar %s: latents cache %s", a.name, stats)
         except Exception as exc:  # a broken avatar must not take the server down

@@ -10,6 +10,7 @@ socket. Loading happens in threads at start-up so the first user pays nothing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import time
@@ -30,6 +31,7 @@ from avatarcast.realtime.engine_loader import load_engine
 from avatarcast.realtime.ladder import ladder_for
 from avatarcast.realtime.latents_index import index_for
 from avatarcast.realtime.metrics import Metrics
+from avatarcast.realtime.prep import Lane, PrepLane
 from avatarcast.realtime.ratelimit import ClientSockets, Limits
 from avatarcast.realtime.runner import SessionRunner
 from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler, Scheduler
@@ -63,6 +65,7 @@ class Hub:
         self.make_scheduler = make_scheduler
         self.services: Services | None = None  # set once the models are loaded
         self.clips: ClipRenderer | None = None
+        self.prep: PrepLane | None = None  # where clients' new avatars are prepared (the tiny engine's second copy)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sessions: dict[str, SessionRunner] = {}
         self.peers: dict[str, Any] = {}  # WebRTC peers by resource id (realtime/webrtc.py)
@@ -133,7 +136,15 @@ class Hub:
         self._closers.append(scheduler.close)
         self._setup_load_control(engine, scheduler)
         self.metrics.bind(lambda: len(self.sessions), lambda: len(self.peers), lambda: scheduler.queue_depth)
-        avatars = AvatarStore(engine, cache, scheduler, precompute=bool(s.precompute), max_avatars=s.max_avatars)
+        avatars = AvatarStore(
+            engine,
+            cache,
+            scheduler,
+            precompute=bool(s.precompute),
+            max_avatars=s.max_avatars,
+            prep=await self._prep_lane(cache),
+            max_preparing=s.max_preparing_avatars,
+        )
         self._closers.append(avatars.close)
         self.services = Services(
             s,
@@ -160,6 +171,21 @@ class Hub:
             log.exception("measuring the engine's cost at start-up failed")
         self._reaper = asyncio.create_task(self._reap_idle(), name="session-reaper")
         self.ready.set()
+
+    async def _prep_lane(self, cache: LatentsCache) -> Lane | None:
+        """Where clients' new avatars are prepared (realtime/prep.py): the tiny engine loads twice cheaply, so it
+        gets a second one on a low-priority thread; other engines prepare on their own between chunk jobs (None)."""
+        s = self.settings
+        if s.engine != "tiny":
+            return None
+        one_thread = dataclasses.replace(s, threads=1)  # at most one core, on CPU time nothing live wants
+        prep = PrepLane(
+            lambda: load_engine(one_thread),
+            lambda engine: LatentsCache(engine, cache.templates, cache.cache_dir, store=cache.store, index=cache.index),
+        )
+        self._closers.append(prep.close)
+        self.prep = prep
+        return await prep.start()
 
     def _setup_load_control(self, engine: StreamEngine, sch: Scheduler) -> None:
         """The degradation ladder on the scheduler, and the load gauges."""
@@ -260,7 +286,9 @@ class Hub:
         image_format: str | None = None,
         quality: int | None = None,
         language: str | None = None,
+        client: str = "",
     ) -> SessionRunner:
+        """A new session. `client`: who asks (realtime/ratelimit.client_keys), for the bound on new avatars."""
         if not self.ready.is_set():
             raise HubError(ErrorCode.STARTING, "the server is still loading its models")
         sv = self._services
@@ -293,6 +321,7 @@ class Hub:
                 image_format=fmt,
                 quality=q,
                 language=lang,
+                client=client,
                 on_failure=self.close_session,
             )
         except ValueError as exc:

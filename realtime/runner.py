@@ -93,14 +93,15 @@ class SessionRunner:
         image_format: str = "jpeg",
         quality: int = 80,
         language: str | None = None,
+        client: str = "",
         on_failure: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
-        """`on_failure(session id)`: how the runner asks its owner (the Hub) to end it after a fatal error;
-        None: it only closes itself."""
+        """`client`: who opened it (a new avatar is prepared for one client at a time); `on_failure(session id)`: how
+        the runner asks its owner (the Hub) to end it after a fatal error; None: it only closes itself."""
         self.services = services
         self._on_failure = on_failure
         self.id = session_id
-        self.assets = services.avatars.acquire(avatar)  # held until close(): never evicted while in use
+        self.assets = services.avatars.acquire(avatar, client)  # held until close(): never evicted while in use
         self.avatar = self.assets.name
         self._clips = 0  # clips in decode/ASR now (clip_slot)
         self._reads = 0  # say texts waiting for the emotion reader

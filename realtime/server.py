@@ -247,7 +247,11 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     async def create_session(body: SessionCreate, request: Request) -> Any:
         limit_sessions(request.scope)
         r = await hub.open_session(
-            body.avatar, image_format=body.image_format, quality=body.quality, language=body.language
+            body.avatar,
+            image_format=body.image_format,
+            quality=body.quality,
+            language=body.language,
+            client=client_keys(request.scope)[0],
         )
         return {**r.info(), **urls(request, r.id)}
 
@@ -381,7 +385,13 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
             if refusal is not None:
                 raise refusal
             limit_sessions(ws.scope)
-            r = await hub.open_session(avatar, image_format=image_format, quality=quality, language=language)
+            r = await hub.open_session(
+                avatar,
+                image_format=image_format,
+                quality=quality,
+                language=language,
+                client=client_keys(ws.scope)[0],
+            )
         except AvatarcastError as exc:
             # busy, shutting down, avatars full: 1013 try again later; limits and bad requests: 1008 policy
             await ws.close(exc.close_code, exc.message[:120])

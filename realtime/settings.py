@@ -132,6 +132,8 @@ class Settings:
     max_json_bytes: int = 65_536  # a JSON body or WebSocket text message; over it: 413 / close 1009
     max_json_depth: int = 32  # nesting of arrays and objects; deeper: 400 too_deep / close 1008
     max_avatars: int = 16  # avatars held in memory (~100 MB each); the least recently used idle one makes room
+    # new avatars clients asked for that are waiting for or in preparation (realtime/avatars.py); one per client
+    max_preparing_avatars: int = 2
     max_clips_per_session: int = 2  # clips being decoded and transcribed at once; more: 429 too_many_clips
     max_pending_per_session: int = 4  # live utterances waiting for ASR, and `say` texts waiting for emotion
     max_viewers_per_session: int = 8  # sockets and WebRTC peers on one session; more: 429 / close 1013
@@ -271,6 +273,7 @@ class Settings:
             "max_json_bytes",
             "max_json_depth",
             "max_avatars",
+            "max_preparing_avatars",
             "max_clips_per_session",
             "max_pending_per_session",
             "max_viewers_per_session",

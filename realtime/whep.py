@@ -24,6 +24,7 @@ from avatarcast.engines.errors import AvatarcastError, ErrorCode
 from avatarcast.realtime.http_contract import OPEN_SESSION, SessionAvatar, errors
 from avatarcast.realtime.hub import Hub, HubError
 from avatarcast.realtime.ice import IceServers, rtc_ice_servers_json
+from avatarcast.realtime.ratelimit import client_keys
 from avatarcast.realtime.runner import SessionRunner
 
 log = logging.getLogger("avatarcast.whep")
@@ -124,7 +125,8 @@ def whep_router(hub: Hub, ice: IceServers, limit_sessions: Callable[[Mapping[str
         """Creates a session for this peer; it ends when the peer goes away."""
         require_media_type(request, SDP)  # before a session is made for it
         limit_sessions(request.scope)
-        return await offer(await hub.open_session(avatar, language=language), request, owns_session=True)
+        runner = await hub.open_session(avatar, language=language, client=client_keys(request.scope)[0])
+        return await offer(runner, request, owns_session=True)
 
     async def offer(runner: SessionRunner, request: Request, owns_session: bool) -> Response:
         from avatarcast.realtime import webrtc  # aiortc: imported at start-up (lifespan), not when this module is

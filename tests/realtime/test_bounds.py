@@ -81,6 +81,11 @@ def on_loop(hub: Any, fn: Any) -> Any:
     return asyncio.run_coroutine_threadsafe(fn(), hub.loop).result(10)
 
 
+def prepared(hub: Any, assets: Any) -> None:
+    """Wait until an avatar is prepared (at the lowest CPU priority: give a busy machine time)."""
+    asyncio.run_coroutine_threadsafe(assets.ready.wait(), hub.loop).result(120)
+
+
 async def closed_with(ws: Any, timeout: float = 10.0) -> tuple[int | None, str, list]:
     """Read until the server closes: (close code, reason, events seen)."""
     events = []
@@ -218,8 +223,11 @@ def test_avatars_are_evicted_least_recently_used_and_refused_only_while_all_are_
     base, hub = server
     store = hub.services.avatars
     a = httpx.post(base + "/v1/sessions", json={"avatar": "random-1"})
-    b = httpx.post(base + "/v1/sessions", json={"avatar": "random-2"})
+    # another client (behind the trusted proxy): one client's new avatars are prepared one at a time
+    b = httpx.post(base + "/v1/sessions", json={"avatar": "random-2"}, headers={"X-Forwarded-For": "10.0.0.2"})
     assert a.status_code == b.status_code == 201
+    for name in ("random-1", "random-2"):  # prepared: what refuses the next one is the slots, not the preparations
+        prepared(hub, store.get(name))
     # pip (warmed at start-up), random-1 and random-2 fill the 3 slots, all held: a new one is refused, clearly
     r = httpx.post(base + "/v1/sessions", json={"avatar": "random-3"})
     assert r.status_code == 503 and r.json()["error"] == "avatars_full" and r.headers["retry-after"]
@@ -242,6 +250,33 @@ def test_avatars_are_evicted_least_recently_used_and_refused_only_while_all_are_
     assert resolve_avatar("random-007")[0] == "random-7"  # one slot, not two
     assert httpx.delete(f"{base}/v1/sessions/{b.json()['id']}").status_code == 204
     httpx.delete(f"{base}/v1/sessions/{r.json()['id']}")
+
+
+def test_a_client_gets_one_new_avatar_prepared_at_a_time_429_with_retry_after(server: Any) -> None:
+    base, hub = server
+    store = hub.services.avatars
+    me = {"X-Forwarded-For": "10.0.0.7"}
+    a = httpx.post(base + "/v1/sessions", json={"avatar": "random-21"}, headers=me)
+    assert a.status_code == 201 and not store.get("random-21").ready.is_set()
+    r = httpx.post(base + "/v1/sessions", json={"avatar": "random-22"}, headers=me)
+    assert r.status_code == 429 and r.json()["error"] == "rate_limited" and int(r.headers["retry-after"]) >= 1
+    assert "being prepared" in r.json()["message"] and "random-22" not in store
+
+    async def ws_refused() -> tuple[int | None, str]:
+        async with connect(ws_base(base) + "/v1/ws?avatar=random-22", additional_headers=me) as ws:
+            code, reason, _ = await closed_with(ws)
+            return code, reason
+
+    code, reason = run(ws_refused())
+    assert code == 1008 and "still being prepared" in reason
+    # an avatar that is there already costs no preparation: the same client may open more sessions of it
+    same = httpx.post(base + "/v1/sessions", json={"avatar": "random-21"}, headers=me)
+    assert same.status_code == 201
+    prepared(hub, store.get("random-21"))
+    r = httpx.post(base + "/v1/sessions", json={"avatar": "pip"}, headers=me)
+    assert r.status_code == 201 and store.preparing == 0
+    for x in (a, same, r):
+        assert httpx.delete(f"{base}/v1/sessions/{x.json()['id']}").status_code == 204
 
 
 # -- 3. clips and pending input per session --
