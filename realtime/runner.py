@@ -31,7 +31,7 @@ from avatarcast.realtime.playout import Playout, sent_frame
 from avatarcast.realtime.scheduler import ChunkJob
 from avatarcast.realtime.services import Services
 from avatarcast.realtime.session import Session
-from avatarcast.realtime.video import composite
+from avatarcast.realtime.video import composite_image
 from avatarcast.vocabulary import FPS, FRAME_HEIGHT, FRAME_WIDTH
 
 log = logging.getLogger("avatarcast.session")
@@ -66,8 +66,7 @@ def encode_image(rgba: np.ndarray, fmt: str, quality: int) -> bytes:
     """RGBA -> JPEG (composited over the clip background) or lossy WebP keeping the alpha channel."""
     buf = io.BytesIO()
     if fmt == "jpeg":
-        img = Image.fromarray(composite(rgba))
-        img.save(buf, "JPEG", quality=quality, optimize=False)
+        composite_image(rgba).save(buf, "JPEG", quality=quality, optimize=False)
     elif fmt == "webp":
         Image.fromarray(rgba, "RGBA").save(buf, "WEBP", quality=quality, method=0)
     else:

@@ -55,7 +55,7 @@ from avatarcast.realtime.hub import Hub
 from avatarcast.realtime.ice import IceServer
 from avatarcast.realtime.protocol import TAG_PCM
 from avatarcast.realtime.runner import OutFrame, SessionRunner
-from avatarcast.realtime.video import composite
+from avatarcast.realtime.video import composite_image
 from avatarcast.vocabulary import FPS
 
 log = logging.getLogger("avatarcast.webrtc")
@@ -110,7 +110,7 @@ class TrickledCandidates:
 
 def _to_video_frame(rgba: np.ndarray, pts: int) -> av.VideoFrame:
     """RGBA (360, 640, 4) -> yuv420p VideoFrame over the background (runs on a worker thread)."""
-    frame = av.VideoFrame.from_ndarray(composite(rgba), format="rgb24").reformat(format="yuv420p")
+    frame = av.VideoFrame.from_image(composite_image(rgba)).reformat(format="yuv420p")
     frame.pts = pts
     frame.time_base = VIDEO_TIME_BASE
     return frame
