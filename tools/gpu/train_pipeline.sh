@@ -9,14 +9,16 @@
 # DIR's ae.pt and, where present, disc.pt (for decft), config.json and den_ema.pt (the denoiser resumes
 # from it) are copied in, so `start --stages denoiser,denadv,lowres` trains the rest.
 # The denoiser stage trains on the clips as they render (tools/train_tiny.py LatentBuilder).
+# MODULE=tools.train_motion runs architecture 3's decoder training instead (same start / wait).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 CK=${CKPT:-/tmp/avc/ckpt}  # outside the repo: a later call may replace the tree
 mkdir -p "$CK"
-running() { pgrep -f "tools.train_tiny" >/dev/null; }
+MODULE=${MODULE:-tools.train_tiny}
+running() { pgrep -f "$MODULE" >/dev/null; }
 collect() {
   [ -n "${OUT:-}" ] || return 0
-  for f in ae.pt disc.pt den.pt den_ema.pt den_ema_pre.pt lowres.pt; do [ -f "$CK/$f" ] && cp "$CK/$f" "$OUT/"; done
+  for f in ae.pt disc.pt den.pt den_ema.pt den_ema_pre.pt lowres.pt motion_ema.pt; do [ -f "$CK/$f" ] && cp "$CK/$f" "$OUT/"; done
   (cd "$CK" && tar czf "$OUT/logs.tgz" $(ls *.json *.png *.txt 2>/dev/null)) || true
 }
 wait_for() {
@@ -36,7 +38,7 @@ case "${1:-}" in
     fi
     nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
     if running; then echo "already running"; else
-      setsid nohup python3 -m tools.train_tiny --work /tmp/avc --ckpt "$CK" "$@" >>"$CK/train_log.txt" 2>&1 </dev/null &
+      setsid nohup python3 -m "$MODULE" --work /tmp/avc --ckpt "$CK" "$@" >>"$CK/train_log.txt" 2>&1 </dev/null &
       echo "started $!"
     fi
     sleep 20

@@ -1,0 +1,384 @@
+"""Architecture 3's decoder: the avatar's reference frame, moved part by part, then retouched.
+
+Architectures 1 and 2 decode an image latent that the denoiser must generate cell by cell; where
+the next chunk is uncertain the denoiser gives the mean, and the decoder draws the mean as blur or
+blotches: the faces, eyes and outlines users look at are lost (docs/training/README.md, x3-x5).
+Here the latent is the frame's motion (engines/avatar_world/skeleton.py: keypoints, face and
+effect fields, 82 numbers), and the picture comes from the avatar's reference frame, which holds
+every detail of this avatar and is encoded once per avatar:
+
+1. each part's keypoints, in the reference and in the target, give that part's rigid map
+   (`part_grids`: a similarity from two keypoints, an affine map from three);
+2. a small U-Net at a quarter of the window's size looks at the reference moved by every part's
+   map and at where the keypoints went, and says which part each pixel belongs to (soft masks;
+   as first-order-motion's dense motion network);
+3. the masks mix the parts' maps into one sampling grid per level, which moves the reference's
+   features (1/8, 1/4, 1/2) and its pixels (full size);
+4. a generator conditioned on the expression draws what the reference does not hold (closed eyes,
+   open mouths, tears, hearts, what a moved arm uncovers) and a copy mask chooses, per pixel,
+   between its drawing and the moved reference pixels, so what can be copied stays exactly sharp.
+
+Everything is convolutions, grid_sample and small matrix algebra written out (no solve), so it
+exports to ONNX (GridSample, opset 16).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from avatarcast.engines.avatar_world.skeleton import EXPR_DIM, EXPR_OFFSET, KEYPOINTS, MOTION_DIM, N_POINTS, PARTS
+from avatarcast.engines.tiny.model import ResBlock, _zero_init
+
+N_PARTS = len(PARTS)
+
+
+@dataclass(frozen=True)
+class MotionShape:
+    """The decoder's sizes: the window it draws (as TinyConfig's) and its channels."""
+
+    pad_height: int = 384
+    window_width: int = 448
+    ref_channels: tuple[int, int, int] = (32, 64, 96)  # reference features at 1/2, 1/4, 1/8
+    mask_channels: tuple[int, int, int] = (64, 96, 128)  # the part-mask U-Net at 1/4, 1/8, 1/16
+    gen_channels: tuple[int, int, int] = (96, 64, 32)  # the generator at 1/8, 1/4, 1/2
+    cond_dim: int = 256
+    heat_sigma_px: float = 6.0  # keypoint heat maps' width in window pixels
+
+
+# --- geometry ---------------------------------------------------------------------------------
+
+
+def _px(p: torch.Tensor, w: int, h: int) -> torch.Tensor:
+    """Normalized window coordinates -> pixel units (same origin): similarities must not see the aspect."""
+    return p * p.new_tensor([w / 2.0, h / 2.0])
+
+
+def _similarity(t1: torch.Tensor, t2: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor, eps: float = 1e-3):
+    """(A, b), A (..., 2, 2), b (..., 2): the similarity taking t1 -> r1 and t2 -> r2 (pixel units)."""
+    u, v = t2 - t1, r2 - r1
+    den = (u * u).sum(-1) + eps
+    re = (v[..., 0] * u[..., 0] + v[..., 1] * u[..., 1]) / den
+    im = (v[..., 1] * u[..., 0] - v[..., 0] * u[..., 1]) / den
+    A = torch.stack([torch.stack([re, -im], -1), torch.stack([im, re], -1)], -2)
+    return A, r1 - (A @ t1[..., None])[..., 0]
+
+
+def _affine(t0, t1, t2, r0, r1, r2, eps: float = 1e-3):
+    """(A, b): the affine map taking t_i -> r_i, with U^-1 written out (no linalg.solve in the graph)."""
+    U = torch.stack([t1 - t0, t2 - t0], -1)  # columns
+    V = torch.stack([r1 - r0, r2 - r0], -1)
+    det = U[..., 0, 0] * U[..., 1, 1] - U[..., 0, 1] * U[..., 1, 0]
+    det = torch.where(det.abs() < eps, torch.full_like(det, eps), det)
+    inv = (
+        torch.stack(
+            [torch.stack([U[..., 1, 1], -U[..., 0, 1]], -1), torch.stack([-U[..., 1, 0], U[..., 0, 0]], -1)], -2
+        )
+        / det[..., None, None]
+    )
+    A = V @ inv
+    return A, r0 - (A @ t0[..., None])[..., 0]
+
+
+def part_maps(kp_t: torch.Tensor, kp_r: torch.Tensor, w: int, h: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each part's map from the target frame to the reference, in normalized window coordinates.
+
+    kp_t, kp_r: (B, N_POINTS, 2). Returns A (B, N_PARTS, 2, 2), b (B, N_PARTS, 2): ref = A @ target + b.
+    """
+    pt, pr = _px(kp_t, w, h), _px(kp_r, w, h)
+    As, bs = [], []
+    for _, idx in PARTS:
+        if len(idx) == 2:
+            A, b = _similarity(pt[:, idx[0]], pt[:, idx[1]], pr[:, idx[0]], pr[:, idx[1]])
+        elif len(idx) == 3:
+            i, j, k = idx
+            A, b = _affine(pt[:, i], pt[:, j], pt[:, k], pr[:, i], pr[:, j], pr[:, k])
+        else:  # the still part
+            A = torch.eye(2, device=kp_t.device, dtype=kp_t.dtype).expand(kp_t.shape[0], 2, 2)
+            b = kp_t.new_zeros(kp_t.shape[0], 2)
+        As.append(A)
+        bs.append(b)
+    A, b = torch.stack(As, 1), torch.stack(bs, 1)
+    # back to normalized coordinates: S^-1 A S, S^-1 b with S = diag(w/2, h/2)
+    s = kp_t.new_tensor([w / 2.0, h / 2.0])
+    return A * s[None, None, None, :] / s[None, None, :, None], b / s
+
+
+def pixel_centres(h: int, w: int, like: torch.Tensor, full_hw: tuple[int, int] | None = None, origin=(0, 0)):
+    """(h, w, 2) normalized window coordinates of the pixel centres of an h x w crop whose first pixel is
+    ``origin`` (row, column) in a grid of ``full_hw`` (default: the crop is the whole grid)."""
+    fh, fw = full_hw or (h, w)
+    ys = ((torch.arange(h, device=like.device, dtype=like.dtype) + origin[0]) * 2 + 1) / fh - 1
+    xs = ((torch.arange(w, device=like.device, dtype=like.dtype) + origin[1]) * 2 + 1) / fw - 1
+    return torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], -1)
+
+
+def part_grids(A: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """(B, N_PARTS, h, w, 2): where each pixel (centres p, (h, w, 2)) samples the reference if it is each part's."""
+    return torch.einsum("bkij,hwj->bkhwi", A, p) + b[:, :, None, None, :]
+
+
+def mix_grid(grids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Soft part masks (logits (B, N_PARTS, h, w)) mix the parts' grids (B, N_PARTS, h, w, 2)."""
+    m = torch.softmax(logits, dim=1)
+    return (m[..., None] * grids).sum(1)
+
+
+def warp(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Sample x (B, C, H, W) at grid (B, h, w, 2); outside x reads zeros."""
+    # float32 both: under mixed precision the features arrive in bfloat16 and the grid must not
+    return F.grid_sample(x.float(), grid.float(), mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def heat_maps(kp_t: torch.Tensor, kp_r: torch.Tensor, p: torch.Tensor, sigma_px: float, full_hw) -> torch.Tensor:
+    """(B, N_POINTS, h, w): Gaussian at each keypoint's target place minus one at its reference place."""
+    H, W = full_hw
+    scale = kp_t.new_tensor([W / 2.0, H / 2.0])
+
+    def g(kp):
+        d = (p[None, None] - kp[:, :, None, None, :]) * scale
+        return torch.exp(-(d * d).sum(-1) / (2 * sigma_px * sigma_px))
+
+    return g(kp_t) - g(kp_r)
+
+
+# The part masks' starting point: a pixel belongs to the part whose bone is nearest, in head radii,
+# each part with its own width and bias (learnt from these values). Without it the masks start
+# uniform, every part's move is averaged, and the first thousands of steps only find the skeleton.
+# name: (from keypoint, to keypoint or None for a point, extend the bone past "to" by, width, bias)
+_PRIOR: dict[str, tuple[str, str | None, float, float, float]] = {
+    "torso": ("pelvis", "torso_centre", 0.9, 1.0, 0.0),
+    "head": ("head_centre", None, 0.0, 1.0, 0.2),
+    "face": ("face", None, 0.0, 0.45, 1.0),
+    "upper_arm_l": ("shoulder_l", "elbow_l", 0.0, 0.3, 0.6),
+    "upper_arm_r": ("shoulder_r", "elbow_r", 0.0, 0.3, 0.6),
+    "forearm_l": ("elbow_l", "hand_l", 0.0, 0.3, 0.8),
+    "forearm_r": ("elbow_r", "hand_r", 0.0, 0.3, 0.8),
+    "thigh_l": ("hip_l", "knee_l", 0.0, 0.35, 0.3),
+    "thigh_r": ("hip_r", "knee_r", 0.0, 0.35, 0.3),
+    "shin_l": ("knee_l", "ankle_l", 0.0, 0.35, 0.4),
+    "shin_r": ("knee_r", "ankle_r", 0.0, 0.35, 0.4),
+    "ground": ("ground", "ground_side", 0.0, 0.2, -0.5),
+}
+_STILL_BIAS = -2.0
+
+
+class PartPrior(nn.Module):
+    """Nearest-bone part logits (B, N_PARTS, h, w) at any pixel centres, with learnt widths and biases."""
+
+    a_idx: torch.Tensor  # buffers: each moving part's bone, as keypoint indices, and how far it extends
+    b_idx: torch.Tensor
+    extend: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        names = [n for n, _ in PARTS]
+        idx = {n: i for i, n in enumerate(KEYPOINTS)}
+        if set(_PRIOR) | {"still"} != set(names):
+            raise RuntimeError(f"the part prior names {sorted(_PRIOR)}, skeleton.PARTS {names}")
+        seg = [(idx[_PRIOR[n][0]], idx[_PRIOR[n][1] or _PRIOR[n][0]], _PRIOR[n][2]) for n in names[:-1]]
+        self.register_buffer("a_idx", torch.tensor([s[0] for s in seg]), persistent=False)
+        self.register_buffer("b_idx", torch.tensor([s[1] for s in seg]), persistent=False)
+        self.register_buffer("extend", torch.tensor([s[2] for s in seg]), persistent=False)
+        self.log_width = nn.Parameter(torch.log(torch.tensor([_PRIOR[n][3] for n in names[:-1]])))
+        self.bias = nn.Parameter(torch.tensor([_PRIOR[n][4] for n in names[:-1]] + [_STILL_BIAS]))
+        self.log_sharp = nn.Parameter(torch.tensor(float(torch.log(torch.tensor(4.0)))))
+        self.head = (idx["head_centre"], idx["head_up"])
+
+    def forward(self, kp_t: torch.Tensor, p: torch.Tensor, full_hw) -> torch.Tensor:
+        H, W = full_hw
+        s = kp_t.new_tensor([W / 2.0, H / 2.0])
+        kp = kp_t * s  # pixels
+        r = (kp[:, self.head[1]] - kp[:, self.head[0]]).norm(dim=-1).clamp(min=1.0)  # head radius (B,)
+        a, b = kp[:, self.a_idx], kp[:, self.b_idx]  # (B, K-1, 2)
+        b = b + (b - a) * self.extend[None, :, None]
+        ab = b - a
+        q = (p * s)[None, None]  # (1, 1, h, w, 2)
+        t = (
+            ((q - a[:, :, None, None]) * ab[:, :, None, None]).sum(-1)
+            / (ab * ab).sum(-1).clamp(min=1e-6)[..., None, None]
+        ).clamp(0, 1)
+        d = (q - a[:, :, None, None] - t[..., None] * ab[:, :, None, None]).norm(dim=-1) / r[:, None, None, None]
+        w = self.log_width.exp()[None, :, None, None]
+        bones = self.bias[None, :-1, None, None] - 0.5 * (d / w) ** 2
+        still = self.bias[-1].expand(bones.shape[0], 1, *bones.shape[2:])
+        return self.log_sharp.exp() * torch.cat([bones, still], 1)
+
+
+# --- networks ---------------------------------------------------------------------------------
+
+
+class FiLMResBlock(nn.Module):
+    """A norm-free residual block modulated by the expression. No GroupNorm: its statistics would
+    depend on the crop the CPU draws, and the avatar's pixels would change as the crop moves."""
+
+    def __init__(self, ch: int, cond_dim: int):
+        super().__init__()
+        self.a = nn.Conv2d(ch, ch, 3, padding=1)
+        self.film = nn.Linear(cond_dim, 2 * ch)
+        self.b = nn.Conv2d(ch, ch, 3, padding=1)
+        _zero_init(self.b)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.film(cond)[:, :, None, None].chunk(2, dim=1)
+        h = self.a(F.silu(x)) * (1 + scale) + shift
+        return x + self.b(F.silu(h))
+
+
+class RefEncoder(nn.Module):
+    """The reference frame (premultiplied RGBA in [-1, 1], (B, 4, H, W)) -> features at 1/2, 1/4, 1/8.
+
+    Runs once per avatar; serving caches its output with the avatar."""
+
+    def __init__(self, s: MotionShape):
+        super().__init__()
+        c = s.ref_channels
+        self.d2 = nn.Sequential(nn.Conv2d(4, c[0], 3, stride=2, padding=1), ResBlock(c[0]))
+        self.d4 = nn.Sequential(nn.SiLU(), nn.Conv2d(c[0], c[1], 3, stride=2, padding=1), ResBlock(c[1]))
+        self.d8 = nn.Sequential(nn.SiLU(), nn.Conv2d(c[1], c[2], 3, stride=2, padding=1), ResBlock(c[2]))
+
+    def forward(self, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        f2 = self.d2(ref)
+        f4 = self.d4(f2)
+        return f2, f4, self.d8(f4)
+
+
+class PartMaskNet(nn.Module):
+    """Which part each pixel (at 1/4) belongs to: a small U-Net over the reference moved by every part."""
+
+    def __init__(self, s: MotionShape):
+        super().__init__()
+        c = s.mask_channels
+        cin = 4 * N_PARTS + N_POINTS
+        self.inp = nn.Conv2d(cin, c[0], 3, padding=1)
+        self.b0 = ResBlock(c[0])
+        self.down1 = nn.Conv2d(c[0], c[1], 3, stride=2, padding=1)
+        self.b1 = ResBlock(c[1])
+        self.down2 = nn.Conv2d(c[1], c[2], 3, stride=2, padding=1)
+        self.b2 = ResBlock(c[2])
+        self.up2 = nn.Conv2d(c[2] + c[1], c[1], 3, padding=1)
+        self.up1 = nn.Conv2d(c[1] + c[0], c[0], 3, padding=1)
+        self.out = nn.Conv2d(c[0], N_PARTS, 3, padding=1)
+        _zero_init(self.out)  # a residual on PartPrior's logits: starts at the nearest bone
+
+    def forward(self, moved_refs: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
+        x0 = self.b0(self.inp(torch.cat([moved_refs, heat], 1)))
+        x1 = self.b1(self.down1(F.silu(x0)))
+        x2 = self.b2(self.down2(F.silu(x1)))
+        u = F.interpolate(x2, size=x1.shape[-2:], mode="nearest")
+        x1 = F.silu(self.up2(torch.cat([u, x1], 1)))
+        u = F.interpolate(x1, size=x0.shape[-2:], mode="nearest")
+        x0 = F.silu(self.up1(torch.cat([u, x0], 1)))
+        return self.out(x0)
+
+
+class MotionDecoder(nn.Module):
+    """(motion (B, MOTION_DIM), the reference's motion and its encoded features) -> premultiplied RGBA window."""
+
+    def __init__(self, s: MotionShape | None = None):
+        super().__init__()
+        self.shape = s = s or MotionShape()
+        self.ref_encoder = RefEncoder(s)
+        self.masks = PartMaskNet(s)
+        self.prior = PartPrior()
+        g, r = s.gen_channels, s.ref_channels
+        self.cond = nn.Sequential(nn.Linear(MOTION_DIM, s.cond_dim), nn.SiLU(), nn.Linear(s.cond_dim, s.cond_dim))
+        self.g8_in = nn.Conv2d(r[2] + N_POINTS, g[0], 3, padding=1)
+        self.g8 = nn.ModuleList([FiLMResBlock(g[0], s.cond_dim) for _ in range(2)])
+        self.up4 = nn.Sequential(nn.SiLU(), nn.Conv2d(g[0], 4 * g[1], 3, padding=1), nn.PixelShuffle(2))
+        self.g4_in = nn.Conv2d(g[1] + r[1], g[1], 3, padding=1)
+        self.g4 = FiLMResBlock(g[1], s.cond_dim)
+        self.up2 = nn.Sequential(nn.SiLU(), nn.Conv2d(g[1], 4 * g[2], 3, padding=1), nn.PixelShuffle(2))
+        self.g2_in = nn.Conv2d(g[2] + r[0], g[2], 3, padding=1)
+        self.g2 = ResBlock(g[2])
+        self.up1 = nn.Sequential(nn.SiLU(), nn.Conv2d(g[2], 4 * 8, 3, padding=1), nn.PixelShuffle(2))
+        self.out = nn.Conv2d(8 + 4, 5, 3, padding=1)  # RGBA drawn + the copy mask's logit
+        _zero_init(self.out)
+        bias = self.out.bias
+        assert bias is not None
+        with torch.no_grad():
+            bias[4] = 3.0  # start by copying the moved reference
+
+    def encode_reference(self, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.ref_encoder(ref)
+
+    def forward(
+        self,
+        motion: torch.Tensor,
+        ref_motion: torch.Tensor,
+        ref: torch.Tensor,
+        ref_feats: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        box: tuple[int, int, int, int] | None = None,
+        return_parts: bool = False,
+    ):
+        """Draw the window, or only ``box`` = (row, column, height, width) of it (multiples of 8).
+
+        ref and ref_feats always cover the whole window (they are the avatar's, cached); only the
+        output is cropped, which is how the CPU draws just the pixels around the avatar and how
+        training affords many frames a step.
+        """
+        s = self.shape
+        H, W = ref.shape[-2:]
+        y0, x0, h, w = box or (0, 0, H, W)
+        if y0 % 8 or x0 % 8 or h % 8 or w % 8:
+            raise ValueError(f"box {box} must be in multiples of 8 pixels")
+        B = motion.shape[0]
+        kp_t = motion[:, :EXPR_OFFSET].reshape(B, N_POINTS, 2)
+        kp_r = ref_motion[:, :EXPR_OFFSET].reshape(B, N_POINTS, 2)
+        f2, f4, f8 = ref_feats
+
+        def centres(level: int) -> torch.Tensor:
+            return pixel_centres(h // level, w // level, kp_t, (H // level, W // level), (y0 // level, x0 // level))
+
+        # Coordinates stay in float32 under mixed precision: bfloat16 would put them a pixel off.
+        with torch.autocast(device_type=motion.device.type, enabled=False):
+            kp_t, kp_r = kp_t.float(), kp_r.float()
+            A, b = part_maps(kp_t, kp_r, W, H)
+            p = {lv: centres(lv) for lv in (1, 2, 4, 8)}
+            grids = {lv: part_grids(A, b, p[lv]) for lv in p}  # (B, K, h/lv, w/lv, 2)
+            h4, w4 = h // 4, w // 4
+            # 1. every part's move of the reference, at 1/4, and where the keypoints went
+            ref4 = F.avg_pool2d(ref.float(), 4)
+            moved = warp(ref4.repeat_interleave(N_PARTS, 0), grids[4].reshape(B * N_PARTS, h4, w4, 2))
+            heat4 = heat_maps(kp_t, kp_r, p[4], s.heat_sigma_px, (H, W))
+            heat8 = heat_maps(kp_t, kp_r, p[8], s.heat_sigma_px * 2, (H, W))
+        # 2. which part each pixel belongs to: the nearest bone, corrected by the U-Net
+        residual = self.masks(moved.reshape(B, N_PARTS * 4, h4, w4), heat4).float()
+        with torch.autocast(device_type=motion.device.type, enabled=False):
+            mixed = {}
+            for lv in (1, 2, 4, 8):
+                r = residual if lv == 4 else F.interpolate(residual, size=(h // lv, w // lv), mode="bilinear")
+                mixed[lv] = mix_grid(grids[lv], self.prior(kp_t, p[lv], (H, W)) + r)
+            # 3. the reference's pixels moved (shifted by one so that outside the reference reads as empty)
+            moved_px = warp(ref.float() + 1.0, mixed[1]) - 1.0
+        # 4. draw and choose
+        cond = self.cond(torch.cat([motion[:, :EXPR_OFFSET] - ref_motion[:, :EXPR_OFFSET], motion[:, EXPR_OFFSET:]], 1))
+        x = self.g8_in(torch.cat([warp(f8, mixed[8]), heat8], 1))
+        for blk in self.g8:
+            x = blk(x, cond)
+        x = self.g4_in(torch.cat([self.up4(x), warp(f4, mixed[4])], 1))
+        x = self.g4(x, cond)
+        x = self.g2_in(torch.cat([self.up2(x), warp(f2, mixed[2])], 1))
+        x = self.g2(x)
+        o = self.out(torch.cat([self.up1(x), moved_px], 1)).float()
+        copy = torch.sigmoid(o[:, 4:5])
+        out = copy * moved_px + (1 - copy) * o[:, :4]
+        if return_parts:
+            return out, {"moved": moved_px, "copy": copy, "grid4": mixed[4], "ref4": ref4}
+        return out
+
+
+__all__ = [
+    "EXPR_DIM",
+    "MotionDecoder",
+    "MotionShape",
+    "N_PARTS",
+    "PartPrior",
+    "part_grids",
+    "part_maps",
+    "mix_grid",
+    "warp",
+]

@@ -1,0 +1,178 @@
+"""Architecture 3: the motion latent (engines/avatar_world/skeleton.py) and the decoder that moves the
+reference frame by it (engines/tiny/motion.py)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from avatarcast.engines.avatar_world import BUILTIN_AVATARS, pose_at, random_avatar, render_frame, sample_variation  # noqa: E402
+from avatarcast.engines.avatar_world.skeleton import (  # noqa: E402
+    EXPR_OFFSET,
+    KEYPOINTS,
+    MOTION_DIM,
+    N_POINTS,
+    PARTS,
+    keypoints_px,
+    motion_vector,
+    to_window,
+)
+from avatarcast.engines.tiny.config import TinyConfig  # noqa: E402
+from avatarcast.engines.tiny.motion import MotionDecoder, part_maps  # noqa: E402
+
+CFG = TinyConfig()
+W, H = CFG.window_width, CFG.pad_height
+
+
+def _mv(av, q) -> np.ndarray:
+    return motion_vector(av, q, CFG.window_x0, CFG.window_width, CFG.pad_top, CFG.pad_height)
+
+
+@pytest.mark.parametrize(
+    "avatar,emotion,t",
+    [(BUILTIN_AVATARS[2], "happy", 0.3), (BUILTIN_AVATARS[0], "excited", 1.1), (random_avatar(7), "sad", 2.0)],
+)
+def test_keypoints_lie_on_the_drawn_avatar(avatar, emotion, t):
+    """Every body keypoint is on a drawn pixel: the labels say where the renderer put the parts
+    (hips, knees and ankles added to the pelvis twice would land in the air or the ground)."""
+    q = pose_at(emotion, t, sample_variation(3), 1.0)
+    frame = render_frame(avatar, q)
+    kp = keypoints_px(avatar, q)
+    on_body = [n for n in KEYPOINTS if n not in ("torso_side", "head_up", "face_up", "ground_side", "ground")]
+    for name in on_body:
+        x, y = kp[KEYPOINTS.index(name)]
+        assert frame[int(y), int(x), 3] > 0, f"{name} at ({x:.0f}, {y:.0f}) is on a transparent pixel"
+    # the shadow's centre is on the ground's shadow, under the avatar
+    gx, gy = kp[KEYPOINTS.index("ground")]
+    assert 0 < frame[int(gy), int(gx), 3] < 255
+
+
+def test_motion_vector_layout():
+    av = BUILTIN_AVATARS[1]
+    q = pose_at("love", 0.7, sample_variation(1), 0.8)
+    v = _mv(av, q)
+    assert v.shape == (MOTION_DIM,) and v.dtype == np.float32
+    kp = v[:EXPR_OFFSET].reshape(N_POINTS, 2)
+    assert np.all(np.abs(kp) < 1.0)  # the avatar stands inside the window
+    # window edges map to -1 and 1 (pixel edges, as grid_sample with align_corners=False reads them)
+    edges = to_window(
+        np.array([[CFG.window_x0, -CFG.pad_top], [CFG.window_x0 + W, H - CFG.pad_top]], float),
+        CFG.window_x0,
+        W,
+        CFG.pad_top,
+        H,
+    )
+    np.testing.assert_allclose(edges, [[-1, -1], [1, 1]])
+
+
+def test_part_maps_undo_a_rigid_move():
+    """Keypoints rotated and shifted as one body: every part's map takes its target keypoints back to
+    the reference ones (in pixels, so the window's aspect does not bend the rotation)."""
+    torch.manual_seed(0)
+    kp_r = torch.rand(2, N_POINTS, 2) * 1.6 - 0.8
+    s = torch.tensor([W / 2, H / 2])
+    c, sn = math.cos(0.3), math.sin(0.3)
+    rot = torch.tensor([[c, -sn], [sn, c]])
+    kp_t = ((kp_r * s) @ rot.T + torch.tensor([10.0, -5.0])) / s
+    A, b = part_maps(kp_t, kp_r, W, H)
+    for k, (name, idx) in enumerate(PARTS):
+        for i in idx:
+            back = (A[:, k] @ kp_t[:, i, :, None])[..., 0] + b[:, k]
+            torch.testing.assert_close(back, kp_r[:, i], atol=1e-4, rtol=0, msg=name)
+
+
+def _ref_tensor(av) -> torch.Tensor:
+    from tools.train_motion import rest_pose
+    from tools.train_tiny import to_window_tensor
+
+    f = render_frame(av, rest_pose())[:, CFG.window_x0 : CFG.window_x0 + W]
+    return to_window_tensor(torch.from_numpy(np.ascontiguousarray(f))[None], CFG)
+
+
+def test_moved_reference_is_exact_at_rest_and_under_a_whole_pixel_shift():
+    """Target = reference: every part's map is the identity and the moved pixels are the reference's,
+    exactly. All keypoints 8 pixels to the right: every moving part's grid reads the reference 8 pixels
+    to the left (the half-pixel conventions of the keypoints, the grids and grid_sample agree)."""
+    from avatarcast.engines.tiny.motion import part_grids, pixel_centres, warp
+    from tools.train_motion import rest_pose
+
+    av = BUILTIN_AVATARS[3]
+    ref = _ref_tensor(av)
+    rm = torch.from_numpy(_mv(av, rest_pose()))[None]
+    dec = MotionDecoder().eval()
+    with torch.no_grad():
+        _, parts = dec(rm, rm, ref, dec.encode_reference(ref), return_parts=True)
+    torch.testing.assert_close(parts["moved"], ref, atol=1e-3, rtol=0)  # a pixel step is 2/255
+    shifted = rm.clone()
+    shifted[:, :EXPR_OFFSET:2] += 2 * 8 / W
+    kp_t, kp_r = shifted[:, :EXPR_OFFSET].reshape(1, N_POINTS, 2), rm[:, :EXPR_OFFSET].reshape(1, N_POINTS, 2)
+    A, b = part_maps(kp_t, kp_r, W, H)
+    grids = part_grids(A, b, pixel_centres(H, W, kp_t))
+    for k, (name, idx) in enumerate(PARTS):
+        moved = warp(ref + 1, grids[:, k]) - 1
+        if idx:
+            torch.testing.assert_close(moved[..., 8:], ref[..., :-8], atol=1e-3, rtol=0, msg=name)
+        else:  # the still part does not move
+            torch.testing.assert_close(moved, ref, atol=1e-3, rtol=0)
+
+
+def test_a_box_draws_the_same_pixels_as_the_whole_window():
+    """The CPU draws only a box around the avatar: with the generator's and the masks' residual layers
+    at their zero start, a box's pixels equal the whole window's there (every coordinate of the crop,
+    at every level, is where the whole window has it)."""
+    av = BUILTIN_AVATARS[0]
+    ref = _ref_tensor(av)
+    from tools.train_motion import rest_pose
+
+    rm = torch.from_numpy(_mv(av, rest_pose()))[None]
+    m = torch.from_numpy(_mv(av, pose_at("excited", 0.6, sample_variation(2), 1.0)))[None]
+    dec = MotionDecoder().eval()
+    with torch.no_grad():
+        feats = dec.encode_reference(ref)
+        full = dec(m, rm, ref, feats)
+        box = (96, 136, 160, 176)
+        crop = dec(m, rm, ref, feats, box=box)
+    torch.testing.assert_close(crop, full[..., 96:256, 136:312], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        dec(m, rm, ref, feats, box=(4, 0, 64, 64))
+
+
+def test_motion_denoiser_fits_the_samplers_call_and_starts_still():
+    """The motion denoiser takes the image denoiser's call (a 1 x 1 image of T*D channels) and returns a
+    velocity; fresh, its clean-chunk estimate is the last context frame repeated, so one Euler step from
+    any noise lands on a still avatar (the "x" parametrization turned into a velocity correctly)."""
+    from avatarcast.engines.sampler import ShortcutFlowSampler
+    from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser
+
+    T, K, D = CFG.chunk_frames, CFG.context_frames, MOTION_DIM
+    den = MotionDenoiser(D, T, K, n_emotions=11).eval()
+    g = torch.Generator().manual_seed(0)
+    ctx = torch.randn(3, K * D, 1, 1, generator=g)
+    ref = torch.randn(3, D, 1, 1, generator=g)
+    x = torch.randn(3, T * D, 1, 1, generator=g)
+    sampler = ShortcutFlowSampler(steps=1, min_shortcut=CFG.min_shortcut)
+    with torch.no_grad():
+        for t in sampler.timesteps:
+            v = den(
+                x, torch.full((3,), float(t)), torch.full((3,), 1.0), ctx, ref, torch.tensor([0, 4, 10]), torch.ones(3)
+            )
+            assert v.shape == x.shape
+            x = sampler.step(v, t, x)
+    last = ctx.reshape(3, K, D)[:, -1:]
+    torch.testing.assert_close(x.reshape(3, T, D), last.expand(3, T, D), atol=1e-5, rtol=0)
+
+
+def test_train_motion_runs_and_resumes(tmp_path):
+    """Two decoder steps on a few rendered frames, then one more from the checkpoint: the step count goes on."""
+    from tools import train_motion
+
+    args = ["--work", str(tmp_path / "w"), "--ckpt", str(tmp_path / "ck"), "--minutes", "0", "--random-avatars", "1",
+            "--variants", "1", "--per-clip", "1", "--batch", "2", "--crop", "64", "--workers", "1", "--no-eval"]  # fmt: skip
+    train_motion.main([*args, "--min-steps", "2"])
+    assert torch.load(tmp_path / "ck" / "motion.pt")["step"] == 2
+    train_motion.main([*args, "--min-steps", "1"])
+    assert torch.load(tmp_path / "ck" / "motion_ema.pt")["step"] == 3

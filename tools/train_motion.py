@@ -1,0 +1,339 @@
+"""Train architecture 3's decoder (engines/tiny/motion.py): frames from motion vectors and the reference.
+
+    python -m tools.train_motion --work /tmp/avm --ckpt out/motion --minutes 15
+
+The decoder learns to draw a frame of an avatar from the frame's motion vector
+(engines/avatar_world/skeleton.py, read off the renderer's rig: the labels are exact) and the
+avatar's reference frame. Losses: avatar-weighted L1 and edge losses on the frame (as the `ae`
+stage of tools/train_tiny.py), plus the same L1 on the reference moved by the part masks alone at
+a quarter of the size, which teaches the masks directly instead of only through the generator.
+Resumable and time-boxed (`--minutes`); `motion.pt` holds the model, its EMA, the optimizer and
+the step; `report.json` the held-out figures (tools/eval/holdout.py's frames: built-in avatars
+at seeds no training uses and parametric avatars never trained on), scored as the fidelity eval
+scores reconstructions (tools/eval/fidelity.py `frame_scores`); `samples.png` shows held-out
+frames at 1:1, renderer above model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from avatarcast.engines.avatar_world import MotionVariation, pose_at
+from avatarcast.engines.avatar_world.render import render_frame, sequence_poses
+from avatarcast.engines.avatar_world.skeleton import MOTION_DIM, motion_vector
+from avatarcast.engines.tiny.config import TinyConfig
+from avatarcast.engines.tiny.model import tensor_to_rgba
+from avatarcast.engines.tiny.motion import MotionDecoder
+from tools.train_tiny import (
+    LossLog,
+    avatar_by_id,
+    avatar_weight,
+    clip_specs,
+    ema_update,
+    grad_l1,
+    n_avatars,
+    save_small,
+    save_strip,
+    to_window_tensor,
+    update_report,
+    weighted_l1,
+)
+
+CFG = TinyConfig()  # the window and its padding: the same as architecture 2's
+
+
+def rest_pose():
+    """The pose reference_frame draws: idle at t=0, neutral variation, intensity 0.5."""
+    return pose_at("idle", 0.0, MotionVariation(1.0, 1.0, 0.0), 0.5)
+
+
+def _mv(avatar, pose) -> np.ndarray:
+    return motion_vector(avatar, pose, CFG.window_x0, CFG.window_width, CFG.pad_top, CFG.pad_height)
+
+
+def _window(frame: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(frame[:, CFG.window_x0 : CFG.window_x0 + CFG.window_width])
+
+
+def _render_job(job) -> tuple[int, np.ndarray, np.ndarray]:
+    """A worker: `per_clip` frames of one clip spec, at random frame indices; window frames and motions."""
+    spec, per_clip, seed = job
+    av = avatar_by_id(spec.avatar_id)
+    poses, _ = sequence_poses(list(spec.segments), spec.seed, start_time=spec.start_time)
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(poses), size=per_clip, replace=False)
+    frames = np.stack([_window(render_frame(av, poses[i])) for i in pick])
+    return spec.avatar_id, frames, np.stack([_mv(av, poses[i]) for i in pick])
+
+
+def _ref_job(i: int) -> tuple[np.ndarray, np.ndarray]:
+    av = avatar_by_id(i)
+    q = rest_pose()
+    return _window(render_frame(av, q)), _mv(av, q)
+
+
+def build_pool(args) -> dict:
+    """Rendered training frames (cached under --work): uint8 window frames, motions, avatar ids, references."""
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    cache = Path(args.work) / f"motion_pool_{args.random_avatars}_{args.variants}_{args.per_clip}.npz"
+    if cache.exists():
+        d = np.load(cache)
+        return {k: d[k] for k in d.files}
+    specs = clip_specs(args.random_avatars, args.variants, seed=3)
+    jobs = [(s, args.per_clip, 1000 + i) for i, s in enumerate(specs)]
+    t0 = time.time()
+    n = len(specs) * args.per_clip
+    frames = np.empty((n, CFG.height, CFG.window_width, 4), np.uint8)
+    motions = np.empty((n, MOTION_DIM), np.float32)
+    ids = np.empty((n,), np.int64)
+    with Pool(args.workers) as pool:
+        for j, (aid, f, m) in enumerate(pool.imap(_render_job, jobs, chunksize=8)):
+            sl = slice(j * args.per_clip, (j + 1) * args.per_clip)
+            frames[sl], motions[sl], ids[sl] = f, m, aid
+        refs = pool.map(_ref_job, range(n_avatars(args.random_avatars)))
+    print(f"[motion] rendered {n} frames and {len(refs)} references in {time.time() - t0:.0f}s", flush=True)
+    out = {
+        "frames": frames,
+        "motions": motions,
+        "ids": ids,
+        "ref_frames": np.stack([r[0] for r in refs]),
+        "ref_motions": np.stack([r[1] for r in refs]),
+    }
+    if not args.no_cache:
+        np.savez(cache, **out)
+    return out
+
+
+def heldout(n_builtin: int = 6, n_holdout: int = 6, per_avatar: int = 11) -> list[dict]:
+    """The fidelity eval's held-out frames (its avatars, seeds and times), with their motions and references."""
+    from avatarcast.engines.avatar_world import sample_variation
+    from avatarcast.engines.avatar_world.render import landmarks
+    from tools.eval import holdout
+
+    out = []
+    for av in holdout.eval_avatars(n_builtin, n_holdout):
+        ref_pose = rest_pose()
+        ref = _window(render_frame(av, ref_pose))
+        for s in holdout.reconstruction_frames([av], per_avatar):
+            q = pose_at(s.emotion, s.time, sample_variation(s.seed), s.intensity)
+            out.append(
+                {
+                    "avatar": av.name,
+                    "frame": render_frame(av, q),
+                    "motion": _mv(av, q),
+                    "ref": ref,
+                    "ref_motion": _mv(av, ref_pose),
+                    "head": landmarks(av, q).head,
+                }
+            )
+    return out
+
+
+def decode_frames(model: MotionDecoder, motions, ref_motions, refs_win, device, batch: int = 8) -> np.ndarray:
+    """Motions (N, D) and reference window frames (N, H, window_W, 4) -> uint8 window frames (N, H, window_W, 4)."""
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(motions), batch):
+            ref = to_window_tensor(torch.from_numpy(np.stack(refs_win[i : i + batch])).to(device), CFG)
+            m = torch.from_numpy(np.stack(motions[i : i + batch])).to(device)
+            rm = torch.from_numpy(np.stack(ref_motions[i : i + batch])).to(device)
+            y = model(m, rm, ref, model.encode_reference(ref)).float().clamp(-1, 1)
+            outs.append(tensor_to_rgba(y[:, :, CFG.pad_top : CFG.pad_top + CFG.height]).cpu().numpy())
+    return np.concatenate(outs)
+
+
+def evaluate(model: MotionDecoder, device, ck: Path, n_builtin: int = 6, n_holdout: int = 6) -> dict:
+    from tools.eval.fidelity import frame_scores
+
+    rows = heldout(n_builtin, n_holdout)
+    rec = decode_frames(
+        model, [r["motion"] for r in rows], [r["ref_motion"] for r in rows], [r["ref"] for r in rows], device
+    )
+    x0, x1 = CFG.window_x0, CFG.window_x0 + CFG.window_width
+    scores = []
+    for r, g in zip(rows, rec):
+        full = np.zeros_like(r["frame"])
+        full[:, x0:x1] = g
+        scores.append({"avatar": r["avatar"], **frame_scores(r["frame"], full, r["head"])})
+    builtin = [s for s in scores if not s["avatar"].startswith("random")]
+    unseen = [s for s in scores if s["avatar"].startswith("random")]
+
+    def mean(rows, k):
+        return round(float(np.mean([s[k] for s in rows])), 2) if rows else None
+
+    rep = {
+        k: {"builtin": mean(builtin, k), "heldout_avatars": mean(unseen, k)}
+        for k in ("avatar_psnr_db", "head_psnr_db", "avatar_ssim", "alpha_iou")
+    }
+    rep["frames"] = len(scores)
+    # 1:1 strip: one frame per avatar, renderer above the model
+    pick = list(range(0, len(rows), max(1, len(rows) // 12)))[:12]
+    top = np.concatenate([rows[i]["frame"][:, x0:x1] for i in pick[:6]], 1)
+    bot = np.concatenate([rec[i] for i in pick[:6]], 1)
+    top2 = np.concatenate([rows[i]["frame"][:, x0:x1] for i in pick[6:12]], 1)
+    bot2 = np.concatenate([rec[i] for i in pick[6:12]], 1)
+    save_strip(ck / "samples.png", [top, bot] + ([top2, bot2] if len(pick) == 12 else []))
+    return rep
+
+
+def eval_only(args) -> None:
+    """Held-out figures and samples.png of the kept EMA weights (motion_ema.pt), as a run's end writes them."""
+    device = torch.device(args.device)
+    ck = Path(args.ckpt)
+    st = torch.load(ck / "motion_ema.pt", map_location=device)
+    model = MotionDecoder().to(device)
+    model.load_state_dict(st["ema"])
+    rep = evaluate(model.eval(), device, ck, n_builtin=args.eval_avatars, n_holdout=args.eval_avatars)
+    rep["step"] = st["step"]
+    update_report(ck, "motion", rep)
+    print("[motion] held-out", json.dumps(rep), flush=True)
+
+
+def train(args) -> None:
+    device = torch.device(args.device)
+    ck = Path(args.ckpt)
+    ck.mkdir(parents=True, exist_ok=True)
+    data = build_pool(args)
+    frames = torch.from_numpy(data["frames"]).to(device)
+    motions = torch.from_numpy(data["motions"]).to(device)
+    ids = torch.from_numpy(data["ids"]).to(device)
+    ref_frames = torch.from_numpy(data["ref_frames"]).to(device)
+    ref_motions = torch.from_numpy(data["ref_motions"]).to(device)
+    model = MotionDecoder().to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=1e-4)
+    step = 0
+    path = ck / "motion.pt"
+    if path.exists():
+        st = torch.load(path, map_location=device)
+        model.load_state_dict(st["model"])
+        ema.load_state_dict(st["ema"])
+        if "opt" in st:
+            opt.load_state_dict(st["opt"])
+        step = st["step"]
+        print(f"[motion] resumed at step {step}", flush=True)
+    log = LossLog(ck / "motion_loss.json")
+    gen = torch.Generator(device="cpu").manual_seed(1234 + step)
+    t0 = time.time()
+    deadline = t0 + args.minutes * 60
+    local = 0
+    use_bf16 = device.type == "cuda"
+
+    def save() -> None:
+        save_small({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step}, path)
+        save_small({"ema": ema.state_dict(), "step": step}, ck / "motion_ema.pt")
+
+    last_save = time.time()
+    by_avatar = [torch.nonzero(ids == a).flatten() for a in range(len(ref_frames))]
+    by_avatar = [t for t in by_avatar if len(t)]
+    per = max(1, args.batch // args.avatars_per_batch)
+    H, W = CFG.pad_height, CFG.window_width
+    while time.time() < deadline or local < args.min_steps:
+        # a few avatars a step, several frames each: the reference encoder runs once per avatar
+        picks = torch.randint(0, len(by_avatar), (args.avatars_per_batch,), generator=gen).tolist()
+        idx = torch.cat(
+            [by_avatar[a][torch.randint(0, len(by_avatar[a]), (per,), generator=gen).to(device)] for a in picks]
+        )
+        aid = ids[idx]
+        ref_u = to_window_tensor(ref_frames[ids[torch.stack([by_avatar[a][0] for a in picks])]], CFG)
+        feats_u = None
+        box = None
+        if args.crop:  # a random crop over the band the avatars stand in, in multiples of 8 pixels
+            ch = min(args.crop, H)
+            cw = min(args.crop, W)
+            y0 = 8 * int(torch.randint(0, (H - ch) // 8 + 1, (1,), generator=gen))
+            x0 = 8 * int(
+                torch.randint(
+                    max(0, (W // 2 - 160) // 8), (min(W - cw, W // 2 + 160 - cw)) // 8 + 1, (1,), generator=gen
+                )
+            )
+            box = (y0, x0, ch, cw)
+        x = to_window_tensor(frames[idx], CFG)
+        if box is not None:
+            x = x[:, :, box[0] : box[0] + box[2], box[1] : box[1] + box[3]]
+        m, rm = motions[idx], ref_motions[aid]
+        lr = args.lr * min(1.0, (step + 1) / 300)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            feats_u = model.encode_reference(ref_u)
+            rep = torch.arange(len(picks), device=device).repeat_interleave(per)
+            ref = ref_u[rep]
+            feats = tuple(f[rep] for f in feats_u)
+            y, parts = model(m, rm, ref, feats, box=box, return_parts=True)
+        y = y.float()
+        w = avatar_weight(x, args.avatar_boost)
+        rec = weighted_l1(y, x, w)
+        edge = grad_l1(y, x, w)
+        # the masks alone: the reference moved by the mixed grid, at 1/4, against the frame at 1/4
+        x4 = F.avg_pool2d(x, 4)
+        moved4 = F.grid_sample(parts["ref4"], parts["grid4"], align_corners=False)
+        w4 = avatar_weight(x4, args.avatar_boost)
+        mask_l = weighted_l1(moved4, x4, w4)
+        loss = rec + args.edge_weight * edge + args.mask_weight * mask_l
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema_update(ema, model, args.ema if step > 500 else 0.9)
+        step += 1
+        local += 1
+        log.tick("motion", step, local, t0, rec=rec.detach(), edge=edge.detach(), mask=mask_l.detach())
+        if time.time() - last_save > args.save_every:
+            save()
+            log.save()
+            last_save = time.time()
+    save()
+    log.save()
+    print(f"[motion] {local} steps this run, {step} in all, {(time.time() - t0) / max(1, local) * 1000:.0f} ms/step")
+    if not args.no_eval:
+        rep = evaluate(ema.eval(), device, ck)
+        rep["step"] = step
+        update_report(ck, "motion", rep)
+        print("[motion] held-out", json.dumps(rep), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default="/tmp/avm")
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--random-avatars", type=int, default=294)
+    ap.add_argument("--variants", type=int, default=2)
+    ap.add_argument("--per-clip", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--avatars-per-batch", type=int, default=2)
+    ap.add_argument("--crop", type=int, default=0, help="train on random crops this many pixels wide (multiple of 8)")
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--avatar-boost", type=float, default=4.0)
+    ap.add_argument("--edge-weight", type=float, default=0.5)
+    ap.add_argument("--mask-weight", type=float, default=1.0)
+    ap.add_argument("--save-every", type=float, default=120.0, help="seconds between checkpoints")
+    ap.add_argument("--min-steps", type=int, default=1)
+    ap.add_argument("--no-eval", action="store_true")
+    ap.add_argument("--eval-only", action="store_true", help="score the kept EMA weights and stop")
+    ap.add_argument("--eval-avatars", type=int, default=6, help="built-in and held-out avatars each (--eval-only)")
+    ap.add_argument("--no-cache", action="store_true", help="do not write the rendered pool to --work")
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    if args.device == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    eval_only(args) if args.eval_only else train(args)
+
+
+if __name__ == "__main__":
+    main()

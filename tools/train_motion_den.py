@@ -1,0 +1,251 @@
+"""Train architecture 3's denoiser (engines/tiny/motion_denoiser.py) on motion-vector clips.
+
+    python -m tools.train_motion_den --work /tmp/avm --ckpt out/motion --minutes 20
+
+No pixels: the clips are tools/train_tiny.py's clip specs (built-in and parametric avatars, plain
+loops, emotion switches and starts from rest) turned into motion vectors by the renderer's rig
+(engines/avatar_world/skeleton.py), which takes about 0.2 ms a frame, so the CPU trains this.
+The objective is tools/train_tiny.py's shortcut flow loss, unchanged: the motion is a 1 x 1 image.
+Writes `motion_den.pt` (model, EMA, optimizer, step, the per-dimension normalization) and, in
+`report.json` under "motion_den", figures on held-out avatars (random_avatar(900_000 + k)) and seeds:
+how far 2-step samples started from rest stray from the avatar's bone lengths, and how much of the
+starting noise is left in them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avatarcast.engines.avatar_world.render import sequence_poses
+from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, KEYPOINTS, MOTION_DIM, N_POINTS
+from avatarcast.engines.sampler import ShortcutFlowSampler
+from avatarcast.engines.tiny.config import TinyConfig
+from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser
+from avatarcast.vocabulary import EMOTIONS
+from tools.train_motion import _mv, rest_pose
+from tools.train_tiny import (
+    CLIP_FRAMES,
+    LossLog,
+    avatar_by_id,
+    clip_specs,
+    ema_update,
+    heldout_avatar,
+    save_small,
+    shortcut_loss,
+    update_report,
+)
+
+CFG = TinyConfig(den_pred="x")  # chunk and context lengths, the smallest shortcut, the "x" loss weighting
+BONES = [("shoulder_l", "elbow_l"), ("elbow_l", "hand_l"), ("shoulder_r", "elbow_r"), ("elbow_r", "hand_r"),
+         ("hip_l", "knee_l"), ("knee_l", "ankle_l"), ("hip_r", "knee_r"), ("knee_r", "ankle_r")]  # fmt: skip
+
+
+def _clip_job(spec) -> tuple[np.ndarray, np.ndarray]:
+    av = avatar_by_id(spec.avatar_id)
+    poses, labels = sequence_poses(list(spec.segments), spec.seed, start_time=spec.start_time)
+    return np.stack([_mv(av, q) for q in poses]), labels
+
+
+def build_clips(args) -> dict:
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    cache = Path(args.work) / f"motion_clips_{args.random_avatars}_{args.variants}.npz"
+    if cache.exists():
+        d = np.load(cache)
+        return {k: d[k] for k in d.files}
+    specs = clip_specs(args.random_avatars, args.variants, seed=0)
+    t0 = time.time()
+    with Pool(args.workers) as pool:
+        out = pool.map(_clip_job, specs, chunksize=32)
+    q = rest_pose()
+    n_av = max(s.avatar_id for s in specs) + 1
+    data = {
+        "motions": np.stack([o[0] for o in out]).astype(np.float32),
+        "labels": np.stack([o[1] for o in out]),
+        "avatar": np.array([s.avatar_id for s in specs]),
+        "intensity": np.array([s.intensity for s in specs], np.float32),
+        "ref": np.stack([_mv(avatar_by_id(i), q) for i in range(n_av)]),
+    }
+    print(f"[motion_den] {len(specs)} clips in {time.time() - t0:.0f}s", flush=True)
+    np.savez(cache, **data)
+    return data
+
+
+class Chunks:
+    """(target chunk, context, reference, emotion, intensity) batches of normalized motion, as 1 x 1 images."""
+
+    def __init__(self, data: dict, mean: np.ndarray, std: np.ndarray):
+        self.m = torch.from_numpy((data["motions"] - mean) / std)
+        self.ref = torch.from_numpy((data["ref"] - mean) / std)
+        self.labels = torch.from_numpy(data["labels"])
+        self.avatar = torch.from_numpy(data["avatar"])
+        self.intensity = torch.from_numpy(data["intensity"])
+        T, K = CFG.chunk_frames, CFG.context_frames
+        pairs = []  # (clip, start): the whole target chunk carries one label, as tools/train_tiny.ChunkSampler
+        for s in range(K, CLIP_FRAMES - T + 1):
+            ok = (self.labels[:, s : s + T] == self.labels[:, s : s + 1]).all(1)
+            idx = torch.nonzero(ok).flatten()
+            pairs.append(torch.stack([idx, torch.full_like(idx, s)], 1))
+        self.pairs = torch.cat(pairs)
+
+    def batch(self, n: int, gen: torch.Generator):
+        T, K = CFG.chunk_frames, CFG.context_frames
+        p = self.pairs[torch.randint(0, len(self.pairs), (n,), generator=gen)]
+        clip, s = p[:, 0], p[:, 1]
+        x1 = self.m[clip[:, None], s[:, None] + torch.arange(T)[None]].reshape(n, -1, 1, 1)
+        ctx = self.m[clip[:, None], s[:, None] - K + torch.arange(K)[None]].reshape(n, -1, 1, 1)
+        return x1, ctx, self.ref[self.avatar[clip]][..., None, None], self.labels[clip, s], self.intensity[clip]
+
+
+def normalization(data: dict) -> tuple[np.ndarray, np.ndarray]:
+    m = data["motions"].reshape(-1, MOTION_DIM)
+    # a floor on the spread: dimensions that hardly move (eye_scale) must not turn sampler noise into big moves
+    return m.mean(0).astype(np.float32), np.maximum(m.std(0), 0.02).astype(np.float32)
+
+
+def build_model() -> MotionDenoiser:
+    return MotionDenoiser(MOTION_DIM, CFG.chunk_frames, CFG.context_frames, len(EMOTIONS))
+
+
+def rollout(model, ref_n: torch.Tensor, emotion: int, intensity: float, chunks: int, steps: int, gen) -> torch.Tensor:
+    """A stream from rest: normalized motions (B, chunks*T, D), each chunk's context the previous samples."""
+    B = ref_n.shape[0]
+    T, K, D = CFG.chunk_frames, CFG.context_frames, MOTION_DIM
+    sampler = ShortcutFlowSampler(steps=steps, min_shortcut=CFG.min_shortcut)
+    ctx = ref_n.repeat(1, K)[..., None, None]
+    emo = torch.full((B,), emotion, dtype=torch.long)
+    inten = torch.full((B,), intensity)
+    out = []
+    with torch.no_grad():
+        for _ in range(chunks):
+            x = torch.randn(B, T * D, 1, 1, generator=gen)
+            d = torch.full((B,), sampler.model_step_size)
+            for t in sampler.timesteps:
+                v = model(x, torch.full((B,), float(t)), d, ctx, ref_n[..., None, None], emo, inten)
+                x = sampler.step(v, t, x)
+            out.append(x.reshape(B, T, D))
+            ctx = x.reshape(B, T, D)[:, T - K :].reshape(B, -1, 1, 1)
+    return torch.cat(out, 1)
+
+
+def bone_error(motions: np.ndarray, ref: np.ndarray, w: int, h: int) -> float:
+    """Mean |bone length - the reference's| / the reference's, over arms and legs (raw motions)."""
+    s = np.array([w / 2, h / 2])
+    kp = motions[..., :EXPR_OFFSET].reshape(*motions.shape[:-1], N_POINTS, 2) * s
+    kr = ref[..., :EXPR_OFFSET].reshape(*ref.shape[:-1], N_POINTS, 2) * s
+    errs = []
+    for a, b in BONES:
+        i, j = KEYPOINTS.index(a), KEYPOINTS.index(b)
+        lg = np.linalg.norm(kp[..., j, :] - kp[..., i, :], axis=-1)
+        lr = np.linalg.norm(kr[..., j, :] - kr[..., i, :], axis=-1)[..., None]
+        errs.append(np.abs(lg - lr) / lr)
+    return float(np.mean(errs))
+
+
+def evaluate(model, mean, std, steps: int = 2) -> dict:
+    avs = [heldout_avatar(k) for k in range(6)]
+    q = rest_pose()
+    ref = np.stack([_mv(a, q) for a in avs])
+    ref_n = torch.from_numpy((ref - mean) / std)
+    gen = torch.Generator().manual_seed(0x900D)
+    rep: dict = {}
+    errs = []
+    for e in range(len(EMOTIONS)):
+        m = rollout(model, ref_n, e, 1.0, 4, steps, gen).numpy() * std + mean
+        errs.append(bone_error(m, ref, CFG.window_width, CFG.pad_height))
+    rep["bone_length_error"] = round(float(np.mean(errs)), 4)
+    # the training data's own bone-length spread (IK stretches arms up to 1.4x): the floor
+    return rep
+
+
+def train(args) -> None:
+    ck = Path(args.ckpt)
+    ck.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
+    data = build_clips(args)
+    path = ck / "motion_den.pt"
+    model = build_model()
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
+    step = 0
+    if path.exists():
+        st = torch.load(path)
+        model.load_state_dict(st["model"])
+        ema.load_state_dict(st["ema"])
+        opt.load_state_dict(st["opt"])
+        step, mean, std = st["step"], st["mean"], st["std"]
+    else:
+        mean, std = normalization(data)
+    chunks = Chunks(data, mean, std)
+    gen = torch.Generator().manual_seed(99 + step)
+    log = LossLog(ck / "motion_den_loss.json")
+    t0 = time.time()
+    deadline = t0 + args.minutes * 60
+    local = 0
+
+    def save() -> None:
+        st = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step}
+        save_small({**st, "mean": mean, "std": std}, path)
+
+    last = time.time()
+    while time.time() < deadline or local < args.min_steps:
+        x1, ctx, ref, emo, inten = chunks.batch(args.batch, gen)
+        frac = min(1.0, (time.time() - t0) / max(1.0, deadline - t0))
+        lr = (
+            args.lr
+            * min(1.0, (step + 1) / 200)
+            * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac)) if args.cosine else 1.0)
+        )
+        for g in opt.param_groups:
+            g["lr"] = lr
+        loss, lf, lb = shortcut_loss(model, x1, ctx, ref, emo, inten, CFG, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        ema_update(ema, model, args.ema if step > 300 else 0.9)
+        step += 1
+        local += 1
+        log.tick("motion_den", step, local, t0, flow=lf.detach(), shortcut=lb.detach())
+        if time.time() - last > 120:
+            save()
+            log.save()
+            last = time.time()
+    save()
+    log.save()
+    print(
+        f"[motion_den] {local} steps this run, {step} in all, {(time.time() - t0) / max(1, local) * 1000:.0f} ms/step"
+    )
+    rep = evaluate(ema.eval(), mean, std)
+    rep["step"] = step
+    update_report(ck, "motion_den", rep)
+    print("[motion_den] held-out", json.dumps(rep), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default="/tmp/avm")
+    ap.add_argument("--ckpt", required=True)
+    ap.add_argument("--minutes", type=float, default=20.0)
+    ap.add_argument("--random-avatars", type=int, default=394)
+    ap.add_argument("--variants", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--cosine", action="store_true")
+    ap.add_argument("--ema", type=float, default=0.999)
+    ap.add_argument("--min-steps", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    train(ap.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
