@@ -28,7 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avatarcast.engines.avatar_world import MotionVariation, pose_at
+from avatarcast.engines.avatar_world import pose_at
+from avatarcast.engines.avatar_world.reference import canonical_pose
 from avatarcast.engines.avatar_world.render import render_frame, sequence_poses
 from avatarcast.engines.avatar_world.skeleton import MOTION_DIM, motion_vector
 from avatarcast.engines.tiny.config import TinyConfig
@@ -52,11 +53,6 @@ from tools.train_tiny import (
 CFG = TinyConfig()  # the window and its padding: the same as architecture 2's
 
 
-def rest_pose():
-    """The pose reference_frame draws: idle at t=0, neutral variation, intensity 0.5."""
-    return pose_at("idle", 0.0, MotionVariation(1.0, 1.0, 0.0), 0.5)
-
-
 def _mv(avatar, pose) -> np.ndarray:
     return motion_vector(avatar, pose, CFG.window_x0, CFG.window_width, CFG.pad_top, CFG.pad_height)
 
@@ -78,14 +74,14 @@ def _render_job(job) -> tuple[int, np.ndarray, np.ndarray]:
 
 def _ref_job(i: int) -> tuple[np.ndarray, np.ndarray]:
     av = avatar_by_id(i)
-    q = rest_pose()
+    q = canonical_pose()
     return _window(render_frame(av, q)), _mv(av, q)
 
 
 def build_pool(args) -> dict:
     """Rendered training frames (cached under --work): uint8 window frames, motions, avatar ids, references."""
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    cache = Path(args.work) / f"motion_pool_{args.random_avatars}_{args.variants}_{args.per_clip}.npz"
+    cache = Path(args.work) / f"motion_pool_canonical_{args.random_avatars}_{args.variants}_{args.per_clip}.npz"
     if cache.exists():
         d = np.load(cache)
         return {k: d[k] for k in d.files}
@@ -122,7 +118,7 @@ def heldout(n_builtin: int = 6, n_holdout: int = 6, per_avatar: int = 11) -> lis
 
     out = []
     for av in holdout.eval_avatars(n_builtin, n_holdout):
-        ref_pose = rest_pose()
+        ref_pose = canonical_pose()
         ref = _window(render_frame(av, ref_pose))
         for s in holdout.reconstruction_frames([av], per_avatar):
             q = pose_at(s.emotion, s.time, sample_variation(s.seed), s.intensity)
@@ -222,6 +218,12 @@ def train(args) -> None:
             opt.load_state_dict(st["opt"])
         step = st["step"]
         print(f"[motion] resumed at step {step}", flush=True)
+    elif (ck / "motion_ema.pt").exists():  # a kept checkpoint (tools/ckpt) holds the EMA weights only
+        st = torch.load(ck / "motion_ema.pt", map_location=device)
+        model.load_state_dict(st["ema"])
+        ema.load_state_dict(st["ema"])
+        step = st["step"]
+        print(f"[motion] started from the kept EMA weights at step {step}", flush=True)
     log = LossLog(ck / "motion_loss.json")
     gen = torch.Generator(device="cpu").manual_seed(1234 + step)
     t0 = time.time()

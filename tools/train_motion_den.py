@@ -25,13 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avatarcast.engines.avatar_world.reference import canonical_pose, rest_pose
 from avatarcast.engines.avatar_world.render import sequence_poses
 from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, KEYPOINTS, MOTION_DIM, N_POINTS
 from avatarcast.engines.sampler import ShortcutFlowSampler
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser
 from avatarcast.vocabulary import EMOTIONS
-from tools.train_motion import _mv, rest_pose
+from tools.train_motion import _mv
 from tools.train_tiny import (
     CLIP_FRAMES,
     LossLog,
@@ -57,7 +58,7 @@ def _clip_job(spec) -> tuple[np.ndarray, np.ndarray]:
 
 def build_clips(args) -> dict:
     Path(args.work).mkdir(parents=True, exist_ok=True)
-    cache = Path(args.work) / f"motion_clips_{args.random_avatars}_{args.variants}.npz"
+    cache = Path(args.work) / f"motion_clips_canonical_{args.random_avatars}_{args.variants}.npz"
     if cache.exists():
         d = np.load(cache)
         return {k: d[k] for k in d.files}
@@ -65,7 +66,7 @@ def build_clips(args) -> dict:
     t0 = time.time()
     with Pool(args.workers) as pool:
         out = pool.map(_clip_job, specs, chunksize=32)
-    q = rest_pose()
+    q = canonical_pose()  # the denoiser reads the avatar's proportions off it, as the decoder its looks
     n_av = max(s.avatar_id for s in specs) + 1
     data = {
         "motions": np.stack([o[0] for o in out]).astype(np.float32),
@@ -115,12 +116,15 @@ def build_model() -> MotionDenoiser:
     return MotionDenoiser(MOTION_DIM, CFG.chunk_frames, CFG.context_frames, len(EMOTIONS))
 
 
-def rollout(model, ref_n: torch.Tensor, emotion: int, intensity: float, chunks: int, steps: int, gen) -> torch.Tensor:
-    """A stream from rest: normalized motions (B, chunks*T, D), each chunk's context the previous samples."""
+def rollout(
+    model, ref_n: torch.Tensor, start_n: torch.Tensor, emotion: int, intensity: float, chunks: int, steps: int, gen
+) -> torch.Tensor:
+    """A stream from rest (start_n: each avatar's rest motion): normalized motions (B, chunks*T, D), each
+    chunk's context the previous samples."""
     B = ref_n.shape[0]
     T, K, D = CFG.chunk_frames, CFG.context_frames, MOTION_DIM
     sampler = ShortcutFlowSampler(steps=steps, min_shortcut=CFG.min_shortcut)
-    ctx = ref_n.repeat(1, K)[..., None, None]
+    ctx = start_n.repeat(1, K)[..., None, None]
     emo = torch.full((B,), emotion, dtype=torch.long)
     inten = torch.full((B,), intensity)
     out = []
@@ -152,17 +156,23 @@ def bone_error(motions: np.ndarray, ref: np.ndarray, w: int, h: int) -> float:
 
 def evaluate(model, mean, std, steps: int = 2) -> dict:
     avs = [heldout_avatar(k) for k in range(6)]
-    q = rest_pose()
-    ref = np.stack([_mv(a, q) for a in avs])
+    ref = np.stack([_mv(a, canonical_pose()) for a in avs])
     ref_n = torch.from_numpy((ref - mean) / std)
+    start_n = torch.from_numpy((np.stack([_mv(a, rest_pose()) for a in avs]) - mean) / std)
     gen = torch.Generator().manual_seed(0x900D)
     rep: dict = {}
     errs = []
     for e in range(len(EMOTIONS)):
-        m = rollout(model, ref_n, e, 1.0, 4, steps, gen).numpy() * std + mean
+        m = rollout(model, ref_n, start_n, e, 1.0, 4, steps, gen).numpy() * std + mean
         errs.append(bone_error(m, ref, CFG.window_width, CFG.pad_height))
     rep["bone_length_error"] = round(float(np.mean(errs)), 4)
-    # the training data's own bone-length spread (IK stretches arms up to 1.4x): the floor
+    # the floor: the same avatars' true motion strays too (IK stretches arms up to 1.4x)
+    true = []
+    for a, r in zip(avs, ref):
+        for e, emo in enumerate(EMOTIONS):
+            poses, _ = sequence_poses([(emo, 16, 1.0)], seed=0x9100_0000 + e)
+            true.append(bone_error(np.stack([_mv(a, q) for q in poses]), r, CFG.window_width, CFG.pad_height))
+    rep["bone_length_error_data"] = round(float(np.mean(true)), 4)
     return rep
 
 

@@ -86,10 +86,10 @@ def test_part_maps_undo_a_rigid_move():
 
 
 def _ref_tensor(av) -> torch.Tensor:
-    from tools.train_motion import rest_pose
+    from avatarcast.engines.avatar_world.reference import canonical_pose
     from tools.train_tiny import to_window_tensor
 
-    f = render_frame(av, rest_pose())[:, CFG.window_x0 : CFG.window_x0 + W]
+    f = render_frame(av, canonical_pose())[:, CFG.window_x0 : CFG.window_x0 + W]
     return to_window_tensor(torch.from_numpy(np.ascontiguousarray(f))[None], CFG)
 
 
@@ -97,12 +97,12 @@ def test_moved_reference_is_exact_at_rest_and_under_a_whole_pixel_shift():
     """Target = reference: every part's map is the identity and the moved pixels are the reference's,
     exactly. All keypoints 8 pixels to the right: every moving part's grid reads the reference 8 pixels
     to the left (the half-pixel conventions of the keypoints, the grids and grid_sample agree)."""
+    from avatarcast.engines.avatar_world.reference import canonical_pose
     from avatarcast.engines.tiny.motion import part_grids, pixel_centres, warp
-    from tools.train_motion import rest_pose
 
     av = BUILTIN_AVATARS[3]
     ref = _ref_tensor(av)
-    rm = torch.from_numpy(_mv(av, rest_pose()))[None]
+    rm = torch.from_numpy(_mv(av, canonical_pose()))[None]
     dec = MotionDecoder().eval()
     with torch.no_grad():
         _, parts = dec(rm, rm, ref, dec.encode_reference(ref), return_parts=True)
@@ -126,9 +126,9 @@ def test_a_box_draws_the_same_pixels_as_the_whole_window():
     at every level, is where the whole window has it)."""
     av = BUILTIN_AVATARS[0]
     ref = _ref_tensor(av)
-    from tools.train_motion import rest_pose
+    from avatarcast.engines.avatar_world.reference import canonical_pose
 
-    rm = torch.from_numpy(_mv(av, rest_pose()))[None]
+    rm = torch.from_numpy(_mv(av, canonical_pose()))[None]
     m = torch.from_numpy(_mv(av, pose_at("excited", 0.6, sample_variation(2), 1.0)))[None]
     dec = MotionDecoder().eval()
     with torch.no_grad():
@@ -170,8 +170,9 @@ def test_train_motion_runs_and_resumes(tmp_path):
     """Two decoder steps on a few rendered frames, then one more from the checkpoint: the step count goes on."""
     from tools import train_motion
 
-    args = ["--work", str(tmp_path / "w"), "--ckpt", str(tmp_path / "ck"), "--minutes", "0", "--random-avatars", "1",
-            "--variants", "1", "--per-clip", "1", "--batch", "2", "--crop", "64", "--workers", "1", "--no-eval"]  # fmt: skip
+    args = ["--work", str(tmp_path / "w"), "--ckpt", str(tmp_path / "ck"), "--minutes", "0"]
+    args += ["--random-avatars", "1", "--variants", "1", "--per-clip", "1", "--batch", "2", "--crop", "64"]
+    args += ["--workers", "1", "--no-eval"]
     train_motion.main([*args, "--min-steps", "2"])
     assert torch.load(tmp_path / "ck" / "motion.pt")["step"] == 2
     train_motion.main([*args, "--min-steps", "1"])

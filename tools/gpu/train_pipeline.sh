@@ -9,7 +9,8 @@
 # DIR's ae.pt and, where present, disc.pt (for decft), config.json and den_ema.pt (the denoiser resumes
 # from it) are copied in, so `start --stages denoiser,denadv,lowres` trains the rest.
 # The denoiser stage trains on the clips as they render (tools/train_tiny.py LatentBuilder).
-# MODULE=tools.train_motion runs architecture 3's decoder training instead (same start / wait).
+# MODULE=tools.train_motion runs architecture 3's decoder training instead (same start / wait); its SEED
+# folder holds motion_ema.pt (and motion_den.pt), as tools/ckpt/m1 does.
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 CK=${CKPT:-/tmp/avc/ckpt}  # outside the repo: a later call may replace the tree
@@ -18,7 +19,7 @@ MODULE=${MODULE:-tools.train_tiny}
 running() { pgrep -f "$MODULE" >/dev/null; }
 collect() {
   [ -n "${OUT:-}" ] || return 0
-  for f in ae.pt disc.pt den.pt den_ema.pt den_ema_pre.pt lowres.pt motion_ema.pt; do [ -f "$CK/$f" ] && cp "$CK/$f" "$OUT/"; done
+  for f in ae.pt disc.pt den.pt den_ema.pt den_ema_pre.pt lowres.pt motion_ema.pt motion_den.pt; do [ -f "$CK/$f" ] && cp "$CK/$f" "$OUT/"; done
   (cd "$CK" && tar czf "$OUT/logs.tgz" $(ls *.json *.png *.txt 2>/dev/null)) || true
 }
 wait_for() {
@@ -32,9 +33,10 @@ wait_for() {
 case "${1:-}" in
   start)
     shift
-    if [ -n "${SEED:-}" ] && [ ! -f "$CK/ae.pt" ]; then
-      cp "$SEED/ae.pt" "$CK/" && echo "seeded $CK with $SEED/ae.pt"
-      for f in disc.pt config.json den_ema.pt; do [ -f "$SEED/$f" ] && cp "$SEED/$f" "$CK/"; done
+    if [ -n "${SEED:-}" ] && [ ! -f "$CK/ae.pt" ] && [ ! -f "$CK/motion_ema.pt" ]; then
+      for f in ae.pt disc.pt config.json den_ema.pt motion_ema.pt motion_den.pt; do
+        [ -f "$SEED/$f" ] && cp "$SEED/$f" "$CK/" && echo "seeded $CK with $SEED/$f"
+      done
     fi
     nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader || true
     if running; then echo "already running"; else
