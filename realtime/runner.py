@@ -24,10 +24,12 @@ from PIL import Image
 from avatarcast.engines.contract import StreamStart
 from avatarcast.engines.errors import CLOSE_GOING_AWAY, AvatarcastError, ErrorCode
 from avatarcast.realtime.audio import AudioDecodeError, decode_audio, prosody
+from avatarcast.realtime.buckets import TokenBucket
 from avatarcast.realtime.live import LiveAudio, LiveEvent
 from avatarcast.realtime.live_cues import LiveCues
 from avatarcast.realtime.messages import ChunkRequest, FrameRequest, FrameSource, SessionEvent
 from avatarcast.realtime.playout import Playout, sent_frame
+from avatarcast.realtime.ratelimit import retry_after
 from avatarcast.realtime.scheduler import ChunkJob
 from avatarcast.realtime.services import Services
 from avatarcast.realtime.session import Session
@@ -104,6 +106,11 @@ class SessionRunner:
         self.avatar = self.assets.name
         self._clips = 0  # clips in decode/ASR now (clip_slot)
         self._reads = 0  # say texts waiting for the emotion reader
+        # how fast the session may ask for shared ASR and emotion work (settings.rate_say_per_s, ..._clip_audio_...):
+        # a flood kept within the pending bounds would still keep both busy without end, on every core
+        st, now = services.settings, time.monotonic()
+        self._say_budget = _budget(st.rate_say_per_s, st.max_pending_per_session, now)
+        self._audio_budget = _budget(st.rate_clip_audio_s_per_s, st.max_clip_seconds, now)
         self.image_format = image_format
         self.quality = quality
         self.language = language
@@ -219,6 +226,7 @@ class SessionRunner:
         limit = self.services.settings.max_pending_per_session
         if self._reads >= limit:
             raise InputBusy(f"{limit} texts of this session already wait for the emotion reader", retry_after="1")
+        _spend(self._say_budget, 1.0, f"over {self.services.settings.rate_say_per_s:g} texts/s for this session")
         self.touch()
         now = time.monotonic()
         turn = self.session.on_say(text, now)
@@ -281,6 +289,12 @@ class SessionRunner:
             self._error(ErrorCode.BAD_AUDIO, str(exc), reason=exc.reason, utterance=turn)
             raise
         t_dec = time.monotonic()
+        try:  # charged once its length is known: decoding is cheap next to transcribing it
+            rate = sv.settings.rate_clip_audio_s_per_s
+            _spend(self._audio_budget, pcm.size / 16000, f"clips over {rate:g} s of audio per second for this session")
+        except InputBusy:
+            self.session.on_final("", t_dec, utterance=turn)
+            raise
         self.session.stamp("decode", t_dec, t_recv, utterance=turn)
         voice = loop.run_in_executor(self._emotion, prosody, pcm)  # needs only the audio: beside the ASR
         tr = await loop.run_in_executor(
@@ -584,6 +598,22 @@ class SessionRunner:
             text = ev.to_json()
             for sink in list(self.sinks):
                 sink.offer_event(text)
+
+
+def _budget(rate: float, burst: float, now: float) -> TokenBucket | None:
+    return TokenBucket(rate, max(1.0, burst), now) if rate > 0 else None
+
+
+def _spend(bucket: TokenBucket | None, n: float, what: str) -> None:
+    """Take n from a session's budget, or refuse the input: 429 rate_limited with Retry-After (an error event on a
+    socket). n is at most the burst (a clip is at most --max-clip-seconds long), so every input passes in time."""
+    if bucket is None:
+        return
+    bucket.refill(time.monotonic())
+    wait = bucket.wait_s(n)
+    if wait > 0:
+        raise InputBusy(f"{what}; retry in {wait:.1f} s", code=ErrorCode.RATE_LIMITED, retry_after=retry_after(wait))
+    bucket.tokens -= n
 
 
 def _ms(s: float) -> float:

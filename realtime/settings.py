@@ -128,6 +128,11 @@ class Settings:
     rate_sessions_per_min: float = 60.0  # session creations (HTTP, WebSocket, WHEP); burst 20
     rate_http_per_s: float = 50.0  # /v1/ HTTP requests; burst 2 s worth
     rate_ws_msgs_per_s: float = 200.0  # WebSocket messages per client (20 ms PCM is 50/s); burst 2 s worth
+    # what one session may ask of the shared Whisper model and emotion reader over time (the pending bounds only cap
+    # what waits at once): `say` texts per second, burst --max-pending-per-session; seconds of clip audio per second
+    # (1: no faster than it can be spoken), burst --max-clip-seconds. 0 turns one off
+    rate_say_per_s: float = 2.0
+    rate_clip_audio_s_per_s: float = 1.0
     # resource bounds (docs/security.md): what one client or session may hold at once
     max_json_bytes: int = 65_536  # a JSON body or WebSocket text message; over it: 413 / close 1009
     max_json_depth: int = 32  # nesting of arrays and objects; deeper: 400 too_deep / close 1008
@@ -303,7 +308,13 @@ class Settings:
         for name in ("capacity_window_s", "ladder_up_s"):
             if not getattr(self, name) > 0:
                 raise SettingValueError(f"{name} must be > 0, got {getattr(self, name)}", name)
-        for name in ("rate_sessions_per_min", "rate_http_per_s", "rate_ws_msgs_per_s"):
+        for name in (
+            "rate_sessions_per_min",
+            "rate_http_per_s",
+            "rate_ws_msgs_per_s",
+            "rate_say_per_s",
+            "rate_clip_audio_s_per_s",
+        ):
             if not getattr(self, name) >= 0:
                 raise SettingValueError(f"{name} must be >= 0 (0 = no limit), got {getattr(self, name)}", name)
         for o in self.allowed_origins.split(","):
