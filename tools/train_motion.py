@@ -182,6 +182,40 @@ def evaluate(model: MotionDecoder, device, ck: Path, n_builtin: int = 6, n_holdo
     return rep
 
 
+def head_crops(model: MotionDecoder, device, path: Path, per_group: int = 4) -> None:
+    """1:1 head crops of held-out frames: renderer | the shipped model's autoencoder | this decoder, for the
+    first per_group built-in and held-out avatars, over the render command's background."""
+    from PIL import Image
+
+    from avatarcast.engines.tiny.engine import TinyEngine
+    from tools.eval.crops import composite
+
+    rows = [r for r in heldout(per_group, per_group, per_avatar=11) if True]
+    rows = [r for i, r in enumerate(rows) if i % 11 in (1, 4, 7)]  # listening, surprised, laughing
+    ours = decode_frames(
+        model, [r["motion"] for r in rows], [r["ref_motion"] for r in rows], [r["ref"] for r in rows], device
+    )
+    shipped = TinyEngine.load()
+    x0 = CFG.window_x0
+    tiles = []
+    for r, g in zip(rows, ours):
+        ae = shipped.decode(shipped.backend.encode(r["frame"][None]))[0]
+        full = np.zeros_like(r["frame"])
+        full[:, x0 : x0 + CFG.window_width] = g
+        bx0, by0, bx1, by1 = (int(round(v)) for v in r["head"])
+        by0, bx0 = max(0, by0), max(0, bx0)
+        crop = [composite(f)[by0:by1, bx0:bx1] for f in (r["frame"], ae, full)]
+        h = min(c.shape[0] for c in crop)
+        tiles.append(np.concatenate([c[:h] for c in crop], 1))
+    H = max(t.shape[0] for t in tiles)
+    W = max(t.shape[1] for t in tiles)
+    canvas = np.full((H * len(tiles) // 3 + 8 * (len(tiles) // 3), 3 * W + 16, 3), 255, np.uint8)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, 3)
+        canvas[r * (H + 8) : r * (H + 8) + t.shape[0], c * (W + 8) : c * (W + 8) + t.shape[1]] = t
+    Image.fromarray(canvas).save(path)
+
+
 def eval_only(args) -> None:
     """Held-out figures and samples.png of the kept EMA weights (motion_ema.pt), as a run's end writes them."""
     device = torch.device(args.device)
@@ -193,6 +227,8 @@ def eval_only(args) -> None:
     rep["step"] = st["step"]
     update_report(ck, "motion", rep)
     print("[motion] held-out", json.dumps(rep), flush=True)
+    if args.head_crops:
+        head_crops(model.eval(), device, ck / "head_crops.png")
 
 
 def train(args) -> None:
@@ -279,7 +315,7 @@ def train(args) -> None:
         edge = grad_l1(y, x, w)
         # the masks alone: the reference moved by the mixed grid, at 1/4, against the frame at 1/4
         x4 = F.avg_pool2d(x, 4)
-        moved4 = F.grid_sample(parts["ref4"], parts["grid4"], align_corners=False)
+        moved4 = (F.grid_sample(parts["ref4"] + 1, parts["grid4"], align_corners=False)) * parts["vis4"] - 1
         w4 = avatar_weight(x4, args.avatar_boost)
         mask_l = weighted_l1(moved4, x4, w4)
         loss = rec + args.edge_weight * edge + args.mask_weight * mask_l
@@ -325,6 +361,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--min-steps", type=int, default=1)
     ap.add_argument("--no-eval", action="store_true")
     ap.add_argument("--eval-only", action="store_true", help="score the kept EMA weights and stop")
+    ap.add_argument("--head-crops", action="store_true", help="also head_crops.png (--eval-only)")
     ap.add_argument("--eval-avatars", type=int, default=6, help="built-in and held-out avatars each (--eval-only)")
     ap.add_argument("--no-cache", action="store_true", help="do not write the rendered pool to --work")
     ap.add_argument("--workers", type=int, default=os.cpu_count())

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import time
 from multiprocessing import Pool
@@ -191,7 +192,7 @@ def train(args) -> None:
         model.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
-        step, mean, std = st["step"], st["mean"], st["std"]
+        step, mean, std = st["step"], st["mean"].numpy(), st["std"].numpy()
     else:
         mean, std = normalization(data)
     chunks = Chunks(data, mean, std)
@@ -203,17 +204,14 @@ def train(args) -> None:
 
     def save() -> None:
         st = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step}
-        save_small({**st, "mean": mean, "std": std}, path)
+        save_small({**st, "mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}, path)
 
     last = time.time()
     while time.time() < deadline or local < args.min_steps:
         x1, ctx, ref, emo, inten = chunks.batch(args.batch, gen)
         frac = min(1.0, (time.time() - t0) / max(1.0, deadline - t0))
-        lr = (
-            args.lr
-            * min(1.0, (step + 1) / 200)
-            * (0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * frac)) if args.cosine else 1.0)
-        )
+        cos = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)) if args.cosine else 1.0
+        lr = args.lr * min(1.0, (step + 1) / 200) * cos  # a float: a numpy scalar would break torch.load
         for g in opt.param_groups:
             g["lr"] = lr
         loss, lf, lb = shortcut_loss(model, x1, ctx, ref, emo, inten, CFG, gen)

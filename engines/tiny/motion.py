@@ -96,7 +96,7 @@ def part_maps(kp_t: torch.Tensor, kp_r: torch.Tensor, w: int, h: int) -> tuple[t
         elif len(idx) == 3:
             i, j, k = idx
             A, b = _affine(pt[:, i], pt[:, j], pt[:, k], pr[:, i], pr[:, j], pr[:, k])
-        else:  # the still part
+        else:  # the still part: its map is never read (mix_grid turns its share into transparency)
             A = torch.eye(2, device=kp_t.device, dtype=kp_t.dtype).expand(kp_t.shape[0], 2, 2)
             b = kp_t.new_zeros(kp_t.shape[0], 2)
         As.append(A)
@@ -121,10 +121,19 @@ def part_grids(A: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tenso
     return torch.einsum("bkij,hwj->bkhwi", A, p) + b[:, :, None, None, :]
 
 
-def mix_grid(grids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Soft part masks (logits (B, N_PARTS, h, w)) mix the parts' grids (B, N_PARTS, h, w, 2)."""
+def mix_grid(grids: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft part masks (logits (B, N_PARTS, h, w)) mix the moving parts' grids (B, N_PARTS, h, w, 2).
+
+    Returns the grid (B, h, w, 2) and the visibility (B, h, w): the moving parts' share. The still part
+    (the last) brings nothing: its share makes the pixel transparent, for the generator to draw. Reading
+    the reference in place instead would copy its arms wherever no bone claims a pixel, and mixing a
+    far-away coordinate into the grid would move every pixel it touches.
+    """
     m = torch.softmax(logits, dim=1)
-    return (m[..., None] * grids).sum(1)
+    moving = m[:, :-1]
+    vis = moving.sum(1)
+    grid = (moving[..., None] * grids[:, :-1]).sum(1) / vis.clamp(min=1e-6)[..., None]
+    return grid, vis
 
 
 def warp(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -148,7 +157,8 @@ def heat_maps(kp_t: torch.Tensor, kp_r: torch.Tensor, p: torch.Tensor, sigma_px:
 # The part masks' starting point: a pixel belongs to the part whose bone is nearest, in head radii,
 # each part with its own width and bias (learnt from these values). Without it the masks start
 # uniform, every part's move is averaged, and the first thousands of steps only find the skeleton.
-# name: (from keypoint, to keypoint or None for a point, extend the bone past "to" by, width, bias)
+# name: (from keypoint, to keypoint or None for a point, extend the bone past "to" by, width, bias).
+# The still part (no bone) has one bias: pixels beyond every bone's reach are empty.
 _PRIOR: dict[str, tuple[str, str | None, float, float, float]] = {
     "torso": ("pelvis", "torso_centre", 0.9, 1.0, 0.0),
     "head": ("head_centre", None, 0.0, 1.0, 0.2),
@@ -348,26 +358,27 @@ class MotionDecoder(nn.Module):
         # 2. which part each pixel belongs to: the nearest bone, corrected by the U-Net
         residual = self.masks(moved.reshape(B, N_PARTS * 4, h4, w4), heat4).float()
         with torch.autocast(device_type=motion.device.type, enabled=False):
-            mixed = {}
+            mixed, vis = {}, {}
             for lv in (1, 2, 4, 8):
                 r = residual if lv == 4 else F.interpolate(residual, size=(h // lv, w // lv), mode="bilinear")
-                mixed[lv] = mix_grid(grids[lv], self.prior(kp_t, p[lv], (H, W)) + r)
+                mixed[lv], v = mix_grid(grids[lv], self.prior(kp_t, p[lv], (H, W)) + r)
+                vis[lv] = v[:, None]
             # 3. the reference's pixels moved (shifted by one so that outside the reference reads as empty)
-            moved_px = warp(ref.float() + 1.0, mixed[1]) - 1.0
+            moved_px = warp(ref.float() + 1.0, mixed[1]) * vis[1] - 1.0
         # 4. draw and choose
         cond = self.cond(torch.cat([motion[:, :EXPR_OFFSET] - ref_motion[:, :EXPR_OFFSET], motion[:, EXPR_OFFSET:]], 1))
-        x = self.g8_in(torch.cat([warp(f8, mixed[8]), heat8], 1))
+        x = self.g8_in(torch.cat([warp(f8, mixed[8]) * vis[8], heat8], 1))
         for blk in self.g8:
             x = blk(x, cond)
-        x = self.g4_in(torch.cat([self.up4(x), warp(f4, mixed[4])], 1))
+        x = self.g4_in(torch.cat([self.up4(x), warp(f4, mixed[4]) * vis[4]], 1))
         x = self.g4(x, cond)
-        x = self.g2_in(torch.cat([self.up2(x), warp(f2, mixed[2])], 1))
+        x = self.g2_in(torch.cat([self.up2(x), warp(f2, mixed[2]) * vis[2]], 1))
         x = self.g2(x)
         o = self.out(torch.cat([self.up1(x), moved_px], 1)).float()
         copy = torch.sigmoid(o[:, 4:5])
         out = copy * moved_px + (1 - copy) * o[:, :4]
         if return_parts:
-            return out, {"moved": moved_px, "copy": copy, "grid4": mixed[4], "ref4": ref4}
+            return out, {"moved": moved_px, "copy": copy, "grid4": mixed[4], "vis4": vis[4], "ref4": ref4}
         return out
 
 
