@@ -5,11 +5,12 @@
 Starts `avatarcast serve` (or attaches to --url), opens one healthy WebSocket session that says an emotional
 line every 4 s, and meanwhile, from a process of their own and from other loopback addresses (so the per-IP
 caps apply to them and not to the healthy client on 127.0.0.1): deep and oversize JSON on sockets and in
-bodies, a new random avatar every second, clip and `say` floods on the attackers' own sessions, silent
-WebSockets that never answer a ping, --idle-tcp idle TCP connections (kept open, reopened when cut) and
---slowloris clients sending headers one byte a second. Prints the healthy session's frame rate, frame
-interval percentiles, and whether and how fast its reactions arrived; what the attackers got back; the
-server's CPU and the machine's other load; and RSS, open fds and sessions before, during and after. Run it
+bodies, a new random avatar every second (refused while its last one is being prepared), clip and `say`
+floods on the attackers' own sessions, silent WebSockets that never answer a ping, --idle-tcp idle TCP
+connections (kept open, reopened when cut) and --slowloris clients sending headers one byte a second. Prints
+the healthy session's frame rate, frame interval percentiles, and whether and how fast its reactions arrived;
+what the attackers got back; the server's CPU and the machine's other load; and RSS, open fds, sessions, held
+reaction frames and the degradation level before, during and after. Run it
 under `flock /work/locks/bench.lock` on a shared machine; --attacks none measures the healthy session alone.
 """
 
@@ -67,6 +68,9 @@ def snapshot(base: str) -> dict[str, Any]:
         "sessions": status["sessions"],
         "connections_open": int(m.get("avatarcast_connections_open", 0)),
         "cut": {k.split('"')[1]: int(v) for k, v in m.items() if k.startswith("avatarcast_connections_cut_total")},
+        # the live path's quality: reaction frames that found no chunk ready (held), and the ladder's level
+        "chunk_late_frames": int(status["stats"].get("chunk_late_frames", 0)),
+        "degradation_level": (status.get("load") or {}).get("degradation_level"),
     }
 
 
