@@ -24,7 +24,7 @@ from avatarcast.engines.avatar_world.render import render_frame
 from avatarcast.engines.tiny.motion import MotionDecoder
 from avatarcast.vocabulary import EMOTIONS
 from tools.eval.crops import composite
-from tools.train_motion import CFG, _mv, _window, decode_frames
+from tools.train_motion import CFG, _mv, _window, decode_frames, load_decoder
 from tools.train_motion_den import build_model, rollout
 
 
@@ -51,9 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     den.load_state_dict(st["ema"])
     den.eval()
     mean, std = st["mean"].numpy(), st["std"].numpy()
-    dec = MotionDecoder().eval()
-    if args.dec:
-        dec.load_state_dict(torch.load(args.dec, map_location="cpu")["ema"])
+    dec = (load_decoder(Path(args.dec), "cpu") if args.dec else MotionDecoder()).eval()
     gen = torch.Generator().manual_seed(args.seed)
     rows = []
     for name in args.avatars.split(","):

@@ -34,7 +34,7 @@ from avatarcast.engines.avatar_world.render import render_frame, sequence_poses
 from avatarcast.engines.avatar_world.skeleton import MOTION_DIM, motion_vector
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.model import tensor_to_rgba
-from avatarcast.engines.tiny.motion import MotionDecoder
+from avatarcast.engines.tiny.motion import SHAPES, MotionDecoder, shape_from_dict, shape_to_dict
 from tools.train_tiny import (
     LossLog,
     avatar_by_id,
@@ -216,13 +216,20 @@ def head_crops(model: MotionDecoder, device, path: Path, per_group: int = 4) -> 
     Image.fromarray(canvas).save(path)
 
 
+def load_decoder(path: Path, device) -> MotionDecoder:
+    """The EMA decoder a run kept (motion_ema.pt), in the shape it was trained in."""
+    st = torch.load(path, map_location=device)
+    model = MotionDecoder(shape_from_dict(st.get("shape"))).to(device)
+    model.load_state_dict(st["ema"])
+    return model
+
+
 def eval_only(args) -> None:
     """Held-out figures and samples.png of the kept EMA weights (motion_ema.pt), as a run's end writes them."""
     device = torch.device(args.device)
     ck = Path(args.ckpt)
+    model = load_decoder(ck / "motion_ema.pt", device)
     st = torch.load(ck / "motion_ema.pt", map_location=device)
-    model = MotionDecoder().to(device)
-    model.load_state_dict(st["ema"])
     rep = evaluate(model.eval(), device, ck, n_builtin=args.eval_avatars, n_holdout=args.eval_avatars)
     rep["step"] = st["step"]
     update_report(ck, "motion", rep)
@@ -241,11 +248,15 @@ def train(args) -> None:
     ids = torch.from_numpy(data["ids"]).to(device)
     ref_frames = torch.from_numpy(data["ref_frames"]).to(device)
     ref_motions = torch.from_numpy(data["ref_motions"]).to(device)
-    model = MotionDecoder().to(device)
+    path = ck / "motion.pt"
+    shape = SHAPES[args.shape]
+    if path.exists() or (ck / "motion_ema.pt").exists():  # a resumed run keeps the shape it started with
+        kept = torch.load(path if path.exists() else ck / "motion_ema.pt", map_location="cpu").get("shape")
+        shape = shape_from_dict(kept)
+    model = MotionDecoder(shape).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=1e-4)
     step = 0
-    path = ck / "motion.pt"
     if path.exists():
         st = torch.load(path, map_location=device)
         model.load_state_dict(st["model"])
@@ -268,8 +279,9 @@ def train(args) -> None:
     use_bf16 = device.type == "cuda"
 
     def save() -> None:
-        save_small({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step}, path)
-        save_small({"ema": ema.state_dict(), "step": step}, ck / "motion_ema.pt")
+        kept = {"step": step, "shape": shape_to_dict(shape)}
+        save_small({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), **kept}, path)
+        save_small({"ema": ema.state_dict(), **kept}, ck / "motion_ema.pt")
 
     last_save = time.time()
     by_avatar = [torch.nonzero(ids == a).flatten() for a in range(len(ref_frames))]
@@ -350,6 +362,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variants", type=int, default=2)
     ap.add_argument("--per-clip", type=int, default=4)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="default", help="a new run's decoder channels")
     ap.add_argument("--avatars-per-batch", type=int, default=2)
     ap.add_argument("--crop", type=int, default=0, help="train on random crops this many pixels wide (multiple of 8)")
     ap.add_argument("--lr", type=float, default=3e-4)

@@ -123,8 +123,8 @@ def test_moved_reference_is_exact_at_rest_and_under_a_whole_pixel_shift():
 
 def test_a_box_draws_the_same_pixels_as_the_whole_window():
     """The CPU draws only a box around the avatar: with the generator's and the masks' residual layers
-    at their zero start, a box's pixels equal the whole window's there (every coordinate of the crop,
-    at every level, is where the whole window has it)."""
+    at their zero start, a box's pixels equal the whole window's there, but for its edge (every coordinate
+    of the crop, at every level, is where the whole window has it)."""
     av = BUILTIN_AVATARS[0]
     ref = _ref_tensor(av)
     from avatarcast.engines.avatar_world.reference import canonical_pose
@@ -137,7 +137,9 @@ def test_a_box_draws_the_same_pixels_as_the_whole_window():
         full = dec(m, rm, ref, feats)
         box = (96, 136, 160, 176)
         crop = dec(m, rm, ref, feats, box=box)
-    torch.testing.assert_close(crop, full[..., 96:256, 136:312], atol=1e-5, rtol=0)
+    # the box's outer 4 pixels may differ: the grid mixed at 1/4 is upsampled, and at a box's edge the
+    # upsampling has no neighbour outside (serving boxes keep a margin of empty pixels round the avatar)
+    torch.testing.assert_close(crop[..., 4:-4, 4:-4], full[..., 100:252, 140:308], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="multiples of 8"):
         dec(m, rm, ref, feats, box=(4, 0, 64, 64))
 
