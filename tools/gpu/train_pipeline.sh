@@ -5,7 +5,7 @@
 #   bash tools/gpu/train_pipeline.sh wait SECONDS              # waits (while it runs), copies results to $OUT
 # Everything resumes from the checkpoint folder ($CKPT): if the machine was lost, carry the last
 # results back into it and start again with the stages still to do.
-# SEED=DIR (a carried folder, or a kept checkpoint such as tools/ckpt/x5) starts a fresh $CKPT from it:
+# SEED=DIR (a carried folder, or a kept checkpoint under tools/ckpt) starts a fresh $CKPT from it:
 # DIR's ae.pt and, where present, disc.pt (for decft), config.json and den_ema.pt (the denoiser resumes
 # from it) are copied in, so `start --stages denoiser,denadv,lowres` trains the rest.
 # The denoiser stage trains on the clips as they render (tools/train_tiny.py LatentBuilder).
