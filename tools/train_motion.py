@@ -353,13 +353,21 @@ def train(args) -> None:
         print("[motion] held-out", json.dumps(rep), flush=True)
 
 
+def add_run_arguments(ap: argparse.ArgumentParser, minutes: float, random_avatars: int) -> None:
+    """The arguments every architecture-3 training script takes: where, how long, on which clips."""
+    ap.add_argument("--work", default="/tmp/avm", help="cache of rendered frames and motion clips")
+    ap.add_argument("--ckpt", required=True, help="checkpoint folder (resumes from it)")
+    ap.add_argument("--minutes", type=float, default=minutes)
+    ap.add_argument(
+        "--random-avatars", type=int, default=random_avatars, help="parametric training avatars (+6 built-in)"
+    )
+    ap.add_argument("--variants", type=int, default=2, help="clip variants per avatar and emotion")
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", default="/tmp/avm")
-    ap.add_argument("--ckpt", required=True)
-    ap.add_argument("--minutes", type=float, default=10.0)
-    ap.add_argument("--random-avatars", type=int, default=294)
-    ap.add_argument("--variants", type=int, default=2)
+    add_run_arguments(ap, minutes=10.0, random_avatars=294)
     ap.add_argument("--per-clip", type=int, default=4)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--shape", choices=sorted(SHAPES), default="default", help="a new run's decoder channels")
@@ -377,7 +385,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--head-crops", action="store_true", help="also head_crops.png (--eval-only)")
     ap.add_argument("--eval-avatars", type=int, default=6, help="built-in and held-out avatars each (--eval-only)")
     ap.add_argument("--no-cache", action="store_true", help="do not write the rendered pool to --work")
-    ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     if args.device == "cuda":

@@ -18,7 +18,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import time
 from multiprocessing import Pool
 from pathlib import Path
@@ -33,7 +32,7 @@ from avatarcast.engines.sampler import ShortcutFlowSampler
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser
 from avatarcast.vocabulary import EMOTIONS
-from tools.train_motion import _mv
+from tools.train_motion import _mv, add_run_arguments
 from tools.train_tiny import (
     CLIP_FRAMES,
     LossLog,
@@ -251,18 +250,13 @@ def train(args) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", default="/tmp/avm")
-    ap.add_argument("--ckpt", required=True)
-    ap.add_argument("--minutes", type=float, default=20.0)
-    ap.add_argument("--random-avatars", type=int, default=394)
-    ap.add_argument("--variants", type=int, default=2)
+    add_run_arguments(ap, minutes=20.0, random_avatars=394)
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--cosine", action="store_true")
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--min-steps", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--eval-only", action="store_true", help="score the kept EMA weights (motion_den.pt) and stop")
     args = ap.parse_args(argv)
     if args.eval_only:
