@@ -96,14 +96,43 @@ class Chunks:
             idx = torch.nonzero(ok).flatten()
             pairs.append(torch.stack([idx, torch.full_like(idx, s)], 1))
         self.pairs = torch.cat(pairs)
+        # starts with a whole chunk and its context before them: their context can be the model's own chunk
+        self.pairs_own = self.pairs[self.pairs[:, 1] >= T + K]
 
-    def batch(self, n: int, gen: torch.Generator):
+    def _frames(self, clip: torch.Tensor, start: torch.Tensor, n_frames: int) -> torch.Tensor:
+        return self.m[clip[:, None], start[:, None] + torch.arange(n_frames)[None]].reshape(len(clip), -1, 1, 1)
+
+    def batch(self, n: int, gen: torch.Generator, own: float = 0.0, model=None):
+        """A batch; with own > 0, that share of it has as context the last frames of the model's own 1- or
+        2-step sample of the chunk before (from that chunk's true context), as served streams have: trained on
+        true contexts only, the denoiser's rollouts got worse as its loss fell (exposure bias)."""
         T, K = CFG.chunk_frames, CFG.context_frames
-        p = self.pairs[torch.randint(0, len(self.pairs), (n,), generator=gen)]
+        k = int(n * own) if model is not None else 0
+        p = torch.cat(
+            [
+                self.pairs_own[torch.randint(0, len(self.pairs_own), (k,), generator=gen)],
+                self.pairs[torch.randint(0, len(self.pairs), (n - k,), generator=gen)],
+            ]
+        )
         clip, s = p[:, 0], p[:, 1]
-        x1 = self.m[clip[:, None], s[:, None] + torch.arange(T)[None]].reshape(n, -1, 1, 1)
-        ctx = self.m[clip[:, None], s[:, None] - K + torch.arange(K)[None]].reshape(n, -1, 1, 1)
-        return x1, ctx, self.ref[self.avatar[clip]][..., None, None], self.labels[clip, s], self.intensity[clip]
+        x1 = self._frames(clip, s, T)
+        ctx = self._frames(clip, s - K, K)
+        ref = self.ref[self.avatar[clip]][..., None, None]
+        emo, inten = self.labels[clip, s], self.intensity[clip]
+        if k:
+            c, st = clip[:k], s[:k] - T
+            steps = 1 + int(torch.randint(0, 2, (1,), generator=gen))
+            sampler = ShortcutFlowSampler(steps=steps, min_shortcut=CFG.min_shortcut)
+            x = torch.randn(k, T * MOTION_DIM, 1, 1, generator=gen)
+            prev_ctx, prev_emo = self._frames(c, st - K, K), self.labels[c, st]
+            d = torch.full((k,), sampler.model_step_size)
+            with torch.no_grad():
+                for t in sampler.timesteps:
+                    v = model(x, torch.full((k,), float(t)), d, prev_ctx, ref[:k], prev_emo, inten[:k])
+                    x = sampler.step(v, t, x)
+            ctx = ctx.clone()
+            ctx[:k] = x.reshape(k, T, MOTION_DIM)[:, T - K :].reshape(k, -1, 1, 1)
+        return x1, ctx, ref, emo, inten
 
 
 def normalization(data: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -187,6 +216,11 @@ def evaluate(model, mean, std, steps: int = 2) -> dict:
     }
 
 
+def rollout_score(rep: dict) -> float:
+    """Lower is better: the samples' bone-length error plus a tenth of how far their liveliness is from the data's."""
+    return float(rep["bone_length_error"] + 0.1 * abs(1.0 - rep["keypoint_spread_ratio"]))
+
+
 def train(args) -> None:
     ck = Path(args.ckpt)
     ck.mkdir(parents=True, exist_ok=True)
@@ -217,8 +251,10 @@ def train(args) -> None:
         save_small({**st, "mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}, path)
 
     last = time.time()
+    best = float("inf")
     while time.time() < deadline or local < args.min_steps:
-        x1, ctx, ref, emo, inten = chunks.batch(args.batch, gen)
+        own = args.own_context if step >= args.own_context_after else 0.0
+        x1, ctx, ref, emo, inten = chunks.batch(args.batch, gen, own=own, model=ema)
         frac = min(1.0, (time.time() - t0) / max(1.0, deadline - t0))
         cos = 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)) if args.cosine else 1.0
         lr = args.lr * min(1.0, (step + 1) / 200) * cos  # a float: a numpy scalar would break torch.load
@@ -237,6 +273,21 @@ def train(args) -> None:
             save()
             log.save()
             last = time.time()
+        if args.eval_every and step % args.eval_every == 0:
+            rep = evaluate(ema, mean, std)
+            score = rollout_score(rep)
+            log.add(step=step, time=time.time() - t0, rollout_score=score)
+            print(f"[motion_den] step {step} rollouts {json.dumps(rep)} score {score:.4f}", flush=True)
+            if score < best:
+                best = score
+                kept = {
+                    "ema": ema.state_dict(),
+                    "step": step,
+                    "mean": torch.from_numpy(mean),
+                    "std": torch.from_numpy(std),
+                }
+                save_small(kept, ck / "motion_den_best.pt")
+                update_report(ck, "motion_den_best", {**rep, "step": step, "score": round(score, 4)})
     save()
     log.save()
     print(
@@ -257,6 +308,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--min-steps", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--own-context", type=float, default=0.25, help="share of each batch whose context is the EMA's own sample"
+    )
+    ap.add_argument("--own-context-after", type=int, default=2000, help="steps on true contexts before that starts")
+    ap.add_argument(
+        "--eval-every",
+        type=int,
+        default=2000,
+        help="score rollouts every n steps and keep the best (motion_den_best.pt)",
+    )
     ap.add_argument("--eval-only", action="store_true", help="score the kept EMA weights (motion_den.pt) and stop")
     args = ap.parse_args(argv)
     if args.eval_only:
