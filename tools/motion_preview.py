@@ -25,7 +25,7 @@ from avatarcast.engines.tiny.motion import MotionDecoder
 from avatarcast.vocabulary import EMOTIONS
 from tools.eval.crops import composite
 from tools.train_motion import CFG, _mv, _window, decode_frames, load_decoder
-from tools.train_motion_den import build_model, rollout
+from tools.train_motion_den import load_kept, rollout
 
 
 def avatar_arg(s: str):
@@ -46,12 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0x9200_0000)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
-    st = torch.load(args.den, map_location="cpu")
-    den = build_model()
-    den.load_state_dict(st["ema"])
-    den.eval()
-    mean, std = st["mean"].numpy(), st["std"].numpy()
-    dec = (load_decoder(Path(args.dec), "cpu") if args.dec else MotionDecoder()).eval()
+    den, mean, std, _ = load_kept(Path(args.den))
+    dec = (load_decoder(Path(args.dec), "cpu")[0] if args.dec else MotionDecoder()).eval()
     gen = torch.Generator().manual_seed(args.seed)
     rows = []
     for name in args.avatars.split(","):

@@ -78,13 +78,23 @@ def _ref_job(i: int) -> tuple[np.ndarray, np.ndarray]:
     return _window(render_frame(av, q)), _mv(av, q)
 
 
+def cached_npz(work: str, name: str) -> tuple[Path, dict | None]:
+    """The cache file under --work (created) and what it holds, or None if it is not there yet."""
+    Path(work).mkdir(parents=True, exist_ok=True)
+    cache = Path(work) / name
+    if not cache.exists():
+        return cache, None
+    d = np.load(cache)
+    return cache, {k: d[k] for k in d.files}
+
+
 def build_pool(args) -> dict:
     """Rendered training frames (cached under --work): uint8 window frames, motions, avatar ids, references."""
-    Path(args.work).mkdir(parents=True, exist_ok=True)
-    cache = Path(args.work) / f"motion_pool_canonical_{args.random_avatars}_{args.variants}_{args.per_clip}.npz"
-    if cache.exists():
-        d = np.load(cache)
-        return {k: d[k] for k in d.files}
+    cache, kept = cached_npz(
+        args.work, f"motion_pool_canonical_{args.random_avatars}_{args.variants}_{args.per_clip}.npz"
+    )
+    if kept is not None:
+        return kept
     specs = clip_specs(args.random_avatars, args.variants, seed=3)
     jobs = [(s, args.per_clip, 1000 + i) for i, s in enumerate(specs)]
     t0 = time.time()
@@ -190,8 +200,9 @@ def head_crops(model: MotionDecoder, device, path: Path, per_group: int = 4) -> 
     from avatarcast.engines.tiny.engine import TinyEngine
     from tools.eval.crops import composite
 
-    rows = [r for r in heldout(per_group, per_group, per_avatar=11) if True]
-    rows = [r for i, r in enumerate(rows) if i % 11 in (1, 4, 7)]  # listening, surprised, laughing
+    rows = [
+        r for i, r in enumerate(heldout(per_group, per_group, per_avatar=11)) if i % 11 in (1, 4, 7)
+    ]  # listening, surprised, laughing
     ours = decode_frames(
         model, [r["motion"] for r in rows], [r["ref_motion"] for r in rows], [r["ref"] for r in rows], device
     )
@@ -216,22 +227,21 @@ def head_crops(model: MotionDecoder, device, path: Path, per_group: int = 4) -> 
     Image.fromarray(canvas).save(path)
 
 
-def load_decoder(path: Path, device) -> MotionDecoder:
-    """The EMA decoder a run kept (motion_ema.pt), in the shape it was trained in."""
+def load_decoder(path: Path, device) -> tuple[MotionDecoder, int]:
+    """The EMA decoder a run kept (motion_ema.pt), in the shape it was trained in, and its step."""
     st = torch.load(path, map_location=device)
     model = MotionDecoder(shape_from_dict(st.get("shape"))).to(device)
     model.load_state_dict(st["ema"])
-    return model
+    return model, int(st["step"])
 
 
 def eval_only(args) -> None:
     """Held-out figures and samples.png of the kept EMA weights (motion_ema.pt), as a run's end writes them."""
     device = torch.device(args.device)
     ck = Path(args.ckpt)
-    model = load_decoder(ck / "motion_ema.pt", device)
-    st = torch.load(ck / "motion_ema.pt", map_location=device)
+    model, step = load_decoder(ck / "motion_ema.pt", device)
     rep = evaluate(model.eval(), device, ck, n_builtin=args.eval_avatars, n_holdout=args.eval_avatars)
-    rep["step"] = st["step"]
+    rep["step"] = step
     update_report(ck, "motion", rep)
     print("[motion] held-out", json.dumps(rep), flush=True)
     if args.head_crops:

@@ -32,7 +32,7 @@ from avatarcast.engines.sampler import ShortcutFlowSampler
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser
 from avatarcast.vocabulary import EMOTIONS
-from tools.train_motion import _mv, add_run_arguments
+from tools.train_motion import _mv, add_run_arguments, cached_npz
 from tools.train_tiny import (
     CLIP_FRAMES,
     LossLog,
@@ -57,11 +57,9 @@ def _clip_job(spec) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_clips(args) -> dict:
-    Path(args.work).mkdir(parents=True, exist_ok=True)
-    cache = Path(args.work) / f"motion_clips_canonical_{args.random_avatars}_{args.variants}.npz"
-    if cache.exists():
-        d = np.load(cache)
-        return {k: d[k] for k in d.files}
+    cache, kept = cached_npz(args.work, f"motion_clips_canonical_{args.random_avatars}_{args.variants}.npz")
+    if kept is not None:
+        return kept
     specs = clip_specs(args.random_avatars, args.variants, seed=0)
     t0 = time.time()
     with Pool(args.workers) as pool:
@@ -143,6 +141,14 @@ def normalization(data: dict) -> tuple[np.ndarray, np.ndarray]:
 
 def build_model() -> MotionDenoiser:
     return MotionDenoiser(MOTION_DIM, CFG.chunk_frames, CFG.context_frames, len(EMOTIONS))
+
+
+def load_kept(path: Path) -> tuple[MotionDenoiser, np.ndarray, np.ndarray, int]:
+    """The EMA denoiser a run kept (motion_den.pt or motion_den_best.pt), its normalization and its step."""
+    st = torch.load(path)
+    model = build_model()
+    model.load_state_dict(st["ema"])
+    return model.eval(), st["mean"].numpy(), st["std"].numpy(), int(st["step"])
 
 
 def rollout(
@@ -321,10 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-only", action="store_true", help="score the kept EMA weights (motion_den.pt) and stop")
     args = ap.parse_args(argv)
     if args.eval_only:
-        st = torch.load(Path(args.ckpt) / "motion_den.pt")
-        model = build_model()
-        model.load_state_dict(st["ema"])
-        rep = {**evaluate(model.eval(), st["mean"].numpy(), st["std"].numpy()), "step": st["step"]}
+        model, mean, std, step = load_kept(Path(args.ckpt) / "motion_den.pt")
+        rep = {**evaluate(model, mean, std), "step": step}
         update_report(Path(args.ckpt), "motion_den", rep)
         print("[motion_den] held-out", json.dumps(rep), flush=True)
         return
