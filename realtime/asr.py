@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import logging
 import os
 import shutil
 import threading
@@ -29,6 +30,7 @@ from avatarcast.engines.errors import AvatarcastError, ErrorCode
 from avatarcast.realtime.asr_window import decode_window
 from avatarcast.realtime.audio import SAMPLE_RATE
 
+log = logging.getLogger("avatarcast.asr")
 MODELS = ("tiny.en", "base")
 
 
@@ -308,6 +310,7 @@ class Transcriber:
         self, audio: np.ndarray, language: str | None, task: str, urgent: bool, owner: Hashable | None
     ) -> Transcript:
         """One encoder pass over a window fitted to the audio: language ID (if needed) and greedy decode."""
+        t_ask = time.perf_counter()
         with self._lock.hold(urgent, owner):
             t0 = time.perf_counter()
             r = decode_window(
@@ -320,6 +323,16 @@ class Transcriber:
                 margin_s=self.margin_s,
             )
             elapsed_ms = (time.perf_counter() - t0) * 1000.0
+        # where a live reaction's ASR time goes: waiting for the shared model, or running on it
+        log.debug(
+            "asr %s owner=%s audio=%.2fs wait=%.0fms run=%.0fms lang=%s",
+            "urgent" if urgent else "routine",
+            owner,
+            audio.size / SAMPLE_RATE,
+            (t0 - t_ask) * 1000.0,
+            elapsed_ms,
+            r.language,
+        )
         segments = tuple(Segment(s, e, t, r.avg_logprob, r.no_speech_prob) for s, e, t in r.segments)
         return Transcript(
             text=r.text,

@@ -149,6 +149,14 @@ class Latency(ServerEvent):
     at_ms: dict[str, float | None] = field(
         metadata=wire("when each stage ended, from the origin", propertyNames=STAGE_NAMES)
     )
+    final_asr: dict[str, float | bool] | None = field(
+        default=None,
+        metadata=wire(
+            "live speech only: reused (the pause's speculative transcript served as the final) and run_ms (the"
+            " final's own Whisper run, 0 when reused); the asr stage also counts waiting for the model",
+            propertyNames={"enum": ["reused", "run_ms"]},
+        ),
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

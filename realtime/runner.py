@@ -372,7 +372,8 @@ class SessionRunner:
             u = self._turn_meta.pop(ev.utterance, {}).get("turn")
             if ev.dropped:
                 self._error(ErrorCode.ASR_BUSY, "too many utterances of this session wait for ASR; this one is dropped")
-            s.on_final(ev.text, now, utterance=u, language=ev.language)
+            asr = {"reused": ev.reused, "run_ms": round(ev.asr_ms, 1)}
+            s.on_final(ev.text, now, utterance=u, language=ev.language, asr=asr)
             if u is not None and ev.text:
                 self._spawn_cue(ev, u, "final")
         self._pump()

@@ -278,8 +278,17 @@ class Session:
         self._end_speech(turn, now, implied=False, at=at)
         return True
 
-    def on_final(self, text: str, now: float, *, utterance: int | None = None, language: str | None = None) -> None:
-        """The utterance's transcript; `language` is the one ASR heard (None: unknown, e.g. no audio)."""
+    def on_final(
+        self,
+        text: str,
+        now: float,
+        *,
+        utterance: int | None = None,
+        language: str | None = None,
+        asr: dict | None = None,
+    ) -> None:
+        """The utterance's transcript; `language` is the one ASR heard (None: unknown, e.g. no audio);
+        `asr`: live finals' {"reused": bool, "run_ms": float}, reported in the turn's latency event."""
         if self.closed:
             return
         turn = self._speech_turn(utterance, now, implicit=utterance is None)
@@ -292,6 +301,8 @@ class Session:
             # a clip transcribed whole (the runner's clip path) has no speech onset: later speech is a new turn
             self._clip_pending = None
         turn.timeline.stamp("asr", now, keep=True)
+        if asr is not None:
+            turn.timeline.final_asr = asr
         self._partial_text = ""
         self._emit(
             "transcript_final", {"text": text, "utterance": turn.id, "source": turn.kind, "language": language}, now

@@ -35,6 +35,9 @@ class UtteranceTimeline:
         self.first_frame_t: float | None = None
         self.first_frame_source: str | None = None
         self.emotion_frame_t: dict[str, float] = {}  # first send time per label (<= len(REACTION_EMOTIONS))
+        # live finals: whether the pause's speculation was reused and how long the final's own Whisper run took
+        # (the asr stage also counts waiting for the stream's lock and the shared model): where a tail comes from
+        self.final_asr: dict | None = None
         self.reported = False
 
     def stamp(self, stage: str, end: float, start: float | None = None, *, keep: bool = False) -> None:
@@ -124,4 +127,5 @@ class UtteranceTimeline:
             "first_frame_source": self.first_frame_source,
             "stages_ms": stages_ms,  # how long each stage took
             "at_ms": at_ms,  # when each stage finished, from the origin (negative: before it)
+            **({"final_asr": self.final_asr} if self.final_asr is not None else {}),
         }

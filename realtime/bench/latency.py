@@ -284,6 +284,7 @@ async def measure_clip(
                     "first_frame_source",
                     "stages_ms",
                     "at_ms",
+                    "final_asr",
                 )
             }
             if latency

@@ -363,7 +363,7 @@ def test_ttff_tter_and_stage_durations():
     s.stamp("decode", T0 + 1.95, T0 + 1.94)
     s.on_speech_end(T0 + 2.0)  # origin
     d.until(T0 + 2.45)
-    s.on_final("hooray", T0 + 2.45)  # asr 450 ms after the endpoint
+    s.on_final("hooray", T0 + 2.45, asr={"reused": False, "run_ms": 310.0})  # asr 450 ms after the endpoint
     s.on_cue(cue("excited"), T0 + 2.47)  # emotion 20 ms
     req = None
     while req is None or not req.is_reaction:
@@ -379,6 +379,7 @@ def test_ttff_tter_and_stage_durations():
     p = ev.payload
     assert p["ttff_ms"] == pytest.approx(512.0) and p["tter_ms"] == pytest.approx(512.0)
     assert p["stages_ms"]["asr"] == pytest.approx(450.0)
+    assert p["final_asr"] == {"reused": False, "run_ms": 310.0}  # of the 450 ms, 140 waited for the model
     assert p["stages_ms"]["emotion"] == pytest.approx(20.0)
     assert p["stages_ms"]["cache"] == pytest.approx(2.0)
     assert p["stages_ms"]["encode"] == pytest.approx(8.0)
