@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from avatarcast.engines.avatar_world import pose_at
 from avatarcast.engines.avatar_world.reference import canonical_pose
 from avatarcast.engines.avatar_world.render import render_frame, sequence_poses
-from avatarcast.engines.avatar_world.skeleton import MOTION_DIM, motion_vector
+from avatarcast.engines.avatar_world.skeleton import KEYPOINTS, MOTION_DIM, motion_vector
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.model import tensor_to_rgba
 from avatarcast.engines.tiny.motion import SHAPES, MotionDecoder, shape_from_dict, shape_to_dict
@@ -308,20 +308,27 @@ def train(args) -> None:
         ref_u = to_window_tensor(ref_frames[ids[torch.stack([by_avatar[a][0] for a in picks])]], CFG)
         feats_u = None
         box = None
+        m, rm = motions[idx], ref_motions[aid]
+        face_px = _face_px(m, H, W)  # (B, 3): each frame's face centre and head radius in window pixels
         if args.crop:  # a random crop over the band the avatars stand in, in multiples of 8 pixels
             ch = min(args.crop, H)
             cw = min(args.crop, W)
-            y0 = 8 * int(torch.randint(0, (H - ch) // 8 + 1, (1,), generator=gen))
-            x0 = 8 * int(
-                torch.randint(
-                    max(0, (W // 2 - 160) // 8), (min(W - cw, W // 2 + 160 - cw)) // 8 + 1, (1,), generator=gen
+            if float(torch.rand((), generator=gen)) < args.face_crops:
+                # centred on one frame's face: expressions are small and the L1 of a whole crop barely sees them
+                fx, fy = (float(v) for v in face_px[0, :2])
+                y0 = 8 * int(round(min(max(fy - ch / 2, 0), H - ch) / 8))
+                x0 = 8 * int(round(min(max(fx - cw / 2, 0), W - cw) / 8))
+            else:
+                y0 = 8 * int(torch.randint(0, (H - ch) // 8 + 1, (1,), generator=gen))
+                x0 = 8 * int(
+                    torch.randint(
+                        max(0, (W // 2 - 160) // 8), (min(W - cw, W // 2 + 160 - cw)) // 8 + 1, (1,), generator=gen
+                    )
                 )
-            )
             box = (y0, x0, ch, cw)
         x = to_window_tensor(frames[idx], CFG)
         if box is not None:
             x = x[:, :, box[0] : box[0] + box[2], box[1] : box[1] + box[3]]
-        m, rm = motions[idx], ref_motions[aid]
         lr = args.lr * min(1.0, (step + 1) / 300)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -333,6 +340,8 @@ def train(args) -> None:
             y, parts = model(m, rm, ref, feats, box=box, return_parts=True)
         y = y.float()
         w = avatar_weight(x, args.avatar_boost)
+        if args.face_boost != 1.0:
+            w = w * _face_weight(face_px, box or (0, 0, H, W), args.face_boost)
         rec = weighted_l1(y, x, w)
         edge = grad_l1(y, x, w)
         # the masks alone: the reference moved by the mixed grid, at 1/4, against the frame at 1/4
@@ -363,6 +372,31 @@ def train(args) -> None:
         print("[motion] held-out", json.dumps(rep), flush=True)
 
 
+_FACE = KEYPOINTS.index("face")
+_HEAD = (KEYPOINTS.index("head_centre"), KEYPOINTS.index("head_up"))
+
+
+def _face_px(motions: torch.Tensor, H: int, W: int) -> torch.Tensor:
+    """(B, 3) the face keypoint in window pixels (x, y) and the head's radius in pixels, from motion vectors
+    (window coordinates with pixel edges at -1 and 1)."""
+    kp = motions[:, : 2 * len(KEYPOINTS)].reshape(-1, len(KEYPOINTS), 2).float()
+    scale = torch.tensor([W / 2.0, H / 2.0], device=motions.device)
+    px = (kp + 1.0) * scale
+    r = (px[:, _HEAD[1]] - px[:, _HEAD[0]]).norm(dim=-1, keepdim=True)
+    return torch.cat([px[:, _FACE], r], 1)
+
+
+def _face_weight(face_px: torch.Tensor, box: tuple[int, int, int, int], boost: float) -> torch.Tensor:
+    """(B, 1, h, w): `boost` inside each frame's head disc (1.2 head radii around the face), 1 elsewhere."""
+    y0, x0, h, w = box
+    dev = face_px.device
+    yy = torch.arange(h, device=dev, dtype=torch.float32).view(1, h, 1) + y0 + 0.5
+    xx = torch.arange(w, device=dev, dtype=torch.float32).view(1, 1, w) + x0 + 0.5
+    fx, fy, r = (face_px[:, i].view(-1, 1, 1) for i in range(3))
+    inside = ((xx - fx) ** 2 + (yy - fy) ** 2) <= (1.2 * r) ** 2
+    return (1.0 + (boost - 1.0) * inside.float()).unsqueeze(1)
+
+
 def add_run_arguments(ap: argparse.ArgumentParser, minutes: float, random_avatars: int) -> None:
     """The arguments every architecture-3 training script takes: where, how long, on which clips."""
     ap.add_argument("--work", default="/tmp/avm", help="cache of rendered frames and motion clips")
@@ -386,6 +420,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--avatar-boost", type=float, default=4.0)
+    ap.add_argument("--face-boost", type=float, default=1.0, help="loss weight inside each frame's head disc")
+    ap.add_argument("--face-crops", type=float, default=0.0, help="share of crops centred on a frame's face")
     ap.add_argument("--edge-weight", type=float, default=0.5)
     ap.add_argument("--mask-weight", type=float, default=1.0)
     ap.add_argument("--save-every", type=float, default=120.0, help="seconds between checkpoints")

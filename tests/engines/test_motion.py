@@ -175,8 +175,30 @@ def test_train_motion_runs_and_resumes(tmp_path):
 
     args = ["--work", str(tmp_path / "w"), "--ckpt", str(tmp_path / "ck"), "--minutes", "0"]
     args += ["--random-avatars", "1", "--variants", "1", "--per-clip", "1", "--batch", "2", "--crop", "64"]
-    args += ["--workers", "1", "--no-eval"]
+    args += ["--workers", "1", "--no-eval", "--face-boost", "4", "--face-crops", "1"]
     train_motion.main([*args, "--min-steps", "2"])
     assert torch.load(tmp_path / "ck" / "motion.pt")["step"] == 2
     train_motion.main([*args, "--min-steps", "1"])
     assert torch.load(tmp_path / "ck" / "motion_ema.pt")["step"] == 3
+
+
+def test_the_face_weight_covers_the_drawn_face():
+    """The training's face boost sits on the rendered head: its disc is opaque around the face keypoint, and a
+    box sees the same disc as the whole window does."""
+    from tools.train_motion import CFG, _face_px, _face_weight, _mv, _window
+    from tools.train_tiny import to_window_tensor
+
+    av = BUILTIN_AVATARS[2]
+    q = pose_at("happy", 1.3, sample_variation(5), 1.0)
+    win = to_window_tensor(torch.from_numpy(_window(render_frame(av, q)))[None], CFG)
+    H, W = CFG.pad_height, CFG.window_width
+    face = _face_px(torch.from_numpy(_mv(av, q))[None], H, W)
+    w = _face_weight(face, (0, 0, H, W), 4.0)[0, 0]
+    inside = w > 1
+    assert w.max() == 4.0 and w.min() == 1.0
+    alpha = win[0, 3] > 0
+    assert alpha[inside].float().mean() > 0.8  # on the head (a disc shifted by the window offset: 0.18)
+    ys, xs = torch.nonzero(inside, as_tuple=True)
+    assert abs(xs.float().mean() + 0.5 - face[0, 0]) < 1 and abs(ys.float().mean() + 0.5 - face[0, 1]) < 1
+    box = (64, 192, 128, 128)
+    torch.testing.assert_close(_face_weight(face, box, 4.0)[0, 0], w[64:192, 192:320])
