@@ -202,3 +202,60 @@ def test_the_face_weight_covers_the_drawn_face():
     assert abs(xs.float().mean() + 0.5 - face[0, 0]) < 1 and abs(ys.float().mean() + 0.5 - face[0, 1]) < 1
     box = (64, 192, 128, 128)
     torch.testing.assert_close(_face_weight(face, box, 4.0)[0, 0], w[64:192, 192:320])
+
+
+@pytest.fixture(scope="module")
+def motion_engine(tmp_path_factory):
+    """Architecture 3's engine from the checkpoint files training writes, fresh weights (no training here)."""
+    from avatarcast.engines.tiny.motion import shape_to_dict
+    from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+    from avatarcast.vocabulary import EMOTIONS
+
+    ck = tmp_path_factory.mktemp("m3")
+    torch.manual_seed(0)
+    dec = MotionDecoder()
+    torch.save({"ema": dec.state_dict(), "shape": shape_to_dict(dec.shape), "step": 0}, ck / "motion_ema.pt")
+    cfg = TinyConfig()
+    den = MotionDenoiser(MOTION_DIM, cfg.chunk_frames, cfg.context_frames, len(EMOTIONS))
+    stats = {"mean": torch.linspace(-0.1, 0.1, MOTION_DIM), "std": torch.linspace(0.5, 1.5, MOTION_DIM)}
+    torch.save({"ema": den.state_dict(), "step": 0, **stats}, ck / "motion_den.pt")
+    return MotionEngine.load(ck / "motion_ema.pt", ck / "motion_den.pt")
+
+
+def test_the_motion_engine_runs_streams_from_rest(motion_engine):
+    """A fresh denoiser keeps a stream where it is, so the first chunk is the avatar's rest pose four times,
+    drawn by the decoder from the canonical frame: the engine's normalization, context and drawing line up."""
+    from avatarcast.engines.avatar_world.reference import rest_pose
+
+    e = motion_engine
+    av = BUILTIN_AVATARS[4]
+    s = e.start_stream(av, "happy", seed=7)
+    twin = s.copy()
+    lat = e.sample_chunks([s])
+    T, K = e.cfg.chunk_frames, e.cfg.context_frames
+    assert lat.shape == (1, T, MOTION_DIM, 1, 1) and s.frames_done == T and twin.frames_done == 0
+    np.testing.assert_array_equal(s.ctx, lat[0, T - K :].reshape(-1, 1, 1))
+    raw = lat[0, :, :, 0, 0] * e.std + e.mean
+    np.testing.assert_allclose(raw, np.tile(_mv(av, rest_pose()), (T, 1)), atol=1e-4)
+    frames = e.decode_chunks([s], lat)
+    assert frames.shape == (1, T, 360, 640, 4) and frames.dtype == np.uint8
+    drawn, truth = frames[0, 0, ..., 3] > 127, render_frame(av, rest_pose())[..., 3] > 127
+    assert (drawn & truth).sum() / (drawn | truth).sum() > 0.8  # where the renderer draws the avatar at rest
+    np.testing.assert_array_equal(e.sample_chunks([twin]), lat)  # a twin with the same noise: the same chunk
+    with pytest.raises(ValueError):
+        e.decode_chunks([s], lat, lowres=True)
+    clip = e.generate_clip(av, "sad", 6, seed=1)
+    assert clip.shape == (6, 360, 640, 4)
+
+
+def test_the_fidelity_eval_reconstructs_through_the_motion_engine(motion_engine):
+    """Architecture 3's reconstruction in the fidelity eval: the held-out frames' true motion, drawn. Even the
+    fresh decoder (its skeleton prior alone) puts the avatar where the renderer does."""
+    from tools.eval import holdout
+    from tools.eval.fidelity import reconstruction
+
+    avatars = holdout.eval_avatars(1, 1)
+    rec = reconstruction(motion_engine, holdout.reconstruction_frames(avatars, 2))
+    assert rec["n_frames"] == 4 and set(rec["by_group"]) == {"builtin", "heldout"}
+    assert rec["overall"]["alpha_iou"]["mean"] > 0.8

@@ -35,8 +35,10 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,14 +131,27 @@ def frame_scores(ref: np.ndarray, rec: np.ndarray, head_box) -> dict:
     }
 
 
+def encode_decode(engine) -> Callable[[list[holdout.FrameSpec], list, np.ndarray], np.ndarray]:
+    """How an engine reconstructs renderer frames: architecture 2 through its encoder and decoder; architecture 3
+    (MotionEngine) draws the frames' true motion, which its latent frame is."""
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+
+    if isinstance(engine, MotionEngine):
+        return lambda specs, poses, ref: np.concatenate(
+            [engine.draw(s.avatar, engine.motion(s.avatar, q)[None]) for s, q in zip(specs, poses)]
+        )
+    return lambda specs, poses, ref: engine.decode(engine.backend.encode(ref))
+
+
 def reconstruction(engine, specs: list[holdout.FrameSpec], batch: int = 4) -> dict:
     """Every held-out frame through the engine's encoder and decoder; per-frame scores and summaries."""
     rows = []
+    through = encode_decode(engine)
     for i in range(0, len(specs), batch):
         part = specs[i : i + batch]
         poses = [pose_at(s.emotion, s.time, sample_variation(s.seed), s.intensity) for s in part]
         ref = np.stack([render_frame(s.avatar, q) for s, q in zip(part, poses)])
-        rec = engine.decode(engine.backend.encode(ref))
+        rec = through(part, poses, ref)
         for s, q, r, g in zip(part, poses, ref, rec):
             rows.append(
                 {
@@ -431,8 +446,10 @@ def run(
     parts: tuple[str, ...] = PARTS,
     torch_threads: int = 1,
     log=print,
+    motion: tuple[str, str] | None = None,
 ) -> dict:
-    """The fidelity eval of one weights folder (the parts asked for); the report as a dict."""
+    """The fidelity eval of one weights folder, or of architecture 3's (decoder, denoiser) checkpoints given as
+    `motion` (the parts asked for); the report as a dict."""
     from avatarcast.engines.tiny.engine import TinyEngine
     from avatarcast.realtime.settings import Settings
 
@@ -440,7 +457,14 @@ def run(
     timing: dict = {"loadavg_start": _loadavg()}  # other processes' load makes wall times provisional
     torch.set_num_threads(torch_threads)
     steps = steps if steps is not None else Settings().steps  # the serving default
-    engine = TinyEngine.load(weights, backend=backend, steps=steps, threads=threads)
+    if motion is not None:
+        from avatarcast.engines.tiny.motion_engine import MotionEngine
+
+        engine: Any = MotionEngine.load(*motion, steps=steps)
+        backend, weights_path = "torch (architecture 3)", " + ".join(motion)
+    else:
+        engine = TinyEngine.load(weights, backend=backend, steps=steps, threads=threads)
+        weights_path = str(engine.manifest.path)
     avatars = holdout.eval_avatars(size.n_builtin, size.n_holdout)
     res: dict = {"avatars": [a.name for a in avatars], "size": asdict(size), "rerun": rerun, "parts": list(parts)}
     rec = gen = None
@@ -465,7 +489,7 @@ def run(
     res["timing"] = timing
     res["targets"] = targets(rec, gen)
     res["meta"] = {
-        "weights": str(engine.manifest.path),
+        "weights": weights_path,
         "weights_hash": engine.weights_hash,
         "backend": backend,
         "steps": steps,
@@ -484,6 +508,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--weights", default=None, help="tiny engine weights folder (default: the shipped one)")
     ap.add_argument("--out", required=True, help="folder for report.json and report.md")
+    ap.add_argument(
+        "--motion",
+        nargs=2,
+        metavar=("DECODER", "DENOISER"),
+        default=None,
+        help="score architecture 3 instead (motion_ema.pt and motion_den.pt of tools.train_motion[_den]), on torch",
+    )
     ap.add_argument("--quick", action="store_true", help="the CI size: 3 avatars, 6 clips (< 1 min)")
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the server's default)")
@@ -507,7 +538,18 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--parts: a subset of {','.join(PARTS)}; detector needs generation")
     size = SIZES["quick" if args.quick else "full"]
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    res = run(args.weights, size, args.backend, args.steps, args.threads, args.rerun, parts, args.torch_threads, log)
+    res = run(
+        args.weights,
+        size,
+        args.backend,
+        args.steps,
+        args.threads,
+        args.rerun,
+        parts,
+        args.torch_threads,
+        log,
+        tuple(args.motion) if args.motion else None,
+    )
     res["meta"]["command"] = "python -m tools.eval.fidelity " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

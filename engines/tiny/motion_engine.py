@@ -1,0 +1,297 @@
+"""Architecture 3 as a StreamEngine, on torch: generated motion, drawn by moving the avatar's own pixels.
+
+Each stream's latent frame is its motion (engines/avatar_world/skeleton.py: keypoints, face and effect
+fields, the effects' clock; MOTION_DIM numbers). The motion denoiser (engines/tiny/motion_denoiser.py) samples
+it chunk by chunk with the same few-step sampler as architecture 2; the motion decoder (engines/tiny/motion.py)
+draws each frame by moving the avatar's canonical frame part by part, so eyes, glasses and outlines are copied
+rather than regenerated. Per avatar, the canonical frame is rendered and encoded once.
+
+Opt-in while it is trained (docs/training/motion.md): the server's default stays architecture 2 on
+onnxruntime. This engine is what the fidelity eval and the preview score (`tools.eval.fidelity --motion`).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+import torch
+
+from avatarcast.engines.avatar_world.skeleton import MOTION_DIM, motion_vector
+from avatarcast.engines.contract import EngineCapabilities, ReadyFrames
+from avatarcast.engines.sampler import ShortcutFlowSampler
+from avatarcast.engines.tiny.config import TinyConfig
+from avatarcast.engines.tiny.engine import avatar_cache_key
+from avatarcast.engines.tiny.model import frames_to_tensor, tensor_to_rgba
+from avatarcast.engines.tiny.motion import MotionDecoder, shape_from_dict
+from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser
+from avatarcast.vocabulary import EMOTIONS, FRAME_HEIGHT, FRAME_WIDTH
+
+
+@dataclass(frozen=True)
+class MotionShapes:
+    """The latent shapes (engines.contract.LatentShapes): one motion vector a frame, a 1x1 'image'."""
+
+    chunk_frames: int
+    context_frames: int
+    latent_channels: int = MOTION_DIM
+    height: int = FRAME_HEIGHT
+    width: int = FRAME_WIDTH
+    latent_hw: tuple[int, int] = (1, 1)
+
+
+@dataclass
+class MotionStream:
+    """One stream: its avatar, its last K motions (normalized) as context, and what it is asked to show."""
+
+    avatar_key: str
+    ref: np.ndarray  # (D, 1, 1) the avatar's canonical motion, normalized
+    ctx: np.ndarray  # (K*D, 1, 1) the last K motions, normalized
+    emotion: int
+    intensity: float
+    rng: np.random.Generator
+    frames_done: int = 0
+    meta: dict = field(default_factory=dict)
+
+    def copy(self) -> Self:
+        new = copy.copy(self)
+        new.rng = copy.deepcopy(self.rng)
+        new.meta = dict(self.meta)
+        return new
+
+
+@dataclass(frozen=True)
+class _Avatar:
+    """What a stream of one avatar needs, computed once: its canonical frame and motion, encoded."""
+
+    ref_win: torch.Tensor  # (1, 4, pad_H, window_W) the canonical frame's window
+    feats: tuple[torch.Tensor, ...]  # the decoder's reference features
+    ref_motion: torch.Tensor  # (1, D) raw canonical motion
+    ref_n: np.ndarray  # (D,) normalized canonical motion
+    rest_n: np.ndarray  # (D,) normalized rest motion: where a stream starts
+
+
+def _file_hash(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+class MotionEngine:
+    """Generates 640x360 RGBA frames of an avatar showing an emotion: motion sampled, then drawn."""
+
+    def __init__(
+        self,
+        decoder: MotionDecoder,
+        denoiser: MotionDenoiser,
+        mean: np.ndarray,
+        std: np.ndarray,
+        steps: int = 2,
+        device: str = "cpu",
+        weights_hash: str = "",
+    ) -> None:
+        self.window = TinyConfig()  # the window and padding the decoder was trained on (architecture 2's)
+        self.cfg = MotionShapes(self.window.chunk_frames, self.window.context_frames)
+        self.device = torch.device(device)
+        self.decoder = decoder.to(self.device).eval()
+        self.denoiser = denoiser.to(self.device).eval()
+        self.mean, self.std = mean.astype(np.float32), std.astype(np.float32)
+        self.sampler = ShortcutFlowSampler(steps=steps, min_shortcut=self.window.min_shortcut)
+        self._weights_hash = weights_hash
+        self._avatars: dict[str, _Avatar] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, decoder: str | Path, denoiser: str | Path, steps: int = 2, device: str = "cpu") -> MotionEngine:
+        """The EMA weights a training run kept: `motion_ema.pt` (tools.train_motion) and `motion_den.pt` or
+        `motion_den_best.pt` (tools.train_motion_den)."""
+        dec_p, den_p = Path(decoder), Path(denoiser)
+        st = torch.load(dec_p, map_location="cpu")
+        dec = MotionDecoder(shape_from_dict(st.get("shape")))
+        dec.load_state_dict(st["ema"])
+        sd = torch.load(den_p, map_location="cpu")
+        cfg = TinyConfig()
+        den = MotionDenoiser(MOTION_DIM, cfg.chunk_frames, cfg.context_frames, len(EMOTIONS))
+        den.load_state_dict(sd["ema"])
+        return cls(dec, den, sd["mean"].numpy(), sd["std"].numpy(), steps, device, _file_hash(dec_p, den_p))
+
+    # -- properties -----------------------------------------------------------------------
+    @property
+    def emotions(self) -> tuple[str, ...]:
+        return EMOTIONS
+
+    @property
+    def steps(self) -> int:
+        return self.sampler.steps
+
+    @steps.setter
+    def steps(self, n: int) -> None:
+        self.sampler.set_timesteps(n)
+
+    @property
+    def weights_hash(self) -> str:
+        return self._weights_hash
+
+    @property
+    def capabilities(self) -> EngineCapabilities:
+        return EngineCapabilities(frames_per_chunk=self.cfg.chunk_frames)
+
+    @property
+    def graphs_ready(self) -> None:
+        return None
+
+    def emotion_index(self, emotion: str | int) -> int:
+        if isinstance(emotion, (int, np.integer)):
+            if not 0 <= int(emotion) < len(EMOTIONS):
+                raise ValueError(f"emotion index {emotion} out of range 0..{len(EMOTIONS) - 1}")
+            return int(emotion)
+        if emotion not in EMOTIONS:
+            raise ValueError(f"unknown emotion {emotion!r}; known: {', '.join(EMOTIONS)}")
+        return EMOTIONS.index(emotion)
+
+    # -- avatars and streams --------------------------------------------------------------
+    def motion(self, avatar: Any, pose: Any) -> np.ndarray:
+        """(D,) the raw motion of `render_frame(avatar, pose)`: what this engine's latent frame stands for (the
+        fidelity eval's reconstruction draws it, as architecture 2's runs a frame through its encoder)."""
+        w = self.window
+        return motion_vector(avatar, pose, w.window_x0, w.window_width, w.pad_top, w.pad_height)
+
+    def _avatar(self, avatar: Any, key: str | None = None) -> _Avatar:
+        from avatarcast.engines.avatar_world import get_avatar  # PIL: kept off `avatarcast --help`
+        from avatarcast.engines.avatar_world.reference import canonical_frame, canonical_pose, rest_pose
+
+        key = key or avatar_cache_key(avatar)
+        with self._lock:
+            got = self._avatars.get(key)
+        if got is not None:
+            return got
+        av = get_avatar(avatar)
+        frame = torch.from_numpy(canonical_frame(av))[None].to(self.device)
+        ref_win = frames_to_tensor(frame, self.window)
+        ref_m = self.motion(av, canonical_pose())
+        with torch.no_grad():
+            feats = tuple(self.decoder.encode_reference(ref_win))
+        got = _Avatar(
+            ref_win,
+            feats,
+            torch.from_numpy(ref_m)[None].to(self.device),
+            (ref_m - self.mean) / self.std,
+            (self.motion(av, rest_pose()) - self.mean) / self.std,
+        )
+        with self._lock:
+            self._avatars[key] = got
+        return got
+
+    def start_stream(
+        self,
+        avatar: Any,
+        emotion: str | int = "idle",
+        intensity: float = 1.0,
+        seed: int = 0,
+        ctx: np.ndarray | None = None,
+    ) -> MotionStream:
+        """A new stream at the avatar's rest pose, or continuing a given context (K*D, 1, 1)."""
+        key = avatar_cache_key(avatar)
+        a = self._avatar(avatar, key)
+        K, D = self.cfg.context_frames, MOTION_DIM
+        if ctx is None:
+            ctx = np.tile(a.rest_n, K).reshape(K * D, 1, 1)
+        return MotionStream(
+            key,
+            a.ref_n.reshape(D, 1, 1).astype(np.float32),
+            np.asarray(ctx, np.float32).copy(),
+            self.emotion_index(emotion),
+            float(np.clip(intensity, 0.0, 1.0)),
+            np.random.default_rng(seed),
+        )
+
+    def set_emotion(self, state: MotionStream, emotion: str | int, intensity: float | None = None) -> None:
+        state.emotion = self.emotion_index(emotion)
+        if intensity is not None:
+            state.intensity = float(np.clip(intensity, 0.0, 1.0))
+
+    def sample_chunks(self, states: list[MotionStream], steps: int | None = None) -> np.ndarray:
+        """One sampler run for all streams: normalized motions (B, T, D, 1, 1); advances the contexts."""
+        T, K, D = self.cfg.chunk_frames, self.cfg.context_frames, MOTION_DIM
+        B = len(states)
+        dev = self.device
+        x = torch.from_numpy(np.stack([s.rng.standard_normal((T * D, 1, 1), dtype=np.float32) for s in states]))
+        x = x.to(dev)
+        ctx = torch.from_numpy(np.stack([s.ctx for s in states])).to(dev)
+        ref = torch.from_numpy(np.stack([s.ref for s in states])).to(dev)
+        emo = torch.tensor([s.emotion for s in states], dtype=torch.long, device=dev)
+        inten = torch.tensor([s.intensity for s in states], dtype=torch.float32, device=dev)
+        sampler = self.sampler
+        if steps is not None and steps != sampler.steps:
+            sampler = ShortcutFlowSampler(steps=steps, min_shortcut=self.window.min_shortcut)
+        d = torch.full((B,), sampler.model_step_size, device=dev)
+        with torch.no_grad():
+            for t in sampler.timesteps:
+                v = self.denoiser(x, torch.full((B,), float(t), device=dev), d, ctx, ref, emo, inten)
+                x = sampler.step(v, t, x)
+        lat = x.reshape(B, T, D, 1, 1).cpu().numpy()
+        for s, chunk in zip(states, lat):
+            s.ctx = chunk[T - K :].reshape(K * D, 1, 1).copy()
+            s.frames_done += T
+        return lat
+
+    def draw(self, avatar: Any, motions: np.ndarray, batch: int = 8) -> np.ndarray:
+        """Raw motion vectors (N, D) of one avatar -> RGBA uint8 frames (N, 360, 640, 4)."""
+        a = self._avatar(avatar)
+        parts = [self._draw(a, motions[i : i + batch]) for i in range(0, len(motions), batch)]
+        return np.concatenate(parts) if parts else np.zeros((0, FRAME_HEIGHT, FRAME_WIDTH, 4), np.uint8)
+
+    def decode_chunks(self, states: list[MotionStream], latents: np.ndarray, lowres: bool = False) -> np.ndarray:
+        """Normalized motions (B, T, D, 1, 1) -> frames (B, T, 360, 640, 4), each stream drawn from its avatar."""
+        if lowres:
+            raise ValueError("the motion engine has no half-resolution decoder")
+        B, T = latents.shape[:2]
+        raw = latents.reshape(B, T, MOTION_DIM) * self.std + self.mean
+        out = []
+        for s, m in zip(states, raw):
+            a = self._avatars[s.avatar_key]  # start_stream put it there
+            out.append(self._draw(a, m))
+        return np.stack(out)
+
+    def _draw(self, a: _Avatar, motions: np.ndarray) -> np.ndarray:
+        """Raw motions (n, D) of a prepared avatar -> RGBA uint8 frames (n, 360, 640, 4)."""
+        w = self.window
+        with torch.no_grad():
+            m = torch.from_numpy(np.ascontiguousarray(motions, np.float32)).to(self.device)
+            n = len(m)
+            feats = tuple(f.expand(n, *f.shape[1:]) for f in a.feats)
+            y = self.decoder(m, a.ref_motion.expand(n, -1), a.ref_win.expand(n, -1, -1, -1), feats)
+            rgba = tensor_to_rgba(y.float().clamp(-1, 1)[:, :, w.pad_top : w.pad_top + w.height]).cpu().numpy()
+        out = np.zeros((n, w.height, w.width, 4), np.uint8)
+        out[:, :, w.window_x0 : w.window_x0 + w.window_width] = rgba
+        return out
+
+    def launch_chunks(self, states: list[MotionStream], steps: int | None = None) -> ReadyFrames:
+        return ReadyFrames(list(self.decode_chunks(states, self.sample_chunks(states, steps))))
+
+    def next_chunk(self, states: list[MotionStream]) -> list[np.ndarray]:
+        return list(self.decode_chunks(states, self.sample_chunks(states)))
+
+    def generate_clip(
+        self,
+        avatar: Any,
+        emotion: str | int,
+        n_frames: int,
+        seed: int = 0,
+        intensity: float = 1.0,
+        warmup_chunks: int = 1,
+    ) -> np.ndarray:
+        """n_frames of one avatar in one emotion; the first chunks (leaving rest) are skipped."""
+        st = self.start_stream(avatar, emotion, intensity, seed)
+        for _ in range(warmup_chunks):
+            self.sample_chunks([st])
+        chunks: list[np.ndarray] = []
+        while sum(len(c) for c in chunks) < n_frames:
+            chunks.append(self.next_chunk([st])[0])
+        return np.concatenate(chunks)[:n_frames]
