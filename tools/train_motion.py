@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import time
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from avatarcast.engines.avatar_world import pose_at
-from avatarcast.engines.avatar_world.reference import canonical_pose
+from avatarcast.engines.avatar_world.reference import atlas_frames, canonical_pose, expression_faces
 from avatarcast.engines.avatar_world.render import render_frame, sequence_poses
 from avatarcast.engines.avatar_world.skeleton import KEYPOINTS, MOTION_DIM, motion_vector
 from avatarcast.engines.tiny.config import TinyConfig
@@ -76,6 +77,31 @@ def _ref_job(i: int) -> tuple[np.ndarray, np.ndarray]:
     av = avatar_by_id(i)
     q = canonical_pose()
     return _window(render_frame(av, q)), _mv(av, q)
+
+
+def _atlas_job(i: int) -> np.ndarray:
+    return np.stack([_window(f) for f in atlas_frames(avatar_by_id(i))])
+
+
+def build_atlas(args) -> np.ndarray:
+    """Every training avatar's atlas faces as window frames, uint8 (avatars, K, H, window_W, 4), cached."""
+    cache, kept = cached_npz(args.work, f"motion_atlas_{args.random_avatars}.npz")
+    if kept is not None:
+        return kept["atlas"]
+    t0 = time.time()
+    with Pool(args.workers) as pool:
+        atlas = np.stack(pool.map(_atlas_job, range(n_avatars(args.random_avatars))))
+    print(f"[motion] rendered {atlas.shape[0]} x {atlas.shape[1]} atlas faces in {time.time() - t0:.0f}s", flush=True)
+    if not args.no_cache:
+        np.savez(cache, atlas=atlas)
+    return atlas
+
+
+def atlas_tensor(atlas_win: torch.Tensor) -> torch.Tensor:
+    """uint8 window frames (N, K, H, window_W, 4) -> the decoder's atlas input (N, K, 4, pad_H, window_W)."""
+    N, K = atlas_win.shape[:2]
+    x = to_window_tensor(atlas_win.reshape(N * K, *atlas_win.shape[2:]), CFG)
+    return x.reshape(N, K, *x.shape[1:])
 
 
 def cached_npz(work: str, name: str) -> tuple[Path, dict | None]:
@@ -130,6 +156,7 @@ def heldout(n_builtin: int = 6, n_holdout: int = 6, per_avatar: int = 11) -> lis
     for av in holdout.eval_avatars(n_builtin, n_holdout):
         ref_pose = canonical_pose()
         ref = _window(render_frame(av, ref_pose))
+        atlas = np.stack([_window(f) for f in atlas_frames(av)])
         for s in holdout.reconstruction_frames([av], per_avatar):
             q = pose_at(s.emotion, s.time, sample_variation(s.seed), s.intensity)
             out.append(
@@ -138,6 +165,7 @@ def heldout(n_builtin: int = 6, n_holdout: int = 6, per_avatar: int = 11) -> lis
                     "frame": render_frame(av, q),
                     "motion": _mv(av, q),
                     "ref": ref,
+                    "atlas": atlas,
                     "ref_motion": _mv(av, ref_pose),
                     "head": landmarks(av, q).head,
                 }
@@ -145,15 +173,21 @@ def heldout(n_builtin: int = 6, n_holdout: int = 6, per_avatar: int = 11) -> lis
     return out
 
 
-def decode_frames(model: MotionDecoder, motions, ref_motions, refs_win, device, batch: int = 8) -> np.ndarray:
-    """Motions (N, D) and reference window frames (N, H, window_W, 4) -> uint8 window frames (N, H, window_W, 4)."""
+def decode_frames(
+    model: MotionDecoder, motions, ref_motions, refs_win, device, batch: int = 8, atlases=None
+) -> np.ndarray:
+    """Motions (N, D) and reference window frames (N, H, window_W, 4) (and, for a decoder that mixes atlas
+    faces, each frame's atlas (N, K, H, window_W, 4)) -> uint8 window frames (N, H, window_W, 4)."""
     outs = []
     with torch.no_grad():
         for i in range(0, len(motions), batch):
             ref = to_window_tensor(torch.from_numpy(np.stack(refs_win[i : i + batch])).to(device), CFG)
             m = torch.from_numpy(np.stack(motions[i : i + batch])).to(device)
             rm = torch.from_numpy(np.stack(ref_motions[i : i + batch])).to(device)
-            y = model(m, rm, ref, model.encode_reference(ref)).float().clamp(-1, 1)
+            at = None
+            if model.shape.atlas:
+                at = atlas_tensor(torch.from_numpy(np.stack(atlases[i : i + batch])).to(device))
+            y = model(m, rm, ref, model.encode_reference(ref), atlas=at).float().clamp(-1, 1)
             outs.append(tensor_to_rgba(y[:, :, CFG.pad_top : CFG.pad_top + CFG.height]).cpu().numpy())
     return np.concatenate(outs)
 
@@ -163,7 +197,12 @@ def evaluate(model: MotionDecoder, device, ck: Path, n_builtin: int = 6, n_holdo
 
     rows = heldout(n_builtin, n_holdout)
     rec = decode_frames(
-        model, [r["motion"] for r in rows], [r["ref_motion"] for r in rows], [r["ref"] for r in rows], device
+        model,
+        [r["motion"] for r in rows],
+        [r["ref_motion"] for r in rows],
+        [r["ref"] for r in rows],
+        device,
+        atlases=[r["atlas"] for r in rows],
     )
     x0, x1 = CFG.window_x0, CFG.window_x0 + CFG.window_width
     scores = []
@@ -204,7 +243,12 @@ def head_crops(model: MotionDecoder, device, path: Path, per_group: int = 4) -> 
         r for i, r in enumerate(heldout(per_group, per_group, per_avatar=11)) if i % 11 in (1, 4, 7)
     ]  # listening, surprised, laughing
     ours = decode_frames(
-        model, [r["motion"] for r in rows], [r["ref_motion"] for r in rows], [r["ref"] for r in rows], device
+        model,
+        [r["motion"] for r in rows],
+        [r["ref_motion"] for r in rows],
+        [r["ref"] for r in rows],
+        device,
+        atlases=[r["atlas"] for r in rows],
     )
     shipped = TinyEngine.load()
     x0 = CFG.window_x0
@@ -260,6 +304,8 @@ def train(args) -> None:
     ref_motions = torch.from_numpy(data["ref_motions"]).to(device)
     path = ck / "motion.pt"
     shape = SHAPES[args.shape]
+    if args.atlas:
+        shape = dataclasses.replace(shape, atlas=len(expression_faces()))
     if path.exists() or (ck / "motion_ema.pt").exists():  # a resumed run keeps the shape it started with
         kept = torch.load(path if path.exists() else ck / "motion_ema.pt", map_location="cpu").get("shape")
         shape = shape_from_dict(kept)
@@ -281,6 +327,14 @@ def train(args) -> None:
         ema.load_state_dict(st["ema"])
         step = st["step"]
         print(f"[motion] started from the kept EMA weights at step {step}", flush=True)
+    elif args.init_from:  # another run's weights; what this shape adds (the atlas mix) starts fresh, at step 0
+        st = torch.load(args.init_from, map_location=device)
+        missing, unexpected = model.load_state_dict(st["ema"], strict=False)
+        if unexpected or any(not k.startswith("atlas_mix.") for k in missing):
+            raise SystemExit(f"--init-from {args.init_from}: other layers (missing {missing}, unexpected {unexpected})")
+        ema.load_state_dict(model.state_dict())
+        print(f"[motion] initialized from {args.init_from} (its step {st['step']}); new: {missing}", flush=True)
+    atlas_all = torch.from_numpy(build_atlas(args)).to(device) if shape.atlas else None
     log = LossLog(ck / "motion_loss.json")
     gen = torch.Generator(device="cpu").manual_seed(1234 + step)
     t0 = time.time()
@@ -305,7 +359,8 @@ def train(args) -> None:
             [by_avatar[a][torch.randint(0, len(by_avatar[a]), (per,), generator=gen).to(device)] for a in picks]
         )
         aid = ids[idx]
-        ref_u = to_window_tensor(ref_frames[ids[torch.stack([by_avatar[a][0] for a in picks])]], CFG)
+        avatar_u = ids[torch.stack([by_avatar[a][0] for a in picks])]  # the picked avatars' ids
+        ref_u = to_window_tensor(ref_frames[avatar_u], CFG)
         feats_u = None
         box = None
         m, rm = motions[idx], ref_motions[aid]
@@ -337,7 +392,10 @@ def train(args) -> None:
             rep = torch.arange(len(picks), device=device).repeat_interleave(per)
             ref = ref_u[rep]
             feats = tuple(f[rep] for f in feats_u)
-            y, parts = model(m, rm, ref, feats, box=box, return_parts=True)
+            atlas = None
+            if atlas_all is not None:
+                atlas = atlas_tensor(atlas_all[avatar_u])[rep]
+            y, parts = model(m, rm, ref, feats, box=box, return_parts=True, atlas=atlas)
         y = y.float()
         w = avatar_weight(x, args.avatar_boost)
         if args.face_boost != 1.0:
@@ -420,6 +478,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--avatar-boost", type=float, default=4.0)
+    ap.add_argument("--atlas", action="store_true", help="a new run's decoder also copies the atlas faces")
+    ap.add_argument("--init-from", default="", help="start from this motion_ema.pt (a new shape's extra layers fresh)")
     ap.add_argument("--face-boost", type=float, default=1.0, help="loss weight inside each frame's head disc")
     ap.add_argument("--face-crops", type=float, default=0.0, help="share of crops centred on a frame's face")
     ap.add_argument("--edge-weight", type=float, default=0.5)

@@ -36,3 +36,30 @@ def canonical_pose() -> Pose:
 def canonical_frame(avatar) -> np.ndarray:
     """The avatar in canonical_pose, RGBA uint8 (360, 640, 4): what architecture 3 copies from."""
     return render_frame(get_avatar(avatar), canonical_pose())
+
+
+def expression_faces() -> tuple[tuple[str, dict[str, float]], ...]:
+    """Each emotion's typical face: the median of every face field over four seconds of its full-intensity
+    motion (blinks and talking are brief, so the median is the face the emotion holds), placed where the
+    canonical face is (face_dx, face_dy: the face keypoints move it). Architecture 3's expression atlas."""
+    from avatarcast.vocabulary import EMOTIONS
+
+    from .skeleton import FACE_FIELDS
+
+    canon = canonical_pose()
+    times = np.arange(0.0, 4.0, 0.05)
+    out = []
+    for emotion in EMOTIONS:
+        poses = [pose_at(emotion, float(t), MotionVariation(1.0, 1.0, 0.0), 1.0) for t in times]
+        face = {f: float(np.median([getattr(q, f) for q in poses])) for f in FACE_FIELDS}
+        face["face_dx"], face["face_dy"] = canon.face_dx, canon.face_dy
+        out.append((emotion, face))
+    return tuple(out)
+
+
+def atlas_frames(avatar) -> np.ndarray:
+    """The canonical frame with each emotion's typical face (expression_faces), RGBA uint8 (K, 360, 640, 4):
+    the faces architecture 3 can copy from. Only the face differs from canonical_frame."""
+    av = get_avatar(avatar)
+    canon = canonical_pose()
+    return np.stack([render_frame(av, dataclasses.replace(canon, **face)) for _, face in expression_faces()])

@@ -32,7 +32,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from avatarcast.engines.avatar_world.skeleton import EXPR_DIM, EXPR_OFFSET, KEYPOINTS, MOTION_DIM, N_POINTS, PARTS
+from avatarcast.engines.avatar_world.skeleton import (
+    EXPR_DIM,
+    EXPR_OFFSET,
+    FACE_FIELDS,
+    KEYPOINTS,
+    MOTION_DIM,
+    N_POINTS,
+    PARTS,
+)
 from avatarcast.engines.tiny.model import ResBlock, _zero_init
 
 N_PARTS = len(PARTS)
@@ -55,6 +63,11 @@ class MotionShape:
     # elementwise work alone, for 0.06 dB (the skeleton prior on held-out frames: 16.23 dB at full
     # size, 16.17 from 1/4).
     geometry_level: int = 4
+    # Faces the decoder may copy besides the canonical one (engines/avatar_world/reference.atlas_frames: the
+    # canonical frame with each emotion's typical face), mixed per frame from the motion's face fields. A
+    # generator has to learn to draw an expression from 18 numbers; a face copied from the avatar's own
+    # rendering of it keeps the avatar's eyes, mouth and outlines. 0: the canonical face only.
+    atlas: int = 0
 
 
 # Shapes by name (tools/train_motion.py --shape): the default, and one for the 2-core CPU.
@@ -338,6 +351,27 @@ class MotionDecoder(nn.Module):
         assert bias is not None
         with torch.no_grad():
             bias[4] = 3.0  # start by copying the moved reference
+        if s.atlas:
+            last = nn.Linear(64, s.atlas + 1)
+            with torch.no_grad():
+                last.weight.zero_()
+                last.bias.zero_()
+                last.bias[0] = 8.0  # start from the canonical face alone: a decoder trained without the atlas
+            self.atlas_mix = nn.Sequential(nn.Linear(len(FACE_FIELDS), 64), nn.SiLU(), last)
+
+    def mixed_reference(self, motion: torch.Tensor, ref: torch.Tensor, atlas: torch.Tensor | None) -> torch.Tensor:
+        """The reference to move: the canonical frame, or with an atlas (B, K, 4, H, W) a per-frame mix of it
+        and the atlas's faces, weighed from the motion's face fields. The atlas differs from the canonical
+        frame only in the face, so the mix changes only the face; and a mix of moved frames is the moved mix
+        (grid sampling is linear), so one warp moves it."""
+        if not self.shape.atlas:
+            return ref
+        if atlas is None or atlas.shape[1] != self.shape.atlas:
+            got = None if atlas is None else tuple(atlas.shape)
+            raise ValueError(f"this decoder mixes {self.shape.atlas} atlas faces; got {got}")
+        face = motion[:, EXPR_OFFSET : EXPR_OFFSET + len(FACE_FIELDS)].float()
+        w = torch.softmax(self.atlas_mix(face).float(), dim=1)
+        return w[:, 0, None, None, None] * ref.float() + (w[:, 1:, None, None, None] * atlas.float()).sum(1)
 
     def encode_reference(self, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.ref_encoder(ref)
@@ -350,8 +384,10 @@ class MotionDecoder(nn.Module):
         ref_feats: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         box: tuple[int, int, int, int] | None = None,
         return_parts: bool = False,
+        atlas: torch.Tensor | None = None,
     ):
-        """Draw the window, or only ``box`` = (row, column, height, width) of it (multiples of 8).
+        """Draw the window, or only ``box`` = (row, column, height, width) of it (multiples of 8). `atlas`: the
+        avatar's atlas faces (B, shape.atlas, 4, H, W) as window tensors, for a decoder that mixes them.
 
         ref and ref_feats always cover the whole window (they are the avatar's, cached); only the
         output is cropped, which is how the CPU draws just the pixels around the avatar and how
@@ -363,6 +399,7 @@ class MotionDecoder(nn.Module):
         if y0 % 8 or x0 % 8 or h % 8 or w % 8:
             raise ValueError(f"box {box} must be in multiples of 8 pixels")
         B = motion.shape[0]
+        ref = self.mixed_reference(motion, ref, atlas)
         kp_t = motion[:, :EXPR_OFFSET].reshape(B, N_POINTS, 2)
         kp_r = ref_motion[:, :EXPR_OFFSET].reshape(B, N_POINTS, 2)
         f2, f4, f8 = ref_feats

@@ -70,6 +70,7 @@ class _Avatar:
     """What a stream of one avatar needs, computed once: its canonical frame and motion, encoded."""
 
     ref_win: torch.Tensor  # (1, 4, pad_H, window_W) the canonical frame's window
+    atlas: torch.Tensor | None  # (1, K, 4, pad_H, window_W) its atlas faces, for a decoder that mixes them
     feats: tuple[torch.Tensor, ...]  # the decoder's reference features
     ref_motion: torch.Tensor  # (1, D) raw canonical motion
     ref_n: np.ndarray  # (D,) normalized canonical motion
@@ -164,7 +165,7 @@ class MotionEngine:
 
     def _avatar(self, avatar: Any, key: str | None = None) -> _Avatar:
         from avatarcast.engines.avatar_world import get_avatar  # PIL: kept off `avatarcast --help`
-        from avatarcast.engines.avatar_world.reference import canonical_frame, canonical_pose, rest_pose
+        from avatarcast.engines.avatar_world.reference import atlas_frames, canonical_frame, canonical_pose, rest_pose
 
         key = key or avatar_cache_key(avatar)
         with self._lock:
@@ -175,10 +176,15 @@ class MotionEngine:
         frame = torch.from_numpy(canonical_frame(av))[None].to(self.device)
         ref_win = frames_to_tensor(frame, self.window)
         ref_m = self.motion(av, canonical_pose())
+        atlas = None
+        if self.decoder.shape.atlas:
+            faces = torch.from_numpy(atlas_frames(av)).to(self.device)
+            atlas = frames_to_tensor(faces, self.window)[None]
         with torch.no_grad():
             feats = tuple(self.decoder.encode_reference(ref_win))
         got = _Avatar(
             ref_win,
+            atlas,
             feats,
             torch.from_numpy(ref_m)[None].to(self.device),
             (ref_m - self.mean) / self.std,
@@ -266,7 +272,8 @@ class MotionEngine:
             m = torch.from_numpy(np.ascontiguousarray(motions, np.float32)).to(self.device)
             n = len(m)
             feats = tuple(f.expand(n, *f.shape[1:]) for f in a.feats)
-            y = self.decoder(m, a.ref_motion.expand(n, -1), a.ref_win.expand(n, -1, -1, -1), feats)
+            atlas = None if a.atlas is None else a.atlas.expand(n, *a.atlas.shape[1:])
+            y = self.decoder(m, a.ref_motion.expand(n, -1), a.ref_win.expand(n, -1, -1, -1), feats, atlas=atlas)
             rgba = tensor_to_rgba(y.float().clamp(-1, 1)[:, :, w.pad_top : w.pad_top + w.height]).cpu().numpy()
         out = np.zeros((n, w.height, w.width, 4), np.uint8)
         out[:, :, w.window_x0 : w.window_x0 + w.window_width] = rgba

@@ -22,6 +22,7 @@ from avatarcast.engines.avatar_world.skeleton import (  # noqa: E402
     to_window,
 )
 from avatarcast.engines.tiny.config import TinyConfig  # noqa: E402
+from avatarcast.engines.tiny.model import frames_to_tensor  # noqa: E402
 from avatarcast.engines.tiny.motion import MotionDecoder, part_maps  # noqa: E402
 
 CFG = TinyConfig()
@@ -180,6 +181,11 @@ def test_train_motion_runs_and_resumes(tmp_path):
     assert torch.load(tmp_path / "ck" / "motion.pt")["step"] == 2
     train_motion.main([*args, "--min-steps", "1"])
     assert torch.load(tmp_path / "ck" / "motion_ema.pt")["step"] == 3
+    # a decoder that copies atlas faces, started from that one's weights (its atlas mix fresh)
+    atlas_args = [a if a != str(tmp_path / "ck") else str(tmp_path / "ck2") for a in args]
+    train_motion.main([*atlas_args, "--atlas", "--init-from", str(tmp_path / "ck" / "motion_ema.pt")])
+    kept = torch.load(tmp_path / "ck2" / "motion_ema.pt")
+    assert kept["step"] == 1 and kept["shape"]["atlas"] == 11 and "atlas_mix.2.bias" in kept["ema"]
 
 
 def test_the_face_weight_covers_the_drawn_face():
@@ -259,3 +265,49 @@ def test_the_fidelity_eval_reconstructs_through_the_motion_engine(motion_engine)
     rec = reconstruction(motion_engine, holdout.reconstruction_frames(avatars, 2))
     assert rec["n_frames"] == 4 and set(rec["by_group"]) == {"builtin", "heldout"}
     assert rec["overall"]["alpha_iou"]["mean"] > 0.8
+
+
+def test_the_atlas_faces_differ_from_the_canonical_frame_only_in_the_face():
+    from avatarcast.engines.avatar_world.reference import atlas_frames, canonical_frame, canonical_pose
+    from avatarcast.engines.avatar_world.render import landmarks
+
+    av = BUILTIN_AVATARS[1]
+    atlas, canon = atlas_frames(av), canonical_frame(av)
+    assert atlas.shape == (11, 360, 640, 4)
+    x0, y0, x1, y1 = (int(round(v)) for v in landmarks(av, canonical_pose()).head)
+    outside = np.ones(canon.shape[:2], bool)
+    outside[max(0, y0 - 4) : y1 + 4, max(0, x0 - 4) : x1 + 4] = False
+    for k, face in enumerate(atlas):
+        np.testing.assert_array_equal(face[outside], canon[outside], err_msg=f"atlas face {k}")
+    happy = atlas[2].astype(int) - canon.astype(int)
+    assert np.abs(happy).max() > 100  # closed laughing eyes and an open mouth are not the canonical face
+
+
+def test_a_decoder_with_an_atlas_copies_the_face_its_motion_asks_for():
+    """A fresh atlas mix moves the canonical frame, as the decoder without an atlas does with the same weights;
+    a mix that picks face k moves atlas face k: the faces are copied, not drawn."""
+    import dataclasses
+
+    from avatarcast.engines.avatar_world.reference import atlas_frames
+    from avatarcast.engines.tiny.motion import MotionShape
+
+    av = BUILTIN_AVATARS[2]
+    ref = _ref_tensor(av)
+    atlas = frames_to_tensor(torch.from_numpy(atlas_frames(av)), CFG)[None]
+    rm = torch.from_numpy(_mv(av, pose_at("happy", 0.7, sample_variation(3), 1.0)))[None]
+    plain = MotionDecoder().eval()
+    dec = MotionDecoder(dataclasses.replace(MotionShape(), atlas=11)).eval()
+    dec.load_state_dict(plain.state_dict(), strict=False)
+    with torch.no_grad():
+        feats = plain.encode_reference(ref)
+        _, canon = plain(rm, rm, ref, feats, return_parts=True)
+        _, laugh = plain(rm, rm, atlas[:, 7], feats, return_parts=True)
+        _, mixed = dec(rm, rm, ref, feats, return_parts=True, atlas=atlas)
+        torch.testing.assert_close(mixed["moved"], canon["moved"], atol=0.02, rtol=0)
+        dec.atlas_mix[2].bias.copy_(torch.full((12,), -20.0))
+        dec.atlas_mix[2].bias[1 + 7] = 20.0  # laughing
+        _, mixed = dec(rm, rm, ref, feats, return_parts=True, atlas=atlas)
+    torch.testing.assert_close(mixed["moved"], laugh["moved"], atol=1e-4, rtol=0)
+    assert (laugh["moved"] - canon["moved"]).abs().max() > 0.5  # and that is another face
+    with pytest.raises(ValueError):
+        dec(rm, rm, ref, feats)  # an atlas decoder without its atlas

@@ -18,6 +18,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +26,7 @@ from avatarcast.engines.avatar_world import BUILTIN_AVATARS, get_avatar, render_
 from avatarcast.engines.avatar_world.render import landmarks, sequence_poses
 from tools.eval import fidelity_metrics as fm
 from tools.eval import holdout
+from tools.eval.fidelity import encode_decode
 
 BACKGROUND = (245, 240, 230)  # avatarcast render's default background, #f5f0e6
 HAND = 56  # px, the hand crops' side
@@ -92,7 +94,7 @@ def avatar_panels(engine, avatar, emotion: str, frame_index: int = 8) -> tuple[l
     gen = engine.generate_clip(avatar, emotion, frame_index + 1, seed=holdout.heldout_seed("crops-noise", avatar.name))
     g = gen[frame_index]
     ref, pose, iou = matching_pose(avatar, emotion, g)
-    rec = engine.decode(engine.backend.encode(ref[None]))[0]
+    rec = encode_decode(engine)([avatar], [pose], ref[None])[0]
     lm = landmarks(avatar, pose)
     face = _box_int(lm.head, ref.shape)
     hands = [_centred(h, HAND, ref.shape) for h in lm.hands]
@@ -148,12 +150,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--avatars", default="", help="comma-separated (default: every built-in avatar)")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the server's default)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--motion",
+        nargs=2,
+        metavar=("DECODER", "DENOISER"),
+        default=None,
+        help="architecture 3 instead (its autoencoder column: the renderer frame's true motion, drawn)",
+    )
     args = ap.parse_args(argv)
     from PIL import Image
 
     t0 = time.time()
     steps = args.steps if args.steps is not None else Settings().steps
-    engine = TinyEngine.load(args.weights, steps=steps, threads=args.threads)
+    engine: Any
+    if args.motion:
+        from avatarcast.engines.tiny.motion_engine import MotionEngine
+
+        engine, weights = MotionEngine.load(*args.motion, steps=steps), " + ".join(args.motion)
+    else:
+        engine = TinyEngine.load(args.weights, steps=steps, threads=args.threads)
+        weights = str(engine.manifest.path)
     avatars = [get_avatar(a.strip()) for a in args.avatars.split(",") if a.strip()] or list(BUILTIN_AVATARS)
     rows, shown = [], []
     for av in avatars:
@@ -169,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     Image.fromarray(layout(rows)).save(out / "crops.png", optimize=True)
     meta = {
-        "weights": str(engine.manifest.path),
+        "weights": weights,
         "weights_hash": engine.weights_hash,
         "steps": steps,
         "command": "python -m tools.eval.crops " + " ".join(argv if argv is not None else sys.argv[1:]),

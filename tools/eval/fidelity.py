@@ -131,16 +131,17 @@ def frame_scores(ref: np.ndarray, rec: np.ndarray, head_box) -> dict:
     }
 
 
-def encode_decode(engine) -> Callable[[list[holdout.FrameSpec], list, np.ndarray], np.ndarray]:
-    """How an engine reconstructs renderer frames: architecture 2 through its encoder and decoder; architecture 3
-    (MotionEngine) draws the frames' true motion, which its latent frame is."""
+def encode_decode(engine) -> Callable[[list, list, np.ndarray], np.ndarray]:
+    """How an engine reconstructs renderer frames `ref` = render_frame(avatars[i], poses[i]): architecture 2
+    through its encoder and decoder; architecture 3 (MotionEngine) draws the frames' true motion, which is
+    what its latent frame stands for."""
     from avatarcast.engines.tiny.motion_engine import MotionEngine
 
     if isinstance(engine, MotionEngine):
-        return lambda specs, poses, ref: np.concatenate(
-            [engine.draw(s.avatar, engine.motion(s.avatar, q)[None]) for s, q in zip(specs, poses)]
+        return lambda avatars, poses, ref: np.concatenate(
+            [engine.draw(a, engine.motion(a, q)[None]) for a, q in zip(avatars, poses)]
         )
-    return lambda specs, poses, ref: engine.decode(engine.backend.encode(ref))
+    return lambda avatars, poses, ref: engine.decode(engine.backend.encode(ref))
 
 
 def reconstruction(engine, specs: list[holdout.FrameSpec], batch: int = 4) -> dict:
@@ -151,7 +152,7 @@ def reconstruction(engine, specs: list[holdout.FrameSpec], batch: int = 4) -> di
         part = specs[i : i + batch]
         poses = [pose_at(s.emotion, s.time, sample_variation(s.seed), s.intensity) for s in part]
         ref = np.stack([render_frame(s.avatar, q) for s, q in zip(part, poses)])
-        rec = through(part, poses, ref)
+        rec = through([s.avatar for s in part], poses, ref)
         for s, q, r, g in zip(part, poses, ref, rec):
             rows.append(
                 {
