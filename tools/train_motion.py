@@ -330,7 +330,7 @@ def train(args) -> None:
     elif args.init_from:  # another run's weights; what this shape adds (the atlas mix) starts fresh, at step 0
         st = torch.load(args.init_from, map_location=device)
         missing, unexpected = model.load_state_dict(st["ema"], strict=False)
-        if unexpected or any(not k.startswith("atlas_mix.") for k in missing):
+        if unexpected or any(not k.startswith("atlas_") for k in missing):
             raise SystemExit(f"--init-from {args.init_from}: other layers (missing {missing}, unexpected {unexpected})")
         ema.load_state_dict(model.state_dict())
         print(f"[motion] initialized from {args.init_from} (its step {st['step']}); new: {missing}", flush=True)

@@ -325,6 +325,18 @@ class PartMaskNet(nn.Module):
         return self.out(x0)
 
 
+def atlas_face_fields(k: int) -> torch.Tensor:
+    """(1 + k, len(FACE_FIELDS)): the canonical pose's face fields, then those of the atlas's k faces."""
+    from avatarcast.engines.avatar_world.reference import canonical_pose, expression_faces
+
+    faces = expression_faces()
+    if len(faces) != k:
+        raise ValueError(f"the atlas has {len(faces)} faces, the decoder's shape says {k}")
+    canon = canonical_pose()
+    rows = [[getattr(canon, f) for f in FACE_FIELDS]] + [[face[f] for f in FACE_FIELDS] for _, face in faces]
+    return torch.tensor(rows, dtype=torch.float32)
+
+
 class MotionDecoder(nn.Module):
     """(motion (B, MOTION_DIM), the reference's motion and its encoded features) -> premultiplied RGBA window."""
 
@@ -352,11 +364,16 @@ class MotionDecoder(nn.Module):
         with torch.no_grad():
             bias[4] = 3.0  # start by copying the moved reference
         if s.atlas:
+            # which face to copy: the nearest in face-field space (a prior that is right from the first step),
+            # sharpened or softened by a learnt temperature, plus a learnt residual (zero at first)
+            faces = atlas_face_fields(s.atlas)  # (1 + K, F): the canonical face, then the atlas's
+            self.register_buffer("atlas_faces", faces)
+            self.register_buffer("atlas_scale", faces.std(0).clamp(min=0.05))
+            self.atlas_log_temp = nn.Parameter(torch.tensor(0.0))
             last = nn.Linear(64, s.atlas + 1)
             with torch.no_grad():
                 last.weight.zero_()
                 last.bias.zero_()
-                last.bias[0] = 8.0  # start from the canonical face alone: a decoder trained without the atlas
             self.atlas_mix = nn.Sequential(nn.Linear(len(FACE_FIELDS), 64), nn.SiLU(), last)
 
     def mixed_reference(self, motion: torch.Tensor, ref: torch.Tensor, atlas: torch.Tensor | None) -> torch.Tensor:
@@ -370,7 +387,9 @@ class MotionDecoder(nn.Module):
             got = None if atlas is None else tuple(atlas.shape)
             raise ValueError(f"this decoder mixes {self.shape.atlas} atlas faces; got {got}")
         face = motion[:, EXPR_OFFSET : EXPR_OFFSET + len(FACE_FIELDS)].float()
-        w = torch.softmax(self.atlas_mix(face).float(), dim=1)
+        faces, scale = self.get_buffer("atlas_faces"), self.get_buffer("atlas_scale")
+        d2 = (((face[:, None] - faces[None]) / scale) ** 2).sum(-1)  # (B, 1 + K)
+        w = torch.softmax(-d2 * torch.exp(-self.atlas_log_temp) * 4.0 + self.atlas_mix(face).float(), dim=1)
         return w[:, 0, None, None, None] * ref.float() + (w[:, 1:, None, None, None] * atlas.float()).sum(1)
 
     def encode_reference(self, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
