@@ -85,7 +85,7 @@ def _atlas_job(i: int) -> np.ndarray:
 
 def build_atlas(args) -> np.ndarray:
     """Every training avatar's atlas faces as window frames, uint8 (avatars, K, H, window_W, 4), cached."""
-    cache, kept = cached_npz(args.work, f"motion_atlas_{args.random_avatars}.npz")
+    cache, kept = cached_npz(args.work, f"motion_atlas_fx_{args.random_avatars}.npz")  # faces and effects
     if kept is not None:
         return kept["atlas"]
     t0 = time.time()

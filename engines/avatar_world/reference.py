@@ -38,28 +38,41 @@ def canonical_frame(avatar) -> np.ndarray:
     return render_frame(get_avatar(avatar), canonical_pose())
 
 
+def _typical(emotion: str, fields: tuple[str, ...]) -> dict[str, float]:
+    """The median of each field over four seconds of the emotion at full intensity: the face (or effect) the
+    emotion holds, without its brief blinks and talking."""
+    poses = [pose_at(emotion, float(t), MotionVariation(1.0, 1.0, 0.0), 1.0) for t in np.arange(0.0, 4.0, 0.05)]
+    return {f: float(np.median([getattr(q, f) for q in poses])) for f in fields}
+
+
 def expression_faces() -> tuple[tuple[str, dict[str, float]], ...]:
-    """Each emotion's typical face: the median of every face field over four seconds of its full-intensity
-    motion (blinks and talking are brief, so the median is the face the emotion holds), placed where the
-    canonical face is (face_dx, face_dy: the face keypoints move it). Architecture 3's expression atlas."""
+    """Each emotion's typical face fields, placed where the canonical face is (face_dx, face_dy: the face
+    keypoints move it). Architecture 3's expression atlas is keyed on them."""
     from avatarcast.vocabulary import EMOTIONS
 
     from .skeleton import FACE_FIELDS
 
     canon = canonical_pose()
-    times = np.arange(0.0, 4.0, 0.05)
     out = []
     for emotion in EMOTIONS:
-        poses = [pose_at(emotion, float(t), MotionVariation(1.0, 1.0, 0.0), 1.0) for t in times]
-        face = {f: float(np.median([getattr(q, f) for q in poses])) for f in FACE_FIELDS}
+        face = _typical(emotion, FACE_FIELDS)
         face["face_dx"], face["face_dy"] = canon.face_dx, canon.face_dy
         out.append((emotion, face))
     return tuple(out)
 
 
 def atlas_frames(avatar) -> np.ndarray:
-    """The canonical frame with each emotion's typical face (expression_faces), RGBA uint8 (K, 360, 640, 4):
-    the faces architecture 3 can copy from. Only the face differs from canonical_frame."""
+    """The canonical frame with each emotion's typical face and effects (expression_faces, and the effects'
+    median strengths: the "!" of surprised, the hearts of love, ...) at the canonical pose's effect clock, RGBA
+    uint8 (K, 360, 640, 4): what architecture 3 copies expressions and effects from. Outside the face and the
+    effects they are the canonical frame."""
+    from .skeleton import FX_FIELDS
+
     av = get_avatar(avatar)
     canon = canonical_pose()
-    return np.stack([render_frame(av, dataclasses.replace(canon, **face)) for _, face in expression_faces()])
+    return np.stack(
+        [
+            render_frame(av, dataclasses.replace(canon, **face, **_typical(emotion, FX_FIELDS)))
+            for emotion, face in expression_faces()
+        ]
+    )

@@ -267,20 +267,25 @@ def test_the_fidelity_eval_reconstructs_through_the_motion_engine(motion_engine)
     assert rec["overall"]["alpha_iou"]["mean"] > 0.8
 
 
-def test_the_atlas_faces_differ_from_the_canonical_frame_only_in_the_face():
+def test_the_atlas_holds_each_emotions_face_and_effects_and_the_canonical_frame_elsewhere():
     from avatarcast.engines.avatar_world.reference import atlas_frames, canonical_frame, canonical_pose
     from avatarcast.engines.avatar_world.render import landmarks
+    from avatarcast.vocabulary import EMOTIONS
 
     av = BUILTIN_AVATARS[1]
     atlas, canon = atlas_frames(av), canonical_frame(av)
-    assert atlas.shape == (11, 360, 640, 4)
+    assert atlas.shape == (len(EMOTIONS), 360, 640, 4)
     x0, y0, x1, y1 = (int(round(v)) for v in landmarks(av, canonical_pose()).head)
     outside = np.ones(canon.shape[:2], bool)
     outside[max(0, y0 - 4) : y1 + 4, max(0, x0 - 4) : x1 + 4] = False
-    for k, face in enumerate(atlas):
-        np.testing.assert_array_equal(face[outside], canon[outside], err_msg=f"atlas face {k}")
-    happy = atlas[2].astype(int) - canon.astype(int)
+    for emotion in ("idle", "listening", "happy", "laughing"):  # no effects: only the face differs
+        face = atlas[EMOTIONS.index(emotion)]
+        np.testing.assert_array_equal(face[outside], canon[outside], err_msg=emotion)
+    happy = atlas[EMOTIONS.index("happy")].astype(int) - canon.astype(int)
     assert np.abs(happy).max() > 100  # closed laughing eyes and an open mouth are not the canonical face
+    # the "!" of surprised (red-orange, 255 95 70), beside the head; the canonical frame has none
+    red = lambda f: (np.abs(f[..., :3].astype(int) - (255, 95, 70)).sum(-1) < 30) & (f[..., 3] > 200)  # noqa: E731
+    assert red(atlas[EMOTIONS.index("surprised")]).sum() > 50 and red(canon).sum() == 0
 
 
 def test_a_decoder_with_an_atlas_copies_the_face_its_motion_asks_for():
