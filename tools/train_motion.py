@@ -192,11 +192,9 @@ def decode_frames(
     return np.concatenate(outs)
 
 
-def evaluate(model: MotionDecoder, device, ck: Path, n_builtin: int = 6, n_holdout: int = 6) -> dict:
-    from tools.eval.fidelity import frame_scores
-
-    rows = heldout(n_builtin, n_holdout)
-    rec = decode_frames(
+def decode_rows(model: MotionDecoder, rows: list[dict], device) -> np.ndarray:
+    """heldout()'s rows drawn from their true motion: uint8 window frames (N, H, window_W, 4)."""
+    return decode_frames(
         model,
         [r["motion"] for r in rows],
         [r["ref_motion"] for r in rows],
@@ -204,6 +202,13 @@ def evaluate(model: MotionDecoder, device, ck: Path, n_builtin: int = 6, n_holdo
         device,
         atlases=[r["atlas"] for r in rows],
     )
+
+
+def evaluate(model: MotionDecoder, device, ck: Path, n_builtin: int = 6, n_holdout: int = 6) -> dict:
+    from tools.eval.fidelity import frame_scores
+
+    rows = heldout(n_builtin, n_holdout)
+    rec = decode_rows(model, rows, device)
     x0, x1 = CFG.window_x0, CFG.window_x0 + CFG.window_width
     scores = []
     for r, g in zip(rows, rec):
@@ -242,14 +247,7 @@ def head_crops(model: MotionDecoder, device, path: Path, per_group: int = 4) -> 
     rows = [
         r for i, r in enumerate(heldout(per_group, per_group, per_avatar=11)) if i % 11 in (1, 4, 7)
     ]  # listening, surprised, laughing
-    ours = decode_frames(
-        model,
-        [r["motion"] for r in rows],
-        [r["ref_motion"] for r in rows],
-        [r["ref"] for r in rows],
-        device,
-        atlases=[r["atlas"] for r in rows],
-    )
+    ours = decode_rows(model, rows, device)
     shipped = TinyEngine.load()
     x0 = CFG.window_x0
     tiles = []

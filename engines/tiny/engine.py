@@ -47,6 +47,25 @@ class StreamState:
         return new
 
 
+def emotion_index(emotions: tuple[str, ...], emotion: str | int) -> int:
+    """An emotion's row in an engine's `emotions`, by name or index. ValueError for one it does not know."""
+    if isinstance(emotion, (int, np.integer)):
+        if not 0 <= int(emotion) < len(emotions):
+            raise ValueError(f"emotion index {emotion} out of range 0..{len(emotions) - 1}")
+        return int(emotion)
+    try:
+        return emotions.index(emotion)
+    except ValueError:
+        raise ValueError(f"unknown emotion {emotion!r}; known: {', '.join(emotions)}") from None
+
+
+def set_emotion(state, index: int, intensity: float | None) -> None:
+    """What a stream shows from its next chunk on (intensity clipped to 0..1; None keeps it)."""
+    state.emotion = index
+    if intensity is not None:
+        state.intensity = float(np.clip(intensity, 0.0, 1.0))
+
+
 def avatar_cache_key(avatar) -> str:
     """A stable key for an avatar given as index, name, params dict or AvatarParams."""
     from avatarcast.engines.avatar_world import get_avatar  # PIL: kept off `avatarcast --help`
@@ -106,14 +125,7 @@ class TinyEngine:
         return None  # the backends build or load their graphs before the engine exists
 
     def emotion_index(self, emotion: str | int) -> int:
-        if isinstance(emotion, (int, np.integer)):
-            if not 0 <= int(emotion) < len(self.emotions):
-                raise ValueError(f"emotion index {emotion} out of range 0..{len(self.emotions) - 1}")
-            return int(emotion)
-        try:
-            return self.emotions.index(emotion)
-        except ValueError:
-            raise ValueError(f"unknown emotion {emotion!r}; known: {', '.join(self.emotions)}") from None
+        return emotion_index(self.emotions, emotion)
 
     # -- streams --------------------------------------------------------------------------
     def reference_latent(self, avatar, key: str | None = None) -> np.ndarray:
@@ -148,9 +160,7 @@ class TinyEngine:
         )
 
     def set_emotion(self, state: StreamState, emotion: str | int, intensity: float | None = None) -> None:
-        state.emotion = self.emotion_index(emotion)
-        if intensity is not None:
-            state.intensity = float(np.clip(intensity, 0.0, 1.0))
+        set_emotion(state, self.emotion_index(emotion), intensity)
 
     def sample_chunks(self, states: list[StreamState], steps: int | None = None) -> np.ndarray:
         """One sampler run for all streams: returns latents (B, T, C, H, W), advances contexts.

@@ -26,7 +26,7 @@ from avatarcast.engines.avatar_world.skeleton import MOTION_DIM, motion_vector
 from avatarcast.engines.contract import EngineCapabilities, ReadyFrames
 from avatarcast.engines.sampler import ShortcutFlowSampler
 from avatarcast.engines.tiny.config import TinyConfig
-from avatarcast.engines.tiny.engine import avatar_cache_key
+from avatarcast.engines.tiny.engine import avatar_cache_key, emotion_index, set_emotion
 from avatarcast.engines.tiny.model import frames_to_tensor, tensor_to_rgba
 from avatarcast.engines.tiny.motion import MotionDecoder, shape_from_dict
 from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser
@@ -148,13 +148,7 @@ class MotionEngine:
         return None
 
     def emotion_index(self, emotion: str | int) -> int:
-        if isinstance(emotion, (int, np.integer)):
-            if not 0 <= int(emotion) < len(EMOTIONS):
-                raise ValueError(f"emotion index {emotion} out of range 0..{len(EMOTIONS) - 1}")
-            return int(emotion)
-        if emotion not in EMOTIONS:
-            raise ValueError(f"unknown emotion {emotion!r}; known: {', '.join(EMOTIONS)}")
-        return EMOTIONS.index(emotion)
+        return emotion_index(EMOTIONS, emotion)
 
     # -- avatars and streams --------------------------------------------------------------
     def motion(self, avatar: Any, pose: Any) -> np.ndarray:
@@ -218,9 +212,7 @@ class MotionEngine:
         )
 
     def set_emotion(self, state: MotionStream, emotion: str | int, intensity: float | None = None) -> None:
-        state.emotion = self.emotion_index(emotion)
-        if intensity is not None:
-            state.intensity = float(np.clip(intensity, 0.0, 1.0))
+        set_emotion(state, self.emotion_index(emotion), intensity)
 
     def sample_chunks(self, states: list[MotionStream], steps: int | None = None) -> np.ndarray:
         """One sampler run for all streams: normalized motions (B, T, D, 1, 1); advances the contexts."""

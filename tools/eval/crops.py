@@ -26,7 +26,7 @@ from avatarcast.engines.avatar_world import BUILTIN_AVATARS, get_avatar, render_
 from avatarcast.engines.avatar_world.render import landmarks, sequence_poses
 from tools.eval import fidelity_metrics as fm
 from tools.eval import holdout
-from tools.eval.fidelity import encode_decode
+from tools.eval.fidelity import add_motion_argument, encode_decode
 
 BACKGROUND = (245, 240, 230)  # avatarcast render's default background, #f5f0e6
 HAND = 56  # px, the hand crops' side
@@ -150,13 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--avatars", default="", help="comma-separated (default: every built-in avatar)")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the server's default)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument(
-        "--motion",
-        nargs=2,
-        metavar=("DECODER", "DENOISER"),
-        default=None,
-        help="architecture 3 instead (its autoencoder column: the renderer frame's true motion, drawn)",
-    )
+    add_motion_argument(ap, "architecture 3 instead (its autoencoder column: the renderer frame's true motion, drawn)")
     args = ap.parse_args(argv)
     from PIL import Image
 

@@ -503,19 +503,19 @@ def run(
     return res
 
 
+def add_motion_argument(ap: argparse.ArgumentParser, what: str) -> None:
+    """--motion DECODER DENOISER: architecture 3's checkpoints (tools.train_motion's motion_ema.pt and
+    tools.train_motion_den's motion_den.pt) instead of a weights folder."""
+    ap.add_argument("--motion", nargs=2, metavar=("DECODER", "DENOISER"), default=None, help=what)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="avatarcast eval --fidelity", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--weights", default=None, help="tiny engine weights folder (default: the shipped one)")
     ap.add_argument("--out", required=True, help="folder for report.json and report.md")
-    ap.add_argument(
-        "--motion",
-        nargs=2,
-        metavar=("DECODER", "DENOISER"),
-        default=None,
-        help="score architecture 3 instead (motion_ema.pt and motion_den.pt of tools.train_motion[_den]), on torch",
-    )
+    add_motion_argument(ap, "score architecture 3 instead, on torch")
     ap.add_argument("--quick", action="store_true", help="the CI size: 3 avatars, 6 clips (< 1 min)")
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the server's default)")
