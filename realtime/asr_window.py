@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from avatarcast.engines.errors import AvatarcastError, ErrorCode
+
 SAMPLE_RATE = 16000
 FRAMES_PER_S = 100  # log-mel frames (10 ms hop)
 MAX_FRAMES = 3000  # Whisper's 30 s window
@@ -26,8 +28,11 @@ MAX_TOKENS_PER_S = 12
 MAX_TOKENS_BASE = 12
 
 
-class Preempted(Exception):
-    """A routine (not urgent) transcription gave the model up to an urgent one before decoding."""
+class Preempted(AvatarcastError):
+    """A routine (not urgent) transcription gave the model up to an urgent one before decoding. Control flow
+    inside live ASR (realtime/live.py drops that partial): no client ever sees it."""
+
+    code = ErrorCode.ASR_BUSY
 
 
 @dataclass(frozen=True)
