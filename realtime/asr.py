@@ -284,14 +284,9 @@ class Transcriber:
         audio = np.ascontiguousarray(pcm, dtype=np.float32).reshape(-1)
         duration_s = audio.size / SAMPLE_RATE
         if self.short_window_s and initial_prompt is None and duration_s <= self.short_window_s:
-            if urgent:
-                yield_to = None
-            elif yield_to is None:
-                yield_to = self._lock.urgent_waiting
-            else:
-                own = yield_to
-                yield_to = lambda: own() or self._lock.urgent_waiting()  # noqa: E731
-            return self._transcribe_short(audio, language, task, urgent, owner, yield_to)
+            own = yield_to
+            stop = None if urgent else lambda: bool(own and own()) or self._lock.urgent_waiting()
+            return self._transcribe_short(audio, language, task, urgent, owner, stop)
         with self._lock.hold(urgent, owner):
             t0 = time.perf_counter()
             segments_iter, info = self.model.transcribe(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -38,11 +39,14 @@ def canonical_frame(avatar) -> np.ndarray:
     return render_frame(get_avatar(avatar), canonical_pose())
 
 
-def _typical(emotion: str, fields: tuple[str, ...]) -> dict[str, float]:
-    """The median of each field over four seconds of the emotion at full intensity: the face (or effect) the
-    emotion holds, without its brief blinks and talking."""
+@functools.cache
+def _typical(emotion: str) -> dict[str, float]:
+    """The median of each face and effect field over four seconds of the emotion at full intensity: the face
+    and effects the emotion holds, without its brief blinks and talking (computed once per emotion)."""
+    from .skeleton import FACE_FIELDS, FX_FIELDS
+
     poses = [pose_at(emotion, float(t), MotionVariation(1.0, 1.0, 0.0), 1.0) for t in np.arange(0.0, 4.0, 0.05)]
-    return {f: float(np.median([getattr(q, f) for q in poses])) for f in fields}
+    return {f: float(np.median([getattr(q, f) for q in poses])) for f in FACE_FIELDS + FX_FIELDS}
 
 
 def expression_faces() -> tuple[tuple[str, dict[str, float]], ...]:
@@ -55,7 +59,7 @@ def expression_faces() -> tuple[tuple[str, dict[str, float]], ...]:
     canon = canonical_pose()
     out = []
     for emotion in EMOTIONS:
-        face = _typical(emotion, FACE_FIELDS)
+        face = {f: _typical(emotion)[f] for f in FACE_FIELDS}
         face["face_dx"], face["face_dy"] = canon.face_dx, canon.face_dy
         out.append((emotion, face))
     return tuple(out)
@@ -72,7 +76,7 @@ def atlas_frames(avatar) -> np.ndarray:
     canon = canonical_pose()
     return np.stack(
         [
-            render_frame(av, dataclasses.replace(canon, **face, **_typical(emotion, FX_FIELDS)))
+            render_frame(av, dataclasses.replace(canon, **face, **{f: _typical(emotion)[f] for f in FX_FIELDS}))
             for emotion, face in expression_faces()
         ]
     )

@@ -66,6 +66,17 @@ def set_emotion(state, index: int, intensity: float | None) -> None:
         state.intensity = float(np.clip(intensity, 0.0, 1.0))
 
 
+def clip_frames(engine, state, n_frames: int, warmup_chunks: int, **chunk_options) -> np.ndarray:
+    """n_frames of one stream: `warmup_chunks` sampled and skipped (leaving rest), then whole chunks decoded
+    (engine.next_chunk with chunk_options) until there are enough."""
+    for _ in range(warmup_chunks):
+        engine.sample_chunks([state])
+    chunks: list[np.ndarray] = []
+    while sum(len(c) for c in chunks) < n_frames:
+        chunks.append(engine.next_chunk([state], **chunk_options)[0])
+    return np.concatenate(chunks)[:n_frames]
+
+
 def avatar_cache_key(avatar) -> str:
     """A stable key for an avatar given as index, name, params dict or AvatarParams."""
     from avatarcast.engines.avatar_world import get_avatar  # PIL: kept off `avatarcast --help`
@@ -233,9 +244,4 @@ class TinyEngine:
     ) -> np.ndarray:
         """n_frames of one avatar in one emotion; the first chunks (leaving rest) are skipped."""
         st = self.start_stream(avatar, emotion, intensity, seed)
-        for _ in range(warmup_chunks):
-            self.sample_chunks([st])
-        chunks: list[np.ndarray] = []
-        while sum(len(c) for c in chunks) < n_frames:
-            chunks.append(self.next_chunk([st], lowres=lowres)[0])
-        return np.concatenate(chunks)[:n_frames]
+        return clip_frames(self, st, n_frames, warmup_chunks, lowres=lowres)

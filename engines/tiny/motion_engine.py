@@ -26,7 +26,7 @@ from avatarcast.engines.avatar_world.skeleton import MOTION_DIM, motion_vector
 from avatarcast.engines.contract import EngineCapabilities, ReadyFrames
 from avatarcast.engines.sampler import ShortcutFlowSampler
 from avatarcast.engines.tiny.config import TinyConfig
-from avatarcast.engines.tiny.engine import avatar_cache_key, emotion_index, set_emotion
+from avatarcast.engines.tiny.engine import avatar_cache_key, clip_frames, emotion_index, set_emotion
 from avatarcast.engines.tiny.model import frames_to_tensor, tensor_to_rgba
 from avatarcast.engines.tiny.motion import MotionDecoder, shape_from_dict
 from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser
@@ -287,10 +287,4 @@ class MotionEngine:
         warmup_chunks: int = 1,
     ) -> np.ndarray:
         """n_frames of one avatar in one emotion; the first chunks (leaving rest) are skipped."""
-        st = self.start_stream(avatar, emotion, intensity, seed)
-        for _ in range(warmup_chunks):
-            self.sample_chunks([st])
-        chunks: list[np.ndarray] = []
-        while sum(len(c) for c in chunks) < n_frames:
-            chunks.append(self.next_chunk([st])[0])
-        return np.concatenate(chunks)[:n_frames]
+        return clip_frames(self, self.start_stream(avatar, emotion, intensity, seed), n_frames, warmup_chunks)
