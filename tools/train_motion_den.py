@@ -30,7 +30,7 @@ from avatarcast.engines.avatar_world.render import sequence_poses
 from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, KEYPOINTS, MOTION_DIM, N_POINTS
 from avatarcast.engines.sampler import ShortcutFlowSampler
 from avatarcast.engines.tiny.config import TinyConfig
-from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser
+from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser, build_denoiser
 from avatarcast.vocabulary import EMOTIONS
 from tools.train_motion import _mv, add_run_arguments, cached_npz
 from tools.train_tiny import (
@@ -81,12 +81,14 @@ def build_clips(args) -> dict:
 class Chunks:
     """(target chunk, context, reference, emotion, intensity) batches of normalized motion, as 1 x 1 images."""
 
-    def __init__(self, data: dict, mean: np.ndarray, std: np.ndarray):
-        self.m = torch.from_numpy((data["motions"] - mean) / std)
-        self.ref = torch.from_numpy((data["ref"] - mean) / std)
-        self.labels = torch.from_numpy(data["labels"])
-        self.avatar = torch.from_numpy(data["avatar"])
-        self.intensity = torch.from_numpy(data["intensity"])
+    def __init__(self, data: dict, mean: np.ndarray, std: np.ndarray, device: str | torch.device = "cpu"):
+        # all of it on the device (a few hundred MB): a batch is then a gather, with no copy per step
+        self.dev = dev = torch.device(device)
+        self.m = torch.from_numpy((data["motions"] - mean) / std).to(dev)
+        self.ref = torch.from_numpy((data["ref"] - mean) / std).to(dev)
+        self.labels = torch.from_numpy(data["labels"]).to(dev)
+        self.avatar = torch.from_numpy(data["avatar"]).to(dev)
+        self.intensity = torch.from_numpy(data["intensity"]).to(dev)
         T, K = CFG.chunk_frames, CFG.context_frames
         pairs = []  # (clip, start): the whole target chunk carries one label, as tools/train_tiny.ChunkSampler
         for s in range(K, CLIP_FRAMES - T + 1):
@@ -98,18 +100,20 @@ class Chunks:
         self.pairs_own = self.pairs[self.pairs[:, 1] >= T + K]
 
     def _frames(self, clip: torch.Tensor, start: torch.Tensor, n_frames: int) -> torch.Tensor:
-        return self.m[clip[:, None], start[:, None] + torch.arange(n_frames)[None]].reshape(len(clip), -1, 1, 1)
+        at = start[:, None] + torch.arange(n_frames, device=self.dev)[None]
+        return self.m[clip[:, None], at].reshape(len(clip), -1, 1, 1)
 
     def batch(self, n: int, gen: torch.Generator, own: float = 0.0, model=None):
         """A batch; with own > 0, that share of it has as context the last frames of the model's own 1- or
         2-step sample of the chunk before (from that chunk's true context), as served streams have: trained on
-        true contexts only, the denoiser's rollouts got worse as its loss fell (exposure bias)."""
+        true contexts only, the denoiser's rollouts got worse as its loss fell (exposure bias). `gen` is a
+        generator on the data's device."""
         T, K = CFG.chunk_frames, CFG.context_frames
         k = int(n * own) if model is not None else 0
         p = torch.cat(
             [
-                self.pairs_own[torch.randint(0, len(self.pairs_own), (k,), generator=gen)],
-                self.pairs[torch.randint(0, len(self.pairs), (n - k,), generator=gen)],
+                self.pairs_own[torch.randint(0, len(self.pairs_own), (k,), generator=gen, device=self.dev)],
+                self.pairs[torch.randint(0, len(self.pairs), (n - k,), generator=gen, device=self.dev)],
             ]
         )
         clip, s = p[:, 0], p[:, 1]
@@ -119,14 +123,15 @@ class Chunks:
         emo, inten = self.labels[clip, s], self.intensity[clip]
         if k:
             c, st = clip[:k], s[:k] - T
-            steps = 1 + int(torch.randint(0, 2, (1,), generator=gen))
+            steps = 1 + int(torch.randint(0, 2, (1,), generator=gen, device=self.dev))
             sampler = ShortcutFlowSampler(steps=steps, min_shortcut=CFG.min_shortcut)
-            x = torch.randn(k, T * MOTION_DIM, 1, 1, generator=gen)
+            x = torch.randn(k, T * MOTION_DIM, 1, 1, generator=gen, device=self.dev)
             prev_ctx, prev_emo = self._frames(c, st - K, K), self.labels[c, st]
-            d = torch.full((k,), sampler.model_step_size)
+            d = torch.full((k,), sampler.model_step_size, device=self.dev)
             with torch.no_grad():
                 for t in sampler.timesteps:
-                    v = model(x, torch.full((k,), float(t)), d, prev_ctx, ref[:k], prev_emo, inten[:k])
+                    tk = torch.full((k,), float(t), device=self.dev)
+                    v = model(x, tk, d, prev_ctx, ref[:k], prev_emo, inten[:k])
                     x = sampler.step(v, t, x)
             ctx = ctx.clone()
             ctx[:k] = x.reshape(k, T, MOTION_DIM)[:, T - K :].reshape(k, -1, 1, 1)
@@ -139,14 +144,10 @@ def normalization(data: dict) -> tuple[np.ndarray, np.ndarray]:
     return m.mean(0).astype(np.float32), np.maximum(m.std(0), 0.02).astype(np.float32)
 
 
-def build_model() -> MotionDenoiser:
-    return MotionDenoiser(MOTION_DIM, CFG.chunk_frames, CFG.context_frames, len(EMOTIONS))
-
-
 def load_kept(path: Path) -> tuple[MotionDenoiser, np.ndarray, np.ndarray, int]:
     """The EMA denoiser a run kept (motion_den.pt or motion_den_best.pt), its normalization and its step."""
-    st = torch.load(path)
-    model = build_model()
+    st = torch.load(path, map_location="cpu")
+    model = build_denoiser(st.get("arch"))
     model.load_state_dict(st["ema"])
     return model.eval(), st["mean"].numpy(), st["std"].numpy(), int(st["step"])
 
@@ -227,26 +228,34 @@ def rollout_score(rep: dict) -> float:
     return float(rep["bone_length_error"] + 0.1 * abs(1.0 - rep["keypoint_spread_ratio"]))
 
 
+def on_cpu(model: MotionDenoiser) -> MotionDenoiser:
+    """A CPU copy to score: the rollouts and the true motions they are compared with are the CPU's."""
+    return copy.deepcopy(model).cpu().eval()
+
+
 def train(args) -> None:
     ck = Path(args.ckpt)
     ck.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     data = build_clips(args)
     path = ck / "motion_den.pt"
-    model = build_model()
+    dev = torch.device(args.device)
+    # a resumed run keeps the size it started with; a new one takes --width / --blocks
+    st = torch.load(path, map_location=dev) if path.exists() else None
+    arch = st.get("arch") if st is not None else {"width": args.width, "blocks": args.blocks}
+    model = build_denoiser(arch).to(dev)
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     step = 0
-    if path.exists():
-        st = torch.load(path)
+    if st is not None:
         model.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         opt.load_state_dict(st["opt"])
         step, mean, std = st["step"], st["mean"].numpy(), st["std"].numpy()
     else:
         mean, std = normalization(data)
-    chunks = Chunks(data, mean, std)
-    gen = torch.Generator().manual_seed(99 + step)
+    chunks = Chunks(data, mean, std, dev)
+    gen = torch.Generator(device=dev).manual_seed(99 + step)
     log = LossLog(ck / "motion_den_loss.json")
     t0 = time.time()
     deadline = t0 + args.minutes * 60
@@ -254,7 +263,7 @@ def train(args) -> None:
 
     def save() -> None:
         st = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step}
-        save_small({**st, "mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}, path)
+        save_small({**st, "arch": arch, "mean": torch.from_numpy(mean), "std": torch.from_numpy(std)}, path)
 
     last = time.time()
     best = float("inf")
@@ -280,7 +289,7 @@ def train(args) -> None:
             log.save()
             last = time.time()
         if args.eval_every and step % args.eval_every == 0:
-            rep = evaluate(ema, mean, std)
+            rep = evaluate(on_cpu(ema), mean, std)
             score = rollout_score(rep)
             log.add(step=step, time=time.time() - t0, rollout_score=score)
             print(f"[motion_den] step {step} rollouts {json.dumps(rep)} score {score:.4f}", flush=True)
@@ -288,6 +297,7 @@ def train(args) -> None:
                 best = score
                 kept = {
                     "ema": ema.state_dict(),
+                    "arch": arch,
                     "step": step,
                     "mean": torch.from_numpy(mean),
                     "std": torch.from_numpy(std),
@@ -299,7 +309,7 @@ def train(args) -> None:
     print(
         f"[motion_den] {local} steps this run, {step} in all, {(time.time() - t0) / max(1, local) * 1000:.0f} ms/step"
     )
-    rep = evaluate(ema.eval(), mean, std)
+    rep = evaluate(on_cpu(ema), mean, std)
     rep["step"] = step
     update_report(ck, "motion_den", rep)
     print("[motion_den] held-out", json.dumps(rep), flush=True)
@@ -314,6 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--min-steps", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--width", type=int, default=512, help="a new run's residual width")
+    ap.add_argument("--blocks", type=int, default=6, help="a new run's residual blocks")
     ap.add_argument(
         "--own-context", type=float, default=0.25, help="share of each batch whose context is the EMA's own sample"
     )

@@ -18,7 +18,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from avatarcast.engines.avatar_world.skeleton import MOTION_DIM
+from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.model import X_PRED_MIN_GAP, timestep_embedding
+from avatarcast.vocabulary import EMOTIONS
 
 
 class _Block(nn.Module):
@@ -84,4 +87,12 @@ class MotionDenoiser(nn.Module):
         return ((x1 - xf) / gap).reshape(x.shape)
 
 
-__all__ = ["MotionDenoiser"]
+def build_denoiser(arch: dict | None = None) -> MotionDenoiser:
+    """The denoiser in the size a checkpoint records (its "arch": width, blocks), or the first runs' size.
+
+    Its fixed sizes (motion, chunk, context, emotions) are the vocabulary's and TinyConfig's: one home each."""
+    cfg = TinyConfig()
+    return MotionDenoiser(MOTION_DIM, cfg.chunk_frames, cfg.context_frames, len(EMOTIONS), **(arch or {}))
+
+
+__all__ = ["MotionDenoiser", "build_denoiser"]
