@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from avatarcast.engines.avatar_world import pose_at
-from avatarcast.engines.avatar_world.reference import atlas_frames, canonical_pose, expression_faces
+from avatarcast.engines.avatar_world.reference import atlas_frames, canonical_pose, effect_sprites, expression_faces
 from avatarcast.engines.avatar_world.render import render_frame, sequence_poses
 from avatarcast.engines.avatar_world.skeleton import KEYPOINTS, MOTION_DIM, motion_vector
 from avatarcast.engines.tiny.config import TinyConfig
+from avatarcast.engines.tiny.effects import EffectLayer
 from avatarcast.engines.tiny.model import tensor_to_rgba
 from avatarcast.engines.tiny.motion import SHAPES, MotionDecoder, shape_from_dict, shape_to_dict
 from tools.train_tiny import (
@@ -83,9 +84,23 @@ def _atlas_job(i: int) -> np.ndarray:
     return np.stack([_window(f) for f in atlas_frames(avatar_by_id(i))])
 
 
+def build_effects(args, device) -> list[EffectLayer]:
+    """Every training avatar's effect sprites (engines/tiny/effects.py), laid over the decoder's output before
+    the loss: the decoder is not asked to draw what the sprites draw. ~17 MB of uint8 an avatar, not cached."""
+    t0 = time.time()
+    with Pool(args.workers) as pool:
+        sprites = pool.map(_sprites_job, range(n_avatars(args.random_avatars)))
+    print(f"[motion] drew {len(sprites)} avatars' effect sprites in {time.time() - t0:.0f}s", flush=True)
+    return [EffectLayer.in_window(s, CFG, device) for s in sprites]
+
+
+def _sprites_job(i: int):
+    return effect_sprites(avatar_by_id(i))
+
+
 def build_atlas(args) -> np.ndarray:
     """Every training avatar's atlas faces as window frames, uint8 (avatars, K, H, window_W, 4), cached."""
-    cache, kept = cached_npz(args.work, f"motion_atlas_fx_{args.random_avatars}.npz")  # faces and effects
+    cache, kept = cached_npz(args.work, f"motion_atlas_faces_{args.random_avatars}.npz")  # no effects
     if kept is not None:
         return kept["atlas"]
     t0 = time.time()
@@ -157,6 +172,7 @@ def heldout(n_builtin: int = 6, n_holdout: int = 6, per_avatar: int = 11) -> lis
         ref_pose = canonical_pose()
         ref = _window(render_frame(av, ref_pose))
         atlas = np.stack([_window(f) for f in atlas_frames(av)])
+        sprites = effect_sprites(av)
         for s in holdout.reconstruction_frames([av], per_avatar):
             q = pose_at(s.emotion, s.time, sample_variation(s.seed), s.intensity)
             out.append(
@@ -166,6 +182,7 @@ def heldout(n_builtin: int = 6, n_holdout: int = 6, per_avatar: int = 11) -> lis
                     "motion": _mv(av, q),
                     "ref": ref,
                     "atlas": atlas,
+                    "sprites": sprites,
                     "ref_motion": _mv(av, ref_pose),
                     "head": landmarks(av, q).head,
                 }
@@ -174,11 +191,13 @@ def heldout(n_builtin: int = 6, n_holdout: int = 6, per_avatar: int = 11) -> lis
 
 
 def decode_frames(
-    model: MotionDecoder, motions, ref_motions, refs_win, device, batch: int = 8, atlases=None
+    model: MotionDecoder, motions, ref_motions, refs_win, device, batch: int = 8, atlases=None, sprites=None
 ) -> np.ndarray:
     """Motions (N, D) and reference window frames (N, H, window_W, 4) (and, for a decoder that mixes atlas
-    faces, each frame's atlas (N, K, H, window_W, 4)) -> uint8 window frames (N, H, window_W, 4)."""
+    faces, each frame's atlas (N, K, H, window_W, 4); each frame's avatar's EffectSprites, laid over it as
+    MotionEngine does) -> uint8 window frames (N, H, window_W, 4)."""
     outs = []
+    layers: dict[int, EffectLayer] = {}  # one per avatar's sprites
     with torch.no_grad():
         for i in range(0, len(motions), batch):
             ref = to_window_tensor(torch.from_numpy(np.stack(refs_win[i : i + batch])).to(device), CFG)
@@ -188,6 +207,13 @@ def decode_frames(
             if model.shape.atlas:
                 at = atlas_tensor(torch.from_numpy(np.stack(atlases[i : i + batch])).to(device))
             y = model(m, rm, ref, model.encode_reference(ref), atlas=at).float().clamp(-1, 1)
+            if sprites is not None:
+                rows = []
+                for j in range(len(y)):
+                    sp = sprites[i + j]
+                    layer = layers.setdefault(id(sp), EffectLayer.in_window(sp, CFG, device))
+                    rows.append(layer.over(y[j : j + 1], m[j : j + 1]))
+                y = torch.cat(rows)
             outs.append(tensor_to_rgba(y[:, :, CFG.pad_top : CFG.pad_top + CFG.height]).cpu().numpy())
     return np.concatenate(outs)
 
@@ -201,6 +227,7 @@ def decode_rows(model: MotionDecoder, rows: list[dict], device) -> np.ndarray:
         [r["ref"] for r in rows],
         device,
         atlases=[r["atlas"] for r in rows],
+        sprites=[r["sprites"] for r in rows],
     )
 
 
@@ -333,6 +360,7 @@ def train(args) -> None:
         ema.load_state_dict(model.state_dict())
         print(f"[motion] initialized from {args.init_from} (its step {st['step']}); new: {missing}", flush=True)
     atlas_all = torch.from_numpy(build_atlas(args)).to(device) if shape.atlas else None
+    effects = build_effects(args, device)
     log = LossLog(ck / "motion_loss.json")
     gen = torch.Generator(device="cpu").manual_seed(1234 + step)
     t0 = time.time()
@@ -394,7 +422,15 @@ def train(args) -> None:
             if atlas_all is not None:
                 atlas = atlas_tensor(atlas_all[avatar_u])[rep]
             y, parts = model(m, rm, ref, feats, box=box, return_parts=True, atlas=atlas)
-        y = y.float()
+        # each avatar's effects over its frames, as served (MotionEngine draws them so)
+        y = torch.cat(
+            [
+                effects[int(a)].over(
+                    y[i * per : (i + 1) * per].float(), m[i * per : (i + 1) * per], (box or (0, 0))[:2]
+                )
+                for i, a in enumerate(avatar_u.tolist())
+            ]
+        )
         w = avatar_weight(x, args.avatar_boost)
         if args.face_boost != 1.0:
             w = w * _face_weight(face_px, box or (0, 0, H, W), args.face_boost)

@@ -11,7 +11,7 @@ into the full transparent frame.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -780,14 +780,18 @@ def _clampf(v: float, lo: float, hi: float) -> float:
     return lo if v < lo else hi if v > hi else v
 
 
+def _effects_top(rig: _Rig, height: int) -> float:
+    """The row effect shapes (plus their mitred outline) stay below: a particle reaching above is not drawn."""
+    return max(4.0 * rig.g, 4.0 * height / REF_H) + 2.5 * rig.ol * 0.85
+
+
 def _draw_effects(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, width: int, height: int) -> None:
     g = rig.g
     ol = rig.ol * 0.85
     t = q.fx_time
     hx, hy = rig.head_c
     r = rig.head_r
-    k = height / REF_H
-    top_lim = max(4.0 * g, 4.0 * k) + 2.5 * ol  # effect shapes (plus mitred outline) stay below this
+    top_lim = _effects_top(rig, height)
     if q.fx_sparkles > 0.15:
         s = q.fx_sparkles
         spots = [(-1.0, -0.55), (1.05, -0.75), (-1.15, 0.15), (1.2, 0.05), (-0.75, -1.0), (0.8, -1.05), (0.05, -1.25)]
@@ -960,7 +964,30 @@ def render_frame(avatar: AvatarParams, pose: Pose, width: int = FRAME_WIDTH, hei
     if av.accessory == "star_wand":
         _draw_wand(pt, av, rig)
     _draw_effects(pt, av, rig, pose, H, width, height)
+    return _finish(img, x0, y0, x1, y1, width, height)
 
+
+def render_effects(
+    avatar: AvatarParams, pose: Pose, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT, lower: float = 0.0
+) -> np.ndarray:
+    """Only the effects render_frame draws last (sparkles, hearts, tears, ...), on a transparent frame: the
+    same pixels as render_frame's where no part of the avatar lies under them. (H, W, 4) uint8, straight alpha.
+    `lower`: draw them that many pixels lower, as if the head and torso were (so fewer reach effects_top)."""
+    av = get_avatar(avatar)
+    rig = _rig(av, pose, width, height)
+    if lower:
+        rig = replace(rig, head_c=(rig.head_c[0], rig.head_c[1] + lower), tc=(rig.tc[0], rig.tc[1] + lower))
+    img = Image.new("RGBa", (width * SS, height * SS), (0, 0, 0, 0))
+    _draw_effects(_Painter(img, SS, 0, 0, av.outline), av, rig, pose, _Head(rig), width, height)
+    return _finish(img, 0, 0, width, height, width, height)
+
+
+def effects_top(avatar: AvatarParams, pose: Pose, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT) -> float:
+    """The frame row above which render_frame draws no effect particle (one that would reach it is skipped)."""
+    return _effects_top(_rig(get_avatar(avatar), pose, width, height), height)
+
+
+def _finish(img, x0: int, y0: int, x1: int, y1: int, width: int, height: int) -> np.ndarray:
     small = (img.reduce(SS) if SS > 1 else img).convert("RGBA")  # box filter, then un-premultiply
     out = np.zeros((height, width, 4), np.uint8)
     out[y0:y1, x0:x1] = np.asarray(small)

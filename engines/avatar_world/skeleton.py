@@ -104,6 +104,20 @@ FX_FIELDS: tuple[str, ...] = (
 )
 # cycles per second of fx_time at which render._draw_effects moves its particles
 FX_FREQUENCIES: tuple[float, ...] = (1.3, 1.0 / 1.8, 1.1, 0.6, 1.0 / 2.2, 0.8, 1.4)
+# Each effect as render._draw_effects places it: the keypoint it is drawn around, the keypoint above it when
+# it turns with the head (None: placed in screen space, so only the anchor's move moves it), and which of
+# the frequencies above its particles move at (None: still). fx_question also wobbles at 1.1 Hz, a few
+# pixels; the anger mark of fx_steam turns with the head, its puffs do not (the puffs are most of it).
+FX_LAYOUT: dict[str, tuple[str, str | None, int | None]] = {
+    "fx_sparkles": ("torso_centre", None, 0),
+    "fx_hearts": ("head_centre", None, 1),
+    "fx_tears": ("face", "face_up", 2),
+    "fx_sweat": ("head_centre", "head_up", 3),
+    "fx_exclaim": ("head_centre", None, None),
+    "fx_zzz": ("head_centre", None, 4),
+    "fx_question": ("head_centre", None, 5),
+    "fx_steam": ("head_centre", None, 6),
+}
 
 N_POINTS = len(KEYPOINTS)
 EXPR_OFFSET = 2 * N_POINTS

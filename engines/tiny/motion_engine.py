@@ -26,10 +26,11 @@ from avatarcast.engines.avatar_world.skeleton import MOTION_DIM, motion_vector
 from avatarcast.engines.contract import EngineCapabilities, ReadyFrames
 from avatarcast.engines.sampler import ShortcutFlowSampler
 from avatarcast.engines.tiny.config import TinyConfig
+from avatarcast.engines.tiny.effects import EffectLayer
 from avatarcast.engines.tiny.engine import avatar_cache_key, clip_frames, emotion_index, set_emotion
 from avatarcast.engines.tiny.model import frames_to_tensor, tensor_to_rgba
 from avatarcast.engines.tiny.motion import MotionDecoder, shape_from_dict
-from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser
+from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser, build_denoiser
 from avatarcast.vocabulary import EMOTIONS, FRAME_HEIGHT, FRAME_WIDTH
 
 
@@ -72,6 +73,7 @@ class _Avatar:
     ref_win: torch.Tensor  # (1, 4, pad_H, window_W) the canonical frame's window
     atlas: torch.Tensor | None  # (1, K, 4, pad_H, window_W) its atlas faces, for a decoder that mixes them
     feats: tuple[torch.Tensor, ...]  # the decoder's reference features
+    effects: EffectLayer  # its effect sprites, laid over the decoded frames
     ref_motion: torch.Tensor  # (1, D) raw canonical motion
     ref_n: np.ndarray  # (D,) normalized canonical motion
     rest_n: np.ndarray  # (D,) normalized rest motion: where a stream starts
@@ -117,8 +119,7 @@ class MotionEngine:
         dec = MotionDecoder(shape_from_dict(st.get("shape")))
         dec.load_state_dict(st["ema"])
         sd = torch.load(den_p, map_location="cpu")
-        cfg = TinyConfig()
-        den = MotionDenoiser(MOTION_DIM, cfg.chunk_frames, cfg.context_frames, len(EMOTIONS))
+        den = build_denoiser(sd.get("arch"))
         den.load_state_dict(sd["ema"])
         return cls(dec, den, sd["mean"].numpy(), sd["std"].numpy(), steps, device, _file_hash(dec_p, den_p))
 
@@ -159,7 +160,13 @@ class MotionEngine:
 
     def _avatar(self, avatar: Any, key: str | None = None) -> _Avatar:
         from avatarcast.engines.avatar_world import get_avatar  # PIL: kept off `avatarcast --help`
-        from avatarcast.engines.avatar_world.reference import atlas_frames, canonical_frame, canonical_pose, rest_pose
+        from avatarcast.engines.avatar_world.reference import (
+            atlas_frames,
+            canonical_frame,
+            canonical_pose,
+            effect_sprites,
+            rest_pose,
+        )
 
         key = key or avatar_cache_key(avatar)
         with self._lock:
@@ -176,10 +183,12 @@ class MotionEngine:
             atlas = frames_to_tensor(faces, self.window)[None]
         with torch.no_grad():
             feats = tuple(self.decoder.encode_reference(ref_win))
+        effects = EffectLayer.in_window(effect_sprites(av), self.window, self.device)
         got = _Avatar(
             ref_win,
             atlas,
             feats,
+            effects,
             torch.from_numpy(ref_m)[None].to(self.device),
             (ref_m - self.mean) / self.std,
             (self.motion(av, rest_pose()) - self.mean) / self.std,
@@ -266,6 +275,7 @@ class MotionEngine:
             feats = tuple(f.expand(n, *f.shape[1:]) for f in a.feats)
             atlas = None if a.atlas is None else a.atlas.expand(n, *a.atlas.shape[1:])
             y = self.decoder(m, a.ref_motion.expand(n, -1), a.ref_win.expand(n, -1, -1, -1), feats, atlas=atlas)
+            y = a.effects.over(y.float().clamp(-1, 1), m)
             rgba = tensor_to_rgba(y.float().clamp(-1, 1)[:, :, w.pad_top : w.pad_top + w.height]).cpu().numpy()
         out = np.zeros((n, w.height, w.width, 4), np.uint8)
         out[:, :, w.window_x0 : w.window_x0 + w.window_width] = rgba

@@ -22,7 +22,7 @@ from avatarcast.engines.avatar_world.skeleton import (  # noqa: E402
     to_window,
 )
 from avatarcast.engines.tiny.config import TinyConfig  # noqa: E402
-from avatarcast.engines.tiny.model import frames_to_tensor  # noqa: E402
+from avatarcast.engines.tiny.model import frames_to_tensor, tensor_to_rgba  # noqa: E402
 from avatarcast.engines.tiny.motion import MotionDecoder, part_maps  # noqa: E402
 
 CFG = TinyConfig()
@@ -188,6 +188,27 @@ def test_train_motion_runs_and_resumes(tmp_path):
     assert kept["step"] == 1 and kept["shape"]["atlas"] == 11 and "atlas_mix.2.bias" in kept["ema"]
 
 
+def test_train_motion_den_keeps_its_size_and_the_engine_reads_it(tmp_path):
+    """The denoiser's size is the run's (--width, --blocks), recorded in its checkpoints: a resumed run keeps
+    it whatever it is asked, and MotionEngine.load builds that size from the file."""
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+    from tools import train_motion, train_motion_den
+
+    ck = tmp_path / "ck"
+    args = ["--work", str(tmp_path / "w"), "--ckpt", str(ck), "--minutes", "0", "--random-avatars", "0"]
+    args += ["--variants", "1", "--workers", "1", "--batch", "8", "--eval-every", "0"]
+    args += ["--own-context-after", "1", "--device", "cpu"]
+    train_motion_den.main([*args, "--min-steps", "2", "--width", "48", "--blocks", "1"])
+    train_motion_den.main([*args, "--min-steps", "1", "--width", "96", "--blocks", "3"])
+    kept = torch.load(ck / "motion_den.pt")
+    assert kept["step"] == 3 and kept["arch"] == {"width": 48, "blocks": 1}
+    dec = ["--work", str(tmp_path / "w"), "--ckpt", str(ck), "--minutes", "0", "--random-avatars", "0"]
+    dec += ["--variants", "1", "--per-clip", "1", "--batch", "1", "--crop", "64", "--workers", "1", "--no-eval"]
+    train_motion.main([*dec, "--min-steps", "1"])
+    engine = MotionEngine.load(ck / "motion_ema.pt", ck / "motion_den.pt")
+    assert engine.denoiser.inp.out_features == 48 and len(engine.denoiser.blocks) == 1
+
+
 def test_the_face_weight_covers_the_drawn_face():
     """The training's face boost sits on the rendered head: its disc is opaque around the face keypoint, and a
     box sees the same disc as the whole window does."""
@@ -267,7 +288,9 @@ def test_the_fidelity_eval_reconstructs_through_the_motion_engine(motion_engine)
     assert rec["overall"]["alpha_iou"]["mean"] > 0.8
 
 
-def test_the_atlas_holds_each_emotions_face_and_effects_and_the_canonical_frame_elsewhere():
+def test_the_atlas_holds_each_emotions_face_and_the_canonical_frame_elsewhere():
+    """Only the face differs: the effects (the "!" of surprised, the hearts of love) are sprites, laid over the
+    frame at their own clock's phase (test_effect_sprites_...)."""
     from avatarcast.engines.avatar_world.reference import atlas_frames, canonical_frame, canonical_pose
     from avatarcast.engines.avatar_world.render import landmarks
     from avatarcast.vocabulary import EMOTIONS
@@ -278,14 +301,43 @@ def test_the_atlas_holds_each_emotions_face_and_effects_and_the_canonical_frame_
     x0, y0, x1, y1 = (int(round(v)) for v in landmarks(av, canonical_pose()).head)
     outside = np.ones(canon.shape[:2], bool)
     outside[max(0, y0 - 4) : y1 + 4, max(0, x0 - 4) : x1 + 4] = False
-    for emotion in ("idle", "listening", "happy", "laughing"):  # no effects: only the face differs
+    for emotion in EMOTIONS:
         face = atlas[EMOTIONS.index(emotion)]
         np.testing.assert_array_equal(face[outside], canon[outside], err_msg=emotion)
     happy = atlas[EMOTIONS.index("happy")].astype(int) - canon.astype(int)
     assert np.abs(happy).max() > 100  # closed laughing eyes and an open mouth are not the canonical face
-    # the "!" of surprised (red-orange, 255 95 70), beside the head; the canonical frame has none
-    red = lambda f: (np.abs(f[..., :3].astype(int) - (255, 95, 70)).sum(-1) < 30) & (f[..., 3] > 200)  # noqa: E731
-    assert red(atlas[EMOTIONS.index("surprised")]).sum() > 50 and red(canon).sum() == 0
+
+
+def test_effect_sprites_draw_the_renderers_effects_where_the_motion_puts_them():
+    """Over a transparent frame, the layer draws what render_effects draws for held-out poses of a dancing
+    avatar (moved, its head turned): the picture at the motion's phase and strength, at its anchor. The
+    renderer's own effects are the reference; an effect whose strength is off draws nothing, and pixels no
+    sprite covers are the frame's, exactly."""
+    from avatarcast.engines.avatar_world.reference import effect_sprites
+    from avatarcast.engines.avatar_world.render import render_effects
+    from avatarcast.engines.tiny.effects import EffectLayer
+
+    av = BUILTIN_AVATARS[3]
+    layer = EffectLayer.in_window(effect_sprites(av), CFG)
+    x0, x1 = CFG.window_x0, CFG.window_x0 + CFG.window_width
+    ious = {}
+    for emotion in ("love", "sleepy", "excited", "surprised", "confused", "angry", "sad"):
+        for t in (0.45, 2.2):
+            q = pose_at(emotion, t, sample_variation(77), 1.0)
+            truth = render_effects(av, q)[:, x0:x1, 3] > 127
+            m = torch.from_numpy(_mv(av, q))[None]
+            below = torch.full((1, 4, CFG.pad_height, CFG.window_width), -1.0)
+            got = tensor_to_rgba(layer.over(below, m)[:, :, CFG.pad_top : CFG.pad_top + CFG.height])[0].numpy()
+            drawn = got[..., 3] > 127
+            assert truth.sum() > 100, (emotion, t)
+            ious[(emotion, t)] = (truth & drawn).sum() / (truth | drawn).sum()
+    print({k: round(float(v), 2) for k, v in ious.items()})
+    assert np.mean(list(ious.values())) > 0.75 and min(ious.values()) > 0.4, ious
+    # effects off: the frame comes back as it went in
+    q = pose_at("idle", 1.0, sample_variation(77), 1.0)
+    frame = torch.rand(1, 4, CFG.pad_height, CFG.window_width) * 2 - 1
+    out = layer.over(frame, torch.from_numpy(_mv(av, q))[None])
+    torch.testing.assert_close(out, frame, atol=1e-6, rtol=0)
 
 
 def test_a_decoder_with_an_atlas_copies_the_face_its_motion_asks_for():
