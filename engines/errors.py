@@ -79,6 +79,7 @@ class ErrorCode(Enum):
     BAD_BINARY = ("bad_binary", None, None)
     # the session goes on without this input or reaction (error events)
     AUDIO_OVERRUN = ("audio_overrun", None, None)  # live audio faster than ASR: a chunk dropped
+    AUDIO_TOO_FAST = ("audio_too_fast", None, None)  # live audio sent faster than it can be spoken: a chunk dropped
     ASR_BUSY = ("asr_busy", None, None)  # too many utterances of one session waiting for ASR: one dropped
     STALE_CUE = ("stale_cue", None, None)
     NO_CUE = ("no_cue", None, None)  # no emotion within the thinking timeout: back to idle

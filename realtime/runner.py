@@ -111,6 +111,8 @@ class SessionRunner:
         st, now = services.settings, time.monotonic()
         self._say_budget = _budget(st.rate_say_per_s, st.max_pending_per_session, now)
         self._audio_budget = _budget(st.rate_clip_audio_s_per_s, st.max_clip_seconds, now)
+        # in samples: whole numbers, so a burst of 100 ms chunks is exactly so many chunks
+        self._live_budget = _budget(st.rate_live_audio_s_per_s * 16000, st.max_audio_backlog_s * 16000, now)
         self.image_format = image_format
         self.quality = quality
         self.language = language
@@ -322,6 +324,14 @@ class SessionRunner:
         """Live 16 kHz mono audio (int16 or float32), in arrival order; VAD and ASR run off the loop."""
         sv = self.services
         n = int(samples.size)
+        budget = self._live_budget  # first: audio sent too fast is the client's doing, an overrun the server's
+        if budget is not None:
+            budget.refill(time.monotonic())
+            if budget.wait_s(n) > 0:
+                rate = sv.settings.rate_live_audio_s_per_s
+                self._error(ErrorCode.AUDIO_TOO_FAST, f"live audio over {rate:g} s of audio per second; chunk dropped")
+                return
+            budget.tokens -= n
         if self._audio_backlog + n > sv.settings.max_audio_backlog_s * 16000:
             self._error(ErrorCode.AUDIO_OVERRUN, "live audio arrives faster than it can be processed; chunk dropped")
             return

@@ -133,6 +133,10 @@ class Settings:
     # (1: no faster than it can be spoken), burst --max-clip-seconds. 0 turns one off
     rate_say_per_s: float = 2.0
     rate_clip_audio_s_per_s: float = 1.0
+    # seconds of live audio per second, burst --max-audio-backlog-s: a microphone sends 1; a little more lets a
+    # client catch up after a network stall. Without it, audio pushed at 10x would be VAD-scanned and transcribed
+    # (partials, finals) 10x as fast as speech, on cores every session shares
+    rate_live_audio_s_per_s: float = 1.25
     # resource bounds (docs/security.md): what one client or session may hold at once
     max_json_bytes: int = 65_536  # a JSON body or WebSocket text message; over it: 413 / close 1009
     max_json_depth: int = 32  # nesting of arrays and objects; deeper: 400 too_deep / close 1008
@@ -314,6 +318,7 @@ class Settings:
             "rate_ws_msgs_per_s",
             "rate_say_per_s",
             "rate_clip_audio_s_per_s",
+            "rate_live_audio_s_per_s",
         ):
             if not getattr(self, name) >= 0:
                 raise SettingValueError(f"{name} must be >= 0 (0 = no limit), got {getattr(self, name)}", name)

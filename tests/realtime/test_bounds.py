@@ -54,6 +54,7 @@ def server() -> Any:
         asr_model="tiny.en",  # the bounds, not the words: the fastest Whisper
         max_sessions=10,
         rate_sessions_per_min=600,
+        rate_live_audio_s_per_s=0,  # off: the live flood below tests the pending bound (the rate: test_input_rates)
         **LIMITS,
     ) as pair:
         yield pair

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import websockets
 
-from avatarcast.realtime.protocol import TAG_CLIP
+from avatarcast.realtime.protocol import TAG_CLIP, TAG_PCM
 from tests.conftest import running_server
 
 CLIP = (Path(__file__).resolve().parents[1] / "data" / "speech" / "en" / "en06_happy.ogg").read_bytes()  # 2.3 s
@@ -31,6 +31,8 @@ def server() -> Any:
         rate_say_per_s=0.1,  # a token every 10 s
         max_clip_seconds=3.0,  # the audio budget's burst: one 2.3 s clip
         rate_clip_audio_s_per_s=0.05,
+        max_audio_backlog_s=1.0,  # the live budget's burst: 1 s of audio
+        rate_live_audio_s_per_s=0.05,
     ) as pair:
         yield pair
 
@@ -91,3 +93,28 @@ def test_clip_audio_over_the_sessions_rate_is_refused_over_http_and_on_a_socket(
     got = asyncio.run(on_socket())
     kinds = [e["type"] if e["type"] != "error" else e["payload"]["code"] for e in got if e["type"] in ("clip", "error")]
     assert kinds == ["clip", "rate_limited"], kinds
+
+
+def test_live_audio_faster_than_its_rate_is_dropped_with_an_error_and_the_socket_stays(server: Any) -> None:
+    """Live PCM pushed faster than speech: the burst (1 s here) is taken, every chunk over the rate is dropped with
+    an audio_too_fast error event, and the socket goes on (a ping is answered)."""
+    base, _ = server
+    chunk = bytes(3200)  # 100 ms of 16 kHz int16 silence
+
+    async def push() -> list[str]:
+        async with websockets.connect(base.replace("http://", "ws://") + "/v1/ws", max_queue=None) as ws:
+            codes: list[str] = []
+            for _ in range(15):  # 1.5 s of audio at once: 10 chunks fit the burst, 5 do not
+                await ws.send(TAG_PCM + chunk)
+            await ws.send(json.dumps({"type": "ping"}))
+            while True:
+                m = await asyncio.wait_for(ws.recv(), 60)
+                if isinstance(m, str):
+                    e = json.loads(m)
+                    if e["type"] == "error":
+                        codes.append(e["payload"]["code"])
+                    if e["type"] == "pong":
+                        return codes
+
+    codes = asyncio.run(push())
+    assert codes == ["audio_too_fast"] * 5, codes
