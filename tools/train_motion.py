@@ -91,7 +91,7 @@ def build_effects(args, device) -> list[EffectLayer]:
     with Pool(args.workers) as pool:
         sprites = pool.map(_sprites_job, range(n_avatars(args.random_avatars)))
     print(f"[motion] drew {len(sprites)} avatars' effect sprites in {time.time() - t0:.0f}s", flush=True)
-    return [EffectLayer.in_window(s, CFG, device) for s in sprites]
+    return [EffectLayer.in_window(s, CFG) for s in sprites]
 
 
 def _sprites_job(i: int):
@@ -211,7 +211,7 @@ def decode_frames(
                 rows = []
                 for j in range(len(y)):
                     sp = sprites[i + j]
-                    layer = layers.setdefault(id(sp), EffectLayer.in_window(sp, CFG, device))
+                    layer = layers.setdefault(id(sp), EffectLayer.in_window(sp, CFG))
                     rows.append(layer.over(y[j : j + 1], m[j : j + 1]))
                 y = torch.cat(rows)
             outs.append(tensor_to_rgba(y[:, :, CFG.pad_top : CFG.pad_top + CFG.height]).cpu().numpy())

@@ -8,6 +8,9 @@ pictures, one per phase of its clock (reference.effect_sprites, drawn once per a
 vector turns it on (its strength field, at the renderer's threshold), picks the picture (its clock's sine
 and cosine) and moves it (its anchor keypoint), and it is laid over the frame as the renderer draws effects,
 last. No weights: the motion carries every number it needs.
+
+The placing is numpy (`canvas`: the effects of one frame on a transparent canvas, no torch, for a CPU serving
+path); `over` lays canvases on a batch of torch frames, which keeps the frames' gradient in training.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from avatarcast.engines.avatar_world.reference import STRENGTHS, EffectSprites
 from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, FACE_FIELDS, FX_FIELDS, FX_LAYOUT, KEYPOINTS
@@ -27,106 +29,129 @@ _CLOCK0 = EXPR_OFFSET + len(FACE_FIELDS) + len(FX_FIELDS)  # the clock's (sin, c
 
 
 class EffectLayer:
-    """One avatar's sprites as premultiplied tensors in the decoder's window, and `over` to lay them on frames.
+    """One avatar's sprites in the decoder's window: `canvas` places a frame's effects, `over` lays them on frames.
 
     window_origin: the window's (row, column) in the frame, i.e. (-pad_top, window_x0); window_hw: its size.
     """
 
-    def __init__(
-        self, sprites: EffectSprites, window_origin: tuple[int, int], window_hw: tuple[int, int], device="cpu"
-    ):
+    def __init__(self, sprites: EffectSprites, window_origin: tuple[int, int], window_hw: tuple[int, int]):
         if sprites.names != tuple(FX_LAYOUT):
             raise ValueError(f"sprites for {sprites.names}, the layout names {tuple(FX_LAYOUT)}")
         oy, ox = window_origin
         self.hw = window_hw
-        self.device = torch.device(device)
-        self.crops: list[torch.Tensor] = []  # (strengths, phases, 4, h, w) uint8 straight alpha, as drawn
-        self.boxes: list[tuple[int, int]] = []  # the crop's first pixel, window (row, column)
-        self.anchors: list[tuple[float, float]] = []  # window pixels (x, y)
+        # uint8 (strengths, phases, h, w, 4) straight alpha, as drawn, until one is laid (a float copy of every
+        # picture would be ~70 MB an avatar)
+        self.crops = sprites.crops
+        self.boxes = [(y0 - oy, x0 - ox) for y0, x0 in sprites.boxes]  # each crop's first pixel, window (row, col)
+        self.anchors = [(ax - ox, ay - oy) for ax, ay in sprites.anchors]  # window pixels (x, y)
         self.angles = list(sprites.angles)
         self.top = sprites.top - oy  # window row
-        self.strength: list[int] = []  # where each effect's fields sit in a motion vector
-        self.clock: list[int | None] = []
-        self.anchor_kp: list[int] = []
-        self.up_kp: list[int | None] = []
-        for name, crop, (y0, x0), (ax, ay) in zip(sprites.names, sprites.crops, sprites.boxes, sprites.anchors):
-            # uint8 until one is laid (a float copy of every picture would be ~70 MB an avatar)
-            self.crops.append(torch.from_numpy(crop).permute(0, 1, 4, 2, 3).contiguous().to(self.device))
-            self.boxes.append((y0 - oy, x0 - ox))
-            self.anchors.append((ax - ox, ay - oy))
-            self.strength.append(EXPR_OFFSET + len(FACE_FIELDS) + FX_FIELDS.index(name))
-            anchor, up, clock = FX_LAYOUT[name]
-            self.clock.append(clock)
-            self.anchor_kp.append(KEYPOINTS.index(anchor))
-            self.up_kp.append(KEYPOINTS.index(up) if up else None)
+        # where each effect's numbers sit in a motion vector
+        self.strength = [EXPR_OFFSET + len(FACE_FIELDS) + FX_FIELDS.index(n) for n in sprites.names]
+        self.clock = [FX_LAYOUT[n][2] for n in sprites.names]
+        self.anchor_kp = [KEYPOINTS.index(FX_LAYOUT[n][0]) for n in sprites.names]
+        self.up_kp = [KEYPOINTS.index(u) if (u := FX_LAYOUT[n][1]) else None for n in sprites.names]
 
     @classmethod
-    def in_window(cls, sprites: EffectSprites, window: TinyConfig, device="cpu") -> EffectLayer:
+    def in_window(cls, sprites: EffectSprites, window: TinyConfig) -> EffectLayer:
         """The layer for the decoder's window (TinyConfig's padded window, as architecture 2's)."""
-        return cls(sprites, (-window.pad_top, window.window_x0), (window.pad_height, window.window_width), device)
+        return cls(sprites, (-window.pad_top, window.window_x0), (window.pad_height, window.window_width))
+
+    def canvas(self, motion: np.ndarray, box: tuple[int, int, int, int] | None = None) -> np.ndarray | None:
+        """One frame's effects (motion: (MOTION_DIM,), normalized window coordinates) on a transparent canvas
+        covering `box` = (row, column, height, width) of the window (default: all of it): premultiplied float32
+        (4, h, w) in [0, 1], in the renderer's order; None when no effect is on."""
+        H, W = self.hw
+        y0, x0, h, w = box or (0, 0, H, W)
+        m = np.asarray(motion, np.float64)
+        out: np.ndarray | None = None
+        for e, crop in enumerate(self.crops):
+            s = float(m[self.strength[e]])
+            if s <= FX_ON or crop.shape[3] == 0:
+                continue
+            level = int(np.argmin([abs(s - v) for v in STRENGTHS]))
+            j, clock = 0, self.clock[e]
+            if clock is not None:
+                sin, cos = m[_CLOCK0 + 2 * clock], m[_CLOCK0 + 2 * clock + 1]
+                j = int(round((math.atan2(sin, cos) / (2 * math.pi)) % 1.0 * crop.shape[1])) % crop.shape[1]
+            k = self.anchor_kp[e]
+            target = ((m[2 * k] + 1.0) * 0.5 * W, (m[2 * k + 1] + 1.0) * 0.5 * H)
+            turn, u = 0.0, self.up_kp[e]
+            if u is not None:
+                turn = math.atan2((m[2 * u + 1] - m[2 * k + 1]) * H, (m[2 * u] - m[2 * k]) * W) - self.angles[e]
+            pic = crop[level, j].astype(np.float32) / 255.0
+            pic = np.concatenate([pic[..., :3] * pic[..., 3:], pic[..., 3:]], -1).transpose(2, 0, 1)  # premultiplied
+            if out is None:
+                out = np.zeros((4, h, w), np.float32)
+            _place_over(out, pic, self.boxes[e], self.anchors[e], target, turn, (y0, x0), self.top)
+        return out
 
     def over(self, frames: torch.Tensor, motion: torch.Tensor, box: tuple[int, int] = (0, 0)) -> torch.Tensor:
         """frames: premultiplied (B, 4, h, w) in [-1, 1], the window's part from (row, column) `box`; motion:
-        (B, MOTION_DIM) in normalized window coordinates. Returns the frames with the effects on top, in the
-        renderer's order."""
-        B = frames.shape[0]
-        H, W = self.hw
+        (B, MOTION_DIM) in normalized window coordinates. Returns the frames with the effects on top."""
+        B, _, h, w = frames.shape
         m = motion.detach().float().cpu().numpy()
-        out = []
+        out = (frames.float() + 1.0) * 0.5
+        on, canvases = [], []
         for b in range(B):
-            f = (frames[b].float() + 1.0) * 0.5
-            for e, crop in enumerate(self.crops):
-                s = float(m[b, self.strength[e]])
-                if s <= FX_ON or crop.shape[-1] == 0:
-                    continue
-                level = int(np.argmin([abs(s - v) for v in STRENGTHS]))
-                j, clock = 0, self.clock[e]
-                if clock is not None:
-                    sin, cos = m[b, _CLOCK0 + 2 * clock], m[b, _CLOCK0 + 2 * clock + 1]
-                    j = int(round((math.atan2(sin, cos) / (2 * math.pi)) % 1.0 * crop.shape[1])) % crop.shape[1]
-                k = self.anchor_kp[e]
-                ax, ay = (m[b, 2 * k] + 1.0) * 0.5 * W, (m[b, 2 * k + 1] + 1.0) * 0.5 * H
-                turn = 0.0
-                u = self.up_kp[e]
-                if u is not None:
-                    turn = math.atan2((m[b, 2 * u + 1] - m[b, 2 * k + 1]) * H, (m[b, 2 * u] - m[b, 2 * k]) * W)
-                    turn -= self.angles[e]
-                pic = crop[level, j].float() / 255.0
-                pic = torch.cat([pic[:3] * pic[3:], pic[3:]])  # premultiplied, as the frames
-                f = _place_over(f, pic, self.boxes[e], self.anchors[e], (ax, ay), turn, box, self.top)
-            out.append(f)
-        return torch.stack(out) * 2.0 - 1.0
+            placed = self.canvas(m[b], (box[0], box[1], h, w))
+            if placed is not None:
+                on.append(b)
+                canvases.append(placed)
+        if not on:
+            return frames.float()
+        c = torch.from_numpy(np.stack(canvases)).to(frames.device)
+        idx = torch.tensor(on, device=frames.device)
+        laid = c + (1.0 - c[:, 3:4]) * out[idx]
+        out = out.index_copy(0, idx, laid)
+        return out * 2.0 - 1.0
 
 
-def _place_over(frame, pic, pic_box, anchor, target, turn: float, box, top: float) -> torch.Tensor:
-    """frame (4, h, w) in [0, 1] premultiplied, the window's part from `box`, with pic (4, ph, pw) (its first
-    pixel at window (row, column) `pic_box`) turned by `turn` about `anchor` and moved onto `target` (window
-    pixels (x, y)) laid over it: bilinear, clipped to the frame and cut above window row `top`."""
-    _, h, w = frame.shape
+def _place_over(canvas: np.ndarray, pic: np.ndarray, pic_box, anchor, target, turn: float, box, top: float) -> None:
+    """Lay pic (4, ph, pw) premultiplied (its first pixel at window (row, column) `pic_box`), turned by `turn`
+    about `anchor` and moved onto `target` (window pixels (x, y)), over canvas (4, h, w), the window's part from
+    (row, column) `box`, in place: bilinear, clipped to the canvas and cut above window row `top`."""
+    _, h, w = canvas.shape
     _, ph, pw = pic.shape
     c, s = math.cos(turn), math.sin(turn)
     (py, px), (ax, ay), (tx, ty) = pic_box, anchor, target
-    # where the picture's corners land, in the part's pixels: the box to fill
+    # where the picture's corners land, in the canvas's pixels: the region to fill
     corners = [(px + dx - ax, py + dy - ay) for dx in (0, pw) for dy in (0, ph)]
     xs = [tx + c * x - s * y - box[1] for x, y in corners]
     ys = [ty + s * x + c * y - box[0] for x, y in corners]
     x0, x1 = max(0, math.floor(min(xs)) - 1), min(w, math.ceil(max(xs)) + 1)
     y0, y1 = max(0, math.floor(min(ys)) - 1, math.ceil(top - box[0])), min(h, math.ceil(max(ys)) + 1)
     if x0 >= x1 or y0 >= y1:
-        return frame
-    # each filled pixel's centre, back through the move and the turn, in the picture's normalized coordinates
-    gy, gx = torch.meshgrid(
-        torch.arange(y0, y1, dtype=torch.float32) + 0.5 + box[0] - ty,
-        torch.arange(x0, x1, dtype=torch.float32) + 0.5 + box[1] - tx,
-        indexing="ij",
+        return
+    # each filled pixel's centre, back through the move and the turn, in the picture's pixel coordinates
+    gx = np.arange(x0, x1, dtype=np.float64)[None, :] + 0.5 + box[1] - tx
+    gy = np.arange(y0, y1, dtype=np.float64)[:, None] + 0.5 + box[0] - ty
+    sx = c * gx + s * gy + ax - px - 0.5  # - 0.5: pixel k's centre is at k + 0.5
+    sy = -s * gx + c * gy + ay - py - 0.5
+    p = _bilinear(pic, sx, sy)
+    region = canvas[:, y0:y1, x0:x1]
+    canvas[:, y0:y1, x0:x1] = p + (1.0 - p[3:4]) * region
+
+
+def _bilinear(pic: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
+    """pic (C, h, w) sampled at (sy, sx) (arrays of one shape, pixel units, pixel k at k): zeros outside."""
+    C, h, w = pic.shape
+    padded = np.zeros((C, h + 1, w + 1), np.float32)  # index 0 reads zeros: where a neighbour is outside
+    padded[:, 1:, 1:] = pic
+    xf, yf = np.floor(sx), np.floor(sy)
+    fx, fy = (sx - xf).astype(np.float32), (sy - yf).astype(np.float32)
+    xa, ya = xf.astype(np.int64), yf.astype(np.int64)
+
+    def at(i: np.ndarray, n: int) -> np.ndarray:
+        return np.where((i >= 0) & (i < n), i + 1, 0)
+
+    xi, xj, yi, yj = at(xa, w), at(xa + 1, w), at(ya, h), at(ya + 1, h)
+    return (
+        padded[:, yi, xi] * ((1 - fx) * (1 - fy))
+        + padded[:, yi, xj] * (fx * (1 - fy))
+        + padded[:, yj, xi] * ((1 - fx) * fy)
+        + padded[:, yj, xj] * (fx * fy)
     )
-    sx, sy = c * gx + s * gy + ax - px, -s * gx + c * gy + ay - py
-    grid = torch.stack([2 * sx / pw - 1, 2 * sy / ph - 1], -1)[None].to(pic.device)
-    p = F.grid_sample(pic[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
-    p = p.to(frame.dtype)
-    frame = frame.clone()
-    frame[:, y0:y1, x0:x1] = p + (1.0 - p[3:4]) * frame[:, y0:y1, x0:x1]
-    return frame
 
 
 __all__ = ["FX_ON", "EffectLayer"]

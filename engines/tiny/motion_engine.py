@@ -183,7 +183,7 @@ class MotionEngine:
             atlas = frames_to_tensor(faces, self.window)[None]
         with torch.no_grad():
             feats = tuple(self.decoder.encode_reference(ref_win))
-        effects = EffectLayer.in_window(effect_sprites(av), self.window, self.device)
+        effects = EffectLayer.in_window(effect_sprites(av), self.window)
         got = _Avatar(
             ref_win,
             atlas,

@@ -331,13 +331,20 @@ def test_effect_sprites_draw_the_renderers_effects_where_the_motion_puts_them():
             drawn = got[..., 3] > 127
             assert truth.sum() > 100, (emotion, t)
             ious[(emotion, t)] = (truth & drawn).sum() / (truth | drawn).sum()
-    print({k: round(float(v), 2) for k, v in ious.items()})
     assert np.mean(list(ious.values())) > 0.75 and min(ious.values()) > 0.4, ious
     # effects off: the frame comes back as it went in
     q = pose_at("idle", 1.0, sample_variation(77), 1.0)
     frame = torch.rand(1, 4, CFG.pad_height, CFG.window_width) * 2 - 1
     out = layer.over(frame, torch.from_numpy(_mv(av, q))[None])
     torch.testing.assert_close(out, frame, atol=1e-6, rtol=0)
+    # training's gradient reaches the frame where no sprite covers it, and none under an opaque sprite
+    frame = frame.clone().requires_grad_()
+    love = torch.from_numpy(_mv(av, pose_at("love", 0.45, sample_variation(77), 1.0)))[None]
+    layer.over(frame, love).sum().backward()
+    alpha = layer.canvas(love[0].numpy())[3]
+    assert frame.grad is not None
+    g = frame.grad[0, 0].numpy()
+    assert (alpha > 0.999).sum() > 100 and np.abs(g[alpha > 0.999]).max() < 1e-3 and np.all(g[alpha == 0] == 1.0)
 
 
 def test_a_decoder_with_an_atlas_copies_the_face_its_motion_asks_for():
