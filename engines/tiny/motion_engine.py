@@ -22,7 +22,7 @@ from typing import Any, Self
 import numpy as np
 import torch
 
-from avatarcast.engines.avatar_world.skeleton import MOTION_DIM, motion_vector
+from avatarcast.engines.avatar_world.skeleton import KEYPOINTS, MOTION_DIM, N_POINTS, motion_vector
 from avatarcast.engines.contract import EngineCapabilities, ReadyFrames
 from avatarcast.engines.sampler import ShortcutFlowSampler
 from avatarcast.engines.tiny.config import TinyConfig
@@ -32,6 +32,12 @@ from avatarcast.engines.tiny.model import frames_to_tensor, tensor_to_rgba
 from avatarcast.engines.tiny.motion import MotionDecoder, shape_from_dict
 from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser, build_denoiser
 from avatarcast.vocabulary import EMOTIONS, FRAME_HEIGHT, FRAME_WIDTH
+
+# How far past its keypoints, in head radii, the decoder draws an avatar: the renderer's avatars reach at most
+# 1.04 head radii past them (hair, ears, hats, held things; 46 avatars x 6 emotions), and pixels past that are
+# transparent in the full window's drawing too (tests/engines/test_motion.py).
+BOX_MARGIN = 1.5
+_HEAD_CENTRE, _HEAD_UP = KEYPOINTS.index("head_centre"), KEYPOINTS.index("head_up")
 
 
 @dataclass(frozen=True)
@@ -266,6 +272,23 @@ class MotionEngine:
             out.append(self._draw(a, m))
         return np.stack(out)
 
+    def draw_box(self, motions: np.ndarray) -> tuple[int, int, int, int]:
+        """The window box (row, column, height, width; multiples of 8) the decoder draws for raw motions (n, D):
+        every frame's keypoints and BOX_MARGIN head radii around them. The rest of the window is transparent
+        (the effects are laid over all of it after)."""
+        H, W = self.window.pad_height, self.window.window_width
+        kp = (np.asarray(motions, np.float64)[:, : 2 * N_POINTS].reshape(len(motions), N_POINTS, 2) + 1.0) * 0.5
+        kp = kp * np.array([W, H])
+        r = np.linalg.norm(kp[:, _HEAD_UP] - kp[:, _HEAD_CENTRE], axis=-1).max()
+        pad = BOX_MARGIN * r + 8
+        x0, x1 = kp[..., 0].min() - pad, kp[..., 0].max() + pad
+        y0, y1 = kp[..., 1].min() - pad, kp[..., 1].max() + pad
+        x0, y0 = max(0, int(x0) // 8 * 8), max(0, int(y0) // 8 * 8)
+        x1, y1 = min(W, -(-int(np.ceil(x1)) // 8) * 8), min(H, -(-int(np.ceil(y1)) // 8) * 8)
+        if x1 <= x0 or y1 <= y0:  # keypoints off the window: nothing of the avatar to draw
+            return 0, 0, 8, 8
+        return y0, x0, y1 - y0, x1 - x0
+
     def _draw(self, a: _Avatar, motions: np.ndarray) -> np.ndarray:
         """Raw motions (n, D) of a prepared avatar -> RGBA uint8 frames (n, 360, 640, 4)."""
         w = self.window
@@ -274,8 +297,14 @@ class MotionEngine:
             n = len(m)
             feats = tuple(f.expand(n, *f.shape[1:]) for f in a.feats)
             atlas = None if a.atlas is None else a.atlas.expand(n, *a.atlas.shape[1:])
-            y = self.decoder(m, a.ref_motion.expand(n, -1), a.ref_win.expand(n, -1, -1, -1), feats, atlas=atlas)
-            y = a.effects.over(y.float().clamp(-1, 1), m)
+            # only the box around the avatar: the CPU's time goes with the pixels drawn
+            by, bx, bh, bw = box = self.draw_box(motions)
+            drawn = self.decoder(
+                m, a.ref_motion.expand(n, -1), a.ref_win.expand(n, -1, -1, -1), feats, box=box, atlas=atlas
+            )
+            y = torch.full((n, 4, w.pad_height, w.window_width), -1.0, device=self.device)
+            y[:, :, by : by + bh, bx : bx + bw] = drawn.float().clamp(-1, 1)
+            y = a.effects.over(y, m)
             rgba = tensor_to_rgba(y.float().clamp(-1, 1)[:, :, w.pad_top : w.pad_top + w.height]).cpu().numpy()
         out = np.zeros((n, w.height, w.width, 4), np.uint8)
         out[:, :, w.window_x0 : w.window_x0 + w.window_width] = rgba

@@ -4,6 +4,7 @@ reference frame by it (engines/tiny/motion.py)."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from avatarcast.engines.avatar_world.skeleton import (  # noqa: E402
 )
 from avatarcast.engines.tiny.config import TinyConfig  # noqa: E402
 from avatarcast.engines.tiny.model import frames_to_tensor, tensor_to_rgba  # noqa: E402
-from avatarcast.engines.tiny.motion import MotionDecoder, part_maps  # noqa: E402
+from avatarcast.engines.tiny.motion import MotionDecoder, part_maps, shape_from_dict  # noqa: E402
 
 CFG = TinyConfig()
 W, H = CFG.window_width, CFG.pad_height
@@ -248,6 +249,47 @@ def motion_engine(tmp_path_factory):
     stats = {"mean": torch.linspace(-0.1, 0.1, MOTION_DIM), "std": torch.linspace(0.5, 1.5, MOTION_DIM)}
     torch.save({"ema": den.state_dict(), "step": 0, **stats}, ck / "motion_den.pt")
     return MotionEngine.load(ck / "motion_ema.pt", ck / "motion_den.pt")
+
+
+def test_the_engine_draws_a_box_that_holds_the_avatar():
+    """The engine decodes only a box around the keypoints (BOX_MARGIN head radii past them). With the kept GPU
+    decoder (tools/ckpt/m1), on held-out poses of avatars with big ears, hair and hats: the whole window's
+    drawing is empty outside the box, and the box's frames score as well against the renderer as the whole
+    window's (the mask U-Net's zero padding at the box's edges moves some pixels, in training too: it learnt on
+    192-pixel crops)."""
+    from avatarcast.engines.avatar_world import get_avatar
+    from avatarcast.engines.avatar_world.render import landmarks
+    from avatarcast.engines.tiny.model import tensor_to_rgba
+    from avatarcast.engines.tiny.motion_denoiser import build_denoiser
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+    from tools.eval.fidelity import frame_scores
+
+    kept = Path(__file__).resolve().parents[2] / "tools" / "ckpt" / "m1" / "motion_ema.pt"
+    st = torch.load(kept, map_location="cpu")
+    dec = MotionDecoder(shape_from_dict(st["shape"]))
+    dec.load_state_dict(st["ema"])
+    ones = np.ones(MOTION_DIM, np.float32)
+    e = MotionEngine(dec, build_denoiser(), 0 * ones, ones)
+    w = e.window
+    box_s, full_s = [], []
+    for name, emotion in (("luna", "surprised"), ("random-900008", "love"), ("random-900035", "angry")):
+        av = get_avatar(name)
+        q = pose_at(emotion, 1.7, sample_variation(41), 1.0)
+        m = e.motion(av, q)[None]
+        by, bx, bh, bw = e.draw_box(m)
+        a = e._avatar(av)
+        with torch.no_grad():
+            y = e.decoder(torch.from_numpy(m), a.ref_motion, a.ref_win, a.feats, atlas=a.atlas).clamp(-1, 1)
+        outside = torch.ones(w.pad_height, w.window_width, dtype=torch.bool)
+        outside[by : by + bh, bx : bx + bw] = False
+        assert float(y[0, 3][outside].max()) < -1.0 + 1e-3, name  # transparent (alpha under 1/2000)
+        full = np.zeros((360, 640, 4), np.uint8)
+        y = a.effects.over(y, torch.from_numpy(m))
+        full[:, w.window_x0 : w.window_x0 + w.window_width] = tensor_to_rgba(y[:, :, w.pad_top : w.pad_top + 360])[0]
+        truth, head = render_frame(av, q), landmarks(av, q).head
+        box_s.append(frame_scores(truth, e.draw(av, m)[0], head)["avatar_psnr_db"])
+        full_s.append(frame_scores(truth, full, head)["avatar_psnr_db"])
+    assert min(box_s) > 18 and abs(np.mean(box_s) - np.mean(full_s)) < 0.3, (box_s, full_s)
 
 
 def test_the_motion_engine_runs_streams_from_rest(motion_engine):
