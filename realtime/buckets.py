@@ -22,6 +22,14 @@ class TokenBucket:
         """Seconds until n tokens are there (0: now)."""
         return 0.0 if self.tokens >= n else (n - self.tokens) / self.rate
 
+    def take(self, n: float, now: float) -> float:
+        """Take n tokens if they are there (0.0), else take none and return the seconds until they are."""
+        self.refill(now)
+        wait = self.wait_s(n)
+        if wait == 0:
+            self.tokens -= n
+        return wait
+
 
 class RateLimiter:
     """Token buckets by key; `take(keys)` takes a token from each, or from none if any is empty."""

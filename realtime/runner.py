@@ -325,13 +325,10 @@ class SessionRunner:
         sv = self.services
         n = int(samples.size)
         budget = self._live_budget  # first: audio sent too fast is the client's doing, an overrun the server's
-        if budget is not None:
-            budget.refill(time.monotonic())
-            if budget.wait_s(n) > 0:
-                rate = sv.settings.rate_live_audio_s_per_s
-                self._error(ErrorCode.AUDIO_TOO_FAST, f"live audio over {rate:g} s of audio per second; chunk dropped")
-                return
-            budget.tokens -= n
+        if budget is not None and budget.take(n, time.monotonic()) > 0:
+            rate = sv.settings.rate_live_audio_s_per_s
+            self._error(ErrorCode.AUDIO_TOO_FAST, f"live audio over {rate:g} s of audio per second; chunk dropped")
+            return
         if self._audio_backlog + n > sv.settings.max_audio_backlog_s * 16000:
             self._error(ErrorCode.AUDIO_OVERRUN, "live audio arrives faster than it can be processed; chunk dropped")
             return
@@ -620,11 +617,9 @@ def _spend(bucket: TokenBucket | None, n: float, what: str) -> None:
     socket). n is at most the burst (a clip is at most --max-clip-seconds long), so every input passes in time."""
     if bucket is None:
         return
-    bucket.refill(time.monotonic())
-    wait = bucket.wait_s(n)
+    wait = bucket.take(n, time.monotonic())
     if wait > 0:
         raise InputBusy(f"{what}; retry in {wait:.1f} s", code=ErrorCode.RATE_LIMITED, retry_after=retry_after(wait))
-    bucket.tokens -= n
 
 
 def _ms(s: float) -> float:
