@@ -133,7 +133,7 @@ def effect_sprites(avatar, phases: int = 12) -> EffectSprites:
         boxes.append((y0, x0))
         a = kp[KEYPOINTS.index(anchor)]
         anchors.append((float(a[0]), float(a[1])))
-        d = kp[KEYPOINTS.index(up)] - a if up else np.zeros(2)
-        angles.append(float(np.arctan2(d[1], d[0])) if up else 0.0)
+        d = kp[KEYPOINTS.index(up)] - a if up else None
+        angles.append(0.0 if d is None else float(np.arctan2(d[1], d[0])))
     top = effects_top(av, base)
     return EffectSprites(tuple(FX_LAYOUT), tuple(crops), tuple(boxes), tuple(anchors), tuple(angles), top)

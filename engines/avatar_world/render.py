@@ -780,6 +780,9 @@ def _clampf(v: float, lo: float, hi: float) -> float:
     return lo if v < lo else hi if v > hi else v
 
 
+FX_ON = 0.15  # an effect is drawn while its strength is above this
+
+
 def _effects_top(rig: _Rig, height: int) -> float:
     """The row effect shapes (plus their mitred outline) stay below: a particle reaching above is not drawn."""
     return max(4.0 * rig.g, 4.0 * height / REF_H) + 2.5 * rig.ol * 0.85
@@ -792,7 +795,7 @@ def _draw_effects(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, 
     hx, hy = rig.head_c
     r = rig.head_r
     top_lim = _effects_top(rig, height)
-    if q.fx_sparkles > 0.15:
+    if q.fx_sparkles > FX_ON:
         s = q.fx_sparkles
         spots = [(-1.0, -0.55), (1.05, -0.75), (-1.15, 0.15), (1.2, 0.05), (-0.75, -1.0), (0.8, -1.05), (0.05, -1.25)]
         for i, (ax, ay) in enumerate(spots):
@@ -804,7 +807,7 @@ def _draw_effects(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, 
             cy = _clampf(rig.tc[1] + ay * 110 * g, top_lim + size, GROUND_Y * height / REF_H - size)
             col = (255, 220, 70) if i % 2 == 0 else (255, 250, 190)
             pt.poly_ol([(cx + x * size, cy + y * size) for x, y in _SPARK4], col, ol * 0.8)
-    if q.fx_hearts > 0.15:
+    if q.fx_hearts > FX_ON:
         s = q.fx_hearts
         for i in range(3):
             ph = (t / 1.8 + i / 3.0) % 1.0
@@ -817,7 +820,7 @@ def _draw_effects(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, 
             cx = _clampf(cx, size + 3, width - size - 3)
             pt.poly_ol([(cx + x * size, cy + y * size) for x, y in _HEART], (240, 70, 115), ol)
             pt.ellipse(cx - 0.35 * size, cy - 0.3 * size, 0.18 * size, 0.12 * size, (255, 190, 210))
-    if q.fx_tears > 0.15:
+    if q.fx_tears > FX_ON:
         s = q.fx_tears
         fy = max(-0.25, min(0.3, q.face_dy))
         for sd in (-1, 1):
@@ -829,13 +832,13 @@ def _draw_effects(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, 
                 dx, dy = H(sd * (0.5 + 0.15 * ph), 0.22 + fy + ph * 0.8)
                 size = 0.14 * r * (0.6 + 0.4 * s)
                 pt.poly_ol([(dx + x * size, dy + y * size) for x, y in _DROP], (120, 190, 255), ol * 0.6)
-    if q.fx_sweat > 0.15:
+    if q.fx_sweat > FX_ON:
         s = q.fx_sweat
         ph = (t * 0.6) % 1.0
         dx, dy = H(1.02, -0.45 + 0.3 * ph)
         size = 0.2 * r * (0.6 + 0.4 * s)
         pt.poly_ol([(dx + x * size, dy + y * size) for x, y in _DROP], (150, 210, 255), ol * 0.7)
-    if q.fx_exclaim > 0.15:
+    if q.fx_exclaim > FX_ON:
         s = q.fx_exclaim
         size = 32.0 * g * (0.55 + 0.45 * s)
         cx = _clampf(hx - 1.3 * r, size + 4, width - size - 4)
@@ -849,7 +852,7 @@ def _draw_effects(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, 
         col = (255, 95, 70)
         pt.poly_ol(bar, col, ol)
         pt.ellipse_ol(cx, cy + 0.55 * size, 0.12 * size, 0.12 * size, col, ol)
-    if q.fx_zzz > 0.15:
+    if q.fx_zzz > FX_ON:
         s = q.fx_zzz
         for i in range(3):
             ph = (t / 2.2 + i / 3.0) % 1.0
@@ -863,7 +866,7 @@ def _draw_effects(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, 
             z = [(cx - size, cy - size), (cx + size, cy - size), (cx - size, cy + size), (cx + size, cy + size)]
             pt.line(z, pt.ol, 0.55 * size + 2 * ol)
             pt.line(z, (200, 225, 255), 0.55 * size)
-    if q.fx_question > 0.15:
+    if q.fx_question > FX_ON:
         s = q.fx_question
         size = 24.0 * g * (0.6 + 0.4 * s)
         cx = hx + 1.25 * r + 3 * g * math.sin(_TWO_PI * t * 0.8)
@@ -878,7 +881,7 @@ def _draw_effects(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, 
         pt.line(hook, pt.ol, 0.22 * size + 2 * ol)
         pt.line(hook, col, 0.22 * size)
         pt.ellipse_ol(cx + 0.02 * size, cy + 0.62 * size, 0.13 * size, 0.13 * size, col, ol)
-    if q.fx_steam > 0.15:
+    if q.fx_steam > FX_ON:
         s = q.fx_steam
         for sd in (-1, 1):
             for j in range(2):

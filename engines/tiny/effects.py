@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from avatarcast.engines.avatar_world.reference import STRENGTHS, EffectSprites
+from avatarcast.engines.avatar_world.render import FX_ON
 from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, FACE_FIELDS, FX_FIELDS, FX_LAYOUT, KEYPOINTS
 from avatarcast.engines.tiny.config import TinyConfig
 
-FX_ON = 0.15  # render._draw_effects draws an effect above this strength
 _CLOCK0 = EXPR_OFFSET + len(FACE_FIELDS) + len(FX_FIELDS)  # the clock's (sin, cos) pairs in a motion vector
 
 
@@ -154,4 +154,4 @@ def _bilinear(pic: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
     )
 
 
-__all__ = ["FX_ON", "EffectLayer"]
+__all__ = ["EffectLayer"]
