@@ -16,7 +16,8 @@ WAN_FLAGS = ("checkpoint", *(f.name for f in fields(Settings) if f.name.startswi
 
 
 def load_engine(settings: Settings, cache_dir: str | Path | None = None, templates: dict | None = None) -> StreamEngine:
-    """TinyEngine, or WanAvatarEngine (same interface) whose prompt embeddings live in the latents cache dir."""
+    """TinyEngine, WanAvatarEngine (same interface) whose prompt embeddings live in the latents cache dir, or
+    MotionEngine from an exported folder."""
     if settings.engine == "wan":
         from avatarcast.engines.wan.serving import WanAvatarEngine  # torch: only for the wan engine
 
@@ -25,4 +26,8 @@ def load_engine(settings: Settings, cache_dir: str | Path | None = None, templat
             templates=templates,
             **settings.wan_kwargs(),
         )
+    if settings.engine == "motion":
+        from avatarcast.engines.tiny.motion_engine import MotionEngine  # PIL, onnxruntime: only for this engine
+
+        return MotionEngine.from_folder(settings.weights, steps=settings.steps, threads=settings.threads or None)
     return TinyEngine.load(**settings.engine_kwargs())

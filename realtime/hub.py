@@ -37,7 +37,7 @@ from avatarcast.realtime.runner import SessionRunner
 from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler, Scheduler
 from avatarcast.realtime.services import Pools, Services
 from avatarcast.realtime.session import SessionConfig
-from avatarcast.realtime.settings import Settings
+from avatarcast.realtime.settings import ENGINES, Settings
 from avatarcast.realtime.shared_state import make_shared_state
 from avatarcast.templates import load_templates
 from avatarcast.templates.cache import LatentsCache
@@ -95,7 +95,7 @@ class Hub:
     async def start(self) -> None:
         """Load everything (in threads), warm the start-up avatars, then mark ready."""
         s = self.settings
-        if s.engine not in ("tiny", "wan"):
+        if s.engine not in ENGINES:
             raise HubError(ErrorCode.ENGINE_UNAVAILABLE, f"engine {s.engine!r} is not available in this build")
         if s.engine == "wan":
             s.validate_wan()  # a missing or incomplete checkpoint fails here, before anything loads

@@ -36,11 +36,16 @@ class SettingValueError(SettingsError):
         self.names = names
 
 
+# the engines a server can run: architecture 2 (the default, shipped weights), Wan2.2 on a GPU, and architecture 3
+# (engines/tiny/motion_engine.py) from a folder that tools.export_motion wrote
+ENGINES = ("tiny", "wan", "motion")
+
+
 @dataclass
 class Settings:
     """Process-wide settings; every field is also AVATARCAST_<FIELD> and --<field>."""
 
-    engine: str = "tiny"
+    engine: str = "tiny"  # tiny | wan | motion (--weights DIR: an exported architecture-3 folder; opt-in)
     backend: str = "onnxruntime"
     steps: int = 2
     threads: int = 0  # 0 = all cores
@@ -245,10 +250,12 @@ class Settings:
             raise SettingValueError(f"{exc} ({'; '.join(where)})", *exc.names) from None
 
     def _check(self) -> None:
-        if self.engine not in ("tiny", "wan"):
-            raise SettingValueError(f"engine must be 'tiny' or 'wan', got {self.engine!r}", "engine")
+        if self.engine not in ENGINES:
+            raise SettingValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}", "engine")
         if self.engine == "wan":
             self.validate_wan()
+        if self.engine == "motion":
+            self.validate_motion()
         if self.backend not in ("onnxruntime", "torch", "tensorrt"):
             raise SettingValueError(f"backend must be onnxruntime, torch or tensorrt, got {self.backend!r}", "backend")
         if not 1 <= self.steps <= 64:
@@ -449,6 +456,22 @@ class Settings:
 
     def avatar_list(self) -> list[str]:
         return [a.strip() for a in self.avatars.split(",") if a.strip()]
+
+    def validate_motion(self) -> None:
+        """engine=motion: a folder of exported graphs (no weights ship for it yet), served on onnxruntime, CPU."""
+        if not self.weights:
+            raise SettingValueError(
+                "--engine motion needs --weights DIR: a folder written by `python -m tools.export_motion` "
+                "(architecture 3 ships no default weights yet)",
+                "engine",
+                "weights",
+            )
+        if self.backend != "onnxruntime" or self.device not in ("auto", "cpu"):
+            raise SettingValueError(
+                f"--engine motion runs on onnxruntime on the CPU, not {self.backend} on {self.device}",
+                "backend",
+                "device",
+            )
 
     def engine_kwargs(self) -> dict[str, Any]:
         """What TinyEngine.load takes from these settings."""

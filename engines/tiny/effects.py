@@ -16,14 +16,17 @@ path); `over` lays canvases on a batch of torch frames, which keeps the frames' 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from avatarcast.engines.avatar_world.reference import STRENGTHS, EffectSprites
 from avatarcast.engines.avatar_world.render import FX_ON
 from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, FACE_FIELDS, FX_FIELDS, FX_LAYOUT, KEYPOINTS
 from avatarcast.engines.tiny.config import TinyConfig
+
+if TYPE_CHECKING:  # torch only for training's `over`: serving lays the effects in numpy
+    import torch
 
 _CLOCK0 = EXPR_OFFSET + len(FACE_FIELDS) + len(FX_FIELDS)  # the clock's (sin, cos) pairs in a motion vector
 
@@ -86,9 +89,20 @@ class EffectLayer:
             _place_over(out, pic, self.boxes[e], self.anchors[e], target, turn, (y0, x0), self.top)
         return out
 
+    def lay(self, frames: np.ndarray, motions: np.ndarray, box: tuple[int, int] = (0, 0)) -> np.ndarray:
+        """numpy frames: premultiplied float32 (B, 4, h, w) in [-1, 1], the window's part from (row, column) `box`;
+        motions: (B, MOTION_DIM). The frames with each one's effects on top, in place."""
+        B, _, h, w = frames.shape
+        for b in range(B):
+            placed = self.canvas(motions[b], (box[0], box[1], h, w))
+            if placed is not None:
+                frames[b] = _over(placed, (frames[b] + 1.0) * 0.5) * 2.0 - 1.0
+        return frames
+
     def over(self, frames: torch.Tensor, motion: torch.Tensor, box: tuple[int, int] = (0, 0)) -> torch.Tensor:
-        """frames: premultiplied (B, 4, h, w) in [-1, 1], the window's part from (row, column) `box`; motion:
-        (B, MOTION_DIM) in normalized window coordinates. Returns the frames with the effects on top."""
+        """`lay` for torch frames (B, 4, h, w) and motions (B, MOTION_DIM), keeping the frames' gradient."""
+        import torch
+
         B, _, h, w = frames.shape
         m = motion.detach().float().cpu().numpy()
         out = (frames.float() + 1.0) * 0.5
@@ -102,9 +116,13 @@ class EffectLayer:
             return frames.float()
         c = torch.from_numpy(np.stack(canvases)).to(frames.device)
         idx = torch.tensor(on, device=frames.device)
-        laid = c + (1.0 - c[:, 3:4]) * out[idx]
-        out = out.index_copy(0, idx, laid)
+        out = out.index_copy(0, idx, _over(c, out[idx]))
         return out * 2.0 - 1.0
+
+
+def _over(top, under):
+    """Premultiplied `top` over `under` (both in [0, 1], channels first; numpy or torch): the renderer's order."""
+    return top + (1.0 - top[..., 3:4, :, :]) * under
 
 
 def _place_over(canvas: np.ndarray, pic: np.ndarray, pic_box, anchor, target, turn: float, box, top: float) -> None:

@@ -390,6 +390,11 @@ class MotionDecoder(nn.Module):
         faces, scale = self.get_buffer("atlas_faces"), self.get_buffer("atlas_scale")
         d2 = (((face[:, None] - faces[None]) / scale) ** 2).sum(-1)  # (B, 1 + K)
         w = torch.softmax(-d2 * torch.exp(-self.atlas_log_temp) * 4.0 + self.atlas_mix(face).float(), dim=1)
+        if ref.shape[0] == 1 and atlas.shape[0] == 1 and motion.shape[0] > 1:
+            # one avatar's frames for every motion (the exported graph): two matrix products, where the sum
+            # below would first copy the atlas once per motion (30 M numbers for 4 frames, a fifth of a CPU draw)
+            mixed = w[:, :1] @ ref.float().flatten(1) + w[:, 1:] @ atlas.float().flatten(0, 1).flatten(1)
+            return mixed.view(motion.shape[0], *ref.shape[1:])
         return w[:, 0, None, None, None] * ref.float() + (w[:, 1:, None, None, None] * atlas.float()).sum(1)
 
     def encode_reference(self, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -412,37 +417,58 @@ class MotionDecoder(nn.Module):
         output is cropped, which is how the CPU draws just the pixels around the avatar and how
         training affords many frames a step.
         """
-        s = self.shape
         H, W = ref.shape[-2:]
         y0, x0, h, w = box or (0, 0, H, W)
         if y0 % 8 or x0 % 8 or h % 8 or w % 8:
             raise ValueError(f"box {box} must be in multiples of 8 pixels")
+        centres = pixel_centres(h, w, motion, (H, W), (y0, x0))
+        return self.draw(motion, ref_motion, ref, ref_feats, centres, atlas, return_parts)
+
+    def draw(
+        self,
+        motion: torch.Tensor,
+        ref_motion: torch.Tensor,
+        ref: torch.Tensor,
+        ref_feats: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        centres: torch.Tensor,
+        atlas: torch.Tensor | None = None,
+        return_parts: bool = False,
+    ):
+        """`forward` for the box whose pixel centres (h, w, 2) in window coordinates are given (h, w multiples of
+        8, the box on the 8-pixel grid). The box is a tensor here, not numbers, so that an exported graph takes
+        any box: its size is the tensor's shape and its place the coordinates in it."""
+        s = self.shape
+        H, W = ref.shape[-2:]
+        h, w = centres.shape[0], centres.shape[1]
         B = motion.shape[0]
-        ref = self.mixed_reference(motion, ref, atlas)
+        ref = self.mixed_reference(motion, ref, atlas).expand(B, -1, -1, -1)
         kp_t = motion[:, :EXPR_OFFSET].reshape(B, N_POINTS, 2)
         kp_r = ref_motion[:, :EXPR_OFFSET].reshape(B, N_POINTS, 2)
         f2, f4, f8 = ref_feats
+        # the box's first pixel (row, column), read back from its centre; each level's centres are then computed
+        # as for any box (the same arithmetic as a box given in numbers, so the drawing is the same to the bit)
+        first = torch.round((centres[0, 0].flip(-1).float() + 1) * centres.new_tensor([H, W]).float() / 2 - 0.5)
 
-        def centres(level: int) -> torch.Tensor:
-            return pixel_centres(h // level, w // level, kp_t, (H // level, W // level), (y0 // level, x0 // level))
+        def centres_at(level: int) -> torch.Tensor:
+            return pixel_centres(h // level, w // level, kp_t, (H // level, W // level), first / level)
 
         g = s.geometry_level
         # Coordinates stay in float32 under mixed precision: bfloat16 would put them a pixel off.
         with torch.autocast(device_type=motion.device.type, enabled=False):
             kp_t, kp_r = kp_t.float(), kp_r.float()
             A, b = part_maps(kp_t, kp_r, W, H)
-            h4, w4 = h // 4, w // 4
             # 1. every part's move of the reference, at 1/4, and where the keypoints went
-            p4 = centres(4)
+            p4 = centres_at(4)
+            h4, w4 = p4.shape[0], p4.shape[1]
             grids4 = part_grids(A, b, p4)  # (B, K, h4, w4, 2)
             ref4 = F.avg_pool2d(ref.float(), 4)
             moved = warp(ref4.repeat_interleave(N_PARTS, 0), grids4.reshape(B * N_PARTS, h4, w4, 2))
             heat4 = heat_maps(kp_t, kp_r, p4, s.heat_sigma_px, (H, W))
-            heat8 = heat_maps(kp_t, kp_r, centres(8), s.heat_sigma_px * 2, (H, W))
+            heat8 = heat_maps(kp_t, kp_r, centres_at(8), s.heat_sigma_px * 2, (H, W))
         # 2. which part each pixel belongs to: the nearest bone, corrected by the U-Net
         residual = self.masks(moved.reshape(B, N_PARTS * 4, h4, w4), heat4).float()
         with torch.autocast(device_type=motion.device.type, enabled=False):
-            pg = p4 if g == 4 else centres(g)
+            pg = p4 if g == 4 else centres_at(g)
             gridsg = grids4 if g == 4 else part_grids(A, b, pg)
             if g != 4:
                 residual = F.interpolate(residual, size=(h // g, w // g), mode="bilinear", align_corners=False)

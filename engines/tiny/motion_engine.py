@@ -1,4 +1,4 @@
-"""Architecture 3 as a StreamEngine, on torch: generated motion, drawn by moving the avatar's own pixels.
+"""Architecture 3 as a StreamEngine: generated motion, drawn by moving the avatar's own pixels.
 
 Each stream's latent frame is its motion (engines/avatar_world/skeleton.py: keypoints, face and effect
 fields, the effects' clock; MOTION_DIM numbers). The motion denoiser (engines/tiny/motion_denoiser.py) samples
@@ -7,7 +7,9 @@ draws each frame by moving the avatar's canonical frame part by part, so eyes, g
 rather than regenerated. Per avatar, the canonical frame is rendered and encoded once.
 
 Opt-in while it is trained (docs/training/motion.md): the server's default stays architecture 2 on
-onnxruntime. This engine is what the fidelity eval and the preview score (`tools.eval.fidelity --motion`).
+onnxruntime. It serves from a folder of exported graphs (`--engine motion --weights DIR`, onnxruntime, no torch)
+or runs training's checkpoints on torch (the fidelity eval: `tools.eval.fidelity --motion`); the networks sit
+behind engines/tiny/motion_backends.MotionBackend, and everything around them here is numpy.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
-import torch
 
 from avatarcast.engines.avatar_world.skeleton import KEYPOINTS, MOTION_DIM, N_POINTS, motion_vector
 from avatarcast.engines.contract import EngineCapabilities, ReadyFrames
@@ -28,9 +29,9 @@ from avatarcast.engines.sampler import ShortcutFlowSampler
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.effects import EffectLayer
 from avatarcast.engines.tiny.engine import avatar_cache_key, clip_frames, emotion_index, set_emotion
-from avatarcast.engines.tiny.model import frames_to_tensor, tensor_to_rgba
-from avatarcast.engines.tiny.motion import MotionDecoder, shape_from_dict
-from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser, build_denoiser
+from avatarcast.engines.tiny.motion_backends import MotionBackend, OnnxMotionBackend
+from avatarcast.engines.tiny.motion_weights import load_motion_manifest
+from avatarcast.engines.tiny.window import frames_to_window, window_to_rgba
 from avatarcast.vocabulary import EMOTIONS, FRAME_HEIGHT, FRAME_WIDTH
 
 # How far past its keypoints, in head radii, the decoder draws an avatar: the renderer's avatars reach at most
@@ -76,11 +77,9 @@ class MotionStream:
 class _Avatar:
     """What a stream of one avatar needs, computed once: its canonical frame and motion, encoded."""
 
-    ref_win: torch.Tensor  # (1, 4, pad_H, window_W) the canonical frame's window
-    atlas: torch.Tensor | None  # (1, K, 4, pad_H, window_W) its atlas faces, for a decoder that mixes them
-    feats: tuple[torch.Tensor, ...]  # the decoder's reference features
+    ref: Any  # the backend's handle on the encoded canonical frame (and atlas faces)
     effects: EffectLayer  # its effect sprites, laid over the decoded frames
-    ref_motion: torch.Tensor  # (1, D) raw canonical motion
+    ref_motion: np.ndarray  # (D,) raw canonical motion
     ref_n: np.ndarray  # (D,) normalized canonical motion
     rest_n: np.ndarray  # (D,) normalized rest motion: where a stream starts
 
@@ -96,20 +95,11 @@ class MotionEngine:
     """Generates 640x360 RGBA frames of an avatar showing an emotion: motion sampled, then drawn."""
 
     def __init__(
-        self,
-        decoder: MotionDecoder,
-        denoiser: MotionDenoiser,
-        mean: np.ndarray,
-        std: np.ndarray,
-        steps: int = 2,
-        device: str = "cpu",
-        weights_hash: str = "",
+        self, backend: MotionBackend, mean: np.ndarray, std: np.ndarray, steps: int = 2, weights_hash: str = ""
     ) -> None:
         self.window = TinyConfig()  # the window and padding the decoder was trained on (architecture 2's)
         self.cfg = MotionShapes(self.window.chunk_frames, self.window.context_frames)
-        self.device = torch.device(device)
-        self.decoder = decoder.to(self.device).eval()
-        self.denoiser = denoiser.to(self.device).eval()
+        self.backend = backend
         self.mean, self.std = mean.astype(np.float32), std.astype(np.float32)
         self.sampler = ShortcutFlowSampler(steps=steps, min_shortcut=self.window.min_shortcut)
         self._weights_hash = weights_hash
@@ -118,16 +108,29 @@ class MotionEngine:
 
     @classmethod
     def load(cls, decoder: str | Path, denoiser: str | Path, steps: int = 2, device: str = "cpu") -> MotionEngine:
-        """The EMA weights a training run kept: `motion_ema.pt` (tools.train_motion) and `motion_den.pt` or
+        """Training's EMA weights on torch: `motion_ema.pt` (tools.train_motion) and `motion_den.pt` or
         `motion_den_best.pt` (tools.train_motion_den)."""
+        import torch  # torch: only for checkpoints
+
+        from avatarcast.engines.tiny.motion import MotionDecoder, shape_from_dict
+        from avatarcast.engines.tiny.motion_denoiser import build_denoiser
+        from avatarcast.engines.tiny.motion_torch import TorchMotionBackend
+
         dec_p, den_p = Path(decoder), Path(denoiser)
         st = torch.load(dec_p, map_location="cpu")
         dec = MotionDecoder(shape_from_dict(st.get("shape")))
-        dec.load_state_dict(st["ema"])
+        dec.load_state_dict({k: v.float() for k, v in st["ema"].items()})
         sd = torch.load(den_p, map_location="cpu")
         den = build_denoiser(sd.get("arch"))
-        den.load_state_dict(sd["ema"])
-        return cls(dec, den, sd["mean"].numpy(), sd["std"].numpy(), steps, device, _file_hash(dec_p, den_p))
+        den.load_state_dict({k: v.float() for k, v in sd["ema"].items()})
+        backend = TorchMotionBackend(dec, den, device)
+        return cls(backend, sd["mean"].float().numpy(), sd["std"].float().numpy(), steps, _file_hash(dec_p, den_p))
+
+    @classmethod
+    def from_folder(cls, folder: str | Path, steps: int = 2, threads: int | None = None) -> MotionEngine:
+        """An exported folder (tools.export_motion) on onnxruntime: the serving path, no torch."""
+        man = load_motion_manifest(folder)
+        return cls(OnnxMotionBackend(man, threads=threads), man.mean, man.std, steps, man.weights_hash)
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -180,22 +183,13 @@ class MotionEngine:
         if got is not None:
             return got
         av = get_avatar(avatar)
-        frame = torch.from_numpy(canonical_frame(av))[None].to(self.device)
-        ref_win = frames_to_tensor(frame, self.window)
+        ref_win = frames_to_window(canonical_frame(av)[None], self.window)
+        atlas = frames_to_window(atlas_frames(av), self.window)[None] if self.backend.atlas else None
         ref_m = self.motion(av, canonical_pose())
-        atlas = None
-        if self.decoder.shape.atlas:
-            faces = torch.from_numpy(atlas_frames(av)).to(self.device)
-            atlas = frames_to_tensor(faces, self.window)[None]
-        with torch.no_grad():
-            feats = tuple(self.decoder.encode_reference(ref_win))
-        effects = EffectLayer.in_window(effect_sprites(av), self.window)
         got = _Avatar(
-            ref_win,
-            atlas,
-            feats,
-            effects,
-            torch.from_numpy(ref_m)[None].to(self.device),
+            self.backend.prepare(ref_win, atlas),
+            EffectLayer.in_window(effect_sprites(av), self.window),
+            ref_m.astype(np.float32),
             (ref_m - self.mean) / self.std,
             (self.motion(av, rest_pose()) - self.mean) / self.std,
         )
@@ -233,22 +227,19 @@ class MotionEngine:
         """One sampler run for all streams: normalized motions (B, T, D, 1, 1); advances the contexts."""
         T, K, D = self.cfg.chunk_frames, self.cfg.context_frames, MOTION_DIM
         B = len(states)
-        dev = self.device
-        x = torch.from_numpy(np.stack([s.rng.standard_normal((T * D, 1, 1), dtype=np.float32) for s in states]))
-        x = x.to(dev)
-        ctx = torch.from_numpy(np.stack([s.ctx for s in states])).to(dev)
-        ref = torch.from_numpy(np.stack([s.ref for s in states])).to(dev)
-        emo = torch.tensor([s.emotion for s in states], dtype=torch.long, device=dev)
-        inten = torch.tensor([s.intensity for s in states], dtype=torch.float32, device=dev)
+        x = np.stack([s.rng.standard_normal((T * D, 1, 1), dtype=np.float32) for s in states])
+        ctx = np.stack([s.ctx for s in states])
+        ref = np.stack([s.ref for s in states])
+        emo = np.array([s.emotion for s in states], dtype=np.int64)
+        inten = np.array([s.intensity for s in states], dtype=np.float32)
         sampler = self.sampler
         if steps is not None and steps != sampler.steps:
             sampler = ShortcutFlowSampler(steps=steps, min_shortcut=self.window.min_shortcut)
-        d = torch.full((B,), sampler.model_step_size, device=dev)
-        with torch.no_grad():
-            for t in sampler.timesteps:
-                v = self.denoiser(x, torch.full((B,), float(t), device=dev), d, ctx, ref, emo, inten)
-                x = sampler.step(v, t, x)
-        lat = x.reshape(B, T, D, 1, 1).cpu().numpy()
+        d = np.full((B,), sampler.model_step_size, dtype=np.float32)
+        for t in sampler.timesteps:
+            v = self.backend.denoise(x, np.full((B,), t, dtype=np.float32), d, ctx, ref, emo, inten)
+            x = sampler.step(v, t, x)
+        lat = np.asarray(x, np.float32).reshape(B, T, D, 1, 1)
         for s, chunk in zip(states, lat):
             s.ctx = chunk[T - K :].reshape(K * D, 1, 1).copy()
             s.frames_done += T
@@ -292,22 +283,17 @@ class MotionEngine:
     def _draw(self, a: _Avatar, motions: np.ndarray) -> np.ndarray:
         """Raw motions (n, D) of a prepared avatar -> RGBA uint8 frames (n, 360, 640, 4)."""
         w = self.window
-        with torch.no_grad():
-            m = torch.from_numpy(np.ascontiguousarray(motions, np.float32)).to(self.device)
-            n = len(m)
-            feats = tuple(f.expand(n, *f.shape[1:]) for f in a.feats)
-            atlas = None if a.atlas is None else a.atlas.expand(n, *a.atlas.shape[1:])
-            # only the box around the avatar: the CPU's time goes with the pixels drawn
-            by, bx, bh, bw = box = self.draw_box(motions)
-            drawn = self.decoder(
-                m, a.ref_motion.expand(n, -1), a.ref_win.expand(n, -1, -1, -1), feats, box=box, atlas=atlas
-            )
-            y = torch.full((n, 4, w.pad_height, w.window_width), -1.0, device=self.device)
-            y[:, :, by : by + bh, bx : bx + bw] = drawn.float().clamp(-1, 1)
-            y = a.effects.over(y, m)
-            rgba = tensor_to_rgba(y.float().clamp(-1, 1)[:, :, w.pad_top : w.pad_top + w.height]).cpu().numpy()
+        m = np.ascontiguousarray(motions, np.float32)
+        n = len(m)
+        # only the box around the avatar: the CPU's time goes with the pixels drawn
+        by, bx, bh, bw = box = self.draw_box(m)
+        y = np.full((n, 4, w.pad_height, w.window_width), -1.0, np.float32)
+        y[:, :, by : by + bh, bx : bx + bw] = np.clip(self.backend.draw(a.ref, m, a.ref_motion, box), -1, 1)
+        a.effects.lay(y, m)
         out = np.zeros((n, w.height, w.width, 4), np.uint8)
-        out[:, :, w.window_x0 : w.window_x0 + w.window_width] = rgba
+        out[:, :, w.window_x0 : w.window_x0 + w.window_width] = window_to_rgba(
+            y[:, :, w.pad_top : w.pad_top + w.height]
+        )
         return out
 
     def launch_chunks(self, states: list[MotionStream], steps: int | None = None) -> ReadyFrames:

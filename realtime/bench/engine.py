@@ -35,12 +35,14 @@ import math
 import os
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
 from avatarcast.engines.avatar_world import BUILTIN_AVATARS
 from avatarcast.engines.backends import BackendError, available_cores, cpu_name
 from avatarcast.engines.tiny.engine import TinyEngine
+from avatarcast.vocabulary import FPS
 
 
 def _cpu_jiffies() -> tuple[int, int] | None:
@@ -96,8 +98,7 @@ def _loop_numpy(engine, states, seconds: float, warmup: int, min_chunks: int, lo
     """The server's loop on numpy arrays (any backend)."""
     B, T = len(states), engine.cfg.chunk_frames
     for _ in range(warmup):
-        lat = engine.sample_chunks(states)
-        engine.decode(lat.reshape(B * T, *lat.shape[2:]), lowres=lowres)
+        engine.decode_chunks(states, engine.sample_chunks(states), lowres=lowres)
     rows: list[tuple[float, float, float]] = []
     t_start = time.perf_counter()
     while True:
@@ -107,9 +108,9 @@ def _loop_numpy(engine, states, seconds: float, warmup: int, min_chunks: int, lo
         t0 = time.perf_counter()
         lat = engine.sample_chunks(states)
         t1 = time.perf_counter()
-        frames = engine.decode(lat.reshape(B * T, *lat.shape[2:]), lowres=lowres)
+        frames = engine.decode_chunks(states, lat, lowres=lowres)
         t2 = time.perf_counter()
-        assert frames.shape[0] == B * T
+        assert frames.shape[:2] == (B, T)
         rows.append((t2 - t0, t1 - t0, t2 - t1))
         if time.perf_counter() - t_start >= seconds and len(rows) >= min_chunks:
             break
@@ -195,18 +196,28 @@ def run_bench(
 ) -> dict:
     """Run the benchmark; returns the report (see the module docstring). lowres: decode through the
     half-resolution decoder (the degradation ladder's lower-resolution rung)."""
-    if engine_name != "tiny":
-        raise ValueError(f"only the 'tiny' engine can be benchmarked here, not {engine_name!r}")
+    if engine_name not in ("tiny", "motion"):
+        raise ValueError(f"only the 'tiny' and 'motion' engines can be benchmarked here, not {engine_name!r}")
     if sessions < 1:
         raise ValueError("--sessions must be >= 1")
     t0 = time.perf_counter()
-    engine = TinyEngine.load(
-        weights, backend=backend, steps=steps, threads=threads, device=device, **(backend_options or {})
-    )
+    engine: Any
+    if engine_name == "motion":  # architecture 3 from an exported folder, on onnxruntime (CPU)
+        from avatarcast.engines.tiny.motion_engine import MotionEngine
+
+        if not weights or backend != "onnxruntime" or device not in (None, "cpu"):
+            raise BackendError("--engine motion: give --weights DIR (tools.export_motion); it runs on onnxruntime, CPU")
+        engine = MotionEngine.from_folder(weights, steps=steps, threads=threads)
+        version = "architecture 3"
+    else:
+        engine = TinyEngine.load(
+            weights, backend=backend, steps=steps, threads=threads, device=device, **(backend_options or {})
+        )
+        version = engine.manifest.data_version
     load_s = time.perf_counter() - t0
     cfg = engine.cfg
     be = engine.backend
-    if lowres and not engine.has_lowres:
+    if lowres and not engine.capabilities.half_res_decode:
         raise BackendError("--lowres: these weights have no half-resolution decoder (python -m tools.train_lowres)")
     t0 = time.perf_counter()
     states = [engine.start_stream(a, e, 1.0, s) for a, e, s in _stream_specs(sessions, engine.emotions, seed)]
@@ -226,10 +237,10 @@ def run_bench(
     total = [r[0] * 1000 for r in rows]
     den = [r[1] * 1000 for r in rows]
     dec = [r[2] * 1000 for r in rows]
-    chunk_s = T / cfg.fps
+    chunk_s = T / FPS
     info = be.describe() if hasattr(be, "describe") else {"backend": getattr(be, "name", backend)}
     dev_kind = getattr(be, "device", device or "cpu")
-    rt = int(math.floor(fps / cfg.fps))
+    rt = int(math.floor(fps / FPS))
     report = {
         "engine": engine_name,
         "backend": getattr(be, "name", backend),
@@ -256,14 +267,14 @@ def run_bench(
         "realtime_streams": rt,
         "realtime": bool(rt >= sessions and _pct(total, 95) <= chunk_s * 1000),
         "realtime_streams_note": (
-            f"floor(fps / {cfg.fps}) measured with {sessions} streams batched; real time at this "
+            f"floor(fps / {FPS}) measured with {sessions} streams batched; real time at this "
             f"N needs realtime_streams >= sessions and chunk_latency_ms.p95 <= "
             f"{chunk_s * 1000:.0f} ms"
         ),
         "gpu_resident": gpu,
         "to_host": bool(to_host) if gpu else True,
         "weights_hash": engine.weights_hash,
-        "weights_version": engine.manifest.data_version,
+        "weights_version": version,
         "load_s": round(load_s, 2),
         "streams_start_s": round(streams_s, 2),
         "host_cpu_busy_other": mon.other_busy,
@@ -278,7 +289,7 @@ def run_bench(
 def _table(r: dict) -> str:
     threads = f", {r['threads']} threads" if r["threads"] else ""
     lines = [
-        f"tiny engine on {r['backend']} ({r['device']}{threads})",
+        f"{r['engine']} engine on {r['backend']} ({r['device']}{threads})",
         f"  sessions {r['sessions']}, steps {r['steps']}, {r['resolution']}, {r['chunk_frames']} frames/chunk, "
         f"{r['chunks']} chunks in {r['seconds']:.1f}s",
         f"  fps            {r['fps']:9.2f}   ({r['fps_per_session']:.2f} per session)",

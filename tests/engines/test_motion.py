@@ -207,7 +207,8 @@ def test_train_motion_den_keeps_its_size_and_the_engine_reads_it(tmp_path):
     dec += ["--variants", "1", "--per-clip", "1", "--batch", "1", "--crop", "64", "--workers", "1", "--no-eval"]
     train_motion.main([*dec, "--min-steps", "1"])
     engine = MotionEngine.load(ck / "motion_ema.pt", ck / "motion_den.pt")
-    assert engine.denoiser.inp.out_features == 48 and len(engine.denoiser.blocks) == 1
+    den = engine.backend.denoiser  # type: ignore[attr-defined]  (the torch backend's)
+    assert den.inp.out_features == 48 and len(den.blocks) == 1
 
 
 def test_the_face_weight_covers_the_drawn_face():
@@ -262,6 +263,7 @@ def test_the_engine_draws_a_box_that_holds_the_avatar():
     from avatarcast.engines.tiny.model import tensor_to_rgba
     from avatarcast.engines.tiny.motion_denoiser import build_denoiser
     from avatarcast.engines.tiny.motion_engine import MotionEngine
+    from avatarcast.engines.tiny.motion_torch import TorchMotionBackend
     from tools.eval.fidelity import frame_scores
 
     kept = Path(__file__).resolve().parents[2] / "tools" / "ckpt" / "m1" / "motion_ema.pt"
@@ -269,7 +271,7 @@ def test_the_engine_draws_a_box_that_holds_the_avatar():
     dec = MotionDecoder(shape_from_dict(st["shape"]))
     dec.load_state_dict(st["ema"])
     ones = np.ones(MOTION_DIM, np.float32)
-    e = MotionEngine(dec, build_denoiser(), 0 * ones, ones)
+    e = MotionEngine(TorchMotionBackend(dec, build_denoiser()), 0 * ones, ones)
     w = e.window
     box_s, full_s = [], []
     for name, emotion in (("luna", "surprised"), ("random-900008", "love"), ("random-900035", "angry")):
@@ -278,8 +280,7 @@ def test_the_engine_draws_a_box_that_holds_the_avatar():
         m = e.motion(av, q)[None]
         by, bx, bh, bw = e.draw_box(m)
         a = e._avatar(av)
-        with torch.no_grad():
-            y = e.decoder(torch.from_numpy(m), a.ref_motion, a.ref_win, a.feats, atlas=a.atlas).clamp(-1, 1)
+        y = torch.from_numpy(e.backend.draw(a.ref, m, a.ref_motion, (0, 0, w.pad_height, w.window_width))).clamp(-1, 1)
         outside = torch.ones(w.pad_height, w.window_width, dtype=torch.bool)
         outside[by : by + bh, bx : bx + bw] = False
         assert float(y[0, 3][outside].max()) < -1.0 + 1e-3, name  # transparent (alpha under 1/2000)

@@ -1,0 +1,111 @@
+"""Architecture 3's serving folder: three ONNX graphs and a manifest, written by `python -m tools.export_motion`.
+
+Layout (no torch needed to read or serve it):
+  motion.json      the decoder's shape, the denoiser's size, the motion normalization (mean, std per number of the
+                   motion vector), each file's sha256, and where the weights came from
+  reference.onnx   the avatar's canonical frame -> the decoder's reference features (once per avatar)
+  decoder.onnx     motions, the reference (frame, features, atlas faces) and a box's pixel centres -> the box drawn
+  denoiser.onnx    the motion denoiser (the tiny engine's denoise call, motion as a 1 x 1 image)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from avatarcast.engines.avatar_world.skeleton import MOTION_DIM
+from avatarcast.engines.tiny.weights import WeightsError, file_sha256
+from avatarcast.vocabulary import EMOTIONS
+
+MANIFEST = "motion.json"
+GRAPHS = {"reference": "reference.onnx", "decoder": "decoder.onnx", "denoiser": "denoiser.onnx"}
+
+
+@dataclass
+class MotionManifest:
+    path: Path  # the folder
+    decoder_shape: dict  # engines/tiny/motion.shape_to_dict
+    denoiser_arch: dict  # engines/tiny/motion_denoiser.build_denoiser's
+    mean: np.ndarray  # (MOTION_DIM,) float32
+    std: np.ndarray
+    files: dict[str, str]  # file name -> sha256
+    source: dict  # what was exported: checkpoint names, hashes and steps
+    _verified: set = field(default_factory=set, repr=False, compare=False)
+
+    @property
+    def atlas(self) -> int:
+        """Atlas faces the decoder mixes (0: the canonical face only)."""
+        return int(self.decoder_shape.get("atlas", 0))
+
+    @property
+    def weights_hash(self) -> str:
+        """One hash of the graphs and the normalization: keys the latents cache."""
+        h = hashlib.sha256(json.dumps(self.files, sort_keys=True).encode())
+        h.update(self.mean.tobytes() + self.std.tobytes())
+        return h.hexdigest()[:16]
+
+    def graph(self, name: str, verify: bool = True) -> Path:
+        """A graph's file, checked against its sha256 (once per file version)."""
+        p = self.path / GRAPHS[name]
+        if not p.exists():
+            raise WeightsError(f"{p} is missing: re-export the folder with `python -m tools.export_motion`")
+        if verify:
+            st = p.stat()
+            seen = (p.name, st.st_size, st.st_mtime_ns)
+            if seen not in self._verified:
+                if file_sha256(p) != self.files.get(p.name):
+                    raise WeightsError(f"{p} does not match the sha256 in {self.path / MANIFEST}: corrupt or stale")
+                self._verified.add(seen)
+        return p
+
+
+def load_motion_manifest(folder: str | Path) -> MotionManifest:
+    """The manifest of an exported folder. WeightsError for a folder that is not one, or not for these emotions."""
+    d = Path(folder)
+    mp = d / MANIFEST
+    if not mp.exists():
+        raise WeightsError(f"no {MANIFEST} in {d}: not a motion engine folder (write one with tools.export_motion)")
+    try:
+        m = json.loads(mp.read_text())
+        man = MotionManifest(
+            d,
+            dict(m["decoder_shape"]),
+            dict(m["denoiser_arch"]),
+            np.asarray(m["mean"], np.float32),
+            np.asarray(m["std"], np.float32),
+            dict(m["files"]),
+            dict(m.get("source", {})),
+        )
+        emotions = tuple(m["emotions"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise WeightsError(f"{mp} is not a valid motion manifest: {e}") from e
+    if emotions != EMOTIONS:
+        raise WeightsError(f"{mp}: exported for the emotions {list(emotions)}, the templates list {list(EMOTIONS)}")
+    if man.mean.shape != (MOTION_DIM,) or man.std.shape != (MOTION_DIM,):
+        raise WeightsError(f"{mp}: a motion normalization of {man.mean.shape}, this code's motion has {MOTION_DIM}")
+    return man
+
+
+def write_motion_manifest(
+    folder: Path, decoder_shape: dict, denoiser_arch: dict, mean: np.ndarray, std: np.ndarray, source: dict
+) -> MotionManifest:
+    body = {
+        "format": 1,
+        "engine": "motion",
+        "emotions": list(EMOTIONS),
+        "decoder_shape": decoder_shape,
+        "denoiser_arch": denoiser_arch,
+        "mean": [float(v) for v in np.asarray(mean, np.float32)],
+        "std": [float(v) for v in np.asarray(std, np.float32)],
+        "files": {f: file_sha256(folder / f) for f in GRAPHS.values()},
+        "source": source,
+    }
+    (folder / MANIFEST).write_text(json.dumps(body, indent=1) + "\n")
+    return load_motion_manifest(folder)
+
+
+__all__ = ["GRAPHS", "MANIFEST", "MotionManifest", "load_motion_manifest", "write_motion_manifest"]

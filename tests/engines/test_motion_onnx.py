@@ -1,0 +1,196 @@
+"""Architecture 3 served from exported graphs: onnxruntime draws what torch draws, without torch, behind the server.
+
+The folder is exported here from the kept GPU decoder (tools/ckpt/m1: default channels, the 11-face atlas) and a
+small random denoiser, so the graphs are the shapes a trained folder has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from avatarcast.engines.avatar_world.skeleton import MOTION_DIM  # noqa: E402
+from avatarcast.engines.tiny.config import TinyConfig  # noqa: E402
+from avatarcast.engines.tiny.motion_weights import GRAPHS, MANIFEST, load_motion_manifest  # noqa: E402
+from avatarcast.engines.tiny.weights import WeightsError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+KEPT = ROOT / "tools" / "ckpt" / "m1" / "motion_ema.pt"
+CASES = (("luna", "happy", 3), ("random-900008", "love", 5))
+
+
+def _modules():
+    from avatarcast.engines.tiny.motion import MotionDecoder, shape_from_dict
+    from avatarcast.engines.tiny.motion_denoiser import build_denoiser
+
+    st = torch.load(KEPT, map_location="cpu")
+    dec = MotionDecoder(shape_from_dict(st["shape"]))
+    dec.load_state_dict({k: v.float() for k, v in st["ema"].items()})
+    torch.manual_seed(0)
+    den = build_denoiser({"width": 96, "blocks": 2})
+    with torch.no_grad():
+        torch.nn.init.normal_(den.out.weight, std=0.05)  # a denoiser that moves the avatar
+    return dec, den
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    from tools.export_motion import export
+
+    dec, den = _modules()
+    out = tmp_path_factory.mktemp("motion_folder")
+    mean = np.zeros(MOTION_DIM, np.float32)
+    std = np.full(MOTION_DIM, 0.02, np.float32)  # the random denoiser's moves stay small in raw motion
+    export(dec, den, mean, std, out, {"test": True})
+    return out
+
+
+def test_the_numpy_window_is_the_torch_one():
+    """The engine's numpy window (frames in, RGBA out, a box's pixel centres) is model.py's and motion.py's."""
+    from avatarcast.engines.tiny.model import frames_to_tensor, tensor_to_rgba
+    from avatarcast.engines.tiny.motion import pixel_centres as torch_centres
+    from avatarcast.engines.tiny.window import frames_to_window, pixel_centres, window_to_rgba
+
+    cfg = TinyConfig()
+    rng = np.random.default_rng(0)
+    f = rng.integers(0, 256, (2, 360, 640, 4), dtype=np.uint8)
+    f[..., 3][f[..., 3] < 60] = 0
+    np.testing.assert_array_equal(frames_to_window(f, cfg), frames_to_tensor(torch.from_numpy(f), cfg).numpy())
+    x = rng.random((2, 4, 40, 56), dtype=np.float32) * 2.2 - 1.1
+    np.testing.assert_array_equal(window_to_rgba(x), tensor_to_rgba(torch.from_numpy(x)).numpy())
+    want = torch_centres(40, 56, torch.zeros(1), (384, 448), (32, 96)).numpy()
+    np.testing.assert_array_equal(pixel_centres(40, 56, (384, 448), (32, 96)), want)
+
+
+def test_the_exported_engine_draws_what_torch_draws(folder):
+    """Same weights (rounded to fp16 as exported), same streams: the onnxruntime engine's frames are the torch
+    engine's to within one level, for boxes of other sizes and places than the traced one."""
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+    from avatarcast.engines.tiny.motion_torch import TorchMotionBackend
+    from tools.export_tiny import round_module_to_fp16
+
+    served = MotionEngine.from_folder(folder, threads=2)
+    dec, den = _modules()
+    man = load_motion_manifest(folder)
+    ref = MotionEngine(TorchMotionBackend(round_module_to_fp16(dec), round_module_to_fp16(den)), man.mean, man.std)
+    boxes = set()
+    for av, emotion, seed in CASES:
+        a, b = served.start_stream(av, emotion, seed=seed), ref.start_stream(av, emotion, seed=seed)
+        for _ in range(2):
+            la, lb = served.sample_chunks([a]), ref.sample_chunks([b])
+            np.testing.assert_allclose(la, lb, atol=2e-3)
+            fa, fb = served.decode_chunks([a], la)[0], ref.decode_chunks([b], la)[0]
+            boxes.add(served.draw_box(la[0, :, :, 0, 0] * served.std + served.mean))
+            d = np.abs(fa.astype(np.int16) - fb.astype(np.int16))
+            assert d.max() <= 2 and (d > 1).mean() < 1e-4, (av, int(d.max()), float((d > 1).mean()))
+            assert (fa[..., 3] > 127).mean() > 0.02  # an avatar is drawn
+    assert len({(h, w) for _, _, h, w in boxes}) > 1, boxes  # the decoder's box size is dynamic
+
+
+def test_serving_from_a_folder_keeps_torch_out(folder):
+    """The CPU serving path is onnxruntime and numpy: drawing a chunk from the folder imports no torch."""
+    code = (
+        "import sys\n"
+        "from avatarcast.engines.tiny.motion_engine import MotionEngine\n"
+        f"e = MotionEngine.from_folder({str(folder)!r}, threads=1)\n"
+        "s = e.start_stream('pip', 'excited', seed=1)\n"
+        "f = e.next_chunk([s])[0]\n"
+        "assert f.shape == (4, 360, 640, 4), f.shape\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "False"
+
+
+def test_a_damaged_or_foreign_folder_is_refused(folder, tmp_path):
+    import shutil
+
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+
+    with pytest.raises(WeightsError, match="not a motion engine folder"):
+        MotionEngine.from_folder(tmp_path)
+    bad = tmp_path / "bad"
+    shutil.copytree(folder, bad)
+    with open(bad / GRAPHS["decoder"], "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(WeightsError, match="does not match the sha256"):
+        MotionEngine.from_folder(bad)
+    (bad / GRAPHS["decoder"]).unlink()
+    with pytest.raises(WeightsError, match="is missing"):
+        MotionEngine.from_folder(bad)
+    body = json.loads((folder / MANIFEST).read_text())
+    body["emotions"] = list(reversed(body["emotions"]))
+    (bad / MANIFEST).write_text(json.dumps(body))
+    with pytest.raises(WeightsError, match="exported for the emotions"):
+        load_motion_manifest(bad)
+
+
+def test_settings_ask_for_a_folder_and_the_cpu():
+    from avatarcast.realtime.settings import Settings, SettingValueError
+
+    with pytest.raises(SettingValueError, match="needs --weights DIR"):
+        Settings(engine="motion").validate()
+    with pytest.raises(SettingValueError, match="onnxruntime on the CPU"):
+        Settings(engine="motion", weights="/x", backend="torch").validate()
+    with pytest.raises(SettingValueError, match="engine must be one of tiny, wan, motion"):
+        Settings(engine="motionless").validate()
+
+
+def test_the_server_streams_the_motion_engine(folder):
+    """`serve --engine motion --weights DIR`: the session streams 8 fps frames of the avatar and reacts."""
+    import websockets
+
+    from tests.conftest import WsRecorder, running_server
+
+    with running_server(engine="motion", weights=str(folder), avatars="pip", threads=2) as (base, hub):
+
+        async def go() -> WsRecorder:
+            url = base.replace("http://", "ws://") + "/v1/ws?avatar=pip"
+            async with websockets.connect(url) as ws:
+                c = WsRecorder(ws)
+
+                async def pump(seconds: float, until=None) -> None:
+                    end = asyncio.get_running_loop().time() + seconds
+                    while (left := end - asyncio.get_running_loop().time()) > 0:
+                        try:
+                            c.take(await asyncio.wait_for(ws.recv(), left))
+                        except TimeoutError:
+                            return
+                        if until is not None and until():
+                            return
+
+                await pump(2.0)
+                await ws.send(json.dumps({"type": "say", "text": "I am so happy right now!"}))
+                await pump(20.0, until=lambda: any(h.source == "sampler" for _, h, _ in c.frames))
+                return c
+
+        c = asyncio.run(go())
+        assert hub.services.engine.weights_hash == load_motion_manifest(folder).weights_hash
+    hello = next(e["payload"] for e in c.events if e["type"] == "hello")
+    assert hello["fps"] == 8
+    heads = [h for _, h, _ in c.frames]
+    assert len(heads) >= 12 and [h.index for h in heads] == sorted({h.index for h in heads})
+    assert ("sampler", "happy") in [(h.source, h.emotion) for h in heads]
+    assert not [e for e in c.events if e["type"] == "error"]
+
+
+def test_bench_engine_measures_the_motion_engine(folder):
+    """`avatarcast bench engine --engine motion --weights DIR` (the README's speed figures for architecture 3)."""
+    from avatarcast.realtime.bench.engine import run_bench
+
+    r = run_bench("motion", sessions=2, seconds=0.5, threads=2, weights=str(folder), warmup=0, min_chunks=1)
+    assert r["engine"] == "motion" and r["frames"] >= 8 and r["fps"] > 0 and r["decode_ms_per_frame"] > 0
+    assert r["weights_hash"] == load_motion_manifest(folder).weights_hash
+    from avatarcast.engines.backends import BackendError
+
+    with pytest.raises(BackendError, match="give --weights DIR"):
+        run_bench("motion", seconds=0.1)

@@ -1,0 +1,224 @@
+"""Export architecture 3 (the motion decoder and denoiser) to a serving folder of ONNX graphs.
+
+    python -m tools.export_motion DECODER.pt DENOISER.pt OUT_DIR [--fp32]
+    python -m tools.export_motion --random OUT_DIR [--shape small] [--atlas 0] [--seed 0]
+
+DECODER.pt is tools.train_motion's `motion_ema.pt`, DENOISER.pt tools.train_motion_den's `motion_den.pt` or
+`motion_den_best.pt`. The folder (engines/tiny/motion_weights.py) is what `avatarcast serve --engine motion
+--weights OUT_DIR` serves on onnxruntime, with no torch. Every weight is rounded to fp16 first (half the files;
+the graphs store fp16 initializers and a Cast, which onnxruntime folds at load, so they run in float32) unless
+--fp32. Each graph is checked with onnxruntime against torch before the manifest is written; the decoder at a box
+and a batch other than the traced ones (its batch, box size and place are dynamic).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from avatarcast.engines.avatar_world.skeleton import MOTION_DIM
+from avatarcast.engines.tiny.motion import SHAPES, MotionDecoder, pixel_centres, shape_from_dict, shape_to_dict
+from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser, build_denoiser
+from avatarcast.engines.tiny.motion_weights import GRAPHS, MotionManifest, write_motion_manifest
+from tools.export_tiny import fp16_initializers, round_module_to_fp16
+
+DENOISER_INPUTS = ("x", "t", "d", "ctx", "ref", "emotion", "intensity")
+DECODER_INPUTS = (
+    "motion",
+    "ref_motion",
+    "ref",
+    "f2",
+    "f4",
+    "f8",
+    "centres",
+    "atlas",
+)  # atlas: where the decoder mixes one
+
+
+class ReferenceGraph(torch.nn.Module):
+    def __init__(self, dec: MotionDecoder):
+        super().__init__()
+        self.dec = dec
+
+    def forward(self, ref):
+        return self.dec.encode_reference(ref)
+
+
+class DecoderGraph(torch.nn.Module):
+    """One avatar's reference (batch 1, as the engine keeps it), n motions, any box (its pixel centres)."""
+
+    def __init__(self, dec: MotionDecoder):
+        super().__init__()
+        self.dec = dec
+
+    def forward(self, motion, ref_motion, ref, f2, f4, f8, centres, atlas=None):
+        n = motion.shape[0]
+
+        def ex(t):
+            return t.expand(n, *t.shape[1:])
+
+        # the reference and the atlas go in as one avatar's (batch 1): the decoder mixes them per motion
+        return self.dec.draw(
+            motion, ex(ref_motion), ref if atlas is not None else ex(ref), (ex(f2), ex(f4), ex(f8)), centres, atlas
+        )
+
+
+def decoder_feeds(dec: MotionDecoder, n: int, box: tuple[int, int, int, int], seed: int) -> dict[str, np.ndarray]:
+    """Plausible inputs: a random reference, motions near it (keypoints in the window)."""
+    g = torch.Generator().manual_seed(seed)
+    H, W = dec.shape.pad_height, dec.shape.window_width
+    ref = torch.rand(1, 4, H, W, generator=g) * 2 - 1
+    with torch.no_grad():
+        f2, f4, f8 = dec.encode_reference(ref)
+    rm = (torch.rand(1, MOTION_DIM, generator=g) * 1.2 - 0.6).clamp(-1, 1)
+    m = (rm + torch.randn(n, MOTION_DIM, generator=g) * 0.05).clamp(-1, 1)
+    c = pixel_centres(box[2], box[3], m, (H, W), box[:2])
+    vals = [m, rm, ref, f2, f4, f8, c]
+    if dec.shape.atlas:
+        vals.append(torch.rand(1, dec.shape.atlas, 4, H, W, generator=g) * 2 - 1)
+    return {k: v.numpy() for k, v in zip(DECODER_INPUTS, vals)}
+
+
+def denoiser_feeds(den: MotionDenoiser, n: int, seed: int) -> dict[str, np.ndarray]:
+    r = np.random.default_rng(seed)
+    D, T, K = den.D, den.T, den.K
+    f = np.float32
+    return {
+        "x": r.standard_normal((n, T * D, 1, 1)).astype(f),
+        "t": r.random(n).astype(f),
+        "d": np.full(n, 0.5, f),
+        "ctx": r.standard_normal((n, K * D, 1, 1)).astype(f),
+        "ref": r.standard_normal((n, D, 1, 1)).astype(f),
+        "emotion": r.integers(0, den.emotion_emb.num_embeddings, n).astype(np.int64),
+        "intensity": r.random(n).astype(f),
+    }
+
+
+def _export(module, feeds: dict, path: Path, outputs, dynamic: dict, fp16: bool) -> None:
+    import onnx
+
+    args = tuple(torch.from_numpy(v) for v in feeds.values())
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=list(feeds),
+            output_names=list(outputs),
+            dynamic_axes=dynamic,
+            opset_version=17,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    if fp16:
+        model = onnx.load(str(path))
+        fp16_initializers(model)
+        onnx.save(model, str(path))
+
+
+def check(path: Path, module, feeds: dict) -> float:
+    """Largest difference between onnxruntime and torch on these inputs (raises over 2e-2)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    got = s.run(None, feeds)
+    with torch.no_grad():
+        want = module(*[torch.from_numpy(v) for v in feeds.values()])
+    want = want if isinstance(want, (tuple, list)) else (want,)
+    err = max(float(np.abs(a - b.numpy()).max()) for a, b in zip(got, want))
+    # grid sampling and resizing round differently in onnxruntime: a few pixels at part edges move by 1e-3
+    if not err < 2e-2:
+        raise RuntimeError(f"{path.name}: onnxruntime and torch differ by {err}")
+    return err
+
+
+def export(
+    dec: MotionDecoder, den: MotionDenoiser, mean, std, out: Path, source: dict, fp16: bool = True
+) -> MotionManifest:
+    out.mkdir(parents=True, exist_ok=True)
+    dec, den = dec.float().eval(), den.float().eval()
+    if fp16:
+        round_module_to_fp16(dec)
+        round_module_to_fp16(den)
+    H, W = dec.shape.pad_height, dec.shape.window_width
+    errs = {}
+    ref_feeds = {"ref": decoder_feeds(dec, 1, (0, 0, 8, 8), 0)["ref"]}
+    p = out / GRAPHS["reference"]
+    _export(ReferenceGraph(dec), ref_feeds, p, ("f2", "f4", "f8"), {}, fp16)
+    errs["reference"] = check(p, ReferenceGraph(dec), ref_feeds)
+    p = out / GRAPHS["decoder"]
+    dyn = {"motion": {0: "n"}, "centres": {0: "h", 1: "w"}, "frames": {0: "n", 2: "h", 3: "w"}}
+    _export(DecoderGraph(dec), decoder_feeds(dec, 2, (32, 96, 96, 64), 1), p, ("frames",), dyn, fp16)
+    errs["decoder"] = max(
+        check(p, DecoderGraph(dec), decoder_feeds(dec, n, box, 2 + n))
+        for n, box in ((3, (16, 136, 160, 120)), (1, (0, 0, H, W)))
+    )
+    p = out / GRAPHS["denoiser"]
+    dyn = {k: {0: "batch"} for k in (*DENOISER_INPUTS, "velocity")}
+    _export(den, denoiser_feeds(den, 2, 3), p, ("velocity",), dyn, fp16)
+    errs["denoiser"] = check(p, den, denoiser_feeds(den, 5, 4))
+    arch = {"width": den.inp.out_features, "blocks": len(den.blocks), "cond_dim": den.emotion_emb.embedding_dim}
+    source = {**source, "fp16": fp16, "onnx_vs_torch_max_abs": errs}
+    return write_motion_manifest(out, shape_to_dict(dec.shape), arch, mean, std, source)
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("paths", nargs="+", type=Path, help="DECODER.pt DENOISER.pt OUT_DIR, or with --random: OUT_DIR")
+    ap.add_argument("--fp32", action="store_true", help="keep float32 weights (twice the files)")
+    ap.add_argument("--random", action="store_true", help="fresh random networks (tests, benchmarks of the cost)")
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="small", help="with --random")
+    ap.add_argument("--atlas", type=int, default=0, help="with --random: atlas faces the decoder mixes")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    torch.manual_seed(args.seed)
+    if args.random:
+        if len(args.paths) != 1:
+            ap.error("--random takes OUT_DIR only")
+        (out,) = args.paths
+        import dataclasses
+
+        dec = MotionDecoder(dataclasses.replace(SHAPES[args.shape], atlas=args.atlas))
+        den = build_denoiser({"width": 128, "blocks": 2})
+        with torch.no_grad():
+            for m in (dec.out, den.out):  # zero-initialized last layers would hide the graphs' work
+                torch.nn.init.normal_(m.weight, std=0.02)
+        mean, std = np.zeros(MOTION_DIM, np.float32), np.ones(MOTION_DIM, np.float32)
+        source = {"random": True, "shape": args.shape, "seed": args.seed}
+    else:
+        if len(args.paths) != 3:
+            ap.error("give DECODER.pt DENOISER.pt OUT_DIR")
+        dec_p, den_p, out = args.paths
+        st = torch.load(dec_p, map_location="cpu")
+        dec = MotionDecoder(shape_from_dict(st.get("shape")))
+        dec.load_state_dict({k: v.float() for k, v in st["ema"].items()})
+        sd = torch.load(den_p, map_location="cpu")
+        den = build_denoiser(sd.get("arch"))
+        den.load_state_dict({k: v.float() for k, v in sd["ema"].items()})
+        mean, std = sd["mean"].float().numpy(), sd["std"].float().numpy()
+        source = {
+            "decoder": {"file": dec_p.name, "sha256": _sha(dec_p), "step": int(st.get("step", 0))},
+            "denoiser": {"file": den_p.name, "sha256": _sha(den_p), "step": int(sd.get("step", 0))},
+        }
+    man = export(dec, den, mean, std, out, source, fp16=not args.fp32)
+    sizes = {f: (out / f).stat().st_size for f in GRAPHS.values()}
+    print(json.dumps({"folder": str(out), "bytes": sizes, "weights_hash": man.weights_hash, **man.source}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
