@@ -16,6 +16,9 @@ more is refused with 503 `avatars_full` and a Retry-After), and a client (its IP
 its last new avatar is being prepared, it is refused another with 429 `rate_limited`. Without the bound, one
 client asking for a new random avatar every second would keep every slot warming, and the other clients would get
 `avatars_full` for as long as it kept on.
+
+A new avatar's still (its reference frame, 6-11 ms of drawing) is drawn on a worker thread before the session
+opens (`ready_still`), not on the event loop, where it would hold up every session's frames.
 """
 
 from __future__ import annotations
@@ -143,6 +146,9 @@ class AvatarStore:
         self._tasks: dict[str, asyncio.Task] = {}
         self._users: Counter[str] = Counter()  # sessions holding each avatar
         self._pinned: set[str] = set()  # warmed at start-up: never evicted
+        # stills of new avatars drawn off the event loop (ready_still), until their first get() takes them; bounded
+        # as preparation is (a refused or failed open leaves one behind at most until newer ones push it out)
+        self._stills: OrderedDict[str, np.ndarray] = OrderedDict()
         self.evicted = 0
 
     @property
@@ -156,6 +162,20 @@ class AvatarStore:
         when it finds no slot to take."""
         return self._get(spec, client, self._prep)
 
+    async def ready_still(self, spec: str | int, client: str = "") -> None:
+        """Draw a new avatar's still on a worker thread, for the get() that follows (Hub.open_session). Refuses as
+        get() would (ValueError, PreparingOne, AvatarsFull) before drawing anything."""
+        name, params = resolve_avatar(spec)
+        if name in self._assets or name in self._stills:
+            return
+        self._check_preparation(client)
+        if len(self._assets) >= self.max_avatars and not self._evictable():
+            raise self._full()
+        still = await asyncio.to_thread(reference_frame, params)
+        self._stills[name] = still
+        while len(self._stills) > self.max_preparing + 2:
+            self._stills.popitem(last=False)
+
     def _get(self, spec: str | int, client: str, lane: Lane) -> AvatarAssets:
         name, params = resolve_avatar(spec)
         a = self._assets.get(name)
@@ -163,11 +183,9 @@ class AvatarStore:
             if lane is self._prep:
                 self._check_preparation(client)
             if len(self._assets) >= self.max_avatars and not self._evict_one():
-                raise AvatarsFull(
-                    f"all {self.max_avatars} avatar slots hold avatars in use or warming; "
-                    "retry later, or use one of the built-ins"
-                )
-            a = AvatarAssets(name, params, reference_frame(params))
+                raise self._full()
+            still = self._stills.pop(name, None)
+            a = AvatarAssets(name, params, reference_frame(params) if still is None else still)
             self._assets[name] = a
             if lane is self._prep:
                 self._preparing[name] = client
@@ -199,11 +217,24 @@ class AvatarStore:
         if self._users[name] <= 0:
             del self._users[name]
 
+    def _full(self) -> AvatarsFull:
+        return AvatarsFull(
+            f"all {self.max_avatars} avatar slots hold avatars in use or warming; "
+            "retry later, or use one of the built-ins"
+        )
+
+    def _evictable(self) -> str | None:
+        """The least recently used avatar nobody holds (warmed, not pinned), or None."""
+        for name, a in self._assets.items():
+            if name not in self._users and name not in self._pinned and a.ready.is_set():
+                return name
+        return None
+
     def _evict_one(self) -> bool:
         """Drop the least recently used avatar nobody holds (warmed, not pinned); False if there is none."""
-        for name, a in self._assets.items():
-            if name in self._users or name in self._pinned or not a.ready.is_set():
-                continue
+        name = self._evictable()
+        if name is not None:
+            a = self._assets[name]
             del self._assets[name]
             self._tasks.pop(name, None)
             if self.cache is not None:  # its cached first chunks: random ones from disk too (unbounded there)

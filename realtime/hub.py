@@ -10,6 +10,7 @@ socket. Loading happens in threads at start-up so the first user pays nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import secrets
@@ -277,6 +278,13 @@ class Hub:
             and not self.admission().admit
         ):
             await asyncio.sleep(0.05)
+        if self.ready.is_set():
+            # a new avatar's still (6-11 ms of drawing) on a worker thread rather than this loop; a refusal is left
+            # to create_session, which checks again and answers in its own order
+            with contextlib.suppress(ValueError, AvatarcastError):
+                await self._services.avatars.ready_still(
+                    avatar or (self.settings.avatar_list() or ["pip"])[0], kwargs.get("client", "")
+                )
         return self.create_session(avatar, **kwargs)
 
     def create_session(

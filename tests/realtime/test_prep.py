@@ -149,6 +149,44 @@ def test_new_avatars_are_bounded_per_client_and_in_all_with_retry_after(engine: 
     assert after == 2 and startup <= 2
 
 
+def test_a_new_avatars_still_is_drawn_off_the_event_loop(engine: Any, tmp_path: Any, monkeypatch: Any) -> None:
+    """Hub.open_session has the store draw a new avatar's still (its reference frame) on a worker thread; the
+    session's get() then takes it without drawing on the loop. A client the bounds refuse gets nothing drawn."""
+    from avatarcast.realtime import avatars
+
+    drawn: list[tuple[str, bool]] = []
+    real = avatars.reference_frame
+
+    def spy(params: Any) -> Any:
+        drawn.append((params.name, threading.current_thread() is threading.main_thread()))
+        return real(params)
+
+    monkeypatch.setattr(avatars, "reference_frame", spy)
+    cache = LatentsCache(engine, two_templates(), tmp_path)
+
+    async def go() -> tuple[Any, Any]:
+        sch = EngineScheduler(engine)
+        await sch.start()
+        prep = prep_lane(cache)
+        store = AvatarStore(engine, cache, sch, precompute=False, prep=await prep.start(), max_preparing=2)
+        try:
+            await store.ready_still("random-11", client="ip:a")
+            a = store.get("random-11", client="ip:a")
+            with pytest.raises(PreparingOne):
+                await store.ready_still("random-12", client="ip:a")  # its first is still being prepared
+            with pytest.raises(ValueError):
+                await store.ready_still("nobody", client="ip:b")
+            return a, store.preparing
+        finally:
+            await store.close()
+            await prep.close()
+            await sch.close()
+
+    a, preparing = run(go())
+    assert drawn == [("random-11", False)] and a.still.shape == (360, 640, 4) and a.still[..., 3].max() == 255
+    assert preparing == 1
+
+
 @linux_only
 def test_the_served_hub_prepares_clients_avatars_on_an_idle_priority_thread(server_hub: Any) -> None:
     async def loop_thread() -> int:
