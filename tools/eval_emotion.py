@@ -270,7 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate(reader, rows)
         live = None if args.no_live else evaluate_live(reader, rows)
         out[title] = {"clip": result, "live": live}
-        parts.append(markdown(result, live, title, data, level=2, errors=not any(title.endswith(f" {c}") for c in CLEAN)))
+        parts.append(
+            markdown(result, live, title, data, level=2, errors=not any(title.endswith(f" {c}") for c in CLEAN))
+        )
         print(f"{title}: clip accuracy {result['accuracy']:.1%} on {result['n']}", file=sys.stderr)
         for k, v in {**result["per_language"], **result["per_set_language"]}.items():
             print(f"  {k:>5}: {v['accuracy']:.1%} ({v['n']})", file=sys.stderr)
