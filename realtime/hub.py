@@ -23,6 +23,7 @@ from typing import Any
 from avatarcast.artifacts import store_under
 from avatarcast.engines.contract import StreamEngine, StreamStart
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
+from avatarcast.realtime import loop_errors
 from avatarcast.realtime.admission import Verdict, check
 from avatarcast.realtime.asr import Transcriber
 from avatarcast.realtime.avatars import AvatarStore
@@ -102,6 +103,7 @@ class Hub:
             s.validate_wan()  # a missing or incomplete checkpoint fails here, before anything loads
         self.loop = asyncio.get_running_loop()
         loop = self.loop
+        loop_errors.install(loop)  # aiortc's failed connect tasks of refused offers: debug, not ERROR
         await loop.run_in_executor(None, self.shared.check)  # an unreachable --redis-url fails the start
 
         async def timed(name: str, fn: Callable[[], Any]) -> Any:
