@@ -27,9 +27,8 @@ from avatarcast.engines.avatar_world.skeleton import MOTION_DIM
 from avatarcast.engines.tiny.motion import SHAPES, MotionDecoder, pixel_centres, shape_from_dict, shape_to_dict
 from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser, build_denoiser
 from avatarcast.engines.tiny.motion_weights import GRAPHS, MotionManifest, write_motion_manifest
-from tools.export_tiny import fp16_initializers, round_module_to_fp16
+from tools.export_tiny import DENOISER_INPUTS, fp16_initializers, round_module_to_fp16
 
-DENOISER_INPUTS = ("x", "t", "d", "ctx", "ref", "emotion", "intensity")
 DECODER_INPUTS = (
     "motion",
     "ref_motion",

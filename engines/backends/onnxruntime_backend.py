@@ -26,6 +26,21 @@ from avatarcast.engines.tiny.crop import crop_box, place
 from avatarcast.engines.tiny.weights import Manifest
 
 
+def denoise_feeds(x, t, d, ctx, ref, emotion, intensity) -> dict[str, np.ndarray]:
+    """The denoiser graph's inputs (engines/backends/base.py's denoise call; architecture 3's too): contiguous
+    float32, the per-stream scalars broadcast to the batch, the emotion as int64."""
+    b, f32 = len(x), np.float32
+    return {
+        "x": np.ascontiguousarray(x, dtype=f32),
+        "t": np.broadcast_to(np.asarray(t, dtype=f32), (b,)).copy(),
+        "d": np.broadcast_to(np.asarray(d, dtype=f32), (b,)).copy(),
+        "ctx": np.ascontiguousarray(ctx, dtype=f32),
+        "ref": np.ascontiguousarray(ref, dtype=f32),
+        "emotion": np.broadcast_to(np.asarray(emotion, dtype=np.int64), (b,)).copy(),
+        "intensity": np.broadcast_to(np.asarray(intensity, dtype=f32), (b,)).copy(),
+    }
+
+
 class OnnxRuntimeBackend:
     """encode/decode/denoise through onnxruntime; numpy in, numpy out.
 
@@ -165,15 +180,4 @@ class OnnxRuntimeBackend:
         return out
 
     def denoise(self, x, t, d, ctx, ref, emotion, intensity) -> np.ndarray:
-        b = len(x)
-        f32 = np.float32
-        feeds = {
-            "x": np.ascontiguousarray(x, dtype=f32),
-            "t": np.broadcast_to(np.asarray(t, dtype=f32), (b,)).copy(),
-            "d": np.broadcast_to(np.asarray(d, dtype=f32), (b,)).copy(),
-            "ctx": np.ascontiguousarray(ctx, dtype=f32),
-            "ref": np.ascontiguousarray(ref, dtype=f32),
-            "emotion": np.broadcast_to(np.asarray(emotion, dtype=np.int64), (b,)).copy(),
-            "intensity": np.broadcast_to(np.asarray(intensity, dtype=f32), (b,)).copy(),
-        }
-        return self._run("denoiser", feeds)
+        return self._run("denoiser", denoise_feeds(x, t, d, ctx, ref, emotion, intensity))

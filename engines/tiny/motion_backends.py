@@ -15,6 +15,7 @@ import numpy as np
 
 from avatarcast.engines.backends.base import BackendError
 from avatarcast.engines.backends.host import available_cores
+from avatarcast.engines.backends.onnxruntime_backend import denoise_feeds
 from avatarcast.engines.tiny.motion_weights import MotionManifest
 from avatarcast.engines.tiny.window import pixel_centres
 
@@ -103,17 +104,7 @@ class OnnxMotionBackend:
         return self._run("decoder", feeds)[0]
 
     def denoise(self, x, t, d, ctx, ref, emotion, intensity) -> np.ndarray:
-        b, f32 = len(x), np.float32
-        feeds = {
-            "x": np.ascontiguousarray(x, f32),
-            "t": np.broadcast_to(np.asarray(t, f32), (b,)).copy(),
-            "d": np.broadcast_to(np.asarray(d, f32), (b,)).copy(),
-            "ctx": np.ascontiguousarray(ctx, f32),
-            "ref": np.ascontiguousarray(ref, f32),
-            "emotion": np.broadcast_to(np.asarray(emotion, np.int64), (b,)).copy(),
-            "intensity": np.broadcast_to(np.asarray(intensity, f32), (b,)).copy(),
-        }
-        return self._run("denoiser", feeds)[0]
+        return self._run("denoiser", denoise_feeds(x, t, d, ctx, ref, emotion, intensity))[0]
 
 
 __all__ = ["MotionBackend", "OnnxMotionBackend"]
