@@ -24,8 +24,9 @@ import numpy as np
 import torch
 
 from avatarcast.engines.avatar_world.skeleton import MOTION_DIM
-from avatarcast.engines.tiny.motion import SHAPES, MotionDecoder, pixel_centres, shape_from_dict, shape_to_dict
+from avatarcast.engines.tiny.motion import SHAPES, MotionDecoder, pixel_centres, shape_to_dict
 from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser, build_denoiser
+from avatarcast.engines.tiny.motion_torch import load_checkpoints
 from avatarcast.engines.tiny.motion_weights import GRAPHS, MotionManifest, write_motion_manifest
 from tools.export_tiny import DENOISER_INPUTS, fp16_initializers, round_module_to_fp16
 
@@ -202,12 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(args.paths) != 3:
             ap.error("give DECODER.pt DENOISER.pt OUT_DIR")
         dec_p, den_p, out = args.paths
-        st = torch.load(dec_p, map_location="cpu")
-        dec = MotionDecoder(shape_from_dict(st.get("shape")))
-        dec.load_state_dict({k: v.float() for k, v in st["ema"].items()})
-        sd = torch.load(den_p, map_location="cpu")
-        den = build_denoiser(sd.get("arch"))
-        den.load_state_dict({k: v.float() for k, v in sd["ema"].items()})
+        dec, den, st, sd = load_checkpoints(dec_p, den_p)
         mean, std = sd["mean"].float().numpy(), sd["std"].float().numpy()
         source = {
             "decoder": {"file": dec_p.name, "sha256": _sha(dec_p), "step": int(st.get("step", 0))},

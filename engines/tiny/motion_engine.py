@@ -110,19 +110,10 @@ class MotionEngine:
     def load(cls, decoder: str | Path, denoiser: str | Path, steps: int = 2, device: str = "cpu") -> MotionEngine:
         """Training's EMA weights on torch: `motion_ema.pt` (tools.train_motion) and `motion_den.pt` or
         `motion_den_best.pt` (tools.train_motion_den)."""
-        import torch  # torch: only for checkpoints
-
-        from avatarcast.engines.tiny.motion import MotionDecoder, shape_from_dict
-        from avatarcast.engines.tiny.motion_denoiser import build_denoiser
-        from avatarcast.engines.tiny.motion_torch import TorchMotionBackend
+        from avatarcast.engines.tiny.motion_torch import TorchMotionBackend, load_checkpoints  # torch
 
         dec_p, den_p = Path(decoder), Path(denoiser)
-        st = torch.load(dec_p, map_location="cpu")
-        dec = MotionDecoder(shape_from_dict(st.get("shape")))
-        dec.load_state_dict({k: v.float() for k, v in st["ema"].items()})
-        sd = torch.load(den_p, map_location="cpu")
-        den = build_denoiser(sd.get("arch"))
-        den.load_state_dict({k: v.float() for k, v in sd["ema"].items()})
+        dec, den, _, sd = load_checkpoints(dec_p, den_p)
         backend = TorchMotionBackend(dec, den, device)
         return cls(backend, sd["mean"].float().numpy(), sd["std"].float().numpy(), steps, _file_hash(dec_p, den_p))
 

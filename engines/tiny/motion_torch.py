@@ -4,12 +4,26 @@ checkpoints that are not exported, and GPUs. Serving on the CPU uses the exporte
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from avatarcast.engines.tiny.motion import MotionDecoder
-from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser
+from avatarcast.engines.tiny.motion import MotionDecoder, shape_from_dict
+from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser, build_denoiser
+
+
+def load_checkpoints(decoder: str | Path, denoiser: str | Path) -> tuple[MotionDecoder, MotionDenoiser, dict, dict]:
+    """Training's kept EMA weights, float32: the decoder (tools.train_motion's `motion_ema.pt`, its shape in the
+    file) and the denoiser (tools.train_motion_den's `motion_den.pt` / `motion_den_best.pt`, its size and the
+    motion's mean and std in the file). Also returns both raw checkpoints (steps, normalization)."""
+    st = torch.load(Path(decoder), map_location="cpu")
+    dec = MotionDecoder(shape_from_dict(st.get("shape")))
+    dec.load_state_dict({k: v.float() for k, v in st["ema"].items()})
+    sd = torch.load(Path(denoiser), map_location="cpu")
+    den = build_denoiser(sd.get("arch"))
+    den.load_state_dict({k: v.float() for k, v in sd["ema"].items()})
+    return dec, den, st, sd
 
 
 @dataclass(frozen=True)
@@ -60,4 +74,4 @@ class TorchMotionBackend:
         return v.float().cpu().numpy()
 
 
-__all__ = ["TorchMotionBackend", "TorchReference"]
+__all__ = ["TorchMotionBackend", "TorchReference", "load_checkpoints"]
