@@ -194,3 +194,16 @@ def test_bench_engine_measures_the_motion_engine(folder):
 
     with pytest.raises(BackendError, match="give --weights DIR"):
         run_bench("motion", seconds=0.1)
+
+
+def test_the_clip_eval_runs_the_exported_engine(folder):
+    """`avatarcast eval --engine motion --weights DIR` scores architecture 3 as served (emotion, identity)."""
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+    from tools.eval.evaluate import load_engine
+
+    e = load_engine("motion", threads=2, weights=str(folder))
+    assert isinstance(e, MotionEngine) and e.weights_hash == load_motion_manifest(folder).weights_hash
+    clip = e.generate_clip("bun", "sad", 4, seed=2)
+    assert clip.shape == (4, 360, 640, 4) and (clip[..., 3] > 127).mean() > 0.02
+    with pytest.raises(ValueError, match="needs --weights DIR"):
+        load_engine("motion")

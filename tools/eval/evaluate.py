@@ -2,6 +2,7 @@
 
     python -m tools.eval.evaluate --engine tiny --backend onnxruntime --steps 2 --seeds 3 --out docs/eval
     python -m tools.eval.evaluate --engine renderer --seeds 3 --out /tmp/eval_renderer   # reference bound
+    python -m tools.eval.evaluate --engine motion --weights DIR --seeds 3 --out DIR   # architecture 3, exported
     python -m tools.eval.evaluate --fidelity --weights DIR --out DIR   # picture fidelity: tools/eval/fidelity.py
 
 For every built-in avatar x emotion x seed the engine generates a 2 s clip (16 frames at
@@ -99,7 +100,13 @@ def load_engine(
 
         kw = {"threads": threads} if threads else {}
         return TinyEngine.load(weights, backend=backend, steps=steps, **kw)
-    raise ValueError(f"unknown engine {name!r}: tiny or renderer")
+    if name == "motion":  # architecture 3 from an exported folder (tools.export_motion), as the server runs it
+        from avatarcast.engines.tiny.motion_engine import MotionEngine
+
+        if not weights:
+            raise ValueError("--engine motion needs --weights DIR (a folder tools.export_motion wrote)")
+        return MotionEngine.from_folder(weights, steps=steps, threads=threads)
+    raise ValueError(f"unknown engine {name!r}: tiny, motion or renderer")
 
 
 # --------------------------------------------------------------------------------------
@@ -369,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="score picture fidelity instead (PSNR, sharpness, FD, detector): see --fidelity --help",
     )
-    ap.add_argument("--engine", default="tiny", choices=("tiny", "renderer"))
+    ap.add_argument("--engine", default="tiny", choices=("tiny", "motion", "renderer"))
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--seeds", type=int, default=3)
