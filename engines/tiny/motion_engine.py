@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
@@ -38,6 +40,10 @@ from avatarcast.vocabulary import EMOTIONS, FRAME_HEIGHT, FRAME_WIDTH
 # 1.04 head radii past them (hair, ears, hats, held things; 46 avatars x 6 emotions), and pixels past that are
 # transparent in the full window's drawing too (tests/engines/test_motion.py).
 BOX_MARGIN = 1.5
+# Prepared avatars kept (least recently used out): each holds ~55 MB (its canonical frame and 11 atlas faces as
+# float windows, their features, 17 MB of effect sprites), and `random-<seed>` offers endless avatars. More than
+# the server's avatar slots (settings.max_avatars, 16), so the slots' avatars stay; an evicted one is prepared again.
+MAX_AVATARS = 24
 _HEAD_CENTRE, _HEAD_UP = KEYPOINTS.index("head_centre"), KEYPOINTS.index("head_up")
 
 
@@ -103,7 +109,7 @@ class MotionEngine:
         self.mean, self.std = mean.astype(np.float32), std.astype(np.float32)
         self.sampler = ShortcutFlowSampler(steps=steps, min_shortcut=self.window.min_shortcut)
         self._weights_hash = weights_hash
-        self._avatars: dict[str, _Avatar] = {}
+        self._avatars: OrderedDict[str, _Avatar] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
 
     @classmethod
@@ -171,6 +177,8 @@ class MotionEngine:
         key = key or avatar_cache_key(avatar)
         with self._lock:
             got = self._avatars.get(key)
+            if got is not None:
+                self._avatars.move_to_end(key)
         if got is not None:
             return got
         av = get_avatar(avatar)
@@ -186,6 +194,8 @@ class MotionEngine:
         )
         with self._lock:
             self._avatars[key] = got
+            while len(self._avatars) > MAX_AVATARS:
+                self._avatars.popitem(last=False)
         return got
 
     def start_stream(
@@ -250,7 +260,7 @@ class MotionEngine:
         raw = latents.reshape(B, T, MOTION_DIM) * self.std + self.mean
         out = []
         for s, m in zip(states, raw):
-            a = self._avatars[s.avatar_key]  # start_stream put it there
+            a = self._avatar(json.loads(s.avatar_key), s.avatar_key)  # start_stream prepared it (again if evicted)
             out.append(self._draw(a, m))
         return np.stack(out)
 

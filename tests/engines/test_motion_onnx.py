@@ -207,3 +207,20 @@ def test_the_clip_eval_runs_the_exported_engine(folder):
     assert clip.shape == (4, 360, 640, 4) and (clip[..., 3] > 127).mean() > 0.02
     with pytest.raises(ValueError, match="needs --weights DIR"):
         load_engine("motion")
+
+
+def test_prepared_avatars_are_bounded_and_come_back(folder, monkeypatch):
+    """Each prepared avatar holds ~55 MB and random avatars are endless: the engine keeps MAX_AVATARS, least
+    recently used out, and a stream whose avatar was pushed out is drawn again after preparing it anew."""
+    from avatarcast.engines.tiny import motion_engine
+
+    monkeypatch.setattr(motion_engine, "MAX_AVATARS", 2)
+    e = motion_engine.MotionEngine.from_folder(folder, threads=2)
+    first = e.start_stream("random-3", "happy", seed=1)
+    want = e.next_chunk([first.copy()])[0]
+    for name in ("random-4", "random-5"):
+        e.start_stream(name, "sad")
+    assert len(e._avatars) == 2 and first.avatar_key not in e._avatars
+    got = e.next_chunk([first])[0]
+    np.testing.assert_array_equal(got, want)  # the same stream, the same frames, from the avatar prepared again
+    assert len(e._avatars) == 2 and first.avatar_key in e._avatars
