@@ -430,7 +430,8 @@ class MotionDecoder(nn.Module):
         behind = list(_UNDER_IDX)
         for layer in _UNDER_IDX:
             behind.remove(layer)
-            in_front = vis - up(shares[:, list(layer) + [i for lay in behind for i in lay]].sum(1, keepdim=True), (h, w))
+            here_or_behind = list(layer) + [i for lay in behind for i in lay]
+            in_front = vis - up(shares[:, here_or_behind].sum(1, keepdim=True), (h, w))
             mine = (up(own[:, list(layer)].sum(1, keepdim=True), (H, W)) > 0.5).float() * opaque
             canon = (ref.float() + 1.0) * 0.5 * mine
             grid = up(grids[:, layer[0]].permute(0, 3, 1, 2), (h, w)).permute(0, 2, 3, 1)
