@@ -13,7 +13,22 @@ class BackendError(EngineError, RuntimeError):
     """A backend cannot run here (package missing, no GPU, unsupported GPU, bad files)."""
 
 
-class TinyBackend(Protocol):
+class Denoises(Protocol):
+    """The denoiser call both architectures' backends make (the sampler's one network call)."""
+
+    def denoise(
+        self,
+        x: np.ndarray,
+        t: np.ndarray,
+        d: np.ndarray,
+        ctx: np.ndarray,
+        ref: np.ndarray,
+        emotion: np.ndarray,
+        intensity: np.ndarray,
+    ) -> np.ndarray: ...
+
+
+class TinyBackend(Denoises, Protocol):
     """Runs the three exported graphs. Arrays are numpy, batch first, float32 unless noted.
 
     encode:  frames uint8 (B, 360, 640, 4) straight-alpha RGBA -> normalized latents (B, C, H, W)
@@ -31,14 +46,3 @@ class TinyBackend(Protocol):
     def has_lowres(self) -> bool: ...
 
     def decode(self, latents: np.ndarray, lowres: bool = False) -> np.ndarray: ...
-
-    def denoise(
-        self,
-        x: np.ndarray,
-        t: np.ndarray,
-        d: np.ndarray,
-        ctx: np.ndarray,
-        ref: np.ndarray,
-        emotion: np.ndarray,
-        intensity: np.ndarray,
-    ) -> np.ndarray: ...

@@ -13,14 +13,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from avatarcast.engines.backends.base import BackendError
+from avatarcast.engines.backends.base import BackendError, Denoises
 from avatarcast.engines.backends.host import available_cores
 from avatarcast.engines.backends.onnxruntime_backend import denoise_feeds
 from avatarcast.engines.tiny.motion_weights import MotionManifest
 from avatarcast.engines.tiny.window import pixel_centres
 
 
-class MotionBackend(Protocol):
+class MotionBackend(Denoises, Protocol):
     """The motion decoder and denoiser. Arrays are numpy float32, batch first.
 
     prepare:  the avatar's canonical frame as a window (1, 4, pad_H, window_W) in [-1, 1], its atlas faces
@@ -37,17 +37,6 @@ class MotionBackend(Protocol):
 
     def draw(
         self, ref: Any, motions: np.ndarray, ref_motion: np.ndarray, box: tuple[int, int, int, int]
-    ) -> np.ndarray: ...
-
-    def denoise(
-        self,
-        x: np.ndarray,
-        t: np.ndarray,
-        d: np.ndarray,
-        ctx: np.ndarray,
-        ref: np.ndarray,
-        emotion: np.ndarray,
-        intensity: np.ndarray,
     ) -> np.ndarray: ...
 
 
