@@ -66,7 +66,13 @@ class DecoderGraph(torch.nn.Module):
 
         # the reference and the atlas go in as one avatar's (batch 1): the decoder mixes them per motion
         return self.dec.draw(
-            motion, ex(ref_motion), ref if atlas is not None else ex(ref), (ex(f2), ex(f4), ex(f8)), centres, atlas
+            motion,
+            ex(ref_motion),
+            ref if atlas is not None else ex(ref),
+            (ex(f2), ex(f4), ex(f8)),
+            centres,
+            atlas,
+            one_avatar=True,
         )
 
 

@@ -189,13 +189,20 @@ def warp(x: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
 
 
 def heat_maps(kp_t: torch.Tensor, kp_r: torch.Tensor, p: torch.Tensor, sigma_px: float, full_hw) -> torch.Tensor:
-    """(B, N_POINTS, h, w): Gaussian at each keypoint's target place minus one at its reference place."""
+    """(B, N_POINTS, h, w): Gaussian at each keypoint's target place minus one at its reference place.
+
+    `p` is a box's pixel centres (pixel_centres): x varies along a row only and y down a column only, so each
+    Gaussian is the outer product of one along the row and one down the column. Written so, the served graph
+    computes h + w exponentials a keypoint instead of h x w, and no (B, N_POINTS, h, w, 2) difference: that was
+    the largest elementwise work of the small decoder on the CPU (docs/training/motion.md)."""
     H, W = full_hw
-    scale = kp_t.new_tensor([W / 2.0, H / 2.0])
+    xs, ys = p[0, :, 0], p[:, 0, 1]  # (w,), (h,)
+    k = -1.0 / (2 * sigma_px * sigma_px)
 
     def g(kp):
-        d = (p[None, None] - kp[:, :, None, None, :]) * scale
-        return torch.exp(-(d * d).sum(-1) / (2 * sigma_px * sigma_px))
+        dx = (xs[None, None] - kp[:, :, 0:1]) * (W / 2.0)  # (B, N, w)
+        dy = (ys[None, None] - kp[:, :, 1:2]) * (H / 2.0)  # (B, N, h)
+        return torch.exp(dy * dy * k)[..., :, None] * torch.exp(dx * dx * k)[..., None, :]
 
     return g(kp_t) - g(kp_r)
 
@@ -412,7 +419,8 @@ class MotionDecoder(nn.Module):
     def _underlay(self, ref, moved_px, kp_r, grids, shares, vis):
         """moved_px (B, 4, h, w) in [-1, 1] with the parts behind laid under it, front to back (UNDER_LAYERS): each
         layer is the canonical frame's opaque pixels of those parts (over half theirs by the nearest-bone prior), moved
-        by the layer's first part's map (grids (B, N_PARTS, hg, wg, 2) at the geometry level), weighted by the
+        by the layer's first part's map (grids (B, N_PARTS, hg, wg, 2) at the geometry level; kp_r the canonical
+        keypoints, (B or 1, N_POINTS, 2)), weighted by the
         share of the parts in front of it (shares (B, N_PARTS, hg, wg)). Premultiplied 'over': an opaque front
         pixel is unchanged, and a pixel whose front part is the layer's own gets nothing from it."""
         H, W = ref.shape[-2:]
@@ -474,10 +482,12 @@ class MotionDecoder(nn.Module):
         centres: torch.Tensor,
         atlas: torch.Tensor | None = None,
         return_parts: bool = False,
+        one_avatar: bool = False,
     ):
         """`forward` for the box whose pixel centres (h, w, 2) in window coordinates are given (h, w multiples of
         8, the box on the 8-pixel grid). The box is a tensor here, not numbers, so that an exported graph takes
-        any box: its size is the tensor's shape and its place the coordinates in it."""
+        any box: its size is the tensor's shape and its place the coordinates in it. `one_avatar`: every row is
+        the same avatar (the served graph), so what depends on the avatar alone is worked out once, not per row."""
         s = self.shape
         H, W = ref.shape[-2:]
         h, w = centres.shape[0], centres.shape[1]
@@ -528,7 +538,8 @@ class MotionDecoder(nn.Module):
             # the reference's pixels moved (shifted by one so that outside the reference reads as empty)
             moved_px = warp(ref.float() + 1.0, mixed[1]) * vis[1] - 1.0
             if s.underlay:
-                moved_px = self._underlay(ref, moved_px, kp_r, gridsg, torch.softmax(logits, dim=1), vis[1])
+                own_kp = kp_r[:1] if one_avatar else kp_r
+                moved_px = self._underlay(ref, moved_px, own_kp, gridsg, torch.softmax(logits, dim=1), vis[1])
         # 4. draw and choose
         cond = self.cond(torch.cat([motion[:, :EXPR_OFFSET] - ref_motion[:, :EXPR_OFFSET], motion[:, EXPR_OFFSET:]], 1))
         x = self.g8_in(torch.cat([warp(f8, mixed[8]) * vis[8], heat8], 1))
