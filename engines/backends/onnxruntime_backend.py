@@ -41,6 +41,30 @@ def denoise_feeds(x, t, d, ctx, ref, emotion, intensity) -> dict[str, np.ndarray
     }
 
 
+def load_session(
+    path, threads: int, providers: list, spinning: bool = False, arena: bool = True, log_severity: int = 3
+):
+    """One graph on onnxruntime, as every CPU engine here runs its graphs: all graph optimizations, one graph
+    at a time on `threads` intra-op threads (inter-op parallelism only oversubscribes the cores the server
+    shares with the ASR), threads that spin only when asked (`spinning`: a spinning pool burns cores that the
+    other engine calls and Whisper need). A graph that does not load is a BackendError."""
+    import onnxruntime as ort  # onnxruntime: heavy, loaded with the backend
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = int(threads)
+    so.inter_op_num_threads = 1
+    so.enable_cpu_mem_arena = bool(arena)
+    so.log_severity_level = int(log_severity)
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    so.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    try:
+        return ort.InferenceSession(str(path), so, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise BackendError(f"onnxruntime could not load {path}: {e}") from e
+
+
 class OnnxRuntimeBackend:
     """encode/decode/denoise through onnxruntime; numpy in, numpy out.
 
@@ -99,19 +123,7 @@ class OnnxRuntimeBackend:
         self.sessions: dict = {}
         for g in manifest.onnx_files:  # with the ladder's half-resolution decoder where shipped
             path = manifest.graph_file(g, verify=verify)  # onnxruntime reads the weights from beside it
-            so = ort.SessionOptions()
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-            so.intra_op_num_threads = self.threads
-            so.inter_op_num_threads = 1
-            so.enable_cpu_mem_arena = bool(arena)
-            so.log_severity_level = int(log_severity)
-            so.add_session_config_entry("session.intra_op.allow_spinning", "1" if self.spinning else "0")
-            so.add_session_config_entry("session.inter_op.allow_spinning", "0")
-            try:
-                self.sessions[g] = ort.InferenceSession(str(path), so, providers=providers)
-            except Exception as e:  # onnxruntime raises its own exception types
-                raise BackendError(f"onnxruntime could not load {path}: {e}") from e
+            self.sessions[g] = load_session(path, self.threads, providers, self.spinning, arena, log_severity)
         used = self.sessions["denoiser"].get_providers()
         if on_gpu and "CUDAExecutionProvider" not in used:
             raise BackendError(f"onnxruntime did not enable CUDAExecutionProvider (session providers: {used})")

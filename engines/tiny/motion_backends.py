@@ -15,7 +15,7 @@ import numpy as np
 
 from avatarcast.engines.backends.base import BackendError, Denoises
 from avatarcast.engines.backends.host import available_cores
-from avatarcast.engines.backends.onnxruntime_backend import denoise_feeds
+from avatarcast.engines.backends.onnxruntime_backend import denoise_feeds, load_session
 from avatarcast.engines.tiny.motion_weights import MotionManifest
 from avatarcast.engines.tiny.window import pixel_centres
 
@@ -46,25 +46,13 @@ class OnnxMotionBackend:
     name = "onnxruntime"
 
     def __init__(self, manifest: MotionManifest, threads: int | None = None, verify: bool = True):
-        import onnxruntime as ort  # heavy: loaded with the backend
-
         self.manifest = manifest
         self.atlas = manifest.atlas
         self.threads = int(threads) if threads else available_cores()
         self.window_hw = (int(manifest.decoder_shape["pad_height"]), int(manifest.decoder_shape["window_width"]))
         self.sessions = {}
         for g in ("reference", "decoder", "denoiser"):
-            so = ort.SessionOptions()
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            so.intra_op_num_threads = self.threads
-            so.inter_op_num_threads = 1
-            so.log_severity_level = 3
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-            path = manifest.graph(g, verify=verify)
-            try:
-                self.sessions[g] = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-            except Exception as e:  # onnxruntime raises its own exception types
-                raise BackendError(f"onnxruntime could not load {path}: {e}") from e
+            self.sessions[g] = load_session(manifest.graph(g, verify=verify), self.threads, ["CPUExecutionProvider"])
         self._lock = threading.Lock()  # one graph run at a time: the threads are the cores'
 
     def _run(self, graph: str, feeds: dict) -> list[np.ndarray]:
