@@ -29,5 +29,6 @@ def load_engine(settings: Settings, cache_dir: str | Path | None = None, templat
     if settings.engine == "motion":
         from avatarcast.engines.tiny.motion_engine import MotionEngine  # PIL, onnxruntime: only for this engine
 
-        return MotionEngine.from_folder(settings.weights, steps=settings.steps, threads=settings.threads or None)
+        threads = settings.threads or None
+        return MotionEngine.from_folder(settings.weights or None, steps=settings.steps, threads=threads)
     return TinyEngine.load(**settings.engine_kwargs())

@@ -45,7 +45,7 @@ ENGINES = ("tiny", "wan", "motion")
 class Settings:
     """Process-wide settings; every field is also AVATARCAST_<FIELD> and --<field>."""
 
-    engine: str = "tiny"  # tiny | wan | motion (--weights DIR: an exported architecture-3 folder; opt-in)
+    engine: str = "tiny"  # tiny | wan | motion (architecture 3, opt-in: its shipped folder, or --weights DIR)
     backend: str = "onnxruntime"
     steps: int = 2
     threads: int = 0  # 0 = all cores
@@ -458,14 +458,14 @@ class Settings:
         return [a.strip() for a in self.avatars.split(",") if a.strip()]
 
     def validate_motion(self) -> None:
-        """engine=motion: a folder of exported graphs (no weights ship for it yet), served on onnxruntime, CPU."""
-        if not self.weights:
-            raise SettingValueError(
-                "--engine motion needs --weights DIR: a folder written by `python -m tools.export_motion` "
-                "(architecture 3 ships no default weights yet)",
-                "engine",
-                "weights",
-            )
+        """engine=motion: an exported folder (--weights, or the shipped one), served on onnxruntime, CPU."""
+        from avatarcast.engines.tiny.motion_weights import motion_folder
+        from avatarcast.engines.tiny.weights import WeightsError
+
+        try:
+            motion_folder(self.weights)
+        except WeightsError as e:
+            raise SettingValueError(f"--engine motion: {e}", "engine", "weights") from e
         if self.backend != "onnxruntime" or self.device not in ("auto", "cpu"):
             raise SettingValueError(
                 f"--engine motion runs on onnxruntime on the CPU, not {self.backend} on {self.device}",

@@ -32,7 +32,7 @@ from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.effects import EffectLayer
 from avatarcast.engines.tiny.engine import avatar_cache_key, clip_frames, emotion_index, set_emotion
 from avatarcast.engines.tiny.motion_backends import MotionBackend, OnnxMotionBackend
-from avatarcast.engines.tiny.motion_weights import load_motion_manifest
+from avatarcast.engines.tiny.motion_weights import load_motion_manifest, motion_folder
 from avatarcast.engines.tiny.window import frames_to_window, window_to_rgba
 from avatarcast.vocabulary import EMOTIONS, FRAME_HEIGHT, FRAME_WIDTH
 
@@ -124,9 +124,10 @@ class MotionEngine:
         return cls(backend, sd["mean"].float().numpy(), sd["std"].float().numpy(), steps, _file_hash(dec_p, den_p))
 
     @classmethod
-    def from_folder(cls, folder: str | Path, steps: int = 2, threads: int | None = None) -> MotionEngine:
-        """An exported folder (tools.export_motion) on onnxruntime: the serving path, no torch."""
-        man = load_motion_manifest(folder)
+    def from_folder(cls, folder: str | Path | None = None, steps: int = 2, threads: int | None = None) -> MotionEngine:
+        """An exported folder (tools.export_motion; None: the shipped one) on onnxruntime: the serving path, no
+        torch."""
+        man = load_motion_manifest(motion_folder(folder))
         return cls(OnnxMotionBackend(man, threads=threads), man.mean, man.std, steps, man.weights_hash)
 
     # -- properties -----------------------------------------------------------------------

@@ -23,6 +23,21 @@ from avatarcast.vocabulary import EMOTIONS
 
 MANIFEST = "motion.json"
 GRAPHS = {"reference": "reference.onnx", "decoder": "decoder.onnx", "denoiser": "denoiser.onnx"}
+# The folder that ships with the package: `--engine motion` serves it when no --weights is given. Architecture 3 is
+# opt-in: sharper frames for more CPU a frame than the default engine (README, "Which engine").
+SHIPPED = Path(__file__).with_name("weights") / "motion"
+
+
+def motion_folder(weights: str | Path | None = None) -> Path:
+    """The folder `--engine motion` serves: `weights` if given, else the shipped one."""
+    if weights:
+        return Path(weights)
+    if (SHIPPED / MANIFEST).exists():
+        return SHIPPED
+    raise WeightsError(
+        f"no architecture-3 weights in this install ({SHIPPED} is missing): give --weights DIR, a folder written by "
+        "`python -m tools.export_motion`"
+    )
 
 
 @dataclass

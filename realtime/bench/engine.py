@@ -205,9 +205,9 @@ def run_bench(
     if engine_name == "motion":  # architecture 3 from an exported folder, on onnxruntime (CPU)
         from avatarcast.engines.tiny.motion_engine import MotionEngine
 
-        if not weights or backend != "onnxruntime" or device not in (None, "cpu"):
-            raise BackendError("--engine motion: give --weights DIR (tools.export_motion); it runs on onnxruntime, CPU")
-        engine = MotionEngine.from_folder(weights, steps=steps, threads=threads)
+        if backend != "onnxruntime" or device not in (None, "cpu"):
+            raise BackendError("--engine motion runs on onnxruntime on the CPU (--weights DIR: another folder)")
+        engine = MotionEngine.from_folder(weights or None, steps=steps, threads=threads)
         version = "architecture 3"
     else:
         engine = TinyEngine.load(

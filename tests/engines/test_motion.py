@@ -4,7 +4,6 @@ reference frame by it (engines/tiny/motion.py)."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +23,7 @@ from avatarcast.engines.avatar_world.skeleton import (  # noqa: E402
 )
 from avatarcast.engines.tiny.config import TinyConfig  # noqa: E402
 from avatarcast.engines.tiny.model import frames_to_tensor, tensor_to_rgba  # noqa: E402
-from avatarcast.engines.tiny.motion import MotionDecoder, part_maps, shape_from_dict  # noqa: E402
+from avatarcast.engines.tiny.motion import MotionDecoder, part_maps  # noqa: E402
 
 CFG = TinyConfig()
 W, H = CFG.window_width, CFG.pad_height
@@ -253,25 +252,18 @@ def motion_engine(tmp_path_factory):
 
 
 def test_the_engine_draws_a_box_that_holds_the_avatar():
-    """The engine decodes only a box around the keypoints (BOX_MARGIN head radii past them). With the kept GPU
-    decoder (tools/ckpt/m1), on held-out poses of avatars with big ears, hair and hats: the whole window's
-    drawing is empty outside the box, and the box's frames score as well against the renderer as the whole
-    window's (the mask U-Net's zero padding at the box's edges moves some pixels, in training too: it learnt on
-    192-pixel crops)."""
+    """The engine decodes only a box around the keypoints (BOX_MARGIN head radii past them). With the shipped
+    decoder (engines/tiny/weights/motion, on onnxruntime), on held-out poses of avatars with big ears, hair and
+    hats: the whole window's drawing is empty outside the box, and the box's frames score as well against the
+    renderer as the whole window's (the mask U-Net's zero padding at the box's edges moves some pixels, in
+    training too: it learnt on 192-pixel crops)."""
     from avatarcast.engines.avatar_world import get_avatar
     from avatarcast.engines.avatar_world.render import landmarks
-    from avatarcast.engines.tiny.model import tensor_to_rgba
-    from avatarcast.engines.tiny.motion_denoiser import build_denoiser
     from avatarcast.engines.tiny.motion_engine import MotionEngine
-    from avatarcast.engines.tiny.motion_torch import TorchMotionBackend
+    from avatarcast.engines.tiny.window import window_to_rgba
     from tools.eval.fidelity import frame_scores
 
-    kept = Path(__file__).resolve().parents[2] / "tools" / "ckpt" / "m1" / "motion_ema.pt"
-    st = torch.load(kept, map_location="cpu")
-    dec = MotionDecoder(shape_from_dict(st["shape"]))
-    dec.load_state_dict(st["ema"])
-    ones = np.ones(MOTION_DIM, np.float32)
-    e = MotionEngine(TorchMotionBackend(dec, build_denoiser()), 0 * ones, ones)
+    e = MotionEngine.from_folder(None, threads=2)
     w = e.window
     box_s, full_s = [], []
     for name, emotion in (("luna", "surprised"), ("random-900008", "love"), ("random-900035", "angry")):
@@ -280,13 +272,13 @@ def test_the_engine_draws_a_box_that_holds_the_avatar():
         m = e.motion(av, q)[None]
         by, bx, bh, bw = e.draw_box(m)
         a = e._avatar(av)
-        y = torch.from_numpy(e.backend.draw(a.ref, m, a.ref_motion, (0, 0, w.pad_height, w.window_width))).clamp(-1, 1)
-        outside = torch.ones(w.pad_height, w.window_width, dtype=torch.bool)
+        y = np.clip(e.backend.draw(a.ref, m, a.ref_motion, (0, 0, w.pad_height, w.window_width)), -1, 1)
+        outside = np.ones((w.pad_height, w.window_width), bool)
         outside[by : by + bh, bx : bx + bw] = False
         assert float(y[0, 3][outside].max()) < -1.0 + 1e-3, name  # transparent (alpha under 1/2000)
+        a.effects.lay(y, m)
         full = np.zeros((360, 640, 4), np.uint8)
-        y = a.effects.over(y, torch.from_numpy(m))
-        full[:, w.window_x0 : w.window_x0 + w.window_width] = tensor_to_rgba(y[:, :, w.pad_top : w.pad_top + 360])[0]
+        full[:, w.window_x0 : w.window_x0 + w.window_width] = window_to_rgba(y[:, :, w.pad_top : w.pad_top + 360])[0]
         truth, head = render_frame(av, q), landmarks(av, q).head
         box_s.append(frame_scores(truth, e.draw(av, m)[0], head)["avatar_psnr_db"])
         full_s.append(frame_scores(truth, full, head)["avatar_psnr_db"])

@@ -1,7 +1,8 @@
 """Architecture 3 served from exported graphs: onnxruntime draws what torch draws, without torch, behind the server.
 
-The folder is exported here from the kept GPU decoder (tools/ckpt/m1: default channels, the 11-face atlas) and a
-small random denoiser, so the graphs are the shapes a trained folder has.
+The folder is exported here from a fresh decoder of the shipped folder's shape (default channels, the 11-face atlas:
+at its start it copies the moved reference, so it draws the avatar) and a small random denoiser, so the graphs are
+the shapes a trained folder has. The shipped folder itself is checked at the end.
 """
 
 from __future__ import annotations
@@ -19,11 +20,10 @@ torch = pytest.importorskip("torch")
 
 from avatarcast.engines.avatar_world.skeleton import MOTION_DIM  # noqa: E402
 from avatarcast.engines.tiny.config import TinyConfig  # noqa: E402
-from avatarcast.engines.tiny.motion_weights import GRAPHS, MANIFEST, load_motion_manifest  # noqa: E402
+from avatarcast.engines.tiny.motion_weights import GRAPHS, MANIFEST, SHIPPED, load_motion_manifest  # noqa: E402
 from avatarcast.engines.tiny.weights import WeightsError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-KEPT = ROOT / "tools" / "ckpt" / "m1" / "motion_ema.pt"
 CASES = (("luna", "happy", 3), ("random-900008", "love", 5))
 
 
@@ -31,10 +31,8 @@ def _modules():
     from avatarcast.engines.tiny.motion import MotionDecoder, shape_from_dict
     from avatarcast.engines.tiny.motion_denoiser import build_denoiser
 
-    st = torch.load(KEPT, map_location="cpu")
-    dec = MotionDecoder(shape_from_dict(st["shape"]))
-    dec.load_state_dict({k: v.float() for k, v in st["ema"].items()})
     torch.manual_seed(0)
+    dec = MotionDecoder(shape_from_dict(load_motion_manifest(SHIPPED).decoder_shape))
     den = build_denoiser({"width": 96, "blocks": 2})
     with torch.no_grad():
         torch.nn.init.normal_(den.out.weight, std=0.05)  # a denoiser that moves the avatar
@@ -134,11 +132,15 @@ def test_a_damaged_or_foreign_folder_is_refused(folder, tmp_path):
         load_motion_manifest(bad)
 
 
-def test_settings_ask_for_a_folder_and_the_cpu():
+def test_settings_take_the_shipped_folder_or_ask_for_one_and_the_cpu(tmp_path, monkeypatch):
+    from avatarcast.engines.tiny import motion_weights
     from avatarcast.realtime.settings import Settings, SettingValueError
 
-    with pytest.raises(SettingValueError, match="needs --weights DIR"):
+    Settings(engine="motion").validate()  # the shipped folder
+    monkeypatch.setattr(motion_weights, "SHIPPED", tmp_path / "none")
+    with pytest.raises(SettingValueError, match="give --weights DIR"):
         Settings(engine="motion").validate()
+    Settings(engine="motion", weights="/x").validate()  # a folder given: read at start-up
     with pytest.raises(SettingValueError, match="onnxruntime on the CPU"):
         Settings(engine="motion", weights="/x", backend="torch").validate()
     with pytest.raises(SettingValueError, match="engine must be one of tiny, wan, motion"):
@@ -192,8 +194,8 @@ def test_bench_engine_measures_the_motion_engine(folder):
     assert r["weights_hash"] == load_motion_manifest(folder).weights_hash
     from avatarcast.engines.backends import BackendError
 
-    with pytest.raises(BackendError, match="give --weights DIR"):
-        run_bench("motion", seconds=0.1)
+    with pytest.raises(BackendError, match="onnxruntime on the CPU"):
+        run_bench("motion", seconds=0.1, backend="torch")
 
 
 def test_the_clip_eval_runs_the_exported_engine(folder):
@@ -205,8 +207,7 @@ def test_the_clip_eval_runs_the_exported_engine(folder):
     assert isinstance(e, MotionEngine) and e.weights_hash == load_motion_manifest(folder).weights_hash
     clip = e.generate_clip("bun", "sad", 4, seed=2)
     assert clip.shape == (4, 360, 640, 4) and (clip[..., 3] > 127).mean() > 0.02
-    with pytest.raises(ValueError, match="needs --weights DIR"):
-        load_engine("motion")
+    assert load_engine("motion", threads=1).weights_hash == load_motion_manifest(SHIPPED).weights_hash
 
 
 def test_prepared_avatars_are_bounded_and_come_back(folder, monkeypatch):
@@ -224,3 +225,52 @@ def test_prepared_avatars_are_bounded_and_come_back(folder, monkeypatch):
     got = e.next_chunk([first])[0]
     np.testing.assert_array_equal(got, want)  # the same stream, the same frames, from the avatar prepared again
     assert len(e._avatars) == 2 and first.avatar_key in e._avatars
+
+
+def test_the_shipped_folder_is_whole_and_draws_the_avatar():
+    """The folder `--engine motion` serves by default: every graph matches its sha256, the manifest says which
+    checkpoints it came from, and it draws a held-out frame of a built-in avatar from the frame's true motion
+    close to the renderer's (trained weights, not random ones: those score under 10 dB)."""
+    from avatarcast.engines.avatar_world.render import landmarks
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+    from tools.eval import holdout
+    from tools.eval.fidelity import frame_scores, pose_at, render_frame, sample_variation
+
+    man = load_motion_manifest(SHIPPED)
+    for g in GRAPHS:
+        man.graph(g, verify=True)
+    assert set(man.source) >= {"decoder", "denoiser"}
+    e = MotionEngine.from_folder(None, threads=2)
+    s = holdout.reconstruction_frames(holdout.eval_avatars(1, 0), 2)[1]
+    q = pose_at(s.emotion, s.time, sample_variation(s.seed), s.intensity)
+    ref = render_frame(s.avatar, q)
+    got = e.draw(s.avatar, e.motion(s.avatar, q)[None])[0]
+    scores = frame_scores(ref, got, landmarks(s.avatar, q).head)
+    assert scores["avatar_psnr_db"] > 19.0 and scores["alpha_iou"] > 0.95, scores
+
+
+def test_an_int8_denoiser_is_a_quarter_of_the_bytes_and_moves_little(tmp_path):
+    """`tools.export_motion --int8-denoiser` (how the shipped folder was written): the denoiser's weight matrices
+    as int8 with a scale per row. Its file is about a quarter of float32's; its velocity moves by under 2% of its
+    spread at export; a stream's motion stays within a small fraction of a pixel of float32's over two chunks."""
+    from avatarcast.engines.tiny.motion_denoiser import build_denoiser
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+    from tools.export_motion import export
+
+    dec, _ = _modules()
+    torch.manual_seed(1)
+    den = build_denoiser({"width": 256, "blocks": 2})
+    with torch.no_grad():
+        torch.nn.init.normal_(den.out.weight, std=0.05)
+    mean, std = np.zeros(MOTION_DIM, np.float32), np.full(MOTION_DIM, 0.02, np.float32)
+    f32 = export(dec, den, mean, std, tmp_path / "f32", {"test": True}, fp16=False)
+    q8 = export(dec, den, mean, std, tmp_path / "q8", {"test": True}, fp16=False, int8_denoiser=True)
+    size = [(m.path / GRAPHS["denoiser"]).stat().st_size for m in (f32, q8)]
+    assert size[1] < 0.3 * size[0], size
+    assert q8.source["int8_denoiser"] and q8.source["onnx_vs_torch_max_abs"]["denoiser_int8_relative_rms"] < 0.02
+    a, b = MotionEngine.from_folder(f32.path, threads=1), MotionEngine.from_folder(q8.path, threads=1)
+    sa, sb = a.start_stream("bun", "excited", seed=4), b.start_stream("bun", "excited", seed=4)
+    for _ in range(2):
+        la, lb = a.sample_chunks([sa]), b.sample_chunks([sb])
+        px = np.abs((la - lb)[0, :, : 2 * 21, 0, 0] * std[: 2 * 21]).max() * 224  # window half-width in pixels
+        assert px < 0.5, px

@@ -103,9 +103,7 @@ def load_engine(
     if name == "motion":  # architecture 3 from an exported folder (tools.export_motion), as the server runs it
         from avatarcast.engines.tiny.motion_engine import MotionEngine
 
-        if not weights:
-            raise ValueError("--engine motion needs --weights DIR (a folder tools.export_motion wrote)")
-        return MotionEngine.from_folder(weights, steps=steps, threads=threads)
+        return MotionEngine.from_folder(weights or None, steps=steps, threads=threads)
     raise ValueError(f"unknown engine {name!r}: tiny, motion or renderer")
 
 

@@ -6,7 +6,7 @@
 #   SEED=DIR bash tools/gpu/train_motion.sh start "DECODER ARGS" "DENOISER ARGS" ["DECODER 2 ARGS"]
 #                                                   # starts them, waits 500 s
 #   bash tools/gpu/train_motion.sh wait SECONDS    # waits, copies to $OUT
-# SEED's motion_ema.pt (a kept decoder, as tools/ckpt/m1 holds) starts the decoder's folder; SEED2's the
+# SEED's motion_ema.pt (a kept decoder: tools/ckpt/README.md) starts the decoder's folder; SEED2's the
 # second decoder's (an optional third job: the GPU has room for two decoders' pools, about 32 GB each).
 # $OUT gets the decoders' motion_ema.pt (the second's as motion_ema_2.pt), the denoiser's EMA weights
 # (final and best by rollout score) in half precision, split in parts under the device's 16 MB per file

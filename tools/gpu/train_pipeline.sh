@@ -10,7 +10,7 @@
 # from it) are copied in, so `start --stages denoiser,denadv,lowres` trains the rest.
 # The denoiser stage trains on the clips as they render (tools/train_tiny.py LatentBuilder).
 # MODULE=tools.train_motion runs architecture 3's decoder training instead (same start / wait); its SEED
-# folder holds motion_ema.pt (and motion_den.pt), as tools/ckpt/m1 does.
+# folder holds motion_ema.pt (and motion_den.pt), as a kept checkpoint folder does (tools/ckpt/README.md).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 CK=${CKPT:-/tmp/avc/ckpt}  # outside the repo: a later call may replace the tree
