@@ -50,6 +50,23 @@ def test_quick_fidelity_eval_on_shipped_weights(tmp_path):
 
 
 @pytest.mark.slow
+def test_quick_fidelity_eval_of_architecture_3_as_served(tmp_path):
+    """`avatarcast eval --fidelity --engine motion`: the shipped architecture-3 folder on onnxruntime, as the
+    server runs it. Its reconstructions are sharper and closer to the renderer than the tiny engine's floor."""
+    from avatarcast.engines.tiny.motion_weights import SHIPPED, load_motion_manifest
+    from avatarcast.realtime.cli import main
+
+    args = ["eval", "--fidelity", "--quick", "--engine", "motion", "--parts", "reconstruction", "--out", str(tmp_path)]
+    assert main(args) == 0
+    res = json.loads((tmp_path / "report.json").read_text())
+    assert res["meta"]["weights_hash"] == load_motion_manifest(SHIPPED).weights_hash
+    assert "as served" in res["meta"]["backend"]
+    rec = res["reconstruction"]
+    assert rec["n_frames"] == 6 and rec["overall"]["avatar_psnr_db"]["mean"] > 20.0
+    assert rec["overall"]["alpha_iou"]["mean"] > 0.96
+
+
+@pytest.mark.slow
 def test_crops_are_one_to_one(tmp_path):
     from tools.eval import crops
 

@@ -448,9 +448,11 @@ def run(
     torch_threads: int = 1,
     log=print,
     motion: tuple[str, str] | None = None,
+    engine_name: str = "tiny",
 ) -> dict:
-    """The fidelity eval of one weights folder, or of architecture 3's (decoder, denoiser) checkpoints given as
-    `motion` (the parts asked for); the report as a dict."""
+    """The fidelity eval of one weights folder (`engine_name` tiny, or motion: architecture 3's exported folder as
+    the server runs it, the shipped one by default), or of architecture 3's (decoder, denoiser) checkpoints given
+    as `motion` (the parts asked for); the report as a dict."""
     from avatarcast.engines.tiny.engine import TinyEngine
     from avatarcast.realtime.settings import Settings
 
@@ -463,6 +465,12 @@ def run(
 
         engine: Any = MotionEngine.load(*motion, steps=steps)
         backend, weights_path = "torch (architecture 3)", " + ".join(motion)
+    elif engine_name == "motion":
+        from avatarcast.engines.tiny.motion_engine import MotionEngine
+        from avatarcast.engines.tiny.motion_weights import motion_folder
+
+        engine = MotionEngine.from_folder(weights or None, steps=steps, threads=threads)
+        backend, weights_path = "onnxruntime (architecture 3, as served)", str(motion_folder(weights))
     else:
         engine = TinyEngine.load(weights, backend=backend, steps=steps, threads=threads)
         weights_path = str(engine.manifest.path)
@@ -516,6 +524,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", default=None, help="tiny engine weights folder (default: the shipped one)")
     ap.add_argument("--out", required=True, help="folder for report.json and report.md")
     add_motion_argument(ap, "score architecture 3 instead, on torch")
+    ap.add_argument(
+        "--engine",
+        choices=("tiny", "motion"),
+        default="tiny",
+        help="motion: architecture 3's exported folder as served",
+    )
     ap.add_argument("--quick", action="store_true", help="the CI size: 3 avatars, 6 clips (< 1 min)")
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the server's default)")
@@ -550,6 +564,7 @@ def main(argv: list[str] | None = None) -> int:
         args.torch_threads,
         log,
         tuple(args.motion) if args.motion else None,
+        args.engine,
     )
     res["meta"]["command"] = "python -m tools.eval.fidelity " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)
