@@ -267,12 +267,14 @@ class Transcriber:
         urgent: bool = True,
         owner: Hashable | None = None,
         yield_to: Callable[[], bool] | None = None,
+        demoted: Callable[[], bool] | None = None,
     ) -> Transcript:
         """Transcribe (or translate to English) 16 kHz mono float32; language=None detects it. A call with
         urgent=False (a live partial) waits while urgent ones (finals, clips) are queued for the model, and once
-        running gives the model up after its encoder pass (raises Preempted) if an urgent call is queued by
-        then, or `yield_to()` says the caller's own urgent call waits; calls of different owners (sessions) take
-        turns."""
+        running gives the model up before or after its encoder pass (raises Preempted) if an urgent call is
+        queued by then, or `yield_to()` says the caller's own urgent call waits; calls of different owners
+        (sessions) take turns. An urgent call never gives way, unless `demoted()` says its result is no longer
+        urgent (a pause's speculation the speaker talked over): from then on it gives way like a routine one."""
         if task not in ("transcribe", "translate"):
             raise ValueError(f"task must be 'transcribe' or 'translate', not {task!r}")
         if not self.multilingual:
@@ -284,8 +286,13 @@ class Transcriber:
         audio = np.ascontiguousarray(pcm, dtype=np.float32).reshape(-1)
         duration_s = audio.size / SAMPLE_RATE
         if self.short_window_s and initial_prompt is None and duration_s <= self.short_window_s:
-            own = yield_to
-            stop = None if urgent else lambda: bool(own and own()) or self._lock.urgent_waiting()
+
+            def gives_way() -> bool:
+                if urgent and not (demoted is not None and demoted()):
+                    return False
+                return (yield_to is not None and yield_to()) or self._lock.urgent_waiting()
+
+            stop = gives_way if not urgent or demoted is not None else None
             return self._transcribe_short(audio, language, task, urgent, owner, stop)
         with self._lock.hold(urgent, owner):
             t0 = time.perf_counter()
@@ -343,7 +350,8 @@ class Transcriber:
             except Preempted:
                 # the decoder is about 3/4 of a run: an urgent call waits that much less (docs/speech.md)
                 log.debug(
-                    "asr routine owner=%s audio=%.2fs preempted after %.0fms",
+                    "asr %s owner=%s audio=%.2fs preempted after %.0fms",
+                    "urgent" if urgent else "routine",  # urgent: a speculation the speaker talked over
                     owner,
                     audio.size / SAMPLE_RATE,
                     (time.perf_counter() - t0) * 1000.0,

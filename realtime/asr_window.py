@@ -85,11 +85,14 @@ def decode_window(
 ) -> WindowResult:
     """Encode once, detect the language if not given, decode with timestamps; `model` is a faster-whisper
     WhisperModel (its CTranslate2 model, feature extractor and tokenizer are used directly). `yield_to`:
-    asked after the encoder pass; True abandons the call (Preempted) before the decoder, its larger part."""
+    asked before and after the encoder pass; True abandons the call (Preempted) before the decoder, its larger
+    part (or before any work, when an urgent call was asked for while this one waited for the model)."""
     import ctranslate2  # ctranslate2: heavy, only where a Whisper model is loaded
     from faster_whisper.tokenizer import Tokenizer  # faster_whisper: heavy, as above
 
     duration_s = audio.size / SAMPLE_RATE
+    if yield_to is not None and yield_to():
+        raise Preempted("an urgent transcription is waiting")
     feats = fitted_features(model.feature_extractor, audio, margin_s)
     enc = model.model.encode(ctranslate2.StorageView.from_array(feats[None]), to_cpu=False)
     if yield_to is not None and yield_to():

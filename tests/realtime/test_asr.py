@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -164,6 +165,52 @@ def test_a_routine_transcription_gives_the_model_up_to_an_urgent_one(tiny: Trans
         tiny.transcribe(happy, urgent=False, yield_to=lambda: True)  # this stream's own speculation waits
     assert "happy" in tiny.transcribe(happy, urgent=True, yield_to=lambda: True).text.lower()
     assert "happy" in tiny.transcribe(happy, urgent=False, yield_to=lambda: False).text.lower()
+
+
+def test_a_routine_transcription_is_asked_before_and_after_its_encoder_pass(
+    tiny: Transcriber, happy: np.ndarray
+) -> None:
+    """Asked before the encoder, a call whose caller's urgent run was queued while it waited for the model gives
+    way at once; one that runs to the end was asked twice."""
+    asked: list[bool] = []
+
+    def ask(answer: bool) -> Callable[[], bool]:
+        def asked_now() -> bool:
+            asked.append(answer)
+            return answer
+
+        return asked_now
+
+    with pytest.raises(Preempted):
+        tiny.transcribe(happy, urgent=False, yield_to=ask(True))
+    assert asked == [True]  # no encoder pass ran before it gave way
+    asked.clear()
+    assert "happy" in tiny.transcribe(happy, urgent=False, yield_to=ask(False)).text.lower()
+    assert asked == [False, False]
+
+
+def test_an_urgent_transcription_gives_way_only_once_demoted(tiny: Transcriber, happy: np.ndarray) -> None:
+    """A pause's speculation is urgent until the speaker talks over the pause (`demoted`); from then on it yields
+    like a routine call: to another session's urgent call or its caller's own, and to nothing else."""
+    with pytest.raises(Preempted):
+        tiny.transcribe(happy, urgent=True, yield_to=lambda: True, demoted=lambda: True)
+    # not demoted: it runs to the end however much its caller's own urgent run waits
+    assert "happy" in tiny.transcribe(happy, urgent=True, yield_to=lambda: True, demoted=lambda: False).text.lower()
+    # demoted but nobody waits: it still finishes (it is a live partial then, and may decide the emotion early)
+    assert "happy" in tiny.transcribe(happy, urgent=True, yield_to=lambda: False, demoted=lambda: True).text.lower()
+
+    order: list[str] = []
+    threads: list[threading.Thread] = []
+
+    def talked_over_and_another_session_pauses() -> bool:
+        if not threads:  # the other session's speculation queues for the model while this one holds it
+            threads.append(_queue_up(tiny._lock, order, "other session's speculation", True, owner="b"))
+        return True
+
+    with pytest.raises(Preempted):
+        tiny.transcribe(happy, urgent=True, owner="a", demoted=talked_over_and_another_session_pauses)
+    threads[0].join(5)
+    assert order == ["other session's speculation"]
 
 
 def test_priority_lock_lets_sessions_take_turns() -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
+from avatarcast.realtime.asr_window import Preempted
 from avatarcast.realtime.audio import decode_audio
 from avatarcast.realtime.live import LiveAudio
 
@@ -104,3 +106,61 @@ def test_the_pause_speculation_carries_prosody_and_the_final_reuses_it(tiny, spe
     assert final.kind == "final" and final.reused and final.prosody is spec[-1].prosody and final.text == spec[-1].text
     # the speculation starts at the pause, not at the endpoint: it is in before the final
     assert events.index(spec[-1]) < len(events) - 1
+
+
+@pytest.fixture(scope="module")
+def comma(tmp_path_factory) -> tuple[np.ndarray, np.ndarray]:
+    """One sentence in two parts, each without espeak-ng's own leading and trailing silence."""
+    parts = []
+    for i, text in enumerate(("I am so happy", "because everything went well today")):
+        path = tmp_path_factory.mktemp("comma") / f"{i}.wav"
+        subprocess.run([ESPEAK, "-w", str(path), text], check=True)
+        pcm = decode_audio(path)
+        voiced = np.nonzero(np.abs(pcm) > 0.02)[0]
+        parts.append(pcm[voiced[0] : voiced[-1] + 1])
+    return parts[0], parts[1]
+
+
+def test_a_speculation_the_speaker_talked_over_gives_way(tiny, comma) -> None:
+    """The model is busy (another session) while a sentence with a comma arrives. The speculation of the comma's
+    pause is outdated once the speaker goes on: when its turn comes it gives way to the end's speculation, which
+    the final reuses. Before, it ran in full (an urgent run never yielded) and delayed the final by its run."""
+    runs: list[tuple[bool, float, str]] = []
+
+    class Recording:
+        """The real model; each run's urgency, audio length and outcome."""
+
+        def transcribe(self, pcm: np.ndarray, **kwargs):
+            try:
+                tr = tiny.transcribe(pcm, **kwargs)
+            except Preempted:
+                runs.append((kwargs["urgent"], pcm.size / 16000, "gave way"))
+                raise
+            runs.append((kwargs["urgent"], pcm.size / 16000, tr.text))
+            return tr
+
+    events = []
+    asr_pool, busy = ThreadPoolExecutor(1), threading.Event()
+    asr_pool.submit(busy.wait, 30)
+    live = LiveAudio(Recording(), ThreadPoolExecutor(1), asr_pool, events.append, language="en")
+    z = lambda s: np.zeros(int(s * 16000), np.float32)  # noqa: E731
+    pcm = np.concatenate([z(0.5), comma[0], z(0.25), comma[1], z(1.0)])  # 0.25 s: a pause, not an endpoint
+
+    async def go() -> None:
+        for i in range(0, len(pcm), 640):
+            await live.feed((pcm[i : i + 640] * 32767).astype(np.int16))
+        busy.set()
+        while live._tasks:
+            await asyncio.gather(*live._tasks, return_exceptions=True)
+
+    asyncio.run(go())
+    assert [e.kind for e in events].count("pause") == 2  # at the comma and at the end
+    urgent = [r for r in runs if r[0]]
+    assert len(urgent) == 2 and urgent[0][2] == "gave way", runs  # the comma's, then the end's
+    assert "everything" in urgent[1][2].lower()  # it heard the whole sentence
+    partials = [e for e in events if e.kind == "partial"]
+    assert partials and all(p.speculative for p in partials), partials  # nothing outdated was transcribed
+    final = events[-1]
+    assert (
+        final.kind == "final" and final.reused and "happy" in final.text.lower() and "everything" in final.text.lower()
+    )

@@ -109,21 +109,68 @@ def test_live_mandarin_partials_and_final(whisper) -> None:
     events = []
     live = LiveAudio(whisper, ThreadPoolExecutor(1), ThreadPoolExecutor(1), events.append)  # language: auto
 
-    async def go() -> None:
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        for i in range(0, len(pcm), 640):  # 40 ms chunks, paced like a microphone
-            await live.feed((pcm[i : i + 640] * 32767).astype(np.int16))
-            await asyncio.sleep(max(0.0, t0 + (i + 640) / 16000 - loop.time()))
-        await asyncio.gather(*live._tasks, return_exceptions=True)
-
-    asyncio.run(go())
+    asyncio.run(_feed_like_a_microphone(live, pcm))
     partials = [e for e in events if e.kind == "partial"]
     finals = [e for e in events if e.kind == "final"]
     assert partials and all(p.language == "zh" for p in partials), [(p.text, p.language) for p in partials]
     assert len(finals) == 1 and finals[0].language == "zh", finals
     assert error_rate(r["text"], finals[0].text, "zh") <= 0.4, (r["text"], finals[0].text)
     assert live.language is None  # still auto: the next utterance finds its own language
+
+
+async def _feed_like_a_microphone(live, pcm: np.ndarray) -> None:
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    for i in range(0, len(pcm), 640):  # 40 ms chunks, paced like a microphone
+        await live.feed((pcm[i : i + 640] * 32767).astype(np.int16))
+        await asyncio.sleep(max(0.0, t0 + (i + 640) / 16000 - loop.time()))
+    await asyncio.gather(*live._tasks, return_exceptions=True)
+
+
+def test_live_runs_after_a_sure_partial_skip_language_detection(whisper) -> None:
+    """A partial of >= 1.2 s that names its utterance's language surely gives that language to the utterance's
+    later runs (partials, the pause's speculation, the final): they skip the detection step. The next utterance,
+    in another language, finds its own."""
+    from avatarcast.realtime.live import PIN_LANGUAGE_P, PIN_LANGUAGE_S, LiveAudio
+
+    calls: list[dict] = []
+
+    class Recording:
+        """The real model; each run's audio length, urgency, the language it was given and what it found."""
+
+        def transcribe(self, pcm: np.ndarray, **kwargs):
+            call = {"audio_s": pcm.size / 16000, "urgent": kwargs["urgent"], "given": kwargs["language"]}
+            calls.append(call)
+            tr = whisper.transcribe(pcm, **kwargs)  # a run that gives way raises here and records no result
+            call["found"], call["p"] = tr.language, tr.language_probability
+            return tr
+
+    clips = [max(_rows(lang), key=lambda r: float(r["duration_s"])) for lang in ("en", "zh")]
+    silence = np.zeros(16000, np.float32)
+    pcm = np.concatenate(
+        [silence, *(x for r in clips for x in (decode_audio(SPEECH / r["language"] / r["file"]), silence))]
+    )
+    events = []
+    live = LiveAudio(Recording(), ThreadPoolExecutor(1), ThreadPoolExecutor(1), events.append)  # language: auto
+    asyncio.run(_feed_like_a_microphone(live, pcm))
+
+    assert [(e.language, e.reused) for e in events if e.kind == "final"] == [("en", True), ("zh", True)], events
+    utterances: list[list[dict]] = [[]]
+    for c in (c for c in calls if "found" in c):
+        if utterances[-1] and c["audio_s"] < utterances[-1][-1]["audio_s"] - 1.0:  # the next utterance's first
+            utterances.append([])
+        utterances[-1].append(c)
+    assert len(utterances) == 2, calls
+    for lang, runs in zip(("en", "zh"), utterances, strict=True):
+        assert runs[0]["given"] is None, runs  # found from the audio, not carried over from the last utterance
+        sure = next(
+            i
+            for i, c in enumerate(runs)
+            if c["given"] is None and c["audio_s"] >= PIN_LANGUAGE_S and c["p"] >= PIN_LANGUAGE_P
+        )
+        later = runs[sure + 1 :]
+        assert runs[sure]["found"] == lang and later and all(c["given"] == lang for c in later), runs
+        assert later[-1]["urgent"], runs  # the speculation the final reused ran without detection
 
 
 # -- the default server, through a real socket on loopback --
