@@ -215,9 +215,8 @@ def export(
     p = out / GRAPHS["denoiser"]
     dyn = {k: {0: "batch"} for k in (*DENOISER_INPUTS, "velocity")}
     _export(den, denoiser_feeds(den, 2, 3), p, ("velocity",), dyn, fp16 and not int8_denoiser)
-    if int8_denoiser:
-        quantize_int8(p)
     if int8_denoiser:  # every output moves a little: its root-mean-square change, relative to the spread
+        quantize_int8(p)
         errs["denoiser_int8_relative_rms"] = check(p, den, denoiser_feeds(den, 5, 4), 0.02, relative=True)
     else:
         errs["denoiser"] = check(p, den, denoiser_feeds(den, 5, 4))

@@ -26,37 +26,33 @@ from tools.eval import holdout
 from tools.eval.fidelity import pose_at, render_frame, sample_variation
 
 
-def _psnr(a: np.ndarray, b: np.ndarray, mask: np.ndarray, peak: float) -> float:
-    return float(10 * np.log10(peak**2 / max(float(((a - b) ** 2).mean(-1)[mask].mean()), 1e-12)))
-
-
-def renderer_ceilings(a: np.ndarray, mask: np.ndarray, peak: float) -> dict[str, float]:
-    """PSNR of the renderer's frame `a` (premultiplied, H x W x 4) against itself moved or blurred."""
+def renderer_ceilings(a: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """PSNR of the renderer's frame `a` (premultiplied, H x W x 4, in [0, 1]) against itself moved or blurred."""
     out = {}
     for d in (0.25, 0.5, 1.0):
-        out[f"shift_{d}px"] = _psnr(a, ndi.shift(a, (d, 0, 0), order=1), mask, peak)
+        out[f"shift_{d}px"] = fm.psnr(a, ndi.shift(a, (d, 0, 0), order=1), mask)
     for d in (0.25, 0.5):  # one resampling there and one back: the blur of a warp at that offset, no net move
         back = ndi.shift(ndi.shift(a, (d, d, 0), order=1), (-d, -d, 0), order=1)
-        out[f"resampled_{d}px"] = _psnr(a, back, mask, peak)
+        out[f"resampled_{d}px"] = fm.psnr(a, back, mask)
     return out
 
 
-def error_shares(a: np.ndarray, b: np.ndarray, mask: np.ndarray, peak: float) -> dict[str, float]:
-    """Where the model frame b's squared error against a lies (see the module doc)."""
+def error_shares(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> dict[str, float]:
+    """Where the model frame b's squared error against a lies (see the module doc); both premultiplied, in [0, 1]."""
     se = ((a - b) ** 2).mean(-1)
     gy = np.abs(np.diff(a, axis=0, prepend=a[:1])).max(-1)
     gx = np.abs(np.diff(a, axis=1, prepend=a[:, :1])).max(-1)
-    edge = ndi.binary_dilation(np.maximum(gx, gy) > 0.15 * peak, iterations=1)
+    edge = ndi.binary_dilation(np.maximum(gx, gy) > 0.15, iterations=1)
     best = se.copy()
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             best = np.minimum(best, ((a - np.roll(b, (dy, dx), (0, 1))) ** 2).mean(-1))
     total = float(se[mask].sum())
     return {
-        "psnr_db": _psnr(a, b, mask, peak),
+        "psnr_db": fm.psnr(a, b, mask),
         "edge_pixel_share": float(edge[mask].mean()),
         "edge_error_share": float(se[mask & edge].sum() / max(total, 1e-12)),
-        "psnr_one_pixel_tolerance_db": float(10 * np.log10(peak**2 / max(float(best[mask].mean()), 1e-12))),
+        "psnr_one_pixel_tolerance_db": fm.psnr_from_mse(float(best[mask].mean())),
     }
 
 
@@ -86,13 +82,12 @@ def main(argv: list[str] | None = None) -> None:
         q = pose_at(s.emotion, s.time, sample_variation(s.seed), s.intensity)
         r = render_frame(s.avatar, q)
         mask = fm.avatar_mask(r)
-        a = fm.premultiplied(r).astype(np.float32)
-        peak = 1.0 if a.max() <= 1.5 else 255.0
-        for k, v in renderer_ceilings(a, mask, peak).items():
+        a = fm.premultiplied(r)
+        for k, v in renderer_ceilings(a, mask).items():
             rows.setdefault(f"renderer_{k}_db", []).append(v)
         if draw is not None:
-            b = fm.premultiplied(draw(s.avatar, q)).astype(np.float32)
-            for k, v in error_shares(a, b, mask, peak).items():
+            b = fm.premultiplied(draw(s.avatar, q))
+            for k, v in error_shares(a, b, mask).items():
                 rows.setdefault(f"model_{k}", []).append(v)
     print(json.dumps({"frames": len(specs), **{k: round(float(np.mean(v)), 3) for k, v in rows.items()}}, indent=1))
 
