@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from avatarcast.engines.avatar_world import BUILTIN_AVATARS
-from avatarcast.vocabulary import EMOTIONS
+from avatarcast.vocabulary import EMOTIONS, FRAME_HEIGHT, FRAME_WIDTH
 from tools.eval.evaluate import load_engine
 
 CELL = (150, 170)  # a cell at half scale: 300 x 340 frame pixels around the avatar
@@ -26,19 +26,15 @@ SHOWN = [e for e in EMOTIONS if e != "idle"]  # ten: two rows of five
 def cell(frame: np.ndarray, label: str) -> Image.Image:
     """A frame (360, 640, 4) cropped around its opaque pixels, over the background, half scale, labelled."""
     a = frame[..., 3] > 32
-    ys, xs = np.nonzero(a) if a.any() else (np.array([180]), np.array([320]))
+    ys, xs = np.nonzero(a) if a.any() else (np.array([FRAME_HEIGHT // 2]), np.array([FRAME_WIDTH // 2]))
     cx, cy = int(xs.mean()), int((ys.min() + ys.max()) / 2)
-    w, h = CELL[0] * 2, CELL[1] * 2
-    x0 = int(np.clip(cx - w // 2, 0, 640 - w))
-    y0 = int(np.clip(cy - h // 2 + 10, 0, 360 - h)) if h <= 360 else 0
-    crop = frame[y0 : y0 + min(h, 360), x0 : x0 + w].astype(np.float32)
-    bg = np.empty(crop.shape[:2] + (3,), np.float32)
-    bg[:] = BACKGROUND
+    w, h = CELL[0] * 2, CELL[1] * 2  # inside the frame
+    x0 = int(np.clip(cx - w // 2, 0, FRAME_WIDTH - w))
+    y0 = int(np.clip(cy - h // 2 + 10, 0, FRAME_HEIGHT - h))
+    crop = frame[y0 : y0 + h, x0 : x0 + w].astype(np.float32)
     al = crop[..., 3:4] / 255.0
-    rgb = (crop[..., :3] * al + bg * (1 - al)).astype(np.uint8)
-    img = Image.new("RGB", (w, h), BACKGROUND)
-    img.paste(Image.fromarray(rgb), (0, h - rgb.shape[0]))
-    img = img.resize(CELL, Image.LANCZOS)
+    rgb = (crop[..., :3] * al + np.asarray(BACKGROUND, np.float32) * (1 - al)).astype(np.uint8)
+    img = Image.fromarray(rgb).resize(CELL, Image.LANCZOS)
     ImageDraw.Draw(img).text((6, 4), label, fill=(40, 40, 40))
     return img
 
