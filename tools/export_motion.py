@@ -1,6 +1,6 @@
 """Export architecture 3 (the motion decoder and denoiser) to a serving folder of ONNX graphs.
 
-    python -m tools.export_motion DECODER.pt DENOISER.pt OUT_DIR [--fp32]
+    python -m tools.export_motion DECODER.pt DENOISER.pt OUT_DIR [--fp32] [--int8-denoiser] [--int8-decoder]
     python -m tools.export_motion --random OUT_DIR [--shape small] [--atlas 0] [--seed 0]
 
 DECODER.pt is tools.train_motion's `motion_ema.pt`, DENOISER.pt tools.train_motion_den's `motion_den.pt` or
@@ -27,7 +27,7 @@ from avatarcast.engines.avatar_world.skeleton import MOTION_DIM
 from avatarcast.engines.tiny.motion import SHAPES, MotionDecoder, pixel_centres, shape_to_dict
 from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser, build_denoiser
 from avatarcast.engines.tiny.motion_torch import load_checkpoints
-from avatarcast.engines.tiny.motion_weights import GRAPHS, MotionManifest, write_motion_manifest
+from avatarcast.engines.tiny.motion_weights import GRAPHS, MotionManifest, load_motion_manifest, write_motion_manifest
 from tools.export_tiny import DENOISER_INPUTS, fp16_initializers, round_module_to_fp16
 
 DECODER_INPUTS = (
@@ -234,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("paths", nargs="+", type=Path, help="DECODER.pt DENOISER.pt OUT_DIR, or with --random: OUT_DIR")
     ap.add_argument("--fp32", action="store_true", help="keep float32 weights (twice the files)")
     ap.add_argument("--int8-denoiser", action="store_true", help="the denoiser's weights in int8 (the shipped folder)")
+    ap.add_argument(
+        "--int8-decoder",
+        action="store_true",
+        help="then the decoder's convolutions in int8, calibrated on the folder's own engine (tools/motion_int8.py)",
+    )
     ap.add_argument("--random", action="store_true", help="fresh random networks (tests, benchmarks of the cost)")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="small", help="with --random")
     ap.add_argument("--atlas", type=int, default=0, help="with --random: atlas faces the decoder mixes")
@@ -264,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
             "denoiser": {"file": den_p.name, "sha256": _sha(den_p), "step": int(sd.get("step", 0))},
         }
     man = export(dec, den, mean, std, out, source, fp16=not args.fp32, int8_denoiser=args.int8_denoiser)
+    if args.int8_decoder:
+        from tools.motion_int8 import quantize_folder
+
+        quantize_folder(out)
+        man = load_motion_manifest(out)
     sizes = {f: (out / f).stat().st_size for f in GRAPHS.values()}
     print(json.dumps({"folder": str(out), "bytes": sizes, "weights_hash": man.weights_hash, **man.source}, indent=1))
     return 0

@@ -70,15 +70,21 @@ class OnnxMotionBackend:
             held["atlas"] = np.ascontiguousarray(atlas, np.float32)
         return held
 
-    def draw(
+    def decoder_feeds(
         self, ref: dict, motions: np.ndarray, ref_motion: np.ndarray, box: tuple[int, int, int, int]
-    ) -> np.ndarray:
+    ) -> dict[str, np.ndarray]:
+        """The decoder graph's inputs for a draw call (also what tools.motion_int8 calibrates on)."""
         y0, x0, h, w = box
         feeds = dict(ref)
         feeds["motion"] = np.ascontiguousarray(motions, np.float32)
         feeds["ref_motion"] = np.ascontiguousarray(ref_motion, np.float32).reshape(1, -1)
         feeds["centres"] = np.ascontiguousarray(pixel_centres(h, w, self.window_hw, (y0, x0)))
-        return self._run("decoder", feeds)[0]
+        return feeds
+
+    def draw(
+        self, ref: dict, motions: np.ndarray, ref_motion: np.ndarray, box: tuple[int, int, int, int]
+    ) -> np.ndarray:
+        return self._run("decoder", self.decoder_feeds(ref, motions, ref_motion, box))[0]
 
     def denoise(self, x, t, d, ctx, ref, emotion, intensity) -> np.ndarray:
         return self._run("denoiser", denoise_feeds(x, t, d, ctx, ref, emotion, intensity))[0]
