@@ -105,7 +105,20 @@ if os.environ.get("TTER_TRACE"):
 
         m.LiveAudio._emit = em
 
+    def patch_sched(m):  # the gate's deadline room (engine_yields_to_asr.patch); main has no `room`
+        if not hasattr(m, "room"):
+            return
+        orig_room = m.room
+
+        def room(jobs, now, est):
+            v = orig_room(jobs, now, est)
+            rec("room", f"{v:.4f}:{est.batch_s:.3f}:{min(j.due_t for j in jobs) - now:.3f}", now, now, 0, 0)
+            return v
+
+        m.room = room
+
     PATCHES = {
+        "avatarcast.realtime.scheduler": patch_sched,
         "avatarcast.realtime.asr": patch_asr,
         "avatarcast.realtime.emotion.reader": patch_reader,
         "avatarcast.realtime.emotion.encoder": patch_encoder,
