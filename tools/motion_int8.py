@@ -1,27 +1,28 @@
-"""The motion decoder's convolutions in int8, calibrated on the inputs the served engine gives them.
+"""The motion decoder's part-mask network in int8, calibrated on the inputs the served engine gives it.
 
     python -m tools.motion_int8 FOLDER [--min-db 38]     # a folder written by tools.export_motion, in place
     python -m tools.export_motion ... --int8-decoder      # the same step at export
 
-Why: convolutions are most of a served frame's time (about 58% on the 2-core machine, onnxruntime's profile of
-the shipped decoder). Static int8 (QDQ: onnxruntime fuses each quantized pair into an integer convolution) is
-about a fifth less time a frame there; everything else in the graph (grid sampling, resizing, the atlas mix,
-the part mixing) stays float32.
+Why: convolutions are most of a served frame's time (58% on the 2-core machine, onnxruntime's profile of the
+shipped decoder), and the part-mask U-Net (`/masks/...`, at a quarter resolution over 4 x 13 moved references) is
+a third of them. Static int8 (QDQ: onnxruntime fuses each quantized pair into an integer convolution) of its
+convolutions is about a fifth less time a frame there; everything else stays float32.
 
-Calibration: the activation ranges are read from the decoder's own inputs as the served engine makes them
-(tools.motion_int8 runs the folder's engine: its denoiser's motions, built-in and training-range random avatars).
-The check: the int8 graph against the float graph on avatars the calibration never saw (`HELD_OUT`), PSNR over
-the avatar's pixels; under `--min-db` nothing is written.
-
-Kept float (`FLOAT_CONVS`): the convolutions whose quantization costs most, measured one group at a time on the
-shipped decoder (float vs int8 output, held-out avatars):
-- /out: its five channels are the drawn RGBA in about [-1, 1] beside the copy mask's logit (tens), and one
-  activation scale per tensor rounds the colours away (quantizing /out alone: 13.9 dB against the float graph);
-- /masks/out: the part logits, whose softmax turns small steps into moved edges;
-- /g2/b: the last convolution before the full-resolution layer (alone: 37 dB; with the two above float the graph
-  scores 41.7 dB, with all three 45.4 dB).
+Which convolutions (each choice measured on the shipped decoder, int8 against float, held-out avatars; docs/
+training/motion.md has the table):
+- not the drawing network (`/g8 ... /out`): quantized, it leaves a faint haze where the float graph draws nothing
+  (alpha 0.5% on average, 2% at the 99th percentile, over empty pixels inside the drawn box: a visible rectangle
+  on a flat background) for little time, and `/out` alone costs 30 dB (its channels are colours in about [-1, 1]
+  beside the copy mask's logit, tens, under one activation scale);
+- not `/masks/out`: the part logits, whose softmax turns small steps into moved edges.
 Weights are per output channel and 7-bit (`reduce_range`): on x86 without VNNI (AVX2, as here) onnxruntime sums
 pairs of u8 x s8 products in 16 bits, which 8-bit weights can overflow.
+
+Calibration: activation ranges from the decoder's own inputs as the served engine makes them (the folder's denoiser's
+motions; built-in and training-range random avatars). The check, on avatars the calibration never saw
+(`HELD_OUT`): PSNR against the float graph over the avatar's pixels (>= `--min-db`), and no haze: the pixels the
+float graph leaves empty stay empty (99th percentile of their alpha under `MAX_HAZE`). Failing either, nothing is
+written.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ import numpy as np
 from avatarcast.engines.tiny.motion_backends import OnnxMotionBackend
 from avatarcast.engines.tiny.motion_engine import MotionEngine
 from avatarcast.engines.tiny.motion_weights import GRAPHS, load_motion_manifest, write_motion_manifest
+from tools.export_tiny import fp16_initializers
 
-FLOAT_CONVS = ("/out/Conv", "/masks/out/Conv", "/g2/b/Conv")
+INT8_PART = "/masks/"  # the part-mask U-Net's convolutions...
+FLOAT_CONVS = ("/masks/out/Conv",)  # ...but its logits
+MAX_HAZE = 0.002  # alpha (0..1) at the 99th percentile over the pixels the float graph leaves empty
 # calibration: built-in avatars and random ones of the training range; the check: held-out random avatars
 CALIBRATION = ((0, 5), (1, 6), (2, 5), ("random-11", 6), ("random-12", 5))
 HELD_OUT = (("random-900001", 77), ("random-900002", 78), ("random-900003", 79))
@@ -79,6 +83,13 @@ def avatar_psnr(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     return float("inf") if se == 0 else 10 * np.log10(n / se)
 
 
+def empty_haze(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    """b's alpha (0..1) at the 99th percentile over the pixels a leaves empty (alpha under 0.001)."""
+    vals = [((np.clip(y[:, 3], -1, 1) + 1) / 2)[(np.clip(x[:, 3], -1, 1) + 1) / 2 < 1e-3] for x, y in zip(a, b)]
+    v = np.concatenate(vals)
+    return float(np.percentile(v, 99)) if v.size else 0.0
+
+
 def _float32_graph(src: Path, dst: Path) -> None:
     """The graph with its fp16 weights' Casts folded (the quantizer reads float32 initializers)."""
     import onnxruntime as ort
@@ -98,8 +109,12 @@ def run_graph(path: Path, feeds: list[dict]) -> list[np.ndarray]:
     return [s.run(None, f)[0] for f in feeds]
 
 
-def quantize_convs(src: Path, dst: Path, calibration: list[dict], keep_float=FLOAT_CONVS) -> list[str]:
-    """Static int8 of `src`'s convolutions but `keep_float` into `dst`; the names quantized."""
+def default_int8(name: str) -> bool:
+    return name.startswith(INT8_PART) and name not in FLOAT_CONVS
+
+
+def quantize_convs(src: Path, dst: Path, calibration: list[dict], int8=default_int8) -> list[str]:
+    """Static int8 of `src`'s convolutions for which `int8(name)` into `dst`; the names quantized."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
@@ -114,30 +129,35 @@ def quantize_convs(src: Path, dst: Path, calibration: list[dict], keep_float=FLO
         f32 = Path(tmp) / "decoder_f32.onnx"
         _float32_graph(src, f32)
         convs = [n.name for n in onnx.load(str(f32)).graph.node if n.op_type == "Conv"]
-        missing = [c for c in keep_float if c not in convs]
-        if missing:
-            raise ValueError(f"{src}: no convolutions named {missing}; this is not the motion decoder's graph")
+        chosen = [c for c in convs if int8(c)]
+        if not chosen or any(c not in convs for c in FLOAT_CONVS):
+            raise ValueError(f"{src}: not the motion decoder's graph (no {INT8_PART} convolutions to quantize)")
         quantize_static(
             str(f32),
             str(dst),
             Reader(),
             quant_format=QuantFormat.QDQ,
             op_types_to_quantize=["Conv"],
-            nodes_to_exclude=list(keep_float),
+            nodes_to_quantize=chosen,
             per_channel=True,
             reduce_range=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             extra_options={"ActivationSymmetric": False},
         )
-    return [c for c in convs if c not in keep_float]
+    # the float weights left (the folded fp16 ones) back to fp16 + Cast: lossless, and the file stays small
+    model = onnx.load(str(dst))
+    fp16_initializers(model)
+    onnx.save(model, str(dst))
+    return chosen
 
 
 def quantize_folder(
     folder: Path, min_db: float = 38.0, frames: int = 16, calibration_clips=CALIBRATION, held_out=HELD_OUT
 ) -> dict:
     """The folder's decoder.onnx replaced by its int8 version, and its manifest rewritten; what was measured.
-    Raises (writing nothing) when the int8 graph scores under `min_db` against the float one."""
+    Raises (writing nothing) when the int8 graph scores under `min_db` against the float one, or draws a haze
+    where the float one draws nothing."""
     folder = Path(folder)
     man = load_motion_manifest(folder)
     if man.source.get("int8_decoder"):
@@ -148,18 +168,22 @@ def quantize_folder(
     with tempfile.TemporaryDirectory() as tmp:
         q = Path(tmp) / "decoder_int8.onnx"
         quantized = quantize_convs(dec, q, calibration)
-        db = avatar_psnr(run_graph(dec, held), run_graph(q, held))
+        want, got = run_graph(dec, held), run_graph(q, held)
+        db, haze = avatar_psnr(want, got), empty_haze(want, got)
         if not db >= min_db:
             raise RuntimeError(
                 f"the int8 decoder scores {db:.1f} dB against the float one (under {min_db}): not written"
             )
+        if not haze < MAX_HAZE:
+            raise RuntimeError(f"the int8 decoder draws a haze (alpha {haze:.4f}) where the float one draws nothing")
         shutil.copyfile(q, dec)
     report = {
         "psnr_vs_float_db": round(db, 2),
+        "empty_alpha_p99": round(haze, 5),
         "held_out": [a for a, _ in held_out],
         "calibration_batches": len(calibration),
         "quantized_convs": len(quantized),
-        "float_convs": list(FLOAT_CONVS),
+        "int8_convs": quantized,
     }
     write_motion_manifest(
         folder, man.decoder_shape, man.denoiser_arch, man.mean, man.std, {**man.source, "int8_decoder": report}

@@ -276,11 +276,12 @@ def test_an_int8_denoiser_is_a_quarter_of_the_bytes_and_moves_little(tmp_path):
         assert px < 0.5, px
 
 
-def test_an_int8_decoder_keeps_the_frames_and_the_colour_convolutions_float(tmp_path):
-    """`tools.motion_int8` (how the shipped decoder was written): the convolutions in int8, calibrated on the
-    folder's own engine, checked on held-out avatars against the float graph. The output convolution's copy-mask
-    logit is scaled here as a trained decoder's is (tens, beside colours in [-1, 1]): quantized with one scale it
-    rounds the colours away, which is why it stays float. The rewritten manifest verifies and the engine draws."""
+def test_an_int8_decoder_keeps_the_frames_and_draws_no_haze(tmp_path):
+    """`tools.motion_int8` (how the shipped decoder was written): the part-mask U-Net's convolutions in int8,
+    calibrated on the folder's own engine, checked on held-out avatars against the float graph (PSNR, and no haze
+    where the float graph draws nothing). The rewritten manifest verifies and the engine draws. The output
+    convolution's copy-mask logit is scaled here as a trained decoder's is (tens, beside colours in [-1, 1]):
+    quantized with one scale it rounds the colours away, one reason the drawing network stays float."""
     import onnx
 
     from avatarcast.engines.tiny.motion_engine import MotionEngine
@@ -292,6 +293,9 @@ def test_an_int8_decoder_keeps_the_frames_and_the_colour_convolutions_float(tmp_
         torch.nn.init.normal_(dec.out.weight, std=0.05)
         dec.out.weight[4] *= 40.0
         dec.out.bias[4] = 0.0
+        for m in dec.modules():  # zero at init (the U-Net's output, the residual blocks' second convolutions):
+            if isinstance(m, torch.nn.Conv2d) and not m.weight.any():  # they would not count, and the export
+                torch.nn.init.normal_(m.weight, std=0.05)  # would share one zero tensor between them
     mean, std = np.zeros(MOTION_DIM, np.float32), np.full(MOTION_DIM, 0.02, np.float32)
     man = export(dec, den, mean, std, tmp_path, {"test": True}, fp16=False)
     float_bytes = (tmp_path / GRAPHS["decoder"]).stat().st_size
@@ -302,27 +306,26 @@ def test_an_int8_decoder_keeps_the_frames_and_the_colour_convolutions_float(tmp_
     assert load_motion_manifest(tmp_path).files == man.files  # nothing written
 
     report = mi.quantize_folder(tmp_path, frames=8, calibration_clips=cal, held_out=held)
-    assert report["psnr_vs_float_db"] > 50.0, report
-    assert report["quantized_convs"] == 24
-    assert (tmp_path / GRAPHS["decoder"]).stat().st_size < 0.5 * float_bytes
+    assert report["psnr_vs_float_db"] > 45.0 and report["empty_alpha_p99"] < mi.MAX_HAZE, report
+    assert len(report["int8_convs"]) == 11
+    assert (tmp_path / GRAPHS["decoder"]).stat().st_size < float_bytes
     g = onnx.load(str(tmp_path / GRAPHS["decoder"])).graph
     dq_out = {n.output[0] for n in g.node if n.op_type == "DequantizeLinear"}
-    convs = {n.name: n for n in g.node if n.op_type == "Conv"}
-    for name, conv in convs.items():
-        assert (conv.input[1] in dq_out) == (name not in mi.FLOAT_CONVS), name
+    for conv in (n for n in g.node if n.op_type == "Conv"):
+        assert (conv.input[1] in dq_out) == (conv.name.startswith("/masks/") and conv.name != "/masks/out/Conv")
     with pytest.raises(ValueError, match="int8 already"):
         mi.quantize_folder(tmp_path, frames=8, calibration_clips=cal, held_out=held)
 
     q = load_motion_manifest(tmp_path)
-    assert q.source["int8_decoder"]["float_convs"] == list(mi.FLOAT_CONVS)
+    assert q.source["int8_decoder"]["int8_convs"] == report["int8_convs"]
     e = MotionEngine.from_folder(tmp_path, threads=2)  # every sha256 verified
     frames = e.generate_clip("luna", "happy", 8, seed=3)
     assert frames.shape[1:] == (360, 640, 4) and frames[..., 3].max() == 255
 
-    # the reason /out stays float: quantized, it costs tens of dB on these very feeds
+    # every convolution in int8, /out too: tens of dB lost on these very feeds
     # (the motions come from the denoiser, the same in both folders, so the held-out feeds are the same too)
     again = export(dec, den, mean, std, tmp_path / "again", {"test": True}, fp16=False).path
     f32, q_all = again / GRAPHS["decoder"], tmp_path / "all.onnx"
-    mi.quantize_convs(f32, q_all, mi.served_feeds(again, cal, 8), keep_float=())
+    mi.quantize_convs(f32, q_all, mi.served_feeds(again, cal, 8), int8=lambda name: True)
     feeds = mi.served_feeds(again, held, 8)
     assert mi.avatar_psnr(mi.run_graph(f32, feeds), mi.run_graph(q_all, feeds)) < report["psnr_vs_float_db"] - 20.0
