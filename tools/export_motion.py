@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--int8-decoder",
         action="store_true",
-        help="then the decoder's convolutions in int8, calibrated on the folder's own engine (tools/motion_int8.py)",
+        help="then the decoder's part-mask network in int8, calibrated on its own engine (tools/motion_int8.py)",
     )
     ap.add_argument("--random", action="store_true", help="fresh random networks (tests, benchmarks of the cost)")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="small", help="with --random")

@@ -39,6 +39,7 @@ import numpy as np
 from avatarcast.engines.tiny.motion_backends import OnnxMotionBackend
 from avatarcast.engines.tiny.motion_engine import MotionEngine
 from avatarcast.engines.tiny.motion_weights import GRAPHS, load_motion_manifest, write_motion_manifest
+from tools.eval.fidelity_metrics import psnr_from_mse
 from tools.export_tiny import fp16_initializers
 
 INT8_PART = "/masks/"  # the part-mask U-Net's convolutions...
@@ -72,21 +73,25 @@ def served_feeds(folder: Path, avatars, frames: int = 16, threads: int = 2) -> l
     return backend.feeds
 
 
+def _unit(x: np.ndarray) -> np.ndarray:
+    """A decoder output (premultiplied, about [-1, 1]) in [0, 1], as the engine clips it."""
+    return (np.clip(x, -1, 1) + 1) / 2
+
+
 def avatar_psnr(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     """PSNR of b against a over the pixels either draws (alpha > 0.02), frames premultiplied in [-1, 1]."""
     se = n = 0.0
     for x, y in zip(a, b):
-        x, y = (np.clip(x, -1, 1) + 1) / 2, (np.clip(y, -1, 1) + 1) / 2
+        x, y = _unit(x), _unit(y)
         m = np.broadcast_to(np.maximum(x[:, 3:4], y[:, 3:4]) > 0.02, x.shape)
         e = (x - y)[m]
         se, n = se + float((e * e).sum()), n + e.size
-    return float("inf") if se == 0 else 10 * np.log10(n / se)
+    return psnr_from_mse(se / n if n else 0.0)
 
 
 def empty_haze(a: list[np.ndarray], b: list[np.ndarray]) -> float:
     """b's alpha (0..1) at the 99th percentile over the pixels a leaves empty (alpha under 0.001)."""
-    vals = [((np.clip(y[:, 3], -1, 1) + 1) / 2)[(np.clip(x[:, 3], -1, 1) + 1) / 2 < 1e-3] for x, y in zip(a, b)]
-    v = np.concatenate(vals)
+    v = np.concatenate([_unit(y[:, 3])[_unit(x[:, 3]) < 1e-3] for x, y in zip(a, b)])
     return float(np.percentile(v, 99)) if v.size else 0.0
 
 
