@@ -4,7 +4,7 @@
 # the decoder (tools.train_motion: frames rendered once by the CPUs, then held on the GPU) and the
 # denoiser (tools.train_motion_den: motion vectors only). Each resumes from its folder.
 #   SEED=DIR bash tools/gpu/train_motion.sh start "DECODER ARGS" "DENOISER ARGS" ["DECODER 2 ARGS"]
-#                                                   # starts them, waits 500 s
+#                                                   # starts them, waits 500 s ("none": no denoiser)
 #   bash tools/gpu/train_motion.sh wait SECONDS    # waits, copies to $OUT
 # SEED's motion_ema.pt (a kept decoder: tools/ckpt/README.md) starts the decoder's folder; SEED2's the
 # second decoder's (an optional third job: the GPU has room for two decoders' pools, about 32 GB each).
@@ -53,8 +53,10 @@ case "${1:-}" in
     if running; then echo "already running"; else
       # shellcheck disable=SC2086  # the argument strings are word lists
       setsid nohup python3 -m tools.train_motion --work /tmp/avc --ckpt "$DEC" ${2:-} >>"$DEC/train_log.txt" 2>&1 </dev/null &
-      # shellcheck disable=SC2086
-      setsid nohup python3 -m tools.train_motion_den --work /tmp/avc --ckpt "$DEN" ${3:-} >>"$DEN/train_log.txt" 2>&1 </dev/null &
+      if [ "${3:-}" != none ]; then  # "none": the decoder alone has the GPU
+        # shellcheck disable=SC2086
+        setsid nohup python3 -m tools.train_motion_den --work /tmp/avc --ckpt "$DEN" ${3:-} >>"$DEN/train_log.txt" 2>&1 </dev/null &
+      fi
       if [ -n "${4:-}" ]; then
         # shellcheck disable=SC2086
         setsid nohup python3 -m tools.train_motion --work /tmp/avc --ckpt "$DEC2" $4 >>"$DEC2/train_log.txt" 2>&1 </dev/null &
