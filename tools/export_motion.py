@@ -1,6 +1,7 @@
 """Export architecture 3 (the motion decoder and denoiser) to a serving folder of ONNX graphs.
 
     python -m tools.export_motion DECODER.pt DENOISER.pt OUT_DIR [--fp32] [--int8-denoiser] [--int8-decoder]
+    python -m tools.export_motion DECODER.pt OUT_DIR --denoiser-from FOLDER [--int8-decoder]
     python -m tools.export_motion --random OUT_DIR [--shape small] [--atlas 0] [--seed 0]
 
 DECODER.pt is tools.train_motion's `motion_ema.pt`, DENOISER.pt tools.train_motion_den's `motion_den.pt` or
@@ -9,6 +10,10 @@ DECODER.pt is tools.train_motion's `motion_ema.pt`, DENOISER.pt tools.train_moti
 the graphs store fp16 initializers and a Cast, which onnxruntime folds at load, so they run in float32) unless
 --fp32. Each graph is checked with onnxruntime against torch before the manifest is written; the decoder at a box
 and a batch other than the traced ones (its batch, box size and place are dynamic).
+
+--denoiser-from takes an exported folder's denoiser graph as it is (its file, architecture, motion normalization
+and provenance): the denoiser works in motion space, so a new decoder can ship beside a denoiser whose training
+checkpoint was not kept (the shipped one's).
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import torch
 from avatarcast.engines.avatar_world.skeleton import MOTION_DIM
 from avatarcast.engines.tiny.motion import SHAPES, MotionDecoder, pixel_centres, shape_to_dict
 from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser, build_denoiser
-from avatarcast.engines.tiny.motion_torch import load_checkpoints
+from avatarcast.engines.tiny.motion_torch import load_checkpoints, load_decoder
 from avatarcast.engines.tiny.motion_weights import GRAPHS, MotionManifest, load_motion_manifest, write_motion_manifest
 from tools.export_tiny import DENOISER_INPUTS, fp16_initializers, round_module_to_fp16
 
@@ -183,22 +188,12 @@ def quantize_int8(path: Path, min_elements: int = 4096) -> None:
     onnx.save(model, str(path))
 
 
-def export(
-    dec: MotionDecoder,
-    den: MotionDenoiser,
-    mean,
-    std,
-    out: Path,
-    source: dict,
-    fp16: bool = True,
-    int8_denoiser: bool = False,
-) -> MotionManifest:
+def export_decoder_graphs(dec: MotionDecoder, out: Path, fp16: bool) -> dict[str, float]:
+    """reference.onnx and decoder.onnx, each checked against torch: their largest differences."""
     out.mkdir(parents=True, exist_ok=True)
-    dec, den = dec.float().eval(), den.float().eval()
+    dec = dec.float().eval()
     if fp16:
         round_module_to_fp16(dec)
-        if not int8_denoiser:
-            round_module_to_fp16(den)
     H, W = dec.shape.pad_height, dec.shape.window_width
     errs = {}
     ref_feeds = {"ref": decoder_feeds(dec, 1, (0, 0, 8, 8), 0)["ref"]}
@@ -212,6 +207,23 @@ def export(
         check(p, DecoderGraph(dec), decoder_feeds(dec, n, box, 2 + n))
         for n, box in ((3, (16, 136, 160, 120)), (1, (0, 0, H, W)))
     )
+    return errs
+
+
+def export(
+    dec: MotionDecoder,
+    den: MotionDenoiser,
+    mean,
+    std,
+    out: Path,
+    source: dict,
+    fp16: bool = True,
+    int8_denoiser: bool = False,
+) -> MotionManifest:
+    errs = export_decoder_graphs(dec, out, fp16)
+    den = den.float().eval()
+    if fp16 and not int8_denoiser:
+        round_module_to_fp16(den)
     p = out / GRAPHS["denoiser"]
     dyn = {k: {0: "batch"} for k in (*DENOISER_INPUTS, "velocity")}
     _export(den, denoiser_feeds(den, 2, 3), p, ("velocity",), dyn, fp16 and not int8_denoiser)
@@ -223,6 +235,27 @@ def export(
     arch = {"width": den.inp.out_features, "blocks": len(den.blocks), "cond_dim": den.emotion_emb.embedding_dim}
     source = {**source, "fp16": fp16, "int8_denoiser": int8_denoiser, "onnx_vs_torch_max_abs": errs}
     return write_motion_manifest(out, shape_to_dict(dec.shape), arch, mean, std, source)
+
+
+def export_with_denoiser_from(dec: MotionDecoder, folder: Path, out: Path, source: dict, fp16: bool = True):
+    """A new decoder beside another folder's denoiser graph, copied byte for byte with what belongs to it."""
+    old = load_motion_manifest(folder)
+    if out.resolve() == folder.resolve():
+        raise SystemExit(f"--denoiser-from {folder}: write the new folder elsewhere (its graphs are read from there)")
+    den_graph = old.graph("denoiser").read_bytes()  # checked against the old manifest's sha256
+    errs = export_decoder_graphs(dec, out, fp16)
+    (out / GRAPHS["denoiser"]).write_bytes(den_graph)
+    old_errs = old.source.get("onnx_vs_torch_max_abs", {})
+    errs.update({k: v for k, v in old_errs.items() if k.startswith("denoiser")})
+    source = {
+        **source,
+        "denoiser": {**old.source.get("denoiser", {}), "graph_from": old.files[GRAPHS["denoiser"]]},
+        "fp16": fp16,
+        "int8_denoiser": bool(old.source.get("int8_denoiser", False)),
+        "onnx_vs_torch_max_abs": errs,
+    }
+    shape = shape_to_dict(dec.shape)
+    return write_motion_manifest(out, shape, old.denoiser_arch, old.mean, old.std, source)
 
 
 def _sha(path: Path) -> str:
@@ -238,6 +271,12 @@ def main(argv: list[str] | None = None) -> int:
         "--int8-decoder",
         action="store_true",
         help="then the decoder's part-mask network in int8, calibrated on its own engine (tools/motion_int8.py)",
+    )
+    ap.add_argument(
+        "--denoiser-from",
+        type=Path,
+        metavar="FOLDER",
+        help="DECODER.pt OUT_DIR: keep this exported folder's denoiser graph (and its normalization) as it is",
     )
     ap.add_argument("--random", action="store_true", help="fresh random networks (tests, benchmarks of the cost)")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="small", help="with --random")
@@ -258,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
                 torch.nn.init.normal_(m.weight, std=0.02)
         mean, std = np.zeros(MOTION_DIM, np.float32), np.ones(MOTION_DIM, np.float32)
         source = {"random": True, "shape": args.shape, "seed": args.seed}
+    elif args.denoiser_from:
+        if len(args.paths) != 2 or args.int8_denoiser:
+            ap.error("--denoiser-from takes DECODER.pt OUT_DIR (the denoiser graph is kept as it was exported)")
+        dec_p, out = args.paths
+        dec, st = load_decoder(dec_p)
+        source = {"decoder": {"file": dec_p.name, "sha256": _sha(dec_p), "step": int(st.get("step", 0))}}
     else:
         if len(args.paths) != 3:
             ap.error("give DECODER.pt DENOISER.pt OUT_DIR")
@@ -268,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
             "decoder": {"file": dec_p.name, "sha256": _sha(dec_p), "step": int(st.get("step", 0))},
             "denoiser": {"file": den_p.name, "sha256": _sha(den_p), "step": int(sd.get("step", 0))},
         }
-    man = export(dec, den, mean, std, out, source, fp16=not args.fp32, int8_denoiser=args.int8_denoiser)
+    if args.denoiser_from:
+        man = export_with_denoiser_from(dec, args.denoiser_from, out, source, fp16=not args.fp32)
+    else:
+        man = export(dec, den, mean, std, out, source, fp16=not args.fp32, int8_denoiser=args.int8_denoiser)
     if args.int8_decoder:
         from tools.motion_int8 import quantize_folder
 

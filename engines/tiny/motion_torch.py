@@ -13,13 +13,19 @@ from avatarcast.engines.tiny.motion import MotionDecoder, shape_from_dict
 from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser, build_denoiser
 
 
-def load_checkpoints(decoder: str | Path, denoiser: str | Path) -> tuple[MotionDecoder, MotionDenoiser, dict, dict]:
-    """Training's kept EMA weights, float32: the decoder (tools.train_motion's `motion_ema.pt`, its shape in the
-    file) and the denoiser (tools.train_motion_den's `motion_den.pt` / `motion_den_best.pt`, its size and the
-    motion's mean and std in the file). Also returns both raw checkpoints (steps, normalization)."""
+def load_decoder(decoder: str | Path) -> tuple[MotionDecoder, dict]:
+    """tools.train_motion's kept EMA weights (`motion_ema.pt`, its shape in the file), float32, and the raw file."""
     st = torch.load(Path(decoder), map_location="cpu")
     dec = MotionDecoder(shape_from_dict(st.get("shape")))
     dec.load_state_dict({k: v.float() for k, v in st["ema"].items()})
+    return dec, st
+
+
+def load_checkpoints(decoder: str | Path, denoiser: str | Path) -> tuple[MotionDecoder, MotionDenoiser, dict, dict]:
+    """Training's kept EMA weights, float32: the decoder (`load_decoder`) and the denoiser
+    (tools.train_motion_den's `motion_den.pt` / `motion_den_best.pt`, its size and the motion's mean and std in the
+    file). Also returns both raw checkpoints (steps, normalization)."""
+    dec, st = load_decoder(decoder)
     sd = torch.load(Path(denoiser), map_location="cpu")
     den = build_denoiser(sd.get("arch"))
     den.load_state_dict({k: v.float() for k, v in sd["ema"].items()})
@@ -74,4 +80,4 @@ class TorchMotionBackend:
         return v.float().cpu().numpy()
 
 
-__all__ = ["TorchMotionBackend", "TorchReference", "load_checkpoints"]
+__all__ = ["TorchMotionBackend", "TorchReference", "load_checkpoints", "load_decoder"]

@@ -276,6 +276,39 @@ def test_an_int8_denoiser_is_a_quarter_of_the_bytes_and_moves_little(tmp_path):
         assert px < 0.5, px
 
 
+def test_a_new_decoder_ships_beside_a_kept_denoiser_graph(folder, tmp_path):
+    """`tools.export_motion DECODER.pt OUT --denoiser-from FOLDER`: the denoiser graph is the folder's byte for byte,
+    with its architecture, normalization and provenance; the decoder (another shape here) is the new one's, and the
+    engine serves the pair. The source folder is never written over."""
+    import dataclasses
+
+    from avatarcast.engines.tiny.motion import SHAPES, MotionDecoder
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+    from tools.export_motion import export_with_denoiser_from
+
+    old = load_motion_manifest(folder)
+    torch.manual_seed(5)
+    dec = MotionDecoder(dataclasses.replace(SHAPES["small"], atlas=old.atlas))
+    with pytest.raises(SystemExit, match="elsewhere"):
+        export_with_denoiser_from(dec, folder, folder, {"decoder": {"file": "x.pt"}})
+    assert load_motion_manifest(folder).files == old.files
+    new = export_with_denoiser_from(dec, folder, tmp_path, {"decoder": {"file": "x.pt"}}, fp16=False)
+    den = GRAPHS["denoiser"]
+    assert (tmp_path / den).read_bytes() == (folder / den).read_bytes()
+    assert new.denoiser_arch == old.denoiser_arch
+    np.testing.assert_array_equal(new.mean, old.mean)
+    np.testing.assert_array_equal(new.std, old.std)
+    assert new.source["denoiser"]["graph_from"] == old.files[den] and new.source["decoder"] == {"file": "x.pt"}
+    assert (
+        new.decoder_shape["mask_channels"] == list(SHAPES["small"].mask_channels) != old.decoder_shape["mask_channels"]
+    )
+    assert new.files[GRAPHS["decoder"]] != old.files[GRAPHS["decoder"]]
+    a, b = MotionEngine.from_folder(folder, threads=1), MotionEngine.from_folder(tmp_path, threads=1)
+    sa, sb = a.start_stream("bun", "happy", seed=2), b.start_stream("bun", "happy", seed=2)
+    np.testing.assert_array_equal(a.sample_chunks([sa]), b.sample_chunks([sb]))  # the same motion
+    assert b.decode_chunks([sb], b.sample_chunks([sb]))[0].shape[1:] == (360, 640, 4)
+
+
 def test_an_int8_decoder_keeps_the_frames_and_draws_no_haze(tmp_path):
     """`tools.motion_int8` (how the shipped decoder was written): the part-mask U-Net's convolutions in int8,
     calibrated on the folder's own engine, checked on held-out avatars against the float graph (PSNR, and no haze
