@@ -98,6 +98,23 @@ def shape_from_dict(d: dict | None) -> MotionShape:
 # --- geometry ---------------------------------------------------------------------------------
 
 
+# Where a Gaussian or a softmax makes values under this, they are set to 0. Far from a keypoint a Gaussian
+# factor (or a product of two), and a part's share far from its bone, fall into float32's subnormal range
+# (under 1.2e-38), and x86 CPUs compute on subnormals up to a hundred times slower: the first convolution
+# reading the heat maps took 106-119 ms for 4 frames in onnxruntime instead of about 9 (a quarter of the small
+# decoder's time), and the part shares slowed every product they entered. At least 1e-9 keeps each product
+# of two such values, and their products with weights and pixels, normal; nothing drawn moves by a level.
+_FLOOR = 1e-9
+
+
+def _flush(v: torch.Tensor) -> torch.Tensor:
+    return torch.where(v < _FLOOR, 0.0, v)
+
+
+def _softmax(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    return _flush(torch.softmax(x, dim=dim))
+
+
 def _px(p: torch.Tensor, w: int, h: int) -> torch.Tensor:
     """Normalized window coordinates -> pixel units (same origin): similarities must not see the aspect."""
     return p * p.new_tensor([w / 2.0, h / 2.0])
@@ -175,7 +192,7 @@ def mix_grid(grids: torch.Tensor, logits: torch.Tensor) -> tuple[torch.Tensor, t
     the reference in place instead would copy its arms wherever no bone claims a pixel, and mixing a
     far-away coordinate into the grid would move every pixel it touches.
     """
-    m = torch.softmax(logits, dim=1)
+    m = _softmax(logits)
     moving = m[:, :-1]
     vis = moving.sum(1)
     grid = (moving[..., None] * grids[:, :-1]).sum(1) / vis.clamp(min=1e-6)[..., None]
@@ -202,7 +219,7 @@ def heat_maps(kp_t: torch.Tensor, kp_r: torch.Tensor, p: torch.Tensor, sigma_px:
     def g(kp):
         dx = (xs[None, None] - kp[:, :, 0:1]) * (W / 2.0)  # (B, N, w)
         dy = (ys[None, None] - kp[:, :, 1:2]) * (H / 2.0)  # (B, N, h)
-        return torch.exp(dy * dy * k)[..., :, None] * torch.exp(dx * dx * k)[..., None, :]
+        return _flush(torch.exp(dy * dy * k))[..., :, None] * _flush(torch.exp(dx * dx * k))[..., None, :]
 
     return g(kp_t) - g(kp_r)
 
@@ -408,7 +425,7 @@ class MotionDecoder(nn.Module):
         face = motion[:, EXPR_OFFSET : EXPR_OFFSET + len(FACE_FIELDS)].float()
         faces, scale = self.get_buffer("atlas_faces"), self.get_buffer("atlas_scale")
         d2 = (((face[:, None] - faces[None]) / scale) ** 2).sum(-1)  # (B, 1 + K)
-        w = torch.softmax(-d2 * torch.exp(-self.atlas_log_temp) * 4.0 + self.atlas_mix(face).float(), dim=1)
+        w = _softmax(-d2 * torch.exp(-self.atlas_log_temp) * 4.0 + self.atlas_mix(face).float())
         if ref.shape[0] == 1 and atlas.shape[0] == 1 and motion.shape[0] > 1:
             # one avatar's frames for every motion (the exported graph): two matrix products, where the sum
             # below would first copy the atlas once per motion (30 M numbers for 4 frames, a fifth of a CPU draw)
@@ -430,7 +447,7 @@ class MotionDecoder(nn.Module):
             return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
         pr = pixel_centres(H // 4, W // 4, kp_r)
-        own = torch.softmax(self.prior(kp_r, pr, (H, W)), dim=1).detach()  # each canonical pixel's parts
+        own = _softmax(self.prior(kp_r, pr, (H, W))).detach()  # each canonical pixel's parts
         # only the layer's opaque pixels: a canonical pixel that is partly transparent (an outline against the
         # background) already is all there is at that place, and laying it under itself would thicken every edge
         opaque = ((ref[:, 3:4].float() + 1.0) * 0.5 > 0.99).float()
@@ -539,7 +556,7 @@ class MotionDecoder(nn.Module):
             moved_px = warp(ref.float() + 1.0, mixed[1]) * vis[1] - 1.0
             if s.underlay:
                 own_kp = kp_r[:1] if one_avatar else kp_r
-                moved_px = self._underlay(ref, moved_px, own_kp, gridsg, torch.softmax(logits, dim=1), vis[1])
+                moved_px = self._underlay(ref, moved_px, own_kp, gridsg, _softmax(logits), vis[1])
         # 4. draw and choose
         cond = self.cond(torch.cat([motion[:, :EXPR_OFFSET] - ref_motion[:, :EXPR_OFFSET], motion[:, EXPR_OFFSET:]], 1))
         x = self.g8_in(torch.cat([warp(f8, mixed[8]) * vis[8], heat8], 1))

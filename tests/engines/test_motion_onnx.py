@@ -309,6 +309,50 @@ def test_a_new_decoder_ships_beside_a_kept_denoiser_graph(folder, tmp_path):
     assert b.decode_chunks([sb], b.sample_chunks([sb]))[0].shape[1:] == (360, 640, 4)
 
 
+def _subnormal_sources(folder: Path) -> dict[str, str]:
+    """Run the decoder graph unoptimized on its engine's own feeds with every tensor as an output: the tensors
+    holding float32 subnormals, with the node that made each and the ops that read it."""
+    import onnx
+    import onnxruntime as ort
+
+    from tools.motion_int8 import served_feeds
+
+    m = onnx.load(str(folder / GRAPHS["decoder"]))
+    names = [o for n in m.graph.node for o in n.output if o]
+    del m.graph.output[:]
+    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    made_by = {o: n.op_type for n in m.graph.node for o in n.output}
+    read_by: dict[str, set] = {}
+    for n in m.graph.node:
+        for i in n.input:
+            read_by.setdefault(i, set()).add(n.op_type)
+    tiny = np.finfo(np.float32).tiny
+    found = {}
+    for feeds in served_feeds(folder, [("luna", 3), ("random-900001", 4)], frames=4, threads=1)[:2]:
+        for name, out in zip(names, sess.run(None, feeds)):
+            if isinstance(out, np.ndarray) and out.dtype == np.float32:
+                a = np.abs(out)
+                if ((a > 0) & (a < tiny)).any():
+                    found[name] = f"{made_by[name]} -> {sorted(read_by.get(name, ()))}"
+    return found
+
+
+@pytest.mark.parametrize("which", ["exported", "shipped"])
+def test_the_decoder_computes_on_no_subnormals(which, folder):
+    """x86 CPUs compute on float32 subnormals (under 1.2e-38) up to a hundred times slower: far from its keypoint a
+    heat map's Gaussian, and far from its bone a part's softmax share, fall there, and they made the first heat-map
+    convolution a quarter of the small decoder's time. Each such value is set to 0 where it is made
+    (motion._flush): the only tensors holding subnormals are an exp's or a softmax's raw output, read by nothing but
+    the comparison and the Where that flush it."""
+    found = _subnormal_sources(folder if which == "exported" else SHIPPED)
+    assert found, "no subnormals at all: the feeds no longer reach the flushed ops, and the test checks nothing"
+    bad = {k: v for k, v in found.items() if v not in ("Exp -> ['Less', 'Where']", "Softmax -> ['Less', 'Where']")}
+    assert not bad, bad
+
+
 def test_an_int8_decoder_keeps_the_frames_and_draws_no_haze(tmp_path):
     """`tools.motion_int8` (how the shipped decoder was written): the part-mask U-Net's convolutions in int8,
     calibrated on the folder's own engine, checked on held-out avatars against the float graph (PSNR, and no haze
