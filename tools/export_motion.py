@@ -237,11 +237,13 @@ def export(
     return write_motion_manifest(out, shape_to_dict(dec.shape), arch, mean, std, source)
 
 
-def export_with_denoiser_from(dec: MotionDecoder, folder: Path, out: Path, source: dict, fp16: bool = True):
+def export_with_denoiser_from(
+    dec: MotionDecoder, folder: Path, out: Path, source: dict, fp16: bool = True
+) -> MotionManifest:
     """A new decoder beside another folder's denoiser graph, copied byte for byte with what belongs to it."""
     old = load_motion_manifest(folder)
     if out.resolve() == folder.resolve():
-        raise SystemExit(f"--denoiser-from {folder}: write the new folder elsewhere (its graphs are read from there)")
+        raise ValueError(f"--denoiser-from {folder}: write the new folder elsewhere (its graphs are read from there)")
     den_graph = old.graph("denoiser").read_bytes()  # checked against the old manifest's sha256
     errs = export_decoder_graphs(dec, out, fp16)
     (out / GRAPHS["denoiser"]).write_bytes(den_graph)
@@ -314,7 +316,10 @@ def main(argv: list[str] | None = None) -> int:
             "denoiser": {"file": den_p.name, "sha256": _sha(den_p), "step": int(sd.get("step", 0))},
         }
     if args.denoiser_from:
-        man = export_with_denoiser_from(dec, args.denoiser_from, out, source, fp16=not args.fp32)
+        try:
+            man = export_with_denoiser_from(dec, args.denoiser_from, out, source, fp16=not args.fp32)
+        except ValueError as e:
+            ap.error(str(e))
     else:
         man = export(dec, den, mean, std, out, source, fp16=not args.fp32, int8_denoiser=args.int8_denoiser)
     if args.int8_decoder:

@@ -290,7 +290,7 @@ def test_a_new_decoder_ships_beside_a_kept_denoiser_graph(folder, tmp_path):
     torch.manual_seed(5)
     other = next(v for v in SHAPES.values() if list(v.mask_channels) != old.decoder_shape["mask_channels"])
     dec = MotionDecoder(dataclasses.replace(other, atlas=old.atlas))
-    with pytest.raises(SystemExit, match="elsewhere"):
+    with pytest.raises(ValueError, match="elsewhere"):
         export_with_denoiser_from(dec, folder, folder, {"decoder": {"file": "x.pt"}})
     assert load_motion_manifest(folder).files == old.files
     new = export_with_denoiser_from(dec, folder, tmp_path, {"decoder": {"file": "x.pt"}}, fp16=False)
