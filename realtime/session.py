@@ -658,9 +658,10 @@ class Session:
 
         The cached chunk starts a stream of its own (at rest: templates/cache.py), so it never continued the
         playing chunk, and waiting for the playing chunk to end (up to chunk_frames - 1 frames, 375 ms at
-        8 fps) only held the decided emotion back: a partial's reaction revised by the final spent 200-510 ms
-        there (docs/bench/tter17_switch_2026-12-05). The old reaction's queued chunks are no longer wanted
-        (is_wanted), and the playout drops its unsent frames when the new reaction's first frame plays."""
+        8 fps, plus the frame tick) only held the decided emotion back: the Mandarin bench's switches (a
+        partial's reaction revised) waited 109-429 ms there (docs/bench/tter17_switch_2026-12-05). The old
+        reaction's queued chunks are no longer wanted (is_wanted), and the playout drops its unsent frames
+        when the new reaction's first frame plays."""
         c = self.config
         self._idle_turn = None
         self._reaction_count += 1
