@@ -6,8 +6,9 @@ reaction chunks when it can. Playout reconciles the two, and the runner only wai
 - reaction frames play from a queue in the order they were made, so a chunk that comes late is shown
   late, never skipped or reordered;
 - while a reaction's queue is empty, its last frame holds (a brief freeze reads better than a cut
-  back to the listening pose); before it has shown anything, the listening loop fills in; both count
-  as late frames;
+  back to the listening pose); before it has shown anything, the listening loop fills in, or, when it
+  replaced a playing reaction (a switch to a cached emotion whose chunk is not in memory), that
+  reaction's last frame holds; all count as late frames;
 - frames left from an earlier reaction are dropped when a newer one plays, and every queued frame when
   an idle or listening frame plays;
 - an emotion switch (a chunk request with a revision) drops what the old emotion made from that chunk on;
@@ -67,6 +68,7 @@ class Playout:
         self.max_ready, self.max_states, self.max_loops = max_ready, max_states, max_loops
         self._ready: deque[ReadyFrame] = deque()
         self._last: ReadyFrame | None = None  # the reaction frame shown last
+        self._last_was_reaction = False  # the frame shown last was a reaction frame (not idle / listening)
         self._states: OrderedDict[tuple[int, int], Any] = OrderedDict()  # (reaction, chunk) -> state after it
         self._loops: OrderedDict[int, CachedLoop] = OrderedDict()
 
@@ -79,15 +81,17 @@ class Playout:
         """What the planned frame `req` shows; takes a queued reaction frame when it is a reaction's."""
         if not req.is_reaction:
             self._ready.clear()
+            self._last_was_reaction = False
             return Shown(req.source, req.emotion)
         ready = self._ready
         while ready and ready[0].reaction != req.reaction:
             ready.popleft()  # left over from an earlier reaction
         if ready:
             f = self._last = ready.popleft()
+            self._last_was_reaction = True
             return Shown(f.source, f.emotion, f.pixels)
         last = self._last
-        if last is not None and last.reaction == req.reaction:
+        if last is not None and (last.reaction == req.reaction or self._last_was_reaction):
             return Shown(last.source, last.emotion, last.pixels, late=True)
         return Shown(FrameSource.LISTENING, "listening", late=True)
 
@@ -131,6 +135,7 @@ class Playout:
     def clear(self) -> None:
         self._ready.clear()
         self._states.clear()
+        self._last_was_reaction = False
 
 
 def sent_frame(req: FrameRequest, shown: Shown, encoded_from: float, encoded_at: float) -> VideoFrame:

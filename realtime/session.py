@@ -616,10 +616,14 @@ class Session:
                 self._set_state(SessionState.REACTING, now, utterance=turn.id, emotion=label)
                 self._fill_chunks(r, now)
             return
-        # mid-stream: switch at the next chunk boundary, never inside a chunk
+        last = r.segments[-1]
+        if label not in ("idle", last.emotion) and c.has_cache(label):
+            self._restart_reaction(d, turn, label, intensity, now)
+            return
+        # mid-stream, no cached first chunk for the new emotion (or calming down): switch at the next chunk
+        # boundary, where the sampler continues the stream from the end of the playing chunk (causal)
         nxt = self.clock.upcoming(now) - r.start_frame
         boundary = max(0, -(-nxt // c.chunk_frames))
-        last = r.segments[-1]
         if label == "idle":
             r.end_chunk = min(r.end_chunk, boundary)  # calm down at the boundary; its idle frames answer this turn
             self._idle_turn = turn.id
@@ -648,6 +652,35 @@ class Session:
                 },
                 now,
             )
+
+    def _restart_reaction(self, d: CueDecision, turn: _Turn, label: str, intensity: float, now: float) -> None:
+        """A switch to an emotion with a cached first chunk: a new reaction from the very next frame.
+
+        The cached chunk starts a stream of its own (at rest: templates/cache.py), so it never continued the
+        playing chunk, and waiting for the playing chunk to end (up to chunk_frames - 1 frames, 375 ms at
+        8 fps, plus the frame tick) only held the decided emotion back: the Mandarin bench's switches (a
+        partial's reaction revised) waited 109-429 ms there (docs/bench/tter17_switch_2026-12-05). The old
+        reaction's queued chunks are no longer wanted (is_wanted), and the playout drops its unsent frames
+        when the new reaction's first frame plays."""
+        c = self.config
+        self._idle_turn = None
+        self._reaction_count += 1
+        seg = _Segment(0, label, intensity, True, d.source, turn.id)
+        self._pull_in(now)
+        r = _Reaction(self._reaction_count, self.clock.upcoming(now), c.hold_chunks(label), [seg])
+        self._reaction = r
+        self._fill_chunks(r, now)
+        self._emit(
+            "state_changed",
+            {
+                "from": SessionState.REACTING,
+                "to": SessionState.REACTING,
+                "utterance": turn.id,
+                "emotion": label,
+                "from_frame": r.start_frame,
+            },
+            now,
+        )
 
     def _maybe_report(self, tl: UtteranceTimeline, now: float) -> None:
         ev = tl.maybe_report(now)

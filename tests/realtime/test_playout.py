@@ -53,6 +53,20 @@ def test_before_anything_is_ready_the_listening_loop_fills_in() -> None:
     assert Playout().show(planned(0, 1)) == Shown(S.LISTENING, "listening", None, late=True)
 
 
+def test_a_reaction_that_replaced_a_playing_one_holds_its_last_frame_until_its_own_come() -> None:
+    p = Playout()
+    p.store(chunk(1, 0, source=S.CACHE), frames(1, 0), None)
+    p.show(planned(0, 1))
+    # a switch to another emotion restarts the reaction (realtime/session.py); its cached chunk is not ready yet
+    held = p.show(planned(1, 2, S.CACHE, "sad"))
+    assert held == Shown(S.CACHE, "happy", "r1c0f0", late=True), "a freeze, not a cut to the listening pose"
+    assert p.queued == 0, "the old reaction's unsent frames are gone"
+    p.store(chunk(2, 0, emotion="sad", source=S.CACHE), frames(2, 0), None)
+    assert p.show(planned(2, 2, S.CACHE, "sad")) == Shown(S.CACHE, "sad", "r2c0f0")
+    p.show(planned(3))  # the idle loop played in between: a new reaction starts from the listening pose again
+    assert p.show(planned(4, 3)) == Shown(S.LISTENING, "listening", None, late=True)
+
+
 def test_idle_frames_show_the_loop_and_drop_queued_reaction_frames() -> None:
     p = Playout()
     p.store(chunk(1, 0), frames(1, 0), None)

@@ -69,6 +69,31 @@ def test_a_runner_streams_idle_frames_then_reacts_in_order(session) -> None:
     assert runner.info()["state"] == "reacting" and runner.frames_sent >= len(sink.frames)
 
 
+def test_a_switch_mid_chunk_shows_the_new_emotion_on_the_next_frame(session) -> None:
+    """A revised emotion plays from the very next frame (its cached first chunk), not from the playing chunk's
+    end, and nothing the old emotion made plays after it: the real engine, latents cache and playout."""
+    client, hub, runner, sink = session
+    s = runner.session
+    client.portal.call(runner.set_emotion, "happy", 0.8)
+    wait_for(lambda: any(f.source == "sampler" for f in sink.frames), 30, "a sampled frame")  # chunks queued ahead
+
+    def switch_mid_chunk() -> int | None:
+        """On the loop, between frames: switch only when the next frame is inside a chunk (offset > 0)."""
+        nxt = s.next_frame_source(s.clock.upcoming(time.monotonic()))
+        if nxt.offset == 0 or nxt.emotion != "happy":
+            return None
+        runner.set_emotion("sad", 0.8)
+        return nxt.index
+
+    index = wait_for(lambda: client.portal.call(switch_mid_chunk), 10, "a mid-chunk moment")
+    wait_for(lambda: any(f.source == "sampler" and f.emotion == "sad" for f in sink.frames), 30, "a sampled sad frame")
+    after = [f for f in sink.frames if f.index >= index]  # a frame planned before the switch may still be encoding
+    assert (after[0].index, after[0].emotion, after[0].source) == (index, "sad", "cache")
+    assert {f.emotion for f in after} == {"sad"}, "no frame of the old emotion after the switch"
+    idx = [f.index for f in sink.frames]
+    assert idx == sorted(set(idx))
+
+
 def test_a_failing_sink_is_detached_and_the_others_go_on(session) -> None:
     client, hub, runner, sink = session
 

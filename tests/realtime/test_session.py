@@ -221,19 +221,36 @@ def _reacting_happy(**kw):
     return s, d
 
 
-def test_new_cue_switches_emotion_at_next_chunk_boundary():
+def test_a_switch_to_a_cached_emotion_shows_from_the_next_frame():
+    s, d = _reacting_happy()
+    happy = s.chunk_requests()
+    d.tick(happy[0].first_frame - d.k + 5)  # reaction frames 0..4 planned: chunk 1 is playing, mid-chunk
+    happy += s.chunk_requests()
+    before = s.clock.time_of(d.k - 1)
+    s.on_emotion("angry", 0.9, d.now)
+    new = s.chunk_requests()
+    # a new reaction from the next frame: its cached first chunk needs nothing of the old stream
+    assert (new[0].chunk, new[0].source, new[0].emotion, new[0].previous_chunk) == (0, "cache", "angry", None)
+    assert new[0].reaction != happy[0].reaction and new[0].first_frame == d.k
+    assert not any(s.is_wanted(r) for r in happy), "the old reaction's chunks are not made or shown any more"
+    frames = d.tick(30)
+    assert frames[0].index == new[0].first_frame and frames[0].emotion == "angry" and frames[0].source == "cache"
+    assert frames[0].t == pytest.approx(before + 0.04), "pulled in, as a reaction start is"
+    assert [f.source for f in frames[:6]] == ["cache"] * 4 + ["sampler"] * 2
+    assert {f.emotion for f in frames[:28]} == {"angry"}, "the angry hold time (3.5 s) counts from the switch"
+    assert {f.source for f in frames[28:]} == {"idle"}
+    switch = [e.payload for e in s.events() if e.type == "state_changed" and e.payload.get("emotion") == "angry"]
+    assert len(switch) == 1 and switch[0]["to"] == "reacting" and switch[0]["from_frame"] == frames[0].index
+
+
+def test_a_calm_down_mid_reaction_still_waits_for_the_chunk_boundary():
     s, d = _reacting_happy()
     start = s.chunk_requests()[0].first_frame
-    d.tick(start - d.k + 5)  # reaction frames 0..4 planned: chunk 1 is playing
-    old = s.chunk_requests()
-    s.on_emotion("angry", 0.9, d.now)
-    frames = d.tick(9)
-    assert [f.emotion for f in frames[:3]] == ["happy"] * 3, "the playing chunk finishes"
-    assert frames[3].index == start + 8 and frames[3].emotion == "angry"
-    assert [f.source for f in frames[3:]] == ["cache"] * 4 + ["sampler"] * 2
-    new = s.chunk_requests()
-    assert new[0].chunk == 2 and new[0].source == "cache" and new[0].emotion == "angry"
-    assert all(not s.is_current(r) for r in old if r.chunk >= 2)
+    d.tick(start - d.k + 5)
+    s.on_emotion("idle", 0.9, d.now)
+    frames = d.tick(5)
+    assert [f.emotion for f in frames] == ["happy"] * 3 + ["idle"] * 2
+    assert frames[3].index == start + 8
 
 
 def test_switch_without_cache_entry_continues_mid_stream():
@@ -342,11 +359,13 @@ def test_partial_and_final_disagree_tter_counts_final_emotion():
     first = d.tick()[0]
     assert first.emotion == "happy" and first.source == "cache"
     d.tick(1)
+    before = s.clock.time_of(d.k - 1)  # the last frame sent
     s.on_final("I'm happy it's over, I'm so sad", d.now)
     s.on_cue(cue("sad"), d.now)
     frames = d.tick(6)
     switch = [f for f in frames if f.emotion == "sad"][0]
-    assert switch.index == first.index + 4 and switch.source == "cache"
+    assert switch.index == first.index + 2 and switch.source == "cache", "the very next frame, mid-chunk"
+    assert switch.t == pytest.approx(before + 0.04)
     (lat,) = d.latency
     assert lat.payload["ttff_ms"] == pytest.approx(1000 * (first.t - end))
     assert lat.payload["tter_ms"] == pytest.approx(1000 * (switch.t - end))
