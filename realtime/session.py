@@ -608,11 +608,7 @@ class Session:
                 self._reaction = None
                 self._set_state(SessionState.IDLE, now, utterance=turn.id)
             else:
-                self._reaction_count += 1
-                seg = _Segment(0, label, intensity, c.has_cache(label), d.source, turn.id)
-                self._pull_in(now)
-                r = _Reaction(self._reaction_count, self.clock.upcoming(now), c.hold_chunks(label), [seg])
-                self._reaction = r
+                r = self._new_reaction(d, turn, label, intensity, now)
                 self._set_state(SessionState.REACTING, now, utterance=turn.id, emotion=label)
                 self._fill_chunks(r, now)
             return
@@ -641,17 +637,7 @@ class Session:
             r.next_request = min(r.next_request, boundary)  # re-issue queued chunks with the new emotion
             self._prune(r)
             self._fill_chunks(r, now)
-            self._emit(
-                "state_changed",
-                {
-                    "from": SessionState.REACTING,
-                    "to": SessionState.REACTING,
-                    "utterance": turn.id,
-                    "emotion": label,
-                    "from_frame": r.start_frame + boundary * c.chunk_frames,
-                },
-                now,
-            )
+            self._emit_switch(turn, label, r.start_frame + boundary * c.chunk_frames, now)
 
     def _restart_reaction(self, d: CueDecision, turn: _Turn, label: str, intensity: float, now: float) -> None:
         """A switch to an emotion with a cached first chunk: a new reaction from the very next frame.
@@ -662,25 +648,24 @@ class Session:
         partial's reaction revised) waited 109-429 ms there (docs/bench/tter17_switch_2026-12-05). The old
         reaction's queued chunks are no longer wanted (is_wanted), and the playout drops its unsent frames
         when the new reaction's first frame plays."""
-        c = self.config
         self._idle_turn = None
-        self._reaction_count += 1
-        seg = _Segment(0, label, intensity, True, d.source, turn.id)
-        self._pull_in(now)
-        r = _Reaction(self._reaction_count, self.clock.upcoming(now), c.hold_chunks(label), [seg])
-        self._reaction = r
+        r = self._new_reaction(d, turn, label, intensity, now)
         self._fill_chunks(r, now)
-        self._emit(
-            "state_changed",
-            {
-                "from": SessionState.REACTING,
-                "to": SessionState.REACTING,
-                "utterance": turn.id,
-                "emotion": label,
-                "from_frame": r.start_frame,
-            },
-            now,
-        )
+        self._emit_switch(turn, label, r.start_frame, now)
+
+    def _new_reaction(self, d: CueDecision, turn: _Turn, label: str, intensity: float, now: float) -> _Reaction:
+        """The session's reaction from now on: one emotion from the next frame, pulled in as every start is."""
+        c = self.config
+        self._reaction_count += 1
+        seg = _Segment(0, label, intensity, c.has_cache(label), d.source, turn.id)
+        self._pull_in(now)
+        r = self._reaction = _Reaction(self._reaction_count, self.clock.upcoming(now), c.hold_chunks(label), [seg])
+        return r
+
+    def _emit_switch(self, turn: _Turn, label: str, from_frame: int, now: float) -> None:
+        """A reacting session's emotion changes at `from_frame` (the state stays REACTING)."""
+        to = {"from": SessionState.REACTING, "to": SessionState.REACTING, "utterance": turn.id, "emotion": label}
+        self._emit("state_changed", {**to, "from_frame": from_frame}, now)
 
     def _maybe_report(self, tl: UtteranceTimeline, now: float) -> None:
         ev = tl.maybe_report(now)
