@@ -7,6 +7,7 @@ The decoder learns to draw a frame of an avatar from the frame's motion vector
 avatar's reference frame. Losses: avatar-weighted L1 and edge losses on the frame (as the `ae`
 stage of tools/train_tiny.py), plus the same L1 on the reference moved by the part masks alone at
 a quarter of the size, which teaches the masks directly instead of only through the generator.
+`--gan-weight W` adds a patch critic's term (tools/motion_critic.py): what an L1 loss leaves soft, a critic does not.
 Resumable and time-boxed (`--minutes`); `motion.pt` holds the model, its EMA, the optimizer and
 the step; `report.json` the held-out figures (tools/eval/holdout.py's frames: built-in avatars
 at seeds no training uses and parametric avatars never trained on), scored as the fidelity eval
@@ -37,6 +38,7 @@ from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.effects import EffectLayer
 from avatarcast.engines.tiny.model import tensor_to_rgba
 from avatarcast.engines.tiny.motion import SHAPES, MotionDecoder, shape_from_dict, shape_to_dict
+from tools.motion_critic import MotionCritic
 from tools.train_tiny import (
     LossLog,
     avatar_by_id,
@@ -338,12 +340,17 @@ def train(args) -> None:
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=1e-4)
     step = 0
+    critic = None
+    if args.gan_weight > 0:
+        critic = MotionCritic(device, weight=args.gan_weight, lr=args.d_lr, r1=args.r1, warmup=args.d_warmup)
     if path.exists():
         st = torch.load(path, map_location=device)
         model.load_state_dict(st["model"])
         ema.load_state_dict(st["ema"])
         if "opt" in st:
             opt.load_state_dict(st["opt"])
+        if critic is not None and "critic" in st:  # without it (a run that had none) the critic starts fresh
+            critic.load_state_dict(st["critic"])
         step = st["step"]
         print(f"[motion] resumed at step {step}", flush=True)
     elif (ck / "motion_ema.pt").exists():  # a kept checkpoint (tools/ckpt) holds the EMA weights only
@@ -370,7 +377,10 @@ def train(args) -> None:
 
     def save() -> None:
         kept = {"step": step, "shape": shape_to_dict(shape)}
-        save_small({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), **kept}, path)
+        full = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(), **kept}
+        if critic is not None:
+            full["critic"] = critic.state_dict()
+        save_small(full, path)
         save_small({"ema": ema.state_dict(), **kept}, ck / "motion_ema.pt")
 
     last_save = time.time()
@@ -442,14 +452,22 @@ def train(args) -> None:
         w4 = avatar_weight(x4, args.avatar_boost)
         mask_l = weighted_l1(moved4, x4, w4)
         loss = rec + args.edge_weight * edge + args.mask_weight * mask_l
+        extra = {}
+        if critic is not None and critic.active:
+            # scaled to the frame losses' gradient at the output convolution (the mask loss does not reach it)
+            g_term, lam = critic.generator_term(y, rec + args.edge_weight * edge, model.out.weight)
+            loss = loss + g_term
+            extra["gan_lam"] = lam
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        if critic is not None:
+            extra["d_hinge"], extra["d_r1"] = critic.step(x, y.detach())
         ema_update(ema, model, args.ema if step > 500 else 0.9)
         step += 1
         local += 1
-        log.tick("motion", step, local, t0, rec=rec.detach(), edge=edge.detach(), mask=mask_l.detach())
+        log.tick("motion", step, local, t0, rec=rec.detach(), edge=edge.detach(), mask=mask_l.detach(), **extra)
         if time.time() - last_save > args.save_every:
             save()
             log.save()
@@ -518,6 +536,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--face-crops", type=float, default=0.0, help="share of crops centred on a frame's face")
     ap.add_argument("--edge-weight", type=float, default=0.5)
     ap.add_argument("--mask-weight", type=float, default=1.0)
+    ap.add_argument("--gan-weight", type=float, default=0.0, help="patch critic term (tools/motion_critic.py)")
+    ap.add_argument("--d-lr", type=float, default=2e-4, help="the critic's learning rate")
+    ap.add_argument("--r1", type=float, default=1.0, help="the critic's R1 penalty on real crops")
+    ap.add_argument("--d-warmup", type=int, default=300, help="critic-only steps before the decoder sees its term")
     ap.add_argument("--save-every", type=float, default=120.0, help="seconds between checkpoints")
     ap.add_argument("--min-steps", type=int, default=1)
     ap.add_argument("--no-eval", action="store_true")
