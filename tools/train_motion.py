@@ -452,7 +452,7 @@ def train(args) -> None:
         w4 = avatar_weight(x4, args.avatar_boost)
         mask_l = weighted_l1(moved4, x4, w4)
         loss = rec + args.edge_weight * edge + args.mask_weight * mask_l
-        extra = {}
+        extra: dict[str, torch.Tensor] = {}
         if critic is not None and critic.active:
             # scaled to the frame losses' gradient at the output convolution (the mask loss does not reach it)
             g_term, lam = critic.generator_term(y, rec + args.edge_weight * edge, model.out.weight)
