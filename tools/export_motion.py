@@ -112,8 +112,12 @@ def denoiser_feeds(den: MotionDenoiser, n: int, seed: int) -> dict[str, np.ndarr
     }
 
 
-def _export(module, feeds: dict, path: Path, outputs, dynamic: dict, fp16: bool) -> None:
+def _export(module, feeds: dict, path: Path, outputs, dynamic: dict, fp16: bool, rewrite: bool = False) -> None:
+    """`rewrite`: the same numbers at less cost (tools/onnx_rewrites.py: odd input channel counts padded with zero
+    channels, softmax over channels written out)."""
     import onnx
+
+    from tools.onnx_rewrites import pad_conv_inputs, write_out_softmax
 
     args = tuple(torch.from_numpy(v) for v in feeds.values())
     with warnings.catch_warnings(), torch.no_grad():
@@ -129,9 +133,13 @@ def _export(module, feeds: dict, path: Path, outputs, dynamic: dict, fp16: bool)
             do_constant_folding=True,
             dynamo=False,
         )
-    if fp16:
+    if fp16 or rewrite:
         model = onnx.load(str(path))
-        fp16_initializers(model)
+        if rewrite:
+            pad_conv_inputs(model)
+            write_out_softmax(model)
+        if fp16:
+            fp16_initializers(model)
         onnx.save(model, str(path))
 
 
@@ -202,7 +210,7 @@ def export_decoder_graphs(dec: MotionDecoder, out: Path, fp16: bool) -> dict[str
     errs["reference"] = check(p, ReferenceGraph(dec), ref_feeds)
     p = out / GRAPHS["decoder"]
     dyn = {"motion": {0: "n"}, "centres": {0: "h", 1: "w"}, "frames": {0: "n", 2: "h", 3: "w"}}
-    _export(DecoderGraph(dec), decoder_feeds(dec, 2, (32, 96, 96, 64), 1), p, ("frames",), dyn, fp16)
+    _export(DecoderGraph(dec), decoder_feeds(dec, 2, (32, 96, 96, 64), 1), p, ("frames",), dyn, fp16, rewrite=True)
     errs["decoder"] = max(
         check(p, DecoderGraph(dec), decoder_feeds(dec, n, box, 2 + n))
         for n, box in ((3, (16, 136, 160, 120)), (1, (0, 0, H, W)))
