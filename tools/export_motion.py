@@ -1,7 +1,7 @@
 """Export architecture 3 (the motion decoder and denoiser) to a serving folder of ONNX graphs.
 
     python -m tools.export_motion DECODER.pt DENOISER.pt OUT_DIR [--fp32] [--int8-denoiser] [--int8-decoder]
-    python -m tools.export_motion DECODER.pt OUT_DIR --denoiser-from FOLDER [--int8-decoder]
+    python -m tools.export_motion DECODER.pt OUT_DIR --denoiser-from FOLDER [--int8-decoder] [--copy-only]
     python -m tools.export_motion --random OUT_DIR [--shape small] [--atlas 0] [--seed 0]
 
 DECODER.pt is tools.train_motion's `motion_ema.pt`, DENOISER.pt tools.train_motion_den's `motion_den.pt` or
@@ -59,9 +59,10 @@ class ReferenceGraph(torch.nn.Module):
 class DecoderGraph(torch.nn.Module):
     """One avatar's reference (batch 1, as the engine keeps it), n motions, any box (its pixel centres)."""
 
-    def __init__(self, dec: MotionDecoder):
+    def __init__(self, dec: MotionDecoder, copy_only: bool = False):
         super().__init__()
         self.dec = dec
+        self.copy_only = copy_only
 
     def forward(self, motion, ref_motion, ref, f2, f4, f8, centres, atlas=None):
         n = motion.shape[0]
@@ -78,6 +79,7 @@ class DecoderGraph(torch.nn.Module):
             centres,
             atlas,
             one_avatar=True,
+            copy_only=self.copy_only,
         )
 
 
@@ -152,7 +154,8 @@ def check(path: Path, module, feeds: dict, tolerance: float = 2e-2, relative: bo
     so = ort.SessionOptions()
     so.log_severity_level = 3
     s = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    got = s.run(None, feeds)
+    names = {i.name for i in s.get_inputs()}  # a copy-only decoder has no use for the reference's features
+    got = s.run(None, {k: v for k, v in feeds.items() if k in names})
     with torch.no_grad():
         want = module(*[torch.from_numpy(v) for v in feeds.values()])
     want = want if isinstance(want, (tuple, list)) else (want,)
@@ -196,8 +199,9 @@ def quantize_int8(path: Path, min_elements: int = 4096) -> None:
     onnx.save(model, str(path))
 
 
-def export_decoder_graphs(dec: MotionDecoder, out: Path, fp16: bool) -> dict[str, float]:
-    """reference.onnx and decoder.onnx, each checked against torch: their largest differences."""
+def export_decoder_graphs(dec: MotionDecoder, out: Path, fp16: bool, copy_only: bool = False) -> dict[str, float]:
+    """reference.onnx and decoder.onnx, each checked against torch: their largest differences. `copy_only`: the
+    decoder graph without the generator (tools/motion_copy.py says when that draws the same pixels)."""
     out.mkdir(parents=True, exist_ok=True)
     dec = dec.float().eval()
     if fp16:
@@ -210,10 +214,10 @@ def export_decoder_graphs(dec: MotionDecoder, out: Path, fp16: bool) -> dict[str
     errs["reference"] = check(p, ReferenceGraph(dec), ref_feeds)
     p = out / GRAPHS["decoder"]
     dyn = {"motion": {0: "n"}, "centres": {0: "h", 1: "w"}, "frames": {0: "n", 2: "h", 3: "w"}}
-    _export(DecoderGraph(dec), decoder_feeds(dec, 2, (32, 96, 96, 64), 1), p, ("frames",), dyn, fp16, rewrite=True)
+    graph = DecoderGraph(dec, copy_only)
+    _export(graph, decoder_feeds(dec, 2, (32, 96, 96, 64), 1), p, ("frames",), dyn, fp16, rewrite=True)
     errs["decoder"] = max(
-        check(p, DecoderGraph(dec), decoder_feeds(dec, n, box, 2 + n))
-        for n, box in ((3, (16, 136, 160, 120)), (1, (0, 0, H, W)))
+        check(p, graph, decoder_feeds(dec, n, box, 2 + n)) for n, box in ((3, (16, 136, 160, 120)), (1, (0, 0, H, W)))
     )
     return errs
 
@@ -227,8 +231,9 @@ def export(
     source: dict,
     fp16: bool = True,
     int8_denoiser: bool = False,
+    copy_only: bool = False,
 ) -> MotionManifest:
-    errs = export_decoder_graphs(dec, out, fp16)
+    errs = export_decoder_graphs(dec, out, fp16, copy_only)
     den = den.float().eval()
     if fp16 and not int8_denoiser:
         round_module_to_fp16(den)
@@ -246,14 +251,14 @@ def export(
 
 
 def export_with_denoiser_from(
-    dec: MotionDecoder, folder: Path, out: Path, source: dict, fp16: bool = True
+    dec: MotionDecoder, folder: Path, out: Path, source: dict, fp16: bool = True, copy_only: bool = False
 ) -> MotionManifest:
     """A new decoder beside another folder's denoiser graph, copied byte for byte with what belongs to it."""
     old = load_motion_manifest(folder)
     if out.resolve() == folder.resolve():
         raise ValueError(f"--denoiser-from {folder}: write the new folder elsewhere (its graphs are read from there)")
     den_graph = old.graph("denoiser").read_bytes()  # checked against the old manifest's sha256
-    errs = export_decoder_graphs(dec, out, fp16)
+    errs = export_decoder_graphs(dec, out, fp16, copy_only)
     (out / GRAPHS["denoiser"]).write_bytes(den_graph)
     old_errs = old.source.get("onnx_vs_torch_max_abs", {})
     errs.update({k: v for k, v in old_errs.items() if k.startswith("denoiser")})
@@ -287,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         metavar="FOLDER",
         help="DECODER.pt OUT_DIR: keep this exported folder's denoiser graph (and its normalization) as it is",
+    )
+    ap.add_argument(
+        "--copy-only",
+        action="store_true",
+        help="no generator in the decoder graph, if its copy mask is 1 on held-out frames (tools/motion_copy.py)",
     )
     ap.add_argument("--random", action="store_true", help="fresh random networks (tests, benchmarks of the cost)")
     ap.add_argument("--shape", choices=sorted(SHAPES), default="small", help="with --random")
@@ -323,13 +333,25 @@ def main(argv: list[str] | None = None) -> int:
             "decoder": {"file": dec_p.name, "sha256": _sha(dec_p), "step": int(st.get("step", 0))},
             "denoiser": {"file": den_p.name, "sha256": _sha(den_p), "step": int(sd.get("step", 0))},
         }
+    if args.copy_only:
+        from tools.motion_copy import COPY_LOGIT_MIN, copy_margin
+
+        margin = copy_margin(dec)
+        if margin["copy_logit_min"] < COPY_LOGIT_MIN:
+            print(
+                f"--copy-only: the generator draws ({margin}; needs a copy logit >= {COPY_LOGIT_MIN})", file=sys.stderr
+            )
+            return 2
+        source = {**source, "copy_only": margin}
     if args.denoiser_from:
         try:
-            man = export_with_denoiser_from(dec, args.denoiser_from, out, source, fp16=not args.fp32)
+            man = export_with_denoiser_from(
+                dec, args.denoiser_from, out, source, fp16=not args.fp32, copy_only=args.copy_only
+            )
         except ValueError as e:
             ap.error(str(e))
     else:
-        man = export(dec, den, mean, std, out, source, fp16=not args.fp32, int8_denoiser=args.int8_denoiser)
+        man = export(dec, den, mean, std, out, source, args.fp32 is False, args.int8_denoiser, copy_only=args.copy_only)
     if args.int8_decoder:
         from tools.motion_int8 import quantize_folder
 

@@ -500,11 +500,15 @@ class MotionDecoder(nn.Module):
         atlas: torch.Tensor | None = None,
         return_parts: bool = False,
         one_avatar: bool = False,
+        copy_only: bool = False,
     ):
         """`forward` for the box whose pixel centres (h, w, 2) in window coordinates are given (h, w multiples of
         8, the box on the 8-pixel grid). The box is a tensor here, not numbers, so that an exported graph takes
         any box: its size is the tensor's shape and its place the coordinates in it. `one_avatar`: every row is
-        the same avatar (the served graph), so what depends on the avatar alone is worked out once, not per row."""
+        the same avatar (the served graph), so what depends on the avatar alone is worked out once, not per row.
+        `copy_only`: return the moved reference without the generator (step 4), for a decoder whose copy mask is 1
+        wherever it was checked (`copy_margin`); the generator is then most of the draw's cost and none of its
+        pixels."""
         s = self.shape
         H, W = ref.shape[-2:]
         h, w = centres.shape[0], centres.shape[1]
@@ -557,6 +561,8 @@ class MotionDecoder(nn.Module):
             if s.underlay:
                 own_kp = kp_r[:1] if one_avatar else kp_r
                 moved_px = self._underlay(ref, moved_px, own_kp, gridsg, _softmax(logits), vis[1])
+        if copy_only:
+            return moved_px
         # 4. draw and choose
         cond = self.cond(torch.cat([motion[:, :EXPR_OFFSET] - ref_motion[:, :EXPR_OFFSET], motion[:, EXPR_OFFSET:]], 1))
         x = self.g8_in(torch.cat([warp(f8, mixed[8]) * vis[8], heat8], 1))

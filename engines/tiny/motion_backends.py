@@ -53,6 +53,9 @@ class OnnxMotionBackend:
         self.sessions = {}
         for g in ("reference", "decoder", "denoiser"):
             self.sessions[g] = load_session(manifest.graph(g, verify=verify), self.threads, ["CPUExecutionProvider"])
+        # what the decoder graph reads: one exported without its generator (tools.export_motion --copy-only) has no
+        # use for the reference's features, and onnxruntime refuses a feed the graph does not declare
+        self._decoder_inputs = frozenset(i.name for i in self.sessions["decoder"].get_inputs())
         self._lock = threading.Lock()  # one graph run at a time: the threads are the cores'
 
     def _run(self, graph: str, feeds: dict) -> list[np.ndarray]:
@@ -75,7 +78,7 @@ class OnnxMotionBackend:
     ) -> dict[str, np.ndarray]:
         """The decoder graph's inputs for a draw call (also what tools.motion_int8 calibrates on)."""
         y0, x0, h, w = box
-        feeds = dict(ref)
+        feeds = {k: v for k, v in ref.items() if k in self._decoder_inputs}
         feeds["motion"] = np.ascontiguousarray(motions, np.float32)
         feeds["ref_motion"] = np.ascontiguousarray(ref_motion, np.float32).reshape(1, -1)
         feeds["centres"] = np.ascontiguousarray(pixel_centres(h, w, self.window_hw, (y0, x0)))

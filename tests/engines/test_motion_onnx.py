@@ -240,6 +240,10 @@ def test_the_shipped_folder_is_whole_and_draws_the_avatar():
     for g in GRAPHS:
         man.graph(g, verify=True)
     assert set(man.source) >= {"decoder", "denoiser"}
+    if "copy_only" in man.source:  # exported without its generator: only where its copy mask was checked to be 1
+        from tools.motion_copy import COPY_LOGIT_MIN
+
+        assert man.source["copy_only"]["copy_logit_min"] >= COPY_LOGIT_MIN and man.source["copy_only"]["frames"] >= 100
     e = MotionEngine.from_folder(None, threads=2)
     s = holdout.reconstruction_frames(holdout.eval_avatars(1, 0), 2)[1]
     q = pose_at(s.emotion, s.time, sample_variation(s.seed), s.intensity)
@@ -459,3 +463,39 @@ def test_an_int8_decoder_keeps_the_frames_and_draws_no_haze(tmp_path):
     mi.quantize_convs(f32, q_all, mi.served_feeds(again, cal, 8), int8=lambda name: True)
     feeds = mi.served_feeds(again, held, 8)
     assert mi.avatar_psnr(mi.run_graph(f32, feeds), mi.run_graph(q_all, feeds)) < report["psnr_vs_float_db"] - 20.0
+
+
+def test_a_decoder_that_only_copies_ships_without_its_generator(folder, tmp_path):
+    """`tools.export_motion --copy-only`: where the copy mask is 1 on held-out frames (tools/motion_copy.py), the
+    decoder graph leaves the generator out (none of its convolutions, no use for the reference's features) and the
+    engine draws the same frames. A decoder whose generator still draws is refused."""
+    import onnx
+
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+    from tools.export_motion import export_with_denoiser_from
+    from tools.motion_copy import COPY_LOGIT_MIN, copy_margin
+
+    dec, _ = _modules()
+    fresh = copy_margin(dec, per_avatar=1)  # a fresh decoder's copy logit starts at 3: its generator draws
+    assert fresh["copy_logit_min"] < COPY_LOGIT_MIN and fresh["copy_only_max_abs"] > 1e-3, fresh
+    with torch.no_grad():  # as training left the shipped decoders: the copy logit far past sigmoid's range
+        torch.nn.init.normal_(dec.out.weight, std=0.05)
+        dec.out.bias[4] = 40.0
+    saturated = copy_margin(dec, per_avatar=1)
+    assert saturated["copy_logit_min"] >= COPY_LOGIT_MIN and saturated["copy_only_max_abs"] < 1e-6, saturated
+    full = export_with_denoiser_from(dec, folder, tmp_path / "full", {"decoder": {"file": "x.pt"}}, fp16=False)
+    lean = export_with_denoiser_from(
+        dec, folder, tmp_path / "lean", {"decoder": {"file": "x.pt"}}, fp16=False, copy_only=True
+    )
+    graphs = {p: onnx.load(str(m.graph("decoder"))).graph for p, m in (("full", full), ("lean", lean))}
+    convs = {p: {n.name for n in g.node if n.op_type == "Conv"} for p, g in graphs.items()}
+    assert {"/out/Conv", "/g8_in/Conv", "/up1/up1.1/Conv"} <= convs["full"]
+    assert convs["lean"] == {c for c in convs["full"] if c.startswith("/masks/")}  # the part masks' U-Net alone
+    assert {i.name for i in graphs["lean"].input}.isdisjoint({"f2", "f4", "f8"})
+    a, b = MotionEngine.from_folder(full.path, threads=2), MotionEngine.from_folder(lean.path, threads=2)
+    for avatar, emotion, seed in CASES:
+        sa, sb = a.start_stream(avatar, emotion, seed=seed), b.start_stream(avatar, emotion, seed=seed)
+        motion = a.sample_chunks([sa])
+        fa, fb = a.decode_chunks([sa], motion), b.decode_chunks([sb], motion)
+        assert fa[..., 3].max() == 255
+        assert np.abs(fa.astype(int) - fb.astype(int)).max() <= 1
