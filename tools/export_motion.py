@@ -334,10 +334,10 @@ def main(argv: list[str] | None = None) -> int:
             "denoiser": {"file": den_p.name, "sha256": _sha(den_p), "step": int(sd.get("step", 0))},
         }
     if args.copy_only:
-        from tools.motion_copy import COPY_LOGIT_MIN, copy_margin
+        from tools.motion_copy import COPY_LOGIT_MIN, COPY_ONLY_MAX_ABS, copy_margin
 
         margin = copy_margin(dec)
-        if margin["copy_logit_min"] < COPY_LOGIT_MIN:
+        if margin["copy_logit_min"] < COPY_LOGIT_MIN or margin["copy_only_max_abs"] > COPY_ONLY_MAX_ABS:
             print(
                 f"--copy-only: the generator draws ({margin}; needs a copy logit >= {COPY_LOGIT_MIN})", file=sys.stderr
             )

@@ -21,6 +21,9 @@ from avatarcast.engines.tiny.motion import MotionDecoder, pixel_centres
 # sigmoid(12) = 1 - 6.1e-6: the generator's share of a pixel at most 6.1e-6 x 2 (its drawing and the moved pixel
 # both lie in [-1, 1]), 1.6e-3 of a uint8 level
 COPY_LOGIT_MIN = 12.0
+# and the largest difference between the full draw and the copy-only one ([-1, 1] units; a level is 7.8e-3): a
+# decoder with a residual (MotionShape.residual) draws over the mix whatever its copy mask says
+COPY_ONLY_MAX_ABS = 1e-4
 
 
 def copy_margin(dec: MotionDecoder, per_avatar: int = 11) -> dict[str, float]:

@@ -333,6 +333,8 @@ def train(args) -> None:
     shape = SHAPES[args.shape]
     if args.atlas:
         shape = dataclasses.replace(shape, atlas=len(expression_faces()))
+    if args.residual:
+        shape = dataclasses.replace(shape, residual=True)
     if path.exists() or (ck / "motion_ema.pt").exists():  # a resumed run keeps the shape it started with
         kept = torch.load(path if path.exists() else ck / "motion_ema.pt", map_location="cpu").get("shape")
         shape = shape_from_dict(kept)
@@ -359,10 +361,10 @@ def train(args) -> None:
         ema.load_state_dict(st["ema"])
         step = st["step"]
         print(f"[motion] started from the kept EMA weights at step {step}", flush=True)
-    elif args.init_from:  # another run's weights; what this shape adds (the atlas mix) starts fresh, at step 0
+    elif args.init_from:  # another run's weights; what this shape adds (atlas mix, residual) starts fresh, at step 0
         st = torch.load(args.init_from, map_location=device)
         missing, unexpected = model.load_state_dict(st["ema"], strict=False)
-        if unexpected or any(not k.startswith("atlas_") for k in missing):
+        if unexpected or any(not k.startswith(("atlas_", "res.")) for k in missing):
             raise SystemExit(f"--init-from {args.init_from}: other layers (missing {missing}, unexpected {unexpected})")
         ema.load_state_dict(model.state_dict())
         print(f"[motion] initialized from {args.init_from} (its step {st['step']}); new: {missing}", flush=True)
@@ -455,7 +457,8 @@ def train(args) -> None:
         extra: dict[str, torch.Tensor] = {}
         if critic is not None and critic.active:
             # scaled to the frame losses' gradient at the output convolution (the mask loss does not reach it)
-            g_term, lam = critic.generator_term(y, rec + args.edge_weight * edge, model.out.weight)
+            last = model.res.weight if shape.residual else model.out.weight  # the layer the frame's gradient reaches
+            g_term, lam = critic.generator_term(y, rec + args.edge_weight * edge, last)
             loss = loss + g_term
             extra["gan_lam"] = lam
         opt.zero_grad(set_to_none=True)
@@ -531,6 +534,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ema", type=float, default=0.999)
     ap.add_argument("--avatar-boost", type=float, default=4.0)
     ap.add_argument("--atlas", action="store_true", help="a new run's decoder also copies the atlas faces")
+    ap.add_argument("--residual", action="store_true", help="a new run's decoder adds a drawn correction (MotionShape)")
     ap.add_argument("--init-from", default="", help="start from this motion_ema.pt (a new shape's extra layers fresh)")
     ap.add_argument("--face-boost", type=float, default=1.0, help="loss weight inside each frame's head disc")
     ap.add_argument("--face-crops", type=float, default=0.0, help="share of crops centred on a frame's face")

@@ -74,6 +74,11 @@ class MotionShape:
     # weights: on for every decoder, the ones trained without it too (the kept GPU decoder: +0.56 dB avatar PSNR,
     # alpha IoU 0.9766 -> 0.9794 on 72 held-out frames; docs/training/motion.md).
     underlay: bool = True
+    # A correction the generator adds over the copy mask's mix (zero at first). The copy mask alone saturated in
+    # every decoder trained so far (its logit past 15 on every held-out pixel, tools/motion_copy.py): sigmoid's
+    # slope is then 0 in float32 and the generator gets no gradient at all, so the strokes stayed as bilinear
+    # sampling leaves them. A residual keeps a path from the loss to the generator whatever the mask does.
+    residual: bool = False
 
 
 # Shapes by name (tools/train_motion.py --shape): the default, and one for the 2-core CPU.
@@ -395,6 +400,9 @@ class MotionDecoder(nn.Module):
         self.up1 = nn.Sequential(nn.SiLU(), nn.Conv2d(g[2], 4 * 8, 3, padding=1), nn.PixelShuffle(2))
         self.out = nn.Conv2d(8 + 4, 5, 3, padding=1)  # RGBA drawn + the copy mask's logit
         _zero_init(self.out)
+        if s.residual:
+            self.res = nn.Conv2d(8 + 4, 4, 3, padding=1)  # added over the mix: zero at first
+            _zero_init(self.res)
         bias = self.out.bias
         assert bias is not None
         with torch.no_grad():
@@ -572,9 +580,12 @@ class MotionDecoder(nn.Module):
         x = self.g4(x, cond)
         x = self.g2_in(torch.cat([self.up2(x), warp(f2, mixed[2]) * vis[2]], 1))
         x = self.g2(x)
-        o = self.out(torch.cat([self.up1(x), moved_px], 1)).float()
+        last = torch.cat([self.up1(x), moved_px], 1)
+        o = self.out(last).float()
         copy = torch.sigmoid(o[:, 4:5])
         out = copy * moved_px + (1 - copy) * o[:, :4]
+        if s.residual:
+            out = out + self.res(last).float()
         if return_parts:
             return out, {"moved": moved_px, "copy": copy, "grid4": mixed[4], "vis4": vis[4], "ref4": ref4}
         return out

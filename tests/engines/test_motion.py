@@ -183,9 +183,10 @@ def test_train_motion_runs_and_resumes(tmp_path):
     assert torch.load(tmp_path / "ck" / "motion_ema.pt")["step"] == 3
     # a decoder that copies atlas faces, started from that one's weights (its atlas mix fresh)
     atlas_args = [a if a != str(tmp_path / "ck") else str(tmp_path / "ck2") for a in args]
-    train_motion.main([*atlas_args, "--atlas", "--init-from", str(tmp_path / "ck" / "motion_ema.pt")])
+    train_motion.main([*atlas_args, "--atlas", "--residual", "--init-from", str(tmp_path / "ck" / "motion_ema.pt")])
     kept = torch.load(tmp_path / "ck2" / "motion_ema.pt")
     assert kept["step"] == 1 and kept["shape"]["atlas"] == 11 and "atlas_mix.2.bias" in kept["ema"]
+    assert kept["shape"]["residual"] and "res.weight" in kept["ema"]
 
 
 def test_train_motion_den_keeps_its_size_and_the_engine_reads_it(tmp_path):
@@ -414,3 +415,39 @@ def test_a_decoder_with_an_atlas_copies_the_face_its_motion_asks_for():
     torch.testing.assert_close(mixed["moved"], sad["moved"], atol=1e-4, rtol=0)
     with pytest.raises(ValueError):
         dec(m, m, ref, feats)  # an atlas decoder without its atlas
+
+
+def test_a_residual_gives_a_saturated_copy_mask_generator_a_gradient():
+    """Every trained decoder's copy logit went past 15 on every pixel: sigmoid's slope is 0 in float32 there, so
+    the generator gets no gradient (tools/motion_copy.py). The same weights with a residual (MotionShape.residual,
+    zero at first) draw the same frame, and the frame's loss reaches the residual's weights."""
+    import dataclasses
+
+    torch.manual_seed(3)
+    shape = dataclasses.replace(MotionDecoder().shape, ref_channels=(8, 8, 8), mask_channels=(8, 8, 8))
+    shape = dataclasses.replace(shape, gen_channels=(8, 8, 8), cond_dim=16)
+    old = MotionDecoder(shape)
+    with torch.no_grad():
+        torch.nn.init.normal_(old.out.weight, std=0.05)
+        old.out.bias[4] = 40.0  # saturated, as training left them
+    new = MotionDecoder(dataclasses.replace(shape, residual=True))
+    missing, unexpected = new.load_state_dict(old.state_dict(), strict=False)
+    assert sorted(missing) == ["res.bias", "res.weight"] and not unexpected
+    from avatarcast.engines.avatar_world.reference import canonical_pose
+    from tools.train_motion import _window
+    from tools.train_tiny import to_window_tensor
+
+    av = BUILTIN_AVATARS[1]
+    ref = to_window_tensor(torch.from_numpy(_window(render_frame(av, canonical_pose())))[None], CFG)
+    m = torch.from_numpy(_mv(av, pose_at("happy", 0.7, sample_variation(2), 1.0)))[None]
+    rm = torch.from_numpy(_mv(av, canonical_pose()))[None]
+    box = (96, 160, 96, 96)
+    target = torch.rand(1, 4, 96, 96) * 2 - 1
+    grads = {}
+    for name, dec in (("old", old), ("new", new)):
+        y = dec(m, rm, ref, dec.encode_reference(ref), box=box)
+        (y - target).abs().mean().backward()
+        grads[name] = (y.detach(), dec.out.weight.grad, getattr(dec, "res", None))
+    torch.testing.assert_close(grads["old"][0], grads["new"][0])
+    assert float(grads["old"][1].abs().max()) == 0.0  # the old path: nothing reaches the generator
+    assert float(grads["new"][2].weight.grad.abs().max()) > 0
