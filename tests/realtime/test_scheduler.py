@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from avatarcast.engines.contract import StreamStart
-from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler
+from avatarcast.realtime.scheduler import ChunkJob, ChunkResult, EngineScheduler
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,49 @@ def test_jobs_with_room_wait_for_each_other_and_share_one_batch(engine) -> None:
         assert r.frames.shape == (4, 360, 640, 4) and r.frames.dtype == np.uint8
         assert r.state.frames_done == 4
     assert not np.array_equal(ra.frames, rb.frames)
+
+
+class _SlowScheduler(EngineScheduler):
+    """The scheduler around an engine whose every batch takes `batch_s` (no engine: the batching rule only)."""
+
+    batch_s = 0.2
+
+    def _work(self, batch, steps=None, lowres=False):
+        t0 = self.clock()
+        time.sleep(self.batch_s)
+        t1 = self.clock()
+        self._account(len(batch), t1 - t0)
+        return [ChunkResult(np.zeros(1), j.state, t0, t1, t1, len(batch)) for j in batch]
+
+
+def test_a_stream_answered_joins_the_job_that_waited_through_its_batch() -> None:
+    """Two streams in one phase: B's chunk runs alone while A's, due with B's next, waits; when B's batch ends
+    A's job has no room left to wait, and B's next chunk is submitted as soon as B has its frames. They run as
+    one batch (before, A's ran alone and B's came after it, late)."""
+    from types import SimpleNamespace
+
+    from avatarcast.engines.contract import EngineCapabilities
+
+    async def go():
+        sch = _SlowScheduler(SimpleNamespace(capabilities=EngineCapabilities(frames_per_chunk=4)))
+        await sch.start()
+        try:
+            t0 = time.monotonic()
+
+            async def stream_b():
+                await sch.submit(ChunkJob("b", "b1", t0 + 0.01, "happy", 0.8))  # due now: runs at once, alone
+                return await sch.submit(ChunkJob("b", "b2", t0 + 0.5, "happy", 0.8))
+
+            b = asyncio.create_task(stream_b())
+            await asyncio.sleep(0.02)
+            a = await sch.submit(ChunkJob("a", "a1", t0 + 0.5, "sad", 0.8))
+            return a, await b, sch.batches
+        finally:
+            await sch.close()
+
+    a, b2, batches = run(go())
+    assert (a.batch, b2.batch, batches) == (2, 2, 2)
+    assert b2.finished < b2.started + 0.3  # one batch's time after it started: on time
 
 
 def test_an_urgent_job_runs_at_once_and_deadlines_order_the_queue(engine) -> None:
