@@ -23,6 +23,9 @@ class EngineCapabilities:
     pipeline_depth: int = 1  # engine calls the scheduler may keep in flight (launch_chunks)
     per_stream_decode: bool = False  # decode_chunks continues each stream's video (the state holds a decoder cache)
     half_res_decode: bool = False  # decode_chunks(..., lowres=True) runs a half-resolution decoder
+    # prep_engine(threads) (PrepEngineSource) gives an engine with its own runtime threads that shares this one's
+    # prepared avatars: the Hub prepares clients' new avatars on it, off the live engine (realtime/prep.py)
+    shared_prep: bool = False
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,13 @@ class StreamStart:
     emotion: str
     intensity: float
     seed: int = 0
+
+
+class PrepEngineSource(Protocol):
+    """An engine that declares `shared_prep`: a second engine for preparing avatars, whose per-avatar work (a
+    reference encoded, an atlas rendered) this engine then finds done."""
+
+    def prep_engine(self, threads: int) -> Any: ...
 
 
 class LatentShapes(Protocol):

@@ -18,10 +18,10 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from avatarcast.artifacts import store_under
-from avatarcast.engines.contract import StreamEngine, StreamStart
+from avatarcast.engines.contract import PrepEngineSource, StreamEngine, StreamStart
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
 from avatarcast.realtime import loop_errors
 from avatarcast.realtime.admission import Verdict, check
@@ -145,7 +145,7 @@ class Hub:
             scheduler,
             precompute=bool(s.precompute),
             max_avatars=s.max_avatars,
-            prep=await self._prep_lane(cache),
+            prep=await self._prep_lane(engine, cache),
             max_preparing=s.max_preparing_avatars,
         )
         self._closers.append(avatars.close)
@@ -175,15 +175,28 @@ class Hub:
         self._reaper = asyncio.create_task(self._reap_idle(), name="session-reaper")
         self.ready.set()
 
-    async def _prep_lane(self, cache: LatentsCache) -> Lane | None:
+    async def _prep_lane(self, engine: StreamEngine, cache: LatentsCache) -> Lane | None:
         """Where clients' new avatars are prepared (realtime/prep.py): the tiny engine loads twice cheaply, so it
-        gets a second one on a low-priority thread; other engines prepare on their own between chunk jobs (None)."""
+        gets a second one on a low-priority thread; an engine that declares `shared_prep` (motion on onnxruntime)
+        hands one out that shares its prepared avatars; other engines prepare on their own between chunk jobs
+        (None)."""
         s = self.settings
-        if s.engine != "tiny":
+        if s.engine == "tiny":
+            one_thread = dataclasses.replace(s, threads=1)  # at most one core, on CPU time nothing live wants
+
+            def load() -> Any:
+                return load_engine(one_thread)
+
+        elif engine.capabilities.shared_prep:
+            source = cast(PrepEngineSource, engine)
+
+            def load() -> Any:
+                return source.prep_engine(1)  # one core at most, as tiny's
+
+        else:
             return None
-        one_thread = dataclasses.replace(s, threads=1)  # at most one core, on CPU time nothing live wants
         prep = PrepLane(
-            lambda: load_engine(one_thread),
+            load,
             lambda engine: LatentsCache(engine, cache.templates, cache.cache_dir, store=cache.store, index=cache.index),
         )
         self._closers.append(prep.close)

@@ -176,13 +176,37 @@ def test_the_server_streams_the_motion_engine(folder):
                 return c
 
         c = asyncio.run(go())
-        assert hub.services.engine.weights_hash == load_motion_manifest(folder).weights_hash
+        live = hub.services.engine
+        assert live.weights_hash == load_motion_manifest(folder).weights_hash
+        # clients' new avatars are prepared on an engine of their own that fills the live one's avatar table
+        assert hub.prep is not None and hub.prep.lane.engine is not live
+        assert hub.prep.lane.engine._avatars is live._avatars
     hello = next(e["payload"] for e in c.events if e["type"] == "hello")
     assert hello["fps"] == 8
     heads = [h for _, h, _ in c.frames]
     assert len(heads) >= 12 and [h.index for h in heads] == sorted({h.index for h in heads})
     assert ("sampler", "happy") in [(h.source, h.emotion) for h in heads]
     assert not [e for e in c.events if e["type"] == "error"]
+
+
+def test_a_preparation_engine_prepares_avatars_for_the_live_one(folder):
+    """`prep_engine` (realtime/prep.py runs it at idle priority): its own onnxruntime sessions, the live engine's
+    table of prepared avatars. An avatar it prepares is the live engine's at once (the same object, no second
+    preparation), and both draw the same frames."""
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+
+    live = MotionEngine.from_folder(folder, threads=2)
+    assert live.capabilities.shared_prep
+    prep = live.prep_engine(1)
+    assert prep.backend is not live.backend and prep.backend.threads == 1
+    a = prep.start_stream("random-77", "happy", seed=1)
+    prepared = live._avatars[a.avatar_key]
+    b = live.start_stream("random-77", "happy", seed=1)
+    assert live._avatars[b.avatar_key] is prepared and len(live._avatars) == 1
+    motion = prep.sample_chunks([a])
+    np.testing.assert_array_equal(motion, live.sample_chunks([b]))
+    fa, fb = prep.decode_chunks([a], motion), live.decode_chunks([b], motion)
+    assert np.abs(fa.astype(int) - fb.astype(int)).max() <= 1  # one thread or two: the same graphs
 
 
 def test_bench_engine_measures_the_motion_engine(folder):
@@ -483,6 +507,18 @@ def test_a_decoder_that_only_copies_ships_without_its_generator(folder, tmp_path
         dec.out.bias[4] = 40.0
     saturated = copy_margin(dec, per_avatar=1)
     assert saturated["copy_logit_min"] >= COPY_LOGIT_MIN and saturated["copy_only_max_abs"] < 1e-6, saturated
+    # the same weights with a residual that draws (MotionShape.residual): the mask is saturated, the draw is not a copy
+    import dataclasses
+
+    from avatarcast.engines.tiny.motion import MotionDecoder
+    from tools.motion_copy import COPY_ONLY_MAX_ABS
+
+    res = MotionDecoder(dataclasses.replace(dec.shape, residual=True))
+    res.load_state_dict(dec.state_dict(), strict=False)
+    with torch.no_grad():
+        torch.nn.init.normal_(res.res.weight, std=0.05)
+    drawn = copy_margin(res, per_avatar=1)
+    assert drawn["copy_logit_min"] >= COPY_LOGIT_MIN and drawn["copy_only_max_abs"] > COPY_ONLY_MAX_ABS, drawn
     full = export_with_denoiser_from(dec, folder, tmp_path / "full", {"decoder": {"file": "x.pt"}}, fp16=False)
     lean = export_with_denoiser_from(
         dec, folder, tmp_path / "lean", {"decoder": {"file": "x.pt"}}, fp16=False, copy_only=True
