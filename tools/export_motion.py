@@ -334,13 +334,12 @@ def main(argv: list[str] | None = None) -> int:
             "denoiser": {"file": den_p.name, "sha256": _sha(den_p), "step": int(sd.get("step", 0))},
         }
     if args.copy_only:
-        from tools.motion_copy import COPY_LOGIT_MIN, COPY_ONLY_MAX_ABS, copy_margin
+        from tools.motion_copy import COPY_LOGIT_MIN, COPY_ONLY_MAX_ABS, copies_only, copy_margin
 
         margin = copy_margin(dec)
-        if margin["copy_logit_min"] < COPY_LOGIT_MIN or margin["copy_only_max_abs"] > COPY_ONLY_MAX_ABS:
-            print(
-                f"--copy-only: the generator draws ({margin}; needs a copy logit >= {COPY_LOGIT_MIN})", file=sys.stderr
-            )
+        if not copies_only(margin):
+            need = f"a copy logit >= {COPY_LOGIT_MIN} and |full - copy only| <= {COPY_ONLY_MAX_ABS}"
+            print(f"--copy-only: the generator draws ({margin}; needs {need})", file=sys.stderr)
             return 2
         source = {**source, "copy_only": margin}
     if args.denoiser_from:
@@ -351,7 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as e:
             ap.error(str(e))
     else:
-        man = export(dec, den, mean, std, out, source, args.fp32 is False, args.int8_denoiser, copy_only=args.copy_only)
+        fp16, int8, copy_only = not args.fp32, args.int8_denoiser, args.copy_only
+        man = export(dec, den, mean, std, out, source, fp16=fp16, int8_denoiser=int8, copy_only=copy_only)
     if args.int8_decoder:
         from tools.motion_int8 import quantize_folder
 

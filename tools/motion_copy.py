@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from avatarcast.engines.tiny.motion import MotionDecoder, pixel_centres
+from avatarcast.engines.tiny.motion import MotionDecoder
 
 # sigmoid(12) = 1 - 6.1e-6: the generator's share of a pixel at most 6.1e-6 x 2 (its drawing and the moved pixel
 # both lie in [-1, 1]), 1.6e-3 of a uint8 level
@@ -44,11 +44,14 @@ def copy_margin(dec: MotionDecoder, per_avatar: int = 11) -> dict[str, float]:
                 feats = dec.encode_reference(ref)
                 m, rm = torch.from_numpy(r["motion"][None]), torch.from_numpy(r["ref_motion"][None])
                 at = atlas_tensor(torch.from_numpy(r["atlas"][None])) if dec.shape.atlas else None
-                full = dec(m, rm, ref, feats, atlas=at)
-                H, W = ref.shape[-2:]
-                c = pixel_centres(H, W, m, (H, W), (0, 0))
-                moved = dec.draw(m, rm, ref, feats, c, at, copy_only=True)
-                diff = max(diff, float((full - moved).abs().max()))
+                # the moved reference is what draw(copy_only=True) returns: the same tensor, drawn once
+                full, parts = dec(m, rm, ref, feats, atlas=at, return_parts=True)
+                diff = max(diff, float((full - parts["moved"]).abs().max()))
     finally:
         hook.remove()
     return {"copy_logit_min": float(np.min(lows)), "copy_only_max_abs": diff, "frames": len(rows)}
+
+
+def copies_only(margin: dict[str, float]) -> bool:
+    """Whether copy_margin's figures let the decoder be exported without its generator."""
+    return margin["copy_logit_min"] >= COPY_LOGIT_MIN and margin["copy_only_max_abs"] <= COPY_ONLY_MAX_ABS

@@ -456,8 +456,9 @@ def train(args) -> None:
         loss = rec + args.edge_weight * edge + args.mask_weight * mask_l
         extra: dict[str, torch.Tensor] = {}
         if critic is not None and critic.active:
-            # scaled to the frame losses' gradient at the output convolution (the mask loss does not reach it)
-            last = model.res.weight if shape.residual else model.out.weight  # the layer the frame's gradient reaches
+            # scaled to the frame losses' gradient at the last layer that draws the frame (the mask loss does not
+            # reach it): the residual where there is one, since a saturated copy mask passes none to /out
+            last = model.res.weight if shape.residual else model.out.weight
             g_term, lam = critic.generator_term(y, rec + args.edge_weight * edge, last)
             loss = loss + g_term
             extra["gan_lam"] = lam
