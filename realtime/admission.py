@@ -88,9 +88,9 @@ def check(
         return Verdict(
             False,
             "capacity",
-            f"no engine capacity for another reacting stream: engine {busy:.0%} busy + a reaction {added:.0%} "
-            f"+ {len(young)} new session(s) beyond their measured share {young_duty:.0%} "
-            f"= {busy + added + young_duty:.0%}, over the {headroom:.0%} headroom; retry later",
+            # short enough for a WebSocket close reason (123 bytes), figures first
+            f"no engine capacity: {busy:.0%} busy + {added:.0%} a reaction + {young_duty:.0%} for {len(young)} new "
+            f"session(s) = {busy + added + young_duty:.0%} > {headroom:.0%} headroom; retry later",
             busy,
             added,
             young_duty,
