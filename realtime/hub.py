@@ -362,7 +362,7 @@ class Hub:
         # a session whose client has come and gone will not react again (it waits for the reaper);
         # counting it would refuse a client that reconnects right after closing its last session
         live = [r for r in self.sessions.values() if not r.abandoned]
-        young = sum(1 for r in live if now - r.created < s.capacity_window_s)
+        young = [r.id for r in live if now - r.created < s.capacity_window_s]
         return check(
             self._services.scheduler,
             headroom=s.capacity_headroom,
@@ -395,6 +395,7 @@ class Hub:
         sch, s = sv.scheduler, self.settings
         lad = sch.ladder
         per = sch.stream_chunk_s
+        verdict = self.admission()
         return {
             "degradation_level": lad.level if lad else 0,
             "degradation": lad.name if lad else "full",
@@ -404,10 +405,12 @@ class Hub:
             "stream_chunk_s": None if per is None else round(per, 4),
             "chunk_s": self.chunk_s,
             "reaction_load": None if per is None else round(per / self.chunk_s, 3),
+            # what admission control counts for the sessions younger than the window, beyond their measured share
+            "young_duty": round(verdict.young_duty, 3),
             "capacity_headroom": s.capacity_headroom,
             "late_batches": sch.late_batches,
             "admission": bool(s.admission),
-            "admitting": self.ready.is_set() and (not s.admission or self.admission().admit),
+            "admitting": self.ready.is_set() and (not s.admission or verdict.admit),
             "draining": self.draining,
         }
 

@@ -99,6 +99,12 @@ class Scheduler(Protocol):
 
     def busy_fraction(self, window_s: float = 10.0) -> float: ...
 
+    def busy_by_session(self, window_s: float = 10.0) -> dict[str, float]:
+        """Each session's part of busy_fraction(window_s): its share of every live batch it was in (batch seconds
+        over batch size) as a fraction of the window. Admission control reads it to tell how much of a new
+        session's reacting is already measured (realtime/admission.py)."""
+        ...
+
     def cluster_status(self) -> dict | None:
         """Replicas and failovers for /v1/status (None: a single-process engine)."""
         ...
@@ -163,21 +169,32 @@ class EngineScheduler:
         self.stream_chunk_s: float | None = None  # EWMA: engine seconds per stream-chunk at full steps
         self.cost_at = -1e18  # when stream_chunk_s was last measured
         self.late_batches = 0
-        self._live: deque[tuple[float, float]] = deque(maxlen=4096)  # (end, seconds) of recent live batches
+        # (end, seconds, the sessions of its jobs) of recent live batches
+        self._live: deque[tuple[float, float, tuple[str, ...]]] = deque(maxlen=4096)
         self.ladder: DegradationLadder | None = None  # set by the Hub
 
     def busy_fraction(self, window_s: float = 10.0) -> float:
         """The fraction of the last `window_s` seconds the engine spent on live batches (0..1)."""
-        now = self.clock()
-        lo = now - window_s
-        busy = sum(min(dur, end - lo) for end, dur in self._live if end > lo)
+        lo = self.clock() - window_s
+        busy = sum(in_window(end, dur, lo) for end, dur, _ in self._live)
         return min(1.0, max(0.0, busy / window_s))
+
+    def busy_by_session(self, window_s: float = 10.0) -> dict[str, float]:
+        """Each session's part of busy_fraction: a batch's seconds split evenly over its jobs (one forward
+        serves them all; nothing finer is measured). The parts add up to busy_fraction below a full engine."""
+        lo = self.clock() - window_s
+        parts: dict[str, float] = {}
+        for end, dur, sessions in self._live:
+            share = in_window(end, dur, lo) / (len(sessions) * window_s)
+            for sid in sessions:
+                parts[sid] = parts.get(sid, 0.0) + share
+        return parts
 
     def _observe(self, batch: list[ChunkJob], results: list[ChunkResult], degraded: bool, dur: float) -> None:
         """Record a finished live batch (`dur`: its engine time): its cost per stream, and whether it
         finished past a deadline."""
         r = results[0]
-        self._live.append((r.finished, dur))
+        self._live.append((r.finished, dur, tuple(j.session_id for j in batch)))
         if not degraded:  # cost at full quality: what a new stream would add
             per = dur / len(results)
             self.stream_chunk_s = per if self.stream_chunk_s is None else 0.8 * self.stream_chunk_s + 0.2 * per
@@ -436,6 +453,11 @@ class EngineScheduler:
         t2 = self.clock()
         self._account(B, t2 - t0)
         return [ChunkResult(per[i], states[i], t0, t1, t2, B, lowres) for i in range(B)]
+
+
+def in_window(end: float, dur: float, lo: float) -> float:
+    """The seconds of a batch that ran `dur` seconds up to `end` which fall after `lo` (a window's start)."""
+    return max(0.0, min(dur, end - lo))
 
 
 def _out_of_memory(exc: BaseException) -> bool:

@@ -1,5 +1,5 @@
 """RemoteScheduler: the Scheduler protocol (realtime/scheduler.py) the Hub, the runners and admission control use
-(`submit`, `queue_depth`, `busy_fraction`, `ladder`, `stream_chunk_s`, the background lane),
+(`submit`, `queue_depth`, `busy_fraction`, `busy_by_session`, `ladder`, `stream_chunk_s`, the background lane),
 with every chunk job sent to an engine replica through a Serve handle.
 
 Affinity: each request names its session (`handle.options(session_id=...)`), and the engine
@@ -26,7 +26,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from avatarcast.engines.contract import StreamEngine
 from avatarcast.realtime.cluster.wire import ChunkCall, ChunkReply
 from avatarcast.realtime.ladder import DegradationLadder
-from avatarcast.realtime.scheduler import ChunkJob, ChunkResult, EngineScheduler
+from avatarcast.realtime.scheduler import ChunkJob, ChunkResult, EngineScheduler, in_window
 
 log = logging.getLogger("avatarcast.cluster")
 
@@ -66,6 +66,8 @@ class RemoteScheduler:
         self._per_stream: float | None = None  # EWMA: replica seconds per stream-chunk at full quality
         self.cost_at = -1e18
         self._live: deque[tuple[float, float, str]] = deque(maxlen=4096)  # (end, seconds, replica) per batch
+        # (end, seconds, batch size, session) per reply: each session's part of its replica's batch
+        self._shares: deque[tuple[float, float, int, str]] = deque(maxlen=4096)
         self._batches: OrderedDict[tuple[str, float], None] = OrderedDict()  # batches already counted
         self._replica_seen: dict[str, float] = {}  # replica -> last answer
         self.replica_of: OrderedDict[str, str] = OrderedDict()  # session -> the replica of its last chunk
@@ -94,11 +96,24 @@ class RemoteScheduler:
 
     def busy_fraction(self, window_s: float = 10.0) -> float:
         """The engine replicas' mean busy fraction over the last `window_s` seconds (0..1)."""
-        now = self.clock()
-        lo = now - window_s
-        busy = sum(min(dur, end - lo) for end, dur, _ in self._live if end > lo)
-        n = max(1, len({r for end, _, r in self._live if end > lo}))
-        return min(1.0, max(0.0, busy / (window_s * n)))
+        lo = self.clock() - window_s
+        busy = sum(in_window(end, dur, lo) for end, dur, _ in self._live)
+        return min(1.0, max(0.0, busy / (window_s * self._replicas_in(lo))))
+
+    def busy_by_session(self, window_s: float = 10.0) -> dict[str, float]:
+        """Each of this gateway's sessions' part of busy_fraction (a batch's seconds over its size, on the same
+        fleet-wide scale). Another gateway's sessions in the same batches are not seen here, so the parts can add
+        up to less than busy_fraction."""
+        lo = self.clock() - window_s
+        scale = window_s * self._replicas_in(lo)
+        parts: dict[str, float] = {}
+        for end, dur, size, sid in self._shares:
+            parts[sid] = parts.get(sid, 0.0) + in_window(end, dur, lo) / (max(1, size) * scale)
+        return parts
+
+    def _replicas_in(self, lo: float) -> int:
+        """Replicas that ran a live batch after `lo` (at least 1): the fleet busy_fraction averages over."""
+        return max(1, len({r for end, _, r in self._live if end > lo}))
 
     async def start(self) -> None:
         await self.local.start()
@@ -180,6 +195,7 @@ class RemoteScheduler:
         sampled = finished - r.decode_s
         started = sampled - r.sample_s
         dur = r.sample_s + r.decode_s
+        self._shares.append((finished, dur, r.batch, job.session_id))
         key = (r.replica, r.batch_started)
         if key not in self._batches:  # a batch of B streams answers B requests: count it once
             self._batches[key] = None

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
+from avatarcast.realtime.admission import NEW_SESSION_DUTY
 from avatarcast.realtime.hub import Hub, HubError
 from avatarcast.realtime.settings import Settings
 from tests.conftest import app_in_process
@@ -72,6 +73,25 @@ def test_the_session_cap_refuses_with_busy(app) -> None:
         client.portal.call(hub.close_session, first.id)
     finally:
         hub.settings.max_sessions = saved
+
+
+def test_admission_counts_a_young_session_only_beyond_its_measured_reacting(app) -> None:
+    """The Hub names its young sessions to admission control by the ids their chunk jobs carry, so a session
+    that has reacted counts less than the half reaction assumed of an unmeasured one."""
+    client, hub = app
+    runner = client.portal.call(lambda: hub.create_session("pip"))
+    try:
+        fresh = client.portal.call(hub.admission)
+        assert fresh.added is not None and fresh.young_duty == pytest.approx(NEW_SESSION_DUTY * fresh.added)
+        client.portal.call(runner.attach, RecordingSink())
+        client.portal.call(runner.set_emotion, "happy", 0.9)
+        window, sch = hub.settings.capacity_window_s, hub.services.scheduler
+        wait_for(lambda: sch.busy_by_session(window).get(runner.id, 0.0) > 0.0, 15, "the session's engine time")
+        v = client.portal.call(hub.admission)
+        assert v.added is not None and v.young_duty < NEW_SESSION_DUTY * v.added, v
+        assert hub.status()["load"]["young_duty"] <= round(NEW_SESSION_DUTY * v.added, 3)
+    finally:
+        client.portal.call(hub.close_session, runner.id)
 
 
 def test_drain_tells_every_session_and_refuses_new_ones(app) -> None:

@@ -84,10 +84,18 @@ def test_ladder_skips_the_steps_level_when_the_engine_runs_one_step() -> None:
     assert off.level == 0
 
 
-def scheduler(busy: float, per: float | None, level: int = 0) -> SimpleNamespace:
+def scheduler(busy: float, per: float | None, level: int = 0, shares: dict | None = None) -> SimpleNamespace:
+    """What admission control reads of a scheduler; `shares`: busy_by_session (each session's part of busy)."""
     return SimpleNamespace(
-        busy_fraction=lambda w: busy, stream_chunk_s=per, ladder=SimpleNamespace(level=level, name="x")
+        busy_fraction=lambda w: busy,
+        busy_by_session=lambda w: dict(shares or {}),
+        stream_chunk_s=per,
+        ladder=SimpleNamespace(level=level, name="x"),
     )
+
+
+def young(n: int) -> list[str]:
+    return [f"s{i}" for i in range(n)]
 
 
 def test_admission_counts_measured_load_plus_one_reacting_stream() -> None:
@@ -96,10 +104,36 @@ def test_admission_counts_measured_load_plus_one_reacting_stream() -> None:
     v = check(scheduler(0.3, 0.3), headroom=0.8, window_s=20, chunk_s=0.5)
     assert (v.admit, v.reason) == (False, "capacity") and "retry later" in v.message
     assert check(scheduler(0.0, 0.01, level=1), headroom=0.8, window_s=20, chunk_s=0.5).reason == "degraded"
-    # sessions not yet in the measurement count as reacting half the time: 0.2 * (1 + 0.5 * n)
-    assert check(scheduler(0.0, 0.1), headroom=0.8, window_s=20, chunk_s=0.5, young=6).admit
-    assert not check(scheduler(0.0, 0.1), headroom=0.8, window_s=20, chunk_s=0.5, young=7).admit
     assert check(scheduler(0.9, 0.3, level=2), headroom=0.8, window_s=20, chunk_s=0.5, sessions=0).admit  # the first
+
+
+def test_a_burst_of_unmeasured_sessions_at_an_idle_server_is_limited_as_before() -> None:
+    """Sessions not yet in the measurement count as reacting half the time: 0.2 * (1 + 0.5 * n) <= 0.8 lets 6 in.
+    Shares of other jobs (the calibration chunk, clip renders) are no young session's."""
+    for shares in (None, {"calibration": 0.01, "clip": 0.02}):
+        idle = scheduler(0.0, 0.1, shares=shares)
+        assert check(idle, headroom=0.8, window_s=20, chunk_s=0.5, sessions=6, young=young(6)).admit
+        v = check(idle, headroom=0.8, window_s=20, chunk_s=0.5, sessions=7, young=young(7))
+        assert (v.admit, v.reason) == (False, "capacity")
+        assert v.young_duty == pytest.approx(0.7)  # 7 x 0.5 x 0.2
+        assert "70% for 7 new session(s) = 90% > 80% headroom" in v.message, v.message
+        assert len(v.message.encode()) <= 120  # whole in a WebSocket close reason
+
+
+def test_a_young_session_measured_reacting_is_not_counted_twice() -> None:
+    """Motion's numbers: one stream chunk costs 0.17 s of 0.5 s (a reaction adds 34%), the first session reacts
+    (engine 30% busy, all of it that session's) and is itself young. Its measured reacting is in `busy` already:
+    30% + 34% fits under 80%, where counting it again as half a reaction (+17%) refused the second session."""
+    reacting = scheduler(0.30, 0.17, shares={"s0": 0.30})
+    v = check(reacting, headroom=0.8, window_s=20, chunk_s=0.5, sessions=1, young=["s0"])
+    assert v.admit and v.young_duty == 0.0, v
+    # measured in part: only the rest of its assumed duty counts (0.17 - 0.05)
+    v = check(scheduler(0.30, 0.17, shares={"s0": 0.05}), headroom=0.8, window_s=20, chunk_s=0.5, young=["s0"])
+    assert v.admit and v.young_duty == pytest.approx(0.12), v
+    # the same load measured of sessions gone (none of it the young one's): counted as before, 30% + 1.5 x 34%
+    v = check(scheduler(0.30, 0.17, shares={"gone": 0.30}), headroom=0.8, window_s=20, chunk_s=0.5, young=["s0"])
+    assert (v.admit, v.reason) == (False, "capacity") and v.young_duty == pytest.approx(0.17)
+    assert "30% busy + 34% a reaction + 17% for 1 new session(s) = 81% > 80% headroom" in v.message, v.message
 
 
 def test_token_bucket_limits_each_key_and_refills() -> None:
@@ -136,3 +170,36 @@ def test_flood_guard_drops_then_notifies_once_then_closes() -> None:
     assert verdicts[:5] == ["ok"] * 5
     assert verdicts[5] == "notify" and verdicts[6:10] == ["drop"] * 4
     assert verdicts[10] == "close"  # more than a burst's worth dropped within 2 s
+
+
+def test_the_ray_scheduler_splits_its_replicas_batches_over_their_sessions() -> None:
+    """RemoteScheduler (the Scheduler over Ray) gives admission control the same figures from its replicas'
+    replies: a batch of sessions a and b on one replica, c alone on the other; every reply counts its session's
+    part, the batch counts once in busy, and the parts add up to the fleet's busy fraction."""
+    pytest.importorskip("ray", reason="the `ray` extra is not installed")
+    import numpy as np
+
+    from avatarcast.engines.contract import EngineCapabilities
+    from avatarcast.realtime.cluster.remote import RemoteScheduler
+    from avatarcast.realtime.cluster.wire import ChunkReply
+    from avatarcast.realtime.scheduler import ChunkJob
+
+    clock = Clock()
+    handle = SimpleNamespace(options=lambda **kw: handle)
+    sch = RemoteScheduler(SimpleNamespace(capabilities=EngineCapabilities(frames_per_chunk=4)), handle, clock=clock)
+
+    def reply(sid: str, replica: str, batch: int, started: float, seconds: float) -> None:
+        r = ChunkReply(np.zeros(1), None, replica, 0.0, seconds * 0.75, seconds * 0.25, batch, started, True)
+        sch._result(ChunkJob(sid, None, clock.t + 1.0, "happy", 0.8), r, None)
+
+    clock.t += 1.0
+    reply("a", "r1", 2, 5.0, 0.3)
+    reply("b", "r1", 2, 5.0, 0.3)  # the same batch: busy counts it once
+    reply("c", "r2", 1, 7.0, 0.2)
+    assert sch.batches == 2
+    shares = sch.busy_by_session(10.0)
+    # two replicas answering: the fleet's time is 2 x 10 s
+    assert shares == pytest.approx({"a": 0.15 / 20, "b": 0.15 / 20, "c": 0.2 / 20})
+    assert sum(shares.values()) == pytest.approx(sch.busy_fraction(10.0))
+    clock.t += 30.0
+    assert sch.busy_by_session(10.0) == {"a": 0.0, "b": 0.0, "c": 0.0}  # out of the window

@@ -89,6 +89,43 @@ def test_a_stream_answered_joins_the_job_that_waited_through_its_batch() -> None
     assert b2.finished < b2.started + 0.3  # one batch's time after it started: on time
 
 
+def test_each_sessions_share_of_the_engine_adds_up_to_busy(engine) -> None:
+    """A batch's engine seconds are split over its streams: session a alone, then a and b in one batch. a's share
+    is the first batch and half the second, b's the other half, and the shares add up to busy_fraction, also for
+    windows that begin inside a batch."""
+
+    async def go():
+        sch = EngineScheduler(engine, max_wait_s=0.3)
+        await sch.start()
+        try:
+            a = engine.start_stream("pip", "happy", 0.8, seed=1)
+            b = engine.start_stream("bun", "sad", 0.8, seed=2)
+            alone = await sch.submit(ChunkJob("a", a, time.monotonic(), "happy", 0.8))  # due now: runs at once
+            due = time.monotonic() + 5.0
+            pair = await asyncio.gather(
+                sch.submit(ChunkJob("a", alone.state, due, "happy", 0.8)),
+                sch.submit(ChunkJob("b", b, due, "sad", 0.8)),
+            )
+            return sch, alone, pair
+        finally:
+            await sch.close()
+
+    sch, alone, (a2, b2) = run(go())
+    assert (alone.batch, a2.batch, b2.batch) == (1, 2, 2)
+    one, two = alone.finished - alone.started, a2.finished - a2.started
+    end = a2.finished
+    sch.clock = lambda: end  # the figures as of the last batch's end, read with plain calls
+    window = 60.0
+    shares = sch.busy_by_session(window)
+    assert shares == pytest.approx({"a": (one + two / 2) / window, "b": two / 2 / window})
+    assert sum(shares.values()) == pytest.approx(sch.busy_fraction(window))
+    gap = a2.started - alone.finished  # between the two batches
+    for w in (two / 2, two + gap + one / 2, 0.01):  # windows that cut a batch: each stream's part of what is in them
+        shares = sch.busy_by_session(w)
+        assert shares["a"] == pytest.approx(shares["b"] + max(0.0, w - two - gap) / w)
+        assert sum(shares.values()) == pytest.approx(sch.busy_fraction(w))
+
+
 def test_an_urgent_job_runs_at_once_and_deadlines_order_the_queue(engine) -> None:
     async def go():
         sch = EngineScheduler(engine, max_batch=1)
