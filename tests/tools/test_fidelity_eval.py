@@ -89,3 +89,17 @@ def test_crops_are_one_to_one(tmp_path):
     h, w = face.shape[:2]
     ys, xs = np.nonzero((img[: img.shape[0] - h + 1, : img.shape[1] - w + 1] == face[0, 0]).all(-1))
     assert any(np.array_equal(img[y : y + h, x : x + w], face) for y, x in zip(ys, xs))
+
+
+@pytest.mark.slow
+def test_crops_of_the_motion_engine_as_served(tmp_path):
+    """`tools.eval.crops --engine motion`: the exported architecture-3 folder on onnxruntime, as the server runs it."""
+    from avatarcast.engines.tiny.motion_weights import SHIPPED, load_motion_manifest
+    from tools.eval import crops
+
+    assert crops.main(["--engine", "motion", "--out", str(tmp_path), "--avatars", "tok"]) == 0
+    meta = json.loads((tmp_path / "crops.json").read_text())
+    assert meta["weights_hash"] == load_motion_manifest(SHIPPED).weights_hash
+    assert meta["shown"][0]["avatar"] == "tok" and meta["shown"][0]["renderer_match_alpha_iou"] > 0.5
+    img = np.asarray(Image.open(tmp_path / "crops.png"))
+    assert img.shape[1] < 700 and img.shape[0] < 400

@@ -1,6 +1,7 @@
 """1:1 crops of every built-in avatar's face and hands: renderer | autoencoder | generated, side by side.
 
     python -m tools.eval.crops --weights engines/tiny/weights --out docs/fidelity/
+    python -m tools.eval.crops --engine motion --out docs/fidelity/motion/   # architecture 3 as served
 
 For each avatar the engine generates a clip (serving steps, held-out noise seed) and one frame of it
 is shown; the renderer frame next to it is the held-out renderer pose of the same emotion whose
@@ -144,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     from avatarcast.realtime.settings import Settings
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", default=None, help="tiny engine weights folder (default: the shipped one)")
+    ap.add_argument("--weights", default=None, help="the engine's weights folder (default: the shipped one)")
+    ap.add_argument(
+        "--engine", choices=("tiny", "motion"), default="tiny", help="motion: architecture 3's exported folder"
+    )
     ap.add_argument("--out", default="docs/fidelity", help="folder for crops.png and crops.json")
     ap.add_argument("--emotion", default="happy")
     ap.add_argument("--avatars", default="", help="comma-separated (default: every built-in avatar)")
@@ -161,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
         from avatarcast.engines.tiny.motion_engine import MotionEngine
 
         engine, weights = MotionEngine.load(*args.motion, steps=steps), " + ".join(args.motion)
+    elif args.engine == "motion":
+        from avatarcast.engines.tiny.motion_engine import MotionEngine
+        from avatarcast.engines.tiny.motion_weights import motion_folder
+
+        engine = MotionEngine.from_folder(args.weights or None, steps=steps, threads=args.threads)
+        weights = str(motion_folder(args.weights))
     else:
         engine = TinyEngine.load(args.weights, steps=steps, threads=args.threads)
         weights = str(engine.manifest.path)
