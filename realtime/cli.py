@@ -20,7 +20,7 @@ from avatarcast.realtime.settings import Settings
 from avatarcast.realtime.video import parse_color, write_video
 from avatarcast.vocabulary import FPS
 
-ENGINE_FLAGS = ("engine", "backend", "steps", "threads", "device", "weights", "cache_dir", *WAN_FLAGS)
+ENGINE_FLAGS = ("engine", "backend", "steps", "threads", "device", "weights", "motion_draw", "cache_dir", *WAN_FLAGS)
 
 
 def parse_schedule(spec: str, seconds: float) -> list[tuple[str, float]]:

@@ -30,5 +30,7 @@ def load_engine(settings: Settings, cache_dir: str | Path | None = None, templat
         from avatarcast.engines.tiny.motion_engine import MotionEngine  # PIL, onnxruntime: only for this engine
 
         threads = settings.threads or None
-        return MotionEngine.from_folder(settings.weights or None, steps=settings.steps, threads=threads)
+        return MotionEngine.from_folder(
+            settings.weights or None, steps=settings.steps, threads=threads, draw=settings.motion_draw
+        )
     return TinyEngine.load(**settings.engine_kwargs())

@@ -51,6 +51,9 @@ class Settings:
     threads: int = 0  # 0 = all cores
     device: str = "auto"  # auto | cpu | cuda
     weights: str = ""  # empty = the shipped weights
+    # engine=motion, shipped weights: "copy" (moves the avatar's own drawing) or "residual" (also draws a correction
+    # over it: a truer picture for about 1.7x the CPU a frame; engines/tiny/motion_weights.SHIPPED_DRAWS)
+    motion_draw: str = "copy"
     # the wan engine (engines/wan/): a local diffusers-format Wan2.2-TI2V checkpoint directory
     checkpoint: str = ""  # required with --engine wan: transformer/, vae/ (+ text_encoder/, tokenizer/)
     wan_dtype: str = "auto"  # auto (bfloat16 on cuda, float32 on cpu) | float32 | bfloat16 | float16
@@ -462,10 +465,17 @@ class Settings:
         from avatarcast.engines.tiny.motion_weights import motion_folder
         from avatarcast.engines.tiny.weights import WeightsError
 
+        if self.weights and self.motion_draw != "copy":
+            raise SettingValueError(
+                "--motion-draw chooses between the shipped motion folders; with --weights DIR that folder's decoder "
+                "decides how it draws",
+                "motion_draw",
+                "weights",
+            )
         try:
-            motion_folder(self.weights)
+            motion_folder(self.weights, self.motion_draw)
         except WeightsError as e:
-            raise SettingValueError(f"--engine motion: {e}", "engine", "weights") from e
+            raise SettingValueError(f"--engine motion: {e}", "engine", "weights", "motion_draw") from e
         if self.backend != "onnxruntime" or self.device not in ("auto", "cpu"):
             raise SettingValueError(
                 f"--engine motion runs on onnxruntime on the CPU, not {self.backend} on {self.device}",

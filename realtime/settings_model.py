@@ -23,7 +23,18 @@ from avatarcast.engines.errors import AvatarcastError, ErrorCode
 # table -> the fields it holds (fnmatch patterns, the first table that matches wins); a new field lands in [server]
 # unless a pattern here names it. Keys are unique within a table (model() checks).
 GROUPS: dict[str, tuple[str, ...]] = {
-    "engine": ("engine", "backend", "steps", "threads", "device", "weights", "avatars", "precompute", "cache_dir"),
+    "engine": (
+        "engine",
+        "backend",
+        "steps",
+        "threads",
+        "device",
+        "weights",
+        "motion_draw",
+        "avatars",
+        "precompute",
+        "cache_dir",
+    ),
     "wan": ("checkpoint", "wan_*"),
     "asr": ("asr_*", "language"),
     "ice": ("ice_servers", "turn_*"),

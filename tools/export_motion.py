@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -251,15 +252,27 @@ def export(
 
 
 def export_with_denoiser_from(
-    dec: MotionDecoder, folder: Path, out: Path, source: dict, fp16: bool = True, copy_only: bool = False
+    dec: MotionDecoder,
+    folder: Path,
+    out: Path,
+    source: dict,
+    fp16: bool = True,
+    copy_only: bool = False,
+    share: bool = False,
 ) -> MotionManifest:
-    """A new decoder beside another folder's denoiser graph, copied byte for byte with what belongs to it."""
+    """A new decoder beside another folder's denoiser graph, copied byte for byte with what belongs to it, or
+    (`share`) read from that folder where it is (the manifest's graphs_from, a path relative to `out`)."""
     old = load_motion_manifest(folder)
     if out.resolve() == folder.resolve():
         raise ValueError(f"--denoiser-from {folder}: write the new folder elsewhere (its graphs are read from there)")
     den_graph = old.graph("denoiser").read_bytes()  # checked against the old manifest's sha256
     errs = export_decoder_graphs(dec, out, fp16, copy_only)
-    (out / GRAPHS["denoiser"]).write_bytes(den_graph)
+    graphs_from: dict[str, str] = {}
+    if share:
+        (out / GRAPHS["denoiser"]).unlink(missing_ok=True)  # a stale copy would not be read
+        graphs_from["denoiser"] = os.path.relpath(old.graph("denoiser").parent.resolve(), out.resolve())
+    else:
+        (out / GRAPHS["denoiser"]).write_bytes(den_graph)
     old_errs = old.source.get("onnx_vs_torch_max_abs", {})
     errs.update({k: v for k, v in old_errs.items() if k.startswith("denoiser")})
     source = {
@@ -270,7 +283,7 @@ def export_with_denoiser_from(
         "onnx_vs_torch_max_abs": errs,
     }
     shape = shape_to_dict(dec.shape)
-    return write_motion_manifest(out, shape, old.denoiser_arch, old.mean, old.std, source)
+    return write_motion_manifest(out, shape, old.denoiser_arch, old.mean, old.std, source, graphs_from)
 
 
 def _sha(path: Path) -> str:
@@ -294,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         help="DECODER.pt OUT_DIR: keep this exported folder's denoiser graph (and its normalization) as it is",
     )
     ap.add_argument(
+        "--share-denoiser",
+        action="store_true",
+        help="with --denoiser-from: read its denoiser graph where it is, not a copy (the manifest's graphs_from)",
+    )
+    ap.add_argument(
         "--copy-only",
         action="store_true",
         help="no generator in the decoder graph, if its copy mask is 1 on held-out frames (tools/motion_copy.py)",
@@ -303,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--atlas", type=int, default=0, help="with --random: atlas faces the decoder mixes")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    if args.share_denoiser and not args.denoiser_from:
+        ap.error("--share-denoiser goes with --denoiser-from")
     torch.manual_seed(args.seed)
     if args.random:
         if len(args.paths) != 1:
@@ -345,7 +365,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.denoiser_from:
         try:
             man = export_with_denoiser_from(
-                dec, args.denoiser_from, out, source, fp16=not args.fp32, copy_only=args.copy_only
+                dec,
+                args.denoiser_from,
+                out,
+                source,
+                fp16=not args.fp32,
+                copy_only=args.copy_only,
+                share=args.share_denoiser,
             )
         except ValueError as e:
             ap.error(str(e))
@@ -357,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
 
         quantize_folder(out)
         man = load_motion_manifest(out)
-    sizes = {f: (out / f).stat().st_size for f in GRAPHS.values()}
+    sizes = {f: man.graph(g, verify=False).stat().st_size for g, f in GRAPHS.items()}
     print(json.dumps({"folder": str(out), "bytes": sizes, "weights_hash": man.weights_hash, **man.source}, indent=1))
     return 0
 

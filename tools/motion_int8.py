@@ -190,9 +190,8 @@ def quantize_folder(
         "quantized_convs": len(quantized),
         "int8_convs": quantized,
     }
-    write_motion_manifest(
-        folder, man.decoder_shape, man.denoiser_arch, man.mean, man.std, {**man.source, "int8_decoder": report}
-    )
+    source = {**man.source, "int8_decoder": report}
+    write_motion_manifest(folder, man.decoder_shape, man.denoiser_arch, man.mean, man.std, source, man.graphs_from)
     return report
 
 

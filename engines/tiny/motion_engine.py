@@ -125,10 +125,12 @@ class MotionEngine:
         return cls(backend, sd["mean"].float().numpy(), sd["std"].float().numpy(), steps, _file_hash(dec_p, den_p))
 
     @classmethod
-    def from_folder(cls, folder: str | Path | None = None, steps: int = 2, threads: int | None = None) -> MotionEngine:
-        """An exported folder (tools.export_motion; None: the shipped one) on onnxruntime: the serving path, no
-        torch."""
-        man = load_motion_manifest(motion_folder(folder))
+    def from_folder(
+        cls, folder: str | Path | None = None, steps: int = 2, threads: int | None = None, draw: str = "copy"
+    ) -> MotionEngine:
+        """An exported folder (tools.export_motion; None: the shipped one that draws as `draw` says) on onnxruntime:
+        the serving path, no torch."""
+        man = load_motion_manifest(motion_folder(folder, draw))
         return cls(OnnxMotionBackend(man, threads=threads), man.mean, man.std, steps, man.weights_hash)
 
     # -- properties -----------------------------------------------------------------------

@@ -6,6 +6,9 @@ Layout (no torch needed to read or serve it):
   reference.onnx   the avatar's canonical frame -> the decoder's reference features (once per avatar)
   decoder.onnx     motions, the reference (frame, features, atlas faces) and a box's pixel centres -> the box drawn
   denoiser.onnx    the motion denoiser (the tiny engine's denoise call, motion as a 1 x 1 image)
+A folder may take a graph from another folder instead of holding a copy (`graphs_from` in motion.json: a graph's
+name -> that folder, relative to this one; its sha256 is still this manifest's): the shipped residual decoder
+serves beside the shipped denoiser without a second 8.8 MB copy of it.
 """
 
 from __future__ import annotations
@@ -26,16 +29,24 @@ GRAPHS = {"reference": "reference.onnx", "decoder": "decoder.onnx", "denoiser": 
 # The folder that ships with the package: `--engine motion` serves it when no --weights is given. Architecture 3 is
 # opt-in: sharper frames for more CPU a frame than the default engine (README, "Which engine").
 SHIPPED = Path(__file__).with_name("weights") / "motion"
+# The shipped decoders, by how they draw (`--motion-draw`): "copy" moves the avatar's own drawing and draws nothing
+# (its generator never drew: docs/training/motion.md); "residual" also runs a generator that draws a correction over
+# it: a picture a detector tells from the renderer's far less often, for about 1.7x the CPU time a frame (README,
+# "Which engine").
+SHIPPED_DRAWS = {"copy": "motion", "residual": "motion_residual"}  # folders beside SHIPPED
 
 
-def motion_folder(weights: str | Path | None = None) -> Path:
-    """The folder `--engine motion` serves: `weights` if given, else the shipped one."""
+def motion_folder(weights: str | Path | None = None, draw: str = "copy") -> Path:
+    """The folder `--engine motion` serves: `weights` if given, else the shipped one that draws as `draw` says."""
     if weights:
         return Path(weights)
-    if (SHIPPED / MANIFEST).exists():
-        return SHIPPED
+    if draw not in SHIPPED_DRAWS:
+        raise WeightsError(f"no shipped motion decoder draws {draw!r}: one of {sorted(SHIPPED_DRAWS)}")
+    shipped = SHIPPED.with_name(SHIPPED_DRAWS[draw])
+    if (shipped / MANIFEST).exists():
+        return shipped
     raise WeightsError(
-        f"no architecture-3 weights in this install ({SHIPPED} is missing): give --weights DIR, a folder written by "
+        f"no architecture-3 weights in this install ({shipped} is missing): give --weights DIR, a folder written by "
         "`python -m tools.export_motion`"
     )
 
@@ -49,6 +60,7 @@ class MotionManifest:
     std: np.ndarray
     files: dict[str, str]  # file name -> sha256
     source: dict  # what was exported: checkpoint names, hashes and steps
+    graphs_from: dict[str, str] = field(default_factory=dict)  # graph name -> the folder holding it, relative
     _verified: set = field(default_factory=set, repr=False, compare=False)
 
     @property
@@ -64,8 +76,9 @@ class MotionManifest:
         return h.hexdigest()[:16]
 
     def graph(self, name: str, verify: bool = True) -> Path:
-        """A graph's file, checked against its sha256 (once per file version)."""
-        p = self.path / GRAPHS[name]
+        """A graph's file (here, or in the folder `graphs_from` names), checked against this manifest's sha256 (once
+        per file version)."""
+        p = self.path / self.graphs_from.get(name, ".") / GRAPHS[name]
         if not p.exists():
             raise WeightsError(f"{p} is missing: re-export the folder with `python -m tools.export_motion`")
         if verify:
@@ -94,10 +107,13 @@ def load_motion_manifest(folder: str | Path) -> MotionManifest:
             np.asarray(m["std"], np.float32),
             dict(m["files"]),
             dict(m.get("source", {})),
+            {str(k): str(v) for k, v in m.get("graphs_from", {}).items()},
         )
         emotions = tuple(m["emotions"])
     except (ValueError, KeyError, TypeError) as e:
         raise WeightsError(f"{mp} is not a valid motion manifest: {e}") from e
+    if set(man.graphs_from) - set(GRAPHS):
+        raise WeightsError(f"{mp}: graphs_from names graphs this code does not have: {sorted(man.graphs_from)}")
     if emotions != EMOTIONS:
         raise WeightsError(f"{mp}: exported for the emotions {list(emotions)}, the templates list {list(EMOTIONS)}")
     if man.mean.shape != (MOTION_DIM,) or man.std.shape != (MOTION_DIM,):
@@ -106,9 +122,17 @@ def load_motion_manifest(folder: str | Path) -> MotionManifest:
 
 
 def write_motion_manifest(
-    folder: Path, decoder_shape: dict, denoiser_arch: dict, mean: np.ndarray, std: np.ndarray, source: dict
+    folder: Path,
+    decoder_shape: dict,
+    denoiser_arch: dict,
+    mean: np.ndarray,
+    std: np.ndarray,
+    source: dict,
+    graphs_from: dict[str, str] | None = None,
 ) -> MotionManifest:
-    body = {
+    """motion.json for the graphs in `folder` (or, for those `graphs_from` names, in that folder relative to it)."""
+    shared = dict(graphs_from or {})
+    body: dict = {
         "format": 1,
         "engine": "motion",
         "emotions": list(EMOTIONS),
@@ -116,11 +140,21 @@ def write_motion_manifest(
         "denoiser_arch": denoiser_arch,
         "mean": [float(v) for v in np.asarray(mean, np.float32)],
         "std": [float(v) for v in np.asarray(std, np.float32)],
-        "files": {f: file_sha256(folder / f) for f in GRAPHS.values()},
+        "files": {f: file_sha256(folder / shared.get(g, ".") / f) for g, f in GRAPHS.items()},
         "source": source,
     }
+    if shared:
+        body["graphs_from"] = shared
     (folder / MANIFEST).write_text(json.dumps(body, indent=1) + "\n")
     return load_motion_manifest(folder)
 
 
-__all__ = ["GRAPHS", "MANIFEST", "MotionManifest", "load_motion_manifest", "write_motion_manifest"]
+__all__ = [
+    "GRAPHS",
+    "MANIFEST",
+    "SHIPPED_DRAWS",
+    "MotionManifest",
+    "load_motion_manifest",
+    "motion_folder",
+    "write_motion_manifest",
+]

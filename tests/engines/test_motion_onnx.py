@@ -535,3 +535,66 @@ def test_a_decoder_that_only_copies_ships_without_its_generator(folder, tmp_path
         fa, fb = a.decode_chunks([sa], motion), b.decode_chunks([sb], motion)
         assert fa[..., 3].max() == 255
         assert np.abs(fa.astype(int) - fb.astype(int)).max() <= 1
+
+
+def test_a_shared_denoiser_graph_is_read_where_it_is(folder, tmp_path):
+    """`--denoiser-from FOLDER --share-denoiser`: the new folder holds no copy of the denoiser graph; its manifest
+    names the folder it is in (relative), still checks its sha256, and the engine serves the pair."""
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+    from tools.export_motion import export_with_denoiser_from
+
+    dec, _ = _modules()
+    out = tmp_path / "shared"
+    out.mkdir()
+    man = export_with_denoiser_from(dec, folder, out, {"decoder": {"file": "x.pt"}}, fp16=False, share=True)
+    assert not (out / GRAPHS["denoiser"]).exists()
+    shared = json.loads((out / MANIFEST).read_text())["graphs_from"]
+    assert list(shared) == ["denoiser"] and not Path(shared["denoiser"]).is_absolute()
+    assert (out / shared["denoiser"]).resolve() == folder.resolve()
+    assert man.graph("denoiser").resolve() == (folder / GRAPHS["denoiser"]).resolve()
+    e = MotionEngine.from_folder(out, threads=1)
+    st = e.start_stream("pip", "happy", seed=1)
+    assert e.decode_chunks([st], e.sample_chunks([st])).shape[-1] == 4
+    bad = tmp_path / "elsewhere" / "deeper"  # the manifest away from the folder its graphs_from is relative to
+    bad.mkdir(parents=True)
+    (bad / MANIFEST).write_text((out / MANIFEST).read_text())
+    with pytest.raises(WeightsError, match="missing"):
+        load_motion_manifest(bad).graph("denoiser")
+
+
+def test_the_shipped_residual_folder_draws_over_the_copy():
+    """`--motion-draw residual` (engines/tiny/weights/motion_residual): a decoder with a residual generator that
+    shares the shipped denoiser graph; every graph matches its sha256, and on a held-out frame of a built-in avatar
+    it draws close to the renderer, and not what the copy-only folder draws."""
+    from avatarcast.engines.avatar_world.render import landmarks
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+    from avatarcast.engines.tiny.motion_weights import motion_folder
+    from tools.eval import holdout
+    from tools.eval.fidelity import frame_scores, pose_at, render_frame, sample_variation
+
+    man = load_motion_manifest(motion_folder(None, "residual"))
+    for g in GRAPHS:
+        man.graph(g, verify=True)
+    assert man.decoder_shape["residual"] and man.graphs_from == {"denoiser": "../motion"}
+    assert man.graph("denoiser").resolve() == (SHIPPED / GRAPHS["denoiser"]).resolve()
+    assert "copy_only" not in man.source and man.source["int8_decoder"]["psnr_vs_float_db"] >= 38
+    s = holdout.reconstruction_frames(holdout.eval_avatars(1, 0), 2)[1]
+    q = pose_at(s.emotion, s.time, sample_variation(s.seed), s.intensity)
+    ref = render_frame(s.avatar, q)
+    res, copy = (MotionEngine.from_folder(None, threads=2, draw=d) for d in ("residual", "copy"))
+    got = res.draw(s.avatar, res.motion(s.avatar, q)[None])[0]
+    other = copy.draw(s.avatar, copy.motion(s.avatar, q)[None])[0]
+    scores = frame_scores(ref, got, landmarks(s.avatar, q).head)
+    assert scores["avatar_psnr_db"] > 19.0 and scores["alpha_iou"] > 0.95, scores
+    assert np.abs(got.astype(int) - other.astype(int)).max() > 8  # the residual draws
+    assert res.weights_hash != copy.weights_hash  # each keys its own latents cache
+
+
+def test_motion_draw_chooses_a_shipped_folder():
+    from avatarcast.realtime.settings import Settings, SettingValueError
+
+    Settings(engine="motion", motion_draw="residual").validate()
+    with pytest.raises(SettingValueError, match="no shipped motion decoder draws 'paint'"):
+        Settings(engine="motion", motion_draw="paint").validate()
+    with pytest.raises(SettingValueError, match="with --weights DIR"):
+        Settings(engine="motion", weights="/x", motion_draw="residual").validate()
