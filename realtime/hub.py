@@ -70,6 +70,8 @@ class Hub:
         self.prep: PrepLane | None = None  # where clients' new avatars are prepared (the tiny engine's second copy)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sessions: dict[str, SessionRunner] = {}
+        # session id -> when it closed, while its engine time may still be in admission control's window
+        self.closed_at: dict[str, float] = {}
         self.peers: dict[str, Any] = {}  # WebRTC peers by resource id (realtime/webrtc.py)
         self.metrics = Metrics()
         self.shared = make_shared_state(settings.redis_url)  # what the gateways share (realtime/shared_state.py)
@@ -363,6 +365,8 @@ class Hub:
         # counting it would refuse a client that reconnects right after closing its last session
         live = [r for r in self.sessions.values() if not r.abandoned]
         young = [r.id for r in live if now - r.created < s.capacity_window_s]
+        # nor will a closed one: a client that opens a session per clip replaces its last session's load
+        gone = [*self.closed_at, *(r.id for r in self.sessions.values() if r.abandoned)]
         return check(
             self._services.scheduler,
             headroom=s.capacity_headroom,
@@ -370,6 +374,7 @@ class Hub:
             chunk_s=self.chunk_s,
             sessions=len(live),
             young=young,
+            gone=gone,
         )
 
     def _reject(self, reason: str) -> None:
@@ -387,6 +392,11 @@ class Hub:
         r = self.sessions.pop(sid, None)
         if r is None:
             return False
+        now = time.monotonic()
+        # kept twice the window: a batch still running at the close ends, and counts in busy, after it
+        for old in [old for old, t in self.closed_at.items() if now - t > 2 * self.settings.capacity_window_s]:
+            del self.closed_at[old]
+        self.closed_at[sid] = now
         await r.close()
         log.info("session %s closed after %d frames", sid, r.frames_sent)
         return True
@@ -401,7 +411,9 @@ class Hub:
             "degradation": lad.name if lad else "full",
             "live_steps": (lad.live_steps if lad else None) or sv.engine.steps,
             "lowest_level": lad.top if lad else 0,
-            "engine_busy": round(sch.busy_fraction(s.capacity_window_s), 3),
+            "engine_busy": round(verdict.busy, 3),
+            # what admission control counts of it: less the part of sessions gone (closed, or left by their client)
+            "counted_busy": round(verdict.counted_busy, 3),
             "stream_chunk_s": None if per is None else round(per, 4),
             "chunk_s": self.chunk_s,
             "reaction_load": None if per is None else round(per / self.chunk_s, 3),

@@ -102,7 +102,8 @@ class Scheduler(Protocol):
     def busy_by_session(self, window_s: float = 10.0) -> dict[str, float]:
         """Each session's part of busy_fraction(window_s): its share of every live batch it was in (batch seconds
         over batch size) as a fraction of the window. Admission control reads it to tell how much of a new
-        session's reacting is already measured (realtime/admission.py)."""
+        session's reacting is already measured, and to leave out the part of sessions gone (realtime/admission.py);
+        work no session owns is keyed by what it is ("calibration", "clip")."""
         ...
 
     def cluster_status(self) -> dict | None:

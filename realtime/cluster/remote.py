@@ -103,7 +103,8 @@ class RemoteScheduler:
     def busy_by_session(self, window_s: float = 10.0) -> dict[str, float]:
         """Each of this gateway's sessions' part of busy_fraction (a batch's seconds over its size, on the same
         fleet-wide scale). Another gateway's sessions in the same batches are not seen here, so the parts can add
-        up to less than busy_fraction."""
+        up to less than busy_fraction, and admission control keeps counting their part even once they close
+        (this gateway's Hub names only the sessions it closed)."""
         lo = self.clock() - window_s
         scale = window_s * self._replicas_in(lo)
         parts: dict[str, float] = {}

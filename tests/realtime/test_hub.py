@@ -94,6 +94,29 @@ def test_admission_counts_a_young_session_only_beyond_its_measured_reacting(app)
         client.portal.call(hub.close_session, runner.id)
 
 
+def test_admission_lets_out_a_closed_sessions_engine_time(app) -> None:
+    """The Hub names the sessions it closed to admission control, by the ids their chunk jobs carry: a session
+    that reacted and closed leaves its share of busy in the engine's figure but out of the counted load, while
+    the calibration chunk (no session's) stays in it."""
+    client, hub = app
+    runner = client.portal.call(lambda: hub.create_session("pip"))
+    window, sch = hub.settings.capacity_window_s, hub.services.scheduler
+    try:
+        client.portal.call(runner.attach, RecordingSink())
+        client.portal.call(runner.set_emotion, "happy", 0.9)
+        wait_for(lambda: sch.busy_by_session(window).get(runner.id, 0.0) > 0.0, 15, "the session's engine time")
+        # open: all of its reacting counts (what is let out is the earlier tests' closed sessions')
+        before = client.portal.call(hub.admission).gone_busy
+    finally:
+        client.portal.call(hub.close_session, runner.id)
+    v = client.portal.call(hub.admission)
+    share = sch.busy_by_session(window)[runner.id]
+    assert share > 0.0 and v.gone_busy == pytest.approx(before + share, abs=0.005), (v, before, share)
+    assert v.counted_busy == pytest.approx(v.busy - v.gone_busy) and v.counted_busy < v.busy
+    load = hub.status()["load"]
+    assert load["counted_busy"] < load["engine_busy"], load
+
+
 def test_drain_tells_every_session_and_refuses_new_ones(app) -> None:
     client, hub = app
     runner = client.portal.call(lambda: hub.create_session("pip"))

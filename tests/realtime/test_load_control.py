@@ -116,7 +116,7 @@ def test_a_burst_of_unmeasured_sessions_at_an_idle_server_is_limited_as_before()
         v = check(idle, headroom=0.8, window_s=20, chunk_s=0.5, sessions=7, young=young(7))
         assert (v.admit, v.reason) == (False, "capacity")
         assert v.young_duty == pytest.approx(0.7)  # 7 x 0.5 x 0.2
-        assert "70% for 7 new session(s) = 90% > 80% headroom" in v.message, v.message
+        assert "70% for 7 new = 90% > 80% headroom" in v.message, v.message
         assert len(v.message.encode()) <= 120  # whole in a WebSocket close reason
 
 
@@ -133,7 +133,39 @@ def test_a_young_session_measured_reacting_is_not_counted_twice() -> None:
     # the same load measured of sessions gone (none of it the young one's): counted as before, 30% + 1.5 x 34%
     v = check(scheduler(0.30, 0.17, shares={"gone": 0.30}), headroom=0.8, window_s=20, chunk_s=0.5, young=["s0"])
     assert (v.admit, v.reason) == (False, "capacity") and v.young_duty == pytest.approx(0.17)
-    assert "30% busy + 34% a reaction + 17% for 1 new session(s) = 81% > 80% headroom" in v.message, v.message
+    assert "30% busy + 34% a reaction + 17% for 1 new = 81% > 80% headroom" in v.message, v.message
+
+
+def test_a_closed_sessions_reacting_is_replaced_not_added() -> None:
+    """A client opening a session per clip (the live Mandarin bench): its last session reacted and closed,
+    leaving the engine 60% busy, 55 points of it that session's. A new session replaces that load: 5% (the
+    calibration chunk, no session's) + 34% a reaction fits under 80%. Were the same session still open, its
+    reacting would go on beside the new one's: 60% + 34% is refused, as before."""
+    load = scheduler(0.60, 0.17, shares={"old": 0.55, "calibration": 0.05})
+    v = check(load, headroom=0.8, window_s=20, chunk_s=0.5, sessions=1, gone=["old"])
+    assert v.admit and v.gone_busy == pytest.approx(0.55) and v.counted_busy == pytest.approx(0.05), v
+    assert v.busy == pytest.approx(0.60)  # the engine's figure itself is unchanged
+    still_open = check(load, headroom=0.8, window_s=20, chunk_s=0.5, sessions=1)
+    assert (still_open.admit, still_open.reason, still_open.gone_busy) == (False, "capacity", 0.0)
+    # the calibration chunk is no session's: whatever the caller names gone, its part stays counted
+    v = check(scheduler(0.60, 0.17, shares={"calibration": 0.60}), headroom=0.8, window_s=20, chunk_s=0.5, gone=["x"])
+    assert (v.admit, v.gone_busy) == (False, 0.0)
+    # gone but not all of it: the message shows the part let out, and the sum that still does not fit
+    v = check(scheduler(0.60, 0.17, shares={"old": 0.10}), headroom=0.8, window_s=20, chunk_s=0.5, gone=["old"])
+    assert (v.admit, v.reason) == (False, "capacity")
+    assert v.message.startswith("no engine capacity: 60% busy - 10% gone + 34% a reaction + 0% for 0 new = 84% > 80%")
+    worst = scheduler(1.0, 0.6, shares={"old": 0.5, **{f"s{i}": 0.0 for i in range(10)}})
+    v = check(worst, headroom=1.0, window_s=20, chunk_s=0.5, sessions=10, young=young(10), gone=["old"])
+    assert not v.admit and len(v.message.encode()) <= 120, v.message  # whole in a WebSocket close reason
+
+
+def test_a_burst_after_sessions_close_is_limited_as_at_an_idle_server() -> None:
+    """Letting the closed sessions' load out does not let a burst in: the new sessions are unmeasured, each
+    counts half a reaction, so 6 get in and the 7th is refused, as at an idle server."""
+    closed = scheduler(0.6, 0.1, shares={"a": 0.3, "b": 0.3})
+    assert check(closed, headroom=0.8, window_s=20, chunk_s=0.5, sessions=6, young=young(6), gone=["a", "b"]).admit
+    v = check(closed, headroom=0.8, window_s=20, chunk_s=0.5, sessions=7, young=young(7), gone=["a", "b"])
+    assert (v.admit, v.reason) == (False, "capacity") and v.young_duty == pytest.approx(0.7), v
 
 
 def test_token_bucket_limits_each_key_and_refills() -> None:
