@@ -42,13 +42,17 @@ ENGINES = ("tiny", "wan", "motion")
 AUTO = "auto"  # the engine setting's default: default_engine() picks one for the backend and device
 
 
-def default_engine(backend: str, device: str) -> str:
-    """The engine `--engine auto` (the default) serves on this backend and device.
+def motion_serves_on(backend: str, device: str) -> bool:
+    """Whether the motion engine can serve on this backend and device: onnxruntime on the CPU only (its torch
+    backend runs training checkpoints, one stream at a time; there is no batched GPU path yet)."""
+    return backend == "onnxruntime" and device in ("auto", "cpu")
 
-    motion where it can serve, onnxruntime on the CPU: its picture is measured better (README, "Which engine") and it
-    keeps up with two streams on two cores. tiny on torch, tensorrt or CUDA: motion has no GPU serving path yet (its
-    torch backend runs training checkpoints, one stream at a time)."""
-    return "motion" if backend == "onnxruntime" and device in ("auto", "cpu") else "tiny"
+
+def default_engine(backend: str, device: str) -> str:
+    """The engine `--engine auto` (the default) serves on this backend and device: motion wherever it can serve,
+    since its picture is measured better (README, "Which engine") and it keeps up with two streams on two cores;
+    tiny on torch, tensorrt or CUDA."""
+    return "motion" if motion_serves_on(backend, device) else "tiny"
 
 
 # what `--engine auto` means, for --help and the start-up log; written from default_engine() itself
@@ -486,7 +490,7 @@ class Settings:
         from avatarcast.engines.tiny.motion_weights import motion_folder
         from avatarcast.engines.tiny.weights import WeightsError
 
-        if default_engine(self.backend, self.device) != "motion":
+        if not motion_serves_on(self.backend, self.device):
             raise SettingValueError(
                 f"--engine motion serves on onnxruntime on the CPU only, not {self.backend} on {self.device}: "
                 f"use --engine tiny there (or --engine auto, which picks it)",
@@ -505,7 +509,7 @@ class Settings:
         if self.engine == default == "motion":
             return "motion (the CPU default; --engine tiny for cheaper frames, a smudged copy of the avatar)"
         if self.engine == default:
-            return f"tiny (the default on {self.backend}; motion serves on onnxruntime on the CPU only)"
+            return f"tiny (the default on {self.backend} on {self.device}; motion serves on onnxruntime on the CPU)"
         return f"{self.engine} (chosen; the default here is {default})"
 
     def engine_kwargs(self) -> dict[str, Any]:
