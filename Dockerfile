@@ -58,7 +58,8 @@ WORKDIR /home/avatarcast
 
 # WARM_CACHE=1 starts the server once at build time and stops it once /readyz answers 200, so the
 # image carries ~/.cache/avatarcast (emotion prototypes, the start-up avatars' loops and latents
-# cache) and later starts read them from disk. WARM_AVATARS: the avatars warmed (serve's default: pip).
+# cache of the default engine, motion; a container run with --engine tiny builds tiny's at its first
+# start, about 4.5 s) and later starts read them from disk. WARM_AVATARS: the avatars warmed (serve's default: pip).
 ARG WARM_CACHE=1
 ARG WARM_AVATARS=pip
 RUN if [ "$WARM_CACHE" = 1 ]; then \

@@ -39,7 +39,7 @@ from avatarcast.realtime.runner import SessionRunner
 from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler, Scheduler
 from avatarcast.realtime.services import Pools, Services
 from avatarcast.realtime.session import SessionConfig
-from avatarcast.realtime.settings import ENGINES, Settings
+from avatarcast.realtime.settings import ENGINES, Settings, default_engine
 from avatarcast.realtime.shared_state import make_shared_state
 from avatarcast.templates import load_templates
 from avatarcast.templates.cache import LatentsCache
@@ -103,6 +103,7 @@ class Hub:
             raise HubError(ErrorCode.ENGINE_UNAVAILABLE, f"engine {s.engine!r} is not available in this build")
         if s.engine == "wan":
             s.validate_wan()  # a missing or incomplete checkpoint fails here, before anything loads
+        log.info("engine %s", s.engine_choice())
         self.loop = asyncio.get_running_loop()
         loop = self.loop
         loop_errors.install(loop)  # aiortc's failed connect tasks of refused offers: debug, not ERROR
@@ -436,6 +437,7 @@ class Hub:
             "max_sessions": s.max_sessions,
             "engine": {
                 "name": s.engine,
+                "default": default_engine(s.backend, s.device),  # what --engine auto serves here
                 "backend": s.wan_backend if s.engine == "wan" else s.backend,
                 "steps": None if eng is None else eng.steps,
                 "weights": None if eng is None else eng.weights_hash,

@@ -36,16 +36,39 @@ class SettingValueError(SettingsError):
         self.names = names
 
 
-# the engines a server can run: architecture 2 (the default, shipped weights), Wan2.2 on a GPU, and architecture 3
-# (engines/tiny/motion_engine.py) from a folder that tools.export_motion wrote
+# the engines a server can run: architecture 2 (shipped weights; the GPU backends' default), Wan2.2 on a GPU, and
+# architecture 3 (engines/tiny/motion_engine.py; the CPU's default) from a folder that tools.export_motion wrote
 ENGINES = ("tiny", "wan", "motion")
+AUTO = "auto"  # the engine setting's default: default_engine() picks one for the backend and device
+
+
+def motion_serves_on(backend: str, device: str) -> bool:
+    """Whether the motion engine can serve on this backend and device: onnxruntime on the CPU only (its torch
+    backend runs training checkpoints, one stream at a time; there is no batched GPU path yet)."""
+    return backend == "onnxruntime" and device in ("auto", "cpu")
+
+
+def default_engine(backend: str, device: str) -> str:
+    """The engine `--engine auto` (the default) serves on this backend and device: motion wherever it can serve,
+    since its picture is measured better (README, "Which engine") and it keeps up with two streams on two cores;
+    tiny on torch, tensorrt or CUDA."""
+    return "motion" if motion_serves_on(backend, device) else "tiny"
+
+
+# what `--engine auto` means, for --help and the start-up log; written from default_engine() itself
+AUTO_ENGINE_HELP = (
+    f"auto: {default_engine('onnxruntime', 'cpu')} on onnxruntime (the CPU), "
+    f"{default_engine('torch', 'cuda')} on torch, tensorrt or --device cuda"
+)
 
 
 @dataclass
 class Settings:
     """Process-wide settings; every field is also AVATARCAST_<FIELD> and --<field>."""
 
-    engine: str = "tiny"  # tiny | wan | motion (architecture 3, opt-in: its shipped folder, or --weights DIR)
+    # auto | tiny | wan | motion (its shipped folder, or --weights DIR); auto is resolved at construction
+    # (__post_init__), so the code reads the engine that serves, and an explicit choice always wins
+    engine: str = AUTO
     backend: str = "onnxruntime"
     steps: int = 2
     threads: int = 0  # 0 = all cores
@@ -181,6 +204,10 @@ class Settings:
     # needs the `cluster` extra); empty: only clip_cache_dir and cache_dir
     artifact_url: str = ""
 
+    def __post_init__(self) -> None:
+        if self.engine == AUTO:
+            self.engine = default_engine(self.backend, self.device)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, config: str | None = None) -> Settings:
         """Defaults, then the config file (`config`, else AVATARCAST_CONFIG), then AVATARCAST_* variables."""
@@ -230,7 +257,8 @@ class Settings:
                 dest=f.name,
                 default=None,
                 type=_parser_type(f.type),
-                help=f"(env {ENV_PREFIX}{f.name.upper()}, [{table}] {key} in --config, default {f.default!r})",
+                help=f"(env {ENV_PREFIX}{f.name.upper()}, [{table}] {key} in --config, default {f.default!r}"
+                + (f"; {AUTO_ENGINE_HELP})" if f.name == "engine" else ")"),
                 **bare,
             )
 
@@ -465,6 +493,14 @@ class Settings:
         from avatarcast.engines.tiny.motion_weights import motion_folder
         from avatarcast.engines.tiny.weights import WeightsError
 
+        if not motion_serves_on(self.backend, self.device):
+            raise SettingValueError(
+                f"--engine motion serves on onnxruntime on the CPU only, not {self.backend} on {self.device}: "
+                f"use --engine tiny there (or --engine auto, which picks it)",
+                "engine",
+                "backend",
+                "device",
+            )
         if self.weights and self.motion_draw != "copy":
             raise SettingValueError(
                 "--motion-draw chooses between the shipped motion folders; with --weights DIR that folder's decoder "
@@ -476,12 +512,15 @@ class Settings:
             motion_folder(self.weights, self.motion_draw)
         except WeightsError as e:
             raise SettingValueError(f"--engine motion: {e}", "engine", "weights", "motion_draw") from e
-        if self.backend != "onnxruntime" or self.device not in ("auto", "cpu"):
-            raise SettingValueError(
-                f"--engine motion runs on onnxruntime on the CPU, not {self.backend} on {self.device}",
-                "backend",
-                "device",
-            )
+
+    def engine_choice(self) -> str:
+        """The engine as the start-up log names it: whether it is this backend's default, and the other choice."""
+        default = default_engine(self.backend, self.device)
+        if self.engine == default == "motion":
+            return "motion (the CPU default; --engine tiny for cheaper frames, a smudged copy of the avatar)"
+        if self.engine == default:
+            return f"tiny (the default on {self.backend} on {self.device}; motion serves on onnxruntime on the CPU)"
+        return f"{self.engine} (chosen; the default here is {default})"
 
     def engine_kwargs(self) -> dict[str, Any]:
         """What TinyEngine.load takes from these settings."""

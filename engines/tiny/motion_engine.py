@@ -6,10 +6,10 @@ it chunk by chunk with the same few-step sampler as architecture 2; the motion d
 draws each frame by moving the avatar's canonical frame part by part, so eyes, glasses and outlines are copied
 rather than regenerated. Per avatar, the canonical frame is rendered and encoded once.
 
-Opt-in while it is trained (docs/training/motion.md): the server's default stays architecture 2 on
-onnxruntime. It serves from a folder of exported graphs (`--engine motion --weights DIR`, onnxruntime, no torch)
-or runs training's checkpoints on torch (the fidelity eval: `tools.eval.fidelity --motion`); the networks sit
-behind engines/tiny/motion_backends.MotionBackend, and everything around them here is numpy.
+The server's default on onnxruntime (the CPU); the GPU backends serve architecture 2, since this one has no batched
+GPU path yet. It serves from a folder of exported graphs (the shipped one, or `--weights DIR`; onnxruntime, no torch)
+or runs training's checkpoints on torch, one stream at a time (the fidelity eval: `tools.eval.fidelity --motion`);
+the networks sit behind engines/tiny/motion_backends.MotionBackend, and everything around them here is numpy.
 """
 
 from __future__ import annotations

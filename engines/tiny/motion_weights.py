@@ -21,13 +21,14 @@ from pathlib import Path
 import numpy as np
 
 from avatarcast.engines.avatar_world.skeleton import MOTION_DIM
+from avatarcast.engines.tiny.weights import MANIFEST as TINY_MANIFEST
 from avatarcast.engines.tiny.weights import WeightsError, file_sha256
 from avatarcast.vocabulary import EMOTIONS
 
 MANIFEST = "motion.json"
 GRAPHS = {"reference": "reference.onnx", "decoder": "decoder.onnx", "denoiser": "denoiser.onnx"}
-# The folder that ships with the package: `--engine motion` serves it when no --weights is given. Architecture 3 is
-# opt-in: sharper frames for more CPU a frame than the default engine (README, "Which engine").
+# The folder that ships with the package: `--engine motion` (the CPU's default) serves it when no --weights is given:
+# sharper frames than architecture 2 for more CPU a frame (README, "Which engine").
 SHIPPED = Path(__file__).with_name("weights") / "motion"
 # The shipped decoders, by how they draw (`--motion-draw`): "copy" moves the avatar's own drawing and draws nothing
 # (its generator never drew: docs/training/motion.md); "residual" also runs a generator that draws a correction over
@@ -96,7 +97,11 @@ def load_motion_manifest(folder: str | Path) -> MotionManifest:
     d = Path(folder)
     mp = d / MANIFEST
     if not mp.exists():
-        raise WeightsError(f"no {MANIFEST} in {d}: not a motion engine folder (write one with tools.export_motion)")
+        # the motion engine is the CPU's default, so a tiny folder given with --weights alone lands here
+        hint = " it holds tiny engine weights: serve them with --engine tiny" if (d / TINY_MANIFEST).exists() else ""
+        raise WeightsError(
+            f"no {MANIFEST} in {d}: not a motion engine folder (write one with tools.export_motion);{hint}".rstrip(";")
+        )
     try:
         m = json.loads(mp.read_text())
         man = MotionManifest(

@@ -1,8 +1,11 @@
 """`avatarcast bench engine`: how many live avatar streams one engine instance sustains.
 
-    avatarcast bench engine --engine tiny --backend onnxruntime --sessions 2 --seconds 10 [--steps 2]
+    avatarcast bench engine [--engine motion|tiny] --backend onnxruntime --sessions 2 --seconds 10 [--steps 2]
         [--threads N] [--device cpu|cuda] [--weights DIR] [--json]
     avatarcast bench engine --backend torch --device cuda --sessions 200 --seconds 20 [--compile] [--to-host]
+
+--engine defaults to what `avatarcast serve` picks for the backend (motion on onnxruntime, tiny on torch and
+tensorrt), so the figures are the served engine's.
 
 It loads the engine, starts N streams (different avatars and emotions), runs a few warm-up chunks,
 then for --seconds repeats what the server does every chunk: one batched sampler run for all N
@@ -42,6 +45,7 @@ import numpy as np
 from avatarcast.engines.avatar_world import BUILTIN_AVATARS
 from avatarcast.engines.backends import BackendError, available_cores, cpu_name
 from avatarcast.engines.tiny.engine import TinyEngine
+from avatarcast.realtime.settings import AUTO, AUTO_ENGINE_HELP, default_engine
 from avatarcast.vocabulary import FPS
 
 
@@ -179,7 +183,7 @@ def _loop_gpu(
 
 
 def run_bench(
-    engine_name: str = "tiny",
+    engine_name: str,
     backend: str = "onnxruntime",
     sessions: int = 1,
     seconds: float = 10.0,
@@ -312,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="avatarcast bench engine", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--engine", default="tiny")
+    ap.add_argument("--engine", default=AUTO, help=f"tiny | motion | wan (default {AUTO}; {AUTO_ENGINE_HELP})")
     ap.add_argument("--backend", default="onnxruntime", help="onnxruntime | torch | tensorrt")
     ap.add_argument("--sessions", type=int, default=1, help="streams generated together (one batch)")
     ap.add_argument("--seconds", type=float, default=10.0, help="measured time (after warm-up)")
@@ -376,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             opts[key.strip().replace("-", "_")] = value
     try:
         r = run_bench(
-            args.engine,
+            default_engine(args.backend, args.device or "auto") if args.engine == AUTO else args.engine,
             args.backend,
             args.sessions,
             args.seconds,

@@ -9,6 +9,7 @@ ongoing chunk requests between ray_min_replicas and ray_max_replicas.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import logging
 from collections.abc import Mapping
@@ -39,19 +40,21 @@ ALIASES = {
 }
 
 
-def settings_from_args(args: Mapping[str, Any] | None, base: Settings | None = None) -> Settings:
-    """Builder args over AVATARCAST_* variables over defaults; validated."""
-    s = base if base is not None else Settings.from_env()
+def settings_from_args(args: Mapping[str, Any] | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Builder args over AVATARCAST_* variables (`env`, default os.environ) over defaults; validated. The args are
+    the top layer of Settings.resolve, so a default that depends on others (the engine: its backend's) sees them."""
     names = {f.name: f for f in dataclasses.fields(Settings)}
+    given: dict[str, Any] = {}
     for key, value in (args or {}).items():
         name = ALIASES.get(key, key)
         if name not in names:
             raise ValueError(f"unknown avatarcast setting {key!r} in the Serve application args")
         t = names[name].type
         t = t if isinstance(t, str) else t.__name__
-        setattr(s, name, {"int": int, "float": float}.get(t, str)(value))
-    s.ray = 1
-    s.validate()
+        given[name] = {"int": int, "float": float}.get(t, str)(value)
+    given["ray"] = 1
+    s, sources = Settings.resolve(argparse.Namespace(**given), env)
+    s.validate({**sources, **{n: f"Serve application arg {n}" for n in given}})
     return s
 
 

@@ -380,6 +380,8 @@ def test_bench_engine_json(weights, capsys):
     assert (
         main(
             [
+                "--engine",
+                "tiny",
                 "--backend",
                 "onnxruntime",
                 "--sessions",

@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import free_port
 
+IGNORE_MOTION = shutil.ignore_patterns("motion")  # the shipped tiny folder holds motion's folder too
+
 
 def serve(*args: str, env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
@@ -118,17 +120,24 @@ def test_json_logs_carry_the_session_id() -> None:
     assert any("created" in r["msg"] for r in mine) and any("closed" in r["msg"] for r in mine)
 
 
-@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+@pytest.mark.parametrize("damage", ["missing", "corrupt", "tiny_folder_for_motion"])
 def test_missing_or_corrupt_weights_fail_at_start_up_with_a_clear_message(tmp_path, damage) -> None:
+    """tiny's folder checks (--engine tiny), and a tiny folder given to the CPU's default engine (motion) alone."""
     weights = tmp_path / "weights"
+    if damage != "missing":
+        shutil.copytree(Path(__file__).resolve().parents[2] / "engines/tiny/weights", weights, ignore=IGNORE_MOTION)
     if damage == "corrupt":
-        shutil.copytree(Path(__file__).resolve().parents[2] / "engines/tiny/weights", weights)
         onnx = weights / "denoiser.onnx"
         onnx.write_bytes(onnx.read_bytes()[:1000])  # truncated
-    p = serve("--port", str(free_port()), "--weights", str(weights))
+    engine = [] if damage == "tiny_folder_for_motion" else ["--engine", "tiny"]
+    p = serve("--port", str(free_port()), "--weights", str(weights), *engine)
     out, _ = p.communicate(timeout=90)
     assert p.returncode == 1, out
-    expected = "no manifest.json" if damage == "missing" else "denoiser.onnx does not match the sha256"
+    expected = {
+        "missing": "no manifest.json",
+        "corrupt": "denoiser.onnx does not match the sha256",
+        "tiny_folder_for_motion": "it holds tiny engine weights: serve them with --engine tiny",
+    }[damage]
     assert "avatarcast: error: start-up failed" in out and expected in out, out[-2000:]
 
 

@@ -33,8 +33,9 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def server() -> Any:
     # admission control on only where a test says so: on a busy 2-core machine a reaction alone may
-    # measure as most of the engine's time, and the other tests need two sessions
-    with running_server(ladder_up_s=3.0, capacity_window_s=4.0, admission=0) as pair:
+    # measure as most of the engine's time, and the other tests need two sessions. tiny: the ladder test walks
+    # every rung, and the lower-resolution one is tiny's (motion has no half-resolution decoder)
+    with running_server(engine="tiny", ladder_up_s=3.0, capacity_window_s=4.0, admission=0) as pair:
         yield pair
 
 

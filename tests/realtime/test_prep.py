@@ -4,7 +4,6 @@ shipped tiny engine (onnxruntime), the real scheduler and a real latents cache o
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import os
 import threading
 from typing import Any
@@ -29,7 +28,7 @@ def run(coro: Any) -> Any:
 
 @pytest.fixture(scope="module")
 def engine() -> Any:
-    return load_engine(Settings())
+    return load_engine(Settings(engine="tiny"))  # the lane the Hub builds for tiny: a second engine of its own
 
 
 def two_templates() -> dict:
@@ -41,7 +40,7 @@ def two_templates() -> dict:
 def prep_lane(cache: LatentsCache) -> PrepLane:
     """As the Hub builds it: a second tiny engine on one thread, a cache on the same store."""
     return PrepLane(
-        lambda: load_engine(dataclasses.replace(Settings(), threads=1)),
+        lambda: load_engine(Settings(engine="tiny", threads=1)),
         lambda e: LatentsCache(e, cache.templates, cache.cache_dir, store=cache.store, index=cache.index),
     )
 

@@ -194,7 +194,7 @@ def test_builder_args_and_deployment_options() -> None:
             "backend": "onnxruntime",
             "target_ongoing_requests": 6,
         },
-        base=Settings(),
+        env={},
     )
     assert (s.ray, s.engine_replicas, s.ray_min_replicas, s.ray_max_replicas) == (1, 3, 1, 5)
     opts = engine_deployment_options(s)
@@ -203,22 +203,27 @@ def test_builder_args_and_deployment_options() -> None:
     assert auto["target_ongoing_requests"] == 6.0 and "num_replicas" not in opts
     assert opts["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0.0}
     assert opts["request_router_config"].request_router_class == ROUTER
-    fixed = engine_deployment_options(settings_from_args({"min_replicas": 2, "max_replicas": 2}, base=Settings()))
+    fixed = engine_deployment_options(settings_from_args({"min_replicas": 2, "max_replicas": 2}, env={}))
     assert fixed["num_replicas"] == 2 and "autoscaling_config" not in fixed
-    gpu = settings_from_args({"backend": "tensorrt"}, base=Settings())
+    gpu = settings_from_args({"backend": "tensorrt"}, env={})
     assert engine_deployment_options(gpu)["ray_actor_options"]["num_gpus"] == 1.0
+    # the engine's default follows the backend the args give, over the environment's
+    assert gpu.engine == "tiny" and settings_from_args({}, env={}).engine == "motion"
+    assert settings_from_args({}, env={"AVATARCAST_BACKEND": "torch"}).engine == "tiny"
+    with pytest.raises(ValueError, match="--engine tiny"):
+        settings_from_args({"engine": "motion", "backend": "torch"}, env={})
     with pytest.raises(ValueError, match="unknown avatarcast setting"):
-        settings_from_args({"replicas": 2}, base=Settings())
+        settings_from_args({"replicas": 2}, env={})
     with pytest.raises(ValueError, match="ray_min_replicas"):
-        settings_from_args({"min_replicas": 3, "max_replicas": 2}, base=Settings())
+        settings_from_args({"min_replicas": 3, "max_replicas": 2}, env={})
     from avatarcast.realtime.cluster.app import gateway_deployment_options
 
     one = gateway_deployment_options(Settings())
     assert one["num_replicas"] == 1 and one["request_router_config"].request_router_class == ROUTER
-    many = gateway_deployment_options(settings_from_args({"ray_gateways": 2, "ray_max_gateways": 8}, base=Settings()))
+    many = gateway_deployment_options(settings_from_args({"ray_gateways": 2, "ray_max_gateways": 8}, env={}))
     assert (many["autoscaling_config"]["min_replicas"], many["autoscaling_config"]["max_replicas"]) == (2, 8)
     with pytest.raises(ValueError, match="ray_gateways"):
-        settings_from_args({"ray_gateways": 3, "ray_max_gateways": 2}, base=Settings())
+        settings_from_args({"ray_gateways": 3, "ray_max_gateways": 2}, env={})
 
 
 def test_session_affinity_and_batching(cluster: str) -> None:

@@ -204,3 +204,35 @@ def test_print_config_is_a_file_config_reads_back(tmp_path: Path) -> None:
     changed = Settings(**{f.name: _other(f.default) for f in dataclasses.fields(Settings) if "secret" not in f.name})
     back.write_text(render(changed, {}))
     assert Settings.resolve(None, {}, str(back))[0] == changed
+
+
+def test_the_engine_defaults_to_motion_on_the_cpu_and_tiny_on_the_gpu_backends(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`--engine auto` (the default) is resolved once, from the backend and device; an explicit engine from any
+    source wins; motion on a GPU backend fails naming --engine tiny."""
+    assert Settings().engine == "motion" and Settings(device="cpu").engine == "motion"
+    for gpu in (
+        {"backend": "torch"},
+        {"backend": "tensorrt"},
+        {"device": "cuda"},
+        {"backend": "torch", "device": "cpu"},
+    ):
+        assert Settings(**gpu).engine == "tiny", gpu
+    assert Settings.from_args(serve_args(), {"AVATARCAST_BACKEND": "torch"}).engine == "tiny"
+    assert settings_of('[engine]\nbackend = "tensorrt"\n', tmp_path).engine == "tiny"
+    # explicit: a flag, the environment, the file, or auto spelled out
+    assert Settings.from_args(serve_args("--engine", "tiny"), {}).engine == "tiny"
+    assert Settings.from_args(serve_args(), {"AVATARCAST_ENGINE": "tiny"}).engine == "tiny"
+    assert settings_of('[engine]\nengine = "tiny"\n', tmp_path).engine == "tiny"
+    assert Settings.from_args(serve_args("--engine", "auto", "--backend", "torch"), {}).engine == "tiny"
+    with pytest.raises(SettingValueError, match=r"onnxruntime on the CPU only, not torch on auto: use --engine tiny"):
+        Settings.from_args(serve_args("--engine", "motion", "--backend", "torch"), {})
+    with pytest.raises(SettingValueError, match=r"not onnxruntime on cuda: use --engine tiny .*device from flag"):
+        Settings.from_args(serve_args("--engine", "motion", "--device", "cuda"), {})
+    with pytest.raises(SystemExit):
+        serve_args("--help")
+    helped = " ".join(capsys.readouterr().out.split())
+    assert "default 'auto'; auto: motion on onnxruntime (the CPU), tiny on torch, tensorrt or --device cuda" in helped
+    assert Settings().engine_choice().startswith("motion (the CPU default; --engine tiny")
+    assert Settings(engine="tiny").engine_choice() == "tiny (chosen; the default here is motion)"

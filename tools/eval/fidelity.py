@@ -527,8 +527,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--engine",
         choices=("tiny", "motion"),
-        default="tiny",
-        help="motion: architecture 3's exported folder as served",
+        default="tiny",  # not the server's CPU default (motion): the reports' commands were run against tiny
+        help="tiny (default) | motion: architecture 3's exported folder, as `avatarcast serve` runs it on the CPU",
     )
     ap.add_argument("--quick", action="store_true", help="the CI size: 3 avatars, 6 clips (< 1 min)")
     ap.add_argument("--backend", default="onnxruntime")
