@@ -11,13 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from avatarcast.realtime.bench.server import ServerProcess
 
 CHROMIUM = os.environ.get("AVATARCAST_CHROMIUM", "/usr/bin/chromium")
 ARGS = [
@@ -32,27 +30,6 @@ ARGS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_ready(base: str, proc: subprocess.Popen, timeout_s: float = 120.0) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise SystemExit(f"the server exited ({proc.returncode}) before it was ready")
-        try:
-            with urllib.request.urlopen(base + "/readyz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"the server was not ready within {timeout_s:.0f} s")
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path("docs/demo.png"))
@@ -62,17 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    cache = tempfile.mkdtemp(prefix="avatarcast-demo-")
-    cmd = [sys.executable, "-m", "avatarcast.realtime.cli", "serve", "--port", str(port), "--cache-dir", cache]
-    proc = subprocess.Popen([*cmd, *shlex.split(args.server_args)], stdout=subprocess.DEVNULL)
+    cache = tempfile.mkdtemp(prefix="avatarcast-demo-")  # a fresh machine's first start: no cache yet
+    server = ServerProcess(["--cache-dir", cache, *shlex.split(args.server_args)], ready_timeout=120.0)
     try:
-        _wait_ready(base, proc)
+        server.start()  # inside: a server that never got ready is stopped too
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             pg = browser.new_page(viewport={"width": 1280, "height": 860})
-            pg.goto(base + "/")
+            pg.goto(server.url + "/")
             pg.wait_for_function(
                 "() => { const v = document.getElementById('video');"
                 " return v.videoWidth === 640 && v.currentTime > 1; }",
@@ -88,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             pg.screenshot(path=str(args.out))
             browser.close()
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()
     print(f"{args.out} ({args.out.stat().st_size // 1024} KB)")
     return 0
 
