@@ -265,14 +265,14 @@ def export_with_denoiser_from(
     old = load_motion_manifest(folder)
     if out.resolve() == folder.resolve():
         raise ValueError(f"--denoiser-from {folder}: write the new folder elsewhere (its graphs are read from there)")
-    den_graph = old.graph("denoiser").read_bytes()  # checked against the old manifest's sha256
+    den_graph = old.graph("denoiser")  # checked against the old manifest's sha256
     errs = export_decoder_graphs(dec, out, fp16, copy_only)
     graphs_from: dict[str, str] = {}
     if share:
         (out / GRAPHS["denoiser"]).unlink(missing_ok=True)  # a stale copy would not be read
-        graphs_from["denoiser"] = os.path.relpath(old.graph("denoiser").parent.resolve(), out.resolve())
+        graphs_from["denoiser"] = os.path.relpath(den_graph.parent.resolve(), out.resolve())
     else:
-        (out / GRAPHS["denoiser"]).write_bytes(den_graph)
+        (out / GRAPHS["denoiser"]).write_bytes(den_graph.read_bytes())
     old_errs = old.source.get("onnx_vs_torch_max_abs", {})
     errs.update({k: v for k, v in old_errs.items() if k.startswith("denoiser")})
     source = {
