@@ -19,7 +19,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -27,7 +26,7 @@ from avatarcast.engines.avatar_world import BUILTIN_AVATARS, get_avatar, render_
 from avatarcast.engines.avatar_world.render import landmarks, sequence_poses
 from tools.eval import fidelity_metrics as fm
 from tools.eval import holdout
-from tools.eval.fidelity import add_motion_argument, encode_decode
+from tools.eval.fidelity import add_motion_argument, encode_decode, scored_engine
 
 BACKGROUND = (245, 240, 230)  # avatarcast render's default background, #f5f0e6
 HAND = 56  # px, the hand crops' side
@@ -141,7 +140,6 @@ def layout(rows: list[tuple[str, list]]) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from avatarcast.engines.tiny.engine import TinyEngine
     from avatarcast.realtime.settings import Settings
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,20 +158,8 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     steps = args.steps if args.steps is not None else Settings().steps
-    engine: Any
-    if args.motion:
-        from avatarcast.engines.tiny.motion_engine import MotionEngine
-
-        engine, weights = MotionEngine.load(*args.motion, steps=steps), " + ".join(args.motion)
-    elif args.engine == "motion":
-        from avatarcast.engines.tiny.motion_engine import MotionEngine
-        from avatarcast.engines.tiny.motion_weights import motion_folder
-
-        engine = MotionEngine.from_folder(args.weights or None, steps=steps, threads=args.threads)
-        weights = str(motion_folder(args.weights))
-    else:
-        engine = TinyEngine.load(args.weights, steps=steps, threads=args.threads)
-        weights = str(engine.manifest.path)
+    motion = tuple(args.motion) if args.motion else None
+    engine, _, weights = scored_engine(args.weights, args.engine, motion, steps=steps, threads=args.threads)
     avatars = [get_avatar(a.strip()) for a in args.avatars.split(",") if a.strip()] or list(BUILTIN_AVATARS)
     rows, shown = [], []
     for av in avatars:

@@ -453,27 +453,13 @@ def run(
     """The fidelity eval of one weights folder (`engine_name` tiny, or motion: architecture 3's exported folder as
     the server runs it, the shipped one by default), or of architecture 3's (decoder, denoiser) checkpoints given
     as `motion` (the parts asked for); the report as a dict."""
-    from avatarcast.engines.tiny.engine import TinyEngine
     from avatarcast.realtime.settings import Settings
 
     t0, c0 = time.time(), time.process_time()
     timing: dict = {"loadavg_start": _loadavg()}  # other processes' load makes wall times provisional
     torch.set_num_threads(torch_threads)
     steps = steps if steps is not None else Settings().steps  # the serving default
-    if motion is not None:
-        from avatarcast.engines.tiny.motion_engine import MotionEngine
-
-        engine: Any = MotionEngine.load(*motion, steps=steps)
-        backend, weights_path = "torch (architecture 3)", " + ".join(motion)
-    elif engine_name == "motion":
-        from avatarcast.engines.tiny.motion_engine import MotionEngine
-        from avatarcast.engines.tiny.motion_weights import motion_folder
-
-        engine = MotionEngine.from_folder(weights or None, steps=steps, threads=threads)
-        backend, weights_path = "onnxruntime (architecture 3, as served)", str(motion_folder(weights))
-    else:
-        engine = TinyEngine.load(weights, backend=backend, steps=steps, threads=threads)
-        weights_path = str(engine.manifest.path)
+    engine, backend, weights_path = scored_engine(weights, engine_name, motion, backend, steps, threads)
     avatars = holdout.eval_avatars(size.n_builtin, size.n_holdout)
     res: dict = {"avatars": [a.name for a in avatars], "size": asdict(size), "rerun": rerun, "parts": list(parts)}
     rec = gen = None
@@ -509,6 +495,32 @@ def run(
         "date": time.strftime("%Y-%m-%d"),
     }
     return res
+
+
+def scored_engine(
+    weights: str | None,
+    engine_name: str = "tiny",
+    motion: tuple[str, str] | None = None,
+    backend: str = "onnxruntime",
+    steps: int = 2,
+    threads: int = 2,
+) -> tuple[Any, str, str]:
+    """The engine an eval scores, with how its reports name its backend and weights: architecture 3's checkpoints on
+    torch (`motion`: decoder, denoiser), its exported folder as the server runs it (`engine_name` motion; `weights`
+    None: the shipped one), or a tiny weights folder on `backend`."""
+    from avatarcast.engines.tiny.engine import TinyEngine
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+
+    if motion is not None:
+        return MotionEngine.load(*motion, steps=steps), "torch (architecture 3)", " + ".join(motion)
+    if engine_name == "motion":
+        from avatarcast.engines.tiny.motion_weights import motion_folder
+
+        folder = motion_folder(weights)
+        engine = MotionEngine.from_folder(folder, steps=steps, threads=threads)
+        return engine, "onnxruntime (architecture 3, as served)", str(folder)
+    engine = TinyEngine.load(weights, backend=backend, steps=steps, threads=threads)
+    return engine, backend, str(engine.manifest.path)
 
 
 def add_motion_argument(ap: argparse.ArgumentParser, what: str) -> None:
