@@ -19,6 +19,9 @@ cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 OUT=${OUT:-/tmp/out}
 GPU=.gpu
+# there: kept outside the checkout, which each call replaces (only a path .gitignore names survives; .gpu/ is
+# ignored by .git/info/exclude, which does not travel); /tmp lasts while the machine stays warm
+THERE=${THERE:-/tmp/avc_gpu}
 # what the plain install needs beyond the H200 image (device KINDS.md, 2026-11-17), as installed on the dev machines
 WHEELS="aioice==0.13.0 aiortc==1.16.0 annotated-types==0.7.0 av==18.1.0 cffi==2.0.0 cryptography==50.0.2
 ctranslate2==4.8.5 dnspython==2.9.2 fastapi==0.165.0 faster-whisper==1.2.1 google-crc32c==1.9.0
@@ -53,27 +56,27 @@ prepare() {
 }
 
 stash() {  # there: keep what this call carried, outside the carried paths (so the next call does not remove it)
-  mkdir -p "$GPU/store"
-  for p in "$GPU"/parts/part-*; do [ -f "$p" ] && cp "$p" "$GPU/store/"; done
+  mkdir -p "$THERE/store"
+  for p in "$GPU"/parts/part-*; do [ -f "$p" ] && cp "$p" "$THERE/store/"; done
   status
 }
 
-status() { echo "parts stored: $(ls "$GPU/store" 2>/dev/null | grep -c '^part-') ($(du -sh "$GPU/store" 2>/dev/null | cut -f1))"; }
+status() { echo "parts stored: $(ls "$THERE/store" 2>/dev/null | grep -c '^part-') ($(du -sh "$THERE/store" 2>/dev/null | cut -f1))"; }
 
 install() {
-  [ -d "$GPU/site" ] && return 0
+  [ -d "$THERE/site" ] && return 0
   local first want have
-  first=$(ls "$GPU"/store/part-* 2>/dev/null | head -1); want=${first##*-of-}; have=$(ls "$GPU"/store | grep -c '^part-')
+  first=$(ls "$THERE"/store/part-* 2>/dev/null | head -1); want=${first##*-of-}; have=$(ls "$THERE"/store | grep -c '^part-')
   [ -n "$first" ] && [ "$have" = "$want" ] || { echo "only $have of ${want:-?} parts have arrived: stash the rest"; return 1; }
-  mkdir -p "$GPU/site.in" && cat "$GPU"/store/part-* | tar -C "$GPU/site.in" -xzf - || { echo "a part is corrupt"; return 1; }
-  mv "$GPU/site.in" "$GPU/site"
+  mkdir -p "$THERE/site.in" && cat "$THERE"/store/part-* | tar -C "$THERE/site.in" -xzf - || { echo "a part is corrupt"; return 1; }
+  mv "$THERE/site.in" "$THERE/site"
 }
 
 measure() {  # SESSIONS="1 2" (default) or one count: a stream run of both languages paces ~100 s of speech a session
   local modes=${1:-clip}; [ "$modes" = all ] && modes="clip stream"
   mkdir -p "$OUT"
   install || exit 1
-  export PYTHONPATH=$PWD/$GPU/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+  export PYTHONPATH=$THERE/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/tter_gpu_summary.txt"
   # Whisper on CUDA only if CTranslate2 loads the model and transcribes there (its PyPI wheels want CUDA 12)
   local asr=cuda
@@ -85,6 +88,10 @@ print("ctranslate2 on cuda:", t.transcribe(np.zeros(16000, np.float32)).elapsed_
 PY
   then asr=cpu; echo "Whisper stays on the CPU: $(tail -1 "$OUT/asr_cuda_check.txt")" | tee -a "$OUT/tter_gpu_summary.txt"; fi
   local port=8090 log="$OUT/server.log"
+  # one bench client opens a session per clip from one address, faster than speech on a GPU: the per-client
+  # rate limits (an abuse guard, realtime/ratelimit.py) would refuse it, so they are off for the measurement
+  AVATARCAST_RATE_SESSIONS_PER_MIN=0 AVATARCAST_RATE_HTTP_PER_S=0 AVATARCAST_RATE_WS_MSGS_PER_S=0 \
+  AVATARCAST_RATE_CLIP_AUDIO_S_PER_S=0 AVATARCAST_RATE_LIVE_AUDIO_S_PER_S=0 AVATARCAST_RATE_SAY_PER_S=0 \
   python3 -m avatarcast.realtime.cli serve --port $port --backend torch --device cuda --asr-device $asr --log-level warning \
     > "$log" 2>&1 &
   local pid=$!
@@ -98,7 +105,8 @@ PY
   for mode in $modes; do for s in ${SESSIONS:-1 2}; do for lang in en zh; do
     local f="$OUT/tter_gpu_${lang}_${mode}_s${s}.json"
     timeout 280 python3 -m avatarcast.realtime.cli bench latency --url "http://127.0.0.1:$port" --clips "tests/data/speech/$lang" \
-      --mode "$mode" --sessions "$s" --warmup 0.5 --linger 0 --json > "$f" 2> "${f%.json}.log"
+      --mode "$mode" --sessions "$s" --warmup 0.5 --linger 0 --json > "$f" 2> "$THERE/${f##*/}.log"
+    grep -h "ERROR" "$THERE/${f##*/}.log" | sed 's/.*ERROR/ERROR/' | sort | uniq -c | head -3 | tee -a "$OUT/tter_gpu_summary.txt"
     python3 - "$f" <<'PY' | tee -a "$OUT/tter_gpu_summary.txt"
 import json, sys
 r = json.load(open(sys.argv[1])); s = r["summary"]
