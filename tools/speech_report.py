@@ -1,17 +1,18 @@
 """The docs/speech.md tables from raw results: `bench latency --json` runs and `tools.eval_speech --json`.
 
-    python -m tools.speech_report docs/bench/speech_latency_*.json [--asr docs/bench/speech_asr.json]
+    python -m tools.speech_report docs/bench/speech_latency_*.json.gz [--asr docs/bench/speech_asr.json]
 
-Per latency run (named *_<lang>_<mode>_s<sessions>.json): TTER p50/p95 over all clips and over the clips
-that got a non-idle reaction (an "idle" decision has no reaction frame: its TTER is its TTFF), the time to
-the emotion decision, language-ID accuracy and error rate of the transcripts the server sent, emotion
-accuracy, and the other load on the machine during the run.
+Per latency run (named *_<lang>_<mode>_s<sessions>.json, or .json.gz as the committed runs are): TTER
+p50/p95 over all clips and over the clips that got a non-idle reaction (an "idle" decision has no reaction
+frame: its TTER is its TTFF), the time to the emotion decision, language-ID accuracy and error rate of the
+transcripts the server sent, emotion accuracy, and the other load on the machine during the run.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import json
 import re
 import sys
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from tools.eval_speech import CLIPS, edit_distance, units
 
-NAME = re.compile(r"_(?P<lang>[a-z]{2})_(?P<mode>clip|stream)_s(?P<sessions>\d+)(_\w+)?\.json$")
+NAME = re.compile(r"_(?P<lang>[a-z]{2})_(?P<mode>clip|stream)_s(?P<sessions>\d+)(_\w+)?\.json(\.gz)?$")
 
 
 def _texts() -> dict[str, str]:
@@ -38,9 +39,10 @@ def _p(d: dict, key: str) -> str:
 def latency_row(path: Path, texts: dict[str, str]) -> dict:
     m = NAME.search(path.name)
     if m is None:
-        raise ValueError(f"{path}: name must end _<lang>_<clip|stream>_s<N>.json")
+        raise ValueError(f"{path}: name must end _<lang>_<clip|stream>_s<N>.json (or .json.gz)")
     lang = m["lang"]
-    r = json.loads(path.read_text(encoding="utf-8"))
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    r = json.loads(raw.decode("utf-8"))
     s, rows = r["summary"], [c for c in r["clips"] if not c.get("error")]
     errs = refs = 0
     for c in rows:

@@ -502,8 +502,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
+    # float16 on disk (load_classifier runs it in float32): half the bytes, the same eval (tools/eval/classifier.py)
+    state = {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}
     torch.save(
-        {"config": model.config, "state_dict": model.state_dict(), "emotions": list(EMOTIONS), "id_names": id_names},
+        {"config": model.config, "state_dict": state, "emotions": list(EMOTIONS), "id_names": id_names},
         out / "emotion_classifier.pt",
     )
     meta = {

@@ -5,6 +5,7 @@ docs/bench/motion_small_2026-12-05 (its load runs)."""
 
 import collections
 import glob
+import gzip
 import json
 import sys
 
@@ -55,6 +56,6 @@ def latency_row(d: dict) -> list:
 if __name__ == "__main__":
     folder = sys.argv[1]
     for kind, row in (("load", load_row), ("latency", latency_row)):
-        for p in sorted(glob.glob(f"{folder}/{kind}_*.json")):
-            d = json.load(open(p))
-            print(*common(p.split("/")[-1][:-5], d), *row(d))
+        for p in sorted(glob.glob(f"{folder}/{kind}_*.json") + glob.glob(f"{folder}/{kind}_*.json.gz")):
+            d = json.load(gzip.open(p) if p.endswith(".gz") else open(p))  # the latency runs are committed gzipped
+            print(*common(p.split("/")[-1].removesuffix(".gz")[:-5], d), *row(d))

@@ -1,6 +1,7 @@
 # Clip by clip over the quiet rounds: each arm's median TTER minus main's, on the clips slow on main (> 600 ms).
 import collections
 import glob
+import gzip
 import json
 import re
 from pathlib import Path
@@ -8,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 per = collections.defaultdict(lambda: collections.defaultdict(list))
-for f in sorted(glob.glob(str(Path(__file__).with_name("ab_x").parent / "ab_*.json"))):
+for f in sorted(glob.glob(str(Path(__file__).with_name("ab_x").parent / "ab_*.json*"))):  # committed gzipped
     arm = re.match(r".*/ab_(.+)_r\d\.json", f).group(1)
-    d = json.load(open(f))
+    d = json.load(gzip.open(f) if f.endswith(".gz") else open(f))
     if d["host_cpu"]["other_cores"] >= 0.1:
         continue
     for c in d["clips"]:

@@ -1,6 +1,7 @@
 # The A/B runs here, per arm and round, and pooled over the quiet rounds (other load < 0.1 core).
 import collections
 import glob
+import gzip
 import json
 import re
 from pathlib import Path
@@ -8,10 +9,10 @@ from pathlib import Path
 import numpy as np
 
 arms = collections.defaultdict(list)
-for f in sorted(glob.glob(str(Path(__file__).with_name("ab_x").parent / "ab_*.json"))):
+for f in sorted(glob.glob(str(Path(__file__).with_name("ab_x").parent / "ab_*.json*"))):  # committed gzipped
     m = re.match(r".*/ab_(.+)_r(\d)\.json", f)
     try:
-        d = json.load(open(f))
+        d = json.load(gzip.open(f) if f.endswith(".gz") else open(f))
     except Exception:
         continue
     arms[m.group(1)].append((int(m.group(2)), d))

@@ -2,6 +2,7 @@
 
 import collections
 import glob
+import gzip
 import json
 import re
 from pathlib import Path
@@ -12,9 +13,10 @@ here = Path(__file__).parent
 SLOW = ("zh28_angry.ogg", "zh38_love.ogg", "zh20_surprised.ogg")
 arms = collections.defaultdict(list)
 # ab_*: the alternated A/B; traced_*_r0: the same command, one run per arm before it (round 0)
-for f in sorted(glob.glob(str(here / "ab_*.json")) + glob.glob(str(here / "traced_*_r0.json"))):
+# (committed gzipped: *.json.gz; a fresh run's *.json reads too)
+for f in sorted(glob.glob(str(here / "ab_*.json*")) + glob.glob(str(here / "traced_*_r0.json*"))):
     m = re.match(r".*/(?:ab|traced)_(.+)_r(\d)\.json", f)
-    arms[m.group(1)].append((int(m.group(2)), json.load(open(f))))
+    arms[m.group(1)].append((int(m.group(2)), json.load(gzip.open(f) if f.endswith(".gz") else open(f))))
 
 print(
     "| arm | round | other_cores | TTER p50 / p95 / max ms | TTER zh38 / zh20 ms | frame slot zh28 / zh38 / zh20 ms | "

@@ -1,6 +1,7 @@
 """What a mid-reaction emotion switch waited on, switch by switch, from a switch trace (trace/sitecustomize.py) and
 the bench run's JSON: python analyze_switch.py TRACE_FILE BENCH_JSON."""
 
+import gzip
 import json
 import sys
 from collections import defaultdict
@@ -10,7 +11,7 @@ recs = [json.loads(line) for line in open(trace)]
 by_sid = defaultdict(list)
 for r in recs:
     by_sid[r["sid"]].append(r)
-clips = json.load(open(bench))["clips"]
+clips = json.load(gzip.open(bench) if bench.endswith(".gz") else open(bench))["clips"]  # the committed runs: .json.gz
 by_tter = {round(c["server"]["tter_ms"], 3): c for c in clips if c.get("server") and c["server"].get("tter_ms")}
 lat = {(r["sid"], r["utterance"]): r for r in recs if r["k"] == "latency"}
 
