@@ -13,7 +13,8 @@
 #   there:  run(command="bash tools/gpu/tter_gpu.sh measure clip"), then "SESSIONS=2 bash ... measure stream" (each < 10 min)
 # The parts are a pruned site-packages built here for the device's Python 3.12; the working tree travels with every
 # call, so the stash calls go with a tree emptied of all but this script, and parts of up to 60 MB.
-# `bash tools/gpu/tter_gpu.sh status` (there) says which parts have arrived.
+# `bash tools/gpu/tter_gpu.sh status` (there) says which parts have arrived. The CPU side of the comparison:
+#   here:   OUT=DIR bash tools/gpu/tter_gpu.sh here clip; OUT=DIR SESSIONS=2 bash tools/gpu/tter_gpu.sh here stream
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
@@ -87,13 +88,24 @@ t = Transcriber.load("base", device="cuda", languages=("en", "zh"))
 print("ctranslate2 on cuda:", t.transcribe(np.zeros(16000, np.float32)).elapsed_ms, "ms")
 PY
   then asr=cpu; echo "Whisper stays on the CPU: $(tail -1 "$OUT/asr_cuda_check.txt")" | tee -a "$OUT/tter_gpu_summary.txt"; fi
+  bench_runs "$modes" "engine tiny/torch/cuda, asr base on $asr" --backend torch --device cuda --asr-device "$asr"
+}
+
+here() {  # the same runs against the default `avatarcast serve` of this machine (the CPU side of the comparison)
+  local modes=${1:-clip}; [ "$modes" = all ] && modes="clip stream"
+  mkdir -p "$OUT" "$THERE"
+  lscpu | grep -m1 "Model name" | tee "$OUT/tter_gpu_summary.txt"
+  bench_runs "$modes" "the default serve (this machine)"
+}
+
+bench_runs() {  # MODES WHAT SERVE_ARGS...: one server, then bench latency per mode, session count and language
+  local modes=$1 what=$2; shift 2
   local port=8090 log="$OUT/server.log"
   # one bench client opens a session per clip from one address, faster than speech on a GPU: the per-client
   # rate limits (an abuse guard, realtime/ratelimit.py) would refuse it, so they are off for the measurement
   AVATARCAST_RATE_SESSIONS_PER_MIN=0 AVATARCAST_RATE_HTTP_PER_S=0 AVATARCAST_RATE_WS_MSGS_PER_S=0 \
   AVATARCAST_RATE_CLIP_AUDIO_S_PER_S=0 AVATARCAST_RATE_LIVE_AUDIO_S_PER_S=0 AVATARCAST_RATE_SAY_PER_S=0 \
-  python3 -m avatarcast.realtime.cli serve --port $port --backend torch --device cuda --asr-device $asr --log-level warning \
-    > "$log" 2>&1 &
+  python3 -m avatarcast.realtime.cli serve --port $port "$@" --log-level warning > "$log" 2>&1 &
   local pid=$!
   python3 - $port "$OUT/server_status.json" <<'PY' || { tail -30 "$log"; kill $pid; exit 1; }
 import json, sys, time
@@ -101,7 +113,7 @@ from avatarcast.realtime.bench.server import server_status, wait_ready
 wait_ready(f"http://127.0.0.1:{sys.argv[1]}", 240)
 json.dump(server_status(f"http://127.0.0.1:{sys.argv[1]}"), open(sys.argv[2], "w"), indent=1)
 PY
-  echo "server: engine tiny/torch/cuda, asr base on $asr" | tee -a "$OUT/tter_gpu_summary.txt"
+  echo "server: $what" | tee -a "$OUT/tter_gpu_summary.txt"
   for mode in $modes; do for s in ${SESSIONS:-1 2}; do for lang in en zh; do
     local f="$OUT/tter_gpu_${lang}_${mode}_s${s}.json"
     timeout 280 python3 -m avatarcast.realtime.cli bench latency --url "http://127.0.0.1:$port" --clips "tests/data/speech/$lang" \
@@ -112,7 +124,7 @@ import json, sys
 r = json.load(open(sys.argv[1])); s = r["summary"]
 print(f"{sys.argv[1].rsplit('/', 1)[-1]}: TTER p50 {s['tter_ms']['p50']} p95 {s['tter_ms']['p95']} ms, non-idle p50 "
       f"{s['tter_ms_reactions']['p50']} p95 {s['tter_ms_reactions']['p95']}, decision p50 {s['decision_ms']['p50']} "
-      f"p95 {s['decision_ms']['p95']}, {s['measured']}/{s['clips']} clips")
+      f"p95 {s['decision_ms']['p95']}, {s['measured']}/{s['clips']} clips, emotion right {s['accuracy']['accuracy']}")
 PY
   done; done; done
   kill -INT $pid; wait $pid
@@ -123,5 +135,6 @@ case "${1:-}" in
   stash) stash ;;
   status) status ;;
   measure) measure "${2:-clip}" ;;
-  *) sed -n '2,14p' "$0"; exit 2 ;;
+  here) here "${2:-clip}" ;;
+  *) sed -n '2,17p' "$0"; exit 2 ;;
 esac
