@@ -271,10 +271,10 @@ class MotionEngine:
         parts = [self._draw(a, motions[i : i + batch]) for i in range(0, len(motions), batch)]
         return np.concatenate(parts) if parts else np.zeros((0, FRAME_HEIGHT, FRAME_WIDTH, 4), np.uint8)
 
-    def decode_chunks(self, states: list[MotionStream], latents: np.ndarray, lowres: bool = False) -> np.ndarray:
+    def decode_chunks(self, states: list[MotionStream], latents: np.ndarray, cheaper: bool = False) -> np.ndarray:
         """Normalized motions (B, T, D, 1, 1) -> frames (B, T, 360, 640, 4), each stream drawn from its avatar."""
-        if lowres:
-            raise ValueError("the motion engine has no half-resolution decoder")
+        if cheaper:
+            raise ValueError("the motion engine has no cheaper decode")
         B, T = latents.shape[:2]
         raw = latents.reshape(B, T, MOTION_DIM) * self.std + self.mean
         out = []

@@ -51,7 +51,7 @@ class _SlowScheduler(EngineScheduler):
 
     batch_s = 0.2
 
-    def _work(self, batch, steps=None, lowres=False):
+    def _work(self, batch, steps=None, cheaper=False):
         t0 = self.clock()
         time.sleep(self.batch_s)
         t1 = self.clock()
