@@ -191,7 +191,9 @@ def quantize_folder(
         "int8_convs": quantized,
     }
     source = {**man.source, "int8_decoder": report}
-    write_motion_manifest(folder, man.decoder_shape, man.denoiser_arch, man.mean, man.std, source, man.graphs_from)
+    write_motion_manifest(
+        folder, man.decoder_shape, man.denoiser_arch, man.mean, man.std, source, man.graphs_from, man.cheaper_draw
+    )
     return report
 
 
