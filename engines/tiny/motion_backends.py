@@ -74,7 +74,7 @@ class OnnxMotionBackend:
             )
         # what each decoder graph reads: one exported without its generator (tools.export_motion --copy-only) has no
         # use for the reference's features, and onnxruntime refuses a feed the graph does not declare
-        self._inputs = {
+        self._inputs: dict[str, frozenset[str]] = {
             g: frozenset(i.name for i in self.sessions[g].get_inputs())
             for g in ("decoder", "cheaper")
             if g in self.sessions
