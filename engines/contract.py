@@ -9,9 +9,18 @@ implement `StreamEngine`. Nothing here imports torch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol, Self
 
 import numpy as np
+
+
+class CheaperDecode(StrEnum):
+    """A cheaper way an engine can turn sampled latents into frames: the degradation ladder's rung 2
+    (realtime/ladder.py). The stream's latents, and so its pose, stay the same; only the picture costs less."""
+
+    HALF_RESOLUTION = "half_resolution"  # tiny: a decoder at 320x180, upscaled inside its graph (about 4x cheaper)
+    COPY_DRAW = "copy_draw"  # motion's residual draw: the copy-only decoder, without the generator's correction
 
 
 @dataclass(frozen=True)
@@ -22,7 +31,7 @@ class EngineCapabilities:
     max_batch: int = 8  # most streams one engine call serves (the scheduler's batch)
     pipeline_depth: int = 1  # engine calls the scheduler may keep in flight (launch_chunks)
     per_stream_decode: bool = False  # decode_chunks continues each stream's video (the state holds a decoder cache)
-    half_res_decode: bool = False  # decode_chunks(..., lowres=True) runs a half-resolution decoder
+    cheaper_decode: CheaperDecode | None = None  # what decode_chunks(..., cheaper=True) runs; None: no cheaper decode
     # prep_engine(threads) (PrepEngineSource) gives an engine with its own runtime threads that shares this one's
     # prepared avatars: the Hub prepares clients' new avatars on it, off the live engine (realtime/prep.py)
     shared_prep: bool = False
@@ -161,11 +170,14 @@ class StreamEngine(Protocol):
         """
         ...
 
-    def decode_chunks(self, states: list[Any], latents: np.ndarray, lowres: bool = False) -> np.ndarray:
+    def decode_chunks(self, states: list[Any], latents: np.ndarray, cheaper: bool = False) -> np.ndarray:
         """Each stream's newest latents (B, T, C, h, w) -> its frames (B, frames_per_chunk, 360, 640, 4) uint8.
 
         Args:
-            lowres: decode at half resolution and upscale (only where `capabilities.half_res_decode`).
+            cheaper: decode the engine's cheaper way, `capabilities.cheaper_decode`.
+
+        Raises:
+            ValueError: `cheaper` where `capabilities.cheaper_decode` is None.
         """
         ...
 
@@ -179,6 +191,7 @@ class StreamEngine(Protocol):
 
 
 __all__ = [
+    "CheaperDecode",
     "EngineCapabilities",
     "LatentShapes",
     "PendingFrames",

@@ -42,6 +42,12 @@ the client gets HTTP 503 `busy` with Retry-After (WebSocket: close 1013) and a m
 figures used. The estimate is optimistic when many admitted-but-quiet sessions start reacting at
 once; the degradation ladder (realtime/ladder.py) is what keeps their frame rate then.
 `max_sessions` stays as a hard cap.
+
+The ladder's cheaper rungs are not counted as capacity: stream_chunk_s is measured on full-quality batches only, and
+a session is admitted only while its reactions fit at full quality. Counting the cheaper decode (tiny's half
+resolution, the residual draw's copy draw) would admit sessions the engine can hold only degraded: an operator who
+chose `--motion-draw residual` would get the copy draw's picture for most of each reaction. The cheaper rung is for
+surges among the admitted sessions.
 """
 
 from __future__ import annotations

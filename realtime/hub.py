@@ -412,6 +412,8 @@ class Hub:
             "degradation": lad.name if lad else "full",
             "live_steps": (lad.live_steps if lad else None) or sv.engine.steps,
             "lowest_level": lad.top if lad else 0,
+            # what the cheaper_decode rung (2) decodes with: "half_resolution", "copy_draw"; None: no such rung
+            "cheaper_decode": lad.cheaper if lad else None,
             "engine_busy": round(verdict.busy, 3),
             # what admission control counts of it: less the part of sessions gone (closed, or left by their client)
             "counted_busy": round(verdict.counted_busy, 3),

@@ -7,12 +7,13 @@ that happens often, the server steps down, one level at a time:
   1 "fewer_steps"   live chunks use fewer sampler steps (the tiny model is a shortcut model: 1 step
                     looks close to 2, and costs less). The latents cache keeps its own step count,
                     so cache lookups still hit. Skipped when the engine already runs 1 step.
-  2 "lower_resolution"  sampled chunks are decoded at half resolution (320x180, upscaled to 640x360
-                    inside the decoder graph): the decode, most of a chunk's cost on a CPU, gets about
-                    4x cheaper. Only the decode changes (the latent grid is fixed by the denoiser's
-                    weights), so a stream keeps its pose across the switch. Skipped where the engine
-                    has no half-resolution decoder (the tiny engine's shipped weights have one,
-                    tools/train_lowres.py; the wan engine has none).
+  2 "cheaper_decode"  sampled chunks are decoded the engine's cheaper way, as it declares
+                    (EngineCapabilities.cheaper_decode): the decode is most of a chunk's cost on a CPU.
+                    "half_resolution" (tiny, tools/train_lowres.py): at 320x180, upscaled to 640x360
+                    inside the decoder graph, about 4x cheaper. "copy_draw" (motion's residual draw):
+                    the shipped copy-only decoder, without the generator's correction. Only the decode
+                    changes, so a stream keeps its pose across the switch. Skipped where the engine has
+                    no cheaper decode (the copy draw, the wan engine).
   3 "cached_loops"  on top of that, new reactions play their cached first chunk as a loop (forward,
                     then backward) instead of sampling: no engine time at all. Reactions already
                     playing go on. The last resort: the avatar still reacts, but without variety.
@@ -31,12 +32,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from avatarcast.engines.contract import StreamEngine
+from avatarcast.engines.contract import CheaperDecode, StreamEngine
 from avatarcast.realtime.settings import Settings
 
 log = logging.getLogger("avatarcast.ladder")
 
-LEVELS = ("full", "fewer_steps", "lower_resolution", "cached_loops")
+LEVELS = ("full", "fewer_steps", "cheaper_decode", "cached_loops")
 
 
 class DegradationLadder:
@@ -47,7 +48,7 @@ class DegradationLadder:
         full_steps: int,
         *,
         reduce_steps: bool = True,
-        lower_resolution: bool = False,
+        cheaper: CheaperDecode | None = None,
         down_late: int = 2,
         window_s: float = 4.0,
         dwell_s: float = 2.0,
@@ -60,9 +61,9 @@ class DegradationLadder:
         self.full_steps = int(full_steps)
         self.fewer_steps = max(1, self.full_steps // 2)
         self.reduce_steps = reduce_steps and self.fewer_steps < self.full_steps
-        self.lower_resolution = bool(lower_resolution)
+        self.cheaper = cheaper  # what rung 2 decodes with; None: the engine has no cheaper decode, no rung 2
         # the rungs this engine offers, best first
-        self.levels = [0] + [1] * self.reduce_steps + [2] * self.lower_resolution + [3]
+        self.levels = [0] + [1] * self.reduce_steps + [2] * (cheaper is not None) + [3]
         self.top = self.levels[-1]
         self.down_late, self.window_s, self.dwell_s = down_late, window_s, dwell_s
         self.up_after_s, self.up_busy = up_after_s, up_busy
@@ -85,9 +86,9 @@ class DegradationLadder:
         return self.fewer_steps if self.level >= 1 and self.reduce_steps else None
 
     @property
-    def lowres(self) -> bool:
-        """Sampled chunks should be decoded at half resolution."""
-        return self.level >= 2 and self.lower_resolution
+    def cheaper_decode(self) -> bool:
+        """Sampled chunks should be decoded the engine's cheaper way (`cheaper`)."""
+        return self.level >= 2 and self.cheaper is not None
 
     @property
     def cached_loops(self) -> bool:
@@ -124,18 +125,21 @@ class DegradationLadder:
     def _set(self, level: int, now: float, why: str) -> None:
         old, self.level, self.changed_at = self.level, level, now
         self.changes += 1
-        log.warning("degradation level %d (%s) -> %d (%s): %s", old, LEVELS[old], level, LEVELS[level], why)
+        log.warning("degradation level %d (%s) -> %d (%s): %s", old, self._label(old), level, self._label(level), why)
         if self.on_change is not None:
             self.on_change(old, level, why)
+
+    def _label(self, level: int) -> str:
+        return f"{LEVELS[level]}: {self.cheaper}" if level == 2 else LEVELS[level]
 
 
 def ladder_for(engine: StreamEngine, settings: Settings) -> DegradationLadder:
     """The ladder an engine can offer under these settings (the Hub's and each Ray engine replica's):
-    the steps rung (every engine takes a per-call step count; skipped at 1 step), the resolution rung
-    where it has a half-resolution decoder."""
+    the steps rung (every engine takes a per-call step count; skipped at 1 step), the cheaper-decode rung
+    where the engine declares one."""
     return DegradationLadder(
         int(engine.steps or 1),
-        lower_resolution=engine.capabilities.half_res_decode,
+        cheaper=engine.capabilities.cheaper_decode,
         up_after_s=settings.ladder_up_s,
         enabled=bool(settings.ladder),
     )

@@ -48,7 +48,7 @@ class Metrics:
         )
         self.degradation_level = Gauge(
             "avatarcast_degradation_level",
-            "0 full, 1 fewer sampler steps, 2 also half-resolution decode, 3 also cached loops for new reactions",
+            "0 full, 1 fewer sampler steps, 2 also the engine's cheaper decode, 3 also cached loops for new reactions",
             registry=r,
         )
         self.engine_busy = Gauge(

@@ -572,8 +572,8 @@ class SessionRunner:
                 self.services.stats["chunks_discarded"] += 1
                 continue
             self.playout.store(req, res.frames, res.state)
-            if res.lowres:
-                self.services.stats["chunks_lowres"] += 1
+            if res.cheaper:
+                self.services.stats["chunks_cheaper"] += 1
             if req.utterance is not None and req.previous_chunk is None:
                 self.session.stamp("sample", res.sampled, t0, utterance=req.utterance)
                 self.session.stamp("decode_frames", res.finished, res.sampled, utterance=req.utterance)

@@ -57,7 +57,7 @@ class ChunkResult:
     sampled: float  # monotonic: latents ready
     finished: float  # monotonic: frames decoded
     batch: int
-    lowres: bool = False  # decoded at half resolution (the ladder's lower_resolution rung)
+    cheaper: bool = False  # decoded the engine's cheaper way (the ladder's cheaper_decode rung)
 
 
 class Scheduler(Protocol):
@@ -311,11 +311,11 @@ class EngineScheduler:
             if not batch:
                 continue
             steps = self.ladder.live_steps if self.ladder is not None else None
-            lowres = bool(self.ladder is not None and self.ladder.lowres)
+            cheaper = bool(self.ladder is not None and self.ladder.cheaper_decode)
             if self.depth > 1 and await self._launch(batch, steps):
                 continue
             try:
-                results = await loop.run_in_executor(self.executor, self._work_fitting, batch, steps, lowres)
+                results = await loop.run_in_executor(self.executor, self._work_fitting, batch, steps, cheaper)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the engine failed: every job of this batch fails, others go on
@@ -323,7 +323,7 @@ class EngineScheduler:
                 continue
             if results:
                 self._answer(
-                    batch, results, degraded=steps is not None or lowres, dur=results[0].finished - results[0].started
+                    batch, results, degraded=steps is not None or cheaper, dur=results[0].finished - results[0].started
                 )
                 # One turn of the loop before the next decision: the sessions just answered submit their next
                 # chunk there, so a job that waited out its room during this batch takes them along instead of
@@ -419,13 +419,15 @@ class EngineScheduler:
             self.engine.set_emotion(j.state, j.emotion, j.intensity)
         return [j.state for j in batch]
 
-    def _work_fitting(self, batch: list[ChunkJob], steps: int | None = None, lowres: bool = False) -> list[ChunkResult]:
+    def _work_fitting(
+        self, batch: list[ChunkJob], steps: int | None = None, cheaper: bool = False
+    ) -> list[ChunkResult]:
         """_work, degrading instead of failing when the device runs out of memory: the batch is
         split in halves (down to single streams) and later batches are capped at the size that fit.
         The engines only advance a stream after a whole sampler run, so a retried half starts
         from where the failed call started (after an OOM in the decode, it skips one chunk)."""
         try:
-            return self._work(batch, steps, lowres)
+            return self._work(batch, steps, cheaper)
         except Exception as exc:
             if not _out_of_memory(exc) or len(batch) == 1:
                 raise
@@ -436,24 +438,24 @@ class EngineScheduler:
                 "engine out of memory at batch %d: splitting it, batches now capped at %d", len(batch), self.max_batch
             )
             _release_device_memory()
-            return self._work_fitting(batch[:half], steps, lowres) + self._work_fitting(batch[half:], steps, lowres)
+            return self._work_fitting(batch[:half], steps, cheaper) + self._work_fitting(batch[half:], steps, cheaper)
 
-    def _work(self, batch: list[ChunkJob], steps: int | None = None, lowres: bool = False) -> list[ChunkResult]:
+    def _work(self, batch: list[ChunkJob], steps: int | None = None, cheaper: bool = False) -> list[ChunkResult]:
         """Engine thread: one sampler call for the whole batch, then one decode call.
 
-        `steps` (the degradation ladder) overrides the sampler steps of this call only; `lowres`
-        decodes at half resolution, where the engine has a decoder for it.
+        `steps` (the degradation ladder) overrides the sampler steps of this call only; `cheaper`
+        decodes the engine's cheaper way (capabilities.cheaper_decode).
         """
         t0 = self.clock()
         states = self._prepare(batch)
         lat = self.engine.sample_chunks(states, steps=steps)
         t1 = self.clock()
         B = lat.shape[0]
-        # lowres only comes from a ladder built for this engine (capabilities.half_res_decode)
-        per = list(self.engine.decode_chunks(states, lat, lowres=lowres))
+        # cheaper only comes from a ladder built for this engine (capabilities.cheaper_decode)
+        per = list(self.engine.decode_chunks(states, lat, cheaper=cheaper))
         t2 = self.clock()
         self._account(B, t2 - t0)
-        return [ChunkResult(per[i], states[i], t0, t1, t2, B, lowres) for i in range(B)]
+        return [ChunkResult(per[i], states[i], t0, t1, t2, B, cheaper) for i in range(B)]
 
 
 def in_window(end: float, dur: float, lo: float) -> float:

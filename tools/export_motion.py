@@ -30,7 +30,9 @@ import numpy as np
 import torch
 
 from avatarcast.engines.avatar_world.skeleton import MOTION_DIM
+from avatarcast.engines.errors import EngineError
 from avatarcast.engines.tiny.motion import SHAPES, MotionDecoder, pixel_centres, shape_to_dict
+from avatarcast.engines.tiny.motion_backends import OnnxMotionBackend
 from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser, build_denoiser
 from avatarcast.engines.tiny.motion_torch import load_checkpoints, load_decoder
 from avatarcast.engines.tiny.motion_weights import GRAPHS, MotionManifest, load_motion_manifest, write_motion_manifest
@@ -259,9 +261,11 @@ def export_with_denoiser_from(
     fp16: bool = True,
     copy_only: bool = False,
     share: bool = False,
+    cheaper: bool = False,
 ) -> MotionManifest:
     """A new decoder beside another folder's denoiser graph, copied byte for byte with what belongs to it, or
-    (`share`) read from that folder where it is (the manifest's graphs_from, a path relative to `out`)."""
+    (`share`) read from that folder where it is (the manifest's graphs_from, a path relative to `out`); `cheaper`:
+    that folder's (copy-only) decoder draws at the degradation ladder's cheaper rung (the manifest's cheaper_draw)."""
     old = load_motion_manifest(folder)
     if out.resolve() == folder.resolve():
         raise ValueError(f"--denoiser-from {folder}: write the new folder elsewhere (its graphs are read from there)")
@@ -283,7 +287,11 @@ def export_with_denoiser_from(
         "onnx_vs_torch_max_abs": errs,
     }
     shape = shape_to_dict(dec.shape)
-    return write_motion_manifest(out, shape, old.denoiser_arch, old.mean, old.std, source, graphs_from)
+    cheaper_draw = os.path.relpath(folder.resolve(), out.resolve()) if cheaper else None
+    man = write_motion_manifest(out, shape, old.denoiser_arch, old.mean, old.std, source, graphs_from, cheaper_draw)
+    if cheaper:
+        OnnxMotionBackend(man, threads=1)  # checks that the cheaper folder draws the same motions, copy-only
+    return man
 
 
 def _sha(path: Path) -> str:
@@ -312,6 +320,12 @@ def main(argv: list[str] | None = None) -> int:
         help="with --denoiser-from: read its denoiser graph where it is, not a copy (the manifest's graphs_from)",
     )
     ap.add_argument(
+        "--cheaper-draw",
+        action="store_true",
+        help="with --denoiser-from: its copy-only decoder draws at the degradation ladder's cheaper rung (the "
+        "manifest's cheaper_draw: how the shipped residual folder steps down to the copy draw)",
+    )
+    ap.add_argument(
         "--copy-only",
         action="store_true",
         help="no generator in the decoder graph, if its copy mask is 1 on held-out frames (tools/motion_copy.py)",
@@ -321,8 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--atlas", type=int, default=0, help="with --random: atlas faces the decoder mixes")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    if args.share_denoiser and not args.denoiser_from:
-        ap.error("--share-denoiser goes with --denoiser-from")
+    if (args.share_denoiser or args.cheaper_draw) and not args.denoiser_from:
+        ap.error("--share-denoiser and --cheaper-draw go with --denoiser-from")
     torch.manual_seed(args.seed)
     if args.random:
         if len(args.paths) != 1:
@@ -372,8 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                 fp16=not args.fp32,
                 copy_only=args.copy_only,
                 share=args.share_denoiser,
+                cheaper=args.cheaper_draw,
             )
-        except ValueError as e:
+        except (ValueError, EngineError) as e:  # EngineError: a cheaper folder that draws other motions
             ap.error(str(e))
     else:
         fp16, int8, copy_only = not args.fp32, args.int8_denoiser, args.copy_only

@@ -58,9 +58,10 @@ class _Recording(OnnxMotionBackend):
         super().__init__(*a, **k)
         self.feeds: list[dict[str, np.ndarray]] = []
 
-    def draw(self, ref, motions, ref_motion, box):
-        self.feeds.append(self.decoder_feeds(ref, motions, ref_motion, box))
-        return super().draw(ref, motions, ref_motion, box)
+    def draw(self, ref, motions, ref_motion, box, cheaper=False):
+        if not cheaper:  # the folder's own decoder: the one quantized
+            self.feeds.append(self.decoder_feeds(ref, motions, ref_motion, box))
+        return super().draw(ref, motions, ref_motion, box, cheaper)
 
 
 def served_feeds(folder: Path, avatars, frames: int = 16, threads: int = 2) -> list[dict[str, np.ndarray]]:
@@ -191,7 +192,9 @@ def quantize_folder(
         "int8_convs": quantized,
     }
     source = {**man.source, "int8_decoder": report}
-    write_motion_manifest(folder, man.decoder_shape, man.denoiser_arch, man.mean, man.std, source, man.graphs_from)
+    write_motion_manifest(
+        folder, man.decoder_shape, man.denoiser_arch, man.mean, man.std, source, man.graphs_from, man.cheaper_draw
+    )
     return report
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from avatarcast.engines.backends import create_backend
 from avatarcast.engines.backends.base import TinyBackend
-from avatarcast.engines.contract import EngineCapabilities, ReadyFrames
+from avatarcast.engines.contract import CheaperDecode, EngineCapabilities, ReadyFrames
 from avatarcast.engines.sampler import ShortcutFlowSampler
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.weights import Manifest, load_manifest
@@ -129,7 +129,10 @@ class TinyEngine:
 
     @property
     def capabilities(self) -> EngineCapabilities:
-        return EngineCapabilities(frames_per_chunk=self.cfg.chunk_frames, half_res_decode=self.has_lowres)
+        return EngineCapabilities(
+            frames_per_chunk=self.cfg.chunk_frames,
+            cheaper_decode=CheaperDecode.HALF_RESOLUTION if self.has_lowres else None,
+        )
 
     @property
     def graphs_ready(self) -> None:
@@ -217,11 +220,13 @@ class TinyEngine:
         ]
         return np.concatenate(out) if out else np.zeros((0, self.cfg.height, self.cfg.width, 4), np.uint8)
 
-    def decode_chunks(self, states: list[StreamState], latents: np.ndarray, lowres: bool = False) -> np.ndarray:
+    def decode_chunks(self, states: list[StreamState], latents: np.ndarray, cheaper: bool = False) -> np.ndarray:
         """Latents (B, T, C, H, W) -> frames (B, T, 360, 640, 4): each latent frame decodes on its own,
-        so the states are not needed (lowres: see decode)."""
+        so the states are not needed. `cheaper`: the half-resolution decoder (see decode), where shipped."""
+        if cheaper and not self.has_lowres:
+            raise ValueError("these tiny weights have no half-resolution decoder (python -m tools.train_lowres)")
         B, T = latents.shape[:2]
-        frames = self.decode(latents.reshape(B * T, *latents.shape[2:]), lowres=lowres)
+        frames = self.decode(latents.reshape(B * T, *latents.shape[2:]), lowres=cheaper)
         return frames.reshape(B, T, *frames.shape[1:])
 
     def launch_chunks(self, states: list[StreamState], steps: int | None = None) -> ReadyFrames:
@@ -230,7 +235,7 @@ class TinyEngine:
 
     def next_chunk(self, states: list[StreamState], lowres: bool = False) -> list[np.ndarray]:
         """The next T frames of each stream, (T, 360, 640, 4) uint8 each (lowres: see decode)."""
-        return list(self.decode_chunks(states, self.sample_chunks(states), lowres=lowres))
+        return list(self.decode_chunks(states, self.sample_chunks(states), cheaper=lowres))
 
     def generate_clip(
         self,

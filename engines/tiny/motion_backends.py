@@ -16,7 +16,8 @@ import numpy as np
 from avatarcast.engines.backends.base import BackendError, Denoises
 from avatarcast.engines.backends.host import available_cores
 from avatarcast.engines.backends.onnxruntime_backend import denoise_feeds, load_session
-from avatarcast.engines.tiny.motion_weights import MotionManifest
+from avatarcast.engines.tiny.motion_weights import GRAPHS, MANIFEST, MotionManifest, load_motion_manifest
+from avatarcast.engines.tiny.weights import WeightsError
 from avatarcast.engines.tiny.window import pixel_centres
 
 
@@ -26,22 +27,35 @@ class MotionBackend(Denoises, Protocol):
     prepare:  the avatar's canonical frame as a window (1, 4, pad_H, window_W) in [-1, 1], its atlas faces
               (1, K, 4, pad_H, window_W) or None -> the backend's handle on that avatar's encoded reference
     draw:     a handle, raw motions (n, D), the canonical frame's motion (D,), a box (row, column, height,
-              width; multiples of 8) -> the box drawn, premultiplied (n, 4, height, width), about [-1, 1]
+              width; multiples of 8) -> the box drawn, premultiplied (n, 4, height, width), about [-1, 1];
+              with cheaper=True, by the cheaper folder's copy-only decoder (only where `cheaper_draw`)
     denoise:  the tiny engine's call (engines/backends/base.py), the motion chunk as a 1 x 1 image
     """
 
     name: str
     atlas: int  # atlas faces the decoder mixes; 0: none, and prepare takes None
+    cheaper_draw: bool  # draw(..., cheaper=True) has a copy-only decoder to run (the ladder's cheaper rung)
 
     def prepare(self, ref_win: np.ndarray, atlas: np.ndarray | None) -> Any: ...
 
     def draw(
-        self, ref: Any, motions: np.ndarray, ref_motion: np.ndarray, box: tuple[int, int, int, int]
+        self,
+        ref: Any,
+        motions: np.ndarray,
+        ref_motion: np.ndarray,
+        box: tuple[int, int, int, int],
+        cheaper: bool = False,
     ) -> np.ndarray: ...
 
 
+# What a cheaper folder's decoder may read: what `prepare` holds but the reference features, which come from this
+# folder's reference graph and mean nothing to another decoder (a copy-only one reads none).
+_CHEAPER_INPUTS = frozenset({"motion", "ref_motion", "centres", "ref", "atlas"})
+
+
 class OnnxMotionBackend:
-    """The exported folder's three graphs on onnxruntime's CPU provider (threads: intra-op, default all cores)."""
+    """The exported folder's three graphs on onnxruntime's CPU provider (threads: intra-op, default all cores), and
+    the decoder of the folder its manifest names `cheaper_draw`, if any."""
 
     name = "onnxruntime"
 
@@ -53,9 +67,25 @@ class OnnxMotionBackend:
         self.sessions = {}
         for g in ("reference", "decoder", "denoiser"):
             self.sessions[g] = load_session(manifest.graph(g, verify=verify), self.threads, ["CPUExecutionProvider"])
-        # what the decoder graph reads: one exported without its generator (tools.export_motion --copy-only) has no
+        if manifest.cheaper_draw is not None:
+            cheaper = cheaper_manifest(manifest)
+            self.sessions["cheaper"] = load_session(
+                cheaper.graph("decoder", verify=verify), self.threads, ["CPUExecutionProvider"]
+            )
+        # what each decoder graph reads: one exported without its generator (tools.export_motion --copy-only) has no
         # use for the reference's features, and onnxruntime refuses a feed the graph does not declare
-        self._decoder_inputs = frozenset(i.name for i in self.sessions["decoder"].get_inputs())
+        self._inputs: dict[str, frozenset[str]] = {
+            g: frozenset(i.name for i in self.sessions[g].get_inputs())
+            for g in ("decoder", "cheaper")
+            if g in self.sessions
+        }
+        if not self._inputs.get("cheaper", frozenset()) <= _CHEAPER_INPUTS:
+            raise WeightsError(
+                f"{manifest.path}: the cheaper_draw folder's decoder reads "
+                f"{sorted(self._inputs['cheaper'] - _CHEAPER_INPUTS)}: only a copy-only decoder can draw with another "
+                "folder's reference"
+            )
+        self.cheaper_draw = "cheaper" in self.sessions
         self._lock = threading.Lock()  # one graph run at a time: the threads are the cores'
 
     def _run(self, graph: str, feeds: dict) -> list[np.ndarray]:
@@ -74,23 +104,61 @@ class OnnxMotionBackend:
         return held
 
     def decoder_feeds(
-        self, ref: dict, motions: np.ndarray, ref_motion: np.ndarray, box: tuple[int, int, int, int]
+        self,
+        ref: dict,
+        motions: np.ndarray,
+        ref_motion: np.ndarray,
+        box: tuple[int, int, int, int],
+        graph: str = "decoder",
     ) -> dict[str, np.ndarray]:
-        """The decoder graph's inputs for a draw call (also what tools.motion_int8 calibrates on)."""
+        """A decoder graph's inputs for a draw call (also what tools.motion_int8 calibrates on); graph: "decoder",
+        or "cheaper" (the cheaper_draw folder's)."""
         y0, x0, h, w = box
-        feeds = {k: v for k, v in ref.items() if k in self._decoder_inputs}
+        feeds = {k: v for k, v in ref.items() if k in self._inputs[graph]}
         feeds["motion"] = np.ascontiguousarray(motions, np.float32)
         feeds["ref_motion"] = np.ascontiguousarray(ref_motion, np.float32).reshape(1, -1)
         feeds["centres"] = np.ascontiguousarray(pixel_centres(h, w, self.window_hw, (y0, x0)))
         return feeds
 
     def draw(
-        self, ref: dict, motions: np.ndarray, ref_motion: np.ndarray, box: tuple[int, int, int, int]
+        self,
+        ref: dict,
+        motions: np.ndarray,
+        ref_motion: np.ndarray,
+        box: tuple[int, int, int, int],
+        cheaper: bool = False,
     ) -> np.ndarray:
-        return self._run("decoder", self.decoder_feeds(ref, motions, ref_motion, box))[0]
+        if cheaper and not self.cheaper_draw:
+            raise BackendError(f"{self.manifest.path}: no cheaper_draw folder in its manifest")
+        graph = "cheaper" if cheaper else "decoder"
+        return self._run(graph, self.decoder_feeds(ref, motions, ref_motion, box, graph))[0]
 
     def denoise(self, x, t, d, ctx, ref, emotion, intensity) -> np.ndarray:
         return self._run("denoiser", denoise_feeds(x, t, d, ctx, ref, emotion, intensity))[0]
 
 
-__all__ = ["MotionBackend", "OnnxMotionBackend"]
+def cheaper_manifest(manifest: MotionManifest) -> MotionManifest:
+    """The manifest of the folder `manifest` names `cheaper_draw`, checked to draw the same motions: the same
+    denoiser graph, motion normalization, window and atlas faces.
+
+    Raises:
+        WeightsError: a folder that is not one, or that draws other motions or another window.
+    """
+    if manifest.cheaper_draw is None:
+        raise WeightsError(f"{manifest.path / MANIFEST} names no cheaper_draw folder")
+    cheaper = load_motion_manifest(manifest.path / manifest.cheaper_draw)
+    den = GRAPHS["denoiser"]
+    same = {
+        "denoiser graph": manifest.files.get(den) == cheaper.files.get(den),
+        "motion normalization": np.array_equal(manifest.mean, cheaper.mean)
+        and np.array_equal(manifest.std, cheaper.std),
+        "window": all(manifest.decoder_shape[k] == cheaper.decoder_shape[k] for k in ("pad_height", "window_width")),
+        "atlas faces": manifest.atlas == cheaper.atlas,
+    }
+    if not all(same.values()):
+        differ = ", ".join(k for k, v in same.items() if not v)
+        raise WeightsError(f"{manifest.path}: its cheaper_draw folder {cheaper.path} has another {differ}")
+    return cheaper
+
+
+__all__ = ["MotionBackend", "OnnxMotionBackend", "cheaper_manifest"]

@@ -10,6 +10,9 @@ The server's default on onnxruntime (the CPU); the GPU backends serve architectu
 GPU path yet. It serves from a folder of exported graphs (the shipped one, or `--weights DIR`; onnxruntime, no torch)
 or runs training's checkpoints on torch, one stream at a time (the fidelity eval: `tools.eval.fidelity --motion`);
 the networks sit behind engines/tiny/motion_backends.MotionBackend, and everything around them here is numpy.
+A folder may name a copy-only folder as its cheaper draw (the shipped residual folder names the copy one): under
+load the degradation ladder draws with that decoder instead, from the same prepared avatar (capabilities'
+cheaper_decode "copy_draw"; the copy decoder reads the canonical frame and atlas faces the avatar already holds).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import numpy as np
 
 from avatarcast.engines.avatar_world.skeleton import KEYPOINTS, MOTION_DIM, N_POINTS, motion_vector
 from avatarcast.engines.backends.base import BackendError
-from avatarcast.engines.contract import EngineCapabilities, ReadyFrames
+from avatarcast.engines.contract import CheaperDecode, EngineCapabilities, ReadyFrames
 from avatarcast.engines.sampler import ShortcutFlowSampler
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.effects import EffectLayer
@@ -153,7 +156,9 @@ class MotionEngine:
     @property
     def capabilities(self) -> EngineCapabilities:
         return EngineCapabilities(
-            frames_per_chunk=self.cfg.chunk_frames, shared_prep=isinstance(self.backend, OnnxMotionBackend)
+            frames_per_chunk=self.cfg.chunk_frames,
+            shared_prep=isinstance(self.backend, OnnxMotionBackend),
+            cheaper_decode=CheaperDecode.COPY_DRAW if self.backend.cheaper_draw else None,
         )
 
     def prep_engine(self, threads: int = 1) -> MotionEngine:
@@ -271,16 +276,18 @@ class MotionEngine:
         parts = [self._draw(a, motions[i : i + batch]) for i in range(0, len(motions), batch)]
         return np.concatenate(parts) if parts else np.zeros((0, FRAME_HEIGHT, FRAME_WIDTH, 4), np.uint8)
 
-    def decode_chunks(self, states: list[MotionStream], latents: np.ndarray, lowres: bool = False) -> np.ndarray:
-        """Normalized motions (B, T, D, 1, 1) -> frames (B, T, 360, 640, 4), each stream drawn from its avatar."""
-        if lowres:
-            raise ValueError("the motion engine has no half-resolution decoder")
+    def decode_chunks(self, states: list[MotionStream], latents: np.ndarray, cheaper: bool = False) -> np.ndarray:
+        """Normalized motions (B, T, D, 1, 1) -> frames (B, T, 360, 640, 4), each stream drawn from its avatar;
+        `cheaper`: by the copy-only decoder of the folder the manifest names `cheaper_draw` (the residual draw's
+        cheaper rung), from the same prepared avatar."""
+        if cheaper and not self.backend.cheaper_draw:
+            raise ValueError("this motion engine has no cheaper decode (its folder names no cheaper_draw)")
         B, T = latents.shape[:2]
         raw = latents.reshape(B, T, MOTION_DIM) * self.std + self.mean
         out = []
         for s, m in zip(states, raw):
             a = self._avatar(json.loads(s.avatar_key), s.avatar_key)  # start_stream prepared it (again if evicted)
-            out.append(self._draw(a, m))
+            out.append(self._draw(a, m, cheaper))
         return np.stack(out)
 
     def draw_box(self, motions: np.ndarray) -> tuple[int, int, int, int]:
@@ -300,7 +307,7 @@ class MotionEngine:
             return 0, 0, 8, 8
         return y0, x0, y1 - y0, x1 - x0
 
-    def _draw(self, a: _Avatar, motions: np.ndarray) -> np.ndarray:
+    def _draw(self, a: _Avatar, motions: np.ndarray, cheaper: bool = False) -> np.ndarray:
         """Raw motions (n, D) of a prepared avatar -> RGBA uint8 frames (n, 360, 640, 4)."""
         w = self.window
         m = np.ascontiguousarray(motions, np.float32)
@@ -308,7 +315,7 @@ class MotionEngine:
         # only the box around the avatar: the CPU's time goes with the pixels drawn
         by, bx, bh, bw = box = self.draw_box(m)
         y = np.full((n, 4, w.pad_height, w.window_width), -1.0, np.float32)
-        y[:, :, by : by + bh, bx : bx + bw] = np.clip(self.backend.draw(a.ref, m, a.ref_motion, box), -1, 1)
+        y[:, :, by : by + bh, bx : bx + bw] = np.clip(self.backend.draw(a.ref, m, a.ref_motion, box, cheaper), -1, 1)
         a.effects.lay(y, m)
         out = np.zeros((n, w.height, w.width, 4), np.uint8)
         out[:, :, w.window_x0 : w.window_x0 + w.window_width] = window_to_rgba(

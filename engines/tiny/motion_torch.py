@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from avatarcast.engines.backends.base import BackendError
 from avatarcast.engines.tiny.motion import MotionDecoder, shape_from_dict
 from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser, build_denoiser
 
@@ -43,6 +44,7 @@ class TorchReference:
 
 class TorchMotionBackend:
     name = "torch"
+    cheaper_draw = False  # training's checkpoints: one decoder
 
     def __init__(self, decoder: MotionDecoder, denoiser: MotionDenoiser, device: str = "cpu"):
         self.device = torch.device(device)
@@ -58,8 +60,15 @@ class TorchMotionBackend:
         return TorchReference(ref, at, feats)
 
     def draw(
-        self, ref: TorchReference, motions: np.ndarray, ref_motion: np.ndarray, box: tuple[int, int, int, int]
+        self,
+        ref: TorchReference,
+        motions: np.ndarray,
+        ref_motion: np.ndarray,
+        box: tuple[int, int, int, int],
+        cheaper: bool = False,
     ) -> np.ndarray:
+        if cheaper:
+            raise BackendError("the torch motion backend has no cheaper draw")
         with torch.no_grad():
             m = torch.from_numpy(np.ascontiguousarray(motions, np.float32)).to(self.device)
             n = len(m)

@@ -8,7 +8,10 @@ Layout (no torch needed to read or serve it):
   denoiser.onnx    the motion denoiser (the tiny engine's denoise call, motion as a 1 x 1 image)
 A folder may take a graph from another folder instead of holding a copy (`graphs_from` in motion.json: a graph's
 name -> that folder, relative to this one; its sha256 is still this manifest's): the shipped residual decoder
-serves beside the shipped denoiser without a second 8.8 MB copy of it.
+serves beside the shipped denoiser without a second 8.8 MB copy of it. A folder may also name a cheaper one
+(`cheaper_draw`: a folder, relative to this one, exported from the same denoiser and motion normalization, whose
+decoder reads no reference features): its decoder draws this folder's chunks at the degradation ladder's
+cheaper_decode rung. The shipped residual folder names the shipped copy-only one.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class MotionManifest:
     files: dict[str, str]  # file name -> sha256
     source: dict  # what was exported: checkpoint names, hashes and steps
     graphs_from: dict[str, str] = field(default_factory=dict)  # graph name -> the folder holding it, relative
+    cheaper_draw: str | None = None  # the folder, relative, whose decoder draws at the ladder's cheaper rung
     _verified: set = field(default_factory=set, repr=False, compare=False)
 
     @property
@@ -113,6 +117,7 @@ def load_motion_manifest(folder: str | Path) -> MotionManifest:
             dict(m["files"]),
             dict(m.get("source", {})),
             {str(k): str(v) for k, v in m.get("graphs_from", {}).items()},
+            None if m.get("cheaper_draw") is None else str(m["cheaper_draw"]),
         )
         emotions = tuple(m["emotions"])
     except (ValueError, KeyError, TypeError) as e:
@@ -134,8 +139,10 @@ def write_motion_manifest(
     std: np.ndarray,
     source: dict,
     graphs_from: dict[str, str] | None = None,
+    cheaper_draw: str | None = None,
 ) -> MotionManifest:
-    """motion.json for the graphs in `folder` (or, for those `graphs_from` names, in that folder relative to it)."""
+    """motion.json for the graphs in `folder` (or, for those `graphs_from` names, in that folder relative to it);
+    `cheaper_draw`: the folder, relative to it, whose decoder the ladder's cheaper rung draws with."""
     shared = dict(graphs_from or {})
     body: dict = {
         "format": 1,
@@ -150,6 +157,8 @@ def write_motion_manifest(
     }
     if shared:
         body["graphs_from"] = shared
+    if cheaper_draw is not None:
+        body["cheaper_draw"] = cheaper_draw
     (folder / MANIFEST).write_text(json.dumps(body, indent=1) + "\n")
     return load_motion_manifest(folder)
 

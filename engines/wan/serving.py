@@ -455,13 +455,13 @@ class WanAvatarEngine:
         out[..., 3] = 255
         return out.reshape(*lead, FRAME_HEIGHT, FRAME_WIDTH, 4)
 
-    def decode_chunks(self, states: list[AvatarStreamState], latents: np.ndarray, lowres: bool = False) -> np.ndarray:
+    def decode_chunks(self, states: list[AvatarStreamState], latents: np.ndarray, cheaper: bool = False) -> np.ndarray:
         """Each stream's newest chunk (B, T, C, h, w) -> its frames (B, 4T, 360, 640, 4), continuing its video.
 
         Raises:
-            ValueError: lowres (the Wan VAE has no half-resolution decoder)."""
-        if lowres:
-            raise ValueError("the wan engine has no half-resolution decoder")
+            ValueError: cheaper (the Wan VAE has no cheaper decode)."""
+        if cheaper:
+            raise ValueError("the wan engine has no cheaper decode")
         lat = torch.from_numpy(np.ascontiguousarray(latents, dtype=np.float32))
         with self._on("vae"):
             return self._rgba(self.wan.decode_new(states, lat, to_numpy=False)).cpu().numpy()

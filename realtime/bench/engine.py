@@ -98,11 +98,11 @@ def _has_gpu_fast_path(backend) -> bool:
     return getattr(backend, "device", None) == "cuda" and hasattr(backend, "denoise_t") and hasattr(backend, "decode_t")
 
 
-def _loop_numpy(engine, states, seconds: float, warmup: int, min_chunks: int, lowres: bool = False):
+def _loop_numpy(engine, states, seconds: float, warmup: int, min_chunks: int, cheaper: bool = False):
     """The server's loop on numpy arrays (any backend)."""
     B, T = len(states), engine.cfg.chunk_frames
     for _ in range(warmup):
-        engine.decode_chunks(states, engine.sample_chunks(states), lowres=lowres)
+        engine.decode_chunks(states, engine.sample_chunks(states), cheaper=cheaper)
     rows: list[tuple[float, float, float]] = []
     t_start = time.perf_counter()
     while True:
@@ -112,7 +112,7 @@ def _loop_numpy(engine, states, seconds: float, warmup: int, min_chunks: int, lo
         t0 = time.perf_counter()
         lat = engine.sample_chunks(states)
         t1 = time.perf_counter()
-        frames = engine.decode_chunks(states, lat, lowres=lowres)
+        frames = engine.decode_chunks(states, lat, cheaper=cheaper)
         t2 = time.perf_counter()
         assert frames.shape[:2] == (B, T)
         rows.append((t2 - t0, t1 - t0, t2 - t1))
@@ -122,9 +122,10 @@ def _loop_numpy(engine, states, seconds: float, warmup: int, min_chunks: int, lo
 
 
 def _loop_gpu(
-    engine, states, seconds: float, warmup: int, min_chunks: int, to_host: bool, seed: int, lowres: bool = False
+    engine, states, seconds: float, warmup: int, min_chunks: int, to_host: bool, seed: int, cheaper: bool = False
 ):
-    """The same loop with every tensor on the GPU (torch / tensorrt backends)."""
+    """The same loop with every tensor on the GPU (torch / tensorrt backends; the tiny engine, whose cheaper
+    decode is its half-resolution decoder)."""
     import torch  # torch: only for the torch / tensorrt backends
 
     be, cfg = engine.backend, engine.cfg
@@ -154,7 +155,7 @@ def _loop_gpu(
             x = sampler.step(v, t, x)
         ctx = x.view(B, T, C, H, W)[:, T - K :].reshape(B, K * C, H, W).contiguous()
         ev.record()
-        be.decode_t(x.view(B * T, C, H, W), out=frames, lowres=lowres)
+        be.decode_t(x.view(B * T, C, H, W), out=frames, lowres=cheaper)
         if host is not None:
             host.copy_(frames, non_blocking=True)
 
@@ -196,10 +197,10 @@ def run_bench(
     to_host: bool = False,
     seed: int = 0,
     backend_options: dict | None = None,
-    lowres: bool = False,
+    cheaper: bool = False,
 ) -> dict:
-    """Run the benchmark; returns the report (see the module docstring). lowres: decode through the
-    half-resolution decoder (the degradation ladder's lower-resolution rung)."""
+    """Run the benchmark; returns the report (see the module docstring). cheaper: decode the engine's cheaper
+    way (capabilities.cheaper_decode: the degradation ladder's cheaper_decode rung)."""
     if engine_name not in ("tiny", "motion"):
         raise ValueError(f"only the 'tiny' and 'motion' engines can be benchmarked here, not {engine_name!r}")
     if sessions < 1:
@@ -221,20 +222,24 @@ def run_bench(
     load_s = time.perf_counter() - t0
     cfg = engine.cfg
     be = engine.backend
-    if lowres and not engine.capabilities.half_res_decode:
-        raise BackendError("--lowres: these weights have no half-resolution decoder (python -m tools.train_lowres)")
+    cheaper_decode = engine.capabilities.cheaper_decode
+    if cheaper and cheaper_decode is None:
+        raise BackendError(
+            "--cheaper-decode: this engine has no cheaper decode (tiny: python -m tools.train_lowres writes a "
+            "half-resolution decoder; motion: the residual draw's folder steps down to the copy draw)"
+        )
     t0 = time.perf_counter()
     states = [engine.start_stream(a, e, 1.0, s) for a, e, s in _stream_specs(sessions, engine.emotions, seed)]
     streams_s = time.perf_counter() - t0
     gpu = _has_gpu_fast_path(be)
     if gpu and hasattr(be, "warmup"):
         be.warmup([sessions], graphs=("denoiser",))
-        be.warmup([sessions * cfg.chunk_frames], graphs=("decoder_lowres" if lowres else "decoder",))
+        be.warmup([sessions * cfg.chunk_frames], graphs=("decoder_lowres" if cheaper else "decoder",))
     with _CpuMonitor() as mon:
         if gpu:
-            rows, wall = _loop_gpu(engine, states, seconds, warmup, min_chunks, to_host, seed, lowres)
+            rows, wall = _loop_gpu(engine, states, seconds, warmup, min_chunks, to_host, seed, cheaper)
         else:
-            rows, wall = _loop_numpy(engine, states, seconds, warmup, min_chunks, lowres)
+            rows, wall = _loop_numpy(engine, states, seconds, warmup, min_chunks, cheaper)
     T = cfg.chunk_frames
     frames = len(rows) * sessions * T
     fps = frames / wall
@@ -255,7 +260,7 @@ def run_bench(
         "sessions": sessions,
         "steps": engine.steps,
         "resolution": f"{cfg.width}x{cfg.height}",
-        "decoder": "half resolution, upscaled" if lowres else "full",
+        "decoder": str(cheaper_decode) if cheaper else "full",  # half_resolution, copy_draw
         "chunk_frames": T,
         "chunk_seconds": chunk_s,
         "chunks": len(rows),
@@ -340,9 +345,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="backend option, e.g. --opt spinning=true --opt decode_batch=1 (value parsed as JSON)",
     )
     ap.add_argument(
-        "--lowres",
+        "--cheaper-decode",
+        "--lowres",  # its name while tiny's half-resolution decoder was the only cheaper decode
+        dest="cheaper",
         action="store_true",
-        help="decode at half resolution (the degradation ladder's lower-resolution rung)",
+        help="decode the engine's cheaper way, as the degradation ladder's cheaper_decode rung does (tiny: the "
+        "half-resolution decoder; motion's residual draw: the copy draw)",
     )
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("-o", "--output", default=None, help="also write the JSON report to this file")
@@ -393,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             args.to_host,
             args.seed,
             opts,
-            lowres=args.lowres,
+            cheaper=args.cheaper,
         )
     except (BackendError, TypeError) as e:  # TypeError: an --opt the backend does not take
         print(f"avatarcast bench engine: error: {e}", file=sys.stderr)

@@ -217,7 +217,7 @@ class RemoteScheduler:
             if self.on_batch is not None:
                 self.on_batch(r.batch, dur)
         self.jobs_done += 1
-        return ChunkResult(r.frames, r.state, started, sampled, finished, r.batch, r.lowres)
+        return ChunkResult(r.frames, r.state, started, sampled, finished, r.batch, r.cheaper)
 
     def _active_replicas(self) -> list[str]:
         lo = self.clock() - self.window_s

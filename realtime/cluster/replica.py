@@ -71,7 +71,7 @@ class EngineReplica:
             res.batch,
             res.started,
             full,
-            res.lowres,
+            res.cheaper,
         )
 
     def status(self) -> dict:

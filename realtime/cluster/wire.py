@@ -34,5 +34,5 @@ class ChunkReply:
     decode_s: float  # the batch's decode
     batch: int  # streams in the batch
     batch_started: float  # replica-monotonic start of the batch: with `replica`, names the batch
-    full_quality: bool  # ran at the engine's own steps and resolution (a cost admission control may use)
-    lowres: bool = False
+    full_quality: bool  # ran at the engine's own steps and decode (a cost admission control may use)
+    cheaper: bool = False  # decoded the engine's cheaper way (the ladder's cheaper_decode rung)

@@ -307,7 +307,7 @@ def test_the_motion_engine_runs_streams_from_rest(motion_engine):
     assert (drawn & truth).sum() / (drawn | truth).sum() > 0.8  # where the renderer draws the avatar at rest
     np.testing.assert_array_equal(e.sample_chunks([twin]), lat)  # a twin with the same noise: the same chunk
     with pytest.raises(ValueError):
-        e.decode_chunks([s], lat, lowres=True)
+        e.decode_chunks([s], lat, cheaper=True)
     clip = e.generate_clip(av, "sad", 6, seed=1)
     assert clip.shape == (6, 360, 640, 4)
 

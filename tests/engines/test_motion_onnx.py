@@ -562,6 +562,31 @@ def test_a_shared_denoiser_graph_is_read_where_it_is(folder, tmp_path):
         load_motion_manifest(bad).graph("denoiser")
 
 
+def test_an_exported_folder_steps_down_to_the_copy_only_folder_it_names(folder, tmp_path):
+    """`--denoiser-from COPY_FOLDER --cheaper-draw`: the manifest names that folder (relative) as its cheaper_draw, and
+    the engine's cheaper decode draws what the copy-only folder's engine draws; a folder whose decoder reads reference
+    features cannot be one."""
+    from avatarcast.engines.contract import CheaperDecode
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+    from tools.export_motion import export_with_denoiser_from
+
+    dec, _ = _modules()
+    copy_dir, out = tmp_path / "copy", tmp_path / "full"
+    copy_dir.mkdir(), out.mkdir()
+    export_with_denoiser_from(dec, folder, copy_dir, {"decoder": {"file": "x.pt"}}, fp16=False, copy_only=True)
+    man = export_with_denoiser_from(dec, copy_dir, out, {"decoder": {"file": "x.pt"}}, fp16=False, cheaper=True)
+    assert man.cheaper_draw == "../copy"
+    e, c = MotionEngine.from_folder(out, threads=1), MotionEngine.from_folder(copy_dir, threads=1)
+    assert e.capabilities.cheaper_decode == CheaperDecode.COPY_DRAW and c.capabilities.cheaper_decode is None
+    se, sc = e.start_stream("pip", "happy", seed=2), c.start_stream("pip", "happy", seed=2)
+    lat = e.sample_chunks([se])
+    np.testing.assert_array_equal(lat, c.sample_chunks([sc]))
+    got, want = e.decode_chunks([se], lat, cheaper=True), c.decode_chunks([sc], lat)
+    assert np.abs(got.astype(int) - want).max() <= 1
+    with pytest.raises(WeightsError, match="only a copy-only decoder"):
+        export_with_denoiser_from(dec, folder, tmp_path / "x", {"decoder": {"file": "x.pt"}}, fp16=False, cheaper=True)
+
+
 def test_the_shipped_residual_folder_draws_over_the_copy():
     """`--motion-draw residual` (engines/tiny/weights/motion_residual): a decoder with a residual generator that
     shares the shipped denoiser graph; every graph matches its sha256, and on a held-out frame of a built-in avatar

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from avatarcast.engines.contract import CheaperDecode
 from avatarcast.realtime.admission import check
 from avatarcast.realtime.ladder import DegradationLadder
 from avatarcast.realtime.ratelimit import FloodGuard, RateLimiter, client_keys, retry_after
@@ -35,8 +36,8 @@ def test_ladder_steps_down_on_late_batches_and_back_up_with_hysteresis() -> None
     clock.t += 2.0
     lad.observe(late=True, busy=0.9)
     lad.observe(late=True, busy=0.9)
-    # no half-resolution decoder: the lower-resolution rung is skipped
-    assert (lad.level, lad.name, lad.cached_loops, lad.lowres) == (3, "cached_loops", True, False)
+    # no cheaper decode: its rung is skipped
+    assert (lad.level, lad.name, lad.cached_loops, lad.cheaper_decode) == (3, "cached_loops", True, False)
     clock.t += 9.0
     lad.tick(busy=0.1)
     assert lad.level == 3  # not quiet for long enough
@@ -51,24 +52,25 @@ def test_ladder_steps_down_on_late_batches_and_back_up_with_hysteresis() -> None
     assert changes == [(0, 1), (1, 3), (3, 1), (1, 0)]
 
 
-def test_ladder_lowers_the_resolution_before_cached_loops() -> None:
+@pytest.mark.parametrize("cheaper", list(CheaperDecode))
+def test_ladder_decodes_the_cheaper_way_before_cached_loops(cheaper: CheaperDecode) -> None:
     clock = Clock()
-    lad = DegradationLadder(2, clock=clock, lower_resolution=True, up_after_s=10.0)
+    lad = DegradationLadder(2, clock=clock, cheaper=cheaper, up_after_s=10.0)
     seen = []
     for _ in range(6):
         clock.t += 2.0
         lad.observe(late=True, busy=1.0)
         lad.observe(late=True, busy=1.0)
-        seen.append((lad.name, lad.live_steps, lad.lowres, lad.cached_loops))
+        seen.append((lad.name, lad.live_steps, lad.cheaper_decode, lad.cached_loops))
     assert seen[:3] == [
         ("fewer_steps", 1, False, False),
-        ("lower_resolution", 1, True, False),
+        ("cheaper_decode", 1, True, False),
         ("cached_loops", 1, True, True),
     ]
     assert lad.level == lad.top == 3  # the lowest rung: it stays there
     clock.t += 10.0
     lad.tick(busy=0.1)
-    assert (lad.name, lad.lowres, lad.cached_loops) == ("lower_resolution", True, False)
+    assert (lad.name, lad.cheaper, lad.cheaper_decode, lad.cached_loops) == ("cheaper_decode", cheaper, True, False)
 
 
 def test_ladder_skips_the_steps_level_when_the_engine_runs_one_step() -> None:

@@ -51,7 +51,7 @@ class _SlowScheduler(EngineScheduler):
 
     batch_s = 0.2
 
-    def _work(self, batch, steps=None, lowres=False):
+    def _work(self, batch, steps=None, cheaper=False):
         t0 = self.clock()
         time.sleep(self.batch_s)
         t1 = self.clock()
@@ -260,3 +260,47 @@ def test_other_engine_errors_still_fail_the_batch(engine) -> None:
             await sch.close()
 
     assert run(go()) == 0
+
+
+@pytest.fixture(scope="module")
+def motion_engines():
+    """The shipped motion engines: the residual draw (with the copy draw as its cheaper decode) and the copy draw."""
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+
+    return MotionEngine.from_folder(None, threads=2, draw="residual"), MotionEngine.from_folder(None, threads=2)
+
+
+def test_the_ladder_for_the_residual_draw_has_the_cheaper_rung_and_the_copy_draws_not(motion_engines) -> None:
+    from avatarcast.realtime.ladder import ladder_for
+    from avatarcast.realtime.settings import Settings
+
+    res, copy = (ladder_for(e, Settings(engine="motion")) for e in motion_engines)
+    assert res.levels == [0, 1, 2, 3] and res.cheaper == "copy_draw"
+    assert copy.levels == [0, 1, 3] and copy.cheaper is None
+
+
+def test_the_cheaper_rung_switches_the_residual_engine_to_the_copy_draw(motion_engines) -> None:
+    """A batch the scheduler runs at the ladder's cheaper_decode rung is drawn by the copy engine's decoder (the same
+    frames as the copy engine's at fewer_steps, the rung above, which samples as this one does), and marked so; at
+    fewer_steps, by the residual decoder."""
+    from avatarcast.realtime.ladder import ladder_for
+    from avatarcast.realtime.settings import Settings
+
+    res, copy = motion_engines
+
+    async def chunk(engine, level: int) -> ChunkResult:
+        sch = EngineScheduler(engine)
+        sch.ladder = ladder_for(engine, Settings(engine="motion"))
+        sch.ladder.level = level
+        await sch.start()
+        try:
+            state = engine.start_stream("pip", "excited", 0.9, seed=11)
+            return await sch.submit(ChunkJob("a", state, time.monotonic() + 5.0, "excited", 0.9))
+        finally:
+            await sch.close()
+
+    cheaper, above, want = run(chunk(res, 2)), run(chunk(res, 1)), run(chunk(copy, 1))
+    assert cheaper.cheaper and not above.cheaper and not want.cheaper
+    np.testing.assert_array_equal(cheaper.state.ctx, want.state.ctx)  # the same motions
+    assert np.abs(cheaper.frames.astype(np.int16) - want.frames).max() <= 1
+    assert np.abs(above.frames.astype(np.int16) - want.frames).max() > 8
