@@ -349,6 +349,7 @@ def motion_part(res, engine, mot, emo_of, emotions) -> None:
             ("frames_face_fx", lambda x: x[..., EXPR_OFFSET:].reshape(-1, MOTION_DIM - EXPR_OFFSET)),
             ("velocities", lambda x: np.diff(x, axis=1).reshape(-1, MOTION_DIM)),
             ("clip_summary", clip_summary),
+            ("clip_summary_keypoints", lambda x: clip_summary(x[..., :EXPR_OFFSET])),
         )
     }
     P = {k: window_to_px(engine, v) for k, v in M.items()}
@@ -478,7 +479,7 @@ def markdown(res: dict) -> str:
           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for e, row in res["motion_per_emotion"].items():
         g = row["gen"]
-        moving = [kv for kv in g["keypoint_amp_ratio"].items() if row.get("true_keypoint_amp_px", {}).get(kv[0], 1) > 1]
+        moving = [kv for kv in g["keypoint_amp_ratio"].items() if row.get("true_keypoint_amp_px", {}).get(kv[0], 2) > 1]
         worst = max(moving or [("-", 1.0)], key=lambda kv: abs(math.log(max(kv[1], 1e-6))))
         L.append(
             f"| {e} | {row['true_amp_px']:.1f} | {g['amp_ratio']:.2f} ({row['ref']['amp_ratio']:.2f}) | "
