@@ -1,8 +1,13 @@
 """What architecture 3's Frechet distance (FD) to the renderer is made of: motion, or drawing.
 
-    flock /work/locks/bench.lock python -m tools.eval.fd_parts --weights engines/tiny/weights/motion_residual \\
-        --out /tmp/fd_parts                                   # 110 clips a set (1 seed), ~10 min on 2 cores
-    ... --seeds 2                                             # the fidelity eval's 220 clips a set
+    python -m tools.eval.fd_parts --weights engines/tiny/weights/motion_residual --seeds 2 --out DIR
+        # the fidelity eval's 220 clips a set: 11.5 min on 2 cores (--seeds 1: 110 clips, about 6 min)
+    python -m tools.eval.fd_parts --motion-only --seeds 2 [--warmup N] [--steps N] [--intensity X] --out DIR
+        # the motion statistics alone, nothing drawn: 20-90 s
+    python -m tools.eval.fd_parts --seeds 2 --warmup 6 --sets floor,served --out DIR   # the served FD only, ~6 min
+
+(On the shared machine, under `flock /work/locks/bench.lock`.) Findings: docs/training/motion.md, "Where the
+Frechet distance comes from".
 
 The fidelity eval (tools/eval/fidelity.py, generation) scores FD(served clips, renderer clips) over its
 floor FD(renderer clips at other seeds, the same renderer clips), in the eval classifier's clip features.
