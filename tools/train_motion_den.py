@@ -35,6 +35,7 @@ from avatarcast.vocabulary import EMOTIONS
 from tools.train_motion import _mv, add_run_arguments, cached_npz
 from tools.train_tiny import (
     CLIP_FRAMES,
+    REST_SHARE,
     LossLog,
     avatar_by_id,
     clip_specs,
@@ -57,10 +58,17 @@ def _clip_job(spec) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_clips(args) -> dict:
-    cache, kept = cached_npz(args.work, f"motion_clips_canonical_{args.random_avatars}_{args.variants}.npz")
+    mix = (
+        ""
+        if (args.rest_starts, args.full_intensity) == (REST_SHARE, 0.0)
+        else f"_r{args.rest_starts:g}_i{args.full_intensity:g}"
+    )
+    cache, kept = cached_npz(args.work, f"motion_clips_canonical_{args.random_avatars}_{args.variants}{mix}.npz")
     if kept is not None:
         return kept
-    specs = clip_specs(args.random_avatars, args.variants, seed=0)
+    specs = clip_specs(
+        args.random_avatars, args.variants, seed=0, rest_share=args.rest_starts, full_intensity=args.full_intensity
+    )
     t0 = time.time()
     with Pool(args.workers) as pool:
         out = pool.map(_clip_job, specs, chunksize=32)
@@ -329,6 +337,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--blocks", type=int, default=6, help="a new run's residual blocks")
     ap.add_argument(
         "--own-context", type=float, default=0.25, help="share of each batch whose context is the EMA's own sample"
+    )
+    ap.add_argument(
+        "--rest-starts", type=float, default=REST_SHARE, help="share of training clips that start from the rest pose"
+    )
+    ap.add_argument(
+        "--full-intensity", type=float, default=0.0, help="share of training clips at intensity 1 (else 0.5-1)"
     )
     ap.add_argument("--own-context-after", type=int, default=2000, help="steps on true contexts before that starts")
     ap.add_argument(

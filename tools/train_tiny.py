@@ -94,9 +94,24 @@ def heldout_avatar(k: int):
     return random_avatar(HELDOUT_SEED0 + k)
 
 
-def clip_specs(n_random: int, variants: int, seed: int = 0) -> list[ClipSpec]:
-    """Every (avatar, emotion, variant): plain loops, mid-clip emotion switches, rest starts."""
+REST_SHARE = 0.15  # share of clips that start from the rest pose, as a served stream does
+
+
+def clip_specs(
+    n_random: int, variants: int, seed: int = 0, rest_share: float = REST_SHARE, full_intensity: float = 0.0
+) -> list[ClipSpec]:
+    """Every (avatar, emotion, variant): plain loops, mid-clip emotion switches, rest starts.
+
+    rest_share: the share of rest starts (loops and switches keep their 55:30 ratio in the rest); full_intensity:
+    the share of clips whose emotion plays at intensity 1, what a default stream and the evals ask for (else uniform
+    0.5-1). The motion denoiser starts slowly from rest (docs/training/motion.md, "Where the Fréchet distance comes
+    from"): these are its training's levers. The defaults draw exactly the clips they always drew."""
+    if not 0.0 <= rest_share <= 1.0 or not 0.0 <= full_intensity <= 1.0:
+        raise ValueError(f"shares must lie in [0, 1]: rest_share={rest_share}, full_intensity={full_intensity}")
     rng = np.random.default_rng(seed)
+    extra = np.random.default_rng([seed, 1])  # the new choices draw from their own stream: rng's stays as it was
+    loop_cut = 0.55 if rest_share == REST_SHARE else 0.55 / 0.85 * (1.0 - rest_share)
+    switch_cut = 0.85 if rest_share == REST_SHARE else 1.0 - rest_share
     specs = []
     for a in range(n_avatars(n_random)):
         for e, emo in enumerate(EMOTIONS):
@@ -104,10 +119,12 @@ def clip_specs(n_random: int, variants: int, seed: int = 0) -> list[ClipSpec]:
                 inten = float(rng.uniform(0.5, 1.0))
                 kind = rng.random()
                 s = int(rng.integers(1 << 31))
-                if kind < 0.55:
+                if full_intensity > 0.0 and extra.random() < full_intensity:
+                    inten = 1.0
+                if kind < loop_cut:
                     segs = ((emo, CLIP_FRAMES, inten),)
                     start = float(rng.uniform(0, 8))
-                elif kind < 0.85:
+                elif kind < switch_cut:
                     other = EMOTIONS[int(rng.integers(len(EMOTIONS)))]
                     cut = int(rng.integers(6, CLIP_FRAMES - 8))
                     segs = ((other, cut, float(rng.uniform(0.5, 1.0))), (emo, CLIP_FRAMES - cut, inten))
