@@ -89,7 +89,9 @@ def build_clips(args) -> dict:
 class Chunks:
     """(target chunk, context, reference, emotion, intensity) batches of normalized motion, as 1 x 1 images."""
 
-    def __init__(self, data: dict, mean: np.ndarray, std: np.ndarray, device: str | torch.device = "cpu"):
+    def __init__(
+        self, data: dict, mean: np.ndarray, std: np.ndarray, device: str | torch.device = "cpu", own_chain: int = 1
+    ):
         # all of it on the device (a few hundred MB): a batch is then a gather, with no copy per step
         self.dev = dev = torch.device(device)
         self.m = torch.from_numpy((data["motions"] - mean) / std).to(dev)
@@ -104,8 +106,12 @@ class Chunks:
             idx = torch.nonzero(ok).flatten()
             pairs.append(torch.stack([idx, torch.full_like(idx, s)], 1))
         self.pairs = torch.cat(pairs)
-        # starts with a whole chunk and its context before them: their context can be the model's own chunk
-        self.pairs_own = self.pairs[self.pairs[:, 1] >= T + K]
+        # starts with `chain` whole chunks and their context before them: their context can be the model's own last
+        # chunk, sampled after chain - 1 more of its own (a served stream feeds on its own chunks from its start)
+        if own_chain < 1 or own_chain * T + K > CLIP_FRAMES - T:
+            raise ValueError(f"own_chain must be 1-{(CLIP_FRAMES - T - K) // T} for {CLIP_FRAMES}-frame clips")
+        self.own_chain = own_chain
+        self.pairs_own = {n: self.pairs[self.pairs[:, 1] >= n * T + K] for n in range(1, own_chain + 1)}
 
     def _frames(self, clip: torch.Tensor, start: torch.Tensor, n_frames: int) -> torch.Tensor:
         at = start[:, None] + torch.arange(n_frames, device=self.dev)[None]
@@ -113,14 +119,20 @@ class Chunks:
 
     def batch(self, n: int, gen: torch.Generator, own: float = 0.0, model=None):
         """A batch; with own > 0, that share of it has as context the last frames of the model's own 1- or
-        2-step sample of the chunk before (from that chunk's true context), as served streams have: trained on
-        true contexts only, the denoiser's rollouts got worse as its loss fell (exposure bias). `gen` is a
-        generator on the data's device."""
+        2-step sample of the chunk before, as served streams have: trained on true contexts only, the denoiser's
+        rollouts got worse as its loss fell (exposure bias). With own_chain > 1 that chunk is the last of 1 to
+        own_chain chunks sampled one after another, each from the one before, the first from its true context:
+        a stream's own tame first chunks may keep it tame (its slow start from rest, docs/training/motion.md).
+        `gen` is a generator on the data's device; with own_chain 1 it draws exactly what it always drew."""
         T, K = CFG.chunk_frames, CFG.context_frames
         k = int(n * own) if model is not None else 0
+        chain = 1
+        if k and self.own_chain > 1:
+            chain = 1 + int(torch.randint(0, self.own_chain, (1,), generator=gen, device=self.dev))
+        pool = self.pairs_own[chain]
         p = torch.cat(
             [
-                self.pairs_own[torch.randint(0, len(self.pairs_own), (k,), generator=gen, device=self.dev)],
+                pool[torch.randint(0, len(pool), (k,), generator=gen, device=self.dev)],
                 self.pairs[torch.randint(0, len(self.pairs), (n - k,), generator=gen, device=self.dev)],
             ]
         )
@@ -130,19 +142,23 @@ class Chunks:
         ref = self.ref[self.avatar[clip]][..., None, None]
         emo, inten = self.labels[clip, s], self.intensity[clip]
         if k:
-            c, st = clip[:k], s[:k] - T
+            c, st = clip[:k], s[:k] - chain * T
             steps = 1 + int(torch.randint(0, 2, (1,), generator=gen, device=self.dev))
             sampler = ShortcutFlowSampler(steps=steps, min_shortcut=CFG.min_shortcut)
-            x = torch.randn(k, T * MOTION_DIM, 1, 1, generator=gen, device=self.dev)
-            prev_ctx, prev_emo = self._frames(c, st - K, K), self.labels[c, st]
+            prev_ctx = self._frames(c, st - K, K)
             d = torch.full((k,), sampler.model_step_size, device=self.dev)
             with torch.no_grad():
-                for t in sampler.timesteps:
-                    tk = torch.full((k,), float(t), device=self.dev)
-                    v = model(x, tk, d, prev_ctx, ref[:k], prev_emo, inten[:k])
-                    x = sampler.step(v, t, x)
+                for _ in range(chain):
+                    x = torch.randn(k, T * MOTION_DIM, 1, 1, generator=gen, device=self.dev)
+                    prev_emo = self.labels[c, st]
+                    for t in sampler.timesteps:
+                        tk = torch.full((k,), float(t), device=self.dev)
+                        v = model(x, tk, d, prev_ctx, ref[:k], prev_emo, inten[:k])
+                        x = sampler.step(v, t, x)
+                    prev_ctx = x.reshape(k, T, MOTION_DIM)[:, T - K :].reshape(k, -1, 1, 1)
+                    st = st + T
             ctx = ctx.clone()
-            ctx[:k] = x.reshape(k, T, MOTION_DIM)[:, T - K :].reshape(k, -1, 1, 1)
+            ctx[:k] = prev_ctx
         return x1, ctx, ref, emo, inten
 
 
@@ -262,7 +278,7 @@ def train(args) -> None:
         step, mean, std = st["step"], st["mean"].numpy(), st["std"].numpy()
     else:
         mean, std = normalization(data)
-    chunks = Chunks(data, mean, std, dev)
+    chunks = Chunks(data, mean, std, dev, own_chain=args.own_chain)
     gen = torch.Generator(device=dev).manual_seed(99 + step)
     log = LossLog(ck / "motion_den_loss.json")
     t0 = time.time()
@@ -343,6 +359,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument(
         "--full-intensity", type=float, default=0.0, help="share of training clips at intensity 1 (else 0.5-1)"
+    )
+    ap.add_argument(
+        "--own-chain", type=int, default=1, help="own-context rows chain 1 to N of the model's own chunks (1: one)"
     )
     ap.add_argument("--own-context-after", type=int, default=2000, help="steps on true contexts before that starts")
     ap.add_argument(
