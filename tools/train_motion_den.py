@@ -27,7 +27,7 @@ import torch
 
 from avatarcast.engines.avatar_world.reference import canonical_pose, rest_pose
 from avatarcast.engines.avatar_world.render import sequence_poses
-from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, KEYPOINTS, MOTION_DIM, N_POINTS
+from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, KEYPOINTS, LIMB_BONES, MOTION_DIM, N_POINTS
 from avatarcast.engines.sampler import ShortcutFlowSampler
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser, build_denoiser
@@ -47,8 +47,6 @@ from tools.train_tiny import (
 )
 
 CFG = TinyConfig(den_pred="x")  # chunk and context lengths, the smallest shortcut, the "x" loss weighting
-BONES = [("shoulder_l", "elbow_l"), ("elbow_l", "hand_l"), ("shoulder_r", "elbow_r"), ("elbow_r", "hand_r"),
-         ("hip_l", "knee_l"), ("knee_l", "ankle_l"), ("hip_r", "knee_r"), ("knee_r", "ankle_r")]  # fmt: skip
 
 
 def _clip_job(spec) -> tuple[np.ndarray, np.ndarray]:
@@ -206,7 +204,7 @@ def bone_error(motions: np.ndarray, ref: np.ndarray, w: int, h: int) -> float:
     kp = motions[..., :EXPR_OFFSET].reshape(*motions.shape[:-1], N_POINTS, 2) * s
     kr = ref[..., :EXPR_OFFSET].reshape(*ref.shape[:-1], N_POINTS, 2) * s
     errs = []
-    for a, b in BONES:
+    for a, b in LIMB_BONES:
         i, j = KEYPOINTS.index(a), KEYPOINTS.index(b)
         lg = np.linalg.norm(kp[..., j, :] - kp[..., i, :], axis=-1)
         lr = np.linalg.norm(kr[..., j, :] - kr[..., i, :], axis=-1)[..., None]

@@ -1072,12 +1072,16 @@ def render_sequence(
     height: int = FRAME_HEIGHT,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render consecutive emotion segments; returns frames (T, H, W, 4) uint8 and labels (T,) int64."""
-    av = get_avatar(avatar)
     poses, labels = sequence_poses(segments, seed, fps, start_time, transition_frames)
-    frames = np.zeros((len(poses), height, width, 4), np.uint8)
-    for i, q in enumerate(poses):
-        frames[i] = render_frame(av, q, width, height)
-    return frames, labels
+    return _render_poses(get_avatar(avatar), poses, width, height), labels
+
+
+def clip_poses(
+    emotion: str, n_frames: int, seed: int, intensity: float = 1.0, fps: int = FPS, start_time: float | None = None
+) -> list[Pose]:
+    """The poses of :func:`render_clip` (no drawing); ``start_time=None`` picks a start derived from ``seed``."""
+    st = _start_time_from_seed(seed) if start_time is None else float(start_time)
+    return sequence_poses([(emotion, n_frames, intensity)], seed, fps, st, 0)[0]
 
 
 def render_clip(
@@ -1092,8 +1096,15 @@ def render_clip(
     height: int = FRAME_HEIGHT,
 ) -> np.ndarray:
     """Render one emotion loop; ``start_time=None`` picks a start derived from ``seed``."""
-    st = _start_time_from_seed(seed) if start_time is None else float(start_time)
-    frames, _ = render_sequence(avatar, [(emotion, n_frames, intensity)], seed, fps, st, 0, width, height)
+    return _render_poses(
+        get_avatar(avatar), clip_poses(emotion, n_frames, seed, intensity, fps, start_time), width, height
+    )
+
+
+def _render_poses(av: AvatarParams, poses: list[Pose], width: int, height: int) -> np.ndarray:
+    frames = np.zeros((len(poses), height, width, 4), np.uint8)
+    for i, q in enumerate(poses):
+        frames[i] = render_frame(av, q, width, height)
     return frames
 
 
@@ -1101,6 +1112,7 @@ __all__ = [
     "render_frame",
     "render_sequence",
     "render_clip",
+    "clip_poses",
     "sequence_poses",
     "landmarks",
     "Landmarks",

@@ -54,6 +54,13 @@ KEYPOINTS: tuple[str, ...] = (
 )
 _K = {n: i for i, n in enumerate(KEYPOINTS)}
 
+# The limbs' bones (keypoint pairs of fixed length on an avatar): how training and the evals check that sampled
+# keypoints keep the avatar's proportions.
+LIMB_BONES: tuple[tuple[str, str], ...] = (
+    ("shoulder_l", "elbow_l"), ("elbow_l", "hand_l"), ("shoulder_r", "elbow_r"), ("elbow_r", "hand_r"),
+    ("hip_l", "knee_l"), ("knee_l", "ankle_l"), ("hip_r", "knee_r"), ("knee_r", "ankle_r"),
+)  # fmt: skip
+
 # Each part: the keypoints it moves with (2: similarity, 3: affine). The last part, "still", does not
 # move: effects and anything the decoder draws fresh.
 PARTS: tuple[tuple[str, tuple[int, ...]], ...] = (

@@ -9,13 +9,14 @@ import pytest
 pytest.importorskip("scipy")
 
 from avatarcast.engines.avatar_world import BUILTIN_AVATARS
+from avatarcast.engines.avatar_world.render import clip_poses
 from avatarcast.engines.avatar_world.skeleton import keypoints_px, motion_vector
-from tools.eval.fd_parts import body_vec, fit_body, main, pose_from_expression, true_poses
+from tools.eval.fd_parts import body_vec, fit_body, main, pose_from_expression
 
 
 def test_true_motion_back_to_its_pose():
     av = BUILTIN_AVATARS[1]
-    q = true_poses("angry", 16, 0x9000_1234)
+    q = clip_poses("angry", 16, 0x9000_1234)
     m = motion_vector(av, q[7], 0, 640, 0, 360)
     back = pose_from_expression(m, q[0])
     assert abs(back.fx_time - q[7].fx_time) < 0.01

@@ -49,18 +49,18 @@ import numpy as np
 import torch
 
 from avatarcast.engines.avatar_world import EMOTIONS, Pose, render_frame
-from avatarcast.engines.avatar_world.render import _start_time_from_seed, sequence_poses
+from avatarcast.engines.avatar_world.render import clip_poses
 from avatarcast.engines.avatar_world.skeleton import (
     EXPR_OFFSET,
     FACE_FIELDS,
     FX_FIELDS,
     FX_FREQUENCIES,
     KEYPOINTS,
+    LIMB_BONES,
     MOTION_DIM,
     N_POINTS,
     keypoints_px,
 )
-from avatarcast.vocabulary import FPS
 from tools.eval import fidelity_metrics as fm
 from tools.eval import holdout
 from tools.eval.classifier import downsample_premultiplied, load_classifier, to_tensor
@@ -138,11 +138,6 @@ def body_vec(q: Pose) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # clips
 # --------------------------------------------------------------------------------------
-def true_poses(emotion: str, n: int, seed: int, intensity: float = 1.0) -> list[Pose]:
-    """The poses of render_clip(avatar, emotion, n, seed, intensity)."""
-    return sequence_poses([(emotion, n, intensity)], seed, FPS, _start_time_from_seed(seed), 0)[0]
-
-
 def served_clip(
     engine, avatar, emotion: str, n: int, seed: int, draw: bool = True, warmup: int = 1, intensity: float = 1.0
 ) -> tuple:
@@ -212,10 +207,6 @@ def motion_stats(px: np.ndarray) -> dict:
     return {"amp": amp.mean(0), "speed": v.mean((0, 1)), "acc": a.mean((0, 1)), "spectrum": spec.mean(0)}
 
 
-BONES = (("shoulder_l", "elbow_l"), ("elbow_l", "hand_l"), ("shoulder_r", "elbow_r"), ("elbow_r", "hand_r"),
-         ("hip_l", "knee_l"), ("knee_l", "ankle_l"), ("hip_r", "knee_r"), ("knee_r", "ankle_r"))  # fmt: skip
-
-
 def bone_len(px: np.ndarray, a: str, b: str) -> np.ndarray:
     return np.linalg.norm(px[..., KEYPOINTS.index(a), :] - px[..., KEYPOINTS.index(b), :], axis=-1)
 
@@ -269,7 +260,7 @@ def run(args, log=print) -> dict:
                 key = (av.name, e, s)
                 sr = holdout.heldout_seed("gen-ref", *key, args.rerun)
                 sf = holdout.heldout_seed("gen-floor", *key, args.rerun)
-                q_ref, q_true = true_poses(e, n, sr, args.intensity), true_poses(e, n, sf, args.intensity)
+                q_ref, q_true = clip_poses(e, n, sr, args.intensity), clip_poses(e, n, sf, args.intensity)
                 m_true = np.stack([engine.motion(av, q) for q in q_true])
                 noise = holdout.heldout_seed("gen-noise", *key, args.rerun)
                 g, m_gen = served_clip(engine, av, e, n, noise, draw=pix, warmup=args.warmup, intensity=args.intensity)
@@ -401,7 +392,7 @@ def motion_part(res, engine, mot, emo_of, emotions) -> None:
                 # limb lengths, mean over clips and frames, over the true motion's (1 = the avatar's own)
                 "bone_ratio": {
                     f"{a}-{b}": float(bone_len(P[k][sel], a, b).mean() / bone_len(P["true"][sel], a, b).mean())
-                    for a, b in BONES
+                    for a, b in LIMB_BONES
                 },
                 "keypoint_mean_offset_px": {
                     p: float(np.linalg.norm(P[k][sel].mean((0, 1))[i] - P["true"][sel].mean((0, 1))[i]))
