@@ -32,6 +32,10 @@ class EngineCapabilities:
     pipeline_depth: int = 1  # engine calls the scheduler may keep in flight (launch_chunks)
     per_stream_decode: bool = False  # decode_chunks continues each stream's video (the state holds a decoder cache)
     cheaper_decode: CheaperDecode | None = None  # what decode_chunks(..., cheaper=True) runs; None: no cheaper decode
+    # sample_chunks(..., steps=fewer) makes a chunk markedly cheaper: the degradation ladder's rung 1 (fewer_steps).
+    # False where the sampler is a sliver of a chunk's cost (the motion engine's capabilities say how thin): the
+    # ladder then skips that rung, which would only delay the next useful one under load
+    fewer_steps_cheaper: bool = True
     # prep_engine(threads) (PrepEngineSource) gives an engine with its own runtime threads that shares this one's
     # prepared avatars: the Hub prepares clients' new avatars on it, off the live engine (realtime/prep.py)
     shared_prep: bool = False

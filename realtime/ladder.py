@@ -6,7 +6,10 @@ that happens often, the server steps down, one level at a time:
   0 "full"          the configured sampler steps
   1 "fewer_steps"   live chunks use fewer sampler steps (the tiny model is a shortcut model: 1 step
                     looks close to 2, and costs less). The latents cache keeps its own step count,
-                    so cache lookups still hit. Skipped when the engine already runs 1 step.
+                    so cache lookups still hit. Skipped when the engine already runs 1 step, or declares
+                    that fewer steps save next to nothing (EngineCapabilities.fewer_steps_cheaper False:
+                    motion, whose sampler is a sliver of a chunk's cost); the rungs below then sample
+                    with the configured steps.
   2 "cheaper_decode"  sampled chunks are decoded the engine's cheaper way, as it declares
                     (EngineCapabilities.cheaper_decode): the decode is most of a chunk's cost on a CPU.
                     "half_resolution" (tiny, tools/train_lowres.py): at 320x180, upscaled to 640x360
@@ -135,11 +138,13 @@ class DegradationLadder:
 
 def ladder_for(engine: StreamEngine, settings: Settings) -> DegradationLadder:
     """The ladder an engine can offer under these settings (the Hub's and each Ray engine replica's):
-    the steps rung (every engine takes a per-call step count; skipped at 1 step), the cheaper-decode rung
-    where the engine declares one."""
+    the steps rung where fewer steps make a chunk cheaper (every engine takes a per-call step count; skipped
+    at 1 step or where the engine declares them no cheaper), the cheaper-decode rung where it declares one."""
+    caps = engine.capabilities
     return DegradationLadder(
         int(engine.steps or 1),
-        cheaper=engine.capabilities.cheaper_decode,
+        reduce_steps=caps.fewer_steps_cheaper,
+        cheaper=caps.cheaper_decode,
         up_after_s=settings.ladder_up_s,
         enabled=bool(settings.ladder),
     )

@@ -22,7 +22,7 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Self
 
@@ -159,6 +159,10 @@ class MotionEngine:
             frames_per_chunk=self.cfg.chunk_frames,
             shared_prep=isinstance(self.backend, OnnxMotionBackend),
             cheaper_decode=CheaperDecode.COPY_DRAW if self.backend.cheaper_draw else None,
+            # the sampler is an MLP on 82 numbers a frame, the decoder draws the pixels: the denoiser is 10-12 ms of a
+            # 450 ms two-stream batch (docs/training/motion.md), so 1 sampler step instead of 2 saves about 1% of a
+            # chunk and the ladder's fewer_steps rung would only delay the one that helps
+            fewer_steps_cheaper=False,
         )
 
     def prep_engine(self, threads: int = 1) -> MotionEngine:
@@ -166,10 +170,14 @@ class MotionEngine:
         (`threads`), and this engine's table of prepared avatars and its lock, so an avatar prepared there is this
         engine's at once. Preparing one (its canonical frame, atlas faces and sprites rendered, the reference graph
         run) takes 770-850 ms of a core (2-core Intel Xeon): on the live engine, between chunk jobs, that held every
-        other session's next chunk as long. The onnxruntime backend only: its prepared avatars are plain arrays."""
+        other session's next chunk as long. The onnxruntime backend only: its prepared avatars are plain arrays.
+        Without the cheaper draw's decoder (one onnxruntime session less): the preparation lane draws loops and cached
+        chunks at full quality, never at the ladder's rungs, and the live engine's copy decoder draws an avatar
+        prepared here all the same (it reads only what a prepared avatar holds)."""
         if not isinstance(self.backend, OnnxMotionBackend):
             raise BackendError("only the onnxruntime motion engine has a preparation engine")
-        backend = OnnxMotionBackend(self.backend.manifest, threads=threads, verify=False)  # verified at load
+        manifest = replace(self.backend.manifest, cheaper_draw=None)
+        backend = OnnxMotionBackend(manifest, threads=threads, verify=False)  # verified at load
         sibling = MotionEngine(backend, self.mean, self.std, self.steps, self._weights_hash)
         sibling._avatars, sibling._lock = self._avatars, self._lock
         return sibling

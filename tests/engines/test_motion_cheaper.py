@@ -55,6 +55,23 @@ def test_the_cheaper_decode_draws_what_the_copy_engine_draws(engines) -> None:
     assert res.backend._inputs["cheaper"] - {"motion", "ref_motion", "centres"} <= set(held) - {"f2", "f4", "f8"}
 
 
+def test_the_preparation_engine_loads_no_cheaper_decoder(engines) -> None:
+    """`prep_engine` (the Hub prepares clients' new avatars on it: loops and cached chunks at full quality) has no use
+    for the cheaper draw's decoder, so it loads none; an avatar prepared there is drawn by the live engine both ways."""
+    res, _ = engines
+    prep = res.prep_engine(1)
+    assert set(prep.backend.sessions) == {"reference", "decoder", "denoiser"}
+    assert prep.capabilities.cheaper_decode is None and res.capabilities.cheaper_decode == CheaperDecode.COPY_DRAW
+    a = prep.start_stream("random-78", "sad", seed=2)
+    b = res.start_stream("random-78", "sad", seed=2)
+    assert res._avatars[b.avatar_key] is prep._avatars[a.avatar_key]  # prepared once, by the preparation engine
+    lat = prep.sample_chunks([a])
+    np.testing.assert_array_equal(lat, res.sample_chunks([b]))
+    full = prep.decode_chunks([a], lat)
+    assert np.abs(full.astype(np.int16) - res.decode_chunks([b], lat)).max() <= 1
+    assert res.decode_chunks([b], lat, cheaper=True).shape == full.shape
+
+
 def _folder(path: Path, body: dict, graphs_from: dict[str, Path], **extra) -> Path:
     path.mkdir(parents=True)
     rel = {g: os.path.relpath(d.resolve(), path.resolve()) for g, d in graphs_from.items()}

@@ -73,6 +73,38 @@ def test_ladder_decodes_the_cheaper_way_before_cached_loops(cheaper: CheaperDeco
     assert (lad.name, lad.cheaper, lad.cheaper_decode, lad.cached_loops) == ("cheaper_decode", cheaper, True, False)
 
 
+def test_ladder_skips_the_steps_rung_an_engine_declares_no_cheaper_both_ways() -> None:
+    """reduce_steps=False (EngineCapabilities.fewer_steps_cheaper: motion): down from full straight to the cheaper
+    decode, then cached loops; up the same rungs; every rung samples with the configured steps."""
+    clock, changes = Clock(), []
+    lad = DegradationLadder(
+        2,
+        reduce_steps=False,
+        cheaper=CheaperDecode.COPY_DRAW,
+        clock=clock,
+        up_after_s=10.0,
+        on_change=lambda a, b, why: changes.append((a, b)),
+    )
+    assert lad.levels == [0, 2, 3]
+    seen = []
+    for _ in range(2):
+        clock.t += 2.0
+        lad.observe(late=True, busy=1.0)
+        lad.observe(late=True, busy=1.0)
+        seen.append((lad.name, lad.live_steps, lad.cheaper_decode, lad.cached_loops))
+    assert seen == [("cheaper_decode", None, True, False), ("cached_loops", None, True, True)]
+    for _ in range(2):
+        clock.t += 10.0
+        lad.tick(busy=0.1)
+    assert (lad.level, lad.live_steps) == (0, None)
+    assert changes == [(0, 2), (2, 3), (3, 2), (2, 0)]
+    copy = DegradationLadder(2, reduce_steps=False, clock=clock)  # no cheaper decode either: the last resort next
+    clock.t += 3.0
+    copy.observe(True, 1.0)
+    copy.observe(True, 1.0)
+    assert copy.levels == [0, 3] and copy.level == 3 and copy.live_steps is None
+
+
 def test_ladder_skips_the_steps_level_when_the_engine_runs_one_step() -> None:
     clock = Clock()
     lad = DegradationLadder(1, clock=clock)

@@ -270,19 +270,62 @@ def motion_engines():
     return MotionEngine.from_folder(None, threads=2, draw="residual"), MotionEngine.from_folder(None, threads=2)
 
 
-def test_the_ladder_for_the_residual_draw_has_the_cheaper_rung_and_the_copy_draws_not(motion_engines) -> None:
+def test_the_ladder_for_each_engine_offers_the_rungs_it_declares(engine, motion_engines) -> None:
+    """tiny: fewer sampler steps, then its half-resolution decode; motion declares fewer steps no cheaper (its sampler
+    is a sliver of a chunk), so its ladder has no steps rung: the residual draw goes to the copy draw, the copy draw
+    to cached loops."""
     from avatarcast.realtime.ladder import ladder_for
     from avatarcast.realtime.settings import Settings
 
+    tiny = ladder_for(engine, Settings(engine="tiny"))
+    assert engine.capabilities.fewer_steps_cheaper
+    assert tiny.levels == [0, 1, 2, 3] and tiny.cheaper == "half_resolution" and tiny.reduce_steps
     res, copy = (ladder_for(e, Settings(engine="motion")) for e in motion_engines)
-    assert res.levels == [0, 1, 2, 3] and res.cheaper == "copy_draw"
-    assert copy.levels == [0, 1, 3] and copy.cheaper is None
+    assert not any(e.capabilities.fewer_steps_cheaper for e in motion_engines)
+    assert res.levels == [0, 2, 3] and res.cheaper == "copy_draw"
+    assert copy.levels == [0, 3] and copy.cheaper is None
+
+
+def test_late_batches_take_the_residual_engine_straight_to_the_copy_draw_and_back(motion_engines) -> None:
+    """Two late batches take the residual engine's ladder from full quality straight to the copy draw (no 2 s and
+    two more late batches at 1 sampler step first), whose batches sample with the configured steps; a quiet engine
+    steps straight back to full quality."""
+    from avatarcast.realtime.ladder import ladder_for
+    from avatarcast.realtime.settings import Settings
+
+    res, copy = motion_engines
+
+    async def go() -> tuple[list, ChunkResult]:
+        sch = EngineScheduler(res, max_wait_s=0.0)
+        lad = sch.ladder = ladder_for(res, Settings(engine="motion"))
+        changes: list = []
+        lad.dwell_s, lad.on_change = 0.0, lambda a, b, why: changes.append((a, b))
+        await sch.start()
+        try:
+            state = res.start_stream("pip", "excited", 0.9, seed=11)
+            for _ in range(2):  # due a second ago: each batch is late
+                state = (await sch.submit(ChunkJob("a", state, time.monotonic() - 1.0, "excited", 0.9))).state
+            after = await sch.submit(ChunkJob("a", state, time.monotonic() + 5.0, "excited", 0.9))
+            lad.up_after_s = 0.0
+            lad.tick(busy=0.0)
+            return changes, after
+        finally:
+            await sch.close()
+
+    changes, after = run(go())
+    assert changes == [(0, 2), (2, 0)]
+    assert after.cheaper
+    want = copy.start_stream("pip", "excited", 0.9, seed=11)
+    for _ in range(3):  # the copy engine at full quality, 2 sampler steps a chunk
+        lat = copy.sample_chunks([want])
+    np.testing.assert_array_equal(after.state.ctx, want.ctx)  # the copy draw's chunk sampled as at full quality
+    assert np.abs(after.frames.astype(np.int16) - copy.decode_chunks([want], lat)[0]).max() <= 1
 
 
 def test_the_cheaper_rung_switches_the_residual_engine_to_the_copy_draw(motion_engines) -> None:
     """A batch the scheduler runs at the ladder's cheaper_decode rung is drawn by the copy engine's decoder (the same
-    frames as the copy engine's at fewer_steps, the rung above, which samples as this one does), and marked so; at
-    fewer_steps, by the residual decoder."""
+    frames as the copy engine's at full quality: the rung samples as full quality does), and marked so; at full
+    quality, by the residual decoder."""
     from avatarcast.realtime.ladder import ladder_for
     from avatarcast.realtime.settings import Settings
 
@@ -299,7 +342,7 @@ def test_the_cheaper_rung_switches_the_residual_engine_to_the_copy_draw(motion_e
         finally:
             await sch.close()
 
-    cheaper, above, want = run(chunk(res, 2)), run(chunk(res, 1)), run(chunk(copy, 1))
+    cheaper, above, want = run(chunk(res, 2)), run(chunk(res, 0)), run(chunk(copy, 0))
     assert cheaper.cheaper and not above.cheaper and not want.cheaper
     np.testing.assert_array_equal(cheaper.state.ctx, want.state.ctx)  # the same motions
     assert np.abs(cheaper.frames.astype(np.int16) - want.frames).max() <= 1
