@@ -40,8 +40,8 @@ class GraphWeightsError(WeightsError):
 
 @dataclass(frozen=True)
 class GraphConstants:
-    """A graph's constants: every initializer, and every tensor computed from them alone by Cast or
-    DequantizeLinear, as numpy arrays; and the graph's nodes, to find what reads them."""
+    """A graph's constants: every initializer, and every tensor computed from them alone by Identity, Cast,
+    DequantizeLinear, Exp or Neg, as numpy arrays; and the graph's nodes, to find what reads them."""
 
     path: Path
     values: dict[str, np.ndarray]
@@ -73,7 +73,13 @@ def read_graph(path: Path) -> GraphConstants:
     for n in g.node:  # in graph order: a Cast may read a DequantizeLinear's scale, and the other way round
         if not all(i in values for i in n.input if i):
             continue
-        if n.op_type == "Cast" and _attr(n, "to", 0) == onnx.TensorProto.FLOAT:
+        if n.op_type == "Identity":  # torch's export shares equal initializers (zero-initialized layers) so
+            values[n.output[0]] = values[n.input[0]]
+        elif n.op_type in ("Exp", "Neg") and values[n.input[0]].dtype == np.float32:
+            # what onnxruntime's optimizer folds (the shipped int8 graphs) and torch's export leaves (-t, exp(-t))
+            x = values[n.input[0]]
+            values[n.output[0]] = np.exp(x) if n.op_type == "Exp" else -x
+        elif n.op_type == "Cast" and _attr(n, "to", 0) == onnx.TensorProto.FLOAT:
             values[n.output[0]] = values[n.input[0]].astype(np.float32)
         elif n.op_type == "DequantizeLinear":
             q, scale = values[n.input[0]], values[n.input[1]].astype(np.float32)
@@ -132,35 +138,46 @@ class _Folded:
 
 
 def _folded_decoder(dec: MotionDecoder, consts: GraphConstants) -> dict[str, np.ndarray]:
-    """The decoder's parameters that constant folding merged into other constants, as state-dict entries."""
+    """The decoder's parameters that constant folding merged into other constants, as state-dict entries; those the
+    graph still holds by name (torch's export folds fewer than onnxruntime's optimizer, which the int8 pass ran) are
+    left to `fill`."""
     p = len(dec.prior.bias) - 1  # moving parts (the still part has a bias only)
-    width = _Folded("Div", "/prior/", 1, (1, p, 1, 1))  # d / exp(log_width)
-    bone_bias = _Folded("Sub", "/prior/", 0, (1, p, 1, 1))  # bias[:-1] - 0.5 (d / w)^2
-    still_bias = _Folded("Expand", "/prior/", 0, ())  # bias[-1].expand(...)
-    sharp = _Folded("Mul", "/prior/", 0, ())  # exp(log_sharp) * cat(bones, still)
-    specs = (width, bone_bias, still_bias, sharp)
-    vals = [s.find(consts) for s in specs]
-    # the underlay runs the prior a second time (scope /prior_1/): the same parameters, or a graph we do not know
-    if any(_scope(n.name) == "/prior_1/" for n in consts.nodes):
-        for s, v in zip(specs, vals):
-            if not np.array_equal(s.find(consts, "/prior_1/"), v):
-                raise GraphWeightsError(f"{consts.path}: the part prior's two calls read different {s.op} constants")
-    w, b, b_still, k = vals
-    if (w <= 0).any() or k <= 0:
-        raise GraphWeightsError(f"{consts.path}: the part prior's widths or sharpness are not positive")
-    out = {
-        "prior.log_width": np.log(w.reshape(p)),
-        "prior.bias": np.concatenate([b.reshape(p), b_still.reshape(1)]),
-        "prior.log_sharp": np.log(k).reshape(()),
-    }
+    named = {k for k in ("prior.log_width", "prior.bias", "prior.log_sharp", "atlas_log_temp", "atlas_faces")}
+    named = {k for k in named if DECODER_PREFIX + k in consts.values}
+    two_calls = any(_scope(n.name) == "/prior_1/" for n in consts.nodes)
+
+    def find(spec: _Folded) -> np.ndarray:
+        v = spec.find(consts)
+        # the underlay runs the prior a second time (scope /prior_1/): the same constant, or a graph we do not know
+        if spec.scope == "/prior/" and two_calls and not np.array_equal(spec.find(consts, "/prior_1/"), v):
+            raise GraphWeightsError(f"{consts.path}: the part prior's two calls read different {spec.op} constants")
+        return v
+
+    def positive(v: np.ndarray, what: str) -> np.ndarray:
+        if (v <= 0).any():
+            raise GraphWeightsError(f"{consts.path}: the {what} is not positive")
+        return v
+
+    out: dict[str, np.ndarray] = {}
+    if "prior.log_width" not in named:  # d / exp(log_width)
+        out["prior.log_width"] = np.log(positive(find(_Folded("Div", "/prior/", 1, (1, p, 1, 1))), "prior's widths"))
+        out["prior.log_width"] = out["prior.log_width"].reshape(p)
+    if "prior.bias" not in named:  # bias[:-1] - 0.5 (d / w)^2, and bias[-1].expand(...)
+        bones, still = find(_Folded("Sub", "/prior/", 0, (1, p, 1, 1))), find(_Folded("Expand", "/prior/", 0, ()))
+        out["prior.bias"] = np.concatenate([bones.reshape(p), still.reshape(1)])
+    if "prior.log_sharp" not in named:  # exp(log_sharp) * cat(bones, still)
+        out["prior.log_sharp"] = np.log(positive(find(_Folded("Mul", "/prior/", 0, ())), "prior's sharpness"))
     if dec.shape.atlas:
         faces = dec.get_buffer("atlas_faces")
-        temp = _Folded("Mul", "/", 1, (), other_from="Neg").find(consts)  # -d2 * exp(-atlas_log_temp)
-        if temp <= 0:
-            raise GraphWeightsError(f"{consts.path}: the atlas mix's temperature is not positive")
-        out["atlas_log_temp"] = -np.log(temp).reshape(())
-        out["atlas_faces"] = _Folded("Sub", "/", 1, (1, *faces.shape)).find(consts)[0]  # face[:, None] - faces[None]
-    return {k: np.asarray(v, np.float32) for k, v in out.items()}
+        if "atlas_log_temp" not in named:  # -d2 * exp(-atlas_log_temp)
+            temp = find(_Folded("Mul", "/", 1, (), other_from="Neg"))
+            out["atlas_log_temp"] = -np.log(positive(temp, "atlas mix's temperature"))
+        if "atlas_faces" not in named:  # face[:, None] - faces[None]
+            out["atlas_faces"] = find(_Folded("Sub", "/", 1, (1, *faces.shape)))[0]
+    return {
+        k: np.asarray(v, np.float32).reshape(dec.get_parameter(k).shape if k != "atlas_faces" else v.shape)
+        for k, v in out.items()
+    }
 
 
 def _fit(key: str, arr: np.ndarray, shape: tuple[int, ...], path: Path) -> np.ndarray:

@@ -61,7 +61,9 @@ class TorchMotionBackend:
         copy_only: bool = False,
         cheaper: MotionDecoder | None = None,
         batch_streams: bool | None = None,
+        max_rows: int = 256,
     ):
+        self.max_rows = int(max_rows)
         self._dev = torch.device(device)
         self.device = str(self._dev)  # "cpu", "cuda", "cuda:1": what the bench and the reports print
         self.decoder = decoder.to(self._dev).eval()
@@ -163,9 +165,18 @@ class TorchMotionBackend:
         cheaper: bool = False,
     ) -> torch.Tensor:
         """Every stream's frames in one decoder call, on the device: refs (S,), raw motions (S, n, D) and the
-        canonical ones (S, D) as tensors -> (S, n, 4, h, w) of one box (the streams' common one)."""
-        dec, copy_only = self._decoder(cheaper)
+        canonical ones (S, D) as tensors -> (S, n, 4, h, w) of one box (the streams' common one). Calls of at most
+        `max_rows` rows (a row holds some 30 MB of window-sized intermediates: 200 streams of 4 frames in one call
+        would want 20-odd GB)."""
         S, n = motions.shape[:2]
+        per = max(1, self.max_rows // max(1, n))
+        if S > per:
+            parts = [
+                self.draw_streams_t(refs[i : i + per], motions[i : i + per], ref_motions[i : i + per], box, cheaper)
+                for i in range(0, S, per)
+            ]
+            return torch.cat(parts)
+        dec, copy_only = self._decoder(cheaper)
         m = motions.reshape(S * n, -1)
         rm = ref_motions[:, None].expand(S, n, -1).reshape(S * n, -1)
         # each stream's reference mixed for its own frames (one avatar at a time: two matrix products each)

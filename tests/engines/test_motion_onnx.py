@@ -93,6 +93,25 @@ def test_the_exported_engine_draws_what_torch_draws(folder):
     assert len({(h, w) for _, _, h, w in boxes}) > 1, boxes  # the decoder's box size is dynamic
 
 
+def test_an_exported_float_folder_reads_back_into_torch(folder):
+    """The graphs' weights read back into torch (engines/tiny/motion_graph_weights.py; fp16 weights, no int8) draw
+    what onnxruntime draws within two levels, and the fp16 denoiser gives its velocity."""
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+
+    served = MotionEngine.from_folder(folder, threads=2)
+    on_torch = MotionEngine.from_folder(folder, threads=2, backend="torch", device="cpu")
+    av, emotion, seed = CASES[0]
+    a, b = served.start_stream(av, emotion, seed=seed), on_torch.start_stream(av, emotion, seed=seed)
+    la, lb = served.sample_chunks([a]), on_torch.sample_chunks([b])
+    np.testing.assert_allclose(la, lb, atol=1e-4)
+    m = (la[0, :1, :, 0, 0] * served.std + served.mean).astype(np.float32)
+    box = served.draw_box(m)
+    ra, rb = served._avatar(av), on_torch._avatar(av)
+    want = served.backend.draw(ra.ref, m, ra.ref_motion, box)
+    got = on_torch.backend.draw(rb.ref, m, rb.ref_motion, box)
+    assert np.abs(want - got).max() <= 2 * 2 / 255 and (want[:, 3] > 0).mean() > 0.05
+
+
 def test_serving_from_a_folder_keeps_torch_out(folder):
     """The CPU serving path is onnxruntime and numpy: drawing a chunk from the folder imports no torch."""
     code = (

@@ -8,11 +8,12 @@ Tolerances (measured 2026-12-07, 2-core CPU, torch 2.13 CPU against onnxruntime,
 - the decoder's part-mask network is static int8 (QDQ): torch fake-quantizes each activation as the graph does, but
   its float inputs differ from onnxruntime's by ~5e-6 (grid sampling, the written-out softmax), which moves a value
   that sits on a rounding edge by one quantization step, and the step carries through 11 quantized convolutions to
-  the part logits. A few pixels on the edge between two parts then take the other part's colour: max 0.26 (of a
-  range of 2) in 0.1% of a box's values; onnxruntime itself moves by 0.056 between its optimized and its reference
-  (unoptimized) runs of the same graph. Hence a mean and a share, not a max: PSNR over the box >= 40 dB (measured
-  47-52) and under 0.5% of values more than two uint8 levels apart (measured 0.1-0.2%). The float (non-int8) graph
-  of test_motion_onnx.py's exported folder agrees within 2 levels.
+  the part logits. A few pixels on the edge between two parts (or of the silhouette) then take the other side's
+  colour: max up to 2 (the range), in 0.06-0.37% of a box's values (pip, kiko, random-900008, both folders and the
+  cheaper rung); onnxruntime itself moves by 0.056 between its optimized and its reference (unoptimized) runs of the
+  same graph. Hence a mean and a share, not a max: PSNR over the box >= 40 dB (measured 48.7-65.0) and under 1% of
+  values more than two uint8 levels apart (a margin for other CPUs' rounding). The float (non-int8) graph of
+  test_motion_onnx.py's exported folder agrees within 2 levels.
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ def test_torch_samples_and_draws_what_onnxruntime_does(engines) -> None:
         want = onnx_e.backend.draw(ra.ref, m, ra.ref_motion, box, cheaper)
         got = torch_e.backend.draw(rb.ref, m, rb.ref_motion, box, cheaper)
         db, apart = _psnr(want, got), float((np.abs(want - got) > 2 * LEVEL).mean())
-        assert db >= 40 and apart < 5e-3, (av, cheaper, db, apart)
+        assert db >= 40 and apart < 1e-2, (av, cheaper, db, apart)
         assert (want[:, 3] > 0).mean() > 0.1  # an avatar is drawn
 
 
