@@ -2,7 +2,7 @@
 (engines/tiny/motion_graph_weights.py) draw the frames onnxruntime draws, and a graph that does not fill them is
 refused with a typed error.
 
-Tolerances (measured 2026-12-07, 2-core CPU, torch 2.13 CPU against onnxruntime, tests below):
+Tolerances (measured 2026-12-06, 2-core CPU, torch 2.13 CPU against onnxruntime, tests below):
 - the denoiser (int8 weights, dequantized as DequantizeLinear does): max |torch - onnxruntime| 1.9e-6 on a velocity
   whose spread is 2.2, so 1e-4; the sampled motions the same.
 - the decoder's part-mask network is static int8 (QDQ): torch fake-quantizes each activation as the graph does, but
