@@ -27,10 +27,15 @@ def load_engine(settings: Settings, cache_dir: str | Path | None = None, templat
             **settings.wan_kwargs(),
         )
     if settings.engine == "motion":
-        from avatarcast.engines.tiny.motion_engine import MotionEngine  # PIL, onnxruntime: only for this engine
+        from avatarcast.engines.tiny.motion_engine import MotionEngine  # PIL, onnxruntime (torch): this engine's
 
         threads = settings.threads or None
         return MotionEngine.from_folder(
-            settings.weights or None, steps=settings.steps, threads=threads, draw=settings.motion_draw
+            settings.weights or None,
+            steps=settings.steps,
+            threads=threads,
+            draw=settings.motion_draw,
+            backend=settings.backend,
+            device=None if settings.device == "auto" else settings.device,
         )
     return TinyEngine.load(**settings.engine_kwargs())

@@ -43,16 +43,17 @@ AUTO = "auto"  # the engine setting's default: default_engine() picks one for th
 
 
 def motion_serves_on(backend: str, device: str) -> bool:
-    """Whether the motion engine can serve on this backend and device: onnxruntime on the CPU only (its torch
-    backend runs training checkpoints, one stream at a time; there is no batched GPU path yet)."""
-    return backend == "onnxruntime" and device in ("auto", "cpu")
+    """Whether the motion engine can serve on this backend and device: onnxruntime on the CPU, or torch on the CPU
+    or CUDA (the folder's graphs read back into torch networks: engines/tiny/motion_graph_weights.py)."""
+    return (backend == "onnxruntime" and device in ("auto", "cpu")) or backend == "torch"
 
 
 def default_engine(backend: str, device: str) -> str:
-    """The engine `--engine auto` (the default) serves on this backend and device: motion wherever it can serve,
+    """The engine `--engine auto` (the default) serves on this backend and device: motion on onnxruntime on the CPU,
     since its picture is measured better (README, "Which engine") and it keeps up with two streams on two cores;
-    tiny on torch, tensorrt or CUDA."""
-    return "motion" if motion_serves_on(backend, device) else "tiny"
+    tiny on torch, tensorrt or CUDA. Motion serves on torch too (`--engine motion --backend torch`), but its GPU
+    throughput is not measured yet, so auto does not pick it there."""
+    return "motion" if backend == "onnxruntime" and device in ("auto", "cpu") else "tiny"
 
 
 # what `--engine auto` means, for --help and the start-up log; written from default_engine() itself
@@ -489,14 +490,15 @@ class Settings:
         return [a.strip() for a in self.avatars.split(",") if a.strip()]
 
     def validate_motion(self) -> None:
-        """engine=motion: an exported folder (--weights, or the shipped one), served on onnxruntime, CPU."""
+        """engine=motion: an exported folder (--weights, or the shipped one), served on onnxruntime (CPU) or torch
+        (CPU or CUDA)."""
         from avatarcast.engines.tiny.motion_weights import motion_folder
         from avatarcast.engines.tiny.weights import WeightsError
 
         if not motion_serves_on(self.backend, self.device):
             raise SettingValueError(
-                f"--engine motion serves on onnxruntime on the CPU only, not {self.backend} on {self.device}: "
-                f"use --engine tiny there (or --engine auto, which picks it)",
+                f"--engine motion serves on onnxruntime on the CPU or on torch, not {self.backend} on {self.device}: "
+                f"use --backend torch, or --engine tiny there (or --engine auto, which picks it)",
                 "engine",
                 "backend",
                 "device",
@@ -519,7 +521,10 @@ class Settings:
         if self.engine == default == "motion":
             return "motion (the CPU default; --engine tiny for cheaper frames, a smudged copy of the avatar)"
         if self.engine == default:
-            return f"tiny (the default on {self.backend} on {self.device}; motion serves on onnxruntime on the CPU)"
+            return (
+                f"tiny (the default on {self.backend} on {self.device}; --engine motion --backend torch serves motion "
+                "here, its GPU throughput unmeasured)"
+            )
         return f"{self.engine} (chosen; the default here is {default})"
 
     def engine_kwargs(self) -> dict[str, Any]:

@@ -503,12 +503,13 @@ class MotionDecoder(nn.Module):
         motion: torch.Tensor,
         ref_motion: torch.Tensor,
         ref: torch.Tensor,
-        ref_feats: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        ref_feats: tuple[torch.Tensor, ...],  # f2, f4, f8 (unread with copy_only)
         centres: torch.Tensor,
         atlas: torch.Tensor | None = None,
         return_parts: bool = False,
         one_avatar: bool = False,
         copy_only: bool = False,
+        premixed: bool = False,
     ):
         """`forward` for the box whose pixel centres (h, w, 2) in window coordinates are given (h, w multiples of
         8, the box on the 8-pixel grid). The box is a tensor here, not numbers, so that an exported graph takes
@@ -516,15 +517,15 @@ class MotionDecoder(nn.Module):
         the same avatar (the served graph), so what depends on the avatar alone is worked out once, not per row.
         `copy_only`: return the moved reference without the generator (step 4), for a decoder whose copy mask is 1
         wherever it was checked (`copy_margin`); the generator is then most of the draw's cost and none of its
-        pixels."""
+        pixels. `premixed`: `ref` is already each row's reference to move (mixed_reference's output, (B, 4, H, W)):
+        how rows of several avatars are drawn in one call (the torch backend's batched draw)."""
         s = self.shape
         H, W = ref.shape[-2:]
         h, w = centres.shape[0], centres.shape[1]
         B = motion.shape[0]
-        ref = self.mixed_reference(motion, ref, atlas).expand(B, -1, -1, -1)
+        ref = (ref if premixed else self.mixed_reference(motion, ref, atlas)).expand(B, -1, -1, -1)
         kp_t = motion[:, :EXPR_OFFSET].reshape(B, N_POINTS, 2)
         kp_r = ref_motion[:, :EXPR_OFFSET].reshape(B, N_POINTS, 2)
-        f2, f4, f8 = ref_feats
         # the box's first pixel (row, column), read back from its centre; each level's centres are then computed
         # as for any box (the same arithmetic as a box given in numbers, so the drawing is the same to the bit)
         first = torch.round((centres[0, 0].flip(-1).float() + 1) * centres.new_tensor([H, W]).float() / 2 - 0.5)
@@ -572,6 +573,7 @@ class MotionDecoder(nn.Module):
         if copy_only:
             return moved_px
         # 4. draw and choose
+        f2, f4, f8 = ref_feats
         cond = self.cond(torch.cat([motion[:, :EXPR_OFFSET] - ref_motion[:, :EXPR_OFFSET], motion[:, EXPR_OFFSET:]], 1))
         x = self.g8_in(torch.cat([warp(f8, mixed[8]) * vis[8], heat8], 1))
         for blk in self.g8:

@@ -3,7 +3,7 @@
 The engine (engines/tiny/motion_engine.py) does everything around the networks in numpy: the box around the
 avatar, the effects, the frames. A backend holds each avatar's encoded reference in its own form (device tensors
 for torch, arrays for onnxruntime) and draws boxes of motions from it. The torch backend, for training's
-evaluations and GPUs, is engines/tiny/motion_torch.py.
+evaluations and for serving an exported folder on torch (CPU or CUDA), is engines/tiny/motion_torch.py.
 """
 
 from __future__ import annotations

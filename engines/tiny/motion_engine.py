@@ -6,10 +6,12 @@ it chunk by chunk with the same few-step sampler as architecture 2; the motion d
 draws each frame by moving the avatar's canonical frame part by part, so eyes, glasses and outlines are copied
 rather than regenerated. Per avatar, the canonical frame is rendered and encoded once.
 
-The server's default on onnxruntime (the CPU); the GPU backends serve architecture 2, since this one has no batched
-GPU path yet. It serves from a folder of exported graphs (the shipped one, or `--weights DIR`; onnxruntime, no torch)
-or runs training's checkpoints on torch, one stream at a time (the fidelity eval: `tools.eval.fidelity --motion`);
-the networks sit behind engines/tiny/motion_backends.MotionBackend, and everything around them here is numpy.
+The server's default on onnxruntime (the CPU); `--engine auto` keeps architecture 2 on the GPU backends until this
+one's GPU throughput is measured. It serves from a folder of exported graphs (the shipped one, or `--weights DIR`) on
+onnxruntime (no torch) or, read back into torch networks, on torch on the CPU or CUDA (the decode batched across
+streams there); or runs training's checkpoints on torch (the fidelity eval: `tools.eval.fidelity --motion`). The
+networks sit behind engines/tiny/motion_backends.MotionBackend, and everything around them here is numpy, per stream
+on the host (the box, the window, the effect sprites, RGBA out: `_compose`).
 A folder may name a copy-only folder as its cheaper draw (the shipped residual folder names the copy one): under
 load the degradation ladder draws with that decoder instead, from the same prepared avatar (capabilities'
 cheaper_decode "copy_draw"; the copy decoder reads the canonical frame and atlas faces the avatar already holds).
@@ -129,12 +131,41 @@ class MotionEngine:
 
     @classmethod
     def from_folder(
-        cls, folder: str | Path | None = None, steps: int = 2, threads: int | None = None, draw: str = "copy"
+        cls,
+        folder: str | Path | None = None,
+        steps: int = 2,
+        threads: int | None = None,
+        draw: str = "copy",
+        backend: str = "onnxruntime",
+        device: str | None = None,
     ) -> MotionEngine:
-        """An exported folder (tools.export_motion; None: the shipped one that draws as `draw` says) on onnxruntime:
-        the serving path, no torch."""
+        """An exported folder (tools.export_motion; None: the shipped one that draws as `draw` says) on onnxruntime
+        (the CPU's serving path, no torch), or with backend="torch" its graphs' weights read into torch networks
+        (engines/tiny/motion_graph_weights.py) on `device` (cpu, cuda; None: cuda where there is one).
+
+        Raises:
+            WeightsError: no such folder, a damaged one, or (torch) a weight the networks cannot be filled from.
+            BackendError: a backend other than onnxruntime or torch, or onnxruntime on a device other than the CPU.
+        """
         man = load_motion_manifest(motion_folder(folder, draw))
-        return cls(OnnxMotionBackend(man, threads=threads), man.mean, man.std, steps, man.weights_hash)
+        be: MotionBackend
+        if backend == "onnxruntime":
+            if device not in (None, "auto", "cpu"):
+                raise BackendError(f"the motion engine runs on onnxruntime on the CPU only, not {device}")
+            be = OnnxMotionBackend(man, threads=threads)
+        elif backend == "torch":
+            import torch  # only for this backend
+
+            from avatarcast.engines.tiny.motion_torch import TorchMotionBackend
+
+            if device in (None, "auto"):
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            if device == "cpu" and threads:
+                torch.set_num_threads(int(threads))
+            be = TorchMotionBackend.from_folder(man, device)
+        else:
+            raise BackendError(f"the motion engine runs on onnxruntime or torch, not {backend!r}")
+        return cls(be, man.mean, man.std, steps, man.weights_hash)
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -292,11 +323,11 @@ class MotionEngine:
             raise ValueError("this motion engine has no cheaper decode (its folder names no cheaper_draw)")
         B, T = latents.shape[:2]
         raw = latents.reshape(B, T, MOTION_DIM) * self.std + self.mean
-        out = []
-        for s, m in zip(states, raw):
-            a = self._avatar(json.loads(s.avatar_key), s.avatar_key)  # start_stream prepared it (again if evicted)
-            out.append(self._draw(a, m, cheaper))
-        return np.stack(out)
+        # start_stream prepared each avatar (again here if evicted)
+        avatars = [self._avatar(json.loads(s.avatar_key), s.avatar_key) for s in states]
+        if getattr(self.backend, "batch_streams", False) and B > 1:
+            return self._draw_streams(avatars, raw.astype(np.float32), cheaper)
+        return np.stack([self._draw(a, m, cheaper) for a, m in zip(avatars, raw)])
 
     def draw_box(self, motions: np.ndarray) -> tuple[int, int, int, int]:
         """The window box (row, column, height, width; multiples of 8) the decoder draws for raw motions (n, D):
@@ -317,15 +348,30 @@ class MotionEngine:
 
     def _draw(self, a: _Avatar, motions: np.ndarray, cheaper: bool = False) -> np.ndarray:
         """Raw motions (n, D) of a prepared avatar -> RGBA uint8 frames (n, 360, 640, 4)."""
-        w = self.window
         m = np.ascontiguousarray(motions, np.float32)
-        n = len(m)
         # only the box around the avatar: the CPU's time goes with the pixels drawn
-        by, bx, bh, bw = box = self.draw_box(m)
-        y = np.full((n, 4, w.pad_height, w.window_width), -1.0, np.float32)
-        y[:, :, by : by + bh, bx : bx + bw] = np.clip(self.backend.draw(a.ref, m, a.ref_motion, box, cheaper), -1, 1)
+        box = self.draw_box(m)
+        return self._compose(a, m, box, self.backend.draw(a.ref, m, a.ref_motion, box, cheaper))
+
+    def _draw_streams(self, avatars: list[_Avatar], raw: np.ndarray, cheaper: bool) -> np.ndarray:
+        """Raw motions (B, T, D) of B streams -> frames (B, T, 360, 640, 4), drawn in one backend call over the
+        streams' common box (a backend with batch_streams: torch on CUDA, where one call of B x T rows beats B
+        calls). Pixels of the common box outside a stream's own box are the decoder's, transparent there too."""
+        box = self.draw_box(raw.reshape(-1, MOTION_DIM))
+        drawn = self.backend.draw_streams(  # type: ignore[attr-defined]
+            [a.ref for a in avatars], raw, np.stack([a.ref_motion for a in avatars]), box, cheaper
+        )
+        return np.stack([self._compose(a, m, box, d) for a, m, d in zip(avatars, raw, drawn)])
+
+    def _compose(self, a: _Avatar, m: np.ndarray, box: tuple[int, int, int, int], drawn: np.ndarray) -> np.ndarray:
+        """The decoder's box (n, 4, h, w) of raw motions m (n, D) -> RGBA uint8 frames (n, 360, 640, 4): laid in the
+        window, the avatar's effects over it, cut to the frame (host-side numpy, per stream)."""
+        w = self.window
+        by, bx, bh, bw = box
+        y = np.full((len(m), 4, w.pad_height, w.window_width), -1.0, np.float32)
+        y[:, :, by : by + bh, bx : bx + bw] = np.clip(drawn, -1, 1)
         a.effects.lay(y, m)
-        out = np.zeros((n, w.height, w.width, 4), np.uint8)
+        out = np.zeros((len(m), w.height, w.width, 4), np.uint8)
         out[:, :, w.window_x0 : w.window_x0 + w.window_width] = window_to_rgba(
             y[:, :, w.pad_top : w.pad_top + w.height]
         )

@@ -1,5 +1,7 @@
-"""Architecture 3's networks on torch (engines/tiny/motion_backends.MotionBackend): for training's evaluations,
-checkpoints that are not exported, and GPUs. Serving on the CPU uses the exported graphs instead."""
+"""Architecture 3's networks on torch (engines/tiny/motion_backends.MotionBackend): training's checkpoints (its
+evaluations), and an exported folder's graphs read back into torch (`TorchMotionBackend.from_folder`: the shipped
+folders on torch, CPU or CUDA; engines/tiny/motion_graph_weights.py). The CPU's default serves the graphs on
+onnxruntime instead."""
 
 from __future__ import annotations
 
@@ -10,8 +12,9 @@ import numpy as np
 import torch
 
 from avatarcast.engines.backends.base import BackendError
-from avatarcast.engines.tiny.motion import MotionDecoder, shape_from_dict
+from avatarcast.engines.tiny.motion import MotionDecoder, pixel_centres, shape_from_dict
 from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser, build_denoiser
+from avatarcast.engines.tiny.motion_weights import MotionManifest
 
 
 def load_decoder(decoder: str | Path) -> tuple[MotionDecoder, dict]:
@@ -43,21 +46,96 @@ class TorchReference:
 
 
 class TorchMotionBackend:
-    name = "torch"
-    cheaper_draw = False  # training's checkpoints: one decoder
+    """The decoder and denoiser on a torch device. `copy_only`: the decoder draws without its generator (a folder
+    exported --copy-only); `cheaper`: a copy-only decoder for draw(..., cheaper=True) (the folder's cheaper_draw).
+    `batch_streams`: decode_chunks draws all streams in one call (draw_streams), on CUDA by default: there one call
+    of many rows beats a call per stream; on the CPU each stream's own box is cheaper than the streams' common one."""
 
-    def __init__(self, decoder: MotionDecoder, denoiser: MotionDenoiser, device: str = "cpu"):
-        self.device = torch.device(device)
-        self.decoder = decoder.to(self.device).eval()
-        self.denoiser = denoiser.to(self.device).eval()
+    name = "torch"
+
+    def __init__(
+        self,
+        decoder: MotionDecoder,
+        denoiser: MotionDenoiser,
+        device: str = "cpu",
+        copy_only: bool = False,
+        cheaper: MotionDecoder | None = None,
+        batch_streams: bool | None = None,
+        max_rows: int = 256,
+    ):
+        self.max_rows = int(max_rows)
+        self._dev = torch.device(device)
+        self.device = str(self._dev)  # "cpu", "cuda", "cuda:1": what the bench and the reports print
+        self.decoder = decoder.to(self._dev).eval()
+        self.denoiser = denoiser.to(self._dev).eval()
+        self.copy_only = copy_only
+        self.cheaper = None if cheaper is None else cheaper.to(self._dev).eval()
+        self.cheaper_draw = cheaper is not None
         self.atlas = int(decoder.shape.atlas)
+        self.window_hw = (int(decoder.shape.pad_height), int(decoder.shape.window_width))
+        self.batch_streams = self._dev.type == "cuda" if batch_streams is None else bool(batch_streams)
+
+    @classmethod
+    def from_folder(
+        cls, manifest: MotionManifest, device: str = "cpu", verify: bool = True, batch_streams: bool | None = None
+    ) -> TorchMotionBackend:
+        """An exported folder's graphs as torch networks (engines/tiny/motion_graph_weights.py), and the decoder of
+        the folder its manifest names `cheaper_draw`, if any (checked to draw the same motions, copy-only).
+
+        Raises:
+            WeightsError: a graph missing or not its manifest's; GraphWeightsError: a weight that cannot be matched.
+        """
+        from avatarcast.engines.tiny.motion_backends import cheaper_manifest
+        from avatarcast.engines.tiny.motion_graph_weights import (
+            GraphWeightsError,
+            decoder_from_folder,
+            denoiser_from_folder,
+        )
+
+        dec, copy_only = decoder_from_folder(manifest, verify)
+        den = denoiser_from_folder(manifest, verify)
+        cheaper = None
+        if manifest.cheaper_draw is not None:
+            cheaper, cheaper_copy_only = decoder_from_folder(cheaper_manifest(manifest), verify)
+            if not cheaper_copy_only:
+                raise GraphWeightsError(
+                    f"{manifest.path}: the cheaper_draw folder's decoder reads the reference's features: only a "
+                    "copy-only decoder can draw with another folder's reference"
+                )
+        return cls(dec, den, device, copy_only, cheaper, batch_streams)
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": self.device, "batch_streams": self.batch_streams}
+
+    @property
+    def device_name(self) -> str | None:
+        return torch.cuda.get_device_name(self._dev) if self._dev.type == "cuda" else None
+
+    def _tensor(self, a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype).to(self._dev, non_blocking=True)
 
     def prepare(self, ref_win: np.ndarray, atlas: np.ndarray | None) -> TorchReference:
-        ref = torch.from_numpy(np.ascontiguousarray(ref_win, np.float32)).to(self.device)
-        at = None if atlas is None else torch.from_numpy(np.ascontiguousarray(atlas, np.float32)).to(self.device)
-        with torch.no_grad():
-            feats = tuple(self.decoder.encode_reference(ref))
+        if (atlas is None) != (self.atlas == 0) or (atlas is not None and atlas.shape[1] != self.atlas):
+            got = None if atlas is None else atlas.shape
+            raise BackendError(f"this decoder mixes {self.atlas} atlas faces; got {got}")
+        ref = self._tensor(ref_win)
+        at = None if atlas is None else self._tensor(atlas)
+        with torch.inference_mode():
+            # a copy-only decoder reads no features (a cheaper one reads none either)
+            feats = () if self.copy_only else tuple(self.decoder.encode_reference(ref))
         return TorchReference(ref, at, feats)
+
+    def _decoder(self, cheaper: bool) -> tuple[MotionDecoder, bool]:
+        if not cheaper:
+            return self.decoder, self.copy_only
+        if self.cheaper is None:
+            raise BackendError("this torch motion backend has no cheaper draw (its folder names no cheaper_draw)")
+        return self.cheaper, True
+
+    def _centres(self, box: tuple[int, int, int, int]) -> torch.Tensor:
+        y0, x0, h, w = box
+        like = torch.empty((), device=self._dev)
+        return pixel_centres(h, w, like, self.window_hw, (y0, x0))
 
     def draw(
         self,
@@ -67,24 +145,66 @@ class TorchMotionBackend:
         box: tuple[int, int, int, int],
         cheaper: bool = False,
     ) -> np.ndarray:
-        if cheaper:
-            raise BackendError("the torch motion backend has no cheaper draw")
-        with torch.no_grad():
-            m = torch.from_numpy(np.ascontiguousarray(motions, np.float32)).to(self.device)
+        dec, copy_only = self._decoder(cheaper)
+        with torch.inference_mode():
+            m = self._tensor(motions)
             n = len(m)
-            rm = torch.from_numpy(np.ascontiguousarray(ref_motion, np.float32)).to(self.device)[None].expand(n, -1)
+            rm = self._tensor(ref_motion).reshape(1, -1).expand(n, -1)
             feats = tuple(f.expand(n, *f.shape[1:]) for f in ref.feats)
-            atlas = None if ref.atlas is None else ref.atlas.expand(n, *ref.atlas.shape[1:])
-            y = self.decoder(m, rm, ref.ref_win.expand(n, -1, -1, -1), feats, box=box, atlas=atlas)
+            # one avatar's reference at batch 1, as the exported graph draws it (mixed_reference's matrix products)
+            ref_win = ref.ref_win if ref.atlas is not None else ref.ref_win.expand(n, -1, -1, -1)
+            y = dec.draw(m, rm, ref_win, feats, self._centres(box), ref.atlas, one_avatar=True, copy_only=copy_only)
+            return y.float().cpu().numpy()
+
+    def draw_streams_t(
+        self,
+        refs: list[TorchReference],
+        motions: torch.Tensor,
+        ref_motions: torch.Tensor,
+        box: tuple[int, int, int, int],
+        cheaper: bool = False,
+    ) -> torch.Tensor:
+        """Every stream's frames in one decoder call, on the device: refs (S,), raw motions (S, n, D) and the
+        canonical ones (S, D) as tensors -> (S, n, 4, h, w) of one box (the streams' common one). Calls of at most
+        `max_rows` rows (a row holds some 30 MB of window-sized intermediates: 200 streams of 4 frames in one call
+        would want 20-odd GB)."""
+        S, n = motions.shape[:2]
+        per = max(1, self.max_rows // max(1, n))
+        if S > per:
+            parts = [
+                self.draw_streams_t(refs[i : i + per], motions[i : i + per], ref_motions[i : i + per], box, cheaper)
+                for i in range(0, S, per)
+            ]
+            return torch.cat(parts)
+        dec, copy_only = self._decoder(cheaper)
+        m = motions.reshape(S * n, -1)
+        rm = ref_motions[:, None].expand(S, n, -1).reshape(S * n, -1)
+        # each stream's reference mixed for its own frames (one avatar at a time: two matrix products each)
+        mixed = torch.cat(
+            [dec.mixed_reference(motions[i], r.ref_win, r.atlas).expand(n, -1, -1, -1) for i, r in enumerate(refs)]
+        )
+        feats = tuple(
+            torch.cat([r.feats[k].expand(n, *r.feats[k].shape[1:]) for r in refs]) for k in range(len(refs[0].feats))
+        )
+        y = dec.draw(m, rm, mixed, feats, self._centres(box), None, copy_only=copy_only, premixed=True)
+        return y.reshape(S, n, *y.shape[1:])
+
+    def draw_streams(
+        self,
+        refs: list[TorchReference],
+        motions: np.ndarray,
+        ref_motions: np.ndarray,
+        box: tuple[int, int, int, int],
+        cheaper: bool = False,
+    ) -> np.ndarray:
+        """`draw_streams_t` from and to numpy (the engine's host-side compositing reads it)."""
+        with torch.inference_mode():
+            y = self.draw_streams_t(refs, self._tensor(motions), self._tensor(ref_motions), box, cheaper)
             return y.float().cpu().numpy()
 
     def denoise(self, x, t, d, ctx, ref, emotion, intensity) -> np.ndarray:
-        dev = self.device
-
-        def f(a, dtype=torch.float32):
-            return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=dev)
-
-        with torch.no_grad():
+        f = self._tensor
+        with torch.inference_mode():
             v = self.denoiser(f(x), f(t), f(d), f(ctx), f(ref), f(emotion, torch.long), f(intensity))
         return v.float().cpu().numpy()
 

@@ -207,12 +207,15 @@ def run_bench(
         raise ValueError("--sessions must be >= 1")
     t0 = time.perf_counter()
     engine: Any
-    if engine_name == "motion":  # architecture 3 from an exported folder, on onnxruntime (CPU)
+    if engine_name == "motion":  # architecture 3 from an exported folder: onnxruntime (CPU) or torch (CPU, CUDA)
         from avatarcast.engines.tiny.motion_engine import MotionEngine
 
-        if backend != "onnxruntime" or device not in (None, "cpu"):
-            raise BackendError("--engine motion runs on onnxruntime on the CPU (--weights DIR: another folder)")
-        engine = MotionEngine.from_folder(weights or None, steps=steps, threads=threads)
+        if backend not in ("onnxruntime", "torch"):
+            raise BackendError("--engine motion runs on onnxruntime (the CPU) or torch (--weights DIR: another folder)")
+        draw = str((backend_options or {}).get("draw", "copy"))  # --opt draw=residual: the shipped residual folder
+        engine = MotionEngine.from_folder(
+            weights or None, steps=steps, threads=threads, draw=draw, backend=backend, device=device
+        )
         version = "architecture 3"
     else:
         engine = TinyEngine.load(

@@ -93,6 +93,25 @@ def test_the_exported_engine_draws_what_torch_draws(folder):
     assert len({(h, w) for _, _, h, w in boxes}) > 1, boxes  # the decoder's box size is dynamic
 
 
+def test_an_exported_float_folder_reads_back_into_torch(folder):
+    """The graphs' weights read back into torch (engines/tiny/motion_graph_weights.py; fp16 weights, no int8) draw
+    what onnxruntime draws within two levels, and the fp16 denoiser gives its velocity."""
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+
+    served = MotionEngine.from_folder(folder, threads=2)
+    on_torch = MotionEngine.from_folder(folder, threads=2, backend="torch", device="cpu")
+    av, emotion, seed = CASES[0]
+    a, b = served.start_stream(av, emotion, seed=seed), on_torch.start_stream(av, emotion, seed=seed)
+    la, lb = served.sample_chunks([a]), on_torch.sample_chunks([b])
+    np.testing.assert_allclose(la, lb, atol=1e-4)
+    m = (la[0, :1, :, 0, 0] * served.std + served.mean).astype(np.float32)
+    box = served.draw_box(m)
+    ra, rb = served._avatar(av), on_torch._avatar(av)
+    want = served.backend.draw(ra.ref, m, ra.ref_motion, box)
+    got = on_torch.backend.draw(rb.ref, m, rb.ref_motion, box)
+    assert np.abs(want - got).max() <= 2 * 2 / 255 and (want[:, 3] > 0).mean() > 0.05
+
+
 def test_serving_from_a_folder_keeps_torch_out(folder):
     """The CPU serving path is onnxruntime and numpy: drawing a chunk from the folder imports no torch."""
     code = (
@@ -141,8 +160,9 @@ def test_settings_take_the_shipped_folder_or_ask_for_one_and_the_cpu(tmp_path, m
     with pytest.raises(SettingValueError, match="give --weights DIR"):
         Settings(engine="motion").validate()
     Settings(engine="motion", weights="/x").validate()  # a folder given: read at start-up
-    with pytest.raises(SettingValueError, match="onnxruntime on the CPU"):
-        Settings(engine="motion", weights="/x", backend="torch").validate()
+    Settings(engine="motion", weights="/x", backend="torch").validate()  # its graphs read into torch
+    with pytest.raises(SettingValueError, match="onnxruntime on the CPU or on torch"):
+        Settings(engine="motion", weights="/x", backend="tensorrt").validate()
     with pytest.raises(SettingValueError, match="engine must be one of tiny, wan, motion"):
         Settings(engine="motionless").validate()
 
@@ -218,8 +238,8 @@ def test_bench_engine_measures_the_motion_engine(folder):
     assert r["weights_hash"] == load_motion_manifest(folder).weights_hash
     from avatarcast.engines.backends import BackendError
 
-    with pytest.raises(BackendError, match="onnxruntime on the CPU"):
-        run_bench("motion", seconds=0.1, backend="torch")
+    with pytest.raises(BackendError, match=r"onnxruntime \(the CPU\) or torch"):
+        run_bench("motion", seconds=0.1, backend="tensorrt")
 
 
 def test_the_clip_eval_runs_the_exported_engine(folder):

@@ -226,9 +226,10 @@ def test_the_engine_defaults_to_motion_on_the_cpu_and_tiny_on_the_gpu_backends(
     assert Settings.from_args(serve_args(), {"AVATARCAST_ENGINE": "tiny"}).engine == "tiny"
     assert settings_of('[engine]\nengine = "tiny"\n', tmp_path).engine == "tiny"
     assert Settings.from_args(serve_args("--engine", "auto", "--backend", "torch"), {}).engine == "tiny"
-    with pytest.raises(SettingValueError, match=r"onnxruntime on the CPU only, not torch on auto: use --engine tiny"):
-        Settings.from_args(serve_args("--engine", "motion", "--backend", "torch"), {})
-    with pytest.raises(SettingValueError, match=r"not onnxruntime on cuda: use --engine tiny .*device from flag"):
+    assert Settings.from_args(serve_args("--engine", "motion", "--backend", "torch"), {}).engine == "motion"
+    with pytest.raises(SettingValueError, match=r"onnxruntime on the CPU or on torch, not tensorrt on auto: use"):
+        Settings.from_args(serve_args("--engine", "motion", "--backend", "tensorrt"), {})
+    with pytest.raises(SettingValueError, match=r"not onnxruntime on cuda: use --backend torch, .*device from flag"):
         Settings.from_args(serve_args("--engine", "motion", "--device", "cuda"), {})
     with pytest.raises(SystemExit):
         serve_args("--help")

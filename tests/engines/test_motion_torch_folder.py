@@ -1,0 +1,160 @@
+"""The shipped motion folders on torch: their graphs' weights read back into torch networks
+(engines/tiny/motion_graph_weights.py) draw the frames onnxruntime draws, and a graph that does not fill them is
+refused with a typed error.
+
+Tolerances (measured 2026-12-06, 2-core CPU, torch 2.13 CPU against onnxruntime, tests below):
+- the denoiser (int8 weights, dequantized as DequantizeLinear does): max |torch - onnxruntime| 1.9e-6 on a velocity
+  whose spread is 2.2, so 1e-4; the sampled motions the same.
+- the decoder's part-mask network is static int8 (QDQ): torch fake-quantizes each activation as the graph does, but
+  its float inputs differ from onnxruntime's by ~5e-6 (grid sampling, the written-out softmax), which moves a value
+  that sits on a rounding edge by one quantization step, and the step carries through 11 quantized convolutions to
+  the part logits. A few pixels on the edge between two parts (or of the silhouette) then take the other side's
+  colour: max up to 2 (the range), in 0.06-0.37% of a box's values (pip, kiko, random-900008, both folders and the
+  cheaper rung); onnxruntime itself moves by 0.056 between its optimized and its reference (unoptimized) runs of the
+  same graph. Hence a mean and a share, not a max: PSNR over the box >= 40 dB (measured 48.7-65.0) and under 1% of
+  values more than two uint8 levels apart (a margin for other CPUs' rounding). The float (non-int8) graph of
+  test_motion_onnx.py's exported folder agrees within 2 levels.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from avatarcast.engines.tiny.motion_engine import MotionEngine  # noqa: E402
+from avatarcast.engines.tiny.motion_graph_weights import GraphWeightsError  # noqa: E402
+from avatarcast.engines.tiny.motion_torch import TorchMotionBackend  # noqa: E402
+from avatarcast.engines.tiny.motion_weights import (  # noqa: E402
+    GRAPHS,
+    SHIPPED,
+    load_motion_manifest,
+    write_motion_manifest,
+)
+
+SPECS = {"copy": ("pip", "happy", 3), "residual": ("random-900008", "love", 5)}  # one avatar each: a render costs
+LEVEL = 2 / 255  # one uint8 level in the decoder's [-1, 1]
+
+
+@pytest.fixture(scope="module", params=["copy", "residual"])
+def engines(request) -> tuple[MotionEngine, MotionEngine, tuple]:
+    """The shipped folder on onnxruntime and on torch, and a spec of the stream to draw."""
+    torch.set_num_threads(2)
+    draw = request.param
+    return (
+        MotionEngine.from_folder(None, threads=2, draw=draw),
+        MotionEngine.from_folder(None, threads=2, draw=draw, backend="torch", device="cpu"),
+        SPECS[draw],
+    )
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a - b) ** 2).mean())
+    return 10 * np.log10(4.0 / mse) if mse else float("inf")  # peak-to-peak 2
+
+
+def test_torch_samples_and_draws_what_onnxruntime_does(engines) -> None:
+    """The denoiser's velocity and the sampled motions to 1e-4; the drawn box (and the cheaper rung's, where the folder
+    names one) to the module docstring's tolerance."""
+    onnx_e, torch_e, (av, emotion, seed) = engines
+    a, b = onnx_e.start_stream(av, emotion, 0.9, seed), torch_e.start_stream(av, emotion, 0.9, seed)
+    r = np.random.default_rng(0)
+    T, D = onnx_e.cfg.chunk_frames, onnx_e.cfg.latent_channels
+    x = r.standard_normal((2, T * D, 1, 1)).astype(np.float32)
+    args = (x, np.array([0.0, 0.5], np.float32), np.full(2, 0.5, np.float32), np.stack([a.ctx, b.ctx]))
+    args += (np.stack([a.ref, b.ref]), np.array([2, 7]), np.array([0.9, 1.0], np.float32))
+    want_v, got_v = onnx_e.backend.denoise(*args), torch_e.backend.denoise(*args)
+    assert np.abs(want_v - got_v).max() < 1e-4 and want_v.std() > 0.5
+    for _ in range(2):  # off the rest pose
+        lat = onnx_e.sample_chunks([a])
+        np.testing.assert_allclose(torch_e.sample_chunks([b]), lat, atol=1e-4)
+    m = (lat[0, :2, :, 0, 0] * onnx_e.std + onnx_e.mean).astype(np.float32)  # two frames: torch's CPU draw is slow
+    box = onnx_e.draw_box(m)
+    ra, rb = onnx_e._avatar(av), torch_e._avatar(av)
+    assert torch_e.backend.cheaper_draw == onnx_e.backend.cheaper_draw
+    for cheaper in [False, True] if onnx_e.backend.cheaper_draw else [False]:
+        want = onnx_e.backend.draw(ra.ref, m, ra.ref_motion, box, cheaper)
+        got = torch_e.backend.draw(rb.ref, m, rb.ref_motion, box, cheaper)
+        db, apart = _psnr(want, got), float((np.abs(want - got) > 2 * LEVEL).mean())
+        assert db >= 40 and apart < 1e-2, (av, cheaper, db, apart)
+        assert (want[:, 3] > 0).mean() > 0.1  # an avatar is drawn
+
+
+def test_the_batched_draw_is_each_streams_draw_over_the_common_box(engines) -> None:
+    """On CUDA decode_chunks draws every stream in one call, over the streams' common box: row for row what the
+    stream's own draw of that box is."""
+    _, torch_e, spec = engines
+    if spec != SPECS["copy"]:
+        pytest.skip("the batched draw's arithmetic is the copy folder's and the residual's alike")
+    specs = [spec, SPECS["residual"]]
+    states = [torch_e.start_stream(av, e, 0.9, s) for av, e, s in specs]
+    lat = torch_e.sample_chunks(states)[:, :1]  # a frame each: the arithmetic is per row
+    raw = (lat.reshape(2, -1, torch_e.cfg.latent_channels) * torch_e.std + torch_e.mean).astype(np.float32)
+    avatars = [torch_e._avatar(av) for av, _, _ in specs]
+    box = torch_e.draw_box(raw.reshape(-1, raw.shape[-1]))
+    be = torch_e.backend
+    both = be.draw_streams([x.ref for x in avatars], raw, np.stack([x.ref_motion for x in avatars]), box)
+    for i, x in enumerate(avatars):
+        np.testing.assert_allclose(both[i], be.draw(x.ref, raw[i], x.ref_motion, box), atol=1e-5)
+    be.batch_streams = True
+    try:
+        assert torch_e.decode_chunks(states, lat).shape == (2, 1, 360, 640, 4)
+    finally:
+        be.batch_streams = False
+
+
+def _damaged_folder(tmp_path: Path, edit) -> Path:
+    """The shipped copy folder's reference and decoder graphs with `edit(model)` applied to the decoder, its
+    denoiser read where it ships, and a manifest of the new hashes (a folder that passes every check but weights')."""
+    import onnx
+
+    out = tmp_path / "damaged"
+    out.mkdir(parents=True)
+    man = load_motion_manifest(SHIPPED)
+    shutil.copyfile(SHIPPED / GRAPHS["reference"], out / GRAPHS["reference"])
+    model = onnx.load(str(SHIPPED / GRAPHS["decoder"]))
+    edit(model)
+    onnx.save(model, str(out / GRAPHS["decoder"]))
+    den = {"denoiser": os.path.relpath(SHIPPED.resolve(), out.resolve())}
+    write_motion_manifest(out, man.decoder_shape, man.denoiser_arch, man.mean, man.std, {}, den)
+    return out
+
+
+def _initializer(model, name: str):
+    return next(i for i in model.graph.initializer if i.name == name)
+
+
+def test_a_graph_that_does_not_fill_the_network_is_refused(tmp_path) -> None:
+    from onnx import numpy_helper
+
+    def rename(model) -> None:  # a weight the network looks for under another name
+        _initializer(model, "dec.masks.out.bias").name = "dec.masks.out.bias_renamed"
+        for n in model.graph.node:
+            n.input[:] = ["dec.masks.out.bias_renamed" if i == "dec.masks.out.bias" else i for i in n.input]
+
+    def reshape(model) -> None:  # one of another shape
+        init = _initializer(model, "dec.atlas_mix.2.bias")
+        init.CopyFrom(numpy_helper.from_array(np.zeros(7, np.float32), init.name))
+
+    for name, edit, says in (("renamed", rename, "no weight"), ("reshaped", reshape, "atlas_mix.2.bias is")):
+        folder = _damaged_folder(tmp_path / name, edit)
+        with pytest.raises(GraphWeightsError, match=says):
+            TorchMotionBackend.from_folder(load_motion_manifest(folder))
+    # the same folder undamaged loads: the refusals are the edits'
+    TorchMotionBackend.from_folder(load_motion_manifest(_damaged_folder(tmp_path / "whole", lambda m: None)))
+
+
+def test_serve_takes_motion_on_torch_and_auto_still_picks_tiny_there() -> None:
+    """`--engine motion --backend torch` is a valid choice on the CPU and CUDA; `--engine auto` keeps tiny on torch
+    (motion's GPU throughput is not measured yet). The bench's torch run: docs/training/motion.md."""
+    from avatarcast.realtime.settings import Settings, default_engine
+
+    Settings(engine="motion", backend="torch", device="cpu").validate()
+    Settings(engine="motion", backend="torch", device="cuda").validate()
+    assert Settings(backend="torch", device="cuda").engine == "tiny"
+    assert default_engine("torch", "cpu") == "tiny" and default_engine("onnxruntime", "cpu") == "motion"
