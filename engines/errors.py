@@ -86,6 +86,7 @@ class ErrorCode(Enum):
     EMOTION_FAILED = ("emotion_failed", None, None)
     CLIP_FAILED = ("clip_failed", None, None)
     ENGINE_FAILED = ("engine_failed", None, None)  # the reaction ends, the session goes on
+    REACTION_SKIPPED = ("reaction_skipped", None, None)  # none of a reaction's frames was ready in time: it ends
     # the server failed
     ENGINE_UNAVAILABLE = ("engine_unavailable", 500, CLOSE_INTERNAL)
     INTERNAL = ("internal", 500, CLOSE_INTERNAL)  # an `error` event with fatal: true; the session ends

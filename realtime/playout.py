@@ -50,6 +50,7 @@ class Shown:
     emotion: str
     pixels: Any = None  # a reaction frame; None: the avatar's idle or listening loop (`source`)
     late: bool = False  # a reaction frame was due and none was ready: held, or the listening loop
+    reaction: int | None = None  # the reaction whose frame this is (None: the idle or listening loop)
 
 
 @dataclass(frozen=True)
@@ -89,10 +90,10 @@ class Playout:
         if ready:
             f = self._last = ready.popleft()
             self._last_was_reaction = True
-            return Shown(f.source, f.emotion, f.pixels)
+            return Shown(f.source, f.emotion, f.pixels, reaction=f.reaction)
         last = self._last
         if last is not None and (last.reaction == req.reaction or self._last_was_reaction):
-            return Shown(last.source, last.emotion, last.pixels, late=True)
+            return Shown(last.source, last.emotion, last.pixels, late=True, reaction=last.reaction)
         return Shown(FrameSource.LISTENING, "listening", late=True)
 
     def on_request(self, req: ChunkRequest) -> None:
@@ -149,6 +150,6 @@ def sent_frame(req: FrameRequest, shown: Shown, encoded_from: float, encoded_at:
         shown.source,
         req.intensity,
         req.utterance if shown.source == req.source else None,
-        req.reaction,
+        shown.reaction,  # what it really shows: an earlier reaction's held frame is not this reaction's
         {"encode": (encoded_from, encoded_at)},
     )

@@ -38,7 +38,7 @@ from avatarcast.realtime.messages import (
     VideoFrame,
 )
 from avatarcast.realtime.timeline import UtteranceTimeline
-from avatarcast.vocabulary import EMOTIONS, FPS
+from avatarcast.vocabulary import EMOTIONS, FPS, REACTION_SOURCES
 
 if TYPE_CHECKING:
     from avatarcast.templates import EmotionTemplate
@@ -82,6 +82,10 @@ class SessionConfig:
     max_events: int = 256  # undrained events beyond this drop the oldest
     max_chunk_requests: int = 64
     max_timelines: int = 8
+    # a reaction none of whose frames has been shown yet (its first chunk not made: the engine is behind) keeps its
+    # place this long, and its hold time counts from its first frame shown; past it, it is skipped and a
+    # reaction_skipped error says so (0: the hold counts from the reaction's start, shown or not)
+    max_unshown_s: float = 10.0
 
     @classmethod
     def from_templates(
@@ -122,6 +126,8 @@ class _Reaction:
     next_request: int = 0  # next chunk to request
     revisions: dict[int, int] = field(default_factory=dict)  # chunk -> latest revision (queued only)
     playing: int = -1  # chunk of the last planned frame
+    started_t: float = 0.0
+    shown: bool = False  # a frame of this reaction was sent (not the listening fill-in while its chunk is late)
 
     def segment(self, chunk: int) -> _Segment:
         for seg in reversed(self.segments):
@@ -461,7 +467,21 @@ class Session:
                         r.playing = req.chunk
                         self._prune(r)
                         self._fill_chunks(r, now)
+                elif k >= r.start_frame and self._keep_unshown(r, k, now):
+                    req = self.next_frame_source(k)  # the next chunk slot of the reaction still waiting
+                    r.playing = req.chunk if req.chunk is not None else r.playing
+                    self._prune(r)
+                    self._fill_chunks(r, now)
                 elif k >= r.start_frame:
+                    if not r.shown:
+                        self._error(
+                            ErrorCode.REACTION_SKIPPED,
+                            f"none of this {r.segments[-1].emotion} reaction's frames was ready before it ended "
+                            "(the engine is behind); back to the idle loop",
+                            now,
+                            reaction=r.id,
+                            utterance=r.segments[-1].utterance,
+                        )
                     self._end_reaction(now, from_frame=k)  # hold time over
                     req = self.next_frame_source(k)
             out.append(req)
@@ -476,6 +496,13 @@ class Session:
         if self.closed:
             return None
         self.clock.report_sent(frame.index, now)
+        r = self._reaction
+        if r is not None and not r.shown and frame.reaction == r.id and frame.source in REACTION_SOURCES:
+            r.shown = True  # its hold counts from here: all of it is seen, however late the first chunk came
+            c = self.config
+            slot = max(0, (frame.index - r.start_frame) // c.chunk_frames)
+            r.end_chunk = max(r.end_chunk, slot + c.hold_chunks(r.segment(slot).emotion))
+            self._fill_chunks(r, now)
         turn = self._turns.get(frame.utterance) if frame.utterance is not None else None
         if turn is None:
             return None
@@ -660,6 +687,7 @@ class Session:
         seg = _Segment(0, label, intensity, c.has_cache(label), d.source, turn.id)
         self._pull_in(now)
         r = self._reaction = _Reaction(self._reaction_count, self.clock.upcoming(now), c.hold_chunks(label), [seg])
+        r.started_t = now
         return r
 
     def _emit_switch(self, turn: _Turn, label: str, from_frame: int, now: float) -> None:
@@ -724,6 +752,14 @@ class Session:
         r.segments = current[-1:] + keep
         for k in [k for k in r.revisions if k < done]:
             del r.revisions[k]
+
+    def _keep_unshown(self, r: _Reaction, k: int, now: float) -> bool:
+        """Whether a reaction whose hold time ran out before any of its frames was shown keeps its place through
+        frame k (the engine is behind, up to max_unshown_s): its hold then counts from its first frame shown."""
+        if r.shown or now - r.started_t >= self.config.max_unshown_s:
+            return False
+        r.end_chunk = (k - r.start_frame) // self.config.chunk_frames + 1
+        return True
 
     def _stop_reaction(self, now: float) -> None:
         r, self._reaction = self._reaction, None

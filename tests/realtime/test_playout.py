@@ -43,7 +43,7 @@ def test_reaction_frames_play_in_order_and_a_late_chunk_holds_the_last_frame() -
     p.store(chunk(1, 0, source=S.CACHE), frames(1, 0), "state0")
     shown = [p.show(planned(i, 1)) for i in range(6)]
     assert [s.pixels for s in shown[:4]] == frames(1, 0) and all(s.source == S.CACHE for s in shown[:4])
-    assert shown[4] == shown[5] == Shown(S.CACHE, "happy", "r1c0f3", late=True)  # chunk 1 is late: hold
+    assert shown[4] == shown[5] == Shown(S.CACHE, "happy", "r1c0f3", late=True, reaction=1)  # chunk 1 late: hold
     p.store(chunk(1, 1, previous=0), frames(1, 1), "state1")
     assert p.show(planned(6, 1)).pixels == "r1c1f0"  # late chunks play late, from their first frame
     assert p.state_after(1, 0) == "state0" and p.state_after(1, None) is None
@@ -59,10 +59,10 @@ def test_a_reaction_that_replaced_a_playing_one_holds_its_last_frame_until_its_o
     p.show(planned(0, 1))
     # a switch to another emotion restarts the reaction (realtime/session.py); its cached chunk is not ready yet
     held = p.show(planned(1, 2, S.CACHE, "sad"))
-    assert held == Shown(S.CACHE, "happy", "r1c0f0", late=True), "a freeze, not a cut to the listening pose"
+    assert held == Shown(S.CACHE, "happy", "r1c0f0", late=True, reaction=1), "a freeze, not a cut to the listening pose"
     assert p.queued == 0, "the old reaction's unsent frames are gone"
     p.store(chunk(2, 0, emotion="sad", source=S.CACHE), frames(2, 0), None)
-    assert p.show(planned(2, 2, S.CACHE, "sad")) == Shown(S.CACHE, "sad", "r2c0f0")
+    assert p.show(planned(2, 2, S.CACHE, "sad")) == Shown(S.CACHE, "sad", "r2c0f0", reaction=2)
     p.show(planned(3))  # the idle loop played in between: a new reaction starts from the listening pose again
     assert p.show(planned(4, 3)) == Shown(S.LISTENING, "listening", None, late=True)
 
@@ -91,7 +91,7 @@ def test_a_switch_drops_what_the_old_emotion_made_from_its_chunk_on() -> None:
     assert p.show(planned(4, 1)).late  # chunk 1 (sad) is not made yet: the last happy frame holds
     p.on_request(chunk(1, 5, revision=0))  # a first request of a chunk changes nothing
     p.store(chunk(1, 1, revision=1, emotion="sad"), frames(1, 1), None)
-    assert p.show(planned(5, 1, emotion="sad")) == Shown(S.SAMPLER, "sad", "r1c1f0")
+    assert p.show(planned(5, 1, emotion="sad")) == Shown(S.SAMPLER, "sad", "r1c1f0", reaction=1)
 
 
 def test_cached_loops_play_the_cached_chunk_forward_then_backward() -> None:
@@ -124,10 +124,13 @@ def test_memory_stays_flat() -> None:
 
 def test_a_sent_frame_answers_its_turn_only_if_it_shows_what_was_planned() -> None:
     req = planned(3, 1, source=S.SAMPLER, utterance=7)
-    ok = sent_frame(req, Shown(S.SAMPLER, "happy", "px"), 1.0, 1.5)
+    ok = sent_frame(req, Shown(S.SAMPLER, "happy", "px", reaction=1), 1.0, 1.5)
     fallback = sent_frame(req, Shown(S.LISTENING, "listening", late=True), 1.0, 1.5)
+    held = sent_frame(req, Shown(S.SAMPLER, "sad", "px", late=True, reaction=0), 1.0, 1.5)  # an earlier reaction's
     assert (ok.utterance, ok.source, ok.t, ok.t_capture, ok.stamps) == (7, S.SAMPLER, 1.5, 1.0, {"encode": (1.0, 1.5)})
-    assert (fallback.utterance, fallback.emotion) == (None, "listening")
+    assert ok.reaction == 1, "the session counts the reaction as shown (its hold starts)"
+    assert (fallback.utterance, fallback.emotion, fallback.reaction) == (None, "listening", None)
+    assert held.reaction == 0, "another reaction's held frame does not count as this one's"
 
 
 # A reaction's chunks arrive in order, interleaved at random with the frames the clock plans.

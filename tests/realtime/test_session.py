@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 
@@ -206,6 +207,51 @@ def test_back_to_idle_after_hold_time():
     assert [f.source for f in frames[36:]] == ["idle"] * 4
     idle_ev = [e for e in s.events() if e.type == "state_changed" and e.payload["to"] == "idle"]
     assert len(idle_ev) == 1 and idle_ev[0].payload["from_frame"] == 36
+
+
+def _fill_in_until(s: Session, shown_from: int, n: int) -> list[FrameRequest]:
+    """Plan n frames; until frame `shown_from` the transport has none of the reaction's frames and sends the
+    listening fill-in instead (realtime/playout.py: a late first chunk), as a loaded engine does."""
+    planned = []
+    for k in range(n):
+        now = s.clock.time_of(k)
+        for req in s.plan(now):
+            planned.append(req)
+            sent = VideoFrame.from_request(req, now)
+            if req.is_reaction and k < shown_from:
+                sent = dataclasses.replace(sent, source="listening", emotion="listening", utterance=None, reaction=None)
+            s.on_frame_sent(sent, now)
+    return planned
+
+
+def test_a_reaction_whose_first_chunk_comes_late_is_held_for_all_of_its_hold_time():
+    """Under load the engine may make a reaction's first chunk only after its hold time: the reaction keeps its
+    place (the listening fill-in plays) and its hold counts from its first frame shown, so it is seen whole."""
+    s, _ = make()
+    s.on_emotion("surprised", 0.9, T0 - 0.01)  # hold 3 s = 24 frames
+    frames = _fill_in_until(s, 40, 80)
+    assert all(f.is_reaction and f.emotion == "surprised" for f in frames[:64]), "40 waiting + 24 shown"
+    assert [f.source for f in frames[64:]] == ["idle"] * 16
+    assert [e.payload["from_frame"] for e in s.events() if e.type == "state_changed" and e.payload["to"] == "idle"] == [
+        64
+    ]
+
+
+def test_a_reaction_none_of_whose_frames_comes_in_time_is_skipped_and_says_so():
+    s, _ = make(max_unshown_s=5.0)
+    s.on_emotion("surprised", 0.9, T0 - 0.01)
+    frames = _fill_in_until(s, 10**6, 60)
+    ended = next(i for i, f in enumerate(frames) if not f.is_reaction)
+    assert ended == 40 and all(f.source == "idle" for f in frames[ended:]), "5 s at 8 fps, then the idle loop"
+    errors = [e.payload for e in s.events() if e.type == "error"]
+    assert [(e["code"], e["reaction"]) for e in errors] == [("reaction_skipped", 1)]
+
+
+def test_without_max_unshown_the_hold_counts_from_the_start():
+    s, _ = make(max_unshown_s=0.0)
+    s.on_emotion("surprised", 0.9, T0 - 0.01)
+    frames = _fill_in_until(s, 10**6, 30)
+    assert [f.is_reaction for f in frames] == [True] * 24 + [False] * 6
 
 
 # --- mid-reaction switches ---------------------------------------------------------------------
