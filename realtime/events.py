@@ -228,7 +228,9 @@ class Error(ServerEvent):
     known: list[str] | None = field(default=None, metadata=wire("unknown_type: the command types"))
     reason: str | None = field(default=None, metadata=wire("bad_audio: why the clip could not be decoded"))
     utterance: int | None = field(default=None, metadata=wire("the utterance it concerns"))
-    reaction: int | None = field(default=None, metadata=wire("engine_failed, reaction_skipped: the reaction that ended"))
+    reaction: int | None = field(
+        default=None, metadata=wire("engine_failed, reaction_skipped: the reaction that ended")
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
