@@ -210,8 +210,10 @@ def test_builder_args_and_deployment_options() -> None:
     # the engine's default follows the backend the args give, over the environment's
     assert gpu.engine == "tiny" and settings_from_args({}, env={}).engine == "motion"
     assert settings_from_args({}, env={"AVATARCAST_BACKEND": "torch"}).engine == "tiny"
+    # motion serves on onnxruntime on the CPU or on torch (CPU or CUDA), never on TensorRT
+    assert settings_from_args({"engine": "motion", "backend": "torch"}, env={}).engine == "motion"
     with pytest.raises(ValueError, match="--engine tiny"):
-        settings_from_args({"engine": "motion", "backend": "torch"}, env={})
+        settings_from_args({"engine": "motion", "backend": "tensorrt"}, env={})
     with pytest.raises(ValueError, match="unknown avatarcast setting"):
         settings_from_args({"replicas": 2}, env={})
     with pytest.raises(ValueError, match="ray_min_replicas"):
