@@ -114,6 +114,10 @@ async def events_until(ws: Any, pred: Any, timeout: float) -> list[dict]:
     return out
 
 
+def idle(event: dict) -> bool:
+    return event["type"] == "state_changed" and event["payload"]["to"] == "idle"
+
+
 def error_codes(events: list[dict]) -> list[str]:
     return [e["payload"]["code"] for e in events if e["type"] == "error"]
 
@@ -335,15 +339,37 @@ def test_live_audio_faster_than_real_time_cannot_queue_asr_without_bound(server:
     one = np.concatenate([decode_audio(SPEECH / "en07_happy.ogg"), silence])
     pcm = (np.tile(one, 6) * 32767).astype("<i2").tobytes()
     step = 8000 * 2  # 0.5 s of audio a message, 25 times faster than real time
+    # The model is busy with another session's long transcription while the flood arrives. Without that, the
+    # bound is reached only when tiny.en happens to be slower than the VAD (it is not always, on a quiet
+    # machine: the test failed about 1 run in 5); with it, the flood's runs must wait, and only the bound
+    # keeps them from piling up
+    busy, release = threading.Event(), threading.Event()
+
+    def other_session() -> None:
+        with hub.services.transcriber._lock.hold(urgent=True, owner="another session"):
+            busy.set()
+            release.wait(30)
 
     async def go() -> tuple[list[dict], list[dict], Any]:
         async with connect(ws_base(base) + "/v1/ws") as ws:
             hello = await events_until(ws, lambda ev: any(e["type"] == "hello" for e in ev), 10)
             runner = hub.sessions[hello[0]["payload"]["session"]]
-            for i in range(0, len(pcm), step):
-                await ws.send(TAG_PCM + pcm[i : i + step])
-                await asyncio.sleep(0.02)
-            flood = await events_until(ws, lambda ev: "asr_busy" in error_codes(ev), 20)
+            holder = threading.Thread(target=other_session, daemon=True)
+            holder.start()
+            assert busy.wait(10)
+            try:
+                for i in range(0, len(pcm), step):
+                    await ws.send(TAG_PCM + pcm[i : i + step])
+                    await asyncio.sleep(0.02)
+                # the flood's last utterance ended (the session went back to idle), all of it still unheard
+                ended = await events_until(ws, lambda ev: idle(ev[-1]), 20)
+                waiting = runner._live._runs  # Whisper runs this stream asked for: at most the bound + 1 partial
+            finally:
+                release.set()
+                holder.join(10)
+            assert ended and idle(ended[-1]) and waiting <= hub.services.settings.max_pending_per_session + 1
+            # the utterances over the bound end with an empty final, in order, once the ones before are heard
+            flood = ended + await events_until(ws, lambda ev: "asr_busy" in error_codes(ev), 20)
             # the bound kept the session's ASR from clogging: a clip right after is heard as usual
             await ws.send(TAG_CLIP + (SPEECH / "en08_happy.ogg").read_bytes())
             after = await events_until(ws, lambda ev: any(e["type"] == "clip" for e in ev), 30)
