@@ -63,7 +63,7 @@ from avatarcast.engines.avatar_world.skeleton import (
 )
 from tools.eval import fidelity_metrics as fm
 from tools.eval import holdout
-from tools.eval.classifier import downsample_premultiplied, load_classifier, to_tensor
+from tools.eval.classifier import ClipBatcher, load_classifier
 from tools.eval.fidelity import scored_engine
 
 BODY_FIELDS = (
@@ -231,28 +231,15 @@ def run(args, log=print) -> dict:
     sets = [s for s in SETS if (args.fit or not s.startswith("rend_")) and pix]
     if args.sets:
         sets = [s for s in sets if s in ("floor", "served", *args.sets.split(","))]  # the rend_ sets go together
-    feats: dict[str, list] = {k: [] for k in ("ref", *sets)}
-    logits: dict[str, list] = {k: [] for k in feats}
-    pending: dict[str, list] = {k: [] for k in feats}
+    clips = {k: ClipBatcher(clf) for k in ("ref", *sets)}
     keys, mot = [], {"gen": [], "true": [], "ref": []}
     fit_err = {"gen": [], "true": []}
     t0 = time.time()
 
-    @torch.no_grad()
-    def flush(k):
-        if pending[k]:
-            x = to_tensor(np.stack(pending[k]))
-            f = clf.features(x)
-            feats[k].extend(f.numpy())
-            logits[k].extend(clf.emotion_head(f).numpy())
-            pending[k] = []
-
     def add(k, clip):
         if clip.shape != (n, 360, 640, 4) or clip.dtype != np.uint8:
             raise ValueError(f"{k}: clip {clip.shape} {clip.dtype}")
-        pending[k].append(downsample_premultiplied(clip))
-        if len(pending[k]) >= 8:
-            flush(k)
+        clips[k].add(clip)
 
     for av in avatars:
         for e in emotions:
@@ -287,10 +274,10 @@ def run(args, log=print) -> dict:
                 mot["true"].append(m_true)
                 mot["ref"].append(np.stack([engine.motion(av, q) for q in q_ref]))
         log(f"  {av.name} done, {time.time() - t0:.0f} s")
-    for k in feats:
-        flush(k)
-    F = {k: np.stack(v) for k, v in feats.items() if v}
-    L = {k: np.stack(v) for k, v in logits.items() if v}
+    for b in clips.values():
+        b.flush()
+    F = {k: np.stack(b.feats) for k, b in clips.items() if b.feats}
+    L = {k: np.stack(b.logits) for k, b in clips.items() if b.logits}
     emo_of = np.array([EMOTIONS.index(k[1]) for k in keys])
     res: dict = {
         "weights": wpath,

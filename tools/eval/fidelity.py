@@ -54,7 +54,7 @@ from avatarcast.engines.avatar_world import (
 from avatarcast.engines.avatar_world.render import landmarks
 from tools.eval import fidelity_metrics as fm
 from tools.eval import holdout
-from tools.eval.classifier import downsample_premultiplied, load_classifier, to_tensor
+from tools.eval.classifier import ClipBatcher, load_classifier
 from tools.eval.detector import CropSet, DetectorConfig, sample_crops, two_sample_test
 
 BLUR_SIGMA = 1.5
@@ -192,27 +192,22 @@ def reconstruction(engine, specs: list[holdout.FrameSpec], batch: int = 4) -> di
 class _Side:
     """What one set of clips (model, renderer, ...) contributes to the generation metrics."""
 
+    clips: ClipBatcher  # the classifier's features of its clips
     grad: dict = field(default_factory=dict)  # (avatar, emotion) -> [gradient sum, pixel count]
-    feats: list = field(default_factory=list)  # classifier clip features, one (384,) per clip
     crops: CropSet = field(default_factory=CropSet.empty)
-    pending: list = field(default_factory=list)  # downsampled clips waiting for a batch through the classifier
 
-    def add(self, clip: np.ndarray, key: tuple, clf, rng: np.random.Generator, crops_per_frame: int, crop: int) -> None:
+    @property
+    def feats(self) -> list:
+        return self.clips.feats
+
+    def add(self, clip: np.ndarray, key: tuple, rng: np.random.Generator, crops_per_frame: int, crop: int) -> None:
         g = self.grad.setdefault(key[:2], [0.0, 0])
         for f in clip:
             s, n = fm.gradient_sum(f)
             g[0] += s
             g[1] += n
             self.crops.add(sample_crops(f, crops_per_frame, rng, crop), key)
-        self.pending.append(downsample_premultiplied(clip))
-        if len(self.pending) >= 8:  # batches of 8 clips run the classifier ~3x faster than one by one
-            self.flush(clf)
-
-    @torch.no_grad()
-    def flush(self, clf) -> None:
-        if self.pending:
-            self.feats.extend(clf.features(to_tensor(np.stack(self.pending))).numpy())
-            self.pending = []
+        self.clips.add(clip)
 
     def sharpness(self, group: tuple) -> float:
         s, n = self.grad[group]
@@ -247,7 +242,7 @@ def generation(engine, avatars, size: EvalSize, classifier, rerun: int = 0, dete
     t0 = time.time()
     det_cfg = DetectorConfig(epochs=size.detector_epochs, seed=rerun)
     rng = np.random.default_rng(holdout.heldout_seed("gen-crops", rerun))
-    sides = {k: _Side() for k in ("model", "renderer", "renderer_other", "blurred")}
+    sides = {k: _Side(ClipBatcher(classifier)) for k in ("model", "renderer", "renderer_other", "blurred")}
     t_gen = 0.0
     for av in avatars:
         for e in size.emotions:
@@ -266,10 +261,10 @@ def generation(engine, avatars, size: EvalSize, classifier, rerun: int = 0, dete
                     ("renderer_other", other),
                     ("blurred", fm.gaussian_blur_rgba(other, BLUR_SIGMA)),
                 ):
-                    sides[name].add(clip, key, classifier, rng, size.crops_per_frame, crop=det_cfg.crop)
+                    sides[name].add(clip, key, rng, size.crops_per_frame, crop=det_cfg.crop)
         log(f"  generation: {av.name} done, {time.time() - t0:.0f} s")
     for side in sides.values():
-        side.flush(classifier)
+        side.clips.flush()
     ref = sides["renderer"]
     t1 = time.time()
     sharp = {k: _sharpness_ratios(sides[k], ref) for k in ("model", "renderer_other", "blurred")}
