@@ -85,12 +85,11 @@ def test_torch_samples_and_draws_what_onnxruntime_does(engines) -> None:
         assert (want[:, 3] > 0).mean() > 0.1  # an avatar is drawn
 
 
+@pytest.mark.parametrize("engines", ["copy"], indirect=True)  # the batched arithmetic is both folders' alike
 def test_the_batched_draw_is_each_streams_draw_over_the_common_box(engines) -> None:
     """On CUDA decode_chunks draws every stream in one call, over the streams' common box: row for row what the
     stream's own draw of that box is."""
     _, torch_e, spec = engines
-    if spec != SPECS["copy"]:
-        pytest.skip("the batched draw's arithmetic is the copy folder's and the residual's alike")
     specs = [spec, SPECS["residual"]]
     states = [torch_e.start_stream(av, e, 0.9, s) for av, e, s in specs]
     lat = torch_e.sample_chunks(states)[:, :1]  # a frame each: the arithmetic is per row
