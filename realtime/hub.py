@@ -32,6 +32,7 @@ from avatarcast.realtime.emotion import EmotionReader
 from avatarcast.realtime.engine_loader import load_engine
 from avatarcast.realtime.ladder import ladder_for
 from avatarcast.realtime.latents_index import index_for
+from avatarcast.realtime.loop_lag import LagWindow, probe
 from avatarcast.realtime.metrics import Metrics
 from avatarcast.realtime.prep import Lane, PrepLane
 from avatarcast.realtime.ratelimit import ClientSockets, Limits
@@ -88,6 +89,11 @@ class Hub:
         self.load_s: dict[str, float] = {}
         self.start_error: str | None = None  # why start() failed ("Type: message"), set by the server
         self._reaper: asyncio.Task | None = None
+        self.loop_lag = LagWindow()
+        self._lag_probe: asyncio.Task | None = None
+        self.metrics.bind_loop_lag(
+            lambda: self.loop_lag.quantile(time.monotonic(), 0.99), lambda: self.loop_lag.max(time.monotonic())
+        )
         self._closers: list[Callable[[], Awaitable[None]]] = []  # what start() started, to close in reverse
 
     @property
@@ -107,6 +113,7 @@ class Hub:
         self.loop = asyncio.get_running_loop()
         loop = self.loop
         loop_errors.install(loop)  # aiortc's failed connect tasks of refused offers: debug, not ERROR
+        self._lag_probe = asyncio.create_task(probe(self.loop_lag.observe), name="loop-lag-probe")
         await loop.run_in_executor(None, self.shared.check)  # an unreachable --redis-url fails the start
 
         async def timed(name: str, fn: Callable[[], Any]) -> Any:
@@ -272,8 +279,9 @@ class Hub:
                     log.exception("re-measuring the engine's cost failed")
 
     async def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
+        for task in (self._reaper, self._lag_probe):
+            if task is not None:
+                task.cancel()
         for sid in list(self.sessions):
             await self.close_session(sid)
         while self._closers:  # the avatars' warm-up, then the scheduler
