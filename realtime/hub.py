@@ -34,7 +34,7 @@ from avatarcast.realtime.ladder import ladder_for
 from avatarcast.realtime.latents_index import index_for
 from avatarcast.realtime.loop_lag import LagWindow, probe
 from avatarcast.realtime.metrics import Metrics
-from avatarcast.realtime.prep import Lane, PrepLane
+from avatarcast.realtime.prep import Lane, PrepProcess
 from avatarcast.realtime.ratelimit import ClientSockets, Limits
 from avatarcast.realtime.runner import SessionRunner
 from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler, Scheduler
@@ -68,7 +68,7 @@ class Hub:
         self.make_scheduler = make_scheduler
         self.services: Services | None = None  # set once the models are loaded
         self.clips: ClipRenderer | None = None
-        self.prep: PrepLane | None = None  # where clients' new avatars are prepared (the tiny engine's second copy)
+        self.prep: PrepProcess | None = None  # where clients' new avatars are prepared (realtime/prep.py)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sessions: dict[str, SessionRunner] = {}
         # session id -> when it closed, while its engine time may still be in admission control's window
@@ -186,28 +186,19 @@ class Hub:
         self.ready.set()
 
     async def _prep_lane(self, engine: StreamEngine, cache: LatentsCache) -> Lane | None:
-        """Where clients' new avatars are prepared (realtime/prep.py): the tiny engine loads twice cheaply, so it
-        gets a second one on a low-priority thread; an engine that declares `shared_prep` (motion on onnxruntime)
-        hands one out that shares its prepared avatars; other engines prepare on their own between chunk jobs
-        (None)."""
+        """Where clients' new avatars are prepared (realtime/prep.py): a low-priority process with an engine of its
+        own, for the tiny engine (it loads twice cheaply) and for engines that take prepared avatars over
+        (`shared_prep`: motion on onnxruntime); other engines prepare on their own between chunk jobs (None)."""
         s = self.settings
-        if s.engine == "tiny":
-            one_thread = dataclasses.replace(s, threads=1)  # at most one core, on CPU time nothing live wants
-
-            def load() -> Any:
-                return load_engine(one_thread)
-
-        elif engine.capabilities.shared_prep:
-            source = cast(PrepEngineSource, engine)
-
-            def load() -> Any:
-                return source.prep_engine(1)  # one core at most, as tiny's
-
-        else:
+        shared = engine.capabilities.shared_prep
+        if s.engine != "tiny" and not shared:
             return None
-        prep = PrepLane(
-            load,
-            lambda engine: LatentsCache(engine, cache.templates, cache.cache_dir, store=cache.store, index=cache.index),
+        prep = PrepProcess(
+            dataclasses.replace(s, threads=1),  # one runtime thread: at most one core, on CPU time nothing live wants
+            cache.templates,
+            cache.cache_dir,
+            cache.store,
+            adopt=cast(PrepEngineSource, engine) if shared else None,
         )
         self._closers.append(prep.close)
         self.prep = prep
