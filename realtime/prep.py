@@ -50,12 +50,16 @@ class PrepFailed(AvatarcastError):
     code = ErrorCode.ENGINE_FAILED
 
 
-def lower_priority() -> str:
-    """Put the calling thread (in the preparation child: every thread it starts after) at the lowest CPU
-    priority it can get; says which it got."""
+def lower_priority(every_thread: bool = False) -> str:
+    """Put the calling thread (with every_thread: each thread of this process, on Linux) at the lowest CPU priority
+    it can get; says which it got. Threads started afterwards inherit it."""
+    tids = [0]  # 0: the calling thread (Linux keeps a policy per thread)
+    if every_thread and os.path.isdir("/proc/self/task"):
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
     if hasattr(os, "SCHED_IDLE"):
-        try:  # pid 0: the calling thread (Linux keeps a policy per thread; new threads inherit it)
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        try:
+            for tid in tids:
+                os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
             return "SCHED_IDLE"
         except OSError:  # a seccomp profile may refuse it
             pass
@@ -108,19 +112,21 @@ _child: dict[str, Any] = {}
 
 
 def _child_start(settings: Any, templates: dict, cache_dir: Any, store: Any) -> str:
-    """The child's initializer: its priority first (the runtime's threads, started by the load, inherit it), then
-    its engine and cache. The index is rebuilt from the settings (a Redis client does not cross processes)."""
+    """The child's initializer: its engine and cache, then the lowest priority for each of its threads. Loaded at
+    normal priority: at SCHED_IDLE beside two busy cores the load (a second or two of a core) gets almost no CPU,
+    and the server's start waits for it. The index is rebuilt from the settings (a Redis client does not cross
+    processes)."""
     from avatarcast.realtime.engine_loader import load_engine
     from avatarcast.realtime.latents_index import index_for
     from avatarcast.realtime.shared_state import make_shared_state
     from avatarcast.templates.cache import LatentsCache
 
-    _child["priority"] = lower_priority()
     engine = load_engine(settings)
     _child["engine"] = engine
     _child["cache"] = LatentsCache(
         engine, templates, cache_dir, store=store, index=index_for(make_shared_state(settings.redis_url))
     )
+    _child["priority"] = lower_priority(every_thread=True)  # the runtime's threads too, and the pool's feeder after
     return _child["priority"]
 
 

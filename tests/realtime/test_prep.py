@@ -83,14 +83,15 @@ def test_the_prep_process_makes_the_same_loop_as_the_server_would_in_a_child_at_
     async def go() -> tuple[Any, ...]:
         prep = await prep_lane(cache).start()
         try:
-            policy = os.sched_getscheduler(prep.pid)
+            assert prep.pid is not None
+            policy = {os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{prep.pid}/task")}  # every thread
             loop = await prep.loop(params, "listening", 16)
         finally:
             await prep.close()
         return prep, policy, loop, await make_loop(here, one_thread, params, "listening", 16)
 
     prep, policy, loop, expected = run(go())
-    assert prep.pid != os.getpid() and prep.priority == "SCHED_IDLE" and policy == os.SCHED_IDLE
+    assert prep.pid != os.getpid() and prep.priority == "SCHED_IDLE" and policy == {os.SCHED_IDLE}
     assert os.sched_getscheduler(0) != os.SCHED_IDLE
     assert loop.shape == (16, 360, 640, 4) and loop.dtype == np.uint8
     assert np.array_equal(loop, expected)
@@ -235,3 +236,23 @@ def test_the_served_hub_prepares_clients_avatars_in_an_idle_priority_process(ser
     assert isinstance(prep, PrepProcess) and prep.priority == "SCHED_IDLE" and prep.pid != os.getpid()
     assert os.sched_getscheduler(prep.pid) == os.SCHED_IDLE
     assert all(os.sched_getscheduler(int(tid)) != os.SCHED_IDLE for tid in os.listdir("/proc/self/task"))
+
+
+def test_the_served_hub_hands_the_live_engine_the_avatar_its_prep_process_prepared(server_hub: Any) -> None:
+    """Motion keeps per-avatar work (the reference encoded, the atlas rendered): the child's copy comes back as
+    arrays, so a session of the new avatar finds it done instead of preparing it on the live engine."""
+    from avatarcast.engines.tiny.engine import avatar_cache_key
+
+    engine = server_hub.services.engine
+    if not engine.capabilities.shared_prep:
+        pytest.skip("the served engine keeps no prepared avatars")
+
+    async def prepare() -> Any:
+        a = server_hub.services.avatars.get("random-4242", client="ip:test-adopt")
+        await asyncio.wait_for(a.ready.wait(), 150)
+        return a
+
+    a = asyncio.run_coroutine_threadsafe(prepare(), server_hub.loop).result(160)
+    assert a.error is None and len(a.loops["idle"]) == 16
+    key = avatar_cache_key(a.params)
+    assert key in engine._avatars  # adopted, not prepared there: nothing else on the server asked for random-4242
