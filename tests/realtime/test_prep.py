@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from avatarcast.engines.avatar_world import get_avatar
 from avatarcast.engines.errors import ErrorCode
 from avatarcast.realtime.avatars import AvatarsFull, AvatarStore, PreparingOne
 from avatarcast.realtime.engine_loader import load_engine
-from avatarcast.engines.avatar_world import get_avatar
 from avatarcast.realtime.prep import PrepFailed, PrepProcess, lower_priority, make_loop
 from avatarcast.realtime.scheduler import EngineScheduler
 from avatarcast.realtime.settings import Settings
