@@ -36,8 +36,8 @@ class EngineCapabilities:
     # False where the sampler is a sliver of a chunk's cost (the motion engine's capabilities say how thin): the
     # ladder then skips that rung, which would only delay the next useful one under load
     fewer_steps_cheaper: bool = True
-    # prep_engine(threads) (PrepEngineSource) gives an engine with its own runtime threads that shares this one's
-    # prepared avatars: the Hub prepares clients' new avatars on it, off the live engine (realtime/prep.py)
+    # prepared avatars can be handed over (PrepEngineSource): the Hub prepares clients' new avatars in a process of
+    # their own and gives this engine what it prepared there (realtime/prep.py)
     shared_prep: bool = False
 
 
@@ -53,10 +53,18 @@ class StreamStart:
 
 
 class PrepEngineSource(Protocol):
-    """An engine that declares `shared_prep`: a second engine for preparing avatars, whose per-avatar work (a
-    reference encoded, an atlas rendered) this engine then finds done."""
+    """An engine that declares `shared_prep`: its per-avatar work (a reference encoded, an atlas rendered) can be
+    done by another copy of it, in another process, and handed over as plain arrays."""
 
     def prep_engine(self, threads: int) -> Any: ...
+
+    def prepared_avatar(self, avatar: Any) -> tuple[str, Any]:
+        """(key, what this engine keeps of the avatar), prepared here if it was not: picklable."""
+        ...
+
+    def adopt_avatar(self, key: str, prepared: Any) -> None:
+        """Keep another copy's prepared_avatar(), as if prepared here."""
+        ...
 
 
 class LatentShapes(Protocol):

@@ -37,7 +37,7 @@ import numpy as np
 from avatarcast.engines.avatar_world import BUILTIN_AVATARS, get_avatar
 from avatarcast.engines.avatar_world.reference import reference_frame
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
-from avatarcast.realtime.prep import Lane, engine_lane
+from avatarcast.realtime.prep import LOOPS, EngineLane, Lane
 from avatarcast.realtime.ratelimit import retry_after
 
 log = logging.getLogger("avatarcast.avatars")
@@ -137,8 +137,8 @@ class AvatarStore:
         self.precompute = precompute
         self.max_avatars = max_avatars
         self.max_preparing = max_preparing
-        self._engine_lane = engine_lane(engine, cache, scheduler)
-        self._prep = prep or self._engine_lane
+        self._engine_lane = EngineLane(engine, scheduler)
+        self._prep: Lane = prep or self._engine_lane
         self._prep_turn = asyncio.Lock()  # clients' avatars are prepared one at a time, first asked first
         self._preparing: dict[str, str] = {}  # clients' new avatars not ready yet -> the client that asked
         self.prep_s = 10.0  # running estimate of one preparation's seconds (for Retry-After)
@@ -274,25 +274,16 @@ class AvatarStore:
         finally:
             if self._preparing.pop(a.name, None) is not None and a.warm_s is not None:
                 self.prep_s = 0.7 * self.prep_s + 0.3 * a.warm_s
-            if lane.cache is not None and lane.cache is not self.cache:
-                lane.cache.forget(a.params)  # the live cache has the entries now: keep them once
 
     async def _prepare(self, a: AvatarAssets, lane: Lane) -> None:
         t0 = time.perf_counter()
-        run, engine = lane.run, lane.engine
         try:
-            for kind, seed, intensity in (("idle", 1, 0.5), ("listening", 2, 0.6)):
-                state = await run(engine.start_stream, a.params, kind, intensity, seed)
-                await run(engine.sample_chunks, [state])  # leave the rest pose
-                chunks: list[np.ndarray] = []
-                while sum(len(c) for c in chunks) < self.loop_frames:
-                    chunks.append((await run(engine.next_chunk, [state]))[0])
-                a.loops[kind] = np.concatenate(chunks)[: self.loop_frames]
+            for kind, _, _ in LOOPS:
+                a.loops[kind] = await lane.loop(a.params, kind, self.loop_frames)
             if self.precompute and self.cache is not None:
                 stats: dict = {}
                 for emotion in self.cache.templates:
-                    if lane.cache is not self.cache:  # built there and written to the store...
-                        await run(lane.cache.precompute, [a.params], [emotion])
+                    await lane.build_cache(a.params, emotion)  # built there and written to the store...
                     # ...then read into the live cache's memory between chunk jobs (~20 ms an entry; built here only
                     # if the store refused the entries)
                     loaded = await self.scheduler.run_background(self.cache.precompute, [a.params], [emotion])

@@ -32,8 +32,9 @@ from avatarcast.realtime.emotion import EmotionReader
 from avatarcast.realtime.engine_loader import load_engine
 from avatarcast.realtime.ladder import ladder_for
 from avatarcast.realtime.latents_index import index_for
+from avatarcast.realtime.loop_lag import LagWindow, probe
 from avatarcast.realtime.metrics import Metrics
-from avatarcast.realtime.prep import Lane, PrepLane
+from avatarcast.realtime.prep import Lane, PrepProcess
 from avatarcast.realtime.ratelimit import ClientSockets, Limits
 from avatarcast.realtime.runner import SessionRunner
 from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler, Scheduler
@@ -67,7 +68,7 @@ class Hub:
         self.make_scheduler = make_scheduler
         self.services: Services | None = None  # set once the models are loaded
         self.clips: ClipRenderer | None = None
-        self.prep: PrepLane | None = None  # where clients' new avatars are prepared (the tiny engine's second copy)
+        self.prep: PrepProcess | None = None  # where clients' new avatars are prepared (realtime/prep.py)
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sessions: dict[str, SessionRunner] = {}
         # session id -> when it closed, while its engine time may still be in admission control's window
@@ -88,6 +89,11 @@ class Hub:
         self.load_s: dict[str, float] = {}
         self.start_error: str | None = None  # why start() failed ("Type: message"), set by the server
         self._reaper: asyncio.Task | None = None
+        self.loop_lag = LagWindow()
+        self._lag_probe: asyncio.Task | None = None
+        self.metrics.bind_loop_lag(
+            lambda: self.loop_lag.quantile(time.monotonic(), 0.99), lambda: self.loop_lag.max(time.monotonic())
+        )
         self._closers: list[Callable[[], Awaitable[None]]] = []  # what start() started, to close in reverse
 
     @property
@@ -107,6 +113,7 @@ class Hub:
         self.loop = asyncio.get_running_loop()
         loop = self.loop
         loop_errors.install(loop)  # aiortc's failed connect tasks of refused offers: debug, not ERROR
+        self._lag_probe = asyncio.create_task(probe(self.loop_lag.observe), name="loop-lag-probe")
         await loop.run_in_executor(None, self.shared.check)  # an unreachable --redis-url fails the start
 
         async def timed(name: str, fn: Callable[[], Any]) -> Any:
@@ -179,28 +186,19 @@ class Hub:
         self.ready.set()
 
     async def _prep_lane(self, engine: StreamEngine, cache: LatentsCache) -> Lane | None:
-        """Where clients' new avatars are prepared (realtime/prep.py): the tiny engine loads twice cheaply, so it
-        gets a second one on a low-priority thread; an engine that declares `shared_prep` (motion on onnxruntime)
-        hands one out that shares its prepared avatars; other engines prepare on their own between chunk jobs
-        (None)."""
+        """Where clients' new avatars are prepared (realtime/prep.py): a low-priority process with an engine of its
+        own, for the tiny engine (it loads twice cheaply) and for engines that take prepared avatars over
+        (`shared_prep`: motion on onnxruntime); other engines prepare on their own between chunk jobs (None)."""
         s = self.settings
-        if s.engine == "tiny":
-            one_thread = dataclasses.replace(s, threads=1)  # at most one core, on CPU time nothing live wants
-
-            def load() -> Any:
-                return load_engine(one_thread)
-
-        elif engine.capabilities.shared_prep:
-            source = cast(PrepEngineSource, engine)
-
-            def load() -> Any:
-                return source.prep_engine(1)  # one core at most, as tiny's
-
-        else:
+        shared = engine.capabilities.shared_prep
+        if s.engine != "tiny" and not shared:
             return None
-        prep = PrepLane(
-            load,
-            lambda engine: LatentsCache(engine, cache.templates, cache.cache_dir, store=cache.store, index=cache.index),
+        prep = PrepProcess(
+            dataclasses.replace(s, threads=1),  # one runtime thread: at most one core, on CPU time nothing live wants
+            cache.templates,
+            cache.cache_dir,
+            cache.store,
+            adopt=cast(PrepEngineSource, engine) if shared else None,
         )
         self._closers.append(prep.close)
         self.prep = prep
@@ -272,8 +270,9 @@ class Hub:
                     log.exception("re-measuring the engine's cost failed")
 
     async def close(self) -> None:
-        if self._reaper is not None:
-            self._reaper.cancel()
+        for task in (self._reaper, self._lag_probe):
+            if task is not None:
+                task.cancel()
         for sid in list(self.sessions):
             await self.close_session(sid)
         while self._closers:  # the avatars' warm-up, then the scheduler

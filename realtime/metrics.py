@@ -103,6 +103,12 @@ class Metrics:
             "avatarcast_engine_batch_seconds", "sample + decode time of one batch", buckets=STAGE_BUCKETS, registry=r
         )
         self.errors = Counter("avatarcast_session_errors", "error events sent to clients", ["code"], registry=r)
+        self.loop_lag = Gauge(
+            "avatarcast_event_loop_lag_seconds",
+            "how late the event loop woke a 10 ms sleep, over the last minute (realtime/loop_lag.py)",
+            ["stat"],
+            registry=r,
+        )
 
     def bind(self, sessions: Callable[[], int], peers: Callable[[], int], queue: Callable[[], int]) -> None:
         """Gauges read live values when scraped (no bookkeeping to drift)."""
@@ -121,6 +127,10 @@ class Metrics:
     def bind_load(self, level: Callable[[], int], busy: Callable[[], float]) -> None:
         self.degradation_level.set_function(level)
         self.engine_busy.set_function(busy)
+
+    def bind_loop_lag(self, p99: Callable[[], float], worst: Callable[[], float]) -> None:
+        self.loop_lag.labels("p99").set_function(p99)
+        self.loop_lag.labels("max").set_function(worst)
 
     def observe_latency(self, payload: dict[str, Any]) -> None:
         kind = str(payload.get("kind") or "unknown")

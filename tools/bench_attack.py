@@ -71,6 +71,11 @@ def snapshot(base: str) -> dict[str, Any]:
         # the live path's quality: reaction frames that found no chunk ready (held), and the ladder's level
         "chunk_late_frames": int(status["stats"].get("chunk_late_frames", 0)),
         "degradation_level": (status.get("load") or {}).get("degradation_level"),
+        # the event loop's lag over the last minute (realtime/loop_lag.py): what every session waited at once
+        "loop_lag_ms": {
+            k: round(1000 * m.get(f'avatarcast_event_loop_lag_seconds{{stat="{k}"}}', float("nan")), 1)
+            for k in ("p99", "max")
+        },
     }
 
 

@@ -213,6 +213,20 @@ class MotionEngine:
         sibling._avatars, sibling._lock = self._avatars, self._lock
         return sibling
 
+    def prepared_avatar(self, avatar: Any) -> tuple[str, _Avatar]:
+        """(key, the prepared avatar) for adopt_avatar() in another process (realtime/prep.py): plain arrays on the
+        onnxruntime backend."""
+        key = avatar_cache_key(avatar)
+        return key, self._avatar(avatar, key)
+
+    def adopt_avatar(self, key: str, prepared: _Avatar) -> None:
+        """Keep an avatar another copy of this engine prepared (prepared_avatar()), as if prepared here."""
+        with self._lock:
+            self._avatars[key] = prepared
+            self._avatars.move_to_end(key)
+            while len(self._avatars) > MAX_AVATARS:
+                self._avatars.popitem(last=False)
+
     @property
     def graphs_ready(self) -> None:
         return None

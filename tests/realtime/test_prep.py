@@ -1,19 +1,23 @@
 """Avatar preparation off the live path (realtime/prep.py) and its bounds (realtime/avatars.py), with the real
-shipped tiny engine (onnxruntime), the real scheduler and a real latents cache on disk."""
+shipped tiny engine (onnxruntime), a real preparation process, the real scheduler and a real latents cache on
+disk."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import threading
 from typing import Any
 
+import numpy as np
 import pytest
 
+from avatarcast.engines.avatar_world import get_avatar
 from avatarcast.engines.errors import ErrorCode
 from avatarcast.realtime.avatars import AvatarsFull, AvatarStore, PreparingOne
 from avatarcast.realtime.engine_loader import load_engine
-from avatarcast.realtime.prep import PrepLane, lower_priority
+from avatarcast.realtime.prep import PrepFailed, PrepProcess, lower_priority, make_loop
 from avatarcast.realtime.scheduler import EngineScheduler
 from avatarcast.realtime.settings import Settings
 from avatarcast.templates import load_templates
@@ -37,12 +41,9 @@ def two_templates() -> dict:
     return {k: t[k] for k in ("idle", "happy")}
 
 
-def prep_lane(cache: LatentsCache) -> PrepLane:
-    """As the Hub builds it: a second tiny engine on one thread, a cache on the same store."""
-    return PrepLane(
-        lambda: load_engine(Settings(engine="tiny", threads=1)),
-        lambda e: LatentsCache(e, cache.templates, cache.cache_dir, store=cache.store, index=cache.index),
-    )
+def prep_lane(cache: LatentsCache) -> PrepProcess:
+    """As the Hub builds it for tiny: a process with a second tiny engine of one thread, a cache on the same store."""
+    return PrepProcess(Settings(engine="tiny", threads=1), cache.templates, cache.cache_dir, cache.store)
 
 
 @linux_only
@@ -60,26 +61,68 @@ def test_lower_priority_lowers_the_calling_thread_only() -> None:
     assert os.sched_getscheduler(0) != os.SCHED_IDLE  # this thread, and so the event loop's, keeps its own
 
 
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 @linux_only
-def test_the_prep_lane_runs_its_own_engine_on_one_idle_priority_thread(engine: Any, tmp_path: Any) -> None:
-    cache = LatentsCache(engine, two_templates(), tmp_path)
+def test_the_prep_process_makes_the_same_loop_as_the_server_would_in_a_child_at_idle_priority(tmp_path: Any) -> None:
+    """The loop comes back from a child process at SCHED_IDLE (the server's own threads keep their priority),
+    equal to the one an engine of the same settings makes here; close() reaps the child."""
+    one_thread = load_engine(Settings(engine="tiny", threads=1))
+    cache = LatentsCache(one_thread, two_templates(), tmp_path)
+    params = get_avatar("random-5")
+
+    async def here(fn: Any, *args: Any) -> Any:
+        return fn(*args)
 
     async def go() -> tuple[Any, ...]:
-        prep = prep_lane(cache)
-        lane = await prep.start()
+        prep = await prep_lane(cache).start()
         try:
-            where = await lane.run(threading.get_native_id)
-            state = await lane.run(lane.engine.start_stream, "bun", "idle", 0.5, 1)
-            frames = (await lane.run(lane.engine.next_chunk, [state]))[0]
-            return prep, lane, where, frames
+            assert prep.pid is not None
+            policy = {os.sched_getscheduler(int(t)) for t in os.listdir(f"/proc/{prep.pid}/task")}  # every thread
+            loop = await prep.loop(params, "listening", 16)
+        finally:
+            await prep.close()
+        return prep, policy, loop, await make_loop(here, one_thread, params, "listening", 16)
+
+    prep, policy, loop, expected = run(go())
+    assert prep.pid != os.getpid() and prep.priority == "SCHED_IDLE" and policy == {os.SCHED_IDLE}
+    assert os.sched_getscheduler(0) != os.SCHED_IDLE
+    assert loop.shape == (16, 360, 640, 4) and loop.dtype == np.uint8
+    assert np.array_equal(loop, expected)
+    assert not alive(prep.pid)  # reaped, not left a zombie or an orphan
+
+
+def test_the_prep_process_errors_come_back_typed_and_a_dead_child_is_replaced(tmp_path: Any) -> None:
+    """An error raised in the child comes back as itself; a child killed mid-life comes back as PrepFailed (an
+    AvatarcastError), and the next call runs in a new child."""
+    cache = LatentsCache(load_engine(Settings(engine="tiny", threads=1)), two_templates(), tmp_path)
+
+    async def go() -> tuple[Any, ...]:
+        prep = await prep_lane(cache).start()
+        first = prep.pid
+        try:
+            with pytest.raises(ValueError, match="no template for emotion"):
+                await prep.build_cache(get_avatar("pip"), "no-such-emotion")
+            assert prep.pid is not None
+            os.kill(prep.pid, signal.SIGKILL)
+            with pytest.raises(PrepFailed) as failed:
+                await prep.loop(get_avatar("pip"), "idle", 4)
+            again = await prep.loop(get_avatar("pip"), "idle", 4)
+            await prep.start()  # says the new child's pid
+            return first, prep.pid, failed.value, again
         finally:
             await prep.close()
 
-    prep, lane, where, frames = run(go())
-    assert prep.priority == "SCHED_IDLE" and where == prep.thread_id != threading.get_native_id()
-    assert os.sched_getscheduler(0) != os.SCHED_IDLE
-    assert lane.engine is not engine and lane.cache is not cache and lane.cache.store is cache.store
-    assert frames.shape == (4, 360, 640, 4)
+    first, second, failed, again = run(go())
+    assert failed.code is ErrorCode.ENGINE_FAILED and second != first and not alive(first)
+    assert again.shape == (4, 360, 640, 4)
+    assert not alive(second)
 
 
 def test_a_prepared_avatar_has_its_loops_and_its_cache_in_the_live_cache_once(engine: Any, tmp_path: Any) -> None:
@@ -94,19 +137,18 @@ def test_a_prepared_avatar_has_its_loops_and_its_cache_in_the_live_cache_once(en
             a = store.get("random-11", client="ip:10.0.0.1")
             assert store.preparing == 1 and not a.ready.is_set()
             await asyncio.wait_for(a.ready.wait(), 120)
-            return a, store, prep.lane
+            return a, store
         finally:
             await store.close()
             await prep.close()
             await sch.close()
 
-    a, store, lane = run(go())
+    a, store = run(go())
     assert a.error is None and len(a.loops["idle"]) == len(a.loops["listening"]) == 16
     assert store.preparing == 0
     for emotion, variants in (("idle", 1), ("happy", 2)):
         for v in range(variants):
-            assert cache.lookup(a.params, emotion, v) is not None  # the live cache has every entry...
-    assert len(lane.cache) == 0  # ...and the lane's cache let go of its copies
+            assert cache.lookup(a.params, emotion, v) is not None  # the live cache has every entry, from the store
 
 
 def test_new_avatars_are_bounded_per_client_and_in_all_with_retry_after(engine: Any, tmp_path: Any) -> None:
@@ -187,12 +229,30 @@ def test_a_new_avatars_still_is_drawn_off_the_event_loop(engine: Any, tmp_path: 
 
 
 @linux_only
-def test_the_served_hub_prepares_clients_avatars_on_an_idle_priority_thread(server_hub: Any) -> None:
-    async def loop_thread() -> int:
-        return threading.get_native_id()
-
+def test_the_served_hub_prepares_clients_avatars_in_an_idle_priority_process(server_hub: Any) -> None:
+    """The child is at SCHED_IDLE, and no thread of the server's own process is: one that held the GIL while the
+    kernel starved it would stall the event loop (the priority inversion realtime/prep.py is about)."""
     prep = server_hub.prep
-    assert prep is not None and prep.priority == "SCHED_IDLE"
-    assert os.sched_getscheduler(prep.thread_id) == os.SCHED_IDLE
-    loop_tid = asyncio.run_coroutine_threadsafe(loop_thread(), server_hub.loop).result(10)
-    assert loop_tid != prep.thread_id and os.sched_getscheduler(loop_tid) != os.SCHED_IDLE
+    assert isinstance(prep, PrepProcess) and prep.priority == "SCHED_IDLE" and prep.pid != os.getpid()
+    assert os.sched_getscheduler(prep.pid) == os.SCHED_IDLE
+    assert all(os.sched_getscheduler(int(tid)) != os.SCHED_IDLE for tid in os.listdir("/proc/self/task"))
+
+
+def test_the_served_hub_hands_the_live_engine_the_avatar_its_prep_process_prepared(server_hub: Any) -> None:
+    """Motion keeps per-avatar work (the reference encoded, the atlas rendered): the child's copy comes back as
+    arrays, so a session of the new avatar finds it done instead of preparing it on the live engine."""
+    from avatarcast.engines.tiny.engine import avatar_cache_key
+
+    engine = server_hub.services.engine
+    if not engine.capabilities.shared_prep:
+        pytest.skip("the served engine keeps no prepared avatars")
+
+    async def prepare() -> Any:
+        a = server_hub.services.avatars.get("random-4242", client="ip:test-adopt")
+        await asyncio.wait_for(a.ready.wait(), 150)
+        return a
+
+    a = asyncio.run_coroutine_threadsafe(prepare(), server_hub.loop).result(160)
+    assert a.error is None and len(a.loops["idle"]) == 16
+    key = avatar_cache_key(a.params)
+    assert key in engine._avatars  # adopted, not prepared there: nothing else on the server asked for random-4242
