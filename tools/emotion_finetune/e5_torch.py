@@ -477,3 +477,18 @@ class CEngine:
         if getattr(self, "_m", None):
             self._lib.e5_free(self._m)
             self._m = None
+
+
+def raw_pack(img: Image, layer_ids: list[int]) -> bytes:
+    """The image's own bytes of these layers in pack_layers' format (what pack_layers gives for unchanged layers)."""
+    parts, count = [b"E5L1", b""], 0
+    for i in layer_ids:
+        for t in LAYER_TENSORS:
+            for suffix in ("w", "b"):
+                name = f"l{i}.{t}.{suffix}"
+                e = img.entries[name]
+                parts += [struct.pack("<H", len(name)), name.encode(), struct.pack("<BI", e.dtype, e.nbytes)]
+                parts.append(bytes(img.raw(name)))
+                count += 1
+    parts[1] = struct.pack("<I", count)
+    return b"".join(parts)
