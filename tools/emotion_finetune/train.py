@@ -218,7 +218,6 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
     dev = torch.device(args.device)
-    torch.manual_seed(args.rng)
     if not 0 <= args.k <= 12:
         raise SystemExit("--k is 0..12")
     start = 12 - args.k
@@ -233,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     layers = make_layers(ids, packs, st["H"], st["FF"], st["NH"], st["eps"])
     for ly in layers.layers.values():
         ly.weight_quant = not args.no_qat
+    torch.manual_seed(args.rng)  # here: the head's init does not depend on whether the states were cached
     model = Model(layers, ids, len(st["labels"]), st["H"]).to(dev)
 
     views = [st["views"].index(v) for v in args.views.split(",")]
@@ -249,7 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     groups += [{"params": body, "lr": args.lr}] if body else []
     opt = torch.optim.AdamW(groups, weight_decay=args.wd)
     ckpt = args.work / f"ckpt_k{args.k}.pt"
-    sig = {k: str(v) for k, v in sorted(vars(args).items()) if k not in ("max_minutes", "out", "device")}
+    sig = {
+        k: str(v)
+        for k, v in sorted(vars(args).items())
+        if k not in ("max_minutes", "out", "device", "epochs", "patience")
+    }
     state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "history": [], "best_state": None}
     if ckpt.is_file():
         saved = torch.load(ckpt, weights_only=False, map_location=dev)

