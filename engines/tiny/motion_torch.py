@@ -62,6 +62,7 @@ class TorchMotionBackend:
         cheaper: MotionDecoder | None = None,
         batch_streams: bool | None = None,
         max_rows: int = 256,
+        compose: bool | None = None,
     ):
         self.max_rows = int(max_rows)
         self._dev = torch.device(device)
@@ -74,10 +75,19 @@ class TorchMotionBackend:
         self.atlas = int(decoder.shape.atlas)
         self.window_hw = (int(decoder.shape.pad_height), int(decoder.shape.window_width))
         self.batch_streams = self._dev.type == "cuda" if batch_streams is None else bool(batch_streams)
+        # where the engine composes the frames (engines/tiny/motion_compose.py): on CUDA the device, so the frames
+        # leave it once, as uint8; on the CPU numpy's _compose, which is as fast there (docs/training/motion.md)
+        on_device = self._dev.type == "cuda" if compose is None else bool(compose)
+        self.compose_device: str | None = self.device if on_device else None
 
     @classmethod
     def from_folder(
-        cls, manifest: MotionManifest, device: str = "cpu", verify: bool = True, batch_streams: bool | None = None
+        cls,
+        manifest: MotionManifest,
+        device: str = "cpu",
+        verify: bool = True,
+        batch_streams: bool | None = None,
+        compose: bool | None = None,
     ) -> TorchMotionBackend:
         """An exported folder's graphs as torch networks (engines/tiny/motion_graph_weights.py), and the decoder of
         the folder its manifest names `cheaper_draw`, if any (checked to draw the same motions, copy-only).
@@ -102,10 +112,15 @@ class TorchMotionBackend:
                     f"{manifest.path}: the cheaper_draw folder's decoder reads the reference's features: only a "
                     "copy-only decoder can draw with another folder's reference"
                 )
-        return cls(dec, den, device, copy_only, cheaper, batch_streams)
+        return cls(dec, den, device, copy_only, cheaper, batch_streams, compose=compose)
 
     def describe(self) -> dict:
-        return {"backend": self.name, "device": self.device, "batch_streams": self.batch_streams}
+        return {
+            "backend": self.name,
+            "device": self.device,
+            "batch_streams": self.batch_streams,
+            "compose_device": self.compose_device,
+        }
 
     @property
     def device_name(self) -> str | None:
@@ -145,16 +160,27 @@ class TorchMotionBackend:
         box: tuple[int, int, int, int],
         cheaper: bool = False,
     ) -> np.ndarray:
-        dec, copy_only = self._decoder(cheaper)
         with torch.inference_mode():
-            m = self._tensor(motions)
-            n = len(m)
-            rm = self._tensor(ref_motion).reshape(1, -1).expand(n, -1)
-            feats = tuple(f.expand(n, *f.shape[1:]) for f in ref.feats)
-            # one avatar's reference at batch 1, as the exported graph draws it (mixed_reference's matrix products)
-            ref_win = ref.ref_win if ref.atlas is not None else ref.ref_win.expand(n, -1, -1, -1)
-            y = dec.draw(m, rm, ref_win, feats, self._centres(box), ref.atlas, one_avatar=True, copy_only=copy_only)
-            return y.float().cpu().numpy()
+            return self.draw_t(ref, self._tensor(motions), self._tensor(ref_motion), box, cheaper).float().cpu().numpy()
+
+    def draw_t(
+        self,
+        ref: TorchReference,
+        motions: torch.Tensor,
+        ref_motion: torch.Tensor,
+        box: tuple[int, int, int, int],
+        cheaper: bool = False,
+    ) -> torch.Tensor:
+        """`draw` on the device: raw motions (n, D) and the canonical one (D,) as tensors -> (n, 4, h, w) there."""
+        dec, copy_only = self._decoder(cheaper)
+        n = len(motions)
+        rm = ref_motion.reshape(1, -1).expand(n, -1)
+        feats = tuple(f.expand(n, *f.shape[1:]) for f in ref.feats)
+        # one avatar's reference at batch 1, as the exported graph draws it (mixed_reference's matrix products)
+        ref_win = ref.ref_win if ref.atlas is not None else ref.ref_win.expand(n, -1, -1, -1)
+        return dec.draw(
+            motions, rm, ref_win, feats, self._centres(box), ref.atlas, one_avatar=True, copy_only=copy_only
+        )
 
     def draw_streams_t(
         self,
