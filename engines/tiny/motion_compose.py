@@ -80,11 +80,14 @@ class DeviceCompose:
         return out
 
     def _window(self, drawn: Sequence[torch.Tensor], boxes: Sequence[Box], n: int) -> torch.Tensor:
-        """The padded window (S * n, 4, pad_H, window_W), transparent (-1) but for each stream's box."""
+        """The padded window (S * n, 4, pad_H, window_W), transparent (-1) but for each stream's box (cut where it
+        reaches past the window: MotionEngine.bucket_box)."""
         w = self.window
-        y = torch.full((len(drawn) * n, 4, w.pad_height, w.window_width), -1.0, device=self.device)
+        H, W = w.pad_height, w.window_width
+        y = torch.full((len(drawn) * n, 4, H, W), -1.0, device=self.device)
         for k, (d, (by, bx, bh, bw)) in enumerate(zip(drawn, boxes)):
-            y[k * n : (k + 1) * n, :, by : by + bh, bx : bx + bw] = d.float().clamp(-1, 1)
+            bh, bw = min(bh, H - by), min(bw, W - bx)
+            y[k * n : (k + 1) * n, :, by : by + bh, bx : bx + bw] = d[..., :bh, :bw].float().clamp(-1, 1)
         return y
 
     def _effects(self, y: torch.Tensor, motions: np.ndarray, sprites: Sequence[DeviceSprites]) -> None:

@@ -5,6 +5,7 @@ onnxruntime instead."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -187,18 +188,24 @@ class TorchMotionBackend:
         refs: list[TorchReference],
         motions: torch.Tensor,
         ref_motions: torch.Tensor,
-        box: tuple[int, int, int, int],
+        boxes: Sequence[tuple[int, int, int, int]],
         cheaper: bool = False,
     ) -> torch.Tensor:
         """Every stream's frames in one decoder call, on the device: refs (S,), raw motions (S, n, D) and the
-        canonical ones (S, D) as tensors -> (S, n, 4, h, w) of one box (the streams' common one). Calls of at most
-        `max_rows` rows (a row holds some 30 MB of window-sized intermediates: 200 streams of 4 frames in one call
-        would want 20-odd GB)."""
+        canonical ones (S, D) as tensors, and each stream's box (all of one size, anywhere in the window; one box
+        for all: the streams' common one) -> (S, n, 4, h, w). Calls of at most `max_rows` rows (a row holds some
+        30 MB of window-sized intermediates: 200 streams of 4 frames in one call would want 20-odd GB)."""
         S, n = motions.shape[:2]
+        if len(boxes) == 1:
+            boxes = list(boxes) * S
+        if len({b[2:] for b in boxes}) != 1 or len(boxes) != S:
+            raise ValueError(f"one box a stream ({S}), all of one size; got {sorted({b[2:] for b in boxes})}")
         per = max(1, self.max_rows // max(1, n))
         if S > per:
             parts = [
-                self.draw_streams_t(refs[i : i + per], motions[i : i + per], ref_motions[i : i + per], box, cheaper)
+                self.draw_streams_t(
+                    refs[i : i + per], motions[i : i + per], ref_motions[i : i + per], boxes[i : i + per], cheaper
+                )
                 for i in range(0, S, per)
             ]
             return torch.cat(parts)
@@ -212,8 +219,17 @@ class TorchMotionBackend:
         feats = tuple(
             torch.cat([r.feats[k].expand(n, *r.feats[k].shape[1:]) for r in refs]) for k in range(len(refs[0].feats))
         )
-        y = dec.draw(m, rm, mixed, feats, self._centres(box), None, copy_only=copy_only, premixed=True)
+        y = dec.draw(m, rm, mixed, feats, self._row_centres(boxes, n), None, copy_only=copy_only, premixed=True)
         return y.reshape(S, n, *y.shape[1:])
+
+    def _row_centres(self, boxes: Sequence[tuple[int, int, int, int]], n: int) -> torch.Tensor:
+        """The decoder's pixel centres for streams' boxes of one size, n rows each: (h, w, 2) where they are one
+        box, else (S * n, h, w, 2), one box a row."""
+        if len(set(boxes)) == 1:
+            return self._centres(boxes[0])
+        h, w = boxes[0][2], boxes[0][3]
+        origin = torch.tensor([b[:2] for b in boxes], dtype=torch.float32, device=self._dev).repeat_interleave(n, 0)
+        return pixel_centres(h, w, origin, self.window_hw, origin)
 
     def draw_streams(
         self,
@@ -223,9 +239,9 @@ class TorchMotionBackend:
         box: tuple[int, int, int, int],
         cheaper: bool = False,
     ) -> np.ndarray:
-        """`draw_streams_t` from and to numpy (the engine's host-side compositing reads it)."""
+        """`draw_streams_t` of one box from and to numpy (the engine's host-side compositing reads it)."""
         with torch.inference_mode():
-            y = self.draw_streams_t(refs, self._tensor(motions), self._tensor(ref_motions), box, cheaper)
+            y = self.draw_streams_t(refs, self._tensor(motions), self._tensor(ref_motions), [box], cheaper)
             return y.float().cpu().numpy()
 
     def denoise(self, x, t, d, ctx, ref, emotion, intensity) -> np.ndarray:
