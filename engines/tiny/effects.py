@@ -89,7 +89,12 @@ class EffectLayer:
         """Where placement `p` lands on the window's part `box` = (row, column, height, width), and how its
         pixels read the picture; None when it lands outside."""
         return _sampling(
-            self.crops[p.effect].shape[2:4], self.boxes[p.effect], self.anchors[p.effect], p.target, p.turn, box,
+            self.crops[p.effect].shape[2:4],
+            self.boxes[p.effect],
+            self.anchors[p.effect],
+            p.target,
+            p.turn,
+            box,
             self.top,
         )
 

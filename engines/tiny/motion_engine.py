@@ -11,7 +11,9 @@ one's GPU throughput is measured. It serves from a folder of exported graphs (th
 onnxruntime (no torch) or, read back into torch networks, on torch on the CPU or CUDA (the decode batched across
 streams there); or runs training's checkpoints on torch (the fidelity eval: `tools.eval.fidelity --motion`). The
 networks sit behind engines/tiny/motion_backends.MotionBackend, and everything around them here is numpy, per stream
-on the host (the box, the window, the effect sprites, RGBA out: `_compose`).
+on the host (the box, the window, the effect sprites, RGBA out: `_compose`), except where the backend composes on its
+device (compose_device: torch on CUDA): there engines/tiny/motion_compose.py does the same to the bit, each stream's
+own box drawn in a batch of its size bucket, and the frames leave the device once, as uint8 (`decode_chunks_t`).
 A folder may name a copy-only folder as its cheaper draw (the shipped residual folder names the copy one): under
 load the degradation ladder draws with that decoder instead, from the same prepared avatar (capabilities'
 cheaper_decode "copy_draw"; the copy decoder reads the canonical frame and atlas faces the avatar already holds).
