@@ -16,6 +16,7 @@ path); `over` lays canvases on a batch of torch frames, which keeps the frames' 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -60,14 +61,13 @@ class EffectLayer:
         """The layer for the decoder's window (TinyConfig's padded window, as architecture 2's)."""
         return cls(sprites, (-window.pad_top, window.window_x0), (window.pad_height, window.window_width))
 
-    def canvas(self, motion: np.ndarray, box: tuple[int, int, int, int] | None = None) -> np.ndarray | None:
-        """One frame's effects (motion: (MOTION_DIM,), normalized window coordinates) on a transparent canvas
-        covering `box` = (row, column, height, width) of the window (default: all of it): premultiplied float32
-        (4, h, w) in [0, 1], in the renderer's order; None when no effect is on."""
+    def placements(self, motion: np.ndarray) -> list[Placement]:
+        """One frame's effects that are on (motion: (MOTION_DIM,), normalized window coordinates), in the renderer's
+        order: which picture each lays, and where. What `canvas` draws, and what the device compose
+        (engines/tiny/motion_compose.py) lays on the GPU, so that both place the same pictures."""
         H, W = self.hw
-        y0, x0, h, w = box or (0, 0, H, W)
         m = np.asarray(motion, np.float64)
-        out: np.ndarray | None = None
+        out: list[Placement] = []
         for e, crop in enumerate(self.crops):
             s = float(m[self.strength[e]])
             if s <= FX_ON or crop.shape[3] == 0:
@@ -82,11 +82,37 @@ class EffectLayer:
             turn, u = 0.0, self.up_kp[e]
             if u is not None:
                 turn = math.atan2((m[2 * u + 1] - m[2 * k + 1]) * H, (m[2 * u] - m[2 * k]) * W) - self.angles[e]
-            pic = crop[level, j].astype(np.float32) / 255.0
+            out.append(Placement(e, level, j, target, turn))
+        return out
+
+    def sampling(self, p: Placement, box: tuple[int, int, int, int]) -> Sampling | None:
+        """Where placement `p` lands on the window's part `box` = (row, column, height, width), and how its
+        pixels read the picture; None when it lands outside."""
+        return _sampling(
+            self.crops[p.effect].shape[2:4],
+            self.boxes[p.effect],
+            self.anchors[p.effect],
+            p.target,
+            p.turn,
+            box,
+            self.top,
+        )
+
+    def canvas(self, motion: np.ndarray, box: tuple[int, int, int, int] | None = None) -> np.ndarray | None:
+        """One frame's effects (motion: (MOTION_DIM,), normalized window coordinates) on a transparent canvas
+        covering `box` = (row, column, height, width) of the window (default: all of it): premultiplied float32
+        (4, h, w) in [0, 1], in the renderer's order; None when no effect is on."""
+        H, W = self.hw
+        box = box or (0, 0, H, W)
+        out: np.ndarray | None = None
+        for p in self.placements(motion):
+            pic = self.crops[p.effect][p.level, p.phase].astype(np.float32) / 255.0
             pic = np.concatenate([pic[..., :3] * pic[..., 3:], pic[..., 3:]], -1).transpose(2, 0, 1)  # premultiplied
             if out is None:
-                out = np.zeros((4, h, w), np.float32)
-            _place_over(out, pic, self.boxes[e], self.anchors[e], target, turn, (y0, x0), self.top)
+                out = np.zeros((4, box[2], box[3]), np.float32)
+            where = self.sampling(p, box)
+            if where is not None:
+                _place_over(out, pic, where)
         return out
 
     def lay(self, frames: np.ndarray, motions: np.ndarray, box: tuple[int, int] = (0, 0)) -> np.ndarray:
@@ -125,12 +151,50 @@ def _over(top, under):
     return top + (1.0 - top[..., 3:4, :, :]) * under
 
 
-def _place_over(canvas: np.ndarray, pic: np.ndarray, pic_box, anchor, target, turn: float, box, top: float) -> None:
-    """Lay pic (4, ph, pw) premultiplied (its first pixel at window (row, column) `pic_box`), turned by `turn`
-    about `anchor` and moved onto `target` (window pixels (x, y)), over canvas (4, h, w), the window's part from
-    (row, column) `box`, in place: bilinear, clipped to the canvas and cut above window row `top`."""
-    _, h, w = canvas.shape
-    _, ph, pw = pic.shape
+@dataclass(frozen=True)
+class Placement:
+    """One effect laid on one frame: its picture (strength level, clock phase), its anchor's window pixel (x, y)
+    and its turn (radians)."""
+
+    effect: int
+    level: int
+    phase: int
+    target: tuple[float, float]
+    turn: float
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Where a placed picture is filled in: canvas rows [y0, y1) and columns [x0, x1); `coords` gives each filled
+    pixel's place in the picture (float64, in one order of operations: the device compose repeats it to the bit)."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+    c: float  # the turn's cosine and sine
+    s: float
+    box: tuple[int, int]  # the canvas's first pixel, window (row, column)
+    target: tuple[float, float]  # the anchor's window pixel (x, y)
+    anchor: tuple[float, float]  # the anchor's window pixel (x, y) in the picture's pose
+    pic_box: tuple[int, int]  # the picture's first pixel, window (row, column)
+
+    def coords(self, cols, rows):
+        """(sx, sy) for canvas column indices `cols` (1, n) and row indices `rows` (m, 1), numpy or torch float64:
+        each pixel's centre, back through the move and the turn, in the picture's pixel coordinates."""
+        (by, bx), (tx, ty), (ax, ay), (py, px) = self.box, self.target, self.anchor, self.pic_box
+        c, s = self.c, self.s
+        gx = cols + 0.5 + bx - tx
+        gy = rows + 0.5 + by - ty
+        return c * gx + s * gy + ax - px - 0.5, -s * gx + c * gy + ay - py - 0.5  # - 0.5: pixel k's centre: k + 0.5
+
+
+def _sampling(pic_hw, pic_box, anchor, target, turn: float, box, top: float) -> Sampling | None:
+    """A picture of pic_hw (its first pixel at window (row, column) `pic_box`), turned by `turn` about `anchor` and
+    moved onto `target` (window pixels (x, y)), on a canvas that is the window's part `box` = (row, column,
+    height, width): the region it fills, clipped to the canvas and cut above window row `top`."""
+    h, w = box[2], box[3]
+    ph, pw = pic_hw
     c, s = math.cos(turn), math.sin(turn)
     (py, px), (ax, ay), (tx, ty) = pic_box, anchor, target
     # where the picture's corners land, in the canvas's pixels: the region to fill
@@ -140,12 +204,14 @@ def _place_over(canvas: np.ndarray, pic: np.ndarray, pic_box, anchor, target, tu
     x0, x1 = max(0, math.floor(min(xs)) - 1), min(w, math.ceil(max(xs)) + 1)
     y0, y1 = max(0, math.floor(min(ys)) - 1, math.ceil(top - box[0])), min(h, math.ceil(max(ys)) + 1)
     if x0 >= x1 or y0 >= y1:
-        return
-    # each filled pixel's centre, back through the move and the turn, in the picture's pixel coordinates
-    gx = np.arange(x0, x1, dtype=np.float64)[None, :] + 0.5 + box[1] - tx
-    gy = np.arange(y0, y1, dtype=np.float64)[:, None] + 0.5 + box[0] - ty
-    sx = c * gx + s * gy + ax - px - 0.5  # - 0.5: pixel k's centre is at k + 0.5
-    sy = -s * gx + c * gy + ay - py - 0.5
+        return None
+    return Sampling(y0, y1, x0, x1, c, s, (box[0], box[1]), (tx, ty), (ax, ay), (py, px))
+
+
+def _place_over(canvas: np.ndarray, pic: np.ndarray, where: Sampling) -> None:
+    """Lay pic (4, ph, pw) premultiplied over canvas (4, h, w) where `where` says, in place: bilinear."""
+    y0, y1, x0, x1 = where.y0, where.y1, where.x0, where.x1
+    sx, sy = where.coords(np.arange(x0, x1, dtype=np.float64)[None, :], np.arange(y0, y1, dtype=np.float64)[:, None])
     p = _bilinear(pic, sx, sy)
     region = canvas[:, y0:y1, x0:x1]
     canvas[:, y0:y1, x0:x1] = p + (1.0 - p[3:4]) * region
@@ -172,4 +238,4 @@ def _bilinear(pic: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
     )
 
 
-__all__ = ["EffectLayer"]
+__all__ = ["EffectLayer", "Placement", "Sampling"]

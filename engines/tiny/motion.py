@@ -177,15 +177,23 @@ def part_maps(kp_t: torch.Tensor, kp_r: torch.Tensor, w: int, h: int) -> tuple[t
 
 def pixel_centres(h: int, w: int, like: torch.Tensor, full_hw: tuple[int, int] | None = None, origin=(0, 0)):
     """(h, w, 2) normalized window coordinates of the pixel centres of an h x w crop whose first pixel is
-    ``origin`` (row, column) in a grid of ``full_hw`` (default: the crop is the whole grid)."""
+    ``origin`` (row, column) in a grid of ``full_hw`` (default: the crop is the whole grid). An origin tensor
+    (B, 2): one crop a row, (B, h, w, 2) (how the torch backend draws streams' own boxes in one call)."""
     fh, fw = full_hw or (h, w)
+    if isinstance(origin, torch.Tensor) and origin.dim() == 2:
+        ys = ((torch.arange(h, device=like.device, dtype=like.dtype)[None] + origin[:, :1]) * 2 + 1) / fh - 1
+        xs = ((torch.arange(w, device=like.device, dtype=like.dtype)[None] + origin[:, 1:]) * 2 + 1) / fw - 1
+        return torch.stack([xs[:, None, :].expand(-1, h, w), ys[:, :, None].expand(-1, h, w)], -1)
     ys = ((torch.arange(h, device=like.device, dtype=like.dtype) + origin[0]) * 2 + 1) / fh - 1
     xs = ((torch.arange(w, device=like.device, dtype=like.dtype) + origin[1]) * 2 + 1) / fw - 1
     return torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)], -1)
 
 
 def part_grids(A: torch.Tensor, b: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """(B, N_PARTS, h, w, 2): where each pixel (centres p, (h, w, 2)) samples the reference if it is each part's."""
+    """(B, N_PARTS, h, w, 2): where each pixel (centres p, (h, w, 2), or (B, h, w, 2) one box a row) samples the
+    reference if it is each part's."""
+    if p.dim() == 4:
+        return torch.einsum("bkij,bhwj->bkhwi", A, p) + b[:, :, None, None, :]
     return torch.einsum("bkij,hwj->bkhwi", A, p) + b[:, :, None, None, :]
 
 
@@ -218,12 +226,15 @@ def heat_maps(kp_t: torch.Tensor, kp_r: torch.Tensor, p: torch.Tensor, sigma_px:
     computes h + w exponentials a keypoint instead of h x w, and no (B, N_POINTS, h, w, 2) difference: that was
     the largest elementwise work of the small decoder on the CPU (docs/training/motion.md)."""
     H, W = full_hw
-    xs, ys = p[0, :, 0], p[:, 0, 1]  # (w,), (h,)
+    if p.dim() == 4:  # one box a row
+        xs, ys = p[:, 0, :, 0][:, None], p[:, :, 0, 1][:, None]  # (B, 1, w), (B, 1, h)
+    else:
+        xs, ys = p[0, :, 0][None, None], p[:, 0, 1][None, None]  # (1, 1, w), (1, 1, h)
     k = -1.0 / (2 * sigma_px * sigma_px)
 
     def g(kp):
-        dx = (xs[None, None] - kp[:, :, 0:1]) * (W / 2.0)  # (B, N, w)
-        dy = (ys[None, None] - kp[:, :, 1:2]) * (H / 2.0)  # (B, N, h)
+        dx = (xs - kp[:, :, 0:1]) * (W / 2.0)  # (B, N, w)
+        dy = (ys - kp[:, :, 1:2]) * (H / 2.0)  # (B, N, h)
         return _flush(torch.exp(dy * dy * k))[..., :, None] * _flush(torch.exp(dx * dx * k))[..., None, :]
 
     return g(kp_t) - g(kp_r)
@@ -281,7 +292,7 @@ class PartPrior(nn.Module):
         a, b = kp[:, self.a_idx], kp[:, self.b_idx]  # (B, K-1, 2)
         b = b + (b - a) * self.extend[None, :, None]
         ab = b - a
-        q = (p * s)[None, None]  # (1, 1, h, w, 2)
+        q = (p * s)[:, None] if p.dim() == 4 else (p * s)[None, None]  # (B or 1, 1, h, w, 2)
         t = (
             ((q - a[:, :, None, None]) * ab[:, :, None, None]).sum(-1)
             / (ab * ab).sum(-1).clamp(min=1e-6)[..., None, None]
@@ -521,14 +532,16 @@ class MotionDecoder(nn.Module):
         how rows of several avatars are drawn in one call (the torch backend's batched draw)."""
         s = self.shape
         H, W = ref.shape[-2:]
-        h, w = centres.shape[0], centres.shape[1]
+        h, w = centres.shape[-3], centres.shape[-2]
         B = motion.shape[0]
         ref = (ref if premixed else self.mixed_reference(motion, ref, atlas)).expand(B, -1, -1, -1)
         kp_t = motion[:, :EXPR_OFFSET].reshape(B, N_POINTS, 2)
         kp_r = ref_motion[:, :EXPR_OFFSET].reshape(B, N_POINTS, 2)
         # the box's first pixel (row, column), read back from its centre; each level's centres are then computed
         # as for any box (the same arithmetic as a box given in numbers, so the drawing is the same to the bit)
-        first = torch.round((centres[0, 0].flip(-1).float() + 1) * centres.new_tensor([H, W]).float() / 2 - 0.5)
+        # (centres (B, h, w, 2): one box a row, of one size; first (B, 2))
+        corner = centres[:, 0, 0] if centres.dim() == 4 else centres[0, 0]
+        first = torch.round((corner.flip(-1).float() + 1) * centres.new_tensor([H, W]).float() / 2 - 0.5)
 
         def centres_at(level: int) -> torch.Tensor:
             return pixel_centres(h // level, w // level, kp_t, (H // level, W // level), first / level)
@@ -540,7 +553,7 @@ class MotionDecoder(nn.Module):
             A, b = part_maps(kp_t, kp_r, W, H)
             # 1. every part's move of the reference, at 1/4, and where the keypoints went
             p4 = centres_at(4)
-            h4, w4 = p4.shape[0], p4.shape[1]
+            h4, w4 = p4.shape[-3], p4.shape[-2]
             grids4 = part_grids(A, b, p4)  # (B, K, h4, w4, 2)
             ref4 = F.avg_pool2d(ref.float(), 4)
             moved = warp(ref4.repeat_interleave(N_PARTS, 0), grids4.reshape(B * N_PARTS, h4, w4, 2))

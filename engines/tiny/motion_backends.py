@@ -35,6 +35,9 @@ class MotionBackend(Denoises, Protocol):
     name: str
     atlas: int  # atlas faces the decoder mixes; 0: none, and prepare takes None
     cheaper_draw: bool  # draw(..., cheaper=True) has a copy-only decoder to run (the ladder's cheaper rung)
+    # None: the engine composes the frames in numpy on the host; a torch device ("cuda"): there
+    # (engines/tiny/motion_compose.py), from the backend's draw_t / draw_streams_t (the torch backend's)
+    compose_device: str | None
 
     def prepare(self, ref_win: np.ndarray, atlas: np.ndarray | None) -> Any: ...
 
@@ -58,6 +61,7 @@ class OnnxMotionBackend:
     the decoder of the folder its manifest names `cheaper_draw`, if any."""
 
     name = "onnxruntime"
+    compose_device: str | None = None  # numpy on the host: the CPU serving path imports no torch
 
     def __init__(self, manifest: MotionManifest, threads: int | None = None, verify: bool = True):
         self.manifest = manifest

@@ -11,7 +11,9 @@ one's GPU throughput is measured. It serves from a folder of exported graphs (th
 onnxruntime (no torch) or, read back into torch networks, on torch on the CPU or CUDA (the decode batched across
 streams there); or runs training's checkpoints on torch (the fidelity eval: `tools.eval.fidelity --motion`). The
 networks sit behind engines/tiny/motion_backends.MotionBackend, and everything around them here is numpy, per stream
-on the host (the box, the window, the effect sprites, RGBA out: `_compose`).
+on the host (the box, the window, the effect sprites, RGBA out: `_compose`), except where the backend composes on its
+device (compose_device: torch on CUDA): there engines/tiny/motion_compose.py does the same to the bit, each stream's
+own box drawn in a batch of its size bucket, and the frames leave the device once, as uint8 (`decode_chunks_t`).
 A folder may name a copy-only folder as its cheaper draw (the shipped residual folder names the copy one): under
 load the degradation ladder draws with that decoder instead, from the same prepared avatar (capabilities'
 cheaper_decode "copy_draw"; the copy decoder reads the canonical frame and atlas faces the avatar already holds).
@@ -26,7 +28,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self, cast
 
 import numpy as np
 
@@ -42,6 +44,9 @@ from avatarcast.engines.tiny.motion_weights import load_motion_manifest, motion_
 from avatarcast.engines.tiny.window import frames_to_window, window_to_rgba
 from avatarcast.vocabulary import EMOTIONS, FRAME_HEIGHT, FRAME_WIDTH
 
+if TYPE_CHECKING:
+    from avatarcast.engines.tiny.motion_torch import TorchMotionBackend
+
 # How far past its keypoints, in head radii, the decoder draws an avatar: the renderer's avatars reach at most
 # 1.04 head radii past them (hair, ears, hats, held things; 46 avatars x 6 emotions), and pixels past that are
 # transparent in the full window's drawing too (tests/engines/test_motion.py).
@@ -50,6 +55,9 @@ BOX_MARGIN = 1.5
 # float windows, their features, 17 MB of effect sprites), and `random-<seed>` offers endless avatars. More than
 # the server's avatar slots (settings.max_avatars, 16), so the slots' avatars stay; an evicted one is prepared again.
 MAX_AVATARS = 24
+# Box sizes a batched draw rounds each stream's box up to (bucket_box): a few sizes, so a few decoder calls a chunk,
+# and at most 31 rows and columns drawn past a stream's own box (the decoder draws them transparent).
+BOX_BUCKET = 32
 _HEAD_CENTRE, _HEAD_UP = KEYPOINTS.index("head_centre"), KEYPOINTS.index("head_up")
 
 
@@ -94,6 +102,7 @@ class _Avatar:
     ref_motion: np.ndarray  # (D,) raw canonical motion
     ref_n: np.ndarray  # (D,) normalized canonical motion
     rest_n: np.ndarray  # (D,) normalized rest motion: where a stream starts
+    sprites: Any = None  # its effect sprites on the device, where the frames are composed there (DeviceSprites)
 
 
 def _file_hash(*paths: Path) -> str:
@@ -117,6 +126,11 @@ class MotionEngine:
         self._weights_hash = weights_hash
         self._avatars: OrderedDict[str, _Avatar] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
+        self._device_compose: Any = None  # DeviceCompose where the backend composes on its device (torch)
+        if backend.compose_device is not None:
+            from avatarcast.engines.tiny.motion_compose import DeviceCompose  # torch
+
+            self._device_compose = DeviceCompose(self.window, backend.compose_device)
 
     @classmethod
     def load(cls, decoder: str | Path, denoiser: str | Path, steps: int = 2, device: str = "cpu") -> MotionEngine:
@@ -262,12 +276,14 @@ class MotionEngine:
         ref_win = frames_to_window(canonical_frame(av)[None], self.window)
         atlas = frames_to_window(atlas_frames(av), self.window)[None] if self.backend.atlas else None
         ref_m = self.motion(av, canonical_pose())
+        effects = EffectLayer.in_window(effect_sprites(av), self.window)
         got = _Avatar(
             self.backend.prepare(ref_win, atlas),
-            EffectLayer.in_window(effect_sprites(av), self.window),
+            effects,
             ref_m.astype(np.float32),
             (ref_m - self.mean) / self.std,
             (self.motion(av, rest_pose()) - self.mean) / self.std,
+            None if self._device_compose is None else self._device_compose.sprites(effects),
         )
         with self._lock:
             self._avatars[key] = got
@@ -335,6 +351,8 @@ class MotionEngine:
         cheaper rung), from the same prepared avatar."""
         if cheaper and not self.backend.cheaper_draw:
             raise ValueError("this motion engine has no cheaper decode (its folder names no cheaper_draw)")
+        if self._device_compose is not None:
+            return self.decode_chunks_t(states, latents, cheaper).cpu().numpy()  # the one copy to the host
         B, T = latents.shape[:2]
         raw = latents.reshape(B, T, MOTION_DIM) * self.std + self.mean
         # start_stream prepared each avatar (again here if evicted)
@@ -342,6 +360,46 @@ class MotionEngine:
         if getattr(self.backend, "batch_streams", False) and B > 1:
             return self._draw_streams(avatars, raw.astype(np.float32), cheaper)
         return np.stack([self._draw(a, m, cheaper) for a, m in zip(avatars, raw)])
+
+    def decode_chunks_t(self, states: list[MotionStream], latents: np.ndarray, cheaper: bool = False) -> Any:
+        """`decode_chunks` left on the device (a backend with a compose_device): uint8 torch frames
+        (B, T, 360, 640, 4) there, drawn and composed without a host copy (engines/tiny/motion_compose.py)."""
+        if self._device_compose is None:
+            raise BackendError(f"the {self.backend.name} motion backend composes its frames on the host")
+        if cheaper and not self.backend.cheaper_draw:
+            raise ValueError("this motion engine has no cheaper decode (its folder names no cheaper_draw)")
+        import torch
+
+        be = cast("TorchMotionBackend", self.backend)
+        B, T = latents.shape[:2]
+        raw = (latents.reshape(B, T, MOTION_DIM) * self.std + self.mean).astype(np.float32)
+        avatars = [self._avatar(json.loads(s.avatar_key), s.avatar_key) for s in states]
+        with torch.inference_mode():
+            m = be._tensor(raw)
+            rm = be._tensor(np.stack([a.ref_motion for a in avatars]))
+            if be.batch_streams and B > 1:
+                # each stream's own box, grown to its size bucket: one decoder call a bucket (the streams' common
+                # box over many avatars is nearly the whole window)
+                boxes = [self.bucket_box(self.draw_box(r)) for r in raw]
+                drawn: list[Any] = [None] * B
+                for size in sorted({b[2:] for b in boxes}):
+                    idx = [i for i, b in enumerate(boxes) if b[2:] == size]
+                    refs = [avatars[i].ref for i in idx]
+                    got = be.draw_streams_t(refs, m[idx], rm[idx], [boxes[i] for i in idx], cheaper)
+                    for k, i in enumerate(idx):
+                        drawn[i] = got[k]
+            else:
+                boxes = [self.draw_box(r) for r in raw]
+                drawn = [be.draw_t(a.ref, m[i], rm[i], boxes[i], cheaper) for i, a in enumerate(avatars)]
+            return self._device_compose.frames(drawn, boxes, raw, [a.sprites for a in avatars])
+
+    def bucket_box(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        """`box` grown down and right to the next multiple of BOX_BUCKET pixels each way: streams of one bucket draw
+        in one batched call. It keeps its first pixel, even where it then reaches past the window (the decoder
+        draws nothing there; the compose cuts it): a box moved to another origin draws the avatar differently (the
+        part-mask U-Net's strided levels fall elsewhere), by up to 255 levels on ~0.3% of values."""
+        y0, x0, h, w = box
+        return y0, x0, -(-h // BOX_BUCKET) * BOX_BUCKET, -(-w // BOX_BUCKET) * BOX_BUCKET
 
     def draw_box(self, motions: np.ndarray) -> tuple[int, int, int, int]:
         """The window box (row, column, height, width; multiples of 8) the decoder draws for raw motions (n, D):

@@ -5,6 +5,7 @@ onnxruntime instead."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,7 @@ class TorchMotionBackend:
         cheaper: MotionDecoder | None = None,
         batch_streams: bool | None = None,
         max_rows: int = 256,
+        compose: bool | None = None,
     ):
         self.max_rows = int(max_rows)
         self._dev = torch.device(device)
@@ -74,10 +76,19 @@ class TorchMotionBackend:
         self.atlas = int(decoder.shape.atlas)
         self.window_hw = (int(decoder.shape.pad_height), int(decoder.shape.window_width))
         self.batch_streams = self._dev.type == "cuda" if batch_streams is None else bool(batch_streams)
+        # where the engine composes the frames (engines/tiny/motion_compose.py): on CUDA the device, so the frames
+        # leave it once, as uint8; on the CPU numpy's _compose, which is as fast there (docs/training/motion.md)
+        on_device = self._dev.type == "cuda" if compose is None else bool(compose)
+        self.compose_device: str | None = self.device if on_device else None
 
     @classmethod
     def from_folder(
-        cls, manifest: MotionManifest, device: str = "cpu", verify: bool = True, batch_streams: bool | None = None
+        cls,
+        manifest: MotionManifest,
+        device: str = "cpu",
+        verify: bool = True,
+        batch_streams: bool | None = None,
+        compose: bool | None = None,
     ) -> TorchMotionBackend:
         """An exported folder's graphs as torch networks (engines/tiny/motion_graph_weights.py), and the decoder of
         the folder its manifest names `cheaper_draw`, if any (checked to draw the same motions, copy-only).
@@ -102,10 +113,15 @@ class TorchMotionBackend:
                     f"{manifest.path}: the cheaper_draw folder's decoder reads the reference's features: only a "
                     "copy-only decoder can draw with another folder's reference"
                 )
-        return cls(dec, den, device, copy_only, cheaper, batch_streams)
+        return cls(dec, den, device, copy_only, cheaper, batch_streams, compose=compose)
 
     def describe(self) -> dict:
-        return {"backend": self.name, "device": self.device, "batch_streams": self.batch_streams}
+        return {
+            "backend": self.name,
+            "device": self.device,
+            "batch_streams": self.batch_streams,
+            "compose_device": self.compose_device,
+        }
 
     @property
     def device_name(self) -> str | None:
@@ -145,34 +161,51 @@ class TorchMotionBackend:
         box: tuple[int, int, int, int],
         cheaper: bool = False,
     ) -> np.ndarray:
-        dec, copy_only = self._decoder(cheaper)
         with torch.inference_mode():
-            m = self._tensor(motions)
-            n = len(m)
-            rm = self._tensor(ref_motion).reshape(1, -1).expand(n, -1)
-            feats = tuple(f.expand(n, *f.shape[1:]) for f in ref.feats)
-            # one avatar's reference at batch 1, as the exported graph draws it (mixed_reference's matrix products)
-            ref_win = ref.ref_win if ref.atlas is not None else ref.ref_win.expand(n, -1, -1, -1)
-            y = dec.draw(m, rm, ref_win, feats, self._centres(box), ref.atlas, one_avatar=True, copy_only=copy_only)
-            return y.float().cpu().numpy()
+            return self.draw_t(ref, self._tensor(motions), self._tensor(ref_motion), box, cheaper).float().cpu().numpy()
+
+    def draw_t(
+        self,
+        ref: TorchReference,
+        motions: torch.Tensor,
+        ref_motion: torch.Tensor,
+        box: tuple[int, int, int, int],
+        cheaper: bool = False,
+    ) -> torch.Tensor:
+        """`draw` on the device: raw motions (n, D) and the canonical one (D,) as tensors -> (n, 4, h, w) there."""
+        dec, copy_only = self._decoder(cheaper)
+        n = len(motions)
+        rm = ref_motion.reshape(1, -1).expand(n, -1)
+        feats = tuple(f.expand(n, *f.shape[1:]) for f in ref.feats)
+        # one avatar's reference at batch 1, as the exported graph draws it (mixed_reference's matrix products)
+        ref_win = ref.ref_win if ref.atlas is not None else ref.ref_win.expand(n, -1, -1, -1)
+        return dec.draw(
+            motions, rm, ref_win, feats, self._centres(box), ref.atlas, one_avatar=True, copy_only=copy_only
+        )
 
     def draw_streams_t(
         self,
         refs: list[TorchReference],
         motions: torch.Tensor,
         ref_motions: torch.Tensor,
-        box: tuple[int, int, int, int],
+        boxes: Sequence[tuple[int, int, int, int]],
         cheaper: bool = False,
     ) -> torch.Tensor:
         """Every stream's frames in one decoder call, on the device: refs (S,), raw motions (S, n, D) and the
-        canonical ones (S, D) as tensors -> (S, n, 4, h, w) of one box (the streams' common one). Calls of at most
-        `max_rows` rows (a row holds some 30 MB of window-sized intermediates: 200 streams of 4 frames in one call
-        would want 20-odd GB)."""
+        canonical ones (S, D) as tensors, and each stream's box (all of one size, anywhere in the window; one box
+        for all: the streams' common one) -> (S, n, 4, h, w). Calls of at most `max_rows` rows (a row holds some
+        30 MB of window-sized intermediates: 200 streams of 4 frames in one call would want 20-odd GB)."""
         S, n = motions.shape[:2]
+        if len(boxes) == 1:
+            boxes = list(boxes) * S
+        if len({b[2:] for b in boxes}) != 1 or len(boxes) != S:
+            raise ValueError(f"one box a stream ({S}), all of one size; got {sorted({b[2:] for b in boxes})}")
         per = max(1, self.max_rows // max(1, n))
         if S > per:
             parts = [
-                self.draw_streams_t(refs[i : i + per], motions[i : i + per], ref_motions[i : i + per], box, cheaper)
+                self.draw_streams_t(
+                    refs[i : i + per], motions[i : i + per], ref_motions[i : i + per], boxes[i : i + per], cheaper
+                )
                 for i in range(0, S, per)
             ]
             return torch.cat(parts)
@@ -186,8 +219,17 @@ class TorchMotionBackend:
         feats = tuple(
             torch.cat([r.feats[k].expand(n, *r.feats[k].shape[1:]) for r in refs]) for k in range(len(refs[0].feats))
         )
-        y = dec.draw(m, rm, mixed, feats, self._centres(box), None, copy_only=copy_only, premixed=True)
+        y = dec.draw(m, rm, mixed, feats, self._row_centres(boxes, n), None, copy_only=copy_only, premixed=True)
         return y.reshape(S, n, *y.shape[1:])
+
+    def _row_centres(self, boxes: Sequence[tuple[int, int, int, int]], n: int) -> torch.Tensor:
+        """The decoder's pixel centres for streams' boxes of one size, n rows each: (h, w, 2) where they are one
+        box, else (S * n, h, w, 2), one box a row."""
+        if len(set(boxes)) == 1:
+            return self._centres(boxes[0])
+        h, w = boxes[0][2], boxes[0][3]
+        origin = torch.tensor([b[:2] for b in boxes], dtype=torch.float32, device=self._dev).repeat_interleave(n, 0)
+        return pixel_centres(h, w, origin, self.window_hw, origin)
 
     def draw_streams(
         self,
@@ -197,9 +239,9 @@ class TorchMotionBackend:
         box: tuple[int, int, int, int],
         cheaper: bool = False,
     ) -> np.ndarray:
-        """`draw_streams_t` from and to numpy (the engine's host-side compositing reads it)."""
+        """`draw_streams_t` of one box from and to numpy (the engine's host-side compositing reads it)."""
         with torch.inference_mode():
-            y = self.draw_streams_t(refs, self._tensor(motions), self._tensor(ref_motions), box, cheaper)
+            y = self.draw_streams_t(refs, self._tensor(motions), self._tensor(ref_motions), [box], cheaper)
             return y.float().cpu().numpy()
 
     def denoise(self, x, t, d, ctx, ref, emotion, intensity) -> np.ndarray:

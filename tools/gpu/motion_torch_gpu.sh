@@ -8,6 +8,21 @@
 # One call, under 10 minutes (each run is a few chunks after a warm-up; 200 streams prepare 8 avatars):
 #   run(command="bash tools/gpu/motion_torch_gpu.sh", timeout_s=600)
 # The CPU side in the same terms: bash tools/gpu/motion_torch_gpu.sh cpu (2 streams, CPU torch).
+#
+# What the next GPU call must show (branch hG: the frames composed on the device, motion_compose.py; each stream's
+# own box grown to a 32-pixel bucket, a bucket's streams in one decoder call). The last call (before hG), one H100:
+# copy 121/120/112 fps, residual 126/115/126 at 50/100/200 streams; host-side numpy 75-79% of a chunk, decoder
+# 21-24%; bench engine 128 fps at 200 streams, decode 7.8 ms a frame. Now:
+#   1. motion_gpu_<draw>_s<N>.json: "compose_device": "cuda", "batch_streams": true; share.host (now only the one
+#      uint8 copy of the frames to the host, 0.92 MB a frame) and share.compose small beside share.decode_net; if
+#      compose_s is large, the effects' placements (Python per frame on the host, inside compose_s) are next.
+#   2. fps: the decoder's time per frame is what is left. Its bound: >= 8,000 fps at 200+ streams wants <= 0.125 ms
+#      a frame in all; 1.7 ms a frame of decoder (the common box) would not reach it even with host time at zero, so
+#      decode_net_s / frames after the buckets is the number to read (the buckets drew 13% fewer pixels than the
+#      common box for 4 avatars on the CPU; 16 avatars spread wider).
+#   3. the host-compose row (--compose host, last lines below) at 200 streams: the same figures as before hG, so
+#      the gain is the compose's and not the machine's.
+# If the decoder still dominates, next: bf16 autocast / channels_last / CUDA graphs for draw_streams_t per bucket.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=$PWD
@@ -30,6 +45,9 @@ for draw in copy residual; do
       | tee "$OUT/motion_gpu_${draw}_s${s}.json" || echo "  (failed or over 170 s)"
   done
 done
+# the host compose on the same machine, for comparison (the numpy _compose after a device draw)
+timeout 170 python -m tools.motion_torch_profile --device "$DEVICE" --sessions 200 --chunks 2 --draw copy \
+  --compose host | tee "$OUT/motion_gpu_copy_s200_hostcompose.json" || echo "  (host compose: failed or over 170 s)"
 # the bench's own figures (chunk latency p50/p95): it imports realtime/ (settings), which may lack a package there
 for s in $STREAMS; do
   timeout 120 python -m avatarcast.realtime.cli bench engine --engine motion --backend torch --device "$DEVICE" \

@@ -1,0 +1,197 @@
+"""Architecture 3's frames composed on the torch device: the drawn boxes laid in the window, the effects' sprites over
+them, RGBA out, cut to the frame; many streams at once.
+
+MotionEngine._compose does this in numpy on the host, one stream at a time: on CUDA that was 75-79% of a chunk
+(docs/training/motion.md), and it needed the drawn boxes copied to the host as float32. Here the frames stay on the
+device until the engine copies them out as uint8, once (or never: the bench's gpu_resident loop). The arithmetic is
+_compose's, operation for operation, in float32 (the sprites' sampling coordinates in float64, as numpy's), so the
+frames are _compose's to the bit except where two effects overlap: numpy lays the effects on a canvas and the canvas
+over the frame, this lays them over the frame one after the other (the same 'over', associated the other way), which
+moves a few pixels by a level (tests/engines/test_motion_torch_folder.py measures it).
+
+What stays on the host: which effects are on in each frame and where they land (EffectLayer.placements and
+sampling, a few Python numbers a frame, shared with the numpy path so both lay the same pictures).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from avatarcast.engines.tiny.config import TinyConfig
+from avatarcast.engines.tiny.effects import EffectLayer, Placement, Sampling
+
+Box = tuple[int, int, int, int]  # window (row, column, height, width)
+
+
+@dataclass(frozen=True)
+class DeviceSprites:
+    """One avatar's effect sprites on the device: per effect, uint8 (strengths, phases, h, w, 4) straight alpha."""
+
+    layer: EffectLayer
+    pics: tuple[torch.Tensor, ...]
+
+
+@dataclass(frozen=True)
+class _Laid:
+    frame: int  # row of the frames being composed
+    stream: int
+    placement: Placement
+    where: Sampling
+
+
+class DeviceCompose:
+    """Composes frames on `device`, at most `max_frames` window-sized float frames at a time (each ~2.8 MB, and a
+    few copies of it while composing)."""
+
+    def __init__(self, window: TinyConfig, device: torch.device | str, max_frames: int = 256):
+        self.window = window
+        self.device = torch.device(device)
+        self.max_frames = int(max_frames)
+
+    def sprites(self, layer: EffectLayer) -> DeviceSprites:
+        """The avatar's sprites copied to the device once (17 MB of uint8 an avatar)."""
+        return DeviceSprites(layer, tuple(torch.from_numpy(c).to(self.device) for c in layer.crops))
+
+    def frames(
+        self,
+        drawn: Sequence[torch.Tensor],
+        boxes: Sequence[Box],
+        motions: np.ndarray,
+        sprites: Sequence[DeviceSprites],
+        out: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Stream i's drawn box `drawn[i]` (n, 4, h, w) at window box `boxes[i]`, its raw motions `motions[i]` (n, D)
+        and its avatar's sprites -> uint8 RGBA frames (S, n, 360, 640, 4) on the device (into `out` if given)."""
+        S, n = motions.shape[:2]
+        w = self.window
+        if out is None:
+            out = torch.zeros((S, n, w.height, w.width, 4), dtype=torch.uint8, device=self.device)
+        per = max(1, self.max_frames // max(1, n))
+        for i0 in range(0, S, per):
+            i1 = min(S, i0 + per)
+            y = self._window(drawn[i0:i1], boxes[i0:i1], n)
+            self._effects(y, motions[i0:i1], sprites[i0:i1])
+            rgba = _window_to_rgba(y[:, :, w.pad_top : w.pad_top + w.height])
+            out[i0:i1, :, :, w.window_x0 : w.window_x0 + w.window_width] = rgba.view(i1 - i0, n, *rgba.shape[1:])
+        return out
+
+    def _window(self, drawn: Sequence[torch.Tensor], boxes: Sequence[Box], n: int) -> torch.Tensor:
+        """The padded window (S * n, 4, pad_H, window_W), transparent (-1) but for each stream's box (cut where it
+        reaches past the window: MotionEngine.bucket_box)."""
+        w = self.window
+        H, W = w.pad_height, w.window_width
+        y = torch.full((len(drawn) * n, 4, H, W), -1.0, device=self.device)
+        for k, (d, (by, bx, bh, bw)) in enumerate(zip(drawn, boxes)):
+            bh, bw = min(bh, H - by), min(bw, W - bx)
+            y[k * n : (k + 1) * n, :, by : by + bh, bx : bx + bw] = d[..., :bh, :bw].float().clamp(-1, 1)
+        return y
+
+    def _effects(self, y: torch.Tensor, motions: np.ndarray, sprites: Sequence[DeviceSprites]) -> None:
+        """EffectLayer.lay on every frame of y (S * n, 4, H, W), in place: each effect in the renderer's order,
+        all frames that show it at once."""
+        n = motions.shape[1]
+        full = (0, 0, y.shape[2], y.shape[3])
+        laid: list[_Laid] = []
+        shown: list[int] = []  # frames with an effect on: numpy takes them through [0, 1] and back
+        for k, sp in enumerate(sprites):
+            for t in range(n):
+                ps = sp.layer.placements(motions[k, t])
+                if ps:
+                    shown.append(k * n + t)
+                for p in ps:
+                    where = sp.layer.sampling(p, full)
+                    if where is not None:
+                        laid.append(_Laid(k * n + t, k, p, where))
+        if not shown:
+            return
+        rows = torch.tensor(shown, device=self.device)
+        u = (y[rows] + 1.0) * 0.5
+        at = {f: i for i, f in enumerate(shown)}  # frame -> row of u
+        for e in sorted({x.placement.effect for x in laid}):
+            self._lay(u, [x for x in laid if x.placement.effect == e], sprites, at)
+        y[rows] = u * 2.0 - 1.0
+
+    def _lay(self, u: torch.Tensor, laid: list[_Laid], sprites: Sequence[DeviceSprites], at: dict[int, int]) -> None:
+        """One effect's pictures over frames u (F, 4, H, W) in [0, 1], in place (one picture a frame): the region
+        each fills (padded to the largest; the pad left alone), sampled bilinearly as effects._bilinear does."""
+        dev, f64 = self.device, torch.float64
+        P = len(laid)
+        e = laid[0].placement.effect
+
+        def col(vals) -> torch.Tensor:  # per picture, (P, 1, 1) float64
+            return torch.tensor(vals, dtype=f64, device=dev).view(P, 1, 1)
+
+        ws = [x.where for x in laid]
+        y0 = torch.tensor([s.y0 for s in ws], device=dev).view(P, 1, 1)
+        x0 = torch.tensor([s.x0 for s in ws], device=dev).view(P, 1, 1)
+        hh = torch.tensor([s.y1 - s.y0 for s in ws], device=dev).view(P, 1, 1)
+        ww = torch.tensor([s.x1 - s.x0 for s in ws], device=dev).view(P, 1, 1)
+        Rh, Rw = max(s.y1 - s.y0 for s in ws), max(s.x1 - s.x0 for s in ws)
+        r = torch.arange(Rh, device=dev).view(1, Rh, 1)
+        c = torch.arange(Rw, device=dev).view(1, 1, Rw)
+        rows, cols = y0 + r, x0 + c  # (P, Rh, 1), (P, 1, Rw): canvas pixels
+        # Sampling.coords, element for element, with each picture's numbers as (P, 1, 1) columns
+        cs, sn = col([s.c for s in ws]), col([s.s for s in ws])
+        gx = cols.to(f64) + 0.5 + col([s.box[1] for s in ws]) - col([s.target[0] for s in ws])
+        gy = rows.to(f64) + 0.5 + col([s.box[0] for s in ws]) - col([s.target[1] for s in ws])
+        ax, ay = col([s.anchor[0] for s in ws]), col([s.anchor[1] for s in ws])
+        px, py = col([s.pic_box[1] for s in ws]), col([s.pic_box[0] for s in ws])
+        sx = cs * gx + sn * gy + ax - px - 0.5
+        sy = -sn * gx + cs * gy + ay - py - 0.5
+        # the pictures, premultiplied float32 as canvas() makes them, with a zero row and column first
+        pics = torch.stack([sprites[x.stream].pics[e][x.placement.level, x.placement.phase] for x in laid])
+        pic = pics.float() / 255.0
+        pic = torch.cat([pic[..., :3] * pic[..., 3:], pic[..., 3:]], -1).permute(0, 3, 1, 2)
+        ph, pw = pic.shape[2], pic.shape[3]
+        padded = torch.zeros((P, 4, ph + 1, pw + 1), device=dev)
+        padded[:, :, 1:, 1:] = pic
+        p = _bilinear(padded.flatten(2), sx, sy, ph, pw)  # (P, 4, Rh, Rw)
+        # over the frames, where each region is (the pad of a smaller region is not the picture's)
+        inside = (r < hh) & (c < ww)  # (P, Rh, Rw)
+        fr = torch.tensor([at[x.frame] for x in laid], device=dev).view(P, 1, 1).expand(P, Rh, Rw)[inside]
+        rr, cc = rows.expand(P, Rh, Rw)[inside], cols.expand(P, Rh, Rw)[inside]
+        top = p.permute(0, 2, 3, 1)[inside]  # (K, 4)
+        under = u[fr, :, rr, cc]  # (K, 4)
+        u[fr, :, rr, cc] = top + (1.0 - top[:, 3:4]) * under
+
+
+def _bilinear(flat: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """effects._bilinear for P pictures at once: flat (P, C, (h + 1) * (w + 1)), each padded with a zero row and
+    column first; sx, sy (P, Rh, Rw) float64 -> (P, C, Rh, Rw) float32."""
+    P, C = flat.shape[:2]
+    xf, yf = torch.floor(sx), torch.floor(sy)
+    fx, fy = (sx - xf).float(), (sy - yf).float()
+    xa, ya = xf.long(), yf.long()
+
+    def at(i: torch.Tensor, n: int) -> torch.Tensor:
+        return torch.where((i >= 0) & (i < n), i + 1, 0)
+
+    xi, xj, yi, yj = at(xa, w), at(xa + 1, w), at(ya, h), at(ya + 1, h)
+
+    def read(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
+        idx = (yy * (w + 1) + xx).flatten(1)[:, None].expand(P, C, -1)
+        return flat.gather(2, idx).view(P, C, *sx.shape[1:])
+
+    fx, fy = fx[:, None], fy[:, None]
+    return (
+        read(yi, xi) * ((1 - fx) * (1 - fy))
+        + read(yi, xj) * (fx * (1 - fy))
+        + read(yj, xi) * ((1 - fx) * fy)
+        + read(yj, xj) * (fx * fy)
+    )
+
+
+def _window_to_rgba(x: torch.Tensor) -> torch.Tensor:
+    """window.window_to_rgba on the device: premultiplied (B, 4, h, w) in [-1, 1] -> uint8 (B, h, w, 4)."""
+    x = ((x + 1) * 0.5).clamp(0, 1)
+    a = x[:, 3:4]
+    rgb = (x[:, :3] / a.clamp(min=1.0 / 255)).clamp(0, 1)
+    out = torch.cat([rgb, a], 1) * 255.0 + 0.5
+    return out.to(torch.uint8).permute(0, 2, 3, 1)
+
+
+__all__ = ["DeviceCompose", "DeviceSprites"]
