@@ -111,8 +111,14 @@ class DeviceCompose:
         rows = torch.tensor(shown, device=self.device)
         u = (y[rows] + 1.0) * 0.5
         at = {f: i for i, f in enumerate(shown)}  # frame -> row of u
-        for e in sorted({x.placement.effect for x in laid}):
-            self._lay(u, [x for x in laid if x.placement.effect == e], sprites, at)
+        # one call per effect and picture size: avatars' sprites differ in size, and one call stacks its pictures
+        # (a frame's placements of an effect are all its avatar's, so each frame keeps their order)
+        groups: dict[tuple, list[_Laid]] = {}
+        for x in laid:
+            e = x.placement.effect
+            groups.setdefault((e, tuple(sprites[x.stream].pics[e].shape)), []).append(x)
+        for key in sorted(groups, key=lambda k: k[0]):
+            self._lay(u, groups[key], sprites, at)
         y[rows] = u * 2.0 - 1.0
 
     def _lay(self, u: torch.Tensor, laid: list[_Laid], sprites: Sequence[DeviceSprites], at: dict[int, int]) -> None:

@@ -123,8 +123,12 @@ def test_the_device_compose_is_the_numpy_compose(draw) -> None:
     3 streams x 3 chunks, copy and residual; two effects overlapping may move a level: the bound allows one)."""
     torch.set_num_threads(2)
     e = _compose_engine(draw, batch_streams=False)
-    specs = [("pip", "love", 3), ("random-900008", "surprised", 5)]  # hearts; an effect in most chunks
+    # hearts on two avatars whose sprites differ in size (one call lays them: the first GPU run failed there),
+    # and another effect; an effect in most chunks
+    specs = [("pip", "love", 3), ("random-900008", "love", 4), ("random-900008", "surprised", 5)]
     states = [e.start_stream(av, em, 1.0, s) for av, em, s in specs]
+    sizes = {tuple(p.shape for p in e._avatar(json.loads(s.avatar_key), s.avatar_key).sprites.pics) for s in states}
+    assert len(sizes) > 1
     lat = e.sample_chunks(states)[:, :2]  # two frames each: torch's CPU draw is slow
     got = e.decode_chunks(states, lat)
     raw = (lat.reshape(len(states), 2, -1) * e.std + e.mean).astype(np.float32)
