@@ -56,8 +56,6 @@ class PrepEngineSource(Protocol):
     """An engine that declares `shared_prep`: its per-avatar work (a reference encoded, an atlas rendered) can be
     done by another copy of it, in another process, and handed over as plain arrays."""
 
-    def prep_engine(self, threads: int) -> Any: ...
-
     def prepared_avatar(self, avatar: Any) -> tuple[str, Any]:
         """(key, what this engine keeps of the avatar), prepared here if it was not: picklable."""
         ...

@@ -26,7 +26,7 @@ import hashlib
 import json
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self, cast
 
@@ -209,23 +209,6 @@ class MotionEngine:
             # chunk and the ladder's fewer_steps rung would only delay the one that helps
             fewer_steps_cheaper=False,
         )
-
-    def prep_engine(self, threads: int = 1) -> MotionEngine:
-        """An engine for preparing avatars off the live path (realtime/prep.py): its own onnxruntime sessions
-        (`threads`), and this engine's table of prepared avatars and its lock, so an avatar prepared there is this
-        engine's at once. Preparing one (its canonical frame, atlas faces and sprites rendered, the reference graph
-        run) takes 770-850 ms of a core (2-core Intel Xeon): on the live engine, between chunk jobs, that held every
-        other session's next chunk as long. The onnxruntime backend only: its prepared avatars are plain arrays.
-        Without the cheaper draw's decoder (one onnxruntime session less): the preparation lane draws loops and cached
-        chunks at full quality, never at the ladder's rungs, and the live engine's copy decoder draws an avatar
-        prepared here all the same (it reads only what a prepared avatar holds)."""
-        if not isinstance(self.backend, OnnxMotionBackend):
-            raise BackendError("only the onnxruntime motion engine has a preparation engine")
-        manifest = replace(self.backend.manifest, cheaper_draw=None)
-        backend = OnnxMotionBackend(manifest, threads=threads, verify=False)  # verified at load
-        sibling = MotionEngine(backend, self.mean, self.std, self.steps, self._weights_hash)
-        sibling._avatars, sibling._lock = self._avatars, self._lock
-        return sibling
 
     def prepared_avatar(self, avatar: Any) -> tuple[str, _Avatar]:
         """(key, the prepared avatar) for adopt_avatar() in another process (realtime/prep.py): plain arrays on the

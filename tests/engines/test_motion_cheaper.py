@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -55,19 +56,20 @@ def test_the_cheaper_decode_draws_what_the_copy_engine_draws(engines) -> None:
     assert res.backend._inputs["cheaper"] - {"motion", "ref_motion", "centres"} <= set(held) - {"f2", "f4", "f8"}
 
 
-def test_the_preparation_engine_loads_no_cheaper_decoder(engines) -> None:
-    """`prep_engine` (the Hub prepares clients' new avatars on it: loops and cached chunks at full quality) has no use
-    for the cheaper draw's decoder, so it loads none; an avatar prepared there is drawn by the live engine both ways."""
+def test_an_adopted_avatar_is_drawn_both_ways(engines) -> None:
+    """realtime/prep.py's child prepares a client's avatar on its own copy of the residual engine and hands it over
+    as arrays (prepared_avatar, pickled, adopt_avatar): the live engine keeps it without preparing it again, and its
+    own decoder and the cheaper one both draw from it."""
     res, _ = engines
-    prep = res.prep_engine(1)
-    assert set(prep.backend.sessions) == {"reference", "decoder", "denoiser"}
-    assert prep.capabilities.cheaper_decode is None and res.capabilities.cheaper_decode == CheaperDecode.COPY_DRAW
-    a = prep.start_stream("random-78", "sad", seed=2)
-    b = res.start_stream("random-78", "sad", seed=2)
-    assert res._avatars[b.avatar_key] is prep._avatars[a.avatar_key]  # prepared once, by the preparation engine
-    lat = prep.sample_chunks([a])
+    other = MotionEngine.from_folder(None, threads=1, draw="residual")
+    key, prepared = other.prepared_avatar("random-78")
+    res.adopt_avatar(key, pickle.loads(pickle.dumps(prepared)))
+    adopted = res._avatars[key]
+    a, b = other.start_stream("random-78", "sad", seed=2), res.start_stream("random-78", "sad", seed=2)
+    assert b.avatar_key == key and res._avatars[key] is adopted  # not prepared a second time
+    lat = other.sample_chunks([a])
     np.testing.assert_array_equal(lat, res.sample_chunks([b]))
-    full = prep.decode_chunks([a], lat)
+    full = other.decode_chunks([a], lat)
     assert np.abs(full.astype(np.int16) - res.decode_chunks([b], lat)).max() <= 1
     assert res.decode_chunks([b], lat, cheaper=True).shape == full.shape
 
