@@ -479,7 +479,7 @@ def test_merging_sibling_convolutions_keeps_the_outputs_and_the_weights_names():
         helper.make_node("Sigmoid", ["o"], ["s"], name="sig"),
     ]
     ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 12, None, None])]
-    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("s", "r")]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, c, None, None]) for n, c in (("s", 5), ("r", 4))]
     model = helper.make_model(
         helper.make_graph(nodes, "g", ins, outs, inits), opset_imports=[helper.make_opsetid("", 17)]
     )
