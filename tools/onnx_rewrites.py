@@ -147,4 +147,68 @@ def write_out_softmax(model) -> list[str]:
     return [n.name for n in found]
 
 
-__all__ = ["LEAST", "MULTIPLE", "channel_softmaxes", "odd_convs", "pad_conv_inputs", "write_out_softmax"]
+def _conv_key(node) -> str:
+    return node.input[0] + "|" + "|".join(sorted(a.SerializeToString().hex() for a in node.attribute))
+
+
+def merge_sibling_convs(model) -> list[list[str]]:
+    """Merge, in place, convolutions that read the same input with the same attributes (group 1, a bias) into one
+    whose weights are theirs concatenated (a Concat of the stored weights, which onnxruntime folds at load: the
+    initializers keep their names, so engines/tiny/motion_graph_weights.py reads them as before), its output split
+    back into theirs. The residual decoder's `/out` (12 -> 5) and `/res` (12 -> 4) read the same full-size
+    concatenation: one convolution of 9 outputs costs onnxruntime less than two of 5 and 4 (each padded to a block
+    of 16 outputs in its blocked layout). Same products, same sums. The groups merged, by node name."""
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    made_by = {o: n for n in g.node for o in n.output}
+
+    def stored(name: str):  # the initializer a weight or bias is (through a Cast), else None
+        while name in made_by and made_by[name].op_type == "Cast":
+            name = made_by[name].input[0]
+        return inits.get(name)
+
+    groups: dict[str, list] = {}
+    for n in g.node:
+        if n.op_type != "Conv" or len(n.input) < 3 or next((a.i for a in n.attribute if a.name == "group"), 1) != 1:
+            continue
+        if stored(n.input[1]) is None or stored(n.input[2]) is None:
+            continue
+        groups.setdefault(_conv_key(n), []).append(n)
+    merged = []
+    for convs in groups.values():
+        if len(convs) < 2:
+            continue
+        p = convs[0].name + "__merged"
+        outs = [int(stored(c.input[1]).dims[0]) for c in convs]
+        g.initializer.append(numpy_helper.from_array(np.array(outs, np.int64), p + "_split"))
+        conv = helper.make_node("Conv", [convs[0].input[0], p + "_w", p + "_b"], [p + "_y"], name=p)
+        conv.attribute.extend(convs[0].attribute)
+        nodes = [
+            helper.make_node("Concat", [c.input[1] for c in convs], [p + "_w"], name=p + "_W", axis=0),
+            helper.make_node("Concat", [c.input[2] for c in convs], [p + "_b"], name=p + "_B", axis=0),
+            conv,
+            helper.make_node(
+                "Split", [p + "_y", p + "_split"], [c.output[0] for c in convs], name=p + "_Split", axis=1
+            ),
+        ]
+        last = max(list(g.node).index(c) for c in convs)
+        for c in convs:
+            g.node.remove(c)
+        at = last - len(convs) + 1  # after every weight's Cast (each stood before its convolution)
+        for i, n in enumerate(nodes):
+            g.node.insert(at + i, n)
+        merged.append([c.name for c in convs])
+    return merged
+
+
+__all__ = [
+    "LEAST",
+    "MULTIPLE",
+    "channel_softmaxes",
+    "merge_sibling_convs",
+    "odd_convs",
+    "pad_conv_inputs",
+    "write_out_softmax",
+]

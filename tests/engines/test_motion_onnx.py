@@ -456,6 +456,50 @@ def test_the_rewrites_keep_the_numbers():
     assert (want < tiny).any() and not ((got > 0) & (got < tiny)).any()
 
 
+def test_merging_sibling_convolutions_keeps_the_outputs_and_the_weights_names():
+    """tools/onnx_rewrites.merge_sibling_convs (the residual decoder's `/out` and `/res`, both over one full-size
+    concatenation): one convolution of their weights concatenated, split back; the same outputs, and the stored
+    weights keep their names (fp16 + Cast here, as exported), so the torch backend still reads them."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from tools.onnx_rewrites import merge_sibling_convs
+
+    r = np.random.default_rng(0)
+    inits = [
+        numpy_helper.from_array(r.standard_normal((5, 12, 3, 3)).astype(np.float16), "out.weight"),
+        numpy_helper.from_array(r.standard_normal(5).astype(np.float32), "out.bias"),
+        numpy_helper.from_array(r.standard_normal((4, 12, 3, 3)).astype(np.float16), "res.weight"),
+        numpy_helper.from_array(r.standard_normal(4).astype(np.float32), "res.bias"),
+    ]
+    nodes = [
+        helper.make_node("Cast", ["res.weight"], ["rw"], name="cast_r", to=TensorProto.FLOAT),
+        helper.make_node("Conv", ["x", "rw", "res.bias"], ["r"], name="/res/Conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Cast", ["out.weight"], ["ow"], name="cast_o", to=TensorProto.FLOAT),
+        helper.make_node("Conv", ["x", "ow", "out.bias"], ["o"], name="/out/Conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Sigmoid", ["o"], ["s"], name="sig"),
+    ]
+    ins = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 12, None, None])]
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, c, None, None]) for n, c in (("s", 5), ("r", 4))]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", ins, outs, inits), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    feeds = {"x": r.standard_normal((2, 12, 16, 24)).astype(np.float32)}
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+    want = run(model)
+    assert merge_sibling_convs(model) == [["/res/Conv", "/out/Conv"]]
+    onnx.checker.check_model(model)
+    assert sum(n.op_type == "Conv" for n in model.graph.node) == 1
+    assert {i.name for i in model.graph.initializer} >= {"out.weight", "out.bias", "res.weight", "res.bias"}
+    for a, b in zip(run(model), want):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert merge_sibling_convs(model) == []  # nothing left to merge
+
+
 def test_an_int8_decoder_keeps_the_frames_and_draws_no_haze(tmp_path):
     """`tools.motion_int8` (how the shipped decoder was written): the part-mask U-Net's convolutions in int8,
     calibrated on the folder's own engine, checked on held-out avatars against the float graph (PSNR, and no haze
