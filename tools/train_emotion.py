@@ -399,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
             "accuracy": round(float(np.mean(oof[s].argmax(1) == y[s])), 4),
             "accuracy_asr_style": round(float(np.mean(oof_asr[s].argmax(1) == y[s])), 4),
             "fold_accuracy": [round(float(np.mean(oof[m].argmax(1) == y[m])), 4) for m in in_fold],
+            "fold_accuracy_asr_style": [round(float(np.mean(oof_asr[m].argmax(1) == y[m])), 4) for m in in_fold],
             "fold_n": [int(m.sum()) for m in in_fold],
         }
     if args.cv_only:
