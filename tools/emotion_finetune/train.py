@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from tools.emotion_finetune.e5_torch import E5Torch, Layer, load_pack, pack_layers, q4_dequant, read_pack
+from avatarcast.realtime.emotion.e5pack import read_pack, write_pack
+from tools.emotion_finetune.e5_torch import E5Torch, Layer, load_pack, pack_layers, q4_dequant
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 SCALE = 10.0  # logit scale on the unit embedding
@@ -64,12 +65,7 @@ def make_layers(ids: list[int], packs: dict[int, bytes], H: int, FF: int, NH: in
 
 
 def _repack(entries: dict[str, tuple[int, bytes]]) -> bytes:
-    import struct
-
-    parts = [b"E5L1", struct.pack("<I", len(entries))]
-    for name, (dt, blob) in entries.items():
-        parts += [struct.pack("<H", len(name)), name.encode(), struct.pack("<BI", dt, len(blob)), blob]
-    return b"".join(parts)
+    return write_pack((name, dt, blob) for name, (dt, blob) in entries.items())
 
 
 def padded(base: dict, seqs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
