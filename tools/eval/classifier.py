@@ -211,7 +211,6 @@ def load_meta(path: str | Path | None = None) -> dict:
     return json.loads(p.read_text()) if p.exists() else {}
 
 
-@torch.no_grad()
 @dataclass
 class ClipBatcher:
     """Clips downsampled as they come and run through the classifier in batches: batches of 8 clips run it about
@@ -237,6 +236,7 @@ class ClipBatcher:
             self.pending = []
 
 
+@torch.no_grad()
 def classify(model: ClipClassifier, clips, batch: int = 8) -> dict[str, np.ndarray]:
     """Clips (list of (T, 360, 640, 4) uint8, or a preprocessed (B, 4, T, 90, 160) tensor) ->
     {"probs": (B, 11), "pred": (B,), "embedding": (B, emb_dim)} as numpy arrays."""
