@@ -369,8 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         dec = MotionDecoder(dataclasses.replace(SHAPES[args.shape], atlas=args.atlas))
         den = build_denoiser({"width": 128, "blocks": 2})
         with torch.no_grad():
-            for m in (dec.out, den.out):  # zero-initialized last layers would hide the graphs' work
-                torch.nn.init.normal_(m.weight, std=0.02)
+            for m in (dec.last_layer if dec.shape.half_tail else dec.out, den.out):  # zero-initialized last layers
+                torch.nn.init.normal_(m.weight, std=0.02)  # would hide the graphs' work
         mean, std = np.zeros(MOTION_DIM, np.float32), np.ones(MOTION_DIM, np.float32)
         source = {"random": True, "shape": args.shape, "seed": args.seed}
     elif args.denoiser_from:

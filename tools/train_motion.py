@@ -37,7 +37,7 @@ from avatarcast.engines.avatar_world.skeleton import KEYPOINTS, MOTION_DIM, moti
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.effects import EffectLayer
 from avatarcast.engines.tiny.model import tensor_to_rgba
-from avatarcast.engines.tiny.motion import SHAPES, MotionDecoder, shape_from_dict, shape_to_dict
+from avatarcast.engines.tiny.motion import SHAPES, MotionDecoder, init_from, shape_from_dict, shape_to_dict
 from tools.motion_critic import MotionCritic
 from tools.train_tiny import (
     LossLog,
@@ -363,8 +363,11 @@ def train(args) -> None:
         print(f"[motion] started from the kept EMA weights at step {step}", flush=True)
     elif args.init_from:  # another run's weights; what this shape adds (atlas mix, residual) starts fresh, at step 0
         st = torch.load(args.init_from, map_location=device)
-        missing, unexpected = model.load_state_dict(st["ema"], strict=False)
-        if unexpected or any(not k.startswith(("atlas_", "res.")) for k in missing):
+        if shape.half_tail:  # the half-size tail from the full-size one (init_from); a narrower 1/2 size starts fresh
+            missing, unexpected = init_from(model, st["ema"]), []
+        else:
+            missing, unexpected = model.load_state_dict(st["ema"], strict=False)
+        if unexpected or (not shape.half_tail and any(not k.startswith(("atlas_", "res.")) for k in missing)):
             raise SystemExit(f"--init-from {args.init_from}: other layers (missing {missing}, unexpected {unexpected})")
         ema.load_state_dict(model.state_dict())
         print(f"[motion] initialized from {args.init_from} (its step {st['step']}); new: {missing}", flush=True)
@@ -458,7 +461,7 @@ def train(args) -> None:
         if critic is not None and critic.active:
             # scaled to the frame losses' gradient at the last layer that draws the frame (the mask loss does not
             # reach it): the residual where there is one, since a saturated copy mask passes none to /out
-            last = model.res.weight if shape.residual else model.out.weight
+            last = model.last_layer.weight
             g_term, lam = critic.generator_term(y, rec + args.edge_weight * edge, last)
             loss = loss + g_term
             extra["gan_lam"] = lam

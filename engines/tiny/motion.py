@@ -79,17 +79,31 @@ class MotionShape:
     # slope is then 0 in float32 and the generator gets no gradient at all, so the strokes stayed as bilinear
     # sampling leaves them. A residual keeps a path from the loss to the generator whatever the mask does.
     residual: bool = False
+    # The generator ends at 1/2 size (docs/bench/residual_speed_2026-12-06: a third of the residual generator's time
+    # was its full-size tail). One convolution `tail` over the 1/2-size features and the moved pixels' 2 x 2 phases
+    # (space-to-depth) predicts, per phase, the copy mask's logit and a residual: out = copy * moved + residual, mixed
+    # in the phase layout, then one depth-to-space of 4 channels. No convolution at full size; no up1, out or res.
+    # (The old tail's drawn RGBA under (1 - copy) is one more residual: (1 - copy) * drawn + res.) Implies a residual.
+    half_tail: bool = False
 
 
-# Shapes by name (tools/train_motion.py --shape): the default, and one for the 2-core CPU.
+_SMALL = MotionShape(ref_channels=(16, 32, 64), mask_channels=(32, 48, 64), gen_channels=(64, 32, 16))
+# Shapes by name (tools/train_motion.py --shape): the default, one for the 2-core CPU, and that one with the
+# generator ending at 1/2 size (with 8 channels there, not 16, for small_half8).
 SHAPES: dict[str, MotionShape] = {
     "default": MotionShape(),
-    "small": MotionShape(ref_channels=(16, 32, 64), mask_channels=(32, 48, 64), gen_channels=(64, 32, 16)),
+    "small": _SMALL,
+    "small_half": dataclasses.replace(_SMALL, residual=True, half_tail=True),
+    "small_half8": dataclasses.replace(_SMALL, gen_channels=(64, 32, 8), residual=True, half_tail=True),
 }
+# Fields added after decoders were shipped: left out of a shape's dict while at their default, so that a shape
+# written before them is written the same (the shipped folders' manifests, checkpoints).
+_NEWER_FIELDS = {"half_tail": False}
 
 
 def shape_to_dict(s: MotionShape) -> dict:
-    return dataclasses.asdict(s)
+    d = dataclasses.asdict(s)
+    return {k: v for k, v in d.items() if k not in _NEWER_FIELDS or v != _NEWER_FIELDS[k]}
 
 
 def shape_from_dict(d: dict | None) -> MotionShape:
@@ -408,16 +422,26 @@ class MotionDecoder(nn.Module):
         self.up2 = nn.Sequential(nn.SiLU(), nn.Conv2d(g[1], 4 * g[2], 3, padding=1), nn.PixelShuffle(2))
         self.g2_in = nn.Conv2d(g[2] + r[0], g[2], 3, padding=1)
         self.g2 = ResBlock(g[2])
-        self.up1 = nn.Sequential(nn.SiLU(), nn.Conv2d(g[2], 4 * 8, 3, padding=1), nn.PixelShuffle(2))
-        self.out = nn.Conv2d(8 + 4, 5, 3, padding=1)  # RGBA drawn + the copy mask's logit
-        _zero_init(self.out)
-        if s.residual:
-            self.res = nn.Conv2d(8 + 4, 4, 3, padding=1)  # added over the mix: zero at first
-            _zero_init(self.res)
-        bias = self.out.bias
-        assert bias is not None
-        with torch.no_grad():
-            bias[4] = 3.0  # start by copying the moved reference
+        if s.half_tail:
+            # per 2 x 2 phase: 4 residual channels (channel c of phase p at c * 4 + p, as pixel_shuffle reads
+            # them), then the 4 phases' copy logits; over SiLU(x) and the moved pixels' phases
+            self.tail = nn.Conv2d(g[2] + 4 * 4, 4 * 4 + 4, 3, padding=1)
+            _zero_init(self.tail)
+            tail_bias = self.tail.bias
+            assert tail_bias is not None
+            with torch.no_grad():
+                tail_bias[16:] = 3.0  # start by copying the moved reference
+        else:
+            self.up1 = nn.Sequential(nn.SiLU(), nn.Conv2d(g[2], 4 * 8, 3, padding=1), nn.PixelShuffle(2))
+            self.out = nn.Conv2d(8 + 4, 5, 3, padding=1)  # RGBA drawn + the copy mask's logit
+            _zero_init(self.out)
+            if s.residual:
+                self.res = nn.Conv2d(8 + 4, 4, 3, padding=1)  # added over the mix: zero at first
+                _zero_init(self.res)
+            bias = self.out.bias
+            assert bias is not None
+            with torch.no_grad():
+                bias[4] = 3.0  # start by copying the moved reference
         if s.atlas:
             # which face to copy: the nearest in face-field space (a prior that is right from the first step),
             # sharpened or softened by a learnt temperature, plus a learnt residual (zero at first)
@@ -481,6 +505,14 @@ class MotionDecoder(nn.Module):
             grid = up(grids[:, layer[0]].permute(0, 3, 1, 2), (h, w)).permute(0, 2, 3, 1)
             laid = laid + (1.0 - laid[:, 3:4]) * in_front.clamp(min=0.0) * warp(canon, grid)
         return laid * 2.0 - 1.0
+
+    @property
+    def last_layer(self) -> nn.Conv2d:
+        """The last layer that draws the frame (the patch critic scales its term to the frame losses' gradient there):
+        the one the residual comes from, since a saturated copy mask passes none to /out."""
+        if self.shape.half_tail:
+            return self.tail
+        return self.res if self.shape.residual else self.out
 
     def encode_reference(self, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return self.ref_encoder(ref)
@@ -595,20 +627,87 @@ class MotionDecoder(nn.Module):
         x = self.g4(x, cond)
         x = self.g2_in(torch.cat([self.up2(x), warp(f2, mixed[2]) * vis[2]], 1))
         x = self.g2(x)
-        last = torch.cat([self.up1(x), moved_px], 1)
-        o = self.out(last).float()
-        copy = torch.sigmoid(o[:, 4:5])
-        out = copy * moved_px + (1 - copy) * o[:, :4]
-        if s.residual:
-            out = out + self.res(last).float()
+        if s.half_tail:
+            moved2 = F.pixel_unshuffle(moved_px, 2)  # (B, 16, h/2, w/2): channel c of phase p at c * 4 + p
+            z = self.tail(torch.cat([F.silu(x), moved2], 1)).float()
+            copy2 = torch.sigmoid(z[:, 16:])
+            # the mix in the phase layout (each phase's mask over its 4 channels), then one 4-channel shuffle
+            out = F.pixel_shuffle(copy2.repeat(1, 4, 1, 1) * moved2 + z[:, :16], 2)
+            copy = F.pixel_shuffle(copy2, 2) if return_parts else copy2
+        else:
+            last = torch.cat([self.up1(x), moved_px], 1)
+            o = self.out(last).float()
+            copy = torch.sigmoid(o[:, 4:5])
+            out = copy * moved_px + (1 - copy) * o[:, :4]
+            if s.residual:
+                out = out + self.res(last).float()
         if return_parts:
             return out, {"moved": moved_px, "copy": copy, "grid4": mixed[4], "vis4": vis[4], "ref4": ref4}
         return out
 
 
+def half_tail_from_full(state: dict[str, torch.Tensor], fold: bool = True) -> dict[str, torch.Tensor]:
+    """`tail.weight` and `tail.bias` of a half_tail decoder that draws as close as one 3 x 3 convolution can to the
+    full-size tail in `state` (a residual decoder's: up1's convolution, its pixel shuffle, then `out` and `res` over
+    it and the moved pixels). Each phase of a full-size 3 x 3 convolution is a 3 x 3 convolution at 1/2 size, so the
+    moved pixels' part is exact. The features' part (up1's 3 x 3 then out's 3 x 3) is a 5 x 5 at 1/2 size: its outer
+    ring is folded onto the nearest inner tap (`fold`, right where the features are smooth) or dropped. The
+    copy logit is out's; the residual is res's, and the drawn RGBA under (1 - copy) is left out (exact wherever
+    the copy mask is saturated at 1, as the residual decoder's is over most pixels)."""
+    w1, b1 = state["up1.1.weight"].float(), state["up1.1.bias"].float()  # (32, C, 3, 3): 8 channels x 4 phases
+    wo = torch.cat([state["res.weight"], state["out.weight"][4:5]]).float()  # (5, 12, 3, 3): residual, logit
+    bo = torch.cat([state["res.bias"], state["out.bias"][4:5]]).float()
+    C = w1.shape[1]
+    k5 = torch.zeros(5, 4, C, 5, 5)  # (target, phase, S channel, 5 x 5)
+    km = torch.zeros(5, 4, 16, 3, 3)  # (target, phase, moved phase channel, 3 x 3)
+    bias = bo[:, None].repeat(1, 4)
+    for a in range(2):
+        for b in range(2):
+            p = a * 2 + b
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    qy, ry, qx, rx = (a + dy) // 2, (a + dy) % 2, (b + dx) // 2, (b + dx) % 2
+                    tap = wo[:, :, dy + 1, dx + 1]  # (5, 12)
+                    rows = [k * 4 + ry * 2 + rx for k in range(8)]
+                    # (5, 8) x (8, C, 3, 3): up1's kernel for this phase, shifted by (qy, qx)
+                    k5[:, p, :, qy + 1 : qy + 4, qx + 1 : qx + 4] += torch.einsum("ok,kcyx->ocyx", tap[:, :8], w1[rows])
+                    bias[:, p] += tap[:, :8] @ b1[rows]
+                    for c in range(4):
+                        km[:, p, c * 4 + ry * 2 + rx, qy + 1, qx + 1] += tap[:, 8 + c]
+    if fold:
+        k3 = k5[..., 1:4, 1:4].clone()
+        k3[..., 0, :] += k5[..., 0, 1:4]
+        k3[..., 2, :] += k5[..., 4, 1:4]
+        k3[..., :, 0] += k5[..., 1:4, 0]
+        k3[..., :, 2] += k5[..., 1:4, 4]
+        for yi, yo in ((0, 0), (4, 2)):
+            for xi, xo in ((0, 0), (4, 2)):
+                k3[..., yo, xo] += k5[..., yi, xi]
+    else:
+        k3 = k5[..., 1:4, 1:4]
+    w = torch.cat([k3, km], 2)  # (5, 4, C + 16, 3, 3)
+    # tail's output order: residual channel c of phase p at c * 4 + p, then the 4 phases' logits
+    return {"tail.weight": w.reshape(20, C + 16, 3, 3).contiguous(), "tail.bias": bias.reshape(20).contiguous()}
+
+
+def init_from(model: MotionDecoder, state: dict[str, torch.Tensor]) -> list[str]:
+    """Another run's weights (train_motion --init-from): every entry of the same name and shape loads; a half-size tail
+    from a full-size one is half_tail_from_full's (when the 1/2-size channels agree). The keys left fresh."""
+    own = model.state_dict()
+    take = {k: v for k, v in state.items() if k in own and tuple(v.shape) == tuple(own[k].shape)}
+    if model.shape.half_tail and "res.weight" in state and "up1.1.weight" in state:
+        tail = half_tail_from_full(state)
+        if tail["tail.weight"].shape == own["tail.weight"].shape:
+            take.update(tail)
+    model.load_state_dict(take, strict=False)
+    return [k for k in own if k not in take]
+
+
 __all__ = [
     "EXPR_DIM",
     "MotionDecoder",
+    "half_tail_from_full",
+    "init_from",
     "MotionShape",
     "N_PARTS",
     "PartPrior",

@@ -30,7 +30,10 @@ from avatarcast.engines.tiny.weights import WeightsError
 
 DECODER_PREFIX = "dec."  # tools.export_motion traces the decoder inside a wrapper module (`self.dec`)
 # The generator's modules: a copy-only decoder graph (tools.export_motion --copy-only) holds none of them.
-GENERATOR = ("cond.", "g8_in.", "g8.", "up4.", "g4_in.", "g4.", "up2.", "g2_in.", "g2.", "up1.", "out.", "res.")
+GENERATOR = (
+    *("cond.", "g8_in.", "g8.", "up4.", "g4_in.", "g4.", "up2.", "g2_in.", "g2."),
+    *("up1.", "out.", "res.", "tail."),  # the full-size tail, or MotionShape.half_tail's
+)
 
 
 class GraphWeightsError(WeightsError):

@@ -689,3 +689,71 @@ def test_motion_draw_chooses_a_shipped_folder():
         Settings(engine="motion", motion_draw="paint").validate()
     with pytest.raises(SettingValueError, match="with --weights DIR"):
         Settings(engine="motion", weights="/x", motion_draw="residual").validate()
+
+
+def test_a_half_size_tail_exports_serves_and_reads_back(folder, tmp_path):
+    """MotionShape.half_tail (SHAPES small_half): the generator ends at 1/2 size, one pixel shuffle of 4 channels. Its
+    graph has no full-size convolution; onnxruntime and the graph's weights read back into torch draw what torch
+    draws; the manifest records the shape. Shapes without it are written as before (no new key)."""
+    import dataclasses
+
+    import onnx
+
+    from avatarcast.engines.tiny.motion import SHAPES, MotionDecoder, shape_from_dict, shape_to_dict
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+    from avatarcast.engines.tiny.motion_torch import TorchMotionBackend
+    from tools.export_motion import export_with_denoiser_from
+
+    assert "half_tail" not in shape_to_dict(shape_from_dict(load_motion_manifest(SHIPPED).decoder_shape))
+    torch.manual_seed(1)
+    dec = MotionDecoder(dataclasses.replace(SHAPES["small_half"], atlas=11)).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(dec.tail.weight, std=0.05)
+    man = export_with_denoiser_from(dec, folder, tmp_path / "half", {"decoder": {"file": "x.pt"}}, fp16=False)
+    assert man.decoder_shape["half_tail"] is True
+    graph = onnx.load(str(man.graph("decoder"))).graph
+    convs = {n.name for n in graph.node if n.op_type == "Conv"}
+    assert "/tail/Conv" in convs and not any(c.startswith(("/out", "/res", "/up1")) for c in convs)
+    assert [n.op_type for n in graph.node].count("DepthToSpace") == 3  # up4, up2 and the tail's one
+    served = MotionEngine.from_folder(man.path, threads=2)
+    read_back = MotionEngine.from_folder(man.path, threads=2, backend="torch", device="cpu")
+    _, den = _modules()
+    ref = MotionEngine(TorchMotionBackend(dec, den), served.mean, served.std)
+    for av, emotion, seed in CASES:
+        a, b, c = (e.start_stream(av, emotion, seed=seed) for e in (served, ref, read_back))
+        motion = served.sample_chunks([a])
+        fa, fb = served.decode_chunks([a], motion)[0], ref.decode_chunks([b], motion)[0]
+        fc = read_back.decode_chunks([c], motion)[0]
+        for other in (fb, fc):
+            d = np.abs(fa.astype(np.int16) - other.astype(np.int16))
+            assert d.max() <= 2 and (d > 1).mean() < 1e-4, (av, int(d.max()))
+        assert (fa[..., 3] > 127).mean() > 0.02
+
+
+def test_a_half_size_tail_starts_from_a_full_size_one():
+    """init_from (train_motion --init-from): a half-size tail from a residual decoder's full-size one.
+    The moved pixels' part is exact; with up1's kernel at its centre tap only, so is all of it (else its outer ring
+    is folded in)."""
+    import dataclasses
+
+    from avatarcast.engines.tiny.motion import SHAPES, MotionDecoder, init_from
+
+    torch.manual_seed(2)
+    full = MotionDecoder(dataclasses.replace(SHAPES["small"], residual=True)).eval()
+    with torch.no_grad():
+        for m in (full.out, full.res):
+            torch.nn.init.normal_(m.weight, std=0.05)
+        w = full.up1[1].weight
+        w.copy_(w * (torch.arange(9).reshape(3, 3) == 4))
+    half = MotionDecoder(SHAPES["small_half"]).eval()
+    assert init_from(half, full.state_dict()) == []
+    x = torch.randn(2, 16, 12, 16)
+    moved = torch.rand(2, 4, 24, 32) * 2 - 1
+    last = torch.cat([full.up1(x), moved], 1)
+    want = full.res(last)
+    logit = full.out(last)[:, 4:5]
+    F = torch.nn.functional
+    z = F.pixel_shuffle(half.tail(torch.cat([F.silu(x), F.pixel_unshuffle(moved, 2)], 1)), 2)
+    inner = (slice(None), slice(None), slice(2, -2), slice(2, -2))  # at the border, up1's bias met zero padding
+    torch.testing.assert_close(z[:, :4][inner], want[inner], atol=1e-5, rtol=0)
+    torch.testing.assert_close(z[:, 4:][inner], logit[inner], atol=1e-5, rtol=0)
