@@ -64,6 +64,10 @@ class PrepEngineSource(Protocol):
         """Keep another copy's prepared_avatar(), as if prepared here."""
         ...
 
+    def release_avatar(self, avatar: Any) -> None:
+        """Drop this engine's prepared copy of the avatar (the preparing copy, once the live one holds it)."""
+        ...
+
 
 class LatentShapes(Protocol):
     """The shapes the latents cache checks stored entries against (read-only)."""

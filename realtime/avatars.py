@@ -294,6 +294,8 @@ class AvatarStore:
             a.error = f"{type(exc).__name__}: {exc}"
             log.exception("warming avatar %s failed", a.name)
         finally:
+            with contextlib.suppress(Exception):  # a lane that failed already said so above
+                await lane.done(a.params)
             a.warm_s = round(time.perf_counter() - t0, 3)
             a.ready.set()
             log.info("avatar %s ready in %.2f s", a.name, a.warm_s)

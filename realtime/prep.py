@@ -81,6 +81,10 @@ class Lane(Protocol):
         """Build the avatar's entries of `emotion` into the shared store (nothing: the live cache builds them)."""
         ...
 
+    async def done(self, params: Any) -> None:
+        """The avatar's preparation is over (or failed): what the lane kept of it for the next call may go."""
+        ...
+
 
 async def make_loop(run: Run, engine: Any, params: Any, kind: str, frames: int) -> np.ndarray:
     """One loop, a small engine call at a time through `run` (the live engine's lane lets chunk jobs between)."""
@@ -105,6 +109,9 @@ class EngineLane:
 
     async def build_cache(self, params: Any, emotion: str) -> None:
         return None
+
+    async def done(self, params: Any) -> None:
+        return None  # the live engine keeps its avatars: sessions draw from them
 
 
 # -- the child process's side: module-level, so that spawn's child finds them by name --
@@ -149,6 +156,10 @@ def _child_build_cache(params: Any, emotion: str) -> None:
 
 def _child_prepared_avatar(params: Any) -> tuple[str, Any]:
     return _child["engine"].prepared_avatar(params)
+
+
+def _child_release(params: Any) -> None:
+    _child["engine"].release_avatar(params)
 
 
 class PrepProcess:
@@ -204,6 +215,11 @@ class PrepProcess:
 
     async def build_cache(self, params: Any, emotion: str) -> None:
         await self._call(_child_build_cache, params, emotion)
+
+    async def done(self, params: Any) -> None:
+        """The live engine holds the avatar (adopted after its first loop): the child's copy goes."""
+        if self._adopt is not None and self._pool is not None:  # a child that died took its copies with it
+            await self._call(_child_release, params)
 
     async def close(self) -> None:
         """Drop queued calls, wait for the running one, and reap the child (no process outlives the server)."""

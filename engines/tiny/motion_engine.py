@@ -216,6 +216,13 @@ class MotionEngine:
         key = avatar_cache_key(avatar)
         return key, self._avatar(avatar, key)
 
+    def release_avatar(self, avatar: Any) -> None:
+        """Drop the prepared avatar (tens of MB: its atlas, sprites and reference features). The preparation process's
+        copy of the engine calls it once the avatar is prepared and the live engine has adopted it: else it kept
+        every avatar it prepared, up to MAX_AVATARS (measured: its RSS 115 -> 730 MB over 8 avatars)."""
+        with self._lock:
+            self._avatars.pop(avatar_cache_key(avatar), None)
+
     def adopt_avatar(self, key: str, prepared: _Avatar) -> None:
         """Keep an avatar another copy of this engine prepared (prepared_avatar()), as if prepared here."""
         with self._lock:
