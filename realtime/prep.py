@@ -209,7 +209,9 @@ class PrepProcess:
 
     async def loop(self, params: Any, kind: str, frames: int) -> np.ndarray:
         frames_out = await self._call(_child_loop, params, kind, frames)
-        if self._adopt is not None:  # a dict lookup there: the loop prepared it
+        # the first loop prepared the avatar there (a dict lookup now), and the later ones reuse it: hand it over
+        # once (a motion avatar pickles to ~54 MB, 60 ms of the child to write), before the live cache's step
+        if self._adopt is not None and kind == LOOPS[0][0]:
             self._adopt.adopt_avatar(*await self._call(_child_prepared_avatar, params))
         return frames_out
 
