@@ -38,6 +38,9 @@ class MotionBackend(Denoises, Protocol):
     # None: the engine composes the frames in numpy on the host; a torch device ("cuda"): there
     # (engines/tiny/motion_compose.py), from the backend's draw_t / draw_streams_t (the torch backend's)
     compose_device: str | None
+    # True: decode_chunks draws every stream of a chunk in one call over their common box, from the backend's
+    # draw_streams (the torch backend's, on CUDA by default); False: one draw a stream
+    batch_streams: bool
 
     def prepare(self, ref_win: np.ndarray, atlas: np.ndarray | None) -> Any: ...
 
@@ -62,6 +65,7 @@ class OnnxMotionBackend:
 
     name = "onnxruntime"
     compose_device: str | None = None  # numpy on the host: the CPU serving path imports no torch
+    batch_streams = False  # one draw a stream: a batch of streams costs the CPU what their draws do
 
     def __init__(self, manifest: MotionManifest, threads: int | None = None, verify: bool = True):
         self.manifest = manifest

@@ -347,7 +347,7 @@ class MotionEngine:
         raw = latents.reshape(B, T, MOTION_DIM) * self.std + self.mean
         # start_stream prepared each avatar (again here if evicted)
         avatars = [self._avatar(json.loads(s.avatar_key), s.avatar_key) for s in states]
-        if getattr(self.backend, "batch_streams", False) and B > 1:
+        if self.backend.batch_streams and B > 1:
             return self._draw_streams(avatars, raw.astype(np.float32), cheaper)
         return np.stack([self._draw(a, m, cheaper) for a, m in zip(avatars, raw)])
 
@@ -420,9 +420,8 @@ class MotionEngine:
         streams' common box (a backend with batch_streams: torch on CUDA, where one call of B x T rows beats B
         calls). Pixels of the common box outside a stream's own box are the decoder's, transparent there too."""
         box = self.draw_box(raw.reshape(-1, MOTION_DIM))
-        drawn = self.backend.draw_streams(  # type: ignore[attr-defined]
-            [a.ref for a in avatars], raw, np.stack([a.ref_motion for a in avatars]), box, cheaper
-        )
+        be = cast("TorchMotionBackend", self.backend)  # the one backend that sets batch_streams
+        drawn = be.draw_streams([a.ref for a in avatars], raw, np.stack([a.ref_motion for a in avatars]), box, cheaper)
         return np.stack([self._compose(a, m, box, d) for a, m, d in zip(avatars, raw, drawn)])
 
     def _compose(self, a: _Avatar, m: np.ndarray, box: tuple[int, int, int, int], drawn: np.ndarray) -> np.ndarray:
