@@ -180,13 +180,18 @@ class Sampling:
     pic_box: tuple[int, int]  # the picture's first pixel, window (row, column)
 
     def coords(self, cols, rows):
-        """(sx, sy) for canvas column indices `cols` (1, n) and row indices `rows` (m, 1), numpy or torch float64:
-        each pixel's centre, back through the move and the turn, in the picture's pixel coordinates."""
-        (by, bx), (tx, ty), (ax, ay), (py, px) = self.box, self.target, self.anchor, self.pic_box
-        c, s = self.c, self.s
-        gx = cols + 0.5 + bx - tx
-        gy = rows + 0.5 + by - ty
-        return c * gx + s * gy + ax - px - 0.5, -s * gx + c * gy + ay - py - 0.5  # - 0.5: pixel k's centre: k + 0.5
+        """(sx, sy) for canvas column indices `cols` (1, n) and row indices `rows` (m, 1), numpy float64."""
+        return sample_coords(cols, rows, self.c, self.s, self.box, self.target, self.anchor, self.pic_box)
+
+
+def sample_coords(cols, rows, c, s, box, target, anchor, pic_box):
+    """Each canvas pixel's centre (column indices `cols`, row indices `rows`), back through the move and the turn, in
+    the picture's pixel coordinates: (sx, sy). One order of operations for the numpy path (a Sampling's numbers) and
+    the device compose (each picture's numbers as torch float64 columns), so both sample to the bit."""
+    (by, bx), (tx, ty), (ax, ay), (py, px) = box, target, anchor, pic_box
+    gx = cols + 0.5 + bx - tx
+    gy = rows + 0.5 + by - ty
+    return c * gx + s * gy + ax - px - 0.5, -s * gx + c * gy + ay - py - 0.5  # - 0.5: pixel k's centre: k + 0.5
 
 
 def _sampling(pic_hw, pic_box, anchor, target, turn: float, box, top: float) -> Sampling | None:
@@ -238,4 +243,4 @@ def _bilinear(pic: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
     )
 
 
-__all__ = ["EffectLayer", "Placement", "Sampling"]
+__all__ = ["EffectLayer", "Placement", "Sampling", "sample_coords"]

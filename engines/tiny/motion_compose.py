@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from avatarcast.engines.tiny.config import TinyConfig
-from avatarcast.engines.tiny.effects import EffectLayer, Placement, Sampling
+from avatarcast.engines.tiny.effects import EffectLayer, Placement, Sampling, sample_coords
 
 Box = tuple[int, int, int, int]  # window (row, column, height, width)
 
@@ -140,14 +140,21 @@ class DeviceCompose:
         r = torch.arange(Rh, device=dev).view(1, Rh, 1)
         c = torch.arange(Rw, device=dev).view(1, 1, Rw)
         rows, cols = y0 + r, x0 + c  # (P, Rh, 1), (P, 1, Rw): canvas pixels
-        # Sampling.coords, element for element, with each picture's numbers as (P, 1, 1) columns
-        cs, sn = col([s.c for s in ws]), col([s.s for s in ws])
-        gx = cols.to(f64) + 0.5 + col([s.box[1] for s in ws]) - col([s.target[0] for s in ws])
-        gy = rows.to(f64) + 0.5 + col([s.box[0] for s in ws]) - col([s.target[1] for s in ws])
-        ax, ay = col([s.anchor[0] for s in ws]), col([s.anchor[1] for s in ws])
-        px, py = col([s.pic_box[1] for s in ws]), col([s.pic_box[0] for s in ws])
-        sx = cs * gx + sn * gy + ax - px - 0.5
-        sy = -sn * gx + cs * gy + ay - py - 0.5
+        # the numpy path's sampling, with each picture's numbers as (P, 1, 1) columns
+
+        def pair(vals: list[tuple[float, float]]) -> tuple[torch.Tensor, torch.Tensor]:
+            return col([v[0] for v in vals]), col([v[1] for v in vals])
+
+        sx, sy = sample_coords(
+            cols.to(f64),
+            rows.to(f64),
+            col([s.c for s in ws]),
+            col([s.s for s in ws]),
+            pair([s.box for s in ws]),
+            pair([s.target for s in ws]),
+            pair([s.anchor for s in ws]),
+            pair([s.pic_box for s in ws]),
+        )
         # the pictures, premultiplied float32 as canvas() makes them, with a zero row and column first
         pics = torch.stack([sprites[x.stream].pics[e][x.placement.level, x.placement.phase] for x in laid])
         pic = pics.float() / 255.0
