@@ -294,8 +294,10 @@ class AvatarStore:
             a.error = f"{type(exc).__name__}: {exc}"
             log.exception("warming avatar %s failed", a.name)
         finally:
-            with contextlib.suppress(Exception):  # a lane that failed already said so above
+            try:
                 await lane.done(a.params)
+            except Exception:  # the avatar is ready all the same; only the lane's own copy of it may linger
+                log.warning("avatar %s: the preparation lane could not let its copy go", a.name, exc_info=True)
             a.warm_s = round(time.perf_counter() - t0, 3)
             a.ready.set()
             log.info("avatar %s ready in %.2f s", a.name, a.warm_s)
