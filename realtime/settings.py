@@ -51,8 +51,9 @@ def motion_serves_on(backend: str, device: str) -> bool:
 def default_engine(backend: str, device: str) -> str:
     """The engine `--engine auto` (the default) serves on this backend and device: motion on onnxruntime on the CPU,
     since its picture is measured better (README, "Which engine") and it keeps up with two streams on two cores;
-    tiny on torch, tensorrt or CUDA. Motion serves on torch too (`--engine motion --backend torch`), but its GPU
-    throughput is not measured yet, so auto does not pick it there."""
+    tiny on torch, tensorrt or CUDA. Motion serves on torch too (`--engine motion --backend torch`), but on a GPU
+    it draws a tenth of tiny's frames (768 against 8,902 fps at 200 streams on an H100,
+    docs/bench/motion_gpu_2026-12-06), so auto does not pick it there."""
     return "motion" if backend == "onnxruntime" and device in ("auto", "cpu") else "tiny"
 
 
@@ -523,7 +524,7 @@ class Settings:
         if self.engine == default:
             return (
                 f"tiny (the default on {self.backend} on {self.device}; --engine motion --backend torch serves motion "
-                "here, its GPU throughput unmeasured)"
+                "here, at a tenth of tiny's throughput on a GPU)"
             )
         return f"{self.engine} (chosen; the default here is {default})"
 

@@ -6,14 +6,15 @@ it chunk by chunk with the same few-step sampler as architecture 2; the motion d
 draws each frame by moving the avatar's canonical frame part by part, so eyes, glasses and outlines are copied
 rather than regenerated. Per avatar, the canonical frame is rendered and encoded once.
 
-The server's default on onnxruntime (the CPU); `--engine auto` keeps architecture 2 on the GPU backends until this
-one's GPU throughput is measured. It serves from a folder of exported graphs (the shipped one, or `--weights DIR`) on
-onnxruntime (no torch) or, read back into torch networks, on torch on the CPU or CUDA (the decode batched across
-streams there); or runs training's checkpoints on torch (the fidelity eval: `tools.eval.fidelity --motion`). The
-networks sit behind engines/tiny/motion_backends.MotionBackend, and everything around them here is numpy, per stream
-on the host (the box, the window, the effect sprites, RGBA out: `_compose`), except where the backend composes on its
-device (compose_device: torch on CUDA): there engines/tiny/motion_compose.py does the same to the bit, each stream's
-own box drawn in a batch of its size bucket, and the frames leave the device once, as uint8 (`decode_chunks_t`).
+The server's default on onnxruntime (the CPU); `--engine auto` keeps architecture 2 on the GPU backends, where this one
+draws a tenth of its frames (docs/bench/motion_gpu_2026-12-06). It serves from a folder of exported graphs (the shipped
+one, or `--weights DIR`) on onnxruntime (no torch) or, read back into torch networks, on torch on the CPU or CUDA (the
+decode batched across streams there); or runs training's checkpoints on torch (the fidelity eval: `tools.eval.fidelity
+--motion`). The networks sit behind engines/tiny/motion_backends.MotionBackend, and everything around them here is
+numpy, per stream on the host (the box, the window, the effect sprites, RGBA out: `_compose`), except where the backend
+composes on its device (compose_device: torch on CUDA): there engines/tiny/motion_compose.py does the same to the bit,
+each stream's own box drawn in a batch of its size bucket, and the frames leave the device once, as uint8
+(`decode_chunks_t`).
 A folder may name a copy-only folder as its cheaper draw (the shipped residual folder names the copy one): under
 load the degradation ladder draws with that decoder instead, from the same prepared avatar (capabilities'
 cheaper_decode "copy_draw"; the copy decoder reads the canonical frame and atlas faces the avatar already holds).
