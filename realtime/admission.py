@@ -43,11 +43,18 @@ figures used. The estimate is optimistic when many admitted-but-quiet sessions s
 once; the degradation ladder (realtime/ladder.py) is what keeps their frame rate then.
 `max_sessions` stays as a hard cap.
 
-The ladder's cheaper rungs are not counted as capacity: stream_chunk_s is measured on full-quality batches only, and
-a session is admitted only while its reactions fit at full quality. Counting the cheaper decode (tiny's half
-resolution, the residual draw's copy draw) would admit sessions the engine can hold only degraded: an operator who
-chose `--motion-draw residual` would get the copy draw's picture for most of each reaction. The cheaper rung is for
-surges among the admitted sessions.
+The ladder's cheaper rungs are not counted as capacity by default: stream_chunk_s is measured on full-quality
+batches only, and a session is admitted only while its reactions fit at full quality. Counting the cheaper decode
+(tiny's half resolution, the residual draw's copy draw) would admit sessions the engine can hold only degraded: an
+operator who chose `--motion-draw residual` would get the copy draw's picture for most of each reaction. There the
+cheaper rung is for surges among the admitted sessions.
+
+`--motion-draw adaptive` asks for the other policy (`cheaper_ratio`): capacity is what the engine holds at the
+cheaper decode (the copy draw, as many sessions as the copy draw's own server admits), and the full decode is what
+sessions get while there is room for it. The load is priced at the cheaper decode: batches decoded the full way count
+`cheaper_ratio` (the cheaper decode's cost over the full one's, measured at start-up) of their seconds, a new
+reaction adds stream_chunk_s * cheaper_ratio, and a ladder at the cheaper-decode rung is the engine at work, not late:
+only below it (cached loops) are new sessions refused as "degraded".
 """
 
 from __future__ import annotations
@@ -55,9 +62,11 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from avatarcast.realtime.ladder import LEVELS
 from avatarcast.realtime.scheduler import Scheduler
 
 NEW_SESSION_DUTY = 0.5  # the share of time a session not yet measured is assumed to react
+CHEAPER_RUNG = LEVELS.index("cheaper_decode")
 
 
 @dataclass(frozen=True)
@@ -85,6 +94,7 @@ def check(
     sessions: int = 1,
     young: Collection[str] = (),
     gone: Collection[str] = (),
+    cheaper_ratio: float | None = None,
 ) -> Verdict:
     """Whether one more reacting stream fits, from the scheduler's measurements.
 
@@ -93,11 +103,14 @@ def check(
         young: the ids of the open sessions opened within the last window_s.
         gone: the ids of sessions closed (or left by their client) that may have engine time in the window:
             their shares of busy are not counted. Ids the scheduler has no time for are ignored.
+        cheaper_ratio: count capacity at the ladder's cheaper decode, whose cost over the full decode's this is
+            (`--motion-draw adaptive`); None: at full quality.
     """
-    busy = scheduler.busy_fraction(window_s)
+    scale = 1.0 if cheaper_ratio is None else cheaper_ratio
+    busy = scheduler.busy_fraction(window_s, full_scale=scale)
     per = scheduler.stream_chunk_s
-    added = None if per is None else per / chunk_s
-    measured = scheduler.busy_by_session(window_s) if young or gone else {}
+    added = None if per is None else per * scale / chunk_s
+    measured = scheduler.busy_by_session(window_s, full_scale=scale) if young or gone else {}
     gone_busy = min(busy, sum(measured.get(sid, 0.0) for sid in set(gone)))
     counted = busy - gone_busy
     unmeasured = 0.0
@@ -109,7 +122,7 @@ def check(
     if sessions == 0:
         return Verdict(True, "ok", "", busy, added, young_duty, gone_busy)
     ladder = scheduler.ladder
-    if ladder is not None and ladder.level > 0:
+    if ladder is not None and ladder.level > (0 if cheaper_ratio is None else CHEAPER_RUNG):
         return Verdict(
             False,
             "degraded",

@@ -34,7 +34,7 @@ def load_engine(settings: Settings, cache_dir: str | Path | None = None, templat
             settings.weights or None,
             steps=settings.steps,
             threads=threads,
-            draw=settings.motion_draw,
+            draw=settings.motion_folder_draw,
             backend=settings.backend,
             device=None if settings.device == "auto" else settings.device,
         )

@@ -28,6 +28,7 @@ from avatarcast.realtime.admission import Verdict, check
 from avatarcast.realtime.asr import Transcriber
 from avatarcast.realtime.avatars import AvatarStore
 from avatarcast.realtime.clips import ClipRenderer
+from avatarcast.realtime.decode_cost import cheaper_decode_ratio
 from avatarcast.realtime.emotion import EmotionReader
 from avatarcast.realtime.engine_loader import load_engine
 from avatarcast.realtime.ladder import ladder_for
@@ -87,6 +88,8 @@ class Hub:
         self.open_sockets = 0  # WebSocket handlers running (realtime/ws.py): drain waits for their close frames
         self.sockets = ClientSockets(settings.max_connections_per_ip)  # open sockets per client IP
         self.load_s: dict[str, float] = {}
+        # the cheaper decode's cost over the full one's, a chunk (realtime/decode_cost.py); None: no cheaper decode
+        self.cheaper_ratio: float | None = None
         self.start_error: str | None = None  # why start() failed ("Type: message"), set by the server
         self._reaper: asyncio.Task | None = None
         self.loop_lag = LagWindow()
@@ -182,6 +185,7 @@ class Hub:
             await self._calibrate()
         except Exception:  # admission control then admits up to max_sessions until a batch is measured
             log.exception("measuring the engine's cost at start-up failed")
+        await self._measure_cheaper_decode()
         self._reaper = asyncio.create_task(self._reap_idle(), name="session-reaper")
         self.ready.set()
 
@@ -234,6 +238,22 @@ class Hub:
         sv.scheduler.stream_chunk_s = None  # this measurement replaces the old estimate
         await sv.scheduler.submit(ChunkJob("calibration", state, time.monotonic() + 5.0, "idle", 0.5))
         self.load_s["calibration"] = round(time.perf_counter() - t0, 3)
+
+    async def _measure_cheaper_decode(self) -> None:
+        """The ladder's cheaper decode against the full one (engines that have one): the ladder steps back up from it
+        by the full decode's load, and `--motion-draw adaptive` prices admission at it."""
+        sv = self._services
+        if sv.scheduler.ladder is None or sv.scheduler.ladder.cheaper is None:
+            return
+        params = sv.avatars.get((self.settings.avatar_list() or ["pip"])[0]).params
+        t0 = time.perf_counter()
+        try:
+            self.cheaper_ratio = await sv.scheduler.run_on_engine(cheaper_decode_ratio, sv.engine, params)
+        except Exception:  # the ladder then steps up by the busy it sees, admission prices at full quality
+            log.exception("measuring the cheaper decode's cost at start-up failed")
+            return
+        sv.scheduler.ladder.cost_ratio = self.cheaper_ratio
+        self.load_s["cheaper_decode"] = round(time.perf_counter() - t0, 3)
 
     async def drain(self, reason: str = "the server is shutting down") -> None:
         """Graceful shutdown: refuse new sessions, tell every session why, and close them (WebSocket 1001)."""
@@ -375,6 +395,7 @@ class Hub:
             sessions=len(live),
             young=young,
             gone=gone,
+            cheaper_ratio=self.cheaper_ratio if self._prices_at_cheaper else None,
         )
 
     def _reject(self, reason: str) -> None:
@@ -401,6 +422,11 @@ class Hub:
         log.info("session %s closed after %d frames", sid, r.frames_sent)
         return True
 
+    @property
+    def _prices_at_cheaper(self) -> bool:
+        """Admission control counts capacity at the ladder's cheaper decode: asked for, and its cost measured."""
+        return self.settings.admits_at_cheaper_decode and self.cheaper_ratio is not None
+
     def _load_status(self, sv: Services) -> dict:
         sch, s = sv.scheduler, self.settings
         lad = sch.ladder
@@ -413,9 +439,13 @@ class Hub:
             "lowest_level": lad.top if lad else 0,
             # what the cheaper_decode rung (2) decodes with: "half_resolution", "copy_draw"; None: no such rung
             "cheaper_decode": lad.cheaper if lad else None,
-            "engine_busy": round(verdict.busy, 3),
-            # what admission control counts of it: less the part of sessions gone (closed, or left by their client)
+            "engine_busy": round(sch.busy_fraction(s.capacity_window_s), 3),
+            # what admission control counts of it: less the part of sessions gone (closed, or left by their client),
+            # priced at the cheaper decode where it counts capacity there (--motion-draw adaptive)
             "counted_busy": round(verdict.counted_busy, 3),
+            "admission_prices_at": "cheaper_decode" if self._prices_at_cheaper else "full",
+            # the cheaper decode's cost over the full one's, a chunk, measured at start-up (None: no cheaper decode)
+            "cheaper_cost_ratio": None if self.cheaper_ratio is None else round(self.cheaper_ratio, 3),
             "stream_chunk_s": None if per is None else round(per, 4),
             "chunk_s": self.chunk_s,
             "reaction_load": None if per is None else round(per / self.chunk_s, 3),

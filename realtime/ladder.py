@@ -25,7 +25,10 @@ Measurement, not guesses: the scheduler reports each live batch (late or not: di
 its earliest job's deadline) and the engine's busy fraction. Hysteresis keeps it from flapping:
 it steps down after `down_late` late batches within `window_s`, at most once per `dwell_s`; it
 steps back up only after `up_after_s` with no late batch while the engine is less than `up_busy`
-busy. Pure logic with an injected clock: the scheduler drives it, tests drive it directly.
+busy. From the cheaper-decode rung that busy is the load as the full decode would cost it, where the
+Hub has measured the two decodes' ratio (`cost_ratio`): the residual draw costs 1.7x the copy draw, so
+two sessions reacting at 59% busy on the copy draw would step up to 100% and be late again at once.
+Pure logic with an injected clock: the scheduler drives it, tests drive it directly.
 """
 
 from __future__ import annotations
@@ -65,6 +68,9 @@ class DegradationLadder:
         self.fewer_steps = max(1, self.full_steps // 2)
         self.reduce_steps = reduce_steps and self.fewer_steps < self.full_steps
         self.cheaper = cheaper  # what rung 2 decodes with; None: the engine has no cheaper decode, no rung 2
+        # the cheaper decode's cost over the full one's, per chunk (the Hub measures it at start-up); None: unknown,
+        # stepping up from rung 2 then reads the busy fraction as it is
+        self.cost_ratio: float | None = None
         # the rungs this engine offers, best first
         self.levels = [0] + [1] * self.reduce_steps + [2] * (cheaper is not None) + [3]
         self.top = self.levels[-1]
@@ -121,8 +127,14 @@ class DegradationLadder:
         if not self.enabled or self.level == 0:
             return
         quiet = now - max(self.last_late, self.changed_at)
-        if quiet >= self.up_after_s and busy < self.up_busy:
-            nxt = self.levels[self.levels.index(self.level) - 1]
+        if quiet < self.up_after_s:
+            return
+        nxt = self.levels[self.levels.index(self.level) - 1]
+        if self.level == 2 and self.cost_ratio:  # the rung above decodes the full way: its load, not this one's
+            above = busy / self.cost_ratio
+            if above < self.up_busy:
+                self._set(nxt, now, f"no late batch for {quiet:.0f} s, engine {busy:.0%} busy ({above:.0%} above)")
+        elif busy < self.up_busy:
             self._set(nxt, now, f"no late batch for {quiet:.0f} s, engine {busy:.0%} busy")
 
     def _set(self, level: int, now: float, why: str) -> None:

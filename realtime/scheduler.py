@@ -97,11 +97,15 @@ class Scheduler(Protocol):
         """Engine calls kept in flight."""
         ...
 
-    def busy_fraction(self, window_s: float = 10.0) -> float: ...
+    def busy_fraction(self, window_s: float = 10.0, full_scale: float = 1.0) -> float:
+        """The engine's busy fraction over the last `window_s` seconds. `full_scale`: the seconds of batches decoded
+        the full way (not the ladder's cheaper decode) count times this: the load priced at the cheaper decode, when
+        admission control counts capacity there (realtime/admission.py, `cheaper_ratio`)."""
+        ...
 
-    def busy_by_session(self, window_s: float = 10.0) -> dict[str, float]:
-        """Each session's part of busy_fraction(window_s): its share of every live batch it was in (batch seconds
-        over batch size) as a fraction of the window. Admission control reads it to tell how much of a new
+    def busy_by_session(self, window_s: float = 10.0, full_scale: float = 1.0) -> dict[str, float]:
+        """Each session's part of busy_fraction(window_s, full_scale): its share of every live batch it was in (batch
+        seconds over batch size) as a fraction of the window. Admission control reads it to tell how much of a new
         session's reacting is already measured, and to leave out the part of sessions gone (realtime/admission.py);
         work no session owns is keyed by what it is ("calibration", "clip")."""
         ...
@@ -170,23 +174,24 @@ class EngineScheduler:
         self.stream_chunk_s: float | None = None  # EWMA: engine seconds per stream-chunk at full steps
         self.cost_at = -1e18  # when stream_chunk_s was last measured
         self.late_batches = 0
-        # (end, seconds, the sessions of its jobs) of recent live batches
-        self._live: deque[tuple[float, float, tuple[str, ...]]] = deque(maxlen=4096)
+        # (end, seconds, the sessions of its jobs, decoded the cheaper way) of recent live batches
+        self._live: deque[tuple[float, float, tuple[str, ...], bool]] = deque(maxlen=4096)
         self.ladder: DegradationLadder | None = None  # set by the Hub
 
-    def busy_fraction(self, window_s: float = 10.0) -> float:
-        """The fraction of the last `window_s` seconds the engine spent on live batches (0..1)."""
+    def busy_fraction(self, window_s: float = 10.0, full_scale: float = 1.0) -> float:
+        """The fraction of the last `window_s` seconds the engine spent on live batches (0..1); `full_scale` prices
+        the batches decoded the full way (Scheduler.busy_fraction)."""
         lo = self.clock() - window_s
-        busy = sum(in_window(end, dur, lo) for end, dur, _ in self._live)
+        busy = sum(in_window(end, dur, lo) * (1.0 if cheap else full_scale) for end, dur, _, cheap in self._live)
         return min(1.0, max(0.0, busy / window_s))
 
-    def busy_by_session(self, window_s: float = 10.0) -> dict[str, float]:
+    def busy_by_session(self, window_s: float = 10.0, full_scale: float = 1.0) -> dict[str, float]:
         """Each session's part of busy_fraction: a batch's seconds split evenly over its jobs (one forward
         serves them all; nothing finer is measured). The parts add up to busy_fraction below a full engine."""
         lo = self.clock() - window_s
         parts: dict[str, float] = {}
-        for end, dur, sessions in self._live:
-            share = in_window(end, dur, lo) / (len(sessions) * window_s)
+        for end, dur, sessions, cheap in self._live:
+            share = in_window(end, dur, lo) * (1.0 if cheap else full_scale) / (len(sessions) * window_s)
             for sid in sessions:
                 parts[sid] = parts.get(sid, 0.0) + share
         return parts
@@ -195,7 +200,7 @@ class EngineScheduler:
         """Record a finished live batch (`dur`: its engine time): its cost per stream, and whether it
         finished past a deadline."""
         r = results[0]
-        self._live.append((r.finished, dur, tuple(j.session_id for j in batch)))
+        self._live.append((r.finished, dur, tuple(j.session_id for j in batch), r.cheaper))
         if not degraded:  # cost at full quality: what a new stream would add
             per = dur / len(results)
             self.stream_chunk_s = per if self.stream_chunk_s is None else 0.8 * self.stream_chunk_s + 0.2 * per

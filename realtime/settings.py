@@ -40,6 +40,7 @@ class SettingValueError(SettingsError):
 # architecture 3 (engines/tiny/motion_engine.py; the CPU's default) from a folder that tools.export_motion wrote
 ENGINES = ("tiny", "wan", "motion")
 AUTO = "auto"  # the engine setting's default: default_engine() picks one for the backend and device
+ADAPTIVE_DRAW = "adaptive"  # --motion-draw: the residual draw with room, the copy draw under load (motion_folder_draw)
 
 
 def motion_serves_on(backend: str, device: str) -> bool:
@@ -77,7 +78,10 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda
     weights: str = ""  # empty = the shipped weights
     # engine=motion, shipped weights: "copy" (moves the avatar's own drawing) or "residual" (also draws a correction
-    # over it: a truer picture for about 1.7x the CPU a frame; engines/tiny/motion_weights.SHIPPED_DRAWS)
+    # over it: a truer picture for about 1.7x the CPU a frame; engines/tiny/motion_weights.SHIPPED_DRAWS), or
+    # "adaptive": the residual draw while the engine has room for it, the copy draw (the ladder's cheaper rung) under
+    # load, and sessions admitted as the copy draw admits them (realtime/admission.py); with --weights DIR, that
+    # folder's decoder, capacity counted at its cheaper draw where its manifest names one
     motion_draw: str = "copy"
     # the wan engine (engines/wan/): a local diffusers-format Wan2.2-TI2V checkpoint directory
     checkpoint: str = ""  # required with --engine wan: transformer/, vae/ (+ text_encoder/, tokenizer/)
@@ -504,7 +508,7 @@ class Settings:
                 "backend",
                 "device",
             )
-        if self.weights and self.motion_draw != "copy":
+        if self.weights and self.motion_draw not in ("copy", ADAPTIVE_DRAW):
             raise SettingValueError(
                 "--motion-draw chooses between the shipped motion folders; with --weights DIR that folder's decoder "
                 "decides how it draws",
@@ -512,9 +516,20 @@ class Settings:
                 "weights",
             )
         try:
-            motion_folder(self.weights, self.motion_draw)
+            motion_folder(self.weights, self.motion_folder_draw)
         except WeightsError as e:
             raise SettingValueError(f"--engine motion: {e}", "engine", "weights", "motion_draw") from e
+
+    @property
+    def motion_folder_draw(self) -> str:
+        """The shipped motion folder --motion-draw names: "adaptive" serves the residual one (with its copy draw as the
+        ladder's cheaper rung)."""
+        return "residual" if self.motion_draw == ADAPTIVE_DRAW else self.motion_draw
+
+    @property
+    def admits_at_cheaper_decode(self) -> bool:
+        """Admission control counts capacity at the ladder's cheaper decode (realtime/admission.py)."""
+        return self.engine == "motion" and self.motion_draw == ADAPTIVE_DRAW
 
     def engine_choice(self) -> str:
         """The engine as the start-up log names it: whether it is this backend's default, and the other choice."""

@@ -65,9 +65,11 @@ class RemoteScheduler:
         self.busy_s = self.last_batch_s = 0.0
         self._per_stream: float | None = None  # EWMA: replica seconds per stream-chunk at full quality
         self.cost_at = -1e18
-        self._live: deque[tuple[float, float, str]] = deque(maxlen=4096)  # (end, seconds, replica) per batch
-        # (end, seconds, batch size, session) per reply: each session's part of its replica's batch
-        self._shares: deque[tuple[float, float, int, str]] = deque(maxlen=4096)
+        # (end, seconds, replica, decoded the cheaper way) per batch
+        self._live: deque[tuple[float, float, str, bool]] = deque(maxlen=4096)
+        # (end, seconds, batch size, session, decoded the cheaper way) per reply: each session's part of its replica's
+        # batch
+        self._shares: deque[tuple[float, float, int, str, bool]] = deque(maxlen=4096)
         self._batches: OrderedDict[tuple[str, float], None] = OrderedDict()  # batches already counted
         self._replica_seen: dict[str, float] = {}  # replica -> last answer
         self.replica_of: OrderedDict[str, str] = OrderedDict()  # session -> the replica of its last chunk
@@ -94,13 +96,14 @@ class RemoteScheduler:
     def stream_chunk_s(self, value: float | None) -> None:  # the Hub clears it before re-measuring
         self._per_stream = value
 
-    def busy_fraction(self, window_s: float = 10.0) -> float:
-        """The engine replicas' mean busy fraction over the last `window_s` seconds (0..1)."""
+    def busy_fraction(self, window_s: float = 10.0, full_scale: float = 1.0) -> float:
+        """The engine replicas' mean busy fraction over the last `window_s` seconds (0..1); `full_scale` prices the
+        batches decoded the full way (Scheduler.busy_fraction)."""
         lo = self.clock() - window_s
-        busy = sum(in_window(end, dur, lo) for end, dur, _ in self._live)
+        busy = sum(in_window(end, dur, lo) * (1.0 if cheap else full_scale) for end, dur, _, cheap in self._live)
         return min(1.0, max(0.0, busy / (window_s * self._replicas_in(lo))))
 
-    def busy_by_session(self, window_s: float = 10.0) -> dict[str, float]:
+    def busy_by_session(self, window_s: float = 10.0, full_scale: float = 1.0) -> dict[str, float]:
         """Each of this gateway's sessions' part of busy_fraction (a batch's seconds over its size, on the same
         fleet-wide scale). Another gateway's sessions in the same batches are not seen here, so the parts can add
         up to less than busy_fraction, and admission control keeps counting their part even once they close
@@ -108,13 +111,14 @@ class RemoteScheduler:
         lo = self.clock() - window_s
         scale = window_s * self._replicas_in(lo)
         parts: dict[str, float] = {}
-        for end, dur, size, sid in self._shares:
-            parts[sid] = parts.get(sid, 0.0) + in_window(end, dur, lo) / (max(1, size) * scale)
+        for end, dur, size, sid, cheap in self._shares:
+            part = in_window(end, dur, lo) * (1.0 if cheap else full_scale)
+            parts[sid] = parts.get(sid, 0.0) + part / (max(1, size) * scale)
         return parts
 
     def _replicas_in(self, lo: float) -> int:
         """Replicas that ran a live batch after `lo` (at least 1): the fleet busy_fraction averages over."""
-        return max(1, len({r for end, _, r in self._live if end > lo}))
+        return max(1, len({r for end, _, r, _ in self._live if end > lo}))
 
     async def start(self) -> None:
         await self.local.start()
@@ -196,13 +200,13 @@ class RemoteScheduler:
         sampled = finished - r.decode_s
         started = sampled - r.sample_s
         dur = r.sample_s + r.decode_s
-        self._shares.append((finished, dur, r.batch, job.session_id))
+        self._shares.append((finished, dur, r.batch, job.session_id, r.cheaper))
         key = (r.replica, r.batch_started)
         if key not in self._batches:  # a batch of B streams answers B requests: count it once
             self._batches[key] = None
             while len(self._batches) > 1024:
                 self._batches.popitem(last=False)
-            self._live.append((finished, dur, r.replica))
+            self._live.append((finished, dur, r.replica, r.cheaper))
             self.batches += 1
             self.busy_s += dur
             self.last_batch_s = dur

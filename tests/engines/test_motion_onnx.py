@@ -689,6 +689,36 @@ def test_motion_draw_chooses_a_shipped_folder():
         Settings(engine="motion", motion_draw="paint").validate()
     with pytest.raises(SettingValueError, match="with --weights DIR"):
         Settings(engine="motion", weights="/x", motion_draw="residual").validate()
+    # adaptive: the residual folder, admission at its copy draw; with --weights DIR, that folder at its cheaper draw
+    adaptive = Settings(engine="motion", motion_draw="adaptive")
+    adaptive.validate()
+    assert (adaptive.motion_folder_draw, adaptive.admits_at_cheaper_decode) == ("residual", True)
+    assert not Settings(engine="motion", motion_draw="residual").admits_at_cheaper_decode
+    assert not Settings(engine="tiny", motion_draw="adaptive").admits_at_cheaper_decode
+    Settings(engine="motion", weights="/x", motion_draw="adaptive").validate()  # the folder decides its draws
+
+
+def test_the_adaptive_draw_measures_its_decodes_and_prices_admission_at_the_copy_draw():
+    """`serve --motion-draw adaptive`: the residual engine, its copy draw's cost measured against its own at start-up
+    (the ladder steps up from the copy draw by it, admission prices the load at it); `residual` measures the same
+    ratio for its ladder but admits at full quality; the copy draw has no cheaper decode to measure."""
+    from tests.conftest import app_in_process
+
+    with app_in_process(engine="motion", motion_draw="adaptive", avatars="pip", threads=2) as (_, hub):
+        load = hub.status()["load"]
+        ratio = hub.cheaper_ratio
+        assert load["cheaper_decode"] == "copy_draw" and load["admission_prices_at"] == "cheaper_decode", load
+        assert ratio is not None and 0.0 < ratio and load["cheaper_cost_ratio"] == round(ratio, 3)
+        assert hub.services.scheduler.ladder.cost_ratio == ratio
+        assert "cheaper_decode" in hub.load_s
+        v = hub.admission()
+        assert v.admit and v.added is not None
+        per = hub.services.scheduler.stream_chunk_s
+        assert v.added == pytest.approx(per * ratio / hub.chunk_s)  # a reaction priced at the copy draw
+    with app_in_process(engine="motion", motion_draw="residual", avatars="pip", threads=2) as (_, hub):
+        load = hub.status()["load"]
+        assert load["admission_prices_at"] == "full" and hub.cheaper_ratio is not None, load
+        assert hub.admission().added == pytest.approx(hub.services.scheduler.stream_chunk_s / hub.chunk_s)
 
 
 def test_a_half_size_tail_exports_serves_and_reads_back(folder, tmp_path):

@@ -118,11 +118,14 @@ def test_ladder_skips_the_steps_level_when_the_engine_runs_one_step() -> None:
     assert off.level == 0
 
 
-def scheduler(busy: float, per: float | None, level: int = 0, shares: dict | None = None) -> SimpleNamespace:
-    """What admission control reads of a scheduler; `shares`: busy_by_session (each session's part of busy)."""
+def scheduler(
+    busy: float, per: float | None, level: int = 0, shares: dict | None = None, cheaper: float = 0.0
+) -> SimpleNamespace:
+    """What admission control reads of a scheduler; `shares`: busy_by_session (each session's part of busy), all of it
+    decoded the full way; `cheaper`: more busy decoded the cheaper way (no session's), which full_scale leaves as is."""
     return SimpleNamespace(
-        busy_fraction=lambda w: busy,
-        busy_by_session=lambda w: dict(shares or {}),
+        busy_fraction=lambda w, full_scale=1.0: busy * full_scale + cheaper,
+        busy_by_session=lambda w, full_scale=1.0: {k: v * full_scale for k, v in (shares or {}).items()},
         stream_chunk_s=per,
         ladder=SimpleNamespace(level=level, name="x"),
     )
@@ -202,6 +205,67 @@ def test_a_burst_after_sessions_close_is_limited_as_at_an_idle_server() -> None:
     assert (v.admit, v.reason) == (False, "capacity") and v.young_duty == pytest.approx(0.7), v
 
 
+def test_adaptive_admission_counts_capacity_at_the_cheaper_decode() -> None:
+    """`--motion-draw adaptive` (cheaper_ratio): the residual draw costs 0.26 s a stream-chunk of 0.5 s on two cores,
+    the copy draw 0.6 of that. One session reacting on the residual draw keeps the engine 52% busy: priced at full
+    quality a second reaction (+52%) does not fit under 80%, priced at the copy draw (31% + 31%) it does, and the
+    ladder takes the two to the copy draw when the residual is late. There two reactions at 62% busy leave no room
+    for a third (+31%), and the copy draw's rung is the engine at work, not a refusal; cached loops are."""
+    one = scheduler(0.52, 0.26, shares={"s0": 0.52})
+    v = check(one, headroom=0.8, window_s=20, chunk_s=0.5, sessions=1)
+    assert (v.admit, v.reason) == (False, "capacity"), v
+    v = check(one, headroom=0.8, window_s=20, chunk_s=0.5, sessions=1, cheaper_ratio=0.6)
+    assert v.admit and v.added == pytest.approx(0.312) and v.counted_busy == pytest.approx(0.312), v
+    # a young session's measured share is priced the same way: all of its assumed duty is in busy already
+    v = check(one, headroom=0.8, window_s=20, chunk_s=0.5, sessions=1, young=["s0"], cheaper_ratio=0.6)
+    assert v.admit and v.young_duty == 0.0, v
+    two = scheduler(0.0, 0.26, level=2, cheaper=0.62)
+    v = check(two, headroom=0.8, window_s=20, chunk_s=0.5, sessions=2, cheaper_ratio=0.6)
+    assert (v.admit, v.reason) == (False, "capacity"), v
+    assert check(scheduler(0.0, 0.26, level=2, cheaper=0.3), headroom=0.8, window_s=20, chunk_s=0.5, sessions=1,
+                 cheaper_ratio=0.6).admit  # fmt: skip
+    # without the adaptive pricing the copy draw's rung is a late engine: nobody more until it is back at full
+    assert check(scheduler(0.0, 0.26, level=2, cheaper=0.3), headroom=0.8, window_s=20, chunk_s=0.5,
+                 sessions=1).reason == "degraded"  # fmt: skip
+    v = check(scheduler(0.0, 0.26, level=3, cheaper=0.1), headroom=0.8, window_s=20, chunk_s=0.5, sessions=1,
+              cheaper_ratio=0.6)  # fmt: skip
+    assert (v.admit, v.reason) == (False, "degraded")
+
+
+def test_the_ladder_steps_up_from_the_cheaper_decode_by_the_full_decodes_load() -> None:
+    """With the two decodes' cost ratio measured, the ladder leaves the cheaper decode only when the full decode would
+    fit: two reactions at 59% busy on the copy draw would be 98% on the residual draw (0.6 the cost), late at once."""
+    clock, changes = Clock(), []
+    lad = DegradationLadder(
+        2, reduce_steps=False, cheaper=CheaperDecode.COPY_DRAW, clock=clock, up_after_s=10.0,
+        on_change=lambda a, b, why: changes.append((a, b, why)),
+    )  # fmt: skip
+    lad.cost_ratio = 0.6
+    clock.t += 2.0
+    lad.observe(late=True, busy=1.0)
+    lad.observe(late=True, busy=1.0)
+    assert lad.level == 2
+    clock.t += 11.0
+    lad.tick(busy=0.59)
+    assert lad.level == 2  # 98% above: stays
+    lad.tick(busy=0.40)
+    assert lad.level == 0 and changes[-1][2].endswith("engine 40% busy (67% above)"), changes
+    # unmeasured, the busy fraction as it is decides (as before)
+    lad.cost_ratio = None
+    clock.t += 2.0
+    lad.observe(late=True, busy=1.0)
+    lad.observe(late=True, busy=1.0)
+    clock.t += 11.0
+    lad.tick(busy=0.59)
+    assert lad.level == 0
+    # from cached loops to the cheaper decode both decode the cheaper way: no pricing there
+    lad.cost_ratio = 0.6
+    lad.level = 3
+    clock.t += 11.0
+    lad.tick(busy=0.5)
+    assert lad.level == 2
+
+
 def test_token_bucket_limits_each_key_and_refills() -> None:
     clock = Clock()
     lim = RateLimiter(2.0, 4, clock=clock)
@@ -267,5 +331,12 @@ def test_the_ray_scheduler_splits_its_replicas_batches_over_their_sessions() -> 
     # two replicas answering: the fleet's time is 2 x 10 s
     assert shares == pytest.approx({"a": 0.15 / 20, "b": 0.15 / 20, "c": 0.2 / 20})
     assert sum(shares.values()) == pytest.approx(sch.busy_fraction(10.0))
+    # priced at a cheaper decode (--motion-draw adaptive): these full-quality batches count full_scale of their time
+    half = sch.busy_by_session(10.0, full_scale=0.5)
+    assert half == pytest.approx({k: v / 2 for k, v in shares.items()})
+    assert sch.busy_fraction(10.0, full_scale=0.5) == pytest.approx(sch.busy_fraction(10.0) / 2)
+    cheap = ChunkReply(np.zeros(1), None, "r2", 0.0, 0.1, 0.1, 1, 9.0, False, True)  # decoded the cheaper way
+    sch._result(ChunkJob("d", None, clock.t + 1.0, "happy", 0.8), cheap, None)
+    assert sch.busy_by_session(10.0, full_scale=0.5)["d"] == pytest.approx(0.2 / 20)  # not scaled
     clock.t += 30.0
-    assert sch.busy_by_session(10.0) == {"a": 0.0, "b": 0.0, "c": 0.0}  # out of the window
+    assert sch.busy_by_session(10.0) == {"a": 0.0, "b": 0.0, "c": 0.0, "d": 0.0}  # out of the window

@@ -347,3 +347,37 @@ def test_the_cheaper_rung_switches_the_residual_engine_to_the_copy_draw(motion_e
     np.testing.assert_array_equal(cheaper.state.ctx, want.state.ctx)  # the same motions
     assert np.abs(cheaper.frames.astype(np.int16) - want.frames).max() <= 1
     assert np.abs(above.frames.astype(np.int16) - want.frames).max() > 8
+
+
+def test_busy_prices_full_decodes_and_the_cheaper_decodes_cost_is_measured(motion_engines) -> None:
+    """busy_fraction(full_scale=...) counts the batches decoded the full way at that share of their seconds and the
+    cheaper decode's as they are (admission control's pricing for `--motion-draw adaptive`); the two decodes' ratio
+    comes from one chunk of the real engine decoded both ways (the copy draw has no cheaper decode to measure)."""
+    from avatarcast.realtime.decode_cost import cheaper_decode_ratio
+    from avatarcast.realtime.ladder import ladder_for
+    from avatarcast.realtime.settings import Settings
+
+    res, copy = motion_engines
+    assert cheaper_decode_ratio(copy, "pip") is None
+    assert cheaper_decode_ratio(res, "pip") > 0.0
+
+    async def go() -> tuple[list[ChunkResult], float, float, dict, dict]:
+        sch = EngineScheduler(res)
+        sch.ladder = ladder_for(res, Settings(engine="motion"))
+        await sch.start()
+        try:
+            got = []
+            for sid, level in (("a", 0), ("b", 2)):
+                sch.ladder.level = level
+                state = res.start_stream("pip", "excited", 0.9, seed=11)
+                got.append(await sch.submit(ChunkJob(sid, state, time.monotonic() + 5.0, "excited", 0.9)))
+            full, half = sch.busy_fraction(60.0), sch.busy_fraction(60.0, full_scale=0.5)
+            return got, full, half, sch.busy_by_session(60.0), sch.busy_by_session(60.0, full_scale=0.5)
+        finally:
+            await sch.close()
+
+    (a, b), full, half, shares, priced = run(go())
+    assert not a.cheaper and b.cheaper
+    da, db = a.finished - a.started, b.finished - b.started
+    assert full * 60 == pytest.approx(da + db, rel=1e-6) and half * 60 == pytest.approx(0.5 * da + db, rel=1e-6)
+    assert priced["a"] == pytest.approx(shares["a"] / 2) and priced["b"] == pytest.approx(shares["b"])

@@ -1,0 +1,44 @@
+"""What the engine's cheaper decode (the degradation ladder's rung 2) costs next to its full decode, measured.
+
+The ladder steps back up from the cheaper decode only when the engine would not be late at the full one, and
+`--motion-draw adaptive` prices the load at the cheaper decode for admission control; both need the ratio of the two
+costs a chunk, which depends on the machine (the residual draw's generator is 1.7x the copy draw on 2 cores, another
+figure on a GPU). One stream's chunk, sampled once and decoded both ways, alternated, on the engine thread at start-up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from avatarcast.engines.contract import StreamEngine
+
+log = logging.getLogger("avatarcast.decode_cost")
+
+
+def cheaper_decode_ratio(engine: StreamEngine, avatar: Any, rounds: int = 2) -> float | None:
+    """Seconds of one stream-chunk (sampled, then decoded) the cheaper way over the full way; None where the engine has
+    no cheaper decode. Each way's fastest of `rounds` (the first call of a graph pays its allocations)."""
+    if engine.capabilities.cheaper_decode is None:
+        return None
+    state = engine.start_stream(avatar, "happy", 0.8, 0)
+    t0 = time.perf_counter()
+    latents = engine.sample_chunks([state])
+    sample_s = time.perf_counter() - t0
+    best = {False: float("inf"), True: float("inf")}
+    for _ in range(rounds):
+        for cheaper in (False, True):
+            t0 = time.perf_counter()
+            engine.decode_chunks([state], latents, cheaper=cheaper)
+            best[cheaper] = min(best[cheaper], time.perf_counter() - t0)
+    ratio = (sample_s + best[True]) / (sample_s + best[False])
+    log.info(
+        "a chunk decoded %s costs %.0f%% of the full decode's (%.3f s against %.3f s, sampling %.3f s)",
+        engine.capabilities.cheaper_decode,
+        100 * ratio,
+        sample_s + best[True],
+        sample_s + best[False],
+        sample_s,
+    )
+    return ratio
