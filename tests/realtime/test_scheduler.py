@@ -353,13 +353,14 @@ def test_busy_prices_full_decodes_and_the_cheaper_decodes_cost_is_measured(motio
     """busy_fraction(full_scale=...) counts the batches decoded the full way at that share of their seconds and the
     cheaper decode's as they are (admission control's pricing for `--motion-draw adaptive`); the two decodes' ratio
     comes from one chunk of the real engine decoded both ways (the copy draw has no cheaper decode to measure)."""
-    from avatarcast.realtime.decode_cost import cheaper_decode_ratio
+    from avatarcast.realtime.decode_cost import measure_decodes
     from avatarcast.realtime.ladder import ladder_for
     from avatarcast.realtime.settings import Settings
 
     res, copy = motion_engines
-    assert cheaper_decode_ratio(copy, "pip") is None
-    assert cheaper_decode_ratio(res, "pip") > 0.0
+    assert measure_decodes(copy, "pip") is None
+    costs = measure_decodes(res, "pip")
+    assert costs is not None and costs.full_s > 0.0 and costs.ratio == costs.cheaper_s / costs.full_s > 0.0
 
     async def go() -> tuple[list[ChunkResult], float, float, dict, dict]:
         sch = EngineScheduler(res)
