@@ -98,9 +98,9 @@ class MotionShape:
     # 6 ms of a 4-frame call.)
     tail_moved: bool = False
     # With quarter_tail: a hidden layer of this many channels at 1/4 size before the tail (0: none). The tail is then
-    # a 1 x 1 convolution over SiLU(tail_in(SiLU(x)) + tail_px(moved)): a small network per 4 x 4 block, so the moved
-    # pixels and the features can gate each other (fill a fringe only where the body is behind it), which one
-    # linear map of both cannot (small_q4sm's residual, trained so, stayed near the copy: docs/training/motion.md).
+    # a 1 x 1 convolution over SiLU(tail_in(SiLU(x)) + tail_px(moved)): a small network per 4 x 4 block, where the moved
+    # pixels and the features meet. Fitted to resgan2's frames on the CPU it drew its correction no faster than
+    # without it (docs/training/motion.md, "A generator at 1/4 size"); never trained on the GPU.
     tail_hidden: int = 0
     # FiLM blocks at 1/8 size (2 in every decoder before the quarter tail).
     g8_blocks: int = 2
