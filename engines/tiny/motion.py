@@ -102,6 +102,10 @@ class MotionShape:
     # pixels and the features meet. Fitted to resgan2's frames on the CPU it drew its correction no faster than
     # without it (docs/training/motion.md, "A generator at 1/4 size"); never trained on the GPU.
     tail_hidden: int = 0
+    # With quarter_tail: the tail lays out this many channels at full size (depth-to-space), and one 3 x 3 convolution
+    # `res` over their SiLU and the moved pixels draws the residual there, one filter for every pixel (0: the tail's
+    # 4 x 4 phases are the residual, 16 filters, each learning from a sixteenth of the pixels).
+    tail_full: int = 0
     # FiLM blocks at 1/8 size (2 in every decoder before the quarter tail).
     g8_blocks: int = 2
 
@@ -122,6 +126,9 @@ SHAPES: dict[str, MotionShape] = {
     "small_q4sm": dataclasses.replace(
         _SMALL, gen_channels=(32, 16, 16), residual=True, quarter_tail=True, tail_moved=True, g8_blocks=1
     ),
+    "small_q4sf": dataclasses.replace(
+        _SMALL, gen_channels=(32, 16, 16), residual=True, quarter_tail=True, g8_blocks=1, tail_full=4
+    ),
     "small_q4smh": dataclasses.replace(
         _SMALL,
         gen_channels=(32, 16, 16),
@@ -134,7 +141,14 @@ SHAPES: dict[str, MotionShape] = {
 }
 # Fields added after decoders were shipped: left out of a shape's dict while at their default, so that a shape
 # written before them is written the same (the shipped folders' manifests, checkpoints).
-_NEWER_FIELDS = {"half_tail": False, "quarter_tail": False, "tail_moved": False, "tail_hidden": 0, "g8_blocks": 2}
+_NEWER_FIELDS = {
+    "half_tail": False,
+    "quarter_tail": False,
+    "tail_moved": False,
+    "tail_hidden": 0,
+    "tail_full": 0,
+    "g8_blocks": 2,
+}
 
 
 def shape_to_dict(s: MotionShape) -> dict:
@@ -459,13 +473,18 @@ class MotionDecoder(nn.Module):
             if s.half_tail:
                 raise ValueError("quarter_tail and half_tail are two ends of the generator: one at most")
             # channel c of 4 x 4 phase p at c * 16 + p, as pixel_shuffle(., 4) reads them: zero at first (the copy)
-            k = s.tail_hidden or 16 * 4  # what tail_px adds to: the hidden layer, or the tail's output
+            n_out = 16 * (s.tail_full or 4)  # 4 x 4 phases of the residual, or of the full-size features
+            k = s.tail_hidden or n_out  # what tail_px adds to: the hidden layer, or the tail's output
             if s.tail_hidden:
                 self.tail_in = nn.Conv2d(g[1], s.tail_hidden, 3, padding=1)
-                self.tail = nn.Conv2d(s.tail_hidden, 16 * 4, 1)
+                self.tail = nn.Conv2d(s.tail_hidden, n_out, 1)
             else:
-                self.tail = nn.Conv2d(g[1], 16 * 4, 3, padding=1)
-            _zero_init(self.tail)
+                self.tail = nn.Conv2d(g[1], n_out, 3, padding=1)
+            if s.tail_full:
+                self.res = nn.Conv2d(s.tail_full + 4, 4, 3, padding=1)  # the residual: zero at first
+                _zero_init(self.res)
+            else:
+                _zero_init(self.tail)
             if s.tail_moved:
                 self.tail_px = nn.Conv2d(4, k, 4, stride=4)
                 if not s.tail_hidden:
@@ -565,7 +584,7 @@ class MotionDecoder(nn.Module):
     def last_layer(self) -> nn.Conv2d:
         """The last layer that draws the frame (the patch critic scales its term to the frame losses' gradient there):
         the one the residual comes from, since a saturated copy mask passes none to /out."""
-        if self.shape.half_tail or self.shape.quarter_tail:
+        if self.shape.half_tail or (self.shape.quarter_tail and not self.shape.tail_full):
             return self.tail
         return self.res if self.shape.residual else self.out
 
@@ -690,7 +709,11 @@ class MotionDecoder(nn.Module):
                 z = self.tail(F.silu(x))
                 if s.tail_moved:
                     z = z + self.tail_px(moved_px)
-            out = moved_px + F.pixel_shuffle(z.float(), 4)
+            if s.tail_full:
+                u = F.pixel_shuffle(z, 4)
+                out = moved_px + self.res(torch.cat([F.silu(u), moved_px.to(u.dtype)], 1)).float()
+            else:
+                out = moved_px + F.pixel_shuffle(z.float(), 4)
             if return_parts:
                 copy = torch.ones_like(moved_px[:, :1])
                 return out, {"moved": moved_px, "copy": copy, "grid4": mixed[4], "vis4": vis[4], "ref4": ref4}

@@ -24,10 +24,10 @@ CASES = (("luna", "happy", 3), ("random-900008", "love", 5))
 def test_older_shapes_are_written_as_before_and_the_new_ones_round_trip():
     for name in ("default", "small", "small_half"):
         d = shape_to_dict(SHAPES[name])
-        assert not {"quarter_tail", "tail_moved", "tail_hidden", "g8_blocks"} & set(d), name
+        assert not {"quarter_tail", "tail_moved", "tail_hidden", "tail_full", "g8_blocks"} & set(d), name
     shipped = load_motion_manifest(SHIPPED).decoder_shape
     assert json.loads(json.dumps(shape_to_dict(shape_from_dict(shipped)))) == shipped  # the manifest's lists
-    for name in ("small_q4", "small_q4m", "small_q4s", "small_q4sm", "small_q4smh"):
+    for name in ("small_q4", "small_q4m", "small_q4s", "small_q4sm", "small_q4smh", "small_q4sf"):
         s = SHAPES[name]
         assert s.quarter_tail and s.residual and shape_from_dict(shape_to_dict(s)) == s
     with pytest.raises(ValueError, match="one at most"):
@@ -65,10 +65,14 @@ def test_a_fresh_quarter_tail_draws_the_copy_and_its_layers_get_a_gradient():
     assert dec.tail_px.weight.grad is not None and dec.tail_px.weight.grad.abs().sum() > 0
 
 
-def test_a_hidden_tail_layer_starts_at_the_copy_too():
+@pytest.mark.parametrize("name", ["small_q4smh", "small_q4sf"])
+def test_a_hidden_tail_layer_or_a_full_size_residual_starts_at_the_copy_too(name):
     torch.manual_seed(4)
-    dec = MotionDecoder(SHAPES["small_q4smh"]).eval()
-    assert dec.tail.kernel_size == (1, 1) and dec.tail_in.out_channels == dec.tail_px.out_channels == 64
+    dec = MotionDecoder(SHAPES[name]).eval()
+    if name == "small_q4smh":
+        assert dec.tail.kernel_size == (1, 1) and dec.tail_in.out_channels == dec.tail_px.out_channels == 64
+    else:  # 4 channels laid out at full size, then one 3 x 3 convolution with the moved pixels: the last layer
+        assert dec.tail.out_channels == 64 and dec.res.in_channels == 8 and dec.last_layer is dec.res
     motion, ref, feats = _inputs(dec, seed=1)
     with torch.no_grad():
         out, parts = dec(motion, motion, ref, feats, box=(64, 160, 64, 96), return_parts=True)
