@@ -369,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         dec = MotionDecoder(dataclasses.replace(SHAPES[args.shape], atlas=args.atlas))
         den = build_denoiser({"width": 128, "blocks": 2})
         with torch.no_grad():
-            for m in (dec.last_layer if dec.shape.half_tail else dec.out, den.out):  # zero-initialized last layers
+            last = dec.last_layer if dec.shape.half_tail or dec.shape.quarter_tail else dec.out
+            for m in (last, den.out):  # zero-initialized last layers
                 torch.nn.init.normal_(m.weight, std=0.02)  # would hide the graphs' work
         mean, std = np.zeros(MOTION_DIM, np.float32), np.ones(MOTION_DIM, np.float32)
         source = {"random": True, "shape": args.shape, "seed": args.seed}

@@ -363,15 +363,27 @@ def train(args) -> None:
         print(f"[motion] started from the kept EMA weights at step {step}", flush=True)
     elif args.init_from:  # another run's weights; what this shape adds (atlas mix, residual) starts fresh, at step 0
         st = torch.load(args.init_from, map_location=device)
-        if shape.half_tail:  # the half-size tail from the full-size one (init_from); a narrower 1/2 size starts fresh
+        # the half-size tail from the full-size one (init_from); a narrower 1/2 size starts fresh; a quarter tail
+        # (and any narrower level) fresh, what matches loaded
+        other_end = shape.half_tail or shape.quarter_tail
+        if other_end:
             missing, unexpected = init_from(model, st["ema"]), []
         else:
             missing, unexpected = model.load_state_dict(st["ema"], strict=False)
-        if unexpected or (not shape.half_tail and any(not k.startswith(("atlas_", "res.")) for k in missing)):
+        if unexpected or (not other_end and any(not k.startswith(("atlas_", "res.")) for k in missing)):
             raise SystemExit(f"--init-from {args.init_from}: other layers (missing {missing}, unexpected {unexpected})")
         ema.load_state_dict(model.state_dict())
         print(f"[motion] initialized from {args.init_from} (its step {st['step']}); new: {missing}", flush=True)
     atlas_all = torch.from_numpy(build_atlas(args)).to(device) if shape.atlas else None
+    teacher = None
+    if args.teacher and args.distill_weight > 0:  # a decoder whose frames the student also matches (frozen)
+        tst = torch.load(args.teacher, map_location="cpu")
+        teacher = MotionDecoder(shape_from_dict(tst.get("shape"))).to(device)
+        teacher.load_state_dict({k: v.float() for k, v in tst["ema"].items()})
+        teacher.eval().requires_grad_(False)
+        if teacher.shape.atlas != shape.atlas:
+            raise SystemExit(f"--teacher {args.teacher}: atlas {teacher.shape.atlas}, the student's {shape.atlas}")
+        print(f"[motion] distilling from {args.teacher} (its step {tst.get('step')}), weight {args.distill_weight}")
     effects = build_effects(args, device)
     log = LossLog(ck / "motion_loss.json")
     gen = torch.Generator(device="cpu").manual_seed(1234 + step)
@@ -437,6 +449,12 @@ def train(args) -> None:
             if atlas_all is not None:
                 atlas = atlas_tensor(atlas_all[avatar_u])[rep]
             y, parts = model(m, rm, ref, feats, box=box, return_parts=True, atlas=atlas)
+            y_t = None
+            if teacher is not None:
+                with torch.no_grad():
+                    t_feats = tuple(f[rep] for f in teacher.encode_reference(ref_u))
+                    y_t = teacher(m, rm, ref, t_feats, box=box, atlas=atlas).float()
+        y_raw = y.float()
         # each avatar's effects over its frames, as served (MotionEngine draws them so)
         y = torch.cat(
             [
@@ -458,6 +476,10 @@ def train(args) -> None:
         mask_l = weighted_l1(moved4, x4, w4)
         loss = rec + args.edge_weight * edge + args.mask_weight * mask_l
         extra: dict[str, torch.Tensor] = {}
+        if y_t is not None:  # the teacher's frame before the effects (the same sprites go over both)
+            distill = weighted_l1(y_raw, y_t, w) + args.edge_weight * grad_l1(y_raw, y_t, w)
+            loss = loss + args.distill_weight * distill
+            extra["distill"] = distill.detach()
         if critic is not None and critic.active:
             # scaled to the frame losses' gradient at the last layer that draws the frame (the mask loss does not
             # reach it): the residual where there is one, since a saturated copy mask passes none to /out
@@ -548,6 +570,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--d-lr", type=float, default=2e-4, help="the critic's learning rate")
     ap.add_argument("--r1", type=float, default=1.0, help="the critic's R1 penalty on real crops")
     ap.add_argument("--d-warmup", type=int, default=300, help="critic-only steps before the decoder sees its term")
+    ap.add_argument("--teacher", default="", help="a kept motion_ema.pt whose frames the decoder also matches")
+    ap.add_argument("--distill-weight", type=float, default=0.0, help="weight of --teacher's L1 and edge terms")
     ap.add_argument("--save-every", type=float, default=120.0, help="seconds between checkpoints")
     ap.add_argument("--min-steps", type=int, default=1)
     ap.add_argument("--no-eval", action="store_true")

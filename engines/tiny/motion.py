@@ -85,6 +85,29 @@ class MotionShape:
     # in the phase layout, then one depth-to-space of 4 channels. No convolution at full size; no up1, out or res.
     # (The old tail's drawn RGBA under (1 - copy) is one more residual: (1 - copy) * drawn + res.) Implies a residual.
     half_tail: bool = False
+    # The generator ends at 1/4 size (issue 16: a residual draw at about the copy draw's cost): no 1/2-size level
+    # (no up2, g2_in, g2, and the reference's 1/2-size features are not moved), and one 3 x 3 convolution `tail` over
+    # SiLU of the 1/4-size features predicts, per 4 x 4 phase, a residual of 4 channels (64 channels), laid out at
+    # full size by one depth-to-space: out = moved + residual. No copy mask (the residual decoders' copy logit was
+    # saturated at 1 over nearly every pixel: tools/motion_copy.py). Implies a residual; gen_channels[2] is unread.
+    quarter_tail: bool = False
+    # With quarter_tail: the moved pixels also reach the tail, through a 4 x 4 convolution of stride 4 `tail_px` (each
+    # 4 x 4 block's residual sees its own 16 moved pixels), so a correction can follow the moved strokes at full
+    # resolution (a fringe is a pixel or two wide), not only what the 1/4-size features say. (Written as a space-to-
+    # depth and a 1 x 1 convolution it is the same map, but onnxruntime ran the space-to-depth as a 6-D Transpose:
+    # 6 ms of a 4-frame call.)
+    tail_moved: bool = False
+    # With quarter_tail: a hidden layer of this many channels at 1/4 size before the tail (0: none). The tail is then
+    # a 1 x 1 convolution over SiLU(tail_in(SiLU(x)) + tail_px(moved)): a small network per 4 x 4 block, where the moved
+    # pixels and the features meet. Fitted to resgan2's frames on the CPU it drew its correction no faster than
+    # without it (docs/training/motion.md, "A generator at 1/4 size"); never trained on the GPU.
+    tail_hidden: int = 0
+    # With quarter_tail: the tail lays out this many channels at full size (depth-to-space), and one 3 x 3 convolution
+    # `res` over their SiLU and the moved pixels draws the residual there, one filter for every pixel (0: the tail's
+    # 4 x 4 phases are the residual, 16 filters, each learning from a sixteenth of the pixels).
+    tail_full: int = 0
+    # FiLM blocks at 1/8 size (2 in every decoder before the quarter tail).
+    g8_blocks: int = 2
 
 
 _SMALL = MotionShape(ref_channels=(16, 32, 64), mask_channels=(32, 48, 64), gen_channels=(64, 32, 16))
@@ -95,10 +118,37 @@ SHAPES: dict[str, MotionShape] = {
     "small": _SMALL,
     "small_half": dataclasses.replace(_SMALL, residual=True, half_tail=True),
     "small_half8": dataclasses.replace(_SMALL, gen_channels=(64, 32, 8), residual=True, half_tail=True),
+    # the generator ending at 1/4 size (quarter_tail): resgan2's 1/8 and 1/4 levels as they are (their weights load),
+    # narrower (32 and 16 channels, one FiLM block at 1/8: fresh), and either with the moved pixels' phases
+    "small_q4": dataclasses.replace(_SMALL, residual=True, quarter_tail=True),
+    "small_q4m": dataclasses.replace(_SMALL, residual=True, quarter_tail=True, tail_moved=True),
+    "small_q4s": dataclasses.replace(_SMALL, gen_channels=(32, 16, 16), residual=True, quarter_tail=True, g8_blocks=1),
+    "small_q4sm": dataclasses.replace(
+        _SMALL, gen_channels=(32, 16, 16), residual=True, quarter_tail=True, tail_moved=True, g8_blocks=1
+    ),
+    "small_q4sf": dataclasses.replace(
+        _SMALL, gen_channels=(32, 16, 16), residual=True, quarter_tail=True, g8_blocks=1, tail_full=4
+    ),
+    "small_q4smh": dataclasses.replace(
+        _SMALL,
+        gen_channels=(32, 16, 16),
+        residual=True,
+        quarter_tail=True,
+        tail_moved=True,
+        g8_blocks=1,
+        tail_hidden=64,
+    ),
 }
 # Fields added after decoders were shipped: left out of a shape's dict while at their default, so that a shape
 # written before them is written the same (the shipped folders' manifests, checkpoints).
-_NEWER_FIELDS = {"half_tail": False}
+_NEWER_FIELDS = {
+    "half_tail": False,
+    "quarter_tail": False,
+    "tail_moved": False,
+    "tail_hidden": 0,
+    "tail_full": 0,
+    "g8_blocks": 2,
+}
 
 
 def shape_to_dict(s: MotionShape) -> dict:
@@ -415,33 +465,57 @@ class MotionDecoder(nn.Module):
         g, r = s.gen_channels, s.ref_channels
         self.cond = nn.Sequential(nn.Linear(MOTION_DIM, s.cond_dim), nn.SiLU(), nn.Linear(s.cond_dim, s.cond_dim))
         self.g8_in = nn.Conv2d(r[2] + N_POINTS, g[0], 3, padding=1)
-        self.g8 = nn.ModuleList([FiLMResBlock(g[0], s.cond_dim) for _ in range(2)])
+        self.g8 = nn.ModuleList([FiLMResBlock(g[0], s.cond_dim) for _ in range(s.g8_blocks)])
         self.up4 = nn.Sequential(nn.SiLU(), nn.Conv2d(g[0], 4 * g[1], 3, padding=1), nn.PixelShuffle(2))
         self.g4_in = nn.Conv2d(g[1] + r[1], g[1], 3, padding=1)
         self.g4 = FiLMResBlock(g[1], s.cond_dim)
-        self.up2 = nn.Sequential(nn.SiLU(), nn.Conv2d(g[1], 4 * g[2], 3, padding=1), nn.PixelShuffle(2))
-        self.g2_in = nn.Conv2d(g[2] + r[0], g[2], 3, padding=1)
-        self.g2 = ResBlock(g[2])
-        if s.half_tail:
-            # per 2 x 2 phase: 4 residual channels (channel c of phase p at c * 4 + p, as pixel_shuffle reads
-            # them), then the 4 phases' copy logits; over SiLU(x) and the moved pixels' phases
-            self.tail = nn.Conv2d(g[2] + 4 * 4, 4 * 4 + 4, 3, padding=1)
-            _zero_init(self.tail)
-            tail_bias = self.tail.bias
-            assert tail_bias is not None
-            with torch.no_grad():
-                tail_bias[16:] = 3.0  # start by copying the moved reference
-        else:
-            self.up1 = nn.Sequential(nn.SiLU(), nn.Conv2d(g[2], 4 * 8, 3, padding=1), nn.PixelShuffle(2))
-            self.out = nn.Conv2d(8 + 4, 5, 3, padding=1)  # RGBA drawn + the copy mask's logit
-            _zero_init(self.out)
-            if s.residual:
-                self.res = nn.Conv2d(8 + 4, 4, 3, padding=1)  # added over the mix: zero at first
+        if s.quarter_tail:
+            if s.half_tail:
+                raise ValueError("quarter_tail and half_tail are two ends of the generator: one at most")
+            # channel c of 4 x 4 phase p at c * 16 + p, as pixel_shuffle(., 4) reads them: zero at first (the copy)
+            n_out = 16 * (s.tail_full or 4)  # 4 x 4 phases of the residual, or of the full-size features
+            k = s.tail_hidden or n_out  # what tail_px adds to: the hidden layer, or the tail's output
+            if s.tail_hidden:
+                self.tail_in = nn.Conv2d(g[1], s.tail_hidden, 3, padding=1)
+                self.tail = nn.Conv2d(s.tail_hidden, n_out, 1)
+            else:
+                self.tail = nn.Conv2d(g[1], n_out, 3, padding=1)
+            if s.tail_full:
+                self.res = nn.Conv2d(s.tail_full + 4, 4, 3, padding=1)  # the residual: zero at first
                 _zero_init(self.res)
-            bias = self.out.bias
-            assert bias is not None
-            with torch.no_grad():
-                bias[4] = 3.0  # start by copying the moved reference
+            else:
+                _zero_init(self.tail)
+            if s.tail_moved:
+                self.tail_px = nn.Conv2d(4, k, 4, stride=4)
+                if not s.tail_hidden:
+                    _zero_init(self.tail_px)
+        else:
+            self.up2 = nn.Sequential(nn.SiLU(), nn.Conv2d(g[1], 4 * g[2], 3, padding=1), nn.PixelShuffle(2))
+            self.g2_in = nn.Conv2d(g[2] + r[0], g[2], 3, padding=1)
+            self.g2 = ResBlock(g[2])
+            if s.half_tail:
+                # per 2 x 2 phase: 4 residual channels (channel c of phase p at c * 4 + p, as pixel_shuffle reads
+                # them), then the 4 phases' copy logits; over SiLU(x) and the moved pixels' phases
+                self.tail = nn.Conv2d(g[2] + 4 * 4, 4 * 4 + 4, 3, padding=1)
+                _zero_init(self.tail)
+                tail_bias = self.tail.bias
+                assert tail_bias is not None
+                with torch.no_grad():
+                    tail_bias[16:] = 3.0  # start by copying the moved reference
+            else:
+                self.up1 = nn.Sequential(nn.SiLU(), nn.Conv2d(g[2], 4 * 8, 3, padding=1), nn.PixelShuffle(2))
+                self.out = nn.Conv2d(8 + 4, 5, 3, padding=1)  # RGBA drawn + the copy mask's logit
+                _zero_init(self.out)
+                if s.residual:
+                    self.res = nn.Conv2d(8 + 4, 4, 3, padding=1)  # added over the mix: zero at first
+                    _zero_init(self.res)
+                bias = self.out.bias
+                assert bias is not None
+                with torch.no_grad():
+                    bias[4] = 3.0  # start by copying the moved reference
+        self._init_atlas(s)
+
+    def _init_atlas(self, s: MotionShape) -> None:
         if s.atlas:
             # which face to copy: the nearest in face-field space (a prior that is right from the first step),
             # sharpened or softened by a learnt temperature, plus a learnt residual (zero at first)
@@ -510,7 +584,7 @@ class MotionDecoder(nn.Module):
     def last_layer(self) -> nn.Conv2d:
         """The last layer that draws the frame (the patch critic scales its term to the frame losses' gradient there):
         the one the residual comes from, since a saturated copy mask passes none to /out."""
-        if self.shape.half_tail:
+        if self.shape.half_tail or (self.shape.quarter_tail and not self.shape.tail_full):
             return self.tail
         return self.res if self.shape.residual else self.out
 
@@ -625,6 +699,25 @@ class MotionDecoder(nn.Module):
             x = blk(x, cond)
         x = self.g4_in(torch.cat([self.up4(x), warp(f4, mixed[4]) * vis[4]], 1))
         x = self.g4(x, cond)
+        if s.quarter_tail:
+            if s.tail_hidden:
+                h = self.tail_in(F.silu(x))
+                if s.tail_moved:
+                    h = h + self.tail_px(moved_px)
+                z = self.tail(F.silu(h))
+            else:
+                z = self.tail(F.silu(x))
+                if s.tail_moved:
+                    z = z + self.tail_px(moved_px)
+            if s.tail_full:
+                u = F.pixel_shuffle(z, 4)
+                out = moved_px + self.res(torch.cat([F.silu(u), moved_px.to(u.dtype)], 1)).float()
+            else:
+                out = moved_px + F.pixel_shuffle(z.float(), 4)
+            if return_parts:
+                copy = torch.ones_like(moved_px[:, :1])
+                return out, {"moved": moved_px, "copy": copy, "grid4": mixed[4], "vis4": vis[4], "ref4": ref4}
+            return out
         x = self.g2_in(torch.cat([self.up2(x), warp(f2, mixed[2]) * vis[2]], 1))
         x = self.g2(x)
         if s.half_tail:

@@ -32,7 +32,14 @@ DECODER_PREFIX = "dec."  # tools.export_motion traces the decoder inside a wrapp
 # The generator's modules: a copy-only decoder graph (tools.export_motion --copy-only) holds none of them.
 GENERATOR = (
     *("cond.", "g8_in.", "g8.", "up4.", "g4_in.", "g4.", "up2.", "g2_in.", "g2."),
-    *("up1.", "out.", "res.", "tail."),  # the full-size tail, or MotionShape.half_tail's
+    *(
+        "up1.",
+        "out.",
+        "res.",
+        "tail.",
+        "tail_px.",
+        "tail_in.",
+    ),  # the full-size tail, or MotionShape.half_tail's or quarter_tail's
 )
 
 
@@ -384,7 +391,7 @@ def decoder_from_folder(manifest: MotionManifest, verify: bool = True) -> tuple[
     dec = MotionDecoder(shape_from_dict(manifest.decoder_shape)).eval()
     ref = read_graph(manifest.graph("reference", verify=verify))
     graph = read_graph(manifest.graph("decoder", verify=verify))
-    copy_only = not {"f2", "f4", "f8"} <= graph.inputs
+    copy_only = not {"f4", "f8"} <= graph.inputs  # a quarter_tail generator reads no f2
     skip = GENERATOR if copy_only else ()
     fill(
         dec,
