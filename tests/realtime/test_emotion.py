@@ -95,12 +95,6 @@ def test_older_set_accuracy(reader: EmotionReader) -> None:
         assert v["accuracy"] >= 0.75, f"{label}: {v}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Chinese: the partial policy refitted with the n-gram head decides too "
-    "early (first label shown 83.3% vs 88.3% for the whole transcript on this sample: 3 of 60 lines); "
-    "it is fitted on every 2nd character of a third of the training lines, live mode reads every one",
-)
 @pytest.mark.slow
 def test_live_partials_cost_no_accuracy(reader: EmotionReader) -> None:
     """A quarter of held-out set A, each line fed as a growing live transcript (every word / character):
@@ -279,13 +273,16 @@ def test_read_partial_waits_for_words_that_decide(reader: EmotionReader) -> None
     for text in ["I am so", "I'm not", "The meeting is", "我不", "今天我", "We had to", "I am really not"]:
         assert reader.read_partial(text) is None, text
     # clear enough, long enough: decide before the person stops
-    cue = reader.read_partial("I am so happy right now")
-    assert cue is not None and cue.label == "happy"
+    cue = reader.read_partial("I'm so tired I can barely keep my eyes open")
+    assert cue is not None and cue.label == "sleepy"
     cue = reader.read_partial("我今天真的超级开心")
     assert cue is not None and cue.label == "happy"
-    cue = reader.read_partial("I'm not happy with this at all")
-    assert cue is None or cue.label == "sad"
+    # English partials decide only when all but sure (the policy fitted on every word of the training lines:
+    # below 0.99, early decisions broke more lines than they fixed), so this one (happy, 0.88) may wait
+    for text, label in (("I am so happy right now", "happy"), ("I'm not happy with this at all", "sad")):
+        cue = reader.read_partial(text)
+        assert cue is None or cue.label == label, text
     # a cue that comes back is as sure as the policy asks, whatever floor the caller gives
     p = reader.partial["en"]
-    cue = reader.read_partial("I am so happy right now", min_confidence=0.0)
+    cue = reader.read_partial("I'm so tired I can barely keep my eyes open", min_confidence=0.0)
     assert cue is not None and cue.confidence >= min(p.min_confidence, p.min_confidence_keyword)
