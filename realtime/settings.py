@@ -79,10 +79,12 @@ class Settings:
     weights: str = ""  # empty = the shipped weights
     # engine=motion, shipped weights: "copy" (moves the avatar's own drawing) or "residual" (also draws a correction
     # over it: a truer picture for about 1.7x the CPU a frame; engines/tiny/motion_weights.SHIPPED_DRAWS), or
-    # "adaptive": the residual draw while the engine has room for it, the copy draw (the ladder's cheaper rung) under
-    # load, and sessions admitted as the copy draw admits them (realtime/admission.py); with --weights DIR, that
-    # folder's decoder, capacity counted at its cheaper draw where its manifest names one
-    motion_draw: str = "copy"
+    # "adaptive", the default: the residual draw while the engine has room for it, the copy draw (the ladder's cheaper
+    # rung) under load, and sessions admitted as the copy draw admits them (realtime/admission.py; live Mandarin with
+    # two clients: 50 of 50 clips in, as the copy draw, 73-81% of chunks drawn residual:
+    # docs/bench/adaptive_draw_2026-12-06); with --weights DIR, that folder's decoder, capacity counted at its cheaper
+    # draw where its manifest names one
+    motion_draw: str = ADAPTIVE_DRAW
     # the wan engine (engines/wan/): a local diffusers-format Wan2.2-TI2V checkpoint directory
     checkpoint: str = ""  # required with --engine wan: transformer/, vae/ (+ text_encoder/, tokenizer/)
     wan_dtype: str = "auto"  # auto (bfloat16 on cuda, float32 on cpu) | float32 | bfloat16 | float16

@@ -1,6 +1,8 @@
 """The README's picture of an engine's frames: one generated frame per emotion, the built-in avatars in turn.
 
-    python -m tools.eval.sample_sheet --engine motion -o docs/model_samples_motion.png
+    python -m tools.eval.sample_sheet --engine motion --weights engines/tiny/weights/motion_residual -o /tmp/m.png
+    pngquant --quality 70-95 --speed 1 -o docs/model_samples_motion.png /tmp/m.png   # the residual draw the
+                                                                                      # default serves with room
     python -m tools.eval.sample_sheet --engine renderer -o /tmp/renderer.png   # the same cells, as drawn by the rig
 
 Each cell is the frame 1.5 s into a stream of that avatar and emotion (seed 7), cropped around the avatar and shown

@@ -39,5 +39,14 @@ for f in sorted(here.glob("load_*.json*")):
 for f in sorted(here.glob("zh_*.json*")):
     if (d := read(f)) is None:
         continue
-    s = d.get("summary", d)
-    print(f.name.split(".")[0], json.dumps({k: v for k, v in s.items() if not isinstance(v, list)})[:600])
+    s, st = d["summary"], d["server_status"]
+    refusals = [c["error"] for c in d["clips"] if "refused 1013" in str(c.get("error"))]
+    fi = s["frame_interval_ms"]["overall"]
+    print(
+        f"{f.name.split('.')[0]:22} in {s['measured']}/{s['clips']} refused {len(refusals)}  "
+        f"TTER p50/p95 {s['tter_ms']['p50']}/{s['tter_ms']['p95']} ms  late {st['load']['late_batches']}/"
+        f"{st['scheduler']['batches']}  chunks cheaper {st['stats'].get('chunks_cheaper', 0)}  "
+        f"interval p99 {fi['p99']} ms, over 160 {fi['over_160ms']}  frames late {s['frames_late']}  "
+        f"emotion right {s['accuracy']['correct']}/{s['accuracy']['labelled']}  "
+        f"ratio {st['load'].get('cheaper_cost_ratio')}  other {d['host_cpu'].get('other_cores')}"
+    )
