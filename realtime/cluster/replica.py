@@ -16,6 +16,7 @@ import ray
 
 from avatarcast.realtime.avatars import resolve_avatar
 from avatarcast.realtime.cluster.wire import ChunkCall, ChunkReply
+from avatarcast.realtime.decode_cost import measure_decodes
 from avatarcast.realtime.engine_loader import load_engine
 from avatarcast.realtime.ladder import ladder_for
 from avatarcast.realtime.logs import JsonFormatter
@@ -37,6 +38,9 @@ class EngineReplica:
         # ONNX Runtime's first run or the start-up avatars' reference latents
         for name in self.settings.avatar_list() or ["pip"]:
             self.engine.next_chunk([self.engine.start_stream(resolve_avatar(name)[1], "idle", 0.5, 0)])
+        # this replica's ladder steps up from its cheaper decode by the full decode's load (realtime/decode_cost.py)
+        first = resolve_avatar((self.settings.avatar_list() or ["pip"])[0])[1]
+        self.decode_costs = measure_decodes(self.engine, first)
         self.name: str = ray.get_runtime_context().get_actor_name() or ray.get_runtime_context().get_actor_id()
         self._scheduler: Any = None
         self._starting: asyncio.Lock | None = None
@@ -49,6 +53,7 @@ class EngineReplica:
                 if self._scheduler is None:
                     sch = EngineScheduler(self.engine)
                     sch.ladder = ladder_for(self.engine, self.settings)
+                    sch.ladder.cost_ratio = None if self.decode_costs is None else self.decode_costs.ratio
                     await sch.start()
                     self._scheduler = sch
         return self._scheduler

@@ -23,9 +23,9 @@ from avatarcast.engines.avatar_world.skeleton import MOTION_DIM  # noqa: E402
 from avatarcast.engines.tiny.config import TinyConfig  # noqa: E402
 from avatarcast.engines.tiny.motion_weights import GRAPHS, MANIFEST, SHIPPED, load_motion_manifest  # noqa: E402
 from avatarcast.engines.tiny.weights import WeightsError  # noqa: E402
+from tests.engines.motion_folder_checks import CASES, assert_served_as_torch_draws  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-CASES = (("luna", "happy", 3), ("random-900008", "love", 5))
 
 
 def _modules():
@@ -730,8 +730,6 @@ def test_a_half_size_tail_exports_serves_and_reads_back(folder, tmp_path):
     import onnx
 
     from avatarcast.engines.tiny.motion import SHAPES, MotionDecoder, shape_from_dict, shape_to_dict
-    from avatarcast.engines.tiny.motion_engine import MotionEngine
-    from avatarcast.engines.tiny.motion_torch import TorchMotionBackend
     from tools.export_motion import export_with_denoiser_from
 
     assert "half_tail" not in shape_to_dict(shape_from_dict(load_motion_manifest(SHIPPED).decoder_shape))
@@ -745,19 +743,8 @@ def test_a_half_size_tail_exports_serves_and_reads_back(folder, tmp_path):
     convs = {n.name for n in graph.node if n.op_type == "Conv"}
     assert "/tail/Conv" in convs and not any(c.startswith(("/out", "/res", "/up1")) for c in convs)
     assert [n.op_type for n in graph.node].count("DepthToSpace") == 3  # up4, up2 and the tail's one
-    served = MotionEngine.from_folder(man.path, threads=2)
-    read_back = MotionEngine.from_folder(man.path, threads=2, backend="torch", device="cpu")
     _, den = _modules()
-    ref = MotionEngine(TorchMotionBackend(dec, den), served.mean, served.std)
-    for av, emotion, seed in CASES:
-        a, b, c = (e.start_stream(av, emotion, seed=seed) for e in (served, ref, read_back))
-        motion = served.sample_chunks([a])
-        fa, fb = served.decode_chunks([a], motion)[0], ref.decode_chunks([b], motion)[0]
-        fc = read_back.decode_chunks([c], motion)[0]
-        for other in (fb, fc):
-            d = np.abs(fa.astype(np.int16) - other.astype(np.int16))
-            assert d.max() <= 2 and (d > 1).mean() < 1e-4, (av, int(d.max()))
-        assert (fa[..., 3] > 127).mean() > 0.02
+    assert_served_as_torch_draws(man.path, dec, den)
 
 
 def test_a_half_size_tail_starts_from_a_full_size_one():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -17,8 +16,7 @@ torch = pytest.importorskip("torch")
 from avatarcast.engines.avatar_world.skeleton import MOTION_DIM  # noqa: E402
 from avatarcast.engines.tiny.motion import SHAPES, MotionDecoder, init_from, shape_from_dict, shape_to_dict  # noqa: E402
 from avatarcast.engines.tiny.motion_weights import SHIPPED, load_motion_manifest  # noqa: E402
-
-CASES = (("luna", "happy", 3), ("random-900008", "love", 5))
+from tests.engines.motion_folder_checks import assert_served_as_torch_draws  # noqa: E402
 
 
 def test_older_shapes_are_written_as_before_and_the_new_ones_round_trip():
@@ -94,9 +92,7 @@ def test_a_quarter_tail_starts_from_a_residual_decoders_weights_where_they_fit()
 def test_a_quarter_tail_exports_serves_and_reads_back(tmp_path):
     import onnx
 
-    from avatarcast.engines.tiny.motion_engine import MotionEngine
     from avatarcast.engines.tiny.motion_graph_weights import denoiser_from_folder
-    from avatarcast.engines.tiny.motion_torch import TorchMotionBackend
     from tools.export_motion import export_with_denoiser_from
 
     torch.manual_seed(3)
@@ -113,15 +109,4 @@ def test_a_quarter_tail_exports_serves_and_reads_back(tmp_path):
         c.startswith(("/out", "/res", "/up1", "/g2")) for c in convs
     )
     assert [n.op_type for n in graph.node].count("DepthToSpace") == 2  # up4's and the tail's
-    served = MotionEngine.from_folder(man.path, threads=2)
-    read_back = MotionEngine.from_folder(man.path, threads=2, backend="torch", device="cpu")
-    ref = MotionEngine(TorchMotionBackend(dec, denoiser_from_folder(man)), served.mean, served.std)
-    for av, emotion, seed in CASES:
-        a, b, c = (e.start_stream(av, emotion, seed=seed) for e in (served, ref, read_back))
-        motion = served.sample_chunks([a])
-        fa, fb = served.decode_chunks([a], motion)[0], ref.decode_chunks([b], motion)[0]
-        fc = read_back.decode_chunks([c], motion)[0]
-        for other in (fb, fc):
-            d = np.abs(fa.astype(np.int16) - other.astype(np.int16))
-            assert d.max() <= 2 and (d > 1).mean() < 1e-4, (av, int(d.max()))
-        assert (fa[..., 3] > 127).mean() > 0.02
+    assert_served_as_torch_draws(man.path, dec, denoiser_from_folder(man))

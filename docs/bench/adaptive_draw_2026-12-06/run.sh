@@ -4,7 +4,7 @@
 # started once the rest of the machine is quiet (quiet.sh). Usage: run.sh ROUND...   e.g. run.sh 1 2
 cd "$(dirname "$0")/../../.."
 out=docs/bench/adaptive_draw_2026-12-06
-Q=$PWD/$out/quiet.sh
+Q=$PWD/tools/quiet.sh
 cli() { PYTHONPATH=$PWD flock /work/locks/bench.lock "$Q" python -m avatarcast.realtime.cli "$@"; }
 load() {  # name draw sessions round
   cli bench load --sessions "$3" --seconds 60 --server-args "--engine motion --motion-draw $2" --json \

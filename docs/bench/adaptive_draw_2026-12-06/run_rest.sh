@@ -4,7 +4,7 @@
 # quiet.sh. (run.sh's round 2 and its one-session runs were cut for time; its round 1 ran before the fix.)
 cd "$(dirname "$0")/../../.."
 out=docs/bench/adaptive_draw_2026-12-06
-Q=$PWD/$out/quiet.sh
+Q=$PWD/tools/quiet.sh
 res=engines/tiny/weights/motion_residual copy=engines/tiny/weights/motion
 zh() {  # draw round
   PYTHONPATH=$PWD flock /work/locks/bench.lock "$Q" python -m avatarcast.realtime.cli bench latency \

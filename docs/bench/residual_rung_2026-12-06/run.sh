@@ -6,7 +6,7 @@ out=${OUT:-docs/bench/residual_rung_2026-12-06}
 BASE=${BASE:-/tmp/wtB_base}
 NEW=$PWD
 res=engines/tiny/weights/motion_residual copy=engines/tiny/weights/motion
-Q=$PWD/$out/quiet.sh  # each run waits for the machine to be quiet (other sessions' work outside the lock)
+Q=$PWD/tools/quiet.sh  # each run waits for the machine to be quiet (other sessions' work outside the lock)
 eng() {  # name sessions args...
   local n=$1 s=$2; shift 2
   PYTHONPATH=$NEW flock /work/locks/bench.lock $Q python -m avatarcast.realtime.cli bench engine --engine motion \

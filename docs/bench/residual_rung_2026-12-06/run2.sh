@@ -5,7 +5,7 @@ cd "$(dirname "$0")/../../.."
 out=${OUT:-docs/bench/residual_rung_2026-12-06}
 BASE=${BASE:-/tmp/wtB_base}
 NEW=$PWD
-Q=$PWD/$out/quiet.sh
+Q=$PWD/tools/quiet.sh
 load() {  # file-stem extra-server-args
   for arm in before after; do
     if [ $arm = before ]; then pp=$BASE; else pp=$NEW; fi

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/../../.."
 out=${OUT:-docs/bench/skip_steps_rung_2026-12-06}
 BASE=${BASE:-/tmp/wtB_base}
 NEW=$PWD
-Q=$PWD/$out/quiet.sh  # each run waits for the machine to be quiet (other sessions' work outside the lock)
+Q=$PWD/tools/quiet.sh  # each run waits for the machine to be quiet (other sessions' work outside the lock)
 export QUIET_MAX_S=${QUIET_MAX_S:-120}
 load() {  # file-stem round extra-server-args
   for arm in before after; do

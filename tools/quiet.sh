@@ -1,6 +1,7 @@
 #!/bin/bash
-# quiet.sh CMD...: wait (up to QUIET_MAX_S, 300 s) until other processes use under 0.25 of a core over 3 s, then run
-# CMD. Run it inside the bench lock: work outside the lock (an eval another session started) spoils CPU figures.
+# tools/quiet.sh CMD...: wait (up to QUIET_MAX_S, 300 s) until other processes use under 0.25 of a core over 3 s, then
+# run CMD. Run it inside the bench lock: work outside the lock (an eval another session started) spoils CPU figures.
+# The bench folders' scripts (docs/bench/*/run*.sh) call this one copy.
 max=${QUIET_MAX_S:-300}
 t0=$(date +%s)
 busy() {
