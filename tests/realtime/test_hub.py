@@ -110,7 +110,9 @@ def test_admission_lets_out_a_closed_sessions_engine_time(app) -> None:
     finally:
         client.portal.call(hub.close_session, runner.id)
     v = client.portal.call(hub.admission)
-    share = sch.busy_by_session(window)[runner.id]
+    # priced as admission control prices it (--motion-draw adaptive, the default: at the copy draw's cost)
+    scale = hub.cheaper_ratio if hub.settings.admits_at_cheaper_decode and hub.cheaper_ratio is not None else 1.0
+    share = sch.busy_by_session(window, full_scale=scale)[runner.id]
     assert share > 0.0 and v.gone_busy == pytest.approx(before + share, abs=0.005), (v, before, share)
     assert v.counted_busy == pytest.approx(v.busy - v.gone_busy) and v.counted_busy < v.busy
     load = hub.status()["load"]

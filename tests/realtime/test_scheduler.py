@@ -360,7 +360,7 @@ def test_busy_prices_full_decodes_and_the_cheaper_decodes_cost_is_measured(motio
     res, copy = motion_engines
     assert measure_decodes(copy, "pip") is None
     costs = measure_decodes(res, "pip")
-    assert costs is not None and costs.full_s > 0.0 and costs.ratio == costs.cheaper_s / costs.full_s > 0.0
+    assert costs is not None and costs.full_s > 0.0 and costs.ratio == min(1.0, costs.cheaper_s / costs.full_s) > 0.0
 
     async def go() -> tuple[list[ChunkResult], float, float, dict, dict]:
         sch = EngineScheduler(res)
