@@ -26,7 +26,8 @@ class DecodeCosts:
     @property
     def ratio(self) -> float:
         """cheaper_s / full_s, at most 1: a cheaper decode measured dearer is noise (other work on the cores during
-        the measurement: 1.6 once in CI), and pricing the load by it would count more than the full decode's."""
+        the measurement; one CI failure's figures fit a ratio of about 1.6), and pricing the load by it would count
+        more than the full decode's."""
         return min(1.0, self.cheaper_s / self.full_s)
 
 
