@@ -88,8 +88,6 @@ class Hub:
         self.open_sockets = 0  # WebSocket handlers running (realtime/ws.py): drain waits for their close frames
         self.sockets = ClientSockets(settings.max_connections_per_ip)  # open sockets per client IP
         self.load_s: dict[str, float] = {}
-        # the cheaper decode's cost over the full one's, a chunk (realtime/decode_cost.py); None: no cheaper decode
-        self.cheaper_ratio: float | None = None
         self.start_error: str | None = None  # why start() failed ("Type: message"), set by the server
         self._reaper: asyncio.Task | None = None
         self.loop_lag = LagWindow()
@@ -254,8 +252,8 @@ class Hub:
             return
         if costs is None:
             return
-        self.cheaper_ratio = sv.scheduler.ladder.cost_ratio = costs.ratio
-        # warm, the faster of two: the calibration chunk before it paid the graphs' first calls at its box (0.44 s a
+        sv.scheduler.ladder.cost_ratio = costs.ratio
+        # warm, the faster of three: the calibration chunk before it paid the graphs' first calls at its box (0.44 s a
         # stream-chunk for the residual draw against 0.23 in the live batches after: a second session refused)
         sv.scheduler.stream_chunk_s = costs.full_s
         self.load_s["cheaper_decode"] = round(time.perf_counter() - t0, 3)
@@ -426,6 +424,13 @@ class Hub:
         await r.close()
         log.info("session %s closed after %d frames", sid, r.frames_sent)
         return True
+
+    @property
+    def cheaper_ratio(self) -> float | None:
+        """The cheaper decode's cost over the full one's, a chunk, as measured at start-up (realtime/decode_cost.py)
+        and held by the ladder; None: no cheaper decode, or not measured."""
+        sch = None if self.services is None else self.services.scheduler
+        return None if sch is None or sch.ladder is None else sch.ladder.cost_ratio
 
     @property
     def _prices_at_cheaper(self) -> bool:
