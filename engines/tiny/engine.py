@@ -11,9 +11,10 @@ from __future__ import annotations
 import copy
 import json
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import numpy as np
 
@@ -64,6 +65,39 @@ def set_emotion(state, index: int, intensity: float | None) -> None:
     state.emotion = index
     if intensity is not None:
         state.intensity = float(np.clip(intensity, 0.0, 1.0))
+
+
+def sample_streams(
+    denoise: Callable[..., np.ndarray],
+    sampler: ShortcutFlowSampler,
+    states: Sequence[Any],
+    frame_shape: tuple[int, ...],
+    chunk_frames: int,
+    context_frames: int,
+    steps: int | None,
+    min_shortcut: float,
+) -> np.ndarray:
+    """One sampler run for all streams, both engines' `sample_chunks`: each stream's own noise, context, reference,
+    emotion and intensity -> latents (B, T, *frame_shape); each stream's context becomes its chunk's last K frames.
+    `frame_shape` is one latent frame: (C, H, W) for tiny's image latents, (D, 1, 1) for a motion vector. `steps`
+    overrides the sampler's step count for this call only (the degradation ladder), leaving `sampler` as it is."""
+    T, K, B = chunk_frames, context_frames, len(states)
+    x = np.stack([s.rng.standard_normal((T * frame_shape[0], *frame_shape[1:]), dtype=np.float32) for s in states])
+    ctx = np.stack([s.ctx for s in states])
+    ref = np.stack([s.ref for s in states])
+    emo = np.array([s.emotion for s in states], dtype=np.int64)
+    inten = np.array([s.intensity for s in states], dtype=np.float32)
+    if steps is not None and steps != sampler.steps:
+        sampler = ShortcutFlowSampler(steps=steps, min_shortcut=min_shortcut)
+    d = np.full((B,), sampler.model_step_size, dtype=np.float32)
+    for t in sampler.timesteps:
+        v = denoise(x, np.full((B,), t, dtype=np.float32), d, ctx, ref, emo, inten)
+        x = sampler.step(v, t, x)
+    lat = np.asarray(x, np.float32).reshape(B, T, *frame_shape)
+    for s, chunk in zip(states, lat, strict=True):
+        s.ctx = chunk[T - K :].reshape(K * frame_shape[0], *frame_shape[1:]).copy()
+        s.frames_done += T
+    return lat
 
 
 def clip_frames(engine, state, n_frames: int, warmup_chunks: int, **chunk_options) -> np.ndarray:
@@ -183,26 +217,18 @@ class TinyEngine:
         ladder); `self.steps`, which the latents cache keys on, stays as it is.
         """
         cfg = self.cfg
-        C, T, K = cfg.latent_channels, cfg.chunk_frames, cfg.context_frames
         H, W = cfg.latent_hw
-        B = len(states)
-        x = np.stack([s.rng.standard_normal((T * C, H, W), dtype=np.float32) for s in states])
-        ctx = np.stack([s.ctx for s in states])
-        ref = np.stack([s.ref for s in states])
-        emo = np.array([s.emotion for s in states], dtype=np.int64)
-        inten = np.array([s.intensity for s in states], dtype=np.float32)
-        sampler = self.sampler
-        if steps is not None and steps != sampler.steps:
-            sampler = ShortcutFlowSampler(steps=steps, min_shortcut=self.cfg.min_shortcut)
-        d = np.full((B,), sampler.model_step_size, dtype=np.float32)
-        for t in sampler.timesteps:
-            v = self.backend.denoise(x, np.full((B,), t, dtype=np.float32), d, ctx, ref, emo, inten)
-            x = sampler.step(v, t, x)
-        lat = x.reshape(B, T, C, H, W)
-        for s, chunk in zip(states, lat):
-            s.ctx = chunk[T - K :].reshape(K * C, H, W).copy()
-            s.frames_done += T
-        return lat
+        shape = (cfg.latent_channels, H, W)
+        return sample_streams(
+            self.backend.denoise,
+            self.sampler,
+            states,
+            shape,
+            cfg.chunk_frames,
+            cfg.context_frames,
+            steps,
+            cfg.min_shortcut,
+        )
 
     @property
     def has_lowres(self) -> bool:

@@ -39,7 +39,13 @@ from avatarcast.engines.contract import CheaperDecode, EngineCapabilities, Ready
 from avatarcast.engines.sampler import ShortcutFlowSampler
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.effects import EffectLayer
-from avatarcast.engines.tiny.engine import avatar_cache_key, clip_frames, emotion_index, set_emotion
+from avatarcast.engines.tiny.engine import (
+    avatar_cache_key,
+    clip_frames,
+    emotion_index,
+    sample_streams,
+    set_emotion,
+)
 from avatarcast.engines.tiny.motion_backends import MotionBackend, OnnxMotionBackend
 from avatarcast.engines.tiny.motion_weights import load_motion_manifest, motion_folder
 from avatarcast.engines.tiny.window import frames_to_window, window_to_rgba
@@ -310,25 +316,17 @@ class MotionEngine:
 
     def sample_chunks(self, states: list[MotionStream], steps: int | None = None) -> np.ndarray:
         """One sampler run for all streams: normalized motions (B, T, D, 1, 1); advances the contexts."""
-        T, K, D = self.cfg.chunk_frames, self.cfg.context_frames, MOTION_DIM
-        B = len(states)
-        x = np.stack([s.rng.standard_normal((T * D, 1, 1), dtype=np.float32) for s in states])
-        ctx = np.stack([s.ctx for s in states])
-        ref = np.stack([s.ref for s in states])
-        emo = np.array([s.emotion for s in states], dtype=np.int64)
-        inten = np.array([s.intensity for s in states], dtype=np.float32)
-        sampler = self.sampler
-        if steps is not None and steps != sampler.steps:
-            sampler = ShortcutFlowSampler(steps=steps, min_shortcut=self.window.min_shortcut)
-        d = np.full((B,), sampler.model_step_size, dtype=np.float32)
-        for t in sampler.timesteps:
-            v = self.backend.denoise(x, np.full((B,), t, dtype=np.float32), d, ctx, ref, emo, inten)
-            x = sampler.step(v, t, x)
-        lat = np.asarray(x, np.float32).reshape(B, T, D, 1, 1)
-        for s, chunk in zip(states, lat):
-            s.ctx = chunk[T - K :].reshape(K * D, 1, 1).copy()
-            s.frames_done += T
-        return lat
+        shape = (MOTION_DIM, 1, 1)
+        return sample_streams(
+            self.backend.denoise,
+            self.sampler,
+            states,
+            shape,
+            self.cfg.chunk_frames,
+            self.cfg.context_frames,
+            steps,
+            self.window.min_shortcut,
+        )
 
     def draw(self, avatar: Any, motions: np.ndarray, batch: int = 8) -> np.ndarray:
         """Raw motion vectors (N, D) of one avatar -> RGBA uint8 frames (N, 360, 640, 4)."""
