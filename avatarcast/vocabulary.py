@@ -35,10 +35,14 @@ class FrameSource(StrEnum):
 FRAME_SOURCES: tuple[str, ...] = tuple(s.value for s in FrameSource)
 REACTION_SOURCES: tuple[str, ...] = (FrameSource.CACHE.value, FrameSource.SAMPLER.value)
 
+# the avatar a request or a server start that names none gets (engines/avatar_world's first built-in)
+DEFAULT_AVATAR = "pip"
+
 # image format -> its code in the frame header; jpeg is composited over the background, webp keeps alpha
 IMAGE_FORMATS: dict[str, int] = {"jpeg": 1, "webp": 2}
 
 __all__ = [
+    "DEFAULT_AVATAR",
     "EMOTIONS",
     "FPS",
     "FRAME_HEIGHT",

@@ -37,7 +37,7 @@ from avatarcast.realtime.scheduler import ChunkJob
 from avatarcast.realtime.services import Services
 from avatarcast.realtime.shared_state import LocalState, SharedState, SharedStateError
 from avatarcast.realtime.video import write_video
-from avatarcast.vocabulary import FPS
+from avatarcast.vocabulary import DEFAULT_AVATAR, FPS
 
 log = logging.getLogger(__name__)
 FORMATS = {"mp4": "video/mp4", "webm": "video/webm"}
@@ -48,7 +48,7 @@ POLL_S = 0.1  # how often a gateway waiting for another one's render looks for t
 
 @dataclass(frozen=True)
 class ClipRequest:
-    avatar: str = "pip"
+    avatar: str = DEFAULT_AVATAR
     emotion: str | None = None
     text: str | None = None
     seconds: float = 3.0

@@ -179,11 +179,13 @@ class Hub:
             await avatars.warm(name)
         self.load_s["avatars"] = round(time.perf_counter() - t0, 3)
         log.info("ready: %s", self.load_s)
-        try:
-            await self._calibrate()
-        except Exception:  # admission control then admits up to max_sessions until a batch is measured
-            log.exception("measuring the engine's cost at start-up failed")
-        await self._measure_cheaper_decode()
+        # an engine with a cheaper decode measures both decodes warm, which also sets the cost admission control
+        # starts from; the calibration chunk would only pay the graphs' first calls, so it runs only without that
+        if not await self._measure_cheaper_decode():
+            try:
+                await self._calibrate()
+            except Exception:  # admission control then admits up to max_sessions until a batch is measured
+                log.exception("measuring the engine's cost at start-up failed")
         self._reaper = asyncio.create_task(self._reap_idle(), name="session-reaper")
         self.ready.set()
 
@@ -230,33 +232,36 @@ class Hub:
         start, and a fresh one when it refuses sessions on an estimate nothing has updated for a while
         (a slow spell must not leave a stale, high cost that refuses everyone while the engine sits idle)."""
         sv = self._services
-        params = sv.avatars.get((self.settings.avatar_list() or ["pip"])[0]).params
+        params = sv.avatars.get(self.settings.first_avatar).params
         state = StreamStart(params, "idle", 0.5, 0)
         t0 = time.perf_counter()
         sv.scheduler.stream_chunk_s = None  # this measurement replaces the old estimate
         await sv.scheduler.submit(ChunkJob("calibration", state, time.monotonic() + 5.0, "idle", 0.5))
         self.load_s["calibration"] = round(time.perf_counter() - t0, 3)
 
-    async def _measure_cheaper_decode(self) -> None:
+    async def _measure_cheaper_decode(self) -> bool:
         """The ladder's cheaper decode against the full one (engines that have one): the ladder steps back up from it
-        by the full decode's load, and `--motion-draw adaptive` prices admission at it."""
+        by the full decode's load, and `--motion-draw adaptive` prices admission at it. True when this set the
+        engine's cost a stream-chunk (False: no cheaper decode, or the measurement failed)."""
         sv = self._services
         if sv.scheduler.ladder is None or sv.scheduler.ladder.cheaper is None:
-            return
-        params = sv.avatars.get((self.settings.avatar_list() or ["pip"])[0]).params
+            return False
+        params = sv.avatars.get(self.settings.first_avatar).params
         t0 = time.perf_counter()
         try:
             costs = await sv.scheduler.run_on_engine(measure_decodes, sv.engine, params)
         except Exception:  # the ladder then steps up by the busy it sees, admission prices at full quality
             log.exception("measuring the cheaper decode's cost at start-up failed")
-            return
+            return False
         if costs is None:
-            return
+            return False
         sv.scheduler.ladder.cost_ratio = costs.ratio
         # warm, the faster of three: the calibration chunk before it paid the graphs' first calls at its box (0.44 s a
         # stream-chunk for the residual draw against 0.23 in the live batches after: a second session refused)
         sv.scheduler.stream_chunk_s = costs.full_s
+        sv.scheduler.cost_at = time.monotonic()
         self.load_s["cheaper_decode"] = round(time.perf_counter() - t0, 3)
+        return True
 
     async def drain(self, reason: str = "the server is shutting down") -> None:
         """Graceful shutdown: refuse new sessions, tell every session why, and close them (WebSocket 1001)."""
@@ -322,9 +327,7 @@ class Hub:
             # a new avatar's still (6-11 ms of drawing) on a worker thread rather than this loop; a refusal is left
             # to create_session, which checks again and answers in its own order
             with contextlib.suppress(ValueError, AvatarcastError):
-                await self._services.avatars.ready_still(
-                    avatar or (self.settings.avatar_list() or ["pip"])[0], kwargs.get("client", "")
-                )
+                await self._services.avatars.ready_still(avatar or self.settings.first_avatar, kwargs.get("client", ""))
         return self.create_session(avatar, **kwargs)
 
     def create_session(
@@ -365,7 +368,7 @@ class Hub:
             runner = SessionRunner(
                 sv,
                 sid,
-                avatar or (self.settings.avatar_list() or ["pip"])[0],
+                avatar or self.settings.first_avatar,
                 image_format=fmt,
                 quality=q,
                 language=lang,

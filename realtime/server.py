@@ -42,7 +42,7 @@ from avatarcast.realtime.settings import Settings
 from avatarcast.realtime.whep import whep_router
 from avatarcast.realtime.wire_fields import payload_model
 from avatarcast.realtime.ws import serve_socket
-from avatarcast.vocabulary import EMOTIONS, IMAGE_FORMATS
+from avatarcast.vocabulary import DEFAULT_AVATAR, EMOTIONS, IMAGE_FORMATS
 
 log = logging.getLogger("avatarcast.server")
 STATIC = Path(__file__).parent / "static"
@@ -108,7 +108,7 @@ class RenderRequest(BaseModel):
             "oneOf": [{"required": [k], "properties": {k: {"type": "string"}}} for k in ("emotion", "text")]
         },
     )
-    avatar: Annotated[str, contract.Pattern(avatar_pattern())] = Field("pip", description=AVATAR)
+    avatar: Annotated[str, contract.Pattern(avatar_pattern())] = Field(DEFAULT_AVATAR, description=AVATAR)
     emotion: Annotated[str, contract.OneOf(EMOTIONS)] | None = Field(None, description="or give text")
     text: str | None = Field(
         None, min_length=1, max_length=MAX_SAY_CHARS, pattern=TEXT_PATTERN, description="the emotion is read from it"

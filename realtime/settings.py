@@ -21,7 +21,7 @@ from avatarcast.realtime import settings_file, settings_model
 from avatarcast.realtime.ice import IceConfigError, IceServers
 from avatarcast.realtime.settings_file import SettingsFileError
 from avatarcast.realtime.settings_model import SettingsError
-from avatarcast.vocabulary import IMAGE_FORMATS
+from avatarcast.vocabulary import DEFAULT_AVATAR, IMAGE_FORMATS
 
 ENV_PREFIX = "AVATARCAST_"
 SWITCHES = ("ray",)  # 0/1 fields whose flag may stand alone
@@ -131,7 +131,7 @@ class Settings:
     asr_threads: int = 2  # CPU threads per Whisper call
     # Whisper calls at once (1: sessions take turns; 2 x 1 thread is not yet measured quietly: docs/speech.md)
     asr_workers: int = 1
-    avatars: str = "pip"  # comma list warmed (loops + latents cache) at start-up
+    avatars: str = DEFAULT_AVATAR  # comma list warmed (loops + latents cache) at start-up
     precompute: int = 1  # 1: fill the latents cache of the start-up avatars before serving
     cache_dir: str = ""  # latents cache; empty = ~/.cache/avatarcast/latents
     clip_cache_dir: str = ""  # rendered clips; empty = ~/.cache/avatarcast/clips
@@ -495,6 +495,11 @@ class Settings:
 
     def avatar_list(self) -> list[str]:
         return [a.strip() for a in self.avatars.split(",") if a.strip()]
+
+    @property
+    def first_avatar(self) -> str:
+        """The avatar a session that names none gets, and the one start-up measures the engine's cost on."""
+        return (self.avatar_list() or [DEFAULT_AVATAR])[0]
 
     def validate_motion(self) -> None:
         """engine=motion: an exported folder (--weights, or the shipped one), served on onnxruntime (CPU) or torch

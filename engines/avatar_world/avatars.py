@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from avatarcast.vocabulary import DEFAULT_AVATAR
+
 BODY_SHAPES: tuple[str, ...] = ("round", "tall", "pear", "square", "bean")
 EYE_STYLES: tuple[str, ...] = ("dot", "round", "anime", "sleepy", "big")
 HEADWEAR: tuple[str, ...] = (
@@ -129,7 +131,7 @@ def _validate(p: AvatarParams) -> None:
 
 BUILTIN_AVATARS: tuple[AvatarParams, ...] = (
     AvatarParams(
-        name="pip",
+        name=DEFAULT_AVATAR,  # the first built-in is the one a request that names no avatar gets
         body_shape="round",
         body_width=1.1,
         body_height=0.95,

@@ -65,7 +65,7 @@ from avatarcast.realtime.bench.client import (
     stream_pcm,
 )
 from avatarcast.realtime.bench.server import machine, run_on_server
-from avatarcast.vocabulary import FRAME_S
+from avatarcast.vocabulary import DEFAULT_AVATAR, FRAME_S
 
 log = logging.getLogger("avatarcast.bench.latency")
 
@@ -581,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--repeat", type=int, default=1, help="run the clip set this many times")
     ap.add_argument("--chart", default=None, help="write a stacked bar chart of each clip's TTER breakdown (PNG)")
     ap.add_argument("--server-args", default="", help="extra `avatarcast serve` flags for the server the bench starts")
-    ap.add_argument("--avatar", default="pip")
+    ap.add_argument("--avatar", default=DEFAULT_AVATAR)
     ap.add_argument("--chunk-ms", type=int, default=20, help="stream mode: PCM1 chunk length (20-40 ms)")
     ap.add_argument("--tail", type=float, default=1.0, help="stream mode: seconds of silence sent after the clip")
     ap.add_argument(

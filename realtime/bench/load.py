@@ -50,6 +50,7 @@ from avatarcast.realtime.bench.client import (
 )
 from avatarcast.realtime.bench.clips import make_clips
 from avatarcast.realtime.bench.server import machine, run_on_server, server_process, server_status
+from avatarcast.vocabulary import DEFAULT_AVATAR
 
 log = logging.getLogger("avatarcast.bench.load")
 RETRY_S = 5.0
@@ -346,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-retry", action="store_true", help="a refused session slot gives up instead of retrying")
     ap.add_argument("--timeout", type=float, default=15.0, help="per clip: give up on its TTER after this long")
     ap.add_argument("--stagger", type=float, default=0.5, help="seconds between the slots' first connects")
-    ap.add_argument("--avatar", default="pip")
+    ap.add_argument("--avatar", default=DEFAULT_AVATAR)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ready-timeout", type=float, default=180.0)
     return ap

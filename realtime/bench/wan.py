@@ -52,7 +52,7 @@ from avatarcast.realtime.avatars import resolve_avatar  # noqa: E402
 from avatarcast.realtime.bench.memory_peak import peak_report  # noqa: E402
 from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler  # noqa: E402
 from avatarcast.templates import load_templates  # noqa: E402
-from avatarcast.vocabulary import FPS  # noqa: E402
+from avatarcast.vocabulary import DEFAULT_AVATAR, FPS  # noqa: E402
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -157,7 +157,7 @@ def _pipelined(eng, states: list, seconds: float, chunk_s: float, to_host: bool)
 
 def serving_engine(wan, batch: int):
     """The server's adapter (WanAvatarEngine) over `wan`, with random prompt embeddings (no text
-    encoder here), and the avatar "pip": what `serve --wan-prompt-embeds random` would run."""
+    encoder here), and the default avatar: what `serve --wan-prompt-embeds random` would run."""
     from avatarcast.engines.wan.serving import WanAvatarEngine  # torch, as above
 
     templates = load_templates()
@@ -167,7 +167,8 @@ def serving_engine(wan, batch: int):
         normalize_prompt(t.prompt): (rng.standard_normal((48, dim)) * 0.1).astype(np.float32)
         for t in templates.values()
     }
-    return WanAvatarEngine(wan, templates, embeds, "random", "random", max_batch=batch), resolve_avatar("pip")[1]
+    engine = WanAvatarEngine(wan, templates, embeds, "random", "random", max_batch=batch)
+    return engine, resolve_avatar(DEFAULT_AVATAR)[1]
 
 
 def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: tuple[int, ...]) -> dict:

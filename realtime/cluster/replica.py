@@ -36,10 +36,10 @@ class EngineReplica:
         self.engine = load_engine(self.settings)
         # warm up before Serve marks this replica running: the first live chunk must not pay for
         # ONNX Runtime's first run or the start-up avatars' reference latents
-        for name in self.settings.avatar_list() or ["pip"]:
+        for name in self.settings.avatar_list() or [self.settings.first_avatar]:
             self.engine.next_chunk([self.engine.start_stream(resolve_avatar(name)[1], "idle", 0.5, 0)])
         # this replica's ladder steps up from its cheaper decode by the full decode's load (realtime/decode_cost.py)
-        first = resolve_avatar((self.settings.avatar_list() or ["pip"])[0])[1]
+        first = resolve_avatar(self.settings.first_avatar)[1]
         self.decode_costs = measure_decodes(self.engine, first)
         self.name: str = ray.get_runtime_context().get_actor_name() or ray.get_runtime_context().get_actor_id()
         self._scheduler: Any = None
