@@ -117,6 +117,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except StartupError as exc:  # missing or corrupt model files: say so and exit non-zero
         print(f"avatarcast: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C / SIGINT: uvicorn re-raises it after the drain; a stop is not a crash
+        return 130
     return 0
 
 

@@ -650,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(run.wall_s, 1),
         "machine": machine(),
         "host_cpu": run.host_cpu,
+        "server_exit": run.server_exit,
         "server_status": run.status,
         "clips": rows,
         "summary": summarize(rows, intervals, args.mode),

@@ -1,7 +1,7 @@
 """`avatarcast bench load`: N real WebSocket sessions at once, speaking clips at random times.
 
     avatarcast bench load --sessions N --seconds S [--clips DIR] [--url http://HOST:PORT] [--json]
-        [--gap 2,8] [--no-retry] [--server-args "--max-sessions 2 ..."]
+        [--gap 2,8] [--no-retry] [--server-args "--max-sessions 2 ..."] [--churn N]
 
 Without --url it starts `python -m avatarcast.realtime.cli serve` on a free loopback port (as `bench latency`
 does). Without --clips it uses the checkout's committed neural-voice clips (tests/data/speech/en,
@@ -17,6 +17,10 @@ Reported: sessions held and refused (with reasons), TTER p50/p95 under load, per
 frame rate's 1st percentile over 1 s windows (fps p1), p99 frame interval, frames dropped (gaps in
 the frame index) and the server's frames_late count; the server's degradation level, sampled
 every 2 s from /v1/status. --json prints one JSON object to stdout; logs go to stderr.
+
+--churn N (a soak of avatar churn): each slot closes its session after N clips and opens a new one on an avatar
+the server has not seen (`random-<seed>`, a new seed each time), so the server keeps preparing avatars and, past
+`--max-avatars`, dropping them; the server's RSS and open fds after warm-up say whether anything is kept.
 """
 
 from __future__ import annotations
@@ -69,6 +73,18 @@ class Slot:
     frames_late: int = 0
     clips: list[dict] = field(default_factory=list)
     error: str | None = None
+    avatars: list[str] = field(default_factory=list)  # the avatar of each session it held, in order
+    runs: list[list[float]] = field(default_factory=list)  # each held session's frame arrival times
+
+
+CHURN_SEED0 = 700_000  # churned avatars' seeds: clear of the eval's held-out avatars (random-900000 on)
+
+
+def slot_avatar(args: argparse.Namespace, slot: int, n: int) -> str:
+    """The avatar of a slot's n-th session: --avatar, or with --churn a new parametric avatar each time."""
+    if not args.churn:
+        return str(args.avatar)
+    return f"random-{CHURN_SEED0 + args.seed * 10_000 + slot * 1_000 + n}"
 
 
 def fps_p1(times: list[float]) -> float | None:
@@ -122,8 +138,9 @@ async def run_slot(
 ) -> None:
     await asyncio.sleep(slot.index * args.stagger)
     while time.monotonic() < end:
+        avatar = slot_avatar(args, slot.index, len(slot.avatars))
         try:
-            conn = await Conn.open(base, args.avatar, slot.intervals)
+            conn = await Conn.open(base, avatar, slot.intervals)
         except Exception as exc:
             slot.error = f"connect failed: {type(exc).__name__}: {exc}"
             return
@@ -137,16 +154,21 @@ async def run_slot(
                     return
                 await asyncio.sleep(RETRY_S)
                 continue
-            slot.held_from = time.monotonic()
-            log.info("session %d held after %d refusal(s)", slot.index, len(slot.refused))
-            while not conn.closed:
+            if slot.held_from is None:
+                slot.held_from = time.monotonic()
+            slot.avatars.append(avatar)
+            log.info("session %d held (%s) after %d refusal(s)", slot.index, avatar, len(slot.refused))
+            spoken = 0
+            while not conn.closed and not (args.churn and spoken >= args.churn):
                 gap = float(rng.uniform(args.gap[0], args.gap[1]))
                 if time.monotonic() + gap + args.timeout > end:
                     break
                 await asyncio.sleep(gap)
                 row = await speak(conn, clips[int(rng.integers(len(clips)))], args.timeout)
                 row["at_s"] = round(time.monotonic() - t0, 1)
+                row["avatar"] = avatar
                 slot.clips.append(row)
+                spoken += 1
                 log.info(
                     "session %d %s -> %s TTER %s ms%s",
                     slot.index,
@@ -155,15 +177,21 @@ async def run_slot(
                     row["tter_ms"],
                     f" ERROR {row['error']}" if row["error"] else "",
                 )
+            if args.churn and not conn.closed and spoken >= args.churn:
+                continue  # this session closes (finally) and the next opens on a new avatar
             await asyncio.sleep(max(0.0, end - time.monotonic()))
             slot.held_until = time.monotonic()
             if conn.closed:
                 slot.error = f"the server closed the session: {conn.close_reason}"
             return
         finally:
+            if conn.frames:
+                slot.runs.append([f[0] for f in conn.frames])
             slot.frames.extend(conn.frames)
             slot.frames_late += conn.frames_late()
             await conn.close()
+    if slot.held_from is not None and slot.held_until is None:  # --churn: the run ended between two sessions
+        slot.held_until = time.monotonic()
 
 
 async def watch_status(base: str, stop: asyncio.Event, samples: list[dict], t0: float) -> None:
@@ -239,6 +267,7 @@ def summarize(slots: list[Slot], samples: list[dict], seconds: float) -> dict:
     for s in slots:
         times = [f[0] for f in s.frames]
         iv = interval_stats(s.intervals)
+        p1 = [v for v in (fps_p1(r) for r in s.runs) if v is not None]  # per session: not across a reconnect
         per.append(
             {
                 "session": s.index,
@@ -247,7 +276,8 @@ def summarize(slots: list[Slot], samples: list[dict], seconds: float) -> dict:
                 "first_refused_reason": s.refused[0]["reason"] if s.refused else None,
                 "held_s": None if s.held_from is None else round((s.held_until or s.held_from) - s.held_from, 1),
                 "frames": len(times),
-                "fps_p1": fps_p1(times),
+                "fps_p1": min(p1, default=None),
+                "sessions_opened": len(s.avatars),
                 "interval_ms_p50": iv["p50"],
                 "interval_ms_p99": iv["p99"],
                 "interval_ms_max": iv["max"],
@@ -263,6 +293,8 @@ def summarize(slots: list[Slot], samples: list[dict], seconds: float) -> dict:
         "sessions_requested": len(slots),
         "sessions_held": len(held),
         "sessions_never_held": len(slots) - len(held),
+        "sessions_opened": sum(len(s.avatars) for s in slots),
+        "avatars": len({a for s in slots for a in s.avatars}),
         "refusals": sum(len(s.refused) for s in slots),
         "refusal_reasons": reasons,
         "clips": len(rows),
@@ -296,7 +328,8 @@ def format_report(report: dict) -> str:
             f"{hc.get('loadavg_1m_start')} -> {hc.get('loadavg_1m_end')}; cores busy: bench {hc.get('bench_cores')}, "
             f"server {hc.get('server_cores')}, others {hc.get('other_cores')}"
         ),
-        f"sessions held: {s['sessions_held']}/{s['sessions_requested']}; refusals: {s['refusals']}"
+        f"sessions held: {s['sessions_held']}/{s['sessions_requested']} ({s['sessions_opened']} opened, "
+        f"{s['avatars']} avatar(s)); refusals: {s['refusals']}"
         + "".join(f"\n  {n} x {k}" for k, n in s["refusal_reasons"].items()),
         f"clips: {s['clips']} ({s['clip_errors']} errors); emotion {s['emotion_correct']}/{s['emotion_labelled']}",
         (
@@ -348,6 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--timeout", type=float, default=15.0, help="per clip: give up on its TTER after this long")
     ap.add_argument("--stagger", type=float, default=0.5, help="seconds between the slots' first connects")
     ap.add_argument("--avatar", default=DEFAULT_AVATAR)
+    ap.add_argument(
+        "--churn",
+        type=int,
+        default=0,
+        help="a soak of avatar churn: each slot reopens its session after this many clips, on a new avatar",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--ready-timeout", type=float, default=180.0)
     return ap
@@ -364,8 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         ap.error("--gap must be MIN,MAX seconds with 0 <= MIN <= MAX")
     args.gap = (lo, hi)
-    if args.sessions < 1 or not args.seconds > 0:
-        ap.error("--sessions must be >= 1 and --seconds > 0")
+    if args.sessions < 1 or not args.seconds > 0 or args.churn < 0:
+        ap.error("--sessions must be >= 1, --seconds > 0 and --churn >= 0")
     try:
         committed = REPO / "tests" / "data" / "speech" / "en"
         if args.clips or committed.is_dir():
@@ -393,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_args": args.server_args,
         "machine": machine(),
         "host_cpu": run.host_cpu,
+        "server_exit": run.server_exit,
         "server_status": run.status,
         "status_samples": samples,
         "clips": [{"session": s.index, **r} for s in slots for r in s.clips],

@@ -99,13 +99,21 @@ class ServerProcess:
         except OSError:
             return ""
 
-    def stop(self) -> None:
+    def stop(self) -> dict | None:
+        """Stop the server as an operator's Ctrl-C does (SIGINT: it drains its sessions), and say how it went:
+        {"code": its exit status, "clean": exited by itself with 0 or 130 and no traceback in its log,
+        "tracebacks": how many}. A benchmark whose server crashed or logged a traceback says so in its report."""
         p = self.proc
-        if p is not None and p.poll() is None:
+        if p is None:
+            self.log.close()
+            return None
+        forced = False
+        if p.poll() is None:
             p.send_signal(signal.SIGINT)
             try:
                 p.wait(15)
             except subprocess.TimeoutExpired:
+                forced = True
                 p.terminate()
                 try:
                     p.wait(5)
@@ -113,6 +121,14 @@ class ServerProcess:
                     p.kill()
                     p.wait()
         self.log.close()
+        try:
+            tracebacks = Path(self.log.name).read_text(errors="replace").count("Traceback (most recent call last)")
+        except OSError:
+            tracebacks = -1
+        clean = not forced and p.returncode in (0, 130) and tracebacks == 0
+        if not clean:
+            log.warning("the server exited with %s, %d traceback(s) in %s", p.returncode, tracebacks, self.log.name)
+        return {"code": p.returncode, "clean": clean, "tracebacks": tracebacks, "log": self.log.name}
 
 
 def server_status(base_url: str) -> dict | None:
@@ -244,6 +260,7 @@ class ServerRun:
     wall_s: float
     host_cpu: Any  # CpuMonitor.result
     status: Any  # the server's /v1/status at the end
+    server_exit: dict | None = None  # a server we started: how it stopped (ServerProcess.stop)
 
 
 def run_on_server(args: argparse.Namespace, work) -> ServerRun:
@@ -262,15 +279,11 @@ def run_on_server(args: argparse.Namespace, work) -> ServerRun:
         with CpuMonitor(server.proc.pid if server is not None and server.proc is not None else None) as cpu:
             result = asyncio.run(work(base))
         wall = time.monotonic() - t0
-        return ServerRun(
-            base,
-            server is not None,
-            None if server is None else server.ready_s,
-            result,
-            wall,
-            cpu.result,
-            server_status(base),
-        )
+        status = server_status(base)
+        started, ready_s, exit_ = server is not None, None if server is None else server.ready_s, None
+        if server is not None:
+            exit_, server = server.stop(), None
+        return ServerRun(base, started, ready_s, result, wall, cpu.result, status, exit_)
     finally:
         if server is not None:
             server.stop()

@@ -337,3 +337,24 @@ def test_bench_load_soak_figures_start_after_warm_up() -> None:
     assert pf["rss_growth_pct"] == round(100 * 10 / 460, 2) and pf["rss_mb_max"] == 470.0
     assert (pf["open_fds_after_warmup"], pf["open_fds_end"], pf["open_fds_max"]) == (30, 30, 31)
     assert process_figures([{"t_s": 0.0, "sessions": 0}], 60) is None  # no /metrics: no figures, no error
+
+
+def test_bench_load_churn_names_a_new_avatar_per_session_and_rates_each_session_alone() -> None:
+    import argparse
+
+    from avatarcast.realtime.bench.load import Slot, slot_avatar, summarize
+
+    plain = argparse.Namespace(churn=0, avatar="pip", seed=0)
+    churn = argparse.Namespace(churn=3, avatar="pip", seed=1)
+    assert slot_avatar(plain, 1, 5) == "pip"
+    names = {slot_avatar(churn, s, n) for s in range(4) for n in range(50)}
+    # all distinct, and none of the fidelity eval's held-out avatars (random-900000 on)
+    assert len(names) == 200 and all(n.startswith("random-") and int(n[7:]) < 900_000 for n in names)
+
+    # two sessions of one slot at 8 fps, 3 s apart: each session's fps p1 is 8 (the reconnect is no session's)
+    runs = [[i / 8 for i in range(80)], [13.0 + i / 8 for i in range(80)]]
+    slot = Slot(0, held_from=0.0, held_until=23.0, runs=runs, avatars=["random-1", "random-2"])
+    slot.frames = [(t, i % 80, "idle", "idle") for i, t in enumerate(runs[0] + runs[1])]
+    s = summarize([slot], [], 23.0)
+    assert s["per_session"][0]["fps_p1"] == 8.0 and s["per_session"][0]["sessions_opened"] == 2
+    assert (s["sessions_opened"], s["avatars"]) == (2, 2)
