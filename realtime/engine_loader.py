@@ -37,5 +37,8 @@ def load_engine(settings: Settings, cache_dir: str | Path | None = None, templat
             draw=settings.motion_folder_draw,
             backend=settings.backend,
             device=None if settings.device == "auto" else settings.device,
+            # the avatars the server holds and those it is preparing: a stream's avatar is never pushed out, and
+            # --max-avatars bounds the engine's ~55 MB an avatar (24 kept by default, whatever the server held)
+            max_avatars=settings.max_avatars + settings.max_preparing_avatars,
         )
     return TinyEngine.load(**settings.engine_kwargs())

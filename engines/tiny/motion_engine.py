@@ -58,9 +58,10 @@ if TYPE_CHECKING:
 # 1.04 head radii past them (hair, ears, hats, held things; 46 avatars x 6 emotions), and pixels past that are
 # transparent in the full window's drawing too (tests/engines/test_motion.py).
 BOX_MARGIN = 1.5
-# Prepared avatars kept (least recently used out): each holds ~55 MB (its canonical frame and 11 atlas faces as
-# float windows, their features, 17 MB of effect sprites), and `random-<seed>` offers endless avatars. More than
-# the server's avatar slots (settings.max_avatars, 16), so the slots' avatars stay; an evicted one is prepared again.
+# Prepared avatars kept by default (least recently used out): each holds ~55 MB (its canonical frame and 11 atlas
+# faces as float windows, their features, 17 MB of effect sprites), and `random-<seed>` offers endless avatars. The
+# server passes its own bound (engine_loader: its avatar slots and those being prepared), so an operator's
+# --max-avatars bounds this memory too; an evicted avatar is prepared again.
 MAX_AVATARS = 24
 # Box sizes a batched draw rounds each stream's box up to (bucket_box): a few sizes, so a few decoder calls a chunk,
 # and at most 31 rows and columns drawn past a stream's own box (the decoder draws them transparent).
@@ -123,7 +124,13 @@ class MotionEngine:
     """Generates 640x360 RGBA frames of an avatar showing an emotion: motion sampled, then drawn."""
 
     def __init__(
-        self, backend: MotionBackend, mean: np.ndarray, std: np.ndarray, steps: int = 2, weights_hash: str = ""
+        self,
+        backend: MotionBackend,
+        mean: np.ndarray,
+        std: np.ndarray,
+        steps: int = 2,
+        weights_hash: str = "",
+        max_avatars: int = MAX_AVATARS,
     ) -> None:
         self.window = TinyConfig()  # the window and padding the decoder was trained on (architecture 2's)
         self.cfg = MotionShapes(self.window.chunk_frames, self.window.context_frames)
@@ -132,6 +139,7 @@ class MotionEngine:
         self.sampler = ShortcutFlowSampler(steps=steps, min_shortcut=self.window.min_shortcut)
         self._weights_hash = weights_hash
         self._avatars: OrderedDict[str, _Avatar] = OrderedDict()  # least recently used first
+        self.max_avatars = max(1, max_avatars)  # prepared avatars kept (~55 MB each)
         self._lock = threading.Lock()
         self._device_compose: Any = None  # DeviceCompose where the backend composes on its device (torch)
         if backend.compose_device is not None:
@@ -159,6 +167,7 @@ class MotionEngine:
         draw: str = "copy",
         backend: str = "onnxruntime",
         device: str | None = None,
+        max_avatars: int = MAX_AVATARS,
     ) -> MotionEngine:
         """An exported folder (tools.export_motion; None: the shipped one that draws as `draw` says) on onnxruntime
         (the CPU's serving path, no torch), or with backend="torch" its graphs' weights read into torch networks
@@ -186,7 +195,7 @@ class MotionEngine:
             be = TorchMotionBackend.from_folder(man, device)
         else:
             raise BackendError(f"the motion engine runs on onnxruntime or torch, not {backend!r}")
-        return cls(be, man.mean, man.std, steps, man.weights_hash)
+        return cls(be, man.mean, man.std, steps, man.weights_hash, max_avatars)
 
     # -- properties -----------------------------------------------------------------------
     @property
@@ -226,7 +235,7 @@ class MotionEngine:
     def release_avatar(self, avatar: Any) -> None:
         """Drop the prepared avatar (tens of MB: its atlas, sprites and reference features). The preparation process's
         copy of the engine calls it once the avatar is prepared and the live engine has adopted it: else it kept
-        every avatar it prepared, up to MAX_AVATARS (measured: its RSS 115 -> 730 MB over 8 avatars)."""
+        every avatar it prepared, up to max_avatars (measured: its RSS 115 -> 730 MB over 8 avatars)."""
         with self._lock:
             self._avatars.pop(avatar_cache_key(avatar), None)
 
@@ -235,7 +244,7 @@ class MotionEngine:
         with self._lock:
             self._avatars[key] = prepared
             self._avatars.move_to_end(key)
-            while len(self._avatars) > MAX_AVATARS:
+            while len(self._avatars) > self.max_avatars:
                 self._avatars.popitem(last=False)
 
     @property
@@ -284,7 +293,7 @@ class MotionEngine:
         )
         with self._lock:
             self._avatars[key] = got
-            while len(self._avatars) > MAX_AVATARS:
+            while len(self._avatars) > self.max_avatars:
                 self._avatars.popitem(last=False)
         return got
 

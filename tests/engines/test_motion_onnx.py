@@ -256,13 +256,13 @@ def test_the_clip_eval_runs_the_exported_engine(folder):
     assert load_engine("motion", threads=1).weights_hash == load_motion_manifest(SHIPPED).weights_hash
 
 
-def test_prepared_avatars_are_bounded_and_come_back(folder, monkeypatch):
+def test_prepared_avatars_are_bounded_and_come_back(folder):
     """Each prepared avatar holds ~55 MB and random avatars are endless: the engine keeps MAX_AVATARS, least
-    recently used out, and a stream whose avatar was pushed out is drawn again after preparing it anew."""
+    recently used out, and a stream whose avatar was pushed out is drawn again after preparing it anew. The server's
+    engine keeps as many as its avatar slots and preparations (--max-avatars bounds this memory too)."""
     from avatarcast.engines.tiny import motion_engine
 
-    monkeypatch.setattr(motion_engine, "MAX_AVATARS", 2)
-    e = motion_engine.MotionEngine.from_folder(folder, threads=2)
+    e = motion_engine.MotionEngine.from_folder(folder, threads=2, max_avatars=2)
     first = e.start_stream("random-3", "happy", seed=1)
     want = e.next_chunk([first.copy()])[0]
     for name in ("random-4", "random-5"):
@@ -271,6 +271,14 @@ def test_prepared_avatars_are_bounded_and_come_back(folder, monkeypatch):
     got = e.next_chunk([first])[0]
     np.testing.assert_array_equal(got, want)  # the same stream, the same frames, from the avatar prepared again
     assert len(e._avatars) == 2 and first.avatar_key in e._avatars
+
+
+def test_the_servers_motion_engine_keeps_as_many_avatars_as_its_slots():
+    from avatarcast.realtime.engine_loader import load_engine as load_server_engine
+    from avatarcast.realtime.settings import Settings
+
+    e = load_server_engine(Settings(engine="motion", max_avatars=3, max_preparing_avatars=1, threads=1))
+    assert e.max_avatars == 4
 
 
 def test_the_shipped_folder_is_whole_and_draws_the_avatar():
