@@ -183,7 +183,10 @@ class DeviceCompose:
 def _where(mask: torch.Tensor, count: int) -> torch.Tensor:
     """The indices of a 1-d mask's `count` true values, in order (mask[idx] is x[mask]'s selection): a boolean
     index reads the count back from the device, a wait for its queue; the caller knows it."""
-    return torch.nonzero_static(mask, size=count).view(-1)
+    try:
+        return torch.nonzero_static(mask, size=count).view(-1)
+    except (NotImplementedError, RuntimeError):  # a torch without it on this device: the same indices, with the wait
+        return mask.nonzero().view(-1)
 
 
 def _bilinear(flat: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, h: int, w: int) -> torch.Tensor:

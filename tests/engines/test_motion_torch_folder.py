@@ -163,6 +163,19 @@ def test_streams_own_boxes_in_one_call_are_each_streams_draw() -> None:
         assert np.abs(frames.astype(np.int16) - want).max() <= 1, st.avatar_key
 
 
+def test_the_decoders_bf16_option_is_off_unless_asked_and_only_bf16() -> None:
+    """bf16 autocast moves edge pixels (docs/bench/motion_gpu_fast_2026-12-06: PSNR 50.8 dB against float32, max 255
+    levels on 0.37% of values) and bought no speed on an H100: off by default, and no other precision is taken."""
+    from avatarcast.engines.backends.base import BackendError
+
+    man = load_motion_manifest(motion_folder(None, "copy"))
+    be = TorchMotionBackend.from_folder(man, "cpu")
+    assert be.amp is None and be.describe()["amp"] is None and not be.channels_last
+    with pytest.raises(BackendError, match="amp"):
+        TorchMotionBackend.from_folder(man, "cpu", amp="fp16")
+    assert TorchMotionBackend.from_folder(man, "cpu", amp="bf16").describe()["amp"] == "bf16"
+
+
 def _damaged_folder(tmp_path: Path, edit) -> Path:
     """The shipped copy folder's reference and decoder graphs with `edit(model)` applied to the decoder, its
     denoiser read where it ships, and a manifest of the new hashes (a folder that passes every check but weights')."""
