@@ -82,13 +82,16 @@ def build(device: str, sessions: int, draw: str, batch_streams: str, threads: in
 
 
 def set_variant(engine: MotionEngine, variant: str) -> tuple[str | None, bool]:
-    """'fp32', 'bf16', 'cl' (channels_last), 'bf16+cl': the backend's amp and its decoders' memory format."""
+    """'fp32', 'bf16', 'cl' (channels_last), 'padN' (the decoder's calls padded to a multiple of N rows), joined by
+    '+' ('bf16+cl', 'pad32+bf16'): the backend's amp, its decoders' memory format and its row padding."""
     import torch
 
     parts = set(variant.split("+"))
-    if not parts <= {"fp32", "bf16", "cl"}:
-        raise ValueError(f"variant {variant!r}: fp32, bf16, cl or bf16+cl")
+    pads = {p for p in parts if p.startswith("pad") and p[3:].isdigit()}
+    if not parts - pads <= {"fp32", "bf16", "cl"} or len(pads) > 1:
+        raise ValueError(f"variant {variant!r}: fp32, bf16, cl, padN, joined by +")
     be = engine.backend
+    be.pad_rows = int(next(iter(pads))[3:]) if pads else 0  # type: ignore[attr-defined]
     amp, cl = ("bf16" if "bf16" in parts else None), "cl" in parts
     be.amp = amp  # type: ignore[attr-defined]
     fmt = torch.channels_last if cl else torch.contiguous_format
@@ -158,6 +161,7 @@ def profile(
                 "variant": variant,
                 "amp": amp,
                 "channels_last": cl,
+                "pad_rows": be.pad_rows,  # type: ignore[attr-defined]
                 "batch_streams": be.batch_streams,
                 "compose_device": be.compose_device,
                 "fps": round(frames / total, 2),
@@ -235,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compose", default="auto", choices=("auto", "device", "host"))
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     ap.add_argument(
-        "--variants", default="fp32", help="comma-separated: fp32, bf16 (autocast), cl (channels_last), bf16+cl"
+        "--variants", default="fp32", help="comma-separated: fp32, bf16 (autocast), cl (channels_last), padN, bf16+cl"
     )
     ap.add_argument("--trace", default=None, help="one chunk under torch.profiler: op tables to <trace>_<variant>.txt")
     ap.add_argument("--compare", action="store_true", help="bf16 variants: one chunk's frames against float32's")

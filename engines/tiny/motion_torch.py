@@ -74,8 +74,11 @@ class TorchMotionBackend:
         compose: bool | None = None,
         amp: str | None = None,
         channels_last: bool = False,
+        pad_rows: int = 0,
     ):
         self.max_rows = int(max_rows)
+        # draw_streams_t's calls padded to a multiple of this many rows (0: not padded); not measured on a GPU yet
+        self.pad_rows = int(pad_rows)
         if amp not in (None, "bf16"):
             raise BackendError(f"amp: None or 'bf16', not {amp!r}")
         # the decoder's networks (the part-mask U-Net, the generator) under bfloat16 autocast: its coordinates and
@@ -107,6 +110,7 @@ class TorchMotionBackend:
         compose: bool | None = None,
         amp: str | None = None,
         channels_last: bool = False,
+        pad_rows: int = 0,
     ) -> TorchMotionBackend:
         """An exported folder's graphs as torch networks (engines/tiny/motion_graph_weights.py), and the decoder of
         the folder its manifest names `cheaper_draw`, if any (checked to draw the same motions, copy-only).
@@ -132,7 +136,16 @@ class TorchMotionBackend:
                     "copy-only decoder can draw with another folder's reference"
                 )
         return cls(
-            dec, den, device, copy_only, cheaper, batch_streams, compose=compose, amp=amp, channels_last=channels_last
+            dec,
+            den,
+            device,
+            copy_only,
+            cheaper,
+            batch_streams,
+            compose=compose,
+            amp=amp,
+            channels_last=channels_last,
+            pad_rows=pad_rows,
         )
 
     def describe(self) -> dict:
@@ -143,6 +156,7 @@ class TorchMotionBackend:
             "compose_device": self.compose_device,
             "amp": self.amp,
             "channels_last": self.channels_last,
+            "pad_rows": self.pad_rows,
         }
 
     def _autocast(self):
@@ -243,6 +257,19 @@ class TorchMotionBackend:
                 for i in range(0, S, per)
             ]
             return torch.cat(parts)
+        extra = (-S) % max(1, self.pad_rows // max(1, n)) if self.pad_rows else 0
+        if extra:
+            # the last stream drawn again `extra` times and those rows dropped: a call's row count is then one of a
+            # few, and cuDNN reuses its plans (each new row count was a new plan: about 1 ms of host time a
+            # convolution, 112 ms a chunk of 200 streams on an H100; docs/bench/motion_gpu_fast_2026-12-06)
+            y = self.draw_streams_t(
+                refs + [refs[-1]] * extra,
+                torch.cat([motions, motions[-1:].expand(extra, -1, -1)]),
+                torch.cat([ref_motions, ref_motions[-1:].expand(extra, -1)]),
+                list(boxes) + [boxes[-1]] * extra,
+                cheaper,
+            )
+            return y[:S]
         dec, copy_only = self._decoder(cheaper)
         m = motions.reshape(S * n, -1)
         rm = ref_motions[:, None].expand(S, n, -1).reshape(S * n, -1)
