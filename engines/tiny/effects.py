@@ -85,6 +85,67 @@ class EffectLayer:
             out.append(Placement(e, level, j, target, turn))
         return out
 
+    def placements_many(self, motions: np.ndarray) -> list[Placements]:
+        """`placements` for many frames at once (motions: (F, MOTION_DIM)): per effect that is on in any of them, in
+        the renderer's order, the frames it is on in, its pictures, and where each lands on the whole window
+        (`sampling`'s region and turn), as arrays; frames where it lands outside are left out. The same numbers as
+        `placements` and `sampling` frame by frame, to the bit: each array operation is the scalar one, in the same
+        order, and the transcendental functions are Python's math, as there (numpy's may differ in the last bit)."""
+        H, W = self.hw
+        m = np.asarray(motions, np.float64)
+        strengths = np.asarray(STRENGTHS, np.float64)
+        out: list[Placements] = []
+        for e, crop in enumerate(self.crops):
+            s = m[:, self.strength[e]]
+            rows = np.flatnonzero(~(s <= FX_ON))  # as `placements` skips: NaN is on there too
+            if crop.shape[3] == 0 or not rows.size:
+                continue
+            me, s = m[rows], s[rows]
+            level = np.argmin(np.abs(s[:, None] - strengths[None]), axis=1)
+            phase, clock = np.zeros(len(rows), np.int64), self.clock[e]
+            if clock is not None:
+                sin, cos = me[:, _CLOCK0 + 2 * clock], me[:, _CLOCK0 + 2 * clock + 1]
+                a = np.array([math.atan2(y, x) for y, x in zip(sin.tolist(), cos.tolist())], np.float64)
+                n = crop.shape[1]
+                phase = np.round(a / (2 * math.pi) % 1.0 * n).astype(np.int64) % n
+            k = self.anchor_kp[e]
+            tx, ty = (me[:, 2 * k] + 1.0) * 0.5 * W, (me[:, 2 * k + 1] + 1.0) * 0.5 * H
+            turn, u = np.zeros(len(rows)), self.up_kp[e]
+            if u is not None:
+                dy, dx = (me[:, 2 * u + 1] - me[:, 2 * k + 1]) * H, (me[:, 2 * u] - me[:, 2 * k]) * W
+                turn = np.array([math.atan2(y, x) for y, x in zip(dy.tolist(), dx.tolist())]) - self.angles[e]
+            # _sampling on the whole window (box (0, 0, H, W)), each corner's arithmetic as written there
+            c = np.array([math.cos(t) for t in turn.tolist()], np.float64)
+            sn = np.array([math.sin(t) for t in turn.tolist()], np.float64)
+            (py, px), (ax, ay) = self.boxes[e], self.anchors[e]
+            ph, pw = crop.shape[2:4]
+            corners = [(px + dx - ax, py + dy - ay) for dx in (0, pw) for dy in (0, ph)]
+            xs = np.stack([tx + c * x - sn * y - 0 for x, y in corners], 1)
+            ys = np.stack([ty + sn * x + c * y - 0 for x, y in corners], 1)
+            x0 = np.maximum(0, np.floor(xs.min(1)).astype(np.int64) - 1)
+            x1 = np.minimum(W, np.ceil(xs.max(1)).astype(np.int64) + 1)
+            y0 = np.maximum(np.maximum(0, np.floor(ys.min(1)).astype(np.int64) - 1), math.ceil(self.top - 0))
+            y1 = np.minimum(H, np.ceil(ys.max(1)).astype(np.int64) + 1)
+            keep = (x0 < x1) & (y0 < y1)
+            out.append(
+                Placements(
+                    e,
+                    rows[keep],
+                    level[keep],
+                    phase[keep],
+                    tx[keep],
+                    ty[keep],
+                    c[keep],
+                    sn[keep],
+                    y0[keep],
+                    y1[keep],
+                    x0[keep],
+                    x1[keep],
+                    rows,
+                )
+            )
+        return out
+
     def sampling(self, p: Placement, box: tuple[int, int, int, int]) -> Sampling | None:
         """Where placement `p` lands on the window's part `box` = (row, column, height, width), and how its
         pixels read the picture; None when it lands outside."""
@@ -161,6 +222,27 @@ class Placement:
     phase: int
     target: tuple[float, float]
     turn: float
+
+
+@dataclass(frozen=True)
+class Placements:
+    """One effect laid on many frames (EffectLayer.placements_many): per frame it lands on, the frame's row, its
+    picture (strength level, clock phase), its anchor's window pixel (tx, ty), its turn's cosine and sine, and the
+    window region it fills, rows [y0, y1) and columns [x0, x1). `on`: every frame it is on in, landing or not."""
+
+    effect: int
+    frames: np.ndarray
+    level: np.ndarray
+    phase: np.ndarray
+    tx: np.ndarray
+    ty: np.ndarray
+    c: np.ndarray
+    s: np.ndarray
+    y0: np.ndarray
+    y1: np.ndarray
+    x0: np.ndarray
+    x1: np.ndarray
+    on: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -243,4 +325,4 @@ def _bilinear(pic: np.ndarray, sx: np.ndarray, sy: np.ndarray) -> np.ndarray:
     )
 
 
-__all__ = ["EffectLayer", "Placement", "Sampling", "sample_coords"]
+__all__ = ["EffectLayer", "Placement", "Placements", "Sampling", "sample_coords"]

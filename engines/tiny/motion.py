@@ -176,6 +176,35 @@ def shape_from_dict(d: dict | None) -> MotionShape:
 _FLOOR = 1e-9
 
 
+# Constants the draw makes from Python numbers, per device (and dtype, inference mode), on CUDA only: a tensor made
+# from a list (`new_tensor`, indexing by a list) is copied from the host with a wait for the device's queue, and the
+# batched GPU draw made a dozen such waits a decoder call, so the host could not queue one call while the device
+# ran the last (docs/bench/motion_gpu_fast_2026-12-06). Same numbers, same arithmetic: the frames do not move.
+_CONSTS: dict[tuple, torch.Tensor] = {}
+
+
+def _cached(like: torch.Tensor) -> bool:
+    return like.device.type == "cuda" and not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+def _const(values: tuple | list, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """`like.new_tensor(values, dtype=dtype)`, made once on CUDA."""
+    if not _cached(like):
+        return like.new_tensor(values, dtype=dtype)
+    key = (tuple(values), dtype or like.dtype, like.device, torch.is_inference_mode_enabled())
+    t = _CONSTS.get(key)
+    if t is None:
+        t = _CONSTS[key] = like.new_tensor(values, dtype=dtype)
+    return t
+
+
+def _pick(x: torch.Tensor, idx: tuple[int, ...] | list[int]) -> torch.Tensor:
+    """x[:, list(idx)] (channels idx of x), with the index made once on CUDA."""
+    if not _cached(x):
+        return x[:, list(idx)]
+    return x.index_select(1, _const(tuple(idx), x, torch.long))
+
+
 def _flush(v: torch.Tensor) -> torch.Tensor:
     return torch.where(v < _FLOOR, 0.0, v)
 
@@ -186,7 +215,7 @@ def _softmax(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
 
 def _px(p: torch.Tensor, w: int, h: int) -> torch.Tensor:
     """Normalized window coordinates -> pixel units (same origin): similarities must not see the aspect."""
-    return p * p.new_tensor([w / 2.0, h / 2.0])
+    return p * _const((w / 2.0, h / 2.0), p)
 
 
 def _similarity(t1: torch.Tensor, t2: torch.Tensor, r1: torch.Tensor, r2: torch.Tensor, eps: float = 1e-3):
@@ -235,7 +264,7 @@ def part_maps(kp_t: torch.Tensor, kp_r: torch.Tensor, w: int, h: int) -> tuple[t
         bs.append(b)
     A, b = torch.stack(As, 1), torch.stack(bs, 1)
     # back to normalized coordinates: S^-1 A S, S^-1 b with S = diag(w/2, h/2)
-    s = kp_t.new_tensor([w / 2.0, h / 2.0])
+    s = _const((w / 2.0, h / 2.0), kp_t)
     return A * s[None, None, None, :] / s[None, None, :, None], b / s
 
 
@@ -350,7 +379,7 @@ class PartPrior(nn.Module):
 
     def forward(self, kp_t: torch.Tensor, p: torch.Tensor, full_hw) -> torch.Tensor:
         H, W = full_hw
-        s = kp_t.new_tensor([W / 2.0, H / 2.0])
+        s = _const((W / 2.0, H / 2.0), kp_t)
         kp = kp_t * s  # pixels
         r = (kp[:, self.head[1]] - kp[:, self.head[0]]).norm(dim=-1).clamp(min=1.0)  # head radius (B,)
         a, b = kp[:, self.a_idx], kp[:, self.b_idx]  # (B, K-1, 2)
@@ -573,8 +602,8 @@ class MotionDecoder(nn.Module):
         for layer in _UNDER_IDX:
             behind.remove(layer)
             here_or_behind = list(layer) + [i for lay in behind for i in lay]
-            in_front = vis - up(shares[:, here_or_behind].sum(1, keepdim=True), (h, w))
-            mine = (up(own[:, list(layer)].sum(1, keepdim=True), (H, W)) > 0.5).float() * opaque
+            in_front = vis - up(_pick(shares, here_or_behind).sum(1, keepdim=True), (h, w))
+            mine = (up(_pick(own, layer).sum(1, keepdim=True), (H, W)) > 0.5).float() * opaque
             canon = (ref.float() + 1.0) * 0.5 * mine
             grid = up(grids[:, layer[0]].permute(0, 3, 1, 2), (h, w)).permute(0, 2, 3, 1)
             laid = laid + (1.0 - laid[:, 3:4]) * in_front.clamp(min=0.0) * warp(canon, grid)
@@ -647,7 +676,7 @@ class MotionDecoder(nn.Module):
         # as for any box (the same arithmetic as a box given in numbers, so the drawing is the same to the bit)
         # (centres (B, h, w, 2): one box a row, of one size; first (B, 2))
         corner = centres[:, 0, 0] if centres.dim() == 4 else centres[0, 0]
-        first = torch.round((corner.flip(-1).float() + 1) * centres.new_tensor([H, W]).float() / 2 - 0.5)
+        first = torch.round((corner.flip(-1).float() + 1) * _const((H, W), centres).float() / 2 - 0.5)
 
         def centres_at(level: int) -> torch.Tensor:
             return pixel_centres(h // level, w // level, kp_t, (H // level, W // level), first / level)

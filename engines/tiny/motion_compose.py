@@ -9,8 +9,9 @@ frames are _compose's to the bit except where two effects overlap: numpy lays th
 over the frame, this lays them over the frame one after the other (the same 'over', associated the other way), which
 moves a few pixels by a level (tests/engines/test_motion_torch_folder.py measures it).
 
-What stays on the host: which effects are on in each frame and where they land (EffectLayer.placements and
-sampling, a few Python numbers a frame, shared with the numpy path so both lay the same pictures).
+What stays on the host: which effects are on in each frame and where they land (EffectLayer.placements_many: numpy
+over all of an avatar's frames at once, the same numbers as the numpy path's placements and sampling frame by frame,
+so both lay the same pictures).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 from avatarcast.engines.tiny.config import TinyConfig
-from avatarcast.engines.tiny.effects import EffectLayer, Placement, Sampling, sample_coords
+from avatarcast.engines.tiny.effects import EffectLayer, Placements, sample_coords
 
 Box = tuple[int, int, int, int]  # window (row, column, height, width)
 
@@ -35,14 +36,6 @@ class DeviceSprites:
     pics: tuple[torch.Tensor, ...]
 
 
-@dataclass(frozen=True)
-class _Laid:
-    frame: int  # row of the frames being composed
-    stream: int
-    placement: Placement
-    where: Sampling
-
-
 class DeviceCompose:
     """Composes frames on `device`, at most `max_frames` window-sized float frames at a time (each ~2.8 MB, and a
     few copies of it while composing)."""
@@ -51,6 +44,14 @@ class DeviceCompose:
         self.window = window
         self.device = torch.device(device)
         self.max_frames = int(max_frames)
+
+    def _put(self, vals, dtype: torch.dtype) -> torch.Tensor:
+        """Host numbers on the device without waiting for its queue: torch.tensor(..., device=cuda) copies with a
+        wait for every call queued before it (a dozen waits an effect, docs/bench/motion_gpu_fast_2026-12-06)."""
+        t = torch.as_tensor(np.asarray(vals), dtype=dtype)
+        if self.device.type != "cuda":
+            return t
+        return t.pin_memory().to(self.device, non_blocking=True)
 
     def sprites(self, layer: EffectLayer) -> DeviceSprites:
         """The avatar's sprites copied to the device once (17 MB of uint8 an avatar)."""
@@ -92,71 +93,78 @@ class DeviceCompose:
 
     def _effects(self, y: torch.Tensor, motions: np.ndarray, sprites: Sequence[DeviceSprites]) -> None:
         """EffectLayer.lay on every frame of y (S * n, 4, H, W), in place: each effect in the renderer's order,
-        all frames that show it at once."""
+        all frames that show it at once. The placements are worked out an avatar at a time over all its streams'
+        frames (EffectLayer.placements_many: numpy arrays, not Python per frame)."""
         n = motions.shape[1]
-        full = (0, 0, y.shape[2], y.shape[3])
-        laid: list[_Laid] = []
-        shown: list[int] = []  # frames with an effect on: numpy takes them through [0, 1] and back
+        streams: dict[int, list[int]] = {}  # each avatar's (sprites') streams
         for k, sp in enumerate(sprites):
-            for t in range(n):
-                ps = sp.layer.placements(motions[k, t])
-                if ps:
-                    shown.append(k * n + t)
-                for p in ps:
-                    where = sp.layer.sampling(p, full)
-                    if where is not None:
-                        laid.append(_Laid(k * n + t, k, p, where))
-        if not shown:
-            return
-        rows = torch.tensor(shown, device=self.device)
-        u = (y[rows] + 1.0) * 0.5
-        at = {f: i for i, f in enumerate(shown)}  # frame -> row of u
+            streams.setdefault(id(sp), []).append(k)
+        shown_parts: list[np.ndarray] = []  # frames with an effect on: numpy takes them through [0, 1] and back
         # one call per effect and picture size: avatars' sprites differ in size, and one call stacks its pictures
-        # (a frame's placements of an effect are all its avatar's, so each frame keeps their order)
-        groups: dict[tuple, list[_Laid]] = {}
-        for x in laid:
-            e = x.placement.effect
-            groups.setdefault((e, tuple(sprites[x.stream].pics[e].shape)), []).append(x)
-        for key in sorted(groups, key=lambda k: k[0]):
-            self._lay(u, groups[key], sprites, at)
+        groups: dict[tuple, list[tuple[DeviceSprites, np.ndarray, Placements]]] = {}
+        for ks in streams.values():
+            sp = sprites[ks[0]]
+            rows_of = (np.asarray(ks)[:, None] * n + np.arange(n)).ravel()  # these motions' rows of y
+            for pl in sp.layer.placements_many(motions[ks].reshape(len(ks) * n, -1)):
+                shown_parts.append(rows_of[pl.on])
+                if len(pl.frames):
+                    groups.setdefault((pl.effect, tuple(sp.pics[pl.effect].shape)), []).append(
+                        (sp, rows_of[pl.frames], pl)
+                    )
+        if not shown_parts:
+            return
+        shown = np.unique(np.concatenate(shown_parts))
+        rows = self._put(shown, torch.long)
+        u = (y[rows] + 1.0) * 0.5
+        for key in sorted(groups, key=lambda k: k[0]):  # the renderer's order of effects
+            self._lay(u, groups[key], np.searchsorted(shown, np.concatenate([f for _, f, _ in groups[key]])))
         y[rows] = u * 2.0 - 1.0
 
-    def _lay(self, u: torch.Tensor, laid: list[_Laid], sprites: Sequence[DeviceSprites], at: dict[int, int]) -> None:
-        """One effect's pictures over frames u (F, 4, H, W) in [0, 1], in place (one picture a frame): the region
-        each fills (padded to the largest; the pad left alone), sampled bilinearly as effects._bilinear does."""
+    def _lay(self, u: torch.Tensor, laid: list[tuple[DeviceSprites, np.ndarray, Placements]], at: np.ndarray) -> None:
+        """One effect's pictures over frames u (F, 4, H, W) in [0, 1], in place (one picture a frame: rows `at` of
+        u): the region each fills (padded to the largest; the pad left alone), sampled bilinearly as
+        effects._bilinear does. `laid`: per avatar, its sprites, and the effect's placements on its frames."""
         dev, f64 = self.device, torch.float64
-        P = len(laid)
-        e = laid[0].placement.effect
+        e = laid[0][2].effect
+
+        def cat(get) -> np.ndarray:
+            return np.concatenate([get(sp.layer, pl) for sp, _, pl in laid])
+
+        def each(get) -> np.ndarray:  # an avatar's number, once a placement
+            return cat(lambda layer, pl: np.full(len(pl.frames), get(layer), np.float64))
+
+        ys0, ys1 = cat(lambda _, pl: pl.y0), cat(lambda _, pl: pl.y1)
+        xs0, xs1 = cat(lambda _, pl: pl.x0), cat(lambda _, pl: pl.x1)
+        P = len(ys0)
 
         def col(vals) -> torch.Tensor:  # per picture, (P, 1, 1) float64
-            return torch.tensor(vals, dtype=f64, device=dev).view(P, 1, 1)
+            return self._put(vals, f64).view(P, 1, 1)
 
-        ws = [x.where for x in laid]
-        y0 = torch.tensor([s.y0 for s in ws], device=dev).view(P, 1, 1)
-        x0 = torch.tensor([s.x0 for s in ws], device=dev).view(P, 1, 1)
-        hh = torch.tensor([s.y1 - s.y0 for s in ws], device=dev).view(P, 1, 1)
-        ww = torch.tensor([s.x1 - s.x0 for s in ws], device=dev).view(P, 1, 1)
-        Rh, Rw = max(s.y1 - s.y0 for s in ws), max(s.x1 - s.x0 for s in ws)
+        y0 = self._put(ys0, torch.long).view(P, 1, 1)
+        x0 = self._put(xs0, torch.long).view(P, 1, 1)
+        hh = self._put(ys1 - ys0, torch.long).view(P, 1, 1)
+        ww = self._put(xs1 - xs0, torch.long).view(P, 1, 1)
+        K = int(((ys1 - ys0) * (xs1 - xs0)).sum())  # pixels filled, known here: no count read back
+        Rh, Rw = int((ys1 - ys0).max()), int((xs1 - xs0).max())
         r = torch.arange(Rh, device=dev).view(1, Rh, 1)
         c = torch.arange(Rw, device=dev).view(1, 1, Rw)
         rows, cols = y0 + r, x0 + c  # (P, Rh, 1), (P, 1, Rw): canvas pixels
         # the numpy path's sampling, with each picture's numbers as (P, 1, 1) columns
-
-        def pair(vals: list[tuple[float, float]]) -> tuple[torch.Tensor, torch.Tensor]:
-            return col([v[0] for v in vals]), col([v[1] for v in vals])
-
+        zero = col(np.zeros(P))  # the canvas's first pixel: the whole window's
         sx, sy = sample_coords(
             cols.to(f64),
             rows.to(f64),
-            col([s.c for s in ws]),
-            col([s.s for s in ws]),
-            pair([s.box for s in ws]),
-            pair([s.target for s in ws]),
-            pair([s.anchor for s in ws]),
-            pair([s.pic_box for s in ws]),
+            col(cat(lambda _, pl: pl.c)),
+            col(cat(lambda _, pl: pl.s)),
+            (zero, zero),
+            (col(cat(lambda _, pl: pl.tx)), col(cat(lambda _, pl: pl.ty))),
+            (col(each(lambda layer: layer.anchors[e][0])), col(each(lambda layer: layer.anchors[e][1]))),
+            (col(each(lambda layer: layer.boxes[e][0])), col(each(lambda layer: layer.boxes[e][1]))),
         )
         # the pictures, premultiplied float32 as canvas() makes them, with a zero row and column first
-        pics = torch.stack([sprites[x.stream].pics[e][x.placement.level, x.placement.phase] for x in laid])
+        pics = torch.cat(
+            [sp.pics[e][self._put(pl.level, torch.long), self._put(pl.phase, torch.long)] for sp, _, pl in laid]
+        )
         pic = pics.float() / 255.0
         pic = torch.cat([pic[..., :3] * pic[..., 3:], pic[..., 3:]], -1).permute(0, 3, 1, 2)
         ph, pw = pic.shape[2], pic.shape[3]
@@ -164,12 +172,21 @@ class DeviceCompose:
         padded[:, :, 1:, 1:] = pic
         p = _bilinear(padded.flatten(2), sx, sy, ph, pw)  # (P, 4, Rh, Rw)
         # over the frames, where each region is (the pad of a smaller region is not the picture's)
-        inside = (r < hh) & (c < ww)  # (P, Rh, Rw)
-        fr = torch.tensor([at[x.frame] for x in laid], device=dev).view(P, 1, 1).expand(P, Rh, Rw)[inside]
-        rr, cc = rows.expand(P, Rh, Rw)[inside], cols.expand(P, Rh, Rw)[inside]
-        top = p.permute(0, 2, 3, 1)[inside]  # (K, 4)
+        inside = _where(((r < hh) & (c < ww)).flatten(), K)  # (P * Rh * Rw,) -> the K filled ones, in order
+        fr = self._put(at, torch.long).view(P, 1, 1).expand(P, Rh, Rw).flatten()[inside]
+        rr, cc = rows.expand(P, Rh, Rw).flatten()[inside], cols.expand(P, Rh, Rw).flatten()[inside]
+        top = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])[inside]  # (K, 4)
         under = u[fr, :, rr, cc]  # (K, 4)
         u[fr, :, rr, cc] = top + (1.0 - top[:, 3:4]) * under
+
+
+def _where(mask: torch.Tensor, count: int) -> torch.Tensor:
+    """The indices of a 1-d mask's `count` true values, in order (mask[idx] is x[mask]'s selection): a boolean
+    index reads the count back from the device, a wait for its queue; the caller knows it."""
+    try:
+        return torch.nonzero_static(mask, size=count).view(-1)
+    except (NotImplementedError, RuntimeError):  # a torch without it on this device: the same indices, with the wait
+        return mask.nonzero().view(-1)
 
 
 def _bilinear(flat: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, h: int, w: int) -> torch.Tensor:

@@ -7,14 +7,14 @@ draws each frame by moving the avatar's canonical frame part by part, so eyes, g
 rather than regenerated. Per avatar, the canonical frame is rendered and encoded once.
 
 The server's default on onnxruntime (the CPU); `--engine auto` keeps architecture 2 on the GPU backends, where this one
-draws a tenth of its frames (docs/bench/motion_gpu_2026-12-06). It serves from a folder of exported graphs (the shipped
-one, or `--weights DIR`) on onnxruntime (no torch) or, read back into torch networks, on torch on the CPU or CUDA (the
-decode batched across streams there); or runs training's checkpoints on torch (the fidelity eval: `tools.eval.fidelity
---motion`). The networks sit behind engines/tiny/motion_backends.MotionBackend, and everything around them here is
-numpy, per stream on the host (the box, the window, the effect sprites, RGBA out: `_compose`), except where the backend
-composes on its device (compose_device: torch on CUDA): there engines/tiny/motion_compose.py does the same to the bit,
-each stream's own box drawn in a batch of its size bucket, and the frames leave the device once, as uint8
-(`decode_chunks_t`).
+draws a fifth of its frames (docs/bench/motion_gpu_fast_2026-12-06). It serves from a folder of exported graphs (the
+shipped one, or `--weights DIR`) on onnxruntime (no torch) or, read back into torch networks, on torch on the CPU or
+CUDA (the decode batched across streams there); or runs training's checkpoints on torch (the fidelity eval:
+`tools.eval.fidelity --motion`). The networks sit behind engines/tiny/motion_backends.MotionBackend, and everything
+around them here is numpy, per stream on the host (the box, the window, the effect sprites, RGBA out: `_compose`),
+except where the backend composes on its device (compose_device: torch on CUDA): there engines/tiny/motion_compose.py
+does the same to the bit, each stream's own box drawn in a batch of its size bucket, and the frames leave the device
+once, as uint8 (`decode_chunks_t`).
 A folder may name a copy-only folder as its cheaper draw (the shipped residual folder names the copy one): under
 load the degradation ladder draws with that decoder instead, from the same prepared avatar (capabilities'
 cheaper_decode "copy_draw"; the copy decoder reads the canonical frame and atlas faces the avatar already holds).
@@ -350,7 +350,7 @@ class MotionEngine:
         if cheaper and not self.backend.cheaper_draw:
             raise ValueError("this motion engine has no cheaper decode (its folder names no cheaper_draw)")
         if self._device_compose is not None:
-            return self.decode_chunks_t(states, latents, cheaper).cpu().numpy()  # the one copy to the host
+            return self._to_host(self.decode_chunks_t(states, latents, cheaper))  # the one copy to the host
         B, T = latents.shape[:2]
         raw = latents.reshape(B, T, MOTION_DIM) * self.std + self.mean
         # start_stream prepared each avatar (again here if evicted)
@@ -358,6 +358,21 @@ class MotionEngine:
         if self.backend.batch_streams and B > 1:
             return self._draw_streams(avatars, raw.astype(np.float32), cheaper)
         return np.stack([self._draw(a, m, cheaper) for a, m in zip(avatars, raw)])
+
+    @staticmethod
+    def _to_host(frames: Any) -> np.ndarray:
+        """Device frames -> numpy, through page-locked memory. `.cpu()` copied into fresh pageable memory: 0.74 GB a
+        chunk at 200 streams, its pages faulted in at every chunk and the copy staged through the driver's buffer
+        (measured on an H100: most of the host time left once the compose moved to the device,
+        docs/bench/motion_gpu_fast_2026-12-06). torch's pinned allocator caches its blocks: once the caller drops a
+        chunk's frames, the next chunk reuses the block, so each call still returns its own memory."""
+        import torch
+
+        if frames.device.type != "cuda":
+            return frames.cpu().numpy()
+        host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
+        host.copy_(frames)
+        return host.numpy()
 
     def decode_chunks_t(self, states: list[MotionStream], latents: np.ndarray, cheaper: bool = False) -> Any:
         """`decode_chunks` left on the device (a backend with a compose_device): uint8 torch frames
@@ -383,7 +398,8 @@ class MotionEngine:
                 for size in sorted({b[2:] for b in boxes}):
                     idx = [i for i, b in enumerate(boxes) if b[2:] == size]
                     refs = [avatars[i].ref for i in idx]
-                    got = be.draw_streams_t(refs, m[idx], rm[idx], [boxes[i] for i in idx], cheaper)
+                    at = be._tensor(np.array(idx), torch.long)  # m[idx] would copy the list with a wait
+                    got = be.draw_streams_t(refs, m[at], rm[at], [boxes[i] for i in idx], cheaper)
                     for k, i in enumerate(idx):
                         drawn[i] = got[k]
             else:

@@ -37,6 +37,14 @@ def load_checkpoints(decoder: str | Path, denoiser: str | Path) -> tuple[MotionD
     return dec, den, st, sd
 
 
+def _placed(dec: MotionDecoder, device: torch.device, channels_last: bool) -> MotionDecoder:
+    """The decoder on `device`, for inference; `channels_last`: its 4-d weights in that memory format."""
+    dec = dec.to(device).eval()
+    if channels_last:
+        dec.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    return dec
+
+
 @dataclass(frozen=True)
 class TorchReference:
     """One avatar's reference on the backend's device."""
@@ -64,14 +72,25 @@ class TorchMotionBackend:
         batch_streams: bool | None = None,
         max_rows: int = 256,
         compose: bool | None = None,
+        amp: str | None = None,
+        channels_last: bool = False,
+        pad_rows: int = 0,
     ):
         self.max_rows = int(max_rows)
+        # draw_streams_t's calls padded to a multiple of this many rows (0: not padded); not measured on a GPU yet
+        self.pad_rows = int(pad_rows)
+        if amp not in (None, "bf16"):
+            raise BackendError(f"amp: None or 'bf16', not {amp!r}")
+        # the decoder's networks (the part-mask U-Net, the generator) under bfloat16 autocast: its coordinates and
+        # grid sampling stay float32 (MotionDecoder.draw); it changes the frames (docs/bench/motion_gpu_fast_2026-12-06)
+        self.amp = amp
         self._dev = torch.device(device)
         self.device = str(self._dev)  # "cpu", "cuda", "cuda:1": what the bench and the reports print
-        self.decoder = decoder.to(self._dev).eval()
+        self.decoder = _placed(decoder, self._dev, channels_last)
+        self.channels_last = bool(channels_last)
         self.denoiser = denoiser.to(self._dev).eval()
         self.copy_only = copy_only
-        self.cheaper = None if cheaper is None else cheaper.to(self._dev).eval()
+        self.cheaper = None if cheaper is None else _placed(cheaper, self._dev, channels_last)
         self.cheaper_draw = cheaper is not None
         self.atlas = int(decoder.shape.atlas)
         self.window_hw = (int(decoder.shape.pad_height), int(decoder.shape.window_width))
@@ -89,6 +108,9 @@ class TorchMotionBackend:
         verify: bool = True,
         batch_streams: bool | None = None,
         compose: bool | None = None,
+        amp: str | None = None,
+        channels_last: bool = False,
+        pad_rows: int = 0,
     ) -> TorchMotionBackend:
         """An exported folder's graphs as torch networks (engines/tiny/motion_graph_weights.py), and the decoder of
         the folder its manifest names `cheaper_draw`, if any (checked to draw the same motions, copy-only).
@@ -113,7 +135,18 @@ class TorchMotionBackend:
                     f"{manifest.path}: the cheaper_draw folder's decoder reads the reference's features: only a "
                     "copy-only decoder can draw with another folder's reference"
                 )
-        return cls(dec, den, device, copy_only, cheaper, batch_streams, compose=compose)
+        return cls(
+            dec,
+            den,
+            device,
+            copy_only,
+            cheaper,
+            batch_streams,
+            compose=compose,
+            amp=amp,
+            channels_last=channels_last,
+            pad_rows=pad_rows,
+        )
 
     def describe(self) -> dict:
         return {
@@ -121,14 +154,27 @@ class TorchMotionBackend:
             "device": self.device,
             "batch_streams": self.batch_streams,
             "compose_device": self.compose_device,
+            "amp": self.amp,
+            "channels_last": self.channels_last,
+            "pad_rows": self.pad_rows,
         }
+
+    def _autocast(self):
+        return torch.autocast(self._dev.type, torch.bfloat16, enabled=self.amp == "bf16")
 
     @property
     def device_name(self) -> str | None:
         return torch.cuda.get_device_name(self._dev) if self._dev.type == "cuda" else None
 
     def _tensor(self, a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
-        return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype).to(self._dev, non_blocking=True)
+        t = torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
+        if self._dev.type == "cuda":
+            # through page-locked memory, not waiting: a blocking copy (or one from pageable memory, which the driver
+            # may stage after the queue) waits for every call queued before it, and the host could not queue the
+            # next decoder call while the device ran the last (torch's pinned allocator keeps the block until the
+            # copy is done)
+            t = t.pin_memory()
+        return t.to(self._dev, non_blocking=True)
 
     def prepare(self, ref_win: np.ndarray, atlas: np.ndarray | None) -> TorchReference:
         if (atlas is None) != (self.atlas == 0) or (atlas is not None and atlas.shape[1] != self.atlas):
@@ -179,9 +225,11 @@ class TorchMotionBackend:
         feats = tuple(f.expand(n, *f.shape[1:]) for f in ref.feats)
         # one avatar's reference at batch 1, as the exported graph draws it (mixed_reference's matrix products)
         ref_win = ref.ref_win if ref.atlas is not None else ref.ref_win.expand(n, -1, -1, -1)
-        return dec.draw(
-            motions, rm, ref_win, feats, self._centres(box), ref.atlas, one_avatar=True, copy_only=copy_only
-        )
+        with self._autocast():
+            y = dec.draw(
+                motions, rm, ref_win, feats, self._centres(box), ref.atlas, one_avatar=True, copy_only=copy_only
+            )
+        return y.float()
 
     def draw_streams_t(
         self,
@@ -209,6 +257,19 @@ class TorchMotionBackend:
                 for i in range(0, S, per)
             ]
             return torch.cat(parts)
+        extra = (-S) % max(1, self.pad_rows // max(1, n)) if self.pad_rows else 0
+        if extra:
+            # the last stream drawn again `extra` times and those rows dropped: a call's row count is then one of a
+            # few, and cuDNN reuses its plans (each new row count was a new plan: about 1 ms of host time a
+            # convolution, 112 ms a chunk of 200 streams on an H100; docs/bench/motion_gpu_fast_2026-12-06)
+            y = self.draw_streams_t(
+                refs + [refs[-1]] * extra,
+                torch.cat([motions, motions[-1:].expand(extra, -1, -1)]),
+                torch.cat([ref_motions, ref_motions[-1:].expand(extra, -1)]),
+                list(boxes) + [boxes[-1]] * extra,
+                cheaper,
+            )
+            return y[:S]
         dec, copy_only = self._decoder(cheaper)
         m = motions.reshape(S * n, -1)
         rm = ref_motions[:, None].expand(S, n, -1).reshape(S * n, -1)
@@ -219,8 +280,9 @@ class TorchMotionBackend:
         feats = tuple(
             torch.cat([r.feats[k].expand(n, *r.feats[k].shape[1:]) for r in refs]) for k in range(len(refs[0].feats))
         )
-        y = dec.draw(m, rm, mixed, feats, self._row_centres(boxes, n), None, copy_only=copy_only, premixed=True)
-        return y.reshape(S, n, *y.shape[1:])
+        with self._autocast():
+            y = dec.draw(m, rm, mixed, feats, self._row_centres(boxes, n), None, copy_only=copy_only, premixed=True)
+        return y.float().reshape(S, n, *y.shape[1:])
 
     def _row_centres(self, boxes: Sequence[tuple[int, int, int, int]], n: int) -> torch.Tensor:
         """The decoder's pixel centres for streams' boxes of one size, n rows each: (h, w, 2) where they are one
@@ -228,7 +290,7 @@ class TorchMotionBackend:
         if len(set(boxes)) == 1:
             return self._centres(boxes[0])
         h, w = boxes[0][2], boxes[0][3]
-        origin = torch.tensor([b[:2] for b in boxes], dtype=torch.float32, device=self._dev).repeat_interleave(n, 0)
+        origin = self._tensor(np.array([b[:2] for b in boxes], np.float32)).repeat_interleave(n, 0)
         return pixel_centres(h, w, origin, self.window_hw, origin)
 
     def draw_streams(

@@ -383,6 +383,44 @@ def test_effect_sprites_draw_the_renderers_effects_where_the_motion_puts_them():
     assert (alpha > 0.999).sum() > 100 and np.abs(g[alpha > 0.999]).max() < 1e-3 and np.all(g[alpha == 0] == 1.0)
 
 
+def test_placements_many_are_placements_and_sampling_frame_by_frame():
+    """EffectLayer.placements_many (the device compose's, all of an avatar's frames at once) places what placements
+    and sampling place frame by frame, to the bit: which effects are on, their pictures, anchors, turns and regions;
+    frames whose effect lands outside the window are left out of the regions but not of `on`."""
+    from avatarcast.engines.avatar_world.reference import effect_sprites
+    from avatarcast.engines.tiny.effects import EffectLayer
+
+    av = BUILTIN_AVATARS[3]
+    layer = EffectLayer.in_window(effect_sprites(av), CFG)
+    emotions = ("love", "sleepy", "excited", "surprised", "confused", "angry", "sad", "idle")
+    m = np.stack([_mv(av, pose_at(e, t, sample_variation(77), 1.0)) for e in emotions for t in (0.3, 1.1, 2.2)])
+    # the same frames moved off the window (each effect lands outside) and turned (the up keypoints moved)
+    off = m.copy()
+    off[:, : 2 * N_POINTS : 2] += 3.0
+    turned = m.copy()
+    turned[:, 1 : 2 * N_POINTS : 2] += np.linspace(-0.2, 0.2, len(m))[:, None] * np.arange(N_POINTS) / N_POINTS
+    m = np.concatenate([m, off, turned]).astype(np.float32)
+    full = (0, 0, CFG.pad_height, CFG.window_width)
+    want: dict[tuple[int, int], tuple] = {}
+    on: dict[int, list[int]] = {}
+    for f, x in enumerate(m):
+        for p in layer.placements(x):
+            on.setdefault(p.effect, []).append(f)
+            w = layer.sampling(p, full)
+            if w is not None:
+                want[(p.effect, f)] = (p.level, p.phase, *p.target, w.c, w.s, w.y0, w.y1, w.x0, w.x1)
+    got: dict[tuple[int, int], tuple] = {}
+    for pl in layer.placements_many(m):
+        assert pl.on.tolist() == on.pop(pl.effect)
+        for i, f in enumerate(pl.frames.tolist()):
+            got[(pl.effect, f)] = tuple(
+                a[i].item() for a in (pl.level, pl.phase, pl.tx, pl.ty, pl.c, pl.s, pl.y0, pl.y1, pl.x0, pl.x1)
+            )
+    assert not on and got == want
+    assert len(want) > 20 and len({e for e, _ in want}) > 3  # several effects placed
+    assert len(want) < sum(len(layer.placements(x)) for x in m)  # and some landing outside
+
+
 def test_a_decoder_with_an_atlas_copies_the_face_its_motion_asks_for():
     """A fresh decoder with an atlas moves the atlas face nearest to the motion's face fields (here: the
     laughing face, at a dancing pose), exactly as the same decoder without the atlas moves that face's frame:

@@ -163,6 +163,43 @@ def test_streams_own_boxes_in_one_call_are_each_streams_draw() -> None:
         assert np.abs(frames.astype(np.int16) - want).max() <= 1, st.avatar_key
 
 
+def test_rows_padded_for_cudnns_plans_draw_each_streams_frames() -> None:
+    """pad_rows (the decoder's calls padded to a multiple of rows, the last stream drawn again, so cuDNN meets a few
+    row counts): the streams' rows are what the unpadded call draws, and the extra rows are dropped."""
+    torch.set_num_threads(2)
+    e = _compose_engine("copy", batch_streams=True)
+    be = e.backend
+    specs = [("pip", "happy", 3), ("random-900008", "love", 5), ("kiko", "sad", 1)]
+    states = [e.start_stream(av, em, 1.0, s) for av, em, s in specs]
+    lat = e.sample_chunks(states)[:, :1]
+    raw = (lat.reshape(3, 1, -1) * e.std + e.mean).astype(np.float32)
+    avatars = [e._avatar(json.loads(s.avatar_key), s.avatar_key) for s in states]
+    box = e.draw_box(raw.reshape(-1, raw.shape[-1]))
+    args = ([a.ref for a in avatars], be._tensor(raw), be._tensor(np.stack([a.ref_motion for a in avatars])), [box])
+    with torch.inference_mode():
+        want = be.draw_streams_t(*args)
+        be.pad_rows = 8
+        try:
+            got = be.draw_streams_t(*args)
+        finally:
+            be.pad_rows = 0
+    assert got.shape == want.shape == (3, 1, 4, box[2], box[3])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def test_the_decoders_bf16_option_is_off_unless_asked_and_only_bf16() -> None:
+    """bf16 autocast moves edge pixels (docs/bench/motion_gpu_fast_2026-12-06: PSNR 50.8 dB against float32, max 255
+    levels on 0.37% of values) and bought no speed on an H100: off by default, and no other precision is taken."""
+    from avatarcast.engines.backends.base import BackendError
+
+    man = load_motion_manifest(motion_folder(None, "copy"))
+    be = TorchMotionBackend.from_folder(man, "cpu")
+    assert be.amp is None and be.describe()["amp"] is None and not be.channels_last
+    with pytest.raises(BackendError, match="amp"):
+        TorchMotionBackend.from_folder(man, "cpu", amp="fp16")
+    assert TorchMotionBackend.from_folder(man, "cpu", amp="bf16").describe()["amp"] == "bf16"
+
+
 def _damaged_folder(tmp_path: Path, edit) -> Path:
     """The shipped copy folder's reference and decoder graphs with `edit(model)` applied to the decoder, its
     denoiser read where it ships, and a manifest of the new hashes (a folder that passes every check but weights')."""

@@ -9,20 +9,14 @@
 #   run(command="bash tools/gpu/motion_torch_gpu.sh", timeout_s=600)
 # The CPU side in the same terms: bash tools/gpu/motion_torch_gpu.sh cpu (2 streams, CPU torch).
 #
-# What the next GPU call must show (branch hG: the frames composed on the device, motion_compose.py; each stream's
-# own box grown to a 32-pixel bucket, a bucket's streams in one decoder call). The last call (before hG), one H100:
-# copy 121/120/112 fps, residual 126/115/126 at 50/100/200 streams; host-side numpy 75-79% of a chunk, decoder
-# 21-24%; bench engine 128 fps at 200 streams, decode 7.8 ms a frame. Now:
-#   1. motion_gpu_<draw>_s<N>.json: "compose_device": "cuda", "batch_streams": true; share.host (now only the one
-#      uint8 copy of the frames to the host, 0.92 MB a frame) and share.compose small beside share.decode_net; if
-#      compose_s is large, the effects' placements (Python per frame on the host, inside compose_s) are next.
-#   2. fps: the decoder's time per frame is what is left. Its bound: >= 8,000 fps at 200+ streams wants <= 0.125 ms
-#      a frame in all; 1.7 ms a frame of decoder (the common box) would not reach it even with host time at zero, so
-#      decode_net_s / frames after the buckets is the number to read (the buckets drew 13% fewer pixels than the
-#      common box for 4 avatars on the CPU; 16 avatars spread wider).
-#   3. the host-compose row (--compose host, last lines below) at 200 streams: the same figures as before hG, so
-#      the gain is the compose's and not the machine's.
-# If the decoder still dominates, next: bf16 autocast / channels_last / CUDA graphs for draw_streams_t per bucket.
+# Environment: STREAMS, DRAWS, VARIANTS (fp32,bf16,cl,bf16+cl), CHUNKS, TRACE=1, COMPARE=1, HOSTCOMPOSE=0, BENCH=0,
+# TAG (below). The JSON results come back in motion_gpu_results$TAG.tar, the traces in motion_gpu_trace$TAG.tar.
+# Frames before and after a change, on the same machine: python tools/motion_gpu_same.py save|check FILE.
+#
+# The last calls, one H100 (docs/bench/motion_gpu_fast_2026-12-06): 977 -> 1,704 fps at 200 streams (copy), 2,268 at
+# 400; the host sets the pace now (17,736 launches and 120 cuDNN calls planning new shapes in a 470 ms chunk whose
+# device work is 211 ms). What the next call must show: with fixed row counts per bucket (cuDNN's plans reused) and
+# CUDA graphs, `trace.launches` and the chunk's host time falling, and fps at 50 / 200 / 400 in `bench engine` too.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=$PWD
@@ -35,23 +29,44 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 DEVICE=cuda
 STREAMS=${STREAMS:-"50 100 200"}
+DRAWS=${DRAWS:-"copy residual"}
+VARIANTS=${VARIANTS:-fp32}   # tools.motion_torch_profile --variants: fp32, bf16, cl, bf16+cl (one process, built once)
+CHUNKS=${CHUNKS:-4}
+HOSTCOMPOSE=${HOSTCOMPOSE:-1}  # the numpy compose row at 200 streams
+BENCH=${BENCH:-1}              # avatarcast bench engine at each $STREAMS
+TRACE=${TRACE:-0}              # one chunk a variant under torch.profiler (tables in motion_gpu_trace.tar)
+COMPARE=${COMPARE:-0}          # bf16 variants: one chunk's frames against float32's
+TAG=${TAG:-}                   # in the tars' names: several runs of this script in one call keep theirs
 if [ "${1:-}" = cpu ]; then DEVICE=cpu STREAMS=2; fi
 python -c "import torch, onnx, PIL; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-for draw in copy residual; do
+mkdir -p /tmp/trace
+for draw in $DRAWS; do
   for s in $STREAMS; do
-    echo "== $draw, $s streams ($DEVICE)"
-    timeout 170 python -m tools.motion_torch_profile --device "$DEVICE" --sessions "$s" --chunks 4 --draw "$draw" \
-      | tee "$OUT/motion_gpu_${draw}_s${s}.json" || echo "  (failed or over 170 s)"
+    echo "== $draw, $s streams ($DEVICE), variants $VARIANTS"
+    opts=()
+    [ "$TRACE" = 1 ] && opts+=(--trace "/tmp/trace/${draw}_s${s}")
+    [ "$COMPARE" = 1 ] && opts+=(--compare)
+    timeout 300 python -m tools.motion_torch_profile --device "$DEVICE" --sessions "$s" --chunks "$CHUNKS" \
+      --draw "$draw" --variants "$VARIANTS" "${opts[@]}" | tee "$OUT/motion_gpu_${draw}_s${s}.json" \
+      || echo "  (failed or over 300 s)"
   done
 done
 # the host compose on the same machine, for comparison (the numpy _compose after a device draw)
-timeout 170 python -m tools.motion_torch_profile --device "$DEVICE" --sessions 200 --chunks 2 --draw copy \
-  --compose host | tee "$OUT/motion_gpu_copy_s200_hostcompose.json" || echo "  (host compose: failed or over 170 s)"
+if [ "$HOSTCOMPOSE" = 1 ]; then
+  timeout 170 python -m tools.motion_torch_profile --device "$DEVICE" --sessions 200 --chunks 2 --draw copy \
+    --compose host | tee "$OUT/motion_gpu_copy_s200_hostcompose.json" || echo "  (host compose: failed or over 170 s)"
+fi
 # the bench's own figures (chunk latency p50/p95): it imports realtime/ (settings), which may lack a package there
-for s in $STREAMS; do
-  timeout 120 python -m avatarcast.realtime.cli bench engine --engine motion --backend torch --device "$DEVICE" \
-    --sessions "$s" --seconds 10 --json -o "$OUT/motion_gpu_bench_s${s}.json" >/dev/null \
-    || echo "bench engine at $s streams: failed (see above) or over 120 s"
-done
+if [ "$BENCH" = 1 ]; then
+  for s in $STREAMS; do
+    timeout 120 python -m avatarcast.realtime.cli bench engine --engine motion --backend torch --device "$DEVICE" \
+      --sessions "$s" --seconds 10 --json -o "$OUT/motion_gpu_bench_s${s}.json" >/dev/null \
+      || echo "bench engine at $s streams: failed (see above) or over 120 s"
+  done
+fi
+# the device tool brings back at most 8 files: the JSON results in one tar, the traces in another
+(cd "$OUT" && tar cf "/tmp/motion_gpu_results$TAG.tar" ./*.json 2>/dev/null && rm -f ./*.json \
+  && mv "/tmp/motion_gpu_results$TAG.tar" .)
+[ "$TRACE" = 1 ] && (cd /tmp/trace && tar cf "$OUT/motion_gpu_trace$TAG.tar" .)
 ls -la "$OUT"
