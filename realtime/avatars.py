@@ -92,6 +92,9 @@ class AvatarAssets:
     still: np.ndarray  # (360, 640, 4) uint8: the reference frame, shown until the loops exist
     loops: dict[str, np.ndarray] = field(default_factory=dict)  # "idle"/"listening" -> (N,360,640,4)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    # the live engine can draw it without preparing it on its own thread (Lane.prepare done, or failed: then the
+    # engine prepares it on first use, as it would without a lane); a reaction's chunks wait for it
+    drawable: asyncio.Event = field(default_factory=asyncio.Event)
     error: str | None = None
     warm_s: float | None = None
     # (kind, loop frame, format, quality) -> encoded bytes: a quiet session costs no encoding either
@@ -269,11 +272,22 @@ class AvatarStore:
         client's avatar waits for its turn first: one preparation at a time, in the order they were asked for."""
         client = a.name in self._preparing
         try:
+            # what the engine needs to draw it first, outside the one-at-a-time turn: a call between another
+            # avatar's steps there (a second or two), not behind its whole preparation (12-18 s beside a session)
+            await self._make_drawable(a, lane)
             async with self._prep_turn if client else contextlib.nullcontext():
                 await self._prepare(a, lane)
         finally:
             if self._preparing.pop(a.name, None) is not None and a.warm_s is not None:
                 self.prep_s = 0.7 * self.prep_s + 0.3 * a.warm_s
+
+    async def _make_drawable(self, a: AvatarAssets, lane: Lane) -> None:
+        try:
+            await lane.prepare(a.params)
+        except Exception:  # the engine prepares it on first use instead; the loops and cache go on
+            log.warning("avatar %s: preparing it for the engine failed", a.name, exc_info=True)
+        finally:
+            a.drawable.set()
 
     async def _prepare(self, a: AvatarAssets, lane: Lane) -> None:
         t0 = time.perf_counter()

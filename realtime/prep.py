@@ -73,6 +73,12 @@ def lower_priority(every_thread: bool = False) -> str:
 class Lane(Protocol):
     """Where an avatar's loops and latents cache entries are made."""
 
+    async def prepare(self, params: Any) -> None:
+        """Make what the live engine needs to draw the avatar (motion: its reference encoded, its atlas and sprites)
+        and hand it over, so that a reaction never prepares the avatar on the live engine's thread (nothing: the
+        live engine prepares it on first use)."""
+        ...
+
     async def loop(self, params: Any, kind: str, frames: int) -> np.ndarray:
         """`frames` frames of the avatar's `kind` loop (LOOPS), (frames, 360, 640, 4) uint8."""
         ...
@@ -103,6 +109,9 @@ class EngineLane:
 
     def __init__(self, engine: Any, scheduler: Any) -> None:
         self.engine, self.scheduler = engine, scheduler
+
+    async def prepare(self, params: Any) -> None:
+        return None  # the live engine is the lane: its first use prepares the avatar, between chunk jobs here
 
     async def loop(self, params: Any, kind: str, frames: int) -> np.ndarray:
         return await make_loop(self.scheduler.run_background, self.engine, params, kind, frames)
@@ -207,19 +216,20 @@ class PrepProcess:
                 await asyncio.to_thread(pool.shutdown, wait=True)
             raise PrepFailed(f"the avatar preparation process died: {exc}") from exc
 
-    async def loop(self, params: Any, kind: str, frames: int) -> np.ndarray:
-        frames_out = await self._call(_child_loop, params, kind, frames)
-        # the first loop prepared the avatar there (a dict lookup now), and the later ones reuse it: hand it over
-        # once (a motion avatar pickles to ~54 MB, 60 ms of the child to write), before the live cache's step
-        if self._adopt is not None and kind == LOOPS[0][0]:
+    async def prepare(self, params: Any) -> None:
+        # prepared there (770-850 ms of a core) and handed over as arrays (a motion avatar pickles to ~54 MB, 60 ms
+        # of the child to write); the loops that follow there reuse the child's copy
+        if self._adopt is not None:
             self._adopt.adopt_avatar(*await self._call(_child_prepared_avatar, params))
-        return frames_out
+
+    async def loop(self, params: Any, kind: str, frames: int) -> np.ndarray:
+        return await self._call(_child_loop, params, kind, frames)
 
     async def build_cache(self, params: Any, emotion: str) -> None:
         await self._call(_child_build_cache, params, emotion)
 
     async def done(self, params: Any) -> None:
-        """The live engine holds the avatar (adopted after its first loop): the child's copy goes."""
+        """The live engine holds the avatar (adopted by prepare()): the child's copy goes."""
         if self._adopt is not None and self._pool is not None:  # a child that died took its copies with it
             await self._call(_child_release, params)
 

@@ -522,6 +522,8 @@ class SessionRunner:
 
     def _serve_from_cache(self, req: ChunkRequest) -> bool:
         """A cached first chunk is a memory lookup, done at once on the loop (no engine wait)."""
+        if not self.assets.drawable.is_set():  # start_stream would prepare the avatar here, on the event loop
+            return False
         cache = self.services.cache
         t0 = time.monotonic()
         variants = cache.template(req.emotion).variants
@@ -543,6 +545,8 @@ class SessionRunner:
         scheduler = self.services.scheduler
         while True:
             req = await self._work.get()
+            if not self.assets.drawable.is_set():  # a new avatar: its preparation hands it to the engine first
+                await self.assets.drawable.wait()
             if not self.session.is_wanted(req):
                 continue
             try:

@@ -240,19 +240,24 @@ def test_the_served_hub_prepares_clients_avatars_in_an_idle_priority_process(ser
 
 def test_the_served_hub_hands_the_live_engine_the_avatar_its_prep_process_prepared(server_hub: Any) -> None:
     """Motion keeps per-avatar work (the reference encoded, the atlas rendered): the child's copy comes back as
-    arrays, so a session of the new avatar finds it done instead of preparing it on the live engine."""
+    arrays, before the avatar's loops, so a session of the new avatar finds it done instead of preparing it on the
+    live engine (its reaction's chunks wait for `drawable`)."""
     from avatarcast.engines.tiny.engine import avatar_cache_key
 
     engine = server_hub.services.engine
     if not engine.capabilities.shared_prep:
         pytest.skip("the served engine keeps no prepared avatars")
 
-    async def prepare() -> Any:
+    async def prepare() -> tuple[Any, bool, bool]:
         a = server_hub.services.avatars.get("random-4242", client="ip:test-adopt")
+        # handed over first, before its loops: a reaction of its session waits for this, not for the loops
+        await asyncio.wait_for(a.drawable.wait(), 150)
+        held_then, ready_then = avatar_cache_key(a.params) in engine._avatars, a.ready.is_set()
         await asyncio.wait_for(a.ready.wait(), 150)
-        return a
+        return a, held_then, ready_then
 
-    a = asyncio.run_coroutine_threadsafe(prepare(), server_hub.loop).result(160)
+    a, held_then, ready_then = asyncio.run_coroutine_threadsafe(prepare(), server_hub.loop).result(160)
+    assert held_then and not ready_then
     assert a.error is None and len(a.loops["idle"]) == 16
     key = avatar_cache_key(a.params)
     assert key in engine._avatars  # adopted, not prepared there: nothing else on the server asked for random-4242
