@@ -64,6 +64,13 @@ class WsRecorder:
             self.events.append(json.loads(m))
 
 
+# For servers whose tests are about something other than the engine (auth, origins, input rates, ICE, WHEP offers,
+# ASR languages): the shipped copy draw, one decoder folder and no cheaper decode to measure at start-up, ~3 s less a
+# start than the default adaptive draw (two folders, realtime/decode_cost.py's measurement). The session server
+# below, `inproc` and the load-control tests keep the default.
+NOT_ABOUT_THE_DRAW: dict[str, Any] = {"motion_draw": "copy"}
+
+
 @contextlib.contextmanager
 def running_server(**settings: Any) -> Iterator[tuple[str, Any]]:
     """Start uvicorn + the app in a thread; yield (base URL, hub) once /readyz answers 200."""
