@@ -20,6 +20,42 @@ from avatarcast.realtime.shared_state import RedisState, SharedStateError
 from tests.s3_emulator import s3_bucket, s3_endpoint  # noqa: F401 (fixtures: moto's S3 emulator, one per run)
 
 
+def _keep_drawn_effect_sprites(keep: int = 16) -> None:
+    """Drawing an avatar's effect sprites (engines/avatar_world/reference.py effect_sprites) is a pure function of the
+    avatar and takes ~0.6 s; every motion engine a test makes prepares its avatars: test_motion_onnx,
+    test_motion_cheaper and test_motion_torch_folder drew them 80 times (pip 21, luna 13), 51 s. This process keeps
+    the last `keep` avatars' sprites (~17 MB each) and hands the same ones out again (19 draws, 13 s): each avatar's
+    are still drawn by the real function, and engines, trainers and evals lay them as before (they only read them:
+    EffectLayer, the device compose). Processes the tests start draw their own."""
+    from collections import OrderedDict
+
+    from avatarcast.engines.avatar_world import reference
+    from avatarcast.engines.tiny.engine import avatar_cache_key
+
+    draw = reference.effect_sprites
+    kept: OrderedDict[tuple[str, int], Any] = OrderedDict()
+    lock = threading.Lock()
+
+    def effect_sprites(avatar: Any, phases: int = 12) -> Any:
+        key = (avatar_cache_key(avatar), phases)
+        with lock:
+            got = kept.get(key)
+            if got is not None:
+                kept.move_to_end(key)
+                return got
+        got = draw(avatar, phases)
+        with lock:
+            kept[key] = got
+            while len(kept) > keep:
+                kept.popitem(last=False)
+        return got
+
+    reference.effect_sprites = effect_sprites
+
+
+_keep_drawn_effect_sprites()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -62,6 +98,13 @@ class WsRecorder:
             self.frames.append((time.monotonic(), h, img))
         else:
             self.events.append(json.loads(m))
+
+
+# For servers whose tests are about something other than the engine (auth, origins, input rates, ICE, WHEP offers,
+# ASR languages): the shipped copy draw, one decoder folder and no cheaper decode to measure at start-up, ~3 s less a
+# start than the default adaptive draw (two folders, realtime/decode_cost.py's measurement). The session server
+# below, `inproc` and the load-control tests keep the default.
+NOT_ABOUT_THE_DRAW: dict[str, Any] = {"motion_draw": "copy"}
 
 
 @contextlib.contextmanager

@@ -26,9 +26,10 @@ COPY_LOGIT_MIN = 12.0
 COPY_ONLY_MAX_ABS = 1e-4
 
 
-def copy_margin(dec: MotionDecoder, per_avatar: int = 11) -> dict[str, float]:
+def copy_margin(dec: MotionDecoder, per_avatar: int = 11, rows: list[dict] | None = None) -> dict[str, float]:
     """{"copy_logit_min", "copy_only_max_abs" (full draw vs copy_only, [-1, 1] units), "frames"} over held-out
-    frames of 6 built-in and 6 held-out avatars."""
+    frames of 6 built-in and 6 held-out avatars (`rows`: heldout(6, 6, per_avatar)'s, rendered once by a caller that
+    measures several decoders on them; rendering is most of a small decoder's margin)."""
     from tools.train_motion import CFG, atlas_tensor, heldout
     from tools.train_tiny import to_window_tensor
 
@@ -36,7 +37,7 @@ def copy_margin(dec: MotionDecoder, per_avatar: int = 11) -> dict[str, float]:
     lows: list[float] = []
     hook = dec.out.register_forward_hook(lambda _m, _i, o: lows.append(float(o[:, 4].min())))
     diff = 0.0
-    rows = heldout(6, 6, per_avatar)
+    rows = heldout(6, 6, per_avatar) if rows is None else rows
     try:
         with torch.no_grad():
             for r in rows:

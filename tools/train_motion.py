@@ -88,12 +88,26 @@ def _atlas_job(i: int) -> np.ndarray:
 
 def build_effects(args, device) -> list[EffectLayer]:
     """Every training avatar's effect sprites (engines/tiny/effects.py), laid over the decoder's output before
-    the loss: the decoder is not asked to draw what the sprites draw. ~17 MB of uint8 an avatar, not cached."""
+    the loss: the decoder is not asked to draw what the sprites draw. ~17 MB of uint8 an avatar, not on disk."""
     t0 = time.time()
-    with Pool(args.workers) as pool:
-        sprites = pool.map(_sprites_job, range(n_avatars(args.random_avatars)))
+    sprites = _drawn_sprites(n_avatars(args.random_avatars), args.workers)
     print(f"[motion] drew {len(sprites)} avatars' effect sprites in {time.time() - t0:.0f}s", flush=True)
     return [EffectLayer.in_window(s, CFG) for s in sprites]
+
+
+_last_sprites: tuple[int, list] = (-1, [])
+
+
+def _drawn_sprites(n: int, workers: int) -> list:
+    """The first n avatars' sprites, drawn in a pool of `workers`. The last set is kept in memory: another run in the
+    same process (the tests' short runs and resumes) draws the same avatars, and drawing them is most of a short run's
+    time. Read only: EffectLayer lays them, never writes them."""
+    global _last_sprites
+    if _last_sprites[0] != n:
+        _last_sprites = (-1, [])  # the old set goes before the new one is drawn
+        with Pool(workers) as pool:
+            _last_sprites = (n, pool.map(_sprites_job, range(n)))
+    return _last_sprites[1]
 
 
 def _sprites_job(i: int):

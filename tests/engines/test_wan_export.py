@@ -11,24 +11,17 @@ import torch
 pytest.importorskip("diffusers")
 ort = pytest.importorskip("onnxruntime")
 
-from avatarcast.engines.wan.engine import WanEngine  # noqa: E402
-from avatarcast.engines.wan.export import build, export_denoiser, export_vae_step  # noqa: E402
+from avatarcast.engines.wan.export import build  # noqa: E402
 from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder, VaeStreamCache  # noqa: E402
-from tests.engines.wan_checkpoint import make_checkpoint  # noqa: E402
 
-pytestmark = pytest.mark.slow  # the module's export fixture takes a minute
+pytestmark = pytest.mark.slow  # the export fixture (tests/engines/conftest.py) takes a minute
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("wanx")
-    eng = WanEngine.load(
-        make_checkpoint(root / "ckpt"), steps=2, chunk_latent_frames=2, height=32, width=64, out_height=36, out_width=64
-    )
-    return eng, {
-        "denoiser": export_denoiser(eng, root / "onnx" / "wan_denoiser.onnx"),
-        "vae_step": export_vae_step(eng, root / "onnx" / "wan_vae_step.onnx"),
-    }
+def exported(wan_exported):
+    """The engine and export_denoiser's and export_vae_step's records (export_all's), exported once a session."""
+    _, eng, info, _ = wan_exported
+    return eng, info
 
 
 def test_denoiser_onnx_matches_torch_at_two_batch_sizes(exported):

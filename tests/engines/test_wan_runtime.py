@@ -13,21 +13,20 @@ pytest.importorskip("diffusers")
 pytest.importorskip("onnxruntime")
 
 from avatarcast.engines.wan.engine import WanEngine
-from avatarcast.engines.wan.export import MANIFEST, export_all
+from avatarcast.engines.wan.export import MANIFEST
 from avatarcast.engines.wan.runtime import ExportError, GraphDenoiser, use_exported
-from tests.engines.wan_checkpoint import TEXT_DIM, make_checkpoint
+from tests.engines.wan_checkpoint import TEXT_DIM, WAN_SHAPE
 
-SHAPE = dict(steps=2, chunk_latent_frames=2, height=32, width=64, out_height=36, out_width=64)
+SHAPE = WAN_SHAPE
 
-pytestmark = pytest.mark.slow  # the module's export fixture takes a minute
+pytestmark = pytest.mark.slow  # the export fixture (tests/engines/conftest.py) takes a minute
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("wanrt")
-    ckpt = make_checkpoint(root / "ckpt")
-    export_all(WanEngine.load(ckpt, **SHAPE), root / "onnx")
-    return ckpt, root / "onnx"
+def exported(wan_exported):
+    """The checkpoint and its export folder (tests/engines/conftest.py: exported once, shared with test_wan_export)."""
+    ckpt, _, _, onnx = wan_exported
+    return ckpt, onnx
 
 
 def _frames(eng: WanEngine, chunks: int = 3) -> list[np.ndarray]:

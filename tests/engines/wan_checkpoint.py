@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 
 Z, TEXT_DIM, H, W = 4, 16, 32, 64  # tiny VAE: spatial factor 8 -> latent 4x8; patch 2 -> 2x4 tokens
+# the engine shape the export tests trace and serve (tests/engines/conftest.py wan_exported)
+WAN_SHAPE = dict(steps=2, chunk_latent_frames=2, height=H, width=W, out_height=36, out_width=64)
 
 
 def make_checkpoint(root: Path, text_encoder: bool = False) -> Path:

@@ -12,14 +12,14 @@ import pytest
 import websockets
 
 from avatarcast.realtime.auth import mint
-from tests.conftest import running_server
+from tests.conftest import NOT_ABOUT_THE_DRAW, running_server
 
 SECRET = "test-secret-0123456789abcdef0123456789"
 
 
 @pytest.fixture(scope="module")
 def server():
-    with running_server(auth_secret=SECRET) as (url, hub):
+    with running_server(auth_secret=SECRET, **NOT_ABOUT_THE_DRAW) as (url, hub):
         yield url
 
 

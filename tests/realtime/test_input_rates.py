@@ -15,7 +15,7 @@ import pytest
 import websockets
 
 from avatarcast.realtime.protocol import TAG_CLIP, TAG_PCM
-from tests.conftest import running_server
+from tests.conftest import NOT_ABOUT_THE_DRAW, running_server
 
 CLIP = (Path(__file__).resolve().parents[1] / "data" / "speech" / "en" / "en06_happy.ogg").read_bytes()  # 2.3 s
 
@@ -33,6 +33,7 @@ def server() -> Any:
         rate_clip_audio_s_per_s=0.05,
         max_audio_backlog_s=1.0,  # the live budget's burst: 1 s of audio
         rate_live_audio_s_per_s=0.05,
+        **NOT_ABOUT_THE_DRAW,
     ) as pair:
         yield pair
 

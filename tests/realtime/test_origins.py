@@ -11,7 +11,7 @@ import pytest
 import websockets
 
 from avatarcast.realtime.origins import origin_allowed, parse_origins
-from tests.conftest import running_server
+from tests.conftest import NOT_ABOUT_THE_DRAW, running_server
 
 APP = "https://app.example"
 
@@ -20,7 +20,11 @@ APP = "https://app.example"
 def server():
     # no trusted proxy here: X-Forwarded-For must not change who the client is
     with running_server(
-        allowed_origins=APP + ", http://localhost:3000/", admission=0, ladder=0, forwarded_allow_ips=""
+        allowed_origins=APP + ", http://localhost:3000/",
+        admission=0,
+        ladder=0,
+        forwarded_allow_ips="",
+        **NOT_ABOUT_THE_DRAW,
     ) as (url, hub):
         yield url, hub
 

@@ -8,7 +8,7 @@ import subprocess
 import httpx
 import pytest
 
-from tests.conftest import running_server
+from tests.conftest import NOT_ABOUT_THE_DRAW, running_server
 
 ESPEAK = shutil.which("espeak-ng")
 pytestmark = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not installed (apt-get install espeak-ng)")
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(ESPEAK is None, reason="espeak-ng is not install
 
 @pytest.fixture(scope="module")
 def base_server():
-    with running_server(asr_model="base", avatars="pip") as (url, hub):
+    with running_server(asr_model="base", avatars="pip", **NOT_ABOUT_THE_DRAW) as (url, hub):
         yield url, hub
 
 

@@ -23,7 +23,7 @@ import pytest
 from aiortc import RTCConfiguration, RTCIceServer, RTCIceTransportPolicy, RTCPeerConnection, RTCSessionDescription
 
 from avatarcast.realtime.settings import Settings
-from tests.conftest import running_server
+from tests.conftest import NOT_ABOUT_THE_DRAW, running_server
 
 TURNSERVER = shutil.which("turnserver") or "/usr/bin/turnserver"
 CHROMIUM = os.environ.get("AVATARCAST_CHROMIUM", "/usr/bin/chromium")
@@ -116,7 +116,9 @@ def coturn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Coturn]:
 @pytest.fixture(scope="module")
 def turn_server(coturn: Coturn) -> Iterator[str]:
     """A server that gathers through coturn and mints its clients' TURN credentials (60 s)."""
-    with running_server(admission=0, ladder=0, ice_servers=coturn.url, turn_secret=coturn.secret, turn_ttl_s=60) as (
+    with running_server(
+        admission=0, ladder=0, ice_servers=coturn.url, turn_secret=coturn.secret, turn_ttl_s=60, **NOT_ABOUT_THE_DRAW
+    ) as (
         base,
         _,
     ):

@@ -170,7 +170,7 @@ def test_offers_that_fail_after_the_answer_leave_no_error_in_the_log(caplog: Any
     import logging
     import random
 
-    from tests.conftest import running_server
+    from tests.conftest import NOT_ABOUT_THE_DRAW, running_server
     from tests.realtime.test_fuzz import SDP_TYPE, mutate_sdp, real_offer
 
     offer = real_offer()
@@ -196,7 +196,10 @@ def test_offers_that_fail_after_the_answer_leave_no_error_in_the_log(caplog: Any
                 gc.collect()
                 await asyncio.sleep(0.05)
 
-    with caplog.at_level(logging.DEBUG), running_server(rate_sessions_per_min=60000, rate_http_per_s=10000) as (b, _):
+    with (
+        caplog.at_level(logging.DEBUG),
+        running_server(rate_sessions_per_min=60000, rate_http_per_s=10000, **NOT_ABOUT_THE_DRAW) as (b, _),
+    ):
         run(go(b), timeout=180)  # 151 offers, each gathering ICE candidates: minutes on a loaded 2-core machine
     for _ in range(3):  # tasks still pending at shutdown are collected here; none may reach asyncio's ERROR
         gc.collect()
