@@ -1,6 +1,6 @@
 """avatarcast on Ray Serve (realtime/cluster/): a real local Ray cluster, the gateway and two engine
-replicas of the shipped tiny engine (onnxruntime, 1 thread each), real WebSocket sessions through
-Serve's HTTP proxy on loopback.
+replicas of the CPU's default engine (motion, its adaptive draw, onnxruntime, 1 thread each: its streams' state
+crosses the replicas as it would in production), real WebSocket sessions through Serve's HTTP proxy on loopback.
 
 Checks session affinity (every chunk of a session on one replica while the replicas are unchanged),
 and failover: one engine replica is killed (ray.kill) while four sessions react; every session keeps
