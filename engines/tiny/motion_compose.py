@@ -24,6 +24,7 @@ import torch
 
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.effects import EffectLayer, Placements, sample_coords
+from avatarcast.engines.tiny.pinned import to_device
 
 Box = tuple[int, int, int, int]  # window (row, column, height, width)
 
@@ -46,12 +47,9 @@ class DeviceCompose:
         self.max_frames = int(max_frames)
 
     def _put(self, vals, dtype: torch.dtype) -> torch.Tensor:
-        """Host numbers on the device without waiting for its queue: torch.tensor(..., device=cuda) copies with a
-        wait for every call queued before it (a dozen waits an effect, docs/bench/motion_gpu_fast_2026-12-06)."""
-        t = torch.as_tensor(np.asarray(vals), dtype=dtype)
-        if self.device.type != "cuda":
-            return t
-        return t.pin_memory().to(self.device, non_blocking=True)
+        """Host numbers on the device without waiting for its queue (a dozen waits an effect otherwise:
+        engines/tiny/pinned.py)."""
+        return to_device(vals, self.device, dtype)
 
     def sprites(self, layer: EffectLayer) -> DeviceSprites:
         """The avatar's sprites copied to the device once (17 MB of uint8 an avatar)."""

@@ -16,6 +16,7 @@ from avatarcast.engines.backends.base import BackendError
 from avatarcast.engines.tiny.motion import MotionDecoder, pixel_centres, shape_from_dict
 from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser, build_denoiser
 from avatarcast.engines.tiny.motion_weights import MotionManifest
+from avatarcast.engines.tiny.pinned import to_device
 
 
 def load_decoder(decoder: str | Path) -> tuple[MotionDecoder, dict]:
@@ -167,14 +168,7 @@ class TorchMotionBackend:
         return torch.cuda.get_device_name(self._dev) if self._dev.type == "cuda" else None
 
     def _tensor(self, a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
-        t = torch.as_tensor(np.ascontiguousarray(a), dtype=dtype)
-        if self._dev.type == "cuda":
-            # through page-locked memory, not waiting: a blocking copy (or one from pageable memory, which the driver
-            # may stage after the queue) waits for every call queued before it, and the host could not queue the
-            # next decoder call while the device ran the last (torch's pinned allocator keeps the block until the
-            # copy is done)
-            t = t.pin_memory()
-        return t.to(self._dev, non_blocking=True)
+        return to_device(a, self._dev, dtype)  # not waiting for the device's queue (engines/tiny/pinned.py)
 
     def prepare(self, ref_win: np.ndarray, atlas: np.ndarray | None) -> TorchReference:
         if (atlas is None) != (self.atlas == 0) or (atlas is not None and atlas.shape[1] != self.atlas):
