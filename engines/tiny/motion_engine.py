@@ -241,6 +241,10 @@ class MotionEngine:
 
     def adopt_avatar(self, key: str, prepared: _Avatar) -> None:
         """Keep an avatar another copy of this engine prepared (prepared_avatar()), as if prepared here."""
+        self._keep(key, prepared)
+
+    def _keep(self, key: str, prepared: _Avatar) -> None:
+        """Hold a prepared avatar as the most recently used, the least recently used ones out past max_avatars."""
         with self._lock:
             self._avatars[key] = prepared
             self._avatars.move_to_end(key)
@@ -291,10 +295,7 @@ class MotionEngine:
             (self.motion(av, rest_pose()) - self.mean) / self.std,
             None if self._device_compose is None else self._device_compose.sprites(effects),
         )
-        with self._lock:
-            self._avatars[key] = got
-            while len(self._avatars) > self.max_avatars:
-                self._avatars.popitem(last=False)
+        self._keep(key, got)
         return got
 
     def start_stream(
@@ -361,18 +362,11 @@ class MotionEngine:
 
     @staticmethod
     def _to_host(frames: Any) -> np.ndarray:
-        """Device frames -> numpy, through page-locked memory. `.cpu()` copied into fresh pageable memory: 0.74 GB a
-        chunk at 200 streams, its pages faulted in at every chunk and the copy staged through the driver's buffer
-        (measured on an H100: most of the host time left once the compose moved to the device,
-        docs/bench/motion_gpu_fast_2026-12-06). torch's pinned allocator caches its blocks: once the caller drops a
-        chunk's frames, the next chunk reuses the block, so each call still returns its own memory."""
-        import torch
+        """Device frames -> numpy through page-locked memory (engines/tiny/pinned.py: `.cpu()` into fresh pageable
+        memory was most of the host time left at 200 streams once the compose moved to the device)."""
+        from avatarcast.engines.tiny.pinned import to_host  # torch
 
-        if frames.device.type != "cuda":
-            return frames.cpu().numpy()
-        host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
-        host.copy_(frames)
-        return host.numpy()
+        return to_host(frames)
 
     def decode_chunks_t(self, states: list[MotionStream], latents: np.ndarray, cheaper: bool = False) -> Any:
         """`decode_chunks` left on the device (a backend with a compose_device): uint8 torch frames
