@@ -182,7 +182,7 @@ class EngineScheduler:
         """The fraction of the last `window_s` seconds the engine spent on live batches (0..1); `full_scale` prices
         the batches decoded the full way (Scheduler.busy_fraction)."""
         lo = self.clock() - window_s
-        busy = sum(in_window(end, dur, lo) * (1.0 if cheap else full_scale) for end, dur, _, cheap in self._live)
+        busy = sum(priced_in_window(end, dur, lo, cheap, full_scale) for end, dur, _, cheap in self._live)
         return min(1.0, max(0.0, busy / window_s))
 
     def busy_by_session(self, window_s: float = 10.0, full_scale: float = 1.0) -> dict[str, float]:
@@ -191,7 +191,7 @@ class EngineScheduler:
         lo = self.clock() - window_s
         parts: dict[str, float] = {}
         for end, dur, sessions, cheap in self._live:
-            share = in_window(end, dur, lo) * (1.0 if cheap else full_scale) / (len(sessions) * window_s)
+            share = priced_in_window(end, dur, lo, cheap, full_scale) / (len(sessions) * window_s)
             for sid in sessions:
                 parts[sid] = parts.get(sid, 0.0) + share
         return parts
@@ -466,6 +466,12 @@ class EngineScheduler:
 def in_window(end: float, dur: float, lo: float) -> float:
     """The seconds of a batch that ran `dur` seconds up to `end` which fall after `lo` (a window's start)."""
     return max(0.0, min(dur, end - lo))
+
+
+def priced_in_window(end: float, dur: float, lo: float, cheaper: bool, full_scale: float) -> float:
+    """in_window's seconds, priced as busy_fraction's `full_scale` says: a batch decoded the full way counts
+    `full_scale` of them, one decoded the cheaper way all of them."""
+    return in_window(end, dur, lo) * (1.0 if cheaper else full_scale)
 
 
 def _out_of_memory(exc: BaseException) -> bool:

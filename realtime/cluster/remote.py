@@ -26,7 +26,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from avatarcast.engines.contract import StreamEngine
 from avatarcast.realtime.cluster.wire import ChunkCall, ChunkReply
 from avatarcast.realtime.ladder import DegradationLadder
-from avatarcast.realtime.scheduler import ChunkJob, ChunkResult, EngineScheduler, in_window
+from avatarcast.realtime.scheduler import ChunkJob, ChunkResult, EngineScheduler, priced_in_window
 
 log = logging.getLogger("avatarcast.cluster")
 
@@ -100,7 +100,7 @@ class RemoteScheduler:
         """The engine replicas' mean busy fraction over the last `window_s` seconds (0..1); `full_scale` prices the
         batches decoded the full way (Scheduler.busy_fraction)."""
         lo = self.clock() - window_s
-        busy = sum(in_window(end, dur, lo) * (1.0 if cheap else full_scale) for end, dur, _, cheap in self._live)
+        busy = sum(priced_in_window(end, dur, lo, cheap, full_scale) for end, dur, _, cheap in self._live)
         return min(1.0, max(0.0, busy / (window_s * self._replicas_in(lo))))
 
     def busy_by_session(self, window_s: float = 10.0, full_scale: float = 1.0) -> dict[str, float]:
@@ -112,7 +112,7 @@ class RemoteScheduler:
         scale = window_s * self._replicas_in(lo)
         parts: dict[str, float] = {}
         for end, dur, size, sid, cheap in self._shares:
-            part = in_window(end, dur, lo) * (1.0 if cheap else full_scale)
+            part = priced_in_window(end, dur, lo, cheap, full_scale)
             parts[sid] = parts.get(sid, 0.0) + part / (max(1, size) * scale)
         return parts
 
