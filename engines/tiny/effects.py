@@ -114,17 +114,18 @@ class EffectLayer:
             if u is not None:
                 dy, dx = (me[:, 2 * u + 1] - me[:, 2 * k + 1]) * H, (me[:, 2 * u] - me[:, 2 * k]) * W
                 turn = np.array([math.atan2(y, x) for y, x in zip(dy.tolist(), dx.tolist())]) - self.angles[e]
-            # _sampling on the whole window (box (0, 0, H, W)), each corner's arithmetic as written there
+            # _sampling on the whole window (box (0, 0, H, W): its origin's subtractions are exact, left out), each
+            # corner's arithmetic as written there
             c = np.array([math.cos(t) for t in turn.tolist()], np.float64)
             sn = np.array([math.sin(t) for t in turn.tolist()], np.float64)
             (py, px), (ax, ay) = self.boxes[e], self.anchors[e]
             ph, pw = crop.shape[2:4]
             corners = [(px + dx - ax, py + dy - ay) for dx in (0, pw) for dy in (0, ph)]
-            xs = np.stack([tx + c * x - sn * y - 0 for x, y in corners], 1)
-            ys = np.stack([ty + sn * x + c * y - 0 for x, y in corners], 1)
+            xs = np.stack([tx + c * x - sn * y for x, y in corners], 1)
+            ys = np.stack([ty + sn * x + c * y for x, y in corners], 1)
             x0 = np.maximum(0, np.floor(xs.min(1)).astype(np.int64) - 1)
             x1 = np.minimum(W, np.ceil(xs.max(1)).astype(np.int64) + 1)
-            y0 = np.maximum(np.maximum(0, np.floor(ys.min(1)).astype(np.int64) - 1), math.ceil(self.top - 0))
+            y0 = np.maximum(np.maximum(0, np.floor(ys.min(1)).astype(np.int64) - 1), math.ceil(self.top))
             y1 = np.minimum(H, np.ceil(ys.max(1)).astype(np.int64) + 1)
             keep = (x0 < x1) & (y0 < y1)
             out.append(
