@@ -419,9 +419,15 @@ def _torso_points(shape: str, a: float, b: float, pad: float, cx: float, cy: flo
 
 
 def _draw_leg(pt: _Painter, rig: _Rig, i: int, col, shoe) -> None:
-    side = -1 if i == 0 else 1
     h, kn, an = rig.hips[i], rig.knees[i], rig.ankles[i]
     pt.stroke_ol([h, kn, an], col, rig.leg_w, rig.ol)
+    _draw_foot(pt, rig, i, shoe)
+
+
+def _draw_foot(pt: _Painter, rig: _Rig, i: int, shoe) -> None:
+    """The shoe: placed by the ankle alone (it does not turn with the shin)."""
+    side = -1 if i == 0 else 1
+    an = rig.ankles[i]
     fx, fy = an[0] + side * 5.0 * rig.g, an[1] + 5.0 * rig.g
     pt.ellipse_ol(fx, fy, rig.foot_rx, rig.foot_ry, shoe, rig.ol)
     pt.ellipse(
@@ -436,6 +442,11 @@ def _draw_leg(pt: _Painter, rig: _Rig, i: int, col, shoe) -> None:
 def _draw_arm(pt: _Painter, rig: _Rig, i: int, col, skin) -> None:
     s, e, h = rig.shoulders[i], rig.elbows[i], rig.hands[i]
     pt.stroke_ol([s, e, h], col, rig.arm_w, rig.ol)
+    _draw_hand(pt, rig, i, skin)
+
+
+def _draw_hand(pt: _Painter, rig: _Rig, i: int, skin) -> None:
+    h = rig.hands[i]
     pt.ellipse_ol(h[0], h[1], rig.hand_r, rig.hand_r, skin, rig.ol)
 
 
@@ -928,30 +939,40 @@ def _draw_wand(pt: _Painter, av: AvatarParams, rig: _Rig) -> None:
 
 
 # ---------------------------------------------------------------------------
+def _palette(av: AvatarParams, pose: Pose) -> tuple:
+    """(skin, body, limb, leg, shoe) colours of a frame (the skin reddens with the pose's face_red)."""
+    skin = _mix(av.skin, (235, 60, 50), 0.55 * max(0.0, min(1.0, pose.face_red)))
+    body = av.body_color
+    shoe = av.accent if av.accessory != "backpack" else _shade(av.outline, 2.2)
+    return skin, body, _shade(body, 0.86), _shade(body, 0.7), shoe
+
+
+def _draw_shadow(pt: _Painter, rig: _Rig, k: float) -> None:
+    """The soft contact shadow on the ground (shrinks while jumping); premultiplied black at low alpha."""
+    lift = max(0.0, GROUND_Y * k - max(rig.ankles[0][1], rig.ankles[1][1]) - 13.0 * rig.g)
+    sh = max(0.45, 1.0 - lift / (110.0 * k))
+    pt.ellipse(rig.P[0], GROUND_Y * k + 1.0 * rig.g, (rig.ta + 18.0 * rig.g) * sh, 7.0 * rig.g * sh, (0, 0, 0, 60))
+
+
+def _band(rig: _Rig, width: int, height: int) -> tuple[int, int]:
+    """The columns [x0, x1) that can hold the character and its effects (output px)."""
+    half = 215.0 * height / REF_H
+    return int(max(0, math.floor(rig.P[0] - half))), int(min(width, math.ceil(rig.P[0] + half)))
+
+
 def render_frame(avatar: AvatarParams, pose: Pose, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT) -> np.ndarray:
     """Draw one frame: (H, W, 4) uint8 RGBA, straight alpha, transparent background."""
     av = get_avatar(avatar)
     rig = _rig(av, pose, width, height)
-    # region that can hold the character and its effects (output px)
     k = height / REF_H
-    half = 215.0 * k
-    x0 = int(max(0, math.floor(rig.P[0] - half)))
-    x1 = int(min(width, math.ceil(rig.P[0] + half)))
+    x0, x1 = _band(rig, width, height)
     y0, y1 = 0, height
     # premultiplied canvas: opaque drawing is identical, and reduce() needs no conversion
     img = Image.new("RGBa", ((x1 - x0) * SS, (y1 - y0) * SS), (0, 0, 0, 0))
     pt = _Painter(img, SS, x0, y0, av.outline)
     H = _Head(rig)
-    skin = _mix(av.skin, (235, 60, 50), 0.55 * max(0.0, min(1.0, pose.face_red)))
-    body = av.body_color
-    limb = _shade(body, 0.86)
-    legc = _shade(body, 0.7)
-    shoe = av.accent if av.accessory != "backpack" else _shade(av.outline, 2.2)
-
-    # soft contact shadow on the ground (shrinks while jumping); premultiplied black at low alpha
-    lift = max(0.0, GROUND_Y * k - max(rig.ankles[0][1], rig.ankles[1][1]) - 13.0 * rig.g)
-    sh = max(0.45, 1.0 - lift / (110.0 * k))
-    pt.ellipse(rig.P[0], GROUND_Y * k + 1.0 * rig.g, (rig.ta + 18.0 * rig.g) * sh, 7.0 * rig.g * sh, (0, 0, 0, 60))
+    skin, body, limb, legc, shoe = _palette(av, pose)
+    _draw_shadow(pt, rig, k)
     if av.accessory == "backpack":
         _draw_backpack_back(pt, av, rig)
     _draw_head_back(pt, av, rig, H, skin)
