@@ -660,97 +660,150 @@ def _draw_head(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, ski
 
 
 def _draw_face(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, skin) -> None:
+    for step in FACE_STEPS:
+        _draw_face_step(step, pt, av, q, H, skin)
+
+
+# The face's steps in drawing order: the cut-out draw (layers.py) keeps each as a layer of its own and picks each
+# one's picture apart (the pupils move inside the eyes).
+FACE_STEPS = ("blush", "eyes", "pupils", "lids", "brows", "glasses", "mouth")
+_EYE_STEPS = ("eyes", "pupils", "lids")
+
+
+def _face_offset(q: Pose) -> tuple[float, float]:
+    """(fx, fy): where the face's features sit on the head, in head radii (the pose's face_dx, face_dy, clamped)."""
+    return max(-0.3, min(0.3, q.face_dx)), max(-0.25, min(0.3, q.face_dy))
+
+
+def _eye_shape(style: str, es: float, op: float) -> tuple[float, float, float, float]:
+    """(rx, ry, iris, pupil) radii of an open eye of `style`, in head radii, at eye scale es and openness op."""
+    if style == "round":
+        rx_, ry_, ir, pr = 0.16, 0.18, 0.0, 0.095
+    elif style == "anime":
+        rx_, ry_, ir, pr = 0.14, 0.21, 0.12, 0.065
+    elif style == "big":
+        rx_, ry_, ir, pr = 0.2, 0.23, 0.14, 0.075
+    else:  # sleepy
+        rx_, ry_, ir, pr = 0.16, 0.16, 0.0, 0.09
+    return rx_ * es, ry_ * es * op, ir, pr
+
+
+def pupil_reach(av: AvatarParams, q: Pose) -> tuple[float, float] | None:
+    """How far (head radii, along the head's axes) the pupils move per unit of pupil_x and pupil_y, for this pose's
+    eyes; None where the eyes have no pupils to move (closed, hearts, or drawn as dots)."""
+    if q.eye_heart > 0.5 or q.eye_open < 0.22 or av.eye_style == "dot":
+        return None
+    es = max(0.5, q.eye_scale)
+    rx_, ry_, ir, pr = _eye_shape(av.eye_style, es, min(1.5, q.eye_open))
+    lim_x, lim_y = max(0.0, rx_ - max(ir, pr) * es * 0.9), max(0.0, ry_ - max(ir, pr) * es * 0.9)
+    return lim_x * 0.8, lim_y * 0.8
+
+
+def _draw_face_step(step: str, pt: _Painter, av: AvatarParams, q: Pose, H: _Head, skin) -> None:
+    """One of FACE_STEPS; the eyes' three steps draw both eyes (render_frame draws one eye's three, then the
+    other's: the same pixels, as the two eyes never overlap)."""
+    if step in _EYE_STEPS:
+        for sd in (-1, 1):
+            _draw_eye(step, pt, av, q, H, skin, sd)
+        return
     r = H.r
-    fx, fy = max(-0.3, min(0.3, q.face_dx)), max(-0.25, min(0.3, q.face_dy))
+    fx, fy = _face_offset(q)
     ink = av.outline
     es = max(0.5, q.eye_scale)
     ey = 0.02 + fy
     eye_x = 0.37
-    # blush
-    if q.blush > 0.06:
-        bc = _mix(skin, (255, 105, 130), 0.3 + 0.45 * min(1.0, q.blush))
-        bs = 0.7 + 0.3 * min(1.0, q.blush)
+    if step == "blush":
+        if q.blush > 0.06:
+            bc = _mix(skin, (255, 105, 130), 0.3 + 0.45 * min(1.0, q.blush))
+            bs = 0.7 + 0.3 * min(1.0, q.blush)
+            for sd in (-1, 1):
+                bx, by = H(sd * 0.6 + fx * 0.8, 0.27 + fy)
+                pt.ellipse(bx, by, 0.15 * r * bs, 0.085 * r * bs, bc)
+    elif step == "brows":
+        br = 0.3 + 0.07 * (es - 1) + q.brow_raise - fy * 0.5
         for sd in (-1, 1):
-            bx, by = H(sd * 0.6 + fx * 0.8, 0.27 + fy)
-            pt.ellipse(bx, by, 0.15 * r * bs, 0.085 * r * bs, bc)
-    # eyes
+            asym = -sd * q.brow_asym * 0.08
+            yi = -br + fy + q.brow_angle * 0.07 + asym  # inner end
+            yo = -br + fy - q.brow_angle * 0.07 + asym  # outer end
+            xi, xo = sd * 0.22 + fx, sd * 0.5 + fx
+            arch = 0.035 * (1.0 - 0.6 * abs(q.brow_angle))
+            pt.line([H(xi, yi), H((xi + xo) / 2, (yi + yo) / 2 - arch), H(xo, yo)], ink, 0.055 * r)
+    elif step == "glasses":  # in front of the eyes
+        if av.accessory == "glasses":
+            gr = 0.23 * r
+            for sd in (-1, 1):
+                gx, gy = H(sd * eye_x + fx, ey)
+                pt.d.ellipse(
+                    pt.pts([(gx - gr, gy - gr), (gx + gr, gy + gr)]), outline=ink, width=max(1, int(0.06 * r * pt.s))
+                )
+            pt.line([H(-eye_x + fx + 0.23, ey - 0.03), H(eye_x + fx - 0.23, ey - 0.03)], ink, 0.05 * r, False)
+    elif step == "mouth":
+        _draw_mouth(pt, q, H, fx, fy, ink)
+    else:
+        raise ValueError(f"no face step {step!r}: one of {FACE_STEPS}")
+
+
+def _draw_eye(step: str, pt: _Painter, av: AvatarParams, q: Pose, H: _Head, skin, sd: int) -> None:
+    """One eye's part: "eyes" (the white and its outline, or a closed eye's arc, or a heart), "pupils" (iris, pupil
+    and highlights) or "lids" (an anime eye's lashes, a sleepy eye's lid)."""
+    r = H.r
+    fx, fy = _face_offset(q)
+    ink = av.outline
+    es = max(0.5, q.eye_scale)
+    ey = 0.02 + fy
+    eye_x = 0.37
     style = av.eye_style
-    for sd in (-1, 1):
-        ex, eyy = H(sd * eye_x + fx, ey)
-        if q.eye_heart > 0.5:
+    ex, eyy = H(sd * eye_x + fx, ey)
+    if q.eye_heart > 0.5:
+        if step == "eyes":
             hs = 0.2 * r * es
             pts = [(ex + x * hs, eyy + y * hs) for x, y in _HEART]
             pt.poly_ol(pts, (235, 50, 90), 0.03 * r)
             pt.ellipse(ex - 0.35 * hs, eyy - 0.35 * hs, 0.18 * hs, 0.14 * hs, (255, 200, 215))
-            continue
-        if q.eye_open < 0.22:
+        return
+    if q.eye_open < 0.22:
+        if step == "eyes":
             w = 0.15 * es
             cur = q.eye_curve
             arc = [H(sd * eye_x + fx + u * w, ey + 0.02 - cur * 0.09 * (1 - u * u)) for u in (-1, -0.5, 0, 0.5, 1)]
             pt.line(arc, ink, 0.065 * r)
-            continue
-        op = min(1.5, q.eye_open)
-        if style == "dot":
+        return
+    op = min(1.5, q.eye_open)
+    if style == "dot":
+        if step == "eyes":
             rx_, ry_ = 0.085 * es, 0.12 * es * op
             pt.ellipse(ex, eyy, rx_ * r, ry_ * r, ink)
             pt.ellipse(ex - 0.03 * r * es, eyy - 0.045 * r * es * op, 0.03 * r * es, 0.03 * r * es, (255, 255, 255))
-        else:
-            if style == "round":
-                rx_, ry_, ir, pr = 0.16, 0.18, 0.0, 0.095
-            elif style == "anime":
-                rx_, ry_, ir, pr = 0.14, 0.21, 0.12, 0.065
-            elif style == "big":
-                rx_, ry_, ir, pr = 0.2, 0.23, 0.14, 0.075
-            else:  # sleepy
-                rx_, ry_, ir, pr = 0.16, 0.16, 0.0, 0.09
-            rx_ *= es
-            ry_ *= es * op
-            pt.ellipse_ol(ex, eyy, rx_ * r, ry_ * r, (255, 255, 255), 0.035 * r)
-            lim_x, lim_y = max(0.0, rx_ - max(ir, pr) * es * 0.9), max(0.0, ry_ - max(ir, pr) * es * 0.9)
-            px_ = ex + q.pupil_x * lim_x * r * 0.8
-            py_ = eyy + q.pupil_y * lim_y * r * 0.8
-            if ir > 0:
-                iry = min(ir * es, ry_ * 0.95)
-                pt.ellipse(px_, py_, ir * es * r * 0.95, iry * r, _mix(av.accent, av.outline, 0.35))
-            pry = min(pr * es, ry_ * 0.9)
-            small = 0.75 if q.eye_scale > 1.15 and q.mouth_smile < 0.5 else 1.0  # startled: small pupils
-            pt.ellipse(px_, py_, pr * es * r * small, pry * r * small, ink)
-            hl = 0.045 * es * r
-            pt.ellipse(px_ - 0.45 * pr * es * r, py_ - 0.45 * pry * r, hl, min(hl, 0.5 * ry_ * r), (255, 255, 255))
-            if style == "anime":
-                pt.ellipse(px_ + 0.5 * pr * es * r, py_ + 0.5 * pry * r, hl * 0.5, hl * 0.5, (255, 255, 255))
-                lash = [
-                    H(sd * eye_x + fx + u * rx_ * 1.15, ey - ry_ * (0.95 - 0.25 * u * u)) for u in (-1, -0.4, 0.3, 1.0)
-                ]
-                pt.line(lash, ink, 0.05 * r)
-            if style == "sleepy" and q.eye_scale < 1.2:
-                lid = 0.3 * (1.0 - min(1.0, max(0.0, (q.eye_open - 1.0) * 3)))
-                if lid > 0.02:
-                    ytop = ey - ry_ - 0.04
-                    ylid = ey - ry_ + 2 * ry_ * lid
-                    xl, xr = sd * eye_x + fx - rx_ - 0.05, sd * eye_x + fx + rx_ + 0.05
-                    pt.poly(H.many([(xl, ytop), (xr, ytop), (xr, ylid), (xl, ylid)]), skin)
-                    pt.line([H(xl + 0.03, ylid + 0.01), H(xr - 0.03, ylid + 0.01)], ink, 0.05 * r)
-    # brows
-    br = 0.3 + 0.07 * (es - 1) + q.brow_raise - fy * 0.5
-    for sd in (-1, 1):
-        asym = -sd * q.brow_asym * 0.08
-        yi = -br + fy + q.brow_angle * 0.07 + asym  # inner end
-        yo = -br + fy - q.brow_angle * 0.07 + asym  # outer end
-        xi, xo = sd * 0.22 + fx, sd * 0.5 + fx
-        arch = 0.035 * (1.0 - 0.6 * abs(q.brow_angle))
-        pt.line([H(xi, yi), H((xi + xo) / 2, (yi + yo) / 2 - arch), H(xo, yo)], ink, 0.055 * r)
-    # glasses (in front of the eyes)
-    if av.accessory == "glasses":
-        gr = 0.23 * r
-        for sd in (-1, 1):
-            gx, gy = H(sd * eye_x + fx, ey)
-            pt.d.ellipse(
-                pt.pts([(gx - gr, gy - gr), (gx + gr, gy + gr)]), outline=ink, width=max(1, int(0.06 * r * pt.s))
-            )
-        pt.line([H(-eye_x + fx + 0.23, ey - 0.03), H(eye_x + fx - 0.23, ey - 0.03)], ink, 0.05 * r, False)
-    # mouth
-    _draw_mouth(pt, q, H, fx, fy, ink)
+        return
+    rx_, ry_, ir, pr = _eye_shape(style, es, op)
+    if step == "eyes":
+        pt.ellipse_ol(ex, eyy, rx_ * r, ry_ * r, (255, 255, 255), 0.035 * r)
+    elif step == "pupils":
+        lim_x, lim_y = max(0.0, rx_ - max(ir, pr) * es * 0.9), max(0.0, ry_ - max(ir, pr) * es * 0.9)
+        px_ = ex + q.pupil_x * lim_x * r * 0.8
+        py_ = eyy + q.pupil_y * lim_y * r * 0.8
+        if ir > 0:
+            iry = min(ir * es, ry_ * 0.95)
+            pt.ellipse(px_, py_, ir * es * r * 0.95, iry * r, _mix(av.accent, av.outline, 0.35))
+        pry = min(pr * es, ry_ * 0.9)
+        small = 0.75 if q.eye_scale > 1.15 and q.mouth_smile < 0.5 else 1.0  # startled: small pupils
+        pt.ellipse(px_, py_, pr * es * r * small, pry * r * small, ink)
+        hl = 0.045 * es * r
+        pt.ellipse(px_ - 0.45 * pr * es * r, py_ - 0.45 * pry * r, hl, min(hl, 0.5 * ry_ * r), (255, 255, 255))
+        if style == "anime":
+            pt.ellipse(px_ + 0.5 * pr * es * r, py_ + 0.5 * pry * r, hl * 0.5, hl * 0.5, (255, 255, 255))
+    elif step == "lids":
+        if style == "anime":
+            lash = [H(sd * eye_x + fx + u * rx_ * 1.15, ey - ry_ * (0.95 - 0.25 * u * u)) for u in (-1, -0.4, 0.3, 1.0)]
+            pt.line(lash, ink, 0.05 * r)
+        if style == "sleepy" and q.eye_scale < 1.2:
+            lid = 0.3 * (1.0 - min(1.0, max(0.0, (q.eye_open - 1.0) * 3)))
+            if lid > 0.02:
+                ytop = ey - ry_ - 0.04
+                ylid = ey - ry_ + 2 * ry_ * lid
+                xl, xr = sd * eye_x + fx - rx_ - 0.05, sd * eye_x + fx + rx_ + 0.05
+                pt.poly(H.many([(xl, ytop), (xr, ytop), (xr, ylid), (xl, ylid)]), skin)
+                pt.line([H(xl + 0.03, ylid + 0.01), H(xr - 0.03, ylid + 0.01)], ink, 0.05 * r)
 
 
 def _draw_mouth(pt: _Painter, q: Pose, H: _Head, fx: float, fy: float, ink) -> None:
