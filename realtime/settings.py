@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from avatarcast.engines.sampler import FlowMatchEulerSampler, warped_sigmas
+from avatarcast.engines.tiny.motion_weights import CUTOUT_DRAW
 from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint
 from avatarcast.realtime import settings_file, settings_model
 from avatarcast.realtime.ice import IceConfigError, IceServers
@@ -40,6 +41,7 @@ class SettingValueError(SettingsError):
 # architecture 3 (engines/tiny/motion_engine.py; the CPU's default) from a folder that tools.export_motion wrote
 ENGINES = ("tiny", "wan", "motion")
 AUTO = "auto"  # the engine setting's default: default_engine() picks one for the backend and device
+AUTO_DRAW = "auto"  # --motion-draw: the cut-out draw where it runs (onnxruntime on the CPU), else the copy decoder
 ADAPTIVE_DRAW = "adaptive"  # --motion-draw: the residual draw with room, the copy draw under load (motion_folder_draw)
 
 
@@ -77,14 +79,16 @@ class Settings:
     threads: int = 0  # 0 = all cores
     device: str = "auto"  # auto | cpu | cuda
     weights: str = ""  # empty = the shipped weights
-    # engine=motion, shipped weights: "copy" (moves the avatar's own drawing) or "residual" (also draws a correction
-    # over it: a truer picture for about 1.7x the CPU a frame; engines/tiny/motion_weights.SHIPPED_DRAWS), or
-    # "adaptive", the default: the residual draw while the engine has room for it, the copy draw (the ladder's cheaper
-    # rung) under load, and sessions admitted as the copy draw admits them (realtime/admission.py; live Mandarin with
-    # two clients: 50 of 50 clips in, as the copy draw, 73-81% of chunks drawn residual:
-    # docs/bench/adaptive_draw_2026-12-06); with --weights DIR, that folder's decoder, capacity counted at its cheaper
-    # draw where its manifest names one
-    motion_draw: str = ADAPTIVE_DRAW
+    # engine=motion: how its motions are drawn. "cutout": the avatar's layers (drawn once per avatar) moved part by
+    # part in numpy, no decoder network (engines/tiny/cutout.py; the truest picture and the cheapest draw:
+    # docs/training/motion.md, "The cut-out draw"); "auto", the default: cutout on onnxruntime (the CPU), the copy
+    # decoder on torch. The decoder networks of the shipped folders: "copy" (moves
+    # the avatar's canonical frame) or "residual" (also draws a correction over it, for about 1.7x the CPU a frame;
+    # engines/tiny/motion_weights.SHIPPED_DRAWS), or "adaptive": the residual draw while the engine has room for it,
+    # the copy draw (the ladder's cheaper rung) under load, and sessions admitted as the copy draw admits them
+    # (realtime/admission.py; docs/bench/adaptive_draw_2026-12-06); with --weights DIR, that folder's decoder
+    # (capacity counted at its cheaper draw where its manifest names one), or its denoiser with "cutout"
+    motion_draw: str = AUTO_DRAW
     # the wan engine (engines/wan/): a local diffusers-format Wan2.2-TI2V checkpoint directory
     checkpoint: str = ""  # required with --engine wan: transformer/, vae/ (+ text_encoder/, tokenizer/)
     wan_dtype: str = "auto"  # auto (bfloat16 on cuda, float32 on cpu) | float32 | bfloat16 | float16
@@ -515,7 +519,15 @@ class Settings:
                 "backend",
                 "device",
             )
-        if self.weights and self.motion_draw not in ("copy", ADAPTIVE_DRAW):
+        if self.motion_draw == CUTOUT_DRAW and not self._cutout_runs:
+            raise SettingValueError(
+                f"--motion-draw cutout draws in numpy on the host, with the denoiser on onnxruntime: not on "
+                f"{self.backend} on {self.device} (--motion-draw copy or residual there)",
+                "motion_draw",
+                "backend",
+                "device",
+            )
+        if self.weights and self.motion_draw not in ("copy", ADAPTIVE_DRAW, CUTOUT_DRAW, AUTO_DRAW):
             raise SettingValueError(
                 "--motion-draw chooses between the shipped motion folders; with --weights DIR that folder's decoder "
                 "decides how it draws",
@@ -531,7 +543,14 @@ class Settings:
     def motion_folder_draw(self) -> str:
         """The shipped motion folder --motion-draw names: "adaptive" serves the residual one (with its copy draw as the
         ladder's cheaper rung)."""
+        if self.motion_draw == AUTO_DRAW:
+            return CUTOUT_DRAW if self._cutout_runs else "copy"
         return "residual" if self.motion_draw == ADAPTIVE_DRAW else self.motion_draw
+
+    @property
+    def _cutout_runs(self) -> bool:
+        """The cut-out draw is numpy on the host beside onnxruntime's denoiser: the CPU's serving path."""
+        return self.backend == "onnxruntime" and self.device in ("auto", "cpu")
 
     @property
     def admits_at_cheaper_decode(self) -> bool:

@@ -668,6 +668,7 @@ def _draw_face(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, ski
 # one's picture apart (the pupils move inside the eyes).
 FACE_STEPS = ("blush", "eyes", "pupils", "lids", "brows", "glasses", "mouth")
 _EYE_STEPS = ("eyes", "pupils", "lids")
+_SIDED_STEPS = (*_EYE_STEPS, "brows")  # drawn one side at a time (_draw_face_side)
 
 
 def _face_offset(q: Pose) -> tuple[float, float]:
@@ -702,14 +703,13 @@ def pupil_reach(av: AvatarParams, q: Pose) -> tuple[float, float] | None:
 def _draw_face_step(step: str, pt: _Painter, av: AvatarParams, q: Pose, H: _Head, skin) -> None:
     """One of FACE_STEPS; the eyes' three steps draw both eyes (render_frame draws one eye's three, then the
     other's: the same pixels, as the two eyes never overlap)."""
-    if step in _EYE_STEPS:
+    if step in _SIDED_STEPS:
         for sd in (-1, 1):
-            _draw_eye(step, pt, av, q, H, skin, sd)
+            _draw_face_side(step, pt, av, q, H, skin, sd)
         return
     r = H.r
     fx, fy = _face_offset(q)
     ink = av.outline
-    es = max(0.5, q.eye_scale)
     ey = 0.02 + fy
     eye_x = 0.37
     if step == "blush":
@@ -720,14 +720,8 @@ def _draw_face_step(step: str, pt: _Painter, av: AvatarParams, q: Pose, H: _Head
                 bx, by = H(sd * 0.6 + fx * 0.8, 0.27 + fy)
                 pt.ellipse(bx, by, 0.15 * r * bs, 0.085 * r * bs, bc)
     elif step == "brows":
-        br = 0.3 + 0.07 * (es - 1) + q.brow_raise - fy * 0.5
         for sd in (-1, 1):
-            asym = -sd * q.brow_asym * 0.08
-            yi = -br + fy + q.brow_angle * 0.07 + asym  # inner end
-            yo = -br + fy - q.brow_angle * 0.07 + asym  # outer end
-            xi, xo = sd * 0.22 + fx, sd * 0.5 + fx
-            arch = 0.035 * (1.0 - 0.6 * abs(q.brow_angle))
-            pt.line([H(xi, yi), H((xi + xo) / 2, (yi + yo) / 2 - arch), H(xo, yo)], ink, 0.055 * r)
+            _draw_brow(pt, av, q, H, sd)
     elif step == "glasses":  # in front of the eyes
         if av.accessory == "glasses":
             gr = 0.23 * r
@@ -743,6 +737,43 @@ def _draw_face_step(step: str, pt: _Painter, av: AvatarParams, q: Pose, H: _Head
         raise ValueError(f"no face step {step!r}: one of {FACE_STEPS}")
 
 
+def face_offset(q: Pose) -> tuple[float, float]:
+    """(fx, fy): where the face's features sit on the head, in head radii (the face keypoint is there)."""
+    return _face_offset(q)
+
+
+def brow_height(q: Pose, sd: int) -> float:
+    """How high the brow on side sd sits (head radii, y down: its ends' mean, from the head's centre; the face's own
+    offset, `_face_offset`'s fy, included), for the pose's face fields."""
+    fx, fy = _face_offset(q)
+    es = max(0.5, q.eye_scale)
+    return -(0.3 + 0.07 * (es - 1) + q.brow_raise - fy * 0.5) + fy - sd * q.brow_asym * 0.08
+
+
+def _draw_brow(pt: _Painter, av: AvatarParams, q: Pose, H: _Head, sd: int) -> None:
+    fx, _ = _face_offset(q)
+    y = brow_height(q, sd)
+    yi = y + q.brow_angle * 0.07  # inner end
+    yo = y - q.brow_angle * 0.07  # outer end
+    xi, xo = sd * 0.22 + fx, sd * 0.5 + fx
+    arch = 0.035 * (1.0 - 0.6 * abs(q.brow_angle))
+    pt.line([H(xi, yi), H((xi + xo) / 2, (yi + yo) / 2 - arch), H(xo, yo)], av.outline, 0.055 * H.r)
+
+
+def eye_centre(q: Pose, H: _Head, sd: int) -> tuple[float, float]:
+    """Where the eye on side sd (-1 screen left, 1 right) is centred (output px)."""
+    fx, fy = _face_offset(q)
+    return H(sd * 0.37 + fx, 0.02 + fy)
+
+
+def _draw_face_side(step: str, pt: _Painter, av: AvatarParams, q: Pose, H: _Head, skin, sd: int) -> None:
+    """One side's part of a face step of _SIDED_STEPS."""
+    if step == "brows":
+        _draw_brow(pt, av, q, H, sd)
+    else:
+        _draw_eye(step, pt, av, q, H, skin, sd)
+
+
 def _draw_eye(step: str, pt: _Painter, av: AvatarParams, q: Pose, H: _Head, skin, sd: int) -> None:
     """One eye's part: "eyes" (the white and its outline, or a closed eye's arc, or a heart), "pupils" (iris, pupil
     and highlights) or "lids" (an anime eye's lashes, a sleepy eye's lid)."""
@@ -753,7 +784,7 @@ def _draw_eye(step: str, pt: _Painter, av: AvatarParams, q: Pose, H: _Head, skin
     ey = 0.02 + fy
     eye_x = 0.37
     style = av.eye_style
-    ex, eyy = H(sd * eye_x + fx, ey)
+    ex, eyy = eye_centre(q, H, sd)
     if q.eye_heart > 0.5:
         if step == "eyes":
             hs = 0.2 * r * es
@@ -983,12 +1014,22 @@ def _wand_tip(e, h, g: float) -> tuple[float, float]:
     return (h[0] + dx / n * 20 * g, h[1] + dy / n * 20 * g - 8 * g)
 
 
-def _draw_wand(pt: _Painter, av: AvatarParams, rig: _Rig) -> None:
+def _draw_wand(pt: _Painter, av: AvatarParams, rig: _Rig, part: str = "all") -> None:
+    """The held wand: its "stick" (from the right hand to the tip), then its "star" (upright, at the tip)."""
     h = rig.hands[1]
     tip = _wand_tip(rig.elbows[1], h, rig.g)
-    pt.stroke_ol([h, tip], (150, 100, 60), 4 * rig.g, rig.ol * 0.7)
-    size = 11 * rig.g
-    pt.poly_ol([(tip[0] + x * size, tip[1] + y * size) for x, y in _STAR5], (255, 220, 70), rig.ol * 0.8)
+    if part in ("all", "stick"):
+        pt.stroke_ol([h, tip], (150, 100, 60), 4 * rig.g, rig.ol * 0.7)
+    if part in ("all", "star"):
+        size = 11 * rig.g
+        pt.poly_ol([(tip[0] + x * size, tip[1] + y * size) for x, y in _STAR5], (255, 220, 70), rig.ol * 0.8)
+
+
+def wand_reach(avatar: AvatarParams, height: int = FRAME_HEIGHT) -> tuple[float, float]:
+    """(along, up): the wand's tip is `along` pixels past the right hand along the forearm, then `up` pixels up
+    (_wand_tip), for this avatar in a frame `height` pixels high."""
+    g = _rig(avatar, Pose(), FRAME_WIDTH, height).g
+    return 20.0 * g, 8.0 * g
 
 
 # ---------------------------------------------------------------------------

@@ -41,6 +41,12 @@ class MotionBackend(Denoises, Protocol):
     # True: decode_chunks draws every stream of a chunk in one call over their common box, from the backend's
     # draw_streams (the torch backend's, on CUDA by default); False: one draw a stream
     batch_streams: bool
+    # True: the backend draws from the avatar's layers (engines/tiny/cutout.py: the engine prepares them with
+    # cutout.prepare and passes them as `ref`; prepare is not called); False: from `prepare`'s handle
+    draws_layers: bool
+    # True: a prepared avatar is plain numpy arrays, so another process can prepare it and hand it over
+    # (EngineCapabilities.shared_prep, realtime/prep.py); False: tensors on the backend's device
+    prepared_on_host: bool
 
     def prepare(self, ref_win: np.ndarray, atlas: np.ndarray | None) -> Any: ...
 
@@ -66,6 +72,8 @@ class OnnxMotionBackend:
     name = "onnxruntime"
     compose_device: str | None = None  # numpy on the host: the CPU serving path imports no torch
     batch_streams = False  # one draw a stream: a batch of streams costs the CPU what their draws do
+    draws_layers = False
+    prepared_on_host = True
 
     def __init__(self, manifest: MotionManifest, threads: int | None = None, verify: bool = True):
         self.manifest = manifest

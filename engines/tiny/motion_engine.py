@@ -47,7 +47,7 @@ from avatarcast.engines.tiny.engine import (
     set_emotion,
 )
 from avatarcast.engines.tiny.motion_backends import MotionBackend, OnnxMotionBackend
-from avatarcast.engines.tiny.motion_weights import load_motion_manifest, motion_folder
+from avatarcast.engines.tiny.motion_weights import CUTOUT_DRAW, load_motion_manifest, motion_folder
 from avatarcast.engines.tiny.window import frames_to_window, window_to_rgba
 from avatarcast.vocabulary import EMOTIONS, FRAME_HEIGHT, FRAME_WIDTH
 
@@ -171,15 +171,25 @@ class MotionEngine:
     ) -> MotionEngine:
         """An exported folder (tools.export_motion; None: the shipped one that draws as `draw` says) on onnxruntime
         (the CPU's serving path, no torch), or with backend="torch" its graphs' weights read into torch networks
-        (engines/tiny/motion_graph_weights.py) on `device` (cpu, cuda; None: cuda where there is one).
+        (engines/tiny/motion_graph_weights.py) on `device` (cpu, cuda; None: cuda where there is one). draw="cutout":
+        the folder's denoiser, and the avatar's layers moved in numpy instead of its decoder (engines/tiny/cutout.py).
 
         Raises:
             WeightsError: no such folder, a damaged one, or (torch) a weight the networks cannot be filled from.
-            BackendError: a backend other than onnxruntime or torch, or onnxruntime on a device other than the CPU.
+            BackendError: a backend other than onnxruntime or torch, or onnxruntime on a device other than the CPU; the
+                cut-out draw on anything but onnxruntime on the CPU.
         """
         man = load_motion_manifest(motion_folder(folder, draw))
         be: MotionBackend
-        if backend == "onnxruntime":
+        if draw == CUTOUT_DRAW:
+            if backend != "onnxruntime" or device not in (None, "auto", "cpu"):
+                raise BackendError(
+                    f"the cut-out draw runs in numpy on the host with onnxruntime's denoiser, not {backend} on {device}"
+                )
+            from avatarcast.engines.tiny.cutout import CutoutMotionBackend
+
+            be = CutoutMotionBackend(man, threads=threads)
+        elif backend == "onnxruntime":
             if device not in (None, "auto", "cpu"):
                 raise BackendError(f"the motion engine runs on onnxruntime on the CPU only, not {device}")
             be = OnnxMotionBackend(man, threads=threads)
@@ -218,7 +228,7 @@ class MotionEngine:
     def capabilities(self) -> EngineCapabilities:
         return EngineCapabilities(
             frames_per_chunk=self.cfg.chunk_frames,
-            shared_prep=isinstance(self.backend, OnnxMotionBackend),
+            shared_prep=self.backend.prepared_on_host,
             cheaper_decode=CheaperDecode.COPY_DRAW if self.backend.cheaper_draw else None,
             # the sampler is an MLP on 82 numbers a frame, the decoder draws the pixels: the denoiser is 10-12 ms of a
             # 450 ms two-stream batch (docs/training/motion.md), so 1 sampler step instead of 2 saves about 1% of a
@@ -283,12 +293,18 @@ class MotionEngine:
         if got is not None:
             return got
         av = get_avatar(avatar)
-        ref_win = frames_to_window(canonical_frame(av)[None], self.window)
-        atlas = frames_to_window(atlas_frames(av), self.window)[None] if self.backend.atlas else None
         ref_m = self.motion(av, canonical_pose())
+        if self.backend.draws_layers:
+            from avatarcast.engines.tiny.cutout import prepare as cut_layers
+
+            ref = cut_layers(av, ref_m, self.window)
+        else:
+            ref_win = frames_to_window(canonical_frame(av)[None], self.window)
+            atlas = frames_to_window(atlas_frames(av), self.window)[None] if self.backend.atlas else None
+            ref = self.backend.prepare(ref_win, atlas)
         effects = EffectLayer.in_window(effect_sprites(av), self.window)
         got = _Avatar(
-            self.backend.prepare(ref_win, atlas),
+            ref,
             effects,
             ref_m.astype(np.float32),
             (ref_m - self.mean) / self.std,

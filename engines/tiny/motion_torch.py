@@ -62,6 +62,8 @@ class TorchMotionBackend:
     of many rows beats a call per stream; on the CPU each stream's own box is cheaper than the streams' common one."""
 
     name = "torch"
+    draws_layers = False
+    prepared_on_host = False
 
     def __init__(
         self,

@@ -37,7 +37,8 @@ SHIPPED = Path(__file__).with_name("weights") / "motion"
 # (its generator never drew: docs/training/motion.md); "residual" also runs a generator that draws a correction over
 # it: a picture a detector tells from the renderer's far less often, for about 1.7x the CPU time a frame (README,
 # "Which engine").
-SHIPPED_DRAWS = {"copy": "motion", "residual": "motion_residual"}  # folders beside SHIPPED
+CUTOUT_DRAW = "cutout"  # the cut-out draw (engines/tiny/cutout.py): no decoder graph, the copy folder's denoiser
+SHIPPED_DRAWS = {"copy": "motion", "residual": "motion_residual", CUTOUT_DRAW: "motion"}  # folders beside SHIPPED
 
 
 def motion_folder(weights: str | Path | None = None, draw: str = "copy") -> Path:

@@ -45,7 +45,7 @@ import numpy as np
 from avatarcast.engines.avatar_world import BUILTIN_AVATARS
 from avatarcast.engines.backends import BackendError, available_cores, cpu_name
 from avatarcast.engines.tiny.engine import TinyEngine
-from avatarcast.realtime.settings import AUTO, AUTO_ENGINE_HELP, default_engine
+from avatarcast.realtime.settings import AUTO, AUTO_ENGINE_HELP, Settings, default_engine
 from avatarcast.vocabulary import FPS
 
 
@@ -212,7 +212,9 @@ def run_bench(
 
         if backend not in ("onnxruntime", "torch"):
             raise BackendError("--engine motion runs on onnxruntime (the CPU) or torch (--weights DIR: another folder)")
-        draw = str((backend_options or {}).get("draw", "copy"))  # --opt draw=residual: the shipped residual folder
+        # --opt draw=copy|residual: a shipped folder's decoder; by default the draw `avatarcast serve` runs
+        draw = str((backend_options or {}).get("draw", "auto"))
+        draw = Settings(engine="motion", backend=backend, device=device or "auto", motion_draw=draw).motion_folder_draw
         engine = MotionEngine.from_folder(
             weights or None, steps=steps, threads=threads, draw=draw, backend=backend, device=device
         )

@@ -169,12 +169,21 @@ def test_settings_take_the_shipped_folder_or_ask_for_one_and_the_cpu(tmp_path, m
 
 
 def test_the_server_streams_the_motion_engine(folder):
-    """`serve --engine motion --weights DIR`: the session streams 8 fps frames of the avatar and reacts."""
+    """`serve --engine motion --weights DIR [--motion-draw cutout]`: the session streams 8 fps frames of the avatar
+    and reacts, drawn by the folder's decoder, or (the CPU's default draw) by the cut-out draw from its motions."""
+    for draw in ("copy", "cutout"):
+        _streams(folder, draw)
+
+
+def _streams(folder, draw: str) -> None:
     import websockets
 
     from tests.conftest import WsRecorder, running_server
 
-    with running_server(engine="motion", weights=str(folder), avatars="pip", threads=2) as (base, hub):
+    with running_server(engine="motion", weights=str(folder), avatars="pip", threads=2, motion_draw=draw) as (
+        base,
+        hub,
+    ):
 
         async def go() -> WsRecorder:
             url = base.replace("http://", "ws://") + "/v1/ws?avatar=pip"
@@ -199,6 +208,7 @@ def test_the_server_streams_the_motion_engine(folder):
         c = asyncio.run(go())
         live = hub.services.engine
         assert live.weights_hash == load_motion_manifest(folder).weights_hash
+        assert live.backend.draws_layers == (draw == "cutout")
         # clients' new avatars are prepared in a process of its own (realtime/prep.py), handed to the live engine
         assert hub.prep is not None and hub.prep.pid not in (None, os.getpid())
     hello = next(e["payload"] for e in c.events if e["type"] == "hello")

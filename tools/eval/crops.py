@@ -147,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--engine", choices=("tiny", "motion"), default="tiny", help="motion: architecture 3's exported folder"
     )
+    ap.add_argument(
+        "--motion-draw",
+        choices=("copy", "residual", "cutout"),
+        default="copy",
+        help="--engine motion: which draw (as `avatarcast serve --motion-draw`)",
+    )
     ap.add_argument("--out", default="docs/fidelity", help="folder for crops.png and crops.json")
     ap.add_argument("--emotion", default="happy")
     ap.add_argument("--avatars", default="", help="comma-separated (default: every built-in avatar)")
@@ -159,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     steps = args.steps if args.steps is not None else Settings().steps
     motion = tuple(args.motion) if args.motion else None
-    engine, _, weights = scored_engine(args.weights, args.engine, motion, steps=steps, threads=args.threads)
+    engine, _, weights = scored_engine(
+        args.weights, args.engine, motion, steps=steps, threads=args.threads, motion_draw=args.motion_draw
+    )
     avatars = [get_avatar(a.strip()) for a in args.avatars.split(",") if a.strip()] or list(BUILTIN_AVATARS)
     rows, shown = [], []
     for av in avatars:

@@ -91,7 +91,12 @@ class HalfResolution:
 
 
 def load_engine(
-    name: str, backend: str = "onnxruntime", steps: int = 2, threads: int | None = None, weights: str | None = None
+    name: str,
+    backend: str = "onnxruntime",
+    steps: int = 2,
+    threads: int | None = None,
+    weights: str | None = None,
+    draw: str = "copy",
 ):
     if name == "renderer":
         return RendererEngine()
@@ -103,7 +108,7 @@ def load_engine(
     if name == "motion":  # architecture 3 from an exported folder (tools.export_motion), as the server runs it
         from avatarcast.engines.tiny.motion_engine import MotionEngine
 
-        return MotionEngine.from_folder(weights or None, steps=steps, threads=threads)
+        return MotionEngine.from_folder(weights or None, steps=steps, threads=threads, draw=draw)
     raise ValueError(f"unknown engine {name!r}: tiny, motion or renderer")
 
 
@@ -391,6 +396,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--emotions", default="", help="comma-separated emotions (default: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--weights", default=None, help="engine weights dir (default: shipped)")
+    ap.add_argument(
+        "--motion-draw",
+        choices=("copy", "residual", "cutout"),
+        default="copy",
+        help="--engine motion: which draw (as `avatarcast serve --motion-draw`)",
+    )
     ap.add_argument("--classifier", default=None, help="classifier weights (default: shipped)")
     ap.add_argument("--out", default="docs/eval")
     ap.add_argument("--no-gif", action="store_true")
@@ -403,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    engine = load_engine(args.engine, args.backend, args.steps, args.threads, args.weights)
+    engine = load_engine(args.engine, args.backend, args.steps, args.threads, args.weights, args.motion_draw)
     if args.lowres:
         if not getattr(engine, "has_lowres", False):
             ap.error("--lowres needs the tiny engine with a half-resolution decoder (python -m tools.train_lowres)")

@@ -444,17 +444,18 @@ def run(
     log=print,
     motion: tuple[str, str] | None = None,
     engine_name: str = "tiny",
+    motion_draw: str = "copy",
 ) -> dict:
     """The fidelity eval of one weights folder (`engine_name` tiny, or motion: architecture 3's exported folder as
-    the server runs it, the shipped one by default), or of architecture 3's (decoder, denoiser) checkpoints given
-    as `motion` (the parts asked for); the report as a dict."""
+    the server runs it, the shipped one that draws as `motion_draw` says by default), or of architecture 3's
+    (decoder, denoiser) checkpoints given as `motion` (the parts asked for); the report as a dict."""
     from avatarcast.realtime.settings import Settings
 
     t0, c0 = time.time(), time.process_time()
     timing: dict = {"loadavg_start": _loadavg()}  # other processes' load makes wall times provisional
     torch.set_num_threads(torch_threads)
     steps = steps if steps is not None else Settings().steps  # the serving default
-    engine, backend, weights_path = scored_engine(weights, engine_name, motion, backend, steps, threads)
+    engine, backend, weights_path = scored_engine(weights, engine_name, motion, backend, steps, threads, motion_draw)
     avatars = holdout.eval_avatars(size.n_builtin, size.n_holdout)
     res: dict = {"avatars": [a.name for a in avatars], "size": asdict(size), "rerun": rerun, "parts": list(parts)}
     rec = gen = None
@@ -499,10 +500,11 @@ def scored_engine(
     backend: str = "onnxruntime",
     steps: int = 2,
     threads: int = 2,
+    motion_draw: str = "copy",
 ) -> tuple[Any, str, str]:
     """The engine an eval scores, with how its reports name its backend and weights: architecture 3's checkpoints on
     torch (`motion`: decoder, denoiser), its exported folder as the server runs it (`engine_name` motion; `weights`
-    None: the shipped one), or a tiny weights folder on `backend`."""
+    None: the shipped one that draws as `motion_draw` says), or a tiny weights folder on `backend`."""
     from avatarcast.engines.tiny.engine import TinyEngine
     from avatarcast.engines.tiny.motion_engine import MotionEngine
 
@@ -511,9 +513,10 @@ def scored_engine(
     if engine_name == "motion":
         from avatarcast.engines.tiny.motion_weights import motion_folder
 
-        folder = motion_folder(weights)
-        engine = MotionEngine.from_folder(folder, steps=steps, threads=threads)
-        return engine, "onnxruntime (architecture 3, as served)", str(folder)
+        folder = motion_folder(weights, motion_draw)
+        engine = MotionEngine.from_folder(folder, steps=steps, threads=threads, draw=motion_draw)
+        what = "the cut-out draw" if motion_draw == "cutout" else "as served"
+        return engine, f"onnxruntime (architecture 3, {what})", str(folder)
     engine = TinyEngine.load(weights, backend=backend, steps=steps, threads=threads)
     return engine, backend, str(engine.manifest.path)
 
@@ -536,6 +539,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=("tiny", "motion"),
         default="tiny",  # not the server's CPU default (motion): the reports' commands were run against tiny
         help="tiny (default) | motion: architecture 3's exported folder, as `avatarcast serve` runs it on the CPU",
+    )
+    ap.add_argument(
+        "--motion-draw",
+        choices=("copy", "residual", "cutout"),
+        default="copy",
+        help="--engine motion: which shipped draw (as `avatarcast serve --motion-draw`)",
     )
     ap.add_argument("--quick", action="store_true", help="the CI size: 3 avatars, 6 clips (< 1 min)")
     ap.add_argument("--backend", default="onnxruntime")
@@ -572,6 +581,7 @@ def main(argv: list[str] | None = None) -> int:
         log,
         tuple(args.motion) if args.motion else None,
         args.engine,
+        args.motion_draw,
     )
     res["meta"]["command"] = "python -m tools.eval.fidelity " + " ".join(argv if argv is not None else sys.argv[1:])
     out = Path(args.out)

@@ -1,0 +1,236 @@
+"""The avatar cut into layers: what the cut-out draw (engines/tiny/cutout.py) moves, drawn once per avatar.
+
+render_frame draws a frame as a list of steps on one canvas (shadow, legs, torso, head, face, arms, ...). Here each
+step of the canonical pose is drawn on its own canvas, and each limb's polyline is cut at its joint into two segments
+whose outlines and fills are separate layers (a polyline's outline goes under both its segments' fills). Moved by
+its part's rigid map (skeleton.PARTS, from the motion's keypoints) and laid over one another in this order, the
+layers give the avatar at the motion's pose with nothing to infer: every pixel the parts in front hide in the
+canonical pose (the torso under a lowered arm) is in its own layer.
+
+Layers are drawn at CUTOUT_SCALE times the frame's size (the renderer's own supersampling is on top): moving a
+finer picture and box-filtering it down blurs the strokes less than moving the frame itself.
+
+Like the canonical frame and the expression atlas (reference.py), the layers are the avatar's reference, drawn by the
+renderer when an avatar is prepared; serving never draws a frame with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from avatarcast.vocabulary import FRAME_HEIGHT, FRAME_WIDTH
+
+from . import render as R
+from .avatars import get_avatar
+from .motions import Pose
+from .reference import canonical_pose, expression_faces
+from .skeleton import FACE_FIELDS
+
+CUTOUT_SCALE = 2
+FACE = "face:"  # the face's layers: FACE + each of render.FACE_STEPS, a picture per atlas face (face_atlas)
+EYE = "@"  # face:<step>@<side>: an eye's or a brow's layer, one side (-1: screen left, 1: right)
+SKIN = ("head_back", "head")  # layers in the skin's colour, which the pose's face_red reddens (reddened)
+AT = "at:"  # a mover "at:<keypoint>": moved with that keypoint alone (a translation: the shoe, the hand)
+PAIR = "pair:"  # a mover "pair:<a>,<b>": the similarity taking two points to theirs (the wand's stick)
+# a mover "bone:<a>,<b>,<limb>": a limb segment from point a to b, stretched as render._ik stretches a reaching limb:
+# its round ends (bone_caps' radius for "leg" or "arm") move with a and b, the straight part between lengthens, and
+# its width stays (a similarity would thicken a stretched limb)
+BONE = "bone:"
+WAND_TIP = "wand_tip"  # a point the motion does not hold: where render._wand_tip puts it, from the right forearm
+
+Step = Callable[[R._Painter, R._Rig, R._Head], None]
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One step of the drawing, premultiplied float32 (h, w, 4) in [0, 1], cropped to where it is not transparent;
+    (row, column) of its first pixel in the frame at `scale` times the frame's size."""
+
+    name: str
+    mover: str  # a skeleton.PARTS name, AT + a point, PAIR + two points, or BONE + a limb segment (module constants)
+    row: int
+    col: int
+    pixels: np.ndarray
+    scale: int
+
+
+def steps(avatar, pose: Pose, k: float) -> list[tuple[str, str, Step]]:
+    """(name, mover, step) in render_frame's order; the limbs' polylines cut at the joints. k: the frame's height
+    over the renderer's reference height (render_frame's k)."""
+    av = get_avatar(avatar)
+    skin, body, limb, legc, shoe = R._palette(av, pose)
+    out: list[tuple[str, str, Step]] = [("shadow", "ground", lambda pt, rig, H: R._draw_shadow(pt, rig, k))]
+    if av.accessory == "backpack":
+        out.append(("backpack", "torso", lambda pt, rig, H: R._draw_backpack_back(pt, av, rig)))
+    out.append(("head_back", "head", lambda pt, rig, H: R._draw_head_back(pt, av, rig, H, skin)))
+
+    def segment(i: int, a: str, b: str, col, width: str, outline: bool) -> Step:
+        def step(pt: R._Painter, rig: R._Rig, H: R._Head) -> None:
+            w = getattr(rig, width) + (2.0 * rig.ol if outline else 0.0)
+            pt.line([getattr(rig, a)[i], getattr(rig, b)[i]], pt.ol if outline else col, w)
+
+        return step
+
+    for i, sd in ((0, "l"), (1, "r")):
+        thigh, shin = f"{BONE}hip_{sd},knee_{sd},leg", f"{BONE}knee_{sd},ankle_{sd},leg"
+        out += [
+            (f"thigh_outline_{sd}", thigh, segment(i, "hips", "knees", legc, "leg_w", True)),
+            (f"shin_outline_{sd}", shin, segment(i, "knees", "ankles", legc, "leg_w", True)),
+            (f"thigh_{sd}", thigh, segment(i, "hips", "knees", legc, "leg_w", False)),
+            (f"shin_{sd}", shin, segment(i, "knees", "ankles", legc, "leg_w", False)),
+            (f"foot_{sd}", f"{AT}ankle_{sd}", _foot(i, shoe)),
+        ]
+    out += [
+        ("torso", "torso", lambda pt, rig, H: R._draw_torso(pt, av, rig, body)),
+        ("accessory", "torso", lambda pt, rig, H: R._draw_accessory_front(pt, av, rig)),
+        ("head", "head", lambda pt, rig, H: R._draw_head(pt, av, rig, pose, H, skin)),
+    ]
+    for step in R.FACE_STEPS:  # the eyes and brows one side a layer: each eye opens and grows about its own centre,
+        if step in R._SIDED_STEPS:  # each brow rises on its own
+            out += [(f"{FACE}{step}{EYE}{sd}", "face", _eye_step(step, sd, av, pose, skin)) for sd in (-1, 1)]
+        else:
+            out.append((FACE + step, "face", _face_step(step, av, pose, skin)))
+    out += [("head_front", "head", lambda pt, rig, H: R._draw_head_front(pt, av, rig, H))]
+    for i, sd in ((0, "l"), (1, "r")):
+        upper, fore = f"{BONE}shoulder_{sd},elbow_{sd},arm", f"{BONE}elbow_{sd},hand_{sd},arm"
+        out += [
+            (f"upper_arm_outline_{sd}", upper, segment(i, "shoulders", "elbows", limb, "arm_w", True)),
+            (f"forearm_outline_{sd}", fore, segment(i, "elbows", "hands", limb, "arm_w", True)),
+            (f"upper_arm_{sd}", upper, segment(i, "shoulders", "elbows", limb, "arm_w", False)),
+            (f"forearm_{sd}", fore, segment(i, "elbows", "hands", limb, "arm_w", False)),
+            (f"hand_{sd}", f"{AT}hand_{sd}", _hand(i, av.skin)),
+        ]
+    if av.accessory == "star_wand":  # the stick turns with the forearm, the star stays upright (render._wand_tip)
+        out.append(("wand_stick", f"{PAIR}hand_r,{WAND_TIP}", lambda pt, rig, H: R._draw_wand(pt, av, rig, "stick")))
+        out.append(("wand_star", f"{AT}{WAND_TIP}", lambda pt, rig, H: R._draw_wand(pt, av, rig, "star")))
+    return out
+
+
+def _foot(i: int, shoe) -> Step:
+    return lambda pt, rig, H: R._draw_foot(pt, rig, i, shoe)
+
+
+def _hand(i: int, skin) -> Step:
+    return lambda pt, rig, H: R._draw_hand(pt, rig, i, skin)
+
+
+def _eye_step(step: str, sd: int, av, pose: Pose, skin) -> Step:
+    return lambda pt, rig, H: R._draw_face_side(step, pt, av, pose, H, skin, sd)
+
+
+def _face_step(step: str, av, pose: Pose, skin) -> Step:
+    return lambda pt, rig, H: R._draw_face_step(step, pt, av, pose, H, skin)
+
+
+def _draw(avatar, pose: Pose, names: set[str] | None, scale: int, head_only: bool = False) -> list[Layer]:
+    av = get_avatar(avatar)
+    width, height = FRAME_WIDTH * scale, FRAME_HEIGHT * scale
+    rig = R._rig(av, pose, width, height)
+    H = R._Head(rig)
+    x0, x1 = R._band(rig, width, height)
+    y0, y1 = 0, height
+    if head_only:  # the face's steps: a canvas around the head (a fraction of the band's pixels)
+        (cx, cy), reach = rig.head_c, 1.6 * rig.head_r
+        x0, x1 = max(x0, int(cx - reach)), min(x1, int(cx + reach) + 1)
+        y0, y1 = max(0, int(cy - reach)), min(height, int(cy + reach) + 1)
+    out = []
+    for name, mover, step in steps(av, pose, height / R.REF_H):
+        if names is not None and name not in names:
+            continue
+        img = Image.new("RGBa", ((x1 - x0) * R.SS, (y1 - y0) * R.SS), (0, 0, 0, 0))
+        step(R._Painter(img, R.SS, x0, y0, av.outline), rig, H)
+        # the box filter on the premultiplied canvas, as render_frame's _finish, kept premultiplied
+        px = np.asarray(img.reduce(R.SS) if R.SS > 1 else img, np.float32) / 255.0
+        rows, cols = np.nonzero(px[..., 3] > 0)
+        if len(rows) == 0:  # a step that draws nothing for this avatar (no accessory in front)
+            continue
+        r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        out.append(Layer(name, mover, int(r0 + y0), int(c0 + x0), np.ascontiguousarray(px[r0:r1, c0:c1]), scale))
+    return out
+
+
+def cutout_layers(avatar, scale: int = CUTOUT_SCALE) -> list[Layer]:
+    """The avatar's layers in canonical_pose, in drawing order (its canonical face's steps among them)."""
+    return _draw(avatar, canonical_pose(), None, scale)
+
+
+def atlas_poses() -> list[Pose]:
+    """The poses whose faces the cut-out draw picks from: the canonical face, each emotion's typical one
+    (reference.expression_faces, architecture 3's atlas), and each of those blinking (eyes shut)."""
+    canon = canonical_pose()
+    faces = [{f: getattr(canon, f) for f in FACE_FIELDS}] + [dict(face) for _, face in expression_faces()]
+    faces += [{**face, "eye_open": 0.0} for face in faces]
+    return [dataclasses.replace(canon, **face) for face in faces]
+
+
+@dataclass(frozen=True)
+class FaceAtlas:
+    """Each face step's pictures (one per atlas pose, in canonical_pose's place) and the poses' face fields."""
+
+    fields: np.ndarray  # (E, len(FACE_FIELDS))
+    layers: dict[str, list[Layer | None]]  # step (an eye's: step@side) -> E pictures (None: nothing drawn there)
+    pupil_reach: np.ndarray  # (E, 2) head radii per unit of pupil_x, pupil_y (render.pupil_reach; 0: no pupils)
+    brow_heights: np.ndarray  # (E, 2) each side's render.brow_height past the face keypoint (left, right), head radii
+
+
+def face_atlas(avatar, scale: int = CUTOUT_SCALE) -> FaceAtlas:
+    """The face steps drawn in each of atlas_poses (on a canvas around the head)."""
+    av = get_avatar(avatar)
+    poses = atlas_poses()
+    names = [x for x, _, _ in steps(av, canonical_pose(), 1.0) if x.startswith(FACE)]
+    layers: dict[str, list[Layer | None]] = {x[len(FACE) :]: [] for x in names}
+    for q in poses:
+        got = {x.name: x for x in _draw(av, q, set(names), scale, head_only=True)}
+        for x in names:
+            layers[x[len(FACE) :]].append(got.get(x))
+    reach = np.array([R.pupil_reach(av, q) or (0.0, 0.0) for q in poses], np.float32)
+    fields = np.array([[getattr(q, f) for f in FACE_FIELDS] for q in poses], np.float32)
+    # from the face keypoint, which the face's layers move with (brow_height counts the face's own offset)
+    brows = np.array([[R.brow_height(q, sd) - R.face_offset(q)[1] for sd in (-1, 1)] for q in poses], np.float32)
+    return FaceAtlas(fields, layers, reach, brows)
+
+
+def bone_caps(avatar) -> dict[str, float]:
+    """The radius of a limb's outlined stroke (its round ends), frame pixels: "leg" and "arm"."""
+    rig = R._rig(get_avatar(avatar), canonical_pose(), FRAME_WIDTH, FRAME_HEIGHT)
+    return {"leg": rig.leg_w / 2.0 + rig.ol, "arm": rig.arm_w / 2.0 + rig.ol}
+
+
+def eye_centres(avatar, scale: int = CUTOUT_SCALE) -> np.ndarray:
+    """(2, 2): the canonical pose's eye centres (screen left, right), (x, y) in the frame's pixels at `scale`."""
+    av = get_avatar(avatar)
+    q = canonical_pose()
+    H = R._Head(R._rig(av, q, FRAME_WIDTH * scale, FRAME_HEIGHT * scale))
+    return np.array([R.eye_centre(q, H, sd) for sd in (-1, 1)])
+
+
+def reddened(avatar, scale: int = CUTOUT_SCALE) -> list[Layer]:
+    """The SKIN layers with the face fully red (face_red 1): a frame's skin is the mix of these and the canonical
+    ones by its face_red (render._palette mixes the colour linearly, and the shapes do not change)."""
+    return _draw(avatar, dataclasses.replace(canonical_pose(), face_red=1.0), set(SKIN), scale)
+
+
+__all__ = [
+    "AT",
+    "BONE",
+    "CUTOUT_SCALE",
+    "EYE",
+    "FACE",
+    "PAIR",
+    "SKIN",
+    "WAND_TIP",
+    "FaceAtlas",
+    "Layer",
+    "atlas_poses",
+    "bone_caps",
+    "cutout_layers",
+    "eye_centres",
+    "face_atlas",
+    "reddened",
+    "steps",
+]

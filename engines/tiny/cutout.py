@@ -1,0 +1,432 @@
+"""The cut-out draw: architecture 3's motion drawn by moving the avatar's layers, in numpy (issue 16).
+
+The learnt decoder (engines/tiny/motion.py) moves ONE canonical frame with a grid mixed from the parts' maps by a
+mask network; where parts overlap or a lowered arm uncovers the torso it can only blend coordinates, which tears
+outlines, and a 1x frame moved by bilinear sampling blurs every stroke. Measured with the true motion on 12 held-out
+frames (docs/training/motion.md, "The cut-out draw"): the copy decoder 23.5 dB avatar PSNR; the cut-out draw 27.5 dB
+(28.6 with the exact face instead of the nearest atlas face).
+
+Here the avatar comes as layers (engines/avatar_world/layers.py: the canonical pose drawn step by step at
+CUTOUT_SCALE times the frame's size, each limb's outline and fill apart, drawn once per avatar). A frame:
+1. each part's rigid map from the motion's keypoints to the canonical ones (`part_maps`, the numpy twin of
+   motion.part_maps; a shoe and a hand move with their keypoint alone);
+2. each layer sampled bilinearly where its map sends the frame's sub-pixels (CUTOUT_SCALE x CUTOUT_SCALE a pixel),
+   only over the box its moved rectangle covers, and laid 'over' the layers before it, in the drawing order;
+3. the face layer is the avatar's atlas face nearest the motion's face fields (as the learnt decoder's prior picks);
+4. the sub-pixels box-filtered to pixels.
+No network: the motion denoiser is the model that moves; this draws its motions from the avatar's own pictures.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from avatarcast.engines.avatar_world import get_avatar
+from avatarcast.engines.avatar_world.layers import (
+    AT,
+    BONE,
+    CUTOUT_SCALE,
+    EYE,
+    FACE,
+    PAIR,
+    SKIN,
+    WAND_TIP,
+    Layer,
+    bone_caps,
+    cutout_layers,
+    eye_centres,
+    face_atlas,
+    reddened,
+)
+from avatarcast.engines.avatar_world.motions import Pose
+from avatarcast.engines.avatar_world.render import brow_height, face_offset, wand_reach
+from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, FACE_FIELDS, KEYPOINTS, N_POINTS, PARTS, to_window
+from avatarcast.engines.backends.base import BackendError
+from avatarcast.engines.backends.host import available_cores
+from avatarcast.engines.backends.onnxruntime_backend import denoise_feeds, load_session
+from avatarcast.engines.tiny.config import TinyConfig
+from avatarcast.engines.tiny.motion_weights import MotionManifest
+
+_PART = {name: i for i, (name, _) in enumerate(PARTS)}
+_KP = {name: i for i, name in enumerate(KEYPOINTS)}
+
+
+def _similarity(t1, t2, r1, r2, eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    u, v = t2 - t1, r2 - r1
+    den = (u * u).sum(-1) + eps
+    re = (v[..., 0] * u[..., 0] + v[..., 1] * u[..., 1]) / den
+    im = (v[..., 1] * u[..., 0] - v[..., 0] * u[..., 1]) / den
+    A = np.array([[re, -im], [im, re]])
+    return A, r1 - A @ t1
+
+
+def _affine(t0, t1, t2, r0, r1, r2, eps: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    U = np.stack([t1 - t0, t2 - t0], -1)
+    V = np.stack([r1 - r0, r2 - r0], -1)
+    det = U[0, 0] * U[1, 1] - U[0, 1] * U[1, 0]
+    det = eps if abs(det) < eps else det
+    inv = np.array([[U[1, 1], -U[0, 1]], [-U[1, 0], U[0, 0]]]) / det
+    A = V @ inv
+    return A, r0 - A @ t0
+
+
+def part_maps(kp_t: np.ndarray, kp_r: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each part's map from a frame to the reference, ref = A @ target + b, in normalized window coordinates:
+    kp_t, kp_r (N_POINTS, 2) -> A (N_PARTS, 2, 2), b (N_PARTS, 2). The numpy twin of motion.part_maps (float64;
+    tests/engines/test_cutout.py checks they agree)."""
+    s = np.array([w / 2.0, h / 2.0])
+    pt, pr = np.asarray(kp_t, np.float64) * s, np.asarray(kp_r, np.float64) * s  # pixels: no aspect in the maps
+    As, bs = [], []
+    for _, idx in PARTS:
+        if len(idx) == 2:
+            A, b = _similarity(pt[idx[0]], pt[idx[1]], pr[idx[0]], pr[idx[1]])
+        elif len(idx) == 3:
+            A, b = _affine(*(pt[i] for i in idx), *(pr[i] for i in idx))
+        else:
+            A, b = np.eye(2), np.zeros(2)
+        As.append(A)
+        bs.append(b)
+    A, b = np.stack(As), np.stack(bs)
+    return A * s[None, None, :] / s[None, :, None], b / s
+
+
+def _pair_map(t1, t2, r1, r2, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+    """The similarity taking points t1, t2 to r1, r2 (normalized window coordinates), as part_maps makes a part's."""
+    s = np.array([w / 2.0, h / 2.0])
+    A, b = _similarity(t1 * s, t2 * s, r1 * s, r2 * s)
+    return A * s[None, :] / s[:, None], b / s
+
+
+@dataclass(frozen=True)
+class _WindowLayer:
+    mover: str
+    row: int  # first pixel of `pixels` (without its border) in the window at `scale`
+    col: int
+    pixels: np.ndarray  # (h + 2, w + 2, 4) premultiplied float32, a transparent border of one pixel
+
+
+# Which face fields pick each face step's picture from the atlas (the nearest, within the same kind of eye: open,
+# shut or heart); the pupils, lids and glasses go with the eyes' pick (the pupils then move inside them).
+_PICK_FIELDS = {
+    "blush": ("blush", "face_red"),
+    "eyes": ("eye_open", "eye_scale", "eye_curve", "eye_heart", "mouth_smile"),
+    "brows": ("brow_angle", "eye_scale"),  # their height is moved to the motion's (render.brow_height)
+    "mouth": ("mouth_open", "mouth_smile", "mouth_width", "mouth_wavy", "mouth_teeth"),
+}
+_WITH_EYES = ("pupils", "lids", "glasses")
+_F = {f: i for i, f in enumerate(FACE_FIELDS)}
+
+
+def _eye_stretch(motion: np.ndarray, entry: np.ndarray) -> np.ndarray:
+    """(x, y): how much wider and taller the motion's eyes are than the atlas entry's (render._eye_shape: an open
+    eye's radii grow with max(0.5, eye_scale), its height with min(1.5, eye_open) too; a shut one's width with the
+    scale; a heart with the scale)."""
+    face = motion[EXPR_OFFSET : EXPR_OFFSET + len(FACE_FIELDS)]
+    es_t, es_e = max(0.5, face[_F["eye_scale"]]), max(0.5, entry[_F["eye_scale"]])
+    k = _eye_kind(entry)
+    if k == 0:
+        op_t, op_e = min(1.5, face[_F["eye_open"]]), min(1.5, entry[_F["eye_open"]])
+        return np.array([es_t / es_e, es_t * op_t / (es_e * op_e)])
+    if k == 1:
+        return np.array([es_t / es_e, 1.0])
+    return np.array([es_t / es_e, es_t / es_e])
+
+
+def _eye_kind(fields: np.ndarray) -> np.ndarray:
+    """0 open, 1 shut, 2 heart, as render._draw_eye tells them apart."""
+    return np.where(fields[..., _F["eye_heart"]] > 0.5, 2, np.where(fields[..., _F["eye_open"]] < 0.22, 1, 0))
+
+
+@dataclass(frozen=True)
+class CutoutAvatar:
+    """One avatar's layers in the decoder's window, its face atlas and its canonical keypoints: what the cut-out draw
+    needs, computed once per avatar (a few MB)."""
+
+    layers: tuple[_WindowLayer, ...]  # drawing order (the face's steps in the canonical face's pictures)
+    kinds: tuple[str, ...]  # per layer: "" (as it is), a face step (picked from the atlas), or "skin" (reddened)
+    faces: dict[str, tuple[_WindowLayer | None, ...]]  # face step -> its picture in each atlas pose
+    face_fields: np.ndarray  # (E, len(FACE_FIELDS)) the atlas poses' face fields
+    face_scale: np.ndarray  # (len(FACE_FIELDS),): how far apart the atlas's faces are, per field
+    pupil_px: np.ndarray  # (E, 2, 2): the window-pixel move of the pupils per unit of pupil_x, pupil_y (columns)
+    brow_heights: np.ndarray  # (E, 2): each atlas pose's brows (render.brow_height), screen left and right
+    head_axes: np.ndarray  # (2, 2): the canonical head's x and y axes (columns), one head radius long, window pixels
+    red: dict[int, _WindowLayer]  # layer index -> that SKIN layer with face_red 1
+    kp_ref: np.ndarray  # (N_POINTS, 2) canonical keypoints, normalized window coordinates
+    scale: int
+    window_hw: tuple[int, int]  # the window the layers are placed in (TinyConfig's pad_height, window_width)
+    wand: tuple[float, float]  # render.wand_reach in window pixels: where WAND_TIP is from the right forearm
+    eyes: np.ndarray  # (2, 2) the canonical eye centres (screen left, right), normalized window coordinates
+    caps: dict[str, float]  # layers.bone_caps in window pixels: a limb segment's round ends
+
+    def points(self, kp: np.ndarray) -> dict[str, np.ndarray]:
+        """The named points a layer may move with (normalized window coordinates): the keypoints and WAND_TIP."""
+        H, W = self.window_hw
+        half = np.array([W / 2.0, H / 2.0])
+        hand, elbow = kp[_KP["hand_r"]], kp[_KP["elbow_r"]]
+        d = (hand - elbow) * half
+        d = d / (np.hypot(*d) or 1.0)
+        along, up = self.wand
+        return {WAND_TIP: hand + (d * along + np.array([0.0, -up])) / half}
+
+    def pick(self, step: str, motion: np.ndarray) -> int:
+        """The atlas pose whose picture of face step `step` is nearest the motion's face fields."""
+        face = np.asarray(motion[EXPR_OFFSET : EXPR_OFFSET + len(FACE_FIELDS)], np.float64)
+        idx = [_F[f] for f in _PICK_FIELDS["eyes" if step in _WITH_EYES else step]]
+        d2 = (((face[idx] - self.face_fields[:, idx]) / self.face_scale[idx]) ** 2).sum(1)
+        if step == "eyes" or step in _WITH_EYES:
+            d2 = d2 + 1e6 * (_eye_kind(self.face_fields) != _eye_kind(face))  # never an open eye for a shut one
+        return int(np.argmin(d2))
+
+
+def _in_window(layer: Layer, window: TinyConfig) -> _WindowLayer:
+    s = layer.scale
+    px = np.pad(layer.pixels, ((1, 1), (1, 1), (0, 0)))
+    return _WindowLayer(layer.mover, layer.row + window.pad_top * s, layer.col - window.window_x0 * s, px)
+
+
+def prepare(avatar, ref_motion: np.ndarray, window: TinyConfig, scale: int = CUTOUT_SCALE) -> CutoutAvatar:
+    """The avatar cut into layers (the renderer draws them once), placed in the window. ref_motion: the canonical
+    pose's raw motion vector (its keypoints are where the layers are)."""
+    raw = cutout_layers(avatar, scale)
+    atlas = face_atlas(avatar, scale)
+    red_raw = {x.name: x for x in reddened(avatar, scale)}
+    kinds = tuple(x.name[len(FACE) :] if x.name.startswith(FACE) else "skin" if x.name in SKIN else "" for x in raw)
+    red = {}
+    for i, x in enumerate(raw):
+        got = red_raw.get(x.name)
+        if got is not None and got.pixels.shape == x.pixels.shape and (got.row, got.col) == (x.row, x.col):
+            red[i] = _in_window(got, window)
+    kp = np.asarray(ref_motion[: 2 * N_POINTS], np.float64).reshape(N_POINTS, 2)
+    # the pupils' move: head radii along the canonical head's axes -> window pixels
+    half = np.array([window.window_width / 2.0, window.pad_height / 2.0])
+    up = (kp[_KP["head_up"]] - kp[_KP["head_centre"]]) * half  # one head radius along the head's (0, -1)
+    right = np.array([-up[1], up[0]])  # the head's (1, 0): up turned a quarter clockwise (y down)
+    axes = np.stack([right, -up], 1)  # columns: the head's x and y axes, one head radius long, window pixels
+    pupil_px = np.einsum("ij,ej->eij", axes, atlas.pupil_reach.astype(np.float64))
+    return CutoutAvatar(
+        tuple(_in_window(x, window) for x in raw),
+        kinds,
+        {k: tuple(None if x is None else _in_window(x, window) for x in v) for k, v in atlas.layers.items()},
+        atlas.fields,
+        np.maximum(atlas.fields.std(0, ddof=1), 0.05).astype(np.float32),
+        pupil_px,
+        atlas.brow_heights.astype(np.float64),
+        axes,
+        red,
+        kp,
+        scale,
+        (window.pad_height, window.window_width),
+        wand_reach(get_avatar(avatar)),
+        to_window(eye_centres(avatar, 1), window.window_x0, window.window_width, window.pad_top, window.pad_height),
+        bone_caps(avatar),
+    )
+
+
+def _sample(px: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Bilinear samples of a bordered layer (h + 2, w + 2, 4) at pixel coordinates (u, v) of the unbordered picture
+    (pixel i spans [i, i + 1)); transparent outside, as grid_sample's zero padding: a point outside is clamped into
+    the transparent border, where all four of its neighbours are."""
+    hp, wp = px.shape[:2]
+    x = np.clip(u + 0.5, 0.0, wp - 1.001)  # index space of the bordered picture (u - 0.5, one border pixel)
+    y = np.clip(v + 0.5, 0.0, hp - 1.001)
+    x0, y0 = np.floor(x), np.floor(y)
+    fx, fy = (x - x0).astype(np.float32), (y - y0).astype(np.float32)
+    i = y0.astype(np.intp) * wp + x0.astype(np.intp)
+    flat = px.reshape(-1, 4)
+    fx1, fy1 = 1.0 - fx, 1.0 - fy
+    out = np.take(flat, i, 0) * (fx1 * fy1)[..., None]
+    out += np.take(flat, i + 1, 0) * (fx * fy1)[..., None]
+    out += np.take(flat, i + wp, 0) * (fx1 * fy)[..., None]
+    out += np.take(flat, i + wp + 1, 0) * (fx * fy)[..., None]
+    return out
+
+
+def draw(avatar: CutoutAvatar, motions: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Raw motions (n, D) -> the window's `box` (row, column, height, width), premultiplied float32 (n, 4, h, w) in
+    [-1, 1] (the learnt decoder's output convention: engines/tiny/motion_engine.py lays the effects over it)."""
+    (H, W), s = avatar.window_hw, avatar.scale
+    y0, x0, bh, bw = box
+    out = np.empty((len(motions), 4, bh, bw), np.float32)
+    # the sub-pixel centres of the box, normalized window coordinates
+    ys = ((np.arange(bh * s) + y0 * s + 0.5) / (H * s)) * 2.0 - 1.0
+    xs = ((np.arange(bw * s) + x0 * s + 0.5) / (W * s)) * 2.0 - 1.0
+    for n, m in enumerate(np.asarray(motions, np.float64)):
+        kp = m[: 2 * N_POINTS].reshape(N_POINTS, 2)
+        A, b = part_maps(kp, avatar.kp_ref, W, H)
+        extra_t, extra_r = avatar.points(kp), avatar.points(avatar.kp_ref)
+
+        def point(name: str, kp_: np.ndarray, extra: dict) -> np.ndarray:
+            return extra[name] if name in extra else kp_[_KP[name]]
+
+        canvas = np.zeros((bh * s, bw * s, 4), np.float32)
+        eyes = avatar.pick("eyes", m)
+        red = float(np.clip(m[EXPR_OFFSET + _F["face_red"]], 0.0, 1.0))
+        for i, layer in enumerate(avatar.layers):
+            kind = avatar.kinds[i]
+            shift = np.zeros(2)  # a move in the reference (window pixels at scale 1) before the part's map
+            eye_scale, centre = None, None  # an eye's stretch (x, y) about its centre, in the reference
+            if kind == "skin":
+                if red > 0.0 and i in avatar.red:
+                    red_px = avatar.red[i].pixels
+                    layer = _WindowLayer(layer.mover, layer.row, layer.col, layer.pixels * (1.0 - red) + red_px * red)
+            elif kind:
+                step, _, side = kind.partition(EYE)
+                pick = eyes if step in _WITH_EYES or step == "eyes" else avatar.pick(step, m)
+                got = avatar.faces[kind][pick]
+                if got is None:
+                    continue
+                layer = got
+                if step == "pupils":
+                    face = m[EXPR_OFFSET + _F["pupil_x"] : EXPR_OFFSET + _F["pupil_y"] + 1]
+                    shift = avatar.pupil_px[pick] @ (face - avatar.face_fields[pick, [_F["pupil_x"], _F["pupil_y"]]])
+                if step == "brows":  # raised or lowered on its own (render.brow_height), along the head's y axis
+                    k = 0 if side == "-1" else 1
+                    pose = Pose(**dict(zip(FACE_FIELDS, m[EXPR_OFFSET : EXPR_OFFSET + len(FACE_FIELDS)].tolist())))
+                    # past where the face keypoint (which the face's map follows) took it: brow_height counts it
+                    to = brow_height(pose, int(side)) - face_offset(pose)[1]
+                    shift = avatar.head_axes[:, 1] * (to - avatar.brow_heights[pick, k])
+                elif side:
+                    eye_scale = _eye_stretch(m, avatar.face_fields[pick])
+                    centre = avatar.eyes[0 if side == "-1" else 1]
+            if layer.mover.startswith(BONE):
+                p, q, limb = layer.mover[len(BONE) :].split(",")
+                _lay_bone(
+                    canvas, layer, (kp[_KP[p]], kp[_KP[q]]), (avatar.kp_ref[_KP[p]], avatar.kp_ref[_KP[q]]),
+                    avatar.caps[limb], xs, ys, H * s, W * s, s,
+                )  # fmt: skip
+                continue
+            if layer.mover.startswith(AT):
+                name = layer.mover[len(AT) :]
+                Ai, bi = np.eye(2), point(name, avatar.kp_ref, extra_r) - point(name, kp, extra_t)
+            elif layer.mover.startswith(PAIR):
+                p, q = layer.mover[len(PAIR) :].split(",")
+                Ai, bi = _pair_map(
+                    point(p, kp, extra_t), point(q, kp, extra_t), point(p, avatar.kp_ref, extra_r),
+                    point(q, avatar.kp_ref, extra_r), W, H,
+                )  # fmt: skip
+            else:
+                j = _PART[layer.mover]
+                Ai, bi = A[j], b[j]
+            if shift.any():
+                bi = bi - shift / np.array([W / 2.0, H / 2.0])
+            if eye_scale is not None and centre is not None:  # read the picture at c + (ref - c) / stretch
+                inv = 1.0 / eye_scale
+                Ai, bi = Ai * inv[:, None], centre + (bi - centre) * inv
+            _lay(canvas, layer, Ai, bi, xs, ys, H * s, W * s)
+        # the sub-pixels' box filter, then [-1, 1]
+        px = canvas[0::s, 0::s].copy()
+        for i in range(s):
+            for j in range(s):
+                if i or j:
+                    px += canvas[i::s, j::s]
+        out[n] = px.transpose(2, 0, 1) * (2.0 / (s * s)) - 1.0
+    return out
+
+
+def _lay_bone(canvas, layer: _WindowLayer, target, ref, cap: float, xs, ys, Hs: int, Ws: int, s: int) -> None:
+    """A limb segment's layer laid from its reference bone ref = (a, b) to the frame's target = (a, b) (normalized
+    window coordinates): along the bone, the first and last `cap` pixels move with their ends and the rest stretches
+    between; across it, pixels keep their distance from the bone (layers.BONE)."""
+    half = np.array([Ws / 2.0, Hs / 2.0])  # normalized -> pixels at the layers' scale
+    at, bt = (np.asarray(target[0]) + 1.0) * half, (np.asarray(target[1]) + 1.0) * half
+    ar, br = (np.asarray(ref[0]) + 1.0) * half, (np.asarray(ref[1]) + 1.0) * half
+    cap = cap * s
+    lt, lr = float(np.hypot(*(bt - at))), float(np.hypot(*(br - ar)))
+    if lt < 1e-6 or lr < 1e-6:
+        return
+    dt, dr = (bt - at) / lt, (br - ar) / lr
+    nt, nr = np.array([-dt[1], dt[0]]), np.array([-dr[1], dr[0]])
+    # the frame's pixels the segment can reach: its ends and a cap (and a pixel) around them
+    reach = cap + 2.0 * s
+    lo, hi = np.minimum(at, bt) - reach, np.maximum(at, bt) + reach
+    px_x, px_y = (xs + 1.0) * half[0], (ys + 1.0) * half[1]
+    c0, c1 = np.searchsorted(px_x, lo[0]), np.searchsorted(px_x, hi[0])
+    r0, r1 = np.searchsorted(px_y, lo[1]), np.searchsorted(px_y, hi[1])
+    if c1 <= c0 or r1 <= r0:
+        return
+    gx, gy = px_x[c0:c1][None, :] - at[0], px_y[r0:r1][:, None] - at[1]
+    u = gx * dt[0] + gy * dt[1]
+    v = gx * nt[0] + gy * nt[1]
+    if lt > 2.0 * cap and lr > 2.0 * cap:
+        k = (lr - 2.0 * cap) / (lt - 2.0 * cap)
+        ur = np.where(u < cap, u, np.where(u > lt - cap, u - lt + lr, cap + (u - cap) * k))
+    else:
+        ur = u * (lr / lt)
+    qx = ar[0] + ur * dr[0] + v * nr[0]  # the reference's pixels (at the layers' scale)
+    qy = ar[1] + ur * dr[1] + v * nr[1]
+    got = _sample(layer.pixels, qx - layer.col, qy - layer.row)
+    under = canvas[r0:r1, c0:c1]
+    under *= 1.0 - got[..., 3:4]
+    under += got
+
+
+def _lay(canvas, layer: _WindowLayer, A, b, xs, ys, Hs: int, Ws: int) -> None:
+    """One layer moved by ref = A @ target + b, laid over the canvas (in place) where its rectangle lands."""
+    h, w = layer.pixels.shape[0] - 2, layer.pixels.shape[1] - 2
+    # the layer's rectangle (one pixel grown: bilinear reaches it) in normalized reference coordinates
+    rx = (np.array([layer.col - 1, layer.col + w + 1]) / Ws) * 2.0 - 1.0
+    ry = (np.array([layer.row - 1, layer.row + h + 1]) / Hs) * 2.0 - 1.0
+    corners = np.array([[rx[i], ry[j]] for i in (0, 1) for j in (0, 1)])
+    det = A[0, 0] * A[1, 1] - A[0, 1] * A[1, 0]
+    if abs(det) < 1e-9:
+        return
+    inv = np.array([[A[1, 1], -A[0, 1]], [-A[1, 0], A[0, 0]]]) / det
+    t = (corners - b) @ inv.T  # where they land in the frame
+    c0, c1 = np.searchsorted(xs, t[:, 0].min()), np.searchsorted(xs, t[:, 0].max())
+    r0, r1 = np.searchsorted(ys, t[:, 1].min()), np.searchsorted(ys, t[:, 1].max())
+    if c1 <= c0 or r1 <= r0:
+        return
+    gx, gy = xs[c0:c1][None, :], ys[r0:r1][:, None]
+    qx = A[0, 0] * gx + A[0, 1] * gy + b[0]  # where each sub-pixel reads the reference, normalized
+    qy = A[1, 0] * gx + A[1, 1] * gy + b[1]
+    u = (qx + 1.0) * 0.5 * Ws - layer.col
+    v = (qy + 1.0) * 0.5 * Hs - layer.row
+    got = _sample(layer.pixels, u, v)
+    under = canvas[r0:r1, c0:c1]
+    under *= 1.0 - got[..., 3:4]
+    under += got
+
+
+class CutoutMotionBackend:
+    """A MotionBackend (engines/tiny/motion_backends.py) that draws with the cut-out draw and denoises with an exported
+    folder's denoiser graph on onnxruntime (its decoder graphs are not loaded). numpy on the host, no torch."""
+
+    name = "onnxruntime"
+    atlas = 0
+    cheaper_draw = False
+    compose_device: str | None = None
+    batch_streams = False
+    draws_layers = True
+    prepared_on_host = True  # a CutoutAvatar is numpy arrays: realtime/prep.py's process prepares it
+
+    def __init__(self, manifest: MotionManifest, threads: int | None = None, verify: bool = True):
+        self.manifest = manifest
+        self.threads = int(threads) if threads else available_cores()
+        self._session = load_session(manifest.graph("denoiser", verify=verify), self.threads, ["CPUExecutionProvider"])
+        self._lock = threading.Lock()
+
+    def prepare(self, ref_win: np.ndarray, atlas: np.ndarray | None) -> Any:
+        raise BackendError("the cut-out draw prepares an avatar's layers (cutout.prepare), not a reference frame")
+
+    def draw(
+        self,
+        ref: CutoutAvatar,
+        motions: np.ndarray,
+        ref_motion: np.ndarray,
+        box: tuple[int, int, int, int],
+        cheaper: bool = False,
+    ) -> np.ndarray:
+        if cheaper:
+            raise BackendError("the cut-out draw has no cheaper draw")
+        return draw(ref, motions, box)
+
+    def denoise(self, x, t, d, ctx, ref, emotion, intensity) -> np.ndarray:
+        with self._lock:
+            return self._session.run(None, denoise_feeds(x, t, d, ctx, ref, emotion, intensity))[0]
+
+
+__all__ = ["CutoutAvatar", "CutoutMotionBackend", "draw", "part_maps", "prepare"]

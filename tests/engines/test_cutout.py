@@ -1,0 +1,147 @@
+"""The cut-out draw (engines/tiny/cutout.py): the avatar's layers moved by the motion, against the renderer's frames.
+
+Reconstruction here is the fidelity eval's: a held-out pose's true motion drawn, and compared with the renderer's frame
+of that pose. The thresholds sit between what the learnt decoders reach (the copy decoder 23.5 dB avatar PSNR on such
+frames, docs/training/motion.md) and what the cut-out draw measured when they were written (27.5-29.8 dB), so a
+regression to the learnt decoders' picture fails them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+
+import numpy as np
+import pytest
+
+from avatarcast.engines.avatar_world.layers import FACE, cutout_layers, face_atlas
+from avatarcast.engines.avatar_world.motions import pose_at, sample_variation
+from avatarcast.engines.avatar_world.reference import canonical_pose
+from avatarcast.engines.avatar_world.render import landmarks, render_frame
+from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, FACE_FIELDS, N_POINTS
+from avatarcast.engines.backends.base import BackendError
+from avatarcast.engines.tiny import cutout
+from avatarcast.engines.tiny.motion_engine import MotionEngine
+from tools.eval import fidelity_metrics as fm
+
+
+@pytest.fixture(scope="module")
+def engine() -> MotionEngine:
+    return MotionEngine.from_folder(None, draw="cutout", threads=1)
+
+
+def _scores(engine: MotionEngine, avatar: str, q) -> tuple[float, float, float]:
+    r = render_frame(avatar, q)
+    g = engine.draw(avatar, engine.motion(avatar, q)[None])[0]
+    mask = fm.avatar_mask(r)
+    head = mask & fm.box_mask(mask.shape, landmarks(avatar, q).head)
+    a, b = fm.premultiplied(r), fm.premultiplied(g)
+    return fm.psnr(a, b, mask), fm.psnr(a, b, head), fm.alpha_iou(r, g)
+
+
+def test_the_numpy_part_maps_are_the_torch_ones():
+    torch = pytest.importorskip("torch")
+    from avatarcast.engines.tiny.motion import part_maps
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        kp_t, kp_r = rng.uniform(-0.8, 0.8, (2, N_POINTS, 2))
+        A, b = cutout.part_maps(kp_t, kp_r, 448, 384)
+        At, bt = part_maps(torch.tensor(kp_t[None]), torch.tensor(kp_r[None]), 448, 384)
+        np.testing.assert_allclose(A, At[0].numpy(), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(b, bt[0].numpy(), rtol=1e-6, atol=1e-9)
+
+
+def test_layers_follow_the_renderers_order_and_cut_the_limbs_at_their_joints():
+    names = [x.name for x in cutout_layers("luna")]
+    assert names[0] == "shadow" and names[-1] == "wand_star"
+    # a polyline's outline under both of its segments' fills, the hand over the arm
+    for side in ("l", "r"):
+        i = names.index
+        assert i(f"upper_arm_outline_{side}") < i(f"forearm_outline_{side}") < i(f"upper_arm_{side}")
+        assert i(f"forearm_{side}") < i(f"hand_{side}")
+    assert names.index("torso") < names.index(FACE + "mouth") < names.index("upper_arm_outline_l")
+    # every layer is cropped to what it draws, at twice the frame's size
+    for x in cutout_layers("pip"):
+        assert x.scale == 2 and x.pixels[..., 3].max() > 0
+        assert x.pixels[0, :, 3].max() > 0 or x.pixels[:, 0, 3].max() > 0  # no empty margin left
+
+
+def test_held_out_poses_are_drawn_close_to_the_renderer(engine):
+    """True motion of held-out poses (seeds past the training range): avatar PSNR, head PSNR and alpha IoU."""
+    got = []
+    for avatar in ("pip", "luna", "random-900002"):
+        for emotion in ("idle", "happy"):
+            q = pose_at(emotion, 7.3, sample_variation(900_123), 0.8)
+            got.append(_scores(engine, avatar, q))
+    psnr, head, iou = np.mean(got, 0)
+    assert psnr >= 27.0 and head >= 26.0 and iou >= 0.98, got
+
+
+def test_the_face_follows_the_motion_between_atlas_faces(engine):
+    """Pupils move inside the eyes, eyes close part way, the skin reddens, a brow rises: each drawn closer to the
+    renderer than the atlas face nearest it would be (drawn here with those fields set back to the canonical
+    face's)."""
+    canon = canonical_pose()
+    for avatar, change in (
+        ("bun", {"pupil_x": 0.7, "pupil_y": -0.5}),
+        ("pip", {"eye_open": 0.55}),
+        ("tok", {"face_red": 1.0}),
+        ("kiko", {"brow_raise": 0.12, "brow_asym": 0.8}),
+    ):
+        q = dataclasses.replace(canon, **change)
+        r = fm.premultiplied(render_frame(avatar, q))
+        mask = fm.avatar_mask(render_frame(avatar, q))
+        m = engine.motion(avatar, q)
+        as_canon = m.copy()
+        for f in change:
+            as_canon[EXPR_OFFSET + FACE_FIELDS.index(f)] = getattr(canon, f)
+        drawn = fm.premultiplied(engine.draw(avatar, np.stack([m, as_canon])))
+        follows, nearest = fm.psnr(r, drawn[0], mask), fm.psnr(r, drawn[1], mask)
+        assert follows > nearest + 0.5, (avatar, change, follows, nearest)
+
+
+def test_the_face_atlas_holds_each_face_step_for_each_pose():
+    atlas = face_atlas("bun")
+    assert atlas.fields.shape == (len(atlas.pupil_reach), len(FACE_FIELDS))
+    assert {"eyes@-1", "eyes@1", "pupils@-1", "brows@1", "mouth"} <= set(atlas.layers)
+    shut = atlas.fields[:, FACE_FIELDS.index("eye_open")] < 0.22
+    assert shut.any() and (~shut).any()
+    heart = atlas.fields[:, FACE_FIELDS.index("eye_heart")] > 0.5
+    for i, x in enumerate(atlas.layers["pupils@1"]):
+        assert (x is None) == bool(shut[i] or heart[i])  # a shut eye or a heart has no pupil to move
+
+
+def test_the_engine_streams_the_cutout_draw_and_another_process_can_prepare_it(engine):
+    caps = engine.capabilities
+    assert caps.cheaper_decode is None and not caps.fewer_steps_cheaper
+    st = [engine.start_stream("pip", "happy", seed=1), engine.start_stream("bun", "sad", seed=2)]
+    frames = engine.next_chunk(st)
+    assert [f.shape for f in frames] == [(4, 360, 640, 4)] * 2 and frames[0].dtype == np.uint8
+    assert all(f[..., 3].max() == 255 for f in frames)
+    # what realtime/prep.py sends across processes: plain arrays, drawn the same after the trip
+    key, prepared = engine.prepared_avatar("pip")
+    back = pickle.loads(pickle.dumps(prepared))
+    m = engine.motion("pip", canonical_pose())[None]
+    box = engine.draw_box(m)
+    np.testing.assert_array_equal(cutout.draw(back.ref, m, box), cutout.draw(prepared.ref, m, box))
+    with pytest.raises(BackendError):
+        engine.backend.draw(prepared.ref, m, prepared.ref_motion, box, cheaper=True)
+
+
+def test_the_cutout_draw_runs_on_the_host_only():
+    with pytest.raises(BackendError, match="numpy on the host"):
+        MotionEngine.from_folder(None, draw="cutout", backend="torch", device="cpu")
+
+
+def test_cutout_is_the_cpus_default_draw_and_refused_off_onnxruntime():
+    from avatarcast.realtime.settings import Settings, SettingValueError
+
+    s = Settings(engine="motion")
+    s.validate()
+    assert s.motion_draw == "auto" and s.motion_folder_draw == "cutout" and not s.admits_at_cheaper_decode
+    on_torch = Settings(engine="motion", backend="torch")
+    on_torch.validate()
+    assert on_torch.motion_folder_draw == "copy"  # auto: the copy decoder where the cut-out draw does not run
+    with pytest.raises(SettingValueError, match="numpy on the host"):
+        Settings(engine="motion", backend="torch", motion_draw="cutout").validate()
