@@ -1,8 +1,7 @@
 """The README's picture of an engine's frames: one generated frame per emotion, the built-in avatars in turn.
 
-    python -m tools.eval.sample_sheet --engine motion --weights engines/tiny/weights/motion_residual -o /tmp/m.png
-    pngquant --quality 70-95 --speed 1 -o docs/model_samples_motion.png /tmp/m.png   # the residual draw the
-                                                                                      # default serves with room
+    python -m tools.eval.sample_sheet --engine motion --motion-draw cutout -o /tmp/m.png   # the CPU default's draw
+    pngquant --quality 70-95 --speed 1 -o docs/model_samples_motion.png /tmp/m.png
     python -m tools.eval.sample_sheet --engine renderer -o /tmp/renderer.png   # the same cells, as drawn by the rig
 
 Each cell is the frame 1.5 s into a stream of that avatar and emotion (seed 7), cropped around the avatar and shown
@@ -56,10 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", default="motion", help="tiny, motion or renderer")
     ap.add_argument("--weights", default=None, help="the engine's weights folder (default: the shipped one)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--motion-draw", default="cutout", help="--engine motion: cutout (the CPU default), copy, residual")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("-o", "--out", required=True)
     args = ap.parse_args(argv)
-    engine = load_engine(args.engine, threads=args.threads, weights=args.weights)
+    engine = load_engine(args.engine, threads=args.threads, weights=args.weights, draw=args.motion_draw)
     sheet(engine, args.seed).save(args.out)
     print(args.out)
     return 0
