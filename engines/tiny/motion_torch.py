@@ -78,7 +78,9 @@ class TorchMotionBackend:
         pad_rows: int = 0,
     ):
         self.max_rows = int(max_rows)
-        # draw_streams_t's calls padded to a multiple of this many rows (0: not padded); not measured on a GPU yet
+        # draw_streams_t's calls padded to a multiple of this many rows (0: not padded); on an H100 32 drew 2,320 fps
+        # at 200 streams against 1,864 unpadded (docs/bench/motion_gpu_graphs_2026-12-06); off until its frames are
+        # checked
         self.pad_rows = int(pad_rows)
         if amp not in (None, "bf16"):
             raise BackendError(f"amp: None or 'bf16', not {amp!r}")
@@ -280,7 +282,8 @@ class TorchMotionBackend:
         """Each stream's reference mixed for its own frames (S * n, 4, H, W): the weights of every row in one call,
         then two matrix products per run of streams of one avatar (consecutive refs that are one), not per stream
         (the same products, row for row, as mixed_reference's of one stream: 400 products and some 4,000 small
-        kernels a chunk of 200 streams were one stream at a time)."""
+        kernels a chunk of 200 streams were one stream at a time). To the bit on the CPU; on CUDA cuBLAS picks
+        another kernel for more rows, 1 ulp apart (docs/bench/motion_gpu_graphs_2026-12-06)."""
         S, n = motions.shape[:2]
         if not dec.shape.atlas or n == 1:  # mixed_reference's other branches: as they were, a stream at a time
             return torch.cat(
