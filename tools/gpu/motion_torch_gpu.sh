@@ -13,10 +13,10 @@
 # TAG (below). The JSON results come back in motion_gpu_results$TAG.tar, the traces in motion_gpu_trace$TAG.tar.
 # Frames before and after a change, on the same machine: python tools/motion_gpu_same.py save|check FILE.
 #
-# The last calls, one H100 (docs/bench/motion_gpu_fast_2026-12-06): 977 -> 1,704 fps at 200 streams (copy), 2,268 at
-# 400; the host sets the pace now (17,736 launches and 120 cuDNN calls planning new shapes in a 470 ms chunk whose
-# device work is 211 ms). What the next call must show: with fixed row counts per bucket (cuDNN's plans reused) and
-# CUDA graphs, `trace.launches` and the chunk's host time falling, and fps at 50 / 200 / 400 in `bench engine` too.
+# The last calls, one H100 (docs/bench/motion_gpu_graphs_2026-12-06, old and new in one call): launches a chunk of 200
+# streams 17,736 -> 12,262; fps 1,539 -> 1,864 at 200 streams (2,320 with VARIANTS=pad32), 1,964 -> 2,100 at 400
+# (2,263 pad64). What the next call must show: pad32's frames (motion_gpu_same.py check --pad-rows 32) and `bench
+# engine` with it, and CUDA graphs per (rows, h, w) replayed once the padded shapes repeat.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=$PWD
