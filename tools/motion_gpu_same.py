@@ -1,7 +1,7 @@
 """The motion engine's frames on one device before and after a change, to the bit.
 
     python tools/motion_gpu_same.py save FILE [--device cuda] [--draw copy] [--sessions 24]
-    python tools/motion_gpu_same.py check FILE   (prints one JSON object; exit 1 if any value moved)
+    python tools/motion_gpu_same.py check FILE [--pad-rows N]  (prints one JSON object; exit 1 if any value moved)
 
 `save` samples two chunks for `sessions` streams over 8 avatars (their emotions chosen so that effects show) and
 keeps the second chunk's motions and frames (`decode_chunks`, as served); `check` decodes the same motions with the
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--draw", default="copy", choices=("copy", "residual"))
     ap.add_argument("--sessions", type=int, default=24)
+    ap.add_argument("--pad-rows", type=int, default=0, help="check: the backend's pad_rows (0: not padded)")
     args = ap.parse_args(argv)
     if args.what == "save":
         engine, states = _engine_and_states(args.device, args.draw, args.sessions)
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     got = np.load(args.file)
     engine, states = _engine_and_states(str(got["device"]), str(got["draw"]), got["lat"].shape[0])
+    engine.backend.pad_rows = args.pad_rows  # type: ignore[attr-defined]
     frames = engine.decode_chunks(states, got["lat"])
     d = np.abs(frames.astype(np.int16) - got["frames"])
     r = {
@@ -53,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         "frames": int(d.shape[0] * d.shape[1]),
         "values_apart": int((d > 0).sum()),
         "max_levels": int(d.max()),
+        "values_over_2": int((d > 2).sum()),
+        "mean_levels": float(d.mean()),
+        "pad_rows": args.pad_rows,
         "values": int(d.size),
     }
     print(json.dumps(r))

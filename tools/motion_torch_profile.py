@@ -126,6 +126,7 @@ def profile(
     for name in ("draw", "draw_streams", "draw_t", "draw_streams_t"):  # the numpy ones call the _t ones: one of each
         if name.endswith("_t") == (be.compose_device is not None):
             setattr(be, name, _timed(getattr(be, name), spent, "decode_net_s", sync))
+    shapes = _shape_log(be)
     if engine._device_compose is not None:
         dc = engine._device_compose
         dc.frames = _timed(dc.frames, spent, "compose_s", sync)
@@ -142,13 +143,17 @@ def profile(
             extra["trace"] = _trace(engine, states, f"{trace}_{variant}.txt", sync)
         spent.update({"denoise_s": 0.0, "decode_net_s": 0.0, "compose_s": 0.0, "to_host_s": 0.0})
         total = decode = 0.0
+        calls, new_shapes = [], []
         for _ in range(chunks):
+            seen, shapes["calls"] = set(shapes["seen"]), []
             t0 = time.perf_counter()
             lat = engine.sample_chunks(states)
             t1 = time.perf_counter()
             engine.decode_chunks(states, lat)
             t2 = time.perf_counter()
             total, decode = total + t2 - t0, decode + t2 - t1
+            calls.append(len(shapes["calls"]))
+            new_shapes.append(len(set(shapes["calls"]) - seen))
         host = decode - spent["decode_net_s"] - spent["compose_s"] - spent["to_host_s"]
         frames = chunks * sessions * engine.cfg.chunk_frames
         out.append(
@@ -175,10 +180,32 @@ def profile(
                     "to_host": round(spent["to_host_s"] / total, 3),
                     "host": round(host / total, 3),
                 },
+                # the decoder's calls a chunk, and how many had a shape (rows, h, w) no earlier call of this process
+                # had: what cuDNN must plan anew (and what a CUDA graph per shape would capture anew)
+                "decoder_calls": calls,
+                "new_shapes": new_shapes,
                 **extra,
             }
         )
     return out
+
+
+def _shape_log(be: Any) -> dict:
+    """Records each decoder call's (rows, h, w) in the returned dict's "calls" (and all of them in "seen")."""
+    log: dict[str, Any] = {"calls": [], "seen": set()}
+    for dec in (be.decoder, getattr(be, "cheaper", None)):
+        if dec is None:
+            continue
+
+        def draw(motion: Any, *a: Any, _draw: Callable = dec.draw, **k: Any) -> Any:
+            centres = a[3]
+            key = (int(motion.shape[0]), int(centres.shape[-3]), int(centres.shape[-2]))
+            log["calls"].append(key)
+            log["seen"].add(key)
+            return _draw(motion, *a, **k)
+
+        dec.draw = draw
+    return log
 
 
 def _compare_amp(engine: MotionEngine, states: list) -> dict:

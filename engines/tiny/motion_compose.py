@@ -134,35 +134,52 @@ class DeviceCompose:
         ys0, ys1 = cat(lambda _, pl: pl.y0), cat(lambda _, pl: pl.y1)
         xs0, xs1 = cat(lambda _, pl: pl.x0), cat(lambda _, pl: pl.x1)
         P = len(ys0)
-
-        def col(vals) -> torch.Tensor:  # per picture, (P, 1, 1) float64
-            return self._put(vals, f64).view(P, 1, 1)
-
-        y0 = self._put(ys0, torch.long).view(P, 1, 1)
-        x0 = self._put(xs0, torch.long).view(P, 1, 1)
-        hh = self._put(ys1 - ys0, torch.long).view(P, 1, 1)
-        ww = self._put(xs1 - xs0, torch.long).view(P, 1, 1)
+        # every per-picture number in two copies to the device (integers, float64), not one copy a column: each
+        # copy is a page-locked buffer and a launch, and a chunk of 200 streams made a thousand of them
+        ints = self._put(
+            np.stack(
+                [ys0, xs0, ys1 - ys0, xs1 - xs0, at, cat(lambda _, pl: pl.level), cat(lambda _, pl: pl.phase)]
+            ).astype(np.int64),
+            torch.long,
+        ).view(7, P, 1, 1)
+        y0, x0, hh, ww, fr_of = ints[0], ints[1], ints[2], ints[3], ints[4]
+        nums = self._put(
+            np.stack(
+                [
+                    np.zeros(P),  # the canvas's first pixel: the whole window's
+                    cat(lambda _, pl: pl.c),
+                    cat(lambda _, pl: pl.s),
+                    cat(lambda _, pl: pl.tx),
+                    cat(lambda _, pl: pl.ty),
+                    each(lambda layer: layer.anchors[e][0]),
+                    each(lambda layer: layer.anchors[e][1]),
+                    each(lambda layer: layer.boxes[e][0]),
+                    each(lambda layer: layer.boxes[e][1]),
+                ]
+            ).astype(np.float64),
+            f64,
+        ).view(9, P, 1, 1)
         K = int(((ys1 - ys0) * (xs1 - xs0)).sum())  # pixels filled, known here: no count read back
         Rh, Rw = int((ys1 - ys0).max()), int((xs1 - xs0).max())
         r = torch.arange(Rh, device=dev).view(1, Rh, 1)
         c = torch.arange(Rw, device=dev).view(1, 1, Rw)
         rows, cols = y0 + r, x0 + c  # (P, Rh, 1), (P, 1, Rw): canvas pixels
         # the numpy path's sampling, with each picture's numbers as (P, 1, 1) columns
-        zero = col(np.zeros(P))  # the canvas's first pixel: the whole window's
+        zero = nums[0]
         sx, sy = sample_coords(
             cols.to(f64),
             rows.to(f64),
-            col(cat(lambda _, pl: pl.c)),
-            col(cat(lambda _, pl: pl.s)),
+            nums[1],
+            nums[2],
             (zero, zero),
-            (col(cat(lambda _, pl: pl.tx)), col(cat(lambda _, pl: pl.ty))),
-            (col(each(lambda layer: layer.anchors[e][0])), col(each(lambda layer: layer.anchors[e][1]))),
-            (col(each(lambda layer: layer.boxes[e][0])), col(each(lambda layer: layer.boxes[e][1]))),
+            (nums[3], nums[4]),
+            (nums[5], nums[6]),
+            (nums[7], nums[8]),
         )
         # the pictures, premultiplied float32 as canvas() makes them, with a zero row and column first
-        pics = torch.cat(
-            [sp.pics[e][self._put(pl.level, torch.long), self._put(pl.phase, torch.long)] for sp, _, pl in laid]
-        )
+        lev, pha = ints[5].view(P), ints[6].view(P)
+        ends = np.cumsum([0] + [len(pl.frames) for _, _, pl in laid])
+        pics = torch.cat([sp.pics[e][lev[a:b], pha[a:b]] for (sp, _, _), a, b in zip(laid, ends[:-1], ends[1:])])
         pic = pics.float() / 255.0
         pic = torch.cat([pic[..., :3] * pic[..., 3:], pic[..., 3:]], -1).permute(0, 3, 1, 2)
         ph, pw = pic.shape[2], pic.shape[3]
@@ -171,7 +188,7 @@ class DeviceCompose:
         p = _bilinear(padded.flatten(2), sx, sy, ph, pw)  # (P, 4, Rh, Rw)
         # over the frames, where each region is (the pad of a smaller region is not the picture's)
         inside = _where(((r < hh) & (c < ww)).flatten(), K)  # (P * Rh * Rw,) -> the K filled ones, in order
-        fr = self._put(at, torch.long).view(P, 1, 1).expand(P, Rh, Rw).flatten()[inside]
+        fr = fr_of.expand(P, Rh, Rw).flatten()[inside]
         rr, cc = rows.expand(P, Rh, Rw).flatten()[inside], cols.expand(P, Rh, Rw).flatten()[inside]
         top = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])[inside]  # (K, 4)
         under = u[fr, :, rr, cc]  # (K, 4)

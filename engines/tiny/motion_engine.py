@@ -404,9 +404,11 @@ class MotionEngine:
                 # each stream's own box, grown to its size bucket: one decoder call a bucket (the streams' common
                 # box over many avatars is nearly the whole window)
                 boxes = [self.bucket_box(self.draw_box(r)) for r in raw]
+                keys = [s.avatar_key for s in states]
                 drawn: list[Any] = [None] * B
                 for size in sorted({b[2:] for b in boxes}):
-                    idx = [i for i, b in enumerate(boxes) if b[2:] == size]
+                    # an avatar's streams side by side: the backend mixes their references in one call a run
+                    idx = sorted((i for i, b in enumerate(boxes) if b[2:] == size), key=lambda i: (keys[i], i))
                     refs = [avatars[i].ref for i in idx]
                     at = be._tensor(np.array(idx), torch.long)  # m[idx] would copy the list with a wait
                     got = be.draw_streams_t(refs, m[at], rm[at], [boxes[i] for i in idx], cheaper)

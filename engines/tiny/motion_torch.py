@@ -80,7 +80,9 @@ class TorchMotionBackend:
         pad_rows: int = 0,
     ):
         self.max_rows = int(max_rows)
-        # draw_streams_t's calls padded to a multiple of this many rows (0: not padded); not measured on a GPU yet
+        # draw_streams_t's calls padded to a multiple of this many rows (0: not padded); on an H100 32 drew 2,320 fps
+        # at 200 streams against 1,864 unpadded (docs/bench/motion_gpu_graphs_2026-12-06); off until its frames are
+        # checked
         self.pad_rows = int(pad_rows)
         if amp not in (None, "bf16"):
             raise BackendError(f"amp: None or 'bf16', not {amp!r}")
@@ -269,16 +271,41 @@ class TorchMotionBackend:
         dec, copy_only = self._decoder(cheaper)
         m = motions.reshape(S * n, -1)
         rm = ref_motions[:, None].expand(S, n, -1).reshape(S * n, -1)
-        # each stream's reference mixed for its own frames (one avatar at a time: two matrix products each)
-        mixed = torch.cat(
-            [dec.mixed_reference(motions[i], r.ref_win, r.atlas).expand(n, -1, -1, -1) for i, r in enumerate(refs)]
-        )
+        mixed = self._mixed(dec, refs, motions)
         feats = tuple(
             torch.cat([r.feats[k].expand(n, *r.feats[k].shape[1:]) for r in refs]) for k in range(len(refs[0].feats))
         )
         with self._autocast():
             y = dec.draw(m, rm, mixed, feats, self._row_centres(boxes, n), None, copy_only=copy_only, premixed=True)
         return y.float().reshape(S, n, *y.shape[1:])
+
+    @staticmethod
+    def _mixed(dec: MotionDecoder, refs: list[TorchReference], motions: torch.Tensor) -> torch.Tensor:
+        """Each stream's reference mixed for its own frames (S * n, 4, H, W): the weights of every row in one call,
+        then two matrix products per run of streams of one avatar (consecutive refs that are one), not per stream
+        (the same products, row for row, as mixed_reference's of one stream: 400 products and some 4,000 small
+        kernels a chunk of 200 streams were one stream at a time). To the bit on the CPU; on CUDA cuBLAS picks
+        another kernel for more rows, 1 ulp apart (docs/bench/motion_gpu_graphs_2026-12-06)."""
+        S, n = motions.shape[:2]
+        if not dec.shape.atlas or n == 1:  # mixed_reference's other branches: as they were, a stream at a time
+            return torch.cat(
+                [dec.mixed_reference(motions[i], r.ref_win, r.atlas).expand(n, -1, -1, -1) for i, r in enumerate(refs)]
+            )
+        H, W = refs[0].ref_win.shape[-2:]
+        w = dec.mix_weights(motions.reshape(S * n, -1))
+        out = torch.empty((S * n, refs[0].ref_win[0].numel()), device=motions.device)
+        i = 0
+        while i < S:
+            j = i + 1
+            while j < S and refs[j] is refs[i]:
+                j += 1
+            r, rows = refs[i], slice(i * n, j * n)
+            if r.atlas is None:
+                raise BackendError(f"this decoder mixes {dec.shape.atlas} atlas faces; the avatar has none")
+            torch.mm(w[rows, :1], r.ref_win.float().flatten(1), out=out[rows])
+            out[rows] += w[rows, 1:] @ r.atlas.float().flatten(0, 1).flatten(1)
+            i = j
+        return out.view(S * n, -1, H, W)
 
     def _row_centres(self, boxes: Sequence[tuple[int, int, int, int]], n: int) -> torch.Tensor:
         """The decoder's pixel centres for streams' boxes of one size, n rows each: (h, w, 2) where they are one

@@ -187,6 +187,58 @@ def test_rows_padded_for_cudnns_plans_draw_each_streams_frames() -> None:
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
+def test_an_avatars_streams_are_mixed_in_one_call_to_the_bit() -> None:
+    """The batched draw mixes each avatar's references once over all its streams' rows (TorchMotionBackend._mixed):
+    row for row mixed_reference's of one stream, to the bit, and the padded call draws the same rows as the unpadded
+    one (two frames a stream, so the matrix products run, as served; an avatar's streams side by side)."""
+    torch.set_num_threads(2)
+    e = _compose_engine("copy", batch_streams=True)
+    be = e.backend
+    specs = [("pip", "happy", 3), ("pip", "love", 4), ("kiko", "sad", 1)]
+    states = [e.start_stream(av, em, 1.0, s) for av, em, s in specs]
+    lat = e.sample_chunks(states)[:, :2]
+    raw = (lat.reshape(3, 2, -1) * e.std + e.mean).astype(np.float32)
+    avatars = [e._avatar(json.loads(s.avatar_key), s.avatar_key) for s in states]
+    refs = [a.ref for a in avatars]
+    assert refs[0] is refs[1] and refs[1] is not refs[2]
+    m = be._tensor(raw)
+    with torch.inference_mode():
+        got = be._mixed(be.decoder, refs, m)
+        want = torch.cat([be.decoder.mixed_reference(m[i], r.ref_win, r.atlas) for i, r in enumerate(refs)])
+        assert torch.equal(got, want)
+        box = e.draw_box(raw.reshape(-1, raw.shape[-1]))
+        args = (refs, m, be._tensor(np.stack([a.ref_motion for a in avatars])), [box])
+        unpadded = be.draw_streams_t(*args)
+        be.pad_rows = 16  # 8 streams of 2 rows: the last stream drawn 5 more times
+        try:
+            padded = be.draw_streams_t(*args)
+        finally:
+            be.pad_rows = 0
+    assert padded.shape == unpadded.shape == (3, 2, 4, box[2], box[3])
+    torch.testing.assert_close(padded, unpadded, atol=1e-5, rtol=0)
+
+
+def test_part_maps_of_every_part_at_once_are_each_parts_to_the_bit() -> None:
+    """part_maps works out the parts of one kind together: the maps one part at a time, to the bit."""
+    from avatarcast.engines.avatar_world.skeleton import N_POINTS, PARTS
+    from avatarcast.engines.tiny import motion as mo
+
+    g = torch.Generator().manual_seed(0)
+    kt, kr = (torch.rand(5, N_POINTS, 2, generator=g) * 2 - 1 for _ in range(2))
+    A, b = mo.part_maps(kt, kr, 448, 384)
+    pt, pr = mo._px(kt, 448, 384), mo._px(kr, 448, 384)
+    s = torch.tensor([224.0, 192.0])
+    for k, (_, idx) in enumerate(PARTS):
+        if len(idx) == 2:
+            Ak, bk = mo._similarity(pt[:, idx[0]], pt[:, idx[1]], pr[:, idx[0]], pr[:, idx[1]])
+        elif len(idx) == 3:
+            Ak, bk = mo._affine(*(pt[:, i] for i in idx), *(pr[:, i] for i in idx))
+        else:
+            Ak, bk = torch.eye(2).expand(5, 2, 2), torch.zeros(5, 2)
+        assert torch.equal(A[:, k], Ak * s[None, None, :] / s[None, :, None]), PARTS[k][0]
+        assert torch.equal(b[:, k], bk / s), PARTS[k][0]
+
+
 def test_the_decoders_bf16_option_is_off_unless_asked_and_only_bf16() -> None:
     """bf16 autocast moves edge pixels (docs/bench/motion_gpu_fast_2026-12-06: PSNR 50.8 dB against float32, max 255
     levels on 0.37% of values) and bought no speed on an H100: off by default, and no other precision is taken."""

@@ -9,14 +9,14 @@
 #   run(command="bash tools/gpu/motion_torch_gpu.sh", timeout_s=600)
 # The CPU side in the same terms: bash tools/gpu/motion_torch_gpu.sh cpu (2 streams, CPU torch).
 #
-# Environment: STREAMS, DRAWS, VARIANTS (fp32,bf16,cl,bf16+cl), CHUNKS, TRACE=1, COMPARE=1, HOSTCOMPOSE=0, BENCH=0,
+# Environment: STREAMS, DRAWS, VARIANTS (fp32,bf16,cl,bf16+cl,padN), SEPARATE=1, CHUNKS, TRACE=1, COMPARE=1, HOSTCOMPOSE=0, BENCH=0,
 # TAG (below). The JSON results come back in motion_gpu_results$TAG.tar, the traces in motion_gpu_trace$TAG.tar.
 # Frames before and after a change, on the same machine: python tools/motion_gpu_same.py save|check FILE.
 #
-# The last calls, one H100 (docs/bench/motion_gpu_fast_2026-12-06): 977 -> 1,704 fps at 200 streams (copy), 2,268 at
-# 400; the host sets the pace now (17,736 launches and 120 cuDNN calls planning new shapes in a 470 ms chunk whose
-# device work is 211 ms). What the next call must show: with fixed row counts per bucket (cuDNN's plans reused) and
-# CUDA graphs, `trace.launches` and the chunk's host time falling, and fps at 50 / 200 / 400 in `bench engine` too.
+# The last calls, one H100 (docs/bench/motion_gpu_graphs_2026-12-06, old and new in one call): launches a chunk of 200
+# streams 17,736 -> 12,262; fps 1,539 -> 1,864 at 200 streams (2,320 with VARIANTS=pad32), 1,964 -> 2,100 at 400
+# (2,263 pad64). What the next call must show: pad32's frames (motion_gpu_same.py check --pad-rows 32) and `bench
+# engine` with it, and CUDA graphs per (rows, h, w) replayed once the padded shapes repeat.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=$PWD
@@ -41,15 +41,20 @@ if [ "${1:-}" = cpu ]; then DEVICE=cpu STREAMS=2; fi
 python -c "import torch, onnx, PIL; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())" || exit 1
 [ "$DEVICE" = cuda ] && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 mkdir -p /tmp/trace
+# SEPARATE=1: each variant in a process of its own (cuDNN's plans, kept per process, then do not carry from one
+# variant to the next: a padded variant's row counts are often an earlier variant's)
+if [ "${SEPARATE:-0}" = 1 ]; then GROUPS_=$(echo "$VARIANTS" | tr , ' '); else GROUPS_=$VARIANTS; fi
 for draw in $DRAWS; do
   for s in $STREAMS; do
-    echo "== $draw, $s streams ($DEVICE), variants $VARIANTS"
-    opts=()
-    [ "$TRACE" = 1 ] && opts+=(--trace "/tmp/trace/${draw}_s${s}")
-    [ "$COMPARE" = 1 ] && opts+=(--compare)
-    timeout 300 python -m tools.motion_torch_profile --device "$DEVICE" --sessions "$s" --chunks "$CHUNKS" \
-      --draw "$draw" --variants "$VARIANTS" "${opts[@]}" | tee "$OUT/motion_gpu_${draw}_s${s}.json" \
-      || echo "  (failed or over 300 s)"
+    for vs in $GROUPS_; do
+      echo "== $draw, $s streams ($DEVICE), variants $vs"
+      opts=()
+      [ "$TRACE" = 1 ] && opts+=(--trace "/tmp/trace/${draw}_s${s}")
+      [ "$COMPARE" = 1 ] && opts+=(--compare)
+      timeout 300 python -m tools.motion_torch_profile --device "$DEVICE" --sessions "$s" --chunks "$CHUNKS" \
+        --draw "$draw" --variants "$vs" "${opts[@]}" | tee -a "$OUT/motion_gpu_${draw}_s${s}.json" \
+        || echo "  (failed or over 300 s)"
+    done
   done
 done
 # the host compose on the same machine, for comparison (the numpy _compose after a device draw)
