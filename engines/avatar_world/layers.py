@@ -69,22 +69,9 @@ def steps(avatar, pose: Pose, k: float) -> list[tuple[str, str, Step]]:
         out.append(("backpack", "torso", lambda pt, rig, H: R._draw_backpack_back(pt, av, rig)))
     out.append(("head_back", "head", lambda pt, rig, H: R._draw_head_back(pt, av, rig, H, skin)))
 
-    def segment(i: int, a: str, b: str, col, width: str, outline: bool) -> Step:
-        def step(pt: R._Painter, rig: R._Rig, H: R._Head) -> None:
-            w = getattr(rig, width) + (2.0 * rig.ol if outline else 0.0)
-            pt.line([getattr(rig, a)[i], getattr(rig, b)[i]], pt.ol if outline else col, w)
-
-        return step
-
     for i, sd in ((0, "l"), (1, "r")):
-        thigh, shin = f"{BONE}hip_{sd},knee_{sd},leg", f"{BONE}knee_{sd},ankle_{sd},leg"
-        out += [
-            (f"thigh_outline_{sd}", thigh, segment(i, "hips", "knees", legc, "leg_w", True)),
-            (f"shin_outline_{sd}", shin, segment(i, "knees", "ankles", legc, "leg_w", True)),
-            (f"thigh_{sd}", thigh, segment(i, "hips", "knees", legc, "leg_w", False)),
-            (f"shin_{sd}", shin, segment(i, "knees", "ankles", legc, "leg_w", False)),
-            (f"foot_{sd}", f"{AT}ankle_{sd}", _foot(i, shoe)),
-        ]
+        out += _limb(i, sd, ("thigh", "shin"), ("hips", "knees", "ankles"), ("hip", "knee", "ankle"), legc, "leg")
+        out.append((f"foot_{sd}", f"{AT}ankle_{sd}", _foot(i, shoe)))
     out += [
         ("torso", "torso", lambda pt, rig, H: R._draw_torso(pt, av, rig, body)),
         ("accessory", "torso", lambda pt, rig, H: R._draw_accessory_front(pt, av, rig)),
@@ -97,18 +84,31 @@ def steps(avatar, pose: Pose, k: float) -> list[tuple[str, str, Step]]:
             out.append((FACE + step, "face", _face_step(step, av, pose, skin)))
     out += [("head_front", "head", lambda pt, rig, H: R._draw_head_front(pt, av, rig, H))]
     for i, sd in ((0, "l"), (1, "r")):
-        upper, fore = f"{BONE}shoulder_{sd},elbow_{sd},arm", f"{BONE}elbow_{sd},hand_{sd},arm"
-        out += [
-            (f"upper_arm_outline_{sd}", upper, segment(i, "shoulders", "elbows", limb, "arm_w", True)),
-            (f"forearm_outline_{sd}", fore, segment(i, "elbows", "hands", limb, "arm_w", True)),
-            (f"upper_arm_{sd}", upper, segment(i, "shoulders", "elbows", limb, "arm_w", False)),
-            (f"forearm_{sd}", fore, segment(i, "elbows", "hands", limb, "arm_w", False)),
-            (f"hand_{sd}", f"{AT}hand_{sd}", _hand(i, av.skin)),
-        ]
+        names, joints = ("upper_arm", "forearm"), ("shoulders", "elbows", "hands")
+        out += _limb(i, sd, names, joints, ("shoulder", "elbow", "hand"), limb, "arm")
+        out.append((f"hand_{sd}", f"{AT}hand_{sd}", _hand(i, av.skin)))
     if av.accessory == "star_wand":  # the stick turns with the forearm, the star stays upright (render._wand_tip)
         out.append(("wand_stick", f"{PAIR}hand_r,{WAND_TIP}", lambda pt, rig, H: R._draw_wand(pt, av, rig, "stick")))
         out.append(("wand_star", f"{AT}{WAND_TIP}", lambda pt, rig, H: R._draw_wand(pt, av, rig, "star")))
     return out
+
+
+def _limb(
+    i: int, sd: str, names: tuple[str, str], joints: tuple[str, str, str], points: tuple[str, str, str], col, kind: str
+) -> list[tuple[str, str, Step]]:
+    """A limb's polyline (rig joints, e.g. hips -> knees -> ankles; keypoints hip_l, ...) cut at its middle joint:
+    both segments' outlines, then both fills, each segment a BONE that stretches."""
+    bones = [f"{BONE}{points[j]}_{sd},{points[j + 1]}_{sd},{kind}" for j in (0, 1)]
+
+    def segment(j: int, outline: bool) -> Step:
+        def step(pt: R._Painter, rig: R._Rig, H: R._Head) -> None:
+            w = getattr(rig, f"{kind}_w") + (2.0 * rig.ol if outline else 0.0)
+            pt.line([getattr(rig, joints[j])[i], getattr(rig, joints[j + 1])[i]], pt.ol if outline else col, w)
+
+        return step
+
+    outlines = [(f"{names[j]}_outline_{sd}", bones[j], segment(j, True)) for j in (0, 1)]
+    return outlines + [(f"{names[j]}_{sd}", bones[j], segment(j, False)) for j in (0, 1)]
 
 
 def _foot(i: int, shoe) -> Step:
