@@ -177,14 +177,19 @@ def test_rows_padded_for_cudnns_plans_draw_each_streams_frames() -> None:
     box = e.draw_box(raw.reshape(-1, raw.shape[-1]))
     args = ([a.ref for a in avatars], be._tensor(raw), be._tensor(np.stack([a.ref_motion for a in avatars])), [box])
     with torch.inference_mode():
-        want = be.draw_streams_t(*args)
-        be.pad_rows = 8
-        try:
-            got = be.draw_streams_t(*args)
-        finally:
-            be.pad_rows = 0
+        got, want = _padded_and_not(be, args, 8)
     assert got.shape == want.shape == (3, 1, 4, box[2], box[3])
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def _padded_and_not(be, args: tuple, pad_rows: int):
+    """(drawn with pad_rows, drawn without) by draw_streams_t; the backend left unpadded."""
+    unpadded = be.draw_streams_t(*args)
+    be.pad_rows = pad_rows
+    try:
+        return be.draw_streams_t(*args), unpadded
+    finally:
+        be.pad_rows = 0
 
 
 def test_an_avatars_streams_are_mixed_in_one_call_to_the_bit() -> None:
@@ -208,12 +213,7 @@ def test_an_avatars_streams_are_mixed_in_one_call_to_the_bit() -> None:
         assert torch.equal(got, want)
         box = e.draw_box(raw.reshape(-1, raw.shape[-1]))
         args = (refs, m, be._tensor(np.stack([a.ref_motion for a in avatars])), [box])
-        unpadded = be.draw_streams_t(*args)
-        be.pad_rows = 16  # 8 streams of 2 rows: the last stream drawn 5 more times
-        try:
-            padded = be.draw_streams_t(*args)
-        finally:
-            be.pad_rows = 0
+        padded, unpadded = _padded_and_not(be, args, 16)  # 8 streams of 2 rows: the last stream drawn 5 more times
     assert padded.shape == unpadded.shape == (3, 2, 4, box[2], box[3])
     torch.testing.assert_close(padded, unpadded, atol=1e-5, rtol=0)
 
