@@ -54,14 +54,15 @@ def held_out_result(reader: EmotionReader) -> dict:
 
 @pytest.fixture(scope="module")
 def clean_result(reader: EmotionReader) -> dict:
-    return evaluate(reader, held_out("F"))
+    return evaluate(reader, held_out("I"))
 
 
 # --- accuracy of the shipped artifact on text it never saw ----------------------------------------
 
-# Sets A-E were scored while the reader was developed; set F (tests/data/emotion/README.md) was written
-# before the changes it measures and is never looked at. Measured once on the shipped weights
-# (docs/emotion_eval.md), never tuned on: see the figures there. The floor catches a regression on A-E.
+# Sets A-E were scored while the reader was developed; F, G and H were clean in earlier rounds; set I
+# (tests/data/emotion/README.md) was written before the changes it measures and its lines are never looked
+# at. Measured once on the shipped weights (docs/emotion_eval.md), never tuned on: see the figures there.
+# The floor catches a regression on A-E.
 FLOOR = 0.78
 
 
@@ -77,9 +78,9 @@ def test_held_out_accuracy_has_not_regressed(held_out_result: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="target not met: set F reads 80.8% in English and 82.7% in Chinese")
+@pytest.mark.xfail(strict=True, reason="target not met: set I reads 82.0% in English and 82.0% in Chinese")
 def test_held_out_accuracy_meets_the_target(clean_result: dict) -> None:
-    """>= 85% top-1 in each language on set F, the clean held-out set (what the issue asks)."""
+    """>= 85% top-1 in each language on set I, the clean held-out set (what the issue asks)."""
     for lang in ("en", "zh"):
         v = clean_result["per_language"][lang]
         assert v["n"] >= 200 and v["accuracy"] >= 0.85, (lang, v)
@@ -236,7 +237,9 @@ def test_intensifiers_raise_intensity(reader: EmotionReader) -> None:
         ("😂😂", "laughing"),
         ("❤️", "love"),
         # the cross-fitted fine-tune's reader (2026-12-06) reads "huh?" as laughing (0.50; "Huh?" confused 0.57):
-        # a regression it shipped with, by the rule fixed before scoring (docs/emotion.md); strict, so a fix shows
+        # a regression it shipped with, by the rule fixed before scoring (docs/emotion.md); the re-fine-tune with
+        # training batch 7 still does (0.44; "Huh?" confused 0.58): bare "huh?" is a held-out A line and cannot be
+        # trained on; strict, so a fix shows
         pytest.param(
             "huh?",
             "confused",
