@@ -52,6 +52,7 @@ from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.motion_weights import MotionManifest
 
 _PART = {name: i for i, (name, _) in enumerate(PARTS)}
+
 _KP = {name: i for i, name in enumerate(KEYPOINTS)}
 
 
@@ -255,6 +256,11 @@ def draw(avatar: CutoutAvatar, motions: np.ndarray, box: tuple[int, int, int, in
     ys = ((np.arange(bh * s) + y0 * s + 0.5) / (H * s)) * 2.0 - 1.0
     xs = ((np.arange(bw * s) + x0 * s + 0.5) / (W * s)) * 2.0 - 1.0
     for n, m in enumerate(np.asarray(motions, np.float64)):
+        if not np.isfinite(m).all():
+            # a motion the sampler should never give (it would make every index below garbage): a transparent frame,
+            # as the decoders' grid_sample draws nothing where its coordinates are NaN
+            out[n] = -1.0
+            continue
         kp = m[: 2 * N_POINTS].reshape(N_POINTS, 2)
         A, b = part_maps(kp, avatar.kp_ref, W, H)
         extra_t, extra_r = avatar.points(kp), avatar.points(avatar.kp_ref)

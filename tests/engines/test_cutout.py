@@ -129,6 +129,34 @@ def test_the_engine_streams_the_cutout_draw_and_another_process_can_prepare_it(e
         engine.backend.draw(prepared.ref, m, prepared.ref_motion, box, cheaper=True)
 
 
+def test_a_motion_off_the_map_draws_nothing_rather_than_failing(engine):
+    """A non-finite motion (a diverged sampler) or one far outside the window gives a transparent frame, not an
+    IndexError from the layers' sampling."""
+    m = engine.motion("pip", canonical_pose())
+    bad = np.stack([m, m.copy(), m * 1e6])
+    bad[1, 3] = np.nan
+    key, prepared = engine.prepared_avatar("pip")
+    got = cutout.draw(prepared.ref, bad, (0, 0, 64, 64))
+    assert got.shape == (3, 4, 64, 64) and np.isfinite(got).all()
+    assert (got[1:] == -1.0).all()  # the NaN frame and the far-away one: nothing drawn in the box
+
+
+def test_the_cutout_draws_frames_keyed_apart_from_its_folders_decoder(engine):
+    """The latents cache and the clip cache key their frames on the engine's weights hash: the cut-out draw's must
+    not be the copy decoder's (same folder, same denoiser, other pictures), and it follows CUTOUT_VERSION."""
+    from avatarcast.engines.tiny import motion_weights as mw
+
+    copy = MotionEngine.from_folder(None, draw="copy", threads=1)
+    assert engine.weights_hash != copy.weights_hash
+    assert engine.weights_hash == mw.cutout_hash(copy.weights_hash)
+    assert len(engine.weights_hash) == len(copy.weights_hash)
+    mw.CUTOUT_VERSION += 1
+    try:
+        assert mw.cutout_hash(copy.weights_hash) != engine.weights_hash
+    finally:
+        mw.CUTOUT_VERSION -= 1
+
+
 def test_the_cutout_draw_runs_on_the_host_only():
     with pytest.raises(BackendError, match="numpy on the host"):
         MotionEngine.from_folder(None, draw="cutout", backend="torch", device="cpu")

@@ -21,7 +21,13 @@ torch = pytest.importorskip("torch")
 
 from avatarcast.engines.avatar_world.skeleton import MOTION_DIM  # noqa: E402
 from avatarcast.engines.tiny.config import TinyConfig  # noqa: E402
-from avatarcast.engines.tiny.motion_weights import GRAPHS, MANIFEST, SHIPPED, load_motion_manifest  # noqa: E402
+from avatarcast.engines.tiny.motion_weights import (  # noqa: E402
+    GRAPHS,
+    MANIFEST,
+    SHIPPED,
+    cutout_hash,
+    load_motion_manifest,
+)
 from avatarcast.engines.tiny.weights import WeightsError  # noqa: E402
 from tests.engines.motion_folder_checks import CASES, assert_served_as_torch_draws  # noqa: E402
 
@@ -207,7 +213,8 @@ def _streams(folder, draw: str) -> None:
 
         c = asyncio.run(go())
         live = hub.services.engine
-        assert live.weights_hash == load_motion_manifest(folder).weights_hash
+        folder_hash = load_motion_manifest(folder).weights_hash
+        assert live.weights_hash == (cutout_hash(folder_hash) if draw == "cutout" else folder_hash)
         assert live.backend.draws_layers == (draw == "cutout")
         # clients' new avatars are prepared in a process of its own (realtime/prep.py), handed to the live engine
         assert hub.prep is not None and hub.prep.pid not in (None, os.getpid())
@@ -247,7 +254,13 @@ def test_bench_engine_measures_the_motion_engine(folder):
 
     r = run_bench("motion", sessions=2, seconds=0.5, threads=2, weights=str(folder), warmup=0, min_chunks=1)
     assert r["engine"] == "motion" and r["frames"] >= 8 and r["fps"] > 0 and r["decode_ms_per_frame"] > 0
-    assert r["weights_hash"] == load_motion_manifest(folder).weights_hash
+    # the draw `avatarcast serve` runs on the CPU: the folder's motions, cut out
+    assert r["weights_hash"] == cutout_hash(load_motion_manifest(folder).weights_hash)
+    copy = run_bench(
+        "motion", sessions=1, seconds=0.2, threads=2, weights=str(folder), warmup=0, min_chunks=1,
+        backend_options={"draw": "copy"},
+    )  # fmt: skip
+    assert copy["weights_hash"] == load_motion_manifest(folder).weights_hash
     from avatarcast.engines.backends import BackendError
 
     with pytest.raises(BackendError, match=r"onnxruntime \(the CPU\) or torch"):
@@ -259,11 +272,12 @@ def test_the_clip_eval_runs_the_exported_engine(folder):
     from avatarcast.engines.tiny.motion_engine import MotionEngine
     from tools.eval.evaluate import load_engine
 
-    e = load_engine("motion", threads=2, weights=str(folder))
+    e = load_engine("motion", threads=2, weights=str(folder), draw="copy")
     assert isinstance(e, MotionEngine) and e.weights_hash == load_motion_manifest(folder).weights_hash
     clip = e.generate_clip("bun", "sad", 4, seed=2)
     assert clip.shape == (4, 360, 640, 4) and (clip[..., 3] > 127).mean() > 0.02
-    assert load_engine("motion", threads=1).weights_hash == load_motion_manifest(SHIPPED).weights_hash
+    # by default the CPU's default draw, the cut-out draw, of the shipped folder's motions
+    assert load_engine("motion", threads=1).weights_hash == cutout_hash(load_motion_manifest(SHIPPED).weights_hash)
 
 
 def test_prepared_avatars_are_bounded_and_come_back(folder):

@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--motion-draw",
         choices=("copy", "residual", "cutout"),
-        default="copy",
-        help="--engine motion: which draw (as `avatarcast serve --motion-draw`)",
+        default="cutout",
+        help="--engine motion: which draw (as `avatarcast serve --motion-draw`; cutout, the CPU default)",
     )
     ap.add_argument("--out", default="docs/fidelity", help="folder for crops.png and crops.json")
     ap.add_argument("--emotion", default="happy")

@@ -96,7 +96,7 @@ def load_engine(
     steps: int = 2,
     threads: int | None = None,
     weights: str | None = None,
-    draw: str = "copy",
+    draw: str = "cutout",
 ):
     if name == "renderer":
         return RendererEngine()
@@ -399,8 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--motion-draw",
         choices=("copy", "residual", "cutout"),
-        default="copy",
-        help="--engine motion: which draw (as `avatarcast serve --motion-draw`)",
+        default="cutout",
+        help="--engine motion: which draw (as `avatarcast serve --motion-draw`; cutout, the CPU default)",
     )
     ap.add_argument("--classifier", default=None, help="classifier weights (default: shipped)")
     ap.add_argument("--out", default="docs/eval")

@@ -444,7 +444,7 @@ def run(
     log=print,
     motion: tuple[str, str] | None = None,
     engine_name: str = "tiny",
-    motion_draw: str = "copy",
+    motion_draw: str = "cutout",
 ) -> dict:
     """The fidelity eval of one weights folder (`engine_name` tiny, or motion: architecture 3's exported folder as
     the server runs it, the shipped one that draws as `motion_draw` says by default), or of architecture 3's
@@ -500,7 +500,7 @@ def scored_engine(
     backend: str = "onnxruntime",
     steps: int = 2,
     threads: int = 2,
-    motion_draw: str = "copy",
+    motion_draw: str = "cutout",
 ) -> tuple[Any, str, str]:
     """The engine an eval scores, with how its reports name its backend and weights: architecture 3's checkpoints on
     torch (`motion`: decoder, denoiser), its exported folder as the server runs it (`engine_name` motion; `weights`
@@ -515,8 +515,7 @@ def scored_engine(
 
         folder = motion_folder(weights, motion_draw)
         engine = MotionEngine.from_folder(folder, steps=steps, threads=threads, draw=motion_draw)
-        what = "the cut-out draw" if motion_draw == "cutout" else "as served"
-        return engine, f"onnxruntime (architecture 3, {what})", str(folder)
+        return engine, f"onnxruntime (architecture 3 as served: the {motion_draw} draw)", str(folder)
     engine = TinyEngine.load(weights, backend=backend, steps=steps, threads=threads)
     return engine, backend, str(engine.manifest.path)
 
@@ -543,7 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--motion-draw",
         choices=("copy", "residual", "cutout"),
-        default="copy",
+        default="cutout",
         help="--engine motion: which shipped draw (as `avatarcast serve --motion-draw`)",
     )
     ap.add_argument("--quick", action="store_true", help="the CI size: 3 avatars, 6 clips (< 1 min)")
