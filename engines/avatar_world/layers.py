@@ -175,7 +175,7 @@ class FaceAtlas:
     fields: np.ndarray  # (E, len(FACE_FIELDS))
     layers: dict[str, list[Layer | None]]  # step (an eye's: step@side) -> E pictures (None: nothing drawn there)
     pupil_reach: np.ndarray  # (E, 2) head radii per unit of pupil_x, pupil_y (render.pupil_reach; 0: no pupils)
-    brow_heights: np.ndarray  # (E, 2) each side's render.brow_height past the face keypoint (left, right), head radii
+    brow_heights: np.ndarray  # (E, 2) each side's render.brow_lift (screen left, right), head radii
 
 
 def face_atlas(avatar, scale: int = CUTOUT_SCALE) -> FaceAtlas:
@@ -190,8 +190,7 @@ def face_atlas(avatar, scale: int = CUTOUT_SCALE) -> FaceAtlas:
             layers[x[len(FACE) :]].append(got.get(x))
     reach = np.array([R.pupil_reach(av, q) or (0.0, 0.0) for q in poses], np.float32)
     fields = np.array([[getattr(q, f) for f in FACE_FIELDS] for q in poses], np.float32)
-    # from the face keypoint, which the face's layers move with (brow_height counts the face's own offset)
-    brows = np.array([[R.brow_height(q, sd) - R.face_offset(q)[1] for sd in (-1, 1)] for q in poses], np.float32)
+    brows = np.array([[R.brow_lift(q, sd) for sd in (-1, 1)] for q in poses], np.float32)
     return FaceAtlas(fields, layers, reach, brows)
 
 

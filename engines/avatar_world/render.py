@@ -737,17 +737,18 @@ def _draw_face_step(step: str, pt: _Painter, av: AvatarParams, q: Pose, H: _Head
         raise ValueError(f"no face step {step!r}: one of {FACE_STEPS}")
 
 
-def face_offset(q: Pose) -> tuple[float, float]:
-    """(fx, fy): where the face's features sit on the head, in head radii (the face keypoint is there)."""
-    return _face_offset(q)
-
-
 def brow_height(q: Pose, sd: int) -> float:
     """How high the brow on side sd sits (head radii, y down: its ends' mean, from the head's centre; the face's own
     offset, `_face_offset`'s fy, included), for the pose's face fields."""
     fx, fy = _face_offset(q)
     es = max(0.5, q.eye_scale)
     return -(0.3 + 0.07 * (es - 1) + q.brow_raise - fy * 0.5) + fy - sd * q.brow_asym * 0.08
+
+
+def brow_lift(q: Pose, sd: int) -> float:
+    """brow_height past the face keypoint (the face's own offset taken out): where the brow sits against the face's
+    other features, which move with that keypoint (the cut-out draw's face layers do)."""
+    return brow_height(q, sd) - _face_offset(q)[1]
 
 
 def _draw_brow(pt: _Painter, av: AvatarParams, q: Pose, H: _Head, sd: int) -> None:

@@ -43,7 +43,7 @@ from avatarcast.engines.avatar_world.layers import (
     reddened,
 )
 from avatarcast.engines.avatar_world.motions import Pose
-from avatarcast.engines.avatar_world.render import brow_height, face_offset, wand_reach
+from avatarcast.engines.avatar_world.render import brow_lift, wand_reach
 from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, FACE_FIELDS, KEYPOINTS, N_POINTS, PARTS, to_window
 from avatarcast.engines.backends.base import BackendError
 from avatarcast.engines.backends.host import available_cores
@@ -91,15 +91,19 @@ def part_maps(kp_t: np.ndarray, kp_r: np.ndarray, w: int, h: int) -> tuple[np.nd
             A, b = np.eye(2), np.zeros(2)
         As.append(A)
         bs.append(b)
-    A, b = np.stack(As), np.stack(bs)
-    return A * s[None, None, :] / s[None, :, None], b / s
+    return _normalized(np.stack(As), np.stack(bs), s)
+
+
+def _normalized(A: np.ndarray, b: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A map in pixels (ref = A @ target + b, A (..., 2, 2)) in normalized window coordinates: S^-1 A S, S^-1 b with
+    S = diag(s), s the window's half size."""
+    return A * s[..., None, :] / s[..., :, None], b / s
 
 
 def _pair_map(t1, t2, r1, r2, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
     """The similarity taking points t1, t2 to r1, r2 (normalized window coordinates), as part_maps makes a part's."""
     s = np.array([w / 2.0, h / 2.0])
-    A, b = _similarity(t1 * s, t2 * s, r1 * s, r2 * s)
-    return A * s[None, :] / s[:, None], b / s
+    return _normalized(*_similarity(t1 * s, t2 * s, r1 * s, r2 * s), s)
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ class _WindowLayer:
 _PICK_FIELDS = {
     "blush": ("blush", "face_red"),
     "eyes": ("eye_open", "eye_scale", "eye_curve", "eye_heart", "mouth_smile"),
-    "brows": ("brow_angle", "eye_scale"),  # their height is moved to the motion's (render.brow_height)
+    "brows": ("brow_angle", "eye_scale"),  # their height is moved to the motion's (render.brow_lift)
     "mouth": ("mouth_open", "mouth_smile", "mouth_width", "mouth_wavy", "mouth_teeth"),
 }
 _WITH_EYES = ("pupils", "lids", "glasses")
@@ -153,7 +157,7 @@ class CutoutAvatar:
     face_fields: np.ndarray  # (E, len(FACE_FIELDS)) the atlas poses' face fields
     face_scale: np.ndarray  # (len(FACE_FIELDS),): how far apart the atlas's faces are, per field
     pupil_px: np.ndarray  # (E, 2, 2): the window-pixel move of the pupils per unit of pupil_x, pupil_y (columns)
-    brow_heights: np.ndarray  # (E, 2): each atlas pose's brows (render.brow_height), screen left and right
+    brow_heights: np.ndarray  # (E, 2): each atlas pose's brows (render.brow_lift), screen left and right
     head_axes: np.ndarray  # (2, 2): the canonical head's x and y axes (columns), one head radius long, window pixels
     red: dict[int, _WindowLayer]  # layer index -> that SKIN layer with face_red 1
     kp_ref: np.ndarray  # (N_POINTS, 2) canonical keypoints, normalized window coordinates
@@ -255,6 +259,11 @@ def draw(avatar: CutoutAvatar, motions: np.ndarray, box: tuple[int, int, int, in
     # the sub-pixel centres of the box, normalized window coordinates
     ys = ((np.arange(bh * s) + y0 * s + 0.5) / (H * s)) * 2.0 - 1.0
     xs = ((np.arange(bw * s) + x0 * s + 0.5) / (W * s)) * 2.0 - 1.0
+    extra_r = avatar.points(avatar.kp_ref)  # the canonical pose's: the same for every frame
+
+    def point(name: str, kp_: np.ndarray, extra: dict) -> np.ndarray:
+        return extra[name] if name in extra else kp_[_KP[name]]
+
     for n, m in enumerate(np.asarray(motions, np.float64)):
         if not np.isfinite(m).all():
             # a motion the sampler should never give (it would make every index below garbage): a transparent frame,
@@ -263,11 +272,8 @@ def draw(avatar: CutoutAvatar, motions: np.ndarray, box: tuple[int, int, int, in
             continue
         kp = m[: 2 * N_POINTS].reshape(N_POINTS, 2)
         A, b = part_maps(kp, avatar.kp_ref, W, H)
-        extra_t, extra_r = avatar.points(kp), avatar.points(avatar.kp_ref)
-
-        def point(name: str, kp_: np.ndarray, extra: dict) -> np.ndarray:
-            return extra[name] if name in extra else kp_[_KP[name]]
-
+        extra_t = avatar.points(kp)
+        face_pose = Pose(**dict(zip(FACE_FIELDS, m[EXPR_OFFSET : EXPR_OFFSET + len(FACE_FIELDS)].tolist())))
         canvas = np.zeros((bh * s, bw * s, 4), np.float32)
         eyes = avatar.pick("eyes", m)
         red = float(np.clip(m[EXPR_OFFSET + _F["face_red"]], 0.0, 1.0))
@@ -289,12 +295,9 @@ def draw(avatar: CutoutAvatar, motions: np.ndarray, box: tuple[int, int, int, in
                 if step == "pupils":
                     face = m[EXPR_OFFSET + _F["pupil_x"] : EXPR_OFFSET + _F["pupil_y"] + 1]
                     shift = avatar.pupil_px[pick] @ (face - avatar.face_fields[pick, [_F["pupil_x"], _F["pupil_y"]]])
-                if step == "brows":  # raised or lowered on its own (render.brow_height), along the head's y axis
+                if step == "brows":  # raised or lowered on its own (render.brow_lift), along the head's y axis
                     k = 0 if side == "-1" else 1
-                    pose = Pose(**dict(zip(FACE_FIELDS, m[EXPR_OFFSET : EXPR_OFFSET + len(FACE_FIELDS)].tolist())))
-                    # past where the face keypoint (which the face's map follows) took it: brow_height counts it
-                    to = brow_height(pose, int(side)) - face_offset(pose)[1]
-                    shift = avatar.head_axes[:, 1] * (to - avatar.brow_heights[pick, k])
+                    shift = avatar.head_axes[:, 1] * (brow_lift(face_pose, int(side)) - avatar.brow_heights[pick, k])
                 elif side:
                     eye_scale = _eye_stretch(m, avatar.face_fields[pick])
                     centre = avatar.eyes[0 if side == "-1" else 1]
@@ -364,10 +367,7 @@ def _lay_bone(canvas, layer: _WindowLayer, target, ref, cap: float, xs, ys, Hs: 
         ur = u * (lr / lt)
     qx = ar[0] + ur * dr[0] + v * nr[0]  # the reference's pixels (at the layers' scale)
     qy = ar[1] + ur * dr[1] + v * nr[1]
-    got = _sample(layer.pixels, qx - layer.col, qy - layer.row)
-    under = canvas[r0:r1, c0:c1]
-    under *= 1.0 - got[..., 3:4]
-    under += got
+    _over(canvas[r0:r1, c0:c1], layer, qx - layer.col, qy - layer.row)
 
 
 def _lay(canvas, layer: _WindowLayer, A, b, xs, ys, Hs: int, Ws: int) -> None:
@@ -389,10 +389,13 @@ def _lay(canvas, layer: _WindowLayer, A, b, xs, ys, Hs: int, Ws: int) -> None:
     gx, gy = xs[c0:c1][None, :], ys[r0:r1][:, None]
     qx = A[0, 0] * gx + A[0, 1] * gy + b[0]  # where each sub-pixel reads the reference, normalized
     qy = A[1, 0] * gx + A[1, 1] * gy + b[1]
-    u = (qx + 1.0) * 0.5 * Ws - layer.col
-    v = (qy + 1.0) * 0.5 * Hs - layer.row
+    _over(canvas[r0:r1, c0:c1], layer, (qx + 1.0) * 0.5 * Ws - layer.col, (qy + 1.0) * 0.5 * Hs - layer.row)
+
+
+def _over(under: np.ndarray, layer: _WindowLayer, u: np.ndarray, v: np.ndarray) -> None:
+    """The layer sampled at its pixel coordinates (u, v), one a sub-pixel of `under` (a view of the canvas), laid
+    'over' it in place (premultiplied)."""
     got = _sample(layer.pixels, u, v)
-    under = canvas[r0:r1, c0:c1]
     under *= 1.0 - got[..., 3:4]
     under += got
 
