@@ -169,17 +169,22 @@ def test_rows_padded_for_cudnns_plans_draw_each_streams_frames() -> None:
     torch.set_num_threads(2)
     e = _compose_engine("copy", batch_streams=True)
     be = e.backend
-    specs = [("pip", "happy", 3), ("random-900008", "love", 5), ("kiko", "sad", 1)]
-    states = [e.start_stream(av, em, 1.0, s) for av, em, s in specs]
-    lat = e.sample_chunks(states)[:, :1]
-    raw = (lat.reshape(3, 1, -1) * e.std + e.mean).astype(np.float32)
-    avatars = [e._avatar(json.loads(s.avatar_key), s.avatar_key) for s in states]
+    raw, avatars = _streams(e, [("pip", "happy", 3), ("random-900008", "love", 5), ("kiko", "sad", 1)], 1)
     box = e.draw_box(raw.reshape(-1, raw.shape[-1]))
     args = ([a.ref for a in avatars], be._tensor(raw), be._tensor(np.stack([a.ref_motion for a in avatars])), [box])
     with torch.inference_mode():
         got, want = _padded_and_not(be, args, 8)
     assert got.shape == want.shape == (3, 1, 4, box[2], box[3])
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+def _streams(e, specs: list[tuple[str, str, int]], frames: int):
+    """Streams started from (avatar, emotion, seed): the first `frames` frames of their first chunk as raw motions
+    (B, frames, D) and their prepared avatars."""
+    states = [e.start_stream(av, em, 1.0, s) for av, em, s in specs]
+    lat = e.sample_chunks(states)[:, :frames]
+    raw = (lat.reshape(len(states), frames, -1) * e.std + e.mean).astype(np.float32)
+    return raw, [e._avatar(json.loads(s.avatar_key), s.avatar_key) for s in states]
 
 
 def _padded_and_not(be, args: tuple, pad_rows: int):
@@ -199,11 +204,7 @@ def test_an_avatars_streams_are_mixed_in_one_call_to_the_bit() -> None:
     torch.set_num_threads(2)
     e = _compose_engine("copy", batch_streams=True)
     be = e.backend
-    specs = [("pip", "happy", 3), ("pip", "love", 4), ("kiko", "sad", 1)]
-    states = [e.start_stream(av, em, 1.0, s) for av, em, s in specs]
-    lat = e.sample_chunks(states)[:, :2]
-    raw = (lat.reshape(3, 2, -1) * e.std + e.mean).astype(np.float32)
-    avatars = [e._avatar(json.loads(s.avatar_key), s.avatar_key) for s in states]
+    raw, avatars = _streams(e, [("pip", "happy", 3), ("pip", "love", 4), ("kiko", "sad", 1)], 2)
     refs = [a.ref for a in avatars]
     assert refs[0] is refs[1] and refs[1] is not refs[2]
     m = be._tensor(raw)
