@@ -20,6 +20,7 @@ from avatarcast.vocabulary import FPS, FRAME_HEIGHT, FRAME_WIDTH
 
 from .avatars import AvatarParams, get_avatar
 from .motions import MotionVariation, Pose, blend_poses, emotion_index, pose_at, sample_variation
+from .particles import EFFECTS, EffectGeometry, Particle, particles
 
 SS = 2  # supersampling factor
 GROUND_Y = 330.0  # ground line at the reference height 360
@@ -872,73 +873,65 @@ def _draw_mouth(pt: _Painter, q: Pose, H: _Head, fx: float, fy: float, ink) -> N
 
 # ---------------------------------------------------------------------------
 # effects
-def _clampf(v: float, lo: float, hi: float) -> float:
-    return lo if v < lo else hi if v > hi else v
-
-
-FX_ON = 0.15  # an effect is drawn while its strength is above this
-
-
 def _effects_top(rig: _Rig, height: int) -> float:
     """The row effect shapes (plus their mitred outline) stay below: a particle reaching above is not drawn."""
     return max(4.0 * rig.g, 4.0 * height / REF_H) + 2.5 * rig.ol * 0.85
 
 
-def _draw_effects(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, width: int, height: int) -> None:
-    g = rig.g
-    ol = rig.ol * 0.85
+def effect_geometry(rig: _Rig, width: int, height: int) -> EffectGeometry:
+    """What particles.particles needs of a rig."""
+    return EffectGeometry(
+        g=rig.g,
+        ol=rig.ol * 0.85,
+        head_r=rig.head_r,
+        width=width,
+        height=height,
+        ground=GROUND_Y * height / REF_H,
+        top=_effects_top(rig, height),
+        head_c=rig.head_c,
+        head_ang=rig.head_ang,
+        tc=rig.tc,
+    )
+
+
+def pose_cycles(q: Pose) -> tuple[float, ...]:
+    """Each effect clock's time in cycles (skeleton.FX_FREQUENCIES, written as the renderer always wrote them)."""
     t = q.fx_time
-    hx, hy = rig.head_c
-    r = rig.head_r
-    top_lim = _effects_top(rig, height)
-    if q.fx_sparkles > FX_ON:
-        s = q.fx_sparkles
-        spots = [(-1.0, -0.55), (1.05, -0.75), (-1.15, 0.15), (1.2, 0.05), (-0.75, -1.0), (0.8, -1.05), (0.05, -1.25)]
-        for i, (ax, ay) in enumerate(spots):
-            tw = 0.5 + 0.5 * math.sin(_TWO_PI * (t * 1.3 + i * 0.37))
-            size = (7.0 + 10.0 * tw) * g * (0.5 + 0.5 * s)
-            if size < 5.0 * g:
-                continue
-            cx = _clampf(rig.tc[0] + ax * 115 * g, size + 3, width - size - 3)
-            cy = _clampf(rig.tc[1] + ay * 110 * g, top_lim + size, GROUND_Y * height / REF_H - size)
-            col = (255, 220, 70) if i % 2 == 0 else (255, 250, 190)
-            pt.poly_ol([(cx + x * size, cy + y * size) for x, y in _SPARK4], col, ol * 0.8)
-    if q.fx_hearts > FX_ON:
-        s = q.fx_hearts
-        for i in range(3):
-            ph = (t / 1.8 + i / 3.0) % 1.0
-            size = (9.0 + 7.0 * ph) * g * (0.55 + 0.45 * s) * min(1.0, (1 - ph) * 5, ph * 6 + 0.2)
-            x0 = (-1.25, 1.15, 1.45)[i] * r
-            cx = hx + x0 + 9 * g * math.sin(_TWO_PI * (ph * 1.5 + i * 0.3))
-            cy = hy - 0.2 * r - ph * 120 * g
-            if size < 4 * g or cy - size < top_lim:
-                continue
-            cx = _clampf(cx, size + 3, width - size - 3)
-            pt.poly_ol([(cx + x * size, cy + y * size) for x, y in _HEART], (240, 70, 115), ol)
-            pt.ellipse(cx - 0.35 * size, cy - 0.3 * size, 0.18 * size, 0.12 * size, (255, 190, 210))
-    if q.fx_tears > FX_ON:
-        s = q.fx_tears
-        fy = max(-0.25, min(0.3, q.face_dy))
-        for sd in (-1, 1):
-            # streams under the eyes
-            a, b = H(sd * 0.3, 0.1 + fy), H(sd * 0.47, 0.12 + fy)
-            pt.line([a, b, H(sd * 0.5, 0.3 + fy)], (110, 185, 255), 0.1 * r * s, True)
-            for j in range(2):
-                ph = (t * 1.1 + j * 0.5 + (0.25 if sd > 0 else 0.0)) % 1.0
-                dx, dy = H(sd * (0.5 + 0.15 * ph), 0.22 + fy + ph * 0.8)
-                size = 0.14 * r * (0.6 + 0.4 * s)
-                pt.poly_ol([(dx + x * size, dy + y * size) for x, y in _DROP], (120, 190, 255), ol * 0.6)
-    if q.fx_sweat > FX_ON:
-        s = q.fx_sweat
-        ph = (t * 0.6) % 1.0
-        dx, dy = H(1.02, -0.45 + 0.3 * ph)
-        size = 0.2 * r * (0.6 + 0.4 * s)
-        pt.poly_ol([(dx + x * size, dy + y * size) for x, y in _DROP], (150, 210, 255), ol * 0.7)
-    if q.fx_exclaim > FX_ON:
-        s = q.fx_exclaim
-        size = 32.0 * g * (0.55 + 0.45 * s)
-        cx = _clampf(hx - 1.3 * r, size + 4, width - size - 4)
-        cy = max(top_lim + 0.75 * size, hy - 1.0 * r)
+    return (t * 1.3, t / 1.8, t * 1.1, t * 0.6, t / 2.2, t * 0.8, t * 1.4)
+
+
+def _draw_effects(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, width: int, height: int) -> None:
+    geo = effect_geometry(rig, width, height)
+    strength = {name: getattr(q, name) for name in EFFECTS}
+    for p in particles(geo, strength, pose_cycles(q), q.face_dy):
+        draw_particle(pt, p, geo.ol, rig.head_r)
+
+
+def draw_particle(pt: _Painter, p: Particle, ol: float, r: float) -> None:
+    """One effect particle (particles.Particle) as the renderer draws it: ol, the effects' outline width; r, the
+    head's radius (streams and tears are sized by it)."""
+    cx, cy, size, kind = p.x, p.y, p.size, p.kind
+    if kind in ("spark_a", "spark_b"):
+        col = (255, 220, 70) if kind == "spark_a" else (255, 250, 190)
+        pt.poly_ol([(cx + x * size, cy + y * size) for x, y in _SPARK4], col, ol * 0.8)
+    elif kind == "heart":
+        pt.poly_ol([(cx + x * size, cy + y * size) for x, y in _HEART], (240, 70, 115), ol)
+        pt.ellipse(cx - 0.35 * size, cy - 0.3 * size, 0.18 * size, 0.12 * size, (255, 190, 210))
+    elif kind in ("stream_l", "stream_r"):  # under an eye, along the head's axes
+        sd, fy = (-1 if kind == "stream_l" else 1), p.drop
+        a = math.radians(p.turn)
+        c, s = math.cos(a), math.sin(a)
+
+        def H(x: float, y: float) -> tuple[float, float]:  # _Head's map
+            return (cx + (x * c - y * s) * r, cy + (x * s + y * c) * r)
+
+        pts = [H(sd * 0.3, 0.1 + fy), H(sd * 0.47, 0.12 + fy), H(sd * 0.5, 0.3 + fy)]
+        pt.line(pts, (110, 185, 255), 0.1 * r * size, True)
+    elif kind == "tear":
+        pt.poly_ol([(cx + x * size, cy + y * size) for x, y in _DROP], (120, 190, 255), ol * 0.6)
+    elif kind == "sweat":
+        pt.poly_ol([(cx + x * size, cy + y * size) for x, y in _DROP], (150, 210, 255), ol * 0.7)
+    elif kind == "exclaim":
         bar = [
             (cx - 0.2 * size, cy - 0.7 * size),
             (cx + 0.2 * size, cy - 0.7 * size),
@@ -948,26 +941,11 @@ def _draw_effects(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, 
         col = (255, 95, 70)
         pt.poly_ol(bar, col, ol)
         pt.ellipse_ol(cx, cy + 0.55 * size, 0.12 * size, 0.12 * size, col, ol)
-    if q.fx_zzz > FX_ON:
-        s = q.fx_zzz
-        for i in range(3):
-            ph = (t / 2.2 + i / 3.0) % 1.0
-            size = (7.0 + 11.0 * ph) * g * (0.6 + 0.4 * s) * min(1.0, (1 - ph) * 6, ph * 8 + 0.3)
-            cx = hx + 0.75 * r + ph * 70 * g + 5 * g * math.sin(_TWO_PI * ph)
-            cy = hy - 0.75 * r - ph * 85 * g
-            ext = 1.3 * size + ol
-            if size < 4 * g or cy - ext < top_lim:
-                continue
-            cx = _clampf(cx, ext + 4, width - ext - 4)
-            z = [(cx - size, cy - size), (cx + size, cy - size), (cx - size, cy + size), (cx + size, cy + size)]
-            pt.line(z, pt.ol, 0.55 * size + 2 * ol)
-            pt.line(z, (200, 225, 255), 0.55 * size)
-    if q.fx_question > FX_ON:
-        s = q.fx_question
-        size = 24.0 * g * (0.6 + 0.4 * s)
-        cx = hx + 1.25 * r + 3 * g * math.sin(_TWO_PI * t * 0.8)
-        cy = max(top_lim + size * 0.8, hy - 1.1 * r + 4 * g * math.sin(_TWO_PI * t * 1.1))
-        cx = _clampf(cx, size + 4, width - size - 4)
+    elif kind == "z":
+        z = [(cx - size, cy - size), (cx + size, cy - size), (cx - size, cy + size), (cx + size, cy + size)]
+        pt.line(z, pt.ol, 0.55 * size + 2 * ol)
+        pt.line(z, (200, 225, 255), 0.55 * size)
+    elif kind == "question":
         hook = [
             (cx + 0.42 * size * math.cos(a), cy - 0.3 * size + 0.42 * size * math.sin(a))
             for a in np.linspace(math.pi * 1.05, math.pi * 2.45, 9)
@@ -977,35 +955,26 @@ def _draw_effects(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, 
         pt.line(hook, pt.ol, 0.22 * size + 2 * ol)
         pt.line(hook, col, 0.22 * size)
         pt.ellipse_ol(cx + 0.02 * size, cy + 0.62 * size, 0.13 * size, 0.13 * size, col, ol)
-    if q.fx_steam > FX_ON:
-        s = q.fx_steam
-        for sd in (-1, 1):
-            for j in range(2):
-                ph = (t * 1.4 + j * 0.5 + (0.25 if sd > 0 else 0)) % 1.0
-                size = (6.0 + 9.0 * ph) * g * (0.55 + 0.45 * s) * min(1.0, (1 - ph) * 5)
-                cx = hx + sd * (0.95 * r + ph * 28 * g)
-                cy = hy - 0.75 * r - ph * 45 * g
-                if size < 3 * g or cy - size < top_lim:
-                    continue
-                cx = _clampf(cx, 1.6 * size + 4, width - 1.6 * size - 4)
-                for bx, by, br in ((-0.6, 0.2, 0.7), (0.6, 0.2, 0.7), (0.0, -0.25, 0.9)):
-                    pt.ellipse(cx + bx * size, cy + by * size, br * size + ol, br * size + ol, pt.ol)
-                for bx, by, br in ((-0.6, 0.2, 0.7), (0.6, 0.2, 0.7), (0.0, -0.25, 0.9)):
-                    pt.ellipse(cx + bx * size, cy + by * size, br * size, br * size, (238, 238, 245))
-        # anger mark on the forehead
-        ax, ay = H(-0.55, -0.55)
-        m = 0.13 * r * (0.6 + 0.4 * s)
+    elif kind == "puff":
+        for bx, by, br in ((-0.6, 0.2, 0.7), (0.6, 0.2, 0.7), (0.0, -0.25, 0.9)):
+            pt.ellipse(cx + bx * size, cy + by * size, br * size + ol, br * size + ol, pt.ol)
+        for bx, by, br in ((-0.6, 0.2, 0.7), (0.6, 0.2, 0.7), (0.0, -0.25, 0.9)):
+            pt.ellipse(cx + bx * size, cy + by * size, br * size, br * size, (238, 238, 245))
+    elif kind == "anger":
+        m = size
         for dx, dy in ((-1, -1), (1, -1), (-1, 1), (1, 1)):
             pt.line(
                 [
-                    (ax + dx * m * 0.25, ay + dy * m),
-                    (ax + dx * m * 0.25, ay + dy * m * 0.3),
-                    (ax + dx * m, ay + dy * m * 0.25),
+                    (cx + dx * m * 0.25, cy + dy * m),
+                    (cx + dx * m * 0.25, cy + dy * m * 0.3),
+                    (cx + dx * m, cy + dy * m * 0.25),
                 ],
                 (220, 30, 40),
                 0.05 * r,
                 True,
             )
+    else:
+        raise ValueError(f"unknown particle kind {kind!r}")
 
 
 def _wand_tip(e, h, g: float) -> tuple[float, float]:

@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from avatarcast.engines.avatar_world.particles import FX_ON
 from avatarcast.engines.avatar_world.reference import STRENGTHS, EffectSprites
-from avatarcast.engines.avatar_world.render import FX_ON
 from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, FACE_FIELDS, FX_FIELDS, FX_LAYOUT, KEYPOINTS
 from avatarcast.engines.tiny.config import TinyConfig
 
