@@ -22,9 +22,9 @@ from tests.s3_emulator import s3_bucket, s3_endpoint  # noqa: F401 (fixtures: mo
 
 def _keep_drawn_effect_sprites(keep: int = 16) -> None:
     """Drawing an avatar's effect sprites (engines/avatar_world/reference.py effect_sprites) is a pure function of the
-    avatar and takes ~0.6 s; every motion engine a test makes prepares its avatars: test_motion_onnx,
-    test_motion_cheaper and test_motion_torch_folder drew them 80 times (pip 21, luna 13), 51 s. This process keeps
-    the last `keep` avatars' sprites (~17 MB each) and hands the same ones out again (19 draws, 13 s): each avatar's
+    avatar and takes ~0.1 s; every motion engine a test makes prepares its avatars: test_motion_onnx,
+    test_motion_cheaper and test_motion_torch_folder drew them 80 times (pip 21, luna 13). This process keeps
+    the last `keep` avatars' sprites (~5 MB each) and hands the same ones out again: each avatar's
     are still drawn by the real function, and engines, trainers and evals lay them as before (they only read them:
     EffectLayer, the device compose). Processes the tests start draw their own."""
     from collections import OrderedDict
@@ -33,17 +33,17 @@ def _keep_drawn_effect_sprites(keep: int = 16) -> None:
     from avatarcast.engines.tiny.engine import avatar_cache_key
 
     draw = reference.effect_sprites
-    kept: OrderedDict[tuple[str, int], Any] = OrderedDict()
+    kept: OrderedDict[str, Any] = OrderedDict()
     lock = threading.Lock()
 
-    def effect_sprites(avatar: Any, phases: int = 12) -> Any:
-        key = (avatar_cache_key(avatar), phases)
+    def effect_sprites(avatar: Any) -> Any:
+        key = avatar_cache_key(avatar)
         with lock:
             got = kept.get(key)
             if got is not None:
                 kept.move_to_end(key)
                 return got
-        got = draw(avatar, phases)
+        got = draw(avatar)
         with lock:
             kept[key] = got
             while len(kept) > keep:

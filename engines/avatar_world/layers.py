@@ -27,7 +27,7 @@ from avatarcast.vocabulary import FRAME_HEIGHT, FRAME_WIDTH
 
 from . import render as R
 from .avatars import get_avatar
-from .motions import Pose
+from .motions import MotionVariation, Pose, pose_at
 from .reference import canonical_pose, expression_faces
 from .skeleton import FACE_FIELDS
 
@@ -128,6 +128,9 @@ def _face_step(step: str, av, pose: Pose, skin) -> Step:
 
 
 def _draw(avatar, pose: Pose, names: set[str] | None, scale: int, head_only: bool = False) -> list[Layer]:
+    """Each step (or those in `names`) drawn alone, at `scale` times the frame's size, box-filtered from the renderer's
+    supersampling. (The renderer's own canvas, its 2x raster before the box filter, composes to render_frame's frame
+    to the bit unmoved, but moved and sampled it drew the dev frames 0.1-0.2 dB worse: its edges are aliased.)"""
     av = get_avatar(avatar)
     width, height = FRAME_WIDTH * scale, FRAME_HEIGHT * scale
     rig = R._rig(av, pose, width, height)
@@ -168,30 +171,96 @@ def atlas_poses() -> list[Pose]:
     return [dataclasses.replace(canon, **face) for face in faces]
 
 
+# The face fields each face step's picture depends on (render's face steps; the eyes' pupils, lids and glasses are
+# picked with the eyes). The cut-out draw picks each step's picture from the atlas pose nearest in these.
+PICK_FIELDS: dict[str, tuple[str, ...]] = {
+    "blush": ("blush", "face_red"),
+    "eyes": ("eye_open", "eye_scale", "eye_curve", "eye_heart", "mouth_smile"),
+    "brows": ("brow_angle", "eye_scale"),  # their height is moved to the motion's (render.brow_lift)
+    "mouth": ("mouth_open", "mouth_smile", "mouth_width", "mouth_wavy", "mouth_teeth"),
+}
+WITH_EYES = ("pupils", "lids", "glasses")  # steps drawn, and picked, with the eyes
+# Face steps that get more atlas poses of their own (step_poses), and how many an emotion
+MORE_POSES: tuple[str, ...] = ("eyes", "mouth")
+POSES_PER_EMOTION = 8
+
+
+def pick_group(step: str) -> str:
+    """The PICK_FIELDS entry a face step (without its side) is picked by."""
+    return "eyes" if step in WITH_EYES else step
+
+
+def step_poses(group: str, per_emotion: int = POSES_PER_EMOTION) -> list[Pose]:
+    """More faces for the cut-out draw to pick one step group's pictures from (drawn for that group alone). An
+    emotion's mouth opens and closes as it talks, laughs or gasps (surprised: open 0.15-1.0, as wide as 0.5-1.0), its
+    eyes widen with its intensity, and between emotions and intensities faces pass through fields no typical face has
+    (the dev frames' surprised heads: 22 dB with the typical faces alone). For each emotion, `per_emotion` of the
+    values of the group's PICK_FIELDS its motion takes (four seconds, three intensities, the neutral variation),
+    spread over them (farthest point first, from the typical one; each field scaled by its spread over every
+    emotion's), on that emotion's typical face."""
+    fields = PICK_FIELDS[group]
+    canon = canonical_pose()
+    neutral = MotionVariation(1.0, 1.0, 0.0)
+    seen = {
+        emotion: np.array(
+            [
+                [getattr(q, f) for f in fields]
+                for q in (
+                    pose_at(emotion, float(t), neutral, k) for t in np.arange(0.0, 4.0, 0.1) for k in (0.5, 0.75, 1.0)
+                )
+            ]
+        )
+        for emotion, _ in expression_faces()
+    }
+    scale = np.maximum(np.concatenate(list(seen.values())).std(0), 0.05)
+    out = []
+    for emotion, face in expression_faces():
+        pts = seen[emotion] / scale
+        typical = np.array([face[f] for f in fields]) / scale
+        chosen = [int(np.argmin(((pts - typical) ** 2).sum(1)))]
+        far = ((pts - pts[chosen[0]]) ** 2).sum(1)
+        while len(chosen) < per_emotion and far.max() > 1e-6:
+            chosen.append(int(np.argmax(far)))
+            far = np.minimum(far, ((pts - pts[chosen[-1]]) ** 2).sum(1))
+        for i in chosen:
+            out.append(
+                dataclasses.replace(canon, **{**face, **dict(zip(fields, (float(v) for v in seen[emotion][i])))})
+            )
+    return out
+
+
 @dataclass(frozen=True)
 class FaceAtlas:
-    """Each face step's pictures (one per atlas pose, in canonical_pose's place) and the poses' face fields."""
+    """Each face step's pictures (one per atlas pose, in canonical_pose's place) and the poses' face fields. The
+    poses are atlas_poses (every step drawn) and then each MORE_POSES group's step_poses (drawn for that group's
+    steps alone: `drawn_for`)."""
 
     fields: np.ndarray  # (E, len(FACE_FIELDS))
     layers: dict[str, list[Layer | None]]  # step (an eye's: step@side) -> E pictures (None: nothing drawn there)
     pupil_reach: np.ndarray  # (E, 2) head radii per unit of pupil_x, pupil_y (render.pupil_reach; 0: no pupils)
     brow_heights: np.ndarray  # (E, 2) each side's render.brow_lift (screen left, right), head radii
+    drawn_for: tuple[str, ...]  # (E,): "" (every step drawn) or the pick group (pick_group) it was drawn for alone
 
 
 def face_atlas(avatar, scale: int = CUTOUT_SCALE) -> FaceAtlas:
-    """The face steps drawn in each of atlas_poses (on a canvas around the head)."""
+    """The face steps drawn in each of atlas_poses, and each MORE_POSES group's in its step_poses (on a canvas
+    around the head)."""
     av = get_avatar(avatar)
-    poses = atlas_poses()
     names = [x for x, _, _ in steps(av, canonical_pose(), 1.0) if x.startswith(FACE)]
     layers: dict[str, list[Layer | None]] = {x[len(FACE) :]: [] for x in names}
-    for q in poses:
-        got = {x.name: x for x in _draw(av, q, set(names), scale, head_only=True)}
+    todo = [(q, "", set(names)) for q in atlas_poses()]
+    for group in MORE_POSES:
+        mine = {x for x in names if pick_group(x[len(FACE) :].partition(EYE)[0]) == group}
+        todo += [(q, group, mine) for q in step_poses(group)]
+    for q, _, drawn in todo:
+        got = {x.name: x for x in _draw(av, q, drawn, scale, head_only=True)}
         for x in names:
             layers[x[len(FACE) :]].append(got.get(x))
+    poses = [q for q, _, _ in todo]
     reach = np.array([R.pupil_reach(av, q) or (0.0, 0.0) for q in poses], np.float32)
     fields = np.array([[getattr(q, f) for f in FACE_FIELDS] for q in poses], np.float32)
     brows = np.array([[R.brow_lift(q, sd) for sd in (-1, 1)] for q in poses], np.float32)
-    return FaceAtlas(fields, layers, reach, brows)
+    return FaceAtlas(fields, layers, reach, brows, tuple(g for _, g, _ in todo))
 
 
 def bone_caps(avatar) -> dict[str, float]:
@@ -230,6 +299,8 @@ __all__ = [
     "cutout_layers",
     "eye_centres",
     "face_atlas",
+    "pick_group",
+    "step_poses",
     "reddened",
     "steps",
 ]

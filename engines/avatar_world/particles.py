@@ -19,35 +19,25 @@ from dataclasses import dataclass
 
 FX_ON = 0.15  # an effect is drawn while its strength is above this
 _TWO_PI = 2.0 * math.pi
-# the effects, in the order they are drawn (Pose's and skeleton.FX_FIELDS's names)
-EFFECTS: tuple[str, ...] = (
-    "fx_sparkles",
-    "fx_hearts",
-    "fx_tears",
-    "fx_sweat",
-    "fx_exclaim",
-    "fx_zzz",
-    "fx_question",
-    "fx_steam",
-)
 
-# Each particle kind's picture depends on its size alone (or, for "stream", on its rounded line width), and
-# on the head's turn for "stream" alone; the others are drawn upright wherever they are.
-KINDS: tuple[str, ...] = (
-    "spark_a",
-    "spark_b",
-    "heart",
-    "stream_l",
-    "stream_r",
-    "tear",
-    "sweat",
-    "exclaim",
-    "z",
-    "question",
-    "puff",
-    "anger",
-)
+# Each effect's particles, by their fixed number (`slot`, whether or not a frame draws it: a served draw lays each
+# slot's pictures in the renderer's order): each one's kind. A kind's picture depends on its size alone (for
+# streams, on the rounded width of their line) and, for streams alone, on the head's turn: the others are drawn
+# upright wherever they are.
+SLOT_KINDS: dict[str, tuple[str, ...]] = {
+    "fx_sparkles": ("spark_a", "spark_b", "spark_a", "spark_b", "spark_a", "spark_b", "spark_a"),
+    "fx_hearts": ("heart", "heart", "heart"),
+    "fx_tears": ("stream_l", "tear", "tear", "stream_r", "tear", "tear"),
+    "fx_sweat": ("sweat",),
+    "fx_exclaim": ("exclaim",),
+    "fx_zzz": ("z", "z", "z"),
+    "fx_question": ("question",),
+    "fx_steam": ("puff", "puff", "puff", "puff", "anger"),
+}
+EFFECTS: tuple[str, ...] = tuple(SLOT_KINDS)  # in the order they are drawn (Pose's, skeleton.FX_FIELDS's names)
+KINDS: tuple[str, ...] = tuple(dict.fromkeys(k for kinds in SLOT_KINDS.values() for k in kinds))
 TURNING = frozenset({"stream_l", "stream_r"})  # drawn along the head's axes: their pictures turn with it
+STREAM_WIDTH = 0.1  # a tear stream's line width at strength 1, in head radii
 
 
 @dataclass(frozen=True)
@@ -68,12 +58,14 @@ class EffectGeometry:
 
 @dataclass(frozen=True)
 class Particle:
-    """One particle of one frame: `kind` (KINDS) drawn with its centre at (x, y) (frame pixels) at `size` (the
-    renderer's size parameter of that kind; for streams, the effect's strength). A stream is drawn along the
+    """One particle of one frame: its effect's particle number `slot` (SLOT_KINDS), of `kind` (KINDS), drawn with its
+    centre at (x, y) (frame pixels) at `size` (the renderer's size parameter of that kind; for streams, the effect's
+    strength). A stream is drawn along the
     head's axes: (x, y) is then the head's centre, `turn` the head's angle (degrees) and `drop` how far down the
     head's y axis (head radii) its points are moved, as render._Head places them."""
 
     effect: str
+    slot: int
     kind: str
     x: float
     y: float
@@ -112,7 +104,7 @@ def particles(
                 continue
             cx = _clampf(geo.tc[0] + ax * 115 * g, size + 3, width - size - 3)
             cy = _clampf(geo.tc[1] + ay * 110 * g, top_lim + size, geo.ground - size)
-            out.append(Particle("fx_sparkles", "spark_a" if i % 2 == 0 else "spark_b", cx, cy, size))
+            out.append(Particle("fx_sparkles", i, SLOT_KINDS["fx_sparkles"][i], cx, cy, size))
     s = strength.get("fx_hearts", 0.0)
     if s > FX_ON:
         for i in range(3):
@@ -123,27 +115,33 @@ def particles(
             cy = hy - 0.2 * r - ph * 120 * g
             if size < 4 * g or cy - size < top_lim:
                 continue
-            out.append(Particle("fx_hearts", "heart", _clampf(cx, size + 3, width - size - 3), cy, size))
+            out.append(Particle("fx_hearts", i, "heart", _clampf(cx, size + 3, width - size - 3), cy, size))
     s = strength.get("fx_tears", 0.0)
     if s > FX_ON:
         fy = max(-0.25, min(0.3, face_dy))
         for sd in (-1, 1):
-            out.append(Particle("fx_tears", "stream_l" if sd < 0 else "stream_r", hx, hy, s, geo.head_ang, fy))
+            out.append(
+                Particle(
+                    "fx_tears", 0 if sd < 0 else 3, "stream_l" if sd < 0 else "stream_r", hx, hy, s, geo.head_ang, fy
+                )
+            )
             for j in range(2):
                 ph = (cycles[2] + j * 0.5 + (0.25 if sd > 0 else 0.0)) % 1.0
                 dx, dy = head(sd * (0.5 + 0.15 * ph), 0.22 + fy + ph * 0.8)
-                out.append(Particle("fx_tears", "tear", dx, dy, 0.14 * r * (0.6 + 0.4 * s)))
+                out.append(
+                    Particle("fx_tears", (0 if sd < 0 else 3) + 1 + j, "tear", dx, dy, 0.14 * r * (0.6 + 0.4 * s))
+                )
     s = strength.get("fx_sweat", 0.0)
     if s > FX_ON:
         ph = cycles[3] % 1.0
         dx, dy = head(1.02, -0.45 + 0.3 * ph)
-        out.append(Particle("fx_sweat", "sweat", dx, dy, 0.2 * r * (0.6 + 0.4 * s)))
+        out.append(Particle("fx_sweat", 0, "sweat", dx, dy, 0.2 * r * (0.6 + 0.4 * s)))
     s = strength.get("fx_exclaim", 0.0)
     if s > FX_ON:
         size = 32.0 * g * (0.55 + 0.45 * s)
         cx = _clampf(hx - 1.3 * r, size + 4, width - size - 4)
         cy = max(top_lim + 0.75 * size, hy - 1.0 * r)
-        out.append(Particle("fx_exclaim", "exclaim", cx, cy, size))
+        out.append(Particle("fx_exclaim", 0, "exclaim", cx, cy, size))
     s = strength.get("fx_zzz", 0.0)
     if s > FX_ON:
         for i in range(3):
@@ -154,13 +152,13 @@ def particles(
             ext = 1.3 * size + ol
             if size < 4 * g or cy - ext < top_lim:
                 continue
-            out.append(Particle("fx_zzz", "z", _clampf(cx, ext + 4, width - ext - 4), cy, size))
+            out.append(Particle("fx_zzz", i, "z", _clampf(cx, ext + 4, width - ext - 4), cy, size))
     s = strength.get("fx_question", 0.0)
     if s > FX_ON:
         size = 24.0 * g * (0.6 + 0.4 * s)
         cx = hx + 1.25 * r + 3 * g * math.sin(_TWO_PI * cycles[5])
         cy = max(top_lim + size * 0.8, hy - 1.1 * r + 4 * g * math.sin(_TWO_PI * cycles[2]))
-        out.append(Particle("fx_question", "question", _clampf(cx, size + 4, width - size - 4), cy, size))
+        out.append(Particle("fx_question", 0, "question", _clampf(cx, size + 4, width - size - 4), cy, size))
     s = strength.get("fx_steam", 0.0)
     if s > FX_ON:
         for sd in (-1, 1):
@@ -171,10 +169,29 @@ def particles(
                 cy = hy - 0.75 * r - ph * 45 * g
                 if size < 3 * g or cy - size < top_lim:
                     continue
-                out.append(Particle("fx_steam", "puff", _clampf(cx, 1.6 * size + 4, width - 1.6 * size - 4), cy, size))
+                out.append(
+                    Particle(
+                        "fx_steam",
+                        (0 if sd < 0 else 2) + j,
+                        "puff",
+                        _clampf(cx, 1.6 * size + 4, width - 1.6 * size - 4),
+                        cy,
+                        size,
+                    )
+                )
         ax, ay = head(-0.55, -0.55)  # the anger mark on the forehead
-        out.append(Particle("fx_steam", "anger", ax, ay, 0.13 * r * (0.6 + 0.4 * s)))
+        out.append(Particle("fx_steam", 4, "anger", ax, ay, 0.13 * r * (0.6 + 0.4 * s)))
     return out
 
 
-__all__ = ["EFFECTS", "FX_ON", "KINDS", "TURNING", "EffectGeometry", "Particle", "particles"]
+__all__ = [
+    "EFFECTS",
+    "FX_ON",
+    "KINDS",
+    "SLOT_KINDS",
+    "STREAM_WIDTH",
+    "TURNING",
+    "EffectGeometry",
+    "Particle",
+    "particles",
+]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import numpy as np
 
 from .avatars import get_avatar
 from .motions import MotionVariation, Pose, pose_at
-from .render import effects_top, render_effects, render_frame
+from .particles import EFFECTS, FX_ON, KINDS, SLOT_KINDS, STREAM_WIDTH, TURNING, EffectGeometry, Particle, particles
+from .render import SS, avatar_effect_geometry, line_px, particle_picture, render_frame
 
 
 def rest_pose() -> Pose:
@@ -68,7 +70,7 @@ def expression_faces() -> tuple[tuple[str, dict[str, float]], ...]:
 def atlas_frames(avatar) -> np.ndarray:
     """The canonical frame with each emotion's typical face (expression_faces), RGBA uint8 (K, 360, 640, 4):
     what architecture 3 copies expressions from. Outside the face they are the canonical frame. The effects
-    are not in it: they move on their own clocks, and effect_sprites draws them at the frame's phase."""
+    are not in it: each particle moves on its own clock, and effect_sprites draws its pictures."""
     av = get_avatar(avatar)
     canon = canonical_pose()
     return np.stack([render_frame(av, dataclasses.replace(canon, **face)) for _, face in expression_faces()])
@@ -76,64 +78,79 @@ def atlas_frames(avatar) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class EffectSprites:
-    """An avatar's effects (skeleton.FX_LAYOUT, in drawing order) at a few strengths, each at `phases` points of
-    its clock: what architecture 3 lays over its frames. The motion picks the picture (the nearest strength,
-    the clock's phase) and places it (its anchor keypoint's move, and the head's turn for effects that turn).
+    """An avatar's effect particles (particles.KINDS), each drawn alone once at a ladder of sizes: what the served
+    draws lay over their frames, each particle where particles.particles puts it from the frame's motion.
 
-    crops[e]: (len(STRENGTHS), phases, h, w, 4) uint8 straight-alpha RGBA (one phase for a still effect), the
-    effect's pixels inside the box whose first pixel is boxes[e] = (row, column) of the frame; anchors[e]:
-    the anchor keypoint's frame pixels (x, y) in the pose they were drawn at; angles[e]: the direction
-    (radians) from the anchor to its "up" keypoint there (0 for effects that do not turn)."""
+    crops[k]: (levels, variants, h, w, 4) uint8 straight-alpha RGBA of kind k, all in one box whose first pixel is
+    boxes[k] = (row, column) of the frame; level l draws the particle at size sizes[k][l] (streams: at strength
+    sizes[k][l], one level a line width); variant v with its centre at anchors[k] + offsets[v] (frame pixels x, y;
+    streams: the head's centre, turned 0 degrees, and one variant). geometry: the avatar's particles.EffectGeometry
+    (its head and torso where the pictures were drawn; a frame's motion moves them)."""
 
-    names: tuple[str, ...]
+    kinds: tuple[str, ...]
     crops: tuple[np.ndarray, ...]
+    sizes: tuple[np.ndarray, ...]
     boxes: tuple[tuple[int, int], ...]
     anchors: tuple[tuple[float, float], ...]
-    angles: tuple[float, ...]
-    top: float  # render.effects_top: no particle is drawn above this row, wherever the avatar is
+    offsets: tuple[tuple[float, float], ...]
+    geometry: EffectGeometry
 
 
-# Strengths the sprites are drawn at: an effect's size grows with its strength (by 0.6x-1x between the
-# renderer's threshold and 1), so the nearest of three is within a few per cent of the size asked for.
-STRENGTHS: tuple[float, ...] = (0.4, 0.7, 1.0)
+# A particle is drawn at the ladder's size nearest its own (at most half a step away: 2.5%) and scaled to its size
+# when laid; its outline, a fixed width, is then off by as much (0.1 px at 4 px).
+SIZE_STEP = 1.05
+# Each picture drawn at these offsets of its centre (frame pixels): the nearest leaves at most a quarter pixel for
+# the bilinear laying to move it (half a pixel blurs an outline as much as the renderer's anti-aliasing).
+OFFSETS: tuple[tuple[float, float], ...] = ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5))
 
 
-# How much lower than the canonical pose's the sprites are drawn: near the frame's top the renderer skips
-# the particles that would cross effects_top, and a sprite drawn where the head stands at rest would lack
-# the ones a lower head (crouching, dancing) shows. Placed, a sprite is cut at effects_top instead.
-SPRITES_LOWER = 60.0
+def _sizes_seen(geo: EffectGeometry) -> dict[str, list[float]]:
+    """Every size particles.particles gives each kind, over strengths from the threshold to 1 and every phase
+    of the clocks (the head and torso lowered, so that none is skipped for reaching the frame's top)."""
+    low = dataclasses.replace(geo, head_c=(geo.head_c[0], geo.head_c[1] + 60.0), tc=(geo.tc[0], geo.tc[1] + 60.0))
+    seen: dict[str, list[float]] = {k: [] for k in KINDS}
+    for s in np.linspace(FX_ON + 1e-3, 1.0, 18):
+        for c in np.arange(0.0, 1.0, 1.0 / 48):
+            for p in particles(low, {e: float(s) for e in EFFECTS}, (float(c),) * 7, 0.0):
+                seen[p.kind].append(p.size)
+    return seen
 
 
-def effect_sprites(avatar, phases: int = 12) -> EffectSprites:
-    from .skeleton import FX_FIELDS, FX_FREQUENCIES, FX_LAYOUT, KEYPOINTS, keypoints_px
+def _ladder(kind: str, sizes: list[float], head_r: float) -> np.ndarray:
+    """The sizes kind's pictures are drawn at: geometric steps over what it takes; for a stream one strength a line
+    width (render.line_px), the width's middle."""
+    lo, hi = min(sizes), max(sizes)
+    if kind in TURNING:
+        per = STREAM_WIDTH * head_r * SS  # canvas pixels of width per unit of strength
+        widths = range(line_px(STREAM_WIDTH * head_r * lo), line_px(STREAM_WIDTH * head_r * hi) + 1)
+        return np.array([w / per for w in widths], np.float64)
+    n = max(1, int(math.ceil(math.log(hi / lo) / math.log(SIZE_STEP))) + 1)
+    return np.geomspace(lo, hi, n)
 
+
+def effect_sprites(avatar) -> EffectSprites:
     av = get_avatar(avatar)
-    base = dataclasses.replace(canonical_pose(), **{f: 0.0 for f in FX_FIELDS})
-    kp = keypoints_px(av, base) + np.array([0.0, SPRITES_LOWER])
-    crops, boxes, anchors, angles = [], [], [], []
-    for name, (anchor, up, clock) in FX_LAYOUT.items():
-        times = [0.0] if clock is None else [j / (phases * FX_FREQUENCIES[clock]) for j in range(phases)]
-        pics = np.stack(
-            [
-                np.stack(
-                    [
-                        render_effects(av, dataclasses.replace(base, **{name: s}, fx_time=t), lower=SPRITES_LOWER)
-                        for t in times
-                    ]
-                )
-                for s in STRENGTHS
-            ]
-        )
-        ys, xs = np.nonzero(pics[..., 3].max((0, 1)))
-        if len(ys) == 0:  # drawn off the frame: nothing to lay over
-            y0 = x0 = y1 = x1 = 0
-        else:
-            y0, x0, y1, x1 = int(ys.min()), int(xs.min()), int(ys.max()) + 1, int(xs.max()) + 1
-        crops.append(np.ascontiguousarray(pics[:, :, y0:y1, x0:x1]))
-        boxes.append((y0, x0))
-        a = kp[KEYPOINTS.index(anchor)]
-        anchors.append((float(a[0]), float(a[1])))
-        d = kp[KEYPOINTS.index(up)] - a if up else None
-        angles.append(0.0 if d is None else float(np.arctan2(d[1], d[0])))
-    top = effects_top(av, base)
-    return EffectSprites(tuple(FX_LAYOUT), tuple(crops), tuple(boxes), tuple(anchors), tuple(angles), top)
+    base = dataclasses.replace(canonical_pose(), **{f: 0.0 for f in EFFECTS})
+    geo = avatar_effect_geometry(av, base)
+    seen = _sizes_seen(geo)
+    hx, hy = float(round(geo.head_c[0])), float(round(geo.head_c[1]))  # every picture's centre: a whole pixel
+    crops, sizes, boxes, anchors = [], [], [], []
+    for kind in KINDS:
+        effect = next(e for e, kinds in SLOT_KINDS.items() if kind in kinds)
+        ladder = _ladder(kind, seen[kind], geo.head_r)
+        offsets = OFFSETS[:1] if kind in TURNING else OFFSETS
+        pictures = [[Particle(effect, 0, kind, hx + dx, hy + dy, float(z)) for dx, dy in offsets] for z in ladder]
+        # the box: where the largest picture reaches, at any offset, on a canvas it cannot leave, and a pixel more
+        reach = int(math.ceil(3.0 * ladder[-1] + 4.0 * geo.ol + geo.head_r + 4.0))
+        x0, y0 = int(hx) - reach, int(hy) - reach
+        big = np.stack([particle_picture(av, geo, p, (x0, y0, 2 * reach, 2 * reach)) for p in pictures[-1]])
+        ys, xs = np.nonzero(big[..., 3].max(0))
+        if len(ys) == 0:
+            raise ValueError(f"{av.name}: the {kind} particle draws nothing")
+        w, h = int(xs.max() - xs.min()) + 3, int(ys.max() - ys.min()) + 3
+        box = (x0 + int(xs.min()) - 1, y0 + int(ys.min()) - 1, w, h)
+        crops.append(np.stack([np.stack([particle_picture(av, geo, p, box) for p in row]) for row in pictures]))
+        sizes.append(ladder)
+        boxes.append((box[1], box[0]))
+        anchors.append((hx, hy))
+    return EffectSprites(KINDS, tuple(crops), tuple(sizes), tuple(boxes), tuple(anchors), OFFSETS, geo)

@@ -20,7 +20,7 @@ from avatarcast.vocabulary import FPS, FRAME_HEIGHT, FRAME_WIDTH
 
 from .avatars import AvatarParams, get_avatar
 from .motions import MotionVariation, Pose, blend_poses, emotion_index, pose_at, sample_variation
-from .particles import EFFECTS, EffectGeometry, Particle, particles
+from .particles import EFFECTS, STREAM_WIDTH, EffectGeometry, Particle, particles
 
 SS = 2  # supersampling factor
 GROUND_Y = 330.0  # ground line at the reference height 360
@@ -135,6 +135,12 @@ def _offset_polygon(p: list, d: float, miter_limit: float = 2.2) -> list:
 
 
 # ---------------------------------------------------------------------------
+def line_px(width: float, scale: float = SS) -> int:
+    """A line's width in the supersampled canvas's pixels (PIL draws whole pixels): how wide _Painter.line draws a
+    line `width` output pixels wide."""
+    return max(1, int(round(width * scale)))
+
+
 class _Painter:
     """Draws in output-pixel coordinates onto a supersampled canvas."""
 
@@ -173,7 +179,7 @@ class _Painter:
 
     def line(self, xy, fill, width: float, caps: bool = True) -> None:
         p = self.pts(xy)
-        wpx = max(1, int(round(width * self.s)))
+        wpx = line_px(width, self.s)
         if len(p) > 1:
             self.d.line(p, fill=fill, width=wpx, joint="curve" if len(p) > 2 else None)
         if caps:
@@ -677,6 +683,23 @@ def _face_offset(q: Pose) -> tuple[float, float]:
     return max(-0.3, min(0.3, q.face_dx)), max(-0.25, min(0.3, q.face_dy))
 
 
+# Where a face field switches what is drawn (a cut-out draw must not pick a picture from the other side of one)
+HEART_EYES = 0.5  # eye_heart above: heart eyes
+EYES_SHUT = 0.22  # eye_open below: a shut eye's arc
+MOUTH_LINE = 0.07  # mouth_open below: the mouth is a line
+TEETH_SHOWN = 0.5  # mouth_teeth above: teeth in the mouth
+
+
+def startled(eye_scale, mouth_smile):
+    """Wide eyes without a smile draw small pupils (numbers or numpy arrays)."""
+    return (eye_scale > 1.15) & (mouth_smile < 0.5)
+
+
+def tongue_shown(mouth_open, mouth_smile):
+    """An open mouth that is not frowning shows its tongue (when no teeth are; numbers or numpy arrays)."""
+    return (mouth_open > 0.35) & (mouth_smile > -0.3)
+
+
 def _eye_shape(style: str, es: float, op: float) -> tuple[float, float, float, float]:
     """(rx, ry, iris, pupil) radii of an open eye of `style`, in head radii, at eye scale es and openness op."""
     if style == "round":
@@ -693,7 +716,7 @@ def _eye_shape(style: str, es: float, op: float) -> tuple[float, float, float, f
 def pupil_reach(av: AvatarParams, q: Pose) -> tuple[float, float] | None:
     """How far (head radii, along the head's axes) the pupils move per unit of pupil_x and pupil_y, for this pose's
     eyes; None where the eyes have no pupils to move (closed, hearts, or drawn as dots)."""
-    if q.eye_heart > 0.5 or q.eye_open < 0.22 or av.eye_style == "dot":
+    if q.eye_heart > HEART_EYES or q.eye_open < EYES_SHUT or av.eye_style == "dot":
         return None
     es = max(0.5, q.eye_scale)
     rx_, ry_, ir, pr = _eye_shape(av.eye_style, es, min(1.5, q.eye_open))
@@ -787,14 +810,14 @@ def _draw_eye(step: str, pt: _Painter, av: AvatarParams, q: Pose, H: _Head, skin
     eye_x = 0.37
     style = av.eye_style
     ex, eyy = eye_centre(q, H, sd)
-    if q.eye_heart > 0.5:
+    if q.eye_heart > HEART_EYES:
         if step == "eyes":
             hs = 0.2 * r * es
             pts = [(ex + x * hs, eyy + y * hs) for x, y in _HEART]
             pt.poly_ol(pts, (235, 50, 90), 0.03 * r)
             pt.ellipse(ex - 0.35 * hs, eyy - 0.35 * hs, 0.18 * hs, 0.14 * hs, (255, 200, 215))
         return
-    if q.eye_open < 0.22:
+    if q.eye_open < EYES_SHUT:
         if step == "eyes":
             w = 0.15 * es
             cur = q.eye_curve
@@ -819,7 +842,7 @@ def _draw_eye(step: str, pt: _Painter, av: AvatarParams, q: Pose, H: _Head, skin
             iry = min(ir * es, ry_ * 0.95)
             pt.ellipse(px_, py_, ir * es * r * 0.95, iry * r, _mix(av.accent, av.outline, 0.35))
         pry = min(pr * es, ry_ * 0.9)
-        small = 0.75 if q.eye_scale > 1.15 and q.mouth_smile < 0.5 else 1.0  # startled: small pupils
+        small = 0.75 if startled(q.eye_scale, q.mouth_smile) else 1.0  # startled: small pupils
         pt.ellipse(px_, py_, pr * es * r * small, pry * r * small, ink)
         hl = 0.045 * es * r
         pt.ellipse(px_ - 0.45 * pr * es * r, py_ - 0.45 * pry * r, hl, min(hl, 0.5 * ry_ * r), (255, 255, 255))
@@ -855,18 +878,18 @@ def _draw_mouth(pt: _Painter, q: Pose, H: _Head, fx: float, fy: float, ink) -> N
     upper = y0 + base * (1 - 0.7 * min(o, 1.0)) - o * h * 0.45 * (1 - 0.75 * abs(sm)) * root + wv
     lower = y0 + base + o * h * root + wv
     xs = fx + us * w
-    if o < 0.07:
+    if o < MOUTH_LINE:
         mid = (upper + lower) * 0.5
         pt.line([H(x, y) for x, y in zip(xs, mid)], ink, 0.06 * r)
         return
     outline_pts = [H(x, y) for x, y in zip(xs, upper)] + [H(x, y) for x, y in zip(xs[::-1], lower[::-1])]
     pt.poly_ol(outline_pts, (120, 30, 45), 0.035 * r)
-    if q.mouth_teeth > 0.5:
+    if q.mouth_teeth > TEETH_SHOWN:
         tb = np.minimum(lower, upper + 0.09)
         pts = [H(x, y) for x, y in zip(xs[1:-1], upper[1:-1])] + [H(x, y) for x, y in zip(xs[-2:0:-1], tb[-2:0:-1])]
         pt.poly(pts, (255, 255, 250))
         pt.line([H(fx, upper[5]), H(fx, tb[5])], (170, 170, 170), 0.02 * r, False)
-    elif o > 0.35 and sm > -0.3:
+    elif tongue_shown(o, sm):
         tx, ty = H(fx + 0.05 * w, lower[5] - 0.075 - 0.02 * o)
         pt.ellipse(tx, ty, 0.5 * w * r, 0.06 * r * min(1.0, o), (240, 110, 125))
 
@@ -907,6 +930,21 @@ def _draw_effects(pt: _Painter, av: AvatarParams, rig: _Rig, q: Pose, H: _Head, 
         draw_particle(pt, p, geo.ol, rig.head_r)
 
 
+def avatar_effect_geometry(avatar, pose: Pose, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT) -> EffectGeometry:
+    """particles.EffectGeometry of an avatar in a pose."""
+    return effect_geometry(_rig(get_avatar(avatar), pose, width, height), width, height)
+
+
+def particle_picture(avatar, geo: EffectGeometry, p: Particle, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Particle `p` drawn alone as render_frame draws it, on a transparent picture of the frame's box = (x0, y0, w, h)
+    (pixels): (h, w, 4) uint8, straight alpha. geo: the avatar's (its outline width and head radius)."""
+    av = get_avatar(avatar)
+    x0, y0, w, h = box
+    img = Image.new("RGBa", (w * SS, h * SS), (0, 0, 0, 0))
+    draw_particle(_Painter(img, SS, x0, y0, av.outline), p, geo.ol, geo.head_r)
+    return _finish(img, 0, 0, w, h, w, h)
+
+
 def draw_particle(pt: _Painter, p: Particle, ol: float, r: float) -> None:
     """One effect particle (particles.Particle) as the renderer draws it: ol, the effects' outline width; r, the
     head's radius (streams and tears are sized by it)."""
@@ -926,7 +964,7 @@ def draw_particle(pt: _Painter, p: Particle, ol: float, r: float) -> None:
             return (cx + (x * c - y * s) * r, cy + (x * s + y * c) * r)
 
         pts = [H(sd * 0.3, 0.1 + fy), H(sd * 0.47, 0.12 + fy), H(sd * 0.5, 0.3 + fy)]
-        pt.line(pts, (110, 185, 255), 0.1 * r * size, True)
+        pt.line(pts, (110, 185, 255), STREAM_WIDTH * r * size, True)
     elif kind == "tear":
         pt.poly_ol([(cx + x * size, cy + y * size) for x, y in _DROP], (120, 190, 255), ol * 0.6)
     elif kind == "sweat":

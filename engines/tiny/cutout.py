@@ -33,6 +33,7 @@ from avatarcast.engines.avatar_world.layers import (
     EYE,
     FACE,
     PAIR,
+    PICK_FIELDS,
     SKIN,
     WAND_TIP,
     Layer,
@@ -40,10 +41,20 @@ from avatarcast.engines.avatar_world.layers import (
     cutout_layers,
     eye_centres,
     face_atlas,
+    pick_group,
     reddened,
 )
 from avatarcast.engines.avatar_world.motions import Pose
-from avatarcast.engines.avatar_world.render import brow_lift, wand_reach
+from avatarcast.engines.avatar_world.render import (
+    EYES_SHUT,
+    HEART_EYES,
+    MOUTH_LINE,
+    TEETH_SHOWN,
+    brow_lift,
+    startled,
+    tongue_shown,
+    wand_reach,
+)
 from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, FACE_FIELDS, KEYPOINTS, N_POINTS, PARTS, to_window
 from avatarcast.engines.backends.base import BackendError
 from avatarcast.engines.backends.host import available_cores
@@ -116,13 +127,6 @@ class _WindowLayer:
 
 # Which face fields pick each face step's picture from the atlas (the nearest, within the same kind of eye: open,
 # shut or heart); the pupils, lids and glasses go with the eyes' pick (the pupils then move inside them).
-_PICK_FIELDS = {
-    "blush": ("blush", "face_red"),
-    "eyes": ("eye_open", "eye_scale", "eye_curve", "eye_heart", "mouth_smile"),
-    "brows": ("brow_angle", "eye_scale"),  # their height is moved to the motion's (render.brow_lift)
-    "mouth": ("mouth_open", "mouth_smile", "mouth_width", "mouth_wavy", "mouth_teeth"),
-}
-_WITH_EYES = ("pupils", "lids", "glasses")
 _F = {f: i for i, f in enumerate(FACE_FIELDS)}
 
 
@@ -143,7 +147,22 @@ def _eye_stretch(motion: np.ndarray, entry: np.ndarray) -> np.ndarray:
 
 def _eye_kind(fields: np.ndarray) -> np.ndarray:
     """0 open, 1 shut, 2 heart, as render._draw_eye tells them apart."""
-    return np.where(fields[..., _F["eye_heart"]] > 0.5, 2, np.where(fields[..., _F["eye_open"]] < 0.22, 1, 0))
+    return np.where(
+        fields[..., _F["eye_heart"]] > HEART_EYES, 2, np.where(fields[..., _F["eye_open"]] < EYES_SHUT, 1, 0)
+    )
+
+
+def _look(group: str, fields: np.ndarray) -> np.ndarray:
+    """What render draws differently on either side of a threshold (an int per face): the eyes' kind and small
+    pupils; the mouth as a line, with teeth, with a tongue. A picture is never picked across one."""
+    f = fields[..., :]
+    if group == "eyes":
+        return _eye_kind(f) * 2 + startled(f[..., _F["eye_scale"]], f[..., _F["mouth_smile"]])
+    if group == "mouth":
+        o, sm = f[..., _F["mouth_open"]], f[..., _F["mouth_smile"]]
+        teeth = f[..., _F["mouth_teeth"]] > TEETH_SHOWN
+        return (o < MOUTH_LINE) * 4 + teeth * 2 + (~teeth & tongue_shown(o, sm))
+    return np.zeros(f.shape[:-1], np.int64)
 
 
 @dataclass(frozen=True)
@@ -156,6 +175,7 @@ class CutoutAvatar:
     faces: dict[str, tuple[_WindowLayer | None, ...]]  # face step -> its picture in each atlas pose
     face_fields: np.ndarray  # (E, len(FACE_FIELDS)) the atlas poses' face fields
     face_scale: np.ndarray  # (len(FACE_FIELDS),): how far apart the atlas's faces are, per field
+    drawn_for: np.ndarray  # (E,) str: "" or the pick group an atlas pose was drawn for alone (layers.step_poses)
     pupil_px: np.ndarray  # (E, 2, 2): the window-pixel move of the pupils per unit of pupil_x, pupil_y (columns)
     brow_heights: np.ndarray  # (E, 2): each atlas pose's brows (render.brow_lift), screen left and right
     head_axes: np.ndarray  # (2, 2): the canonical head's x and y axes (columns), one head radius long, window pixels
@@ -180,10 +200,11 @@ class CutoutAvatar:
     def pick(self, step: str, motion: np.ndarray) -> int:
         """The atlas pose whose picture of face step `step` is nearest the motion's face fields."""
         face = np.asarray(motion[EXPR_OFFSET : EXPR_OFFSET + len(FACE_FIELDS)], np.float64)
-        idx = [_F[f] for f in _PICK_FIELDS["eyes" if step in _WITH_EYES else step]]
+        group = pick_group(step)
+        idx = [_F[f] for f in PICK_FIELDS[group]]
         d2 = (((face[idx] - self.face_fields[:, idx]) / self.face_scale[idx]) ** 2).sum(1)
-        if step == "eyes" or step in _WITH_EYES:
-            d2 = d2 + 1e6 * (_eye_kind(self.face_fields) != _eye_kind(face))  # never an open eye for a shut one
+        d2 = d2 + 1e6 * (_look(group, self.face_fields) != _look(group, face))  # never an open eye for a shut one
+        d2 = d2 + 1e12 * ~np.isin(self.drawn_for, ("", group))  # a pose drawn for another group lacks this step
         return int(np.argmin(d2))
 
 
@@ -217,7 +238,9 @@ def prepare(avatar, ref_motion: np.ndarray, window: TinyConfig, scale: int = CUT
         kinds,
         {k: tuple(None if x is None else _in_window(x, window) for x in v) for k, v in atlas.layers.items()},
         atlas.fields,
-        np.maximum(atlas.fields.std(0, ddof=1), 0.05).astype(np.float32),
+        # the spread of the poses drawn whole: the poses added for one group do not change how the others pick
+        np.maximum(atlas.fields[np.array(atlas.drawn_for) == ""].std(0, ddof=1), 0.05).astype(np.float32),
+        np.array(atlas.drawn_for),
         pupil_px,
         atlas.brow_heights.astype(np.float64),
         axes,
@@ -281,13 +304,14 @@ def draw(avatar: CutoutAvatar, motions: np.ndarray, box: tuple[int, int, int, in
             kind = avatar.kinds[i]
             shift = np.zeros(2)  # a move in the reference (window pixels at scale 1) before the part's map
             eye_scale, centre = None, None  # an eye's stretch (x, y) about its centre, in the reference
+            upright = False
             if kind == "skin":
                 if red > 0.0 and i in avatar.red:
                     red_px = avatar.red[i].pixels
                     layer = _WindowLayer(layer.mover, layer.row, layer.col, layer.pixels * (1.0 - red) + red_px * red)
             elif kind:
                 step, _, side = kind.partition(EYE)
-                pick = eyes if step in _WITH_EYES or step == "eyes" else avatar.pick(step, m)
+                pick = eyes if pick_group(step) == "eyes" else avatar.pick(step, m)
                 got = avatar.faces[kind][pick]
                 if got is None:
                     continue
@@ -301,6 +325,9 @@ def draw(avatar: CutoutAvatar, motions: np.ndarray, box: tuple[int, int, int, in
                 elif side:
                     eye_scale = _eye_stretch(m, avatar.face_fields[pick])
                     centre = avatar.eyes[0 if side == "-1" else 1]
+                    # render draws an open eye, a heart eye and the pupils as upright ellipses and polygons about
+                    # a centre that turns with the head: they move, they do not turn (a shut eye's arc turns)
+                    upright = step in ("eyes", "pupils") and _eye_kind(avatar.face_fields[pick]) != 1
             if layer.mover.startswith(BONE):
                 p, q, limb = layer.mover[len(BONE) :].split(",")
                 _lay_bone(
@@ -320,6 +347,10 @@ def draw(avatar: CutoutAvatar, motions: np.ndarray, box: tuple[int, int, int, in
             else:
                 j = _PART[layer.mover]
                 Ai, bi = A[j], b[j]
+            if upright and centre is not None:  # the head's map at the eye's centre, without its turn
+                at = np.linalg.solve(Ai, centre - bi)  # where the canonical eye centre lands in the frame
+                Ai = np.sqrt(abs(Ai[0, 0] * Ai[1, 1] - Ai[0, 1] * Ai[1, 0])) * np.eye(2)
+                bi = centre - Ai @ at
             if shift.any():
                 bi = bi - shift / np.array([W / 2.0, H / 2.0])
             if eye_scale is not None and centre is not None:  # read the picture at c + (ref - c) / stretch

@@ -1,148 +1,169 @@
-"""Architecture 3's effects: the avatar's effect sprites pasted over the decoded frames, where the motion says.
+"""Architecture 3's effects: the avatar's effect particles pasted over the drawn frames, where the motion says.
 
-An effect (skeleton.FX_LAYOUT: sparkles, hearts, "zzz", ...) is drawn in screen space around one keypoint,
-and its particles run on their own clock. The decoder moves the avatar's parts, so an effect far from every
-part had no pixels to copy and came out transparent (the fidelity eval's FD was 9x the shipped engine's
-for it), and one copied from an atlas stood still at the atlas's phase. Here each effect is a sheet of
-pictures, one per phase of its clock (reference.effect_sprites, drawn once per avatar): the frame's motion
-vector turns it on (its strength field, at the renderer's threshold), picks the picture (its clock's sine
-and cosine) and moves it (its anchor keypoint), and it is laid over the frame as the renderer draws effects,
-last. No weights: the motion carries every number it needs.
+An effect (sparkles, hearts, "zzz", ...) is a few particles drawn in screen space around the head or the torso,
+each moving on its effect's clock (engines/avatar_world/particles.py, the one home of where they are). The
+decoder moves the avatar's parts, so an effect far from every part had no pixels to copy. Here each particle kind
+is a ladder of pictures (reference.effect_sprites, drawn once per avatar: one a size step, at four half-pixel
+offsets of its centre), and a frame's motion vector gives everything particles.particles needs: the head's centre
+and turn and the torso's centre (keypoints), the face's drop, each effect's strength, each clock's phase (its
+sine and cosine). Each particle then lays the picture nearest its size and offset, scaled the last few per cent to
+its size and moved the last quarter pixel (bilinear), in the renderer's order, over the frame, last. No weights.
+
+Until 2026-12 a picture of each whole effect at 12 phases of its clock was laid instead: each particle stood up to
+a twelfth of its path from where the renderer draws it (3-7 dB of the cut-out draw's error in sleepy, angry,
+confused and love frames; docs/training/motion.md).
 
 The placing is numpy (`canvas`: the effects of one frame on a transparent canvas, no torch, for a CPU serving
-path); `over` lays canvases on a batch of torch frames, which keeps the frames' gradient in training.
+path); `over` lays canvases on a batch of torch frames, which keeps the frames' gradient in training; the device
+compose (engines/tiny/motion_compose.py) lays `placements_many`'s pictures on the GPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from avatarcast.engines.avatar_world.particles import FX_ON
-from avatarcast.engines.avatar_world.reference import STRENGTHS, EffectSprites
-from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, FACE_FIELDS, FX_FIELDS, FX_LAYOUT, KEYPOINTS
+from avatarcast.engines.avatar_world.particles import EFFECTS, SLOT_KINDS, STREAM_WIDTH, TURNING, Particle, particles
+from avatarcast.engines.avatar_world.reference import EffectSprites
+from avatarcast.engines.avatar_world.render import line_px
+from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, FACE_FIELDS, FX_FIELDS, FX_FREQUENCIES, KEYPOINTS
 from avatarcast.engines.tiny.config import TinyConfig
 
 if TYPE_CHECKING:  # torch only for training's `over`: serving lays the effects in numpy
     import torch
 
 _CLOCK0 = EXPR_OFFSET + len(FACE_FIELDS) + len(FX_FIELDS)  # the clock's (sin, cos) pairs in a motion vector
+_STRENGTH = {n: EXPR_OFFSET + len(FACE_FIELDS) + FX_FIELDS.index(n) for n in EFFECTS}
+_FACE_DY = EXPR_OFFSET + FACE_FIELDS.index("face_dy")
+_HEAD, _HEAD_UP, _TORSO = (KEYPOINTS.index(k) for k in ("head_centre", "head_up", "torso_centre"))
 
 
 class EffectLayer:
-    """One avatar's sprites in the decoder's window: `canvas` places a frame's effects, `over` lays them on frames.
+    """One avatar's particle pictures in the decoder's window: `canvas` places a frame's effects, `over` lays them
+    on frames. Its pictures are by slot (each effect's particles, particles.SLOT_KINDS, in the renderer's order):
+    crops[e], boxes[e], anchors[e] are slot e's kind's (the same arrays for slots of one kind).
 
     window_origin: the window's (row, column) in the frame, i.e. (-pad_top, window_x0); window_hw: its size.
     """
 
     def __init__(self, sprites: EffectSprites, window_origin: tuple[int, int], window_hw: tuple[int, int]):
-        if sprites.names != tuple(FX_LAYOUT):
-            raise ValueError(f"sprites for {sprites.names}, the layout names {tuple(FX_LAYOUT)}")
         oy, ox = window_origin
+        self.origin = (oy, ox)
         self.hw = window_hw
-        # uint8 (strengths, phases, h, w, 4) straight alpha, as drawn, until one is laid (a float copy of every
-        # picture would be ~70 MB an avatar)
-        self.crops = sprites.crops
-        self.boxes = [(y0 - oy, x0 - ox) for y0, x0 in sprites.boxes]  # each crop's first pixel, window (row, col)
-        self.anchors = [(ax - ox, ay - oy) for ax, ay in sprites.anchors]  # window pixels (x, y)
-        self.angles = list(sprites.angles)
-        self.top = sprites.top - oy  # window row
-        # where each effect's numbers sit in a motion vector
-        self.strength = [EXPR_OFFSET + len(FACE_FIELDS) + FX_FIELDS.index(n) for n in sprites.names]
-        self.clock = [FX_LAYOUT[n][2] for n in sprites.names]
-        self.anchor_kp = [KEYPOINTS.index(FX_LAYOUT[n][0]) for n in sprites.names]
-        self.up_kp = [KEYPOINTS.index(u) if (u := FX_LAYOUT[n][1]) else None for n in sprites.names]
+        self.geo = sprites.geometry
+        self.offsets = sprites.offsets
+        self.slots = [(effect, i) for effect in EFFECTS for i in range(len(SLOT_KINDS[effect]))]
+        self.slot_index = {slot: e for e, slot in enumerate(self.slots)}
+        kind_index = {k: n for n, k in enumerate(sprites.kinds)}
+        self.kinds = [SLOT_KINDS[effect][i] for effect, i in self.slots]
+        of = [kind_index[k] for k in self.kinds]
+        # uint8 (levels, variants, h, w, 4) straight alpha, as drawn, until one is laid
+        self.crops = [sprites.crops[n] for n in of]
+        self.sizes = [sprites.sizes[n] for n in of]
+        self.boxes = [(sprites.boxes[n][0] - oy, sprites.boxes[n][1] - ox) for n in of]  # window (row, col)
+        self.anchors = [(sprites.anchors[n][0] - ox, sprites.anchors[n][1] - oy) for n in of]  # window (x, y)
+        self.top = sprites.geometry.top - oy  # window row
+        r = sprites.geometry.head_r
+        self.widths = [[line_px(STREAM_WIDTH * r * z) for z in ladder] for ladder in self.sizes]  # streams' levels
 
     @classmethod
     def in_window(cls, sprites: EffectSprites, window: TinyConfig) -> EffectLayer:
         """The layer for the decoder's window (TinyConfig's padded window, as architecture 2's)."""
         return cls(sprites, (-window.pad_top, window.window_x0), (window.pad_height, window.window_width))
 
-    def placements(self, motion: np.ndarray) -> list[Placement]:
-        """One frame's effects that are on (motion: (MOTION_DIM,), normalized window coordinates), in the renderer's
-        order: which picture each lays, and where. What `canvas` draws, and what the device compose
-        (engines/tiny/motion_compose.py) lays on the GPU, so that both place the same pictures."""
+    def particles(self, motion: np.ndarray) -> list[Particle]:
+        """One frame's particles (motion: (MOTION_DIM,), normalized window coordinates), in the renderer's order, in
+        frame pixels: particles.particles with the head, the torso, the strengths and the clocks the motion carries.
+        none for a motion with a number that is not finite (a diverged sample draws no effect rather than fail)."""
         H, W = self.hw
+        oy, ox = self.origin
         m = np.asarray(motion, np.float64)
+        strength = {n: float(m[k]) for n, k in _STRENGTH.items()}
+        if not any(s > 0.0 for s in strength.values()) or not np.isfinite(m).all():  # the threshold is above 0
+            return []
+
+        def frame_px(k: int) -> tuple[float, float]:
+            return ((m[2 * k] + 1.0) * 0.5 * W + ox, (m[2 * k + 1] + 1.0) * 0.5 * H + oy)
+
+        head, up = frame_px(_HEAD), frame_px(_HEAD_UP)
+        geo = dataclasses.replace(
+            self.geo,
+            head_c=head,
+            head_ang=math.degrees(math.atan2(up[0] - head[0], head[1] - up[1])),  # up is (sin, -cos) of the angle
+            tc=frame_px(_TORSO),
+        )
+        cycles = tuple(
+            math.atan2(m[_CLOCK0 + 2 * c], m[_CLOCK0 + 2 * c + 1]) / (2.0 * math.pi) for c in range(len(FX_FREQUENCIES))
+        )
+        return particles(geo, strength, cycles, float(m[_FACE_DY]))
+
+    def placements(self, motion: np.ndarray) -> list[Placement]:
+        """One frame's particles (`particles`), in the renderer's order: which picture each lays, and where. What
+        `canvas` draws, and what the device compose (engines/tiny/motion_compose.py) lays on the GPU, so that both
+        place the same pictures."""
+        oy, ox = self.origin
         out: list[Placement] = []
-        for e, crop in enumerate(self.crops):
-            s = float(m[self.strength[e]])
-            if s <= FX_ON or crop.shape[3] == 0:
+        r = self.geo.head_r
+        for p in self.particles(motion):
+            e = self.slot_index[(p.effect, p.slot)]
+            ladder = self.sizes[e]
+            if p.kind in TURNING:  # the picture of its line width, turned with the head about the head's centre
+                want = line_px(STREAM_WIDTH * r * p.size)
+                level = int(np.argmin([abs(w - want) for w in self.widths[e]]))
+                a = math.radians(p.turn)
+                # its points hang from the head's point (0, drop) (render.draw_particle), which the picture's anchor is
+                tx = p.x - math.sin(a) * p.drop * r - ox
+                ty = p.y + math.cos(a) * p.drop * r - oy
+                out.append(Placement(e, level, 0, (tx, ty), a, 1.0))
                 continue
-            level = int(np.argmin([abs(s - v) for v in STRENGTHS]))
-            j, clock = 0, self.clock[e]
-            if clock is not None:
-                sin, cos = m[_CLOCK0 + 2 * clock], m[_CLOCK0 + 2 * clock + 1]
-                j = int(round((math.atan2(sin, cos) / (2 * math.pi)) % 1.0 * crop.shape[1])) % crop.shape[1]
-            k = self.anchor_kp[e]
-            target = ((m[2 * k] + 1.0) * 0.5 * W, (m[2 * k + 1] + 1.0) * 0.5 * H)
-            turn, u = 0.0, self.up_kp[e]
-            if u is not None:
-                turn = math.atan2((m[2 * u + 1] - m[2 * k + 1]) * H, (m[2 * u] - m[2 * k]) * W) - self.angles[e]
-            out.append(Placement(e, level, j, target, turn))
+            level = int(np.argmin(np.abs(np.log(ladder / p.size))))
+            k = p.size / float(ladder[level])
+            tx, ty = p.x - ox, p.y - oy  # the particle's centre, window pixels
+            ax, ay = self.anchors[e]
+            # the variant whose centre leaves the least sub-pixel move: its centre sits at anchor + (dx, dy)
+            dx = 0.5 if 0.25 <= (tx - ax) % 1.0 < 0.75 else 0.0
+            dy = 0.5 if 0.25 <= (ty - ay) % 1.0 < 0.75 else 0.0
+            v = self.offsets.index((dx, dy))
+            out.append(Placement(e, level, v, (tx - k * dx, ty - k * dy), 0.0, k))
         return out
 
     def placements_many(self, motions: np.ndarray) -> list[Placements]:
-        """`placements` for many frames at once (motions: (F, MOTION_DIM)): per effect that is on in any of them, in
+        """`placements` for many frames at once (motions: (F, MOTION_DIM)): per slot that is on in any of them, in
         the renderer's order, the frames it is on in, its pictures, and where each lands on the whole window
-        (`sampling`'s region and turn), as arrays; frames where it lands outside are left out. The same numbers as
-        `placements` and `sampling` frame by frame, to the bit: each array operation is the scalar one, in the same
-        order, and the transcendental functions are Python's math, as there (numpy's may differ in the last bit)."""
+        (`sampling`'s region, turn and scale), as arrays; frames where it lands outside are left out. The same
+        numbers as `placements` and `sampling` frame by frame: they are made by them."""
         H, W = self.hw
-        m = np.asarray(motions, np.float64)
-        strengths = np.asarray(STRENGTHS, np.float64)
+        per: dict[int, list[tuple[int, Placement, Sampling | None]]] = {}
+        for f, motion in enumerate(np.asarray(motions, np.float64)):
+            for p in self.placements(motion):
+                per.setdefault(p.effect, []).append((f, p, self.sampling(p, (0, 0, H, W))))
         out: list[Placements] = []
-        for e, crop in enumerate(self.crops):
-            s = m[:, self.strength[e]]
-            rows = np.flatnonzero(~(s <= FX_ON))  # as `placements` skips: NaN is on there too
-            if crop.shape[3] == 0 or not rows.size:
-                continue
-            me, s = m[rows], s[rows]
-            level = np.argmin(np.abs(s[:, None] - strengths[None]), axis=1)
-            phase, clock = np.zeros(len(rows), np.int64), self.clock[e]
-            if clock is not None:
-                sin, cos = me[:, _CLOCK0 + 2 * clock], me[:, _CLOCK0 + 2 * clock + 1]
-                a = np.array([math.atan2(y, x) for y, x in zip(sin.tolist(), cos.tolist())], np.float64)
-                n = crop.shape[1]
-                phase = np.round(a / (2 * math.pi) % 1.0 * n).astype(np.int64) % n
-            k = self.anchor_kp[e]
-            tx, ty = (me[:, 2 * k] + 1.0) * 0.5 * W, (me[:, 2 * k + 1] + 1.0) * 0.5 * H
-            turn, u = np.zeros(len(rows)), self.up_kp[e]
-            if u is not None:
-                dy, dx = (me[:, 2 * u + 1] - me[:, 2 * k + 1]) * H, (me[:, 2 * u] - me[:, 2 * k]) * W
-                turn = np.array([math.atan2(y, x) for y, x in zip(dy.tolist(), dx.tolist())]) - self.angles[e]
-            # _sampling on the whole window (box (0, 0, H, W): its origin's subtractions are exact, left out), each
-            # corner's arithmetic as written there
-            c = np.array([math.cos(t) for t in turn.tolist()], np.float64)
-            sn = np.array([math.sin(t) for t in turn.tolist()], np.float64)
-            (py, px), (ax, ay) = self.boxes[e], self.anchors[e]
-            ph, pw = crop.shape[2:4]
-            corners = [(px + dx - ax, py + dy - ay) for dx in (0, pw) for dy in (0, ph)]
-            xs = np.stack([tx + c * x - sn * y for x, y in corners], 1)
-            ys = np.stack([ty + sn * x + c * y for x, y in corners], 1)
-            x0 = np.maximum(0, np.floor(xs.min(1)).astype(np.int64) - 1)
-            x1 = np.minimum(W, np.ceil(xs.max(1)).astype(np.int64) + 1)
-            y0 = np.maximum(np.maximum(0, np.floor(ys.min(1)).astype(np.int64) - 1), math.ceil(self.top))
-            y1 = np.minimum(H, np.ceil(ys.max(1)).astype(np.int64) + 1)
-            keep = (x0 < x1) & (y0 < y1)
+        for e in sorted(per):
+            rows = per[e]
+            landed = [(f, p, w) for f, p, w in rows if w is not None]
+
+            def col(get, dtype) -> np.ndarray:
+                return np.array([get(p, w) for _, p, w in landed], dtype)  # noqa: B023 (used at once)
+
             out.append(
                 Placements(
                     e,
-                    rows[keep],
-                    level[keep],
-                    phase[keep],
-                    tx[keep],
-                    ty[keep],
-                    c[keep],
-                    sn[keep],
-                    y0[keep],
-                    y1[keep],
-                    x0[keep],
-                    x1[keep],
-                    rows,
+                    np.array([f for f, _, _ in landed], np.int64),
+                    col(lambda p, w: p.level, np.int64),
+                    col(lambda p, w: p.phase, np.int64),
+                    col(lambda p, w: p.target[0], np.float64),
+                    col(lambda p, w: p.target[1], np.float64),
+                    col(lambda p, w: w.c, np.float64),
+                    col(lambda p, w: w.s, np.float64),
+                    col(lambda p, w: w.y0, np.int64),
+                    col(lambda p, w: w.y1, np.int64),
+                    col(lambda p, w: w.x0, np.int64),
+                    col(lambda p, w: w.x1, np.int64),
+                    np.array([f for f, _, _ in rows], np.int64),
                 )
             )
         return out
@@ -156,6 +177,7 @@ class EffectLayer:
             self.anchors[p.effect],
             p.target,
             p.turn,
+            p.scale,
             box,
             self.top,
         )
@@ -215,21 +237,23 @@ def _over(top, under):
 
 @dataclass(frozen=True)
 class Placement:
-    """One effect laid on one frame: its picture (strength level, clock phase), its anchor's window pixel (x, y)
-    and its turn (radians)."""
+    """One particle laid on one frame: its slot (`effect`), its picture (size `level`, offset variant `phase`), where
+    its anchor lands (window pixels x, y), its turn (radians) and scale about the anchor."""
 
     effect: int
     level: int
     phase: int
     target: tuple[float, float]
     turn: float
+    scale: float = 1.0
 
 
 @dataclass(frozen=True)
 class Placements:
-    """One effect laid on many frames (EffectLayer.placements_many): per frame it lands on, the frame's row, its
-    picture (strength level, clock phase), its anchor's window pixel (tx, ty), its turn's cosine and sine, and the
-    window region it fills, rows [y0, y1) and columns [x0, x1). `on`: every frame it is on in, landing or not."""
+    """One slot's particle laid on many frames (EffectLayer.placements_many): per frame it lands on, the frame's row,
+    its picture (size level, offset variant), its anchor's window pixel (tx, ty), its turn's cosine and sine over
+    its scale (Sampling.c, .s), and the window region it fills, rows [y0, y1) and columns [x0, x1). `on`: every
+    frame it is on in, landing or not."""
 
     effect: int
     frames: np.ndarray
@@ -255,7 +279,7 @@ class Sampling:
     y1: int
     x0: int
     x1: int
-    c: float  # the turn's cosine and sine
+    c: float  # the turn's cosine and sine, over the scale: they take a frame pixel back into the picture
     s: float
     box: tuple[int, int]  # the canvas's first pixel, window (row, column)
     target: tuple[float, float]  # the anchor's window pixel (x, y)
@@ -277,23 +301,24 @@ def sample_coords(cols, rows, c, s, box, target, anchor, pic_box):
     return c * gx + s * gy + ax - px - 0.5, -s * gx + c * gy + ay - py - 0.5  # - 0.5: pixel k's centre: k + 0.5
 
 
-def _sampling(pic_hw, pic_box, anchor, target, turn: float, box, top: float) -> Sampling | None:
-    """A picture of pic_hw (its first pixel at window (row, column) `pic_box`), turned by `turn` about `anchor` and
-    moved onto `target` (window pixels (x, y)), on a canvas that is the window's part `box` = (row, column,
-    height, width): the region it fills, clipped to the canvas and cut above window row `top`."""
+def _sampling(pic_hw, pic_box, anchor, target, turn: float, scale: float, box, top: float) -> Sampling | None:
+    """A picture of pic_hw (its first pixel at window (row, column) `pic_box`), turned by `turn` and scaled by
+    `scale` about `anchor` and moved onto `target` (window pixels (x, y)), on a canvas that is the window's part
+    `box` = (row, column, height, width): the region it fills, clipped to the canvas and cut above window row
+    `top`."""
     h, w = box[2], box[3]
     ph, pw = pic_hw
     c, s = math.cos(turn), math.sin(turn)
     (py, px), (ax, ay), (tx, ty) = pic_box, anchor, target
     # where the picture's corners land, in the canvas's pixels: the region to fill
-    corners = [(px + dx - ax, py + dy - ay) for dx in (0, pw) for dy in (0, ph)]
+    corners = [(scale * (px + dx - ax), scale * (py + dy - ay)) for dx in (0, pw) for dy in (0, ph)]
     xs = [tx + c * x - s * y - box[1] for x, y in corners]
     ys = [ty + s * x + c * y - box[0] for x, y in corners]
     x0, x1 = max(0, math.floor(min(xs)) - 1), min(w, math.ceil(max(xs)) + 1)
     y0, y1 = max(0, math.floor(min(ys)) - 1, math.ceil(top - box[0])), min(h, math.ceil(max(ys)) + 1)
     if x0 >= x1 or y0 >= y1:
         return None
-    return Sampling(y0, y1, x0, x1, c, s, (box[0], box[1]), (tx, ty), (ax, ay), (py, px))
+    return Sampling(y0, y1, x0, x1, c / scale, s / scale, (box[0], box[1]), (tx, ty), (ax, ay), (py, px))
 
 
 def _place_over(canvas: np.ndarray, pic: np.ndarray, where: Sampling) -> None:

@@ -31,7 +31,8 @@ Box = tuple[int, int, int, int]  # window (row, column, height, width)
 
 @dataclass(frozen=True)
 class DeviceSprites:
-    """One avatar's effect sprites on the device: per effect, uint8 (strengths, phases, h, w, 4) straight alpha."""
+    """One avatar's effect sprites on the device: per particle slot (EffectLayer's), uint8 (sizes, offsets, h, w, 4)
+    straight alpha (one tensor for all slots of a kind)."""
 
     layer: EffectLayer
     pics: tuple[torch.Tensor, ...]
@@ -52,8 +53,12 @@ class DeviceCompose:
         return to_device(vals, self.device, dtype)
 
     def sprites(self, layer: EffectLayer) -> DeviceSprites:
-        """The avatar's sprites copied to the device once (17 MB of uint8 an avatar)."""
-        return DeviceSprites(layer, tuple(torch.from_numpy(c).to(self.device) for c in layer.crops))
+        """The avatar's sprites copied to the device once (about 5 MB of uint8 an avatar), each kind's once."""
+        on_device: dict[int, torch.Tensor] = {}
+        for c in layer.crops:
+            if id(c) not in on_device:
+                on_device[id(c)] = torch.from_numpy(c).to(self.device)
+        return DeviceSprites(layer, tuple(on_device[id(c)] for c in layer.crops))
 
     def frames(
         self,

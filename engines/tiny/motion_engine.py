@@ -47,7 +47,7 @@ from avatarcast.engines.tiny.engine import (
     set_emotion,
 )
 from avatarcast.engines.tiny.motion_backends import MotionBackend, OnnxMotionBackend
-from avatarcast.engines.tiny.motion_weights import CUTOUT_DRAW, cutout_hash, load_motion_manifest, motion_folder
+from avatarcast.engines.tiny.motion_weights import CUTOUT_DRAW, frames_hash, load_motion_manifest, motion_folder
 from avatarcast.engines.tiny.window import frames_to_window, window_to_rgba
 from avatarcast.vocabulary import EMOTIONS, FRAME_HEIGHT, FRAME_WIDTH
 
@@ -205,9 +205,10 @@ class MotionEngine:
             be = TorchMotionBackend.from_folder(man, device)
         else:
             raise BackendError(f"the motion engine runs on onnxruntime or torch, not {backend!r}")
-        # what the frames depend on: the cut-out draw's come from the folder's denoiser and the cut-out code, not from
-        # its decoder, and the latents cache and clip cache (keyed on this) must not hand one draw's frames to the other
-        weights_hash = cutout_hash(man.weights_hash) if draw == CUTOUT_DRAW else man.weights_hash
+        # what the frames depend on: the folder's motions, the draw (the cut-out draw's come from the cut-out code, not
+        # from the folder's decoder) and the effects: the latents cache and clip cache (keyed on this) must not hand one
+        # draw's frames to another
+        weights_hash = frames_hash(man.weights_hash, draw)
         return cls(be, man.mean, man.std, steps, weights_hash, max_avatars)
 
     # -- properties -----------------------------------------------------------------------

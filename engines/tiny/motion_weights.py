@@ -38,15 +38,20 @@ SHIPPED = Path(__file__).with_name("weights") / "motion"
 # it: a picture a detector tells from the renderer's far less often, for about 1.7x the CPU time a frame (README,
 # "Which engine").
 CUTOUT_DRAW = "cutout"  # the cut-out draw (engines/tiny/cutout.py): no decoder graph, the copy folder's denoiser
-# Bump when the cut-out draw draws other frames from the same motions: it is in the engine's weights hash, which keys
-# the latents cache and the clip cache (frames drawn by another version, or by a decoder, are not reused).
-CUTOUT_VERSION = 1
+# Bump when a draw draws other frames from the same motions: they are in the engine's weights hash (`frames_hash`),
+# which keys the latents cache and the clip cache (frames drawn by another version, or by another draw, are not
+# reused). CUTOUT_VERSION: the cut-out draw's own pictures; EFFECTS_VERSION: the effects every draw lays over its
+# frames (2: one picture a particle, placed by its own clock, engines/tiny/effects.py).
+CUTOUT_VERSION = 2
+EFFECTS_VERSION = 2
 
 
-def cutout_hash(folder_hash: str) -> str:
-    """The engine's weights hash for the cut-out draw of a folder whose weights hash is `folder_hash` (its denoiser's
-    motions, this draw's pictures): never the folder's own, which its decoder's frames are keyed on."""
-    return hashlib.sha256(f"{folder_hash}:{CUTOUT_DRAW}:{CUTOUT_VERSION}".encode()).hexdigest()[:16]
+def frames_hash(folder_hash: str, draw: str) -> str:
+    """The engine's weights hash for draw `draw` of a folder whose weights hash is `folder_hash`: its frames come
+    from the folder's motions, that draw and the effects' pictures, so never the folder's own hash (the cut-out
+    draw and the folder's decoder share a folder and must not share frames)."""
+    version = CUTOUT_VERSION if draw == CUTOUT_DRAW else 0
+    return hashlib.sha256(f"{folder_hash}:{draw}:{version}:{EFFECTS_VERSION}".encode()).hexdigest()[:16]
 
 
 SHIPPED_DRAWS = {"copy": "motion", "residual": "motion_residual", CUTOUT_DRAW: "motion"}  # folders beside SHIPPED

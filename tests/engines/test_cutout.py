@@ -108,8 +108,16 @@ def test_the_face_atlas_holds_each_face_step_for_each_pose():
     shut = atlas.fields[:, FACE_FIELDS.index("eye_open")] < 0.22
     assert shut.any() and (~shut).any()
     heart = atlas.fields[:, FACE_FIELDS.index("eye_heart")] > 0.5
+    drawn_for = np.array(atlas.drawn_for)
     for i, x in enumerate(atlas.layers["pupils@1"]):
-        assert (x is None) == bool(shut[i] or heart[i])  # a shut eye or a heart has no pupil to move
+        # a shut eye or a heart has no pupil to move; a pose drawn for the mouth alone has no eyes
+        assert (x is None) == bool(shut[i] or heart[i] or drawn_for[i] == "mouth")
+    # the added poses: each drawn for its group's steps alone, and more than the typical faces give
+    assert set(drawn_for) == {"", "eyes", "mouth"}
+    assert all(x is None for x, d in zip(atlas.layers["brows@1"], drawn_for) if d)
+    assert all((x is None) == (d == "eyes") for x, d in zip(atlas.layers["mouth"], drawn_for))
+    opens = atlas.fields[drawn_for == "mouth", FACE_FIELDS.index("mouth_open")]
+    assert len(np.unique(opens.round(2))) > 20  # a talking mouth's openings, not the dozen typical ones
 
 
 def test_the_engine_streams_the_cutout_draw_and_another_process_can_prepare_it(engine):
@@ -143,18 +151,28 @@ def test_a_motion_off_the_map_draws_nothing_rather_than_failing(engine):
 
 def test_the_cutout_draws_frames_keyed_apart_from_its_folders_decoder(engine):
     """The latents cache and the clip cache key their frames on the engine's weights hash: the cut-out draw's must
-    not be the copy decoder's (same folder, same denoiser, other pictures), and it follows CUTOUT_VERSION."""
+    not be the copy decoder's (same folder, same denoiser, other pictures), nor the folder's own, and each follows
+    the versions of what draws its frames (CUTOUT_VERSION: the cut-out's alone; EFFECTS_VERSION: every draw's)."""
     from avatarcast.engines.tiny import motion_weights as mw
 
     copy = MotionEngine.from_folder(None, draw="copy", threads=1)
-    assert engine.weights_hash != copy.weights_hash
-    assert engine.weights_hash == mw.cutout_hash(copy.weights_hash)
+    folder = mw.load_motion_manifest(mw.SHIPPED).weights_hash
+    assert len({engine.weights_hash, copy.weights_hash, folder}) == 3
+    assert engine.weights_hash == mw.frames_hash(folder, "cutout")
+    assert copy.weights_hash == mw.frames_hash(folder, "copy")
     assert len(engine.weights_hash) == len(copy.weights_hash)
     mw.CUTOUT_VERSION += 1
     try:
-        assert mw.cutout_hash(copy.weights_hash) != engine.weights_hash
+        assert mw.frames_hash(folder, "cutout") != engine.weights_hash
+        assert mw.frames_hash(folder, "copy") == copy.weights_hash
     finally:
         mw.CUTOUT_VERSION -= 1
+    mw.EFFECTS_VERSION += 1
+    try:
+        assert mw.frames_hash(folder, "cutout") != engine.weights_hash
+        assert mw.frames_hash(folder, "copy") != copy.weights_hash
+    finally:
+        mw.EFFECTS_VERSION -= 1
 
 
 def test_the_cutout_draw_runs_on_the_host_only():

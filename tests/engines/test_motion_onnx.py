@@ -25,7 +25,7 @@ from avatarcast.engines.tiny.motion_weights import (  # noqa: E402
     GRAPHS,
     MANIFEST,
     SHIPPED,
-    cutout_hash,
+    frames_hash,
     load_motion_manifest,
 )
 from avatarcast.engines.tiny.weights import WeightsError  # noqa: E402
@@ -214,7 +214,7 @@ def _streams(folder, draw: str) -> None:
         c = asyncio.run(go())
         live = hub.services.engine
         folder_hash = load_motion_manifest(folder).weights_hash
-        assert live.weights_hash == (cutout_hash(folder_hash) if draw == "cutout" else folder_hash)
+        assert live.weights_hash == frames_hash(folder_hash, draw)
         assert live.backend.draws_layers == (draw == "cutout")
         # clients' new avatars are prepared in a process of its own (realtime/prep.py), handed to the live engine
         assert hub.prep is not None and hub.prep.pid not in (None, os.getpid())
@@ -255,12 +255,12 @@ def test_bench_engine_measures_the_motion_engine(folder):
     r = run_bench("motion", sessions=2, seconds=0.5, threads=2, weights=str(folder), warmup=0, min_chunks=1)
     assert r["engine"] == "motion" and r["frames"] >= 8 and r["fps"] > 0 and r["decode_ms_per_frame"] > 0
     # the draw `avatarcast serve` runs on the CPU: the folder's motions, cut out
-    assert r["weights_hash"] == cutout_hash(load_motion_manifest(folder).weights_hash)
+    assert r["weights_hash"] == frames_hash(load_motion_manifest(folder).weights_hash, "cutout")
     copy = run_bench(
         "motion", sessions=1, seconds=0.2, threads=2, weights=str(folder), warmup=0, min_chunks=1,
         backend_options={"draw": "copy"},
     )  # fmt: skip
-    assert copy["weights_hash"] == load_motion_manifest(folder).weights_hash
+    assert copy["weights_hash"] == frames_hash(load_motion_manifest(folder).weights_hash, "copy")
     from avatarcast.engines.backends import BackendError
 
     with pytest.raises(BackendError, match=r"onnxruntime \(the CPU\) or torch"):
@@ -273,11 +273,11 @@ def test_the_clip_eval_runs_the_exported_engine(folder):
     from tools.eval.evaluate import load_engine
 
     e = load_engine("motion", threads=2, weights=str(folder), draw="copy")
-    assert isinstance(e, MotionEngine) and e.weights_hash == load_motion_manifest(folder).weights_hash
+    assert isinstance(e, MotionEngine) and e.weights_hash == frames_hash(load_motion_manifest(folder).weights_hash, "copy")
     clip = e.generate_clip("bun", "sad", 4, seed=2)
     assert clip.shape == (4, 360, 640, 4) and (clip[..., 3] > 127).mean() > 0.02
     # by default the CPU's default draw, the cut-out draw, of the shipped folder's motions
-    assert load_engine("motion", threads=1).weights_hash == cutout_hash(load_motion_manifest(SHIPPED).weights_hash)
+    assert load_engine("motion", threads=1).weights_hash == frames_hash(load_motion_manifest(SHIPPED).weights_hash, "cutout")
 
 
 def test_prepared_avatars_are_bounded_and_come_back(folder):

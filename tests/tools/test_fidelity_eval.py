@@ -53,14 +53,14 @@ def test_quick_fidelity_eval_on_shipped_weights(tmp_path):
 def test_quick_fidelity_eval_of_architecture_3_as_served(tmp_path):
     """`avatarcast eval --fidelity --engine motion`: the shipped architecture-3 folder on onnxruntime, as the
     server runs it. Its reconstructions are sharper and closer to the renderer than the tiny engine's floor."""
-    from avatarcast.engines.tiny.motion_weights import SHIPPED, cutout_hash, load_motion_manifest
+    from avatarcast.engines.tiny.motion_weights import SHIPPED, frames_hash, load_motion_manifest
     from avatarcast.realtime.cli import main
 
     args = ["eval", "--fidelity", "--quick", "--engine", "motion", "--parts", "reconstruction", "--out", str(tmp_path)]
     assert main(args) == 0
     res = json.loads((tmp_path / "report.json").read_text())
     # the CPU default's draw, the cut-out draw: its frames keyed apart from the folder's decoder's
-    assert res["meta"]["weights_hash"] == cutout_hash(load_motion_manifest(SHIPPED).weights_hash)
+    assert res["meta"]["weights_hash"] == frames_hash(load_motion_manifest(SHIPPED).weights_hash, "cutout")
     assert "as served: the cutout draw" in res["meta"]["backend"]
     rec = res["reconstruction"]
     assert rec["n_frames"] == 6 and rec["overall"]["avatar_psnr_db"]["mean"] > 20.0
@@ -95,12 +95,12 @@ def test_crops_are_one_to_one(tmp_path):
 @pytest.mark.slow
 def test_crops_of_the_motion_engine_as_served(tmp_path):
     """`tools.eval.crops --engine motion`: the exported architecture-3 folder on onnxruntime, as the server runs it."""
-    from avatarcast.engines.tiny.motion_weights import SHIPPED, cutout_hash, load_motion_manifest
+    from avatarcast.engines.tiny.motion_weights import SHIPPED, frames_hash, load_motion_manifest
     from tools.eval import crops
 
     assert crops.main(["--engine", "motion", "--out", str(tmp_path), "--avatars", "tok"]) == 0
     meta = json.loads((tmp_path / "crops.json").read_text())
-    assert meta["weights_hash"] == cutout_hash(load_motion_manifest(SHIPPED).weights_hash)
+    assert meta["weights_hash"] == frames_hash(load_motion_manifest(SHIPPED).weights_hash, "cutout")
     assert meta["shown"][0]["avatar"] == "tok" and meta["shown"][0]["renderer_match_alpha_iou"] > 0.5
     img = np.asarray(Image.open(tmp_path / "crops.png"))
     assert img.shape[1] < 700 and img.shape[0] < 400
