@@ -273,11 +273,13 @@ def test_the_clip_eval_runs_the_exported_engine(folder):
     from tools.eval.evaluate import load_engine
 
     e = load_engine("motion", threads=2, weights=str(folder), draw="copy")
-    assert isinstance(e, MotionEngine) and e.weights_hash == frames_hash(load_motion_manifest(folder).weights_hash, "copy")
+    assert isinstance(e, MotionEngine)
+    assert e.weights_hash == frames_hash(load_motion_manifest(folder).weights_hash, "copy")
     clip = e.generate_clip("bun", "sad", 4, seed=2)
     assert clip.shape == (4, 360, 640, 4) and (clip[..., 3] > 127).mean() > 0.02
     # by default the CPU's default draw, the cut-out draw, of the shipped folder's motions
-    assert load_engine("motion", threads=1).weights_hash == frames_hash(load_motion_manifest(SHIPPED).weights_hash, "cutout")
+    shipped = load_motion_manifest(SHIPPED).weights_hash
+    assert load_engine("motion", threads=1).weights_hash == frames_hash(shipped, "cutout")
 
 
 def test_prepared_avatars_are_bounded_and_come_back(folder):
