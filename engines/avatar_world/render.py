@@ -882,7 +882,13 @@ def _draw_mouth(pt: _Painter, q: Pose, H: _Head, fx: float, fy: float, ink) -> N
         mid = (upper + lower) * 0.5
         pt.line([H(x, y) for x, y in zip(xs, mid)], ink, 0.06 * r)
         return
-    outline_pts = [H(x, y) for x, y in zip(xs, upper)] + [H(x, y) for x, y in zip(xs[::-1], lower[::-1])]
+    # the lips meet at the corners, once: with a smile the corners' two points crossed by a hair (the smile lowers the
+    # lower lip's corners more than the upper's), a bow-tie whose mitred outline grew spikes and flipped the mouth's
+    # shape as the smile crossed 0 (talking sleepy and listening faces)
+    corners = (upper[[0, -1]] + lower[[0, -1]]) * 0.5
+    upper, lower = upper.copy(), lower.copy()
+    upper[[0, -1]] = lower[[0, -1]] = corners
+    outline_pts = [H(x, y) for x, y in zip(xs, upper)] + [H(x, y) for x, y in zip(xs[-2:0:-1], lower[-2:0:-1])]
     pt.poly_ol(outline_pts, (120, 30, 45), 0.035 * r)
     if q.mouth_teeth > TEETH_SHOWN:
         tb = np.minimum(lower, upper + 0.09)

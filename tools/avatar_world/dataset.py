@@ -38,7 +38,8 @@ from avatarcast.realtime.progress import add_quiet_flag
 from avatarcast.realtime.progress import bar as progress_bar
 from avatarcast.vocabulary import EMOTIONS, FPS, FRAME_HEIGHT, FRAME_WIDTH
 
-DATA_VERSION = "avatar-world-v1"
+# v2 (2026-12-06): the mouth's corners drawn once (render._draw_mouth), not as a spiked bow-tie
+DATA_VERSION = "avatar-world-v2"
 SHARD_ARRAYS = ("frames", "labels", "avatar_id", "intensity", "seed", "emotion", "switch_frame")
 
 
