@@ -175,7 +175,9 @@ def atlas_poses() -> list[Pose]:
 # picked with the eyes). The cut-out draw picks each step's picture from the atlas pose nearest in these.
 PICK_FIELDS: dict[str, tuple[str, ...]] = {
     "blush": ("blush", "face_red"),
-    "eyes": ("eye_open", "eye_scale", "eye_curve", "eye_heart", "mouth_smile"),
+    # face_red: a sleepy eye's lid is drawn in the skin's colour, which reddens (an angry face's lids on a sad one
+    # were red bars)
+    "eyes": ("eye_open", "eye_scale", "eye_curve", "eye_heart", "mouth_smile", "face_red"),
     "brows": ("brow_angle", "eye_scale"),  # their height is moved to the motion's (render.brow_lift)
     "mouth": ("mouth_open", "mouth_smile", "mouth_width", "mouth_wavy", "mouth_teeth"),
 }
