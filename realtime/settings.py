@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from avatarcast.engines.sampler import FlowMatchEulerSampler, warped_sigmas
-from avatarcast.engines.tiny.motion_weights import CUTOUT_DRAW
+from avatarcast.engines.tiny.motion_weights import CUTOUT_DRAW, auto_draw, cutout_runs_on
 from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint
 from avatarcast.realtime import settings_file, settings_model
 from avatarcast.realtime.ice import IceConfigError, IceServers
@@ -519,10 +519,10 @@ class Settings:
                 "backend",
                 "device",
             )
-        if self.motion_draw == CUTOUT_DRAW and not self._cutout_runs:
+        if self.motion_draw == CUTOUT_DRAW and not cutout_runs_on(self.backend, self.device):
             raise SettingValueError(
-                f"--motion-draw cutout draws in numpy on the host, with the denoiser on onnxruntime: not on "
-                f"{self.backend} on {self.device} (--motion-draw copy or residual there)",
+                f"--motion-draw cutout draws on onnxruntime on the CPU or on torch: not on {self.backend} on "
+                f"{self.device} (--motion-draw copy or residual there)",
                 "motion_draw",
                 "backend",
                 "device",
@@ -544,13 +544,8 @@ class Settings:
         """The shipped motion folder --motion-draw names: "adaptive" serves the residual one (with its copy draw as the
         ladder's cheaper rung)."""
         if self.motion_draw == AUTO_DRAW:
-            return CUTOUT_DRAW if self._cutout_runs else "copy"
+            return auto_draw(self.backend, self.device)
         return "residual" if self.motion_draw == ADAPTIVE_DRAW else self.motion_draw
-
-    @property
-    def _cutout_runs(self) -> bool:
-        """The cut-out draw is numpy on the host beside onnxruntime's denoiser: the CPU's serving path."""
-        return self.backend == "onnxruntime" and self.device in ("auto", "cpu")
 
     @property
     def admits_at_cheaper_decode(self) -> bool:

@@ -421,6 +421,9 @@ class CutoutMotionBackend:
     def prepare(self, ref_win: np.ndarray, atlas: np.ndarray | None) -> Any:
         raise BackendError("the cut-out draw prepares an avatar's layers (cutout.prepare), not a reference frame")
 
+    def layers(self, avatar: CutoutAvatar) -> CutoutAvatar:
+        return avatar  # numpy draws from the arrays themselves
+
     def draw(
         self,
         ref: CutoutAvatar,

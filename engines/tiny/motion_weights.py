@@ -43,6 +43,19 @@ CUTOUT_DRAW = "cutout"  # the cut-out draw (engines/tiny/cutout.py): no decoder 
 CUTOUT_VERSION = 1
 
 
+def cutout_runs_on(backend: str, device: str | None) -> bool:
+    """Whether the cut-out draw serves on this backend and device: in numpy on the host beside onnxruntime's
+    denoiser (the CPU: engines/tiny/cutout.py), or on torch, CPU or CUDA (engines/tiny/cutout_torch.py)."""
+    return backend == "torch" or (backend == "onnxruntime" and device in (None, "auto", "cpu"))
+
+
+def auto_draw(backend: str, device: str | None) -> str:
+    """What `--motion-draw auto` draws on this backend and device: the cut-out draw in numpy on the CPU; on torch the
+    copy decoder, while the cut-out draw there is slower than it (an H100, one call: 976 fps at 200 streams against
+    2,094, one go per avatar and box size; docs/bench/cutout_gpu_2026-12-06)."""
+    return CUTOUT_DRAW if backend == "onnxruntime" and cutout_runs_on(backend, device) else "copy"
+
+
 def cutout_hash(folder_hash: str) -> str:
     """The engine's weights hash for the cut-out draw of a folder whose weights hash is `folder_hash` (its denoiser's
     motions, this draw's pictures): never the folder's own, which its decoder's frames are keyed on."""
@@ -176,10 +189,13 @@ def write_motion_manifest(
 
 
 __all__ = [
+    "CUTOUT_DRAW",
     "GRAPHS",
     "MANIFEST",
     "SHIPPED_DRAWS",
     "MotionManifest",
+    "auto_draw",
+    "cutout_runs_on",
     "load_motion_manifest",
     "motion_folder",
     "write_motion_manifest",
