@@ -80,14 +80,15 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda
     weights: str = ""  # empty = the shipped weights
     # engine=motion: how its motions are drawn. "cutout": the avatar's layers (drawn once per avatar) moved part by
-    # part in numpy, no decoder network (engines/tiny/cutout.py; the truest picture and the cheapest draw:
-    # docs/training/motion.md, "The cut-out draw"); "auto", the default: cutout on onnxruntime (the CPU), the copy
-    # decoder on torch. The decoder networks of the shipped folders: "copy" (moves
-    # the avatar's canonical frame) or "residual" (also draws a correction over it, for about 1.7x the CPU a frame;
-    # engines/tiny/motion_weights.SHIPPED_DRAWS), or "adaptive": the residual draw while the engine has room for it,
-    # the copy draw (the ladder's cheaper rung) under load, and sessions admitted as the copy draw admits them
-    # (realtime/admission.py; docs/bench/adaptive_draw_2026-12-06); with --weights DIR, that folder's decoder
-    # (capacity counted at its cheaper draw where its manifest names one), or its denoiser with "cutout"
+    # part, no decoder network, in numpy beside onnxruntime or on torch's device (engines/tiny/cutout.py,
+    # cutout_torch.py; the truest picture: docs/training/motion.md, "The cut-out draw"); "auto", the default:
+    # motion_weights.auto_draw (cutout on onnxruntime, the CPU; the copy decoder on torch). The decoder networks of
+    # the shipped folders: "copy" (moves the avatar's canonical frame) or "residual" (also draws a correction over
+    # it, for about 1.7x the CPU a frame; engines/tiny/motion_weights.SHIPPED_DRAWS), or "adaptive": the residual
+    # draw while the engine has room for it, the copy draw (the ladder's cheaper rung) under load, and sessions
+    # admitted as the copy draw admits them (realtime/admission.py; docs/bench/adaptive_draw_2026-12-06); with
+    # --weights DIR, that folder's decoder (capacity counted at its cheaper draw where its manifest names one), or
+    # its denoiser with "cutout"
     motion_draw: str = AUTO_DRAW
     # the wan engine (engines/wan/): a local diffusers-format Wan2.2-TI2V checkpoint directory
     checkpoint: str = ""  # required with --engine wan: transformer/, vae/ (+ text_encoder/, tokenizer/)

@@ -7,10 +7,10 @@ numpy draws a frame at a time, a layer at a time, over the box each moved layer 
   the box it covers in the frame's canvas of sub-pixels, exactly as cutout._lay / _lay_bone find it;
 - each avatar's layers sit on the device once (`TorchCutout`): per layer one texture, its pictures (a face step's
   atlas pictures, a skin layer's canonical and reddened pictures side by side in channels) stacked, bordered;
-- the device draws, per layer, all frames of the avatar's streams in one grid_sample call over a window of the
-  largest box any frame needs (a frame's sub-pixels outside its own box are sent off the texture: they read zero,
-  and 'over' with zero leaves the canvas as it was, as numpy's never touching them does), then lays the samples
-  'over' the canvases with one gather and one scatter;
+- the device draws, per layer, all frames of an avatar's streams in one grid_sample call over a window of the
+  largest box any frame needs, and lays the samples 'over' the frames' canvases (of any sizes, one after another in
+  one flat buffer) with one gather and one scatter; a window's sub-pixels outside its own frame's box are written to
+  one spare sub-pixel, so nothing outside the box changes, as numpy never touches it;
 - the sub-pixels box-filtered to pixels, [-1, 1], premultiplied: the learnt decoder's convention, so the engine's
   compose (engines/tiny/motion_compose.py on CUDA, numpy on the CPU) lays the effects over it unchanged.
 

@@ -1,10 +1,11 @@
 """The cut-out draw on torch (engines/tiny/cutout_torch.py) draws the numpy draw's frames (engines/tiny/cutout.py).
 
 Tolerance (measured 2026-12-06, torch 2.13 CPU, 2-core machine): the sampling coordinates are float32 on the device
-and float64 in numpy, and the skin's redness is mixed after sampling rather than before: max |torch - numpy| 3.8e-5
-in [-1, 1] (a 200th of a uint8 level), PSNR 128-135 dB over 11 frames (every emotion) of pip, luna and a random
-avatar. The bounds below, 1e-3 (an eighth of a level) and 90 dB, fail on any misplaced layer, a wrong atlas pick or
-a limb's stretch gone wrong (each moves whole strokes, tenths of the range), and leave room for a GPU's rounding.
+and float64 in numpy, and the skin's redness is mixed after sampling rather than before: max |torch - numpy| 3.0e-5
+to 6.1e-5 in [-1, 1] (a 130th of a uint8 level), PSNR 127-135 dB over 22 frames (every emotion, twice) of 6 avatars
+(tools.cutout_torch_check; the same on an H100: docs/bench/cutout_gpu_2026-12-06). The bounds below, 1e-3 (an
+eighth of a level) and 90 dB, fail on any misplaced layer, a wrong atlas pick or a limb's stretch gone wrong (each
+moves whole strokes, tenths of the range), and leave room for a GPU's rounding.
 """
 
 from __future__ import annotations
