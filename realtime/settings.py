@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from avatarcast.engines.sampler import FlowMatchEulerSampler, warped_sigmas
-from avatarcast.engines.tiny.motion_weights import CUTOUT_DRAW
+from avatarcast.engines.tiny.motion_weights import CUTOUT_DRAW, auto_draw, cutout_runs_on
 from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint
 from avatarcast.realtime import settings_file, settings_model
 from avatarcast.realtime.ice import IceConfigError, IceServers
@@ -80,14 +80,15 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda
     weights: str = ""  # empty = the shipped weights
     # engine=motion: how its motions are drawn. "cutout": the avatar's layers (drawn once per avatar) moved part by
-    # part in numpy, no decoder network (engines/tiny/cutout.py; the truest picture and the cheapest draw:
-    # docs/training/motion.md, "The cut-out draw"); "auto", the default: cutout on onnxruntime (the CPU), the copy
-    # decoder on torch. The decoder networks of the shipped folders: "copy" (moves
-    # the avatar's canonical frame) or "residual" (also draws a correction over it, for about 1.7x the CPU a frame;
-    # engines/tiny/motion_weights.SHIPPED_DRAWS), or "adaptive": the residual draw while the engine has room for it,
-    # the copy draw (the ladder's cheaper rung) under load, and sessions admitted as the copy draw admits them
-    # (realtime/admission.py; docs/bench/adaptive_draw_2026-12-06); with --weights DIR, that folder's decoder
-    # (capacity counted at its cheaper draw where its manifest names one), or its denoiser with "cutout"
+    # part, no decoder network, in numpy beside onnxruntime or on torch's device (engines/tiny/cutout.py,
+    # cutout_torch.py; the truest picture: docs/training/motion.md, "The cut-out draw"); "auto", the default:
+    # motion_weights.auto_draw (cutout on onnxruntime, the CPU; the copy decoder on torch). The decoder networks of
+    # the shipped folders: "copy" (moves the avatar's canonical frame) or "residual" (also draws a correction over
+    # it, for about 1.7x the CPU a frame; engines/tiny/motion_weights.SHIPPED_DRAWS), or "adaptive": the residual
+    # draw while the engine has room for it, the copy draw (the ladder's cheaper rung) under load, and sessions
+    # admitted as the copy draw admits them (realtime/admission.py; docs/bench/adaptive_draw_2026-12-06); with
+    # --weights DIR, that folder's decoder (capacity counted at its cheaper draw where its manifest names one), or
+    # its denoiser with "cutout"
     motion_draw: str = AUTO_DRAW
     # the wan engine (engines/wan/): a local diffusers-format Wan2.2-TI2V checkpoint directory
     checkpoint: str = ""  # required with --engine wan: transformer/, vae/ (+ text_encoder/, tokenizer/)
@@ -519,10 +520,10 @@ class Settings:
                 "backend",
                 "device",
             )
-        if self.motion_draw == CUTOUT_DRAW and not self._cutout_runs:
+        if self.motion_draw == CUTOUT_DRAW and not cutout_runs_on(self.backend, self.device):
             raise SettingValueError(
-                f"--motion-draw cutout draws in numpy on the host, with the denoiser on onnxruntime: not on "
-                f"{self.backend} on {self.device} (--motion-draw copy or residual there)",
+                f"--motion-draw cutout draws on onnxruntime on the CPU or on torch: not on {self.backend} on "
+                f"{self.device} (--motion-draw copy or residual there)",
                 "motion_draw",
                 "backend",
                 "device",
@@ -544,13 +545,8 @@ class Settings:
         """The shipped motion folder --motion-draw names: "adaptive" serves the residual one (with its copy draw as the
         ladder's cheaper rung)."""
         if self.motion_draw == AUTO_DRAW:
-            return CUTOUT_DRAW if self._cutout_runs else "copy"
+            return auto_draw(self.backend, self.device)
         return "residual" if self.motion_draw == ADAPTIVE_DRAW else self.motion_draw
-
-    @property
-    def _cutout_runs(self) -> bool:
-        """The cut-out draw is numpy on the host beside onnxruntime's denoiser: the CPU's serving path."""
-        return self.backend == "onnxruntime" and self.device in ("auto", "cpu")
 
     @property
     def admits_at_cheaper_decode(self) -> bool:

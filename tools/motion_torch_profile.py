@@ -1,6 +1,6 @@
 """Where a motion chunk's time goes on torch: the networks, or the host-side work around them.
 
-    python -m tools.motion_torch_profile [--device cpu|cuda] [--sessions 2] [--chunks 6] [--draw copy|residual]
+    python -m tools.motion_torch_profile [--device cpu|cuda] [--sessions 2] [--chunks 6] [--draw copy|residual|cutout]
         [--batch-streams auto|on|off] [--compose auto|device|host] [--threads N]
         [--variants fp32,bf16,cl,bf16+cl] [--trace PREFIX] [--compare]
 
@@ -14,6 +14,8 @@ shipped folder read into torch (`MotionEngine.from_folder(..., backend="torch")`
   to_host_s    on the device compose path, the one uint8 copy of the frames to the host (MotionEngine._to_host)
   host_s       everything else in decode_chunks: the boxes, and on the host compose path the window, the effects'
                sprites, RGBA out (numpy, per stream)
+--draw cutout: the cut-out draw on torch (engines/tiny/cutout_torch.py; variant fp32 only, decoder_calls and
+new_shapes empty: it has no decoder network).
 --compose auto: the backend's default (the device on CUDA, numpy on the CPU). On CUDA each timed call is closed by
 torch.cuda.synchronize, so the shares are the GPU's work and not its queueing (and the host cannot queue one call
 while the device runs the last: the fps here is below the bench's). --variants: the engine and its streams built once,
@@ -60,19 +62,22 @@ def build(device: str, sessions: int, draw: str, batch_streams: str, threads: in
     """The engine on the shipped folder, and `sessions` streams over 8 avatars."""
     import torch
 
+    from avatarcast.engines.tiny.cutout_torch import TorchCutoutBackend
     from avatarcast.engines.tiny.motion_torch import TorchMotionBackend
-    from avatarcast.engines.tiny.motion_weights import load_motion_manifest, motion_folder
+    from avatarcast.engines.tiny.motion_weights import CUTOUT_DRAW, frames_hash, load_motion_manifest, motion_folder
 
     if threads:
         torch.set_num_threads(threads)
     man = load_motion_manifest(motion_folder(None, draw))
-    be = TorchMotionBackend.from_folder(
-        man,
-        device,
-        batch_streams=None if batch_streams == "auto" else batch_streams == "on",
-        compose=None if compose == "auto" else compose == "device",
-    )
-    engine = MotionEngine(be, man.mean, man.std, 2, man.weights_hash)
+    kinds = {"batch_streams": None if batch_streams == "auto" else batch_streams == "on"}
+    kinds["compose"] = None if compose == "auto" else compose == "device"
+    be: TorchMotionBackend | TorchCutoutBackend
+    if draw == CUTOUT_DRAW:
+        be = TorchCutoutBackend.from_folder(man, device, **kinds)
+    else:
+        be = TorchMotionBackend.from_folder(man, device, **kinds)
+    weights_hash = frames_hash(man.weights_hash, draw)
+    engine = MotionEngine(be, man.mean, man.std, 2, weights_hash)
     avatars = ("pip", "bun", "kiko", "luna", "random-11", "random-12", "random-13", "random-14")
     emotions = ("happy", "sad", "surprised", "angry", "love", "laughing")
     states = [
@@ -86,6 +91,12 @@ def set_variant(engine: MotionEngine, variant: str) -> tuple[str | None, bool]:
     '+' ('bf16+cl', 'pad32+bf16'): the backend's amp, its decoders' memory format and its row padding."""
     import torch
 
+    from avatarcast.engines.tiny.motion_torch import TorchMotionBackend
+
+    if not isinstance(engine.backend, TorchMotionBackend):  # the cut-out draw: no decoder network to vary
+        if variant != "fp32":
+            raise ValueError(f"variant {variant!r}: the cut-out draw has fp32 only")
+        return None, False
     parts = set(variant.split("+"))
     pads = {p for p in parts if p.startswith("pad") and p[3:].isdigit()}
     if not parts - pads <= {"fp32", "bf16", "cl"} or len(pads) > 1:
@@ -117,6 +128,8 @@ def profile(
 ) -> list[dict]:
     """One result a variant (set_variant), the streams and the engine built once."""
     import torch
+
+    from avatarcast.engines.tiny.motion_torch import TorchMotionBackend
 
     engine, states = build(device, sessions, draw, batch_streams, threads, compose)
     be = engine.backend
@@ -166,7 +179,7 @@ def profile(
                 "variant": variant,
                 "amp": amp,
                 "channels_last": cl,
-                "pad_rows": be.pad_rows,  # type: ignore[attr-defined]
+                "pad_rows": be.pad_rows if isinstance(be, TorchMotionBackend) else None,  # none for the cut-out draw
                 "batch_streams": be.batch_streams,
                 "compose_device": be.compose_device,
                 "fps": round(frames / total, 2),
@@ -192,8 +205,12 @@ def profile(
 
 def _shape_log(be: Any) -> dict:
     """Records each decoder call's (rows, h, w) in the returned dict's "calls" (and all of them in "seen")."""
+    from avatarcast.engines.tiny.motion_torch import TorchMotionBackend
+
     log: dict[str, Any] = {"calls": [], "seen": set()}
-    for dec in (be.decoder, getattr(be, "cheaper", None)):
+    if not isinstance(be, TorchMotionBackend):  # the cut-out draw has no decoder network
+        return log
+    for dec in (be.decoder, be.cheaper):
         if dec is None:
             continue
 
@@ -261,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--sessions", type=int, default=2)
     ap.add_argument("--chunks", type=int, default=6)
-    ap.add_argument("--draw", default="copy", choices=("copy", "residual"))
+    ap.add_argument("--draw", default="copy", choices=("copy", "residual", "cutout"))
     ap.add_argument("--batch-streams", default="auto", choices=("auto", "on", "off"))
     ap.add_argument("--compose", default="auto", choices=("auto", "device", "host"))
     ap.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")

@@ -199,13 +199,41 @@ class CutoutAvatar:
 
     def pick(self, step: str, motion: np.ndarray) -> int:
         """The atlas pose whose picture of face step `step` is nearest the motion's face fields."""
-        face = np.asarray(motion[EXPR_OFFSET : EXPR_OFFSET + len(FACE_FIELDS)], np.float64)
+        return int(
+            self.picks(step, np.asarray(motion, np.float64)[None, EXPR_OFFSET : EXPR_OFFSET + len(FACE_FIELDS)])[0]
+        )
+
+    def picks(self, step: str, faces: np.ndarray) -> np.ndarray:
+        """`pick` for many frames' face fields (N, len(FACE_FIELDS)): (N,) atlas poses (the torch draw plans a call's
+        frames at once)."""
         group = pick_group(step)
         idx = [_F[f] for f in PICK_FIELDS[group]]
-        d2 = (((face[idx] - self.face_fields[:, idx]) / self.face_scale[idx]) ** 2).sum(1)
-        d2 = d2 + 1e6 * (_look(group, self.face_fields) != _look(group, face))  # never an open eye for a shut one
-        d2 = d2 + 1e12 * ~np.isin(self.drawn_for, ("", group))  # a pose drawn for another group lacks this step
-        return int(np.argmin(d2))
+        d2 = (((faces[:, None, idx] - self.face_fields[None][:, :, idx]) / self.face_scale[idx]) ** 2).sum(2)
+        # never an open eye for a shut one, nor a picture from across any other threshold of the renderer's
+        d2 = d2 + 1e6 * (_look(group, self.face_fields)[None, :] != _look(group, faces)[:, None])
+        d2 = d2 + 1e12 * ~np.isin(self.drawn_for, ("", group))[None, :]  # a pose drawn for another group lacks the step
+        return np.argmin(d2, 1)
+
+
+def upright(step: str, entry_fields: np.ndarray) -> np.ndarray:
+    """Whether a picked eye layer moves upright: render draws an open eye, a heart eye and the pupils as upright
+    ellipses and polygons about a centre that turns with the head (a shut eye's arc turns). entry_fields: the picked
+    atlas poses' fields (..., len(FACE_FIELDS))."""
+    return (step in ("eyes", "pupils")) & (_eye_kind(entry_fields) != 1)
+
+
+def unturned(A: np.ndarray, b: np.ndarray, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A part's map ref = A @ target + b (..., 2, 2), (..., 2) without its turn about the point `centre` of the
+    reference (normalized): the same point lands where it did, and the picture moves and scales there, upright. A
+    map with no inverse (a motion collapsed to a point) is returned as it is."""
+    det = A[..., 0, 0] * A[..., 1, 1] - A[..., 0, 1] * A[..., 1, 0]
+    ok = np.abs(det) > 1e-12
+    safe = np.where(ok, det, 1.0)
+    inv = np.stack([np.stack([A[..., 1, 1], -A[..., 0, 1]], -1), np.stack([-A[..., 1, 0], A[..., 0, 0]], -1)], -2)
+    at = ((inv / safe[..., None, None]) @ (centre - b)[..., None])[..., 0]  # where the centre lands in the frame
+    A2 = np.sqrt(np.abs(det))[..., None, None] * np.eye(2)
+    b2 = centre - (A2 @ at[..., None])[..., 0]
+    return np.where(ok[..., None, None], A2, A), np.where(ok[..., None], b2, b)
 
 
 def _in_window(layer: Layer, window: TinyConfig) -> _WindowLayer:
@@ -304,7 +332,7 @@ def draw(avatar: CutoutAvatar, motions: np.ndarray, box: tuple[int, int, int, in
             kind = avatar.kinds[i]
             shift = np.zeros(2)  # a move in the reference (window pixels at scale 1) before the part's map
             eye_scale, centre = None, None  # an eye's stretch (x, y) about its centre, in the reference
-            upright = False
+            keep_upright = False
             if kind == "skin":
                 if red > 0.0 and i in avatar.red:
                     red_px = avatar.red[i].pixels
@@ -325,9 +353,7 @@ def draw(avatar: CutoutAvatar, motions: np.ndarray, box: tuple[int, int, int, in
                 elif side:
                     eye_scale = _eye_stretch(m, avatar.face_fields[pick])
                     centre = avatar.eyes[0 if side == "-1" else 1]
-                    # render draws an open eye, a heart eye and the pupils as upright ellipses and polygons about
-                    # a centre that turns with the head: they move, they do not turn (a shut eye's arc turns)
-                    upright = step in ("eyes", "pupils") and _eye_kind(avatar.face_fields[pick]) != 1
+                    keep_upright = bool(upright(step, avatar.face_fields[pick]))
             if layer.mover.startswith(BONE):
                 p, q, limb = layer.mover[len(BONE) :].split(",")
                 _lay_bone(
@@ -347,10 +373,8 @@ def draw(avatar: CutoutAvatar, motions: np.ndarray, box: tuple[int, int, int, in
             else:
                 j = _PART[layer.mover]
                 Ai, bi = A[j], b[j]
-            if upright and centre is not None:  # the head's map at the eye's centre, without its turn
-                at = np.linalg.solve(Ai, centre - bi)  # where the canonical eye centre lands in the frame
-                Ai = np.sqrt(abs(Ai[0, 0] * Ai[1, 1] - Ai[0, 1] * Ai[1, 0])) * np.eye(2)
-                bi = centre - Ai @ at
+            if keep_upright and centre is not None:  # the head's map at the eye's centre, without its turn
+                Ai, bi = unturned(Ai, bi, centre)
             if shift.any():
                 bi = bi - shift / np.array([W / 2.0, H / 2.0])
             if eye_scale is not None and centre is not None:  # read the picture at c + (ref - c) / stretch
@@ -451,6 +475,9 @@ class CutoutMotionBackend:
 
     def prepare(self, ref_win: np.ndarray, atlas: np.ndarray | None) -> Any:
         raise BackendError("the cut-out draw prepares an avatar's layers (cutout.prepare), not a reference frame")
+
+    def layers(self, avatar: CutoutAvatar) -> CutoutAvatar:
+        return avatar  # numpy draws from the arrays themselves
 
     def draw(
         self,

@@ -42,13 +42,17 @@ class MotionBackend(Denoises, Protocol):
     # draw_streams (the torch backend's, on CUDA by default); False: one draw a stream
     batch_streams: bool
     # True: the backend draws from the avatar's layers (engines/tiny/cutout.py: the engine prepares them with
-    # cutout.prepare and passes them as `ref`; prepare is not called); False: from `prepare`'s handle
+    # cutout.prepare and passes `layers`' handle on them as `ref`; prepare is not called); False: from `prepare`'s
     draws_layers: bool
     # True: a prepared avatar is plain numpy arrays, so another process can prepare it and hand it over
     # (EngineCapabilities.shared_prep, realtime/prep.py); False: tensors on the backend's device
     prepared_on_host: bool
 
     def prepare(self, ref_win: np.ndarray, atlas: np.ndarray | None) -> Any: ...
+
+    def layers(self, avatar: Any) -> Any:
+        """draws_layers: the backend's handle on an avatar's cutout.CutoutAvatar (the arrays, or them on its device)."""
+        ...
 
     def draw(
         self,
@@ -58,6 +62,64 @@ class MotionBackend(Denoises, Protocol):
         box: tuple[int, int, int, int],
         cheaper: bool = False,
     ) -> np.ndarray: ...
+
+
+class DeviceDraws(MotionBackend, Protocol):
+    """A backend whose draws stay on its torch device (compose_device set; engines/tiny/motion_torch.py's decoder,
+    engines/tiny/cutout_torch.py's cut-out draw): MotionEngine.decode_chunks_t composes the frames there.
+
+    tensor:         host numbers as a tensor on the device, not waiting for its queue
+    draw_t:         `draw` of device tensors -> (n, 4, h, w) on the device
+    draw_streams_t: refs (S,), raw motions (S, n, D), canonical motions (S, D), one box a stream (all of one size) or
+                    one for all -> (S, n, 4, h, w) on the device
+    draw_streams:   draw_streams_t of one box, numpy in and out (batch_streams with the compose on the host)
+    Both take `host`, the same motions on the host where the caller has them: a backend that plans on the host
+    (the cut-out draw: each layer's window) reads them there instead of waiting for the device to copy them back.
+    """
+
+    def tensor(self, a: Any, dtype: Any = ...) -> Any: ...
+
+    def draw_t(
+        self,
+        ref: Any,
+        motions: Any,
+        ref_motion: Any,
+        box: tuple[int, int, int, int],
+        cheaper: bool = False,
+        host: np.ndarray | None = None,
+    ) -> Any: ...
+
+    def draw_streams_t(
+        self,
+        refs: list[Any],
+        motions: Any,
+        ref_motions: Any,
+        boxes: Any,
+        cheaper: bool = False,
+        host: np.ndarray | None = None,
+    ) -> Any: ...
+
+    def draw_streams(
+        self,
+        refs: list[Any],
+        motions: np.ndarray,
+        ref_motions: np.ndarray,
+        box: tuple[int, int, int, int],
+        cheaper: bool = False,
+    ) -> np.ndarray: ...
+
+
+class LayerDeviceDraws(DeviceDraws, Protocol):
+    """A DeviceDraws backend that draws from the avatars' layers (draws_layers; engines/tiny/cutout_torch.py): its
+    canvases need not share a size, so one call draws every stream of a chunk, each in its own box.
+
+    draw_boxes_t: refs (S,), raw motions (S, n, D) on the host, one box a stream (any sizes) -> S tensors
+                  (n, 4, h, w) on the device
+    """
+
+    def draw_boxes_t(
+        self, refs: list[Any], motions: np.ndarray, boxes: list[tuple[int, int, int, int]]
+    ) -> list[Any]: ...
 
 
 # What a cheaper folder's decoder may read: what `prepare` holds but the reference features, which come from this
@@ -103,6 +165,9 @@ class OnnxMotionBackend:
             )
         self.cheaper_draw = "cheaper" in self.sessions
         self._lock = threading.Lock()  # one graph run at a time: the threads are the cores'
+
+    def layers(self, avatar: Any) -> Any:
+        raise BackendError("the decoder graphs draw from a reference frame (prepare), not an avatar's layers")
 
     def _run(self, graph: str, feeds: dict) -> list[np.ndarray]:
         with self._lock:
@@ -177,4 +242,4 @@ def cheaper_manifest(manifest: MotionManifest) -> MotionManifest:
     return cheaper
 
 
-__all__ = ["MotionBackend", "OnnxMotionBackend", "cheaper_manifest"]
+__all__ = ["DeviceDraws", "LayerDeviceDraws", "MotionBackend", "OnnxMotionBackend", "cheaper_manifest"]

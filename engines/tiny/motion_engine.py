@@ -29,7 +29,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, cast
+from typing import Any, Self, cast
 
 import numpy as np
 
@@ -46,13 +46,16 @@ from avatarcast.engines.tiny.engine import (
     sample_streams,
     set_emotion,
 )
-from avatarcast.engines.tiny.motion_backends import MotionBackend, OnnxMotionBackend
-from avatarcast.engines.tiny.motion_weights import CUTOUT_DRAW, frames_hash, load_motion_manifest, motion_folder
+from avatarcast.engines.tiny.motion_backends import DeviceDraws, LayerDeviceDraws, MotionBackend, OnnxMotionBackend
+from avatarcast.engines.tiny.motion_weights import (
+    CUTOUT_DRAW,
+    cutout_runs_on,
+    frames_hash,
+    load_motion_manifest,
+    motion_folder,
+)
 from avatarcast.engines.tiny.window import frames_to_window, window_to_rgba
 from avatarcast.vocabulary import EMOTIONS, FRAME_HEIGHT, FRAME_WIDTH
-
-if TYPE_CHECKING:
-    from avatarcast.engines.tiny.motion_torch import TorchMotionBackend
 
 # How far past its keypoints, in head radii, the decoder draws an avatar: the renderer's avatars reach at most
 # 1.04 head radii past them (hair, ears, hats, held things; 46 avatars x 6 emotions), and pixels past that are
@@ -172,20 +175,21 @@ class MotionEngine:
         """An exported folder (tools.export_motion; None: the shipped one that draws as `draw` says) on onnxruntime
         (the CPU's serving path, no torch), or with backend="torch" its graphs' weights read into torch networks
         (engines/tiny/motion_graph_weights.py) on `device` (cpu, cuda; None: cuda where there is one). draw="cutout":
-        the folder's denoiser, and the avatar's layers moved in numpy instead of its decoder (engines/tiny/cutout.py).
+        the folder's denoiser, and the avatar's layers moved instead of its decoder: in numpy beside onnxruntime
+        (engines/tiny/cutout.py), or on torch's device (engines/tiny/cutout_torch.py).
 
         Raises:
             WeightsError: no such folder, a damaged one, or (torch) a weight the networks cannot be filled from.
-            BackendError: a backend other than onnxruntime or torch, or onnxruntime on a device other than the CPU; the
-                cut-out draw on anything but onnxruntime on the CPU.
+            BackendError: a backend other than onnxruntime or torch, or onnxruntime on a device other than the CPU
+                (the cut-out draw too: motion_weights.cutout_runs_on).
         """
         man = load_motion_manifest(motion_folder(folder, draw))
         be: MotionBackend
-        if draw == CUTOUT_DRAW:
-            if backend != "onnxruntime" or device not in (None, "auto", "cpu"):
-                raise BackendError(
-                    f"the cut-out draw runs in numpy on the host with onnxruntime's denoiser, not {backend} on {device}"
-                )
+        if draw == CUTOUT_DRAW and not cutout_runs_on(backend, device):
+            raise BackendError(
+                f"the cut-out draw runs on onnxruntime on the CPU or on torch, not {backend} on {device}"
+            )
+        if draw == CUTOUT_DRAW and backend == "onnxruntime":
             from avatarcast.engines.tiny.cutout import CutoutMotionBackend
 
             be = CutoutMotionBackend(man, threads=threads)
@@ -202,7 +206,12 @@ class MotionEngine:
                 device = "cuda" if torch.cuda.is_available() else "cpu"
             if device == "cpu" and threads:
                 torch.set_num_threads(int(threads))
-            be = TorchMotionBackend.from_folder(man, device)
+            if draw == CUTOUT_DRAW:
+                from avatarcast.engines.tiny.cutout_torch import TorchCutoutBackend
+
+                be = TorchCutoutBackend.from_folder(man, device)
+            else:
+                be = TorchMotionBackend.from_folder(man, device)
         else:
             raise BackendError(f"the motion engine runs on onnxruntime or torch, not {backend!r}")
         # what the frames depend on: the folder's motions, the draw (the cut-out draw's come from the cut-out code, not
@@ -301,7 +310,7 @@ class MotionEngine:
         if self.backend.draws_layers:
             from avatarcast.engines.tiny.cutout import prepare as cut_layers
 
-            ref = cut_layers(av, ref_m, self.window)
+            ref = self.backend.layers(cut_layers(av, ref_m, self.window))
         else:
             ref_win = frames_to_window(canonical_frame(av)[None], self.window)
             atlas = frames_to_window(atlas_frames(av), self.window)[None] if self.backend.atlas else None
@@ -397,30 +406,36 @@ class MotionEngine:
             raise ValueError("this motion engine has no cheaper decode (its folder names no cheaper_draw)")
         import torch
 
-        be = cast("TorchMotionBackend", self.backend)
+        be = cast(DeviceDraws, self.backend)  # the backends with a compose_device
         B, T = latents.shape[:2]
         raw = (latents.reshape(B, T, MOTION_DIM) * self.std + self.mean).astype(np.float32)
         avatars = [self._avatar(json.loads(s.avatar_key), s.avatar_key) for s in states]
         with torch.inference_mode():
-            m = be._tensor(raw)
-            rm = be._tensor(np.stack([a.ref_motion for a in avatars]))
-            if be.batch_streams and B > 1:
+            m = be.tensor(raw)
+            rm = be.tensor(np.stack([a.ref_motion for a in avatars]))
+            drawn: list[Any]
+            if be.batch_streams and B > 1 and be.draws_layers:
+                # the layers' draw: every stream in one call, each in its own box grown to its bucket (canvases of
+                # a few sizes: the box filter runs once a size)
+                boxes = [self.bucket_box(self.draw_box(r)) for r in raw]
+                drawn = cast(LayerDeviceDraws, be).draw_boxes_t([a.ref for a in avatars], raw, boxes)
+            elif be.batch_streams and B > 1:
                 # each stream's own box, grown to its size bucket: one decoder call a bucket (the streams' common
                 # box over many avatars is nearly the whole window)
                 boxes = [self.bucket_box(self.draw_box(r)) for r in raw]
                 keys = [s.avatar_key for s in states]
-                drawn: list[Any] = [None] * B
+                drawn = [None] * B
                 for size in sorted({b[2:] for b in boxes}):
                     # an avatar's streams side by side: the backend mixes their references in one call a run
                     idx = sorted((i for i, b in enumerate(boxes) if b[2:] == size), key=lambda i: (keys[i], i))
                     refs = [avatars[i].ref for i in idx]
-                    at = be._tensor(np.array(idx), torch.long)  # m[idx] would copy the list with a wait
-                    got = be.draw_streams_t(refs, m[at], rm[at], [boxes[i] for i in idx], cheaper)
+                    at = be.tensor(np.array(idx), torch.long)  # m[idx] would copy the list with a wait
+                    got = be.draw_streams_t(refs, m[at], rm[at], [boxes[i] for i in idx], cheaper, raw[idx])
                     for k, i in enumerate(idx):
                         drawn[i] = got[k]
             else:
                 boxes = [self.draw_box(r) for r in raw]
-                drawn = [be.draw_t(a.ref, m[i], rm[i], boxes[i], cheaper) for i, a in enumerate(avatars)]
+                drawn = [be.draw_t(a.ref, m[i], rm[i], boxes[i], cheaper, raw[i]) for i, a in enumerate(avatars)]
             return self._device_compose.frames(drawn, boxes, raw, [a.sprites for a in avatars])
 
     def bucket_box(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
@@ -460,7 +475,7 @@ class MotionEngine:
         streams' common box (a backend with batch_streams: torch on CUDA, where one call of B x T rows beats B
         calls). Pixels of the common box outside a stream's own box are the decoder's, transparent there too."""
         box = self.draw_box(raw.reshape(-1, MOTION_DIM))
-        be = cast("TorchMotionBackend", self.backend)  # the one backend that sets batch_streams
+        be = cast(DeviceDraws, self.backend)  # the backends that set batch_streams: torch's
         drawn = be.draw_streams([a.ref for a in avatars], raw, np.stack([a.ref_motion for a in avatars]), box, cheaper)
         return np.stack([self._compose(a, m, box, d) for a, m, d in zip(avatars, raw, drawn)])
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -171,19 +172,22 @@ class TorchMotionBackend:
     def device_name(self) -> str | None:
         return torch.cuda.get_device_name(self._dev) if self._dev.type == "cuda" else None
 
-    def _tensor(self, a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
+    def tensor(self, a: np.ndarray, dtype=torch.float32) -> torch.Tensor:
         return to_device(a, self._dev, dtype)  # not waiting for the device's queue (engines/tiny/pinned.py)
 
     def prepare(self, ref_win: np.ndarray, atlas: np.ndarray | None) -> TorchReference:
         if (atlas is None) != (self.atlas == 0) or (atlas is not None and atlas.shape[1] != self.atlas):
             got = None if atlas is None else atlas.shape
             raise BackendError(f"this decoder mixes {self.atlas} atlas faces; got {got}")
-        ref = self._tensor(ref_win)
-        at = None if atlas is None else self._tensor(atlas)
+        ref = self.tensor(ref_win)
+        at = None if atlas is None else self.tensor(atlas)
         with torch.inference_mode():
             # a copy-only decoder reads no features (a cheaper one reads none either)
             feats = () if self.copy_only else tuple(self.decoder.encode_reference(ref))
         return TorchReference(ref, at, feats)
+
+    def layers(self, avatar: Any) -> Any:
+        raise BackendError("the learnt decoder draws from a reference frame (prepare), not an avatar's layers")
 
     def _decoder(self, cheaper: bool) -> tuple[MotionDecoder, bool]:
         if not cheaper:
@@ -206,7 +210,7 @@ class TorchMotionBackend:
         cheaper: bool = False,
     ) -> np.ndarray:
         with torch.inference_mode():
-            return self.draw_t(ref, self._tensor(motions), self._tensor(ref_motion), box, cheaper).float().cpu().numpy()
+            return self.draw_t(ref, self.tensor(motions), self.tensor(ref_motion), box, cheaper).float().cpu().numpy()
 
     def draw_t(
         self,
@@ -215,8 +219,10 @@ class TorchMotionBackend:
         ref_motion: torch.Tensor,
         box: tuple[int, int, int, int],
         cheaper: bool = False,
+        host: np.ndarray | None = None,
     ) -> torch.Tensor:
-        """`draw` on the device: raw motions (n, D) and the canonical one (D,) as tensors -> (n, 4, h, w) there."""
+        """`draw` on the device: raw motions (n, D) and the canonical one (D,) as tensors -> (n, 4, h, w) there.
+        host: the motions on the host (motion_backends.DeviceDraws; the decoder reads the tensors only)."""
         dec, copy_only = self._decoder(cheaper)
         n = len(motions)
         rm = ref_motion.reshape(1, -1).expand(n, -1)
@@ -236,11 +242,13 @@ class TorchMotionBackend:
         ref_motions: torch.Tensor,
         boxes: Sequence[tuple[int, int, int, int]],
         cheaper: bool = False,
+        host: np.ndarray | None = None,
     ) -> torch.Tensor:
         """Every stream's frames in one decoder call, on the device: refs (S,), raw motions (S, n, D) and the
         canonical ones (S, D) as tensors, and each stream's box (all of one size, anywhere in the window; one box
         for all: the streams' common one) -> (S, n, 4, h, w). Calls of at most `max_rows` rows (a row holds some
-        30 MB of window-sized intermediates: 200 streams of 4 frames in one call would want 20-odd GB)."""
+        30 MB of window-sized intermediates: 200 streams of 4 frames in one call would want 20-odd GB). host: the
+        motions on the host (motion_backends.DeviceDraws; not read here)."""
         S, n = motions.shape[:2]
         if len(boxes) == 1:
             boxes = list(boxes) * S
@@ -313,7 +321,7 @@ class TorchMotionBackend:
         if len(set(boxes)) == 1:
             return self._centres(boxes[0])
         h, w = boxes[0][2], boxes[0][3]
-        origin = self._tensor(np.array([b[:2] for b in boxes], np.float32)).repeat_interleave(n, 0)
+        origin = self.tensor(np.array([b[:2] for b in boxes], np.float32)).repeat_interleave(n, 0)
         return pixel_centres(h, w, origin, self.window_hw, origin)
 
     def draw_streams(
@@ -326,11 +334,11 @@ class TorchMotionBackend:
     ) -> np.ndarray:
         """`draw_streams_t` of one box from and to numpy (the engine's host-side compositing reads it)."""
         with torch.inference_mode():
-            y = self.draw_streams_t(refs, self._tensor(motions), self._tensor(ref_motions), [box], cheaper)
+            y = self.draw_streams_t(refs, self.tensor(motions), self.tensor(ref_motions), [box], cheaper)
             return y.float().cpu().numpy()
 
     def denoise(self, x, t, d, ctx, ref, emotion, intensity) -> np.ndarray:
-        f = self._tensor
+        f = self.tensor
         with torch.inference_mode():
             v = self.denoiser(f(x), f(t), f(d), f(ctx), f(ref), f(emotion, torch.long), f(intensity))
         return v.float().cpu().numpy()

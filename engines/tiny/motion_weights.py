@@ -54,6 +54,19 @@ def frames_hash(folder_hash: str, draw: str) -> str:
     return hashlib.sha256(f"{folder_hash}:{draw}:{version}:{EFFECTS_VERSION}".encode()).hexdigest()[:16]
 
 
+def cutout_runs_on(backend: str, device: str | None) -> bool:
+    """Whether the cut-out draw serves on this backend and device: in numpy on the host beside onnxruntime's
+    denoiser (the CPU: engines/tiny/cutout.py), or on torch, CPU or CUDA (engines/tiny/cutout_torch.py)."""
+    return backend == "torch" or (backend == "onnxruntime" and device in (None, "auto", "cpu"))
+
+
+def auto_draw(backend: str, device: str | None) -> str:
+    """What `--motion-draw auto` draws on this backend and device: the cut-out draw in numpy on the CPU; on torch the
+    copy decoder, while the cut-out draw there is slower than it (an H100, one call: 976 fps at 200 streams against
+    2,094, one go per avatar and box size; docs/bench/cutout_gpu_2026-12-06)."""
+    return CUTOUT_DRAW if backend == "onnxruntime" and cutout_runs_on(backend, device) else "copy"
+
+
 SHIPPED_DRAWS = {"copy": "motion", "residual": "motion_residual", CUTOUT_DRAW: "motion"}  # folders beside SHIPPED
 
 
@@ -181,10 +194,13 @@ def write_motion_manifest(
 
 
 __all__ = [
+    "CUTOUT_DRAW",
     "GRAPHS",
     "MANIFEST",
     "SHIPPED_DRAWS",
     "MotionManifest",
+    "auto_draw",
+    "cutout_runs_on",
     "load_motion_manifest",
     "motion_folder",
     "write_motion_manifest",

@@ -175,12 +175,12 @@ def test_the_cutout_draws_frames_keyed_apart_from_its_folders_decoder(engine):
         mw.EFFECTS_VERSION -= 1
 
 
-def test_the_cutout_draw_runs_on_the_host_only():
-    with pytest.raises(BackendError, match="numpy on the host"):
-        MotionEngine.from_folder(None, draw="cutout", backend="torch", device="cpu")
+def test_the_cutout_draw_is_refused_where_it_does_not_run():
+    with pytest.raises(BackendError, match="not onnxruntime on cuda"):
+        MotionEngine.from_folder(None, draw="cutout", backend="onnxruntime", device="cuda")
 
 
-def test_cutout_is_the_cpus_default_draw_and_refused_off_onnxruntime():
+def test_cutout_is_the_cpus_default_draw():
     from avatarcast.realtime.settings import Settings, SettingValueError
 
     s = Settings(engine="motion")
@@ -188,6 +188,7 @@ def test_cutout_is_the_cpus_default_draw_and_refused_off_onnxruntime():
     assert s.motion_draw == "auto" and s.motion_folder_draw == "cutout" and not s.admits_at_cheaper_decode
     on_torch = Settings(engine="motion", backend="torch")
     on_torch.validate()
-    assert on_torch.motion_folder_draw == "copy"  # auto: the copy decoder where the cut-out draw does not run
-    with pytest.raises(SettingValueError, match="numpy on the host"):
-        Settings(engine="motion", backend="torch", motion_draw="cutout").validate()
+    assert on_torch.motion_folder_draw == "copy"  # auto: the copy decoder where it is the faster draw (torch)
+    Settings(engine="motion", backend="torch", motion_draw="cutout").validate()  # the torch cut-out draw
+    with pytest.raises(SettingValueError, match="onnxruntime on the CPU or on torch"):
+        Settings(engine="motion", backend="tensorrt", motion_draw="cutout").validate()

@@ -171,7 +171,7 @@ def test_rows_padded_for_cudnns_plans_draw_each_streams_frames() -> None:
     be = e.backend
     raw, avatars = _streams(e, [("pip", "happy", 3), ("random-900008", "love", 5), ("kiko", "sad", 1)], 1)
     box = e.draw_box(raw.reshape(-1, raw.shape[-1]))
-    args = ([a.ref for a in avatars], be._tensor(raw), be._tensor(np.stack([a.ref_motion for a in avatars])), [box])
+    args = ([a.ref for a in avatars], be.tensor(raw), be.tensor(np.stack([a.ref_motion for a in avatars])), [box])
     with torch.inference_mode():
         got, want = _padded_and_not(be, args, 8)
     assert got.shape == want.shape == (3, 1, 4, box[2], box[3])
@@ -207,13 +207,13 @@ def test_an_avatars_streams_are_mixed_in_one_call_to_the_bit() -> None:
     raw, avatars = _streams(e, [("pip", "happy", 3), ("pip", "love", 4), ("kiko", "sad", 1)], 2)
     refs = [a.ref for a in avatars]
     assert refs[0] is refs[1] and refs[1] is not refs[2]
-    m = be._tensor(raw)
+    m = be.tensor(raw)
     with torch.inference_mode():
         got = be._mixed(be.decoder, refs, m)
         want = torch.cat([be.decoder.mixed_reference(m[i], r.ref_win, r.atlas) for i, r in enumerate(refs)])
         assert torch.equal(got, want)
         box = e.draw_box(raw.reshape(-1, raw.shape[-1]))
-        args = (refs, m, be._tensor(np.stack([a.ref_motion for a in avatars])), [box])
+        args = (refs, m, be.tensor(np.stack([a.ref_motion for a in avatars])), [box])
         padded, unpadded = _padded_and_not(be, args, 16)  # 8 streams of 2 rows: the last stream drawn 5 more times
     assert padded.shape == unpadded.shape == (3, 2, 4, box[2], box[3])
     torch.testing.assert_close(padded, unpadded, atol=1e-5, rtol=0)

@@ -1,0 +1,100 @@
+"""The cut-out draw on torch against numpy's, on any device: `python -m tools.cutout_torch_check [--device cuda]`.
+
+Two checks, one JSON line each:
+  draw   engines/tiny/cutout_torch.draw_t against engines/tiny/cutout.draw, float frames in [-1, 1]: every emotion at
+         two held-out variations, for built-in and random avatars (max |difference|, PSNR over the box);
+  engine MotionEngine's chunks from the same sampled motions: the numpy engine (onnxruntime's denoiser, the cut-out
+         draw in numpy, the host compose) against `--backend torch --motion-draw cutout` on the device (its compose
+         there on CUDA): uint8 frames (max levels apart, share over one level, PSNR).
+tests/engines/test_cutout_torch.py makes the same checks on CPU torch; this runs them where the GPU is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+
+def _psnr(a: np.ndarray, b: np.ndarray, peak: float) -> float | None:
+    mse = float(((a.astype(np.float64) - b) ** 2).mean())
+    return round(10 * np.log10(peak**2 / mse), 2) if mse else None
+
+
+def check_draw(device: str, avatars: list[str]) -> dict:
+    import torch
+
+    from avatarcast.engines.avatar_world.motions import pose_at, sample_variation
+    from avatarcast.engines.tiny import cutout, cutout_torch
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+    from avatarcast.vocabulary import EMOTIONS
+
+    eng = MotionEngine.from_folder(None, draw="cutout", threads=4)
+    dev = torch.device(device)
+    out: dict = {"check": "draw", "device": device, "avatars": {}}
+    for av in avatars:
+        cut = eng.prepared_avatar(av)[1].ref
+        tex = cutout_torch.to_device_layers(cut, dev)
+        m = np.stack(
+            [
+                eng.motion(av, pose_at(e, 1.7 + 0.9 * k + 3.1 * v, sample_variation(900_300 + 20 * v + k), 0.9))
+                for v in range(2)
+                for k, e in enumerate(EMOTIONS)
+            ]
+        ).astype(np.float32)
+        box = eng.draw_box(m)
+        want = cutout.draw(cut, m, box)
+        with torch.inference_mode():
+            sizes = np.tile(box[2:], (len(m), 1))
+            got = cutout_torch.draw_t(tex, m, np.tile(box[:2], (len(m), 1)), sizes, dev)[0].cpu().numpy()
+        d = np.abs(got - want)
+        out["avatars"][av] = {
+            "frames": len(m),
+            "box": list(box),
+            "max_abs": float(d.max()),
+            "mean_abs": float(d.mean()),
+            "psnr_db": _psnr(got, want, 2.0),
+        }
+    return out
+
+
+def check_engine(device: str, avatars: list[str], streams: int) -> dict:
+    from avatarcast.engines.tiny.motion_engine import MotionEngine
+
+    ref = MotionEngine.from_folder(None, draw="cutout", threads=4)
+    on = MotionEngine.from_folder(None, draw="cutout", backend="torch", device=device)
+    emotions = ref.emotions
+    specs = [(avatars[i % len(avatars)], emotions[i % len(emotions)], i) for i in range(streams)]
+    lat = ref.sample_chunks([ref.start_stream(a, e, seed=s) for a, e, s in specs])
+    want = ref.decode_chunks([ref.start_stream(a, e, seed=s) for a, e, s in specs], lat).astype(np.int16)
+    got = on.decode_chunks([on.start_stream(a, e, seed=s) for a, e, s in specs], lat).astype(np.int16)
+    d = np.abs(got - want)
+    return {
+        "check": "engine",
+        "device": device,
+        "backend": on.backend.describe(),  # type: ignore[attr-defined]
+        "streams": streams,
+        "frames": int(d.shape[0] * d.shape[1]),
+        "max_levels": int(d.max()),
+        "share_over_1": float((d > 1).mean()),
+        "mean_levels": float(d.mean()),
+        "psnr_db": _psnr(got, want, 255.0),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--avatars", default="pip,bun,kiko,luna,random-11,random-424242")
+    ap.add_argument("--streams", type=int, default=16)
+    args = ap.parse_args(argv)
+    avatars = args.avatars.split(",")
+    print(json.dumps(check_draw(args.device, avatars)), flush=True)
+    print(json.dumps(check_engine(args.device, avatars, args.streams)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The cut-out draw on CUDA (engines/tiny/cutout_torch.py) against numpy's frames, and its fps beside the copy
+# decoder's in the same call (docs/bench/cutout_gpu_2026-12-06). One call of the device tool, under 10 minutes:
+#   run(command="bash tools/gpu/cutout_torch_gpu.sh", carry=[".whl"], timeout_s=600)
+# From a tree staged beside the checkout (a worktree's files copied to DIR): STAGE=DIR bash DIR/tools/gpu/...
+# Results in $OUT: log.txt and results.tar (check.json, prof_<draw>_s<streams>.json, bench_<draw>_s<streams>.json).
+# Steps in order of need, each under its own limit, all under LIMIT seconds (default 480).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+REPO=${REPO:-$ROOT}  # where .whl is (the checkout's root)
+export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=$ROOT
+if ls "$REPO"/.whl/*.whl >/dev/null 2>&1; then  # the bench imports realtime/settings (pydantic...): not in the image
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/whl "$REPO"/.whl/*.whl \
+    && export PYTHONPATH=$ROOT:/tmp/whl
+fi
+OUT=${OUT:-/tmp/out}
+R=/tmp/cutout_gpu
+mkdir -p "$OUT" "$R"
+export CHUNKS=${CHUNKS:-4} R STREAMS=${STREAMS:-"200 50"} TRACE=${TRACE:-1}  # TRACE=1: one cut-out chunk traced
+steps() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch, avatarcast; print('torch', torch.__version__, torch.cuda.is_available(), avatarcast.__path__)"
+  echo "== frames: torch (cuda) against numpy"
+  timeout 120 python3 -m tools.cutout_torch_check --device cuda --streams 16 | tee "$R/check.json"
+  for s in $STREAMS; do
+    for draw in cutout copy; do
+      echo "== profile $draw, $s streams"
+      timeout 110 python3 -m tools.motion_torch_profile --device cuda --sessions "$s" --chunks "$CHUNKS" --draw "$draw" \
+        | tee "$R/prof_${draw}_s${s}.json"
+    done
+    if [ "$s" = 200 ]; then
+      for draw in cutout copy; do
+        echo "== bench engine $draw, $s streams"
+        timeout 80 python3 -m avatarcast.realtime.cli bench engine --engine motion --backend torch --device cuda \
+          --sessions "$s" --seconds 8 --opt draw=$draw --json -o "$R/bench_${draw}_s${s}.json" >/dev/null
+        python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d[k] for k in ('fps','chunk_latency_ms','decode_ms','realtime_streams')})" "$R/bench_${draw}_s${s}.json"
+      done
+    fi
+  done
+  [ "$TRACE" = 1 ] || return 0
+  echo "== one cut-out chunk traced, 200 streams"
+  timeout 100 python3 -m tools.motion_torch_profile --device cuda --sessions 200 --chunks 1 --draw cutout \
+    --trace "$R/trace_cutout_s200" | tee "$R/prof_cutout_s200_traced.json"
+}
+timeout "${LIMIT:-480}" bash -c "$(declare -f steps); steps" > "$R/log.txt" 2>&1
+cp "$R/log.txt" "$OUT/log.txt"
+tail -c 5000 "$R/log.txt"
+(cd "$R" && tar cf "$OUT/results.tar" .)
+ls -la "$OUT"
