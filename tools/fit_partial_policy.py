@@ -26,7 +26,7 @@ from avatarcast.realtime.emotion.classifier import WEIGHTS_DIR
 from avatarcast.realtime.emotion.partial import units
 from avatarcast.realtime.emotion.text import normalize
 from tools.eval_emotion import CLEAN, held_out
-from tools.train_emotion import FLOOR, LiveCases, cross_fitted, fit_partial_policy, prefixes
+from tools.train_emotion import FLOOR, HOLD_UNITS, LiveCases, cross_fitted, fit_partial_policy, prefixes
 
 
 def live_cases(reader: EmotionReader, rows: list[dict[str, str]], sets: str) -> LiveCases:
@@ -60,12 +60,49 @@ def live_cases(reader: EmotionReader, rows: list[dict[str, str]], sets: str) -> 
     )
 
 
+def choose_hold(cases: LiveCases, fitted: dict, lang: str, sel: np.ndarray) -> dict:
+    """The training-fitted policy with the hold under which the first label shown is most often right on the
+    selected cases of `lang`, the shortest among ties (a hold only where it helps)."""
+    m = sel & (cases.lang == lang)
+
+    def right(h: int) -> float:
+        shown, _ = cases.first_shown({**fitted, "hold_units": h})
+        return float(np.mean(shown[m] == cases.gold[m]))
+
+    best = max(HOLD_UNITS[lang], key=lambda h: (right(h), -h))
+    return {**fitted, "hold_units": best}
+
+
+def leave_one_set_out_hold(cases: LiveCases, fitted: dict, lang: str) -> dict:
+    """choose_hold's own honest score: each set read with the hold chosen on the other sets."""
+    m = cases.lang == lang
+    shown = cases.full.copy()
+    chosen = {}
+    for f in np.unique(cases.fold[m]):
+        p = choose_hold(cases, fitted, lang, cases.fold != f)
+        chosen[int(f)] = p["hold_units"]
+        s, _ = cases.first_shown(p)
+        shown[cases.fold == f] = s[cases.fold == f]
+    return {
+        "n": int(m.sum()),
+        "clip_accuracy": round(float(np.mean(cases.full[m] == cases.gold[m])), 4),
+        "first_shown_accuracy": round(float(np.mean(shown[m] == cases.gold[m])), 4),
+        "hold_chosen_per_left_out_set": chosen,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", default="FGHI", help="held-out sets to fit on (never the clean set)")
     ap.add_argument("--weights", type=Path, default=WEIGHTS_DIR)
     ap.add_argument("--cases", type=Path, help="the reads (npz): loaded when the file exists, else saved there")
+    ap.add_argument("--languages", default="en,zh", help="fit these languages' policies; the others stay as they are")
+    ap.add_argument(
+        "--hold-only",
+        action="store_true",
+        help="keep the manifest's thresholds (fitted in training) and choose only the hold on these sets",
+    )
     ap.add_argument("--write", action="store_true", help="write the fitted policy into the weights' manifest")
     args = ap.parse_args(argv)
     if CLEAN in args.sets:
@@ -75,25 +112,41 @@ def main(argv: list[str] | None = None) -> int:
         cases = LiveCases.load(args.cases)
     else:
         reader = EmotionReader.load(weights=args.weights)
-        cases = live_cases(reader, held_out(args.sets), args.sets)
+        langs = args.languages.split(",")
+        cases = live_cases(reader, [r for r in held_out(args.sets) if r["language"] in langs], args.sets)
         if args.cases is not None:
             cases.save(args.cases)
     print(f"{len(cases.gold)} lines, {len(cases.case)} prefixes read in {time.time() - t0:.0f} s", file=sys.stderr)
-    policy = fit_partial_policy(cases)
+    langs = sorted(set(cases.lang.tolist()))
+    manifest = json.loads((args.weights / "manifest.json").read_text(encoding="utf-8"))
     everyone = np.ones(len(cases.gold), bool)
+    if args.hold_only:
+        policy = {g: choose_hold(cases, manifest["partial"][g], g, everyone) for g in langs}
+        loso = {g: leave_one_set_out_hold(cases, manifest["partial"][g], g) for g in langs}
+    else:
+        policy = {g: p for g, p in fit_partial_policy(cases).items() if g in langs}
+        loso = {g: v for g, v in cross_fitted(cases).items() if g in langs}
     report = {
         "sets": args.sets,
         "policy": policy,
-        "fitted_on": {g: cases.score(policy[g], everyone & (cases.lang == g)) for g in ("en", "zh")},
-        "leave_one_set_out": cross_fitted(cases),
+        "fitted_on": {g: cases.score(policy[g], everyone & (cases.lang == g)) for g in langs},
+        "leave_one_set_out": loso,
+        "holds": {
+            g: {h: cases.score({**manifest["partial"][g], "hold_units": h}, cases.lang == g) for h in HOLD_UNITS[g]}
+            for g in langs
+        }
+        if args.hold_only
+        else None,
     }
     print(json.dumps(report, indent=2))
     if args.write:
         path = args.weights / "manifest.json"
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-        manifest["partial"] = policy
+        manifest["partial"].update(policy)
         manifest["training"]["live_heldout"] = report
-        manifest["partial_command"] = f"python -m tools.fit_partial_policy --sets {args.sets} --write"
+        hold = " --hold-only" if args.hold_only else ""
+        manifest["partial_command"] = (
+            f"python -m tools.fit_partial_policy --sets {args.sets} --languages {','.join(langs)}{hold} --write"
+        )
         path.write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         print(f"wrote the partial policy into {path}", file=sys.stderr)
     return 0

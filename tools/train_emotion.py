@@ -396,6 +396,8 @@ def fit_partial_policy(cases: LiveCases, train: np.ndarray | None = None) -> dic
     taus = [float(t) for t in np.round(np.arange(FLOOR, 0.991, 0.01), 2)]
     for lang, units_grid in PARTIAL_UNITS.items():
         sel = (cases.lang == lang) & (np.ones(len(cases.gold), bool) if train is None else train)
+        if not sel.any():
+            continue  # no cases in this language: no policy fitted for it
         gold = cases.gold[sel]
 
         def score(p: dict, sel: np.ndarray = sel, gold: np.ndarray = gold) -> tuple[float, float]:
@@ -435,12 +437,12 @@ def cross_fitted(cases: LiveCases) -> dict[str, dict]:
     early = np.zeros(len(shown), bool)
     for f in np.unique(cases.fold):
         policy = fit_partial_policy(cases, cases.fold != f)
-        for lang in ("en", "zh"):
+        for lang in policy:
             s, e = cases.first_shown(policy[lang])
             m = (cases.fold == f) & (cases.lang == lang)
             shown[m], early[m] = s[m], e[m]
     out = {}
-    for lang in ("en", "zh"):
+    for lang in sorted(set(cases.lang.tolist())):
         m = cases.lang == lang
         out[lang] = {
             "n": int(m.sum()),
