@@ -25,6 +25,7 @@ from avatarcast.engines.contract import StreamStart
 from avatarcast.engines.errors import CLOSE_GOING_AWAY, AvatarcastError, ErrorCode
 from avatarcast.realtime.audio import AudioDecodeError, decode_audio, prosody
 from avatarcast.realtime.buckets import TokenBucket
+from avatarcast.realtime.emotion.partial import PartialTracker
 from avatarcast.realtime.live import LiveAudio, LiveEvent
 from avatarcast.realtime.live_cues import LiveCues
 from avatarcast.realtime.messages import ChunkRequest, FrameRequest, FrameSource, SessionEvent
@@ -361,7 +362,9 @@ class SessionRunner:
         if ev.kind == "speech_start":
             u = s.on_speech_start(now)
             if u is not None:
-                self._turn_meta[ev.utterance] = {"turn": u}
+                # the utterance's partials go through one tracker, so a policy's hold can see the ones before
+                tracker = PartialTracker(self.services.reader, self.session.config.partial_min_confidence)
+                self._turn_meta[ev.utterance] = {"turn": u, "partials": tracker}
         elif ev.kind == "partial":
             u = self._turn_meta.get(ev.utterance, {}).get("turn")
             s.on_partial(ev.text, now, utterance=u, language=ev.language)
@@ -390,15 +393,16 @@ class SessionRunner:
         apply it. Partials' cues apply in the order their transcripts came and are dropped once their
         utterance's final is in; so the final's cue waits for none of them. A final that reuses the pause's
         speculation takes the read already started for it (LiveCues)."""
-        reader, pool = self.services.reader, self._emotion
+        pool = self._emotion
 
         async def read_and_apply() -> None:
             loop = asyncio.get_running_loop()
             if decided_by == "partial":
-                async with self._cue_lock:  # FIFO among partials
-                    cue = await loop.run_in_executor(
-                        pool, reader.read_partial, ev.text, self.session.config.partial_min_confidence
-                    )
+                tracker = self._turn_meta.get(ev.utterance, {}).get("partials")
+                if tracker is None:
+                    return  # the final came before this partial's turn
+                async with self._cue_lock:  # FIFO among partials: the tracker is fed in order, one at a time
+                    cue = await loop.run_in_executor(pool, tracker.feed, ev.text)
                 if ev.utterance not in self._turn_meta:
                     return  # the final came meanwhile: it decides
             else:

@@ -4,7 +4,8 @@
     python -m tools.eval_emotion --data some.csv --json --report ''
 
 Clip mode reads each line whole. Live mode feeds each line's prefixes, at every word (English) or
-character (Chinese) boundary, to `read_partial` as a live partial transcript would grow; the
+character (Chinese) boundary, to a PartialTracker as a live partial transcript would grow (as a live session's
+partials go to one, realtime/runner.py, so a policy's hold counts the words / characters between them); the
 label first shown is the first partial's cue, else the final read. The session replaces a
 partial's cue when the final transcript disagrees, so the final read is what stays on screen.
 """
@@ -22,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from avatarcast.realtime.emotion import CUE_LABELS, EmotionReader
+from avatarcast.realtime.emotion.partial import PartialTracker, units
+from avatarcast.realtime.emotion.text import normalize
 
 HELD_OUT = Path(__file__).resolve().parent.parent / "tests" / "data" / "emotion"
 SETS = {
@@ -34,13 +37,14 @@ SETS = {
     "G": "heldout_g_{}.csv",
     "H": "heldout_h_{}.csv",
     "I": "heldout_i_{}.csv",
+    "J": "heldout_j_{}.csv",
 }
-# I is the clean set (written and committed before this round's changes, scored once after them); F, G and H were
-# clean in earlier rounds and have been used for decisions since, but their misread lines were never looked at and
-# are still not printed; A-E were scored while the reader was developed, so they are reported apart
-CLEAN = "I"
-UNPRINTED = "FGHI"
-GROUPS = ("I", "F", "G", "H", "ABCDE")
+# J is the clean set (written and committed before this round's changes, scored once after them); F-I were clean in
+# earlier rounds and have been used for decisions since, but their misread lines were never looked at and are still
+# not printed; A-E were scored while the reader was developed, so they are reported apart
+CLEAN = "J"
+UNPRINTED = "FGHIJ"
+GROUPS = ("J", "I", "F", "G", "H", "ABCDE")
 
 
 def load_rows(path: str | Path) -> list[dict[str, str]]:
@@ -53,7 +57,7 @@ def load_rows(path: str | Path) -> list[dict[str, str]]:
     return rows
 
 
-def held_out(sets: str = "ABCDEFGHI") -> list[dict[str, str]]:
+def held_out(sets: str = "ABCDEFGHIJ") -> list[dict[str, str]]:
     """The held-out rows of the named sets, each tagged with its set."""
     rows = []
     for s in sets:
@@ -130,20 +134,25 @@ def partials_of(text: str, language: str) -> list[str]:
 
 
 def evaluate_live(reader: EmotionReader, rows: list[dict[str, str]], min_confidence: float = 0.6) -> dict:
-    """Live mode: read_partial on each growing prefix; the first cue shown, and how early it came."""
+    """Live mode: each growing prefix fed to a PartialTracker, as a live session feeds an utterance's partials; the
+    first cue shown, and how early it came."""
     per_lang: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    latencies = []
+    latencies, lines = [], []
     for row in rows:
         final = reader.read(row["text"]).label
-        first, heard = None, 1.0
+        first, heard, at = None, 1.0, 0
         parts = partials_of(row["text"], row["language"])
+        tracker = PartialTracker(reader, min_confidence)
         for p in parts:
             t0 = time.perf_counter()
-            cue = reader.read_partial(p, min_confidence)
+            cue = tracker.feed(p)
             latencies.append((time.perf_counter() - t0) * 1000.0)
             if cue is not None:
                 first, heard = cue.label, len(p) / len(row["text"])
+                at = units(normalize(p))
                 break
+        early = first is not None
+        lines.append({"first_shown": first or final, "decided_early": early, "units": at if early else None})
         d = per_lang[row["language"]]
         d["final_ok"].append(final == row["emotion"])
         d["first_ok"].append((first or final) == row["emotion"])
@@ -163,7 +172,8 @@ def evaluate_live(reader: EmotionReader, rows: list[dict[str, str]], min_confide
             "early_revised_by_final": int(sum(d["revised"])),
             "median_heard_at_decision": round(float(np.median(d["heard"])), 3) if d["heard"] else None,
         }
-    return {"per_language": out, "read_partial_latency_ms": _latency(latencies)}
+    # per row, in order: the label first shown, whether a partial decided it, and at how many words / characters
+    return {"per_language": out, "read_partial_latency_ms": _latency(latencies), "lines": lines}
 
 
 def markdown(result: dict, live: dict | None, title: str, data: str, level: int = 1, errors: bool = True) -> str:
@@ -240,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--sets",
         default=",".join(GROUPS),
-        help="held-out sets, comma-separated groups scored together (default: I, F, G, H apart, then A-E)",
+        help="held-out sets, comma-separated groups scored together (default: J, I, F, G, H apart, then A-E)",
     )
     ap.add_argument("--no-live", action="store_true", help="skip live mode (partial transcripts)")
     ap.add_argument("--weights", type=Path, default=None, help="a candidate's weights folder (default: the shipped)")

@@ -23,9 +23,11 @@ from __future__ import annotations
 import argparse
 import csv
 import hashlib
+import io
 import json
 import os
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -34,17 +36,26 @@ from pathlib import Path
 
 import numpy as np
 
-from avatarcast.realtime.emotion.classifier import WEIGHTS_DIR, ClassifierHead, Features, Head, NgramHead, deny
+from avatarcast.realtime.emotion.classifier import (
+    WEIGHTS_DIR,
+    ClassifierHead,
+    Features,
+    Head,
+    NgramHead,
+    PartialPolicy,
+    deny,
+)
 from avatarcast.realtime.emotion.cue import CUE_LABELS
 from avatarcast.realtime.emotion.e5pack import PACK_FILE, layers_pack, write_delta
 from avatarcast.realtime.emotion.encoder import E5Encoder, image_path
 from avatarcast.realtime.emotion.lexicon import Lexicon
 from avatarcast.realtime.emotion.ngrams import DIM as NGRAM_DIM
 from avatarcast.realtime.emotion.ngrams import features as ngram_features
-from avatarcast.realtime.emotion.reader import _open_ended, _units
+from avatarcast.realtime.emotion.partial import MIN_UNITS, first_read, open_ended, units
 from avatarcast.realtime.emotion.text import normalize
 from avatarcast.templates import load_templates
 
+ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).with_name("emotion_data")
 CACHE = Path(os.path.expanduser("~/.cache/avatarcast/emotion-train"))
 # chosen by 5-fold cross-validation on the training corpus (l2 3e-4..3e-3, scale 3..20; query vs passage vs both;
@@ -83,7 +94,6 @@ def asr_style(text: str, language: str) -> str:
     return "".join(_ASR_PUNCT.sub("", text).split()) or text
 
 
-MIN_UNITS = 2  # no policy lets a partial of fewer words / characters decide (the keyword grid starts there)
 FLOOR = 0.6  # the session's partial_min_confidence (realtime/session.py): read_partial refuses a cue below it
 
 
@@ -96,10 +106,13 @@ def prefixes(text: str, language: str) -> list[str]:
         cands = [" ".join(words[:k]) for k in range(1, len(words))]
     else:
         cands = [text[:k] for k in range(1, len(text)) if not text[k - 1].isspace()]
-    return [p for p in cands if _units(p) >= MIN_UNITS and not _open_ended(p)]
+    return [p for p in cands if units(p) >= MIN_UNITS and not open_ended(p)]
 
 
-def grouped_folds(emb: np.ndarray, folds: int, seed: int, threshold: float = 0.94) -> np.ndarray:
+GROUP_COSINE = 0.94  # lines closer than this (e5 query cosine), transitively, share a fold
+
+
+def grouped_folds(emb: np.ndarray, folds: int, seed: int, threshold: float = GROUP_COSINE) -> np.ndarray:
     """Fold of each line; lines whose embeddings are closer than `threshold` (cosine), transitively, share one."""
     n = len(emb)
     parent = np.arange(n)
@@ -122,6 +135,50 @@ def grouped_folds(emb: np.ndarray, folds: int, seed: int, threshold: float = 0.9
         j = int(size.argmin())
         fold[groups[g]] = j
         size[j] += len(groups[g])
+    return fold
+
+
+def corpus_at(rev: str, directory: Path = DATA) -> list[dict[str, str]]:
+    """The training corpus as it was at git revision `rev` (the train_*.csv files then, read as load_corpus
+    reads them)."""
+    rel = directory.relative_to(ROOT).as_posix()
+    names = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-tree", "--name-only", f"{rev}:{rel}"], check=True, capture_output=True, text=True
+    ).stdout.split()
+    rows = []
+    for name in sorted(n for n in names if n.startswith("train_") and n.endswith(".csv")):
+        text = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{rev}:{rel}/{name}"], check=True, capture_output=True, text=True
+        ).stdout
+        rows += [r for r in csv.DictReader(io.StringIO(text)) if r["text"].strip()]
+    return rows
+
+
+def pinned_folds(
+    emb: np.ndarray, rows: Sequence[dict[str, str]], earlier: Sequence[dict[str, str]], folds: int, seed: int
+) -> np.ndarray:
+    """Folds for a corpus grown since the fine-tunes were trained on `earlier`: its lines keep the grouped folds they
+    had then (fold f's fine-tune never saw them, so it still reads them out of fold); a later line, which no
+    fine-tune saw, joins the fold of its nearest earlier line when they are as close as grouped_folds groups, else
+    the fold with the fewest lines. (grouped_folds on the grown corpus would move old lines between folds.)"""
+    where: dict[tuple[str, str, str], list[int]] = {}
+    for i, r in enumerate(rows):
+        where.setdefault((r["text"], r["language"], r["emotion"]), []).append(i)
+    old = []
+    for r in earlier:
+        idx = where.get((r["text"], r["language"], r["emotion"]))
+        if not idx:
+            raise SystemExit(f"a line of the earlier corpus is gone: {r['text']!r}; pinned folds need every one")
+        old.append(idx.pop(0))
+    fold = np.full(len(rows), -1)
+    fold[old] = grouped_folds(emb[old], folds, seed)
+    size = np.bincount(fold[old], minlength=folds)
+    for i in np.flatnonzero(fold < 0):
+        sims = emb[old] @ emb[i]
+        j = int(sims.argmax())
+        f = int(fold[old[j]]) if sims[j] > GROUP_COSINE else int(size.argmin())
+        fold[i] = f
+        size[f] += 1
     return fold
 
 
@@ -241,9 +298,12 @@ def average(heads: list[ClassifierHead], f: Features) -> np.ndarray:
 class LiveCases:
     """Out-of-fold reads of the training lines as live partial transcripts, for fitting the partial policy.
 
-    A case is one line in one style (as written, and its ASR-style copy); a row is one of its prefixes that
-    may decide (not open-ended, top label not idle, confidence at least FLOOR), in the order a live transcript
-    grows. Probabilities are the reader's (denial penalty applied), from the fold's model that never saw the line.
+    A case is one line in one style (as written, and its ASR-style copy); a row is one of its prefixes that the
+    reader reads (not open-ended, at least MIN_UNITS words / characters), in the order a live transcript grows;
+    `may` marks those that may decide (top label not idle, confidence at least FLOOR). Every read row is kept, not
+    only those that may decide, because a hold (the label unchanged over the last words) needs the labels of the
+    partials before. Probabilities are the reader's (denial penalty applied), from the fold's model that never saw
+    the line.
     """
 
     gold: np.ndarray  # per case: gold label index
@@ -255,13 +315,19 @@ class LiveCases:
     label: np.ndarray  # per row: top label
     prob: np.ndarray  # per row: its probability
     backed: np.ndarray  # per row: a keyword of that label (not negated) is in the prefix
+    may: np.ndarray  # per row: top label not idle and probability at least FLOOR
 
     def first_shown(self, p: dict) -> tuple[np.ndarray, np.ndarray]:
         """Per case, the first label shown under policy p (the first prefix that decides, else the whole
         line's) and whether a prefix decided."""
-        ok = ((self.units >= p["min_units"]) & (self.prob >= p["min_confidence"])) | (
-            self.backed & (self.units >= p["min_units_keyword"]) & (self.prob >= p["min_confidence_keyword"])
+        ok = self.may & (
+            ((self.units >= p["min_units"]) & (self.prob >= p["min_confidence"]))
+            | (self.backed & (self.units >= p["min_units_keyword"]) & (self.prob >= p["min_confidence_keyword"]))
         )
+        hold = int(p.get("hold_units", 0))
+        if hold:
+            read = self.units >= first_read(PartialPolicy(**p))  # the partials PartialTracker reads
+            ok &= read & (held_units(self.case, self.label, self.units, read) >= hold)
         rows = np.flatnonzero(ok)
         cases, first = np.unique(self.case[rows], return_index=True)
         shown, early = self.full.copy(), np.zeros(len(self.full), bool)
@@ -288,10 +354,33 @@ class LiveCases:
 
 
 PARTIAL_UNITS = {"en": (3, 4, 5, 6), "zh": (4, 6, 8, 10)}  # the plain rule's minimum words / characters
+# how many words / characters the label must have held, unchanged, before a partial decides (0: no hold)
+HOLD_UNITS = {"en": (0, 1, 2, 3), "zh": (0, 1, 2, 3, 4, 6)}
 
 
-def _policy(mu: int, tau: float, mk: int, tk: float) -> dict:
-    return {"min_confidence": tau, "min_units": mu, "min_confidence_keyword": tk, "min_units_keyword": mk}
+def held_units(case: np.ndarray, label: np.ndarray, units: np.ndarray, read: np.ndarray) -> np.ndarray:
+    """Per row, how many units its top label has held: since the first read row of the same case from which
+    every read row has had that label (0 for rows not read). Rows are grouped by case, units growing."""
+    idx = np.flatnonzero(read)
+    held = np.zeros(len(units), np.int64)
+    if len(idx) == 0:
+        return held
+    c, lab, u = case[idx], label[idx], units[idx]
+    new = np.ones(len(idx), bool)
+    new[1:] = (c[1:] != c[:-1]) | (lab[1:] != lab[:-1])
+    start = np.maximum.accumulate(np.where(new, np.arange(len(idx)), 0))
+    held[idx] = u - u[start]
+    return held
+
+
+def _policy(mu: int, tau: float, mk: int, tk: float, hold: int = 0) -> dict:
+    return {
+        "min_confidence": tau,
+        "min_units": mu,
+        "min_confidence_keyword": tk,
+        "min_units_keyword": mk,
+        "hold_units": hold,
+    }
 
 
 def fit_partial_policy(cases: LiveCases, train: np.ndarray | None = None) -> dict[str, dict]:
@@ -307,6 +396,8 @@ def fit_partial_policy(cases: LiveCases, train: np.ndarray | None = None) -> dic
     taus = [float(t) for t in np.round(np.arange(FLOOR, 0.991, 0.01), 2)]
     for lang, units_grid in PARTIAL_UNITS.items():
         sel = (cases.lang == lang) & (np.ones(len(cases.gold), bool) if train is None else train)
+        if not sel.any():
+            continue  # no cases in this language: no policy fitted for it
         gold = cases.gold[sel]
 
         def score(p: dict, sel: np.ndarray = sel, gold: np.ndarray = gold) -> tuple[float, float]:
@@ -319,14 +410,23 @@ def fit_partial_policy(cases: LiveCases, train: np.ndarray | None = None) -> dic
             # cases: cross-fitted, it cost 0.5 points in Chinese; see docs/emotion.md)
             return max(table, key=lambda r: (r[0], r[1]))
 
-        plain = pick([(*score(_policy(mu, tau, 99, 2.0)), mu, tau) for mu in units_grid for tau in taus])
-        mu, tau = plain[2], plain[3]
-        best = pick(
-            [(*score(_policy(mu, tau, mk, tk)), mk, tk) for mk in range(MIN_UNITS, mu + 1) for tk in taus if tk <= tau]
-        )
-        if best[:2] <= plain[:2]:
-            best = (plain[0], plain[1], mu, tau)  # a keyword earns no head start
-        policies[lang] = _policy(mu, tau, best[2], best[3])
+        fits = []
+        for hold in HOLD_UNITS[lang]:
+            plain = pick([(*score(_policy(mu, tau, 99, 2.0, hold)), mu, tau) for mu in units_grid for tau in taus])
+            mu, tau = plain[2], plain[3]
+            best = pick(
+                [
+                    (*score(_policy(mu, tau, mk, tk, hold)), mk, tk)
+                    for mk in range(MIN_UNITS, mu + 1)
+                    for tk in taus
+                    if tk <= tau
+                ]
+            )
+            if best[:2] <= plain[:2]:
+                best = (plain[0], plain[1], mu, tau)  # a keyword earns no head start
+            fits.append((best[0], best[1], _policy(mu, tau, best[2], best[3], hold)))
+        # a hold is kept only where it makes the first label shown more often right (the earliest among ties)
+        policies[lang] = pick(fits)[2]
     return policies
 
 
@@ -337,12 +437,12 @@ def cross_fitted(cases: LiveCases) -> dict[str, dict]:
     early = np.zeros(len(shown), bool)
     for f in np.unique(cases.fold):
         policy = fit_partial_policy(cases, cases.fold != f)
-        for lang in ("en", "zh"):
+        for lang in policy:
             s, e = cases.first_shown(policy[lang])
             m = (cases.fold == f) & (cases.lang == lang)
             shown[m], early[m] = s[m], e[m]
     out = {}
-    for lang in ("en", "zh"):
+    for lang in sorted(set(cases.lang.tolist())):
         m = cases.lang == lang
         out[lang] = {
             "n": int(m.sum()),
@@ -377,6 +477,12 @@ def main(argv: list[str] | None = None) -> int:
         "fold's lines and their prefixes for the heads, the denial penalty and the partial policy, so nothing "
         "here reads an embedding of a line its encoder was trained on; --encoder-pack (the fine-tune on every "
         "line) is the encoder that serves",
+    )
+    ap.add_argument(
+        "--folds-from",
+        metavar="REV",
+        help="with --oof-packs fine-tuned on the corpus at git revision REV: its lines keep the folds they had then, "
+        "and lines added since join a fold (pinned_folds)",
     )
     ap.add_argument(
         "--cv-only",
@@ -418,13 +524,22 @@ def main(argv: list[str] | None = None) -> int:
     # folds as the frozen one, and its dev fold (tools/emotion_finetune/train.py --dev-fold) is this fold.
     folds = HYPER["folds"]
     frozen_query = EmbeddingCache(E5Encoder(args.threads), "query")(texts) if args.encoder_pack is not None else None
+    if args.folds_from is not None and args.oof_packs is None:
+        raise SystemExit("--folds-from pins the folds of --oof-packs' fine-tunes: give them")
+    earlier = corpus_at(args.folds_from) if args.folds_from is not None else None
+
+    def corpus_folds(emb: np.ndarray) -> np.ndarray:
+        if earlier is None:
+            return grouped_folds(emb, folds, HYPER["seed_folds"])
+        return pinned_folds(emb, rows, earlier, folds, HYPER["seed_folds"])
+
     print(f"{len(rows)} lines; embedding", file=sys.stderr, flush=True)
     if args.oof_packs is None:
         E, Ea = embed(texts), embed(asr)
         fold_caches = [caches] * folds
     else:
         assert frozen_query is not None
-        fold = grouped_folds(frozen_query, folds, HYPER["seed_folds"])
+        fold = corpus_folds(frozen_query)
         fold_caches = []
         for pack in args.oof_packs:
             enc = E5Encoder(threads=args.threads, pack=pack)
@@ -453,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
     # cross-validation: accuracy, and out-of-fold reads of each line's prefixes for the partial policy.
     # Lines that say nearly the same thing (a paraphrase, the same scene in the other language) share a
     # fold, so the scores do not count a near-copy in training as generalization.
-    fold = grouped_folds(E["query"] if frozen_query is None else frozen_query, folds, HYPER["seed_folds"])
+    fold = corpus_folds(E["query"] if frozen_query is None else frozen_query)
     # live partials, as a live transcript grows: every word / character of every line, as written and
     # ASR-style (each prefix that read_partial could let decide; see prefixes)
     styles = (texts, asr)
@@ -507,18 +622,18 @@ def main(argv: list[str] | None = None) -> int:
     ids = np.concatenate(case_rows)
     rp = deny(np.concatenate(row_probs), PL[ids], penalty)
     label, prob = rp.argmax(1), rp.max(1)
-    keep = (label != CUE_LABELS.index("idle")) & (prob >= FLOOR)
-    units = np.array([_units(p) for p in uniq], dtype=np.int64)
+    n_units = np.array([units(p) for p in uniq], dtype=np.int64)
     cases = LiveCases(
         gold=np.tile(y, len(styles)),
         full=np.concatenate([oof.argmax(1), oof_asr.argmax(1)]),
         lang=np.tile(np.array(lang), len(styles)),
         fold=np.tile(fold, len(styles)),
-        case=np.repeat(np.arange(len(pre)), [len(r) for r in case_rows])[keep],
-        units=units[ids][keep] if len(ids) else np.zeros(0, np.int64),
-        label=label[keep],
-        prob=prob[keep],
-        backed=(PL[ids, label] > 0)[keep],
+        case=np.repeat(np.arange(len(pre)), [len(r) for r in case_rows]),
+        units=n_units[ids] if len(ids) else np.zeros(0, np.int64),
+        label=label,
+        prob=prob,
+        backed=PL[ids, label] > 0,
+        may=(label != CUE_LABELS.index("idle")) & (prob >= FLOOR),
     )
     cv = {
         "folds": "grouped: lines whose e5 query embeddings have cosine > 0.94 share a fold",

@@ -36,12 +36,14 @@ class ClassifierMismatch(AvatarcastError, ValueError):
 class PartialPolicy:
     """When a partial transcript in one language may decide: enough words (English) or characters
     (Chinese) and enough confidence; a keyword of the label backing the cue may lower both ("so
-    happy" need not wait as long as "we sold the house")."""
+    happy" need not wait as long as "we sold the house"); and, when hold_units > 0, the label unchanged over the
+    utterance's partials of the last hold_units words / characters (partial.py)."""
 
     min_confidence: float
     min_units: int
     min_confidence_keyword: float
     min_units_keyword: int
+    hold_units: int = 0  # weights fitted before the hold have none
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,8 @@ from avatarcast.realtime.emotion.e5pack import PACK_FILE
 from avatarcast.realtime.emotion.encoder import E5Encoder, SentenceEncoder
 from avatarcast.realtime.emotion.lexicon import Hit, Lexicon
 from avatarcast.realtime.emotion.ngrams import features as ngram_features
-from avatarcast.realtime.emotion.text import CJK_RANGE, language_of, normalize
+from avatarcast.realtime.emotion.partial import decides, open_ended, units
+from avatarcast.realtime.emotion.text import language_of, normalize
 from avatarcast.templates import load_templates
 
 # how voice arousal moves each label (+ favoured by an energetic voice, - by a flat quiet one)
@@ -41,13 +42,6 @@ _AROUSAL_DIRECTION = {
     "sleepy": -1.0,
 }
 _PROSODY_SCALE = 2.0  # logits per unit of (arousal - 0.5): a clear voice tips a close call, not clear words
-# a partial that ends on one of these may still turn around ("I'm not ...", "我不 ...", "I am so ...")
-_OPEN_END_EN = re.compile(
-    r"\b(not|no|never|don'?t|doesn'?t|didn'?t|isn'?t|wasn'?t|can'?t|won'?t|so|very|really|too|super|but|and|because)$"
-)
-_OPEN_END_ZH = ("不", "没", "别", "好", "太", "超", "很", "真", "但是", "可是", "因为", "不是")
-_WORD = re.compile(r"[\w']+")
-_PUNCT_ZH = re.compile(f"[^{CJK_RANGE}A-Za-z0-9]")
 
 
 class EmotionReader:
@@ -137,43 +131,26 @@ class EmotionReader:
         )
 
     def read_partial(self, text: str, min_confidence: float = 0.6) -> EmotionCue | None:
-        """An early cue from a partial transcript, or None to wait for more words.
+        """An early cue from one partial transcript alone, or None to wait for more words.
 
-        Decides only on enough words (or Chinese characters; fewer when a keyword of the label
-        backs the cue), an end that cannot still turn ("I'm not", "我不" wait), and a confidence
-        over both the caller's floor and the policy's threshold. Training fitted the policy per
-        language so that deciding early costs no accuracy (tools/train_emotion.py).
+        Decides only on enough words (or Chinese characters; fewer when a keyword of the label backs the cue),
+        an end that cannot still turn ("I'm not", "我不" wait), and a confidence over both the caller's floor
+        and the policy's threshold (partial.decides). The policy's hold, which needs the utterance's earlier
+        partials, is PartialTracker's (partial.py): live sessions feed partials to one of those.
         """
         norm = normalize(text)
-        if not norm or _open_ended(norm):
+        if not norm or open_ended(norm):
             return None
         policy = self.partial[language_of(norm)]
-        units = _units(norm)
-        if units < min(policy.min_units, policy.min_units_keyword):
+        n = units(norm)
+        if n < min(policy.min_units, policy.min_units_keyword):
             return None
         cue = self.read(norm)
-        if cue.label == "idle" or cue.confidence < min_confidence:
-            return None
-        backed = any(e in self._terms[cue.label] for e in cue.evidence)  # negated hits read "not ...": no match
-        if backed and units >= policy.min_units_keyword and cue.confidence >= policy.min_confidence_keyword:
-            return cue
-        if units >= policy.min_units and cue.confidence >= policy.min_confidence:
-            return cue
-        return None
+        return cue if decides(policy, cue, n, self.backed(cue), min_confidence) else None
 
-
-def _units(norm: str) -> int:
-    """English words, or Chinese characters (letters and digits count too) when there are any."""
-    if language_of(norm) == "zh":
-        return len(_PUNCT_ZH.sub("", norm))
-    return len(_WORD.findall(norm))
-
-
-def _open_ended(norm: str) -> bool:
-    tail = norm.rstrip(" ,，、")
-    if tail != tail.rstrip(".!?。！？…"):
-        return False  # a sentence that ended is not waiting for its next word
-    return bool(_OPEN_END_EN.search(tail.lower())) or tail.endswith(_OPEN_END_ZH)
+    def backed(self, cue: EmotionCue) -> bool:
+        """Whether a keyword of the cue's label backs it (a negated hit reads "not ...": no match)."""
+        return any(e in self._terms[cue.label] for e in cue.evidence)
 
 
 def _intensity(norm: str, hits: list[Hit], label: str, confidence: float, prosody: Prosody | None) -> float:

