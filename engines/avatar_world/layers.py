@@ -41,6 +41,10 @@ PAIR = "pair:"  # a mover "pair:<a>,<b>": the similarity taking two points to th
 # its round ends (bone_caps' radius for "leg" or "arm") move with a and b, the straight part between lengthens, and
 # its width stays (a similarity would thicken a stretched limb)
 BONE = "bone:"
+# a mover "neck:" or "neck:wide": the neck's accessory (bowtie, scarf), turned with the torso and moved with its top
+# (render.neck_offset) but not squashed with it, as render draws it at a fixed size; "wide": its width follows the
+# torso's (a scarf spans it). The torso's affine map squashed and stretched them with the torso (a dancing bowtie)
+NECK = "neck:"
 WAND_TIP = "wand_tip"  # a point the motion does not hold: where render._wand_tip puts it, from the right forearm
 
 Step = Callable[[R._Painter, R._Rig, R._Head], None]
@@ -74,7 +78,7 @@ def steps(avatar, pose: Pose, k: float) -> list[tuple[str, str, Step]]:
         out.append((f"foot_{sd}", f"{AT}ankle_{sd}", _foot(i, shoe)))
     out += [
         ("torso", "torso", lambda pt, rig, H: R._draw_torso(pt, av, rig, body)),
-        ("accessory", "torso", lambda pt, rig, H: R._draw_accessory_front(pt, av, rig)),
+        ("accessory", _accessory_mover(av.accessory), lambda pt, rig, H: R._draw_accessory_front(pt, av, rig)),
         ("head", "head", lambda pt, rig, H: R._draw_head(pt, av, rig, pose, H, skin)),
     ]
     for step in R.FACE_STEPS:  # the eyes and brows one side a layer: each eye opens and grows about its own centre,
@@ -91,6 +95,12 @@ def steps(avatar, pose: Pose, k: float) -> list[tuple[str, str, Step]]:
         out.append(("wand_stick", f"{PAIR}hand_r,{WAND_TIP}", lambda pt, rig, H: R._draw_wand(pt, av, rig, "stick")))
         out.append(("wand_star", f"{AT}{WAND_TIP}", lambda pt, rig, H: R._draw_wand(pt, av, rig, "star")))
     return out
+
+
+def _accessory_mover(accessory: str) -> str:
+    """How the accessory in front of the torso moves: the backpack's straps with the torso (they span it), the
+    scarf and the bowtie with the neck."""
+    return "torso" if accessory == "backpack" else NECK + ("wide" if accessory == "scarf" else "")
 
 
 def _limb(
@@ -291,6 +301,7 @@ __all__ = [
     "CUTOUT_SCALE",
     "EYE",
     "FACE",
+    "NECK",
     "PAIR",
     "SKIN",
     "WAND_TIP",

@@ -266,6 +266,9 @@ def _nominal_height(av: AvatarParams) -> float:
     return 13.0 + legs - 12.0 + torso + 0.72 * r + r + 0.6 * r * (_HEADWEAR_TOP[av.headwear] - 1.06)
 
 
+TORSO_CENTRE_RISE = 12.0  # the torso's centre is its half height less this (times the avatar's scale) above the hips
+
+
 def _rig(av: AvatarParams, q: Pose, width: int, height: int) -> _Rig:
     k = height / REF_H
     h0 = _nominal_height(av)
@@ -304,15 +307,15 @@ def _rig(av: AvatarParams, q: Pose, width: int, height: int) -> _Rig:
         ankles.append((ax, ay))
     foot_drop = 5.0 * g + foot_ry
     low = max(ankles[0][1], ankles[1][1]) + foot_drop
-    tcx, tcy = _rot(0.0, 12.0 * g - tb, c, s)
-    neck = _rot(0.0, 12.0 * g - 2 * tb, c, s)
+    tcx, tcy = _rot(0.0, TORSO_CENTRE_RISE * g - tb, c, s)
+    neck = _rot(0.0, TORSO_CENTRE_RISE * g - 2 * tb, c, s)
     hd = _rot(q.head_dx * g, -0.72 * r + q.head_dy * g, c, s)
     hcx, hcy = neck[0] + hd[0], neck[1] + hd[1]
     sh_y = -tb * 0.6
     shoulders = []
     for side in (-1, 1):
         sx = side * max(0.55 * ta, 0.97 * _half_width(shape, ta, tb, sh_y) - 3.0 * g)
-        shoulders.append(_rot(sx, 12.0 * g - tb + sh_y, c, s))
+        shoulders.append(_rot(sx, TORSO_CENTRE_RISE * g - tb + sh_y, c, s))
     head_ang = tilt + q.head_tilt
     hr = math.radians(head_ang)
     hc_, hs_ = math.cos(hr), math.sin(hr)
@@ -472,6 +475,20 @@ def _draw_torso(pt: _Painter, av: AvatarParams, rig: _Rig, body) -> None:
     pt.ellipse(cx + bx, cy + by, rig.ta * 0.48, rig.tb * 0.42, _mix(body, (255, 255, 255), 0.35))
 
 
+def _accessory_drop(rig: _Rig) -> float:
+    """How far below the torso's top the neck's accessories (scarf, bowtie) sit: just below the chin (the head
+    overlaps the top of the torso)."""
+    return max(0.0, 0.25 * rig.head_r - 6.0 * rig.g)
+
+
+def neck_offset(avatar, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT) -> float:
+    """Where the neck's accessories hang (frame pixels), from the torso's keypoints: along the torso's axis (its
+    y, turned with its tilt) they sit at its centre + (centre - pelvis) . axis + neck_offset. The torso's squash moves
+    them with its top; their size does not change with it (a cut-out draw moves them so)."""
+    rig = _rig(get_avatar(avatar), Pose(), width, height)
+    return _accessory_drop(rig) - TORSO_CENTRE_RISE * rig.g
+
+
 def _draw_accessory_front(pt: _Painter, av: AvatarParams, rig: _Rig) -> None:
     acc = av.accessory
     if acc in ("none", "glasses", "star_wand"):
@@ -485,8 +502,7 @@ def _draw_accessory_front(pt: _Painter, av: AvatarParams, rig: _Rig) -> None:
         dx, dy = _rot(x, y, c, s)
         return (cx + dx, cy + dy)
 
-    # just below the chin (the head overlaps the top of the torso)
-    top = -rig.tb + max(0.0, 0.25 * rig.head_r - 6.0 * g)
+    top = -rig.tb + _accessory_drop(rig)
     if acc == "scarf":
         w = 0.78 * rig.ta
         pt.stroke_ol([L(-w, top + 9 * g), L(0, top + 12 * g), L(w, top + 9 * g)], av.accent, 13 * g, rig.ol)

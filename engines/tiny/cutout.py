@@ -32,6 +32,7 @@ from avatarcast.engines.avatar_world.layers import (
     CUTOUT_SCALE,
     EYE,
     FACE,
+    NECK,
     PAIR,
     PICK_FIELDS,
     SKIN,
@@ -51,6 +52,7 @@ from avatarcast.engines.avatar_world.render import (
     MOUTH_LINE,
     TEETH_SHOWN,
     brow_lift,
+    neck_offset,
     startled,
     tongue_shown,
     wand_reach,
@@ -109,6 +111,34 @@ def _normalized(A: np.ndarray, b: np.ndarray, s: np.ndarray) -> tuple[np.ndarray
     """A map in pixels (ref = A @ target + b, A (..., 2, 2)) in normalized window coordinates: S^-1 A S, S^-1 b with
     S = diag(s), s the window's half size."""
     return A * s[..., None, :] / s[..., :, None], b / s
+
+
+def neck_map(kp_t: np.ndarray, kp_r: np.ndarray, offset: float, wide: bool, w: int, h: int):
+    """A NECK layer's map ref = A @ target + b (normalized window coordinates) for keypoints kp_t (..., N_POINTS, 2)
+    and the reference's kp_r (N_POINTS, 2): each side's neck point (render.neck_offset: `offset`, window pixels) and
+    the torso's axes (its tilt); the layer turns and moves with them, keeps its size, and with `wide` its width
+    follows the torso's."""
+    s = np.array([w / 2.0, h / 2.0])
+
+    def frame(kp: np.ndarray):
+        tc, side, pelvis = (
+            kp[..., _KP["torso_centre"], :] * s,
+            kp[..., _KP["torso_side"], :] * s,
+            kp[..., _KP["pelvis"], :] * s,
+        )
+        d = side - tc
+        ta = np.maximum(np.hypot(d[..., 0], d[..., 1]), 1e-6)
+        u = d / ta[..., None]
+        v = np.stack([-u[..., 1], u[..., 0]], -1)  # the torso's y axis: its x axis turned a quarter (y down)
+        top = tc + v * (((tc - pelvis) * v).sum(-1) + offset)[..., None]
+        return top, u, v, ta
+
+    (tt, ut, vt, at), (tr, ur, vr, ar) = frame(kp_t), frame(kp_r)
+    kx = ar / at if wide else np.ones_like(at)
+    # ref = tr + ur * kx * ((t - tt) . ut) + vr * ((t - tt) . vt)
+    A = (ur * kx[..., None])[..., :, None] * ut[..., None, :] + vr[..., :, None] * vt[..., None, :]
+    b = tr - (A @ tt[..., None])[..., 0]
+    return _normalized(A, b, s)
 
 
 def _pair_map(t1, t2, r1, r2, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
@@ -186,6 +216,7 @@ class CutoutAvatar:
     wand: tuple[float, float]  # render.wand_reach in window pixels: where WAND_TIP is from the right forearm
     eyes: np.ndarray  # (2, 2) the canonical eye centres (screen left, right), normalized window coordinates
     caps: dict[str, float]  # layers.bone_caps in window pixels: a limb segment's round ends
+    neck: float  # render.neck_offset in window pixels: where the neck's accessories hang from the torso's keypoints
 
     def points(self, kp: np.ndarray) -> dict[str, np.ndarray]:
         """The named points a layer may move with (normalized window coordinates): the keypoints and WAND_TIP."""
@@ -279,6 +310,7 @@ def prepare(avatar, ref_motion: np.ndarray, window: TinyConfig, scale: int = CUT
         wand_reach(get_avatar(avatar)),
         to_window(eye_centres(avatar, 1), window.window_x0, window.window_width, window.pad_top, window.pad_height),
         bone_caps(avatar),
+        neck_offset(avatar),
     )
 
 
@@ -364,6 +396,8 @@ def draw(avatar: CutoutAvatar, motions: np.ndarray, box: tuple[int, int, int, in
             if layer.mover.startswith(AT):
                 name = layer.mover[len(AT) :]
                 Ai, bi = np.eye(2), point(name, avatar.kp_ref, extra_r) - point(name, kp, extra_t)
+            elif layer.mover.startswith(NECK):
+                Ai, bi = neck_map(kp, avatar.kp_ref, avatar.neck, layer.mover == NECK + "wide", W, H)
             elif layer.mover.startswith(PAIR):
                 p, q = layer.mover[len(PAIR) :].split(",")
                 Ai, bi = _pair_map(

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avatarcast.engines.avatar_world.layers import AT, BONE, EYE, PAIR, WAND_TIP, pick_group
+from avatarcast.engines.avatar_world.layers import AT, BONE, EYE, NECK, PAIR, WAND_TIP, pick_group
 from avatarcast.engines.avatar_world.motions import Pose
 from avatarcast.engines.avatar_world.render import brow_lift
 from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, FACE_FIELDS, N_POINTS, PARTS
@@ -41,6 +41,7 @@ from avatarcast.engines.tiny.cutout import (
     CutoutAvatar,
     _eye_kind,
     _WindowLayer,
+    neck_map,
     unturned,
     upright,
 )
@@ -273,6 +274,8 @@ def plan(avatar: TorchCutout, motions: np.ndarray, origins: np.ndarray, sizes: n
             if tex.mover.startswith(AT):
                 pt, pr = point(tex.mover[len(AT) :])
                 Ai, bi = np.broadcast_to(np.eye(2), (N, 2, 2)), pr - pt
+            elif tex.mover.startswith(NECK):
+                Ai, bi = neck_map(kp, cut.kp_ref, cut.neck, tex.mover == NECK + "wide", W, H)
             elif tex.mover.startswith(PAIR):
                 p_, q_ = tex.mover[len(PAIR) :].split(",")
                 (pt, pr), (qt, qr) = point(p_), point(q_)
