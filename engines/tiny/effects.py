@@ -135,35 +135,72 @@ class EffectLayer:
         """`placements` for many frames at once (motions: (F, MOTION_DIM)): per slot that is on in any of them, in
         the renderer's order, the frames it is on in, its pictures, and where each lands on the whole window
         (`sampling`'s region, turn and scale), as arrays; frames where it lands outside are left out. The same
-        numbers as `placements` and `sampling` frame by frame: they are made by them."""
+        numbers as `placements` and `sampling` frame by frame, to the bit (the particles are `particles`'; then each
+        array operation is the scalar one, in the same order, and the transcendental functions are Python's math,
+        as there): the device compose's host work for a chunk of 200 streams (tested)."""
         H, W = self.hw
-        per: dict[int, list[tuple[int, Placement, Sampling | None]]] = {}
+        oy, ox = self.origin
+        found: list[tuple[int, int, float, float, float, float, float]] = []
         for f, motion in enumerate(np.asarray(motions, np.float64)):
-            for p in self.placements(motion):
-                per.setdefault(p.effect, []).append((f, p, self.sampling(p, (0, 0, H, W))))
+            for p in self.particles(motion):
+                found.append((f, self.slot_index[(p.effect, p.slot)], p.x, p.y, p.size, p.turn, p.drop))
+        if not found:
+            return []
+        cols = list(zip(*found))
+        frame, slot = np.array(cols[0], np.int64), np.array(cols[1], np.int64)
+        px_, py_, size_, turn_, drop_ = (np.array(c, np.float64) for c in cols[2:])
+        r = self.geo.head_r
         out: list[Placements] = []
-        for e in sorted(per):
-            rows = per[e]
-            landed = [(f, p, w) for f, p, w in rows if w is not None]
-
-            def col(get, dtype) -> np.ndarray:
-                return np.array([get(p, w) for _, p, w in landed], dtype)  # noqa: B023 (used at once)
-
+        for e in np.unique(slot).tolist():
+            sel = slot == e
+            x, y, size, n = px_[sel], py_[sel], size_[sel], int(sel.sum())
+            ladder, (ax, ay) = self.sizes[e], self.anchors[e]
+            if self.kinds[e] in TURNING:  # as `placements`: the level of its line width, turned about the head
+                want = np.array([line_px(STREAM_WIDTH * r * z) for z in size.tolist()])
+                level = np.argmin(np.abs(np.array(self.widths[e])[None, :] - want[:, None]), 1)
+                a = [math.radians(t) for t in turn_[sel].tolist()]
+                d = drop_[sel].tolist()
+                tx = np.array([xx - math.sin(aa) * dd * r - ox for xx, aa, dd in zip(x.tolist(), a, d)])
+                ty = np.array([yy + math.cos(aa) * dd * r - oy for yy, aa, dd in zip(y.tolist(), a, d)])
+                k, phase = np.ones(n), np.zeros(n, np.int64)
+                c = np.array([math.cos(aa) for aa in a])
+                sn = np.array([math.sin(aa) for aa in a])
+            else:
+                level = np.argmin(np.abs(np.log(ladder[None, :] / size[:, None])), 1)
+                k = size / ladder[level]
+                tx, ty = x - ox, y - oy
+                fx, fy = (tx - ax) % 1.0, (ty - ay) % 1.0
+                dx = np.where((0.25 <= fx) & (fx < 0.75), 0.5, 0.0)
+                dy = np.where((0.25 <= fy) & (fy < 0.75), 0.5, 0.0)
+                phase = np.array([self.offsets.index(o) for o in zip(dx.tolist(), dy.tolist())], np.int64)
+                tx, ty = tx - k * dx, ty - k * dy
+                c, sn = np.ones(n), np.zeros(n)  # math.cos(0.0), math.sin(0.0)
+            # _sampling on the whole window (box (0, 0, H, W)), each corner's arithmetic as written there
+            (pyb, pxb), (ph, pw) = self.boxes[e], self.crops[e].shape[2:4]
+            corners = [(k * (pxb + dxc - ax), k * (pyb + dyc - ay)) for dxc in (0, pw) for dyc in (0, ph)]
+            xs = np.stack([tx + c * cx - sn * cy - 0 for cx, cy in corners], 1)
+            ys = np.stack([ty + sn * cx + c * cy - 0 for cx, cy in corners], 1)
+            x0 = np.maximum(0, np.floor(xs.min(1)).astype(np.int64) - 1)
+            x1 = np.minimum(W, np.ceil(xs.max(1)).astype(np.int64) + 1)
+            y0 = np.maximum(np.maximum(0, np.floor(ys.min(1)).astype(np.int64) - 1), math.ceil(self.top - 0))
+            y1 = np.minimum(H, np.ceil(ys.max(1)).astype(np.int64) + 1)
+            keep = (x0 < x1) & (y0 < y1)
+            on = frame[sel]
             out.append(
                 Placements(
                     e,
-                    np.array([f for f, _, _ in landed], np.int64),
-                    col(lambda p, w: p.level, np.int64),
-                    col(lambda p, w: p.phase, np.int64),
-                    col(lambda p, w: p.target[0], np.float64),
-                    col(lambda p, w: p.target[1], np.float64),
-                    col(lambda p, w: w.c, np.float64),
-                    col(lambda p, w: w.s, np.float64),
-                    col(lambda p, w: w.y0, np.int64),
-                    col(lambda p, w: w.y1, np.int64),
-                    col(lambda p, w: w.x0, np.int64),
-                    col(lambda p, w: w.x1, np.int64),
-                    np.array([f for f, _, _ in rows], np.int64),
+                    on[keep],
+                    level[keep].astype(np.int64),
+                    phase[keep],
+                    tx[keep],
+                    ty[keep],
+                    (c / k)[keep],
+                    (sn / k)[keep],
+                    y0[keep],
+                    y1[keep],
+                    x0[keep],
+                    x1[keep],
+                    on,
                 )
             )
         return out
