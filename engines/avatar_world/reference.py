@@ -107,11 +107,13 @@ OFFSETS: tuple[tuple[float, float], ...] = ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), 
 def _sizes_seen(geo: EffectGeometry) -> dict[str, list[float]]:
     """Every size particles.particles gives each kind, over strengths from the threshold to 1 and every phase
     of the clocks (the head and torso lowered, so that none is skipped for reaching the frame's top)."""
+    from .skeleton import FX_FREQUENCIES  # where used, as this module's other functions import skeleton
+
     low = dataclasses.replace(geo, head_c=(geo.head_c[0], geo.head_c[1] + 60.0), tc=(geo.tc[0], geo.tc[1] + 60.0))
     seen: dict[str, list[float]] = {k: [] for k in KINDS}
     for s in np.linspace(FX_ON + 1e-3, 1.0, 18):
         for c in np.arange(0.0, 1.0, 1.0 / 48):
-            for p in particles(low, {e: float(s) for e in EFFECTS}, (float(c),) * 7, 0.0):
+            for p in particles(low, {e: float(s) for e in EFFECTS}, (float(c),) * len(FX_FREQUENCIES), 0.0):
                 seen[p.kind].append(p.size)
     return seen
 

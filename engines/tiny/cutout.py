@@ -65,7 +65,6 @@ from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.motion_weights import MotionManifest
 
 _PART = {name: i for i, (name, _) in enumerate(PARTS)}
-
 _KP = {name: i for i, name in enumerate(KEYPOINTS)}
 
 
@@ -155,24 +154,23 @@ class _WindowLayer:
     pixels: np.ndarray  # (h + 2, w + 2, 4) premultiplied float32, a transparent border of one pixel
 
 
-# Which face fields pick each face step's picture from the atlas (the nearest, within the same kind of eye: open,
-# shut or heart); the pupils, lids and glasses go with the eyes' pick (the pupils then move inside them).
 _F = {f: i for i, f in enumerate(FACE_FIELDS)}
 
 
-def _eye_stretch(motion: np.ndarray, entry: np.ndarray) -> np.ndarray:
-    """(x, y): how much wider and taller the motion's eyes are than the atlas entry's (render._eye_shape: an open
-    eye's radii grow with max(0.5, eye_scale), its height with min(1.5, eye_open) too; a shut one's width with the
-    scale; a heart with the scale)."""
-    face = motion[EXPR_OFFSET : EXPR_OFFSET + len(FACE_FIELDS)]
-    es_t, es_e = max(0.5, face[_F["eye_scale"]]), max(0.5, entry[_F["eye_scale"]])
+def eye_stretch(face: np.ndarray, entry: np.ndarray) -> np.ndarray:
+    """(..., 2) = (x, y): how much wider and taller eyes with face fields `face` (..., len(FACE_FIELDS)) are than
+    those of the picked atlas poses' fields `entry` (render._eye_shape: an open eye's radii grow with max(0.5,
+    eye_scale), its height with min(1.5, eye_open) too; a shut one's width with the scale; a heart with the scale).
+    One frame for the numpy draw, a call's frames for the torch draw's plan."""
+    es_t = np.maximum(0.5, face[..., _F["eye_scale"]])
+    es_e = np.maximum(0.5, entry[..., _F["eye_scale"]])
+    op_t, op_e = np.minimum(1.5, face[..., _F["eye_open"]]), np.minimum(1.5, entry[..., _F["eye_open"]])
     k = _eye_kind(entry)
-    if k == 0:
-        op_t, op_e = min(1.5, face[_F["eye_open"]]), min(1.5, entry[_F["eye_open"]])
-        return np.array([es_t / es_e, es_t * op_t / (es_e * op_e)])
-    if k == 1:
-        return np.array([es_t / es_e, 1.0])
-    return np.array([es_t / es_e, es_t / es_e])
+    x = es_t / es_e
+    # an open eye's height (a shut entry's openness is 0: only open entries are divided by theirs)
+    open_y = es_t * op_t / np.where(k == 0, es_e * op_e, 1.0)
+    y = np.where(k == 0, open_y, np.where(k == 1, 1.0, x))
+    return np.stack([x, y], -1)
 
 
 def _eye_kind(fields: np.ndarray) -> np.ndarray:
@@ -182,10 +180,10 @@ def _eye_kind(fields: np.ndarray) -> np.ndarray:
     )
 
 
-def _look(group: str, fields: np.ndarray) -> np.ndarray:
+def _look(group: str, f: np.ndarray) -> np.ndarray:
     """What render draws differently on either side of a threshold (an int per face): the eyes' kind and small
-    pupils; the mouth as a line, with teeth, with a tongue. A picture is never picked across one."""
-    f = fields[..., :]
+    pupils; the mouth as a line, with teeth, with a tongue. A picture is never picked across one. f: face fields
+    (..., len(FACE_FIELDS))."""
     if group == "eyes":
         return _eye_kind(f) * 2 + startled(f[..., _F["eye_scale"]], f[..., _F["mouth_smile"]])
     if group == "mouth":
@@ -219,12 +217,14 @@ class CutoutAvatar:
     neck: float  # render.neck_offset in window pixels: where the neck's accessories hang from the torso's keypoints
 
     def points(self, kp: np.ndarray) -> dict[str, np.ndarray]:
-        """The named points a layer may move with (normalized window coordinates): the keypoints and WAND_TIP."""
+        """The named points a layer may move with (normalized window coordinates): the keypoints and WAND_TIP, for
+        keypoints kp (..., N_POINTS, 2) (one frame's, or a call's frames for the torch draw's plan)."""
         H, W = self.window_hw
         half = np.array([W / 2.0, H / 2.0])
-        hand, elbow = kp[_KP["hand_r"]], kp[_KP["elbow_r"]]
+        hand, elbow = kp[..., _KP["hand_r"], :], kp[..., _KP["elbow_r"], :]
         d = (hand - elbow) * half
-        d = d / (np.hypot(*d) or 1.0)
+        norm = np.hypot(d[..., 0], d[..., 1])
+        d = d / np.where(norm == 0, 1.0, norm)[..., None]
         along, up = self.wand
         return {WAND_TIP: hand + (d * along + np.array([0.0, -up])) / half}
 
@@ -383,7 +383,7 @@ def draw(avatar: CutoutAvatar, motions: np.ndarray, box: tuple[int, int, int, in
                     k = 0 if side == "-1" else 1
                     shift = avatar.head_axes[:, 1] * (brow_lift(face_pose, int(side)) - avatar.brow_heights[pick, k])
                 elif side:
-                    eye_scale = _eye_stretch(m, avatar.face_fields[pick])
+                    eye_scale = eye_stretch(m[EXPR_OFFSET : EXPR_OFFSET + len(FACE_FIELDS)], avatar.face_fields[pick])
                     centre = avatar.eyes[0 if side == "-1" else 1]
                     keep_upright = bool(upright(step, avatar.face_fields[pick]))
             if layer.mover.startswith(BONE):

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avatarcast.engines.avatar_world.layers import AT, BONE, EYE, NECK, PAIR, WAND_TIP, pick_group
+from avatarcast.engines.avatar_world.layers import AT, BONE, EYE, NECK, PAIR, pick_group
 from avatarcast.engines.avatar_world.motions import Pose
 from avatarcast.engines.avatar_world.render import brow_lift
 from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, FACE_FIELDS, N_POINTS, PARTS
@@ -39,8 +39,8 @@ from avatarcast.engines.tiny.cutout import (
     _KP,
     _PART,
     CutoutAvatar,
-    _eye_kind,
     _WindowLayer,
+    eye_stretch,
     neck_map,
     unturned,
     upright,
@@ -160,31 +160,6 @@ def _normalized(A: np.ndarray, b: np.ndarray, s: np.ndarray) -> tuple[np.ndarray
     return A * s[None, :] / s[:, None], b / s
 
 
-def _points(avatar: CutoutAvatar, kp: np.ndarray) -> dict[str, np.ndarray]:
-    """CutoutAvatar.points for frames' keypoints (N, N_POINTS, 2): WAND_TIP (N, 2)."""
-    H, W = avatar.window_hw
-    half = np.array([W / 2.0, H / 2.0])
-    hand, elbow = kp[:, _KP["hand_r"]], kp[:, _KP["elbow_r"]]
-    d = (hand - elbow) * half
-    norm = np.hypot(d[:, 0], d[:, 1])
-    d = d / np.where(norm == 0, 1.0, norm)[:, None]
-    along, up = avatar.wand
-    return {WAND_TIP: hand + (d * along + np.array([0.0, -up])) / half}
-
-
-def _eye_stretch(face: np.ndarray, entry: np.ndarray) -> np.ndarray:
-    """cutout._eye_stretch for frames (N, len(FACE_FIELDS)) and their picks' fields: (N, 2)."""
-    es_t = np.maximum(0.5, face[:, _F["eye_scale"]])
-    es_e = np.maximum(0.5, entry[:, _F["eye_scale"]])
-    op_t, op_e = np.minimum(1.5, face[:, _F["eye_open"]]), np.minimum(1.5, entry[:, _F["eye_open"]])
-    k = _eye_kind(entry)
-    x = es_t / es_e
-    # an open eye's height (a shut entry's openness is 0: only open entries are divided by theirs)
-    open_y = es_t * op_t / np.where(k == 0, es_e * op_e, 1.0)
-    y = np.where(k == 0, open_y, np.where(k == 1, 1.0, x))
-    return np.stack([x, y], -1)
-
-
 @dataclass(frozen=True)
 class _LayerPlan:
     """What the device needs to lay one texture over a call's canvases: a window (rows, cols) of each frame's canvas,
@@ -219,7 +194,7 @@ def plan(avatar: TorchCutout, motions: np.ndarray, origins: np.ndarray, sizes: n
     m = np.where(finite[:, None], m, 0.0)  # a frame cutout.draw leaves transparent: no layer laid (below)
     kp = m[:, : 2 * N_POINTS].reshape(N, N_POINTS, 2)
     A, b = part_maps_many(kp, cut.kp_ref, W, H)
-    extra_t, extra_r = _points(cut, kp), cut.points(cut.kp_ref)
+    extra_t, extra_r = cut.points(kp), cut.points(cut.kp_ref)
 
     def point(name: str) -> tuple[np.ndarray, np.ndarray]:
         if name in extra_t:
@@ -257,7 +232,7 @@ def plan(avatar: TorchCutout, motions: np.ndarray, origins: np.ndarray, sizes: n
                     lifts[sd] = np.array([brow_lift(Pose(**dict(zip(FACE_FIELDS, f.tolist()))), sd) for f in face])
                 shift = cut.head_axes[:, 1][None] * (lifts[sd] - cut.brow_heights[k, 0 if sd == -1 else 1])[:, None]
             elif side:
-                stretch = _eye_stretch(face, fields)
+                stretch = eye_stretch(face, fields)
                 centre = cut.eyes[0 if side == "-1" else 1]
                 keep_upright = upright(step, fields)
         pics = [p if p is not None else layer for p in tex.pictures]

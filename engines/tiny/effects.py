@@ -175,14 +175,15 @@ class EffectLayer:
                 phase = np.array([self.offsets.index(o) for o in zip(dx.tolist(), dy.tolist())], np.int64)
                 tx, ty = tx - k * dx, ty - k * dy
                 c, sn = np.ones(n), np.zeros(n)  # math.cos(0.0), math.sin(0.0)
-            # _sampling on the whole window (box (0, 0, H, W)), each corner's arithmetic as written there
+            # _sampling on the whole window (box (0, 0, H, W): its origin's subtractions are exact, left out), each
+            # corner's arithmetic as written there
             (pyb, pxb), (ph, pw) = self.boxes[e], self.crops[e].shape[2:4]
             corners = [(k * (pxb + dxc - ax), k * (pyb + dyc - ay)) for dxc in (0, pw) for dyc in (0, ph)]
-            xs = np.stack([tx + c * cx - sn * cy - 0 for cx, cy in corners], 1)
-            ys = np.stack([ty + sn * cx + c * cy - 0 for cx, cy in corners], 1)
+            xs = np.stack([tx + c * cx - sn * cy for cx, cy in corners], 1)
+            ys = np.stack([ty + sn * cx + c * cy for cx, cy in corners], 1)
             x0 = np.maximum(0, np.floor(xs.min(1)).astype(np.int64) - 1)
             x1 = np.minimum(W, np.ceil(xs.max(1)).astype(np.int64) + 1)
-            y0 = np.maximum(np.maximum(0, np.floor(ys.min(1)).astype(np.int64) - 1), math.ceil(self.top - 0))
+            y0 = np.maximum(np.maximum(0, np.floor(ys.min(1)).astype(np.int64) - 1), math.ceil(self.top))
             y1 = np.minimum(H, np.ceil(ys.max(1)).astype(np.int64) + 1)
             keep = (x0 < x1) & (y0 < y1)
             on = frame[sel]
