@@ -46,6 +46,7 @@ from avatarcast.engines.tiny.cutout import (
     upright,
 )
 from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser
+from avatarcast.engines.tiny.motion_torch import device_roles
 from avatarcast.engines.tiny.motion_weights import MotionManifest
 from avatarcast.engines.tiny.pinned import to_device
 
@@ -468,9 +469,7 @@ class TorchCutoutBackend:
         self.denoiser = denoiser.to(self._dev).eval()
         # frames drawn at once (canvases of a bucket's box at 2x: ~3 MB a frame for a 224 x 192 box)
         self.max_rows = int(max_rows)
-        self.batch_streams = self._dev.type == "cuda" if batch_streams is None else bool(batch_streams)
-        on_device = self._dev.type == "cuda" if compose is None else bool(compose)
-        self.compose_device: str | None = self.device if on_device else None
+        self.batch_streams, self.compose_device = device_roles(self._dev, batch_streams, compose)
 
     @classmethod
     def from_folder(

@@ -56,6 +56,15 @@ class TorchReference:
     feats: tuple[torch.Tensor, ...]  # the decoder's reference features
 
 
+def device_roles(dev: torch.device, batch_streams: bool | None, compose: bool | None) -> tuple[bool, str | None]:
+    """A torch motion backend's defaults on `dev`, each overridable: whether it draws many streams' boxes in one call
+    (on CUDA), and where the engine composes the frames (engines/tiny/motion_compose.py): on CUDA the device, so the
+    frames leave it once, as uint8; on the CPU numpy's _compose, which is as fast there (docs/training/motion.md)."""
+    cuda = dev.type == "cuda"
+    on_device = cuda if compose is None else bool(compose)
+    return (cuda if batch_streams is None else bool(batch_streams)), (str(dev) if on_device else None)
+
+
 class TorchMotionBackend:
     """The decoder and denoiser on a torch device. `copy_only`: the decoder draws without its generator (a folder
     exported --copy-only); `cheaper`: a copy-only decoder for draw(..., cheaper=True) (the folder's cheaper_draw).
@@ -100,11 +109,7 @@ class TorchMotionBackend:
         self.cheaper_draw = cheaper is not None
         self.atlas = int(decoder.shape.atlas)
         self.window_hw = (int(decoder.shape.pad_height), int(decoder.shape.window_width))
-        self.batch_streams = self._dev.type == "cuda" if batch_streams is None else bool(batch_streams)
-        # where the engine composes the frames (engines/tiny/motion_compose.py): on CUDA the device, so the frames
-        # leave it once, as uint8; on the CPU numpy's _compose, which is as fast there (docs/training/motion.md)
-        on_device = self._dev.type == "cuda" if compose is None else bool(compose)
-        self.compose_device: str | None = self.device if on_device else None
+        self.batch_streams, self.compose_device = device_roles(self._dev, batch_streams, compose)
 
     @classmethod
     def from_folder(
