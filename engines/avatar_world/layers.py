@@ -45,6 +45,7 @@ BONE = "bone:"
 # (render.neck_offset) but not squashed with it, as render draws it at a fixed size; "wide": its width follows the
 # torso's (a scarf spans it). The torso's affine map squashed and stretched them with the torso (a dancing bowtie)
 NECK = "neck:"
+HAT_STAR = "hat_star"  # nor this: the wizard hat's star, render.HAT_STAR_AT on the head (from its keypoints)
 WAND_TIP = "wand_tip"  # a point the motion does not hold: where render._wand_tip puts it, from the right forearm
 
 Step = Callable[[R._Painter, R._Rig, R._Head], None]
@@ -86,7 +87,9 @@ def steps(avatar, pose: Pose, k: float) -> list[tuple[str, str, Step]]:
             out += [(f"{FACE}{step}{EYE}{sd}", "face", _eye_step(step, sd, av, pose, skin)) for sd in (-1, 1)]
         else:
             out.append((FACE + step, "face", _face_step(step, av, pose, skin)))
-    out += [("head_front", "head", lambda pt, rig, H: R._draw_head_front(pt, av, rig, H))]
+    out += [("head_front", "head", lambda pt, rig, H: R._draw_head_front(pt, av, rig, H, "front"))]
+    if av.headwear == "hat":  # its star stays upright as the head turns (as render draws it)
+        out.append(("hat_star", f"{AT}{HAT_STAR}", lambda pt, rig, H: R._draw_head_front(pt, av, rig, H, "star")))
     for i, sd in ((0, "l"), (1, "r")):
         names, joints = ("upper_arm", "forearm"), ("shoulders", "elbows", "hands")
         out += _limb(i, sd, names, joints, ("shoulder", "elbow", "hand"), limb, "arm")
@@ -193,8 +196,8 @@ PICK_FIELDS: dict[str, tuple[str, ...]] = {
 }
 WITH_EYES = ("pupils", "lids", "glasses")  # steps drawn, and picked, with the eyes
 # Face steps that get more atlas poses of their own (step_poses), and how many an emotion
-MORE_POSES: tuple[str, ...] = ("eyes", "mouth")
-POSES_PER_EMOTION = 8
+MORE_POSES: tuple[str, ...] = ("eyes", "mouth", "brows")
+POSES_PER_EMOTION = 16
 
 
 def pick_group(step: str) -> str:
@@ -254,6 +257,10 @@ class FaceAtlas:
     drawn_for: tuple[str, ...]  # (E,): "" (every step drawn) or the pick group (pick_group) it was drawn for alone
 
 
+def _as_float32(q: Pose) -> Pose:
+    return dataclasses.replace(q, **{f: float(np.float32(getattr(q, f))) for f in FACE_FIELDS})
+
+
 def face_atlas(avatar, scale: int = CUTOUT_SCALE) -> FaceAtlas:
     """The face steps drawn in each of atlas_poses, and each MORE_POSES group's in its step_poses (on a canvas
     around the head)."""
@@ -264,6 +271,10 @@ def face_atlas(avatar, scale: int = CUTOUT_SCALE) -> FaceAtlas:
     for group in MORE_POSES:
         mine = {x for x in names if pick_group(x[len(FACE) :].partition(EYE)[0]) == group}
         todo += [(q, group, mine) for q in step_poses(group)]
+    # each pose's face fields as the atlas keeps them (float32): a pose is drawn with the very values its picture is
+    # picked by, so a field a hair below a threshold of the renderer (mouth_open 0.06999... of step_poses) is not
+    # drawn on one side (a line) and picked on the other (an open mouth: cutout._look reads 0.07 as float32)
+    todo = [(_as_float32(q), g, drawn) for q, g, drawn in todo]
     for q, _, drawn in todo:
         got = {x.name: x for x in _draw(av, q, drawn, scale, head_only=True)}
         for x in names:
@@ -301,6 +312,7 @@ __all__ = [
     "CUTOUT_SCALE",
     "EYE",
     "FACE",
+    "HAT_STAR",
     "NECK",
     "PAIR",
     "SKIN",

@@ -589,17 +589,27 @@ def _draw_head_back(pt: _Painter, av: AvatarParams, rig: _Rig, H: _Head, skin) -
         pt.poly_ol(H.ellipse_pts(0.0, 0.12, 1.2, 1.05, 28), av.accent, ol)
 
 
-def _draw_head_front(pt: _Painter, av: AvatarParams, rig: _Rig, H: _Head) -> None:
+HAT_STAR_AT = (-0.05, -1.2)  # the wizard hat's star: its centre in head radii; it is drawn upright (unturned)
+
+
+def _draw_head_front(pt: _Painter, av: AvatarParams, rig: _Rig, H: _Head, part: str = "all") -> None:
+    """What the head wears in front of it; part "front" leaves the wizard hat's star out, "star" draws it alone
+    (upright whatever the head's turn: the cut-out draw moves it apart from the head, layers.HAT_STAR)."""
     hw = av.headwear
     ol = rig.ol
     col = av.accent
+    if part == "star":
+        if hw == "hat":
+            sx, sy = H(*HAT_STAR_AT)
+            pt.poly_ol([(sx + x * 0.17 * H.r, sy + y * 0.17 * H.r) for x, y in _STAR5], col, ol * 0.6)
+        return
     if hw == "hat":  # little wizard hat
         brim = H.ellipse_pts(0.0, -0.78, 0.95, 0.17, 22, 0.0)
         cone = H.many([(-0.62, -0.8), (-0.3, -1.3), (0.05, -1.7), (0.3, -1.86), (0.26, -1.55), (0.5, -0.8)])
         pt.poly_ol(cone, _shade(av.body_color, 0.75), ol)
         pt.poly_ol(brim, _shade(av.body_color, 0.75), ol)
-        sx, sy = H(-0.05, -1.2)
-        pt.poly_ol([(sx + x * 0.17 * H.r, sy + y * 0.17 * H.r) for x, y in _STAR5], col, ol * 0.6)
+        if part == "all":
+            _draw_head_front(pt, av, rig, H, "star")
     elif hw == "cap":
         dome = (
             H.many([(-1.02, -0.42)])
@@ -704,6 +714,7 @@ HEART_EYES = 0.5  # eye_heart above: heart eyes
 EYES_SHUT = 0.22  # eye_open below: a shut eye's arc
 MOUTH_LINE = 0.07  # mouth_open below: the mouth is a line
 TEETH_SHOWN = 0.5  # mouth_teeth above: teeth in the mouth
+MOUTH_FILL = (120, 30, 45)  # an open mouth's inside
 
 
 def startled(eye_scale, mouth_smile):
@@ -905,7 +916,7 @@ def _draw_mouth(pt: _Painter, q: Pose, H: _Head, fx: float, fy: float, ink) -> N
     upper, lower = upper.copy(), lower.copy()
     upper[[0, -1]] = lower[[0, -1]] = corners
     outline_pts = [H(x, y) for x, y in zip(xs, upper)] + [H(x, y) for x, y in zip(xs[-2:0:-1], lower[-2:0:-1])]
-    pt.poly_ol(outline_pts, (120, 30, 45), 0.035 * r)
+    pt.poly_ol(outline_pts, MOUTH_FILL, 0.035 * r)
     if q.mouth_teeth > TEETH_SHOWN:
         tb = np.minimum(lower, upper + 0.09)
         pts = [H(x, y) for x, y in zip(xs[1:-1], upper[1:-1])] + [H(x, y) for x, y in zip(xs[-2:0:-1], tb[-2:0:-1])]

@@ -32,6 +32,7 @@ from avatarcast.engines.avatar_world.layers import (
     CUTOUT_SCALE,
     EYE,
     FACE,
+    HAT_STAR,
     NECK,
     PAIR,
     PICK_FIELDS,
@@ -48,6 +49,7 @@ from avatarcast.engines.avatar_world.layers import (
 from avatarcast.engines.avatar_world.motions import Pose
 from avatarcast.engines.avatar_world.render import (
     EYES_SHUT,
+    HAT_STAR_AT,
     HEART_EYES,
     MOUTH_LINE,
     TEETH_SHOWN,
@@ -217,8 +219,8 @@ class CutoutAvatar:
     neck: float  # render.neck_offset in window pixels: where the neck's accessories hang from the torso's keypoints
 
     def points(self, kp: np.ndarray) -> dict[str, np.ndarray]:
-        """The named points a layer may move with (normalized window coordinates): the keypoints and WAND_TIP, for
-        keypoints kp (..., N_POINTS, 2) (one frame's, or a call's frames for the torch draw's plan)."""
+        """The named points a layer may move with (normalized window coordinates): the keypoints, WAND_TIP and
+        HAT_STAR, for keypoints kp (..., N_POINTS, 2) (one frame's, or a call's frames for the torch draw's plan)."""
         H, W = self.window_hw
         half = np.array([W / 2.0, H / 2.0])
         hand, elbow = kp[..., _KP["hand_r"], :], kp[..., _KP["elbow_r"], :]
@@ -226,7 +228,15 @@ class CutoutAvatar:
         norm = np.hypot(d[..., 0], d[..., 1])
         d = d / np.where(norm == 0, 1.0, norm)[..., None]
         along, up = self.wand
-        return {WAND_TIP: hand + (d * along + np.array([0.0, -up])) / half}
+        # the head's axes, one radius long (window pixels): head_up is a radius along the head's (0, -1)
+        centre = kp[..., _KP["head_centre"], :]
+        y_axis = (centre - kp[..., _KP["head_up"], :]) * half
+        x_axis = np.stack([y_axis[..., 1], -y_axis[..., 0]], -1)  # the head's (1, 0): its (0, 1) turned back 90 deg
+        hx, hy = HAT_STAR_AT
+        return {
+            WAND_TIP: hand + (d * along + np.array([0.0, -up])) / half,
+            HAT_STAR: centre + (x_axis * hx + y_axis * hy) / half,
+        }
 
     def pick(self, step: str, motion: np.ndarray) -> int:
         """The atlas pose whose picture of face step `step` is nearest the motion's face fields."""

@@ -42,7 +42,7 @@ CUTOUT_DRAW = "cutout"  # the cut-out draw (engines/tiny/cutout.py): no decoder 
 # which keys the latents cache and the clip cache (frames drawn by another version, or by another draw, are not
 # reused). CUTOUT_VERSION: the cut-out draw's own pictures; EFFECTS_VERSION: the effects every draw lays over its
 # frames (2: one picture a particle, placed by its own clock, engines/tiny/effects.py).
-CUTOUT_VERSION = 3
+CUTOUT_VERSION = 4
 EFFECTS_VERSION = 2
 
 
