@@ -99,9 +99,11 @@ class EffectSprites:
 # A particle is drawn at the ladder's size nearest its own (at most half a step away: 2.5%) and scaled to its size
 # when laid; its outline, a fixed width, is then off by as much (0.1 px at 4 px).
 SIZE_STEP = 1.05
-# Each picture drawn at these offsets of its centre (frame pixels): the nearest leaves at most a quarter pixel for
-# the bilinear laying to move it (half a pixel blurs an outline as much as the renderer's anti-aliasing).
-OFFSETS: tuple[tuple[float, float], ...] = ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5), (0.5, 0.5))
+# Each picture drawn at these offsets of its centre (frame pixels), a quarter pixel apart: the nearest leaves at most
+# an eighth of a pixel for the bilinear laying to move it (half a pixel blurs an outline as much as the renderer's
+# anti-aliasing; with half-pixel offsets, a quarter left, the dev frames read 0.07-0.10 dB lower; 20 MB an avatar
+# against 5)
+OFFSETS: tuple[tuple[float, float], ...] = tuple((dx / 4, dy / 4) for dy in range(4) for dx in range(4))
 
 
 def _sizes_seen(geo: EffectGeometry) -> dict[str, list[float]]:

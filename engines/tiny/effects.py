@@ -56,6 +56,7 @@ class EffectLayer:
         self.hw = window_hw
         self.geo = sprites.geometry
         self.offsets = sprites.offsets
+        self.grid = len({dx for dx, _ in sprites.offsets})  # the offsets: a grid of grid x grid, 1 / grid apart
         self.slots = [(effect, i) for effect in EFFECTS for i in range(len(SLOT_KINDS[effect]))]
         self.slot_index = {slot: e for e, slot in enumerate(self.slots)}
         kind_index = {k: n for n, k in enumerate(sprites.kinds)}
@@ -125,8 +126,9 @@ class EffectLayer:
             tx, ty = p.x - ox, p.y - oy  # the particle's centre, window pixels
             ax, ay = self.anchors[e]
             # the variant whose centre leaves the least sub-pixel move: its centre sits at anchor + (dx, dy)
-            dx = 0.5 if 0.25 <= (tx - ax) % 1.0 < 0.75 else 0.0
-            dy = 0.5 if 0.25 <= (ty - ay) % 1.0 < 0.75 else 0.0
+            Q = self.grid  # the variant nearest: at most half a grid step left for the bilinear laying
+            dx = (math.floor(((tx - ax) % 1.0) * Q + 0.5) % Q) / Q
+            dy = (math.floor(((ty - ay) % 1.0) * Q + 0.5) % Q) / Q
             v = self.offsets.index((dx, dy))
             out.append(Placement(e, level, v, (tx - k * dx, ty - k * dy), 0.0, k))
         return out
@@ -170,8 +172,9 @@ class EffectLayer:
                 k = size / ladder[level]
                 tx, ty = x - ox, y - oy
                 fx, fy = (tx - ax) % 1.0, (ty - ay) % 1.0
-                dx = np.where((0.25 <= fx) & (fx < 0.75), 0.5, 0.0)
-                dy = np.where((0.25 <= fy) & (fy < 0.75), 0.5, 0.0)
+                Q = self.grid
+                dx = (np.floor(fx * Q + 0.5) % Q) / Q
+                dy = (np.floor(fy * Q + 0.5) % Q) / Q
                 phase = np.array([self.offsets.index(o) for o in zip(dx.tolist(), dy.tolist())], np.int64)
                 tx, ty = tx - k * dx, ty - k * dy
                 c, sn = np.ones(n), np.zeros(n)  # math.cos(0.0), math.sin(0.0)

@@ -43,7 +43,7 @@ CUTOUT_DRAW = "cutout"  # the cut-out draw (engines/tiny/cutout.py): no decoder 
 # reused). CUTOUT_VERSION: the cut-out draw's own pictures; EFFECTS_VERSION: the effects every draw lays over its
 # frames (2: one picture a particle, placed by its own clock, engines/tiny/effects.py).
 CUTOUT_VERSION = 4
-EFFECTS_VERSION = 2
+EFFECTS_VERSION = 3
 
 
 def frames_hash(folder_hash: str, draw: str) -> str:
