@@ -274,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                 else "clean in an earlier round, used for decisions since; misread lines are not printed"
                 if set(g) <= set(UNPRINTED)
                 else "scored while the reader was developed"
+                if set(g) <= set("ABCDE")
+                else "clean in an earlier round, a development set since; misread lines are printed"
             )
             groups.append(
                 (
