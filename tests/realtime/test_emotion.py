@@ -99,35 +99,45 @@ def held_out_result(reader: EmotionReader, encoded_once: EncodedOnce) -> dict:
 
 
 @pytest.fixture(scope="module")
-def clean_result(reader: EmotionReader, encoded_once: EncodedOnce) -> dict:
+def development_result(reader: EmotionReader, encoded_once: EncodedOnce) -> dict:
     with encoded_once.on(reader):
         return evaluate(reader, held_out("J"))
 
 
+@pytest.fixture(scope="module")
+def clean_result(reader: EmotionReader, encoded_once: EncodedOnce) -> dict:
+    with encoded_once.on(reader):
+        return evaluate(reader, held_out("K"))
+
+
 # --- accuracy of the shipped artifact on text it never saw ----------------------------------------
 
-# Sets A-E were scored while the reader was developed; F-I were clean in earlier rounds; set J
-# (tests/data/emotion/README.md) was written before the changes it measures and its lines are never looked
-# at. Measured once on the shipped weights (docs/emotion_eval.md), never tuned on: see the figures there.
-# The floor catches a regression on A-E.
+# Sets A-E were scored while the reader was developed; F-I were clean in earlier rounds; J was clean in the third
+# round and is a development set since; set K (tests/data/emotion/README.md) was written before the changes it
+# measures and its lines are never looked at. Measured once on the shipped weights (docs/emotion.md), never tuned on.
+# The floors catch a regression on A-E and on J (the development set batch 9 was written against: the reader
+# shipped in the fourth round reads it 82.0% / 81.7%, the one before 78.9% / 81.7%).
 FLOOR = 0.78
+J_FLOOR = 0.80
 
 
 @pytest.mark.slow
-def test_held_out_accuracy_has_not_regressed(held_out_result: dict) -> None:
+def test_held_out_accuracy_has_not_regressed(held_out_result: dict, development_result: dict) -> None:
     r = held_out_result
     for lang in ("en", "zh"):
         a = r["per_set_language"][f"A/{lang}"]
         assert a["n"] >= 200 and a["accuracy"] >= FLOOR, f"set A, {lang}: {a}"
         assert r["per_language"][lang]["accuracy"] >= FLOOR, f"A-E, {lang}: {r['per_language'][lang]}"
+        j = development_result["per_language"][lang]
+        assert j["n"] >= 150 and j["accuracy"] >= J_FLOOR, f"set J, {lang}: {j}"
     md = markdown(r, None, "t", "t")
     assert "Confusion, zh" in md and "Confusion, en" in md
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="target not met: set J reads 78.9% in English and 81.7% in Chinese")
+@pytest.mark.xfail(strict=True, reason="target not met: set K reads 81.0% in English and 80.6% in Chinese")
 def test_held_out_accuracy_meets_the_target(clean_result: dict) -> None:
-    """>= 85% top-1 in each language on set J, the clean held-out set (what the issue asks)."""
+    """>= 85% top-1 in each language on set K, the clean held-out set (what the issue asks)."""
     for lang in ("en", "zh"):
         v = clean_result["per_language"][lang]
         assert v["n"] >= 150 and v["accuracy"] >= 0.85, (lang, v)
