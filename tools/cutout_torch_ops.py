@@ -5,7 +5,8 @@ One chunk's motions are sampled for `streams` streams over the first A avatars o
 then random-<n>), their boxes grown to the engine's buckets, and the backend's draw_boxes_t (the engine's call on
 CUDA) is run under a TorchDispatchMode that counts the aten ops it dispatches (on CUDA each op but a view is a kernel
 launch or more: the cost docs/bench/cutout_gpu_2026-12-06 measured); then timed, best of `repeat` (the first call,
-counted, is the warm-up), with the host's numpy plan's share. One JSON line an A.
+counted, is the warm-up), with the host's numpy plan's share. --fuse: the sampling through torch.compile
+(TorchCutoutBackend.fuse). One JSON line an A.
 """
 
 from __future__ import annotations
@@ -37,13 +38,14 @@ def count_ops(fn, *args):
     return out, seen
 
 
-def measure(eng, streams: int, n_avatars: int, repeat: int, seed: int = 0) -> dict:
+def measure(eng, streams: int, n_avatars: int, repeat: int, seed: int = 0, fuse: bool = False) -> dict:
     """eng: MotionEngine on the torch backend with the cut-out draw (its avatars kept from one A to the next)."""
     import torch
 
     from avatarcast.engines.tiny import cutout_torch
 
     be = eng.backend
+    be.fuse = fuse
     device = be.device
     emotions = eng.emotions
     states = [
@@ -56,7 +58,11 @@ def measure(eng, streams: int, n_avatars: int, repeat: int, seed: int = 0) -> di
     boxes = [eng.bucket_box(eng.draw_box(r)) for r in raw]
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with torch.inference_mode():
-        _, ops = count_ops(be.draw_boxes_t, refs, raw, boxes)  # and the warm-up (the joined texels kept)
+        if fuse:  # a dispatch mode sees the compiled graph's ops as eager ones: not counted, the warm-up compiles
+            ops: Counter[str] = Counter()
+            be.draw_boxes_t(refs, raw, boxes)
+        else:
+            _, ops = count_ops(be.draw_boxes_t, refs, raw, boxes)  # and the warm-up (the joined texels kept)
         best, plan_s = float("inf"), 0.0
         planned = [0.0]
         plan = cutout_torch.plan
@@ -84,10 +90,11 @@ def measure(eng, streams: int, n_avatars: int, repeat: int, seed: int = 0) -> di
         "device": device,
         "streams": streams,
         "frames": B * T,
+        "fuse": fuse,
         "avatars": n_avatars,
         "box_sizes": len({b[2:] for b in boxes}),
-        "ops": sum(ops.values()),
-        "ops_not_views": sum(v for k, v in ops.items() if not k.startswith("view:")),
+        "ops": sum(ops.values()) if ops else None,
+        "ops_not_views": sum(v for k, v in ops.items() if not k.startswith("view:")) if ops else None,
         "top_ops": dict(ops.most_common(8)),
         "wall_s": round(best, 3),
         "plan_s": round(plan_s, 3),
@@ -102,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--avatars", default="8,16", help="comma-separated counts (at most 16)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--fuse", action="store_true", help="the sampling through torch.compile (ops not counted)")
     a = ap.parse_args(argv)
     if a.threads:
         import torch
@@ -111,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     eng = MotionEngine.from_folder(None, draw="cutout", backend="torch", device=a.device)
     for n in (int(x) for x in a.avatars.split(",")):
-        print(json.dumps(measure(eng, a.streams, n, a.repeat)), flush=True)
+        print(json.dumps(measure(eng, a.streams, n, a.repeat, fuse=a.fuse)), flush=True)
     return 0
 
 

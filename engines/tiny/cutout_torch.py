@@ -363,8 +363,10 @@ def draw_t(
     return draw_frames_t([avatar], np.zeros(len(motions), np.int64), motions, origins, sizes, device)
 
 
-# the device's samples at once at most (a few hundred bytes each: ~3 GB; a chunk of 200 streams is tens of millions)
+# sub-pixels sampled in one go at most (some 400 bytes each at the peak: ~3 GB): a chunk of 200 streams samples some
+# 220 million (tools.cutout_torch_ops). On CUDA four times as many (~13 GB): a quarter of the goes.
 MAX_SAMPLES = 1 << 23
+MAX_SAMPLES_CUDA = 1 << 25
 
 
 def draw_frames_t(
@@ -376,17 +378,18 @@ def draw_frames_t(
     device: torch.device,
     texels: tuple[torch.Tensor, np.ndarray] | None = None,
     max_samples: int = MAX_SAMPLES,
+    fuse: bool = False,
 ) -> list[torch.Tensor]:
     """Raw motions (N, D) of frames of any avatars (`which` (N,): each frame's index in `avatars`), each frame's
     window box at `origins` (N, 2) of size `sizes` (N, 2: rows, columns; frames of one size next to each other) ->
     per run of frames of one size, (n, 4, h, w) premultiplied float32 in [-1, 1] on `device` (cutout.draw's frames).
-    texels: joined_texels(avatars), where the caller keeps it.
+    texels: joined_texels(avatars), where the caller keeps it; fuse: the sampling through torch.compile (_lay).
 
     The device's ops do not grow with the avatars: every frame's layers, each over its own box, are one flat list of
     sub-pixels ordered by the layer's place in its avatar's drawing order (its slot); each sub-pixel is mapped and
     sampled (bilinear, a gather of its four texels) in one go, and laid 'over' its canvas a slot at a time (a frame
     has one layer a slot, its own avatar's: the order of each avatar's layers is kept). A go holds at most
-    `max_samples` sub-pixels: a call makes one go per that many, and four ops a slot."""
+    `max_samples` sub-pixels: a call makes one go per that many, and three ops a slot."""
     s = avatars[0].host.scale
     N = len(motions)
     areas = sizes[:, 0].astype(np.int64) * sizes[:, 1] * s * s
@@ -424,7 +427,8 @@ def draw_frames_t(
     while p0 < P:
         # a go: pieces from p0 while their sub-pixels fit max_samples (at least one piece)
         p1 = max(p0 + 1, int(np.searchsorted(ends, starts[p0] + max_samples, "right")))
-        _lay(canvas, tex, nums_d[p0:p1], ints_d[p0:p1], cnt_d[p0:p1], cnt[p0:p1], slots[p0:p1], int(starts[p0]))
+        go = (nums_d[p0:p1], ints_d[p0:p1], cnt_d[p0:p1], cnt[p0:p1], slots[p0:p1], int(starts[p0]))
+        _lay(canvas, tex, *go, fuse=fuse)
         p0 = p1
     # the sub-pixels' box filter, then [-1, 1], a run of frames of one size at a time
     out = []
@@ -455,15 +459,31 @@ def _lay(
     counts: np.ndarray,
     slots: np.ndarray,
     e0: int,
+    fuse: bool = False,
 ) -> None:
     """One go of draw_frames_t: pieces (their numbers (P, _ROW), integers (P, 6), sub-pixels (P,) on the device and
     `counts` on the host, slots (P,) in order), whose sub-pixels start at e0 of the call's, sampled and laid over
-    `canvas` (sub-pixels, 4) in place."""
+    `canvas` (sub-pixels, 4) in place. fuse: the sampling through torch.compile (one kernel or a few instead of ~40
+    ops over every sub-pixel)."""
     e1 = e0 + int(counts.sum())
     pid = torch.repeat_interleave(cnt, output_size=e1 - e0)  # each sub-pixel's piece
+    sample = _fused() if fuse else _samples
+    got, keep, at = sample(tex, nums, ints, pid, torch.arange(e0, e1, device=canvas.device))
+    # 'over', a slot at a time: within a slot each frame lays one piece (no sub-pixel twice)
+    at_piece = np.concatenate([[0], np.cumsum(counts)])
+    per_slot = np.diff(at_piece[np.concatenate([[0], np.flatnonzero(np.diff(slots)) + 1, [len(slots)]])]).tolist()
+    for laid, kept, where in zip(got.split(per_slot), keep.split(per_slot), at.split(per_slot)):
+        canvas.index_copy_(0, where, torch.addcmul(laid, canvas.index_select(0, where), kept))
+
+
+def _samples(
+    tex: torch.Tensor, nums: torch.Tensor, ints: torch.Tensor, pid: torch.Tensor, e: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sub-pixels e (E,) of pieces pid (E,) -> their samples (E, 4), 1 - alpha (E, 1) and places in the flat
+    canvases (E,)."""
     it = ints.index_select(0, pid)
     fl = nums.index_select(0, pid)
-    local = torch.arange(e0, e1, device=canvas.device) - it[:, 5]
+    local = e - it[:, 5]
     r = torch.div(local, it[:, 0], rounding_mode="floor")  # the sub-pixel's row and column in its piece's box
     c = torch.addcmul(local, r, it[:, 0], value=-1)
     uv = torch.addcmul(fl[:, _C : _C + 2], fl[:, _B : _B + 2], r.to(fl.dtype)[:, None])
@@ -477,7 +497,7 @@ def _lay(
     xy = torch.addcmul(fl[:, b + 5 : b + 7], ur[:, None], fl[:, b + 7 : b + 9])
     xy = torch.addcmul(xy, v[:, None], fl[:, b + 9 : b + 11])
     # cutout._sample: clamped into the bordered picture, its four texels mixed
-    xy = torch.minimum(xy.clamp_(min=0.0), fl[:, _HI : _HI + 2])
+    xy = torch.minimum(xy.clamp(min=0.0), fl[:, _HI : _HI + 2])
     whole = xy.floor()
     fx, fy = (xy - whole).split(1, 1)
     ix = whole.long()
@@ -488,12 +508,17 @@ def _lay(
     # the canonical and the reddened skin mixed by face_red (linear: mixed after sampling; 0 for the other layers)
     got = torch.lerp(got[:, :4], got[:, 4:], fl[:, _RED : _RED + 1])
     at = torch.addcmul(it[:, 3] + c, r, it[:, 4])  # the sub-pixel in the flat canvases
-    # 'over', a slot at a time: within a slot each frame lays one piece (no sub-pixel twice)
-    keep = 1.0 - got[:, 3:4]
-    at_piece = np.concatenate([[0], np.cumsum(counts)])
-    per_slot = np.diff(at_piece[np.concatenate([[0], np.flatnonzero(np.diff(slots)) + 1, [len(slots)]])]).tolist()
-    for laid, kept, where in zip(got.split(per_slot), keep.split(per_slot), at.split(per_slot)):
-        canvas.index_copy_(0, where, torch.addcmul(laid, canvas.index_select(0, where), kept))
+    return got, 1.0 - got[:, 3:4], at
+
+
+_FUSED: list[Any] = []
+
+
+def _fused() -> Any:
+    """_samples through torch.compile (dynamic shapes: a go's sub-pixels and pieces vary), compiled once a process."""
+    if not _FUSED:
+        _FUSED.append(torch.compile(_samples, dynamic=True))
+    return _FUSED[0]
 
 
 class TorchCutoutBackend:
@@ -514,7 +539,8 @@ class TorchCutoutBackend:
         batch_streams: bool | None = None,
         compose: bool | None = None,
         max_rows: int = 1024,
-        max_samples: int = MAX_SAMPLES,
+        max_samples: int | None = None,
+        fuse: bool = False,
     ):
         self._dev = torch.device(device)
         self.device = str(self._dev)
@@ -522,7 +548,8 @@ class TorchCutoutBackend:
         # frames drawn at once (canvases of a bucket's box at 2x: ~3 MB a frame for a 224 x 192 box), and layers'
         # sub-pixels sampled at once (draw_frames_t)
         self.max_rows = int(max_rows)
-        self.max_samples = int(max_samples)
+        self.max_samples = int(max_samples or (MAX_SAMPLES_CUDA if self._dev.type == "cuda" else MAX_SAMPLES))
+        self.fuse = fuse  # the sampling through torch.compile (draw_frames_t; not yet measured on a GPU)
         self._joined: tuple[tuple[TorchCutout, ...], tuple[torch.Tensor, np.ndarray]] | None = None
         self.batch_streams, self.compose_device = device_roles(self._dev, batch_streams, compose)
 
@@ -632,7 +659,7 @@ class TorchCutoutBackend:
             origins = np.repeat(np.array([boxes[i][:2] for i in part], np.int64), n, 0)
             sizes = np.repeat(np.array([boxes[i][2:] for i in part], np.int64), n, 0)
             m = motions[part].reshape(len(part) * n, -1)
-            runs = draw_frames_t(avatars, at, m, origins, sizes, self._dev, texels, self.max_samples)
+            runs = draw_frames_t(avatars, at, m, origins, sizes, self._dev, texels, self.max_samples, self.fuse)
             # a run holds whole streams (a stream's frames share its box), in `part`'s order
             for i, view in zip(part, (run[j : j + n] for run in runs for j in range(0, len(run), n))):
                 out[i] = view
