@@ -2,21 +2,24 @@
 all frames of all streams of a call at once (issue 16: the GPU serves the CPU's picture).
 
 numpy draws a frame at a time, a layer at a time, over the box each moved layer covers. Here:
-- the host plans (numpy, vectorized over the call's frames, float64 as cutout.draw): each layer's map per frame
+- the host plans (numpy, vectorized over an avatar's frames, float64 as cutout.draw): each layer's map per frame
   (part_maps, the pair and point moves, a limb segment's stretch, the face's atlas pick, shift and eye stretch), and
   the box it covers in the frame's canvas of sub-pixels, exactly as cutout._lay / _lay_bone find it;
-- each avatar's layers sit on the device once (`TorchCutout`): per layer one texture, its pictures (a face step's
-  atlas pictures, a skin layer's canonical and reddened pictures side by side in channels) stacked, bordered;
-- the device draws, per layer, all frames of an avatar's streams in one grid_sample call over a window of the
-  largest box any frame needs, and lays the samples 'over' the frames' canvases (of any sizes, one after another in
-  one flat buffer) with one gather and one scatter; a window's sub-pixels outside its own frame's box are written to
-  one spare sub-pixel, so nothing outside the box changes, as numpy never touches it;
+- each avatar's layers sit on the device once (`TorchCutout`): every picture of every layer (a face step's atlas
+  pictures, a skin layer's canonical and reddened pictures side by side in channels), bordered, row after row in one
+  flat buffer of texels; a call joins its avatars' buffers in one;
+- the device draws all frames of a call, of any avatars, in a number of ops that does not grow with the avatars:
+  every frame's laid layers, each over its own box, are one flat list of sub-pixels ordered by the layer's place in
+  its avatar's drawing order (its slot); every sub-pixel is mapped and sampled (bilinear: its four texels gathered,
+  as cutout._sample) in one go, then laid 'over' the canvases (of any sizes, one after another in one flat buffer)
+  a slot at a time: a gather, an addcmul and a scatter a slot. A frame has one layer a slot, its own avatar's, so
+  each avatar's drawing order is kept;
 - the sub-pixels box-filtered to pixels, [-1, 1], premultiplied: the learnt decoder's convention, so the engine's
   compose (engines/tiny/motion_compose.py on CUDA, numpy on the CPU) lays the effects over it unchanged.
 
-Sampling coordinates are float32 on the device (numpy's are float64): the same bilinear weights to ~1e-4 of a pixel.
-numpy clamps a coordinate into the picture's border before sampling; so does this (tests/engines/test_cutout_torch.py
-measures the frames' difference).
+Sampling coordinates are float32 on the device (numpy's are float64): the same bilinear weights to ~1e-4 of a pixel;
+the texels' indices are integers (a texture's size costs no precision). numpy clamps a coordinate into the picture's
+border before sampling; so does this (tests/engines/test_cutout_torch.py measures the frames' difference).
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from avatarcast.engines.avatar_world.layers import AT, BONE, EYE, NECK, PAIR, pick_group
 from avatarcast.engines.avatar_world.motions import Pose
@@ -53,66 +55,60 @@ from avatarcast.engines.tiny.pinned import to_device
 Box = tuple[int, int, int, int]  # window (row, column, height, width)
 
 # Per frame and layer, the numbers the device reads (one float32 row): the sampling map's constant, row and column
-# coefficients (x, y each), the clamp's upper bounds, the texture's normalization offset, the skin's redness, and a
-# limb segment's stretch (lower, upper cap, slope, offset, offset past the upper cap, the reference's origin,
-# direction and normal).
-_C, _B, _A, _HI, _BETA, _RED, _BONE = 0, 2, 4, 6, 8, 10, 11
-_ROW = 22
+# coefficients (x, y each), the clamp's upper bounds, the skin's redness, and a limb segment's stretch (lower, upper
+# cap, slope, offset, offset past the upper cap, the reference's origin, direction and normal). A layer that is not a
+# limb segment has the stretch of no stretch (u below an infinite cap, origin 0, direction (1, 0), normal (0, 1)):
+# every layer runs the same arithmetic, exactly its own (u * 1 + v * 0 is u), so one go draws layers of every kind.
+_C, _B, _A, _HI, _RED, _BONE = 0, 2, 4, 6, 8, 9
+_ROW = 20
+_NO_BONE = np.array([np.inf, np.inf, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0])
+_CH = 8  # a texel: RGBA premultiplied, then a skin layer's RGBA with face_red 1 (zeros for the other layers)
 
 
 @dataclass(frozen=True)
 class _Texture:
-    """One layer of the drawing order on the device: its pictures stacked (bordered) in one texture."""
+    """One layer of the drawing order: where its pictures are in the avatar's texels."""
 
     index: int  # its place in CutoutAvatar.layers
     kind: str  # CutoutAvatar.kinds': "" as it is, "skin" (reddened with face_red), or a face step (picked per frame)
     mover: str
     pictures: tuple[_WindowLayer | None, ...]  # 1, or a face step's one per atlas pose (None: nothing drawn there)
     skin: bool  # channels 4-7 hold its picture with face_red 1
-    y_off: np.ndarray  # (K,) each picture's first row in the texture
-    tex: torch.Tensor  # (1, C, Ht, Wt)
-    alpha: torch.Tensor  # (2,) texture pixels -> grid_sample's normalized coordinates (align_corners=True)
+    first: np.ndarray  # (K,) each picture's first texel in TorchCutout.texels (its rows one after another)
 
 
 @dataclass(frozen=True)
 class TorchCutout:
-    """One avatar's cut-out layers on the device, beside the numpy CutoutAvatar they came from (the plan reads it)."""
+    """One avatar's cut-out layers on the device, beside the numpy CutoutAvatar they came from (the plan reads it):
+    every picture of every layer (bordered), row after row in one flat buffer of texels."""
 
     host: CutoutAvatar
     textures: tuple[_Texture, ...]
-
-
-def _stack(pictures: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Bordered pictures (h + 2, w + 2, C) one under the other, zero-padded to the widest: (C, sum h, max w) and
-    each one's first row."""
-    heights = [p.shape[0] for p in pictures]
-    out = np.zeros((pictures[0].shape[2], sum(heights), max(p.shape[1] for p in pictures)), np.float32)
-    y_off = np.concatenate([[0], np.cumsum(heights)[:-1]]).astype(np.int64)
-    for p, y in zip(pictures, y_off):
-        out[:, y : y + p.shape[0], : p.shape[1]] = p.transpose(2, 0, 1)
-    return out, y_off
+    texels: torch.Tensor  # (T, _CH) float32
 
 
 def to_device_layers(avatar: CutoutAvatar, device: torch.device) -> TorchCutout:
-    """The avatar's layers as textures on `device` (a few MB; once per avatar)."""
-    out = []
+    """The avatar's layers as texels on `device` (some 30 MB with the face atlas; once per avatar)."""
+    out, blocks = [], []
+    at = 0
     for i, layer in enumerate(avatar.layers):
         kind = avatar.kinds[i]
         red = avatar.red.get(i) if kind == "skin" else None
         pictures: tuple[_WindowLayer | None, ...] = tuple(avatar.faces[kind]) if kind not in ("", "skin") else (layer,)
-        drawn = [p.pixels for p in pictures if p is not None]
-        if not drawn:
+        if all(p is None for p in pictures):
             continue
-        if red is not None:
-            drawn = [np.concatenate([layer.pixels, red.pixels], -1)]
-        tex, y_off_drawn = _stack(drawn)
-        y_off = np.zeros(len(pictures), np.int64)
-        y_off[[k for k, p in enumerate(pictures) if p is not None]] = y_off_drawn
-        Ht, Wt = tex.shape[1:]
-        alpha = torch.tensor([2.0 / (Wt - 1), 2.0 / (Ht - 1)], dtype=torch.float32, device=device)
-        t = torch.from_numpy(tex)[None].to(device)
-        out.append(_Texture(i, kind, layer.mover, pictures, red is not None, y_off, t, alpha))
-    return TorchCutout(avatar, tuple(out))
+        first = np.zeros(len(pictures), np.int64)
+        for k, p in enumerate(pictures):
+            if p is None:
+                continue
+            px = p.pixels.reshape(-1, 4)
+            first[k] = at
+            at += len(px)
+            red_px = red.pixels.reshape(-1, 4) if red is not None else np.zeros_like(px)
+            blocks.append(np.concatenate([px, red_px], 1))
+        out.append(_Texture(i, kind, layer.mover, pictures, red is not None, first))
+    texels = torch.from_numpy(np.concatenate(blocks).astype(np.float32)).to(device)
+    return TorchCutout(avatar, tuple(out), texels)
 
 
 # -- the host's plan: numpy over all frames, float64 -------------------------------------------------------------
@@ -163,16 +159,15 @@ def _normalized(A: np.ndarray, b: np.ndarray, s: np.ndarray) -> tuple[np.ndarray
 
 @dataclass(frozen=True)
 class _LayerPlan:
-    """What the device needs to lay one texture over a call's canvases: a window (rows, cols) of each frame's canvas,
-    the numbers of `_ROW`, and which of the window's rows and columns are inside the frame's own box."""
+    """What the device needs to lay one texture over a call's frames: each frame's box in its canvas (sub-pixels,
+    empty where the frame lays nothing), the numbers of `_ROW` (the map's constant at the box's first sub-pixel), and
+    the texels of the picture it lays (its first texel, its row's length)."""
 
-    texture: _Texture
-    rows: int
-    cols: int
-    base: np.ndarray  # (2, N) int64: the window's first sub-pixel in the flat canvases, and the canvas's width
+    slot: int  # the texture's place in TorchCutout.textures (the drawing order of drawn layers)
+    box: np.ndarray  # (4, N) int64: first row, rows, first column, columns (0 rows: nothing laid)
     nums: np.ndarray  # (N, _ROW) float64
-    in_r: np.ndarray  # (N, rows): 1.0 on the rows inside the frame's box
-    in_c: np.ndarray  # (N, cols)
+    texel: np.ndarray  # (N,) int64: the picture's first texel in TorchCutout.texels
+    stride: np.ndarray  # (N,) int64: its bordered width
 
 
 def _count_below(v: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -182,13 +177,11 @@ def _count_below(v: np.ndarray, n: np.ndarray) -> np.ndarray:
 
 def plan(avatar: TorchCutout, motions: np.ndarray, origins: np.ndarray, sizes: np.ndarray) -> list[_LayerPlan]:
     """The layers' plans for raw motions (N, D), each frame drawn over the window box at `origins` (N, 2: row,
-    column) of size `sizes` (N, 2: rows, columns), its canvas laid after the frame before's in one flat buffer:
-    cutout.draw's decisions, for all frames at once."""
+    column) of size `sizes` (N, 2: rows, columns): cutout.draw's decisions, for all frames at once."""
     cut = avatar.host
     (H, W), s = cut.window_hw, cut.scale
     Hs, Ws = H * s, W * s
     Hc, Wc = sizes[:, 0].astype(np.int64) * s, sizes[:, 1].astype(np.int64) * s  # each frame's canvas
-    first = np.concatenate([[0], np.cumsum(Hc * Wc)[:-1]])  # its first sub-pixel in the flat canvases
     N = len(motions)
     m = np.asarray(motions, np.float64)
     finite = np.asarray(np.isfinite(m).all(1))
@@ -212,7 +205,7 @@ def plan(avatar: TorchCutout, motions: np.ndarray, origins: np.ndarray, sizes: n
     tx, ty = (x0s * s + 0.5) * sx - 1.0, (y0s * s + 0.5) * sy - 1.0
     half = np.array([W / 2.0, H / 2.0])
     plans = []
-    for tex in avatar.textures:
+    for slot, tex in enumerate(avatar.textures):
         i = tex.index
         layer = cut.layers[i]
         on = finite.copy()
@@ -271,28 +264,16 @@ def plan(avatar: TorchCutout, motions: np.ndarray, origins: np.ndarray, sizes: n
         r0, r1, c0, c1 = box
         empty = ~on | (r1 <= r0) | (c1 <= c0)
         r0, r1, c0, c1 = (np.where(empty, 0, v) for v in (r0, r1, c0, c1))
-        rows, cols = int((r1 - r0).max()), int((c1 - c0).max())
-        if rows == 0 or cols == 0:
-            continue
-        # the window, inside the frame's canvas where it fits (a smaller canvas than another frame's box: its
-        # sub-pixels past the canvas are outside the frame's box, and the device sends their writes elsewhere)
-        rr, cc = np.clip(r0, 0, np.maximum(0, Hc - rows)), np.clip(c0, 0, np.maximum(0, Wc - cols))
-        # the map's constant at the window's first sub-pixel (float64 here: the device adds small numbers to it)
-        nums[:, _C : _C + 2] += nums[:, _A : _A + 2] * cc[:, None] + nums[:, _B : _B + 2] * rr[:, None]
+        # the map's constant at the box's first sub-pixel (float64 here: the device adds small numbers to it)
+        nums[:, _C : _C + 2] += nums[:, _A : _A + 2] * c0[:, None] + nums[:, _B : _B + 2] * r0[:, None]
         nums[:, _HI] = pw - 1.001  # cutout._sample's clamp, in the bordered picture's pixels
         nums[:, _HI + 1] = ph - 1.001
-        y_off = tex.y_off[k].astype(np.float64)
-        Ht, Wt = tex.tex.shape[2:]
-        nums[:, _BETA] = -1.0
-        nums[:, _BETA + 1] = y_off * 2.0 / (Ht - 1) - 1.0
         nums[:, _RED] = red if tex.skin else 0.0
+        if not tex.mover.startswith(BONE):
+            nums[:, _BONE:] = _NO_BONE
         nums[empty] = 0.0
-        ri = rr[:, None] + np.arange(rows)[None]
-        ci = cc[:, None] + np.arange(cols)[None]
-        in_r = ((ri >= r0[:, None]) & (ri < r1[:, None])).astype(np.float64)
-        in_c = ((ci >= c0[:, None]) & (ci < c1[:, None])).astype(np.float64)
-        base = first + rr * Wc + cc
-        plans.append(_LayerPlan(tex, rows, cols, np.stack([base, Wc]).astype(np.int64), nums, in_r, in_c))
+        box4 = np.stack([r0, r1 - r0, c0, c1 - c0]).astype(np.int64)
+        plans.append(_LayerPlan(slot, box4, nums, tex.first[k], pw.astype(np.int64)))
     return plans
 
 
@@ -368,74 +349,98 @@ def _bone(nums, p, q, cap, s, half, row, col, origin, canvas) -> tuple[np.ndarra
 # -- the device's draw ------------------------------------------------------------------------------------------
 
 
+def joined_texels(avatars: Sequence[TorchCutout]) -> tuple[torch.Tensor, np.ndarray]:
+    """Every avatar's texels in one buffer (one gather reads any avatar's pictures) and each avatar's first texel
+    there."""
+    firsts = np.concatenate([[0], np.cumsum([len(a.texels) for a in avatars])[:-1]]).astype(np.int64)
+    return (avatars[0].texels if len(avatars) == 1 else torch.cat([a.texels for a in avatars])), firsts
+
+
 def draw_t(
     avatar: TorchCutout, motions: np.ndarray, origins: np.ndarray, sizes: np.ndarray, device: torch.device
 ) -> list[torch.Tensor]:
-    """Raw motions (N, D) of one avatar, each frame's window box at `origins` (N, 2) of size `sizes` (N, 2: rows,
-    columns; frames of one size next to each other) -> per run of frames of one size, (n, 4, h, w) premultiplied
-    float32 in [-1, 1] on `device` (cutout.draw's frames, N at once)."""
-    s = avatar.host.scale
+    """`draw_frames_t` for frames of one avatar."""
+    return draw_frames_t([avatar], np.zeros(len(motions), np.int64), motions, origins, sizes, device)
+
+
+# sub-pixels sampled in one go at most (some 400 bytes each at the peak: ~3 GB): a chunk of 200 streams samples some
+# 220 million (tools.cutout_torch_ops). On CUDA four times as many (~13 GB): a quarter of the goes.
+MAX_SAMPLES = 1 << 23
+MAX_SAMPLES_CUDA = 1 << 25
+
+
+def draw_frames_t(
+    avatars: Sequence[TorchCutout],
+    which: np.ndarray,
+    motions: np.ndarray,
+    origins: np.ndarray,
+    sizes: np.ndarray,
+    device: torch.device,
+    texels: tuple[torch.Tensor, np.ndarray] | None = None,
+    max_samples: int = MAX_SAMPLES,
+    fuse: bool = False,
+) -> list[torch.Tensor]:
+    """Raw motions (N, D) of frames of any avatars (`which` (N,): each frame's index in `avatars`), each frame's
+    window box at `origins` (N, 2) of size `sizes` (N, 2: rows, columns; frames of one size next to each other) ->
+    per run of frames of one size, (n, 4, h, w) premultiplied float32 in [-1, 1] on `device` (cutout.draw's frames).
+    texels: joined_texels(avatars), where the caller keeps it; fuse: the sampling through torch.compile (_lay).
+
+    The device's ops do not grow with the avatars: every frame's layers, each over its own box, are one flat list of
+    sub-pixels ordered by the layer's place in its avatar's drawing order (its slot); each sub-pixel is mapped and
+    sampled (bilinear, a gather of its four texels) in one go, and laid 'over' its canvas a slot at a time (a frame
+    has one layer a slot, its own avatar's: the order of each avatar's layers is kept). A go holds at most
+    `max_samples` sub-pixels: a call makes one go per that many, and three ops a slot."""
+    s = avatars[0].host.scale
     N = len(motions)
-    plans = plan(avatar, motions, origins, sizes)
-    # every plan's numbers in one copy to the device, and one of the integers (not a copy a layer)
-    floats = np.concatenate([np.concatenate([p.nums.ravel(), p.in_r.ravel(), p.in_c.ravel()]) for p in plans] + [[]])
-    nums_d = to_device(floats.astype(np.float32), device)
-    ints_d = to_device(np.concatenate([p.base.ravel() for p in plans] + [np.zeros(0, np.int64)]), device, torch.long)
     areas = sizes[:, 0].astype(np.int64) * sizes[:, 1] * s * s
-    total = int(areas.sum())
-    top = max([1] + [max(p.rows, p.cols) for p in plans])
-    ar_f = torch.arange(top, device=device, dtype=torch.float32)
-    ar_l = torch.arange(top, device=device, dtype=torch.long)
-    # the frames' canvases one after the other, and one sub-pixel more: where the writes outside a frame's own box go
-    canvas = torch.zeros((4, total + 1), device=device)
-    o = 0
-    for n_plan, p in enumerate(plans):
-        R, C = p.rows, p.cols
-        nums = nums_d[o : o + N * _ROW].view(N, _ROW)
-        in_r = nums_d[o + N * _ROW : o + N * (_ROW + R)].view(N, R, 1)
-        in_c = nums_d[o + N * (_ROW + R) : o + N * (_ROW + R + C)].view(N, 1, C)
-        o += N * (_ROW + R + C)
-        base, width = ints_d[2 * N * n_plan : 2 * N * (n_plan + 1)].view(2, N, 1, 1)
-
-        def col4(a: int, nums: torch.Tensor = nums) -> torch.Tensor:  # two numbers a frame, against (N, R, C, 2)
-            return nums[:, a : a + 2].view(N, 1, 1, 2)
-
-        g = torch.addcmul(col4(_C), col4(_B), ar_f[:R].view(1, R, 1, 1))
-        g = torch.addcmul(g, col4(_A), ar_f[:C].view(1, 1, C, 1))  # (N, R, C, 2)
-        if p.texture.mover.startswith(BONE):
-            b = _BONE
-            u, v = g[..., 0], g[..., 1]
-
-            def at(a: int, nums: torch.Tensor = nums) -> torch.Tensor:  # one number a frame, against (N, R, C)
-                return nums[:, a].view(N, 1, 1)
-
-            ur = torch.where(
-                u < at(b), u, torch.where(u > at(b + 1), u + at(b + 4), torch.addcmul(at(b + 3), u, at(b + 2)))
-            )
-            g = torch.addcmul(col4(b + 5), ur[..., None], col4(b + 7))
-            g = torch.addcmul(g, v[..., None], col4(b + 9))
-        g = torch.minimum(g.clamp_(min=0.0), col4(_HI))
-        g = torch.addcmul(col4(_BETA), g, p.texture.alpha)
-        got = F.grid_sample(p.texture.tex, g.view(1, N * R, C, 2), "bilinear", "zeros", align_corners=True)
-        got = got.view(-1, N * R * C)
-        if p.texture.skin:  # the canonical and the reddened skin mixed by face_red (linear: mixed after sampling)
-            got = torch.lerp(got[:4], got[4:], nums[:, _RED].view(N, 1, 1).expand(N, R, C).reshape(1, -1))
-        idx = base + ar_l[:R].view(1, R, 1) * width + ar_l[:C]
-        # outside the frame's box (its window may reach past its canvas, into the next frame's): the spare sub-pixel
-        idx = torch.where((in_r * in_c) > 0.5, idx, total).view(-1)
-        under = canvas.index_select(1, idx)
-        canvas.index_copy_(1, idx, torch.addcmul(got, under, 1.0 - got[3:4]))
+    Wc = sizes[:, 1].astype(np.int64) * s
+    first = np.concatenate([[0], np.cumsum(areas)[:-1]])  # each frame's canvas in the flat canvases
+    tex, tex_first = joined_texels(avatars) if texels is None else texels
+    # every frame's laid layers ("pieces"): slot, sub-pixels, and per piece the numbers and integers the device reads
+    slot, count, nums, ints = [], [], [], []
+    for a in np.unique(which):
+        sel = np.flatnonzero(which == a)
+        for p in plan(avatars[a], motions[sel], origins[sel], sizes[sel]):
+            r0, h, c0, w = p.box
+            on = h * w > 0
+            f = sel[on]
+            slot.append(np.full(len(f), p.slot))
+            count.append((h * w)[on])
+            nums.append(p.nums[on])
+            # the box's width, the picture's first texel and its width, the box's first sub-pixel and its canvas's width
+            canvas_at = first[f] + r0[on] * Wc[f] + c0[on]
+            ints.append(np.stack([w[on], p.texel[on] + tex_first[a], p.stride[on], canvas_at, Wc[f]], 1))
+    order = np.argsort(np.concatenate(slot + [np.zeros(0, np.int64)]), kind="stable")
+    slots = np.concatenate(slot + [np.zeros(0, np.int64)])[order]
+    cnt = np.concatenate(count + [np.zeros(0, np.int64)])[order]
+    P = len(cnt)
+    ends = np.cumsum(cnt)
+    starts = ends - cnt
+    nums_h = np.concatenate(nums + [np.zeros((0, _ROW))])[order].astype(np.float32)
+    ints_h = np.concatenate([np.concatenate(ints + [np.zeros((0, 5), np.int64)])[order], starts[:, None]], 1)
+    # one copy of the numbers to the device, one of the integers
+    nums_d = to_device(nums_h.ravel(), device).view(P, _ROW)
+    ints_d = to_device(np.concatenate([cnt, ints_h.ravel()]).astype(np.int64), device, torch.long)
+    cnt_d, ints_d = ints_d[:P], ints_d[P:].view(P, 6)
+    canvas = torch.zeros((int(areas.sum()), 4), device=device)
+    p0 = 0
+    while p0 < P:
+        # a go: pieces from p0 while their sub-pixels fit max_samples (at least one piece)
+        p1 = max(p0 + 1, int(np.searchsorted(ends, starts[p0] + max_samples, "right")))
+        go = (nums_d[p0:p1], ints_d[p0:p1], cnt_d[p0:p1], cnt[p0:p1], slots[p0:p1], int(starts[p0]))
+        _lay(canvas, tex, *go, fuse=fuse)
+        p0 = p1
     # the sub-pixels' box filter, then [-1, 1], a run of frames of one size at a time
     out = []
-    starts = np.concatenate([[0], np.cumsum(areas)])
+    at = np.concatenate([[0], np.cumsum(areas)])
     i = 0
     while i < N:
         j = i + 1
         while j < N and (sizes[j] == sizes[i]).all():
             j += 1
         bh, bw = int(sizes[i, 0]), int(sizes[i, 1])
-        run = canvas[:, int(starts[i]) : int(starts[j])].view(4, j - i, bh, s, bw, s)
-        out.append((run.sum((3, 5)) * (2.0 / (s * s)) - 1.0).permute(1, 0, 2, 3).contiguous())
+        run = canvas[int(at[i]) : int(at[j])].view(j - i, bh, s, bw, s, 4).sum((2, 4))
+        out.append(run.mul_(2.0 / (s * s)).sub_(1.0).permute(0, 3, 1, 2).contiguous())
         i = j
     bad = np.flatnonzero(~np.isfinite(np.asarray(motions)).all(1))
     if len(bad):  # cutout.draw's transparent frame for a motion the sampler should never give
@@ -443,6 +448,77 @@ def draw_t(
         flat[to_device(bad, device, torch.long)] = -1.0
         out = list(torch.split(flat, [len(x) for x in out])) if len(out) > 1 else [flat]
     return out
+
+
+def _lay(
+    canvas: torch.Tensor,
+    tex: torch.Tensor,
+    nums: torch.Tensor,
+    ints: torch.Tensor,
+    cnt: torch.Tensor,
+    counts: np.ndarray,
+    slots: np.ndarray,
+    e0: int,
+    fuse: bool = False,
+) -> None:
+    """One go of draw_frames_t: pieces (their numbers (P, _ROW), integers (P, 6), sub-pixels (P,) on the device and
+    `counts` on the host, slots (P,) in order), whose sub-pixels start at e0 of the call's, sampled and laid over
+    `canvas` (sub-pixels, 4) in place. fuse: the sampling through torch.compile (one kernel or a few instead of ~40
+    ops over every sub-pixel)."""
+    e1 = e0 + int(counts.sum())
+    pid = torch.repeat_interleave(cnt, output_size=e1 - e0)  # each sub-pixel's piece
+    sample = _fused() if fuse else _samples
+    got, keep, at = sample(tex, nums, ints, pid, torch.arange(e0, e1, device=canvas.device))
+    # 'over', a slot at a time: within a slot each frame lays one piece (no sub-pixel twice)
+    at_piece = np.concatenate([[0], np.cumsum(counts)])
+    per_slot = np.diff(at_piece[np.concatenate([[0], np.flatnonzero(np.diff(slots)) + 1, [len(slots)]])]).tolist()
+    for laid, kept, where in zip(got.split(per_slot), keep.split(per_slot), at.split(per_slot)):
+        canvas.index_copy_(0, where, torch.addcmul(laid, canvas.index_select(0, where), kept))
+
+
+def _samples(
+    tex: torch.Tensor, nums: torch.Tensor, ints: torch.Tensor, pid: torch.Tensor, e: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sub-pixels e (E,) of pieces pid (E,) -> their samples (E, 4), 1 - alpha (E, 1) and places in the flat
+    canvases (E,)."""
+    it = ints.index_select(0, pid)
+    fl = nums.index_select(0, pid)
+    local = e - it[:, 5]
+    r = torch.div(local, it[:, 0], rounding_mode="floor")  # the sub-pixel's row and column in its piece's box
+    c = torch.addcmul(local, r, it[:, 0], value=-1)
+    uv = torch.addcmul(fl[:, _C : _C + 2], fl[:, _B : _B + 2], r.to(fl.dtype)[:, None])
+    uv = torch.addcmul(uv, fl[:, _A : _A + 2], c.to(fl.dtype)[:, None])
+    # a limb segment's along coordinate stretched piecewise, then the reference's bone (the other layers: as they are)
+    b = _BONE
+    u, v = uv[:, 0], uv[:, 1]
+    ur = torch.where(
+        u < fl[:, b], u, torch.where(u > fl[:, b + 1], u + fl[:, b + 4], torch.addcmul(fl[:, b + 3], u, fl[:, b + 2]))
+    )
+    xy = torch.addcmul(fl[:, b + 5 : b + 7], ur[:, None], fl[:, b + 7 : b + 9])
+    xy = torch.addcmul(xy, v[:, None], fl[:, b + 9 : b + 11])
+    # cutout._sample: clamped into the bordered picture, its four texels mixed
+    xy = torch.minimum(xy.clamp(min=0.0), fl[:, _HI : _HI + 2])
+    whole = xy.floor()
+    fx, fy = (xy - whole).split(1, 1)
+    ix = whole.long()
+    t00 = torch.addcmul(it[:, 1] + ix[:, 0], ix[:, 1], it[:, 2])
+    t10 = t00 + it[:, 2]
+    top = torch.lerp(tex.index_select(0, t00), tex.index_select(0, t00 + 1), fx)
+    got = torch.lerp(top, torch.lerp(tex.index_select(0, t10), tex.index_select(0, t10 + 1), fx), fy)
+    # the canonical and the reddened skin mixed by face_red (linear: mixed after sampling; 0 for the other layers)
+    got = torch.lerp(got[:, :4], got[:, 4:], fl[:, _RED : _RED + 1])
+    at = torch.addcmul(it[:, 3] + c, r, it[:, 4])  # the sub-pixel in the flat canvases
+    return got, 1.0 - got[:, 3:4], at
+
+
+_FUSED: list[Any] = []
+
+
+def _fused() -> Any:
+    """_samples through torch.compile (dynamic shapes: a go's sub-pixels and pieces vary), compiled once a process."""
+    if not _FUSED:
+        _FUSED.append(torch.compile(_samples, dynamic=True))
+    return _FUSED[0]
 
 
 class TorchCutoutBackend:
@@ -462,13 +538,19 @@ class TorchCutoutBackend:
         device: str = "cpu",
         batch_streams: bool | None = None,
         compose: bool | None = None,
-        max_rows: int = 256,
+        max_rows: int = 1024,
+        max_samples: int | None = None,
+        fuse: bool = False,
     ):
         self._dev = torch.device(device)
         self.device = str(self._dev)
         self.denoiser = denoiser.to(self._dev).eval()
-        # frames drawn at once (canvases of a bucket's box at 2x: ~3 MB a frame for a 224 x 192 box)
+        # frames drawn at once (canvases of a bucket's box at 2x: ~3 MB a frame for a 224 x 192 box), and layers'
+        # sub-pixels sampled at once (draw_frames_t)
         self.max_rows = int(max_rows)
+        self.max_samples = int(max_samples or (MAX_SAMPLES_CUDA if self._dev.type == "cuda" else MAX_SAMPLES))
+        self.fuse = fuse  # the sampling through torch.compile (draw_frames_t; not yet measured on a GPU)
+        self._joined: tuple[tuple[TorchCutout, ...], tuple[torch.Tensor, np.ndarray]] | None = None
         self.batch_streams, self.compose_device = device_roles(self._dev, batch_streams, compose)
 
     @classmethod
@@ -561,27 +643,35 @@ class TorchCutoutBackend:
 
     def draw_boxes_t(self, refs: list[TorchCutout], motions: np.ndarray, boxes: Sequence[Box]) -> list[torch.Tensor]:
         """Every stream's frames on the device, each in its own box, of any size: refs (S,), raw motions (S, n, D) on
-        the host, boxes (S,) -> S tensors (n, 4, h, w). All streams of one avatar draw in one go (at most max_rows
-        frames a go): a go costs some 25 small kernels a layer whatever its frames, so a go per avatar and box size,
-        as the copy decoder's buckets would make, was 32,000 launches a chunk of 200 streams (docs/bench/
-        cutout_gpu_2026-12-06)."""
+        the host, boxes (S,) -> S tensors (n, 4, h, w). The streams draw in goes of at most max_rows frames whatever
+        their avatars (draw_frames_t: its ops do not grow with the avatars; a go per avatar was ~25 small kernels a
+        layer, 32,000 launches a chunk of 200 streams: docs/bench/cutout_gpu_2026-12-06)."""
         S, n = motions.shape[:2]
         out: list[torch.Tensor | None] = [None] * S
-        groups: dict[int, list[int]] = {}
-        for i, r in enumerate(refs):
-            groups.setdefault(id(r), []).append(i)
+        avatars = sorted({id(r): r for r in refs}.values(), key=id)  # a stable order: the joined texels kept
+        which = {id(r): k for k, r in enumerate(avatars)}
+        texels = self._texels(avatars)
+        order = sorted(range(S), key=lambda i: (boxes[i][2:], i))  # frames of one size next to each other
         per = max(1, self.max_rows // max(1, n))
-        for idx in groups.values():
-            idx = sorted(idx, key=lambda i: (boxes[i][2:], i))  # frames of one size next to each other
-            for k in range(0, len(idx), per):
-                part = idx[k : k + per]
-                origins = np.repeat(np.array([boxes[i][:2] for i in part], np.int64), n, 0)
-                sizes = np.repeat(np.array([boxes[i][2:] for i in part], np.int64), n, 0)
-                runs = draw_t(refs[part[0]], motions[part].reshape(len(part) * n, -1), origins, sizes, self._dev)
-                # a run holds whole streams (a stream's frames share its box), in `part`'s order
-                for i, view in zip(part, (run[j : j + n] for run in runs for j in range(0, len(run), n))):
-                    out[i] = view
+        for k in range(0, S, per):
+            part = order[k : k + per]
+            at = np.repeat(np.array([which[id(refs[i])] for i in part], np.int64), n)
+            origins = np.repeat(np.array([boxes[i][:2] for i in part], np.int64), n, 0)
+            sizes = np.repeat(np.array([boxes[i][2:] for i in part], np.int64), n, 0)
+            m = motions[part].reshape(len(part) * n, -1)
+            runs = draw_frames_t(avatars, at, m, origins, sizes, self._dev, texels, self.max_samples, self.fuse)
+            # a run holds whole streams (a stream's frames share its box), in `part`'s order
+            for i, view in zip(part, (run[j : j + n] for run in runs for j in range(0, len(run), n))):
+                out[i] = view
         return [o for o in out if o is not None]
+
+    def _texels(self, avatars: list[TorchCutout]) -> tuple[torch.Tensor, np.ndarray]:
+        """joined_texels(avatars), kept while a call's avatars are the last call's (the set changes when a stream of
+        another avatar starts or an avatar's last one ends: then joined anew, ~30 MB an avatar on the device)."""
+        kept = self._joined
+        if kept is None or len(kept[0]) != len(avatars) or any(a is not b for a, b in zip(kept[0], avatars)):
+            kept = self._joined = (tuple(avatars), joined_texels(avatars))
+        return kept[1]
 
     def draw_streams(
         self,
@@ -605,4 +695,13 @@ class TorchCutoutBackend:
         return v.float().cpu().numpy()
 
 
-__all__ = ["TorchCutout", "TorchCutoutBackend", "draw_t", "part_maps_many", "plan", "to_device_layers"]
+__all__ = [
+    "TorchCutout",
+    "TorchCutoutBackend",
+    "draw_frames_t",
+    "draw_t",
+    "joined_texels",
+    "part_maps_many",
+    "plan",
+    "to_device_layers",
+]

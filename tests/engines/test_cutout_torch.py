@@ -93,6 +93,39 @@ def test_streams_of_other_avatars_and_boxes_draw_as_each_alone(engine):
         assert np.abs(same[i].numpy() - cutout.draw(prepared[i], m[i], one)).max() <= MAX_ABS
 
 
+def _ops(fn, *args) -> int:
+    """How many aten ops fn(*args) dispatches (on CUDA each is a kernel launch or more)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    seen = [0]
+
+    class _Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen[0] += 1
+            return func(*args, **(kwargs or {}))
+
+    with _Count():
+        fn(*args)
+    return seen[0]
+
+
+def test_a_call_over_many_avatars_issues_the_ops_of_one(engine):
+    """The device's ops do not grow with the avatars in a call (a go per avatar was ~25 kernels a layer: 32,000
+    launches a chunk of 200 streams on an H100, docs/bench/cutout_gpu_2026-12-06): streams of three avatars issue
+    no more ops than as many streams of the one with the most layers, whose slots they share."""
+    names = ["pip", "luna", "random-424242"]
+    devs = {a: cutout_torch.to_device_layers(engine.prepared_avatar(a)[1].ref, CPU) for a in names}
+    most = max(names, key=lambda a: len(devs[a].textures))
+    m = np.stack([_motions(engine, a, 900_600 + 10 * i)[:2] for i, a in enumerate(names * 2)])
+    box = engine.draw_box(m.reshape(-1, m.shape[2]))  # one size: as many runs of one size in both calls
+    backend = cutout_torch.TorchCutoutBackend.from_folder(load_motion_manifest(motion_folder(None, "cutout")), "cpu")
+    with torch.inference_mode():
+        one = _ops(backend.draw_boxes_t, [devs[most]] * len(m), m, [box] * len(m))
+        many = _ops(backend.draw_boxes_t, [devs[a] for a in names * 2], m, [box] * len(m))
+    assert many <= one + 4, (many, one)  # + the joined texels
+    assert one < 250, one  # some 90 ops a call (half of them views) and 3 a slot (33-37 slots)
+
+
 def test_a_motion_off_the_map_draws_nothing_on_torch_too(engine):
     key, prepared = engine.prepared_avatar("pip")
     m = engine.motion("pip", canonical_pose())

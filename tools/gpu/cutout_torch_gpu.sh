@@ -3,8 +3,9 @@
 # decoder's in the same call (docs/bench/cutout_gpu_2026-12-06). One call of the device tool, under 10 minutes:
 #   run(command="bash tools/gpu/cutout_torch_gpu.sh", carry=[".whl"], timeout_s=600)
 # From a tree staged beside the checkout (a worktree's files copied to DIR): STAGE=DIR bash DIR/tools/gpu/...
-# Results in $OUT: log.txt and results.tar (check.json, prof_<draw>_s<streams>.json, bench_<draw>_s<streams>.json).
-# Steps in order of need, each under its own limit, all under LIMIT seconds (default 480).
+# Results in $OUT: log.txt and results.tar (check.json, ops_s200[_fuse].json, prof_<draw>_s<streams>.json,
+# bench_<draw>_s<streams>.json).
+# Steps in order of need, each under its own limit, all under LIMIT seconds (default 540).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -23,6 +24,8 @@ steps() {
   python3 -c "import torch, avatarcast; print('torch', torch.__version__, torch.cuda.is_available(), avatarcast.__path__)"
   echo "== frames: torch (cuda) against numpy"
   timeout 120 python3 -m tools.cutout_torch_check --device cuda --streams 16 | tee "$R/check.json"
+  echo "== the cut-out draw's ops and time a chunk (draw_boxes_t), 200 streams over 8 and 16 avatars"
+  timeout 150 python3 -m tools.cutout_torch_ops --device cuda --streams 200 --avatars 8,16 | tee "$R/ops_s200.json"
   for s in $STREAMS; do
     for draw in cutout copy; do
       echo "== profile $draw, $s streams"
@@ -38,12 +41,14 @@ steps() {
       done
     fi
   done
+  echo "== the cut-out draw's time a chunk, the sampling through torch.compile (16 avatars, --fuse: the first call compiles)"
+  timeout 150 python3 -m tools.cutout_torch_ops --device cuda --streams 200 --avatars 16 --fuse | tee "$R/ops_s200_fuse.json"
   [ "$TRACE" = 1 ] || return 0
   echo "== one cut-out chunk traced, 200 streams"
   timeout 100 python3 -m tools.motion_torch_profile --device cuda --sessions 200 --chunks 1 --draw cutout \
     --trace "$R/trace_cutout_s200" | tee "$R/prof_cutout_s200_traced.json"
 }
-timeout "${LIMIT:-480}" bash -c "$(declare -f steps); steps" > "$R/log.txt" 2>&1
+timeout "${LIMIT:-540}" bash -c "$(declare -f steps); steps" > "$R/log.txt" 2>&1
 cp "$R/log.txt" "$OUT/log.txt"
 tail -c 5000 "$R/log.txt"
 (cd "$R" && tar cf "$OUT/results.tar" .)
