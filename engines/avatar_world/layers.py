@@ -87,9 +87,9 @@ def steps(avatar, pose: Pose, k: float) -> list[tuple[str, str, Step]]:
             out += [(f"{FACE}{step}{EYE}{sd}", "face", _eye_step(step, sd, av, pose, skin)) for sd in (-1, 1)]
         else:
             out.append((FACE + step, "face", _face_step(step, av, pose, skin)))
-    out += [("head_front", "head", lambda pt, rig, H: R._draw_head_front(pt, av, rig, H, "front"))]
+    out += [("head_front", "head", lambda pt, rig, H: R._draw_head_front(pt, av, rig, H, star=False))]
     if av.headwear == "hat":  # its star stays upright as the head turns (as render draws it)
-        out.append(("hat_star", f"{AT}{HAT_STAR}", lambda pt, rig, H: R._draw_head_front(pt, av, rig, H, "star")))
+        out.append(("hat_star", f"{AT}{HAT_STAR}", lambda pt, rig, H: R._draw_hat_star(pt, av, rig, H)))
     for i, sd in ((0, "l"), (1, "r")):
         names, joints = ("upper_arm", "forearm"), ("shoulders", "elbows", "hands")
         out += _limb(i, sd, names, joints, ("shoulder", "elbow", "hand"), limb, "arm")

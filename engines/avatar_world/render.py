@@ -592,24 +592,26 @@ def _draw_head_back(pt: _Painter, av: AvatarParams, rig: _Rig, H: _Head, skin) -
 HAT_STAR_AT = (-0.05, -1.2)  # the wizard hat's star: its centre in head radii; it is drawn upright (unturned)
 
 
-def _draw_head_front(pt: _Painter, av: AvatarParams, rig: _Rig, H: _Head, part: str = "all") -> None:
-    """What the head wears in front of it; part "front" leaves the wizard hat's star out, "star" draws it alone
-    (upright whatever the head's turn: the cut-out draw moves it apart from the head, layers.HAT_STAR)."""
+def _draw_hat_star(pt: _Painter, av: AvatarParams, rig: _Rig, H: _Head) -> None:
+    """The wizard hat's star, upright whatever the head's turn (the cut-out draw moves it apart from the head:
+    layers.HAT_STAR)."""
+    if av.headwear == "hat":
+        sx, sy = H(*HAT_STAR_AT)
+        pt.poly_ol([(sx + x * 0.17 * H.r, sy + y * 0.17 * H.r) for x, y in _STAR5], av.accent, rig.ol * 0.6)
+
+
+def _draw_head_front(pt: _Painter, av: AvatarParams, rig: _Rig, H: _Head, star: bool = True) -> None:
+    """What the head wears in front of it; star=False leaves the wizard hat's star out (_draw_hat_star)."""
     hw = av.headwear
     ol = rig.ol
     col = av.accent
-    if part == "star":
-        if hw == "hat":
-            sx, sy = H(*HAT_STAR_AT)
-            pt.poly_ol([(sx + x * 0.17 * H.r, sy + y * 0.17 * H.r) for x, y in _STAR5], col, ol * 0.6)
-        return
     if hw == "hat":  # little wizard hat
         brim = H.ellipse_pts(0.0, -0.78, 0.95, 0.17, 22, 0.0)
         cone = H.many([(-0.62, -0.8), (-0.3, -1.3), (0.05, -1.7), (0.3, -1.86), (0.26, -1.55), (0.5, -0.8)])
         pt.poly_ol(cone, _shade(av.body_color, 0.75), ol)
         pt.poly_ol(brim, _shade(av.body_color, 0.75), ol)
-        if part == "all":
-            _draw_head_front(pt, av, rig, H, "star")
+        if star:
+            _draw_hat_star(pt, av, rig, H)
     elif hw == "cap":
         dome = (
             H.many([(-1.02, -0.42)])

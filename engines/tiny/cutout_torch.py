@@ -410,8 +410,9 @@ def draw_frames_t(
             # the box's width, the picture's first texel and its width, the box's first sub-pixel and its canvas's width
             canvas_at = first[f] + r0[on] * Wc[f] + c0[on]
             ints.append(np.stack([w[on], p.texel[on] + tex_first[a], p.stride[on], canvas_at, Wc[f]], 1))
-    order = np.argsort(np.concatenate(slot + [np.zeros(0, np.int64)]), kind="stable")
-    slots = np.concatenate(slot + [np.zeros(0, np.int64)])[order]
+    slots = np.concatenate(slot + [np.zeros(0, np.int64)])
+    order = np.argsort(slots, kind="stable")
+    slots = slots[order]
     cnt = np.concatenate(count + [np.zeros(0, np.int64)])[order]
     P = len(cnt)
     ends = np.cumsum(cnt)

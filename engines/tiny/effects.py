@@ -102,6 +102,12 @@ class EffectLayer:
         )
         return particles(geo, strength, cycles, float(m[_FACE_DY]))
 
+    def nearest_offset(self, frac):
+        """The offset (one axis) of the picture variant nearest a centre's sub-pixel fraction `frac` in [0, 1) (a
+        number or an array): at most half a grid step is left for the bilinear laying."""
+        Q = self.grid
+        return (np.floor(frac * Q + 0.5) % Q) / Q
+
     def placements(self, motion: np.ndarray) -> list[Placement]:
         """One frame's particles (`particles`), in the renderer's order: which picture each lays, and where. What
         `canvas` draws, and what the device compose (engines/tiny/motion_compose.py) lays on the GPU, so that both
@@ -126,9 +132,7 @@ class EffectLayer:
             tx, ty = p.x - ox, p.y - oy  # the particle's centre, window pixels
             ax, ay = self.anchors[e]
             # the variant whose centre leaves the least sub-pixel move: its centre sits at anchor + (dx, dy)
-            Q = self.grid  # the variant nearest: at most half a grid step left for the bilinear laying
-            dx = (math.floor(((tx - ax) % 1.0) * Q + 0.5) % Q) / Q
-            dy = (math.floor(((ty - ay) % 1.0) * Q + 0.5) % Q) / Q
+            dx, dy = float(self.nearest_offset((tx - ax) % 1.0)), float(self.nearest_offset((ty - ay) % 1.0))
             v = self.offsets.index((dx, dy))
             out.append(Placement(e, level, v, (tx - k * dx, ty - k * dy), 0.0, k))
         return out
@@ -171,10 +175,7 @@ class EffectLayer:
                 level = np.argmin(np.abs(np.log(ladder[None, :] / size[:, None])), 1)
                 k = size / ladder[level]
                 tx, ty = x - ox, y - oy
-                fx, fy = (tx - ax) % 1.0, (ty - ay) % 1.0
-                Q = self.grid
-                dx = (np.floor(fx * Q + 0.5) % Q) / Q
-                dy = (np.floor(fy * Q + 0.5) % Q) / Q
+                dx, dy = self.nearest_offset((tx - ax) % 1.0), self.nearest_offset((ty - ay) % 1.0)
                 phase = np.array([self.offsets.index(o) for o in zip(dx.tolist(), dy.tolist())], np.int64)
                 tx, ty = tx - k * dx, ty - k * dy
                 c, sn = np.ones(n), np.zeros(n)  # math.cos(0.0), math.sin(0.0)

@@ -94,19 +94,10 @@ def test_streams_of_other_avatars_and_boxes_draw_as_each_alone(engine):
 
 
 def _ops(fn, *args) -> int:
-    """How many aten ops fn(*args) dispatches (on CUDA each is a kernel launch or more)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+    """How many aten ops fn(*args) dispatches (on CUDA each is a kernel launch or more), views included."""
+    from tools.cutout_torch_ops import count_ops
 
-    seen = [0]
-
-    class _Count(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            seen[0] += 1
-            return func(*args, **(kwargs or {}))
-
-    with _Count():
-        fn(*args)
-    return seen[0]
+    return sum(count_ops(fn, *args)[1].values())
 
 
 def test_a_call_over_many_avatars_issues_the_ops_of_one(engine):

@@ -62,7 +62,6 @@ class EncodedOnce:
 
     def __init__(self) -> None:
         self._views: dict[tuple[str, tuple[str, ...], str], dict[str, np.ndarray]] = {}
-        self.encoded = self.reused = 0
 
     @contextmanager
     def on(self, reader: EmotionReader) -> Iterator[None]:
@@ -75,9 +74,6 @@ class EncodedOnce:
                 for v in views.values():
                     v.setflags(write=False)
                 self._views[(*key, norm)] = views
-                self.encoded += 1
-            else:
-                self.reused += 1
             return views
 
         reader._embed = once  # type: ignore[method-assign]
