@@ -1097,16 +1097,21 @@ def _band(rig: _Rig, width: int, height: int) -> tuple[int, int]:
     return int(max(0, math.floor(rig.P[0] - half))), int(min(width, math.ceil(rig.P[0] + half)))
 
 
-def render_frame(avatar: AvatarParams, pose: Pose, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT) -> np.ndarray:
-    """Draw one frame: (H, W, 4) uint8 RGBA, straight alpha, transparent background."""
+def render_frame(
+    avatar: AvatarParams, pose: Pose, width: int = FRAME_WIDTH, height: int = FRAME_HEIGHT, supersample: int = SS
+) -> np.ndarray:
+    """Draw one frame: (H, W, 4) uint8 RGBA, straight alpha, transparent background. `supersample`: the canvas's
+    pixels per frame pixel along each axis. The shipped frames use SS; PIL rounds every coordinate down to the
+    canvas's grid and samples each canvas pixel at one point, so at 2 an edge lands up to half a pixel from where it
+    is drawn (the fidelity eval also scores against 8: the character's shapes, docs/training/motion.md)."""
     av = get_avatar(avatar)
     rig = _rig(av, pose, width, height)
     k = height / REF_H
     x0, x1 = _band(rig, width, height)
     y0, y1 = 0, height
     # premultiplied canvas: opaque drawing is identical, and reduce() needs no conversion
-    img = Image.new("RGBa", ((x1 - x0) * SS, (y1 - y0) * SS), (0, 0, 0, 0))
-    pt = _Painter(img, SS, x0, y0, av.outline)
+    img = Image.new("RGBa", ((x1 - x0) * supersample, (y1 - y0) * supersample), (0, 0, 0, 0))
+    pt = _Painter(img, supersample, x0, y0, av.outline)
     H = _Head(rig)
     skin, body, limb, legc, shoe = _palette(av, pose)
     _draw_shadow(pt, rig, k)
@@ -1125,7 +1130,7 @@ def render_frame(avatar: AvatarParams, pose: Pose, width: int = FRAME_WIDTH, hei
     if av.accessory == "star_wand":
         _draw_wand(pt, av, rig)
     _draw_effects(pt, av, rig, pose, H, width, height)
-    return _finish(img, x0, y0, x1, y1, width, height)
+    return _finish(img, x0, y0, x1, y1, width, height, supersample)
 
 
 def render_effects(
@@ -1148,8 +1153,8 @@ def effects_top(avatar: AvatarParams, pose: Pose, width: int = FRAME_WIDTH, heig
     return _effects_top(_rig(get_avatar(avatar), pose, width, height), height)
 
 
-def _finish(img, x0: int, y0: int, x1: int, y1: int, width: int, height: int) -> np.ndarray:
-    small = (img.reduce(SS) if SS > 1 else img).convert("RGBA")  # box filter, then un-premultiply
+def _finish(img, x0: int, y0: int, x1: int, y1: int, width: int, height: int, ss: int = SS) -> np.ndarray:
+    small = (img.reduce(ss) if ss > 1 else img).convert("RGBA")  # box filter, then un-premultiply
     out = np.zeros((height, width, 4), np.uint8)
     out[y0:y1, x0:x1] = np.asarray(small)
     return out

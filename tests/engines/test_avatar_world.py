@@ -270,3 +270,21 @@ def test_an_open_mouth_changes_little_as_the_smile_crosses_zero():
             ]
             for a, b in zip(mouths, mouths[1:]):
                 assert (np.abs(a - b).max(-1) > 60).sum() <= 6, (avatar, o)  # a few pixels, not a new shape
+
+
+def test_supersampling_converges_on_the_shapes():
+    """render_frame(supersample=k): the default is the shipped frame to the bit, and finer canvases converge on the
+    character's shapes (the fidelity eval scores against 8x: tools/eval/fidelity.py SHAPES_SS). The shipped 2x frames
+    are measurably off the shapes (PIL rounds coordinates down to the canvas grid), 8x is not."""
+    from tools.eval import fidelity_metrics as fm
+
+    av, q = BUILTIN_AVATARS[2], pose_at("happy", 2.7, sample_variation(31), 0.9)
+    assert np.array_equal(render_frame(av, q, supersample=rd.SS), render_frame(av, q))
+    fine = render_frame(av, q, supersample=16)
+    mask = fm.avatar_mask(fine)
+
+    def psnr(k: int) -> float:
+        return fm.psnr(fm.premultiplied(fine), fm.premultiplied(render_frame(av, q, supersample=k)), mask)
+
+    p2, p8 = psnr(2), psnr(8)
+    assert p2 < 31.0 and p8 > 38.0 and p8 > p2 + 8.0, (p2, p8)
