@@ -56,7 +56,9 @@ class EffectLayer:
         self.hw = window_hw
         self.geo = sprites.geometry
         self.offsets = sprites.offsets
-        self.grid = len({dx for dx, _ in sprites.offsets})  # the offsets: a grid of grid x grid, 1 / grid apart
+        self.grid = Q = len({dx for dx, _ in sprites.offsets})  # the offsets: a grid of grid x grid, 1 / grid apart
+        if self.offsets != tuple((x / Q, y / Q) for y in range(Q) for x in range(Q)):  # what variant() counts on
+            raise ValueError(f"effect pictures' offsets are not a {Q} x {Q} grid, rows of x: {self.offsets}")
         self.slots = [(effect, i) for effect in EFFECTS for i in range(len(SLOT_KINDS[effect]))]
         self.slot_index = {slot: e for e, slot in enumerate(self.slots)}
         kind_index = {k: n for n, k in enumerate(sprites.kinds)}
@@ -108,6 +110,12 @@ class EffectLayer:
         Q = self.grid
         return (np.floor(frac * Q + 0.5) % Q) / Q
 
+    def variant(self, dx, dy):
+        """The index in `offsets` of the offset (dx, dy), each a multiple of 1 / grid in [0, 1) (nearest_offset's; a
+        number or an array): the offsets are the grid's rows of x (checked when made)."""
+        Q = self.grid
+        return np.rint(np.asarray(dy) * Q).astype(np.int64) * Q + np.rint(np.asarray(dx) * Q).astype(np.int64)
+
     def placements(self, motion: np.ndarray) -> list[Placement]:
         """One frame's particles (`particles`), in the renderer's order: which picture each lays, and where. What
         `canvas` draws, and what the device compose (engines/tiny/motion_compose.py) lays on the GPU, so that both
@@ -133,7 +141,7 @@ class EffectLayer:
             ax, ay = self.anchors[e]
             # the variant whose centre leaves the least sub-pixel move: its centre sits at anchor + (dx, dy)
             dx, dy = float(self.nearest_offset((tx - ax) % 1.0)), float(self.nearest_offset((ty - ay) % 1.0))
-            v = self.offsets.index((dx, dy))
+            v = int(self.variant(dx, dy))
             out.append(Placement(e, level, v, (tx - k * dx, ty - k * dy), 0.0, k))
         return out
 
@@ -176,7 +184,7 @@ class EffectLayer:
                 k = size / ladder[level]
                 tx, ty = x - ox, y - oy
                 dx, dy = self.nearest_offset((tx - ax) % 1.0), self.nearest_offset((ty - ay) % 1.0)
-                phase = np.array([self.offsets.index(o) for o in zip(dx.tolist(), dy.tolist())], np.int64)
+                phase = self.variant(dx, dy)
                 tx, ty = tx - k * dx, ty - k * dy
                 c, sn = np.ones(n), np.zeros(n)  # math.cos(0.0), math.sin(0.0)
             # _sampling on the whole window (box (0, 0, H, W): its origin's subtractions are exact, left out), each
