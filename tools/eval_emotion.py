@@ -39,15 +39,16 @@ SETS = {
     "I": "heldout_i_{}.csv",
     "J": "heldout_j_{}.csv",
     "K": "heldout_k_{}.csv",
+    "L": "heldout_l_{}.csv",
 }
-# K is the clean set (written and committed before this round's changes, scored once after them); F-I were clean in
-# earlier rounds and have been used for decisions since, but their misread lines were never looked at and are still
-# not printed; J was clean in the third round and is a development set since (its lines were read, labelled blind
-# by a second writer, tools/emotion_agreement.py, and its misread lines looked at); A-E were scored while the reader
-# was developed, so they are reported apart
-CLEAN = "K"
-UNPRINTED = "FGHIK"
-GROUPS = ("K", "J", "I", "F", "G", "H", "ABCDE")
+# L is the clean set (written and committed before the fifth round's candidate, scored once after it); F-I and K were
+# clean in earlier rounds and have been used for decisions since, but their misread lines were never looked at and
+# are still not printed; J was clean in the third round and is a development set since (its lines were read,
+# labelled blind by a second writer, tools/emotion_agreement.py, and its misread lines looked at); A-E were scored
+# while the reader was developed, so they are reported apart
+CLEAN = "L"
+UNPRINTED = "FGHIKL"
+GROUPS = ("L", "K", "J", "I", "F", "G", "H", "ABCDE")
 
 
 def load_rows(path: str | Path) -> list[dict[str, str]]:
@@ -60,7 +61,7 @@ def load_rows(path: str | Path) -> list[dict[str, str]]:
     return rows
 
 
-def held_out(sets: str = "ABCDEFGHIJK") -> list[dict[str, str]]:
+def held_out(sets: str = "ABCDEFGHIJKL") -> list[dict[str, str]]:
     """The held-out rows of the named sets, each tagged with its set."""
     rows = []
     for s in sets:
@@ -253,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--sets",
         default=",".join(GROUPS),
-        help="held-out sets, comma-separated groups scored together (default: K, J, I, F, G, H apart, then A-E)",
+        help="held-out sets, comma-separated groups scored together (default: L, K, J, I, F, G, H apart, then A-E)",
     )
     ap.add_argument("--no-live", action="store_true", help="skip live mode (partial transcripts)")
     ap.add_argument("--weights", type=Path, default=None, help="a candidate's weights folder (default: the shipped)")
