@@ -24,6 +24,13 @@ steps() {
   python3 -c "import torch, avatarcast; print('torch', torch.__version__, torch.cuda.is_available(), avatarcast.__path__)"
   echo "== frames: torch (cuda) against numpy"
   timeout 120 python3 -m tools.cutout_torch_check --device cuda --streams 16 | tee "$R/check.json"
+  # the figure that decides motion_weights.auto_draw on torch first: each draw's engine fps at 200 streams
+  for draw in cutout copy; do
+    echo "== bench engine $draw, 200 streams"
+    timeout 80 python3 -m avatarcast.realtime.cli bench engine --engine motion --backend torch --device cuda \
+      --sessions 200 --seconds 8 --opt draw=$draw --json -o "$R/bench_${draw}_s200.json" >/dev/null
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d[k] for k in ('fps','chunk_latency_ms','decode_ms','realtime_streams')})" "$R/bench_${draw}_s200.json"
+  done
   echo "== the cut-out draw's ops and time a chunk (draw_boxes_t), 200 streams over 8 and 16 avatars"
   timeout 150 python3 -m tools.cutout_torch_ops --device cuda --streams 200 --avatars 8,16 | tee "$R/ops_s200.json"
   for s in $STREAMS; do
@@ -32,14 +39,6 @@ steps() {
       timeout 110 python3 -m tools.motion_torch_profile --device cuda --sessions "$s" --chunks "$CHUNKS" --draw "$draw" \
         | tee "$R/prof_${draw}_s${s}.json"
     done
-    if [ "$s" = 200 ]; then
-      for draw in cutout copy; do
-        echo "== bench engine $draw, $s streams"
-        timeout 80 python3 -m avatarcast.realtime.cli bench engine --engine motion --backend torch --device cuda \
-          --sessions "$s" --seconds 8 --opt draw=$draw --json -o "$R/bench_${draw}_s${s}.json" >/dev/null
-        python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d[k] for k in ('fps','chunk_latency_ms','decode_ms','realtime_streams')})" "$R/bench_${draw}_s${s}.json"
-      done
-    fi
   done
   echo "== the cut-out draw's time a chunk, the sampling through torch.compile (16 avatars, --fuse: the first call compiles)"
   timeout 150 python3 -m tools.cutout_torch_ops --device cuda --streams 200 --avatars 16 --fuse | tee "$R/ops_s200_fuse.json"
