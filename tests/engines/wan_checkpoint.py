@@ -43,15 +43,17 @@ def tiny_transformer(num_layers: int):
     )
 
 
-def tiny_vae():
-    """The checkpoint's VAE: AutoencoderKLWan at base width 8 (random weights of the current seed)."""
+def tiny_vae(num_res_blocks: int = 1):
+    """The checkpoint's VAE: AutoencoderKLWan at base width 8 (random weights of the current seed);
+    num_res_blocks=0: the same layout (mid block, temporal and spatial upsamplers) with one residual
+    block per stage instead of two, for tests that compile it."""
     from diffusers import AutoencoderKLWan
 
     return AutoencoderKLWan(
         base_dim=8,
         z_dim=Z,
         dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
+        num_res_blocks=num_res_blocks,
         temperal_downsample=[False, True, True],
         latents_mean=[0.1, -0.2, 0.3, 0.0],
         latents_std=[1.5, 2.0, 0.5, 1.0],
