@@ -11,11 +11,12 @@ Z, TEXT_DIM, H, W = 4, 16, 32, 64  # tiny VAE: spatial factor 8 -> latent 4x8; p
 WAN_SHAPE = dict(steps=2, chunk_latent_frames=2, height=H, width=W, out_height=36, out_width=64)
 
 
-def make_checkpoint(root: Path, text_encoder: bool = False) -> Path:
-    """transformer/ + vae/; with text_encoder, also a tiny UMT5 encoder and a word-level tokenizer built offline."""
+def make_checkpoint(root: Path, text_encoder: bool = False, vae_res_blocks: int = 1) -> Path:
+    """transformer/ + vae/; with text_encoder, also a tiny UMT5 encoder and a word-level tokenizer built offline;
+    vae_res_blocks: tiny_vae's num_res_blocks."""
     torch.manual_seed(0)
     tr = tiny_transformer(num_layers=1)
-    vae = tiny_vae()
+    vae = tiny_vae(num_res_blocks=vae_res_blocks)
     tr.save_pretrained(root / "transformer")
     vae.save_pretrained(root / "vae")
     if text_encoder:
