@@ -56,6 +56,50 @@ def _keep_drawn_effect_sprites(keep: int = 16) -> None:
 _keep_drawn_effect_sprites()
 
 
+def _keep_drawn_face_atlases(keep: int = 8) -> None:
+    """An avatar's face atlas (engines/avatar_world/layers.py face_atlas: every atlas pose's face drawn at the cut-out
+    scale) is a pure function of the avatar and the scale and takes ~1-2 s; every engine on the cut-out draw (the CPU
+    default) prepares its avatars with it (engines/tiny/cutout.py prepare), so one test that compares engines or
+    prepares an avatar again drew the same atlas two or three times. As for the effect sprites above: this process
+    keeps the last `keep` atlases, each still drawn once by the real function, and hands the same one out again,
+    its arrays read-only (a caller that wrote into one would fail, not change another test's). Processes the tests
+    start draw their own."""
+    from collections import OrderedDict
+
+    from avatarcast.engines.avatar_world import layers
+    from avatarcast.engines.tiny import cutout
+    from avatarcast.engines.tiny.engine import avatar_cache_key
+
+    draw = layers.face_atlas
+    kept: OrderedDict[tuple, Any] = OrderedDict()
+    lock = threading.Lock()
+
+    def face_atlas(avatar: Any, scale: int = layers.CUTOUT_SCALE) -> Any:
+        key = (avatar_cache_key(avatar), scale)
+        with lock:
+            got = kept.get(key)
+            if got is not None:
+                kept.move_to_end(key)
+                return got
+        got = draw(avatar, scale)
+        for a in (got.fields, got.pupil_reach, got.brow_heights):
+            a.flags.writeable = False
+        for pictures in got.layers.values():
+            for x in pictures:
+                if x is not None:
+                    x.pixels.flags.writeable = False
+        with lock:
+            kept[key] = got
+            while len(kept) > keep:
+                kept.popitem(last=False)
+        return got
+
+    layers.face_atlas = cutout.face_atlas = face_atlas
+
+
+_keep_drawn_face_atlases()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

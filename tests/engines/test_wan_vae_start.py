@@ -16,6 +16,10 @@ import torch
 
 from tests.engines.wan_checkpoint import Z, tiny_vae
 
+# latents of 2x4 (frames of 16x32): the packages, the warm start and the background switch do not
+# depend on the picture's size, and the eager decodes the frames are checked against cost a quarter
+LATENT_HW = (2, 4)
+
 
 def _stream_frames(dec, batches: list[int], seed: int = 0) -> list[torch.Tensor]:
     """Each batch size in turn: a fresh group of streams, its first chunk then two steady chunks."""
@@ -26,7 +30,7 @@ def _stream_frames(dec, batches: list[int], seed: int = 0) -> list[torch.Tensor]
     for B in batches:
         caches = [VaeStreamCache() for _ in range(B)]
         for frames in (1 + 3, 3, 3):  # 3 latent frames a call once steady (frames_per_call)
-            out.append(torch.stack(dec.decode(torch.randn(B, Z, frames, 4, 8, generator=gen), caches)))
+            out.append(torch.stack(dec.decode(torch.randn(B, Z, frames, *LATENT_HW, generator=gen), caches)))
     return out
 
 
@@ -40,7 +44,7 @@ def test_aot_packages_decode_like_eager_and_a_warm_start_only_loads_them(tmp_pat
     from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder
 
     torch.manual_seed(0)
-    vae = tiny_vae().eval()
+    vae = tiny_vae(num_res_blocks=0).eval()  # one residual block an up block: a smaller graph to compile
     batches = [2, 1, 3]
     want = _stream_frames(StreamingVaeDecoder(vae, max_batch=3, frames_per_call=3), batches)
     cold = StreamingVaeDecoder(vae, max_batch=3, compile=True, frames_per_call=3, aot_dir=tmp_path)
@@ -98,7 +102,7 @@ def test_a_package_that_cannot_be_built_falls_back_to_torch_compile(tmp_path, ca
         return gm.forward
 
     torch.manual_seed(0)
-    vae = tiny_vae().eval()
+    vae = tiny_vae(num_res_blocks=0).eval()
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
     torch._dynamo.reset()
@@ -139,7 +143,7 @@ def test_background_warm_up_decodes_eagerly_until_the_graphs_are_ready(caplog):
     from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder
 
     torch.manual_seed(0)
-    vae = tiny_vae().eval()
+    vae = tiny_vae(num_res_blocks=0).eval()
     eager = StreamingVaeDecoder(vae, max_batch=3, frames_per_call=3)
     gate, callers, compiles = threading.Event(), [], []
     torch._dynamo.reset()
@@ -150,7 +154,7 @@ def test_background_warm_up_decodes_eagerly_until_the_graphs_are_ready(caplog):
         frames_per_call=3,
         compile_backend=_gated_backend(gate, callers, compiles=compiles),
     )
-    thread = dec.warm_up_in_background((4, 8), range(1, 4))
+    thread = dec.warm_up_in_background(LATENT_HW, range(1, 4))
     assert thread is not None and not dec.compiled_ready.is_set()
     got, want = _stream_frames(dec, [2, 1]), _stream_frames(eager, [2, 1])  # while the compile waits
     _same(got, want, 1e-5)
@@ -173,7 +177,7 @@ def test_a_failed_background_compile_leaves_the_decode_eager(caplog):
     from avatarcast.engines.wan.vae_stream import StreamingVaeDecoder
 
     torch.manual_seed(0)
-    vae = tiny_vae().eval()
+    vae = tiny_vae(num_res_blocks=0).eval()
     gate, callers = threading.Event(), []
     gate.set()
     torch._dynamo.reset()
@@ -181,7 +185,7 @@ def test_a_failed_background_compile_leaves_the_decode_eager(caplog):
         vae, max_batch=2, compile=True, frames_per_call=3, compile_backend=_gated_backend(gate, callers, fail=True)
     )
     with caplog.at_level("ERROR", logger="avatarcast.engines.wan.vae_stream"):
-        dec.warm_up_in_background((4, 8), range(1, 3)).join(120)
+        dec.warm_up_in_background(LATENT_HW, range(1, 3)).join(120)
     assert not dec.compiled_ready.is_set() and "frames stay eager" in caplog.text
     got = _stream_frames(dec, [2])
     want = _stream_frames(StreamingVaeDecoder(vae, max_batch=2, frames_per_call=3), [2])

@@ -11,11 +11,12 @@ Z, TEXT_DIM, H, W = 4, 16, 32, 64  # tiny VAE: spatial factor 8 -> latent 4x8; p
 WAN_SHAPE = dict(steps=2, chunk_latent_frames=2, height=H, width=W, out_height=36, out_width=64)
 
 
-def make_checkpoint(root: Path, text_encoder: bool = False) -> Path:
-    """transformer/ + vae/; with text_encoder, also a tiny UMT5 encoder and a word-level tokenizer built offline."""
+def make_checkpoint(root: Path, text_encoder: bool = False, vae_res_blocks: int = 1) -> Path:
+    """transformer/ + vae/; with text_encoder, also a tiny UMT5 encoder and a word-level tokenizer built offline;
+    vae_res_blocks: tiny_vae's num_res_blocks."""
     torch.manual_seed(0)
     tr = tiny_transformer(num_layers=1)
-    vae = tiny_vae()
+    vae = tiny_vae(num_res_blocks=vae_res_blocks)
     tr.save_pretrained(root / "transformer")
     vae.save_pretrained(root / "vae")
     if text_encoder:
@@ -43,15 +44,17 @@ def tiny_transformer(num_layers: int):
     )
 
 
-def tiny_vae():
-    """The checkpoint's VAE: AutoencoderKLWan at base width 8 (random weights of the current seed)."""
+def tiny_vae(num_res_blocks: int = 1):
+    """The checkpoint's VAE: AutoencoderKLWan at base width 8 (random weights of the current seed);
+    num_res_blocks=0: the same layout (mid block, temporal and spatial upsamplers) with one residual
+    block per stage instead of two, for tests that compile it."""
     from diffusers import AutoencoderKLWan
 
     return AutoencoderKLWan(
         base_dim=8,
         z_dim=Z,
         dim_mult=[1, 1, 1, 1],
-        num_res_blocks=1,
+        num_res_blocks=num_res_blocks,
         temperal_downsample=[False, True, True],
         latents_mean=[0.1, -0.2, 0.3, 0.0],
         latents_std=[1.5, 2.0, 0.5, 1.0],
