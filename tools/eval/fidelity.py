@@ -369,8 +369,7 @@ def targets(rec: dict | None, gen: dict | None) -> list[dict]:
     if rec:
         for g, s in rec["by_group"].items():
             for k in ("avatar_psnr_db", "head_psnr_db", "alpha_iou", "avatar_psnr_shapes_db", "head_psnr_shapes_db"):
-                if k in s:  # a report written before the shapes' scores
-                    add(k, g, s[k]["mean"])
+                add(k, g, s[k]["mean"])
     if gen:
         for g, v in gen["sharpness_ratio"]["model"]["by_group"].items():
             add("sharpness_ratio", g, v)
@@ -417,8 +416,6 @@ def markdown_report(res: dict) -> str:
             shapes = (
                 f"{_f(s['avatar_psnr_shapes_db']['mean'])} ({_f(s['avatar_psnr_shapes_db']['min'])}) | "
                 f"{_f(s['head_psnr_shapes_db']['mean'])} | {_f(s['renderer_psnr_shapes_db']['mean'])}"
-                if "avatar_psnr_shapes_db" in s
-                else "- | - | -"
             )
             L.append(
                 f"| {a} | {_f(s['avatar_psnr_db']['mean'])} ({_f(s['avatar_psnr_db']['min'])}) | "

@@ -35,13 +35,9 @@ SHOWN = (("tok", "happy"), ("luna", "angry"))  # the picture's rows: an antenna 
 CROP = (150, 150)  # rows, columns of a head crop (its box's top-left corner): headwear, face and mouth
 
 
-def _psnr(shapes: np.ndarray, other: np.ndarray) -> float:
-    return fm.psnr(fm.premultiplied(shapes), fm.premultiplied(other), fm.avatar_mask(shapes))
-
-
 def measure(frames: list[holdout.FrameSpec]) -> tuple[dict, dict]:
-    """Per picture (the renderer at each of SCORED_SS, the cut-out draw): mean squared error's PSNR against the
-    renderer at REFERENCE_SS, and the crops of SHOWN."""
+    """Per picture (the renderer at each of SCORED_SS, the cut-out draw): the PSNR of its mean squared error over the
+    frames against the renderer at REFERENCE_SS (over that render's avatar mask), and the crops of SHOWN."""
     engine, _, _ = scored_engine(None, "motion", motion_draw="cutout")
     draw = encode_decode(engine)
     errs: dict[str, list[float]] = {f"renderer {k}x": [] for k in SCORED_SS} | {"cut-out draw": []}
@@ -49,10 +45,11 @@ def measure(frames: list[holdout.FrameSpec]) -> tuple[dict, dict]:
     for s in frames:
         q = pose_at(s.emotion, s.time, sample_variation(s.seed), s.intensity)
         fine = render_frame(s.avatar, q, supersample=REFERENCE_SS)
+        shapes, mask = fm.premultiplied(fine), fm.avatar_mask(fine)
         pictures = {f"renderer {k}x": render_frame(s.avatar, q, supersample=k) for k in SCORED_SS}
         pictures["cut-out draw"] = draw([s.avatar], [q], None)[0]
         for name, px in pictures.items():
-            errs[name].append(10.0 ** (-_psnr(fine, px) / 10.0))  # back to mean squared error, averaged below
+            errs[name].append(fm.masked_mse(shapes, fm.premultiplied(px), mask))
         if (s.avatar.name, s.emotion) in SHOWN:
             x0, y0 = (int(v) for v in landmarks(s.avatar, q).head[:2])
             h, w = CROP
@@ -60,7 +57,7 @@ def measure(frames: list[holdout.FrameSpec]) -> tuple[dict, dict]:
                 composite(pictures[k][y0 : y0 + h, x0 : x0 + w])
                 for k in ("cut-out draw", f"renderer {SS}x", f"renderer {SHAPES_SS}x")
             ]
-    table = {k: {"psnr_db": round(float(10.0 * np.log10(1.0 / np.mean(v))), 2), "n": len(v)} for k, v in errs.items()}
+    table = {k: {"psnr_db": round(fm.psnr_from_mse(float(np.mean(v))), 2), "n": len(v)} for k, v in errs.items()}
     return table, shown
 
 
