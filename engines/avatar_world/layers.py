@@ -155,18 +155,29 @@ def _draw(avatar, pose: Pose, names: set[str] | None, scale: int, head_only: boo
         x0, x1 = max(x0, int(cx - reach)), min(x1, int(cx + reach) + 1)
         y0, y1 = max(0, int(cy - reach)), min(height, int(cy + reach) + 1)
     out = []
+    ss = R.SS
+    img = Image.new("RGBa", ((x1 - x0) * ss, (y1 - y0) * ss), (0, 0, 0, 0))  # one canvas, cleared after each step
     for name, mover, step in steps(av, pose, height / R.REF_H):
         if names is not None and name not in names:
             continue
-        img = Image.new("RGBa", ((x1 - x0) * R.SS, (y1 - y0) * R.SS), (0, 0, 0, 0))
-        step(R._Painter(img, R.SS, x0, y0, av.outline), rig, H)
-        # the box filter on the premultiplied canvas, as render_frame's _finish, kept premultiplied
-        px = np.asarray(img.reduce(R.SS) if R.SS > 1 else img, np.float32) / 255.0
+        step(R._Painter(img, ss, x0, y0, av.outline), rig, H)
+        drawn = img.getbbox()
+        if drawn is None:  # a step that draws nothing for this avatar (no accessory in front)
+            continue
+        # the box filter on the premultiplied canvas, as render_frame's _finish, kept premultiplied; only over the
+        # pixels the step drew, its box grown to whole SS x SS blocks (the same blocks as the whole canvas's: the
+        # same values; filtering every step's whole canvas was half of an avatar's preparation)
+        bl, bt = drawn[0] // ss * ss, drawn[1] // ss * ss
+        br, bb = -(-drawn[2] // ss) * ss, -(-drawn[3] // ss) * ss
+        box = img.crop((bl, bt, br, bb))
+        img.paste((0, 0, 0, 0), (bl, bt, br, bb))  # every pixel drawn is in that box: the canvas is clear again
+        px = np.asarray(box.reduce(ss) if ss > 1 else box, np.float32) / 255.0
         rows, cols = np.nonzero(px[..., 3] > 0)
-        if len(rows) == 0:  # a step that draws nothing for this avatar (no accessory in front)
+        if len(rows) == 0:
             continue
         r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-        out.append(Layer(name, mover, int(r0 + y0), int(c0 + x0), np.ascontiguousarray(px[r0:r1, c0:c1]), scale))
+        top, left = y0 + bt // ss, x0 + bl // ss
+        out.append(Layer(name, mover, int(r0 + top), int(c0 + left), np.ascontiguousarray(px[r0:r1, c0:c1]), scale))
     return out
 
 
