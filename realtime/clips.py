@@ -134,7 +134,7 @@ class ClipRenderer:
                 "seconds": req.seconds,
                 "format": req.format,
                 "seed": req.seed,
-                "v": 1,
+                "v": 2,  # 2: the renderer draws at 4x (render.SS), so an avatar's frames changed
             },
             sort_keys=True,
         )

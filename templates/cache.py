@@ -33,7 +33,7 @@ from avatarcast.templates import EmotionTemplate, template_hash
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the renderer draws at 4x (render.SS, 2026-12-07), so avatars' reference frames changed
 POLL_S = 0.1  # how often a process waiting for another one's entry looks for it
 
 

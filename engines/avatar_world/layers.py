@@ -142,8 +142,9 @@ def _face_step(step: str, av, pose: Pose, skin) -> Step:
 
 def _draw(avatar, pose: Pose, names: set[str] | None, scale: int, head_only: bool = False) -> list[Layer]:
     """Each step (or those in `names`) drawn alone, at `scale` times the frame's size, box-filtered from the renderer's
-    supersampling. (The renderer's own canvas, its 2x raster before the box filter, composes to render_frame's frame
-    to the bit unmoved, but moved and sampled it drew the dev frames 0.1-0.2 dB worse: its edges are aliased.)"""
+    supersampling (SS: a canvas CUTOUT_SCALE * SS times the frame's). (The renderer's own canvas, its raster before
+    the box filter, composes to render_frame's frame to the bit unmoved, but moved and sampled it drew the dev frames
+    0.1-0.2 dB worse when SS was 2: its edges are aliased.)"""
     av = get_avatar(avatar)
     width, height = FRAME_WIDTH * scale, FRAME_HEIGHT * scale
     rig = R._rig(av, pose, width, height)

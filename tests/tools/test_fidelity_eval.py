@@ -67,10 +67,11 @@ def test_quick_fidelity_eval_of_architecture_3_as_served(tmp_path):
     rec = res["reconstruction"]
     assert rec["n_frames"] == 6 and rec["overall"]["avatar_psnr_db"]["mean"] > 20.0
     assert rec["overall"]["alpha_iou"]["mean"] > 0.96
-    # against the character's shapes (the renderer at 8x) the cut-out draw is closer than the shipped 2x renderer
-    # frames are (measured on the full eval's 110 frames: 31.5-31.9 dB against 28.5-29.5)
-    o = rec["overall"]
-    assert o["avatar_psnr_shapes_db"]["mean"] > o["renderer_psnr_shapes_db"]["mean"] > 25.0, o
+    # the shipped (4x) renderer's frames are within ~36 dB of the character's shapes (the renderer at 8x), and the
+    # cut-out draw meets the 30 dB target against either (these 6 frames: 33.2 against the frames, 35.6 against the
+    # shapes, the frames 36.2 from them; the full eval's 110 frames: 32.2-32.7 and 34.2-34.4)
+    o = {k: v["mean"] for k, v in rec["overall"].items() if "psnr" in k}
+    assert o["renderer_psnr_shapes_db"] > 34.0 and o["avatar_psnr_shapes_db"] > o["avatar_psnr_db"] > 30.0, o
 
 
 @pytest.mark.slow

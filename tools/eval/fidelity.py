@@ -12,8 +12,8 @@ seeds no training uses, and parametric avatars random_avatar(900_000 + k) no tra
   shadow included, dilated 3 px), PSNR over the head (the renderer's head box, headwear included,
   within that mask), alpha IoU (alpha > 0.5). Pixels compared: premultiplied RGB + alpha in [0, 1]
   (tools/eval/fidelity_metrics.py says why). Beside them, the same PSNRs against the character's
-  shapes (the renderer at SHAPES_SS supersampling, not the shipped 2), and the shipped renderer's own
-  PSNR against those shapes: the floor its 2x raster puts under any picture scored against it.
+  shapes (the renderer at SHAPES_SS supersampling, not the shipped render.SS), and the shipped renderer's own
+  PSNR against those shapes: the floor its raster puts under any picture scored against it.
 * Generation, at the serving steps: clips of every (avatar, emotion) against renderer clips of the
   same avatar and emotion (held-out motion seeds):
   - sharpness ratio: mean gradient magnitude inside each frame's own alpha > 0.5, model / renderer,
@@ -53,7 +53,7 @@ from avatarcast.engines.avatar_world import (
     render_frame,
     sample_variation,
 )
-from avatarcast.engines.avatar_world.render import landmarks
+from avatarcast.engines.avatar_world.render import SS, landmarks
 from tools.eval import fidelity_metrics as fm
 from tools.eval import holdout
 from tools.eval.classifier import ClipBatcher, load_classifier
@@ -85,9 +85,10 @@ SIZES = {
 }
 
 # The renderer's supersampling for "the character's shapes": PIL rounds coordinates down to the canvas grid and
-# samples each canvas pixel at one point, so the shipped 2x frames put every edge up to half a pixel off, a noise
-# no other picture of the same shapes can share. Measured on 66 dev poses (docs/training/motion.md): the 2x frames
-# are 27.8 dB from 16x ones, 4x 34.8 dB, 8x 42.2 dB: 8 is the shapes to within what a viewer could see.
+# samples each canvas pixel at one point, so a frame drawn at k x puts every edge up to 1/(2k) of a pixel off, a noise
+# no other picture of the same shapes can share. Measured on 66 dev poses (docs/training/motion.md): 2x frames (the
+# shipped ones until 2026-12-07) are 27.8 dB from 16x ones, 4x (shipped since) 34.8 dB, 8x 42.2 dB: 8 is the shapes
+# to within what a viewer could see.
 SHAPES_SS = 8
 
 TARGETS = {  # issue 16
@@ -426,8 +427,8 @@ def markdown_report(res: dict) -> str:
         L += [
             "",
             f"Against the shapes: the same frames scored against the renderer at {SHAPES_SS}x supersampling (the "
-            "shipped frames use 2x, whose edges land up to half a pixel off: the last column is how far they are "
-            "from the shapes themselves).",
+            f"shipped frames use {SS}x, whose edges land up to 1/{2 * SS} of a pixel off: the last column is how far "
+            "they are from the shapes themselves).",
         ]
     if gen:
         sh, fr, det = gen["sharpness_ratio"], gen["frechet"], gen["detector"]

@@ -2,14 +2,14 @@
 
     python -m tools.eval.shapes --out docs/fidelity/shapes      # ~1 min on 2 cores
 
-The renderer draws on a canvas SS (2) times the frame's size and box-filters it; PIL rounds every coordinate down to
-that canvas's grid and samples each canvas pixel at one point, so a 2x frame's edges land up to half a pixel from
-where its shapes put them. Rendering the same pose on finer canvases converges on the shapes; this scores, over the
-held-out reconstruction frames of the built-in avatars (tools/eval/holdout.py, one per emotion), the renderer at 2x
-(shipped), 4x and 8x and the cut-out draw (the shipped motion folder drawing each frame's true motion, as the
+The renderer draws on a canvas SS (4; 2 until 2026-12-07) times the frame's size and box-filters it; PIL rounds every
+coordinate down to that canvas's grid and samples each canvas pixel at one point, so a 2x frame's edges land up to half
+a pixel from where its shapes put them. Rendering the same pose on finer canvases converges on the shapes; this
+scores, over the held-out reconstruction frames of the built-in avatars (tools/eval/holdout.py, one per emotion), the
+renderer at 2x, 4x (shipped) and 8x and the cut-out draw (the shipped motion folder drawing each frame's true motion, as the
 fidelity eval's reconstruction does) against the renderer at REFERENCE_SS, as avatar PSNR (tools/eval/fidelity.py's
 pixels and mask). Writes shapes.json and shapes.png: for two avatars, 1:1 head crops of the cut-out draw, the 2x
-frame and the 8x frame side by side over the render command's background.
+frame, the shipped (SS) frame and the 8x frame side by side over the render command's background.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ from tools.eval.crops import composite
 from tools.eval.fidelity import SHAPES_SS, encode_decode, scored_engine
 
 REFERENCE_SS = 16  # the finest canvas scored against (8x is 42 dB from it: the shapes, to what a viewer sees)
-SCORED_SS = (SS, 4, SHAPES_SS)
+SCORED_SS = (2, 4, SHAPES_SS)  # SS among them
+SHOWN_SS = (2, SS, SHAPES_SS)  # the picture's renderer columns
 SHOWN = (("tok", "happy"), ("luna", "angry"))  # the picture's rows: an antenna and glasses; a hat's brim and star
 CROP = (150, 150)  # rows, columns of a head crop (its box's top-left corner): headwear, face and mouth
 
@@ -55,7 +56,7 @@ def measure(frames: list[holdout.FrameSpec]) -> tuple[dict, dict]:
             h, w = CROP
             shown[(s.avatar.name, s.emotion)] = [
                 composite(pictures[k][y0 : y0 + h, x0 : x0 + w])
-                for k in ("cut-out draw", f"renderer {SS}x", f"renderer {SHAPES_SS}x")
+                for k in ("cut-out draw", *(f"renderer {x}x" for x in SHOWN_SS))
             ]
     table = {k: {"psnr_db": round(fm.psnr_from_mse(float(np.mean(v))), 2), "n": len(v)} for k, v in errs.items()}
     return table, shown
@@ -67,7 +68,7 @@ def picture(shown: dict, gap: int = 4) -> np.ndarray:
         if key in shown:
             crops = shown[key]
             sep = np.zeros((crops[0].shape[0], gap, 3), np.uint8)
-            rows.append(np.concatenate([crops[0], sep, crops[1], sep, crops[2]], 1))
+            rows.append(np.concatenate([c for crop in crops for c in (crop, sep)][:-1], 1))
     return np.concatenate(rows, 0)
 
 
@@ -83,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         "reference": f"the renderer at {REFERENCE_SS}x supersampling",
         "frames": f"{len(frames)} held-out reconstruction frames of the built-in avatars (tools/eval/holdout.py)",
         "avatar_psnr_db_against_reference": table,
-        "picture": "shapes.png: head crops, 1:1; columns: the cut-out draw, the renderer at 2x (shipped), at 8x; rows: "
+        "picture": "shapes.png: head crops, 1:1; columns: the cut-out draw, the renderer at "
+        + ", ".join(f"{k}x" + (" (shipped)" if k == SS else "") for k in SHOWN_SS)
+        + "; rows: "
         + ", ".join(f"{a} {e}" for a, e in SHOWN),
         "seconds": round(time.perf_counter() - t0, 1),
     }
