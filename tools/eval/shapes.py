@@ -6,9 +6,9 @@ The renderer draws on a canvas SS (4; 2 until 2026-12-07) times the frame's size
 coordinate down to that canvas's grid and samples each canvas pixel at one point, so a 2x frame's edges land up to half
 a pixel from where its shapes put them. Rendering the same pose on finer canvases converges on the shapes; this
 scores, over the held-out reconstruction frames of the built-in avatars (tools/eval/holdout.py, one per emotion), the
-renderer at 2x, 4x (shipped) and 8x and the cut-out draw (the shipped motion folder drawing each frame's true motion, as the
-fidelity eval's reconstruction does) against the renderer at REFERENCE_SS, as avatar PSNR (tools/eval/fidelity.py's
-pixels and mask). Writes shapes.json and shapes.png: for two avatars, 1:1 head crops of the cut-out draw, the 2x
+renderer at 2x, 4x (shipped) and 8x and the cut-out draw (the shipped motion folder drawing each frame's true
+motion, as the fidelity eval's reconstruction does) against the renderer at REFERENCE_SS, as avatar PSNR
+(tools/eval/fidelity.py's pixels and mask). Writes shapes.json and shapes.png: for two avatars, 1:1 head crops of the cut-out draw, the 2x
 frame, the shipped (SS) frame and the 8x frame side by side over the render command's background.
 """
 
