@@ -8,8 +8,9 @@ a pixel from where its shapes put them. Rendering the same pose on finer canvase
 scores, over the held-out reconstruction frames of the built-in avatars (tools/eval/holdout.py, one per emotion), the
 renderer at 2x, 4x (shipped) and 8x and the cut-out draw (the shipped motion folder drawing each frame's true
 motion, as the fidelity eval's reconstruction does) against the renderer at REFERENCE_SS, as avatar PSNR
-(tools/eval/fidelity.py's pixels and mask). Writes shapes.json and shapes.png: for two avatars, 1:1 head crops of the cut-out draw, the 2x
-frame, the shipped (SS) frame and the 8x frame side by side over the render command's background.
+(tools/eval/fidelity.py's pixels and mask). Writes shapes.json and shapes.png: for two avatars, 1:1 head crops of
+the cut-out draw, the 2x frame, the shipped (SS) frame and the 8x frame side by side over the render command's
+background.
 """
 
 from __future__ import annotations
