@@ -720,6 +720,7 @@ def _face_offset(q: Pose) -> tuple[float, float]:
 HEART_EYES = 0.5  # eye_heart above: heart eyes
 EYES_SHUT = 0.22  # eye_open below: a shut eye's arc
 MOUTH_LINE = 0.07  # mouth_open below: the mouth is a line
+SLEEPY_LID = 1.2  # eye_scale below: a sleepy eye has its lid (wide eyes lose it)
 TEETH_SHOWN = 0.5  # mouth_teeth above: teeth in the mouth
 MOUTH_FILL = (120, 30, 45)  # an open mouth's inside
 
@@ -886,7 +887,7 @@ def _draw_eye(step: str, pt: _Painter, av: AvatarParams, q: Pose, H: _Head, skin
         if style == "anime":
             lash = [H(sd * eye_x + fx + u * rx_ * 1.15, ey - ry_ * (0.95 - 0.25 * u * u)) for u in (-1, -0.4, 0.3, 1.0)]
             pt.line(lash, ink, 0.05 * r)
-        if style == "sleepy" and q.eye_scale < 1.2:
+        if style == "sleepy" and q.eye_scale < SLEEPY_LID:
             lid = 0.3 * (1.0 - min(1.0, max(0.0, (q.eye_open - 1.0) * 3)))
             if lid > 0.02:
                 ytop = ey - ry_ - 0.04

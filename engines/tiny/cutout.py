@@ -52,6 +52,7 @@ from avatarcast.engines.avatar_world.render import (
     HAT_STAR_AT,
     HEART_EYES,
     MOUTH_LINE,
+    SLEEPY_LID,
     TEETH_SHOWN,
     brow_lift,
     neck_offset,
@@ -182,12 +183,16 @@ def _eye_kind(fields: np.ndarray) -> np.ndarray:
     )
 
 
-def _look(group: str, f: np.ndarray) -> np.ndarray:
+def _look(group: str, f: np.ndarray, lidded: bool = False) -> np.ndarray:
     """What render draws differently on either side of a threshold (an int per face): the eyes' kind and small
-    pupils; the mouth as a line, with teeth, with a tongue. A picture is never picked across one. f: face fields
-    (..., len(FACE_FIELDS))."""
+    pupils, and for a sleepy-eyed avatar (`lidded`) the lid; the mouth as a line, with teeth, with a tongue. A picture
+    is never picked across one. f: face fields (..., len(FACE_FIELDS))."""
     if group == "eyes":
-        return _eye_kind(f) * 2 + startled(f[..., _F["eye_scale"]], f[..., _F["mouth_smile"]])
+        es = f[..., _F["eye_scale"]]
+        look = _eye_kind(f) * 2 + startled(es, f[..., _F["mouth_smile"]])
+        # an excited face at intensity 0.99 (eye_scale 1.199) has the lid, excited's typical face (1.2) has not: held
+        # out, the two frames furthest from the renderer (head 23.4 / 23.8 dB) were such eyes picked across it
+        return look * 2 + (es < SLEEPY_LID) if lidded else look
     if group == "mouth":
         o, sm = f[..., _F["mouth_open"]], f[..., _F["mouth_smile"]]
         teeth = f[..., _F["mouth_teeth"]] > TEETH_SHOWN
@@ -217,6 +222,7 @@ class CutoutAvatar:
     eyes: np.ndarray  # (2, 2) the canonical eye centres (screen left, right), normalized window coordinates
     caps: dict[str, float]  # layers.bone_caps in window pixels: a limb segment's round ends
     neck: float  # render.neck_offset in window pixels: where the neck's accessories hang from the torso's keypoints
+    lidded: bool  # sleepy eyes: their lid comes and goes with eye_scale (render.SLEEPY_LID), a threshold to pick by
 
     def points(self, kp: np.ndarray) -> dict[str, np.ndarray]:
         """The named points a layer may move with (normalized window coordinates): the keypoints, WAND_TIP and
@@ -251,7 +257,8 @@ class CutoutAvatar:
         idx = [_F[f] for f in PICK_FIELDS[group]]
         d2 = (((faces[:, None, idx] - self.face_fields[None][:, :, idx]) / self.face_scale[idx]) ** 2).sum(2)
         # never an open eye for a shut one, nor a picture from across any other threshold of the renderer's
-        d2 = d2 + 1e6 * (_look(group, self.face_fields)[None, :] != _look(group, faces)[:, None])
+        looks = _look(group, self.face_fields, self.lidded)[None, :] != _look(group, faces, self.lidded)[:, None]
+        d2 = d2 + 1e6 * looks
         d2 = d2 + 1e12 * ~np.isin(self.drawn_for, ("", group))[None, :]  # a pose drawn for another group lacks the step
         return np.argmin(d2, 1)
 
@@ -321,6 +328,7 @@ def prepare(avatar, ref_motion: np.ndarray, window: TinyConfig, scale: int = CUT
         to_window(eye_centres(avatar, 1), window.window_x0, window.window_width, window.pad_top, window.pad_height),
         bone_caps(avatar),
         neck_offset(avatar),
+        get_avatar(avatar).eye_style == "sleepy",
     )
 
 

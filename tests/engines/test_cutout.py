@@ -18,7 +18,14 @@ from avatarcast.engines.avatar_world.layers import FACE, cutout_layers, face_atl
 from avatarcast.engines.avatar_world.layers import _draw as _draw_layers
 from avatarcast.engines.avatar_world.motions import pose_at, sample_variation
 from avatarcast.engines.avatar_world.reference import canonical_pose
-from avatarcast.engines.avatar_world.render import MOUTH_FILL, MOUTH_LINE, TEETH_SHOWN, landmarks, render_frame
+from avatarcast.engines.avatar_world.render import (
+    MOUTH_FILL,
+    MOUTH_LINE,
+    SLEEPY_LID,
+    TEETH_SHOWN,
+    landmarks,
+    render_frame,
+)
 from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, FACE_FIELDS, N_POINTS
 from avatarcast.engines.backends.base import BackendError
 from avatarcast.engines.tiny import cutout
@@ -114,6 +121,20 @@ def test_the_face_follows_the_motion_between_atlas_faces(engine):
         drawn = fm.premultiplied(engine.draw(avatar, np.stack([m, as_canon])))
         follows, nearest = fm.psnr(r, drawn[0], mask), fm.psnr(r, drawn[1], mask)
         assert follows > nearest + 0.5, (avatar, change, follows, nearest)
+
+
+def test_a_sleepy_eyes_lid_is_never_picked_across_its_threshold(engine):
+    """render draws a sleepy eye's lid only while eye_scale < SLEEPY_LID: an excited face at intensity 0.99 (1.199)
+    has it, excited's typical face (1.2) has not. The cut-out picks on the same side, for sleepy-eyed avatars only
+    (the held-out frame of luna below scored 25.6 dB when its lidded eyes were drawn wide open)."""
+    q = pose_at("excited", 7.8327, sample_variation(2545001353), 0.994)
+    assert q.eye_scale < SLEEPY_LID < q.eye_scale + 0.01
+    prepared = engine.prepared_avatar("luna")[1].ref
+    assert prepared.lidded and not engine.prepared_avatar("pip")[1].ref.lidded
+    m = engine.motion("luna", q)
+    assert prepared.face_fields[prepared.pick("eyes", m), FACE_FIELDS.index("eye_scale")] < SLEEPY_LID
+    avatar_db, head_db, _ = _scores(engine, "luna", q)
+    assert avatar_db > 27.5 and head_db > 26.0, (avatar_db, head_db)
 
 
 def test_the_face_atlas_holds_each_face_step_for_each_pose():
