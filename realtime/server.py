@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
@@ -457,6 +458,8 @@ def serve(settings: Settings) -> None:
     err = hub.start_error
     if err:
         raise StartupError(f"start-up failed: {err}")
+    if server.interrupted:  # stopped by Ctrl-C, its KeyboardInterrupt lost on the way out (DrainingServer.handle_exit)
+        raise KeyboardInterrupt
 
 
 def uvicorn_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
@@ -512,6 +515,16 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
         super().__init__(config)
         self.hub = hub
+        self.interrupted = False
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        # uvicorn raises a caught SIGINT again once it has shut down, under the handler it found at start. A server
+        # started with SIGINT ignored (a background job of a script: bash ignores SIGINT there, and children inherit
+        # it) was still stopped by Ctrl-C's signal, but that raise did nothing and `avatarcast serve` exited 0, not
+        # 130 (measured: the latency bench's test, run from such a job). serve() raises the KeyboardInterrupt then.
+        if sig == signal.SIGINT:
+            self.interrupted = True
+        super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets: Any = None) -> None:
         try:
