@@ -218,6 +218,12 @@ def run_bench(
         engine = MotionEngine.from_folder(
             weights or None, steps=steps, threads=threads, draw=draw, backend=backend, device=device
         )
+        if (backend_options or {}).get("fuse"):  # --opt fuse=true: the torch cut-out draw's sampling compiled
+            from avatarcast.engines.tiny.cutout_torch import TorchCutoutBackend
+
+            if not isinstance(engine.backend, TorchCutoutBackend):
+                raise BackendError("--opt fuse=true: the cut-out draw on torch only (--opt draw=cutout --backend torch)")
+            engine.backend.fuse = True
         version = "architecture 3"
     else:
         engine = TinyEngine.load(
