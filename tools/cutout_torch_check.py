@@ -1,4 +1,5 @@
-"""The cut-out draw on torch against numpy's, on any device: `python -m tools.cutout_torch_check [--device cuda]`.
+"""The cut-out draw on torch against numpy's, on any device: `python -m tools.cutout_torch_check [--device cuda]`
+(`--fuse`: the torch draw's sampling through torch.compile).
 
 Two checks, one JSON line each:
   draw   engines/tiny/cutout_torch.draw_t against engines/tiny/cutout.draw, float frames in [-1, 1]: every emotion at
@@ -23,7 +24,7 @@ def _psnr(a: np.ndarray, b: np.ndarray, peak: float) -> float | None:
     return round(10 * np.log10(peak**2 / mse), 2) if mse else None
 
 
-def check_draw(device: str, avatars: list[str]) -> dict:
+def check_draw(device: str, avatars: list[str], fuse: bool = False) -> dict:
     import torch
 
     from avatarcast.engines.avatar_world.motions import pose_at, sample_variation
@@ -33,7 +34,7 @@ def check_draw(device: str, avatars: list[str]) -> dict:
 
     eng = MotionEngine.from_folder(None, draw="cutout", threads=4)
     dev = torch.device(device)
-    out: dict = {"check": "draw", "device": device, "avatars": {}}
+    out: dict = {"check": "draw", "device": device, "fuse": fuse, "avatars": {}}
     for av in avatars:
         cut = eng.prepared_avatar(av)[1].ref
         tex = cutout_torch.to_device_layers(cut, dev)
@@ -48,7 +49,7 @@ def check_draw(device: str, avatars: list[str]) -> dict:
         want = cutout.draw(cut, m, box)
         with torch.inference_mode():
             sizes = np.tile(box[2:], (len(m), 1))
-            got = cutout_torch.draw_t(tex, m, np.tile(box[:2], (len(m), 1)), sizes, dev)[0].cpu().numpy()
+            got = cutout_torch.draw_t(tex, m, np.tile(box[:2], (len(m), 1)), sizes, dev, fuse)[0].cpu().numpy()
         d = np.abs(got - want)
         out["avatars"][av] = {
             "frames": len(m),
@@ -60,11 +61,12 @@ def check_draw(device: str, avatars: list[str]) -> dict:
     return out
 
 
-def check_engine(device: str, avatars: list[str], streams: int) -> dict:
+def check_engine(device: str, avatars: list[str], streams: int, fuse: bool = False) -> dict:
     from avatarcast.engines.tiny.motion_engine import MotionEngine
 
     ref = MotionEngine.from_folder(None, draw="cutout", threads=4)
     on = MotionEngine.from_folder(None, draw="cutout", backend="torch", device=device)
+    on.backend.fuse = fuse  # type: ignore[attr-defined]  # TorchCutoutBackend: its sampling through torch.compile
     emotions = ref.emotions
     specs = [(avatars[i % len(avatars)], emotions[i % len(emotions)], i) for i in range(streams)]
     lat = ref.sample_chunks([ref.start_stream(a, e, seed=s) for a, e, s in specs])
@@ -74,6 +76,7 @@ def check_engine(device: str, avatars: list[str], streams: int) -> dict:
     return {
         "check": "engine",
         "device": device,
+        "fuse": fuse,
         "backend": on.backend.describe(),  # type: ignore[attr-defined]
         "streams": streams,
         "frames": int(d.shape[0] * d.shape[1]),
@@ -89,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--avatars", default="pip,bun,kiko,luna,random-11,random-424242")
     ap.add_argument("--streams", type=int, default=16)
+    ap.add_argument("--fuse", action="store_true", help="the torch draw's sampling through torch.compile")
     args = ap.parse_args(argv)
     avatars = args.avatars.split(",")
-    print(json.dumps(check_draw(args.device, avatars)), flush=True)
-    print(json.dumps(check_engine(args.device, avatars, args.streams)), flush=True)
+    print(json.dumps(check_draw(args.device, avatars, args.fuse)), flush=True)
+    print(json.dumps(check_engine(args.device, avatars, args.streams, args.fuse)), flush=True)
     return 0
 
 

@@ -357,10 +357,15 @@ def joined_texels(avatars: Sequence[TorchCutout]) -> tuple[torch.Tensor, np.ndar
 
 
 def draw_t(
-    avatar: TorchCutout, motions: np.ndarray, origins: np.ndarray, sizes: np.ndarray, device: torch.device
+    avatar: TorchCutout,
+    motions: np.ndarray,
+    origins: np.ndarray,
+    sizes: np.ndarray,
+    device: torch.device,
+    fuse: bool = False,
 ) -> list[torch.Tensor]:
     """`draw_frames_t` for frames of one avatar."""
-    return draw_frames_t([avatar], np.zeros(len(motions), np.int64), motions, origins, sizes, device)
+    return draw_frames_t([avatar], np.zeros(len(motions), np.int64), motions, origins, sizes, device, fuse=fuse)
 
 
 # sub-pixels sampled in one go at most (some 400 bytes each at the peak: ~3 GB): a chunk of 200 streams samples some

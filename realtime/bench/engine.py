@@ -222,7 +222,7 @@ def run_bench(
             from avatarcast.engines.tiny.cutout_torch import TorchCutoutBackend
 
             if not isinstance(engine.backend, TorchCutoutBackend):
-                raise BackendError("--opt fuse=true: the cut-out draw on torch only (--opt draw=cutout --backend torch)")
+                raise BackendError("--opt fuse=true: the torch cut-out draw only (--opt draw=cutout --backend torch)")
             engine.backend.fuse = True
         version = "architecture 3"
     else:
