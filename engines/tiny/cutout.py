@@ -20,7 +20,7 @@ No network: the motion denoiser is the model that moves; this draws its motions 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -223,6 +223,8 @@ class CutoutAvatar:
     caps: dict[str, float]  # layers.bone_caps in window pixels: a limb segment's round ends
     neck: float  # render.neck_offset in window pixels: where the neck's accessories hang from the torso's keypoints
     lidded: bool  # sleepy eyes: their lid comes and goes with eye_scale (render.SLEEPY_LID), a threshold to pick by
+    # per pick group, what `picks` reads of the atlas (kept once computed): the poses a group may pick and their looks
+    _pickable: dict = field(default_factory=dict, repr=False, compare=False)
 
     def points(self, kp: np.ndarray) -> dict[str, np.ndarray]:
         """The named points a layer may move with (normalized window coordinates): the keypoints, WAND_TIP and
@@ -255,12 +257,16 @@ class CutoutAvatar:
         frames at once)."""
         group = pick_group(step)
         idx = [_F[f] for f in PICK_FIELDS[group]]
-        d2 = (((faces[:, None, idx] - self.face_fields[None][:, :, idx]) / self.face_scale[idx]) ** 2).sum(2)
+        got = self._pickable.get(group)
+        if got is None:  # a pose drawn for another group lacks the step: never a candidate
+            cand = np.flatnonzero(np.isin(self.drawn_for, ("", group)))
+            fields = self.face_fields[cand]
+            got = self._pickable[group] = (cand, fields, _look(group, fields, self.lidded))
+        cand, fields, looks = got
+        d2 = (((faces[:, None, idx] - fields[None][:, :, idx]) / self.face_scale[idx]) ** 2).sum(2)
         # never an open eye for a shut one, nor a picture from across any other threshold of the renderer's
-        looks = _look(group, self.face_fields, self.lidded)[None, :] != _look(group, faces, self.lidded)[:, None]
-        d2 = d2 + 1e6 * looks
-        d2 = d2 + 1e12 * ~np.isin(self.drawn_for, ("", group))[None, :]  # a pose drawn for another group lacks the step
-        return np.argmin(d2, 1)
+        d2 = d2 + 1e6 * (looks[None, :] != _look(group, faces, self.lidded)[:, None])
+        return cand[np.argmin(d2, 1)]
 
 
 def upright(step: str, entry_fields: np.ndarray) -> np.ndarray:

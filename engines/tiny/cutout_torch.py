@@ -75,6 +75,9 @@ class _Texture:
     pictures: tuple[_WindowLayer | None, ...]  # 1, or a face step's one per atlas pose (None: nothing drawn there)
     skin: bool  # channels 4-7 hold its picture with face_red 1
     first: np.ndarray  # (K,) each picture's first texel in TorchCutout.texels (its rows one after another)
+    # per picture, for the plan (a missing one as the layer's own): drawn, window row and column, bordered size
+    drawn: np.ndarray  # (K,) bool
+    places: np.ndarray  # (4, K) float64: row, column, height, width
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,10 @@ def to_device_layers(avatar: CutoutAvatar, device: torch.device) -> TorchCutout:
             at += len(px)
             red_px = red.pixels.reshape(-1, 4) if red is not None else np.zeros_like(px)
             blocks.append(np.concatenate([px, red_px], 1))
-        out.append(_Texture(i, kind, layer.mover, pictures, red is not None, first))
+        pics = [p if p is not None else layer for p in pictures]
+        drawn = np.array([p is not None for p in pictures])
+        places = np.array([[p.row, p.col, p.pixels.shape[0], p.pixels.shape[1]] for p in pics], np.float64).T
+        out.append(_Texture(i, kind, layer.mover, pictures, red is not None, first, drawn, places))
     texels = torch.from_numpy(np.concatenate(blocks).astype(np.float32)).to(device)
     return TorchCutout(avatar, tuple(out), texels)
 
@@ -206,8 +212,6 @@ def plan(avatar: TorchCutout, motions: np.ndarray, origins: np.ndarray, sizes: n
     half = np.array([W / 2.0, H / 2.0])
     plans = []
     for slot, tex in enumerate(avatar.textures):
-        i = tex.index
-        layer = cut.layers[i]
         on = finite.copy()
         k = np.zeros(N, np.int64)  # the picture each frame lays
         shift = np.zeros((N, 2))
@@ -215,7 +219,7 @@ def plan(avatar: TorchCutout, motions: np.ndarray, origins: np.ndarray, sizes: n
         if tex.kind not in ("", "skin"):
             step, _, side = tex.kind.partition(EYE)
             k = picks[pick_group(step)]
-            on &= np.array([p is not None for p in tex.pictures])[k]
+            on &= tex.drawn[k]
             fields = cut.face_fields[k]
             if step == "pupils":
                 xy = [_F["pupil_x"], _F["pupil_y"]]
@@ -229,11 +233,7 @@ def plan(avatar: TorchCutout, motions: np.ndarray, origins: np.ndarray, sizes: n
                 stretch = eye_stretch(face, fields)
                 centre = cut.eyes[0 if side == "-1" else 1]
                 keep_upright = upright(step, fields)
-        pics = [p if p is not None else layer for p in tex.pictures]
-        row = np.array([p.row for p in pics], np.float64)[k]
-        col = np.array([p.col for p in pics], np.float64)[k]
-        ph = np.array([p.pixels.shape[0] for p in pics], np.float64)[k]  # bordered
-        pw = np.array([p.pixels.shape[1] for p in pics], np.float64)[k]
+        row, col, ph, pw = tex.places[:, k]  # ph, pw: bordered
         nums = np.zeros((N, _ROW))
         if tex.mover.startswith(BONE):
             p_, q_, limb = tex.mover[len(BONE) :].split(",")
