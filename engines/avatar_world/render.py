@@ -712,8 +712,9 @@ _SIDED_STEPS = (*_EYE_STEPS, "brows")  # drawn one side at a time (_draw_face_si
 
 
 def _face_offset(q: Pose) -> tuple[float, float]:
-    """(fx, fy): where the face's features sit on the head, in head radii (the pose's face_dx, face_dy, clamped)."""
-    return max(-0.3, min(0.3, q.face_dx)), max(-0.25, min(0.3, q.face_dy))
+    """(fx, fy): where the face's features sit on the head, in head radii (the pose's face_dx, face_dy, clamped).
+    Numbers, or arrays where q holds many frames' fields (brow_lift for the torch cut-out draw's plan)."""
+    return np.clip(q.face_dx, -0.3, 0.3), np.clip(q.face_dy, -0.25, 0.3)
 
 
 # Where a face field switches what is drawn (a cut-out draw must not pick a picture from the other side of one)
@@ -800,7 +801,7 @@ def brow_height(q: Pose, sd: int) -> float:
     """How high the brow on side sd sits (head radii, y down: its ends' mean, from the head's centre; the face's own
     offset, `_face_offset`'s fy, included), for the pose's face fields."""
     fx, fy = _face_offset(q)
-    es = max(0.5, q.eye_scale)
+    es = np.maximum(0.5, q.eye_scale)  # numbers or arrays (_face_offset)
     return -(0.3 + 0.07 * (es - 1) + q.brow_raise - fy * 0.5) + fy - sd * q.brow_asym * 0.08
 
 

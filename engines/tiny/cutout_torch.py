@@ -26,13 +26,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import torch
 
 from avatarcast.engines.avatar_world.layers import AT, BONE, EYE, NECK, PAIR, pick_group
-from avatarcast.engines.avatar_world.motions import Pose
 from avatarcast.engines.avatar_world.render import brow_lift
 from avatarcast.engines.avatar_world.skeleton import EXPR_OFFSET, FACE_FIELDS, N_POINTS, PARTS
 from avatarcast.engines.backends.base import BackendError
@@ -227,7 +227,9 @@ def plan(avatar: TorchCutout, motions: np.ndarray, origins: np.ndarray, sizes: n
             if step == "brows":
                 sd = int(side)
                 if sd not in lifts:
-                    lifts[sd] = np.array([brow_lift(Pose(**dict(zip(FACE_FIELDS, f.tolist()))), sd) for f in face])
+                    # render.brow_lift's arithmetic on every frame's fields at once (the same numbers as per frame)
+                    fields_t = SimpleNamespace(**{f: face[:, j] for j, f in enumerate(FACE_FIELDS)})
+                    lifts[sd] = np.asarray(brow_lift(fields_t, sd), np.float64)  # type: ignore[arg-type]
                 shift = cut.head_axes[:, 1][None] * (lifts[sd] - cut.brow_heights[k, 0 if sd == -1 else 1])[:, None]
             elif side:
                 stretch = eye_stretch(face, fields)
