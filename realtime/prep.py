@@ -16,7 +16,7 @@ of a core. The child has its own GIL, so starving it costs the server nothing. I
   log says which;
 - with an engine and latents cache of its own, loaded once at start-up. The entries it builds go to the shared
   store, and the live cache reads them between chunk jobs; the loops come back as arrays (15 MB a loop). An
-  engine that keeps per-avatar work (motion: the reference encoded, the atlas rendered, 770-850 ms of a core)
+  engine that keeps per-avatar work (motion: the cut-out's layers, atlas and sprites drawn, 1.7-1.9 s of a core)
   gets it handed over as arrays (`PrepEngineSource.adopt_avatar`), so it never prepares the avatar again.
 Engines that cannot be loaded twice (wan) prepare in the scheduler's background lane (`EngineLane`), as before.
 
