@@ -217,8 +217,8 @@ class PrepProcess:
             raise PrepFailed(f"the avatar preparation process died: {exc}") from exc
 
     async def prepare(self, params: Any) -> None:
-        # prepared there (770-850 ms of a core) and handed over as arrays (a motion avatar pickles to ~54 MB, 60 ms
-        # of the child to write); the loops that follow there reuse the child's copy
+        # prepared there (1.7-1.9 s of a core) and handed over as arrays (a motion avatar, the cut-out draw's,
+        # pickles to ~42 MB, ~50 ms of the child to write); the loops that follow there reuse the child's copy
         if self._adopt is not None:
             self._adopt.adopt_avatar(*await self._call(_child_prepared_avatar, params))
 
