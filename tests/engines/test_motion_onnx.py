@@ -534,7 +534,7 @@ def test_merging_sibling_convolutions_keeps_the_outputs_and_the_weights_names():
     assert merge_sibling_convs(model) == []  # nothing left to merge
 
 
-def test_an_int8_decoder_keeps_the_frames_and_draws_no_haze(tmp_path):
+def test_an_int8_decoder_keeps_the_frames_and_draws_no_haze(tmp_path, served_feeds_kept):
     """`tools.motion_int8` (how the shipped decoder was written): the part-mask U-Net's convolutions in int8,
     calibrated on the folder's own engine, checked on held-out avatars against the float graph (PSNR, and no haze
     where the float graph draws nothing). The rewritten manifest verifies and the engine draws. The output
