@@ -28,8 +28,9 @@ COPY_ONLY_MAX_ABS = 1e-4
 
 def copy_margin(dec: MotionDecoder, per_avatar: int = 11, rows: list[dict] | None = None) -> dict[str, float]:
     """{"copy_logit_min", "copy_only_max_abs" (full draw vs copy_only, [-1, 1] units), "frames"} over held-out
-    frames of 6 built-in and 6 held-out avatars (`rows`: heldout(6, 6, per_avatar)'s, rendered once by a caller that
-    measures several decoders on them; rendering is most of a small decoder's margin)."""
+    frames of 6 built-in and 6 held-out avatars (`rows`: heldout(6, 6, per_avatar, sprites=False)'s, rendered once by
+    a caller that measures several decoders on them; rendering is most of a small decoder's margin). The decoder's
+    outputs are measured before any effect is laid over them: the rows' effect sprites are not needed."""
     from tools.train_motion import CFG, atlas_tensor, heldout
     from tools.train_tiny import to_window_tensor
 
@@ -37,7 +38,7 @@ def copy_margin(dec: MotionDecoder, per_avatar: int = 11, rows: list[dict] | Non
     lows: list[float] = []
     hook = dec.out.register_forward_hook(lambda _m, _i, o: lows.append(float(o[:, 4].min())))
     diff = 0.0
-    rows = heldout(6, 6, per_avatar) if rows is None else rows
+    rows = heldout(6, 6, per_avatar, sprites=False) if rows is None else rows
     try:
         with torch.no_grad():
             for r in rows:

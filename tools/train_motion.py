@@ -177,8 +177,11 @@ def build_pool(args) -> dict:
     return out
 
 
-def heldout(n_builtin: int = 6, n_holdout: int = 6, per_avatar: int = 11) -> list[dict]:
-    """The fidelity eval's held-out frames (its avatars, seeds and times), with their motions and references."""
+def heldout(n_builtin: int = 6, n_holdout: int = 6, per_avatar: int = 11, sprites: bool = True) -> list[dict]:
+    """The fidelity eval's held-out frames (its avatars, seeds and times), with their motions and references.
+
+    `sprites=False` leaves out each avatar's effect sprites (the rows' "sprites", ~1 s an avatar to draw) for a
+    caller that draws no effects (tools/motion_copy.py copy_margin reads the decoder's own outputs)."""
     from avatarcast.engines.avatar_world import sample_variation
     from avatarcast.engines.avatar_world.render import landmarks
     from tools.eval import holdout
@@ -188,7 +191,7 @@ def heldout(n_builtin: int = 6, n_holdout: int = 6, per_avatar: int = 11) -> lis
         ref_pose = canonical_pose()
         ref = _window(render_frame(av, ref_pose))
         atlas = np.stack([_window(f) for f in atlas_frames(av)])
-        sprites = effect_sprites(av)
+        drawn = effect_sprites(av) if sprites else None
         for s in holdout.reconstruction_frames([av], per_avatar):
             q = pose_at(s.emotion, s.time, sample_variation(s.seed), s.intensity)
             out.append(
@@ -198,7 +201,7 @@ def heldout(n_builtin: int = 6, n_holdout: int = 6, per_avatar: int = 11) -> lis
                     "motion": _mv(av, q),
                     "ref": ref,
                     "atlas": atlas,
-                    "sprites": sprites,
+                    **({"sprites": drawn} if sprites else {}),
                     "ref_motion": _mv(av, ref_pose),
                     "head": landmarks(av, q).head,
                 }

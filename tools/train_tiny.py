@@ -292,8 +292,9 @@ def to_window_tensor(frames_win: torch.Tensor, cfg: TinyConfig) -> torch.Tensor:
 
 
 def heldout_set(args, cfg: TinyConfig) -> torch.Tensor:
-    """Held-out window frames (N, H, window_W, 4): 6 built-in avatars at new seeds, 6 parametric ones."""
-    jobs = [(k, s) for k in range(12) for s in range(3)]
+    """Held-out window frames (N, H, window_W, 4): 6 built-in avatars at new seeds, 6 parametric ones
+    (--heldout-seeds clips of each)."""
+    jobs = [(k, s) for k in range(12) for s in range(args.heldout_seeds)]
     with Pool(args.workers) as pool:
         clips = pool.map(_heldout_frames, jobs)
     return torch.from_numpy(np.concatenate(clips)[:, :, window_cols(cfg)].copy())
@@ -1192,6 +1193,9 @@ def main(argv: list[str] | None = None) -> None:
         help="clips rendered before the denoiser starts; they fix the latent normalization",
     )
     ap.add_argument("--clip-limit", type=int, default=0, help="train the denoiser on at most N clips (smoke runs)")
+    ap.add_argument(
+        "--heldout-seeds", type=int, default=3, help="held-out clips of each of the 12 held-out avatars (smoke runs: 1)"
+    )
     ap.add_argument("--min-steps", type=int, default=1, help="steps each stage makes even past the deadline")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -26,3 +26,37 @@ def wan_exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, d
     ckpt = make_checkpoint(root / "ckpt", vae_res_blocks=0)  # one residual block a stage: a smaller graph to export
     eng = WanEngine.load(ckpt, **WAN_SHAPE)
     return ckpt, eng, export_all(eng, root / "onnx"), root / "onnx"
+
+
+@pytest.fixture
+def served_feeds_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """tools.motion_int8.served_feeds kept by the folder's bytes for one test: the int8 decoder test asks it for the
+    same float folder's feeds six times (quantize_folder's calibration and held-out feeds in its refused call and in
+    its real one, then its own comparison on a byte-for-byte copy of that folder), ~1.5 s each on 2 cores. The feeds
+    are a pure function of the folder's files, the clips, frames and threads: each distinct one is still made by the
+    real function (its engine on onnxruntime), then handed out again read-only (the quantizer and the graphs only
+    read them). A folder whose graphs live elsewhere (graphs_from, cheaper_draw) is not kept."""
+    import hashlib
+
+    from avatarcast.engines.tiny.motion_weights import load_motion_manifest
+    from tools import motion_int8
+
+    draw, kept = motion_int8.served_feeds, {}
+
+    def served_feeds(folder: Path, avatars: Any, frames: int = 16, threads: int = 2) -> list:
+        man = load_motion_manifest(folder)
+        if man.graphs_from or man.cheaper_draw:
+            return draw(folder, avatars, frames, threads)
+        h = hashlib.sha256()
+        for f in sorted(p for p in Path(folder).iterdir() if p.is_file()):
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+        key = (h.hexdigest(), tuple(avatars), frames, threads)
+        if key not in kept:
+            feeds = draw(folder, avatars, frames, threads)
+            for feed in feeds:
+                for a in feed.values():
+                    a.flags.writeable = False
+            kept[key] = feeds
+        return kept[key]
+
+    monkeypatch.setattr(motion_int8, "served_feeds", served_feeds)
