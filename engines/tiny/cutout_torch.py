@@ -69,13 +69,13 @@ _CH = 8  # a texel: RGBA premultiplied, then a skin layer's RGBA with face_red 1
 class _Texture:
     """One layer of the drawing order: where its pictures are in the avatar's texels."""
 
-    index: int  # its place in CutoutAvatar.layers
     kind: str  # CutoutAvatar.kinds': "" as it is, "skin" (reddened with face_red), or a face step (picked per frame)
     mover: str
-    pictures: tuple[_WindowLayer | None, ...]  # 1, or a face step's one per atlas pose (None: nothing drawn there)
     skin: bool  # channels 4-7 hold its picture with face_red 1
-    first: np.ndarray  # (K,) each picture's first texel in TorchCutout.texels (its rows one after another)
-    # per picture, for the plan (a missing one as the layer's own): drawn, window row and column, bordered size
+    # per picture (K: 1, or a face step's one per atlas pose): its first texel in TorchCutout.texels (its rows one
+    # after another), whether anything is drawn there, and its window row, column and bordered size (a picture not
+    # drawn: the layer's own, never laid)
+    first: np.ndarray  # (K,) int64
     drawn: np.ndarray  # (K,) bool
     places: np.ndarray  # (4, K) float64: row, column, height, width
 
@@ -112,7 +112,7 @@ def to_device_layers(avatar: CutoutAvatar, device: torch.device) -> TorchCutout:
         pics = [p if p is not None else layer for p in pictures]
         drawn = np.array([p is not None for p in pictures])
         places = np.array([[p.row, p.col, p.pixels.shape[0], p.pixels.shape[1]] for p in pics], np.float64).T
-        out.append(_Texture(i, kind, layer.mover, pictures, red is not None, first, drawn, places))
+        out.append(_Texture(kind, layer.mover, red is not None, first, drawn, places))
     texels = torch.from_numpy(np.concatenate(blocks).astype(np.float32)).to(device)
     return TorchCutout(avatar, tuple(out), texels)
 
