@@ -39,24 +39,27 @@ def served_feeds_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     import hashlib
 
     from avatarcast.engines.tiny.motion_weights import load_motion_manifest
+    from tests.conftest import _kept
     from tools import motion_int8
 
-    draw, kept = motion_int8.served_feeds, {}
+    def key(folder: Path, avatars: Any, frames: int, threads: int) -> tuple:
+        h = hashlib.sha256()
+        for f in sorted(p for p in Path(folder).iterdir() if p.is_file()):
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+        return h.hexdigest(), tuple(avatars), frames, threads
+
+    def read_only(feeds: list) -> None:
+        for feed in feeds:
+            for a in feed.values():
+                a.flags.writeable = False
+
+    draw = motion_int8.served_feeds
+    kept = _kept(draw, 8, key, read_only)
 
     def served_feeds(folder: Path, avatars: Any, frames: int = 16, threads: int = 2) -> list:
         man = load_motion_manifest(folder)
         if man.graphs_from or man.cheaper_draw:
             return draw(folder, avatars, frames, threads)
-        h = hashlib.sha256()
-        for f in sorted(p for p in Path(folder).iterdir() if p.is_file()):
-            h.update(f.name.encode() + b"\0" + f.read_bytes())
-        key = (h.hexdigest(), tuple(avatars), frames, threads)
-        if key not in kept:
-            feeds = draw(folder, avatars, frames, threads)
-            for feed in feeds:
-                for a in feed.values():
-                    a.flags.writeable = False
-            kept[key] = feeds
-        return kept[key]
+        return kept(folder, avatars, frames, threads)
 
     monkeypatch.setattr(motion_int8, "served_feeds", served_feeds)
