@@ -1,5 +1,6 @@
 """The cut-out draw on torch against numpy's, on any device: `python -m tools.cutout_torch_check [--device cuda]`
-(`--fuse`: the torch draw's sampling through torch.compile).
+(`--kernel compiled|triton`: how the torch draw lays its layers, engines/tiny/cutout_torch.KERNELS; `--compose
+triton`: the device compose's kernel, engines/tiny/motion_compose.KERNELS).
 
 Two checks, one JSON line each:
   draw   engines/tiny/cutout_torch.draw_t against engines/tiny/cutout.draw, float frames in [-1, 1]: every emotion at
@@ -24,7 +25,7 @@ def _psnr(a: np.ndarray, b: np.ndarray, peak: float) -> float | None:
     return round(10 * np.log10(peak**2 / mse), 2) if mse else None
 
 
-def check_draw(device: str, avatars: list[str], fuse: bool = False) -> dict:
+def check_draw(device: str, avatars: list[str], kernel: str = "eager") -> dict:
     import torch
 
     from avatarcast.engines.avatar_world.motions import pose_at, sample_variation
@@ -34,7 +35,7 @@ def check_draw(device: str, avatars: list[str], fuse: bool = False) -> dict:
 
     eng = MotionEngine.from_folder(None, draw="cutout", threads=4)
     dev = torch.device(device)
-    out: dict = {"check": "draw", "device": device, "fuse": fuse, "avatars": {}}
+    out: dict = {"check": "draw", "device": device, "kernel": kernel, "avatars": {}}
     for av in avatars:
         cut = eng.prepared_avatar(av)[1].ref
         tex = cutout_torch.to_device_layers(cut, dev)
@@ -49,7 +50,7 @@ def check_draw(device: str, avatars: list[str], fuse: bool = False) -> dict:
         want = cutout.draw(cut, m, box)
         with torch.inference_mode():
             sizes = np.tile(box[2:], (len(m), 1))
-            got = cutout_torch.draw_t(tex, m, np.tile(box[:2], (len(m), 1)), sizes, dev, fuse)[0].cpu().numpy()
+            got = cutout_torch.draw_t(tex, m, np.tile(box[:2], (len(m), 1)), sizes, dev, kernel)[0].cpu().numpy()
         d = np.abs(got - want)
         out["avatars"][av] = {
             "frames": len(m),
@@ -61,12 +62,16 @@ def check_draw(device: str, avatars: list[str], fuse: bool = False) -> dict:
     return out
 
 
-def check_engine(device: str, avatars: list[str], streams: int, fuse: bool = False) -> dict:
+def check_engine(
+    device: str, avatars: list[str], streams: int, kernel: str = "eager", compose: str | None = None
+) -> dict:
     from avatarcast.engines.tiny.motion_engine import MotionEngine
 
     ref = MotionEngine.from_folder(None, draw="cutout", threads=4)
     on = MotionEngine.from_folder(None, draw="cutout", backend="torch", device=device)
-    on.backend.fuse = fuse  # type: ignore[attr-defined]  # TorchCutoutBackend: its sampling through torch.compile
+    on.backend.use_kernel(kernel)  # type: ignore[attr-defined]  # TorchCutoutBackend's
+    if compose is not None and on.device_compose is not None:
+        on.device_compose.use_kernel(compose)
     emotions = ref.emotions
     specs = [(avatars[i % len(avatars)], emotions[i % len(emotions)], i) for i in range(streams)]
     lat = ref.sample_chunks([ref.start_stream(a, e, seed=s) for a, e, s in specs])
@@ -76,7 +81,8 @@ def check_engine(device: str, avatars: list[str], streams: int, fuse: bool = Fal
     return {
         "check": "engine",
         "device": device,
-        "fuse": fuse,
+        "kernel": kernel,
+        "compose": None if on.device_compose is None else on.device_compose.kernel,
         "backend": on.backend.describe(),  # type: ignore[attr-defined]
         "streams": streams,
         "frames": int(d.shape[0] * d.shape[1]),
@@ -92,11 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--avatars", default="pip,bun,kiko,luna,random-11,random-424242")
     ap.add_argument("--streams", type=int, default=16)
-    ap.add_argument("--fuse", action="store_true", help="the torch draw's sampling through torch.compile")
+    ap.add_argument("--kernel", default="eager", help="the torch draw's: eager, compiled or triton")
+    ap.add_argument("--compose", default=None, help="the device compose's: torch or triton (where it composes)")
     args = ap.parse_args(argv)
     avatars = args.avatars.split(",")
-    print(json.dumps(check_draw(args.device, avatars, args.fuse)), flush=True)
-    print(json.dumps(check_engine(args.device, avatars, args.streams, args.fuse)), flush=True)
+    print(json.dumps(check_draw(args.device, avatars, args.kernel)), flush=True)
+    print(json.dumps(check_engine(args.device, avatars, args.streams, args.kernel, args.compose)), flush=True)
     return 0
 
 

@@ -5,8 +5,8 @@ One chunk's motions are sampled for `streams` streams over the first A avatars o
 then random-<n>), their boxes grown to the engine's buckets, and the backend's draw_boxes_t (the engine's call on
 CUDA) is run under a TorchDispatchMode that counts the aten ops it dispatches (on CUDA each op but a view is a kernel
 launch or more: the cost docs/bench/cutout_gpu_2026-12-06 measured); then timed, best of `repeat` (the first call,
-counted, is the warm-up), with the host's numpy plan's share. --fuse: the sampling through torch.compile
-(TorchCutoutBackend.fuse). One JSON line an A.
+counted, is the warm-up), with the host's numpy plan's share. --kernel compiled|triton: the draw's other kernels
+(engines/tiny/cutout_torch.KERNELS; their ops not counted). One JSON line an A.
 """
 
 from __future__ import annotations
@@ -38,14 +38,14 @@ def count_ops(fn, *args):
     return out, seen
 
 
-def measure(eng, streams: int, n_avatars: int, repeat: int, seed: int = 0, fuse: bool = False) -> dict:
+def measure(eng, streams: int, n_avatars: int, repeat: int, seed: int = 0, kernel: str = "eager") -> dict:
     """eng: MotionEngine on the torch backend with the cut-out draw (its avatars kept from one A to the next)."""
     import torch
 
     from avatarcast.engines.tiny import cutout_torch
 
     be = eng.backend
-    be.fuse = fuse
+    be.use_kernel(kernel)
     device = be.device
     emotions = eng.emotions
     states = [
@@ -58,7 +58,7 @@ def measure(eng, streams: int, n_avatars: int, repeat: int, seed: int = 0, fuse:
     boxes = [eng.bucket_box(eng.draw_box(r)) for r in raw]
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     with torch.inference_mode():
-        if fuse:  # a dispatch mode sees the compiled graph's ops as eager ones: not counted, the warm-up compiles
+        if kernel != "eager":  # a dispatch mode sees neither a compiled graph's ops nor Triton's: the warm-up compiles
             ops: Counter[str] = Counter()
             be.draw_boxes_t(refs, raw, boxes)
         else:
@@ -90,7 +90,7 @@ def measure(eng, streams: int, n_avatars: int, repeat: int, seed: int = 0, fuse:
         "device": device,
         "streams": streams,
         "frames": B * T,
-        "fuse": fuse,
+        "kernel": kernel,
         "avatars": n_avatars,
         "box_sizes": len({b[2:] for b in boxes}),
         "ops": sum(ops.values()) if ops else None,
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--avatars", default="8,16", help="comma-separated counts (at most 16)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--fuse", action="store_true", help="the sampling through torch.compile (ops not counted)")
+    ap.add_argument("--kernel", default="eager", help="eager, compiled or triton (ops counted for eager only)")
     a = ap.parse_args(argv)
     if a.threads:
         import torch
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 
     eng = MotionEngine.from_folder(None, draw="cutout", backend="torch", device=a.device)
     for n in (int(x) for x in a.avatars.split(",")):
-        print(json.dumps(measure(eng, a.streams, n, a.repeat, fuse=a.fuse)), flush=True)
+        print(json.dumps(measure(eng, a.streams, n, a.repeat, kernel=a.kernel)), flush=True)
     return 0
 
 

@@ -125,14 +125,20 @@ def profile(
     variants: tuple[str, ...] = ("fp32",),
     trace: str | None = None,
     compare: bool = False,
+    kernels: tuple[str | None, str | None] = (None, None),
 ) -> list[dict]:
-    """One result a variant (set_variant), the streams and the engine built once."""
+    """One result a variant (set_variant), the streams and the engine built once. kernels: the cut-out draw's
+    (cutout_torch.KERNELS) and the device compose's (motion_compose.KERNELS), None for the default."""
     import torch
 
     from avatarcast.engines.tiny.motion_torch import TorchMotionBackend
 
     engine, states = build(device, sessions, draw, batch_streams, threads, compose)
     be = engine.backend
+    if kernels[0]:
+        be.use_kernel(kernels[0])  # type: ignore[union-attr]  # the cut-out draw's backend (else AttributeError)
+    if kernels[1] and engine.device_compose is not None:
+        engine.device_compose.use_kernel(kernels[1])
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     spent: dict[str, float] = dict.fromkeys(("denoise_s", "decode_net_s", "compose_s", "to_host_s"), 0.0)
     be.denoise = _timed(be.denoise, spent, "denoise_s")  # type: ignore[method-assign]
@@ -176,6 +182,7 @@ def profile(
                 "sessions": sessions,
                 "chunks": chunks,
                 "draw": draw,
+                "kernels": [getattr(be, "kernel", None), getattr(engine.device_compose, "kernel", None)],
                 "variant": variant,
                 "amp": amp,
                 "channels_last": cl,
@@ -287,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--trace", default=None, help="one chunk under torch.profiler: op tables to <trace>_<variant>.txt")
     ap.add_argument("--compare", action="store_true", help="bf16 variants: one chunk's frames against float32's")
+    ap.add_argument("--kernel", default=None, help="the cut-out draw's kernel: eager, compiled or triton")
+    ap.add_argument("--compose-kernel", default=None, help="the device compose's kernel: torch or triton")
     args = ap.parse_args(argv)
     for r in profile(
         args.device,
@@ -299,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         variants=tuple(args.variants.split(",")),
         trace=args.trace,
         compare=args.compare,
+        kernels=(args.kernel, args.compose_kernel),
     ):
         print(json.dumps(r), flush=True)
     return 0

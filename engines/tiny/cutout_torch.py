@@ -364,16 +364,72 @@ def draw_t(
     origins: np.ndarray,
     sizes: np.ndarray,
     device: torch.device,
-    fuse: bool = False,
+    kernel: str = "eager",
 ) -> list[torch.Tensor]:
     """`draw_frames_t` for frames of one avatar."""
-    return draw_frames_t([avatar], np.zeros(len(motions), np.int64), motions, origins, sizes, device, fuse=fuse)
+    return draw_frames_t([avatar], np.zeros(len(motions), np.int64), motions, origins, sizes, device, kernel=kernel)
 
 
 # sub-pixels sampled in one go at most (some 400 bytes each at the peak: ~3 GB): a chunk of 200 streams samples some
 # 220 million (tools.cutout_torch_ops). On CUDA four times as many (~13 GB): a quarter of the goes.
 MAX_SAMPLES = 1 << 23
 MAX_SAMPLES_CUDA = 1 << 25
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """Every frame's laid layers of a call ("pieces"), in the order the plans give them (an avatar's frames at a time,
+    layer by layer): the frame each lays on, its slot (the layer's place in its avatar's drawing order), its box in
+    the frame's canvas of sub-pixels, the picture it samples (its first texel in the joined texels, its row's
+    length) and the numbers of `_ROW`."""
+
+    frame: np.ndarray  # (P,) int64
+    slot: np.ndarray  # (P,) int64
+    box: np.ndarray  # (P, 4) int64: first row, rows, first column, columns
+    texel: np.ndarray  # (P,) int64
+    stride: np.ndarray  # (P,) int64
+    nums: np.ndarray  # (P, _ROW) float64
+
+
+def pieces(
+    avatars: Sequence[TorchCutout],
+    which: np.ndarray,
+    motions: np.ndarray,
+    origins: np.ndarray,
+    sizes: np.ndarray,
+    tex_first: np.ndarray,
+) -> Pieces:
+    """The host's plans (`plan`, an avatar's frames at a time) as one list of pieces: the layers each frame lays
+    (a layer whose box is empty in a frame is not one of its pieces)."""
+    frame, slot, box, texel, stride, nums = [], [], [], [], [], []
+    for a in np.unique(which):
+        sel = np.flatnonzero(which == a)
+        for p in plan(avatars[a], motions[sel], origins[sel], sizes[sel]):
+            on = p.box[1] * p.box[3] > 0
+            frame.append(sel[on])
+            slot.append(np.full(int(on.sum()), p.slot))
+            box.append(p.box[:, on].T)
+            texel.append(p.texel[on] + tex_first[a])
+            stride.append(p.stride[on])
+            nums.append(p.nums[on])
+
+    def joined(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
+        return np.concatenate(parts + [empty])
+
+    ints = np.zeros(0, np.int64)
+    return Pieces(
+        frame=joined(frame, ints).astype(np.int64),
+        slot=joined(slot, ints).astype(np.int64),
+        box=joined(box, np.zeros((0, 4), np.int64)).astype(np.int64),
+        texel=joined(texel, ints).astype(np.int64),
+        stride=joined(stride, ints).astype(np.int64),
+        nums=joined(nums, np.zeros((0, _ROW))),
+    )
+
+
+# how the device lays the pieces: "eager" (torch ops over every sub-pixel), "compiled" (the sampling through
+# torch.compile) or "triton" (engines/tiny/cutout_triton.py: one kernel, sub-pixels kept in registers)
+KERNELS = ("eager", "compiled", "triton")
 
 
 def draw_frames_t(
@@ -385,47 +441,75 @@ def draw_frames_t(
     device: torch.device,
     texels: tuple[torch.Tensor, np.ndarray] | None = None,
     max_samples: int = MAX_SAMPLES,
-    fuse: bool = False,
+    kernel: str = "eager",
 ) -> list[torch.Tensor]:
     """Raw motions (N, D) of frames of any avatars (`which` (N,): each frame's index in `avatars`), each frame's
     window box at `origins` (N, 2) of size `sizes` (N, 2: rows, columns; frames of one size next to each other) ->
     per run of frames of one size, (n, 4, h, w) premultiplied float32 in [-1, 1] on `device` (cutout.draw's frames).
-    texels: joined_texels(avatars), where the caller keeps it; fuse: the sampling through torch.compile (_lay).
+    texels: joined_texels(avatars), where the caller keeps it; kernel: one of KERNELS.
 
-    The device's ops do not grow with the avatars: every frame's layers, each over its own box, are one flat list of
-    sub-pixels ordered by the layer's place in its avatar's drawing order (its slot); each sub-pixel is mapped and
-    sampled (bilinear, a gather of its four texels) in one go, and laid 'over' its canvas a slot at a time (a frame
-    has one layer a slot, its own avatar's: the order of each avatar's layers is kept). A go holds at most
-    `max_samples` sub-pixels: a call makes one go per that many, and three ops a slot."""
+    eager and compiled: the device's ops do not grow with the avatars: every frame's layers, each over its own box,
+    are one flat list of sub-pixels ordered by the layer's place in its avatar's drawing order (its slot); each
+    sub-pixel is mapped and sampled (bilinear, a gather of its four texels) in one go, and laid 'over' its canvas a
+    slot at a time (a frame has one layer a slot, its own avatar's: the order of each avatar's layers is kept). A go
+    holds at most `max_samples` sub-pixels: a call makes one go per that many, and three ops a slot. triton: one
+    launch for the call (engines/tiny/cutout_triton.py)."""
+    if kernel not in KERNELS:
+        raise BackendError(f"the cut-out draw's kernel: one of {', '.join(KERNELS)}; not {kernel!r}")
     s = avatars[0].host.scale
-    N = len(motions)
+    tex, tex_first = joined_texels(avatars) if texels is None else texels
+    pcs = pieces(avatars, which, motions, origins, sizes, tex_first)
+    if kernel == "triton":
+        from avatarcast.engines.tiny import cutout_triton
+
+        flat = cutout_triton.draw(pcs, sizes, s, tex, device)
+        areas = 4 * sizes[:, 0].astype(np.int64) * sizes[:, 1]
+        out = _runs(flat, sizes, lambda a, b, n, h, w: flat[a:b].view(n, 4, h, w), areas)
+    else:
+        out = _draw_torch(pcs, sizes, s, tex, device, max_samples, kernel == "compiled")
+    bad = ~np.isfinite(np.asarray(motions)).all(1)
+    if bad.any():  # cutout.draw's transparent frame for a motion the sampler should never give (runs of any sizes)
+        at = np.cumsum([0] + [len(x) for x in out])
+        for run, a, b in zip(out, at[:-1], at[1:]):
+            if bad[a:b].any():
+                run[to_device(np.flatnonzero(bad[a:b]), device, torch.long)] = -1.0
+    return out
+
+
+def _runs(flat: torch.Tensor, sizes: np.ndarray, view, areas: np.ndarray) -> list[torch.Tensor]:
+    """`view(first, end, frames, rows, columns)` of each run of frames of one size, frame k's values at
+    areas[:k].sum() of `flat`."""
+    at = np.concatenate([[0], np.cumsum(areas)])
+    out, i, N = [], 0, len(sizes)
+    while i < N:
+        j = i + 1
+        while j < N and (sizes[j] == sizes[i]).all():
+            j += 1
+        out.append(view(int(at[i]), int(at[j]), j - i, int(sizes[i, 0]), int(sizes[i, 1])))
+        i = j
+    return out
+
+
+def _draw_torch(
+    pcs: Pieces, sizes: np.ndarray, s: int, tex: torch.Tensor, device: torch.device, max_samples: int, fuse: bool
+) -> list[torch.Tensor]:
+    """draw_frames_t's eager and compiled kernels."""
     areas = sizes[:, 0].astype(np.int64) * sizes[:, 1] * s * s
     Wc = sizes[:, 1].astype(np.int64) * s
     first = np.concatenate([[0], np.cumsum(areas)[:-1]])  # each frame's canvas in the flat canvases
-    tex, tex_first = joined_texels(avatars) if texels is None else texels
-    # every frame's laid layers ("pieces"): slot, sub-pixels, and per piece the numbers and integers the device reads
-    slot, count, nums, ints = [], [], [], []
-    for a in np.unique(which):
-        sel = np.flatnonzero(which == a)
-        for p in plan(avatars[a], motions[sel], origins[sel], sizes[sel]):
-            r0, h, c0, w = p.box
-            on = h * w > 0
-            f = sel[on]
-            slot.append(np.full(len(f), p.slot))
-            count.append((h * w)[on])
-            nums.append(p.nums[on])
-            # the box's width, the picture's first texel and its width, the box's first sub-pixel and its canvas's width
-            canvas_at = first[f] + r0[on] * Wc[f] + c0[on]
-            ints.append(np.stack([w[on], p.texel[on] + tex_first[a], p.stride[on], canvas_at, Wc[f]], 1))
-    slots = np.concatenate(slot + [np.zeros(0, np.int64)])
-    order = np.argsort(slots, kind="stable")
-    slots = slots[order]
-    cnt = np.concatenate(count + [np.zeros(0, np.int64)])[order]
+    f = pcs.frame
+    r0, h, c0, w = pcs.box.T
+    # per piece: the box's width, the picture's first texel and its width, the box's first sub-pixel and its
+    # canvas's width; pieces in slot order (stable: as the plans gave them within a slot)
+    order = np.argsort(pcs.slot, kind="stable")
+    slots = pcs.slot[order]
+    cnt = (h * w)[order]
     P = len(cnt)
     ends = np.cumsum(cnt)
     starts = ends - cnt
-    nums_h = np.concatenate(nums + [np.zeros((0, _ROW))])[order].astype(np.float32)
-    ints_h = np.concatenate([np.concatenate(ints + [np.zeros((0, 5), np.int64)])[order], starts[:, None]], 1)
+    nums_h = pcs.nums[order].astype(np.float32)
+    ints_h = np.stack([w, pcs.texel, pcs.stride, first[f] + r0 * Wc[f] + c0, Wc[f]], 1)[order]
+    ints_h = np.concatenate([ints_h, starts[:, None]], 1)
     # one copy of the numbers to the device, one of the integers
     nums_d = to_device(nums_h.ravel(), device).view(P, _ROW)
     ints_d = to_device(np.concatenate([cnt, ints_h.ravel()]).astype(np.int64), device, torch.long)
@@ -438,24 +522,13 @@ def draw_frames_t(
         go = (nums_d[p0:p1], ints_d[p0:p1], cnt_d[p0:p1], cnt[p0:p1], slots[p0:p1], int(starts[p0]))
         _lay(canvas, tex, *go, fuse=fuse)
         p0 = p1
+
     # the sub-pixels' box filter, then [-1, 1], a run of frames of one size at a time
-    out = []
-    at = np.concatenate([[0], np.cumsum(areas)])
-    i = 0
-    while i < N:
-        j = i + 1
-        while j < N and (sizes[j] == sizes[i]).all():
-            j += 1
-        bh, bw = int(sizes[i, 0]), int(sizes[i, 1])
-        run = canvas[int(at[i]) : int(at[j])].view(j - i, bh, s, bw, s, 4).sum((2, 4))
-        out.append(run.mul_(2.0 / (s * s)).sub_(1.0).permute(0, 3, 1, 2).contiguous())
-        i = j
-    bad = np.flatnonzero(~np.isfinite(np.asarray(motions)).all(1))
-    if len(bad):  # cutout.draw's transparent frame for a motion the sampler should never give
-        flat = torch.cat(out) if len(out) > 1 else out[0]
-        flat[to_device(bad, device, torch.long)] = -1.0
-        out = list(torch.split(flat, [len(x) for x in out])) if len(out) > 1 else [flat]
-    return out
+    def filtered(a: int, b: int, n: int, bh: int, bw: int) -> torch.Tensor:
+        run = canvas[a:b].view(n, bh, s, bw, s, 4).sum((2, 4))
+        return run.mul_(2.0 / (s * s)).sub_(1.0).permute(0, 3, 1, 2).contiguous()
+
+    return _runs(canvas, sizes, filtered, areas)
 
 
 def _lay(
@@ -548,7 +621,7 @@ class TorchCutoutBackend:
         compose: bool | None = None,
         max_rows: int = 1024,
         max_samples: int | None = None,
-        fuse: bool = False,
+        kernel: str = "eager",
     ):
         self._dev = torch.device(device)
         self.device = str(self._dev)
@@ -557,9 +630,25 @@ class TorchCutoutBackend:
         # sub-pixels sampled at once (draw_frames_t)
         self.max_rows = int(max_rows)
         self.max_samples = int(max_samples or (MAX_SAMPLES_CUDA if self._dev.type == "cuda" else MAX_SAMPLES))
-        self.fuse = fuse  # the sampling through torch.compile (draw_frames_t; not yet measured on a GPU)
+        self.kernel = "eager"  # how the device lays the layers (draw_frames_t)
+        self.use_kernel(kernel)
         self._joined: tuple[tuple[TorchCutout, ...], tuple[torch.Tensor, np.ndarray]] | None = None
         self.batch_streams, self.compose_device = device_roles(self._dev, batch_streams, compose)
+
+    def use_kernel(self, kernel: str) -> None:
+        """Lay the layers with `kernel`, one of KERNELS (draw_frames_t).
+
+        Raises:
+            BackendError: another name, or "triton" without Triton.
+        """
+        if kernel not in KERNELS:
+            raise BackendError(f"the cut-out draw's kernel: one of {', '.join(KERNELS)}; not {kernel!r}")
+        if kernel == "triton":
+            from avatarcast.engines.tiny.cutout_triton import available
+
+            if (why := available()) is not None:
+                raise BackendError(f"the cut-out draw's triton kernel: {why}")
+        self.kernel = kernel
 
     @classmethod
     def from_folder(
@@ -583,6 +672,7 @@ class TorchCutoutBackend:
         return {
             "backend": self.name,
             "draw": "cutout",
+            "kernel": self.kernel,
             "device": self.device,
             "batch_streams": self.batch_streams,
             "compose_device": self.compose_device,
@@ -667,7 +757,7 @@ class TorchCutoutBackend:
             origins = np.repeat(np.array([boxes[i][:2] for i in part], np.int64), n, 0)
             sizes = np.repeat(np.array([boxes[i][2:] for i in part], np.int64), n, 0)
             m = motions[part].reshape(len(part) * n, -1)
-            runs = draw_frames_t(avatars, at, m, origins, sizes, self._dev, texels, self.max_samples, self.fuse)
+            runs = draw_frames_t(avatars, at, m, origins, sizes, self._dev, texels, self.max_samples, self.kernel)
             # a run holds whole streams (a stream's frames share its box), in `part`'s order
             for i, view in zip(part, (run[j : j + n] for run in runs for j in range(0, len(run), n))):
                 out[i] = view

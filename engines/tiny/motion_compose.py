@@ -22,11 +22,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from avatarcast.engines.backends.base import BackendError
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.effects import EffectLayer, Placements, sample_coords
 from avatarcast.engines.tiny.pinned import to_device
 
 Box = tuple[int, int, int, int]  # window (row, column, height, width)
+
+# how the frames are composed: "torch" (ops over the float window) or "triton" (one kernel a go: each pixel read
+# from its box or its effects' canvas and written once as uint8; engines/tiny/triton_kernels.compose_tiles)
+KERNELS = ("torch", "triton")
 
 
 @dataclass(frozen=True)
@@ -42,10 +47,27 @@ class DeviceCompose:
     """Composes frames on `device`, at most `max_frames` window-sized float frames at a time (each ~2.8 MB, and a
     few copies of it while composing)."""
 
-    def __init__(self, window: TinyConfig, device: torch.device | str, max_frames: int = 256):
+    def __init__(self, window: TinyConfig, device: torch.device | str, max_frames: int = 256, kernel: str = "torch"):
         self.window = window
         self.device = torch.device(device)
         self.max_frames = int(max_frames)
+        self.kernel = "torch"
+        self.use_kernel(kernel)
+
+    def use_kernel(self, kernel: str) -> None:
+        """Compose with `kernel`, one of KERNELS.
+
+        Raises:
+            BackendError: another name, or "triton" without Triton.
+        """
+        if kernel not in KERNELS:
+            raise BackendError(f"the device compose's kernel: one of {', '.join(KERNELS)}; not {kernel!r}")
+        if kernel == "triton":
+            from avatarcast.engines.tiny.cutout_triton import available
+
+            if (why := available()) is not None:
+                raise BackendError(f"the device compose's triton kernel: {why}")
+        self.kernel = kernel
 
     def _put(self, vals, dtype: torch.dtype) -> torch.Tensor:
         """Host numbers on the device without waiting for its queue (a dozen waits an effect otherwise:
@@ -77,6 +99,9 @@ class DeviceCompose:
         per = max(1, self.max_frames // max(1, n))
         for i0 in range(0, S, per):
             i1 = min(S, i0 + per)
+            if self.kernel == "triton":
+                self._frames_triton(drawn[i0:i1], boxes[i0:i1], motions[i0:i1], sprites[i0:i1], out[i0:i1])
+                continue
             y = self._window(drawn[i0:i1], boxes[i0:i1], n)
             self._effects(y, motions[i0:i1], sprites[i0:i1])
             rgba = _window_to_rgba(y[:, :, w.pad_top : w.pad_top + w.height])
@@ -96,8 +121,19 @@ class DeviceCompose:
 
     def _effects(self, y: torch.Tensor, motions: np.ndarray, sprites: Sequence[DeviceSprites]) -> None:
         """EffectLayer.lay on every frame of y (S * n, 4, H, W), in place: each effect in the renderer's order,
-        all frames that show it at once. The placements are worked out an avatar at a time over all its streams'
-        frames (EffectLayer.placements_many: numpy arrays, not Python per frame)."""
+        all frames that show it at once."""
+        shown, groups = self._placed(motions, sprites)
+        if not len(shown):
+            return
+        rows = self._put(shown, torch.long)
+        u = (y[rows] + 1.0) * 0.5
+        self._lay_all(u, shown, groups)
+        y[rows] = u * 2.0 - 1.0
+
+    def _placed(self, motions: np.ndarray, sprites: Sequence[DeviceSprites]) -> tuple[np.ndarray, dict]:
+        """The frames (rows of S * n) that show an effect, sorted, and each effect's pictures by effect and picture
+        size. The placements are worked out an avatar at a time over all its streams' frames
+        (EffectLayer.placements_many: numpy arrays, not Python per frame)."""
         n = motions.shape[1]
         streams: dict[int, list[int]] = {}  # each avatar's (sprites') streams
         for k, sp in enumerate(sprites):
@@ -114,14 +150,63 @@ class DeviceCompose:
                     groups.setdefault((pl.effect, tuple(sp.pics[pl.effect].shape)), []).append(
                         (sp, rows_of[pl.frames], pl)
                     )
-        if not shown_parts:
-            return
-        shown = np.unique(np.concatenate(shown_parts))
-        rows = self._put(shown, torch.long)
-        u = (y[rows] + 1.0) * 0.5
-        for key in sorted(groups, key=lambda k: k[0]):  # the renderer's order of effects
+        shown = np.unique(np.concatenate(shown_parts)) if shown_parts else np.zeros(0, np.int64)
+        return shown, groups
+
+    def _lay_all(self, u: torch.Tensor, shown: np.ndarray, groups: dict) -> None:
+        """Every effect's pictures over u (len(shown), 4, H, W) in [0, 1], the renderer's order of effects."""
+        for key in sorted(groups, key=lambda k: k[0]):
             self._lay(u, groups[key], np.searchsorted(shown, np.concatenate([f for _, f, _ in groups[key]])))
-        y[rows] = u * 2.0 - 1.0
+
+    def _frames_triton(
+        self,
+        drawn: Sequence[torch.Tensor],
+        boxes: Sequence[Box],
+        motions: np.ndarray,
+        sprites: Sequence[DeviceSprites],
+        out: torch.Tensor,
+    ) -> None:
+        """`frames` for some streams in one kernel (engines/tiny/triton_kernels.compose_tiles), into `out`: the
+        effects laid on transparent canvases first (numpy's compose lays them so, then the canvas over the frame),
+        then every pixel of the window read once from its box or its canvas and written once as uint8."""
+        from avatarcast.engines.tiny.triton_kernels import compose_tiles
+
+        w = self.window
+        H, W = w.pad_height, w.window_width
+        S, n = motions.shape[:2]
+        flat = torch.cat([d.reshape(-1) for d in drawn]).float()
+        rows = []
+        at = 0
+        for d, (by, bx, bh, bw) in zip(drawn, boxes):
+            dh, dw = int(d.shape[-2]), int(d.shape[-1])
+            cut = (min(bh, H - by, dh), min(bw, W - bx, dw))
+            rows += [(at + j * 4 * dh * dw, dh, dw, by, bx, *cut) for j in range(n)]
+            at += n * 4 * dh * dw
+        shown, groups = self._placed(motions, sprites)
+        canvases = torch.zeros((max(1, len(shown)), 4, H, W), device=self.device)
+        if len(shown):
+            self._lay_all(canvases, shown, groups)
+        canvas_of = np.full(S * n, -1, np.int64)
+        canvas_of[shown] = np.arange(len(shown))
+        ints = self._put(np.concatenate([np.asarray(rows, np.int64).ravel(), canvas_of]), torch.long)
+        TH, TW = 16, 64
+        tiles_w = -(-W // TW)
+        compose_tiles[(S * n, -(-w.height // TH) * tiles_w)](
+            flat,
+            ints[: 7 * S * n],
+            canvases,
+            ints[7 * S * n :],
+            out.view(torch.int32),
+            w.pad_top,
+            H,
+            W,
+            w.height,
+            w.width,
+            w.window_x0,
+            tiles_w,
+            TH=TH,
+            TW=TW,
+        )
 
     def _lay(self, u: torch.Tensor, laid: list[tuple[DeviceSprites, np.ndarray, Placements]], at: np.ndarray) -> None:
         """One effect's pictures over frames u (F, 4, H, W) in [0, 1], in place (one picture a frame: rows `at` of

@@ -222,6 +222,11 @@ class MotionEngine:
 
     # -- properties -----------------------------------------------------------------------
     @property
+    def device_compose(self) -> Any:
+        """The DeviceCompose (engines/tiny/motion_compose.py) where the backend composes on its device, else None."""
+        return self._device_compose
+
+    @property
     def emotions(self) -> tuple[str, ...]:
         return EMOTIONS
 

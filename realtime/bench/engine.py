@@ -218,12 +218,17 @@ def run_bench(
         engine = MotionEngine.from_folder(
             weights or None, steps=steps, threads=threads, draw=draw, backend=backend, device=device
         )
-        if (backend_options or {}).get("fuse"):  # --opt fuse=true: the torch cut-out draw's sampling compiled
+        opts = backend_options or {}
+        if "kernel" in opts:  # --opt kernel=eager|compiled|triton: how the torch cut-out draw lays its layers
             from avatarcast.engines.tiny.cutout_torch import TorchCutoutBackend
 
             if not isinstance(engine.backend, TorchCutoutBackend):
-                raise BackendError("--opt fuse=true: the torch cut-out draw only (--opt draw=cutout --backend torch)")
-            engine.backend.fuse = True
+                raise BackendError("--opt kernel=...: the torch cut-out draw only (--opt draw=cutout --backend torch)")
+            engine.backend.use_kernel(str(opts["kernel"]))
+        if "compose" in opts:  # --opt compose=torch|triton: how the device composes the frames
+            if engine.device_compose is None:
+                raise BackendError("--opt compose=...: a backend that composes on its device (torch on CUDA)")
+            engine.device_compose.use_kernel(str(opts["compose"]))
         version = "architecture 3"
     else:
         engine = TinyEngine.load(
