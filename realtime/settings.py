@@ -41,7 +41,7 @@ class SettingValueError(SettingsError):
 # architecture 3 (engines/tiny/motion_engine.py; the CPU's default) from a folder that tools.export_motion wrote
 ENGINES = ("tiny", "wan", "motion")
 AUTO = "auto"  # the engine setting's default: default_engine() picks one for the backend and device
-AUTO_DRAW = "auto"  # --motion-draw: the cut-out draw where it runs (onnxruntime on the CPU), else the copy decoder
+AUTO_DRAW = "auto"  # --motion-draw: the cut-out draw where it is fastest (numpy on the CPU, Triton on CUDA), else copy
 ADAPTIVE_DRAW = "adaptive"  # --motion-draw: the residual draw with room, the copy draw under load (motion_folder_draw)
 
 
@@ -54,9 +54,9 @@ def motion_serves_on(backend: str, device: str) -> bool:
 def default_engine(backend: str, device: str) -> str:
     """The engine `--engine auto` (the default) serves on this backend and device: motion on onnxruntime on the CPU,
     since its picture is measured better (README, "Which engine") and it keeps up with two streams on two cores;
-    tiny on torch, tensorrt or CUDA. Motion serves on torch too (`--engine motion --backend torch`), but on a GPU
-    it draws a tenth of tiny's frames (768 against 8,902 fps at 200 streams on an H100,
-    docs/bench/motion_gpu_2026-12-06), so auto does not pick it there."""
+    tiny on torch, tensorrt or CUDA. Motion serves on torch too (`--engine motion --backend torch`: the cut-out draw
+    with Triton's kernels on CUDA), but on a GPU it draws a third of tiny's frames (2,885 against 8,902 fps at 200
+    streams on an H100, docs/bench/cutout_triton_2026-12-07), so auto does not pick it there yet."""
     return "motion" if backend == "onnxruntime" and device in ("auto", "cpu") else "tiny"
 
 
@@ -82,7 +82,8 @@ class Settings:
     # engine=motion: how its motions are drawn. "cutout": the avatar's layers (drawn once per avatar) moved part by
     # part, no decoder network, in numpy beside onnxruntime or on torch's device (engines/tiny/cutout.py,
     # cutout_torch.py; the truest picture: docs/training/motion.md, "The cut-out draw"); "auto", the default:
-    # motion_weights.auto_draw (cutout on onnxruntime, the CPU; the copy decoder on torch). The decoder networks of
+    # motion_weights.auto_draw (cutout on onnxruntime, the CPU, and on torch on CUDA with Triton; else the copy
+    # decoder on torch). The decoder networks of
     # the shipped folders: "copy" (moves the avatar's canonical frame) or "residual" (also draws a correction over
     # it, for about 1.7x the CPU a frame; engines/tiny/motion_weights.SHIPPED_DRAWS), or "adaptive": the residual
     # draw while the engine has room for it, the copy draw (the ladder's cheaper rung) under load, and sessions
@@ -561,7 +562,7 @@ class Settings:
         if self.engine == default:
             return (
                 f"tiny (the default on {self.backend} on {self.device}; --engine motion --backend torch serves motion "
-                "here, at a tenth of tiny's throughput on a GPU)"
+                "here, at a third of tiny's throughput on a GPU)"
             )
         return f"{self.engine} (chosen; the default here is {default})"
 

@@ -25,7 +25,7 @@ def _psnr(a: np.ndarray, b: np.ndarray, peak: float) -> float | None:
     return round(10 * np.log10(peak**2 / mse), 2) if mse else None
 
 
-def check_draw(device: str, avatars: list[str], kernel: str = "eager") -> dict:
+def check_draw(device: str, avatars: list[str], kernel: str | None = None) -> dict:
     import torch
 
     from avatarcast.engines.avatar_world.motions import pose_at, sample_variation
@@ -35,6 +35,7 @@ def check_draw(device: str, avatars: list[str], kernel: str = "eager") -> dict:
 
     eng = MotionEngine.from_folder(None, draw="cutout", threads=4)
     dev = torch.device(device)
+    kernel = kernel or cutout_torch.default_kernel(dev)
     out: dict = {"check": "draw", "device": device, "kernel": kernel, "avatars": {}}
     for av in avatars:
         cut = eng.prepared_avatar(av)[1].ref
@@ -63,13 +64,14 @@ def check_draw(device: str, avatars: list[str], kernel: str = "eager") -> dict:
 
 
 def check_engine(
-    device: str, avatars: list[str], streams: int, kernel: str = "eager", compose: str | None = None
+    device: str, avatars: list[str], streams: int, kernel: str | None = None, compose: str | None = None
 ) -> dict:
     from avatarcast.engines.tiny.motion_engine import MotionEngine
 
     ref = MotionEngine.from_folder(None, draw="cutout", threads=4)
     on = MotionEngine.from_folder(None, draw="cutout", backend="torch", device=device)
-    on.backend.use_kernel(kernel)  # type: ignore[attr-defined]  # TorchCutoutBackend's
+    if kernel is not None:
+        on.backend.use_kernel(kernel)  # type: ignore[attr-defined]  # TorchCutoutBackend's
     if compose is not None and on.device_compose is not None:
         on.device_compose.use_kernel(compose)
     emotions = ref.emotions
@@ -81,7 +83,7 @@ def check_engine(
     return {
         "check": "engine",
         "device": device,
-        "kernel": kernel,
+        "kernel": on.backend.kernel,  # type: ignore[attr-defined]
         "compose": None if on.device_compose is None else on.device_compose.kernel,
         "backend": on.backend.describe(),  # type: ignore[attr-defined]
         "streams": streams,
@@ -98,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--avatars", default="pip,bun,kiko,luna,random-11,random-424242")
     ap.add_argument("--streams", type=int, default=16)
-    ap.add_argument("--kernel", default="eager", help="the torch draw's: eager, compiled or triton")
+    ap.add_argument("--kernel", default=None, help="the draw's: eager, compiled or triton (default: its device's)")
     ap.add_argument("--compose", default=None, help="the device compose's: torch or triton (where it composes)")
     args = ap.parse_args(argv)
     avatars = args.avatars.split(",")

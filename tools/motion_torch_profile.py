@@ -160,6 +160,7 @@ def profile(
             extra["amp_vs_fp32"] = _compare_amp(engine, states)
         if trace:
             extra["trace"] = _trace(engine, states, f"{trace}_{variant}.txt", sync)
+            extra["host_functions"] = _cprofile(engine, states, f"{trace}_{variant}_host.txt", sync)
         spent.update({"denoise_s": 0.0, "decode_net_s": 0.0, "compose_s": 0.0, "to_host_s": 0.0})
         total = decode = 0.0
         calls, new_shapes = [], []
@@ -255,6 +256,27 @@ def _compare_amp(engine: MotionEngine, states: list) -> dict:
         "psnr_db": round(10 * float(np.log10(255.0**2 / mse)), 2) if mse else None,
         "frames": int(d.shape[0] * d.shape[1]),
     }
+
+
+def _cprofile(engine: MotionEngine, states: list, path: str, sync: Callable[[], None]) -> str:
+    """One chunk's decode under cProfile (the host's Python, with the waits for the device where a function waits):
+    the functions by cumulative time, written to `path`."""
+    import cProfile
+    import io
+    import pstats
+
+    lat = engine.sample_chunks(states)
+    sync()
+    prof = cProfile.Profile()
+    prof.enable()
+    engine.decode_chunks(states, lat)
+    sync()
+    prof.disable()
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(45)
+    with open(path, "w") as f:
+        f.write(buf.getvalue())
+    return path
 
 
 def _trace(engine: MotionEngine, states: list, path: str, sync: Callable[[], None]) -> dict:

@@ -32,12 +32,18 @@ TILE_H, TILE_W = 16, 32
 
 
 def available() -> str | None:
-    """None when the kernel can run here, else why not (the words an error or a skipped test shows)."""
+    """None when the kernels can run here, else why not (the words an error or a skipped test shows)."""
     try:
         import triton  # noqa: F401
     except ImportError:
         return "Triton is not installed (it comes with torch's CUDA wheels; pip install triton for the CPU interpreter)"
     return None
+
+
+def serves_on(device: torch.device | str) -> bool:
+    """Whether the kernels serve by default on `device`: CUDA, where Triton is (on the CPU the interpreter runs them,
+    for tests, far slower than torch's ops)."""
+    return torch.device(device).type == "cuda" and available() is None
 
 
 def draw(pcs: Pieces, sizes: np.ndarray, scale: int, tex: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from avatarcast.engines.backends.base import BackendError
 from avatarcast.engines.tiny.config import TinyConfig
@@ -32,6 +33,7 @@ Box = tuple[int, int, int, int]  # window (row, column, height, width)
 # how the frames are composed: "torch" (ops over the float window) or "triton" (one kernel a go: each pixel read
 # from its box or its effects' canvas and written once as uint8; engines/tiny/triton_kernels.compose_tiles)
 KERNELS = ("torch", "triton")
+MAX_FRAMES_TRITON = 2048  # frames the triton kernel composes in one go: effect canvases of ~2.8 MB each for those shown
 
 
 @dataclass(frozen=True)
@@ -47,12 +49,16 @@ class DeviceCompose:
     """Composes frames on `device`, at most `max_frames` window-sized float frames at a time (each ~2.8 MB, and a
     few copies of it while composing)."""
 
-    def __init__(self, window: TinyConfig, device: torch.device | str, max_frames: int = 256, kernel: str = "torch"):
+    def __init__(
+        self, window: TinyConfig, device: torch.device | str, max_frames: int = 256, kernel: str | None = None
+    ):
+        from avatarcast.engines.tiny.cutout_triton import serves_on
+
         self.window = window
         self.device = torch.device(device)
         self.max_frames = int(max_frames)
-        self.kernel = "torch"
-        self.use_kernel(kernel)
+        self.kernel = "torch"  # by default Triton's on CUDA where Triton is
+        self.use_kernel(kernel or ("triton" if serves_on(self.device) else "torch"))
 
     def use_kernel(self, kernel: str) -> None:
         """Compose with `kernel`, one of KERNELS.
@@ -96,7 +102,10 @@ class DeviceCompose:
         w = self.window
         if out is None:
             out = torch.zeros((S, n, w.height, w.width, 4), dtype=torch.uint8, device=self.device)
-        per = max(1, self.max_frames // max(1, n))
+        # the triton kernel keeps no float window, only the effects' canvases: all streams in one go up to
+        # MAX_FRAMES_TRITON frames (the effects laid once for all of them: the host's cost is per go)
+        cap = MAX_FRAMES_TRITON if self.kernel == "triton" else self.max_frames
+        per = max(1, cap // max(1, n))
         for i0 in range(0, S, per):
             i1 = min(S, i0 + per)
             if self.kernel == "triton":
@@ -139,23 +148,23 @@ class DeviceCompose:
         for k, sp in enumerate(sprites):
             streams.setdefault(id(sp), []).append(k)
         shown_parts: list[np.ndarray] = []  # frames with an effect on: numpy takes them through [0, 1] and back
-        # one call per effect and picture size: avatars' sprites differ in size, and one call stacks its pictures
-        groups: dict[tuple, list[tuple[DeviceSprites, np.ndarray, Placements]]] = {}
+        # one call per effect (a particle slot: one picture a frame), whatever the avatar: avatars' pictures differ in
+        # size, and _lay pads them to the largest with transparent texels, which the sampling reads as it reads
+        # outside a picture (0), so the frames are those of a call per picture size
+        groups: dict[int, list[tuple[DeviceSprites, np.ndarray, Placements]]] = {}
         for ks in streams.values():
             sp = sprites[ks[0]]
             rows_of = (np.asarray(ks)[:, None] * n + np.arange(n)).ravel()  # these motions' rows of y
             for pl in sp.layer.placements_many(motions[ks].reshape(len(ks) * n, -1)):
                 shown_parts.append(rows_of[pl.on])
                 if len(pl.frames):
-                    groups.setdefault((pl.effect, tuple(sp.pics[pl.effect].shape)), []).append(
-                        (sp, rows_of[pl.frames], pl)
-                    )
+                    groups.setdefault(pl.effect, []).append((sp, rows_of[pl.frames], pl))
         shown = np.unique(np.concatenate(shown_parts)) if shown_parts else np.zeros(0, np.int64)
         return shown, groups
 
     def _lay_all(self, u: torch.Tensor, shown: np.ndarray, groups: dict) -> None:
         """Every effect's pictures over u (len(shown), 4, H, W) in [0, 1], the renderer's order of effects."""
-        for key in sorted(groups, key=lambda k: k[0]):
+        for key in sorted(groups):
             self._lay(u, groups[key], np.searchsorted(shown, np.concatenate([f for _, f, _ in groups[key]])))
 
     def _frames_triton(
@@ -269,7 +278,14 @@ class DeviceCompose:
         # the pictures, premultiplied float32 as canvas() makes them, with a zero row and column first
         lev, pha = ints[5].view(P), ints[6].view(P)
         ends = np.cumsum([0] + [len(pl.frames) for _, _, pl in laid])
-        pics = torch.cat([sp.pics[e][lev[a:b], pha[a:b]] for (sp, _, _), a, b in zip(laid, ends[:-1], ends[1:])])
+        picked = [sp.pics[e][lev[a:b], pha[a:b]] for (sp, _, _), a, b in zip(laid, ends[:-1], ends[1:])]
+        Ph, Pw = max(x.shape[1] for x in picked), max(x.shape[2] for x in picked)
+        pics = torch.cat(
+            [
+                x if x.shape[1:3] == (Ph, Pw) else F.pad(x, (0, 0, 0, Pw - x.shape[2], 0, Ph - x.shape[1]))
+                for x in picked
+            ]
+        )
         pic = pics.float() / 255.0
         pic = torch.cat([pic[..., :3] * pic[..., 3:], pic[..., 3:]], -1).permute(0, 3, 1, 2)
         ph, pw = pic.shape[2], pic.shape[3]

@@ -61,10 +61,21 @@ def cutout_runs_on(backend: str, device: str | None) -> bool:
 
 
 def auto_draw(backend: str, device: str | None) -> str:
-    """What `--motion-draw auto` draws on this backend and device: the cut-out draw in numpy on the CPU; on torch the
-    copy decoder, while the cut-out draw there is slower than it (an H100, one call: 976 fps at 200 streams against
-    2,094, one go per avatar and box size; docs/bench/cutout_gpu_2026-12-06)."""
-    return CUTOUT_DRAW if backend == "onnxruntime" and cutout_runs_on(backend, device) else "copy"
+    """What `--motion-draw auto` draws on this backend and device: the cut-out draw in numpy on the CPU, and on torch
+    on CUDA with Triton's kernels (an H100, one call: 1,357 fps at 200 streams against the copy decoder's 1,273;
+    docs/bench/cutout_triton_2026-12-07); the copy decoder on torch elsewhere (torch's ops on CUDA: 449 fps against
+    1,367, docs/bench/cutout_gpu_2026-12-07)."""
+    if backend == "onnxruntime" and cutout_runs_on(backend, device):
+        return CUTOUT_DRAW
+    if backend == "torch" and device not in ("cpu", None):
+        import torch
+
+        from avatarcast.engines.tiny.cutout_triton import serves_on
+
+        cuda = torch.cuda.is_available() if device == "auto" else str(device).startswith("cuda")
+        if cuda and serves_on("cuda"):
+            return CUTOUT_DRAW
+    return "copy"
 
 
 SHIPPED_DRAWS = {"copy": "motion", "residual": "motion_residual", CUTOUT_DRAW: "motion"}  # folders beside SHIPPED

@@ -166,3 +166,24 @@ def test_where_the_cutout_draw_runs_is_one_predicate():
         Settings(engine="motion", backend="onnxruntime", device="cuda", motion_draw="cutout").validate()
     with pytest.raises(BackendError, match="cut-out draw runs on onnxruntime on the CPU or on torch"):
         MotionEngine.from_folder(None, draw="cutout", backend="onnxruntime", device="cuda")
+
+
+def test_auto_draws_the_cutout_on_cuda_where_triton_is(monkeypatch):
+    """--motion-draw auto on torch: the cut-out draw on CUDA with Triton's kernels (faster than the copy decoder
+    there, docs/bench/cutout_triton_2026-12-07), the copy decoder on CUDA without Triton and on the CPU; the
+    backend and the compose pick Triton's kernels on CUDA only."""
+    from avatarcast.engines.tiny import cutout_triton
+
+    assert auto_draw("onnxruntime", "cpu") == "cutout" and auto_draw("torch", "cpu") == "copy"
+    monkeypatch.setattr(cutout_triton, "available", lambda: None)
+    assert auto_draw("torch", "cuda") == "cutout" and auto_draw("torch", "cuda:1") == "cutout"
+    assert cutout_torch.default_kernel(torch.device("cuda")) == "triton"
+    assert cutout_torch.default_kernel(CPU) == "eager" and auto_draw("torch", "cpu") == "copy"
+    monkeypatch.setattr(cutout_triton, "available", lambda: "Triton is not installed")
+    assert auto_draw("torch", "cuda") == "copy" and cutout_torch.default_kernel(torch.device("cuda")) == "eager"
+    backend = cutout_torch.TorchCutoutBackend.from_folder(load_motion_manifest(motion_folder(None, "cutout")), "cpu")
+    assert backend.kernel == "eager"
+    with pytest.raises(BackendError, match="Triton is not installed"):
+        backend.use_kernel("triton")
+    with pytest.raises(BackendError, match="one of eager, compiled, triton"):
+        backend.use_kernel("cuda-graphs")

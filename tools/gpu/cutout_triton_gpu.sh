@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The cut-out draw's and the device compose's Triton kernels (engines/tiny/cutout_triton.py, triton_kernels.py) on
-# CUDA: their frames against numpy's, then the engine's fps at 200 and 400 streams beside the copy decoder's and the
-# torch compose's, in the same call. One call of the device tool, under 10 minutes:
+# CUDA, their default there: their frames against numpy's, then the engine's fps with --motion-draw auto (the cut-out
+# draw) at 200 and 400 streams beside the copy decoder's, in the same call, and where a chunk's time goes. One call of the device tool, under 10 minutes:
 #   run(command="bash tools/gpu/cutout_triton_gpu.sh", carry=[".whl"], timeout_s=600)
-# Results in $OUT: log.txt and results.tar (check.json, ops_s200.json, bench_*.json, prof_*.json).
+# Results in $OUT: log.txt and results.tar (check.json, [ops_s200.json,] bench_*.json, prof_cutout_s200.json).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -15,16 +15,17 @@ fi
 OUT=${OUT:-/tmp/out}
 R=/tmp/cutout_triton
 mkdir -p "$OUT" "$R"
-export R
+export R AVATARS=${AVATARS:-pip,luna,random-424242} OPS=${OPS:-0}  # OPS=1: the draw alone too
 steps() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
-  echo "== frames: the Triton draw and compose (cuda) against numpy"
-  timeout 150 python3 -m tools.cutout_torch_check --device cuda --streams 16 --kernel triton --compose triton \
-    | tee "$R/check.json"
-  echo "== the draw alone (draw_boxes_t), 200 streams over 16 avatars"
-  timeout 60 python3 -m tools.cutout_torch_ops --device cuda --streams 200 --avatars 16 --kernel triton \
-    | tee "$R/ops_s200.json"
+  echo "== frames: the cut-out draw and compose on CUDA, their default kernels (Triton's), against numpy"
+  timeout 120 python3 -m tools.cutout_torch_check --device cuda --streams 16 --avatars "$AVATARS" | tee "$R/check.json"
+  if [ "${OPS:-0}" = 1 ]; then
+    echo "== the draw alone (draw_boxes_t), 200 streams over 16 avatars"
+    timeout 60 python3 -m tools.cutout_torch_ops --device cuda --streams 200 --avatars 16 --kernel triton \
+      | tee "$R/ops_s200.json"
+  fi
   B="python3 -m avatarcast.realtime.cli bench engine --engine motion --backend torch --device cuda --seconds 8 --json"
   run() {  # name, sessions, options...
     local name=$1 s=$2
@@ -33,17 +34,12 @@ steps() {
     timeout 75 $B --sessions "$s" "$@" -o "$R/bench_${name}_s$s.json" >/dev/null
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('fps','chunk_latency_ms','decode_ms','realtime_streams')})" "$R/bench_${name}_s$s.json"
   }
-  run cutout_triton 200 --opt draw=cutout --opt kernel=triton --opt compose=triton
+  run auto 200  # --motion-draw auto: the cut-out draw, Triton's kernels
   run copy 200 --opt draw=copy
-  run copy_compose_triton 200 --opt draw=copy --opt compose=triton
-  run cutout_triton 400 --opt draw=cutout --opt kernel=triton --opt compose=triton
-  for k in "cutout triton" "copy torch" "copy triton"; do
-    set -- $k
-    echo "== profile $1, compose $2, 200 streams"
-    kern=""; [ "$1" = cutout ] && kern="--kernel triton"
-    timeout 90 python3 -m tools.motion_torch_profile --device cuda --sessions 200 --chunks 4 --draw "$1" $kern \
-      --compose-kernel "$2" | tee "$R/prof_$1_$2_s200.json"
-  done
+  run auto 400
+  echo "== profile: the cut-out draw, its default kernels, 200 streams"
+  timeout 90 python3 -m tools.motion_torch_profile --device cuda --sessions 200 --chunks 4 --draw cutout \
+    | tee "$R/prof_cutout_s200.json"
 }
 timeout "${LIMIT:-560}" bash -c "$(declare -f steps); steps" > "$R/log.txt" 2>&1
 cp "$R/log.txt" "$OUT/log.txt"
