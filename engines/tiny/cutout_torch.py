@@ -210,7 +210,13 @@ def plan(avatar: TorchCutout, motions: np.ndarray, origins: np.ndarray, sizes: n
     sx, sy = 2.0 / Ws, 2.0 / Hs
     tx, ty = (x0s * s + 0.5) * sx - 1.0, (y0s * s + 0.5) * sy - 1.0
     half = np.array([W / 2.0, H / 2.0])
-    plans = []
+    laid: list = []  # per layer: (slot, texture, pictures, on, numbers, box, bordered heights, widths)
+    affine: list = []  # the affine layers' maps, their boxes found in one go after the loop
+    bones: list = []  # the limb segments' points, their maps and boxes found in one go after the loop
+
+    def tiled_canvas(n: int) -> tuple[np.ndarray, np.ndarray]:
+        return np.tile(Hc, n), np.tile(Wc, n)
+
     for slot, tex in enumerate(avatar.textures):
         on = finite.copy()
         k = np.zeros(N, np.int64)  # the picture each frame lays
@@ -236,47 +242,82 @@ def plan(avatar: TorchCutout, motions: np.ndarray, origins: np.ndarray, sizes: n
                 centre = cut.eyes[0 if side == "-1" else 1]
                 keep_upright = upright(step, fields)
         row, col, ph, pw = tex.places[:, k]  # ph, pw: bordered
-        nums = np.zeros((N, _ROW))
         if tex.mover.startswith(BONE):
             p_, q_, limb = tex.mover[len(BONE) :].split(",")
-            origin = (x0s * s, y0s * s)
-            box = _bone(nums, point(p_), point(q_), cut.caps[limb] * s, s, half * s, row, col, origin, (Hc, Wc))
+            bones.append((slot, tex, k, on, point(p_), point(q_), cut.caps[limb] * s, row, col, ph, pw))
+            continue
+        if tex.mover.startswith(AT):
+            pt, pr = point(tex.mover[len(AT) :])
+            Ai, bi = np.broadcast_to(np.eye(2), (N, 2, 2)), pr - pt
+        elif tex.mover.startswith(NECK):
+            Ai, bi = neck_map(kp, cut.kp_ref, cut.neck, tex.mover == NECK + "wide", W, H)
+        elif tex.mover.startswith(PAIR):
+            p_, q_ = tex.mover[len(PAIR) :].split(",")
+            (pt, pr), (qt, qr) = point(p_), point(q_)
+            Ai, bi = _normalized(*_similarity(pt * half, qt * half, pr * half, qr * half), half)
         else:
-            if tex.mover.startswith(AT):
-                pt, pr = point(tex.mover[len(AT) :])
-                Ai, bi = np.broadcast_to(np.eye(2), (N, 2, 2)), pr - pt
-            elif tex.mover.startswith(NECK):
-                Ai, bi = neck_map(kp, cut.kp_ref, cut.neck, tex.mover == NECK + "wide", W, H)
-            elif tex.mover.startswith(PAIR):
-                p_, q_ = tex.mover[len(PAIR) :].split(",")
-                (pt, pr), (qt, qr) = point(p_), point(q_)
-                Ai, bi = _normalized(*_similarity(pt * half, qt * half, pr * half, qr * half), half)
-            else:
-                j = _PART[tex.mover]
-                Ai, bi = A[:, j], b[:, j]
-            if keep_upright is not None and centre is not None and keep_upright.any():  # as cutout.draw
-                A2, b2 = unturned(Ai, bi, centre)
-                Ai = np.where(keep_upright[:, None, None], A2, Ai)
-                bi = np.where(keep_upright[:, None], b2, bi)
-            bi = bi - shift / half
-            if stretch is not None and centre is not None:  # read the picture at c + (ref - c) / stretch
-                inv = 1.0 / stretch
-                Ai, bi = Ai * inv[:, :, None], centre + (bi - centre) * inv
-            box = _affine_box(nums, Ai, bi, (Hs, Ws), row, col, ph - 2, pw - 2, (sx, sy), (tx, ty), (Hc, Wc))
-        r0, r1, c0, c1 = box
-        empty = ~on | (r1 <= r0) | (c1 <= c0)
-        r0, r1, c0, c1 = (np.where(empty, 0, v) for v in (r0, r1, c0, c1))
-        # the map's constant at the box's first sub-pixel (float64 here: the device adds small numbers to it)
-        nums[:, _C : _C + 2] += nums[:, _A : _A + 2] * c0[:, None] + nums[:, _B : _B + 2] * r0[:, None]
-        nums[:, _HI] = pw - 1.001  # cutout._sample's clamp, in the bordered picture's pixels
-        nums[:, _HI + 1] = ph - 1.001
-        nums[:, _RED] = red if tex.skin else 0.0
-        if not tex.mover.startswith(BONE):
-            nums[:, _BONE:] = _NO_BONE
-        nums[empty] = 0.0
-        box4 = np.stack([r0, r1 - r0, c0, c1 - c0]).astype(np.int64)
-        plans.append(_LayerPlan(slot, box4, nums, tex.first[k], pw.astype(np.int64)))
-    return plans
+            j = _PART[tex.mover]
+            Ai, bi = A[:, j], b[:, j]
+        if keep_upright is not None and centre is not None and keep_upright.any():  # as cutout.draw
+            A2, b2 = unturned(Ai, bi, centre)
+            Ai = np.where(keep_upright[:, None, None], A2, Ai)
+            bi = np.where(keep_upright[:, None], b2, bi)
+        bi = bi - shift / half
+        if stretch is not None and centre is not None:  # read the picture at c + (ref - c) / stretch
+            inv = 1.0 / stretch
+            Ai, bi = Ai * inv[:, :, None], centre + (bi - centre) * inv
+        affine.append((slot, tex, k, on, Ai, bi, row, col, ph, pw))
+    if bones:  # every limb segment's map and box in one go over (layers x frames): numpy's cost is per call
+        n = len(bones)
+        nums = np.zeros((n * N, _ROW))
+        frame = [np.concatenate([x[i][0] for x in bones]) for i in (4, 5)]
+        ref = [np.concatenate([np.broadcast_to(x[i][1], (N, 2)) for x in bones]) for i in (4, 5)]
+        cap = np.repeat([x[6] for x in bones], N)
+        row, col = (np.concatenate([x[i] for x in bones]) for i in (7, 8))
+        origin = (np.tile(x0s * s, n), np.tile(y0s * s, n))
+        box = _bone(nums, (frame[0], ref[0]), (frame[1], ref[1]), cap, s, half * s, row, col, origin, tiled_canvas(n))
+        for i, (slot, tex, k, on, *_, ph_i, pw_i) in enumerate(bones):
+            at = slice(i * N, (i + 1) * N)
+            laid.append((slot, tex, k, on, nums[at], tuple(v[at] for v in box), ph_i, pw_i))
+    if affine:  # every affine layer's map and box in one go over (layers x frames): numpy's cost is per call
+        n = len(affine)
+        nums = np.zeros((n * N, _ROW))
+        Ai, bi, row, col, ph, pw = (np.concatenate([a[i] for a in affine]) for i in range(4, 10))
+        firsts = (np.tile(tx, n), np.tile(ty, n))
+        box = _affine_box(nums, Ai, bi, (Hs, Ws), row, col, ph - 2, pw - 2, (sx, sy), firsts, tiled_canvas(n))
+        for i, (slot, tex, k, on, *_, ph_i, pw_i) in enumerate(affine):
+            at = slice(i * N, (i + 1) * N)
+            laid.append((slot, tex, k, on, nums[at], tuple(v[at] for v in box), ph_i, pw_i))
+    return _finish(laid, N, red)
+
+
+def _finish(laid: list, N: int, red: np.ndarray) -> list[_LayerPlan]:
+    """The layers' plans from their maps and boxes, in one go over (layers x frames): each box emptied where the frame
+    lays nothing, the map's constant moved to the box's first sub-pixel, the clamp, the skin's redness, the identity
+    stretch of a layer that is not a limb segment. laid: per layer (slot, texture, each frame's picture, whether the
+    frame lays it, its numbers (N, _ROW), its box (r0, r1, c0, c1), the pictures' bordered heights and widths)."""
+    if not laid:
+        return []
+    nums = np.concatenate([x[4] for x in laid])
+    r0, r1, c0, c1 = (np.concatenate([x[5][i] for x in laid]) for i in range(4))
+    on = np.concatenate([x[3] for x in laid])
+    ph, pw = np.concatenate([x[6] for x in laid]), np.concatenate([x[7] for x in laid])
+    empty = ~on | (r1 <= r0) | (c1 <= c0)
+    r0, r1, c0, c1 = (np.where(empty, 0, v) for v in (r0, r1, c0, c1))
+    # the map's constant at the box's first sub-pixel (float64 here: the device adds small numbers to it)
+    nums[:, _C : _C + 2] += nums[:, _A : _A + 2] * c0[:, None] + nums[:, _B : _B + 2] * r0[:, None]
+    nums[:, _HI] = pw - 1.001  # cutout._sample's clamp, in the bordered picture's pixels
+    nums[:, _HI + 1] = ph - 1.001
+    nums[:, _RED] = np.concatenate([red if x[1].skin else np.zeros(N) for x in laid])
+    not_bone = np.repeat([not x[1].mover.startswith(BONE) for x in laid], N)
+    nums[not_bone, _BONE:] = _NO_BONE
+    nums[empty] = 0.0
+    box4 = np.stack([r0, r1 - r0, c0, c1 - c0]).astype(np.int64)
+    plans = []
+    for i, (slot, tex, k, *_) in enumerate(laid):
+        at = slice(i * N, (i + 1) * N)
+        plans.append(_LayerPlan(slot, box4[:, at], nums[at], tex.first[k], pw[at].astype(np.int64)))
+    return sorted(plans, key=lambda p: p.slot)
 
 
 def _affine_box(nums, Ai, bi, hw_s, row, col, h, w, steps, firsts, canvas) -> tuple[np.ndarray, ...]:
@@ -310,20 +351,21 @@ def _affine_box(nums, Ai, bi, hw_s, row, col, h, w, steps, firsts, canvas) -> tu
 def _bone(nums, p, q, cap, s, half, row, col, origin, canvas) -> tuple[np.ndarray, ...]:
     """cutout._lay_bone's map into nums: (along, across) the frame's bone affine in the sub-pixel (column, row), the
     along coordinate stretched piecewise, then the reference's bone; and the box (r0, r1, c0, c1) it can reach.
-    p, q: (frame's (N, 2), reference's (2,)) normalized; half: the window's half size at the layers' scale; origin:
-    (x0, y0), first sub-pixel in the window (N,); canvas: its (rows, columns)."""
+    Per row (a layer's frame; rows of many layers at once): p, q: (frame's (M, 2), reference's (M, 2)) normalized;
+    cap (M,): the limb's cap; half: the window's half size at the layers' scale; origin: (x0, y0), first sub-pixel in
+    the window (M,); canvas: its (rows, columns) (M,)."""
     (pt, pr), (qt, qr) = p, q
     x0, y0 = origin
     at, bt = (pt + 1.0) * half, (qt + 1.0) * half
     ar, br = (pr + 1.0) * half, (qr + 1.0) * half
     lt = np.hypot(*(bt - at).T)
-    lr = float(np.hypot(*(br - ar)))
+    lr = np.hypot(*(br - ar).T)
     ok = (lt >= 1e-6) & (lr >= 1e-6)
     lt_ = np.where(ok, lt, 1.0)
     dt = (bt - at) / lt_[:, None]
-    dr = (br - ar) / (lr if lr >= 1e-6 else 1.0)
+    dr = (br - ar) / np.where(lr >= 1e-6, lr, 1.0)[:, None]
     nt = np.stack([-dt[:, 1], dt[:, 0]], -1)
-    nr = np.array([-dr[1], dr[0]])
+    nr = np.stack([-dr[:, 1], dr[:, 0]], -1)
     # a sub-pixel (k, r) of the canvas is at (x0 + k + 0.5, y0 + r + 0.5) at the layers' scale
     gx0, gy0 = x0 + 0.5 - at[:, 0], y0 + 0.5 - at[:, 1]
     nums[:, _A], nums[:, _B], nums[:, _C] = dt[:, 0], dt[:, 1], gx0 * dt[:, 0] + gy0 * dt[:, 1]  # along
@@ -336,11 +378,11 @@ def _bone(nums, p, q, cap, s, half, row, col, origin, canvas) -> tuple[np.ndarra
     nums[:, b + 2] = k  # between: u * k + e (cap + (u - cap) * k)
     nums[:, b + 3] = np.where(long, cap - cap * k, 0.0)
     nums[:, b + 4] = lr - lt
-    nums[:, b + 5] = ar[0] - col + 0.5  # the bordered picture's pixels: ar + ur * dr + v * nr - (col, row) + 0.5
-    nums[:, b + 6] = ar[1] - row + 0.5
-    nums[:, b + 7], nums[:, b + 8] = dr[0], dr[1]
-    nums[:, b + 9], nums[:, b + 10] = nr[0], nr[1]
-    reach = cap + 2.0 * s
+    nums[:, b + 5] = ar[:, 0] - col + 0.5  # the bordered picture's pixels: ar + ur * dr + v * nr - (col, row) + 0.5
+    nums[:, b + 6] = ar[:, 1] - row + 0.5
+    nums[:, b + 7], nums[:, b + 8] = dr[:, 0], dr[:, 1]
+    nums[:, b + 9], nums[:, b + 10] = nr[:, 0], nr[:, 1]
+    reach = (cap + 2.0 * s)[:, None]
     lo, hi = np.minimum(at, bt) - reach, np.maximum(at, bt) + reach
     n_r, n_c = canvas
     c0, c1 = _count_below(lo[:, 0] - x0 - 0.5, n_c), _count_below(hi[:, 0] - x0 - 0.5, n_c)
