@@ -140,8 +140,8 @@ class DeviceCompose:
         y[rows] = u * 2.0 - 1.0
 
     def _placed(self, motions: np.ndarray, sprites: Sequence[DeviceSprites]) -> tuple[np.ndarray, dict]:
-        """The frames (rows of S * n) that show an effect, sorted, and each effect's pictures by effect and picture
-        size. The placements are worked out an avatar at a time over all its streams' frames
+        """The frames (rows of S * n) that show an effect, sorted, and the pictures laid, by effect (particle slot).
+        The placements are worked out an avatar at a time over all its streams' frames
         (EffectLayer.placements_many: numpy arrays, not Python per frame)."""
         n = motions.shape[1]
         streams: dict[int, list[int]] = {}  # each avatar's (sprites') streams
