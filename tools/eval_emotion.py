@@ -41,13 +41,14 @@ SETS = {
     "K": "heldout_k_{}.csv",
     "L": "heldout_l_{}.csv",
 }
-# L is the clean set (written and committed before the fifth round's candidate, scored once after it); F-I and K were
+# L was the fifth round's clean set (written and committed before its candidate, scored once after it, 2026-12-07:
+# docs/emotion.md); it stays CLEAN, never fitted on or read, until the next round's set is written first. F-I were
 # clean in earlier rounds and have been used for decisions since, but their misread lines were never looked at and
-# are still not printed; J was clean in the third round and is a development set since (its lines were read,
-# labelled blind by a second writer, tools/emotion_agreement.py, and its misread lines looked at); A-E were scored
-# while the reader was developed, so they are reported apart
+# are still not printed; J (third round) and K (fourth) are development sets since (J's lines were read, labelled
+# blind by a second writer, tools/emotion_agreement.py, and its misread lines looked at; K's may be from the fifth
+# round on); A-E were scored while the reader was developed, so they are reported apart
 CLEAN = "L"
-UNPRINTED = "FGHIKL"
+UNPRINTED = "FGHIL"
 GROUPS = ("L", "K", "J", "I", "F", "G", "H", "ABCDE")
 
 

@@ -135,14 +135,15 @@ def development_result(reader: EmotionReader, encoded_once: EncodedOnce) -> dict
 
 @pytest.fixture(scope="module")
 def clean_result(reader: EmotionReader, encoded_once: EncodedOnce) -> dict:
-    return encoded_once.evaluate(reader, held_out("K"))
+    return encoded_once.evaluate(reader, held_out("L"))
 
 
 # --- accuracy of the shipped artifact on text it never saw ----------------------------------------
 
-# Sets A-E were scored while the reader was developed; F-I were clean in earlier rounds; J was clean in the third
-# round and is a development set since; set K (tests/data/emotion/README.md) was written before the changes it
-# measures and its lines are never looked at. Measured once on the shipped weights (docs/emotion.md), never tuned on.
+# Sets A-E were scored while the reader was developed; F-I were clean in earlier rounds; J and K were clean in the
+# third and fourth rounds and are development sets since; set L (tests/data/emotion/README.md) was written before the
+# fifth round's candidate and its lines are never looked at. Measured once on the shipped weights (docs/emotion.md),
+# never tuned on.
 # The floors catch a regression on A-E and on J (the development set batch 9 was written against: the reader
 # shipped in the fourth round reads it 82.0% / 81.7%, the one before 78.9% / 81.7%).
 FLOOR = 0.78
@@ -163,9 +164,9 @@ def test_held_out_accuracy_has_not_regressed(held_out_result: dict, development_
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="target not met: set K reads 81.0% in English and 80.6% in Chinese")
+@pytest.mark.xfail(strict=True, reason="target not met in English: set L reads 79.7% in English (86.9% in Chinese)")
 def test_held_out_accuracy_meets_the_target(clean_result: dict) -> None:
-    """>= 85% top-1 in each language on set K, the clean held-out set (what the issue asks)."""
+    """>= 85% top-1 in each language on set L, the clean held-out set (what the issue asks)."""
     for lang in ("en", "zh"):
         v = clean_result["per_language"][lang]
         assert v["n"] >= 150 and v["accuracy"] >= 0.85, (lang, v)
