@@ -505,8 +505,9 @@ def draw_frames_t(
     slot at a time (a frame has one layer a slot, its own avatar's: the order of each avatar's layers is kept). A go
     holds at most `max_samples` sub-pixels: a call makes one go per that many, and three ops a slot. triton: one
     launch for the call (engines/tiny/cutout_triton.py)."""
-    if kernel not in KERNELS:
-        raise BackendError(f"the cut-out draw's kernel: one of {', '.join(KERNELS)}; not {kernel!r}")
+    from avatarcast.engines.tiny.cutout_triton import checked
+
+    checked(kernel, KERNELS, "the cut-out draw")
     s = avatars[0].host.scale
     tex, tex_first = joined_texels(avatars) if texels is None else texels
     pcs = pieces(avatars, which, motions, origins, sizes, tex_first)
@@ -692,14 +693,9 @@ class TorchCutoutBackend:
         Raises:
             BackendError: another name, or "triton" without Triton.
         """
-        if kernel not in KERNELS:
-            raise BackendError(f"the cut-out draw's kernel: one of {', '.join(KERNELS)}; not {kernel!r}")
-        if kernel == "triton":
-            from avatarcast.engines.tiny.cutout_triton import available
+        from avatarcast.engines.tiny.cutout_triton import checked
 
-            if (why := available()) is not None:
-                raise BackendError(f"the cut-out draw's triton kernel: {why}")
-        self.kernel = kernel
+        self.kernel = checked(kernel, KERNELS, "the cut-out draw")
 
     @classmethod
     def from_folder(

@@ -40,6 +40,19 @@ def available() -> str | None:
     return None
 
 
+def checked(kernel: str, kernels: tuple[str, ...], what: str) -> str:
+    """`kernel` if it is one of `kernels` and can run here ("triton": Triton installed); `what` names the user.
+
+    Raises:
+        BackendError: another name, or "triton" without Triton.
+    """
+    if kernel not in kernels:
+        raise BackendError(f"{what}'s kernel: one of {', '.join(kernels)}; not {kernel!r}")
+    if kernel == "triton" and (why := available()) is not None:
+        raise BackendError(f"{what}'s triton kernel: {why}")
+    return kernel
+
+
 def serves_on(device: torch.device | str) -> bool:
     """Whether the kernels serve by default on `device`: CUDA, where Triton is (on the CPU the interpreter runs them,
     for tests, far slower than torch's ops)."""
@@ -54,9 +67,7 @@ def draw(pcs: Pieces, sizes: np.ndarray, scale: int, tex: torch.Tensor, device: 
     Raises:
         BackendError: Triton missing (`available`).
     """
-    why = available()
-    if why is not None:
-        raise BackendError(f"the cut-out draw's triton kernel: {why}")
+    checked("triton", ("triton",), "the cut-out draw")
     N = len(sizes)
     h, w = sizes[:, 0].astype(np.int64), sizes[:, 1].astype(np.int64)
     first = np.concatenate([[0], np.cumsum(4 * h * w)])

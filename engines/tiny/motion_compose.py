@@ -23,7 +23,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from avatarcast.engines.backends.base import BackendError
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.effects import EffectLayer, Placements, sample_coords
 from avatarcast.engines.tiny.pinned import to_device
@@ -66,14 +65,9 @@ class DeviceCompose:
         Raises:
             BackendError: another name, or "triton" without Triton.
         """
-        if kernel not in KERNELS:
-            raise BackendError(f"the device compose's kernel: one of {', '.join(KERNELS)}; not {kernel!r}")
-        if kernel == "triton":
-            from avatarcast.engines.tiny.cutout_triton import available
+        from avatarcast.engines.tiny.cutout_triton import checked
 
-            if (why := available()) is not None:
-                raise BackendError(f"the device compose's triton kernel: {why}")
-        self.kernel = kernel
+        self.kernel = checked(kernel, KERNELS, "the device compose")
 
     def _put(self, vals, dtype: torch.dtype) -> torch.Tensor:
         """Host numbers on the device without waiting for its queue (a dozen waits an effect otherwise:

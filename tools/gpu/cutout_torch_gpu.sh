@@ -8,14 +8,7 @@
 # Steps in order of need, each under its own limit, all under LIMIT seconds (default 540).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-ROOT=$PWD
-REPO=${REPO:-$ROOT}  # where .whl is (the checkout's root)
-export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=$ROOT
-if ls "$REPO"/.whl/*.whl >/dev/null 2>&1; then  # the bench imports realtime/settings (pydantic...): not in the image
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/whl "$REPO"/.whl/*.whl \
-    && export PYTHONPATH=$ROOT:/tmp/whl
-fi
-OUT=${OUT:-/tmp/out}
+. tools/gpu/env.sh  # ROOT, OUT, PYTHONPATH (+ .whl)
 R=/tmp/cutout_gpu
 mkdir -p "$OUT" "$R"
 export CHUNKS=${CHUNKS:-4} R STREAMS=${STREAMS:-"200 50"} TRACE=${TRACE:-1}  # TRACE=1: one cut-out chunk traced

@@ -6,13 +6,7 @@
 # Results in $OUT: log.txt and results.tar (check.json, [ops_s200.json,] bench_*.json, prof_cutout_s200.json).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-ROOT=$PWD
-export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=$ROOT
-if ls "$ROOT"/.whl/*.whl >/dev/null 2>&1; then  # the bench imports realtime/settings (pydantic...): not in the image
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/whl "$ROOT"/.whl/*.whl \
-    && export PYTHONPATH=$ROOT:/tmp/whl
-fi
-OUT=${OUT:-/tmp/out}
+. tools/gpu/env.sh  # ROOT, OUT, PYTHONPATH (+ .whl)
 R=/tmp/cutout_triton
 mkdir -p "$OUT" "$R"
 export R AVATARS=${AVATARS:-pip,luna,random-424242} OPS=${OPS:-0}  # OPS=1: the draw alone too

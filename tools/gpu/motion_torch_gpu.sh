@@ -19,14 +19,7 @@
 # engine` with it, and CUDA graphs per (rows, h, w) replayed once the padded shapes repeat.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
-export PYTHONUNBUFFERED=1 PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True PYTHONPATH=$PWD
-# the bench imports realtime/settings (pydantic, pydantic-settings, python-dotenv), which the device image lacks:
-# wheels put in .whl/ here (pip download --python-version 3.12 --only-binary=:all: ...) travel with the checkout
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python -m pip install -q --no-deps --target /tmp/whl .whl/*.whl && export PYTHONPATH=$PWD:/tmp/whl
-fi
-OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT"
+. tools/gpu/env.sh  # ROOT, OUT, PYTHONPATH (+ .whl)
 DEVICE=cuda
 STREAMS=${STREAMS:-"50 100 200"}
 DRAWS=${DRAWS:-"copy residual"}
