@@ -514,7 +514,8 @@ def draw_frames_t(
     if kernel == "triton":
         from avatarcast.engines.tiny import cutout_triton
 
-        flat = cutout_triton.draw(pcs, sizes, s, tex, device)
+        arrays = (pcs.frame, pcs.slot, pcs.box, pcs.texel, pcs.stride, pcs.nums)
+        flat = cutout_triton.draw(arrays, sizes, s, tex, device)
         areas = 4 * sizes[:, 0].astype(np.int64) * sizes[:, 1]
         out = _runs(flat, sizes, lambda a, b, n, h, w: flat[a:b].view(n, 4, h, w), areas)
     else:

@@ -16,16 +16,11 @@ same kernel runs on the CPU (numpy), which is how the tests compare it with the 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 
 from avatarcast.engines.backends.base import BackendError
 from avatarcast.engines.tiny.pinned import to_device
-
-if TYPE_CHECKING:
-    from avatarcast.engines.tiny.cutout_torch import Pieces
 
 # a program's tile of pixels (rows, columns): 16 x 32 pixels, 2,048 sub-pixels at the cut-out's scale 2
 TILE_H, TILE_W = 16, 32
@@ -59,10 +54,12 @@ def serves_on(device: torch.device | str) -> bool:
     return torch.device(device).type == "cuda" and available() is None
 
 
-def draw(pcs: Pieces, sizes: np.ndarray, scale: int, tex: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """The pieces (cutout_torch.pieces) of N frames of window sizes `sizes` (N, 2: rows, columns) drawn on `device`
-    -> flat float32, frame after frame (4, rows, columns) each, premultiplied in [-1, 1] (transparent where a frame
-    lays nothing).
+def draw(
+    pieces: tuple[np.ndarray, ...], sizes: np.ndarray, scale: int, tex: torch.Tensor, device: torch.device
+) -> torch.Tensor:
+    """The laid layers of N frames of window sizes `sizes` (N, 2: rows, columns) drawn on `device` -> flat float32,
+    frame after frame (4, rows, columns) each, premultiplied in [-1, 1] (transparent where a frame lays nothing).
+    pieces: cutout_torch.Pieces' arrays (frame, slot, box, texel, stride, nums), one row a laid layer.
 
     Raises:
         BackendError: Triton missing (`available`).
@@ -75,13 +72,14 @@ def draw(pcs: Pieces, sizes: np.ndarray, scale: int, tex: torch.Tensor, device: 
     if N == 0:
         return out
     # a frame's pieces one after another, each frame's in its drawing order
-    order = np.lexsort((pcs.slot, pcs.frame))
-    frame_pieces = np.searchsorted(pcs.frame[order], np.arange(N + 1))
-    ints = np.concatenate([pcs.box, pcs.texel[:, None], pcs.stride[:, None]], 1)[order]
+    frame, slot, box, texel, stride, nums_h = pieces
+    order = np.lexsort((slot, frame))
+    frame_pieces = np.searchsorted(frame[order], np.arange(N + 1))
+    ints = np.concatenate([box, texel[:, None], stride[:, None]], 1)[order]
     frames = np.stack([h, w, first[:-1]], 1)
     # one copy of the integers to the device, one of the numbers
     flat = to_device(np.concatenate([frame_pieces, frames.ravel(), ints.ravel()]).astype(np.int64), device, torch.long)
-    nums = to_device(pcs.nums[order].astype(np.float32).ravel(), device)
+    nums = to_device(nums_h[order].astype(np.float32).ravel(), device)
     tiles_h, tiles_w = -(-int(h.max()) // TILE_H), -(-int(w.max()) // TILE_W)
     from avatarcast.engines.tiny.triton_kernels import draw_tiles
 
