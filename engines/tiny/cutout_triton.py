@@ -12,6 +12,8 @@ memory.
 
 Triton is imported when a draw asks for this kernel: the CPU serving path never does. With TRITON_INTERPRET=1 the
 same kernel runs on the CPU (numpy), which is how the tests compare it with the torch draw on a machine without a GPU.
+This module also says where Triton's kernels (this one and the compose's, engines/tiny/triton_kernels.py) can run and
+serve by default: `available`, `serves_on`, `checked`.
 """
 
 from __future__ import annotations
