@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -210,7 +210,7 @@ def plan(avatar: TorchCutout, motions: np.ndarray, origins: np.ndarray, sizes: n
     sx, sy = 2.0 / Ws, 2.0 / Hs
     tx, ty = (x0s * s + 0.5) * sx - 1.0, (y0s * s + 0.5) * sy - 1.0
     half = np.array([W / 2.0, H / 2.0])
-    laid: list = []  # per layer: (slot, texture, pictures, on, numbers, box, bordered heights, widths)
+    laid: list[_Laid] = []
     affine: list = []  # the affine layers' maps, their boxes found in one go after the loop
     bones: list = []  # the limb segments' points, their maps and boxes found in one go after the loop
 
@@ -276,47 +276,66 @@ def plan(avatar: TorchCutout, motions: np.ndarray, origins: np.ndarray, sizes: n
         row, col = (np.concatenate([x[i] for x in bones]) for i in (7, 8))
         origin = (np.tile(x0s * s, n), np.tile(y0s * s, n))
         box = _bone(nums, (frame[0], ref[0]), (frame[1], ref[1]), cap, s, half * s, row, col, origin, tiled_canvas(n))
-        for i, (slot, tex, k, on, *_, ph_i, pw_i) in enumerate(bones):
-            at = slice(i * N, (i + 1) * N)
-            laid.append((slot, tex, k, on, nums[at], tuple(v[at] for v in box), ph_i, pw_i))
+        laid += _split(bones, nums, box, N)
     if affine:  # every affine layer's map and box in one go over (layers x frames): numpy's cost is per call
         n = len(affine)
         nums = np.zeros((n * N, _ROW))
         Ai, bi, row, col, ph, pw = (np.concatenate([a[i] for a in affine]) for i in range(4, 10))
         firsts = (np.tile(tx, n), np.tile(ty, n))
         box = _affine_box(nums, Ai, bi, (Hs, Ws), row, col, ph - 2, pw - 2, (sx, sy), firsts, tiled_canvas(n))
-        for i, (slot, tex, k, on, *_, ph_i, pw_i) in enumerate(affine):
-            at = slice(i * N, (i + 1) * N)
-            laid.append((slot, tex, k, on, nums[at], tuple(v[at] for v in box), ph_i, pw_i))
+        laid += _split(affine, nums, box, N)
     return _finish(laid, N, red)
 
 
-def _finish(laid: list, N: int, red: np.ndarray) -> list[_LayerPlan]:
+class _Laid(NamedTuple):
+    """One layer's plan before `_finish`: its slot and texture, each frame's picture and whether the frame lays it,
+    its numbers (N, _ROW), its box (r0, r1, c0, c1) and the pictures' bordered heights and widths."""
+
+    slot: int
+    tex: _Texture
+    k: np.ndarray
+    on: np.ndarray
+    nums: np.ndarray
+    box: tuple[np.ndarray, ...]
+    ph: np.ndarray
+    pw: np.ndarray
+
+
+def _split(group: list, nums: np.ndarray, box: tuple[np.ndarray, ...], N: int) -> list[_Laid]:
+    """A group's maps and boxes, found in one go over (layers x frames), back to one `_Laid` a layer. group: per
+    layer (slot, texture, pictures, on, ..., bordered heights, widths), in the order of the go's rows."""
+    out = []
+    for i, (slot, tex, k, on, *_, ph, pw) in enumerate(group):
+        at = slice(i * N, (i + 1) * N)
+        out.append(_Laid(slot, tex, k, on, nums[at], tuple(v[at] for v in box), ph, pw))
+    return out
+
+
+def _finish(laid: list[_Laid], N: int, red: np.ndarray) -> list[_LayerPlan]:
     """The layers' plans from their maps and boxes, in one go over (layers x frames): each box emptied where the frame
     lays nothing, the map's constant moved to the box's first sub-pixel, the clamp, the skin's redness, the identity
-    stretch of a layer that is not a limb segment. laid: per layer (slot, texture, each frame's picture, whether the
-    frame lays it, its numbers (N, _ROW), its box (r0, r1, c0, c1), the pictures' bordered heights and widths)."""
+    stretch of a layer that is not a limb segment."""
     if not laid:
         return []
-    nums = np.concatenate([x[4] for x in laid])
-    r0, r1, c0, c1 = (np.concatenate([x[5][i] for x in laid]) for i in range(4))
-    on = np.concatenate([x[3] for x in laid])
-    ph, pw = np.concatenate([x[6] for x in laid]), np.concatenate([x[7] for x in laid])
+    nums = np.concatenate([x.nums for x in laid])
+    r0, r1, c0, c1 = (np.concatenate([x.box[i] for x in laid]) for i in range(4))
+    on = np.concatenate([x.on for x in laid])
+    ph, pw = np.concatenate([x.ph for x in laid]), np.concatenate([x.pw for x in laid])
     empty = ~on | (r1 <= r0) | (c1 <= c0)
     r0, r1, c0, c1 = (np.where(empty, 0, v) for v in (r0, r1, c0, c1))
     # the map's constant at the box's first sub-pixel (float64 here: the device adds small numbers to it)
     nums[:, _C : _C + 2] += nums[:, _A : _A + 2] * c0[:, None] + nums[:, _B : _B + 2] * r0[:, None]
     nums[:, _HI] = pw - 1.001  # cutout._sample's clamp, in the bordered picture's pixels
     nums[:, _HI + 1] = ph - 1.001
-    nums[:, _RED] = np.concatenate([red if x[1].skin else np.zeros(N) for x in laid])
-    not_bone = np.repeat([not x[1].mover.startswith(BONE) for x in laid], N)
+    nums[:, _RED] = np.concatenate([red if x.tex.skin else np.zeros(N) for x in laid])
+    not_bone = np.repeat([not x.tex.mover.startswith(BONE) for x in laid], N)
     nums[not_bone, _BONE:] = _NO_BONE
     nums[empty] = 0.0
     box4 = np.stack([r0, r1 - r0, c0, c1 - c0]).astype(np.int64)
     plans = []
-    for i, (slot, tex, k, *_) in enumerate(laid):
+    for i, x in enumerate(laid):
         at = slice(i * N, (i + 1) * N)
-        plans.append(_LayerPlan(slot, box4[:, at], nums[at], tex.first[k], pw[at].astype(np.int64)))
+        plans.append(_LayerPlan(x.slot, box4[:, at], nums[at], x.tex.first[x.k], pw[at].astype(np.int64)))
     return sorted(plans, key=lambda p: p.slot)
 
 
@@ -517,7 +536,7 @@ def draw_frames_t(
         arrays = (pcs.frame, pcs.slot, pcs.box, pcs.texel, pcs.stride, pcs.nums)
         flat = cutout_triton.draw(arrays, sizes, s, tex, device)
         areas = 4 * sizes[:, 0].astype(np.int64) * sizes[:, 1]
-        out = _runs(flat, sizes, lambda a, b, n, h, w: flat[a:b].view(n, 4, h, w), areas)
+        out = _runs(sizes, lambda a, b, n, h, w: flat[a:b].view(n, 4, h, w), areas)
     else:
         out = _draw_torch(pcs, sizes, s, tex, device, max_samples, kernel == "compiled")
     bad = ~np.isfinite(np.asarray(motions)).all(1)
@@ -529,9 +548,9 @@ def draw_frames_t(
     return out
 
 
-def _runs(flat: torch.Tensor, sizes: np.ndarray, view, areas: np.ndarray) -> list[torch.Tensor]:
-    """`view(first, end, frames, rows, columns)` of each run of frames of one size, frame k's values at
-    areas[:k].sum() of `flat`."""
+def _runs(sizes: np.ndarray, view, areas: np.ndarray) -> list[torch.Tensor]:
+    """`view(first, end, frames, rows, columns)` of each run of frames of one size, frame k's values from
+    areas[:k].sum() in the flat buffer `view` reads."""
     at = np.concatenate([[0], np.cumsum(areas)])
     out, i, N = [], 0, len(sizes)
     while i < N:
@@ -581,7 +600,7 @@ def _draw_torch(
         run = canvas[a:b].view(n, bh, s, bw, s, 4).sum((2, 4))
         return run.mul_(2.0 / (s * s)).sub_(1.0).permute(0, 3, 1, 2).contiguous()
 
-    return _runs(canvas, sizes, filtered, areas)
+    return _runs(sizes, filtered, areas)
 
 
 def _lay(

@@ -61,12 +61,9 @@ def draw(
 ) -> torch.Tensor:
     """The laid layers of N frames of window sizes `sizes` (N, 2: rows, columns) drawn on `device` -> flat float32,
     frame after frame (4, rows, columns) each, premultiplied in [-1, 1] (transparent where a frame lays nothing).
-    pieces: cutout_torch.Pieces' arrays (frame, slot, box, texel, stride, nums), one row a laid layer.
-
-    Raises:
-        BackendError: Triton missing (`available`).
+    pieces: cutout_torch.Pieces' arrays (frame, slot, box, texel, stride, nums), one row a laid layer. The caller
+    (cutout_torch.draw_frames_t) has checked that Triton is here (`checked`).
     """
-    checked("triton", ("triton",), "the cut-out draw")
     N = len(sizes)
     h, w = sizes[:, 0].astype(np.int64), sizes[:, 1].astype(np.int64)
     first = np.concatenate([[0], np.cumsum(4 * h * w)])
