@@ -83,10 +83,10 @@ class Settings:
     # part, no decoder network, in numpy beside onnxruntime or on torch's device (engines/tiny/cutout.py,
     # cutout_torch.py; the truest picture: docs/training/motion.md, "The cut-out draw"); "auto", the default:
     # motion_weights.auto_draw (cutout on onnxruntime, the CPU, and on torch on CUDA with Triton; else the copy
-    # decoder on torch). The decoder networks of
-    # the shipped folders: "copy" (moves the avatar's canonical frame) or "residual" (also draws a correction over
-    # it, for about 1.7x the CPU a frame; engines/tiny/motion_weights.SHIPPED_DRAWS), or "adaptive": the residual
-    # draw while the engine has room for it, the copy draw (the ladder's cheaper rung) under load, and sessions
+    # decoder on torch). The decoder networks of the shipped folders: "copy" (moves the avatar's canonical frame) or
+    # "residual" (also draws a correction over it, for about 1.7x the CPU a frame;
+    # engines/tiny/motion_weights.SHIPPED_DRAWS), or "adaptive": the residual draw while the engine has room for it,
+    # the copy draw (the ladder's cheaper rung) under load, and sessions
     # admitted as the copy draw admits them (realtime/admission.py; docs/bench/adaptive_draw_2026-12-06); with
     # --weights DIR, that folder's decoder (capacity counted at its cheaper draw where its manifest names one), or
     # its denoiser with "cutout"

@@ -131,6 +131,7 @@ def profile(
     (cutout_torch.KERNELS) and the device compose's (motion_compose.KERNELS), None for the default."""
     import torch
 
+    from avatarcast.engines.tiny.cutout_torch import TorchCutoutBackend
     from avatarcast.engines.tiny.motion_torch import TorchMotionBackend
 
     engine, states = build(device, sessions, draw, batch_streams, threads, compose)
@@ -183,7 +184,10 @@ def profile(
                 "sessions": sessions,
                 "chunks": chunks,
                 "draw": draw,
-                "kernels": [getattr(be, "kernel", None), getattr(engine.device_compose, "kernel", None)],
+                "kernels": [
+                    be.kernel if isinstance(be, TorchCutoutBackend) else None,
+                    None if engine.device_compose is None else engine.device_compose.kernel,
+                ],
                 "variant": variant,
                 "amp": amp,
                 "channels_last": cl,

@@ -191,7 +191,7 @@ def heldout(n_builtin: int = 6, n_holdout: int = 6, per_avatar: int = 11, sprite
         ref_pose = canonical_pose()
         ref = _window(render_frame(av, ref_pose))
         atlas = np.stack([_window(f) for f in atlas_frames(av)])
-        drawn = effect_sprites(av) if sprites else None
+        drawn = {"sprites": effect_sprites(av)} if sprites else {}
         for s in holdout.reconstruction_frames([av], per_avatar):
             q = pose_at(s.emotion, s.time, sample_variation(s.seed), s.intensity)
             out.append(
@@ -201,7 +201,7 @@ def heldout(n_builtin: int = 6, n_holdout: int = 6, per_avatar: int = 11, sprite
                     "motion": _mv(av, q),
                     "ref": ref,
                     "atlas": atlas,
-                    **({"sprites": drawn} if sprites else {}),
+                    **drawn,
                     "ref_motion": _mv(av, ref_pose),
                     "head": landmarks(av, q).head,
                 }

@@ -62,8 +62,8 @@ def cutout_runs_on(backend: str, device: str | None) -> bool:
 
 def auto_draw(backend: str, device: str | None) -> str:
     """What `--motion-draw auto` draws on this backend and device: the cut-out draw in numpy on the CPU, and on torch
-    on CUDA with Triton's kernels (an H100, one call: 1,357 fps at 200 streams against the copy decoder's 1,273;
-    docs/bench/cutout_triton_2026-12-07); the copy decoder on torch elsewhere (torch's ops on CUDA: 449 fps against
+    on CUDA with Triton's kernels (an H100, one call: 2,885 fps at 200 streams against the copy decoder's 2,875;
+    docs/bench/cutout_triton_2026-12-07); the copy decoder on torch elsewhere (torch's ops on CUDA: 449.5 fps against
     1,367, docs/bench/cutout_gpu_2026-12-07)."""
     if backend == "onnxruntime" and cutout_runs_on(backend, device):
         return CUTOUT_DRAW

@@ -1,5 +1,5 @@
-"""The Triton kernel of the cut-out draw (engines/tiny/cutout_triton.py says what it does and how it is called):
-imported only where Triton is."""
+"""The Triton kernels of the cut-out draw (`draw_tiles`: engines/tiny/cutout_triton.py says what it does and how it is
+called) and of the device compose (`compose_tiles`: engines/tiny/motion_compose.py): imported only where Triton is."""
 
 import triton
 import triton.language as tl
@@ -151,23 +151,20 @@ def compose_tiles(
     at = drawn + d0 + (wy - by) * dw + (x - bx)
     plane = dh * dw
     # the window: the drawn box clipped to [-1, 1], transparent (-1) elsewhere; in [0, 1]
-    u_r = (tl.minimum(tl.maximum(tl.load(at, mask=inside, other=-1.0), -1.0), 1.0) + 1.0) * 0.5
-    u_g = (tl.minimum(tl.maximum(tl.load(at + plane, mask=inside, other=-1.0), -1.0), 1.0) + 1.0) * 0.5
-    u_b = (tl.minimum(tl.maximum(tl.load(at + 2 * plane, mask=inside, other=-1.0), -1.0), 1.0) + 1.0) * 0.5
-    u_a = (tl.minimum(tl.maximum(tl.load(at + 3 * plane, mask=inside, other=-1.0), -1.0), 1.0) + 1.0) * 0.5
+    u_r = unit(at, inside)
+    u_g = unit(at + plane, inside)
+    u_b = unit(at + 2 * plane, inside)
+    u_a = unit(at + 3 * plane, inside)
     e = tl.load(canvas_of + k)
-    if e >= 0:  # the effects' canvas over the frame, and back through [-1, 1] as the numpy compose goes
+    if e >= 0:  # the effects' canvas over the frame
         ep = effects + e * (4 * pad_h * win_w) + wy * win_w + x
         cp = pad_h * win_w
-        e_r = tl.load(ep, mask=ok, other=0.0)
-        e_g = tl.load(ep + cp, mask=ok, other=0.0)
-        e_b = tl.load(ep + 2 * cp, mask=ok, other=0.0)
         e_a = tl.load(ep + 3 * cp, mask=ok, other=0.0)
         keep = 1.0 - e_a
-        u_r = ((e_r + keep * u_r) * 2.0 - 1.0 + 1.0) * 0.5
-        u_g = ((e_g + keep * u_g) * 2.0 - 1.0 + 1.0) * 0.5
-        u_b = ((e_b + keep * u_b) * 2.0 - 1.0 + 1.0) * 0.5
-        u_a = ((e_a + keep * u_a) * 2.0 - 1.0 + 1.0) * 0.5
+        u_r = over(tl.load(ep, mask=ok, other=0.0), keep, u_r)
+        u_g = over(tl.load(ep + cp, mask=ok, other=0.0), keep, u_g)
+        u_b = over(tl.load(ep + 2 * cp, mask=ok, other=0.0), keep, u_b)
+        u_a = over(e_a, keep, u_a)
     # window_to_rgba: straight alpha, uint8, the four channels of a pixel in one 32-bit store (little-endian: R
     # first)
     a = tl.minimum(tl.maximum(u_a, 0.0), 1.0)
@@ -177,6 +174,18 @@ def compose_tiles(
     px |= level(tl.minimum(tl.maximum(u_g, 0.0), 1.0) / den).to(tl.uint32) << 8
     px |= level(tl.minimum(tl.maximum(u_b, 0.0), 1.0) / den).to(tl.uint32) << 16
     tl.store(out + (k * height + y) * width + x0 + x, px.to(tl.int32, bitcast=True), mask=ok)
+
+
+@triton.jit
+def unit(p, inside):
+    """A drawn value read where `inside` (transparent, -1, elsewhere), clipped to [-1, 1], in [0, 1]."""
+    return (tl.minimum(tl.maximum(tl.load(p, mask=inside, other=-1.0), -1.0), 1.0) + 1.0) * 0.5
+
+
+@triton.jit
+def over(top, keep, under):
+    """`top` over `under` (keep: 1 - top's alpha), then back through [-1, 1] as the numpy compose goes."""
+    return ((top + keep * under) * 2.0 - 1.0 + 1.0) * 0.5
 
 
 @triton.jit
