@@ -31,6 +31,7 @@ from avatarcast.engines.avatar_world.reference import reference_frame
 from avatarcast.engines.contract import EngineCapabilities
 from avatarcast.engines.sampler import FlowMatchEulerSampler
 from avatarcast.engines.tiny.engine import avatar_cache_key
+from avatarcast.engines.tiny.pinned import PinnedFrames
 from avatarcast.engines.wan.checkpoint import inspect_checkpoint
 from avatarcast.engines.wan.engine import WanEngine, WanStreamState
 from avatarcast.engines.wan.prompts import (
@@ -483,7 +484,7 @@ class WanAvatarEngine:
         return self.launch_chunks(states).wait()
 
     # -- pipelining -------------------------------------------------------------------------
-    def launch_chunks(self, states: list[AvatarStreamState], steps: int | None = None) -> PendingChunks:
+    def launch_chunks(self, states: list[AvatarStreamState], steps: int | None = None) -> PinnedFrames:
         """Queue one call's work on the GPU and return at once; `wait()` gives the frames.
 
         The sampler steps run on one CUDA stream and the VAE decode on another, after them. So while
@@ -496,7 +497,7 @@ class WanAvatarEngine:
         On the CPU everything runs here and `wait()` has nothing left to do.
         """
         if self.wan.device.type != "cuda":
-            return PendingChunks(torch.from_numpy(self.decode_chunks(states, self.sample_chunks(states, steps))))
+            return PinnedFrames(torch.from_numpy(self.decode_chunks(states, self.sample_chunks(states, steps))))
         steps_s, vae_s = self._stream("steps"), self._stream("vae")
         steps_s.wait_stream(torch.cuda.current_stream())  # prompts and contexts made on the default stream
         start, sampled, done = (torch.cuda.Event(enable_timing=True) for _ in range(3))
@@ -511,7 +512,7 @@ class WanAvatarEngine:
             host = torch.empty(rgba.shape, dtype=torch.uint8, pin_memory=True)
             host.copy_(rgba, non_blocking=True)
             done.record()
-        return PendingChunks(host, (start, sampled, done))
+        return PinnedFrames(host, (start, sampled, done))
 
     def _stream(self, name: str) -> torch.cuda.Stream:
         s = self._streams.get(name)
@@ -532,29 +533,4 @@ class WanAvatarEngine:
         return torch.cuda.stream(s)
 
 
-class PendingChunks:
-    """One engine call's frames on their way to host memory (WanAvatarEngine.launch_chunks)."""
-
-    def __init__(self, frames: torch.Tensor, events: tuple | None = None) -> None:
-        self._frames: torch.Tensor | None = frames  # (B, 4T, 360, 640, 4) uint8 on the host (pinned on a GPU)
-        self._events = events  # CUDA events (start, sampled, done) or None: already done
-        self.gpu_s: tuple[float, float] | None = None  # after wait(): seconds from start / sampled to done
-
-    def wait(self) -> list[np.ndarray]:
-        """Block until the frames are on the host (releases the GIL while waiting); one array per stream.
-
-        Frames from pinned memory are copied out (on the collector thread, not the event loop) so
-        that the pinned block goes back to torch's host cache at once: sessions keep frames for
-        seconds, and page-locked memory should stay a few blocks, not grow with them."""
-        frames = self._frames
-        assert frames is not None, "wait() takes the frames once"
-        if self._events is not None:
-            start, sampled, done = self._events
-            done.synchronize()
-            self.gpu_s = (start.elapsed_time(done) / 1000, sampled.elapsed_time(done) / 1000)
-            self._frames = self._events = None
-            return list(frames.numpy().copy())
-        return list(frames.numpy())
-
-
-__all__ = ["AvatarStreamState", "BACKGROUND", "PendingChunks", "ServingShapes", "WanAvatarEngine", "checkpoint_id"]
+__all__ = ["AvatarStreamState", "BACKGROUND", "ServingShapes", "WanAvatarEngine", "checkpoint_id"]
