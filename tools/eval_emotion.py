@@ -40,6 +40,7 @@ SETS = {
     "J": "heldout_j_{}.csv",
     "K": "heldout_k_{}.csv",
     "L": "heldout_l_{}.csv",
+    "M": "heldout_m_{}.csv",
 }
 # L was the fifth round's clean set (written and committed before its candidate, scored once after it, 2026-12-07:
 # docs/emotion.md); it stays CLEAN, never fitted on or read, until the next round's set is written first. F-I were
@@ -47,9 +48,11 @@ SETS = {
 # are still not printed; J (third round) and K (fourth) are development sets since (J's lines were read, labelled
 # blind by a second writer, tools/emotion_agreement.py, and its misread lines looked at; K's may be from the fifth
 # round on); A-E were scored while the reader was developed, so they are reported apart
+# M (written 2026-12-07, before any change of the sixth round) is the next round's clean set: CLEAN switches to it
+# when that round is scored; until then it is read by nothing, and its misread lines are never printed
 CLEAN = "L"
-UNPRINTED = "FGHIL"
-GROUPS = ("L", "K", "J", "I", "F", "G", "H", "ABCDE")
+UNPRINTED = "FGHILM"
+GROUPS = ("M", "L", "K", "J", "I", "F", "G", "H", "ABCDE")
 
 
 def load_rows(path: str | Path) -> list[dict[str, str]]:
@@ -255,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--sets",
         default=",".join(GROUPS),
-        help="held-out sets, comma-separated groups scored together (default: L, K, J, I, F, G, H apart, then A-E)",
+        help="held-out sets, comma-separated groups scored together (default: M, L, K, J, I, F, G, H apart, then A-E)",
     )
     ap.add_argument("--no-live", action="store_true", help="skip live mode (partial transcripts)")
     ap.add_argument("--weights", type=Path, default=None, help="a candidate's weights folder (default: the shipped)")
