@@ -82,6 +82,7 @@ def check_engine(
     d = np.abs(got - want)
     return {
         "check": "engine",
+        "launched": _launched_same(on, specs) if on.capabilities.pipeline_depth > 1 else None,
         "device": device,
         "kernel": on.backend.kernel,  # type: ignore[attr-defined]
         "compose": None if on.device_compose is None else on.device_compose.kernel,
@@ -93,6 +94,22 @@ def check_engine(
         "mean_levels": float(d.mean()),
         "psnr_db": _psnr(got, want, 255.0),
     }
+
+
+def _launched_same(engine, specs: list, chunks: int = 4) -> dict:
+    """Chunks launched two in flight (launch_chunks, as the scheduler keeps them) against the same streams' chunks
+    made one at a time (next_chunk): the largest difference in levels, 0 when the pipelining changes nothing."""
+    serial = [engine.start_stream(a, e, seed=s) for a, e, s in specs]
+    want = [np.stack(engine.next_chunk(serial)) for _ in range(chunks)]
+    states = [engine.start_stream(a, e, seed=s) for a, e, s in specs]
+    flight = [engine.launch_chunks(states)]
+    got = []
+    for k in range(chunks):
+        if k + 1 < chunks:
+            flight.append(engine.launch_chunks(states))
+        got.append(np.stack(flight.pop(0).wait()))
+    worst = max(int(np.abs(g.astype(np.int16) - w).max()) for g, w in zip(got, want))
+    return {"chunks": chunks, "max_levels": worst}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -24,6 +24,7 @@ border before sampling; so does this (tests/engines/test_cutout_torch.py measure
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -47,6 +48,7 @@ from avatarcast.engines.tiny.cutout import (
     unturned,
     upright,
 )
+from avatarcast.engines.tiny.host_pool import HostPool, Job, run_here
 from avatarcast.engines.tiny.motion_denoiser import MotionDenoiser
 from avatarcast.engines.tiny.motion_torch import device_roles
 from avatarcast.engines.tiny.motion_weights import MotionManifest
@@ -459,33 +461,60 @@ def pieces(
     origins: np.ndarray,
     sizes: np.ndarray,
     tex_first: np.ndarray,
+    pool: HostPool | None = None,
 ) -> Pieces:
     """The host's plans (`plan`, an avatar's frames at a time) as one list of pieces: the layers each frame lays
-    (a layer whose box is empty in a frame is not one of its pieces)."""
-    frame, slot, box, texel, stride, nums = [], [], [], [], [], []
-    for a in np.unique(which):
-        sel = np.flatnonzero(which == a)
-        for p in plan(avatars[a], motions[sel], origins[sel], sizes[sel]):
-            on = p.box[1] * p.box[3] > 0
-            frame.append(sel[on])
-            slot.append(np.full(int(on.sum()), p.slot))
-            box.append(p.box[:, on].T)
-            texel.append(p.texel[on] + tex_first[a])
-            stride.append(p.stride[on])
-            nums.append(p.nums[on])
-
-    def joined(parts: list[np.ndarray], empty: np.ndarray) -> np.ndarray:
-        return np.concatenate(parts + [empty])
-
+    (a layer whose box is empty in a frame is not one of its pieces). pool: where the avatars' plans run side by side
+    (engines/tiny/host_pool.py; None: here, one after the other)."""
+    sels = [np.flatnonzero(which == a) for a in np.unique(which)]
+    jobs = [
+        Job(avatar_pieces, avatars[which[sel[0]]], _host_half, (motions[sel], origins[sel], sizes[sel])) for sel in sels
+    ]
+    got = run_here(jobs) if pool is None else pool.submit(jobs)()
+    parts = [(sel[f], s, b, t + tex_first[which[sel[0]]], st, n) for sel, (f, s, b, t, st, n) in zip(sels, got)]
     ints = np.zeros(0, np.int64)
+
+    def joined(i: int, empty: np.ndarray) -> np.ndarray:
+        return np.concatenate([p[i] for p in parts] + [empty])
+
     return Pieces(
-        frame=joined(frame, ints).astype(np.int64),
-        slot=joined(slot, ints).astype(np.int64),
-        box=joined(box, np.zeros((0, 4), np.int64)).astype(np.int64),
-        texel=joined(texel, ints).astype(np.int64),
-        stride=joined(stride, ints).astype(np.int64),
-        nums=joined(nums, np.zeros((0, _ROW))),
+        frame=joined(0, ints).astype(np.int64),
+        slot=joined(1, ints).astype(np.int64),
+        box=joined(2, np.zeros((0, 4), np.int64)).astype(np.int64),
+        texel=joined(3, ints).astype(np.int64),
+        stride=joined(4, ints).astype(np.int64),
+        nums=joined(5, np.zeros((0, _ROW))),
     )
+
+
+def avatar_pieces(
+    avatar: TorchCutout, motions: np.ndarray, origins: np.ndarray, sizes: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """`pieces`' arrays for frames of one avatar: (frame, slot, box, texel, stride, nums), frames numbered in
+    `motions`' order, texels from the avatar's first (what a host worker sends back: six arrays, not a plan a layer)."""
+    frame, slot, box, texel, stride, nums = [], [], [], [], [], []
+    for p in plan(avatar, motions, origins, sizes):
+        on = p.box[1] * p.box[3] > 0
+        frame.append(np.flatnonzero(on))
+        slot.append(np.full(int(on.sum()), p.slot))
+        box.append(p.box[:, on].T)
+        texel.append(p.texel[on])
+        stride.append(p.stride[on])
+        nums.append(p.nums[on])
+    ints = np.zeros(0, np.int64)
+    return (
+        np.concatenate(frame + [ints]),
+        np.concatenate(slot + [ints]),
+        np.concatenate(box + [np.zeros((0, 4), np.int64)]),
+        np.concatenate(texel + [ints]),
+        np.concatenate(stride + [ints]),
+        np.concatenate(nums + [np.zeros((0, _ROW))]),
+    )
+
+
+def _host_half(avatar: TorchCutout) -> TorchCutout:
+    """What a host worker keeps of an avatar for its plans: all but the texels on the device."""
+    return dataclasses.replace(avatar, texels=torch.empty(0))
 
 
 # how the device lays the pieces: "eager" (torch ops over every sub-pixel), "compiled" (the sampling through
@@ -512,6 +541,7 @@ def draw_frames_t(
     texels: tuple[torch.Tensor, np.ndarray] | None = None,
     max_samples: int = MAX_SAMPLES,
     kernel: str = "eager",
+    pool: HostPool | None = None,
 ) -> list[torch.Tensor]:
     """Raw motions (N, D) of frames of any avatars (`which` (N,): each frame's index in `avatars`), each frame's
     window box at `origins` (N, 2) of size `sizes` (N, 2: rows, columns; frames of one size next to each other) ->
@@ -523,13 +553,13 @@ def draw_frames_t(
     sub-pixel is mapped and sampled (bilinear, a gather of its four texels) in one go, and laid 'over' its canvas a
     slot at a time (a frame has one layer a slot, its own avatar's: the order of each avatar's layers is kept). A go
     holds at most `max_samples` sub-pixels: a call makes one go per that many, and three ops a slot. triton: one
-    launch for the call (engines/tiny/cutout_triton.py)."""
+    launch for the call (engines/tiny/cutout_triton.py). pool: where the avatars' plans run (`pieces`)."""
     from avatarcast.engines.tiny.cutout_triton import checked
 
     checked(kernel, KERNELS, "the cut-out draw")
     s = avatars[0].host.scale
     tex, tex_first = joined_texels(avatars) if texels is None else texels
-    pcs = pieces(avatars, which, motions, origins, sizes, tex_first)
+    pcs = pieces(avatars, which, motions, origins, sizes, tex_first, pool)
     if kernel == "triton":
         from avatarcast.engines.tiny import cutout_triton
 
@@ -806,9 +836,12 @@ class TorchCutoutBackend:
         raw = motions.float().cpu().numpy() if host is None else np.asarray(host, np.float32)
         return torch.stack(self.draw_boxes_t(refs, raw, boxes))
 
-    def draw_boxes_t(self, refs: list[TorchCutout], motions: np.ndarray, boxes: Sequence[Box]) -> list[torch.Tensor]:
+    def draw_boxes_t(
+        self, refs: list[TorchCutout], motions: np.ndarray, boxes: Sequence[Box], pool: HostPool | None = None
+    ) -> list[torch.Tensor]:
         """Every stream's frames on the device, each in its own box, of any size: refs (S,), raw motions (S, n, D) on
-        the host, boxes (S,) -> S tensors (n, 4, h, w). The streams draw in goes of at most max_rows frames whatever
+        the host, boxes (S,) -> S tensors (n, 4, h, w); pool: where the avatars' plans run (`pieces`). The streams
+        draw in goes of at most max_rows frames whatever
         their avatars (draw_frames_t: its ops do not grow with the avatars; a go per avatar was ~25 small kernels a
         layer, 32,000 launches a chunk of 200 streams: docs/bench/cutout_gpu_2026-12-06)."""
         S, n = motions.shape[:2]
@@ -824,7 +857,7 @@ class TorchCutoutBackend:
             origins = np.repeat(np.array([boxes[i][:2] for i in part], np.int64), n, 0)
             sizes = np.repeat(np.array([boxes[i][2:] for i in part], np.int64), n, 0)
             m = motions[part].reshape(len(part) * n, -1)
-            runs = draw_frames_t(avatars, at, m, origins, sizes, self._dev, texels, self.max_samples, self.kernel)
+            runs = draw_frames_t(avatars, at, m, origins, sizes, self._dev, texels, self.max_samples, self.kernel, pool)
             # a run holds whole streams (a stream's frames share its box), in `part`'s order
             for i, view in zip(part, (run[j : j + n] for run in runs for j in range(0, len(run), n))):
                 out[i] = view

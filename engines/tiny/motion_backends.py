@@ -114,11 +114,12 @@ class LayerDeviceDraws(DeviceDraws, Protocol):
     canvases need not share a size, so one call draws every stream of a chunk, each in its own box.
 
     draw_boxes_t: refs (S,), raw motions (S, n, D) on the host, one box a stream (any sizes) -> S tensors
-                  (n, 4, h, w) on the device
+                  (n, 4, h, w) on the device; pool: a HostPool (engines/tiny/host_pool.py) the host's per-avatar
+                  work may run in, or None
     """
 
     def draw_boxes_t(
-        self, refs: list[Any], motions: np.ndarray, boxes: list[tuple[int, int, int, int]]
+        self, refs: list[Any], motions: np.ndarray, boxes: list[tuple[int, int, int, int]], pool: Any = None
     ) -> list[Any]: ...
 
 

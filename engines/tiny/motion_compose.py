@@ -12,12 +12,17 @@ moves a few pixels by a level (tests/engines/test_motion_torch_folder.py measure
 What stays on the host: which effects are on in each frame and where they land (EffectLayer.placements_many: numpy
 over all of an avatar's frames at once, the same numbers as the numpy path's placements and sampling frame by frame,
 so both lay the same pictures).
+
+On CUDA the draws and composes run on a CUDA stream of their own (`queue`), and `launch` leaves a call's frames on
+their way to the host: the engine's next call samples and plans on the host while the device draws this one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +30,8 @@ import torch.nn.functional as F
 
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.effects import EffectLayer, Placements, sample_coords
-from avatarcast.engines.tiny.pinned import to_device
+from avatarcast.engines.tiny.host_pool import HostPool, Job, run_here
+from avatarcast.engines.tiny.pinned import PinnedFrames, to_device
 
 Box = tuple[int, int, int, int]  # window (row, column, height, width)
 
@@ -57,6 +63,7 @@ class DeviceCompose:
         self.device = torch.device(device)
         self.max_frames = int(max_frames)
         self.kernel = "torch"  # by default Triton's on CUDA where Triton is
+        self._stream: torch.cuda.Stream | None = None  # `queue`'s, made on first use
         self.use_kernel(kernel or ("triton" if serves_on(self.device) else "torch"))
 
     def use_kernel(self, kernel: str) -> None:
@@ -68,6 +75,36 @@ class DeviceCompose:
         from avatarcast.engines.tiny.cutout_triton import checked
 
         self.kernel = checked(kernel, KERNELS, "the device compose")
+
+    @property
+    def pipelined(self) -> bool:
+        """Whether `launch` leaves the frames on their way (CUDA), so the host can go on to the next call."""
+        return self.device.type == "cuda"
+
+    def queue(self) -> contextlib.AbstractContextManager:
+        """The CUDA stream the draws and composes run on, current (after what the current stream has queued: the
+        avatars' tensors, the denoiser's work), so a call's draw and the next call's sampling, on the current stream,
+        overlap; elsewhere nothing changes. Every decode on the device goes through it, launched or not, so each is
+        ordered with a launched call still running (they share the joined texels and the avatars' tensors)."""
+        if not self.pipelined:
+            return contextlib.nullcontext()
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        self._stream.wait_stream(torch.cuda.current_stream(self.device))
+        return torch.cuda.stream(self._stream)
+
+    def launch(self, make: Callable[[], tuple[torch.Tensor, Any]]) -> PinnedFrames:
+        """`make()`'s frames (and what its queued work reads, kept until done), made on `queue`'s stream and copied to
+        page-locked memory there without a wait. The frames are handed out as views of that memory, as
+        MotionEngine.decode_chunks hands its copy out."""
+        with self.queue():
+            start, done = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            frames, keep = make()
+            host = torch.empty(frames.shape, dtype=frames.dtype, pin_memory=True)
+            host.copy_(frames, non_blocking=True)
+            done.record()
+        return PinnedFrames(host, (start, start, done), keep=(frames, keep), copy_out=False)
 
     def _put(self, vals, dtype: torch.dtype) -> torch.Tensor:
         """Host numbers on the device without waiting for its queue (a dozen waits an effect otherwise:
@@ -89,9 +126,11 @@ class DeviceCompose:
         motions: np.ndarray,
         sprites: Sequence[DeviceSprites],
         out: torch.Tensor | None = None,
+        pool: HostPool | None = None,
     ) -> torch.Tensor:
         """Stream i's drawn box `drawn[i]` (n, 4, h, w) at window box `boxes[i]`, its raw motions `motions[i]` (n, D)
-        and its avatar's sprites -> uint8 RGBA frames (S, n, 360, 640, 4) on the device (into `out` if given)."""
+        and its avatar's sprites -> uint8 RGBA frames (S, n, 360, 640, 4) on the device (into `out` if given). pool:
+        where the avatars' effect placements run (`_placed`)."""
         S, n = motions.shape[:2]
         w = self.window
         if out is None:
@@ -102,11 +141,12 @@ class DeviceCompose:
         per = max(1, cap // max(1, n))
         for i0 in range(0, S, per):
             i1 = min(S, i0 + per)
+            placed = self._placed(motions[i0:i1], sprites[i0:i1], pool)
             if self.kernel == "triton":
-                self._frames_triton(drawn[i0:i1], boxes[i0:i1], motions[i0:i1], sprites[i0:i1], out[i0:i1])
+                self._frames_triton(drawn[i0:i1], boxes[i0:i1], placed, out[i0:i1])
                 continue
             y = self._window(drawn[i0:i1], boxes[i0:i1], n)
-            self._effects(y, motions[i0:i1], sprites[i0:i1])
+            self._effects(y, placed)
             rgba = _window_to_rgba(y[:, :, w.pad_top : w.pad_top + w.height])
             out[i0:i1, :, :, w.window_x0 : w.window_x0 + w.window_width] = rgba.view(i1 - i0, n, *rgba.shape[1:])
         return out
@@ -122,10 +162,10 @@ class DeviceCompose:
             y[k * n : (k + 1) * n, :, by : by + bh, bx : bx + bw] = d[..., :bh, :bw].float().clamp(-1, 1)
         return y
 
-    def _effects(self, y: torch.Tensor, motions: np.ndarray, sprites: Sequence[DeviceSprites]) -> None:
-        """EffectLayer.lay on every frame of y (S * n, 4, H, W), in place: each effect in the renderer's order,
-        all frames that show it at once."""
-        shown, groups = self._placed(motions, sprites)
+    def _effects(self, y: torch.Tensor, placed: tuple[np.ndarray, dict]) -> None:
+        """EffectLayer.lay on every frame of y (S * n, 4, H, W), in place, as `_placed` placed them: each effect in
+        the renderer's order, all frames that show it at once."""
+        shown, groups = placed
         if not len(shown):
             return
         rows = self._put(shown, torch.long)
@@ -133,23 +173,30 @@ class DeviceCompose:
         self._lay_all(u, shown, groups)
         y[rows] = u * 2.0 - 1.0
 
-    def _placed(self, motions: np.ndarray, sprites: Sequence[DeviceSprites]) -> tuple[np.ndarray, dict]:
+    def _placed(
+        self, motions: np.ndarray, sprites: Sequence[DeviceSprites], pool: HostPool | None = None
+    ) -> tuple[np.ndarray, dict]:
         """The frames (rows of S * n) that show an effect, sorted, and the pictures laid, by effect (particle slot).
         The placements are worked out an avatar at a time over all its streams' frames
-        (EffectLayer.placements_many: numpy arrays, not Python per frame)."""
+        (EffectLayer.placements_many: numpy arrays, not Python per frame), in `pool`'s workers side by side if given."""
         n = motions.shape[1]
         streams: dict[int, list[int]] = {}  # each avatar's (sprites') streams
         for k, sp in enumerate(sprites):
             streams.setdefault(id(sp), []).append(k)
+        jobs = [
+            Job(EffectLayer.placements_many, sprites[ks[0]].layer, _itself, (motions[ks].reshape(len(ks) * n, -1),))
+            for ks in streams.values()
+        ]
+        got = run_here(jobs) if pool is None else pool.submit(jobs)()
         shown_parts: list[np.ndarray] = []  # frames with an effect on: numpy takes them through [0, 1] and back
         # one call per effect (a particle slot: one picture a frame), whatever the avatar: avatars' pictures differ in
         # size, and _lay pads them to the largest with transparent texels, which the sampling reads as it reads
         # outside a picture (0), so the frames are those of a call per picture size
         groups: dict[int, list[tuple[DeviceSprites, np.ndarray, Placements]]] = {}
-        for ks in streams.values():
+        for ks, placements in zip(streams.values(), got):
             sp = sprites[ks[0]]
             rows_of = (np.asarray(ks)[:, None] * n + np.arange(n)).ravel()  # these motions' rows of y
-            for pl in sp.layer.placements_many(motions[ks].reshape(len(ks) * n, -1)):
+            for pl in placements:
                 shown_parts.append(rows_of[pl.on])
                 if len(pl.frames):
                     groups.setdefault(pl.effect, []).append((sp, rows_of[pl.frames], pl))
@@ -162,21 +209,17 @@ class DeviceCompose:
             self._lay(u, groups[key], np.searchsorted(shown, np.concatenate([f for _, f, _ in groups[key]])))
 
     def _frames_triton(
-        self,
-        drawn: Sequence[torch.Tensor],
-        boxes: Sequence[Box],
-        motions: np.ndarray,
-        sprites: Sequence[DeviceSprites],
-        out: torch.Tensor,
+        self, drawn: Sequence[torch.Tensor], boxes: Sequence[Box], placed: tuple[np.ndarray, dict], out: torch.Tensor
     ) -> None:
         """`frames` for some streams in one kernel (engines/tiny/triton_kernels.compose_tiles), into `out`: the
         effects laid on transparent canvases first (numpy's compose lays them so, then the canvas over the frame),
-        then every pixel of the window read once from its box or its canvas and written once as uint8."""
+        then every pixel of the window read once from its box or its canvas and written once as uint8. placed:
+        `_placed`'s, for these streams."""
         from avatarcast.engines.tiny.triton_kernels import compose_tiles
 
         w = self.window
         H, W = w.pad_height, w.window_width
-        S, n = motions.shape[:2]
+        S, n = out.shape[:2]
         flat = torch.cat([d.reshape(-1) for d in drawn]).float()
         rows = []
         at = 0
@@ -185,7 +228,7 @@ class DeviceCompose:
             cut = (min(bh, H - by, dh), min(bw, W - bx, dw))
             rows += [(at + j * 4 * dh * dw, dh, dw, by, bx, *cut) for j in range(n)]
             at += n * 4 * dh * dw
-        shown, groups = self._placed(motions, sprites)
+        shown, groups = placed
         canvases = torch.zeros((max(1, len(shown)), 4, H, W), device=self.device)
         if len(shown):
             self._lay_all(canvases, shown, groups)
@@ -293,6 +336,10 @@ class DeviceCompose:
         top = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])[inside]  # (K, 4)
         under = u[fr, :, rr, cc]  # (K, 4)
         u[fr, :, rr, cc] = top + (1.0 - top[:, 3:4]) * under
+
+
+def _itself(x: Any) -> Any:
+    return x
 
 
 def _where(mask: torch.Tensor, count: int) -> torch.Tensor:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ import numpy as np
 
 from avatarcast.engines.avatar_world.skeleton import KEYPOINTS, MOTION_DIM, N_POINTS, motion_vector
 from avatarcast.engines.backends.base import BackendError
-from avatarcast.engines.contract import CheaperDecode, EngineCapabilities, ReadyFrames
+from avatarcast.engines.contract import CheaperDecode, EngineCapabilities, PendingFrames, ReadyFrames
 from avatarcast.engines.sampler import ShortcutFlowSampler
 from avatarcast.engines.tiny.config import TinyConfig
 from avatarcast.engines.tiny.effects import EffectLayer
@@ -69,6 +70,7 @@ MAX_AVATARS = 24
 # Box sizes a batched draw rounds each stream's box up to (bucket_box): a few sizes, so a few decoder calls a chunk,
 # and at most 31 rows and columns drawn past a stream's own box (the decoder draws them transparent).
 BOX_BUCKET = 32
+log = logging.getLogger(__name__)
 _HEAD_CENTRE, _HEAD_UP = KEYPOINTS.index("head_centre"), KEYPOINTS.index("head_up")
 
 
@@ -145,6 +147,8 @@ class MotionEngine:
         self.max_avatars = max(1, max_avatars)  # prepared avatars kept (~55 MB each)
         self._lock = threading.Lock()
         self._device_compose: Any = None  # DeviceCompose where the backend composes on its device (torch)
+        self._host_workers: int | None = None  # see host_workers
+        self._host_pool: Any = None  # a HostPool, started on first use
         if backend.compose_device is not None:
             from avatarcast.engines.tiny.motion_compose import DeviceCompose  # torch
 
@@ -252,6 +256,8 @@ class MotionEngine:
             # 450 ms two-stream batch (docs/training/motion.md), so 1 sampler step instead of 2 saves about 1% of a
             # chunk and the ladder's fewer_steps rung would only delay the one that helps
             fewer_steps_cheaper=False,
+            # composed on a CUDA device, one call's draw runs there while the host plans the next (launch_chunks)
+            pipeline_depth=2 if self._device_compose is not None and self._device_compose.pipelined else 1,
         )
 
     def prepared_avatar(self, avatar: Any) -> tuple[str, _Avatar]:
@@ -385,7 +391,8 @@ class MotionEngine:
         if cheaper and not self.backend.cheaper_draw:
             raise ValueError("this motion engine has no cheaper decode (its folder names no cheaper_draw)")
         if self._device_compose is not None:
-            return self._to_host(self.decode_chunks_t(states, latents, cheaper))  # the one copy to the host
+            with self._device_compose.queue():  # after (and before) any launched call's draw: ordered with it
+                return self._to_host(self._decode_t(states, latents, cheaper)[0])  # the one copy to the host
         B, T = latents.shape[:2]
         raw = latents.reshape(B, T, MOTION_DIM) * self.std + self.mean
         # start_stream prepared each avatar (again here if evicted)
@@ -409,6 +416,59 @@ class MotionEngine:
             raise BackendError(f"the {self.backend.name} motion backend composes its frames on the host")
         if cheaper and not self.backend.cheaper_draw:
             raise ValueError("this motion engine has no cheaper decode (its folder names no cheaper_draw)")
+        return self._decode_t(states, latents, cheaper)[0]
+
+    def _decode_t(self, states: list[MotionStream], latents: np.ndarray, cheaper: bool) -> tuple[Any, list[_Avatar]]:
+        """`decode_chunks_t`, and the prepared avatars its queued work reads (kept until it is done: an avatar
+        evicted meanwhile would free tensors the device still reads). The host's per-avatar work runs in the host
+        pool where there is one; a pool that fails is closed and the call made again here (and every call after)."""
+        from avatarcast.engines.tiny.host_pool import HostPoolError
+
+        pool = self._pool()
+        try:
+            return self._decode_t_with(states, latents, cheaper, pool)
+        except HostPoolError as exc:
+            if pool is None:
+                raise
+            log.warning("motion engine: the host pool failed, planning in this process from now on: %s", exc)
+            self._host_workers, self._host_pool = 0, None
+            return self._decode_t_with(states, latents, cheaper, None)
+
+    def _pool(self) -> Any:
+        """The HostPool (engines/tiny/host_pool.py) of `host_workers` workers, started on first use; None for 0."""
+        if self._host_pool is None and self.host_workers > 0:
+            from avatarcast.engines.tiny.host_pool import HostPool
+
+            self._host_pool = HostPool(self.host_workers)
+            log.info("motion engine: %d host workers plan the chunks' avatars", self.host_workers)
+        return self._host_pool
+
+    @property
+    def host_workers(self) -> int:
+        """Worker processes the host's per-avatar work of a chunk runs in (the cut-out's plan, the effects'
+        placements): by default, composing on CUDA, host_pool.default_workers() (the machine's cores less 4, at most
+        8; 0 under 6 cores); elsewhere 0 (this process)."""
+        if self._host_workers is None:
+            dc = self._device_compose
+            if dc is not None and dc.pipelined and self.backend.draws_layers:
+                from avatarcast.engines.tiny.host_pool import default_workers
+
+                self._host_workers = default_workers()
+            else:
+                self._host_workers = 0
+        return self._host_workers
+
+    def use_host_workers(self, n: int) -> None:
+        """Plan with `n` host workers from the next call (0: in this process); the pool running is stopped."""
+        if n < 0:
+            raise ValueError(f"host workers: 0 or more, not {n}")
+        if self._host_pool is not None:
+            self._host_pool.close()
+        self._host_workers, self._host_pool = int(n), None
+
+    def _decode_t_with(
+        self, states: list[MotionStream], latents: np.ndarray, cheaper: bool, pool: Any
+    ) -> tuple[Any, list[_Avatar]]:
         import torch
 
         be = cast(DeviceDraws, self.backend)  # the backends with a compose_device
@@ -423,7 +483,7 @@ class MotionEngine:
                 # the layers' draw: every stream in one call, each in its own box grown to its bucket (canvases of
                 # a few sizes: the box filter runs once a size)
                 boxes = [self.bucket_box(self.draw_box(r)) for r in raw]
-                drawn = cast(LayerDeviceDraws, be).draw_boxes_t([a.ref for a in avatars], raw, boxes)
+                drawn = cast(LayerDeviceDraws, be).draw_boxes_t([a.ref for a in avatars], raw, boxes, pool)
             elif be.batch_streams and B > 1:
                 # each stream's own box, grown to its size bucket: one decoder call a bucket (the streams' common
                 # box over many avatars is nearly the whole window)
@@ -441,7 +501,7 @@ class MotionEngine:
             else:
                 boxes = [self.draw_box(r) for r in raw]
                 drawn = [be.draw_t(a.ref, m[i], rm[i], boxes[i], cheaper, raw[i]) for i, a in enumerate(avatars)]
-            return self._device_compose.frames(drawn, boxes, raw, [a.sprites for a in avatars])
+            return self._device_compose.frames(drawn, boxes, raw, [a.sprites for a in avatars], pool=pool), avatars
 
     def bucket_box(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         """`box` grown down and right to the next multiple of BOX_BUCKET pixels each way: streams of one bucket draw
@@ -498,8 +558,16 @@ class MotionEngine:
         )
         return out
 
-    def launch_chunks(self, states: list[MotionStream], steps: int | None = None) -> ReadyFrames:
-        return ReadyFrames(list(self.decode_chunks(states, self.sample_chunks(states, steps))))
+    def launch_chunks(self, states: list[MotionStream], steps: int | None = None) -> PendingFrames:
+        """One call's sampling here, then, where the frames are composed on a CUDA device, its draw and compose queued
+        on the compose's own CUDA stream and the frames copied to page-locked memory without a wait: the host samples
+        and plans the next call (the cut-out's plan, the effects' placements: most of a chunk's time at 200 streams)
+        while the device draws this one (`capabilities.pipeline_depth` 2). Elsewhere the frames are made here."""
+        latents = self.sample_chunks(states, steps)
+        dc = self._device_compose
+        if dc is None or not dc.pipelined:
+            return ReadyFrames(list(self.decode_chunks(states, latents)))
+        return dc.launch(lambda: self._decode_t(states, latents, False))
 
     def next_chunk(self, states: list[MotionStream]) -> list[np.ndarray]:
         return list(self.decode_chunks(states, self.sample_chunks(states)))

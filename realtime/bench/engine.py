@@ -17,6 +17,9 @@ Reported (JSON with --json, else a short table):
   chunk_latency_ms    p50/p95 of one batched chunk (denoise + decode), i.e. the delay a stream sees
                       between asking for its next 0.5 s and having it
   denoise_ms          p50 per chunk of the sampler run (all steps); decode_ms: p50 per chunk of the decode
+  pipeline_depth      engine calls kept in flight, as the server's scheduler keeps them (capabilities'; the motion
+                      engine composing on CUDA: 2, its draw on the device while the host plans the next call;
+                      --opt pipeline=1: one at a time). With 2, launch_ms and wait_ms replace denoise_ms and decode_ms
   realtime_streams    floor(fps / 8): how many 8 fps streams this throughput covers, measured with
                       N = --sessions streams batched together. It is only a real-time claim at this N
                       when realtime is true as well: realtime_streams >= sessions and
@@ -117,6 +120,39 @@ def _loop_numpy(engine, states, seconds: float, warmup: int, min_chunks: int, ch
         assert frames.shape[:2] == (B, T)
         rows.append((t2 - t0, t1 - t0, t2 - t1))
         if time.perf_counter() - t_start >= seconds and len(rows) >= min_chunks:
+            break
+    return rows, time.perf_counter() - t_start
+
+
+def _loop_launched(engine, states, seconds: float, warmup: int, min_chunks: int, depth: int):
+    """The server's loop as its scheduler runs an engine with `capabilities.pipeline_depth` > 1: up to `depth` calls
+    in flight (launch_chunks), the oldest's frames waited for once that many are; rows are (launch to frames, the
+    launch's host time, the wait)."""
+    from collections import deque
+
+    B, T = len(states), engine.cfg.chunk_frames
+    for _ in range(warmup):
+        engine.launch_chunks(states).wait()
+    rows: list[tuple[float, float, float]] = []
+    flight: deque = deque()
+    t_start = time.perf_counter()
+    n = 0
+    while True:
+        k = n % B
+        engine.set_emotion(states[k], (states[k].emotion + 1) % len(engine.emotions))
+        t0 = time.perf_counter()
+        flight.append((t0, engine.launch_chunks(states)))
+        t1 = time.perf_counter()
+        n += 1
+        done = time.perf_counter() - t_start >= seconds and len(rows) + len(flight) >= min_chunks
+        while flight and (len(flight) >= depth or done):
+            ta, pending = flight.popleft()
+            tw = time.perf_counter()
+            frames = pending.wait()
+            t2 = time.perf_counter()
+            assert len(frames) == B and frames[0].shape[0] == T
+            rows.append((t2 - ta, t1 - t0, t2 - tw))
+        if done:
             break
     return rows, time.perf_counter() - t_start
 
@@ -229,8 +265,16 @@ def run_bench(
             if engine.device_compose is None:
                 raise BackendError("--opt compose=...: a backend that composes on its device (torch on CUDA)")
             engine.device_compose.use_kernel(str(opts["compose"]))
+        if "host_workers" in opts:  # --opt host_workers=N: the host's per-avatar work in N processes (0: here)
+            engine.use_host_workers(int(opts["host_workers"]))
+        # --opt pipeline=1: one call at a time where the engine would keep more in flight (capabilities.pipeline_depth)
+        depth = int(opts.get("pipeline", engine.capabilities.pipeline_depth))
+        if depth < 1 or depth > engine.capabilities.pipeline_depth:
+            raise BackendError(f"--opt pipeline: 1 to {engine.capabilities.pipeline_depth} here, not {depth}")
+        host_workers = engine.host_workers
         version = "architecture 3"
     else:
+        depth, host_workers = 1, 0
         engine = TinyEngine.load(
             weights, backend=backend, steps=steps, threads=threads, device=device, **(backend_options or {})
         )
@@ -254,6 +298,8 @@ def run_bench(
     with _CpuMonitor() as mon:
         if gpu:
             rows, wall = _loop_gpu(engine, states, seconds, warmup, min_chunks, to_host, seed, cheaper)
+        elif depth > 1 and not cheaper:
+            rows, wall = _loop_launched(engine, states, seconds, warmup, min_chunks, depth)
         else:
             rows, wall = _loop_numpy(engine, states, seconds, warmup, min_chunks, cheaper)
     T = cfg.chunk_frames
@@ -285,10 +331,20 @@ def run_bench(
         "fps": round(fps, 2),
         "fps_per_session": round(fps / sessions, 2),
         "chunk_latency_ms": {"p50": _pct(total, 50), "p95": _pct(total, 95), "max": round(max(total), 2)},
-        "denoise_ms": _pct(den, 50),
-        "decode_ms": _pct(dec, 50),
-        "denoise_ms_per_step": round(_pct(den, 50) / max(1, engine.steps), 2),
-        "decode_ms_per_frame": round(_pct(dec, 50) / (sessions * T), 3),
+        # calls in flight: with 2, a row's times are its launch's (the sampling, the host's plan, the device's work
+        # queued) and its wait for the frames, not the denoise and the decode
+        "pipeline_depth": depth,
+        "host_workers": host_workers,  # the motion engine's (engines/tiny/host_pool.py); 0: its own process
+        **(
+            {"launch_ms": _pct(den, 50), "wait_ms": _pct(dec, 50)}
+            if depth > 1
+            else {
+                "denoise_ms": _pct(den, 50),
+                "decode_ms": _pct(dec, 50),
+                "denoise_ms_per_step": round(_pct(den, 50) / max(1, engine.steps), 2),
+                "decode_ms_per_frame": round(_pct(dec, 50) / (sessions * T), 3),
+            }
+        ),
         "realtime_streams": rt,
         "realtime": bool(rt >= sessions and _pct(total, 95) <= chunk_s * 1000),
         "realtime_streams_note": (
@@ -320,8 +376,17 @@ def _table(r: dict) -> str:
         f"  fps            {r['fps']:9.2f}   ({r['fps_per_session']:.2f} per session)",
         f"  chunk latency  p50 {r['chunk_latency_ms']['p50']:.1f} ms, p95 {r['chunk_latency_ms']['p95']:.1f} ms "
         f"(chunk = {r['chunk_seconds'] * 1000:.0f} ms of video)",
-        f"  denoise        {r['denoise_ms']:.1f} ms/chunk ({r['denoise_ms_per_step']:.1f} ms/step)",
-        f"  decode         {r['decode_ms']:.1f} ms/chunk ({r['decode_ms_per_frame']:.2f} ms/frame)",
+        *(
+            [
+                f"  pipelined      {r['pipeline_depth']} calls in flight: launch {r['launch_ms']:.1f} ms/chunk, "
+                f"wait {r['wait_ms']:.1f} ms/chunk",
+            ]
+            if r.get("pipeline_depth", 1) > 1
+            else [
+                f"  denoise        {r['denoise_ms']:.1f} ms/chunk ({r['denoise_ms_per_step']:.1f} ms/step)",
+                f"  decode         {r['decode_ms']:.1f} ms/chunk ({r['decode_ms_per_frame']:.2f} ms/frame)",
+            ]
+        ),
         f"  realtime       {r['realtime_streams']} streams of 8 fps at this batch "
         f"({'real time' if r['realtime'] else 'NOT real time'} for {r['sessions']} sessions)",
         f"  weights        {r['weights_hash']} ({r['weights_version']})",

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The cut-out draw's and the device compose's Triton kernels (engines/tiny/cutout_triton.py, triton_kernels.py) on
-# CUDA, their default there: their frames against numpy's, then the engine's fps with --motion-draw auto (the cut-out
-# draw) at 200 and 400 streams beside the copy decoder's, in the same call, and where a chunk's time goes. One call of the device tool, under 10 minutes:
+# CUDA, their default there: their frames against numpy's (and the launched chunks against those made one at a time),
+# then the engine's fps with --motion-draw auto (the cut-out draw) at 200 and 400 streams beside the copy decoder's and
+# beside one call at a time planned in one process (no pipelining, no host pool), in the same call, and where a chunk's
+# time goes. One call of the device tool, under 10 minutes:
 #   run(command="bash tools/gpu/cutout_triton_gpu.sh", carry=[".whl"], timeout_s=600)
 # Results in $OUT: log.txt and results.tar (check.json, [ops_s200.json,] bench_*.json, prof_cutout_s200.json).
 set -uo pipefail
@@ -26,11 +28,17 @@ steps() {
     shift 2
     echo "== bench $name, $s streams: $*"
     timeout 75 $B --sessions "$s" "$@" -o "$R/bench_${name}_s$s.json" >/dev/null
-    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('fps','chunk_latency_ms','decode_ms','realtime_streams')})" "$R/bench_${name}_s$s.json"
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('fps','chunk_latency_ms','decode_ms','launch_ms','wait_ms','pipeline_depth','host_workers','realtime_streams')})" "$R/bench_${name}_s$s.json"
   }
-  run auto 200  # --motion-draw auto: the cut-out draw, Triton's kernels
+  # the host's share: one call at a time and planned in this process (as before launch_chunks and the host pool),
+  # then each of the two alone, then both (the default on CUDA): the same call, so the ratios compare
+  run serial 200 --opt pipeline=1 --opt host_workers=0
+  run pipelined 200 --opt host_workers=0
+  run pooled 200 --opt pipeline=1
+  run auto 200  # --motion-draw auto: the cut-out draw, Triton's kernels, pipelined, host workers
   run copy 200 --opt draw=copy
   run auto 400
+  run serial 400 --opt pipeline=1 --opt host_workers=0
   echo "== profile: the cut-out draw, its default kernels, 200 streams"
   timeout 90 python3 -m tools.motion_torch_profile --device cuda --sessions 200 --chunks 4 --draw cutout \
     | tee "$R/prof_cutout_s200.json"
