@@ -64,6 +64,7 @@ class DeviceCompose:
         self.max_frames = int(max_frames)
         self.kernel = "torch"  # by default Triton's on CUDA where Triton is
         self._stream: torch.cuda.Stream | None = None  # `queue`'s, made on first use
+        self._banked: tuple[tuple[DeviceSprites, ...], torch.Tensor, dict] | None = None  # `_bank`'s, kept
         self.use_kernel(kernel or ("triton" if serves_on(self.device) else "torch"))
 
     def use_kernel(self, kernel: str) -> None:
@@ -204,9 +205,93 @@ class DeviceCompose:
         return shown, groups
 
     def _lay_all(self, u: torch.Tensor, shown: np.ndarray, groups: dict) -> None:
-        """Every effect's pictures over u (len(shown), 4, H, W) in [0, 1], the renderer's order of effects."""
-        for key in sorted(groups):
-            self._lay(u, groups[key], np.searchsorted(shown, np.concatenate([f for _, f, _ in groups[key]])))
+        """Every effect's pictures over u (len(shown), 4, H, W) in [0, 1], in the renderer's order of effects: every
+        pixel they fill, of every effect, sampled in one go from the joined pictures (`_bank`), bilinearly as
+        effects._bilinear does, then laid 'over' one effect after the other (a frame shows one picture of an effect,
+        so an effect's pixels do not meet). A go per effect was ~40 small ops each, most of the compose's host time
+        on CUDA at 200 streams (docs/bench/cutout_triton_2026-12-07)."""
+        laid = [x for key in sorted(groups) for x in groups[key]]  # (sprites, frames, placements), effect by effect
+        if not laid:
+            return
+        dev, f64 = self.device, torch.float64
+        bank, firsts = self._bank([sp for sp, _, _ in laid])
+
+        def cat(get, dtype) -> np.ndarray:  # one number a placement, from each (avatar, effect)'s placements
+            return np.concatenate(
+                [np.broadcast_to(np.asarray(get(sp, pl), dtype), len(pl.frames)) for sp, _, pl in laid]
+            )
+
+        ys0, ys1 = cat(lambda _, pl: pl.y0, np.int64), cat(lambda _, pl: pl.y1, np.int64)
+        xs0, xs1 = cat(lambda _, pl: pl.x0, np.int64), cat(lambda _, pl: pl.x1, np.int64)
+        ph = cat(lambda sp, pl: sp.pics[pl.effect].shape[2], np.int64)  # (levels, variants, h, w, 4)
+        pw = cat(lambda sp, pl: sp.pics[pl.effect].shape[3], np.int64)
+        variants = cat(lambda sp, pl: sp.pics[pl.effect].shape[1], np.int64)
+        pic = cat(lambda _, pl: pl.level, np.int64) * variants + cat(lambda _, pl: pl.phase, np.int64)
+        base = cat(lambda sp, pl: firsts[(id(sp), pl.effect)], np.int64) + pic * (ph + 1) * (pw + 1)
+        at = np.searchsorted(shown, np.concatenate([f for _, f, _ in laid]))
+        areas = (ys1 - ys0) * (xs1 - xs0)
+        K = int(areas.sum())  # pixels filled, known here: no count read back
+        # every per-picture number in two copies to the device (integers, float64), not one copy a column: each
+        # copy is a page-locked buffer and a launch
+        ints = self._put(np.stack([ys0, xs0, xs1 - xs0, at, base, ph, pw, areas, np.cumsum(areas) - areas]), torch.long)
+        e = lambda get: cat(lambda sp, pl: get(sp.layer, pl.effect), np.float64)  # noqa: E731  an avatar's number
+        nums = self._put(
+            np.stack(
+                [
+                    cat(lambda _, pl: pl.c, np.float64),
+                    cat(lambda _, pl: pl.s, np.float64),
+                    cat(lambda _, pl: pl.tx, np.float64),
+                    cat(lambda _, pl: pl.ty, np.float64),
+                    e(lambda layer, k: layer.anchors[k][0]),
+                    e(lambda layer, k: layer.anchors[k][1]),
+                    e(lambda layer, k: layer.boxes[k][0]),
+                    e(lambda layer, k: layer.boxes[k][1]),
+                ]
+            ),
+            f64,
+        )
+        # pixel k of the K: its placement, and its place in that placement's region, row after row
+        P = len(areas)
+        of = torch.repeat_interleave(torch.arange(P, device=dev), ints[7], output_size=K)
+        j = torch.arange(K, device=dev) - ints[8][of]
+        w_of = ints[2][of]
+        rows, cols = ints[0][of] + torch.div(j, w_of, rounding_mode="floor"), ints[1][of] + j % w_of
+        per = nums[:, of]  # (8, K)
+        # the numpy path's sampling (its whole-window canvas's first pixel is (0, 0))
+        sx, sy = sample_coords(
+            cols.to(f64), rows.to(f64), per[0], per[1], (0.0, 0.0), (per[2], per[3]), (per[4], per[5]), (per[6], per[7])
+        )
+        top = _bilinear(bank, ints[4][of], sx, sy, ints[5][of], ints[6][of])  # (K, 4)
+        fr = ints[3][of]
+        # each effect's pixels: its groups' placements, their pixels in the K
+        first_of = np.concatenate([[0], np.cumsum([len(pl.frames) for _, _, pl in laid])])
+        k_at = np.concatenate([[0], np.cumsum(areas)])
+        ends = [int(k_at[first_of[b]]) for _, b in _runs_of([pl.effect for _, _, pl in laid])]
+        ends = [0] + ends
+        for k0, k1 in zip(ends[:-1], ends[1:]):  # effect after effect
+            f, r, c, t = fr[k0:k1], rows[k0:k1], cols[k0:k1], top[k0:k1]
+            u[f, :, r, c] = t + (1.0 - t[:, 3:4]) * u[f, :, r, c]
+
+    def _bank(self, sprites: Sequence[DeviceSprites]) -> tuple[torch.Tensor, dict[tuple[int, int], int]]:
+        """These avatars' effect pictures in one buffer (texels, 4) uint8, each bordered with a zero row and column
+        first (the bilinear read's outside), and where each (id of the avatar's sprites, effect slot) starts: one
+        gather reads any picture of any avatar. Kept while the avatars are the last call's (~17 MB an avatar)."""
+        order = tuple(sorted({id(sp): sp for sp in sprites}.values(), key=id))
+        kept = self._banked
+        if kept is not None and len(kept[0]) == len(order) and all(a is b for a, b in zip(kept[0], order)):
+            return kept[1], kept[2]
+        parts, firsts, at = [], {}, 0
+        for sp in order:
+            start: dict[int, int] = {}  # slots of one kind share a tensor: bordered once
+            for k, pics in enumerate(sp.pics):
+                if id(pics) not in start:
+                    start[id(pics)] = at
+                    parts.append(F.pad(pics, (0, 0, 1, 0, 1, 0)).reshape(-1, 4))
+                    at += len(parts[-1])
+                firsts[(id(sp), k)] = start[id(pics)]
+        bank = torch.cat(parts) if parts else torch.zeros((0, 4), dtype=torch.uint8, device=self.device)
+        self._banked = (order, bank, firsts)
+        return bank, firsts
 
     def _frames_triton(
         self, drawn: Sequence[torch.Tensor], boxes: Sequence[Box], placed: tuple[np.ndarray, dict], out: torch.Tensor
@@ -254,121 +339,40 @@ class DeviceCompose:
             TW=TW,
         )
 
-    def _lay(self, u: torch.Tensor, laid: list[tuple[DeviceSprites, np.ndarray, Placements]], at: np.ndarray) -> None:
-        """One effect's pictures over frames u (F, 4, H, W) in [0, 1], in place (one picture a frame: rows `at` of
-        u): the region each fills (padded to the largest; the pad left alone), sampled bilinearly as
-        effects._bilinear does. `laid`: per avatar, its sprites, and the effect's placements on its frames."""
-        dev, f64 = self.device, torch.float64
-        e = laid[0][2].effect
-
-        def cat(get) -> np.ndarray:
-            return np.concatenate([get(sp.layer, pl) for sp, _, pl in laid])
-
-        def each(get) -> np.ndarray:  # an avatar's number, once a placement
-            return cat(lambda layer, pl: np.full(len(pl.frames), get(layer), np.float64))
-
-        ys0, ys1 = cat(lambda _, pl: pl.y0), cat(lambda _, pl: pl.y1)
-        xs0, xs1 = cat(lambda _, pl: pl.x0), cat(lambda _, pl: pl.x1)
-        P = len(ys0)
-        # every per-picture number in two copies to the device (integers, float64), not one copy a column: each
-        # copy is a page-locked buffer and a launch, and a chunk of 200 streams made a thousand of them
-        ints = self._put(
-            np.stack(
-                [ys0, xs0, ys1 - ys0, xs1 - xs0, at, cat(lambda _, pl: pl.level), cat(lambda _, pl: pl.phase)]
-            ).astype(np.int64),
-            torch.long,
-        ).view(7, P, 1, 1)
-        y0, x0, hh, ww, fr_of = ints[0], ints[1], ints[2], ints[3], ints[4]
-        nums = self._put(
-            np.stack(
-                [
-                    np.zeros(P),  # the canvas's first pixel: the whole window's
-                    cat(lambda _, pl: pl.c),
-                    cat(lambda _, pl: pl.s),
-                    cat(lambda _, pl: pl.tx),
-                    cat(lambda _, pl: pl.ty),
-                    each(lambda layer: layer.anchors[e][0]),
-                    each(lambda layer: layer.anchors[e][1]),
-                    each(lambda layer: layer.boxes[e][0]),
-                    each(lambda layer: layer.boxes[e][1]),
-                ]
-            ).astype(np.float64),
-            f64,
-        ).view(9, P, 1, 1)
-        K = int(((ys1 - ys0) * (xs1 - xs0)).sum())  # pixels filled, known here: no count read back
-        Rh, Rw = int((ys1 - ys0).max()), int((xs1 - xs0).max())
-        r = torch.arange(Rh, device=dev).view(1, Rh, 1)
-        c = torch.arange(Rw, device=dev).view(1, 1, Rw)
-        rows, cols = y0 + r, x0 + c  # (P, Rh, 1), (P, 1, Rw): canvas pixels
-        # the numpy path's sampling, with each picture's numbers as (P, 1, 1) columns
-        zero = nums[0]
-        sx, sy = sample_coords(
-            cols.to(f64),
-            rows.to(f64),
-            nums[1],
-            nums[2],
-            (zero, zero),
-            (nums[3], nums[4]),
-            (nums[5], nums[6]),
-            (nums[7], nums[8]),
-        )
-        # the pictures, premultiplied float32 as canvas() makes them, with a zero row and column first
-        lev, pha = ints[5].view(P), ints[6].view(P)
-        ends = np.cumsum([0] + [len(pl.frames) for _, _, pl in laid])
-        picked = [sp.pics[e][lev[a:b], pha[a:b]] for (sp, _, _), a, b in zip(laid, ends[:-1], ends[1:])]
-        Ph, Pw = max(x.shape[1] for x in picked), max(x.shape[2] for x in picked)
-        pics = torch.cat(
-            [
-                x if x.shape[1:3] == (Ph, Pw) else F.pad(x, (0, 0, 0, Pw - x.shape[2], 0, Ph - x.shape[1]))
-                for x in picked
-            ]
-        )
-        pic = pics.float() / 255.0
-        pic = torch.cat([pic[..., :3] * pic[..., 3:], pic[..., 3:]], -1).permute(0, 3, 1, 2)
-        ph, pw = pic.shape[2], pic.shape[3]
-        padded = torch.zeros((P, 4, ph + 1, pw + 1), device=dev)
-        padded[:, :, 1:, 1:] = pic
-        p = _bilinear(padded.flatten(2), sx, sy, ph, pw)  # (P, 4, Rh, Rw)
-        # over the frames, where each region is (the pad of a smaller region is not the picture's)
-        inside = _where(((r < hh) & (c < ww)).flatten(), K)  # (P * Rh * Rw,) -> the K filled ones, in order
-        fr = fr_of.expand(P, Rh, Rw).flatten()[inside]
-        rr, cc = rows.expand(P, Rh, Rw).flatten()[inside], cols.expand(P, Rh, Rw).flatten()[inside]
-        top = p.permute(0, 2, 3, 1).reshape(-1, p.shape[1])[inside]  # (K, 4)
-        under = u[fr, :, rr, cc]  # (K, 4)
-        u[fr, :, rr, cc] = top + (1.0 - top[:, 3:4]) * under
-
 
 def _itself(x: Any) -> Any:
     return x
 
 
-def _where(mask: torch.Tensor, count: int) -> torch.Tensor:
-    """The indices of a 1-d mask's `count` true values, in order (mask[idx] is x[mask]'s selection): a boolean
-    index reads the count back from the device, a wait for its queue; the caller knows it."""
-    try:
-        return torch.nonzero_static(mask, size=count).view(-1)
-    except (NotImplementedError, RuntimeError):  # a torch without it on this device: the same indices, with the wait
-        return mask.nonzero().view(-1)
+def _runs_of(keys: list) -> list[tuple[int, int]]:
+    """The (first, end) of each run of equal keys, in order."""
+    out, a = [], 0
+    for i in range(1, len(keys) + 1):
+        if i == len(keys) or keys[i] != keys[a]:
+            out.append((a, i))
+            a = i
+    return out
 
 
-def _bilinear(flat: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """effects._bilinear for P pictures at once: flat (P, C, (h + 1) * (w + 1)), each padded with a zero row and
-    column first; sx, sy (P, Rh, Rw) float64 -> (P, C, Rh, Rw) float32."""
-    P, C = flat.shape[:2]
+def _bilinear(
+    bank: torch.Tensor, base: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, h: torch.Tensor, w: torch.Tensor
+) -> torch.Tensor:
+    """effects._bilinear for K pixels of pictures in `bank` ((texels, 4) uint8, straight alpha, each picture bordered
+    with a zero row and column first; pixel k's picture at base[k], of h[k] x w[k]); sx, sy (K,) float64 -> (K, 4)
+    float32, premultiplied as canvas() makes its pictures (each texel premultiplied before it is mixed)."""
     xf, yf = torch.floor(sx), torch.floor(sy)
-    fx, fy = (sx - xf).float(), (sy - yf).float()
+    fx, fy = (sx - xf).float()[:, None], (sy - yf).float()[:, None]
     xa, ya = xf.long(), yf.long()
 
-    def at(i: torch.Tensor, n: int) -> torch.Tensor:
+    def at(i: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
         return torch.where((i >= 0) & (i < n), i + 1, 0)
 
     xi, xj, yi, yj = at(xa, w), at(xa + 1, w), at(ya, h), at(ya + 1, h)
 
     def read(yy: torch.Tensor, xx: torch.Tensor) -> torch.Tensor:
-        idx = (yy * (w + 1) + xx).flatten(1)[:, None].expand(P, C, -1)
-        return flat.gather(2, idx).view(P, C, *sx.shape[1:])
+        t = bank[base + yy * (w + 1) + xx].float() / 255.0
+        return torch.cat([t[:, :3] * t[:, 3:], t[:, 3:]], 1)
 
-    fx, fy = fx[:, None], fy[:, None]
     return (
         read(yi, xi) * ((1 - fx) * (1 - fy))
         + read(yi, xj) * (fx * (1 - fy))
