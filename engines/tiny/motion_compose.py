@@ -128,21 +128,21 @@ class DeviceCompose:
         sprites: Sequence[DeviceSprites],
         out: torch.Tensor | None = None,
         pool: HostPool | None = None,
+        placing: list[Callable[[], tuple[np.ndarray, dict]]] | None = None,
     ) -> torch.Tensor:
         """Stream i's drawn box `drawn[i]` (n, 4, h, w) at window box `boxes[i]`, its raw motions `motions[i]` (n, D)
         and its avatar's sprites -> uint8 RGBA frames (S, n, 360, 640, 4) on the device (into `out` if given). pool:
-        where the avatars' effect placements run (`_placed`)."""
+        where the avatars' effect placements run; placing: `placing(motions, sprites, pool)`, where the caller started
+        it before (so the workers place while it draws)."""
         S, n = motions.shape[:2]
         w = self.window
         if out is None:
             out = torch.zeros((S, n, w.height, w.width, 4), dtype=torch.uint8, device=self.device)
-        # the triton kernel keeps no float window, only the effects' canvases: all streams in one go up to
-        # MAX_FRAMES_TRITON frames (the effects laid once for all of them: the host's cost is per go)
-        cap = MAX_FRAMES_TRITON if self.kernel == "triton" else self.max_frames
-        per = max(1, cap // max(1, n))
-        for i0 in range(0, S, per):
+        per = self._streams_a_go(n)
+        placing = self.placing(motions, sprites, pool) if placing is None else placing
+        for i0, placed_go in zip(range(0, S, per), placing):
             i1 = min(S, i0 + per)
-            placed = self._placed(motions[i0:i1], sprites[i0:i1], pool)
+            placed = placed_go()
             if self.kernel == "triton":
                 self._frames_triton(drawn[i0:i1], boxes[i0:i1], placed, out[i0:i1])
                 continue
@@ -174,12 +174,31 @@ class DeviceCompose:
         self._lay_all(u, shown, groups)
         y[rows] = u * 2.0 - 1.0
 
+    def _streams_a_go(self, n: int) -> int:
+        """Streams of n frames `frames` composes in one go: the triton kernel keeps no float window, only the effects'
+        canvases, so all streams up to MAX_FRAMES_TRITON frames (the effects laid once for all of them: the host's
+        cost is per go); the torch ops up to max_frames."""
+        return max(1, (MAX_FRAMES_TRITON if self.kernel == "triton" else self.max_frames) // max(1, n))
+
+    def placing(
+        self, motions: np.ndarray, sprites: Sequence[DeviceSprites], pool: HostPool | None = None
+    ) -> list[Callable[[], tuple[np.ndarray, dict]]]:
+        """`_placed` for each go of `frames`, started now (in `pool`'s workers where given): per go, the function
+        that gives its result."""
+        per = self._streams_a_go(motions.shape[1])
+        return [self._placing(motions[i : i + per], sprites[i : i + per], pool) for i in range(0, len(motions), per)]
+
     def _placed(
         self, motions: np.ndarray, sprites: Sequence[DeviceSprites], pool: HostPool | None = None
     ) -> tuple[np.ndarray, dict]:
         """The frames (rows of S * n) that show an effect, sorted, and the pictures laid, by effect (particle slot).
         The placements are worked out an avatar at a time over all its streams' frames
         (EffectLayer.placements_many: numpy arrays, not Python per frame), in `pool`'s workers side by side if given."""
+        return self._placing(motions, sprites, pool)()
+
+    def _placing(
+        self, motions: np.ndarray, sprites: Sequence[DeviceSprites], pool: HostPool | None
+    ) -> Callable[[], tuple[np.ndarray, dict]]:
         n = motions.shape[1]
         streams: dict[int, list[int]] = {}  # each avatar's (sprites') streams
         for k, sp in enumerate(sprites):
@@ -188,7 +207,17 @@ class DeviceCompose:
             Job(EffectLayer.placements_many, sprites[ks[0]].layer, _itself, (motions[ks].reshape(len(ks) * n, -1),))
             for ks in streams.values()
         ]
-        got = run_here(jobs) if pool is None else pool.submit(jobs)()
+        if pool is None:
+            done = run_here(jobs)
+            return lambda: self._gather(motions, sprites, streams, done)
+        pending = pool.submit(jobs)
+        return lambda: self._gather(motions, sprites, streams, pending())
+
+    def _gather(
+        self, motions: np.ndarray, sprites: Sequence[DeviceSprites], streams: dict[int, list[int]], got: list
+    ) -> tuple[np.ndarray, dict]:
+        """`_placed`'s result from each avatar's placements (`got`, in `streams`' order)."""
+        n = motions.shape[1]
         shown_parts: list[np.ndarray] = []  # frames with an effect on: numpy takes them through [0, 1] and back
         # one call per effect (a particle slot: one picture a frame), whatever the avatar: avatars' pictures differ in
         # size, and _lay pads them to the largest with transparent texels, which the sampling reads as it reads

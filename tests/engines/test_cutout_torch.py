@@ -187,3 +187,17 @@ def test_auto_draws_the_cutout_on_cuda_where_triton_is(monkeypatch):
         backend.use_kernel("triton")
     with pytest.raises(BackendError, match="one of eager, compiled, triton"):
         backend.use_kernel("cuda-graphs")
+
+
+def test_the_boxes_of_all_streams_at_once_are_each_streams_box(engine):
+    """MotionEngine.draw_boxes (one go over a chunk's streams, CUDA's path) gives draw_box's box for each stream:
+    sampled chunks over 16 avatars, and streams off the window to each side and partly off it."""
+    from avatarcast.realtime.bench.engine import _stream_specs
+
+    states = [engine.start_stream(a, e, 1.0, s) for a, e, s in _stream_specs(40, engine.emotions, 5)]
+    for _ in range(2):
+        lat = engine.sample_chunks(states)
+        raw = (lat.reshape(len(states), lat.shape[1], -1) * engine.std + engine.mean).astype(np.float32)
+        raw[0], raw[1], raw[2] = 5.0, -5.0, -0.999  # off to the right and below, off to the left and above, a corner
+        raw[3, :, 0] += 1.3  # partly off the right side
+        assert engine.draw_boxes(raw) == [engine.draw_box(r) for r in raw]

@@ -31,9 +31,8 @@ steps() {
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('fps','chunk_latency_ms','decode_ms','launch_ms','wait_ms','pipeline_depth','host_workers','realtime_streams')})" "$R/bench_${name}_s$s.json"
   }
   # the host's share: one call at a time and planned in this process (as before launch_chunks and the host pool),
-  # then each of the two alone, then both (the default on CUDA): the same call, so the ratios compare
+  # the host pool alone, then with two calls in flight (the default on CUDA): the same call, so the ratios compare
   run serial 200 --opt pipeline=1 --opt host_workers=0
-  run pipelined 200 --opt host_workers=0
   run pooled 200 --opt pipeline=1
   run auto 200  # --motion-draw auto: the cut-out draw, Triton's kernels, pipelined, host workers
   run copy 200 --opt draw=copy
