@@ -234,9 +234,12 @@ def run_bench(
     seed: int = 0,
     backend_options: dict | None = None,
     cheaper: bool = False,
+    scheduler: bool = False,
+    max_batch: int | None = None,
 ) -> dict:
     """Run the benchmark; returns the report (see the module docstring). cheaper: decode the engine's cheaper
-    way (capabilities.cheaper_decode: the degradation ladder's cheaper_decode rung)."""
+    way (capabilities.cheaper_decode: the degradation ladder's cheaper_decode rung). scheduler: the sessions through
+    the server's scheduler instead (realtime/bench/scheduled.py), at most max_batch a call (None: the engine's)."""
     if engine_name not in ("tiny", "motion"):
         raise ValueError(f"only the 'tiny' and 'motion' engines can be benchmarked here, not {engine_name!r}")
     if sessions < 1:
@@ -288,6 +291,8 @@ def run_bench(
             "--cheaper-decode: this engine has no cheaper decode (tiny: python -m tools.train_lowres writes a "
             "half-resolution decoder; motion: the residual draw's folder steps down to the copy draw)"
         )
+    if scheduler:
+        return _through_scheduler(engine, engine_name, sessions, seconds, seed, max_batch, load_s)
     t0 = time.perf_counter()
     states = [engine.start_stream(a, e, 1.0, s) for a, e, s in _stream_specs(sessions, engine.emotions, seed)]
     streams_s = time.perf_counter() - t0
@@ -367,7 +372,51 @@ def run_bench(
     return report
 
 
+def _through_scheduler(
+    engine: Any, engine_name: str, sessions: int, seconds: float, seed: int, max_batch: int | None, load_s: float
+) -> dict:
+    """`sessions` sessions through the server's scheduler (realtime/bench/scheduled.py) for `seconds`."""
+    import asyncio
+
+    from avatarcast.realtime.bench.scheduled import sessions_through
+    from avatarcast.realtime.scheduler import EngineScheduler
+
+    starts = [(a, e) for a, e, _ in _stream_specs(sessions, engine.emotions, seed)]
+    emotions = [e for e in engine.emotions if e != "idle"][:4]
+
+    async def go() -> dict:
+        sch = EngineScheduler(engine, max_batch=max_batch)
+        await sch.start()
+        try:
+            return await sessions_through(sch, engine, starts, emotions, seconds)
+        finally:
+            await sch.close()
+
+    be = engine.backend
+    dev_kind = getattr(be, "device", "cpu")
+    return {
+        "engine": engine_name,
+        "through": "scheduler",
+        "backend": be.name,
+        "device": getattr(be, "device_name", None) or (cpu_name() if dev_kind == "cpu" else dev_kind),
+        "steps": engine.steps,
+        **asyncio.run(go()),
+        "weights_hash": engine.weights_hash,
+        "load_s": round(load_s, 2),
+        "timestamp": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+
+
 def _table(r: dict) -> str:
+    if r.get("through") == "scheduler":
+        return (
+            f"{r['engine']} engine on {r['backend']} ({r['device']}) through the server's scheduler\n"
+            f"  sessions {r['sessions']}: {r['fps']:.1f} fps, a chunk every {r['chunk_interval_ms_p50']:.0f} ms "
+            f"(p95 {r['chunk_interval_ms_p95']:.0f} ms); {r['batches']} calls of {r['mean_batch']} streams on average "
+            f"(at most {r['max_batch']}, {r['pipeline_depth']} in flight)\n"
+            f"  realtime       {r['realtime_streams']} streams of 8 fps "
+            f"({'real time' if r['realtime'] else 'NOT real time'} for {r['sessions']} sessions)"
+        )
     threads = f", {r['threads']} threads" if r["threads"] else ""
     lines = [
         f"{r['engine']} engine on {r['backend']} ({r['device']}{threads})",
@@ -433,6 +482,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="decode the engine's cheaper way, as the degradation ladder's cheaper_decode rung does (tiny: the "
         "half-resolution decoder; motion's residual draw: the copy draw)",
     )
+    ap.add_argument(
+        "--scheduler",
+        action="store_true",
+        help="the sessions through the server's scheduler (its batching and pipelining; no sockets or ASR): each asks "
+        "for its next chunk once it has the last",
+    )
+    ap.add_argument("--max-batch", type=int, default=None, help="--scheduler: streams a call (default: the engine's)")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("-o", "--output", default=None, help="also write the JSON report to this file")
     return ap
@@ -483,8 +539,10 @@ def main(argv: list[str] | None = None) -> int:
             args.seed,
             opts,
             cheaper=args.cheaper,
+            scheduler=args.scheduler,
+            max_batch=args.max_batch,
         )
-    except (BackendError, TypeError) as e:  # TypeError: an --opt the backend does not take
+    except (BackendError, TypeError, ValueError) as e:  # TypeError: an --opt the backend does not take
         print(f"avatarcast bench engine: error: {e}", file=sys.stderr)
         return 2
     text = json.dumps(r, indent=1)

@@ -50,6 +50,7 @@ from avatarcast.engines.wan.prompts import normalize_prompt  # noqa: E402
 from avatarcast.engines.wan.shapes import TRANSFORMER_5B, VAE_22  # noqa: E402
 from avatarcast.realtime.avatars import resolve_avatar  # noqa: E402
 from avatarcast.realtime.bench.memory_peak import peak_report  # noqa: E402
+from avatarcast.realtime.bench.scheduled import sessions_through  # noqa: E402
 from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler  # noqa: E402
 from avatarcast.templates import load_templates  # noqa: E402
 from avatarcast.vocabulary import DEFAULT_AVATAR, FPS  # noqa: E402
@@ -184,26 +185,7 @@ def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: 
         torch.cuda.reset_peak_memory_stats()
         sch = EngineScheduler(av)
         await sch.start()
-        t_stop = [float("inf")]
-        arrivals: list[list[float]] = [[] for _ in range(n)]
-
-        async def session(i: int) -> None:
-            state = await sch.run_on_engine(av.start_stream, avatar, emotions[i % 4], 1.0, i)
-            k = 0
-            while time.monotonic() < t_stop[0]:
-                emo = emotions[(i + k // 4) % len(emotions)]  # a new emotion every 4 chunks
-                res = await sch.submit(ChunkJob(f"s{i}", state.copy(), time.monotonic() + chunk_s, emo, 0.9))
-                state, k = res.state, k + 1
-                arrivals[i].append(time.monotonic())
-
-        t0 = time.monotonic()
-        t_stop[0] = t0 + seconds + 4 * chunk_s  # the first chunks (new streams, compiles' guards) not timed
-        await asyncio.gather(*(session(i) for i in range(n)))
-        gaps = [(b - a) * 1000 for xs in arrivals for a, b in zip(xs[3:], xs[4:])]  # ms
-        done = [x for xs in arrivals for x in xs[4:]]
-        n_frames = len(done) * 4 * wan.chunk_latent_frames
-        wall = max(done) - min(x for xs in arrivals for x in xs[3:4]) if done else float("nan")
-        fps = n_frames / wall
+        got = await sessions_through(sch, av, [(avatar, emotions[i % 4]) for i in range(n)], emotions, seconds)
         # cue: an emotion change on an idle engine, submitted -> its frames on the host
         state = await sch.run_on_engine(av.start_stream, avatar, "idle", 1.0, 99)
         state = (await sch.submit(ChunkJob("cue", state, time.monotonic() + chunk_s, "idle", 1.0))).state
@@ -214,16 +196,8 @@ def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: 
             state = (await sch.submit(ChunkJob("cue", state.copy(), a, emotions[r % 4], 1.0))).state
             cue.append((time.monotonic() - a) * 1000)
         await sch.close()
-        p95 = _pct(gaps, 95)
         return {
-            "fps": round(fps, 1),
-            "chunk_interval_ms_p50": _pct(gaps, 50),
-            "chunk_interval_ms_p95": p95,
-            "chunks": len(gaps),
-            "batches": sch.batches,
-            "mean_batch": round(sch.jobs_done / max(1, sch.batches), 2),
-            "realtime_streams": int(fps // FPS),
-            "realtime": bool(int(fps // FPS) >= n and p95 <= chunk_s * 1000),
+            **got,
             "cue_idle_ms": {"p50": _pct(cue[1:], 50), "max": round(max(cue[1:]), 1)},
             "memory_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2),
         }  # this run's peak

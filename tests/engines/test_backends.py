@@ -404,3 +404,17 @@ def test_bench_engine_json(weights, capsys):
     )
     assert "fps" in capsys.readouterr().out
     assert main(["--backend", "onnxruntime", "--device", "cuda", "--weights", str(weights)]) in (0, 2)
+
+
+def test_bench_engine_through_the_scheduler(weights, capsys):
+    """--scheduler: sessions through the server's EngineScheduler (its batching), each asking for its next chunk once
+    it has the last; the report counts the timed chunks and the calls they took."""
+    from avatarcast.realtime.bench.engine import main
+
+    args = ["--engine", "tiny", "--sessions", "3", "--steps", "1", "--threads", "1", "--weights", str(weights)]
+    assert main([*args, "--seconds", "2", "--scheduler", "--max-batch", "2", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["through"] == "scheduler" and r["sessions"] == 3 and r["max_batch"] == 2 and r["pipeline_depth"] == 1
+    assert r["chunks"] >= 3 and r["fps"] > 0 and 1.0 <= r["mean_batch"] <= 2.0  # three sessions, calls of two at most
+    assert r["chunk_interval_ms_p95"] >= r["chunk_interval_ms_p50"] > 0
+    assert r["realtime_streams"] == int(r["fps"] // 8)

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The cut-out draw's and the device compose's Triton kernels (engines/tiny/cutout_triton.py, triton_kernels.py) on
 # CUDA, their default there: their frames against numpy's (and the launched chunks against those made one at a time),
-# then the engine's fps with --motion-draw auto (the cut-out draw) at 200 and 400 streams beside the copy decoder's and
-# beside one call at a time planned in one process (no pipelining, no host pool), in the same call, and where a chunk's
-# time goes. One call of the device tool, under 10 minutes:
+# then the engine's fps with --motion-draw auto (the cut-out draw) at 200 and 400 streams beside one call at a time
+# planned in one process (no pipelining, no host pool), in the same call; 200 sessions through the server's scheduler;
+# where a chunk's time goes. One call of the device tool, under 10 minutes:
 #   run(command="bash tools/gpu/cutout_triton_gpu.sh", carry=[".whl"], timeout_s=600)
 # Results in $OUT: log.txt and results.tar (check.json, [ops_s200.json,] bench_*.json, prof_cutout_s200.json).
 set -uo pipefail
@@ -35,9 +35,16 @@ steps() {
   run serial 200 --opt pipeline=1 --opt host_workers=0
   run pooled 200 --opt pipeline=1
   run auto 200  # --motion-draw auto: the cut-out draw, Triton's kernels, pipelined, host workers
-  run copy 200 --opt draw=copy
   run auto 400
   run serial 400 --opt pipeline=1 --opt host_workers=0
+  # the server's engine loop: 200 sessions through its scheduler, each asking for its next chunk once it has the
+  # last, at the engine's batch (8 a call) and at 200 a call
+  for mb in default 200; do
+    echo "== through the scheduler, 200 sessions, max batch $mb"
+    timeout 100 $B --scheduler --sessions 200 $([ $mb = default ] || echo --max-batch $mb) -o "$R/sched_s200_b$mb.json" \
+      >/dev/null
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('fps','chunk_interval_ms_p50','chunk_interval_ms_p95','mean_batch','max_batch','pipeline_depth','realtime_streams','realtime')})" "$R/sched_s200_b$mb.json"
+  done
   echo "== profile: the cut-out draw, its default kernels, 200 streams"
   timeout 90 python3 -m tools.motion_torch_profile --device cuda --sessions 200 --chunks 4 --draw cutout \
     | tee "$R/prof_cutout_s200.json"
