@@ -11,7 +11,8 @@ cd "$(dirname "$0")/../.."
 . tools/gpu/env.sh  # ROOT, OUT, PYTHONPATH (+ .whl)
 R=/tmp/cutout_triton
 mkdir -p "$OUT" "$R"
-export R AVATARS=${AVATARS:-pip,luna,random-424242} OPS=${OPS:-0}  # OPS=1: the draw alone too
+# OPS=1: the draw alone too; QUICK=1: not the host pool alone nor one call at a time at 400 streams
+export R AVATARS=${AVATARS:-pip,luna,random-424242} OPS=${OPS:-0} QUICK=${QUICK:-0}
 steps() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
@@ -33,10 +34,10 @@ steps() {
   # the host's share: one call at a time and planned in this process (as before launch_chunks and the host pool),
   # the host pool alone, then with two calls in flight (the default on CUDA): the same call, so the ratios compare
   run serial 200 --opt pipeline=1 --opt host_workers=0
-  run pooled 200 --opt pipeline=1
+  [ "$QUICK" = 1 ] || run pooled 200 --opt pipeline=1
   run auto 200  # --motion-draw auto: the cut-out draw, Triton's kernels, pipelined, host workers
   run auto 400
-  run serial 400 --opt pipeline=1 --opt host_workers=0
+  [ "$QUICK" = 1 ] || run serial 400 --opt pipeline=1 --opt host_workers=0
   # the server's engine loop: 200 sessions through its scheduler, each asking for its next chunk once it has the
   # last, at the engine's batch (8 a call) and at 200 a call
   for mb in default 200; do
