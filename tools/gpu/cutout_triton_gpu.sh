@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 . tools/gpu/env.sh  # ROOT, OUT, PYTHONPATH (+ .whl)
 R=/tmp/cutout_triton
 mkdir -p "$OUT" "$R"
-# OPS=1: the draw alone too; QUICK=1: not the host pool alone nor one call at a time at 400 streams
+# OPS=1: the draw alone too; QUICK=1: not the host pool alone, one call at a time at 400 streams nor the profile
 export R AVATARS=${AVATARS:-pip,luna,random-424242} OPS=${OPS:-0} QUICK=${QUICK:-0}
 steps() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -46,6 +46,7 @@ steps() {
       >/dev/null
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('fps','chunk_interval_ms_p50','chunk_interval_ms_p95','mean_batch','max_batch','pipeline_depth','realtime_streams','realtime')})" "$R/sched_s200_b$mb.json"
   done
+  [ "$QUICK" = 1 ] && return
   echo "== profile: the cut-out draw, its default kernels, 200 streams"
   timeout 90 python3 -m tools.motion_torch_profile --device cuda --sessions 200 --chunks 4 --draw cutout \
     | tee "$R/prof_cutout_s200.json"
