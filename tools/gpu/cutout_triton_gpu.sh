@@ -13,6 +13,15 @@ R=/tmp/cutout_triton
 mkdir -p "$OUT" "$R"
 # OPS=1: the draw alone too; QUICK=1: not the host pool alone, one call at a time at 400 streams nor the profile
 export R AVATARS=${AVATARS:-pip,luna,random-424242} OPS=${OPS:-0} QUICK=${QUICK:-0}
+sched() {  # SCHED_ONLY=1: only these, the runs through the scheduler
+  local B="python3 -m avatarcast.realtime.cli bench engine --engine motion --backend torch --device cuda --seconds ${SECONDS_:-8} --json"
+  for mb in ${SCHED_BATCHES:-default 200}; do
+    echo "== through the scheduler, 200 sessions, max batch $mb"
+    timeout 100 $B --scheduler --sessions 200 $([ $mb = default ] || echo --max-batch $mb) -o "$R/sched_s200_b$mb.json" \
+      >/dev/null
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('fps','chunk_interval_ms_p50','chunk_interval_ms_p95','mean_batch','max_batch','pipeline_depth','realtime_streams','realtime')})" "$R/sched_s200_b$mb.json"
+  done
+}
 steps() {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
@@ -40,18 +49,16 @@ steps() {
   [ "$QUICK" = 1 ] || run serial 400 --opt pipeline=1 --opt host_workers=0
   # the server's engine loop: 200 sessions through its scheduler, each asking for its next chunk once it has the
   # last, at the engine's batch (8 a call) and at 200 a call
-  for mb in default 200; do
-    echo "== through the scheduler, 200 sessions, max batch $mb"
-    timeout 100 $B --scheduler --sessions 200 $([ $mb = default ] || echo --max-batch $mb) -o "$R/sched_s200_b$mb.json" \
-      >/dev/null
-    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('fps','chunk_interval_ms_p50','chunk_interval_ms_p95','mean_batch','max_batch','pipeline_depth','realtime_streams','realtime')})" "$R/sched_s200_b$mb.json"
-  done
+  sched
   [ "$QUICK" = 1 ] && return
   echo "== profile: the cut-out draw, its default kernels, 200 streams"
   timeout 90 python3 -m tools.motion_torch_profile --device cuda --sessions 200 --chunks 4 --draw cutout \
     | tee "$R/prof_cutout_s200.json"
 }
-timeout "${LIMIT:-560}" bash -c "$(declare -f steps); steps" > "$R/log.txt" 2>&1
+what=steps
+[ "${SCHED_ONLY:-0}" = 1 ] && what=sched
+export SECONDS_=${SECONDS_:-8} SCHED_BATCHES=${SCHED_BATCHES:-default 200}
+timeout "${LIMIT:-560}" bash -c "$(declare -f sched steps); $what" > "$R/log.txt" 2>&1
 cp "$R/log.txt" "$OUT/log.txt"
 tail -c 6000 "$R/log.txt"
 (cd "$R" && tar cf "$OUT/results.tar" .)
