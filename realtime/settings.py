@@ -55,8 +55,10 @@ def default_engine(backend: str, device: str) -> str:
     """The engine `--engine auto` (the default) serves on this backend and device: motion on onnxruntime on the CPU,
     since its picture is measured better (README, "Which engine") and it keeps up with two streams on two cores;
     tiny on torch, tensorrt or CUDA. Motion serves on torch too (`--engine motion --backend torch`: the cut-out draw
-    with Triton's kernels on CUDA), but on a GPU it draws a third of tiny's frames (2,885 against 8,902 fps at 200
-    streams on an H100, docs/bench/cutout_triton_2026-12-07), so auto does not pick it there yet."""
+    with Triton's kernels on CUDA, two calls in flight, the host's planning in worker processes), at about tiny's
+    frames in `bench engine` (8,410 against 8,902 fps at 200 streams on an H100, docs/bench/cutout_host_2026-12-07),
+    but the server has not been measured with it on a GPU (its scheduler batches 8 streams a call), so auto does not
+    pick it there yet."""
     return "motion" if backend == "onnxruntime" and device in ("auto", "cpu") else "tiny"
 
 
