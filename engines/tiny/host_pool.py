@@ -33,6 +33,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from avatarcast.engines.backends.host import available_cores
+from avatarcast.engines.errors import EngineError
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,10 @@ def default_workers(cores: int | None = None) -> int:
     return 0 if n < MIN_CORES else min(8, n - 4)
 
 
-class HostPoolError(RuntimeError):
-    """A worker could not do its jobs (it died, or a job raised: the worker's traceback is in the message)."""
+class HostPoolError(EngineError, RuntimeError):
+    """A worker could not do its jobs (it died, or a job raised: the worker's traceback is in the message). The
+    engine catches it and plans in its own process from then on; a caller of the pool itself sees it as an engine
+    error (engine_unavailable)."""
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,10 @@ Reported (JSON with --json, else a short table):
   host_cpu_busy_other share of the machine's CPU time used by other processes during the run
                       (a shared machine makes CPU numbers noisy; compare runs with a low value)
 
+With --scheduler the sessions go through the server's scheduler instead (its batches of at most --max-batch streams,
+the engine's calls in flight; realtime/bench/scheduled.py): fps, each session's interval between chunks (p50, p95)
+and the calls it took.
+
 With the torch or tensorrt backend on CUDA the loop keeps everything on the GPU (noise, contexts,
 latents and decoded frames; no host copies unless --to-host) and times with torch.cuda.synchronize.
 """
