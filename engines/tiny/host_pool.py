@@ -96,7 +96,9 @@ class HostPool:
         self._home: dict[int, int] = {}  # serial -> worker
         self._sent: set[int] = set()
         self._drops: list[list[int]] = [[] for _ in range(workers)]
-        self._drop_lock = threading.Lock()  # owners are collected on any thread
+        # owners are collected on any thread, and on this one in the middle of a submit (a collection it sets off):
+        # re-entrant
+        self._drop_lock = threading.RLock()
         self._tickets = itertools.count()
         self._waiting: list[deque[int]] = [deque() for _ in range(workers)]  # tickets sent to each, oldest first
         self._got: dict[tuple[int, int], list[Any]] = {}  # (ticket, worker) -> results received early
@@ -139,13 +141,14 @@ class HostPool:
             raise HostPoolError(self._broken)
         per: list[list[tuple]] = [[] for _ in range(self.workers)]
         where = []
-        for j in jobs:
-            s = self._serial(j.owner)
-            w = self._home[s]
-            state = None if s in self._sent else j.pack(j.owner)
-            self._sent.add(s)
-            where.append((w, len(per[w])))
-            per[w].append((s, j.fn, state, j.args))
+        with self._drop_lock:  # the owners' bookkeeping, which `_drop` changes
+            for j in jobs:
+                s = self._serial(j.owner)
+                w = self._home[s]
+                state = None if s in self._sent else j.pack(j.owner)
+                self._sent.add(s)
+                where.append((w, len(per[w])))
+                per[w].append((s, j.fn, state, j.args))
         ticket = next(self._tickets)
         busy = [w for w in range(self.workers) if per[w]]
         for w in busy:
