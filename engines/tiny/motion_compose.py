@@ -219,9 +219,8 @@ class DeviceCompose:
         """`_placed`'s result from each avatar's placements (`got`, in `streams`' order)."""
         n = motions.shape[1]
         shown_parts: list[np.ndarray] = []  # frames with an effect on: numpy takes them through [0, 1] and back
-        # one call per effect (a particle slot: one picture a frame), whatever the avatar: avatars' pictures differ in
-        # size, and _lay pads them to the largest with transparent texels, which the sampling reads as it reads
-        # outside a picture (0), so the frames are those of a call per picture size
+        # by effect (a particle slot: one picture a frame), whatever the avatar: `_lay_all` lays the effects in the
+        # renderer's order, each placement reading its own avatar's picture
         groups: dict[int, list[tuple[DeviceSprites, np.ndarray, Placements]]] = {}
         for ks, placements in zip(streams.values(), got):
             sp = sprites[ks[0]]
@@ -263,7 +262,10 @@ class DeviceCompose:
         # every per-picture number in two copies to the device (integers, float64), not one copy a column: each
         # copy is a page-locked buffer and a launch
         ints = self._put(np.stack([ys0, xs0, xs1 - xs0, at, base, ph, pw, areas, np.cumsum(areas) - areas]), torch.long)
-        e = lambda get: cat(lambda sp, pl: get(sp.layer, pl.effect), np.float64)  # noqa: E731  an avatar's number
+
+        def each(get) -> np.ndarray:  # an avatar's number for the effect, once a placement
+            return cat(lambda sp, pl: get(sp.layer, pl.effect), np.float64)
+
         nums = self._put(
             np.stack(
                 [
@@ -271,10 +273,10 @@ class DeviceCompose:
                     cat(lambda _, pl: pl.s, np.float64),
                     cat(lambda _, pl: pl.tx, np.float64),
                     cat(lambda _, pl: pl.ty, np.float64),
-                    e(lambda layer, k: layer.anchors[k][0]),
-                    e(lambda layer, k: layer.anchors[k][1]),
-                    e(lambda layer, k: layer.boxes[k][0]),
-                    e(lambda layer, k: layer.boxes[k][1]),
+                    each(lambda layer, k: layer.anchors[k][0]),
+                    each(lambda layer, k: layer.anchors[k][1]),
+                    each(lambda layer, k: layer.boxes[k][0]),
+                    each(lambda layer, k: layer.boxes[k][1]),
                 ]
             ),
             f64,
@@ -295,8 +297,7 @@ class DeviceCompose:
         # each effect's pixels: its groups' placements, their pixels in the K
         first_of = np.concatenate([[0], np.cumsum([len(pl.frames) for _, _, pl in laid])])
         k_at = np.concatenate([[0], np.cumsum(areas)])
-        ends = [int(k_at[first_of[b]]) for _, b in _runs_of([pl.effect for _, _, pl in laid])]
-        ends = [0] + ends
+        ends = [0] + [int(k_at[first_of[b]]) for _, b in _runs_of([pl.effect for _, _, pl in laid])]
         for k0, k1 in zip(ends[:-1], ends[1:]):  # effect after effect
             f, r, c, t = fr[k0:k1], rows[k0:k1], cols[k0:k1], top[k0:k1]
             u[f, :, r, c] = t + (1.0 - t[:, 3:4]) * u[f, :, r, c]
