@@ -319,12 +319,12 @@ def run_bench(
     dec = [r[2] * 1000 for r in rows]
     chunk_s = T / FPS
     info = be.describe() if hasattr(be, "describe") else {"backend": getattr(be, "name", backend)}
-    dev_kind = getattr(be, "device", device or "cpu")
+    dev_kind, dev_name = _device(be, device)
     rt = int(math.floor(fps / FPS))
     report = {
         "engine": engine_name,
         "backend": getattr(be, "name", backend),
-        "device": getattr(be, "device_name", None) or (cpu_name() if dev_kind == "cpu" else dev_kind),
+        "device": dev_name,
         "device_kind": dev_kind,
         "threads": getattr(be, "threads", threads) if dev_kind == "cpu" else None,
         "cpu_cores": available_cores(),
@@ -376,6 +376,12 @@ def run_bench(
     return report
 
 
+def _device(be: Any, device: str | None) -> tuple[str, str]:
+    """The backend's device kind (cpu, cuda) and its name for the report (the GPU's, or the CPU's model)."""
+    kind = getattr(be, "device", device or "cpu")
+    return kind, getattr(be, "device_name", None) or (cpu_name() if kind == "cpu" else kind)
+
+
 def _through_scheduler(
     engine: Any, engine_name: str, sessions: int, seconds: float, seed: int, max_batch: int | None, load_s: float
 ) -> dict:
@@ -397,12 +403,11 @@ def _through_scheduler(
             await sch.close()
 
     be = engine.backend
-    dev_kind = getattr(be, "device", "cpu")
     return {
         "engine": engine_name,
         "through": "scheduler",
         "backend": be.name,
-        "device": getattr(be, "device_name", None) or (cpu_name() if dev_kind == "cpu" else dev_kind),
+        "device": _device(be, None)[1],
         "steps": engine.steps,
         **asyncio.run(go()),
         "weights_hash": engine.weights_hash,
