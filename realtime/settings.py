@@ -57,8 +57,8 @@ def default_engine(backend: str, device: str) -> str:
     tiny on torch, tensorrt or CUDA. Motion serves on torch too (`--engine motion --backend torch`: the cut-out draw
     with Triton's kernels on CUDA, two calls in flight, the host's planning in worker processes), at about tiny's
     frames in `bench engine` (8,410 against 8,902 fps at 200 streams on an H100, docs/bench/cutout_host_2026-12-07),
-    but the server has not been measured with it on a GPU (its scheduler batches 8 streams a call), so auto does not
-    pick it there yet."""
+    but the server has not been measured with it on a GPU (through its scheduler, which batches up to 256 of its
+    streams a call there: MotionEngine.capabilities), so auto does not pick it there yet."""
     return "motion" if backend == "onnxruntime" and device in ("auto", "cpu") else "tiny"
 
 

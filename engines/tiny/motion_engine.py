@@ -70,6 +70,10 @@ MAX_AVATARS = 24
 # Box sizes a batched draw rounds each stream's box up to (bucket_box): a few sizes, so a few decoder calls a chunk,
 # and at most 31 rows and columns drawn past a stream's own box (the decoder draws them transparent).
 BOX_BUCKET = 32
+# Streams a call on a CUDA device (the scheduler's batch, capabilities.max_batch): the engine bench's 200 and 400
+# streams a call are 8,410 and 9,726 fps on an H100 (docs/bench/cutout_host_2026-12-07); 256 frames' worth of memory a
+# stream is small beside the device's. Elsewhere the contract's default (8).
+DEVICE_MAX_BATCH = 256
 log = logging.getLogger(__name__)
 _HEAD_CENTRE, _HEAD_UP = KEYPOINTS.index("head_centre"), KEYPOINTS.index("head_up")
 
@@ -256,9 +260,18 @@ class MotionEngine:
             # 450 ms two-stream batch (docs/training/motion.md), so 1 sampler step instead of 2 saves about 1% of a
             # chunk and the ladder's fewer_steps rung would only delay the one that helps
             fewer_steps_cheaper=False,
-            # composed on a CUDA device, one call's draw runs there while the host plans the next (launch_chunks)
-            pipeline_depth=2 if self._device_compose is not None and self._device_compose.pipelined else 1,
+            # composed on a CUDA device, one call's draw runs there while the host plans the next (launch_chunks),
+            # and a call's cost is mostly per call (the plan's round trip to the host workers, the compose's ops): the
+            # scheduler batches many streams a call there (bench engine: 8,410 fps with 200 streams in one call)
+            pipeline_depth=2 if self._device_batches else 1,
+            max_batch=DEVICE_MAX_BATCH if self._device_batches else EngineCapabilities.max_batch,
         )
+
+    @property
+    def _device_batches(self) -> bool:
+        """Whether a call's streams are drawn and composed together on a CUDA device (the torch backend there)."""
+        dc = self._device_compose
+        return dc is not None and dc.pipelined
 
     def prepared_avatar(self, avatar: Any) -> tuple[str, _Avatar]:
         """(key, the prepared avatar) for adopt_avatar() in another process (realtime/prep.py): plain arrays on the
@@ -449,8 +462,7 @@ class MotionEngine:
         placements): by default, composing on CUDA, host_pool.default_workers() (the machine's cores less 4, at most
         8; 0 under 6 cores); elsewhere 0 (this process)."""
         if self._host_workers is None:
-            dc = self._device_compose
-            if dc is not None and dc.pipelined and self.backend.draws_layers:
+            if self._device_batches and self.backend.draws_layers:
                 from avatarcast.engines.tiny.host_pool import default_workers
 
                 self._host_workers = default_workers()

@@ -96,3 +96,24 @@ def test_results_come_back_in_the_jobs_order_and_owners_leave_their_worker():
 
 def test_workers_by_default_leave_cores_to_the_server():
     assert [default_workers(n) for n in (2, 4, 5, 6, 8, 12, 16, 64)] == [0, 0, 0, 2, 4, 8, 8, 8]
+
+
+def test_composing_on_cuda_the_engine_batches_pipelines_and_plans_in_workers(monkeypatch):
+    """What the motion engine declares where it composes on a CUDA device (made here without one: nothing is
+    allocated until a call): two calls in flight, the scheduler's batch DEVICE_MAX_BATCH, host workers by the
+    machine's cores; composing on the CPU, none of it."""
+    from avatarcast.engines.tiny import host_pool, motion_engine
+
+    eng = MotionEngine.from_folder(None, draw="cutout", backend="torch", device="cpu")
+    caps = eng.capabilities
+    assert (caps.pipeline_depth, caps.max_batch, eng.host_workers) == (1, 8, 0)
+    eng._device_compose = DeviceCompose(eng.window, "cuda")
+    eng._host_workers = None
+    monkeypatch.setattr(host_pool, "available_cores", lambda: 16)
+    caps = eng.capabilities
+    assert (caps.pipeline_depth, caps.max_batch) == (2, motion_engine.DEVICE_MAX_BATCH)
+    assert eng.host_workers == 8
+    eng.use_host_workers(0)
+    assert eng.host_workers == 0
+    with pytest.raises(ValueError):
+        eng.use_host_workers(-1)
