@@ -88,7 +88,9 @@ t = Transcriber.load("base", device="cuda", languages=("en", "zh"))
 print("ctranslate2 on cuda:", t.transcribe(np.zeros(16000, np.float32)).elapsed_ms, "ms")
 PY
   then asr=cpu; echo "Whisper stays on the CPU: $(tail -1 "$OUT/asr_cuda_check.txt")" | tee -a "$OUT/tter_gpu_summary.txt"; fi
-  bench_runs "$modes" "engine tiny/torch/cuda, asr base on $asr" --backend torch --device cuda --asr-device "$asr"
+  # ENGINE=motion: the cut-out picture's engine (auto keeps tiny on CUDA until this is measured)
+  bench_runs "$modes" "engine ${ENGINE:-auto}/torch/cuda, asr base on $asr" --engine "${ENGINE:-auto}" --backend torch \
+    --device cuda --asr-device "$asr"
 }
 
 here() {  # the same runs against the default `avatarcast serve` of this machine (the CPU side of the comparison)
