@@ -30,7 +30,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import Any, NoReturn
 
 from avatarcast.engines.backends.host import available_cores
 from avatarcast.engines.errors import EngineError
@@ -152,6 +152,11 @@ class HostPool:
         ticket = next(self._tickets)
         busy = [w for w in range(self.workers) if per[w]]
         for w in busy:
+            # one message in a worker at a time: a worker sending a result larger than its socket's buffer waits for
+            # us to read it, and our send of a message larger than the buffer (an avatar's state, many streams'
+            # motions) would wait for it to read: both would wait forever
+            while self._waiting[w]:
+                self._receive(w)
             with self._drop_lock:
                 drops, self._drops[w] = self._drops[w], []
             self._send(w, (drops, per[w]))
@@ -172,16 +177,20 @@ class HostPool:
     def _take(self, ticket: int, w: int) -> list[Any]:
         """Ticket's results from worker w, reading (and keeping) those of older tickets first."""
         while (ticket, w) not in self._got:
-            try:
-                status, out = self._conns[w].recv()
-            except (OSError, EOFError) as exc:
-                self._fail(f"host worker {w} is gone (exit code {self._procs[w].poll()}; {exc!r})")
-            self._got[(self._waiting[w].popleft(), w)] = out
-            if status != "ok":
-                self._fail(f"host worker {w} failed a job:\n{out}")
+            self._receive(w)
         return self._got.pop((ticket, w))
 
-    def _fail(self, why: str) -> None:
+    def _receive(self, w: int) -> None:
+        """Worker w's answer to its oldest message, kept for its ticket."""
+        try:
+            status, out = self._conns[w].recv()
+        except (OSError, EOFError) as exc:
+            self._fail(f"host worker {w} is gone (exit code {self._procs[w].poll()}; {exc!r})")
+        self._got[(self._waiting[w].popleft(), w)] = out
+        if status != "ok":
+            self._fail(f"host worker {w} failed a job:\n{out}")
+
+    def _fail(self, why: str) -> NoReturn:
         self._broken = why
         self.close()
         raise HostPoolError(why)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import logging
 import operator
+import threading
 
 import numpy as np
 import pytest
@@ -90,6 +91,29 @@ def test_results_come_back_in_the_jobs_order_and_owners_leave_their_worker():
         assert len(pool._home) == 4 and sum(map(len, pool._drops)) == 1  # told to its worker with the next jobs
         assert pool.submit([Job(operator.getitem, o, tuple, (0,)) for o in owners])() == [1, 2, 3, 4]
         assert sum(map(len, pool._drops)) == 0
+    finally:
+        pool.close()
+
+
+def test_messages_and_results_larger_than_a_socket_buffer_do_not_wait_on_each_other():
+    """Two submits to one worker before the first is collected, each with a new owner's state of 4 MB and a result of
+    4 MB (an avatar's state is ~21 MB, a chunk's placements for many streams of one avatar ~0.4 MB): the second
+    send must not wait on a worker that waits for us to read the first result."""
+    pool = HostPool(1)
+    got: list = []
+    try:
+        big = [_Owner([bytes([k]) * 4_000_000]) for k in range(2)]
+        t = threading.Thread(
+            target=lambda: got.extend(
+                f()[0][:1] for f in [pool.submit([Job(operator.getitem, o, tuple, (0,))]) for o in big]
+            ),
+            daemon=True,
+        )
+        t.start()
+        t.join(60)
+        if t.is_alive():  # both waiting: free the thread by ending the worker
+            pool._procs[0].kill()
+        assert not t.is_alive() and got == [b"\x00", b"\x01"]
     finally:
         pool.close()
 
