@@ -119,7 +119,8 @@ class HostPool:
         self._serials[id(owner)] = (weakref.ref(owner), s)
         load = Counter(self._home.values())
         self._home[s] = min(range(self.workers), key=lambda w: load[w])  # the worker with the fewest owners
-        weakref.finalize(owner, self._drop, id(owner), s)
+        # through a weak reference to the pool: the owners (an engine's avatars) keep neither it nor its workers alive
+        weakref.finalize(owner, _dropped, weakref.ref(self), id(owner), s)
         return s
 
     def _drop(self, key: int, serial: int) -> None:
@@ -198,6 +199,13 @@ class HostPool:
     def close(self) -> None:
         """Stop the workers (they also stop when this process ends: their sockets close)."""
         self._finalizer()
+
+
+def _dropped(pool: weakref.ref, key: int, serial: int) -> None:
+    """An owner was collected: its pool, if it is still there, tells the owner's worker with its next jobs."""
+    p = pool()
+    if p is not None:
+        p._drop(key, serial)
 
 
 def _stop(conns: list[Connection], procs: list[subprocess.Popen]) -> None:

@@ -8,6 +8,7 @@ import gc
 import logging
 import operator
 import threading
+import weakref
 
 import numpy as np
 import pytest
@@ -93,6 +94,11 @@ def test_results_come_back_in_the_jobs_order_and_owners_leave_their_worker():
         assert sum(map(len, pool._drops)) == 0
     finally:
         pool.close()
+    # the owners still alive keep neither the pool nor its workers
+    procs, ref = list(pool._procs), weakref.ref(pool)
+    del pool, first, second  # (the waits hold it)
+    gc.collect()
+    assert ref() is None and [p.wait(10) for p in procs] == [0, 0]
 
 
 def test_messages_and_results_larger_than_a_socket_buffer_do_not_wait_on_each_other():
