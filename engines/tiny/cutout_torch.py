@@ -466,12 +466,14 @@ def pieces(
     """The host's plans (`plan`, an avatar's frames at a time) as one list of pieces: the layers each frame lays
     (a layer whose box is empty in a frame is not one of its pieces). pool: where the avatars' plans run side by side
     (engines/tiny/host_pool.py; None: here, one after the other)."""
-    sels = [np.flatnonzero(which == a) for a in np.unique(which)]
+    present = np.unique(which)
+    sels = [np.flatnonzero(which == a) for a in present]
     jobs = [
-        Job(avatar_pieces, avatars[which[sel[0]]], _host_half, (motions[sel], origins[sel], sizes[sel])) for sel in sels
+        Job(avatar_pieces, avatars[a], _host_half, (motions[sel], origins[sel], sizes[sel]))
+        for a, sel in zip(present, sels)
     ]
     got = run_here(jobs) if pool is None else pool.submit(jobs)()
-    parts = [(sel[f], s, b, t + tex_first[which[sel[0]]], st, n) for sel, (f, s, b, t, st, n) in zip(sels, got)]
+    parts = [(sel[f], s, b, t + tex_first[a], st, n) for a, sel, (f, s, b, t, st, n) in zip(present, sels, got)]
     ints = np.zeros(0, np.int64)
 
     def joined(i: int, empty: np.ndarray) -> np.ndarray:
@@ -841,9 +843,9 @@ class TorchCutoutBackend:
     ) -> list[torch.Tensor]:
         """Every stream's frames on the device, each in its own box, of any size: refs (S,), raw motions (S, n, D) on
         the host, boxes (S,) -> S tensors (n, 4, h, w); pool: where the avatars' plans run (`pieces`). The streams
-        draw in goes of at most max_rows frames whatever
-        their avatars (draw_frames_t: its ops do not grow with the avatars; a go per avatar was ~25 small kernels a
-        layer, 32,000 launches a chunk of 200 streams: docs/bench/cutout_gpu_2026-12-06)."""
+        draw in goes of at most max_rows frames whatever their avatars (draw_frames_t: its ops do not grow with the
+        avatars; a go per avatar was ~25 small kernels a layer, 32,000 launches a chunk of 200 streams:
+        docs/bench/cutout_gpu_2026-12-06)."""
         S, n = motions.shape[:2]
         out: list[torch.Tensor | None] = [None] * S
         avatars = sorted({id(r): r for r in refs}.values(), key=id)  # a stable order: the joined texels kept

@@ -127,19 +127,18 @@ class DeviceCompose:
         motions: np.ndarray,
         sprites: Sequence[DeviceSprites],
         out: torch.Tensor | None = None,
-        pool: HostPool | None = None,
         placing: list[Callable[[], tuple[np.ndarray, dict]]] | None = None,
     ) -> torch.Tensor:
         """Stream i's drawn box `drawn[i]` (n, 4, h, w) at window box `boxes[i]`, its raw motions `motions[i]` (n, D)
-        and its avatar's sprites -> uint8 RGBA frames (S, n, 360, 640, 4) on the device (into `out` if given). pool:
-        where the avatars' effect placements run; placing: `placing(motions, sprites, pool)`, where the caller started
-        it before (so the workers place while it draws)."""
+        and its avatar's sprites -> uint8 RGBA frames (S, n, 360, 640, 4) on the device (into `out` if given).
+        placing: `placing(motions, sprites, pool)`, where the caller started it before (so a host pool's workers
+        place while it draws); else the placements are worked out here."""
         S, n = motions.shape[:2]
         w = self.window
         if out is None:
             out = torch.zeros((S, n, w.height, w.width, 4), dtype=torch.uint8, device=self.device)
         per = self._streams_a_go(n)
-        placing = self.placing(motions, sprites, pool) if placing is None else placing
+        placing = self.placing(motions, sprites) if placing is None else placing
         for i0, placed_go in zip(range(0, S, per), placing):
             i1 = min(S, i0 + per)
             placed = placed_go()
@@ -188,13 +187,11 @@ class DeviceCompose:
         per = self._streams_a_go(motions.shape[1])
         return [self._placing(motions[i : i + per], sprites[i : i + per], pool) for i in range(0, len(motions), per)]
 
-    def _placed(
-        self, motions: np.ndarray, sprites: Sequence[DeviceSprites], pool: HostPool | None = None
-    ) -> tuple[np.ndarray, dict]:
+    def _placed(self, motions: np.ndarray, sprites: Sequence[DeviceSprites]) -> tuple[np.ndarray, dict]:
         """The frames (rows of S * n) that show an effect, sorted, and the pictures laid, by effect (particle slot).
         The placements are worked out an avatar at a time over all its streams' frames
-        (EffectLayer.placements_many: numpy arrays, not Python per frame), in `pool`'s workers side by side if given."""
-        return self._placing(motions, sprites, pool)()
+        (EffectLayer.placements_many: numpy arrays, not Python per frame); `placing` sends them to a host pool."""
+        return self._placing(motions, sprites, None)()
 
     def _placing(
         self, motions: np.ndarray, sprites: Sequence[DeviceSprites], pool: HostPool | None

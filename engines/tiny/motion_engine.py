@@ -519,7 +519,7 @@ class MotionEngine:
                 rm = be.tensor(np.stack([a.ref_motion for a in avatars]))
                 boxes = [self.draw_box(r) for r in raw]
                 drawn = [be.draw_t(a.ref, m[i], rm[i], boxes[i], cheaper, raw[i]) for i, a in enumerate(avatars)]
-            return self._device_compose.frames(drawn, boxes, raw, sprites, pool=pool, placing=placing), avatars
+            return self._device_compose.frames(drawn, boxes, raw, sprites, placing=placing), avatars
 
     def bucket_box(self, box: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
         """`box` grown down and right to the next multiple of BOX_BUCKET pixels each way: streams of one bucket draw

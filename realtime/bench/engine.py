@@ -392,13 +392,12 @@ def _through_scheduler(
     from avatarcast.realtime.scheduler import EngineScheduler
 
     starts = [(a, e) for a, e, _ in _stream_specs(sessions, engine.emotions, seed)]
-    emotions = [e for e in engine.emotions if e != "idle"][:4]
 
     async def go() -> dict:
         sch = EngineScheduler(engine, max_batch=max_batch)
         await sch.start()
         try:
-            return await sessions_through(sch, engine, starts, emotions, seconds)
+            return await sessions_through(sch, engine, starts, seconds)
         finally:
             await sch.close()
 

@@ -25,12 +25,18 @@ def _pct(xs: Sequence[float], q: float) -> float:
     return round(float(np.percentile(np.asarray(xs, np.float64), q)), 2) if len(xs) else float("nan")
 
 
+def changing_emotions(engine: Any) -> list[str]:
+    """The emotions the sessions go through (four of the engine's, idle left out)."""
+    return [e for e in engine.emotions if e != "idle"][:4]
+
+
 async def sessions_through(
-    sch: EngineScheduler, engine: Any, starts: Sequence[tuple[Any, str]], emotions: Sequence[str], seconds: float
+    sch: EngineScheduler, engine: Any, starts: Sequence[tuple[Any, str]], seconds: float
 ) -> dict:
     """len(starts) sessions, each (avatar, first emotion), through a started scheduler for `seconds` after their first
-    WARM_CHUNKS chunks: frames per second over all of them, each session's interval between chunks (p50, p95), the
-    scheduler's batches."""
+    WARM_CHUNKS chunks, a new emotion (`changing_emotions`) every 4 chunks: frames per second over all of them, each
+    session's interval between chunks (p50, p95), the scheduler's batches."""
+    emotions = changing_emotions(engine)
     frames_per_chunk = engine.capabilities.frames_per_chunk
     chunk_s = frames_per_chunk / FPS
     t_stop = [float("inf")]

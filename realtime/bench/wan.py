@@ -50,7 +50,7 @@ from avatarcast.engines.wan.prompts import normalize_prompt  # noqa: E402
 from avatarcast.engines.wan.shapes import TRANSFORMER_5B, VAE_22  # noqa: E402
 from avatarcast.realtime.avatars import resolve_avatar  # noqa: E402
 from avatarcast.realtime.bench.memory_peak import peak_report  # noqa: E402
-from avatarcast.realtime.bench.scheduled import sessions_through  # noqa: E402
+from avatarcast.realtime.bench.scheduled import changing_emotions, sessions_through  # noqa: E402
 from avatarcast.realtime.scheduler import ChunkJob, EngineScheduler  # noqa: E402
 from avatarcast.templates import load_templates  # noqa: E402
 from avatarcast.vocabulary import DEFAULT_AVATAR, FPS  # noqa: E402
@@ -177,7 +177,7 @@ def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: 
     import torch  # torch, as above
 
     av, avatar = serving_engine(wan, batch)
-    emotions = [e for e in av.emotions if e != "idle"][:4]
+    emotions = changing_emotions(av)
     out: dict = {}
 
     async def go(depth: int) -> dict:
@@ -185,7 +185,7 @@ def _scheduled(wan, n: int, seconds: float, batch: int, chunk_s: float, depths: 
         torch.cuda.reset_peak_memory_stats()
         sch = EngineScheduler(av)
         await sch.start()
-        got = await sessions_through(sch, av, [(avatar, emotions[i % 4]) for i in range(n)], emotions, seconds)
+        got = await sessions_through(sch, av, [(avatar, emotions[i % 4]) for i in range(n)], seconds)
         # cue: an emotion change on an idle engine, submitted -> its frames on the host
         state = await sch.run_on_engine(av.start_stream, avatar, "idle", 1.0, 99)
         state = (await sch.submit(ChunkJob("cue", state, time.monotonic() + chunk_s, "idle", 1.0))).state
