@@ -139,6 +139,7 @@ class EngineScheduler:
         engine: StreamEngine,
         *,
         max_batch: int | None = None,
+        pipeline_depth: int | None = None,
         max_wait_s: float = 0.25,
         margin_s: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
@@ -154,7 +155,10 @@ class EngineScheduler:
         self.est_batch_s = 0.15  # running estimate of one batch's time; sets how long jobs may wait
         self.clock = clock
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
-        self.depth = max(1, int(caps.pipeline_depth))
+        # None: the engine's; fewer (a benchmark's one-at-a-time baseline), never more than it declares
+        if pipeline_depth is not None and not 1 <= pipeline_depth <= caps.pipeline_depth:
+            raise ValueError(f"pipeline_depth: 1 to the engine's {caps.pipeline_depth}, not {pipeline_depth}")
+        self.depth = max(1, int(pipeline_depth if pipeline_depth is not None else caps.pipeline_depth))
         # pipelined: waits for launched batches' frames, while the engine thread queues the next batch
         self.collector = (
             ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-collect") if self.depth > 1 else None

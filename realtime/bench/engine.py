@@ -29,8 +29,8 @@ Reported (JSON with --json, else a short table):
                       (a shared machine makes CPU numbers noisy; compare runs with a low value)
 
 With --scheduler the sessions go through the server's scheduler instead (its batches of at most --max-batch streams,
-the engine's calls in flight; realtime/bench/scheduled.py): fps, each session's interval between chunks (p50, p95)
-and the calls it took.
+the engine's calls in flight or --opt pipeline's; realtime/bench/scheduled.py): fps, each session's interval
+between chunks (p50, p95) and the calls it took.
 
 With the torch or tensorrt backend on CUDA the loop keeps everything on the GPU (noise, contexts,
 latents and decoded frames; no host copies unless --to-host) and times with torch.cuda.synchronize.
@@ -296,7 +296,7 @@ def run_bench(
             "half-resolution decoder; motion: the residual draw's folder steps down to the copy draw)"
         )
     if scheduler:
-        return _through_scheduler(engine, engine_name, sessions, seconds, seed, max_batch, load_s)
+        return _through_scheduler(engine, engine_name, sessions, seconds, seed, max_batch, depth, load_s)
     t0 = time.perf_counter()
     states = [engine.start_stream(a, e, 1.0, s) for a, e, s in _stream_specs(sessions, engine.emotions, seed)]
     streams_s = time.perf_counter() - t0
@@ -383,9 +383,17 @@ def _device(be: Any, device: str | None) -> tuple[str, str]:
 
 
 def _through_scheduler(
-    engine: Any, engine_name: str, sessions: int, seconds: float, seed: int, max_batch: int | None, load_s: float
+    engine: Any,
+    engine_name: str,
+    sessions: int,
+    seconds: float,
+    seed: int,
+    max_batch: int | None,
+    depth: int,
+    load_s: float,
 ) -> dict:
-    """`sessions` sessions through the server's scheduler (realtime/bench/scheduled.py) for `seconds`."""
+    """`sessions` sessions through the server's scheduler (realtime/bench/scheduled.py) for `seconds`, at most
+    max_batch streams a call (None: the engine's) and `depth` calls in flight (--opt pipeline)."""
     import asyncio
 
     from avatarcast.realtime.bench.scheduled import sessions_through
@@ -394,7 +402,7 @@ def _through_scheduler(
     starts = [(a, e) for a, e, _ in _stream_specs(sessions, engine.emotions, seed)]
 
     async def go() -> dict:
-        sch = EngineScheduler(engine, max_batch=max_batch)
+        sch = EngineScheduler(engine, max_batch=max_batch, pipeline_depth=depth)
         await sch.start()
         try:
             return await sessions_through(sch, engine, starts, seconds)

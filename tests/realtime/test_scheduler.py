@@ -382,3 +382,20 @@ def test_busy_prices_full_decodes_and_the_cheaper_decodes_cost_is_measured(motio
     da, db = a.finished - a.started, b.finished - b.started
     assert full * 60 == pytest.approx(da + db, rel=1e-6) and half * 60 == pytest.approx(0.5 * da + db, rel=1e-6)
     assert priced["a"] == pytest.approx(shares["a"] / 2) and priced["b"] == pytest.approx(shares["b"])
+
+
+def test_pipeline_depth_may_be_lowered_never_raised() -> None:
+    """pipeline_depth: the engine's by default; fewer calls in flight on request (the benchmarks' one-at-a-time
+    baseline through the scheduler, `bench engine --scheduler --opt pipeline=1`); more than the engine declares is
+    refused, since its launch/collect contract only holds that many."""
+    from types import SimpleNamespace
+
+    from avatarcast.engines.contract import EngineCapabilities
+
+    eng = SimpleNamespace(capabilities=EngineCapabilities(frames_per_chunk=4, pipeline_depth=2))
+    assert EngineScheduler(eng).depth == 2 and EngineScheduler(eng).collector is not None
+    one = EngineScheduler(eng, pipeline_depth=1)
+    assert one.depth == 1 and one.collector is None
+    for bad in (0, 3):
+        with pytest.raises(ValueError, match="pipeline_depth"):
+            EngineScheduler(eng, pipeline_depth=bad)
