@@ -399,3 +399,42 @@ def test_pipeline_depth_may_be_lowered_never_raised() -> None:
     for bad in (0, 3):
         with pytest.raises(ValueError, match="pipeline_depth"):
             EngineScheduler(eng, pipeline_depth=bad)
+
+
+def test_scheduled_bench_times_after_a_slow_warm_up() -> None:
+    """realtime/bench/scheduled.sessions_through opens its timed window when every session has had its first chunks,
+    however long they took (on a GPU, compiles and host workers starting take tens of seconds with 200 sessions; a
+    window fixed from the start timed nothing there, 2026-12-07): here the first batch takes 1 s, longer than the
+    window and the warm chunks' time together, and the window still counts the chunks after it and nothing before."""
+    from types import SimpleNamespace
+
+    from avatarcast.engines.contract import EngineCapabilities
+    from avatarcast.realtime.bench.scheduled import WARM_CHUNKS, sessions_through
+
+    class State:
+        def copy(self):
+            return self
+
+    class FirstSlow(_SlowScheduler):
+        def _work(self, batch, steps=None, cheaper=False):
+            self.batch_s = 1.0 if self.batches == 0 else 0.01
+            return super()._work(batch, steps, cheaper)
+
+    engine = SimpleNamespace(
+        capabilities=EngineCapabilities(frames_per_chunk=1),
+        emotions=("idle", "happy", "sad", "angry", "love"),
+        start_stream=lambda *a: State(),
+    )
+
+    async def go():
+        sch = FirstSlow(engine)
+        await sch.start()
+        try:
+            return await sessions_through(sch, engine, [("a", "happy"), ("b", "sad")], 0.3)
+        finally:
+            await sch.close()
+
+    r = run(go())
+    assert r["sessions"] == 2 and r["chunks"] >= 2 and r["fps"] > 0
+    assert r["chunk_interval_ms_p95"] < 500  # the 1 s batch was a warm chunk: not in the window
+    assert r["batches"] >= 1 and 1.0 <= r["mean_batch"] <= 2.0 and WARM_CHUNKS == 4
