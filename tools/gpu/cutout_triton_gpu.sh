@@ -17,7 +17,7 @@ sched() {  # SCHED_ONLY=1: only these, the runs through the scheduler
   local B="python3 -m avatarcast.realtime.cli bench engine --engine motion --backend torch --device cuda --seconds ${SECONDS_:-8} --json"
   for mb in ${SCHED_BATCHES:-default 200}; do
     echo "== through the scheduler, 200 sessions, max batch $mb"
-    timeout 100 $B --scheduler --sessions 200 $([ $mb = default ] || echo --max-batch $mb) -o "$R/sched_s200_b$mb.json" \
+    timeout "${SCHED_TIMEOUT:-240}" $B --scheduler --sessions 200 $([ $mb = default ] || echo --max-batch $mb) -o "$R/sched_s200_b$mb.json" \
       >/dev/null
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print({k: d.get(k) for k in ('fps','chunk_interval_ms_p50','chunk_interval_ms_p95','mean_batch','max_batch','pipeline_depth','realtime_streams','realtime')})" "$R/sched_s200_b$mb.json"
   done
