@@ -52,20 +52,29 @@ def motion_serves_on(backend: str, device: str) -> bool:
 
 
 def default_engine(backend: str, device: str) -> str:
-    """The engine `--engine auto` (the default) serves on this backend and device: motion on onnxruntime on the CPU,
-    since its picture is measured better (README, "Which engine") and it keeps up with two streams on two cores;
-    tiny on torch, tensorrt or CUDA. Motion serves on torch too (`--engine motion --backend torch`: the cut-out draw
-    with Triton's kernels on CUDA, two calls in flight, the host's planning in worker processes), at about tiny's
-    frames in `bench engine` (8,410 against 8,902 fps at 200 streams on an H100, docs/bench/cutout_host_2026-12-07),
-    but the server has not been measured with it on a GPU (through its scheduler, which batches up to 256 of its
-    streams a call there: MotionEngine.capabilities), so auto does not pick it there yet."""
-    return "motion" if backend == "onnxruntime" and device in ("auto", "cpu") else "tiny"
+    """The engine `--engine auto` (the default) serves on this backend and device: motion where its picture is the
+    crisp one and it keeps up: on onnxruntime on the CPU (two streams on two cores; README, "Which engine") and on
+    torch on CUDA (the cut-out draw as Triton's kernels, two calls in flight, the host's planning in worker
+    processes: through the server's scheduler on an H100, 6,105 fps with 800 sessions and 7,395 with 1,000, where
+    tiny, the smudged picture, gave 1,088 with 800; the whole server's reaction time p95 248 / 277 ms in clip mode;
+    docs/bench/motion_server_gpu_2026-12-07). tiny elsewhere: torch on the CPU, tensorrt. With torch and device
+    auto, torch says whether CUDA is there (torch is what that backend runs, so importing it costs nothing extra)."""
+    if backend == "onnxruntime":
+        return "motion" if device in ("auto", "cpu") else "tiny"
+    if backend == "torch":
+        if device == "auto":
+            import torch
+
+            return "motion" if torch.cuda.is_available() else "tiny"
+        return "motion" if str(device).startswith("cuda") else "tiny"
+    return "tiny"
 
 
-# what `--engine auto` means, for --help and the start-up log; written from default_engine() itself
+# what `--engine auto` means, for --help and the start-up log (the rule of default_engine, which imports torch to
+# read a torch backend's device, so it is not called to write this)
 AUTO_ENGINE_HELP = (
-    f"auto: {default_engine('onnxruntime', 'cpu')} on onnxruntime (the CPU), "
-    f"{default_engine('torch', 'cuda')} on torch, tensorrt or --device cuda"
+    "auto: motion on onnxruntime on the CPU and on torch on CUDA; tiny elsewhere (torch on the CPU, tensorrt, "
+    "onnxruntime on CUDA)"
 )
 
 
@@ -560,11 +569,14 @@ class Settings:
         """The engine as the start-up log names it: whether it is this backend's default, and the other choice."""
         default = default_engine(self.backend, self.device)
         if self.engine == default == "motion":
-            return "motion (the CPU default; --engine tiny for cheaper frames, a smudged copy of the avatar)"
+            return (
+                f"motion (the default on {self.backend} on {self.device}; --engine tiny for cheaper frames, a smudged "
+                "copy of the avatar)"
+            )
         if self.engine == default:
             return (
-                f"tiny (the default on {self.backend} on {self.device}; --engine motion --backend torch serves motion "
-                "here, at a third of tiny's throughput on a GPU)"
+                f"tiny (the default on {self.backend} on {self.device}: motion serves on onnxruntime on the CPU and "
+                "on torch on CUDA)"
             )
         return f"{self.engine} (chosen; the default here is {default})"
 

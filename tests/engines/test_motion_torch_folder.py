@@ -294,12 +294,20 @@ def test_a_graph_that_does_not_fill_the_network_is_refused(tmp_path) -> None:
     TorchMotionBackend.from_folder(load_motion_manifest(_damaged_folder(tmp_path / "whole", lambda m: None)))
 
 
-def test_serve_takes_motion_on_torch_and_auto_still_picks_tiny_there() -> None:
-    """`--engine motion --backend torch` is a valid choice on the CPU and CUDA; `--engine auto` keeps tiny on torch
-    (motion's GPU throughput is not measured yet). The bench's torch run: docs/training/motion.md."""
+def test_auto_picks_motion_on_torch_on_cuda() -> None:
+    """`--engine auto` serves motion on onnxruntime (the CPU) and on torch on CUDA, where the server delivers its crisp
+    picture faster than tiny's smudged one (docs/bench/motion_server_gpu_2026-12-07); tiny on torch on the CPU and on
+    tensorrt. `--engine motion --backend torch` stays a valid choice on the CPU."""
+    import torch
+
     from avatarcast.realtime.settings import Settings, default_engine
 
     Settings(engine="motion", backend="torch", device="cpu").validate()
     Settings(engine="motion", backend="torch", device="cuda").validate()
-    assert Settings(backend="torch", device="cuda").engine == "tiny"
-    assert default_engine("torch", "cpu") == "tiny" and default_engine("onnxruntime", "cpu") == "motion"
+    assert Settings(backend="torch", device="cuda").engine == "motion"
+    assert Settings(backend="torch", device="cuda:1").engine == "motion"
+    assert Settings(backend="torch", device="cpu").engine == "tiny"
+    assert Settings(backend="torch", device="auto").engine == ("motion" if torch.cuda.is_available() else "tiny")
+    assert default_engine("tensorrt", "cuda") == "tiny" and default_engine("onnxruntime", "cpu") == "motion"
+    assert default_engine("onnxruntime", "cuda") == "tiny"
+    assert Settings(engine="tiny", backend="torch", device="cuda").engine == "tiny"  # a choice always wins

@@ -206,26 +206,32 @@ def test_print_config_is_a_file_config_reads_back(tmp_path: Path) -> None:
     assert Settings.resolve(None, {}, str(back))[0] == changed
 
 
-def test_the_engine_defaults_to_motion_on_the_cpu_and_tiny_on_the_gpu_backends(
-    tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+def test_the_engine_defaults_to_motion_on_the_cpu_and_on_cuda(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """`--engine auto` (the default) is resolved once, from the backend and device; an explicit engine from any
-    source wins; motion on a GPU backend fails naming --engine tiny."""
+    source wins; motion on tensorrt or onnxruntime on CUDA fails naming what serves it."""
     assert Settings().engine == "motion" and Settings(device="cpu").engine == "motion"
-    for gpu in (
-        {"backend": "torch"},
+    for other in (
         {"backend": "tensorrt"},
         {"device": "cuda"},
         {"backend": "torch", "device": "cpu"},
     ):
-        assert Settings(**gpu).engine == "tiny", gpu
-    assert Settings.from_args(serve_args(), {"AVATARCAST_BACKEND": "torch"}).engine == "tiny"
+        assert Settings(**other).engine == "tiny", other
+    assert Settings(backend="torch", device="cuda").engine == "motion"  # the cut-out draw on the GPU
+    assert (
+        Settings.from_args(serve_args(), {"AVATARCAST_BACKEND": "torch", "AVATARCAST_DEVICE": "cpu"}).engine == "tiny"
+    )
+    assert (
+        Settings.from_args(serve_args(), {"AVATARCAST_BACKEND": "torch", "AVATARCAST_DEVICE": "cuda"}).engine
+        == "motion"
+    )
     assert settings_of('[engine]\nbackend = "tensorrt"\n', tmp_path).engine == "tiny"
     # explicit: a flag, the environment, the file, or auto spelled out
     assert Settings.from_args(serve_args("--engine", "tiny"), {}).engine == "tiny"
     assert Settings.from_args(serve_args(), {"AVATARCAST_ENGINE": "tiny"}).engine == "tiny"
     assert settings_of('[engine]\nengine = "tiny"\n', tmp_path).engine == "tiny"
-    assert Settings.from_args(serve_args("--engine", "auto", "--backend", "torch"), {}).engine == "tiny"
+    assert (
+        Settings.from_args(serve_args("--engine", "auto", "--backend", "torch", "--device", "cpu"), {}).engine == "tiny"
+    )
     assert Settings.from_args(serve_args("--engine", "motion", "--backend", "torch"), {}).engine == "motion"
     with pytest.raises(SettingValueError, match=r"onnxruntime on the CPU or on torch, not tensorrt on auto: use"):
         Settings.from_args(serve_args("--engine", "motion", "--backend", "tensorrt"), {})
@@ -234,6 +240,7 @@ def test_the_engine_defaults_to_motion_on_the_cpu_and_tiny_on_the_gpu_backends(
     with pytest.raises(SystemExit):
         serve_args("--help")
     helped = " ".join(capsys.readouterr().out.split())
-    assert "default 'auto'; auto: motion on onnxruntime (the CPU), tiny on torch, tensorrt or --device cuda" in helped
-    assert Settings().engine_choice().startswith("motion (the CPU default; --engine tiny")
+    assert "default 'auto'; auto: motion on onnxruntime on the CPU and on torch on CUDA; tiny elsewhere" in helped
+    assert Settings().engine_choice().startswith("motion (the default on onnxruntime on auto; --engine tiny")
+    assert Settings(backend="torch", device="cpu").engine_choice().startswith("tiny (the default on torch on cpu")
     assert Settings(engine="tiny").engine_choice() == "tiny (chosen; the default here is motion)"
