@@ -42,15 +42,13 @@ SETS = {
     "L": "heldout_l_{}.csv",
     "M": "heldout_m_{}.csv",
 }
-# L was the fifth round's clean set (written and committed before its candidate, scored once after it, 2026-12-07:
-# docs/emotion.md); it stays CLEAN, never fitted on or read, until the next round's set is written first. F-I were
-# clean in earlier rounds and have been used for decisions since, but their misread lines were never looked at and
-# are still not printed; J (third round) and K (fourth) are development sets since (J's lines were read, labelled
-# blind by a second writer, tools/emotion_agreement.py, and its misread lines looked at; K's may be from the fifth
-# round on); A-E were scored while the reader was developed, so they are reported apart
-# M (written 2026-12-07, before any change of the sixth round) is the next round's clean set: CLEAN switches to it
-# when that round is scored; until then it is read by nothing, and its misread lines are never printed
-CLEAN = "L"
+# M (written 2026-12-07, before any change of the sixth round, committed alone) is the sixth round's clean set: never
+# fitted on or read, scored once by that round's rule (docs/emotion.md, "Sixth round"), its misread lines never
+# printed. L was the fifth round's clean set (scored once, 2026-12-07) and, with A-K, is spent: the sixth round fits
+# heads on A-L (tools/fit_set_heads.py). F-I were clean in earlier rounds and used for decisions since, their misread
+# lines never looked at; J (third round) and K (fourth) are development sets (J's lines were read, labelled blind by a
+# second writer, tools/emotion_agreement.py); A-E were scored while the reader was developed, so they are reported apart
+CLEAN = "M"
 UNPRINTED = "FGHILM"
 GROUPS = ("M", "L", "K", "J", "I", "F", "G", "H", "ABCDE")
 

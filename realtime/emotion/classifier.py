@@ -5,7 +5,9 @@ evidence: one per e5 view of the sentence (the `query: ` and the `passage: ` pre
 centered, scaled embedding, and one on the hashed n-grams of ngrams.py (the surface words the
 embeddings smooth away: slang, denials, laughter). The reader takes their probabilities'
 weighted mean, with the weights that cross-validation on the training corpus chose. Trained
-offline by `python -m tools.train_emotion` (one command, deterministic); `weights/classifier.npz`
+offline by `python -m tools.train_emotion` (one command, deterministic). A head is named apart from
+the view it reads (`head_views` in the manifest), so more than one head may read a view: heads fitted
+on other data beside the corpus's (tools/fit_set_heads.py). `weights/classifier.npz`
 and `weights/manifest.json` ship in the package. The manifest names the encoder, the label
 order, the feature layout and the partial-transcript policy fitted with the weights; `load`
 refuses weights that do not fit the running templates or encoder.
@@ -54,7 +56,8 @@ class Manifest:
     encoder: str
     encoder_version: str
     encoder_weights_bytes: int
-    kinds: tuple[str, ...]
+    kinds: tuple[str, ...]  # the heads' names, in order
+    views: dict[str, str]  # each head's input: an e5 view ("query", "passage") or "ngram"; by default its name
     embedding_dim: int
     lexicon_features: int
     head_weights: dict[str, float]  # each head's weight in the mean of probabilities
@@ -73,6 +76,7 @@ class Manifest:
             encoder_version=enc["version"],
             encoder_weights_bytes=int(enc["weights_bytes"]),
             kinds=tuple(feat["heads"]),
+            views={k: str(feat.get("head_views", {}).get(k, k)) for k in feat["heads"]},
             embedding_dim=int(feat["embedding_dim"]),
             lexicon_features=int(feat["lexicon"]),
             head_weights={k: float(d.get("head_weights", {}).get(k, 1.0)) for k in feat["heads"]},
@@ -110,14 +114,19 @@ def softmax(z: np.ndarray) -> np.ndarray:
 class Head:
     """One e5 view's regression: logits = [(embedding - mu) * scale ; lexicon] @ W + b."""
 
-    kind: str
+    kind: str  # its name
     W: np.ndarray
     b: np.ndarray
     mu: np.ndarray
     scale: float
+    view: str = ""  # the e5 view it reads; "": its name
+
+    @property
+    def reads(self) -> str:
+        return self.view or self.kind
 
     def probs(self, f: Features) -> np.ndarray:
-        return softmax(np.hstack([(f.embeddings[self.kind] - self.mu) * self.scale, f.lexicon]) @ self.W + self.b)
+        return softmax(np.hstack([(f.embeddings[self.reads] - self.mu) * self.scale, f.lexicon]) @ self.W + self.b)
 
 
 @dataclass(frozen=True)
@@ -170,8 +179,8 @@ class EmotionClassifier:
 
     @property
     def embedding_kinds(self) -> tuple[str, ...]:
-        """The e5 views the heads read (the encoder runs once per view)."""
-        return tuple(h.kind for h in self.heads if isinstance(h, Head))
+        """The e5 views the heads read, each once (the encoder runs once per view)."""
+        return tuple(dict.fromkeys(h.reads for h in self.heads if isinstance(h, Head)))
 
     @property
     def reads_ngrams(self) -> bool:
@@ -189,7 +198,7 @@ class EmotionClassifier:
         heads: list[ClassifierHead] = []
         with np.load(directory / "classifier.npz") as z:
             for k in manifest.kinds:
-                if k == "ngram":
+                if manifest.views[k] == "ngram":
                     W = np.zeros((manifest.ngram_dim, len(labels)), np.float32)
                     W[z[f"{k}_rows"]] = z[f"{k}_W"].astype(np.float32)
                     heads.append(NgramHead(k, W, z[f"{k}_lex"].astype(np.float32), z[f"{k}_b"].astype(np.float32)))
@@ -201,6 +210,7 @@ class EmotionClassifier:
                             z[f"{k}_b"].astype(np.float32),
                             z[f"{k}_mu"].astype(np.float32),
                             float(z[f"{k}_scale"]),
+                            "" if manifest.views[k] == k else manifest.views[k],
                         )
                     )
         return cls(manifest, tuple(heads))
