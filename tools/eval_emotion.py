@@ -294,7 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     for title, data, rows, is_clean in groups:
         result = evaluate(reader, rows)
         live = None if args.no_live else evaluate_live(reader, rows)
-        out[title] = {"clip": result, "live": live}
+        # a clean or unprinted set's misread lines stay out of the JSON too (only their count)
+        shown = {**result, "errors": len(result["errors"])} if is_clean else result
+        out[title] = {"clip": shown, "live": live}
         parts.append(markdown(result, live, title, data, level=2, errors=not is_clean))
         print(f"{title}: clip accuracy {result['accuracy']:.1%} on {result['n']}", file=sys.stderr)
         for k, v in {**result["per_language"], **result["per_set_language"]}.items():
