@@ -11,11 +11,12 @@ inputs are what serving sees.
 
     python -m tools.fit_set_heads --sets ABCDEFGHIJKL --weight 4 --out realtime/emotion/weights
 
-reads the reader in --base (default: the shipped weights; a folder that already has set heads is refused), fits
-three heads (`query_sets`, `passage_sets`: the e5 views; `ngram_sets`: hashed n-grams; each with the lexicon's
-keyword evidence, as tools/train_emotion.py fits the corpus's) on the sets' lines as written and ASR-style, and
-writes base + heads to --out, each new head at --weight in the mean of probabilities (the base's heads at their
-own). The round's clean set (tools.eval_emotion.CLEAN) is refused. Deterministic on one machine.
+reads the reader in --base (default: the shipped weights; set heads it already has are replaced), fits three heads
+(`query_sets`, `passage_sets`: the e5 views; `ngram_sets`: hashed n-grams; each with the lexicon's keyword evidence,
+as tools/train_emotion.py fits the corpus's) on the sets' lines as written and ASR-style, and writes base + heads to
+--out (the shipped folder itself: the command above rewrites what ships, to the bit), each new head at --weight in the
+mean of probabilities (the base's heads at their own). The round's clean set (tools.eval_emotion.CLEAN) is refused.
+Deterministic on one machine.
 
 --leave-out S: the evaluation of the docs' table: for each set S named, heads fitted on the others into
 OUT/without_S (then `python -m tools.eval_emotion --sets S --weights OUT/without_S`).
@@ -66,15 +67,19 @@ def fit_heads(rows: list[dict[str, str]], encoder: E5Encoder, lexicon: Lexicon) 
 def write(base: Path, out: Path, heads: list[Head | NgramHead], weight: float, about: dict) -> None:
     """base's reader + these heads into out (a folder of its own, or base itself)."""
     manifest = json.loads((base / "manifest.json").read_text(encoding="utf-8"))
+    feat = manifest["features"]
+    old = [k for k in feat["heads"] if k.endswith(SUFFIX)]  # set heads fitted before: replaced
     with np.load(base / "classifier.npz") as z:
-        arrays = {k: z[k] for k in z.files}
+        arrays = {k: z[k] for k in z.files if not any(k.startswith(f"{o}_") for o in old)}
+    feat["heads"] = [k for k in feat["heads"] if k not in old]
+    feat["head_views"] = {k: v for k, v in feat.get("head_views", {}).items() if k not in old}
+    manifest["head_weights"] = {k: v for k, v in manifest.get("head_weights", {}).items() if k not in old}
     for h in heads:
         if isinstance(h, NgramHead):
             arrays.update(h.arrays())
         else:
             arrays.update({f"{h.kind}_W": h.W, f"{h.kind}_b": h.b, f"{h.kind}_mu": h.mu,
                            f"{h.kind}_scale": np.float32(h.scale)})  # fmt: skip
-    feat = manifest["features"]
     views = {k: feat.get("head_views", {}).get(k, k) for k in feat["heads"]}
     feat["heads"] = [*feat["heads"], *(h.kind for h in heads)]
     feat["head_views"] = {**views, **{h.kind: h.view if isinstance(h, Head) else "ngram" for h in heads}}
@@ -104,8 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := sorted(set(sets + args.leave_out.upper()) - set(SETS)):
         raise SystemExit(f"no held-out sets {unknown} (tests/data/emotion: {''.join(SETS)})")
     base = Manifest.read(args.base / "manifest.json")
-    if any(k.endswith(SUFFIX) for k in base.kinds):
-        raise SystemExit(f"{args.base} already has set heads ({', '.join(base.kinds)}): give the reader without them")
     pack = args.base / PACK_FILE
     encoder = E5Encoder(threads=args.threads, pack=pack if pack.is_file() else None)
     if encoder.fingerprint != base.raw["encoder"]["fingerprint"]:

@@ -27,8 +27,8 @@ def with_d(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_heads_join_the_shipped_ones(with_d: Path) -> None:
     base = json.loads((WEIGHTS_DIR / "manifest.json").read_text(encoding="utf-8"))
     got = json.loads((with_d / "manifest.json").read_text(encoding="utf-8"))
-    shipped = base["features"]["heads"]
-    assert got["features"]["heads"] == [*shipped, "query_sets", "passage_sets", "ngram_sets"]
+    own = [k for k in base["features"]["heads"] if not k.endswith("_sets")]  # the shipped set heads are replaced
+    assert got["features"]["heads"] == [*own, "query_sets", "passage_sets", "ngram_sets"]
     assert got["features"]["head_views"]["query_sets"] == "query" and got["head_weights"]["ngram_sets"] == 4.0
     assert got["set_heads"]["sets"] == "D" and got["set_heads"]["lines"] == len(held_out("D"))
     assert got["partial"] == base["partial"] and got["encoder"] == base["encoder"]  # only heads added
@@ -38,9 +38,11 @@ def test_the_heads_join_the_shipped_ones(with_d: Path) -> None:
     sets = {h.kind: h for h in clf.heads if h.kind.endswith("_sets")}
     assert isinstance(sets["ngram_sets"], NgramHead) and isinstance(sets["passage_sets"], Head)
     assert sets["passage_sets"].reads == "passage"
-    # the shipped heads' arrays are carried over unchanged
+    # the shipped reader's own heads' arrays are carried over unchanged; its set heads' are D's now
     with np.load(WEIGHTS_DIR / "classifier.npz") as a, np.load(with_d / "classifier.npz") as b:
-        assert all(np.array_equal(a[k], b[k]) for k in a.files)
+        assert sorted(a.files) == sorted(b.files)
+        assert all(np.array_equal(a[k], b[k]) for k in a.files if "_sets_" not in k)
+        assert not np.array_equal(a["query_sets_W"], b["query_sets_W"])
 
 
 def test_the_reader_reads_with_them(with_d: Path) -> None:
@@ -56,10 +58,14 @@ def test_the_reader_reads_with_them(with_d: Path) -> None:
         assert cue.label in CUE_LABELS and abs(sum(cue.scores.values()) - 1.0) < 0.01
 
 
-def test_it_refuses_the_clean_set_and_a_reader_that_has_set_heads(with_d: Path, tmp_path: Path) -> None:
+def test_it_refuses_the_clean_set_and_replaces_set_heads(with_d: Path, tmp_path: Path) -> None:
     with pytest.raises(SystemExit, match=f"set {CLEAN} is this round's clean set"):
         main(["--sets", f"D{CLEAN}", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="no held-out sets"):
         main(["--sets", "DZ", "--out", str(tmp_path / "x")])
-    with pytest.raises(SystemExit, match="already has set heads"):
-        main(["--base", str(with_d), "--sets", "D", "--out", str(tmp_path / "x")])
+    # on a reader that has set heads (D's), fitting again replaces them: the same heads, the same files
+    assert main(["--base", str(with_d), "--sets", "D", "--out", str(tmp_path / "again"), "--threads", "1"]) == 0
+    with np.load(with_d / "classifier.npz") as a, np.load(tmp_path / "again" / "classifier.npz") as b:
+        assert sorted(a.files) == sorted(b.files) and all(np.array_equal(a[k], b[k]) for k in a.files)
+    got = json.loads((tmp_path / "again" / "manifest.json").read_text(encoding="utf-8"))
+    assert got["features"]["heads"].count("query_sets") == 1
