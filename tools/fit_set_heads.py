@@ -1,7 +1,7 @@
 """Heads fitted on the spent held-out sets, added beside a reader's own (issue 17, sixth round).
 
-Each held-out set (tests/data/emotion) was written by a different session, after the training corpus, to measure
-the reader on text it had never seen; once a round has scored it, it is a development set. Thirteen writers' lines
+Each held-out set (tests/data/emotion) was written apart from the training corpus (from E on, most by a writer of its
+own) to measure the reader on text it had never seen; once a round has scored it, it is a development set. Their lines
 (A-L, ~4,100 in both languages) are more than the corpus holds, and scored leave one set out (a set's heads fitted
 on the other eleven, the set read by the reader with them added) they lift every set: English on F-L from 81.6% to
 86.4%, Chinese from 84.5% to 89.3% (docs/emotion.md, "Sixth round"). The corpus's own heads cannot be refitted on
