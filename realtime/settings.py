@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from avatarcast.engines.sampler import FlowMatchEulerSampler, warped_sigmas
-from avatarcast.engines.tiny.motion_weights import CUTOUT_DRAW, auto_draw, cutout_runs_on
+from avatarcast.engines.tiny.motion_weights import CUTOUT_DRAW, auto_draw, cutout_runs_on, torch_on_cuda
 from avatarcast.engines.wan.checkpoint import WanCheckpointError, inspect_checkpoint
 from avatarcast.realtime import settings_file, settings_model
 from avatarcast.realtime.ice import IceConfigError, IceServers
@@ -57,21 +57,13 @@ def default_engine(backend: str, device: str) -> str:
     torch on CUDA (the cut-out draw as Triton's kernels, two calls in flight, the host's planning in worker
     processes: through the server's scheduler on an H100, 6,105 fps with 800 sessions and 7,395 with 1,000, where
     tiny, the smudged picture, gave 1,088 with 800; the whole server's reaction time p95 248 / 277 ms in clip mode;
-    docs/bench/motion_server_gpu_2026-12-07). tiny elsewhere: torch on the CPU, tensorrt. With torch and device
-    auto, torch says whether CUDA is there (torch is what that backend runs, so importing it costs nothing extra)."""
-    if backend == "onnxruntime":
-        return "motion" if device in ("auto", "cpu") else "tiny"
-    if backend == "torch":
-        if device == "auto":
-            import torch
-
-            return "motion" if torch.cuda.is_available() else "tiny"
-        return "motion" if str(device).startswith("cuda") else "tiny"
-    return "tiny"
+    docs/bench/motion_server_gpu_2026-12-07). tiny elsewhere: torch on the CPU, tensorrt, onnxruntime on CUDA."""
+    on_cpu = backend == "onnxruntime" and motion_serves_on(backend, device)
+    return "motion" if on_cpu or (backend == "torch" and torch_on_cuda(device)) else "tiny"
 
 
-# what `--engine auto` means, for --help and the start-up log (the rule of default_engine, which imports torch to
-# read a torch backend's device, so it is not called to write this)
+# what `--engine auto` means, for --help and the start-up log: default_engine's cases in words
+# (tests/realtime/test_settings_file.py checks this text and each case)
 AUTO_ENGINE_HELP = (
     "auto: motion on onnxruntime on the CPU and on torch on CUDA; tiny elsewhere (torch on the CPU, tensorrt, "
     "onnxruntime on CUDA)"

@@ -86,10 +86,8 @@ def write(base: Path, out: Path, heads: list[Head | NgramHead], weight: float, a
     manifest["head_weights"] = {**manifest.get("head_weights", {}), **{h.kind: weight for h in heads}}
     manifest["set_heads"] = about
     out.mkdir(parents=True, exist_ok=True)
-    if out.resolve() != base.resolve():
-        for f in (PACK_FILE,):
-            if (base / f).is_file():
-                shutil.copyfile(base / f, out / f)
+    if out.resolve() != base.resolve() and (base / PACK_FILE).is_file():  # the encoder the heads were fitted with
+        shutil.copyfile(base / PACK_FILE, out / PACK_FILE)
     np.savez_compressed(out / "classifier.npz", **arrays)
     (out / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 

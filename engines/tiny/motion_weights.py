@@ -60,6 +60,16 @@ def cutout_runs_on(backend: str, device: str | None) -> bool:
     return backend == "torch" or (backend == "onnxruntime" and device in (None, "auto", "cpu"))
 
 
+def torch_on_cuda(device: str | None) -> bool:
+    """Whether torch on this device setting runs on CUDA: "cuda[:k]", or "auto" where torch finds a GPU (torch is
+    imported only for "auto": the backend that asks runs it anyway)."""
+    if device == "auto":
+        import torch
+
+        return torch.cuda.is_available()
+    return str(device).startswith("cuda")
+
+
 def auto_draw(backend: str, device: str | None) -> str:
     """What `--motion-draw auto` draws on this backend and device: the cut-out draw in numpy on the CPU, and on torch
     on CUDA with Triton's kernels (an H100, one call: 2,885 fps at 200 streams against the copy decoder's 2,875;
@@ -67,13 +77,10 @@ def auto_draw(backend: str, device: str | None) -> str:
     1,367, docs/bench/cutout_gpu_2026-12-07)."""
     if backend == "onnxruntime" and cutout_runs_on(backend, device):
         return CUTOUT_DRAW
-    if backend == "torch" and device not in ("cpu", None):
-        import torch
-
+    if backend == "torch" and torch_on_cuda(device):
         from avatarcast.engines.tiny.cutout_triton import serves_on
 
-        cuda = torch.cuda.is_available() if device == "auto" else str(device).startswith("cuda")
-        if cuda and serves_on("cuda"):
+        if serves_on("cuda"):
             return CUTOUT_DRAW
     return "copy"
 
@@ -212,6 +219,7 @@ __all__ = [
     "MotionManifest",
     "auto_draw",
     "cutout_runs_on",
+    "torch_on_cuda",
     "load_motion_manifest",
     "motion_folder",
     "write_motion_manifest",
